@@ -1,0 +1,139 @@
+/* popgate — configuration: a GKeyFile parsed strictly into one immutable, refcounted
+ * object. Every key is documented with its default in data/popgate.conf.example.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+typedef enum
+{
+  PG_UPSTREAM_TLS_NONE,
+  PG_UPSTREAM_TLS_STARTTLS,
+  PG_UPSTREAM_TLS_IMPLICIT,
+} PgUpstreamTls;
+
+typedef enum
+{
+  PG_DELETE_EXPUNGE,
+  PG_DELETE_MOVE,
+  PG_DELETE_KEEP,
+} PgDeletePolicy;
+
+typedef enum
+{
+  PG_STATE_BACKEND_FILE,
+  PG_STATE_BACKEND_IMAP_METADATA,
+} PgStateBackend;
+
+typedef enum
+{
+  PG_FIRST_LOGIN_ALL,
+  PG_FIRST_LOGIN_NEW,
+} PgFirstLogin;
+
+/* One listening address from a "ADDR:PORT, [V6]:PORT" list. */
+typedef struct
+{
+  gchar *host; /* owned: literal address, no brackets */
+  guint16 port;
+} PgListenAddr;
+
+/* The whole configuration. Immutable once loaded: share it with pg_config_ref(). All
+ * durations are in milliseconds. Strings are owned by the config; NULL = not set. */
+typedef struct
+{
+  gint ref_count;      /* private */
+  gchar *source;       /* owned: the file it came from, or "(command line)" */
+
+  struct
+  {
+    gchar *host;
+    guint16 port;          /* default 993 for implicit, else 143 */
+    PgUpstreamTls tls;     /* default implicit */
+    gchar *ca_file;        /* NULL: the system trust store */
+    gchar *mailbox;        /* default "INBOX" */
+    guint timeout_ms;      /* per command; default 60 s */
+    guint connect_timeout_ms; /* default 30 s */
+  } upstream;
+
+  struct
+  {
+    GPtrArray *listen;     /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *tls_listen; /* owned, of PgListenAddr*; may be empty */
+    PgDeletePolicy delete_policy;  /* default expunge */
+    gchar *move_mailbox;   /* the MAILBOX of "move:MAILBOX", else NULL */
+    gboolean mark_seen;    /* default true */
+    gboolean allow_plaintext_auth; /* plaintext auth off-loopback without TLS; default false */
+    guint autologout_ms;   /* RFC 1939 autologout; default and minimum 10 min */
+    guint login_delay_s;   /* LOGIN-DELAY to advertise; 0 = not advertised */
+    gchar *client_tag_separator; /* default "#"; "" disables tags */
+    PgFirstLogin first_login;    /* default all */
+    guint recent_days;     /* 0 = no age window */
+  } pop3;
+
+  struct
+  {
+    GPtrArray *listen;
+    GPtrArray *tls_listen;
+    gboolean allow_plaintext_auth; /* default false */
+    guint idle_timeout_ms; /* default and minimum 30 min */
+  } imap;
+
+  struct
+  {
+    gchar *cert;           /* PEM certificate (chain) presented to clients */
+    gchar *key;            /* PEM private key */
+    gchar *priority;       /* GnuTLS priority string; NULL = the backend's default */
+  } tls;
+
+  struct
+  {
+    PgStateBackend backend; /* default file */
+    gchar *path;            /* default /var/lib/popgate */
+  } state;
+
+  struct
+  {
+    GPtrArray *listen;      /* empty: no metrics endpoint */
+  } metrics;
+
+  struct
+  {
+    guint max_sessions;             /* all front ends together */
+    guint max_sessions_per_address; /* per client IP address */
+    guint preauth_timeout_ms;
+    guint auth_failure_delay_ms;
+    guint max_auth_failures;        /* then disconnect */
+    guint max_bad_commands;         /* then disconnect */
+    guint shutdown_timeout_ms;      /* SIGTERM: how long sessions may still run */
+  } limits;
+
+  struct
+  {
+    gboolean trace;          /* audit trace of client ↔ upstream commands */
+  } log;
+} PgConfig;
+
+/* Load and validate a config file. On error the message names the file, the group, the
+ * key and what is wrong (PG_ERROR_CONFIG). */
+PgConfig *pg_config_load_file (const char *path, GError **error);
+/* The same from a string (tests); `source` names it in error messages. */
+PgConfig *pg_config_load_data (const char *data, gsize len, const char *source, GError **error);
+
+PgConfig *pg_config_ref (PgConfig *config);
+void pg_config_unref (PgConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgConfig, pg_config_unref)
+
+/* Parse "ADDR:PORT, [V6]:PORT" into PgListenAddr* (owned array, free func set). */
+GPtrArray *pg_config_parse_listen (const char *value, GError **error);
+/* Parse a duration: "90", "90s", "500ms", "10m", "2h" → milliseconds. */
+gboolean pg_config_parse_duration (const char *value, guint *out_ms, GError **error);
+
+const char *pg_delete_policy_to_string (PgDeletePolicy policy);
+const char *pg_upstream_tls_to_string (PgUpstreamTls tls);
+
+G_END_DECLS

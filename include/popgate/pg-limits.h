@@ -1,0 +1,65 @@
+/* popgate — every fixed limit in one place, each with why it has its value.
+ * Limits an admin may want to change are config keys (see pg-config.h); their
+ * defaults live here too.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#pragma once
+
+/* --- POP3 front end --- */
+/* RFC 2449 §4: a command line is at most 255 octets including CRLF. We accept a little
+ * more (some clients send long AUTH initial responses) and refuse with -ERR beyond it. */
+#define PG_POP3_MAX_COMMAND_LINE 512
+/* RFC 5034 §4: a SASL response line may be longer than 255 octets; PLAIN with long
+ * user names and passwords fits easily in this. */
+#define PG_POP3_MAX_SASL_LINE 2048
+/* Bytes of pipelined input we hold while earlier commands are still being answered;
+ * when full we stop reading the socket (back-pressure), we do not grow. */
+#define PG_POP3_INPUT_BUFFER 8192
+/* Consecutive over-long lines before we give up on the client: a flood. */
+#define PG_POP3_MAX_LONG_LINES 3
+
+/* --- IMAP front end (before login; after login we relay with bounded buffers) --- */
+/* RFC 9051 recommends accepting at least 8000 octets per command line. */
+#define PG_IMAP_MAX_PREAUTH_LINE 8192
+/* A literal before login can only be a user name or a password. */
+#define PG_IMAP_MAX_PREAUTH_LITERAL 4096
+/* Arguments in one pre-auth command (LOGIN has two, ID has a small list). */
+#define PG_IMAP_MAX_PREAUTH_ARGS 64
+/* Relay chunk size each way after login. */
+#define PG_IMAP_RELAY_CHUNK 16384
+
+/* --- upstream IMAP responses (the upstream is untrusted too) --- */
+/* Longest response line we parse (without literals). Dovecot's lines are far shorter;
+ * a CAPABILITY or a long FETCH of flags stays well under this. */
+#define PG_UPSTREAM_MAX_LINE 65536
+/* A literal that is not a message body (a header field, a METADATA value...). */
+#define PG_UPSTREAM_MAX_SMALL_LITERAL (1024 * 1024)
+/* Nesting depth of parenthesised lists in a response. */
+#define PG_UPSTREAM_MAX_DEPTH 16
+/* Items in one list / arguments in one response. */
+#define PG_UPSTREAM_MAX_ITEMS 4096
+/* Our command lines to the upstream stay below this; long UID sets are split. RFC 7162
+ * §4 advises clients to keep lines under 8192 octets. */
+#define PG_UPSTREAM_MAX_COMMAND_LINE 8000
+/* Body chunks handed to a consumer while a literal streams. */
+#define PG_UPSTREAM_BODY_CHUNK 32768
+
+/* --- sessions and abuse (defaults of [limits] keys) --- */
+#define PG_DEFAULT_MAX_SESSIONS 4096
+#define PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS 256
+#define PG_DEFAULT_PREAUTH_TIMEOUT_S 60
+#define PG_DEFAULT_AUTH_FAILURE_DELAY_MS 2000
+#define PG_DEFAULT_MAX_AUTH_FAILURES 3
+#define PG_DEFAULT_MAX_BAD_COMMANDS 10
+/* RFC 1939 §3: the autologout timer must be at least 10 minutes. */
+#define PG_DEFAULT_POP3_AUTOLOGOUT_S (10 * 60)
+#define PG_MIN_POP3_AUTOLOGOUT_S (10 * 60)
+/* RFC 9051 §5.4: at least 30 minutes of inactivity before an autologout. */
+#define PG_DEFAULT_IMAP_IDLE_TIMEOUT_S (30 * 60)
+#define PG_DEFAULT_UPSTREAM_TIMEOUT_S 60
+#define PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S 30
+/* How long SIGTERM waits for sessions to end before closing them. */
+#define PG_DEFAULT_SHUTDOWN_TIMEOUT_S 30
+/* Output queued to a client before we stop reading the upstream (back-pressure). */
+#define PG_CLIENT_OUTPUT_HIGH_WATER 65536
