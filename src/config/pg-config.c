@@ -559,7 +559,8 @@ pg_config_parse_listen (const char *value, GError **error)
 
   g_return_val_if_fail (value != NULL, NULL);
 
-  entries = g_strsplit (value, ",", -1);
+  /* g_strsplit ("") gives no entries at all; an empty list is still an empty entry. */
+  entries = g_strsplit (value[0] != '\0' ? value : " ", ",", -1);
   for (gsize i = 0; entries[i] != NULL; i++)
     {
       PgListenAddr *addr = NULL;
@@ -1125,6 +1126,53 @@ pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GErro
   return TRUE;
 }
 
+/* What GKeyFile's API hides: a key set twice (GKeyFile keeps the last one silently) and a
+ * localised key "name[de]" (g_key_file_get_keys() skips them). Both would let a setting
+ * the admin wrote be ignored, so both are errors. `data` has already parsed as a key file. */
+static gboolean
+pg_config_scan_text (const PgConfigLoader *loader, const char *data, gsize len, GError **error)
+{
+  g_autoptr (GHashTable) seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_autofree gchar *text = g_strndup (data, len);
+  g_auto (GStrv) lines = g_strsplit (text, "\n", -1);
+  g_autofree gchar *group = NULL;
+
+  for (gsize i = 0; lines[i] != NULL; i++)
+    {
+      gchar *line = g_strstrip (lines[i]);
+      gchar *equals = NULL;
+      g_autofree gchar *seen_key = NULL;
+      gsize line_no = i + 1;
+
+      if (line[0] == '\0' || line[0] == '#')
+        continue;
+      if (line[0] == '[')
+        {
+          gchar *close = strrchr (line, ']');
+          g_free (group);
+          group = g_strndup (line + 1, close != NULL ? (gsize) (close - line - 1) : 0);
+          continue;
+        }
+      equals = strchr (line, '=');
+      if (equals == NULL || group == NULL)
+        continue; /* cannot happen after GKeyFile accepted the text */
+      *equals = '\0';
+      g_strchomp (line);
+      if (strchr (line, '[') != NULL)
+        return pg_config_fail (loader, group, line, error,
+                               "unknown key (localised keys are not supported)");
+      seen_key = g_strdup_printf ("%s\n%s", group, line);
+      if (g_hash_table_contains (seen, seen_key))
+        return pg_config_fail (loader, group, line, error,
+                               "set twice (again on line %" G_GSIZE_FORMAT ")%s", line_no,
+                               g_str_has_suffix (line, "listen")
+                                 ? "; list several addresses in one value, comma-separated"
+                                 : "");
+      g_hash_table_add (seen, g_steal_pointer (&seen_key));
+    }
+  return TRUE;
+}
+
 static PgConfig *
 pg_config_build (const PgConfigLoader *loader, GError **error)
 {
@@ -1213,8 +1261,9 @@ pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GE
 }
 
 static PgConfig *
-pg_config_load_keyfile (GKeyFile *keyfile, const char *source, const char *base_dir,
-                        const PgConfigOverrides *overrides, GError **error)
+pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const char *source,
+                        const char *base_dir, const PgConfigOverrides *overrides,
+                        GError **error)
 {
   PgConfigLoader loader = {
     .source = source,
@@ -1224,6 +1273,11 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *source, const char *base_
   };
   PgConfig *config = NULL;
 
+  if (data != NULL && !pg_config_scan_text (&loader, data, len, error))
+    {
+      pg_config_loader_clear (&loader);
+      return NULL;
+    }
   if (overrides != NULL)
     {
       gboolean ok = TRUE;
@@ -1262,8 +1316,8 @@ pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **e
   if (path == NULL)
     {
       base_dir = g_get_current_dir ();
-      return pg_config_load_keyfile (keyfile, PG_CONFIG_COMMAND_LINE, base_dir, overrides,
-                                     error);
+      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir,
+                                     overrides, error);
     }
 
   if (!g_file_get_contents (path, &contents, &len, &local_error))
@@ -1280,7 +1334,7 @@ pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **e
     }
   absolute = g_canonicalize_filename (path, NULL);
   base_dir = g_path_get_dirname (absolute);
-  return pg_config_load_keyfile (keyfile, path, base_dir, overrides, error);
+  return pg_config_load_keyfile (keyfile, contents, len, path, base_dir, overrides, error);
 }
 
 PgConfig *
@@ -1307,5 +1361,5 @@ pg_config_load_data (const char *data, gsize len, const char *source, GError **e
       return NULL;
     }
   base_dir = g_get_current_dir ();
-  return pg_config_load_keyfile (keyfile, source, base_dir, NULL, error);
+  return pg_config_load_keyfile (keyfile, data, len, source, base_dir, NULL, error);
 }
