@@ -671,10 +671,12 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
   {
     PgConfigOverrides overrides = { .upstream = "[::1", .pop3_listen = "127.0.0.1:1" };
     g_autoptr (GError) error = NULL;
-    g_autoptr (PgConfig) config = pg_config_load (NULL, &overrides, &error);
+    g_autoptr (PgConfig) config = pg_config_load (conf, &overrides, &error);
 
     g_assert_null (config);
     g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+    g_assert_true (g_str_has_prefix (error->message,
+                                     "(command line) --upstream: [upstream] host: "));
   }
   {
     /* No file and no flags: nothing to run, and the message says what is missing. */

@@ -1196,12 +1196,19 @@ pg_config_build (const PgConfigLoader *loader, GError **error)
 }
 
 static void
+pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key,
+                       const char *flag)
+{
+  g_hash_table_replace (loader->origins, g_strdup_printf ("%s\n%s", group, key),
+                        g_strdup_printf (PG_CONFIG_COMMAND_LINE " %s", flag));
+}
+
+static void
 pg_config_set_override (PgConfigLoader *loader, const char *group, const char *key,
                         const char *value, const char *flag)
 {
   g_key_file_set_value (loader->keyfile, group, key, value);
-  g_hash_table_replace (loader->origins, g_strdup_printf ("%s\n%s", group, key),
-                        g_strdup_printf (PG_CONFIG_COMMAND_LINE " %s", flag));
+  pg_config_note_origin (loader, group, key, flag);
 }
 
 /* "[imaps://|imap://]HOST[:PORT]" with HOST a name, an IPv4 address or [IPv6]. */
@@ -1213,6 +1220,8 @@ pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GE
   const char *port = NULL;
   gsize len = 0;
 
+  /* So that a malformed flag is reported as the flag's error, not the file's. */
+  pg_config_note_origin (loader, "upstream", "host", "--upstream");
   if (g_ascii_strncasecmp (value, "imaps://", 8) == 0)
     {
       pg_config_set_override (loader, "upstream", "tls", "implicit", "--upstream");
