@@ -22,13 +22,6 @@
 #include <unistd.h>
 
 #define PG_CONFIG_COMMAND_LINE "(command line)"
-/* Values quoted in error messages are escaped and cut to this many bytes. */
-#define PG_CONFIG_MAX_QUOTED 80
-/* A client tag separator is a short marker such as "#" or "+". */
-#define PG_CONFIG_MAX_TAG_SEPARATOR 8
-/* Upper bounds that only catch typos (an extra zero or three), not real tuning. */
-#define PG_CONFIG_MAX_COUNT 1000000
-#define PG_CONFIG_MAX_RECENT_DAYS 36500
 
 /* --- the schema: every group and key popgate knows ------------------------------------- */
 
