@@ -5,6 +5,10 @@
 #include "pg-build-config.h"
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-net.h"
+
+#include <glib-unix.h>
+#include <signal.h>
 
 #include <stdio.h>
 
@@ -13,6 +17,77 @@
 #define PG_EXIT_USAGE 2
 
 static guint pg_main_verbosity = 0;
+
+typedef struct
+{
+  GMainLoop *loop;              /* owned */
+  PgServer *server;             /* owned */
+  const char *config_path;      /* unowned: NULL without --config */
+  PgConfigOverrides *overrides; /* unowned */
+  guint signal_ids[3];
+} PgMainState;
+
+/* The front ends that serve sessions; listeners without one answer "not available". */
+static void
+pg_main_register_frontends (PgServer *server)
+{
+}
+
+static void
+pg_main_log_listeners (PgServer *server)
+{
+  for (int fe = 0; fe < PG_FRONTEND_COUNT; fe++)
+    for (int tls = 0; tls <= 1; tls++)
+      {
+        g_autoptr (GPtrArray) bound = pg_server_get_bound_addresses (server, fe, tls);
+        for (guint i = 0; i < bound->len; i++)
+          pg_session_message (0, "listening for %s%s on %s", pg_frontend_to_string (fe),
+                              tls ? " (implicit TLS)" : "",
+                              (const char *) g_ptr_array_index (bound, i));
+      }
+}
+
+static void
+pg_main_idle_cb (PgServer *server, gpointer user_data)
+{
+  PgMainState *state = user_data;
+  g_main_loop_quit (state->loop);
+}
+
+static gboolean
+pg_main_stop_cb (gpointer user_data)
+{
+  PgMainState *state = user_data;
+
+  pg_session_message (0, "stopping: no new connections; %u sessions still running",
+                      pg_server_get_n_sessions (state->server));
+  pg_server_shutdown (state->server);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+pg_main_reload_cb (gpointer user_data)
+{
+  PgMainState *state = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgConfig) config = pg_config_load (state->config_path, state->overrides, &error);
+
+  if (config == NULL)
+    {
+      pg_session_warning (0, "reload refused, keeping the running configuration: %s",
+                          error->message);
+      return G_SOURCE_CONTINUE;
+    }
+  if (!pg_server_reload (state->server, config, &error))
+    {
+      pg_session_warning (0, "reload refused, keeping the running configuration: %s",
+                          error->message);
+      return G_SOURCE_CONTINUE;
+    }
+  pg_session_message (0, "configuration reloaded from %s", config->source);
+  pg_main_log_listeners (state->server);
+  return G_SOURCE_CONTINUE;
+}
 
 static gboolean
 pg_main_verbose_cb (const gchar *option_name, const gchar *value, gpointer data, GError **error)
@@ -113,16 +188,41 @@ main (int argc, char **argv)
                       config->source, config->upstream.host, config->upstream.port,
                       pg_upstream_tls_to_string (config->upstream.tls));
 
-  /* ==== LEAD: wire the daemon here ===================================================
-   * 1. Listeners: one per entry of config->pop3.listen / tls_listen, config->imap.listen /
-   *    tls_listen and config->metrics.listen (PgListenAddr; `any` = all addresses, bind
-   *    with g_socket_listener_add_inet_port()).
-   * 2. Signals with g_unix_signal_add(): SIGTERM/SIGINT stop accepting and let sessions
-   *    finish for config->limits.shutdown_timeout_ms; SIGHUP reloads with
-   *    pg_config_load (config_path, &overrides, &error) (keep the old config on error,
-   *    log the message) and hands the new ref to new sessions.
-   * 3. Run the GMainLoop until shutdown completes; return 0, or 1 if listening failed.
-   * ==================================================================================== */
+  /* glib-networking reads its GnuTLS priority string once, when the backend first loads;
+   * so [tls] priority applies at start only (a reload cannot change it). */
+  if (config->tls.priority != NULL)
+    g_setenv ("G_TLS_GNUTLS_PRIORITY", config->tls.priority, TRUE);
 
+  {
+    PgMainState state = { 0 };
+
+    state.loop = g_main_loop_new (NULL, FALSE);
+    state.server = pg_server_new (config);
+    state.config_path = config_path;
+    state.overrides = &overrides;
+    pg_main_register_frontends (state.server);
+    if (!pg_server_start (state.server, &error))
+      {
+        fprintf (stderr, "popgate: %s\n", error->message);
+        g_object_unref (state.server);
+        g_main_loop_unref (state.loop);
+        return PG_EXIT_CONFIG;
+      }
+    pg_main_log_listeners (state.server);
+    g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
+    state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
+    state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
+    state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
+    pg_session_message (0, "ready");
+
+    g_main_loop_run (state.loop);
+
+    for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
+      if (state.signal_ids[i] != 0)
+        g_source_remove (state.signal_ids[i]);
+    g_object_unref (state.server);
+    g_main_loop_unref (state.loop);
+    pg_session_message (0, "stopped");
+  }
   return 0;
 }

@@ -409,6 +409,17 @@ pg_listener_key (PgFrontend frontend, gboolean tls, const PgListenAddr *addr)
                           addr->host, addr->port);
 }
 
+static GSocketService *
+pg_listener_new_service (void)
+{
+  GSocketService *service = g_socket_service_new ();
+
+  /* A backlog like nginx's default, so a burst of clients is not refused. It must be set
+   * before an address is added. */
+  g_socket_listener_set_backlog (G_SOCKET_LISTENER (service), 511);
+  return service;
+}
+
 static PgListener *
 pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgListenAddr *addr,
                   GError **error)
@@ -417,34 +428,46 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
   g_autoptr (GSocketAddress) sockaddr = NULL;
   g_autoptr (GSocketAddress) effective = NULL;
   g_autoptr (GSocketService) service = NULL;
+  g_autofree gchar *shown = pg_listen_addr_to_string (addr);
   PgListener *listener;
 
-  if (ip == NULL)
+  if (addr->any)
+    {
+      /* "*:PORT": every IPv4 and IPv6 address (GIO binds both families). */
+      service = pg_listener_new_service ();
+      if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL,
+                                            error))
+        {
+          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
+                          pg_frontend_to_string (frontend));
+          return NULL;
+        }
+    }
+  else if (ip == NULL)
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "not an IP address: %s", addr->host);
       return NULL;
     }
-  sockaddr = g_inet_socket_address_new (ip, addr->port);
-  service = g_socket_service_new ();
-  if (!g_socket_listener_add_address (G_SOCKET_LISTENER (service), sockaddr,
-                                      G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                      &effective, error))
+  else
     {
-      g_prefix_error (error, "cannot listen on %s%s%s:%u for %s: ",
-                      strchr (addr->host, ':') ? "[" : "", addr->host,
-                      strchr (addr->host, ':') ? "]" : "", addr->port,
-                      pg_frontend_to_string (frontend));
-      return NULL;
+      sockaddr = g_inet_socket_address_new (ip, addr->port);
+      service = pg_listener_new_service ();
+      if (!g_socket_listener_add_address (G_SOCKET_LISTENER (service), sockaddr,
+                                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                          &effective, error))
+        {
+          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
+                          pg_frontend_to_string (frontend));
+          return NULL;
+        }
     }
-  /* Accept a backlog like nginx's default so a burst of clients is not refused. */
-  g_socket_listener_set_backlog (G_SOCKET_LISTENER (service), 511);
 
   listener = g_new0 (PgListener, 1);
   listener->key = pg_listener_key (frontend, tls, addr);
   listener->frontend = frontend;
   listener->tls = tls;
   listener->server = server;
-  listener->bound = pg_address_to_string (effective);
+  listener->bound = effective != NULL ? pg_address_to_string (effective) : g_steal_pointer (&shown);
   listener->service = g_steal_pointer (&service);
   g_signal_connect (listener->service, "incoming", G_CALLBACK (pg_server_incoming_cb), listener);
   return listener;
