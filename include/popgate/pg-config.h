@@ -35,12 +35,21 @@ typedef enum
   PG_FIRST_LOGIN_NEW,
 } PgFirstLogin;
 
-/* One listening address from a "ADDR:PORT, [V6]:PORT" list. */
+/* One listening address from a "ADDR:PORT, [V6]:PORT, *:PORT" list. Host names are not
+ * accepted, only literal addresses. "*:PORT" means every IPv4 and IPv6 address: `any` is
+ * set and `host` is "::"; bind it with g_socket_listener_add_inet_port(), which copes with
+ * hosts without IPv6 and with v6-only sockets. */
 typedef struct
 {
-  gchar *host; /* owned: literal address, no brackets */
+  gchar *host; /* owned: literal address in canonical form, no brackets */
   guint16 port;
+  gboolean any; /* "*:PORT" */
 } PgListenAddr;
+
+void pg_listen_addr_free (PgListenAddr *addr);
+/* "1.2.3.4:110", "[::1]:110" or "*:110", for logs and messages. */
+gchar *pg_listen_addr_to_string (const PgListenAddr *addr);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgListenAddr, pg_listen_addr_free)
 
 /* The whole configuration. Immutable once loaded: share it with pg_config_ref(). All
  * durations are in milliseconds. Strings are owned by the config; NULL = not set. */
@@ -121,8 +130,23 @@ typedef struct
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */
 PgConfig *pg_config_load_file (const char *path, GError **error);
-/* The same from a string (tests); `source` names it in error messages. */
+/* The same from a string (tests); `source` names it in error messages. Relative paths
+ * are resolved against the current directory. */
 PgConfig *pg_config_load_data (const char *data, gsize len, const char *source, GError **error);
+
+/* Command-line short-cuts that override the file (popgate --upstream ...). NULL members
+ * are not set. */
+typedef struct
+{
+  const char *upstream;    /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
+                            * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
+  const char *pop3_listen; /* a listen list, replaces [pop3] listen */
+  const char *imap_listen; /* a listen list, replaces [imap] listen */
+} PgConfigOverrides;
+
+/* Load `path` (NULL: start from the defaults), apply `overrides` (NULL: none), then
+ * validate the result. Errors in an overridden value name the command-line flag. */
+PgConfig *pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **error);
 
 PgConfig *pg_config_ref (PgConfig *config);
 void pg_config_unref (PgConfig *config);
@@ -135,5 +159,7 @@ gboolean pg_config_parse_duration (const char *value, guint *out_ms, GError **er
 
 const char *pg_delete_policy_to_string (PgDeletePolicy policy);
 const char *pg_upstream_tls_to_string (PgUpstreamTls tls);
+const char *pg_state_backend_to_string (PgStateBackend backend);
+const char *pg_first_login_to_string (PgFirstLogin first_login);
 
 G_END_DECLS

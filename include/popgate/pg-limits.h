@@ -67,3 +67,14 @@
 #define PG_DEFAULT_SHUTDOWN_TIMEOUT_S 30
 /* Output queued to a client before we stop reading the upstream (back-pressure). */
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
+
+/* --- config validation --- */
+/* Config values quoted in error messages are escaped and cut to this many bytes, so a
+ * binary blob pasted into a file cannot flood the terminal. */
+#define PG_CONFIG_MAX_QUOTED 80
+/* A client tag separator is a short marker such as "#" or "+". */
+#define PG_CONFIG_MAX_TAG_SEPARATOR 8
+/* Upper bounds of [limits] counts and recent_days: they only catch typos (an extra zero
+ * or three), they are not tuning advice. */
+#define PG_CONFIG_MAX_COUNT 1000000
+#define PG_CONFIG_MAX_RECENT_DAYS 36500

@@ -1,0 +1,120 @@
+/* popgate — network layer: listeners, per-connection I/O with a bounded write queue,
+ * timeouts, TLS upgrade, and the session limits.
+ *
+ * One PgServer owns every listening socket (one GSocketService per listen address, so a
+ * reload can open and close addresses one by one) and counts the sessions. Each accepted
+ * connection becomes a PgConn handed to the front end's start function; the front end
+ * owns the session and calls pg_conn_close() when it ends.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "popgate/pg-config.h"
+
+G_BEGIN_DECLS
+
+typedef enum
+{
+  PG_FRONTEND_POP3,
+  PG_FRONTEND_IMAP,
+  PG_FRONTEND_COUNT,
+} PgFrontend;
+
+const char *pg_frontend_to_string (PgFrontend frontend);
+
+/* --- PgConn: one client connection ------------------------------------------------- */
+
+#define PG_TYPE_CONN (pg_conn_get_type ())
+G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
+
+/* Signals:
+ *   "closed"  (void)  — emitted once, when the connection is closed for any reason
+ *                       (pg_conn_close, a write error, or the server forcing it).
+ *   "timeout" (void)  — the idle timer ran out; the session decides what to say, then
+ *                       closes. If nobody handles it the connection is closed.
+ *   "shutdown" (void) — the server is stopping; the session should finish soon. */
+
+guint64 pg_conn_get_id (PgConn *conn);
+PgFrontend pg_conn_get_frontend (PgConn *conn);
+/* The config the connection was accepted under: sessions keep it for their lifetime even
+ * when the server reloads. */
+PgConfig *pg_conn_get_config (PgConn *conn);
+/* "1.2.3.4:5678" / "[::1]:5678" */
+const char *pg_conn_get_peer (PgConn *conn);
+/* The peer's address without port, for limits and the upstream ID x-originating-ip. */
+const char *pg_conn_get_peer_ip (PgConn *conn);
+gboolean pg_conn_is_loopback (PgConn *conn);
+gboolean pg_conn_is_tls (PgConn *conn);
+gboolean pg_conn_is_closed (PgConn *conn);
+/* The listener was a plain one on which STARTTLS/STLS may be offered (a certificate is
+ * configured and the connection is not yet TLS). */
+gboolean pg_conn_can_start_tls (PgConn *conn);
+guint64 pg_conn_get_bytes_in (PgConn *conn);
+guint64 pg_conn_get_bytes_out (PgConn *conn);
+
+/* Read up to `len` bytes into `buffer` (at most one read pending). Returns the byte count,
+ * 0 at end of stream, -1 with error. Each completed read restarts the idle timer. */
+void pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancellable,
+                         GAsyncReadyCallback callback, gpointer user_data);
+gssize pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error);
+
+/* Queue bytes for the client. Writes happen one at a time in order; a failed write closes
+ * the connection. Use pg_conn_get_queued() and pg_conn_wait_drained_async() for
+ * back-pressure: a producer stops when queued bytes pass PG_CLIENT_OUTPUT_HIGH_WATER. */
+void pg_conn_write_bytes (PgConn *conn, GBytes *bytes);
+void pg_conn_write (PgConn *conn, const void *data, gsize len);
+void pg_conn_write_printf (PgConn *conn, const char *format, ...) G_GNUC_PRINTF (2, 3);
+gsize pg_conn_get_queued (PgConn *conn);
+/* Completes when the write queue holds at most `low_water` bytes (0: fully flushed), or
+ * with an error when the connection closes first. */
+void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,
+                                 GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError **error);
+
+/* Upgrade to TLS as the server (STLS/STARTTLS). The caller must have written and flushed
+ * its "+OK"/"OK" and must discard anything it had buffered from the plaintext stream. */
+void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable,
+                              GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
+
+/* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
+void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
+
+/* Close after the queued output has been written (bounded by a short deadline). */
+void pg_conn_close (PgConn *conn);
+/* Close now, dropping queued output. */
+void pg_conn_abort (PgConn *conn);
+
+/* --- PgServer: listeners and limits ------------------------------------------------ */
+
+#define PG_TYPE_SERVER (pg_server_get_type ())
+G_DECLARE_FINAL_TYPE (PgServer, pg_server, PG, SERVER, GObject)
+
+/* Called for each accepted connection that passed the limits (and, on a TLS listener,
+ * the TLS handshake). The front end keeps a reference to conn for the session's life. */
+typedef void (*PgSessionStartFunc) (PgConn *conn, gpointer user_data);
+
+PgServer *pg_server_new (PgConfig *config);
+void pg_server_set_handler (PgServer *server, PgFrontend frontend, PgSessionStartFunc func,
+                            gpointer user_data);
+/* Open every listener of the config. Fails (and opens none) when one cannot be bound. */
+gboolean pg_server_start (PgServer *server, GError **error);
+/* Apply a new config: listeners that stay are kept, new ones opened, old ones closed;
+ * running sessions keep their config. On error nothing changes. */
+gboolean pg_server_reload (PgServer *server, PgConfig *config, GError **error);
+/* Stop accepting and tell every session to finish ("shutdown"); after the config's
+ * shutdown_timeout the remaining connections are closed. */
+void pg_server_shutdown (PgServer *server);
+PgConfig *pg_server_get_config (PgServer *server);
+guint pg_server_get_n_sessions (PgServer *server);
+/* The addresses actually bound (useful with port 0 in tests), as "host:port" strings. */
+GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend,
+                                          gboolean tls);
+
+/* Signals on PgServer:
+ *   "idle" (void) — after shutdown, emitted when the last session has ended. */
+
+G_END_DECLS

@@ -1,0 +1,1367 @@
+/* popgate — configuration: GKeyFile → one immutable, refcounted PgConfig.
+ *
+ * Strict on purpose: an unknown group or key, a bad value or a missing required key is a
+ * PG_ERROR_CONFIG naming the file, the group, the key and what is wrong, so an admin's typo
+ * never silently becomes a default. Every key is documented in data/popgate.conf.example.
+ *
+ * Two small extensions to GKeyFile's syntax, both for admins who copy DESIGN.md's examples:
+ * a '#' after whitespace inside a value starts a comment ("tls = implicit  # or starttls"),
+ * and "\#" / "\\" write a literal '#' / '\'. A value that starts with '#' (the default
+ * client_tag_separator) is a value, not a comment.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "popgate/pg-config.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <gnutls/gnutls.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PG_CONFIG_COMMAND_LINE "(command line)"
+
+/* --- the schema: every group and key popgate knows ------------------------------------- */
+
+typedef struct
+{
+  const char *name;
+  const char *const *keys;
+} PgConfigGroup;
+
+static const char *const pg_config_upstream_keys[]
+  = { "host", "port", "tls", "ca_file", "mailbox", "timeout", "connect_timeout", NULL };
+static const char *const pg_config_pop3_keys[]
+  = { "listen",     "tls_listen",  "delete",  "mark_seen",
+      "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
+      "first_login", "recent_days", NULL };
+static const char *const pg_config_imap_keys[]
+  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", NULL };
+static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
+static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
+static const char *const pg_config_metrics_keys[] = { "listen", NULL };
+static const char *const pg_config_limits_keys[]
+  = { "max_sessions",       "max_sessions_per_address", "preauth_timeout",
+      "auth_failure_delay", "max_auth_failures",        "max_bad_commands",
+      "shutdown_timeout",   NULL };
+static const char *const pg_config_log_keys[] = { "trace", NULL };
+
+static const PgConfigGroup pg_config_groups[] = {
+  { "upstream", pg_config_upstream_keys }, { "pop3", pg_config_pop3_keys },
+  { "imap", pg_config_imap_keys },         { "tls", pg_config_tls_keys },
+  { "state", pg_config_state_keys },       { "metrics", pg_config_metrics_keys },
+  { "limits", pg_config_limits_keys },     { "log", pg_config_log_keys },
+};
+
+/* --- the loader: one per load, holds what error messages need ----------------------------- */
+
+typedef struct
+{
+  const char *source;   /* unowned: the file name as given, or "(command line)" */
+  GKeyFile *keyfile;    /* unowned */
+  gchar *base_dir;      /* owned: relative paths are resolved against it */
+  GHashTable *origins;  /* owned: "group\nkey" → the command-line flag that set it */
+} PgConfigLoader;
+
+static void
+pg_config_loader_clear (PgConfigLoader *loader)
+{
+  g_clear_pointer (&loader->base_dir, g_free);
+  g_clear_pointer (&loader->origins, g_hash_table_unref);
+}
+
+static gchar *
+pg_config_quote (const char *value)
+{
+  g_autofree gchar *escaped = pg_log_escape (value, strlen (value), PG_CONFIG_MAX_QUOTED);
+
+  return g_strdup_printf ("\"%s\"", escaped);
+}
+
+/* Every config error goes through here so that all of them read
+ * "FILE: [group] key: what is wrong". */
+static gboolean pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key,
+                                GError **error, const char *format, ...) G_GNUC_PRINTF (5, 6);
+
+static gboolean
+pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key,
+                GError **error, const char *format, ...)
+{
+  g_autofree gchar *what = NULL;
+  g_autofree gchar *where = NULL;
+  const char *source = loader->source;
+  va_list args;
+
+  va_start (args, format);
+  what = g_strdup_vprintf (format, args);
+  va_end (args);
+
+  if (key != NULL)
+    {
+      g_autofree gchar *origin_key = g_strdup_printf ("%s\n%s", group, key);
+      const char *flag = g_hash_table_lookup (loader->origins, origin_key);
+
+      if (flag != NULL)
+        source = flag;
+      where = g_strdup_printf ("[%s] %s", group, key);
+    }
+  else
+    where = g_strdup_printf ("[%s]", group);
+
+  g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: %s: %s", source, where, what);
+  return FALSE;
+}
+
+/* Prefix a value-level error (from the public parsers) with file, group and key. */
+static gboolean
+pg_config_fail_from (const PgConfigLoader *loader, const char *group, const char *key,
+                     GError **error, GError *cause)
+{
+  return pg_config_fail (loader, group, key, error, "%s", cause->message);
+}
+
+/* --- raw values -------------------------------------------------------------------------- */
+
+/* The value of group/key with a trailing comment cut and \# and \\ unescaped, or NULL in
+ * *out_value when the key is absent. */
+static gboolean
+pg_config_get_raw (const PgConfigLoader *loader, const char *group, const char *key,
+                   gchar **out_value, GError **error)
+{
+  g_autofree gchar *raw = NULL;
+  g_autoptr (GString) value = NULL;
+
+  if (!g_key_file_has_key (loader->keyfile, group, key, NULL))
+    {
+      *out_value = NULL;
+      return TRUE;
+    }
+  raw = g_key_file_get_value (loader->keyfile, group, key, NULL);
+  if (raw == NULL)
+    {
+      *out_value = NULL;
+      return TRUE;
+    }
+
+  value = g_string_sized_new (strlen (raw));
+  for (const char *p = raw; *p != '\0'; p++)
+    {
+      if (*p == '\\')
+        {
+          if (p[1] == '\\' || p[1] == '#')
+            {
+              g_string_append_c (value, p[1]);
+              p++;
+              continue;
+            }
+          return pg_config_fail (loader, group, key, error,
+                                 "unknown escape \"\\%c\" (only \\# and \\\\ are understood)",
+                                 p[1] != '\0' ? p[1] : ' ');
+        }
+      if (*p == '#' && p != raw && (p[-1] == ' ' || p[-1] == '\t'))
+        break;
+      if ((guchar) *p < 0x20 && *p != '\t')
+        return pg_config_fail (loader, group, key, error, "control characters are not allowed");
+      g_string_append_c (value, *p);
+    }
+  g_strstrip (value->str);
+  *out_value = g_strdup (value->str);
+  return TRUE;
+}
+
+/* A string value; an empty one counts as not set unless `allow_empty`. */
+static gboolean
+pg_config_get_string (const PgConfigLoader *loader, const char *group, const char *key,
+                      gboolean allow_empty, gchar **inout_value, GError **error)
+{
+  g_autofree gchar *value = NULL;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL || (value[0] == '\0' && !allow_empty))
+    return TRUE;
+  g_free (*inout_value);
+  *inout_value = g_steal_pointer (&value);
+  return TRUE;
+}
+
+static gboolean
+pg_config_parse_uint (const char *value, guint min, guint max, guint *out_value, GError **error)
+{
+  guint64 number = 0;
+  g_autofree gchar *quoted = pg_config_quote (value);
+
+  if (value[0] == '\0')
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "a whole number is needed");
+      return FALSE;
+    }
+  for (const char *p = value; *p != '\0'; p++)
+    {
+      if (!g_ascii_isdigit (*p))
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is not a whole number", quoted);
+          return FALSE;
+        }
+      number = number * 10 + (guint64) (*p - '0');
+      if (number > G_MAXUINT)
+        break;
+    }
+  if (number < min || number > max)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is out of range (%u to %u)", quoted,
+                   min, max);
+      return FALSE;
+    }
+  *out_value = (guint) number;
+  return TRUE;
+}
+
+static gboolean
+pg_config_get_uint (const PgConfigLoader *loader, const char *group, const char *key, guint min,
+                    guint max, guint *inout_value, GError **error)
+{
+  g_autofree gchar *value = NULL;
+  g_autoptr (GError) local_error = NULL;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  if (!pg_config_parse_uint (value, min, max, inout_value, &local_error))
+    return pg_config_fail_from (loader, group, key, error, local_error);
+  return TRUE;
+}
+
+static gboolean
+pg_config_get_bool (const PgConfigLoader *loader, const char *group, const char *key,
+                    gboolean *inout_value, GError **error)
+{
+  static const char *const truths[] = { "true", "yes", "1", NULL };
+  static const char *const falsehoods[] = { "false", "no", "0", NULL };
+  g_autofree gchar *value = NULL;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  for (gsize i = 0; truths[i] != NULL; i++)
+    {
+      if (g_ascii_strcasecmp (value, truths[i]) == 0)
+        {
+          *inout_value = TRUE;
+          return TRUE;
+        }
+      if (g_ascii_strcasecmp (value, falsehoods[i]) == 0)
+        {
+          *inout_value = FALSE;
+          return TRUE;
+        }
+    }
+  {
+    g_autofree gchar *quoted = pg_config_quote (value);
+    return pg_config_fail (loader, group, key, error,
+                           "%s is not a boolean (use true, false, yes, no, 1 or 0)", quoted);
+  }
+}
+
+/* A duration of at least `min_ms`; the message shows the minimum the way an admin writes
+ * it (whole minutes or seconds). */
+static gboolean
+pg_config_get_duration (const PgConfigLoader *loader, const char *group, const char *key,
+                        guint min_ms, guint *inout_ms, GError **error)
+{
+  g_autofree gchar *value = NULL;
+  g_autoptr (GError) local_error = NULL;
+  guint ms = 0;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  if (!pg_config_parse_duration (value, &ms, &local_error))
+    return pg_config_fail_from (loader, group, key, error, local_error);
+  if (ms < min_ms)
+    {
+      g_autofree gchar *quoted = pg_config_quote (value);
+      if (min_ms % 60000 == 0)
+        return pg_config_fail (loader, group, key, error, "%s is too short: the minimum is %um",
+                               quoted, min_ms / 60000);
+      if (min_ms % 1000 == 0)
+        return pg_config_fail (loader, group, key, error, "%s is too short: the minimum is %us",
+                               quoted, min_ms / 1000);
+      return pg_config_fail (loader, group, key, error, "%s is too short: the minimum is %ums",
+                             quoted, min_ms);
+    }
+  *inout_ms = ms;
+  return TRUE;
+}
+
+static gboolean
+pg_config_get_listen (const PgConfigLoader *loader, const char *group, const char *key,
+                      GPtrArray **inout_list, GError **error)
+{
+  g_autofree gchar *value = NULL;
+  g_autoptr (GError) local_error = NULL;
+  g_autoptr (GPtrArray) list = NULL;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL || value[0] == '\0')
+    return TRUE;
+  list = pg_config_parse_listen (value, &local_error);
+  if (list == NULL)
+    return pg_config_fail_from (loader, group, key, error, local_error);
+  g_ptr_array_unref (*inout_list);
+  *inout_list = g_steal_pointer (&list);
+  return TRUE;
+}
+
+/* A file path, resolved against the config file's directory; `must_read` checks at load
+ * time that it is a readable regular file, so a typo fails at --check, not at the first
+ * TLS handshake. */
+static gboolean
+pg_config_get_path (const PgConfigLoader *loader, const char *group, const char *key,
+                    gboolean must_read, gchar **inout_path, GError **error)
+{
+  g_autofree gchar *value = NULL;
+  g_autofree gchar *path = NULL;
+  GStatBuf st;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL || value[0] == '\0')
+    return TRUE;
+  path = g_canonicalize_filename (value, loader->base_dir);
+  if (must_read)
+    {
+      if (g_stat (path, &st) != 0)
+        {
+          int saved_errno = errno;
+          return pg_config_fail (loader, group, key, error, "%s: %s", path,
+                                 g_strerror (saved_errno));
+        }
+      if (!S_ISREG (st.st_mode))
+        return pg_config_fail (loader, group, key, error, "%s: not a regular file", path);
+      if (g_access (path, R_OK) != 0)
+        {
+          int saved_errno = errno;
+          return pg_config_fail (loader, group, key, error, "%s: %s", path,
+                                 g_strerror (saved_errno));
+        }
+    }
+  g_free (*inout_path);
+  *inout_path = g_steal_pointer (&path);
+  return TRUE;
+}
+
+/* One of a fixed set of words, case-insensitive. Returns the index or -1 (error set). */
+static gint
+pg_config_match_word (const PgConfigLoader *loader, const char *group, const char *key,
+                      const char *value, const char *const *words, const char *choices,
+                      GError **error)
+{
+  g_autofree gchar *quoted = NULL;
+
+  for (gint i = 0; words[i] != NULL; i++)
+    {
+      if (g_ascii_strcasecmp (value, words[i]) == 0)
+        return i;
+    }
+  quoted = pg_config_quote (value);
+  pg_config_fail (loader, group, key, error, "%s is not one of %s", quoted, choices);
+  return -1;
+}
+
+/* --- public value parsers ---------------------------------------------------------------- */
+
+gboolean
+pg_config_parse_duration (const char *value, guint *out_ms, GError **error)
+{
+  static const struct
+  {
+    const char *suffix;
+    guint64 factor;
+  } units[] = { { "", 1000 }, { "s", 1000 }, { "ms", 1 }, { "m", 60000 }, { "h", 3600000 } };
+  guint64 number = 0;
+  const char *p = value;
+  g_autofree gchar *quoted = pg_config_quote (value);
+
+  g_return_val_if_fail (value != NULL, FALSE);
+
+  for (; g_ascii_isdigit (*p); p++)
+    {
+      number = number * 10 + (guint64) (*p - '0');
+      /* Stay far below G_MAXUINT64 so the multiplication below cannot overflow. */
+      if (number > G_MAXUINT)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is too long", quoted);
+          return FALSE;
+        }
+    }
+  if (p == value)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "%s is not a duration (use 90, 90s, 500ms, 10m or 2h)", quoted);
+      return FALSE;
+    }
+  for (gsize i = 0; i < G_N_ELEMENTS (units); i++)
+    {
+      if (strcmp (p, units[i].suffix) == 0)
+        {
+          guint64 ms = number * units[i].factor;
+
+          if (ms > G_MAXUINT)
+            {
+              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                           "%s is too long (at most %u days)", quoted,
+                           G_MAXUINT / (24u * 3600000u));
+              return FALSE;
+            }
+          *out_ms = (guint) ms;
+          return TRUE;
+        }
+    }
+  g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+               "%s is not a duration (use 90, 90s, 500ms, 10m or 2h)", quoted);
+  return FALSE;
+}
+
+void
+pg_listen_addr_free (PgListenAddr *addr)
+{
+  if (addr == NULL)
+    return;
+  g_free (addr->host);
+  g_free (addr);
+}
+
+gchar *
+pg_listen_addr_to_string (const PgListenAddr *addr)
+{
+  if (addr->any)
+    return g_strdup_printf ("*:%u", addr->port);
+  if (strchr (addr->host, ':') != NULL)
+    return g_strdup_printf ("[%s]:%u", addr->host, addr->port);
+  return g_strdup_printf ("%s:%u", addr->host, addr->port);
+}
+
+static PgListenAddr *
+pg_config_parse_listen_entry (const char *entry, GError **error)
+{
+  g_autofree gchar *quoted = pg_config_quote (entry);
+  g_autofree gchar *host = NULL;
+  g_autoptr (GInetAddress) address = NULL;
+  g_autoptr (PgListenAddr) addr = g_new0 (PgListenAddr, 1);
+  const char *port_text = NULL;
+  GSocketFamily family = G_SOCKET_FAMILY_IPV4;
+  guint port = 0;
+
+  if (entry[0] == '[')
+    {
+      const char *close = strchr (entry, ']');
+
+      if (close == NULL || close[1] != ':')
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s: an IPv6 address is written [ADDR]:PORT, like [::1]:110", quoted);
+          return NULL;
+        }
+      host = g_strndup (entry + 1, (gsize) (close - entry - 1));
+      port_text = close + 2;
+      family = G_SOCKET_FAMILY_IPV6;
+    }
+  else
+    {
+      const char *colon = strrchr (entry, ':');
+
+      if (colon == NULL)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: missing :PORT", quoted);
+          return NULL;
+        }
+      host = g_strndup (entry, (gsize) (colon - entry));
+      port_text = colon + 1;
+      if (strchr (host, ':') != NULL)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s: an IPv6 address needs brackets, like [::1]:110", quoted);
+          return NULL;
+        }
+    }
+
+  if (port_text[0] == '\0')
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: missing port after ':'", quoted);
+      return NULL;
+    }
+  for (const char *p = port_text; *p != '\0'; p++)
+    {
+      if (!g_ascii_isdigit (*p))
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port is not a number",
+                       quoted);
+          return NULL;
+        }
+      port = port * 10 + (guint) (*p - '0');
+      if (port > 65535)
+        break;
+    }
+  if (port == 0 || port > 65535)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port must be 1 to 65535",
+                   quoted);
+      return NULL;
+    }
+  addr->port = (guint16) port;
+
+  if (family == G_SOCKET_FAMILY_IPV4 && g_strcmp0 (host, "*") == 0)
+    {
+      addr->any = TRUE;
+      addr->host = g_strdup ("::");
+      return g_steal_pointer (&addr);
+    }
+
+  address = g_inet_address_new_from_string (host);
+  if (address == NULL || g_inet_address_get_family (address) != family)
+    {
+      g_autofree gchar *quoted_host = pg_config_quote (host);
+
+      if (family == G_SOCKET_FAMILY_IPV6)
+        g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: %s is not an IPv6 address", quoted,
+                     quoted_host);
+      else
+        g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                     "%s: %s is not a literal IPv4 address (host names are not allowed; "
+                     "use [ADDR]:PORT for IPv6 and *:PORT for all addresses)",
+                     quoted, quoted_host);
+      return NULL;
+    }
+  addr->host = g_inet_address_to_string (address);
+  return g_steal_pointer (&addr);
+}
+
+GPtrArray *
+pg_config_parse_listen (const char *value, GError **error)
+{
+  g_auto (GStrv) entries = NULL;
+  g_autoptr (GPtrArray) list
+    = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
+
+  g_return_val_if_fail (value != NULL, NULL);
+
+  /* g_strsplit ("") gives no entries at all; an empty list is still an empty entry. */
+  entries = g_strsplit (value[0] != '\0' ? value : " ", ",", -1);
+  for (gsize i = 0; entries[i] != NULL; i++)
+    {
+      PgListenAddr *addr = NULL;
+      const char *entry = g_strstrip (entries[i]);
+
+      if (entry[0] == '\0')
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "empty entry in the list (entry %" G_GSIZE_FORMAT ")", i + 1);
+          return NULL;
+        }
+      addr = pg_config_parse_listen_entry (entry, error);
+      if (addr == NULL)
+        return NULL;
+      g_ptr_array_add (list, addr);
+    }
+  return g_steal_pointer (&list);
+}
+
+const char *
+pg_delete_policy_to_string (PgDeletePolicy policy)
+{
+  switch (policy)
+    {
+    case PG_DELETE_EXPUNGE:
+      return "expunge";
+    case PG_DELETE_MOVE:
+      return "move";
+    case PG_DELETE_KEEP:
+      return "keep";
+    }
+  return "?";
+}
+
+const char *
+pg_upstream_tls_to_string (PgUpstreamTls tls)
+{
+  switch (tls)
+    {
+    case PG_UPSTREAM_TLS_NONE:
+      return "none";
+    case PG_UPSTREAM_TLS_STARTTLS:
+      return "starttls";
+    case PG_UPSTREAM_TLS_IMPLICIT:
+      return "implicit";
+    }
+  return "?";
+}
+
+const char *
+pg_state_backend_to_string (PgStateBackend backend)
+{
+  switch (backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      return "file";
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      return "imap-metadata";
+    }
+  return "?";
+}
+
+const char *
+pg_first_login_to_string (PgFirstLogin first_login)
+{
+  switch (first_login)
+    {
+    case PG_FIRST_LOGIN_ALL:
+      return "all";
+    case PG_FIRST_LOGIN_NEW:
+      return "new";
+    }
+  return "?";
+}
+
+/* --- the config object ------------------------------------------------------------------- */
+
+static GPtrArray *
+pg_config_listen_list_new (void)
+{
+  return g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
+}
+
+static PgConfig *
+pg_config_new_defaults (const char *source)
+{
+  PgConfig *config = g_new0 (PgConfig, 1);
+
+  config->ref_count = 1;
+  config->source = g_strdup (source);
+
+  config->upstream.port = 0; /* chosen from tls once that is known */
+  config->upstream.tls = PG_UPSTREAM_TLS_IMPLICIT;
+  config->upstream.mailbox = g_strdup ("INBOX");
+  config->upstream.timeout_ms = PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
+  config->upstream.connect_timeout_ms = PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S * 1000;
+
+  config->pop3.listen = pg_config_listen_list_new ();
+  config->pop3.tls_listen = pg_config_listen_list_new ();
+  config->pop3.delete_policy = PG_DELETE_EXPUNGE;
+  config->pop3.mark_seen = TRUE;
+  config->pop3.allow_plaintext_auth = FALSE;
+  config->pop3.autologout_ms = PG_DEFAULT_POP3_AUTOLOGOUT_S * 1000;
+  config->pop3.login_delay_s = 0;
+  config->pop3.client_tag_separator = g_strdup ("#");
+  config->pop3.first_login = PG_FIRST_LOGIN_ALL;
+  config->pop3.recent_days = 0;
+
+  config->imap.listen = pg_config_listen_list_new ();
+  config->imap.tls_listen = pg_config_listen_list_new ();
+  config->imap.allow_plaintext_auth = FALSE;
+  config->imap.idle_timeout_ms = PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000;
+
+  config->state.backend = PG_STATE_BACKEND_FILE;
+  config->state.path = g_strdup ("/var/lib/popgate");
+
+  config->metrics.listen = pg_config_listen_list_new ();
+
+  config->limits.max_sessions = PG_DEFAULT_MAX_SESSIONS;
+  config->limits.max_sessions_per_address = PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS;
+  config->limits.preauth_timeout_ms = PG_DEFAULT_PREAUTH_TIMEOUT_S * 1000;
+  config->limits.auth_failure_delay_ms = PG_DEFAULT_AUTH_FAILURE_DELAY_MS;
+  config->limits.max_auth_failures = PG_DEFAULT_MAX_AUTH_FAILURES;
+  config->limits.max_bad_commands = PG_DEFAULT_MAX_BAD_COMMANDS;
+  config->limits.shutdown_timeout_ms = PG_DEFAULT_SHUTDOWN_TIMEOUT_S * 1000;
+
+  config->log.trace = FALSE;
+  return config;
+}
+
+PgConfig *
+pg_config_ref (PgConfig *config)
+{
+  g_return_val_if_fail (config != NULL, NULL);
+  g_return_val_if_fail (config->ref_count > 0, NULL);
+
+  g_atomic_int_inc (&config->ref_count);
+  return config;
+}
+
+void
+pg_config_unref (PgConfig *config)
+{
+  if (config == NULL)
+    return;
+  g_return_if_fail (config->ref_count > 0);
+  if (!g_atomic_int_dec_and_test (&config->ref_count))
+    return;
+
+  g_free (config->source);
+  g_free (config->upstream.host);
+  g_free (config->upstream.ca_file);
+  g_free (config->upstream.mailbox);
+  g_ptr_array_unref (config->pop3.listen);
+  g_ptr_array_unref (config->pop3.tls_listen);
+  g_free (config->pop3.move_mailbox);
+  g_free (config->pop3.client_tag_separator);
+  g_ptr_array_unref (config->imap.listen);
+  g_ptr_array_unref (config->imap.tls_listen);
+  g_free (config->tls.cert);
+  g_free (config->tls.key);
+  g_free (config->tls.priority);
+  g_free (config->state.path);
+  g_ptr_array_unref (config->metrics.listen);
+  g_free (config);
+}
+
+/* --- loading ----------------------------------------------------------------------------- */
+
+static gboolean
+pg_config_check_keys (const PgConfigLoader *loader, GError **error)
+{
+  g_auto (GStrv) groups = g_key_file_get_groups (loader->keyfile, NULL);
+
+  for (gsize i = 0; groups[i] != NULL; i++)
+    {
+      const PgConfigGroup *group = NULL;
+      g_auto (GStrv) keys = NULL;
+
+      for (gsize g = 0; g < G_N_ELEMENTS (pg_config_groups); g++)
+        {
+          if (strcmp (groups[i], pg_config_groups[g].name) == 0)
+            group = &pg_config_groups[g];
+        }
+      if (group == NULL)
+        return pg_config_fail (loader, groups[i], NULL, error,
+                               "unknown group (the groups are upstream, pop3, imap, tls, "
+                               "state, metrics, limits and log)");
+
+      keys = g_key_file_get_keys (loader->keyfile, groups[i], NULL, NULL);
+      for (gsize k = 0; keys != NULL && keys[k] != NULL; k++)
+        {
+          if (g_strv_contains (group->keys, keys[k]))
+            continue;
+          /* A key put in the wrong group is the likeliest mistake: say where it lives. */
+          for (gsize g = 0; g < G_N_ELEMENTS (pg_config_groups); g++)
+            {
+              if (g_strv_contains (pg_config_groups[g].keys, keys[k]))
+                return pg_config_fail (loader, groups[i], keys[k], error,
+                                       "unknown key in this group (did you mean [%s] %s?)",
+                                       pg_config_groups[g].name, keys[k]);
+            }
+          return pg_config_fail (loader, groups[i], keys[k], error, "unknown key");
+        }
+    }
+  return TRUE;
+}
+
+/* No control characters (checked already) and nothing an IMAP mailbox name cannot be. */
+static gboolean
+pg_config_check_mailbox (const PgConfigLoader *loader, const char *group, const char *key,
+                         const char *mailbox, GError **error)
+{
+  if (mailbox[0] == '\0')
+    return pg_config_fail (loader, group, key, error, "the mailbox name is empty");
+  if (!g_utf8_validate (mailbox, -1, NULL))
+    return pg_config_fail (loader, group, key, error, "the mailbox name is not valid UTF-8");
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_upstream (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  static const char *const tls_words[] = { "none", "starttls", "implicit", NULL };
+  g_autofree gchar *tls = NULL;
+  g_autofree gchar *host = NULL;
+  guint port = 0;
+
+  if (!pg_config_get_string (loader, "upstream", "host", FALSE, &host, error))
+    return FALSE;
+  if (host == NULL)
+    return pg_config_fail (loader, "upstream", "host", error,
+                           "missing: the upstream IMAP server's name or address is required");
+  if (host[0] == '[' && host[strlen (host) - 1] == ']')
+    {
+      gchar *inner = g_strndup (host + 1, strlen (host) - 2);
+      g_free (host);
+      host = inner;
+    }
+  if (strpbrk (host, " \t/") != NULL)
+    {
+      g_autofree gchar *quoted = pg_config_quote (host);
+      return pg_config_fail (loader, "upstream", "host", error,
+                             "%s is not a host name or address", quoted);
+    }
+  if (strchr (host, ':') != NULL && !g_hostname_is_ip_address (host))
+    {
+      g_autofree gchar *quoted = pg_config_quote (host);
+      return pg_config_fail (loader, "upstream", "host", error,
+                             "%s: put the port in [upstream] port, not in the host", quoted);
+    }
+  config->upstream.host = g_steal_pointer (&host);
+
+  if (!pg_config_get_raw (loader, "upstream", "tls", &tls, error))
+    return FALSE;
+  if (tls != NULL)
+    {
+      gint index = pg_config_match_word (loader, "upstream", "tls", tls, tls_words,
+                                         "none, starttls, implicit", error);
+      if (index < 0)
+        return FALSE;
+      config->upstream.tls = (PgUpstreamTls) index;
+    }
+  if (!pg_config_get_uint (loader, "upstream", "port", 1, 65535, &port, error))
+    return FALSE;
+  if (port == 0)
+    port = config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT ? 993 : 143;
+  config->upstream.port = (guint16) port;
+
+  if (!pg_config_get_path (loader, "upstream", "ca_file", TRUE, &config->upstream.ca_file,
+                           error))
+    return FALSE;
+  if (!pg_config_get_string (loader, "upstream", "mailbox", TRUE, &config->upstream.mailbox,
+                             error))
+    return FALSE;
+  if (!pg_config_check_mailbox (loader, "upstream", "mailbox", config->upstream.mailbox, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "upstream", "timeout", 1, &config->upstream.timeout_ms,
+                               error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "upstream", "connect_timeout", 1,
+                               &config->upstream.connect_timeout_ms, error))
+    return FALSE;
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  static const char *const first_login_words[] = { "all", "new", NULL };
+  g_autofree gchar *delete_value = NULL;
+  g_autofree gchar *first_login = NULL;
+  guint login_delay_ms = config->pop3.login_delay_s * 1000;
+
+  if (!pg_config_get_listen (loader, "pop3", "listen", &config->pop3.listen, error))
+    return FALSE;
+  if (!pg_config_get_listen (loader, "pop3", "tls_listen", &config->pop3.tls_listen, error))
+    return FALSE;
+
+  if (!pg_config_get_raw (loader, "pop3", "delete", &delete_value, error))
+    return FALSE;
+  if (delete_value != NULL)
+    {
+      if (g_ascii_strcasecmp (delete_value, "expunge") == 0)
+        config->pop3.delete_policy = PG_DELETE_EXPUNGE;
+      else if (g_ascii_strcasecmp (delete_value, "keep") == 0)
+        config->pop3.delete_policy = PG_DELETE_KEEP;
+      else if (g_ascii_strncasecmp (delete_value, "move", 4) == 0
+               && (delete_value[4] == ':' || delete_value[4] == '\0'))
+        {
+          const char *mailbox = delete_value[4] == ':' ? delete_value + 5 : "";
+
+          while (*mailbox == ' ' || *mailbox == '\t')
+            mailbox++;
+          if (mailbox[0] == '\0')
+            return pg_config_fail (loader, "pop3", "delete", error,
+                                   "move needs a mailbox name, like move:Trash");
+          if (!pg_config_check_mailbox (loader, "pop3", "delete", mailbox, error))
+            return FALSE;
+          config->pop3.delete_policy = PG_DELETE_MOVE;
+          config->pop3.move_mailbox = g_strdup (mailbox);
+        }
+      else
+        {
+          g_autofree gchar *quoted = pg_config_quote (delete_value);
+          return pg_config_fail (loader, "pop3", "delete", error,
+                                 "%s is not one of expunge, move:MAILBOX, keep", quoted);
+        }
+    }
+
+  if (!pg_config_get_bool (loader, "pop3", "mark_seen", &config->pop3.mark_seen, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "pop3", "allow_plaintext_auth",
+                           &config->pop3.allow_plaintext_auth, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "pop3", "autologout", PG_MIN_POP3_AUTOLOGOUT_S * 1000,
+                               &config->pop3.autologout_ms, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "pop3", "login_delay", 0, &login_delay_ms, error))
+    return FALSE;
+  if (login_delay_ms % 1000 != 0)
+    return pg_config_fail (loader, "pop3", "login_delay", error,
+                           "LOGIN-DELAY is advertised in whole seconds");
+  config->pop3.login_delay_s = login_delay_ms / 1000;
+
+  if (!pg_config_get_string (loader, "pop3", "client_tag_separator", TRUE,
+                             &config->pop3.client_tag_separator, error))
+    return FALSE;
+  if (strlen (config->pop3.client_tag_separator) > PG_CONFIG_MAX_TAG_SEPARATOR
+      || strpbrk (config->pop3.client_tag_separator, " \t") != NULL)
+    return pg_config_fail (loader, "pop3", "client_tag_separator", error,
+                           "use a short marker without spaces, like # or + (empty: no tags)");
+
+  if (!pg_config_get_raw (loader, "pop3", "first_login", &first_login, error))
+    return FALSE;
+  if (first_login != NULL)
+    {
+      gint index = pg_config_match_word (loader, "pop3", "first_login", first_login,
+                                         first_login_words, "all, new", error);
+      if (index < 0)
+        return FALSE;
+      config->pop3.first_login = (PgFirstLogin) index;
+    }
+  if (!pg_config_get_uint (loader, "pop3", "recent_days", 0, PG_CONFIG_MAX_RECENT_DAYS,
+                           &config->pop3.recent_days, error))
+    return FALSE;
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  if (!pg_config_get_listen (loader, "imap", "listen", &config->imap.listen, error))
+    return FALSE;
+  if (!pg_config_get_listen (loader, "imap", "tls_listen", &config->imap.tls_listen, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "imap", "allow_plaintext_auth",
+                           &config->imap.allow_plaintext_auth, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "imap", "idle_timeout",
+                               PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000,
+                               &config->imap.idle_timeout_ms, error))
+    return FALSE;
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_tls (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  gboolean any_tls_listen = config->pop3.tls_listen->len > 0 || config->imap.tls_listen->len > 0;
+
+  if (!pg_config_get_path (loader, "tls", "cert", TRUE, &config->tls.cert, error))
+    return FALSE;
+  if (!pg_config_get_path (loader, "tls", "key", TRUE, &config->tls.key, error))
+    return FALSE;
+  if (!pg_config_get_string (loader, "tls", "priority", FALSE, &config->tls.priority, error))
+    return FALSE;
+
+  if (config->tls.cert == NULL && any_tls_listen)
+    return pg_config_fail (loader, "tls", "cert", error,
+                           "missing: a tls_listen address is set, so popgate needs a "
+                           "certificate to present");
+  if (config->tls.key == NULL && (any_tls_listen || config->tls.cert != NULL))
+    return pg_config_fail (loader, "tls", "key", error,
+                           "missing: cert is set, so its private key is needed too");
+  if (config->tls.cert == NULL && config->tls.key != NULL)
+    return pg_config_fail (loader, "tls", "cert", error,
+                           "missing: key is set, so its certificate is needed too");
+
+  if (config->tls.priority != NULL)
+    {
+      gnutls_priority_t priority = NULL;
+      const char *error_pos = NULL;
+      int rc = gnutls_priority_init (&priority, config->tls.priority, &error_pos);
+
+      if (rc != GNUTLS_E_SUCCESS)
+        {
+          g_autofree gchar *quoted = pg_config_quote (config->tls.priority);
+          g_autofree gchar *at
+            = pg_config_quote (error_pos != NULL ? error_pos : config->tls.priority);
+          return pg_config_fail (loader, "tls", "priority", error,
+                                 "%s is not a GnuTLS priority string (%s, at %s)", quoted,
+                                 gnutls_strerror (rc), at);
+        }
+      gnutls_priority_deinit (priority);
+    }
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_rest (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  static const char *const backend_words[] = { "file", "imap-metadata", NULL };
+  g_autofree gchar *backend = NULL;
+
+  if (!pg_config_get_raw (loader, "state", "backend", &backend, error))
+    return FALSE;
+  if (backend != NULL)
+    {
+      gint index = pg_config_match_word (loader, "state", "backend", backend, backend_words,
+                                         "file, imap-metadata", error);
+      if (index < 0)
+        return FALSE;
+      config->state.backend = (PgStateBackend) index;
+    }
+  /* The state directory is created by the state module; it need not exist yet. */
+  if (!pg_config_get_path (loader, "state", "path", FALSE, &config->state.path, error))
+    return FALSE;
+
+  if (!pg_config_get_listen (loader, "metrics", "listen", &config->metrics.listen, error))
+    return FALSE;
+
+  if (!pg_config_get_uint (loader, "limits", "max_sessions", 1, PG_CONFIG_MAX_COUNT,
+                           &config->limits.max_sessions, error))
+    return FALSE;
+  if (!pg_config_get_uint (loader, "limits", "max_sessions_per_address", 1, PG_CONFIG_MAX_COUNT,
+                           &config->limits.max_sessions_per_address, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "limits", "preauth_timeout", 1,
+                               &config->limits.preauth_timeout_ms, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "limits", "auth_failure_delay", 0,
+                               &config->limits.auth_failure_delay_ms, error))
+    return FALSE;
+  if (!pg_config_get_uint (loader, "limits", "max_auth_failures", 1, PG_CONFIG_MAX_COUNT,
+                           &config->limits.max_auth_failures, error))
+    return FALSE;
+  if (!pg_config_get_uint (loader, "limits", "max_bad_commands", 1, PG_CONFIG_MAX_COUNT,
+                           &config->limits.max_bad_commands, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, "limits", "shutdown_timeout", 0,
+                               &config->limits.shutdown_timeout_ms, error))
+    return FALSE;
+
+  if (!pg_config_get_bool (loader, "log", "trace", &config->log.trace, error))
+    return FALSE;
+  return TRUE;
+}
+
+/* Two listeners that could not both be bound. "::" counts as dual-stack (GLib's IPv6
+ * sockets accept IPv4 too), so it overlaps every address on its port. */
+static gboolean
+pg_config_listen_overlaps (const PgListenAddr *a, const PgListenAddr *b)
+{
+  g_autoptr (GInetAddress) ia = NULL;
+  g_autoptr (GInetAddress) ib = NULL;
+
+  if (a->port != b->port)
+    return FALSE;
+  if (a->any || b->any || g_str_equal (a->host, b->host))
+    return TRUE;
+  ia = g_inet_address_new_from_string (a->host);
+  ib = g_inet_address_new_from_string (b->host);
+  if (ia == NULL || ib == NULL)
+    return FALSE;
+  for (guint swap = 0; swap < 2; swap++)
+    {
+      GInetAddress *x = swap ? ib : ia;
+      GInetAddress *y = swap ? ia : ib;
+
+      if (g_inet_address_get_is_any (x)
+          && (g_inet_address_get_family (x) == G_SOCKET_FAMILY_IPV6
+              || g_inet_address_get_family (x) == g_inet_address_get_family (y)))
+        return TRUE;
+    }
+  return FALSE;
+}
+
+static gboolean
+pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  const struct
+  {
+    const char *group;
+    const char *key;
+    GPtrArray *list;
+  } lists[] = {
+    { "pop3", "listen", config->pop3.listen },     { "pop3", "tls_listen", config->pop3.tls_listen },
+    { "imap", "listen", config->imap.listen },     { "imap", "tls_listen", config->imap.tls_listen },
+    { "metrics", "listen", config->metrics.listen },
+  };
+  guint mail_listeners = 0;
+
+  for (gsize l = 0; l < G_N_ELEMENTS (lists); l++)
+    {
+      if (g_strcmp0 (lists[l].group, "metrics") != 0)
+        mail_listeners += lists[l].list->len;
+    }
+  if (mail_listeners == 0)
+    return pg_config_fail (loader, "pop3", "listen", error,
+                           "no listener: set at least one of [pop3] listen, [pop3] tls_listen, "
+                           "[imap] listen, [imap] tls_listen");
+
+  /* Every address against every earlier one, across all lists: a handful of entries. */
+  for (gsize l = 0; l < G_N_ELEMENTS (lists); l++)
+    {
+      for (guint i = 0; i < lists[l].list->len; i++)
+        {
+          const PgListenAddr *addr = g_ptr_array_index (lists[l].list, i);
+
+          for (gsize m = 0; m <= l; m++)
+            {
+              guint end = m == l ? i : lists[m].list->len;
+
+              for (guint j = 0; j < end; j++)
+                {
+                  const PgListenAddr *other = g_ptr_array_index (lists[m].list, j);
+                  g_autofree gchar *a = NULL;
+                  g_autofree gchar *b = NULL;
+
+                  if (!pg_config_listen_overlaps (addr, other))
+                    continue;
+                  a = pg_listen_addr_to_string (addr);
+                  b = pg_listen_addr_to_string (other);
+                  return pg_config_fail (loader, lists[l].group, lists[l].key, error,
+                                         "%s overlaps %s in [%s] %s: one address, one "
+                                         "listener",
+                                         a, b, lists[m].group, lists[m].key);
+                }
+            }
+        }
+    }
+  return TRUE;
+}
+
+/* What GKeyFile's API hides: a key set twice (GKeyFile keeps the last one silently) and a
+ * localised key "name[de]" (g_key_file_get_keys() skips them). Both would let a setting
+ * the admin wrote be ignored, so both are errors. `data` has already parsed as a key file. */
+static gboolean
+pg_config_scan_text (const PgConfigLoader *loader, const char *data, gsize len, GError **error)
+{
+  g_autoptr (GHashTable) seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_autofree gchar *text = g_strndup (data, len);
+  g_auto (GStrv) lines = g_strsplit (text, "\n", -1);
+  g_autofree gchar *group = NULL;
+
+  for (gsize i = 0; lines[i] != NULL; i++)
+    {
+      gchar *line = g_strstrip (lines[i]);
+      gchar *equals = NULL;
+      g_autofree gchar *seen_key = NULL;
+      gsize line_no = i + 1;
+
+      if (line[0] == '\0' || line[0] == '#')
+        continue;
+      if (line[0] == '[')
+        {
+          gchar *close = strrchr (line, ']');
+          g_free (group);
+          group = g_strndup (line + 1, close != NULL ? (gsize) (close - line - 1) : 0);
+          continue;
+        }
+      equals = strchr (line, '=');
+      if (equals == NULL || group == NULL)
+        continue; /* cannot happen after GKeyFile accepted the text */
+      *equals = '\0';
+      g_strchomp (line);
+      if (strchr (line, '[') != NULL)
+        return pg_config_fail (loader, group, line, error,
+                               "unknown key (localised keys are not supported)");
+      seen_key = g_strdup_printf ("%s\n%s", group, line);
+      if (g_hash_table_contains (seen, seen_key))
+        return pg_config_fail (loader, group, line, error,
+                               "set twice (again on line %" G_GSIZE_FORMAT ")%s", line_no,
+                               g_str_has_suffix (line, "listen")
+                                 ? "; list several addresses in one value, comma-separated"
+                                 : "");
+      g_hash_table_add (seen, g_steal_pointer (&seen_key));
+    }
+  return TRUE;
+}
+
+static PgConfig *
+pg_config_build (const PgConfigLoader *loader, GError **error)
+{
+  g_autoptr (PgConfig) config = pg_config_new_defaults (loader->source);
+
+  if (!pg_config_check_keys (loader, error))
+    return NULL;
+  if (!pg_config_load_upstream (loader, config, error))
+    return NULL;
+  if (!pg_config_load_pop3 (loader, config, error))
+    return NULL;
+  if (!pg_config_load_imap (loader, config, error))
+    return NULL;
+  if (!pg_config_load_tls (loader, config, error))
+    return NULL;
+  if (!pg_config_load_rest (loader, config, error))
+    return NULL;
+  if (!pg_config_check_listeners (loader, config, error))
+    return NULL;
+  return g_steal_pointer (&config);
+}
+
+static void
+pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key,
+                       const char *flag)
+{
+  g_hash_table_replace (loader->origins, g_strdup_printf ("%s\n%s", group, key),
+                        g_strdup_printf (PG_CONFIG_COMMAND_LINE " %s", flag));
+}
+
+static void
+pg_config_set_override (PgConfigLoader *loader, const char *group, const char *key,
+                        const char *value, const char *flag)
+{
+  g_key_file_set_value (loader->keyfile, group, key, value);
+  pg_config_note_origin (loader, group, key, flag);
+}
+
+/* "[imaps://|imap://]HOST[:PORT]" with HOST a name, an IPv4 address or [IPv6]. */
+static gboolean
+pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GError **error)
+{
+  g_autofree gchar *rest = NULL;
+  g_autofree gchar *host = NULL;
+  const char *port = NULL;
+  gsize len = 0;
+
+  /* So that a malformed flag is reported as the flag's error, not the file's. */
+  pg_config_note_origin (loader, "upstream", "host", "--upstream");
+  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0)
+    {
+      pg_config_set_override (loader, "upstream", "tls", "implicit", "--upstream");
+      value += 8;
+    }
+  else if (g_ascii_strncasecmp (value, "imap://", 7) == 0)
+    {
+      /* Certificates are always verified; plaintext upstream needs tls = none in a file. */
+      pg_config_set_override (loader, "upstream", "tls", "starttls", "--upstream");
+      value += 7;
+    }
+  rest = g_strdup (value);
+  len = strlen (rest);
+  if (len > 0 && rest[len - 1] == '/')
+    rest[len - 1] = '\0';
+
+  if (rest[0] == '[')
+    {
+      char *close = strchr (rest, ']');
+
+      if (close == NULL || (close[1] != '\0' && close[1] != ':'))
+        return pg_config_fail (loader, "upstream", "host", error,
+                               "an IPv6 address is written [ADDR] or [ADDR]:PORT");
+      host = g_strndup (rest + 1, (gsize) (close - rest - 1));
+      if (close[1] == ':')
+        port = close + 2;
+    }
+  else
+    {
+      char *colon = strchr (rest, ':');
+
+      /* More than one colon without brackets: a bare IPv6 address, no port. */
+      if (colon != NULL && strchr (colon + 1, ':') == NULL)
+        {
+          *colon = '\0';
+          port = colon + 1;
+        }
+      host = g_strdup (rest);
+    }
+  if (host[0] == '\0')
+    return pg_config_fail (loader, "upstream", "host", error, "missing host name");
+  pg_config_set_override (loader, "upstream", "host", host, "--upstream");
+  if (port != NULL)
+    pg_config_set_override (loader, "upstream", "port", port, "--upstream");
+  return TRUE;
+}
+
+static PgConfig *
+pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const char *source,
+                        const char *base_dir, const PgConfigOverrides *overrides,
+                        GError **error)
+{
+  PgConfigLoader loader = {
+    .source = source,
+    .keyfile = keyfile,
+    .base_dir = g_strdup (base_dir),
+    .origins = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free),
+  };
+  PgConfig *config = NULL;
+
+  if (data != NULL && !pg_config_scan_text (&loader, data, len, error))
+    {
+      pg_config_loader_clear (&loader);
+      return NULL;
+    }
+  if (overrides != NULL)
+    {
+      gboolean ok = TRUE;
+
+      if (overrides->upstream != NULL)
+        ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
+      if (ok && overrides->pop3_listen != NULL)
+        pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen,
+                                "--pop3-listen");
+      if (ok && overrides->imap_listen != NULL)
+        pg_config_set_override (&loader, "imap", "listen", overrides->imap_listen,
+                                "--imap-listen");
+      if (!ok)
+        {
+          pg_config_loader_clear (&loader);
+          return NULL;
+        }
+    }
+  config = pg_config_build (&loader, error);
+  pg_config_loader_clear (&loader);
+  return config;
+}
+
+PgConfig *
+pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **error)
+{
+  g_autoptr (GKeyFile) keyfile = g_key_file_new ();
+  g_autoptr (GError) local_error = NULL;
+  g_autofree gchar *contents = NULL;
+  g_autofree gchar *absolute = NULL;
+  g_autofree gchar *base_dir = NULL;
+  gsize len = 0;
+
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  if (path == NULL)
+    {
+      base_dir = g_get_current_dir ();
+      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir,
+                                     overrides, error);
+    }
+
+  if (!g_file_get_contents (path, &contents, &len, &local_error))
+    {
+      /* GLib's message already names the file. */
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s", local_error->message);
+      return NULL;
+    }
+  if (!g_key_file_load_from_data (keyfile, contents, len, G_KEY_FILE_NONE, &local_error))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: syntax error: %s", path,
+                   local_error->message);
+      return NULL;
+    }
+  absolute = g_canonicalize_filename (path, NULL);
+  base_dir = g_path_get_dirname (absolute);
+  return pg_config_load_keyfile (keyfile, contents, len, path, base_dir, overrides, error);
+}
+
+PgConfig *
+pg_config_load_file (const char *path, GError **error)
+{
+  g_return_val_if_fail (path != NULL, NULL);
+  return pg_config_load (path, NULL, error);
+}
+
+PgConfig *
+pg_config_load_data (const char *data, gsize len, const char *source, GError **error)
+{
+  g_autoptr (GKeyFile) keyfile = g_key_file_new ();
+  g_autoptr (GError) local_error = NULL;
+  g_autofree gchar *base_dir = NULL;
+
+  g_return_val_if_fail (data != NULL, NULL);
+  g_return_val_if_fail (source != NULL, NULL);
+
+  if (!g_key_file_load_from_data (keyfile, data, len, G_KEY_FILE_NONE, &local_error))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: syntax error: %s", source,
+                   local_error->message);
+      return NULL;
+    }
+  base_dir = g_get_current_dir ();
+  return pg_config_load_keyfile (keyfile, data, len, source, base_dir, NULL, error);
+}

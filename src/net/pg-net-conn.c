@@ -1,0 +1,572 @@
+/* popgate — one client connection: reads, an ordered write queue with back-pressure,
+ * an idle timer, TLS upgrade, and a single "closed" notification.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-net-private.h"
+
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+/* How long pg_conn_close() waits for queued output before dropping it. */
+#define PG_CONN_CLOSE_FLUSH_MS 5000
+
+struct _PgConn
+{
+  GObject parent_instance;
+
+  guint64 id;
+  PgFrontend frontend;
+  PgConfig *config;           /* owned */
+  GTlsCertificate *tls_cert;  /* owned, may be NULL: what STLS/STARTTLS would present */
+  GSocketConnection *socket;  /* owned: the TCP connection */
+  GIOStream *stream;          /* owned: socket or TLS on top of it */
+  gchar *peer;                /* owned */
+  gchar *peer_ip;             /* owned */
+  gboolean loopback;
+  gboolean tls;
+
+  GCancellable *cancellable;  /* owned: cancels our own I/O on close */
+  gboolean read_pending;
+
+  GQueue write_queue;         /* of GBytes* (owned) */
+  gsize write_offset;         /* bytes of the head already written */
+  gsize queued;               /* bytes in the queue not yet written */
+  gboolean write_pending;
+  GList *drain_waiters;       /* of GTask* (owned) waiting for the queue to drain */
+
+  guint idle_timeout_ms;
+  GSource *idle_source;       /* owned */
+  GSource *close_source;      /* owned: deadline for a flushing close */
+
+  guint64 bytes_in;
+  guint64 bytes_out;
+  gboolean closing;           /* pg_conn_close called: flush then close */
+  gboolean closed;
+};
+
+G_DEFINE_TYPE (PgConn, pg_conn, G_TYPE_OBJECT)
+
+enum
+{
+  SIGNAL_CLOSED,
+  SIGNAL_TIMEOUT,
+  SIGNAL_SHUTDOWN,
+  SIGNAL_LAST,
+};
+static guint pg_conn_signals[SIGNAL_LAST];
+
+typedef struct
+{
+  gsize low_water;
+} PgConnDrainData;
+
+static void pg_conn_write_next (PgConn *conn);
+static void pg_conn_finish_close (PgConn *conn);
+
+static void
+pg_conn_dispose (GObject *object)
+{
+  PgConn *conn = PG_CONN (object);
+
+  pg_conn_finish_close (conn);
+  G_OBJECT_CLASS (pg_conn_parent_class)->dispose (object);
+}
+
+static void
+pg_conn_finalize (GObject *object)
+{
+  PgConn *conn = PG_CONN (object);
+
+  g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
+  g_clear_object (&conn->stream);
+  g_clear_object (&conn->socket);
+  g_clear_object (&conn->tls_cert);
+  g_clear_object (&conn->cancellable);
+  g_clear_pointer (&conn->config, pg_config_unref);
+  g_free (conn->peer);
+  g_free (conn->peer_ip);
+  G_OBJECT_CLASS (pg_conn_parent_class)->finalize (object);
+}
+
+static void
+pg_conn_class_init (PgConnClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->dispose = pg_conn_dispose;
+  object_class->finalize = pg_conn_finalize;
+
+  pg_conn_signals[SIGNAL_CLOSED] = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass),
+                                                 G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                                                 G_TYPE_NONE, 0);
+  /* Returns TRUE when a handler took care of the timeout (it closes the connection). */
+  pg_conn_signals[SIGNAL_TIMEOUT] = g_signal_new ("timeout", G_TYPE_FROM_CLASS (klass),
+                                                  G_SIGNAL_RUN_LAST, 0,
+                                                  g_signal_accumulator_true_handled, NULL,
+                                                  NULL, G_TYPE_BOOLEAN, 0);
+  pg_conn_signals[SIGNAL_SHUTDOWN] = g_signal_new ("shutdown", G_TYPE_FROM_CLASS (klass),
+                                                   G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                                                   G_TYPE_NONE, 0);
+}
+
+static void
+pg_conn_init (PgConn *conn)
+{
+  g_queue_init (&conn->write_queue);
+  conn->cancellable = g_cancellable_new ();
+}
+
+PgConn *
+pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
+                      GSocketConnection *socket, GIOStream *stream, gboolean tls,
+                      GTlsCertificate *tls_cert)
+{
+  PgConn *conn = g_object_new (PG_TYPE_CONN, NULL);
+  g_autoptr (GSocketAddress) remote = NULL;
+
+  conn->id = id;
+  conn->frontend = frontend;
+  conn->config = pg_config_ref (config);
+  conn->socket = g_object_ref (socket);
+  conn->stream = g_object_ref (stream);
+  conn->tls = tls;
+  conn->tls_cert = tls_cert != NULL ? g_object_ref (tls_cert) : NULL;
+
+  remote = g_socket_connection_get_remote_address (socket, NULL);
+  if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
+    {
+      GInetAddress *ip = g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (remote));
+      conn->peer = pg_address_to_string (remote);
+      conn->peer_ip = g_inet_address_to_string (ip);
+      conn->loopback = g_inet_address_get_is_loopback (ip);
+    }
+  else
+    {
+      conn->peer = g_strdup ("unknown");
+      conn->peer_ip = g_strdup ("unknown");
+    }
+  return conn;
+}
+
+guint64
+pg_conn_get_id (PgConn *conn)
+{
+  return conn->id;
+}
+
+PgFrontend
+pg_conn_get_frontend (PgConn *conn)
+{
+  return conn->frontend;
+}
+
+PgConfig *
+pg_conn_get_config (PgConn *conn)
+{
+  return conn->config;
+}
+
+const char *
+pg_conn_get_peer (PgConn *conn)
+{
+  return conn->peer;
+}
+
+const char *
+pg_conn_get_peer_ip (PgConn *conn)
+{
+  return conn->peer_ip;
+}
+
+gboolean
+pg_conn_is_loopback (PgConn *conn)
+{
+  return conn->loopback;
+}
+
+gboolean
+pg_conn_is_tls (PgConn *conn)
+{
+  return conn->tls;
+}
+
+gboolean
+pg_conn_is_closed (PgConn *conn)
+{
+  return conn->closed;
+}
+
+gboolean
+pg_conn_can_start_tls (PgConn *conn)
+{
+  return !conn->tls && conn->tls_cert != NULL && !conn->closed;
+}
+
+guint64
+pg_conn_get_bytes_in (PgConn *conn)
+{
+  return conn->bytes_in;
+}
+
+guint64
+pg_conn_get_bytes_out (PgConn *conn)
+{
+  return conn->bytes_out;
+}
+
+/* --- idle timer ----------------------------------------------------------------------- */
+
+static gboolean
+pg_conn_idle_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+  gboolean handled = FALSE;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+
+  g_clear_pointer (&conn->idle_source, g_source_unref);
+  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
+  if (!handled)
+    pg_conn_abort (conn);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_conn_restart_idle (PgConn *conn)
+{
+  if (conn->idle_source != NULL)
+    {
+      g_source_destroy (conn->idle_source);
+      g_clear_pointer (&conn->idle_source, g_source_unref);
+    }
+  if (conn->idle_timeout_ms == 0 || conn->closed)
+    return;
+  conn->idle_source = g_timeout_source_new (conn->idle_timeout_ms);
+  g_source_set_callback (conn->idle_source, pg_conn_idle_cb, conn, NULL);
+  g_source_set_static_name (conn->idle_source, "[popgate] idle timeout");
+  g_source_attach (conn->idle_source, g_main_context_get_thread_default ());
+}
+
+void
+pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms)
+{
+  conn->idle_timeout_ms = timeout_ms;
+  pg_conn_restart_idle (conn);
+}
+
+/* --- reading ---------------------------------------------------------------------------- */
+
+static void
+pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgConn *conn = g_task_get_source_object (task);
+  GError *error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  conn->read_pending = FALSE;
+  if (n < 0)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  conn->bytes_in += (guint64) n;
+  pg_conn_restart_idle (conn);
+  g_task_return_int (task, n);
+}
+
+void
+pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancellable,
+                    GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_conn_read_async);
+  g_return_if_fail (!conn->read_pending);
+  if (conn->closed)
+    {
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return;
+    }
+  conn->read_pending = TRUE;
+  g_input_stream_read_async (g_io_stream_get_input_stream (conn->stream), buffer, len,
+                             G_PRIORITY_DEFAULT,
+                             cancellable != NULL ? cancellable : conn->cancellable,
+                             pg_conn_read_cb, g_steal_pointer (&task));
+}
+
+gssize
+pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, conn), -1);
+  return g_task_propagate_int (G_TASK (result), error);
+}
+
+/* --- writing ---------------------------------------------------------------------------- */
+
+static void
+pg_conn_check_drain_waiters (PgConn *conn)
+{
+  GList *l = conn->drain_waiters;
+
+  while (l != NULL)
+    {
+      GList *next = l->next;
+      GTask *task = l->data;
+      PgConnDrainData *data = g_task_get_task_data (task);
+
+      if (conn->closed)
+        {
+          conn->drain_waiters = g_list_delete_link (conn->drain_waiters, l);
+          g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+          g_object_unref (task);
+        }
+      else if (conn->queued <= data->low_water)
+        {
+          conn->drain_waiters = g_list_delete_link (conn->drain_waiters, l);
+          g_task_return_boolean (task, TRUE);
+          g_object_unref (task);
+        }
+      l = next;
+    }
+}
+
+static void
+pg_conn_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgConn *conn = user_data; /* a reference taken by pg_conn_write_next */
+  g_autoptr (GError) error = NULL;
+  gssize n = g_output_stream_write_finish (G_OUTPUT_STREAM (source), result, &error);
+
+  conn->write_pending = FALSE;
+  if (n < 0)
+    {
+      /* The client went away or the close deadline cancelled us: drop the rest. */
+      pg_conn_finish_close (conn);
+      g_object_unref (conn);
+      return;
+    }
+
+  GBytes *head = g_queue_peek_head (&conn->write_queue);
+  conn->write_offset += (gsize) n;
+  conn->queued -= (gsize) n;
+  conn->bytes_out += (guint64) n;
+  if (conn->write_offset == g_bytes_get_size (head))
+    {
+      g_bytes_unref (g_queue_pop_head (&conn->write_queue));
+      conn->write_offset = 0;
+    }
+  pg_conn_check_drain_waiters (conn);
+  pg_conn_write_next (conn);
+  g_object_unref (conn);
+}
+
+static void
+pg_conn_write_next (PgConn *conn)
+{
+  GBytes *head;
+  gsize size;
+  const guint8 *data;
+
+  if (conn->write_pending || conn->closed)
+    return;
+  head = g_queue_peek_head (&conn->write_queue);
+  if (head == NULL)
+    {
+      if (conn->closing)
+        pg_conn_finish_close (conn);
+      return;
+    }
+  data = g_bytes_get_data (head, &size);
+  conn->write_pending = TRUE;
+  g_output_stream_write_async (g_io_stream_get_output_stream (conn->stream),
+                               data + conn->write_offset, size - conn->write_offset,
+                               G_PRIORITY_DEFAULT, conn->cancellable, pg_conn_write_cb,
+                               g_object_ref (conn));
+}
+
+void
+pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
+{
+  gsize size = g_bytes_get_size (bytes);
+
+  if (conn->closed || conn->closing || size == 0)
+    return;
+  g_queue_push_tail (&conn->write_queue, g_bytes_ref (bytes));
+  conn->queued += size;
+  pg_conn_write_next (conn);
+}
+
+void
+pg_conn_write (PgConn *conn, const void *data, gsize len)
+{
+  g_autoptr (GBytes) bytes = g_bytes_new (data, len);
+  pg_conn_write_bytes (conn, bytes);
+}
+
+void
+pg_conn_write_printf (PgConn *conn, const char *format, ...)
+{
+  va_list args;
+  gchar *text;
+  gsize len;
+
+  va_start (args, format);
+  text = g_strdup_vprintf (format, args);
+  va_end (args);
+  len = strlen (text);
+  {
+    g_autoptr (GBytes) bytes = g_bytes_new_take (text, len);
+    pg_conn_write_bytes (conn, bytes);
+  }
+}
+
+gsize
+pg_conn_get_queued (PgConn *conn)
+{
+  return conn->queued;
+}
+
+void
+pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,
+                            GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (conn, cancellable, callback, user_data);
+  PgConnDrainData *data = g_new0 (PgConnDrainData, 1);
+
+  g_task_set_source_tag (task, pg_conn_wait_drained_async);
+  data->low_water = low_water;
+  g_task_set_task_data (task, data, g_free);
+  conn->drain_waiters = g_list_append (conn->drain_waiters, task);
+  pg_conn_check_drain_waiters (conn);
+}
+
+gboolean
+pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, conn), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- TLS upgrade ------------------------------------------------------------------------ */
+
+static void
+pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgConn *conn = g_task_get_source_object (task);
+  GError *error = NULL;
+
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  g_clear_object (&conn->stream);
+  conn->stream = G_IO_STREAM (g_object_ref (source));
+  conn->tls = TRUE;
+  g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCallback callback,
+                         gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
+  g_autoptr (GIOStream) tls = NULL;
+  GError *error = NULL;
+
+  g_task_set_source_tag (task, pg_conn_start_tls_async);
+  if (!pg_conn_can_start_tls (conn) || conn->read_pending || conn->queued > 0)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
+      return;
+    }
+  tls = g_tls_server_connection_new (conn->stream, conn->tls_cert, &error);
+  if (tls == NULL)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
+                                    cancellable != NULL ? cancellable : conn->cancellable,
+                                    pg_conn_handshake_cb, g_steal_pointer (&task));
+}
+
+gboolean
+pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, conn), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- closing ---------------------------------------------------------------------------- */
+
+static gboolean
+pg_conn_close_deadline_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+
+  g_clear_pointer (&conn->close_source, g_source_unref);
+  pg_conn_finish_close (conn);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_conn_finish_close (PgConn *conn)
+{
+  if (conn->closed)
+    return;
+  conn->closed = TRUE;
+  g_cancellable_cancel (conn->cancellable);
+  if (conn->idle_source != NULL)
+    {
+      g_source_destroy (conn->idle_source);
+      g_clear_pointer (&conn->idle_source, g_source_unref);
+    }
+  if (conn->close_source != NULL)
+    {
+      g_source_destroy (conn->close_source);
+      g_clear_pointer (&conn->close_source, g_source_unref);
+    }
+  /* Closing the socket (not the TLS stream) is immediate and never blocks on a peer that
+   * does not answer a close_notify. */
+  if (conn->socket != NULL)
+    g_io_stream_close (G_IO_STREAM (conn->socket), NULL, NULL);
+  g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
+  conn->queued = 0;
+  pg_conn_check_drain_waiters (conn);
+  g_signal_emit (conn, pg_conn_signals[SIGNAL_CLOSED], 0);
+}
+
+void
+pg_conn_close (PgConn *conn)
+{
+  if (conn->closed || conn->closing)
+    return;
+  conn->closing = TRUE;
+  if (conn->queued == 0 && !conn->write_pending)
+    {
+      pg_conn_finish_close (conn);
+      return;
+    }
+  conn->close_source = g_timeout_source_new (PG_CONN_CLOSE_FLUSH_MS);
+  g_source_set_callback (conn->close_source, pg_conn_close_deadline_cb, conn, NULL);
+  g_source_attach (conn->close_source, g_main_context_get_thread_default ());
+}
+
+void
+pg_conn_abort (PgConn *conn)
+{
+  pg_conn_finish_close (conn);
+}
+
+void
+pg_conn_emit_shutdown_internal (PgConn *conn)
+{
+  if (!conn->closed)
+    g_signal_emit (conn, pg_conn_signals[SIGNAL_SHUTDOWN], 0);
+}

@@ -1,0 +1,695 @@
+/* popgate — listeners, accept-time limits and TLS, session accounting, reload, shutdown.
+ *
+ * One GSocketService per listen address (not one per front end): a reload can then keep
+ * the addresses that stay bound — no window in which connections are refused — while it
+ * opens new ones and closes removed ones.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-net-private.h"
+
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+
+#include <string.h>
+
+typedef struct
+{
+  gchar *key;              /* owned: "pop3|tls|127.0.0.1:1995" */
+  PgFrontend frontend;
+  gboolean tls;
+  GSocketService *service; /* owned */
+  gchar *bound;            /* owned: the address actually bound, "host:port" */
+  PgServer *server;        /* unowned */
+  gboolean adopted;        /* in the server's table (not just opened by a reload) */
+} PgListener;
+
+struct _PgServer
+{
+  GObject parent_instance;
+
+  PgConfig *config;           /* owned: the config new connections get */
+  GTlsCertificate *tls_cert;  /* owned, NULL when [tls] is not configured */
+  GHashTable *listeners;      /* key → PgListener* (owned) */
+  GHashTable *conns;          /* PgConn* (owned ref) → NULL: live sessions */
+  GHashTable *per_address;    /* peer ip (owned) → GUINT_TO_POINTER(count) */
+  guint n_handshaking;        /* accepted, TLS handshake in progress */
+  struct
+  {
+    PgSessionStartFunc func;
+    gpointer user_data;
+  } handlers[PG_FRONTEND_COUNT];
+  gboolean shutting_down;
+  GSource *shutdown_source;   /* owned */
+};
+
+G_DEFINE_TYPE (PgServer, pg_server, G_TYPE_OBJECT)
+
+enum
+{
+  SIGNAL_IDLE,
+  SIGNAL_LAST,
+};
+static guint pg_server_signals[SIGNAL_LAST];
+
+static const char *const pg_frontend_names[] = { "pop3", "imap" };
+G_STATIC_ASSERT (G_N_ELEMENTS (pg_frontend_names) == PG_FRONTEND_COUNT);
+
+const char *
+pg_frontend_to_string (PgFrontend frontend)
+{
+  return frontend < PG_FRONTEND_COUNT ? pg_frontend_names[frontend] : "?";
+}
+
+static void
+pg_listener_free (PgListener *listener)
+{
+  if (listener->service != NULL)
+    {
+      g_socket_service_stop (listener->service);
+      g_socket_listener_close (G_SOCKET_LISTENER (listener->service));
+      g_signal_handlers_disconnect_by_data (listener->service, listener);
+      g_object_unref (listener->service);
+    }
+  g_free (listener->key);
+  g_free (listener->bound);
+  g_free (listener);
+}
+
+static void
+pg_server_dispose (GObject *object)
+{
+  PgServer *server = PG_SERVER (object);
+
+  g_clear_pointer (&server->listeners, g_hash_table_unref);
+  if (server->shutdown_source != NULL)
+    {
+      g_source_destroy (server->shutdown_source);
+      g_clear_pointer (&server->shutdown_source, g_source_unref);
+    }
+  if (server->conns != NULL)
+    {
+      GHashTableIter iter;
+      gpointer conn;
+      g_hash_table_iter_init (&iter, server->conns);
+      while (g_hash_table_iter_next (&iter, &conn, NULL))
+        g_signal_handlers_disconnect_by_data (conn, server);
+      g_clear_pointer (&server->conns, g_hash_table_unref);
+    }
+  G_OBJECT_CLASS (pg_server_parent_class)->dispose (object);
+}
+
+static void
+pg_server_finalize (GObject *object)
+{
+  PgServer *server = PG_SERVER (object);
+
+  g_clear_pointer (&server->per_address, g_hash_table_unref);
+  g_clear_object (&server->tls_cert);
+  g_clear_pointer (&server->config, pg_config_unref);
+  G_OBJECT_CLASS (pg_server_parent_class)->finalize (object);
+}
+
+static void
+pg_server_class_init (PgServerClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->dispose = pg_server_dispose;
+  object_class->finalize = pg_server_finalize;
+  pg_server_signals[SIGNAL_IDLE] = g_signal_new ("idle", G_TYPE_FROM_CLASS (klass),
+                                                 G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                                                 G_TYPE_NONE, 0);
+}
+
+static void
+pg_server_init (PgServer *server)
+{
+  server->listeners = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                             (GDestroyNotify) pg_listener_free);
+  server->conns = g_hash_table_new_full (g_direct_hash, g_direct_equal, g_object_unref, NULL);
+  server->per_address = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+}
+
+PgServer *
+pg_server_new (PgConfig *config)
+{
+  PgServer *server = g_object_new (PG_TYPE_SERVER, NULL);
+
+  server->config = pg_config_ref (config);
+  return server;
+}
+
+void
+pg_server_set_handler (PgServer *server, PgFrontend frontend, PgSessionStartFunc func,
+                       gpointer user_data)
+{
+  g_return_if_fail (frontend < PG_FRONTEND_COUNT);
+  server->handlers[frontend].func = func;
+  server->handlers[frontend].user_data = user_data;
+}
+
+PgConfig *
+pg_server_get_config (PgServer *server)
+{
+  return server->config;
+}
+
+guint
+pg_server_get_n_sessions (PgServer *server)
+{
+  return g_hash_table_size (server->conns) + server->n_handshaking;
+}
+
+/* --- per-address accounting -------------------------------------------------------------- */
+
+static guint
+pg_server_address_count (PgServer *server, const char *ip)
+{
+  return GPOINTER_TO_UINT (g_hash_table_lookup (server->per_address, ip));
+}
+
+static void
+pg_server_address_add (PgServer *server, const char *ip, gint delta)
+{
+  guint count = pg_server_address_count (server, ip);
+
+  g_assert (delta > 0 || count > 0);
+  count = (guint) ((gint) count + delta);
+  if (count == 0)
+    g_hash_table_remove (server->per_address, ip);
+  else
+    g_hash_table_replace (server->per_address, g_strdup (ip), GUINT_TO_POINTER (count));
+}
+
+static void
+pg_server_check_idle (PgServer *server)
+{
+  if (server->shutting_down && pg_server_get_n_sessions (server) == 0)
+    g_signal_emit (server, pg_server_signals[SIGNAL_IDLE], 0);
+}
+
+static void
+pg_server_conn_closed_cb (PgConn *conn, gpointer user_data)
+{
+  PgServer *server = user_data;
+
+  g_signal_handlers_disconnect_by_data (conn, server);
+  pg_server_address_add (server, pg_conn_get_peer_ip (conn), -1);
+  pg_session_info (pg_conn_get_id (conn), "connection from %s closed (in %" G_GUINT64_FORMAT
+                   ", out %" G_GUINT64_FORMAT " bytes)",
+                   pg_conn_get_peer (conn), pg_conn_get_bytes_in (conn),
+                   pg_conn_get_bytes_out (conn));
+  g_hash_table_remove (server->conns, conn);
+  pg_server_check_idle (server);
+}
+
+/* --- accepting --------------------------------------------------------------------------- */
+
+static void
+pg_server_start_session (PgServer *server, PgListener *listener, PgConn *conn)
+{
+  PgSessionStartFunc func = server->handlers[listener->frontend].func;
+
+  g_hash_table_add (server->conns, g_object_ref (conn));
+  g_signal_connect (conn, "closed", G_CALLBACK (pg_server_conn_closed_cb), server);
+  pg_session_info (pg_conn_get_id (conn), "%s connection from %s%s",
+                   pg_frontend_to_string (listener->frontend), pg_conn_get_peer (conn),
+                   pg_conn_is_tls (conn) ? " (TLS)" : "");
+  if (server->shutting_down)
+    {
+      pg_conn_abort (conn);
+      return;
+    }
+  if (func == NULL)
+    {
+      /* No front end is wired for this listener: say so in the protocol's terms. */
+      if (listener->frontend == PG_FRONTEND_POP3)
+        pg_conn_write_printf (conn, "-ERR [SYS/PERM] POP3 service not available\r\n");
+      else
+        pg_conn_write_printf (conn, "* BYE [UNAVAILABLE] IMAP service not available\r\n");
+      pg_conn_close (conn);
+      return;
+    }
+  pg_conn_set_idle_timeout (conn, pg_conn_get_config (conn)->limits.preauth_timeout_ms);
+  func (conn, server->handlers[listener->frontend].user_data);
+}
+
+typedef struct
+{
+  PgServer *server;       /* owned */
+  PgFrontend frontend;
+  gchar *listener_key;    /* owned: the listener may be gone after a reload */
+  PgConfig *config;       /* owned */
+  GSocketConnection *socket; /* owned */
+  gchar *peer_ip;         /* owned */
+  guint64 id;
+  GSource *timeout;       /* owned */
+  GCancellable *cancellable; /* owned */
+} PgHandshake;
+
+static void
+pg_handshake_free (PgHandshake *hs)
+{
+  if (hs->timeout != NULL)
+    {
+      g_source_destroy (hs->timeout);
+      g_source_unref (hs->timeout);
+    }
+  g_object_unref (hs->cancellable);
+  g_object_unref (hs->socket);
+  pg_config_unref (hs->config);
+  g_free (hs->peer_ip);
+  g_free (hs->listener_key);
+  g_object_unref (hs->server);
+  g_free (hs);
+}
+
+static gboolean
+pg_handshake_timeout_cb (gpointer user_data)
+{
+  PgHandshake *hs = user_data;
+
+  g_cancellable_cancel (hs->cancellable);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgHandshake *hs = user_data;
+  PgServer *server = hs->server;
+  g_autoptr (GError) error = NULL;
+  PgListener *listener;
+
+  server->n_handshaking--;
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      pg_session_info (hs->id, "TLS handshake with a client failed: %s", error->message);
+      g_io_stream_close (G_IO_STREAM (hs->socket), NULL, NULL);
+      pg_server_address_add (server, hs->peer_ip, -1);
+      pg_handshake_free (hs);
+      pg_server_check_idle (server);
+      return;
+    }
+  listener = g_hash_table_lookup (server->listeners, hs->listener_key);
+  {
+    g_autoptr (PgConn) conn = pg_conn_new_internal (hs->id, hs->frontend, hs->config,
+                                                    hs->socket, G_IO_STREAM (source), TRUE,
+                                                    NULL);
+    if (listener == NULL)
+      {
+        /* The listener was closed by a reload meanwhile; the session still runs. */
+        PgListener gone = { .frontend = hs->frontend };
+        pg_server_start_session (server, &gone, conn);
+      }
+    else
+      pg_server_start_session (server, listener, conn);
+  }
+  pg_handshake_free (hs);
+}
+
+static gboolean
+pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObject *source,
+                       gpointer user_data)
+{
+  PgListener *listener = user_data;
+  PgServer *server = listener->server;
+  PgConfig *config = server->config;
+  g_autoptr (GSocketAddress) remote = g_socket_connection_get_remote_address (socket, NULL);
+  g_autofree gchar *peer_ip = NULL;
+  guint64 id = pg_session_id_next ();
+  const char *refusal = NULL;
+
+  if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
+    peer_ip = g_inet_address_to_string (
+        g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (remote)));
+  else
+    peer_ip = g_strdup ("unknown");
+
+  if (server->shutting_down)
+    refusal = "server shutting down";
+  else if (pg_server_get_n_sessions (server) >= config->limits.max_sessions)
+    refusal = "too many sessions";
+  else if (pg_server_address_count (server, peer_ip) >= config->limits.max_sessions_per_address)
+    refusal = "too many sessions from this address";
+
+  if (refusal != NULL)
+    {
+      g_autofree gchar *peer = pg_address_to_string (remote);
+      pg_session_message (id, "refusing %s connection from %s: %s",
+                          pg_frontend_to_string (listener->frontend), peer, refusal);
+      /* On a plain listener say why in the protocol's terms; on a TLS listener there is no
+       * session to say it in, so just close. The write is best effort: never block. */
+      if (!listener->tls)
+        {
+          g_autofree gchar *line = NULL;
+          GSocket *sock = g_socket_connection_get_socket (socket);
+          if (listener->frontend == PG_FRONTEND_POP3)
+            line = g_strdup_printf ("-ERR [SYS/TEMP] %s, try again later\r\n", refusal);
+          else
+            line = g_strdup_printf ("* BYE [UNAVAILABLE] %s, try again later\r\n", refusal);
+          g_socket_set_blocking (sock, FALSE);
+          (void) g_socket_send (sock, line, strlen (line), NULL, NULL);
+        }
+      g_io_stream_close (G_IO_STREAM (socket), NULL, NULL);
+      return TRUE;
+    }
+
+  pg_server_address_add (server, peer_ip, +1);
+  g_socket_set_keepalive (g_socket_connection_get_socket (socket), TRUE);
+
+  if (listener->tls)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (socket),
+                                                               server->tls_cert, &error);
+      PgHandshake *hs;
+
+      if (tls == NULL)
+        {
+          pg_session_warning (id, "cannot start TLS: %s", error->message);
+          pg_server_address_add (server, peer_ip, -1);
+          g_io_stream_close (G_IO_STREAM (socket), NULL, NULL);
+          return TRUE;
+        }
+      hs = g_new0 (PgHandshake, 1);
+      hs->server = g_object_ref (server);
+      hs->frontend = listener->frontend;
+      hs->listener_key = g_strdup (listener->key);
+      hs->config = pg_config_ref (config);
+      hs->socket = g_object_ref (socket);
+      hs->peer_ip = g_steal_pointer (&peer_ip);
+      hs->id = id;
+      hs->cancellable = g_cancellable_new ();
+      hs->timeout = g_timeout_source_new (config->limits.preauth_timeout_ms);
+      g_source_set_callback (hs->timeout, pg_handshake_timeout_cb, hs, NULL);
+      g_source_attach (hs->timeout, g_main_context_get_thread_default ());
+      server->n_handshaking++;
+      g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
+                                        hs->cancellable, pg_server_handshake_cb, hs);
+      return TRUE;
+    }
+
+  {
+    g_autoptr (PgConn) conn = pg_conn_new_internal (id, listener->frontend, config, socket,
+                                                    G_IO_STREAM (socket), FALSE,
+                                                    server->tls_cert);
+    pg_server_start_session (server, listener, conn);
+  }
+  return TRUE;
+}
+
+/* --- listeners --------------------------------------------------------------------------- */
+
+static gchar *
+pg_listener_key (PgFrontend frontend, gboolean tls, const PgListenAddr *addr)
+{
+  return g_strdup_printf ("%s|%s|%s|%u", pg_frontend_to_string (frontend), tls ? "tls" : "plain",
+                          addr->host, addr->port);
+}
+
+static GSocketService *
+pg_listener_new_service (void)
+{
+  GSocketService *service = g_socket_service_new ();
+
+  /* A backlog like nginx's default, so a burst of clients is not refused. It must be set
+   * before an address is added. */
+  g_socket_listener_set_backlog (G_SOCKET_LISTENER (service), 511);
+  return service;
+}
+
+static PgListener *
+pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgListenAddr *addr,
+                  GError **error)
+{
+  g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (addr->host);
+  g_autoptr (GSocketAddress) sockaddr = NULL;
+  g_autoptr (GSocketAddress) effective = NULL;
+  g_autoptr (GSocketService) service = NULL;
+  g_autofree gchar *shown = pg_listen_addr_to_string (addr);
+  PgListener *listener;
+
+  if (addr->any)
+    {
+      /* "*:PORT": every IPv4 and IPv6 address (GIO binds both families). */
+      service = pg_listener_new_service ();
+      if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL,
+                                            error))
+        {
+          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
+                          pg_frontend_to_string (frontend));
+          return NULL;
+        }
+    }
+  else if (ip == NULL)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "not an IP address: %s", addr->host);
+      return NULL;
+    }
+  else
+    {
+      sockaddr = g_inet_socket_address_new (ip, addr->port);
+      service = pg_listener_new_service ();
+      if (!g_socket_listener_add_address (G_SOCKET_LISTENER (service), sockaddr,
+                                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                          &effective, error))
+        {
+          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
+                          pg_frontend_to_string (frontend));
+          return NULL;
+        }
+    }
+
+  listener = g_new0 (PgListener, 1);
+  listener->key = pg_listener_key (frontend, tls, addr);
+  listener->frontend = frontend;
+  listener->tls = tls;
+  listener->server = server;
+  listener->bound = effective != NULL ? pg_address_to_string (effective) : g_steal_pointer (&shown);
+  listener->service = g_steal_pointer (&service);
+  g_signal_connect (listener->service, "incoming", G_CALLBACK (pg_server_incoming_cb), listener);
+  return listener;
+}
+
+/* Open the listeners `config` asks for that are not in `keep`, into `out` (key →
+ * PgListener). Listeners already in `keep` are moved from keep to out. */
+static gboolean
+pg_server_open_listeners (PgServer *server, PgConfig *config, GHashTable *keep, GHashTable *out,
+                          GError **error)
+{
+  struct
+  {
+    PgFrontend frontend;
+    gboolean tls;
+    GPtrArray *addrs;
+  } sets[] = {
+    { PG_FRONTEND_POP3, FALSE, config->pop3.listen },
+    { PG_FRONTEND_POP3, TRUE, config->pop3.tls_listen },
+    { PG_FRONTEND_IMAP, FALSE, config->imap.listen },
+    { PG_FRONTEND_IMAP, TRUE, config->imap.tls_listen },
+  };
+
+  for (gsize s = 0; s < G_N_ELEMENTS (sets); s++)
+    {
+      if (sets[s].addrs == NULL)
+        continue;
+      for (guint i = 0; i < sets[s].addrs->len; i++)
+        {
+          const PgListenAddr *addr = g_ptr_array_index (sets[s].addrs, i);
+          g_autofree gchar *key = pg_listener_key (sets[s].frontend, sets[s].tls, addr);
+          PgListener *listener = NULL;
+          gpointer old_key = NULL;
+
+          if (keep != NULL && g_hash_table_steal_extended (keep, key, &old_key,
+                                                           (gpointer *) &listener))
+            {
+              g_hash_table_insert (out, listener->key, listener);
+              continue;
+            }
+          listener = pg_listener_open (server, sets[s].frontend, sets[s].tls, addr, error);
+          if (listener == NULL)
+            return FALSE;
+          g_hash_table_insert (out, listener->key, listener);
+        }
+    }
+  return TRUE;
+}
+
+static GTlsCertificate *
+pg_server_load_certificate (PgConfig *config, GError **error)
+{
+  GTlsCertificate *cert;
+
+  if (config->tls.cert == NULL || config->tls.key == NULL)
+    return NULL;
+  cert = g_tls_certificate_new_from_files (config->tls.cert, config->tls.key, error);
+  if (cert == NULL)
+    g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
+  return cert;
+}
+
+static gboolean
+pg_server_config_wants_tls (PgConfig *config)
+{
+  return (config->pop3.tls_listen != NULL && config->pop3.tls_listen->len > 0)
+         || (config->imap.tls_listen != NULL && config->imap.tls_listen->len > 0);
+}
+
+/* Move every listener of `from` into the server's table and start accepting on it. */
+static void
+pg_server_adopt_listeners (PgServer *server, GHashTable *from)
+{
+  GHashTableIter iter;
+  gpointer key, value;
+
+  g_hash_table_iter_init (&iter, from);
+  while (g_hash_table_iter_next (&iter, &key, &value))
+    {
+      PgListener *listener = value;
+      g_hash_table_iter_steal (&iter);
+      listener->adopted = TRUE;
+      g_hash_table_insert (server->listeners, listener->key, listener);
+      g_socket_service_start (listener->service);
+    }
+}
+
+gboolean
+pg_server_start (PgServer *server, GError **error)
+{
+  g_autoptr (GHashTable) opened = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                                         (GDestroyNotify) pg_listener_free);
+  g_autoptr (GTlsCertificate) cert = NULL;
+  g_autoptr (GError) cert_error = NULL;
+
+  cert = pg_server_load_certificate (server->config, &cert_error);
+  if (cert == NULL && cert_error != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&cert_error));
+      return FALSE;
+    }
+  if (cert == NULL && pg_server_config_wants_tls (server->config))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "%s: [tls] cert and key are needed for tls_listen", server->config->source);
+      return FALSE;
+    }
+  if (!pg_server_open_listeners (server, server->config, NULL, opened, error))
+    return FALSE;
+  g_set_object (&server->tls_cert, cert);
+  pg_server_adopt_listeners (server, opened);
+  return TRUE;
+}
+
+gboolean
+pg_server_reload (PgServer *server, PgConfig *config, GError **error)
+{
+  g_autoptr (GHashTable) next = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                                       (GDestroyNotify) pg_listener_free);
+  g_autoptr (GTlsCertificate) cert = NULL;
+  g_autoptr (GError) cert_error = NULL;
+  GHashTableIter iter;
+  gpointer value;
+
+  if (server->shutting_down)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "shutting down: reload ignored");
+      return FALSE;
+    }
+  cert = pg_server_load_certificate (config, &cert_error);
+  if (cert == NULL && cert_error != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&cert_error));
+      return FALSE;
+    }
+  if (cert == NULL && pg_server_config_wants_tls (config))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "%s: [tls] cert and key are needed for tls_listen", config->source);
+      return FALSE;
+    }
+  /* Kept listeners move from server->listeners to next; on failure move them back. */
+  if (!pg_server_open_listeners (server, config, server->listeners, next, error))
+    {
+      g_hash_table_iter_init (&iter, next);
+      while (g_hash_table_iter_next (&iter, NULL, &value))
+        {
+          PgListener *listener = value;
+          if (listener->adopted)
+            {
+              g_hash_table_iter_steal (&iter);
+              g_hash_table_insert (server->listeners, listener->key, listener);
+            }
+        }
+      return FALSE;
+    }
+  /* What is left in server->listeners was dropped from the config: close it. */
+  g_hash_table_remove_all (server->listeners);
+  pg_server_adopt_listeners (server, next);
+  g_set_object (&server->tls_cert, cert);
+  pg_config_unref (server->config);
+  server->config = pg_config_ref (config);
+  return TRUE;
+}
+
+static gboolean
+pg_server_shutdown_deadline_cb (gpointer user_data)
+{
+  PgServer *server = user_data;
+  g_autoptr (GPtrArray) conns = g_ptr_array_new_with_free_func (g_object_unref);
+  GHashTableIter iter;
+  gpointer conn;
+
+  g_clear_pointer (&server->shutdown_source, g_source_unref);
+  g_hash_table_iter_init (&iter, server->conns);
+  while (g_hash_table_iter_next (&iter, &conn, NULL))
+    g_ptr_array_add (conns, g_object_ref (conn));
+  if (conns->len > 0)
+    pg_log_session (G_LOG_LEVEL_MESSAGE, 0, G_LOG_DOMAIN,
+                    "shutdown deadline reached: closing %u sessions", conns->len);
+  for (guint i = 0; i < conns->len; i++)
+    pg_conn_abort (g_ptr_array_index (conns, i));
+  return G_SOURCE_REMOVE;
+}
+
+void
+pg_server_shutdown (PgServer *server)
+{
+  g_autoptr (GPtrArray) conns = g_ptr_array_new_with_free_func (g_object_unref);
+  GHashTableIter iter;
+  gpointer conn;
+
+  if (server->shutting_down)
+    return;
+  server->shutting_down = TRUE;
+  g_hash_table_remove_all (server->listeners);
+
+  g_hash_table_iter_init (&iter, server->conns);
+  while (g_hash_table_iter_next (&iter, &conn, NULL))
+    g_ptr_array_add (conns, g_object_ref (conn));
+  for (guint i = 0; i < conns->len; i++)
+    pg_conn_emit_shutdown_internal (g_ptr_array_index (conns, i));
+
+  server->shutdown_source = g_timeout_source_new (server->config->limits.shutdown_timeout_ms);
+  g_source_set_callback (server->shutdown_source, pg_server_shutdown_deadline_cb, server, NULL);
+  g_source_attach (server->shutdown_source, g_main_context_get_thread_default ());
+  pg_server_check_idle (server);
+}
+
+GPtrArray *
+pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend, gboolean tls)
+{
+  GPtrArray *out = g_ptr_array_new_with_free_func (g_free);
+  GHashTableIter iter;
+  gpointer value;
+
+  g_hash_table_iter_init (&iter, server->listeners);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    {
+      PgListener *listener = value;
+      if (listener->frontend == frontend && listener->tls == tls)
+        g_ptr_array_add (out, g_strdup (listener->bound));
+    }
+  return out;
+}
