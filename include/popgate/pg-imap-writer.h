@@ -51,6 +51,10 @@ void pg_imap_writer_add_string (PgImapWriter *writer, const char *data, gsize le
  * string. Its data part is marked secret and wiped when freed. */
 void pg_imap_writer_add_secret (PgImapWriter *writer, const char *data, gsize len);
 
+/* SP + "(" and ")": the first item after "(" gets no SP. */
+void pg_imap_writer_begin_list (PgImapWriter *writer);
+void pg_imap_writer_end_list (PgImapWriter *writer);
+
 /* Length of the command's current line (since the last literal), for splitting decisions. */
 gsize pg_imap_writer_get_line_length (const PgImapWriter *writer);
 

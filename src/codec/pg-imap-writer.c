@@ -16,6 +16,7 @@ struct _PgImapWriter
   GPtrArray *parts; /* owned, of PgImapWriterPart* */
   gsize max_nonsync;
   gboolean next_waits; /* the next part follows a synchronising literal header */
+  gboolean no_space;   /* just after "(": the next item gets no SP */
 };
 
 /* Longest "n:m" of two 32-bit UIDs. */
@@ -106,13 +107,38 @@ pg_imap_writer_flush_line (PgImapWriter *writer)
   g_string_truncate (writer->line, 0);
 }
 
+/* The SP before an item, or nothing right after "(". */
+static const char *
+pg_imap_writer_separator (PgImapWriter *writer)
+{
+  gboolean no_space = writer->no_space;
+
+  writer->no_space = FALSE;
+  return no_space ? "" : " ";
+}
+
+void
+pg_imap_writer_begin_list (PgImapWriter *writer)
+{
+  g_string_append_printf (writer->line, "%s(", pg_imap_writer_separator (writer));
+  writer->no_space = TRUE;
+}
+
+void
+pg_imap_writer_end_list (PgImapWriter *writer)
+{
+  writer->no_space = FALSE;
+  g_string_append_c (writer->line, ')');
+}
+
 static void
 pg_imap_writer_add_literal (PgImapWriter *writer, const char *data, gsize len, gboolean secret)
 {
   gboolean nonsync = writer->max_nonsync > 0 && len <= writer->max_nonsync;
   GBytes *bytes;
 
-  g_string_append_printf (writer->line, " {%" G_GSIZE_FORMAT "%s}\r\n", len, nonsync ? "+" : "");
+  g_string_append_printf (writer->line, "%s{%" G_GSIZE_FORMAT "%s}\r\n",
+                          pg_imap_writer_separator (writer), len, nonsync ? "+" : "");
   pg_imap_writer_flush_line (writer);
   if (secret)
     {
@@ -131,12 +157,13 @@ void
 pg_imap_writer_add_raw (PgImapWriter *writer, const char *text)
 {
   g_string_append (writer->line, text);
+  writer->no_space = FALSE;
 }
 
 static void
 pg_imap_writer_append_quoted (PgImapWriter *writer, const char *str, gsize len)
 {
-  g_string_append (writer->line, " \"");
+  g_string_append_printf (writer->line, "%s\"", pg_imap_writer_separator (writer));
   for (gsize i = 0; i < len; i++)
     {
       if (str[i] == '"' || str[i] == '\\')
@@ -152,7 +179,7 @@ pg_imap_writer_add_astring (PgImapWriter *writer, const char *str, gsize len)
   switch (pg_imap_writer_astring_form (str, len))
     {
     case PG_IMAP_ASTRING_ATOM:
-      g_string_append_c (writer->line, ' ');
+      g_string_append (writer->line, pg_imap_writer_separator (writer));
       g_string_append_len (writer->line, str, (gssize) len);
       return;
     case PG_IMAP_ASTRING_QUOTED:
