@@ -513,3 +513,339 @@ pg_imap_command_parser_feed_literal (PgImapCommandParser *parser, const void *da
   parser->literal_filled = 0;
   return PG_IMAP_PARSE_NEED_LINE;
 }
+
+/* --- relay scanner ---------------------------------------------------------------- */
+
+/* "{" 20 digits "+}" and a CR fit in this: the longest literal announcement we read. */
+#define PG_IMAP_RELAY_TAIL 25
+
+typedef enum
+{
+  PG_IMAP_RELAY_FIELD_TAG,
+  PG_IMAP_RELAY_FIELD_WORD,
+  PG_IMAP_RELAY_FIELD_UID_WORD,
+  PG_IMAP_RELAY_FIELD_ARG,
+  PG_IMAP_RELAY_FIELD_DONE,
+} PgImapRelayField;
+
+struct _PgImapRelayScanner
+{
+  /* literal octets being skipped */
+  gboolean in_literal;
+  guint64 literal_left;
+  gboolean literal_sync;
+  gboolean literal_started;
+  gboolean literal_is_arg; /* the first argument is this literal: copy (a bounded prefix) */
+
+  /* the current line's last octets, to spot "{n}" / "{n+}" at its end */
+  char tail[PG_IMAP_RELAY_TAIL];
+  gsize tail_len;
+
+  /* the current command */
+  gboolean reset_pending;
+  PgImapRelayField field;
+  char tag[PG_IMAP_RELAY_MAX_TAG + 1];
+  gsize tag_len;
+  char word[2 * PG_IMAP_RELAY_MAX_WORD + 2]; /* "UID FETCH" */
+  gsize word_len;
+  char arg[PG_IMAP_RELAY_MAX_ARGUMENT + 1];
+  gsize arg_len;
+  gboolean arg_present;
+  gboolean arg_unusable; /* too long, or a list */
+  gboolean arg_quoted;
+  gboolean arg_escape;
+  gboolean arg_literal;
+  guint64 octets;
+  guint n_literals;
+
+  PgImapRelayCommand result;
+};
+
+PgImapRelayScanner *
+pg_imap_relay_scanner_new (void)
+{
+  PgImapRelayScanner *scanner = g_new0 (PgImapRelayScanner, 1);
+
+  scanner->reset_pending = TRUE;
+  return scanner;
+}
+
+void
+pg_imap_relay_scanner_free (PgImapRelayScanner *scanner)
+{
+  g_free (scanner);
+}
+
+gboolean
+pg_imap_relay_scanner_in_literal (const PgImapRelayScanner *scanner)
+{
+  return scanner->in_literal;
+}
+
+gboolean
+pg_imap_relay_scanner_awaits_continuation (const PgImapRelayScanner *scanner)
+{
+  return scanner->in_literal && scanner->literal_sync && !scanner->literal_started;
+}
+
+static void
+pg_imap_relay_scanner_reset_command (PgImapRelayScanner *scanner)
+{
+  scanner->reset_pending = FALSE;
+  scanner->field = PG_IMAP_RELAY_FIELD_TAG;
+  scanner->tag_len = 0;
+  scanner->word_len = 0;
+  scanner->arg_len = 0;
+  scanner->arg_present = FALSE;
+  scanner->arg_unusable = FALSE;
+  scanner->arg_quoted = FALSE;
+  scanner->arg_escape = FALSE;
+  scanner->arg_literal = FALSE;
+  scanner->octets = 0;
+  scanner->n_literals = 0;
+  scanner->tail_len = 0;
+}
+
+static void
+pg_imap_relay_scanner_arg_append (PgImapRelayScanner *scanner, const char *data, gsize len)
+{
+  if (scanner->arg_len + len > PG_IMAP_RELAY_MAX_ARGUMENT)
+    {
+      scanner->arg_unusable = TRUE;
+      return;
+    }
+  memcpy (scanner->arg + scanner->arg_len, data, len);
+  scanner->arg_len += len;
+}
+
+/* Tokenise the start of a command: tag, word(s), first argument. Stops caring (returns
+ * the segment's end at once) when the first argument is done. */
+static void
+pg_imap_relay_scanner_tokenise (PgImapRelayScanner *scanner, const char *p, const char *end)
+{
+  for (; p < end && scanner->field != PG_IMAP_RELAY_FIELD_DONE; p++)
+    {
+      char c = *p;
+
+      switch (scanner->field)
+        {
+        case PG_IMAP_RELAY_FIELD_TAG:
+          if (c == ' ')
+            scanner->field = PG_IMAP_RELAY_FIELD_WORD;
+          else if (c != '\r' && scanner->tag_len < PG_IMAP_RELAY_MAX_TAG)
+            scanner->tag[scanner->tag_len++] = c;
+          break;
+        case PG_IMAP_RELAY_FIELD_WORD:
+        case PG_IMAP_RELAY_FIELD_UID_WORD:
+          if (c == ' ')
+            {
+              if (scanner->field == PG_IMAP_RELAY_FIELD_WORD && scanner->word_len == 3
+                  && memcmp (scanner->word, "UID", 3) == 0)
+                {
+                  scanner->word[scanner->word_len++] = ' ';
+                  scanner->field = PG_IMAP_RELAY_FIELD_UID_WORD;
+                }
+              else
+                scanner->field = PG_IMAP_RELAY_FIELD_ARG;
+            }
+          else if (c != '\r' && scanner->word_len < sizeof (scanner->word) - 1
+                   && (scanner->field == PG_IMAP_RELAY_FIELD_UID_WORD
+                       || scanner->word_len < PG_IMAP_RELAY_MAX_WORD))
+            scanner->word[scanner->word_len++] = g_ascii_toupper (c);
+          break;
+        case PG_IMAP_RELAY_FIELD_ARG:
+          if (!scanner->arg_present)
+            {
+              scanner->arg_present = TRUE;
+              if (c == '"')
+                scanner->arg_quoted = TRUE;
+              else if (c == '{')
+                scanner->arg_literal = TRUE;
+              else if (c == '(' || c == '\r')
+                {
+                  scanner->arg_unusable = c == '(';
+                  scanner->arg_present = c == '(';
+                  scanner->field = PG_IMAP_RELAY_FIELD_DONE;
+                }
+              else
+                pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+              break;
+            }
+          if (scanner->arg_literal)
+            break; /* "{n}": the literal itself becomes the argument at the line end */
+          if (scanner->arg_quoted)
+            {
+              if (scanner->arg_escape)
+                {
+                  scanner->arg_escape = FALSE;
+                  pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+                }
+              else if (c == '\\')
+                scanner->arg_escape = TRUE;
+              else if (c == '"')
+                scanner->field = PG_IMAP_RELAY_FIELD_DONE;
+              else
+                pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+              break;
+            }
+          if (c == ' ' || c == '\r' || c == '(' || c == ')')
+            scanner->field = PG_IMAP_RELAY_FIELD_DONE;
+          else
+            pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+          break;
+        case PG_IMAP_RELAY_FIELD_DONE:
+          break;
+        }
+    }
+}
+
+static void
+pg_imap_relay_scanner_tail_append (PgImapRelayScanner *scanner, const char *p, gsize len)
+{
+  if (len >= PG_IMAP_RELAY_TAIL)
+    {
+      memcpy (scanner->tail, p + len - PG_IMAP_RELAY_TAIL, PG_IMAP_RELAY_TAIL);
+      scanner->tail_len = PG_IMAP_RELAY_TAIL;
+      return;
+    }
+  if (scanner->tail_len + len > PG_IMAP_RELAY_TAIL)
+    {
+      gsize drop = scanner->tail_len + len - PG_IMAP_RELAY_TAIL;
+
+      memmove (scanner->tail, scanner->tail + drop, scanner->tail_len - drop);
+      scanner->tail_len -= drop;
+    }
+  memcpy (scanner->tail + scanner->tail_len, p, len);
+  scanner->tail_len += len;
+}
+
+/* Does the line (whose end is in tail) end with "{n}" or "{n+}"? */
+static gboolean
+pg_imap_relay_scanner_tail_literal (const PgImapRelayScanner *scanner, guint64 *out_size,
+                                    gboolean *out_sync)
+{
+  gsize end = scanner->tail_len;
+  gsize digits_end;
+  gsize i;
+  guint64 size = 0;
+  gboolean sync = TRUE;
+
+  if (end > 0 && scanner->tail[end - 1] == '\r')
+    end--;
+  if (end < 3 || scanner->tail[end - 1] != '}')
+    return FALSE;
+  end--;
+  if (scanner->tail[end - 1] == '+')
+    {
+      sync = FALSE;
+      end--;
+    }
+  digits_end = end;
+  i = end;
+  while (i > 0 && g_ascii_isdigit (scanner->tail[i - 1]))
+    i--;
+  if (i == digits_end || i == 0 || scanner->tail[i - 1] != '{')
+    return FALSE;
+  for (; i < digits_end; i++)
+    {
+      /* Overflowing sizes are no literal to us; the upstream will refuse the line. */
+      if (!g_uint64_checked_mul (&size, size, 10)
+          || !g_uint64_checked_add (&size, size, (guint64) (scanner->tail[i] - '0')))
+        return FALSE;
+    }
+  *out_size = size;
+  *out_sync = sync;
+  return TRUE;
+}
+
+gsize
+pg_imap_relay_scanner_scan (PgImapRelayScanner *scanner, const void *data, gsize len,
+                            gboolean *out_complete, const PgImapRelayCommand **out_command)
+{
+  const char *start = data;
+  const char *p = start;
+  const char *end = start + len;
+
+  g_return_val_if_fail (scanner != NULL, 0);
+  g_return_val_if_fail (data != NULL || len == 0, 0);
+  g_return_val_if_fail (out_complete != NULL, 0);
+
+  *out_complete = FALSE;
+  if (scanner->reset_pending)
+    pg_imap_relay_scanner_reset_command (scanner);
+
+  while (p < end)
+    {
+      const char *lf;
+      const char *seg_end;
+      guint64 size = 0;
+      gboolean sync = TRUE;
+
+      if (scanner->in_literal)
+        {
+          gsize n = (gsize) MIN (scanner->literal_left, (guint64) (end - p));
+
+          if (scanner->literal_is_arg)
+            pg_imap_relay_scanner_arg_append (scanner, p, MIN (n, PG_IMAP_RELAY_MAX_ARGUMENT + 1));
+          p += n;
+          scanner->octets += n;
+          scanner->literal_left -= n;
+          scanner->literal_started = TRUE;
+          if (scanner->literal_left == 0)
+            {
+              scanner->in_literal = FALSE;
+              scanner->literal_is_arg = FALSE;
+            }
+          continue;
+        }
+
+      lf = memchr (p, '\n', (gsize) (end - p));
+      seg_end = lf != NULL ? lf : end;
+      if (scanner->field != PG_IMAP_RELAY_FIELD_DONE)
+        pg_imap_relay_scanner_tokenise (scanner, p, seg_end);
+      pg_imap_relay_scanner_tail_append (scanner, p, (gsize) (seg_end - p));
+      scanner->octets += (guint64) (seg_end - p);
+      if (lf == NULL)
+        {
+          p = end;
+          break;
+        }
+      scanner->octets++;
+      p = lf + 1;
+
+      if (pg_imap_relay_scanner_tail_literal (scanner, &size, &sync))
+        {
+          scanner->tail_len = 0;
+          scanner->n_literals++;
+          scanner->in_literal = size > 0;
+          scanner->literal_left = size;
+          scanner->literal_sync = sync;
+          scanner->literal_started = FALSE;
+          if (scanner->field == PG_IMAP_RELAY_FIELD_ARG && scanner->arg_literal)
+            {
+              scanner->arg_len = 0;
+              scanner->literal_is_arg = size > 0;
+            }
+          scanner->field = PG_IMAP_RELAY_FIELD_DONE;
+          continue;
+        }
+
+      /* The command is complete. */
+      scanner->tag[scanner->tag_len] = '\0';
+      scanner->word[scanner->word_len] = '\0';
+      scanner->arg[scanner->arg_len] = '\0';
+      scanner->result.tag = scanner->tag;
+      scanner->result.word = scanner->word;
+      scanner->result.argument
+        = scanner->arg_present && !scanner->arg_unusable ? scanner->arg : NULL;
+      scanner->result.octets = scanner->octets;
+      scanner->result.n_literals = scanner->n_literals;
+      scanner->reset_pending = TRUE;
+      *out_complete = TRUE;
+      if (out_command != NULL)
+        *out_command = &scanner->result;
+      break;
+    }
+
+  return (gsize) (p - start);
+}
