@@ -126,9 +126,6 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
   g_return_val_if_fail (reader != NULL, PG_LINE_READER_ERROR);
   g_return_val_if_fail (error == NULL || *error == NULL, PG_LINE_READER_ERROR);
 
-  if (reader->scanned < reader->start)
-    reader->scanned = reader->start;
-
   lf = memchr (reader->buf + reader->scanned, '\n', reader->end - reader->scanned);
   if (lf == NULL)
     {
@@ -167,6 +164,8 @@ pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out
   n = MIN (max_len, reader->end - reader->start);
   *out_data = reader->buf + reader->start;
   reader->start += n;
+  /* Keep scanned >= start: compaction subtracts start from it. */
+  reader->scanned = MAX (reader->scanned, reader->start);
   return n;
 }
 

@@ -1,5 +1,6 @@
 /* Fuzz target: PgLineReader. The first two bytes choose the capacity and a chunk size;
- * the framing must not depend on how the input is cut.
+ * the framing must not depend on how the input is cut. A line ending in "{d}" (one digit)
+ * is followed by d raw octets taken with pg_line_reader_take_raw(), as an IMAP literal.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "popgate/pg-codec-line.h"
 
@@ -17,6 +18,7 @@ pg_fuzz_line_frame (gsize capacity, const guint8 *data, gsize size, gsize chunk,
   guint64 sum = 14695981039346656037u;
   guint lines = 0;
   gsize pos = 0;
+  gsize raw_wanted = 0;
 
   while (pos < size)
     {
@@ -29,9 +31,23 @@ pg_fuzz_line_frame (gsize capacity, const guint8 *data, gsize size, gsize chunk,
       if (taken > piece || pg_line_reader_get_buffered (reader) > capacity)
         abort ();
       pos += taken;
-      while ((status = pg_line_reader_next (reader, &line, &line_len, NULL))
-             != PG_LINE_READER_NEED_MORE)
+      for (;;)
         {
+          if (raw_wanted > 0)
+            {
+              const guint8 *raw = NULL;
+              gsize n = pg_line_reader_take_raw (reader, raw_wanted, &raw);
+
+              if (n == 0)
+                break;
+              for (gsize i = 0; i < n; i++)
+                sum = (sum ^ (0x200u | raw[i])) * 1099511628211u;
+              raw_wanted -= n;
+              continue;
+            }
+          status = pg_line_reader_next (reader, &line, &line_len, NULL);
+          if (status == PG_LINE_READER_NEED_MORE)
+            break;
           if (status == PG_LINE_READER_ERROR)
             {
               sum = (sum ^ 0xE) * 1099511628211u;
@@ -44,6 +60,9 @@ pg_fuzz_line_frame (gsize capacity, const guint8 *data, gsize size, gsize chunk,
             sum = (sum ^ (guint8) line[i]) * 1099511628211u;
           sum = (sum ^ 0x100) * 1099511628211u;
           lines++;
+          if (line_len >= 3 && line[line_len - 1] == '}' && g_ascii_isdigit (line[line_len - 2])
+              && line[line_len - 3] == '{')
+            raw_wanted = (gsize) (line[line_len - 2] - '0');
         }
       if (taken == 0 && pg_line_reader_get_space (reader) == 0)
         abort (); /* full and yet neither a line nor an error: stuck */
