@@ -7,7 +7,7 @@
 
 struct _PgLineReader
 {
-  guint8 *buf;         /* owned; capacity bytes, never reallocated */
+  guint8 *buf; /* owned; capacity bytes, never reallocated */
   gsize capacity;
   gsize start;         /* first unread byte */
   gsize end;           /* one past the last buffered byte */
@@ -116,8 +116,7 @@ pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len)
 }
 
 PgLineReaderStatus
-pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len,
-                     GError **error)
+pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len, GError **error)
 {
   const guint8 *lf;
   gsize line_start;
@@ -136,8 +135,8 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
       /* Full and no line end: refuse, then skip the rest of this line. */
       pg_line_reader_discard_buffered (reader);
       reader->discarding = TRUE;
-      g_set_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG, "Line longer than %" G_GSIZE_FORMAT
-                   " octets", reader->capacity);
+      g_set_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG,
+                   "Line longer than %" G_GSIZE_FORMAT " octets", reader->capacity);
       return PG_LINE_READER_ERROR;
     }
 

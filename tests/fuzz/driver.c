@@ -45,9 +45,9 @@ pg_fuzz_driver_insert (GByteArray *array, guint pos, const guint8 *data, guint l
 static void
 pg_fuzz_driver_mutate (GRand *rand, GByteArray *out, GBytes *input, GBytes *other)
 {
-  static const char *const tokens[] = { "\r\n", "\n", "\r", ".", "{", "}", "{5}\r\n",
-                                        "{0+}\r\n", "\"", "\\", "(", ")", " ", "\0",
-                                        "4294967296", "\xff" };
+  static const char *const tokens[]
+      = { "\r\n", "\n", "\r", ".", "{", "}",  "{5}\r\n",    "{0+}\r\n",
+          "\"",   "\\", "(",  ")", " ", "\0", "4294967296", "\xff" };
   gsize len = 0;
   const guint8 *data = g_bytes_get_data (input, &len);
   guint rounds = (guint) g_rand_int_range (rand, 1, 8);

@@ -133,13 +133,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (top)
     {
       if (unstuffed->len > expected->len
-          || (unstuffed->len > 0
-              && memcmp (unstuffed->data, expected->data, unstuffed->len) != 0))
+          || (unstuffed->len > 0 && memcmp (unstuffed->data, expected->data, unstuffed->len) != 0))
         abort ();
     }
   else if (unstuffed->len != expected->len
-           || (expected->len > 0
-               && memcmp (unstuffed->data, expected->data, expected->len) != 0))
+           || (expected->len > 0 && memcmp (unstuffed->data, expected->data, expected->len) != 0))
     abort ();
   return 0;
 }

@@ -114,8 +114,7 @@ pg_fuzz_imap_relay (const uint8_t *data, size_t size)
         continue;
       if (command->octets != pos - last_end || data[pos - 1] != '\n'
           || strlen (command->tag) > PG_IMAP_RELAY_MAX_TAG
-          || (command->argument != NULL
-              && strlen (command->argument) > PG_IMAP_RELAY_MAX_ARGUMENT))
+          || (command->argument != NULL && strlen (command->argument) > PG_IMAP_RELAY_MAX_ARGUMENT))
         abort ();
       complete_octets += command->octets;
       last_end = pos;

@@ -87,7 +87,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   size -= 2;
 
   if (pg_fuzz_line_frame (capacity, data, size, chunk, &lines_a)
-      != pg_fuzz_line_frame (capacity, data, size, 1, &lines_b)
+          != pg_fuzz_line_frame (capacity, data, size, 1, &lines_b)
       || lines_a != lines_b)
     abort ();
   return 0;
