@@ -14,6 +14,8 @@
  *                                   parser is ready for the next command. A
  *                                   non-synchronising literal over the limit (LIMIT
  *                                   error) leaves octets in flight: close the connection.
+ * If the line reader reports PG_ERROR_LINE_TOO_LONG in the middle of a command, call
+ * pg_imap_command_parser_reset() before going on.
  *
  * Syntax (RFC 9051 §9): tag SP command [SP arguments]; arguments are atoms (astring
  * chars), quoted strings (\" and \\ escapes only), literals {n} and {n+} (RFC 7888; the
