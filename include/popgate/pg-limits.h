@@ -78,3 +78,16 @@
  * or three), they are not tuning advice. */
 #define PG_CONFIG_MAX_COUNT 1000000
 #define PG_CONFIG_MAX_RECENT_DAYS 36500
+
+/* --- IMAP front end, pre-auth command parser (src/codec/pg-codec-imap-command.c) --- */
+/* Nesting of parenthesised lists before login: only ID takes a list, and it is flat. */
+#define PG_IMAP_MAX_PREAUTH_DEPTH 2
+/* A whole pre-auth command (its lines and literals together). LOGIN with a user name
+ * and a password as literals of PG_IMAP_MAX_PREAUTH_LITERAL each still fits; without
+ * this, ARGS literals of LITERAL size each would let one command hold 256 KiB. */
+#define PG_IMAP_MAX_PREAUTH_COMMAND 16384
+/* Tag, command word and first argument the relay scanner keeps per command for
+ * tracking (SELECT's mailbox name); longer ones are cut (and flagged), never grown. */
+#define PG_IMAP_RELAY_MAX_TAG 64
+#define PG_IMAP_RELAY_MAX_WORD 32
+#define PG_IMAP_RELAY_MAX_ARGUMENT 1024

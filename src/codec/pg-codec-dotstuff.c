@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+#include "popgate/pg-codec-dotstuff.h"
+
+#include <string.h>
+
+struct _PgDotStuffer
+{
+  gboolean top_mode;
+  guint64 body_lines_left; /* TOP: body lines still to send once in the body */
+  gboolean in_body;        /* TOP: the blank line after the header has been sent */
+  gboolean done;           /* TOP: everything wanted is out */
+  gboolean finished;       /* finish() was called */
+  gboolean at_line_start;  /* the next byte begins a line */
+  gboolean pending_cr;     /* the last chunk ended with a CR whose LF may follow */
+  guint64 octets_in;
+  guint64 octets_unstuffed;
+};
+
+static const guint8 pg_dot_stuffer_crlf[2] = { '\r', '\n' };
+
+PgDotStuffer *
+pg_dot_stuffer_new (void)
+{
+  PgDotStuffer *stuffer = g_new0 (PgDotStuffer, 1);
+
+  stuffer->at_line_start = TRUE;
+  return stuffer;
+}
+
+PgDotStuffer *
+pg_dot_stuffer_new_top (guint64 body_lines)
+{
+  PgDotStuffer *stuffer = pg_dot_stuffer_new ();
+
+  stuffer->top_mode = TRUE;
+  stuffer->body_lines_left = body_lines;
+  return stuffer;
+}
+
+void
+pg_dot_stuffer_free (PgDotStuffer *stuffer)
+{
+  g_free (stuffer);
+}
+
+gboolean
+pg_dot_stuffer_is_done (const PgDotStuffer *stuffer)
+{
+  return stuffer->done;
+}
+
+guint64
+pg_dot_stuffer_get_octets_in (const PgDotStuffer *stuffer)
+{
+  return stuffer->octets_in;
+}
+
+guint64
+pg_dot_stuffer_get_octets_unstuffed (const PgDotStuffer *stuffer)
+{
+  return stuffer->octets_unstuffed;
+}
+
+static void
+pg_dot_stuffer_emit (PgDotStuffer *stuffer, GByteArray *out, const guint8 *data, gsize len)
+{
+  if (len == 0)
+    return;
+  g_byte_array_append (out, data, (guint) len);
+  stuffer->octets_unstuffed += len;
+}
+
+/* A line ended (its content is already out): write CRLF and do TOP's accounting. */
+static void
+pg_dot_stuffer_end_line (PgDotStuffer *stuffer, GByteArray *out)
+{
+  gboolean was_empty = stuffer->at_line_start;
+
+  pg_dot_stuffer_emit (stuffer, out, pg_dot_stuffer_crlf, 2);
+  stuffer->at_line_start = TRUE;
+
+  if (!stuffer->top_mode)
+    return;
+  if (!stuffer->in_body)
+    {
+      if (was_empty)
+        {
+          stuffer->in_body = TRUE;
+          if (stuffer->body_lines_left == 0)
+            stuffer->done = TRUE;
+        }
+      return;
+    }
+  if (stuffer->body_lines_left > 0 && --stuffer->body_lines_left == 0)
+    stuffer->done = TRUE;
+}
+
+gsize
+pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteArray *out)
+{
+  const guint8 *p = data;
+  const guint8 *end = p + len;
+
+  g_return_val_if_fail (stuffer != NULL, 0);
+  g_return_val_if_fail (data != NULL || len == 0, 0);
+  g_return_val_if_fail (out != NULL, 0);
+  g_return_val_if_fail (!stuffer->finished, 0);
+  /* GByteArray counts in guint; chunks from the network are far smaller. */
+  g_return_val_if_fail (len <= G_MAXUINT / 2, 0);
+
+  if (len == 0)
+    return 0;
+
+  if (stuffer->pending_cr && !stuffer->done)
+    {
+      stuffer->pending_cr = FALSE;
+      /* The CR ends the line whether or not an LF follows (see the header). */
+      if (*p == '\n')
+        p++;
+      pg_dot_stuffer_end_line (stuffer, out);
+    }
+
+  while (p < end && !stuffer->done)
+    {
+      const guint8 *lf;
+      const guint8 *cr;
+      const guint8 *stop;
+
+      if (stuffer->at_line_start)
+        {
+          if (*p == '.')
+            g_byte_array_append (out, (const guint8 *) ".", 1);
+          /* An empty line is not "content": leave at_line_start for end_line(). */
+          if (*p != '\r' && *p != '\n')
+            stuffer->at_line_start = FALSE;
+        }
+
+      lf = memchr (p, '\n', (gsize) (end - p));
+      stop = lf != NULL ? lf : end;
+      cr = memchr (p, '\r', (gsize) (stop - p));
+
+      if (cr != NULL)
+        {
+          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (cr - p));
+          p = cr + 1;
+          if (p == end)
+            {
+              stuffer->pending_cr = TRUE;
+              break;
+            }
+          if (*p == '\n')
+            p++;
+          pg_dot_stuffer_end_line (stuffer, out);
+        }
+      else if (lf != NULL)
+        {
+          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (lf - p));
+          p = lf + 1;
+          pg_dot_stuffer_end_line (stuffer, out);
+        }
+      else
+        {
+          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (end - p));
+          p = end;
+        }
+    }
+
+  stuffer->octets_in += (guint64) (p - (const guint8 *) data);
+  return (gsize) (p - (const guint8 *) data);
+}
+
+gsize
+pg_dot_stuffer_feed_bytes (PgDotStuffer *stuffer, GBytes *chunk, GByteArray *out)
+{
+  gsize len = 0;
+  const void *data = g_bytes_get_data (chunk, &len);
+
+  return pg_dot_stuffer_feed (stuffer, data, len, out);
+}
+
+void
+pg_dot_stuffer_finish (PgDotStuffer *stuffer, GByteArray *out)
+{
+  g_return_if_fail (stuffer != NULL);
+  g_return_if_fail (out != NULL);
+  g_return_if_fail (!stuffer->finished);
+
+  stuffer->finished = TRUE;
+  if (!stuffer->done)
+    {
+      if (stuffer->pending_cr)
+        {
+          stuffer->pending_cr = FALSE;
+          pg_dot_stuffer_end_line (stuffer, out);
+        }
+      else if (!stuffer->at_line_start)
+        pg_dot_stuffer_end_line (stuffer, out);
+    }
+  g_byte_array_append (out, (const guint8 *) ".\r\n", 3);
+}
+
+GBytes *
+pg_dot_stuffer_stuff_all (const void *data, gsize len)
+{
+  g_autoptr (PgDotStuffer) stuffer = pg_dot_stuffer_new ();
+  g_autoptr (GByteArray) out = g_byte_array_sized_new ((guint) MIN (len + len / 16 + 8, G_MAXUINT));
+
+  pg_dot_stuffer_feed (stuffer, data, len, out);
+  pg_dot_stuffer_finish (stuffer, out);
+  return g_byte_array_free_to_bytes (g_steal_pointer (&out));
+}

@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: GPL-3.0-or-later */
+#include "popgate/pg-codec-line.h"
+
+#include "popgate/pg-core.h"
+
+#include <string.h>
+
+struct _PgLineReader
+{
+  guint8 *buf; /* owned; capacity bytes, never reallocated */
+  gsize capacity;
+  gsize start;         /* first unread byte */
+  gsize end;           /* one past the last buffered byte */
+  gsize scanned;       /* [start, scanned) is known to hold no LF */
+  gboolean discarding; /* dropping input up to the next LF after LINE_TOO_LONG */
+};
+
+PgLineReader *
+pg_line_reader_new (gsize capacity)
+{
+  PgLineReader *reader;
+
+  g_return_val_if_fail (capacity > 0, NULL);
+
+  reader = g_new0 (PgLineReader, 1);
+  reader->buf = g_malloc (capacity);
+  reader->capacity = capacity;
+  return reader;
+}
+
+void
+pg_line_reader_free (PgLineReader *reader)
+{
+  if (reader == NULL)
+    return;
+  pg_secret_wipe (reader->buf, reader->capacity);
+  g_free (reader->buf);
+  g_free (reader);
+}
+
+gsize
+pg_line_reader_get_capacity (const PgLineReader *reader)
+{
+  return reader->capacity;
+}
+
+gsize
+pg_line_reader_get_buffered (const PgLineReader *reader)
+{
+  return reader->end - reader->start;
+}
+
+gsize
+pg_line_reader_get_space (const PgLineReader *reader)
+{
+  return reader->capacity - (reader->end - reader->start);
+}
+
+gboolean
+pg_line_reader_is_discarding (const PgLineReader *reader)
+{
+  return reader->discarding;
+}
+
+static void
+pg_line_reader_compact (PgLineReader *reader)
+{
+  gsize held = reader->end - reader->start;
+
+  if (reader->start == 0)
+    return;
+  memmove (reader->buf, reader->buf + reader->start, held);
+  /* The tail may hold a password that was already taken as a line. */
+  pg_secret_wipe (reader->buf + held, reader->end - held);
+  reader->scanned -= reader->start;
+  reader->start = 0;
+  reader->end = held;
+}
+
+gsize
+pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len)
+{
+  const guint8 *p = data;
+  gsize taken = 0;
+  gsize room;
+  gsize n;
+
+  g_return_val_if_fail (reader != NULL, 0);
+  g_return_val_if_fail (data != NULL || len == 0, 0);
+
+  if (reader->discarding)
+    {
+      const guint8 *lf = memchr (p, '\n', len);
+
+      if (lf == NULL)
+        return len;
+      taken = (gsize) (lf - p) + 1;
+      reader->discarding = FALSE;
+      p += taken;
+      len -= taken;
+    }
+
+  if (len == 0)
+    return taken;
+
+  /* Compact only when the tail is too short: most lines are taken before the next
+   * read, so the common case is start == end and the move is free. */
+  if (reader->capacity - reader->end < len)
+    pg_line_reader_compact (reader);
+
+  room = reader->capacity - reader->end;
+  n = MIN (room, len);
+  memcpy (reader->buf + reader->end, p, n);
+  reader->end += n;
+  return taken + n;
+}
+
+PgLineReaderStatus
+pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len, GError **error)
+{
+  const guint8 *lf;
+  gsize line_start;
+  gsize line_end;
+
+  g_return_val_if_fail (reader != NULL, PG_LINE_READER_ERROR);
+  g_return_val_if_fail (error == NULL || *error == NULL, PG_LINE_READER_ERROR);
+
+  lf = memchr (reader->buf + reader->scanned, '\n', reader->end - reader->scanned);
+  if (lf == NULL)
+    {
+      reader->scanned = reader->end;
+      if (reader->end - reader->start < reader->capacity)
+        return PG_LINE_READER_NEED_MORE;
+
+      /* Full and no line end: refuse, then skip the rest of this line. */
+      pg_line_reader_discard_buffered (reader);
+      reader->discarding = TRUE;
+      g_set_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG,
+                   "Line longer than %" G_GSIZE_FORMAT " octets", reader->capacity);
+      return PG_LINE_READER_ERROR;
+    }
+
+  line_start = reader->start;
+  line_end = (gsize) (lf - reader->buf);
+  reader->start = line_end + 1;
+  reader->scanned = reader->start;
+  if (line_end > line_start && reader->buf[line_end - 1] == '\r')
+    line_end--;
+
+  *out_line = (const char *) reader->buf + line_start;
+  *out_len = line_end - line_start;
+  return PG_LINE_READER_LINE;
+}
+
+gsize
+pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out_data)
+{
+  gsize n;
+
+  g_return_val_if_fail (reader != NULL, 0);
+  g_return_val_if_fail (out_data != NULL, 0);
+
+  n = MIN (max_len, reader->end - reader->start);
+  *out_data = reader->buf + reader->start;
+  reader->start += n;
+  /* Keep scanned >= start: compaction subtracts start from it. */
+  reader->scanned = MAX (reader->scanned, reader->start);
+  return n;
+}
+
+gsize
+pg_line_reader_discard_buffered (PgLineReader *reader)
+{
+  gsize dropped;
+
+  g_return_val_if_fail (reader != NULL, 0);
+
+  dropped = reader->end - reader->start;
+  pg_secret_wipe (reader->buf, reader->end);
+  reader->start = 0;
+  reader->end = 0;
+  reader->scanned = 0;
+  reader->discarding = FALSE;
+  return dropped;
+}
