@@ -325,6 +325,7 @@ pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **o
   g_autoptr (GSubprocess) subprocess = NULL;
   g_autoptr (GMainContext) context = g_main_context_new ();
   g_autoptr (GSource) timeout = NULL;
+  g_autoptr (GBytes) no_input = g_bytes_new_static ("", 0);
   g_autofree gchar *output = NULL;
   g_autofree gchar *command = NULL;
   PgTestRunState state = { FALSE, FALSE, NULL, NULL };
@@ -338,7 +339,8 @@ pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **o
     return FALSE;
 
   g_main_context_push_thread_default (context);
-  g_subprocess_communicate_async (subprocess, input, NULL, pg_test_run_communicate_cb, &state);
+  /* With a stdin pipe GIO wants bytes to write, even none (then it closes stdin). */
+  g_subprocess_communicate_async (subprocess, input != NULL ? input : no_input, NULL, pg_test_run_communicate_cb, &state);
   g_subprocess_wait_async (subprocess, NULL, pg_test_run_wait_cb, &state);
   g_main_context_pop_thread_default (context);
 

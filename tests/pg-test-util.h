@@ -11,6 +11,17 @@
 
 G_BEGIN_DECLS
 
+/* Assert that a call taking `error` succeeded, showing the error's message if not:
+ * PG_TEST_ASSERT_OK (pg_test_dovecot_start (dovecot, &error), error); */
+#define PG_TEST_ASSERT_OK(expr, error)                                                        \
+  G_STMT_START                                                                                \
+  {                                                                                           \
+    gboolean pg_test_ok_ = (expr);                                                            \
+    g_assert_no_error (error);                                                                \
+    g_assert_true (pg_test_ok_);                                                              \
+  }                                                                                           \
+  G_STMT_END
+
 /* A child process started by a test. Always stopped by its PID, never by name. */
 typedef struct _PgTestProcess PgTestProcess;
 
