@@ -7,6 +7,9 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
@@ -447,6 +450,7 @@ typedef struct
 {
   guint exists, expunge, fetch, alert, bye, closed;
   guint last_exists;
+  gboolean is_closed;
   gchar *bye_text;
 } PgTestSignals;
 
@@ -489,6 +493,7 @@ static void
 pg_test_closed_cb (PgUpstream *upstream, const GError *error, PgTestSignals *s)
 {
   s->closed++;
+  s->is_closed = TRUE;
 }
 
 static void
@@ -1127,6 +1132,553 @@ test_peer_metadata (void)
   pg_upstream_close (upstream);
 }
 
+
+/* --- against a real Dovecot ------------------------------------------------------------------ */
+
+#define PG_TEST_USER "alice@example.com"
+
+typedef struct
+{
+  PgTestDovecot *dovecot; /* owned */
+  GArray *uids;           /* owned: UIDs of the seeded messages, in order */
+  GPtrArray *messages;    /* owned, of GBytes*: their exact bytes */
+} UpstreamFixture;
+
+static GBytes *
+pg_test_make_message (guint index, gsize body_len)
+{
+  GString *text = g_string_new (NULL);
+
+  g_string_append_printf (text,
+                          "From: sender%u@example.com\r\nTo: alice@example.com\r\n"
+                          "Subject: message %u\r\nMessage-ID: <%u@popgate.test>\r\n\r\n",
+                          index, index, index);
+  while (text->len < body_len)
+    g_string_append_printf (text, "line %" G_GSIZE_FORMAT " of message %u\r\n", text->len,
+                            index);
+  return g_string_free_to_bytes (text);
+}
+
+static void
+upstream_setup (UpstreamFixture *fixture, gconstpointer data)
+{
+  const PgTestDovecotOptions *options = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  /* Small, medium, and one a few chunks long. */
+  const gsize sizes[] = { 0, 2000, PG_UPSTREAM_BODY_CHUNK * 5 + 123 };
+
+  if (pg_test_dovecot_skip_reason () != NULL)
+    return;
+  fixture->dovecot = pg_test_dovecot_new (options, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_add_user (fixture->dovecot, PG_TEST_USER, PG_TEST_PASSWORD,
+                                               &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_start (fixture->dovecot, &error), error);
+  fixture->messages = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  for (guint i = 0; i < G_N_ELEMENTS (sizes); i++)
+    {
+      GBytes *message = pg_test_make_message (i + 1, sizes[i]);
+      PG_TEST_ASSERT_OK (pg_test_dovecot_append (fixture->dovecot, PG_TEST_USER, "INBOX",
+                                                 g_bytes_get_data (message, NULL),
+                                                 g_bytes_get_size (message), &error),
+                         error);
+      g_ptr_array_add (fixture->messages, message);
+    }
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fixture->dovecot, PG_TEST_USER, "Trash",
+                                                     &error),
+                     error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
+                               &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
+  fixture->uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (fixture->uids->len, ==, G_N_ELEMENTS (sizes));
+}
+
+static void
+upstream_teardown (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_clear_pointer (&fixture->dovecot, pg_test_dovecot_free);
+  g_clear_pointer (&fixture->uids, g_array_unref);
+  g_clear_pointer (&fixture->messages, g_ptr_array_unref);
+}
+
+static gboolean
+upstream_available (UpstreamFixture *fixture, gboolean need_tls)
+{
+  if (fixture->dovecot == NULL)
+    {
+      g_test_skip (pg_test_dovecot_skip_reason ());
+      return FALSE;
+    }
+  if (need_tls && !g_tls_backend_supports_tls (g_tls_backend_get_default ()))
+    {
+      g_test_skip ("no GIO TLS backend (install glib-networking)");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static PgUpstream *
+pg_test_upstream_for_dovecot (UpstreamFixture *fixture, const char *tls, const char *host,
+                              const char *ca_file)
+{
+  guint16 port = strcmp (tls, "implicit") == 0 ? fixture->dovecot->imaps_port
+                                               : fixture->dovecot->imap_port;
+  g_autoptr (PgConfig) config = pg_test_config (host, port, tls, ca_file, NULL);
+
+  return pg_upstream_new (config, 11);
+}
+
+/* A sync-client view of the mailbox, to check what our commands did. */
+static PgTestImap *
+pg_test_checker (UpstreamFixture *fixture)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = pg_test_imap_connect (fixture->dovecot->host,
+                                                      fixture->dovecot->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
+  return g_steal_pointer (&imap);
+}
+
+static GBytes *
+pg_test_fetch (PgUpstream *upstream, guint32 uid, const char *section, guint64 offset,
+               guint64 length, gboolean pause, gboolean *out_vanished)
+{
+  PgTestBody body = { g_string_new (NULL), 0, pause, FALSE };
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+  g_autoptr (GError) error = NULL;
+
+  pg_upstream_fetch_body_async (upstream, uid, section, offset, length, pg_test_body_chunk_cb,
+                                &body, NULL, pg_test_async_cb, &async);
+  while (!async.done)
+    {
+      pg_test_wait_either (&body.paused, &async.done);
+      if (body.paused)
+        {
+          /* A slow consumer: resume from the main loop, as a client write completing. */
+          for (int i = 0; i < 5 && g_main_context_iteration (NULL, FALSE); i++)
+            ;
+          g_assert_false (async.done);
+          body.paused = FALSE;
+          pg_upstream_resume (upstream);
+        }
+    }
+  result = pg_test_async_wait (&async);
+  g_assert_true (pg_upstream_fetch_body_finish (upstream, result, out_vanished, &error));
+  g_assert_no_error (error);
+  return g_string_free_to_bytes (body.data);
+}
+
+/* The whole POP3 session shape: connect, log in, ID, SELECT, sizes, bodies, flags, expunge,
+ * logout. */
+static void
+pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolean plain)
+{
+  g_autoptr (GError) error = NULL;
+  PgUpstreamMailbox mailbox = { 0 };
+  PgTestSizes sizes = { g_array_new (FALSE, FALSE, sizeof (guint32)),
+                        g_array_new (FALSE, FALSE, sizeof (guint64)) };
+  g_autoptr (PgTestImap) checker = NULL;
+  guint32 first, last;
+
+  g_string_truncate (pg_test_log, 0);
+  PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+  g_assert_true (pg_upstream_has_capability (upstream, "IMAP4rev1"));
+  PG_TEST_ASSERT_OK (pg_test_login (upstream, PG_TEST_USER, PG_TEST_PASSWORD, plain, &error),
+                     error);
+  g_assert_true (pg_upstream_is_authenticated (upstream));
+  /* Refreshed after login: Dovecot announces UIDPLUS, MOVE only after it. */
+  g_assert_true (pg_upstream_has_capability (upstream, "UIDPLUS"));
+  g_assert_true (pg_upstream_has_capability (upstream, "MOVE"));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_id_async (upstream, "popgate", "0.1", "192.0.2.7", NULL, pg_test_async_cb,
+                          &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_id_finish (upstream, result, &error), error);
+  }
+  PG_TEST_ASSERT_OK (pg_test_select (upstream, "INBOX", &mailbox, &error), error);
+  g_assert_cmpuint (mailbox.exists, ==, 3);
+  g_assert_cmpuint (mailbox.uidvalidity, !=, 0);
+  g_assert_cmpuint (mailbox.uidnext, >, g_array_index (fixture->uids, guint32, 2));
+
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
+                                   &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_fetch_sizes_finish (upstream, result, &error), error);
+  }
+  g_assert_cmpuint (sizes.uids->len, ==, 3);
+  for (guint i = 0; i < 3; i++)
+    {
+      GBytes *expected = g_ptr_array_index (fixture->messages, i);
+      g_autoptr (GBytes) body = NULL;
+      gboolean vanished = TRUE;
+
+      g_assert_cmpuint (g_array_index (sizes.uids, guint32, i), ==,
+                        g_array_index (fixture->uids, guint32, i));
+      /* LIST sizes must equal what RETR sends. */
+      g_assert_cmpuint (g_array_index (sizes.sizes, guint64, i), ==,
+                        g_bytes_get_size (expected));
+      body = pg_test_fetch (upstream, g_array_index (sizes.uids, guint32, i), "", 0, 0, i == 2,
+                            &vanished);
+      g_assert_false (vanished);
+      g_assert_true (g_bytes_equal (body, expected));
+    }
+
+  /* HEADER and a partial TEXT. */
+  {
+    GBytes *expected = g_ptr_array_index (fixture->messages, 1);
+    const char *text = g_bytes_get_data (expected, NULL);
+    const char *sep = strstr (text, "\r\n\r\n");
+    gsize header_len = (gsize) (sep - text) + 4;
+    g_autoptr (GBytes) header = NULL;
+    g_autoptr (GBytes) part = NULL;
+    gboolean vanished = TRUE;
+
+    header = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "HEADER", 0, 0,
+                            FALSE, &vanished);
+    g_assert_false (vanished);
+    g_assert_cmpmem (g_bytes_get_data (header, NULL), g_bytes_get_size (header), text,
+                     header_len);
+    part = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "TEXT", 10, 100,
+                          FALSE, &vanished);
+    g_assert_false (vanished);
+    g_assert_cmpmem (g_bytes_get_data (part, NULL), g_bytes_get_size (part),
+                     text + header_len + 10, 100);
+  }
+
+  /* A UID that does not exist: vanished, not an error. */
+  {
+    gboolean vanished = FALSE;
+    g_autoptr (GBytes) none = pg_test_fetch (upstream, mailbox.uidnext + 100, "", 0, 0, FALSE,
+                                             &vanished);
+    g_assert_true (vanished);
+    g_assert_cmpuint (g_bytes_get_size (none), ==, 0);
+  }
+
+  /* \Seen on the first, then UID EXPUNGE of the last. */
+  first = g_array_index (fixture->uids, guint32, 0);
+  last = g_array_index (fixture->uids, guint32, 2);
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_add_flags_async (upstream, &first, 1, "\\Seen", NULL, pg_test_async_cb,
+                                 &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+  }
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_autoptr (GAsyncResult) result2 = NULL;
+    pg_upstream_add_flags_async (upstream, &last, 1, "\\Deleted", NULL, pg_test_async_cb,
+                                 &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+    pg_upstream_expunge_async (upstream, &last, 1, NULL, pg_test_async_cb, &async);
+    result2 = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_expunge_finish (upstream, result2, &error), error);
+  }
+  PG_TEST_ASSERT_OK (pg_test_noop (upstream, &error), error);
+
+  checker = pg_test_checker (fixture);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, NULL, &error), error);
+  {
+    g_auto (GStrv) flags = pg_test_imap_fetch_flags (checker, first, &error);
+    g_autoptr (GArray) now = NULL;
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Seen"));
+    now = pg_test_imap_uid_search_all (checker, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (now->len, ==, 2);
+  }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  pg_test_assert_no_secret_logged (PG_TEST_USER, PG_TEST_PASSWORD);
+  g_array_unref (sizes.uids);
+  g_array_unref (sizes.sizes);
+}
+
+static void
+test_dovecot_plain (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_false (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_starttls (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  upstream = pg_test_upstream_for_dovecot (fixture, "starttls", "localhost",
+                                           fixture->dovecot->ca_file);
+  pg_test_dovecot_session (fixture, upstream, TRUE);
+  g_assert_true (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_implicit (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  upstream = pg_test_upstream_for_dovecot (fixture, "implicit", "127.0.0.1",
+                                           fixture->dovecot->ca_file);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_true (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_untrusted (UpstreamFixture *fixture, gconstpointer data)
+{
+  const char *modes[] = { "implicit", "starttls" };
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  for (gsize i = 0; i < G_N_ELEMENTS (modes); i++)
+    {
+      /* Trust only a CA that did not sign Dovecot's certificate. */
+      g_autoptr (PgUpstream) upstream = pg_test_upstream_for_dovecot (
+          fixture, modes[i], "localhost", fixture->dovecot->certs->untrusted_ca_file);
+      g_autoptr (GError) error = NULL;
+
+      g_assert_false (pg_test_connect (upstream, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+      g_assert_nonnull (strstr (error->message, "trusted CA"));
+      g_assert_true (pg_upstream_is_closed (upstream));
+    }
+}
+
+/* A TLS server whose certificate (from the trusted CA) names another host. */
+static gboolean
+pg_test_tls_incoming_cb (GSocketService *service, GSocketConnection *connection,
+                         GObject *source_object, gpointer user_data)
+{
+  GTlsCertificate *certificate = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (connection),
+                                                           certificate, &error);
+
+  g_assert_no_error (error);
+  /* The client gives up during the handshake; the result does not matter here. */
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL, NULL,
+                                    NULL);
+  g_object_set_data_full (G_OBJECT (service), "tls", g_steal_pointer (&tls), g_object_unref);
+  return TRUE;
+}
+
+static void
+test_dovecot_wrong_hostname (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *cert_path = NULL;
+  g_autofree gchar *key_path = NULL;
+  g_autoptr (GTlsCertificate) certificate = NULL;
+  g_autoptr (GSocketService) service = NULL;
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+  guint16 port;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  /* An in-test TLS server with a certificate for "mail.example.org". */
+  cert_path = g_build_filename (fixture->dovecot->dir, "other-cert.pem", NULL);
+  key_path = g_build_filename (fixture->dovecot->dir, "other-key.pem", NULL);
+  PG_TEST_ASSERT_OK (pg_test_certs_make_server (fixture->dovecot->certs, "mail.example.org",
+                                                cert_path, key_path, &error),
+                     error);
+  certificate = g_tls_certificate_new_from_files (cert_path, key_path, &error);
+  g_assert_no_error (error);
+  service = g_socket_service_new ();
+  port = g_socket_listener_add_any_inet_port (G_SOCKET_LISTENER (service), NULL, &error);
+  g_assert_no_error (error);
+  g_signal_connect (service, "incoming", G_CALLBACK (pg_test_tls_incoming_cb), certificate);
+  g_socket_service_start (service);
+
+  config = pg_test_config ("127.0.0.1", port, "implicit", fixture->dovecot->ca_file, NULL);
+  upstream = pg_upstream_new (config, 12);
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+  g_assert_nonnull (strstr (error->message, "host name"));
+  g_socket_service_stop (service);
+  g_socket_listener_close (G_SOCKET_LISTENER (service));
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+}
+
+static void
+test_dovecot_wrong_password (UpstreamFixture *fixture, gconstpointer data)
+{
+  for (int plain = 0; plain < 2; plain++)
+    {
+      g_autoptr (PgUpstream) upstream = NULL;
+      g_autoptr (GError) error = NULL;
+
+      if (!upstream_available (fixture, FALSE))
+        return;
+      upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
+      PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+      g_assert_false (pg_test_login (upstream, PG_TEST_USER, "wrong", plain, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+      g_assert_false (pg_upstream_is_authenticated (upstream));
+      pg_upstream_close (upstream);
+    }
+}
+
+static PgUpstream *
+pg_test_dovecot_selected (UpstreamFixture *fixture)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1",
+                                                                  NULL);
+
+  PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_login (upstream, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_select (upstream, "INBOX", NULL, &error), error);
+  return g_steal_pointer (&upstream);
+}
+
+static void
+test_dovecot_move_and_long_sets (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) checker = NULL;
+  g_autoptr (GArray) scattered = g_array_new (FALSE, FALSE, sizeof (guint32));
+  guint32 second;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+
+  /* 12000 scattered UIDs: several STORE commands, each line within the limit. */
+  for (guint32 uid = 1; uid <= 24000; uid += 2)
+    g_array_append_val (scattered, uid);
+  g_array_append_val (scattered, g_array_index (fixture->uids, guint32, 0));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_string_truncate (pg_test_log, 0);
+    pg_upstream_add_flags_async (upstream, (const guint32 *) scattered->data, scattered->len,
+                                 "\\Flagged", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+  }
+
+  second = g_array_index (fixture->uids, guint32, 1);
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    gboolean removed = FALSE;
+    pg_upstream_move_async (upstream, &second, 1, "Trash", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_move_finish (upstream, result, &removed, &error), error);
+    g_assert_true (removed);
+  }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+
+  checker = pg_test_checker (fixture);
+  {
+    guint32 exists = 0;
+    g_auto (GStrv) flags = NULL;
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, &exists, &error),
+                       error);
+    g_assert_cmpuint (exists, ==, 2);
+    flags = pg_test_imap_fetch_flags (checker, g_array_index (fixture->uids, guint32, 0), &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Flagged"));
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "Trash", TRUE, NULL, &exists, &error),
+                       error);
+    g_assert_cmpuint (exists, ==, 1);
+  }
+}
+
+static void
+test_dovecot_metadata (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  /* A value that needs a literal: CRLF, quotes, 8-bit. */
+  static const char value_text[] = "state: \"x\"\r\nuids: 1,2,3\r\n\xc3\xbc";
+  g_autoptr (GBytes) value = g_bytes_new_static (value_text, sizeof value_text - 1);
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+  g_assert_true (pg_upstream_has_capability (upstream, "METADATA"));
+  for (int round = 0; round < 3; round++)
+    {
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GAsyncResult) result2 = NULL;
+      g_autoptr (GBytes) got = NULL;
+
+      /* 0: set, 1: read back, 2: remove and read back nothing */
+      if (round != 1)
+        {
+          pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/state",
+                                          round == 0 ? value : NULL, NULL, pg_test_async_cb,
+                                          &async);
+          result = pg_test_async_wait (&async);
+          PG_TEST_ASSERT_OK (pg_upstream_set_metadata_finish (upstream, result, &error), error);
+        }
+      pg_upstream_get_metadata_async (upstream, "INBOX", "/private/vendor/popgate/state", NULL,
+                                      pg_test_async_cb, &async);
+      result2 = pg_test_async_wait (&async);
+      PG_TEST_ASSERT_OK (pg_upstream_get_metadata_finish (upstream, result2, &got, &error),
+                         error);
+      if (round == 2)
+        g_assert_null (got);
+      else
+        {
+          g_assert_nonnull (got);
+          g_assert_true (g_bytes_equal (got, value));
+        }
+    }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+}
+
+static void
+test_dovecot_shutdown (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  PgTestSignals signals = { 0 };
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+  pg_test_connect_signals (upstream, &signals);
+  /* Dovecot says BYE to its sessions and closes them. */
+  pg_test_dovecot_stop (fixture->dovecot);
+  pg_test_wait_flag (&signals.is_closed);
+  g_assert_false (pg_test_noop (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_free (signals.bye_text);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1149,6 +1701,23 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
+
+  {
+    static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+#define ADD(path, func, options)                                                              \
+  g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func, \
+              upstream_teardown)
+    ADD ("plain", test_dovecot_plain, NULL);
+    ADD ("starttls", test_dovecot_starttls, NULL);
+    ADD ("implicit", test_dovecot_implicit, NULL);
+    ADD ("untrusted", test_dovecot_untrusted, NULL);
+    ADD ("wrong-hostname", test_dovecot_wrong_hostname, NULL);
+    ADD ("wrong-password", test_dovecot_wrong_password, NULL);
+    ADD ("move-and-long-sets", test_dovecot_move_and_long_sets, NULL);
+    ADD ("metadata", test_dovecot_metadata, &with_metadata);
+    ADD ("shutdown", test_dovecot_shutdown, NULL);
+#undef ADD
+  }
 
   return g_test_run ();
 }

@@ -1215,6 +1215,9 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       g_source_attach (self->connect_timer, self->context);
     }
   client = g_socket_client_new ();
+  /* A mail gateway talks to its configured upstream directly, never via desktop proxy
+   * settings. */
+  g_socket_client_set_enable_proxy (client, FALSE);
   pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)",
                     self->config->upstream.host, self->config->upstream.port,
                     pg_upstream_tls_to_string (self->config->upstream.tls));
