@@ -15,6 +15,7 @@
 #include "popgate/pg-limits.h"
 #include "popgate/pg-upstream.h"
 
+#include <glib/gstdio.h>
 #include <string.h>
 
 /* Every wait in this file is bounded by this. */
@@ -103,6 +104,7 @@ typedef enum
   PG_PEER_EXPECT,     /* read a line "<tag> <text>"; text matches the glob pattern */
   PG_PEER_EXPECT_RAW, /* read a line; the whole line matches the glob pattern */
   PG_PEER_CLOSE,      /* close the connection */
+  PG_PEER_STARTTLS,   /* TLS server handshake with peer->certificate, then go on over TLS */
   PG_PEER_END,        /* stay connected and silent */
 } PgPeerAction;
 
@@ -119,6 +121,8 @@ typedef struct
   const PgPeerStep *steps;  /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
   guint step;
   GSocketConnection *conn;  /* owned */
+  GIOStream *stream;        /* owned: conn, or the TLS connection on it */
+  GTlsCertificate *certificate; /* owned: for PG_PEER_STARTTLS */
   GString *input;           /* owned: bytes read, not yet matched */
   GString *received;        /* owned: every line the client sent */
   gchar *tag;               /* owned: tag of the last EXPECT */
@@ -140,6 +144,21 @@ pg_test_peer_fail (PgTestPeer *peer, gchar *message)
   /* Make the client fail fast instead of waiting for a reply that will not come. */
   if (peer->conn != NULL)
     g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
+}
+
+static void
+pg_test_peer_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestPeer *peer = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      pg_test_peer_fail (peer, g_strdup_printf ("peer TLS: %s", error->message));
+      return;
+    }
+  peer->step++;
+  pg_test_peer_advance (peer);
 }
 
 static void
@@ -194,8 +213,7 @@ pg_test_peer_advance (PgTestPeer *peer)
             data = g_string_free (g_steal_pointer (&text), FALSE);
             /* The buffer must live until the write is done: keep it on the peer's list. */
             g_object_set_data_full (G_OBJECT (peer->service), data, data, g_free);
-            g_output_stream_write_all_async (g_io_stream_get_output_stream (
-                                                 G_IO_STREAM (peer->conn)),
+            g_output_stream_write_all_async (g_io_stream_get_output_stream (peer->stream),
                                              data, len, G_PRIORITY_DEFAULT, NULL,
                                              pg_test_peer_write_cb, peer);
             return;
@@ -208,8 +226,7 @@ pg_test_peer_advance (PgTestPeer *peer)
             const char *rest;
             if (crlf == NULL)
               {
-                g_input_stream_read_async (g_io_stream_get_input_stream (
-                                               G_IO_STREAM (peer->conn)),
+                g_input_stream_read_async (g_io_stream_get_input_stream (peer->stream),
                                            peer->buf, sizeof peer->buf, G_PRIORITY_DEFAULT,
                                            NULL, pg_test_peer_read_cb, peer);
                 return;
@@ -239,6 +256,18 @@ pg_test_peer_advance (PgTestPeer *peer)
             peer->step++;
             break;
           }
+        case PG_PEER_STARTTLS:
+          {
+            g_autoptr (GError) error = NULL;
+            GIOStream *tls = g_tls_server_connection_new (G_IO_STREAM (peer->conn),
+                                                          peer->certificate, &error);
+            g_assert_no_error (error);
+            g_clear_object (&peer->stream);
+            peer->stream = tls;
+            g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL,
+                                              pg_test_peer_handshake_cb, peer);
+            return;
+          }
         case PG_PEER_CLOSE:
           g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
           peer->finished = TRUE;
@@ -259,6 +288,7 @@ pg_test_peer_incoming_cb (GSocketService *service, GSocketConnection *connection
   if (peer->conn != NULL)
     return FALSE; /* one client per script */
   peer->conn = g_object_ref (connection);
+  peer->stream = G_IO_STREAM (g_object_ref (connection));
   pg_test_peer_advance (peer);
   return TRUE;
 }
@@ -299,7 +329,9 @@ pg_test_peer_free (PgTestPeer *peer)
   /* Let cancelled peer I/O finish before the peer goes away. */
   while (g_main_context_iteration (NULL, FALSE))
     ;
+  g_clear_object (&peer->stream);
   g_clear_object (&peer->conn);
+  g_clear_object (&peer->certificate);
   g_clear_object (&peer->service);
   g_string_free (peer->input, TRUE);
   g_string_free (peer->received, TRUE);
@@ -687,6 +719,69 @@ test_peer_starttls_not_offered (void)
       g_assert_true (pg_upstream_is_closed (upstream));
       pg_test_peer_assert_done (peer);
     }
+}
+
+/* What the server sends in plaintext after "OK Begin TLS" could be injected by a man in
+ * the middle: it must be discarded, never read as if it came over TLS. */
+static void
+test_peer_starttls_injection (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n" },
+    { PG_PEER_EXPECT, "STARTTLS" },
+    { PG_PEER_SEND, "$ OK Begin TLS negotiation now.\r\n* BYE injected\r\n"
+                    "* CAPABILITY IMAP4rev1 INJECTED\r\n" },
+    { PG_PEER_STARTTLS, NULL },
+    { PG_PEER_EXPECT, "CAPABILITY" },
+    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *dir = NULL;
+  g_autoptr (PgTestCerts) certs = NULL;
+  g_autoptr (PgTestPeer) peer = NULL;
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+  PgTestSignals signals = { 0 };
+
+  if (!g_tls_backend_supports_tls (g_tls_backend_get_default ()))
+    {
+      g_test_skip ("no GIO TLS backend (install glib-networking)");
+      return;
+    }
+  dir = g_dir_make_tmp ("popgate-upstream-XXXXXX", &error);
+  g_assert_no_error (error);
+  certs = pg_test_certs_new (dir, &error);
+  g_assert_no_error (error);
+  peer = pg_test_peer_new (script);
+  peer->certificate = g_tls_certificate_new_from_files (certs->cert_file, certs->key_file, &error);
+  g_assert_no_error (error);
+  config = pg_test_config ("127.0.0.1", peer->port, "starttls", certs->ca_file, NULL);
+  upstream = pg_upstream_new (config, 9);
+  pg_test_connect_signals (upstream, &signals);
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_is_tls (upstream));
+  g_assert_false (pg_upstream_has_capability (upstream, "INJECTED"));
+  g_assert_false (pg_upstream_has_capability (upstream, "LOGINDISABLED"));
+  g_assert_true (pg_upstream_has_capability (upstream, "AUTH=PLAIN"));
+  g_assert_true (pg_test_noop (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (signals.bye, ==, 0);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  {
+    /* The certificate files are in dir: remove them. */
+    const char *files[] = { certs->ca_file, certs->cert_file, certs->key_file,
+                            certs->untrusted_ca_file, certs->untrusted_cert_file,
+                            certs->untrusted_key_file };
+    for (gsize i = 0; i < G_N_ELEMENTS (files); i++)
+      g_remove (files[i]);
+    g_rmdir (dir);
+  }
 }
 
 /* PREAUTH plus a SELECT, the start of most scripts below. */
@@ -1693,6 +1788,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
   g_test_add_func ("/popgate/upstream/peer/starttls-not-offered",
                    test_peer_starttls_not_offered);
+  g_test_add_func ("/popgate/upstream/peer/starttls-injection", test_peer_starttls_injection);
   g_test_add_func ("/popgate/upstream/peer/drop-mid-literal", test_peer_drop_mid_literal);
   g_test_add_func ("/popgate/upstream/peer/malformed", test_peer_malformed);
   g_test_add_func ("/popgate/upstream/peer/bye", test_peer_bye);

@@ -431,8 +431,11 @@ pg_upstream_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
-pg_upstream_log_part (PgUpstream *self, const PgImapWriterPart *part)
+pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
 {
+  const PgImapWriterPart *part = g_ptr_array_index (cmd->parts, index);
+  const PgImapWriterPart *next
+      = index + 1 < cmd->parts->len ? g_ptr_array_index (cmd->parts, index + 1) : NULL;
   gsize size = 0;
   const char *data;
   g_autofree gchar *line = NULL;
@@ -442,6 +445,12 @@ pg_upstream_log_part (PgUpstream *self, const PgImapWriterPart *part)
   if (part->secret)
     {
       pg_session_debug (self->sid, "upstream C: <secret literal>");
+      return;
+    }
+  if (index > 0 && next != NULL && next->secret)
+    {
+      /* " {12}\r\n" before a secret would give away its length. */
+      pg_session_debug (self->sid, "upstream C: <literal header>");
       return;
     }
   data = g_bytes_get_data (part->bytes, &size);
@@ -477,8 +486,8 @@ pg_upstream_flush (PgUpstream *self)
       if (part->wait_continuation && !cmd->continued)
         return;
       cmd->continued = FALSE;
+      pg_upstream_log_part (self, cmd, cmd->next_part);
       cmd->next_part++;
-      pg_upstream_log_part (self, part);
       self->writing = TRUE;
       self->write_bytes = g_bytes_ref (part->bytes);
       {
@@ -1269,8 +1278,10 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
 static gboolean
 pg_upstream_check_state (PgUpstream *self, GTask *task, gboolean need_auth)
 {
+  /* connect_task: nothing may be pipelined behind STARTTLS in plaintext. */
   if (self->state == PG_UPSTREAM_STATE_CLOSED || self->state == PG_UPSTREAM_STATE_DISCONNECTED
-      || self->state == PG_UPSTREAM_STATE_CONNECTING || self->state == PG_UPSTREAM_STATE_GREETING)
+      || self->state == PG_UPSTREAM_STATE_CONNECTING || self->state == PG_UPSTREAM_STATE_GREETING
+      || self->connect_task != NULL)
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
                                "upstream connection is not open");
