@@ -116,18 +116,18 @@ typedef struct
 
 typedef struct
 {
-  GSocketService *service;  /* owned */
+  GSocketService *service; /* owned */
   guint16 port;
-  const PgPeerStep *steps;  /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
+  const PgPeerStep *steps; /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
   guint step;
-  GSocketConnection *conn;  /* owned */
-  GIOStream *stream;        /* owned: conn, or the TLS connection on it */
+  GSocketConnection *conn;      /* owned */
+  GIOStream *stream;            /* owned: conn, or the TLS connection on it */
   GTlsCertificate *certificate; /* owned: for PG_PEER_STARTTLS */
-  GString *input;           /* owned: bytes read, not yet matched */
-  GString *received;        /* owned: every line the client sent */
-  gchar *tag;               /* owned: tag of the last EXPECT */
-  gchar *mismatch;          /* owned: first script failure */
-  gboolean finished;        /* reached END or CLOSE */
+  GString *input;               /* owned: bytes read, not yet matched */
+  GString *received;            /* owned: every line the client sent */
+  gchar *tag;                   /* owned: tag of the last EXPECT */
+  gchar *mismatch;              /* owned: first script failure */
+  gboolean finished;            /* reached END or CLOSE */
   guint8 buf[4096];
 } PgTestPeer;
 
@@ -213,9 +213,9 @@ pg_test_peer_advance (PgTestPeer *peer)
             data = g_string_free (g_steal_pointer (&text), FALSE);
             /* The buffer must live until the write is done: keep it on the peer's list. */
             g_object_set_data_full (G_OBJECT (peer->service), data, data, g_free);
-            g_output_stream_write_all_async (g_io_stream_get_output_stream (peer->stream),
-                                             data, len, G_PRIORITY_DEFAULT, NULL,
-                                             pg_test_peer_write_cb, peer);
+            g_output_stream_write_all_async (g_io_stream_get_output_stream (peer->stream), data,
+                                             len, G_PRIORITY_DEFAULT, NULL, pg_test_peer_write_cb,
+                                             peer);
             return;
           }
         case PG_PEER_EXPECT:
@@ -226,9 +226,9 @@ pg_test_peer_advance (PgTestPeer *peer)
             const char *rest;
             if (crlf == NULL)
               {
-                g_input_stream_read_async (g_io_stream_get_input_stream (peer->stream),
-                                           peer->buf, sizeof peer->buf, G_PRIORITY_DEFAULT,
-                                           NULL, pg_test_peer_read_cb, peer);
+                g_input_stream_read_async (g_io_stream_get_input_stream (peer->stream), peer->buf,
+                                           sizeof peer->buf, G_PRIORITY_DEFAULT, NULL,
+                                           pg_test_peer_read_cb, peer);
                 return;
               }
             line = g_strndup (peer->input->str, (gsize) (crlf - peer->input->str));
@@ -259,8 +259,8 @@ pg_test_peer_advance (PgTestPeer *peer)
         case PG_PEER_STARTTLS:
           {
             g_autoptr (GError) error = NULL;
-            GIOStream *tls = g_tls_server_connection_new (G_IO_STREAM (peer->conn),
-                                                          peer->certificate, &error);
+            GIOStream *tls
+                = g_tls_server_connection_new (G_IO_STREAM (peer->conn), peer->certificate, &error);
             g_assert_no_error (error);
             g_clear_object (&peer->stream);
             peer->stream = tls;
@@ -308,8 +308,8 @@ pg_test_peer_new (const PgPeerStep *steps)
     g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
     g_autoptr (GSocketAddress) effective = NULL;
     gboolean ok = g_socket_listener_add_address (G_SOCKET_LISTENER (peer->service), address,
-                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                                                 NULL, &effective, &error);
+                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                                 &effective, &error);
     g_assert_no_error (error);
     g_assert_true (ok);
     peer->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
@@ -356,10 +356,10 @@ pg_test_config (const char *host, guint16 port, const char *tls, const char *ca_
                 const char *extra)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *text
-      = g_strdup_printf ("[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = %s\nport = %u\ntls = %s\n%s%s%s%s", host, port,
-                         tls, ca_file != NULL ? "ca_file = " : "", ca_file != NULL ? ca_file : "",
-                         ca_file != NULL ? "\n" : "", extra != NULL ? extra : "");
+  g_autofree gchar *text = g_strdup_printf (
+      "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = %s\nport = %u\ntls = %s\n%s%s%s%s", host,
+      port, tls, ca_file != NULL ? "ca_file = " : "", ca_file != NULL ? ca_file : "",
+      ca_file != NULL ? "\n" : "", extra != NULL ? extra : "");
   PgConfig *config = pg_config_load_data (text, strlen (text), "test", &error);
 
   g_assert_no_error (error);
@@ -405,8 +405,7 @@ pg_test_login (PgUpstream *upstream, const char *user, const char *password, gbo
   g_autoptr (GAsyncResult) result = NULL;
 
   if (plain)
-    pg_upstream_authenticate_plain_async (upstream, user, password, NULL, pg_test_async_cb,
-                                          &async);
+    pg_upstream_authenticate_plain_async (upstream, user, password, NULL, pg_test_async_cb, &async);
   else
     pg_upstream_login_async (upstream, user, password, NULL, pg_test_async_cb, &async);
   result = pg_test_async_wait (&async);
@@ -440,7 +439,7 @@ pg_test_logout (PgUpstream *upstream, GError **error)
 /* A body consumer that collects chunks; pauses after each chunk when asked to. */
 typedef struct
 {
-  GString *data;     /* owned */
+  GString *data; /* owned */
   guint chunks;
   gboolean pause;
   gboolean paused;
@@ -500,8 +499,7 @@ pg_test_expunge_cb (PgUpstream *upstream, guint seq, PgTestSignals *s)
 }
 
 static void
-pg_test_fetch_cb (PgUpstream *upstream, guint seq, const PgImapResponse *response,
-                  PgTestSignals *s)
+pg_test_fetch_cb (PgUpstream *upstream, guint seq, const PgImapResponse *response, PgTestSignals *s)
 {
   g_assert_nonnull (pg_imap_response_get_fetch_item (response, "FLAGS"));
   s->fetch++;
@@ -595,8 +593,7 @@ test_peer_login_literals (void)
   {
     PgTestAsync async = { NULL, FALSE };
     g_autoptr (GAsyncResult) result = NULL;
-    pg_upstream_id_async (upstream, "popgate", "1.0", "192.0.2.1", NULL, pg_test_async_cb,
-                          &async);
+    pg_upstream_id_async (upstream, "popgate", "1.0", "192.0.2.1", NULL, pg_test_async_cb, &async);
     result = pg_test_async_wait (&async);
     g_assert_true (pg_upstream_id_finish (upstream, result, &error));
     g_assert_no_error (error);
@@ -775,9 +772,9 @@ test_peer_starttls_injection (void)
   pg_upstream_close (upstream);
   {
     /* The certificate files are in dir: remove them. */
-    const char *files[] = { certs->ca_file, certs->cert_file, certs->key_file,
-                            certs->untrusted_ca_file, certs->untrusted_cert_file,
-                            certs->untrusted_key_file };
+    const char *files[]
+        = { certs->ca_file,           certs->cert_file,           certs->key_file,
+            certs->untrusted_ca_file, certs->untrusted_cert_file, certs->untrusted_key_file };
     for (gsize i = 0; i < G_N_ELEMENTS (files); i++)
       g_remove (files[i]);
     g_rmdir (dir);
@@ -785,12 +782,14 @@ test_peer_starttls_injection (void)
 }
 
 /* PREAUTH plus a SELECT, the start of most scripts below. */
-#define PG_TEST_PREAUTH_SELECT(caps)                                                          \
-  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                    \
-  { PG_PEER_EXPECT, "SELECT INBOX" },                                                         \
-  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"               \
-                  "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"             \
+/* clang-format off */
+#define PG_TEST_PREAUTH_SELECT(caps)                                                               \
+  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                         \
+  { PG_PEER_EXPECT, "SELECT INBOX" },                                                              \
+  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                       \
+                  "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"                  \
                   "$ OK [READ-WRITE] Select completed.\r\n" }
+/* clang-format on */
 
 static PgUpstream *
 pg_test_start_selected (PgTestPeer *peer, const char *extra)
@@ -858,11 +857,11 @@ static void
 test_peer_malformed (void)
 {
   static const char *const replies[] = {
-    "* 1 FETCH (((\r\n",          /* line ends inside a list */
-    "zz9 OK who are you\r\n",     /* a tag we never sent */
-    "+ go ahead\r\n",             /* a continuation nobody asked for */
-    "* OK [UNTERMINATED\r\n",     /* response code without ']' */
-    "\x01\x02\x03\r\n",           /* garbage */
+    "* 1 FETCH (((\r\n",      /* line ends inside a list */
+    "zz9 OK who are you\r\n", /* a tag we never sent */
+    "+ go ahead\r\n",         /* a continuation nobody asked for */
+    "* OK [UNTERMINATED\r\n", /* response code without ']' */
+    "\x01\x02\x03\r\n",       /* garbage */
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (replies); i++)
@@ -970,8 +969,7 @@ test_peer_untagged (void)
   g_autoptr (GAsyncResult) result = NULL;
 
   pg_test_connect_signals (upstream, &signals);
-  pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
-                                 &async);
+  pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb, &async);
   result = pg_test_async_wait (&async);
   g_assert_true (pg_upstream_fetch_sizes_finish (upstream, result, &error));
   g_assert_no_error (error);
@@ -1029,8 +1027,8 @@ test_peer_back_pressure (void)
       PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
       PgTestAsync async = { NULL, FALSE };
       g_autoptr (GAsyncResult) result = NULL;
-      pg_upstream_fetch_body_async (upstream, 5, "TEXT", 0, 10, pg_test_body_chunk_cb, &body,
-                                    NULL, pg_test_async_cb, &async);
+      pg_upstream_fetch_body_async (upstream, 5, "TEXT", 0, 10, pg_test_body_chunk_cb, &body, NULL,
+                                    pg_test_async_cb, &async);
       result = pg_test_async_wait (&async);
       g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
       g_assert_no_error (error);
@@ -1074,8 +1072,7 @@ test_peer_back_pressure (void)
         PgTestAsync async = { NULL, FALSE };
         g_autoptr (GAsyncResult) result = NULL;
         pg_upstream_fetch_body_async (upstream, uid, uid == 6 ? "HEADER" : "", 0, 0,
-                                      pg_test_body_chunk_cb, &body, NULL, pg_test_async_cb,
-                                      &async);
+                                      pg_test_body_chunk_cb, &body, NULL, pg_test_async_cb, &async);
         result = pg_test_async_wait (&async);
         vanished = FALSE;
         g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
@@ -1086,6 +1083,65 @@ test_peer_back_pressure (void)
       }
     pg_upstream_close (upstream);
   }
+}
+
+/* A silent server: the connect deadline fires. */
+static void
+test_peer_connect_timeout (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_END, NULL }, /* no greeting */
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream
+      = pg_test_upstream_for_peer (peer, "none", "connect_timeout = 300ms\n");
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TIMEOUT);
+  g_assert_true (pg_upstream_is_closed (upstream));
+}
+
+/* Cancelling a paused body fetch: delivery stops, the rest of the literal is skipped, the
+ * fetch ends CANCELLED once the server has answered, and the connection stays usable. */
+static void
+test_peer_cancel_body (void)
+{
+  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
+  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
+                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
+  PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
+    { PG_PEER_SEND, reply },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GAsyncResult) result = NULL;
+  PgTestBody body = { g_string_new (NULL), 0, TRUE, FALSE };
+  PgTestAsync async = { NULL, FALSE };
+  gboolean vanished = FALSE;
+
+  pg_upstream_fetch_body_async (upstream, 5, "", 0, 0, pg_test_body_chunk_cb, &body, cancellable,
+                                pg_test_async_cb, &async);
+  pg_test_wait_flag (&body.paused);
+  g_assert_cmpuint (body.chunks, ==, 1);
+  g_cancellable_cancel (cancellable); /* no resume from the consumer */
+  result = pg_test_async_wait (&async);
+  g_assert_false (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_cmpuint (body.chunks, ==, 1);
+  g_clear_error (&error);
+  g_assert_true (pg_test_noop (upstream, &error));
+  g_assert_no_error (error);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  g_string_free (body.data, TRUE);
 }
 
 static void
@@ -1112,8 +1168,8 @@ test_peer_move_fallback (void)
     g_autoptr (GAsyncResult) result = NULL;
     gboolean removed = FALSE;
 
-    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Trash", NULL,
-                            pg_test_async_cb, &async);
+    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Trash", NULL, pg_test_async_cb,
+                            &async);
     result = pg_test_async_wait (&async);
     g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
     g_assert_no_error (error);
@@ -1147,8 +1203,7 @@ test_peer_move_fallback (void)
     g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
     g_assert_no_error (error);
     g_assert_false (removed);
-    pg_upstream_expunge_async (upstream, uids, G_N_ELEMENTS (uids), NULL, pg_test_async_cb,
-                               &async);
+    pg_upstream_expunge_async (upstream, uids, G_N_ELEMENTS (uids), NULL, pg_test_async_cb, &async);
     result2 = pg_test_async_wait (&async);
     g_assert_false (pg_upstream_expunge_finish (upstream, result2, &error));
     g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
@@ -1209,8 +1264,8 @@ test_peer_metadata (void)
       PgTestAsync async = { NULL, FALSE };
       g_autoptr (GAsyncResult) result = NULL;
       g_autoptr (GBytes) value = i == 0 ? g_bytes_new ("v 1", 3) : NULL;
-      pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", value,
-                                      NULL, pg_test_async_cb, &async);
+      pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", value, NULL,
+                                      pg_test_async_cb, &async);
       result = pg_test_async_wait (&async);
       if (i == 0)
         {
@@ -1226,7 +1281,6 @@ test_peer_metadata (void)
   pg_test_peer_assert_done (peer);
   pg_upstream_close (upstream);
 }
-
 
 /* --- against a real Dovecot ------------------------------------------------------------------ */
 
@@ -1249,8 +1303,7 @@ pg_test_make_message (guint index, gsize body_len)
                           "Subject: message %u\r\nMessage-ID: <%u@popgate.test>\r\n\r\n",
                           index, index, index);
   while (text->len < body_len)
-    g_string_append_printf (text, "line %" G_GSIZE_FORMAT " of message %u\r\n", text->len,
-                            index);
+    g_string_append_printf (text, "line %" G_GSIZE_FORMAT " of message %u\r\n", text->len, index);
   return g_string_free_to_bytes (text);
 }
 
@@ -1267,9 +1320,8 @@ upstream_setup (UpstreamFixture *fixture, gconstpointer data)
     return;
   fixture->dovecot = pg_test_dovecot_new (options, &error);
   g_assert_no_error (error);
-  PG_TEST_ASSERT_OK (pg_test_dovecot_add_user (fixture->dovecot, PG_TEST_USER, PG_TEST_PASSWORD,
-                                               &error),
-                     error);
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_add_user (fixture->dovecot, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
   PG_TEST_ASSERT_OK (pg_test_dovecot_start (fixture->dovecot, &error), error);
   fixture->messages = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
   for (guint i = 0; i < G_N_ELEMENTS (sizes); i++)
@@ -1281,11 +1333,9 @@ upstream_setup (UpstreamFixture *fixture, gconstpointer data)
                          error);
       g_ptr_array_add (fixture->messages, message);
     }
-  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fixture->dovecot, PG_TEST_USER, "Trash",
-                                                     &error),
-                     error);
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_create_mailbox (fixture->dovecot, PG_TEST_USER, "Trash", &error), error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
   PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
@@ -1322,8 +1372,8 @@ static PgUpstream *
 pg_test_upstream_for_dovecot (UpstreamFixture *fixture, const char *tls, const char *host,
                               const char *ca_file)
 {
-  guint16 port = strcmp (tls, "implicit") == 0 ? fixture->dovecot->imaps_port
-                                               : fixture->dovecot->imap_port;
+  guint16 port
+      = strcmp (tls, "implicit") == 0 ? fixture->dovecot->imaps_port : fixture->dovecot->imap_port;
   g_autoptr (PgConfig) config = pg_test_config (host, port, tls, ca_file, NULL);
 
   return pg_upstream_new (config, 11);
@@ -1334,8 +1384,8 @@ static PgTestImap *
 pg_test_checker (UpstreamFixture *fixture)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestImap) imap = pg_test_imap_connect (fixture->dovecot->host,
-                                                      fixture->dovecot->imap_port, NULL, &error);
+  g_autoptr (PgTestImap) imap
+      = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
 
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
@@ -1396,8 +1446,7 @@ pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolea
   {
     PgTestAsync async = { NULL, FALSE };
     g_autoptr (GAsyncResult) result = NULL;
-    pg_upstream_id_async (upstream, "popgate", "0.1", "192.0.2.7", NULL, pg_test_async_cb,
-                          &async);
+    pg_upstream_id_async (upstream, "popgate", "0.1", "192.0.2.7", NULL, pg_test_async_cb, &async);
     result = pg_test_async_wait (&async);
     PG_TEST_ASSERT_OK (pg_upstream_id_finish (upstream, result, &error), error);
   }
@@ -1424,8 +1473,7 @@ pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolea
       g_assert_cmpuint (g_array_index (sizes.uids, guint32, i), ==,
                         g_array_index (fixture->uids, guint32, i));
       /* LIST sizes must equal what RETR sends. */
-      g_assert_cmpuint (g_array_index (sizes.sizes, guint64, i), ==,
-                        g_bytes_get_size (expected));
+      g_assert_cmpuint (g_array_index (sizes.sizes, guint64, i), ==, g_bytes_get_size (expected));
       body = pg_test_fetch (upstream, g_array_index (sizes.uids, guint32, i), "", 0, 0, i == 2,
                             &vanished);
       g_assert_false (vanished);
@@ -1445,20 +1493,19 @@ pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolea
     header = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "HEADER", 0, 0,
                             FALSE, &vanished);
     g_assert_false (vanished);
-    g_assert_cmpmem (g_bytes_get_data (header, NULL), g_bytes_get_size (header), text,
-                     header_len);
+    g_assert_cmpmem (g_bytes_get_data (header, NULL), g_bytes_get_size (header), text, header_len);
     part = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "TEXT", 10, 100,
                           FALSE, &vanished);
     g_assert_false (vanished);
-    g_assert_cmpmem (g_bytes_get_data (part, NULL), g_bytes_get_size (part),
-                     text + header_len + 10, 100);
+    g_assert_cmpmem (g_bytes_get_data (part, NULL), g_bytes_get_size (part), text + header_len + 10,
+                     100);
   }
 
   /* A UID that does not exist: vanished, not an error. */
   {
     gboolean vanished = FALSE;
-    g_autoptr (GBytes) none = pg_test_fetch (upstream, mailbox.uidnext + 100, "", 0, 0, FALSE,
-                                             &vanished);
+    g_autoptr (GBytes) none
+        = pg_test_fetch (upstream, mailbox.uidnext + 100, "", 0, 0, FALSE, &vanished);
     g_assert_true (vanished);
     g_assert_cmpuint (g_bytes_get_size (none), ==, 0);
   }
@@ -1469,8 +1516,7 @@ pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolea
   {
     PgTestAsync async = { NULL, FALSE };
     g_autoptr (GAsyncResult) result = NULL;
-    pg_upstream_add_flags_async (upstream, &first, 1, "\\Seen", NULL, pg_test_async_cb,
-                                 &async);
+    pg_upstream_add_flags_async (upstream, &first, 1, "\\Seen", NULL, pg_test_async_cb, &async);
     result = pg_test_async_wait (&async);
     PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
   }
@@ -1478,8 +1524,7 @@ pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolea
     PgTestAsync async = { NULL, FALSE };
     g_autoptr (GAsyncResult) result = NULL;
     g_autoptr (GAsyncResult) result2 = NULL;
-    pg_upstream_add_flags_async (upstream, &last, 1, "\\Deleted", NULL, pg_test_async_cb,
-                                 &async);
+    pg_upstream_add_flags_async (upstream, &last, 1, "\\Deleted", NULL, pg_test_async_cb, &async);
     result = pg_test_async_wait (&async);
     PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
     pg_upstream_expunge_async (upstream, &last, 1, NULL, pg_test_async_cb, &async);
@@ -1525,8 +1570,8 @@ test_dovecot_starttls (UpstreamFixture *fixture, gconstpointer data)
 
   if (!upstream_available (fixture, TRUE))
     return;
-  upstream = pg_test_upstream_for_dovecot (fixture, "starttls", "localhost",
-                                           fixture->dovecot->ca_file);
+  upstream
+      = pg_test_upstream_for_dovecot (fixture, "starttls", "localhost", fixture->dovecot->ca_file);
   pg_test_dovecot_session (fixture, upstream, TRUE);
   g_assert_true (pg_upstream_is_tls (upstream));
 }
@@ -1538,8 +1583,8 @@ test_dovecot_implicit (UpstreamFixture *fixture, gconstpointer data)
 
   if (!upstream_available (fixture, TRUE))
     return;
-  upstream = pg_test_upstream_for_dovecot (fixture, "implicit", "127.0.0.1",
-                                           fixture->dovecot->ca_file);
+  upstream
+      = pg_test_upstream_for_dovecot (fixture, "implicit", "127.0.0.1", fixture->dovecot->ca_file);
   pg_test_dovecot_session (fixture, upstream, FALSE);
   g_assert_true (pg_upstream_is_tls (upstream));
 }
@@ -1572,13 +1617,12 @@ pg_test_tls_incoming_cb (GSocketService *service, GSocketConnection *connection,
 {
   GTlsCertificate *certificate = user_data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (connection),
-                                                           certificate, &error);
+  g_autoptr (GIOStream) tls
+      = g_tls_server_connection_new (G_IO_STREAM (connection), certificate, &error);
 
   g_assert_no_error (error);
   /* The client gives up during the handshake; the result does not matter here. */
-  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL, NULL,
-                                    NULL);
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL, NULL, NULL);
   g_object_set_data_full (G_OBJECT (service), "tls", g_steal_pointer (&tls), g_object_unref);
   return TRUE;
 }
@@ -1645,8 +1689,8 @@ static PgUpstream *
 pg_test_dovecot_selected (UpstreamFixture *fixture)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1",
-                                                                  NULL);
+  g_autoptr (PgUpstream) upstream
+      = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
 
   PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
   PG_TEST_ASSERT_OK (pg_test_login (upstream, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
@@ -1698,14 +1742,12 @@ test_dovecot_move_and_long_sets (UpstreamFixture *fixture, gconstpointer data)
   {
     guint32 exists = 0;
     g_auto (GStrv) flags = NULL;
-    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, &exists, &error),
-                       error);
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, &exists, &error), error);
     g_assert_cmpuint (exists, ==, 2);
     flags = pg_test_imap_fetch_flags (checker, g_array_index (fixture->uids, guint32, 0), &error);
     g_assert_no_error (error);
     g_assert_true (g_strv_contains ((const char *const *) flags, "\\Flagged"));
-    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "Trash", TRUE, NULL, &exists, &error),
-                       error);
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "Trash", TRUE, NULL, &exists, &error), error);
     g_assert_cmpuint (exists, ==, 1);
   }
 }
@@ -1742,8 +1784,7 @@ test_dovecot_metadata (UpstreamFixture *fixture, gconstpointer data)
       pg_upstream_get_metadata_async (upstream, "INBOX", "/private/vendor/popgate/state", NULL,
                                       pg_test_async_cb, &async);
       result2 = pg_test_async_wait (&async);
-      PG_TEST_ASSERT_OK (pg_upstream_get_metadata_finish (upstream, result2, &got, &error),
-                         error);
+      PG_TEST_ASSERT_OK (pg_upstream_get_metadata_finish (upstream, result2, &got, &error), error);
       if (round == 2)
         g_assert_null (got);
       else
@@ -1786,8 +1827,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/login-literals", test_peer_login_literals);
   g_test_add_func ("/popgate/upstream/peer/login-literal-plus", test_peer_login_literal_plus);
   g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
-  g_test_add_func ("/popgate/upstream/peer/starttls-not-offered",
-                   test_peer_starttls_not_offered);
+  g_test_add_func ("/popgate/upstream/peer/starttls-not-offered", test_peer_starttls_not_offered);
   g_test_add_func ("/popgate/upstream/peer/starttls-injection", test_peer_starttls_injection);
   g_test_add_func ("/popgate/upstream/peer/drop-mid-literal", test_peer_drop_mid_literal);
   g_test_add_func ("/popgate/upstream/peer/malformed", test_peer_malformed);
@@ -1795,13 +1835,15 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/timeout", test_peer_timeout);
   g_test_add_func ("/popgate/upstream/peer/untagged", test_peer_untagged);
   g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
+  g_test_add_func ("/popgate/upstream/peer/connect-timeout", test_peer_connect_timeout);
+  g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
 
   {
     static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
-#define ADD(path, func, options)                                                              \
-  g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func, \
+#define ADD(path, func, options)                                                                   \
+  g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func,   \
               upstream_teardown)
     ADD ("plain", test_dovecot_plain, NULL);
     ADD ("starttls", test_dovecot_starttls, NULL);
