@@ -479,7 +479,7 @@ pg_test_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
 
 typedef struct
 {
-  guint exists, expunge, fetch, alert, bye, closed;
+  guint exists, expunge, vanished, fetch, alert, bye, closed;
   guint last_exists;
   gboolean is_closed;
   gchar *bye_text;
@@ -496,6 +496,14 @@ static void
 pg_test_expunge_cb (PgUpstream *upstream, guint seq, PgTestSignals *s)
 {
   s->expunge++;
+}
+
+static void
+pg_test_vanished_cb (PgUpstream *upstream, const char *set, gboolean earlier, PgTestSignals *s)
+{
+  g_assert_cmpstr (set, ==, "1:3,5");
+  g_assert_true (earlier);
+  s->vanished++;
 }
 
 static void
@@ -532,6 +540,7 @@ pg_test_connect_signals (PgUpstream *upstream, PgTestSignals *s)
   g_signal_connect (upstream, "exists", G_CALLBACK (pg_test_exists_cb), s);
   g_signal_connect (upstream, "expunge", G_CALLBACK (pg_test_expunge_cb), s);
   g_signal_connect (upstream, "fetch", G_CALLBACK (pg_test_fetch_cb), s);
+  g_signal_connect (upstream, "vanished", G_CALLBACK (pg_test_vanished_cb), s);
   g_signal_connect (upstream, "alert", G_CALLBACK (pg_test_alert_cb), s);
   g_signal_connect (upstream, "bye", G_CALLBACK (pg_test_bye_cb), s);
   g_signal_connect (upstream, "closed", G_CALLBACK (pg_test_closed_cb), s);
@@ -956,7 +965,8 @@ test_peer_untagged (void)
                     "$ OK Fetch completed.\r\n" },
     { PG_PEER_EXPECT, "NOOP" },
     { PG_PEER_SEND, "* 4 EXISTS\r\n* 2 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Seen))\r\n"
-                    "* OK [ALERT] maintenance at noon\r\n$ OK done\r\n" },
+                    "* OK [ALERT] maintenance at noon\r\n* VANISHED (EARLIER) 1:3,5\r\n"
+                    "$ OK done\r\n" },
     { PG_PEER_END, NULL },
   };
   g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
@@ -985,6 +995,7 @@ test_peer_untagged (void)
   g_assert_cmpuint (signals.expunge, ==, 1);
   g_assert_cmpuint (signals.fetch, ==, 1);
   g_assert_cmpuint (signals.alert, ==, 1);
+  g_assert_cmpuint (signals.vanished, ==, 1);
   pg_test_peer_assert_done (peer);
   pg_upstream_close (upstream);
   g_array_unref (sizes.uids);
@@ -1086,6 +1097,64 @@ test_peer_back_pressure (void)
 }
 
 /* A silent server: the connect deadline fires. */
+static void
+test_peer_bye_greeting (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* BYE Too many connections from your IP\r\n" },
+    { PG_PEER_CLOSE, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "Too many connections"));
+  g_assert_true (pg_upstream_is_closed (upstream));
+  pg_test_peer_assert_done (peer);
+}
+
+/* 100k messages: one command, every size delivered as its line arrives. */
+static void
+test_peer_many_sizes (void)
+{
+  const guint n = 100000;
+  g_autoptr (GString) reply = g_string_new (NULL);
+  PgTestSizes sizes = { g_array_new (FALSE, FALSE, sizeof (guint32)),
+                        g_array_new (FALSE, FALSE, sizeof (guint64)) };
+
+  for (guint i = 1; i <= n; i++)
+    g_string_append_printf (reply, "* %u FETCH (UID %u RFC822.SIZE %u)\r\n", i, i * 2, i + 1000);
+  g_string_append (reply, "$ OK Fetch completed.\r\n");
+  {
+    PgPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+      { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)" },
+      { PG_PEER_SEND, reply->str },
+      { PG_PEER_END, NULL },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    g_autoptr (GError) error = NULL;
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+
+    pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
+                                   &async);
+    result = pg_test_async_wait (&async);
+    g_assert_true (pg_upstream_fetch_sizes_finish (upstream, result, &error));
+    g_assert_no_error (error);
+    g_assert_cmpuint (sizes.uids->len, ==, n);
+    g_assert_cmpuint (g_array_index (sizes.uids, guint32, n - 1), ==, n * 2);
+    g_assert_cmpuint (g_array_index (sizes.sizes, guint64, n - 1), ==, n + 1000);
+    pg_test_peer_assert_done (peer);
+    pg_upstream_close (upstream);
+  }
+  g_array_unref (sizes.uids);
+  g_array_unref (sizes.sizes);
+}
+
 static void
 test_peer_connect_timeout (void)
 {
@@ -1835,6 +1904,8 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/timeout", test_peer_timeout);
   g_test_add_func ("/popgate/upstream/peer/untagged", test_peer_untagged);
   g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
+  g_test_add_func ("/popgate/upstream/peer/bye-greeting", test_peer_bye_greeting);
+  g_test_add_func ("/popgate/upstream/peer/many-sizes", test_peer_many_sizes);
   g_test_add_func ("/popgate/upstream/peer/connect-timeout", test_peer_connect_timeout);
   g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);

@@ -46,6 +46,9 @@
  * bodies excluded). Without it, MAX_ITEMS small literals could add up to gigabytes; four
  * small literals' worth covers a METADATA reply or an ID with long values. */
 #define PG_UPSTREAM_MAX_RESPONSE (4 * PG_UPSTREAM_MAX_SMALL_LITERAL)
+/* The upstream connection reads into a fixed buffer of this size (never a growing one);
+ * it also bounds a body chunk read in one go. 16 KiB matches a TLS record. */
+#define PG_UPSTREAM_READ_BUFFER 16384
 /* Body chunks handed to a consumer while a literal streams. */
 #define PG_UPSTREAM_BODY_CHUNK 32768
 

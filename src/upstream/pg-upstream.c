@@ -93,11 +93,11 @@ struct _PgUpstream
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
 
-  GSocketConnection *socket;    /* owned: the TCP connection */
-  GIOStream *stream;            /* owned: socket or the TLS connection on it */
-  GCancellable *io_cancellable; /* owned: cancels our pending read and write */
-  PgImapParser *parser;         /* owned */
-  guint8 rbuf[16384];           /* fixed read buffer: never grows */
+  GSocketConnection *socket;            /* owned: the TCP connection */
+  GIOStream *stream;                    /* owned: socket or the TLS connection on it */
+  GCancellable *io_cancellable;         /* owned: cancels our pending read and write */
+  PgImapParser *parser;                 /* owned */
+  guint8 rbuf[PG_UPSTREAM_READ_BUFFER]; /* fixed read buffer: never grows */
   gsize rpos, rlen;
   gboolean reading, writing, paused, upgrading, processing;
   GBytes *write_bytes; /* owned: the part being written */
