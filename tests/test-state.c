@@ -3,6 +3,7 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-state.h"
+#include "popgate/pg-upstream.h"
 
 #include <glib/gstdio.h>
 #include <string.h>
@@ -660,27 +661,42 @@ pg_test_state_wait (PgTestStateWait *wait)
 }
 
 static gboolean
-pg_test_state_load (PgStateStore *store, const PgStateKey *key, guint32 uidvalidity,
-                    PgStateLoadStatus *out_status, PgClientState **out_state, GError **error)
+pg_test_state_load_on (PgStateStore *store, PgUpstream *upstream, const PgStateKey *key,
+                       guint32 uidvalidity, PgStateLoadStatus *out_status,
+                       PgClientState **out_state, GError **error)
 {
   PgTestStateWait wait = { NULL };
   g_autoptr (GAsyncResult) result = NULL;
 
-  pg_state_store_load_async (store, NULL, key, uidvalidity, NULL, pg_test_state_done_cb, &wait);
+  pg_state_store_load_async (store, upstream, key, uidvalidity, NULL, pg_test_state_done_cb, &wait);
   result = pg_test_state_wait (&wait);
   return pg_state_store_load_finish (store, result, out_status, out_state, error);
+}
+
+static gboolean
+pg_test_state_load (PgStateStore *store, const PgStateKey *key, guint32 uidvalidity,
+                    PgStateLoadStatus *out_status, PgClientState **out_state, GError **error)
+{
+  return pg_test_state_load_on (store, NULL, key, uidvalidity, out_status, out_state, error);
+}
+
+static gboolean
+pg_test_state_save_on (PgStateStore *store, PgUpstream *upstream, const PgStateKey *key,
+                       const PgClientState *state, GError **error)
+{
+  PgTestStateWait wait = { NULL };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_state_store_save_async (store, upstream, key, state, NULL, pg_test_state_done_cb, &wait);
+  result = pg_test_state_wait (&wait);
+  return pg_state_store_save_finish (store, result, error);
 }
 
 static gboolean
 pg_test_state_save (PgStateStore *store, const PgStateKey *key, const PgClientState *state,
                     GError **error)
 {
-  PgTestStateWait wait = { NULL };
-  g_autoptr (GAsyncResult) result = NULL;
-
-  pg_state_store_save_async (store, NULL, key, state, NULL, pg_test_state_done_cb, &wait);
-  result = pg_test_state_wait (&wait);
-  return pg_state_store_save_finish (store, result, error);
+  return pg_test_state_save_on (store, NULL, key, state, error);
 }
 
 static void
@@ -859,6 +875,376 @@ pg_test_state_file_from_config (PgTestStateFixture *fx, gconstpointer data)
   g_assert_true (g_file_test (fx->path, G_FILE_TEST_IS_DIR));
 }
 
+/* --- the imap-metadata store ----------------------------------------------------------
+ * A small in-process IMAP server that keeps METADATA values in memory, shared by all its
+ * connections, so two store instances on two upstream connections can share one state.
+ * A stand-in until the Dovecot fixture (with METADATA) is on main: it speaks only the
+ * commands the store sends (after PREAUTH: SELECT, GETMETADATA, SETMETADATA, LOGOUT). */
+
+typedef struct
+{
+  GSocketService *service; /* owned */
+  guint16 port;
+  gboolean metadata;  /* advertise METADATA */
+  GHashTable *values; /* owned: entry → GBytes */
+  GPtrArray *conns;   /* owned, of PgTestImapConn* */
+  guint setmetadata;  /* SETMETADATA commands seen */
+} PgTestImapServer;
+
+typedef struct
+{
+  PgTestImapServer *server; /* unowned */
+  GSocketConnection *conn;  /* owned */
+  GString *input;           /* owned: bytes not yet taken as a command */
+  gboolean continued;       /* "+" sent for the pending synchronising literal */
+  gboolean closed;
+  guint8 buf[4096];
+} PgTestImapConn;
+
+static void
+pg_test_imap_send (PgTestImapConn *c, const char *data, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+
+  /* Replies are small: a blocking write into an empty socket buffer does not block. */
+  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (c->conn)), data, len, NULL,
+                             NULL, &error);
+  g_assert_no_error (error);
+}
+
+static void pg_test_imap_printf (PgTestImapConn *c, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+static void
+pg_test_imap_printf (PgTestImapConn *c, const char *format, ...)
+{
+  va_list args;
+  g_autofree gchar *text = NULL;
+
+  va_start (args, format);
+  text = g_strdup_vprintf (format, args);
+  va_end (args);
+  pg_test_imap_send (c, text, strlen (text));
+}
+
+/* One command from c->input: a line, and with a literal "{n}" / "{n+}" at its end, n
+ * bytes and the rest of the command. FALSE: need more input. */
+static gboolean
+pg_test_imap_take (PgTestImapConn *c, GString *out_line, GBytes **out_literal)
+{
+  const char *crlf = strstr (c->input->str, "\r\n");
+  gsize line_len;
+  const char *brace;
+  guint64 n = 0;
+  gboolean sync;
+  const char *after;
+  const char *crlf2;
+
+  if (crlf == NULL)
+    return FALSE;
+  line_len = (gsize) (crlf - c->input->str);
+  if (line_len == 0 || c->input->str[line_len - 1] != '}')
+    {
+      g_string_append_len (out_line, c->input->str, (gssize) line_len);
+      g_string_erase (c->input, 0, (gssize) line_len + 2);
+      return TRUE;
+    }
+  brace = g_strrstr_len (c->input->str, (gssize) line_len, "{");
+  g_assert_nonnull (brace);
+  n = g_ascii_strtoull (brace + 1, NULL, 10);
+  sync = c->input->str[line_len - 2] != '+';
+  if (sync && !c->continued)
+    {
+      pg_test_imap_printf (c, "+ go ahead\r\n");
+      c->continued = TRUE;
+    }
+  after = crlf + 2;
+  if ((gsize) (c->input->str + c->input->len - after) < n)
+    return FALSE;
+  crlf2 = strstr (after + n, "\r\n");
+  if (crlf2 == NULL)
+    return FALSE;
+  g_string_append_len (out_line, c->input->str, brace - c->input->str);
+  *out_literal = g_bytes_new (after, n);
+  g_string_append_len (out_line, after + n, crlf2 - (after + n));
+  g_string_erase (c->input, 0, crlf2 + 2 - c->input->str);
+  c->continued = FALSE;
+  return TRUE;
+}
+
+static void
+pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
+{
+  g_auto (GStrv) words = g_strsplit (line, " ", 4);
+  const char *tag = words[0];
+  const char *cmd = words[1] != NULL ? words[1] : "";
+
+  if (g_ascii_strcasecmp (cmd, "SELECT") == 0)
+    pg_test_imap_printf (c,
+                         "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"
+                         "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"
+                         "%s OK [READ-WRITE] Select completed.\r\n",
+                         tag);
+  else if (g_ascii_strcasecmp (cmd, "GETMETADATA") == 0 && g_strv_length (words) == 4)
+    {
+      GBytes *value = g_hash_table_lookup (c->server->values, words[3]);
+
+      if (value == NULL)
+        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", words[2], words[3]);
+      else
+        {
+          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", words[2], words[3],
+                               g_bytes_get_size (value));
+          pg_test_imap_send (c, g_bytes_get_data (value, NULL), g_bytes_get_size (value));
+          pg_test_imap_printf (c, ")\r\n");
+        }
+      pg_test_imap_printf (c, "%s OK GETMETADATA done\r\n", tag);
+    }
+  else if (g_ascii_strcasecmp (cmd, "SETMETADATA") == 0 && g_strv_length (words) == 4
+           && literal != NULL && words[3][0] == '(')
+    {
+      /* words[3] is "(ENTRY )" around where the literal was. */
+      g_autofree gchar *entry = g_strdup (words[3] + 1);
+
+      *strchr (entry, ' ') = '\0';
+      g_hash_table_replace (c->server->values, g_steal_pointer (&entry), g_bytes_ref (literal));
+      c->server->setmetadata++;
+      pg_test_imap_printf (c, "%s OK SETMETADATA done\r\n", tag);
+    }
+  else if (g_ascii_strcasecmp (cmd, "LOGOUT") == 0)
+    {
+      pg_test_imap_printf (c, "* BYE bye\r\n%s OK LOGOUT done\r\n", tag);
+      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
+      c->closed = TRUE;
+    }
+  else
+    pg_test_imap_printf (c, "%s BAD not in this test server\r\n", tag);
+}
+
+static void
+pg_test_imap_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestImapConn *c = user_data;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, NULL);
+
+  if (n <= 0)
+    {
+      c->closed = TRUE;
+      return;
+    }
+  g_string_append_len (c->input, (const char *) c->buf, n);
+  for (;;)
+    {
+      g_autoptr (GString) line = g_string_new (NULL);
+      g_autoptr (GBytes) literal = NULL;
+
+      if (c->closed || !pg_test_imap_take (c, line, &literal))
+        break;
+      pg_test_imap_command (c, line->str, literal);
+    }
+  if (!c->closed)
+    g_input_stream_read_async (G_INPUT_STREAM (source), c->buf, sizeof c->buf, G_PRIORITY_DEFAULT,
+                               NULL, pg_test_imap_read_cb, c);
+}
+
+static gboolean
+pg_test_imap_incoming_cb (GSocketService *service, GSocketConnection *connection,
+                          GObject *source_object, gpointer user_data)
+{
+  PgTestImapServer *server = user_data;
+  PgTestImapConn *c = g_new0 (PgTestImapConn, 1);
+
+  c->server = server;
+  c->conn = g_object_ref (connection);
+  c->input = g_string_new (NULL);
+  g_ptr_array_add (server->conns, c);
+  pg_test_imap_printf (c, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+%s] ready\r\n",
+                       server->metadata ? " METADATA" : "");
+  g_input_stream_read_async (g_io_stream_get_input_stream (G_IO_STREAM (connection)), c->buf,
+                             sizeof c->buf, G_PRIORITY_DEFAULT, NULL, pg_test_imap_read_cb, c);
+  return TRUE;
+}
+
+static PgTestImapServer *
+pg_test_imap_server_new (gboolean metadata)
+{
+  PgTestImapServer *server = g_new0 (PgTestImapServer, 1);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
+  g_autoptr (GSocketAddress) effective = NULL;
+
+  server->metadata = metadata;
+  server->values
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
+  server->conns = g_ptr_array_new ();
+  server->service = g_socket_service_new ();
+  g_assert_true (g_socket_listener_add_address (G_SOCKET_LISTENER (server->service), address,
+                                                G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                                &effective, &error));
+  g_assert_no_error (error);
+  server->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
+  g_signal_connect (server->service, "incoming", G_CALLBACK (pg_test_imap_incoming_cb), server);
+  g_socket_service_start (server->service);
+  return server;
+}
+
+static void
+pg_test_imap_server_free (PgTestImapServer *server)
+{
+  g_socket_service_stop (server->service);
+  g_socket_listener_close (G_SOCKET_LISTENER (server->service));
+  for (guint i = 0; i < server->conns->len; i++)
+    {
+      PgTestImapConn *c = server->conns->pdata[i];
+
+      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
+    }
+  /* Let the pending reads finish (cancelled by the close) before the buffers go. */
+  for (guint i = 0; i < server->conns->len; i++)
+    {
+      PgTestImapConn *c = server->conns->pdata[i];
+
+      while (!c->closed)
+        g_main_context_iteration (NULL, TRUE);
+      g_object_unref (c->conn);
+      g_string_free (c->input, TRUE);
+      g_free (c);
+    }
+  g_ptr_array_unref (server->conns);
+  g_object_unref (server->service);
+  g_hash_table_unref (server->values);
+  g_free (server);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestImapServer, pg_test_imap_server_free)
+
+/* A connected upstream with INBOX selected. */
+static PgUpstream *
+pg_test_state_upstream (PgTestImapServer *server)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text = g_strdup_printf (
+      "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = 127.0.0.1\nport = %u\ntls = none\n"
+      "[state]\nbackend = imap-metadata\n",
+      server->port);
+  g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "test", &error);
+  g_autoptr (PgUpstream) upstream = NULL;
+  PgUpstreamMailbox mailbox = { 0 };
+
+  g_assert_no_error (error);
+  upstream = pg_upstream_new (config, 0);
+  {
+    PgTestStateWait wait = { NULL };
+    g_autoptr (GAsyncResult) result = NULL;
+
+    pg_upstream_connect_async (upstream, NULL, pg_test_state_done_cb, &wait);
+    result = pg_test_state_wait (&wait);
+    g_assert_true (pg_upstream_connect_finish (upstream, result, &error));
+    g_assert_no_error (error);
+  }
+  {
+    PgTestStateWait wait = { NULL };
+    g_autoptr (GAsyncResult) result = NULL;
+
+    pg_upstream_select_async (upstream, "INBOX", FALSE, NULL, pg_test_state_done_cb, &wait);
+    result = pg_test_state_wait (&wait);
+    g_assert_true (pg_upstream_select_finish (upstream, result, &mailbox, &error));
+    g_assert_no_error (error);
+    g_assert_cmpuint (mailbox.uidvalidity, ==, 42);
+  }
+  return g_steal_pointer (&upstream);
+}
+
+static void
+pg_test_state_metadata_shared (void)
+{
+  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (TRUE);
+  g_autoptr (PgUpstream) up_a = pg_test_state_upstream (server);
+  g_autoptr (PgUpstream) up_b = pg_test_state_upstream (server);
+  g_autoptr (PgStateStore) store_a = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateStore) store_b = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgStateKey) phone = pg_state_key_new ("alice@example.com", "INBOX", "phone");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_cmpint (pg_state_store_get_backend (store_a), ==, PG_STATE_BACKEND_IMAP_METADATA);
+  g_assert_null (pg_state_store_get_file_path (store_a, key));
+  state->uidvalidity = 42;
+
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_null (got);
+
+  /* Saved through one instance, read through the other. */
+  g_assert_true (pg_test_state_save_on (store_a, up_a, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (server->setmetadata, ==, 1);
+  g_assert_true (g_hash_table_contains (server->values, entry));
+  g_assert_true (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+
+  /* And back. */
+  pg_client_state_clear_pending (state);
+  pg_uid_set_add (state->hidden, 99);
+  g_assert_true (pg_test_state_save_on (store_b, up_b, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+
+  g_assert_true (pg_test_state_load_on (store_a, up_a, phone, 42, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 43, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_UIDVALIDITY_CHANGED);
+  g_clear_pointer (&got, pg_client_state_free);
+
+  /* A damaged value is an error naming the entry, never "nothing stored". */
+  g_hash_table_replace (server->values, g_strdup (entry),
+                        g_bytes_new_static ("popgate-state 1\n", 16));
+  g_assert_false (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, entry));
+  g_assert_nonnull (strstr (error->message, "truncated"));
+
+  pg_upstream_close (up_a);
+  pg_upstream_close (up_b);
+}
+
+static void
+pg_test_state_metadata_unsupported (void)
+{
+  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (FALSE);
+  g_autoptr (PgUpstream) upstream = pg_test_state_upstream (server);
+  g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GError) error = NULL;
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_false (pg_test_state_load_on (store, upstream, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "does not support METADATA"));
+  g_clear_error (&error);
+  g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_clear_error (&error);
+  /* Nothing went to the server. */
+  g_assert_cmpuint (server->setmetadata, ==, 0);
+  /* Without an upstream at all. */
+  g_assert_false (pg_test_state_load_on (store, NULL, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  pg_upstream_close (upstream);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -887,6 +1273,9 @@ main (int argc, char **argv)
   g_test_add ("/popgate/state/file/from-config", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_from_config,
               pg_test_state_fixture_teardown);
+
+  g_test_add_func ("/popgate/state/metadata/shared", pg_test_state_metadata_shared);
+  g_test_add_func ("/popgate/state/metadata/unsupported", pg_test_state_metadata_unsupported);
 
   return g_test_run ();
 }
