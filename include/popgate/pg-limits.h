@@ -94,3 +94,12 @@
 #define PG_IMAP_RELAY_MAX_TAG 64
 #define PG_IMAP_RELAY_MAX_WORD 32
 #define PG_IMAP_RELAY_MAX_ARGUMENT 1024
+
+/* --- per-client state (src/state) --- */
+/* One encoded state record (file or METADATA value). The imap-metadata backend reads it
+ * back as one literal, so it cannot exceed PG_UPSTREAM_MAX_SMALL_LITERAL; ranges keep a
+ * real history far below this (a million contiguous UIDs is "1:1000000"). */
+#define PG_STATE_MAX_ENCODED PG_UPSTREAM_MAX_SMALL_LITERAL
+/* User, mailbox and tag as stored in a record: login names and mailbox names are far
+ * shorter (a POP3 command line is at most PG_POP3_MAX_COMMAND_LINE). */
+#define PG_STATE_MAX_KEY_FIELD 1024

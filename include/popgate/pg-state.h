@@ -1,0 +1,185 @@
+/* popgate — per-client state: what one POP3 client (user, mailbox, client tag) has hidden
+ * under `delete = keep` and retrieved, its first login, and a pending QUIT update that
+ * must survive a crash.
+ *
+ * Three layers:
+ *  - PgUidSet: a set of UIDs kept as sorted, merged ranges and written as an IMAP-style
+ *    sequence set ("1:5,7,9:12"), so a history of a million UIDs stays a few bytes when
+ *    it is mostly contiguous.
+ *  - PgClientState and its versioned, checksummed text encoding. The decoder is pure and
+ *    bounded; a truncated or corrupted record is an error (PG_ERROR_PROTOCOL naming the
+ *    source and the fault), never "nothing hidden".
+ *  - PgStateStore: load/save by key with two backends, `file` (one file per key, written
+ *    atomically and durably) and `imap-metadata` (RFC 5464 private entry on the mailbox,
+ *    through the session's own upstream connection).
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "popgate/pg-config.h"
+
+G_BEGIN_DECLS
+
+/* --- PgUidSet ------------------------------------------------------------------------ */
+
+typedef struct _PgUidSet PgUidSet;
+
+PgUidSet *pg_uid_set_new (void);
+void pg_uid_set_free (PgUidSet *set);
+PgUidSet *pg_uid_set_copy (const PgUidSet *set);
+gboolean pg_uid_set_equal (const PgUidSet *a, const PgUidSet *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgUidSet, pg_uid_set_free)
+
+/* UIDs are 1..G_MAXUINT32 (RFC 9051 §2.3.1.1); 0 is refused with a critical. */
+void pg_uid_set_add (PgUidSet *set, guint32 uid);
+/* first <= last, both != 0. */
+void pg_uid_set_add_range (PgUidSet *set, guint32 first, guint32 last);
+void pg_uid_set_remove (PgUidSet *set, guint32 uid);
+void pg_uid_set_clear (PgUidSet *set);
+gboolean pg_uid_set_contains (const PgUidSet *set, guint32 uid);
+/* Number of UIDs (up to G_MAXUINT32, hence 64 bits). */
+guint64 pg_uid_set_count (const PgUidSet *set);
+gboolean pg_uid_set_is_empty (const PgUidSet *set);
+/* Add every UID of other to set. */
+void pg_uid_set_union (PgUidSet *set, const PgUidSet *other);
+
+/* Iterate in ascending order by range: index 0 .. n_ranges-1. */
+guint pg_uid_set_get_n_ranges (const PgUidSet *set);
+void pg_uid_set_get_range (const PgUidSet *set, guint index, guint32 *out_first, guint32 *out_last);
+/* Every UID in ascending order; stop early by returning FALSE. */
+typedef gboolean (*PgUidSetFunc) (guint32 uid, gpointer user_data);
+void pg_uid_set_foreach (const PgUidSet *set, PgUidSetFunc func, gpointer user_data);
+
+/* Canonical text: "1:5,7,9:12"; "" for the empty set. */
+gchar *pg_uid_set_to_string (const PgUidSet *set);
+/* Strict inverse of pg_uid_set_to_string(): only canonical text is accepted (ascending,
+ * neither overlapping nor adjacent ranges, a:b with a < b, no 0, no leading zeros, no
+ * spaces); "" is the empty set. len is bounded by PG_STATE_MAX_ENCODED (else
+ * PG_ERROR_LIMIT); anything else wrong is PG_ERROR_PROTOCOL. Pure. */
+PgUidSet *pg_uid_set_parse (const char *text, gsize len, GError **error);
+
+/* --- key and state ------------------------------------------------------------------- */
+
+/* Whose state: the upstream user, the mailbox, and the client tag ("" when the login
+ * carried none). Any bytes but NUL are allowed in each; at most PG_STATE_MAX_KEY_FIELD. */
+typedef struct
+{
+  gchar *user;    /* owned */
+  gchar *mailbox; /* owned */
+  gchar *tag;     /* owned; "" = no tag */
+} PgStateKey;
+
+PgStateKey *pg_state_key_new (const char *user, const char *mailbox, const char *tag);
+void pg_state_key_free (PgStateKey *key);
+PgStateKey *pg_state_key_copy (const PgStateKey *key);
+gboolean pg_state_key_equal (const PgStateKey *a, const PgStateKey *b);
+/* "user=… mailbox=… tag=…", escaped and cut for a log line. */
+gchar *pg_state_key_to_log (const PgStateKey *key);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgStateKey, pg_state_key_free)
+
+typedef enum
+{
+  PG_STATE_PENDING_NONE,
+  PG_STATE_PENDING_EXPUNGE, /* QUIT was about to expunge pending_uids */
+  PG_STATE_PENDING_MOVE,    /* QUIT was about to move pending_uids to pending_mailbox */
+} PgStatePending;
+
+/* A plain value: copy it, compare it, free it. */
+typedef struct
+{
+  guint32 uidvalidity;   /* the UIDVALIDITY all UIDs below belong to */
+  guint32 first_uidnext; /* UIDNEXT at the first login (first_login = new); 0: unknown */
+  gint64 first_login;    /* UNIX time of the first login */
+  PgUidSet *hidden;      /* owned, never NULL: deleted by this client under delete = keep */
+  PgUidSet *retrieved;   /* owned, never NULL: RETR'd by this client */
+  PgStatePending pending;
+  gchar *pending_mailbox; /* owned: the MAILBOX of PENDING_MOVE, else NULL */
+  PgUidSet *pending_uids; /* owned, never NULL; empty when pending is NONE */
+} PgClientState;
+
+PgClientState *pg_client_state_new (guint32 uidvalidity, guint32 first_uidnext, gint64 first_login);
+void pg_client_state_free (PgClientState *state);
+PgClientState *pg_client_state_copy (const PgClientState *state);
+gboolean pg_client_state_equal (const PgClientState *a, const PgClientState *b);
+/* Record the update QUIT is about to apply (mailbox only for MOVE); replaces any other. */
+void pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const char *mailbox,
+                                  const PgUidSet *uids);
+void pg_client_state_clear_pending (PgClientState *state);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
+
+/* The text form, key included (it is checked on load):
+ *   popgate-state 1
+ *   user %-escaped
+ *   mailbox %-escaped
+ *   tag %-escaped
+ *   uidvalidity N
+ *   first-uidnext N
+ *   first-login UNIXTIME
+ *   hidden SET
+ *   retrieved SET
+ *   [pending expunge SET | pending move:%-escaped-MAILBOX SET]
+ *   end CRC32 (8 lowercase hex digits over every byte before this line)
+ * LF line ends, this order, nothing after the end line. An empty SET leaves the line as
+ * the bare word ("hidden"). %-escaping covers '%', controls, space and bytes >= 0x7f. */
+GBytes *pg_client_state_encode (const PgClientState *state, const PgStateKey *key);
+/* `source` names the file or entry in error messages. Errors: PG_ERROR_PROTOCOL (with
+ * what is wrong and the line number), PG_ERROR_LIMIT (longer than PG_STATE_MAX_ENCODED).
+ * Pure and bounded. */
+PgClientState *pg_client_state_decode (const void *data, gsize len, const char *source,
+                                       PgStateKey **out_key, GError **error);
+
+/* --- the store ----------------------------------------------------------------------- */
+
+/* The upstream connection (src/upstream); only the imap-metadata backend uses it. */
+typedef struct _PgUpstream PgUpstream;
+
+#define PG_TYPE_STATE_STORE (pg_state_store_get_type ())
+G_DECLARE_FINAL_TYPE (PgStateStore, pg_state_store, PG, STATE_STORE, GObject)
+
+/* From config->state: backend and path. The file backend creates its directory (0700)
+ * if missing. Errors: PG_ERROR_CONFIG naming the path and why. */
+PgStateStore *pg_state_store_new (PgConfig *config, GError **error);
+PgStateStore *pg_state_store_new_file (const char *path, GError **error);
+PgStateStore *pg_state_store_new_imap_metadata (void);
+PgStateBackend pg_state_store_get_backend (PgStateStore *self);
+
+typedef enum
+{
+  PG_STATE_LOAD_NEW,                 /* nothing stored for this key: a first login */
+  PG_STATE_LOAD_FOUND,               /* the stored state, for this UIDVALIDITY */
+  PG_STATE_LOAD_UIDVALIDITY_CHANGED, /* the stored state is for another UIDVALIDITY: it is
+                                      * returned for the log; the caller must discard it
+                                      * (warn naming user, mailbox and tag) and start anew */
+} PgStateLoadStatus;
+
+/* Load the state of key in the mailbox whose UIDVALIDITY is now `uidvalidity`. upstream
+ * is the session's authenticated connection with key->mailbox selected (imap-metadata;
+ * may be NULL for file). A corrupt or truncated record, or one whose stored key differs,
+ * is an error (PG_ERROR_PROTOCOL), never NEW. A server without METADATA is
+ * PG_ERROR_UPSTREAM. */
+void pg_state_store_load_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                                guint32 uidvalidity, GCancellable *cancellable,
+                                GAsyncReadyCallback callback, gpointer user_data);
+/* On success *out_status is set, and *out_state (NULL for NEW) is the stored state. */
+gboolean pg_state_store_load_finish (PgStateStore *self, GAsyncResult *result,
+                                     PgStateLoadStatus *out_status, PgClientState **out_state,
+                                     GError **error);
+
+/* Store state for key, durably: when it completes successfully, a crash cannot lose it.
+ * A state longer than PG_STATE_MAX_ENCODED is PG_ERROR_LIMIT and nothing is written. */
+void pg_state_store_save_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                                const PgClientState *state, GCancellable *cancellable,
+                                GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **error);
+
+/* The file a key maps to in the file backend (tests, logs); NULL for imap-metadata. */
+gchar *pg_state_store_get_file_path (PgStateStore *self, const PgStateKey *key);
+/* The RFC 5464 entry a tag maps to: "/private/vendor/popgate/<tag>", with tags outside
+ * [a-z0-9._-]+ written as "=" and lowercase hex (entry names are case-insensitive on
+ * some servers, and must not hold '*', '%', '/' or controls). */
+gchar *pg_state_metadata_entry (const char *tag);
+
+G_END_DECLS

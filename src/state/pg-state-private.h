@@ -1,0 +1,31 @@
+/* Shared between the store and its backends; not part of the module's API.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#pragma once
+
+#include "popgate/pg-state.h"
+
+G_BEGIN_DECLS
+
+/* What a load task returns. */
+typedef struct
+{
+  PgStateLoadStatus status;
+  PgClientState *state; /* owned; NULL for NEW */
+} PgStateLoadResult;
+
+/* Takes state (may be NULL: nothing stored) and sets the status against uidvalidity. */
+PgStateLoadResult *pg_state_load_result_new (const PgStateKey *key, PgClientState *state,
+                                             guint32 uidvalidity);
+void pg_state_load_result_free (PgStateLoadResult *result);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgStateLoadResult, pg_state_load_result_free)
+
+PgClientState *pg_state_decode_for_key (const void *data, gsize len, const char *source,
+                                        const PgStateKey *key, GError **error);
+
+/* The imap-metadata backend: each completes task exactly once. */
+void pg_state_metadata_load (GTask *task, PgUpstream *upstream, const PgStateKey *key,
+                             guint32 uidvalidity);
+void pg_state_metadata_save (GTask *task, PgUpstream *upstream, const PgStateKey *key,
+                             GBytes *bytes);
+
+G_END_DECLS

@@ -1,0 +1,390 @@
+/* PgStateStore: load and save PgClientState by key; the file backend lives here, the
+ * imap-metadata backend in pg-state-metadata.c.
+ *
+ * The file backend reads and writes synchronously on the main loop. That is acceptable:
+ * a record is a few KB (ranges keep it so; PG_STATE_MAX_ENCODED bounds it), read once at
+ * login and written once at QUIT. The API is async-shaped all the same so the
+ * imap-metadata backend, which needs network round trips, fits the same calls.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "pg-state-private.h"
+
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct _PgStateStore
+{
+  GObject parent_instance;
+
+  PgStateBackend backend;
+  gchar *path; /* owned: the directory of the file backend, else NULL */
+};
+
+G_DEFINE_FINAL_TYPE (PgStateStore, pg_state_store, G_TYPE_OBJECT)
+
+static void
+pg_state_store_finalize (GObject *object)
+{
+  PgStateStore *self = PG_STATE_STORE (object);
+
+  g_free (self->path);
+  G_OBJECT_CLASS (pg_state_store_parent_class)->finalize (object);
+}
+
+static void
+pg_state_store_class_init (PgStateStoreClass *klass)
+{
+  G_OBJECT_CLASS (klass)->finalize = pg_state_store_finalize;
+}
+
+static void
+pg_state_store_init (PgStateStore *self)
+{
+}
+
+PgStateStore *
+pg_state_store_new_file (const char *path, GError **error)
+{
+  PgStateStore *self;
+  GStatBuf st;
+
+  g_return_val_if_fail (path != NULL && *path != '\0', NULL);
+
+  /* 0700: the records name users and what they read. */
+  if (g_mkdir_with_parents (path, 0700) != 0)
+    {
+      int saved_errno = errno;
+
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "[state] path %s: cannot create the directory: %s", path,
+                   g_strerror (saved_errno));
+      return NULL;
+    }
+  if (g_stat (path, &st) != 0 || !S_ISDIR (st.st_mode))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] path %s: not a directory", path);
+      return NULL;
+    }
+  self = g_object_new (PG_TYPE_STATE_STORE, NULL);
+  self->backend = PG_STATE_BACKEND_FILE;
+  self->path = g_strdup (path);
+  return self;
+}
+
+PgStateStore *
+pg_state_store_new_imap_metadata (void)
+{
+  PgStateStore *self = g_object_new (PG_TYPE_STATE_STORE, NULL);
+
+  self->backend = PG_STATE_BACKEND_IMAP_METADATA;
+  return self;
+}
+
+PgStateStore *
+pg_state_store_new (PgConfig *config, GError **error)
+{
+  switch (config->state.backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      return pg_state_store_new_file (config->state.path, error);
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      return pg_state_store_new_imap_metadata ();
+    }
+  g_return_val_if_reached (NULL);
+}
+
+PgStateBackend
+pg_state_store_get_backend (PgStateStore *self)
+{
+  return self->backend;
+}
+
+/* A file name safe for any user, mailbox and tag: the SHA-256 of the three, NUL-separated
+ * (none of them holds a NUL, so distinct keys give distinct inputs). The readable key is
+ * inside the file and checked on load. */
+gchar *
+pg_state_store_get_file_path (PgStateStore *self, const PgStateKey *key)
+{
+  g_autoptr (GChecksum) sum = NULL;
+  g_autofree gchar *name = NULL;
+
+  if (self->backend != PG_STATE_BACKEND_FILE)
+    return NULL;
+  sum = g_checksum_new (G_CHECKSUM_SHA256);
+  g_checksum_update (sum, (const guchar *) key->user, (gssize) strlen (key->user) + 1);
+  g_checksum_update (sum, (const guchar *) key->mailbox, (gssize) strlen (key->mailbox) + 1);
+  g_checksum_update (sum, (const guchar *) key->tag, (gssize) strlen (key->tag));
+  name = g_strconcat (g_checksum_get_string (sum), ".state", NULL);
+  return g_build_filename (self->path, name, NULL);
+}
+
+/* --- load ---------------------------------------------------------------------------- */
+
+void
+pg_state_load_result_free (PgStateLoadResult *result)
+{
+  if (result == NULL)
+    return;
+  pg_client_state_free (result->state);
+  g_free (result);
+}
+
+PgStateLoadResult *
+pg_state_load_result_new (const PgStateKey *key, PgClientState *state, guint32 uidvalidity)
+{
+  PgStateLoadResult *result = g_new0 (PgStateLoadResult, 1);
+
+  result->state = state;
+  if (state == NULL)
+    result->status = PG_STATE_LOAD_NEW;
+  else if (state->uidvalidity != uidvalidity)
+    result->status = PG_STATE_LOAD_UIDVALIDITY_CHANGED;
+  else
+    result->status = PG_STATE_LOAD_FOUND;
+  return result;
+}
+
+/* Decode a record and check that it is the one for key. */
+PgClientState *
+pg_state_decode_for_key (const void *data, gsize len, const char *source, const PgStateKey *key,
+                         GError **error)
+{
+  g_autoptr (PgStateKey) stored = NULL;
+  g_autoptr (PgClientState) state = pg_client_state_decode (data, len, source, &stored, error);
+
+  if (state == NULL)
+    return NULL;
+  if (!pg_state_key_equal (stored, key))
+    {
+      g_autofree gchar *want = pg_state_key_to_log (key);
+      g_autofree gchar *got = pg_state_key_to_log (stored);
+
+      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL, "%s: state record belongs to %s, not to %s",
+                   source, got, want);
+      return NULL;
+    }
+  return g_steal_pointer (&state);
+}
+
+/* Read at most PG_STATE_MAX_ENCODED bytes of a regular file. FALSE without error: the
+ * file does not exist. */
+static gboolean
+pg_state_store_read_file (const char *path, GBytes **out_bytes, GError **error)
+{
+  g_autoptr (GByteArray) buf = NULL;
+  struct stat st;
+  int fd;
+  int saved_errno;
+
+  fd = g_open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0)
+    {
+      saved_errno = errno;
+      if (saved_errno == ENOENT)
+        return FALSE;
+      g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno), "state file %s: %s",
+                   path, g_strerror (saved_errno));
+      return FALSE;
+    }
+  if (fstat (fd, &st) != 0 || !S_ISREG (st.st_mode))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL, "state file %s: not a regular file", path);
+      g_close (fd, NULL);
+      return FALSE;
+    }
+  if (st.st_size > PG_STATE_MAX_ENCODED)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_LIMIT,
+                   "state file %s: %" G_GINT64_FORMAT " bytes, more than %u", path,
+                   (gint64) st.st_size, (guint) PG_STATE_MAX_ENCODED);
+      g_close (fd, NULL);
+      return FALSE;
+    }
+  /* One byte more than allowed, so a file that grew since fstat() is caught too. */
+  buf = g_byte_array_sized_new ((guint) st.st_size + 1);
+  for (;;)
+    {
+      guint8 chunk[4096];
+      ssize_t n = read (fd, chunk, sizeof chunk);
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        {
+          saved_errno = errno;
+          g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                       "state file %s: %s", path, g_strerror (saved_errno));
+          g_close (fd, NULL);
+          return FALSE;
+        }
+      if (n == 0)
+        break;
+      g_byte_array_append (buf, chunk, (guint) n);
+      if (buf->len > PG_STATE_MAX_ENCODED)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_LIMIT, "state file %s: more than %u bytes", path,
+                       (guint) PG_STATE_MAX_ENCODED);
+          g_close (fd, NULL);
+          return FALSE;
+        }
+    }
+  g_close (fd, NULL);
+  *out_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&buf));
+  return TRUE;
+}
+
+static void
+pg_state_store_file_load (PgStateStore *self, GTask *task, const PgStateKey *key,
+                          guint32 uidvalidity)
+{
+  g_autofree gchar *path = pg_state_store_get_file_path (self, key);
+  g_autofree gchar *source = g_strdup_printf ("state file %s", path);
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (GError) error = NULL;
+  PgClientState *state = NULL;
+  gsize len = 0;
+  const void *data;
+
+  if (!pg_state_store_read_file (path, &bytes, &error))
+    {
+      if (error != NULL)
+        g_task_return_error (task, g_steal_pointer (&error));
+      else
+        g_task_return_pointer (task, pg_state_load_result_new (key, NULL, uidvalidity),
+                               (GDestroyNotify) pg_state_load_result_free);
+      return;
+    }
+  data = g_bytes_get_data (bytes, &len);
+  state = pg_state_decode_for_key (data, len, source, key, &error);
+  if (state == NULL)
+    {
+      g_task_return_error (task, g_steal_pointer (&error));
+      return;
+    }
+  g_task_return_pointer (task, pg_state_load_result_new (key, state, uidvalidity),
+                         (GDestroyNotify) pg_state_load_result_free);
+}
+
+void
+pg_state_store_load_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                           guint32 uidvalidity, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+
+  g_return_if_fail (PG_IS_STATE_STORE (self));
+  g_return_if_fail (key != NULL);
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, pg_state_store_load_async);
+  if (g_task_return_error_if_cancelled (task))
+    return;
+  switch (self->backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      pg_state_store_file_load (self, task, key, uidvalidity);
+      return;
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      pg_state_metadata_load (task, upstream, key, uidvalidity);
+      return;
+    }
+}
+
+gboolean
+pg_state_store_load_finish (PgStateStore *self, GAsyncResult *result, PgStateLoadStatus *out_status,
+                            PgClientState **out_state, GError **error)
+{
+  g_autoptr (PgStateLoadResult) loaded = NULL;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == pg_state_store_load_async,
+                        FALSE);
+
+  loaded = g_task_propagate_pointer (G_TASK (result), error);
+  if (loaded == NULL)
+    return FALSE;
+  if (out_status != NULL)
+    *out_status = loaded->status;
+  if (out_state != NULL)
+    *out_state = g_steal_pointer (&loaded->state);
+  return TRUE;
+}
+
+/* --- save ---------------------------------------------------------------------------- */
+
+/* GLib 2.74's g_file_set_contents_full() with CONSISTENT | DURABLE writes a temporary file
+ * in the same directory with the mode given, fsync()s it, rename()s it over the old one and
+ * fsync()s the directory (seen with strace; on btrfs it skips the file fsync, which that
+ * file system makes unnecessary for a rename). So a crash leaves the old or the new
+ * record, never a mixture, and a completed save survives. */
+static void
+pg_state_store_file_save (PgStateStore *self, GTask *task, const PgStateKey *key, GBytes *bytes)
+{
+  g_autofree gchar *path = pg_state_store_get_file_path (self, key);
+  GError *error = NULL;
+  gsize len = 0;
+  const gchar *data = g_bytes_get_data (bytes, &len);
+
+  if (!g_file_set_contents_full (path, data, (gssize) len,
+                                 G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE, 0600,
+                                 &error))
+    {
+      g_prefix_error (&error, "state file: ");
+      g_task_return_error (task, error);
+      return;
+    }
+  g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_state_store_save_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                           const PgClientState *state, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autoptr (GBytes) bytes = NULL;
+
+  g_return_if_fail (PG_IS_STATE_STORE (self));
+  g_return_if_fail (key != NULL && state != NULL);
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, pg_state_store_save_async);
+  if (g_task_return_error_if_cancelled (task))
+    return;
+  bytes = pg_client_state_encode (state, key);
+  if (g_bytes_get_size (bytes) > PG_STATE_MAX_ENCODED)
+    {
+      g_autofree gchar *who = pg_state_key_to_log (key);
+
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                               "state of %s: %zu bytes encoded, more than %u", who,
+                               g_bytes_get_size (bytes), (guint) PG_STATE_MAX_ENCODED);
+      return;
+    }
+  switch (self->backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      pg_state_store_file_save (self, task, key, bytes);
+      return;
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      pg_state_metadata_save (task, upstream, key, bytes);
+      return;
+    }
+}
+
+gboolean
+pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == pg_state_store_save_async,
+                        FALSE);
+
+  return g_task_propagate_boolean (G_TASK (result), error);
+}

@@ -1,0 +1,1281 @@
+/* Tests for the per-client state: UID sets, the record encoding, the file store.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+#include "popgate/pg-state.h"
+#include "popgate/pg-upstream.h"
+
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* --- UID sets ------------------------------------------------------------------------ */
+
+static gchar *
+pg_test_state_set_string (const PgUidSet *set)
+{
+  return pg_uid_set_to_string (set);
+}
+
+static void
+pg_test_state_uidset_basic (void)
+{
+  g_autoptr (PgUidSet) set = pg_uid_set_new ();
+  g_autofree gchar *s1 = NULL;
+  g_autofree gchar *s2 = NULL;
+  g_autofree gchar *s3 = NULL;
+  g_autofree gchar *s4 = NULL;
+  guint32 first = 0;
+  guint32 last = 0;
+
+  g_assert_true (pg_uid_set_is_empty (set));
+  s1 = pg_test_state_set_string (set);
+  g_assert_cmpstr (s1, ==, "");
+
+  pg_uid_set_add (set, 5);
+  pg_uid_set_add (set, 3);
+  pg_uid_set_add (set, 4); /* joins 3 and 5 */
+  pg_uid_set_add_range (set, 9, 12);
+  pg_uid_set_add (set, 7);
+  pg_uid_set_add (set, 1);
+  s2 = pg_test_state_set_string (set);
+  g_assert_cmpstr (s2, ==, "1,3:5,7,9:12");
+  g_assert_cmpuint (pg_uid_set_count (set), ==, 9);
+  g_assert_cmpuint (pg_uid_set_get_n_ranges (set), ==, 4);
+  pg_uid_set_get_range (set, 1, &first, &last);
+  g_assert_cmpuint (first, ==, 3);
+  g_assert_cmpuint (last, ==, 5);
+  g_assert_true (pg_uid_set_contains (set, 4));
+  g_assert_false (pg_uid_set_contains (set, 6));
+  g_assert_false (pg_uid_set_contains (set, 0));
+  g_assert_false (pg_uid_set_contains (set, 13));
+
+  /* A range swallowing several and touching the next. */
+  pg_uid_set_add_range (set, 2, 8);
+  s3 = pg_test_state_set_string (set);
+  g_assert_cmpstr (s3, ==, "1:12");
+
+  pg_uid_set_remove (set, 6);  /* splits */
+  pg_uid_set_remove (set, 1);  /* trims the front */
+  pg_uid_set_remove (set, 12); /* trims the back */
+  pg_uid_set_remove (set, 40); /* absent */
+  s4 = pg_test_state_set_string (set);
+  g_assert_cmpstr (s4, ==, "2:5,7:11");
+  g_assert_cmpuint (pg_uid_set_count (set), ==, 9);
+  pg_uid_set_clear (set);
+  g_assert_true (pg_uid_set_is_empty (set));
+}
+
+static void
+pg_test_state_uidset_edges (void)
+{
+  g_autoptr (PgUidSet) set = pg_uid_set_new ();
+  g_autoptr (PgUidSet) parsed = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text = NULL;
+
+  pg_uid_set_add_range (set, 1, G_MAXUINT32);
+  g_assert_cmpuint (pg_uid_set_count (set), ==, G_MAXUINT32);
+  g_assert_true (pg_uid_set_contains (set, G_MAXUINT32));
+  pg_uid_set_remove (set, G_MAXUINT32);
+  pg_uid_set_remove (set, 1);
+  text = pg_uid_set_to_string (set);
+  g_assert_cmpstr (text, ==, "2:4294967294");
+  pg_uid_set_add (set, G_MAXUINT32);
+  pg_uid_set_add (set, 1);
+  g_clear_pointer (&text, g_free);
+  text = pg_uid_set_to_string (set);
+  g_assert_cmpstr (text, ==, "1:4294967295");
+  parsed = pg_uid_set_parse (text, strlen (text), &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_uid_set_equal (parsed, set));
+}
+
+static void
+pg_test_state_uidset_parse_bad (void)
+{
+  static const char *const bad[] = {
+    "0",
+    "1,0",
+    "01",
+    "1:01",
+    "5:3",
+    "3:3",
+    "1,1",
+    "2,1",
+    "1:5,3",
+    "1:5,6",
+    "1,2",
+    "1:5,5",
+    ",1",
+    "1,",
+    "1::2",
+    "1:",
+    ":1",
+    "1 ,2",
+    " 1",
+    "1 ",
+    "a",
+    "1,a",
+    "-1",
+    "+1",
+    "4294967296",
+    "1:4294967296",
+    "99999999999999999999",
+    "1,,2",
+    "*",
+    "1:*",
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgUidSet) set = pg_uid_set_parse (bad[i], strlen (bad[i]), &error);
+
+      g_test_message ("bad UID set \"%s\"", bad[i]);
+      g_assert_null (set);
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_true (g_str_has_prefix (error->message, "UID set: "));
+    }
+}
+
+static void
+pg_test_state_uidset_parse_good (void)
+{
+  static const char *const good[] = {
+    "", "1", "1:2", "1,3", "1:5,7,9:12", "4294967295", "1:4294967295", "10,20:30,4294967294"
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (good); i++)
+    {
+      gsize len = strlen (good[i]);
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgUidSet) set = pg_uid_set_parse (good[i], len, &error);
+      g_autofree gchar *back = NULL;
+
+      g_assert_no_error (error);
+      g_assert_nonnull (set);
+      back = pg_uid_set_to_string (set);
+      g_assert_cmpstr (back, ==, good[i]);
+
+      /* Every cut of it either fails cleanly or is another canonical set. */
+      for (gsize cut = 0; cut < len; cut++)
+        {
+          g_autoptr (GError) cut_error = NULL;
+          g_autoptr (PgUidSet) part = pg_uid_set_parse (good[i], cut, &cut_error);
+
+          if (part == NULL)
+            g_assert_error (cut_error, PG_ERROR, PG_ERROR_PROTOCOL);
+          else
+            {
+              g_autofree gchar *part_text = pg_uid_set_to_string (part);
+
+              g_assert_no_error (cut_error);
+              g_assert_cmpmem (part_text, strlen (part_text), good[i], cut);
+            }
+        }
+    }
+}
+
+static void
+pg_test_state_uidset_parse_limit (void)
+{
+  gsize len = PG_STATE_MAX_ENCODED + 1;
+  g_autofree gchar *big = g_malloc (len);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUidSet) set = NULL;
+
+  memset (big, '1', len);
+  set = pg_uid_set_parse (big, len, &error);
+  g_assert_null (set);
+  g_assert_error (error, PG_ERROR, PG_ERROR_LIMIT);
+}
+
+static gboolean
+pg_test_state_collect_cb (guint32 uid, gpointer user_data)
+{
+  g_array_append_val ((GArray *) user_data, uid);
+  return TRUE;
+}
+
+/* Compare a set with a GHashTable model over 1..universe. */
+static void
+pg_test_state_uidset_check_model (const PgUidSet *set, GHashTable *model, guint32 universe)
+{
+  g_autoptr (GArray) uids = g_array_new (FALSE, FALSE, sizeof (guint32));
+  g_autofree gchar *text = pg_uid_set_to_string (set);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUidSet) parsed = pg_uid_set_parse (text, strlen (text), &error);
+  guint32 previous = 0;
+
+  g_assert_cmpuint (pg_uid_set_count (set), ==, g_hash_table_size (model));
+  for (guint32 uid = 1; uid <= universe; uid++)
+    g_assert_cmpint (pg_uid_set_contains (set, uid), ==,
+                     g_hash_table_contains (model, GUINT_TO_POINTER (uid)));
+  pg_uid_set_foreach (set, pg_test_state_collect_cb, uids);
+  g_assert_cmpuint (uids->len, ==, g_hash_table_size (model));
+  for (guint i = 0; i < uids->len; i++)
+    {
+      guint32 uid = g_array_index (uids, guint32, i);
+
+      g_assert_cmpuint (uid, >, previous);
+      g_assert_true (g_hash_table_contains (model, GUINT_TO_POINTER (uid)));
+      previous = uid;
+    }
+  /* Ranges are merged: no two touch. */
+  for (guint i = 1; i < pg_uid_set_get_n_ranges (set); i++)
+    {
+      guint32 f0, l0, f1, l1;
+
+      pg_uid_set_get_range (set, i - 1, &f0, &l0);
+      pg_uid_set_get_range (set, i, &f1, &l1);
+      g_assert_cmpuint (f0, <=, l0);
+      g_assert_cmpuint ((guint64) l0 + 1, <, f1);
+    }
+  g_assert_no_error (error);
+  g_assert_true (pg_uid_set_equal (parsed, set));
+}
+
+static void
+pg_test_state_uidset_random (void)
+{
+  g_autoptr (GRand) rand = g_rand_new_with_seed (0x5e7);
+  const guint32 universe = 300;
+
+  for (guint round = 0; round < 40; round++)
+    {
+      g_autoptr (PgUidSet) set = pg_uid_set_new ();
+      g_autoptr (PgUidSet) other = pg_uid_set_new ();
+      g_autoptr (PgUidSet) copy = NULL;
+      g_autoptr (GHashTable) model = g_hash_table_new (NULL, NULL);
+      g_autoptr (GHashTable) other_model = g_hash_table_new (NULL, NULL);
+
+      for (guint op = 0; op < 400; op++)
+        {
+          guint32 a = (guint32) g_rand_int_range (rand, 1, (gint32) universe + 1);
+          guint32 b = MIN (universe, a + (guint32) g_rand_int_range (rand, 0, 12));
+
+          switch (g_rand_int_range (rand, 0, 4))
+            {
+            case 0:
+              pg_uid_set_add (set, a);
+              g_hash_table_add (model, GUINT_TO_POINTER (a));
+              break;
+            case 1:
+              pg_uid_set_add_range (set, a, b);
+              for (guint32 u = a; u <= b; u++)
+                g_hash_table_add (model, GUINT_TO_POINTER (u));
+              break;
+            case 2:
+              pg_uid_set_remove (set, a);
+              g_hash_table_remove (model, GUINT_TO_POINTER (a));
+              break;
+            default:
+              pg_uid_set_add (other, a);
+              g_hash_table_add (other_model, GUINT_TO_POINTER (a));
+              break;
+            }
+          if (op % 50 == 0)
+            pg_test_state_uidset_check_model (set, model, universe);
+        }
+      pg_test_state_uidset_check_model (set, model, universe);
+      pg_test_state_uidset_check_model (other, other_model, universe);
+
+      copy = pg_uid_set_copy (set);
+      g_assert_true (pg_uid_set_equal (copy, set));
+      pg_uid_set_union (copy, other);
+      {
+        GHashTableIter iter;
+        gpointer key;
+
+        g_hash_table_iter_init (&iter, other_model);
+        while (g_hash_table_iter_next (&iter, &key, NULL))
+          g_hash_table_add (model, key);
+      }
+      pg_test_state_uidset_check_model (copy, model, universe);
+    }
+}
+
+/* --- the record encoding ------------------------------------------------------------- */
+
+static PgClientState *
+pg_test_state_sample (void)
+{
+  PgClientState *state = pg_client_state_new (1234567, 42, 1767225600);
+  g_autoptr (PgUidSet) pending = pg_uid_set_new ();
+
+  pg_uid_set_add_range (state->hidden, 3, 9);
+  pg_uid_set_add (state->hidden, 17);
+  pg_uid_set_add_range (state->retrieved, 1, 40);
+  pg_uid_set_add (pending, 41);
+  pg_uid_set_add (pending, 44);
+  pg_client_state_set_pending (state, PG_STATE_PENDING_MOVE, "Archive/Old mail 100%", pending);
+  return state;
+}
+
+static PgStateKey *
+pg_test_state_sample_key (void)
+{
+  return pg_state_key_new ("alice@example.com", "INBOX", "lap top%\n\xc3\xa9");
+}
+
+static GBytes *
+pg_test_state_sample_bytes (void)
+{
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+
+  return pg_client_state_encode (state, key);
+}
+
+static void
+pg_test_state_encode_roundtrip (void)
+{
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) plain = pg_client_state_new (7, 0, 0);
+  g_autoptr (PgStateKey) plain_key = pg_state_key_new ("bob", "INBOX", "");
+  g_autoptr (PgClientState) expunge = pg_client_state_copy (state);
+  PgClientState *cases[] = { state, plain, expunge };
+  PgStateKey *keys[] = { key, plain_key, key };
+  g_autoptr (PgUidSet) uids = pg_uid_set_new ();
+
+  pg_uid_set_add (uids, 9);
+  pg_client_state_set_pending (expunge, PG_STATE_PENDING_EXPUNGE, NULL, uids);
+  g_assert_false (pg_client_state_equal (expunge, state));
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr (GBytes) bytes = pg_client_state_encode (cases[i], keys[i]);
+      g_autoptr (GBytes) again = NULL;
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgStateKey) got_key = NULL;
+      g_autoptr (PgClientState) got = NULL;
+      gsize len = 0;
+      const char *data = g_bytes_get_data (bytes, &len);
+
+      g_test_message ("record:\n%.*s", (int) len, data);
+      got = pg_client_state_decode (data, len, "test", &got_key, &error);
+      g_assert_no_error (error);
+      g_assert_nonnull (got);
+      g_assert_true (pg_client_state_equal (got, cases[i]));
+      g_assert_true (pg_state_key_equal (got_key, keys[i]));
+      again = pg_client_state_encode (got, got_key);
+      g_assert_true (g_bytes_equal (again, bytes));
+    }
+
+  {
+    g_autoptr (GBytes) bytes = pg_client_state_encode (plain, plain_key);
+
+    g_assert_cmpmem (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes),
+                     "popgate-state 1\nuser bob\nmailbox INBOX\ntag\nuidvalidity 7\n"
+                     "first-uidnext 0\nfirst-login 0\nhidden\nretrieved\nend 5c9e5c0b\n",
+                     strlen ("popgate-state 1\nuser bob\nmailbox INBOX\ntag\nuidvalidity 7\n"
+                             "first-uidnext 0\nfirst-login 0\nhidden\nretrieved\nend 5c9e5c0b\n"));
+  }
+
+  pg_client_state_clear_pending (expunge);
+  g_assert_cmpint (expunge->pending, ==, PG_STATE_PENDING_NONE);
+  g_assert_true (pg_uid_set_is_empty (expunge->pending_uids));
+}
+
+/* Every proper prefix of a record is detected, with the source named. */
+static void
+pg_test_state_encode_truncated (void)
+{
+  g_autoptr (GBytes) bytes = pg_test_state_sample_bytes ();
+  gsize len = 0;
+  const char *data = g_bytes_get_data (bytes, &len);
+
+  for (gsize cut = 0; cut < len; cut++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgClientState) got
+          = pg_client_state_decode (data, cut, "state file /x", NULL, &error);
+
+      g_assert_null (got);
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_true (g_str_has_prefix (error->message, "state file /x: "));
+      if (cut == 0 || data[cut - 1] != '\n')
+        g_assert_nonnull (strstr (error->message, "truncated"));
+    }
+}
+
+/* Every single changed byte is caught (CRC-32 catches all of them). */
+static void
+pg_test_state_encode_bitflip (void)
+{
+  g_autoptr (GBytes) bytes = pg_test_state_sample_bytes ();
+  gsize len = 0;
+  g_autofree gchar *copy = g_bytes_unref_to_data (g_bytes_ref (bytes), &len);
+
+  for (gsize i = 0; i < len; i++)
+    for (guint bit = 0; bit < 8; bit++)
+      {
+        g_autoptr (GError) error = NULL;
+        g_autoptr (PgClientState) got = NULL;
+
+        copy[i] ^= (char) (1u << bit);
+        got = pg_client_state_decode (copy, len, "test", NULL, &error);
+        copy[i] ^= (char) (1u << bit);
+        g_assert_null (got);
+        g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      }
+}
+
+static guint32
+pg_test_state_crc32 (const char *data, gsize len)
+{
+  guint32 crc = 0xffffffffu;
+
+  for (gsize i = 0; i < len; i++)
+    {
+      crc ^= (guint8) data[i];
+      for (guint k = 0; k < 8; k++)
+        crc = (crc & 1u) ? (crc >> 1) ^ 0xedb88320u : crc >> 1;
+    }
+  return crc ^ 0xffffffffu;
+}
+
+/* Records with a valid checksum but wrong content: each refused, saying what is wrong. */
+static void
+pg_test_state_encode_corrupt (void)
+{
+  static const struct
+  {
+    const char *body;
+    const char *message;
+  } cases[] = {
+    { "popgate-state 2\n", "unsupported version" },
+    { "popgate-stat 1\n", "\"popgate-state\" expected" },
+    { "popgate-state 1\nuser a\n", "\"mailbox\" expected, the record ends" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 0\n", "uidvalidity 0" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 4294967296\n", "out of range" },
+    { "popgate-state 1\nuser a b\n", "unescaped byte 0x20" },
+    { "popgate-state 1\nuser a%41\n", "needs none" },
+    { "popgate-state 1\nuser a%4\n", "bad %-escape" },
+    { "popgate-state 1\nuser a%00\n", "needs none" },
+    { "popgate-state 1\nuser \n", "empty value" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 01\n",
+      "not a canonical number" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nretrieved\nhidden\n",
+      "\"hidden\" expected, got \"retrieved\"" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden 5:3\nretrieved\n",
+      "hidden: UID set: range not ascending" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\npending delete 1\n",
+      "unknown action" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\npending move: 1\n",
+      "unknown action" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\npending expunge\n",
+      "no UID set" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nhidden\n",
+      "\"pending\" expected" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\npending expunge 1\nhidden\n",
+      "unexpected line" },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autofree gchar *record
+          = g_strdup_printf ("%send %08x\n", cases[i].body,
+                             pg_test_state_crc32 (cases[i].body, strlen (cases[i].body)));
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgClientState) got
+          = pg_client_state_decode (record, strlen (record), "src", NULL, &error);
+
+      g_test_message ("case %u: %s", i, error != NULL ? error->message : "(accepted)");
+      g_assert_null (got);
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_true (g_str_has_prefix (error->message, "src: "));
+      g_assert_nonnull (strstr (error->message, cases[i].message));
+    }
+
+  /* Checksum line faults, and data after it. */
+  {
+    static const char *const raw[] = {
+      "popgate-state 1\nend 0000000\n",
+      "popgate-state 1\nend 0000000G\n",
+      "popgate-state 1\nend 0000000A\n",
+      "popgate-state 1\nend 00000000\n",
+      "popgate-state 1\nend 00000000",
+      "popgate-state 1\nend 00000000\nx\n",
+      "\n",
+      "end 00000000\n",
+    };
+
+    for (guint i = 0; i < G_N_ELEMENTS (raw); i++)
+      {
+        g_autoptr (GError) error = NULL;
+        g_autoptr (PgClientState) got
+            = pg_client_state_decode (raw[i], strlen (raw[i]), "src", NULL, &error);
+
+        g_assert_null (got);
+        g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      }
+  }
+}
+
+/* A million-UID history stays small: all retrieved, every thousandth hidden, a pending
+ * move of a few. */
+static void
+pg_test_state_encode_million (void)
+{
+  g_autoptr (PgClientState) state = pg_client_state_new (1, 1, 1767225600);
+  g_autoptr (PgStateKey) key = pg_state_key_new ("alice@example.com", "INBOX", "laptop");
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgClientState) got = NULL;
+
+  for (guint32 uid = 1; uid <= 1000000; uid++)
+    {
+      pg_uid_set_add (state->retrieved, uid);
+      if (uid % 1000 == 0)
+        pg_uid_set_add (state->hidden, uid);
+    }
+  g_assert_cmpuint (pg_uid_set_count (state->retrieved), ==, 1000000);
+  bytes = pg_client_state_encode (state, key);
+  g_test_message ("a million UIDs encode in %zu bytes", g_bytes_get_size (bytes));
+  /* 1000 hidden UIDs of up to 7 digits and a comma, plus ~150 bytes of the rest. */
+  g_assert_cmpuint (g_bytes_get_size (bytes), <, 8 * 1024 + 256);
+  got = pg_client_state_decode (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), "m", NULL,
+                                &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_client_state_equal (got, state));
+}
+
+static void
+pg_test_state_decode_limit (void)
+{
+  gsize len = PG_STATE_MAX_ENCODED + 1;
+  g_autofree gchar *big = g_malloc0 (len);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgClientState) got = pg_client_state_decode (big, len, "big", NULL, &error);
+
+  g_assert_null (got);
+  g_assert_error (error, PG_ERROR, PG_ERROR_LIMIT);
+}
+
+static void
+pg_test_state_metadata_entry (void)
+{
+  static const struct
+  {
+    const char *tag;
+    const char *entry;
+  } cases[] = {
+    { "laptop", "/private/vendor/popgate/laptop" },
+    { "phone-2.a_b", "/private/vendor/popgate/phone-2.a_b" },
+    { "", "/private/vendor/popgate/=" },
+    { "Laptop", "/private/vendor/popgate/=4c6170746f70" },
+    { "a/b*%", "/private/vendor/popgate/=612f622a25" },
+    { "=", "/private/vendor/popgate/=3d" },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autofree gchar *entry = pg_state_metadata_entry (cases[i].tag);
+
+      g_assert_cmpstr (entry, ==, cases[i].entry);
+    }
+}
+
+/* --- the file store ------------------------------------------------------------------ */
+
+typedef struct
+{
+  gchar *tmp;  /* owned: the test's temporary directory */
+  gchar *path; /* owned: [state] path inside it, created by the store */
+} PgTestStateFixture;
+
+static void
+pg_test_state_fixture_setup (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+
+  fx->tmp = g_dir_make_tmp ("popgate-state-XXXXXX", &error);
+  g_assert_no_error (error);
+  fx->path = g_build_filename (fx->tmp, "var", "state", NULL);
+}
+
+static void
+pg_test_state_rm_rf (const char *path)
+{
+  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
+  const char *name;
+
+  if (dir != NULL)
+    while ((name = g_dir_read_name (dir)) != NULL)
+      {
+        g_autofree gchar *child = g_build_filename (path, name, NULL);
+
+        pg_test_state_rm_rf (child);
+      }
+  g_assert_cmpint (g_remove (path), ==, 0);
+}
+
+static void
+pg_test_state_fixture_teardown (PgTestStateFixture *fx, gconstpointer data)
+{
+  pg_test_state_rm_rf (fx->tmp);
+  g_free (fx->tmp);
+  g_free (fx->path);
+}
+
+typedef struct
+{
+  GAsyncResult *result; /* owned */
+} PgTestStateWait;
+
+static void
+pg_test_state_done_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestStateWait *wait = user_data;
+
+  wait->result = g_object_ref (result);
+}
+
+static gboolean
+pg_test_state_watchdog_cb (gpointer user_data)
+{
+  g_error ("state store operation did not complete in time");
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterate the main context until the operation completes, at most 10 s. */
+static GAsyncResult *
+pg_test_state_wait (PgTestStateWait *wait)
+{
+  guint watchdog = g_timeout_add_seconds (10, pg_test_state_watchdog_cb, NULL);
+
+  while (wait->result == NULL)
+    g_main_context_iteration (NULL, TRUE);
+  g_source_remove (watchdog);
+  return wait->result;
+}
+
+static gboolean
+pg_test_state_load_on (PgStateStore *store, PgUpstream *upstream, const PgStateKey *key,
+                       guint32 uidvalidity, PgStateLoadStatus *out_status,
+                       PgClientState **out_state, GError **error)
+{
+  PgTestStateWait wait = { NULL };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_state_store_load_async (store, upstream, key, uidvalidity, NULL, pg_test_state_done_cb, &wait);
+  result = pg_test_state_wait (&wait);
+  return pg_state_store_load_finish (store, result, out_status, out_state, error);
+}
+
+static gboolean
+pg_test_state_load (PgStateStore *store, const PgStateKey *key, guint32 uidvalidity,
+                    PgStateLoadStatus *out_status, PgClientState **out_state, GError **error)
+{
+  return pg_test_state_load_on (store, NULL, key, uidvalidity, out_status, out_state, error);
+}
+
+static gboolean
+pg_test_state_save_on (PgStateStore *store, PgUpstream *upstream, const PgStateKey *key,
+                       const PgClientState *state, GError **error)
+{
+  PgTestStateWait wait = { NULL };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_state_store_save_async (store, upstream, key, state, NULL, pg_test_state_done_cb, &wait);
+  result = pg_test_state_wait (&wait);
+  return pg_state_store_save_finish (store, result, error);
+}
+
+static gboolean
+pg_test_state_save (PgStateStore *store, const PgStateKey *key, const PgClientState *state,
+                    GError **error)
+{
+  return pg_test_state_save_on (store, NULL, key, state, error);
+}
+
+static void
+pg_test_state_file_roundtrip (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_file (fx->path, &error);
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgStateKey) other_tag = pg_state_key_new ("alice@example.com", "INBOX", "phone");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autofree gchar *file = NULL;
+  g_autofree gchar *base = NULL;
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+  GStatBuf st;
+
+  g_assert_no_error (error);
+  g_assert_cmpint (pg_state_store_get_backend (store), ==, PG_STATE_BACKEND_FILE);
+  g_assert_cmpint (g_stat (fx->path, &st), ==, 0);
+  g_assert_cmphex (st.st_mode & 0777, ==, 0700);
+
+  /* Nothing stored yet. */
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_null (got);
+
+  g_assert_true (pg_test_state_save (store, key, state, &error));
+  g_assert_no_error (error);
+  file = pg_state_store_get_file_path (store, key);
+  base = g_path_get_basename (file);
+  g_assert_cmpuint (strlen (base), ==, 64 + strlen (".state"));
+  g_assert_cmpint (g_stat (file, &st), ==, 0);
+  g_assert_cmphex (st.st_mode & 0777, ==, 0600);
+
+  /* A new store instance, as after a restart. */
+  g_clear_object (&store);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+
+  /* Overwrite: QUIT done, the pending update cleared. */
+  pg_client_state_clear_pending (state);
+  pg_uid_set_add_range (state->hidden, 41, 44);
+  g_assert_true (pg_test_state_save (store, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+  g_assert_cmpint (g_stat (file, &st), ==, 0);
+  g_assert_cmphex (st.st_mode & 0777, ==, 0600);
+
+  /* Another tag is another client. */
+  g_assert_true (pg_test_state_load (store, other_tag, state->uidvalidity, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_null (got);
+
+  /* The mailbox was recreated: a distinct result, the old state handed back. */
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity + 1, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_UIDVALIDITY_CHANGED);
+  g_assert_nonnull (got);
+  g_assert_cmpuint (got->uidvalidity, ==, state->uidvalidity);
+}
+
+static void
+pg_test_state_file_corrupt (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_file (fx->path, &error);
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgStateKey) bob = pg_state_key_new ("bob", "INBOX", "");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autofree gchar *file = NULL;
+  g_autofree gchar *bob_file = NULL;
+  g_autofree gchar *contents = NULL;
+  gsize len = 0;
+  PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_save (store, key, state, &error));
+  g_assert_no_error (error);
+  file = pg_state_store_get_file_path (store, key);
+  g_assert_true (g_file_get_contents (file, &contents, &len, &error));
+
+  /* Cut short, as by a crash in a writer that was not crash-safe. */
+  g_assert_true (g_file_set_contents (file, contents, (gssize) len / 2, &error));
+  g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_null (got);
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, file));
+  g_assert_nonnull (strstr (error->message, "truncated"));
+  g_clear_error (&error);
+
+  /* Empty. */
+  g_assert_true (g_file_set_contents (file, "", 0, &error));
+  g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, file));
+  g_clear_error (&error);
+
+  /* Bit rot in the middle. */
+  contents[len / 2] ^= 0x01;
+  g_assert_true (g_file_set_contents (file, contents, (gssize) len, &error));
+  g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "checksum mismatch"));
+  g_clear_error (&error);
+  contents[len / 2] ^= 0x01;
+
+  /* Alice's record under Bob's name: the key inside is checked. */
+  bob_file = pg_state_store_get_file_path (store, bob);
+  g_assert_true (g_file_set_contents (bob_file, contents, (gssize) len, &error));
+  g_assert_false (pg_test_state_load (store, bob, state->uidvalidity, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "belongs to user=alice@example.com"));
+  g_clear_error (&error);
+
+  /* Too large to be a record. */
+  {
+    g_autofree gchar *big = g_malloc0 (PG_STATE_MAX_ENCODED + 1);
+
+    g_assert_true (g_file_set_contents (file, big, PG_STATE_MAX_ENCODED + 1, &error));
+    g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_LIMIT);
+    g_clear_error (&error);
+  }
+
+  /* Writing again repairs it. */
+  g_assert_true (pg_test_state_save (store, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+}
+
+static void
+pg_test_state_file_bad_path (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *file = g_build_filename (fx->tmp, "plain-file", NULL);
+  g_autofree gchar *below = g_build_filename (file, "state", NULL);
+  g_autoptr (PgStateStore) store = NULL;
+
+  g_assert_true (g_file_set_contents (file, "x", 1, &error));
+  store = pg_state_store_new_file (file, &error);
+  g_assert_null (store);
+  g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+  g_assert_nonnull (strstr (error->message, file));
+  g_clear_error (&error);
+  store = pg_state_store_new_file (below, &error);
+  g_assert_null (store);
+  g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+}
+
+static void
+pg_test_state_file_from_config (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text = g_strdup_printf ("[upstream]\nhost = 127.0.0.1\n[pop3]\nlisten = "
+                                            "127.0.0.1:1110\n[state]\nbackend = file\npath = %s\n",
+                                            fx->path);
+  g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "test", &error);
+  g_autoptr (PgStateStore) store = NULL;
+
+  g_assert_no_error (error);
+  store = pg_state_store_new (config, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (pg_state_store_get_backend (store), ==, PG_STATE_BACKEND_FILE);
+  g_assert_true (g_file_test (fx->path, G_FILE_TEST_IS_DIR));
+}
+
+/* --- the imap-metadata store ----------------------------------------------------------
+ * A small in-process IMAP server that keeps METADATA values in memory, shared by all its
+ * connections, so two store instances on two upstream connections can share one state.
+ * A stand-in until the Dovecot fixture (with METADATA) is on main: it speaks only the
+ * commands the store sends (after PREAUTH: SELECT, GETMETADATA, SETMETADATA, LOGOUT). */
+
+typedef struct
+{
+  GSocketService *service; /* owned */
+  guint16 port;
+  gboolean metadata;  /* advertise METADATA */
+  GHashTable *values; /* owned: entry → GBytes */
+  GPtrArray *conns;   /* owned, of PgTestImapConn* */
+  guint setmetadata;  /* SETMETADATA commands seen */
+} PgTestImapServer;
+
+typedef struct
+{
+  PgTestImapServer *server; /* unowned */
+  GSocketConnection *conn;  /* owned */
+  GString *input;           /* owned: bytes not yet taken as a command */
+  gboolean continued;       /* "+" sent for the pending synchronising literal */
+  gboolean closed;
+  guint8 buf[4096];
+} PgTestImapConn;
+
+static void
+pg_test_imap_send (PgTestImapConn *c, const char *data, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+
+  /* Replies are small: a blocking write into an empty socket buffer does not block. */
+  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (c->conn)), data, len, NULL,
+                             NULL, &error);
+  g_assert_no_error (error);
+}
+
+static void pg_test_imap_printf (PgTestImapConn *c, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+static void
+pg_test_imap_printf (PgTestImapConn *c, const char *format, ...)
+{
+  va_list args;
+  g_autofree gchar *text = NULL;
+
+  va_start (args, format);
+  text = g_strdup_vprintf (format, args);
+  va_end (args);
+  pg_test_imap_send (c, text, strlen (text));
+}
+
+/* One command from c->input: a line, and with a literal "{n}" / "{n+}" at its end, n
+ * bytes and the rest of the command. FALSE: need more input. */
+static gboolean
+pg_test_imap_take (PgTestImapConn *c, GString *out_line, GBytes **out_literal)
+{
+  const char *crlf = strstr (c->input->str, "\r\n");
+  gsize line_len;
+  const char *brace;
+  guint64 n = 0;
+  gboolean sync;
+  const char *after;
+  const char *crlf2;
+
+  if (crlf == NULL)
+    return FALSE;
+  line_len = (gsize) (crlf - c->input->str);
+  if (line_len == 0 || c->input->str[line_len - 1] != '}')
+    {
+      g_string_append_len (out_line, c->input->str, (gssize) line_len);
+      g_string_erase (c->input, 0, (gssize) line_len + 2);
+      return TRUE;
+    }
+  brace = g_strrstr_len (c->input->str, (gssize) line_len, "{");
+  g_assert_nonnull (brace);
+  n = g_ascii_strtoull (brace + 1, NULL, 10);
+  sync = c->input->str[line_len - 2] != '+';
+  if (sync && !c->continued)
+    {
+      pg_test_imap_printf (c, "+ go ahead\r\n");
+      c->continued = TRUE;
+    }
+  after = crlf + 2;
+  if ((gsize) (c->input->str + c->input->len - after) < n)
+    return FALSE;
+  crlf2 = strstr (after + n, "\r\n");
+  if (crlf2 == NULL)
+    return FALSE;
+  g_string_append_len (out_line, c->input->str, brace - c->input->str);
+  *out_literal = g_bytes_new (after, n);
+  g_string_append_len (out_line, after + n, crlf2 - (after + n));
+  g_string_erase (c->input, 0, crlf2 + 2 - c->input->str);
+  c->continued = FALSE;
+  return TRUE;
+}
+
+static void
+pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
+{
+  g_auto (GStrv) words = g_strsplit (line, " ", 4);
+  const char *tag = words[0];
+  const char *cmd = words[1] != NULL ? words[1] : "";
+
+  if (g_ascii_strcasecmp (cmd, "SELECT") == 0)
+    pg_test_imap_printf (c,
+                         "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"
+                         "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"
+                         "%s OK [READ-WRITE] Select completed.\r\n",
+                         tag);
+  else if (g_ascii_strcasecmp (cmd, "GETMETADATA") == 0 && g_strv_length (words) == 4)
+    {
+      GBytes *value = g_hash_table_lookup (c->server->values, words[3]);
+
+      if (value == NULL)
+        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", words[2], words[3]);
+      else
+        {
+          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", words[2], words[3],
+                               g_bytes_get_size (value));
+          pg_test_imap_send (c, g_bytes_get_data (value, NULL), g_bytes_get_size (value));
+          pg_test_imap_printf (c, ")\r\n");
+        }
+      pg_test_imap_printf (c, "%s OK GETMETADATA done\r\n", tag);
+    }
+  else if (g_ascii_strcasecmp (cmd, "SETMETADATA") == 0 && g_strv_length (words) == 4
+           && literal != NULL && words[3][0] == '(')
+    {
+      /* words[3] is "(ENTRY )" around where the literal was. */
+      g_autofree gchar *entry = g_strdup (words[3] + 1);
+
+      *strchr (entry, ' ') = '\0';
+      g_hash_table_replace (c->server->values, g_steal_pointer (&entry), g_bytes_ref (literal));
+      c->server->setmetadata++;
+      pg_test_imap_printf (c, "%s OK SETMETADATA done\r\n", tag);
+    }
+  else if (g_ascii_strcasecmp (cmd, "LOGOUT") == 0)
+    {
+      pg_test_imap_printf (c, "* BYE bye\r\n%s OK LOGOUT done\r\n", tag);
+      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
+      c->closed = TRUE;
+    }
+  else
+    pg_test_imap_printf (c, "%s BAD not in this test server\r\n", tag);
+}
+
+static void
+pg_test_imap_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestImapConn *c = user_data;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, NULL);
+
+  if (n <= 0)
+    {
+      c->closed = TRUE;
+      return;
+    }
+  g_string_append_len (c->input, (const char *) c->buf, n);
+  for (;;)
+    {
+      g_autoptr (GString) line = g_string_new (NULL);
+      g_autoptr (GBytes) literal = NULL;
+
+      if (c->closed || !pg_test_imap_take (c, line, &literal))
+        break;
+      pg_test_imap_command (c, line->str, literal);
+    }
+  if (!c->closed)
+    g_input_stream_read_async (G_INPUT_STREAM (source), c->buf, sizeof c->buf, G_PRIORITY_DEFAULT,
+                               NULL, pg_test_imap_read_cb, c);
+}
+
+static gboolean
+pg_test_imap_incoming_cb (GSocketService *service, GSocketConnection *connection,
+                          GObject *source_object, gpointer user_data)
+{
+  PgTestImapServer *server = user_data;
+  PgTestImapConn *c = g_new0 (PgTestImapConn, 1);
+
+  c->server = server;
+  c->conn = g_object_ref (connection);
+  c->input = g_string_new (NULL);
+  g_ptr_array_add (server->conns, c);
+  pg_test_imap_printf (c, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+%s] ready\r\n",
+                       server->metadata ? " METADATA" : "");
+  g_input_stream_read_async (g_io_stream_get_input_stream (G_IO_STREAM (connection)), c->buf,
+                             sizeof c->buf, G_PRIORITY_DEFAULT, NULL, pg_test_imap_read_cb, c);
+  return TRUE;
+}
+
+static PgTestImapServer *
+pg_test_imap_server_new (gboolean metadata)
+{
+  PgTestImapServer *server = g_new0 (PgTestImapServer, 1);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
+  g_autoptr (GSocketAddress) effective = NULL;
+
+  server->metadata = metadata;
+  server->values
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
+  server->conns = g_ptr_array_new ();
+  server->service = g_socket_service_new ();
+  g_assert_true (g_socket_listener_add_address (G_SOCKET_LISTENER (server->service), address,
+                                                G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                                &effective, &error));
+  g_assert_no_error (error);
+  server->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
+  g_signal_connect (server->service, "incoming", G_CALLBACK (pg_test_imap_incoming_cb), server);
+  g_socket_service_start (server->service);
+  return server;
+}
+
+static void
+pg_test_imap_server_free (PgTestImapServer *server)
+{
+  g_socket_service_stop (server->service);
+  g_socket_listener_close (G_SOCKET_LISTENER (server->service));
+  for (guint i = 0; i < server->conns->len; i++)
+    {
+      PgTestImapConn *c = server->conns->pdata[i];
+
+      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
+    }
+  /* Let the pending reads finish (cancelled by the close) before the buffers go. */
+  for (guint i = 0; i < server->conns->len; i++)
+    {
+      PgTestImapConn *c = server->conns->pdata[i];
+
+      while (!c->closed)
+        g_main_context_iteration (NULL, TRUE);
+      g_object_unref (c->conn);
+      g_string_free (c->input, TRUE);
+      g_free (c);
+    }
+  g_ptr_array_unref (server->conns);
+  g_object_unref (server->service);
+  g_hash_table_unref (server->values);
+  g_free (server);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestImapServer, pg_test_imap_server_free)
+
+/* A connected upstream with INBOX selected. */
+static PgUpstream *
+pg_test_state_upstream (PgTestImapServer *server)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text = g_strdup_printf (
+      "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = 127.0.0.1\nport = %u\ntls = none\n"
+      "[state]\nbackend = imap-metadata\n",
+      server->port);
+  g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "test", &error);
+  g_autoptr (PgUpstream) upstream = NULL;
+  PgUpstreamMailbox mailbox = { 0 };
+
+  g_assert_no_error (error);
+  upstream = pg_upstream_new (config, 0);
+  {
+    PgTestStateWait wait = { NULL };
+    g_autoptr (GAsyncResult) result = NULL;
+
+    pg_upstream_connect_async (upstream, NULL, pg_test_state_done_cb, &wait);
+    result = pg_test_state_wait (&wait);
+    g_assert_true (pg_upstream_connect_finish (upstream, result, &error));
+    g_assert_no_error (error);
+  }
+  {
+    PgTestStateWait wait = { NULL };
+    g_autoptr (GAsyncResult) result = NULL;
+
+    pg_upstream_select_async (upstream, "INBOX", FALSE, NULL, pg_test_state_done_cb, &wait);
+    result = pg_test_state_wait (&wait);
+    g_assert_true (pg_upstream_select_finish (upstream, result, &mailbox, &error));
+    g_assert_no_error (error);
+    g_assert_cmpuint (mailbox.uidvalidity, ==, 42);
+  }
+  return g_steal_pointer (&upstream);
+}
+
+static void
+pg_test_state_metadata_shared (void)
+{
+  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (TRUE);
+  g_autoptr (PgUpstream) up_a = pg_test_state_upstream (server);
+  g_autoptr (PgUpstream) up_b = pg_test_state_upstream (server);
+  g_autoptr (PgStateStore) store_a = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateStore) store_b = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgStateKey) phone = pg_state_key_new ("alice@example.com", "INBOX", "phone");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_cmpint (pg_state_store_get_backend (store_a), ==, PG_STATE_BACKEND_IMAP_METADATA);
+  g_assert_null (pg_state_store_get_file_path (store_a, key));
+  state->uidvalidity = 42;
+
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_null (got);
+
+  /* Saved through one instance, read through the other. */
+  g_assert_true (pg_test_state_save_on (store_a, up_a, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (server->setmetadata, ==, 1);
+  g_assert_true (g_hash_table_contains (server->values, entry));
+  g_assert_true (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+
+  /* And back. */
+  pg_client_state_clear_pending (state);
+  pg_uid_set_add (state->hidden, 99);
+  g_assert_true (pg_test_state_save_on (store_b, up_b, key, state, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+  g_clear_pointer (&got, pg_client_state_free);
+
+  g_assert_true (pg_test_state_load_on (store_a, up_a, phone, 42, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 43, &status, &got, &error));
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_UIDVALIDITY_CHANGED);
+  g_clear_pointer (&got, pg_client_state_free);
+
+  /* A damaged value is an error naming the entry, never "nothing stored". */
+  g_hash_table_replace (server->values, g_strdup (entry),
+                        g_bytes_new_static ("popgate-state 1\n", 16));
+  g_assert_false (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, entry));
+  g_assert_nonnull (strstr (error->message, "truncated"));
+
+  pg_upstream_close (up_a);
+  pg_upstream_close (up_b);
+}
+
+static void
+pg_test_state_metadata_unsupported (void)
+{
+  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (FALSE);
+  g_autoptr (PgUpstream) upstream = pg_test_state_upstream (server);
+  g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GError) error = NULL;
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_false (pg_test_state_load_on (store, upstream, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "does not support METADATA"));
+  g_clear_error (&error);
+  g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_clear_error (&error);
+  /* Nothing went to the server. */
+  g_assert_cmpuint (server->setmetadata, ==, 0);
+  /* Without an upstream at all. */
+  g_assert_false (pg_test_state_load_on (store, NULL, key, 42, &status, &got, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  pg_upstream_close (upstream);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+
+  g_test_add_func ("/popgate/state/uidset/basic", pg_test_state_uidset_basic);
+  g_test_add_func ("/popgate/state/uidset/edges", pg_test_state_uidset_edges);
+  g_test_add_func ("/popgate/state/uidset/parse-bad", pg_test_state_uidset_parse_bad);
+  g_test_add_func ("/popgate/state/uidset/parse-good", pg_test_state_uidset_parse_good);
+  g_test_add_func ("/popgate/state/uidset/parse-limit", pg_test_state_uidset_parse_limit);
+  g_test_add_func ("/popgate/state/uidset/random", pg_test_state_uidset_random);
+  g_test_add_func ("/popgate/state/encode/roundtrip", pg_test_state_encode_roundtrip);
+  g_test_add_func ("/popgate/state/encode/truncated", pg_test_state_encode_truncated);
+  g_test_add_func ("/popgate/state/encode/bitflip", pg_test_state_encode_bitflip);
+  g_test_add_func ("/popgate/state/encode/corrupt", pg_test_state_encode_corrupt);
+  g_test_add_func ("/popgate/state/encode/million", pg_test_state_encode_million);
+  g_test_add_func ("/popgate/state/encode/limit", pg_test_state_decode_limit);
+  g_test_add_func ("/popgate/state/metadata/entry", pg_test_state_metadata_entry);
+  g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_roundtrip,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/corrupt", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
+              pg_test_state_file_corrupt, pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/bad-path", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
+              pg_test_state_file_bad_path, pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/from-config", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_from_config,
+              pg_test_state_fixture_teardown);
+
+  g_test_add_func ("/popgate/state/metadata/shared", pg_test_state_metadata_shared);
+  g_test_add_func ("/popgate/state/metadata/unsupported", pg_test_state_metadata_unsupported);
+
+  return g_test_run ();
+}
