@@ -213,8 +213,8 @@ pg_test_dotstuff_random_chunks (void)
 
       for (guint i = 0; i < G_N_ELEMENTS (sizes); i++)
         sizes[i] = (gsize) g_rand_int_range (rand, 1, round < 10 ? 16 : 40000);
-      got = pg_test_dotstuff_run (input->data, input->len, sizes, G_N_ELEMENTS (sizes), FALSE,
-                                  0, NULL, NULL);
+      got = pg_test_dotstuff_run (input->data, input->len, sizes, G_N_ELEMENTS (sizes), FALSE, 0,
+                                  NULL, NULL);
       g_assert_cmpmem (got->data, got->len, whole->data, whole->len);
     }
 }
@@ -228,9 +228,8 @@ pg_test_dotstuff_octets (void)
   gsize sizes[] = { 3 };
   guint64 octets_in = 0;
   guint64 unstuffed = 0;
-  g_autoptr (GByteArray) out
-    = pg_test_dotstuff_run ((const guint8 *) message, len, sizes, 1, FALSE, 0, &octets_in,
-                            &unstuffed);
+  g_autoptr (GByteArray) out = pg_test_dotstuff_run ((const guint8 *) message, len, sizes, 1, FALSE,
+                                                     0, &octets_in, &unstuffed);
 
   g_assert_cmpuint (octets_in, ==, len);
   g_assert_cmpuint (unstuffed, ==, len);
@@ -250,20 +249,18 @@ pg_test_dotstuff_top (void)
 {
   const char *message = "From: a\r\nSubject: b\r\n\r\nl1\r\n.l2\r\nl3\r\n";
 
+  pg_test_dotstuff_check_full (message, strlen (message), "From: a\r\nSubject: b\r\n\r\n.\r\n",
+                               TRUE, 0);
   pg_test_dotstuff_check_full (message, strlen (message),
-                               "From: a\r\nSubject: b\r\n\r\n.\r\n", TRUE, 0);
-  pg_test_dotstuff_check_full (message, strlen (message),
-                               "From: a\r\nSubject: b\r\n\r\nl1\r\n..l2\r\n.\r\n", TRUE,
-                               2);
+                               "From: a\r\nSubject: b\r\n\r\nl1\r\n..l2\r\n.\r\n", TRUE, 2);
   pg_test_dotstuff_check_full (message, strlen (message), NULL, TRUE, 3);
   pg_test_dotstuff_check_full (message, strlen (message),
-                               "From: a\r\nSubject: b\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n", TRUE,
-                               100);
+                               "From: a\r\nSubject: b\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n", TRUE, 100);
   /* No blank line: the header is all there is. */
   pg_test_dotstuff_check_full ("From: a\nX: y", 12, "From: a\r\nX: y\r\n.\r\n", TRUE, 0);
   /* Bare LF and bare CR line ends count as lines in TOP as everywhere. */
-  pg_test_dotstuff_check_full ("H: 1\n\nb1\rb2\nb3\n", 15, "H: 1\r\n\r\nb1\r\nb2\r\n.\r\n",
-                               TRUE, 2);
+  pg_test_dotstuff_check_full ("H: 1\n\nb1\rb2\nb3\n", 15, "H: 1\r\n\r\nb1\r\nb2\r\n.\r\n", TRUE,
+                               2);
   pg_test_dotstuff_check_full ("H: 1\r\n\r\n", 8, "H: 1\r\n\r\n.\r\n", TRUE, 5);
 }
 

@@ -120,8 +120,8 @@ pg_test_imap_run (const char *input, gsize len, gsize split, gsize step)
               g_assert_true (error->domain == PG_ERROR);
               g_string_append_printf (out, "E:%s:%s|",
                                       pg_imap_command_parser_get_tag (parser) != NULL
-                                        ? pg_imap_command_parser_get_tag (parser)
-                                        : "*",
+                                          ? pg_imap_command_parser_get_tag (parser)
+                                          : "*",
                                       error->code == PG_ERROR_LIMIT ? "limit" : "protocol");
               if (error->code == PG_ERROR_LIMIT)
                 closed = TRUE;
@@ -168,8 +168,7 @@ pg_test_imap_simple (void)
 static void
 pg_test_imap_quoted (void)
 {
-  pg_test_imap_check ("a LOGIN \"al ice\" \"p\\\"w\\\\d\"\r\n",
-                      "C:a LOGIN Q(al ice) Q(p\"w\\d)|");
+  pg_test_imap_check ("a LOGIN \"al ice\" \"p\\\"w\\\\d\"\r\n", "C:a LOGIN Q(al ice) Q(p\"w\\d)|");
   pg_test_imap_check ("a LOGIN \"\" \"\"\r\n", "C:a LOGIN Q() Q()|");
   pg_test_imap_check ("a LOGIN \"x\r\nb NOOP\r\n", "E:a:protocol|C:b NOOP|");
   pg_test_imap_check ("a LOGIN \"x\\q\" y\r\n", "E:a:protocol|");
@@ -183,8 +182,7 @@ pg_test_imap_literals (void)
   pg_test_imap_check ("a LOGIN {5}\r\nalice {6}\r\nse cr\n\r\n",
                       "+|+|C:a LOGIN L(alice) L(se cr\n)|");
   /* LITERAL+: no continuation request. */
-  pg_test_imap_check ("a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n",
-                      "C:a LOGIN L(alice) L(secret)|");
+  pg_test_imap_check ("a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n", "C:a LOGIN L(alice) L(secret)|");
   pg_test_imap_check ("a LOGIN {0}\r\n {0+}\r\n\r\n", "+|C:a LOGIN L() L()|");
   pg_test_imap_check ("a LOGIN {5}x\r\nb NOOP\r\n", "E:a:protocol|C:b NOOP|");
   pg_test_imap_check ("a LOGIN {}\r\n", "E:a:protocol|");
@@ -310,8 +308,8 @@ pg_test_relay_run (const char *input, gsize len, gsize split, gsize step)
         {
           gboolean complete = FALSE;
           const PgImapRelayCommand *command = NULL;
-          gsize n = pg_imap_relay_scanner_scan (scanner, input + pos + off, piece - off,
-                                                &complete, &command);
+          gsize n = pg_imap_relay_scanner_scan (scanner, input + pos + off, piece - off, &complete,
+                                                &command);
 
           g_assert_cmpuint (n, >, 0);
           off += n;
@@ -372,8 +370,8 @@ pg_test_relay_scanner_states (void)
   g_autofree gchar *line = g_strdup_printf ("b SELECT %s\r\n", long_name);
   const char *huge = "c APPEND x {99999999999999999999999}\r\n";
 
-  g_assert_cmpuint (pg_imap_relay_scanner_scan (scanner, "a LOGIN {3}\r\n", 13, &complete,
-                                                &command), ==, 13);
+  g_assert_cmpuint (
+      pg_imap_relay_scanner_scan (scanner, "a LOGIN {3}\r\n", 13, &complete, &command), ==, 13);
   g_assert_false (complete);
   g_assert_true (pg_imap_relay_scanner_in_literal (scanner));
   g_assert_true (pg_imap_relay_scanner_awaits_continuation (scanner));
@@ -388,15 +386,15 @@ pg_test_relay_scanner_states (void)
   g_assert_cmpstr (command->argument, ==, "us\r");
 
   /* Too long to keep: reported as absent, never grown. */
-  g_assert_cmpuint (pg_imap_relay_scanner_scan (scanner, line, strlen (line), &complete,
-                                                &command), ==, strlen (line));
+  g_assert_cmpuint (pg_imap_relay_scanner_scan (scanner, line, strlen (line), &complete, &command),
+                    ==, strlen (line));
   g_assert_true (complete);
   g_assert_cmpstr (command->tag, ==, "b");
   g_assert_null (command->argument);
 
   /* An overflowing literal size is no literal: the line just ends. */
-  g_assert_cmpuint (pg_imap_relay_scanner_scan (scanner, huge, strlen (huge), &complete,
-                                                &command), ==, strlen (huge));
+  g_assert_cmpuint (pg_imap_relay_scanner_scan (scanner, huge, strlen (huge), &complete, &command),
+                    ==, strlen (huge));
   g_assert_true (complete);
   g_assert_cmpuint (command->n_literals, ==, 0);
 }

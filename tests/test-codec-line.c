@@ -113,8 +113,7 @@ pg_test_line_back_pressure (void)
   g_assert_cmpuint (pg_line_reader_feed (reader, "ab\r\ncdefghijk", 13), ==, 8);
   g_assert_cmpuint (pg_line_reader_get_space (reader), ==, 0);
   g_assert_cmpuint (pg_line_reader_feed (reader, "x", 1), ==, 0);
-  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==,
-                   PG_LINE_READER_LINE);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==, PG_LINE_READER_LINE);
   g_assert_cmpmem (line, line_len, "ab", 2);
   g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==,
                    PG_LINE_READER_NEED_MORE);
@@ -127,8 +126,7 @@ pg_test_line_back_pressure (void)
   g_assert_cmpuint (pg_line_reader_feed (reader, "\r\nA\n", 4), ==, 4);
   g_assert_false (pg_line_reader_is_discarding (reader));
   g_clear_error (&error);
-  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==,
-                   PG_LINE_READER_LINE);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==, PG_LINE_READER_LINE);
   g_assert_cmpmem (line, line_len, "A", 1);
 }
 
@@ -142,8 +140,7 @@ pg_test_line_discard_buffered (void)
   const char *input = "STLS\r\nUSER injected\r\n";
 
   g_assert_cmpuint (pg_line_reader_feed (reader, input, strlen (input)), ==, strlen (input));
-  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==,
-                   PG_LINE_READER_LINE);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, &error), ==, PG_LINE_READER_LINE);
   g_assert_cmpmem (line, line_len, "STLS", 4);
   /* What followed STLS in plaintext must not survive the TLS handshake. */
   g_assert_cmpuint (pg_line_reader_discard_buffered (reader), ==, 15);
@@ -211,6 +208,31 @@ pg_test_line_take_raw (void)
     }
 }
 
+/* Regression: a raw take followed by a compaction must keep the scan position sane. */
+static void
+pg_test_line_take_raw_then_compact (void)
+{
+  g_autoptr (PgLineReader) reader = pg_line_reader_new (8);
+  const char *line = NULL;
+  gsize line_len = 0;
+  const guint8 *raw = NULL;
+
+  g_assert_cmpuint (pg_line_reader_feed (reader, "ab{3}\nxy", 8), ==, 8);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, NULL), ==, PG_LINE_READER_LINE);
+  g_assert_cmpmem (line, line_len, "ab{3}", 5);
+  g_assert_cmpuint (pg_line_reader_take_raw (reader, 3, &raw), ==, 2);
+  g_assert_cmpmem (raw, 2, "xy", 2);
+  g_assert_cmpuint (pg_line_reader_feed (reader, "z\nQ\n", 4), ==, 4);
+  g_assert_cmpuint (pg_line_reader_take_raw (reader, 1, &raw), ==, 1);
+  g_assert_cmpmem (raw, 1, "z", 1);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, NULL), ==, PG_LINE_READER_LINE);
+  g_assert_cmpuint (line_len, ==, 0);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, NULL), ==, PG_LINE_READER_LINE);
+  g_assert_cmpmem (line, line_len, "Q", 1);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &line_len, NULL), ==,
+                   PG_LINE_READER_NEED_MORE);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -221,5 +243,6 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/codec-line/back-pressure", pg_test_line_back_pressure);
   g_test_add_func ("/popgate/codec-line/discard-buffered", pg_test_line_discard_buffered);
   g_test_add_func ("/popgate/codec-line/take-raw", pg_test_line_take_raw);
+  g_test_add_func ("/popgate/codec-line/take-raw-then-compact", pg_test_line_take_raw_then_compact);
   return g_test_run ();
 }

@@ -20,8 +20,7 @@ pg_test_pop3_expect (const char *line, PgPop3ParseResult expected_result,
   PgPop3ParseResult result = pg_test_pop3_parse (line, &command);
 
   if (result != expected_result || command.kind != expected_kind)
-    g_test_message ("line \"%s\": result %s kind %s", line,
-                    pg_pop3_parse_result_to_string (result),
+    g_test_message ("line \"%s\": result %s kind %s", line, pg_pop3_parse_result_to_string (result),
                     pg_pop3_command_kind_to_string (command.kind));
   g_assert_cmpint (result, ==, expected_result);
   g_assert_cmpint (command.kind, ==, expected_kind);
@@ -40,14 +39,14 @@ pg_test_pop3_keywords (void)
     const char *line;
     PgPop3CommandKind kind;
   } cases[] = {
-    { "USER alice", PG_POP3_COMMAND_USER },   { "pass x", PG_POP3_COMMAND_PASS },
-    { "ApOp a b", PG_POP3_COMMAND_APOP },     { "AUTH", PG_POP3_COMMAND_AUTH },
-    { "stls", PG_POP3_COMMAND_STLS },         { "CAPA", PG_POP3_COMMAND_CAPA },
-    { "QUIT", PG_POP3_COMMAND_QUIT },         { "stat", PG_POP3_COMMAND_STAT },
-    { "LIST", PG_POP3_COMMAND_LIST },         { "uidl", PG_POP3_COMMAND_UIDL },
-    { "RETR 1", PG_POP3_COMMAND_RETR },       { "top 1 0", PG_POP3_COMMAND_TOP },
-    { "DELE 1", PG_POP3_COMMAND_DELE },       { "RSET", PG_POP3_COMMAND_RSET },
-    { "NOOP", PG_POP3_COMMAND_NOOP },         { "utf8", PG_POP3_COMMAND_UTF8 },
+    { "USER alice", PG_POP3_COMMAND_USER }, { "pass x", PG_POP3_COMMAND_PASS },
+    { "ApOp a b", PG_POP3_COMMAND_APOP },   { "AUTH", PG_POP3_COMMAND_AUTH },
+    { "stls", PG_POP3_COMMAND_STLS },       { "CAPA", PG_POP3_COMMAND_CAPA },
+    { "QUIT", PG_POP3_COMMAND_QUIT },       { "stat", PG_POP3_COMMAND_STAT },
+    { "LIST", PG_POP3_COMMAND_LIST },       { "uidl", PG_POP3_COMMAND_UIDL },
+    { "RETR 1", PG_POP3_COMMAND_RETR },     { "top 1 0", PG_POP3_COMMAND_TOP },
+    { "DELE 1", PG_POP3_COMMAND_DELE },     { "RSET", PG_POP3_COMMAND_RSET },
+    { "NOOP", PG_POP3_COMMAND_NOOP },       { "utf8", PG_POP3_COMMAND_UTF8 },
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
@@ -76,8 +75,7 @@ pg_test_pop3_argument_counts (void)
   pg_test_pop3_expect ("APOP a b c", PG_POP3_PARSE_TOO_MANY_ARGUMENTS, PG_POP3_COMMAND_APOP);
   pg_test_pop3_expect ("AUTH PLAIN", PG_POP3_PARSE_OK, PG_POP3_COMMAND_AUTH);
   pg_test_pop3_expect ("AUTH PLAIN AGFAAGI=", PG_POP3_PARSE_OK, PG_POP3_COMMAND_AUTH);
-  pg_test_pop3_expect ("AUTH PLAIN a b", PG_POP3_PARSE_TOO_MANY_ARGUMENTS,
-                       PG_POP3_COMMAND_AUTH);
+  pg_test_pop3_expect ("AUTH PLAIN a b", PG_POP3_PARSE_TOO_MANY_ARGUMENTS, PG_POP3_COMMAND_AUTH);
   pg_test_pop3_expect ("STLS x", PG_POP3_PARSE_TOO_MANY_ARGUMENTS, PG_POP3_COMMAND_STLS);
   pg_test_pop3_expect ("CAPA x", PG_POP3_PARSE_TOO_MANY_ARGUMENTS, PG_POP3_COMMAND_CAPA);
   pg_test_pop3_expect ("QUIT now", PG_POP3_PARSE_TOO_MANY_ARGUMENTS, PG_POP3_COMMAND_QUIT);
@@ -122,10 +120,19 @@ pg_test_pop3_numbers (void)
   pg_pop3_command_clear (&command);
 
   {
-    const char *bad[] = { "RETR 0",   "RETR -1",         "RETR +1",          "RETR 1a",
-                          "RETR 0x1", "RETR 4294967296", "RETR 99999999999999999999999",
-                          "DELE 00",  "LIST 1.0",        "TOP 1 -1",         "TOP 0 1",
-                          "TOP 1 4294967296", "UIDL ٣" };
+    const char *bad[] = { "RETR 0",
+                          "RETR -1",
+                          "RETR +1",
+                          "RETR 1a",
+                          "RETR 0x1",
+                          "RETR 4294967296",
+                          "RETR 99999999999999999999999",
+                          "DELE 00",
+                          "LIST 1.0",
+                          "TOP 1 -1",
+                          "TOP 0 1",
+                          "TOP 1 4294967296",
+                          "UIDL ٣" };
 
     for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
       {
@@ -150,13 +157,12 @@ pg_test_pop3_arguments (void)
   pg_pop3_command_clear (&command);
 
   /* PASS keeps everything after the first space, spaces included. */
-  g_assert_cmpint (pg_test_pop3_parse ("PASS  my secret pass ", &command), ==,
-                   PG_POP3_PARSE_OK);
+  g_assert_cmpint (pg_test_pop3_parse ("PASS  my secret pass ", &command), ==, PG_POP3_PARSE_OK);
   g_assert_cmpstr (command.arg1, ==, " my secret pass ");
   pg_pop3_command_clear (&command);
 
-  g_assert_cmpint (pg_test_pop3_parse ("APOP mrose c4c9334bac560ecc979e58001b3e22fb", &command),
-                   ==, PG_POP3_PARSE_OK);
+  g_assert_cmpint (pg_test_pop3_parse ("APOP mrose c4c9334bac560ecc979e58001b3e22fb", &command), ==,
+                   PG_POP3_PARSE_OK);
   g_assert_cmpstr (command.arg1, ==, "mrose");
   g_assert_cmpstr (command.arg2, ==, "c4c9334bac560ecc979e58001b3e22fb");
   pg_pop3_command_clear (&command);
@@ -186,10 +192,9 @@ pg_test_pop3_pipelined_split (void)
   const char *script = "CAPA\r\nUSER a\r\nPASS b c\r\nSTAT\r\nLIST\r\nRETR 1\r\nTOP 2 10\n"
                        "DELE 1\r\nRETR 0\r\nXYZZY\r\nQUIT\r\n";
   static const PgPop3CommandKind expected[] = {
-    PG_POP3_COMMAND_CAPA, PG_POP3_COMMAND_USER, PG_POP3_COMMAND_PASS,
-    PG_POP3_COMMAND_STAT, PG_POP3_COMMAND_LIST, PG_POP3_COMMAND_RETR,
-    PG_POP3_COMMAND_TOP,  PG_POP3_COMMAND_DELE, PG_POP3_COMMAND_RETR,
-    PG_POP3_COMMAND_UNKNOWN, PG_POP3_COMMAND_QUIT,
+    PG_POP3_COMMAND_CAPA, PG_POP3_COMMAND_USER,    PG_POP3_COMMAND_PASS, PG_POP3_COMMAND_STAT,
+    PG_POP3_COMMAND_LIST, PG_POP3_COMMAND_RETR,    PG_POP3_COMMAND_TOP,  PG_POP3_COMMAND_DELE,
+    PG_POP3_COMMAND_RETR, PG_POP3_COMMAND_UNKNOWN, PG_POP3_COMMAND_QUIT,
   };
   gsize len = strlen (script);
 

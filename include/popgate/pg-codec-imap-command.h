@@ -14,6 +14,8 @@
  *                                   parser is ready for the next command. A
  *                                   non-synchronising literal over the limit (LIMIT
  *                                   error) leaves octets in flight: close the connection.
+ * If the line reader reports PG_ERROR_LINE_TOO_LONG in the middle of a command, call
+ * pg_imap_command_parser_reset() before going on.
  *
  * Syntax (RFC 9051 §9): tag SP command [SP arguments]; arguments are atoms (astring
  * chars), quoted strings (\" and \\ escapes only), literals {n} and {n+} (RFC 7888; the
@@ -67,10 +69,10 @@ struct _PgImapArg
 
 typedef struct
 {
-  gchar *tag;              /* owned */
-  gchar *name;             /* owned, upper-cased */
+  gchar *tag;  /* owned */
+  gchar *name; /* owned, upper-cased */
   PgImapCommandKind kind;
-  GPtrArray *args;         /* owned, of PgImapArg; never NULL */
+  GPtrArray *args; /* owned, of PgImapArg; never NULL */
 } PgImapCommand;
 
 void pg_imap_arg_free (PgImapArg *arg);
@@ -96,9 +98,8 @@ void pg_imap_command_parser_free (PgImapCommandParser *parser);
 
 /* Feed one line (without CRLF). error (PG_ERROR_PROTOCOL or PG_ERROR_LIMIT) is set only
  * with PG_IMAP_PARSE_ERROR. Not valid while a literal is still awaited. */
-PgImapParseStatus pg_imap_command_parser_feed_line (PgImapCommandParser *parser,
-                                                    const char *line, gsize len,
-                                                    GError **error);
+PgImapParseStatus pg_imap_command_parser_feed_line (PgImapCommandParser *parser, const char *line,
+                                                    gsize len, GError **error);
 /* Feed literal octets; at most get_literal_remaining() are taken, the rest is left to the
  * caller (*out_taken says how many were taken; it may be NULL). */
 PgImapParseStatus pg_imap_command_parser_feed_literal (PgImapCommandParser *parser,

@@ -50,8 +50,8 @@ gsize pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len);
 /* Take the next complete line. The line is not NUL-terminated and may contain NUL bytes;
  * it stays valid until the next call on the reader. out_line/out_len are written only
  * when PG_LINE_READER_LINE is returned; error only with PG_LINE_READER_ERROR. */
-PgLineReaderStatus pg_line_reader_next (PgLineReader *reader, const char **out_line,
-                                        gsize *out_len, GError **error);
+PgLineReaderStatus pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len,
+                                        GError **error);
 
 /* Take up to max_len buffered bytes as they are (the octets of an IMAP literal). Returns
  * how many; *out_data stays valid until the next call on the reader. */

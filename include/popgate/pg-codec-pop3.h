@@ -43,11 +43,11 @@ typedef enum
 typedef enum
 {
   PG_POP3_PARSE_OK,
-  PG_POP3_PARSE_UNKNOWN_COMMAND,   /* empty line or unknown keyword */
-  PG_POP3_PARSE_MISSING_ARGUMENT,  /* fewer arguments than the command needs */
+  PG_POP3_PARSE_UNKNOWN_COMMAND,  /* empty line or unknown keyword */
+  PG_POP3_PARSE_MISSING_ARGUMENT, /* fewer arguments than the command needs */
   PG_POP3_PARSE_TOO_MANY_ARGUMENTS,
-  PG_POP3_PARSE_BAD_NUMBER,        /* a message number / line count that is not valid */
-  PG_POP3_PARSE_BAD_CHARACTER,     /* NUL, CR, LF or another control byte in the line */
+  PG_POP3_PARSE_BAD_NUMBER,    /* a message number / line count that is not valid */
+  PG_POP3_PARSE_BAD_CHARACTER, /* NUL, CR, LF or another control byte in the line */
   PG_POP3_PARSE_COUNT,
 } PgPop3ParseResult;
 
@@ -69,8 +69,7 @@ typedef struct
  * recognised (PG_POP3_COMMAND_UNKNOWN if none), so a front end can name it in a -ERR;
  * its arguments are set only when PG_POP3_PARSE_OK is returned. Call
  * pg_pop3_command_clear() on it afterwards in every case. */
-PgPop3ParseResult pg_pop3_command_parse (const char *line, gsize len,
-                                         PgPop3Command *out_command);
+PgPop3ParseResult pg_pop3_command_parse (const char *line, gsize len, PgPop3Command *out_command);
 
 /* Wipe and free the arguments; the struct can be reused. */
 void pg_pop3_command_clear (PgPop3Command *command);

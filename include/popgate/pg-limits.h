@@ -42,6 +42,10 @@
 /* Our command lines to the upstream stay below this; long UID sets are split. RFC 7162
  * §4 advises clients to keep lines under 8192 octets. */
 #define PG_UPSTREAM_MAX_COMMAND_LINE 8000
+/* Bytes one response may hold in memory: its lines plus its small literals (streamed
+ * bodies excluded). Without it, MAX_ITEMS small literals could add up to gigabytes; four
+ * small literals' worth covers a METADATA reply or an ID with long values. */
+#define PG_UPSTREAM_MAX_RESPONSE (4 * PG_UPSTREAM_MAX_SMALL_LITERAL)
 /* Body chunks handed to a consumer while a literal streams. */
 #define PG_UPSTREAM_BODY_CHUNK 32768
 

@@ -203,8 +203,7 @@ GBytes *
 pg_dot_stuffer_stuff_all (const void *data, gsize len)
 {
   g_autoptr (PgDotStuffer) stuffer = pg_dot_stuffer_new ();
-  g_autoptr (GByteArray) out = g_byte_array_sized_new ((guint) MIN (len + len / 16 + 8,
-                                                                    G_MAXUINT));
+  g_autoptr (GByteArray) out = g_byte_array_sized_new ((guint) MIN (len + len / 16 + 8, G_MAXUINT));
 
   pg_dot_stuffer_feed (stuffer, data, len, out);
   pg_dot_stuffer_finish (stuffer, out);

@@ -96,9 +96,9 @@ struct _PgImapCommandParser
   PgImapArg *literal;      /* unowned (lives in the tree); being filled */
   gsize literal_filled;
   gboolean literal_sync;
-  gsize total;             /* octets of the command so far, for PG_IMAP_MAX_PREAUTH_COMMAND */
+  gsize total; /* octets of the command so far, for PG_IMAP_MAX_PREAUTH_COMMAND */
   guint n_args;
-  gchar *failed_tag;       /* owned: the tag of the command that just failed */
+  gchar *failed_tag; /* owned: the tag of the command that just failed */
 };
 
 PgImapCommandParser *
@@ -305,14 +305,12 @@ pg_imap_command_parser_parse_args (PgImapCommandParser *parser, const char *line
           parser->need_space = FALSE;
           pos++;
           if (pos == len)
-            return pg_imap_command_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                                "Trailing space");
+            return pg_imap_command_parser_fail (parser, error, PG_ERROR_PROTOCOL, "Trailing space");
           continue;
         }
 
       if (parser->n_args >= PG_IMAP_MAX_PREAUTH_ARGS)
-        return pg_imap_command_parser_fail (parser, error, PG_ERROR_LIMIT,
-                                            "Too many arguments");
+        return pg_imap_command_parser_fail (parser, error, PG_ERROR_LIMIT, "Too many arguments");
 
       if (c == '(')
         {
@@ -331,7 +329,9 @@ pg_imap_command_parser_parse_args (PgImapCommandParser *parser, const char *line
 
       if (c == '"')
         {
-          g_autoptr (GString) value = g_string_new (NULL);
+          /* Sized for the rest of the line, so it never reallocates and leaves no
+           * unwiped copy of a password behind. */
+          g_autoptr (GString) value = g_string_sized_new (len - pos);
           PgImapArg *arg;
           gboolean closed = FALSE;
 
@@ -401,8 +401,7 @@ pg_imap_command_parser_parse_args (PgImapCommandParser *parser, const char *line
                                                 "Invalid literal");
           if (!g_size_checked_add (&total, parser->total, (gsize) size)
               || total > PG_IMAP_MAX_PREAUTH_COMMAND)
-            return pg_imap_command_parser_fail (parser, error, PG_ERROR_LIMIT,
-                                                "Command too long");
+            return pg_imap_command_parser_fail (parser, error, PG_ERROR_LIMIT, "Command too long");
           parser->total = total;
 
           arg = pg_imap_command_parser_add_arg (parser, PG_IMAP_ARG_LITERAL);
@@ -450,8 +449,8 @@ pg_imap_command_parser_feed_line (PgImapCommandParser *parser, const char *line,
   g_clear_pointer (&parser->failed_tag, g_free);
 
   /* A line and its CRLF count towards the whole command's size. */
-  if (!g_size_checked_add (&total, parser->total, len)
-      || !g_size_checked_add (&total, total, 2) || total > PG_IMAP_MAX_PREAUTH_COMMAND)
+  if (!g_size_checked_add (&total, parser->total, len) || !g_size_checked_add (&total, total, 2)
+      || total > PG_IMAP_MAX_PREAUTH_COMMAND)
     return pg_imap_command_parser_fail (parser, error, PG_ERROR_LIMIT, "Command too long");
   parser->total = total;
 
@@ -480,8 +479,7 @@ pg_imap_command_parser_feed_line (PgImapCommandParser *parser, const char *line,
     while (pos < len && g_ascii_isalnum (line[pos]))
       pos++;
     if (pos == start || (pos < len && line[pos] != ' '))
-      return pg_imap_command_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                          "Invalid command name");
+      return pg_imap_command_parser_fail (parser, error, PG_ERROR_PROTOCOL, "Invalid command name");
     parser->command->name = g_ascii_strup (line + start, (gssize) (pos - start));
     parser->command->kind = pg_imap_command_lookup (parser->command->name);
   }
@@ -837,7 +835,7 @@ pg_imap_relay_scanner_scan (PgImapRelayScanner *scanner, const void *data, gsize
       scanner->result.tag = scanner->tag;
       scanner->result.word = scanner->word;
       scanner->result.argument
-        = scanner->arg_present && !scanner->arg_unusable ? scanner->arg : NULL;
+          = scanner->arg_present && !scanner->arg_unusable ? scanner->arg : NULL;
       scanner->result.octets = scanner->octets;
       scanner->result.n_literals = scanner->n_literals;
       scanner->reset_pending = TRUE;

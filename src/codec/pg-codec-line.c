@@ -7,7 +7,7 @@
 
 struct _PgLineReader
 {
-  guint8 *buf;         /* owned; capacity bytes, never reallocated */
+  guint8 *buf; /* owned; capacity bytes, never reallocated */
   gsize capacity;
   gsize start;         /* first unread byte */
   gsize end;           /* one past the last buffered byte */
@@ -116,8 +116,7 @@ pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len)
 }
 
 PgLineReaderStatus
-pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len,
-                     GError **error)
+pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len, GError **error)
 {
   const guint8 *lf;
   gsize line_start;
@@ -125,9 +124,6 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
 
   g_return_val_if_fail (reader != NULL, PG_LINE_READER_ERROR);
   g_return_val_if_fail (error == NULL || *error == NULL, PG_LINE_READER_ERROR);
-
-  if (reader->scanned < reader->start)
-    reader->scanned = reader->start;
 
   lf = memchr (reader->buf + reader->scanned, '\n', reader->end - reader->scanned);
   if (lf == NULL)
@@ -139,8 +135,8 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
       /* Full and no line end: refuse, then skip the rest of this line. */
       pg_line_reader_discard_buffered (reader);
       reader->discarding = TRUE;
-      g_set_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG, "Line longer than %" G_GSIZE_FORMAT
-                   " octets", reader->capacity);
+      g_set_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG,
+                   "Line longer than %" G_GSIZE_FORMAT " octets", reader->capacity);
       return PG_LINE_READER_ERROR;
     }
 
@@ -167,6 +163,8 @@ pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out
   n = MIN (max_len, reader->end - reader->start);
   *out_data = reader->buf + reader->start;
   reader->start += n;
+  /* Keep scanned >= start: compaction subtracts start from it. */
+  reader->scanned = MAX (reader->scanned, reader->start);
   return n;
 }
 

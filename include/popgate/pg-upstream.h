@@ -1,0 +1,171 @@
+/* popgate — upstream: one asynchronous IMAP client connection to the upstream store.
+ *
+ * Everything runs on the GMainContext that was thread-default when pg_upstream_new() was
+ * called; no threads. Commands may be issued at any time, even before the previous one
+ * completed: they are queued, tagged, pipelined and matched with their tagged replies.
+ * Every operation is an _async/_finish pair with a GCancellable. When the connection
+ * fails (disconnect, BYE, malformed reply, timeout) every pending and queued command fails
+ * with PG_ERROR_UPSTREAM (PG_ERROR_TIMEOUT, PG_ERROR_PROTOCOL... for those causes) and
+ * "closed" is emitted once.
+ *
+ * While connected, the pending read keeps the object alive: end a session with
+ * pg_upstream_logout_async() or pg_upstream_close(), then drop your reference.
+ *
+ * Signals (unsolicited data from the server):
+ *   "exists"   (guint count)                 — * n EXISTS
+ *   "expunge"  (guint seq)                   — * n EXPUNGE
+ *   "vanished" (const char *uid_set, gboolean earlier) — * VANISHED
+ *   "fetch"    (guint seq, const PgImapResponse *response) — a FETCH no command asked for
+ *                                                (flag changes)
+ *   "alert"    (const char *text)            — [ALERT] text: show it to the user
+ *   "bye"      (const char *text)            — * BYE (the connection is about to go)
+ *   "closed"   (const GError *why)           — the connection is gone (NULL after LOGOUT)
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "popgate/pg-config.h"
+#include "popgate/pg-imap-parser.h"
+
+G_BEGIN_DECLS
+
+#define PG_TYPE_UPSTREAM (pg_upstream_get_type ())
+G_DECLARE_FINAL_TYPE (PgUpstream, pg_upstream, PG, UPSTREAM, GObject)
+
+/* Uses config->upstream (host, port, tls, ca_file, timeout_ms, connect_timeout_ms); keeps a
+ * reference. `sid` prefixes the debug log lines (0: none). */
+PgUpstream *pg_upstream_new (PgConfig *config, guint64 sid);
+
+/* Connect (TCP, then TLS per config: none / starttls / implicit, with certificate and
+ * host name verification), read the greeting and the capabilities (refreshed after TLS).
+ * Errors: PG_ERROR_TLS (verification, STARTTLS not offered), PG_ERROR_UPSTREAM (BYE
+ * greeting), PG_ERROR_TIMEOUT, GIO errors of the TCP connect. */
+void pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
+                                GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_connect_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* Capability as the server spells it, ASCII case ignored: "UIDPLUS", "AUTH=PLAIN". */
+gboolean pg_upstream_has_capability (PgUpstream *self, const char *capability);
+/* TRUE after PREAUTH or a successful login. */
+gboolean pg_upstream_is_authenticated (PgUpstream *self);
+gboolean pg_upstream_is_tls (PgUpstream *self);
+
+/* LOGIN with both credentials as literals (non-synchronising with LITERAL+/LITERAL-).
+ * A refusal is PG_ERROR_AUTH_FAILED whatever the reason; capabilities are refreshed. */
+void pg_upstream_login_async (PgUpstream *self, const char *user, const char *password,
+                              GCancellable *cancellable, GAsyncReadyCallback callback,
+                              gpointer user_data);
+gboolean pg_upstream_login_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login. */
+void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user,
+                                           const char *password, GCancellable *cancellable,
+                                           GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result,
+                                                GError **error);
+
+/* ID (RFC 2971) with name, version and, if not NULL, x-originating-ip. A server without
+ * ID completes at once with success. */
+void pg_upstream_id_async (PgUpstream *self, const char *name, const char *version,
+                           const char *originating_ip, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_id_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+typedef struct
+{
+  guint32 uidvalidity;
+  guint32 uidnext;   /* 0 if the server did not say */
+  guint32 exists;
+  gboolean read_only;
+} PgUpstreamMailbox;
+
+/* SELECT (or EXAMINE when read_only). */
+void pg_upstream_select_async (PgUpstream *self, const char *mailbox, gboolean read_only,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data);
+gboolean pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
+                                    PgUpstreamMailbox *out_mailbox, GError **error);
+
+/* `UID FETCH 1:* (UID RFC822.SIZE)`: func is called for every message as its line
+ * arrives (in server order), then the operation completes. One round trip; nothing is
+ * kept here. */
+typedef void (*PgUpstreamSizeFunc) (guint32 seq, guint32 uid, guint64 size, gpointer user_data);
+void pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func,
+                                    gpointer func_data, GCancellable *cancellable,
+                                    GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result,
+                                         GError **error);
+
+/* A chunk of a streamed body (at most PG_UPSTREAM_BODY_CHUNK bytes). Return TRUE to get
+ * the next one as soon as it arrives, FALSE to pause: nothing more is read from the
+ * upstream until pg_upstream_resume() (which may be called from inside the function). */
+typedef gboolean (*PgUpstreamChunkFunc) (GBytes *chunk, gpointer user_data);
+
+/* `UID FETCH uid BODY.PEEK[section]<offset.length>`: section "" (the whole message),
+ * "HEADER" or "TEXT"; length 0 means no partial. The body goes to func in chunks, with
+ * back-pressure. On success *out_vanished says the message no longer exists upstream
+ * (no body came back, or the server said NO): no chunk was delivered then. */
+void pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section,
+                                   guint64 offset, guint64 length, PgUpstreamChunkFunc func,
+                                   gpointer func_data, GCancellable *cancellable,
+                                   GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_fetch_body_finish (PgUpstream *self, GAsyncResult *result,
+                                        gboolean *out_vanished, GError **error);
+
+/* Let a paused body stream go on. Harmless when not paused. */
+void pg_upstream_resume (PgUpstream *self);
+
+/* `UID STORE set +FLAGS.SILENT (flags)`, e.g. flags = "\\Deleted \\Seen". Long sets are
+ * split into several commands. */
+void pg_upstream_add_flags_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                                  const char *flags, GCancellable *cancellable,
+                                  GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_add_flags_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* `UID EXPUNGE set` (needs UIDPLUS: without it, PG_ERROR_UPSTREAM and nothing is sent). */
+void pg_upstream_expunge_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                                GCancellable *cancellable, GAsyncReadyCallback callback,
+                                gpointer user_data);
+gboolean pg_upstream_expunge_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* `UID MOVE set mailbox` (RFC 6851); without MOVE: UID COPY, UID STORE +FLAGS.SILENT
+ * (\Deleted) and, with UIDPLUS, UID EXPUNGE. *out_removed tells whether the messages are
+ * gone from the selected mailbox (FALSE: copied and left flagged \Deleted, no UIDPLUS). */
+void pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                             const char *mailbox, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result,
+                                  gboolean *out_removed, GError **error);
+
+/* GETMETADATA mailbox entry (RFC 5464; mailbox "" for server annotations). *out_value is
+ * NULL when the entry is not set. */
+void pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                     GCancellable *cancellable, GAsyncReadyCallback callback,
+                                     gpointer user_data);
+gboolean pg_upstream_get_metadata_finish (PgUpstream *self, GAsyncResult *result,
+                                          GBytes **out_value, GError **error);
+
+/* SETMETADATA mailbox (entry value); value NULL removes the entry. */
+void pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                     GBytes *value, GCancellable *cancellable,
+                                     GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result,
+                                          GError **error);
+
+void pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_noop_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* LOGOUT, then close. Completes when the server confirmed (or closed). */
+void pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable,
+                               GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* Drop the connection now; pending commands fail with G_IO_ERROR_CANCELLED. */
+void pg_upstream_close (PgUpstream *self);
+gboolean pg_upstream_is_closed (PgUpstream *self);
+
+G_END_DECLS

@@ -1,0 +1,2163 @@
+/* popgate — upstream: asynchronous IMAP client for one upstream connection.
+ *
+ * Shape (after Dovecot's lib-imap-client): a queue of tagged commands, written one part at
+ * a time (a literal's data waits for "+" unless LITERAL+), replies matched by tag, untagged
+ * data routed to the oldest command that asked for it or emitted as signals. Reading uses
+ * a fixed buffer and the pure parser in src/codec; at most one read and one write are
+ * pending. Body chunks go to the consumer, which may pause us: while paused we neither
+ * parse nor read, so memory does not depend on message size.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#undef G_LOG_DOMAIN
+#define G_LOG_DOMAIN "popgate-upstream"
+
+#include "popgate/pg-upstream.h"
+
+#include "popgate/pg-core.h"
+#include "popgate/pg-imap-writer.h"
+#include "popgate/pg-limits.h"
+
+#include <string.h>
+
+typedef enum
+{
+  PG_UPSTREAM_STATE_DISCONNECTED,
+  PG_UPSTREAM_STATE_CONNECTING,
+  PG_UPSTREAM_STATE_GREETING,
+  PG_UPSTREAM_STATE_NOT_AUTHENTICATED,
+  PG_UPSTREAM_STATE_AUTHENTICATED,
+  PG_UPSTREAM_STATE_SELECTED,
+  PG_UPSTREAM_STATE_LOGOUT,
+  PG_UPSTREAM_STATE_CLOSED,
+  PG_UPSTREAM_STATE_COUNT
+} PgUpstreamState;
+
+static const char *const pg_upstream_state_names[] = {
+  "disconnected", "connecting", "greeting", "not-authenticated",
+  "authenticated", "selected", "logout", "closed",
+};
+G_STATIC_ASSERT (G_N_ELEMENTS (pg_upstream_state_names) == PG_UPSTREAM_STATE_COUNT);
+
+typedef enum
+{
+  PG_UPSTREAM_CMD_GREETING, /* pseudo-command: waits for the greeting, never sent */
+  PG_UPSTREAM_CMD_SIMPLE,
+  PG_UPSTREAM_CMD_SELECT,
+  PG_UPSTREAM_CMD_FETCH_SIZES,
+  PG_UPSTREAM_CMD_FETCH_BODY,
+  PG_UPSTREAM_CMD_GETMETADATA,
+  PG_UPSTREAM_CMD_LOGOUT,
+} PgUpstreamCmdKind;
+
+typedef struct _PgUpstreamCmd PgUpstreamCmd;
+
+/* Called once per command: with the tagged reply, or with error (connection failed,
+ * cancelled). Must complete or hand on cmd->task. */
+typedef void (*PgUpstreamDoneFunc) (PgUpstream *self, PgUpstreamCmd *cmd,
+                                    const PgImapResponse *tagged, const GError *error);
+
+struct _PgUpstreamCmd
+{
+  PgUpstreamCmdKind kind;
+  gchar *tag;              /* owned */
+  gchar *name;             /* owned: "UID FETCH", for messages */
+  GPtrArray *parts;        /* owned, of PgImapWriterPart* */
+  guint next_part;
+  gboolean continued;      /* a "+" arrived for the part that waits for it */
+  GTask *task;             /* owned; NULL once returned */
+  PgUpstreamDoneFunc done; /* unowned */
+  PgUpstream *owner;       /* unowned */
+  GCancellable *cancellable; /* owned: the caller's, while we listen to it */
+  gulong cancelled_id;
+
+  /* FETCH_SIZES */
+  PgUpstreamSizeFunc size_func;
+  gpointer size_data;
+  /* FETCH_BODY */
+  PgUpstreamChunkFunc chunk_func;
+  gpointer chunk_data;
+  guint32 uid;
+  gboolean got_body;
+  /* GETMETADATA */
+  gchar *entry;            /* owned */
+  GBytes *value;           /* owned */
+};
+
+struct _PgUpstream
+{
+  GObject parent_instance;
+
+  PgConfig *config;            /* owned */
+  guint64 sid;
+  GMainContext *context;       /* owned: where our sources run */
+  PgUpstreamState state;
+
+  GSocketConnection *socket;   /* owned: the TCP connection */
+  GIOStream *stream;           /* owned: socket or the TLS connection on it */
+  GCancellable *io_cancellable; /* owned: cancels our pending read and write */
+  PgImapParser *parser;        /* owned */
+  guint8 rbuf[16384];          /* fixed read buffer: never grows */
+  gsize rpos, rlen;
+  gboolean reading, writing, paused, upgrading, processing;
+  GBytes *write_bytes;         /* owned: the part being written */
+
+  GQueue unsent;               /* of PgUpstreamCmd*, owned */
+  GQueue pending;              /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
+  PgUpstreamCmd *sending;      /* unowned: the pending command whose parts go out now */
+  guint next_tag;
+
+  GHashTable *caps;            /* owned: upper-case capability → itself */
+  gboolean caps_from_code;     /* the last tagged/greeting reply carried [CAPABILITY] */
+  gboolean tls;
+  gchar *bye_text;             /* owned: text of a BYE received */
+
+  PgUpstreamMailbox mailbox;   /* filled by the untagged data of SELECT */
+
+  GSource *timeout_source;     /* owned: per-command deadline */
+  GTask *connect_task;         /* owned while connecting */
+  GCancellable *connect_cancellable; /* owned while connecting: the caller's */
+  gulong connect_cancelled_id;
+  GSource *connect_timer;      /* owned while connecting */
+  gboolean connect_timed_out;
+};
+
+G_DEFINE_FINAL_TYPE (PgUpstream, pg_upstream, G_TYPE_OBJECT)
+
+enum
+{
+  SIGNAL_EXISTS,
+  SIGNAL_EXPUNGE,
+  SIGNAL_VANISHED,
+  SIGNAL_FETCH,
+  SIGNAL_ALERT,
+  SIGNAL_BYE,
+  SIGNAL_CLOSED,
+  N_SIGNALS
+};
+static guint pg_upstream_signals[N_SIGNALS];
+
+static void pg_upstream_read (PgUpstream *self);
+static void pg_upstream_flush (PgUpstream *self);
+static void pg_upstream_fail (PgUpstream *self, const GError *error);
+static void pg_upstream_process (PgUpstream *self);
+static void pg_upstream_queue_capability (PgUpstream *self, GTask *task);
+
+/* --- small helpers --------------------------------------------------------------------- */
+
+static void
+pg_upstream_set_state (PgUpstream *self, PgUpstreamState state)
+{
+  if (self->state == state)
+    return;
+  pg_session_debug (self->sid, "upstream: %s → %s", pg_upstream_state_names[self->state],
+                    pg_upstream_state_names[state]);
+  self->state = state;
+}
+
+static void
+pg_upstream_cmd_free (PgUpstreamCmd *cmd)
+{
+  if (cmd == NULL)
+    return;
+  if (cmd->cancellable != NULL)
+    {
+      g_signal_handler_disconnect (cmd->cancellable, cmd->cancelled_id);
+      g_clear_object (&cmd->cancellable);
+    }
+  g_free (cmd->tag);
+  g_free (cmd->name);
+  g_clear_pointer (&cmd->parts, g_ptr_array_unref);
+  g_clear_object (&cmd->task);
+  g_free (cmd->entry);
+  g_clear_pointer (&cmd->value, g_bytes_unref);
+  g_free (cmd);
+}
+
+/* Peer text fit for an error message or a log line. */
+static gchar *
+pg_upstream_escape_text (const char *text)
+{
+  return pg_log_escape (text != NULL ? text : "", text != NULL ? strlen (text) : 0, 200);
+}
+
+static GError *
+pg_upstream_refused_error (const char *what, const PgImapResponse *tagged)
+{
+  g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+
+  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream refused %s: %s %s", what,
+                      tagged->keyword, text);
+}
+
+/* Take the command's task and return an error on it (if not already returned). */
+static void
+pg_upstream_cmd_return_error (PgUpstreamCmd *cmd, GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task != NULL)
+    g_task_return_error (task, error);
+  else
+    g_error_free (error);
+}
+
+static void
+pg_upstream_cmd_return_boolean (PgUpstreamCmd *cmd, gboolean value)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task != NULL)
+    g_task_return_boolean (task, value);
+}
+
+/* The usual done func: OK → TRUE, NO/BAD → PG_ERROR_UPSTREAM, failure → the error. */
+static void
+pg_upstream_done_simple_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  if (error != NULL)
+    pg_upstream_cmd_return_error (cmd, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    pg_upstream_cmd_return_error (cmd, pg_upstream_refused_error (cmd->name, tagged));
+  else
+    pg_upstream_cmd_return_boolean (cmd, TRUE);
+}
+
+static gsize
+pg_upstream_max_nonsync (PgUpstream *self)
+{
+  if (pg_upstream_has_capability (self, "LITERAL+"))
+    return G_MAXSIZE;
+  if (pg_upstream_has_capability (self, "LITERAL-"))
+    return 4096; /* RFC 7888 §4 */
+  return 0;
+}
+
+/* A new command with a fresh tag; the caller adds the arguments to the returned writer. */
+static PgUpstreamCmd *
+pg_upstream_cmd_new (PgUpstream *self, PgUpstreamCmdKind kind, const char *name, GTask *task,
+                     PgUpstreamDoneFunc done)
+{
+  PgUpstreamCmd *cmd = g_new0 (PgUpstreamCmd, 1);
+
+  cmd->kind = kind;
+  cmd->owner = self;
+  cmd->tag = g_strdup_printf ("p%u", ++self->next_tag);
+  cmd->name = g_strdup (name);
+  cmd->task = task != NULL ? g_object_ref (task) : NULL;
+  cmd->done = done != NULL ? done : pg_upstream_done_simple_cb;
+  return cmd;
+}
+
+static PgImapWriter *
+pg_upstream_cmd_writer (PgUpstream *self, PgUpstreamCmd *cmd)
+{
+  PgImapWriter *writer = pg_imap_writer_new (cmd->tag, pg_upstream_max_nonsync (self));
+
+  pg_imap_writer_add_raw (writer, " ");
+  pg_imap_writer_add_raw (writer, cmd->name);
+  return writer;
+}
+
+static void
+pg_upstream_fail_cmd_now (PgUpstream *self, PgUpstreamCmd *cmd, const GError *error)
+{
+  cmd->done (self, cmd, NULL, error);
+  pg_upstream_cmd_free (cmd);
+}
+
+/* Queue a finished command (takes cmd and writer). */
+static void
+pg_upstream_submit (PgUpstream *self, PgUpstreamCmd *cmd, PgImapWriter *writer)
+{
+  cmd->parts = pg_imap_writer_finish (writer);
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->state == PG_UPSTREAM_STATE_DISCONNECTED)
+    {
+      g_autoptr (GError) error
+          = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream connection is %s",
+                         self->state == PG_UPSTREAM_STATE_CLOSED ? "closed" : "not open");
+      pg_upstream_fail_cmd_now (self, cmd, error);
+      return;
+    }
+  g_queue_push_tail (&self->unsent, cmd);
+  pg_upstream_flush (self);
+}
+
+/* A task for a public operation; checks the cancellable first. */
+static GTask *
+pg_upstream_task_new (PgUpstream *self, gpointer source_tag, GCancellable *cancellable,
+                      GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (self, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, source_tag);
+  g_task_set_check_cancellable (task, TRUE);
+  return task;
+}
+
+/* --- timers ---------------------------------------------------------------------------- */
+
+static gboolean
+pg_upstream_timeout_cb (gpointer user_data)
+{
+  PgUpstream *self = user_data;
+  g_autoptr (GError) error
+      = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
+                     self->config->upstream.timeout_ms);
+
+  g_clear_pointer (&self->timeout_source, g_source_unref);
+  pg_session_info (self->sid, "upstream: %s", error->message);
+  pg_upstream_fail (self, error);
+  return G_SOURCE_REMOVE;
+}
+
+/* (Re)arm the per-command deadline when something is outstanding and we are not waiting
+ * for our own consumer; else disarm. Called on every send and every read. */
+static void
+pg_upstream_update_timeout (PgUpstream *self)
+{
+  if (self->timeout_source != NULL)
+    {
+      g_source_destroy (self->timeout_source);
+      g_clear_pointer (&self->timeout_source, g_source_unref);
+    }
+  if (self->paused || self->state == PG_UPSTREAM_STATE_CLOSED
+      || self->config->upstream.timeout_ms == 0
+      || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
+    return;
+  self->timeout_source = g_timeout_source_new (self->config->upstream.timeout_ms);
+  g_source_set_callback (self->timeout_source, pg_upstream_timeout_cb, self, NULL);
+  g_source_attach (self->timeout_source, self->context);
+}
+
+/* --- closing ---------------------------------------------------------------------------- */
+
+static void
+pg_upstream_drop_connection (PgUpstream *self)
+{
+  g_cancellable_cancel (self->io_cancellable);
+  if (self->socket != NULL)
+    {
+      /* Close the socket itself: no TLS close_notify, nothing blocks. */
+      g_socket_close (g_socket_connection_get_socket (self->socket), NULL);
+    }
+  g_clear_object (&self->stream);
+  g_clear_object (&self->socket);
+  g_clear_pointer (&self->write_bytes, g_bytes_unref);
+  self->rpos = self->rlen = 0;
+}
+
+/* Close and fail everything pending with a copy of error (NULL: a clean LOGOUT end). */
+static void
+pg_upstream_fail (PgUpstream *self, const GError *error)
+{
+  g_autoptr (PgUpstream) keep = g_object_ref (self);
+  g_autoptr (GError) closed_error = NULL;
+  PgUpstreamCmd *cmd;
+
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    return;
+  if (error != NULL)
+    pg_session_debug (self->sid, "upstream: connection failed: %s", error->message);
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
+  pg_upstream_drop_connection (self);
+  if (self->timeout_source != NULL)
+    {
+      g_source_destroy (self->timeout_source);
+      g_clear_pointer (&self->timeout_source, g_source_unref);
+    }
+  self->sending = NULL;
+  self->paused = FALSE;
+
+  closed_error = error != NULL ? g_error_copy (error)
+                               : g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
+                                              "upstream connection closed after LOGOUT");
+  while ((cmd = g_queue_pop_head (&self->pending)) != NULL)
+    pg_upstream_fail_cmd_now (self, cmd, closed_error);
+  while ((cmd = g_queue_pop_head (&self->unsent)) != NULL)
+    pg_upstream_fail_cmd_now (self, cmd, closed_error);
+  if (self->connect_task != NULL)
+    {
+      g_autoptr (GTask) task = g_steal_pointer (&self->connect_task);
+      g_task_return_error (task, g_error_copy (closed_error));
+    }
+  g_signal_emit (self, pg_upstream_signals[SIGNAL_CLOSED], 0, error);
+}
+
+/* The connection ended (EOF or error) while commands were outstanding. */
+static void
+pg_upstream_fail_disconnected (PgUpstream *self, const GError *io_error)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *bye = self->bye_text != NULL ? pg_upstream_escape_text (self->bye_text)
+                                                 : NULL;
+
+  if (self->state == PG_UPSTREAM_STATE_LOGOUT && self->bye_text != NULL)
+    {
+      pg_upstream_fail (self, NULL);
+      return;
+    }
+  if (bye != NULL)
+    error = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream closed the connection (BYE %s)",
+                         bye);
+  else if (io_error != NULL)
+    error = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream connection failed: %s",
+                         io_error->message);
+  else
+    error = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream closed the connection");
+  pg_upstream_fail (self, error);
+}
+
+/* --- writing ----------------------------------------------------------------------------- */
+
+static void
+pg_upstream_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgUpstream) self = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
+    {
+      self->writing = FALSE;
+      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        return;
+      pg_upstream_fail_disconnected (self, error);
+      return;
+    }
+  self->writing = FALSE;
+  g_clear_pointer (&self->write_bytes, g_bytes_unref);
+  pg_upstream_flush (self);
+}
+
+static void
+pg_upstream_log_part (PgUpstream *self, const PgImapWriterPart *part)
+{
+  gsize size = 0;
+  const char *data;
+  g_autofree gchar *line = NULL;
+
+  if (pg_log_get_level () < PG_LOG_LEVEL_DEBUG)
+    return;
+  if (part->secret)
+    {
+      pg_session_debug (self->sid, "upstream C: <secret literal>");
+      return;
+    }
+  data = g_bytes_get_data (part->bytes, &size);
+  line = pg_log_redact_line (data, size, FALSE);
+  pg_session_debug (self->sid, "upstream C: %s", line);
+}
+
+/* Write the next part if nothing is being written and the part may go now. */
+static void
+pg_upstream_flush (PgUpstream *self)
+{
+  while (!self->writing && self->stream != NULL && !self->upgrading
+         && self->state != PG_UPSTREAM_STATE_CLOSED)
+    {
+      PgUpstreamCmd *cmd = self->sending;
+      PgImapWriterPart *part;
+
+      if (cmd == NULL)
+        {
+          cmd = g_queue_pop_head (&self->unsent);
+          if (cmd == NULL)
+            return;
+          g_queue_push_tail (&self->pending, cmd);
+          self->sending = cmd;
+          pg_upstream_update_timeout (self);
+        }
+      if (cmd->next_part >= cmd->parts->len)
+        {
+          self->sending = NULL;
+          continue;
+        }
+      part = g_ptr_array_index (cmd->parts, cmd->next_part);
+      if (part->wait_continuation && !cmd->continued)
+        return;
+      cmd->continued = FALSE;
+      cmd->next_part++;
+      pg_upstream_log_part (self, part);
+      self->writing = TRUE;
+      self->write_bytes = g_bytes_ref (part->bytes);
+      {
+        gsize size = 0;
+        const void *data = g_bytes_get_data (self->write_bytes, &size);
+        g_output_stream_write_all_async (g_io_stream_get_output_stream (self->stream), data,
+                                         size, G_PRIORITY_DEFAULT, self->io_cancellable,
+                                         pg_upstream_write_cb, g_object_ref (self));
+      }
+    }
+}
+
+/* --- capabilities ------------------------------------------------------------------------ */
+
+static void
+pg_upstream_set_caps (PgUpstream *self, const GPtrArray *values)
+{
+  g_hash_table_remove_all (self->caps);
+  for (guint i = 0; i < values->len; i++)
+    {
+      const char *cap = pg_imap_value_get_string (g_ptr_array_index (values, i));
+      if (cap != NULL)
+        {
+          gchar *upper = g_ascii_strup (cap, -1);
+          g_hash_table_add (self->caps, upper);
+        }
+    }
+}
+
+gboolean
+pg_upstream_has_capability (PgUpstream *self, const char *capability)
+{
+  g_autofree gchar *upper = NULL;
+
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), FALSE);
+  upper = g_ascii_strup (capability, -1);
+  return g_hash_table_contains (self->caps, upper);
+}
+
+/* --- reading and dispatch --------------------------------------------------------------- */
+
+/* The oldest pending command of a kind (untagged data belongs to it). */
+static PgUpstreamCmd *
+pg_upstream_find_pending (PgUpstream *self, PgUpstreamCmdKind kind)
+{
+  for (GList *l = self->pending.head; l != NULL; l = l->next)
+    {
+      PgUpstreamCmd *cmd = l->data;
+      if (cmd->kind == kind)
+        return cmd;
+    }
+  return NULL;
+}
+
+static guint32
+pg_upstream_clamp_u32 (guint64 value)
+{
+  return value > G_MAXUINT32 ? G_MAXUINT32 : (guint32) value;
+}
+
+static void
+pg_upstream_handle_code (PgUpstream *self, const PgImapResponse *response)
+{
+  guint64 n = 0;
+  const PgImapValue *arg
+      = response->code_args->len > 0 ? g_ptr_array_index (response->code_args, 0) : NULL;
+
+  if (response->code == NULL)
+    return;
+  if (strcmp (response->code, "CAPABILITY") == 0)
+    {
+      pg_upstream_set_caps (self, response->code_args);
+      self->caps_from_code = TRUE;
+    }
+  else if (strcmp (response->code, "ALERT") == 0)
+    g_signal_emit (self, pg_upstream_signals[SIGNAL_ALERT], 0, response->text);
+  else if (strcmp (response->code, "UIDVALIDITY") == 0 && pg_imap_value_get_number (arg, &n))
+    self->mailbox.uidvalidity = pg_upstream_clamp_u32 (n);
+  else if (strcmp (response->code, "UIDNEXT") == 0 && pg_imap_value_get_number (arg, &n))
+    self->mailbox.uidnext = pg_upstream_clamp_u32 (n);
+  else if (strcmp (response->code, "READ-ONLY") == 0)
+    self->mailbox.read_only = TRUE;
+  else if (strcmp (response->code, "READ-WRITE") == 0)
+    self->mailbox.read_only = FALSE;
+}
+
+static void
+pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
+{
+  const PgImapValue *uid_value = pg_imap_response_get_fetch_item (response, "UID");
+  const PgImapValue *size_value = pg_imap_response_get_fetch_item (response, "RFC822.SIZE");
+  guint64 uid = 0, size = 0;
+  PgUpstreamCmd *cmd;
+
+  if (size_value != NULL && pg_imap_value_get_number (uid_value, &uid)
+      && pg_imap_value_get_number (size_value, &size)
+      && (cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES)) != NULL)
+    {
+      cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid),
+                      size, cmd->size_data);
+      return;
+    }
+
+  cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
+  if (cmd != NULL && pg_imap_value_get_number (uid_value, &uid) && uid == cmd->uid)
+    {
+      const PgImapValue *list = g_ptr_array_index (response->args, 0);
+      for (guint i = 0; i + 1 < list->list->len; i += 2)
+        {
+          const PgImapValue *name = g_ptr_array_index (list->list, i);
+          const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
+          if (name->type != PG_IMAP_VALUE_ATOM
+              || (g_ascii_strncasecmp (name->str, "BODY[", 5) != 0
+                  && g_ascii_strncasecmp (name->str, "BINARY[", 7) != 0))
+            continue;
+          if (value->type == PG_IMAP_VALUE_STRING && value->len > 0 && cmd->chunk_func != NULL)
+            {
+              /* A body sent as a quoted string: one chunk. */
+              g_autoptr (GBytes) chunk = g_bytes_new (value->str, value->len);
+              if (!cmd->chunk_func (chunk, cmd->chunk_data))
+                self->paused = TRUE;
+            }
+          if (value->type != PG_IMAP_VALUE_NIL)
+            cmd->got_body = TRUE;
+        }
+      return;
+    }
+  if (response->has_number)
+    g_signal_emit (self, pg_upstream_signals[SIGNAL_FETCH], 0,
+                   pg_upstream_clamp_u32 (response->number), response);
+}
+
+static void
+pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
+{
+  const char *keyword = response->keyword;
+
+  if (self->state == PG_UPSTREAM_STATE_GREETING)
+    {
+      PgUpstreamCmd *cmd = g_queue_pop_head (&self->pending);
+      /* The greeting pseudo-command completes with this response as its "tagged" reply. */
+      if (cmd != NULL)
+        {
+          pg_upstream_handle_code (self, response);
+          cmd->done (self, cmd, response, NULL);
+          pg_upstream_cmd_free (cmd);
+        }
+      return;
+    }
+
+  pg_upstream_handle_code (self, response);
+  switch (response->status)
+    {
+    case PG_IMAP_STATUS_BYE:
+      g_free (self->bye_text);
+      self->bye_text = g_strdup (response->text);
+      g_signal_emit (self, pg_upstream_signals[SIGNAL_BYE], 0, response->text);
+      if (self->state != PG_UPSTREAM_STATE_LOGOUT)
+        pg_upstream_fail_disconnected (self, NULL);
+      return;
+    case PG_IMAP_STATUS_OK:
+    case PG_IMAP_STATUS_NO:
+    case PG_IMAP_STATUS_BAD:
+    case PG_IMAP_STATUS_PREAUTH:
+      return;
+    case PG_IMAP_STATUS_NONE:
+      break;
+    }
+
+  if (strcmp (keyword, "CAPABILITY") == 0)
+    pg_upstream_set_caps (self, response->args);
+  else if (strcmp (keyword, "EXISTS") == 0 && response->has_number)
+    {
+      self->mailbox.exists = pg_upstream_clamp_u32 (response->number);
+      g_signal_emit (self, pg_upstream_signals[SIGNAL_EXISTS], 0, self->mailbox.exists);
+    }
+  else if (strcmp (keyword, "EXPUNGE") == 0 && response->has_number)
+    {
+      if (self->mailbox.exists > 0)
+        self->mailbox.exists--;
+      g_signal_emit (self, pg_upstream_signals[SIGNAL_EXPUNGE], 0,
+                     pg_upstream_clamp_u32 (response->number));
+    }
+  else if (strcmp (keyword, "VANISHED") == 0 && response->args->len > 0)
+    {
+      const PgImapValue *first = g_ptr_array_index (response->args, 0);
+      gboolean earlier = first->type == PG_IMAP_VALUE_LIST;
+      const PgImapValue *set = g_ptr_array_index (response->args, response->args->len - 1);
+      const char *text = pg_imap_value_get_string (set);
+      if (text != NULL)
+        g_signal_emit (self, pg_upstream_signals[SIGNAL_VANISHED], 0, text, earlier);
+    }
+  else if (strcmp (keyword, "FETCH") == 0 && response->args->len == 1
+           && ((const PgImapValue *) g_ptr_array_index (response->args, 0))->type
+                  == PG_IMAP_VALUE_LIST)
+    pg_upstream_handle_fetch (self, response);
+  else if (strcmp (keyword, "METADATA") == 0 && response->args->len == 2)
+    {
+      PgUpstreamCmd *cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_GETMETADATA);
+      const PgImapValue *list = g_ptr_array_index (response->args, 1);
+      if (cmd != NULL && list->type == PG_IMAP_VALUE_LIST)
+        for (guint i = 0; i + 1 < list->list->len; i += 2)
+          {
+            const char *entry = pg_imap_value_get_string (g_ptr_array_index (list->list, i));
+            const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
+            if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
+                && value->type == PG_IMAP_VALUE_STRING)
+              {
+                g_clear_pointer (&cmd->value, g_bytes_unref);
+                cmd->value = g_bytes_new (value->str, value->len);
+              }
+          }
+    }
+}
+
+static void
+pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
+{
+  PgUpstreamCmd *cmd = NULL;
+
+  for (GList *l = self->pending.head; l != NULL; l = l->next)
+    {
+      PgUpstreamCmd *candidate = l->data;
+      if (candidate->tag != NULL && strcmp (candidate->tag, response->tag) == 0)
+        {
+          cmd = candidate;
+          g_queue_delete_link (&self->pending, l);
+          break;
+        }
+    }
+  if (cmd == NULL)
+    {
+      g_autoptr (GError) error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                              "upstream answered a tag we did not send");
+      pg_upstream_fail (self, error);
+      return;
+    }
+  if (self->sending == cmd)
+    self->sending = NULL; /* e.g. NO instead of "+" for a literal: drop the rest */
+  self->caps_from_code = FALSE;
+  pg_upstream_handle_code (self, response);
+  cmd->done (self, cmd, response, NULL);
+  pg_upstream_cmd_free (cmd);
+  pg_upstream_update_timeout (self);
+  pg_upstream_flush (self);
+}
+
+static void
+pg_upstream_handle_continuation (PgUpstream *self)
+{
+  PgUpstreamCmd *cmd = self->sending;
+
+  if (cmd == NULL || cmd->next_part >= cmd->parts->len
+      || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))
+              ->wait_continuation)
+    {
+      g_autoptr (GError) error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                              "upstream sent an unexpected continuation");
+      pg_upstream_fail (self, error);
+      return;
+    }
+  cmd->continued = TRUE;
+  pg_upstream_flush (self);
+}
+
+static void
+pg_upstream_log_response (PgUpstream *self, const PgImapResponse *response)
+{
+  g_autofree gchar *dump = NULL;
+  g_autofree gchar *escaped = NULL;
+
+  if (pg_log_get_level () < PG_LOG_LEVEL_DEBUG)
+    return;
+  dump = pg_imap_response_dump (response);
+  escaped = pg_log_escape (dump, strlen (dump), 200);
+  pg_session_debug (self->sid, "upstream S: %s", escaped);
+}
+
+static void
+pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
+{
+  PgUpstreamCmd *cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
+  g_autoptr (GBytes) chunk = NULL;
+
+  if (cmd == NULL || cmd->chunk_func == NULL)
+    return; /* a body nobody asked for (or cancelled): skip it */
+  chunk = g_bytes_new (event->data, event->len);
+  if (!cmd->chunk_func (chunk, cmd->chunk_data))
+    self->paused = TRUE;
+}
+
+/* Parse what is buffered, dispatch, and read more when it is all used. */
+static void
+pg_upstream_process (PgUpstream *self)
+{
+  g_autoptr (PgUpstream) keep = g_object_ref (self);
+
+  if (self->processing)
+    return; /* resume() from inside a callback: the running loop goes on */
+  self->processing = TRUE;
+  while (!self->paused && !self->upgrading && self->state != PG_UPSTREAM_STATE_CLOSED)
+    {
+      PgImapEvent event;
+      gsize consumed = 0;
+      g_autoptr (GError) error = NULL;
+      PgImapParseResult result = pg_imap_parser_feed (self->parser, self->rbuf + self->rpos,
+                                                      self->rlen - self->rpos, &consumed,
+                                                      &event, &error);
+
+      if (result == PG_IMAP_PARSE_ERROR)
+        {
+          g_autoptr (GError) wrapped = g_error_new (PG_ERROR, error->code, "upstream sent %s",
+                                                    error->message);
+          pg_upstream_fail (self, wrapped);
+          break;
+        }
+      self->rpos += consumed;
+      if (result == PG_IMAP_PARSE_NEED_MORE)
+        {
+          self->rpos = self->rlen = 0;
+          self->processing = FALSE;
+          pg_upstream_read (self);
+          return;
+        }
+      if (result == PG_IMAP_PARSE_BODY_CHUNK)
+        pg_upstream_handle_body_chunk (self, &event);
+      else if (result == PG_IMAP_PARSE_RESPONSE)
+        {
+          g_autoptr (PgImapResponse) response = event.response;
+          pg_upstream_log_response (self, response);
+          switch (response->kind)
+            {
+            case PG_IMAP_RESPONSE_TAGGED:
+              pg_upstream_handle_tagged (self, response);
+              break;
+            case PG_IMAP_RESPONSE_UNTAGGED:
+              pg_upstream_handle_untagged (self, response);
+              break;
+            case PG_IMAP_RESPONSE_CONTINUATION:
+              pg_upstream_handle_continuation (self);
+              break;
+            }
+        }
+      /* BODY_BEGIN / BODY_END need nothing: the FETCH response says the body came. */
+    }
+  self->processing = FALSE;
+  pg_upstream_update_timeout (self);
+}
+
+static void
+pg_upstream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgUpstream) self = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  self->reading = FALSE;
+  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    return;
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    return;
+  if (n <= 0)
+    {
+      pg_upstream_fail_disconnected (self, error);
+      return;
+    }
+  self->rpos = 0;
+  self->rlen = (gsize) n;
+  pg_upstream_update_timeout (self);
+  pg_upstream_process (self);
+}
+
+static void
+pg_upstream_read (PgUpstream *self)
+{
+  if (self->reading || self->paused || self->upgrading || self->stream == NULL
+      || self->state == PG_UPSTREAM_STATE_CLOSED || self->rpos < self->rlen)
+    return;
+  self->reading = TRUE;
+  g_input_stream_read_async (g_io_stream_get_input_stream (self->stream), self->rbuf,
+                             sizeof self->rbuf, G_PRIORITY_DEFAULT, self->io_cancellable,
+                             pg_upstream_read_cb, g_object_ref (self));
+}
+
+void
+pg_upstream_resume (PgUpstream *self)
+{
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  if (!self->paused)
+    return;
+  self->paused = FALSE;
+  pg_upstream_update_timeout (self);
+  if (!self->processing)
+    pg_upstream_process (self);
+}
+
+/* --- connecting ------------------------------------------------------------------------ */
+
+static void
+pg_upstream_connect_done (PgUpstream *self, GError *error)
+{
+  g_autoptr (PgUpstream) keep = g_object_ref (self);
+  g_autoptr (GTask) task = g_steal_pointer (&self->connect_task);
+
+  if (self->connect_cancellable != NULL)
+    {
+      g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
+      g_clear_object (&self->connect_cancellable);
+    }
+  if (self->connect_timer != NULL)
+    {
+      g_source_destroy (self->connect_timer);
+      g_clear_pointer (&self->connect_timer, g_source_unref);
+    }
+  if (task == NULL)
+    {
+      g_clear_error (&error);
+      return;
+    }
+  if (error != NULL)
+    {
+      g_task_return_error (task, g_error_copy (error));
+      pg_upstream_fail (self, error);
+      g_error_free (error);
+      return;
+    }
+  g_task_return_boolean (task, TRUE);
+}
+
+static GError *
+pg_upstream_tls_error (GTlsConnection *tls, const GError *error)
+{
+  GTlsCertificateFlags flags = g_tls_connection_get_peer_certificate_errors (tls);
+  const char *why = "handshake failed";
+
+  if (flags & G_TLS_CERTIFICATE_UNKNOWN_CA)
+    why = "certificate not signed by a trusted CA";
+  else if (flags & G_TLS_CERTIFICATE_BAD_IDENTITY)
+    why = "certificate does not match the host name";
+  else if (flags & G_TLS_CERTIFICATE_EXPIRED)
+    why = "certificate expired";
+  else if (flags != 0)
+    why = "certificate rejected";
+  return g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s (%s)", why, error->message);
+}
+
+static void pg_upstream_start_session (PgUpstream *self);
+
+static void
+pg_upstream_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgUpstream) self = user_data;
+  g_autoptr (GError) error = NULL;
+  gboolean starttls = self->state != PG_UPSTREAM_STATE_CONNECTING;
+
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      if (self->connect_timed_out)
+        pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
+                                                     "upstream TLS handshake timed out"));
+      else
+        pg_upstream_connect_done (self, pg_upstream_tls_error (G_TLS_CONNECTION (source),
+                                                               error));
+      return;
+    }
+  pg_session_debug (self->sid, "upstream: TLS established");
+  self->tls = TRUE;
+  g_clear_object (&self->stream);
+  self->stream = G_IO_STREAM (g_object_ref (source));
+  self->upgrading = FALSE;
+  if (starttls)
+    {
+      /* Never trust what the server said before TLS: ask again. */
+      g_hash_table_remove_all (self->caps);
+      pg_upstream_read (self);
+      pg_upstream_queue_capability (self, NULL);
+      return;
+    }
+  pg_upstream_start_session (self);
+}
+
+static void
+pg_upstream_start_tls (PgUpstream *self)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSocketConnectable) identity = NULL;
+  g_autoptr (GIOStream) tls = NULL;
+  g_autoptr (GTlsDatabase) database = NULL;
+
+  identity = g_network_address_new (self->config->upstream.host, self->config->upstream.port);
+  tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
+  if (tls == NULL)
+    {
+      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s",
+                                                   error->message));
+      return;
+    }
+  if (self->config->upstream.ca_file != NULL)
+    {
+      database = g_tls_file_database_new (self->config->upstream.ca_file, &error);
+      if (database == NULL)
+        {
+          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
+                                                       "upstream CA file %s: %s",
+                                                       self->config->upstream.ca_file,
+                                                       error->message));
+          return;
+        }
+      g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
+    }
+  /* No "accept-certificate" handler: any verification error fails the handshake. */
+  self->upgrading = TRUE;
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
+                                    self->io_cancellable, pg_upstream_handshake_cb,
+                                    g_object_ref (self));
+}
+
+/* The connect step after CAPABILITY: check what we need and finish (or STARTTLS). */
+static void pg_upstream_connect_after_caps (PgUpstream *self);
+
+static void
+pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                              const PgImapResponse *tagged, const GError *error)
+{
+  if (error != NULL)
+    return; /* pg_upstream_fail() fails connect_task */
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      pg_upstream_connect_done (self, pg_upstream_refused_error ("STARTTLS", tagged));
+      return;
+    }
+  /* Whatever came after the OK in plaintext could be injected: discard it. */
+  self->rpos = self->rlen;
+  pg_imap_parser_reset (self->parser);
+  pg_upstream_start_tls (self);
+}
+
+static void
+pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                const PgImapResponse *tagged, const GError *error)
+{
+  if (error != NULL)
+    {
+      pg_upstream_cmd_return_error (cmd, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      GError *refused = pg_upstream_refused_error ("CAPABILITY", tagged);
+      if (cmd->task != NULL)
+        pg_upstream_cmd_return_error (cmd, refused);
+      else
+        pg_upstream_connect_done (self, refused);
+      return;
+    }
+  if (cmd->task != NULL)
+    pg_upstream_cmd_return_boolean (cmd, TRUE);
+  else if (self->connect_task != NULL)
+    pg_upstream_connect_after_caps (self);
+}
+
+/* CAPABILITY; completes task (if any) or goes on with connecting. */
+static void
+pg_upstream_queue_capability (PgUpstream *self, GTask *task)
+{
+  PgUpstreamCmd *cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "CAPABILITY", task,
+                                            pg_upstream_capability_done_cb);
+
+  pg_upstream_submit (self, cmd, pg_upstream_cmd_writer (self, cmd));
+}
+
+static void
+pg_upstream_connect_after_caps (PgUpstream *self)
+{
+  if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+    {
+      PgUpstreamCmd *cmd;
+
+      if (!pg_upstream_has_capability (self, "STARTTLS"))
+        {
+          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
+                                                       "upstream does not offer STARTTLS"));
+          return;
+        }
+      cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "STARTTLS", NULL,
+                                 pg_upstream_starttls_done_cb);
+      pg_upstream_submit (self, cmd, pg_upstream_cmd_writer (self, cmd));
+      return;
+    }
+  pg_session_debug (self->sid, "upstream: connected%s", self->tls ? " with TLS" : "");
+  pg_upstream_connect_done (self, NULL);
+}
+
+static void
+pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                              const PgImapResponse *greeting, const GError *error)
+{
+  if (error != NULL)
+    return;
+  if (greeting->kind != PG_IMAP_RESPONSE_UNTAGGED
+      || (greeting->status != PG_IMAP_STATUS_OK && greeting->status != PG_IMAP_STATUS_PREAUTH
+          && greeting->status != PG_IMAP_STATUS_BYE))
+    {
+      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                                   "upstream sent no IMAP greeting"));
+      return;
+    }
+  if (greeting->status == PG_IMAP_STATUS_BYE)
+    {
+      g_autofree gchar *text = pg_upstream_escape_text (greeting->text);
+      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
+                                                   "upstream refused the connection: BYE %s",
+                                                   text));
+      return;
+    }
+  if (greeting->status == PG_IMAP_STATUS_PREAUTH)
+    {
+      if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+        {
+          /* RFC 9051 §11.1: PREAUTH on a connection that should get STARTTLS is an attack
+           * or a misconfiguration; either way we must not go on in plaintext. */
+          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
+                                                       "upstream sent PREAUTH before STARTTLS"));
+          return;
+        }
+      pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
+    }
+  else
+    pg_upstream_set_state (self, PG_UPSTREAM_STATE_NOT_AUTHENTICATED);
+
+  if (!self->caps_from_code || g_hash_table_size (self->caps) == 0)
+    pg_upstream_queue_capability (self, NULL);
+  else
+    pg_upstream_connect_after_caps (self);
+}
+
+/* TCP (and implicit TLS) is up: wait for the greeting. */
+static void
+pg_upstream_start_session (PgUpstream *self)
+{
+  PgUpstreamCmd *greeting = g_new0 (PgUpstreamCmd, 1);
+
+  greeting->kind = PG_UPSTREAM_CMD_GREETING;
+  greeting->name = g_strdup ("greeting");
+  greeting->parts = g_ptr_array_new ();
+  greeting->done = pg_upstream_greeting_done_cb;
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_GREETING);
+  self->caps_from_code = FALSE;
+  g_queue_push_tail (&self->pending, greeting);
+  pg_upstream_update_timeout (self);
+  pg_upstream_read (self);
+}
+
+static void
+pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgUpstream) self = user_data;
+  g_autoptr (GError) error = NULL;
+  GSocketConnection *connection
+      = g_socket_client_connect_to_host_finish (G_SOCKET_CLIENT (source), result, &error);
+
+  if (connection == NULL)
+    {
+      if (self->connect_timed_out)
+        pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
+                                                     "upstream connect timed out"));
+      else
+        pg_upstream_connect_done (self, g_steal_pointer (&error));
+      return;
+    }
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    {
+      g_object_unref (connection);
+      return;
+    }
+  self->socket = connection;
+  self->stream = G_IO_STREAM (g_object_ref (connection));
+  g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
+  if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
+    pg_upstream_start_tls (self);
+  else
+    pg_upstream_start_session (self);
+}
+
+static gboolean
+pg_upstream_connect_timeout_cb (gpointer user_data)
+{
+  PgUpstream *self = user_data;
+
+  g_clear_pointer (&self->connect_timer, g_source_unref);
+  self->connect_timed_out = TRUE;
+  pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
+                                               "upstream connect timed out after %u ms",
+                                               self->config->upstream.connect_timeout_ms));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_upstream_connect_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstream *self = user_data;
+
+  /* Runs in the thread that cancelled: we are single-threaded, so this is ours. */
+  g_cancellable_cancel (self->io_cancellable);
+}
+
+void
+pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autoptr (GSocketClient) client = NULL;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_connect_async, cancellable, callback, user_data);
+  if (self->state != PG_UPSTREAM_STATE_DISCONNECTED)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream connection already used");
+      return;
+    }
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_CONNECTING);
+  self->connect_task = g_steal_pointer (&task);
+  if (cancellable != NULL)
+    {
+      self->connect_cancellable = g_object_ref (cancellable);
+      self->connect_cancelled_id = g_cancellable_connect (
+          cancellable, G_CALLBACK (pg_upstream_connect_cancelled_cb), self, NULL);
+    }
+  if (self->config->upstream.connect_timeout_ms > 0)
+    {
+      self->connect_timer = g_timeout_source_new (self->config->upstream.connect_timeout_ms);
+      g_source_set_callback (self->connect_timer, pg_upstream_connect_timeout_cb, self, NULL);
+      g_source_attach (self->connect_timer, self->context);
+    }
+  client = g_socket_client_new ();
+  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)",
+                    self->config->upstream.host, self->config->upstream.port,
+                    pg_upstream_tls_to_string (self->config->upstream.tls));
+  g_socket_client_connect_to_host_async (client, self->config->upstream.host,
+                                         self->config->upstream.port, self->io_cancellable,
+                                         pg_upstream_tcp_connect_cb, g_object_ref (self));
+}
+
+gboolean
+pg_upstream_connect_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == pg_upstream_connect_async,
+                        FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- authentication ----------------------------------------------------------------------- */
+
+static void
+pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                           const GError *error)
+{
+  if (error != NULL)
+    {
+      pg_upstream_cmd_return_error (cmd, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+      pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword,
+                       text);
+      pg_upstream_cmd_return_error (cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED,
+                                                      "upstream refused the credentials"));
+      return;
+    }
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
+  if (self->caps_from_code)
+    pg_upstream_cmd_return_boolean (cmd, TRUE);
+  else
+    {
+      /* Capabilities change after login; the server did not tell us, so ask. */
+      g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+      pg_upstream_queue_capability (self, task);
+    }
+}
+
+static gboolean
+pg_upstream_check_state (PgUpstream *self, GTask *task, gboolean need_auth)
+{
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->state == PG_UPSTREAM_STATE_DISCONNECTED
+      || self->state == PG_UPSTREAM_STATE_CONNECTING || self->state == PG_UPSTREAM_STATE_GREETING)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream connection is not open");
+      return FALSE;
+    }
+  if (need_auth && self->state == PG_UPSTREAM_STATE_NOT_AUTHENTICATED)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "not logged in upstream");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+void
+pg_upstream_login_async (PgUpstream *self, const char *user, const char *password,
+                         GCancellable *cancellable, GAsyncReadyCallback callback,
+                         gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_login_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  if (pg_upstream_has_capability (self, "LOGINDISABLED"))
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream disabled LOGIN (LOGINDISABLED)");
+      return;
+    }
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "LOGIN", task,
+                             pg_upstream_login_done_cb);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_secret (writer, user, strlen (user));
+  pg_imap_writer_add_secret (writer, password, strlen (password));
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_login_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+void
+pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const char *password,
+                                      GCancellable *cancellable, GAsyncReadyCallback callback,
+                                      gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  gsize user_len, pass_len, raw_len;
+  g_autofree guchar *raw = NULL;
+  g_autofree gchar *b64 = NULL;
+  g_autofree gchar *head = NULL;
+  g_autoptr (GString) line = NULL;
+  gboolean ir;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_authenticate_plain_async, cancellable,
+                               callback, user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  if (!pg_upstream_has_capability (self, "AUTH=PLAIN"))
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream does not offer AUTH=PLAIN");
+      return;
+    }
+  /* authzid NUL authcid NUL passwd (RFC 4616) */
+  user_len = strlen (user);
+  pass_len = strlen (password);
+  raw_len = user_len + pass_len + 2;
+  raw = g_malloc (raw_len);
+  raw[0] = '\0';
+  memcpy (raw + 1, user, user_len);
+  raw[1 + user_len] = '\0';
+  memcpy (raw + 2 + user_len, password, pass_len);
+  b64 = g_base64_encode (raw, raw_len);
+  pg_secret_wipe (raw, raw_len);
+
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "AUTHENTICATE", task,
+                             pg_upstream_login_done_cb);
+  ir = pg_upstream_has_capability (self, "SASL-IR");
+  head = g_strdup_printf ("%s AUTHENTICATE PLAIN%s", cmd->tag, ir ? " " : "\r\n");
+  cmd->parts = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_imap_writer_part_free);
+  {
+    PgImapWriterPart *part = g_new0 (PgImapWriterPart, 1);
+    part->bytes = g_bytes_new (head, strlen (head));
+    g_ptr_array_add (cmd->parts, part);
+  }
+  {
+    /* The SASL response: a secret part (never logged), wiped when freed. */
+    g_autoptr (PgImapWriter) writer = pg_imap_writer_new ("", 0);
+    g_autoptr (GPtrArray) secret_parts = NULL;
+    PgImapWriterPart *part;
+    g_autofree gchar *response = g_strconcat (b64, "\r\n", NULL);
+
+    pg_imap_writer_add_secret (writer, response, strlen (response));
+    pg_secret_wipe (response, strlen (response));
+    secret_parts = pg_imap_writer_finish (g_steal_pointer (&writer));
+    /* parts: "{n}\r\n" header, the secret data, "\r\n": keep only the data. */
+    part = g_ptr_array_steal_index (secret_parts, 1);
+    part->wait_continuation = !ir;
+    g_ptr_array_add (cmd->parts, part);
+  }
+  pg_secret_wipe (b64, strlen (b64));
+  g_queue_push_tail (&self->unsent, cmd);
+  pg_upstream_flush (self);
+}
+
+gboolean
+pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+gboolean
+pg_upstream_is_authenticated (PgUpstream *self)
+{
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), FALSE);
+  return self->state == PG_UPSTREAM_STATE_AUTHENTICATED
+         || self->state == PG_UPSTREAM_STATE_SELECTED;
+}
+
+gboolean
+pg_upstream_is_tls (PgUpstream *self)
+{
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), FALSE);
+  return self->tls;
+}
+
+gboolean
+pg_upstream_is_closed (PgUpstream *self)
+{
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), TRUE);
+  return self->state == PG_UPSTREAM_STATE_CLOSED;
+}
+
+/* --- ID, SELECT, NOOP, LOGOUT -------------------------------------------------------------- */
+
+void
+pg_upstream_id_async (PgUpstream *self, const char *name, const char *version,
+                      const char *originating_ip, GCancellable *cancellable,
+                      GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_id_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  if (!pg_upstream_has_capability (self, "ID"))
+    {
+      g_task_return_boolean (task, TRUE);
+      return;
+    }
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "ID", task, NULL);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_begin_list (writer);
+  pg_imap_writer_add_string (writer, "name", 4);
+  pg_imap_writer_add_string (writer, name, strlen (name));
+  pg_imap_writer_add_raw (writer, " \"version\"");
+  pg_imap_writer_add_string (writer, version, strlen (version));
+  if (originating_ip != NULL)
+    {
+      pg_imap_writer_add_raw (writer, " \"x-originating-ip\"");
+      pg_imap_writer_add_string (writer, originating_ip, strlen (originating_ip));
+    }
+  pg_imap_writer_end_list (writer);
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_id_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_upstream_select_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
+    return;
+  if (error != NULL)
+    {
+      g_task_return_error (task, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
+      g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+      return;
+    }
+  if (self->mailbox.uidvalidity == 0)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_PROTOCOL,
+                               "upstream %s gave no UIDVALIDITY", cmd->name);
+      return;
+    }
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_SELECTED);
+  g_task_return_pointer (task, g_memdup2 (&self->mailbox, sizeof self->mailbox), g_free);
+}
+
+void
+pg_upstream_select_async (PgUpstream *self, const char *mailbox, gboolean read_only,
+                          GCancellable *cancellable, GAsyncReadyCallback callback,
+                          gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_select_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  memset (&self->mailbox, 0, sizeof self->mailbox);
+  self->mailbox.read_only = read_only;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SELECT, read_only ? "EXAMINE" : "SELECT",
+                             task, pg_upstream_select_done_cb);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
+                           PgUpstreamMailbox *out_mailbox, GError **error)
+{
+  g_autofree PgUpstreamMailbox *mailbox = NULL;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  mailbox = g_task_propagate_pointer (G_TASK (result), error);
+  if (mailbox == NULL)
+    return FALSE;
+  if (out_mailbox != NULL)
+    *out_mailbox = *mailbox;
+  return TRUE;
+}
+
+void
+pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_noop_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "NOOP", task, NULL);
+  pg_upstream_submit (self, cmd, pg_upstream_cmd_writer (self, cmd));
+}
+
+gboolean
+pg_upstream_noop_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_upstream_logout_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  /* Whatever the reply (or a close before it), the session is over. */
+  pg_upstream_cmd_return_boolean (cmd, TRUE);
+  if (tagged != NULL)
+    pg_upstream_fail (self, NULL);
+}
+
+void
+pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable,
+                          GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_logout_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_LOGOUT, "LOGOUT", task,
+                             pg_upstream_logout_done_cb);
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_LOGOUT);
+  pg_upstream_submit (self, cmd, pg_upstream_cmd_writer (self, cmd));
+}
+
+gboolean
+pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- FETCH -------------------------------------------------------------------------------- */
+
+void
+pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpointer func_data,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (func != NULL);
+  task = pg_upstream_task_new (self, pg_upstream_fetch_sizes_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
+  cmd->size_func = func;
+  cmd->size_data = func_data;
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_raw (writer, " 1:* (UID RFC822.SIZE)");
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_upstream_fetch_body_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                const PgImapResponse *tagged, const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
+    return;
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status == PG_IMAP_STATUS_BAD)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else
+    /* OK without a body, or NO (Dovecot: expunged meanwhile): the message vanished. */
+    g_task_return_int (task, tagged->status == PG_IMAP_STATUS_OK && cmd->got_body ? 1 : 0);
+}
+
+static gboolean
+pg_upstream_resume_idle_cb (gpointer user_data)
+{
+  pg_upstream_resume (user_data);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstreamCmd *cmd = user_data;
+  PgUpstream *self = cmd->owner;
+
+  /* Stop delivering: the rest of the body is read and dropped, and a consumer that paused
+   * us will not resume, so resume ourselves (from the main loop, not from inside the
+   * caller's g_cancellable_cancel()). */
+  cmd->chunk_func = NULL;
+  if (self->paused)
+    {
+      g_autoptr (GSource) idle = g_idle_source_new ();
+      g_source_set_callback (idle, pg_upstream_resume_idle_cb, g_object_ref (self),
+                             g_object_unref);
+      g_source_attach (idle, self->context);
+    }
+}
+
+void
+pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section,
+                              guint64 offset, guint64 length, PgUpstreamChunkFunc func,
+                              gpointer func_data, GCancellable *cancellable,
+                              GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *args = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (func != NULL && uid > 0);
+  g_return_if_fail (strcmp (section, "") == 0 || strcmp (section, "HEADER") == 0
+                    || strcmp (section, "TEXT") == 0);
+  task = pg_upstream_task_new (self, pg_upstream_fetch_body_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_BODY, "UID FETCH", task,
+                             pg_upstream_fetch_body_done_cb);
+  cmd->uid = uid;
+  cmd->chunk_func = func;
+  cmd->chunk_data = func_data;
+  if (cancellable != NULL)
+    {
+      cmd->cancellable = g_object_ref (cancellable);
+      cmd->cancelled_id = g_signal_connect (cancellable, "cancelled",
+                                            G_CALLBACK (pg_upstream_body_cancelled_cb), cmd);
+    }
+  if (length > 0)
+    args = g_strdup_printf (" %u (UID BODY.PEEK[%s]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT
+                            ">)",
+                            uid, section, offset, length);
+  else
+    args = g_strdup_printf (" %u (UID BODY.PEEK[%s])", uid, section);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_raw (writer, args);
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_fetch_body_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_vanished,
+                               GError **error)
+{
+  g_autoptr (GError) local = NULL;
+  gssize found;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  found = g_task_propagate_int (G_TASK (result), &local);
+  if (local != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&local));
+      return FALSE;
+    }
+  if (out_vanished != NULL)
+    *out_vanished = found == 0;
+  return TRUE;
+}
+
+/* --- UID set commands: STORE, EXPUNGE, MOVE (with fallback) -------------------------------- */
+
+typedef enum
+{
+  PG_UPSTREAM_STEP_STORE,
+  PG_UPSTREAM_STEP_EXPUNGE,
+  PG_UPSTREAM_STEP_MOVE,
+  PG_UPSTREAM_STEP_COPY,
+} PgUpstreamStep;
+
+/* Task data of a multi-command operation: for each UID set, each step in order. */
+typedef struct
+{
+  GPtrArray *sets;       /* owned, of gchar* */
+  guint set_index;
+  PgUpstreamStep steps[3];
+  guint n_steps;
+  guint step_index;
+  gchar *flags;          /* owned: for STORE */
+  gchar *mailbox;        /* owned: for MOVE/COPY */
+  gboolean removed;      /* the messages leave the mailbox */
+} PgUpstreamBatch;
+
+static void
+pg_upstream_batch_free (PgUpstreamBatch *batch)
+{
+  g_clear_pointer (&batch->sets, g_ptr_array_unref);
+  g_free (batch->flags);
+  g_free (batch->mailbox);
+  g_free (batch);
+}
+
+static void pg_upstream_batch_next (PgUpstream *self, GTask *task);
+
+static void
+pg_upstream_batch_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                           const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  PgUpstreamBatch *batch;
+
+  if (task == NULL)
+    return;
+  if (error != NULL)
+    {
+      g_task_return_error (task, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+      return;
+    }
+  if (g_task_return_error_if_cancelled (task))
+    return;
+  batch = g_task_get_task_data (task);
+  if (++batch->step_index == batch->n_steps)
+    {
+      batch->step_index = 0;
+      batch->set_index++;
+    }
+  pg_upstream_batch_next (self, task);
+}
+
+static void
+pg_upstream_batch_next (PgUpstream *self, GTask *task)
+{
+  PgUpstreamBatch *batch = g_task_get_task_data (task);
+  const char *set;
+  PgUpstreamCmd *cmd = NULL;
+  PgImapWriter *writer = NULL;
+
+  if (batch->set_index >= batch->sets->len)
+    {
+      g_task_return_boolean (task, TRUE);
+      return;
+    }
+  set = g_ptr_array_index (batch->sets, batch->set_index);
+  switch (batch->steps[batch->step_index])
+    {
+    case PG_UPSTREAM_STEP_STORE:
+      cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "UID STORE", task,
+                                 pg_upstream_batch_done_cb);
+      writer = pg_upstream_cmd_writer (self, cmd);
+      pg_imap_writer_add_raw (writer, " ");
+      pg_imap_writer_add_raw (writer, set);
+      pg_imap_writer_add_raw (writer, " +FLAGS.SILENT (");
+      pg_imap_writer_add_raw (writer, batch->flags);
+      pg_imap_writer_add_raw (writer, ")");
+      break;
+    case PG_UPSTREAM_STEP_EXPUNGE:
+      cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "UID EXPUNGE", task,
+                                 pg_upstream_batch_done_cb);
+      writer = pg_upstream_cmd_writer (self, cmd);
+      pg_imap_writer_add_raw (writer, " ");
+      pg_imap_writer_add_raw (writer, set);
+      break;
+    case PG_UPSTREAM_STEP_MOVE:
+    case PG_UPSTREAM_STEP_COPY:
+      cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE,
+                                 batch->steps[batch->step_index] == PG_UPSTREAM_STEP_MOVE
+                                     ? "UID MOVE"
+                                     : "UID COPY",
+                                 task, pg_upstream_batch_done_cb);
+      writer = pg_upstream_cmd_writer (self, cmd);
+      pg_imap_writer_add_raw (writer, " ");
+      pg_imap_writer_add_raw (writer, set);
+      pg_imap_writer_add_astring (writer, batch->mailbox, strlen (batch->mailbox));
+      break;
+    }
+  g_return_if_fail (cmd != NULL && writer != NULL);
+  pg_upstream_submit (self, cmd, writer);
+}
+
+/* Start a batch over uids; `after` is the longest text that follows the set. */
+static void
+pg_upstream_batch_start (PgUpstream *self, GTask *task, PgUpstreamBatch *batch,
+                         const guint32 *uids, gsize n_uids, const char *after)
+{
+  /* "p4294967295" is the longest tag we make; "UID EXPUNGE" the longest verb. */
+  gsize room = pg_imap_writer_uid_set_room ("p4294967295", "UID EXPUNGE", after);
+
+  batch->sets = pg_imap_writer_format_uid_sets (uids, n_uids, room);
+  g_task_set_task_data (task, batch, (GDestroyNotify) pg_upstream_batch_free);
+  pg_upstream_batch_next (self, task);
+}
+
+void
+pg_upstream_add_flags_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                             const char *flags, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *after = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_add_flags_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->steps[0] = PG_UPSTREAM_STEP_STORE;
+  batch->n_steps = 1;
+  batch->flags = g_strdup (flags);
+  after = g_strdup_printf ("+FLAGS.SILENT (%s)", flags);
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
+}
+
+gboolean
+pg_upstream_add_flags_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+void
+pg_upstream_expunge_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                           GCancellable *cancellable, GAsyncReadyCallback callback,
+                           gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_expunge_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  if (!pg_upstream_has_capability (self, "UIDPLUS"))
+    {
+      /* Never fall back to a plain EXPUNGE: it would remove other \Deleted messages. */
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream lacks UIDPLUS: cannot expunge by UID");
+      return;
+    }
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->steps[0] = PG_UPSTREAM_STEP_EXPUNGE;
+  batch->n_steps = 1;
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, "");
+}
+
+gboolean
+pg_upstream_expunge_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+void
+pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                        const char *mailbox, GCancellable *cancellable,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *after = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_move_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->mailbox = g_strdup (mailbox);
+  batch->flags = g_strdup ("\\Deleted");
+  batch->removed = TRUE;
+  if (pg_upstream_has_capability (self, "MOVE"))
+    batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_MOVE;
+  else
+    {
+      batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_COPY;
+      batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_STORE;
+      if (pg_upstream_has_capability (self, "UIDPLUS"))
+        batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_EXPUNGE;
+      else
+        {
+          batch->removed = FALSE;
+          pg_session_info (self->sid, "upstream lacks MOVE and UIDPLUS: moved messages are "
+                                      "copied and left flagged \\Deleted");
+        }
+    }
+  /* The mailbox may go as a quoted string of up to twice its length, or a literal. */
+  after = g_strnfill (MAX (strlen (mailbox) * 2 + 2, strlen ("+FLAGS.SILENT (\\Deleted)")),
+                      'x');
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
+}
+
+gboolean
+pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
+                         GError **error)
+{
+  PgUpstreamBatch *batch;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  batch = g_task_get_task_data (G_TASK (result));
+  if (!g_task_propagate_boolean (G_TASK (result), error))
+    return FALSE;
+  if (out_removed != NULL)
+    *out_removed = batch != NULL ? batch->removed : TRUE;
+  return TRUE;
+}
+
+/* --- METADATA ----------------------------------------------------------------------------- */
+
+static void
+pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                 const PgImapResponse *tagged, const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
+    return;
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else
+    {
+      /* "Not set" is an empty GBytes plus a flag in the task data (set before returning:
+       * the callback may run at once). */
+      g_task_set_task_data (task, GINT_TO_POINTER (cmd->value == NULL), NULL);
+      g_task_return_pointer (task,
+                             cmd->value != NULL ? g_bytes_ref (cmd->value) : g_bytes_new (NULL, 0),
+                             (GDestroyNotify) g_bytes_unref);
+    }
+}
+
+void
+pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                GCancellable *cancellable, GAsyncReadyCallback callback,
+                                gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_get_metadata_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task,
+                             pg_upstream_getmetadata_done_cb);
+  cmd->entry = g_strdup (entry);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_imap_writer_add_astring (writer, entry, strlen (entry));
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_get_metadata_finish (PgUpstream *self, GAsyncResult *result, GBytes **out_value,
+                                 GError **error)
+{
+  g_autoptr (GBytes) value = NULL;
+  gboolean unset;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  value = g_task_propagate_pointer (G_TASK (result), error);
+  if (value == NULL)
+    return FALSE;
+  unset = GPOINTER_TO_INT (g_task_get_task_data (G_TASK (result)));
+  if (out_value != NULL)
+    *out_value = unset ? NULL : g_steal_pointer (&value);
+  return TRUE;
+}
+
+void
+pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                GBytes *value, GCancellable *cancellable,
+                                GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_set_metadata_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "SETMETADATA", task, NULL);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_imap_writer_begin_list (writer);
+  pg_imap_writer_add_astring (writer, entry, strlen (entry));
+  if (value != NULL)
+    {
+      gsize size = 0;
+      const char *data = g_bytes_get_data (value, &size);
+      pg_imap_writer_add_string (writer, data != NULL ? data : "", size);
+    }
+  else
+    pg_imap_writer_add_raw (writer, " NIL");
+  pg_imap_writer_end_list (writer);
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- object --------------------------------------------------------------------------------- */
+
+void
+pg_upstream_close (PgUpstream *self)
+{
+  g_autoptr (GError) error = NULL;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    return;
+  error = g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, "upstream connection closed");
+  pg_upstream_fail (self, error);
+}
+
+PgUpstream *
+pg_upstream_new (PgConfig *config, guint64 sid)
+{
+  PgUpstream *self;
+
+  g_return_val_if_fail (config != NULL, NULL);
+  self = g_object_new (PG_TYPE_UPSTREAM, NULL);
+  self->config = pg_config_ref (config);
+  self->sid = sid;
+  return self;
+}
+
+static void
+pg_upstream_dispose (GObject *object)
+{
+  PgUpstream *self = PG_UPSTREAM (object);
+
+  /* Commands hold references to us through their tasks, so by now none is pending. */
+  if (self->state != PG_UPSTREAM_STATE_CLOSED && self->state != PG_UPSTREAM_STATE_DISCONNECTED)
+    pg_upstream_close (self);
+  pg_upstream_drop_connection (self);
+  if (self->timeout_source != NULL)
+    {
+      g_source_destroy (self->timeout_source);
+      g_clear_pointer (&self->timeout_source, g_source_unref);
+    }
+  if (self->connect_timer != NULL)
+    {
+      g_source_destroy (self->connect_timer);
+      g_clear_pointer (&self->connect_timer, g_source_unref);
+    }
+  G_OBJECT_CLASS (pg_upstream_parent_class)->dispose (object);
+}
+
+static void
+pg_upstream_finalize (GObject *object)
+{
+  PgUpstream *self = PG_UPSTREAM (object);
+
+  g_queue_clear_full (&self->unsent, (GDestroyNotify) pg_upstream_cmd_free);
+  g_queue_clear_full (&self->pending, (GDestroyNotify) pg_upstream_cmd_free);
+  g_clear_object (&self->io_cancellable);
+  g_clear_pointer (&self->parser, pg_imap_parser_free);
+  g_clear_pointer (&self->caps, g_hash_table_unref);
+  g_clear_pointer (&self->config, pg_config_unref);
+  g_clear_pointer (&self->context, g_main_context_unref);
+  g_free (self->bye_text);
+  G_OBJECT_CLASS (pg_upstream_parent_class)->finalize (object);
+}
+
+static void
+pg_upstream_class_init (PgUpstreamClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->dispose = pg_upstream_dispose;
+  object_class->finalize = pg_upstream_finalize;
+
+  pg_upstream_signals[SIGNAL_EXISTS]
+      = g_signal_new ("exists", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 1, G_TYPE_UINT);
+  pg_upstream_signals[SIGNAL_EXPUNGE]
+      = g_signal_new ("expunge", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 1, G_TYPE_UINT);
+  pg_upstream_signals[SIGNAL_VANISHED]
+      = g_signal_new ("vanished", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 2, G_TYPE_STRING, G_TYPE_BOOLEAN);
+  pg_upstream_signals[SIGNAL_FETCH]
+      = g_signal_new ("fetch", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 2, G_TYPE_UINT, G_TYPE_POINTER);
+  pg_upstream_signals[SIGNAL_ALERT]
+      = g_signal_new ("alert", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
+  pg_upstream_signals[SIGNAL_BYE]
+      = g_signal_new ("bye", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 1, G_TYPE_STRING);
+  pg_upstream_signals[SIGNAL_CLOSED]
+      = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                      NULL, G_TYPE_NONE, 1, G_TYPE_POINTER);
+}
+
+static void
+pg_upstream_init (PgUpstream *self)
+{
+  self->context = g_main_context_ref_thread_default ();
+  self->io_cancellable = g_cancellable_new ();
+  self->parser = pg_imap_parser_new ();
+  self->caps = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_queue_init (&self->unsent);
+  g_queue_init (&self->pending);
+}

@@ -1,0 +1,1154 @@
+/* Tests for the upstream IMAP client (src/upstream).
+ *
+ * Faults Dovecot will not produce (a drop mid-literal, malformed replies, BYE mid-command,
+ * a server without STARTTLS/UIDPLUS/MOVE, silence) come from a scripted peer: a
+ * GSocketService on 127.0.0.1 in this process that follows a list of steps. Behaviour is
+ * tested against a real Dovecot when the fixture is available.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "popgate/pg-config.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+#include "popgate/pg-upstream.h"
+
+#include <string.h>
+
+/* Every wait in this file is bounded by this. */
+#define PG_TEST_DEADLINE_MS 15000
+
+/* --- log capture: secrets must never reach a log line ----------------------------------- */
+
+static GString *pg_test_log; /* everything logged, one line per message */
+
+static GLogWriterOutput
+pg_test_log_writer_cb (GLogLevelFlags level, const GLogField *fields, gsize n_fields,
+                       gpointer user_data)
+{
+  for (gsize i = 0; i < n_fields; i++)
+    if (g_strcmp0 (fields[i].key, "MESSAGE") == 0)
+      {
+        g_string_append_printf (pg_test_log, "%s\n", (const char *) fields[i].value);
+        if (g_getenv ("PG_TEST_SHOW_LOG") != NULL)
+          g_printerr ("# %s\n", (const char *) fields[i].value);
+      }
+  if (level & (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR))
+    return g_log_writer_default (level, fields, n_fields, user_data);
+  return G_LOG_WRITER_HANDLED;
+}
+
+/* --- waiting ---------------------------------------------------------------------------- */
+
+static gboolean
+pg_test_deadline_cb (gpointer user_data)
+{
+  gboolean *expired = user_data;
+
+  *expired = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterate the main context until *a or *b is TRUE; fail the test at the deadline. */
+static void
+pg_test_wait_either (const gboolean *a, const gboolean *b)
+{
+  gboolean expired = FALSE;
+  guint id = g_timeout_add (PG_TEST_DEADLINE_MS, pg_test_deadline_cb, &expired);
+
+  while (!*a && !*b && !expired)
+    g_main_context_iteration (NULL, TRUE);
+  if (!expired)
+    g_source_remove (id);
+  g_assert_false (expired);
+}
+
+static void
+pg_test_wait_flag (const gboolean *flag)
+{
+  pg_test_wait_either (flag, flag);
+}
+
+typedef struct
+{
+  GAsyncResult *result; /* owned */
+  gboolean done;
+} PgTestAsync;
+
+static void
+pg_test_async_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestAsync *async = user_data;
+
+  async->result = g_object_ref (result);
+  async->done = TRUE;
+}
+
+/* Wait for an operation and hand out its result (owned). */
+static GAsyncResult *
+pg_test_async_wait (PgTestAsync *async)
+{
+  pg_test_wait_flag (&async->done);
+  async->done = FALSE;
+  return g_steal_pointer (&async->result);
+}
+
+/* --- scripted peer ------------------------------------------------------------------------ */
+
+typedef enum
+{
+  PG_PEER_SEND,       /* send text; "$" is replaced by the tag of the last EXPECT */
+  PG_PEER_EXPECT,     /* read a line "<tag> <text>"; text matches the glob pattern */
+  PG_PEER_EXPECT_RAW, /* read a line; the whole line matches the glob pattern */
+  PG_PEER_CLOSE,      /* close the connection */
+  PG_PEER_END,        /* stay connected and silent */
+} PgPeerAction;
+
+typedef struct
+{
+  PgPeerAction action;
+  const char *text;
+} PgPeerStep;
+
+typedef struct
+{
+  GSocketService *service;  /* owned */
+  guint16 port;
+  const PgPeerStep *steps;  /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
+  guint step;
+  GSocketConnection *conn;  /* owned */
+  GString *input;           /* owned: bytes read, not yet matched */
+  GString *received;        /* owned: every line the client sent */
+  gchar *tag;               /* owned: tag of the last EXPECT */
+  gchar *mismatch;          /* owned: first script failure */
+  gboolean finished;        /* reached END or CLOSE */
+  guint8 buf[4096];
+} PgTestPeer;
+
+static void pg_test_peer_advance (PgTestPeer *peer);
+
+static void
+pg_test_peer_fail (PgTestPeer *peer, gchar *message)
+{
+  if (peer->mismatch == NULL)
+    peer->mismatch = message;
+  else
+    g_free (message);
+  peer->finished = TRUE;
+  /* Make the client fail fast instead of waiting for a reply that will not come. */
+  if (peer->conn != NULL)
+    g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
+}
+
+static void
+pg_test_peer_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestPeer *peer = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
+    {
+      pg_test_peer_fail (peer, g_strdup_printf ("peer write: %s", error->message));
+      return;
+    }
+  peer->step++;
+  pg_test_peer_advance (peer);
+}
+
+static void
+pg_test_peer_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestPeer *peer = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  if (n <= 0)
+    {
+      pg_test_peer_fail (peer, g_strdup_printf ("peer read at step %u: %s", peer->step,
+                                                error != NULL ? error->message : "EOF"));
+      return;
+    }
+  g_string_append_len (peer->input, (const char *) peer->buf, n);
+  pg_test_peer_advance (peer);
+}
+
+static void
+pg_test_peer_advance (PgTestPeer *peer)
+{
+  while (!peer->finished)
+    {
+      const PgPeerStep *step = &peer->steps[peer->step];
+
+      switch (step->action)
+        {
+        case PG_PEER_SEND:
+          {
+            g_autoptr (GString) text = g_string_new (step->text);
+            gchar *data;
+            gsize len;
+            if (peer->tag != NULL)
+              g_string_replace (text, "$", peer->tag, 0);
+            len = text->len;
+            data = g_string_free (g_steal_pointer (&text), FALSE);
+            /* The buffer must live until the write is done: keep it on the peer's list. */
+            g_object_set_data_full (G_OBJECT (peer->service), data, data, g_free);
+            g_output_stream_write_all_async (g_io_stream_get_output_stream (
+                                                 G_IO_STREAM (peer->conn)),
+                                             data, len, G_PRIORITY_DEFAULT, NULL,
+                                             pg_test_peer_write_cb, peer);
+            return;
+          }
+        case PG_PEER_EXPECT:
+        case PG_PEER_EXPECT_RAW:
+          {
+            const char *crlf = strstr (peer->input->str, "\r\n");
+            g_autofree gchar *line = NULL;
+            const char *rest;
+            if (crlf == NULL)
+              {
+                g_input_stream_read_async (g_io_stream_get_input_stream (
+                                               G_IO_STREAM (peer->conn)),
+                                           peer->buf, sizeof peer->buf, G_PRIORITY_DEFAULT,
+                                           NULL, pg_test_peer_read_cb, peer);
+                return;
+              }
+            line = g_strndup (peer->input->str, (gsize) (crlf - peer->input->str));
+            g_string_erase (peer->input, 0, crlf + 2 - peer->input->str);
+            g_string_append_printf (peer->received, "%s\n", line);
+            rest = line;
+            if (step->action == PG_PEER_EXPECT)
+              {
+                const char *space = strchr (line, ' ');
+                if (space == NULL)
+                  {
+                    pg_test_peer_fail (peer, g_strdup_printf ("no tag in '%s'", line));
+                    return;
+                  }
+                g_free (peer->tag);
+                peer->tag = g_strndup (line, (gsize) (space - line));
+                rest = space + 1;
+              }
+            if (!g_pattern_match_simple (step->text, rest))
+              {
+                pg_test_peer_fail (peer, g_strdup_printf ("step %u: expected '%s', got '%s'",
+                                                          peer->step, step->text, rest));
+                return;
+              }
+            peer->step++;
+            break;
+          }
+        case PG_PEER_CLOSE:
+          g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
+          peer->finished = TRUE;
+          return;
+        case PG_PEER_END:
+          peer->finished = TRUE;
+          return;
+        }
+    }
+}
+
+static gboolean
+pg_test_peer_incoming_cb (GSocketService *service, GSocketConnection *connection,
+                          GObject *source_object, gpointer user_data)
+{
+  PgTestPeer *peer = user_data;
+
+  if (peer->conn != NULL)
+    return FALSE; /* one client per script */
+  peer->conn = g_object_ref (connection);
+  pg_test_peer_advance (peer);
+  return TRUE;
+}
+
+static PgTestPeer *
+pg_test_peer_new (const PgPeerStep *steps)
+{
+  PgTestPeer *peer = g_new0 (PgTestPeer, 1);
+  g_autoptr (GError) error = NULL;
+
+  peer->service = g_socket_service_new ();
+  peer->steps = steps;
+  peer->input = g_string_new (NULL);
+  peer->received = g_string_new (NULL);
+  {
+    g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+    g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
+    g_autoptr (GSocketAddress) effective = NULL;
+    gboolean ok = g_socket_listener_add_address (G_SOCKET_LISTENER (peer->service), address,
+                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
+                                                 NULL, &effective, &error);
+    g_assert_no_error (error);
+    g_assert_true (ok);
+    peer->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
+  }
+  g_signal_connect (peer->service, "incoming", G_CALLBACK (pg_test_peer_incoming_cb), peer);
+  g_socket_service_start (peer->service);
+  return peer;
+}
+
+static void
+pg_test_peer_free (PgTestPeer *peer)
+{
+  g_socket_service_stop (peer->service);
+  g_socket_listener_close (G_SOCKET_LISTENER (peer->service));
+  if (peer->conn != NULL)
+    g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
+  /* Let cancelled peer I/O finish before the peer goes away. */
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+  g_clear_object (&peer->conn);
+  g_clear_object (&peer->service);
+  g_string_free (peer->input, TRUE);
+  g_string_free (peer->received, TRUE);
+  g_free (peer->tag);
+  g_free (peer->mismatch);
+  g_free (peer);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestPeer, pg_test_peer_free)
+
+/* The script ran to its end without a mismatch. */
+static void
+pg_test_peer_assert_done (PgTestPeer *peer)
+{
+  pg_test_wait_flag (&peer->finished);
+  g_assert_cmpstr (peer->mismatch, ==, NULL);
+}
+
+/* --- helpers around PgUpstream ------------------------------------------------------------ */
+
+static PgConfig *
+pg_test_config (const char *host, guint16 port, const char *tls, const char *ca_file,
+                const char *extra)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text
+      = g_strdup_printf ("[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = %s\nport = %u\ntls = %s\n%s%s%s%s", host, port,
+                         tls, ca_file != NULL ? "ca_file = " : "", ca_file != NULL ? ca_file : "",
+                         ca_file != NULL ? "\n" : "", extra != NULL ? extra : "");
+  PgConfig *config = pg_config_load_data (text, strlen (text), "test", &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (config);
+  return config;
+}
+
+static PgUpstream *
+pg_test_upstream_for_peer (PgTestPeer *peer, const char *tls, const char *extra)
+{
+  g_autoptr (PgConfig) config = pg_test_config ("127.0.0.1", peer->port, tls, NULL, extra);
+
+  return pg_upstream_new (config, 7);
+}
+
+static gboolean
+pg_test_connect (PgUpstream *upstream, GError **error)
+{
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_upstream_connect_async (upstream, NULL, pg_test_async_cb, &async);
+  result = pg_test_async_wait (&async);
+  return pg_upstream_connect_finish (upstream, result, error);
+}
+
+static gboolean
+pg_test_noop (PgUpstream *upstream, GError **error)
+{
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_upstream_noop_async (upstream, NULL, pg_test_async_cb, &async);
+  result = pg_test_async_wait (&async);
+  return pg_upstream_noop_finish (upstream, result, error);
+}
+
+static gboolean
+pg_test_login (PgUpstream *upstream, const char *user, const char *password, gboolean plain,
+               GError **error)
+{
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  if (plain)
+    pg_upstream_authenticate_plain_async (upstream, user, password, NULL, pg_test_async_cb,
+                                          &async);
+  else
+    pg_upstream_login_async (upstream, user, password, NULL, pg_test_async_cb, &async);
+  result = pg_test_async_wait (&async);
+  return plain ? pg_upstream_authenticate_plain_finish (upstream, result, error)
+               : pg_upstream_login_finish (upstream, result, error);
+}
+
+static gboolean
+pg_test_select (PgUpstream *upstream, const char *mailbox, PgUpstreamMailbox *out_mailbox,
+                GError **error)
+{
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_upstream_select_async (upstream, mailbox, FALSE, NULL, pg_test_async_cb, &async);
+  result = pg_test_async_wait (&async);
+  return pg_upstream_select_finish (upstream, result, out_mailbox, error);
+}
+
+static gboolean
+pg_test_logout (PgUpstream *upstream, GError **error)
+{
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_upstream_logout_async (upstream, NULL, pg_test_async_cb, &async);
+  result = pg_test_async_wait (&async);
+  return pg_upstream_logout_finish (upstream, result, error);
+}
+
+/* A body consumer that collects chunks; pauses after each chunk when asked to. */
+typedef struct
+{
+  GString *data;     /* owned */
+  guint chunks;
+  gboolean pause;
+  gboolean paused;
+} PgTestBody;
+
+static gboolean
+pg_test_body_chunk_cb (GBytes *chunk, gpointer user_data)
+{
+  PgTestBody *body = user_data;
+  gsize size = 0;
+  const char *data = g_bytes_get_data (chunk, &size);
+
+  g_assert_cmpuint (size, >, 0);
+  g_assert_cmpuint (size, <=, PG_UPSTREAM_BODY_CHUNK);
+  g_assert_false (body->paused);
+  g_string_append_len (body->data, data, (gssize) size);
+  body->chunks++;
+  body->paused = body->pause;
+  return !body->pause;
+}
+
+typedef struct
+{
+  GArray *uids;  /* owned, of guint32 */
+  GArray *sizes; /* owned, of guint64 */
+} PgTestSizes;
+
+static void
+pg_test_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
+{
+  PgTestSizes *sizes = user_data;
+
+  g_assert_cmpuint (seq, ==, sizes->uids->len + 1);
+  g_array_append_val (sizes->uids, uid);
+  g_array_append_val (sizes->sizes, size);
+}
+
+typedef struct
+{
+  guint exists, expunge, fetch, alert, bye, closed;
+  guint last_exists;
+  gchar *bye_text;
+} PgTestSignals;
+
+static void
+pg_test_exists_cb (PgUpstream *upstream, guint count, PgTestSignals *s)
+{
+  s->exists++;
+  s->last_exists = count;
+}
+
+static void
+pg_test_expunge_cb (PgUpstream *upstream, guint seq, PgTestSignals *s)
+{
+  s->expunge++;
+}
+
+static void
+pg_test_fetch_cb (PgUpstream *upstream, guint seq, const PgImapResponse *response,
+                  PgTestSignals *s)
+{
+  g_assert_nonnull (pg_imap_response_get_fetch_item (response, "FLAGS"));
+  s->fetch++;
+}
+
+static void
+pg_test_alert_cb (PgUpstream *upstream, const char *text, PgTestSignals *s)
+{
+  s->alert++;
+}
+
+static void
+pg_test_bye_cb (PgUpstream *upstream, const char *text, PgTestSignals *s)
+{
+  s->bye++;
+  g_free (s->bye_text);
+  s->bye_text = g_strdup (text);
+}
+
+static void
+pg_test_closed_cb (PgUpstream *upstream, const GError *error, PgTestSignals *s)
+{
+  s->closed++;
+}
+
+static void
+pg_test_connect_signals (PgUpstream *upstream, PgTestSignals *s)
+{
+  g_signal_connect (upstream, "exists", G_CALLBACK (pg_test_exists_cb), s);
+  g_signal_connect (upstream, "expunge", G_CALLBACK (pg_test_expunge_cb), s);
+  g_signal_connect (upstream, "fetch", G_CALLBACK (pg_test_fetch_cb), s);
+  g_signal_connect (upstream, "alert", G_CALLBACK (pg_test_alert_cb), s);
+  g_signal_connect (upstream, "bye", G_CALLBACK (pg_test_bye_cb), s);
+  g_signal_connect (upstream, "closed", G_CALLBACK (pg_test_closed_cb), s);
+}
+
+/* A password with everything that breaks naive quoting. */
+#define PG_TEST_PASSWORD "p\"a\\ss wörd"
+
+static void
+pg_test_assert_no_secret_logged (const char *user, const char *password)
+{
+  g_autofree gchar *raw = g_strdup_printf ("%c%s%c%s", 0, user, 0, password);
+  /* The base64 of "\0user\0password" as AUTHENTICATE PLAIN would send it. */
+  g_autofree gchar *b64 = NULL;
+  gsize raw_len = strlen (user) + strlen (password) + 2;
+
+  raw[0] = '\0';
+  b64 = g_base64_encode ((const guchar *) raw, raw_len);
+  g_assert_null (strstr (pg_test_log->str, password));
+  g_assert_null (strstr (pg_test_log->str, b64));
+  g_assert_null (strstr (pg_test_log->str, "ss w"));
+}
+
+/* --- scripted-peer tests ------------------------------------------------------------------- */
+
+static void
+test_peer_login_literals (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN ID] ready\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5}" },
+    { PG_PEER_SEND, "+ OK\r\n" },
+    { PG_PEER_EXPECT_RAW, "alice {12}" },
+    { PG_PEER_SEND, "+ OK\r\n" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 UIDPLUS ID] Logged in\r\n" },
+    { PG_PEER_EXPECT, "ID (\"name\" \"popgate\" \"version\" \"1.0\" \"x-originating-ip\" "
+                      "\"192.0.2.1\")" },
+    { PG_PEER_SEND, "* ID NIL\r\n$ OK ID done\r\n" },
+    { PG_PEER_EXPECT, "LOGOUT" },
+    { PG_PEER_SEND, "* BYE bye\r\n$ OK Logout completed.\r\n" },
+    { PG_PEER_CLOSE, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+  g_autoptr (GError) error = NULL;
+  PgTestSignals signals = { 0 };
+
+  g_string_truncate (pg_test_log, 0);
+  pg_test_connect_signals (upstream, &signals);
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_false (pg_upstream_is_authenticated (upstream));
+  g_assert_false (pg_upstream_has_capability (upstream, "UIDPLUS"));
+  g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_is_authenticated (upstream));
+  g_assert_true (pg_upstream_has_capability (upstream, "uidplus"));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_id_async (upstream, "popgate", "1.0", "192.0.2.1", NULL, pg_test_async_cb,
+                          &async);
+    result = pg_test_async_wait (&async);
+    g_assert_true (pg_upstream_id_finish (upstream, result, &error));
+    g_assert_no_error (error);
+  }
+  g_assert_true (pg_test_logout (upstream, &error));
+  g_assert_no_error (error);
+  pg_test_peer_assert_done (peer);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  g_assert_cmpuint (signals.closed, ==, 1);
+  g_assert_cmpuint (signals.bye, ==, 1);
+  pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
+  g_free (signals.bye_text);
+}
+
+static void
+test_peer_login_literal_plus (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5+}" },
+    { PG_PEER_EXPECT_RAW, "alice {12+}" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    /* No capabilities in the reply: the client must ask. */
+    { PG_PEER_SEND, "$ NO [AUTHENTICATIONFAILED] Authentication failed.\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5+}" },
+    { PG_PEER_EXPECT_RAW, "alice {12+}" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    { PG_PEER_SEND, "$ OK Logged in\r\n" },
+    { PG_PEER_EXPECT, "CAPABILITY" },
+    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+  g_autoptr (GError) error = NULL;
+
+  g_string_truncate (pg_test_log, 0);
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_false (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+  g_clear_error (&error);
+  g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_has_capability (upstream, "MOVE"));
+  g_assert_false (pg_upstream_has_capability (upstream, "LITERAL+"));
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
+}
+
+static void
+test_peer_authenticate_plain (void)
+{
+  g_autofree gchar *b64 = NULL;
+  g_autofree gchar *ir_line = NULL;
+  {
+    static const char raw[] = "\0alice\0" PG_TEST_PASSWORD;
+    b64 = g_base64_encode ((const guchar *) raw, sizeof raw - 1);
+    ir_line = g_strdup_printf ("AUTHENTICATE PLAIN %s", b64);
+  }
+  for (int ir = 0; ir < 2; ir++)
+    {
+      const PgPeerStep with_ir[] = {
+        { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n" },
+        { PG_PEER_EXPECT, ir_line },
+        { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n" },
+        { PG_PEER_END, NULL },
+      };
+      const PgPeerStep without_ir[] = {
+        { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n" },
+        { PG_PEER_EXPECT, "AUTHENTICATE PLAIN" },
+        { PG_PEER_SEND, "+ \r\n" },
+        { PG_PEER_EXPECT_RAW, b64 },
+        { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n" },
+        { PG_PEER_END, NULL },
+      };
+      const PgPeerStep *script = ir ? with_ir : without_ir;
+      g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+      g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+      g_autoptr (GError) error = NULL;
+
+      g_string_truncate (pg_test_log, 0);
+      g_assert_true (pg_test_connect (upstream, &error));
+      g_assert_no_error (error);
+      g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, TRUE, &error));
+      g_assert_no_error (error);
+      g_assert_true (pg_upstream_has_capability (upstream, "X"));
+      pg_test_peer_assert_done (peer);
+      pg_upstream_close (upstream);
+      pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
+    }
+}
+
+static void
+test_peer_starttls_not_offered (void)
+{
+  /* Once in the greeting, once in a CAPABILITY reply. */
+  static const PgPeerStep script1[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  static const PgPeerStep script2[] = {
+    { PG_PEER_SEND, "* OK ready\r\n" },
+    { PG_PEER_EXPECT, "CAPABILITY" },
+    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1\r\n$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  const PgPeerStep *scripts[] = { script1, script2 };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (scripts); i++)
+    {
+      g_autoptr (PgTestPeer) peer = pg_test_peer_new (scripts[i]);
+      g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "starttls", NULL);
+      g_autoptr (GError) error = NULL;
+
+      g_assert_false (pg_test_connect (upstream, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+      g_assert_nonnull (strstr (error->message, "STARTTLS"));
+      g_assert_true (pg_upstream_is_closed (upstream));
+      pg_test_peer_assert_done (peer);
+    }
+}
+
+/* PREAUTH plus a SELECT, the start of most scripts below. */
+#define PG_TEST_PREAUTH_SELECT(caps)                                                          \
+  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                    \
+  { PG_PEER_EXPECT, "SELECT INBOX" },                                                         \
+  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"               \
+                  "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"             \
+                  "$ OK [READ-WRITE] Select completed.\r\n" }
+
+static PgUpstream *
+pg_test_start_selected (PgTestPeer *peer, const char *extra)
+{
+  PgUpstream *upstream = pg_test_upstream_for_peer (peer, "none", extra);
+  g_autoptr (GError) error = NULL;
+  PgUpstreamMailbox mailbox = { 0 };
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_is_authenticated (upstream));
+  g_assert_true (pg_test_select (upstream, "INBOX", &mailbox, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (mailbox.uidvalidity, ==, 42);
+  g_assert_cmpuint (mailbox.uidnext, ==, 9);
+  g_assert_cmpuint (mailbox.exists, ==, 3);
+  g_assert_false (mailbox.read_only);
+  return upstream;
+}
+
+static void
+test_peer_drop_mid_literal (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {100}\r\nabc" },
+    { PG_PEER_CLOSE, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GError) error = NULL;
+  PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
+  PgTestAsync fetch = { NULL, FALSE }, noop = { NULL, FALSE };
+  g_autoptr (GAsyncResult) fetch_result = NULL;
+  g_autoptr (GAsyncResult) noop_result = NULL;
+  PgTestSignals signals = { 0 };
+  gboolean vanished = FALSE;
+
+  pg_test_connect_signals (upstream, &signals);
+  /* Two commands in flight: both must fail. */
+  pg_upstream_fetch_body_async (upstream, 5, "", 0, 0, pg_test_body_chunk_cb, &body, NULL,
+                                pg_test_async_cb, &fetch);
+  pg_upstream_noop_async (upstream, NULL, pg_test_async_cb, &noop);
+  fetch_result = pg_test_async_wait (&fetch);
+  noop_result = pg_test_async_wait (&noop);
+  g_assert_false (pg_upstream_fetch_body_finish (upstream, fetch_result, &vanished, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_clear_error (&error);
+  g_assert_false (pg_upstream_noop_finish (upstream, noop_result, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_cmpstr (body.data->str, ==, "abc");
+  g_assert_cmpuint (signals.closed, ==, 1);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  /* A command after the close fails at once. */
+  g_clear_error (&error);
+  g_assert_false (pg_test_noop (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  pg_test_peer_assert_done (peer);
+  g_string_free (body.data, TRUE);
+}
+
+static void
+test_peer_malformed (void)
+{
+  static const char *const replies[] = {
+    "* 1 FETCH (((\r\n",          /* line ends inside a list */
+    "zz9 OK who are you\r\n",     /* a tag we never sent */
+    "+ go ahead\r\n",             /* a continuation nobody asked for */
+    "* OK [UNTERMINATED\r\n",     /* response code without ']' */
+    "\x01\x02\x03\r\n",           /* garbage */
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (replies); i++)
+    {
+      PgPeerStep script[] = {
+        PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+        { PG_PEER_EXPECT, "NOOP" },
+        { PG_PEER_SEND, replies[i] },
+        { PG_PEER_END, NULL },
+      };
+      g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+      g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+      g_autoptr (GError) error = NULL;
+
+      g_assert_false (pg_test_noop (upstream, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_true (pg_upstream_is_closed (upstream));
+      pg_test_peer_assert_done (peer);
+    }
+  /* A line over the limit. */
+  {
+    g_autofree gchar *junk = g_strnfill (PG_UPSTREAM_MAX_LINE + 100, 'x');
+    g_autofree gchar *line = g_strdup_printf ("* OK %s\r\n", junk);
+    PgPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+      { PG_PEER_EXPECT, "NOOP" },
+      { PG_PEER_SEND, line },
+      { PG_PEER_END, NULL },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    g_autoptr (GError) error = NULL;
+
+    g_assert_false (pg_test_noop (upstream, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_LINE_TOO_LONG);
+    pg_test_peer_assert_done (peer);
+  }
+}
+
+static void
+test_peer_bye (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "* BYE Server shutting down.\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GError) error = NULL;
+  PgTestSignals signals = { 0 };
+
+  pg_test_connect_signals (upstream, &signals);
+  g_assert_false (pg_test_noop (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "BYE Server shutting down."));
+  g_assert_cmpuint (signals.bye, ==, 1);
+  g_assert_cmpuint (signals.closed, ==, 1);
+  g_assert_cmpstr (signals.bye_text, ==, "Server shutting down.");
+  pg_test_peer_assert_done (peer);
+  g_free (signals.bye_text);
+}
+
+static void
+test_peer_timeout (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_END, NULL }, /* never answers */
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, "timeout = 300ms\n");
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (pg_test_noop (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TIMEOUT);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  pg_test_peer_assert_done (peer);
+}
+
+static void
+test_peer_untagged (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)" },
+    { PG_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100)\r\n"
+                    "* 2 FETCH (RFC822.SIZE 0 UID 7)\r\n"
+                    "* 3 FETCH (UID 8 RFC822.SIZE 4294967296 FLAGS (\\Seen))\r\n"
+                    "$ OK Fetch completed.\r\n" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "* 4 EXISTS\r\n* 2 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Seen))\r\n"
+                    "* OK [ALERT] maintenance at noon\r\n$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GError) error = NULL;
+  PgTestSignals signals = { 0 };
+  PgTestSizes sizes = { g_array_new (FALSE, FALSE, sizeof (guint32)),
+                        g_array_new (FALSE, FALSE, sizeof (guint64)) };
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+
+  pg_test_connect_signals (upstream, &signals);
+  pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
+                                 &async);
+  result = pg_test_async_wait (&async);
+  g_assert_true (pg_upstream_fetch_sizes_finish (upstream, result, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (sizes.uids->len, ==, 3);
+  g_assert_cmpuint (g_array_index (sizes.uids, guint32, 1), ==, 7);
+  g_assert_cmpuint (g_array_index (sizes.sizes, guint64, 0), ==, 100);
+  g_assert_cmpuint (g_array_index (sizes.sizes, guint64, 2), ==, G_GUINT64_CONSTANT (4294967296));
+
+  g_assert_true (pg_test_noop (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (signals.exists, ==, 1);
+  g_assert_cmpuint (signals.last_exists, ==, 4);
+  g_assert_cmpuint (signals.expunge, ==, 1);
+  g_assert_cmpuint (signals.fetch, ==, 1);
+  g_assert_cmpuint (signals.alert, ==, 1);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  g_array_unref (sizes.uids);
+  g_array_unref (sizes.sizes);
+}
+
+/* The consumer pauses after every chunk: nothing more is delivered until it resumes. */
+static void
+test_peer_back_pressure (void)
+{
+  g_autoptr (GString) reply = g_string_new ("* 2 FETCH (UID 5 BODY[] {");
+  gsize body_len = PG_UPSTREAM_BODY_CHUNK * 2 + 1000;
+  g_autofree gchar *expected = g_malloc (body_len + 1);
+
+  for (gsize i = 0; i < body_len; i++)
+    expected[i] = (gchar) ('a' + i % 23);
+  expected[body_len] = '\0';
+  g_string_append_printf (reply, "%" G_GSIZE_FORMAT "}\r\n%s)\r\n$ OK done\r\n", body_len,
+                          expected);
+  {
+    PgPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+      { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[TEXT]<0.10>)" },
+      { PG_PEER_SEND, "* 2 FETCH (UID 5 BODY[TEXT]<0> {10}\r\n0123456789)\r\n$ OK done\r\n" },
+      { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
+      { PG_PEER_SEND, reply->str },
+      { PG_PEER_EXPECT, "UID FETCH 6 (UID BODY.PEEK[HEADER])" },
+      { PG_PEER_SEND, "$ OK Fetch completed.\r\n" },
+      { PG_PEER_EXPECT, "UID FETCH 7 (UID BODY.PEEK[])" },
+      { PG_PEER_SEND, "$ NO Some messages were also expunged.\r\n" },
+      { PG_PEER_END, NULL },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    g_autoptr (GError) error = NULL;
+    gboolean vanished = TRUE;
+
+    /* A partial fetch. */
+    {
+      PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      pg_upstream_fetch_body_async (upstream, 5, "TEXT", 0, 10, pg_test_body_chunk_cb, &body,
+                                    NULL, pg_test_async_cb, &async);
+      result = pg_test_async_wait (&async);
+      g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+      g_assert_no_error (error);
+      g_assert_false (vanished);
+      g_assert_cmpstr (body.data->str, ==, "0123456789");
+      g_string_free (body.data, TRUE);
+    }
+    /* The whole body, paused after every chunk. */
+    {
+      PgTestBody body = { g_string_new (NULL), 0, TRUE, FALSE };
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      pg_upstream_fetch_body_async (upstream, 5, "", 0, 0, pg_test_body_chunk_cb, &body, NULL,
+                                    pg_test_async_cb, &async);
+      while (!async.done)
+        {
+          pg_test_wait_either (&body.paused, &async.done);
+          if (!body.paused)
+            continue;
+          /* Paused: running the loop delivers nothing (the chunk function asserts that)
+           * and does not complete the fetch. */
+          for (int i = 0; i < 50 && g_main_context_iteration (NULL, FALSE); i++)
+            ;
+          g_assert_false (async.done);
+          body.paused = FALSE;
+          pg_upstream_resume (upstream);
+        }
+      result = pg_test_async_wait (&async);
+      g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+      g_assert_no_error (error);
+      g_assert_false (vanished);
+      g_assert_cmpuint (body.data->len, ==, body_len);
+      g_assert_cmpint (memcmp (body.data->str, expected, body_len), ==, 0);
+      g_assert_cmpuint (body.chunks, >=, 3);
+      g_string_free (body.data, TRUE);
+    }
+    /* No body in the reply, and a NO: both are "vanished", not errors. */
+    for (guint32 uid = 6; uid <= 7; uid++)
+      {
+        PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
+        PgTestAsync async = { NULL, FALSE };
+        g_autoptr (GAsyncResult) result = NULL;
+        pg_upstream_fetch_body_async (upstream, uid, uid == 6 ? "HEADER" : "", 0, 0,
+                                      pg_test_body_chunk_cb, &body, NULL, pg_test_async_cb,
+                                      &async);
+        result = pg_test_async_wait (&async);
+        vanished = FALSE;
+        g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+        g_assert_no_error (error);
+        g_assert_true (vanished);
+        g_assert_cmpuint (body.chunks, ==, 0);
+        g_string_free (body.data, TRUE);
+      }
+    pg_upstream_close (upstream);
+  }
+}
+
+static void
+test_peer_move_fallback (void)
+{
+  static const guint32 uids[] = { 3, 1, 2, 7 };
+
+  /* Without MOVE, with UIDPLUS: COPY, STORE, UID EXPUNGE. */
+  {
+    static const PgPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+      { PG_PEER_EXPECT, "UID COPY 1:3,7 Trash" },
+      { PG_PEER_SEND, "$ OK [COPYUID 1 1:3,7 10:13] Copy completed.\r\n" },
+      { PG_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)" },
+      { PG_PEER_SEND, "$ OK Store completed.\r\n" },
+      { PG_PEER_EXPECT, "UID EXPUNGE 1:3,7" },
+      { PG_PEER_SEND, "* 1 EXPUNGE\r\n$ OK Expunge completed.\r\n" },
+      { PG_PEER_END, NULL },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    g_autoptr (GError) error = NULL;
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    gboolean removed = FALSE;
+
+    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Trash", NULL,
+                            pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
+    g_assert_no_error (error);
+    g_assert_true (removed);
+    pg_test_peer_assert_done (peer);
+    pg_upstream_close (upstream);
+  }
+  /* Neither MOVE nor UIDPLUS: copied and left flagged; UID EXPUNGE refused locally. */
+  {
+    static const PgPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("ID"),
+      { PG_PEER_EXPECT, "UID COPY 1:3,7 \"Deleted Items\"" },
+      { PG_PEER_SEND, "$ OK Copy completed.\r\n" },
+      { PG_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)" },
+      { PG_PEER_SEND, "$ OK Store completed.\r\n" },
+      { PG_PEER_EXPECT, "NOOP" },
+      { PG_PEER_SEND, "$ OK done\r\n" },
+      { PG_PEER_END, NULL },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    g_autoptr (GError) error = NULL;
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_autoptr (GAsyncResult) result2 = NULL;
+    gboolean removed = TRUE;
+
+    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Deleted Items", NULL,
+                            pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
+    g_assert_no_error (error);
+    g_assert_false (removed);
+    pg_upstream_expunge_async (upstream, uids, G_N_ELEMENTS (uids), NULL, pg_test_async_cb,
+                               &async);
+    result2 = pg_test_async_wait (&async);
+    g_assert_false (pg_upstream_expunge_finish (upstream, result2, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+    g_clear_error (&error);
+    /* Nothing was sent for it: the next command is the NOOP. */
+    g_assert_true (pg_test_noop (upstream, &error));
+    g_assert_no_error (error);
+    pg_test_peer_assert_done (peer);
+    pg_upstream_close (upstream);
+  }
+}
+
+static void
+test_peer_metadata (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("METADATA"),
+    { PG_PEER_EXPECT, "GETMETADATA INBOX /private/vendor/popgate/x" },
+    { PG_PEER_SEND, "* METADATA INBOX (/private/vendor/popgate/x {5}\r\nhello)\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "GETMETADATA \"\" /private/comment" },
+    { PG_PEER_SEND, "* METADATA \"\" (/private/comment NIL)\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x \"v 1\")" },
+    { PG_PEER_SEND, "$ OK done\r\n" },
+    { PG_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x NIL)" },
+    { PG_PEER_SEND, "$ NO [METADATA TOOMANY] nope\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GError) error = NULL;
+
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_autoptr (GBytes) value = NULL;
+    pg_upstream_get_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", NULL,
+                                    pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    g_assert_true (pg_upstream_get_metadata_finish (upstream, result, &value, &error));
+    g_assert_no_error (error);
+    g_assert_nonnull (value);
+    g_assert_cmpmem (g_bytes_get_data (value, NULL), g_bytes_get_size (value), "hello", 5);
+  }
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_autoptr (GBytes) value = g_bytes_new ("x", 1);
+    pg_upstream_get_metadata_async (upstream, "", "/private/comment", NULL, pg_test_async_cb,
+                                    &async);
+    result = pg_test_async_wait (&async);
+    g_clear_pointer (&value, g_bytes_unref);
+    g_assert_true (pg_upstream_get_metadata_finish (upstream, result, &value, &error));
+    g_assert_no_error (error);
+    g_assert_null (value);
+  }
+  for (int i = 0; i < 2; i++)
+    {
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GBytes) value = i == 0 ? g_bytes_new ("v 1", 3) : NULL;
+      pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", value,
+                                      NULL, pg_test_async_cb, &async);
+      result = pg_test_async_wait (&async);
+      if (i == 0)
+        {
+          g_assert_true (pg_upstream_set_metadata_finish (upstream, result, &error));
+          g_assert_no_error (error);
+        }
+      else
+        {
+          g_assert_false (pg_upstream_set_metadata_finish (upstream, result, &error));
+          g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+        }
+    }
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+
+  pg_test_log = g_string_new (NULL);
+  g_log_set_writer_func (pg_test_log_writer_cb, NULL, NULL);
+  pg_log_set_level (PG_LOG_LEVEL_DEBUG);
+
+  g_test_add_func ("/popgate/upstream/peer/login-literals", test_peer_login_literals);
+  g_test_add_func ("/popgate/upstream/peer/login-literal-plus", test_peer_login_literal_plus);
+  g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
+  g_test_add_func ("/popgate/upstream/peer/starttls-not-offered",
+                   test_peer_starttls_not_offered);
+  g_test_add_func ("/popgate/upstream/peer/drop-mid-literal", test_peer_drop_mid_literal);
+  g_test_add_func ("/popgate/upstream/peer/malformed", test_peer_malformed);
+  g_test_add_func ("/popgate/upstream/peer/bye", test_peer_bye);
+  g_test_add_func ("/popgate/upstream/peer/timeout", test_peer_timeout);
+  g_test_add_func ("/popgate/upstream/peer/untagged", test_peer_untagged);
+  g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
+  g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
+  g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
+
+  return g_test_run ();
+}
