@@ -20,7 +20,7 @@ typedef struct
   GString *body;       /* owned: the body being reassembled */
   guint64 expect_offset;
   gboolean in_body;
-  GError *error;       /* owned: first error */
+  GError *error; /* owned: first error */
 } PgTestRun;
 
 static void
@@ -74,8 +74,9 @@ pg_test_feed_piece (PgImapParser *parser, PgTestRun *run, const guint8 *data, gs
           run->in_body = TRUE;
           run->expect_offset = 0;
           g_string_truncate (run->body, 0);
-          g_string_append_printf (run->transcript, "BEGIN seq=%" G_GUINT64_FORMAT
-                                  " item=%s size=%" G_GUINT64_FORMAT "\n",
+          g_string_append_printf (run->transcript,
+                                  "BEGIN seq=%" G_GUINT64_FORMAT " item=%s size=%" G_GUINT64_FORMAT
+                                  "\n",
                                   event.seq, event.item, event.size);
           break;
         case PG_IMAP_PARSE_BODY_CHUNK:
@@ -129,9 +130,9 @@ pg_test_parse_cuts (const char *input, gsize len, const gsize *cuts, gsize n_cut
       /* An incomplete response at the end is reported, so truncations are visible. */
       PgImapEvent event;
       gsize consumed = 0;
-      g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) "", 0, &consumed, &event,
-                                            NULL),
-                       ==, PG_IMAP_PARSE_NEED_MORE);
+      g_assert_cmpint (
+          pg_imap_parser_feed (parser, (const guint8 *) "", 0, &consumed, &event, NULL), ==,
+          PG_IMAP_PARSE_NEED_MORE);
     }
   *out_error_code = run.error != NULL ? run.error->code : -1;
   result = g_strdup (run.transcript->str);
@@ -206,27 +207,26 @@ test_greeting (void)
 static void
 test_select (void)
 {
-  pg_test_expect (
-      "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
-      "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags "
-      "permitted.\r\n"
-      "* 3 EXISTS\r\n"
-      "* 0 RECENT\r\n"
-      "* OK [UNSEEN 2] First unseen.\r\n"
-      "* OK [UIDVALIDITY 1700000001] UIDs valid\r\n"
-      "* OK [UIDNEXT 4] Predicted next UID\r\n"
-      "* OK [HIGHESTMODSEQ 7] Highest\r\n"
-      "a2 OK [READ-WRITE] Select completed (0.002 + 0.000 + 0.001 secs).\r\n",
-      "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\n"
-      "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
-      "|Flags permitted.|\n"
-      "* #3 EXISTS\n"
-      "* #0 RECENT\n"
-      "* OK [UNSEEN #2] |First unseen.|\n"
-      "* OK [UIDVALIDITY #1700000001] |UIDs valid|\n"
-      "* OK [UIDNEXT #4] |Predicted next UID|\n"
-      "* OK [HIGHESTMODSEQ #7] |Highest|\n"
-      "TAG:a2 OK [READ-WRITE] |Select completed (0.002 + 0.000 + 0.001 secs).|\n");
+  pg_test_expect ("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+                  "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags "
+                  "permitted.\r\n"
+                  "* 3 EXISTS\r\n"
+                  "* 0 RECENT\r\n"
+                  "* OK [UNSEEN 2] First unseen.\r\n"
+                  "* OK [UIDVALIDITY 1700000001] UIDs valid\r\n"
+                  "* OK [UIDNEXT 4] Predicted next UID\r\n"
+                  "* OK [HIGHESTMODSEQ 7] Highest\r\n"
+                  "a2 OK [READ-WRITE] Select completed (0.002 + 0.000 + 0.001 secs).\r\n",
+                  "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\n"
+                  "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
+                  "|Flags permitted.|\n"
+                  "* #3 EXISTS\n"
+                  "* #0 RECENT\n"
+                  "* OK [UNSEEN #2] |First unseen.|\n"
+                  "* OK [UIDVALIDITY #1700000001] |UIDs valid|\n"
+                  "* OK [UIDNEXT #4] |Predicted next UID|\n"
+                  "* OK [HIGHESTMODSEQ #7] |Highest|\n"
+                  "TAG:a2 OK [READ-WRITE] |Select completed (0.002 + 0.000 + 0.001 secs).|\n");
 }
 
 static void
@@ -249,16 +249,15 @@ test_fetch_sizes (void)
                          "TAG:a3 OK |Fetch completed (0.001 + 0.000 secs).|\n");
 
   /* The accessors a consumer uses. */
-  g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) input, strlen (input),
-                                        &consumed, &event, &error),
+  g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) input, strlen (input), &consumed,
+                                        &event, &error),
                    ==, PG_IMAP_PARSE_RESPONSE);
   g_assert_no_error (error);
   response = event.response;
-  g_assert_true (pg_imap_value_get_number (pg_imap_response_get_fetch_item (response, "uid"),
-                                           &n));
+  g_assert_true (pg_imap_value_get_number (pg_imap_response_get_fetch_item (response, "uid"), &n));
   g_assert_cmpuint (n, ==, 4);
-  g_assert_true (pg_imap_value_get_number (
-      pg_imap_response_get_fetch_item (response, "RFC822.SIZE"), &n));
+  g_assert_true (
+      pg_imap_value_get_number (pg_imap_response_get_fetch_item (response, "RFC822.SIZE"), &n));
   g_assert_cmpuint (n, ==, 1234);
   g_assert_null (pg_imap_response_get_fetch_item (response, "BODY[]"));
   g_assert_cmpuint (pg_imap_response_get_fetch_item (response, "FLAGS")->type, ==,
@@ -359,9 +358,9 @@ test_fetch_body_chunks (void)
   {
     const char *big = "* 2 FETCH (UID 2 BODY[] {10000000000}\r\nabc";
     g_autoptr (PgImapParser) p2 = pg_imap_parser_new ();
-    g_assert_cmpint (pg_imap_parser_feed (p2, (const guint8 *) big, strlen (big), &consumed,
-                                          &event, &error),
-                     ==, PG_IMAP_PARSE_BODY_BEGIN);
+    g_assert_cmpint (
+        pg_imap_parser_feed (p2, (const guint8 *) big, strlen (big), &consumed, &event, &error), ==,
+        PG_IMAP_PARSE_BODY_BEGIN);
     g_assert_cmpuint (event.size, ==, G_GUINT64_CONSTANT (10000000000));
     g_assert_cmpint (pg_imap_parser_feed (p2, (const guint8 *) big + consumed,
                                           strlen (big) - consumed, &consumed, &event, &error),
@@ -420,8 +419,7 @@ test_status_responses (void)
 static void
 test_continuation (void)
 {
-  pg_test_expect ("+ OK\r\n+ \r\n+\r\n+ dGVzdA==\r\n",
-                  "+ |OK|\n+ ||\n+ ||\n+ |dGVzdA==|\n");
+  pg_test_expect ("+ OK\r\n+ \r\n+\r\n+ dGVzdA==\r\n", "+ |OK|\n+ ||\n+ ||\n+ |dGVzdA==|\n");
 }
 
 /* --- malformed input and limits -------------------------------------------------------- */
@@ -479,21 +477,21 @@ test_malformed (void)
     g_autoptr (GError) error = NULL;
     PgImapEvent event;
     gsize consumed = 0;
-    g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) "?\r\n", 3, &consumed,
-                                          &event, &error),
-                     ==, PG_IMAP_PARSE_ERROR);
+    g_assert_cmpint (
+        pg_imap_parser_feed (parser, (const guint8 *) "?\r\n", 3, &consumed, &event, &error), ==,
+        PG_IMAP_PARSE_ERROR);
     g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
     g_clear_error (&error);
-    g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) "* OK\r\n", 6, &consumed,
-                                          &event, &error),
-                     ==, PG_IMAP_PARSE_ERROR);
+    g_assert_cmpint (
+        pg_imap_parser_feed (parser, (const guint8 *) "* OK\r\n", 6, &consumed, &event, &error), ==,
+        PG_IMAP_PARSE_ERROR);
     g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
     g_clear_error (&error);
     /* reset() revives it (the STARTTLS case). */
     pg_imap_parser_reset (parser);
-    g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) "* OK\r\n", 6, &consumed,
-                                          &event, &error),
-                     ==, PG_IMAP_PARSE_RESPONSE);
+    g_assert_cmpint (
+        pg_imap_parser_feed (parser, (const guint8 *) "* OK\r\n", 6, &consumed, &event, &error), ==,
+        PG_IMAP_PARSE_RESPONSE);
     pg_imap_response_free (event.response);
   }
 }
@@ -715,8 +713,8 @@ test_writer_roundtrip (void)
           pg_imap_writer_add_astring (writer, strings[i], strlen (strings[i]));
         parts = pg_imap_writer_finish (g_steal_pointer (&writer));
         joined = pg_test_join_parts (parts, &waits, &secrets);
-        result = pg_imap_parser_feed (parser, (const guint8 *) joined, strlen (joined),
-                                      &consumed, &event, &error);
+        result = pg_imap_parser_feed (parser, (const guint8 *) joined, strlen (joined), &consumed,
+                                      &event, &error);
         g_assert_no_error (error);
         g_assert_cmpint (result, ==, PG_IMAP_PARSE_RESPONSE);
         response = event.response;
@@ -789,8 +787,8 @@ test_writer_uid_sets (void)
     for (guint i = 0; i < sets->len; i++)
       {
         const char *set = g_ptr_array_index (sets, i);
-        g_autofree gchar *line = g_strdup_printf ("a100 UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n",
-                                                  set);
+        g_autofree gchar *line
+            = g_strdup_printf ("a100 UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n", set);
         g_assert_cmpuint (strlen (line), <=, PG_UPSTREAM_MAX_COMMAND_LINE);
         pg_test_expand_set (set, back);
       }

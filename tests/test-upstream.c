@@ -7,11 +7,15 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-upstream.h"
 
+#include <glib/gstdio.h>
 #include <string.h>
 
 /* Every wait in this file is bounded by this. */
@@ -100,6 +104,7 @@ typedef enum
   PG_PEER_EXPECT,     /* read a line "<tag> <text>"; text matches the glob pattern */
   PG_PEER_EXPECT_RAW, /* read a line; the whole line matches the glob pattern */
   PG_PEER_CLOSE,      /* close the connection */
+  PG_PEER_STARTTLS,   /* TLS server handshake with peer->certificate, then go on over TLS */
   PG_PEER_END,        /* stay connected and silent */
 } PgPeerAction;
 
@@ -111,16 +116,18 @@ typedef struct
 
 typedef struct
 {
-  GSocketService *service;  /* owned */
+  GSocketService *service; /* owned */
   guint16 port;
-  const PgPeerStep *steps;  /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
+  const PgPeerStep *steps; /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
   guint step;
-  GSocketConnection *conn;  /* owned */
-  GString *input;           /* owned: bytes read, not yet matched */
-  GString *received;        /* owned: every line the client sent */
-  gchar *tag;               /* owned: tag of the last EXPECT */
-  gchar *mismatch;          /* owned: first script failure */
-  gboolean finished;        /* reached END or CLOSE */
+  GSocketConnection *conn;      /* owned */
+  GIOStream *stream;            /* owned: conn, or the TLS connection on it */
+  GTlsCertificate *certificate; /* owned: for PG_PEER_STARTTLS */
+  GString *input;               /* owned: bytes read, not yet matched */
+  GString *received;            /* owned: every line the client sent */
+  gchar *tag;                   /* owned: tag of the last EXPECT */
+  gchar *mismatch;              /* owned: first script failure */
+  gboolean finished;            /* reached END or CLOSE */
   guint8 buf[4096];
 } PgTestPeer;
 
@@ -137,6 +144,21 @@ pg_test_peer_fail (PgTestPeer *peer, gchar *message)
   /* Make the client fail fast instead of waiting for a reply that will not come. */
   if (peer->conn != NULL)
     g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
+}
+
+static void
+pg_test_peer_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestPeer *peer = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      pg_test_peer_fail (peer, g_strdup_printf ("peer TLS: %s", error->message));
+      return;
+    }
+  peer->step++;
+  pg_test_peer_advance (peer);
 }
 
 static void
@@ -191,10 +213,9 @@ pg_test_peer_advance (PgTestPeer *peer)
             data = g_string_free (g_steal_pointer (&text), FALSE);
             /* The buffer must live until the write is done: keep it on the peer's list. */
             g_object_set_data_full (G_OBJECT (peer->service), data, data, g_free);
-            g_output_stream_write_all_async (g_io_stream_get_output_stream (
-                                                 G_IO_STREAM (peer->conn)),
-                                             data, len, G_PRIORITY_DEFAULT, NULL,
-                                             pg_test_peer_write_cb, peer);
+            g_output_stream_write_all_async (g_io_stream_get_output_stream (peer->stream), data,
+                                             len, G_PRIORITY_DEFAULT, NULL, pg_test_peer_write_cb,
+                                             peer);
             return;
           }
         case PG_PEER_EXPECT:
@@ -205,10 +226,9 @@ pg_test_peer_advance (PgTestPeer *peer)
             const char *rest;
             if (crlf == NULL)
               {
-                g_input_stream_read_async (g_io_stream_get_input_stream (
-                                               G_IO_STREAM (peer->conn)),
-                                           peer->buf, sizeof peer->buf, G_PRIORITY_DEFAULT,
-                                           NULL, pg_test_peer_read_cb, peer);
+                g_input_stream_read_async (g_io_stream_get_input_stream (peer->stream), peer->buf,
+                                           sizeof peer->buf, G_PRIORITY_DEFAULT, NULL,
+                                           pg_test_peer_read_cb, peer);
                 return;
               }
             line = g_strndup (peer->input->str, (gsize) (crlf - peer->input->str));
@@ -236,6 +256,18 @@ pg_test_peer_advance (PgTestPeer *peer)
             peer->step++;
             break;
           }
+        case PG_PEER_STARTTLS:
+          {
+            g_autoptr (GError) error = NULL;
+            GIOStream *tls
+                = g_tls_server_connection_new (G_IO_STREAM (peer->conn), peer->certificate, &error);
+            g_assert_no_error (error);
+            g_clear_object (&peer->stream);
+            peer->stream = tls;
+            g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL,
+                                              pg_test_peer_handshake_cb, peer);
+            return;
+          }
         case PG_PEER_CLOSE:
           g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
           peer->finished = TRUE;
@@ -256,6 +288,7 @@ pg_test_peer_incoming_cb (GSocketService *service, GSocketConnection *connection
   if (peer->conn != NULL)
     return FALSE; /* one client per script */
   peer->conn = g_object_ref (connection);
+  peer->stream = G_IO_STREAM (g_object_ref (connection));
   pg_test_peer_advance (peer);
   return TRUE;
 }
@@ -275,8 +308,8 @@ pg_test_peer_new (const PgPeerStep *steps)
     g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
     g_autoptr (GSocketAddress) effective = NULL;
     gboolean ok = g_socket_listener_add_address (G_SOCKET_LISTENER (peer->service), address,
-                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                                                 NULL, &effective, &error);
+                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
+                                                 &effective, &error);
     g_assert_no_error (error);
     g_assert_true (ok);
     peer->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
@@ -296,7 +329,9 @@ pg_test_peer_free (PgTestPeer *peer)
   /* Let cancelled peer I/O finish before the peer goes away. */
   while (g_main_context_iteration (NULL, FALSE))
     ;
+  g_clear_object (&peer->stream);
   g_clear_object (&peer->conn);
+  g_clear_object (&peer->certificate);
   g_clear_object (&peer->service);
   g_string_free (peer->input, TRUE);
   g_string_free (peer->received, TRUE);
@@ -321,10 +356,10 @@ pg_test_config (const char *host, guint16 port, const char *tls, const char *ca_
                 const char *extra)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *text
-      = g_strdup_printf ("[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = %s\nport = %u\ntls = %s\n%s%s%s%s", host, port,
-                         tls, ca_file != NULL ? "ca_file = " : "", ca_file != NULL ? ca_file : "",
-                         ca_file != NULL ? "\n" : "", extra != NULL ? extra : "");
+  g_autofree gchar *text = g_strdup_printf (
+      "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = %s\nport = %u\ntls = %s\n%s%s%s%s", host,
+      port, tls, ca_file != NULL ? "ca_file = " : "", ca_file != NULL ? ca_file : "",
+      ca_file != NULL ? "\n" : "", extra != NULL ? extra : "");
   PgConfig *config = pg_config_load_data (text, strlen (text), "test", &error);
 
   g_assert_no_error (error);
@@ -370,8 +405,7 @@ pg_test_login (PgUpstream *upstream, const char *user, const char *password, gbo
   g_autoptr (GAsyncResult) result = NULL;
 
   if (plain)
-    pg_upstream_authenticate_plain_async (upstream, user, password, NULL, pg_test_async_cb,
-                                          &async);
+    pg_upstream_authenticate_plain_async (upstream, user, password, NULL, pg_test_async_cb, &async);
   else
     pg_upstream_login_async (upstream, user, password, NULL, pg_test_async_cb, &async);
   result = pg_test_async_wait (&async);
@@ -405,7 +439,7 @@ pg_test_logout (PgUpstream *upstream, GError **error)
 /* A body consumer that collects chunks; pauses after each chunk when asked to. */
 typedef struct
 {
-  GString *data;     /* owned */
+  GString *data; /* owned */
   guint chunks;
   gboolean pause;
   gboolean paused;
@@ -447,6 +481,7 @@ typedef struct
 {
   guint exists, expunge, fetch, alert, bye, closed;
   guint last_exists;
+  gboolean is_closed;
   gchar *bye_text;
 } PgTestSignals;
 
@@ -464,8 +499,7 @@ pg_test_expunge_cb (PgUpstream *upstream, guint seq, PgTestSignals *s)
 }
 
 static void
-pg_test_fetch_cb (PgUpstream *upstream, guint seq, const PgImapResponse *response,
-                  PgTestSignals *s)
+pg_test_fetch_cb (PgUpstream *upstream, guint seq, const PgImapResponse *response, PgTestSignals *s)
 {
   g_assert_nonnull (pg_imap_response_get_fetch_item (response, "FLAGS"));
   s->fetch++;
@@ -489,6 +523,7 @@ static void
 pg_test_closed_cb (PgUpstream *upstream, const GError *error, PgTestSignals *s)
 {
   s->closed++;
+  s->is_closed = TRUE;
 }
 
 static void
@@ -558,8 +593,7 @@ test_peer_login_literals (void)
   {
     PgTestAsync async = { NULL, FALSE };
     g_autoptr (GAsyncResult) result = NULL;
-    pg_upstream_id_async (upstream, "popgate", "1.0", "192.0.2.1", NULL, pg_test_async_cb,
-                          &async);
+    pg_upstream_id_async (upstream, "popgate", "1.0", "192.0.2.1", NULL, pg_test_async_cb, &async);
     result = pg_test_async_wait (&async);
     g_assert_true (pg_upstream_id_finish (upstream, result, &error));
     g_assert_no_error (error);
@@ -684,13 +718,78 @@ test_peer_starttls_not_offered (void)
     }
 }
 
+/* What the server sends in plaintext after "OK Begin TLS" could be injected by a man in
+ * the middle: it must be discarded, never read as if it came over TLS. */
+static void
+test_peer_starttls_injection (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n" },
+    { PG_PEER_EXPECT, "STARTTLS" },
+    { PG_PEER_SEND, "$ OK Begin TLS negotiation now.\r\n* BYE injected\r\n"
+                    "* CAPABILITY IMAP4rev1 INJECTED\r\n" },
+    { PG_PEER_STARTTLS, NULL },
+    { PG_PEER_EXPECT, "CAPABILITY" },
+    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *dir = NULL;
+  g_autoptr (PgTestCerts) certs = NULL;
+  g_autoptr (PgTestPeer) peer = NULL;
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+  PgTestSignals signals = { 0 };
+
+  if (!g_tls_backend_supports_tls (g_tls_backend_get_default ()))
+    {
+      g_test_skip ("no GIO TLS backend (install glib-networking)");
+      return;
+    }
+  dir = g_dir_make_tmp ("popgate-upstream-XXXXXX", &error);
+  g_assert_no_error (error);
+  certs = pg_test_certs_new (dir, &error);
+  g_assert_no_error (error);
+  peer = pg_test_peer_new (script);
+  peer->certificate = g_tls_certificate_new_from_files (certs->cert_file, certs->key_file, &error);
+  g_assert_no_error (error);
+  config = pg_test_config ("127.0.0.1", peer->port, "starttls", certs->ca_file, NULL);
+  upstream = pg_upstream_new (config, 9);
+  pg_test_connect_signals (upstream, &signals);
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_is_tls (upstream));
+  g_assert_false (pg_upstream_has_capability (upstream, "INJECTED"));
+  g_assert_false (pg_upstream_has_capability (upstream, "LOGINDISABLED"));
+  g_assert_true (pg_upstream_has_capability (upstream, "AUTH=PLAIN"));
+  g_assert_true (pg_test_noop (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (signals.bye, ==, 0);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  {
+    /* The certificate files are in dir: remove them. */
+    const char *files[]
+        = { certs->ca_file,           certs->cert_file,           certs->key_file,
+            certs->untrusted_ca_file, certs->untrusted_cert_file, certs->untrusted_key_file };
+    for (gsize i = 0; i < G_N_ELEMENTS (files); i++)
+      g_remove (files[i]);
+    g_rmdir (dir);
+  }
+}
+
 /* PREAUTH plus a SELECT, the start of most scripts below. */
-#define PG_TEST_PREAUTH_SELECT(caps)                                                          \
-  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                    \
-  { PG_PEER_EXPECT, "SELECT INBOX" },                                                         \
-  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"               \
-                  "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"             \
+/* clang-format off */
+#define PG_TEST_PREAUTH_SELECT(caps)                                                               \
+  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                         \
+  { PG_PEER_EXPECT, "SELECT INBOX" },                                                              \
+  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                       \
+                  "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"                  \
                   "$ OK [READ-WRITE] Select completed.\r\n" }
+/* clang-format on */
 
 static PgUpstream *
 pg_test_start_selected (PgTestPeer *peer, const char *extra)
@@ -758,11 +857,11 @@ static void
 test_peer_malformed (void)
 {
   static const char *const replies[] = {
-    "* 1 FETCH (((\r\n",          /* line ends inside a list */
-    "zz9 OK who are you\r\n",     /* a tag we never sent */
-    "+ go ahead\r\n",             /* a continuation nobody asked for */
-    "* OK [UNTERMINATED\r\n",     /* response code without ']' */
-    "\x01\x02\x03\r\n",           /* garbage */
+    "* 1 FETCH (((\r\n",      /* line ends inside a list */
+    "zz9 OK who are you\r\n", /* a tag we never sent */
+    "+ go ahead\r\n",         /* a continuation nobody asked for */
+    "* OK [UNTERMINATED\r\n", /* response code without ']' */
+    "\x01\x02\x03\r\n",       /* garbage */
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (replies); i++)
@@ -870,8 +969,7 @@ test_peer_untagged (void)
   g_autoptr (GAsyncResult) result = NULL;
 
   pg_test_connect_signals (upstream, &signals);
-  pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
-                                 &async);
+  pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb, &async);
   result = pg_test_async_wait (&async);
   g_assert_true (pg_upstream_fetch_sizes_finish (upstream, result, &error));
   g_assert_no_error (error);
@@ -929,8 +1027,8 @@ test_peer_back_pressure (void)
       PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
       PgTestAsync async = { NULL, FALSE };
       g_autoptr (GAsyncResult) result = NULL;
-      pg_upstream_fetch_body_async (upstream, 5, "TEXT", 0, 10, pg_test_body_chunk_cb, &body,
-                                    NULL, pg_test_async_cb, &async);
+      pg_upstream_fetch_body_async (upstream, 5, "TEXT", 0, 10, pg_test_body_chunk_cb, &body, NULL,
+                                    pg_test_async_cb, &async);
       result = pg_test_async_wait (&async);
       g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
       g_assert_no_error (error);
@@ -974,8 +1072,7 @@ test_peer_back_pressure (void)
         PgTestAsync async = { NULL, FALSE };
         g_autoptr (GAsyncResult) result = NULL;
         pg_upstream_fetch_body_async (upstream, uid, uid == 6 ? "HEADER" : "", 0, 0,
-                                      pg_test_body_chunk_cb, &body, NULL, pg_test_async_cb,
-                                      &async);
+                                      pg_test_body_chunk_cb, &body, NULL, pg_test_async_cb, &async);
         result = pg_test_async_wait (&async);
         vanished = FALSE;
         g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
@@ -986,6 +1083,65 @@ test_peer_back_pressure (void)
       }
     pg_upstream_close (upstream);
   }
+}
+
+/* A silent server: the connect deadline fires. */
+static void
+test_peer_connect_timeout (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_END, NULL }, /* no greeting */
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream
+      = pg_test_upstream_for_peer (peer, "none", "connect_timeout = 300ms\n");
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TIMEOUT);
+  g_assert_true (pg_upstream_is_closed (upstream));
+}
+
+/* Cancelling a paused body fetch: delivery stops, the rest of the literal is skipped, the
+ * fetch ends CANCELLED once the server has answered, and the connection stays usable. */
+static void
+test_peer_cancel_body (void)
+{
+  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
+  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
+                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
+  PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
+    { PG_PEER_SEND, reply },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK done\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GAsyncResult) result = NULL;
+  PgTestBody body = { g_string_new (NULL), 0, TRUE, FALSE };
+  PgTestAsync async = { NULL, FALSE };
+  gboolean vanished = FALSE;
+
+  pg_upstream_fetch_body_async (upstream, 5, "", 0, 0, pg_test_body_chunk_cb, &body, cancellable,
+                                pg_test_async_cb, &async);
+  pg_test_wait_flag (&body.paused);
+  g_assert_cmpuint (body.chunks, ==, 1);
+  g_cancellable_cancel (cancellable); /* no resume from the consumer */
+  result = pg_test_async_wait (&async);
+  g_assert_false (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_cmpuint (body.chunks, ==, 1);
+  g_clear_error (&error);
+  g_assert_true (pg_test_noop (upstream, &error));
+  g_assert_no_error (error);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+  g_string_free (body.data, TRUE);
 }
 
 static void
@@ -1012,8 +1168,8 @@ test_peer_move_fallback (void)
     g_autoptr (GAsyncResult) result = NULL;
     gboolean removed = FALSE;
 
-    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Trash", NULL,
-                            pg_test_async_cb, &async);
+    pg_upstream_move_async (upstream, uids, G_N_ELEMENTS (uids), "Trash", NULL, pg_test_async_cb,
+                            &async);
     result = pg_test_async_wait (&async);
     g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
     g_assert_no_error (error);
@@ -1047,8 +1203,7 @@ test_peer_move_fallback (void)
     g_assert_true (pg_upstream_move_finish (upstream, result, &removed, &error));
     g_assert_no_error (error);
     g_assert_false (removed);
-    pg_upstream_expunge_async (upstream, uids, G_N_ELEMENTS (uids), NULL, pg_test_async_cb,
-                               &async);
+    pg_upstream_expunge_async (upstream, uids, G_N_ELEMENTS (uids), NULL, pg_test_async_cb, &async);
     result2 = pg_test_async_wait (&async);
     g_assert_false (pg_upstream_expunge_finish (upstream, result2, &error));
     g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
@@ -1109,8 +1264,8 @@ test_peer_metadata (void)
       PgTestAsync async = { NULL, FALSE };
       g_autoptr (GAsyncResult) result = NULL;
       g_autoptr (GBytes) value = i == 0 ? g_bytes_new ("v 1", 3) : NULL;
-      pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", value,
-                                      NULL, pg_test_async_cb, &async);
+      pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/x", value, NULL,
+                                      pg_test_async_cb, &async);
       result = pg_test_async_wait (&async);
       if (i == 0)
         {
@@ -1127,6 +1282,539 @@ test_peer_metadata (void)
   pg_upstream_close (upstream);
 }
 
+/* --- against a real Dovecot ------------------------------------------------------------------ */
+
+#define PG_TEST_USER "alice@example.com"
+
+typedef struct
+{
+  PgTestDovecot *dovecot; /* owned */
+  GArray *uids;           /* owned: UIDs of the seeded messages, in order */
+  GPtrArray *messages;    /* owned, of GBytes*: their exact bytes */
+} UpstreamFixture;
+
+static GBytes *
+pg_test_make_message (guint index, gsize body_len)
+{
+  GString *text = g_string_new (NULL);
+
+  g_string_append_printf (text,
+                          "From: sender%u@example.com\r\nTo: alice@example.com\r\n"
+                          "Subject: message %u\r\nMessage-ID: <%u@popgate.test>\r\n\r\n",
+                          index, index, index);
+  while (text->len < body_len)
+    g_string_append_printf (text, "line %" G_GSIZE_FORMAT " of message %u\r\n", text->len, index);
+  return g_string_free_to_bytes (text);
+}
+
+static void
+upstream_setup (UpstreamFixture *fixture, gconstpointer data)
+{
+  const PgTestDovecotOptions *options = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  /* Small, medium, and one a few chunks long. */
+  const gsize sizes[] = { 0, 2000, PG_UPSTREAM_BODY_CHUNK * 5 + 123 };
+
+  if (pg_test_dovecot_skip_reason () != NULL)
+    return;
+  fixture->dovecot = pg_test_dovecot_new (options, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_add_user (fixture->dovecot, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_start (fixture->dovecot, &error), error);
+  fixture->messages = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  for (guint i = 0; i < G_N_ELEMENTS (sizes); i++)
+    {
+      GBytes *message = pg_test_make_message (i + 1, sizes[i]);
+      PG_TEST_ASSERT_OK (pg_test_dovecot_append (fixture->dovecot, PG_TEST_USER, "INBOX",
+                                                 g_bytes_get_data (message, NULL),
+                                                 g_bytes_get_size (message), &error),
+                         error);
+      g_ptr_array_add (fixture->messages, message);
+    }
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_create_mailbox (fixture->dovecot, PG_TEST_USER, "Trash", &error), error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
+  fixture->uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (fixture->uids->len, ==, G_N_ELEMENTS (sizes));
+}
+
+static void
+upstream_teardown (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_clear_pointer (&fixture->dovecot, pg_test_dovecot_free);
+  g_clear_pointer (&fixture->uids, g_array_unref);
+  g_clear_pointer (&fixture->messages, g_ptr_array_unref);
+}
+
+static gboolean
+upstream_available (UpstreamFixture *fixture, gboolean need_tls)
+{
+  if (fixture->dovecot == NULL)
+    {
+      g_test_skip (pg_test_dovecot_skip_reason ());
+      return FALSE;
+    }
+  if (need_tls && !g_tls_backend_supports_tls (g_tls_backend_get_default ()))
+    {
+      g_test_skip ("no GIO TLS backend (install glib-networking)");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static PgUpstream *
+pg_test_upstream_for_dovecot (UpstreamFixture *fixture, const char *tls, const char *host,
+                              const char *ca_file)
+{
+  guint16 port
+      = strcmp (tls, "implicit") == 0 ? fixture->dovecot->imaps_port : fixture->dovecot->imap_port;
+  g_autoptr (PgConfig) config = pg_test_config (host, port, tls, ca_file, NULL);
+
+  return pg_upstream_new (config, 11);
+}
+
+/* A sync-client view of the mailbox, to check what our commands did. */
+static PgTestImap *
+pg_test_checker (UpstreamFixture *fixture)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap
+      = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_USER, PG_TEST_PASSWORD, &error), error);
+  return g_steal_pointer (&imap);
+}
+
+static GBytes *
+pg_test_fetch (PgUpstream *upstream, guint32 uid, const char *section, guint64 offset,
+               guint64 length, gboolean pause, gboolean *out_vanished)
+{
+  PgTestBody body = { g_string_new (NULL), 0, pause, FALSE };
+  PgTestAsync async = { NULL, FALSE };
+  g_autoptr (GAsyncResult) result = NULL;
+  g_autoptr (GError) error = NULL;
+
+  pg_upstream_fetch_body_async (upstream, uid, section, offset, length, pg_test_body_chunk_cb,
+                                &body, NULL, pg_test_async_cb, &async);
+  while (!async.done)
+    {
+      pg_test_wait_either (&body.paused, &async.done);
+      if (body.paused)
+        {
+          /* A slow consumer: resume from the main loop, as a client write completing. */
+          for (int i = 0; i < 5 && g_main_context_iteration (NULL, FALSE); i++)
+            ;
+          g_assert_false (async.done);
+          body.paused = FALSE;
+          pg_upstream_resume (upstream);
+        }
+    }
+  result = pg_test_async_wait (&async);
+  g_assert_true (pg_upstream_fetch_body_finish (upstream, result, out_vanished, &error));
+  g_assert_no_error (error);
+  return g_string_free_to_bytes (body.data);
+}
+
+/* The whole POP3 session shape: connect, log in, ID, SELECT, sizes, bodies, flags, expunge,
+ * logout. */
+static void
+pg_test_dovecot_session (UpstreamFixture *fixture, PgUpstream *upstream, gboolean plain)
+{
+  g_autoptr (GError) error = NULL;
+  PgUpstreamMailbox mailbox = { 0 };
+  PgTestSizes sizes = { g_array_new (FALSE, FALSE, sizeof (guint32)),
+                        g_array_new (FALSE, FALSE, sizeof (guint64)) };
+  g_autoptr (PgTestImap) checker = NULL;
+  guint32 first, last;
+
+  g_string_truncate (pg_test_log, 0);
+  PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+  g_assert_true (pg_upstream_has_capability (upstream, "IMAP4rev1"));
+  PG_TEST_ASSERT_OK (pg_test_login (upstream, PG_TEST_USER, PG_TEST_PASSWORD, plain, &error),
+                     error);
+  g_assert_true (pg_upstream_is_authenticated (upstream));
+  /* Refreshed after login: Dovecot announces UIDPLUS, MOVE only after it. */
+  g_assert_true (pg_upstream_has_capability (upstream, "UIDPLUS"));
+  g_assert_true (pg_upstream_has_capability (upstream, "MOVE"));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_id_async (upstream, "popgate", "0.1", "192.0.2.7", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_id_finish (upstream, result, &error), error);
+  }
+  PG_TEST_ASSERT_OK (pg_test_select (upstream, "INBOX", &mailbox, &error), error);
+  g_assert_cmpuint (mailbox.exists, ==, 3);
+  g_assert_cmpuint (mailbox.uidvalidity, !=, 0);
+  g_assert_cmpuint (mailbox.uidnext, >, g_array_index (fixture->uids, guint32, 2));
+
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_fetch_sizes_async (upstream, pg_test_size_cb, &sizes, NULL, pg_test_async_cb,
+                                   &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_fetch_sizes_finish (upstream, result, &error), error);
+  }
+  g_assert_cmpuint (sizes.uids->len, ==, 3);
+  for (guint i = 0; i < 3; i++)
+    {
+      GBytes *expected = g_ptr_array_index (fixture->messages, i);
+      g_autoptr (GBytes) body = NULL;
+      gboolean vanished = TRUE;
+
+      g_assert_cmpuint (g_array_index (sizes.uids, guint32, i), ==,
+                        g_array_index (fixture->uids, guint32, i));
+      /* LIST sizes must equal what RETR sends. */
+      g_assert_cmpuint (g_array_index (sizes.sizes, guint64, i), ==, g_bytes_get_size (expected));
+      body = pg_test_fetch (upstream, g_array_index (sizes.uids, guint32, i), "", 0, 0, i == 2,
+                            &vanished);
+      g_assert_false (vanished);
+      g_assert_true (g_bytes_equal (body, expected));
+    }
+
+  /* HEADER and a partial TEXT. */
+  {
+    GBytes *expected = g_ptr_array_index (fixture->messages, 1);
+    const char *text = g_bytes_get_data (expected, NULL);
+    const char *sep = strstr (text, "\r\n\r\n");
+    gsize header_len = (gsize) (sep - text) + 4;
+    g_autoptr (GBytes) header = NULL;
+    g_autoptr (GBytes) part = NULL;
+    gboolean vanished = TRUE;
+
+    header = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "HEADER", 0, 0,
+                            FALSE, &vanished);
+    g_assert_false (vanished);
+    g_assert_cmpmem (g_bytes_get_data (header, NULL), g_bytes_get_size (header), text, header_len);
+    part = pg_test_fetch (upstream, g_array_index (fixture->uids, guint32, 1), "TEXT", 10, 100,
+                          FALSE, &vanished);
+    g_assert_false (vanished);
+    g_assert_cmpmem (g_bytes_get_data (part, NULL), g_bytes_get_size (part), text + header_len + 10,
+                     100);
+  }
+
+  /* A UID that does not exist: vanished, not an error. */
+  {
+    gboolean vanished = FALSE;
+    g_autoptr (GBytes) none
+        = pg_test_fetch (upstream, mailbox.uidnext + 100, "", 0, 0, FALSE, &vanished);
+    g_assert_true (vanished);
+    g_assert_cmpuint (g_bytes_get_size (none), ==, 0);
+  }
+
+  /* \Seen on the first, then UID EXPUNGE of the last. */
+  first = g_array_index (fixture->uids, guint32, 0);
+  last = g_array_index (fixture->uids, guint32, 2);
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    pg_upstream_add_flags_async (upstream, &first, 1, "\\Seen", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+  }
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_autoptr (GAsyncResult) result2 = NULL;
+    pg_upstream_add_flags_async (upstream, &last, 1, "\\Deleted", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+    pg_upstream_expunge_async (upstream, &last, 1, NULL, pg_test_async_cb, &async);
+    result2 = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_expunge_finish (upstream, result2, &error), error);
+  }
+  PG_TEST_ASSERT_OK (pg_test_noop (upstream, &error), error);
+
+  checker = pg_test_checker (fixture);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, NULL, &error), error);
+  {
+    g_auto (GStrv) flags = pg_test_imap_fetch_flags (checker, first, &error);
+    g_autoptr (GArray) now = NULL;
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Seen"));
+    now = pg_test_imap_uid_search_all (checker, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (now->len, ==, 2);
+  }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  pg_test_assert_no_secret_logged (PG_TEST_USER, PG_TEST_PASSWORD);
+  g_array_unref (sizes.uids);
+  g_array_unref (sizes.sizes);
+}
+
+static void
+test_dovecot_plain (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_false (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_starttls (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  upstream
+      = pg_test_upstream_for_dovecot (fixture, "starttls", "localhost", fixture->dovecot->ca_file);
+  pg_test_dovecot_session (fixture, upstream, TRUE);
+  g_assert_true (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_implicit (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  upstream
+      = pg_test_upstream_for_dovecot (fixture, "implicit", "127.0.0.1", fixture->dovecot->ca_file);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_true (pg_upstream_is_tls (upstream));
+}
+
+static void
+test_dovecot_untrusted (UpstreamFixture *fixture, gconstpointer data)
+{
+  const char *modes[] = { "implicit", "starttls" };
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  for (gsize i = 0; i < G_N_ELEMENTS (modes); i++)
+    {
+      /* Trust only a CA that did not sign Dovecot's certificate. */
+      g_autoptr (PgUpstream) upstream = pg_test_upstream_for_dovecot (
+          fixture, modes[i], "localhost", fixture->dovecot->certs->untrusted_ca_file);
+      g_autoptr (GError) error = NULL;
+
+      g_assert_false (pg_test_connect (upstream, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+      g_assert_nonnull (strstr (error->message, "trusted CA"));
+      g_assert_true (pg_upstream_is_closed (upstream));
+    }
+}
+
+/* A TLS server whose certificate (from the trusted CA) names another host. */
+static gboolean
+pg_test_tls_incoming_cb (GSocketService *service, GSocketConnection *connection,
+                         GObject *source_object, gpointer user_data)
+{
+  GTlsCertificate *certificate = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GIOStream) tls
+      = g_tls_server_connection_new (G_IO_STREAM (connection), certificate, &error);
+
+  g_assert_no_error (error);
+  /* The client gives up during the handshake; the result does not matter here. */
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL, NULL, NULL);
+  g_object_set_data_full (G_OBJECT (service), "tls", g_steal_pointer (&tls), g_object_unref);
+  return TRUE;
+}
+
+static void
+test_dovecot_wrong_hostname (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *cert_path = NULL;
+  g_autofree gchar *key_path = NULL;
+  g_autoptr (GTlsCertificate) certificate = NULL;
+  g_autoptr (GSocketService) service = NULL;
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+  guint16 port;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  /* An in-test TLS server with a certificate for "mail.example.org". */
+  cert_path = g_build_filename (fixture->dovecot->dir, "other-cert.pem", NULL);
+  key_path = g_build_filename (fixture->dovecot->dir, "other-key.pem", NULL);
+  PG_TEST_ASSERT_OK (pg_test_certs_make_server (fixture->dovecot->certs, "mail.example.org",
+                                                cert_path, key_path, &error),
+                     error);
+  certificate = g_tls_certificate_new_from_files (cert_path, key_path, &error);
+  g_assert_no_error (error);
+  service = g_socket_service_new ();
+  port = g_socket_listener_add_any_inet_port (G_SOCKET_LISTENER (service), NULL, &error);
+  g_assert_no_error (error);
+  g_signal_connect (service, "incoming", G_CALLBACK (pg_test_tls_incoming_cb), certificate);
+  g_socket_service_start (service);
+
+  config = pg_test_config ("127.0.0.1", port, "implicit", fixture->dovecot->ca_file, NULL);
+  upstream = pg_upstream_new (config, 12);
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+  g_assert_nonnull (strstr (error->message, "host name"));
+  g_socket_service_stop (service);
+  g_socket_listener_close (G_SOCKET_LISTENER (service));
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+}
+
+static void
+test_dovecot_wrong_password (UpstreamFixture *fixture, gconstpointer data)
+{
+  for (int plain = 0; plain < 2; plain++)
+    {
+      g_autoptr (PgUpstream) upstream = NULL;
+      g_autoptr (GError) error = NULL;
+
+      if (!upstream_available (fixture, FALSE))
+        return;
+      upstream = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
+      PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+      g_assert_false (pg_test_login (upstream, PG_TEST_USER, "wrong", plain, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+      g_assert_false (pg_upstream_is_authenticated (upstream));
+      pg_upstream_close (upstream);
+    }
+}
+
+static PgUpstream *
+pg_test_dovecot_selected (UpstreamFixture *fixture)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUpstream) upstream
+      = pg_test_upstream_for_dovecot (fixture, "none", "127.0.0.1", NULL);
+
+  PG_TEST_ASSERT_OK (pg_test_connect (upstream, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_login (upstream, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_select (upstream, "INBOX", NULL, &error), error);
+  return g_steal_pointer (&upstream);
+}
+
+static void
+test_dovecot_move_and_long_sets (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) checker = NULL;
+  g_autoptr (GArray) scattered = g_array_new (FALSE, FALSE, sizeof (guint32));
+  guint32 second;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+
+  /* 12000 scattered UIDs: several STORE commands, each line within the limit. */
+  for (guint32 uid = 1; uid <= 24000; uid += 2)
+    g_array_append_val (scattered, uid);
+  g_array_append_val (scattered, g_array_index (fixture->uids, guint32, 0));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    g_string_truncate (pg_test_log, 0);
+    pg_upstream_add_flags_async (upstream, (const guint32 *) scattered->data, scattered->len,
+                                 "\\Flagged", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_add_flags_finish (upstream, result, &error), error);
+  }
+
+  second = g_array_index (fixture->uids, guint32, 1);
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    gboolean removed = FALSE;
+    pg_upstream_move_async (upstream, &second, 1, "Trash", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    PG_TEST_ASSERT_OK (pg_upstream_move_finish (upstream, result, &removed, &error), error);
+    g_assert_true (removed);
+  }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+
+  checker = pg_test_checker (fixture);
+  {
+    guint32 exists = 0;
+    g_auto (GStrv) flags = NULL;
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "INBOX", TRUE, NULL, &exists, &error), error);
+    g_assert_cmpuint (exists, ==, 2);
+    flags = pg_test_imap_fetch_flags (checker, g_array_index (fixture->uids, guint32, 0), &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Flagged"));
+    PG_TEST_ASSERT_OK (pg_test_imap_select (checker, "Trash", TRUE, NULL, &exists, &error), error);
+    g_assert_cmpuint (exists, ==, 1);
+  }
+}
+
+static void
+test_dovecot_metadata (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  /* A value that needs a literal: CRLF, quotes, 8-bit. */
+  static const char value_text[] = "state: \"x\"\r\nuids: 1,2,3\r\n\xc3\xbc";
+  g_autoptr (GBytes) value = g_bytes_new_static (value_text, sizeof value_text - 1);
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+  g_assert_true (pg_upstream_has_capability (upstream, "METADATA"));
+  for (int round = 0; round < 3; round++)
+    {
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GAsyncResult) result2 = NULL;
+      g_autoptr (GBytes) got = NULL;
+
+      /* 0: set, 1: read back, 2: remove and read back nothing */
+      if (round != 1)
+        {
+          pg_upstream_set_metadata_async (upstream, "INBOX", "/private/vendor/popgate/state",
+                                          round == 0 ? value : NULL, NULL, pg_test_async_cb,
+                                          &async);
+          result = pg_test_async_wait (&async);
+          PG_TEST_ASSERT_OK (pg_upstream_set_metadata_finish (upstream, result, &error), error);
+        }
+      pg_upstream_get_metadata_async (upstream, "INBOX", "/private/vendor/popgate/state", NULL,
+                                      pg_test_async_cb, &async);
+      result2 = pg_test_async_wait (&async);
+      PG_TEST_ASSERT_OK (pg_upstream_get_metadata_finish (upstream, result2, &got, &error), error);
+      if (round == 2)
+        g_assert_null (got);
+      else
+        {
+          g_assert_nonnull (got);
+          g_assert_true (g_bytes_equal (got, value));
+        }
+    }
+  PG_TEST_ASSERT_OK (pg_test_logout (upstream, &error), error);
+}
+
+static void
+test_dovecot_shutdown (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (GError) error = NULL;
+  PgTestSignals signals = { 0 };
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+  pg_test_connect_signals (upstream, &signals);
+  /* Dovecot says BYE to its sessions and closes them. */
+  pg_test_dovecot_stop (fixture->dovecot);
+  pg_test_wait_flag (&signals.is_closed);
+  g_assert_false (pg_test_noop (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_free (signals.bye_text);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1139,16 +1827,35 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/login-literals", test_peer_login_literals);
   g_test_add_func ("/popgate/upstream/peer/login-literal-plus", test_peer_login_literal_plus);
   g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
-  g_test_add_func ("/popgate/upstream/peer/starttls-not-offered",
-                   test_peer_starttls_not_offered);
+  g_test_add_func ("/popgate/upstream/peer/starttls-not-offered", test_peer_starttls_not_offered);
+  g_test_add_func ("/popgate/upstream/peer/starttls-injection", test_peer_starttls_injection);
   g_test_add_func ("/popgate/upstream/peer/drop-mid-literal", test_peer_drop_mid_literal);
   g_test_add_func ("/popgate/upstream/peer/malformed", test_peer_malformed);
   g_test_add_func ("/popgate/upstream/peer/bye", test_peer_bye);
   g_test_add_func ("/popgate/upstream/peer/timeout", test_peer_timeout);
   g_test_add_func ("/popgate/upstream/peer/untagged", test_peer_untagged);
   g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
+  g_test_add_func ("/popgate/upstream/peer/connect-timeout", test_peer_connect_timeout);
+  g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
+
+  {
+    static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+#define ADD(path, func, options)                                                                   \
+  g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func,   \
+              upstream_teardown)
+    ADD ("plain", test_dovecot_plain, NULL);
+    ADD ("starttls", test_dovecot_starttls, NULL);
+    ADD ("implicit", test_dovecot_implicit, NULL);
+    ADD ("untrusted", test_dovecot_untrusted, NULL);
+    ADD ("wrong-hostname", test_dovecot_wrong_hostname, NULL);
+    ADD ("wrong-password", test_dovecot_wrong_password, NULL);
+    ADD ("move-and-long-sets", test_dovecot_move_and_long_sets, NULL);
+    ADD ("metadata", test_dovecot_metadata, &with_metadata);
+    ADD ("shutdown", test_dovecot_shutdown, NULL);
+#undef ADD
+  }
 
   return g_test_run ();
 }

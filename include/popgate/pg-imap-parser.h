@@ -63,13 +63,13 @@ typedef struct
   gchar *tag;          /* owned; TAGGED only, else NULL */
   gboolean has_number; /* "* 23 EXISTS", "* 5 FETCH (...)" */
   guint64 number;
-  gchar *keyword;      /* owned, upper case ("OK", "FETCH", "CAPABILITY"); NULL for "+" */
-  PgImapStatus status; /* for OK/NO/BAD/PREAUTH/BYE, else NONE */
-  gchar *code;         /* owned, upper case: the atom of a "[CODE ...]"; NULL if none */
+  gchar *keyword;       /* owned, upper case ("OK", "FETCH", "CAPABILITY"); NULL for "+" */
+  PgImapStatus status;  /* for OK/NO/BAD/PREAUTH/BYE, else NONE */
+  gchar *code;          /* owned, upper case: the atom of a "[CODE ...]"; NULL if none */
   GPtrArray *code_args; /* owned, of PgImapValue*: the rest of the code; empty if none */
-  gchar *text;         /* owned: the human text of a status or continuation; "" if none.
-                        * For a continuation this is the raw text (e.g. base64). */
-  GPtrArray *args;     /* owned, of PgImapValue*: the values of a data response */
+  gchar *text;          /* owned: the human text of a status or continuation; "" if none.
+                         * For a continuation this is the raw text (e.g. base64). */
+  GPtrArray *args;      /* owned, of PgImapValue*: the values of a data response */
 } PgImapResponse;
 
 void pg_imap_response_free (PgImapResponse *response);
@@ -129,7 +129,6 @@ void pg_imap_parser_reset (PgImapParser *parser);
  * rest of the data until NEED_MORE. On PG_IMAP_PARSE_ERROR the error is set (PG_ERROR_PROTOCOL,
  * _LINE_TOO_LONG or _LIMIT) and every later call fails the same way. */
 PgImapParseResult pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len,
-                                       gsize *out_consumed, PgImapEvent *out_event,
-                                       GError **error);
+                                       gsize *out_consumed, PgImapEvent *out_event, GError **error);
 
 G_END_DECLS

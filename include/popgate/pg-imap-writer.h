@@ -25,9 +25,9 @@ PgImapAstringForm pg_imap_writer_astring_form (const char *str, gsize len);
 
 typedef struct
 {
-  GBytes *bytes;               /* owned */
-  gboolean wait_continuation;  /* wait for the server's "+" before sending this part */
-  gboolean secret;             /* never log; wiped when freed */
+  GBytes *bytes;              /* owned */
+  gboolean wait_continuation; /* wait for the server's "+" before sending this part */
+  gboolean secret;            /* never log; wiped when freed */
 } PgImapWriterPart;
 
 void pg_imap_writer_part_free (PgImapWriterPart *part);

@@ -8,6 +8,10 @@
  * with PG_ERROR_UPSTREAM (PG_ERROR_TIMEOUT, PG_ERROR_PROTOCOL... for those causes) and
  * "closed" is emitted once.
  *
+ * Cancelling an operation: IMAP cannot take a command back, so it completes with
+ * G_IO_ERROR_CANCELLED once the server has answered; a cancelled body fetch stops
+ * delivering chunks at once (and un-pauses itself), the rest of the literal is skipped.
+ *
  * While connected, the pending read keeps the object alive: end a session with
  * pg_upstream_logout_async() or pg_upstream_close(), then drop your reference.
  *
@@ -61,9 +65,9 @@ void pg_upstream_login_async (PgUpstream *self, const char *user, const char *pa
 gboolean pg_upstream_login_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
 /* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login. */
-void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user,
-                                           const char *password, GCancellable *cancellable,
-                                           GAsyncReadyCallback callback, gpointer user_data);
+void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const char *password,
+                                           GCancellable *cancellable, GAsyncReadyCallback callback,
+                                           gpointer user_data);
 gboolean pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result,
                                                 GError **error);
 
@@ -77,7 +81,7 @@ gboolean pg_upstream_id_finish (PgUpstream *self, GAsyncResult *result, GError *
 typedef struct
 {
   guint32 uidvalidity;
-  guint32 uidnext;   /* 0 if the server did not say */
+  guint32 uidnext; /* 0 if the server did not say */
   guint32 exists;
   gboolean read_only;
 } PgUpstreamMailbox;
@@ -93,11 +97,10 @@ gboolean pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
  * arrives (in server order), then the operation completes. One round trip; nothing is
  * kept here. */
 typedef void (*PgUpstreamSizeFunc) (guint32 seq, guint32 uid, guint64 size, gpointer user_data);
-void pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func,
-                                    gpointer func_data, GCancellable *cancellable,
-                                    GAsyncReadyCallback callback, gpointer user_data);
-gboolean pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result,
-                                         GError **error);
+void pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpointer func_data,
+                                    GCancellable *cancellable, GAsyncReadyCallback callback,
+                                    gpointer user_data);
+gboolean pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
 /* A chunk of a streamed body (at most PG_UPSTREAM_BODY_CHUNK bytes). Return TRUE to get
  * the next one as soon as it arrives, FALSE to pause: nothing more is read from the
@@ -137,8 +140,8 @@ gboolean pg_upstream_expunge_finish (PgUpstream *self, GAsyncResult *result, GEr
 void pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
                              const char *mailbox, GCancellable *cancellable,
                              GAsyncReadyCallback callback, gpointer user_data);
-gboolean pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result,
-                                  gboolean *out_removed, GError **error);
+gboolean pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
+                                  GError **error);
 
 /* GETMETADATA mailbox entry (RFC 5464; mailbox "" for server annotations). *out_value is
  * NULL when the entry is not set. */
@@ -152,8 +155,7 @@ gboolean pg_upstream_get_metadata_finish (PgUpstream *self, GAsyncResult *result
 void pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
                                      GBytes *value, GCancellable *cancellable,
                                      GAsyncReadyCallback callback, gpointer user_data);
-gboolean pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result,
-                                          GError **error);
+gboolean pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
 void pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable,
                              GAsyncReadyCallback callback, gpointer user_data);

@@ -15,29 +15,29 @@
 
 typedef enum
 {
-  PG_IMAP_PARSER_STATE_START,       /* first byte of a response */
-  PG_IMAP_PARSER_STATE_STAR,        /* after '*': expect SP */
-  PG_IMAP_PARSER_STATE_PLUS,        /* after '+': expect SP or CR */
-  PG_IMAP_PARSER_STATE_CONT_TEXT,   /* continuation text up to CR */
-  PG_IMAP_PARSER_STATE_TAG,         /* tag characters up to SP */
-  PG_IMAP_PARSER_STATE_KEYWORD,     /* number or keyword */
-  PG_IMAP_PARSER_STATE_RESP_TEXT,   /* first byte of resp-text: '[' or text */
-  PG_IMAP_PARSER_STATE_CODE_ATOM,   /* the atom of a [CODE ...] */
-  PG_IMAP_PARSER_STATE_CODE_END,    /* after ']' */
-  PG_IMAP_PARSER_STATE_TEXT,        /* human text up to CR */
-  PG_IMAP_PARSER_STATE_LF,          /* after the final CR */
-  PG_IMAP_PARSER_STATE_VALUE,       /* between values */
-  PG_IMAP_PARSER_STATE_ATOM,        /* inside an atom */
-  PG_IMAP_PARSER_STATE_SECTION,     /* inside the [...] of BODY[...] */
-  PG_IMAP_PARSER_STATE_QUOTED,      /* inside "..." */
-  PG_IMAP_PARSER_STATE_QUOTED_ESC,  /* after '\' inside "..." */
-  PG_IMAP_PARSER_STATE_LIT_TILDE,   /* after '~': expect '{' */
-  PG_IMAP_PARSER_STATE_LIT_SIZE,    /* digits of {n} */
-  PG_IMAP_PARSER_STATE_LIT_CR,      /* after '}' */
-  PG_IMAP_PARSER_STATE_LIT_LF,      /* after "}\r" */
-  PG_IMAP_PARSER_STATE_LIT_DATA,    /* copying a small literal */
-  PG_IMAP_PARSER_STATE_BODY,        /* streaming a body literal */
-  PG_IMAP_PARSER_STATE_FAILED,      /* an error was reported */
+  PG_IMAP_PARSER_STATE_START,      /* first byte of a response */
+  PG_IMAP_PARSER_STATE_STAR,       /* after '*': expect SP */
+  PG_IMAP_PARSER_STATE_PLUS,       /* after '+': expect SP or CR */
+  PG_IMAP_PARSER_STATE_CONT_TEXT,  /* continuation text up to CR */
+  PG_IMAP_PARSER_STATE_TAG,        /* tag characters up to SP */
+  PG_IMAP_PARSER_STATE_KEYWORD,    /* number or keyword */
+  PG_IMAP_PARSER_STATE_RESP_TEXT,  /* first byte of resp-text: '[' or text */
+  PG_IMAP_PARSER_STATE_CODE_ATOM,  /* the atom of a [CODE ...] */
+  PG_IMAP_PARSER_STATE_CODE_END,   /* after ']' */
+  PG_IMAP_PARSER_STATE_TEXT,       /* human text up to CR */
+  PG_IMAP_PARSER_STATE_LF,         /* after the final CR */
+  PG_IMAP_PARSER_STATE_VALUE,      /* between values */
+  PG_IMAP_PARSER_STATE_ATOM,       /* inside an atom */
+  PG_IMAP_PARSER_STATE_SECTION,    /* inside the [...] of BODY[...] */
+  PG_IMAP_PARSER_STATE_QUOTED,     /* inside "..." */
+  PG_IMAP_PARSER_STATE_QUOTED_ESC, /* after '\' inside "..." */
+  PG_IMAP_PARSER_STATE_LIT_TILDE,  /* after '~': expect '{' */
+  PG_IMAP_PARSER_STATE_LIT_SIZE,   /* digits of {n} */
+  PG_IMAP_PARSER_STATE_LIT_CR,     /* after '}' */
+  PG_IMAP_PARSER_STATE_LIT_LF,     /* after "}\r" */
+  PG_IMAP_PARSER_STATE_LIT_DATA,   /* copying a small literal */
+  PG_IMAP_PARSER_STATE_BODY,       /* streaming a body literal */
+  PG_IMAP_PARSER_STATE_FAILED,     /* an error was reported */
   PG_IMAP_PARSER_STATE_COUNT
 } PgImapParserState;
 
@@ -47,21 +47,21 @@ typedef enum
 struct _PgImapParser
 {
   PgImapParserState state;
-  PgImapResponse *response;  /* owned: the response being built, NULL at START */
-  GString *tok;              /* owned: the token being read (bounded by the line limit) */
-  gboolean code_mode;        /* values are inside "[CODE ...]" */
+  PgImapResponse *response; /* owned: the response being built, NULL at START */
+  GString *tok;             /* owned: the token being read (bounded by the line limit) */
+  gboolean code_mode;       /* values are inside "[CODE ...]" */
   GPtrArray *stack[PG_UPSTREAM_MAX_DEPTH + 1]; /* unowned: [0] root list, then open lists */
-  guint depth;               /* open lists */
-  gsize line_len;            /* bytes of the current line segment (literals excluded) */
-  gsize total;               /* buffered bytes of this response (lines + small literals) */
-  guint n_values;            /* values in this response */
-  gboolean lit_tilde;        /* the literal is a literal8 (~{n}) */
+  guint depth;                                 /* open lists */
+  gsize line_len;     /* bytes of the current line segment (literals excluded) */
+  gsize total;        /* buffered bytes of this response (lines + small literals) */
+  guint n_values;     /* values in this response */
+  gboolean lit_tilde; /* the literal is a literal8 (~{n}) */
   guint lit_digits;
   guint64 lit_size;
-  guint64 lit_done;          /* bytes of the literal consumed so far */
-  gchar *lit_buf;            /* owned: small literal being copied */
-  gchar *body_item;          /* owned: item name of the body being streamed */
-  GError *error;             /* owned: the error that killed the parser */
+  guint64 lit_done; /* bytes of the literal consumed so far */
+  gchar *lit_buf;   /* owned: small literal being copied */
+  gchar *body_item; /* owned: item name of the body being streamed */
+  GError *error;    /* owned: the error that killed the parser */
 };
 
 void
@@ -176,8 +176,7 @@ pg_imap_response_get_fetch_item (const PgImapResponse *response, const char *nam
   return NULL;
 }
 
-static void
-pg_imap_parser_dump_values (GString *out, const GPtrArray *values);
+static void pg_imap_parser_dump_values (GString *out, const GPtrArray *values);
 
 static void
 pg_imap_parser_dump_value (GString *out, const PgImapValue *value)
@@ -259,8 +258,8 @@ pg_imap_response_dump (const PgImapResponse *response)
     }
   if (response->text != NULL)
     {
-      g_autofree gchar *escaped = pg_log_escape (response->text, strlen (response->text),
-                                                 G_MAXSIZE);
+      g_autofree gchar *escaped
+          = pg_log_escape (response->text, strlen (response->text), G_MAXSIZE);
       g_string_append_printf (out, " |%s|", escaped);
     }
   return g_string_free (out, FALSE);
@@ -309,9 +308,8 @@ pg_imap_parser_free (PgImapParser *parser)
   g_free (parser);
 }
 
-static gboolean
-pg_imap_parser_fail (PgImapParser *parser, GError **error, gint code, const char *format, ...)
-  G_GNUC_PRINTF (4, 5);
+static gboolean pg_imap_parser_fail (PgImapParser *parser, GError **error, gint code,
+                                     const char *format, ...) G_GNUC_PRINTF (4, 5);
 
 static gboolean
 pg_imap_parser_fail (PgImapParser *parser, GError **error, gint code, const char *format, ...)
@@ -354,8 +352,7 @@ pg_imap_parser_is_atom_char (guchar c, gboolean code_mode)
 static gboolean
 pg_imap_parser_is_tag_char (guchar c)
 {
-  return pg_imap_parser_is_atom_char (c, FALSE) && c != '+' && c != '*' && c != '%'
-         && c != '\\';
+  return pg_imap_parser_is_atom_char (c, FALSE) && c != '+' && c != '*' && c != '%' && c != '\\';
 }
 
 static PgImapStatus
@@ -366,8 +363,8 @@ pg_imap_parser_status_from_keyword (const char *keyword)
     const char *name;
     PgImapStatus status;
   } table[] = {
-    { "OK", PG_IMAP_STATUS_OK },           { "NO", PG_IMAP_STATUS_NO },
-    { "BAD", PG_IMAP_STATUS_BAD },         { "PREAUTH", PG_IMAP_STATUS_PREAUTH },
+    { "OK", PG_IMAP_STATUS_OK },   { "NO", PG_IMAP_STATUS_NO },
+    { "BAD", PG_IMAP_STATUS_BAD }, { "PREAUTH", PG_IMAP_STATUS_PREAUTH },
     { "BYE", PG_IMAP_STATUS_BYE },
   };
 
@@ -459,8 +456,8 @@ static gboolean
 pg_imap_parser_add_to_total (PgImapParser *parser, guint64 bytes, GError **error)
 {
   if (bytes > PG_UPSTREAM_MAX_RESPONSE || parser->total > PG_UPSTREAM_MAX_RESPONSE - bytes)
-    return pg_imap_parser_fail (parser, error, PG_ERROR_LIMIT,
-                                "response larger than %d bytes", PG_UPSTREAM_MAX_RESPONSE);
+    return pg_imap_parser_fail (parser, error, PG_ERROR_LIMIT, "response larger than %d bytes",
+                                PG_UPSTREAM_MAX_RESPONSE);
   parser->total += (gsize) bytes;
   return TRUE;
 }
@@ -469,8 +466,7 @@ pg_imap_parser_add_to_total (PgImapParser *parser, guint64 bytes, GError **error
  * FALSE on error. Sets *out_reprocess when the byte ended an atom and must be looked at
  * again in the VALUE state. */
 static gboolean
-pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess,
-                           GError **error)
+pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess, GError **error)
 {
   *out_reprocess = FALSE;
 
@@ -513,8 +509,7 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
           parser->lit_tilde = (c == '~');
           parser->lit_digits = 0;
           parser->lit_size = 0;
-          parser->state = c == '~' ? PG_IMAP_PARSER_STATE_LIT_TILDE
-                                   : PG_IMAP_PARSER_STATE_LIT_SIZE;
+          parser->state = c == '~' ? PG_IMAP_PARSER_STATE_LIT_TILDE : PG_IMAP_PARSER_STATE_LIT_SIZE;
           return TRUE;
         }
       if (c == '\r')
@@ -544,8 +539,7 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
                                                            : PG_IMAP_PARSER_STATE_ATOM;
           return TRUE;
         }
-      return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                  "unexpected byte 0x%02x", c);
+      return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "unexpected byte 0x%02x", c);
 
     case PG_IMAP_PARSER_STATE_ATOM:
       if (pg_imap_parser_is_atom_char (c, parser->code_mode))
@@ -564,8 +558,7 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
     case PG_IMAP_PARSER_STATE_SECTION:
       /* BODY[HEADER.FIELDS (FROM TO)]: spaces and parentheses belong to the atom. */
       if (c == '\r' || c == '\n' || c == '\0')
-        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                    "line ends inside a section");
+        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "line ends inside a section");
       if (c == '[')
         return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "nested '[' in a section");
       g_string_append_c (parser->tok, (gchar) c);
@@ -667,8 +660,7 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
       && pg_imap_parser_parse_number (parser->tok->str, parser->tok->len, &number))
     {
       if (c != ' ')
-        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                    "number without keyword");
+        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "number without keyword");
       response->has_number = TRUE;
       response->number = number;
       g_string_truncate (parser->tok, 0);
@@ -710,8 +702,7 @@ pg_imap_parser_take_text (PgImapParser *parser)
 
 /* One byte of a response line outside literals. */
 static gboolean
-pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess,
-                          GError **error)
+pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess, GError **error)
 {
   *out_reprocess = FALSE;
 
@@ -806,8 +797,7 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
       if (c == ']' || c == ' ')
         {
           if (parser->tok->len == 0)
-            return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                        "empty response code");
+            return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "empty response code");
           parser->response->code = g_ascii_strup (parser->tok->str, (gssize) parser->tok->len);
           g_string_truncate (parser->tok, 0);
           if (c == ']')
@@ -822,8 +812,7 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
           return TRUE;
         }
       if (!pg_imap_parser_is_atom_char (c, TRUE))
-        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL,
-                                    "bad byte in response code");
+        return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "bad byte in response code");
       g_string_append_c (parser->tok, (gchar) c);
       return TRUE;
 
@@ -994,8 +983,8 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
       parser->line_len++;
       if (parser->line_len > PG_UPSTREAM_MAX_LINE)
         {
-          pg_imap_parser_fail (parser, error, PG_ERROR_LINE_TOO_LONG,
-                               "line longer than %d bytes", PG_UPSTREAM_MAX_LINE);
+          pg_imap_parser_fail (parser, error, PG_ERROR_LINE_TOO_LONG, "line longer than %d bytes",
+                               PG_UPSTREAM_MAX_LINE);
           return PG_IMAP_PARSE_ERROR;
         }
       if (parser->state != PG_IMAP_PARSER_STATE_START

@@ -34,8 +34,8 @@ typedef enum
 } PgUpstreamState;
 
 static const char *const pg_upstream_state_names[] = {
-  "disconnected", "connecting", "greeting", "not-authenticated",
-  "authenticated", "selected", "logout", "closed",
+  "disconnected",  "connecting", "greeting", "not-authenticated",
+  "authenticated", "selected",   "logout",   "closed",
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_upstream_state_names) == PG_UPSTREAM_STATE_COUNT);
 
@@ -60,14 +60,14 @@ typedef void (*PgUpstreamDoneFunc) (PgUpstream *self, PgUpstreamCmd *cmd,
 struct _PgUpstreamCmd
 {
   PgUpstreamCmdKind kind;
-  gchar *tag;              /* owned */
-  gchar *name;             /* owned: "UID FETCH", for messages */
-  GPtrArray *parts;        /* owned, of PgImapWriterPart* */
+  gchar *tag;       /* owned */
+  gchar *name;      /* owned: "UID FETCH", for messages */
+  GPtrArray *parts; /* owned, of PgImapWriterPart* */
   guint next_part;
-  gboolean continued;      /* a "+" arrived for the part that waits for it */
-  GTask *task;             /* owned; NULL once returned */
-  PgUpstreamDoneFunc done; /* unowned */
-  PgUpstream *owner;       /* unowned */
+  gboolean continued;        /* a "+" arrived for the part that waits for it */
+  GTask *task;               /* owned; NULL once returned */
+  PgUpstreamDoneFunc done;   /* unowned */
+  PgUpstream *owner;         /* unowned */
   GCancellable *cancellable; /* owned: the caller's, while we listen to it */
   gulong cancelled_id;
 
@@ -80,45 +80,45 @@ struct _PgUpstreamCmd
   guint32 uid;
   gboolean got_body;
   /* GETMETADATA */
-  gchar *entry;            /* owned */
-  GBytes *value;           /* owned */
+  gchar *entry;  /* owned */
+  GBytes *value; /* owned */
 };
 
 struct _PgUpstream
 {
   GObject parent_instance;
 
-  PgConfig *config;            /* owned */
+  PgConfig *config; /* owned */
   guint64 sid;
-  GMainContext *context;       /* owned: where our sources run */
+  GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
 
-  GSocketConnection *socket;   /* owned: the TCP connection */
-  GIOStream *stream;           /* owned: socket or the TLS connection on it */
+  GSocketConnection *socket;    /* owned: the TCP connection */
+  GIOStream *stream;            /* owned: socket or the TLS connection on it */
   GCancellable *io_cancellable; /* owned: cancels our pending read and write */
-  PgImapParser *parser;        /* owned */
-  guint8 rbuf[16384];          /* fixed read buffer: never grows */
+  PgImapParser *parser;         /* owned */
+  guint8 rbuf[16384];           /* fixed read buffer: never grows */
   gsize rpos, rlen;
   gboolean reading, writing, paused, upgrading, processing;
-  GBytes *write_bytes;         /* owned: the part being written */
+  GBytes *write_bytes; /* owned: the part being written */
 
-  GQueue unsent;               /* of PgUpstreamCmd*, owned */
-  GQueue pending;              /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
-  PgUpstreamCmd *sending;      /* unowned: the pending command whose parts go out now */
+  GQueue unsent;          /* of PgUpstreamCmd*, owned */
+  GQueue pending;         /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
+  PgUpstreamCmd *sending; /* unowned: the pending command whose parts go out now */
   guint next_tag;
 
-  GHashTable *caps;            /* owned: upper-case capability → itself */
-  gboolean caps_from_code;     /* the last tagged/greeting reply carried [CAPABILITY] */
+  GHashTable *caps;        /* owned: upper-case capability → itself */
+  gboolean caps_from_code; /* the last tagged/greeting reply carried [CAPABILITY] */
   gboolean tls;
-  gchar *bye_text;             /* owned: text of a BYE received */
+  gchar *bye_text; /* owned: text of a BYE received */
 
-  PgUpstreamMailbox mailbox;   /* filled by the untagged data of SELECT */
+  PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
 
-  GSource *timeout_source;     /* owned: per-command deadline */
-  GTask *connect_task;         /* owned while connecting */
+  GSource *timeout_source;           /* owned: per-command deadline */
+  GTask *connect_task;               /* owned while connecting */
   GCancellable *connect_cancellable; /* owned while connecting: the caller's */
   gulong connect_cancelled_id;
-  GSource *connect_timer;      /* owned while connecting */
+  GSource *connect_timer; /* owned while connecting */
   gboolean connect_timed_out;
 };
 
@@ -390,8 +390,7 @@ static void
 pg_upstream_fail_disconnected (PgUpstream *self, const GError *io_error)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *bye = self->bye_text != NULL ? pg_upstream_escape_text (self->bye_text)
-                                                 : NULL;
+  g_autofree gchar *bye = self->bye_text != NULL ? pg_upstream_escape_text (self->bye_text) : NULL;
 
   if (self->state == PG_UPSTREAM_STATE_LOGOUT && self->bye_text != NULL)
     {
@@ -399,8 +398,8 @@ pg_upstream_fail_disconnected (PgUpstream *self, const GError *io_error)
       return;
     }
   if (bye != NULL)
-    error = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream closed the connection (BYE %s)",
-                         bye);
+    error
+        = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream closed the connection (BYE %s)", bye);
   else if (io_error != NULL)
     error = g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream connection failed: %s",
                          io_error->message);
@@ -431,8 +430,11 @@ pg_upstream_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
-pg_upstream_log_part (PgUpstream *self, const PgImapWriterPart *part)
+pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
 {
+  const PgImapWriterPart *part = g_ptr_array_index (cmd->parts, index);
+  const PgImapWriterPart *next
+      = index + 1 < cmd->parts->len ? g_ptr_array_index (cmd->parts, index + 1) : NULL;
   gsize size = 0;
   const char *data;
   g_autofree gchar *line = NULL;
@@ -442,6 +444,12 @@ pg_upstream_log_part (PgUpstream *self, const PgImapWriterPart *part)
   if (part->secret)
     {
       pg_session_debug (self->sid, "upstream C: <secret literal>");
+      return;
+    }
+  if (index > 0 && next != NULL && next->secret)
+    {
+      /* " {12}\r\n" before a secret would give away its length. */
+      pg_session_debug (self->sid, "upstream C: <literal header>");
       return;
     }
   data = g_bytes_get_data (part->bytes, &size);
@@ -477,15 +485,15 @@ pg_upstream_flush (PgUpstream *self)
       if (part->wait_continuation && !cmd->continued)
         return;
       cmd->continued = FALSE;
+      pg_upstream_log_part (self, cmd, cmd->next_part);
       cmd->next_part++;
-      pg_upstream_log_part (self, part);
       self->writing = TRUE;
       self->write_bytes = g_bytes_ref (part->bytes);
       {
         gsize size = 0;
         const void *data = g_bytes_get_data (self->write_bytes, &size);
-        g_output_stream_write_all_async (g_io_stream_get_output_stream (self->stream), data,
-                                         size, G_PRIORITY_DEFAULT, self->io_cancellable,
+        g_output_stream_write_all_async (g_io_stream_get_output_stream (self->stream), data, size,
+                                         G_PRIORITY_DEFAULT, self->io_cancellable,
                                          pg_upstream_write_cb, g_object_ref (self));
       }
     }
@@ -577,8 +585,8 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       && pg_imap_value_get_number (size_value, &size)
       && (cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES)) != NULL)
     {
-      cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid),
-                      size, cmd->size_data);
+      cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid), size,
+                      cmd->size_data);
       return;
     }
 
@@ -711,8 +719,8 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
     }
   if (cmd == NULL)
     {
-      g_autoptr (GError) error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
-                                              "upstream answered a tag we did not send");
+      g_autoptr (GError) error
+          = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL, "upstream answered a tag we did not send");
       pg_upstream_fail (self, error);
       return;
     }
@@ -732,11 +740,10 @@ pg_upstream_handle_continuation (PgUpstream *self)
   PgUpstreamCmd *cmd = self->sending;
 
   if (cmd == NULL || cmd->next_part >= cmd->parts->len
-      || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))
-              ->wait_continuation)
+      || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))->wait_continuation)
     {
-      g_autoptr (GError) error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
-                                              "upstream sent an unexpected continuation");
+      g_autoptr (GError) error
+          = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL, "upstream sent an unexpected continuation");
       pg_upstream_fail (self, error);
       return;
     }
@@ -784,14 +791,14 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result = pg_imap_parser_feed (self->parser, self->rbuf + self->rpos,
-                                                      self->rlen - self->rpos, &consumed,
-                                                      &event, &error);
+      PgImapParseResult result
+          = pg_imap_parser_feed (self->parser, self->rbuf + self->rpos, self->rlen - self->rpos,
+                                 &consumed, &event, &error);
 
       if (result == PG_IMAP_PARSE_ERROR)
         {
-          g_autoptr (GError) wrapped = g_error_new (PG_ERROR, error->code, "upstream sent %s",
-                                                    error->message);
+          g_autoptr (GError) wrapped
+              = g_error_new (PG_ERROR, error->code, "upstream sent %s", error->message);
           pg_upstream_fail (self, wrapped);
           break;
         }
@@ -937,11 +944,10 @@ pg_upstream_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_d
   if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
     {
       if (self->connect_timed_out)
-        pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
-                                                     "upstream TLS handshake timed out"));
+        pg_upstream_connect_done (
+            self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream TLS handshake timed out"));
       else
-        pg_upstream_connect_done (self, pg_upstream_tls_error (G_TLS_CONNECTION (source),
-                                                               error));
+        pg_upstream_connect_done (self, pg_upstream_tls_error (G_TLS_CONNECTION (source), error));
       return;
     }
   pg_session_debug (self->sid, "upstream: TLS established");
@@ -972,8 +978,8 @@ pg_upstream_start_tls (PgUpstream *self)
   tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
   if (tls == NULL)
     {
-      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s",
-                                                   error->message));
+      pg_upstream_connect_done (
+          self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s", error->message));
       return;
     }
   if (self->config->upstream.ca_file != NULL)
@@ -981,10 +987,9 @@ pg_upstream_start_tls (PgUpstream *self)
       database = g_tls_file_database_new (self->config->upstream.ca_file, &error);
       if (database == NULL)
         {
-          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
-                                                       "upstream CA file %s: %s",
-                                                       self->config->upstream.ca_file,
-                                                       error->message));
+          pg_upstream_connect_done (self,
+                                    g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream CA file %s: %s",
+                                                 self->config->upstream.ca_file, error->message));
           return;
         }
       g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
@@ -1000,8 +1005,8 @@ pg_upstream_start_tls (PgUpstream *self)
 static void pg_upstream_connect_after_caps (PgUpstream *self);
 
 static void
-pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
-                              const PgImapResponse *tagged, const GError *error)
+pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                              const GError *error)
 {
   if (error != NULL)
     return; /* pg_upstream_fail() fails connect_task */
@@ -1017,8 +1022,8 @@ pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
 }
 
 static void
-pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
-                                const PgImapResponse *tagged, const GError *error)
+pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                                const GError *error)
 {
   if (error != NULL)
     {
@@ -1059,8 +1064,8 @@ pg_upstream_connect_after_caps (PgUpstream *self)
 
       if (!pg_upstream_has_capability (self, "STARTTLS"))
         {
-          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
-                                                       "upstream does not offer STARTTLS"));
+          pg_upstream_connect_done (
+              self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream does not offer STARTTLS"));
           return;
         }
       cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "STARTTLS", NULL,
@@ -1073,8 +1078,8 @@ pg_upstream_connect_after_caps (PgUpstream *self)
 }
 
 static void
-pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
-                              const PgImapResponse *greeting, const GError *error)
+pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *greeting,
+                              const GError *error)
 {
   if (error != NULL)
     return;
@@ -1082,16 +1087,16 @@ pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
       || (greeting->status != PG_IMAP_STATUS_OK && greeting->status != PG_IMAP_STATUS_PREAUTH
           && greeting->status != PG_IMAP_STATUS_BYE))
     {
-      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
-                                                   "upstream sent no IMAP greeting"));
+      pg_upstream_connect_done (
+          self, g_error_new (PG_ERROR, PG_ERROR_PROTOCOL, "upstream sent no IMAP greeting"));
       return;
     }
   if (greeting->status == PG_IMAP_STATUS_BYE)
     {
       g_autofree gchar *text = pg_upstream_escape_text (greeting->text);
-      pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
-                                                   "upstream refused the connection: BYE %s",
-                                                   text));
+      pg_upstream_connect_done (self,
+                                g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
+                                             "upstream refused the connection: BYE %s", text));
       return;
     }
   if (greeting->status == PG_IMAP_STATUS_PREAUTH)
@@ -1100,8 +1105,8 @@ pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
         {
           /* RFC 9051 §11.1: PREAUTH on a connection that should get STARTTLS is an attack
            * or a misconfiguration; either way we must not go on in plaintext. */
-          pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TLS,
-                                                       "upstream sent PREAUTH before STARTTLS"));
+          pg_upstream_connect_done (
+              self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream sent PREAUTH before STARTTLS"));
           return;
         }
       pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
@@ -1143,8 +1148,8 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
   if (connection == NULL)
     {
       if (self->connect_timed_out)
-        pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
-                                                     "upstream connect timed out"));
+        pg_upstream_connect_done (
+            self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream connect timed out"));
       else
         pg_upstream_connect_done (self, g_steal_pointer (&error));
       return;
@@ -1215,8 +1220,11 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       g_source_attach (self->connect_timer, self->context);
     }
   client = g_socket_client_new ();
-  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)",
-                    self->config->upstream.host, self->config->upstream.port,
+  /* A mail gateway talks to its configured upstream directly, never via desktop proxy
+   * settings. */
+  g_socket_client_set_enable_proxy (client, FALSE);
+  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->config->upstream.host,
+                    self->config->upstream.port,
                     pg_upstream_tls_to_string (self->config->upstream.tls));
   g_socket_client_connect_to_host_async (client, self->config->upstream.host,
                                          self->config->upstream.port, self->io_cancellable,
@@ -1246,10 +1254,9 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
   if (tagged->status != PG_IMAP_STATUS_OK)
     {
       g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
-      pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword,
-                       text);
-      pg_upstream_cmd_return_error (cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED,
-                                                      "upstream refused the credentials"));
+      pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword, text);
+      pg_upstream_cmd_return_error (
+          cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
@@ -1266,8 +1273,10 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
 static gboolean
 pg_upstream_check_state (PgUpstream *self, GTask *task, gboolean need_auth)
 {
+  /* connect_task: nothing may be pipelined behind STARTTLS in plaintext. */
   if (self->state == PG_UPSTREAM_STATE_CLOSED || self->state == PG_UPSTREAM_STATE_DISCONNECTED
-      || self->state == PG_UPSTREAM_STATE_CONNECTING || self->state == PG_UPSTREAM_STATE_GREETING)
+      || self->state == PG_UPSTREAM_STATE_CONNECTING || self->state == PG_UPSTREAM_STATE_GREETING
+      || self->connect_task != NULL)
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
                                "upstream connection is not open");
@@ -1330,8 +1339,8 @@ pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const 
   gboolean ir;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
-  task = pg_upstream_task_new (self, pg_upstream_authenticate_plain_async, cancellable,
-                               callback, user_data);
+  task = pg_upstream_task_new (self, pg_upstream_authenticate_plain_async, cancellable, callback,
+                               user_data);
   if (!pg_upstream_check_state (self, task, FALSE))
     return;
   if (!pg_upstream_has_capability (self, "AUTH=PLAIN"))
@@ -1475,8 +1484,8 @@ pg_upstream_select_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRe
     }
   if (self->mailbox.uidvalidity == 0)
     {
-      g_task_return_new_error (task, PG_ERROR, PG_ERROR_PROTOCOL,
-                               "upstream %s gave no UIDVALIDITY", cmd->name);
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_PROTOCOL, "upstream %s gave no UIDVALIDITY",
+                               cmd->name);
       return;
     }
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_SELECTED);
@@ -1498,16 +1507,16 @@ pg_upstream_select_async (PgUpstream *self, const char *mailbox, gboolean read_o
     return;
   memset (&self->mailbox, 0, sizeof self->mailbox);
   self->mailbox.read_only = read_only;
-  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SELECT, read_only ? "EXAMINE" : "SELECT",
-                             task, pg_upstream_select_done_cb);
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SELECT, read_only ? "EXAMINE" : "SELECT", task,
+                             pg_upstream_select_done_cb);
   writer = pg_upstream_cmd_writer (self, cmd);
   pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
   pg_upstream_submit (self, cmd, writer);
 }
 
 gboolean
-pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
-                           PgUpstreamMailbox *out_mailbox, GError **error)
+pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result, PgUpstreamMailbox *out_mailbox,
+                           GError **error)
 {
   g_autofree PgUpstreamMailbox *mailbox = NULL;
 
@@ -1521,8 +1530,8 @@ pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
 }
 
 void
-pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable,
-                        GAsyncReadyCallback callback, gpointer user_data)
+pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable, GAsyncReadyCallback callback,
+                        gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
   PgUpstreamCmd *cmd;
@@ -1553,8 +1562,8 @@ pg_upstream_logout_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRe
 }
 
 void
-pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable,
-                          GAsyncReadyCallback callback, gpointer user_data)
+pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable, GAsyncReadyCallback callback,
+                          gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
   PgUpstreamCmd *cmd;
@@ -1609,8 +1618,8 @@ pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result, GError *
 }
 
 static void
-pg_upstream_fetch_body_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
-                                const PgImapResponse *tagged, const GError *error)
+pg_upstream_fetch_body_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                                const GError *error)
 {
   g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
 
@@ -1645,17 +1654,16 @@ pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
   if (self->paused)
     {
       g_autoptr (GSource) idle = g_idle_source_new ();
-      g_source_set_callback (idle, pg_upstream_resume_idle_cb, g_object_ref (self),
-                             g_object_unref);
+      g_source_set_callback (idle, pg_upstream_resume_idle_cb, g_object_ref (self), g_object_unref);
       g_source_attach (idle, self->context);
     }
 }
 
 void
-pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section,
-                              guint64 offset, guint64 length, PgUpstreamChunkFunc func,
-                              gpointer func_data, GCancellable *cancellable,
-                              GAsyncReadyCallback callback, gpointer user_data)
+pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section, guint64 offset,
+                              guint64 length, PgUpstreamChunkFunc func, gpointer func_data,
+                              GCancellable *cancellable, GAsyncReadyCallback callback,
+                              gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
   g_autofree gchar *args = NULL;
@@ -1666,8 +1674,8 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
   g_return_if_fail (func != NULL && uid > 0);
   g_return_if_fail (strcmp (section, "") == 0 || strcmp (section, "HEADER") == 0
                     || strcmp (section, "TEXT") == 0);
-  task = pg_upstream_task_new (self, pg_upstream_fetch_body_async, cancellable, callback,
-                               user_data);
+  task
+      = pg_upstream_task_new (self, pg_upstream_fetch_body_async, cancellable, callback, user_data);
   if (!pg_upstream_check_state (self, task, TRUE))
     return;
   cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_BODY, "UID FETCH", task,
@@ -1682,8 +1690,7 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
                                             G_CALLBACK (pg_upstream_body_cancelled_cb), cmd);
     }
   if (length > 0)
-    args = g_strdup_printf (" %u (UID BODY.PEEK[%s]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT
-                            ">)",
+    args = g_strdup_printf (" %u (UID BODY.PEEK[%s]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">)",
                             uid, section, offset, length);
   else
     args = g_strdup_printf (" %u (UID BODY.PEEK[%s])", uid, section);
@@ -1724,14 +1731,14 @@ typedef enum
 /* Task data of a multi-command operation: for each UID set, each step in order. */
 typedef struct
 {
-  GPtrArray *sets;       /* owned, of gchar* */
+  GPtrArray *sets; /* owned, of gchar* */
   guint set_index;
   PgUpstreamStep steps[3];
   guint n_steps;
   guint step_index;
-  gchar *flags;          /* owned: for STORE */
-  gchar *mailbox;        /* owned: for MOVE/COPY */
-  gboolean removed;      /* the messages leave the mailbox */
+  gchar *flags;     /* owned: for STORE */
+  gchar *mailbox;   /* owned: for MOVE/COPY */
+  gboolean removed; /* the messages leave the mailbox */
 } PgUpstreamBatch;
 
 static void
@@ -1810,11 +1817,10 @@ pg_upstream_batch_next (PgUpstream *self, GTask *task)
       break;
     case PG_UPSTREAM_STEP_MOVE:
     case PG_UPSTREAM_STEP_COPY:
-      cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE,
-                                 batch->steps[batch->step_index] == PG_UPSTREAM_STEP_MOVE
-                                     ? "UID MOVE"
-                                     : "UID COPY",
-                                 task, pg_upstream_batch_done_cb);
+      cmd = pg_upstream_cmd_new (
+          self, PG_UPSTREAM_CMD_SIMPLE,
+          batch->steps[batch->step_index] == PG_UPSTREAM_STEP_MOVE ? "UID MOVE" : "UID COPY", task,
+          pg_upstream_batch_done_cb);
       writer = pg_upstream_cmd_writer (self, cmd);
       pg_imap_writer_add_raw (writer, " ");
       pg_imap_writer_add_raw (writer, set);
@@ -1827,8 +1833,8 @@ pg_upstream_batch_next (PgUpstream *self, GTask *task)
 
 /* Start a batch over uids; `after` is the longest text that follows the set. */
 static void
-pg_upstream_batch_start (PgUpstream *self, GTask *task, PgUpstreamBatch *batch,
-                         const guint32 *uids, gsize n_uids, const char *after)
+pg_upstream_batch_start (PgUpstream *self, GTask *task, PgUpstreamBatch *batch, const guint32 *uids,
+                         gsize n_uids, const char *after)
 {
   /* "p4294967295" is the longest tag we make; "UID EXPUNGE" the longest verb. */
   gsize room = pg_imap_writer_uid_set_room ("p4294967295", "UID EXPUNGE", after);
@@ -1839,17 +1845,16 @@ pg_upstream_batch_start (PgUpstream *self, GTask *task, PgUpstreamBatch *batch,
 }
 
 void
-pg_upstream_add_flags_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
-                             const char *flags, GCancellable *cancellable,
-                             GAsyncReadyCallback callback, gpointer user_data)
+pg_upstream_add_flags_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *flags,
+                             GCancellable *cancellable, GAsyncReadyCallback callback,
+                             gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
   g_autofree gchar *after = NULL;
   PgUpstreamBatch *batch;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
-  task = pg_upstream_task_new (self, pg_upstream_add_flags_async, cancellable, callback,
-                               user_data);
+  task = pg_upstream_task_new (self, pg_upstream_add_flags_async, cancellable, callback, user_data);
   if (!pg_upstream_check_state (self, task, TRUE))
     return;
   batch = g_new0 (PgUpstreamBatch, 1);
@@ -1876,8 +1881,7 @@ pg_upstream_expunge_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
   PgUpstreamBatch *batch;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
-  task = pg_upstream_task_new (self, pg_upstream_expunge_async, cancellable, callback,
-                               user_data);
+  task = pg_upstream_task_new (self, pg_upstream_expunge_async, cancellable, callback, user_data);
   if (!pg_upstream_check_state (self, task, TRUE))
     return;
   if (!pg_upstream_has_capability (self, "UIDPLUS"))
@@ -1901,9 +1905,8 @@ pg_upstream_expunge_finish (PgUpstream *self, GAsyncResult *result, GError **err
 }
 
 void
-pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
-                        const char *mailbox, GCancellable *cancellable,
-                        GAsyncReadyCallback callback, gpointer user_data)
+pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *mailbox,
+                        GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
   g_autofree gchar *after = NULL;
@@ -1933,8 +1936,7 @@ pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
         }
     }
   /* The mailbox may go as a quoted string of up to twice its length, or a literal. */
-  after = g_strnfill (MAX (strlen (mailbox) * 2 + 2, strlen ("+FLAGS.SILENT (\\Deleted)")),
-                      'x');
+  after = g_strnfill (MAX (strlen (mailbox) * 2 + 2, strlen ("+FLAGS.SILENT (\\Deleted)")), 'x');
   pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
 }
 
@@ -1956,8 +1958,8 @@ pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_r
 /* --- METADATA ----------------------------------------------------------------------------- */
 
 static void
-pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
-                                 const PgImapResponse *tagged, const GError *error)
+pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                                 const GError *error)
 {
   g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
 
@@ -2129,26 +2131,26 @@ pg_upstream_class_init (PgUpstreamClass *klass)
   object_class->finalize = pg_upstream_finalize;
 
   pg_upstream_signals[SIGNAL_EXISTS]
-      = g_signal_new ("exists", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 1, G_TYPE_UINT);
+      = g_signal_new ("exists", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 1, G_TYPE_UINT);
   pg_upstream_signals[SIGNAL_EXPUNGE]
-      = g_signal_new ("expunge", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 1, G_TYPE_UINT);
+      = g_signal_new ("expunge", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 1, G_TYPE_UINT);
   pg_upstream_signals[SIGNAL_VANISHED]
-      = g_signal_new ("vanished", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 2, G_TYPE_STRING, G_TYPE_BOOLEAN);
+      = g_signal_new ("vanished", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 2, G_TYPE_STRING, G_TYPE_BOOLEAN);
   pg_upstream_signals[SIGNAL_FETCH]
-      = g_signal_new ("fetch", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 2, G_TYPE_UINT, G_TYPE_POINTER);
+      = g_signal_new ("fetch", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 2, G_TYPE_UINT, G_TYPE_POINTER);
   pg_upstream_signals[SIGNAL_ALERT]
-      = g_signal_new ("alert", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
+      = g_signal_new ("alert", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 1, G_TYPE_STRING);
   pg_upstream_signals[SIGNAL_BYE]
       = g_signal_new ("bye", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
                       G_TYPE_NONE, 1, G_TYPE_STRING);
   pg_upstream_signals[SIGNAL_CLOSED]
-      = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
-                      NULL, G_TYPE_NONE, 1, G_TYPE_POINTER);
+      = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 1, G_TYPE_POINTER);
 }
 
 static void

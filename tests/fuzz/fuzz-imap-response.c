@@ -38,8 +38,8 @@ pg_fuzz_parse (const uint8_t *data, size_t size, gsize step)
           PgImapEvent event;
           gsize consumed = 0;
           g_autoptr (GError) error = NULL;
-          PgImapParseResult r = pg_imap_parser_feed (parser, data + pos, end - pos, &consumed,
-                                                     &event, &error);
+          PgImapParseResult r
+              = pg_imap_parser_feed (parser, data + pos, end - pos, &consumed, &event, &error);
 
           if (r == PG_IMAP_PARSE_ERROR)
             {
