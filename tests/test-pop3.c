@@ -65,8 +65,9 @@ static void
 fixture_seed (Fixture *fx, const char *data, gsize len)
 {
   g_autoptr (GError) error = NULL;
-  g_assert_true (pg_test_dovecot_append (upstream, fx->user, "INBOX", data, len, &error));
+  gboolean ok = pg_test_dovecot_append (upstream, fx->user, "INBOX", data, len, &error);
   g_assert_no_error (error);
+  g_assert_true (ok);
 }
 
 /* Read back what Dovecot now holds: UIDs and the exact bytes it serves. */
@@ -96,8 +97,6 @@ fixture_setup (Fixture *fx, gconstpointer data)
   const char *const *settings = data;
 
   fx->user = fixture_user_name ();
-  g_assert_true (pg_test_dovecot_add_user (upstream, fx->user, PASSWORD, &error));
-  g_assert_no_error (error);
   for (gsize i = 0; i < G_N_ELEMENTS (sample_messages); i++)
     fixture_seed (fx, sample_messages[i], strlen (sample_messages[i]));
   fixture_snapshot (fx);
@@ -239,7 +238,7 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
       gsize size = g_bytes_get_size (g_ptr_array_index (fx->bodies, i));
       total += size;
       g_string_append_printf (want_list, "%u %" G_GSIZE_FORMAT "\r\n", i + 1, size);
-      g_string_append_printf (want_uidl, "%u %08X%08X\r\n", i + 1,
+      g_string_append_printf (want_uidl, "%u %08x%08x\r\n", i + 1,
                               g_array_index (fx->uids, guint32, i), uidvalidity);
     }
   stat = cmd (pop3, "STAT");
@@ -259,7 +258,7 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
   }
   {
     g_autofree gchar *one = cmd (pop3, "UIDL 1");
-    g_autofree gchar *want = g_strdup_printf ("+OK 1 %08X%08X", g_array_index (fx->uids, guint32, 0),
+    g_autofree gchar *want = g_strdup_printf ("+OK 1 %08x%08x", g_array_index (fx->uids, guint32, 0),
                                               uidvalidity);
     g_assert_cmpstr (one, ==, want);
   }
@@ -455,6 +454,9 @@ test_dele_quit_expunge (Fixture *fx, gconstpointer data)
   assert_reply (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
 
+  /* A fresh IMAP session sees the mailbox as it is now. */
+  g_clear_pointer (&imap, pg_test_imap_free);
+  imap = imap_login (fx);
   after = pg_test_imap_uid_search_all (imap, &error);
   g_assert_no_error (error);
   g_assert_cmpuint (after->len, ==, 3);
@@ -710,12 +712,12 @@ test_stls_injection (Fixture *fx, gconstpointer data)
   status = pg_test_pop3_read_line (pop3, &error);
   g_assert_true (g_str_has_prefix (status, "+OK"));
   /* The injected CAPA must not be answered, in plaintext or inside TLS: the first reply
-   * inside TLS is the one to our own NOOP. */
+   * inside TLS is the one to our own QUIT. */
   g_assert_true (pg_test_pop3_start_tls (pop3, fx->popgate->certs->ca_file, &error));
   g_assert_no_error (error);
   {
-    g_autofree gchar *noop = cmd (pop3, "NOOP");
-    g_assert_cmpstr (noop, ==, "+OK");
+    g_autofree gchar *quit = cmd (pop3, "QUIT");
+    g_assert_cmpstr (quit, ==, "+OK popgate signing off.");
   }
 }
 
@@ -751,7 +753,9 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
   theirs_uidl = multiline (theirs, "UIDL");
   assert_reply (theirs, "QUIT", "+OK");
   g_assert_cmpuint (g_bytes_get_size (ours_uidl), >, 0);
-  g_assert_true (g_bytes_equal (ours_uidl, theirs_uidl));
+  g_test_message ("ours:\n%.*s\ntheirs:\n%.*s", (int) g_bytes_get_size (ours_uidl), (const char *) g_bytes_get_data (ours_uidl, NULL), (int) g_bytes_get_size (theirs_uidl), (const char *) g_bytes_get_data (theirs_uidl, NULL));
+  g_assert_cmpmem (g_bytes_get_data (ours_uidl, NULL), g_bytes_get_size (ours_uidl),
+                   g_bytes_get_data (theirs_uidl, NULL), g_bytes_get_size (theirs_uidl));
 }
 
 static void
@@ -800,57 +804,56 @@ main (int argc, char **argv)
   static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
   int rc;
+  static const struct
+  {
+    const char *path;
+    const char *const *settings;
+    void (*func) (Fixture *, gconstpointer);
+  } tests[] = {
+    { "/popgate/pop3/capa", NULL, test_capa },
+    { "/popgate/pop3/stat-list-uidl", NULL, test_stat_list_uidl },
+    { "/popgate/pop3/retr-exact", NULL, test_retr_exact },
+    { "/popgate/pop3/retr-large", NULL, test_retr_large },
+    { "/popgate/pop3/top", NULL, test_top },
+    { "/popgate/pop3/errors", lenient, test_errors },
+    { "/popgate/pop3/auth-failures", NULL, test_auth_failures },
+    { "/popgate/pop3/sasl", NULL, test_sasl },
+    { "/popgate/pop3/dele-quit-expunge", NULL, test_dele_quit_expunge },
+    { "/popgate/pop3/no-quit-no-change", NULL, test_no_quit_no_change },
+    { "/popgate/pop3/mark-seen-on", NULL, test_mark_seen_on },
+    { "/popgate/pop3/mark-seen-off", mark_seen_off, test_mark_seen_off },
+    { "/popgate/pop3/move-trash", move_trash, test_move_trash },
+    { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
+    { "/popgate/pop3/vanished", NULL, test_vanished },
+    { "/popgate/pop3/in-use", NULL, test_in_use },
+    { "/popgate/pop3/pipelining", NULL, test_pipelining },
+    { "/popgate/pop3/stls", NULL, test_stls },
+    { "/popgate/pop3/stls-injection", NULL, test_stls_injection },
+    { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
+    { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
+    { "/popgate/pop3/upstream-down", down, test_upstream_down },
+    { "/popgate/pop3/poplib", NULL, test_poplib },
+  };
 
   g_test_init (&argc, &argv, NULL);
   upstream = pg_test_dovecot_new (NULL, &error);
   g_assert_no_error (error);
-  g_assert_true (pg_test_dovecot_start (upstream, &error));
-  g_assert_no_error (error);
 
-  g_test_add ("/popgate/pop3/capa", Fixture, NULL, fixture_setup, test_capa, fixture_teardown);
-  g_test_add ("/popgate/pop3/stat-list-uidl", Fixture, NULL, fixture_setup, test_stat_list_uidl,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/retr-exact", Fixture, NULL, fixture_setup, test_retr_exact,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/retr-large", Fixture, NULL, fixture_setup, test_retr_large,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/top", Fixture, NULL, fixture_setup, test_top, fixture_teardown);
-  g_test_add ("/popgate/pop3/errors", Fixture, NULL, fixture_setup, test_errors,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/auth-failures", Fixture, NULL, fixture_setup, test_auth_failures,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/sasl", Fixture, NULL, fixture_setup, test_sasl, fixture_teardown);
-  g_test_add ("/popgate/pop3/dele-quit-expunge", Fixture, NULL, fixture_setup,
-              test_dele_quit_expunge, fixture_teardown);
-  g_test_add ("/popgate/pop3/no-quit-no-change", Fixture, NULL, fixture_setup,
-              test_no_quit_no_change, fixture_teardown);
-  g_test_add ("/popgate/pop3/mark-seen-on", Fixture, NULL, fixture_setup, test_mark_seen_on,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/mark-seen-off", Fixture, mark_seen_off, fixture_setup,
-              test_mark_seen_off, fixture_teardown);
-  g_test_add ("/popgate/pop3/move-trash", Fixture, move_trash, fixture_setup, test_move_trash,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/keep-leaves-upstream", Fixture, keep, fixture_setup, test_keep,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/vanished", Fixture, NULL, fixture_setup, test_vanished,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/in-use", Fixture, NULL, fixture_setup, test_in_use,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/pipelining", Fixture, NULL, fixture_setup, test_pipelining,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/stls", Fixture, NULL, fixture_setup, test_stls, fixture_teardown);
-  g_test_add ("/popgate/pop3/stls-injection", Fixture, NULL, fixture_setup, test_stls_injection,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/implicit-tls", Fixture, NULL, fixture_setup, test_implicit_tls,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/uidl-matches-dovecot", Fixture, NULL, fixture_setup,
-              test_uidl_matches_dovecot, fixture_teardown);
-  g_test_add ("/popgate/pop3/upstream-down", Fixture, down, fixture_setup, test_upstream_down,
-              fixture_teardown);
-  g_test_add ("/popgate/pop3/poplib", Fixture, NULL, fixture_setup, test_poplib,
-              fixture_teardown);
+  /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,
+   * which two writes within a second do not change. */
+  for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
+    {
+      g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
+      if (!pg_test_dovecot_add_user (upstream, user, PASSWORD, &error))
+        g_error ("%s", error->message);
+      g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
+                  fixture_teardown);
+    }
+  if (!pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start Dovecot: %s", error->message);
 
   rc = g_test_run ();
   pg_test_dovecot_free (upstream);

@@ -75,6 +75,9 @@ struct _PgPop3Session
   guint8 *read_buffer;     /* owned, PG_POP3_READ_CHUNK bytes */
   gboolean reading;        /* a socket read is pending */
   gboolean busy;           /* a command is waiting for the upstream or a timer */
+  gboolean starting_tls;   /* STLS: no socket reads until the handshake is done */
+  gboolean tls_flushed;    /* STLS: the +OK is on the wire */
+  GCancellable *read_cancellable; /* owned: the pending socket read */
   GString *reply;          /* replies not yet handed to the connection */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
 
@@ -166,6 +169,7 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->stuffer, pg_dot_stuffer_free);
   g_clear_pointer (&self->stuffed, g_byte_array_unref);
   g_clear_object (&self->cancellable);
+  g_clear_object (&self->read_cancellable);
   g_string_free (self->reply, TRUE);
   g_free (self->read_buffer);
   g_free (self->flags);
@@ -644,7 +648,19 @@ pg_pop3_session_stls_cb (GObject *source, GAsyncResult *result, gpointer user_da
     }
   pg_session_info (self->id, "TLS started");
   self->busy = FALSE;
+  self->starting_tls = FALSE;
   pg_pop3_session_process (self);
+}
+
+/* Start the handshake once the "+OK" is out and no plaintext read is pending. */
+static void
+pg_pop3_session_maybe_start_tls (PgPop3Session *self)
+{
+  if (!self->tls_flushed || self->reading || pg_conn_is_closed (self->conn))
+    return;
+  self->tls_flushed = FALSE;
+  pg_conn_start_tls_async (self->conn, self->cancellable, pg_pop3_session_stls_cb,
+                           g_object_ref (self));
 }
 
 static void
@@ -654,8 +670,8 @@ pg_pop3_session_stls_flushed_cb (GObject *source, GAsyncResult *result, gpointer
 
   if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
     return;
-  pg_conn_start_tls_async (self->conn, self->cancellable, pg_pop3_session_stls_cb,
-                           g_object_ref (self));
+  self->tls_flushed = TRUE;
+  pg_pop3_session_maybe_start_tls (self);
 }
 
 static void
@@ -682,6 +698,9 @@ pg_pop3_session_stls (PgPop3Session *self)
                        dropped);
   }
   self->busy = TRUE;
+  self->starting_tls = TRUE;
+  if (self->reading)
+    g_cancellable_cancel (self->read_cancellable);
   pg_conn_wait_drained_async (self->conn, 0, self->cancellable, pg_pop3_session_stls_flushed_cb,
                               g_object_ref (self));
 }
@@ -787,6 +806,9 @@ pg_pop3_session_stat (PgPop3Session *self)
   pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, count, octets);
 }
 
+/* UIDL is Dovecot's default pop3_uidl_format "%08Xu%08Xv": UID then UIDVALIDITY as 8 hex
+ * digits each. Dovecot's %X prints lower-case hex, so we do too: a client moved from
+ * Dovecot's POP3 to popgate then sees the same UIDLs and downloads nothing twice. */
 static void
 pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
 {
@@ -797,7 +819,7 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (msg == NULL)
         return;
       if (uidl)
-        pg_pop3_reply (self, "+OK %u %08X%08X", cmd->message, msg->uid, self->uidvalidity);
+        pg_pop3_reply (self, "+OK %u %08x%08x", cmd->message, msg->uid, self->uidvalidity);
       else
         pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, cmd->message, msg->size);
       return;
@@ -809,7 +831,7 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (self->flags[i] & PG_POP3_MSG_DELETED)
         continue;
       if (uidl)
-        pg_pop3_reply (self, "%u %08X%08X", i + 1, msg->uid, self->uidvalidity);
+        pg_pop3_reply (self, "%u %08x%08x", i + 1, msg->uid, self->uidvalidity);
       else
         pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1, msg->size);
     }
@@ -1175,6 +1197,12 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
   self->reading = FALSE;
   if (pg_conn_is_closed (self->conn))
     return;
+  if (self->starting_tls)
+    {
+      /* Bytes that raced in after STLS are plaintext: dropped, never commands. */
+      pg_pop3_session_maybe_start_tls (self);
+      return;
+    }
   if (n <= 0)
     {
       /* The client went away before QUIT: nothing changes upstream. */
@@ -1192,14 +1220,18 @@ pg_pop3_session_read (PgPop3Session *self)
 {
   gsize space;
 
-  if (self->reading || pg_conn_is_closed (self->conn))
+  if (self->reading || self->starting_tls || pg_conn_is_closed (self->conn))
     return;
   space = pg_line_reader_get_space (self->reader);
   if (space == 0)
     return; /* pipelined input is full: read again once commands were handled */
   self->reading = TRUE;
+  g_clear_object (&self->read_cancellable);
+  self->read_cancellable = g_cancellable_new ();
+  g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
+                         g_object_ref (self->read_cancellable), g_object_unref);
   pg_conn_read_async (self->conn, self->read_buffer, MIN (space, PG_POP3_READ_CHUNK),
-                      self->cancellable, pg_pop3_session_read_cb, g_object_ref (self));
+                      self->read_cancellable, pg_pop3_session_read_cb, g_object_ref (self));
 }
 
 static gboolean
