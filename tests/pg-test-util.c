@@ -151,11 +151,11 @@ pg_test_process_stop (PgTestProcess *process, guint timeout_ms)
   pg_test_process_kill (process, SIGTERM);
   if (pg_test_process_wait (process, timeout_ms))
     return TRUE;
-  g_warning ("child %d ignored SIGTERM for %u ms; sending SIGKILL", (int) process->pid,
+  g_test_message ("child %d ignored SIGTERM for %u ms; sending SIGKILL", (int) process->pid,
              timeout_ms);
   pg_test_process_kill (process, SIGKILL);
   if (!pg_test_process_wait (process, timeout_ms))
-    g_warning ("child %d survived SIGKILL for %u ms", (int) process->pid, timeout_ms);
+    g_test_message ("child %d survived SIGKILL for %u ms", (int) process->pid, timeout_ms);
   return FALSE;
 }
 
@@ -318,8 +318,8 @@ pg_test_run_wait_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 gboolean
-pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **out_output,
-             GError **error)
+pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
+                    int *out_exit_code, gchar **out_output, GError **error)
 {
   g_autoptr (GSubprocessLauncher) launcher = NULL;
   g_autoptr (GSubprocess) subprocess = NULL;
@@ -377,10 +377,30 @@ pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **o
                    command, timeout_ms, output);
       return FALSE;
     }
-  if (!g_subprocess_get_successful (subprocess))
+  if (out_exit_code != NULL)
+    *out_exit_code = g_subprocess_get_if_signaled (subprocess)
+                       ? 128 + g_subprocess_get_term_sig (subprocess)
+                       : g_subprocess_get_exit_status (subprocess);
+  if (out_output != NULL)
+    *out_output = g_steal_pointer (&output);
+  return TRUE;
+}
+
+gboolean
+pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **out_output,
+             GError **error)
+{
+  g_autofree gchar *output = NULL;
+  int exit_code = -1;
+
+  if (!pg_test_run_status (argv, input, timeout_ms, &exit_code, &output, error))
+    return FALSE;
+  if (exit_code != 0)
     {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: failed (status %d): %s", command,
-                   g_subprocess_get_status (subprocess), output);
+      g_autofree gchar *command = g_strjoinv (" ", (gchar **) argv);
+
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: failed (exit %d): %s", command,
+                   exit_code, output);
       return FALSE;
     }
   if (out_output != NULL)

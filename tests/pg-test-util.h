@@ -67,8 +67,12 @@ gchar *pg_test_read_file (const char *path);
 gboolean pg_test_rm_rf (const char *path);
 
 /* Run a short-lived command to completion, feeding it `input` (may be NULL) on stdin, with
- * a deadline (then SIGKILL). Returns FALSE with an error if it could not run, timed out or
- * exited non-zero; *out_output (optional) gets stdout+stderr either way where possible. */
+ * a deadline (then SIGKILL). FALSE with an error if it could not run or timed out; else
+ * *out_exit_code gets its exit code (128 + N if killed by signal N) and *out_output
+ * (optional) its stdout+stderr. */
+gboolean pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
+                             int *out_exit_code, gchar **out_output, GError **error);
+/* The same, but a non-zero exit is an error too (its message holds the output). */
 gboolean pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms,
                       gchar **out_output, GError **error);
 

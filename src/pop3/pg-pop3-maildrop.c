@@ -1,0 +1,548 @@
+/* popgate — the POP3 maildrop on one upstream IMAP connection.
+ *
+ * Login is connect → ID + LOGIN (pipelined) → SELECT + UID FETCH 1:* (UID RFC822.SIZE)
+ * (pipelined): three round trips to a usable maildrop. Only UID commands touch messages;
+ * plain EXPUNGE is never sent.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-pop3-maildrop.h"
+
+#include "pg-build-config.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-upstream.h"
+
+#include <string.h>
+
+struct _PgPop3Maildrop
+{
+  PgConfig *config;       /* owned */
+  guint64 sid;
+  gchar *client_ip;       /* owned */
+  PgUpstream *upstream;   /* owned */
+  GArray *messages;       /* owned, of PgPop3Message */
+  guint32 uidvalidity;
+  gboolean paused;
+  PgPop3ChunkFunc chunk_func;
+  gpointer chunk_data;
+  guint64 delivered;
+};
+
+PgPop3Maildrop *
+pg_pop3_maildrop_new (PgConfig *config, guint64 session_id, const char *client_ip)
+{
+  PgPop3Maildrop *maildrop = g_new0 (PgPop3Maildrop, 1);
+
+  maildrop->config = pg_config_ref (config);
+  maildrop->sid = session_id;
+  maildrop->client_ip = g_strdup (client_ip);
+  maildrop->messages = g_array_new (FALSE, FALSE, sizeof (PgPop3Message));
+  return maildrop;
+}
+
+void
+pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
+{
+  if (maildrop == NULL)
+    return;
+  pg_pop3_maildrop_close (maildrop);
+  g_array_unref (maildrop->messages);
+  pg_config_unref (maildrop->config);
+  g_free (maildrop->client_ip);
+  g_free (maildrop);
+}
+
+GArray *
+pg_pop3_maildrop_get_messages (PgPop3Maildrop *maildrop)
+{
+  return maildrop->messages;
+}
+
+guint32
+pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop)
+{
+  return maildrop->uidvalidity;
+}
+
+/* --- open ----------------------------------------------------------------------------- */
+
+typedef struct
+{
+  PgPop3Maildrop *maildrop; /* unowned: the session keeps it alive until we complete */
+  PgSecret *user;      /* owned (a user name is not secret, but it travels with one) */
+  PgSecret *password;  /* owned, wiped on free */
+  guint pending;       /* pipelined operations still to complete */
+  GError *error;       /* owned: the first failure of a pipelined step */
+  gboolean auth_failed;
+} PgOpenData;
+
+static void
+pg_open_data_free (PgOpenData *data)
+{
+  pg_secret_free (data->user);
+  pg_secret_free (data->password);
+  g_clear_error (&data->error);
+  g_free (data);
+}
+
+static void
+pg_pop3_maildrop_keep_error (PgOpenData *data, GError *error)
+{
+  if (data->error == NULL)
+    data->error = error;
+  else
+    g_error_free (error);
+}
+
+static void
+pg_pop3_maildrop_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
+{
+  PgPop3Maildrop *maildrop = user_data;
+  PgPop3Message msg = { .uid = uid, .size = size };
+
+  g_array_append_val (maildrop->messages, msg);
+}
+
+static void
+pg_pop3_maildrop_open_step_done (GTask *task)
+{
+  PgOpenData *data = g_task_get_task_data (task);
+
+  if (--data->pending > 0)
+    return;
+  if (data->error != NULL)
+    g_task_return_error (task, g_steal_pointer (&data->error));
+  else
+    g_task_return_boolean (task, TRUE);
+  g_object_unref (task);
+}
+
+static void
+pg_pop3_maildrop_sizes_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgOpenData *data = g_task_get_task_data (task);
+  GError *error = NULL;
+
+  if (!pg_upstream_fetch_sizes_finish (PG_UPSTREAM (source), result, &error))
+    pg_pop3_maildrop_keep_error (data, error);
+  pg_pop3_maildrop_open_step_done (task);
+}
+
+static gint
+pg_pop3_message_compare (gconstpointer a, gconstpointer b)
+{
+  guint32 x = ((const PgPop3Message *) a)->uid;
+  guint32 y = ((const PgPop3Message *) b)->uid;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static void
+pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgOpenData *data = g_task_get_task_data (task);
+  PgPop3Maildrop *maildrop = data->maildrop;
+  PgUpstreamMailbox mailbox = { 0 };
+  GError *error = NULL;
+
+  if (!pg_upstream_select_finish (PG_UPSTREAM (source), result, &mailbox, &error))
+    pg_pop3_maildrop_keep_error (data, error);
+  else
+    maildrop->uidvalidity = mailbox.uidvalidity;
+  pg_pop3_maildrop_open_step_done (task);
+}
+
+static void
+pg_pop3_maildrop_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgOpenData *data = g_task_get_task_data (task);
+  PgPop3Maildrop *maildrop = data->maildrop;
+  GError *error = NULL;
+  gboolean ok;
+
+  if (g_task_get_source_tag (G_TASK (result)) == (gpointer) pg_upstream_login_async)
+    ok = pg_upstream_login_finish (PG_UPSTREAM (source), result, &error);
+  else
+    ok = pg_upstream_authenticate_plain_finish (PG_UPSTREAM (source), result, &error);
+  pg_secret_free (g_steal_pointer (&data->password));
+  if (!ok)
+    {
+      g_task_return_error (task, error);
+      g_object_unref (task);
+      return;
+    }
+  /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
+   * order, which is UID order; sorting keeps that true whatever the server does. */
+  data->pending = 2;
+  pg_upstream_select_async (maildrop->upstream, maildrop->config->upstream.mailbox, FALSE,
+                            g_task_get_cancellable (task), pg_pop3_maildrop_select_cb, task);
+  pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
+                                 g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb, task);
+}
+
+static void
+pg_pop3_maildrop_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  /* ID is informational: a failure does not stop the login. */
+  (void) pg_upstream_id_finish (PG_UPSTREAM (source), result, NULL);
+}
+
+static void
+pg_pop3_maildrop_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgOpenData *data = g_task_get_task_data (task);
+  PgPop3Maildrop *maildrop = data->maildrop;
+  GError *error = NULL;
+
+  if (!pg_upstream_connect_finish (PG_UPSTREAM (source), result, &error))
+    {
+      g_task_return_error (task, error);
+      g_object_unref (task);
+      return;
+    }
+  if (pg_upstream_has_capability (maildrop->upstream, "ID"))
+    pg_upstream_id_async (maildrop->upstream, "popgate", PG_VERSION, maildrop->client_ip,
+                          g_task_get_cancellable (task), pg_pop3_maildrop_id_cb, NULL);
+  /* AUTHENTICATE PLAIN where offered (it survives LOGINDISABLED-style policies and
+   * carries UTF-8 cleanly); LOGIN with literals otherwise. */
+  if (pg_upstream_has_capability (maildrop->upstream, "AUTH=PLAIN"))
+    pg_upstream_authenticate_plain_async (maildrop->upstream, data->user, data->password,
+                                          g_task_get_cancellable (task),
+                                          pg_pop3_maildrop_login_cb, task);
+  else
+    pg_upstream_login_async (maildrop->upstream, data->user, data->password,
+                             g_task_get_cancellable (task), pg_pop3_maildrop_login_cb, task);
+}
+
+void
+pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const char *password,
+                             GCancellable *cancellable, GAsyncReadyCallback callback,
+                             gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+  PgOpenData *data = g_new0 (PgOpenData, 1);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_open_async);
+  data->user = g_strdup (user);
+  data->password = g_strdup (password);
+  g_task_set_task_data (task, data, (GDestroyNotify) pg_open_data_free);
+  data->maildrop = maildrop;
+  g_clear_object (&maildrop->upstream);
+  g_array_set_size (maildrop->messages, 0);
+  maildrop->upstream = pg_upstream_new (maildrop->config, maildrop->sid);
+  pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
+}
+
+gboolean
+pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
+{
+  if (!g_task_propagate_boolean (G_TASK (result), error))
+    return FALSE;
+  g_array_sort (maildrop->messages, pg_pop3_message_compare);
+  return TRUE;
+}
+
+/* --- fetch ------------------------------------------------------------------------------ */
+
+static const char *const pg_pop3_section_names[] = { "", "HEADER", "TEXT" };
+
+static gboolean
+pg_pop3_maildrop_chunk_cb (GBytes *chunk, gpointer user_data)
+{
+  PgPop3Maildrop *maildrop = user_data;
+  gsize len = 0;
+  const guint8 *data = g_bytes_get_data (chunk, &len);
+
+  maildrop->delivered += len;
+  maildrop->chunk_func (data, len, maildrop->chunk_data);
+  return !maildrop->paused;
+}
+
+static void
+pg_pop3_maildrop_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgPop3Maildrop *maildrop = g_task_get_task_data (task);
+  GError *error = NULL;
+  gboolean vanished = FALSE;
+
+  maildrop->paused = FALSE;
+  if (!pg_upstream_fetch_body_finish (PG_UPSTREAM (source), result, &vanished, &error))
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  if (vanished)
+    {
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                               "the message no longer exists upstream");
+      return;
+    }
+  g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_pop3_maildrop_fetch_async (PgPop3Maildrop *maildrop, guint32 uid, PgPop3Section section,
+                              guint64 offset, guint64 length, PgPop3ChunkFunc chunk_func,
+                              gpointer chunk_data, GCancellable *cancellable,
+                              GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_fetch_async);
+  g_task_set_task_data (task, maildrop, NULL);
+  maildrop->chunk_func = chunk_func;
+  maildrop->chunk_data = chunk_data;
+  maildrop->delivered = 0;
+  maildrop->paused = FALSE;
+  pg_upstream_fetch_body_async (maildrop->upstream, uid, pg_pop3_section_names[section], offset,
+                                length, pg_pop3_maildrop_chunk_cb, maildrop, cancellable,
+                                pg_pop3_maildrop_fetch_cb, task);
+}
+
+gboolean
+pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                               guint64 *out_total, GError **error)
+{
+  if (!g_task_propagate_boolean (G_TASK (result), error))
+    return FALSE;
+  if (out_total != NULL)
+    *out_total = maildrop->delivered;
+  return TRUE;
+}
+
+void
+pg_pop3_maildrop_pause (PgPop3Maildrop *maildrop)
+{
+  maildrop->paused = TRUE;
+}
+
+void
+pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop)
+{
+  if (!maildrop->paused)
+    return;
+  maildrop->paused = FALSE;
+  if (maildrop->upstream != NULL)
+    pg_upstream_resume (maildrop->upstream);
+}
+
+/* --- update (QUIT) ------------------------------------------------------------------------ */
+
+typedef enum
+{
+  PG_UPDATE_SEEN,
+  PG_UPDATE_FLAG_DELETED,
+  PG_UPDATE_EXPUNGE,
+  PG_UPDATE_MOVE,
+  PG_UPDATE_LOGOUT,
+  PG_UPDATE_DONE,
+} PgUpdateStep;
+
+typedef struct
+{
+  PgPop3Maildrop *maildrop; /* unowned */
+  GArray *deleted;          /* owned */
+  GArray *seen;             /* owned */
+  PgUpdateStep step;
+  GString *problems;        /* owned: what was not applied */
+} PgUpdateData;
+
+static void
+pg_update_data_free (PgUpdateData *data)
+{
+  g_array_unref (data->deleted);
+  g_array_unref (data->seen);
+  g_string_free (data->problems, TRUE);
+  g_free (data);
+}
+
+static void pg_pop3_maildrop_update_next (GTask *task);
+
+static void
+pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+static void
+pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
+{
+  va_list args;
+
+  if (data->problems->len > 0)
+    g_string_append (data->problems, "; ");
+  va_start (args, format);
+  g_string_append_vprintf (data->problems, format, args);
+  va_end (args);
+}
+
+static void
+pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgUpdateData *data = g_task_get_task_data (task);
+  PgPop3Maildrop *maildrop = data->maildrop;
+  PgUpstream *upstream = PG_UPSTREAM (source);
+  g_autoptr (GError) error = NULL;
+  gboolean removed = TRUE;
+
+  switch (data->step)
+    {
+    case PG_UPDATE_SEEN:
+      if (!pg_upstream_add_flags_finish (upstream, result, &error))
+        pg_pop3_maildrop_update_problem (data, "%u retrieved messages not marked seen (%s)",
+                                         data->seen->len, error->message);
+      data->step = PG_UPDATE_FLAG_DELETED;
+      break;
+    case PG_UPDATE_FLAG_DELETED:
+      if (!pg_upstream_add_flags_finish (upstream, result, &error))
+        {
+          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
+                                           data->deleted->len, error->message);
+          data->step = PG_UPDATE_LOGOUT;
+          break;
+        }
+      if (!pg_upstream_has_capability (upstream, "UIDPLUS"))
+        {
+          /* Never a plain EXPUNGE: it would also remove what an IMAP user flagged
+           * \Deleted and meant to keep. The messages stay flagged. */
+          pg_session_warning (maildrop->sid, "upstream lacks UIDPLUS: %u messages left "
+                              "flagged \\Deleted, not expunged", data->deleted->len);
+          pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
+                                           "expunged: the server lacks UIDPLUS",
+                                           data->deleted->len);
+          data->step = PG_UPDATE_LOGOUT;
+          break;
+        }
+      data->step = PG_UPDATE_EXPUNGE;
+      break;
+    case PG_UPDATE_EXPUNGE:
+      if (!pg_upstream_expunge_finish (upstream, result, &error))
+        pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
+                                         "expunged (%s)", data->deleted->len, error->message);
+      data->step = PG_UPDATE_LOGOUT;
+      break;
+    case PG_UPDATE_MOVE:
+      if (!pg_upstream_move_finish (upstream, result, &removed, &error))
+        pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
+                                         data->deleted->len, maildrop->config->pop3.move_mailbox,
+                                         error->message);
+      else if (!removed)
+        {
+          pg_session_warning (maildrop->sid, "upstream lacks MOVE and UIDPLUS: %u messages "
+                              "copied to %s and left flagged \\Deleted", data->deleted->len,
+                              maildrop->config->pop3.move_mailbox);
+          pg_pop3_maildrop_update_problem (data, "%u messages copied to %s but left flagged "
+                                           "\\Deleted: the server lacks UIDPLUS",
+                                           data->deleted->len,
+                                           maildrop->config->pop3.move_mailbox);
+        }
+      data->step = PG_UPDATE_LOGOUT;
+      break;
+    case PG_UPDATE_LOGOUT:
+      /* A failed LOGOUT after everything was applied changes nothing for the client. */
+      (void) pg_upstream_logout_finish (upstream, result, NULL);
+      data->step = PG_UPDATE_DONE;
+      break;
+    case PG_UPDATE_DONE:
+      g_assert_not_reached ();
+    }
+  pg_pop3_maildrop_update_next (task);
+}
+
+static void
+pg_pop3_maildrop_update_next (GTask *task)
+{
+  PgUpdateData *data = g_task_get_task_data (task);
+  PgUpstream *upstream = data->maildrop->upstream;
+  GCancellable *cancellable = g_task_get_cancellable (task);
+  PgConfig *config = data->maildrop->config;
+
+  for (;;)
+    {
+      switch (data->step)
+        {
+        case PG_UPDATE_SEEN:
+          if (data->seen->len > 0)
+            {
+              pg_upstream_add_flags_async (upstream, (const guint32 *) data->seen->data,
+                                           data->seen->len, "\\Seen", cancellable,
+                                           pg_pop3_maildrop_update_step_cb, task);
+              return;
+            }
+          data->step = PG_UPDATE_FLAG_DELETED;
+          continue;
+        case PG_UPDATE_FLAG_DELETED:
+          if (data->deleted->len == 0 || config->pop3.delete_policy == PG_DELETE_KEEP)
+            {
+              data->step = PG_UPDATE_LOGOUT;
+              continue;
+            }
+          if (config->pop3.delete_policy == PG_DELETE_MOVE)
+            {
+              data->step = PG_UPDATE_MOVE;
+              pg_upstream_move_async (upstream, (const guint32 *) data->deleted->data,
+                                      data->deleted->len, config->pop3.move_mailbox,
+                                      cancellable, pg_pop3_maildrop_update_step_cb, task);
+              return;
+            }
+          pg_upstream_add_flags_async (upstream, (const guint32 *) data->deleted->data,
+                                       data->deleted->len, "\\Deleted", cancellable,
+                                       pg_pop3_maildrop_update_step_cb, task);
+          return;
+        case PG_UPDATE_EXPUNGE:
+          pg_upstream_expunge_async (upstream, (const guint32 *) data->deleted->data,
+                                     data->deleted->len, cancellable,
+                                     pg_pop3_maildrop_update_step_cb, task);
+          return;
+        case PG_UPDATE_MOVE:
+          g_assert_not_reached ();
+        case PG_UPDATE_LOGOUT:
+          pg_upstream_logout_async (upstream, cancellable, pg_pop3_maildrop_update_step_cb, task);
+          return;
+        case PG_UPDATE_DONE:
+          if (data->problems->len > 0)
+            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s",
+                                     data->problems->str);
+          else
+            g_task_return_boolean (task, TRUE);
+          g_object_unref (task);
+          return;
+        }
+    }
+}
+
+void
+pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, GArray *deleted, GArray *seen,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+  PgUpdateData *data = g_new0 (PgUpdateData, 1);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_update_async);
+  data->maildrop = maildrop;
+  data->deleted = g_array_ref (deleted);
+  data->seen = g_array_ref (seen);
+  data->problems = g_string_new (NULL);
+  data->step = PG_UPDATE_SEEN;
+  g_task_set_task_data (task, data, (GDestroyNotify) pg_update_data_free);
+  pg_pop3_maildrop_update_next (task);
+}
+
+gboolean
+pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
+{
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+void
+pg_pop3_maildrop_close (PgPop3Maildrop *maildrop)
+{
+  if (maildrop->upstream == NULL)
+    return;
+  if (!pg_upstream_is_closed (maildrop->upstream))
+    pg_upstream_close (maildrop->upstream);
+  g_clear_object (&maildrop->upstream);
+}

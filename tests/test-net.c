@@ -1,0 +1,458 @@
+/* popgate — tests for the net layer: IPv4/IPv6 listeners, implicit TLS verified against a
+ * generated CA, session limits (total and per address), the pre-auth timeout, reload and
+ * shutdown. The server runs in-process on the test's main context; clients are async and
+ * the test iterates the context until a condition holds or a watchdog fires.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "popgate/pg-config.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-net.h"
+
+#include "pg-test-certs.h"
+#include "pg-test-util.h"
+
+#include <string.h>
+
+#define WATCHDOG_MS 10000
+
+static guint16
+free_port (const char *host)
+{
+  g_autoptr (GSocket) sock = g_socket_new (strchr (host, ':') ? G_SOCKET_FAMILY_IPV6
+                                                              : G_SOCKET_FAMILY_IPV4,
+                                           G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (host);
+  g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+
+  g_assert_nonnull (sock);
+  g_assert_true (g_socket_bind (sock, addr, TRUE, NULL));
+  bound = g_socket_get_local_address (sock, NULL);
+  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+}
+
+/* Run the main context until *flag is set, failing the test after the watchdog. */
+static void
+iterate_until (const gboolean *flag)
+{
+  gint64 deadline = g_get_monotonic_time () + WATCHDOG_MS * 1000;
+
+  while (!*flag)
+    {
+      g_assert_cmpint (g_get_monotonic_time (), <, deadline);
+      g_main_context_iteration (NULL, FALSE);
+      if (!*flag)
+        g_usleep (1000);
+    }
+}
+
+/* --- a trivial front end: greet, then echo "BYE" and close on any input --------------- */
+
+typedef struct
+{
+  guint started;
+  guint closed;
+  guint timeouts;
+  guint shutdowns;
+  GPtrArray *conns; /* PgConn*, owned */
+} Frontend;
+
+static void
+frontend_closed_cb (PgConn *conn, gpointer user_data)
+{
+  Frontend *fe = user_data;
+  fe->closed++;
+}
+
+static gboolean
+frontend_timeout_cb (PgConn *conn, gpointer user_data)
+{
+  Frontend *fe = user_data;
+  fe->timeouts++;
+  pg_conn_write_printf (conn, "-ERR timeout\r\n");
+  pg_conn_close (conn);
+  return TRUE;
+}
+
+static void
+frontend_shutdown_cb (PgConn *conn, gpointer user_data)
+{
+  Frontend *fe = user_data;
+  fe->shutdowns++;
+  pg_conn_write_printf (conn, "-ERR shutting down\r\n");
+  pg_conn_close (conn);
+}
+
+static void
+frontend_start (PgConn *conn, gpointer user_data)
+{
+  Frontend *fe = user_data;
+
+  fe->started++;
+  g_ptr_array_add (fe->conns, g_object_ref (conn));
+  g_signal_connect (conn, "closed", G_CALLBACK (frontend_closed_cb), fe);
+  g_signal_connect (conn, "timeout", G_CALLBACK (frontend_timeout_cb), fe);
+  g_signal_connect (conn, "shutdown", G_CALLBACK (frontend_shutdown_cb), fe);
+  pg_conn_write_printf (conn, "+OK hello %s%s\r\n", pg_frontend_to_string (pg_conn_get_frontend (conn)),
+                        pg_conn_is_tls (conn) ? " tls" : "");
+}
+
+/* --- test client ------------------------------------------------------------------------ */
+
+typedef struct
+{
+  gboolean done;
+  GIOStream *stream; /* owned: the socket, or TLS over it */
+  GError *error;
+  GString *received;
+  gboolean eof;
+  char buf[4096];
+} Client;
+
+static void
+client_free (Client *client)
+{
+  if (client->stream != NULL)
+    g_io_stream_close (client->stream, NULL, NULL);
+  g_clear_object (&client->stream);
+  g_clear_error (&client->error);
+  g_string_free (client->received, TRUE);
+  g_free (client);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Client, client_free)
+
+static void
+client_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  Client *client = user_data;
+  client->stream = G_IO_STREAM (g_socket_client_connect_finish (G_SOCKET_CLIENT (source),
+                                                                result, &client->error));
+  client->done = TRUE;
+}
+
+static void
+client_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  Client *client = user_data;
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &client->error))
+    g_clear_object (&client->stream);
+  client->done = TRUE;
+}
+
+/* Connect (optionally from bind_ip); with ca_file, do a TLS handshake that verifies the
+ * server as `identity` against that CA. On failure client->error is set. */
+static Client *
+client_connect (const char *host, guint16 port, const char *bind_ip, const char *ca_file,
+                const char *identity)
+{
+  g_autoptr (GSocketClient) sc = g_socket_client_new ();
+  g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (host);
+  g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, port);
+  Client *client = g_new0 (Client, 1);
+
+  client->received = g_string_new (NULL);
+  if (bind_ip != NULL)
+    {
+      g_autoptr (GInetAddress) local = g_inet_address_new_from_string (bind_ip);
+      g_autoptr (GSocketAddress) local_addr = g_inet_socket_address_new (local, 0);
+      g_socket_client_set_local_address (sc, local_addr);
+    }
+  g_socket_client_connect_async (sc, G_SOCKET_CONNECTABLE (addr), NULL, client_connect_cb,
+                                 client);
+  iterate_until (&client->done);
+  if (client->stream == NULL || ca_file == NULL)
+    return client;
+
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GTlsDatabase) db = g_tls_file_database_new (ca_file, &error);
+    g_autoptr (GSocketConnectable) id = g_network_address_new (identity, port);
+    GIOStream *tls;
+
+    g_assert_no_error (error);
+    tls = g_tls_client_connection_new (client->stream, id, &error);
+    g_assert_no_error (error);
+    g_tls_connection_set_database (G_TLS_CONNECTION (tls), db);
+    g_object_unref (client->stream);
+    client->stream = tls;
+    client->done = FALSE;
+    g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL,
+                                      client_handshake_cb, client);
+    iterate_until (&client->done);
+  }
+  return client;
+}
+
+static void
+client_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  Client *client = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  if (n <= 0)
+    client->eof = TRUE;
+  else
+    g_string_append_len (client->received, client->buf, n);
+  client->done = TRUE;
+}
+
+/* Read until `text` was received (or, with text NULL, until the server closes). */
+static void
+client_expect (Client *client, const char *text)
+{
+  gint64 deadline = g_get_monotonic_time () + WATCHDOG_MS * 1000;
+
+  g_assert_nonnull (client->stream);
+  while (text == NULL ? !client->eof : strstr (client->received->str, text) == NULL)
+    {
+      g_assert_false (client->eof && text != NULL);
+      g_assert_cmpint (g_get_monotonic_time (), <, deadline);
+      client->done = FALSE;
+      g_input_stream_read_async (g_io_stream_get_input_stream (client->stream), client->buf,
+                                 sizeof client->buf, G_PRIORITY_DEFAULT, NULL, client_read_cb,
+                                 client);
+      iterate_until (&client->done);
+    }
+}
+
+/* --- fixture ----------------------------------------------------------------------------- */
+
+typedef struct
+{
+  gchar *dir;
+  PgTestCerts *certs;
+  Frontend fe;
+  PgServer *server;
+  guint16 port4, port6, tls_port;
+} Fixture;
+
+static PgConfig *
+make_config (Fixture *fx, const char *extra)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *text = g_strdup_printf (
+      "[upstream]\nhost = 127.0.0.1\ntls = none\nport = 143\n"
+      "[pop3]\nlisten = 127.0.0.1:%u, [::1]:%u\ntls_listen = 127.0.0.1:%u\n"
+      "[tls]\ncert = %s\nkey = %s\n"
+      "%s",
+      fx->port4, fx->port6, fx->tls_port, fx->certs->cert_file, fx->certs->key_file,
+      extra != NULL ? extra : "");
+  PgConfig *config = pg_config_load_data (text, strlen (text), "test.conf", &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (config);
+  return config;
+}
+
+static void
+fixture_setup (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgConfig) config = NULL;
+
+  fx->dir = g_dir_make_tmp ("popgate-test-net-XXXXXX", &error);
+  g_assert_no_error (error);
+  fx->certs = pg_test_certs_new (fx->dir, &error);
+  g_assert_no_error (error);
+  fx->fe.conns = g_ptr_array_new_with_free_func (g_object_unref);
+  fx->port4 = free_port ("127.0.0.1");
+  fx->port6 = free_port ("::1");
+  fx->tls_port = free_port ("127.0.0.1");
+  config = make_config (fx, data);
+  fx->server = pg_server_new (config);
+  pg_server_set_handler (fx->server, PG_FRONTEND_POP3, frontend_start, &fx->fe);
+  g_assert_true (pg_server_start (fx->server, &error));
+  g_assert_no_error (error);
+}
+
+static void
+fixture_teardown (Fixture *fx, gconstpointer data)
+{
+  for (guint i = 0; i < fx->fe.conns->len; i++)
+    pg_conn_abort (g_ptr_array_index (fx->fe.conns, i));
+  g_ptr_array_unref (fx->fe.conns);
+  g_clear_object (&fx->server);
+  pg_test_certs_free (fx->certs);
+  pg_test_rm_rf (fx->dir);
+  g_free (fx->dir);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+}
+
+/* --- tests -------------------------------------------------------------------------------- */
+
+static void
+test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) c4 = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) c6 = client_connect ("::1", fx->port6, NULL, NULL, NULL);
+
+  g_assert_no_error (c4->error);
+  g_assert_no_error (c6->error);
+  client_expect (c4, "+OK hello pop3\r\n");
+  client_expect (c6, "+OK hello pop3\r\n");
+  g_assert_cmpuint (fx->fe.started, ==, 2);
+  g_assert_cmpuint (pg_server_get_n_sessions (fx->server), ==, 2);
+}
+
+static void
+test_tls_verified (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) good = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file,
+                                            "localhost");
+  g_autoptr (Client) untrusted = client_connect ("127.0.0.1", fx->tls_port, NULL,
+                                                 fx->certs->untrusted_ca_file, "localhost");
+  g_autoptr (Client) wrong_name = client_connect ("127.0.0.1", fx->tls_port, NULL,
+                                                  fx->certs->ca_file, "mail.example.org");
+
+  g_assert_no_error (good->error);
+  client_expect (good, "+OK hello pop3 tls\r\n");
+  g_assert_error (untrusted->error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE);
+  g_assert_error (wrong_name->error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE);
+}
+
+static void
+test_limit_total (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) a = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) b = client_connect ("::1", fx->port6, NULL, NULL, NULL);
+  g_autoptr (Client) c = NULL;
+
+  client_expect (a, "+OK hello");
+  client_expect (b, "+OK hello");
+  c = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  client_expect (c, NULL);
+  g_assert_nonnull (strstr (c->received->str, "-ERR [SYS/TEMP] too many sessions"));
+  g_assert_cmpuint (fx->fe.started, ==, 2);
+
+  /* A slot frees up when a session ends. */
+  pg_conn_abort (g_ptr_array_index (fx->fe.conns, 0));
+  {
+    g_autoptr (Client) d = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+    client_expect (d, "+OK hello");
+  }
+}
+
+static void
+test_limit_per_address (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) a = client_connect ("127.0.0.1", fx->port4, "127.0.0.1", NULL, NULL);
+  g_autoptr (Client) b = client_connect ("127.0.0.1", fx->port4, "127.0.0.1", NULL, NULL);
+  g_autoptr (Client) other = NULL;
+
+  client_expect (a, "+OK hello");
+  client_expect (b, NULL);
+  g_assert_nonnull (strstr (b->received->str, "too many sessions from this address"));
+  /* Another loopback address is another client. */
+  other = client_connect ("127.0.0.1", fx->port4, "127.0.0.2", NULL, NULL);
+  client_expect (other, "+OK hello");
+}
+
+static void
+test_preauth_timeout (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) a = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+
+  client_expect (a, NULL);
+  g_assert_nonnull (strstr (a->received->str, "-ERR timeout\r\n"));
+  g_assert_cmpuint (fx->fe.timeouts, ==, 1);
+  g_assert_cmpuint (fx->fe.closed, ==, 1);
+}
+
+static void
+test_reload (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgConfig) next = NULL;
+  g_autoptr (Client) kept = NULL;
+  g_autoptr (Client) before = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  guint16 added = free_port ("127.0.0.1");
+  g_autofree gchar *extra = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u\n", added);
+  g_autoptr (GPtrArray) imap = NULL;
+
+  client_expect (before, "+OK hello");
+  next = make_config (fx, extra);
+  g_assert_true (pg_server_reload (fx->server, next, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_server_get_config (fx->server) == next);
+  imap = pg_server_get_bound_addresses (fx->server, PG_FRONTEND_IMAP, FALSE);
+  g_assert_cmpuint (imap->len, ==, 1);
+  /* The POP3 listener stayed (same socket) and the session that ran keeps going. */
+  kept = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  client_expect (kept, "+OK hello");
+  g_assert_false (pg_conn_is_closed (g_ptr_array_index (fx->fe.conns, 0)));
+
+  /* A reload that cannot bind changes nothing. */
+  {
+    g_autoptr (GError) bind_error = NULL;
+    g_autoptr (GSocket) blocker = NULL;
+    g_autoptr (PgConfig) bad = NULL;
+    guint16 taken = free_port ("127.0.0.1");
+    g_autofree gchar *taken_extra = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u, 127.0.0.1:%u\n",
+                                                     added, taken);
+    g_autoptr (GInetAddress) ip = g_inet_address_new_from_string ("127.0.0.1");
+    g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, taken);
+
+    blocker = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+    g_assert_true (g_socket_bind (blocker, addr, FALSE, NULL));
+    g_assert_true (g_socket_listen (blocker, NULL));
+    bad = make_config (fx, taken_extra);
+    g_assert_false (pg_server_reload (fx->server, bad, &bind_error));
+    g_assert_nonnull (bind_error);
+    g_assert_true (pg_server_get_config (fx->server) == next);
+    g_clear_pointer (&imap, g_ptr_array_unref);
+    imap = pg_server_get_bound_addresses (fx->server, PG_FRONTEND_IMAP, FALSE);
+    g_assert_cmpuint (imap->len, ==, 1);
+  }
+}
+
+static void
+on_idle_cb (PgServer *server, gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+}
+
+static void
+test_shutdown (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) a = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) late = NULL;
+  gboolean idle = FALSE;
+
+  client_expect (a, "+OK hello");
+  g_signal_connect (fx->server, "idle", G_CALLBACK (on_idle_cb), &idle);
+  pg_server_shutdown (fx->server);
+  client_expect (a, NULL);
+  g_assert_nonnull (strstr (a->received->str, "-ERR shutting down"));
+  iterate_until (&idle);
+  g_assert_cmpuint (fx->fe.shutdowns, ==, 1);
+  /* No longer accepting. */
+  late = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_assert_nonnull (late->error);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  pg_log_init (PG_LOG_LEVEL_WARNING);
+
+  g_test_add ("/popgate/net/ipv4-ipv6", Fixture, NULL, fixture_setup, test_ipv4_ipv6,
+              fixture_teardown);
+  g_test_add ("/popgate/net/tls-verified", Fixture, NULL, fixture_setup, test_tls_verified,
+              fixture_teardown);
+  g_test_add ("/popgate/net/limit-total", Fixture, "[limits]\nmax_sessions = 2\n", fixture_setup,
+              test_limit_total, fixture_teardown);
+  g_test_add ("/popgate/net/limit-per-address", Fixture,
+              "[limits]\nmax_sessions_per_address = 1\n", fixture_setup, test_limit_per_address,
+              fixture_teardown);
+  g_test_add ("/popgate/net/preauth-timeout", Fixture, "[limits]\npreauth_timeout = 200ms\n",
+              fixture_setup, test_preauth_timeout, fixture_teardown);
+  g_test_add ("/popgate/net/reload", Fixture, NULL, fixture_setup, test_reload,
+              fixture_teardown);
+  g_test_add ("/popgate/net/shutdown", Fixture, NULL, fixture_setup, test_shutdown,
+              fixture_teardown);
+  return g_test_run ();
+}

@@ -1,0 +1,861 @@
+/* popgate — POP3 front end integration tests: the real popgate binary in front of a real
+ * Dovecot, driven by a small POP3 client (and by Python's poplib); the upstream's content is
+ * checked over IMAP.
+ *
+ * One Dovecot serves the whole program; each test has its own user (named after the test)
+ * and its own popgate.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+#include "pg-test-pop3.h"
+#include "pg-test-popgate.h"
+
+#include "popgate/pg-codec-dotstuff.h"
+
+#include <signal.h>
+#include <string.h>
+
+static PgTestDovecot *upstream = NULL;
+
+#define PASSWORD "p\"a\\ss w0rd-é"
+
+typedef struct
+{
+  gchar *user;
+  PgTestPopgate *popgate;
+  GArray *uids;       /* guint32: the seeded messages, in order */
+  GPtrArray *bodies;  /* GBytes: what Dovecot serves for each (CRLF) */
+} Fixture;
+
+/* Messages with every awkward shape RETR must carry byte-exact. */
+static const char *const sample_messages[] = {
+  "From: a@example.org\r\nTo: b@example.org\r\nSubject: one\r\n\r\nHello.\r\n",
+  "Subject: dots\r\n\r\n.starts with a dot\r\n.\r\n..two dots\r\nend\r\n",
+  "Subject: no final newline\r\n\r\nlast line without CRLF",
+  "Subject: bare LF\n\nline one\nline two\n",
+  "Subject: 8bit \xc3\xa9t\xc3\xa9\r\n\r\nBody with 8-bit: \xe2\x82\xac \xff\xfe\r\n",
+};
+
+static gchar *
+fixture_user_name (void)
+{
+  /* "/popgate/pop3/retr-exact" → "retr-exact" (Dovecot lower-cases names anyway). */
+  const char *path = g_test_get_path ();
+  const char *base = strrchr (path, '/');
+  return g_ascii_strdown (base != NULL ? base + 1 : path, -1);
+}
+
+static PgTestImap *
+imap_login (const Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestImap *imap = pg_test_imap_connect (upstream->host, upstream->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error));
+  g_assert_no_error (error);
+  return imap;
+}
+
+static void
+fixture_seed (Fixture *fx, const char *data, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  gboolean ok = pg_test_dovecot_append (upstream, fx->user, "INBOX", data, len, &error);
+  g_assert_no_error (error);
+  g_assert_true (ok);
+}
+
+/* Read back what Dovecot now holds: UIDs and the exact bytes it serves. */
+static void
+fixture_snapshot (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (fx);
+
+  g_clear_pointer (&fx->uids, g_array_unref);
+  g_clear_pointer (&fx->bodies, g_ptr_array_unref);
+  fx->uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  fx->bodies = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  for (guint i = 0; i < fx->uids->len; i++)
+    {
+      GBytes *body = pg_test_imap_fetch_body (imap, g_array_index (fx->uids, guint32, i), &error);
+      g_assert_no_error (error);
+      g_ptr_array_add (fx->bodies, body);
+    }
+}
+
+static void
+fixture_setup (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  const char *const *settings = data;
+
+  fx->user = fixture_user_name ();
+  for (gsize i = 0; i < G_N_ELEMENTS (sample_messages); i++)
+    fixture_seed (fx, sample_messages[i], strlen (sample_messages[i]));
+  fixture_snapshot (fx);
+
+  fx->popgate = pg_test_popgate_new (upstream, "none", &error);
+  g_assert_no_error (error);
+  pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
+  for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+    pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
+  g_assert_true (pg_test_popgate_start (fx->popgate, &error));
+  g_assert_no_error (error);
+}
+
+static void
+fixture_teardown (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *log = NULL;
+
+  if (fx->popgate != NULL)
+    {
+      log = pg_test_popgate_read_log (fx->popgate);
+      /* Never a password in popgate's output, at any log level. */
+      g_assert_null (strstr (log, PASSWORD));
+      g_assert_true (pg_test_popgate_stop (fx->popgate));
+    }
+  g_clear_pointer (&fx->popgate, pg_test_popgate_free);
+  g_clear_pointer (&fx->uids, g_array_unref);
+  g_clear_pointer (&fx->bodies, g_ptr_array_unref);
+  g_free (fx->user);
+}
+
+static PgTestPop3 *
+pop3_connect (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPop3 *pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL,
+                                           &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK"));
+  return pop3;
+}
+
+static PgTestPop3 *
+pop3_login (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPop3 *pop3 = pop3_connect (fx);
+
+  g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
+  g_assert_no_error (error);
+  return pop3;
+}
+
+static gchar *
+cmd (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *status = pg_test_pop3_command (pop3, command, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (status);
+  return status;
+}
+
+#define assert_reply(pop3, command, prefix)                                                  \
+  G_STMT_START                                                                               \
+  {                                                                                          \
+    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
+  }                                                                                          \
+  G_STMT_END
+
+static GBytes *
+multiline (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *status = cmd (pop3, command);
+  GBytes *body;
+
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  body = pg_test_pop3_read_multiline (pop3, &error);
+  g_assert_no_error (error);
+  return body;
+}
+
+static gboolean
+bytes_contains_line (GBytes *bytes, const char *line)
+{
+  g_autofree gchar *text = g_strndup (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes));
+  g_autofree gchar *needle = g_strconcat ("\r\n", line, "\r\n", NULL);
+  g_autofree gchar *framed = g_strconcat ("\r\n", text, NULL);
+  return strstr (framed, needle) != NULL;
+}
+
+/* --- tests ----------------------------------------------------------------------------- */
+
+static void
+test_capa (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autoptr (GBytes) capa = multiline (pop3, "CAPA");
+  const char *const expected[] = { "TOP", "UIDL", "USER", "SASL PLAIN LOGIN", "RESP-CODES",
+                                   "AUTH-RESP-CODE", "PIPELINING", "STLS", "EXPIRE NEVER" };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    if (!bytes_contains_line (capa, expected[i]))
+      g_error ("CAPA lacks %s", expected[i]);
+  g_assert_false (bytes_contains_line (capa, "LOGIN-DELAY 0"));
+  {
+    g_autoptr (GBytes) mechs = multiline (pop3, "AUTH");
+    g_assert_true (bytes_contains_line (mechs, "PLAIN"));
+    g_assert_true (bytes_contains_line (mechs, "LOGIN"));
+  }
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+}
+
+static void
+test_stat_list_uidl (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (GBytes) list = NULL;
+  g_autoptr (GBytes) uidl = NULL;
+  g_autoptr (GString) want_list = g_string_new (NULL);
+  g_autoptr (GString) want_uidl = g_string_new (NULL);
+  g_autofree gchar *stat = NULL;
+  g_autofree gchar *want_stat = NULL;
+  guint64 total = 0;
+  guint32 uidvalidity = 0;
+
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestImap) imap = imap_login (fx);
+    g_assert_true (pg_test_imap_select (imap, "INBOX", TRUE, &uidvalidity, NULL, &error));
+  }
+  for (guint i = 0; i < fx->uids->len; i++)
+    {
+      gsize size = g_bytes_get_size (g_ptr_array_index (fx->bodies, i));
+      total += size;
+      g_string_append_printf (want_list, "%u %" G_GSIZE_FORMAT "\r\n", i + 1, size);
+      g_string_append_printf (want_uidl, "%u %08x%08x\r\n", i + 1,
+                              g_array_index (fx->uids, guint32, i), uidvalidity);
+    }
+  stat = cmd (pop3, "STAT");
+  want_stat = g_strdup_printf ("+OK %u %" G_GUINT64_FORMAT, fx->uids->len, total);
+  g_assert_cmpstr (stat, ==, want_stat);
+  list = multiline (pop3, "LIST");
+  g_assert_cmpmem (g_bytes_get_data (list, NULL), g_bytes_get_size (list), want_list->str,
+                   want_list->len);
+  uidl = multiline (pop3, "UIDL");
+  g_assert_cmpmem (g_bytes_get_data (uidl, NULL), g_bytes_get_size (uidl), want_uidl->str,
+                   want_uidl->len);
+  {
+    g_autofree gchar *one = cmd (pop3, "LIST 2");
+    g_autofree gchar *want = g_strdup_printf (
+        "+OK 2 %" G_GSIZE_FORMAT, g_bytes_get_size (g_ptr_array_index (fx->bodies, 1)));
+    g_assert_cmpstr (one, ==, want);
+  }
+  {
+    g_autofree gchar *one = cmd (pop3, "UIDL 1");
+    g_autofree gchar *want = g_strdup_printf ("+OK 1 %08x%08x", g_array_index (fx->uids, guint32, 0),
+                                              uidvalidity);
+    g_assert_cmpstr (one, ==, want);
+  }
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+/* RETR gives exactly the bytes Dovecot serves over IMAP, and LIST's size is that count. */
+static void
+test_retr_exact (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+
+  for (guint i = 0; i < fx->uids->len; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *status = NULL;
+      g_autoptr (GBytes) got = pg_test_pop3_retr (pop3, i + 1, &status, &error);
+      GBytes *want = g_ptr_array_index (fx->bodies, i);
+      g_autofree gchar *want_status = g_strdup_printf ("+OK %" G_GSIZE_FORMAT " octets",
+                                                       g_bytes_get_size (want));
+      gsize want_len = g_bytes_get_size (want);
+      const guint8 *want_data = g_bytes_get_data (want, NULL);
+
+      g_assert_no_error (error);
+      g_assert_cmpstr (status, ==, want_status);
+      if (want_len >= 2 && want_data[want_len - 2] == '\r' && want_data[want_len - 1] == '\n')
+        g_assert_true (g_bytes_equal (got, want));
+      else
+        {
+          /* POP3 must end the last line: exactly CRLF is added. */
+          g_assert_cmpuint (g_bytes_get_size (got), ==, want_len + 2);
+          g_assert_cmpmem (g_bytes_get_data (got, NULL), want_len, want_data, want_len);
+        }
+    }
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+static void
+test_retr_large (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GString) big = g_string_new ("Subject: big\r\n\r\n");
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GBytes) got = NULL;
+  g_autofree gchar *line = g_strnfill (1998, 'x');
+
+  /* 20 MB, with 2,000-octet lines and a dot at each line start every so often. */
+  for (guint i = 0; big->len < 20 * 1000 * 1000; i++)
+    {
+      if (i % 7 == 0)
+        g_string_append_c (big, '.');
+      g_string_append_len (big, line, 1998 - (i % 7 == 0));
+      g_string_append (big, "\r\n");
+    }
+  fixture_seed (fx, big->str, big->len);
+  fixture_snapshot (fx);
+  pop3 = pop3_login (fx);
+  got = pg_test_pop3_retr (pop3, fx->uids->len, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (g_bytes_get_size (got), ==, big->len);
+  g_assert_true (g_bytes_equal (got, g_ptr_array_index (fx->bodies, fx->uids->len - 1)));
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+static void
+test_top (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (GBytes) top0 = multiline (pop3, "TOP 2 0");
+  g_autoptr (GBytes) top1 = multiline (pop3, "TOP 2 1");
+  g_autoptr (GBytes) top_all = multiline (pop3, "TOP 2 100");
+  const char *want0 = "Subject: dots\r\n\r\n";
+  const char *want1 = "Subject: dots\r\n\r\n.starts with a dot\r\n";
+
+  g_assert_cmpmem (g_bytes_get_data (top0, NULL), g_bytes_get_size (top0), want0, strlen (want0));
+  g_assert_cmpmem (g_bytes_get_data (top1, NULL), g_bytes_get_size (top1), want1, strlen (want1));
+  g_assert_true (g_bytes_equal (top_all, g_ptr_array_index (fx->bodies, 1)));
+  assert_reply (pop3, "TOP 99 1", "-ERR");
+  assert_reply (pop3, "TOP 1", "-ERR");
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+static void
+test_errors (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *long_line = NULL;
+
+  /* Wrong state. */
+  assert_reply (pop3, "STAT", "-ERR");
+  assert_reply (pop3, "RETR 1", "-ERR");
+  assert_reply (pop3, "PASS x", "-ERR");
+  {
+    g_autoptr (GError) error = NULL;
+    g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
+  }
+  assert_reply (pop3, "USER again", "-ERR");
+  assert_reply (pop3, "RETR 0", "-ERR");
+  assert_reply (pop3, "RETR 99", "-ERR");
+  assert_reply (pop3, "RETR abc", "-ERR");
+  assert_reply (pop3, "RETR -1", "-ERR");
+  assert_reply (pop3, "RETR 1 2", "-ERR");
+  assert_reply (pop3, "LIST 4294967296", "-ERR");
+  assert_reply (pop3, "XYZZY", "-ERR");
+  assert_reply (pop3, "DELE 1", "+OK");
+  assert_reply (pop3, "DELE 1", "-ERR");
+  assert_reply (pop3, "RETR 1", "-ERR");
+  assert_reply (pop3, "LIST 1", "-ERR");
+  assert_reply (pop3, "NOOP", "+OK");
+  long_line = g_strnfill (600, 'A');
+  assert_reply (pop3, long_line, "-ERR");
+  assert_reply (pop3, "NOOP", "+OK");
+  /* Nothing was QUIT: the drop below must leave the upstream as it was. */
+}
+
+static void
+test_auth_failures (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *wrong = NULL;
+  g_autofree gchar *unknown = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, "wrong", &wrong, NULL));
+  g_assert_false (pg_test_pop3_login (pop3, "nobody-here", "wrong", &unknown, NULL));
+  g_assert_true (g_str_has_prefix (wrong, "-ERR [AUTH]"));
+  /* One uniform answer: an unknown user is not told apart from a wrong password. */
+  g_assert_cmpstr (wrong, ==, unknown);
+  /* The third failure (max_auth_failures = 3) ends the session. */
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, "wrong again", NULL, NULL));
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  (void) error;
+}
+
+static void
+test_sasl (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *plain_raw = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
+  gsize plain_len = 2 + strlen (fx->user) + strlen (PASSWORD);
+  g_autofree gchar *plain = g_base64_encode ((const guchar *) plain_raw, plain_len);
+  g_autofree gchar *ir = g_strdup_printf ("AUTH PLAIN %s", plain);
+  g_autofree gchar *user64 = g_base64_encode ((const guchar *) fx->user, strlen (fx->user));
+  g_autofree gchar *pass64 = g_base64_encode ((const guchar *) PASSWORD, strlen (PASSWORD));
+
+  /* Continuation, cancelled with "*". */
+  assert_reply (pop3, "AUTH PLAIN", "+ ");
+  assert_reply (pop3, "*", "-ERR");
+  /* Continuation. */
+  assert_reply (pop3, "AUTH PLAIN", "+ ");
+  assert_reply (pop3, plain, "+OK");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+
+  /* Initial response. */
+  pop3 = pop3_connect (fx);
+  assert_reply (pop3, ir, "+OK");
+  assert_reply (pop3, "STAT", "+OK 5 ");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+
+  /* AUTH LOGIN. */
+  pop3 = pop3_connect (fx);
+  assert_reply (pop3, "AUTH LOGIN", "+ VXNlcm5hbWU6");
+  assert_reply (pop3, user64, "+ UGFzc3dvcmQ6");
+  assert_reply (pop3, pass64, "+OK");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+
+  /* Garbage base64. */
+  pop3 = pop3_connect (fx);
+  assert_reply (pop3, "AUTH PLAIN !!!!", "-ERR");
+  assert_reply (pop3, "AUTH CRAM-MD5", "-ERR");
+}
+
+/* DELE + QUIT expunges exactly those UIDs; an IMAP user's \Deleted-but-kept message
+ * survives (never a plain EXPUNGE). */
+static void
+test_dele_quit_expunge (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (fx);
+  g_autoptr (GArray) after = NULL;
+  guint32 flagged = g_array_index (fx->uids, guint32, 4);
+
+  g_assert_true (pg_test_imap_uid_store (imap, flagged, "+FLAGS.SILENT (\\Deleted)", &error));
+  g_assert_no_error (error);
+  pop3 = pop3_login (fx);
+  assert_reply (pop3, "DELE 1", "+OK");
+  assert_reply (pop3, "DELE 3", "+OK");
+  assert_reply (pop3, "STAT", "+OK 3 ");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+
+  /* A fresh IMAP session sees the mailbox as it is now. */
+  g_clear_pointer (&imap, pg_test_imap_free);
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 3);
+  g_assert_cmpuint (g_array_index (after, guint32, 0), ==, g_array_index (fx->uids, guint32, 1));
+  g_assert_cmpuint (g_array_index (after, guint32, 1), ==, g_array_index (fx->uids, guint32, 3));
+  g_assert_cmpuint (g_array_index (after, guint32, 2), ==, flagged);
+}
+
+/* DELE then a dropped connection (or RSET + QUIT) changes nothing upstream. */
+static void
+test_no_quit_no_change (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+
+  assert_reply (pop3, "DELE 1", "+OK");
+  assert_reply (pop3, "DELE 2", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free); /* dropped, no QUIT */
+
+  pop3 = pop3_login (fx);
+  assert_reply (pop3, "STAT", "+OK 5 ");
+  assert_reply (pop3, "DELE 1", "+OK");
+  assert_reply (pop3, "RSET", "+OK 5 ");
+  assert_reply (pop3, "RETR 1", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 5);
+  {
+    /* RETR without QUIT does not mark \Seen either. */
+    g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 0),
+                                                      &error);
+    g_assert_no_error (error);
+    g_assert_false (g_strv_contains ((const char *const *) flags, "\\Seen"));
+  }
+}
+
+static void
+check_seen_after_retr (Fixture *fx, gboolean want_seen)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_auto (GStrv) flags1 = NULL;
+  g_auto (GStrv) flags2 = NULL;
+
+  {
+    g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 1, NULL, &error);
+    g_assert_no_error (error);
+  }
+  {
+    g_autoptr (GBytes) top = multiline (pop3, "TOP 2 1");
+  }
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  imap = imap_login (fx);
+  flags1 = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 0), &error);
+  g_assert_no_error (error);
+  flags2 = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 1), &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (g_strv_contains ((const char *const *) flags1, "\\Seen"), ==, want_seen);
+  /* TOP is not a retrieval. */
+  g_assert_false (g_strv_contains ((const char *const *) flags2, "\\Seen"));
+}
+
+static void
+test_mark_seen_on (Fixture *fx, gconstpointer data)
+{
+  check_seen_after_retr (fx, TRUE);
+}
+
+static void
+test_mark_seen_off (Fixture *fx, gconstpointer data)
+{
+  check_seen_after_retr (fx, FALSE);
+}
+
+static void
+test_move_trash (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) inbox = NULL;
+  g_autoptr (GArray) trash = NULL;
+
+  g_assert_true (pg_test_dovecot_create_mailbox (upstream, fx->user, "Trash", &error));
+  g_assert_no_error (error);
+  pop3 = pop3_login (fx);
+  assert_reply (pop3, "DELE 2", "+OK");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+
+  imap = imap_login (fx);
+  inbox = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (inbox->len, ==, 4);
+  g_assert_true (pg_test_imap_select (imap, "Trash", TRUE, NULL, NULL, &error));
+  trash = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (trash->len, ==, 1);
+  {
+    g_autoptr (GBytes) moved = pg_test_imap_fetch_body (imap, g_array_index (trash, guint32, 0),
+                                                        &error);
+    g_assert_no_error (error);
+    g_assert_true (g_bytes_equal (moved, g_ptr_array_index (fx->bodies, 1)));
+  }
+}
+
+static void
+test_keep (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+
+  assert_reply (pop3, "CAPA", "+OK");
+  g_assert_nonnull (pg_test_pop3_read_multiline (pop3, NULL));
+  assert_reply (pop3, "DELE 1", "+OK");
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 5);
+}
+
+/* Another client expunges a message during the POP3 session: RETR of it fails, the rest
+ * of the session goes on. */
+static void
+test_vanished (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (PgTestImap) imap = imap_login (fx);
+
+  g_assert_true (pg_test_imap_expunge_uid (imap, g_array_index (fx->uids, guint32, 1), &error));
+  g_assert_no_error (error);
+  assert_reply (pop3, "RETR 2", "-ERR");
+  {
+    g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 3, NULL, &error);
+    g_assert_no_error (error);
+    g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, 2)) ||
+                   g_bytes_get_size (body) == g_bytes_get_size (g_ptr_array_index (fx->bodies, 2)) + 2);
+  }
+  assert_reply (pop3, "DELE 2", "+OK");
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+static void
+test_in_use (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) first = pop3_login (fx);
+  g_autoptr (PgTestPop3) second = pop3_connect (fx);
+  g_autofree gchar *status = NULL;
+  g_autofree gchar *user_tag = g_strdup_printf ("%s#phone", fx->user);
+
+  g_assert_false (pg_test_pop3_login (second, fx->user, PASSWORD, &status, NULL));
+  g_assert_true (g_str_has_prefix (status, "-ERR [IN-USE]"));
+  /* Another client tag is another maildrop view. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestPop3) third = pop3_connect (fx);
+    g_assert_true (pg_test_pop3_login (third, user_tag, PASSWORD, NULL, &error));
+    g_assert_no_error (error);
+  }
+  assert_reply (first, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (first));
+  g_clear_pointer (&status, g_free);
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestPop3) again = pop3_connect (fx);
+    g_assert_true (pg_test_pop3_login (again, fx->user, PASSWORD, NULL, &error));
+    g_assert_no_error (error);
+  }
+}
+
+static void
+test_pipelining (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *batch = g_strdup_printf ("USER %s\r\nPASS %s\r\nSTAT\r\nRETR 1\r\nRETR 2\r\n"
+                                             "NOOP\r\nDELE 5\r\nRSET\r\nQUIT\r\n",
+                                             fx->user, PASSWORD);
+  g_autofree gchar *l1 = NULL, *l2 = NULL, *l3 = NULL;
+
+  g_assert_true (pg_test_pop3_send (pop3, batch, strlen (batch), &error));
+  l1 = pg_test_pop3_read_line (pop3, &error);
+  l2 = pg_test_pop3_read_line (pop3, &error);
+  l3 = pg_test_pop3_read_line (pop3, &error);
+  g_assert_true (g_str_has_prefix (l1, "+OK"));
+  g_assert_true (g_str_has_prefix (l2, "+OK"));
+  g_assert_true (g_str_has_prefix (l3, "+OK 5 "));
+  for (guint i = 0; i < 2; i++)
+    {
+      g_autofree gchar *status = pg_test_pop3_read_line (pop3, &error);
+      g_autoptr (GBytes) body = NULL;
+      g_assert_true (g_str_has_prefix (status, "+OK"));
+      body = pg_test_pop3_read_multiline (pop3, &error);
+      g_assert_no_error (error);
+      g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, i)));
+    }
+  {
+    const char *want[] = { "+OK", "+OK", "+OK 5 ", "+OK" };
+    for (gsize i = 0; i < G_N_ELEMENTS (want); i++)
+      {
+        g_autofree gchar *line = pg_test_pop3_read_line (pop3, &error);
+        g_assert_no_error (error);
+        g_assert_nonnull (line);
+        g_assert_true (g_str_has_prefix (line, want[i]));
+      }
+  }
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+}
+
+static void
+test_stls (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *plain_raw = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
+  g_autofree gchar *plain = g_base64_encode ((const guchar *) plain_raw,
+                                             2 + strlen (fx->user) + strlen (PASSWORD));
+  g_autofree gchar *ir = g_strdup_printf ("AUTH PLAIN %s", plain);
+  g_autoptr (GBytes) capa = NULL;
+
+  g_assert_true (pg_test_pop3_stls (pop3, fx->popgate->certs->ca_file, &error));
+  g_assert_no_error (error);
+  capa = multiline (pop3, "CAPA");
+  g_assert_false (bytes_contains_line (capa, "STLS"));
+  assert_reply (pop3, "STLS", "-ERR");
+  assert_reply (pop3, ir, "+OK");
+  assert_reply (pop3, "STAT", "+OK 5 ");
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+/* Commands pipelined after STLS in plaintext are dropped, not run inside TLS. */
+static void
+test_stls_injection (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  const char *inject = "STLS\r\nCAPA\r\n";
+  g_autofree gchar *status = NULL;
+
+  g_assert_true (pg_test_pop3_send (pop3, inject, strlen (inject), &error));
+  status = pg_test_pop3_read_line (pop3, &error);
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  /* The injected CAPA must not be answered, in plaintext or inside TLS: the first reply
+   * inside TLS is the one to our own QUIT. */
+  g_assert_true (pg_test_pop3_start_tls (pop3, fx->popgate->certs->ca_file, &error));
+  g_assert_no_error (error);
+  {
+    g_autofree gchar *quit = cmd (pop3, "QUIT");
+    g_assert_cmpstr (quit, ==, "+OK popgate signing off.");
+  }
+}
+
+static void
+test_implicit_tls (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3s_port,
+                                                      fx->popgate->certs->ca_file, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
+  g_assert_no_error (error);
+  assert_reply (pop3, "STAT", "+OK 5 ");
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+/* popgate's UIDLs are byte-identical to Dovecot's own POP3 server's on the same mailbox. */
+static void
+test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) ours = pop3_login (fx);
+  g_autoptr (PgTestPop3) theirs = pg_test_pop3_connect (upstream->host, upstream->pop3_port, NULL,
+                                                        &error);
+  g_autoptr (GBytes) ours_uidl = NULL;
+  g_autoptr (GBytes) theirs_uidl = NULL;
+
+  g_assert_no_error (error);
+  ours_uidl = multiline (ours, "UIDL");
+  assert_reply (ours, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_login (theirs, fx->user, PASSWORD, NULL, &error));
+  g_assert_no_error (error);
+  theirs_uidl = multiline (theirs, "UIDL");
+  assert_reply (theirs, "QUIT", "+OK");
+  g_assert_cmpuint (g_bytes_get_size (ours_uidl), >, 0);
+  g_test_message ("ours:\n%.*s\ntheirs:\n%.*s", (int) g_bytes_get_size (ours_uidl), (const char *) g_bytes_get_data (ours_uidl, NULL), (int) g_bytes_get_size (theirs_uidl), (const char *) g_bytes_get_data (theirs_uidl, NULL));
+  g_assert_cmpmem (g_bytes_get_data (ours_uidl, NULL), g_bytes_get_size (ours_uidl),
+                   g_bytes_get_data (theirs_uidl, NULL), g_bytes_get_size (theirs_uidl));
+}
+
+static void
+test_upstream_down (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *status = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/TEMP]"));
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+/* Python's poplib as a real third-party client. */
+static void
+test_poplib (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "pop3-poplib.py", NULL);
+  g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->pop3_port);
+  g_autofree gchar *count = g_strdup_printf ("%u", fx->uids->len);
+  const char *argv[] = { "python3", script, fx->popgate->host, port, fx->user, PASSWORD, count,
+                         NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_run_status (argv, NULL, 60000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("poplib script failed (%d): %s", status, output);
+  g_assert_nonnull (strstr (output, "poplib: ok"));
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx);
+    g_autoptr (GArray) after = pg_test_imap_uid_search_all (imap, &error);
+    g_assert_no_error (error);
+    /* The script deletes message 1. */
+    g_assert_cmpuint (after->len, ==, fx->uids->len - 1);
+  }
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+  static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
+  static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
+  static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
+  static const char *const down[] = { "upstream", "port", "1", NULL };
+  int rc;
+  static const struct
+  {
+    const char *path;
+    const char *const *settings;
+    void (*func) (Fixture *, gconstpointer);
+  } tests[] = {
+    { "/popgate/pop3/capa", NULL, test_capa },
+    { "/popgate/pop3/stat-list-uidl", NULL, test_stat_list_uidl },
+    { "/popgate/pop3/retr-exact", NULL, test_retr_exact },
+    { "/popgate/pop3/retr-large", NULL, test_retr_large },
+    { "/popgate/pop3/top", NULL, test_top },
+    { "/popgate/pop3/errors", lenient, test_errors },
+    { "/popgate/pop3/auth-failures", NULL, test_auth_failures },
+    { "/popgate/pop3/sasl", NULL, test_sasl },
+    { "/popgate/pop3/dele-quit-expunge", NULL, test_dele_quit_expunge },
+    { "/popgate/pop3/no-quit-no-change", NULL, test_no_quit_no_change },
+    { "/popgate/pop3/mark-seen-on", NULL, test_mark_seen_on },
+    { "/popgate/pop3/mark-seen-off", mark_seen_off, test_mark_seen_off },
+    { "/popgate/pop3/move-trash", move_trash, test_move_trash },
+    { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
+    { "/popgate/pop3/vanished", NULL, test_vanished },
+    { "/popgate/pop3/in-use", NULL, test_in_use },
+    { "/popgate/pop3/pipelining", NULL, test_pipelining },
+    { "/popgate/pop3/stls", NULL, test_stls },
+    { "/popgate/pop3/stls-injection", NULL, test_stls_injection },
+    { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
+    { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
+    { "/popgate/pop3/upstream-down", down, test_upstream_down },
+    { "/popgate/pop3/poplib", NULL, test_poplib },
+  };
+
+  g_test_init (&argc, &argv, NULL);
+  upstream = pg_test_dovecot_new (NULL, &error);
+  g_assert_no_error (error);
+
+  /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,
+   * which two writes within a second do not change. */
+  for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
+    {
+      g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
+      if (!pg_test_dovecot_add_user (upstream, user, PASSWORD, &error))
+        g_error ("%s", error->message);
+      g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
+                  fixture_teardown);
+    }
+  if (!pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start Dovecot: %s", error->message);
+
+  rc = g_test_run ();
+  pg_test_dovecot_free (upstream);
+  return rc;
+}
