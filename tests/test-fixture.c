@@ -154,6 +154,7 @@ test_fixture_popgate_config (void)
   g_autoptr (GKeyFile) written = g_key_file_new ();
   g_autofree gchar *listen = NULL;
   g_autofree gchar *path = NULL;
+  g_autofree gchar *expected = NULL;
   guint16 ports[4];
   struct stat st;
 
@@ -180,7 +181,8 @@ test_fixture_popgate_config (void)
                      error);
   listen = g_key_file_get_string (written, "pop3", "listen", &error);
   g_assert_no_error (error);
-  g_assert_cmpstr (listen, ==, g_strdup_printf ("127.0.0.1:%u", popgate->pop3_port));
+  expected = g_strdup_printf ("127.0.0.1:%u", popgate->pop3_port);
+  g_assert_cmpstr (listen, ==, expected);
   g_clear_pointer (&listen, g_free);
   listen = g_key_file_get_string (written, "pop3", "delete", &error);
   g_assert_no_error (error);
