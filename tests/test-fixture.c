@@ -226,23 +226,8 @@ test_fixture_popgate_run (void)
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestDovecot) dovecot = NULL;
   g_autoptr (PgTestPopgate) popgate = NULL;
-  g_autofree gchar *help = NULL;
-  const char *help_args[] = { "--help", NULL };
   GPid pid = 0;
-  int code = -1;
 
-  /* Live once popgate takes --config (the listeners are being built in parallel). */
-  PG_TEST_ASSERT_OK (pg_test_popgate_run (NULL, help_args, &code, &help, &error), error);
-  if (strstr (help, "--config") == NULL)
-    {
-      g_test_skip ("popgate has no --config yet");
-      return;
-    }
-  if (pg_test_dovecot_skip_reason () != NULL)
-    {
-      g_test_skip (pg_test_dovecot_skip_reason ());
-      return;
-    }
   dovecot = pg_test_dovecot_new (NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_dovecot_start (dovecot, &error), error);
