@@ -80,7 +80,7 @@ pg_main_reload_cb (gpointer user_data)
                           error->message);
       return G_SOURCE_CONTINUE;
     }
-  if (!pg_server_reload (state->server, config, &error))
+  if (!pg_pop3_prepare_state (config, &error) || !pg_server_reload (state->server, config, &error))
     {
       pg_session_warning (0, "reload refused, keeping the running configuration: %s",
                           error->message);
@@ -194,6 +194,19 @@ main (int argc, char **argv)
    * so [tls] priority applies at start only (a reload cannot change it). */
   if (config->tls.priority != NULL)
     g_setenv ("G_TLS_GNUTLS_PRIORITY", config->tls.priority, TRUE);
+
+  /* The state store is opened now so that an unusable [state] path stops popgate here.
+   * METADATA support cannot be checked yet: servers announce it only after a login, and
+   * popgate has no credentials of its own, so each login checks it (and is refused with
+   * -ERR [SYS/PERM] and an error line naming the backend when it is missing). */
+  if (!pg_pop3_prepare_state (config, &error))
+    {
+      fprintf (stderr, "popgate: %s\n", error->message);
+      return PG_EXIT_CONFIG;
+    }
+  if (config->state.backend == PG_STATE_BACKEND_IMAP_METADATA)
+    pg_session_message (0, "client state on the upstream (IMAP METADATA); each login checks "
+                           "that the server supports it");
 
   {
     PgMainState state = { 0 };
