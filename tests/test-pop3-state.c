@@ -644,6 +644,9 @@ test_sigkill_quit_move (Fixture *fx, gconstpointer data)
   static const guint32 remaining[] = { 2, 3 };
   int code = 0;
 
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fx->dovecot, fx->user, "Trash", &error),
+                     error);
+
   {
     g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
 
