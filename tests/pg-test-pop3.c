@@ -133,7 +133,9 @@ pg_test_pop3_read_line (PgTestPop3 *pop3, GError **error)
 
   for (;;)
     {
-      const guint8 *lf = memchr (pop3->buffer->data + scanned, '\n', pop3->buffer->len - scanned);
+      const guint8 *lf = pop3->buffer->len > scanned
+                             ? memchr (pop3->buffer->data + scanned, '\n', pop3->buffer->len - scanned)
+                             : NULL;
       if (lf != NULL)
         {
           gsize len = (gsize) (lf - pop3->buffer->data);
@@ -171,7 +173,9 @@ pg_test_pop3_read_multiline (PgTestPop3 *pop3, GError **error)
 
   for (;;)
     {
-      const guint8 *lf = memchr (pop3->buffer->data + pos, '\n', pop3->buffer->len - pos);
+      const guint8 *lf = pop3->buffer->len > pos
+                             ? memchr (pop3->buffer->data + pos, '\n', pop3->buffer->len - pos)
+                             : NULL;
       if (lf == NULL)
         {
           /* Keep the partial line, drop what was consumed, read more. */
