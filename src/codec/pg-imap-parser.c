@@ -1105,8 +1105,8 @@ pg_imap_parse_date_time (const char *text, gsize len, gint64 *out_unix)
   zone = ((gint64) zone_h * 60 + zone_m) * 60;
   if (text[21] == '-')
     zone = -zone;
-  result = pg_imap_date_days_from_civil (year, month, day) * 86400
-           + (gint64) hour * 3600 + (gint64) minute * 60 + second - zone;
+  result = pg_imap_date_days_from_civil (year, month, day) * 86400 + (gint64) hour * 3600
+           + (gint64) minute * 60 + second - zone;
   *out_unix = result;
   return TRUE;
 }

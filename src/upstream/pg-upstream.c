@@ -72,7 +72,7 @@ struct _PgUpstreamCmd
   gulong cancelled_id;
 
   /* FETCH_SIZES */
-  PgUpstreamSizeFunc size_func;         /* NULL when dated_func is set */
+  PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
   PgUpstreamDatedSizeFunc dated_func;
   gpointer size_data;
   /* FETCH_BODY */
