@@ -80,7 +80,7 @@ pg_main_reload_cb (gpointer user_data)
                           error->message);
       return G_SOURCE_CONTINUE;
     }
-  if (!pg_server_reload (state->server, config, &error))
+  if (!pg_pop3_prepare_state (config, &error) || !pg_server_reload (state->server, config, &error))
     {
       pg_session_warning (0, "reload refused, keeping the running configuration: %s",
                           error->message);
@@ -195,6 +195,19 @@ main (int argc, char **argv)
   if (config->tls.priority != NULL)
     g_setenv ("G_TLS_GNUTLS_PRIORITY", config->tls.priority, TRUE);
 
+  /* The state store is opened now so that an unusable [state] path stops popgate here.
+   * METADATA support cannot be checked yet: servers announce it only after a login, and
+   * popgate has no credentials of its own, so each login checks it (and is refused with
+   * -ERR [SYS/PERM] and an error line naming the backend when it is missing). */
+  if (!pg_pop3_prepare_state (config, &error))
+    {
+      fprintf (stderr, "popgate: %s\n", error->message);
+      return PG_EXIT_CONFIG;
+    }
+  if (config->state.backend == PG_STATE_BACKEND_IMAP_METADATA)
+    pg_session_message (0, "client state on the upstream (IMAP METADATA); each login checks "
+                           "that the server supports it");
+
   {
     PgMainState state = { 0 };
 
@@ -203,8 +216,15 @@ main (int argc, char **argv)
     state.config_path = config_path;
     state.overrides = &overrides;
     pg_main_register_frontends (state.server);
+    /* Before the listeners open: a SIGHUP or SIGTERM sent as soon as a port accepts must
+     * not meet the default action (which ends the process). They run once the loop does. */
+    state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
+    state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
+    state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
     if (!pg_server_start (state.server, &error))
       {
+        for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
+          g_source_remove (state.signal_ids[i]);
         fprintf (stderr, "popgate: %s\n", error->message);
         g_object_unref (state.server);
         g_main_loop_unref (state.loop);
@@ -212,9 +232,6 @@ main (int argc, char **argv)
       }
     pg_main_log_listeners (state.server);
     g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
-    state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
-    state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
-    state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
     pg_session_message (0, "ready");
 
     g_main_loop_run (state.loop);

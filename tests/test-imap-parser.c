@@ -801,6 +801,109 @@ test_writer_uid_sets (void)
   }
 }
 
+/* INTERNALDATE: the snapshot FETCH of recent_days, through the streaming parser at every
+ * split point, then the date-time itself. */
+static void
+test_fetch_internaldate (void)
+{
+  const char *input
+      = "* 1 FETCH (UID 4 RFC822.SIZE 12 INTERNALDATE \" 7-Mar-2024 09:05:01 +0100\")\r\n"
+        "a3 OK Fetch completed.\r\n";
+  PgImapEvent event;
+  gsize consumed = 0;
+  gint64 t = 0;
+  const char *date;
+  g_autoptr (PgImapParser) parser = pg_imap_parser_new ();
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgImapResponse) response = NULL;
+
+  pg_test_expect (input, "* #1 FETCH (UID #4 RFC822.SIZE #12 INTERNALDATE \" 7-Mar-2024 09:05:01 "
+                         "+0100\")\n"
+                         "TAG:a3 OK |Fetch completed.|\n");
+  g_assert_cmpint (pg_imap_parser_feed (parser, (const guint8 *) input, strlen (input), &consumed,
+                                        &event, &error),
+                   ==, PG_IMAP_PARSE_RESPONSE);
+  g_assert_no_error (error);
+  response = event.response;
+  date = pg_imap_value_get_string (pg_imap_response_get_fetch_item (response, "INTERNALDATE"));
+  g_assert_nonnull (date);
+  g_assert_true (pg_imap_parse_date_time (date, strlen (date), &t));
+  /* 2024-03-07 08:05:01 UTC */
+  g_assert_cmpint (t, ==, G_GINT64_CONSTANT (1709798701));
+}
+
+static void
+test_date_time (void)
+{
+  static const struct
+  {
+    const char *text;
+    gint64 expected;
+  } good[] = {
+    { "01-Jan-1970 00:00:00 +0000", 0 },
+    { " 1-Jan-1970 01:00:00 +0100", 0 },
+    { "31-Dec-1969 19:00:00 -0500", 0 },
+    { "29-Feb-2000 12:00:00 +0000", G_GINT64_CONSTANT (951825600) },
+    { "29-feb-2024 23:59:59 -1230", G_GINT64_CONSTANT (1709296199) },
+    { "01-Jan-1900 00:00:00 +0000", G_GINT64_CONSTANT (-2208988800) },
+    { "31-Dec-9999 23:59:60 +0000", G_GINT64_CONSTANT (253402300800) },
+    { "19-Jan-2038 03:14:08 +0000", G_GINT64_CONSTANT (2147483648) },
+  };
+  static const char *const bad[] = {
+    "",
+    "01-Jan-1970 00:00:00",
+    "01-Jan-1970 00:00:00 +00000",
+    "1-Jan-1970 00:00:00 +0000x",
+    "01-Jam-1970 00:00:00 +0000",
+    "00-Jan-1970 00:00:00 +0000",
+    "32-Jan-1970 00:00:00 +0000",
+    "29-Feb-1900 00:00:00 +0000",
+    "31-Apr-2024 00:00:00 +0000",
+    "01-Jan-1899 00:00:00 +0000",
+    "01-Jan-1970 24:00:00 +0000",
+    "01-Jan-1970 00:60:00 +0000",
+    "01-Jan-1970 00:00:61 +0000",
+    "01-Jan-1970 00:00:00 +0060",
+    "01-Jan-1970 00:00:00 *0000",
+    "01/Jan/1970 00:00:00 +0000",
+    "01-Jan-1970T00:00:00 +0000",
+    "0x-Jan-1970 00:00:00 +0000",
+    "01-Jan-197O 00:00:00 +0000",
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (good); i++)
+    {
+      gint64 t = 12345;
+      g_assert_true (pg_imap_parse_date_time (good[i].text, strlen (good[i].text), &t));
+      g_assert_cmpint (t, ==, good[i].expected);
+    }
+  for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
+    {
+      gint64 t = 12345;
+      if (pg_imap_parse_date_time (bad[i], strlen (bad[i]), &t))
+        g_error ("accepted \"%s\"", bad[i]);
+      g_assert_cmpint (t, ==, 12345);
+    }
+  /* Bounded by len: a valid prefix of a longer buffer is not read past. */
+  g_assert_false (pg_imap_parse_date_time ("01-Jan-1970 00:00:00 +0000", 25, NULL));
+  g_assert_false (pg_imap_parse_date_time (NULL, 26, NULL));
+
+  /* Agrees with GDateTime on every day of four years around a leap year, at odd times. */
+  for (gint64 day = 0; day < 4 * 366; day++)
+    {
+      g_autoptr (GDateTime) utc = g_date_time_new_from_unix_utc (G_GINT64_CONSTANT (946684800)
+                                                                 + day * 86400 + day * 37 % 86400);
+      g_autoptr (GTimeZone) zone = g_time_zone_new_offset ((gint32) (day % 27 - 13) * 3600);
+      g_autoptr (GDateTime) local = g_date_time_to_timezone (utc, zone);
+      g_autofree gchar *text = g_date_time_format (local, "%d-%b-%Y %H:%M:%S %z");
+      gint64 t = 0;
+
+      g_assert_nonnull (text);
+      g_assert_true (pg_imap_parse_date_time (text, strlen (text), &t));
+      g_assert_cmpint (t, ==, g_date_time_to_unix (utc));
+    }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -809,6 +912,8 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/imap-parser/greeting", test_greeting);
   g_test_add_func ("/popgate/imap-parser/select", test_select);
   g_test_add_func ("/popgate/imap-parser/fetch-sizes", test_fetch_sizes);
+  g_test_add_func ("/popgate/imap-parser/fetch-internaldate", test_fetch_internaldate);
+  g_test_add_func ("/popgate/imap-parser/date-time", test_date_time);
   g_test_add_func ("/popgate/imap-parser/fetch-body", test_fetch_body);
   g_test_add_func ("/popgate/imap-parser/fetch-body-binary", test_fetch_body_binary);
   g_test_add_func ("/popgate/imap-parser/fetch-body-chunks", test_fetch_body_chunks);

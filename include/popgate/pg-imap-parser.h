@@ -90,6 +90,12 @@ gboolean pg_imap_value_is_atom (const PgImapValue *value, const char *name);
 const PgImapValue *pg_imap_response_get_fetch_item (const PgImapResponse *response,
                                                     const char *name);
 
+/* An RFC 3501 date-time as INTERNALDATE sends it: "dd-Mon-yyyy hh:mm:ss +zzzz" (the day
+ * may be space-padded: " 1-Jan-2024"; month names in ASCII case ignored), without the
+ * quotes. On success *out_unix is seconds since the epoch (UTC). Anything else, a field out
+ * of range or a year outside 1900..9999, is FALSE. Pure and bounded by len. */
+gboolean pg_imap_parse_date_time (const char *text, gsize len, gint64 *out_unix);
+
 /* A canonical one-line rendering (tests, fuzzing, debug logs after pg_log_escape). */
 gchar *pg_imap_response_dump (const PgImapResponse *response);
 

@@ -16,6 +16,12 @@ G_DECLARE_FINAL_TYPE (PgPop3Session, pg_pop3_session, PG, POP3_SESSION, GObject)
  * connection closes. */
 void pg_pop3_session_start (PgConn *conn, gpointer user_data);
 
+/* Open (once per process and [state] backend/path) the per-client state store that
+ * sessions of `config` use. main calls it at start and before a reload, so an unusable
+ * [state] path is a config error rather than a refused login. Sessions also call it
+ * lazily. Errors: PG_ERROR_CONFIG. */
+gboolean pg_pop3_prepare_state (PgConfig *config, GError **error);
+
 /* Live POP3 sessions in this process (for status and tests). */
 guint pg_pop3_session_get_n_live (void);
 

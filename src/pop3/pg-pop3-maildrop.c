@@ -22,6 +22,7 @@ struct _PgPop3Maildrop
   PgUpstream *upstream;   /* owned */
   GArray *messages;       /* owned, of PgPop3Message */
   guint32 uidvalidity;
+  guint32 uidnext;
   gboolean paused;
   PgPop3ChunkFunc chunk_func;
   gpointer chunk_data;
@@ -64,6 +65,35 @@ pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop)
   return maildrop->uidvalidity;
 }
 
+guint32
+pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop)
+{
+  return maildrop->uidnext;
+}
+
+PgUpstream *
+pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop)
+{
+  return maildrop->upstream;
+}
+
+void
+pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer user_data)
+{
+  guint kept = 0;
+
+  for (guint i = 0; i < maildrop->messages->len; i++)
+    {
+      const PgPop3Message *msg = &g_array_index (maildrop->messages, PgPop3Message, i);
+      if (!keep (msg, user_data))
+        continue;
+      if (kept != i)
+        g_array_index (maildrop->messages, PgPop3Message, kept) = *msg;
+      kept++;
+    }
+  g_array_set_size (maildrop->messages, kept);
+}
+
 /* --- open ----------------------------------------------------------------------------- */
 
 typedef struct
@@ -98,7 +128,17 @@ static void
 pg_pop3_maildrop_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  PgPop3Message msg = { .uid = uid, .size = size };
+  PgPop3Message msg = { .uid = uid, .size = size, .internaldate = PG_UPSTREAM_NO_DATE };
+
+  g_array_append_val (maildrop->messages, msg);
+}
+
+static void
+pg_pop3_maildrop_dated_size_cb (guint32 seq, guint32 uid, guint64 size, gint64 internaldate,
+                                gpointer user_data)
+{
+  PgPop3Maildrop *maildrop = user_data;
+  PgPop3Message msg = { .uid = uid, .size = size, .internaldate = internaldate };
 
   g_array_append_val (maildrop->messages, msg);
 }
@@ -149,7 +189,10 @@ pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user
   if (!pg_upstream_select_finish (PG_UPSTREAM (source), result, &mailbox, &error))
     pg_pop3_maildrop_keep_error (data, error);
   else
-    maildrop->uidvalidity = mailbox.uidvalidity;
+    {
+      maildrop->uidvalidity = mailbox.uidvalidity;
+      maildrop->uidnext = mailbox.uidnext;
+    }
   pg_pop3_maildrop_open_step_done (task);
 }
 
@@ -178,8 +221,15 @@ pg_pop3_maildrop_login_cb (GObject *source, GAsyncResult *result, gpointer user_
   data->pending = 2;
   pg_upstream_select_async (maildrop->upstream, maildrop->config->upstream.mailbox, FALSE,
                             g_task_get_cancellable (task), pg_pop3_maildrop_select_cb, task);
-  pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
-                                 g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb, task);
+  /* INTERNALDATE only when recent_days needs it. */
+  if (maildrop->config->pop3.recent_days > 0)
+    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
+                                         maildrop, g_task_get_cancellable (task),
+                                         pg_pop3_maildrop_sizes_cb, task);
+  else
+    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
+                                   g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb,
+                                   task);
 }
 
 static void
@@ -338,7 +388,6 @@ typedef enum
   PG_UPDATE_FLAG_DELETED,
   PG_UPDATE_EXPUNGE,
   PG_UPDATE_MOVE,
-  PG_UPDATE_LOGOUT,
   PG_UPDATE_DONE,
 } PgUpdateStep;
 
@@ -347,6 +396,8 @@ typedef struct
   PgPop3Maildrop *maildrop; /* unowned */
   GArray *deleted;          /* owned */
   GArray *seen;             /* owned */
+  PgDeletePolicy policy;
+  gchar *move_mailbox;      /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
   GString *problems;        /* owned: what was not applied */
 } PgUpdateData;
@@ -356,6 +407,7 @@ pg_update_data_free (PgUpdateData *data)
 {
   g_array_unref (data->deleted);
   g_array_unref (data->seen);
+  g_free (data->move_mailbox);
   g_string_free (data->problems, TRUE);
   g_free (data);
 }
@@ -400,7 +452,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
                                            data->deleted->len, error->message);
-          data->step = PG_UPDATE_LOGOUT;
+          data->step = PG_UPDATE_DONE;
           break;
         }
       if (!pg_upstream_has_capability (upstream, "UIDPLUS"))
@@ -412,7 +464,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
           pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
                                            "expunged: the server lacks UIDPLUS",
                                            data->deleted->len);
-          data->step = PG_UPDATE_LOGOUT;
+          data->step = PG_UPDATE_DONE;
           break;
         }
       data->step = PG_UPDATE_EXPUNGE;
@@ -421,28 +473,23 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       if (!pg_upstream_expunge_finish (upstream, result, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
                                          "expunged (%s)", data->deleted->len, error->message);
-      data->step = PG_UPDATE_LOGOUT;
+      data->step = PG_UPDATE_DONE;
       break;
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
-                                         data->deleted->len, maildrop->config->pop3.move_mailbox,
+                                         data->deleted->len, data->move_mailbox,
                                          error->message);
       else if (!removed)
         {
           pg_session_warning (maildrop->sid, "upstream lacks MOVE and UIDPLUS: %u messages "
                               "copied to %s and left flagged \\Deleted", data->deleted->len,
-                              maildrop->config->pop3.move_mailbox);
+                              data->move_mailbox);
           pg_pop3_maildrop_update_problem (data, "%u messages copied to %s but left flagged "
                                            "\\Deleted: the server lacks UIDPLUS",
                                            data->deleted->len,
-                                           maildrop->config->pop3.move_mailbox);
+                                           data->move_mailbox);
         }
-      data->step = PG_UPDATE_LOGOUT;
-      break;
-    case PG_UPDATE_LOGOUT:
-      /* A failed LOGOUT after everything was applied changes nothing for the client. */
-      (void) pg_upstream_logout_finish (upstream, result, NULL);
       data->step = PG_UPDATE_DONE;
       break;
     case PG_UPDATE_DONE:
@@ -457,7 +504,6 @@ pg_pop3_maildrop_update_next (GTask *task)
   PgUpdateData *data = g_task_get_task_data (task);
   PgUpstream *upstream = data->maildrop->upstream;
   GCancellable *cancellable = g_task_get_cancellable (task);
-  PgConfig *config = data->maildrop->config;
 
   for (;;)
     {
@@ -474,16 +520,16 @@ pg_pop3_maildrop_update_next (GTask *task)
           data->step = PG_UPDATE_FLAG_DELETED;
           continue;
         case PG_UPDATE_FLAG_DELETED:
-          if (data->deleted->len == 0 || config->pop3.delete_policy == PG_DELETE_KEEP)
+          if (data->deleted->len == 0 || data->policy == PG_DELETE_KEEP)
             {
-              data->step = PG_UPDATE_LOGOUT;
+              data->step = PG_UPDATE_DONE;
               continue;
             }
-          if (config->pop3.delete_policy == PG_DELETE_MOVE)
+          if (data->policy == PG_DELETE_MOVE)
             {
               data->step = PG_UPDATE_MOVE;
               pg_upstream_move_async (upstream, (const guint32 *) data->deleted->data,
-                                      data->deleted->len, config->pop3.move_mailbox,
+                                      data->deleted->len, data->move_mailbox,
                                       cancellable, pg_pop3_maildrop_update_step_cb, task);
               return;
             }
@@ -498,9 +544,6 @@ pg_pop3_maildrop_update_next (GTask *task)
           return;
         case PG_UPDATE_MOVE:
           g_assert_not_reached ();
-        case PG_UPDATE_LOGOUT:
-          pg_upstream_logout_async (upstream, cancellable, pg_pop3_maildrop_update_step_cb, task);
-          return;
         case PG_UPDATE_DONE:
           if (data->problems->len > 0)
             g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s",
@@ -514,17 +557,24 @@ pg_pop3_maildrop_update_next (GTask *task)
 }
 
 void
-pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, GArray *deleted, GArray *seen,
+pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, PgDeletePolicy policy,
+                               const char *move_mailbox, GArray *deleted, GArray *seen,
                                GCancellable *cancellable, GAsyncReadyCallback callback,
                                gpointer user_data)
 {
-  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
-  PgUpdateData *data = g_new0 (PgUpdateData, 1);
+  GTask *task;
+  PgUpdateData *data;
+
+  g_return_if_fail (policy != PG_DELETE_MOVE || move_mailbox != NULL);
+  task = g_task_new (NULL, cancellable, callback, user_data);
+  data = g_new0 (PgUpdateData, 1);
 
   g_task_set_source_tag (task, pg_pop3_maildrop_update_async);
   data->maildrop = maildrop;
   data->deleted = g_array_ref (deleted);
   data->seen = g_array_ref (seen);
+  data->policy = policy;
+  data->move_mailbox = g_strdup (move_mailbox);
   data->problems = g_string_new (NULL);
   data->step = PG_UPDATE_SEEN;
   g_task_set_task_data (task, data, (GDestroyNotify) pg_update_data_free);
@@ -535,6 +585,36 @@ gboolean
 pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
 {
   return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_pop3_maildrop_logout_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgPop3Maildrop *maildrop = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+
+  /* A failed LOGOUT after everything was applied changes nothing for the client. */
+  if (!pg_upstream_logout_finish (PG_UPSTREAM (source), result, &error))
+    pg_session_debug (maildrop->sid, "upstream LOGOUT: %s", error->message);
+  g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_pop3_maildrop_logout_async (PgPop3Maildrop *maildrop, GCancellable *cancellable,
+                               GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_logout_async);
+  g_task_set_task_data (task, maildrop, NULL);
+  pg_upstream_logout_async (maildrop->upstream, cancellable, pg_pop3_maildrop_logout_cb, task);
+}
+
+void
+pg_pop3_maildrop_logout_finish (PgPop3Maildrop *maildrop, GAsyncResult *result)
+{
+  (void) g_task_propagate_boolean (G_TASK (result), NULL);
 }
 
 void

@@ -8,6 +8,7 @@
 #include <gio/gio.h>
 
 #include "popgate/pg-config.h"
+#include "popgate/pg-upstream.h"
 
 G_BEGIN_DECLS
 
@@ -15,6 +16,8 @@ typedef struct
 {
   guint32 uid;
   guint64 size; /* RFC822.SIZE: the octets BODY[] returns */
+  gint64 internaldate; /* UNIX time; PG_UPSTREAM_NO_DATE unless [pop3] recent_days is set
+                        * (only then is it fetched) or when the server sent none */
 } PgPop3Message;
 
 typedef struct _PgPop3Maildrop PgPop3Maildrop;
@@ -25,7 +28,7 @@ void pg_pop3_maildrop_free (PgPop3Maildrop *maildrop);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgPop3Maildrop, pg_pop3_maildrop_free)
 
 /* Connect, log in with the client's credentials, SELECT the configured mailbox and take
- * the snapshot of (UID, size). Errors: PG_ERROR_AUTH_FAILED for refused credentials,
+ * the snapshot of (UID, size), with INTERNALDATE when [pop3] recent_days is set. Errors: PG_ERROR_AUTH_FAILED for refused credentials,
  * anything else means the upstream could not be used (answer [SYS/TEMP]). */
 void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user,
                                   const char *password, GCancellable *cancellable,
@@ -33,9 +36,18 @@ void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user,
 gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
                                        GError **error);
 
-/* After open: the snapshot, in UID order (owned by the maildrop), and UIDVALIDITY. */
+/* After open: the snapshot, in UID order (owned by the maildrop), UIDVALIDITY and UIDNEXT
+ * (0 if the server did not say). */
 GArray *pg_pop3_maildrop_get_messages (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop);
+guint32 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop);
+/* The authenticated upstream connection (the imap-metadata state store uses it). */
+PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
+
+/* Drop from the snapshot every message for which keep() returns FALSE (the client's
+ * hidden messages and windows), keeping UID order. */
+typedef gboolean (*PgPop3KeepFunc) (const PgPop3Message *msg, gpointer user_data);
+void pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer user_data);
 
 typedef enum
 {
@@ -62,14 +74,22 @@ gboolean pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *
 void pg_pop3_maildrop_pause (PgPop3Maildrop *maildrop);
 void pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop);
 
-/* The UPDATE state: apply the delete policy to `deleted` and \Seen to `seen` (arrays of
- * guint32 UIDs), then LOGOUT. Completes with TRUE when all of it was applied; otherwise
- * the error message names what was not. Never plain EXPUNGE. */
-void pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, GArray *deleted, GArray *seen,
+/* The UPDATE state: \Seen on `seen`, then `policy` on `deleted` (arrays of guint32 UIDs;
+ * move_mailbox for PG_DELETE_MOVE; nothing for PG_DELETE_KEEP). Completes with TRUE when
+ * all of it was applied; otherwise the error message names what was not. Never plain
+ * EXPUNGE. The connection stays open: end it with pg_pop3_maildrop_logout_async(). Also
+ * finishes an interrupted QUIT at the next login (with `seen` empty). */
+void pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, PgDeletePolicy policy,
+                                    const char *move_mailbox, GArray *deleted, GArray *seen,
                                     GCancellable *cancellable, GAsyncReadyCallback callback,
                                     gpointer user_data);
 gboolean pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
                                          GError **error);
+
+/* LOGOUT (a failure changes nothing for the client: it is only logged at debug level). */
+void pg_pop3_maildrop_logout_async (PgPop3Maildrop *maildrop, GCancellable *cancellable,
+                                    GAsyncReadyCallback callback, gpointer user_data);
+void pg_pop3_maildrop_logout_finish (PgPop3Maildrop *maildrop, GAsyncResult *result);
 
 /* Drop the upstream connection without changing anything (LOGOUT if it is cheap). */
 void pg_pop3_maildrop_close (PgPop3Maildrop *maildrop);

@@ -21,6 +21,7 @@
 #include "popgate/pg-codec-pop3.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-state.h"
 
 #include <string.h>
 
@@ -96,6 +97,18 @@ struct _PgPop3Session
   GArray *messages;        /* unowned: the maildrop's snapshot of PgPop3Message */
   guint8 *flags;           /* owned: PG_POP3_MSG_* per message */
   guint32 uidvalidity;
+
+  /* Per-client state (DESIGN.md "Per-client state") */
+  PgStateStore *store;         /* owned */
+  PgStateKey *state_key;       /* owned */
+  PgClientState *client_state; /* owned: the state as it is now */
+  PgClientState *saved_state;  /* owned: as last loaded or saved (NULL: never stored) */
+  guint n_hidden;              /* snapshot messages the client's state and windows hide */
+
+  /* QUIT in progress */
+  GArray *quit_deleted;    /* owned, guint32 UIDs */
+  GArray *quit_seen;       /* owned, guint32 UIDs */
+  gchar *quit_problem;     /* owned: what the update could not apply */
 
   /* RETR/TOP in progress */
   PgDotStuffer *stuffer;   /* owned */
@@ -173,6 +186,13 @@ pg_pop3_session_finalize (GObject *object)
   g_string_free (self->reply, TRUE);
   g_free (self->read_buffer);
   g_free (self->flags);
+  g_clear_object (&self->store);
+  g_clear_pointer (&self->state_key, pg_state_key_free);
+  g_clear_pointer (&self->client_state, pg_client_state_free);
+  g_clear_pointer (&self->saved_state, pg_client_state_free);
+  g_clear_pointer (&self->quit_deleted, g_array_unref);
+  g_clear_pointer (&self->quit_seen, g_array_unref);
+  g_free (self->quit_problem);
   g_free (self->user);
   g_free (self->upstream_user);
   g_free (self->client_tag);
@@ -361,13 +381,380 @@ pg_pop3_session_auth_failed (PgPop3Session *self)
   g_source_attach (self->delay_source, g_main_context_get_thread_default ());
 }
 
+/* The login is complete: fix the message numbering and enter TRANSACTION. */
+static void
+pg_pop3_session_enter_transaction (PgPop3Session *self)
+{
+  g_autofree gchar *user = pg_log_escape (self->user, strlen (self->user), 64);
+  g_autofree gchar *tag = pg_log_escape (self->client_tag, strlen (self->client_tag), 64);
+  guint64 total = 0;
+
+  self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
+  self->flags = g_malloc0 (MAX (self->messages->len, 1));
+  for (guint i = 0; i < self->messages->len; i++)
+    total += g_array_index (self->messages, PgPop3Message, i).size;
+  pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
+  pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
+  pg_session_message (self->id,
+                      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT
+                      " hidden=%u",
+                      user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
+                      self->n_hidden);
+  self->busy = FALSE;
+  pg_pop3_reply (self, "+OK Logged in.");
+  pg_pop3_session_process (self);
+}
+
+/* --- per-client state ------------------------------------------------------------------- */
+
+/* One PgStateStore per (backend, path) for the whole process, made on first use: a reload
+ * that changes [state] gets a new store, sessions of the old config keep theirs. */
+static GHashTable *pg_pop3_stores = NULL; /* "backend\npath" → PgStateStore* (owned) */
+
+static PgStateStore *
+pg_pop3_state_store_get (PgConfig *config, GError **error)
+{
+  g_autofree gchar *id = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
+                                          config->state.backend == PG_STATE_BACKEND_FILE
+                                              ? config->state.path
+                                              : "");
+  PgStateStore *store;
+
+  if (pg_pop3_stores == NULL)
+    pg_pop3_stores = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_object_unref);
+  store = g_hash_table_lookup (pg_pop3_stores, id);
+  if (store == NULL)
+    {
+      store = pg_state_store_new (config, error);
+      if (store == NULL)
+        return NULL;
+      g_hash_table_insert (pg_pop3_stores, g_steal_pointer (&id), store);
+    }
+  return g_object_ref (store);
+}
+
+gboolean
+pg_pop3_prepare_state (PgConfig *config, GError **error)
+{
+  g_autoptr (PgStateStore) store = pg_pop3_state_store_get (config, error);
+
+  return store != NULL;
+}
+
+/* Refuse a login after the upstream accepted it (the client's state is unusable): nothing
+ * was changed upstream, the client may try again. */
+static void
+pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
+{
+  if (self->maildrop != NULL)
+    pg_pop3_maildrop_close (self->maildrop);
+  g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
+  pg_pop3_session_release_lock (self);
+  g_clear_pointer (&self->user, g_free);
+  g_clear_pointer (&self->state_key, pg_state_key_free);
+  g_clear_pointer (&self->client_state, pg_client_state_free);
+  g_clear_pointer (&self->saved_state, pg_client_state_free);
+  self->busy = FALSE;
+  pg_pop3_reply (self, "%s", reply);
+  pg_pop3_session_process (self);
+}
+
+typedef struct
+{
+  GArray *messages; /* unowned: the full snapshot, in UID order */
+  guint index;
+} PgPop3CompactData;
+
+/* Rewrite a set of UIDs against the full snapshot so it stays small: UIDs that no longer
+ * exist are never used again in this UIDVALIDITY, so runs of members are merged across
+ * them and UIDs before the first member are dropped. Membership of every existing UID is
+ * unchanged. */
+static PgUidSet *
+pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
+{
+  PgUidSet *out = pg_uid_set_new ();
+  guint32 run_first = 0, run_last = 0;
+
+  if (pg_uid_set_is_empty (set))
+    return out;
+  for (guint i = 0; i < messages->len; i++)
+    {
+      guint32 uid = g_array_index (messages, PgPop3Message, i).uid;
+      if (pg_uid_set_contains (set, uid))
+        {
+          if (run_first == 0)
+            run_first = uid;
+          run_last = uid;
+        }
+      else if (run_first != 0)
+        {
+          pg_uid_set_add_range (out, run_first, run_last);
+          run_first = 0;
+        }
+    }
+  if (run_first != 0)
+    pg_uid_set_add_range (out, run_first, run_last);
+  return out;
+}
+
+static gboolean
+pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gpointer user_data)
+{
+  PgPop3Session *self = user_data;
+  const PgClientState *state = self->client_state;
+  gint64 oldest;
+
+  if (pg_uid_set_contains (state->hidden, msg->uid))
+    return FALSE;
+  if (self->config->pop3.first_login == PG_FIRST_LOGIN_NEW && state->first_uidnext != 0
+      && msg->uid < state->first_uidnext)
+    return FALSE;
+  if (self->config->pop3.recent_days > 0 && msg->internaldate != PG_UPSTREAM_NO_DATE)
+    {
+      oldest = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
+      if (msg->internaldate < oldest)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* The state is settled: hide what this client must not see, then log in. */
+static void
+pg_pop3_session_state_ready (PgPop3Session *self)
+{
+  guint before = pg_pop3_maildrop_get_messages (self->maildrop)->len;
+
+  pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_is_visible_cb, self);
+  self->n_hidden = before - pg_pop3_maildrop_get_messages (self->maildrop)->len;
+  pg_pop3_session_enter_transaction (self);
+}
+
+static void
+pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *who = NULL;
+
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+    {
+      who = pg_state_key_to_log (self->state_key);
+      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s",
+                          who, error->message);
+      pg_pop3_session_refuse_login (
+          self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
+      return;
+    }
+  g_clear_pointer (&self->saved_state, pg_client_state_free);
+  self->saved_state = pg_client_state_copy (self->client_state);
+  pg_pop3_session_state_ready (self);
+}
+
+/* Store the state now (a first login under first_login = new, a reset, a finished QUIT),
+ * then log in. */
+static void
+pg_pop3_session_login_save (PgPop3Session *self)
+{
+  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                             self->state_key, self->client_state, self->cancellable,
+                             pg_pop3_session_login_saved_cb, g_object_ref (self));
+}
+
+typedef struct
+{
+  const PgUidSet *gone; /* unowned */
+} PgPop3GoneData;
+
+static gboolean
+pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gpointer user_data)
+{
+  PgPop3GoneData *data = user_data;
+  return !pg_uid_set_contains (data->gone, msg->uid);
+}
+
+static void
+pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *who = NULL;
+  PgPop3GoneData gone;
+
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  who = pg_state_key_to_log (self->state_key);
+  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
+    {
+      /* Still pending: the next login tries again. Showing the messages now would let
+       * the client fetch what it already deleted. */
+      pg_session_warning (self->id, "login refused: could not finish the interrupted QUIT of "
+                          "%s: %s", who, error->message);
+      pg_pop3_session_refuse_login (
+          self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
+      return;
+    }
+  pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
+  gone.gone = self->client_state->pending_uids;
+  pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
+  pg_client_state_clear_pending (self->client_state);
+  pg_pop3_session_login_save (self);
+}
+
+/* A QUIT was interrupted (popgate died between recording the update and clearing it):
+ * apply exactly the recorded update to the UIDs that still exist, then clear it. */
+static void
+pg_pop3_session_finish_pending (PgPop3Session *self)
+{
+  PgClientState *state = self->client_state;
+  GArray *messages = pg_pop3_maildrop_get_messages (self->maildrop);
+  g_autoptr (GArray) uids = g_array_new (FALSE, FALSE, sizeof (guint32));
+  g_autoptr (GArray) none = g_array_new (FALSE, FALSE, sizeof (guint32));
+  g_autofree gchar *who = pg_state_key_to_log (self->state_key);
+  g_autofree gchar *set = pg_uid_set_to_string (state->pending_uids);
+  PgDeletePolicy policy
+      = state->pending == PG_STATE_PENDING_MOVE ? PG_DELETE_MOVE : PG_DELETE_EXPUNGE;
+
+  for (guint i = 0; i < messages->len; i++)
+    {
+      guint32 uid = g_array_index (messages, PgPop3Message, i).uid;
+      if (pg_uid_set_contains (state->pending_uids, uid))
+        g_array_append_val (uids, uid);
+    }
+  pg_session_message (self->id, "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
+                      "still exist)", who, policy == PG_DELETE_MOVE ? "move" : "expunge",
+                      set, uids->len);
+  pg_pop3_maildrop_update_async (self->maildrop, policy, state->pending_mailbox, uids, none,
+                                 self->cancellable, pg_pop3_session_pending_done_cb,
+                                 g_object_ref (self));
+}
+
+static void
+pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgClientState) stored = NULL;
+  g_autofree gchar *who = NULL;
+  PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+  GArray *messages;
+  guint32 uidnext;
+
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  who = pg_state_key_to_log (self->state_key);
+  if (!pg_state_store_load_finish (PG_STATE_STORE (source), result, &status, &stored, &error))
+    {
+      PgUpstream *upstream = pg_pop3_maildrop_get_upstream (self->maildrop);
+
+      if (pg_state_store_get_backend (self->store) == PG_STATE_BACKEND_IMAP_METADATA
+          && !pg_upstream_has_capability (upstream, "METADATA"))
+        {
+          /* Not something a retry fixes: the admin must change [state] or the server. */
+          pg_session_warning (self->id, "login refused for %s: %s", who, error->message);
+          pg_pop3_session_refuse_login (
+              self, "-ERR [SYS/PERM] The mail server cannot store client state (no METADATA).");
+          return;
+        }
+      /* Never "show everything again": a client that deleted under keep would download
+       * its whole mailbox once more. The record is left as it is for the admin. */
+      pg_session_warning (self->id, "login refused: the client state of %s cannot be read (left "
+                          "as it is; repair or remove it to start this client afresh): %s",
+                          who, error->message);
+      pg_pop3_session_refuse_login (
+          self, "-ERR [SYS/TEMP] This client's state cannot be read, ask the administrator.");
+      return;
+    }
+
+  messages = pg_pop3_maildrop_get_messages (self->maildrop);
+  uidnext = pg_pop3_maildrop_get_uidnext (self->maildrop);
+  if (uidnext == 0 && messages->len > 0)
+    uidnext = g_array_index (messages, PgPop3Message, messages->len - 1).uid + 1;
+  if (uidnext == 0)
+    uidnext = 1;
+
+  switch (status)
+    {
+    case PG_STATE_LOAD_NEW:
+      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
+                                                g_get_real_time () / G_USEC_PER_SEC);
+      pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
+      /* first_login = new must remember this login's UIDNEXT even if the client never
+       * QUITs; otherwise nothing needs storing yet. */
+      if (self->config->pop3.first_login == PG_FIRST_LOGIN_NEW)
+        {
+          pg_pop3_session_login_save (self);
+          return;
+        }
+      pg_pop3_session_state_ready (self);
+      return;
+    case PG_STATE_LOAD_UIDVALIDITY_CHANGED:
+      pg_session_warning (self->id, "UIDVALIDITY of %s changed from %u to %u: its state is "
+                          "discarded (%" G_GUINT64_FORMAT " hidden, %" G_GUINT64_FORMAT
+                          " retrieved%s) and its UIDLs change, so the client will see every "
+                          "message as new",
+                          who, stored->uidvalidity, self->uidvalidity,
+                          pg_uid_set_count (stored->hidden), pg_uid_set_count (stored->retrieved),
+                          stored->pending != PG_STATE_PENDING_NONE
+                              ? ", and an unfinished QUIT whose UIDs no longer apply"
+                              : "");
+      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
+                                                g_get_real_time () / G_USEC_PER_SEC);
+      pg_pop3_session_login_save (self);
+      return;
+    case PG_STATE_LOAD_FOUND:
+      break;
+    }
+
+  self->saved_state = pg_client_state_copy (stored);
+  self->client_state = g_steal_pointer (&stored);
+  {
+    PgUidSet *hidden = pg_pop3_session_compact (self->client_state->hidden, messages);
+    PgUidSet *retrieved = pg_pop3_session_compact (self->client_state->retrieved, messages);
+
+    pg_uid_set_free (self->client_state->hidden);
+    self->client_state->hidden = hidden;
+    pg_uid_set_free (self->client_state->retrieved);
+    self->client_state->retrieved = retrieved;
+  }
+  if (self->client_state->pending != PG_STATE_PENDING_NONE)
+    {
+      pg_pop3_session_finish_pending (self);
+      return;
+    }
+  pg_pop3_session_state_ready (self);
+}
+
+/* After the snapshot: load this client's state (user, mailbox, tag). */
+static void
+pg_pop3_session_state_load (PgPop3Session *self)
+{
+  g_autoptr (GError) error = NULL;
+
+  self->uidvalidity = pg_pop3_maildrop_get_uidvalidity (self->maildrop);
+  self->state_key = pg_state_key_new (self->upstream_user, self->config->upstream.mailbox,
+                                      self->client_tag);
+  g_clear_object (&self->store);
+  self->store = pg_pop3_state_store_get (self->config, &error);
+  if (self->store == NULL)
+    {
+      pg_session_warning (self->id, "login refused: no state store: %s", error->message);
+      pg_pop3_session_refuse_login (
+          self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
+      return;
+    }
+  pg_state_store_load_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                             self->state_key, self->uidvalidity, self->cancellable,
+                             pg_pop3_session_state_loaded_cb, g_object_ref (self));
+}
+
 static void
 pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
   g_autofree gchar *user = NULL;
-  guint64 total = 0;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
@@ -412,18 +799,7 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
     self->lock_key = g_steal_pointer (&key);
   }
 
-  self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
-  self->uidvalidity = pg_pop3_maildrop_get_uidvalidity (self->maildrop);
-  self->flags = g_malloc0 (MAX (self->messages->len, 1));
-  for (guint i = 0; i < self->messages->len; i++)
-    total += g_array_index (self->messages, PgPop3Message, i).size;
-  pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
-  pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
-  pg_session_message (self->id, "login: user=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT,
-                      user, pg_conn_get_peer (self->conn), self->messages->len, total);
-  self->busy = FALSE;
-  pg_pop3_reply (self, "+OK Logged in.");
-  pg_pop3_session_process (self);
+  pg_pop3_session_state_load (self);
 }
 
 /* Split "user#tag" into the upstream user and the client tag ("default" without one). */
@@ -1001,6 +1377,48 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
                                 pg_pop3_session_fetch_cb, g_object_ref (self));
 }
 
+/* QUIT, last step: the upstream connection is logged out; answer. */
+static void
+pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+
+  pg_pop3_maildrop_logout_finish (self->maildrop, result);
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (self->quit_problem != NULL)
+    {
+      pg_pop3_reply (self, "-ERR [SYS/TEMP] %s", self->quit_problem);
+      pg_pop3_session_end (self, "QUIT, update failed");
+      return;
+    }
+  pg_pop3_reply (self, "+OK popgate signing off.");
+  pg_pop3_session_end (self, "QUIT");
+}
+
+static void
+pg_pop3_session_quit_logout (PgPop3Session *self)
+{
+  pg_pop3_maildrop_logout_async (self->maildrop, self->cancellable, pg_pop3_session_logout_cb,
+                                 g_object_ref (self));
+}
+
+static void
+pg_pop3_session_quit_cleared_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (pg_conn_is_closed (self->conn))
+    return;
+  /* The update is applied; a record still saying "pending" only makes the next login
+   * apply it again to UIDs that no longer exist, which does nothing. */
+  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+    pg_session_warning (self->id, "QUIT: applied, but the pending update could not be cleared "
+                        "(the next login will find nothing left to do): %s", error->message);
+  pg_pop3_session_quit_logout (self);
+}
+
 static void
 pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1012,36 +1430,99 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
   if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
     {
       pg_session_warning (self->id, "QUIT: update not fully applied: %s", error->message);
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] %s", error->message);
-      pg_pop3_session_end (self, "QUIT, update failed");
+      self->quit_problem = g_strdup (error->message);
+    }
+  if (self->client_state->pending != PG_STATE_PENDING_NONE)
+    {
+      /* The server answered every command, so the update is settled either way (what
+       * failed was reported to the client and stays as it is). */
+      pg_client_state_clear_pending (self->client_state);
+      pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                                 self->state_key, self->client_state, self->cancellable,
+                                 pg_pop3_session_quit_cleared_cb, g_object_ref (self));
       return;
     }
-  pg_pop3_reply (self, "+OK popgate signing off.");
-  pg_pop3_session_end (self, "QUIT");
+  pg_pop3_session_quit_logout (self);
 }
 
-/* QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6). */
+static void
+pg_pop3_session_quit_apply (PgPop3Session *self)
+{
+  pg_pop3_maildrop_update_async (self->maildrop, self->config->pop3.delete_policy,
+                                 self->config->pop3.move_mailbox, self->quit_deleted,
+                                 self->quit_seen, self->cancellable, pg_pop3_session_update_cb,
+                                 g_object_ref (self));
+}
+
+static void
+pg_pop3_session_quit_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *who = NULL;
+
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+    {
+      /* Nothing was touched upstream: under keep the DELEs would not be remembered, and
+       * for expunge/move a crash could not be recovered. So nothing is applied. */
+      who = pg_state_key_to_log (self->state_key);
+      pg_session_warning (self->id, "QUIT: nothing applied: cannot store the client state of "
+                          "%s: %s", who, error->message);
+      pg_pop3_reply (self, "-ERR [SYS/TEMP] Cannot record this client's state; nothing was "
+                           "deleted, try again later.");
+      pg_pop3_session_end (self, "QUIT, state not stored");
+      return;
+    }
+  pg_pop3_session_quit_apply (self);
+}
+
+/* QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6). The client's state is stored first
+ * (durably): under keep it holds the DELE'd UIDs; for expunge and move it records the
+ * update as pending, so a crash in the middle is finished at the next login. */
 static void
 pg_pop3_session_quit (PgPop3Session *self)
 {
-  g_autoptr (GArray) deleted = g_array_new (FALSE, FALSE, sizeof (guint32));
-  g_autoptr (GArray) seen = g_array_new (FALSE, FALSE, sizeof (guint32));
+  PgClientState *state = self->client_state;
+  PgDeletePolicy policy = self->config->pop3.delete_policy;
+  g_autoptr (PgUidSet) deleted_set = pg_uid_set_new ();
 
+  self->quit_deleted = g_array_new (FALSE, FALSE, sizeof (guint32));
+  self->quit_seen = g_array_new (FALSE, FALSE, sizeof (guint32));
   for (guint i = 0; i < self->messages->len; i++)
     {
       guint32 uid = g_array_index (self->messages, PgPop3Message, i).uid;
+      if (self->flags[i] & PG_POP3_MSG_RETRIEVED)
+        pg_uid_set_add (state->retrieved, uid);
       if (self->flags[i] & PG_POP3_MSG_DELETED)
-        g_array_append_val (deleted, uid);
+        {
+          g_array_append_val (self->quit_deleted, uid);
+          pg_uid_set_add (deleted_set, uid);
+        }
       else if ((self->flags[i] & PG_POP3_MSG_RETRIEVED) && self->config->pop3.mark_seen)
-        g_array_append_val (seen, uid);
+        g_array_append_val (self->quit_seen, uid);
     }
+  if (policy == PG_DELETE_KEEP)
+    pg_uid_set_union (state->hidden, deleted_set);
+  else if (self->quit_deleted->len > 0)
+    pg_client_state_set_pending (state,
+                                 policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE
+                                                          : PG_STATE_PENDING_EXPUNGE,
+                                 self->config->pop3.move_mailbox, deleted_set);
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
-  pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", deleted->len,
-                   pg_delete_policy_to_string (self->config->pop3.delete_policy), seen->len);
+  pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
+                   pg_delete_policy_to_string (policy), self->quit_seen->len);
   self->busy = TRUE;
   pg_pop3_session_flush (self);
-  pg_pop3_maildrop_update_async (self->maildrop, deleted, seen, self->cancellable,
-                                 pg_pop3_session_update_cb, g_object_ref (self));
+  if (self->saved_state != NULL && pg_client_state_equal (state, self->saved_state))
+    {
+      pg_pop3_session_quit_apply (self);
+      return;
+    }
+  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                             self->state_key, state, self->cancellable,
+                             pg_pop3_session_quit_saved_cb, g_object_ref (self));
 }
 
 static void

@@ -72,7 +72,8 @@ struct _PgUpstreamCmd
   gulong cancelled_id;
 
   /* FETCH_SIZES */
-  PgUpstreamSizeFunc size_func;
+  PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
+  PgUpstreamDatedSizeFunc dated_func;
   gpointer size_data;
   /* FETCH_BODY */
   PgUpstreamChunkFunc chunk_func;
@@ -600,6 +601,18 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       && pg_imap_value_get_number (size_value, &size)
       && (cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES)) != NULL)
     {
+      if (cmd->dated_func != NULL)
+        {
+          const char *date = pg_imap_value_get_string (
+              pg_imap_response_get_fetch_item (response, "INTERNALDATE"));
+          gint64 when = PG_UPSTREAM_NO_DATE;
+
+          if (date == NULL || !pg_imap_parse_date_time (date, strlen (date), &when))
+            when = PG_UPSTREAM_NO_DATE;
+          cmd->dated_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid),
+                           size, when, cmd->size_data);
+          return;
+        }
       cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid), size,
                       cmd->size_data);
       return;
@@ -1625,6 +1638,30 @@ pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpoint
   cmd->size_data = func_data;
   writer = pg_upstream_cmd_writer (self, cmd);
   pg_imap_writer_add_raw (writer, " 1:* (UID RFC822.SIZE)");
+  pg_upstream_submit (self, cmd, writer);
+}
+
+void
+pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc func,
+                                     gpointer func_data, GCancellable *cancellable,
+                                     GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (func != NULL);
+  /* The source tag is fetch_sizes': one _finish serves both. */
+  task = pg_upstream_task_new (self, pg_upstream_fetch_sizes_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
+  cmd->dated_func = func;
+  cmd->size_data = func_data;
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_raw (writer, " 1:* (UID RFC822.SIZE INTERNALDATE)");
   pg_upstream_submit (self, cmd, writer);
 }
 

@@ -1,0 +1,740 @@
+/* popgate — per-client state through the POP3 front end (DESIGN.md "Per-client state"):
+ * the real popgate binary in front of a real Dovecot, driven by a small POP3 client, with
+ * the upstream's content checked over IMAP and the state store read back directly.
+ *
+ * Two Dovecots serve the whole program: `upstream` with IMAP METADATA (for the
+ * imap-metadata backend; harmless for the file backend) and `plain` without it. Each test
+ * has its own user (named after the test) and its own popgate(s).
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+#include "pg-test-pop3.h"
+#include "pg-test-popgate.h"
+
+#include "popgate/pg-state.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static PgTestDovecot *upstream = NULL; /* with METADATA */
+static PgTestDovecot *plain = NULL;    /* without METADATA */
+
+#define PASSWORD "st4te-p\"ss w0rd"
+#define WAIT_MS 20000
+
+typedef struct
+{
+  gchar *user;
+  PgTestDovecot *dovecot; /* unowned: the Dovecot this test uses */
+  PgTestPopgate *popgate;
+  PgTestPopgate *second; /* another instance, for the shared-state test */
+} Fixture;
+
+typedef struct
+{
+  const char *const *settings; /* group, key, value triples */
+  gboolean plain;              /* use the Dovecot without METADATA */
+  const char *mailbox;         /* NULL: INBOX */
+  guint n_messages;            /* seeded before popgate starts */
+} TestSpec;
+
+static gchar *
+fixture_user_name (void)
+{
+  const char *path = g_test_get_path ();
+  const char *base = strrchr (path, '/');
+  return g_ascii_strdown (base != NULL ? base + 1 : path, -1);
+}
+
+static gchar *
+sample_message (guint i)
+{
+  return g_strdup_printf ("From: a@example.org\r\nSubject: message %u\r\n\r\nBody %u.\r\n", i, i);
+}
+
+static void
+seed (Fixture *fx, const char *mailbox, guint first, guint n)
+{
+  for (guint i = first; i < first + n; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *msg = sample_message (i);
+      PG_TEST_ASSERT_OK (
+          pg_test_dovecot_append (fx->dovecot, fx->user, mailbox, msg, strlen (msg), &error),
+          error);
+    }
+}
+
+static PgTestImap *
+imap_login (Fixture *fx, const char *mailbox, guint32 *out_uidvalidity)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestImap *imap = pg_test_imap_connect (fx->dovecot->host, fx->dovecot->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, fx->user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, mailbox, FALSE, out_uidvalidity, NULL, &error),
+                     error);
+  return imap;
+}
+
+static GArray *
+upstream_uids (Fixture *fx, const char *mailbox)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (fx, mailbox, NULL);
+  GArray *uids = pg_test_imap_uid_search_all (imap, &error);
+
+  g_assert_no_error (error);
+  pg_test_imap_logout (imap, NULL);
+  return uids;
+}
+
+static PgTestPopgate *
+popgate_new (Fixture *fx, const TestSpec *spec)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPopgate *popgate = pg_test_popgate_new (fx->dovecot, "none", &error);
+
+  g_assert_no_error (error);
+  pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
+  if (spec->mailbox != NULL)
+    pg_test_popgate_set (popgate, "upstream", "mailbox", spec->mailbox);
+  for (gsize i = 0; spec->settings != NULL && spec->settings[i] != NULL; i += 3)
+    pg_test_popgate_set (popgate, spec->settings[i], spec->settings[i + 1], spec->settings[i + 2]);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+  return popgate;
+}
+
+static void
+fixture_setup (Fixture *fx, gconstpointer data)
+{
+  const TestSpec *spec = data;
+  const char *mailbox = spec->mailbox != NULL ? spec->mailbox : "INBOX";
+
+  fx->user = fixture_user_name ();
+  fx->dovecot = spec->plain ? plain : upstream;
+  if (strcmp (mailbox, "INBOX") != 0)
+    {
+      g_autoptr (GError) error = NULL;
+      PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fx->dovecot, fx->user, mailbox, &error),
+                         error);
+    }
+  seed (fx, mailbox, 1, spec->n_messages);
+  fx->popgate = popgate_new (fx, spec);
+}
+
+static void
+popgate_check_and_free (PgTestPopgate *popgate)
+{
+  g_autofree gchar *log = NULL;
+
+  if (popgate == NULL)
+    return;
+  pg_test_popgate_stop (popgate);
+  log = pg_test_popgate_read_log (popgate);
+  /* Never a password in popgate's output, at any log level; and under the sanitizers,
+   * no report from popgate itself (LSan runs when it exits). */
+  g_assert_null (strstr (log, PASSWORD));
+  if (strstr (log, "Sanitizer") != NULL || strstr (log, "runtime error") != NULL)
+    g_error ("popgate's sanitizer report:\n%s", log);
+  pg_test_popgate_free (popgate);
+}
+
+static void
+fixture_teardown (Fixture *fx, gconstpointer data)
+{
+  popgate_check_and_free (g_steal_pointer (&fx->popgate));
+  popgate_check_and_free (g_steal_pointer (&fx->second));
+  g_free (fx->user);
+}
+
+/* --- POP3 helpers -------------------------------------------------------------------------- */
+
+static gchar *
+cmd (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *status = pg_test_pop3_command (pop3, command, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (status);
+  return status;
+}
+
+#define assert_reply(pop3, command, prefix)                                                        \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    g_autofree gchar *reply_ = cmd ((pop3), (command));                                            \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
+  }                                                                                                \
+  G_STMT_END
+
+/* Log in as login (e.g. "user#laptop") through `popgate`; returns the PASS reply. */
+static PgTestPop3 *
+pop3_try_login (PgTestPopgate *popgate, const char *login, gchar **out_status)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPop3 *pop3 = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, &error);
+
+  g_assert_no_error (error);
+  /* A refused PASS is an answer here, not a failure: the caller checks *out_status. */
+  if (!pg_test_pop3_login (pop3, login, PASSWORD, out_status, &error))
+    g_assert_true (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_FAILED));
+  return pop3;
+}
+
+static PgTestPop3 *
+pop3_login (PgTestPopgate *popgate, const char *login)
+{
+  g_autofree gchar *status = NULL;
+  PgTestPop3 *pop3 = pop3_try_login (popgate, login, &status);
+
+  if (status == NULL || !g_str_has_prefix (status, "+OK"))
+    {
+      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
+      g_error ("login as %s: %s\npopgate log:\n%s", login, status, log);
+    }
+  return pop3;
+}
+
+static gchar *
+tagged (Fixture *fx, const char *tag)
+{
+  return tag != NULL ? g_strconcat (fx->user, "#", tag, NULL) : g_strdup (fx->user);
+}
+
+/* The UIDs a client sees, in message-number order (from UIDL: UID is the first 8 hex
+ * digits). */
+static GArray *
+pop3_uids (PgTestPop3 *pop3)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *status = cmd (pop3, "UIDL");
+  g_autoptr (GBytes) body = NULL;
+  g_auto (GStrv) lines = NULL;
+  g_autofree gchar *text = NULL;
+  GArray *uids = g_array_new (FALSE, FALSE, sizeof (guint32));
+  guint number = 0;
+
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  body = pg_test_pop3_read_multiline (pop3, &error);
+  g_assert_no_error (error);
+  text = g_bytes_get_size (body) > 0
+             ? g_strndup (g_bytes_get_data (body, NULL), g_bytes_get_size (body))
+             : g_strdup ("");
+  lines = g_strsplit (text, "\r\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      guint n = 0;
+      gchar hex[9] = { 0 };
+      guint32 uid;
+      if (*lines[i] == '\0')
+        continue;
+      g_assert_cmpint (sscanf (lines[i], "%u %8s", &n, hex), ==, 2);
+      /* Numbering is dense: hidden messages leave no holes. */
+      g_assert_cmpuint (n, ==, ++number);
+      uid = (guint32) g_ascii_strtoull (hex, NULL, 16);
+      g_array_append_val (uids, uid);
+    }
+  return uids;
+}
+
+/* Log in as `login`, check the UIDs it sees, and leave without QUIT (nothing changes). */
+static void
+assert_sees (PgTestPopgate *popgate, const char *login, const guint32 *expected, guint n)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, login);
+  g_autoptr (GArray) uids = pop3_uids (pop3);
+  g_autofree gchar *stat = cmd (pop3, "STAT");
+  g_autofree gchar *want_stat = g_strdup_printf ("+OK %u ", n);
+
+  if (uids->len != n || (n > 0 && memcmp (uids->data, expected, n * sizeof (guint32)) != 0))
+    {
+      GString *got = g_string_new (NULL);
+      for (guint i = 0; i < uids->len; i++)
+        g_string_append_printf (got, " %u", g_array_index (uids, guint32, i));
+      g_error ("%s sees UIDs [%s ], expected %u of them", login, got->str, n);
+    }
+  g_assert_true (g_str_has_prefix (stat, want_stat));
+}
+
+/* Log in, DELE the given message numbers, QUIT and expect +OK. */
+static void
+dele_quit (PgTestPopgate *popgate, const char *login, const guint *numbers, guint n)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, login);
+
+  for (guint i = 0; i < n; i++)
+    {
+      g_autofree gchar *command = g_strdup_printf ("DELE %u", numbers[i]);
+      assert_reply (pop3, command, "+OK");
+    }
+  assert_reply (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+}
+
+static void
+assert_upstream (Fixture *fx, const char *mailbox, const guint32 *expected, guint n)
+{
+  g_autoptr (GArray) uids = upstream_uids (fx, mailbox);
+
+  g_assert_cmpuint (uids->len, ==, n);
+  g_assert_cmpmem (uids->data, n * sizeof (guint32), expected, n * sizeof (guint32));
+}
+
+static gchar *
+state_file (PgTestPopgate *popgate, const char *user, const char *mailbox, const char *tag)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_file (popgate->state_dir, &error);
+  g_autoptr (PgStateKey) key = pg_state_key_new (user, mailbox, tag);
+
+  g_assert_no_error (error);
+  return pg_state_store_get_file_path (store, key);
+}
+
+static void
+restart (PgTestPopgate *popgate)
+{
+  g_autoptr (GError) error = NULL;
+
+  g_assert_true (pg_test_popgate_stop (popgate));
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+}
+
+/* --- tests --------------------------------------------------------------------------------- */
+
+/* delete = keep: each tag hides only what it deleted; the upstream keeps everything. */
+static void
+test_two_tags_keep (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+  g_autofree gchar *untagged = tagged (fx, NULL);
+  static const guint laptop_deletes[] = { 1, 3 };
+  static const guint phone_deletes[] = { 5 };
+  static const guint32 all[] = { 1, 2, 3, 4, 5 };
+  static const guint32 laptop_sees[] = { 2, 4, 5 };
+  static const guint32 phone_sees[] = { 1, 2, 3, 4 };
+
+  dele_quit (fx->popgate, laptop, laptop_deletes, G_N_ELEMENTS (laptop_deletes));
+  assert_sees (fx->popgate, laptop, laptop_sees, G_N_ELEMENTS (laptop_sees));
+  assert_sees (fx->popgate, phone, all, G_N_ELEMENTS (all));
+  dele_quit (fx->popgate, phone, phone_deletes, G_N_ELEMENTS (phone_deletes));
+  assert_sees (fx->popgate, phone, phone_sees, G_N_ELEMENTS (phone_sees));
+  assert_sees (fx->popgate, laptop, laptop_sees, G_N_ELEMENTS (laptop_sees));
+  /* No tag is the tag "default": a client of its own. */
+  assert_sees (fx->popgate, untagged, all, G_N_ELEMENTS (all));
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+  /* Message numbers follow the client's view: laptop's message 1 is UID 2. */
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, laptop);
+    assert_reply (pop3, "LIST 1", "+OK 1 ");
+    assert_reply (pop3, "UIDL 1", "+OK 1 00000002");
+    assert_reply (pop3, "RETR 4", "-ERR");
+  }
+}
+
+/* The file store survives a restart of popgate. */
+static void
+test_restart (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *path = state_file (fx->popgate, fx->user, "INBOX", "laptop");
+  g_autofree gchar *contents = NULL;
+  static const guint deletes[] = { 2 };
+  static const guint32 sees[] = { 1, 3 };
+
+  dele_quit (fx->popgate, laptop, deletes, G_N_ELEMENTS (deletes));
+  restart (fx->popgate);
+  assert_sees (fx->popgate, laptop, sees, G_N_ELEMENTS (sees));
+  contents = pg_test_read_file (path);
+  g_assert_nonnull (strstr (contents, "\nhidden 2\n"));
+}
+
+/* first_login = new: a new tag sees only mail that arrives after its first login, even
+ * when that login ended without QUIT. */
+static void
+test_first_login_new (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *fresh = tagged (fx, "fresh");
+  g_autofree gchar *later = tagged (fx, "later");
+  static const guint32 new_one[] = { 4 };
+  static const guint32 new_two[] = { 4, 5 };
+  static const guint32 only_five[] = { 5 };
+
+  assert_sees (fx->popgate, fresh, NULL, 0);
+  seed (fx, "INBOX", 4, 1);
+  assert_sees (fx->popgate, fresh, new_one, G_N_ELEMENTS (new_one));
+  assert_sees (fx->popgate, later, NULL, 0);
+  seed (fx, "INBOX", 5, 1);
+  assert_sees (fx->popgate, fresh, new_two, G_N_ELEMENTS (new_two));
+  assert_sees (fx->popgate, later, only_five, G_N_ELEMENTS (only_five));
+  /* Still so after a restart: the first login's UIDNEXT was stored. */
+  restart (fx->popgate);
+  assert_sees (fx->popgate, fresh, new_two, G_N_ELEMENTS (new_two));
+}
+
+/* recent_days: only messages whose INTERNALDATE is within the window. */
+static void
+test_recent_days (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+  g_autofree gchar *client = tagged (fx, "recent");
+  static const char old_msg[] = "Subject: old\r\n\r\nFrom long ago.\r\n";
+  g_autofree gchar *append = g_strdup_printf ("APPEND INBOX \"01-Jan-2001 00:00:00 +0000\" "
+                                              "{%zu+}\r\n%s",
+                                              strlen (old_msg), old_msg);
+  g_autofree gchar *reply = pg_test_imap_command (imap, append, &error);
+  static const guint32 recent[] = { 1, 2 };
+
+  g_assert_no_error (error);
+  g_assert_nonnull (strstr (reply, "APPENDUID"));
+  pg_test_imap_logout (imap, NULL);
+  assert_sees (fx->popgate, client, recent, G_N_ELEMENTS (recent));
+}
+
+/* The imap-metadata backend: two popgate instances share one client's state through the
+ * upstream, and hold none themselves. */
+static void
+test_metadata_two_instances (Fixture *fx, gconstpointer data)
+{
+  const TestSpec *spec = data;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+  static const guint deletes[] = { 1, 2 };
+  static const guint more[] = { 1 };
+  static const guint32 all[] = { 1, 2, 3, 4 };
+  static const guint32 laptop_sees[] = { 3, 4 };
+  static const guint32 laptop_later[] = { 4 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GDir) dir = NULL;
+
+  fx->second = popgate_new (fx, spec);
+  dele_quit (fx->popgate, laptop, deletes, G_N_ELEMENTS (deletes));
+  assert_sees (fx->second, laptop, laptop_sees, G_N_ELEMENTS (laptop_sees));
+  assert_sees (fx->second, phone, all, G_N_ELEMENTS (all));
+  dele_quit (fx->second, laptop, more, G_N_ELEMENTS (more));
+  assert_sees (fx->popgate, laptop, laptop_later, G_N_ELEMENTS (laptop_later));
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+
+  /* Nothing local; the entry is on the mailbox. */
+  dir = g_dir_open (fx->popgate->state_dir, 0, &error);
+  g_assert_no_error (error);
+  g_assert_null (g_dir_read_name (dir));
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+    g_autofree gchar *reply
+        = pg_test_imap_command (imap, "GETMETADATA INBOX /private/vendor/popgate/laptop", &error);
+    g_assert_no_error (error);
+    g_assert_nonnull (strstr (reply, "popgate-state 1"));
+    g_assert_nonnull (strstr (reply, "hidden 1:3"));
+  }
+}
+
+/* imap-metadata against a server without METADATA: the login is refused, permanently and
+ * clearly, and nothing is shown. */
+static void
+test_no_metadata (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *status = NULL;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autoptr (PgTestPop3) pop3 = pop3_try_login (fx->popgate, laptop, &status);
+
+  g_assert_nonnull (status);
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "does not support METADATA", WAIT_MS));
+  /* The session goes on (the client may QUIT cleanly). */
+  assert_reply (pop3, "QUIT", "+OK");
+}
+
+static void
+assert_login_refused_and_file_kept (Fixture *fx, const char *login, const char *path,
+                                    const char *contents)
+{
+  g_autofree gchar *status = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_try_login (fx->popgate, login, &status);
+  g_autofree gchar *after = pg_test_read_file (path);
+
+  g_assert_nonnull (status);
+  if (!g_str_has_prefix (status, "-ERR [SYS/TEMP]"))
+    g_error ("login with a corrupt state: expected -ERR [SYS/TEMP], got %s", status);
+  g_assert_cmpstr (after, ==, contents);
+}
+
+/* A corrupt or truncated state file refuses the login (never "show everything again")
+ * and is left as it is for the admin. */
+static void
+test_corrupt_state (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *path = state_file (fx->popgate, fx->user, "INBOX", "laptop");
+  g_autofree gchar *good = NULL;
+  g_autofree gchar *bad = NULL;
+  static const guint deletes[] = { 1 };
+  static const guint32 sees[] = { 2, 3 };
+  gchar *hidden;
+
+  dele_quit (fx->popgate, laptop, deletes, G_N_ELEMENTS (deletes));
+  good = pg_test_read_file (path);
+  hidden = strstr (good, "\nhidden 1\n");
+  g_assert_nonnull (hidden);
+
+  /* One flipped byte: "hidden 1" → "hidden 3" (the checksum no longer matches). */
+  bad = g_strdup (good);
+  bad[hidden - good + 8] = '3';
+  PG_TEST_ASSERT_OK (g_file_set_contents (path, bad, -1, &error), error);
+  assert_login_refused_and_file_kept (fx, laptop, path, bad);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "cannot be read", WAIT_MS));
+
+  /* Truncated, as a torn write would leave it without the atomic rename. */
+  bad[strlen (bad) / 2] = '\0';
+  PG_TEST_ASSERT_OK (g_file_set_contents (path, bad, -1, &error), error);
+  assert_login_refused_and_file_kept (fx, laptop, path, bad);
+
+  /* Other clients are not affected; the repaired file works again. */
+  {
+    g_autofree gchar *phone = tagged (fx, "phone");
+    static const guint32 all[] = { 1, 2, 3 };
+    assert_sees (fx->popgate, phone, all, G_N_ELEMENTS (all));
+  }
+  PG_TEST_ASSERT_OK (g_file_set_contents (path, good, -1, &error), error);
+  assert_sees (fx->popgate, laptop, sees, G_N_ELEMENTS (sees));
+}
+
+/* The mailbox is deleted and recreated: a new UIDVALIDITY discards the client's state
+ * with a warning naming user, mailbox and tag. */
+static void
+test_uidvalidity_reset (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *warning = NULL;
+  static const guint deletes[] = { 1, 2 };
+  static const guint32 before[] = { 3 };
+  static const guint32 after[] = { 1, 2 };
+  guint32 old_validity = 0, new_validity = 0;
+
+  dele_quit (fx->popgate, laptop, deletes, G_N_ELEMENTS (deletes));
+  assert_sees (fx->popgate, laptop, before, G_N_ELEMENTS (before));
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "Work", &old_validity);
+    g_autofree gchar *r1 = NULL;
+    g_autofree gchar *r2 = NULL;
+    g_autofree gchar *r3 = NULL;
+
+    r1 = pg_test_imap_command (imap, "UNSELECT", &error);
+    g_assert_no_error (error);
+    r2 = pg_test_imap_command (imap, "DELETE Work", &error);
+    g_assert_no_error (error);
+    r3 = pg_test_imap_command (imap, "CREATE Work", &error);
+    g_assert_no_error (error);
+    pg_test_imap_logout (imap, NULL);
+  }
+  seed (fx, "Work", 10, 2);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "Work", &new_validity);
+    pg_test_imap_logout (imap, NULL);
+  }
+  g_assert_cmpuint (new_validity, !=, old_validity);
+
+  /* UIDs 1 and 2 again, but other messages: the old "hidden 1:2" must not apply. */
+  assert_sees (fx->popgate, laptop, after, G_N_ELEMENTS (after));
+  warning = g_strdup_printf ("UIDVALIDITY of user=%s mailbox=Work tag=laptop changed from %u to %u",
+                             fx->user, old_validity, new_validity);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, warning, WAIT_MS));
+  /* The new state sticks. */
+  {
+    static const guint again[] = { 2 };
+    static const guint32 left[] = { 1 };
+    dele_quit (fx->popgate, laptop, again, G_N_ELEMENTS (again));
+    assert_sees (fx->popgate, laptop, left, G_N_ELEMENTS (left));
+  }
+}
+
+typedef struct
+{
+  const char *path;
+  const char *needle;
+} FileWait;
+
+static gboolean
+file_contains_cb (gpointer user_data)
+{
+  FileWait *wait = user_data;
+  g_autofree gchar *contents = pg_test_read_file (wait->path);
+  return strstr (contents, wait->needle) != NULL;
+}
+
+/* popgate is SIGKILLed in the middle of QUIT (the upstream is paused after the pending
+ * update was recorded): the next login finishes exactly that update. */
+static void
+test_sigkill_quit (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *path = state_file (fx->popgate, fx->user, "INBOX", "default");
+  g_autofree gchar *contents = NULL;
+  g_autoptr (GPtrArray) bodies = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  static const guint32 remaining[] = { 1, 3, 5 };
+  FileWait wait = { path, "\npending expunge 2,4\n" };
+  guint stopped;
+  int code = 0;
+
+  /* An IMAP user flagged UID 5 \Deleted without expunging: it must survive. */
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+    PG_TEST_ASSERT_OK (pg_test_imap_uid_store (imap, 5, "+FLAGS.SILENT (\\Deleted)", &error),
+                       error);
+    for (guint i = 0; i < G_N_ELEMENTS (remaining); i++)
+      g_ptr_array_add (bodies, pg_test_imap_fetch_body (imap, remaining[i], &error));
+    g_assert_no_error (error);
+    pg_test_imap_logout (imap, NULL);
+  }
+
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
+
+    assert_reply (pop3, "DELE 2", "+OK");
+    assert_reply (pop3, "DELE 4", "+OK");
+    stopped = pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGSTOP);
+    g_assert_cmpuint (stopped, >=, 1);
+    PG_TEST_ASSERT_OK (pg_test_pop3_send (pop3, "QUIT\r\n", 6, &error), error);
+    /* Recorded durably before anything is sent upstream. */
+    g_assert_true (pg_test_wait_until (file_contains_cb, &wait, WAIT_MS));
+    pg_test_popgate_kill (fx->popgate, SIGKILL);
+    g_assert_true (pg_test_popgate_wait (fx->popgate, WAIT_MS, &code));
+    g_assert_cmpint (code, ==, 128 + SIGKILL);
+    pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGCONT);
+  }
+  pg_test_popgate_stop (fx->popgate);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fx->popgate, &error), error);
+
+  assert_sees (fx->popgate, fx->user, remaining, G_N_ELEMENTS (remaining));
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "finished the interrupted QUIT", WAIT_MS));
+  contents = pg_test_read_file (path);
+  g_assert_null (strstr (contents, "pending"));
+
+  /* Upstream: exactly the DELE'd UIDs are gone, the rest byte for byte as before. */
+  assert_upstream (fx, "INBOX", remaining, G_N_ELEMENTS (remaining));
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+    g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, 5, &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const gchar *const *) flags, "\\Deleted"));
+    for (guint i = 0; i < G_N_ELEMENTS (remaining); i++)
+      {
+        g_autoptr (GBytes) body = pg_test_imap_fetch_body (imap, remaining[i], &error);
+        g_assert_no_error (error);
+        g_assert_true (g_bytes_equal (body, g_ptr_array_index (bodies, i)));
+      }
+  }
+}
+
+/* An interrupted QUIT under delete = move: finished as a move at the next login. */
+static void
+test_sigkill_quit_move (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *path = state_file (fx->popgate, fx->user, "INBOX", "default");
+  FileWait wait = { path, "\npending move:Trash 1\n" };
+  static const guint32 remaining[] = { 2, 3 };
+  int code = 0;
+
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fx->dovecot, fx->user, "Trash", &error),
+                     error);
+
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
+
+    assert_reply (pop3, "DELE 1", "+OK");
+    g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGSTOP), >=, 1);
+    PG_TEST_ASSERT_OK (pg_test_pop3_send (pop3, "QUIT\r\n", 6, &error), error);
+    g_assert_true (pg_test_wait_until (file_contains_cb, &wait, WAIT_MS));
+    pg_test_popgate_kill (fx->popgate, SIGKILL);
+    g_assert_true (pg_test_popgate_wait (fx->popgate, WAIT_MS, &code));
+    pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGCONT);
+  }
+  pg_test_popgate_stop (fx->popgate);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fx->popgate, &error), error);
+  assert_sees (fx->popgate, fx->user, remaining, G_N_ELEMENTS (remaining));
+  assert_upstream (fx, "INBOX", remaining, G_N_ELEMENTS (remaining));
+  {
+    g_autoptr (GArray) trash = upstream_uids (fx, "Trash");
+    g_assert_cmpuint (trash->len, ==, 1);
+  }
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+  static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const first_new[] = { "pop3", "first_login", "new", NULL };
+  static const char *const recent[] = { "pop3", "recent_days", "30", NULL };
+  static const char *const metadata_keep[]
+      = { "pop3", "delete", "keep", "state", "backend", "imap-metadata", NULL };
+  static const char *const move[] = { "pop3", "delete", "move:Trash", NULL };
+  static const TestSpec two_tags = { keep, FALSE, NULL, 5 };
+  static const TestSpec restart_spec = { keep, FALSE, NULL, 3 };
+  static const TestSpec first_login = { first_new, FALSE, NULL, 3 };
+  static const TestSpec recent_spec = { recent, FALSE, NULL, 2 };
+  static const TestSpec metadata = { metadata_keep, FALSE, NULL, 4 };
+  static const TestSpec no_metadata = { metadata_keep, TRUE, NULL, 2 };
+  static const TestSpec corrupt = { keep, FALSE, NULL, 3 };
+  static const TestSpec reset = { keep, FALSE, "Work", 3 };
+  static const TestSpec sigkill = { NULL, FALSE, NULL, 5 };
+  static const TestSpec sigkill_move = { move, FALSE, NULL, 3 };
+  static const struct
+  {
+    const char *path;
+    const TestSpec *spec;
+    void (*func) (Fixture *, gconstpointer);
+  } tests[] = {
+    { "/popgate/pop3-state/two-tags-keep", &two_tags, test_two_tags_keep },
+    { "/popgate/pop3-state/restart", &restart_spec, test_restart },
+    { "/popgate/pop3-state/first-login-new", &first_login, test_first_login_new },
+    { "/popgate/pop3-state/recent-days", &recent_spec, test_recent_days },
+    { "/popgate/pop3-state/metadata-two-instances", &metadata, test_metadata_two_instances },
+    { "/popgate/pop3-state/no-metadata", &no_metadata, test_no_metadata },
+    { "/popgate/pop3-state/corrupt-state", &corrupt, test_corrupt_state },
+    { "/popgate/pop3-state/uidvalidity-reset", &reset, test_uidvalidity_reset },
+    { "/popgate/pop3-state/sigkill-quit", &sigkill, test_sigkill_quit },
+    { "/popgate/pop3-state/sigkill-quit-move", &sigkill_move, test_sigkill_quit_move },
+  };
+  PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+  int rc;
+
+  g_test_init (&argc, &argv, NULL);
+  upstream = pg_test_dovecot_new (&with_metadata, &error);
+  g_assert_no_error (error);
+  plain = pg_test_dovecot_new (NULL, &error);
+  g_assert_no_error (error);
+
+  /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,
+   * which two writes within a second do not change. */
+  for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
+    {
+      g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
+      PgTestDovecot *dovecot = tests[i].spec->plain ? plain : upstream;
+      if (!pg_test_dovecot_add_user (dovecot, user, PASSWORD, &error))
+        g_error ("%s", error->message);
+      g_test_add (tests[i].path, Fixture, tests[i].spec, fixture_setup, tests[i].func,
+                  fixture_teardown);
+    }
+  if (!pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start Dovecot: %s", error->message);
+  if (!pg_test_dovecot_start (plain, &error))
+    g_error ("cannot start Dovecot without METADATA: %s", error->message);
+
+  rc = g_test_run ();
+  pg_test_dovecot_free (plain);
+  pg_test_dovecot_free (upstream);
+  return rc;
+}
