@@ -362,10 +362,13 @@ test_fetch_body_chunks (void)
         pg_imap_parser_feed (p2, (const guint8 *) big, strlen (big), &consumed, &event, &error), ==,
         PG_IMAP_PARSE_BODY_BEGIN);
     g_assert_cmpuint (event.size, ==, G_GUINT64_CONSTANT (10000000000));
+    /* The UID that came before the body names the FETCH it answers. */
+    g_assert_cmpuint (event.uid, ==, 2);
     g_assert_cmpint (pg_imap_parser_feed (p2, (const guint8 *) big + consumed,
                                           strlen (big) - consumed, &consumed, &event, &error),
                      ==, PG_IMAP_PARSE_BODY_CHUNK);
     g_assert_cmpuint (event.len, ==, 3);
+    g_assert_cmpuint (event.uid, ==, 2);
     g_assert_no_error (error);
   }
 }

@@ -107,6 +107,8 @@ typedef struct
 {
   PgImapResponse *response; /* RESPONSE: owned by the caller; else NULL */
   guint64 seq;              /* BODY_*: the FETCH's message sequence number */
+  guint64 uid;              /* BODY_*: the UID if the FETCH gave "UID n" before the body
+                             * (it does when asked for UID first), else 0 */
   const char *item;         /* BODY_*: item name as sent ("BODY[]", "BODY[TEXT]<0>");
                              * unowned, valid until the next feed */
   guint64 size;             /* BODY_*: total size of the literal */

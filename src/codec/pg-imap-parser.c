@@ -61,6 +61,7 @@ struct _PgImapParser
   guint64 lit_done; /* bytes of the literal consumed so far */
   gchar *lit_buf;   /* owned: small literal being copied */
   gchar *body_item; /* owned: item name of the body being streamed */
+  guint64 body_uid;  /* UID of the FETCH whose body is being streamed, 0 if not given */
   GError *error;    /* owned: the error that killed the parser */
 };
 
@@ -873,6 +874,16 @@ pg_imap_parser_start_literal (PgImapParser *parser, gboolean *out_begin_body, GE
 
       g_free (parser->body_item);
       parser->body_item = g_strdup (name->str);
+      /* The UID, when it came before the body, tells a client with several pipelined
+       * FETCHes which one this body answers (servers may interleave their output). */
+      parser->body_uid = 0;
+      for (guint i = 0; i + 1 < list->len; i += 2)
+        {
+          const PgImapValue *item = g_ptr_array_index (list, i);
+          const PgImapValue *value = g_ptr_array_index (list, i + 1);
+          if (pg_imap_value_is_atom (item, "UID") && value->type == PG_IMAP_VALUE_NUMBER)
+            parser->body_uid = value->number;
+        }
       parser->state = PG_IMAP_PARSER_STATE_BODY;
       *out_begin_body = TRUE;
       return TRUE;
@@ -940,6 +951,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
                 return PG_IMAP_PARSE_ERROR;
               pg_imap_parser_event_clear (out_event);
               out_event->seq = parser->response->number;
+              out_event->uid = parser->body_uid;
               out_event->item = parser->body_item;
               out_event->size = parser->lit_size;
               out_event->offset = parser->lit_size;
@@ -951,6 +963,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
           n = (gsize) MIN ((guint64) (len - pos), MIN (left, (guint64) PG_UPSTREAM_BODY_CHUNK));
           pg_imap_parser_event_clear (out_event);
           out_event->seq = parser->response->number;
+              out_event->uid = parser->body_uid;
           out_event->item = parser->body_item;
           out_event->size = parser->lit_size;
           out_event->offset = parser->lit_done;
@@ -1007,6 +1020,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
             {
               pg_imap_parser_event_clear (out_event);
               out_event->seq = parser->response->number;
+              out_event->uid = parser->body_uid;
               out_event->item = parser->body_item;
               out_event->size = parser->lit_size;
               *out_consumed = pos;

@@ -541,6 +541,21 @@ pg_upstream_find_pending (PgUpstream *self, PgUpstreamCmdKind kind)
   return NULL;
 }
 
+/* The pending body FETCH a response or body belongs to: the one for that UID. Servers may
+ * send the data of a pipelined FETCH before the tagged OK of the one before it (Dovecot
+ * does), so "the oldest" is not enough. Without a UID, the oldest. */
+static PgUpstreamCmd *
+pg_upstream_find_body_cmd (PgUpstream *self, guint64 uid)
+{
+  for (GList *l = self->pending.head; l != NULL && uid != 0; l = l->next)
+    {
+      PgUpstreamCmd *cmd = l->data;
+      if (cmd->kind == PG_UPSTREAM_CMD_FETCH_BODY && cmd->uid == uid)
+        return cmd;
+    }
+  return pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
+}
+
 static guint32
 pg_upstream_clamp_u32 (guint64 value)
 {
@@ -590,8 +605,11 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       return;
     }
 
-  cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
-  if (cmd != NULL && pg_imap_value_get_number (uid_value, &uid) && uid == cmd->uid)
+  if (pg_imap_value_get_number (uid_value, &uid))
+    cmd = pg_upstream_find_body_cmd (self, uid);
+  else
+    cmd = NULL;
+  if (cmd != NULL && uid == cmd->uid)
     {
       const PgImapValue *list = g_ptr_array_index (response->args, 0);
       for (guint i = 0; i + 1 < list->list->len; i += 2)
@@ -767,7 +785,7 @@ pg_upstream_log_response (PgUpstream *self, const PgImapResponse *response)
 static void
 pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
 {
-  PgUpstreamCmd *cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
+  PgUpstreamCmd *cmd = pg_upstream_find_body_cmd (self, event->uid);
   g_autoptr (GBytes) chunk = NULL;
 
   if (cmd == NULL || cmd->chunk_func == NULL)
