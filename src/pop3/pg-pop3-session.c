@@ -103,6 +103,7 @@ struct _PgPop3Session
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
   PgPop3Transfer *prefetch; /* owned: the next RETR, fetched ahead */
+  gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
   GByteArray *stuffed;     /* owned: scratch for stuffed output */
 };
 
@@ -846,10 +847,12 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  *
  * RFC 2449 PIPELINING: when a RETR starts and the next buffered command is another RETR,
  * that message is fetched at once on the same upstream connection (one transfer ahead), so
- * a batch of RETRs costs no upstream round trip each. The server answers in order, so the
- * prefetched transfer's chunks come after the current one's; if one arrives before the
- * current transfer is finished here, it is held (one chunk) and the upstream paused until
- * the prefetched transfer becomes current. */
+ * a batch of RETRs costs no upstream round trip each. The server sends the bodies in
+ * order, but may send the next FETCH's body before the previous command's tagged OK
+ * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
+ * message proves the current one's body is complete: the current RETR is finished there
+ * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
+ * makes the prefetched transfer current, and its chunk is sent. */
 
 struct _PgPop3Transfer
 {
@@ -865,13 +868,24 @@ struct _PgPop3Transfer
   guint64 delivered;    /* octets of the section being fetched */
   gboolean top_in_text; /* TOP: the header is out, partials of the text follow */
   guint64 top_offset;   /* TOP: offset of the BODY[TEXT] partial being fetched */
+  struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
+  gboolean want_pause;  /* sending a held chunk filled the client's queue */
 };
+
+/* One upstream fetch in flight: survives its transfer if that finished early. */
+typedef struct _PgPop3FetchCtx
+{
+  PgPop3Session *self;       /* owned */
+  PgPop3Transfer *transfer;  /* unowned; NULL once the transfer is gone */
+} PgPop3FetchCtx;
 
 static void
 pg_pop3_transfer_free (PgPop3Transfer *transfer)
 {
   if (transfer == NULL)
     return;
+  if (transfer->ctx != NULL)
+    transfer->ctx->transfer = NULL;
   g_clear_pointer (&transfer->stuffer, pg_dot_stuffer_free);
   g_clear_pointer (&transfer->held, g_bytes_unref);
   g_clear_error (&transfer->error);
@@ -887,11 +901,16 @@ pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
 {
   const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
+  PgPop3FetchCtx *ctx = g_new0 (PgPop3FetchCtx, 1);
+
+  ctx->self = g_object_ref (self);
+  ctx->transfer = transfer;
+  transfer->ctx = ctx;
   transfer->delivered = 0;
   transfer->finished = FALSE;
   pg_pop3_maildrop_fetch_async (self->maildrop, msg->uid, section, offset, length,
-                                pg_pop3_session_chunk_cb, transfer, self->cancellable,
-                                pg_pop3_session_fetch_cb, g_object_ref (self));
+                                pg_pop3_session_chunk_cb, ctx, self->cancellable,
+                                pg_pop3_session_fetch_cb, ctx);
 }
 
 static PgPop3Transfer *
@@ -952,26 +971,48 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, GByte
   return TRUE;
 }
 
+static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
+
 static gboolean
 pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
 {
-  PgPop3Transfer *transfer = user_data;
-  PgPop3Session *self = transfer->self;
+  PgPop3FetchCtx *ctx = user_data;
+  PgPop3Transfer *transfer = ctx->transfer;
+  PgPop3Session *self = ctx->self;
 
+  if (transfer == NULL)
+    return TRUE; /* its transfer is gone: drop what a confused server still sends */
   transfer->delivered += g_bytes_get_size (chunk);
   if (pg_conn_is_closed (self->conn))
     return FALSE;
-  if (!transfer->active)
+  if (transfer->active)
+    return pg_pop3_session_send_chunk (self, transfer, chunk);
+
+  /* The prefetched message's body has begun, so the current one's body is complete:
+   * finish that RETR now; the client's next command (this RETR) activates us. */
+  g_assert (transfer->held == NULL);
+  transfer->held = g_bytes_ref (chunk);
+  if (self->transfer != NULL && self->transfer != transfer && !self->transfer->is_top)
     {
-      /* Prefetched, and the transfer before it is not done here yet: hold this chunk. */
-      g_assert (transfer->held == NULL);
-      transfer->held = g_bytes_ref (chunk);
+      g_autoptr (PgPop3Session) keep = g_object_ref (self);
+      PgPop3Transfer *current = self->transfer;
+      if (current->delivered == 0 && current->error == NULL)
+        current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                                      "no body came for this message");
+      current->finished = TRUE;
+      self->in_chunk_cb = TRUE;
+      pg_pop3_session_transfer_done (self, current);
+      self->in_chunk_cb = FALSE;
+    }
+  if (!transfer->active)
+    return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+  if (transfer->want_pause)
+    {
+      transfer->want_pause = FALSE;
       return FALSE;
     }
-  return pg_pop3_session_send_chunk (self, transfer, chunk);
+  return TRUE;
 }
-
-static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
 
 /* The upstream finished the active transfer's section: next partial (TOP), or the end. */
 static void
@@ -1003,20 +1044,21 @@ pg_pop3_session_transfer_step (PgPop3Session *self, PgPop3Transfer *transfer)
 static void
 pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autoptr (PgPop3Session) self = user_data;
-  PgPop3Transfer *transfer = NULL;
+  PgPop3FetchCtx *ctx = user_data;
+  g_autoptr (PgPop3Session) self = ctx->self;
+  PgPop3Transfer *transfer = ctx->transfer;
   GError *error = NULL;
 
-  /* Which transfer: the current one unless the prefetched one is still waiting. */
-  if (self->transfer != NULL && !self->transfer->finished)
-    transfer = self->transfer;
-  else if (self->prefetch != NULL && !self->prefetch->finished)
-    transfer = self->prefetch;
-  if (!pg_pop3_maildrop_fetch_finish (self->maildrop, result, &error) && transfer != NULL)
+  g_free (ctx);
+  if (!pg_pop3_maildrop_fetch_finish (self->maildrop, result, &error) && transfer != NULL
+      && transfer->error == NULL)
     transfer->error = error;
   else
     g_clear_error (&error);
-  if (transfer == NULL || self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+  if (transfer == NULL)
+    return; /* finished early (see "RETR and TOP") or the session is gone */
+  transfer->ctx = NULL;
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   transfer->finished = TRUE;
   if (transfer->active)
@@ -1060,6 +1102,12 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
       if (transfer->finished)
         {
           pg_pop3_session_transfer_step (self, transfer);
+          return;
+        }
+      if (self->in_chunk_cb)
+        {
+          /* Activated from inside its own chunk callback: say pause through that. */
+          transfer->want_pause = !more;
           return;
         }
       if (more)
