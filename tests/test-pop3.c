@@ -104,6 +104,8 @@ fixture_setup (Fixture *fx, gconstpointer data)
   fx->popgate = pg_test_popgate_new (upstream, "none", &error);
   g_assert_no_error (error);
   pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
+  if (g_getenv ("PG_DEBUG_POPGATE") != NULL)
+    pg_test_popgate_add_arg (fx->popgate, "-v");
   for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
     pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
   g_assert_true (pg_test_popgate_start (fx->popgate, &error));
@@ -676,6 +678,53 @@ test_pipelining (Fixture *fx, gconstpointer data)
       }
   }
   g_assert_true (pg_test_pop3_wait_closed (pop3));
+  /* The second RETR was fetched upstream while the first was still being answered. */
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "RETR 2 pipelined: fetching it ahead",
+                                           5000));
+}
+
+/* A long pipelined batch of RETRs (each prefetched while the one before streams) comes back
+ * complete and in order, including a large message between small ones. */
+static void
+test_pipelined_retr_batch (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GString) big = g_string_new ("Subject: big\r\n\r\n");
+  g_autoptr (GString) batch = g_string_new (NULL);
+  g_autoptr (PgTestPop3) pop3 = NULL;
+
+  while (big->len < 3 * 1000 * 1000)
+    g_string_append (big, ".dotted line to stuff, and some more text to fill it up\r\n");
+  fixture_seed (fx, big->str, big->len);
+  fixture_snapshot (fx);
+  pop3 = pop3_login (fx);
+  for (guint round = 0; round < 3; round++)
+    for (guint i = 0; i < fx->uids->len; i++)
+      g_string_append_printf (batch, "RETR %u\r\n", i + 1);
+  g_string_append (batch, "QUIT\r\n");
+  g_assert_true (pg_test_pop3_send (pop3, batch->str, batch->len, &error));
+  for (guint round = 0; round < 3; round++)
+    for (guint i = 0; i < fx->uids->len; i++)
+      {
+        g_autofree gchar *status = pg_test_pop3_read_line (pop3, &error);
+        g_autoptr (GBytes) body = NULL;
+        GBytes *want = g_ptr_array_index (fx->bodies, i);
+        gsize want_len = g_bytes_get_size (want);
+
+        g_assert_no_error (error);
+        g_assert_nonnull (status);
+        if (!g_str_has_prefix (status, "+OK"))
+          g_error ("round %u RETR %u: %s", round, i + 1, status);
+        body = pg_test_pop3_read_multiline (pop3, &error);
+        g_assert_no_error (error);
+        /* Messages without a final CRLF get one. */
+        g_assert_cmpmem (g_bytes_get_data (body, NULL), want_len, g_bytes_get_data (want, NULL),
+                         want_len);
+      }
+  {
+    g_autofree gchar *bye = pg_test_pop3_read_line (pop3, &error);
+    g_assert_cmpstr (bye, ==, "+OK popgate signing off.");
+  }
 }
 
 static void
@@ -830,6 +879,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/vanished", NULL, test_vanished },
     { "/popgate/pop3/in-use", NULL, test_in_use },
     { "/popgate/pop3/pipelining", NULL, test_pipelining },
+    { "/popgate/pop3/pipelined-retr-batch", NULL, test_pipelined_retr_batch },
     { "/popgate/pop3/stls", NULL, test_stls },
     { "/popgate/pop3/stls-injection", NULL, test_stls_injection },
     { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },

@@ -55,6 +55,9 @@ PgLineReaderStatus pg_line_reader_next (PgLineReader *reader, const char **out_l
 
 /* Take up to max_len buffered bytes as they are (the octets of an IMAP literal). Returns
  * how many; *out_data stays valid until the next call on the reader. */
+/* Look at the next complete line without taking it (FALSE if none is buffered, or while
+ * discarding after an over-long line). The pointer is valid until the next call. */
+gboolean pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize *out_len);
 gsize pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out_data);
 
 /* Drop (and wipe) everything buffered and any discard in progress; returns how many bytes

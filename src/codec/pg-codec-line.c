@@ -152,6 +152,27 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
   return PG_LINE_READER_LINE;
 }
 
+gboolean
+pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize *out_len)
+{
+  const guint8 *lf;
+  gsize line_end;
+
+  g_return_val_if_fail (reader != NULL, FALSE);
+
+  if (reader->discarding || reader->end == reader->start)
+    return FALSE;
+  lf = memchr (reader->buf + reader->start, '\n', reader->end - reader->start);
+  if (lf == NULL)
+    return FALSE;
+  line_end = (gsize) (lf - reader->buf);
+  if (line_end > reader->start && reader->buf[line_end - 1] == '\r')
+    line_end--;
+  *out_line = (const char *) reader->buf + reader->start;
+  *out_len = line_end - reader->start;
+  return TRUE;
+}
+
 gsize
 pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out_data)
 {

@@ -23,10 +23,6 @@ struct _PgPop3Maildrop
   GArray *messages;       /* owned, of PgPop3Message */
   guint32 uidvalidity;
   guint32 uidnext;
-  gboolean paused;
-  PgPop3ChunkFunc chunk_func;
-  gpointer chunk_data;
-  guint64 delivered;
 };
 
 PgPop3Maildrop *
@@ -299,27 +295,13 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
 
 static const char *const pg_pop3_section_names[] = { "", "HEADER", "TEXT" };
 
-static gboolean
-pg_pop3_maildrop_chunk_cb (GBytes *chunk, gpointer user_data)
-{
-  PgPop3Maildrop *maildrop = user_data;
-  gsize len = 0;
-  const guint8 *data = g_bytes_get_data (chunk, &len);
-
-  maildrop->delivered += len;
-  maildrop->chunk_func (data, len, maildrop->chunk_data);
-  return !maildrop->paused;
-}
-
 static void
 pg_pop3_maildrop_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (GTask) task = user_data;
-  PgPop3Maildrop *maildrop = g_task_get_task_data (task);
   GError *error = NULL;
   gboolean vanished = FALSE;
 
-  maildrop->paused = FALSE;
   if (!pg_upstream_fetch_body_finish (PG_UPSTREAM (source), result, &vanished, &error))
     {
       g_task_return_error (task, error);
@@ -343,39 +325,20 @@ pg_pop3_maildrop_fetch_async (PgPop3Maildrop *maildrop, guint32 uid, PgPop3Secti
   GTask *task = g_task_new (NULL, cancellable, callback, user_data);
 
   g_task_set_source_tag (task, pg_pop3_maildrop_fetch_async);
-  g_task_set_task_data (task, maildrop, NULL);
-  maildrop->chunk_func = chunk_func;
-  maildrop->chunk_data = chunk_data;
-  maildrop->delivered = 0;
-  maildrop->paused = FALSE;
   pg_upstream_fetch_body_async (maildrop->upstream, uid, pg_pop3_section_names[section], offset,
-                                length, pg_pop3_maildrop_chunk_cb, maildrop, cancellable,
+                                length, chunk_func, chunk_data, cancellable,
                                 pg_pop3_maildrop_fetch_cb, task);
 }
 
 gboolean
-pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
-                               guint64 *out_total, GError **error)
+pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
 {
-  if (!g_task_propagate_boolean (G_TASK (result), error))
-    return FALSE;
-  if (out_total != NULL)
-    *out_total = maildrop->delivered;
-  return TRUE;
-}
-
-void
-pg_pop3_maildrop_pause (PgPop3Maildrop *maildrop)
-{
-  maildrop->paused = TRUE;
+  return g_task_propagate_boolean (G_TASK (result), error);
 }
 
 void
 pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop)
 {
-  if (!maildrop->paused)
-    return;
-  maildrop->paused = FALSE;
   if (maildrop->upstream != NULL)
     pg_upstream_resume (maildrop->upstream);
 }

@@ -56,22 +56,23 @@ typedef enum
   PG_POP3_SECTION_TEXT,   /* BODY.PEEK[TEXT]<offset.length> */
 } PgPop3Section;
 
-/* Called for each chunk of the fetched section as it arrives. The consumer may call
- * pg_pop3_maildrop_pause() from inside and pg_pop3_maildrop_resume() later. */
-typedef void (*PgPop3ChunkFunc) (const guint8 *data, gsize len, gpointer user_data);
+/* Called for each chunk (at most PG_UPSTREAM_BODY_CHUNK bytes) of the fetched section as it
+ * arrives. Return TRUE for the next chunk as soon as it comes, FALSE to pause the upstream
+ * until pg_pop3_maildrop_resume(). */
+typedef gboolean (*PgPop3ChunkFunc) (GBytes *chunk, gpointer user_data);
 
 /* Stream one section of one message. Completes with TRUE when the section was delivered
- * (possibly empty), with PG_ERROR_PROTOCOL/"gone" (G_IO_ERROR_NOT_FOUND) when the message
- * no longer exists upstream, or another error when the upstream failed (the caller must
- * then end the session: a partial message may have been sent). *out_total is the number
- * of octets delivered. */
+ * (possibly empty), with G_IO_ERROR_NOT_FOUND when the message no longer exists upstream
+ * (no chunk was delivered then), or another error when the upstream failed (the caller
+ * must then end the session: a partial message may have been sent). Several fetches may be
+ * outstanding: they complete, and deliver their chunks, in the order they were started. */
 void pg_pop3_maildrop_fetch_async (PgPop3Maildrop *maildrop, guint32 uid, PgPop3Section section,
                                    guint64 offset, guint64 length, PgPop3ChunkFunc chunk_func,
                                    gpointer chunk_data, GCancellable *cancellable,
                                    GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
-                                        guint64 *out_total, GError **error);
-void pg_pop3_maildrop_pause (PgPop3Maildrop *maildrop);
+                                        GError **error);
+/* Let a paused body stream go on. Harmless when not paused. */
 void pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop);
 
 /* The UPDATE state: \Seen on `seen`, then `policy` on `deleted` (arrays of guint32 UIDs;

@@ -61,6 +61,9 @@ enum
   PG_POP3_MSG_RETRIEVED = 1 << 1,
 };
 
+typedef struct _PgPop3Transfer PgPop3Transfer;
+static void pg_pop3_transfer_free (PgPop3Transfer *transfer);
+
 struct _PgPop3Session
 {
   GObject parent_instance;
@@ -110,14 +113,11 @@ struct _PgPop3Session
   GArray *quit_seen;       /* owned, guint32 UIDs */
   gchar *quit_problem;     /* owned: what the update could not apply */
 
-  /* RETR/TOP in progress */
-  PgDotStuffer *stuffer;   /* owned */
+  /* RETR/TOP in progress (see "RETR and TOP" below) */
+  PgPop3Transfer *transfer; /* owned: the one being sent to the client */
+  PgPop3Transfer *prefetch; /* owned: the next RETR, fetched ahead */
+  gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
   GByteArray *stuffed;     /* owned: scratch for stuffed output */
-  guint current;           /* index of the message being sent */
-  gboolean sent_ok;        /* the "+OK" line of the current RETR/TOP is out */
-  gboolean is_top;
-  gboolean top_in_text;    /* TOP: the header is out, partials of the text follow */
-  guint64 top_offset;      /* TOP: offset of the BODY[TEXT] partial being fetched */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -179,7 +179,8 @@ pg_pop3_session_finalize (GObject *object)
 
   g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
   g_clear_pointer (&self->reader, pg_line_reader_free);
-  g_clear_pointer (&self->stuffer, pg_dot_stuffer_free);
+  g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
+  g_clear_pointer (&self->prefetch, pg_pop3_transfer_free);
   g_clear_pointer (&self->stuffed, g_byte_array_unref);
   g_clear_object (&self->cancellable);
   g_clear_object (&self->read_cancellable);
@@ -1214,18 +1215,94 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
   pg_pop3_reply (self, ".");
 }
 
-static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data);
-static void pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
+/* --- RETR and TOP ------------------------------------------------------------------------
+ *
+ * A transfer streams one message (RETR) or its header and first lines (TOP) from the
+ * upstream to the client. Chunks are dot-stuffed and queued for the client as they come;
+ * while the client is behind, the upstream is paused (back-pressure both ways).
+ *
+ * RFC 2449 PIPELINING: when a RETR starts and the next buffered command is another RETR,
+ * that message is fetched at once on the same upstream connection (one transfer ahead), so
+ * a batch of RETRs costs no upstream round trip each. The server sends the bodies in
+ * order, but may send the next FETCH's body before the previous command's tagged OK
+ * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
+ * message proves the current one's body is complete: the current RETR is finished there
+ * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
+ * makes the prefetched transfer current, and its chunk is sent. */
+
+struct _PgPop3Transfer
+{
+  PgPop3Session *self;  /* unowned: each fetch callback holds a session reference */
+  guint index;          /* message index (number - 1) */
+  gboolean is_top;
+  PgDotStuffer *stuffer; /* owned */
+  gboolean active;      /* the transfer now being sent to the client */
+  gboolean sent_ok;     /* its "+OK" line is out */
+  GBytes *held;         /* owned: a chunk that came before the transfer was active */
+  gboolean finished;    /* the upstream completed the (last) fetch */
+  GError *error;        /* owned: its failure, if any */
+  guint64 delivered;    /* octets of the section being fetched */
+  gboolean top_in_text; /* TOP: the header is out, partials of the text follow */
+  guint64 top_offset;   /* TOP: offset of the BODY[TEXT] partial being fetched */
+  struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
+  gboolean want_pause;  /* sending a held chunk filled the client's queue */
+};
+
+/* One upstream fetch in flight: survives its transfer if that finished early. */
+typedef struct _PgPop3FetchCtx
+{
+  PgPop3Session *self;       /* owned */
+  PgPop3Transfer *transfer;  /* unowned; NULL once the transfer is gone */
+} PgPop3FetchCtx;
 
 static void
-pg_pop3_session_fetch_text (PgPop3Session *self)
+pg_pop3_transfer_free (PgPop3Transfer *transfer)
 {
-  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, self->current);
+  if (transfer == NULL)
+    return;
+  if (transfer->ctx != NULL)
+    transfer->ctx->transfer = NULL;
+  g_clear_pointer (&transfer->stuffer, pg_dot_stuffer_free);
+  g_clear_pointer (&transfer->held, g_bytes_unref);
+  g_clear_error (&transfer->error);
+  g_free (transfer);
+}
 
-  pg_pop3_maildrop_fetch_async (self->maildrop, msg->uid, PG_POP3_SECTION_TEXT,
-                                self->top_offset, PG_POP3_TOP_PARTIAL,
-                                pg_pop3_session_chunk_cb, self, self->cancellable,
-                                pg_pop3_session_fetch_cb, g_object_ref (self));
+static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data);
+static gboolean pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data);
+
+static void
+pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
+                             PgPop3Section section, guint64 offset, guint64 length)
+{
+  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+
+  PgPop3FetchCtx *ctx = g_new0 (PgPop3FetchCtx, 1);
+
+  ctx->self = g_object_ref (self);
+  ctx->transfer = transfer;
+  transfer->ctx = ctx;
+  transfer->delivered = 0;
+  transfer->finished = FALSE;
+  pg_pop3_maildrop_fetch_async (self->maildrop, msg->uid, section, offset, length,
+                                pg_pop3_session_chunk_cb, ctx, self->cancellable,
+                                pg_pop3_session_fetch_cb, ctx);
+}
+
+static PgPop3Transfer *
+pg_pop3_session_new_transfer (PgPop3Session *self, guint index, gboolean is_top, guint32 lines)
+{
+  PgPop3Transfer *transfer = g_new0 (PgPop3Transfer, 1);
+
+  transfer->self = self;
+  transfer->index = index;
+  transfer->is_top = is_top;
+  transfer->stuffer = is_top ? pg_dot_stuffer_new_top (lines) : pg_dot_stuffer_new ();
+  if (self->stuffed == NULL)
+    self->stuffed = g_byte_array_sized_new (PG_UPSTREAM_BODY_CHUNK * 2);
+  pg_pop3_session_start_fetch (self, transfer,
+                               is_top ? PG_POP3_SECTION_HEADER : PG_POP3_SECTION_ALL, 0, 0);
+  return transfer;
 }
 
 static void
@@ -1239,142 +1316,262 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
     pg_pop3_maildrop_resume (self->maildrop);
 }
 
-/* A chunk of the message arrives from the upstream: stuff it and queue it for the client;
- * pause the upstream while the client is behind (back-pressure). */
-static void
-pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
+/* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
+ * behind: the upstream stays paused until the output has drained. */
+static gboolean
+pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, GBytes *chunk)
 {
-  PgPop3Session *self = user_data;
-  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, self->current);
+  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
-  if (pg_conn_is_closed (self->conn))
-    return;
-  if (!self->sent_ok)
+  if (!transfer->sent_ok)
     {
-      if (self->is_top)
+      if (transfer->is_top)
         pg_pop3_reply (self, "+OK");
       else
         pg_pop3_reply (self, "+OK %" G_GUINT64_FORMAT " octets", msg->size);
       pg_pop3_session_flush (self);
-      self->sent_ok = TRUE;
+      transfer->sent_ok = TRUE;
     }
-  if (pg_dot_stuffer_is_done (self->stuffer))
-    return;
+  if (pg_dot_stuffer_is_done (transfer->stuffer))
+    return TRUE; /* TOP has its lines: the rest of this partial is not needed */
   g_byte_array_set_size (self->stuffed, 0);
-  pg_dot_stuffer_feed (self->stuffer, data, len, self->stuffed);
+  pg_dot_stuffer_feed_bytes (transfer->stuffer, chunk, self->stuffed);
   if (self->stuffed->len > 0)
     pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
   if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
     {
-      pg_pop3_maildrop_pause (self->maildrop);
       pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER / 2, self->cancellable,
                                   pg_pop3_session_drained_cb, g_object_ref (self));
+      return FALSE;
     }
+  return TRUE;
 }
 
-static void
-pg_pop3_session_send_finished (PgPop3Session *self)
+static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
+
+static gboolean
+pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
 {
-  if (!self->sent_ok)
+  PgPop3FetchCtx *ctx = user_data;
+  PgPop3Transfer *transfer = ctx->transfer;
+  PgPop3Session *self = ctx->self;
+
+  if (transfer == NULL)
+    return TRUE; /* its transfer is gone: drop what a confused server still sends */
+  transfer->delivered += g_bytes_get_size (chunk);
+  if (pg_conn_is_closed (self->conn))
+    return FALSE;
+  if (transfer->active)
+    return pg_pop3_session_send_chunk (self, transfer, chunk);
+
+  /* The prefetched message's body has begun, so the current one's body is complete:
+   * finish that RETR now; the client's next command (this RETR) activates us. */
+  g_assert (transfer->held == NULL);
+  transfer->held = g_bytes_ref (chunk);
+  if (self->transfer != NULL && self->transfer != transfer && !self->transfer->is_top)
     {
-      if (self->is_top)
-        pg_pop3_reply (self, "+OK");
-      else
-        pg_pop3_reply (self, "+OK 0 octets");
-      pg_pop3_session_flush (self);
-      self->sent_ok = TRUE;
+      g_autoptr (PgPop3Session) keep = g_object_ref (self);
+      PgPop3Transfer *current = self->transfer;
+      if (current->delivered == 0 && current->error == NULL)
+        current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                                      "no body came for this message");
+      current->finished = TRUE;
+      self->in_chunk_cb = TRUE;
+      pg_pop3_session_transfer_done (self, current);
+      self->in_chunk_cb = FALSE;
     }
-  g_byte_array_set_size (self->stuffed, 0);
-  pg_dot_stuffer_finish (self->stuffer, self->stuffed);
-  pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
-  if (!self->is_top)
-    self->flags[self->current] |= PG_POP3_MSG_RETRIEVED;
-  g_clear_pointer (&self->stuffer, pg_dot_stuffer_free);
-  self->busy = FALSE;
-  pg_pop3_session_process (self);
+  if (!transfer->active)
+    return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+  if (transfer->want_pause)
+    {
+      transfer->want_pause = FALSE;
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* The upstream finished the active transfer's section: next partial (TOP), or the end. */
+static void
+pg_pop3_session_transfer_step (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  if (transfer->error == NULL && transfer->is_top && !pg_dot_stuffer_is_done (transfer->stuffer))
+    {
+      /* TOP: the header came, or a partial of the text. Fetch the next partial unless the
+       * text has ended (a partial shorter than asked for is the last one). */
+      if (!transfer->top_in_text)
+        {
+          transfer->top_in_text = TRUE;
+          transfer->top_offset = 0;
+          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT, 0,
+                                       PG_POP3_TOP_PARTIAL);
+          return;
+        }
+      if (transfer->delivered == PG_POP3_TOP_PARTIAL)
+        {
+          transfer->top_offset += PG_POP3_TOP_PARTIAL;
+          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT,
+                                       transfer->top_offset, PG_POP3_TOP_PARTIAL);
+          return;
+        }
+    }
+  pg_pop3_session_transfer_done (self, transfer);
 }
 
 static void
 pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autoptr (PgPop3Session) self = user_data;
-  g_autoptr (GError) error = NULL;
-  guint64 total = 0;
+  PgPop3FetchCtx *ctx = user_data;
+  g_autoptr (PgPop3Session) self = ctx->self;
+  PgPop3Transfer *transfer = ctx->transfer;
+  GError *error = NULL;
 
+  g_free (ctx);
+  if (!pg_pop3_maildrop_fetch_finish (self->maildrop, result, &error) && transfer != NULL
+      && transfer->error == NULL)
+    transfer->error = error;
+  else
+    g_clear_error (&error);
+  if (transfer == NULL)
+    return; /* finished early (see "RETR and TOP") or the session is gone */
+  transfer->ctx = NULL;
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
-  if (!pg_pop3_maildrop_fetch_finish (self->maildrop, result, &total, &error))
+  transfer->finished = TRUE;
+  if (transfer->active)
+    pg_pop3_session_transfer_step (self, transfer);
+}
+
+/* Start prefetching when the next buffered command is a RETR of another live message. */
+static void
+pg_pop3_session_maybe_prefetch (PgPop3Session *self)
+{
+  const char *line = NULL;
+  gsize len = 0;
+  g_auto (PgPop3Command) next = { 0 };
+
+  if (self->prefetch != NULL || self->transfer == NULL || self->transfer->is_top)
+    return;
+  if (!pg_line_reader_peek (self->reader, &line, &len))
+    return;
+  if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
+      || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
+      || next.message > self->messages->len || next.message - 1 == self->transfer->index
+      || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED))
+    return;
+  pg_session_info (self->id, "RETR %u pipelined: fetching it ahead (UID %u)", next.message,
+                   g_array_index (self->messages, PgPop3Message, next.message - 1).uid);
+  self->prefetch = pg_pop3_session_new_transfer (self, next.message - 1, FALSE, 0);
+}
+
+/* Make `transfer` the one sent to the client; send what it already holds. */
+static void
+pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  self->transfer = transfer;
+  transfer->active = TRUE;
+  pg_pop3_session_flush (self);
+  pg_pop3_session_maybe_prefetch (self);
+  if (transfer->held != NULL)
     {
-      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND) && !self->sent_ok)
+      g_autoptr (GBytes) held = g_steal_pointer (&transfer->held);
+      gboolean more = pg_pop3_session_send_chunk (self, transfer, held);
+      if (transfer->finished)
         {
-          /* Someone else expunged it meanwhile: this message fails, the session goes on. */
-          pg_session_info (self->id, "message %u (UID %u) vanished upstream", self->current + 1,
-                           g_array_index (self->messages, PgPop3Message, self->current).uid);
-          g_clear_pointer (&self->stuffer, pg_dot_stuffer_free);
-          pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
-                         self->current + 1);
-          self->busy = FALSE;
-          pg_pop3_session_process (self);
+          pg_pop3_session_transfer_step (self, transfer);
           return;
         }
-      pg_session_warning (self->id, "fetching message %u failed: %s", self->current + 1,
-                          error->message);
-      if (self->sent_ok)
+      if (self->in_chunk_cb)
         {
-          /* Part of the message is out: the only honest end is to drop the connection so
-           * the client sees no terminating "." and keeps its own state. */
-          self->end_reason = g_strdup ("upstream failed during a message");
-          pg_conn_abort (self->conn);
+          /* Activated from inside its own chunk callback: say pause through that. */
+          transfer->want_pause = !more;
           return;
         }
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server failed, try again later.");
-      pg_pop3_session_end (self, "upstream failed");
+      if (more)
+        pg_pop3_maildrop_resume (self->maildrop);
       return;
     }
-  if (self->is_top && !pg_dot_stuffer_is_done (self->stuffer))
+  if (transfer->finished)
+    pg_pop3_session_transfer_step (self, transfer);
+}
+
+static void
+pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  GError *error = transfer->error;
+
+  g_assert (transfer == self->transfer);
+  if (error != NULL)
     {
-      /* TOP: the header came, or a partial of the text. Fetch the next partial unless the
-       * text has ended (a partial shorter than asked for is the last one). */
-      if (!self->top_in_text)
+      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND) && !transfer->sent_ok)
         {
-          self->top_in_text = TRUE;
-          self->top_offset = 0;
-          pg_pop3_session_fetch_text (self);
-          return;
+          /* Someone else expunged it meanwhile: this message fails, the session goes on. */
+          pg_session_info (self->id, "message %u (UID %u) vanished upstream",
+                           transfer->index + 1, msg->uid);
+          pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
+                         transfer->index + 1);
         }
-      if (total == PG_POP3_TOP_PARTIAL)
+      else
         {
-          self->top_offset += PG_POP3_TOP_PARTIAL;
-          pg_pop3_session_fetch_text (self);
+          pg_session_warning (self->id, "fetching message %u failed: %s", transfer->index + 1,
+                              error->message);
+          if (transfer->sent_ok)
+            {
+              /* Part of the message is out: the only honest end is to drop the connection
+               * so the client sees no terminating "." and keeps its own state. */
+              self->end_reason = g_strdup ("upstream failed during a message");
+              pg_conn_abort (self->conn);
+              return;
+            }
+          pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server failed, try again later.");
+          pg_pop3_session_end (self, "upstream failed");
           return;
         }
     }
-  pg_pop3_session_send_finished (self);
+  else
+    {
+      if (!transfer->sent_ok)
+        {
+          pg_pop3_reply (self, transfer->is_top ? "+OK" : "+OK 0 octets");
+          pg_pop3_session_flush (self);
+          transfer->sent_ok = TRUE;
+        }
+      g_byte_array_set_size (self->stuffed, 0);
+      pg_dot_stuffer_finish (transfer->stuffer, self->stuffed);
+      pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
+      if (!transfer->is_top)
+        self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+    }
+  g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
+  self->busy = FALSE;
+  pg_pop3_session_process (self);
 }
 
 static void
 pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
 {
   guint index;
-  const PgPop3Message *msg = pg_pop3_session_message (self, cmd->message, &index);
+  PgPop3Transfer *transfer;
 
-  if (msg == NULL)
+  if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
     return;
-  self->current = index;
-  self->sent_ok = FALSE;
-  self->is_top = top;
   self->busy = TRUE;
-  g_clear_pointer (&self->stuffer, pg_dot_stuffer_free);
-  self->stuffer = top ? pg_dot_stuffer_new_top (cmd->lines) : pg_dot_stuffer_new ();
-  if (self->stuffed == NULL)
-    self->stuffed = g_byte_array_sized_new (PG_UPSTREAM_BODY_CHUNK * 2);
-  pg_pop3_session_flush (self);
-  self->top_in_text = FALSE;
-  self->top_offset = 0;
-  pg_pop3_maildrop_fetch_async (self->maildrop, msg->uid,
-                                top ? PG_POP3_SECTION_HEADER : PG_POP3_SECTION_ALL, 0, 0,
-                                pg_pop3_session_chunk_cb, self, self->cancellable,
-                                pg_pop3_session_fetch_cb, g_object_ref (self));
+  if (self->prefetch != NULL)
+    {
+      if (top || self->prefetch->index != index)
+        {
+          /* Cannot happen: the prefetch was made from this very line. Its fetch is in
+           * flight, so it cannot be dropped safely; end the session instead. */
+          pg_session_warning (self->id, "internal error: RETR prefetch mismatch");
+          self->end_reason = g_strdup ("internal error");
+          pg_conn_abort (self->conn);
+          return;
+        }
+      transfer = g_steal_pointer (&self->prefetch);
+    }
+  else
+    transfer = pg_pop3_session_new_transfer (self, index, top, cmd->lines);
+  pg_pop3_session_activate (self, transfer);
 }
 
 /* QUIT, last step: the upstream connection is logged out; answer. */
