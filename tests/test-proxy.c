@@ -153,19 +153,25 @@ static void
 test_proxy_plain (ProxyFixture *fixture, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  guint16 port = fixture->popgate->pop3_port;
-  g_autofree gchar *v1 = proxy_v1 ("192.0.2.10", 40001, port);
-  g_autofree gchar *v1_again = proxy_v1 ("192.0.2.10", 40002, port);
+  guint16 port = 0;
+  g_autofree gchar *v1 = NULL;
+  g_autofree gchar *v1_again = NULL;
   static const guint8 other[4] = { 198, 51, 100, 20 };
   static const guint8 same[4] = { 192, 0, 2, 10 };
-  g_autoptr (GBytes) v2_other = proxy_v2 (other, 50001, port);
-  g_autoptr (GBytes) v2_same = proxy_v2 (same, 50002, port);
+  g_autoptr (GBytes) v2_other = NULL;
+  g_autoptr (GBytes) v2_same = NULL;
   g_autoptr (GIOStream) first = NULL;
   g_autoptr (GIOStream) second = NULL;
   g_autoptr (GIOStream) third = NULL;
   g_autoptr (GIOStream) fourth = NULL;
 
+  /* Ports are known once started: the helper picks new ones if one was taken. */
   PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  port = fixture->popgate->pop3_port;
+  v1 = proxy_v1 ("192.0.2.10", 40001, port);
+  v1_again = proxy_v1 ("192.0.2.10", 40002, port);
+  v2_other = proxy_v2 (other, 50001, port);
+  v2_same = proxy_v2 (same, 50002, port);
 
   /* v1: the greeting comes, the log names 192.0.2.10 and the proxy. */
   first = proxy_connect (port, &error);
@@ -218,10 +224,11 @@ static void
 test_proxy_invalid (ProxyFixture *fixture, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  guint16 port = fixture->popgate->pop3_port;
+  guint16 port = 0;
   g_autoptr (GIOStream) conn = NULL;
 
   PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  port = fixture->popgate->pop3_port;
 
   conn = proxy_connect (port, &error);
   g_assert_no_error (error);
@@ -268,12 +275,14 @@ static void
 test_proxy_untrusted (ProxyFixture *fixture, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  guint16 port = fixture->popgate->pop3_port;
-  g_autofree gchar *v1 = proxy_v1 ("192.0.2.99", 1, port);
+  guint16 port = 0;
+  g_autofree gchar *v1 = NULL;
   g_autoptr (GIOStream) conn = NULL;
 
   pg_test_popgate_set (fixture->popgate, "proxy", "trusted", "10.0.0.0/8");
   PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  port = fixture->popgate->pop3_port;
+  v1 = proxy_v1 ("192.0.2.99", 1, port);
 
   conn = proxy_connect (port, &error);
   g_assert_no_error (error);
@@ -298,16 +307,26 @@ static void
 test_proxy_tls (ProxyFixture *fixture, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  guint16 port = fixture->popgate->pop3s_port;
+  guint16 port = 0;
   static const guint8 src[4] = { 203, 0, 113, 5 };
-  g_autoptr (GBytes) v2 = proxy_v2 (src, 60000, port);
+  g_autoptr (GBytes) v2 = NULL;
   g_autoptr (GIOStream) conn = NULL;
   g_autoptr (GIOStream) tls = NULL;
   g_autoptr (GTlsDatabase) ca = NULL;
-  g_autoptr (GSocketConnectable) identity = g_network_address_new ("localhost", port);
+  g_autoptr (GSocketConnectable) identity = NULL;
 
   PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  /* start waits for the first listener only; the TLS one is bound a moment later. */
+  g_assert_true (proxy_log_has (fixture, "listening for pop3 (implicit TLS)"));
+  port = fixture->popgate->pop3s_port;
+  v2 = proxy_v2 (src, 60000, port);
+  identity = g_network_address_new ("localhost", port);
   conn = proxy_connect (port, &error);
+  if (error != NULL)
+    {
+      g_autofree gchar *log = pg_test_popgate_read_log (fixture->popgate);
+      g_test_message ("popgate log:\n%s", log);
+    }
   g_assert_no_error (error);
   proxy_send (conn, g_bytes_get_data (v2, NULL), g_bytes_get_size (v2));
 
