@@ -12,12 +12,135 @@
 #include <signal.h>
 
 #include <stdio.h>
+#include <string.h>
+
+#if PG_HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 /* Exit codes: 0 ok; 1 the configuration is wrong (or the daemon failed); 2 bad usage. */
 #define PG_EXIT_CONFIG 1
 #define PG_EXIT_USAGE 2
 
 static guint pg_main_verbosity = 0;
+
+/* --- systemd: readiness notification and socket activation --------------------------------
+ * Without NOTIFY_SOCKET / LISTEN_FDS (not under systemd) both are no-ops. */
+
+/* Tell the service manager about a state change ("READY=1", "STOPPING=1", ...) with a
+ * STATUS= line for `systemctl status`. */
+static void G_GNUC_PRINTF (2, 3)
+pg_main_notify (const char *state, const char *status_format, ...)
+{
+#if PG_HAVE_LIBSYSTEMD
+  g_autofree gchar *status = NULL;
+  g_autofree gchar *message = NULL;
+  va_list args;
+  int rc;
+
+  va_start (args, status_format);
+  status = g_strdup_vprintf (status_format, args);
+  va_end (args);
+  message = g_strdup_printf ("%s\nSTATUS=%s", state, status);
+  rc = sd_notify (0, message);
+  if (rc < 0)
+    pg_session_warning (0, "cannot notify the service manager: %s", g_strerror (-rc));
+#else
+  (void) state;
+  (void) status_format;
+#endif
+}
+
+/* One socket handed over by systemd. */
+typedef struct
+{
+  PgFrontend frontend;
+  gboolean tls;
+  GSocket *socket; /* owned */
+  gchar *name;     /* owned: its FileDescriptorName= */
+} PgMainInherited;
+
+static void
+pg_main_inherited_free (PgMainInherited *inherited)
+{
+  g_clear_object (&inherited->socket);
+  g_free (inherited->name);
+  g_free (inherited);
+}
+
+/* The listening sockets systemd passed (LISTEN_FDS), matched to front ends by their
+ * FileDescriptorName=: pop3, pop3s, imap, imaps. An fd with another name is an error: a
+ * socket nobody serves would hang its clients. */
+static GPtrArray *
+pg_main_inherited_sockets (GError **error)
+{
+  g_autoptr (GPtrArray) out = g_ptr_array_new_with_free_func (
+      (GDestroyNotify) pg_main_inherited_free);
+#if PG_HAVE_LIBSYSTEMD
+  static const struct
+  {
+    const char *name;
+    PgFrontend frontend;
+    gboolean tls;
+  } names[] = {
+    { "pop3", PG_FRONTEND_POP3, FALSE },
+    { "pop3s", PG_FRONTEND_POP3, TRUE },
+    { "imap", PG_FRONTEND_IMAP, FALSE },
+    { "imaps", PG_FRONTEND_IMAP, TRUE },
+  };
+  g_auto (GStrv) fd_names = NULL;
+  int n = sd_listen_fds_with_names (1, &fd_names);
+
+  if (n < 0)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: %s",
+                   g_strerror (-n));
+      return NULL;
+    }
+  for (int i = 0; i < n; i++)
+    {
+      int fd = SD_LISTEN_FDS_START + i;
+      const char *name = fd_names != NULL && fd_names[i] != NULL ? fd_names[i] : "unknown";
+      g_autoptr (GError) local_error = NULL;
+      PgMainInherited *inherited = NULL;
+
+      for (gsize k = 0; k < G_N_ELEMENTS (names); k++)
+        {
+          if (strcmp (name, names[k].name) != 0)
+            continue;
+          inherited = g_new0 (PgMainInherited, 1);
+          inherited->frontend = names[k].frontend;
+          inherited->tls = names[k].tls;
+          inherited->name = g_strdup (name);
+        }
+      if (inherited == NULL)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "socket activation: file descriptor %d is named \"%s\"; set "
+                       "FileDescriptorName= to pop3, pop3s, imap or imaps in its .socket unit",
+                       fd, name);
+          return NULL;
+        }
+      g_ptr_array_add (out, inherited);
+      if (sd_is_socket (fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "socket activation: file descriptor %d (%s) is not a listening stream "
+                       "socket",
+                       fd, name);
+          return NULL;
+        }
+      inherited->socket = g_socket_new_from_fd (fd, &local_error);
+      if (inherited->socket == NULL)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: fd %d (%s): %s",
+                       fd, name, local_error->message);
+          return NULL;
+        }
+    }
+#endif
+  return g_steal_pointer (&out);
+}
 
 typedef struct
 {
@@ -61,6 +184,8 @@ pg_main_stop_cb (gpointer user_data)
 {
   PgMainState *state = user_data;
 
+  pg_main_notify ("STOPPING=1", "stopping: %u sessions still running",
+                  pg_server_get_n_sessions (state->server));
   pg_session_message (0, "stopping: no new connections; %u sessions still running",
                       pg_server_get_n_sessions (state->server));
   pg_server_shutdown (state->server);
@@ -72,22 +197,23 @@ pg_main_reload_cb (gpointer user_data)
 {
   PgMainState *state = user_data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgConfig) config = pg_config_load (state->config_path, state->overrides, &error);
+  g_autoptr (PgConfig) config = NULL;
+  g_autofree gchar *monotonic = g_strdup_printf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT,
+                                                 g_get_monotonic_time ());
 
-  if (config == NULL)
+  pg_main_notify (monotonic, "reloading the configuration");
+  config = pg_config_load (state->config_path, state->overrides, &error);
+  if (config == NULL || !pg_pop3_prepare_state (config, &error)
+      || !pg_server_reload (state->server, config, &error))
     {
       pg_session_warning (0, "reload refused, keeping the running configuration: %s",
                           error->message);
-      return G_SOURCE_CONTINUE;
-    }
-  if (!pg_pop3_prepare_state (config, &error) || !pg_server_reload (state->server, config, &error))
-    {
-      pg_session_warning (0, "reload refused, keeping the running configuration: %s",
-                          error->message);
+      pg_main_notify ("READY=1", "serving; the last reload was refused: %s", error->message);
       return G_SOURCE_CONTINUE;
     }
   pg_session_message (0, "configuration reloaded from %s", config->source);
   pg_main_log_listeners (state->server);
+  pg_main_notify ("READY=1", "serving; configuration reloaded from %s", config->source);
   return G_SOURCE_CONTINUE;
 }
 
@@ -133,6 +259,7 @@ main (int argc, char **argv)
     = g_option_context_new ("- POP3/IMAP gateway to an IMAP store");
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = NULL;
+  g_autoptr (GPtrArray) inherited = NULL;
   PgConfigOverrides overrides = { 0 };
 
   g_option_context_add_main_entries (context, entries, NULL);
@@ -166,6 +293,16 @@ main (int argc, char **argv)
   overrides.upstream = upstream;
   overrides.pop3_listen = pop3_listen_joined;
   overrides.imap_listen = imap_listen_joined;
+
+  /* Only the daemon takes over systemd's sockets; --check just reads the file (and with
+   * LISTEN_FDS set it accepts a config without listen keys, as the daemon would). */
+  inherited = pg_main_inherited_sockets (&error);
+  if (inherited == NULL)
+    {
+      fprintf (stderr, "popgate: %s\n", error->message);
+      return PG_EXIT_CONFIG;
+    }
+  overrides.inherited_listeners = inherited->len > 0;
 
   if (config_path == NULL && upstream == NULL && pop3_listen == NULL && imap_listen == NULL)
     {
@@ -221,7 +358,21 @@ main (int argc, char **argv)
     state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
     state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
     state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
-    if (!pg_server_start (state.server, &error))
+    for (guint i = 0; i < inherited->len; i++)
+      {
+        PgMainInherited *item = g_ptr_array_index (inherited, i);
+
+        if (!pg_server_adopt_socket (state.server, item->frontend, item->tls,
+                                     item->socket, &error))
+          break;
+        pg_session_message (0, "socket activation: %s socket from systemd serves %s%s; the "
+                               "config's [%s] %s is not used",
+                            item->name, pg_frontend_to_string (item->frontend),
+                            item->tls ? " (implicit TLS)" : "",
+                            pg_frontend_to_string (item->frontend),
+                            item->tls ? "tls_listen" : "listen");
+      }
+    if (error != NULL || !pg_server_start (state.server, &error))
       {
         for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
           g_source_remove (state.signal_ids[i]);
@@ -233,6 +384,7 @@ main (int argc, char **argv)
     pg_main_log_listeners (state.server);
     g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
     pg_session_message (0, "ready");
+    pg_main_notify ("READY=1", "serving; configuration from %s", config->source);
 
     g_main_loop_run (state.loop);
 

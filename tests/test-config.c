@@ -10,6 +10,7 @@
 
 #include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MINIMAL "[upstream]\nhost = imap.example.com\n[pop3]\nlisten = 127.0.0.1:1110\n"
 
@@ -772,8 +773,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 35 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 32);
+  /* 38 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 35);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);
@@ -806,11 +807,137 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
   g_assert_cmpuint (all->limits.max_bad_commands, ==, defaults->limits.max_bad_commands);
   g_assert_cmpuint (all->limits.shutdown_timeout_ms, ==, defaults->limits.shutdown_timeout_ms);
   g_assert_cmpint (all->log.trace, ==, defaults->log.trace);
+  g_assert_cmpint (all->pop3.proxy_protocol, ==, defaults->pop3.proxy_protocol);
+  g_assert_cmpint (all->imap.proxy_protocol, ==, defaults->imap.proxy_protocol);
+  g_assert_cmpuint (all->proxy.trusted->len, ==, defaults->proxy.trusted->len);
+  for (guint i = 0; i < all->proxy.trusted->len; i++)
+    g_assert_true (g_inet_address_mask_equal (g_ptr_array_index (all->proxy.trusted, i),
+                                              g_ptr_array_index (defaults->proxy.trusted, i)));
   /* Keys without a default show an example, and it loaded. */
   g_assert_cmpuint (all->pop3.tls_listen->len, ==, 1);
   g_assert_cmpuint (all->imap.tls_listen->len, ==, 1);
   g_assert_cmpuint (all->metrics.listen->len, ==, 1);
   g_assert_nonnull (all->tls.priority);
+}
+
+static gboolean
+networks_contain (GPtrArray *networks, const char *ip)
+{
+  g_autoptr (GInetAddress) address = g_inet_address_new_from_string (ip);
+
+  g_assert_nonnull (address);
+  return pg_config_networks_contain (networks, address);
+}
+
+/* proxy_protocol per front end and [proxy] trusted: defaults, parsing, matching, errors. */
+static void
+test_proxy (void)
+{
+  g_autoptr (PgConfig) defaults = load_ok (MINIMAL);
+  g_autoptr (PgConfig) set = NULL;
+  g_autoptr (PgConfig) nobody = NULL;
+  g_autoptr (GError) error = NULL;
+  const struct
+  {
+    const char *value;
+    const char *message;
+  } bad[] = {
+    { "10.0.0.1/8", "not a network" }, /* bits past the prefix */
+    { "10.0.0.0/33", "not a network" },
+    { "example.com", "not a network" },
+    { "10.0.0.0/8,", "empty entry" },
+    { "10.0.0.0/8, , ::1", "empty entry" },
+    { "::1/129", "not a network" },
+  };
+
+  g_assert_false (defaults->pop3.proxy_protocol);
+  g_assert_false (defaults->imap.proxy_protocol);
+  g_assert_true (networks_contain (defaults->proxy.trusted, "127.0.0.1"));
+  g_assert_true (networks_contain (defaults->proxy.trusted, "127.9.8.7"));
+  g_assert_true (networks_contain (defaults->proxy.trusted, "::1"));
+  g_assert_true (networks_contain (defaults->proxy.trusted, "::ffff:127.0.0.1"));
+  g_assert_false (networks_contain (defaults->proxy.trusted, "10.0.0.1"));
+  g_assert_false (networks_contain (defaults->proxy.trusted, "::2"));
+
+  set = load_ok ("[upstream]\nhost = imap.example.com\n"
+                 "[pop3]\nlisten = 127.0.0.1:1110\nproxy_protocol = true\n"
+                 "[imap]\nproxy_protocol = yes\n"
+                 "[proxy]\ntrusted = 10.1.0.0/16, 192.0.2.7, fd00::/8\n");
+  g_assert_true (set->pop3.proxy_protocol);
+  g_assert_true (set->imap.proxy_protocol);
+  g_assert_cmpuint (set->proxy.trusted->len, ==, 3);
+  g_assert_true (networks_contain (set->proxy.trusted, "10.1.255.1"));
+  g_assert_true (networks_contain (set->proxy.trusted, "::ffff:10.1.0.9"));
+  g_assert_false (networks_contain (set->proxy.trusted, "10.2.0.1"));
+  g_assert_true (networks_contain (set->proxy.trusted, "192.0.2.7"));
+  g_assert_false (networks_contain (set->proxy.trusted, "192.0.2.8"));
+  g_assert_true (networks_contain (set->proxy.trusted, "fd12::1"));
+  g_assert_false (networks_contain (set->proxy.trusted, "127.0.0.1"));
+
+  nobody = load_ok (MINIMAL "[proxy]\ntrusted =\n");
+  g_assert_cmpuint (nobody->proxy.trusted->len, ==, 0);
+  g_assert_false (networks_contain (nobody->proxy.trusted, "127.0.0.1"));
+
+  for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
+    {
+      g_autofree gchar *text = g_strdup_printf (MINIMAL "[proxy]\ntrusted = %s\n", bad[i].value);
+      g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "proxy.conf", &error);
+
+      g_assert_null (config);
+      g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+      g_assert_nonnull (strstr (error->message, "proxy.conf"));
+      g_assert_nonnull (strstr (error->message, "[proxy] trusted"));
+      g_assert_nonnull (strstr (error->message, bad[i].message));
+      g_clear_error (&error);
+    }
+  {
+    const char *text = MINIMAL "proxy_protocol = maybe\n";
+    g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "p.conf", &error);
+
+    g_assert_null (config);
+    g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+    g_assert_nonnull (strstr (error->message, "[pop3] proxy_protocol"));
+    g_clear_error (&error);
+  }
+  {
+    const char *text = MINIMAL "[proxy]\nproxy_protocol = true\n";
+    g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "p.conf", &error);
+
+    g_assert_null (config);
+    g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+    g_assert_nonnull (strstr (error->message, "did you mean [pop3] proxy_protocol"));
+    g_clear_error (&error);
+  }
+}
+
+/* Under socket activation the listeners come from systemd: a config without any listen
+ * key loads only then. */
+static void
+test_inherited_listeners (void)
+{
+  g_autoptr (GError) error = NULL;
+  const char *text = "[upstream]\nhost = imap.example.com\n";
+  g_autofree gchar *path = NULL;
+  int fd = g_file_open_tmp ("popgate-inherit-XXXXXX.conf", &path, &error);
+  PgConfigOverrides inherited = { .inherited_listeners = TRUE };
+  g_autoptr (PgConfig) plain = NULL;
+  g_autoptr (PgConfig) activated = NULL;
+
+  g_assert_no_error (error);
+  g_assert_cmpint (fd, >=, 0);
+  close (fd);
+  g_file_set_contents (path, text, -1, &error);
+  g_assert_no_error (error);
+  plain = pg_config_load (path, NULL, &error);
+  g_assert_null (plain);
+  g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+  g_assert_nonnull (strstr (error->message, "no listener"));
+  g_clear_error (&error);
+  activated = pg_config_load (path, &inherited, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (activated);
+  g_assert_cmpuint (activated->pop3.listen->len, ==, 0);
+  g_unlink (path);
 }
 
 int
@@ -819,6 +946,8 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
 
   g_test_add_func ("/popgate/config/defaults", test_defaults);
+  g_test_add_func ("/popgate/config/proxy", test_proxy);
+  g_test_add_func ("/popgate/config/inherited-listeners", test_inherited_listeners);
   g_test_add_func ("/popgate/config/upstream-port-follows-tls", test_upstream_port_follows_tls);
   g_test_add ("/popgate/config/full", TempDirFixture, NULL, temp_dir_setup, test_full,
               temp_dir_teardown);

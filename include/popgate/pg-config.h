@@ -82,6 +82,7 @@ typedef struct
     gchar *client_tag_separator; /* default "#"; "" disables tags */
     PgFirstLogin first_login;    /* default all */
     guint recent_days;     /* 0 = no age window */
+    gboolean proxy_protocol; /* every pop3 listener expects a PROXY header; default false */
   } pop3;
 
   struct
@@ -90,6 +91,7 @@ typedef struct
     GPtrArray *tls_listen;
     gboolean allow_plaintext_auth; /* default false */
     guint idle_timeout_ms; /* default and minimum 30 min */
+    gboolean proxy_protocol; /* every imap listener expects a PROXY header; default false */
   } imap;
 
   struct
@@ -125,6 +127,14 @@ typedef struct
   {
     gboolean trace;          /* audit trace of client ↔ upstream commands */
   } log;
+
+  struct
+  {
+    /* owned, of GInetAddressMask*: the peers allowed to send a PROXY header; a
+     * connection from elsewhere to a proxy_protocol listener is refused. Default
+     * 127.0.0.0/8 and ::1/128. */
+    GPtrArray *trusted;
+  } proxy;
 } PgConfig;
 
 /* Load and validate a config file. On error the message names the file, the group, the
@@ -142,6 +152,8 @@ typedef struct
                             * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
   const char *pop3_listen; /* a listen list, replaces [pop3] listen */
   const char *imap_listen; /* a listen list, replaces [imap] listen */
+  /* Listeners come from systemd (socket activation): the config may then name none. */
+  gboolean inherited_listeners;
 } PgConfigOverrides;
 
 /* Load `path` (NULL: start from the defaults), apply `overrides` (NULL: none), then
@@ -154,6 +166,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgConfig, pg_config_unref)
 
 /* Parse "ADDR:PORT, [V6]:PORT" into PgListenAddr* (owned array, free func set). */
 GPtrArray *pg_config_parse_listen (const char *value, GError **error);
+/* Parse "ADDR/PREFIX, ADDR" (a bare address is one host) into GInetAddressMask* (owned
+ * array). */
+GPtrArray *pg_config_parse_networks (const char *value, GError **error);
+/* TRUE when `address` is in one of `networks` (GInetAddressMask*); an IPv4-mapped IPv6
+ * address (::ffff:a.b.c.d) also matches as its IPv4 address. */
+gboolean pg_config_networks_contain (GPtrArray *networks, GInetAddress *address);
 /* Parse a duration: "90", "90s", "500ms", "10m", "2h" → milliseconds. */
 gboolean pg_config_parse_duration (const char *value, guint *out_ms, GError **error);
 

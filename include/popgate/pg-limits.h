@@ -103,3 +103,15 @@
 /* User, mailbox and tag as stored in a record: login names and mailbox names are far
  * shorter (a POP3 command line is at most PG_POP3_MAX_COMMAND_LINE). */
 #define PG_STATE_MAX_KEY_FIELD 1024
+
+/* --- PROXY protocol (src/codec/pg-codec-proxy.c) --- */
+/* proxy-protocol.txt §2.1: the longest v1 line, "PROXY TCP6" with two full IPv6 addresses
+ * and ports, is 107 octets including CRLF; a receiver may refuse anything longer. */
+#define PG_PROXY_V1_MAX_LINE 107
+/* v2 payload (addresses and TLVs) we accept. The addresses take at most 216 octets (UNIX);
+ * HAProxy's TLVs (ALPN, authority, unique id ≤ 128, SSL details) stay far below this. The
+ * TLVs are skipped, never stored, so this bounds time, not memory. */
+#define PG_PROXY_V2_MAX_PAYLOAD 4096
+/* The net layer peeks at most this much per read while looking for the header, then
+ * consumes exactly what the parser used: the bytes after the header stay in the socket. */
+#define PG_PROXY_READ_CHUNK 256

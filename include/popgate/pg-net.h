@@ -42,11 +42,14 @@ PgFrontend pg_conn_get_frontend (PgConn *conn);
 /* The config the connection was accepted under: sessions keep it for their lifetime even
  * when the server reloads. */
 PgConfig *pg_conn_get_config (PgConn *conn);
-/* "1.2.3.4:5678" / "[::1]:5678" */
+/* "1.2.3.4:5678" / "[::1]:5678". On a proxy_protocol listener: the client the PROXY
+ * header named (the proxy's own address when it sent LOCAL/UNKNOWN). */
 const char *pg_conn_get_peer (PgConn *conn);
 /* The peer's address without port, for limits and the upstream ID x-originating-ip. */
 const char *pg_conn_get_peer_ip (PgConn *conn);
 gboolean pg_conn_is_loopback (PgConn *conn);
+/* The proxy's own "host:port" when a PROXY header named the client, else NULL. */
+const char *pg_conn_get_proxy (PgConn *conn);
 gboolean pg_conn_is_tls (PgConn *conn);
 gboolean pg_conn_is_closed (PgConn *conn);
 /* The listener was a plain one on which STARTTLS/STLS may be offered (a certificate is
@@ -110,6 +113,14 @@ gboolean pg_server_reload (PgServer *server, PgConfig *config, GError **error);
 void pg_server_shutdown (PgServer *server);
 PgConfig *pg_server_get_config (PgServer *server);
 guint pg_server_get_n_sessions (PgServer *server);
+/* Socket activation: serve `socket` (bound and listening, e.g. from systemd) for
+ * `frontend`, plain or implicit TLS. Call before pg_server_start(). The config's listen
+ * list for that front end and kind is then not opened, at start or on reload; the
+ * inherited socket stays until the server stops. Fails when the socket cannot be used. */
+gboolean pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean tls,
+                                 GSocket *socket, GError **error);
+/* TRUE when an inherited socket serves `frontend` (plain or TLS as `tls`). */
+gboolean pg_server_has_inherited (PgServer *server, PgFrontend frontend, gboolean tls);
 /* The addresses actually bound (useful with port 0 in tests), as "host:port" strings. */
 GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend,
                                           gboolean tls);

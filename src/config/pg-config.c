@@ -36,9 +36,9 @@ static const char *const pg_config_upstream_keys[]
 static const char *const pg_config_pop3_keys[]
   = { "listen",     "tls_listen",  "delete",  "mark_seen",
       "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
-      "first_login", "recent_days", NULL };
+      "first_login", "recent_days", "proxy_protocol", NULL };
 static const char *const pg_config_imap_keys[]
-  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", NULL };
+  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol", NULL };
 static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
 static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
 static const char *const pg_config_metrics_keys[] = { "listen", NULL };
@@ -47,13 +47,19 @@ static const char *const pg_config_limits_keys[]
       "auth_failure_delay", "max_auth_failures",        "max_bad_commands",
       "shutdown_timeout",   NULL };
 static const char *const pg_config_log_keys[] = { "trace", NULL };
+static const char *const pg_config_proxy_keys[] = { "trusted", NULL };
 
 static const PgConfigGroup pg_config_groups[] = {
   { "upstream", pg_config_upstream_keys }, { "pop3", pg_config_pop3_keys },
   { "imap", pg_config_imap_keys },         { "tls", pg_config_tls_keys },
   { "state", pg_config_state_keys },       { "metrics", pg_config_metrics_keys },
   { "limits", pg_config_limits_keys },     { "log", pg_config_log_keys },
+  { "proxy", pg_config_proxy_keys },
 };
+
+/* Who may send a PROXY header unless [proxy] trusted says otherwise: a load balancer on
+ * the same host. Anything wider must be written down by the admin. */
+#define PG_CONFIG_DEFAULT_PROXY_TRUSTED "127.0.0.0/8, ::1/128"
 
 /* --- the loader: one per load, holds what error messages need ----------------------------- */
 
@@ -63,6 +69,7 @@ typedef struct
   GKeyFile *keyfile;    /* unowned */
   gchar *base_dir;      /* owned: relative paths are resolved against it */
   GHashTable *origins;  /* owned: "group\nkey" → the command-line flag that set it */
+  gboolean inherited_listeners; /* socket activation: no listen key is needed */
 } PgConfigLoader;
 
 static void
@@ -573,6 +580,95 @@ pg_config_parse_listen (const char *value, GError **error)
   return g_steal_pointer (&list);
 }
 
+GPtrArray *
+pg_config_parse_networks (const char *value, GError **error)
+{
+  g_auto (GStrv) entries = NULL;
+  g_autoptr (GPtrArray) list = g_ptr_array_new_with_free_func (g_object_unref);
+
+  g_return_val_if_fail (value != NULL, NULL);
+
+  entries = g_strsplit (value[0] != '\0' ? value : " ", ",", -1);
+  for (gsize i = 0; entries[i] != NULL; i++)
+    {
+      const char *entry = g_strstrip (entries[i]);
+      g_autoptr (GInetAddressMask) mask = NULL;
+      g_autoptr (GInetAddress) address = NULL;
+
+      if (entry[0] == '\0')
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "empty entry in the list (entry %" G_GSIZE_FORMAT ")", i + 1);
+          return NULL;
+        }
+      const char *slash = strchr (entry, '/');
+      g_autofree gchar *host = g_strndup (entry, slash != NULL ? (gsize) (slash - entry)
+                                                               : strlen (entry));
+
+      /* Parsed here rather than by g_inet_address_mask_new_from_string(): an out-of-range
+       * prefix there is a GObject property warning, not an error. */
+      address = g_inet_address_new_from_string (host);
+      if (address != NULL)
+        {
+          guint bits = g_inet_address_get_native_size (address) * 8;
+          guint prefix = bits;
+          gboolean ok = TRUE;
+
+          if (slash != NULL)
+            {
+              const char *p = slash + 1;
+
+              prefix = 0;
+              ok = *p != '\0' && strlen (p) <= 3;
+              for (; ok && *p != '\0'; p++)
+                {
+                  ok = g_ascii_isdigit (*p);
+                  prefix = prefix * 10 + (guint) (*p - '0');
+                }
+              ok = ok && prefix <= bits;
+            }
+          if (ok)
+            mask = g_inet_address_mask_new (address, prefix, NULL);
+        }
+      if (mask == NULL)
+        {
+          g_autofree gchar *quoted = pg_config_quote (entry);
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s is not a network (write ADDR/PREFIX like 10.0.0.0/8 or "
+                       "fd00::/8, with no bits set past the prefix, or one address)",
+                       quoted);
+          return NULL;
+        }
+      g_ptr_array_add (list, g_steal_pointer (&mask));
+    }
+  return g_steal_pointer (&list);
+}
+
+gboolean
+pg_config_networks_contain (GPtrArray *networks, GInetAddress *address)
+{
+  g_autoptr (GInetAddress) v4 = NULL;
+
+  /* A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d. */
+  if (g_inet_address_get_family (address) == G_SOCKET_FAMILY_IPV6)
+    {
+      const guint8 *bytes = g_inet_address_to_bytes (address);
+      static const guint8 mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+      if (memcmp (bytes, mapped_prefix, sizeof mapped_prefix) == 0)
+        v4 = g_inet_address_new_from_bytes (bytes + 12, G_SOCKET_FAMILY_IPV4);
+    }
+  for (guint i = 0; i < networks->len; i++)
+    {
+      GInetAddressMask *mask = g_ptr_array_index (networks, i);
+
+      if (g_inet_address_mask_matches (mask, address)
+          || (v4 != NULL && g_inet_address_mask_matches (mask, v4)))
+        return TRUE;
+    }
+  return FALSE;
+}
+
 const char *
 pg_delete_policy_to_string (PgDeletePolicy policy)
 {
@@ -681,6 +777,8 @@ pg_config_new_defaults (const char *source)
   config->limits.shutdown_timeout_ms = PG_DEFAULT_SHUTDOWN_TIMEOUT_S * 1000;
 
   config->log.trace = FALSE;
+  config->proxy.trusted = pg_config_parse_networks (PG_CONFIG_DEFAULT_PROXY_TRUSTED, NULL);
+  g_assert (config->proxy.trusted != NULL);
   return config;
 }
 
@@ -718,6 +816,7 @@ pg_config_unref (PgConfig *config)
   g_free (config->tls.priority);
   g_free (config->state.path);
   g_ptr_array_unref (config->metrics.listen);
+  g_ptr_array_unref (config->proxy.trusted);
   g_free (config);
 }
 
@@ -741,7 +840,7 @@ pg_config_check_keys (const PgConfigLoader *loader, GError **error)
       if (group == NULL)
         return pg_config_fail (loader, groups[i], NULL, error,
                                "unknown group (the groups are upstream, pop3, imap, tls, "
-                               "state, metrics, limits and log)");
+                               "state, metrics, limits, log and proxy)");
 
       keys = g_key_file_get_keys (loader->keyfile, groups[i], NULL, NULL);
       for (gsize k = 0; keys != NULL && keys[k] != NULL; k++)
@@ -920,6 +1019,9 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
   if (!pg_config_get_uint (loader, "pop3", "recent_days", 0, PG_CONFIG_MAX_RECENT_DAYS,
                            &config->pop3.recent_days, error))
     return FALSE;
+  if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol,
+                           error))
+    return FALSE;
   return TRUE;
 }
 
@@ -936,6 +1038,9 @@ pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **er
   if (!pg_config_get_duration (loader, "imap", "idle_timeout",
                                PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000,
                                &config->imap.idle_timeout_ms, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol,
+                           error))
     return FALSE;
   return TRUE;
 }
@@ -1030,6 +1135,26 @@ pg_config_load_rest (const PgConfigLoader *loader, PgConfig *config, GError **er
 
   if (!pg_config_get_bool (loader, "log", "trace", &config->log.trace, error))
     return FALSE;
+
+  {
+    g_autofree gchar *trusted = NULL;
+    g_autoptr (GError) local_error = NULL;
+    g_autoptr (GPtrArray) networks = NULL;
+
+    if (!pg_config_get_raw (loader, "proxy", "trusted", &trusted, error))
+      return FALSE;
+    if (trusted != NULL)
+      {
+        /* An empty list is allowed: a proxy_protocol listener then refuses everybody,
+         * which is what "trust nobody" means. */
+        networks = trusted[0] != '\0' ? pg_config_parse_networks (trusted, &local_error)
+                                      : g_ptr_array_new_with_free_func (g_object_unref);
+        if (networks == NULL)
+          return pg_config_fail_from (loader, "proxy", "trusted", error, local_error);
+        g_ptr_array_unref (config->proxy.trusted);
+        config->proxy.trusted = g_steal_pointer (&networks);
+      }
+  }
   return TRUE;
 }
 
@@ -1082,7 +1207,7 @@ pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GErro
       if (g_strcmp0 (lists[l].group, "metrics") != 0)
         mail_listeners += lists[l].list->len;
     }
-  if (mail_listeners == 0)
+  if (mail_listeners == 0 && !loader->inherited_listeners)
     return pg_config_fail (loader, "pop3", "listen", error,
                            "no listener: set at least one of [pop3] listen, [pop3] tls_listen, "
                            "[imap] listen, [imap] tls_listen");
@@ -1284,6 +1409,7 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const ch
     {
       gboolean ok = TRUE;
 
+      loader.inherited_listeners = overrides->inherited_listeners;
       if (overrides->upstream != NULL)
         ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
       if (ok && overrides->pop3_listen != NULL)

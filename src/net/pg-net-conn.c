@@ -26,6 +26,8 @@ struct _PgConn
   GIOStream *stream;          /* owned: socket or TLS on top of it */
   gchar *peer;                /* owned */
   gchar *peer_ip;             /* owned */
+  gchar *proxy;               /* owned: the proxy's address when a PROXY header named
+                               * the client, else NULL */
   gboolean loopback;
   gboolean tls;
 
@@ -89,6 +91,7 @@ pg_conn_finalize (GObject *object)
   g_clear_pointer (&conn->config, pg_config_unref);
   g_free (conn->peer);
   g_free (conn->peer_ip);
+  g_free (conn->proxy);
   G_OBJECT_CLASS (pg_conn_parent_class)->finalize (object);
 }
 
@@ -150,6 +153,26 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
       conn->peer_ip = g_strdup ("unknown");
     }
   return conn;
+}
+
+void
+pg_conn_set_peer_internal (PgConn *conn, GInetSocketAddress *peer, const char *proxy)
+{
+  GInetAddress *ip = g_inet_socket_address_get_address (peer);
+
+  g_free (conn->peer);
+  g_free (conn->peer_ip);
+  g_free (conn->proxy);
+  conn->peer = pg_address_to_string (peer);
+  conn->peer_ip = g_inet_address_to_string (ip);
+  conn->loopback = g_inet_address_get_is_loopback (ip);
+  conn->proxy = g_strdup (proxy);
+}
+
+const char *
+pg_conn_get_proxy (PgConn *conn)
+{
+  return conn->proxy;
 }
 
 guint64

@@ -8,3 +8,6 @@ PgConn *pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
                               GSocketConnection *socket, GIOStream *stream, gboolean tls,
                               GTlsCertificate *tls_cert);
 void pg_conn_emit_shutdown_internal (PgConn *conn);
+/* The client named by a PROXY header replaces the socket's peer; `proxy` is the proxy's
+ * own address, for logs. */
+void pg_conn_set_peer_internal (PgConn *conn, GInetSocketAddress *peer, const char *proxy);

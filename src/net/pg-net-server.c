@@ -8,6 +8,7 @@
  */
 #include "pg-net-private.h"
 
+#include "popgate/pg-codec-proxy.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 
@@ -22,6 +23,7 @@ typedef struct
   gchar *bound;            /* owned: the address actually bound, "host:port" */
   PgServer *server;        /* unowned */
   gboolean adopted;        /* in the server's table (not just opened by a reload) */
+  gboolean inherited;      /* socket activation: not from the config, kept by reloads */
 } PgListener;
 
 struct _PgServer
@@ -33,7 +35,8 @@ struct _PgServer
   GHashTable *listeners;      /* key → PgListener* (owned) */
   GHashTable *conns;          /* PgConn* (owned ref) → NULL: live sessions */
   GHashTable *per_address;    /* peer ip (owned) → GUINT_TO_POINTER(count) */
-  guint n_handshaking;        /* accepted, TLS handshake in progress */
+  guint n_handshaking;        /* accepted, PROXY header or TLS handshake in progress */
+  GHashTable *accepts;        /* PgAccept* (unowned: each owns itself) in that phase */
   struct
   {
     PgSessionStartFunc func;
@@ -105,6 +108,7 @@ pg_server_finalize (GObject *object)
   PgServer *server = PG_SERVER (object);
 
   g_clear_pointer (&server->per_address, g_hash_table_unref);
+  g_clear_pointer (&server->accepts, g_hash_table_unref);
   g_clear_object (&server->tls_cert);
   g_clear_pointer (&server->config, pg_config_unref);
   G_OBJECT_CLASS (pg_server_parent_class)->finalize (object);
@@ -129,6 +133,7 @@ pg_server_init (PgServer *server)
                                              (GDestroyNotify) pg_listener_free);
   server->conns = g_hash_table_new_full (g_direct_hash, g_direct_equal, g_object_unref, NULL);
   server->per_address = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  server->accepts = g_hash_table_new (g_direct_hash, g_direct_equal);
 }
 
 PgServer *
@@ -213,9 +218,11 @@ pg_server_start_session (PgServer *server, PgListener *listener, PgConn *conn)
 
   g_hash_table_add (server->conns, g_object_ref (conn));
   g_signal_connect (conn, "closed", G_CALLBACK (pg_server_conn_closed_cb), server);
-  pg_session_info (pg_conn_get_id (conn), "%s connection from %s%s",
+  pg_session_info (pg_conn_get_id (conn), "%s connection from %s%s%s%s",
                    pg_frontend_to_string (listener->frontend), pg_conn_get_peer (conn),
-                   pg_conn_is_tls (conn) ? " (TLS)" : "");
+                   pg_conn_is_tls (conn) ? " (TLS)" : "",
+                   pg_conn_get_proxy (conn) != NULL ? " via proxy " : "",
+                   pg_conn_get_proxy (conn) != NULL ? pg_conn_get_proxy (conn) : "");
   if (server->shutting_down)
     {
       pg_conn_abort (conn);
@@ -235,78 +242,272 @@ pg_server_start_session (PgServer *server, PgListener *listener, PgConn *conn)
   func (conn, server->handlers[listener->frontend].user_data);
 }
 
+/* An accepted connection before its session starts: reading the PROXY header (on a
+ * proxy_protocol listener), then the TLS handshake (on a TLS listener). Both run under
+ * one pre-auth deadline, and the connection counts against max_sessions meanwhile. */
 typedef struct
 {
-  PgServer *server;       /* owned */
+  PgServer *server;          /* owned */
   PgFrontend frontend;
-  gchar *listener_key;    /* owned: the listener may be gone after a reload */
-  PgConfig *config;       /* owned */
+  gboolean tls;
+  gchar *listener_key;       /* owned: the listener may be gone after a reload */
+  PgConfig *config;          /* owned */
   GSocketConnection *socket; /* owned */
-  gchar *peer_ip;         /* owned */
+  GIOStream *stream;         /* owned: the TLS stream once the handshake is done */
+  gchar *peer_ip;            /* owned: counted in per_address once set */
+  GInetSocketAddress *proxied_peer; /* owned: the client a PROXY header named, or NULL */
+  gchar *proxy;              /* owned: the proxy's address when proxied_peer is set */
   guint64 id;
-  GSource *timeout;       /* owned */
+  GSource *timeout;          /* owned */
+  GSource *read_source;      /* owned: waiting for PROXY header bytes */
   GCancellable *cancellable; /* owned */
-} PgHandshake;
+  PgProxyParser *parser;     /* owned */
+} PgAccept;
 
 static void
-pg_handshake_free (PgHandshake *hs)
+pg_accept_free (PgAccept *accept)
 {
-  if (hs->timeout != NULL)
+  g_hash_table_remove (accept->server->accepts, accept);
+  if (accept->timeout != NULL)
     {
-      g_source_destroy (hs->timeout);
-      g_source_unref (hs->timeout);
+      g_source_destroy (accept->timeout);
+      g_source_unref (accept->timeout);
     }
-  g_object_unref (hs->cancellable);
-  g_object_unref (hs->socket);
-  pg_config_unref (hs->config);
-  g_free (hs->peer_ip);
-  g_free (hs->listener_key);
-  g_object_unref (hs->server);
-  g_free (hs);
+  if (accept->read_source != NULL)
+    {
+      g_source_destroy (accept->read_source);
+      g_source_unref (accept->read_source);
+    }
+  g_object_unref (accept->cancellable);
+  g_clear_object (&accept->stream);
+  g_object_unref (accept->socket);
+  pg_config_unref (accept->config);
+  g_clear_object (&accept->proxied_peer);
+  g_free (accept->proxy);
+  g_free (accept->peer_ip);
+  g_free (accept->listener_key);
+  g_clear_pointer (&accept->parser, pg_proxy_parser_free);
+  g_object_unref (accept->server);
+  g_free (accept);
+}
+
+/* Give up on a connection that never became a session. */
+static void
+pg_accept_drop (PgAccept *accept)
+{
+  PgServer *server = accept->server;
+
+  g_io_stream_close (G_IO_STREAM (accept->socket), NULL, NULL);
+  server->n_handshaking--;
+  if (accept->peer_ip != NULL)
+    pg_server_address_add (server, accept->peer_ip, -1);
+  g_object_ref (server);
+  pg_accept_free (accept);
+  pg_server_check_idle (server);
+  g_object_unref (server);
 }
 
 static gboolean
-pg_handshake_timeout_cb (gpointer user_data)
+pg_accept_timeout_cb (gpointer user_data)
 {
-  PgHandshake *hs = user_data;
+  PgAccept *accept = user_data;
 
-  g_cancellable_cancel (hs->cancellable);
+  g_clear_pointer (&accept->timeout, g_source_unref);
+  if (accept->read_source != NULL)
+    {
+      pg_session_info (accept->id, "no PROXY header within the pre-auth timeout");
+      pg_accept_drop (accept);
+      return G_SOURCE_REMOVE;
+    }
+  g_cancellable_cancel (accept->cancellable);
   return G_SOURCE_REMOVE;
+}
+
+/* Best-effort refusal: on a plain listener say why in the protocol's terms; on a TLS
+ * listener there is no session to say it in. Never blocks. */
+static void
+pg_server_send_refusal (PgFrontend frontend, gboolean tls, GSocketConnection *socket,
+                        const char *refusal)
+{
+  g_autofree gchar *line = NULL;
+  GSocket *sock = g_socket_connection_get_socket (socket);
+
+  if (tls)
+    return;
+  if (frontend == PG_FRONTEND_POP3)
+    line = g_strdup_printf ("-ERR [SYS/TEMP] %s, try again later\r\n", refusal);
+  else
+    line = g_strdup_printf ("* BYE [UNAVAILABLE] %s, try again later\r\n", refusal);
+  g_socket_set_blocking (sock, FALSE);
+  (void) g_socket_send (sock, line, strlen (line), NULL, NULL);
+}
+
+/* The connection passed every check: it becomes a session. */
+static void
+pg_accept_start_session (PgAccept *accept)
+{
+  PgServer *server = accept->server;
+  PgListener *listener = g_hash_table_lookup (server->listeners, accept->listener_key);
+  PgListener gone = { .frontend = accept->frontend, .tls = accept->tls };
+  g_autoptr (PgConn) conn = NULL;
+  g_autoptr (PgServer) keep = g_object_ref (server);
+
+  server->n_handshaking--;
+  conn = pg_conn_new_internal (accept->id, accept->frontend, accept->config, accept->socket,
+                               accept->stream != NULL ? accept->stream
+                                                      : G_IO_STREAM (accept->socket),
+                               accept->tls, accept->tls ? NULL : server->tls_cert);
+  if (accept->proxied_peer != NULL)
+    pg_conn_set_peer_internal (conn, accept->proxied_peer, accept->proxy);
+  /* The per-address count moves to the session: it is released when the conn closes. */
+  g_clear_pointer (&accept->peer_ip, g_free);
+  pg_accept_free (accept);
+  /* A listener closed by a reload meanwhile: the session still runs. */
+  pg_server_start_session (server, listener != NULL ? listener : &gone, conn);
 }
 
 static void
 pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  PgHandshake *hs = user_data;
-  PgServer *server = hs->server;
+  PgAccept *accept = user_data;
   g_autoptr (GError) error = NULL;
-  PgListener *listener;
 
-  server->n_handshaking--;
   if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
     {
-      pg_session_info (hs->id, "TLS handshake with a client failed: %s", error->message);
-      g_io_stream_close (G_IO_STREAM (hs->socket), NULL, NULL);
-      pg_server_address_add (server, hs->peer_ip, -1);
-      pg_handshake_free (hs);
-      pg_server_check_idle (server);
+      pg_session_info (accept->id, "TLS handshake with a client failed: %s", error->message);
+      pg_accept_drop (accept);
       return;
     }
-  listener = g_hash_table_lookup (server->listeners, hs->listener_key);
-  {
-    g_autoptr (PgConn) conn = pg_conn_new_internal (hs->id, hs->frontend, hs->config,
-                                                    hs->socket, G_IO_STREAM (source), TRUE,
-                                                    NULL);
-    if (listener == NULL)
-      {
-        /* The listener was closed by a reload meanwhile; the session still runs. */
-        PgListener gone = { .frontend = hs->frontend };
-        pg_server_start_session (server, &gone, conn);
-      }
-    else
-      pg_server_start_session (server, listener, conn);
-  }
-  pg_handshake_free (hs);
+  accept->stream = G_IO_STREAM (g_object_ref (source));
+  pg_accept_start_session (accept);
+}
+
+/* The client's address is known (from the socket or a PROXY header): apply the
+ * per-address limit, then the TLS handshake or the session. */
+static void
+pg_accept_continue (PgAccept *accept, const char *peer_ip, const char *peer_text)
+{
+  PgServer *server = accept->server;
+
+  if (pg_server_address_count (server, peer_ip) >= accept->config->limits.max_sessions_per_address)
+    {
+      pg_session_message (accept->id, "refusing %s connection from %s: %s",
+                          pg_frontend_to_string (accept->frontend), peer_text,
+                          "too many sessions from this address");
+      pg_server_send_refusal (accept->frontend, accept->tls, accept->socket,
+                              "too many sessions from this address");
+      pg_accept_drop (accept);
+      return;
+    }
+  accept->peer_ip = g_strdup (peer_ip);
+  pg_server_address_add (server, peer_ip, +1);
+  g_socket_set_keepalive (g_socket_connection_get_socket (accept->socket), TRUE);
+
+  if (accept->tls)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (accept->socket),
+                                                               server->tls_cert, &error);
+
+      if (tls == NULL)
+        {
+          pg_session_warning (accept->id, "cannot start TLS: %s", error->message);
+          pg_accept_drop (accept);
+          return;
+        }
+      g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
+                                        accept->cancellable, pg_server_handshake_cb, accept);
+      return;
+    }
+  pg_accept_start_session (accept);
+}
+
+/* The PROXY header is complete. */
+static void
+pg_accept_proxy_done (PgAccept *accept)
+{
+  const PgProxyHeader *header = pg_proxy_parser_get_header (accept->parser);
+  g_autoptr (GSocketAddress) remote
+    = g_socket_connection_get_remote_address (accept->socket, NULL);
+  g_autofree gchar *proxy_text = pg_address_to_string (remote);
+  g_autofree gchar *ip_text = NULL;
+  g_autofree gchar *peer_text = NULL;
+  g_autoptr (GInetAddress) ip = NULL;
+
+  if (header->local)
+    {
+      /* A health check or an unknown transport: the proxy speaks for itself. */
+      g_autofree gchar *own_ip = g_inet_address_to_string (
+          g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (remote)));
+      pg_accept_continue (accept, own_ip, proxy_text);
+      return;
+    }
+  ip = g_inet_address_new_from_bytes (header->src_addr, header->family == PG_PROXY_FAMILY_INET
+                                                          ? G_SOCKET_FAMILY_IPV4
+                                                          : G_SOCKET_FAMILY_IPV6);
+  accept->proxied_peer = G_INET_SOCKET_ADDRESS (g_inet_socket_address_new (ip, header->src_port));
+  accept->proxy = g_steal_pointer (&proxy_text);
+  ip_text = g_inet_address_to_string (ip);
+  peer_text = pg_address_to_string (accept->proxied_peer);
+  pg_accept_continue (accept, ip_text, peer_text);
+}
+
+/* Peek at what arrived, feed it to the parser, and consume from the socket exactly what
+ * the parser used: whatever follows the header (a TLS ClientHello) stays for the next
+ * reader. */
+static gboolean
+pg_accept_proxy_readable_cb (GSocket *sock, GIOCondition condition, gpointer user_data)
+{
+  PgAccept *accept = user_data;
+  guint8 buf[PG_PROXY_READ_CHUNK];
+  GInputVector vec = { buf, sizeof buf };
+  gint flags = G_SOCKET_MSG_PEEK;
+  g_autoptr (GError) error = NULL;
+  gssize n;
+  gsize used = 0;
+  PgProxyParserStatus status;
+
+  n = g_socket_receive_message (sock, NULL, &vec, 1, NULL, NULL, &flags, NULL, &error);
+  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    return G_SOURCE_CONTINUE;
+  if (n <= 0)
+    {
+      pg_session_info (accept->id, "connection closed before its PROXY header%s%s",
+                       error != NULL ? ": " : "", error != NULL ? error->message : "");
+      g_clear_pointer (&accept->read_source, g_source_unref);
+      pg_accept_drop (accept);
+      return G_SOURCE_REMOVE;
+    }
+  status = pg_proxy_parser_feed (accept->parser, buf, (gsize) n, &used, &error);
+  if (status == PG_PROXY_PARSER_ERROR)
+    {
+      g_autoptr (GSocketAddress) remote = g_socket_get_remote_address (sock, NULL);
+      g_autofree gchar *from = pg_address_to_string (remote);
+
+      pg_session_message (accept->id, "refusing %s connection from %s: %s",
+                          pg_frontend_to_string (accept->frontend), from, error->message);
+      g_clear_pointer (&accept->read_source, g_source_unref);
+      pg_accept_drop (accept);
+      return G_SOURCE_REMOVE;
+    }
+  if (status == PG_PROXY_PARSER_NEED_MORE)
+    used = (gsize) n;
+  /* Consume what the parser took; it is already in the socket buffer, so this does not
+   * wait. */
+  if (g_socket_receive (sock, (gchar *) buf, used, NULL, &error) != (gssize) used)
+    {
+      pg_session_info (accept->id, "reading the PROXY header failed");
+      g_clear_pointer (&accept->read_source, g_source_unref);
+      pg_accept_drop (accept);
+      return G_SOURCE_REMOVE;
+    }
+  if (status == PG_PROXY_PARSER_NEED_MORE)
+    return G_SOURCE_CONTINUE;
+
+  g_clear_pointer (&accept->read_source, g_source_unref);
+  g_socket_set_blocking (sock, TRUE);
+  pg_accept_proxy_done (accept);
+  return G_SOURCE_REMOVE;
 }
 
 static gboolean
@@ -318,8 +519,12 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
   PgConfig *config = server->config;
   g_autoptr (GSocketAddress) remote = g_socket_connection_get_remote_address (socket, NULL);
   g_autofree gchar *peer_ip = NULL;
+  g_autofree gchar *peer_text = pg_address_to_string (remote);
   guint64 id = pg_session_id_next ();
   const char *refusal = NULL;
+  gboolean proxied = listener->frontend == PG_FRONTEND_POP3 ? config->pop3.proxy_protocol
+                                                            : config->imap.proxy_protocol;
+  PgAccept *accept;
 
   if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
     peer_ip = g_inet_address_to_string (
@@ -331,71 +536,63 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
     refusal = "server shutting down";
   else if (pg_server_get_n_sessions (server) >= config->limits.max_sessions)
     refusal = "too many sessions";
-  else if (pg_server_address_count (server, peer_ip) >= config->limits.max_sessions_per_address)
-    refusal = "too many sessions from this address";
+  else if (proxied
+           && (remote == NULL || !G_IS_INET_SOCKET_ADDRESS (remote)
+               || !pg_config_networks_contain (
+                   config->proxy.trusted,
+                   g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (remote)))))
+    refusal = "not a trusted proxy (see [proxy] trusted)";
 
   if (refusal != NULL)
     {
-      g_autofree gchar *peer = pg_address_to_string (remote);
       pg_session_message (id, "refusing %s connection from %s: %s",
-                          pg_frontend_to_string (listener->frontend), peer, refusal);
-      /* On a plain listener say why in the protocol's terms; on a TLS listener there is no
-       * session to say it in, so just close. The write is best effort: never block. */
-      if (!listener->tls)
-        {
-          g_autofree gchar *line = NULL;
-          GSocket *sock = g_socket_connection_get_socket (socket);
-          if (listener->frontend == PG_FRONTEND_POP3)
-            line = g_strdup_printf ("-ERR [SYS/TEMP] %s, try again later\r\n", refusal);
-          else
-            line = g_strdup_printf ("* BYE [UNAVAILABLE] %s, try again later\r\n", refusal);
-          g_socket_set_blocking (sock, FALSE);
-          (void) g_socket_send (sock, line, strlen (line), NULL, NULL);
-        }
+                          pg_frontend_to_string (listener->frontend), peer_text, refusal);
+      /* A peer that should have sent a PROXY header is not a client to talk to. */
+      if (!proxied)
+        pg_server_send_refusal (listener->frontend, listener->tls, socket, refusal);
       g_io_stream_close (G_IO_STREAM (socket), NULL, NULL);
       return TRUE;
     }
 
-  pg_server_address_add (server, peer_ip, +1);
-  g_socket_set_keepalive (g_socket_connection_get_socket (socket), TRUE);
+  accept = g_new0 (PgAccept, 1);
+  accept->server = g_object_ref (server);
+  accept->frontend = listener->frontend;
+  accept->tls = listener->tls;
+  accept->listener_key = g_strdup (listener->key);
+  accept->config = pg_config_ref (config);
+  accept->socket = g_object_ref (socket);
+  accept->id = id;
+  accept->cancellable = g_cancellable_new ();
+  server->n_handshaking++;
+  g_hash_table_add (server->accepts, accept);
 
-  if (listener->tls)
+  if (!proxied && !listener->tls)
     {
-      g_autoptr (GError) error = NULL;
-      g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (socket),
-                                                               server->tls_cert, &error);
-      PgHandshake *hs;
-
-      if (tls == NULL)
-        {
-          pg_session_warning (id, "cannot start TLS: %s", error->message);
-          pg_server_address_add (server, peer_ip, -1);
-          g_io_stream_close (G_IO_STREAM (socket), NULL, NULL);
-          return TRUE;
-        }
-      hs = g_new0 (PgHandshake, 1);
-      hs->server = g_object_ref (server);
-      hs->frontend = listener->frontend;
-      hs->listener_key = g_strdup (listener->key);
-      hs->config = pg_config_ref (config);
-      hs->socket = g_object_ref (socket);
-      hs->peer_ip = g_steal_pointer (&peer_ip);
-      hs->id = id;
-      hs->cancellable = g_cancellable_new ();
-      hs->timeout = g_timeout_source_new (config->limits.preauth_timeout_ms);
-      g_source_set_callback (hs->timeout, pg_handshake_timeout_cb, hs, NULL);
-      g_source_attach (hs->timeout, g_main_context_get_thread_default ());
-      server->n_handshaking++;
-      g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
-                                        hs->cancellable, pg_server_handshake_cb, hs);
+      /* The common case, with no deadline to arm: straight to the session. */
+      pg_accept_continue (accept, peer_ip, peer_text);
       return TRUE;
     }
 
+  accept->timeout = g_timeout_source_new (config->limits.preauth_timeout_ms);
+  g_source_set_callback (accept->timeout, pg_accept_timeout_cb, accept, NULL);
+  g_source_set_static_name (accept->timeout, "[popgate] accept deadline");
+  g_source_attach (accept->timeout, g_main_context_get_thread_default ());
+  if (!proxied)
+    {
+      pg_accept_continue (accept, peer_ip, peer_text);
+      return TRUE;
+    }
+
+  accept->parser = pg_proxy_parser_new ();
   {
-    g_autoptr (PgConn) conn = pg_conn_new_internal (id, listener->frontend, config, socket,
-                                                    G_IO_STREAM (socket), FALSE,
-                                                    server->tls_cert);
-    pg_server_start_session (server, listener, conn);
+    GSocket *sock = g_socket_connection_get_socket (socket);
+
+    g_socket_set_blocking (sock, FALSE);
+    accept->read_source = g_socket_create_source (sock, G_IO_IN, NULL);
+    g_source_set_callback (accept->read_source, (GSourceFunc) (void (*) (void)) pg_accept_proxy_readable_cb,
+                           accept, NULL);
+    g_source_set_static_name (accept->read_source, "[popgate] PROXY header");
+    g_source_attach (accept->read_source, g_main_context_get_thread_default ());
   }
   return TRUE;
 }
@@ -493,7 +690,7 @@ pg_server_open_listeners (PgServer *server, PgConfig *config, GHashTable *keep, 
 
   for (gsize s = 0; s < G_N_ELEMENTS (sets); s++)
     {
-      if (sets[s].addrs == NULL)
+      if (sets[s].addrs == NULL || pg_server_has_inherited (server, sets[s].frontend, sets[s].tls))
         continue;
       for (guint i = 0; i < sets[s].addrs->len; i++)
         {
@@ -514,6 +711,23 @@ pg_server_open_listeners (PgServer *server, PgConfig *config, GHashTable *keep, 
           g_hash_table_insert (out, listener->key, listener);
         }
     }
+  /* Inherited sockets are not in any config: a reload keeps them as they are. */
+  if (keep != NULL)
+    {
+      GHashTableIter iter;
+      gpointer value;
+
+      g_hash_table_iter_init (&iter, keep);
+      while (g_hash_table_iter_next (&iter, NULL, &value))
+        {
+          PgListener *listener = value;
+
+          if (!listener->inherited)
+            continue;
+          g_hash_table_iter_steal (&iter);
+          g_hash_table_insert (out, listener->key, listener);
+        }
+    }
   return TRUE;
 }
 
@@ -531,10 +745,68 @@ pg_server_load_certificate (PgConfig *config, GError **error)
 }
 
 static gboolean
-pg_server_config_wants_tls (PgConfig *config)
+pg_server_wants_tls (PgServer *server, PgConfig *config)
 {
   return (config->pop3.tls_listen != NULL && config->pop3.tls_listen->len > 0)
-         || (config->imap.tls_listen != NULL && config->imap.tls_listen->len > 0);
+         || (config->imap.tls_listen != NULL && config->imap.tls_listen->len > 0)
+         || pg_server_has_inherited (server, PG_FRONTEND_POP3, TRUE)
+         || pg_server_has_inherited (server, PG_FRONTEND_IMAP, TRUE);
+}
+
+gboolean
+pg_server_has_inherited (PgServer *server, PgFrontend frontend, gboolean tls)
+{
+  GHashTableIter iter;
+  gpointer value;
+
+  g_hash_table_iter_init (&iter, server->listeners);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    {
+      PgListener *listener = value;
+
+      if (listener->inherited && listener->frontend == frontend && listener->tls == tls)
+        return TRUE;
+    }
+  return FALSE;
+}
+
+gboolean
+pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean tls, GSocket *socket,
+                        GError **error)
+{
+  static guint serial = 0;
+  g_autoptr (GSocketService) service = NULL;
+  g_autoptr (GSocketAddress) local = NULL;
+  PgListener *listener;
+
+  g_return_val_if_fail (frontend < PG_FRONTEND_COUNT, FALSE);
+  g_return_val_if_fail (G_IS_SOCKET (socket), FALSE);
+
+  local = g_socket_get_local_address (socket, error);
+  if (local == NULL)
+    {
+      g_prefix_error (error, "inherited %s socket: ", pg_frontend_to_string (frontend));
+      return FALSE;
+    }
+  service = pg_listener_new_service ();
+  if (!g_socket_listener_add_socket (G_SOCKET_LISTENER (service), socket, NULL, error))
+    {
+      g_prefix_error (error, "inherited %s socket: ", pg_frontend_to_string (frontend));
+      return FALSE;
+    }
+  listener = g_new0 (PgListener, 1);
+  listener->key = g_strdup_printf ("%s|%s|inherited|%u", pg_frontend_to_string (frontend),
+                                   tls ? "tls" : "plain", ++serial);
+  listener->frontend = frontend;
+  listener->tls = tls;
+  listener->server = server;
+  listener->bound = pg_address_to_string (local);
+  listener->inherited = TRUE;
+  listener->adopted = TRUE;
+  listener->service = g_steal_pointer (&service);
+  g_signal_connect (listener->service, "incoming", G_CALLBACK (pg_server_incoming_cb), listener);
+  g_hash_table_insert (server->listeners, listener->key, listener);
+  return TRUE;
 }
 
 /* Move every listener of `from` into the server's table and start accepting on it. */
@@ -569,7 +841,7 @@ pg_server_start (PgServer *server, GError **error)
       g_propagate_error (error, g_steal_pointer (&cert_error));
       return FALSE;
     }
-  if (cert == NULL && pg_server_config_wants_tls (server->config))
+  if (cert == NULL && pg_server_wants_tls (server, server->config))
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
                    "%s: [tls] cert and key are needed for tls_listen", server->config->source);
@@ -579,6 +851,15 @@ pg_server_start (PgServer *server, GError **error)
     return FALSE;
   g_set_object (&server->tls_cert, cert);
   pg_server_adopt_listeners (server, opened);
+  {
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init (&iter, server->listeners);
+    while (g_hash_table_iter_next (&iter, NULL, &value))
+      if (((PgListener *) value)->inherited)
+        g_socket_service_start (((PgListener *) value)->service);
+  }
   return TRUE;
 }
 
@@ -603,7 +884,7 @@ pg_server_reload (PgServer *server, PgConfig *config, GError **error)
       g_propagate_error (error, g_steal_pointer (&cert_error));
       return FALSE;
     }
-  if (cert == NULL && pg_server_config_wants_tls (config))
+  if (cert == NULL && pg_server_wants_tls (server, config))
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
                    "%s: [tls] cert and key are needed for tls_listen", config->source);
@@ -664,6 +945,22 @@ pg_server_shutdown (PgServer *server)
     return;
   server->shutting_down = TRUE;
   g_hash_table_remove_all (server->listeners);
+
+  /* Connections still sending a PROXY header or doing a TLS handshake never became
+   * sessions: stop them now rather than at their pre-auth deadline. */
+  {
+    g_autoptr (GList) pending = g_hash_table_get_keys (server->accepts);
+
+    for (GList *l = pending; l != NULL; l = l->next)
+      {
+        PgAccept *accept = l->data;
+
+        if (accept->read_source != NULL)
+          pg_accept_drop (accept);
+        else
+          g_cancellable_cancel (accept->cancellable);
+      }
+  }
 
   g_hash_table_iter_init (&iter, server->conns);
   while (g_hash_table_iter_next (&iter, &conn, NULL))
