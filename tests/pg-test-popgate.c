@@ -198,6 +198,32 @@ typedef enum
   PG_TEST_POPGATE_FAILED,
 } PgTestPopgateAttempt;
 
+/* popgate logs "ready" at notice level when it serves (see src/main.c). */
+static gboolean
+pg_test_popgate_wait_ready (PgTestPopgate *popgate, guint timeout_ms, GError **error)
+{
+  gint64 deadline = g_get_monotonic_time () + (gint64) timeout_ms * 1000;
+
+  for (;;)
+    {
+      g_autofree gchar *log = pg_test_read_file (popgate->log_file);
+      if (strstr (log, " notice: ready\n") != NULL)
+        return TRUE;
+      if (pg_test_process_has_exited (popgate->process))
+        {
+          g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "popgate exited before it was ready");
+          return FALSE;
+        }
+      if (g_get_monotonic_time () >= deadline)
+        {
+          g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                       "popgate did not log \"ready\" within %u ms", timeout_ms);
+          return FALSE;
+        }
+      g_usleep (2000);
+    }
+}
+
 static PgTestPopgateAttempt
 pg_test_popgate_try_start (PgTestPopgate *popgate, const char *bin, GError **error)
 {
@@ -222,8 +248,12 @@ pg_test_popgate_try_start (PgTestPopgate *popgate, const char *bin, GError **err
                                             popgate->log_file, error);
   if (popgate->process == NULL)
     return PG_TEST_POPGATE_FAILED;
+  /* Wait for popgate's own "ready" line (written once every listener is bound), not
+   * just for the first port to accept: another process that took that port meanwhile
+   * would accept too, and popgate itself would have exited with "already in use". */
   if (pg_test_wait_port (host, port, popgate->process, PG_TEST_POPGATE_START_TIMEOUT_MS,
-                         &local_error))
+                         &local_error)
+      && pg_test_popgate_wait_ready (popgate, PG_TEST_POPGATE_START_TIMEOUT_MS, &local_error))
     return PG_TEST_POPGATE_STARTED;
 
   pg_test_process_stop (popgate->process, PG_TEST_POPGATE_STOP_TIMEOUT_MS);
