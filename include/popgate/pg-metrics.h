@@ -82,7 +82,7 @@ void pg_metrics_escape_label_value (GString *out, const char *value);
 
 /* --- popgate's metrics ------------------------------------------------------------------ */
 
-/* The same order as PgFrontend (pg-net.h, which checks it). */
+/* The same order as PgFrontend (pg-net.h; src/net/pg-net-conn.c checks it). */
 typedef enum
 {
   PG_METRICS_FRONTEND_POP3,

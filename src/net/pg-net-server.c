@@ -10,6 +10,7 @@
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-metrics.h"
 
 #include <string.h>
 
@@ -286,6 +287,7 @@ pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_dat
   if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
     {
       pg_session_info (hs->id, "TLS handshake with a client failed: %s", error->message);
+      pg_metrics_error (PG_METRICS_ERROR_TLS);
       g_io_stream_close (G_IO_STREAM (hs->socket), NULL, NULL);
       pg_server_address_add (server, hs->peer_ip, -1);
       pg_handshake_free (hs);
@@ -339,6 +341,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
       g_autofree gchar *peer = pg_address_to_string (remote);
       pg_session_message (id, "refusing %s connection from %s: %s",
                           pg_frontend_to_string (listener->frontend), peer, refusal);
+      pg_metrics_error (PG_METRICS_ERROR_LIMIT);
       /* On a plain listener say why in the protocol's terms; on a TLS listener there is no
        * session to say it in, so just close. The write is best effort: never block. */
       if (!listener->tls)
