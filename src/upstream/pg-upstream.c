@@ -480,6 +480,8 @@ pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
       return;
     }
   data = g_bytes_get_data (part->bytes, &size);
+  if (size >= 2 && data[size - 2] == '\r' && data[size - 1] == '\n')
+    size -= 2; /* a log line, not a wire dump */
   line = pg_log_redact_line (data, size, FALSE);
   pg_upstream_log_sent (self, line);
 }
