@@ -21,7 +21,7 @@ typedef struct
 {
   gchar *user;
   PgTestPopgate *popgate;
-  GArray *uids;          /* guint32: the seeded messages, in order */
+  GArray *uids; /* guint32: the seeded messages, in order */
   guint16 metrics_port;
 } Fixture;
 
@@ -171,7 +171,8 @@ no_pop3_sessions_cb (gpointer user_data)
 
   return pg_test_openmetrics_get (samples, SESSIONS_AUTH) == 0
          && pg_test_openmetrics_get (samples, SESSIONS_PREAUTH) == 0
-         && pg_test_openmetrics_get (samples, "popgate_sessions{frontend=\"pop3\",state=\"update\"}")
+         && pg_test_openmetrics_get (samples,
+                                     "popgate_sessions{frontend=\"pop3\",state=\"update\"}")
                 == 0;
 }
 
@@ -186,21 +187,20 @@ cmd (PgTestPop3 *pop3, const char *command)
   return status;
 }
 
-#define assert_reply(pop3, command, prefix)                                                  \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
+#define assert_reply(pop3, command, prefix)                                                        \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    g_autofree gchar *reply_ = cmd ((pop3), (command));                                            \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
+  }                                                                                                \
   G_STMT_END
 
 static PgTestPop3 *
 pop3_connect (Fixture *fx)
 {
   g_autoptr (GError) error = NULL;
-  PgTestPop3 *pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL,
-                                           &error);
+  PgTestPop3 *pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL, &error);
   g_assert_no_error (error);
   return pop3;
 }
@@ -215,7 +215,8 @@ test_scrape (Fixture *fx, gconstpointer data)
   g_autoptr (GHashTable) after = NULL;
   g_autoptr (GError) error = NULL;
 
-#define DELTA(series) (pg_test_openmetrics_get (after, series) - pg_test_openmetrics_get (before, series))
+#define DELTA(series)                                                                              \
+  (pg_test_openmetrics_get (after, series) - pg_test_openmetrics_get (before, series))
   g_assert_cmpfloat (pg_test_openmetrics_get (before, SESSIONS_AUTH), ==, 0);
 
   /* A failed login, then a full session: RETR, DELE, QUIT (delete = expunge). */
@@ -270,9 +271,10 @@ test_scrape (Fixture *fx, gconstpointer data)
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("STORE")), >=, 1);
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("EXPUNGE")), ==, 1);
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("LOGOUT")), >=, 1);
-  g_assert_cmpfloat (pg_test_openmetrics_get (
-                         after, "popgate_upstream_command_duration_seconds_sum{command=\"SELECT\"}"),
-                     >, 0);
+  g_assert_cmpfloat (
+      pg_test_openmetrics_get (after,
+                               "popgate_upstream_command_duration_seconds_sum{command=\"SELECT\"}"),
+      >, 0);
 #undef DELTA
 }
 
@@ -301,7 +303,8 @@ test_formats (Fixture *fx, gconstpointer data)
       "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
       &error);
   g_assert_no_error (error);
-  g_assert_true (g_str_has_prefix (prometheus_server->content_type, "application/openmetrics-text"));
+  g_assert_true (
+      g_str_has_prefix (prometheus_server->content_type, "application/openmetrics-text"));
   g_assert_true (g_str_has_suffix (prometheus_server->body, "# EOF\n"));
 
   missing = http_request (fx->metrics_port, "GET", "/other", NULL, &error);

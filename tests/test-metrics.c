@@ -26,8 +26,8 @@ small_registry (PgMetricsFamily **out_counter, PgMetricsFamily **out_gauge,
 
   *out_counter = pg_metrics_registry_add (registry, PG_METRICS_COUNTER, "t_logins",
                                           "Logins \"by\" result.", fe_result, 2, NULL, 0);
-  *out_gauge = pg_metrics_registry_add (registry, PG_METRICS_GAUGE, "t_sessions",
-                                        "Sessions\\now.", NULL, 0, NULL, 0);
+  *out_gauge = pg_metrics_registry_add (registry, PG_METRICS_GAUGE, "t_sessions", "Sessions\\now.",
+                                        NULL, 0, NULL, 0);
   *out_histogram = pg_metrics_registry_add (registry, PG_METRICS_HISTOGRAM, "t_latency_seconds",
                                             "Latency.", cmd, 1, buckets, G_N_ELEMENTS (buckets));
   return registry;
@@ -88,10 +88,10 @@ test_render_openmetrics (void)
                    "# EOF\n");
   samples = pg_test_openmetrics_parse (text, PG_METRICS_FORMAT_OPENMETRICS, &error);
   g_assert_no_error (error);
-  g_assert_cmpfloat (pg_test_openmetrics_get (samples, "t_logins_total{frontend=\"imap\",result=\"bad\"}"),
-                     ==, 2);
-  g_assert_cmpfloat (pg_test_openmetrics_get (samples, "t_latency_seconds_count{command=\"LOGIN\"}"),
-                     ==, 3);
+  g_assert_cmpfloat (
+      pg_test_openmetrics_get (samples, "t_logins_total{frontend=\"imap\",result=\"bad\"}"), ==, 2);
+  g_assert_cmpfloat (
+      pg_test_openmetrics_get (samples, "t_latency_seconds_count{command=\"LOGIN\"}"), ==, 3);
 }
 
 static void
@@ -178,14 +178,14 @@ static void
 test_checker_rejects (void)
 {
   static const char *const bad[] = {
-    "t 1\n# EOF\n",                                          /* no TYPE */
-    "# TYPE t gauge\nt 1\n",                                 /* no EOF */
-    "# TYPE t gauge\nt{a=\"x} 1\n# EOF\n",                   /* open quote */
-    "# TYPE t gauge\nt{a=\"\\x\"} 1\n# EOF\n",               /* bad escape */
-    "# TYPE t gauge\nu 1\n# EOF\n",                          /* other family */
-    "# TYPE t counter\nt 1\n# EOF\n",                        /* OM counter needs _total */
-    "# TYPE t gauge\nt one\n# EOF\n",                        /* value */
-    "# TYPE t gauge\nt 1\nt 2\n# EOF\n",                     /* duplicate */
+    "t 1\n# EOF\n",                            /* no TYPE */
+    "# TYPE t gauge\nt 1\n",                   /* no EOF */
+    "# TYPE t gauge\nt{a=\"x} 1\n# EOF\n",     /* open quote */
+    "# TYPE t gauge\nt{a=\"\\x\"} 1\n# EOF\n", /* bad escape */
+    "# TYPE t gauge\nu 1\n# EOF\n",            /* other family */
+    "# TYPE t counter\nt 1\n# EOF\n",          /* OM counter needs _total */
+    "# TYPE t gauge\nt one\n# EOF\n",          /* value */
+    "# TYPE t gauge\nt 1\nt 2\n# EOF\n",       /* duplicate */
     "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n# EOF\n",
     "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 2\n# EOF\n",
   };

@@ -74,8 +74,7 @@ void pg_metrics_family_get_histogram (PgMetricsFamily *family, guint i1, guint i
 
 /* Append the whole registry as text in `format`, ending with "# EOF\n" (a plain comment
  * for Prometheus 0.0.4 parsers). */
-void pg_metrics_registry_render (PgMetricsRegistry *registry, PgMetricsFormat format,
-                                 GString *out);
+void pg_metrics_registry_render (PgMetricsRegistry *registry, PgMetricsFormat format, GString *out);
 
 /* Append a label value escaped for the text formats (\\, \" and \n). */
 void pg_metrics_escape_label_value (GString *out, const char *value);
@@ -160,8 +159,7 @@ gchar *pg_metrics_render (PgMetricsFormat format, gsize *out_len);
 void pg_metrics_session_state (PgMetricsFrontend frontend, PgMetricsSessionState from,
                                PgMetricsSessionState to);
 void pg_metrics_login (PgMetricsFrontend frontend, PgMetricsLogin result);
-void pg_metrics_client_bytes (PgMetricsFrontend frontend, PgMetricsDirection direction,
-                              guint64 n);
+void pg_metrics_client_bytes (PgMetricsFrontend frontend, PgMetricsDirection direction, guint64 n);
 void pg_metrics_dele (PgMetricsDele outcome, guint n);
 void pg_metrics_error (PgMetricsError kind);
 /* Count an error by what it is (PG_ERROR code, G_IO_ERROR, G_TLS_ERROR, other). */

@@ -28,9 +28,9 @@ struct _PgMetricsFamily
   guint n_series;
   guint64 *bounds_us; /* owned: histogram bucket bounds, n_buckets of them (+Inf implied) */
   guint n_buckets;
-  gint64 *values;     /* owned: counters and gauges, one per series */
-  guint64 *buckets;   /* owned: histograms, (n_buckets + 1) per series, not cumulative */
-  guint64 *sums_us;   /* owned: histograms, one per series */
+  gint64 *values;   /* owned: counters and gauges, one per series */
+  guint64 *buckets; /* owned: histograms, (n_buckets + 1) per series, not cumulative */
+  guint64 *sums_us; /* owned: histograms, one per series */
 };
 
 struct _PgMetricsRegistry
@@ -163,8 +163,8 @@ pg_metrics_family_observe_us (PgMetricsFamily *family, guint i1, guint i2, guint
 }
 
 void
-pg_metrics_family_get_histogram (PgMetricsFamily *family, guint i1, guint i2,
-                                 guint64 *out_count, guint64 *out_sum_us)
+pg_metrics_family_get_histogram (PgMetricsFamily *family, guint i1, guint i2, guint64 *out_count,
+                                 guint64 *out_sum_us)
 {
   guint index = 0;
   guint64 count = 0;
@@ -265,12 +265,11 @@ pg_metrics_render_header (GString *out, const PgMetricsFamily *family, PgMetrics
 {
   static const char *const type_names[] = { "counter", "gauge", "histogram" };
   /* Prometheus 0.0.4 names a counter family by its sample name. */
-  const char *suffix
-      = format == PG_METRICS_FORMAT_PROMETHEUS && family->type == PG_METRICS_COUNTER ? "_total"
-                                                                                      : "";
+  const char *suffix = format == PG_METRICS_FORMAT_PROMETHEUS && family->type == PG_METRICS_COUNTER
+                           ? "_total"
+                           : "";
 
-  g_string_append_printf (out, "# TYPE %s%s %s\n", family->name, suffix,
-                          type_names[family->type]);
+  g_string_append_printf (out, "# TYPE %s%s %s\n", family->name, suffix, type_names[family->type]);
   if (format == PG_METRICS_FORMAT_OPENMETRICS && family->type == PG_METRICS_HISTOGRAM
       && g_str_has_suffix (family->name, "_seconds"))
     g_string_append_printf (out, "# UNIT %s seconds\n", family->name);
@@ -280,8 +279,8 @@ pg_metrics_render_header (GString *out, const PgMetricsFamily *family, PgMetrics
 }
 
 static void
-pg_metrics_render_histogram_series (GString *out, const PgMetricsFamily *family, guint i1,
-                                    guint i2, guint index)
+pg_metrics_render_histogram_series (GString *out, const PgMetricsFamily *family, guint i1, guint i2,
+                                    guint index)
 {
   const guint64 *counts = family->buckets + (gsize) index * (family->n_buckets + 1);
   guint64 cumulative = 0;
@@ -349,12 +348,11 @@ static const char *const pg_metrics_login_values[]
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_login_values) == PG_METRICS_LOGIN_COUNT + 1);
 static const char *const pg_metrics_direction_values[] = { "in", "out", NULL };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_direction_values) == PG_METRICS_DIRECTION_COUNT + 1);
-static const char *const pg_metrics_dele_values[]
-    = { "expunged", "moved", "kept", "failed", NULL };
+static const char *const pg_metrics_dele_values[] = { "expunged", "moved", "kept", "failed", NULL };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_dele_values) == PG_METRICS_DELE_COUNT + 1);
 static const char *const pg_metrics_error_values[]
-    = { "protocol", "line_too_long", "limit", "auth_failed", "upstream",
-        "tls",      "config",        "timeout", "io",        "other", NULL };
+    = { "protocol", "line_too_long", "limit", "auth_failed", "upstream", "tls",
+        "config",   "timeout",       "io",    "other",       NULL };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_error_values) == PG_METRICS_ERROR_COUNT + 1);
 static const char *const pg_metrics_version_values[] = { PG_VERSION, NULL };
 
@@ -382,9 +380,9 @@ typedef enum
 } PgMetricsCommand;
 
 static const char *const pg_metrics_command_values[] = {
-  "CAPABILITY", "STARTTLS", "ID",    "LOGIN",       "AUTHENTICATE", "SELECT",
-  "EXAMINE",    "FETCH",    "STORE", "EXPUNGE",     "MOVE",         "COPY",
-  "GETMETADATA", "SETMETADATA", "NOOP", "LOGOUT",   "OTHER",        NULL,
+  "CAPABILITY",  "STARTTLS",    "ID",    "LOGIN",   "AUTHENTICATE", "SELECT",
+  "EXAMINE",     "FETCH",       "STORE", "EXPUNGE", "MOVE",         "COPY",
+  "GETMETADATA", "SETMETADATA", "NOOP",  "LOGOUT",  "OTHER",        NULL,
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_command_values) == PG_METRICS_CMD_COUNT + 1);
 
@@ -414,11 +412,11 @@ pg_metrics_default_init (void)
 {
   PgMetricsDefault *m = &pg_metrics_default;
   const PgMetricsLabel version[] = { { "version", pg_metrics_version_values } };
-  const PgMetricsLabel frontend_state[] = { { "frontend", pg_metrics_frontend_values },
-                                            { "state", pg_metrics_state_values } };
+  const PgMetricsLabel frontend_state[]
+      = { { "frontend", pg_metrics_frontend_values }, { "state", pg_metrics_state_values } };
   const PgMetricsLabel frontend[] = { { "frontend", pg_metrics_frontend_values } };
-  const PgMetricsLabel frontend_result[] = { { "frontend", pg_metrics_frontend_values },
-                                             { "result", pg_metrics_login_values } };
+  const PgMetricsLabel frontend_result[]
+      = { { "frontend", pg_metrics_frontend_values }, { "result", pg_metrics_login_values } };
   const PgMetricsLabel frontend_direction[] = { { "frontend", pg_metrics_frontend_values },
                                                 { "direction", pg_metrics_direction_values } };
   const PgMetricsLabel outcome[] = { { "outcome", pg_metrics_dele_values } };
@@ -432,24 +430,24 @@ pg_metrics_default_init (void)
   m->sessions = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "popgate_sessions",
                                          "Client sessions now, by front end and state.",
                                          frontend_state, 2, NULL, 0);
-  m->sessions_started = pg_metrics_registry_add (
-      m->registry, PG_METRICS_COUNTER, "popgate_sessions_started",
-      "Client sessions started, by front end.", frontend, 1, NULL, 0);
+  m->sessions_started
+      = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "popgate_sessions_started",
+                                 "Client sessions started, by front end.", frontend, 1, NULL, 0);
   m->logins = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "popgate_logins",
-                                       "Login attempts, by front end and result.",
-                                       frontend_result, 2, NULL, 0);
+                                       "Login attempts, by front end and result.", frontend_result,
+                                       2, NULL, 0);
   m->client_bytes = pg_metrics_registry_add (
       m->registry, PG_METRICS_COUNTER, "popgate_client_bytes",
       "Bytes from (in) and to (out) clients, by front end.", frontend_direction, 2, NULL, 0);
-  m->dele = pg_metrics_registry_add (
-      m->registry, PG_METRICS_COUNTER, "popgate_pop3_dele_messages",
-      "Messages POP3 clients deleted, by what QUIT did with them.", outcome, 1, NULL, 0);
+  m->dele = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "popgate_pop3_dele_messages",
+                                     "Messages POP3 clients deleted, by what QUIT did with them.",
+                                     outcome, 1, NULL, 0);
   m->errors = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "popgate_errors",
                                        "Errors, by kind.", kind, 1, NULL, 0);
   m->upstream_latency = pg_metrics_registry_add (
       m->registry, PG_METRICS_HISTOGRAM, "popgate_upstream_command_duration_seconds",
-      "Upstream IMAP command latency, from sending to the tagged reply, by command.", command,
-      1, pg_metrics_latency_buckets_us, G_N_ELEMENTS (pg_metrics_latency_buckets_us));
+      "Upstream IMAP command latency, from sending to the tagged reply, by command.", command, 1,
+      pg_metrics_latency_buckets_us, G_N_ELEMENTS (pg_metrics_latency_buckets_us));
 }
 
 static inline PgMetricsDefault *
@@ -573,7 +571,7 @@ pg_metrics_gerror (const GError *error)
     kind = PG_METRICS_ERROR_TLS;
   else if (error->domain == G_IO_ERROR)
     kind = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ? PG_METRICS_ERROR_TIMEOUT
-                                                                      : PG_METRICS_ERROR_IO;
+                                                                     : PG_METRICS_ERROR_IO;
   pg_metrics_error (kind);
 }
 

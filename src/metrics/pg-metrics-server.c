@@ -103,15 +103,14 @@ pg_metrics_server_handle_cb (SoupServer *server, SoupServerMessage *msg, const c
     format = PG_METRICS_FORMAT_PROMETHEUS;
   body = pg_metrics_render (format, &len);
   soup_server_message_set_status (msg, SOUP_STATUS_OK, NULL);
-  soup_server_message_set_response (msg, pg_metrics_format_content_type (format),
-                                    SOUP_MEMORY_TAKE, body, len);
+  soup_server_message_set_response (msg, pg_metrics_format_content_type (format), SOUP_MEMORY_TAKE,
+                                    body, len);
 }
 
 static SoupServer *
 pg_metrics_server_listen (const PgListenAddr *addr, GError **error)
 {
-  g_autoptr (SoupServer) server
-      = soup_server_new ("server-header", "popgate/" PG_VERSION, NULL);
+  g_autoptr (SoupServer) server = soup_server_new ("server-header", "popgate/" PG_VERSION, NULL);
   g_autoptr (GError) local_error = NULL;
   gboolean ok;
 
@@ -145,8 +144,8 @@ gboolean
 pg_metrics_server_apply (PgMetricsServer *self, PgConfig *config, GError **error)
 {
   g_autoptr (GHashTable) wanted = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-  g_autoptr (GHashTable) opened = g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
-                                                         pg_metrics_server_soup_free);
+  g_autoptr (GHashTable) opened
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, pg_metrics_server_soup_free);
   GHashTableIter iter;
   gpointer key, value;
 
@@ -203,8 +202,8 @@ pg_metrics_server_get_bound_addresses (PgMetricsServer *self)
         {
           const char *host = g_uri_get_host (l->data);
           gboolean v6 = strchr (host, ':') != NULL;
-          g_ptr_array_add (bound, g_strdup_printf ("%s%s%s:%d", v6 ? "[" : "", host,
-                                                   v6 ? "]" : "", g_uri_get_port (l->data)));
+          g_ptr_array_add (bound, g_strdup_printf ("%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
+                                                   g_uri_get_port (l->data)));
         }
       g_slist_free_full (uris, (GDestroyNotify) g_uri_unref);
     }

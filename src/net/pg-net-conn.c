@@ -280,7 +280,8 @@ pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   conn->bytes_in += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN, (guint64) n);
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                           (guint64) n);
   pg_conn_restart_idle (conn);
   g_task_return_int (task, n);
 }
@@ -361,7 +362,8 @@ pg_conn_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   conn->write_offset += (gsize) n;
   conn->queued -= (gsize) n;
   conn->bytes_out += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT, (guint64) n);
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
+                           (guint64) n);
   if (conn->write_offset == g_bytes_get_size (head))
     {
       g_bytes_unref (g_queue_pop_head (&conn->write_queue));

@@ -168,7 +168,8 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
   shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
   /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
   if (self->state != PG_POP3_STATE_TRANSACTION || self->sasl != PG_POP3_SASL_NONE
-      || len > PG_POP3_MAX_COMMAND_LINE || pg_pop3_command_parse (line, len, &cmd) != PG_POP3_PARSE_OK)
+      || len > PG_POP3_MAX_COMMAND_LINE
+      || pg_pop3_command_parse (line, len, &cmd) != PG_POP3_PARSE_OK)
     {
       pg_trace (self->id, "C: %s", shown);
       return;
@@ -1366,7 +1367,8 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   self->read_buffer = g_malloc (PG_POP3_READ_CHUNK);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_pop3_session_conn_closed_cb), self);
-  pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE, PG_METRICS_SESSION_PREAUTH);
+  pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE,
+                            PG_METRICS_SESSION_PREAUTH);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_pop3_session_timeout_cb), self);
   g_signal_connect (conn, "shutdown", G_CALLBACK (pg_pop3_session_shutdown_cb), self);
   pg_session_info (self->id, "pop3 session from %s%s", pg_conn_get_peer (conn),
