@@ -223,38 +223,42 @@ main (int argc, char **argv)
 
   {
     PgMainState state = { 0 };
+    int rc = 0;
 
     state.loop = g_main_loop_new (NULL, FALSE);
     state.server = pg_server_new (config);
+    state.metrics = pg_metrics_server_new ();
     state.config_path = config_path;
     state.overrides = &overrides;
     pg_main_register_frontends (state.server);
-    if (!pg_server_start (state.server, &error))
-      {
-        fprintf (stderr, "popgate: %s\n", error->message);
-        g_object_unref (state.server);
-        g_main_loop_unref (state.loop);
-        return PG_EXIT_CONFIG;
-      }
-    pg_main_log_listeners (state.server);
-    state.metrics = pg_metrics_server_new ();
-    if (!pg_metrics_server_apply (state.metrics, config, &error))
-      {
-        fprintf (stderr, "popgate: %s\n", error->message);
-        g_object_unref (state.metrics);
-        g_object_unref (state.server);
-        g_main_loop_unref (state.loop);
-        return PG_EXIT_CONFIG;
-      }
-    pg_main_log_metrics (state.metrics);
-    pg_trace_set_enabled (pg_main_trace || config->log.trace);
+    /* Catch the signals before any listener opens: whoever sees a port accept (a client,
+     * a test, systemd) may signal at once, and SIGHUP's default action would kill us.
+     * They are dispatched only once the loop runs. */
     g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
     state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
     state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
     state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
-    pg_session_message (0, "ready");
-
-    g_main_loop_run (state.loop);
+    if (!pg_server_start (state.server, &error))
+      {
+        fprintf (stderr, "popgate: %s\n", error->message);
+        rc = PG_EXIT_CONFIG;
+      }
+    else
+      {
+        pg_main_log_listeners (state.server);
+        if (!pg_metrics_server_apply (state.metrics, config, &error))
+          {
+            fprintf (stderr, "popgate: %s\n", error->message);
+            rc = PG_EXIT_CONFIG;
+          }
+      }
+    if (rc == 0)
+      {
+        pg_main_log_metrics (state.metrics);
+        pg_trace_set_enabled (pg_main_trace || config->log.trace);
+        pg_session_message (0, "ready");
+        g_main_loop_run (state.loop);
+      }
 
     for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
       if (state.signal_ids[i] != 0)
@@ -263,6 +267,8 @@ main (int argc, char **argv)
     g_object_unref (state.server);
     g_main_loop_unref (state.loop);
     pg_metrics_shutdown ();
+    if (rc != 0)
+      return rc;
     pg_session_message (0, "stopped");
   }
   return 0;
