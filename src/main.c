@@ -5,8 +5,11 @@
 #include "pg-build-config.h"
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-metrics-server.h"
+#include "popgate/pg-metrics.h"
 #include "popgate/pg-net.h"
 #include "popgate/pg-pop3.h"
+#include "popgate/pg-trace.h"
 
 #include <glib-unix.h>
 #include <signal.h>
@@ -23,6 +26,7 @@
 #define PG_EXIT_USAGE 2
 
 static guint pg_main_verbosity = 0;
+static gboolean pg_main_trace = FALSE; /* --trace: on whatever the config says */
 
 /* --- systemd: readiness notification and socket activation --------------------------------
  * Without NOTIFY_SOCKET / LISTEN_FDS (not under systemd) both are no-ops. */
@@ -146,6 +150,7 @@ typedef struct
 {
   GMainLoop *loop;              /* owned */
   PgServer *server;             /* owned */
+  PgMetricsServer *metrics;     /* owned */
   const char *config_path;      /* unowned: NULL without --config */
   PgConfigOverrides *overrides; /* unowned */
   guint signal_ids[3];
@@ -170,6 +175,16 @@ pg_main_log_listeners (PgServer *server)
                               tls ? " (implicit TLS)" : "",
                               (const char *) g_ptr_array_index (bound, i));
       }
+}
+
+static void
+pg_main_log_metrics (PgMetricsServer *metrics)
+{
+  g_autoptr (GPtrArray) bound = pg_metrics_server_get_bound_addresses (metrics);
+
+  for (guint i = 0; i < bound->len; i++)
+    pg_session_message (0, "metrics at http://%s/metrics",
+                        (const char *) g_ptr_array_index (bound, i));
 }
 
 static void
@@ -211,8 +226,15 @@ pg_main_reload_cb (gpointer user_data)
       pg_main_notify ("READY=1", "serving; the last reload was refused: %s", error->message);
       return G_SOURCE_CONTINUE;
     }
+  if (!pg_metrics_server_apply (state->metrics, config, &error))
+    {
+      pg_session_warning (0, "reload: metrics listeners unchanged: %s", error->message);
+      g_clear_error (&error);
+    }
+  pg_trace_set_enabled (pg_main_trace || config->log.trace);
   pg_session_message (0, "configuration reloaded from %s", config->source);
   pg_main_log_listeners (state->server);
+  pg_main_log_metrics (state->metrics);
   pg_main_notify ("READY=1", "serving; configuration reloaded from %s", config->source);
   return G_SOURCE_CONTINUE;
 }
@@ -252,6 +274,10 @@ main (int argc, char **argv)
       "IMAP listener; overrides [imap] listen (repeatable)", "ADDR:PORT" },
     { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, (gpointer) pg_main_verbose_cb,
       "More log detail: -v info, -vv debug (secrets are never logged)", NULL },
+    { "trace", 0, 0, G_OPTION_ARG_NONE, &pg_main_trace,
+      "Audit trace: log each client command with the upstream commands it caused and the "
+      "message number/UID/UIDL mapping (secrets redacted); same as [log] trace = true",
+      NULL },
     { "version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL },
     G_OPTION_ENTRY_NULL,
   };
@@ -347,14 +373,17 @@ main (int argc, char **argv)
 
   {
     PgMainState state = { 0 };
+    int rc = 0;
 
     state.loop = g_main_loop_new (NULL, FALSE);
     state.server = pg_server_new (config);
+    state.metrics = pg_metrics_server_new ();
     state.config_path = config_path;
     state.overrides = &overrides;
     pg_main_register_frontends (state.server);
     /* Before the listeners open: a SIGHUP or SIGTERM sent as soon as a port accepts must
      * not meet the default action (which ends the process). They run once the loop does. */
+    g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
     state.signal_ids[0] = g_unix_signal_add (SIGTERM, pg_main_stop_cb, &state);
     state.signal_ids[1] = g_unix_signal_add (SIGINT, pg_main_stop_cb, &state);
     state.signal_ids[2] = g_unix_signal_add (SIGHUP, pg_main_reload_cb, &state);
@@ -374,25 +403,36 @@ main (int argc, char **argv)
       }
     if (error != NULL || !pg_server_start (state.server, &error))
       {
-        for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
-          g_source_remove (state.signal_ids[i]);
         fprintf (stderr, "popgate: %s\n", error->message);
-        g_object_unref (state.server);
-        g_main_loop_unref (state.loop);
-        return PG_EXIT_CONFIG;
+        rc = PG_EXIT_CONFIG;
       }
-    pg_main_log_listeners (state.server);
-    g_signal_connect (state.server, "idle", G_CALLBACK (pg_main_idle_cb), &state);
-    pg_session_message (0, "ready");
-    pg_main_notify ("READY=1", "serving; configuration from %s", config->source);
-
-    g_main_loop_run (state.loop);
+    else
+      {
+        pg_main_log_listeners (state.server);
+        if (!pg_metrics_server_apply (state.metrics, config, &error))
+          {
+            fprintf (stderr, "popgate: %s\n", error->message);
+            rc = PG_EXIT_CONFIG;
+          }
+      }
+    if (rc == 0)
+      {
+        pg_main_log_metrics (state.metrics);
+        pg_trace_set_enabled (pg_main_trace || config->log.trace);
+        pg_session_message (0, "ready");
+        pg_main_notify ("READY=1", "serving; configuration from %s", config->source);
+        g_main_loop_run (state.loop);
+      }
 
     for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
       if (state.signal_ids[i] != 0)
         g_source_remove (state.signal_ids[i]);
+    g_object_unref (state.metrics);
     g_object_unref (state.server);
     g_main_loop_unref (state.loop);
+    pg_metrics_shutdown ();
+    if (rc != 0)
+      return rc;
     pg_session_message (0, "stopped");
   }
   return 0;

@@ -18,6 +18,10 @@
 #define PG_POP3_INPUT_BUFFER 8192
 /* Consecutive over-long lines before we give up on the client: a flood. */
 #define PG_POP3_MAX_LONG_LINES 3
+/* The audit trace of a QUIT lists the UIDs the delete policy applies to, up to this many
+ * (then "…(+N)"): one log line stays readable and bounded however much was deleted; the
+ * upstream's own UID STORE/EXPUNGE lines carry the full sets. */
+#define PG_POP3_TRACE_MAX_UIDS 64
 
 /* --- IMAP front end (before login; after login we relay with bounded buffers) --- */
 /* RFC 9051 recommends accepting at least 8000 octets per command line. */

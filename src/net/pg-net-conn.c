@@ -7,9 +7,15 @@
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-metrics.h"
 
 #include <stdarg.h>
 #include <string.h>
+
+/* Metrics count bytes by PgFrontend as PgMetricsFrontend: the two enums must agree. */
+G_STATIC_ASSERT ((int) PG_METRICS_FRONTEND_POP3 == (int) PG_FRONTEND_POP3
+                 && (int) PG_METRICS_FRONTEND_IMAP == (int) PG_FRONTEND_IMAP
+                 && (int) PG_METRICS_FRONTEND_COUNT == (int) PG_FRONTEND_COUNT);
 
 /* How long pg_conn_close() waits for queued output before dropping it. */
 #define PG_CONN_CLOSE_FLUSH_MS 5000
@@ -297,6 +303,8 @@ pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   conn->bytes_in += (guint64) n;
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                           (guint64) n);
   pg_conn_restart_idle (conn);
   g_task_return_int (task, n);
 }
@@ -377,6 +385,8 @@ pg_conn_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   conn->write_offset += (gsize) n;
   conn->queued -= (gsize) n;
   conn->bytes_out += (guint64) n;
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
+                           (guint64) n);
   if (conn->write_offset == g_bytes_get_size (head))
     {
       g_bytes_unref (g_queue_pop_head (&conn->write_queue));

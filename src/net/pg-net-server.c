@@ -11,6 +11,7 @@
 #include "popgate/pg-codec-proxy.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-metrics.h"
 
 #include <string.h>
 
@@ -375,6 +376,7 @@ pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_dat
   if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
     {
       pg_session_info (accept->id, "TLS handshake with a client failed: %s", error->message);
+      pg_metrics_error (PG_METRICS_ERROR_TLS);
       pg_accept_drop (accept);
       return;
     }
@@ -547,6 +549,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
     {
       pg_session_message (id, "refusing %s connection from %s: %s",
                           pg_frontend_to_string (listener->frontend), peer_text, refusal);
+      pg_metrics_error (PG_METRICS_ERROR_LIMIT);
       /* A peer that should have sent a PROXY header is not a client to talk to. */
       if (!proxied)
         pg_server_send_refusal (listener->frontend, listener->tls, socket, refusal);

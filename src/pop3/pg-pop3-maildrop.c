@@ -10,6 +10,7 @@
 
 #include "pg-build-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-metrics.h"
 #include "popgate/pg-upstream.h"
 
 #include <string.h>
@@ -415,6 +416,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
                                            data->deleted->len, error->message);
+          pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
         }
@@ -427,6 +429,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
           pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
                                            "expunged: the server lacks UIDPLUS",
                                            data->deleted->len);
+          pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
         }
@@ -436,6 +439,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       if (!pg_upstream_expunge_finish (upstream, result, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
                                          "expunged (%s)", data->deleted->len, error->message);
+      pg_metrics_dele (error == NULL ? PG_METRICS_DELE_EXPUNGED : PG_METRICS_DELE_FAILED,
+                       data->deleted->len);
       data->step = PG_UPDATE_DONE;
       break;
     case PG_UPDATE_MOVE:
@@ -453,6 +458,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
                                            data->deleted->len,
                                            data->move_mailbox);
         }
+      pg_metrics_dele (error == NULL && removed ? PG_METRICS_DELE_MOVED : PG_METRICS_DELE_FAILED,
+                       data->deleted->len);
       data->step = PG_UPDATE_DONE;
       break;
     case PG_UPDATE_DONE:
@@ -485,6 +492,7 @@ pg_pop3_maildrop_update_next (GTask *task)
         case PG_UPDATE_FLAG_DELETED:
           if (data->deleted->len == 0 || data->policy == PG_DELETE_KEEP)
             {
+              pg_metrics_dele (PG_METRICS_DELE_KEPT, data->deleted->len); /* 0 unless keep */
               data->step = PG_UPDATE_DONE;
               continue;
             }

@@ -22,6 +22,8 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-state.h"
+#include "popgate/pg-metrics.h"
+#include "popgate/pg-trace.h"
 
 #include <string.h>
 
@@ -135,6 +137,85 @@ pg_pop3_session_get_n_live (void)
   return pg_pop3_n_live;
 }
 
+/* --- metrics and audit trace (pg-metrics.h, pg-trace.h) ---------------------------------- */
+
+static PgMetricsSessionState
+pg_pop3_session_metrics_state_of (PgPop3State state)
+{
+  switch (state)
+    {
+    case PG_POP3_STATE_AUTHORIZATION:
+      return PG_METRICS_SESSION_PREAUTH;
+    case PG_POP3_STATE_TRANSACTION:
+      return PG_METRICS_SESSION_AUTHENTICATED;
+    case PG_POP3_STATE_UPDATE:
+      return PG_METRICS_SESSION_UPDATE;
+    case PG_POP3_STATE_CLOSED:
+      return PG_METRICS_SESSION_NONE;
+    case PG_POP3_STATE_COUNT:
+      break;
+    }
+  g_return_val_if_reached (PG_METRICS_SESSION_NONE);
+}
+
+/* The session gauge follows every state change, including the start and the end. */
+static void
+pg_pop3_session_metrics_state (PgPop3Session *self, PgPop3State to)
+{
+  pg_metrics_session_state (PG_METRICS_FRONTEND_POP3,
+                            pg_pop3_session_metrics_state_of (self->state),
+                            pg_pop3_session_metrics_state_of (to));
+}
+
+/* Trace a client line: redacted, with the message number's UID and UIDL (and at QUIT the
+ * UIDs the delete policy will be applied to), so the upstream commands traced next can be
+ * matched to it. */
+static void
+pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
+{
+  g_auto (PgPop3Command) cmd = { 0 };
+  g_autofree gchar *shown = NULL;
+
+  if (!pg_trace_is_enabled ())
+    return;
+  shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
+  /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
+  if (self->state != PG_POP3_STATE_TRANSACTION || self->sasl != PG_POP3_SASL_NONE
+      || len > PG_POP3_MAX_COMMAND_LINE
+      || pg_pop3_command_parse (line, len, &cmd) != PG_POP3_PARSE_OK)
+    {
+      pg_trace (self->id, "C: %s", shown);
+      return;
+    }
+  if (cmd.has_message && cmd.message >= 1 && cmd.message <= self->messages->len)
+    {
+      const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, cmd.message - 1);
+      pg_trace (self->id, "C: %s -> uid %u uidl %08x%08x%s", shown, msg->uid, msg->uid,
+                self->uidvalidity,
+                self->flags[cmd.message - 1] & PG_POP3_MSG_DELETED ? " (already deleted)" : "");
+      return;
+    }
+  if (cmd.kind == PG_POP3_COMMAND_QUIT)
+    {
+      g_autoptr (GString) uids = g_string_new (NULL);
+      guint n = 0;
+
+      for (guint i = 0; i < self->messages->len; i++)
+        if (self->flags[i] & PG_POP3_MSG_DELETED)
+          {
+            if (n++ < PG_POP3_TRACE_MAX_UIDS)
+              g_string_append_printf (uids, "%s%u", uids->len > 0 ? "," : "",
+                                      g_array_index (self->messages, PgPop3Message, i).uid);
+          }
+      if (n > PG_POP3_TRACE_MAX_UIDS)
+        g_string_append_printf (uids, ",…(+%u)", n - PG_POP3_TRACE_MAX_UIDS);
+      pg_trace (self->id, "C: %s -> delete=%s for %u uids [%s]", shown,
+                pg_delete_policy_to_string (self->config->pop3.delete_policy), n, uids->str);
+      return;
+    }
+  pg_trace (self->id, "C: %s", shown);
+}
+
 static void
 pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
 {
@@ -142,6 +223,7 @@ pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
     return;
   pg_session_debug (self->id, "state %s -> %s", pg_pop3_state_names[self->state],
                     pg_pop3_state_names[state]);
+  pg_pop3_session_metrics_state (self, state);
   self->state = state;
 }
 
@@ -273,6 +355,7 @@ pg_pop3_session_conn_closed_cb (PgConn *conn, gpointer user_data)
     pg_pop3_maildrop_close (self->maildrop);
   pg_pop3_session_release_lock (self);
   pg_pop3_session_log_end (self);
+  pg_pop3_session_metrics_state (self, PG_POP3_STATE_CLOSED);
   self->state = PG_POP3_STATE_CLOSED;
   g_signal_handlers_disconnect_by_data (conn, self);
   /* Drop the reference the session held on itself for the connection's life. */
@@ -294,6 +377,7 @@ static void
 pg_pop3_session_bad_command (PgPop3Session *self)
 {
   self->bad_commands++;
+  pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
   if (self->bad_commands >= self->config->limits.max_bad_commands)
     {
       pg_pop3_reply (self, "-ERR Too many bad commands, closing");
@@ -368,6 +452,7 @@ static void
 pg_pop3_session_auth_failed (PgPop3Session *self)
 {
   self->auth_failures++;
+  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_AUTH_FAILED);
   self->busy = TRUE;
   g_clear_pointer (&self->user, g_free);
   g_clear_pointer (&self->upstream_user, g_free);
@@ -402,6 +487,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
                       user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
                       self->n_hidden);
   self->busy = FALSE;
+  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_OK);
   pg_pop3_reply (self, "+OK Logged in.");
   pg_pop3_session_process (self);
 }
@@ -772,6 +858,8 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
         }
       pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
                           error->message);
+      pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_UPSTREAM_UNAVAILABLE);
+      pg_metrics_gerror (error);
       self->busy = FALSE;
       g_clear_pointer (&self->user, g_free);
       pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
@@ -788,6 +876,7 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
     if (g_hash_table_contains (pg_pop3_locks, key))
       {
         pg_session_message (self->id, "maildrop of user=%s is in use by another session", user);
+        pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
         pg_pop3_maildrop_close (self->maildrop);
         g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
         g_clear_pointer (&self->user, g_free);
@@ -1515,6 +1604,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
         {
           pg_session_warning (self->id, "fetching message %u failed: %s", transfer->index + 1,
                               error->message);
+          pg_metrics_gerror (error);
           if (transfer->sent_ok)
             {
               /* Part of the message is out: the only honest end is to drop the connection
@@ -1627,6 +1717,7 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
   if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
     {
       pg_session_warning (self->id, "QUIT: update not fully applied: %s", error->message);
+      pg_metrics_gerror (error);
       self->quit_problem = g_strdup (error->message);
     }
   if (self->client_state->pending != PG_STATE_PENDING_NONE)
@@ -1787,6 +1878,7 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
   g_auto (PgPop3Command) cmd = { 0 };
   PgPop3ParseResult parsed;
 
+  pg_pop3_session_trace (self, line, len);
   if (pg_log_get_level () >= PG_LOG_LEVEL_DEBUG)
     {
       g_autofree gchar *shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
@@ -1850,6 +1942,7 @@ pg_pop3_session_process (PgPop3Session *self)
       if (status == PG_LINE_READER_ERROR)
         {
           self->long_lines++;
+          pg_metrics_error (PG_METRICS_ERROR_LINE_TOO_LONG);
           pg_pop3_reply (self, "-ERR Command line too long.");
           if (self->long_lines >= PG_POP3_MAX_LONG_LINES)
             {
@@ -1920,6 +2013,7 @@ pg_pop3_session_timeout_cb (PgConn *conn, gpointer user_data)
   /* RFC 1939 §3: an autologout timer ends the session without entering UPDATE. */
   if (self->state == PG_POP3_STATE_UPDATE)
     return TRUE; /* QUIT is being applied; its own upstream timeouts bound it */
+  pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
   pg_pop3_reply (self, "-ERR Disconnected for inactivity.");
   pg_pop3_session_end (self, "inactivity timeout");
   return TRUE;
@@ -1951,6 +2045,8 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   self->read_buffer = g_malloc (PG_POP3_READ_CHUNK);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_pop3_session_conn_closed_cb), self);
+  pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE,
+                            PG_METRICS_SESSION_PREAUTH);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_pop3_session_timeout_cb), self);
   g_signal_connect (conn, "shutdown", G_CALLBACK (pg_pop3_session_shutdown_cb), self);
   pg_session_info (self->id, "pop3 session from %s%s", pg_conn_get_peer (conn),

@@ -16,6 +16,8 @@
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-imap-writer.h"
+#include "popgate/pg-metrics.h"
+#include "popgate/pg-trace.h"
 #include "popgate/pg-limits.h"
 
 #include <string.h>
@@ -70,6 +72,7 @@ struct _PgUpstreamCmd
   PgUpstream *owner;         /* unowned */
   GCancellable *cancellable; /* owned: the caller's, while we listen to it */
   gulong cancelled_id;
+  gint64 sent_us;            /* monotonic time it went to the server: latency metric */
 
   /* FETCH_SIZES */
   PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
@@ -430,6 +433,30 @@ pg_upstream_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   pg_upstream_flush (self);
 }
 
+/* A part of a command going out (already redacted): the debug log and the audit trace. */
+static void
+pg_upstream_log_sent (PgUpstream *self, const char *text)
+{
+  pg_session_debug (self->sid, "upstream C: %s", text);
+  pg_trace (self->sid, "U: %s", text);
+}
+
+/* A command completed: its latency, and in the trace its result. */
+static void
+pg_upstream_observe_reply (PgUpstream *self, const PgUpstreamCmd *cmd,
+                           const PgImapResponse *response)
+{
+  gint64 us = g_get_monotonic_time () - cmd->sent_us;
+
+  pg_metrics_upstream_command (cmd->name, us);
+  if (pg_trace_is_enabled ())
+    {
+      g_autofree gchar *text = pg_log_escape (response->text, strlen (response->text), 80);
+      pg_trace (self->sid, "U: %s %s %s (%" G_GINT64_FORMAT " ms) %s", response->tag, cmd->name,
+                response->keyword != NULL ? response->keyword : "?", us / 1000, text);
+    }
+}
+
 static void
 pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
 {
@@ -440,22 +467,24 @@ pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
   const char *data;
   g_autofree gchar *line = NULL;
 
-  if (pg_log_get_level () < PG_LOG_LEVEL_DEBUG)
+  if (pg_log_get_level () < PG_LOG_LEVEL_DEBUG && !pg_trace_is_enabled ())
     return;
   if (part->secret)
     {
-      pg_session_debug (self->sid, "upstream C: <secret literal>");
+      pg_upstream_log_sent (self, "<secret literal>");
       return;
     }
   if (index > 0 && next != NULL && next->secret)
     {
       /* " {12}\r\n" before a secret would give away its length. */
-      pg_session_debug (self->sid, "upstream C: <literal header>");
+      pg_upstream_log_sent (self, "<literal header>");
       return;
     }
   data = g_bytes_get_data (part->bytes, &size);
+  if (size >= 2 && data[size - 2] == '\r' && data[size - 1] == '\n')
+    size -= 2; /* a log line, not a wire dump */
   line = pg_log_redact_line (data, size, FALSE);
-  pg_session_debug (self->sid, "upstream C: %s", line);
+  pg_upstream_log_sent (self, line);
 }
 
 /* Write the next part if nothing is being written and the part may go now. */
@@ -475,6 +504,7 @@ pg_upstream_flush (PgUpstream *self)
             return;
           g_queue_push_tail (&self->pending, cmd);
           self->sending = cmd;
+          cmd->sent_us = g_get_monotonic_time ();
           pg_upstream_update_timeout (self);
         }
       if (cmd->next_part >= cmd->parts->len)
@@ -758,6 +788,7 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   if (self->sending == cmd)
     self->sending = NULL; /* e.g. NO instead of "+" for a literal: drop the rest */
   self->caps_from_code = FALSE;
+  pg_upstream_observe_reply (self, cmd, response);
   pg_upstream_handle_code (self, response);
   cmd->done (self, cmd, response, NULL);
   pg_upstream_cmd_free (cmd);
