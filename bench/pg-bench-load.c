@@ -54,6 +54,7 @@ typedef struct
   PgBenchLoad *load; /* unowned */
   guint index;
   const char *user;  /* unowned */
+  gchar *login;      /* owned: the POP3 login name (user, maybe with a client tag) */
   GSocketConnection *conn; /* owned */
   GCancellable *cancellable; /* owned */
   guint ops;         /* async operations in flight (connect, read, write) */
@@ -364,7 +365,7 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
           if (session->state == PG_BENCH_STATE_CAPA)
             {
               session->state = PG_BENCH_STATE_USER;
-              pg_bench_session_send (session, "USER %s", session->user);
+              pg_bench_session_send (session, "USER %s", session->login);
             }
           else if (session->uidl_lines != session->n_messages)
             pg_bench_session_fail (session, "UIDL listed %" G_GUINT64_FORMAT " of %"
@@ -568,7 +569,8 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
     {
       guint64 n = 0;
 
-      if (session->state == PG_BENCH_STATE_STAT
+      /* sscanf alone would also take "* 0 RECENT": its count ignores the literal tail. */
+      if (session->state == PG_BENCH_STATE_STAT && g_str_has_suffix (line, " EXISTS\r\n")
           && sscanf (line, "* %" G_GUINT64_FORMAT " EXISTS", &n) == 1)
         session->n_messages = n;
       /* A FETCH response line ends with the literal's announcement: {N}CRLF. */
@@ -805,6 +807,10 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->load = load;
       session->index = i;
       session->user = options->users[i % options->n_users];
+      session->login = options->client_tag_separator != NULL
+                         ? g_strdup_printf ("%s%ss%u", session->user,
+                                            options->client_tag_separator, i)
+                         : g_strdup (session->user);
       session->cancellable = g_cancellable_new ();
       session->buf = g_malloc (PG_BENCH_READ_BUFFER);
       session->line = g_string_sized_new (256);
@@ -891,6 +897,7 @@ pg_bench_load_free (PgBenchLoad *load)
       g_clear_object (&session->conn);
       g_clear_object (&session->cancellable);
       g_free (session->buf);
+      g_free (session->login);
       g_string_free (session->line, TRUE);
       g_string_free (session->outq, TRUE);
       g_string_free (session->writing, TRUE);

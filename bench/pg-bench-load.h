@@ -31,6 +31,9 @@ typedef struct
   const char *const *users;   /* unowned: session i logs in as users[i % n_users] */
   guint n_users;
   const char *password;       /* unowned: the same for every user */
+  /* POP3: log in as USER<sep>s<i> (a client tag per session), for gateways that lock the
+   * maildrop per (user, client) as RFC 1939 asks; NULL: plain user names. */
+  const char *client_tag_separator;
   guint pipeline;             /* POP3 RETRs in flight (1 = no pipelining) */
   gboolean idle;              /* stop after login; pg_bench_load_release() ends them */
   guint64 expect_messages;    /* per session; 0 = do not check */

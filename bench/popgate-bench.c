@@ -615,6 +615,9 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
     {
     case PG_BENCH_PATH_POPGATE:
       options.port = bench->popgate->pop3_port;
+      /* popgate locks a maildrop per (user, client tag), as RFC 1939 asks; Dovecot's POP3
+       * does not lock (pop3_lock_session = no). Each session is its own client. */
+      options.client_tag_separator = "#";
       break;
     case PG_BENCH_PATH_ANCHOR:
       options.port = bench->anchor->pop3_port;
@@ -828,7 +831,7 @@ pg_bench_idle (PgBench *bench, PgBenchPath path, PgBenchIdle *out)
   pg_bench_load_release (load);
   r = pg_bench_load_take_result (load);
   bench->failures += r->sessions_failed;
-  g_print ("  idle %s: %u/%d sessions held; RSS %" G_GUINT64_FORMAT " → %" G_GUINT64_FORMAT
+  g_print ("  idle %s: %u/%d sessions held; RSS %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT
            " KiB over %u processes (PSS %" G_GUINT64_FORMAT " KiB)%s%s\n",
            pg_bench_path_names[path], out->held, pg_bench_idle_sessions, out->before_kb,
            out->with_kb, out->processes, out->pss_kb, r->first_error != NULL ? "; " : "",
@@ -968,7 +971,7 @@ main (int argc, char **argv)
   bench.pool = g_array_new (FALSE, FALSE, sizeof (PgBenchPoolFile));
   bench.report = g_string_new (NULL);
 
-  g_print ("popgate-bench: seeding %d × %d KB + [%s] MB for %u users, starting servers…\n",
+  g_print ("popgate-bench: seeding %d x %d KB + [%s] MB for %u users, starting servers\n",
            pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, n_users);
   bench.upstream = pg_test_dovecot_new (NULL, &error);
   if (bench.upstream == NULL || !pg_bench_seed (&bench, n_users, &error)
@@ -988,7 +991,7 @@ main (int argc, char **argv)
     bench.relay = pg_bench_load_get_n_idle (probe) == 1;
     pg_bench_load_release (probe);
   }
-  g_print ("popgate-bench: warming up (relay %s)…\n", bench.relay ? "available" : "pending");
+  g_print ("popgate-bench: warming up (relay %s)\n", bench.relay ? "available" : "pending");
   if (!pg_bench_warm (&bench, &bench.full, &error) || !pg_bench_warm (&bench, &bench.bulk, &error))
     {
       g_printerr ("popgate-bench: %s\n", error->message);
@@ -1108,7 +1111,9 @@ main (int argc, char **argv)
         pg_bench_emit (&bench, "- K=%s %s: %s\n", ks[i], pg_bench_path_names[path],
                        figures[i * PG_BENCH_PATH_COUNT + (gsize) path].error);
 
-  g_print ("\n%s", bench.report->str);
+  /* Raw bytes: the report is UTF-8 whatever the locale says. */
+  fputs ("\n", stdout);
+  fwrite (bench.report->str, 1, bench.report->len, stdout);
   if (!g_file_set_contents (pg_bench_output, bench.report->str, (gssize) bench.report->len, &error))
     {
       g_printerr ("popgate-bench: %s\n", error->message);
@@ -1118,6 +1123,8 @@ main (int argc, char **argv)
     g_print ("\nwritten to %s\n", pg_bench_output);
 
 out:
+  if (g_getenv ("PG_BENCH_DEBUG_PAUSE") != NULL)
+    g_usleep ((gulong) atoi (g_getenv ("PG_BENCH_DEBUG_PAUSE")) * G_USEC_PER_SEC);
   for (gsize i = 0; figures != NULL && ks[i] != NULL; i++)
     for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
       pg_bench_figures_clear (&figures[i * PG_BENCH_PATH_COUNT + (gsize) path]);
