@@ -233,6 +233,38 @@ pg_test_line_take_raw_then_compact (void)
                    PG_LINE_READER_NEED_MORE);
 }
 
+/* peek and peek_at look ahead without taking anything; next() still returns every line. */
+static void
+pg_test_line_peek (void)
+{
+  g_autoptr (PgLineReader) reader = pg_line_reader_new (64);
+  g_autoptr (GError) error = NULL;
+  const char *input = "RETR 1\r\nRETR 2\nRETR";
+  const char *line = NULL;
+  gsize len = 0;
+  gsize offset = 0;
+
+  g_assert_false (pg_line_reader_peek (reader, &line, &len));
+  g_assert_cmpuint (pg_line_reader_feed (reader, input, strlen (input)), ==, strlen (input));
+  g_assert_true (pg_line_reader_peek (reader, &line, &len));
+  g_assert_cmpmem (line, len, "RETR 1", 6);
+  g_assert_true (pg_line_reader_peek_at (reader, &offset, &line, &len));
+  g_assert_cmpmem (line, len, "RETR 1", 6);
+  g_assert_true (pg_line_reader_peek_at (reader, &offset, &line, &len));
+  g_assert_cmpmem (line, len, "RETR 2", 6);
+  /* "RETR" has no line end yet. */
+  g_assert_false (pg_line_reader_peek_at (reader, &offset, &line, &len));
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &len, &error), ==, PG_LINE_READER_LINE);
+  g_assert_cmpmem (line, len, "RETR 1", 6);
+  offset = 0;
+  g_assert_true (pg_line_reader_peek_at (reader, &offset, &line, &len));
+  g_assert_cmpmem (line, len, "RETR 2", 6);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &len, &error), ==, PG_LINE_READER_LINE);
+  g_assert_cmpmem (line, len, "RETR 2", 6);
+  g_assert_false (pg_line_reader_peek (reader, &line, &len));
+  g_assert_no_error (error);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -243,6 +275,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/codec-line/back-pressure", pg_test_line_back_pressure);
   g_test_add_func ("/popgate/codec-line/discard-buffered", pg_test_line_discard_buffered);
   g_test_add_func ("/popgate/codec-line/take-raw", pg_test_line_take_raw);
+  g_test_add_func ("/popgate/codec-line/peek", pg_test_line_peek);
   g_test_add_func ("/popgate/codec-line/take-raw-then-compact", pg_test_line_take_raw_then_compact);
   return g_test_run ();
 }

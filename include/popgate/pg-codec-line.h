@@ -58,6 +58,10 @@ PgLineReaderStatus pg_line_reader_next (PgLineReader *reader, const char **out_l
 /* Look at the next complete line without taking it (FALSE if none is buffered, or while
  * discarding after an over-long line). The pointer is valid until the next call. */
 gboolean pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize *out_len);
+/* The same from *inout_offset (bytes after the next unread one; start with 0), which is
+ * advanced past the line: call again for the line after it. */
+gboolean pg_line_reader_peek_at (PgLineReader *reader, gsize *inout_offset, const char **out_line,
+                                 gsize *out_len);
 gsize pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out_data);
 
 /* Drop (and wipe) everything buffered and any discard in progress; returns how many bytes

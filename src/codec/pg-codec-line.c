@@ -153,24 +153,36 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
 }
 
 gboolean
-pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize *out_len)
+pg_line_reader_peek_at (PgLineReader *reader, gsize *inout_offset, const char **out_line,
+                        gsize *out_len)
 {
   const guint8 *lf;
+  gsize from;
   gsize line_end;
 
-  g_return_val_if_fail (reader != NULL, FALSE);
+  g_return_val_if_fail (reader != NULL && inout_offset != NULL, FALSE);
 
-  if (reader->discarding || reader->end == reader->start)
+  from = reader->start + *inout_offset;
+  if (reader->discarding || from >= reader->end)
     return FALSE;
-  lf = memchr (reader->buf + reader->start, '\n', reader->end - reader->start);
+  lf = memchr (reader->buf + from, '\n', reader->end - from);
   if (lf == NULL)
     return FALSE;
   line_end = (gsize) (lf - reader->buf);
-  if (line_end > reader->start && reader->buf[line_end - 1] == '\r')
+  *inout_offset = line_end + 1 - reader->start;
+  if (line_end > from && reader->buf[line_end - 1] == '\r')
     line_end--;
-  *out_line = (const char *) reader->buf + reader->start;
-  *out_len = line_end - reader->start;
+  *out_line = (const char *) reader->buf + from;
+  *out_len = line_end - from;
   return TRUE;
+}
+
+gboolean
+pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize *out_len)
+{
+  gsize offset = 0;
+
+  return pg_line_reader_peek_at (reader, &offset, out_line, out_len);
 }
 
 gsize

@@ -27,6 +27,8 @@
 
 #include <string.h>
 
+/* Pipelined RETRs fetched ahead of the one being sent (each holds at most one chunk). */
+#define PG_POP3_PREFETCH_DEPTH 8
 /* TOP fetches the body text in partial fetches of this size until it has its lines. */
 #define PG_POP3_TOP_PARTIAL (64 * 1024)
 /* Socket reads go into this much stack-free scratch space per session. */
@@ -117,7 +119,7 @@ struct _PgPop3Session
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
-  PgPop3Transfer *prefetch; /* owned: the next RETR, fetched ahead */
+  GQueue prefetch;           /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
   gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
   GByteArray *stuffed;     /* owned: scratch for stuffed output */
 };
@@ -262,7 +264,7 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
-  g_clear_pointer (&self->prefetch, pg_pop3_transfer_free);
+  g_queue_clear_full (&self->prefetch, (GDestroyNotify) pg_pop3_transfer_free);
   g_clear_pointer (&self->stuffed, g_byte_array_unref);
   g_clear_object (&self->cancellable);
   g_clear_object (&self->read_cancellable);
@@ -1310,9 +1312,9 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  * upstream to the client. Chunks are dot-stuffed and queued for the client as they come;
  * while the client is behind, the upstream is paused (back-pressure both ways).
  *
- * RFC 2449 PIPELINING: when a RETR starts and the next buffered command is another RETR,
- * that message is fetched at once on the same upstream connection (one transfer ahead), so
- * a batch of RETRs costs no upstream round trip each. The server sends the bodies in
+ * RFC 2449 PIPELINING: when a RETR starts and the next buffered commands are RETRs too,
+ * those messages are fetched at once on the same upstream connection (up to
+ * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server sends the bodies in
  * order, but may send the next FETCH's body before the previous command's tagged OK
  * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
@@ -1453,22 +1455,30 @@ pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
   if (transfer->active)
     return pg_pop3_session_send_chunk (self, transfer, chunk);
 
-  /* The prefetched message's body has begun, so the current one's body is complete:
-   * finish that RETR now; the client's next command (this RETR) activates us. */
+  /* A prefetched message's body has begun, so every body before it is complete: finish
+   * those RETRs now (one that got no chunk got no body: it vanished); the client's next
+   * command, this RETR, then makes this transfer current. */
   g_assert (transfer->held == NULL);
   transfer->held = g_bytes_ref (chunk);
-  if (self->transfer != NULL && self->transfer != transfer && !self->transfer->is_top)
-    {
-      g_autoptr (PgPop3Session) keep = g_object_ref (self);
-      PgPop3Transfer *current = self->transfer;
-      if (current->delivered == 0 && current->error == NULL)
-        current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                                      "no body came for this message");
-      current->finished = TRUE;
-      self->in_chunk_cb = TRUE;
-      pg_pop3_session_transfer_done (self, current);
-      self->in_chunk_cb = FALSE;
-    }
+  {
+    g_autoptr (PgPop3Session) keep = g_object_ref (self);
+
+    while (!transfer->active && self->transfer != NULL && !self->transfer->is_top
+           && !pg_conn_is_closed (self->conn))
+      {
+        PgPop3Transfer *current = self->transfer;
+
+        if (current->delivered == 0 && current->error == NULL)
+          current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                                        "no body came for this message");
+        current->finished = TRUE;
+        self->in_chunk_cb = TRUE;
+        pg_pop3_session_transfer_done (self, current);
+        self->in_chunk_cb = FALSE;
+        if (self->transfer == current)
+          break;
+      }
+  }
   if (!transfer->active)
     return FALSE; /* not asked for yet: wait (bounded: one chunk) */
   if (transfer->want_pause)
@@ -1530,26 +1540,54 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
     pg_pop3_session_transfer_step (self, transfer);
 }
 
-/* Start prefetching when the next buffered command is a RETR of another live message. */
+static gboolean
+pg_pop3_session_uid_in_flight (PgPop3Session *self, guint index)
+{
+  guint32 uid = g_array_index (self->messages, PgPop3Message, index).uid;
+
+  if (self->transfer != NULL
+      && g_array_index (self->messages, PgPop3Message, self->transfer->index).uid == uid)
+    return TRUE;
+  for (GList *l = self->prefetch.head; l != NULL; l = l->next)
+    if (g_array_index (self->messages, PgPop3Message, ((PgPop3Transfer *) l->data)->index).uid
+        == uid)
+      return TRUE;
+  return FALSE;
+}
+
+/* Fetch ahead the RETRs that follow in the buffered input (the first lines after the
+ * current command are the ones already prefetched, in order). Stops at the first line
+ * that is not a RETR of a live message, or at a message already in flight (the upstream
+ * matches bodies to commands by UID). */
 static void
 pg_pop3_session_maybe_prefetch (PgPop3Session *self)
 {
-  const char *line = NULL;
-  gsize len = 0;
-  g_auto (PgPop3Command) next = { 0 };
+  gsize offset = 0;
+  guint seen = 0;
 
-  if (self->prefetch != NULL || self->transfer == NULL || self->transfer->is_top)
+  if (self->transfer == NULL || self->transfer->is_top)
     return;
-  if (!pg_line_reader_peek (self->reader, &line, &len))
-    return;
-  if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
-      || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
-      || next.message > self->messages->len || next.message - 1 == self->transfer->index
-      || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED))
-    return;
-  pg_session_info (self->id, "RETR %u pipelined: fetching it ahead (UID %u)", next.message,
-                   g_array_index (self->messages, PgPop3Message, next.message - 1).uid);
-  self->prefetch = pg_pop3_session_new_transfer (self, next.message - 1, FALSE, 0);
+  while (self->prefetch.length < PG_POP3_PREFETCH_DEPTH)
+    {
+      const char *line = NULL;
+      gsize len = 0;
+      g_auto (PgPop3Command) next = { 0 };
+
+      if (!pg_line_reader_peek_at (self->reader, &offset, &line, &len))
+        return;
+      if (seen++ < self->prefetch.length)
+        continue; /* already fetched ahead */
+      if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
+          || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
+          || next.message > self->messages->len
+          || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED)
+          || pg_pop3_session_uid_in_flight (self, next.message - 1))
+        return;
+      pg_session_info (self->id, "RETR %u pipelined: fetching it ahead (UID %u)", next.message,
+                       g_array_index (self->messages, PgPop3Message, next.message - 1).uid);
+      g_queue_push_tail (&self->prefetch,
+                         pg_pop3_session_new_transfer (self, next.message - 1, FALSE, 0));
+    }
 }
 
 /* Make `transfer` the one sent to the client; send what it already holds. */
@@ -1646,9 +1684,10 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
     return;
   self->busy = TRUE;
-  if (self->prefetch != NULL)
+  if (self->prefetch.length > 0)
     {
-      if (top || self->prefetch->index != index)
+      PgPop3Transfer *head = g_queue_peek_head (&self->prefetch);
+      if (top || head->index != index)
         {
           /* Cannot happen: the prefetch was made from this very line. Its fetch is in
            * flight, so it cannot be dropped safely; end the session instead. */
@@ -1657,7 +1696,7 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
           pg_conn_abort (self->conn);
           return;
         }
-      transfer = g_steal_pointer (&self->prefetch);
+      transfer = g_queue_pop_head (&self->prefetch);
     }
   else
     transfer = pg_pop3_session_new_transfer (self, index, top, cmd->lines);
