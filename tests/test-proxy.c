@@ -341,6 +341,169 @@ test_proxy_tls (ProxyFixture *fixture, gconstpointer data)
   g_assert_true (proxy_log_has (fixture, "pop3 connection from 203.0.113.5:60000 (TLS)"));
 }
 
+/* Send a command, return the status line. */
+static gchar *
+proxy_command (GIOStream *stream, const char *command)
+{
+  g_autofree gchar *line = g_strconcat (command, "\r\n", NULL);
+  gchar *reply;
+
+  proxy_send (stream, line, strlen (line));
+  reply = proxy_read_line (stream);
+  g_assert_nonnull (reply);
+  return reply;
+}
+
+/* CAPA's lines (without the +OK and the "."). */
+static GStrv
+proxy_capa (GIOStream *stream)
+{
+  g_autofree gchar *status = proxy_command (stream, "CAPA");
+  g_autoptr (GStrvBuilder) lines = g_strv_builder_new ();
+
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  for (guint i = 0; i < 64; i++)
+    {
+      g_autofree gchar *line = proxy_read_line (stream);
+      g_assert_nonnull (line);
+      if (strcmp (line, ".") == 0)
+        return g_strv_builder_end (lines);
+      g_strv_builder_add (lines, line);
+    }
+  g_assert_not_reached ();
+}
+
+static gboolean
+proxy_strv_has_prefix (const char *const *lines, const char *prefix)
+{
+  for (gsize i = 0; lines[i] != NULL; i++)
+    if (g_str_has_prefix (lines[i], prefix))
+      return TRUE;
+  return FALSE;
+}
+
+/* A connection on the plain listener whose PROXY header names `client`. */
+static GIOStream *
+proxy_connect_as (guint16 port, const char *client, guint16 client_port)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *v1 = proxy_v1 (client, client_port, port);
+  GIOStream *conn = proxy_connect (port, &error);
+
+  g_assert_no_error (error);
+  proxy_send (conn, v1, strlen (v1));
+  proxy_assert_greeting (conn);
+  return conn;
+}
+
+#define PROXY_SECRET "pl4in-s3cret"
+/* AUTH PLAIN's initial response: base64 of "\0user\0" PROXY_SECRET. */
+#define PROXY_SECRET_PLAIN "AHVzZXIAcGw0aW4tczNjcmV0"
+
+#define proxy_assert_reply(stream, command, prefix)                                                \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    g_autofree gchar *reply_ = proxy_command ((stream), (command));                                \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
+  }                                                                                                \
+  G_STMT_END
+
+/* The STLS refusal: [AUTH] and the way out. */
+static void
+proxy_assert_use_stls (GIOStream *stream, const char *command)
+{
+  g_autofree gchar *reply = proxy_command (stream, command);
+
+  if (!g_str_has_prefix (reply, "-ERR [AUTH]") || strstr (reply, "use STLS") == NULL)
+    g_error ("%s: expected \"-ERR [AUTH] … use STLS …\", got \"%s\"", command, reply);
+}
+
+/* Plaintext authentication depends on the real client, not on the proxy's socket (which
+ * is loopback here): from 192.0.2.10 on a plain listener CAPA offers no USER or SASL, and
+ * USER, PASS and AUTH are refused with a pointer to STLS; from a loopback client (as the
+ * header says) they are offered. */
+static void
+test_proxy_plaintext_refused (ProxyFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  guint16 port = 0;
+  g_autoptr (GIOStream) remote = NULL;
+  g_autoptr (GIOStream) local = NULL;
+  g_auto (GStrv) capa = NULL;
+  g_auto (GStrv) local_capa = NULL;
+  g_autofree gchar *log = NULL;
+
+  pg_test_popgate_set (fixture->popgate, "limits", "auth_failure_delay", "10ms");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  port = fixture->popgate->pop3_port;
+
+  remote = proxy_connect_as (port, "192.0.2.10", 40100);
+  capa = proxy_capa (remote);
+  g_assert_false (g_strv_contains ((const char *const *) capa, "USER"));
+  g_assert_false (proxy_strv_has_prefix ((const char *const *) capa, "SASL"));
+  g_assert_true (g_strv_contains ((const char *const *) capa, "STLS"));
+  /* AUTH without arguments lists no mechanism. */
+  proxy_assert_reply (remote, "AUTH", "+OK");
+  {
+    g_autofree gchar *end = proxy_read_line (remote);
+    g_assert_cmpstr (end, ==, ".");
+  }
+  proxy_assert_use_stls (remote, "USER user");
+  /* USER was refused, so PASS has no user to go with: refused too, never tried. */
+  proxy_assert_reply (remote, "PASS " PROXY_SECRET, "-ERR");
+  proxy_assert_use_stls (remote, "AUTH PLAIN " PROXY_SECRET_PLAIN);
+  proxy_assert_use_stls (remote, "AUTH PLAIN");
+  proxy_assert_use_stls (remote, "AUTH LOGIN");
+  /* The session goes on. */
+  proxy_assert_reply (remote, "NOOP", "-ERR");
+  proxy_assert_reply (remote, "QUIT", "+OK");
+  g_assert_true (proxy_log_has (fixture, "connection from 192.0.2.10:40100 closed"));
+
+  /* The same proxy socket, but a loopback client behind it. */
+  local = proxy_connect_as (port, "127.0.0.5", 40101);
+  local_capa = proxy_capa (local);
+  g_assert_true (g_strv_contains ((const char *const *) local_capa, "USER"));
+  g_assert_true (g_strv_contains ((const char *const *) local_capa, "SASL PLAIN LOGIN"));
+  proxy_assert_reply (local, "USER user", "+OK");
+
+  log = pg_test_popgate_read_log (fixture->popgate);
+  g_assert_null (strstr (log, "login failed"));
+  g_assert_null (strstr (log, PROXY_SECRET));
+  g_assert_null (strstr (log, PROXY_SECRET_PLAIN));
+}
+
+/* With [pop3] allow_plaintext_auth = true the same non-loopback client may log in over
+ * plaintext: USER/PASS and AUTH reach the login (which fails here: the upstream is down). */
+static void
+test_proxy_plaintext_allowed (ProxyFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  guint16 port = 0;
+  g_autoptr (GIOStream) remote = NULL;
+  g_auto (GStrv) capa = NULL;
+  g_autofree gchar *log = NULL;
+
+  pg_test_popgate_set (fixture->popgate, "pop3", "allow_plaintext_auth", "true");
+  pg_test_popgate_set (fixture->popgate, "limits", "auth_failure_delay", "10ms");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fixture->popgate, &error), error);
+  port = fixture->popgate->pop3_port;
+
+  remote = proxy_connect_as (port, "192.0.2.10", 40200);
+  capa = proxy_capa (remote);
+  g_assert_true (g_strv_contains ((const char *const *) capa, "USER"));
+  g_assert_true (g_strv_contains ((const char *const *) capa, "SASL PLAIN LOGIN"));
+  proxy_assert_reply (remote, "USER user", "+OK");
+  proxy_assert_reply (remote, "PASS " PROXY_SECRET, "-ERR [SYS/TEMP]");
+  proxy_assert_reply (remote, "AUTH PLAIN " PROXY_SECRET_PLAIN, "-ERR [SYS/TEMP]");
+  proxy_assert_reply (remote, "QUIT", "+OK");
+  g_assert_true (proxy_log_has (fixture, "connection from 192.0.2.10:40200 closed"));
+
+  log = pg_test_popgate_read_log (fixture->popgate);
+  g_assert_null (strstr (log, PROXY_SECRET));
+  g_assert_null (strstr (log, PROXY_SECRET_PLAIN));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -353,5 +516,9 @@ main (int argc, char **argv)
               proxy_teardown);
   g_test_add ("/popgate/proxy/tls", ProxyFixture, NULL, proxy_setup, test_proxy_tls,
               proxy_teardown);
+  g_test_add ("/popgate/proxy/plaintext-refused", ProxyFixture, NULL, proxy_setup,
+              test_proxy_plaintext_refused, proxy_teardown);
+  g_test_add ("/popgate/proxy/plaintext-allowed", ProxyFixture, NULL, proxy_setup,
+              test_proxy_plaintext_allowed, proxy_teardown);
   return g_test_run ();
 }
