@@ -6,6 +6,7 @@
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-net.h"
+#include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
 
 #include <glib-unix.h>
@@ -33,6 +34,7 @@ static void
 pg_main_register_frontends (PgServer *server)
 {
   pg_server_set_handler (server, PG_FRONTEND_POP3, pg_pop3_session_start, NULL);
+  pg_server_set_handler (server, PG_FRONTEND_IMAP, pg_imap_session_start, NULL);
 }
 
 static void
