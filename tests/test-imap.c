@@ -32,6 +32,8 @@ typedef struct
 {
   gchar *user;
   PgTestPopgate *popgate;
+  gchar *account_map; /* owned: set by tests that need one, before setup */
+  gchar *map_dir;     /* owned */
 } Fixture;
 
 static gchar *
@@ -40,6 +42,35 @@ fixture_user_name (void)
   const char *path = g_test_get_path ();
   const char *base = strrchr (path, '/');
   return g_ascii_strdown (base != NULL ? base + 1 : path, -1);
+}
+
+#define MAP_LOCAL_USER "mapped-local"
+#define MAP_LOCAL_PASSWORD "local-pass-w0rd"
+
+/* An account map (mode 0600) that maps MAP_LOCAL_USER to this test's upstream user, with
+ * the upstream password in its own 0600 file. */
+static void
+fixture_make_map (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *pw_file = NULL;
+  g_autofree gchar *map = NULL;
+
+  if (fx->account_map != NULL)
+    return;
+  fx->map_dir = g_dir_make_tmp ("popgate-map-XXXXXX", &error);
+  g_assert_no_error (error);
+  pw_file = g_build_filename (fx->map_dir, "upstream.pw", NULL);
+  g_assert_true (g_file_set_contents_full (pw_file, PASSWORD "\n", -1,
+                                           G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  g_assert_no_error (error);
+  fx->account_map = g_build_filename (fx->map_dir, "accounts", NULL);
+  map = g_strdup_printf ("# local-user local-secret upstream-user upstream-password-file\n"
+                         "%s {PLAIN}%s %s upstream.pw\n",
+                         MAP_LOCAL_USER, MAP_LOCAL_PASSWORD, fx->user);
+  g_assert_true (g_file_set_contents_full (fx->account_map, map, -1, G_FILE_SET_CONTENTS_NONE,
+                                           0600, &error));
+  g_assert_no_error (error);
 }
 
 static void
@@ -53,13 +84,35 @@ fixture_setup (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_dovecot_append (upstream, fx->user, "INBOX", message,
                                          strlen (message), &error));
   g_assert_no_error (error);
-  fx->popgate = pg_test_popgate_new (upstream, "none", &error);
-  g_assert_no_error (error);
-  pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
-  for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
-    pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
-  g_assert_true (pg_test_popgate_start (fx->popgate, &error));
-  g_assert_no_error (error);
+  /* pg_test_popgate_start() waits for the first port to accept, and polling connects to a
+   * free ephemeral port can connect to themselves (TCP simultaneous open), which then holds
+   * the port so popgate cannot bind it. So wait for popgate's own "ready" line and start
+   * over on fresh ports if it did not get there. */
+  for (guint attempt = 0; attempt < 5; attempt++)
+    {
+      g_clear_pointer (&fx->popgate, pg_test_popgate_free);
+      fx->popgate = pg_test_popgate_new (upstream, "none", &error);
+      g_assert_no_error (error);
+      pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
+      for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+        if (strcmp (settings[i + 2], "@MAP@") == 0)
+          fixture_make_map (fx);
+        else
+          pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
+      if (fx->account_map != NULL)
+        pg_test_popgate_set (fx->popgate, "imap", "account_map", fx->account_map);
+      if (!pg_test_popgate_start (fx->popgate, &error))
+        {
+          g_test_message ("popgate start failed, retrying: %s", error->message);
+          g_clear_error (&error);
+          continue;
+        }
+      if (pg_test_popgate_wait_log (fx->popgate, "ready", 10000)
+          && !pg_test_popgate_wait (fx->popgate, 0, NULL))
+        return;
+      g_test_message ("popgate did not get ready, retrying");
+    }
+  g_assert_not_reached ();
 }
 
 static void
@@ -78,6 +131,10 @@ fixture_teardown (Fixture *fx, gconstpointer data)
       g_assert_null (strstr (log, "w0rd"));
     }
   g_clear_pointer (&fx->popgate, pg_test_popgate_free);
+  if (fx->map_dir != NULL)
+    pg_test_rm_rf (fx->map_dir);
+  g_free (fx->map_dir);
+  g_free (fx->account_map);
   g_free (fx->user);
 }
 
@@ -540,6 +597,29 @@ test_upstream_bye (Fixture *fx, gconstpointer data)
   g_assert_true (log_has (fx, "reason=upstream closed the connection"));
 }
 
+/* A mapped login is checked locally and logs in upstream with the mapped credentials;
+ * a wrong local password never reaches the upstream. */
+static void
+test_account_map (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *wrong = raw_login (imap, "a1", MAP_LOCAL_USER, "not-it-w0rd");
+  g_autofree gchar *upstream_pw = raw_login (imap, "a2", MAP_LOCAL_USER, PASSWORD);
+  g_autofree gchar *ok = raw_login (imap, "a3", MAP_LOCAL_USER, MAP_LOCAL_PASSWORD);
+  guint32 exists = 0;
+
+  g_assert_true (g_str_has_prefix (wrong, "a1 NO [AUTHENTICATIONFAILED]"));
+  g_assert_true (g_str_has_prefix (upstream_pw, "a2 NO [AUTHENTICATIONFAILED]"));
+  g_assert_true (g_str_has_prefix (ok, "a3 OK [CAPABILITY "));
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (exists, ==, 1);
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+  g_assert_true (log_has (fx, "imap session started: user=" MAP_LOCAL_USER " upstream_user=account-map"));
+}
+
 /* --- in process: an off-loopback client and the session registry ------------------------- */
 
 typedef struct
@@ -749,6 +829,8 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const mapped[] = { "imap", "account_map", "@MAP@", "limits",
+                                        "max_auth_failures", "5", NULL };
   int rc;
   static const struct
   {
@@ -769,6 +851,7 @@ main (int argc, char **argv)
     { "/popgate/imap/long-literal", NULL, test_long_literal },
     { "/popgate/imap/bad-commands", strict, test_bad_commands },
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
+    { "/popgate/imap/account-map", mapped, test_account_map },
   };
 
   g_test_init (&argc, &argv, NULL);
