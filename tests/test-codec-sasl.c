@@ -69,10 +69,10 @@ pg_test_sasl_plain_bad (void)
     gsize len;
     gint code;
   } cases[] = {
-    { "alice", 5, PG_ERROR_PROTOCOL },                 /* no NULs */
-    { "\0alice", 6, PG_ERROR_PROTOCOL },               /* one NUL */
-    { "\0\0secret", 8, PG_ERROR_PROTOCOL },            /* empty authcid */
-    { "\0alice\0sec\0ret", 14, PG_ERROR_PROTOCOL },    /* NUL in the password */
+    { "alice", 5, PG_ERROR_PROTOCOL },                      /* no NULs */
+    { "\0alice", 6, PG_ERROR_PROTOCOL },                    /* one NUL */
+    { "\0\0secret", 8, PG_ERROR_PROTOCOL },                 /* empty authcid */
+    { "\0alice\0sec\0ret", 14, PG_ERROR_PROTOCOL },         /* NUL in the password */
     { "mallory\0alice\0secret", 20, PG_ERROR_AUTH_FAILED }, /* act as another user */
   };
 

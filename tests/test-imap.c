@@ -61,15 +61,15 @@ fixture_make_map (Fixture *fx)
   fx->map_dir = g_dir_make_tmp ("popgate-map-XXXXXX", &error);
   g_assert_no_error (error);
   pw_file = g_build_filename (fx->map_dir, "upstream.pw", NULL);
-  g_assert_true (g_file_set_contents_full (pw_file, PASSWORD "\n", -1,
-                                           G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  g_assert_true (g_file_set_contents_full (pw_file, PASSWORD "\n", -1, G_FILE_SET_CONTENTS_NONE,
+                                           0600, &error));
   g_assert_no_error (error);
   fx->account_map = g_build_filename (fx->map_dir, "accounts", NULL);
   map = g_strdup_printf ("# local-user local-secret upstream-user upstream-password-file\n"
                          "%s {PLAIN}%s %s upstream.pw\n",
                          MAP_LOCAL_USER, MAP_LOCAL_PASSWORD, fx->user);
-  g_assert_true (g_file_set_contents_full (fx->account_map, map, -1, G_FILE_SET_CONTENTS_NONE,
-                                           0600, &error));
+  g_assert_true (
+      g_file_set_contents_full (fx->account_map, map, -1, G_FILE_SET_CONTENTS_NONE, 0600, &error));
   g_assert_no_error (error);
 }
 
@@ -81,8 +81,8 @@ fixture_setup (Fixture *fx, gconstpointer data)
   static const char message[] = "From: a@example.org\r\nSubject: seed\r\n\r\nHello.\r\n";
 
   fx->user = fixture_user_name ();
-  g_assert_true (pg_test_dovecot_append (upstream, fx->user, "INBOX", message,
-                                         strlen (message), &error));
+  g_assert_true (
+      pg_test_dovecot_append (upstream, fx->user, "INBOX", message, strlen (message), &error));
   g_assert_no_error (error);
   /* pg_test_popgate_start() waits for the first port to accept, and polling connects to a
    * free ephemeral port can connect to themselves (TCP simultaneous open), which then holds
@@ -296,8 +296,8 @@ test_session (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (uids->len, ==, 3);
   {
-    g_autoptr (GBytes) plus = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 2),
-                                                       &error);
+    g_autoptr (GBytes) plus
+        = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 2), &error);
     g_assert_no_error (error);
     g_assert_cmpmem (g_bytes_get_data (plus, NULL), g_bytes_get_size (plus), appended_plus,
                      strlen (appended_plus));
@@ -349,8 +349,8 @@ test_idle (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_true (pg_test_imap_login (other, fx->user, PASSWORD, &error));
   g_assert_no_error (error);
-  g_assert_true (pg_test_imap_append (other, "INBOX", NULL, message, strlen (message), NULL,
-                                      &error));
+  g_assert_true (
+      pg_test_imap_append (other, "INBOX", NULL, message, strlen (message), NULL, &error));
   g_assert_no_error (error);
 
   exists = read_until (imap, "* 2 EXISTS");
@@ -368,8 +368,9 @@ test_imaplib (Fixture *fx, gconstpointer data)
   g_autoptr (GError) error = NULL;
   g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "imap-imaplib.py", NULL);
   g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->imap_port);
-  const char *argv[] = { "python3", script, fx->popgate->host, port, fx->popgate->certs->ca_file,
-                         fx->user, PASSWORD_ASCII, NULL };
+  const char *argv[]
+      = { "python3",      script, fx->popgate->host, port, fx->popgate->certs->ca_file, fx->user,
+          PASSWORD_ASCII, NULL };
   g_autofree gchar *output = NULL;
   int status = -1;
 
@@ -617,16 +618,17 @@ test_account_map (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (exists, ==, 1);
   g_assert_true (pg_test_imap_logout (imap, &error));
   g_assert_no_error (error);
-  g_assert_true (log_has (fx, "imap session started: user=" MAP_LOCAL_USER " upstream_user=account-map"));
+  g_assert_true (
+      log_has (fx, "imap session started: user=" MAP_LOCAL_USER " upstream_user=account-map"));
 }
 
 /* --- in process: an off-loopback client and the session registry ------------------------- */
 
 typedef struct
 {
-  GMainContext *context; /* owned */
-  GMainLoop *loop;       /* owned */
-  PgConfig *config;      /* owned */
+  GMainContext *context;          /* owned */
+  GMainLoop *loop;                /* owned */
+  PgConfig *config;               /* owned */
   GSocketConnection *server_side; /* owned */
   gboolean quit;
 } PgTestInProcess;
@@ -638,8 +640,8 @@ in_process_thread (gpointer user_data)
   g_autoptr (PgConn) conn = NULL;
 
   g_main_context_push_thread_default (ip->context);
-  conn = pg_conn_new_internal (pg_session_id_next (), PG_FRONTEND_IMAP, ip->config,
-                               ip->server_side, G_IO_STREAM (ip->server_side), FALSE, NULL);
+  conn = pg_conn_new_internal (pg_session_id_next (), PG_FRONTEND_IMAP, ip->config, ip->server_side,
+                               G_IO_STREAM (ip->server_side), FALSE, NULL);
   pg_imap_session_start (conn, NULL);
   g_main_loop_run (ip->loop);
   pg_conn_abort (conn);
@@ -829,8 +831,8 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
-  static const char *const mapped[] = { "imap", "account_map", "@MAP@", "limits",
-                                        "max_auth_failures", "5", NULL };
+  static const char *const mapped[]
+      = { "imap", "account_map", "@MAP@", "limits", "max_auth_failures", "5", NULL };
   int rc;
   static const struct
   {
@@ -863,9 +865,8 @@ main (int argc, char **argv)
   for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
     {
       g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
-      if (!pg_test_dovecot_add_user (upstream, user,
-                                     tests[i].func == test_imaplib ? PASSWORD_ASCII : PASSWORD,
-                                     &error))
+      if (!pg_test_dovecot_add_user (
+              upstream, user, tests[i].func == test_imaplib ? PASSWORD_ASCII : PASSWORD, &error))
         g_error ("%s", error->message);
       g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
                   fixture_teardown);

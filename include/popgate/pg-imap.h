@@ -32,20 +32,20 @@ const char *pg_imap_state_to_string (PgImapState state);
  * until the session changes them: copy what you keep beyond the callback. */
 typedef struct
 {
-  guint64 id;                 /* the session id (the connection's) */
-  const char *client;         /* "1.2.3.4:5678" */
-  gboolean tls;               /* the client connection is TLS (implicit or STARTTLS) */
+  guint64 id;         /* the session id (the connection's) */
+  const char *client; /* "1.2.3.4:5678" */
+  gboolean tls;       /* the client connection is TLS (implicit or STARTTLS) */
   PgImapState state;
-  const char *user;           /* login name as the client sent it; NULL before login */
-  const char *upstream_user;  /* the name used upstream (differs when mapped); or NULL */
-  const char *mailbox;        /* selected mailbox (as the client named it); NULL if none */
-  gboolean read_only;         /* selected with EXAMINE (or the server said READ-ONLY) */
-  gboolean idling;            /* an IDLE is running */
-  guint64 commands;           /* client commands, before and after login */
-  guint64 bytes_from_client;  /* octets read from the client */
-  guint64 bytes_to_client;    /* octets queued to the client */
-  gint64 started_us;          /* g_get_real_time() at accept */
-  gint64 last_activity_us;    /* g_get_real_time() of the last client input */
+  const char *user;          /* login name as the client sent it; NULL before login */
+  const char *upstream_user; /* the name used upstream (differs when mapped); or NULL */
+  const char *mailbox;       /* selected mailbox (as the client named it); NULL if none */
+  gboolean read_only;        /* selected with EXAMINE (or the server said READ-ONLY) */
+  gboolean idling;           /* an IDLE is running */
+  guint64 commands;          /* client commands, before and after login */
+  guint64 bytes_from_client; /* octets read from the client */
+  guint64 bytes_to_client;   /* octets queued to the client */
+  gint64 started_us;         /* g_get_real_time() at accept */
+  gint64 last_activity_us;   /* g_get_real_time() of the last client input */
 } PgImapSessionInfo;
 
 /* A PgSessionStartFunc for PG_FRONTEND_IMAP: the session keeps itself alive until the

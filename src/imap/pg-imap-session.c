@@ -40,51 +40,51 @@ struct _PgImapSession
 {
   GObject parent_instance;
 
-  PgImapSessionInfo info;  /* what the registry shows; strings below own its pointers */
-  GList link;              /* in pg_imap_sessions; data = self */
+  PgImapSessionInfo info; /* what the registry shows; strings below own its pointers */
+  GList link;             /* in pg_imap_sessions; data = self */
 
-  PgConn *conn;            /* owned */
-  PgConfig *config;        /* unowned: the conn's */
+  PgConn *conn;     /* owned */
+  PgConfig *config; /* unowned: the conn's */
   guint64 id;
   gint64 started_mono_us;
-  gchar *end_reason;       /* owned */
+  gchar *end_reason;         /* owned */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
-  guint8 *client_buf;      /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
-  gboolean reading;        /* a client read is pending */
+  guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
+  gboolean reading;          /* a client read is pending */
 
   /* pre-auth */
-  PgLineReader *reader;           /* owned */
-  PgImapCommandParser *parser;    /* owned */
-  GString *reply;                 /* replies not yet handed to the connection */
-  gboolean busy;                  /* a command waits: do not read or process */
+  PgLineReader *reader;        /* owned */
+  PgImapCommandParser *parser; /* owned */
+  GString *reply;              /* replies not yet handed to the connection */
+  gboolean busy;               /* a command waits: do not read or process */
   gboolean starting_tls;
-  gboolean in_command;            /* the parser holds part of a command (line or literal) */
-  gboolean in_login_command;      /* ... and it is LOGIN/AUTHENTICATE: never log its lines */
-  gchar *sasl_tag;                /* owned: AUTHENTICATE waiting for its response */
+  gboolean in_command;       /* the parser holds part of a command (line or literal) */
+  gboolean in_login_command; /* ... and it is LOGIN/AUTHENTICATE: never log its lines */
+  gchar *sasl_tag;           /* owned: AUTHENTICATE waiting for its response */
   guint bad_commands;
   guint auth_failures;
-  GSource *delay_source;          /* owned: the failed-auth delay */
-  gchar *pending_tag;             /* owned: LOGIN/AUTHENTICATE being answered */
-  gchar *client_id_name;          /* owned: ID "name" from the client, for the upstream */
-  gchar *client_id_version;       /* owned */
-  gchar *user;                    /* owned: info.user */
-  gchar *upstream_user;           /* owned: info.upstream_user */
+  GSource *delay_source;    /* owned: the failed-auth delay */
+  gchar *pending_tag;       /* owned: LOGIN/AUTHENTICATE being answered */
+  gchar *client_id_name;    /* owned: ID "name" from the client, for the upstream */
+  gchar *client_id_version; /* owned */
+  gchar *user;              /* owned: info.user */
+  gchar *upstream_user;     /* owned: info.upstream_user */
 
   /* relay */
-  GIOStream *up_stream;           /* owned: the upstream connection after login */
-  guint8 *up_buf;                 /* owned, PG_IMAP_RELAY_CHUNK */
+  GIOStream *up_stream; /* owned: the upstream connection after login */
+  guint8 *up_buf;       /* owned, PG_IMAP_RELAY_CHUNK */
   gboolean up_reading;
   gboolean up_writing;
-  PgImapRelayScanner *client_scan;   /* owned: client → upstream commands */
-  PgImapRelayScanner *up_scan;       /* owned: upstream → client responses */
-  gboolean upstream_bye;             /* the upstream sent "* BYE" */
-  gboolean logout_sent;              /* the client sent LOGOUT */
+  PgImapRelayScanner *client_scan;             /* owned: client → upstream commands */
+  PgImapRelayScanner *up_scan;                 /* owned: upstream → client responses */
+  gboolean upstream_bye;                       /* the upstream sent "* BYE" */
+  gboolean logout_sent;                        /* the client sent LOGOUT */
   gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
-  gchar *select_mailbox;             /* owned: its mailbox (NULL if not trackable) */
+  gchar *select_mailbox;                       /* owned: its mailbox (NULL if not trackable) */
   gboolean select_read_only;
-  gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* CLOSE/UNSELECT awaiting its reply */
-  gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];   /* IDLE running or starting */
-  gchar *mailbox;                    /* owned: info.mailbox */
+  gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* CLOSE/UNSELECT awaiting its reply */
+  gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* IDLE running or starting */
+  gchar *mailbox;                             /* owned: info.mailbox */
 };
 
 G_DEFINE_FINAL_TYPE (PgImapSession, pg_imap_session, G_TYPE_OBJECT)
@@ -359,7 +359,8 @@ pg_imap_session_relay_capabilities (GStrv upstream_caps)
     {
       const char *cap = upstream_caps[i];
 
-      if (g_ascii_strcasecmp (cap, "STARTTLS") == 0 || g_ascii_strcasecmp (cap, "LOGINDISABLED") == 0
+      if (g_ascii_strcasecmp (cap, "STARTTLS") == 0
+          || g_ascii_strcasecmp (cap, "LOGINDISABLED") == 0
           || g_ascii_strcasecmp (cap, "UNAUTHENTICATE") == 0
           || g_ascii_strncasecmp (cap, "AUTH=", 5) == 0
           || g_ascii_strncasecmp (cap, "COMPRESS=", 9) == 0)
@@ -451,8 +452,10 @@ pg_imap_session_unavailable (PgImapSession *self, const GError *error)
   self->busy = FALSE;
   pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
   /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right. */
-  pg_imap_session_reply (self, "%s NO [UNAVAILABLE] The mail server is not available, try "
-                               "again later.", self->pending_tag);
+  pg_imap_session_reply (self,
+                         "%s NO [UNAVAILABLE] The mail server is not available, try "
+                         "again later.",
+                         self->pending_tag);
   g_clear_pointer (&self->pending_tag, g_free);
   pg_imap_session_process (self);
 }
@@ -490,8 +493,8 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   g_clear_pointer (&self->pending_tag, g_free);
   user = pg_log_escape (self->user, strlen (self->user), 64);
   upstream_user = pg_log_escape (self->upstream_user, strlen (self->upstream_user), 64);
-  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s client=%s%s",
-                      user, upstream_user, pg_conn_get_peer (self->conn),
+  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s client=%s%s", user,
+                      upstream_user, pg_conn_get_peer (self->conn),
                       pg_conn_is_tls (self->conn) ? " tls" : "");
   pg_imap_session_relay_start (self, buffered);
 }
@@ -542,8 +545,10 @@ pg_imap_session_check_plaintext (PgImapSession *self, const char *tag)
 {
   if (pg_imap_session_plaintext_allowed (self))
     return TRUE;
-  pg_imap_session_reply (self, "%s NO [PRIVACYREQUIRED] Plaintext authentication is disallowed "
-                               "on non-secure connections; use STARTTLS first.", tag);
+  pg_imap_session_reply (self,
+                         "%s NO [PRIVACYREQUIRED] Plaintext authentication is disallowed "
+                         "on non-secure connections; use STARTTLS first.",
+                         tag);
   return FALSE;
 }
 
@@ -708,8 +713,8 @@ pg_imap_session_starttls (PgImapSession *self, const char *tag)
                      dropped);
   self->busy = TRUE;
   self->starting_tls = TRUE;
-  pg_conn_wait_drained_async (self->conn, 0, self->cancellable,
-                              pg_imap_session_starttls_flushed_cb, g_object_ref (self));
+  pg_conn_wait_drained_async (self->conn, 0, self->cancellable, pg_imap_session_starttls_flushed_cb,
+                              g_object_ref (self));
 }
 
 static void
@@ -836,8 +841,7 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
     case PG_IMAP_PARSE_ERROR:
       {
         const char *tag = pg_imap_command_parser_get_tag (self->parser);
-        gboolean non_sync_literal
-            = len >= 3 && line[len - 1] == '}' && line[len - 2] == '+';
+        gboolean non_sync_literal = len >= 3 && line[len - 1] == '}' && line[len - 2] == '+';
 
         self->in_command = FALSE;
         self->in_login_command = FALSE;
