@@ -8,6 +8,7 @@
 #include "popgate/pg-metrics-server.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-net.h"
+#include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
 #include "popgate/pg-trace.h"
 
@@ -161,6 +162,7 @@ static void
 pg_main_register_frontends (PgServer *server)
 {
   pg_server_set_handler (server, PG_FRONTEND_POP3, pg_pop3_session_start, NULL);
+  pg_server_set_handler (server, PG_FRONTEND_IMAP, pg_imap_session_start, NULL);
 }
 
 static void

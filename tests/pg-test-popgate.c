@@ -244,16 +244,24 @@ pg_test_popgate_try_start (PgTestPopgate *popgate, const char *bin, GError **err
     g_ptr_array_add (argv, g_ptr_array_index (popgate->args, i));
   g_ptr_array_add (argv, NULL);
 
+  {
+    /* An earlier run's log (with its "ready") moves aside: the child truncates the file
+     * only after it has started, too late for the wait below. */
+    g_autofree gchar *before = pg_test_read_file (popgate->log_file);
+    if (popgate->earlier_log == NULL)
+      popgate->earlier_log = g_string_new (NULL);
+    g_string_append (popgate->earlier_log, before);
+    g_unlink (popgate->log_file);
+  }
   popgate->process = pg_test_process_spawn ((const char *const *) argv->pdata,
                                             popgate->log_file, error);
   if (popgate->process == NULL)
     return PG_TEST_POPGATE_FAILED;
-  /* Wait for popgate's own "ready" line (written once every listener is bound), not
-   * just for the first port to accept: another process that took that port meanwhile
-   * would accept too, and popgate itself would have exited with "already in use". */
-  if (pg_test_wait_port (host, port, popgate->process, PG_TEST_POPGATE_START_TIMEOUT_MS,
-                         &local_error)
-      && pg_test_popgate_wait_ready (popgate, PG_TEST_POPGATE_START_TIMEOUT_MS, &local_error))
+  /* Wait for popgate's own "ready" line (written once every listener is bound), not for
+   * a port to accept: another process that took the port meanwhile would accept too (and
+   * popgate would have exited with "already in use"), and polling connects to a free
+   * loopback port can connect the socket to itself and hold the port. */
+  if (pg_test_popgate_wait_ready (popgate, PG_TEST_POPGATE_START_TIMEOUT_MS, &local_error))
     return PG_TEST_POPGATE_STARTED;
 
   pg_test_process_stop (popgate->process, PG_TEST_POPGATE_STOP_TIMEOUT_MS);
@@ -343,7 +351,10 @@ pg_test_popgate_stop (PgTestPopgate *popgate)
 gchar *
 pg_test_popgate_read_log (PgTestPopgate *popgate)
 {
-  return pg_test_read_file (popgate->log_file);
+  g_autofree gchar *current = pg_test_read_file (popgate->log_file);
+
+  return g_strconcat (popgate->earlier_log != NULL ? popgate->earlier_log->str : "", current,
+                      NULL);
 }
 
 typedef struct
@@ -408,5 +419,7 @@ pg_test_popgate_free (PgTestPopgate *popgate)
   g_free (popgate->state_dir);
   g_clear_pointer (&popgate->config, g_key_file_unref);
   g_clear_pointer (&popgate->args, g_ptr_array_unref);
+  if (popgate->earlier_log != NULL)
+    g_string_free (popgate->earlier_log, TRUE);
   g_free (popgate);
 }

@@ -34,6 +34,7 @@ typedef struct
   guint16 imap_port;
   guint16 imaps_port;
   PgTestProcess *process; /* owned: NULL while not running */
+  GString *earlier_log;   /* owned: output of earlier runs (restarts), NULL before any */
 } PgTestPopgate;
 
 /* A config for popgate in front of `upstream` (may be NULL: then set [upstream] yourself).

@@ -7,6 +7,7 @@
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "pg-test-util.h"
 
 #include <glib/gstdio.h>
 #include <string.h>
@@ -767,14 +768,24 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
             g_string_append_printf (text, "key = %s\n", key);
           else if (g_str_equal (name, "ca_file"))
             g_string_append_printf (text, "ca_file = %s\n", ca);
+          else if (g_str_equal (name, "account_map"))
+            {
+              /* The map and its password file must exist and be 0600. */
+              g_autofree gchar *pw = write_file (fixture->dir, "imap-pw", "secret\n");
+              g_autofree gchar *map
+                  = write_file (fixture->dir, "imap-accounts", "u {PLAIN}l up imap-pw\n");
+              g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+              g_assert_cmpint (g_chmod (map, 0600), ==, 0);
+              g_string_append_printf (text, "account_map = %s\n", map);
+            }
           else
             g_string_append_printf (text, "%s\n", lines[i] + 1);
         }
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 38 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 35);
+  /* 39 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 36);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);
@@ -940,6 +951,67 @@ test_inherited_listeners (void)
   g_unlink (path);
 }
 
+/* [imap] account_map: 0600 files only, four fields a line, PLAIN and PBKDF2 secrets. */
+static void
+test_imap_account_map (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *dir = g_dir_make_tmp ("pg-config-map-XXXXXX", &error);
+  g_autofree gchar *pw = g_build_filename (dir, "pw", NULL);
+  g_autofree gchar *map = g_build_filename (dir, "accounts", NULL);
+  g_autofree gchar *text = g_strdup_printf ("[upstream]\nhost = h\n[imap]\nlisten = 127.0.0.1:1143\n"
+                                            "account_map = %s\n", map);
+  /* PBKDF2-HMAC-SHA256("pbkdf-secret", "salt", 1000, 32), as Python's hashlib computes it. */
+  static const char pbkdf2_line[]
+      = "carol {PBKDF2-SHA256}1000$c2FsdA==$"
+        "DgMm1xuV/trFQkBouMahWUYyPDsbay3m8hKDoNyWqz4= carol@up pw\n";
+
+  g_assert_no_error (error);
+  g_assert_true (g_file_set_contents_full (pw, "upstream-secret\n", -1, G_FILE_SET_CONTENTS_NONE,
+                                           0600, &error));
+  g_assert_no_error (error);
+  {
+    g_autofree gchar *contents = g_strdup_printf ("# comment\n\nalice {PLAIN}local-secret  "
+                                                  "alice@up pw\n%s",
+                                                  pbkdf2_line);
+    g_autoptr (PgConfig) config = NULL;
+    const PgImapAccount *alice, *carol;
+
+    g_assert_true (g_file_set_contents_full (map, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600,
+                                             &error));
+    g_assert_no_error (error);
+    config = load_ok (text);
+    alice = pg_config_find_imap_account (config, "alice");
+    g_assert_nonnull (alice);
+    g_assert_cmpstr (alice->upstream_user, ==, "alice@up");
+    g_assert_cmpstr (alice->upstream_password, ==, "upstream-secret");
+    g_assert_true (pg_config_imap_account_check (alice, "local-secret"));
+    g_assert_false (pg_config_imap_account_check (alice, "local-secre"));
+    g_assert_false (pg_config_imap_account_check (alice, "local-secret!"));
+    carol = pg_config_find_imap_account (config, "carol");
+    g_assert_nonnull (carol);
+    g_assert_true (pg_config_imap_account_check (carol, "pbkdf-secret"));
+    g_assert_false (pg_config_imap_account_check (carol, "pbkdf-secreT"));
+    g_assert_null (pg_config_find_imap_account (config, "nobody"));
+  }
+  /* Readable by others: refused, naming the key. */
+  g_assert_cmpint (g_chmod (map, 0644), ==, 0);
+  assert_load_error (text, "imap", "account_map", "chmod 600");
+  g_assert_cmpint (g_chmod (map, 0600), ==, 0);
+  /* A malformed line, a bad secret scheme, a missing password file. */
+  g_assert_true (g_file_set_contents_full (map, "alice {PLAIN}x alice@up\n", -1,
+                                           G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  assert_load_error (text, "imap", "account_map", "line 1");
+  g_assert_true (g_file_set_contents_full (map, "alice {MD5}x alice@up pw\n", -1,
+                                           G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  assert_load_error (text, "imap", "account_map", "local secret");
+  g_assert_true (g_file_set_contents_full (map, "alice {PLAIN}x alice@up missing\n", -1,
+                                           G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  assert_load_error (text, "imap", "account_map", "missing");
+  g_assert_no_error (error);
+  g_assert_true (pg_test_rm_rf (dir));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -969,6 +1041,7 @@ main (int argc, char **argv)
               temp_dir_teardown);
   g_test_add_func ("/popgate/config/refcount", test_refcount);
   g_test_add_func ("/popgate/config/example-as-is", test_example_as_is);
+  g_test_add_func ("/popgate/config/imap-account-map", test_imap_account_map);
   g_test_add ("/popgate/config/example-every-key", TempDirFixture, NULL, temp_dir_setup,
               test_example_every_key, temp_dir_teardown);
 

@@ -654,6 +654,124 @@ test_peer_login_literal_plus (void)
   pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
 }
 
+/* Read from a stolen stream until `text` has arrived (appended to `got`), bounded. */
+typedef struct
+{
+  GString *got;
+  gboolean done;
+  gboolean failed;
+  guint8 buf[256];
+} PgTestStreamRead;
+
+static void
+pg_test_stream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestStreamRead *r = user_data;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, NULL);
+
+  if (n <= 0)
+    r->failed = TRUE;
+  else
+    g_string_append_len (r->got, (const char *) r->buf, n);
+  r->done = TRUE;
+}
+
+static void
+pg_test_stream_read_until (GIOStream *stream, GString *got, const char *text)
+{
+  while (strstr (got->str, text) == NULL)
+    {
+      PgTestStreamRead r = { got, FALSE, FALSE, { 0 } };
+
+      g_input_stream_read_async (g_io_stream_get_input_stream (stream), r.buf, sizeof r.buf,
+                                 G_PRIORITY_DEFAULT, NULL, pg_test_stream_read_cb, &r);
+      pg_test_wait_flag (&r.done);
+      g_assert_false (r.failed);
+    }
+}
+
+/* The relay hand-off: after the login reply nothing the server sends is lost or parsed;
+ * it is either returned as buffered bytes or still in the stream. */
+static void
+pg_test_steal_after_login (const PgPeerStep *script, const char *expected_cap)
+{
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) buffered = NULL;
+  g_autoptr (GIOStream) stream = NULL;
+  g_autoptr (GString) got = g_string_new (NULL);
+  g_auto (GStrv) caps = NULL;
+  gsize written = 0;
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  /* Not logged in yet: nothing to hand over. */
+  g_assert_null (pg_upstream_steal_stream (upstream, &buffered, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_clear_error (&error);
+  g_assert_null (buffered);
+
+  pg_upstream_hold_when_idle (upstream);
+  g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_no_error (error);
+  caps = pg_upstream_dup_capabilities (upstream);
+  g_assert_true (g_strv_contains ((const char *const *) caps, expected_cap));
+  g_assert_cmpstr (caps[0], ==, "IMAP4rev1"); /* the server's order and spelling */
+
+  stream = pg_upstream_steal_stream (upstream, &buffered, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (stream);
+  g_assert_nonnull (buffered);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  g_string_append_len (got, g_bytes_get_data (buffered, NULL), g_bytes_get_size (buffered));
+  pg_test_stream_read_until (stream, got, "* 3 EXISTS\r\n");
+  g_assert_cmpstr (got->str, ==, "* 3 EXISTS\r\n");
+
+  /* The stream goes on working in the new owner's hands. */
+  g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (stream), "x NOOP\r\n", 8,
+                                            &written, NULL, &error));
+  g_assert_no_error (error);
+  g_string_truncate (got, 0);
+  pg_test_stream_read_until (stream, got, "x OK noop\r\n");
+  pg_test_peer_assert_done (peer);
+  /* Dropping the inert upstream leaves the connection alone. */
+  g_clear_object (&upstream);
+  g_assert_false (g_io_stream_is_closed (stream));
+  pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
+}
+
+static void
+test_peer_steal_stream (void)
+{
+  static const PgPeerStep with_caps[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5+}" },
+    { PG_PEER_EXPECT_RAW, "alice {12+}" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    /* Untagged data right behind the reply, in the same write. */
+    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in\r\n* 3 EXISTS\r\n" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK noop\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  static const PgPeerStep ask_caps[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5+}" },
+    { PG_PEER_EXPECT_RAW, "alice {12+}" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    { PG_PEER_SEND, "$ OK Logged in\r\n" },
+    { PG_PEER_EXPECT, "CAPABILITY" },
+    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n* 3 EXISTS\r\n" },
+    { PG_PEER_EXPECT, "NOOP" },
+    { PG_PEER_SEND, "$ OK noop\r\n" },
+    { PG_PEER_END, NULL },
+  };
+
+  pg_test_steal_after_login (with_caps, "IDLE");
+  pg_test_steal_after_login (ask_caps, "MOVE");
+}
+
 static void
 test_peer_authenticate_plain (void)
 {
@@ -1896,6 +2014,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/login-literals", test_peer_login_literals);
   g_test_add_func ("/popgate/upstream/peer/login-literal-plus", test_peer_login_literal_plus);
   g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
+  g_test_add_func ("/popgate/upstream/peer/steal-stream", test_peer_steal_stream);
   g_test_add_func ("/popgate/upstream/peer/starttls-not-offered", test_peer_starttls_not_offered);
   g_test_add_func ("/popgate/upstream/peer/starttls-injection", test_peer_starttls_injection);
   g_test_add_func ("/popgate/upstream/peer/drop-mid-literal", test_peer_drop_mid_literal);

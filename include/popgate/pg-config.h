@@ -92,6 +92,8 @@ typedef struct
     gboolean allow_plaintext_auth; /* default false */
     guint idle_timeout_ms; /* default and minimum 30 min */
     gboolean proxy_protocol; /* every imap listener expects a PROXY header; default false */
+    gchar *account_map;    /* the account map file; NULL: every login goes upstream as is */
+    GHashTable *accounts;  /* owned: local user → PgImapAccount*; NULL without a map */
   } imap;
 
   struct
@@ -136,6 +138,21 @@ typedef struct
     GPtrArray *trusted;
   } proxy;
 } PgConfig;
+
+/* One line of the IMAP account map ([imap] account_map): a local login that popgate
+ * checks itself and replaces upstream with other credentials. */
+typedef struct
+{
+  gchar *local_user;      /* owned */
+  gchar *local_secret;    /* owned, wiped: "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" */
+  gchar *upstream_user;   /* owned */
+  gchar *upstream_password; /* owned, wiped: read from the account's password file */
+} PgImapAccount;
+
+/* The map's entry for a login name, or NULL (the login then goes upstream unchanged). */
+const PgImapAccount *pg_config_find_imap_account (const PgConfig *config, const char *login);
+/* Does `password` match the account's local secret? Constant time in the password. */
+gboolean pg_config_imap_account_check (const PgImapAccount *account, const char *password);
 
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */

@@ -30,8 +30,12 @@
 #define PG_IMAP_MAX_PREAUTH_LITERAL 4096
 /* Arguments in one pre-auth command (LOGIN has two, ID has a small list). */
 #define PG_IMAP_MAX_PREAUTH_ARGS 64
-/* Relay chunk size each way after login. */
+/* Relay chunk size each way after login: one fixed buffer per direction per session;
+ * 16 KiB matches a TLS record, so one read is usually one record. */
 #define PG_IMAP_RELAY_CHUNK 16384
+/* ID values (name, version) we keep from a client's ID to forward upstream; RFC 2971
+ * §3.3 limits field values to 1024 octets, real clients send a few dozen. */
+#define PG_IMAP_MAX_ID_VALUE 128
 
 /* --- upstream IMAP responses (the upstream is untrusted too) --- */
 /* Longest response line we parse (without literals). Dovecot's lines are far shorter;

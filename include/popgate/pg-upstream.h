@@ -177,6 +177,32 @@ void pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable,
                                GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
+/* The capabilities as the server last listed them, in its order and spelling. */
+GStrv pg_upstream_dup_capabilities (PgUpstream *self);
+
+/* --- relay hand-off (the IMAP front end) -------------------------------------------
+ * After login the IMAP front end relays its client's bytes to the upstream and back
+ * instead of issuing commands through this object. The hand-off:
+ *
+ *   pg_upstream_hold_when_idle (up);          // before the login is sent
+ *   pg_upstream_login_async (up, ...);        // (or authenticate_plain)
+ *   ... in the login callback, on success:
+ *   stream = pg_upstream_steal_stream (up, &buffered, &error);
+ *
+ * With the hold set, the client stops reading and parsing at once when it is logged in
+ * and no command is outstanding (right after the tagged reply that completed the login,
+ * or the CAPABILITY it had to ask for), so every byte the server sends after that reply
+ * is either still in the socket or returned in `buffered` — nothing is lost or parsed.
+ *
+ * pg_upstream_steal_stream() hands over the connection (plain or TLS): the returned
+ * GIOStream (transfer full) and *out_buffered, the bytes already read but not parsed
+ * (possibly empty), which the caller must treat as the start of the server's stream. It
+ * fails (PG_ERROR_UPSTREAM) unless logged in with no command, read or write
+ * outstanding. Afterwards the PgUpstream is inert: is_closed() is TRUE, "closed" is not
+ * emitted, commands fail, and dropping it does not touch the connection. */
+void pg_upstream_hold_when_idle (PgUpstream *self);
+GIOStream *pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error);
+
 /* Drop the connection now; pending commands fail with G_IO_ERROR_CANCELLED. */
 void pg_upstream_close (PgUpstream *self);
 gboolean pg_upstream_is_closed (PgUpstream *self);

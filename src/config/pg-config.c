@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <glib/gstdio.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/crypto.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -38,7 +39,8 @@ static const char *const pg_config_pop3_keys[]
       "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
       "first_login", "recent_days", "proxy_protocol", NULL };
 static const char *const pg_config_imap_keys[]
-  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol", NULL };
+  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
+      "account_map", NULL };
 static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
 static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
 static const char *const pg_config_metrics_keys[] = { "listen", NULL };
@@ -811,6 +813,8 @@ pg_config_unref (PgConfig *config)
   g_free (config->pop3.client_tag_separator);
   g_ptr_array_unref (config->imap.listen);
   g_ptr_array_unref (config->imap.tls_listen);
+  g_free (config->imap.account_map);
+  g_clear_pointer (&config->imap.accounts, g_hash_table_unref);
   g_free (config->tls.cert);
   g_free (config->tls.key);
   g_free (config->tls.priority);
@@ -1025,6 +1029,199 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
   return TRUE;
 }
 
+/* --- the IMAP account map ----------------------------------------------------------------- */
+
+static void
+pg_config_imap_account_free (PgImapAccount *account)
+{
+  g_free (account->local_user);
+  pg_secret_free (account->local_secret);
+  g_free (account->upstream_user);
+  pg_secret_free (account->upstream_password);
+  g_free (account);
+}
+
+/* A file that holds secrets: a regular file nobody but its owner may read or write. */
+static gboolean
+pg_config_check_secret_file (const char *path, GError **error)
+{
+  GStatBuf st;
+
+  if (g_stat (path, &st) != 0)
+    {
+      int saved_errno = errno;
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: %s", path, g_strerror (saved_errno));
+      return FALSE;
+    }
+  if (!S_ISREG (st.st_mode))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: not a regular file", path);
+      return FALSE;
+    }
+  if ((st.st_mode & 077) != 0)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "%s: holds secrets but is accessible by group or others (mode %04o; use "
+                   "chmod 600)", path, (guint) (st.st_mode & 07777));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+pg_config_check_local_secret (const char *secret)
+{
+  if (g_str_has_prefix (secret, "{PLAIN}"))
+    return TRUE;
+  if (g_str_has_prefix (secret, "{PBKDF2-SHA256}"))
+    {
+      g_auto (GStrv) parts = g_strsplit (secret + strlen ("{PBKDF2-SHA256}"), "$", -1);
+      guint64 iterations = 0;
+
+      return g_strv_length (parts) == 3
+             && g_ascii_string_to_unsigned (parts[0], 10, 1000, 100000000, &iterations, NULL)
+             && parts[1][0] != '\0' && parts[2][0] != '\0';
+    }
+  return FALSE;
+}
+
+/* Lines "local-user  local-secret  upstream-user  upstream-password-file"; see
+ * data/popgate.conf.example. Errors name the map's file and line. */
+static GHashTable *
+pg_config_load_account_map (const char *path, GError **error)
+{
+  g_autofree gchar *text = NULL;
+  g_autofree gchar *dir = g_path_get_dirname (path);
+  g_autoptr (GHashTable) accounts = NULL;
+  g_auto (GStrv) lines = NULL;
+  gsize len = 0;
+
+  if (!pg_config_check_secret_file (path, error))
+    return NULL;
+  if (!g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  accounts = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                    (GDestroyNotify) pg_config_imap_account_free);
+  lines = g_strsplit (text, "\n", -1);
+  pg_secret_wipe (text, len);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      g_auto (GStrv) fields = NULL;
+      g_autoptr (GPtrArray) words = g_ptr_array_new ();
+      g_autofree gchar *password_path = NULL;
+      g_autofree gchar *password = NULL;
+      gsize password_len = 0;
+      PgImapAccount *account;
+      char *line = g_strstrip (lines[i]);
+
+      if (line[0] == '\0' || line[0] == '#')
+        {
+          pg_secret_wipe (lines[i], strlen (lines[i]));
+          continue;
+        }
+      fields = g_strsplit_set (line, " \t", -1);
+      pg_secret_wipe (lines[i], strlen (lines[i]));
+      for (guint f = 0; fields[f] != NULL; f++)
+        if (fields[f][0] != '\0')
+          g_ptr_array_add (words, fields[f]);
+      if (words->len != 4)
+        {
+          for (guint f = 0; fields[f] != NULL; f++)
+            pg_secret_wipe (fields[f], strlen (fields[f]));
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s line %u: expected \"local-user local-secret upstream-user "
+                       "upstream-password-file\"", path, i + 1);
+          return NULL;
+        }
+      if (!pg_config_check_local_secret (g_ptr_array_index (words, 1)))
+        {
+          for (guint f = 0; fields[f] != NULL; f++)
+            pg_secret_wipe (fields[f], strlen (fields[f]));
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s line %u: the local secret must be {PLAIN}password or "
+                       "{PBKDF2-SHA256}iterations$salt$hash (base64)", path, i + 1);
+          return NULL;
+        }
+      password_path = g_canonicalize_filename (g_ptr_array_index (words, 3), dir);
+      if (!pg_config_check_secret_file (password_path, error)
+          || !g_file_get_contents (password_path, &password, &password_len, error))
+        {
+          for (guint f = 0; fields[f] != NULL; f++)
+            pg_secret_wipe (fields[f], strlen (fields[f]));
+          g_prefix_error (error, "%s line %u: ", path, i + 1);
+          return NULL;
+        }
+      /* The first line of the file is the password (a final newline is not part of it). */
+      password[strcspn (password, "\r\n")] = '\0';
+      account = g_new0 (PgImapAccount, 1);
+      account->local_user = g_strdup (g_ptr_array_index (words, 0));
+      account->local_secret = g_strdup (g_ptr_array_index (words, 1));
+      account->upstream_user = g_strdup (g_ptr_array_index (words, 2));
+      account->upstream_password = g_strdup (password);
+      pg_secret_wipe (password, password_len);
+      for (guint f = 0; fields[f] != NULL; f++)
+        pg_secret_wipe (fields[f], strlen (fields[f]));
+      if (account->upstream_password[0] == '\0'
+          || g_hash_table_contains (accounts, account->local_user))
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s line %u: %s", path, i + 1,
+                       account->upstream_password[0] == '\0' ? "the password file is empty"
+                                                              : "the local user is listed twice");
+          pg_config_imap_account_free (account);
+          return NULL;
+        }
+      g_hash_table_insert (accounts, account->local_user, account);
+    }
+  return g_steal_pointer (&accounts);
+}
+
+const PgImapAccount *
+pg_config_find_imap_account (const PgConfig *config, const char *login)
+{
+  g_return_val_if_fail (config != NULL && login != NULL, NULL);
+  if (config->imap.accounts == NULL)
+    return NULL;
+  return g_hash_table_lookup (config->imap.accounts, login);
+}
+
+gboolean
+pg_config_imap_account_check (const PgImapAccount *account, const char *password)
+{
+  const char *secret = account->local_secret;
+
+  if (g_str_has_prefix (secret, "{PLAIN}"))
+    {
+      const char *expected = secret + strlen ("{PLAIN}");
+      gsize len = strlen (expected);
+      /* Same length first (the length of the stored secret is not the secret). */
+      return strlen (password) == len && pg_secret_equal (expected, password, len);
+    }
+  if (g_str_has_prefix (secret, "{PBKDF2-SHA256}"))
+    {
+      g_auto (GStrv) parts = g_strsplit (secret + strlen ("{PBKDF2-SHA256}"), "$", -1);
+      guint64 iterations = g_ascii_strtoull (parts[0], NULL, 10);
+      gsize salt_len = 0, hash_len = 0;
+      g_autofree guchar *salt = g_base64_decode (parts[1], &salt_len);
+      g_autofree guchar *hash = g_base64_decode (parts[2], &hash_len);
+      g_autofree guchar *derived = NULL;
+      gnutls_datum_t key = { (unsigned char *) password, (unsigned int) strlen (password) };
+      gnutls_datum_t salt_datum = { salt, (unsigned int) salt_len };
+      gboolean ok;
+
+      if (hash_len == 0 || hash_len > 64)
+        return FALSE;
+      derived = g_malloc (hash_len);
+      if (gnutls_pbkdf2 (GNUTLS_MAC_SHA256, &key, &salt_datum, (unsigned) iterations, derived,
+                         hash_len)
+          != 0)
+        return FALSE;
+      ok = pg_secret_equal (derived, hash, hash_len);
+      pg_secret_wipe (derived, hash_len);
+      return ok;
+    }
+  return FALSE;
+}
+
 static gboolean
 pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **error)
 {
@@ -1042,6 +1239,16 @@ pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **er
   if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol,
                            error))
     return FALSE;
+  if (!pg_config_get_path (loader, "imap", "account_map", TRUE, &config->imap.account_map, error))
+    return FALSE;
+  if (config->imap.account_map != NULL)
+    {
+      g_autoptr (GError) cause = NULL;
+
+      config->imap.accounts = pg_config_load_account_map (config->imap.account_map, &cause);
+      if (config->imap.accounts == NULL)
+        return pg_config_fail_from (loader, "imap", "account_map", error, cause);
+    }
   return TRUE;
 }
 

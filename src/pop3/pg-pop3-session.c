@@ -19,6 +19,7 @@
 #include "popgate/pg-codec-dotstuff.h"
 #include "popgate/pg-codec-line.h"
 #include "popgate/pg-codec-pop3.h"
+#include "popgate/pg-codec-sasl.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-state.h"
@@ -928,69 +929,29 @@ pg_pop3_session_login (PgPop3Session *self, const char *password)
                                pg_pop3_session_open_cb, g_object_ref (self));
 }
 
-/* Decode strict base64 into a NUL-terminated buffer (wiped and freed by the caller). */
-static gchar *
-pg_pop3_sasl_decode (const char *text, gsize len, gsize *out_len)
-{
-  gchar *out;
-  gint state = 0;
-  guint save = 0;
-
-  if (len % 4 != 0)
-    return NULL;
-  for (gsize i = 0; i < len; i++)
-    {
-      char c = text[i];
-      if (!(g_ascii_isalnum (c) || c == '+' || c == '/' || (c == '=' && i + 2 >= len)))
-        return NULL;
-    }
-  out = g_malloc0 (len / 4 * 3 + 4);
-  *out_len = g_base64_decode_step (text, len, (guchar *) out, &state, &save);
-  out[*out_len] = '\0';
-  return out;
-}
-
 /* RFC 4616: [authzid] NUL authcid NUL passwd; an authzid must be empty or the authcid. */
 static void
 pg_pop3_session_sasl_plain (PgPop3Session *self, const char *response, gsize len)
 {
-  gsize n = 0;
-  g_autoptr (PgSecret) decoded = NULL;
-  const char *authzid, *authcid, *passwd;
-  gsize zlen, clen;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *authcid = NULL;
+  g_autoptr (PgSecret) passwd = NULL;
 
   self->sasl = PG_POP3_SASL_NONE;
-  decoded = pg_pop3_sasl_decode (response, len, &n);
-  if (decoded == NULL)
+  if (!pg_sasl_plain_decode (response, len, &authcid, &passwd, &error))
     {
-      pg_pop3_reply (self, "-ERR [AUTH] Invalid base64 data.");
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
+        {
+          /* Acting as another user is not something a gateway can grant. */
+          pg_pop3_session_auth_failed (self);
+          return;
+        }
+      pg_pop3_reply (self, "-ERR [AUTH] Malformed PLAIN response (%s).", error->message);
       pg_pop3_session_bad_command (self);
-      return;
-    }
-  authzid = decoded;
-  zlen = strnlen (authzid, n);
-  if (zlen >= n)
-    goto malformed;
-  authcid = authzid + zlen + 1;
-  clen = strnlen (authcid, n - zlen - 1);
-  if (zlen + 1 + clen >= n)
-    goto malformed;
-  passwd = authcid + clen + 1;
-  if (clen == 0 || strlen (passwd) != n - zlen - clen - 2)
-    goto malformed;
-  if (zlen > 0 && strcmp (authzid, authcid) != 0)
-    {
-      /* Acting as another user is not something a gateway can grant. */
-      pg_pop3_session_auth_failed (self);
       return;
     }
   pg_pop3_session_set_user (self, authcid);
   pg_pop3_session_login (self, passwd);
-  return;
-
-malformed:
-  pg_pop3_reply (self, "-ERR [AUTH] Malformed PLAIN response.");
-  pg_pop3_session_bad_command (self);
 }
 
 static void
@@ -1019,7 +980,7 @@ pg_pop3_session_sasl_response (PgPop3Session *self, const char *line, gsize len)
     case PG_POP3_SASL_LOGIN_PASS:
       {
         gsize n = 0;
-        g_autoptr (PgSecret) decoded = pg_pop3_sasl_decode (line, len, &n);
+        g_autoptr (PgSecret) decoded = pg_sasl_base64_decode (line, len, &n);
 
         if (decoded == NULL || strlen (decoded) != n
             || (self->sasl == PG_POP3_SASL_LOGIN_USER && n == 0))

@@ -112,9 +112,11 @@ struct _PgUpstream
   guint next_tag;
 
   GHashTable *caps;        /* owned: upper-case capability → itself */
+  GPtrArray *caps_list;    /* owned: the capabilities as the server spelt them, in order */
   gboolean caps_from_code; /* the last tagged/greeting reply carried [CAPABILITY] */
   gboolean tls;
   gchar *bye_text; /* owned: text of a BYE received */
+  gboolean hold_when_idle; /* relay hand-off: stop reading once logged in and idle */
 
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
 
@@ -536,13 +538,15 @@ static void
 pg_upstream_set_caps (PgUpstream *self, const GPtrArray *values)
 {
   g_hash_table_remove_all (self->caps);
+  g_ptr_array_set_size (self->caps_list, 0);
   for (guint i = 0; i < values->len; i++)
     {
       const char *cap = pg_imap_value_get_string (g_ptr_array_index (values, i));
       if (cap != NULL)
         {
           gchar *upper = g_ascii_strup (cap, -1);
-          g_hash_table_add (self->caps, upper);
+          if (g_hash_table_add (self->caps, upper))
+            g_ptr_array_add (self->caps_list, g_strdup (cap));
         }
     }
 }
@@ -792,6 +796,13 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   pg_upstream_handle_code (self, response);
   cmd->done (self, cmd, response, NULL);
   pg_upstream_cmd_free (cmd);
+  /* Relay hand-off: stop right after the reply that left us logged in and idle, so the
+   * bytes that follow stay unparsed in rbuf for pg_upstream_steal_stream(). */
+  if (self->hold_when_idle
+      && (self->state == PG_UPSTREAM_STATE_AUTHENTICATED
+          || self->state == PG_UPSTREAM_STATE_SELECTED)
+      && g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent))
+    self->paused = TRUE;
   pg_upstream_update_timeout (self);
   pg_upstream_flush (self);
 }
@@ -2144,6 +2155,74 @@ pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result, GError 
   return g_task_propagate_boolean (G_TASK (result), error);
 }
 
+/* --- relay hand-off ------------------------------------------------------------------------ */
+
+void
+pg_upstream_hold_when_idle (PgUpstream *self)
+{
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  self->hold_when_idle = TRUE;
+}
+
+GStrv
+pg_upstream_dup_capabilities (PgUpstream *self)
+{
+  GStrvBuilder *builder;
+  GStrv caps;
+
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), NULL);
+  builder = g_strv_builder_new ();
+  for (guint i = 0; i < self->caps_list->len; i++)
+    g_strv_builder_add (builder, g_ptr_array_index (self->caps_list, i));
+  caps = g_strv_builder_end (builder);
+  g_strv_builder_unref (builder);
+  return caps;
+}
+
+GIOStream *
+pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error)
+{
+  GIOStream *stream;
+
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), NULL);
+  g_return_val_if_fail (out_buffered != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED
+      && self->state != PG_UPSTREAM_STATE_SELECTED)
+    {
+      g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
+                           "upstream connection is not open and logged in");
+      return NULL;
+    }
+  /* A pending read or write, or a command in flight, would own bytes we cannot hand
+   * over: the caller must steal at a response boundary with nothing outstanding. */
+  if (self->reading || self->writing || self->upgrading || self->stream == NULL
+      || !g_queue_is_empty (&self->pending) || !g_queue_is_empty (&self->unsent))
+    {
+      g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
+                           "upstream connection is busy; cannot hand it over");
+      return NULL;
+    }
+  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT
+                               " bytes buffered)", self->rlen - self->rpos);
+  *out_buffered = g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos);
+  pg_secret_wipe (self->rbuf, sizeof self->rbuf);
+  self->rpos = self->rlen = 0;
+  stream = g_steal_pointer (&self->stream);
+  g_clear_object (&self->socket);
+  /* Inert from here: CLOSED without "closed" (nothing failed; the connection lives on in
+   * the caller's hands). */
+  self->paused = FALSE;
+  pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
+  if (self->timeout_source != NULL)
+    {
+      g_source_destroy (self->timeout_source);
+      g_clear_pointer (&self->timeout_source, g_source_unref);
+    }
+  return stream;
+}
+
 /* --- object --------------------------------------------------------------------------------- */
 
 void
@@ -2202,6 +2281,7 @@ pg_upstream_finalize (GObject *object)
   g_clear_object (&self->io_cancellable);
   g_clear_pointer (&self->parser, pg_imap_parser_free);
   g_clear_pointer (&self->caps, g_hash_table_unref);
+  g_clear_pointer (&self->caps_list, g_ptr_array_unref);
   g_clear_pointer (&self->config, pg_config_unref);
   g_clear_pointer (&self->context, g_main_context_unref);
   g_free (self->bye_text);
@@ -2246,6 +2326,7 @@ pg_upstream_init (PgUpstream *self)
   self->io_cancellable = g_cancellable_new ();
   self->parser = pg_imap_parser_new ();
   self->caps = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  self->caps_list = g_ptr_array_new_with_free_func (g_free);
   g_queue_init (&self->unsent);
   g_queue_init (&self->pending);
 }

@@ -1,0 +1,1261 @@
+/* popgate — IMAP session: pre-auth answered by popgate, login upstream, then a relay.
+ *
+ * Pre-auth input is framed by a fixed PgLineReader (PG_IMAP_MAX_PREAUTH_LINE) and parsed
+ * by the pure command parser, one command at a time; replies produced back to back go out
+ * in one write. While a command waits (login upstream, the failed-auth delay, STARTTLS)
+ * the client is not read at all, so no read is ever pending when the phase changes.
+ *
+ * After login the upstream's connection is taken over (pg_upstream_steal_stream) and the
+ * session relays bytes: each direction reads into its own fixed buffer and reads again
+ * only when its write is done (client → upstream) or the client's queue is below
+ * PG_CLIENT_OUTPUT_HIGH_WATER (upstream → client). Two PgImapRelayScanners observe the
+ * streams at command/response starts for tracking; literals and IDLE pass untouched.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#undef G_LOG_DOMAIN
+#define G_LOG_DOMAIN "popgate-imap"
+
+#include "popgate/pg-imap.h"
+
+#include "pg-imap-private.h"
+#include "pg-build-config.h"
+#include "popgate/pg-codec-imap-command.h"
+#include "popgate/pg-codec-line.h"
+#include "popgate/pg-codec-sasl.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
+
+#include <string.h>
+
+static const char *const pg_imap_state_names[] = {
+  "PREAUTH",
+  "AUTHENTICATING",
+  "RELAY",
+  "CLOSED",
+};
+G_STATIC_ASSERT (G_N_ELEMENTS (pg_imap_state_names) == PG_IMAP_STATE_COUNT);
+
+struct _PgImapSession
+{
+  GObject parent_instance;
+
+  PgImapSessionInfo info; /* what the registry shows; strings below own its pointers */
+  GList link;             /* in pg_imap_sessions; data = self */
+
+  PgConn *conn;     /* owned */
+  PgConfig *config; /* unowned: the conn's */
+  guint64 id;
+  gint64 started_mono_us;
+  gchar *end_reason;         /* owned */
+  GCancellable *cancellable; /* owned: cancelled when the connection closes */
+  guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
+  gboolean reading;          /* a client read is pending */
+
+  /* pre-auth */
+  PgLineReader *reader;        /* owned */
+  PgImapCommandParser *parser; /* owned */
+  GString *reply;              /* replies not yet handed to the connection */
+  gboolean busy;               /* a command waits: do not read or process */
+  gboolean starting_tls;
+  gboolean in_command;       /* the parser holds part of a command (line or literal) */
+  gboolean in_login_command; /* ... and it is LOGIN/AUTHENTICATE: never log its lines */
+  gchar *sasl_tag;           /* owned: AUTHENTICATE waiting for its response */
+  guint bad_commands;
+  guint auth_failures;
+  GSource *delay_source;    /* owned: the failed-auth delay */
+  gchar *pending_tag;       /* owned: LOGIN/AUTHENTICATE being answered */
+  gchar *client_id_name;    /* owned: ID "name" from the client, for the upstream */
+  gchar *client_id_version; /* owned */
+  gchar *user;              /* owned: info.user */
+  gchar *upstream_user;     /* owned: info.upstream_user */
+
+  /* relay */
+  GIOStream *up_stream; /* owned: the upstream connection after login */
+  guint8 *up_buf;       /* owned, PG_IMAP_RELAY_CHUNK */
+  gboolean up_reading;
+  gboolean up_writing;
+  PgImapRelayScanner *client_scan;             /* owned: client → upstream commands */
+  PgImapRelayScanner *up_scan;                 /* owned: upstream → client responses */
+  gboolean upstream_bye;                       /* the upstream sent "* BYE" */
+  gboolean logout_sent;                        /* the client sent LOGOUT */
+  gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
+  gchar *select_mailbox;                       /* owned: its mailbox (NULL if not trackable) */
+  gboolean select_read_only;
+  gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* CLOSE/UNSELECT awaiting its reply */
+  gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* IDLE running or starting */
+  gchar *mailbox;                             /* owned: info.mailbox */
+};
+
+G_DEFINE_FINAL_TYPE (PgImapSession, pg_imap_session, G_TYPE_OBJECT)
+
+/* Live sessions, oldest first (the links live in the sessions). */
+static GQueue pg_imap_sessions = G_QUEUE_INIT;
+
+static void pg_imap_session_process (PgImapSession *self);
+static void pg_imap_session_read (PgImapSession *self);
+static void pg_imap_session_relay_client_read (PgImapSession *self);
+static void pg_imap_session_relay_up_read (PgImapSession *self);
+
+const char *
+pg_imap_state_to_string (PgImapState state)
+{
+  g_return_val_if_fail (state < PG_IMAP_STATE_COUNT, "?");
+  return pg_imap_state_names[state];
+}
+
+guint
+pg_imap_session_get_n_live (void)
+{
+  return pg_imap_sessions.length;
+}
+
+void
+pg_imap_session_foreach (PgImapSessionInfoFunc func, gpointer user_data)
+{
+  for (GList *l = pg_imap_sessions.head; l != NULL;)
+    {
+      PgImapSession *self = l->data;
+      l = l->next; /* the callback may not end sessions, but be safe against reordering */
+      func (&self->info, user_data);
+    }
+}
+
+const PgImapSessionInfo *
+pg_imap_session_get_info (PgImapSession *self)
+{
+  g_return_val_if_fail (PG_IS_IMAP_SESSION (self), NULL);
+  return &self->info;
+}
+
+static void
+pg_imap_session_set_state (PgImapSession *self, PgImapState state)
+{
+  if (self->info.state == state)
+    return;
+  pg_session_debug (self->id, "state %s -> %s", pg_imap_state_names[self->info.state],
+                    pg_imap_state_names[state]);
+  self->info.state = state;
+}
+
+/* --- object ------------------------------------------------------------------------------ */
+
+static void
+pg_imap_session_close_upstream (PgImapSession *self)
+{
+  if (self->up_stream != NULL)
+    {
+      g_autoptr (GIOStream) base = NULL;
+      GIOStream *plain = self->up_stream;
+
+      /* Close the socket itself: no TLS close_notify that could block, no thread. */
+      if (G_IS_TLS_CONNECTION (self->up_stream))
+        {
+          g_object_get (self->up_stream, "base-io-stream", &base, NULL);
+          plain = base;
+        }
+      if (G_IS_SOCKET_CONNECTION (plain))
+        g_socket_close (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), NULL);
+      g_clear_object (&self->up_stream);
+    }
+}
+
+static void
+pg_imap_session_dispose (GObject *object)
+{
+  PgImapSession *self = PG_IMAP_SESSION (object);
+
+  if (self->delay_source != NULL)
+    {
+      g_source_destroy (self->delay_source);
+      g_clear_pointer (&self->delay_source, g_source_unref);
+    }
+  pg_imap_session_close_upstream (self);
+  if (self->conn != NULL)
+    g_signal_handlers_disconnect_by_data (self->conn, self);
+  g_clear_object (&self->conn);
+  G_OBJECT_CLASS (pg_imap_session_parent_class)->dispose (object);
+}
+
+static void
+pg_imap_session_finalize (GObject *object)
+{
+  PgImapSession *self = PG_IMAP_SESSION (object);
+
+  if (self->link.data != NULL)
+    g_queue_unlink (&pg_imap_sessions, &self->link);
+  g_clear_pointer (&self->reader, pg_line_reader_free);
+  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
+  g_clear_pointer (&self->client_scan, pg_imap_relay_scanner_free);
+  g_clear_pointer (&self->up_scan, pg_imap_relay_scanner_free);
+  g_clear_object (&self->cancellable);
+  g_string_free (self->reply, TRUE);
+  if (self->client_buf != NULL)
+    pg_secret_wipe (self->client_buf, PG_IMAP_RELAY_CHUNK);
+  g_free (self->client_buf);
+  g_free (self->up_buf);
+  g_free (self->end_reason);
+  g_free (self->sasl_tag);
+  g_free (self->pending_tag);
+  g_free (self->client_id_name);
+  g_free (self->client_id_version);
+  g_free (self->user);
+  g_free (self->upstream_user);
+  g_free (self->select_mailbox);
+  g_free (self->mailbox);
+  G_OBJECT_CLASS (pg_imap_session_parent_class)->finalize (object);
+}
+
+static void
+pg_imap_session_class_init (PgImapSessionClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->dispose = pg_imap_session_dispose;
+  object_class->finalize = pg_imap_session_finalize;
+}
+
+static void
+pg_imap_session_init (PgImapSession *self)
+{
+  self->reply = g_string_sized_new (256);
+  self->cancellable = g_cancellable_new ();
+  self->started_mono_us = g_get_monotonic_time ();
+  self->info.started_us = g_get_real_time ();
+  self->info.last_activity_us = self->info.started_us;
+  self->info.state = PG_IMAP_STATE_PREAUTH;
+}
+
+/* --- output and ending -------------------------------------------------------------------- */
+
+static void pg_imap_session_reply (PgImapSession *self, const char *format, ...)
+    G_GNUC_PRINTF (2, 3);
+
+static void
+pg_imap_session_reply (PgImapSession *self, const char *format, ...)
+{
+  va_list args;
+
+  va_start (args, format);
+  g_string_append_vprintf (self->reply, format, args);
+  va_end (args);
+  g_string_append (self->reply, "\r\n");
+}
+
+static void
+pg_imap_session_flush (PgImapSession *self)
+{
+  if (self->reply->len == 0)
+    return;
+  if (!pg_conn_is_closed (self->conn))
+    {
+      self->info.bytes_to_client += self->reply->len;
+      pg_conn_write (self->conn, self->reply->str, self->reply->len);
+    }
+  g_string_truncate (self->reply, 0);
+}
+
+static void
+pg_imap_session_log_end (PgImapSession *self)
+{
+  gint64 ms = (g_get_monotonic_time () - self->started_mono_us) / 1000;
+  g_autofree gchar *user
+      = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64) : g_strdup ("-");
+  g_autofree gchar *mailbox = self->mailbox != NULL
+                                  ? pg_log_escape (self->mailbox, strlen (self->mailbox), 64)
+                                  : g_strdup ("-");
+
+  pg_session_message (self->id,
+                      "imap session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
+                      "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT
+                      " commands=%" G_GUINT64_FORMAT " mailbox=%s reason=%s",
+                      user, pg_conn_get_peer (self->conn), pg_imap_state_names[self->info.state],
+                      ms, pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn),
+                      self->info.commands, mailbox,
+                      self->end_reason != NULL ? self->end_reason : "client disconnected");
+}
+
+static void
+pg_imap_session_conn_closed_cb (PgConn *conn, gpointer user_data)
+{
+  PgImapSession *self = user_data;
+
+  g_cancellable_cancel (self->cancellable);
+  pg_imap_session_close_upstream (self);
+  pg_imap_session_log_end (self);
+  pg_imap_session_set_state (self, PG_IMAP_STATE_CLOSED);
+  g_signal_handlers_disconnect_by_data (conn, self);
+  g_queue_unlink (&pg_imap_sessions, &self->link);
+  self->link.data = NULL;
+  /* Drop the reference the session held on itself for the connection's life. */
+  g_object_unref (self);
+}
+
+/* Flush the replies and close after them. */
+static void
+pg_imap_session_end (PgImapSession *self, const char *reason)
+{
+  if (self->end_reason == NULL)
+    self->end_reason = g_strdup (reason);
+  pg_imap_session_flush (self);
+  pg_conn_close (self->conn);
+}
+
+/* Close now (the client is gone or broke the protocol beyond repair). */
+static void
+pg_imap_session_abort (PgImapSession *self, const char *reason)
+{
+  if (self->end_reason == NULL)
+    self->end_reason = g_strdup (reason);
+  pg_conn_abort (self->conn);
+}
+
+static void
+pg_imap_session_bad_command (PgImapSession *self)
+{
+  self->bad_commands++;
+  if (self->bad_commands >= self->config->limits.max_bad_commands)
+    {
+      pg_imap_session_reply (self, "* BYE Too many invalid commands.");
+      pg_imap_session_end (self, "too many bad commands");
+    }
+}
+
+/* --- pre-auth ---------------------------------------------------------------------------- */
+
+static gboolean
+pg_imap_session_plaintext_allowed (PgImapSession *self)
+{
+  return pg_conn_is_tls (self->conn) || pg_conn_is_loopback (self->conn)
+         || self->config->imap.allow_plaintext_auth;
+}
+
+/* Before login: what popgate itself does. LITERAL- (RFC 7888): a pre-auth literal is at
+ * most PG_IMAP_MAX_PREAUTH_LITERAL = 4096 octets, which is exactly LITERAL-'s promise. */
+static gchar *
+pg_imap_session_preauth_capabilities (PgImapSession *self)
+{
+  GString *caps = g_string_new ("IMAP4rev1 SASL-IR LITERAL- ID");
+
+  if (pg_conn_can_start_tls (self->conn))
+    g_string_append (caps, " STARTTLS");
+  if (pg_imap_session_plaintext_allowed (self))
+    g_string_append (caps, " AUTH=PLAIN");
+  else
+    g_string_append (caps, " LOGINDISABLED");
+  return g_string_free (caps, FALSE);
+}
+
+/* After login: the upstream's, minus what a byte relay does not carry correctly or what
+ * would let the client leave the session popgate set up: STARTTLS and AUTH= (the client
+ * is already logged in), LOGINDISABLED, COMPRESS (the relay tracks the plain stream), and
+ * UNAUTHENTICATE (RFC 8437: it would let a client log in upstream past the account map). */
+static gchar *
+pg_imap_session_relay_capabilities (GStrv upstream_caps)
+{
+  GString *caps = g_string_new (NULL);
+
+  for (gsize i = 0; upstream_caps != NULL && upstream_caps[i] != NULL; i++)
+    {
+      const char *cap = upstream_caps[i];
+
+      if (g_ascii_strcasecmp (cap, "STARTTLS") == 0
+          || g_ascii_strcasecmp (cap, "LOGINDISABLED") == 0
+          || g_ascii_strcasecmp (cap, "UNAUTHENTICATE") == 0
+          || g_ascii_strncasecmp (cap, "AUTH=", 5) == 0
+          || g_ascii_strncasecmp (cap, "COMPRESS=", 9) == 0)
+        continue;
+      /* Capabilities are atoms; anything else from an untrusted upstream is dropped. */
+      if (strpbrk (cap, " \r\n\"(){%*\\]") != NULL)
+        continue;
+      if (caps->len > 0)
+        g_string_append_c (caps, ' ');
+      g_string_append (caps, cap);
+    }
+  if (caps->len == 0)
+    g_string_append (caps, "IMAP4rev1");
+  return g_string_free (caps, FALSE);
+}
+
+static void
+pg_imap_session_greeting (PgImapSession *self)
+{
+  g_autofree gchar *caps = pg_imap_session_preauth_capabilities (self);
+
+  pg_imap_session_reply (self, "* OK [CAPABILITY %s] popgate ready.", caps);
+}
+
+static void pg_imap_session_auth_failed (PgImapSession *self);
+
+static void
+pg_imap_session_auth_failed_delay_done (PgImapSession *self)
+{
+  g_autofree gchar *tag = g_steal_pointer (&self->pending_tag);
+
+  self->busy = FALSE;
+  pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
+  pg_imap_session_reply (self, "%s NO [AUTHENTICATIONFAILED] Authentication failed.",
+                         tag != NULL ? tag : "*");
+  if (self->auth_failures >= self->config->limits.max_auth_failures)
+    {
+      pg_imap_session_reply (self, "* BYE Too many authentication failures.");
+      pg_imap_session_end (self, "too many authentication failures");
+      return;
+    }
+  pg_imap_session_process (self);
+}
+
+static gboolean
+pg_imap_session_delay_cb (gpointer user_data)
+{
+  PgImapSession *self = user_data;
+
+  g_clear_pointer (&self->delay_source, g_source_unref);
+  pg_imap_session_auth_failed_delay_done (self);
+  return G_SOURCE_REMOVE;
+}
+
+/* One answer for an unknown user and a wrong password, after a delay. */
+static void
+pg_imap_session_auth_failed (PgImapSession *self)
+{
+  self->auth_failures++;
+  self->busy = TRUE;
+  g_clear_pointer (&self->user, g_free);
+  g_clear_pointer (&self->upstream_user, g_free);
+  self->info.user = NULL;
+  self->info.upstream_user = NULL;
+  if (self->config->limits.auth_failure_delay_ms == 0)
+    {
+      pg_imap_session_auth_failed_delay_done (self);
+      return;
+    }
+  self->delay_source = g_timeout_source_new (self->config->limits.auth_failure_delay_ms);
+  g_source_set_callback (self->delay_source, pg_imap_session_delay_cb, self, NULL);
+  g_source_attach (self->delay_source, g_main_context_get_thread_default ());
+}
+
+static void pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered);
+
+/* The login upstream failed for another reason than the credentials. */
+static void
+pg_imap_session_unavailable (PgImapSession *self, const GError *error)
+{
+  g_autofree gchar *user = pg_log_escape (self->user, strlen (self->user), 64);
+
+  pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
+                      error->message);
+  g_clear_pointer (&self->user, g_free);
+  g_clear_pointer (&self->upstream_user, g_free);
+  self->info.user = NULL;
+  self->info.upstream_user = NULL;
+  self->busy = FALSE;
+  pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
+  /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right. */
+  pg_imap_session_reply (self,
+                         "%s NO [UNAVAILABLE] The mail server is not available, try "
+                         "again later.",
+                         self->pending_tag);
+  g_clear_pointer (&self->pending_tag, g_free);
+  pg_imap_session_process (self);
+}
+
+static void
+pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) buffered = NULL;
+  g_auto (GStrv) caps = NULL;
+  g_autoptr (GIOStream) stream = pg_imap_login_finish (result, &buffered, &caps, &error);
+  g_autofree gchar *user = NULL;
+  g_autofree gchar *upstream_user = NULL;
+  g_autofree gchar *relay_caps = NULL;
+
+  if (pg_conn_is_closed (self->conn) || self->info.state != PG_IMAP_STATE_AUTHENTICATING)
+    return;
+  if (stream == NULL)
+    {
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
+        {
+          user = pg_log_escape (self->user, strlen (self->user), 64);
+          pg_session_message (self->id, "login failed: user=%s client=%s", user,
+                              pg_conn_get_peer (self->conn));
+          pg_imap_session_auth_failed (self);
+          return;
+        }
+      pg_imap_session_unavailable (self, error);
+      return;
+    }
+  self->up_stream = g_steal_pointer (&stream);
+  relay_caps = pg_imap_session_relay_capabilities (caps);
+  pg_imap_session_reply (self, "%s OK [CAPABILITY %s] Logged in.", self->pending_tag, relay_caps);
+  g_clear_pointer (&self->pending_tag, g_free);
+  user = pg_log_escape (self->user, strlen (self->user), 64);
+  upstream_user = pg_log_escape (self->upstream_user, strlen (self->upstream_user), 64);
+  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s client=%s%s", user,
+                      upstream_user, pg_conn_get_peer (self->conn),
+                      pg_conn_is_tls (self->conn) ? " tls" : "");
+  pg_imap_session_relay_start (self, buffered);
+}
+
+/* Log in upstream as `login` (the client's name) with `password`. */
+static void
+pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
+                       const char *password)
+{
+  const PgImapAccount *account;
+  const char *id_name = self->client_id_name != NULL ? self->client_id_name : "popgate";
+  const char *id_version = self->client_id_name == NULL      ? PG_VERSION
+                           : self->client_id_version != NULL ? self->client_id_version
+                                                             : "";
+
+  g_free (self->pending_tag);
+  self->pending_tag = g_strdup (tag);
+  self->busy = TRUE;
+  pg_imap_session_set_state (self, PG_IMAP_STATE_AUTHENTICATING);
+  g_free (self->user);
+  self->user = g_strdup (login);
+  self->info.user = self->user;
+  account = pg_config_find_imap_account (self->config, login);
+  if (account != NULL)
+    {
+      /* A mapped login is checked here; the upstream sees only the mapped account. */
+      if (!pg_config_imap_account_check (account, password))
+        {
+          g_autofree gchar *user = pg_log_escape (login, strlen (login), 64);
+          pg_session_message (self->id, "login failed: user=%s client=%s (account map)", user,
+                              pg_conn_get_peer (self->conn));
+          pg_imap_session_auth_failed (self);
+          return;
+        }
+      login = account->upstream_user;
+      password = account->upstream_password;
+    }
+  g_free (self->upstream_user);
+  self->upstream_user = g_strdup (login);
+  self->info.upstream_user = self->upstream_user;
+  pg_imap_login_async (self->config, self->id, self->upstream_user, password,
+                       pg_conn_get_peer_ip (self->conn), id_name, id_version, self->cancellable,
+                       pg_imap_session_login_cb, g_object_ref (self));
+}
+
+static gboolean
+pg_imap_session_check_plaintext (PgImapSession *self, const char *tag)
+{
+  if (pg_imap_session_plaintext_allowed (self))
+    return TRUE;
+  pg_imap_session_reply (self,
+                         "%s NO [PRIVACYREQUIRED] Plaintext authentication is disallowed "
+                         "on non-secure connections; use STARTTLS first.",
+                         tag);
+  return FALSE;
+}
+
+/* The base64 response to AUTHENTICATE PLAIN (initial or after "+ "). */
+static void
+pg_imap_session_sasl_plain (PgImapSession *self, const char *tag, const char *response, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *authcid = NULL;
+  g_autoptr (PgSecret) password = NULL;
+
+  if (!pg_sasl_plain_decode (response, len, &authcid, &password, &error))
+    {
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
+        {
+          /* Acting as another user is not something a gateway can grant. */
+          g_free (self->pending_tag);
+          self->pending_tag = g_strdup (tag);
+          pg_imap_session_auth_failed (self);
+          return;
+        }
+      pg_imap_session_reply (self, "%s BAD Invalid SASL response (%s).", tag, error->message);
+      pg_imap_session_bad_command (self);
+      return;
+    }
+  pg_imap_session_login (self, tag, authcid, password);
+}
+
+static void
+pg_imap_session_sasl_response (PgImapSession *self, const char *line, gsize len)
+{
+  g_autofree gchar *tag = g_steal_pointer (&self->sasl_tag);
+
+  if (len == 1 && line[0] == '*')
+    {
+      /* RFC 9051 §6.2.2: a cancelled exchange is answered with BAD. */
+      pg_imap_session_reply (self, "%s BAD Authentication cancelled.", tag);
+      return;
+    }
+  pg_imap_session_sasl_plain (self, tag, line, len);
+}
+
+static void
+pg_imap_session_authenticate (PgImapSession *self, PgImapCommand *cmd)
+{
+  const PgImapArg *mech = g_ptr_array_index (cmd->args, 0);
+  const char *mech_name = pg_imap_arg_get_string (mech, NULL);
+
+  if (mech_name == NULL || g_ascii_strcasecmp (mech_name, "PLAIN") != 0)
+    {
+      pg_imap_session_reply (self, "%s NO Unsupported authentication mechanism.", cmd->tag);
+      pg_imap_session_bad_command (self);
+      return;
+    }
+  if (!pg_imap_session_check_plaintext (self, cmd->tag))
+    return;
+  if (cmd->args->len > 1)
+    {
+      gsize len = 0;
+      const char *ir = pg_imap_arg_get_string (g_ptr_array_index (cmd->args, 1), &len);
+
+      /* RFC 4959: "=" is an empty initial response. */
+      if (ir != NULL && len == 1 && ir[0] == '=')
+        len = 0;
+      pg_imap_session_sasl_plain (self, cmd->tag, ir != NULL ? ir : "", len);
+      return;
+    }
+  g_free (self->sasl_tag);
+  self->sasl_tag = g_strdup (cmd->tag);
+  pg_imap_session_reply (self, "+ ");
+}
+
+static void
+pg_imap_session_id (PgImapSession *self, PgImapCommand *cmd)
+{
+  const PgImapArg *list = g_ptr_array_index (cmd->args, 0);
+
+  if (list->type == PG_IMAP_ARG_LIST)
+    for (guint i = 0; i + 1 < list->list->len; i += 2)
+      {
+        const char *key = pg_imap_arg_get_string (g_ptr_array_index (list->list, i), NULL);
+        const PgImapArg *value_arg = g_ptr_array_index (list->list, i + 1);
+        gsize len = 0;
+        const char *value
+            = pg_imap_arg_is_nil (value_arg) ? NULL : pg_imap_arg_get_string (value_arg, &len);
+
+        /* Forwarded upstream as they are: short, and no NUL hiding a second value. */
+        if (key == NULL || value == NULL || len > PG_IMAP_MAX_ID_VALUE || strlen (value) != len)
+          continue;
+        if (g_ascii_strcasecmp (key, "name") == 0)
+          {
+            g_free (self->client_id_name);
+            self->client_id_name = g_strdup (value);
+          }
+        else if (g_ascii_strcasecmp (key, "version") == 0)
+          {
+            g_free (self->client_id_version);
+            self->client_id_version = g_strdup (value);
+          }
+      }
+  if (self->client_id_name != NULL)
+    {
+      g_autofree gchar *name
+          = pg_log_escape (self->client_id_name, strlen (self->client_id_name), 64);
+      pg_session_info (self->id, "client ID name=%s", name);
+    }
+  pg_imap_session_reply (self, "* ID (\"name\" \"popgate\" \"version\" \"%s\")", PG_VERSION);
+  pg_imap_session_reply (self, "%s OK ID completed.", cmd->tag);
+}
+
+static void
+pg_imap_session_starttls_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_conn_start_tls_finish (self->conn, result, &error))
+    {
+      if (!pg_conn_is_closed (self->conn))
+        {
+          pg_session_info (self->id, "STARTTLS handshake failed: %s", error->message);
+          pg_imap_session_abort (self, "TLS handshake failed");
+        }
+      return;
+    }
+  pg_session_info (self->id, "TLS started");
+  self->info.tls = TRUE;
+  self->busy = FALSE;
+  self->starting_tls = FALSE;
+  pg_imap_session_process (self);
+}
+
+static void
+pg_imap_session_starttls_flushed_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+
+  if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
+    return;
+  pg_conn_start_tls_async (self->conn, self->cancellable, pg_imap_session_starttls_cb,
+                           g_object_ref (self));
+}
+
+static void
+pg_imap_session_starttls (PgImapSession *self, const char *tag)
+{
+  gsize dropped;
+
+  if (!pg_conn_can_start_tls (self->conn))
+    {
+      pg_imap_session_reply (self, "%s BAD STARTTLS is not available here.", tag);
+      return;
+    }
+  pg_imap_session_reply (self, "%s OK Begin TLS negotiation now.", tag);
+  pg_imap_session_flush (self);
+  /* RFC 9051 §6.2.1 / CVE-2011-0411: what the client pipelined after STARTTLS arrived in
+   * plaintext and must not run inside TLS. */
+  dropped = pg_line_reader_discard_buffered (self->reader);
+  pg_imap_command_parser_reset (self->parser);
+  if (dropped > 0)
+    pg_session_info (self->id, "discarded %" G_GSIZE_FORMAT " plaintext bytes after STARTTLS",
+                     dropped);
+  self->busy = TRUE;
+  self->starting_tls = TRUE;
+  pg_conn_wait_drained_async (self->conn, 0, self->cancellable, pg_imap_session_starttls_flushed_cb,
+                              g_object_ref (self));
+}
+
+static void
+pg_imap_session_handle_command (PgImapSession *self, PgImapCommand *cmd)
+{
+  self->info.commands++;
+  switch (cmd->kind)
+    {
+    case PG_IMAP_COMMAND_CAPABILITY:
+      {
+        g_autofree gchar *caps = pg_imap_session_preauth_capabilities (self);
+        pg_imap_session_reply (self, "* CAPABILITY %s", caps);
+        pg_imap_session_reply (self, "%s OK Capability completed.", cmd->tag);
+        return;
+      }
+    case PG_IMAP_COMMAND_NOOP:
+      pg_imap_session_reply (self, "%s OK NOOP completed.", cmd->tag);
+      return;
+    case PG_IMAP_COMMAND_LOGOUT:
+      pg_imap_session_reply (self, "* BYE Logging out.");
+      pg_imap_session_reply (self, "%s OK Logout completed.", cmd->tag);
+      pg_imap_session_end (self, "LOGOUT");
+      return;
+    case PG_IMAP_COMMAND_STARTTLS:
+      pg_imap_session_starttls (self, cmd->tag);
+      return;
+    case PG_IMAP_COMMAND_LOGIN:
+      {
+        gsize user_len = 0, pass_len = 0;
+        const char *user = pg_imap_arg_get_string (g_ptr_array_index (cmd->args, 0), &user_len);
+        const char *pass = pg_imap_arg_get_string (g_ptr_array_index (cmd->args, 1), &pass_len);
+
+        if (!pg_imap_session_check_plaintext (self, cmd->tag))
+          return;
+        if (user == NULL || pass == NULL || user_len == 0 || strlen (user) != user_len
+            || strlen (pass) != pass_len)
+          {
+            pg_imap_session_reply (self, "%s BAD Invalid user name or password.", cmd->tag);
+            pg_imap_session_bad_command (self);
+            return;
+          }
+        pg_imap_session_login (self, cmd->tag, user, pass);
+        return;
+      }
+    case PG_IMAP_COMMAND_AUTHENTICATE:
+      pg_imap_session_authenticate (self, cmd);
+      return;
+    case PG_IMAP_COMMAND_ID:
+      pg_imap_session_id (self, cmd);
+      return;
+    case PG_IMAP_COMMAND_UNKNOWN:
+    case PG_IMAP_COMMAND_COUNT:
+      break;
+    }
+  pg_imap_session_reply (self, "%s BAD Unknown command or not allowed before login.", cmd->tag);
+  pg_imap_session_bad_command (self);
+}
+
+static void
+pg_imap_session_log_line (PgImapSession *self, const char *line, gsize len)
+{
+  g_autofree gchar *shown = NULL;
+
+  if (pg_log_get_level () < PG_LOG_LEVEL_DEBUG)
+    return;
+  /* A SASL response, or a later line of LOGIN/AUTHENTICATE (after a literal), can hold
+   * the password whole: never shown. */
+  if (self->sasl_tag != NULL || self->in_login_command)
+    shown = g_strdup ("<redacted>");
+  else
+    shown = pg_log_redact_line (line, len, FALSE);
+  pg_session_debug (self->id, "C: %s", shown);
+}
+
+/* Does the line start a LOGIN or AUTHENTICATE command? ("tag LOGIN ...") */
+static gboolean
+pg_imap_session_is_login_line (const char *line, gsize len)
+{
+  const char *space = memchr (line, ' ', len);
+  gsize rest;
+
+  if (space == NULL)
+    return FALSE;
+  space++;
+  rest = len - (gsize) (space - line);
+  return (rest >= 5 && g_ascii_strncasecmp (space, "LOGIN", 5) == 0)
+         || (rest >= 12 && g_ascii_strncasecmp (space, "AUTHENTICATE", 12) == 0);
+}
+
+static void
+pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  PgImapParseStatus status;
+
+  if (!self->in_command && self->sasl_tag == NULL)
+    self->in_login_command = pg_imap_session_is_login_line (line, len);
+  pg_imap_session_log_line (self, line, len);
+  if (self->sasl_tag != NULL)
+    {
+      pg_imap_session_sasl_response (self, line, len);
+      return;
+    }
+  status = pg_imap_command_parser_feed_line (self->parser, line, len, &error);
+  switch (status)
+    {
+    case PG_IMAP_PARSE_COMPLETE:
+      {
+        g_autoptr (PgImapCommand) cmd = pg_imap_command_parser_take_command (self->parser);
+
+        self->in_command = FALSE;
+        self->in_login_command = FALSE;
+        pg_imap_session_handle_command (self, cmd);
+        return;
+      }
+    case PG_IMAP_PARSE_NEED_LITERAL:
+      self->in_command = TRUE;
+      if (pg_imap_command_parser_is_literal_sync (self->parser))
+        pg_imap_session_reply (self, "+ Ready for literal data.");
+      return;
+    case PG_IMAP_PARSE_NEED_LINE:
+      self->in_command = TRUE;
+      return;
+    case PG_IMAP_PARSE_ERROR:
+      {
+        const char *tag = pg_imap_command_parser_get_tag (self->parser);
+        gboolean non_sync_literal = len >= 3 && line[len - 1] == '}' && line[len - 2] == '+';
+
+        self->in_command = FALSE;
+        self->in_login_command = FALSE;
+        pg_imap_session_reply (self, "%s BAD %s.", tag != NULL ? tag : "*", error->message);
+        if (g_error_matches (error, PG_ERROR, PG_ERROR_LIMIT) && non_sync_literal)
+          {
+            /* Its octets are on their way and would be read as commands. */
+            pg_imap_session_reply (self, "* BYE Literal too large before login.");
+            pg_imap_session_end (self, "literal too large");
+            return;
+          }
+        pg_imap_session_bad_command (self);
+        return;
+      }
+    }
+  g_assert_not_reached ();
+}
+
+/* Handle every complete buffered line (and literal) until a command must wait, then
+ * flush the replies in one write and read more. */
+static void
+pg_imap_session_process (PgImapSession *self)
+{
+  while (!self->busy && !pg_conn_is_closed (self->conn)
+         && self->info.state == PG_IMAP_STATE_PREAUTH)
+    {
+      g_autoptr (GError) error = NULL;
+      const char *line = NULL;
+      gsize len = 0;
+      PgLineReaderStatus status;
+
+      if (self->in_command && pg_imap_command_parser_get_literal_remaining (self->parser) > 0)
+        {
+          const guint8 *data = NULL;
+          gsize n = pg_line_reader_take_raw (
+              self->reader, pg_imap_command_parser_get_literal_remaining (self->parser), &data);
+
+          if (n == 0)
+            break;
+          pg_imap_command_parser_feed_literal (self->parser, data, n, NULL);
+          continue;
+        }
+      status = pg_line_reader_next (self->reader, &line, &len, &error);
+      if (status == PG_LINE_READER_NEED_MORE)
+        break;
+      if (status == PG_LINE_READER_ERROR)
+        {
+          pg_imap_command_parser_reset (self->parser);
+          self->in_command = FALSE;
+          self->in_login_command = FALSE;
+          g_clear_pointer (&self->sasl_tag, g_free);
+          pg_imap_session_reply (self, "* BAD Command line too long.");
+          pg_imap_session_bad_command (self);
+          continue;
+        }
+      pg_imap_session_handle_line (self, line, len);
+    }
+  pg_imap_session_flush (self);
+  pg_imap_session_read (self);
+}
+
+static void pg_imap_session_relay_client_data (PgImapSession *self, gsize n);
+
+static void
+pg_imap_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = pg_conn_read_finish (self->conn, result, &error);
+
+  self->reading = FALSE;
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (n <= 0)
+    {
+      /* A client that sent LOGOUT may close without waiting for the reply. */
+      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT"
+                                   : n == 0          ? "client disconnected"
+                                                     : "client read error");
+      return;
+    }
+  self->info.bytes_from_client += (guint64) n;
+  self->info.last_activity_us = g_get_real_time ();
+  if (self->info.state == PG_IMAP_STATE_RELAY)
+    {
+      pg_imap_session_relay_client_data (self, (gsize) n);
+      return;
+    }
+  pg_line_reader_feed (self->reader, self->client_buf, (gsize) n);
+  pg_imap_session_process (self);
+}
+
+/* Pre-auth reads: only while nothing waits, so no read is pending when the phase changes
+ * (STARTTLS, login). */
+static void
+pg_imap_session_read (PgImapSession *self)
+{
+  gsize space;
+
+  if (self->reading || self->busy || pg_conn_is_closed (self->conn)
+      || self->info.state != PG_IMAP_STATE_PREAUTH)
+    return;
+  space = pg_line_reader_get_space (self->reader);
+  if (space == 0)
+    return;
+  self->reading = TRUE;
+  pg_conn_read_async (self->conn, self->client_buf, MIN (space, PG_IMAP_RELAY_CHUNK),
+                      self->cancellable, pg_imap_session_read_cb, g_object_ref (self));
+}
+
+/* --- relay ---------------------------------------------------------------------------------- */
+
+static void
+pg_imap_session_set_mailbox (PgImapSession *self, gchar *mailbox, gboolean read_only)
+{
+  g_free (self->mailbox);
+  self->mailbox = mailbox;
+  self->info.mailbox = mailbox;
+  self->info.read_only = mailbox != NULL && read_only;
+}
+
+static void
+pg_imap_session_copy_tag (gchar *dest, const char *tag)
+{
+  g_strlcpy (dest, tag, PG_IMAP_RELAY_MAX_TAG + 1);
+}
+
+/* A client command start, seen by the scanner. */
+static void
+pg_imap_session_track_command (PgImapSession *self, const PgImapRelayCommand *cmd)
+{
+  if (self->idle_tag[0] != '\0' && cmd->word[0] == '\0'
+      && g_ascii_strcasecmp (cmd->tag, "DONE") == 0)
+    return; /* ends the IDLE; its tagged reply clears the state */
+  self->info.commands++;
+  if (strcmp (cmd->word, "SELECT") == 0 || strcmp (cmd->word, "EXAMINE") == 0)
+    {
+      pg_imap_session_copy_tag (self->select_tag, cmd->tag);
+      g_free (self->select_mailbox);
+      self->select_mailbox = g_strdup (cmd->argument);
+      self->select_read_only = strcmp (cmd->word, "EXAMINE") == 0;
+    }
+  else if (strcmp (cmd->word, "CLOSE") == 0 || strcmp (cmd->word, "UNSELECT") == 0)
+    pg_imap_session_copy_tag (self->close_tag, cmd->tag);
+  else if (strcmp (cmd->word, "IDLE") == 0)
+    pg_imap_session_copy_tag (self->idle_tag, cmd->tag);
+  else if (strcmp (cmd->word, "LOGOUT") == 0)
+    self->logout_sent = TRUE;
+}
+
+/* An upstream response start, seen by the scanner. */
+static void
+pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *resp)
+{
+  const char *tag = resp->tag;
+  gboolean ok = strcmp (resp->word, "OK") == 0;
+
+  if (strcmp (tag, "*") == 0)
+    {
+      if (strcmp (resp->word, "BYE") == 0)
+        self->upstream_bye = TRUE;
+      return;
+    }
+  if (strcmp (tag, "+") == 0)
+    {
+      if (self->idle_tag[0] != '\0')
+        self->info.idling = TRUE;
+      return;
+    }
+  if (self->select_tag[0] != '\0' && strcmp (tag, self->select_tag) == 0)
+    {
+      self->select_tag[0] = '\0';
+      /* RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected. */
+      pg_imap_session_set_mailbox (self, ok ? g_steal_pointer (&self->select_mailbox) : NULL,
+                                   self->select_read_only);
+      g_clear_pointer (&self->select_mailbox, g_free);
+    }
+  else if (self->close_tag[0] != '\0' && strcmp (tag, self->close_tag) == 0)
+    {
+      self->close_tag[0] = '\0';
+      if (ok)
+        pg_imap_session_set_mailbox (self, NULL, FALSE);
+    }
+  else if (self->idle_tag[0] != '\0' && strcmp (tag, self->idle_tag) == 0)
+    {
+      self->idle_tag[0] = '\0';
+      self->info.idling = FALSE;
+    }
+}
+
+static void
+pg_imap_session_scan_client (PgImapSession *self, const guint8 *data, gsize len)
+{
+  while (len > 0)
+    {
+      gboolean complete = FALSE;
+      const PgImapRelayCommand *cmd = NULL;
+      gsize n = pg_imap_relay_scanner_scan (self->client_scan, data, len, &complete, &cmd);
+
+      if (complete)
+        pg_imap_session_track_command (self, cmd);
+      data += n;
+      len -= n;
+    }
+}
+
+static void
+pg_imap_session_scan_upstream (PgImapSession *self, const guint8 *data, gsize len)
+{
+  while (len > 0)
+    {
+      gboolean complete = FALSE;
+      const PgImapRelayCommand *resp = NULL;
+      gsize n = pg_imap_relay_scanner_scan (self->up_scan, data, len, &complete, &resp);
+
+      if (complete)
+        pg_imap_session_track_response (self, resp);
+      data += n;
+      len -= n;
+    }
+}
+
+/* The upstream is gone: tell the client (RFC 9051 §7.1.5) unless the upstream did. */
+static void
+pg_imap_session_upstream_gone (PgImapSession *self, const char *why)
+{
+  if (!self->upstream_bye)
+    pg_imap_session_reply (self, "* BYE The mail server closed the connection.");
+  pg_imap_session_end (self, self->logout_sent ? "LOGOUT" : why);
+}
+
+static void
+pg_imap_session_up_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+  g_autoptr (GError) error = NULL;
+
+  self->up_writing = FALSE;
+  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
+    {
+      if (pg_conn_is_closed (self->conn))
+        return;
+      pg_session_info (self->id, "upstream write failed: %s", error->message);
+      pg_imap_session_upstream_gone (self, "upstream write failed");
+      return;
+    }
+  if (pg_conn_is_closed (self->conn))
+    return;
+  /* The chunk is out: only now read the client again (back-pressure). */
+  pg_imap_session_relay_client_read (self);
+}
+
+/* client_buf[0..n) came from the client: observe it and send it on. */
+static void
+pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
+{
+  pg_imap_session_scan_client (self, self->client_buf, n);
+  self->up_writing = TRUE;
+  g_output_stream_write_all_async (g_io_stream_get_output_stream (self->up_stream),
+                                   self->client_buf, n, G_PRIORITY_DEFAULT, self->cancellable,
+                                   pg_imap_session_up_write_cb, g_object_ref (self));
+}
+
+static void
+pg_imap_session_relay_client_read (PgImapSession *self)
+{
+  if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
+    return;
+  self->reading = TRUE;
+  pg_conn_read_async (self->conn, self->client_buf, PG_IMAP_RELAY_CHUNK, self->cancellable,
+                      pg_imap_session_read_cb, g_object_ref (self));
+}
+
+static void
+pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+
+  if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
+    return;
+  pg_imap_session_relay_up_read (self);
+}
+
+/* Upstream bytes for the client: observe, queue, and read on unless the client's queue is
+ * over the high-water mark (then wait until it drained to it). */
+static void
+pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
+{
+  pg_imap_session_scan_upstream (self, data, n);
+  self->info.bytes_to_client += n;
+  pg_conn_write (self->conn, data, n);
+  if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
+    {
+      pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER, self->cancellable,
+                                  pg_imap_session_drained_cb, g_object_ref (self));
+      return;
+    }
+  pg_imap_session_relay_up_read (self);
+}
+
+static void
+pg_imap_session_up_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapSession) self = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  self->up_reading = FALSE;
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (n <= 0)
+    {
+      if (n < 0)
+        pg_session_info (self->id, "upstream read failed: %s", error->message);
+      pg_imap_session_upstream_gone (self, n == 0 ? "upstream closed the connection"
+                                                  : "upstream read error");
+      return;
+    }
+  pg_imap_session_relay_up_data (self, self->up_buf, (gsize) n);
+}
+
+static void
+pg_imap_session_relay_up_read (PgImapSession *self)
+{
+  if (self->up_reading || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
+    return;
+  self->up_reading = TRUE;
+  g_input_stream_read_async (g_io_stream_get_input_stream (self->up_stream), self->up_buf,
+                             PG_IMAP_RELAY_CHUNK, G_PRIORITY_DEFAULT, self->cancellable,
+                             pg_imap_session_up_read_cb, g_object_ref (self));
+}
+
+static void
+pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
+{
+  const guint8 *pipelined = NULL;
+  gsize n_pipelined;
+
+  pg_imap_session_set_state (self, PG_IMAP_STATE_RELAY);
+  self->busy = FALSE;
+  pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
+  self->client_scan = pg_imap_relay_scanner_new ();
+  self->up_scan = pg_imap_relay_scanner_new ();
+  self->up_buf = g_malloc (PG_IMAP_RELAY_CHUNK);
+  pg_imap_session_flush (self);
+
+  /* What the client pipelined behind its login goes upstream first. The reader holds at
+   * most PG_IMAP_MAX_PREAUTH_LINE octets, which fits one relay chunk. */
+  G_STATIC_ASSERT (PG_IMAP_MAX_PREAUTH_LINE <= PG_IMAP_RELAY_CHUNK);
+  n_pipelined = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK, &pipelined);
+  if (n_pipelined > 0)
+    {
+      memcpy (self->client_buf, pipelined, n_pipelined);
+      pg_imap_session_relay_client_data (self, n_pipelined);
+    }
+  else
+    pg_imap_session_relay_client_read (self);
+  g_clear_pointer (&self->reader, pg_line_reader_free);
+  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
+
+  if (g_bytes_get_size (up_buffered) > 0)
+    pg_imap_session_relay_up_data (self, g_bytes_get_data (up_buffered, NULL),
+                                   g_bytes_get_size (up_buffered));
+  else
+    pg_imap_session_relay_up_read (self);
+}
+
+/* --- signals and start ---------------------------------------------------------------- */
+
+static gboolean
+pg_imap_session_timeout_cb (PgConn *conn, gpointer user_data)
+{
+  PgImapSession *self = user_data;
+
+  /* RFC 9051 §5.4 autologout (the timer is at least 30 minutes after login, which also
+   * satisfies RFC 2177's 29 minutes for IDLE); before login it is the pre-auth timeout. */
+  pg_imap_session_reply (self, "* BYE Disconnected for inactivity.");
+  pg_imap_session_end (self, self->info.state == PG_IMAP_STATE_RELAY ? "inactivity timeout"
+                                                                     : "pre-auth timeout");
+  return TRUE;
+}
+
+static void
+pg_imap_session_shutdown_cb (PgConn *conn, gpointer user_data)
+{
+  PgImapSession *self = user_data;
+
+  /* Nothing is half-applied in a relay; the client reconnects to another instance. */
+  pg_imap_session_reply (self, "* BYE Server shutting down.");
+  pg_imap_session_end (self, "server shutdown");
+}
+
+void
+pg_imap_session_start (PgConn *conn, gpointer user_data)
+{
+  PgImapSession *self = g_object_new (PG_TYPE_IMAP_SESSION, NULL);
+
+  self->conn = g_object_ref (conn);
+  self->config = pg_conn_get_config (conn);
+  self->id = pg_conn_get_id (conn);
+  self->info.id = self->id;
+  self->info.client = pg_conn_get_peer (conn);
+  self->info.tls = pg_conn_is_tls (conn);
+  self->reader = pg_line_reader_new (PG_IMAP_MAX_PREAUTH_LINE);
+  self->parser = pg_imap_command_parser_new ();
+  self->client_buf = g_malloc (PG_IMAP_RELAY_CHUNK);
+  self->link.data = self;
+  g_queue_push_tail_link (&pg_imap_sessions, &self->link);
+  /* The session holds itself until the connection's "closed". */
+  g_signal_connect (conn, "closed", G_CALLBACK (pg_imap_session_conn_closed_cb), self);
+  g_signal_connect (conn, "timeout", G_CALLBACK (pg_imap_session_timeout_cb), self);
+  g_signal_connect (conn, "shutdown", G_CALLBACK (pg_imap_session_shutdown_cb), self);
+  pg_session_info (self->id, "imap session from %s%s", pg_conn_get_peer (conn),
+                   pg_conn_is_tls (conn) ? " (TLS)" : "");
+  pg_imap_session_greeting (self);
+  pg_imap_session_process (self);
+}

@@ -1,0 +1,880 @@
+/* popgate — IMAP front end integration tests: the real popgate binary in front of a real
+ * Dovecot, driven by a small IMAP client (raw lines where the protocol detail matters) and
+ * by Python's imaplib; plus an in-process session on a non-loopback (Unix socket)
+ * connection for what needs an off-loopback client and the session registry.
+ *
+ * One Dovecot serves the whole program; each test has its own user (named after the test)
+ * and its own popgate.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+#include "pg-test-popgate.h"
+
+#include "popgate/pg-config.h"
+#include "popgate/pg-core.h"
+#include "popgate/pg-imap.h"
+#include "src/net/pg-net-private.h"
+
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static PgTestDovecot *upstream = NULL;
+
+/* Awkward on purpose: a quote, a backslash, a space and 8-bit. */
+#define PASSWORD "p\"a\\ss w0rd-é"
+/* imaplib sends only ASCII credentials (as a quoted string: the quote and backslash stay). */
+#define PASSWORD_ASCII "p\"a\\ss w0rd-e"
+
+typedef struct
+{
+  gchar *user;
+  PgTestPopgate *popgate;
+  gchar *account_map; /* owned: set by tests that need one, before setup */
+  gchar *map_dir;     /* owned */
+} Fixture;
+
+static gchar *
+fixture_user_name (void)
+{
+  const char *path = g_test_get_path ();
+  const char *base = strrchr (path, '/');
+  return g_ascii_strdown (base != NULL ? base + 1 : path, -1);
+}
+
+#define MAP_LOCAL_USER "mapped-local"
+#define MAP_LOCAL_PASSWORD "local-pass-w0rd"
+
+/* An account map (mode 0600) that maps MAP_LOCAL_USER to this test's upstream user, with
+ * the upstream password in its own 0600 file. */
+static void
+fixture_make_map (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *pw_file = NULL;
+  g_autofree gchar *map = NULL;
+
+  if (fx->account_map != NULL)
+    return;
+  fx->map_dir = g_dir_make_tmp ("popgate-map-XXXXXX", &error);
+  g_assert_no_error (error);
+  pw_file = g_build_filename (fx->map_dir, "upstream.pw", NULL);
+  g_assert_true (g_file_set_contents_full (pw_file, PASSWORD "\n", -1, G_FILE_SET_CONTENTS_NONE,
+                                           0600, &error));
+  g_assert_no_error (error);
+  fx->account_map = g_build_filename (fx->map_dir, "accounts", NULL);
+  map = g_strdup_printf ("# local-user local-secret upstream-user upstream-password-file\n"
+                         "%s {PLAIN}%s %s upstream.pw\n",
+                         MAP_LOCAL_USER, MAP_LOCAL_PASSWORD, fx->user);
+  g_assert_true (
+      g_file_set_contents_full (fx->account_map, map, -1, G_FILE_SET_CONTENTS_NONE, 0600, &error));
+  g_assert_no_error (error);
+}
+
+static void
+fixture_setup (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  const char *const *settings = data;
+  static const char message[] = "From: a@example.org\r\nSubject: seed\r\n\r\nHello.\r\n";
+
+  fx->user = fixture_user_name ();
+  g_assert_true (
+      pg_test_dovecot_append (upstream, fx->user, "INBOX", message, strlen (message), &error));
+  g_assert_no_error (error);
+  /* pg_test_popgate_start() waits for the first port to accept, and polling connects to a
+   * free ephemeral port can connect to themselves (TCP simultaneous open), which then holds
+   * the port so popgate cannot bind it. So wait for popgate's own "ready" line and start
+   * over on fresh ports if it did not get there. */
+  for (guint attempt = 0; attempt < 5; attempt++)
+    {
+      g_clear_pointer (&fx->popgate, pg_test_popgate_free);
+      fx->popgate = pg_test_popgate_new (upstream, "none", &error);
+      g_assert_no_error (error);
+      pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
+      for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+        if (strcmp (settings[i + 2], "@MAP@") == 0)
+          fixture_make_map (fx);
+        else
+          pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
+      if (fx->account_map != NULL)
+        pg_test_popgate_set (fx->popgate, "imap", "account_map", fx->account_map);
+      if (!pg_test_popgate_start (fx->popgate, &error))
+        {
+          g_test_message ("popgate start failed, retrying: %s", error->message);
+          g_clear_error (&error);
+          continue;
+        }
+      if (pg_test_popgate_wait_log (fx->popgate, "ready", 10000)
+          && !pg_test_popgate_wait (fx->popgate, 0, NULL))
+        return;
+      g_test_message ("popgate did not get ready, retrying");
+    }
+  g_assert_not_reached ();
+}
+
+static void
+fixture_teardown (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *log = NULL;
+
+  if (fx->popgate != NULL)
+    {
+      pg_test_popgate_stop (fx->popgate);
+      log = pg_test_popgate_read_log (fx->popgate);
+      if (g_test_failed ())
+        g_test_message ("popgate log:\n%s", log);
+      /* Never a password in the log, at -v, whatever happened. */
+      g_assert_null (strstr (log, PASSWORD));
+      g_assert_null (strstr (log, "w0rd"));
+    }
+  g_clear_pointer (&fx->popgate, pg_test_popgate_free);
+  if (fx->map_dir != NULL)
+    pg_test_rm_rf (fx->map_dir);
+  g_free (fx->map_dir);
+  g_free (fx->account_map);
+  g_free (fx->user);
+}
+
+/* --- helpers -------------------------------------------------------------------------------- */
+
+static PgTestImap *
+connect_popgate (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestImap *imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
+
+  if (error != NULL)
+    {
+      g_autofree gchar *log = pg_test_popgate_read_log (fx->popgate);
+      g_test_message ("port %u; popgate log:\n%s", fx->popgate->imap_port, log);
+    }
+  g_assert_no_error (error);
+  g_assert_nonnull (imap);
+  return imap;
+}
+
+static void
+send_raw (PgTestImap *imap, const char *text)
+{
+  g_autoptr (GError) error = NULL;
+
+  g_assert_true (pg_test_imap_send_raw (imap, text, strlen (text), &error));
+  g_assert_no_error (error);
+}
+
+static gchar *
+read_line (PgTestImap *imap)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *line = pg_test_imap_read_line (imap, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (line);
+  return line;
+}
+
+/* Read lines until one starts with `prefix`; return it (the others are dropped). */
+static gchar *
+read_until (PgTestImap *imap, const char *prefix)
+{
+  for (guint i = 0; i < 1000; i++)
+    {
+      gchar *line = read_line (imap);
+      if (g_str_has_prefix (line, prefix))
+        return line;
+      g_free (line);
+    }
+  g_assert_not_reached ();
+  return NULL;
+}
+
+/* LOGIN with both arguments as synchronising literals; returns the tagged reply. */
+static gchar *
+raw_login (PgTestImap *imap, const char *tag, const char *user, const char *password)
+{
+  g_autofree gchar *head = g_strdup_printf ("%s LOGIN {%zu}\r\n", tag, strlen (user));
+  g_autofree gchar *mid = g_strdup_printf ("%s {%zu}\r\n", user, strlen (password));
+  g_autofree gchar *tail = g_strdup_printf ("%s\r\n", password);
+  g_autofree gchar *cont1 = NULL;
+  g_autofree gchar *cont2 = NULL;
+  g_autofree gchar *prefix = g_strdup_printf ("%s ", tag);
+
+  send_raw (imap, head);
+  cont1 = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont1, "+"));
+  send_raw (imap, mid);
+  cont2 = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont2, "+"));
+  send_raw (imap, tail);
+  return read_until (imap, prefix);
+}
+
+static gchar *
+plain_b64 (const char *user, const char *password)
+{
+  g_autoptr (GString) raw = g_string_new (NULL);
+
+  g_string_append_c (raw, '\0');
+  g_string_append (raw, user);
+  g_string_append_c (raw, '\0');
+  g_string_append (raw, password);
+  return g_base64_encode ((const guchar *) raw->str, raw->len);
+}
+
+static gboolean
+log_has (Fixture *fx, const char *needle)
+{
+  return pg_test_popgate_wait_log (fx->popgate, needle, 10000);
+}
+
+/* --- tests ---------------------------------------------------------------------------------- */
+
+/* A whole session: SELECT, FETCH, STORE, APPEND (synchronising and LITERAL+), EXPUNGE,
+ * LOGOUT, with the upstream's capabilities filtered in the login reply. */
+static void
+test_session (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = NULL;
+  g_autoptr (GArray) uids = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_auto (GStrv) flags = NULL;
+  guint32 exists = 0, uid_sync = 0;
+  static const char appended[] = "Subject: appended\r\n\r\nsync literal\r\n";
+  static const char appended_plus[] = "Subject: literal plus\r\n\r\nnon-sync\r\n";
+
+  g_assert_true (g_str_has_prefix (pg_test_imap_get_greeting (imap), "* OK [CAPABILITY IMAP4rev1"));
+  g_assert_nonnull (strstr (pg_test_imap_get_greeting (imap), "AUTH=PLAIN")); /* loopback */
+  login = raw_login (imap, "a1", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a1 OK [CAPABILITY "));
+  g_assert_nonnull (strstr (login, "IDLE"));
+  g_assert_nonnull (strstr (login, "LITERAL+"));
+  g_assert_null (strstr (login, "STARTTLS"));
+  g_assert_null (strstr (login, "AUTH="));
+  g_assert_null (strstr (login, "LOGINDISABLED"));
+  g_assert_null (strstr (login, "COMPRESS"));
+
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (exists, ==, 1);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 1);
+  body = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 0), &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (strstr (g_bytes_get_data (body, NULL), "Subject: seed"));
+
+  g_assert_true (pg_test_imap_uid_store (imap, g_array_index (uids, guint32, 0),
+                                         "+FLAGS.SILENT (\\Flagged)", &error));
+  g_assert_no_error (error);
+  flags = pg_test_imap_fetch_flags (imap, g_array_index (uids, guint32, 0), &error);
+  g_assert_no_error (error);
+  g_assert_true (g_strv_contains ((const char *const *) flags, "\\Flagged"));
+
+  /* APPEND with a synchronising literal (the client waits for "+"). */
+  g_assert_true (pg_test_imap_append (imap, "INBOX", "\\Seen", appended, strlen (appended),
+                                      &uid_sync, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (uid_sync, >, 0);
+
+  /* APPEND with LITERAL+: command and literal in one write, no "+" in between. */
+  {
+    g_autofree gchar *cmd = g_strdup_printf ("p1 APPEND INBOX {%zu+}\r\n%s\r\n",
+                                             strlen (appended_plus), appended_plus);
+    g_autofree gchar *reply = NULL;
+
+    send_raw (imap, cmd);
+    reply = read_until (imap, "p1 ");
+    g_assert_true (g_str_has_prefix (reply, "p1 OK"));
+  }
+  g_clear_pointer (&uids, g_array_unref);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 3);
+  {
+    g_autoptr (GBytes) plus
+        = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 2), &error);
+    g_assert_no_error (error);
+    g_assert_cmpmem (g_bytes_get_data (plus, NULL), g_bytes_get_size (plus), appended_plus,
+                     strlen (appended_plus));
+  }
+
+  g_assert_true (pg_test_imap_expunge_uid (imap, uid_sync, &error));
+  g_assert_no_error (error);
+  g_clear_pointer (&uids, g_array_unref);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 2);
+
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+  g_assert_true (log_has (fx, "imap session ended: user=session"));
+  {
+    g_autofree gchar *log = pg_test_popgate_read_log (fx->popgate);
+    const char *end = strstr (log, "imap session ended: user=session");
+    g_assert_nonnull (strstr (log, "imap session started: user=session"));
+    g_assert_nonnull (strstr (end, "mailbox=INBOX"));
+    g_assert_nonnull (strstr (end, "reason=LOGOUT"));
+    g_assert_nonnull (strstr (end, " in="));
+    g_assert_nonnull (strstr (end, " out="));
+    g_assert_nonnull (strstr (end, "duration="));
+  }
+}
+
+/* IDLE through the relay receives the EXISTS caused by another client's APPEND. */
+static void
+test_idle (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (PgTestImap) other = NULL;
+  g_autofree gchar *login = raw_login (imap, "a1", fx->user, PASSWORD);
+  g_autofree gchar *cont = NULL;
+  g_autofree gchar *exists = NULL;
+  g_autofree gchar *done = NULL;
+  static const char message[] = "Subject: while idling\r\n\r\nhi\r\n";
+
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error));
+  g_assert_no_error (error);
+  send_raw (imap, "i1 IDLE\r\n");
+  cont = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+
+  other = pg_test_imap_connect (upstream->host, upstream->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_test_imap_login (other, fx->user, PASSWORD, &error));
+  g_assert_no_error (error);
+  g_assert_true (
+      pg_test_imap_append (other, "INBOX", NULL, message, strlen (message), NULL, &error));
+  g_assert_no_error (error);
+
+  exists = read_until (imap, "* 2 EXISTS");
+  send_raw (imap, "DONE\r\n");
+  done = read_until (imap, "i1 ");
+  g_assert_true (g_str_has_prefix (done, "i1 OK"));
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+}
+
+/* STARTTLS, LOGIN, SELECT, FETCH, APPEND, LOGOUT by Python's imaplib. */
+static void
+test_imaplib (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "imap-imaplib.py", NULL);
+  g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->imap_port);
+  const char *argv[]
+      = { "python3",      script, fx->popgate->host, port, fx->popgate->certs->ca_file, fx->user,
+          PASSWORD_ASCII, NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_run_status (argv, NULL, 60000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("imaplib script failed (%d): %s", status, output);
+  g_assert_nonnull (strstr (output, "imaplib: ok"));
+  g_assert_true (log_has (fx, "reason=LOGOUT"));
+}
+
+/* Plaintext sent behind STARTTLS is dropped, never run inside TLS. Checked with a raw
+ * client: the injected command would otherwise be answered after the handshake. */
+static void
+test_starttls_injection (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *reply = NULL;
+
+  g_assert_nonnull (strstr (pg_test_imap_get_greeting (imap), "STARTTLS"));
+  send_raw (imap, "s1 STARTTLS\r\ns2 CAPABILITY\r\n");
+  reply = read_line (imap);
+  g_assert_cmpstr (reply, ==, "s1 OK Begin TLS negotiation now.");
+  /* The server now waits for a ClientHello; it sent nothing about s2. */
+  g_assert_true (log_has (fx, "discarded 15 plaintext bytes after STARTTLS"));
+}
+
+static void
+test_authenticate_plain (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *b64 = plain_b64 (fx->user, PASSWORD);
+
+  /* SASL-IR */
+  {
+    g_autoptr (PgTestImap) imap = connect_popgate (fx);
+    g_autofree gchar *cmd = g_strdup_printf ("a1 AUTHENTICATE PLAIN %s\r\n", b64);
+    g_autofree gchar *reply = NULL;
+
+    send_raw (imap, cmd);
+    reply = read_until (imap, "a1 ");
+    g_assert_true (g_str_has_prefix (reply, "a1 OK [CAPABILITY "));
+    g_assert_true (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_logout (imap, &error));
+    g_assert_no_error (error);
+  }
+  /* Continuation */
+  {
+    g_autoptr (PgTestImap) imap = connect_popgate (fx);
+    g_autofree gchar *cont = NULL;
+    g_autofree gchar *response = g_strdup_printf ("%s\r\n", b64);
+    g_autofree gchar *reply = NULL;
+
+    send_raw (imap, "a1 AUTHENTICATE PLAIN\r\n");
+    cont = read_line (imap);
+    g_assert_cmpstr (cont, ==, "+ ");
+    send_raw (imap, response);
+    reply = read_until (imap, "a1 ");
+    g_assert_true (g_str_has_prefix (reply, "a1 OK"));
+    g_assert_true (pg_test_imap_logout (imap, &error));
+    g_assert_no_error (error);
+  }
+  /* Cancelled with "*" */
+  {
+    g_autoptr (PgTestImap) imap = connect_popgate (fx);
+    g_autofree gchar *cont = NULL;
+    g_autofree gchar *reply = NULL;
+    g_autofree gchar *noop = NULL;
+
+    send_raw (imap, "a1 AUTHENTICATE PLAIN\r\n");
+    cont = read_line (imap);
+    g_assert_cmpstr (cont, ==, "+ ");
+    send_raw (imap, "*\r\na2 NOOP\r\n");
+    reply = read_line (imap);
+    g_assert_true (g_str_has_prefix (reply, "a1 BAD"));
+    noop = read_line (imap);
+    g_assert_true (g_str_has_prefix (noop, "a2 OK"));
+  }
+}
+
+/* ID before login is answered by popgate; the session goes on to log in. */
+static void
+test_id (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *id = NULL;
+  g_autofree gchar *ok = NULL;
+  g_autofree gchar *login = NULL;
+  g_autofree gchar *nil_reply = NULL;
+
+  send_raw (imap, "a1 ID (\"name\" \"test-client\" \"version\" \"1.0\")\r\n");
+  id = read_line (imap);
+  g_assert_true (g_str_has_prefix (id, "* ID (\"name\" \"popgate\""));
+  ok = read_line (imap);
+  g_assert_cmpstr (ok, ==, "a1 OK ID completed.");
+  send_raw (imap, "a2 ID NIL\r\n");
+  g_free (read_line (imap));
+  nil_reply = read_line (imap);
+  g_assert_true (g_str_has_prefix (nil_reply, "a2 OK"));
+  login = raw_login (imap, "a3", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a3 OK"));
+  g_assert_true (log_has (fx, "client ID name=test-client"));
+}
+
+static void
+test_wrong_password (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *reply = raw_login (imap, "a1", fx->user, "not-the-password-w0rd");
+  g_autofree gchar *unknown = raw_login (imap, "a2", "nobody-here", PASSWORD);
+  g_autofree gchar *noop = NULL;
+
+  g_assert_cmpstr (reply, ==, "a1 NO [AUTHENTICATIONFAILED] Authentication failed.");
+  /* An unknown user gets the very same answer. */
+  g_assert_cmpstr (unknown, ==, "a2 NO [AUTHENTICATIONFAILED] Authentication failed.");
+  send_raw (imap, "a3 NOOP\r\n");
+  noop = read_line (imap);
+  g_assert_true (g_str_has_prefix (noop, "a3 OK"));
+  g_assert_true (log_has (fx, "login failed: user=wrong-password"));
+}
+
+static void
+test_auth_failure_limit (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+
+  for (int i = 0; i < 3; i++)
+    {
+      g_autofree gchar *tag = g_strdup_printf ("a%d", i);
+      g_autofree gchar *reply = raw_login (imap, tag, fx->user, "wrong");
+      g_assert_nonnull (strstr (reply, "NO [AUTHENTICATIONFAILED]"));
+    }
+  {
+    g_autofree gchar *bye = read_line (imap);
+    g_assert_true (g_str_has_prefix (bye, "* BYE"));
+  }
+  g_assert_true (log_has (fx, "reason=too many authentication failures"));
+}
+
+static void
+test_upstream_down (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *reply = raw_login (imap, "a1", fx->user, PASSWORD);
+
+  g_assert_true (g_str_has_prefix (reply, "a1 NO [UNAVAILABLE]"));
+}
+
+/* An over-long pre-auth line is refused; the session goes on; a flood ends it. */
+static void
+test_long_line (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GString) line = g_string_new ("a1 NOOP ");
+  g_autofree gchar *bad = NULL;
+  g_autofree gchar *ok = NULL;
+
+  while (line->len < 20000)
+    g_string_append (line, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+  g_string_append (line, "\r\na2 NOOP\r\n");
+  send_raw (imap, line->str);
+  bad = read_line (imap);
+  g_assert_cmpstr (bad, ==, "* BAD Command line too long.");
+  ok = read_line (imap);
+  g_assert_true (g_str_has_prefix (ok, "a2 OK"));
+}
+
+/* A literal before login beyond its limit: BAD (synchronising) or a close (LITERAL+). */
+static void
+test_long_literal (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *bad = NULL;
+  g_autofree gchar *bye = NULL;
+  g_autofree gchar *bad2 = NULL;
+
+  send_raw (imap, "a1 LOGIN {100000}\r\n");
+  bad = read_line (imap);
+  g_assert_true (g_str_has_prefix (bad, "a1 BAD"));
+  send_raw (imap, "a2 LOGIN {100000+}\r\n");
+  bad2 = read_line (imap);
+  g_assert_true (g_str_has_prefix (bad2, "a2 BAD"));
+  bye = read_line (imap);
+  g_assert_true (g_str_has_prefix (bye, "* BYE"));
+}
+
+static void
+test_bad_commands (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+
+  for (int i = 0; i < 3; i++)
+    {
+      g_autofree gchar *cmd = g_strdup_printf ("b%d SELECT INBOX\r\n", i);
+      g_autofree gchar *reply = NULL;
+
+      send_raw (imap, cmd);
+      reply = read_line (imap);
+      g_assert_true (g_str_has_prefix (reply, "b"));
+      g_assert_nonnull (strstr (reply, " BAD "));
+    }
+  {
+    g_autofree gchar *bye = read_line (imap);
+    g_assert_true (g_str_has_prefix (bye, "* BYE"));
+  }
+  g_assert_true (log_has (fx, "reason=too many bad commands"));
+}
+
+/* The upstream going away reaches the client as "* BYE" and a close. */
+static void
+test_upstream_bye (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = raw_login (imap, "a1", fx->user, PASSWORD);
+  g_autofree gchar *bye = NULL;
+
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  /* Kill this user's imap process at Dovecot: an upstream disconnect without BYE. */
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, fx->user, SIGKILL), >, 0);
+  bye = read_until (imap, "* BYE");
+  g_assert_null (pg_test_imap_read_line (imap, &error)); /* then the close */
+  g_assert_nonnull (error);
+  g_assert_true (log_has (fx, "reason=upstream closed the connection"));
+}
+
+/* A mapped login is checked locally and logs in upstream with the mapped credentials;
+ * a wrong local password never reaches the upstream. */
+static void
+test_account_map (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *wrong = raw_login (imap, "a1", MAP_LOCAL_USER, "not-it-w0rd");
+  g_autofree gchar *upstream_pw = raw_login (imap, "a2", MAP_LOCAL_USER, PASSWORD);
+  g_autofree gchar *ok = raw_login (imap, "a3", MAP_LOCAL_USER, MAP_LOCAL_PASSWORD);
+  guint32 exists = 0;
+
+  g_assert_true (g_str_has_prefix (wrong, "a1 NO [AUTHENTICATIONFAILED]"));
+  g_assert_true (g_str_has_prefix (upstream_pw, "a2 NO [AUTHENTICATIONFAILED]"));
+  g_assert_true (g_str_has_prefix (ok, "a3 OK [CAPABILITY "));
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (exists, ==, 1);
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+  g_assert_true (
+      log_has (fx, "imap session started: user=" MAP_LOCAL_USER " upstream_user=account-map"));
+}
+
+/* --- in process: an off-loopback client and the session registry ------------------------- */
+
+typedef struct
+{
+  GMainContext *context;          /* owned */
+  GMainLoop *loop;                /* owned */
+  PgConfig *config;               /* owned */
+  GSocketConnection *server_side; /* owned */
+  gboolean quit;
+} PgTestInProcess;
+
+static gpointer
+in_process_thread (gpointer user_data)
+{
+  PgTestInProcess *ip = user_data;
+  g_autoptr (PgConn) conn = NULL;
+
+  g_main_context_push_thread_default (ip->context);
+  conn = pg_conn_new_internal (pg_session_id_next (), PG_FRONTEND_IMAP, ip->config, ip->server_side,
+                               G_IO_STREAM (ip->server_side), FALSE, NULL);
+  pg_imap_session_start (conn, NULL);
+  g_main_loop_run (ip->loop);
+  pg_conn_abort (conn);
+  while (g_main_context_pending (ip->context))
+    g_main_context_iteration (ip->context, FALSE);
+  g_main_context_pop_thread_default (ip->context);
+  return NULL;
+}
+
+typedef struct
+{
+  guint n_live;
+  PgImapState state;
+  guint64 commands;
+  gboolean tls;
+  gboolean done;
+  GMutex lock;
+  GCond cond;
+} PgTestSnapshot;
+
+static void
+snapshot_info_cb (const PgImapSessionInfo *info, gpointer user_data)
+{
+  PgTestSnapshot *snap = user_data;
+
+  snap->state = info->state;
+  snap->commands = info->commands;
+  snap->tls = info->tls;
+}
+
+static gboolean
+snapshot_cb (gpointer user_data)
+{
+  PgTestSnapshot *snap = user_data;
+
+  g_mutex_lock (&snap->lock);
+  snap->n_live = pg_imap_session_get_n_live ();
+  pg_imap_session_foreach (snapshot_info_cb, snap);
+  snap->done = TRUE;
+  g_cond_signal (&snap->cond);
+  g_mutex_unlock (&snap->lock);
+  return G_SOURCE_REMOVE;
+}
+
+/* Read the registry on the session's own thread. */
+static void
+snapshot (PgTestInProcess *ip, PgTestSnapshot *snap)
+{
+  gint64 deadline = g_get_monotonic_time () + 10 * G_TIME_SPAN_SECOND;
+
+  g_mutex_lock (&snap->lock);
+  snap->done = FALSE;
+  g_main_context_invoke (ip->context, snapshot_cb, snap);
+  while (!snap->done)
+    g_assert_true (g_cond_wait_until (&snap->cond, &snap->lock, deadline));
+  g_mutex_unlock (&snap->lock);
+}
+
+typedef struct
+{
+  PgTestInProcess *ip;
+  PgTestSnapshot *snap;
+} PgTestGone;
+
+static gboolean
+session_gone_cb (gpointer user_data)
+{
+  PgTestGone *gone = user_data;
+
+  snapshot (gone->ip, gone->snap);
+  return gone->snap->n_live == 0;
+}
+
+static gchar *
+stream_read_line (GDataInputStream *in)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *line = g_data_input_stream_read_line (in, NULL, NULL, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (line);
+  if (strlen (line) > 0 && line[strlen (line) - 1] == '\r')
+    line[strlen (line) - 1] = '\0';
+  return line;
+}
+
+static void
+stream_write (GSocketConnection *conn, const char *text)
+{
+  g_autoptr (GError) error = NULL;
+
+  g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)),
+                                            text, strlen (text), NULL, NULL, &error));
+  g_assert_no_error (error);
+}
+
+/* Without TLS and off loopback, LOGIN and AUTHENTICATE are refused (LOGINDISABLED), and
+ * the session is visible in the registry. */
+static void
+test_off_loopback (void)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestInProcess ip = { 0 };
+  PgTestSnapshot snap = { 0 };
+  int fds[2];
+  g_autoptr (GSocket) server_socket = NULL;
+  g_autoptr (GSocket) client_socket = NULL;
+  g_autoptr (GSocketConnection) client = NULL;
+  g_autoptr (GDataInputStream) in = NULL;
+  GThread *thread;
+  static const char config_text[] = "[upstream]\nhost = 127.0.0.1\nport = 1\ntls = none\n"
+                                    "[imap]\nlisten = 127.0.0.1:1143\n"
+                                    "[limits]\nauth_failure_delay = 0\n";
+
+  g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), ==, 0);
+  server_socket = g_socket_new_from_fd (fds[0], &error);
+  g_assert_no_error (error);
+  client_socket = g_socket_new_from_fd (fds[1], &error);
+  g_assert_no_error (error);
+  ip.config = pg_config_load_data (config_text, strlen (config_text), "test", &error);
+  g_assert_no_error (error);
+  ip.context = g_main_context_new ();
+  ip.loop = g_main_loop_new (ip.context, FALSE);
+  ip.server_side = g_socket_connection_factory_create_connection (server_socket);
+  client = g_socket_connection_factory_create_connection (client_socket);
+  in = g_data_input_stream_new (g_io_stream_get_input_stream (G_IO_STREAM (client)));
+  g_data_input_stream_set_newline_type (in, G_DATA_STREAM_NEWLINE_TYPE_LF);
+  g_mutex_init (&snap.lock);
+  g_cond_init (&snap.cond);
+  thread = g_thread_new ("imap-session", in_process_thread, &ip);
+
+  {
+    g_autofree gchar *greeting = stream_read_line (in);
+    g_assert_true (g_str_has_prefix (greeting, "* OK [CAPABILITY "));
+    g_assert_nonnull (strstr (greeting, "LOGINDISABLED"));
+    g_assert_null (strstr (greeting, "AUTH=PLAIN"));
+  }
+  stream_write (client, "a1 LOGIN user secret-w0rd\r\n");
+  {
+    g_autofree gchar *reply = stream_read_line (in);
+    g_assert_true (g_str_has_prefix (reply, "a1 NO [PRIVACYREQUIRED]"));
+  }
+  stream_write (client, "a2 AUTHENTICATE PLAIN AHVzZXIAc2VjcmV0\r\n");
+  {
+    g_autofree gchar *reply = stream_read_line (in);
+    g_assert_true (g_str_has_prefix (reply, "a2 NO [PRIVACYREQUIRED]"));
+  }
+  stream_write (client, "a3 CAPABILITY\r\n");
+  {
+    g_autofree gchar *caps = stream_read_line (in);
+    g_autofree gchar *ok = stream_read_line (in);
+    g_assert_nonnull (strstr (caps, "LOGINDISABLED"));
+    g_assert_true (g_str_has_prefix (ok, "a3 OK"));
+  }
+
+  snapshot (&ip, &snap);
+  g_assert_cmpuint (snap.n_live, ==, 1);
+  g_assert_cmpint (snap.state, ==, PG_IMAP_STATE_PREAUTH);
+  g_assert_cmpuint (snap.commands, ==, 3);
+  g_assert_false (snap.tls);
+
+  stream_write (client, "a4 LOGOUT\r\n");
+  {
+    g_autofree gchar *bye = stream_read_line (in);
+    g_autofree gchar *ok = stream_read_line (in);
+    g_assert_true (g_str_has_prefix (bye, "* BYE"));
+    g_assert_true (g_str_has_prefix (ok, "a4 OK"));
+  }
+  /* The session leaves the registry once the connection is closed. */
+  {
+    PgTestGone gone = { &ip, &snap };
+    g_assert_true (pg_test_wait_until (session_gone_cb, &gone, 10000));
+  }
+  g_main_loop_quit (ip.loop);
+  g_thread_join (thread);
+  g_object_unref (ip.server_side);
+  g_main_loop_unref (ip.loop);
+  g_main_context_unref (ip.context);
+  pg_config_unref (ip.config);
+  g_mutex_clear (&snap.lock);
+  g_cond_clear (&snap.cond);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+  static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
+  static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const mapped[]
+      = { "imap", "account_map", "@MAP@", "limits", "max_auth_failures", "5", NULL };
+  int rc;
+  static const struct
+  {
+    const char *path;
+    const char *const *settings;
+    void (*func) (Fixture *, gconstpointer);
+  } tests[] = {
+    { "/popgate/imap/session", NULL, test_session },
+    { "/popgate/imap/idle", NULL, test_idle },
+    { "/popgate/imap/imaplib", NULL, test_imaplib },
+    { "/popgate/imap/starttls-injection", NULL, test_starttls_injection },
+    { "/popgate/imap/authenticate-plain", NULL, test_authenticate_plain },
+    { "/popgate/imap/id", NULL, test_id },
+    { "/popgate/imap/wrong-password", NULL, test_wrong_password },
+    { "/popgate/imap/auth-failure-limit", NULL, test_auth_failure_limit },
+    { "/popgate/imap/upstream-down", down, test_upstream_down },
+    { "/popgate/imap/long-line", NULL, test_long_line },
+    { "/popgate/imap/long-literal", NULL, test_long_literal },
+    { "/popgate/imap/bad-commands", strict, test_bad_commands },
+    { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
+    { "/popgate/imap/account-map", mapped, test_account_map },
+  };
+
+  g_test_init (&argc, &argv, NULL);
+  pg_log_init (PG_LOG_LEVEL_WARNING);
+  g_test_add_func ("/popgate/imap/off-loopback", test_off_loopback);
+  upstream = pg_test_dovecot_new (NULL, &error);
+  g_assert_no_error (error);
+  /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime. */
+  for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
+    {
+      g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
+      if (!pg_test_dovecot_add_user (
+              upstream, user, tests[i].func == test_imaplib ? PASSWORD_ASCII : PASSWORD, &error))
+        g_error ("%s", error->message);
+      g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
+                  fixture_teardown);
+    }
+  if (!pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start Dovecot: %s", error->message);
+
+  rc = g_test_run ();
+  pg_test_dovecot_free (upstream);
+  return rc;
+}
