@@ -5,6 +5,7 @@
 #include "pg-build-config.h"
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
 #include "popgate/pg-net.h"
 #include "popgate/pg-pop3.h"
 
@@ -194,6 +195,8 @@ main (int argc, char **argv)
    * so [tls] priority applies at start only (a reload cannot change it). */
   if (config->tls.priority != NULL)
     g_setenv ("G_TLS_GNUTLS_PRIORITY", config->tls.priority, TRUE);
+  else
+    g_setenv ("G_TLS_GNUTLS_PRIORITY", PG_TLS_DEFAULT_PRIORITY, FALSE);
 
   {
     PgMainState state = { 0 };
