@@ -133,7 +133,11 @@ pg_test_pop3_read_line (PgTestPop3 *pop3, GError **error)
 
   for (;;)
     {
-      const guint8 *lf = memchr (pop3->buffer->data + scanned, '\n', pop3->buffer->len - scanned);
+      /* An empty GByteArray may have no data at all: memchr (NULL, ...) is undefined. */
+      const guint8 *lf = pop3->buffer->len > scanned
+                             ? memchr (pop3->buffer->data + scanned, '\n',
+                                       pop3->buffer->len - scanned)
+                             : NULL;
       if (lf != NULL)
         {
           gsize len = (gsize) (lf - pop3->buffer->data);
