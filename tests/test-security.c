@@ -223,7 +223,12 @@ tls_client_connects (PgTestPopgate *popgate, const char *priority)
 
   PG_TEST_ASSERT_OK (pg_test_run_status (argv, input, 30000, &exit_code, &output, &error), error);
   g_test_message ("gnutls-cli %s: exit %d", priority, exit_code);
-  return exit_code == 0 && strstr (output, "+OK popgate ready.") != NULL;
+  if (exit_code != 0 && g_test_verbose ())
+    g_test_message ("%s", output);
+  /* The greeting only comes through a completed handshake. The exit code says nothing:
+   * gnutls-cli fails when the server's close after QUIT beats its own EOF on stdin. */
+  return strstr (output, "- Handshake was completed") != NULL
+         && strstr (output, "+OK popgate ready.") != NULL;
 }
 
 static void
