@@ -52,7 +52,7 @@ for target in "${targets[@]}"; do
     -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
     -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$target" >"$log" 2>&1 || true
   n_crashes=$(find "$crashes" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
-  execs=$(grep -o 'exec/s: [0-9]*' "$log" | tail -1 || true)
+  execs=$(grep -oE 'exec/s:? [0-9]+' "$log" | tail -1 || true)
   total=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
   summary+=("fuzz-$target: $minutes min, ${total:-?} runs (${execs:-?}), $n_crashes crashes")
   [ "$n_crashes" -eq 0 ] || status=1
