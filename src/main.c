@@ -5,6 +5,7 @@
 #include "pg-build-config.h"
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
 #include "popgate/pg-metrics-server.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-net.h"
@@ -359,6 +360,8 @@ main (int argc, char **argv)
    * so [tls] priority applies at start only (a reload cannot change it). */
   if (config->tls.priority != NULL)
     g_setenv ("G_TLS_GNUTLS_PRIORITY", config->tls.priority, TRUE);
+  else
+    g_setenv ("G_TLS_GNUTLS_PRIORITY", PG_TLS_DEFAULT_PRIORITY, FALSE);
 
   /* The state store is opened now so that an unusable [state] path stops popgate here.
    * METADATA support cannot be checked yet: servers announce it only after a login, and

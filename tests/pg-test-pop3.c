@@ -133,8 +133,10 @@ pg_test_pop3_read_line (PgTestPop3 *pop3, GError **error)
 
   for (;;)
     {
+      /* An empty GByteArray may have no data at all: memchr (NULL, ...) is undefined. */
       const guint8 *lf = pop3->buffer->len > scanned
-                             ? memchr (pop3->buffer->data + scanned, '\n', pop3->buffer->len - scanned)
+                             ? memchr (pop3->buffer->data + scanned, '\n',
+                                       pop3->buffer->len - scanned)
                              : NULL;
       if (lf != NULL)
         {

@@ -79,6 +79,12 @@
 /* Output queued to a client before we stop reading the upstream (back-pressure). */
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
 
+/* --- TLS --- */
+/* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the
+ * environment): GnuTLS's defaults without TLS 1.0 and 1.1, which RFC 8996 deprecates and
+ * which Debian's NORMAL still enables. Applies to clients and to the upstream alike. */
+#define PG_TLS_DEFAULT_PRIORITY "NORMAL:-VERS-TLS1.1:-VERS-TLS1.0"
+
 /* --- config validation --- */
 /* Config values quoted in error messages are escaped and cut to this many bytes, so a
  * binary blob pasted into a file cannot flood the terminal. */

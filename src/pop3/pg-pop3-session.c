@@ -86,6 +86,7 @@ struct _PgPop3Session
   gboolean busy;           /* a command is waiting for the upstream or a timer */
   gboolean starting_tls;   /* STLS: no socket reads until the handshake is done */
   gboolean tls_flushed;    /* STLS: the +OK is on the wire */
+  gboolean output_full;    /* replies wait for the client to read: no commands, no reads */
   GCancellable *read_cancellable; /* owned: the pending socket read */
   GString *reply;          /* replies not yet handed to the connection */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
@@ -1925,13 +1926,46 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
 
 static void pg_pop3_session_read (PgPop3Session *self);
 
+/* Replies queued for a client that does not read them. Pipelined commands are cheap to
+ * send and some replies (CAPA, LIST, UIDL) are many times their size: without this check
+ * a client that writes commands and never reads would make us queue without bound. */
+static gboolean
+pg_pop3_session_output_is_full (PgPop3Session *self)
+{
+  return pg_conn_get_queued (self->conn) + self->reply->len > PG_CLIENT_OUTPUT_HIGH_WATER;
+}
+
+static void
+pg_pop3_session_output_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+
+  if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
+    return; /* closed: the conn's "closed" handler cleans up */
+  self->output_full = FALSE;
+  pg_pop3_session_process (self);
+}
+
 /* Handle every complete buffered line until a command needs to wait, then flush the
- * replies in one write and read more. */
+ * replies in one write and read more — unless the client is behind on reading them: then
+ * stop handling commands and reading the socket until it has caught up (back-pressure to
+ * the client, so our input and output buffers both stay bounded). */
 static void
 pg_pop3_session_process (PgPop3Session *self)
 {
+  if (self->output_full)
+    return;
   while (!self->busy && !pg_conn_is_closed (self->conn) && self->state != PG_POP3_STATE_UPDATE)
     {
+      if (pg_pop3_session_output_is_full (self))
+        {
+          pg_pop3_session_flush (self);
+          self->output_full = TRUE;
+          pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER / 2,
+                                      self->cancellable, pg_pop3_session_output_drained_cb,
+                                      g_object_ref (self));
+          return;
+        }
       g_autoptr (GError) error = NULL;
       const char *line = NULL;
       gsize len = 0;

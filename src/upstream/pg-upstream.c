@@ -2258,6 +2258,14 @@ pg_upstream_dispose (GObject *object)
   if (self->state != PG_UPSTREAM_STATE_CLOSED && self->state != PG_UPSTREAM_STATE_DISCONNECTED)
     pg_upstream_close (self);
   pg_upstream_drop_connection (self);
+  /* The caller's cancellable outlives us: its handler must not call into a freed upstream
+   * (found by fuzz-pop3-session: a session cancelled after its upstream was dropped
+   * while still connecting). */
+  if (self->connect_cancellable != NULL)
+    {
+      g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
+      g_clear_object (&self->connect_cancellable);
+    }
   if (self->timeout_source != NULL)
     {
       g_source_destroy (self->timeout_source);

@@ -1,0 +1,675 @@
+/* popgate — fault injection: the real popgate binary in front of an upstream that dies or
+ * stops answering at the worst moments (during login, during the snapshot fetch, in the
+ * middle of a RETR literal, between QUIT's STORE and its EXPUNGE).
+ *
+ * For each fault we check what the POP3 client sees — "-ERR [SYS/TEMP]" or a closed
+ * connection without the terminating ".", never a hang past the configured upstream
+ * timeout — and what the upstream holds afterwards: nothing lost, nothing deleted that was
+ * not DELE'd. The real Dovecot is paused with SIGSTOP or killed with SIGKILL; what Dovecot
+ * will not do on cue (a hang after a STORE, a drop in the middle of the snapshot) comes
+ * from a scripted peer (tests/pg-test-peer.c).
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+#include "pg-test-peer.h"
+#include "pg-test-pop3.h"
+#include "pg-test-popgate.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static PgTestDovecot *upstream = NULL;
+
+#define PASSWORD "fault-pass-9"
+/* popgate's upstream timeouts in these tests, and how much later than that a client may
+ * hear about it (ASan builds and a busy machine are slow; a hang is 30 s and more). */
+#define UPSTREAM_TIMEOUT "2s"
+#define UPSTREAM_TIMEOUT_MS 2000
+#define MAX_REACTION_MS (UPSTREAM_TIMEOUT_MS + 8000)
+
+/* --- helpers ------------------------------------------------------------------------------ */
+
+static gchar *
+test_user_name (void)
+{
+  const char *path = g_test_get_path ();
+  return g_ascii_strdown (strrchr (path, '/') + 1, -1);
+}
+
+static PgTestPopgate *
+start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPopgate *popgate = pg_test_popgate_new (dovecot, "none", &error);
+
+  g_assert_no_error (error);
+  if (dovecot == NULL)
+    {
+      g_autofree gchar *port = g_strdup_printf ("%u", peer_port);
+      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+      pg_test_popgate_set (popgate, "upstream", "port", port);
+      pg_test_popgate_set (popgate, "upstream", "tls", "none");
+    }
+  pg_test_popgate_set (popgate, "upstream", "timeout", UPSTREAM_TIMEOUT);
+  pg_test_popgate_set (popgate, "upstream", "connect_timeout", UPSTREAM_TIMEOUT);
+  pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
+  pg_test_popgate_set (popgate, "limits", "shutdown_timeout", "5s");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+  return popgate;
+}
+
+/* SIGTERM and a clean exit: status 0. Under ASan that also means LSan found no leak (it
+ * makes the exit status non-zero), so every test here doubles as a leak check of a whole
+ * session through the real binary. */
+static void
+assert_clean_exit (PgTestPopgate *popgate)
+{
+  int exit_code = -1;
+
+  pg_test_popgate_kill (popgate, SIGTERM);
+  g_assert_true (pg_test_popgate_wait (popgate, 30000, &exit_code));
+  if (exit_code != 0)
+    {
+      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
+      g_error ("popgate exited with %d after SIGTERM:\n%s", exit_code, log);
+    }
+}
+
+static void
+stop_popgate (PgTestPopgate *popgate)
+{
+  g_autofree gchar *log = pg_test_popgate_read_log (popgate);
+
+  g_assert_null (strstr (log, PASSWORD));
+  /* popgate survived the fault: it still stops cleanly on SIGTERM. */
+  assert_clean_exit (popgate);
+  pg_test_popgate_free (popgate);
+}
+
+static PgTestPop3 *
+pop3_connect (PgTestPopgate *popgate)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPop3 *pop3 = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, &error);
+
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK"));
+  return pop3;
+}
+
+static gchar *
+cmd (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *status = pg_test_pop3_command (pop3, command, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (status);
+  return status;
+}
+
+#define assert_reply(pop3, command, prefix)                                                  \
+  G_STMT_START                                                                               \
+  {                                                                                          \
+    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
+  }                                                                                          \
+  G_STMT_END
+
+/* USER + PASS; returns the PASS reply and how long it took. */
+static gchar *
+timed_login (PgTestPop3 *pop3, const char *user, gint64 *out_ms)
+{
+  g_autofree gchar *user_cmd = g_strdup_printf ("USER %s", user);
+  gint64 start;
+  gchar *reply;
+
+  assert_reply (pop3, user_cmd, "+OK");
+  start = g_get_monotonic_time ();
+  reply = cmd (pop3, "PASS " PASSWORD);
+  *out_ms = (g_get_monotonic_time () - start) / 1000;
+  return reply;
+}
+
+/* Read until the server closes; TRUE if a terminating "." line was seen first. */
+static gboolean
+read_until_closed (PgTestPop3 *pop3, gint64 *out_ms)
+{
+  gint64 start = g_get_monotonic_time ();
+  gboolean dot = FALSE;
+
+  for (;;)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *line = pg_test_pop3_read_line (pop3, &error);
+
+      if (line == NULL)
+        {
+          /* EOF or a reset; a read timeout (30 s) would be a hang, anything else a bug. */
+          if (error != NULL && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED)
+              && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE))
+            g_error ("reading until the close: %s", error->message);
+          break;
+        }
+      if (strcmp (line, ".") == 0)
+        dot = TRUE;
+    }
+  *out_ms = (g_get_monotonic_time () - start) / 1000;
+  return dot;
+}
+
+/* Signal the Dovecot master and all its children but the users' imap processes: a paused
+ * (SIGSTOP) server accepts TCP in the kernel but says nothing, not even a greeting. */
+static void
+signal_dovecot_service (int signo)
+{
+  g_autoptr (GDir) proc = g_dir_open ("/proc", 0, NULL);
+  GPid master = pg_test_dovecot_get_pid (upstream);
+  const char *name;
+
+  g_assert_cmpint (master, >, 0);
+  g_assert_nonnull (proc);
+  if (signo == SIGCONT)
+    kill (master, signo);
+  while ((name = g_dir_read_name (proc)) != NULL)
+    {
+      g_autofree gchar *path = g_build_filename ("/proc", name, "stat", NULL);
+      g_autofree gchar *stat = NULL;
+      const char *paren;
+      int ppid = 0;
+      char state;
+
+      if (!g_ascii_isdigit (name[0]) || !g_file_get_contents (path, &stat, NULL, NULL))
+        continue;
+      paren = strrchr (stat, ')');
+      if (paren == NULL || sscanf (paren + 1, " %c %d", &state, &ppid) != 2 || ppid != master)
+        continue;
+      kill ((GPid) atoi (name), signo);
+    }
+  if (signo != SIGCONT)
+    kill (master, signo);
+}
+
+static PgTestImap *
+imap_login (const char *user)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestImap *imap = pg_test_imap_connect (upstream->host, upstream->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error), error);
+  return imap;
+}
+
+static void
+seed (const char *user, const char *data, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  PG_TEST_ASSERT_OK (pg_test_dovecot_append (upstream, user, "INBOX", data, len, &error), error);
+}
+
+static void
+seed_small (const char *user, guint count)
+{
+  for (guint i = 0; i < count; i++)
+    {
+      g_autofree gchar *msg = g_strdup_printf ("Subject: m%u\r\n\r\nbody %u\r\n", i, i);
+      seed (user, msg, strlen (msg));
+    }
+}
+
+/* What the upstream holds now: every UID, and none flagged \Deleted unless in `deleted`
+ * (a G_MAXUINT32-terminated list, may be NULL). */
+static GArray *
+check_upstream (const char *user, guint want_count, const guint32 *may_be_deleted)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (user);
+  GArray *uids = pg_test_imap_uid_search_all (imap, &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, want_count);
+  for (guint i = 0; i < uids->len; i++)
+    {
+      guint32 uid = g_array_index (uids, guint32, i);
+      g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, uid, &error);
+      gboolean allowed = FALSE;
+
+      g_assert_no_error (error);
+      for (const guint32 *d = may_be_deleted; d != NULL && *d != G_MAXUINT32; d++)
+        allowed = allowed || *d == uid;
+      if (!allowed)
+        g_assert_false (g_strv_contains ((const char *const *) flags, "\\Deleted"));
+      /* No RETR completed and no QUIT applied in any fault test: nothing is \Seen. */
+      g_assert_false (g_strv_contains ((const char *const *) flags, "\\Seen"));
+    }
+  return uids;
+}
+
+/* --- Dovecot: paused or killed ------------------------------------------------------------ */
+
+/* The whole Dovecot is paused while popgate logs in: no greeting ever comes. */
+static void
+test_dovecot_login_paused (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  PgTestPopgate *popgate;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autofree gchar *reply = NULL;
+  g_autoptr (GArray) after = NULL;
+  gint64 ms = 0;
+
+  seed_small (user, 3);
+  popgate = start_popgate (upstream, 0);
+  pop3 = pop3_connect (popgate);
+  signal_dovecot_service (SIGSTOP);
+  reply = timed_login (pop3, user, &ms);
+  signal_dovecot_service (SIGCONT);
+  g_test_message ("login against a paused Dovecot: %s after %" G_GINT64_FORMAT " ms", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_cmpint (ms, >=, UPSTREAM_TIMEOUT_MS - 100);
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  /* The session goes on: once the server is back, the same client logs in. */
+  {
+    g_autofree gchar *again = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (again, "+OK"));
+  }
+  assert_reply (pop3, "STAT", "+OK 3 ");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+  after = check_upstream (user, 3, NULL);
+}
+
+/* RETR of a large message; in the middle of the literal the user's imap process is
+ * paused (SIGSTOP) or killed (SIGKILL). The client must see the connection close without
+ * the terminating "." (so it keeps its own state), within the upstream timeout. */
+static void
+dovecot_retr_fault (int signo)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: big\r\n\r\n");
+  g_autofree gchar *line = g_strnfill (998, 'y');
+  g_autofree gchar *status = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) after = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+  guint signalled;
+
+  /* 40 MB: far more than the kernel's socket buffers and popgate's output queue hold, so
+   * the fault surely lands inside the literal. */
+  while (big->len < 40 * 1000 * 1000)
+    {
+      g_string_append (big, line);
+      g_string_append (big, "\r\n");
+    }
+  seed_small (user, 2);
+  seed (user, big->str, big->len);
+  popgate = start_popgate (upstream, 0);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *reply = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (reply, "+OK"));
+  }
+  status = cmd (pop3, "RETR 3");
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  /* About 1 MB in, the upstream fails. */
+  for (guint i = 0; i < 1000; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *got = pg_test_pop3_read_line (pop3, &error);
+      g_assert_no_error (error);
+      g_assert_nonnull (got);
+    }
+  signalled = pg_test_dovecot_signal_user_sessions (upstream, user, signo);
+  g_assert_cmpuint (signalled, >=, 1);
+  g_assert_false (read_until_closed (pop3, &ms));
+  g_test_message ("RETR with upstream %s: closed %" G_GINT64_FORMAT " ms later",
+                  signo == SIGSTOP ? "paused" : "killed", ms);
+  /* popgate keeps a bounded amount of the message (output queue plus socket buffers);
+   * draining it takes little time, the rest is the upstream timeout. */
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  if (signo == SIGSTOP)
+    pg_test_dovecot_signal_user_sessions (upstream, user, SIGCONT);
+  stop_popgate (popgate);
+  after = check_upstream (user, 3, NULL);
+}
+
+static void
+test_dovecot_retr_paused (void)
+{
+  dovecot_retr_fault (SIGSTOP);
+}
+
+static void
+test_dovecot_retr_killed (void)
+{
+  dovecot_retr_fault (SIGKILL);
+}
+
+/* The user's imap process is paused just before QUIT: the STORE of \Deleted is never
+ * answered. QUIT gives -ERR [SYS/TEMP] after the timeout; only the DELE'd message may
+ * carry \Deleted afterwards (Dovecot may still run the STORE it had buffered), and
+ * nothing is expunged. */
+static void
+test_dovecot_quit_paused (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) before = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *reply = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+  guint32 deleted[2];
+
+  seed_small (user, 4);
+  before = check_upstream (user, 4, NULL);
+  popgate = start_popgate (upstream, 0);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  assert_reply (pop3, "DELE 2", "+OK");
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGSTOP), >=, 1);
+  {
+    gint64 start = g_get_monotonic_time ();
+    reply = cmd (pop3, "QUIT");
+    ms = (g_get_monotonic_time () - start) / 1000;
+  }
+  pg_test_dovecot_signal_user_sessions (upstream, user, SIGCONT);
+  g_test_message ("QUIT against a paused upstream: %s after %" G_GINT64_FORMAT " ms", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  stop_popgate (popgate);
+  deleted[0] = g_array_index (before, guint32, 1);
+  deleted[1] = G_MAXUINT32;
+  after = check_upstream (user, 4, deleted);
+}
+
+/* --- scripted upstream ------------------------------------------------------------------ */
+
+/* clang-format off */
+#define PEER_GREETING                                                                        \
+  { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS] ready\r\n", 0 }
+#define PEER_LOGIN                                                                           \
+  PEER_GREETING,                                                                             \
+  { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },                                        \
+  { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS] Logged in\r\n", 0 }
+#define PEER_SNAPSHOT_ASKED                                                                  \
+  PEER_LOGIN,                                                                                \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                \
+  { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)", 0 }
+#define PEER_SELECTED                                                                        \
+  PEER_SNAPSHOT_ASKED,                                                                       \
+  { PG_TEST_PEER_SEND, "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"     \
+                       "$^ OK [READ-WRITE] selected\r\n"                                     \
+                       "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"                                \
+                       "* 2 FETCH (UID 6 RFC822.SIZE 300000)\r\n"                            \
+                       "* 3 FETCH (UID 7 RFC822.SIZE 20)\r\n$ OK fetched\r\n", 0 }
+/* clang-format on */
+
+typedef struct
+{
+  PgTestPeer *peer;
+  PgTestPopgate *popgate;
+  PgTestPop3 *pop3;
+} PeerRun;
+
+static void
+peer_run_start (PeerRun *run, const PgTestPeerStep *script)
+{
+  g_autoptr (GError) error = NULL;
+
+  run->peer = pg_test_peer_new (script, &error);
+  g_assert_no_error (error);
+  run->popgate = start_popgate (NULL, pg_test_peer_get_port (run->peer));
+  run->pop3 = pop3_connect (run->popgate);
+}
+
+/* popgate let go of the upstream, the script had no mismatch, and no plain EXPUNGE (or
+ * anything touching other messages) was ever sent. */
+static void
+peer_run_finish (PeerRun *run)
+{
+  g_autofree gchar *received = NULL;
+
+  g_assert_true (pg_test_peer_wait_client_closed (run->peer, MAX_REACTION_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (run->peer), ==, NULL);
+  received = pg_test_peer_get_received (run->peer);
+  g_assert_null (strstr (received, " EXPUNGE\n"));
+  g_assert_null (strstr (received, PASSWORD));
+  g_clear_pointer (&run->pop3, pg_test_pop3_free);
+  stop_popgate (run->popgate);
+  pg_test_peer_free (run->peer);
+}
+
+static void
+peer_login_fault (PgTestPeerAction fault)
+{
+  const PgTestPeerStep script[] = {
+    PEER_GREETING,
+    { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },
+    { fault, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  reply = timed_login (run.pop3, "alice", &ms);
+  g_test_message ("login, upstream %s: %s after %" G_GINT64_FORMAT " ms",
+                  fault == PG_TEST_PEER_HANG ? "hangs" : "drops", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  if (fault == PG_TEST_PEER_HANG)
+    g_assert_cmpint (ms, >=, UPSTREAM_TIMEOUT_MS - 100);
+  /* Not an authentication failure: no [AUTH], the session is still usable. */
+  assert_reply (run.pop3, "NOOP", "-ERR");
+  assert_reply (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
+static void
+test_peer_login_hang (void)
+{
+  peer_login_fault (PG_TEST_PEER_HANG);
+}
+
+static void
+test_peer_login_drop (void)
+{
+  peer_login_fault (PG_TEST_PEER_CLOSE);
+}
+
+/* The snapshot FETCH stops half-way: one FETCH line is in, then nothing (or a drop in the
+ * middle of the next line). */
+static void
+peer_snapshot_fault (PgTestPeerAction fault)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC8", 0 },
+    { fault, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  reply = timed_login (run.pop3, "alice", &ms);
+  g_test_message ("snapshot, upstream %s: %s after %" G_GINT64_FORMAT " ms",
+                  fault == PG_TEST_PEER_HANG ? "hangs" : "drops", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  assert_reply (run.pop3, "STAT", "-ERR");
+  assert_reply (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
+static void
+test_peer_snapshot_hang (void)
+{
+  peer_snapshot_fault (PG_TEST_PEER_HANG);
+}
+
+static void
+test_peer_snapshot_drop (void)
+{
+  peer_snapshot_fault (PG_TEST_PEER_CLOSE);
+}
+
+/* RETR 2 (300,000 octets): the literal stops after 100,000 (short lines, so the client
+ * reads them as lines). */
+static void
+peer_retr_fault (PgTestPeerAction fault)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SELECTED,
+    { PG_TEST_PEER_EXPECT, "UID FETCH 6 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 2 FETCH (UID 6 BODY[] {300000}\r\n", 0 },
+    { PG_TEST_PEER_SEND, "0123456789012345678901234567890123456789012345678\r\n", 2000 },
+    { fault, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *status = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  assert_reply (run.pop3, "STAT", "+OK 3 300040");
+  status = cmd (run.pop3, "RETR 2");
+  g_assert_cmpstr (status, ==, "+OK 300000 octets");
+  g_assert_false (read_until_closed (run.pop3, &ms));
+  g_test_message ("RETR, upstream %s mid-literal: closed after %" G_GINT64_FORMAT " ms",
+                  fault == PG_TEST_PEER_HANG ? "hangs" : "drops", ms);
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  peer_run_finish (&run);
+}
+
+static void
+test_peer_retr_hang (void)
+{
+  peer_retr_fault (PG_TEST_PEER_HANG);
+}
+
+static void
+test_peer_retr_drop (void)
+{
+  peer_retr_fault (PG_TEST_PEER_CLOSE);
+}
+
+/* QUIT after DELE 1 and DELE 3: the STORE is answered, then the UID EXPUNGE is not (or
+ * the connection drops). The client hears -ERR naming what was not applied; only the
+ * DELE'd UIDs were ever flagged and nothing but them was named in an EXPUNGE. */
+static void
+peer_quit_fault (PgTestPeerAction fault)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SELECTED,
+    { PG_TEST_PEER_EXPECT, "UID STORE 5,7 +FLAGS.SILENT (\\Deleted)", 0 },
+    { PG_TEST_PEER_SEND, "$ OK stored\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID EXPUNGE 5,7", 0 },
+    { fault, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (login, ==, "+OK Logged in.");
+  }
+  assert_reply (run.pop3, "DELE 1", "+OK");
+  assert_reply (run.pop3, "DELE 3", "+OK");
+  {
+    gint64 start = g_get_monotonic_time ();
+    reply = cmd (run.pop3, "QUIT");
+    ms = (g_get_monotonic_time () - start) / 1000;
+  }
+  g_test_message ("QUIT, upstream %s before EXPUNGE: %s after %" G_GINT64_FORMAT " ms",
+                  fault == PG_TEST_PEER_HANG ? "hangs" : "drops", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_nonnull (strstr (reply, "not expunged"));
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  if (fault == PG_TEST_PEER_HANG)
+    g_assert_cmpint (ms, >=, UPSTREAM_TIMEOUT_MS - 100);
+  g_assert_true (pg_test_pop3_wait_closed (run.pop3));
+  {
+    g_autofree gchar *received = pg_test_peer_get_received (run.peer);
+    g_assert_null (strstr (received, "UID STORE 6"));
+    g_assert_null (strstr (received, ",6"));
+  }
+  peer_run_finish (&run);
+}
+
+static void
+test_peer_quit_expunge_hang (void)
+{
+  peer_quit_fault (PG_TEST_PEER_HANG);
+}
+
+static void
+test_peer_quit_expunge_drop (void)
+{
+  peer_quit_fault (PG_TEST_PEER_CLOSE);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+  int rc;
+  static const struct
+  {
+    const char *path;
+    void (*func) (void);
+    gboolean dovecot;
+  } tests[] = {
+    { "/popgate/faults/dovecot-login-paused", test_dovecot_login_paused, TRUE },
+    { "/popgate/faults/dovecot-retr-paused", test_dovecot_retr_paused, TRUE },
+    { "/popgate/faults/dovecot-retr-killed", test_dovecot_retr_killed, TRUE },
+    { "/popgate/faults/dovecot-quit-paused", test_dovecot_quit_paused, TRUE },
+    { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
+    { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
+    { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },
+    { "/popgate/faults/peer-snapshot-drop", test_peer_snapshot_drop, FALSE },
+    { "/popgate/faults/peer-retr-hang", test_peer_retr_hang, FALSE },
+    { "/popgate/faults/peer-retr-drop", test_peer_retr_drop, FALSE },
+    { "/popgate/faults/peer-quit-expunge-hang", test_peer_quit_expunge_hang, FALSE },
+    { "/popgate/faults/peer-quit-expunge-drop", test_peer_quit_expunge_drop, FALSE },
+  };
+
+  g_test_init (&argc, &argv, NULL);
+  upstream = pg_test_dovecot_new (NULL, &error);
+  g_assert_no_error (error);
+  /* Every user exists before Dovecot starts: its passwd-file cache goes by mtime. */
+  for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
+    {
+      if (tests[i].dovecot)
+        {
+          g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
+          if (!pg_test_dovecot_add_user (upstream, user, PASSWORD, &error))
+            g_error ("%s", error->message);
+        }
+      g_test_add_func (tests[i].path, tests[i].func);
+    }
+  if (!pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start Dovecot: %s", error->message);
+  rc = g_test_run ();
+  pg_test_dovecot_free (upstream);
+  return rc;
+}
