@@ -849,6 +849,8 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
+  /* Back to the pre-auth timer until the login is complete (then autologout). */
+  pg_conn_set_idle_timeout (self->conn, self->config->limits.preauth_timeout_ms);
   user = pg_log_escape (self->user, strlen (self->user), 64);
   if (!pg_pop3_maildrop_open_finish (self->maildrop, result, &error))
     {
@@ -925,6 +927,11 @@ static void
 pg_pop3_session_login (PgPop3Session *self, const char *password)
 {
   self->busy = TRUE;
+  /* The client has said its piece and waits for us: the pre-auth timer must not end the
+   * session while the upstream login queues (1,000 logins at once did). The upstream's
+   * own connect and command timeouts bound the wait; the timer is re-armed when the
+   * answer comes. */
+  pg_conn_set_idle_timeout (self->conn, 0);
   self->maildrop = pg_pop3_maildrop_new (self->config, self->id, pg_conn_get_peer_ip (self->conn));
   pg_pop3_maildrop_open_async (self->maildrop, self->upstream_user, password, self->cancellable,
                                pg_pop3_session_open_cb, g_object_ref (self));
