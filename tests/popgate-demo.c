@@ -95,7 +95,7 @@ demo_pop3_print_reply (const char *label, const char *status, GBytes *body)
         {
           if (lines[i + 1] == NULL && lines[i][0] == '\0')
             break;
-          if (shown++ == 8)
+          if (shown++ == 12)
             {
               printf ("   %s S: … (%" G_GSIZE_FORMAT " octets in all)\n", label, len);
               break;
@@ -289,13 +289,14 @@ demo_imap_login (PgTestPopgate *popgate)
 
 /* --- popgate's audit trace --------------------------------------------------------------- */
 
-/* Print popgate's trace lines ("[sid] trace: ...") of every session that traced `needle`
- * (e.g. "C: DELE"), from the "[sid]" on. */
+/* Print popgate's trace lines ("[sid] trace: ...", from the "[sid]" on) of every session
+ * that traced `needle` (e.g. "C: DELE"); with `from_needle`, only from that line on. */
 static void
-demo_show_trace (PgTestPopgate *popgate, const char *needle)
+demo_show_trace (PgTestPopgate *popgate, const char *needle, gboolean from_needle)
 {
   g_autofree gchar *log = pg_test_popgate_read_log (popgate);
   g_auto (GStrv) lines = g_strsplit (log != NULL ? log : "", "\n", -1);
+  /* sid ("[n]") -> the index of its first line holding needle */
   g_autoptr (GHashTable) sids = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   guint shown = 0;
 
@@ -305,6 +306,7 @@ demo_show_trace (PgTestPopgate *popgate, const char *needle)
         const char *trace = strstr (lines[i], "] trace: ");
         const char *open = NULL;
         g_autofree gchar *sid = NULL;
+        gpointer first = NULL;
 
         if (trace == NULL)
           continue;
@@ -319,10 +321,11 @@ demo_show_trace (PgTestPopgate *popgate, const char *needle)
         sid = g_strndup (open, (gsize) (trace - open + 1));
         if (pass == 0)
           {
-            if (strstr (trace, needle) != NULL)
-              g_hash_table_add (sids, g_steal_pointer (&sid));
+            if (strstr (trace, needle) != NULL && !g_hash_table_contains (sids, sid))
+              g_hash_table_insert (sids, g_steal_pointer (&sid), GUINT_TO_POINTER (i));
           }
-        else if (g_hash_table_contains (sids, sid))
+        else if (g_hash_table_lookup_extended (sids, sid, NULL, &first)
+                 && (!from_needle || i >= GPOINTER_TO_UINT (first)))
           {
             printf ("   %s\n", open);
             shown++;
@@ -435,10 +438,11 @@ demo_scene_expunge (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   };
   g_autoptr (PgTestImap) imap = NULL;
   g_autofree gchar *expunge = NULL;
+  guint before = 0, after = 0;
 
   demo_say ("Scene 1: POP3 DELE+QUIT while an IMAP client IDLEs (both through popgate, "
             "delete = expunge)");
-  demo_show_upstream (dovecot, "before", NULL);
+  demo_show_upstream (dovecot, "before", &before);
   demo_note ("an IMAP client logs in through popgate's IMAP front end, SELECTs INBOX, IDLEs");
   imap = demo_imap_login (popgate);
   if (imap == NULL || !demo_imap_command (imap, "s1", "SELECT INBOX")
@@ -450,16 +454,19 @@ demo_scene_expunge (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   if (demo_failed)
     return;
 
-  demo_note ("the IDLEing IMAP client is told at once: message 1 is gone");
+  demo_note ("the IDLEing IMAP client is told at once: \\Seen on the message RETR'd (2), "
+             "and message 1 is gone");
   if (!demo_imap_read_until (imap, "* EXPUNGE", &expunge))
     return;
   if (!demo_imap_send (imap, NULL, "DONE") || !demo_imap_read_until (imap, "i1 ", NULL)
       || !demo_imap_command (imap, "l1", "LOGOUT"))
     return;
-  demo_show_upstream (dovecot, "after QUIT", NULL);
+  demo_show_upstream (dovecot, "after QUIT", &after);
+  if (strcmp (expunge, "* 1 EXPUNGE") != 0 || after + 1 != before)
+    demo_fail ("DELE 1 + QUIT did not expunge exactly message 1", NULL);
 
   demo_note ("popgate's audit trace of that POP3 session ([log] trace = true or --trace):");
-  demo_show_trace (popgate, "C: DELE");
+  demo_show_trace (popgate, "C: DELE", FALSE);
 }
 
 /* Client tags under `keep`: demo#laptop hides a message for itself only. */
@@ -522,8 +529,8 @@ demo_scene_keep (PgTestDovecot *dovecot, PgTestPopgate *popgate)
       || upstream_count != before)
     demo_fail ("keep did not behave as described", NULL);
 
-  demo_note ("popgate's audit trace of the laptop's DELE session:");
-  demo_show_trace (popgate, "C: DELE");
+  demo_note ("popgate's audit trace of the laptop's DELE session, from the DELE on:");
+  demo_show_trace (popgate, "C: DELE", TRUE);
 }
 
 static gboolean
@@ -537,22 +544,26 @@ static void
 demo_print_how_to_connect (PgTestPopgate *expunge, PgTestPopgate *keep)
 {
   demo_say ("popgate is running; point a real POP3 or IMAP client at it");
-  printf ("   user %s, password %s (a throwaway demo account; user#tag names a client)\n"
-          "   popgate with delete = expunge:  POP3 127.0.0.1:%u (STLS offered), POP3S %u,\n"
-          "                                    IMAP 127.0.0.1:%u (STARTTLS offered), IMAPS %u\n"
-          "   popgate with delete = keep:     POP3 127.0.0.1:%u, POP3S %u, IMAP %u, IMAPS %u\n"
-          "   e.g.  python3 -c \"import poplib; p = poplib.POP3('127.0.0.1', %u); "
+  printf ("   user %s, password %s (a throwaway demo account; user#tag names a client)\n",
+          DEMO_USER, DEMO_PASSWORD);
+  for (guint i = 0; i < 2; i++)
+    {
+      PgTestPopgate *popgate = i == 0 ? expunge : keep;
+
+      printf ("   popgate with delete = %-8s POP3 127.0.0.1:%u (STLS), POP3S %u, "
+              "IMAP 127.0.0.1:%u (STARTTLS), IMAPS %u\n"
+              "                                   trace in %s\n",
+              i == 0 ? "expunge:" : "keep:", popgate->pop3_port, popgate->pop3s_port,
+              popgate->imap_port, popgate->imaps_port, popgate->log_file);
+    }
+  printf ("   e.g.  python3 -c \"import poplib; p = poplib.POP3('127.0.0.1', %u); "
           "p.user('%s#laptop'); p.pass_('%s'); print(p.stat()); p.quit()\"\n"
           "         python3 -c \"import imaplib; m = imaplib.IMAP4('127.0.0.1', %u); "
           "m.login('%s', '%s'); print(m.select('INBOX')); m.logout()\"\n"
-          "   TLS uses a test CA: %s and %s\n"
-          "   the audit trace is in %s and %s\n"
+          "   TLS (POP3S, IMAPS, STLS, STARTTLS) uses test CAs: %s, %s\n"
           "   Ctrl-C stops popgate and Dovecot.\n",
-          DEMO_USER, DEMO_PASSWORD, expunge->pop3_port, expunge->pop3s_port,
-          expunge->imap_port, expunge->imaps_port, keep->pop3_port, keep->pop3s_port,
-          keep->imap_port, keep->imaps_port, keep->pop3_port, DEMO_USER, DEMO_PASSWORD,
-          expunge->imap_port, DEMO_USER, DEMO_PASSWORD, expunge->certs->ca_file,
-          keep->certs->ca_file, expunge->log_file, keep->log_file);
+          keep->pop3_port, DEMO_USER, DEMO_PASSWORD, expunge->imap_port, DEMO_USER,
+          DEMO_PASSWORD, expunge->certs->ca_file, keep->certs->ca_file);
   fflush (stdout);
 }
 
@@ -616,6 +627,18 @@ main (int argc, char **argv)
   demo_scene_expunge (dovecot, expunge);
   if (!demo_failed)
     demo_scene_keep (dovecot, keep);
+
+  if (!demo_failed)
+    {
+      g_autofree gchar *log_expunge = pg_test_popgate_read_log (expunge);
+      g_autofree gchar *log_keep = pg_test_popgate_read_log (keep);
+
+      if (log_expunge == NULL || log_keep == NULL || strstr (log_expunge, DEMO_PASSWORD) != NULL
+          || strstr (log_keep, DEMO_PASSWORD) != NULL)
+        demo_fail ("the password reached popgate's log", NULL);
+      else
+        printf ("\n   (checked: the password appears in neither popgate's log nor trace)\n");
+    }
 
   if (!demo_failed && !non_interactive)
     {
