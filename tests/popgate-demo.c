@@ -494,7 +494,7 @@ demo_scene_expunge (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   if (demo_failed)
     return;
 
-  demo_note ("the IDLEing IMAP client is told at once: \\Seen on the message RETR'd (2), "
+  demo_note ("the IDLEing IMAP client is told without asking: \\Seen on the message RETR'd (2), "
              "and message 1 is gone");
   if (!demo_imap_read_until (imap, "* EXPUNGE", NULL, &expunge, &timed_out) && !timed_out)
     return;
