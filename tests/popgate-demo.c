@@ -37,8 +37,7 @@
 
 static gboolean demo_failed = FALSE;
 
-static void
-demo_say (const char *format, ...) G_GNUC_PRINTF (1, 2);
+static void demo_say (const char *format, ...) G_GNUC_PRINTF (1, 2);
 
 static void
 demo_say (const char *format, ...)
@@ -53,8 +52,7 @@ demo_say (const char *format, ...)
   fflush (stdout);
 }
 
-static void
-demo_note (const char *format, ...) G_GNUC_PRINTF (1, 2);
+static void demo_note (const char *format, ...) G_GNUC_PRINTF (1, 2);
 
 static void
 demo_note (const char *format, ...)
@@ -155,12 +153,12 @@ typedef struct
 /* Connect, run the steps (stopping at the first failure). *out_stat (optional) gets the
  * message count of the first STAT. */
 static void
-demo_pop3_session (PgTestPopgate *popgate, const char *label, const DemoStep *steps,
-                   gsize n_steps, guint *out_stat)
+demo_pop3_session (PgTestPopgate *popgate, const char *label, const DemoStep *steps, gsize n_steps,
+                   guint *out_stat)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestPop3) pop3 = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL,
-                                                      &error);
+  g_autoptr (PgTestPop3) pop3
+      = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, &error);
   gboolean stat_seen = FALSE;
 
   if (pop3 == NULL)
@@ -216,8 +214,8 @@ demo_imap_is_expunge (const char *line)
  * untagged EXPUNGE on the way to *out_expunge (both optional, *out_expunge NULL before).
  * With out_timed_out, a read timeout is not a failure: FALSE with *out_timed_out TRUE. */
 static gboolean
-demo_imap_read_until (PgTestImap *imap, const char *prefix, gchar **out_line,
-                      gchar **out_expunge, gboolean *out_timed_out)
+demo_imap_read_until (PgTestImap *imap, const char *prefix, gchar **out_line, gchar **out_expunge,
+                      gboolean *out_timed_out)
 {
   gint64 deadline = g_get_monotonic_time () + DEMO_READ_DEADLINE_US;
 
@@ -266,7 +264,8 @@ demo_imap_command (PgTestImap *imap, const char *tag, const char *command)
   g_autofree gchar *tagged = NULL;
   g_autofree gchar *ok = g_strdup_printf ("%s OK", tag);
 
-  if (!demo_imap_send (imap, NULL, line) || !demo_imap_read_until (imap, tagged_prefix, &tagged, NULL, NULL))
+  if (!demo_imap_send (imap, NULL, line)
+      || !demo_imap_read_until (imap, tagged_prefix, &tagged, NULL, NULL))
     return FALSE;
   if (!g_str_has_prefix (tagged, ok))
     {
@@ -281,10 +280,10 @@ static PgTestImap *
 demo_imap_login (PgTestPopgate *popgate)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestImap) imap = pg_test_imap_connect_full (
-      popgate->host, popgate->imap_port, NULL, NULL, DEMO_IMAP_TIMEOUT_S, &error);
-  g_autofree gchar *login = g_strdup_printf ("a1 LOGIN " DEMO_USER " {%zu}",
-                                             strlen (DEMO_PASSWORD));
+  g_autoptr (PgTestImap) imap = pg_test_imap_connect_full (popgate->host, popgate->imap_port, NULL,
+                                                           NULL, DEMO_IMAP_TIMEOUT_S, &error);
+  g_autofree gchar *login
+      = g_strdup_printf ("a1 LOGIN " DEMO_USER " {%zu}", strlen (DEMO_PASSWORD));
   g_autofree gchar *tagged = NULL;
 
   if (imap == NULL)
@@ -360,8 +359,8 @@ static void
 demo_show_upstream (PgTestDovecot *dovecot, const char *when, guint *out_count)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestImap) imap = pg_test_imap_connect (dovecot->host, dovecot->imap_port, NULL,
-                                                      &error);
+  g_autoptr (PgTestImap) imap
+      = pg_test_imap_connect (dovecot->host, dovecot->imap_port, NULL, &error);
   g_autoptr (GArray) uids = NULL;
   g_autoptr (GString) list = g_string_new (NULL);
 
@@ -463,16 +462,18 @@ demo_scene_expunge (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   static const DemoStep steps[] = {
     { "CAPA", TRUE, "what this session supports" },
     { "USER " DEMO_USER, FALSE, NULL },
-    { "PASS " DEMO_PASSWORD, FALSE, "popgate logs in upstream over TLS, SELECTs INBOX and "
-                                    "snapshots (UID, size)" },
+    { "PASS " DEMO_PASSWORD, FALSE,
+      "popgate logs in upstream over TLS, SELECTs INBOX and "
+      "snapshots (UID, size)" },
     { "STAT", FALSE, NULL },
     { "LIST", TRUE, NULL },
     { "UIDL", TRUE, "UIDL = UID and UIDVALIDITY in hex, the same strings Dovecot's POP3 gives" },
     { "TOP 2 1", TRUE, "headers and one body line (fetched without the whole body)" },
     { "RETR 2", TRUE, "streamed from UID FETCH BODY.PEEK[], dot-stuffed" },
     { "DELE 1", FALSE, "only marks it: nothing changes upstream before QUIT" },
-    { "QUIT", FALSE, "UPDATE: UID STORE +FLAGS.SILENT (\\Deleted), then UID EXPUNGE of "
-                     "exactly that UID" },
+    { "QUIT", FALSE,
+      "UPDATE: UID STORE +FLAGS.SILENT (\\Deleted), then UID EXPUNGE of "
+      "exactly that UID" },
   };
   g_autoptr (PgTestImap) imap = NULL;
   g_autofree gchar *expunge = NULL;
@@ -528,8 +529,9 @@ demo_scene_keep (PgTestDovecot *dovecot, PgTestPopgate *popgate)
     { "STAT", FALSE, NULL },
     { "UIDL", TRUE, NULL },
     { "DELE 1", FALSE, NULL },
-    { "QUIT", FALSE, "UPDATE under keep: nothing is sent upstream; the UID is stored as "
-                     "deleted for (demo, INBOX, UIDVALIDITY, laptop)" },
+    { "QUIT", FALSE,
+      "UPDATE under keep: nothing is sent upstream; the UID is stored as "
+      "deleted for (demo, INBOX, UIDVALIDITY, laptop)" },
   };
   static const DemoStep laptop_again[] = {
     { "USER " DEMO_USER "#laptop", FALSE, NULL },
@@ -611,8 +613,8 @@ demo_print_how_to_connect (PgTestPopgate *expunge, PgTestPopgate *keep)
           "m.login('%s', '%s'); print(m.select('INBOX')); m.logout()\"\n"
           "   TLS (POP3S, IMAPS, STLS, STARTTLS) uses test CAs: %s, %s\n"
           "   Ctrl-C stops popgate and Dovecot.\n",
-          keep->pop3_port, DEMO_USER, DEMO_PASSWORD, expunge->imap_port, DEMO_USER,
-          DEMO_PASSWORD, expunge->certs->ca_file, keep->certs->ca_file);
+          keep->pop3_port, DEMO_USER, DEMO_PASSWORD, expunge->imap_port, DEMO_USER, DEMO_PASSWORD,
+          expunge->certs->ca_file, keep->certs->ca_file);
   fflush (stdout);
 }
 
