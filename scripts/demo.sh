@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: install what is missing, build, then start a throwaway
-# Dovecot seeded from data/demo-mail, popgate in front of it, and run a narrated POP3
-# session through popgate. Interactive by default (popgate stays up until Ctrl-C);
+# Dovecot seeded from data/demo-mail, two popgates in front of it (delete = expunge and
+# keep), and show POP3 and IMAP side by side: an IMAP IDLE seeing a POP3 DELE+QUIT's
+# EXPUNGE, client tags under keep, and popgate's audit trace. Interactive by default
+# (popgate stays up until Ctrl-C);
 # `--non-interactive` (or no terminal on stdin, or CI set) exits by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
