@@ -919,6 +919,11 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
       self->in_command = TRUE;
       if (pg_imap_command_parser_is_literal_sync (self->parser))
         pg_imap_session_reply (self, "+ Ready for literal data.");
+      /* A zero-length literal ({0}, {0+}) has all its octets already: complete it now, or
+       * the next line would be fed to a parser still waiting for the literal (found by
+       * fuzz-imap-session). */
+      if (pg_imap_command_parser_get_literal_remaining (self->parser) == 0)
+        pg_imap_command_parser_feed_literal (self->parser, NULL, 0, NULL);
       return;
     case PG_IMAP_PARSE_NEED_LINE:
       self->in_command = TRUE;
