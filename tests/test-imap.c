@@ -558,6 +558,34 @@ test_long_literal (Fixture *fx, gconstpointer data)
   g_assert_true (g_str_has_prefix (bye, "* BYE"));
 }
 
+/* Zero-length literals before login ({0} and {0+}) complete at once: the command goes on
+ * with the next line (found by fuzz-imap-session: the parser was fed a line while it
+ * still waited for the empty literal). */
+static void
+test_empty_literal (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *cont = NULL;
+  g_autofree gchar *list = NULL;
+  g_autofree gchar *login = NULL;
+  g_autofree gchar *noop = NULL;
+
+  send_raw (imap, "a1 LIST {0}\r\n");
+  cont = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+  send_raw (imap, " \"\"\r\n");
+  /* LIST is not a pre-auth command: parsed whole, then refused. */
+  list = read_line (imap);
+  g_assert_true (g_str_has_prefix (list, "a1 BAD"));
+  /* An empty user name (non-synchronising) is refused as such, not as a parse error. */
+  send_raw (imap, "a2 LOGIN {0+}\r\n {0+}\r\n\r\n");
+  login = read_line (imap);
+  g_assert_cmpstr (login, ==, "a2 BAD Invalid user name or password.");
+  send_raw (imap, "a3 NOOP\r\n");
+  noop = read_line (imap);
+  g_assert_true (g_str_has_prefix (noop, "a3 OK"));
+}
+
 static void
 test_bad_commands (Fixture *fx, gconstpointer data)
 {
@@ -851,6 +879,7 @@ main (int argc, char **argv)
     { "/popgate/imap/upstream-down", down, test_upstream_down },
     { "/popgate/imap/long-line", NULL, test_long_line },
     { "/popgate/imap/long-literal", NULL, test_long_literal },
+    { "/popgate/imap/empty-literal", NULL, test_empty_literal },
     { "/popgate/imap/bad-commands", strict, test_bad_commands },
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },

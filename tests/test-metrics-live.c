@@ -9,6 +9,7 @@
 #include "pg-test-openmetrics.h"
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
+#include "popgate/pg-core.h"
 
 #include <libsoup/soup.h>
 #include <string.h>
@@ -278,6 +279,130 @@ test_scrape (Fixture *fx, gconstpointer data)
 #undef DELTA
 }
 
+#define IMAP_SESSIONS(state) "popgate_sessions{frontend=\"imap\",state=\"" state "\"}"
+#define IMAP_STARTED "popgate_sessions_started_total{frontend=\"imap\"}"
+#define IMAP_LOGIN(result) "popgate_logins_total{frontend=\"imap\",result=\"" result "\"}"
+
+static PgTestImap *
+imap_connect (Fixture *fx)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestImap *imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  return imap;
+}
+
+/* Read raw lines until one starts with `prefix` (bounded by the helper's read timeout). */
+static void
+imap_expect (PgTestImap *imap, const char *prefix)
+{
+  for (guint i = 0; i < 100; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *line = pg_test_imap_read_line (imap, &error);
+
+      g_assert_no_error (error);
+      g_assert_nonnull (line);
+      if (g_str_has_prefix (line, prefix))
+        return;
+    }
+  g_error ("no line starting with \"%s\"", prefix);
+}
+
+typedef struct
+{
+  Fixture *fx;
+  const char *series;
+  double value;
+} WaitSeries;
+
+static gboolean
+series_is_cb (gpointer user_data)
+{
+  WaitSeries *wait = user_data;
+  g_autoptr (GHashTable) samples = scrape (wait->fx);
+
+  return pg_test_openmetrics_get (samples, wait->series) == wait->value;
+}
+
+static void
+wait_series (Fixture *fx, const char *series, double value)
+{
+  WaitSeries wait = { fx, series, value };
+
+  if (!pg_test_wait_until (series_is_cb, &wait, 10000))
+    g_error ("%s never became %g", series, value);
+}
+
+/* The IMAP front end in the scrape: sessions by state (pre-auth, authenticated, IDLE),
+ * logins by result. */
+static void
+test_scrape_imap (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GHashTable) before = scrape (fx);
+  g_autoptr (GHashTable) during = NULL;
+  g_autoptr (GHashTable) after = NULL;
+  g_autoptr (GError) error = NULL;
+
+#define DELTA(series)                                                                              \
+  (pg_test_openmetrics_get (after, series) - pg_test_openmetrics_get (before, series))
+  g_assert_cmpfloat (pg_test_openmetrics_get (before, IMAP_SESSIONS ("authenticated")), ==, 0);
+  {
+    g_autoptr (PgTestImap) bad = imap_connect (fx);
+    g_autoptr (PgTestImap) imap = imap_connect (fx);
+    g_autoptr (PgTestImap) idler = imap_connect (fx);
+    g_autofree gchar *reply = NULL;
+
+    g_assert_false (pg_test_imap_login (bad, fx->user, "wrong", &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+    g_clear_error (&error);
+    g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_login (idler, fx->user, PASSWORD, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_select (idler, "INBOX", FALSE, NULL, NULL, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_send_raw (idler, "i1 IDLE\r\n", 9, &error));
+    g_assert_no_error (error);
+    imap_expect (idler, "+");
+    /* The "+" reached the client after popgate saw it: the gauge moves with it. */
+    wait_series (fx, IMAP_SESSIONS ("idle"), 1);
+
+    during = scrape (fx);
+    g_assert_cmpfloat (pg_test_openmetrics_get (during, IMAP_SESSIONS ("authenticated")), ==, 1);
+    g_assert_cmpfloat (pg_test_openmetrics_get (during, IMAP_SESSIONS ("preauth")), ==, 1);
+    g_assert_cmpfloat (pg_test_openmetrics_get (during, IMAP_SESSIONS ("idle")), ==, 1);
+
+    g_assert_true (pg_test_imap_send_raw (idler, "DONE\r\n", 6, &error));
+    g_assert_no_error (error);
+    imap_expect (idler, "i1 OK");
+    wait_series (fx, IMAP_SESSIONS ("idle"), 0);
+    wait_series (fx, IMAP_SESSIONS ("authenticated"), 2);
+    reply = pg_test_imap_command (imap, "NOOP", &error);
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_logout (imap, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_logout (idler, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_logout (bad, &error));
+    g_assert_no_error (error);
+  }
+  wait_series (fx, IMAP_SESSIONS ("authenticated"), 0);
+  wait_series (fx, IMAP_SESSIONS ("preauth"), 0);
+  wait_series (fx, IMAP_SESSIONS ("idle"), 0);
+  after = scrape (fx);
+  g_assert_cmpfloat (DELTA (IMAP_STARTED), ==, 3);
+  g_assert_cmpfloat (DELTA (IMAP_LOGIN ("ok")), ==, 2);
+  g_assert_cmpfloat (DELTA (IMAP_LOGIN ("auth_failed")), ==, 1);
+  g_assert_cmpfloat (DELTA (IMAP_LOGIN ("upstream_unavailable")), ==, 0);
+  /* The POP3 series did not move. */
+  g_assert_cmpfloat (DELTA (LOGIN_OK), ==, 0);
+  g_assert_cmpfloat (DELTA (STARTED), ==, 0);
+#undef DELTA
+}
+
 static void
 test_formats (Fixture *fx, gconstpointer data)
 {
@@ -370,6 +495,24 @@ static gchar *
 session_prefix (const char *log, const char *user)
 {
   g_autofree gchar *needle = g_strdup_printf ("login: user=%s ", user);
+  const char *hit = strstr (log, needle);
+  const char *open;
+  const char *close;
+
+  if (hit == NULL)
+    g_error ("no \"%s\" in the log:\n%s", needle, log);
+  for (open = hit; open > log && *open != '['; open--)
+    ;
+  close = strchr (open, ']');
+  g_assert_true (*open == '[' && close != NULL && close < hit);
+  return g_strndup (open, (gsize) (close - open + 1));
+}
+
+/* The same for the IMAP session that logged in as `user`. */
+static gchar *
+imap_session_prefix (const char *log, const char *user)
+{
+  g_autofree gchar *needle = g_strdup_printf ("imap session started: user=%s ", user);
   const char *hit = strstr (log, needle);
   const char *open;
   const char *close;
@@ -496,6 +639,61 @@ test_trace_no_secrets (Fixture *fx, gconstpointer data)
   g_assert_cmpint (find_line (lines, 0, "trace: C: STAT"), >=, 0);
 }
 
+/* An IMAP session through the relay: pre-auth lines (LOGIN redacted), the login's upstream
+ * commands, then each relayed client command by its word. */
+static void
+test_trace_imap (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *log = NULL;
+  g_autofree gchar *sid = NULL;
+  g_autoptr (GPtrArray) lines = NULL;
+  g_autofree gchar *plain = NULL;
+  g_autofree gchar *b64 = NULL;
+  gssize at_login, at_up_auth, at_select, at_relayed_auth;
+
+  plain = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
+  b64 = g_base64_encode ((const guchar *) plain, 2 + strlen (fx->user) + strlen (PASSWORD));
+  {
+    g_autoptr (PgTestImap) imap = imap_connect (fx);
+    g_autofree gchar *reply = NULL;
+    g_autofree gchar *status = NULL;
+    g_autofree gchar *auth = g_strdup_printf ("AUTHENTICATE PLAIN %s", b64);
+
+    g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
+    g_assert_no_error (error);
+    g_assert_true (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error));
+    g_assert_no_error (error);
+    /* Relayed: Dovecot refuses it after login, and the trace must not show its data. */
+    reply = pg_test_imap_command_status (imap, auth, &status, &error);
+    g_assert_no_error (error);
+    g_assert_cmpstr (status, !=, "OK");
+    g_assert_true (pg_test_imap_logout (imap, &error));
+    g_assert_no_error (error);
+  }
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "imap session ended", 10000));
+  log = pg_test_popgate_read_log (fx->popgate);
+  g_assert_null (strstr (log, PASSWORD));
+  g_assert_null (strstr (log, b64));
+  sid = imap_session_prefix (log, fx->user);
+  lines = trace_lines (log, sid);
+  dump_trace (lines);
+  at_login = find_line (lines, 0, " LOGIN <redacted>");
+  at_up_auth = find_line (lines, MAX (at_login, 0), "trace: U: ");
+  at_select = find_line (lines, MAX (at_up_auth, 0), " EXAMINE INBOX");
+  at_relayed_auth = find_line (lines, MAX (at_select, 0), " AUTHENTICATE PLAIN");
+  g_assert_cmpint (at_login, >=, 0);
+  g_assert_true (strstr (g_ptr_array_index (lines, at_login), "trace: C: ") != NULL);
+  g_assert_cmpint (at_up_auth, >, at_login);
+  /* Dovecot offers AUTH=PLAIN: the login went up as AUTHENTICATE, before the EXAMINE. */
+  g_assert_cmpint (find_line (lines, (gsize) at_login, "U: "), <, at_select);
+  g_assert_cmpint (find_line (lines, (gsize) at_login, "AUTHENTICATE"), <, at_select);
+  g_assert_cmpint (at_select, >, at_up_auth);
+  g_assert_true (strstr (g_ptr_array_index (lines, at_select), "trace: C: ") != NULL);
+  g_assert_cmpint (at_relayed_auth, >, at_select);
+  g_assert_cmpint (find_line (lines, (gsize) at_relayed_auth, " LOGOUT"), >, at_relayed_auth);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -510,10 +708,12 @@ main (int argc, char **argv)
     void (*func) (Fixture *, gconstpointer);
   } tests[] = {
     { "/popgate/metrics/scrape", NULL, test_scrape },
+    { "/popgate/metrics/scrape-imap", NULL, test_scrape_imap },
     { "/popgate/metrics/formats", NULL, test_formats },
     { "/popgate/metrics/reload", NULL, test_reload },
     { "/popgate/trace/dele-expunge", trace_config, test_trace_dele },
     { "/popgate/trace/no-secrets", trace_flag, test_trace_no_secrets },
+    { "/popgate/trace/imap", trace_config, test_trace_imap },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -25,6 +25,8 @@
 #include "popgate/pg-codec-sasl.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-metrics.h"
+#include "popgate/pg-trace.h"
 
 #include <string.h>
 
@@ -85,6 +87,9 @@ struct _PgImapSession
   gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* CLOSE/UNSELECT awaiting its reply */
   gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* IDLE running or starting */
   gchar *mailbox;                             /* owned: info.mailbox */
+  gchar auth_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* AUTHENTICATE relayed: its lines are secret */
+
+  PgMetricsSessionState metrics_state; /* where the session gauge counts it */
 };
 
 G_DEFINE_FINAL_TYPE (PgImapSession, pg_imap_session, G_TYPE_OBJECT)
@@ -128,6 +133,76 @@ pg_imap_session_get_info (PgImapSession *self)
   return &self->info;
 }
 
+/* --- metrics and audit trace (pg-metrics.h, pg-trace.h) ---------------------------------- */
+
+static PgMetricsSessionState
+pg_imap_session_metrics_state_of (PgImapSession *self)
+{
+  switch (self->info.state)
+    {
+    case PG_IMAP_STATE_PREAUTH:
+    case PG_IMAP_STATE_AUTHENTICATING:
+      return PG_METRICS_SESSION_PREAUTH;
+    case PG_IMAP_STATE_RELAY:
+      return self->info.idling ? PG_METRICS_SESSION_IDLE : PG_METRICS_SESSION_AUTHENTICATED;
+    case PG_IMAP_STATE_CLOSED:
+      return PG_METRICS_SESSION_NONE;
+    case PG_IMAP_STATE_COUNT:
+      break;
+    }
+  g_return_val_if_reached (PG_METRICS_SESSION_NONE);
+}
+
+/* The session gauge follows the state and IDLE: called after either changed. */
+static void
+pg_imap_session_metrics_update (PgImapSession *self)
+{
+  PgMetricsSessionState to = pg_imap_session_metrics_state_of (self);
+
+  if (to == self->metrics_state)
+    return;
+  pg_metrics_session_state (PG_METRICS_FRONTEND_IMAP, self->metrics_state, to);
+  self->metrics_state = to;
+}
+
+/* Trace a pre-auth client line. A SASL response, or a later line of LOGIN/AUTHENTICATE
+ * (after a literal), can hold the password whole: only "<redacted>" is traced for it. */
+static void
+pg_imap_session_trace_line (PgImapSession *self, const char *line, gsize len)
+{
+  g_autofree gchar *shown = NULL;
+
+  if (!pg_trace_is_enabled ())
+    return;
+  if (self->in_command && self->in_login_command)
+    shown = g_strdup ("<redacted>");
+  else
+    shown = pg_log_redact_line (line, len, self->sasl_tag != NULL);
+  pg_trace (self->id, "C: %s", shown);
+}
+
+/* Trace a relayed client command from what the scanner saw of it: tag, command word and
+ * its first argument (the mailbox of SELECT etc.), never the rest of the line. */
+static void
+pg_imap_session_trace_command (PgImapSession *self, const PgImapRelayCommand *cmd)
+{
+  g_autofree gchar *line = NULL;
+  g_autofree gchar *shown = NULL;
+
+  if (!pg_trace_is_enabled ())
+    return;
+  if (self->auth_tag[0] != '\0' || cmd->word[0] == '\0')
+    {
+      /* An AUTHENTICATE exchange (SASL data), or a line that is no command at all. */
+      pg_trace (self->id, "C: <redacted>");
+      return;
+    }
+  line = g_strdup_printf ("%s %s%s%s", cmd->tag, cmd->word, cmd->argument != NULL ? " " : "",
+                          cmd->argument != NULL ? cmd->argument : "");
+  shown = pg_log_redact_line (line, strlen (line), FALSE);
+  pg_trace (self->id, "C: %s", shown);
+}
+
 static void
 pg_imap_session_set_state (PgImapSession *self, PgImapState state)
 {
@@ -136,6 +211,9 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
   pg_session_debug (self->id, "state %s -> %s", pg_imap_state_names[self->info.state],
                     pg_imap_state_names[state]);
   self->info.state = state;
+  if (state != PG_IMAP_STATE_RELAY)
+    self->info.idling = FALSE;
+  pg_imap_session_metrics_update (self);
 }
 
 /* --- object ------------------------------------------------------------------------------ */
@@ -224,6 +302,7 @@ pg_imap_session_init (PgImapSession *self)
   self->info.started_us = g_get_real_time ();
   self->info.last_activity_us = self->info.started_us;
   self->info.state = PG_IMAP_STATE_PREAUTH;
+  self->metrics_state = PG_METRICS_SESSION_NONE;
 }
 
 /* --- output and ending -------------------------------------------------------------------- */
@@ -314,6 +393,7 @@ static void
 pg_imap_session_bad_command (PgImapSession *self)
 {
   self->bad_commands++;
+  pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
   if (self->bad_commands >= self->config->limits.max_bad_commands)
     {
       pg_imap_session_reply (self, "* BYE Too many invalid commands.");
@@ -420,6 +500,7 @@ static void
 pg_imap_session_auth_failed (PgImapSession *self)
 {
   self->auth_failures++;
+  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_AUTH_FAILED);
   self->busy = TRUE;
   g_clear_pointer (&self->user, g_free);
   g_clear_pointer (&self->upstream_user, g_free);
@@ -445,6 +526,8 @@ pg_imap_session_unavailable (PgImapSession *self, const GError *error)
 
   pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
                       error->message);
+  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_UPSTREAM_UNAVAILABLE);
+  pg_metrics_gerror (error);
   g_clear_pointer (&self->user, g_free);
   g_clear_pointer (&self->upstream_user, g_free);
   self->info.user = NULL;
@@ -488,6 +571,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
       return;
     }
   self->up_stream = g_steal_pointer (&stream);
+  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_OK);
   relay_caps = pg_imap_session_relay_capabilities (caps);
   pg_imap_session_reply (self, "%s OK [CAPABILITY %s] Logged in.", self->pending_tag, relay_caps);
   g_clear_pointer (&self->pending_tag, g_free);
@@ -813,6 +897,7 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
   if (!self->in_command && self->sasl_tag == NULL)
     self->in_login_command = pg_imap_session_is_login_line (line, len);
   pg_imap_session_log_line (self, line, len);
+  pg_imap_session_trace_line (self, line, len);
   if (self->sasl_tag != NULL)
     {
       pg_imap_session_sasl_response (self, line, len);
@@ -834,6 +919,11 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
       self->in_command = TRUE;
       if (pg_imap_command_parser_is_literal_sync (self->parser))
         pg_imap_session_reply (self, "+ Ready for literal data.");
+      /* A zero-length literal ({0}, {0+}) has all its octets already: complete it now, or
+       * the next line would be fed to a parser still waiting for the literal (found by
+       * fuzz-imap-session). */
+      if (pg_imap_command_parser_get_literal_remaining (self->parser) == 0)
+        pg_imap_command_parser_feed_literal (self->parser, NULL, 0, NULL);
       return;
     case PG_IMAP_PARSE_NEED_LINE:
       self->in_command = TRUE;
@@ -893,6 +983,7 @@ pg_imap_session_process (PgImapSession *self)
           self->in_command = FALSE;
           self->in_login_command = FALSE;
           g_clear_pointer (&self->sasl_tag, g_free);
+          pg_metrics_error (PG_METRICS_ERROR_LINE_TOO_LONG);
           pg_imap_session_reply (self, "* BAD Command line too long.");
           pg_imap_session_bad_command (self);
           continue;
@@ -976,6 +1067,9 @@ pg_imap_session_track_command (PgImapSession *self, const PgImapRelayCommand *cm
   if (self->idle_tag[0] != '\0' && cmd->word[0] == '\0'
       && g_ascii_strcasecmp (cmd->tag, "DONE") == 0)
     return; /* ends the IDLE; its tagged reply clears the state */
+  pg_imap_session_trace_command (self, cmd);
+  if (self->auth_tag[0] != '\0')
+    return; /* SASL data of a relayed AUTHENTICATE, not a command */
   self->info.commands++;
   if (strcmp (cmd->word, "SELECT") == 0 || strcmp (cmd->word, "EXAMINE") == 0)
     {
@@ -988,6 +1082,8 @@ pg_imap_session_track_command (PgImapSession *self, const PgImapRelayCommand *cm
     pg_imap_session_copy_tag (self->close_tag, cmd->tag);
   else if (strcmp (cmd->word, "IDLE") == 0)
     pg_imap_session_copy_tag (self->idle_tag, cmd->tag);
+  else if (strcmp (cmd->word, "AUTHENTICATE") == 0)
+    pg_imap_session_copy_tag (self->auth_tag, cmd->tag);
   else if (strcmp (cmd->word, "LOGOUT") == 0)
     self->logout_sent = TRUE;
 }
@@ -1008,7 +1104,10 @@ pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *r
   if (strcmp (tag, "+") == 0)
     {
       if (self->idle_tag[0] != '\0')
-        self->info.idling = TRUE;
+        {
+          self->info.idling = TRUE;
+          pg_imap_session_metrics_update (self);
+        }
       return;
     }
   if (self->select_tag[0] != '\0' && strcmp (tag, self->select_tag) == 0)
@@ -1029,7 +1128,10 @@ pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *r
     {
       self->idle_tag[0] = '\0';
       self->info.idling = FALSE;
+      pg_imap_session_metrics_update (self);
     }
+  if (self->auth_tag[0] != '\0' && strcmp (tag, self->auth_tag) == 0)
+    self->auth_tag[0] = '\0';
 }
 
 static void
@@ -1218,6 +1320,7 @@ pg_imap_session_timeout_cb (PgConn *conn, gpointer user_data)
 
   /* RFC 9051 §5.4 autologout (the timer is at least 30 minutes after login, which also
    * satisfies RFC 2177's 29 minutes for IDLE); before login it is the pre-auth timeout. */
+  pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
   pg_imap_session_reply (self, "* BYE Disconnected for inactivity.");
   pg_imap_session_end (self, self->info.state == PG_IMAP_STATE_RELAY ? "inactivity timeout"
                                                                      : "pre-auth timeout");
@@ -1250,6 +1353,7 @@ pg_imap_session_start (PgConn *conn, gpointer user_data)
   self->client_buf = g_malloc (PG_IMAP_RELAY_CHUNK);
   self->link.data = self;
   g_queue_push_tail_link (&pg_imap_sessions, &self->link);
+  pg_imap_session_metrics_update (self);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_imap_session_conn_closed_cb), self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_imap_session_timeout_cb), self);
