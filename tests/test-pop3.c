@@ -819,6 +819,41 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   assert_reply (pop3, "QUIT", "+OK");
 }
 
+/* SIGTERM: no new connections; a logged-in POP3 client may still QUIT until the deadline,
+ * after which it is closed with nothing applied; an IMAP client gets "* BYE". */
+static void
+test_shutdown_drain (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (PgTestImap) check = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *bye = NULL;
+  int code = -1;
+
+  imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, fx->user, PASSWORD, &error), error);
+  assert_reply (pop3, "DELE 1", "+OK");
+  pg_test_popgate_kill (fx->popgate, SIGTERM);
+  /* The IMAP session is told at once. */
+  bye = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (bye);
+  g_assert_true (g_str_has_prefix (bye, "* BYE"));
+  /* The POP3 session still works until the deadline... */
+  assert_reply (pop3, "STAT", "+OK 4 ");
+  /* ...and is then closed without entering UPDATE. */
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_assert_true (pg_test_popgate_wait (fx->popgate, 20000, &code));
+  g_assert_cmpint (code, ==, 0);
+  check = imap_login (fx);
+  after = pg_test_imap_uid_search_all (check, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 5);
+}
+
 /* Python's poplib as a real third-party client. */
 static void
 test_poplib (Fixture *fx, gconstpointer data)
@@ -854,6 +889,7 @@ main (int argc, char **argv)
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
+  static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
   int rc;
   static const struct
@@ -886,6 +922,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
     { "/popgate/pop3/poplib", NULL, test_poplib },
+    { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
   };
 
   g_test_init (&argc, &argv, NULL);
