@@ -13,6 +13,8 @@
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 
 typedef struct
@@ -404,6 +406,10 @@ pg_accept_continue (PgAccept *accept, const char *peer_ip, const char *peer_text
   accept->peer_ip = g_strdup (peer_ip);
   pg_server_address_add (server, peer_ip, +1);
   g_socket_set_keepalive (g_socket_connection_get_socket (accept->socket), TRUE);
+  /* Replies are written as soon as they are ready (one write per burst of commands): do
+   * not let Nagle's algorithm hold a reply behind an unacknowledged one. */
+  (void) g_socket_set_option (g_socket_connection_get_socket (accept->socket), IPPROTO_TCP,
+                              TCP_NODELAY, 1, NULL);
 
   if (accept->tls)
     {

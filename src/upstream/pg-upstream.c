@@ -20,6 +20,8 @@
 #include "popgate/pg-trace.h"
 #include "popgate/pg-limits.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 
 typedef enum
@@ -1233,6 +1235,11 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
       return;
     }
   self->socket = connection;
+  /* Commands and their literals go out as separate small writes (AUTHENTICATE PLAIN and
+   * its response, pipelined FETCHes): without TCP_NODELAY, Nagle's algorithm holds the
+   * second until the first is acknowledged, ~40 ms against a peer that delays its ACKs. */
+  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP,
+                              TCP_NODELAY, 1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
   if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
