@@ -292,3 +292,14 @@ pg_test_pop3_wait_closed (PgTestPop3 *pop3)
     }
   return FALSE;
 }
+
+gchar *
+pg_test_pop3_cmd (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  gchar *status = pg_test_pop3_command (pop3, command, &error);
+
+  g_assert_no_error (error);
+  g_assert_nonnull (status);
+  return status;
+}

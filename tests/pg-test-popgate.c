@@ -423,3 +423,17 @@ pg_test_popgate_free (PgTestPopgate *popgate)
     g_string_free (popgate->earlier_log, TRUE);
   g_free (popgate);
 }
+
+void
+pg_test_popgate_assert_clean_exit (PgTestPopgate *popgate)
+{
+  int exit_code = -1;
+
+  pg_test_popgate_kill (popgate, SIGTERM);
+  g_assert_true (pg_test_popgate_wait (popgate, 30000, &exit_code));
+  if (exit_code != 0)
+    {
+      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
+      g_error ("popgate exited with %d after SIGTERM:\n%s", exit_code, log);
+    }
+}

@@ -70,6 +70,9 @@ gboolean pg_test_popgate_wait (PgTestPopgate *popgate, guint timeout_ms, int *ou
 /* SIGTERM, wait (bounded; SIGKILL after the deadline). FALSE if it had to be killed. */
 gboolean pg_test_popgate_stop (PgTestPopgate *popgate);
 
+/* SIGTERM, then fail the test unless popgate exits by itself with status 0. Under ASan a
+ * leak makes the status non-zero, so this doubles as a leak check of the sessions run. */
+void pg_test_popgate_assert_clean_exit (PgTestPopgate *popgate);
 /* popgate's captured output so far. */
 gchar *pg_test_popgate_read_log (PgTestPopgate *popgate);
 /* Wait (bounded) until the log contains `needle`. */

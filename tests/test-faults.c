@@ -62,22 +62,6 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   return popgate;
 }
 
-/* SIGTERM and a clean exit: status 0. Under ASan that also means LSan found no leak (it
- * makes the exit status non-zero), so every test here doubles as a leak check of a whole
- * session through the real binary. */
-static void
-assert_clean_exit (PgTestPopgate *popgate)
-{
-  int exit_code = -1;
-
-  pg_test_popgate_kill (popgate, SIGTERM);
-  g_assert_true (pg_test_popgate_wait (popgate, 30000, &exit_code));
-  if (exit_code != 0)
-    {
-      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
-      g_error ("popgate exited with %d after SIGTERM:\n%s", exit_code, log);
-    }
-}
 
 static void
 stop_popgate (PgTestPopgate *popgate)
@@ -86,7 +70,7 @@ stop_popgate (PgTestPopgate *popgate)
 
   g_assert_null (strstr (log, PASSWORD));
   /* popgate survived the fault: it still stops cleanly on SIGTERM. */
-  assert_clean_exit (popgate);
+  pg_test_popgate_assert_clean_exit (popgate);
   pg_test_popgate_free (popgate);
 }
 
@@ -101,25 +85,7 @@ pop3_connect (PgTestPopgate *popgate)
   return pop3;
 }
 
-static gchar *
-cmd (PgTestPop3 *pop3, const char *command)
-{
-  g_autoptr (GError) error = NULL;
-  gchar *status = pg_test_pop3_command (pop3, command, &error);
 
-  g_assert_no_error (error);
-  g_assert_nonnull (status);
-  return status;
-}
-
-#define assert_reply(pop3, command, prefix)                                                  \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
-  G_STMT_END
 
 /* USER + PASS; returns the PASS reply and how long it took. */
 static gchar *
@@ -129,9 +95,9 @@ timed_login (PgTestPop3 *pop3, const char *user, gint64 *out_ms)
   gint64 start;
   gchar *reply;
 
-  assert_reply (pop3, user_cmd, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, user_cmd, "+OK");
   start = g_get_monotonic_time ();
-  reply = cmd (pop3, "PASS " PASSWORD);
+  reply = pg_test_pop3_cmd (pop3, "PASS " PASSWORD);
   *out_ms = (g_get_monotonic_time () - start) / 1000;
   return reply;
 }
@@ -280,7 +246,7 @@ test_dovecot_login_paused (void)
     g_autofree gchar *again = timed_login (pop3, user, &ms);
     g_assert_true (g_str_has_prefix (again, "+OK"));
   }
-  assert_reply (pop3, "STAT", "+OK 3 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3 ");
   g_clear_pointer (&pop3, pg_test_pop3_free);
   stop_popgate (popgate);
   after = check_upstream (user, 3, NULL);
@@ -317,7 +283,7 @@ dovecot_retr_fault (int signo)
     g_autofree gchar *reply = timed_login (pop3, user, &ms);
     g_assert_true (g_str_has_prefix (reply, "+OK"));
   }
-  status = cmd (pop3, "RETR 3");
+  status = pg_test_pop3_cmd (pop3, "RETR 3");
   g_assert_true (g_str_has_prefix (status, "+OK"));
   /* About 1 MB in, the upstream fails. */
   for (guint i = 0; i < 1000; i++)
@@ -377,11 +343,11 @@ test_dovecot_quit_paused (void)
     g_autofree gchar *login = timed_login (pop3, user, &ms);
     g_assert_true (g_str_has_prefix (login, "+OK"));
   }
-  assert_reply (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
   g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGSTOP), >=, 1);
   {
     gint64 start = g_get_monotonic_time ();
-    reply = cmd (pop3, "QUIT");
+    reply = pg_test_pop3_cmd (pop3, "QUIT");
     ms = (g_get_monotonic_time () - start) / 1000;
   }
   pg_test_dovecot_signal_user_sessions (upstream, user, SIGCONT);
@@ -473,8 +439,8 @@ peer_login_fault (PgTestPeerAction fault)
   if (fault == PG_TEST_PEER_HANG)
     g_assert_cmpint (ms, >=, UPSTREAM_TIMEOUT_MS - 100);
   /* Not an authentication failure: no [AUTH], the session is still usable. */
-  assert_reply (run.pop3, "NOOP", "-ERR");
-  assert_reply (run.pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "NOOP", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
   peer_run_finish (&run);
 }
 
@@ -511,8 +477,8 @@ peer_snapshot_fault (PgTestPeerAction fault)
                   fault == PG_TEST_PEER_HANG ? "hangs" : "drops", reply, ms);
   g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
   g_assert_cmpint (ms, <, MAX_REACTION_MS);
-  assert_reply (run.pop3, "STAT", "-ERR");
-  assert_reply (run.pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
   peer_run_finish (&run);
 }
 
@@ -549,8 +515,8 @@ peer_retr_fault (PgTestPeerAction fault)
     g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
     g_assert_cmpstr (reply, ==, "+OK Logged in.");
   }
-  assert_reply (run.pop3, "STAT", "+OK 3 300040");
-  status = cmd (run.pop3, "RETR 2");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 300040");
+  status = pg_test_pop3_cmd (run.pop3, "RETR 2");
   g_assert_cmpstr (status, ==, "+OK 300000 octets");
   g_assert_false (read_until_closed (run.pop3, &ms));
   g_test_message ("RETR, upstream %s mid-literal: closed after %" G_GINT64_FORMAT " ms",
@@ -593,11 +559,11 @@ peer_quit_fault (PgTestPeerAction fault)
     g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
     g_assert_cmpstr (login, ==, "+OK Logged in.");
   }
-  assert_reply (run.pop3, "DELE 1", "+OK");
-  assert_reply (run.pop3, "DELE 3", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 3", "+OK");
   {
     gint64 start = g_get_monotonic_time ();
-    reply = cmd (run.pop3, "QUIT");
+    reply = pg_test_pop3_cmd (run.pop3, "QUIT");
     ms = (g_get_monotonic_time () - start) / 1000;
   }
   g_test_message ("QUIT, upstream %s before EXPUNGE: %s after %" G_GINT64_FORMAT " ms",

@@ -62,22 +62,6 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port, const char *const *set
   return popgate;
 }
 
-/* SIGTERM and a clean exit: status 0. Under ASan that also means LSan found no leak (it
- * makes the exit status non-zero), so every test here doubles as a leak check of a whole
- * session through the real binary. */
-static void
-assert_clean_exit (PgTestPopgate *popgate)
-{
-  int exit_code = -1;
-
-  pg_test_popgate_kill (popgate, SIGTERM);
-  g_assert_true (pg_test_popgate_wait (popgate, 30000, &exit_code));
-  if (exit_code != 0)
-    {
-      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
-      g_error ("popgate exited with %d after SIGTERM:\n%s", exit_code, log);
-    }
-}
 
 static void
 stop_popgate (PgTestPopgate *popgate)
@@ -85,7 +69,7 @@ stop_popgate (PgTestPopgate *popgate)
   g_autofree gchar *log = pg_test_popgate_read_log (popgate);
 
   g_assert_null (strstr (log, PASSWORD));
-  assert_clean_exit (popgate);
+  pg_test_popgate_assert_clean_exit (popgate);
   pg_test_popgate_free (popgate);
 }
 
@@ -100,25 +84,7 @@ pop3_connect (PgTestPopgate *popgate)
   return pop3;
 }
 
-static gchar *
-cmd (PgTestPop3 *pop3, const char *command)
-{
-  g_autoptr (GError) error = NULL;
-  gchar *status = pg_test_pop3_command (pop3, command, &error);
 
-  g_assert_no_error (error);
-  g_assert_nonnull (status);
-  return status;
-}
-
-#define assert_reply(pop3, command, prefix)                                                  \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
-  G_STMT_END
 
 static gchar *
 read_line (PgTestPop3 *pop3)
@@ -255,8 +221,8 @@ test_sessions_total (void)
   }
   /* The refused one is not counted: the three are still served. */
   for (guint i = 0; i < 3; i++)
-    assert_reply (sessions[i], "NOOP", "-ERR");
-  assert_reply (sessions[0], "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (sessions[i], "NOOP", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (sessions[0], "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (sessions[0]));
   pg_test_pop3_free (sessions[0]);
   /* A slot is free again once popgate has seen the close. */
@@ -287,7 +253,7 @@ test_sessions_per_address (void)
   other = pg_test_pop3_connect_from (popgate->host, popgate->pop3_port, "127.0.0.2", &error);
   g_assert_no_error (error);
   g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (other), "+OK"));
-  assert_reply (a, "CAPA", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (a, "CAPA", "+OK");
   g_clear_pointer (&a, pg_test_pop3_free);
   g_clear_pointer (&b, pg_test_pop3_free);
   g_clear_pointer (&other, pg_test_pop3_free);
@@ -311,9 +277,9 @@ test_auth_failure_delay (void)
       g_autofree gchar *reply = NULL;
       gint64 start, ms;
 
-      assert_reply (pop3, user_cmd, "+OK");
+      PG_TEST_POP3_ASSERT_REPLY (pop3, user_cmd, "+OK");
       start = g_get_monotonic_time ();
-      reply = cmd (pop3, "PASS wrong-password");
+      reply = pg_test_pop3_cmd (pop3, "PASS wrong-password");
       ms = (g_get_monotonic_time () - start) / 1000;
       g_test_message ("failure %u answered after %" G_GINT64_FORMAT " ms", i + 1, ms);
       g_assert_cmpstr (reply, ==, "-ERR [AUTH] Authentication failed.");
@@ -333,7 +299,7 @@ test_auth_failure_delay (void)
     g_autoptr (GError) error = NULL;
     PG_TEST_ASSERT_OK (pg_test_pop3_login (pop3, user, PASSWORD, NULL, &error), error);
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   stop_popgate (popgate);
 }
 
@@ -349,8 +315,8 @@ test_command_line_length (void)
   g_autoptr (GError) error = NULL;
 
   /* Just over the command limit: refused, the session goes on. */
-  assert_reply (pop3, long_line, "-ERR");
-  assert_reply (pop3, "CAPA", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, long_line, "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "CAPA", "+OK");
   {
     g_autoptr (GBytes) capa = pg_test_pop3_read_multiline (pop3, &error);
     g_assert_no_error (error);
@@ -379,12 +345,12 @@ test_bad_commands (void)
   g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
 
   for (guint i = 0; i < 3; i++)
-    assert_reply (pop3, "XYZZY", "-ERR Unknown command");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "XYZZY", "-ERR Unknown command");
   /* Good commands do not reset the count of bad ones. */
-  assert_reply (pop3, "USER someone", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "USER someone", "+OK");
   {
     g_autofree gchar *closing = NULL;
-    assert_reply (pop3, "PLUGH", "-ERR Unknown command");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "PLUGH", "-ERR Unknown command");
     closing = read_line (pop3);
     g_assert_cmpstr (closing, ==, "-ERR Too many bad commands, closing");
   }
@@ -453,7 +419,7 @@ test_slow_reader (void)
     g_assert_cmpuint (g_bytes_get_size (body), ==, big->len);
     g_assert_cmpmem (g_bytes_get_data (body, NULL), big->len, big->str, big->len);
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   stop_popgate (popgate);
 }
 
@@ -523,7 +489,7 @@ test_idle_after_login (void)
     g_assert_cmpint (exit_code, !=, 0);
     g_assert_nonnull (strstr (output, "autologout"));
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   stop_popgate (popgate);
 }
 
@@ -554,9 +520,9 @@ upstream_limit (const PgTestPeerStep *script, const char *what)
   popgate = start_popgate (NULL, pg_test_peer_get_port (peer), NULL);
   pop3 = pop3_connect (popgate);
   baseline = popgate_rss_kb (popgate);
-  assert_reply (pop3, "USER alice", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "USER alice", "+OK");
   start = g_get_monotonic_time ();
-  reply = cmd (pop3, "PASS " PASSWORD);
+  reply = pg_test_pop3_cmd (pop3, "PASS " PASSWORD);
   g_test_message ("%s: %s after %" G_GINT64_FORMAT " ms (peer: %s)", what, reply,
                   (g_get_monotonic_time () - start) / 1000,
                   pg_test_peer_get_mismatch (peer) != NULL ? pg_test_peer_get_mismatch (peer)
@@ -571,7 +537,7 @@ upstream_limit (const PgTestPeerStep *script, const char *what)
   g_assert_cmpint ((g_get_monotonic_time () - start) / 1000, <, 4000);
   g_assert_true (pg_test_peer_wait_client_closed (peer, 10000));
   g_assert_cmpuint (popgate_rss_kb (popgate), <, baseline + RSS_GROWTH_BOUND_KB);
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   stop_popgate (popgate);
 }
 

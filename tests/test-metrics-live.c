@@ -177,25 +177,7 @@ no_pop3_sessions_cb (gpointer user_data)
                 == 0;
 }
 
-static gchar *
-cmd (PgTestPop3 *pop3, const char *command)
-{
-  g_autoptr (GError) error = NULL;
-  gchar *status = pg_test_pop3_command (pop3, command, &error);
 
-  g_assert_no_error (error);
-  g_assert_nonnull (status);
-  return status;
-}
-
-#define assert_reply(pop3, command, prefix)                                                        \
-  G_STMT_START                                                                                     \
-  {                                                                                                \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                            \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
-  }                                                                                                \
-  G_STMT_END
 
 static PgTestPop3 *
 pop3_connect (Fixture *fx)
@@ -248,11 +230,11 @@ test_scrape (Fixture *fx, gconstpointer data)
     body = pg_test_pop3_retr (pop3, 1, NULL, &error);
     g_assert_no_error (error);
     g_assert_nonnull (body);
-    assert_reply (pop3, "DELE 2", "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
     g_assert_true (pg_test_pop3_wait_closed (pop3));
-    assert_reply (bad, "QUIT", "+OK");
-    assert_reply (second, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (bad, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (second, "QUIT", "+OK");
   }
   /* Sessions end asynchronously after the last reply: wait (bounded) for the gauge. */
   g_assert_true (pg_test_wait_until (no_pop3_sessions_cb, fx, 10000));
@@ -559,9 +541,9 @@ test_trace_dele (Fixture *fx, gconstpointer data)
 
   g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
   g_assert_no_error (error);
-  assert_reply (pop3, "UIDL 2", "+OK");
-  assert_reply (pop3, "DELE 2", "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "UIDL 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, "pop3 session ended", 10000));
 
@@ -617,12 +599,12 @@ test_trace_no_secrets (Fixture *fx, gconstpointer data)
     g_autofree gchar *bad_b64
         = g_base64_encode ((const guchar *) bad_plain, plain_len + strlen ("wrong-"));
 
-    assert_reply (pop3, "AUTH PLAIN", "+ ");
-    assert_reply (pop3, bad_b64, "-ERR");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, bad_b64, "-ERR");
     inline_cmd = g_strdup_printf ("AUTH PLAIN %s", b64);
-    assert_reply (pop3, inline_cmd, "+OK");
-    assert_reply (pop3, "STAT", "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, inline_cmd, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
     g_assert_true (pg_test_pop3_wait_closed (pop3));
   }
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, "pop3 session ended", 10000));

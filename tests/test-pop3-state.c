@@ -154,25 +154,7 @@ fixture_teardown (Fixture *fx, gconstpointer data)
 
 /* --- POP3 helpers -------------------------------------------------------------------------- */
 
-static gchar *
-cmd (PgTestPop3 *pop3, const char *command)
-{
-  g_autoptr (GError) error = NULL;
-  gchar *status = pg_test_pop3_command (pop3, command, &error);
 
-  g_assert_no_error (error);
-  g_assert_nonnull (status);
-  return status;
-}
-
-#define assert_reply(pop3, command, prefix)                                                        \
-  G_STMT_START                                                                                     \
-  {                                                                                                \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                            \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
-  }                                                                                                \
-  G_STMT_END
 
 /* Log in as login (e.g. "user#laptop") through `popgate`; returns the PASS reply. */
 static PgTestPop3 *
@@ -214,7 +196,7 @@ static GArray *
 pop3_uids (PgTestPop3 *pop3)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *status = cmd (pop3, "UIDL");
+  g_autofree gchar *status = pg_test_pop3_cmd (pop3, "UIDL");
   g_autoptr (GBytes) body = NULL;
   g_auto (GStrv) lines = NULL;
   g_autofree gchar *text = NULL;
@@ -250,7 +232,7 @@ assert_sees (PgTestPopgate *popgate, const char *login, const guint32 *expected,
 {
   g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, login);
   g_autoptr (GArray) uids = pop3_uids (pop3);
-  g_autofree gchar *stat = cmd (pop3, "STAT");
+  g_autofree gchar *stat = pg_test_pop3_cmd (pop3, "STAT");
   g_autofree gchar *want_stat = g_strdup_printf ("+OK %u ", n);
 
   if (uids->len != n || (n > 0 && memcmp (uids->data, expected, n * sizeof (guint32)) != 0))
@@ -272,9 +254,9 @@ dele_quit (PgTestPopgate *popgate, const char *login, const guint *numbers, guin
   for (guint i = 0; i < n; i++)
     {
       g_autofree gchar *command = g_strdup_printf ("DELE %u", numbers[i]);
-      assert_reply (pop3, command, "+OK");
+      PG_TEST_POP3_ASSERT_REPLY (pop3, command, "+OK");
     }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
 }
 
@@ -334,9 +316,9 @@ test_two_tags_keep (Fixture *fx, gconstpointer data)
   /* Message numbers follow the client's view: laptop's message 1 is UID 2. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, laptop);
-    assert_reply (pop3, "LIST 1", "+OK 1 ");
-    assert_reply (pop3, "UIDL 1", "+OK 1 00000002");
-    assert_reply (pop3, "RETR 4", "-ERR");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "LIST 1", "+OK 1 ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "UIDL 1", "+OK 1 00000002");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 4", "-ERR");
   }
 }
 
@@ -451,7 +433,7 @@ test_no_metadata (Fixture *fx, gconstpointer data)
   g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, "does not support METADATA", WAIT_MS));
   /* The session goes on (the client may QUIT cleanly). */
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 static void
@@ -601,8 +583,8 @@ test_sigkill_quit (Fixture *fx, gconstpointer data)
   {
     g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
 
-    assert_reply (pop3, "DELE 2", "+OK");
-    assert_reply (pop3, "DELE 4", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 4", "+OK");
     stopped = pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGSTOP);
     g_assert_cmpuint (stopped, >=, 1);
     PG_TEST_ASSERT_OK (pg_test_pop3_send (pop3, "QUIT\r\n", 6, &error), error);
@@ -653,7 +635,7 @@ test_sigkill_quit_move (Fixture *fx, gconstpointer data)
   {
     g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
 
-    assert_reply (pop3, "DELE 1", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
     g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fx->dovecot, fx->user, SIGSTOP), >=, 1);
     PG_TEST_ASSERT_OK (pg_test_pop3_send (pop3, "QUIT\r\n", 6, &error), error);
     g_assert_true (pg_test_wait_until (file_contains_cb, &wait, WAIT_MS));

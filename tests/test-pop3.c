@@ -152,31 +152,13 @@ pop3_login (Fixture *fx)
   return pop3;
 }
 
-static gchar *
-cmd (PgTestPop3 *pop3, const char *command)
-{
-  g_autoptr (GError) error = NULL;
-  gchar *status = pg_test_pop3_command (pop3, command, &error);
 
-  g_assert_no_error (error);
-  g_assert_nonnull (status);
-  return status;
-}
-
-#define assert_reply(pop3, command, prefix)                                                  \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autofree gchar *reply_ = cmd ((pop3), (command));                                      \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
-  G_STMT_END
 
 static GBytes *
 multiline (PgTestPop3 *pop3, const char *command)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *status = cmd (pop3, command);
+  g_autofree gchar *status = pg_test_pop3_cmd (pop3, command);
   GBytes *body;
 
   g_assert_true (g_str_has_prefix (status, "+OK"));
@@ -213,7 +195,7 @@ test_capa (Fixture *fx, gconstpointer data)
     g_assert_true (bytes_contains_line (mechs, "PLAIN"));
     g_assert_true (bytes_contains_line (mechs, "LOGIN"));
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
 }
 
@@ -243,7 +225,7 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
       g_string_append_printf (want_uidl, "%u %08x%08x\r\n", i + 1,
                               g_array_index (fx->uids, guint32, i), uidvalidity);
     }
-  stat = cmd (pop3, "STAT");
+  stat = pg_test_pop3_cmd (pop3, "STAT");
   want_stat = g_strdup_printf ("+OK %u %" G_GUINT64_FORMAT, fx->uids->len, total);
   g_assert_cmpstr (stat, ==, want_stat);
   list = multiline (pop3, "LIST");
@@ -253,18 +235,18 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
   g_assert_cmpmem (g_bytes_get_data (uidl, NULL), g_bytes_get_size (uidl), want_uidl->str,
                    want_uidl->len);
   {
-    g_autofree gchar *one = cmd (pop3, "LIST 2");
+    g_autofree gchar *one = pg_test_pop3_cmd (pop3, "LIST 2");
     g_autofree gchar *want = g_strdup_printf (
         "+OK 2 %" G_GSIZE_FORMAT, g_bytes_get_size (g_ptr_array_index (fx->bodies, 1)));
     g_assert_cmpstr (one, ==, want);
   }
   {
-    g_autofree gchar *one = cmd (pop3, "UIDL 1");
+    g_autofree gchar *one = pg_test_pop3_cmd (pop3, "UIDL 1");
     g_autofree gchar *want = g_strdup_printf ("+OK 1 %08x%08x", g_array_index (fx->uids, guint32, 0),
                                               uidvalidity);
     g_assert_cmpstr (one, ==, want);
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 /* RETR gives exactly the bytes Dovecot serves over IMAP, and LIST's size is that count. */
@@ -295,7 +277,7 @@ test_retr_exact (Fixture *fx, gconstpointer data)
           g_assert_cmpmem (g_bytes_get_data (got, NULL), want_len, want_data, want_len);
         }
     }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 static void
@@ -322,7 +304,7 @@ test_retr_large (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (g_bytes_get_size (got), ==, big->len);
   g_assert_true (g_bytes_equal (got, g_ptr_array_index (fx->bodies, fx->uids->len - 1)));
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 static void
@@ -338,9 +320,9 @@ test_top (Fixture *fx, gconstpointer data)
   g_assert_cmpmem (g_bytes_get_data (top0, NULL), g_bytes_get_size (top0), want0, strlen (want0));
   g_assert_cmpmem (g_bytes_get_data (top1, NULL), g_bytes_get_size (top1), want1, strlen (want1));
   g_assert_true (g_bytes_equal (top_all, g_ptr_array_index (fx->bodies, 1)));
-  assert_reply (pop3, "TOP 99 1", "-ERR");
-  assert_reply (pop3, "TOP 1", "-ERR");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "TOP 99 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "TOP 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 static void
@@ -350,29 +332,29 @@ test_errors (Fixture *fx, gconstpointer data)
   g_autofree gchar *long_line = NULL;
 
   /* Wrong state. */
-  assert_reply (pop3, "STAT", "-ERR");
-  assert_reply (pop3, "RETR 1", "-ERR");
-  assert_reply (pop3, "PASS x", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "PASS x", "-ERR");
   {
     g_autoptr (GError) error = NULL;
     g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
   }
-  assert_reply (pop3, "USER again", "-ERR");
-  assert_reply (pop3, "RETR 0", "-ERR");
-  assert_reply (pop3, "RETR 99", "-ERR");
-  assert_reply (pop3, "RETR abc", "-ERR");
-  assert_reply (pop3, "RETR -1", "-ERR");
-  assert_reply (pop3, "RETR 1 2", "-ERR");
-  assert_reply (pop3, "LIST 4294967296", "-ERR");
-  assert_reply (pop3, "XYZZY", "-ERR");
-  assert_reply (pop3, "DELE 1", "+OK");
-  assert_reply (pop3, "DELE 1", "-ERR");
-  assert_reply (pop3, "RETR 1", "-ERR");
-  assert_reply (pop3, "LIST 1", "-ERR");
-  assert_reply (pop3, "NOOP", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "USER again", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 0", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 99", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR abc", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR -1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 1 2", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "LIST 4294967296", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "XYZZY", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "LIST 1", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
   long_line = g_strnfill (600, 'A');
-  assert_reply (pop3, long_line, "-ERR");
-  assert_reply (pop3, "NOOP", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, long_line, "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
   /* Nothing was QUIT: the drop below must leave the upstream as it was. */
 }
 
@@ -407,33 +389,33 @@ test_sasl (Fixture *fx, gconstpointer data)
   g_autofree gchar *pass64 = g_base64_encode ((const guchar *) PASSWORD, strlen (PASSWORD));
 
   /* Continuation, cancelled with "*". */
-  assert_reply (pop3, "AUTH PLAIN", "+ ");
-  assert_reply (pop3, "*", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "*", "-ERR");
   /* Continuation. */
-  assert_reply (pop3, "AUTH PLAIN", "+ ");
-  assert_reply (pop3, plain, "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, plain, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_clear_pointer (&pop3, pg_test_pop3_free);
 
   /* Initial response. */
   pop3 = pop3_connect (fx);
-  assert_reply (pop3, ir, "+OK");
-  assert_reply (pop3, "STAT", "+OK 5 ");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, ir, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_clear_pointer (&pop3, pg_test_pop3_free);
 
   /* AUTH LOGIN. */
   pop3 = pop3_connect (fx);
-  assert_reply (pop3, "AUTH LOGIN", "+ VXNlcm5hbWU6");
-  assert_reply (pop3, user64, "+ UGFzc3dvcmQ6");
-  assert_reply (pop3, pass64, "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH LOGIN", "+ VXNlcm5hbWU6");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, user64, "+ UGFzc3dvcmQ6");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, pass64, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_clear_pointer (&pop3, pg_test_pop3_free);
 
   /* Garbage base64. */
   pop3 = pop3_connect (fx);
-  assert_reply (pop3, "AUTH PLAIN !!!!", "-ERR");
-  assert_reply (pop3, "AUTH CRAM-MD5", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN !!!!", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH CRAM-MD5", "-ERR");
 }
 
 /* DELE + QUIT expunges exactly those UIDs; an IMAP user's \Deleted-but-kept message
@@ -450,10 +432,10 @@ test_dele_quit_expunge (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_imap_uid_store (imap, flagged, "+FLAGS.SILENT (\\Deleted)", &error));
   g_assert_no_error (error);
   pop3 = pop3_login (fx);
-  assert_reply (pop3, "DELE 1", "+OK");
-  assert_reply (pop3, "DELE 3", "+OK");
-  assert_reply (pop3, "STAT", "+OK 3 ");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 3", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
 
   /* A fresh IMAP session sees the mailbox as it is now. */
@@ -476,15 +458,15 @@ test_no_quit_no_change (Fixture *fx, gconstpointer data)
   g_autoptr (PgTestImap) imap = NULL;
   g_autoptr (GArray) after = NULL;
 
-  assert_reply (pop3, "DELE 1", "+OK");
-  assert_reply (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
   g_clear_pointer (&pop3, pg_test_pop3_free); /* dropped, no QUIT */
 
   pop3 = pop3_login (fx);
-  assert_reply (pop3, "STAT", "+OK 5 ");
-  assert_reply (pop3, "DELE 1", "+OK");
-  assert_reply (pop3, "RSET", "+OK 5 ");
-  assert_reply (pop3, "RETR 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RSET", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 1", "+OK");
   g_clear_pointer (&pop3, pg_test_pop3_free);
 
   imap = imap_login (fx);
@@ -516,7 +498,7 @@ check_seen_after_retr (Fixture *fx, gboolean want_seen)
   {
     g_autoptr (GBytes) top = multiline (pop3, "TOP 2 1");
   }
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
   imap = imap_login (fx);
   flags1 = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 0), &error);
@@ -552,8 +534,8 @@ test_move_trash (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_dovecot_create_mailbox (upstream, fx->user, "Trash", &error));
   g_assert_no_error (error);
   pop3 = pop3_login (fx);
-  assert_reply (pop3, "DELE 2", "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
 
   imap = imap_login (fx);
@@ -580,10 +562,10 @@ test_keep (Fixture *fx, gconstpointer data)
   g_autoptr (PgTestImap) imap = NULL;
   g_autoptr (GArray) after = NULL;
 
-  assert_reply (pop3, "CAPA", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "CAPA", "+OK");
   g_assert_nonnull (pg_test_pop3_read_multiline (pop3, NULL));
-  assert_reply (pop3, "DELE 1", "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
   imap = imap_login (fx);
   after = pg_test_imap_uid_search_all (imap, &error);
@@ -602,15 +584,15 @@ test_vanished (Fixture *fx, gconstpointer data)
 
   g_assert_true (pg_test_imap_expunge_uid (imap, g_array_index (fx->uids, guint32, 1), &error));
   g_assert_no_error (error);
-  assert_reply (pop3, "RETR 2", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 2", "-ERR");
   {
     g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 3, NULL, &error);
     g_assert_no_error (error);
     g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, 2)) ||
                    g_bytes_get_size (body) == g_bytes_get_size (g_ptr_array_index (fx->bodies, 2)) + 2);
   }
-  assert_reply (pop3, "DELE 2", "+OK");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 static void
@@ -630,7 +612,7 @@ test_in_use (Fixture *fx, gconstpointer data)
     g_assert_true (pg_test_pop3_login (third, user_tag, PASSWORD, NULL, &error));
     g_assert_no_error (error);
   }
-  assert_reply (first, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (first, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (first));
   g_clear_pointer (&status, g_free);
   {
@@ -742,10 +724,10 @@ test_stls (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   capa = multiline (pop3, "CAPA");
   g_assert_false (bytes_contains_line (capa, "STLS"));
-  assert_reply (pop3, "STLS", "-ERR");
-  assert_reply (pop3, ir, "+OK");
-  assert_reply (pop3, "STAT", "+OK 5 ");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STLS", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, ir, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 /* Commands pipelined after STLS in plaintext are dropped, not run inside TLS. */
@@ -765,7 +747,7 @@ test_stls_injection (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_pop3_start_tls (pop3, fx->popgate->certs->ca_file, &error));
   g_assert_no_error (error);
   {
-    g_autofree gchar *quit = cmd (pop3, "QUIT");
+    g_autofree gchar *quit = pg_test_pop3_cmd (pop3, "QUIT");
     g_assert_cmpstr (quit, ==, "+OK popgate signing off.");
   }
 }
@@ -779,8 +761,8 @@ test_implicit_tls (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
   g_assert_no_error (error);
-  assert_reply (pop3, "STAT", "+OK 5 ");
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 /* popgate's UIDLs are byte-identical to Dovecot's own POP3 server's on the same mailbox. */
@@ -796,11 +778,11 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
 
   g_assert_no_error (error);
   ours_uidl = multiline (ours, "UIDL");
-  assert_reply (ours, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (ours, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_login (theirs, fx->user, PASSWORD, NULL, &error));
   g_assert_no_error (error);
   theirs_uidl = multiline (theirs, "UIDL");
-  assert_reply (theirs, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (theirs, "QUIT", "+OK");
   g_assert_cmpuint (g_bytes_get_size (ours_uidl), >, 0);
   g_test_message ("ours:\n%.*s\ntheirs:\n%.*s", (int) g_bytes_get_size (ours_uidl), (const char *) g_bytes_get_data (ours_uidl, NULL), (int) g_bytes_get_size (theirs_uidl), (const char *) g_bytes_get_data (theirs_uidl, NULL));
   g_assert_cmpmem (g_bytes_get_data (ours_uidl, NULL), g_bytes_get_size (ours_uidl),
@@ -816,7 +798,7 @@ test_upstream_down (Fixture *fx, gconstpointer data)
 
   g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
   g_assert_true (g_str_has_prefix (status, "-ERR [SYS/TEMP]"));
-  assert_reply (pop3, "QUIT", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
 /* SIGTERM: no new connections; a logged-in POP3 client may still QUIT until the deadline,
@@ -835,7 +817,7 @@ test_shutdown_drain (Fixture *fx, gconstpointer data)
   imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, fx->user, PASSWORD, &error), error);
-  assert_reply (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
   pg_test_popgate_kill (fx->popgate, SIGTERM);
   /* The IMAP session is told at once. */
   bye = pg_test_imap_read_line (imap, &error);
@@ -843,7 +825,7 @@ test_shutdown_drain (Fixture *fx, gconstpointer data)
   g_assert_nonnull (bye);
   g_assert_true (g_str_has_prefix (bye, "* BYE"));
   /* The POP3 session still works until the deadline... */
-  assert_reply (pop3, "STAT", "+OK 4 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 4 ");
   /* ...and is then closed without entering UPDATE. */
   g_assert_true (pg_test_pop3_wait_closed (pop3));
   g_assert_true (pg_test_popgate_wait (fx->popgate, 20000, &code));

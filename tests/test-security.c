@@ -21,22 +21,6 @@ static PgTestDovecot *upstream = NULL;
 #define PASSWORD "Tr0ub4dor&3-unlogged"
 #define WRONG_PASSWORD "c0rrect-horse-unlogged"
 
-/* SIGTERM and a clean exit: status 0. Under ASan that also means LSan found no leak (it
- * makes the exit status non-zero), so every test here doubles as a leak check of a whole
- * session through the real binary. */
-static void
-assert_clean_exit (PgTestPopgate *popgate)
-{
-  int exit_code = -1;
-
-  pg_test_popgate_kill (popgate, SIGTERM);
-  g_assert_true (pg_test_popgate_wait (popgate, 30000, &exit_code));
-  if (exit_code != 0)
-    {
-      g_autofree gchar *log = pg_test_popgate_read_log (popgate);
-      g_error ("popgate exited with %d after SIGTERM:\n%s", exit_code, log);
-    }
-}
 
 static PgTestPopgate *
 start_popgate (const char *const *settings, gboolean debug)
@@ -67,16 +51,6 @@ pop3_connect (PgTestPopgate *popgate)
   return pop3;
 }
 
-#define assert_reply(pop3, command, prefix)                                                  \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autoptr (GError) error_ = NULL;                                                        \
-    g_autofree gchar *reply_ = pg_test_pop3_command ((pop3), (command), &error_);            \
-    g_assert_no_error (error_);                                                              \
-    if (reply_ == NULL || !g_str_has_prefix (reply_, (prefix)))                              \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
-  G_STMT_END
 
 static gchar *
 b64 (const char *data, gsize len)
@@ -152,52 +126,52 @@ test_log_secrets (void)
   /* USER/PASS, wrong then right. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
-    assert_reply (pop3, "USER " USER, "+OK");
-    assert_reply (pop3, "PASS " WRONG_PASSWORD, "-ERR [AUTH]");
-    assert_reply (pop3, "USER " USER, "+OK");
-    assert_reply (pop3, "PASS " PASSWORD, "+OK");
-    assert_reply (pop3, "STAT", "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "USER " USER, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "PASS " WRONG_PASSWORD, "-ERR [AUTH]");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "USER " USER, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "PASS " PASSWORD, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   }
   /* AUTH PLAIN with an initial response, wrong then right. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
     g_autofree gchar *ir_wrong = g_strdup_printf ("AUTH PLAIN %s", wrong64);
     g_autofree gchar *ir = g_strdup_printf ("AUTH PLAIN %s", plain64);
-    assert_reply (pop3, ir_wrong, "-ERR [AUTH]");
-    assert_reply (pop3, ir, "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, ir_wrong, "-ERR [AUTH]");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, ir, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   }
   /* AUTH PLAIN with a continuation. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
-    assert_reply (pop3, "AUTH PLAIN", "+ ");
-    assert_reply (pop3, plain64, "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, plain64, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   }
   /* AUTH LOGIN, wrong then right; and one cancelled after the password prompt. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
-    assert_reply (pop3, "AUTH LOGIN", "+ ");
-    assert_reply (pop3, user64, "+ ");
-    assert_reply (pop3, wrongpass64, "-ERR [AUTH]");
-    assert_reply (pop3, "AUTH LOGIN", "+ ");
-    assert_reply (pop3, user64, "+ ");
-    assert_reply (pop3, "*", "-ERR");
-    assert_reply (pop3, "AUTH LOGIN", "+ ");
-    assert_reply (pop3, user64, "+ ");
-    assert_reply (pop3, pass64, "+OK");
-    assert_reply (pop3, "QUIT", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH LOGIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, user64, "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, wrongpass64, "-ERR [AUTH]");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH LOGIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, user64, "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "*", "-ERR");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH LOGIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, user64, "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, pass64, "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   }
   /* A session dropped in the middle of a SASL exchange. */
   {
     g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
     g_autoptr (GError) error = NULL;
-    assert_reply (pop3, "AUTH PLAIN", "+ ");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
     g_assert_true (pg_test_pop3_send (pop3, plain64, 10, &error));
     g_assert_no_error (error);
   }
-  assert_clean_exit (popgate);
+  pg_test_popgate_assert_clean_exit (popgate);
   log = pg_test_popgate_read_log (popgate);
   /* The log is detailed (the level took effect) but secret-free. */
   g_assert_nonnull (strstr (log, "C: USER " USER));
@@ -240,7 +214,7 @@ test_tls_priority (void)
 
   g_assert_true (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.3"));
   g_assert_false (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.2"));
-  assert_clean_exit (popgate);
+  pg_test_popgate_assert_clean_exit (popgate);
   pg_test_popgate_free (popgate);
 }
 
@@ -253,7 +227,7 @@ test_tls_defaults (void)
   g_assert_true (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.3"));
   g_assert_true (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.2"));
   g_assert_false (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.1:+VERS-TLS1.0"));
-  assert_clean_exit (popgate);
+  pg_test_popgate_assert_clean_exit (popgate);
   pg_test_popgate_free (popgate);
 }
 
