@@ -107,7 +107,10 @@ fixture_setup (Fixture *fx, gconstpointer data)
   if (g_getenv ("PG_DEBUG_POPGATE") != NULL)
     pg_test_popgate_add_arg (fx->popgate, "-v");
   for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
-    pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
+    if (strcmp (settings[i], "-") == 0)
+      pg_test_popgate_add_arg (fx->popgate, settings[i + 2]); /* "-", "arg", "-v" */
+    else
+      pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
   g_assert_true (pg_test_popgate_start (fx->popgate, &error));
   g_assert_no_error (error);
 }
@@ -660,9 +663,109 @@ test_pipelining (Fixture *fx, gconstpointer data)
       }
   }
   g_assert_true (pg_test_pop3_wait_closed (pop3));
-  /* The second RETR was fetched upstream while the first was still being answered. */
-  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "RETR 2 pipelined: fetching it ahead",
-                                           5000));
+  /* The second RETR was fetched upstream before popgate got to that command. */
+  {
+    g_autofree gchar *pattern = g_strdup_printf ("U: p[0-9]+ UID FETCH %u \\(UID BODY",
+                                                 g_array_index (fx->uids, guint32, 1));
+    g_autoptr (GRegex) regex = g_regex_new (pattern, 0, 0, NULL);
+    g_autoptr (GMatchInfo) match = NULL;
+    g_autofree gchar *log = NULL;
+    const char *at_retr;
+    gint at_fetch = -1;
+
+    g_assert_true (pg_test_popgate_wait_log (fx->popgate, "trace: C: RETR 2", 5000));
+    log = pg_test_popgate_read_log (fx->popgate);
+    at_retr = strstr (log, "trace: C: RETR 2");
+    g_assert_true (g_regex_match (regex, log, 0, &match));
+    g_assert_true (g_match_info_fetch_pos (match, 0, &at_fetch, NULL));
+    g_assert_cmpint (at_fetch, <, at_retr - log);
+  }
+}
+
+/* RETR gives the message as Dovecot serves it (one without a final CRLF gets one). */
+static void
+assert_retr_body (const Fixture *fx, GBytes *body, guint index)
+{
+  GBytes *want = g_ptr_array_index (fx->bodies, index);
+  gsize want_len = g_bytes_get_size (want);
+  gsize len = g_bytes_get_size (body);
+
+  g_assert_true (len == want_len || len == want_len + 2);
+  g_assert_cmpmem (g_bytes_get_data (body, NULL), want_len, g_bytes_get_data (want, NULL),
+                   want_len);
+}
+
+/* A client that RETRs one message after another, one command at a time (most do), gets
+ * the next messages read ahead in one batched UID FETCH; when it then asks for something
+ * else (TOP, a message out of order, QUIT) the guesses are dropped, and every answer is
+ * still exact and QUIT still applies exactly the DELEs. */
+static void
+test_readahead (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autofree gchar *log = NULL;
+  g_autofree gchar *batch = NULL;
+
+  for (guint i = 0; i < 2; i++)
+    {
+      g_autofree gchar *command = g_strdup_printf ("RETR %u", i + 1);
+      g_autoptr (GBytes) body = multiline (pop3, command);
+      g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, i)));
+    }
+  /* RETR 2 continued a run: 3, 4 and 5 went upstream as one command. */
+  batch = g_strdup_printf ("UID FETCH %u,%u,%u (UID BODY.PEEK[])",
+                           g_array_index (fx->uids, guint32, 2),
+                           g_array_index (fx->uids, guint32, 3),
+                           g_array_index (fx->uids, guint32, 4));
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, batch, 5000));
+
+  /* Out of order: 5 is in flight (read ahead, now dropped) and is fetched again; its
+   * bodies must not be confused. */
+  {
+    g_autoptr (GBytes) body = multiline (pop3, "RETR 5");
+    assert_retr_body (fx, body, 4);
+  }
+  {
+    g_autoptr (GBytes) body = multiline (pop3, "RETR 3");
+    assert_retr_body (fx, body, 2);
+  }
+  /* RETR 4 continues a run again (3 → 4): 5 is read ahead, then TOP drops it. */
+  {
+    g_autoptr (GBytes) body = multiline (pop3, "RETR 4");
+    assert_retr_body (fx, body, 3);
+  }
+  {
+    g_autoptr (GBytes) top = multiline (pop3, "TOP 1 0");
+    g_assert_true (g_str_has_prefix (g_bytes_get_data (top, NULL), "From: a@example.org"));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 1", "+OK");
+  {
+    g_autoptr (GBytes) body = pg_test_pop3_read_multiline (pop3, &error);
+    g_assert_no_error (error);
+    assert_retr_body (fx, body, 0);
+  }
+  /* RETR 2 continues 1 → 2: 3, 4, 5 are read ahead; QUIT drops them and still applies. */
+  {
+    g_autoptr (GBytes) body = multiline (pop3, "RETR 2");
+    assert_retr_body (fx, body, 1);
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  log = pg_test_popgate_read_log (fx->popgate);
+  g_assert_nonnull (strstr (log, "dropping"));
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx);
+    g_autoptr (GArray) left = pg_test_imap_uid_search_all (imap, &error);
+
+    g_assert_no_error (error);
+    g_assert_cmpuint (left->len, ==, 4);
+    for (guint i = 0, j = 0; i < fx->uids->len; i++)
+      if (i != 1)
+        g_assert_cmpuint (g_array_index (left, guint32, j++), ==,
+                          g_array_index (fx->uids, guint32, i));
+  }
 }
 
 /* A long pipelined batch of RETRs (each prefetched while the one before streams) comes back
@@ -870,6 +973,8 @@ main (int argc, char **argv)
   static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const trace[] = { "log", "trace", "true", NULL };
+  static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
@@ -896,7 +1001,8 @@ main (int argc, char **argv)
     { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
     { "/popgate/pop3/vanished", NULL, test_vanished },
     { "/popgate/pop3/in-use", NULL, test_in_use },
-    { "/popgate/pop3/pipelining", NULL, test_pipelining },
+    { "/popgate/pop3/pipelining", trace, test_pipelining },
+    { "/popgate/pop3/readahead", trace_verbose, test_readahead },
     { "/popgate/pop3/pipelined-retr-batch", NULL, test_pipelined_retr_batch },
     { "/popgate/pop3/stls", NULL, test_stls },
     { "/popgate/pop3/stls-injection", NULL, test_stls_injection },

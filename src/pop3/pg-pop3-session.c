@@ -28,8 +28,13 @@
 
 #include <string.h>
 
-/* Pipelined RETRs fetched ahead of the one being sent (each holds at most one chunk). */
-#define PG_POP3_PREFETCH_DEPTH 8
+/* RETRs fetched ahead of the one being sent, pipelined or read ahead (only one of them can
+ * hold a chunk: the upstream pauses there). Read-ahead tops the queue up only once it is
+ * down to half, so the upstream gets batches of PG_POP3_PREFETCH_DEPTH / 2. */
+#define PG_POP3_PREFETCH_DEPTH 16
+/* Read-ahead fetches no more than this many octets of messages nobody asked for yet: what
+ * is wasted (read from the upstream and dropped) when the client asks for something else. */
+#define PG_POP3_READAHEAD_OCTETS (256 * 1024)
 /* TOP fetches the body text in partial fetches of this size until it has its lines. */
 #define PG_POP3_TOP_PARTIAL (64 * 1024)
 /* Socket reads go into this much stack-free scratch space per session. */
@@ -122,6 +127,8 @@ struct _PgPop3Session
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
   GQueue prefetch;           /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
+  guint last_retr;           /* index of the last RETR + 1 (0: none yet) */
+  gboolean retr_run;         /* the current RETR is for the message after the last one */
   gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
   GByteArray *stuffed;     /* owned: scratch for stuffed output */
 };
@@ -1432,8 +1439,8 @@ pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
   {
     g_autoptr (PgPop3Session) keep = g_object_ref (self);
 
-    while (!transfer->active && self->transfer != NULL && !self->transfer->is_top
-           && !pg_conn_is_closed (self->conn))
+    while (!pg_conn_is_closed (self->conn) && ctx->transfer != NULL && !transfer->active
+           && self->transfer != NULL && !self->transfer->is_top)
       {
         PgPop3Transfer *current = self->transfer;
 
@@ -1448,6 +1455,10 @@ pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
           break;
       }
   }
+  if (pg_conn_is_closed (self->conn))
+    return FALSE;
+  if (ctx->transfer == NULL)
+    return TRUE; /* the client asked for something else: it was dropped */
   if (!transfer->active)
     return FALSE; /* not asked for yet: wait (bounded: one chunk) */
   if (transfer->want_pause)
@@ -1524,15 +1535,44 @@ pg_pop3_session_uid_in_flight (PgPop3Session *self, guint index)
   return FALSE;
 }
 
-/* Fetch ahead the RETRs that follow in the buffered input (the first lines after the
- * current command are the ones already prefetched, in order). Stops at the first line
- * that is not a RETR of a live message, or at a message already in flight (the upstream
- * matches bodies to commands by UID). */
+/* Forget what was fetched ahead: the client asked for something else. A FETCH cannot be
+ * taken back, so those fetches stay in flight and their bodies are read and dropped (at
+ * most PG_POP3_READAHEAD_OCTETS of them); one of them may hold a chunk and have paused the
+ * upstream, so resume it. */
+static void
+pg_pop3_session_drop_prefetch (PgPop3Session *self)
+{
+  if (self->prefetch.length == 0)
+    return;
+  pg_session_debug (self->id, "dropping %u messages fetched ahead", self->prefetch.length);
+  g_queue_clear_full (&self->prefetch, (GDestroyNotify) pg_pop3_transfer_free);
+  pg_pop3_maildrop_resume (self->maildrop);
+}
+
+static void
+pg_pop3_session_push_prefetch (PgPop3Session *self, guint index)
+{
+  pg_session_debug (self->id, "fetching message %u ahead (UID %u)", index + 1,
+                    g_array_index (self->messages, PgPop3Message, index).uid);
+  g_queue_push_tail (&self->prefetch, pg_pop3_session_new_transfer (self, index, FALSE, 0));
+}
+
+/* Fetch ahead the messages the client will ask for next, so RETRs cost no upstream round
+ * trip each and go upstream in batches (see pg_upstream_batch_fetches):
+ * - the RETRs that follow in the buffered input (RFC 2449 PIPELINING): the first lines
+ *   after the current command match the queue, in order; a line that does not stops it;
+ * - read-ahead: a client downloading its mailbox asks for message n+1 after n, usually
+ *   one RETR at a time. Once the current RETR continues such a run, the next live
+ *   messages are fetched too, up to PG_POP3_READAHEAD_OCTETS. A guess that proves wrong is
+ *   dropped (pg_pop3_session_drop_prefetch) and costs those octets once.
+ * A message already in flight is not fetched twice. */
 static void
 pg_pop3_session_maybe_prefetch (PgPop3Session *self)
 {
   gsize offset = 0;
   guint seen = 0;
+  guint next_index;
+  guint64 octets = 0;
 
   if (self->transfer == NULL || self->transfer->is_top)
     return;
@@ -1543,19 +1583,47 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
       g_auto (PgPop3Command) next = { 0 };
 
       if (!pg_line_reader_peek_at (self->reader, &offset, &line, &len))
-        return;
-      if (seen++ < self->prefetch.length)
-        continue; /* already fetched ahead */
+        break;
       if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
           || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
           || next.message > self->messages->len
-          || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED)
-          || pg_pop3_session_uid_in_flight (self, next.message - 1))
+          || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED))
         return;
-      pg_session_info (self->id, "RETR %u pipelined: fetching it ahead (UID %u)", next.message,
-                       g_array_index (self->messages, PgPop3Message, next.message - 1).uid);
-      g_queue_push_tail (&self->prefetch,
-                         pg_pop3_session_new_transfer (self, next.message - 1, FALSE, 0));
+      if (seen < self->prefetch.length)
+        {
+          /* Fetched ahead already? Else the guess is wrong: RETR drops it when it gets there. */
+          PgPop3Transfer *ahead = g_queue_peek_nth (&self->prefetch, seen++);
+          if (ahead->index != next.message - 1)
+            return;
+          continue;
+        }
+      if (pg_pop3_session_uid_in_flight (self, next.message - 1))
+        return;
+      seen++;
+      pg_pop3_session_push_prefetch (self, next.message - 1);
+    }
+
+  if (!self->retr_run || self->prefetch.length > PG_POP3_PREFETCH_DEPTH / 2)
+    return; /* not a run of RETR n, RETR n+1 (yet), or enough in flight */
+  next_index = self->transfer->index + 1;
+  for (GList *l = self->prefetch.head; l != NULL; l = l->next)
+    {
+      const PgPop3Transfer *ahead = l->data;
+      octets += g_array_index (self->messages, PgPop3Message, ahead->index).size;
+      next_index = ahead->index + 1;
+    }
+  for (; next_index < self->messages->len && self->prefetch.length < PG_POP3_PREFETCH_DEPTH;
+       next_index++)
+    {
+      guint64 size = g_array_index (self->messages, PgPop3Message, next_index).size;
+
+      if (self->flags[next_index] & PG_POP3_MSG_DELETED)
+        continue;
+      if (octets + size > PG_POP3_READAHEAD_OCTETS
+          || pg_pop3_session_uid_in_flight (self, next_index))
+        break;
+      octets += size;
+      pg_pop3_session_push_prefetch (self, next_index);
     }
 }
 
@@ -1653,22 +1721,17 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
     return;
   self->busy = TRUE;
-  if (self->prefetch.length > 0)
-    {
-      PgPop3Transfer *head = g_queue_peek_head (&self->prefetch);
-      if (top || head->index != index)
-        {
-          /* Cannot happen: the prefetch was made from this very line. Its fetch is in
-           * flight, so it cannot be dropped safely; end the session instead. */
-          pg_session_warning (self->id, "internal error: RETR prefetch mismatch");
-          self->end_reason = g_strdup ("internal error");
-          pg_conn_abort (self->conn);
-          return;
-        }
-      transfer = g_queue_pop_head (&self->prefetch);
-    }
+  transfer = g_queue_peek_head (&self->prefetch);
+  if (transfer != NULL && !top && transfer->index == index)
+    transfer = g_queue_pop_head (&self->prefetch);
   else
-    transfer = pg_pop3_session_new_transfer (self, index, top, cmd->lines);
+    {
+      pg_pop3_session_drop_prefetch (self);
+      transfer = pg_pop3_session_new_transfer (self, index, top, cmd->lines);
+    }
+  self->retr_run = !top && index > 0 && self->last_retr == index;
+  if (!top)
+    self->last_retr = index + 1;
   pg_pop3_session_activate (self, transfer);
 }
 
@@ -1784,6 +1847,7 @@ pg_pop3_session_quit (PgPop3Session *self)
   PgDeletePolicy policy = self->config->pop3.delete_policy;
   g_autoptr (PgUidSet) deleted_set = pg_uid_set_new ();
 
+  pg_pop3_session_drop_prefetch (self); /* the update must not queue behind it */
   self->quit_deleted = g_array_new (FALSE, FALSE, sizeof (guint32));
   self->quit_seen = g_array_new (FALSE, FALSE, sizeof (guint32));
   for (guint i = 0; i < self->messages->len; i++)

@@ -84,6 +84,7 @@ struct _PgUpstreamCmd
   PgUpstreamChunkFunc chunk_func;
   gpointer chunk_data;
   guint32 uid;
+  gboolean whole_body; /* BODY.PEEK[] of the whole message: may join a batch */
   gboolean got_body;
   /* GETMETADATA */
   gchar *entry;  /* owned */
@@ -491,6 +492,50 @@ pg_upstream_log_part (PgUpstream *self, const PgUpstreamCmd *cmd, guint index)
   pg_upstream_log_sent (self, line);
 }
 
+/* Whole-message body FETCHes queued one after another, for ascending UIDs, go out as one
+ * "UID FETCH u1,u2,… (UID BODY.PEEK[])": the server's cost is mostly per command (Dovecot
+ * syncs the mailbox after each), so a batch of small messages costs about what one does.
+ * Each keeps its own PgUpstreamCmd (bodies are routed by UID; the server answers in UID
+ * order, which is the order of pending) and takes the leader's tag. */
+static void
+pg_upstream_batch_fetches (PgUpstream *self, PgUpstreamCmd *leader)
+{
+  g_autoptr (GString) line = NULL;
+  PgUpstreamCmd *next;
+  guint32 last = leader->uid;
+  guint n = 1;
+  PgImapWriterPart *part;
+
+  if (leader->kind != PG_UPSTREAM_CMD_FETCH_BODY || !leader->whole_body)
+    return;
+  while (n < PG_UPSTREAM_FETCH_BATCH && (next = g_queue_peek_head (&self->unsent)) != NULL
+         && next->kind == PG_UPSTREAM_CMD_FETCH_BODY && next->whole_body && next->uid > last)
+    {
+      if (line == NULL)
+        line = g_string_new (NULL);
+      g_string_append_printf (line, ",%u", next->uid);
+      g_queue_pop_head (&self->unsent);
+      g_free (next->tag);
+      next->tag = g_strdup (leader->tag);
+      g_ptr_array_set_size (next->parts, 0);
+      next->sent_us = leader->sent_us;
+      g_queue_push_tail (&self->pending, next);
+      last = next->uid;
+      n++;
+    }
+  if (line == NULL)
+    return;
+  part = g_new0 (PgImapWriterPart, 1);
+  {
+    g_autofree gchar *text = g_strdup_printf ("%s UID FETCH %u%s (UID BODY.PEEK[])\r\n",
+                                              leader->tag, leader->uid, line->str);
+    gsize len = strlen (text);
+    part->bytes = g_bytes_new_take (g_steal_pointer (&text), len);
+  }
+  g_ptr_array_set_size (leader->parts, 0);
+  g_ptr_array_add (leader->parts, part);
+}
+
 /* Write the next part if nothing is being written and the part may go now. */
 static void
 pg_upstream_flush (PgUpstream *self)
@@ -509,6 +554,7 @@ pg_upstream_flush (PgUpstream *self)
           g_queue_push_tail (&self->pending, cmd);
           self->sending = cmd;
           cmd->sent_us = g_get_monotonic_time ();
+          pg_upstream_batch_fetches (self, cmd);
           pg_upstream_update_timeout (self);
         }
       if (cmd->next_part >= cmd->parts->len)
@@ -578,19 +624,22 @@ pg_upstream_find_pending (PgUpstream *self, PgUpstreamCmdKind kind)
   return NULL;
 }
 
-/* The pending body FETCH a response or body belongs to: the one for that UID. Servers may
- * send the data of a pipelined FETCH before the tagged OK of the one before it (Dovecot
- * does), so "the oldest" is not enough. Without a UID, the oldest. */
+/* The pending body FETCH a response or body belongs to: the first one for that UID whose
+ * body has not come yet. Servers may send the data of a pipelined FETCH before the tagged
+ * OK of the one before it (Dovecot does), and one batch holds several UIDs, so "the oldest"
+ * is not enough; the same UID may be in flight twice (a read-ahead dropped, then asked for),
+ * and its bodies come in command order. Without a UID, the oldest still waiting. */
 static PgUpstreamCmd *
 pg_upstream_find_body_cmd (PgUpstream *self, guint64 uid)
 {
-  for (GList *l = self->pending.head; l != NULL && uid != 0; l = l->next)
+  for (GList *l = self->pending.head; l != NULL; l = l->next)
     {
       PgUpstreamCmd *cmd = l->data;
-      if (cmd->kind == PG_UPSTREAM_CMD_FETCH_BODY && cmd->uid == uid)
+      if (cmd->kind == PG_UPSTREAM_CMD_FETCH_BODY && !cmd->got_body
+          && (uid == 0 || cmd->uid == uid))
         return cmd;
     }
-  return pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY);
+  return NULL;
 }
 
 static guint32
@@ -773,16 +822,15 @@ static void
 pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
 {
   PgUpstreamCmd *cmd = NULL;
+  GList *l = self->pending.head;
 
-  for (GList *l = self->pending.head; l != NULL; l = l->next)
+  while (l != NULL && cmd == NULL)
     {
       PgUpstreamCmd *candidate = l->data;
       if (candidate->tag != NULL && strcmp (candidate->tag, response->tag) == 0)
-        {
-          cmd = candidate;
-          g_queue_delete_link (&self->pending, l);
-          break;
-        }
+        cmd = candidate;
+      else
+        l = l->next;
     }
   if (cmd == NULL)
     {
@@ -794,10 +842,24 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   if (self->sending == cmd)
     self->sending = NULL; /* e.g. NO instead of "+" for a literal: drop the rest */
   self->caps_from_code = FALSE;
-  pg_upstream_observe_reply (self, cmd, response);
   pg_upstream_handle_code (self, response);
-  cmd->done (self, cmd, response, NULL);
-  pg_upstream_cmd_free (cmd);
+  /* A batch (see pg_upstream_batch_fetches) shares one tag: its commands follow each other
+   * in pending, and the one reply completes them all. */
+  while (l != NULL)
+    {
+      GList *next = l->next;
+
+      cmd = l->data;
+      if (cmd->tag == NULL || strcmp (cmd->tag, response->tag) != 0)
+        break;
+      g_queue_delete_link (&self->pending, l);
+      pg_upstream_observe_reply (self, cmd, response);
+      cmd->done (self, cmd, response, NULL);
+      pg_upstream_cmd_free (cmd);
+      if (self->state == PG_UPSTREAM_STATE_CLOSED)
+        return; /* a done func closed us: pending was emptied */
+      l = next;
+    }
   /* Relay hand-off: stop right after the reply that left us logged in and idle, so the
    * bytes that follow stay unparsed in rbuf for pg_upstream_steal_stream(). */
   if (self->hold_when_idle
@@ -1785,6 +1847,7 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
   cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_BODY, "UID FETCH", task,
                              pg_upstream_fetch_body_done_cb);
   cmd->uid = uid;
+  cmd->whole_body = section[0] == '\0' && length == 0 && offset == 0;
   cmd->chunk_func = func;
   cmd->chunk_data = func_data;
   if (cancellable != NULL)
