@@ -70,15 +70,13 @@ pg_dot_stuffer_emit (PgDotStuffer *stuffer, GByteArray *out, const guint8 *data,
   stuffer->octets_unstuffed += len;
 }
 
-/* A line ended (its content is already out): write CRLF and do TOP's accounting. */
+/* A line ended and its CRLF is out: TOP's accounting. */
 static void
-pg_dot_stuffer_end_line (PgDotStuffer *stuffer, GByteArray *out)
+pg_dot_stuffer_line_ended (PgDotStuffer *stuffer)
 {
   gboolean was_empty = stuffer->at_line_start;
 
-  pg_dot_stuffer_emit (stuffer, out, pg_dot_stuffer_crlf, 2);
   stuffer->at_line_start = TRUE;
-
   if (!stuffer->top_mode)
     return;
   if (!stuffer->in_body)
@@ -95,11 +93,20 @@ pg_dot_stuffer_end_line (PgDotStuffer *stuffer, GByteArray *out)
     stuffer->done = TRUE;
 }
 
+/* A line ended (its content is already out): write CRLF and do TOP's accounting. */
+static void
+pg_dot_stuffer_end_line (PgDotStuffer *stuffer, GByteArray *out)
+{
+  pg_dot_stuffer_emit (stuffer, out, pg_dot_stuffer_crlf, 2);
+  pg_dot_stuffer_line_ended (stuffer);
+}
+
 gsize
 pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteArray *out)
 {
   const guint8 *p = data;
   const guint8 *end = p + len;
+  const guint8 *run; /* [run, p) goes out as it is, copied in one go when something differs */
 
   g_return_val_if_fail (stuffer != NULL, 0);
   g_return_val_if_fail (data != NULL || len == 0, 0);
@@ -120,6 +127,7 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
       pg_dot_stuffer_end_line (stuffer, out);
     }
 
+  run = p;
   while (p < end && !stuffer->done)
     {
       const guint8 *lf;
@@ -129,7 +137,11 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
       if (stuffer->at_line_start)
         {
           if (*p == '.')
-            g_byte_array_append (out, (const guint8 *) ".", 1);
+            {
+              pg_dot_stuffer_emit (stuffer, out, run, (gsize) (p - run));
+              g_byte_array_append (out, (const guint8 *) ".", 1);
+              run = p;
+            }
           /* An empty line is not "content": leave at_line_start for end_line(). */
           if (*p != '\r' && *p != '\n')
             stuffer->at_line_start = FALSE;
@@ -139,10 +151,17 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
       stop = lf != NULL ? lf : end;
       cr = memchr (p, '\r', (gsize) (stop - p));
 
-      if (cr != NULL)
+      if (cr != NULL && cr + 1 == lf)
         {
-          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (cr - p));
+          /* The usual line, ending in CRLF: nothing to repair, it stays in the run. */
+          p = lf + 1;
+          pg_dot_stuffer_line_ended (stuffer);
+        }
+      else if (cr != NULL)
+        {
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (cr - run));
           p = cr + 1;
+          run = p;
           if (p == end)
             {
               stuffer->pending_cr = TRUE;
@@ -150,20 +169,20 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
             }
           if (*p == '\n')
             p++;
+          run = p;
           pg_dot_stuffer_end_line (stuffer, out);
         }
       else if (lf != NULL)
         {
-          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (lf - p));
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (lf - run));
           p = lf + 1;
+          run = p;
           pg_dot_stuffer_end_line (stuffer, out);
         }
       else
-        {
-          pg_dot_stuffer_emit (stuffer, out, p, (gsize) (end - p));
-          p = end;
-        }
+        p = end;
     }
+  pg_dot_stuffer_emit (stuffer, out, run, (gsize) (p - run));
 
   stuffer->octets_in += (guint64) (p - (const guint8 *) data);
   return (gsize) (p - (const guint8 *) data);
