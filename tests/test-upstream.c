@@ -446,16 +446,14 @@ typedef struct
 } PgTestBody;
 
 static gboolean
-pg_test_body_chunk_cb (GBytes *chunk, gpointer user_data)
+pg_test_body_chunk_cb (const guint8 *data, gsize size, gpointer user_data)
 {
   PgTestBody *body = user_data;
-  gsize size = 0;
-  const char *data = g_bytes_get_data (chunk, &size);
 
   g_assert_cmpuint (size, >, 0);
   g_assert_cmpuint (size, <=, PG_UPSTREAM_BODY_CHUNK);
   g_assert_false (body->paused);
-  g_string_append_len (body->data, data, (gssize) size);
+  g_string_append_len (body->data, (const char *) data, (gssize) size);
   body->chunks++;
   body->paused = body->pause;
   return !body->pause;

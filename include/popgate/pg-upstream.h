@@ -113,10 +113,11 @@ void pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeF
                                           gpointer func_data, GCancellable *cancellable,
                                           GAsyncReadyCallback callback, gpointer user_data);
 
-/* A chunk of a streamed body (at most PG_UPSTREAM_BODY_CHUNK bytes). Return TRUE to get
- * the next one as soon as it arrives, FALSE to pause: nothing more is read from the
- * upstream until pg_upstream_resume() (which may be called from inside the function). */
-typedef gboolean (*PgUpstreamChunkFunc) (GBytes *chunk, gpointer user_data);
+/* A chunk of a streamed body (1 to PG_UPSTREAM_BODY_CHUNK bytes), straight from the read
+ * buffer: valid only during the call, so copy what you keep. Return TRUE to get the next
+ * one as soon as it arrives, FALSE to pause: nothing more is read from the upstream until
+ * pg_upstream_resume() (which may be called from inside the function). */
+typedef gboolean (*PgUpstreamChunkFunc) (const guint8 *data, gsize len, gpointer user_data);
 
 /* `UID FETCH uid BODY.PEEK[section]<offset.length>`: section "" (the whole message),
  * "HEADER" or "TEXT"; length 0 means no partial. The body goes to func in chunks, with

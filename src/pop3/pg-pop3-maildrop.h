@@ -59,7 +59,7 @@ typedef enum
 /* Called for each chunk (at most PG_UPSTREAM_BODY_CHUNK bytes) of the fetched section as it
  * arrives. Return TRUE for the next chunk as soon as it comes, FALSE to pause the upstream
  * until pg_pop3_maildrop_resume(). */
-typedef gboolean (*PgPop3ChunkFunc) (GBytes *chunk, gpointer user_data);
+typedef gboolean (*PgPop3ChunkFunc) (const guint8 *data, gsize len, gpointer user_data);
 
 /* Stream one section of one message. Completes with TRUE when the section was delivered
  * (possibly empty), with G_IO_ERROR_NOT_FOUND when the message no longer exists upstream

@@ -1336,7 +1336,7 @@ pg_pop3_transfer_free (PgPop3Transfer *transfer)
 }
 
 static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data);
-static gboolean pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data);
+static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
 
 static void
 pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
@@ -1386,7 +1386,8 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
  * behind: the upstream stays paused until the output has drained. */
 static gboolean
-pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, GBytes *chunk)
+pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const guint8 *data,
+                            gsize len)
 {
   const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
@@ -1402,7 +1403,7 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, GByte
   if (pg_dot_stuffer_is_done (transfer->stuffer))
     return TRUE; /* TOP has its lines: the rest of this partial is not needed */
   g_byte_array_set_size (self->stuffed, 0);
-  pg_dot_stuffer_feed_bytes (transfer->stuffer, chunk, self->stuffed);
+  pg_dot_stuffer_feed (transfer->stuffer, data, len, self->stuffed);
   if (self->stuffed->len > 0)
     pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
   if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
@@ -1417,7 +1418,7 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, GByte
 static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
 
 static gboolean
-pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
+pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
 {
   PgPop3FetchCtx *ctx = user_data;
   PgPop3Transfer *transfer = ctx->transfer;
@@ -1425,17 +1426,17 @@ pg_pop3_session_chunk_cb (GBytes *chunk, gpointer user_data)
 
   if (transfer == NULL)
     return TRUE; /* its transfer is gone: drop what a confused server still sends */
-  transfer->delivered += g_bytes_get_size (chunk);
+  transfer->delivered += len;
   if (pg_conn_is_closed (self->conn))
     return FALSE;
   if (transfer->active)
-    return pg_pop3_session_send_chunk (self, transfer, chunk);
+    return pg_pop3_session_send_chunk (self, transfer, data, len);
 
   /* A prefetched message's body has begun, so every body before it is complete: finish
    * those RETRs now (one that got no chunk got no body: it vanished); the client's next
    * command, this RETR, then makes this transfer current. */
   g_assert (transfer->held == NULL);
-  transfer->held = g_bytes_ref (chunk);
+  transfer->held = g_bytes_new (data, len); /* data is the upstream's read buffer */
   {
     g_autoptr (PgPop3Session) keep = g_object_ref (self);
 
@@ -1638,7 +1639,8 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
   if (transfer->held != NULL)
     {
       g_autoptr (GBytes) held = g_steal_pointer (&transfer->held);
-      gboolean more = pg_pop3_session_send_chunk (self, transfer, held);
+      gboolean more = pg_pop3_session_send_chunk (self, transfer, g_bytes_get_data (held, NULL),
+                                                  g_bytes_get_size (held));
       if (transfer->finished)
         {
           pg_pop3_session_transfer_step (self, transfer);

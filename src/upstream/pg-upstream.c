@@ -721,8 +721,7 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           if (value->type == PG_IMAP_VALUE_STRING && value->len > 0 && cmd->chunk_func != NULL)
             {
               /* A body sent as a quoted string: one chunk. */
-              g_autoptr (GBytes) chunk = g_bytes_new (value->str, value->len);
-              if (!cmd->chunk_func (chunk, cmd->chunk_data))
+              if (!cmd->chunk_func ((const guint8 *) value->str, value->len, cmd->chunk_data))
                 self->paused = TRUE;
             }
           if (value->type != PG_IMAP_VALUE_NIL)
@@ -905,12 +904,10 @@ static void
 pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
 {
   PgUpstreamCmd *cmd = pg_upstream_find_body_cmd (self, event->uid);
-  g_autoptr (GBytes) chunk = NULL;
 
   if (cmd == NULL || cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
-  chunk = g_bytes_new (event->data, event->len);
-  if (!cmd->chunk_func (chunk, cmd->chunk_data))
+  if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
     self->paused = TRUE;
 }
 
