@@ -112,6 +112,7 @@ typedef struct
   PgBenchMailbox huge;
   gboolean relay;           /* popgate's IMAP front end answers */
   guint failures;           /* sessions that failed in the whole run */
+  guint max_k;              /* the most sessions at once (largest K or the idle count) */
   GString *report;          /* owned */
 } PgBench;
 
@@ -448,7 +449,7 @@ static gboolean
 pg_bench_start_popgate (PgBench *bench, GError **error)
 {
   const char *bin = g_getenv ("POPGATE_BIN");
-  g_autofree gchar *pid_limit = g_strdup_printf ("%d", MAX (pg_bench_idle_sessions, 1) * 4 + 64);
+  g_autofree gchar *pid_limit = g_strdup_printf ("%u", MAX (bench->max_k, 1) * 4 + 64);
   const char *argv[] = { bin, "--config", NULL, NULL };
 
   bench->popgate = pg_test_popgate_new (bench->upstream, "none", error);
@@ -967,6 +968,7 @@ main (int argc, char **argv)
   for (gsize i = 0; ks[i] != NULL; i++)
     max_k = MAX (max_k, (guint) atoi (ks[i]));
   max_k = MAX (max_k, (guint) pg_bench_idle_sessions);
+  bench.max_k = max_k; /* popgate's session limits follow it */
   n_users = (max_k + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER;
   bench.pool = g_array_new (FALSE, FALSE, sizeof (PgBenchPoolFile));
   bench.report = g_string_new (NULL);
