@@ -98,7 +98,8 @@ typedef struct
   gdouble retr_p50_ms;
   gdouble retr_p99_ms;
   gdouble load_cpu;        /* load generator CPU / wall (1.0 = one core) */
-  gdouble gw_cpu;          /* popgate CPU / wall (popgate paths only) */
+  gdouble gw_cpu;          /* gateway CPU / wall: popgate, or the anchor's processes */
+  gdouble upstream_cpu;    /* the upstream Dovecot's processes' CPU / wall */
 } PgBenchFigures;
 
 typedef struct
@@ -161,22 +162,27 @@ pg_bench_proc_pss_kb (GPid pid)
   return g_ascii_strtoull (at + 5, NULL, 10);
 }
 
-/* utime + stime of a process, in seconds. */
+/* utime + stime of a process (with its reaped children's: cutime + cstime), in seconds. */
 static gdouble
-pg_bench_proc_cpu_s (GPid pid)
+pg_bench_proc_cpu_s (GPid pid, gboolean with_children)
 {
   g_autofree gchar *path = g_strdup_printf ("/proc/%d/stat", (int) pid);
   g_autofree gchar *contents = NULL;
   const char *close = NULL;
   unsigned long utime = 0;
   unsigned long stime = 0;
+  long cutime = 0;
+  long cstime = 0;
 
   if (!g_file_get_contents (path, &contents, NULL, NULL)
       || (close = strrchr (contents, ')')) == NULL
-      || sscanf (close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
-                 &stime) != 2)
+      || sscanf (close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &utime,
+                 &stime, &cutime, &cstime) != 4)
     return 0;
-  return (gdouble) (utime + stime) / (gdouble) sysconf (_SC_CLK_TCK);
+  if (!with_children)
+    cutime = cstime = 0;
+  return (gdouble) (utime + stime + (unsigned long) MAX (cutime, 0) + (unsigned long) MAX (cstime, 0))
+         / (gdouble) sysconf (_SC_CLK_TCK);
 }
 
 static GPid
@@ -194,19 +200,17 @@ pg_bench_proc_ppid (const char *pid)
   return (GPid) ppid;
 }
 
-/* Sum VmRSS and PSS over `root` and all its descendants; *out_n gets how many. */
-static void
-pg_bench_tree_memory (GPid root, guint64 *out_rss_kb, guint64 *out_pss_kb, guint *out_n)
+/* `root` and all its descendants (of PID). */
+static GArray *
+pg_bench_tree_pids (GPid root)
 {
   g_autoptr (GHashTable) parent = g_hash_table_new (g_direct_hash, g_direct_equal);
   g_autoptr (GDir) proc = g_dir_open ("/proc", 0, NULL);
+  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
   GHashTableIter iter;
   gpointer key = NULL;
   gpointer value = NULL;
   const char *name = NULL;
-  guint64 rss = 0;
-  guint64 pss = 0;
-  guint n = 0;
 
   while (proc != NULL && (name = g_dir_read_name (proc)) != NULL)
     {
@@ -225,15 +229,43 @@ pg_bench_tree_memory (GPid root, guint64 *out_rss_kb, guint64 *out_pss_kb, guint
       for (GPid p = pid; p > 1 && !inside;
            p = GPOINTER_TO_INT (g_hash_table_lookup (parent, GINT_TO_POINTER (p))))
         inside = p == root;
-      if (!inside)
-        continue;
+      if (inside)
+        g_array_append_val (pids, pid);
+    }
+  return pids;
+}
+
+/* Sum VmRSS and PSS over `root` and all its descendants; *out_n gets how many. */
+static void
+pg_bench_tree_memory (GPid root, guint64 *out_rss_kb, guint64 *out_pss_kb, guint *out_n)
+{
+  g_autoptr (GArray) pids = pg_bench_tree_pids (root);
+  guint64 rss = 0;
+  guint64 pss = 0;
+
+  for (guint i = 0; i < pids->len; i++)
+    {
+      GPid pid = g_array_index (pids, GPid, i);
       rss += pg_bench_proc_status_kb (pid, "VmRSS:");
       pss += pg_bench_proc_pss_kb (pid);
-      n++;
     }
   *out_rss_kb = rss;
   *out_pss_kb = pss;
-  *out_n = n;
+  *out_n = pids->len;
+}
+
+/* CPU seconds used so far by a Dovecot: the master with the children it has reaped (its
+ * imap/pop3/login processes end with their sessions), plus those still running. */
+static gdouble
+pg_bench_tree_cpu_s (GPid root)
+{
+  g_autoptr (GArray) pids = pg_bench_tree_pids (root);
+  gdouble total = pg_bench_proc_cpu_s (root, TRUE);
+
+  for (guint i = 0; i < pids->len; i++)
+    if (g_array_index (pids, GPid, i) != root)
+      total += pg_bench_proc_cpu_s (g_array_index (pids, GPid, i), FALSE);
+  return total;
 }
 
 static gint
@@ -655,7 +687,23 @@ pg_bench_gateway_pid (PgBench *bench, PgBenchPath path)
 {
   if (path == PG_BENCH_PATH_POPGATE || path == PG_BENCH_PATH_RELAY)
     return pg_test_popgate_get_pid (bench->popgate);
+  if (path == PG_BENCH_PATH_ANCHOR)
+    return pg_test_process_get_pid (bench->anchor->process);
   return 0;
+}
+
+/* CPU seconds so far of the gateway on `path` (0 for direct IMAP): popgate, or the
+ * anchor's whole process tree. */
+static gdouble
+pg_bench_gateway_cpu_s (PgBench *bench, PgBenchPath path)
+{
+  GPid gw = pg_bench_gateway_pid (bench, path);
+
+  if (gw <= 0)
+    return 0;
+  if (path == PG_BENCH_PATH_ANCHOR)
+    return pg_bench_tree_cpu_s (gw);
+  return pg_bench_proc_cpu_s (gw, FALSE);
 }
 
 static void
@@ -669,7 +717,8 @@ static void
 pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, guint k,
                PgBenchFigures *out)
 {
-  GArray *v[8] = { NULL };
+  GArray *v[9] = { NULL };
+  GPid upstream = pg_test_dovecot_get_pid (bench->upstream);
 
   for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
     v[i] = g_array_new (FALSE, FALSE, sizeof (gdouble));
@@ -677,10 +726,10 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
   out->ran = TRUE;
   for (gint rep = 0; rep < pg_bench_reps; rep++)
     {
-      GPid gw = pg_bench_gateway_pid (bench, path);
-      gdouble gw_cpu0 = gw > 0 ? pg_bench_proc_cpu_s (gw) : 0;
+      gdouble gw_cpu0 = pg_bench_gateway_cpu_s (bench, path);
+      gdouble up_cpu0 = pg_bench_tree_cpu_s (upstream);
       g_autoptr (PgBenchLoadResult) r = pg_bench_run_load (bench, path, mailbox, k, FALSE, NULL);
-      gdouble fig[8];
+      gdouble fig[9];
 
       fig[0] = (gdouble) r->messages / r->wall_s;
       fig[1] = (gdouble) r->octets / r->wall_s / 1e6;
@@ -689,7 +738,8 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
       fig[4] = (gdouble) pg_bench_percentile (r->retr_us, 50) / 1000;
       fig[5] = (gdouble) pg_bench_percentile (r->retr_us, 99) / 1000;
       fig[6] = r->cpu_s / r->wall_s;
-      fig[7] = gw > 0 ? (pg_bench_proc_cpu_s (gw) - gw_cpu0) / r->wall_s : 0;
+      fig[7] = (pg_bench_gateway_cpu_s (bench, path) - gw_cpu0) / r->wall_s;
+      fig[8] = (pg_bench_tree_cpu_s (upstream) - up_cpu0) / r->wall_s;
       for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
         g_array_append_val (v[i], fig[i]);
       out->failed += r->sessions_failed;
@@ -710,6 +760,7 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
   out->retr_p99_ms = pg_bench_median (v[5]);
   out->load_cpu = pg_bench_median (v[6]);
   out->gw_cpu = pg_bench_median (v[7]);
+  out->upstream_cpu = pg_bench_median (v[8]);
   for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
     g_array_unref (v[i]);
 }
@@ -1046,8 +1097,9 @@ main (int argc, char **argv)
                  PG_BENCH_SESSIONS_PER_USER, pg_bench_pipeline, pg_bench_reps);
   pg_bench_emit (&bench, "## Full-mailbox download\n\n"
                          "| K | path | msgs/s | MB/s | login→first byte p50 / p99 ms | "
-                         "per message p50 / p99 ms | failed sessions | load gen CPU | popgate CPU |\n"
-                         "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+                         "per message p50 / p99 ms | failed sessions | load gen CPU | gateway CPU | "
+                         "upstream Dovecot CPU |\n"
+                         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (gsize i = 0; ks[i] != NULL; i++)
     for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
       {
@@ -1058,16 +1110,16 @@ main (int argc, char **argv)
           {
             if (path == PG_BENCH_PATH_RELAY)
               pg_bench_emit (&bench, "| %s | %s | pending: the IMAP front end is not on this "
-                                     "branch yet | | | | | | |\n",
+                                     "branch yet | | | | | | | |\n",
                              ks[i], pg_bench_path_names[path]);
             continue;
           }
-        gw_cpu = path == PG_BENCH_PATH_POPGATE || path == PG_BENCH_PATH_RELAY
-                   ? g_strdup_printf ("%.0f%%", f->gw_cpu * 100) : g_strdup ("");
-        pg_bench_emit (&bench, "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | %.0f%% | %s |\n",
+        gw_cpu = path != PG_BENCH_PATH_DIRECT ? g_strdup_printf ("%.0f%%", f->gw_cpu * 100)
+                                              : g_strdup ("");
+        pg_bench_emit (&bench, "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | %.0f%% | %s | %.0f%% |\n",
                        ks[i], pg_bench_path_names[path], f->msgs_s, f->mb_s, f->ttfb_p50_ms,
                        f->ttfb_p99_ms, f->retr_p50_ms, f->retr_p99_ms, f->failed,
-                       f->load_cpu * 100, gw_cpu);
+                       f->load_cpu * 100, gw_cpu, f->upstream_cpu * 100);
       }
   pg_bench_emit (&bench, "\n## Ratios (msgs/s)\n\n"
                          "| K | popgate / direct IMAP | popgate / Dovecot-imapc | "
