@@ -1995,6 +1995,11 @@ pg_pop3_session_process (PgPop3Session *self)
       self->long_lines = 0;
       pg_pop3_session_handle_line (self, line, len);
     }
+  /* No RETR/TOP in flight: drop the stuffing scratch (up to 2 body chunks, 64 KiB) so a
+   * session idle after a download costs what an idle one does; new_transfer() allocates
+   * it again on demand. */
+  if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
+    g_clear_pointer (&self->stuffed, g_byte_array_unref);
   pg_pop3_session_flush (self);
   pg_pop3_session_read (self);
 }
