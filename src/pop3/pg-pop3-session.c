@@ -32,8 +32,11 @@
 #define PG_POP3_PREFETCH_DEPTH 8
 /* TOP fetches the body text in partial fetches of this size until it has its lines. */
 #define PG_POP3_TOP_PARTIAL (64 * 1024)
-/* Socket reads go into this much stack-free scratch space per session. */
-#define PG_POP3_READ_CHUNK 4096
+/* Socket reads go into this much scratch space per session, held for the session's life
+ * (a read is always pending). POP3 input is commands of at most PG_POP3_MAX_COMMAND_LINE
+ * octets; 1 KiB takes one, or a pipelined batch of RETRs, per read, where 4 KiB cost every
+ * idle session 3 KiB more. Longer input (SASL lines, big batches) just takes more reads. */
+#define PG_POP3_READ_CHUNK 1024
 
 typedef enum
 {
