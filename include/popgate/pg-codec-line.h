@@ -11,8 +11,13 @@
  * up to and including the next LF, after which it frames lines again. So a front end can
  * answer "-ERR line too long", count the flood and carry on.
  *
- * Pure: no I/O, no logging. The buffer is wiped when the reader is freed or told to
- * discard, because it may have held a password.
+ * Memory follows what is buffered, not the capacity: the buffer is allocated on the first
+ * feed, doubles (up to the capacity) only when more must be held, and is released once
+ * everything was taken and pg_line_reader_next() is called again (it then says NEED_MORE).
+ * So an idle connection holds no input buffer, and a full one holds exactly the capacity.
+ *
+ * Pure: no I/O, no logging. Every buffer is wiped before it is freed (when the reader is
+ * freed, told to discard, emptied or grown), because it may have held a password.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -36,6 +41,8 @@ PgLineReader *pg_line_reader_new (gsize capacity);
 void pg_line_reader_free (PgLineReader *reader);
 
 gsize pg_line_reader_get_capacity (const PgLineReader *reader);
+/* Bytes of buffer allocated now (0 when empty and released; never above the capacity). */
+gsize pg_line_reader_get_allocated (const PgLineReader *reader);
 /* Bytes held and not yet returned as a line or raw data. */
 gsize pg_line_reader_get_buffered (const PgLineReader *reader);
 /* Room left for pg_line_reader_feed() (bytes it would take without discarding). */

@@ -5,10 +5,15 @@
 
 #include <string.h>
 
+/* The first allocation: a few POP3 commands. The buffer doubles up to the capacity only
+ * while more is buffered, and is released when empty (see the header). */
+#define PG_LINE_READER_INITIAL_ALLOC 256
+
 struct _PgLineReader
 {
-  guint8 *buf; /* owned; capacity bytes, never reallocated */
-  gsize capacity;
+  guint8 *buf;    /* owned; alloc bytes, NULL (alloc 0) while nothing is buffered */
+  gsize alloc;    /* <= capacity */
+  gsize capacity; /* the bound: what is buffered never exceeds it */
   gsize start;         /* first unread byte */
   gsize end;           /* one past the last buffered byte */
   gsize scanned;       /* [start, scanned) is known to hold no LF */
@@ -23,9 +28,23 @@ pg_line_reader_new (gsize capacity)
   g_return_val_if_fail (capacity > 0, NULL);
 
   reader = g_new0 (PgLineReader, 1);
-  reader->buf = g_malloc (capacity);
   reader->capacity = capacity;
   return reader;
+}
+
+/* Wipe and free the buffer; only when nothing unread is in it. */
+static void
+pg_line_reader_release (PgLineReader *reader)
+{
+  if (reader->buf != NULL)
+    {
+      pg_secret_wipe (reader->buf, reader->alloc);
+      g_clear_pointer (&reader->buf, g_free);
+    }
+  reader->alloc = 0;
+  reader->start = 0;
+  reader->end = 0;
+  reader->scanned = 0;
 }
 
 void
@@ -33,9 +52,14 @@ pg_line_reader_free (PgLineReader *reader)
 {
   if (reader == NULL)
     return;
-  pg_secret_wipe (reader->buf, reader->capacity);
-  g_free (reader->buf);
+  pg_line_reader_release (reader);
   g_free (reader);
+}
+
+gsize
+pg_line_reader_get_allocated (const PgLineReader *reader)
+{
+  return reader->alloc;
 }
 
 gsize
@@ -77,6 +101,39 @@ pg_line_reader_compact (PgLineReader *reader)
   reader->end = held;
 }
 
+/* Make room for `want` more bytes after what is held (want <= capacity - held). */
+static void
+pg_line_reader_reserve (PgLineReader *reader, gsize want)
+{
+  gsize held = reader->end - reader->start;
+  gsize alloc;
+  guint8 *buf;
+
+  /* Compact only when the tail is too short: most lines are taken before the next
+   * read, so the common case is start == end and the move is free. */
+  if (reader->alloc - reader->end >= want)
+    return;
+  pg_line_reader_compact (reader);
+  if (reader->alloc - held >= want)
+    return;
+  /* Grow by doubling, never past the capacity: held + want <= capacity. */
+  alloc = reader->alloc != 0 ? reader->alloc : MIN (PG_LINE_READER_INITIAL_ALLOC, reader->capacity);
+  while (alloc < held + want)
+    alloc = MIN (alloc * 2, reader->capacity);
+  buf = g_malloc (alloc);
+  if (held > 0)
+    memcpy (buf, reader->buf, held);
+  /* Not g_realloc(): the old block may hold a password and must be wiped, not left
+   * behind in the heap. */
+  if (reader->buf != NULL)
+    {
+      pg_secret_wipe (reader->buf, reader->alloc);
+      g_free (reader->buf);
+    }
+  reader->buf = buf;
+  reader->alloc = alloc;
+}
+
 gsize
 pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len)
 {
@@ -100,16 +157,11 @@ pg_line_reader_feed (PgLineReader *reader, const void *data, gsize len)
       len -= taken;
     }
 
-  if (len == 0)
-    return taken;
-
-  /* Compact only when the tail is too short: most lines are taken before the next
-   * read, so the common case is start == end and the move is free. */
-  if (reader->capacity - reader->end < len)
-    pg_line_reader_compact (reader);
-
-  room = reader->capacity - reader->end;
+  room = reader->capacity - (reader->end - reader->start);
   n = MIN (room, len);
+  if (n == 0)
+    return taken;
+  pg_line_reader_reserve (reader, n);
   memcpy (reader->buf + reader->end, p, n);
   reader->end += n;
   return taken + n;
@@ -125,6 +177,13 @@ pg_line_reader_next (PgLineReader *reader, const char **out_line, gsize *out_len
   g_return_val_if_fail (reader != NULL, PG_LINE_READER_ERROR);
   g_return_val_if_fail (error == NULL || *error == NULL, PG_LINE_READER_ERROR);
 
+  if (reader->start == reader->end)
+    {
+      /* Empty: the last line returned is no longer valid, so the buffer can go. An idle
+       * connection then holds no input buffer at all. */
+      pg_line_reader_release (reader);
+      return PG_LINE_READER_NEED_MORE;
+    }
   lf = memchr (reader->buf + reader->scanned, '\n', reader->end - reader->scanned);
   if (lf == NULL)
     {
@@ -194,7 +253,7 @@ pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out
   g_return_val_if_fail (out_data != NULL, 0);
 
   n = MIN (max_len, reader->end - reader->start);
-  *out_data = reader->buf + reader->start;
+  *out_data = reader->buf != NULL ? reader->buf + reader->start : (const guint8 *) "";
   reader->start += n;
   /* Keep scanned >= start: compaction subtracts start from it. */
   reader->scanned = MAX (reader->scanned, reader->start);
@@ -209,10 +268,7 @@ pg_line_reader_discard_buffered (PgLineReader *reader)
   g_return_val_if_fail (reader != NULL, 0);
 
   dropped = reader->end - reader->start;
-  pg_secret_wipe (reader->buf, reader->end);
-  reader->start = 0;
-  reader->end = 0;
-  reader->scanned = 0;
+  pg_line_reader_release (reader);
   reader->discarding = FALSE;
   return dropped;
 }

@@ -37,8 +37,11 @@
 #define PG_POP3_READAHEAD_OCTETS (256 * 1024)
 /* TOP fetches the body text in partial fetches of this size until it has its lines. */
 #define PG_POP3_TOP_PARTIAL (64 * 1024)
-/* Socket reads go into this much stack-free scratch space per session. */
-#define PG_POP3_READ_CHUNK 4096
+/* Socket reads go into this much scratch space per session, held for the session's life
+ * (a read is always pending). POP3 input is commands of at most PG_POP3_MAX_COMMAND_LINE
+ * octets; 1 KiB takes one, or a pipelined batch of RETRs, per read, where 4 KiB cost every
+ * idle session 3 KiB more. Longer input (SASL lines, big batches) just takes more reads. */
+#define PG_POP3_READ_CHUNK 1024
 
 typedef enum
 {
@@ -2061,6 +2064,11 @@ pg_pop3_session_process (PgPop3Session *self)
       self->long_lines = 0;
       pg_pop3_session_handle_line (self, line, len);
     }
+  /* No RETR/TOP in flight: drop the stuffing scratch (up to 2 body chunks, 64 KiB) so a
+   * session idle after a download costs what an idle one does; new_transfer() allocates
+   * it again on demand. */
+  if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
+    g_clear_pointer (&self->stuffed, g_byte_array_unref);
   pg_pop3_session_flush (self);
   pg_pop3_session_read (self);
 }
