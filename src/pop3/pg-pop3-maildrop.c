@@ -22,6 +22,7 @@ struct _PgPop3Maildrop
   gchar *client_ip;       /* owned */
   PgUpstream *upstream;   /* owned */
   GArray *messages;       /* owned, of PgPop3Message */
+  GArray *dates;          /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
   guint32 uidvalidity;
   guint32 uidnext;
 };
@@ -45,6 +46,7 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
     return;
   pg_pop3_maildrop_close (maildrop);
   g_array_unref (maildrop->messages);
+  g_clear_pointer (&maildrop->dates, g_array_unref);
   pg_config_unref (maildrop->config);
   g_free (maildrop->client_ip);
   g_free (maildrop);
@@ -82,13 +84,21 @@ pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer
   for (guint i = 0; i < maildrop->messages->len; i++)
     {
       const PgPop3Message *msg = &g_array_index (maildrop->messages, PgPop3Message, i);
-      if (!keep (msg, user_data))
+      gint64 date = maildrop->dates != NULL ? g_array_index (maildrop->dates, gint64, i)
+                                            : PG_UPSTREAM_NO_DATE;
+      if (!keep (msg, date, user_data))
         continue;
       if (kept != i)
-        g_array_index (maildrop->messages, PgPop3Message, kept) = *msg;
+        {
+          g_array_index (maildrop->messages, PgPop3Message, kept) = *msg;
+          if (maildrop->dates != NULL)
+            g_array_index (maildrop->dates, gint64, kept) = date;
+        }
       kept++;
     }
   g_array_set_size (maildrop->messages, kept);
+  if (maildrop->dates != NULL)
+    g_array_set_size (maildrop->dates, kept);
 }
 
 /* --- open ----------------------------------------------------------------------------- */
@@ -125,7 +135,7 @@ static void
 pg_pop3_maildrop_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  PgPop3Message msg = { .uid = uid, .size = size, .internaldate = PG_UPSTREAM_NO_DATE };
+  PgPop3Message msg = { .uid = uid, .size = size };
 
   g_array_append_val (maildrop->messages, msg);
 }
@@ -135,9 +145,12 @@ pg_pop3_maildrop_dated_size_cb (guint32 seq, guint32 uid, guint64 size, gint64 i
                                 gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  PgPop3Message msg = { .uid = uid, .size = size, .internaldate = internaldate };
+  PgPop3Message msg = { .uid = uid, .size = size };
 
+  if (maildrop->dates == NULL)
+    maildrop->dates = g_array_new (FALSE, FALSE, sizeof (gint64));
   g_array_append_val (maildrop->messages, msg);
+  g_array_append_val (maildrop->dates, internaldate);
 }
 
 static void
@@ -172,6 +185,52 @@ pg_pop3_message_compare (gconstpointer a, gconstpointer b)
   guint32 x = ((const PgPop3Message *) a)->uid;
   guint32 y = ((const PgPop3Message *) b)->uid;
   return x < y ? -1 : x > y ? 1 : 0;
+}
+
+typedef struct
+{
+  PgPop3Message msg;
+  gint64 date;
+} PgPop3DatedMessage;
+
+static gint
+pg_pop3_dated_message_compare (gconstpointer a, gconstpointer b)
+{
+  return pg_pop3_message_compare (&((const PgPop3DatedMessage *) a)->msg,
+                                  &((const PgPop3DatedMessage *) b)->msg);
+}
+
+/* Message numbers go by UID. Servers answer in sequence order, which is UID order, so
+ * this rarely moves anything; dates, when fetched, move with their messages. */
+static void
+pg_pop3_maildrop_sort (PgPop3Maildrop *maildrop)
+{
+  GArray *messages = maildrop->messages;
+  g_autofree PgPop3DatedMessage *pairs = NULL;
+  gboolean sorted = TRUE;
+
+  for (guint i = 1; i < messages->len && sorted; i++)
+    sorted = g_array_index (messages, PgPop3Message, i - 1).uid
+             < g_array_index (messages, PgPop3Message, i).uid;
+  if (sorted)
+    return;
+  if (maildrop->dates == NULL)
+    {
+      g_array_sort (messages, pg_pop3_message_compare);
+      return;
+    }
+  pairs = g_new (PgPop3DatedMessage, messages->len);
+  for (guint i = 0; i < messages->len; i++)
+    {
+      pairs[i].msg = g_array_index (messages, PgPop3Message, i);
+      pairs[i].date = g_array_index (maildrop->dates, gint64, i);
+    }
+  qsort (pairs, messages->len, sizeof *pairs, pg_pop3_dated_message_compare);
+  for (guint i = 0; i < messages->len; i++)
+    {
+      g_array_index (messages, PgPop3Message, i) = pairs[i].msg;
+      g_array_index (maildrop->dates, gint64, i) = pairs[i].date;
+    }
 }
 
 static void
@@ -279,6 +338,7 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const c
   data->maildrop = maildrop;
   g_clear_object (&maildrop->upstream);
   g_array_set_size (maildrop->messages, 0);
+  g_clear_pointer (&maildrop->dates, g_array_unref);
   maildrop->upstream = pg_upstream_new (maildrop->config, maildrop->sid);
   pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
 }
@@ -288,7 +348,7 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
 {
   if (!g_task_propagate_boolean (G_TASK (result), error))
     return FALSE;
-  g_array_sort (maildrop->messages, pg_pop3_message_compare);
+  pg_pop3_maildrop_sort (maildrop);
   return TRUE;
 }
 

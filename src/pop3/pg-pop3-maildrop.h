@@ -12,12 +12,11 @@
 
 G_BEGIN_DECLS
 
+/* One per message of the snapshot (16 octets: a session holds thousands). */
 typedef struct
 {
   guint32 uid;
   guint64 size; /* RFC822.SIZE: the octets BODY[] returns */
-  gint64 internaldate; /* UNIX time; PG_UPSTREAM_NO_DATE unless [pop3] recent_days is set
-                        * (only then is it fetched) or when the server sent none */
 } PgPop3Message;
 
 typedef struct _PgPop3Maildrop PgPop3Maildrop;
@@ -46,7 +45,10 @@ PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
 
 /* Drop from the snapshot every message for which keep() returns FALSE (the client's
  * hidden messages and windows), keeping UID order. */
-typedef gboolean (*PgPop3KeepFunc) (const PgPop3Message *msg, gpointer user_data);
+/* internaldate: UNIX time; PG_UPSTREAM_NO_DATE unless [pop3] recent_days is set (only then
+ * is it fetched) or when the server sent none. */
+typedef gboolean (*PgPop3KeepFunc) (const PgPop3Message *msg, gint64 internaldate,
+                                    gpointer user_data);
 void pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer user_data);
 
 typedef enum

@@ -599,7 +599,8 @@ pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
 }
 
 static gboolean
-pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gpointer user_data)
+pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
+                               gpointer user_data)
 {
   PgPop3Session *self = user_data;
   const PgClientState *state = self->client_state;
@@ -610,10 +611,10 @@ pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gpointer user_data)
   if (self->config->pop3.first_login == PG_FIRST_LOGIN_NEW && state->first_uidnext != 0
       && msg->uid < state->first_uidnext)
     return FALSE;
-  if (self->config->pop3.recent_days > 0 && msg->internaldate != PG_UPSTREAM_NO_DATE)
+  if (self->config->pop3.recent_days > 0 && internaldate != PG_UPSTREAM_NO_DATE)
     {
       oldest = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
-      if (msg->internaldate < oldest)
+      if (internaldate < oldest)
         return FALSE;
     }
   return TRUE;
@@ -669,7 +670,8 @@ typedef struct
 } PgPop3GoneData;
 
 static gboolean
-pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gpointer user_data)
+pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate,
+                             gpointer user_data)
 {
   PgPop3GoneData *data = user_data;
   return !pg_uid_set_contains (data->gone, msg->uid);
