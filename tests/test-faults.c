@@ -594,6 +594,36 @@ test_peer_quit_expunge_drop (void)
   peer_quit_fault (PG_TEST_PEER_CLOSE);
 }
 
+/* Not a fault but a server Dovecot cannot imitate: an IMAP4rev2 RFC822.SIZE beyond 32 bits
+ * is shown exactly by STAT and LIST. */
+static void
+test_peer_size_beyond_32_bits (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+                         "$^ OK [READ-WRITE] selected\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
+                         "* 2 FETCH (UID 6 RFC822.SIZE 5000000000)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 2 5000000020");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "LIST 2", "+OK 2 5000000000");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "LIST 1", "+OK 1 20");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -617,6 +647,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-retr-drop", test_peer_retr_drop, FALSE },
     { "/popgate/faults/peer-quit-expunge-hang", test_peer_quit_expunge_hang, FALSE },
     { "/popgate/faults/peer-quit-expunge-drop", test_peer_quit_expunge_drop, FALSE },
+    { "/popgate/faults/peer-size-beyond-32-bits", test_peer_size_beyond_32_bits, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -23,6 +23,7 @@ struct _PgPop3Maildrop
   PgUpstream *upstream;   /* owned */
   GArray *messages;       /* owned, of PgPop3Message */
   GArray *dates;          /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
+  GHashTable *big_sizes;  /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
 };
@@ -47,6 +48,7 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
   pg_pop3_maildrop_close (maildrop);
   g_array_unref (maildrop->messages);
   g_clear_pointer (&maildrop->dates, g_array_unref);
+  g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
   pg_config_unref (maildrop->config);
   g_free (maildrop->client_ip);
   g_free (maildrop);
@@ -132,12 +134,38 @@ pg_pop3_maildrop_keep_error (PgOpenData *data, GError *error)
 }
 
 static void
+pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
+{
+  PgPop3Message msg = { .uid = uid, .size = (guint32) MIN (size, G_MAXUINT32) };
+
+  if (size >= G_MAXUINT32)
+    {
+      guint64 *big = g_new (guint64, 1);
+
+      *big = size;
+      if (maildrop->big_sizes == NULL)
+        maildrop->big_sizes = g_hash_table_new_full (g_direct_hash, g_direct_equal, NULL, g_free);
+      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (uid), big);
+    }
+  g_array_append_val (maildrop->messages, msg);
+}
+
+guint64
+pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg)
+{
+  const guint64 *big;
+
+  if (msg->size < G_MAXUINT32 || maildrop->big_sizes == NULL)
+    return msg->size;
+  big = g_hash_table_lookup (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid));
+  return big != NULL ? *big : msg->size;
+}
+
+static void
 pg_pop3_maildrop_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  PgPop3Message msg = { .uid = uid, .size = size };
-
-  g_array_append_val (maildrop->messages, msg);
+  pg_pop3_maildrop_add (maildrop, uid, size);
 }
 
 static void
@@ -145,11 +173,9 @@ pg_pop3_maildrop_dated_size_cb (guint32 seq, guint32 uid, guint64 size, gint64 i
                                 gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  PgPop3Message msg = { .uid = uid, .size = size };
-
   if (maildrop->dates == NULL)
     maildrop->dates = g_array_new (FALSE, FALSE, sizeof (gint64));
-  g_array_append_val (maildrop->messages, msg);
+  pg_pop3_maildrop_add (maildrop, uid, size);
   g_array_append_val (maildrop->dates, internaldate);
 }
 
@@ -339,6 +365,7 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const c
   g_clear_object (&maildrop->upstream);
   g_array_set_size (maildrop->messages, 0);
   g_clear_pointer (&maildrop->dates, g_array_unref);
+  g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
   maildrop->upstream = pg_upstream_new (maildrop->config, maildrop->sid);
   pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
 }

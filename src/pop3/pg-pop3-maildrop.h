@@ -12,14 +12,18 @@
 
 G_BEGIN_DECLS
 
-/* One per message of the snapshot (16 octets: a session holds thousands). */
+/* One per message of the snapshot (8 octets: a session holds thousands). */
 typedef struct
 {
   guint32 uid;
-  guint64 size; /* RFC822.SIZE: the octets BODY[] returns */
+  guint32 size; /* RFC822.SIZE, the octets BODY[] returns; G_MAXUINT32: see below */
 } PgPop3Message;
 
 typedef struct _PgPop3Maildrop PgPop3Maildrop;
+
+/* A message's size. IMAP4rev1's RFC822.SIZE is 32-bit; a larger one (IMAP4rev2's number64)
+ * is kept aside and found here. */
+guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
 
 PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, guint64 session_id,
                                       const char *client_ip);

@@ -145,6 +145,13 @@ static guint pg_pop3_n_live = 0;
 static void pg_pop3_session_process (PgPop3Session *self);
 static void pg_pop3_session_end (PgPop3Session *self, const char *reason);
 
+static guint64
+pg_pop3_session_size (PgPop3Session *self, guint index)
+{
+  return pg_pop3_maildrop_message_size (self->maildrop,
+                                        &g_array_index (self->messages, PgPop3Message, index));
+}
+
 guint
 pg_pop3_session_get_n_live (void)
 {
@@ -492,7 +499,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
   self->flags = g_malloc0 (MAX (self->messages->len, 1));
   for (guint i = 0; i < self->messages->len; i++)
-    total += g_array_index (self->messages, PgPop3Message, i).size;
+    total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
   pg_session_message (self->id,
@@ -1250,7 +1257,7 @@ pg_pop3_session_stat (PgPop3Session *self)
     if (!(self->flags[i] & PG_POP3_MSG_DELETED))
       {
         count++;
-        octets += g_array_index (self->messages, PgPop3Message, i).size;
+        octets += pg_pop3_session_size (self, i);
       }
   pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, count, octets);
 }
@@ -1270,7 +1277,8 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (uidl)
         pg_pop3_reply (self, "+OK %u %08x%08x", cmd->message, msg->uid, self->uidvalidity);
       else
-        pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, cmd->message, msg->size);
+        pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, cmd->message,
+                       pg_pop3_maildrop_message_size (self->maildrop, msg));
       return;
     }
   pg_pop3_reply (self, uidl ? "+OK Unique-ID listing follows" : "+OK Scan listing follows");
@@ -1282,7 +1290,8 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (uidl)
         pg_pop3_reply (self, "%u %08x%08x", i + 1, msg->uid, self->uidvalidity);
       else
-        pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1, msg->size);
+        pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1,
+                       pg_pop3_maildrop_message_size (self->maildrop, msg));
     }
   pg_pop3_reply (self, ".");
 }
@@ -1401,7 +1410,8 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
       if (transfer->is_top)
         pg_pop3_reply (self, "+OK");
       else
-        pg_pop3_reply (self, "+OK %" G_GUINT64_FORMAT " octets", msg->size);
+        pg_pop3_reply (self, "+OK %" G_GUINT64_FORMAT " octets",
+                       pg_pop3_maildrop_message_size (self->maildrop, msg));
       pg_pop3_session_flush (self);
       transfer->sent_ok = TRUE;
     }
@@ -1615,13 +1625,13 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
   for (GList *l = self->prefetch.head; l != NULL; l = l->next)
     {
       const PgPop3Transfer *ahead = l->data;
-      octets += g_array_index (self->messages, PgPop3Message, ahead->index).size;
+      octets += pg_pop3_session_size (self, ahead->index);
       next_index = ahead->index + 1;
     }
   for (; next_index < self->messages->len && self->prefetch.length < PG_POP3_PREFETCH_DEPTH;
        next_index++)
     {
-      guint64 size = g_array_index (self->messages, PgPop3Message, next_index).size;
+      guint64 size = pg_pop3_session_size (self, next_index);
 
       if (self->flags[next_index] & PG_POP3_MSG_DELETED)
         continue;
