@@ -59,6 +59,9 @@
 #define PG_UPSTREAM_READ_BUFFER 16384
 /* Body chunks handed to a consumer while a literal streams. */
 #define PG_UPSTREAM_BODY_CHUNK 32768
+/* Upstream reads done at once, without the main loop, before an async read (fairness:
+ * other sessions get their turn after this much). */
+#define PG_UPSTREAM_READS_AT_ONCE 4
 /* Whole-message body FETCHes sent as one UID FETCH: the POP3 read-ahead keeps at most
  * PG_POP3_PREFETCH_DEPTH in flight, so this only bounds the command line (11 octets a UID). */
 #define PG_UPSTREAM_FETCH_BATCH 32

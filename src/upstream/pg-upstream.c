@@ -129,6 +129,7 @@ struct _PgUpstream
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
 
   GSource *timeout_source;           /* owned: per-command deadline */
+  gint64 deadline_us;                /* monotonic: when the armed deadline really falls */
   GTask *connect_task;               /* owned while connecting */
   GCancellable *connect_cancellable; /* owned while connecting: the caller's */
   gulong connect_cancelled_id;
@@ -155,6 +156,7 @@ static void pg_upstream_read (PgUpstream *self);
 static void pg_upstream_flush (PgUpstream *self);
 static void pg_upstream_fail (PgUpstream *self, const GError *error);
 static void pg_upstream_process (PgUpstream *self);
+static gboolean pg_upstream_read_nonblocking (PgUpstream *self);
 static void pg_upstream_queue_capability (PgUpstream *self, GTask *task);
 
 /* --- small helpers --------------------------------------------------------------------- */
@@ -312,37 +314,57 @@ pg_upstream_task_new (PgUpstream *self, gpointer source_tag, GCancellable *cance
 
 /* --- timers ---------------------------------------------------------------------------- */
 
+static void pg_upstream_arm_timeout (PgUpstream *self, guint ms);
+
 static gboolean
 pg_upstream_timeout_cb (gpointer user_data)
 {
   PgUpstream *self = user_data;
-  g_autoptr (GError) error
-      = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
-                     self->config->upstream.timeout_ms);
+  gint64 left_us = self->deadline_us - g_get_monotonic_time ();
+  g_autoptr (GError) error = NULL;
 
   g_clear_pointer (&self->timeout_source, g_source_unref);
+  if (left_us > 0)
+    {
+      /* Activity moved the deadline since this timer was set: wait the rest. */
+      pg_upstream_arm_timeout (self, (guint) ((left_us + 999) / 1000));
+      return G_SOURCE_REMOVE;
+    }
+  error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
+                       self->config->upstream.timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
   return G_SOURCE_REMOVE;
 }
 
-/* (Re)arm the per-command deadline when something is outstanding and we are not waiting
- * for our own consumer; else disarm. Called on every send and every read. */
+static void
+pg_upstream_arm_timeout (PgUpstream *self, guint ms)
+{
+  self->timeout_source = g_timeout_source_new (ms);
+  g_source_set_callback (self->timeout_source, pg_upstream_timeout_cb, self, NULL);
+  g_source_attach (self->timeout_source, self->context);
+}
+
+/* Move the per-command deadline to now + timeout when something is outstanding and we are
+ * not waiting for our own consumer; else disarm. Called on every send and every read, so
+ * an armed timer is left alone (its callback waits out the rest): no new source per read. */
 static void
 pg_upstream_update_timeout (PgUpstream *self)
 {
-  if (self->timeout_source != NULL)
-    {
-      g_source_destroy (self->timeout_source);
-      g_clear_pointer (&self->timeout_source, g_source_unref);
-    }
   if (self->paused || self->state == PG_UPSTREAM_STATE_CLOSED
       || self->config->upstream.timeout_ms == 0
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
-    return;
-  self->timeout_source = g_timeout_source_new (self->config->upstream.timeout_ms);
-  g_source_set_callback (self->timeout_source, pg_upstream_timeout_cb, self, NULL);
-  g_source_attach (self->timeout_source, self->context);
+    {
+      if (self->timeout_source != NULL)
+        {
+          g_source_destroy (self->timeout_source);
+          g_clear_pointer (&self->timeout_source, g_source_unref);
+        }
+      return;
+    }
+  self->deadline_us = g_get_monotonic_time () + (gint64) self->config->upstream.timeout_ms * 1000;
+  if (self->timeout_source == NULL)
+    pg_upstream_arm_timeout (self, self->config->upstream.timeout_ms);
 }
 
 /* --- closing ---------------------------------------------------------------------------- */
@@ -936,6 +958,7 @@ static void
 pg_upstream_process (PgUpstream *self)
 {
   g_autoptr (PgUpstream) keep = g_object_ref (self);
+  guint reads_now = 0;
 
   if (self->processing)
     return; /* resume() from inside a callback: the running loop goes on */
@@ -961,6 +984,11 @@ pg_upstream_process (PgUpstream *self)
       if (result == PG_IMAP_PARSE_NEED_MORE)
         {
           self->rpos = self->rlen = 0;
+          if (reads_now < PG_UPSTREAM_READS_AT_ONCE && pg_upstream_read_nonblocking (self))
+            {
+              reads_now++;
+              continue;
+            }
           self->processing = FALSE;
           pg_upstream_read (self);
           return;
@@ -1026,6 +1054,34 @@ pg_upstream_can_read (PgUpstream *self)
 {
   return !self->reading && !self->paused && !self->upgrading && self->stream != NULL
          && self->state != PG_UPSTREAM_STATE_CLOSED && self->rpos >= self->rlen;
+}
+
+/* While replies stream in, read what is already there without the main loop (an async
+ * read costs a GTask, sources and a wakeup each). TRUE when bytes came; EOF, errors and
+ * "nothing yet" are left to the async read, which reports them. */
+static gboolean
+pg_upstream_read_nonblocking (PgUpstream *self)
+{
+  GInputStream *input;
+  gssize n;
+
+  if (!pg_upstream_can_read (self)
+      || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
+    return FALSE;
+  input = g_io_stream_get_input_stream (self->stream);
+  if (!G_IS_POLLABLE_INPUT_STREAM (input)
+      || !g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (input)))
+    return FALSE;
+  if (self->rbuf == NULL)
+    self->rbuf = g_malloc (PG_UPSTREAM_READ_BUFFER);
+  n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (input), self->rbuf,
+                                                PG_UPSTREAM_READ_BUFFER, NULL, NULL);
+  if (n <= 0)
+    return FALSE;
+  self->rpos = 0;
+  self->rlen = (gsize) n;
+  pg_upstream_update_timeout (self);
+  return TRUE;
 }
 
 /* Read into the buffer, allocating it: a reply is expected, or input is known to wait. */
