@@ -444,11 +444,14 @@ pg_bench_seed (PgBench *bench, guint n_users, GError **error)
 
 /* --- the three servers ----------------------------------------------------------------- */
 
+/* `max_k`: the most sessions a case opens at once (the largest K or the idle count). */
 static gboolean
-pg_bench_start_popgate (PgBench *bench, GError **error)
+pg_bench_start_popgate (PgBench *bench, guint max_k, GError **error)
 {
   const char *bin = g_getenv ("POPGATE_BIN");
-  g_autofree gchar *pid_limit = g_strdup_printf ("%d", MAX (pg_bench_idle_sessions, 1) * 4 + 64);
+  /* From the largest K, not the idle count alone: with --idle-sessions=0 the limit was 68,
+   * and K=1000 failed on "too many sessions" rather than measuring anything. */
+  g_autofree gchar *pid_limit = g_strdup_printf ("%u", MAX (max_k, 1) * 4 + 64);
   const char *argv[] = { bin, "--config", NULL, NULL };
 
   bench->popgate = pg_test_popgate_new (bench->upstream, "none", error);
@@ -975,7 +978,7 @@ main (int argc, char **argv)
            pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, n_users);
   bench.upstream = pg_test_dovecot_new (NULL, &error);
   if (bench.upstream == NULL || !pg_bench_seed (&bench, n_users, &error)
-      || !pg_test_dovecot_start (bench.upstream, &error) || !pg_bench_start_popgate (&bench, &error)
+      || !pg_test_dovecot_start (bench.upstream, &error) || !pg_bench_start_popgate (&bench, max_k, &error)
       || !pg_bench_start_anchor (&bench, &error))
     {
       g_printerr ("popgate-bench: %s\n", error->message);

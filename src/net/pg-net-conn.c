@@ -421,23 +421,67 @@ pg_conn_write_next (PgConn *conn)
                                g_object_ref (conn));
 }
 
+/* When nothing is queued or being written, hand `data` to the socket at once, without
+ * blocking: a relay or a RETR chunk that the socket takes whole is then neither copied
+ * nor queued, and costs no async round through the main loop. Returns the bytes written;
+ * 0 when the socket is full, the stream cannot be polled, or the write failed — the
+ * queued write that follows then meets the error and closes through the ordinary path,
+ * so "closed" is never emitted from inside a caller's pg_conn_write(). */
+static gsize
+pg_conn_write_now (PgConn *conn, const void *data, gsize len)
+{
+  GOutputStream *out;
+  gssize n;
+
+  if (conn->write_pending || conn->queued > 0)
+    return 0;
+  out = g_io_stream_get_output_stream (conn->stream);
+  if (!G_IS_POLLABLE_OUTPUT_STREAM (out)
+      || !g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (out)))
+    return 0;
+  n = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out), data, len,
+                                                  NULL, NULL);
+  if (n <= 0)
+    return 0;
+  conn->bytes_out += (guint64) n;
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
+                           (guint64) n);
+  return (gsize) n;
+}
+
 void
 pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
 {
   gsize size = g_bytes_get_size (bytes);
+  gsize done;
 
   if (conn->closed || conn->closing || size == 0)
     return;
+  done = pg_conn_write_now (conn, g_bytes_get_data (bytes, NULL), size);
+  if (done == size)
+    return;
+  /* done > 0 only with an empty queue: this chunk is the head, partly written. */
   g_queue_push_tail (&conn->write_queue, g_bytes_ref (bytes));
-  conn->queued += size;
+  if (done > 0)
+    conn->write_offset = done;
+  conn->queued += size - done;
   pg_conn_write_next (conn);
 }
 
 void
 pg_conn_write (PgConn *conn, const void *data, gsize len)
 {
-  g_autoptr (GBytes) bytes = g_bytes_new (data, len);
-  pg_conn_write_bytes (conn, bytes);
+  g_autoptr (GBytes) rest = NULL;
+  gsize done;
+
+  if (conn->closed || conn->closing || len == 0)
+    return;
+  done = pg_conn_write_now (conn, data, len);
+  if (done == len)
+    return;
+  /* Only what the socket did not take is copied. */
+  rest = g_bytes_new ((const guint8 *) data + done, len - done);
+  pg_conn_write_bytes (conn, rest);
 }
 
 void
