@@ -44,6 +44,10 @@
 /* Upstream reads per wakeup of one relay session before the main loop serves the others
  * (the poll is level-triggered: the session is woken again at once if more is waiting). */
 #define PG_IMAP_RELAY_UP_BURST 4
+/* After the upstream login, the hand-off of its connection to the relay waits while the
+ * write that carried the login command has not completed yet; it is retried this often
+ * (a timer, so a stuck write does not spin), up to the upstream command timeout. */
+#define PG_IMAP_HAND_OVER_RETRY_MS 1
 /* ID values (name, version) we keep from a client's ID to forward upstream; RFC 2971
  * §3.3 limits field values to 1024 octets, real clients send a few dozen. */
 #define PG_IMAP_MAX_ID_VALUE 128
