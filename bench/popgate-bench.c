@@ -985,8 +985,8 @@ main (int argc, char **argv)
            pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, n_users);
   bench.upstream = pg_test_dovecot_new (NULL, &error);
   if (bench.upstream == NULL || !pg_bench_seed (&bench, n_users, &error)
-      || !pg_test_dovecot_start (bench.upstream, &error) || !pg_bench_start_popgate (&bench, max_k, &error)
-      || !pg_bench_start_anchor (&bench, &error))
+      || !pg_test_dovecot_start (bench.upstream, &error)
+      || !pg_bench_start_popgate (&bench, max_k, &error) || !pg_bench_start_anchor (&bench, &error))
     {
       g_printerr ("popgate-bench: %s\n", error->message);
       bench.failures++;

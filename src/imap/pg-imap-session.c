@@ -1261,8 +1261,7 @@ pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
   pg_conn_write (self->conn, data, n);
 }
 
-static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result,
-                                        gpointer user_data);
+static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data);
 
 /* Read what the upstream has, up to PG_IMAP_RELAY_UP_BURST chunks (then let other sessions
  * run; the poll is level-triggered, so we come back at once). Returns TRUE when the caller
@@ -1329,8 +1328,7 @@ pg_imap_session_relay_up_resume (PgImapSession *self)
     return;
   in = g_io_stream_get_input_stream (self->up_stream);
   self->up_source = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (in), NULL);
-  g_source_set_callback (self->up_source, G_SOURCE_FUNC (pg_imap_session_up_ready_cb), self,
-                         NULL);
+  g_source_set_callback (self->up_source, G_SOURCE_FUNC (pg_imap_session_up_ready_cb), self, NULL);
   g_source_set_static_name (self->up_source, "[popgate] imap relay upstream");
   g_source_attach (self->up_source, g_main_context_get_thread_default ());
 }

@@ -439,8 +439,8 @@ pg_conn_write_now (PgConn *conn, const void *data, gsize len)
   if (!G_IS_POLLABLE_OUTPUT_STREAM (out)
       || !g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (out)))
     return 0;
-  n = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out), data, len,
-                                                  NULL, NULL);
+  n = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out), data, len, NULL,
+                                                  NULL);
   if (n <= 0)
     return 0;
   conn->bytes_out += (guint64) n;
