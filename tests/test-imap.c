@@ -232,6 +232,81 @@ log_has (Fixture *fx, const char *needle)
 
 /* --- tests ---------------------------------------------------------------------------------- */
 
+/* A message of about `size` octets, CRLF lines; some body lines look like IMAP responses
+ * ("* BYE", a tagged OK, "+ ") so a relay that mistook literal data for responses shows. */
+static GBytes *
+make_large_message (gsize size, guint seed)
+{
+  GString *message = g_string_sized_new (size + 256);
+  guint32 x = seed * 2654435761u + 1;
+
+  g_string_append_printf (message, "From: a@example.org\r\nSubject: large %u\r\n\r\n", seed);
+  for (guint line = 0; message->len < size; line++)
+    {
+      if (line % 97 == 0)
+        g_string_append (message, "* BYE not really\r\n");
+      else if (line % 89 == 0)
+        g_string_append (message, "a1 OK not a reply\r\n+ nor a continuation\r\n");
+      for (guint i = 0; i < 70; i++)
+        {
+          x = x * 1103515245u + 12345u;
+          g_string_append_c (message, (char) ('!' + (x >> 16) % 90));
+        }
+      g_string_append (message, "\r\n");
+    }
+  return g_string_free_to_bytes (message);
+}
+
+/* Megabytes each way through the relay, byte-exact: a FETCH of a large message (upstream
+ * -> client in many reads, the client's queue filling and draining) and an APPEND of
+ * another (client -> upstream, writes that the socket does not take at once); the
+ * session goes on afterwards. */
+static void
+test_large_transfer (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GBytes) fetched = make_large_message (3 * 1024 * 1024, 1);
+  g_autoptr (GBytes) appended = make_large_message (2 * 1024 * 1024, 2);
+  g_autoptr (GArray) uids = NULL;
+  guint32 exists = 0;
+  guint32 appended_uid = 0;
+
+  g_assert_true (pg_test_dovecot_append (upstream, fx->user, "INBOX",
+                                         g_bytes_get_data (fetched, NULL),
+                                         g_bytes_get_size (fetched), &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (exists, ==, 2);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 2);
+  for (guint round = 0; round < 2; round++)
+    {
+      g_autoptr (GBytes) body
+          = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 1), &error);
+
+      g_assert_no_error (error);
+      g_assert_true (g_bytes_equal (body, fetched));
+    }
+
+  g_assert_true (pg_test_imap_append (imap, "INBOX", NULL, g_bytes_get_data (appended, NULL),
+                                      g_bytes_get_size (appended), &appended_uid, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (appended_uid, >, 0);
+  {
+    g_autoptr (GBytes) body = pg_test_imap_fetch_body (imap, appended_uid, &error);
+
+    g_assert_no_error (error);
+    g_assert_true (g_bytes_equal (body, appended));
+  }
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+}
+
 /* A whole session: SELECT, FETCH, STORE, APPEND (synchronising and LITERAL+), EXPUNGE,
  * LOGOUT, with the upstream's capabilities filtered in the login reply. */
 static void
@@ -883,6 +958,7 @@ main (int argc, char **argv)
     { "/popgate/imap/bad-commands", strict, test_bad_commands },
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },
+    { "/popgate/imap/large-transfer", NULL, test_large_transfer },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -30,9 +30,24 @@
 #define PG_IMAP_MAX_PREAUTH_LITERAL 4096
 /* Arguments in one pre-auth command (LOGIN has two, ID has a small list). */
 #define PG_IMAP_MAX_PREAUTH_ARGS 64
-/* Relay chunk size each way after login: one fixed buffer per direction per session;
- * 16 KiB matches a TLS record, so one read is usually one record. */
+/* Client read size, before login and for client -> upstream after it: one fixed buffer per
+ * session with a read pending on it for the whole session (so it counts in an idle
+ * session's cost); 16 KiB matches a TLS record, so one read is usually one record. */
 #define PG_IMAP_RELAY_CHUNK 16384
+/* Upstream -> client read size after login (FETCH bodies: the bulk of a relay's bytes).
+ * One buffer for the whole process, used only between a readiness wakeup and the write to
+ * the client, so its size costs no memory per session; 64 KiB reads make a quarter of the
+ * syscalls and wakeups per MB of 16 KiB ones. What the client's socket does not take at
+ * once is queued, and the relay stops reading at PG_CLIENT_OUTPUT_HIGH_WATER, so a slow
+ * client holds at most that plus one chunk. */
+#define PG_IMAP_RELAY_UP_CHUNK 65536
+/* Upstream reads per wakeup of one relay session before the main loop serves the others
+ * (the poll is level-triggered: the session is woken again at once if more is waiting). */
+#define PG_IMAP_RELAY_UP_BURST 4
+/* After the upstream login, the hand-off of its connection to the relay waits while the
+ * write that carried the login command has not completed yet; it is retried this often
+ * (a timer, so a stuck write does not spin), up to the upstream command timeout. */
+#define PG_IMAP_HAND_OVER_RETRY_MS 1
 /* ID values (name, version) we keep from a client's ID to forward upstream; RFC 2971
  * §3.3 limits field values to 1024 octets, real clients send a few dozen. */
 #define PG_IMAP_MAX_ID_VALUE 128

@@ -8,6 +8,7 @@
 #include "pg-imap-private.h"
 
 #include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
 #include "popgate/pg-upstream.h"
 
 #include <string.h>
@@ -20,6 +21,9 @@ typedef struct
   gchar *client_ip;     /* owned */
   gchar *id_name;       /* owned */
   gchar *id_version;    /* owned */
+  GStrv capabilities;   /* owned: after login, until handed over with the stream */
+  guint timeout_ms;     /* the upstream command timeout: bounds the hand-off retries */
+  gint64 hand_over_deadline_us;
 } PgImapLogin;
 
 typedef struct
@@ -43,6 +47,7 @@ pg_imap_login_free (PgImapLogin *login)
   g_free (login->client_ip);
   g_free (login->id_name);
   g_free (login->id_version);
+  g_strfreev (login->capabilities);
   g_free (login);
 }
 
@@ -55,13 +60,51 @@ pg_imap_login_result_free (PgImapLoginResult *result)
   g_free (result);
 }
 
+/* Take the connection over. Returns FALSE while the upstream is still busy: the reply
+ * that completed the login can be parsed before the main loop has run the completion of
+ * the write that carried the command (a GTask completes on a later iteration), and under
+ * a burst of logins it often is (2 of 1,000 relay logins at K=1000 failed with "upstream
+ * connection is busy"). */
+static gboolean
+pg_imap_login_try_hand_over (GTask *task)
+{
+  PgImapLogin *login = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+  PgImapLoginResult *out = g_new0 (PgImapLoginResult, 1);
+
+  out->stream = pg_upstream_steal_stream (login->upstream, &out->buffered, &error);
+  if (out->stream == NULL)
+    {
+      pg_imap_login_result_free (out);
+      if (!pg_upstream_is_closed (login->upstream)
+          && g_get_monotonic_time () < login->hand_over_deadline_us
+          && !g_cancellable_is_cancelled (g_task_get_cancellable (task)))
+        return FALSE;
+      if (!g_task_return_error_if_cancelled (task))
+        g_task_return_error (task, g_steal_pointer (&error));
+      return TRUE;
+    }
+  out->capabilities = login->capabilities;
+  login->capabilities = NULL;
+  g_task_return_pointer (task, out, (GDestroyNotify) pg_imap_login_result_free);
+  return TRUE;
+}
+
+static gboolean
+pg_imap_login_hand_over_cb (gpointer user_data)
+{
+  GTask *task = user_data;
+
+  return pg_imap_login_try_hand_over (task) ? G_SOURCE_REMOVE : G_SOURCE_CONTINUE;
+}
+
 static void
 pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (GTask) task = user_data;
   PgImapLogin *login = g_task_get_task_data (task);
   g_autoptr (GError) error = NULL;
-  PgImapLoginResult *out;
+  GSource *retry;
   gboolean ok;
 
   if (g_async_result_is_tagged (result, pg_upstream_login_async))
@@ -73,16 +116,19 @@ pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
-  out = g_new0 (PgImapLoginResult, 1);
-  out->capabilities = pg_upstream_dup_capabilities (login->upstream);
-  out->stream = pg_upstream_steal_stream (login->upstream, &out->buffered, &error);
-  if (out->stream == NULL)
-    {
-      pg_imap_login_result_free (out);
-      g_task_return_error (task, g_steal_pointer (&error));
-      return;
-    }
-  g_task_return_pointer (task, out, (GDestroyNotify) pg_imap_login_result_free);
+  /* As they are now: the upstream is inert after the hand-off. */
+  login->capabilities = pg_upstream_dup_capabilities (login->upstream);
+  login->hand_over_deadline_us
+      = g_get_monotonic_time () + (gint64) login->timeout_ms * G_TIME_SPAN_MILLISECOND;
+  if (pg_imap_login_try_hand_over (task))
+    return;
+  /* Until the write's completion has run: a timer, not an idle, so a write that takes
+   * long (a full socket) does not spin; bounded by the upstream command timeout. */
+  retry = g_timeout_source_new (PG_IMAP_HAND_OVER_RETRY_MS);
+  g_source_set_callback (retry, pg_imap_login_hand_over_cb, g_object_ref (task), g_object_unref);
+  g_source_set_static_name (retry, "[popgate] imap relay hand-off");
+  g_source_attach (retry, g_main_context_get_thread_default ());
+  g_source_unref (retry);
 }
 
 static void
@@ -139,6 +185,8 @@ pg_imap_login_async (PgConfig *config, guint64 sid, const char *user, const char
   login->client_ip = g_strdup (client_ip);
   login->id_name = g_strdup (id_name);
   login->id_version = g_strdup (id_version);
+  login->timeout_ms = config->upstream.timeout_ms > 0 ? config->upstream.timeout_ms
+                                                      : PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
   g_task_set_task_data (task, login, (GDestroyNotify) pg_imap_login_free);
   pg_upstream_connect_async (login->upstream, cancellable, pg_imap_login_connect_cb,
                              g_steal_pointer (&task));

@@ -6,10 +6,14 @@
  * the client is not read at all, so no read is ever pending when the phase changes.
  *
  * After login the upstream's connection is taken over (pg_upstream_steal_stream) and the
- * session relays bytes: each direction reads into its own fixed buffer and reads again
- * only when its write is done (client → upstream) or the client's queue is below
- * PG_CLIENT_OUTPUT_HIGH_WATER (upstream → client). Two PgImapRelayScanners observe the
- * streams at command/response starts for tracking; literals and IDLE pass untouched.
+ * session relays bytes. Client → upstream: a client read into the session's fixed buffer,
+ * written upstream (without blocking when the socket takes it, else asynchronously), and
+ * the next read only when that write is done. Upstream → client: on readiness, reads into
+ * one process-wide buffer handed straight to the client's socket (PgConn queues only what
+ * the socket did not take), while the client's queue is at most
+ * PG_CLIENT_OUTPUT_HIGH_WATER; a waiting session holds no buffer for this direction. Two
+ * PgImapRelayScanners observe the streams at command/response starts for tracking;
+ * literals and IDLE pass untouched.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -74,8 +78,7 @@ struct _PgImapSession
 
   /* relay */
   GIOStream *up_stream; /* owned: the upstream connection after login */
-  guint8 *up_buf;       /* owned, PG_IMAP_RELAY_CHUNK */
-  gboolean up_reading;
+  GSource *up_source;   /* owned: waits for upstream bytes; NULL while the client drains */
   gboolean up_writing;
   PgImapRelayScanner *client_scan;             /* owned: client → upstream commands */
   PgImapRelayScanner *up_scan;                 /* owned: upstream → client responses */
@@ -100,7 +103,6 @@ static GQueue pg_imap_sessions = G_QUEUE_INIT;
 static void pg_imap_session_process (PgImapSession *self);
 static void pg_imap_session_read (PgImapSession *self);
 static void pg_imap_session_relay_client_read (PgImapSession *self);
-static void pg_imap_session_relay_up_read (PgImapSession *self);
 
 const char *
 pg_imap_state_to_string (PgImapState state)
@@ -221,6 +223,11 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
 static void
 pg_imap_session_close_upstream (PgImapSession *self)
 {
+  if (self->up_source != NULL)
+    {
+      g_source_destroy (self->up_source);
+      g_clear_pointer (&self->up_source, g_source_unref);
+    }
   if (self->up_stream != NULL)
     {
       g_autoptr (GIOStream) base = NULL;
@@ -271,7 +278,6 @@ pg_imap_session_finalize (GObject *object)
   if (self->client_buf != NULL)
     pg_secret_wipe (self->client_buf, PG_IMAP_RELAY_CHUNK);
   g_free (self->client_buf);
-  g_free (self->up_buf);
   g_free (self->end_reason);
   g_free (self->sasl_tag);
   g_free (self->pending_tag);
@@ -1196,14 +1202,35 @@ pg_imap_session_up_write_cb (GObject *source, GAsyncResult *result, gpointer use
   pg_imap_session_relay_client_read (self);
 }
 
-/* client_buf[0..n) came from the client: observe it and send it on. */
+/* client_buf[0..n) came from the client: observe it and send it on. Most commands fit
+ * the upstream socket at once: a write without blocking spares the async round; only the
+ * rest (a socket that is full) goes through write_all_async, and the client is read again
+ * only when all of it is out (back-pressure). */
 static void
 pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
 {
+  g_autoptr (GError) error = NULL;
+  GOutputStream *out = g_io_stream_get_output_stream (self->up_stream);
+  gssize written;
+
   pg_imap_session_scan_client (self, self->client_buf, n);
+  written = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out),
+                                                        self->client_buf, n, NULL, &error);
+  if (written < 0 && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    {
+      pg_session_info (self->id, "upstream write failed: %s", error->message);
+      pg_imap_session_upstream_gone (self, "upstream write failed");
+      return;
+    }
+  if (written == (gssize) n)
+    {
+      pg_imap_session_relay_client_read (self);
+      return;
+    }
+  written = MAX (written, 0);
   self->up_writing = TRUE;
-  g_output_stream_write_all_async (g_io_stream_get_output_stream (self->up_stream),
-                                   self->client_buf, n, G_PRIORITY_DEFAULT, self->cancellable,
+  g_output_stream_write_all_async (out, self->client_buf + written, n - (gsize) written,
+                                   G_PRIORITY_DEFAULT, self->cancellable,
                                    pg_imap_session_up_write_cb, g_object_ref (self));
 }
 
@@ -1217,6 +1244,95 @@ pg_imap_session_relay_client_read (PgImapSession *self)
                       pg_imap_session_read_cb, g_object_ref (self));
 }
 
+/* Upstream → client runs on readiness, not on a pending read: a relay session waiting for
+ * the upstream holds no buffer for this direction, and one wakeup takes what arrived in as
+ * few reads as it fits in. Every session reads into this one buffer (one thread, and the
+ * buffer is never used across a return to the main loop): what the client's socket does
+ * not take at once is copied into the connection's queue, and reading stops while that
+ * queue is above PG_CLIENT_OUTPUT_HIGH_WATER. */
+static guint8 pg_imap_relay_up_buf[PG_IMAP_RELAY_UP_CHUNK];
+
+/* Upstream bytes for the client: observe and send. */
+static void
+pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
+{
+  pg_imap_session_scan_upstream (self, data, n);
+  self->info.bytes_to_client += n;
+  pg_conn_write (self->conn, data, n);
+}
+
+static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data);
+
+/* Read what the upstream has, up to PG_IMAP_RELAY_UP_BURST chunks (then let other sessions
+ * run; the poll is level-triggered, so we come back at once). Returns TRUE when the caller
+ * should wait for the upstream to be readable again, FALSE when the session ended or waits
+ * for the client's queue to drain. */
+static gboolean
+pg_imap_session_relay_up_pump (PgImapSession *self)
+{
+  for (guint i = 0; i < PG_IMAP_RELAY_UP_BURST; i++)
+    {
+      g_autoptr (GError) error = NULL;
+      GInputStream *in;
+      gssize n;
+
+      if (pg_conn_is_closed (self->conn) || self->up_stream == NULL)
+        return FALSE;
+      if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
+        {
+          pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER, self->cancellable,
+                                      pg_imap_session_drained_cb, g_object_ref (self));
+          return FALSE;
+        }
+      in = g_io_stream_get_input_stream (self->up_stream);
+      n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in),
+                                                    pg_imap_relay_up_buf,
+                                                    sizeof pg_imap_relay_up_buf, NULL, &error);
+      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        return TRUE;
+      if (n <= 0)
+        {
+          if (n < 0)
+            pg_session_info (self->id, "upstream read failed: %s", error->message);
+          pg_imap_session_upstream_gone (self, n == 0 ? "upstream closed the connection"
+                                                      : "upstream read error");
+          return FALSE;
+        }
+      pg_imap_session_relay_up_data (self, pg_imap_relay_up_buf, (gsize) n);
+    }
+  return TRUE;
+}
+
+static gboolean
+pg_imap_session_up_ready_cb (GObject *stream, gpointer user_data)
+{
+  /* The source does not hold the session (close_upstream destroys it); the pump may end
+   * the session, so hold it while we run. */
+  g_autoptr (PgImapSession) self = g_object_ref (PG_IMAP_SESSION (user_data));
+
+  if (pg_imap_session_relay_up_pump (self))
+    return G_SOURCE_CONTINUE;
+  g_clear_pointer (&self->up_source, g_source_unref);
+  return G_SOURCE_REMOVE;
+}
+
+/* Read the upstream now and, when it has nothing more, wait until it is readable. */
+static void
+pg_imap_session_relay_up_resume (PgImapSession *self)
+{
+  GInputStream *in;
+
+  if (self->up_source != NULL || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
+    return;
+  if (!pg_imap_session_relay_up_pump (self))
+    return;
+  in = g_io_stream_get_input_stream (self->up_stream);
+  self->up_source = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (in), NULL);
+  g_source_set_callback (self->up_source, G_SOURCE_FUNC (pg_imap_session_up_ready_cb), self, NULL);
+  g_source_set_static_name (self->up_source, "[popgate] imap relay upstream");
+  g_source_attach (self->up_source, g_main_context_get_thread_default ());
+}
+
 static void
 pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1224,56 +1340,7 @@ pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
 
   if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
     return;
-  pg_imap_session_relay_up_read (self);
-}
-
-/* Upstream bytes for the client: observe, queue, and read on unless the client's queue is
- * over the high-water mark (then wait until it drained to it). */
-static void
-pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
-{
-  pg_imap_session_scan_upstream (self, data, n);
-  self->info.bytes_to_client += n;
-  pg_conn_write (self->conn, data, n);
-  if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
-    {
-      pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER, self->cancellable,
-                                  pg_imap_session_drained_cb, g_object_ref (self));
-      return;
-    }
-  pg_imap_session_relay_up_read (self);
-}
-
-static void
-pg_imap_session_up_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (PgImapSession) self = user_data;
-  g_autoptr (GError) error = NULL;
-  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
-
-  self->up_reading = FALSE;
-  if (pg_conn_is_closed (self->conn))
-    return;
-  if (n <= 0)
-    {
-      if (n < 0)
-        pg_session_info (self->id, "upstream read failed: %s", error->message);
-      pg_imap_session_upstream_gone (self, n == 0 ? "upstream closed the connection"
-                                                  : "upstream read error");
-      return;
-    }
-  pg_imap_session_relay_up_data (self, self->up_buf, (gsize) n);
-}
-
-static void
-pg_imap_session_relay_up_read (PgImapSession *self)
-{
-  if (self->up_reading || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
-    return;
-  self->up_reading = TRUE;
-  g_input_stream_read_async (g_io_stream_get_input_stream (self->up_stream), self->up_buf,
-                             PG_IMAP_RELAY_CHUNK, G_PRIORITY_DEFAULT, self->cancellable,
-                             pg_imap_session_up_read_cb, g_object_ref (self));
+  pg_imap_session_relay_up_resume (self);
 }
 
 static void
@@ -1287,7 +1354,6 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
   self->client_scan = pg_imap_relay_scanner_new ();
   self->up_scan = pg_imap_relay_scanner_new ();
-  self->up_buf = g_malloc (PG_IMAP_RELAY_CHUNK);
   pg_imap_session_flush (self);
 
   /* What the client pipelined behind its login goes upstream first. The reader holds at
@@ -1304,11 +1370,10 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->parser, pg_imap_command_parser_free);
 
-  if (g_bytes_get_size (up_buffered) > 0)
+  if (g_bytes_get_size (up_buffered) > 0 && !pg_conn_is_closed (self->conn))
     pg_imap_session_relay_up_data (self, g_bytes_get_data (up_buffered, NULL),
                                    g_bytes_get_size (up_buffered));
-  else
-    pg_imap_session_relay_up_read (self);
+  pg_imap_session_relay_up_resume (self);
 }
 
 /* --- signals and start ---------------------------------------------------------------- */

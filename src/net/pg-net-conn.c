@@ -421,22 +421,26 @@ pg_conn_write_next (PgConn *conn)
                                g_object_ref (conn));
 }
 
-/* With nothing queued, write at once without blocking: most writes fit in the socket
- * buffer, and this saves an async round (a GTask and a main-loop dispatch) per write.
- * Returns how much went out; the rest, or everything on any error, takes the async path
- * (which reports the error and closes, never from inside the caller's write). */
+/* When nothing is queued or being written, hand `data` to the socket at once, without
+ * blocking: a relay or a RETR chunk that the socket takes whole is then neither copied
+ * nor queued, and costs no async round through the main loop. Returns the bytes written;
+ * 0 when the socket is full, the stream cannot be polled, or the write failed — the
+ * queued write that follows then meets the error and closes through the ordinary path,
+ * so "closed" is never emitted from inside a caller's pg_conn_write(). */
 static gsize
-pg_conn_write_now (PgConn *conn, const guint8 *data, gsize size)
+pg_conn_write_now (PgConn *conn, const void *data, gsize len)
 {
-  GOutputStream *out = g_io_stream_get_output_stream (conn->stream);
+  GOutputStream *out;
   gssize n;
 
-  if (conn->write_pending || !g_queue_is_empty (&conn->write_queue)
-      || !G_IS_POLLABLE_OUTPUT_STREAM (out)
+  if (conn->write_pending || conn->queued > 0)
+    return 0;
+  out = g_io_stream_get_output_stream (conn->stream);
+  if (!G_IS_POLLABLE_OUTPUT_STREAM (out)
       || !g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (out)))
     return 0;
-  n = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out), data, size,
-                                                  NULL, NULL);
+  n = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out), data, len, NULL,
+                                                  NULL);
   if (n <= 0)
     return 0;
   conn->bytes_out += (guint64) n;
@@ -456,9 +460,10 @@ pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
   done = pg_conn_write_now (conn, g_bytes_get_data (bytes, NULL), size);
   if (done == size)
     return;
-  if (done > 0)
-    conn->write_offset = done; /* the queue was empty: this is its head */
+  /* done > 0 only with an empty queue: this chunk is the head, partly written. */
   g_queue_push_tail (&conn->write_queue, g_bytes_ref (bytes));
+  if (done > 0)
+    conn->write_offset = done;
   conn->queued += size - done;
   pg_conn_write_next (conn);
 }
@@ -466,16 +471,17 @@ pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
 void
 pg_conn_write (PgConn *conn, const void *data, gsize len)
 {
-  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (GBytes) rest = NULL;
   gsize done;
 
   if (conn->closed || conn->closing || len == 0)
     return;
   done = pg_conn_write_now (conn, data, len);
   if (done == len)
-    return; /* no copy needed */
-  bytes = g_bytes_new ((const guint8 *) data + done, len - done);
-  pg_conn_write_bytes (conn, bytes);
+    return;
+  /* Only what the socket did not take is copied. */
+  rest = g_bytes_new ((const guint8 *) data + done, len - done);
+  pg_conn_write_bytes (conn, rest);
 }
 
 void
