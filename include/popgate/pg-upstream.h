@@ -133,6 +133,11 @@ gboolean pg_upstream_fetch_body_finish (PgUpstream *self, GAsyncResult *result,
 /* Let a paused body stream go on. Harmless when not paused. */
 void pg_upstream_resume (PgUpstream *self);
 
+/* Hold commands back until the matching uncork (they nest), so that body FETCHes queued
+ * in between go out as one batched UID FETCH (see pg_upstream_fetch_body_async). */
+void pg_upstream_cork (PgUpstream *self);
+void pg_upstream_uncork (PgUpstream *self);
+
 /* `UID STORE set +FLAGS.SILENT (flags)`, e.g. flags = "\\Deleted \\Seen". Long sets are
  * split into several commands. */
 void pg_upstream_add_flags_async (PgUpstream *self, const guint32 *uids, gsize n_uids,

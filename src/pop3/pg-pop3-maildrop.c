@@ -431,6 +431,20 @@ pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop)
     pg_upstream_resume (maildrop->upstream);
 }
 
+void
+pg_pop3_maildrop_cork (PgPop3Maildrop *maildrop)
+{
+  if (maildrop->upstream != NULL)
+    pg_upstream_cork (maildrop->upstream);
+}
+
+void
+pg_pop3_maildrop_uncork (PgPop3Maildrop *maildrop)
+{
+  if (maildrop->upstream != NULL)
+    pg_upstream_uncork (maildrop->upstream);
+}
+
 /* --- update (QUIT) ------------------------------------------------------------------------ */
 
 typedef enum

@@ -80,6 +80,9 @@ gboolean pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *
                                         GError **error);
 /* Let a paused body stream go on. Harmless when not paused. */
 void pg_pop3_maildrop_resume (PgPop3Maildrop *maildrop);
+/* Hold upstream commands back while several fetches are queued (pg_upstream_cork). */
+void pg_pop3_maildrop_cork (PgPop3Maildrop *maildrop);
+void pg_pop3_maildrop_uncork (PgPop3Maildrop *maildrop);
 
 /* The UPDATE state: \Seen on `seen`, then `policy` on `deleted` (arrays of guint32 UIDs;
  * move_mailbox for PG_DELETE_MOVE; nothing for PG_DELETE_KEEP). Completes with TRUE when

@@ -1738,6 +1738,8 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
     return;
   self->busy = TRUE;
+  /* Its FETCH and those fetched ahead with it leave as one command (on uncork). */
+  pg_pop3_maildrop_cork (self->maildrop);
   transfer = g_queue_peek_head (&self->prefetch);
   if (transfer != NULL && !top && transfer->index == index)
     transfer = g_queue_pop_head (&self->prefetch);
@@ -1750,6 +1752,7 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   if (!top)
     self->last_retr = index + 1;
   pg_pop3_session_activate (self, transfer);
+  pg_pop3_maildrop_uncork (self->maildrop);
 }
 
 /* QUIT, last step: the upstream connection is logged out; answer. */

@@ -113,6 +113,7 @@ struct _PgUpstream
   gsize rpos, rlen;
   gboolean reading, writing, paused, upgrading, processing;
   GBytes *write_bytes; /* owned: the part being written */
+  guint corked;        /* pg_upstream_cork() depth: commands wait in unsent */
 
   GQueue unsent;          /* of PgUpstreamCmd*, owned */
   GQueue pending;         /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
@@ -583,7 +584,7 @@ static void
 pg_upstream_flush (PgUpstream *self)
 {
   while (!self->writing && self->stream != NULL && !self->upgrading
-         && self->state != PG_UPSTREAM_STATE_CLOSED)
+         && self->state != PG_UPSTREAM_STATE_CLOSED && (self->corked == 0 || self->sending != NULL))
     {
       PgUpstreamCmd *cmd = self->sending;
       PgImapWriterPart *part;
@@ -610,14 +611,28 @@ pg_upstream_flush (PgUpstream *self)
       cmd->continued = FALSE;
       pg_upstream_log_part (self, cmd, cmd->next_part);
       cmd->next_part++;
-      self->writing = TRUE;
-      self->write_bytes = g_bytes_ref (part->bytes);
       {
+        GOutputStream *output = g_io_stream_get_output_stream (self->stream);
         gsize size = 0;
-        const void *data = g_bytes_get_data (self->write_bytes, &size);
-        g_output_stream_write_all_async (g_io_stream_get_output_stream (self->stream), data, size,
-                                         G_PRIORITY_DEFAULT, self->io_cancellable,
-                                         pg_upstream_write_cb, g_object_ref (self));
+        const guint8 *data = g_bytes_get_data (part->bytes, &size);
+        gssize done = 0;
+
+        /* Commands are small: the socket nearly always takes them at once, and the
+         * command is out before its reply can be read (no async write in flight then).
+         * What it does not take, and any error, goes the async way. */
+        if (G_IS_POLLABLE_OUTPUT_STREAM (output)
+            && g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (output)))
+          done = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (output),
+                                                            data, size, NULL, NULL);
+        if (done > 0 && (gsize) done == size)
+          continue;
+        done = MAX (done, 0);
+        self->writing = TRUE;
+        self->write_bytes = g_bytes_new_from_bytes (part->bytes, (gsize) done, size - (gsize) done);
+        data = g_bytes_get_data (self->write_bytes, &size);
+        g_output_stream_write_all_async (output, data, size, G_PRIORITY_DEFAULT,
+                                         self->io_cancellable, pg_upstream_write_cb,
+                                         g_object_ref (self));
       }
     }
 }
@@ -1136,6 +1151,22 @@ pg_upstream_read (PgUpstream *self)
       return;
     }
   pg_upstream_read_now (self);
+}
+
+void
+pg_upstream_cork (PgUpstream *self)
+{
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  self->corked++;
+}
+
+void
+pg_upstream_uncork (PgUpstream *self)
+{
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (self->corked > 0);
+  if (--self->corked == 0)
+    pg_upstream_flush (self);
 }
 
 void
