@@ -253,6 +253,22 @@ pg_bench_tree_memory (GPid root, guint64 *out_rss_kb, guint64 *out_pss_kb, guint
   *out_n = pids->len;
 }
 
+static guint
+pg_bench_tree_size (GPid root)
+{
+  g_autoptr (GArray) pids = pg_bench_tree_pids (root);
+  return pids->len;
+}
+
+/* After a load, wait (up to a second) until the sessions' processes have ended and been
+ * reaped: only then is their CPU in the master's cutime. Not timed. */
+static void
+pg_bench_wait_tree_settled (GPid root, guint n_before)
+{
+  for (guint i = 0; i < 50 && pg_bench_tree_size (root) > n_before; i++)
+    g_usleep (20 * 1000);
+}
+
 /* CPU seconds used so far by a Dovecot: the master with the children it has reaped (its
  * imap/pop3/login processes end with their sessions), plus those still running. */
 static gdouble
@@ -736,6 +752,7 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
   for (gint rep = 0; rep < pg_bench_reps; rep++)
     {
       gdouble gw_cpu0 = pg_bench_gateway_cpu_s (bench, path);
+      guint up_n0 = pg_bench_tree_size (upstream);
       gdouble up_cpu0 = pg_bench_tree_cpu_s (upstream);
       g_autoptr (PgBenchLoadResult) r = pg_bench_run_load (bench, path, mailbox, k, FALSE, NULL);
       gdouble fig[9];
@@ -748,6 +765,7 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
       fig[5] = (gdouble) pg_bench_percentile (r->retr_us, 99) / 1000;
       fig[6] = r->cpu_s / r->wall_s;
       fig[7] = (pg_bench_gateway_cpu_s (bench, path) - gw_cpu0) / r->wall_s;
+      pg_bench_wait_tree_settled (upstream, up_n0);
       fig[8] = (pg_bench_tree_cpu_s (upstream) - up_cpu0) / r->wall_s;
       for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
         g_array_append_val (v[i], fig[i]);

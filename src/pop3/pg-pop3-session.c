@@ -31,10 +31,10 @@
 /* RETRs fetched ahead of the one being sent, pipelined or read ahead (only one of them can
  * hold a chunk: the upstream pauses there). Read-ahead tops the queue up only once it is
  * down to half, so the upstream gets batches of PG_POP3_PREFETCH_DEPTH / 2. */
-#define PG_POP3_PREFETCH_DEPTH 16
+#define PG_POP3_PREFETCH_DEPTH 32
 /* Read-ahead fetches no more than this many octets of messages nobody asked for yet: what
  * is wasted (read from the upstream and dropped) when the client asks for something else. */
-#define PG_POP3_READAHEAD_OCTETS (256 * 1024)
+#define PG_POP3_READAHEAD_OCTETS (512 * 1024)
 /* TOP fetches the body text in partial fetches of this size until it has its lines. */
 #define PG_POP3_TOP_PARTIAL (64 * 1024)
 /* Socket reads go into this much scratch space per session, held for the session's life
