@@ -624,6 +624,36 @@ test_peer_size_beyond_32_bits (void)
   peer_run_finish (&run);
 }
 
+/* Two pipelined RETRs go upstream as one UID FETCH 5,7; the server skips 5 (expunged) and
+ * sends 7's body with its UID after the literal. The body went to RETR 1 before anyone
+ * could know: the client must not get it as a complete message 1 (no terminating "."). */
+static void
+test_peer_body_before_uid (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SELECTED,
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5,7 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 2 EXPUNGE\r\n* 2 FETCH (BODY[] {21}\r\nSubject: 7\r\n\r\nbody7\r\n UID 7)"
+                         "\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  const char *pipelined = "RETR 1\r\nRETR 3\r\n";
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  g_assert_true (pg_test_pop3_send (run.pop3, pipelined, strlen (pipelined), &error));
+  g_assert_no_error (error);
+  g_assert_false (read_until_closed (run.pop3, &ms));
+  g_assert_cmpint (ms, <, MAX_REACTION_MS);
+  peer_run_finish (&run);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -648,6 +678,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-quit-expunge-hang", test_peer_quit_expunge_hang, FALSE },
     { "/popgate/faults/peer-quit-expunge-drop", test_peer_quit_expunge_drop, FALSE },
     { "/popgate/faults/peer-size-beyond-32-bits", test_peer_size_beyond_32_bits, FALSE },
+    { "/popgate/faults/peer-body-before-uid", test_peer_body_before_uid, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -114,6 +114,7 @@ struct _PgUpstream
   gboolean reading, writing, paused, upgrading, processing;
   GBytes *write_bytes; /* owned: the part being written */
   guint corked;        /* pg_upstream_cork() depth: commands wait in unsent */
+  guint32 guessed_uid; /* a body literal came before its UID: the UID it was routed to */
 
   GQueue unsent;          /* of PgUpstreamCmd*, owned */
   GQueue pending;         /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
@@ -395,6 +396,7 @@ pg_upstream_drop_connection (PgUpstream *self)
   g_clear_object (&self->socket);
   g_clear_pointer (&self->write_bytes, g_bytes_unref);
   self->rpos = self->rlen = 0;
+  self->guessed_uid = 0;
   /* A read still pending owns the buffer until its (cancelled) callback. */
   if (!self->reading)
     g_clear_pointer (&self->rbuf, g_free);
@@ -738,7 +740,21 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
   const PgImapValue *size_value = pg_imap_response_get_fetch_item (response, "RFC822.SIZE");
   guint64 uid = 0, size = 0;
   PgUpstreamCmd *cmd;
+  guint32 guessed = self->guessed_uid;
 
+  self->guessed_uid = 0;
+  if (guessed != 0 && (!pg_imap_value_get_number (uid_value, &uid) || uid != guessed))
+    {
+      /* The body went to the oldest FETCH waiting for one, but it was another message's
+       * (a server sending UID after the literal and skipping an expunged one). What went
+       * to the consumer is wrong: fail, so a POP3 client sees no end of that message. */
+      g_autoptr (GError) error
+          = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                         "upstream sent a body for UID %" G_GUINT64_FORMAT " where UID %u was "
+                         "expected", uid, guessed);
+      pg_upstream_fail (self, error);
+      return;
+    }
   if (size_value != NULL && pg_imap_value_get_number (uid_value, &uid)
       && pg_imap_value_get_number (size_value, &size)
       && (cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES)) != NULL)
@@ -962,6 +978,8 @@ pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
 {
   PgUpstreamCmd *cmd = pg_upstream_find_body_cmd (self, event->uid);
 
+  if (cmd != NULL && event->uid == 0)
+    self->guessed_uid = cmd->uid; /* checked when the FETCH response ends */
   if (cmd == NULL || cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
   if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
