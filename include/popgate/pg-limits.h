@@ -69,10 +69,13 @@
  * bodies excluded). Without it, MAX_ITEMS small literals could add up to gigabytes; four
  * small literals' worth covers a METADATA reply or an ID with long values. */
 #define PG_UPSTREAM_MAX_RESPONSE (4 * PG_UPSTREAM_MAX_SMALL_LITERAL)
-/* The upstream connection reads into a fixed buffer of this size (never a growing one),
- * allocated only while a reply is expected. 64 KiB: a few 10 KB messages per read while a
- * mailbox streams (16 KiB cost one read, and one main-loop turn, per message). */
-#define PG_UPSTREAM_READ_BUFFER 65536
+/* The upstream connection reads into a fixed buffer (never a growing one), allocated only
+ * while a reply is expected: this size for logins, snapshots and the like (16 KiB matches
+ * a TLS record)... */
+#define PG_UPSTREAM_READ_BUFFER 16384
+/* ...and this one while message bodies stream: a few 10 KB messages per read (16 KiB cost
+ * one read, and one main-loop turn, per message). */
+#define PG_UPSTREAM_BODY_READ_BUFFER 65536
 /* Body chunks handed to a consumer while a literal streams. */
 #define PG_UPSTREAM_BODY_CHUNK 32768
 /* Upstream reads done at once, without the main loop, before an async read (fairness:

@@ -109,6 +109,7 @@ struct _PgUpstream
    * and unanswered) waits for input with wait_source and holds no buffer: with a thousand
    * idle POP3 sessions that is 16 MiB less (DESIGN.md: an idle session costs < 64 KiB). */
   guint8 *rbuf;
+  gsize rbuf_size;      /* PG_UPSTREAM_READ_BUFFER, or PG_UPSTREAM_BODY_READ_BUFFER for bodies */
   GSource *wait_source; /* owned: readability of an idle connection (counts as reading) */
   gsize rpos, rlen;
   gboolean reading, writing, paused, upgrading, processing;
@@ -1082,6 +1083,25 @@ pg_upstream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   pg_upstream_process (self);
 }
 
+/* The read buffer for what is expected next (the buffer is empty here): the large one while
+ * message bodies stream, else the small one. Sessions free it when idle, but a heap keeps
+ * what 1,000 concurrent logins once took, so logins must not take the large one. */
+static void
+pg_upstream_ensure_rbuf (PgUpstream *self)
+{
+  gsize want = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_BODY) != NULL
+                   ? PG_UPSTREAM_BODY_READ_BUFFER
+                   : PG_UPSTREAM_READ_BUFFER;
+
+  if (self->rbuf != NULL && self->rbuf_size >= want)
+    return;
+  if (self->rbuf != NULL)
+    pg_secret_wipe (self->rbuf, self->rbuf_size); /* it may have held a login reply */
+  g_free (self->rbuf);
+  self->rbuf = g_malloc (want);
+  self->rbuf_size = want;
+}
+
 static gboolean
 pg_upstream_can_read (PgUpstream *self)
 {
@@ -1105,10 +1125,9 @@ pg_upstream_read_nonblocking (PgUpstream *self)
   if (!G_IS_POLLABLE_INPUT_STREAM (input)
       || !g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (input)))
     return FALSE;
-  if (self->rbuf == NULL)
-    self->rbuf = g_malloc (PG_UPSTREAM_READ_BUFFER);
+  pg_upstream_ensure_rbuf (self);
   n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (input), self->rbuf,
-                                                PG_UPSTREAM_READ_BUFFER, NULL, NULL);
+                                                self->rbuf_size, NULL, NULL);
   if (n <= 0)
     return FALSE;
   self->rpos = 0;
@@ -1122,10 +1141,9 @@ static void
 pg_upstream_read_now (PgUpstream *self)
 {
   self->reading = TRUE;
-  if (self->rbuf == NULL)
-    self->rbuf = g_malloc (PG_UPSTREAM_READ_BUFFER);
+  pg_upstream_ensure_rbuf (self);
   g_input_stream_read_async (g_io_stream_get_input_stream (self->stream), self->rbuf,
-                             PG_UPSTREAM_READ_BUFFER, G_PRIORITY_DEFAULT, self->io_cancellable,
+                             self->rbuf_size, G_PRIORITY_DEFAULT, self->io_cancellable,
                              pg_upstream_read_cb, g_object_ref (self));
 }
 
@@ -2460,7 +2478,7 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
                       ? g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos)
                       : g_bytes_new (NULL, 0);
   if (self->rbuf != NULL)
-    pg_secret_wipe (self->rbuf, PG_UPSTREAM_READ_BUFFER);
+    pg_secret_wipe (self->rbuf, self->rbuf_size);
   g_clear_pointer (&self->rbuf, g_free);
   self->rpos = self->rlen = 0;
   stream = g_steal_pointer (&self->stream);
