@@ -43,8 +43,6 @@ void pg_dot_stuffer_free (PgDotStuffer *stuffer);
 /* Append the stuffed form of data to out. Returns how many input bytes were taken: all of
  * them, except in TOP mode once the wanted lines are out (then fewer, and 0 after). */
 gsize pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteArray *out);
-/* Same, for a GBytes chunk. */
-gsize pg_dot_stuffer_feed_bytes (PgDotStuffer *stuffer, GBytes *chunk, GByteArray *out);
 
 /* End of message: append CRLF if the last line was not terminated, then ".\r\n". Call
  * once; the stuffer then takes no more input. */

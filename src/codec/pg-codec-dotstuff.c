@@ -188,15 +188,6 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
   return (gsize) (p - (const guint8 *) data);
 }
 
-gsize
-pg_dot_stuffer_feed_bytes (PgDotStuffer *stuffer, GBytes *chunk, GByteArray *out)
-{
-  gsize len = 0;
-  const void *data = g_bytes_get_data (chunk, &len);
-
-  return pg_dot_stuffer_feed (stuffer, data, len, out);
-}
-
 void
 pg_dot_stuffer_finish (PgDotStuffer *stuffer, GByteArray *out)
 {

@@ -104,7 +104,7 @@ struct _PgUpstream
   GIOStream *stream;                    /* owned: socket or the TLS connection on it */
   GCancellable *io_cancellable;         /* owned: cancels our pending read and write */
   PgImapParser *parser;                 /* owned */
-  /* owned: the fixed read buffer (PG_UPSTREAM_READ_BUFFER bytes, never grows), allocated
+  /* owned: the fixed read buffer (rbuf_size bytes, never grows while in use), allocated
    * only while a reply is expected or bytes wait in it. An idle connection (nothing sent
    * and unanswered) waits for input with wait_source and holds no buffer: with a thousand
    * idle POP3 sessions that is 16 MiB less (DESIGN.md: an idle session costs < 64 KiB). */
@@ -917,7 +917,9 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   self->caps_from_code = FALSE;
   pg_upstream_handle_code (self, response);
   /* A batch (see pg_upstream_batch_fetches) shares one tag: its commands follow each other
-   * in pending, and the one reply completes them all. */
+   * in pending, and the one reply completes them all. It was one command on the wire: one
+   * latency sample and one trace line. */
+  pg_upstream_observe_reply (self, cmd, response);
   while (l != NULL)
     {
       GList *next = l->next;
@@ -926,7 +928,6 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
       if (cmd->tag == NULL || strcmp (cmd->tag, response->tag) != 0)
         break;
       g_queue_delete_link (&self->pending, l);
-      pg_upstream_observe_reply (self, cmd, response);
       cmd->done (self, cmd, response, NULL);
       pg_upstream_cmd_free (cmd);
       if (self->state == PG_UPSTREAM_STATE_CLOSED)
