@@ -51,6 +51,66 @@ void pg_listen_addr_free (PgListenAddr *addr);
 gchar *pg_listen_addr_to_string (const PgListenAddr *addr);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgListenAddr, pg_listen_addr_free)
 
+typedef enum
+{
+  PG_UPSTREAM_AUTH_PASSWORD, /* the client's (or the account's) password */
+  PG_UPSTREAM_AUTH_OAUTH2,   /* an OAuth 2.0 access token (XOAUTH2 / OAUTHBEARER) */
+} PgUpstreamAuth;
+
+/* How a password goes upstream ([upstream] auth_mechanism). */
+typedef enum
+{
+  PG_AUTH_MECHANISM_AUTO,  /* AUTHENTICATE PLAIN when advertised, else LOGIN; falls back to
+                            * LOGIN once when AUTHENTICATE fails for another reason than
+                            * bad credentials */
+  PG_AUTH_MECHANISM_PLAIN,
+  PG_AUTH_MECHANISM_LOGIN,
+} PgAuthMechanism;
+
+typedef enum
+{
+  PG_OAUTH2_GRANT_REFRESH_TOKEN,      /* delegated: a per-account refresh token file */
+  PG_OAUTH2_GRANT_CLIENT_CREDENTIALS, /* app-only: no per-account file */
+} PgOAuth2Grant;
+
+typedef enum
+{
+  PG_OAUTH2_MECHANISM_AUTO, /* OAUTHBEARER if the upstream offers it, else XOAUTH2 */
+  PG_OAUTH2_MECHANISM_XOAUTH2,
+  PG_OAUTH2_MECHANISM_OAUTHBEARER,
+} PgOAuth2Mechanism;
+
+/* The oauth2_* keys of an upstream group (meaningful with auth = oauth2). */
+typedef struct
+{
+  gchar *token_url;          /* owned: https://, or http:// to a loopback host only */
+  gchar *client_id;          /* owned */
+  gchar *client_secret_file; /* owned; NULL for a public client */
+  gchar *scope;              /* owned; NULL: none sent */
+  PgOAuth2Grant grant;       /* default refresh_token */
+  PgOAuth2Mechanism mechanism; /* default auto */
+  gchar *authorize_url;      /* owned; for --oauth2-authorize (code + PKCE) */
+  gchar *device_url;         /* owned; for --oauth2-authorize (device grant, RFC 8628) */
+  gchar *ca_file;            /* owned; NULL: the system trust store. Always verified */
+} PgOAuth2Config;
+
+/* One upstream: [upstream] (name "default") or an [upstream:NAME] group. */
+typedef struct
+{
+  gchar *name;           /* owned: "default" or NAME */
+  gchar *provider;       /* owned: "generic", "gmail" or "outlook" (presets applied) */
+  gchar *host;
+  guint16 port;          /* default 993 for implicit, else 143 */
+  PgUpstreamTls tls;     /* default implicit */
+  gchar *ca_file;        /* NULL: the system trust store */
+  gchar *mailbox;        /* default "INBOX" */
+  guint timeout_ms;      /* per command; default 60 s */
+  guint connect_timeout_ms; /* default 30 s */
+  PgUpstreamAuth auth;   /* default password */
+  PgAuthMechanism auth_mechanism; /* default auto */
+  PgOAuth2Config oauth2;
+} PgUpstreamConfig;
+
 /* The whole configuration. Immutable once loaded: share it with pg_config_ref(). All
  * durations are in milliseconds. Strings are owned by the config; NULL = not set. */
 typedef struct
@@ -58,16 +118,11 @@ typedef struct
   gint ref_count;      /* private */
   gchar *source;       /* owned: the file it came from, or "(command line)" */
 
-  struct
-  {
-    gchar *host;
-    guint16 port;          /* default 993 for implicit, else 143 */
-    PgUpstreamTls tls;     /* default implicit */
-    gchar *ca_file;        /* NULL: the system trust store */
-    gchar *mailbox;        /* default "INBOX" */
-    guint timeout_ms;      /* per command; default 60 s */
-    guint connect_timeout_ms; /* default 30 s */
-  } upstream;
+  /* [upstream]: the default upstream (name "default"). */
+  PgUpstreamConfig upstream;
+  /* [upstream:NAME] groups, of PgUpstreamConfig* (owned, in file order); may be empty.
+   * Find one with pg_config_find_upstream(). */
+  GPtrArray *upstreams;
 
   struct
   {
@@ -138,6 +193,11 @@ typedef struct
     GPtrArray *trusted;
   } proxy;
 } PgConfig;
+
+/* The upstream called `name` ("default" or NULL: [upstream]), or NULL when there is none. */
+const PgUpstreamConfig *pg_config_find_upstream (const PgConfig *config, const char *name);
+void pg_upstream_config_clear (PgUpstreamConfig *upstream);
+void pg_upstream_config_free (PgUpstreamConfig *upstream);
 
 /* One line of the IMAP account map ([imap] account_map): a local login that popgate
  * checks itself and replaces upstream with other credentials. */

@@ -735,6 +735,48 @@ pg_config_listen_list_new (void)
   return g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
 }
 
+void
+pg_upstream_config_clear (PgUpstreamConfig *upstream)
+{
+  g_free (upstream->name);
+  g_free (upstream->provider);
+  g_free (upstream->host);
+  g_free (upstream->ca_file);
+  g_free (upstream->mailbox);
+  g_free (upstream->oauth2.token_url);
+  g_free (upstream->oauth2.client_id);
+  g_free (upstream->oauth2.client_secret_file);
+  g_free (upstream->oauth2.scope);
+  g_free (upstream->oauth2.authorize_url);
+  g_free (upstream->oauth2.device_url);
+  g_free (upstream->oauth2.ca_file);
+  memset (upstream, 0, sizeof *upstream);
+}
+
+void
+pg_upstream_config_free (PgUpstreamConfig *upstream)
+{
+  if (upstream == NULL)
+    return;
+  pg_upstream_config_clear (upstream);
+  g_free (upstream);
+}
+
+const PgUpstreamConfig *
+pg_config_find_upstream (const PgConfig *config, const char *name)
+{
+  if (name == NULL || g_strcmp0 (name, "default") == 0)
+    return &config->upstream;
+  for (guint i = 0; i < config->upstreams->len; i++)
+    {
+      const PgUpstreamConfig *upstream = g_ptr_array_index (config->upstreams, i);
+
+      if (g_strcmp0 (upstream->name, name) == 0)
+        return upstream;
+    }
+  return NULL;
+}
+
 static PgConfig *
 pg_config_new_defaults (const char *source)
 {
@@ -743,11 +785,14 @@ pg_config_new_defaults (const char *source)
   config->ref_count = 1;
   config->source = g_strdup (source);
 
+  config->upstream.name = g_strdup ("default");
+  config->upstream.provider = g_strdup ("generic");
   config->upstream.port = 0; /* chosen from tls once that is known */
   config->upstream.tls = PG_UPSTREAM_TLS_IMPLICIT;
   config->upstream.mailbox = g_strdup ("INBOX");
   config->upstream.timeout_ms = PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
   config->upstream.connect_timeout_ms = PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S * 1000;
+  config->upstreams = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_upstream_config_free);
 
   config->pop3.listen = pg_config_listen_list_new ();
   config->pop3.tls_listen = pg_config_listen_list_new ();
@@ -804,9 +849,8 @@ pg_config_unref (PgConfig *config)
     return;
 
   g_free (config->source);
-  g_free (config->upstream.host);
-  g_free (config->upstream.ca_file);
-  g_free (config->upstream.mailbox);
+  pg_upstream_config_clear (&config->upstream);
+  g_ptr_array_unref (config->upstreams);
   g_ptr_array_unref (config->pop3.listen);
   g_ptr_array_unref (config->pop3.tls_listen);
   g_free (config->pop3.move_mailbox);
