@@ -35,8 +35,7 @@ static gboolean pg_main_trace = FALSE; /* --trace: on whatever the config says *
 
 /* Tell the service manager about a state change ("READY=1", "STOPPING=1", ...) with a
  * STATUS= line for `systemctl status`. */
-static void G_GNUC_PRINTF (2, 3)
-pg_main_notify (const char *state, const char *status_format, ...)
+static void G_GNUC_PRINTF (2, 3) pg_main_notify (const char *state, const char *status_format, ...)
 {
 #if PG_HAVE_LIBSYSTEMD
   g_autofree gchar *status = NULL;
@@ -80,8 +79,8 @@ pg_main_inherited_free (PgMainInherited *inherited)
 static GPtrArray *
 pg_main_inherited_sockets (GError **error)
 {
-  g_autoptr (GPtrArray) out = g_ptr_array_new_with_free_func (
-      (GDestroyNotify) pg_main_inherited_free);
+  g_autoptr (GPtrArray) out
+      = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_main_inherited_free);
 #if PG_HAVE_LIBSYSTEMD
   static const struct
   {
@@ -99,8 +98,7 @@ pg_main_inherited_sockets (GError **error)
 
   if (n < 0)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: %s",
-                   g_strerror (-n));
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: %s", g_strerror (-n));
       return NULL;
     }
   for (int i = 0; i < n; i++)
@@ -139,8 +137,8 @@ pg_main_inherited_sockets (GError **error)
       inherited->socket = g_socket_new_from_fd (fd, &local_error);
       if (inherited->socket == NULL)
         {
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: fd %d (%s): %s",
-                       fd, name, local_error->message);
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: fd %d (%s): %s", fd,
+                       name, local_error->message);
           return NULL;
         }
     }
@@ -216,8 +214,8 @@ pg_main_reload_cb (gpointer user_data)
   PgMainState *state = user_data;
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = NULL;
-  g_autofree gchar *monotonic = g_strdup_printf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT,
-                                                 g_get_monotonic_time ());
+  g_autofree gchar *monotonic
+      = g_strdup_printf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
 
   pg_main_notify (monotonic, "reloading the configuration");
   config = pg_config_load (state->config_path, state->overrides, &error);
@@ -285,7 +283,7 @@ main (int argc, char **argv)
     G_OPTION_ENTRY_NULL,
   };
   g_autoptr (GOptionContext) context
-    = g_option_context_new ("- POP3/IMAP gateway to an IMAP store");
+      = g_option_context_new ("- POP3/IMAP gateway to an IMAP store");
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = NULL;
   g_autoptr (GPtrArray) inherited = NULL;
@@ -293,11 +291,11 @@ main (int argc, char **argv)
 
   g_option_context_add_main_entries (context, entries, NULL);
   g_option_context_set_description (
-    context, "Without --config, --upstream and --pop3-listen/--imap-listen build a config\n"
-             "from the defaults. Flags override the file.\n"
-             "Examples:\n"
-             "  popgate --config /etc/popgate/popgate.conf --check\n"
-             "  popgate --upstream imaps://imap.example.com --pop3-listen 127.0.0.1:1110\n");
+      context, "Without --config, --upstream and --pop3-listen/--imap-listen build a config\n"
+               "from the defaults. Flags override the file.\n"
+               "Examples:\n"
+               "  popgate --config /etc/popgate/popgate.conf --check\n"
+               "  popgate --upstream imaps://imap.example.com --pop3-listen 127.0.0.1:1110\n");
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
       fprintf (stderr, "popgate: %s (try --help)\n", error->message);
@@ -396,15 +394,14 @@ main (int argc, char **argv)
       {
         PgMainInherited *item = g_ptr_array_index (inherited, i);
 
-        if (!pg_server_adopt_socket (state.server, item->frontend, item->tls,
-                                     item->socket, &error))
+        if (!pg_server_adopt_socket (state.server, item->frontend, item->tls, item->socket, &error))
           break;
-        pg_session_message (0, "socket activation: %s socket from systemd serves %s%s; the "
-                               "config's [%s] %s is not used",
-                            item->name, pg_frontend_to_string (item->frontend),
-                            item->tls ? " (implicit TLS)" : "",
-                            pg_frontend_to_string (item->frontend),
-                            item->tls ? "tls_listen" : "listen");
+        pg_session_message (
+            0,
+            "socket activation: %s socket from systemd serves %s%s; the "
+            "config's [%s] %s is not used",
+            item->name, pg_frontend_to_string (item->frontend), item->tls ? " (implicit TLS)" : "",
+            pg_frontend_to_string (item->frontend), item->tls ? "tls_listen" : "listen");
       }
     if (error != NULL || !pg_server_start (state.server, &error))
       {

@@ -23,8 +23,8 @@ typedef struct
 {
   gboolean done;
   gboolean timed_out;
-  gchar *out; /* owned */
-  gchar *err; /* owned */
+  gchar *out;    /* owned */
+  gchar *err;    /* owned */
   GError *error; /* owned */
 } RunState;
 
@@ -102,9 +102,9 @@ run_popgate (const char *const *args, gchar **out_stdout, gchar **out_stderr)
   g_ptr_array_add (argv, NULL);
 
   g_main_context_push_thread_default (context);
-  process = g_subprocess_newv ((const gchar *const *) argv->pdata,
-                               G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE,
-                               &error);
+  process
+      = g_subprocess_newv ((const gchar *const *) argv->pdata,
+                           G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE, &error);
   g_assert_no_error (error);
   g_subprocess_communicate_utf8_async (process, NULL, NULL, run_communicate_cb, &state);
   g_source_set_callback (deadline, run_deadline_cb, &state, NULL);
@@ -130,12 +130,12 @@ run_popgate (const char *const *args, gchar **out_stdout, gchar **out_stderr)
   return status;
 }
 
-#define ASSERT_CONTAINS(haystack, needle)                                                     \
-  do                                                                                          \
-    {                                                                                         \
-      if (strstr ((haystack), (needle)) == NULL)                                              \
-        g_error ("expected \"%s\" in: %s", (needle), (haystack));                             \
-    }                                                                                         \
+#define ASSERT_CONTAINS(haystack, needle)                                                          \
+  do                                                                                               \
+    {                                                                                              \
+      if (strstr ((haystack), (needle)) == NULL)                                                   \
+        g_error ("expected \"%s\" in: %s", (needle), (haystack));                                  \
+    }                                                                                              \
   while (0)
 
 static void
@@ -160,7 +160,7 @@ test_check_bad (CheckFixture *fixture, gconstpointer data)
                                          "[upstream]\nhost = imap.example.com\n"
                                          "[pop3]\nlisten = 127.0.0.1:1110\ndelete = purge\n");
   g_autofree gchar *expected = g_strdup_printf (
-    "popgate: %s: [pop3] delete: \"purge\" is not one of expunge, move:MAILBOX, keep\n", path);
+      "popgate: %s: [pop3] delete: \"purge\" is not one of expunge, move:MAILBOX, keep\n", path);
   const char *args[] = { "--config", path, "--check", NULL };
   g_autofree gchar *out = NULL;
   g_autofree gchar *err = NULL;
@@ -186,7 +186,7 @@ static void
 test_check_example (void)
 {
   g_autofree gchar *path
-    = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.example", NULL);
+      = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.example", NULL);
   const char *args[] = { "--config", path, "--check", NULL };
   g_autofree gchar *out = NULL;
   g_autofree gchar *err = NULL;
@@ -198,11 +198,19 @@ test_check_example (void)
 static void
 test_flags_without_file (void)
 {
-  const char *good[] = { "--upstream", "imaps://imap.example.com", "--pop3-listen",
-                         "127.0.0.1:1110", "--imap-listen", "[::1]:1143", "--imap-listen",
-                         "127.0.0.1:1143", "-vv", "--check", NULL };
-  const char *bad[] = { "--upstream", "imap.example.com", "--pop3-listen", "localhost:1110",
-                        "--check", NULL };
+  const char *good[] = { "--upstream",
+                         "imaps://imap.example.com",
+                         "--pop3-listen",
+                         "127.0.0.1:1110",
+                         "--imap-listen",
+                         "[::1]:1143",
+                         "--imap-listen",
+                         "127.0.0.1:1143",
+                         "-vv",
+                         "--check",
+                         NULL };
+  const char *bad[]
+      = { "--upstream", "imap.example.com", "--pop3-listen", "localhost:1110", "--check", NULL };
   const char *no_listener[] = { "--upstream", "imap.example.com", "--check", NULL };
   g_autofree gchar *out = NULL;
   g_autofree gchar *err = NULL;
@@ -226,8 +234,8 @@ static void
 test_flags_override_file (CheckFixture *fixture, gconstpointer data)
 {
   /* The file alone is invalid (no listener); the flag completes it. */
-  g_autofree gchar *path = write_config (fixture, "partial.conf",
-                                         "[upstream]\nhost = imap.example.com\n");
+  g_autofree gchar *path
+      = write_config (fixture, "partial.conf", "[upstream]\nhost = imap.example.com\n");
   const char *args[] = { "--config", path, "--pop3-listen", "127.0.0.1:1110", "--check", NULL };
   const char *without[] = { "--config", path, "--check", NULL };
   g_autofree gchar *out = NULL;

@@ -10,8 +10,8 @@
 static GHashTable *
 pg_test_install_example_keys (void)
 {
-  g_autofree gchar *path = g_test_build_filename (G_TEST_DIST, "..", "data",
-                                                  "popgate.conf.example", NULL);
+  g_autofree gchar *path
+      = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.example", NULL);
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^\\[([a-z0-9]+)\\]", 0, 0, NULL);
@@ -47,8 +47,8 @@ pg_test_install_example_keys (void)
 static GHashTable *
 pg_test_install_man_keys (void)
 {
-  g_autofree gchar *path = g_test_build_filename (G_TEST_DIST, "..", "data",
-                                                  "popgate.conf.5.scd", NULL);
+  g_autofree gchar *path
+      = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.5.scd", NULL);
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^## \\[([a-z0-9]+)\\]$", 0, 0, NULL);
@@ -142,8 +142,8 @@ test_install_destdir (void)
   g_assert_nonnull (build_root);
   g_assert_nonnull (installed);
   {
-    const char *argv[] = { "meson", "install", "-C", build_root, "--no-rebuild", "--quiet",
-                           "--destdir", destdir, NULL };
+    const char *argv[] = { "meson",   "install",   "-C",    build_root, "--no-rebuild",
+                           "--quiet", "--destdir", destdir, NULL };
     pg_test_run (argv, NULL, 60000, &output, &error);
     g_assert_no_error (error);
   }

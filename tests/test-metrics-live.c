@@ -177,8 +177,6 @@ no_pop3_sessions_cb (gpointer user_data)
                 == 0;
 }
 
-
-
 static PgTestPop3 *
 pop3_connect (Fixture *fx)
 {

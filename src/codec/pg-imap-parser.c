@@ -61,7 +61,7 @@ struct _PgImapParser
   guint64 lit_done; /* bytes of the literal consumed so far */
   gchar *lit_buf;   /* owned: small literal being copied */
   gchar *body_item; /* owned: item name of the body being streamed */
-  guint64 body_uid;  /* UID of the FETCH whose body is being streamed, 0 if not given */
+  guint64 body_uid; /* UID of the FETCH whose body is being streamed, 0 if not given */
   GError *error;    /* owned: the error that killed the parser */
 };
 
@@ -963,7 +963,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
           n = (gsize) MIN ((guint64) (len - pos), MIN (left, (guint64) PG_UPSTREAM_BODY_CHUNK));
           pg_imap_parser_event_clear (out_event);
           out_event->seq = parser->response->number;
-              out_event->uid = parser->body_uid;
+          out_event->uid = parser->body_uid;
           out_event->item = parser->body_item;
           out_event->size = parser->lit_size;
           out_event->offset = parser->lit_done;

@@ -17,13 +17,13 @@
 
 struct _PgPop3Maildrop
 {
-  PgConfig *config;       /* owned */
+  PgConfig *config; /* owned */
   guint64 sid;
-  gchar *client_ip;       /* owned */
-  PgUpstream *upstream;   /* owned */
-  GArray *messages;       /* owned, of PgPop3Message */
-  GArray *dates;          /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
-  GHashTable *big_sizes;  /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
+  gchar *client_ip;      /* owned */
+  PgUpstream *upstream;  /* owned */
+  GArray *messages;      /* owned, of PgPop3Message */
+  GArray *dates;         /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
+  GHashTable *big_sizes; /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
 };
@@ -108,10 +108,10 @@ pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer
 typedef struct
 {
   PgPop3Maildrop *maildrop; /* unowned: the session keeps it alive until we complete */
-  PgSecret *user;      /* owned (a user name is not secret, but it travels with one) */
-  PgSecret *password;  /* owned, wiped on free */
-  guint pending;       /* pipelined operations still to complete */
-  GError *error;       /* owned: the first failure of a pipelined step */
+  PgSecret *user;           /* owned (a user name is not secret, but it travels with one) */
+  PgSecret *password;       /* owned, wiped on free */
+  guint pending;            /* pipelined operations still to complete */
+  GError *error;            /* owned: the first failure of a pipelined step */
   gboolean auth_failed;
 } PgOpenData;
 
@@ -310,8 +310,7 @@ pg_pop3_maildrop_login_cb (GObject *source, GAsyncResult *result, gpointer user_
                                          pg_pop3_maildrop_sizes_cb, task);
   else
     pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
-                                   g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb,
-                                   task);
+                                   g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb, task);
 }
 
 static void
@@ -342,8 +341,8 @@ pg_pop3_maildrop_connect_cb (GObject *source, GAsyncResult *result, gpointer use
    * carries UTF-8 cleanly); LOGIN with literals otherwise. */
   if (pg_upstream_has_capability (maildrop->upstream, "AUTH=PLAIN"))
     pg_upstream_authenticate_plain_async (maildrop->upstream, data->user, data->password,
-                                          g_task_get_cancellable (task),
-                                          pg_pop3_maildrop_login_cb, task);
+                                          g_task_get_cancellable (task), pg_pop3_maildrop_login_cb,
+                                          task);
   else
     pg_upstream_login_async (maildrop->upstream, data->user, data->password,
                              g_task_get_cancellable (task), pg_pop3_maildrop_login_cb, task);
@@ -462,9 +461,9 @@ typedef struct
   GArray *deleted;          /* owned */
   GArray *seen;             /* owned */
   PgDeletePolicy policy;
-  gchar *move_mailbox;      /* owned: PG_DELETE_MOVE's mailbox, else NULL */
+  gchar *move_mailbox; /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
-  GString *problems;        /* owned: what was not applied */
+  GString *problems; /* owned: what was not applied */
 } PgUpdateData;
 
 static void
@@ -479,8 +478,8 @@ pg_update_data_free (PgUpdateData *data)
 
 static void pg_pop3_maildrop_update_next (GTask *task);
 
-static void
-pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
+    G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
@@ -515,8 +514,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_FLAG_DELETED:
       if (!pg_upstream_add_flags_finish (upstream, result, &error))
         {
-          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
-                                           data->deleted->len, error->message);
+          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)", data->deleted->len,
+                                           error->message);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
@@ -525,9 +524,12 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           /* Never a plain EXPUNGE: it would also remove what an IMAP user flagged
            * \Deleted and meant to keep. The messages stay flagged. */
-          pg_session_warning (maildrop->sid, "upstream lacks UIDPLUS: %u messages left "
-                              "flagged \\Deleted, not expunged", data->deleted->len);
-          pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks UIDPLUS: %u messages left "
+                              "flagged \\Deleted, not expunged",
+                              data->deleted->len);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages flagged \\Deleted but not "
                                            "expunged: the server lacks UIDPLUS",
                                            data->deleted->len);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
@@ -538,8 +540,10 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       break;
     case PG_UPDATE_EXPUNGE:
       if (!pg_upstream_expunge_finish (upstream, result, &error))
-        pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
-                                         "expunged (%s)", data->deleted->len, error->message);
+        pg_pop3_maildrop_update_problem (data,
+                                         "%u messages flagged \\Deleted but not "
+                                         "expunged (%s)",
+                                         data->deleted->len, error->message);
       pg_metrics_dele (error == NULL ? PG_METRICS_DELE_EXPUNGED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
       data->step = PG_UPDATE_DONE;
@@ -547,17 +551,17 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
-                                         data->deleted->len, data->move_mailbox,
-                                         error->message);
+                                         data->deleted->len, data->move_mailbox, error->message);
       else if (!removed)
         {
-          pg_session_warning (maildrop->sid, "upstream lacks MOVE and UIDPLUS: %u messages "
-                              "copied to %s and left flagged \\Deleted", data->deleted->len,
-                              data->move_mailbox);
-          pg_pop3_maildrop_update_problem (data, "%u messages copied to %s but left flagged "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks MOVE and UIDPLUS: %u messages "
+                              "copied to %s and left flagged \\Deleted",
+                              data->deleted->len, data->move_mailbox);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages copied to %s but left flagged "
                                            "\\Deleted: the server lacks UIDPLUS",
-                                           data->deleted->len,
-                                           data->move_mailbox);
+                                           data->deleted->len, data->move_mailbox);
         }
       pg_metrics_dele (error == NULL && removed ? PG_METRICS_DELE_MOVED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
@@ -601,8 +605,8 @@ pg_pop3_maildrop_update_next (GTask *task)
             {
               data->step = PG_UPDATE_MOVE;
               pg_upstream_move_async (upstream, (const guint32 *) data->deleted->data,
-                                      data->deleted->len, data->move_mailbox,
-                                      cancellable, pg_pop3_maildrop_update_step_cb, task);
+                                      data->deleted->len, data->move_mailbox, cancellable,
+                                      pg_pop3_maildrop_update_step_cb, task);
               return;
             }
           pg_upstream_add_flags_async (upstream, (const guint32 *) data->deleted->data,
@@ -618,8 +622,7 @@ pg_pop3_maildrop_update_next (GTask *task)
           g_assert_not_reached ();
         case PG_UPDATE_DONE:
           if (data->problems->len > 0)
-            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s",
-                                     data->problems->str);
+            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s", data->problems->str);
           else
             g_task_return_boolean (task, TRUE);
           g_object_unref (task);
