@@ -162,6 +162,25 @@ test_systemd_hardening (void)
       g_assert_true (found);
     }
   g_assert_null (strstr (text, "@SBINDIR@"));
+  g_assert_null (strstr (text, "@CONFIGURATION_DIRECTORY@"));
+  /* A broken config fails the start, or the reload before the signal is sent. */
+  {
+    const char *pre = strstr (text, "\nExecStartPre=");
+    const char *reload = strstr (text, "\nExecReload=");
+    const char *hup = strstr (text, "\nExecReload=/bin/kill -HUP $MAINPID");
+
+    g_assert_nonnull (pre);
+    g_assert_nonnull (strstr (pre, " --check --socket-activation\n"));
+    g_assert_nonnull (reload);
+    g_assert_nonnull (hup);
+    g_assert_true (reload < hup);
+    {
+      g_autofree gchar *first
+          = g_strndup (reload + 1, (gsize) (strchr (reload + 1, '\n') - reload - 1));
+
+      g_assert_nonnull (strstr (first, " --check"));
+    }
+  }
 
   /* Each socket unit names its descriptor after the front end it feeds. */
   for (gsize i = 0; i < G_N_ELEMENTS (pg_test_units); i++)

@@ -214,6 +214,9 @@ const PgImapAccount *pg_config_find_imap_account (const PgConfig *config, const 
 /* Does `password` match the account's local secret? Constant time in the password. */
 gboolean pg_config_imap_account_check (const PgImapAccount *account, const char *password);
 
+/* Is `key` a key of `group` (tests check the docs against the code's key table)? */
+gboolean pg_config_is_known_key (const char *group, const char *key);
+
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */
 PgConfig *pg_config_load_file (const char *path, GError **error);
@@ -225,10 +228,13 @@ PgConfig *pg_config_load_data (const char *data, gsize len, const char *source, 
  * are not set. */
 typedef struct
 {
-  const char *upstream;    /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
-                            * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
-  const char *pop3_listen; /* a listen list, replaces [pop3] listen */
-  const char *imap_listen; /* a listen list, replaces [imap] listen */
+  const char *upstream;     /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
+                             * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
+  const char *upstream_tls; /* "none", "starttls" or "implicit": replaces [upstream] tls
+                             * (also the one --upstream's scheme implies) */
+  const char *upstream_ca;  /* a CA file (absolute path): replaces [upstream] ca_file */
+  const char *pop3_listen;  /* a listen list, replaces [pop3] listen */
+  const char *imap_listen;  /* a listen list, replaces [imap] listen */
   /* Listeners come from systemd (socket activation): the config may then name none. */
   gboolean inherited_listeners;
 } PgConfigOverrides;

@@ -59,6 +59,18 @@ static const PgConfigGroup pg_config_groups[] = {
   { "proxy", pg_config_proxy_keys },
 };
 
+gboolean
+pg_config_is_known_key (const char *group, const char *key)
+{
+  /* [upstream:NAME] groups take the keys of [upstream]. */
+  if (g_str_has_prefix (group, "upstream:"))
+    group = "upstream";
+  for (gsize g = 0; g < G_N_ELEMENTS (pg_config_groups); g++)
+    if (strcmp (group, pg_config_groups[g].name) == 0)
+      return g_strv_contains (pg_config_groups[g].keys, key);
+  return FALSE;
+}
+
 /* Who may send a PROXY header unless [proxy] trusted says otherwise: a load balancer on
  * the same host. Anything wider must be written down by the admin. */
 #define PG_CONFIG_DEFAULT_PROXY_TRUSTED "127.0.0.0/8, ::1/128"
@@ -1595,7 +1607,7 @@ pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GE
     }
   else if (g_ascii_strncasecmp (value, "imap://", 7) == 0)
     {
-      /* Certificates are always verified; plaintext upstream needs tls = none in a file. */
+      /* Certificates are always verified; a plaintext upstream: --upstream-tls none. */
       pg_config_set_override (loader, "upstream", "tls", "starttls", "--upstream");
       value += 7;
     }
@@ -1659,6 +1671,13 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const ch
       loader.inherited_listeners = overrides->inherited_listeners;
       if (overrides->upstream != NULL)
         ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
+      /* After --upstream, whose scheme implies a tls mode: the explicit flag wins. */
+      if (ok && overrides->upstream_tls != NULL)
+        pg_config_set_override (&loader, "upstream", "tls", overrides->upstream_tls,
+                                "--upstream-tls");
+      if (ok && overrides->upstream_ca != NULL)
+        pg_config_set_override (&loader, "upstream", "ca_file", overrides->upstream_ca,
+                                "--upstream-ca");
       if (ok && overrides->pop3_listen != NULL)
         pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen, "--pop3-listen");
       if (ok && overrides->imap_listen != NULL)

@@ -143,8 +143,17 @@ pg_log_escape (const void *data, gsize len, gsize max_len)
   for (gsize i = 0; i < shown; i++)
     {
       guchar c = p[i];
+      /* A backslash is doubled only where it could read as one of our escapes (before
+       * x, r, n, a backslash, or a byte that is itself escaped), so "(\Deleted)" stays
+       * readable and "\x41" in the text cannot pass for a byte. */
       if (c == '\\')
-        g_string_append (out, "\\\\");
+        {
+          guchar next = i + 1 < shown ? p[i + 1] : 'x';
+          gboolean ambiguous = next == 'x' || next == 'r' || next == 'n' || next == '\\'
+                               || next < 0x20 || next >= 0x7f;
+
+          g_string_append (out, ambiguous ? "\\\\" : "\\");
+        }
       else if (c >= 0x20 && c < 0x7f)
         g_string_append_c (out, (gchar) c);
       else if (c == '\r')

@@ -8,6 +8,7 @@
  */
 #include "pg-net-private.h"
 
+#include "popgate/pg-tls.h"
 #include "popgate/pg-codec-proxy.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
@@ -745,6 +746,12 @@ pg_server_load_certificate (PgConfig *config, GError **error)
 
   if (config->tls.cert == NULL || config->tls.key == NULL)
     return NULL;
+  /* GIO loads a key of another certificate without a word; every handshake would fail. */
+  if (!pg_tls_check_pair (config->tls.cert, config->tls.key, error))
+    {
+      g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
+      return NULL;
+    }
   cert = g_tls_certificate_new_from_files (config->tls.cert, config->tls.key, error);
   if (cert == NULL)
     g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
