@@ -697,7 +697,8 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
     g_assert_null (config);
     g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
     g_assert_true (
-        g_str_has_prefix (error->message, "(command line) --upstream: [upstream] port: "));
+        g_str_has_prefix (error->message, "(command line) --upstream: [upstream] host: "));
+    g_test_message ("%s", error->message);
   }
   {
     PgConfigOverrides overrides = { .upstream = "[::1", .pop3_listen = "127.0.0.1:1" };

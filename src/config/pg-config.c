@@ -1593,53 +1593,44 @@ pg_config_set_override (PgConfigLoader *loader, const char *group, const char *k
 static gboolean
 pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GError **error)
 {
-  g_autofree gchar *rest = NULL;
   g_autofree gchar *host = NULL;
-  const char *port = NULL;
-  gsize len = 0;
+  g_autofree gchar *port = NULL;
+  g_autoptr (GError) local_error = NULL;
 
   /* So that a malformed flag is reported as the flag's error, not the file's. */
   pg_config_note_origin (loader, "upstream", "host", "--upstream");
-  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0)
+  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0
+      || g_ascii_strncasecmp (value, "imap://", 7) == 0)
     {
-      pg_config_set_override (loader, "upstream", "tls", "implicit", "--upstream");
-      value += 8;
-    }
-  else if (g_ascii_strncasecmp (value, "imap://", 7) == 0)
-    {
+      g_autofree gchar *scheme = NULL;
+      g_autofree gchar *uri = g_strdup (value);
+      gsize len = strlen (uri);
+      gint uri_port = -1;
+
+      if (len > 0 && uri[len - 1] == '/')
+        uri[len - 1] = '\0';
       /* Certificates are always verified; a plaintext upstream: --upstream-tls none. */
-      pg_config_set_override (loader, "upstream", "tls", "starttls", "--upstream");
-      value += 7;
-    }
-  rest = g_strdup (value);
-  len = strlen (rest);
-  if (len > 0 && rest[len - 1] == '/')
-    rest[len - 1] = '\0';
-
-  if (rest[0] == '[')
-    {
-      char *close = strchr (rest, ']');
-
-      if (close == NULL || (close[1] != '\0' && close[1] != ':'))
-        return pg_config_fail (loader, "upstream", "host", error,
-                               "an IPv6 address is written [ADDR] or [ADDR]:PORT");
-      host = g_strndup (rest + 1, (gsize) (close - rest - 1));
-      if (close[1] == ':')
-        port = close + 2;
+      if (!g_uri_split_network (uri, G_URI_FLAGS_NONE, &scheme, &host, &uri_port, &local_error))
+        return pg_config_fail (loader, "upstream", "host", error, "%s", local_error->message);
+      pg_config_set_override (loader, "upstream", "tls",
+                              g_ascii_strcasecmp (scheme, "imaps") == 0 ? "implicit" : "starttls",
+                              "--upstream");
+      if (uri_port > 0)
+        port = g_strdup_printf ("%d", uri_port);
     }
   else
     {
-      char *colon = strchr (rest, ':');
+      g_autoptr (GSocketConnectable) address = g_network_address_parse (value, 0, &local_error);
 
-      /* More than one colon without brackets: a bare IPv6 address, no port. */
-      if (colon != NULL && strchr (colon + 1, ':') == NULL)
-        {
-          *colon = '\0';
-          port = colon + 1;
-        }
-      host = g_strdup (rest);
+      if (address == NULL)
+        return pg_config_fail (loader, "upstream", "host", error,
+                               "%s (write HOST, HOST:PORT, [ADDR]:PORT or imaps://HOST:PORT)",
+                               local_error->message);
+      host = g_strdup (g_network_address_get_hostname (G_NETWORK_ADDRESS (address)));
+      if (g_network_address_get_port (G_NETWORK_ADDRESS (address)) != 0)
+        port = g_strdup_printf ("%u", g_network_address_get_port (G_NETWORK_ADDRESS (address)));
     }
-  if (host[0] == '\0')
+  if (host == NULL || host[0] == '\0')
     return pg_config_fail (loader, "upstream", "host", error, "missing host name");
   pg_config_set_override (loader, "upstream", "host", host, "--upstream");
   if (port != NULL)
