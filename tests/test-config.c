@@ -779,7 +779,7 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
 
   g_file_get_contents (path, &contents, NULL, &error);
   g_assert_no_error (error);
-  setting = g_regex_new ("^#([a-z_]+) = (.*)$", 0, 0, &error);
+  setting = g_regex_new ("^#([a-z0-9_]+) = (.*)$", 0, 0, &error);
   g_assert_no_error (error);
 
   lines = g_strsplit (contents, "\n", -1);
@@ -798,15 +798,28 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
             g_string_append_printf (text, "key = %s\n", key);
           else if (g_str_equal (name, "ca_file"))
             g_string_append_printf (text, "ca_file = %s\n", ca);
+          else if (g_str_equal (name, "oauth2_ca_file"))
+            g_string_append_printf (text, "oauth2_ca_file = %s\n", ca);
+          else if (g_str_equal (name, "oauth2_client_secret_file"))
+            {
+              g_autofree gchar *secret = write_file (fixture->dir, "client.secret", "s\n");
+              g_assert_cmpint (g_chmod (secret, 0600), ==, 0);
+              g_string_append_printf (text, "oauth2_client_secret_file = %s\n", secret);
+            }
+          else if (g_str_equal (name, "file"))
+            {
+              /* The accounts file and its password file must exist and be 0600. */
+              g_autofree gchar *pw = write_file (fixture->dir, "up-pw", "secret\n");
+              g_autofree gchar *accounts
+                  = write_file (fixture->dir, "accounts", "u {PLAIN}l default up password:up-pw\n");
+              g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+              g_assert_cmpint (g_chmod (accounts, 0600), ==, 0);
+              g_string_append_printf (text, "file = %s\n", accounts);
+            }
           else if (g_str_equal (name, "account_map"))
             {
-              /* The map and its password file must exist and be 0600. */
-              g_autofree gchar *pw = write_file (fixture->dir, "imap-pw", "secret\n");
-              g_autofree gchar *map
-                  = write_file (fixture->dir, "imap-accounts", "u {PLAIN}l up imap-pw\n");
-              g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
-              g_assert_cmpint (g_chmod (map, 0600), ==, 0);
-              g_string_append_printf (text, "account_map = %s\n", map);
+              /* Its deprecated alias cannot be set with it (test_imap_account_map and
+               * test_accounts cover both). */
             }
           else
             g_string_append_printf (text, "%s\n", lines[i] + 1);
@@ -814,8 +827,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 39 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 36);
+  /* 52 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 49);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);
@@ -823,6 +836,12 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
   defaults = load_ok (MINIMAL);
 
   g_assert_cmpint (all->upstream.port, ==, defaults->upstream.port);
+  g_assert_cmpstr (all->upstream.provider, ==, defaults->upstream.provider);
+  g_assert_cmpint (all->upstream.auth, ==, defaults->upstream.auth);
+  g_assert_cmpint (all->upstream.auth_mechanism, ==, defaults->upstream.auth_mechanism);
+  g_assert_cmpint (all->upstream.oauth2.grant, ==, defaults->upstream.oauth2.grant);
+  g_assert_cmpint (all->upstream.oauth2.mechanism, ==, defaults->upstream.oauth2.mechanism);
+  g_assert_nonnull (pg_config_find_account (all, "u"));
   g_assert_cmpint (all->upstream.tls, ==, defaults->upstream.tls);
   g_assert_cmpstr (all->upstream.mailbox, ==, defaults->upstream.mailbox);
   g_assert_cmpuint (all->upstream.timeout_ms, ==, defaults->upstream.timeout_ms);
