@@ -16,7 +16,7 @@ pg_test_install_example_keys (void)
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^\\[([a-z0-9]+)\\]", 0, 0, NULL);
-  g_autoptr (GRegex) key_re = g_regex_new ("^#?([a-z_]+) = ", 0, 0, NULL);
+  g_autoptr (GRegex) key_re = g_regex_new ("^#?([a-z0-9_]+) = ", 0, 0, NULL);
   g_auto (GStrv) lines = NULL;
   g_autofree gchar *group = NULL;
   GHashTable *keys = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
@@ -53,7 +53,7 @@ pg_test_install_man_keys (void)
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^## \\[([a-z0-9]+)\\]$", 0, 0, NULL);
-  g_autoptr (GRegex) key_re = g_regex_new ("^\\*([a-z_]+)\\* = ", 0, 0, NULL);
+  g_autoptr (GRegex) key_re = g_regex_new ("^\\*([a-z0-9_]+)\\* = ", 0, 0, NULL);
   g_auto (GStrv) lines = NULL;
   g_autofree gchar *group = NULL;
   GHashTable *keys = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);

@@ -95,7 +95,8 @@ struct _PgUpstream
 {
   GObject parent_instance;
 
-  PgConfig *config; /* owned */
+  PgConfig *config;                        /* owned: keeps upstream_config alive */
+  const PgUpstreamConfig *upstream_config; /* unowned: in config */
   guint64 sid;
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
@@ -334,7 +335,7 @@ pg_upstream_timeout_cb (gpointer user_data)
       return G_SOURCE_REMOVE;
     }
   error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
-                       self->config->upstream.timeout_ms);
+                       self->upstream_config->timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
   return G_SOURCE_REMOVE;
@@ -355,7 +356,7 @@ static void
 pg_upstream_update_timeout (PgUpstream *self)
 {
   if (self->paused || self->state == PG_UPSTREAM_STATE_CLOSED
-      || self->config->upstream.timeout_ms == 0
+      || self->upstream_config->timeout_ms == 0
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
     {
       if (self->timeout_source != NULL)
@@ -365,9 +366,9 @@ pg_upstream_update_timeout (PgUpstream *self)
         }
       return;
     }
-  self->deadline_us = g_get_monotonic_time () + (gint64) self->config->upstream.timeout_ms * 1000;
+  self->deadline_us = g_get_monotonic_time () + (gint64) self->upstream_config->timeout_ms * 1000;
   if (self->timeout_source == NULL)
-    pg_upstream_arm_timeout (self, self->config->upstream.timeout_ms);
+    pg_upstream_arm_timeout (self, self->upstream_config->timeout_ms);
 }
 
 /* --- closing ---------------------------------------------------------------------------- */
@@ -1310,7 +1311,7 @@ pg_upstream_start_tls (PgUpstream *self)
   g_autoptr (GIOStream) tls = NULL;
   g_autoptr (GTlsDatabase) database = NULL;
 
-  identity = g_network_address_new (self->config->upstream.host, self->config->upstream.port);
+  identity = g_network_address_new (self->upstream_config->host, self->upstream_config->port);
   tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
   if (tls == NULL)
     {
@@ -1318,14 +1319,14 @@ pg_upstream_start_tls (PgUpstream *self)
           self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s", error->message));
       return;
     }
-  if (self->config->upstream.ca_file != NULL)
+  if (self->upstream_config->ca_file != NULL)
     {
-      database = g_tls_file_database_new (self->config->upstream.ca_file, &error);
+      database = g_tls_file_database_new (self->upstream_config->ca_file, &error);
       if (database == NULL)
         {
           pg_upstream_connect_done (self,
                                     g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream CA file %s: %s",
-                                                 self->config->upstream.ca_file, error->message));
+                                                 self->upstream_config->ca_file, error->message));
           return;
         }
       g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
@@ -1394,7 +1395,7 @@ pg_upstream_queue_capability (PgUpstream *self, GTask *task)
 static void
 pg_upstream_connect_after_caps (PgUpstream *self)
 {
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
     {
       PgUpstreamCmd *cmd;
 
@@ -1437,7 +1438,7 @@ pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImap
     }
   if (greeting->status == PG_IMAP_STATUS_PREAUTH)
     {
-      if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+      if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
         {
           /* RFC 9051 §11.1: PREAUTH on a connection that should get STARTTLS is an attack
            * or a misconfiguration; either way we must not go on in plaintext. */
@@ -1503,7 +1504,7 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
                               1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_IMPLICIT)
     pg_upstream_start_tls (self);
   else
     pg_upstream_start_session (self);
@@ -1518,7 +1519,7 @@ pg_upstream_connect_timeout_cb (gpointer user_data)
   self->connect_timed_out = TRUE;
   pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
                                                "upstream connect timed out after %u ms",
-                                               self->config->upstream.connect_timeout_ms));
+                                               self->upstream_config->connect_timeout_ms));
   return G_SOURCE_REMOVE;
 }
 
@@ -1554,9 +1555,9 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       self->connect_cancelled_id = g_cancellable_connect (
           cancellable, G_CALLBACK (pg_upstream_connect_cancelled_cb), self, NULL);
     }
-  if (self->config->upstream.connect_timeout_ms > 0)
+  if (self->upstream_config->connect_timeout_ms > 0)
     {
-      self->connect_timer = g_timeout_source_new (self->config->upstream.connect_timeout_ms);
+      self->connect_timer = g_timeout_source_new (self->upstream_config->connect_timeout_ms);
       g_source_set_callback (self->connect_timer, pg_upstream_connect_timeout_cb, self, NULL);
       g_source_attach (self->connect_timer, self->context);
     }
@@ -1564,11 +1565,11 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
   /* A mail gateway talks to its configured upstream directly, never via desktop proxy
    * settings. */
   g_socket_client_set_enable_proxy (client, FALSE);
-  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->config->upstream.host,
-                    self->config->upstream.port,
-                    pg_upstream_tls_to_string (self->config->upstream.tls));
-  g_socket_client_connect_to_host_async (client, self->config->upstream.host,
-                                         self->config->upstream.port, self->io_cancellable,
+  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->upstream_config->host,
+                    self->upstream_config->port,
+                    pg_upstream_tls_to_string (self->upstream_config->tls));
+  g_socket_client_connect_to_host_async (client, self->upstream_config->host,
+                                         self->upstream_config->port, self->io_cancellable,
                                          pg_upstream_tcp_connect_cb, g_object_ref (self));
 }
 
@@ -1596,8 +1597,14 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
     {
       g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
       pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword, text);
-      pg_upstream_cmd_return_error (
-          cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
+      /* BAD to AUTHENTICATE is about the exchange, not the credentials (a mechanism the
+       * server lists but will not run): the login path may still try LOGIN. */
+      if (tagged->status == PG_IMAP_STATUS_BAD && g_str_equal (cmd->name, "AUTHENTICATE"))
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream rejected AUTHENTICATE (BAD)"));
+      else
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
@@ -2510,13 +2517,14 @@ pg_upstream_close (PgUpstream *self)
 }
 
 PgUpstream *
-pg_upstream_new (PgConfig *config, guint64 sid)
+pg_upstream_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 sid)
 {
   PgUpstream *self;
 
   g_return_val_if_fail (config != NULL, NULL);
   self = g_object_new (PG_TYPE_UPSTREAM, NULL);
   self->config = pg_config_ref (config);
+  self->upstream_config = upstream != NULL ? upstream : &config->upstream;
   self->sid = sid;
   return self;
 }
