@@ -15,8 +15,9 @@
 # clients, token_delay_ms).
 #
 # Run with Debian's /usr/bin/python3:
-#   oauth2-server.py --dir DIR --config FILE.json [--port N]
-# It binds 127.0.0.1:N (0: an ephemeral port), then writes DIR/ready (the port, renamed
+#   oauth2-server.py --dir DIR --config FILE.json [--port N] [--tls-cert PEM --tls-key PEM]
+# It binds 127.0.0.1:N (0: an ephemeral port; https with the given certificate), then
+# writes DIR/ready (the port, renamed
 # into place) and logs one line per request to DIR/oauth2-server.log — never a token,
 # code or secret value. Tokens live in memory only. Stop it with SIGTERM.
 #
@@ -521,6 +522,8 @@ def main():
     parser.add_argument("--dir", required=True, help="writes ready and oauth2-server.log here")
     parser.add_argument("--config", required=True, help="JSON: settings and clients")
     parser.add_argument("--port", type=int, default=0, help="0: an ephemeral port")
+    parser.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="and this key (PEM)")
     args = parser.parse_args()
 
     with open(args.config, encoding="utf-8") as f:
@@ -531,7 +534,8 @@ def main():
 
     app = create_app(STORE)
     install_request_log(app, os.path.join(args.dir, "oauth2-server.log"))
-    httpd = make_server("127.0.0.1", args.port, app, threaded=True)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    httpd = make_server("127.0.0.1", args.port, app, threaded=True, ssl_context=tls)
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(0))
 
     ready = os.path.join(args.dir, "ready")

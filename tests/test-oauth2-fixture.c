@@ -9,6 +9,9 @@
 #include "pg-test-imap.h"
 #include "pg-test-oauth2.h"
 
+#include <errno.h>
+#include <signal.h>
+
 #define ALICE "alice@example.com"
 #define BOB "bob"
 #define SCANNER "scanner@example.com"
@@ -56,6 +59,7 @@ fixture_setup (Fixture *fixture, gconstpointer data)
                      error);
 
   dovecot_options.oauth2_introspection_url = fixture->oauth2->introspection_url;
+  dovecot_options.oauth2_ca_file = fixture->oauth2->ca_file;
   fixture->dovecot = pg_test_dovecot_new (&dovecot_options, &error);
   g_assert_no_error (error);
   /* bob has a password too: the passwd-file passdb comes first and must not get in the
@@ -123,7 +127,7 @@ authenticate (Fixture *fixture, const char *mechanism, const char *user, const c
   PG_TEST_ASSERT_OK (
       pg_test_oauth2_imap_authenticate (imap, mechanism, ir, &ok, &tagged, &challenge, &error),
       error);
-  g_test_message ("AUTHENTICATE %s as %s: %s", mechanism, user, tagged);
+  g_test_message ("AUTHENTICATE %s as %s: %.40s", mechanism, user, tagged);
   if (ok)
     {
       g_autofree gchar *selected = NULL;
@@ -159,6 +163,26 @@ token_inactive (Fixture *fixture, const char *token)
   PG_TEST_ASSERT_OK (pg_test_oauth2_introspect (fixture->oauth2, token, &active, NULL, &error),
                      error);
   return !active;
+}
+
+/* alice's refresh token through the device grant, and an access token refreshed from it
+ * (out_access optional). */
+static gchar *
+login_alice (Fixture *fixture, gchar **out_access)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *refresh = NULL;
+
+  refresh = pg_test_oauth2_device_login (fixture->oauth2, PUBLIC_CLIENT, ALICE, NULL, &error);
+  g_assert_no_error (error);
+  remember (fixture, refresh);
+  if (out_access != NULL)
+    {
+      *out_access = pg_test_oauth2_refresh (fixture->oauth2, PUBLIC_CLIENT, refresh, NULL, &error);
+      g_assert_no_error (error);
+      remember (fixture, *out_access);
+    }
+  return g_steal_pointer (&refresh);
 }
 
 /* The refresh grant's error code for refresh_token, or NULL if it worked. */
@@ -245,12 +269,7 @@ test_expiry (Fixture *fixture, gconstpointer data)
   g_autofree gchar *renewed = NULL;
   gint64 deadline = g_get_monotonic_time () + EXPIRY_TIMEOUT_MS * 1000;
 
-  refresh = pg_test_oauth2_device_login (fixture->oauth2, PUBLIC_CLIENT, ALICE, NULL, &error);
-  g_assert_no_error (error);
-  remember (fixture, refresh);
-  access = pg_test_oauth2_refresh (fixture->oauth2, PUBLIC_CLIENT, refresh, NULL, &error);
-  g_assert_no_error (error);
-  remember (fixture, access);
+  refresh = login_alice (fixture, &access);
   g_assert_true (authenticate_both (fixture, ALICE, access));
 
   /* Wait for the expiry itself (bounded), not a fixed time. */
@@ -275,12 +294,7 @@ test_revoke (Fixture *fixture, gconstpointer data)
   g_autofree gchar *code = NULL;
   g_autofree gchar *failed = NULL;
 
-  refresh = pg_test_oauth2_device_login (fixture->oauth2, PUBLIC_CLIENT, ALICE, NULL, &error);
-  g_assert_no_error (error);
-  remember (fixture, refresh);
-  access = pg_test_oauth2_refresh (fixture->oauth2, PUBLIC_CLIENT, refresh, NULL, &error);
-  g_assert_no_error (error);
-  remember (fixture, access);
+  refresh = login_alice (fixture, &access);
   g_assert_true (authenticate (fixture, "XOAUTH2", ALICE, access));
 
   /* Another client may not revoke it (RFC 7009 2.1: silently ignored). */
@@ -315,9 +329,7 @@ test_rotation (Fixture *fixture, gconstpointer data)
   g_autofree gchar *code = NULL;
   g_autofree gchar *kept = NULL;
 
-  refresh = pg_test_oauth2_device_login (fixture->oauth2, PUBLIC_CLIENT, ALICE, NULL, &error);
-  g_assert_no_error (error);
-  remember (fixture, refresh);
+  refresh = login_alice (fixture, NULL);
   PG_TEST_ASSERT_OK (pg_test_oauth2_set_rotation (fixture->oauth2, TRUE, &error), error);
   access = pg_test_oauth2_refresh (fixture->oauth2, PUBLIC_CLIENT, refresh, &rotated, &error);
   g_assert_no_error (error);
@@ -426,17 +438,10 @@ test_device_errors (Fixture *fixture, gconstpointer data)
       g_autoptr (JsonObject) answer = NULL;
 
       if (g_str_equal (codes[i], "access_denied"))
-        {
-          g_autofree gchar *url
-              = g_strdup_printf ("%s?user_code=%s&deny=1", fixture->oauth2->verification_url,
-                                 json_object_get_string_member (device, "user_code"));
-          g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
-          g_autoptr (GBytes) body
-              = soup_session_send_and_read (fixture->oauth2->session, msg, NULL, &error);
-
-          g_assert_no_error (error);
-          g_assert_cmpuint (soup_message_get_status (msg), ==, 200);
-        }
+        PG_TEST_ASSERT_OK (
+            pg_test_oauth2_approve_device (
+                fixture->oauth2, json_object_get_string_member (device, "user_code"), NULL, &error),
+            error);
       /* The second poll comes sooner than the interval (10 s here): slow_down. */
       answer = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->token_url, PUBLIC_CLIENT,
                                     form, &status, &error);
@@ -489,12 +494,120 @@ test_code_pkce (Fixture *fixture, gconstpointer data)
                    2);
 }
 
+/* https: the fixture and Dovecot verify the server against the fixture's CA; a client
+ * without that CA is refused by TLS, not by OAuth. */
+static void
+test_tls (Fixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *refresh = NULL;
+  g_autofree gchar *access = NULL;
+  g_autoptr (SoupSession) stranger = soup_session_new ();
+  g_autoptr (SoupMessage) msg = NULL;
+  g_autoptr (GBytes) body = NULL;
+
+  g_assert_true (g_str_has_prefix (fixture->oauth2->token_url, "https://127.0.0.1:"));
+  g_assert_nonnull (fixture->oauth2->ca_file);
+  refresh = login_alice (fixture, &access);
+  g_assert_true (authenticate_both (fixture, ALICE, access));
+
+  msg = soup_message_new ("GET", fixture->oauth2->token_url);
+  body = soup_session_send_and_read (stranger, msg, NULL, &error);
+  g_assert_null (body);
+  g_assert_error (error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE);
+}
+
+#define CONCURRENT_LOGINS 20
+
+/* Many logins at once: Dovecot's introspections reach the threaded server concurrently
+ * and each is answered (one each: force_introspection), and one refresh stays one. */
+static void
+test_concurrent (Fixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *refresh = NULL;
+  g_autofree gchar *access = NULL;
+  g_autofree gchar *ir = NULL;
+  g_autofree gchar *command = NULL;
+  PgTestImap *imaps[CONCURRENT_LOGINS] = { NULL };
+  gint64 before = 0;
+
+  refresh = login_alice (fixture, &access);
+  ir = pg_test_oauth2_sasl_xoauth2 (ALICE, access);
+  command = g_strdup_printf ("c1 AUTHENTICATE XOAUTH2 %s\r\n", ir);
+  before = pg_test_oauth2_get_stat (fixture->oauth2, "introspection", NULL);
+  /* Every command is out before any answer is read. */
+  for (guint i = 0; i < CONCURRENT_LOGINS; i++)
+    {
+      imaps[i] = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
+                                       &error);
+      g_assert_no_error (error);
+    }
+  for (guint i = 0; i < CONCURRENT_LOGINS; i++)
+    PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imaps[i], command, strlen (command), &error), error);
+  for (guint i = 0; i < CONCURRENT_LOGINS; i++)
+    {
+      g_autofree gchar *line = NULL;
+
+      do
+        {
+          g_clear_pointer (&line, g_free);
+          line = pg_test_imap_read_line (imaps[i], &error);
+          g_assert_no_error (error);
+        }
+      while (g_str_has_prefix (line, "* "));
+      g_assert_true (g_str_has_prefix (line, "c1 OK"));
+      pg_test_imap_free (imaps[i]);
+    }
+  g_assert_cmpint (pg_test_oauth2_get_stat (fixture->oauth2, "introspection", NULL) - before, ==,
+                   CONCURRENT_LOGINS);
+  g_assert_cmpint (pg_test_oauth2_get_stat (fixture->oauth2, "token", "refresh_token"), ==, 1);
+}
+
+/* Stopped, the token endpoint refuses connections; started again it is on the same port
+ * (the URLs popgate was given stay right) but has forgotten every token. */
+static void
+test_restart (Fixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *refresh = NULL;
+  g_autofree gchar *again = NULL;
+  g_autofree gchar *access = NULL;
+  g_autofree gchar *token_url = g_strdup (fixture->oauth2->token_url);
+  g_autofree gchar *code = NULL;
+  GPid pid = 0;
+
+  refresh = login_alice (fixture, NULL);
+  pid = pg_test_oauth2_get_pid (fixture->oauth2);
+  g_assert_cmpint (pid, >, 0);
+  g_assert_true (pg_test_oauth2_stop (fixture->oauth2));
+  g_assert_cmpint (pg_test_oauth2_get_pid (fixture->oauth2), ==, 0);
+  g_assert_cmpint (kill (pid, 0), ==, -1);
+  access = pg_test_oauth2_refresh (fixture->oauth2, PUBLIC_CLIENT, refresh, NULL, &error);
+  g_assert_null (access);
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED);
+  g_clear_error (&error);
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_start (fixture->oauth2, &error), error);
+  g_assert_cmpstr (fixture->oauth2->token_url, ==, token_url);
+  code = refresh_error (fixture, PUBLIC_CLIENT, refresh);
+  g_assert_cmpstr (code, ==, "invalid_grant");
+  /* The clients were kept: a new login works, also for the one added at run time. */
+  again = login_alice (fixture, &access);
+  g_assert_true (authenticate (fixture, "XOAUTH2", ALICE, access));
+  g_clear_pointer (&access, g_free);
+  access = pg_test_oauth2_client_credentials (fixture->oauth2, POST_CLIENT, &error);
+  g_assert_no_error (error);
+  remember (fixture, access);
+}
+
 int
 main (int argc, char **argv)
 {
   static const PgTestOAuth2Options defaults = { 0 };
   static const PgTestOAuth2Options short_lived = { .access_token_lifetime = SHORT_LIFETIME };
   static const PgTestOAuth2Options device = { .device_interval = 10, .device_code_lifetime = 1 };
+  static const PgTestOAuth2Options tls = { .tls = TRUE };
 
   g_test_init (&argc, &argv, NULL);
   g_test_add ("/popgate/oauth2-fixture/device-login", Fixture, &defaults, fixture_setup,
@@ -511,5 +624,11 @@ main (int argc, char **argv)
               test_device_errors, fixture_teardown);
   g_test_add ("/popgate/oauth2-fixture/code-pkce", Fixture, &defaults, fixture_setup,
               test_code_pkce, fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/tls", Fixture, &tls, fixture_setup, test_tls,
+              fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/concurrent", Fixture, &defaults, fixture_setup,
+              test_concurrent, fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/restart", Fixture, &defaults, fixture_setup, test_restart,
+              fixture_teardown);
   return g_test_run ();
 }
