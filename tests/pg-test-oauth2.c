@@ -855,19 +855,30 @@ pg_test_oauth2_set_access_token_lifetime (PgTestOAuth2 *oauth2, guint seconds, G
   return pg_test_oauth2_set_one (oauth2, "access_token_lifetime", value, error);
 }
 
+/* A setting of the running server only (a restart forgets it). */
+static gboolean
+pg_test_oauth2_set_live (PgTestOAuth2 *oauth2, const char *name, guint value, GError **error)
+{
+  if (oauth2->process == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED, "%s is set on the running server",
+                   name);
+      return FALSE;
+    }
+  return pg_test_oauth2_set_one (oauth2, name, json_node_init_int (json_node_alloc (), value),
+                                 error);
+}
+
 gboolean
 pg_test_oauth2_set_token_delay (PgTestOAuth2 *oauth2, guint delay_ms, GError **error)
 {
-  JsonNode *value = json_node_init_int (json_node_alloc (), delay_ms);
+  return pg_test_oauth2_set_live (oauth2, "token_delay_ms", delay_ms, error);
+}
 
-  if (oauth2->process == NULL)
-    {
-      json_node_unref (value);
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED,
-                           "the token delay is set on the running server");
-      return FALSE;
-    }
-  return pg_test_oauth2_set_one (oauth2, "token_delay_ms", value, error);
+gboolean
+pg_test_oauth2_set_token_failure (PgTestOAuth2 *oauth2, guint http_status, GError **error)
+{
+  return pg_test_oauth2_set_live (oauth2, "token_fail_status", http_status, error);
 }
 
 gchar *

@@ -162,6 +162,9 @@ gboolean pg_test_oauth2_set_access_token_lifetime (PgTestOAuth2 *oauth2, guint s
                                                    GError **error);
 /* Each token request waits this long before it is answered (a slow token endpoint). */
 gboolean pg_test_oauth2_set_token_delay (PgTestOAuth2 *oauth2, guint delay_ms, GError **error);
+/* Not 0: every token request is answered with this HTTP status (e.g. 503) and
+ * {"error": "temporarily_unavailable"}; 0 serves tokens again. */
+gboolean pg_test_oauth2_set_token_failure (PgTestOAuth2 *oauth2, guint http_status, GError **error);
 
 /* The server's request log and output so far. */
 gchar *pg_test_oauth2_read_log (PgTestOAuth2 *oauth2);

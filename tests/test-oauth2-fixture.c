@@ -601,6 +601,144 @@ test_restart (Fixture *fixture, gconstpointer data)
   remember (fixture, access);
 }
 
+#define MAIL_SCOPE "https://mail.example.com/"
+
+/* A scope asked for in the device grant is granted, kept through refreshes, and a wider
+ * one on refresh is invalid_scope (RFC 6749 6). */
+static void
+test_scope (Fixture *fixture, gconstpointer data)
+{
+  const char *ask[] = { "scope", MAIL_SCOPE " offline_access", NULL };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) device = NULL;
+  g_autoptr (JsonObject) token = NULL;
+  g_autoptr (JsonObject) refreshed = NULL;
+  g_autoptr (JsonObject) wider = NULL;
+  guint status = 0;
+
+  device = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->device_url, PUBLIC_CLIENT, ask,
+                                &status, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (status, ==, 200);
+  remember (fixture, json_object_get_string_member (device, "device_code"));
+  PG_TEST_ASSERT_OK (
+      pg_test_oauth2_approve_device (
+          fixture->oauth2, json_object_get_string_member (device, "user_code"), ALICE, &error),
+      error);
+  {
+    const char *form[] = { "grant_type", PG_TEST_OAUTH2_DEVICE_GRANT, "device_code",
+                           json_object_get_string_member (device, "device_code"), NULL };
+
+    token = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->token_url, PUBLIC_CLIENT, form,
+                                 &status, &error);
+  }
+  g_assert_no_error (error);
+  g_assert_cmpuint (status, ==, 200);
+  remember (fixture, json_object_get_string_member (token, "access_token"));
+  remember (fixture, json_object_get_string_member (token, "refresh_token"));
+  g_assert_cmpstr (json_object_get_string_member (token, "scope"), ==,
+                   MAIL_SCOPE " offline_access");
+  {
+    const char *form[] = { "grant_type",
+                           "refresh_token",
+                           "refresh_token",
+                           json_object_get_string_member (token, "refresh_token"),
+                           "scope",
+                           MAIL_SCOPE,
+                           NULL };
+    const char *more[] = { "grant_type",
+                           "refresh_token",
+                           "refresh_token",
+                           json_object_get_string_member (token, "refresh_token"),
+                           "scope",
+                           MAIL_SCOPE " admin",
+                           NULL };
+
+    refreshed = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->token_url, PUBLIC_CLIENT,
+                                     form, &status, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (status, ==, 200);
+    remember (fixture, json_object_get_string_member (refreshed, "access_token"));
+    g_assert_cmpstr (json_object_get_string_member (refreshed, "scope"), ==, MAIL_SCOPE);
+    wider = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->token_url, PUBLIC_CLIENT, more,
+                                 &status, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (status, ==, 400);
+    g_assert_cmpstr (json_object_get_string_member (wider, "error"), ==, "invalid_scope");
+  }
+  g_assert_true (authenticate (fixture, "XOAUTH2", ALICE,
+                               json_object_get_string_member (refreshed, "access_token")));
+}
+
+/* A restart that cannot bind its port says so, with the server's own words, and leaves
+ * no process behind. */
+static void
+test_start_failure (Fixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSocketListener) squatter = g_socket_listener_new ();
+  g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) address = NULL;
+  guint16 port = fixture->oauth2->port;
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_stop (fixture->oauth2), error);
+  address = g_inet_socket_address_new (loopback, port);
+  PG_TEST_ASSERT_OK (g_socket_listener_add_address (squatter, address, G_SOCKET_TYPE_STREAM,
+                                                    G_SOCKET_PROTOCOL_TCP, NULL, NULL, &error),
+                     error);
+  g_assert_false (pg_test_oauth2_start (fixture->oauth2, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_FAILED);
+  g_test_message ("%s", error->message);
+  g_assert_nonnull (strstr (error->message, "did not start"));
+  g_assert_nonnull (strstr (error->message, "Address already in use"));
+  g_assert_cmpint (pg_test_oauth2_get_pid (fixture->oauth2), ==, 0);
+  g_clear_error (&error);
+
+  g_socket_listener_close (squatter);
+  PG_TEST_ASSERT_OK (pg_test_oauth2_start (fixture->oauth2, &error), error);
+  g_assert_cmpuint (fixture->oauth2->port, ==, port);
+  g_free (login_alice (fixture, NULL));
+}
+
+#define TOKEN_DELAY_MS 400
+
+/* A slow token endpoint answers no sooner than asked; a broken one answers 503 and
+ * temporarily_unavailable; both recover. */
+static void
+test_slow_and_broken (Fixture *fixture, gconstpointer data)
+{
+  const char *form[] = { "grant_type", "client_credentials", NULL };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) answer = NULL;
+  g_autofree gchar *slow = NULL;
+  g_autofree gchar *fine = NULL;
+  gint64 start = 0;
+  guint status = 0;
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_delay (fixture->oauth2, TOKEN_DELAY_MS, &error),
+                     error);
+  start = g_get_monotonic_time ();
+  slow = pg_test_oauth2_client_credentials (fixture->oauth2, BASIC_CLIENT, &error);
+  g_assert_no_error (error);
+  remember (fixture, slow);
+  /* A lower bound only: the server slept at least that long before answering. */
+  g_assert_cmpint (g_get_monotonic_time () - start, >=, TOKEN_DELAY_MS * 1000);
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_delay (fixture->oauth2, 0, &error), error);
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_failure (fixture->oauth2, 503, &error), error);
+  answer = pg_test_oauth2_post (fixture->oauth2, fixture->oauth2->token_url, BASIC_CLIENT, form,
+                                &status, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (status, ==, 503);
+  g_assert_cmpstr (json_object_get_string_member (answer, "error"), ==, "temporarily_unavailable");
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_failure (fixture->oauth2, 0, &error), error);
+  fine = pg_test_oauth2_client_credentials (fixture->oauth2, BASIC_CLIENT, &error);
+  g_assert_no_error (error);
+  remember (fixture, fine);
+  g_assert_cmpint (pg_test_oauth2_get_stat (fixture->oauth2, "token_error", "client_credentials"),
+                   ==, 1);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -630,5 +768,11 @@ main (int argc, char **argv)
               test_concurrent, fixture_teardown);
   g_test_add ("/popgate/oauth2-fixture/restart", Fixture, &defaults, fixture_setup, test_restart,
               fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/scope", Fixture, &defaults, fixture_setup, test_scope,
+              fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/start-failure", Fixture, &defaults, fixture_setup,
+              test_start_failure, fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/slow-and-broken", Fixture, &defaults, fixture_setup,
+              test_slow_and_broken, fixture_teardown);
   return g_test_run ();
 }
