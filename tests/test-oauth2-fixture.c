@@ -284,6 +284,29 @@ test_expiry (Fixture *fixture, gconstpointer data)
   g_assert_true (authenticate (fixture, "OAUTHBEARER", ALICE, renewed));
 }
 
+/* A refresh token with a lifetime works until it ends, then it is invalid_grant (and
+ * introspection calls it inactive). */
+static void
+test_refresh_expiry (Fixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *refresh = NULL;
+  g_autofree gchar *code = NULL;
+  gint64 deadline = g_get_monotonic_time () + EXPIRY_TIMEOUT_MS * 1000;
+
+  refresh = login_alice (fixture, NULL);
+  g_assert_false (token_inactive (fixture, refresh));
+  code = refresh_error (fixture, PUBLIC_CLIENT, refresh);
+  g_assert_null (code);
+  /* Wait for the end itself (bounded), refreshing all along. */
+  while (code == NULL && g_get_monotonic_time () < deadline)
+    {
+      g_usleep (EXPIRY_POLL_US);
+      code = refresh_error (fixture, PUBLIC_CLIENT, refresh);
+    }
+  g_assert_cmpstr (code, ==, "invalid_grant");
+  g_assert_true (token_inactive (fixture, refresh));
+}
+
 /* RFC 7009: a revoked refresh token gets invalid_grant; its access tokens end with it. */
 static void
 test_revoke (Fixture *fixture, gconstpointer data)
@@ -746,12 +769,15 @@ main (int argc, char **argv)
   static const PgTestOAuth2Options short_lived = { .access_token_lifetime = SHORT_LIFETIME };
   static const PgTestOAuth2Options device = { .device_interval = 10, .device_code_lifetime = 1 };
   static const PgTestOAuth2Options tls = { .tls = TRUE };
+  static const PgTestOAuth2Options short_refresh = { .refresh_token_lifetime = SHORT_LIFETIME };
 
   g_test_init (&argc, &argv, NULL);
   g_test_add ("/popgate/oauth2-fixture/device-login", Fixture, &defaults, fixture_setup,
               test_device_login, fixture_teardown);
   g_test_add ("/popgate/oauth2-fixture/expiry", Fixture, &short_lived, fixture_setup, test_expiry,
               fixture_teardown);
+  g_test_add ("/popgate/oauth2-fixture/refresh-expiry", Fixture, &short_refresh, fixture_setup,
+              test_refresh_expiry, fixture_teardown);
   g_test_add ("/popgate/oauth2-fixture/revoke", Fixture, &defaults, fixture_setup, test_revoke,
               fixture_teardown);
   g_test_add ("/popgate/oauth2-fixture/rotation", Fixture, &defaults, fixture_setup, test_rotation,
