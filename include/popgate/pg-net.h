@@ -70,7 +70,14 @@ gssize pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error);
 void pg_conn_write_bytes (PgConn *conn, GBytes *bytes);
 void pg_conn_write (PgConn *conn, const void *data, gsize len);
 void pg_conn_write_printf (PgConn *conn, const char *format, ...) G_GNUC_PRINTF (2, 3);
+/* Output queued or corked, not yet handed to the socket. */
 gsize pg_conn_get_queued (PgConn *conn);
+/* Hold what is written until the matching pg_conn_uncork(), so that replies produced in
+ * one go (a RETR's status line, body and terminator) leave in one write instead of one
+ * each: the client then reads, and wakes up, once. Corks nest; past PG_CLIENT_CORK_MAX
+ * bytes the held output goes out at once. pg_conn_close() sends what is held first. */
+void pg_conn_cork (PgConn *conn);
+void pg_conn_uncork (PgConn *conn);
 /* Completes when the write queue holds at most `low_water` bytes (0: fully flushed), or
  * with an error when the connection closes first. */
 void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,

@@ -45,6 +45,8 @@ struct _PgConn
   gsize queued;               /* bytes in the queue not yet written */
   gboolean write_pending;
   GList *drain_waiters;       /* of GTask* (owned) waiting for the queue to drain */
+  guint corked;               /* pg_conn_cork() depth */
+  GByteArray *cork_buf;       /* owned while corked and holding output, else NULL */
 
   guint idle_timeout_ms;
   GSource *idle_source;       /* owned */
@@ -74,6 +76,11 @@ typedef struct
 
 static void pg_conn_write_next (PgConn *conn);
 static void pg_conn_finish_close (PgConn *conn);
+static void pg_conn_cork_release (PgConn *conn);
+
+/* The one spare cork buffer (see PG_CLIENT_CORK_MAX): corks last one callback, so a
+ * process needs about one at a time, and none is allocated per message. */
+static GByteArray *pg_conn_spare_cork = NULL;
 
 static void
 pg_conn_dispose (GObject *object)
@@ -90,6 +97,7 @@ pg_conn_finalize (GObject *object)
   PgConn *conn = PG_CONN (object);
 
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
+  pg_conn_cork_release (conn);
   g_clear_object (&conn->stream);
   g_clear_object (&conn->socket);
   g_clear_object (&conn->tls_cert);
@@ -355,7 +363,7 @@ pg_conn_check_drain_waiters (PgConn *conn)
           g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
           g_object_unref (task);
         }
-      else if (conn->queued <= data->low_water)
+      else if (pg_conn_get_queued (conn) <= data->low_water)
         {
           conn->drain_waiters = g_list_delete_link (conn->drain_waiters, l);
           g_task_return_boolean (task, TRUE);
@@ -449,8 +457,8 @@ pg_conn_write_now (PgConn *conn, const void *data, gsize len)
   return (gsize) n;
 }
 
-void
-pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
+static void
+pg_conn_send_bytes (PgConn *conn, GBytes *bytes)
 {
   gsize size = g_bytes_get_size (bytes);
   gsize done;
@@ -468,8 +476,8 @@ pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
   pg_conn_write_next (conn);
 }
 
-void
-pg_conn_write (PgConn *conn, const void *data, gsize len)
+static void
+pg_conn_send (PgConn *conn, const void *data, gsize len)
 {
   g_autoptr (GBytes) rest = NULL;
   gsize done;
@@ -481,7 +489,87 @@ pg_conn_write (PgConn *conn, const void *data, gsize len)
     return;
   /* Only what the socket did not take is copied. */
   rest = g_bytes_new ((const guint8 *) data + done, len - done);
-  pg_conn_write_bytes (conn, rest);
+  pg_conn_send_bytes (conn, rest);
+}
+
+/* --- corking ---------------------------------------------------------------------------- */
+
+static void
+pg_conn_cork_release (PgConn *conn)
+{
+  if (conn->cork_buf == NULL)
+    return;
+  if (pg_conn_spare_cork == NULL)
+    {
+      g_byte_array_set_size (conn->cork_buf, 0);
+      pg_conn_spare_cork = g_steal_pointer (&conn->cork_buf);
+    }
+  else
+    g_clear_pointer (&conn->cork_buf, g_byte_array_unref);
+}
+
+/* Hand what the cork holds to the socket (or the queue). */
+static void
+pg_conn_cork_flush (PgConn *conn)
+{
+  if (conn->cork_buf == NULL || conn->cork_buf->len == 0)
+    return;
+  pg_conn_send (conn, conn->cork_buf->data, conn->cork_buf->len);
+  g_byte_array_set_size (conn->cork_buf, 0);
+}
+
+static void
+pg_conn_cork_append (PgConn *conn, const void *data, gsize len)
+{
+  if (conn->cork_buf == NULL)
+    conn->cork_buf = pg_conn_spare_cork != NULL ? g_steal_pointer (&pg_conn_spare_cork)
+                                                : g_byte_array_sized_new (PG_CLIENT_CORK_MAX);
+  if (conn->cork_buf->len + len > PG_CLIENT_CORK_MAX)
+    pg_conn_cork_flush (conn);
+  if (len >= PG_CLIENT_CORK_MAX)
+    pg_conn_send (conn, data, len);
+  else
+    g_byte_array_append (conn->cork_buf, data, (guint) len);
+}
+
+void
+pg_conn_cork (PgConn *conn)
+{
+  conn->corked++;
+}
+
+void
+pg_conn_uncork (PgConn *conn)
+{
+  g_return_if_fail (conn->corked > 0);
+  if (--conn->corked > 0)
+    return;
+  pg_conn_cork_flush (conn);
+  pg_conn_cork_release (conn);
+  /* A waiter that counted the corked bytes may be satisfied now. */
+  pg_conn_check_drain_waiters (conn);
+}
+
+void
+pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
+{
+  if (conn->closed || conn->closing)
+    return;
+  if (conn->corked > 0)
+    pg_conn_cork_append (conn, g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes));
+  else
+    pg_conn_send_bytes (conn, bytes);
+}
+
+void
+pg_conn_write (PgConn *conn, const void *data, gsize len)
+{
+  if (conn->closed || conn->closing || len == 0)
+    return;
+  if (conn->corked > 0)
+    pg_conn_cork_append (conn, data, len);
+  else
+    pg_conn_send (conn, data, len);
 }
 
 void
@@ -504,7 +592,7 @@ pg_conn_write_printf (PgConn *conn, const char *format, ...)
 gsize
 pg_conn_get_queued (PgConn *conn)
 {
-  return conn->queued;
+  return conn->queued + (conn->cork_buf != NULL ? conn->cork_buf->len : 0);
 }
 
 void
@@ -557,7 +645,7 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
   GError *error = NULL;
 
   g_task_set_source_tag (task, pg_conn_start_tls_async);
-  if (!pg_conn_can_start_tls (conn) || conn->read_pending || conn->queued > 0)
+  if (!pg_conn_can_start_tls (conn) || conn->read_pending || pg_conn_get_queued (conn) > 0)
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
@@ -615,6 +703,7 @@ pg_conn_finish_close (PgConn *conn)
     g_io_stream_close (G_IO_STREAM (conn->socket), NULL, NULL);
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   conn->queued = 0;
+  pg_conn_cork_release (conn);
   pg_conn_check_drain_waiters (conn);
   g_signal_emit (conn, pg_conn_signals[SIGNAL_CLOSED], 0);
 }
@@ -623,6 +712,10 @@ void
 pg_conn_close (PgConn *conn)
 {
   if (conn->closed || conn->closing)
+    return;
+  /* What a cork holds was written before the close: it goes first. */
+  pg_conn_cork_flush (conn);
+  if (conn->closed)
     return;
   conn->closing = TRUE;
   if (conn->queued == 0 && !conn->write_pending)

@@ -1394,7 +1394,14 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
   if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
     return; /* closed: the conn's "closed" handler cleans up */
   if (self->maildrop != NULL)
-    pg_pop3_maildrop_resume (self->maildrop);
+    {
+      /* The upstream reads on at once while it has data: one write for what it delivers. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_maildrop_resume (self->maildrop);
+      pg_conn_uncork (conn);
+    }
 }
 
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
@@ -1533,7 +1540,14 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
     return;
   transfer->finished = TRUE;
   if (transfer->active)
-    pg_pop3_session_transfer_step (self, transfer);
+    {
+      /* The terminator, and what the next pipelined commands answer, in one write. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_session_transfer_step (self, transfer);
+      pg_conn_uncork (conn);
+    }
 }
 
 static gboolean
@@ -2113,7 +2127,15 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
       return;
     }
   pg_line_reader_feed (self->reader, self->read_buffer, (gsize) n);
-  pg_pop3_session_process (self);
+  {
+    /* What the commands answer now — for a RETR fetched ahead its status line, body and
+     * terminator — leaves in one write (the conn outlives an ending session's dispose). */
+    g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+    pg_conn_cork (conn);
+    pg_pop3_session_process (self);
+    pg_conn_uncork (conn);
+  }
 }
 
 static void
