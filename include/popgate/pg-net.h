@@ -93,6 +93,12 @@ gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
 
+/* A source that calls `func (data)` while `stream` has input (or EOF, or an error), meant
+ * to stay attached from one read to the next; it may recurse. On a plain socket it is the
+ * socket's own source: GLib's pollable wrapper adds a child source that GLib 2.74 blocks
+ * and unblocks around every dispatch, writing its wake-up eventfd twice each time. */
+GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data);
+
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);
 /* Close now, dropping queued output. */
