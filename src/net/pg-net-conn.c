@@ -84,6 +84,17 @@ static void pg_conn_write_next (PgConn *conn);
 static void pg_conn_finish_close (PgConn *conn);
 static void pg_conn_cork_release (PgConn *conn);
 
+/* Destroy a source this connection owns, if any. */
+static void
+pg_conn_clear_source (GSource **source)
+{
+  if (*source != NULL)
+    {
+      g_source_destroy (*source);
+      g_clear_pointer (source, g_source_unref);
+    }
+}
+
 /* The one spare cork buffer (see PG_CLIENT_CORK_MAX): corks last one callback, so a
  * process needs about one at a time, and none is allocated per message. */
 static GByteArray *pg_conn_spare_cork = NULL;
@@ -300,11 +311,7 @@ pg_conn_arm_idle (PgConn *conn, guint ms)
 static void
 pg_conn_stop_idle (PgConn *conn)
 {
-  if (conn->idle_source != NULL)
-    {
-      g_source_destroy (conn->idle_source);
-      g_clear_pointer (&conn->idle_source, g_source_unref);
-    }
+  pg_conn_clear_source (&conn->idle_source);
 }
 
 static void
@@ -388,11 +395,7 @@ pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data)
 static void
 pg_conn_drop_read_source (PgConn *conn)
 {
-  if (conn->read_source != NULL)
-    {
-      g_source_destroy (conn->read_source);
-      g_clear_pointer (&conn->read_source, g_source_unref);
-    }
+  pg_conn_clear_source (&conn->read_source);
 }
 
 static void
@@ -400,11 +403,7 @@ pg_conn_read_done (PgConn *conn, gssize n, GError *error)
 {
   g_autoptr (GTask) task = g_steal_pointer (&conn->read_task);
 
-  if (conn->read_cancel_source != NULL)
-    {
-      g_source_destroy (conn->read_cancel_source);
-      g_clear_pointer (&conn->read_cancel_source, g_source_unref);
-    }
+  pg_conn_clear_source (&conn->read_cancel_source);
   conn->read_pending = FALSE;
   if (n < 0)
     {
@@ -476,11 +475,7 @@ pg_conn_fail_pending_read (PgConn *conn)
   if (conn->read_task == NULL)
     return;
   task = g_steal_pointer (&conn->read_task);
-  if (conn->read_cancel_source != NULL)
-    {
-      g_source_destroy (conn->read_cancel_source);
-      g_clear_pointer (&conn->read_cancel_source, g_source_unref);
-    }
+  pg_conn_clear_source (&conn->read_cancel_source);
   conn->read_pending = FALSE;
   idle = g_idle_source_new ();
   g_task_attach_source (task, idle, pg_conn_read_closed_cb);
@@ -905,11 +900,7 @@ pg_conn_finish_close (PgConn *conn)
   pg_conn_drop_read_source (conn);
   pg_conn_fail_pending_read (conn);
   pg_conn_stop_idle (conn);
-  if (conn->close_source != NULL)
-    {
-      g_source_destroy (conn->close_source);
-      g_clear_pointer (&conn->close_source, g_source_unref);
-    }
+  pg_conn_clear_source (&conn->close_source);
   /* Closing the socket (not the TLS stream) is immediate and never blocks on a peer that
    * does not answer a close_notify. */
   if (conn->socket != NULL)
