@@ -565,8 +565,11 @@ pg_bench_start_popgate (PgBench *bench, guint max_k, GError **error)
   bench->popgate->process = pg_test_process_spawn (argv, bench->popgate->log_file, error);
   if (bench->popgate->process == NULL)
     return FALSE;
-  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port,
-                          bench->popgate->process, PG_BENCH_START_TIMEOUT_MS, error))
+  /* Both listeners: the relay probe must not race a slow start (popgate under valgrind). */
+  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port, bench->popgate->process,
+                          PG_BENCH_START_TIMEOUT_MS, error)
+      || !pg_test_wait_port (bench->popgate->host, bench->popgate->imap_port,
+                             bench->popgate->process, PG_BENCH_START_TIMEOUT_MS, error))
     {
       g_autofree gchar *log = pg_test_popgate_read_log (bench->popgate);
       g_prefix_error (error, "popgate did not start (%s): ", log);

@@ -57,7 +57,8 @@ run() {
     build-bench/bench/popgate-bench --paths="$path" --k=1 --reps=1 --messages="$n" \
     --large-mb= --huge-mb=0 --idle-sessions=0 --output="$work/RESULTS.$n.md" \
     >"$work/bench.$n.log" 2>&1 || { cat "$work/bench.$n.log"; exit 1; }
-  grep -E "rep 1:" "$work/bench.$n.log" | sed 's/^ */  /'
+  grep -E "rep 1:" "$work/bench.$n.log" | sed 's/^ */  /' \
+    || { echo "the path did not run:"; cat "$work/bench.$n.log"; exit 1; }
 }
 
 calls() { # the count of syscall $2 in the strace -c table $1 (0 if absent)
