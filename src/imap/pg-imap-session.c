@@ -1299,6 +1299,11 @@ pg_imap_session_relay_up_pump (PgImapSession *self)
           return FALSE;
         }
       pg_imap_session_relay_up_data (self, pg_imap_relay_up_buf, (gsize) n);
+      /* A short read took all there was: wait for readiness rather than try a read that
+       * would only say "would block" (one syscall per round trip). The source is
+       * level-triggered and sees data TLS holds decrypted, so nothing waits unseen. */
+      if ((gsize) n < sizeof pg_imap_relay_up_buf)
+        return TRUE;
     }
   return TRUE;
 }
