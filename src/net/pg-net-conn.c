@@ -43,7 +43,8 @@ struct _PgConn
   GTask *read_task;     /* owned: the pending read when read_source serves it */
   void *read_buffer;    /* unowned: its buffer */
   gsize read_len;
-  GSource *read_cancel_source; /* owned: watches the pending read's caller cancellable */
+  GSource *read_cancel_source;    /* owned: watches read_cancellable, kept from read to read */
+  GCancellable *read_cancellable; /* owned: the caller's cancellable of the last read */
 
   GQueue write_queue;         /* of GBytes* (owned) */
   gsize write_offset;         /* bytes of the head already written */
@@ -115,6 +116,7 @@ pg_conn_finalize (GObject *object)
 
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   pg_conn_cork_release (conn);
+  g_clear_object (&conn->read_cancellable);
   g_clear_object (&conn->stream);
   g_clear_object (&conn->socket);
   g_clear_object (&conn->tls_cert);
@@ -403,7 +405,6 @@ pg_conn_read_done (PgConn *conn, gssize n, GError *error)
 {
   g_autoptr (GTask) task = g_steal_pointer (&conn->read_task);
 
-  pg_conn_clear_source (&conn->read_cancel_source);
   conn->read_pending = FALSE;
   if (n < 0)
     {
@@ -448,6 +449,8 @@ pg_conn_read_cancelled_cb (GCancellable *cancellable, gpointer user_data)
   PgConn *conn = user_data;
   g_autoptr (PgConn) keep = g_object_ref (conn);
 
+  /* It fires once: the next read with this cancellable fails at once (see read_async). */
+  g_clear_pointer (&conn->read_cancel_source, g_source_unref);
   if (conn->read_task != NULL)
     pg_conn_read_done (
         conn, -1,
@@ -475,7 +478,6 @@ pg_conn_fail_pending_read (PgConn *conn)
   if (conn->read_task == NULL)
     return;
   task = g_steal_pointer (&conn->read_task);
-  pg_conn_clear_source (&conn->read_cancel_source);
   conn->read_pending = FALSE;
   idle = g_idle_source_new ();
   g_task_attach_source (task, idle, pg_conn_read_closed_cb);
@@ -529,12 +531,19 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
   conn->read_task = g_steal_pointer (&task);
   conn->read_buffer = buffer;
   conn->read_len = len;
-  if (cancellable != NULL)
+  /* The same cancellable read after read (the usual case) keeps its source; one that
+   * was cancelled already gets a new source, which fires at once and fails the read. */
+  if (cancellable != conn->read_cancellable || conn->read_cancel_source == NULL)
     {
-      conn->read_cancel_source = g_cancellable_source_new (cancellable);
-      g_source_set_callback (conn->read_cancel_source, G_SOURCE_FUNC (pg_conn_read_cancelled_cb),
-                             conn, NULL);
-      g_source_attach (conn->read_cancel_source, g_main_context_get_thread_default ());
+      pg_conn_clear_source (&conn->read_cancel_source);
+      g_set_object (&conn->read_cancellable, cancellable);
+      if (cancellable != NULL)
+        {
+          conn->read_cancel_source = g_cancellable_source_new (cancellable);
+          g_source_set_callback (conn->read_cancel_source,
+                                 G_SOURCE_FUNC (pg_conn_read_cancelled_cb), conn, NULL);
+          g_source_attach (conn->read_cancel_source, g_main_context_get_thread_default ());
+        }
     }
   if (conn->read_source == NULL)
     {
@@ -898,6 +907,7 @@ pg_conn_finish_close (PgConn *conn)
   conn->closed = TRUE;
   g_cancellable_cancel (conn->cancellable);
   pg_conn_drop_read_source (conn);
+  pg_conn_clear_source (&conn->read_cancel_source);
   pg_conn_fail_pending_read (conn);
   pg_conn_stop_idle (conn);
   pg_conn_clear_source (&conn->close_source);

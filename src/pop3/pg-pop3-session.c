@@ -2149,10 +2149,15 @@ pg_pop3_session_read (PgPop3Session *self)
   if (space == 0)
     return; /* pipelined input is full: read again once commands were handled */
   self->reading = TRUE;
-  g_clear_object (&self->read_cancellable);
-  self->read_cancellable = g_cancellable_new ();
-  g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
-                         g_object_ref (self->read_cancellable), g_object_unref);
+  /* One per session until STLS cancels it: a new one per read cost an allocation and a
+   * handler on self->cancellable that stayed connected, one more with every command. */
+  if (self->read_cancellable == NULL || g_cancellable_is_cancelled (self->read_cancellable))
+    {
+      g_clear_object (&self->read_cancellable);
+      self->read_cancellable = g_cancellable_new ();
+      g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
+                             g_object_ref (self->read_cancellable), g_object_unref);
+    }
   pg_conn_read_async (self->conn, self->read_buffer, MIN (space, PG_POP3_READ_CHUNK),
                       self->read_cancellable, pg_pop3_session_read_cb, g_object_ref (self));
 }
