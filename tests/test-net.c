@@ -344,6 +344,81 @@ test_cork (Fixture *fx, gconstpointer data)
   pg_conn_uncork (conn);
 }
 
+typedef struct
+{
+  gboolean done;
+  gssize n;
+  GError *error;
+} ReadResult;
+
+static void
+read_result_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  ReadResult *r = user_data;
+
+  r->n = pg_conn_read_finish (PG_CONN (source), result, &r->error);
+  r->done = TRUE;
+}
+
+/* Reads from the connection's kept readable source: a cancelled read fails with
+ * CANCELLED and the next read (same or new cancellable) still gets the client's bytes; a
+ * read pending when the connection closes fails from the main loop, never inside the
+ * close. */
+static void
+test_read_cancel_close (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GCancellable) other = g_cancellable_new ();
+  GOutputStream *out = NULL;
+  ReadResult r = { 0 };
+  char buf[64];
+  PgConn *conn = NULL;
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  conn = g_ptr_array_index (fx->fe.conns, 0);
+  out = g_io_stream_get_output_stream (client->stream);
+
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
+  g_cancellable_cancel (cancellable);
+  iterate_until (&r.done);
+  g_assert_cmpint (r.n, ==, -1);
+  g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&r.error);
+
+  /* The same, already cancelled cancellable fails the next read at once. */
+  r.done = FALSE;
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
+  iterate_until (&r.done);
+  g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&r.error);
+
+  /* Another cancellable: input sent before and after the read is asked for arrives. */
+  g_assert_true (g_output_stream_write_all (out, "one\r\n", 5, NULL, NULL, NULL));
+  for (guint i = 0; i < 2; i++)
+    {
+      r.done = FALSE;
+      pg_conn_read_async (conn, buf, sizeof buf, other, read_result_cb, &r);
+      if (i == 1)
+        g_assert_true (g_output_stream_write_all (out, "two\r\n", 5, NULL, NULL, NULL));
+      iterate_until (&r.done);
+      g_assert_no_error (r.error);
+      g_assert_cmpint (r.n, ==, 5);
+      g_assert_true (memcmp (buf, i == 0 ? "one\r\n" : "two\r\n", 5) == 0);
+    }
+
+  r.done = FALSE;
+  pg_conn_read_async (conn, buf, sizeof buf, other, read_result_cb, &r);
+  pg_conn_abort (conn);
+  g_assert_false (r.done);
+  g_assert_cmpuint (fx->fe.closed, ==, 1);
+  iterate_until (&r.done);
+  g_assert_cmpint (r.n, ==, -1);
+  g_assert_nonnull (r.error);
+  g_clear_error (&r.error);
+}
+
 static void
 test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
 {
@@ -502,6 +577,8 @@ main (int argc, char **argv)
 
   g_test_add ("/popgate/net/ipv4-ipv6", Fixture, NULL, fixture_setup, test_ipv4_ipv6,
               fixture_teardown);
+  g_test_add ("/popgate/net/read-cancel-close", Fixture, NULL, fixture_setup,
+              test_read_cancel_close, fixture_teardown);
   g_test_add ("/popgate/net/cork", Fixture, NULL, fixture_setup, test_cork, fixture_teardown);
   g_test_add ("/popgate/net/tls-verified", Fixture, NULL, fixture_setup, test_tls_verified,
               fixture_teardown);
