@@ -21,8 +21,9 @@
 
 /* One read's worth: big enough that a 10 KB message usually arrives in one read. */
 #define PG_BENCH_READ_BUFFER 32768
-/* Status and response lines; message lines are scanned without being kept. */
-#define PG_BENCH_MAX_LINE 16384
+/* Status and response lines; message lines are scanned without being kept. The longest is
+ * IMAP's `* SEARCH` of every UID (about 6 octets a message: 40,000 messages fit). */
+#define PG_BENCH_MAX_LINE (256 * 1024)
 
 typedef enum
 {
@@ -32,9 +33,10 @@ typedef enum
   PG_BENCH_STATE_USER,  /* POP3 */
   PG_BENCH_STATE_LOGIN, /* POP3 PASS / IMAP LOGIN */
   PG_BENCH_STATE_IDLE,
-  PG_BENCH_STATE_STAT,  /* POP3 STAT / IMAP SELECT */
-  PG_BENCH_STATE_UIDL,  /* POP3 */
-  PG_BENCH_STATE_FETCH, /* POP3 RETRs / IMAP UID FETCH */
+  PG_BENCH_STATE_STAT,   /* POP3 STAT / IMAP SELECT */
+  PG_BENCH_STATE_SEARCH, /* IMAP, imap_each: UID SEARCH ALL */
+  PG_BENCH_STATE_UIDL,   /* POP3 */
+  PG_BENCH_STATE_FETCH,  /* POP3 RETRs / IMAP UID FETCH */
   PG_BENCH_STATE_QUIT,
   PG_BENCH_STATE_DONE,
   PG_BENCH_STATE_FAILED,
@@ -81,7 +83,10 @@ typedef struct
   gboolean have_ttfb;
   guint64 got_messages;
   guint64 got_octets;
-  guint tag; /* IMAP command tag counter */
+  guint tag;            /* IMAP command tag counter */
+  GArray *uids;         /* owned, imap_each: guint64 UIDs from UID SEARCH ALL */
+  guint next_uid;       /* imap_each: index into uids of the next UID FETCH */
+  gint64 fetch_sent_at; /* imap_each: when the current UID FETCH went out */
 } PgBenchSession;
 
 struct _PgBenchLoad
@@ -463,6 +468,7 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
     case PG_BENCH_STATE_IDLE:
       break;
     case PG_BENCH_STATE_CONNECT:
+    case PG_BENCH_STATE_SEARCH:
     case PG_BENCH_STATE_DONE:
     case PG_BENCH_STATE_FAILED:
       pg_bench_session_fail (session, "unexpected reply");
@@ -547,6 +553,47 @@ static void G_GNUC_PRINTF (2, 3)
   pg_bench_session_send (session, "a%u %s", session->tag, command);
 }
 
+/* imap_each: the next UID FETCH, or LOGOUT after the last one. */
+static void
+pg_bench_imap_fetch_next (PgBenchSession *session)
+{
+  if (session->next_uid >= session->uids->len)
+    {
+      session->state = PG_BENCH_STATE_QUIT;
+      pg_bench_imap_command (session, "LOGOUT");
+      return;
+    }
+  session->fetch_sent_at = g_get_monotonic_time ();
+  pg_bench_imap_command (session, "UID FETCH %" G_GUINT64_FORMAT " BODY.PEEK[]",
+                         g_array_index (session->uids, guint64, session->next_uid));
+  session->next_uid++;
+}
+
+/* `* SEARCH 1 2 3 …`: the mailbox's UIDs, in order. */
+static void
+pg_bench_imap_search_line (PgBenchSession *session, const char *line)
+{
+  const char *p = line + strlen ("* SEARCH");
+
+  while (*p == ' ')
+    {
+      gchar *end = NULL;
+      guint64 uid = g_ascii_strtoull (p + 1, &end, 10);
+
+      if (end == p + 1)
+        break;
+      g_array_append_val (session->uids, uid);
+      p = end;
+    }
+}
+
+/* When the server could start on the literal being read (see the top of the file). */
+static gint64
+pg_bench_imap_ready_at (PgBenchSession *session)
+{
+  return session->load->options.imap_each ? session->fetch_sent_at : session->t_prev_end;
+}
+
 static void
 pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
 {
@@ -574,6 +621,8 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
       if (session->state == PG_BENCH_STATE_STAT && g_str_has_suffix (line, " EXISTS\r\n")
           && sscanf (line, "* %" G_GUINT64_FORMAT " EXISTS", &n) == 1)
         session->n_messages = n;
+      if (session->state == PG_BENCH_STATE_SEARCH && g_str_has_prefix (line, "* SEARCH"))
+        pg_bench_imap_search_line (session, line);
       /* A FETCH response line ends with the literal's announcement: {N}CRLF. */
       if (session->state == PG_BENCH_STATE_FETCH && len >= 4
           && strcmp (line + len - 3, "}\r\n") == 0 && (brace = strrchr (line, '{')) != NULL)
@@ -582,7 +631,7 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
           session->literal_left = session->literal_size;
           pg_bench_session_first_byte (session);
           if (session->literal_left == 0)
-            pg_bench_session_message_done (session, 0, session->t_prev_end);
+            pg_bench_session_message_done (session, 0, pg_bench_imap_ready_at (session));
         }
       return;
     }
@@ -616,11 +665,40 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
                                  session->n_messages, load->options.expect_messages);
           return;
         }
-      session->state = PG_BENCH_STATE_FETCH;
       session->t_prev_end = g_get_monotonic_time ();
+      if (load->options.imap_each)
+        {
+          session->state = PG_BENCH_STATE_SEARCH;
+          g_array_set_size (session->uids, 0);
+          pg_bench_imap_command (session, "UID SEARCH ALL");
+          break;
+        }
+      session->state = PG_BENCH_STATE_FETCH;
       pg_bench_imap_command (session, "UID FETCH 1:* BODY.PEEK[]");
       break;
+    case PG_BENCH_STATE_SEARCH:
+      if (session->uids->len != session->n_messages)
+        {
+          pg_bench_session_fail (session, "SEARCH found %u UIDs, EXISTS said %" G_GUINT64_FORMAT,
+                                 session->uids->len, session->n_messages);
+          return;
+        }
+      session->state = PG_BENCH_STATE_FETCH;
+      session->next_uid = 0;
+      pg_bench_imap_fetch_next (session);
+      break;
     case PG_BENCH_STATE_FETCH:
+      if (load->options.imap_each)
+        {
+          if (session->got_messages != session->next_uid)
+            {
+              pg_bench_session_fail (session, "UID FETCH %" G_GUINT64_FORMAT " returned no body",
+                                     g_array_index (session->uids, guint64, session->next_uid - 1));
+              return;
+            }
+          pg_bench_imap_fetch_next (session);
+          break;
+        }
       session->state = PG_BENCH_STATE_QUIT;
       pg_bench_imap_command (session, "LOGOUT");
       break;
@@ -657,7 +735,8 @@ pg_bench_session_feed (PgBenchSession *session, const guint8 *data, gsize len)
           session->literal_left -= take;
           i += take;
           if (session->literal_left == 0)
-            pg_bench_session_message_done (session, session->literal_size, session->t_prev_end);
+            pg_bench_session_message_done (session, session->literal_size,
+                                           pg_bench_imap_ready_at (session));
           continue;
         }
       if (!imap && session->in_data && session->state == PG_BENCH_STATE_FETCH)
@@ -711,6 +790,7 @@ pg_bench_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_d
       return;
     }
   session->load->result->wire_bytes += (guint64) n;
+  session->load->result->reads++;
   session->now = g_get_monotonic_time ();
   pg_bench_session_feed (session, session->buf, (gsize) n);
   if (session->state != PG_BENCH_STATE_FAILED && session->state != PG_BENCH_STATE_DONE)
@@ -818,6 +898,7 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->outq = g_string_sized_new (256);
       session->writing = g_string_sized_new (256);
       session->sent_at = g_array_new (FALSE, TRUE, sizeof (gint64));
+      session->uids = g_array_new (FALSE, FALSE, sizeof (guint64));
       session->state = PG_BENCH_STATE_CONNECT;
       session->t_start = g_get_monotonic_time ();
       session->ops++;
@@ -902,6 +983,7 @@ pg_bench_load_free (PgBenchLoad *load)
       g_string_free (session->outq, TRUE);
       g_string_free (session->writing, TRUE);
       g_array_unref (session->sent_at);
+      g_array_unref (session->uids);
     }
   g_free (load->sessions);
   g_clear_object (&load->client);

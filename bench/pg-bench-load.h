@@ -2,9 +2,12 @@
  *
  * Every session is a small state machine over one GSocketConnection with async reads into
  * a fixed buffer and one pending write at a time: 1,000 sessions cost 1,000 sockets and a
- * few KiB each, no threads. POP3: greeting, CAPA, USER, PASS, STAT, UIDL, RETR 1..n
- * (pipelined `pipeline` deep when the server offers PIPELINING), QUIT. IMAP: greeting,
- * LOGIN, SELECT INBOX, UID FETCH 1:* BODY.PEEK[], LOGOUT. Message bytes are counted
+ * few KiB each, no threads. POP3: greeting, CAPA, USER, PASS, STAT, UIDL, RETR 1..n (one
+ * after the other as fetchmail, getmail and poplib do, or `pipeline` deep when the server
+ * offers PIPELINING), QUIT. IMAP: greeting, LOGIN, SELECT INBOX, then UID FETCH 1:*
+ * BODY.PEEK[] (one command for all) or, with `imap_each`, UID SEARCH ALL and one
+ * UID FETCH uid BODY.PEEK[] per message, each after the last one's tagged reply; LOGOUT.
+ * Message bytes are counted
  * without dot-stuffing (POP3) or as literal octets (IMAP) and checked against what the
  * mailbox holds, so a session that lost or mangled a byte counts as failed.
  *
@@ -35,6 +38,7 @@ typedef struct
    * maildrop per (user, client) as RFC 1939 asks; NULL: plain user names. */
   const char *client_tag_separator;
   guint pipeline;          /* POP3 RETRs in flight (1 = no pipelining) */
+  gboolean imap_each;      /* IMAP: one UID FETCH per message instead of one for all */
   gboolean idle;           /* stop after login; pg_bench_load_release() ends them */
   guint64 expect_messages; /* per session; 0 = do not check */
   guint64 expect_octets;   /* per session, RFC822.SIZE sum; 0 = do not check */
@@ -48,6 +52,7 @@ typedef struct
   guint64 messages;   /* message bodies received in full */
   guint64 octets;     /* their octets (without dot-stuffing) */
   guint64 wire_bytes; /* everything read from the sockets */
+  guint64 reads;      /* socket reads that returned data (all sessions) */
   gdouble wall_s;     /* first connect → last session done */
   gdouble cpu_s;      /* this process's user+sys CPU over wall_s */
   GArray *ttfb_us;    /* owned: gint64 per session, connect → first message byte */

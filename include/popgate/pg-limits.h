@@ -103,6 +103,10 @@
 #define PG_DEFAULT_SHUTDOWN_TIMEOUT_S 30
 /* Output queued to a client before we stop reading the upstream (back-pressure). */
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
+/* Output a corked connection holds before it goes out anyway (pg_conn_cork): a 10 KB
+ * message with its status line and terminator is one write; a bigger one leaves in pieces
+ * of this size. At most one such buffer is kept spare for the whole process. */
+#define PG_CLIENT_CORK_MAX 65536
 
 /* --- TLS --- */
 /* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the

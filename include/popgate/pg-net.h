@@ -70,7 +70,14 @@ gssize pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error);
 void pg_conn_write_bytes (PgConn *conn, GBytes *bytes);
 void pg_conn_write (PgConn *conn, const void *data, gsize len);
 void pg_conn_write_printf (PgConn *conn, const char *format, ...) G_GNUC_PRINTF (2, 3);
+/* Output queued or corked, not yet handed to the socket. */
 gsize pg_conn_get_queued (PgConn *conn);
+/* Hold what is written until the matching pg_conn_uncork(), so that replies produced in
+ * one go (a RETR's status line, body and terminator) leave in one write instead of one
+ * each: the client then reads, and wakes up, once. Corks nest; past PG_CLIENT_CORK_MAX
+ * bytes the held output goes out at once. pg_conn_close() sends what is held first. */
+void pg_conn_cork (PgConn *conn);
+void pg_conn_uncork (PgConn *conn);
 /* Completes when the write queue holds at most `low_water` bytes (0: fully flushed), or
  * with an error when the connection closes first. */
 void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,
@@ -85,6 +92,12 @@ gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **
 
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
+
+/* A source that calls `func (data)` while `stream` has input (or EOF, or an error), meant
+ * to stay attached from one read to the next; it may recurse. On a plain socket it is the
+ * socket's own source: GLib's pollable wrapper adds a child source that GLib 2.74 blocks
+ * and unblocks around every dispatch, writing its wake-up eventfd twice each time. */
+GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data);
 
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);

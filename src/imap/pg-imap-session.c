@@ -1268,12 +1268,17 @@ pg_imap_session_relay_up_pump (PgImapSession *self)
           return FALSE;
         }
       pg_imap_session_relay_up_data (self, pg_imap_relay_up_buf, (gsize) n);
+      /* A short read took all there was: wait for readiness rather than try a read that
+       * would only say "would block" (one syscall per round trip). The source is
+       * level-triggered and sees data TLS holds decrypted, so nothing waits unseen. */
+      if ((gsize) n < sizeof pg_imap_relay_up_buf)
+        return TRUE;
     }
   return TRUE;
 }
 
 static gboolean
-pg_imap_session_up_ready_cb (GObject *stream, gpointer user_data)
+pg_imap_session_up_ready_cb (gpointer user_data)
 {
   /* The source does not hold the session (close_upstream destroys it); the pump may end
    * the session, so hold it while we run. */
@@ -1289,15 +1294,13 @@ pg_imap_session_up_ready_cb (GObject *stream, gpointer user_data)
 static void
 pg_imap_session_relay_up_resume (PgImapSession *self)
 {
-  GInputStream *in;
-
   if (self->up_source != NULL || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
     return;
   if (!pg_imap_session_relay_up_pump (self))
     return;
-  in = g_io_stream_get_input_stream (self->up_stream);
-  self->up_source = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (in), NULL);
-  g_source_set_callback (self->up_source, G_SOURCE_FUNC (pg_imap_session_up_ready_cb), self, NULL);
+  /* Kept while the relay runs, and never blocked around its dispatch (no wake-up eventfd
+   * writes per response; see pg_net_readable_source_new). */
+  self->up_source = pg_net_readable_source_new (self->up_stream, pg_imap_session_up_ready_cb, self);
   g_source_set_static_name (self->up_source, "[popgate] imap relay upstream");
   g_source_attach (self->up_source, g_main_context_get_thread_default ());
 }

@@ -1310,7 +1310,14 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
   if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
     return; /* closed: the conn's "closed" handler cleans up */
   if (self->maildrop != NULL)
-    pg_pop3_maildrop_resume (self->maildrop);
+    {
+      /* The upstream reads on at once while it has data: one write for what it delivers. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_maildrop_resume (self->maildrop);
+      pg_conn_uncork (conn);
+    }
 }
 
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
@@ -1449,7 +1456,14 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
     return;
   transfer->finished = TRUE;
   if (transfer->active)
-    pg_pop3_session_transfer_step (self, transfer);
+    {
+      /* The terminator, and what the next pipelined commands answer, in one write. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_session_transfer_step (self, transfer);
+      pg_conn_uncork (conn);
+    }
 }
 
 static gboolean
@@ -2033,7 +2047,15 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
       return;
     }
   pg_line_reader_feed (self->reader, self->read_buffer, (gsize) n);
-  pg_pop3_session_process (self);
+  {
+    /* What the commands answer now — for a RETR fetched ahead its status line, body and
+     * terminator — leaves in one write (the conn outlives an ending session's dispose). */
+    g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+    pg_conn_cork (conn);
+    pg_pop3_session_process (self);
+    pg_conn_uncork (conn);
+  }
 }
 
 static void
@@ -2047,10 +2069,15 @@ pg_pop3_session_read (PgPop3Session *self)
   if (space == 0)
     return; /* pipelined input is full: read again once commands were handled */
   self->reading = TRUE;
-  g_clear_object (&self->read_cancellable);
-  self->read_cancellable = g_cancellable_new ();
-  g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
-                         g_object_ref (self->read_cancellable), g_object_unref);
+  /* One per session until STLS cancels it: a new one per read cost an allocation and a
+   * handler on self->cancellable that stayed connected, one more with every command. */
+  if (self->read_cancellable == NULL || g_cancellable_is_cancelled (self->read_cancellable))
+    {
+      g_clear_object (&self->read_cancellable);
+      self->read_cancellable = g_cancellable_new ();
+      g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
+                             g_object_ref (self->read_cancellable), g_object_unref);
+    }
   pg_conn_read_async (self->conn, self->read_buffer, MIN (space, PG_POP3_READ_CHUNK),
                       self->read_cancellable, pg_pop3_session_read_cb, g_object_ref (self));
 }
