@@ -24,6 +24,13 @@ typedef struct
   /* IMAP METADATA (RFC 5464) with a file dict per user, for the imap-metadata state
    * backend. */
   gboolean metadata;
+  /* NULL: passwords only. Else also accept OAuth 2.0 bearer tokens (AUTHENTICATE XOAUTH2
+   * and OAUTHBEARER): a second passdb (driver oauth2) asks this RFC 7662 introspection
+   * endpoint (POST token=...) on every login whether the token is active and whose it is
+   * (the "username" attribute); see tests/pg-test-oauth2.h. Copied. */
+  const char *oauth2_introspection_url;
+  /* For an https introspection URL: the CA that verifies it (PgTestOAuth2.ca_file). */
+  const char *oauth2_ca_file;
 } PgTestDovecotOptions;
 
 typedef struct
@@ -40,8 +47,10 @@ typedef struct
   guint16 pop3_port;
   guint16 pop3s_port;
   gboolean metadata;
-  PgTestProcess *process; /* owned: the master; NULL while stopped */
-  GHashTable *passwd;     /* owned: user → passwd-file line */
+  gchar *oauth2_introspection_url; /* owned; NULL: no OAuth2 */
+  gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
+  PgTestProcess *process;          /* owned: the master; NULL while stopped */
+  GHashTable *passwd;              /* owned: user → passwd-file line */
 } PgTestDovecot;
 
 /* NULL if this machine can run the fixture; else why not (for g_test_skip()). */
