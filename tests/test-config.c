@@ -1104,7 +1104,10 @@ test_accounts (TempDirFixture *fixture, gconstpointer data)
   g_autoptr (PgConfig) config = NULL;
   const PgAccount *account;
 
-  g_assert_cmpint (g_mkdir_with_parents (g_path_get_dirname (pw), 0700) == 0 ? 0 : 1, ==, 0);
+  {
+    g_autofree gchar *sub = g_path_get_dirname (pw);
+    g_assert_cmpint (g_mkdir_with_parents (sub, 0700), ==, 0);
+  }
   write_secret (pw, "up-secret\nsecond line is not part of it\n");
   write_secret (token, "refresh-token\n");
   write_secret (accounts, "# local  secret  upstream  user  credential\n"
@@ -1158,6 +1161,7 @@ test_accounts (TempDirFixture *fixture, gconstpointer data)
       { "x {PLAIN} default u -", "not empty" },
       { "x {MD5}abc default u -", "local secret" },
       { "x {PLAIN}s default u", "expected \"local-user local-secret upstream upstream-user" },
+      { "x {PLAIN}s", "expected \"local-user local-secret upstream upstream-user" },
       { "x {PLAIN}s default u password:missing.pw", "missing.pw" },
       { "x {PLAIN}s default u oauth2:carol.token", "auth = password" },
       { "x {PLAIN}s g u oauth2", "client_credentials" },
