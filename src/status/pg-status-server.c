@@ -55,6 +55,7 @@ typedef struct
   GString *pending;       /* events not yet handed to libsoup */
   gsize in_flight;        /* bytes of the chunk libsoup is writing now */
   gboolean dropped;       /* cut off: write nothing more */
+  GSource *hangup;        /* owned: notices the browser going away while nothing is written */
   GList link;             /* in server->subscribers */
 } PgStatusSubscriber;
 
@@ -262,6 +263,11 @@ pg_status_json_trace (PgStatusTrack *track, gsize *out_len)
 static void
 pg_status_subscriber_free (PgStatusSubscriber *sub)
 {
+  if (sub->hangup != NULL)
+    {
+      g_source_destroy (sub->hangup);
+      g_source_unref (sub->hangup);
+    }
   g_signal_handlers_disconnect_by_data (sub->msg, sub);
   g_object_unref (sub->msg);
   g_string_free (sub->pending, TRUE);
@@ -348,6 +354,26 @@ pg_status_subscriber_wrote_chunk_cb (SoupServerMessage *msg, gpointer user_data)
 
   sub->in_flight = 0;
   pg_status_subscriber_flush (sub);
+}
+
+/* An event stream's client sends nothing after its request: readable means it closed (or
+ * broke the protocol). libsoup does not read while our response is paused, so without
+ * this a closed browser would hold its slot until the next event. */
+static gboolean
+pg_status_subscriber_hangup_cb (GSocket *socket, GIOCondition condition, gpointer user_data)
+{
+  PgStatusSubscriber *sub = user_data;
+
+  g_clear_pointer (&sub->hangup, g_source_unref);
+  g_socket_shutdown (socket, TRUE, TRUE, NULL);
+  /* libsoup learns it at its next write: give it one. */
+  if (!sub->dropped && sub->in_flight == 0)
+    {
+      g_string_assign (sub->pending, ": bye\n\n");
+      pg_status_subscriber_flush (sub);
+    }
+  sub->dropped = TRUE;
+  return G_SOURCE_REMOVE;
 }
 
 static void
@@ -521,6 +547,14 @@ pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg)
   g_queue_push_tail_link (&self->subscribers, &sub->link);
   g_signal_connect (msg, "wrote-chunk", G_CALLBACK (pg_status_subscriber_wrote_chunk_cb), sub);
   g_signal_connect (msg, "finished", G_CALLBACK (pg_status_subscriber_finished_cb), sub);
+  if (soup_server_message_get_socket (msg) != NULL)
+    {
+      sub->hangup = g_socket_create_source (soup_server_message_get_socket (msg),
+                                            G_IO_IN | G_IO_HUP | G_IO_ERR, NULL);
+      g_source_set_callback (sub->hangup, G_SOURCE_FUNC (pg_status_subscriber_hangup_cb), sub,
+                             NULL);
+      g_source_attach (sub->hangup, NULL);
+    }
   /* The stream starts with every session as it is now, then follows the changes. */
   snapshot = pg_status_json_sessions (NULL);
   pg_status_subscriber_send (sub, "sessions", snapshot);
