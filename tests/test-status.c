@@ -10,6 +10,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 #include "popgate/pg-config.h"
@@ -696,6 +697,48 @@ test_live (Fixture *fx, gconstpointer data)
   g_assert_null (strstr (events->seen->str, PASSWORD));
 }
 
+/* An IMAP session through the IMAP front end: state, mailbox and IDLE as they change. */
+static void
+test_imap (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (EventStream) events = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (PgTestImap) imap = NULL;
+  SessionWait wait = { fx, fx->user, "SELECTED", 0 };
+  g_autofree gchar *line = NULL;
+  g_autofree gchar *body = NULL;
+  g_autoptr (JsonNode) root = NULL;
+  JsonObject *s;
+  guint status = 0;
+
+  event_stream_wait (events, "event: sessions");
+  imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, fx->user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "i1 IDLE\r\n", 9, &error), error);
+  line = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (line, "+"));
+  g_assert_true (pg_test_wait_until (session_present_cb, &wait, WATCHDOG_MS));
+  body = http_get (fx->status_port, "/api/sessions", NULL, NULL, &status);
+  root = parse_json (body);
+  s = find_session (root, wait.id);
+  g_assert_nonnull (s);
+  g_assert_cmpstr (json_object_get_string_member (s, "frontend"), ==, "imap");
+  g_assert_cmpstr (json_object_get_string_member (s, "mailbox"), ==, "INBOX");
+  g_assert_true (json_object_get_boolean_member (s, "idle"));
+  /* The stream followed: start, then the change to SELECTED (pushed or by the tick). */
+  event_stream_wait (events, "\"state\":\"SELECTED\"");
+  g_assert_nonnull (strstr (events->seen->str, "event: start"));
+  g_assert_null (strstr (events->seen->str, PASSWORD));
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "DONE\r\n", 6, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
+  event_stream_wait (events, "event: end");
+  wait.state = NULL;
+  g_assert_true (pg_test_wait_until (session_absent_cb, &wait, WATCHDOG_MS));
+}
+
 /* A subscriber that connects and never reads does not hold up a RETR. */
 static void
 test_stalled (Fixture *fx, gconstpointer data)
@@ -1111,6 +1154,7 @@ main (int argc, char **argv)
     void (*func) (Fixture *, gconstpointer);
   } tests[] = {
     { "/popgate/status/live", NULL, test_live },
+    { "/popgate/status/imap", NULL, test_imap },
     { "/popgate/status/stalled", NULL, test_stalled },
     { "/popgate/status/cap", NULL, test_cap },
     { "/popgate/status/auth", auth_settings, test_auth },

@@ -124,7 +124,10 @@ pg_status_is_observed (void)
 void
 pg_status_trace (guint64 sid, const char *line)
 {
-  if (pg_status_observer != NULL && sid != 0)
+  /* Only for live sessions: a line after the end (an upstream LOGOUT finishing) would
+   * otherwise make the observer keep a ring nobody removes. */
+  if (pg_status_observer != NULL && pg_status_sessions != NULL
+      && g_hash_table_contains (pg_status_sessions, &sid))
     pg_status_observer (PG_STATUS_EVENT_TRACE, sid, NULL, line, pg_status_observer_data);
 }
 

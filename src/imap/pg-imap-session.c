@@ -216,7 +216,10 @@ pg_imap_session_status_fill (gpointer owner, PgStatusInfo *info)
   info->client = self->info.client;
   info->tls = pg_conn_is_tls (self->conn);
   info->user = self->info.user;
-  info->state = pg_imap_state_names[self->info.state];
+  /* The IMAP states of RFC 9051 §3, as a client sees them. */
+  info->state = self->info.state == PG_IMAP_STATE_RELAY
+                    ? (self->info.mailbox != NULL ? "SELECTED" : "AUTHENTICATED")
+                    : "NOT AUTHENTICATED";
   info->mailbox = self->info.mailbox;
   info->idle = self->info.idling;
   info->bytes_in = self->info.bytes_from_client;
