@@ -278,6 +278,43 @@ stalled_subscriber (const char *base)
   return g_steal_pointer (&socket);
 }
 
+/* Reload: the same address keeps its socket; another one rebinds; none closes the page
+ * and stops collecting the trace. */
+static void
+test_reload (void)
+{
+  g_autofree gchar *base = NULL;
+  g_autoptr (PgStatusServer) server = inproc_server (&base);
+  g_autoptr (GError) error = NULL;
+  guint16 port = pg_test_free_port ("127.0.0.1", &error);
+  g_autofree gchar *moved = g_strdup_printf ("[upstream]\nhost = 127.0.0.1\n[pop3]\n"
+                                             "listen = 127.0.0.1:1110\n[status]\n"
+                                             "listen = 127.0.0.1:%u\n",
+                                             port);
+  static const char off[] = "[upstream]\nhost = 127.0.0.1\n[pop3]\nlisten = 127.0.0.1:1110\n";
+  g_autoptr (PgConfig) config = pg_config_load_data (moved, strlen (moved), "test", &error);
+  g_autoptr (PgConfig) none = pg_config_load_data (off, strlen (off), "test", &error);
+  g_autoptr (GPtrArray) bound = NULL;
+  g_autofree gchar *body = NULL;
+  g_autofree gchar *url = NULL;
+  guint status = 0;
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_status_server_apply (server, config, &error), error);
+  bound = pg_status_server_get_bound_addresses (server);
+  g_assert_cmpuint (bound->len, ==, 1);
+  url = g_strdup_printf ("http://127.0.0.1:%u", port);
+  g_assert_cmpstr (g_ptr_array_index (bound, 0), ==, url + strlen ("http://"));
+  body = inproc_get (url, "/api/sessions", &status);
+  g_assert_cmpuint (status, ==, 200);
+  g_assert_true (pg_trace_is_enabled ());
+  PG_TEST_ASSERT_OK (pg_status_server_apply (server, none, &error), error);
+  g_clear_pointer (&bound, g_ptr_array_unref);
+  bound = pg_status_server_get_bound_addresses (server);
+  g_assert_cmpuint (bound->len, ==, 0);
+  g_assert_false (pg_trace_is_enabled ());
+}
+
 static void
 test_subscribers (void)
 {
@@ -1165,6 +1202,7 @@ main (int argc, char **argv)
   pg_log_init (PG_LOG_LEVEL_WARNING);
   g_test_add_func ("/popgate/status/registry-api", test_registry_api);
   g_test_add_func ("/popgate/status/subscribers", test_subscribers);
+  g_test_add_func ("/popgate/status/reload", test_reload);
   g_test_add_func ("/popgate/status/config", test_config);
   g_test_add_func ("/popgate/status/remote-refused", test_remote_refused);
   upstream = pg_test_dovecot_new (NULL, &error);
