@@ -570,11 +570,15 @@ pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg)
 static gboolean
 pg_status_server_parse_trace_path (const char *path, guint64 *out_id)
 {
-  const char *rest = path + strlen ("/api/sessions/");
-  const char *slash = strchr (rest, '/');
+  const char *rest;
+  const char *slash;
   g_autofree gchar *number = NULL;
 
-  if (!g_str_has_prefix (path, "/api/sessions/") || slash == NULL || strcmp (slash, "/trace") != 0)
+  if (!g_str_has_prefix (path, "/api/sessions/"))
+    return FALSE;
+  rest = path + strlen ("/api/sessions/");
+  slash = strchr (rest, '/');
+  if (slash == NULL || strcmp (slash, "/trace") != 0)
     return FALSE;
   number = g_strndup (rest, (gsize) (slash - rest));
   return g_ascii_string_to_unsigned (number, 10, 1, G_MAXUINT64, out_id, NULL);
