@@ -211,16 +211,39 @@ test_registry_api (void)
       }
   }
 
-  /* Gone from the list when it ends; its trace is gone too. */
+  /* Gone from the live list when it ends, into "recent" with its trace, until
+   * PG_STATUS_RECENT_SESSIONS newer ones have ended. */
   pg_status_session_update (901, NULL, NULL);
   g_clear_pointer (&body, g_free);
   g_clear_pointer (&root, json_node_unref);
   body = inproc_get (base, "/api/sessions", &status);
   root = parse_json (body);
   g_assert_null (find_session (root, 901));
+  {
+    JsonArray *recent = json_object_get_array_member (json_node_get_object (root), "recent");
+    JsonObject *gone = json_array_get_object_element (recent, 0);
+    g_assert_cmpint (json_object_get_int_member (gone, "id"), ==, 901);
+    g_assert_cmpint (json_object_get_int_member (gone, "ended_ms"), >=,
+                     json_object_get_int_member (gone, "started_ms"));
+    g_assert_cmpstr (json_object_get_string_member (gone, "state"), ==, "TRANSACTION");
+  }
+  g_clear_pointer (&body, g_free);
+  body = inproc_get (base, "/api/sessions/901/trace", &status);
+  g_assert_cmpuint (status, ==, 200);
+  g_assert_nonnull (strstr (body, "C: NOOP 250"));
+  for (guint64 id = 1000; id < 1000 + PG_STATUS_RECENT_SESSIONS; id++)
+    {
+      pg_status_session_update (id, fake_fill, &fake);
+      pg_status_trace (id, "C: QUIT");
+      pg_status_session_update (id, NULL, NULL);
+    }
   g_clear_pointer (&body, g_free);
   body = inproc_get (base, "/api/sessions/901/trace", &status);
   g_assert_cmpuint (status, ==, 404);
+  g_clear_pointer (&body, g_free);
+  body = inproc_get (base, "/api/sessions/1000/trace", &status);
+  g_assert_cmpuint (status, ==, 200);
+  g_assert_nonnull (strstr (body, "C: QUIT"));
   g_clear_pointer (&body, g_free);
   body = inproc_get (base, "/api/sessions/x/trace", &status);
   g_assert_cmpuint (status, ==, 404);
@@ -728,9 +751,13 @@ test_live (Fixture *fx, gconstpointer data)
   event_stream_wait (events, "event: end");
   wait.state = NULL;
   g_assert_true (pg_test_wait_until (session_absent_cb, &wait, WATCHDOG_MS));
+  /* Its trace stays readable among the recent sessions, QUIT's upstream commands too. */
   g_clear_pointer (&body, g_free);
   body = http_get (fx->status_port, path, NULL, NULL, &status);
-  g_assert_cmpuint (status, ==, 404);
+  g_assert_cmpuint (status, ==, 200);
+  g_assert_nonnull (strstr (body, "C: QUIT -> delete=expunge for 1 uids"));
+  g_assert_nonnull (strstr (body, "UID EXPUNGE"));
+  g_assert_null (strstr (body, PASSWORD));
   g_assert_null (strstr (events->seen->str, PASSWORD));
 }
 
@@ -1088,7 +1115,7 @@ test_browser (Fixture *fx, gconstpointer data)
                                  "--disable-sync",
                                  "--remote-debugging-address=127.0.0.1",
                                  "--remote-debugging-port=0",
-                                 "--window-size=1200,640",
+                                 "--window-size=1200,720",
                                  user_data_dir,
                                  url,
                                  NULL };
@@ -1110,13 +1137,15 @@ test_browser (Fixture *fx, gconstpointer data)
   g_signal_connect (dt.ws, "message", G_CALLBACK (devtools_message_cb), &dt);
 
   /* The row appears; clicking it shows the trace, POP3 commands beside upstream ones. */
-  expr = g_strdup_printf (
-      "document.querySelector('tr[data-session=\"%" G_GINT64_FORMAT "\"]') !== null", wait.id);
+  expr = g_strdup_printf ("document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT
+                          "\"]') !== null",
+                          wait.id);
   ew.expression = expr;
   g_assert_true (pg_test_wait_until (eval_true_cb, &ew, WATCHDOG_MS));
   g_free (expr);
-  expr = g_strdup_printf (
-      "document.querySelector('tr[data-session=\"%" G_GINT64_FORMAT "\"]').click(), true", wait.id);
+  expr = g_strdup_printf ("document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT
+                          "\"]').click(), true",
+                          wait.id);
   g_free (devtools_eval (&dt, expr));
   ew.expression = "[...document.querySelectorAll('#trace td:nth-child(2) .line')]"
                   ".some(e => e.textContent.includes('UID FETCH'))"
@@ -1125,7 +1154,7 @@ test_browser (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_wait_until (eval_true_cb, &ew, WATCHDOG_MS));
   g_free (expr);
   expr = g_strdup_printf (
-      "JSON.stringify({row: document.querySelector('tr[data-session=\"%" G_GINT64_FORMAT
+      "JSON.stringify({row: document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT
       "\"]').innerText, trace: document.querySelector('#trace').innerText})",
       wait.id);
   seen = devtools_eval (&dt, expr);
@@ -1151,23 +1180,26 @@ test_browser (Fixture *fx, gconstpointer data)
     g_test_message ("screenshot: %s (%" G_GSIZE_FORMAT " bytes)", shot_path, len);
   }
 
-  /* QUIT: the row goes away live, and is not there on a fresh load either. */
+  /* QUIT: the row leaves the live table (for "Recently ended"), live and on a fresh load. */
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
   g_free (expr);
   expr = g_strdup_printf (
-      "document.querySelector('tr[data-session=\"%" G_GINT64_FORMAT "\"]') === null", wait.id);
+      "document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT "\"]') === null"
+      " && document.querySelector('#recent tr[data-session=\"%" G_GINT64_FORMAT "\"]') !== null",
+      wait.id, wait.id);
   ew.expression = expr;
   g_assert_true (pg_test_wait_until (eval_true_cb, &ew, WATCHDOG_MS));
   {
     g_autoptr (JsonNode) r = devtools_call (&dt, "Page.reload", "{\"ignoreCache\":true}");
   }
   g_free (expr);
-  expr = g_strdup_printf ("document.getElementById('connection').className === 'online'"
-                          " && document.querySelector('tr[data-session=\"%" G_GINT64_FORMAT
-                          "\"]') === null"
-                          " && !document.getElementById('empty').hidden",
-                          wait.id);
+  expr = g_strdup_printf (
+      "document.getElementById('connection').className === 'online'"
+      " && document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT "\"]') === null"
+      " && document.querySelector('#recent tr[data-session=\"%" G_GINT64_FORMAT "\"]') !== null"
+      " && !document.getElementById('empty').hidden",
+      wait.id, wait.id);
   ew.expression = expr;
   g_assert_true (pg_test_wait_until (eval_true_cb, &ew, WATCHDOG_MS));
 

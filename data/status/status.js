@@ -2,7 +2,8 @@
 // Events from /api/events. Plain DOM, no framework, no build step.
 'use strict';
 
-const sessions = new Map(); // id -> session object from the API
+const sessions = new Map(); // id -> live session object from the API
+const RECENT_MAX = 16;      // as many ended sessions as the server keeps
 let selected = null;        // the session id whose trace is shown
 let lastTraceSeq = 0;       // the last trace line shown for it
 let clockSkew = 0;          // server now_ms - Date.now()
@@ -33,14 +34,17 @@ function stateOf(s) {
   return state;
 }
 
+// A row of the live table, or (s.ended_ms set) of the recently ended one.
 function renderRow(s) {
-  let row = document.querySelector('tr[data-session="' + s.id + '"]');
+  const table = s.ended_ms ? '#recent' : '#sessions';
+  let row = document.querySelector(table + ' tr[data-session="' + s.id + '"]');
   if (!row) {
     row = document.createElement('tr');
     row.dataset.session = String(s.id);
     for (let i = 0; i < 12; i++) row.appendChild(document.createElement('td'));
     row.addEventListener('click', () => select(s.id));
-    $('#sessions tbody').appendChild(row);
+    if (s.ended_ms) $('#recent tbody').prepend(row);
+    else $('#sessions tbody').appendChild(row);
   }
   const c = row.cells;
   text(c[0], s.id);
@@ -54,7 +58,8 @@ function renderRow(s) {
   text(c[8], s.frontend === 'pop3' ? s.deleted : '').className = 'num';
   text(c[9], bytes(s.bytes_in)).className = 'num';
   text(c[10], bytes(s.bytes_out)).className = 'num';
-  text(c[11], duration(Date.now() + clockSkew - s.started_ms)).className = 'num duration';
+  text(c[11], duration((s.ended_ms || Date.now() + clockSkew) - s.started_ms)).className =
+      'num duration';
   row.classList.toggle('selected', s.id === selected);
 }
 
@@ -72,11 +77,15 @@ function upsert(s) {
   summary();
 }
 
-function remove(s) {
+function ended(s) {
   sessions.delete(s.id);
-  const row = document.querySelector('tr[data-session="' + s.id + '"]');
+  const row = document.querySelector('#sessions tr[data-session="' + s.id + '"]');
   if (row) row.remove();
-  if (s.id === selected) text($('#trace-title'), '— session ' + s.id + ' ended');
+  renderRow(s);
+  const recent = $('#recent tbody');
+  while (recent.rows.length > RECENT_MAX) recent.lastElementChild.remove();
+  $('#recent-panel').hidden = false;
+  if (s.id === selected) text($('#trace-title'), '— session ' + s.id + ' (ended)');
   summary();
 }
 
@@ -95,13 +104,15 @@ function addTraceLine(line) {
   span.className = 'line' + (isClient ? '' : ' up');
   span.textContent = isClient ? line.slice(3) : line.replace(/^U: /, '');
   row.cells[isClient ? 0 : 1].appendChild(span);
-  span.scrollIntoView({ block: 'nearest' });
+  // Follow the newest line inside the trace box, never by scrolling the whole page.
+  const box = $('#trace-scroll');
+  box.scrollTop = box.scrollHeight;
 }
 
 async function select(id) {
   selected = id;
   lastTraceSeq = 0;
-  for (const row of document.querySelectorAll('#sessions tbody tr'))
+  for (const row of document.querySelectorAll('#sessions tbody tr, #recent tbody tr'))
     row.classList.toggle('selected', row.dataset.session === String(id));
   $('#trace tbody').replaceChildren();
   text($('#trace-title'), '— session ' + id);
@@ -122,16 +133,19 @@ function connect() {
     clockSkew = snap.now_ms - Date.now();
     sessions.clear();
     $('#sessions tbody').replaceChildren();
+    $('#recent tbody').replaceChildren();
     for (const s of snap.sessions) upsert(s);
+    for (const s of snap.recent.slice().reverse()) renderRow(s);
+    $('#recent-panel').hidden = snap.recent.length === 0;
     summary();
     if (selected === null) {
       const wanted = new URLSearchParams(location.search).get('session');
-      if (wanted && sessions.has(Number(wanted))) select(Number(wanted));
+      if (wanted) select(Number(wanted));
     }
   });
   events.addEventListener('start', (e) => upsert(JSON.parse(e.data)));
   events.addEventListener('change', (e) => upsert(JSON.parse(e.data)));
-  events.addEventListener('end', (e) => remove(JSON.parse(e.data)));
+  events.addEventListener('end', (e) => ended(JSON.parse(e.data)));
   events.addEventListener('trace', (e) => {
     const t = JSON.parse(e.data);
     if (t.id === selected && t.seq > lastTraceSeq) { addTraceLine(t.line); lastTraceSeq = t.seq; }

@@ -174,3 +174,7 @@
  * PG_STATUS_TRACE_LINE_MAX (26 MiB) however many sessions run; later sessions are listed
  * without a trace until older traced ones end. */
 #define PG_STATUS_MAX_TRACED_SESSIONS 256
+/* Ended sessions kept (last description and trace ring) so the page can still show what a
+ * short session did (a demo's POP3 session lasts a fraction of a second): the newest
+ * ones, at most this × one ring. */
+#define PG_STATUS_RECENT_SESSIONS 16

@@ -1,8 +1,10 @@
 /* popgate — the live status page and its JSON/SSE API (src/status), at [status] listen:
  *
  *   GET /                          the page (HTML/CSS/JS compiled in as a GResource)
- *   GET /api/sessions              {"now_ms":…, "sessions":[{…}, …]}
+ *   GET /api/sessions              {"now_ms":…, "sessions":[{…}, …], "recent":[{…}, …]}
  *   GET /api/sessions/ID/trace     {"id":…, "seq":…, "lines":[{"seq":…,"line":…}, …]}
+ *                                  (live sessions and the PG_STATUS_RECENT_SESSIONS
+ *                                  that ended last)
  *   GET /api/events                Server-Sent Events: "sessions" (a snapshot, first),
  *                                  "start", "change", "end", "trace"
  *

@@ -68,6 +68,7 @@ struct _PgStatusServer
   PgConfig *config;   /* owned: the users and allow_remote in force */
   GHashTable *tracks; /* owned: guint64* id → PgStatusTrack* (owned) */
   guint n_rings;      /* tracks with a trace ring */
+  GQueue recent;      /* of PgStatusTrack* (owned): ended sessions, newest first */
   GQueue subscribers; /* of PgStatusSubscriber* (owned, links inside) */
   guint n_dropped;
   GSource *tick; /* owned: while there are subscribers */
@@ -92,8 +93,9 @@ pg_status_json_add_text (JsonBuilder *builder, const char *name, const char *val
     }
 }
 
+/* One session; `ended_ms` (Unix ms) for an ended one, 0 for a live one. */
 static void
-pg_status_json_add_session (JsonBuilder *builder, const PgStatusInfo *info)
+pg_status_json_add_session (JsonBuilder *builder, const PgStatusInfo *info, gint64 ended_ms)
 {
   json_builder_begin_object (builder);
   json_builder_set_member_name (builder, "id");
@@ -121,6 +123,11 @@ pg_status_json_add_session (JsonBuilder *builder, const PgStatusInfo *info)
   json_builder_add_int_value (builder, (gint64) MIN (info->bytes_out, (guint64) G_MAXINT64));
   json_builder_set_member_name (builder, "started_ms");
   json_builder_add_int_value (builder, info->started_us / 1000);
+  if (ended_ms > 0)
+    {
+      json_builder_set_member_name (builder, "ended_ms");
+      json_builder_add_int_value (builder, ended_ms);
+    }
   json_builder_end_object (builder);
 }
 
@@ -135,23 +142,24 @@ pg_status_json_finish (JsonBuilder *builder, gsize *out_len)
 }
 
 static gchar *
-pg_status_json_session (const PgStatusInfo *info)
+pg_status_json_session (const PgStatusInfo *info, gint64 ended_ms)
 {
   g_autoptr (JsonBuilder) builder = json_builder_new ();
 
-  pg_status_json_add_session (builder, info);
+  pg_status_json_add_session (builder, info, ended_ms);
   return pg_status_json_finish (builder, NULL);
 }
 
 static void
 pg_status_json_add_session_cb (const PgStatusInfo *info, gpointer user_data)
 {
-  pg_status_json_add_session (user_data, info);
+  pg_status_json_add_session (user_data, info, 0);
 }
 
-/* {"now_ms":…, "sessions":[…]} */
+/* {"now_ms":…, "sessions":[…], "recent":[…]}: the live sessions, oldest first, and the
+ * ended ones kept (`recent`, of PgStatusTrack*), newest first. */
 static gchar *
-pg_status_json_sessions (gsize *out_len)
+pg_status_json_sessions (GQueue *recent, gsize *out_len)
 {
   g_autoptr (JsonBuilder) builder = json_builder_new ();
 
@@ -161,6 +169,16 @@ pg_status_json_sessions (gsize *out_len)
   json_builder_set_member_name (builder, "sessions");
   json_builder_begin_array (builder);
   pg_status_foreach (pg_status_json_add_session_cb, builder);
+  json_builder_end_array (builder);
+  json_builder_set_member_name (builder, "recent");
+  json_builder_begin_array (builder);
+  for (GList *l = recent->head; l != NULL; l = l->next)
+    {
+      const PgStatusTrack *track = l->data;
+      JsonNode *node = json_from_string (track->last_json, NULL);
+      if (node != NULL)
+        json_builder_add_value (builder, node);
+    }
   json_builder_end_array (builder);
   json_builder_end_object (builder);
   return pg_status_json_finish (builder, out_len);
@@ -203,16 +221,34 @@ pg_status_server_track (PgStatusServer *self, guint64 id)
   return track;
 }
 
+/* A session ended: keep its last description and trace among the recent ones. */
 static void
-pg_status_server_forget (PgStatusServer *self, guint64 id)
+pg_status_server_retire (PgStatusServer *self, guint64 id, gchar *final_json)
 {
-  PgStatusTrack *track = g_hash_table_lookup (self->tracks, &id);
+  PgStatusTrack *track = pg_status_server_track (self, id);
 
-  if (track == NULL)
-    return;
+  g_hash_table_steal (self->tracks, &id);
   if (track->ring != NULL)
     self->n_rings--;
-  g_hash_table_remove (self->tracks, &id);
+  g_free (track->last_json);
+  track->last_json = final_json;
+  g_queue_push_head (&self->recent, track);
+  while (self->recent.length > PG_STATUS_RECENT_SESSIONS)
+    pg_status_track_free (g_queue_pop_tail (&self->recent));
+}
+
+/* The track of a live session (made if need be) or of a recent one; NULL if neither. */
+static PgStatusTrack *
+pg_status_server_find_track (PgStatusServer *self, guint64 id)
+{
+  PgStatusInfo info;
+
+  if (pg_status_session_get (id, &info))
+    return pg_status_server_track (self, id);
+  for (GList *l = self->recent.head; l != NULL; l = l->next)
+    if (((PgStatusTrack *) l->data)->id == id)
+      return l->data;
+  return NULL;
 }
 
 /* Keep a (cut, valid UTF-8) copy of the line; FALSE when the session gets no ring. */
@@ -389,7 +425,7 @@ static void
 pg_status_server_send_if_changed (PgStatusServer *self, const PgStatusInfo *info, const char *event)
 {
   PgStatusTrack *track = pg_status_server_track (self, info->id);
-  g_autofree gchar *json = pg_status_json_session (info);
+  g_autofree gchar *json = pg_status_json_session (info, 0);
 
   if (g_strcmp0 (json, track->last_json) == 0)
     return;
@@ -444,9 +480,9 @@ pg_status_server_observe_cb (PgStatusEvent event, guint64 sid, const PgStatusInf
       return;
     case PG_STATUS_EVENT_END:
       {
-        g_autofree gchar *json = pg_status_json_session (info);
+        gchar *json = pg_status_json_session (info, g_get_real_time () / 1000);
         pg_status_server_broadcast (self, "end", json);
-        pg_status_server_forget (self, sid);
+        pg_status_server_retire (self, sid, json);
         return;
       }
     case PG_STATUS_EVENT_TRACE:
@@ -556,7 +592,7 @@ pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg)
       g_source_attach (sub->hangup, NULL);
     }
   /* The stream starts with every session as it is now, then follows the changes. */
-  snapshot = pg_status_json_sessions (NULL);
+  snapshot = pg_status_json_sessions (&self->recent, NULL);
   pg_status_subscriber_send (sub, "sessions", snapshot);
   if (self->tick == NULL)
     {
@@ -634,21 +670,21 @@ pg_status_server_handle_cb (SoupServer *server, SoupServerMessage *msg, const ch
   else if (strcmp (path, "/api/sessions") == 0)
     {
       gsize len = 0;
-      gchar *body = pg_status_json_sessions (&len);
+      gchar *body = pg_status_json_sessions (&self->recent, &len);
       pg_status_server_respond (msg, SOUP_STATUS_OK, "application/json", body, len);
     }
   else if (pg_status_server_parse_trace_path (path, &id))
     {
-      PgStatusInfo info;
+      PgStatusTrack *track = pg_status_server_find_track (self, id);
       gsize len = 0;
       gchar *body;
 
-      if (!pg_status_session_get (id, &info))
+      if (track == NULL)
         {
           pg_status_server_error (msg, SOUP_STATUS_NOT_FOUND);
           return;
         }
-      body = pg_status_json_trace (pg_status_server_track (self, id), &len);
+      body = pg_status_json_trace (track, &len);
       pg_status_server_respond (msg, SOUP_STATUS_OK, "application/json", body, len);
     }
   else if (strcmp (path, "/api/events") == 0 && method == SOUP_METHOD_GET)
@@ -692,6 +728,7 @@ pg_status_server_close (PgStatusServer *self)
   g_clear_pointer (&self->listen_key, g_free);
   g_hash_table_remove_all (self->tracks);
   self->n_rings = 0;
+  g_queue_clear_full (&self->recent, (GDestroyNotify) pg_status_track_free);
 }
 
 static void
