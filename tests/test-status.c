@@ -122,7 +122,7 @@ typedef struct
 } FakeSession;
 
 static void
-fake_fill (gpointer owner, PgStatusInfo *info)
+fake_fill_cb (gpointer owner, PgStatusInfo *info)
 {
   FakeSession *fake = owner;
 
@@ -169,10 +169,10 @@ test_registry_api (void)
   JsonObject *s;
 
   g_assert_true (pg_trace_is_enabled ()); /* the page wants the trace, logged or not */
-  pg_status_session_update (901, fake_fill, &fake);
+  pg_status_session_update (901, fake_fill_cb, &fake);
   fake.state = "TRANSACTION";
   fake.retrieved = 2;
-  pg_status_session_update (901, fake_fill, &fake);
+  pg_status_session_update (901, fake_fill_cb, &fake);
   body = inproc_get (base, "/api/sessions", &status);
   g_assert_cmpuint (status, ==, 200);
   root = parse_json (body);
@@ -233,7 +233,7 @@ test_registry_api (void)
   g_assert_nonnull (strstr (body, "C: NOOP 250"));
   for (guint64 id = 1000; id < 1000 + PG_STATUS_RECENT_SESSIONS; id++)
     {
-      pg_status_session_update (id, fake_fill, &fake);
+      pg_status_session_update (id, fake_fill_cb, &fake);
       pg_status_trace (id, "C: QUIT");
       pg_status_session_update (id, NULL, NULL);
     }
@@ -382,7 +382,7 @@ test_subscribers (void)
   stalled = stalled_subscriber (base);
   while (pg_status_server_get_n_subscribers (server) == 0)
     g_main_context_iteration (NULL, TRUE);
-  pg_status_session_update (902, fake_fill, &fake);
+  pg_status_session_update (902, fake_fill_cb, &fake);
   while (pg_status_server_get_n_dropped (server) == 0 && sent < 160000)
     {
       pg_status_trace (902, line);

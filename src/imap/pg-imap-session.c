@@ -208,7 +208,7 @@ pg_imap_session_trace_command (PgImapSession *self, const PgImapRelayCommand *cm
 
 /* What the status page shows of this session (pg-status.h). */
 static void
-pg_imap_session_status_fill (gpointer owner, PgStatusInfo *info)
+pg_imap_session_status_cb (gpointer owner, PgStatusInfo *info)
 {
   PgImapSession *self = owner;
 
@@ -237,8 +237,8 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
   if (state != PG_IMAP_STATE_RELAY)
     self->info.idling = FALSE;
   pg_imap_session_metrics_update (self);
-  pg_status_session_update (
-      self->id, state != PG_IMAP_STATE_CLOSED ? pg_imap_session_status_fill : NULL, self);
+  pg_status_session_update (self->id,
+                            state != PG_IMAP_STATE_CLOSED ? pg_imap_session_status_cb : NULL, self);
 }
 
 /* --- object ------------------------------------------------------------------------------ */
@@ -1442,7 +1442,7 @@ pg_imap_session_start (PgConn *conn, gpointer user_data)
   self->link.data = self;
   g_queue_push_tail_link (&pg_imap_sessions, &self->link);
   pg_imap_session_metrics_update (self);
-  pg_status_session_update (self->id, pg_imap_session_status_fill, self);
+  pg_status_session_update (self->id, pg_imap_session_status_cb, self);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_imap_session_conn_closed_cb), self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_imap_session_timeout_cb), self);

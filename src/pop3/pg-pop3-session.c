@@ -240,7 +240,7 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
 
 /* What the status page shows of this session (pg-status.h). */
 static void
-pg_pop3_session_status_fill (gpointer owner, PgStatusInfo *info)
+pg_pop3_session_status_cb (gpointer owner, PgStatusInfo *info)
 {
   PgPop3Session *self = owner;
 
@@ -269,7 +269,7 @@ pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
                     pg_pop3_state_names[state]);
   pg_pop3_session_metrics_state (self, state);
   self->state = state;
-  pg_status_session_update (self->id, pg_pop3_session_status_fill, self);
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
 }
 
 static void
@@ -2202,7 +2202,7 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   g_signal_connect (conn, "closed", G_CALLBACK (pg_pop3_session_conn_closed_cb), self);
   pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE,
                             PG_METRICS_SESSION_PREAUTH);
-  pg_status_session_update (self->id, pg_pop3_session_status_fill, self);
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_pop3_session_timeout_cb), self);
   g_signal_connect (conn, "shutdown", G_CALLBACK (pg_pop3_session_shutdown_cb), self);
   pg_session_info (self->id, "pop3 session from %s%s", pg_conn_get_peer (conn),
