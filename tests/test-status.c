@@ -761,6 +761,68 @@ test_live (Fixture *fx, gconstpointer data)
   g_assert_null (strstr (events->seen->str, PASSWORD));
 }
 
+/* SASL: AUTH PLAIN inline and as a continuation, AUTH LOGIN: neither the password nor
+ * the base64 that carries it reaches the API or the event stream. */
+static void
+test_redaction (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (EventStream) events = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *plain = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
+  g_autofree gchar *b64
+      = g_base64_encode ((const guchar *) plain, 2 + strlen (fx->user) + strlen (PASSWORD));
+  g_autofree gchar *b64_user = g_base64_encode ((const guchar *) fx->user, strlen (fx->user));
+  g_autofree gchar *b64_pass = g_base64_encode ((const guchar *) PASSWORD, strlen (PASSWORD));
+  g_autofree gchar *inline_cmd = g_strdup_printf ("AUTH PLAIN %s", b64);
+  SessionWait wait = { fx, fx->user, "TRANSACTION", 0 };
+  g_autoptr (GPtrArray) traces = g_ptr_array_new_with_free_func (g_free);
+  const char *const secrets[] = { PASSWORD, b64, b64_pass };
+
+  event_stream_wait (events, "event: sessions");
+  for (guint round = 0; round < 3; round++)
+    {
+      g_autoptr (PgTestPop3) pop3
+          = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL, &error);
+      g_autofree gchar *path = NULL;
+      guint status = 0;
+
+      g_assert_no_error (error);
+      if (round == 0)
+        PG_TEST_POP3_ASSERT_REPLY (pop3, inline_cmd, "+OK");
+      else if (round == 1)
+        {
+          PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH PLAIN", "+ ");
+          PG_TEST_POP3_ASSERT_REPLY (pop3, b64, "+OK");
+        }
+      else
+        {
+          PG_TEST_POP3_ASSERT_REPLY (pop3, "AUTH LOGIN", "+ ");
+          PG_TEST_POP3_ASSERT_REPLY (pop3, b64_user, "+ ");
+          PG_TEST_POP3_ASSERT_REPLY (pop3, b64_pass, "+OK");
+        }
+      PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK");
+      g_assert_true (pg_test_wait_until (session_present_cb, &wait, WATCHDOG_MS));
+      path = g_strdup_printf ("/api/sessions/%" G_GINT64_FORMAT "/trace", wait.id);
+      g_ptr_array_add (traces, http_get (fx->status_port, path, NULL, NULL, &status));
+      g_assert_cmpuint (status, ==, 200);
+      g_assert_nonnull (strstr (g_ptr_array_index (traces, round), "C: STAT"));
+      PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+      g_assert_true (pg_test_pop3_wait_closed (pop3));
+      wait.state = NULL;
+      g_assert_true (pg_test_wait_until (session_absent_cb, &wait, WATCHDOG_MS));
+      wait.state = "TRANSACTION";
+    }
+  event_stream_wait (events, "C: AUTH LOGIN");
+  g_ptr_array_add (traces, http_get (fx->status_port, "/api/sessions", NULL, NULL, &(guint){ 0 }));
+  g_ptr_array_add (traces, g_strdup (events->seen->str));
+  for (guint i = 0; i < traces->len; i++)
+    for (gsize k = 0; k < G_N_ELEMENTS (secrets); k++)
+      if (strstr (g_ptr_array_index (traces, i), secrets[k]) != NULL)
+        g_error ("a secret (%" G_GSIZE_FORMAT ") reached the status API (%u)", k, i);
+  g_assert_nonnull (strstr (g_ptr_array_index (traces, 0), "C: AUTH PLAIN <redacted>"));
+  g_assert_nonnull (strstr (g_ptr_array_index (traces, 1), "C: <redacted>"));
+}
+
 /* An IMAP session through the IMAP front end: state, mailbox and IDLE as they change. */
 static void
 test_imap (Fixture *fx, gconstpointer data)
@@ -1224,6 +1286,7 @@ main (int argc, char **argv)
   } tests[] = {
     { "/popgate/status/live", NULL, test_live },
     { "/popgate/status/imap", NULL, test_imap },
+    { "/popgate/status/redaction", NULL, test_redaction },
     { "/popgate/status/stalled", NULL, test_stalled },
     { "/popgate/status/cap", NULL, test_cap },
     { "/popgate/status/auth", auth_settings, test_auth },
