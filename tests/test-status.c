@@ -295,7 +295,7 @@ stalled_subscriber (const char *base)
       g_ascii_string_to_unsigned (strchr (hostport, ':') + 1, 10, 1, 65535, &port, NULL));
   addr = G_INET_SOCKET_ADDRESS (g_inet_socket_address_new_from_string ("127.0.0.1", (guint) port));
   PG_TEST_ASSERT_OK (g_socket_connect (socket, G_SOCKET_ADDRESS (addr), NULL, &error), error);
-  request = g_strdup_printf ("GET /api/events HTTP/1.1\r\nHost: %s\r\n\r\n", hostport);
+  request = g_strdup_printf ("GET /api/events?trace=all HTTP/1.1\r\nHost: %s\r\n\r\n", hostport);
   g_assert_cmpint (g_socket_send (socket, request, strlen (request), NULL, &error), ==,
                    strlen (request));
   return g_steal_pointer (&socket);
@@ -620,14 +620,15 @@ event_stream_free (EventStream *es)
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (EventStream, event_stream_free)
 
+/* GET /api/events`query` ("?trace=all", "" for none). */
 static EventStream *
-event_stream_open (guint16 port, gboolean read_headers)
+event_stream_open (guint16 port, const char *query)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GSocketClient) client = g_socket_client_new ();
   EventStream *es = g_new0 (EventStream, 1);
   g_autofree gchar *request
-      = g_strdup_printf ("GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port);
+      = g_strdup_printf ("GET /api/events%s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", query, port);
 
   g_socket_client_set_timeout (client, 10);
   es->seen = g_string_new (NULL);
@@ -636,7 +637,6 @@ event_stream_open (guint16 port, gboolean read_headers)
   g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (es->conn)),
                                             request, strlen (request), NULL, NULL, &error));
   g_assert_no_error (error);
-  (void) read_headers;
   return es;
 }
 
@@ -677,7 +677,7 @@ pop3_login (Fixture *fx)
 static void
 test_live (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (EventStream) events = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (EventStream) events = event_stream_open (fx->status_port, "?trace=all");
   g_autoptr (PgTestPop3) pop3 = NULL;
   SessionWait wait = { fx, fx->user, "TRANSACTION", 0 };
   g_autofree gchar *path = NULL;
@@ -766,7 +766,8 @@ test_live (Fixture *fx, gconstpointer data)
 static void
 test_redaction (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (EventStream) events = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (EventStream) events = event_stream_open (fx->status_port, "?trace=all");
+  g_autoptr (EventStream) quiet = event_stream_open (fx->status_port, "");
   g_autoptr (GError) error = NULL;
   g_autofree gchar *plain = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
   g_autofree gchar *b64
@@ -813,6 +814,10 @@ test_redaction (Fixture *fx, gconstpointer data)
       wait.state = "TRANSACTION";
     }
   event_stream_wait (events, "C: AUTH LOGIN");
+  /* A stream that did not ask for trace lines gets the sessions only. */
+  event_stream_wait (quiet, "\"ended_ms\"");
+  g_assert_nonnull (strstr (quiet->seen->str, "event: start"));
+  g_assert_null (strstr (quiet->seen->str, "event: trace"));
   g_ptr_array_add (traces, http_get (fx->status_port, "/api/sessions", NULL, NULL, &(guint){ 0 }));
   g_ptr_array_add (traces, g_strdup (events->seen->str));
   for (guint i = 0; i < traces->len; i++)
@@ -828,7 +833,7 @@ static void
 test_imap (Fixture *fx, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (EventStream) events = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (EventStream) events = event_stream_open (fx->status_port, "?trace=all");
   g_autoptr (PgTestImap) imap = NULL;
   SessionWait wait = { fx, fx->user, "SELECTED", 0 };
   g_autofree gchar *line = NULL;
@@ -869,8 +874,8 @@ test_imap (Fixture *fx, gconstpointer data)
 static void
 test_stalled (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (EventStream) stalled = event_stream_open (fx->status_port, FALSE);
-  g_autoptr (EventStream) watcher = event_stream_open (fx->status_port, TRUE);
+  g_autoptr (EventStream) stalled = event_stream_open (fx->status_port, "?trace=all");
+  g_autoptr (EventStream) watcher = event_stream_open (fx->status_port, "?trace=all");
   g_autoptr (PgTestPop3) pop3 = NULL;
   g_autoptr (GError) error = NULL;
   g_autofree gchar *big = NULL;
@@ -909,11 +914,11 @@ test_cap (Fixture *fx, gconstpointer data)
 
   for (guint i = 0; i < PG_STATUS_MAX_SUBSCRIBERS; i++)
     {
-      EventStream *es = event_stream_open (fx->status_port, TRUE);
+      EventStream *es = event_stream_open (fx->status_port, "?trace=all");
       event_stream_wait (es, "event: sessions");
       g_ptr_array_add (streams, es);
     }
-  extra = event_stream_open (fx->status_port, TRUE);
+  extra = event_stream_open (fx->status_port, "?trace=all");
   event_stream_wait (extra, "\r\n\r\n");
   g_assert_true (g_str_has_prefix (extra->seen->str, "HTTP/1.1 503"));
   /* One closes: there is room again. */
@@ -923,7 +928,7 @@ test_cap (Fixture *fx, gconstpointer data)
     for (guint attempt = 0; attempt < 200; attempt++)
       {
         g_clear_pointer (&again, event_stream_free);
-        again = event_stream_open (fx->status_port, TRUE);
+        again = event_stream_open (fx->status_port, "?trace=all");
         event_stream_wait (again, "\r\n\r\n");
         if (g_str_has_prefix (again->seen->str, "HTTP/1.1 200"))
           break;
@@ -1071,10 +1076,13 @@ eval_true_cb (gpointer user_data)
   return strcmp (value, "true") == 0;
 }
 
+/* Chromium writes DevToolsActivePort ("PORT\nPATH\n") once it listens; wait for a whole
+ * first line, not just the file. */
 static gboolean
-file_exists_cb (gpointer user_data)
+devtools_port_written_cb (gpointer user_data)
 {
-  return g_file_test (user_data, G_FILE_TEST_EXISTS);
+  g_autofree gchar *text = pg_test_read_file (user_data);
+  return text != NULL && strchr (text, '\n') != NULL;
 }
 
 static void
@@ -1184,7 +1192,7 @@ test_browser (Fixture *fx, gconstpointer data)
     chromium = pg_test_process_spawn (argv, browser_log, &error);
     g_assert_no_error (error);
   }
-  g_assert_true (pg_test_wait_until (file_exists_cb, port_file, WATCHDOG_MS));
+  g_assert_true (pg_test_wait_until (devtools_port_written_cb, port_file, WATCHDOG_MS));
   port_text = pg_test_read_file (port_file);
   g_assert_nonnull (port_text);
   g_assert_true (g_ascii_string_to_unsigned (g_strstrip (strtok (port_text, "\n")), 10, 1, 65535,

@@ -109,23 +109,47 @@ function addTraceLine(line) {
   box.scrollTop = box.scrollHeight;
 }
 
-async function select(id) {
+let events = null;   // the EventSource
+let pending = null;  // trace events that arrive while the trace is being fetched
+
+function showTraceEvent(t) {
+  if (t.id !== selected) return;
+  if (pending !== null) { pending.push(t); return; }
+  if (t.seq > lastTraceSeq) { addTraceLine(t.line); lastTraceSeq = t.seq; }
+}
+
+// The lines so far from the API, then what the stream brought meanwhile (by seq, once).
+async function loadTrace(id) {
+  let lines = [];
+  pending = [];
+  try {
+    const reply = await fetch('api/sessions/' + id + '/trace', { cache: 'no-store' });
+    if (reply.ok) lines = (await reply.json()).lines;
+  } catch (e) {
+    // the connection badge says offline; the next snapshot retries
+  }
+  const buffered = pending;
+  pending = null;
+  if (selected !== id) return;
+  for (const l of lines) {
+    if (l.seq > lastTraceSeq) { addTraceLine(l.line); lastTraceSeq = l.seq; }
+  }
+  for (const t of buffered) showTraceEvent(t);
+}
+
+function select(id) {
   selected = id;
   lastTraceSeq = 0;
   for (const row of document.querySelectorAll('#sessions tbody tr, #recent tbody tr'))
     row.classList.toggle('selected', row.dataset.session === String(id));
   $('#trace tbody').replaceChildren();
   text($('#trace-title'), '— session ' + id);
-  const reply = await fetch('api/sessions/' + id + '/trace', { cache: 'no-store' });
-  if (!reply.ok || selected !== id) return;
-  const trace = await reply.json();
-  for (const l of trace.lines) {
-    if (l.seq > lastTraceSeq) { addTraceLine(l.line); lastTraceSeq = l.seq; }
-  }
+  connect(); // a stream with this session's trace lines; its snapshot loads the trace
 }
 
 function connect() {
-  const events = new EventSource('api/events');
+  if (events) events.close();
+  events = new EventSource('api/events' + (selected !== null ? '?trace=' + selected : ''));
   events.onopen = () => { $('#connection').className = 'online'; text($('#connection'), 'live'); };
   events.onerror = () => { $('#connection').className = 'offline'; text($('#connection'), 'offline'); };
   events.addEventListener('sessions', (e) => {
@@ -138,18 +162,17 @@ function connect() {
     for (const s of snap.recent.slice().reverse()) renderRow(s);
     $('#recent-panel').hidden = snap.recent.length === 0;
     summary();
-    if (selected === null) {
-      const wanted = new URLSearchParams(location.search).get('session');
-      if (wanted) select(Number(wanted));
+    if (selected !== null) {
+      loadTrace(selected);
+      return;
     }
+    const wanted = new URLSearchParams(location.search).get('session');
+    if (wanted) select(Number(wanted));
   });
   events.addEventListener('start', (e) => upsert(JSON.parse(e.data)));
   events.addEventListener('change', (e) => upsert(JSON.parse(e.data)));
   events.addEventListener('end', (e) => ended(JSON.parse(e.data)));
-  events.addEventListener('trace', (e) => {
-    const t = JSON.parse(e.data);
-    if (t.id === selected && t.seq > lastTraceSeq) { addTraceLine(t.line); lastTraceSeq = t.seq; }
-  });
+  events.addEventListener('trace', (e) => showTraceEvent(JSON.parse(e.data)));
 }
 
 setInterval(() => { for (const s of sessions.values()) renderRow(s); }, 1000);

@@ -5,8 +5,9 @@
  *   GET /api/sessions/ID/trace     {"id":…, "seq":…, "lines":[{"seq":…,"line":…}, …]}
  *                                  (live sessions and the PG_STATUS_RECENT_SESSIONS
  *                                  that ended last)
- *   GET /api/events                Server-Sent Events: "sessions" (a snapshot, first),
- *                                  "start", "change", "end", "trace"
+ *   GET /api/events[?trace=ID|all] Server-Sent Events: "sessions" (a snapshot, first),
+ *                                  "start", "change", "end", and "trace" lines of the
+ *                                  session(s) asked for
  *
  * Served by libsoup 3's SoupServer on the main loop, like the metrics endpoint but on its
  * own addresses: the status page has its own access rules (loopback clients only unless

@@ -46,6 +46,7 @@ typedef struct
   gchar *last_json; /* owned: the description last sent to subscribers */
   gchar **ring;     /* owned: PG_STATUS_TRACE_LINES slots (NULL until the first line) */
   guint64 seq;      /* trace lines seen so far; line n sits in ring[(n - 1) % size] */
+  guint64 refused;  /* lines not kept: no ring was free (PG_STATUS_MAX_TRACED_SESSIONS) */
 } PgStatusTrack;
 
 typedef struct
@@ -55,6 +56,8 @@ typedef struct
   GString *pending;       /* events not yet handed to libsoup */
   gsize in_flight;        /* bytes of the chunk libsoup is writing now */
   gboolean dropped;       /* cut off: write nothing more */
+  gboolean trace_all;     /* ?trace=all: every session's trace lines */
+  guint64 trace_id;       /* ?trace=ID: that session's (0: none) */
   GSource *hangup;        /* owned: notices the browser going away while nothing is written */
   GList link;             /* in server->subscribers */
 } PgStatusSubscriber;
@@ -260,7 +263,10 @@ pg_status_track_add_line (PgStatusServer *self, PgStatusTrack *track, const char
   if (track->ring == NULL)
     {
       if (self->n_rings >= PG_STATUS_MAX_TRACED_SESSIONS)
-        return FALSE;
+        {
+          track->refused++;
+          return FALSE;
+        }
       track->ring = g_new0 (gchar *, PG_STATUS_TRACE_LINES);
       self->n_rings++;
     }
@@ -284,7 +290,7 @@ pg_status_json_trace (PgStatusTrack *track, gsize *out_len)
   json_builder_set_member_name (builder, "seq");
   json_builder_add_int_value (builder, (gint64) track->seq);
   json_builder_set_member_name (builder, "traced");
-  json_builder_add_boolean_value (builder, track->ring != NULL || track->seq == 0);
+  json_builder_add_boolean_value (builder, track->refused == 0);
   json_builder_set_member_name (builder, "lines");
   json_builder_begin_array (builder);
   for (guint64 n = first; track->ring != NULL && n < track->seq; n++)
@@ -464,6 +470,18 @@ pg_status_server_tick_cb (gpointer user_data)
 
 /* --- the registry's observer ------------------------------------------------------------ */
 
+static gboolean
+pg_status_server_wants_trace (PgStatusServer *self, guint64 sid)
+{
+  for (GList *l = self->subscribers.head; l != NULL; l = l->next)
+    {
+      PgStatusSubscriber *sub = l->data;
+      if (sub->trace_all || sub->trace_id == sid)
+        return TRUE;
+    }
+  return FALSE;
+}
+
 static void
 pg_status_server_observe_cb (PgStatusEvent event, guint64 sid, const PgStatusInfo *info,
                              const char *line, gpointer user_data)
@@ -491,7 +509,8 @@ pg_status_server_observe_cb (PgStatusEvent event, guint64 sid, const PgStatusInf
         g_autoptr (JsonBuilder) builder = NULL;
         g_autofree gchar *json = NULL;
 
-        if (!pg_status_track_add_line (self, track, line) || self->subscribers.length == 0)
+        if (!pg_status_track_add_line (self, track, line)
+            || !pg_status_server_wants_trace (self, sid))
           return;
         builder = json_builder_new ();
         json_builder_begin_object (builder);
@@ -504,7 +523,12 @@ pg_status_server_observe_cb (PgStatusEvent event, guint64 sid, const PgStatusInf
                                        track->ring[(track->seq - 1) % PG_STATUS_TRACE_LINES]);
         json_builder_end_object (builder);
         json = pg_status_json_finish (builder, NULL);
-        pg_status_server_broadcast (self, "trace", json);
+        for (GList *l = self->subscribers.head; l != NULL; l = l->next)
+          {
+            PgStatusSubscriber *sub = l->data;
+            if (sub->trace_all || sub->trace_id == sid)
+              pg_status_subscriber_send (sub, "trace", json);
+          }
         return;
       }
     }
@@ -556,9 +580,11 @@ pg_status_server_serve_file (SoupServerMessage *msg, const char *name, const cha
   soup_server_message_set_response (msg, type, SOUP_MEMORY_COPY, data, len);
 }
 
+/* ?trace=all or ?trace=ID: which trace lines the stream carries (none without). */
 static void
-pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg)
+pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg, GHashTable *query)
 {
+  const char *trace = query != NULL ? g_hash_table_lookup (query, "trace") : NULL;
   SoupMessageHeaders *headers = soup_server_message_get_response_headers (msg);
   PgStatusSubscriber *sub;
   g_autofree gchar *snapshot = NULL;
@@ -579,6 +605,9 @@ pg_status_server_serve_events (PgStatusServer *self, SoupServerMessage *msg)
   sub->server = self;
   sub->msg = g_object_ref (msg);
   sub->pending = g_string_new ("retry: 2000\n\n");
+  sub->trace_all = g_strcmp0 (trace, "all") == 0;
+  if (trace != NULL && !sub->trace_all)
+    g_ascii_string_to_unsigned (trace, 10, 1, G_MAXUINT64, &sub->trace_id, NULL);
   sub->link.data = sub;
   g_queue_push_tail_link (&self->subscribers, &sub->link);
   g_signal_connect (msg, "wrote-chunk", G_CALLBACK (pg_status_subscriber_wrote_chunk_cb), sub);
@@ -688,7 +717,7 @@ pg_status_server_handle_cb (SoupServer *server, SoupServerMessage *msg, const ch
       pg_status_server_respond (msg, SOUP_STATUS_OK, "application/json", body, len);
     }
   else if (strcmp (path, "/api/events") == 0 && method == SOUP_METHOD_GET)
-    pg_status_server_serve_events (self, msg);
+    pg_status_server_serve_events (self, msg, query);
   else
     pg_status_server_error (msg, SOUP_STATUS_NOT_FOUND);
 }
