@@ -1144,6 +1144,9 @@ test_browser (Fixture *fx, gconstpointer data)
   g_autoptr (PgTestPop3) pop3 = NULL;
   g_autoptr (GBytes) message = NULL;
   SessionWait wait = { fx, fx->user, "TRANSACTION", 0 };
+  SessionWait imap_wait = { fx, fx->user, "SELECTED", 0 };
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autofree gchar *idle_reply = NULL;
   g_autofree gchar *profile = g_build_filename (fx->dir, "chromium", NULL);
   g_autofree gchar *port_file = g_build_filename (profile, "DevToolsActivePort", NULL);
   g_autofree gchar *browser_log = g_build_filename (fx->dir, "chromium.log", NULL);
@@ -1166,6 +1169,17 @@ test_browser (Fixture *fx, gconstpointer data)
   if (!g_file_test (CHROMIUM, G_FILE_TEST_IS_EXECUTABLE))
     g_error (CHROMIUM " is missing: run scripts/deps.sh (Debian package chromium)");
 
+  /* POP3 and IMAP side by side on one mailbox: an IMAP client IDLEs in INBOX, a POP3
+   * client is in TRANSACTION. */
+  imap = pg_test_imap_connect (fx->popgate->host, fx->popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, fx->user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "i1 IDLE\r\n", 9, &error), error);
+  idle_reply = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (idle_reply, "+"));
+  g_assert_true (pg_test_wait_until (session_present_cb, &imap_wait, WATCHDOG_MS));
   pop3 = pop3_login (fx);
   PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3");
   message = pg_test_pop3_retr (pop3, 1, NULL, &error);
@@ -1236,6 +1250,22 @@ test_browser (Fixture *fx, gconstpointer data)
   g_assert_nonnull (strstr (seen, "RETR 1 -> uid"));
   g_assert_nonnull (strstr (seen, "PASS <redacted>"));
   g_assert_null (strstr (seen, PASSWORD));
+  g_free (expr);
+  expr = g_strdup_printf ("(document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT
+                          "\"]') || {innerText: ''}).innerText.includes('IDLE')",
+                          imap_wait.id);
+  ew.expression = expr;
+  g_assert_true (pg_test_wait_until (eval_true_cb, &ew, WATCHDOG_MS));
+  g_free (seen);
+  g_free (expr);
+  expr = g_strdup_printf ("document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT
+                          "\"]').innerText",
+                          imap_wait.id);
+  seen = devtools_eval (&dt, expr);
+  g_test_message ("IMAP row: %s", seen);
+  g_assert_nonnull (strstr (seen, "IMAP"));
+  g_assert_nonnull (strstr (seen, "SELECTED"));
+  g_assert_nonnull (strstr (seen, "INBOX"));
 
   /* A screenshot for people to look at (the README's, made by this test). */
   shot = devtools_call (&dt, "Page.captureScreenshot", "{\"format\":\"png\"}");
@@ -1254,6 +1284,8 @@ test_browser (Fixture *fx, gconstpointer data)
   /* QUIT: the row leaves the live table (for "Recently ended"), live and on a fresh load. */
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "DONE\r\n", 6, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
   g_free (expr);
   expr = g_strdup_printf (
       "document.querySelector('#sessions tr[data-session=\"%" G_GINT64_FORMAT "\"]') === null"
