@@ -161,9 +161,10 @@
  * script that opens streams in a loop from holding memory or file descriptors. More get
  * 503. */
 #define PG_STATUS_MAX_SUBSCRIBERS 16
-/* Event bytes one subscriber may have waiting (written to libsoup but not yet taken by the
- * socket, plus queued behind that). A browser that falls this far behind is dropped (it
- * reconnects and starts from a fresh snapshot); mail sessions never wait for it. */
+/* Event bytes one subscriber may have queued behind the chunk libsoup is writing to it
+ * (one chunk at a time: the snapshot first, then what gathered meanwhile). A browser that
+ * falls this far behind is dropped (it reconnects and starts from a fresh snapshot); mail
+ * sessions never wait for it. */
 #define PG_STATUS_SUBSCRIBER_QUEUE (256 * 1024)
 /* Recent trace lines kept per session for /api/sessions/ID/trace: a ring, oldest lines
  * dropped (the log has the whole trace when [log] trace is on). */

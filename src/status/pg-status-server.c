@@ -377,7 +377,9 @@ pg_status_subscriber_send (PgStatusSubscriber *sub, const char *event, const cha
   g_string_append_printf (sub->pending, "event: %s\ndata: %s\n\n", event, data);
   if (sub->in_flight == 0)
     pg_status_subscriber_flush (sub);
-  else if (sub->in_flight + sub->pending->len > PG_STATUS_SUBSCRIBER_QUEUE)
+  /* Not counting the chunk in flight: the first one is a snapshot of every session,
+   * larger than the bound on a busy server. */
+  else if (sub->pending->len > PG_STATUS_SUBSCRIBER_QUEUE)
     pg_status_subscriber_drop (sub);
 }
 
