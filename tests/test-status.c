@@ -301,6 +301,65 @@ stalled_subscriber (const char *base)
   return g_steal_pointer (&socket);
 }
 
+typedef struct
+{
+  GString *seen;
+  const char *needle;
+  gboolean done;
+  gchar buf[16384];
+} RawRead;
+
+static gboolean
+raw_read_cb (GSocket *socket, GIOCondition condition, gpointer user_data)
+{
+  RawRead *r = user_data;
+  gssize n = g_socket_receive (socket, r->buf, sizeof r->buf, NULL, NULL);
+
+  if (n > 0)
+    g_string_append_len (r->seen, r->buf, n);
+  r->done = n <= 0 || strstr (r->seen->str, r->needle) != NULL;
+  return r->done ? G_SOURCE_REMOVE : G_SOURCE_CONTINUE;
+}
+
+/* A snapshot bigger than the subscriber bound (a busy server) is not a reason to drop: a
+ * subscriber with a small receive buffer, an event while the snapshot is still being
+ * written. */
+static void
+test_big_snapshot (void)
+{
+  g_autofree gchar *base = NULL;
+  g_autoptr (PgStatusServer) server = inproc_server (&base);
+  g_autoptr (GSocket) socket = NULL;
+  g_autoptr (GSource) source = NULL;
+  FakeSession fake = { "TRANSACTION", 0 };
+  FakeSession changed = { "UPDATE", 0 };
+  RawRead r = { g_string_new (NULL), "\"state\":\"UPDATE\"", FALSE, { 0 } };
+  /* 200 bytes of JSON or more each: 8 MB, more than the kernel buffers of a socket. */
+  const guint n = 40000;
+
+  for (guint i = 0; i < n; i++)
+    pg_status_session_update (5000 + i, fake_fill_cb, &fake);
+  socket = stalled_subscriber (base);
+  while (pg_status_server_get_n_subscribers (server) == 0)
+    g_main_context_iteration (NULL, TRUE);
+  pg_status_session_update (5000 + n - 1, fake_fill_cb, &changed);
+  g_assert_cmpuint (pg_status_server_get_n_dropped (server), ==, 0);
+  /* Now read it all: the snapshot, then the change. */
+  g_socket_set_blocking (socket, FALSE);
+  source = g_socket_create_source (socket, G_IO_IN, NULL);
+  g_source_set_callback (source, G_SOURCE_FUNC (raw_read_cb), &r, NULL);
+  g_source_attach (source, NULL);
+  loop_until (&r.done, "the change after a big snapshot");
+  g_assert_nonnull (strstr (r.seen->str, r.needle));
+  g_assert_cmpuint (r.seen->len, >, PG_STATUS_SUBSCRIBER_QUEUE);
+  g_assert_cmpuint (pg_status_server_get_n_dropped (server), ==, 0);
+  g_source_destroy (source);
+  g_socket_close (socket, NULL);
+  for (guint i = 0; i < n; i++)
+    pg_status_session_update (5000 + i, NULL, NULL);
+  g_string_free (r.seen, TRUE);
+}
+
 /* Reload: the same address keeps its socket; another one rebinds; none closes the page
  * and stops collecting the trace. */
 static void
@@ -1339,6 +1398,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/status/registry-api", test_registry_api);
   g_test_add_func ("/popgate/status/subscribers", test_subscribers);
   g_test_add_func ("/popgate/status/reload", test_reload);
+  g_test_add_func ("/popgate/status/big-snapshot", test_big_snapshot);
   g_test_add_func ("/popgate/status/config", test_config);
   g_test_add_func ("/popgate/status/remote-refused", test_remote_refused);
   upstream = pg_test_dovecot_new (NULL, &error);
