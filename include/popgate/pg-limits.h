@@ -166,6 +166,10 @@
  * falls this far behind is dropped (it reconnects and starts from a fresh snapshot); mail
  * sessions never wait for it. */
 #define PG_STATUS_SUBSCRIBER_QUEUE (256 * 1024)
+/* A subscriber whose chunk has not been taken by its socket for this long is dropped even
+ * when few events come: otherwise streams that never read would hold every subscriber
+ * slot for good. Generous, so a slow link still gets a large snapshot through. */
+#define PG_STATUS_SUBSCRIBER_STALL_S 60
 /* Recent trace lines kept per session for /api/sessions/ID/trace: a ring, oldest lines
  * dropped (the log has the whole trace when [log] trace is on). */
 #define PG_STATUS_TRACE_LINES 200

@@ -55,6 +55,7 @@ typedef struct
   SoupServerMessage *msg; /* owned */
   GString *pending;       /* events not yet handed to libsoup */
   gsize in_flight;        /* bytes of the chunk libsoup is writing now */
+  gint64 in_flight_since; /* g_get_monotonic_time() when that chunk was handed over */
   gboolean dropped;       /* cut off: write nothing more */
   gboolean trace_all;     /* ?trace=all: every session's trace lines */
   guint64 trace_id;       /* ?trace=ID: that session's (0: none) */
@@ -347,6 +348,7 @@ pg_status_subscriber_flush (PgStatusSubscriber *sub)
   soup_message_body_append_bytes (body, g_string_free_to_bytes (g_steal_pointer (&sub->pending)));
   sub->pending = g_string_new (NULL);
   sub->in_flight = len;
+  sub->in_flight_since = g_get_monotonic_time ();
   soup_server_message_unpause (sub->msg);
 }
 
@@ -360,11 +362,10 @@ pg_status_subscriber_drop (PgStatusSubscriber *sub)
   sub->dropped = TRUE;
   g_string_truncate (sub->pending, 0);
   sub->server->n_dropped++;
-  g_message ("status: events subscriber %s dropped: more than %u bytes behind",
+  g_message ("status: events subscriber %s dropped: it does not keep up with the events",
              soup_server_message_get_remote_host (sub->msg) != NULL
                  ? soup_server_message_get_remote_host (sub->msg)
-                 : "?",
-             (guint) PG_STATUS_SUBSCRIBER_QUEUE);
+                 : "?");
   if (socket != NULL)
     g_socket_shutdown (socket, TRUE, TRUE, NULL);
 }
@@ -454,6 +455,14 @@ pg_status_server_tick_cb (gpointer user_data)
   PgStatusServer *self = user_data;
 
   pg_status_foreach (pg_status_server_tick_session_cb, self);
+  for (GList *l = self->subscribers.head; l != NULL; l = l->next)
+    {
+      PgStatusSubscriber *sub = l->data;
+      if (!sub->dropped && sub->in_flight > 0
+          && g_get_monotonic_time () - sub->in_flight_since
+                 > (gint64) PG_STATUS_SUBSCRIBER_STALL_S * G_USEC_PER_SEC)
+        pg_status_subscriber_drop (sub);
+    }
   if (++self->idle_ticks >= PG_STATUS_KEEPALIVE_TICKS)
     {
       for (GList *l = self->subscribers.head; l != NULL; l = l->next)
