@@ -8,6 +8,8 @@
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics-server.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status-server.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-net.h"
 #include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
@@ -154,6 +156,7 @@ typedef struct
   GMainLoop *loop;              /* owned */
   PgServer *server;             /* owned */
   PgMetricsServer *metrics;     /* owned */
+  PgStatusServer *status;       /* owned */
   const char *config_path;      /* unowned: NULL without --config */
   PgConfigOverrides *overrides; /* unowned */
   guint signal_ids[3];
@@ -188,6 +191,16 @@ pg_main_log_metrics (PgMetricsServer *metrics)
 
   for (guint i = 0; i < bound->len; i++)
     pg_session_message (0, "metrics at http://%s/metrics",
+                        (const char *) g_ptr_array_index (bound, i));
+}
+
+static void
+pg_main_log_status (PgStatusServer *status)
+{
+  g_autoptr (GPtrArray) bound = pg_status_server_get_bound_addresses (status);
+
+  for (guint i = 0; i < bound->len; i++)
+    pg_session_message (0, "status page at http://%s/",
                         (const char *) g_ptr_array_index (bound, i));
 }
 
@@ -252,11 +265,17 @@ pg_main_reload_cb (gpointer user_data)
       pg_session_warning (0, "reload: metrics listeners unchanged: %s", error->message);
       g_clear_error (&error);
     }
+  if (!pg_status_server_apply (state->status, config, &error))
+    {
+      pg_session_warning (0, "reload: status page listeners unchanged: %s", error->message);
+      g_clear_error (&error);
+    }
   pg_trace_set_enabled (pg_main_trace || config->log.trace);
   pg_main_warn_deprecated (config);
   pg_session_message (0, "configuration reloaded from %s", config->source);
   pg_main_log_listeners (state->server);
   pg_main_log_metrics (state->metrics);
+  pg_main_log_status (state->status);
   pg_main_notify ("READY=1", "serving; configuration reloaded from %s", config->source);
   return G_SOURCE_CONTINUE;
 }
@@ -507,6 +526,7 @@ main (int argc, char **argv)
     state.loop = g_main_loop_new (NULL, FALSE);
     state.server = pg_server_new (config);
     state.metrics = pg_metrics_server_new ();
+    state.status = pg_status_server_new ();
     state.config_path = config_path;
     state.overrides = &overrides;
     pg_main_register_frontends (state.server);
@@ -537,7 +557,8 @@ main (int argc, char **argv)
     else
       {
         pg_main_log_listeners (state.server);
-        if (!pg_metrics_server_apply (state.metrics, config, &error))
+        if (!pg_metrics_server_apply (state.metrics, config, &error)
+            || !pg_status_server_apply (state.status, config, &error))
           {
             fprintf (stderr, "popgate: %s\n", error->message);
             rc = PG_EXIT_CONFIG;
@@ -546,6 +567,7 @@ main (int argc, char **argv)
     if (rc == 0)
       {
         pg_main_log_metrics (state.metrics);
+        pg_main_log_status (state.status);
         pg_trace_set_enabled (pg_main_trace || config->log.trace);
         pg_session_message (0, "ready");
         pg_main_notify ("READY=1", "serving; configuration from %s", config->source);
@@ -555,9 +577,11 @@ main (int argc, char **argv)
     for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
       if (state.signal_ids[i] != 0)
         g_source_remove (state.signal_ids[i]);
+    g_object_unref (state.status);
     g_object_unref (state.metrics);
     g_object_unref (state.server);
     g_main_loop_unref (state.loop);
+    pg_status_shutdown ();
     pg_metrics_shutdown ();
     if (rc != 0)
       return rc;

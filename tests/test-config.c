@@ -821,14 +821,21 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
               /* Its deprecated alias cannot be set with it (test_imap_account_map and
                * test_accounts cover both). */
             }
+          else if (g_str_equal (name, "auth_file"))
+            {
+              g_autofree gchar *users
+                  = write_file (fixture->dir, "status-users", "admin:{PLAIN}secret\n");
+              g_assert_cmpint (g_chmod (users, 0600), ==, 0);
+              g_string_append_printf (text, "auth_file = %s\n", users);
+            }
           else
             g_string_append_printf (text, "%s\n", lines[i] + 1);
         }
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 52 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 49);
+  /* 55 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 52);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);

@@ -178,6 +178,14 @@ typedef struct
 
   struct
   {
+    GPtrArray *listen;     /* empty (default): no status page */
+    gboolean allow_remote; /* FALSE: listen must be loopback, clients must be loopback */
+    gchar *auth_file;      /* HTTP basic auth users; required with allow_remote */
+    GHashTable *users;     /* owned: user → secret (wiped), from auth_file; or NULL */
+  } status;
+
+  struct
+  {
     guint max_sessions;             /* all front ends together */
     guint max_sessions_per_address; /* per client IP address */
     guint preauth_timeout_ms;
@@ -237,6 +245,12 @@ const char *pg_credential_kind_to_string (PgCredentialKind kind);
 
 /* Is `key` a key of `group` (tests check the docs against the code's key table)? */
 gboolean pg_config_is_known_key (const char *group, const char *key);
+/* Does `password` match a stored "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" secret?
+ * Constant time in the password. */
+gboolean pg_config_secret_matches (const char *secret, const char *password);
+/* HTTP basic auth for the status page: is user:password in [status] auth_file? */
+gboolean pg_config_status_check_user (const PgConfig *config, const char *user,
+                                      const char *password);
 
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */

@@ -63,6 +63,7 @@ static const char *const pg_config_imap_keys[]
 static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
 static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
 static const char *const pg_config_metrics_keys[] = { "listen", NULL };
+static const char *const pg_config_status_keys[] = { "listen", "allow_remote", "auth_file", NULL };
 static const char *const pg_config_limits_keys[]
     = { "max_sessions",      "max_sessions_per_address", "preauth_timeout",  "auth_failure_delay",
         "max_auth_failures", "max_bad_commands",         "shutdown_timeout", NULL };
@@ -76,6 +77,7 @@ static const PgConfigGroup pg_config_groups[] = {
   { "state", pg_config_state_keys },       { "metrics", pg_config_metrics_keys },
   { "limits", pg_config_limits_keys },     { "log", pg_config_log_keys },
   { "proxy", pg_config_proxy_keys },       { "accounts", pg_config_accounts_keys },
+  { "status", pg_config_status_keys },
 };
 
 /* [upstream:NAME] groups take the keys of [upstream]. */
@@ -842,6 +844,7 @@ pg_config_new_defaults (const char *source)
   config->state.path = g_strdup ("/var/lib/popgate");
 
   config->metrics.listen = pg_config_listen_list_new ();
+  config->status.listen = pg_config_listen_list_new ();
 
   config->limits.max_sessions = PG_DEFAULT_MAX_SESSIONS;
   config->limits.max_sessions_per_address = PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS;
@@ -893,6 +896,9 @@ pg_config_unref (PgConfig *config)
   g_free (config->tls.priority);
   g_free (config->state.path);
   g_ptr_array_unref (config->metrics.listen);
+  g_ptr_array_unref (config->status.listen);
+  g_free (config->status.auth_file);
+  g_clear_pointer (&config->status.users, g_hash_table_unref);
   g_ptr_array_unref (config->proxy.trusted);
   g_free (config);
 }
@@ -944,7 +950,8 @@ pg_config_check_keys (const PgConfigLoader *loader, GError **error)
       if (group == NULL)
         return pg_config_fail (loader, groups[i], NULL, error,
                                "unknown group (the groups are upstream, upstream:NAME, pop3, "
-                               "imap, tls, state, metrics, limits, log, proxy and accounts)");
+                               "imap, tls, state, metrics, status, limits, log, proxy and "
+                               "accounts)");
 
       keys = g_key_file_get_keys (loader->keyfile, groups[i], NULL, NULL);
       for (gsize k = 0; keys != NULL && keys[k] != NULL; k++)
@@ -1600,6 +1607,71 @@ pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean
   return g_steal_pointer (&accounts);
 }
 
+/* [status] auth_file: lines "user:{PLAIN}secret" or "user:{PBKDF2-SHA256}n$salt$hash",
+ * checked like the accounts' local secrets. Errors name the file and line, never a secret. */
+static GHashTable *
+pg_config_load_status_users (const char *path, GError **error)
+{
+  g_autofree gchar *text = NULL;
+  g_autoptr (GHashTable) users = NULL;
+  g_auto (GStrv) lines = NULL;
+  gsize len = 0;
+
+  if (!pg_config_check_secret_file (path, error))
+    return NULL;
+  if (!g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  users = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) pg_secret_free);
+  lines = g_strsplit (text, "\n", -1);
+  pg_secret_wipe (text, len);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      char *line = g_strstrip (lines[i]);
+      char *colon = strchr (line, ':');
+      gboolean ok = FALSE;
+
+      if (line[0] == '\0' || line[0] == '#')
+        {
+          pg_secret_wipe (lines[i], strlen (lines[i]));
+          continue;
+        }
+      if (colon != NULL && colon != line && pg_config_check_local_secret (colon + 1))
+        {
+          *colon = '\0';
+          ok = !g_hash_table_contains (users, line);
+        }
+      if (ok)
+        g_hash_table_insert (users, g_strdup (line), g_strdup (colon + 1));
+      pg_secret_wipe (lines[i], strlen (lines[i]));
+      if (!ok)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s line %u: expected \"user:{PLAIN}password\" or "
+                       "\"user:{PBKDF2-SHA256}iterations$salt$hash\", each user once",
+                       path, i + 1);
+          return NULL;
+        }
+    }
+  if (g_hash_table_size (users) == 0)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: no user", path);
+      return NULL;
+    }
+  return g_steal_pointer (&users);
+}
+
+gboolean
+pg_config_status_check_user (const PgConfig *config, const char *user, const char *password)
+{
+  const char *secret;
+
+  g_return_val_if_fail (config != NULL && user != NULL && password != NULL, FALSE);
+  if (config->status.users == NULL)
+    return FALSE;
+  secret = g_hash_table_lookup (config->status.users, user);
+  return secret != NULL && pg_config_secret_matches (secret, password);
+}
+
 const PgAccount *
 pg_config_find_account (const PgConfig *config, const char *local_user)
 {
@@ -1612,8 +1684,12 @@ pg_config_find_account (const PgConfig *config, const char *local_user)
 gboolean
 pg_config_account_check (const PgAccount *account, const char *password)
 {
-  const char *secret = account->local_secret;
+  return pg_config_secret_matches (account->local_secret, password);
+}
 
+gboolean
+pg_config_secret_matches (const char *secret, const char *password)
+{
   if (g_str_has_prefix (secret, "{PLAIN}"))
     {
       const char *expected = secret + strlen ("{PLAIN}");
@@ -1758,6 +1834,49 @@ pg_config_load_tls (const PgConfigLoader *loader, PgConfig *config, GError **err
   return TRUE;
 }
 
+/* The status page shows who is connected from where: loopback only unless the admin
+ * says otherwise, and then never without a password. */
+static gboolean
+pg_config_load_status (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  g_autoptr (GError) local_error = NULL;
+
+  if (!pg_config_get_listen (loader, "status", "listen", &config->status.listen, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "status", "allow_remote", &config->status.allow_remote, error))
+    return FALSE;
+  if (!pg_config_get_path (loader, "status", "auth_file", FALSE, &config->status.auth_file, error))
+    return FALSE;
+  if (config->status.auth_file != NULL)
+    {
+      config->status.users = pg_config_load_status_users (config->status.auth_file, &local_error);
+      if (config->status.users == NULL)
+        return pg_config_fail_from (loader, "status", "auth_file", error,
+                                    g_steal_pointer (&local_error));
+    }
+  if (config->status.allow_remote && config->status.users == NULL)
+    return pg_config_fail (loader, "status", "allow_remote", error,
+                           "allow_remote = true needs [status] auth_file (HTTP basic auth)");
+  if (config->status.allow_remote)
+    return TRUE;
+  for (guint i = 0; i < config->status.listen->len; i++)
+    {
+      const PgListenAddr *addr = g_ptr_array_index (config->status.listen, i);
+      g_autoptr (GInetAddress) inet
+          = addr->any ? NULL : g_inet_address_new_from_string (addr->host);
+
+      if (inet == NULL || !g_inet_address_get_is_loopback (inet))
+        {
+          g_autofree gchar *where = pg_listen_addr_to_string (addr);
+          return pg_config_fail (loader, "status", "listen", error,
+                                 "%s is not a loopback address: set allow_remote = true and "
+                                 "auth_file to serve the status page beyond this host",
+                                 where);
+        }
+    }
+  return TRUE;
+}
+
 static gboolean
 pg_config_load_rest (const PgConfigLoader *loader, PgConfig *config, GError **error)
 {
@@ -1779,6 +1898,8 @@ pg_config_load_rest (const PgConfigLoader *loader, PgConfig *config, GError **er
     return FALSE;
 
   if (!pg_config_get_listen (loader, "metrics", "listen", &config->metrics.listen, error))
+    return FALSE;
+  if (!pg_config_load_status (loader, config, error))
     return FALSE;
 
   if (!pg_config_get_uint (loader, "limits", "max_sessions", 1, PG_CONFIG_MAX_COUNT,
@@ -1871,12 +1992,13 @@ pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GErro
     { "imap", "listen", config->imap.listen },
     { "imap", "tls_listen", config->imap.tls_listen },
     { "metrics", "listen", config->metrics.listen },
+    { "status", "listen", config->status.listen },
   };
   guint mail_listeners = 0;
 
   for (gsize l = 0; l < G_N_ELEMENTS (lists); l++)
     {
-      if (g_strcmp0 (lists[l].group, "metrics") != 0)
+      if (g_strcmp0 (lists[l].group, "metrics") != 0 && g_strcmp0 (lists[l].group, "status") != 0)
         mail_listeners += lists[l].list->len;
     }
   if (mail_listeners == 0 && !loader->inherited_listeners)

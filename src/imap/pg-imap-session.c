@@ -29,6 +29,7 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-trace.h"
 
 #include <string.h>
@@ -203,6 +204,26 @@ pg_imap_session_trace_command (PgImapSession *self, const PgImapRelayCommand *cm
   pg_trace (self->id, "C: %s", shown);
 }
 
+/* What the status page shows of this session (pg-status.h). */
+static void
+pg_imap_session_status_cb (gpointer owner, PgStatusInfo *info)
+{
+  PgImapSession *self = owner;
+
+  info->frontend = PG_METRICS_FRONTEND_IMAP;
+  info->client = self->info.client;
+  info->tls = pg_conn_is_tls (self->conn);
+  info->user = self->info.user;
+  /* The IMAP states of RFC 9051 §3, as a client sees them. */
+  info->state = self->info.state == PG_IMAP_STATE_RELAY
+                    ? (self->info.mailbox != NULL ? "SELECTED" : "AUTHENTICATED")
+                    : "NOT AUTHENTICATED";
+  info->mailbox = self->info.mailbox;
+  info->idle = self->info.idling;
+  info->bytes_in = self->info.bytes_from_client;
+  info->bytes_out = self->info.bytes_to_client;
+}
+
 static void
 pg_imap_session_set_state (PgImapSession *self, PgImapState state)
 {
@@ -214,6 +235,8 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
   if (state != PG_IMAP_STATE_RELAY)
     self->info.idling = FALSE;
   pg_imap_session_metrics_update (self);
+  pg_status_session_update (self->id,
+                            state != PG_IMAP_STATE_CLOSED ? pg_imap_session_status_cb : NULL, self);
 }
 
 /* --- object ------------------------------------------------------------------------------ */
@@ -1393,6 +1416,7 @@ pg_imap_session_start (PgConn *conn, gpointer user_data)
   self->link.data = self;
   g_queue_push_tail_link (&pg_imap_sessions, &self->link);
   pg_imap_session_metrics_update (self);
+  pg_status_session_update (self->id, pg_imap_session_status_cb, self);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_imap_session_conn_closed_cb), self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_imap_session_timeout_cb), self);

@@ -24,6 +24,7 @@
 #include "popgate/pg-login.h"
 #include "popgate/pg-state.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-trace.h"
 
 #include <string.h>
@@ -225,6 +226,29 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
   pg_trace (self->id, "C: %s", shown);
 }
 
+/* What the status page shows of this session (pg-status.h). */
+static void
+pg_pop3_session_status_cb (gpointer owner, PgStatusInfo *info)
+{
+  PgPop3Session *self = owner;
+
+  info->frontend = PG_METRICS_FRONTEND_POP3;
+  info->client = pg_conn_get_peer (self->conn);
+  info->tls = pg_conn_is_tls (self->conn);
+  info->user = pg_login_get_account (self->login);
+  info->tag
+      = pg_login_get_user (self->login) != NULL ? pg_login_get_client_tag (self->login) : NULL;
+  info->state = pg_pop3_state_names[self->state];
+  info->mailbox = self->maildrop != NULL ? pg_login_get_upstream (self->login)->mailbox : NULL;
+  info->bytes_in = pg_conn_get_bytes_in (self->conn);
+  info->bytes_out = pg_conn_get_bytes_out (self->conn);
+  for (guint i = 0; self->flags != NULL && i < self->messages->len; i++)
+    {
+      info->retrieved += (self->flags[i] & PG_POP3_MSG_RETRIEVED) != 0;
+      info->deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+    }
+}
+
 static void
 pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
 {
@@ -234,6 +258,7 @@ pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
                     pg_pop3_state_names[state]);
   pg_pop3_session_metrics_state (self, state);
   self->state = state;
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
 }
 
 static void
@@ -359,6 +384,7 @@ pg_pop3_session_conn_closed_cb (PgConn *conn, gpointer user_data)
   pg_pop3_session_release_lock (self);
   pg_pop3_session_log_end (self);
   pg_pop3_session_metrics_state (self, PG_POP3_STATE_CLOSED);
+  pg_status_session_update (self->id, NULL, NULL);
   self->state = PG_POP3_STATE_CLOSED;
   g_signal_handlers_disconnect_by_data (conn, self);
   /* Drop the reference the session held on itself for the connection's life. */
@@ -2126,6 +2152,7 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   g_signal_connect (conn, "closed", G_CALLBACK (pg_pop3_session_conn_closed_cb), self);
   pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE,
                             PG_METRICS_SESSION_PREAUTH);
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_pop3_session_timeout_cb), self);
   g_signal_connect (conn, "shutdown", G_CALLBACK (pg_pop3_session_shutdown_cb), self);
   pg_session_info (self->id, "pop3 session from %s%s", pg_conn_get_peer (conn),
