@@ -34,8 +34,8 @@ pg_test_dovecot_skip_reason (void)
   if (!g_file_test (PG_TEST_DOVECOT_BIN, G_FILE_TEST_IS_EXECUTABLE)
       || !g_file_test (PG_TEST_DOVEADM_BIN, G_FILE_TEST_IS_EXECUTABLE))
     return "Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)";
-  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL
-      || getpwnam ("nobody") == NULL || getgrnam ("nogroup") == NULL)
+  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL || getpwnam ("nobody") == NULL
+      || getgrnam ("nogroup") == NULL)
     return "the users dovecot, dovenull, nobody or the group nogroup are missing";
   return NULL;
 }
@@ -57,6 +57,7 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
     }
   dovecot->host = "127.0.0.1";
   dovecot->metadata = options != NULL && options->metadata;
+  dovecot->zlib = options != NULL && options->zlib;
   dovecot->passwd = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   dovecot->dir = g_dir_make_tmp ("popgate-dovecot-XXXXXX", error);
   if (dovecot->dir == NULL)
@@ -66,8 +67,8 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
    * (nobody) write the Maildirs. g_dir_make_tmp() made it 0700. */
   if (chmod (dovecot->dir, 0755) != 0)
     {
-      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s",
-                   dovecot->dir, g_strerror (errno));
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s", dovecot->dir,
+                   g_strerror (errno));
       return NULL;
     }
   dovecot->config_file = g_build_filename (dovecot->dir, "dovecot.conf", NULL);
@@ -189,11 +190,18 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
   ports[1] = g_strdup_printf ("%u", dovecot->imaps_port);
   ports[2] = g_strdup_printf ("%u", dovecot->pop3_port);
   ports[3] = g_strdup_printf ("%u", dovecot->pop3s_port);
-  extra = g_strdup (dovecot->metadata ? "protocol imap {\n"
-                                        "  imap_metadata = yes\n"
-                                        "}\n"
-                                        "mail_attribute_dict = file:%h/dovecot-attributes\n"
-                                      : "");
+  extra = g_strconcat (dovecot->metadata ? "protocol imap {\n"
+                                           "  imap_metadata = yes\n"
+                                           "}\n"
+                                           "mail_attribute_dict = file:%h/dovecot-attributes\n"
+                                         : "",
+                       /* COMPRESS=DEFLATE (RFC 4978) after login, as a real server offers it. */
+                       dovecot->zlib ? "mail_plugins = $mail_plugins zlib\n"
+                                       "protocol imap {\n"
+                                       "  mail_plugins = $mail_plugins imap_zlib\n"
+                                       "}\n"
+                                     : "",
+                       NULL);
   fills[0].placeholder = "@DIR@", fills[0].value = dovecot->dir;
   fills[1].placeholder = "@INSTANCE@", fills[1].value = instance;
   fills[2].placeholder = "@IMAP_PORT@", fills[2].value = ports[0];
@@ -282,8 +290,7 @@ pg_test_dovecot_try_start (PgTestDovecot *dovecot, GError **error)
 
   while (!pg_test_dovecot_pidfile_is_ours (dovecot))
     {
-      if (pg_test_process_has_exited (dovecot->process)
-          || g_get_monotonic_time () >= deadline)
+      if (pg_test_process_has_exited (dovecot->process) || g_get_monotonic_time () >= deadline)
         break;
       g_usleep (5000);
     }
@@ -490,8 +497,7 @@ pg_test_dovecot_stop (PgTestDovecot *dovecot)
   clean = pg_test_process_stop (dovecot->process, PG_TEST_DOVECOT_STOP_TIMEOUT_MS);
   g_clear_pointer (&dovecot->process, pg_test_process_free);
   /* The master has told its children to go; make sure they did, by PID. */
-  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children,
-                           PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
+  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children, PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
     {
       clean = FALSE;
       for (guint i = 0; i < children->len; i++)

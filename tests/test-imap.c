@@ -307,6 +307,73 @@ test_large_transfer (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
 }
 
+/* The one capability filter, against an upstream that offers COMPRESS=DEFLATE (Dovecot
+ * with imap_zlib): no list the client sees shows a withheld capability, and a command for
+ * one is answered by popgate (the upstream would have said OK to COMPRESS, or BAD in its
+ * own words). */
+static void
+test_capabilities (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = NULL;
+  g_autofree gchar *caps = NULL;
+  g_autofree gchar *caps_ok = NULL;
+  g_autofree gchar *enabled = NULL;
+  g_autofree gchar *reply = NULL;
+
+  g_assert_null (strstr (pg_test_imap_get_greeting (imap), "UNAUTHENTICATE"));
+  login = raw_login (imap, "a1", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a1 OK [CAPABILITY "));
+  g_assert_null (strstr (login, "COMPRESS=DEFLATE"));
+
+  send_raw (imap, "a2 CAPABILITY\r\n");
+  caps = read_until (imap, "* CAPABILITY ");
+  g_assert_nonnull (strstr (caps, "IDLE"));
+  g_assert_null (strstr (caps, "COMPRESS="));
+  g_assert_null (strstr (caps, "STARTTLS"));
+  g_assert_null (strstr (caps, "AUTH="));
+  caps_ok = read_until (imap, "a2 ");
+  g_assert_true (g_str_has_prefix (caps_ok, "a2 OK"));
+
+  send_raw (imap, "a3 ENABLE CONDSTORE\r\n");
+  enabled = read_until (imap, "* ENABLED");
+  g_assert_cmpstr (enabled, ==, "* ENABLED CONDSTORE");
+  g_free (read_until (imap, "a3 OK"));
+
+  /* Answered by popgate, never relayed. */
+  send_raw (imap, "a4 UNAUTHENTICATE\r\n");
+  reply = read_until (imap, "a4 ");
+  g_assert_cmpstr (reply, ==, "a4 BAD UNAUTHENTICATE is not supported here.");
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "a5 STARTTLS\r\n");
+  reply = read_until (imap, "a5 ");
+  g_assert_cmpstr (reply, ==, "a5 BAD STARTTLS is only available before login.");
+  g_clear_pointer (&reply, g_free);
+  /* A synchronising literal: the tagged BAD comes instead of "+". */
+  send_raw (imap, "a6 LOGIN {3}\r\n");
+  reply = read_line (imap);
+  g_assert_cmpstr (reply, ==, "a6 BAD Already logged in.");
+  g_clear_pointer (&reply, g_free);
+  /* Split inside the command word, and pipelined behind a relayed command. */
+  send_raw (imap, "a7 NOOP\r\na8 UNAUTH");
+  send_raw (imap, "ENTICATE\r\na9 NOOP\r\n");
+  reply = read_until (imap, "a7 ");
+  g_assert_true (g_str_has_prefix (reply, "a7 OK"));
+  g_clear_pointer (&reply, g_free);
+  reply = read_until (imap, "a8 ");
+  g_assert_cmpstr (reply, ==, "a8 BAD UNAUTHENTICATE is not supported here.");
+  g_clear_pointer (&reply, g_free);
+  reply = read_until (imap, "a9 ");
+  g_assert_true (g_str_has_prefix (reply, "a9 OK"));
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "b1 COMPRESS DEFLATE\r\n");
+  reply = read_until (imap, "b1 ");
+  g_assert_true (g_str_has_prefix (reply, "b1 BAD "));
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "b2 LOGOUT\r\n");
+  g_free (read_until (imap, "b2 OK"));
+}
+
 /* A whole session: SELECT, FETCH, STORE, APPEND (synchronising and LITERAL+), EXPUNGE,
  * LOGOUT, with the upstream's capabilities filtered in the login reply. */
 static void
@@ -959,12 +1026,14 @@ main (int argc, char **argv)
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },
     { "/popgate/imap/large-transfer", NULL, test_large_transfer },
+    { "/popgate/imap/capabilities", NULL, test_capabilities },
   };
 
   g_test_init (&argc, &argv, NULL);
   pg_log_init (PG_LOG_LEVEL_WARNING);
   g_test_add_func ("/popgate/imap/off-loopback", test_off_loopback);
-  upstream = pg_test_dovecot_new (NULL, &error);
+  /* COMPRESS=DEFLATE upstream: what popgate must not pass on. */
+  upstream = pg_test_dovecot_new (&(PgTestDovecotOptions){ .zlib = TRUE }, &error);
   g_assert_no_error (error);
   /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime. */
   for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)

@@ -22,6 +22,7 @@
 
 #include "popgate/pg-imap.h"
 
+#include "pg-imap-filter.h"
 #include "pg-imap-private.h"
 #include "pg-build-config.h"
 #include "popgate/pg-codec-imap-command.h"
@@ -80,8 +81,9 @@ struct _PgImapSession
   GIOStream *up_stream; /* owned: the upstream connection after login */
   GSource *up_source;   /* owned: waits for upstream bytes; NULL while the client drains */
   gboolean up_writing;
-  PgImapRelayScanner *client_scan;             /* owned: client → upstream commands */
-  PgImapRelayScanner *up_scan;                 /* owned: upstream → client responses */
+  PgImapFilter *filter;     /* owned: both streams' scanners, the caps filter */
+  gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
+  gsize client_hold_len;
   gboolean upstream_bye;                       /* the upstream sent "* BYE" */
   gboolean logout_sent;                        /* the client sent LOGOUT */
   gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
@@ -271,8 +273,7 @@ pg_imap_session_finalize (GObject *object)
     g_queue_unlink (&pg_imap_sessions, &self->link);
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->parser, pg_imap_command_parser_free);
-  g_clear_pointer (&self->client_scan, pg_imap_relay_scanner_free);
-  g_clear_pointer (&self->up_scan, pg_imap_relay_scanner_free);
+  g_clear_pointer (&self->filter, pg_imap_filter_free);
   g_clear_object (&self->cancellable);
   g_string_free (self->reply, TRUE);
   if (self->client_buf != NULL)
@@ -421,43 +422,29 @@ pg_imap_session_plaintext_allowed (PgImapSession *self)
 static gchar *
 pg_imap_session_preauth_capabilities (PgImapSession *self)
 {
-  GString *caps = g_string_new ("IMAP4rev1 SASL-IR LITERAL- ID");
+  g_autoptr (GString) own = g_string_new ("IMAP4rev1 SASL-IR LITERAL- ID");
+  GString *caps = g_string_new (NULL);
 
   if (pg_conn_can_start_tls (self->conn))
-    g_string_append (caps, " STARTTLS");
+    g_string_append (own, " STARTTLS");
   if (pg_imap_session_plaintext_allowed (self))
-    g_string_append (caps, " AUTH=PLAIN");
+    g_string_append (own, " AUTH=PLAIN");
   else
-    g_string_append (caps, " LOGINDISABLED");
+    g_string_append (own, " LOGINDISABLED");
+  /* popgate's own list, through the one filter all the same (pg-codec-imap-caps.h). */
+  pg_imap_caps_filter (caps, own->str, own->len, FALSE);
   return g_string_free (caps, FALSE);
 }
 
-/* After login: the upstream's, minus what a byte relay does not carry correctly or what
- * would let the client leave the session popgate set up: STARTTLS and AUTH= (the client
- * is already logged in), LOGINDISABLED, COMPRESS (the relay tracks the plain stream), and
- * UNAUTHENTICATE (RFC 8437: it would let a client log in upstream past the account map). */
+/* After login: the upstream's, through the one capability filter (pg-codec-imap-caps.h:
+ * what popgate withholds, and why), plus popgate's own additions. */
 static gchar *
 pg_imap_session_relay_capabilities (GStrv upstream_caps)
 {
   GString *caps = g_string_new (NULL);
 
   for (gsize i = 0; upstream_caps != NULL && upstream_caps[i] != NULL; i++)
-    {
-      const char *cap = upstream_caps[i];
-
-      if (g_ascii_strcasecmp (cap, "STARTTLS") == 0
-          || g_ascii_strcasecmp (cap, "LOGINDISABLED") == 0
-          || g_ascii_strcasecmp (cap, "UNAUTHENTICATE") == 0
-          || g_ascii_strncasecmp (cap, "AUTH=", 5) == 0
-          || g_ascii_strncasecmp (cap, "COMPRESS=", 9) == 0)
-        continue;
-      /* Capabilities are atoms; anything else from an untrusted upstream is dropped. */
-      if (strpbrk (cap, " \r\n\"(){%*\\]") != NULL)
-        continue;
-      if (caps->len > 0)
-        g_string_append_c (caps, ' ');
-      g_string_append (caps, cap);
-    }
+    pg_imap_caps_filter (caps, upstream_caps[i], strlen (upstream_caps[i]), TRUE);
   if (caps->len == 0)
     g_string_append (caps, "IMAP4rev1");
   return g_string_free (caps, FALSE);
@@ -1140,36 +1127,67 @@ pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *r
     self->auth_tag[0] = '\0';
 }
 
-static void
-pg_imap_session_scan_client (PgImapSession *self, const guint8 *data, gsize len)
-{
-  while (len > 0)
-    {
-      gboolean complete = FALSE;
-      const PgImapRelayCommand *cmd = NULL;
-      gsize n = pg_imap_relay_scanner_scan (self->client_scan, data, len, &complete, &cmd);
+/* --- the relay filter's hooks (pg-imap-filter.h) ---------------------------------------- */
 
-      if (complete)
-        pg_imap_session_track_command (self, cmd);
-      data += n;
-      len -= n;
-    }
+static void
+pg_imap_session_filter_command_cb (gpointer user_data, const PgImapRelayCommand *cmd)
+{
+  pg_imap_session_track_command (user_data, cmd);
 }
 
 static void
-pg_imap_session_scan_upstream (PgImapSession *self, const guint8 *data, gsize len)
+pg_imap_session_filter_response_cb (gpointer user_data, const PgImapRelayCommand *resp)
 {
-  while (len > 0)
-    {
-      gboolean complete = FALSE;
-      const PgImapRelayCommand *resp = NULL;
-      gsize n = pg_imap_relay_scanner_scan (self->up_scan, data, len, &complete, &resp);
+  pg_imap_session_track_response (user_data, resp);
+}
 
-      if (complete)
-        pg_imap_session_track_response (self, resp);
-      data += n;
-      len -= n;
+static void
+pg_imap_session_filter_to_client_cb (gpointer user_data, const guint8 *data, gsize len)
+{
+  PgImapSession *self = user_data;
+
+  self->info.bytes_to_client += len;
+  pg_conn_write (self->conn, data, len);
+}
+
+/* popgate's own lines during the relay go out between the upstream's responses, never
+ * inside one (a literal, a held capability line). */
+static void
+pg_imap_session_relay_flush (PgImapSession *self)
+{
+  if (self->reply->len > 0 && pg_imap_filter_at_response_boundary (self->filter))
+    pg_imap_session_flush (self);
+}
+
+/* A client command for a withheld capability: popgate answers, the upstream never sees
+ * it. */
+static gboolean
+pg_imap_session_filter_withheld_cb (gpointer user_data, PgImapCapsCommand what,
+                                    const PgImapRelayCommand *cmd)
+{
+  PgImapSession *self = user_data;
+  const char *tag = cmd->tag[0] != '\0' ? cmd->tag : "*";
+
+  pg_imap_session_trace_command (self, cmd);
+  self->info.commands++;
+  switch (what)
+    {
+    case PG_IMAP_CAPS_COMMAND_NOT_AUTH:
+      pg_imap_session_reply (self, "%s BAD Already logged in.", tag);
+      break;
+    case PG_IMAP_CAPS_COMMAND_STARTTLS:
+      pg_imap_session_reply (self, "%s BAD STARTTLS is only available before login.", tag);
+      break;
+    case PG_IMAP_CAPS_COMMAND_UNAUTHENTICATE:
+    case PG_IMAP_CAPS_COMMAND_XCLIENT:
+    case PG_IMAP_CAPS_COMMAND_COMPRESS:
+      pg_imap_session_reply (self, "%s BAD %s is not supported here.", tag, cmd->word);
+      break;
+    case PG_IMAP_CAPS_COMMAND_RELAYED:
+      g_return_val_if_reached (FALSE);
     }
+  pg_imap_session_relay_flush (self);
+  return FALSE;
 }
 
 /* The upstream is gone: tell the client (RFC 9051 §7.1.5) unless the upstream did. */
@@ -1212,8 +1230,19 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
   g_autoptr (GError) error = NULL;
   GOutputStream *out = g_io_stream_get_output_stream (self->up_stream);
   gssize written;
+  gboolean stopped = FALSE;
 
-  pg_imap_session_scan_client (self, self->client_buf, n);
+  /* Withheld commands are cut out; a command start whose word is not known yet is kept
+   * back for the next read. */
+  n = pg_imap_filter_client (self->filter, self->client_buf, self->client_hold_len + n,
+                             &self->client_hold_offset, &self->client_hold_len, &stopped);
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (n == 0)
+    {
+      pg_imap_session_relay_client_read (self);
+      return;
+    }
   written = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out),
                                                         self->client_buf, n, NULL, &error);
   if (written < 0 && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
@@ -1239,8 +1268,12 @@ pg_imap_session_relay_client_read (PgImapSession *self)
 {
   if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
     return;
+  if (self->client_hold_len > 0 && self->client_hold_offset > 0)
+    memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
+  self->client_hold_offset = 0;
   self->reading = TRUE;
-  pg_conn_read_async (self->conn, self->client_buf, PG_IMAP_RELAY_CHUNK, self->cancellable,
+  pg_conn_read_async (self->conn, self->client_buf + self->client_hold_len,
+                      PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
                       pg_imap_session_read_cb, g_object_ref (self));
 }
 
@@ -1252,13 +1285,21 @@ pg_imap_session_relay_client_read (PgImapSession *self)
  * queue is above PG_CLIENT_OUTPUT_HIGH_WATER. */
 static guint8 pg_imap_relay_up_buf[PG_IMAP_RELAY_UP_CHUNK];
 
-/* Upstream bytes for the client: observe and send. */
+/* Upstream bytes for the client: observe, filter capability lists, send. */
 static void
 pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
 {
-  pg_imap_session_scan_upstream (self, data, n);
-  self->info.bytes_to_client += n;
-  pg_conn_write (self->conn, data, n);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_imap_filter_upstream (self->filter, data, n, &error))
+    {
+      pg_session_warning (self->id, "upstream: %s", error->message);
+      pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
+      pg_imap_session_reply (self, "* BYE The mail server sent an invalid response.");
+      pg_imap_session_end (self, "upstream protocol error");
+      return;
+    }
+  pg_imap_session_relay_flush (self);
 }
 
 static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data);
@@ -1352,8 +1393,15 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
   pg_imap_session_set_state (self, PG_IMAP_STATE_RELAY);
   self->busy = FALSE;
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
-  self->client_scan = pg_imap_relay_scanner_new ();
-  self->up_scan = pg_imap_relay_scanner_new ();
+  {
+    static const PgImapFilterFuncs funcs = {
+      .command = pg_imap_session_filter_command_cb,
+      .withheld = pg_imap_session_filter_withheld_cb,
+      .response = pg_imap_session_filter_response_cb,
+      .to_client = pg_imap_session_filter_to_client_cb,
+    };
+    self->filter = pg_imap_filter_new (&funcs, self, NULL);
+  }
   pg_imap_session_flush (self);
 
   /* What the client pipelined behind its login goes upstream first. The reader holds at
