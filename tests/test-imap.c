@@ -671,14 +671,77 @@ test_long_line (Fixture *fx, gconstpointer data)
   g_autofree gchar *bad = NULL;
   g_autofree gchar *ok = NULL;
 
-  while (line->len < 20000)
+  g_autofree gchar *bye = NULL;
+  g_autoptr (PgTestImap) untagged = connect_popgate (fx);
+  g_autoptr (GError) error = NULL;
+
+  while (line->len < 40000)
     g_string_append (line, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
-  g_string_append (line, "\r\na2 NOOP\r\n");
+  /* The tagged BAD comes at once, before the line's end is even sent: the client is never
+   * left waiting for its reply. */
   send_raw (imap, line->str);
   bad = read_line (imap);
-  g_assert_cmpstr (bad, ==, "* BAD Command line too long.");
+  g_assert_cmpstr (bad, ==, "a1 BAD Command line too long.");
+  send_raw (imap, "xxxx\r\na2 NOOP\r\n");
   ok = read_line (imap);
   g_assert_true (g_str_has_prefix (ok, "a2 OK"));
+
+  /* No tag to answer: BYE and a close. */
+  send_raw (untagged, line->str + strlen ("a1 NOOP "));
+  bye = read_line (untagged);
+  g_assert_cmpstr (bye, ==, "* BYE Command line too long.");
+  g_assert_null (pg_test_imap_read_line (untagged, &error));
+}
+
+/* RFC 2971 ID at its maxima (30 pairs, 1024-octet values: about 32 KiB on one line) is
+ * answered by popgate, and the login after it works. */
+static void
+test_id_maxima (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GString) id = g_string_new ("a1 ID (");
+  g_autofree gchar *value = g_strnfill (1024, 'v');
+  g_autofree gchar *reply = NULL;
+  g_autofree gchar *ok = NULL;
+  g_autofree gchar *login = NULL;
+
+  for (guint i = 0; i < 30; i++)
+    g_string_append_printf (id, "%s\"field-%02u-%s\" \"%s\"", i > 0 ? " " : "", i,
+                            "xxxxxxxxxxxxxxxxxxxxx", value);
+  g_string_append (id, ")\r\n");
+  g_assert_cmpuint (id->len, >, 31000);
+  send_raw (imap, id->str);
+  reply = read_line (imap);
+  g_assert_true (g_str_has_prefix (reply, "* ID (\"name\" \"popgate\""));
+  ok = read_line (imap);
+  g_assert_cmpstr (ok, ==, "a1 OK ID completed.");
+  login = raw_login (imap, "a2", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a2 OK"));
+}
+
+/* More than one relay chunk pipelined behind a LOGIN (non-synchronising literals): every
+ * command reaches the upstream, in order. */
+static void
+test_pipelined_login (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GString) burst = g_string_new (NULL);
+  g_autofree gchar *login = NULL;
+
+  g_string_append_printf (burst, "a1 LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", strlen (fx->user),
+                          fx->user, strlen (PASSWORD), PASSWORD);
+  for (guint i = 0; i < 4000; i++)
+    g_string_append_printf (burst, "n%u NOOP\r\n", i);
+  g_assert_cmpuint (burst->len, >, 2 * 16384);
+  send_raw (imap, burst->str);
+  login = read_until (imap, "a1 ");
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  for (guint i = 0; i < 4000; i++)
+    {
+      g_autofree gchar *prefix = g_strdup_printf ("n%u ", i);
+      g_autofree gchar *reply = read_until (imap, prefix);
+      g_assert_true (g_str_has_prefix (reply + strlen (prefix), "OK"));
+    }
 }
 
 /* A literal before login beyond its limit: BAD (synchronising) or a close (LITERAL+). */
@@ -1027,6 +1090,8 @@ main (int argc, char **argv)
     { "/popgate/imap/account-map", mapped, test_account_map },
     { "/popgate/imap/large-transfer", NULL, test_large_transfer },
     { "/popgate/imap/capabilities", NULL, test_capabilities },
+    { "/popgate/imap/id-maxima", NULL, test_id_maxima },
+    { "/popgate/imap/pipelined-login", NULL, test_pipelined_login },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -11,9 +11,9 @@
 
 struct _PgLineReader
 {
-  guint8 *buf;    /* owned; alloc bytes, NULL (alloc 0) while nothing is buffered */
-  gsize alloc;    /* <= capacity */
-  gsize capacity; /* the bound: what is buffered never exceeds it */
+  guint8 *buf;         /* owned; alloc bytes, NULL (alloc 0) while nothing is buffered */
+  gsize alloc;         /* <= capacity */
+  gsize capacity;      /* the bound: what is buffered never exceeds it */
   gsize start;         /* first unread byte */
   gsize end;           /* one past the last buffered byte */
   gsize scanned;       /* [start, scanned) is known to hold no LF */
@@ -258,6 +258,16 @@ pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out
   /* Keep scanned >= start: compaction subtracts start from it. */
   reader->scanned = MAX (reader->scanned, reader->start);
   return n;
+}
+
+gsize
+pg_line_reader_peek_raw (const PgLineReader *reader, const guint8 **out_data)
+{
+  g_return_val_if_fail (reader != NULL, 0);
+  g_return_val_if_fail (out_data != NULL, 0);
+
+  *out_data = reader->buf != NULL ? reader->buf + reader->start : (const guint8 *) "";
+  return reader->end - reader->start;
 }
 
 gsize

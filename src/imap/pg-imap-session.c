@@ -943,11 +943,35 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
   g_assert_not_reached ();
 }
 
+/* The tag to answer an over-long line with: the SASL exchange's or the command's when
+ * the line continues one, else the line's own first word when it is a valid tag
+ * (RFC 9051 §9: astring characters but "+"); NULL when there is none. */
+static gchar *
+pg_imap_session_long_line_tag (PgImapSession *self)
+{
+  const guint8 *data = NULL;
+  gsize n = pg_line_reader_peek_raw (self->reader, &data);
+  gsize i;
+
+  if (self->sasl_tag != NULL)
+    return g_strdup (self->sasl_tag);
+  if (self->in_command)
+    return g_strdup (pg_imap_command_parser_get_tag (self->parser));
+  for (i = 0; i < n && i <= PG_IMAP_RELAY_MAX_TAG && data[i] != ' '; i++)
+    if (data[i] <= 0x20 || data[i] >= 0x7f || strchr ("(){%*\"\\+", data[i]) != NULL)
+      return NULL;
+  if (i == 0 || i > PG_IMAP_RELAY_MAX_TAG || i == n)
+    return NULL;
+  return g_strndup ((const char *) data, i);
+}
+
 /* Handle every complete buffered line (and literal) until a command must wait, then
  * flush the replies in one write and read more. */
 static void
 pg_imap_session_process (PgImapSession *self)
 {
+  g_autofree gchar *long_tag = NULL;
+
   while (!self->busy && !pg_conn_is_closed (self->conn)
          && self->info.state == PG_IMAP_STATE_PREAUTH)
     {
@@ -967,6 +991,13 @@ pg_imap_session_process (PgImapSession *self)
           pg_imap_command_parser_feed_literal (self->parser, data, n, NULL);
           continue;
         }
+      /* A full reader without a line end is about to be reported too long: its tag is
+       * only readable now. */
+      if (pg_line_reader_get_space (self->reader) == 0)
+        {
+          g_free (long_tag);
+          long_tag = pg_imap_session_long_line_tag (self);
+        }
       status = pg_line_reader_next (self->reader, &line, &len, &error);
       if (status == PG_LINE_READER_NEED_MORE)
         break;
@@ -977,7 +1008,15 @@ pg_imap_session_process (PgImapSession *self)
           self->in_login_command = FALSE;
           g_clear_pointer (&self->sasl_tag, g_free);
           pg_metrics_error (PG_METRICS_ERROR_LINE_TOO_LONG);
-          pg_imap_session_reply (self, "* BAD Command line too long.");
+          if (long_tag == NULL)
+            {
+              /* No tag to answer: the client would wait for a reply forever. */
+              pg_imap_session_reply (self, "* BYE Command line too long.");
+              pg_imap_session_end (self, "line too long");
+              break;
+            }
+          pg_imap_session_reply (self, "%s BAD Command line too long.", long_tag);
+          g_clear_pointer (&long_tag, g_free);
           pg_imap_session_bad_command (self);
           continue;
         }
@@ -1271,6 +1310,21 @@ pg_imap_session_relay_client_read (PgImapSession *self)
   if (self->client_hold_len > 0 && self->client_hold_offset > 0)
     memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
   self->client_hold_offset = 0;
+  if (self->reader != NULL)
+    {
+      /* The rest of what was pipelined behind the login, before any new read. */
+      const guint8 *pipelined = NULL;
+      gsize n = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK - self->client_hold_len,
+                                         &pipelined);
+
+      if (n > 0)
+        {
+          memcpy (self->client_buf + self->client_hold_len, pipelined, n);
+          pg_imap_session_relay_client_data (self, n);
+          return;
+        }
+      g_clear_pointer (&self->reader, pg_line_reader_free);
+    }
   self->reading = TRUE;
   pg_conn_read_async (self->conn, self->client_buf + self->client_hold_len,
                       PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
@@ -1404,9 +1458,10 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
   }
   pg_imap_session_flush (self);
 
-  /* What the client pipelined behind its login goes upstream first. The reader holds at
-   * most PG_IMAP_MAX_PREAUTH_LINE octets, which fits one relay chunk. */
-  G_STATIC_ASSERT (PG_IMAP_MAX_PREAUTH_LINE <= PG_IMAP_RELAY_CHUNK);
+  /* What the client pipelined behind its login goes upstream first: up to
+   * PG_IMAP_MAX_PREAUTH_LINE octets, one relay chunk at a time (relay_client_read takes
+   * the rest from the reader before it reads the client again). */
+  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
   n_pipelined = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK, &pipelined);
   if (n_pipelined > 0)
     {
@@ -1415,8 +1470,6 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
     }
   else
     pg_imap_session_relay_client_read (self);
-  g_clear_pointer (&self->reader, pg_line_reader_free);
-  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
 
   if (g_bytes_get_size (up_buffered) > 0 && !pg_conn_is_closed (self->conn))
     pg_imap_session_relay_up_data (self, g_bytes_get_data (up_buffered, NULL),
