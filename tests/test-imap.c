@@ -524,6 +524,17 @@ test_imaplib (Fixture *fx, gconstpointer data)
   g_assert_true (log_has (fx, "reason=LOGOUT"));
 }
 
+/* Every TLS session popgate ends, implicit (IMAPS) or after STARTTLS, ends with a
+ * close_notify: Python's ssl sees a clean shutdown, not an EOF under TLS. */
+static void
+test_tls_close (Fixture *fx, gconstpointer data)
+{
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->imaps_port,
+                                  fx->popgate->certs->ca_file, "imap", "implicit");
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->imap_port,
+                                  fx->popgate->certs->ca_file, "imap", "starttls");
+}
+
 /* Plaintext sent behind STARTTLS is dropped, never run inside TLS. Checked with a raw
  * client: the injected command would otherwise be answered after the handshake. */
 static void
@@ -1092,6 +1103,7 @@ main (int argc, char **argv)
     { "/popgate/imap/capabilities", NULL, test_capabilities },
     { "/popgate/imap/id-maxima", NULL, test_id_maxima },
     { "/popgate/imap/pipelined-login", NULL, test_pipelined_login },
+    { "/popgate/imap/tls-close", NULL, test_tls_close },
   };
 
   g_test_init (&argc, &argv, NULL);

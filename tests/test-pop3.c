@@ -975,6 +975,16 @@ test_poplib (Fixture *fx, gconstpointer data)
   }
 }
 
+/* Every TLS session popgate ends, POP3S or after STLS, ends with a close_notify. */
+static void
+test_tls_close (Fixture *fx, gconstpointer data)
+{
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3s_port,
+                                  fx->popgate->certs->ca_file, "pop3", "implicit");
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3_port,
+                                  fx->popgate->certs->ca_file, "pop3", "starttls");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1019,6 +1029,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
     { "/popgate/pop3/poplib", NULL, test_poplib },
+    { "/popgate/pop3/tls-close", NULL, test_tls_close },
     { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
   };
 

@@ -110,6 +110,10 @@
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
 
 /* --- TLS --- */
+/* How long a closing TLS connection may take to send its close_notify (RFC 8446 §6.1)
+ * before the socket is closed anyway: a write into a socket the peer does not read would
+ * otherwise hold the connection. One alert record takes a round trip at most. */
+#define PG_TLS_CLOSE_TIMEOUT_MS 2000
 /* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the
  * environment): GnuTLS's defaults without TLS 1.0 and 1.1, which RFC 8996 deprecates and
  * which Debian's NORMAL still enables. Applies to clients and to the upstream alike. */

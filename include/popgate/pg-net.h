@@ -91,6 +91,12 @@ void pg_conn_close (PgConn *conn);
 /* Close now, dropping queued output. */
 void pg_conn_abort (PgConn *conn);
 
+/* Close a connection's stream for good: a GTlsConnection sends its close_notify first
+ * (g_io_stream_close_async), bounded by PG_TLS_CLOSE_TIMEOUT_MS, then `socket` (the TCP
+ * connection under it; may be NULL) is closed whatever happened; anything else closes
+ * `socket` at once. Never blocks; holds its own references until done. */
+void pg_net_close_stream (GIOStream *stream, GSocketConnection *socket);
+
 /* --- PgServer: listeners and limits ------------------------------------------------ */
 
 #define PG_TYPE_SERVER (pg_server_get_type ())

@@ -235,14 +235,14 @@ pg_imap_session_close_upstream (PgImapSession *self)
       g_autoptr (GIOStream) base = NULL;
       GIOStream *plain = self->up_stream;
 
-      /* Close the socket itself: no TLS close_notify that could block, no thread. */
       if (G_IS_TLS_CONNECTION (self->up_stream))
         {
           g_object_get (self->up_stream, "base-io-stream", &base, NULL);
           plain = base;
         }
-      if (G_IS_SOCKET_CONNECTION (plain))
-        g_socket_close (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), NULL);
+      /* With TLS a close_notify first, bounded (pg-net.h). */
+      pg_net_close_stream (self->up_stream,
+                           G_IS_SOCKET_CONNECTION (plain) ? G_SOCKET_CONNECTION (plain) : NULL);
       g_clear_object (&self->up_stream);
     }
 }

@@ -609,10 +609,9 @@ pg_conn_finish_close (PgConn *conn)
       g_source_destroy (conn->close_source);
       g_clear_pointer (&conn->close_source, g_source_unref);
     }
-  /* Closing the socket (not the TLS stream) is immediate and never blocks on a peer that
-   * does not answer a close_notify. */
-  if (conn->socket != NULL)
-    g_io_stream_close (G_IO_STREAM (conn->socket), NULL, NULL);
+  /* TLS sends its close_notify first, bounded by PG_TLS_CLOSE_TIMEOUT_MS; the session is
+   * over for us at once either way. */
+  pg_net_close_stream (conn->stream, conn->socket);
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   conn->queued = 0;
   pg_conn_check_drain_waiters (conn);
