@@ -535,6 +535,34 @@ test_tls_close (Fixture *fx, gconstpointer data)
                                   fx->popgate->certs->ca_file, "imap", "starttls");
 }
 
+/* The session log names the last mailbox selected even after CLOSE, with what was done
+ * in it. */
+static void
+test_session_log (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = raw_login (imap, "a1", fx->user, PASSWORD);
+
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error));
+  g_assert_no_error (error);
+  send_raw (imap, "a2 FETCH 1 (BODY.PEEK[])\r\na3 CLOSE\r\n");
+  g_free (read_until (imap, "a2 OK"));
+  g_free (read_until (imap, "a3 OK"));
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+  g_assert_true (log_has (fx, "imap session ended: user=session-log"));
+  g_assert_true (log_has (fx, "mailbox=INBOX mailbox_commands=2 mailbox_bytes="));
+  {
+    g_autofree gchar *log = pg_test_popgate_read_log (fx->popgate);
+    const char *bytes = strstr (strstr (log, "imap session ended"), "mailbox_bytes=");
+
+    /* The FETCH's body at least. */
+    g_assert_cmpuint (g_ascii_strtoull (bytes + strlen ("mailbox_bytes="), NULL, 10), >, 40);
+  }
+}
+
 /* Plaintext sent behind STARTTLS is dropped, never run inside TLS. Checked with a raw
  * client: the injected command would otherwise be answered after the handshake. */
 static void
@@ -1104,6 +1132,7 @@ main (int argc, char **argv)
     { "/popgate/imap/id-maxima", NULL, test_id_maxima },
     { "/popgate/imap/pipelined-login", NULL, test_pipelined_login },
     { "/popgate/imap/tls-close", NULL, test_tls_close },
+    { "/popgate/imap/session-log", NULL, test_session_log },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -92,6 +92,9 @@ struct _PgImapSession
   gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* CLOSE/UNSELECT awaiting its reply */
   gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* IDLE running or starting */
   gchar *mailbox;                             /* owned: info.mailbox */
+  gchar *last_mailbox;     /* owned: the last mailbox selected, kept after CLOSE (the log) */
+  guint64 mailbox_commands; /* client commands while last_mailbox was selected */
+  guint64 mailbox_bytes;    /* octets to the client while it was selected */
   gchar auth_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* AUTHENTICATE relayed: its lines are secret */
 
   PgMetricsSessionState metrics_state; /* where the session gauge counts it */
@@ -288,6 +291,7 @@ pg_imap_session_finalize (GObject *object)
   g_free (self->upstream_user);
   g_free (self->select_mailbox);
   g_free (self->mailbox);
+  g_free (self->last_mailbox);
   G_OBJECT_CLASS (pg_imap_session_parent_class)->finalize (object);
 }
 
@@ -347,17 +351,21 @@ pg_imap_session_log_end (PgImapSession *self)
   gint64 ms = (g_get_monotonic_time () - self->started_mono_us) / 1000;
   g_autofree gchar *user
       = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64) : g_strdup ("-");
-  g_autofree gchar *mailbox = self->mailbox != NULL
-                                  ? pg_log_escape (self->mailbox, strlen (self->mailbox), 64)
-                                  : g_strdup ("-");
+  /* The last mailbox selected, even when the client closed it before leaving (neomutt and
+   * mbsync do), and what was done in it. */
+  g_autofree gchar *mailbox
+      = self->last_mailbox != NULL
+            ? pg_log_escape (self->last_mailbox, strlen (self->last_mailbox), 64)
+            : g_strdup ("-");
 
   pg_session_message (self->id,
                       "imap session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
                       "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT
-                      " commands=%" G_GUINT64_FORMAT " mailbox=%s reason=%s",
+                      " commands=%" G_GUINT64_FORMAT " mailbox=%s mailbox_commands=%" G_GUINT64_FORMAT
+                      " mailbox_bytes=%" G_GUINT64_FORMAT " reason=%s",
                       user, pg_conn_get_peer (self->conn), pg_imap_state_names[self->info.state],
                       ms, pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn),
-                      self->info.commands, mailbox,
+                      self->info.commands, mailbox, self->mailbox_commands, self->mailbox_bytes,
                       self->end_reason != NULL ? self->end_reason : "client disconnected");
 }
 
@@ -1083,6 +1091,13 @@ pg_imap_session_set_mailbox (PgImapSession *self, gchar *mailbox, gboolean read_
   g_free (self->mailbox);
   self->mailbox = mailbox;
   self->info.mailbox = mailbox;
+  if (mailbox != NULL)
+    {
+      g_free (self->last_mailbox);
+      self->last_mailbox = g_strdup (mailbox);
+      self->mailbox_commands = 0;
+      self->mailbox_bytes = 0;
+    }
   self->info.read_only = mailbox != NULL && read_only;
 }
 
@@ -1103,6 +1118,8 @@ pg_imap_session_track_command (PgImapSession *self, const PgImapRelayCommand *cm
   if (self->auth_tag[0] != '\0')
     return; /* SASL data of a relayed AUTHENTICATE, not a command */
   self->info.commands++;
+  if (self->mailbox != NULL)
+    self->mailbox_commands++;
   if (strcmp (cmd->word, "SELECT") == 0 || strcmp (cmd->word, "EXAMINE") == 0)
     {
       pg_imap_session_copy_tag (self->select_tag, cmd->tag);
@@ -1186,6 +1203,8 @@ pg_imap_session_filter_to_client_cb (gpointer user_data, const guint8 *data, gsi
   PgImapSession *self = user_data;
 
   self->info.bytes_to_client += len;
+  if (self->mailbox != NULL)
+    self->mailbox_bytes += len;
   pg_conn_write (self->conn, data, len);
 }
 
