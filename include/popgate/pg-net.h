@@ -83,6 +83,13 @@ void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable,
                               GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
+/* COMPRESS=DEFLATE (RFC 4978): from now on everything read from the client is inflated
+ * and everything written to it deflated (raw deflate, GZlibCompressor/Decompressor),
+ * each write flushed so it reaches the client at once; output already queued goes out as
+ * it was. `input` (len octets, maybe 0) is compressed data that arrived behind the
+ * command. No read may be pending. FALSE when already compressed. */
+gboolean pg_conn_start_compress (PgConn *conn, const void *input, gsize len, GError **error);
+gboolean pg_conn_is_compressed (PgConn *conn);
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
 

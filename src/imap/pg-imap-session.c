@@ -84,6 +84,8 @@ struct _PgImapSession
   PgImapFilter *filter;     /* owned: both streams' scanners, the caps filter */
   gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
   gsize client_hold_len;
+  gboolean compress_pending; /* COMPRESS answered OK: start once the OK is out */
+  GBytes *compress_input;    /* owned: compressed octets that came behind COMPRESS */
   gboolean upstream_bye;                       /* the upstream sent "* BYE" */
   gboolean logout_sent;                        /* the client sent LOGOUT */
   gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
@@ -101,6 +103,9 @@ struct _PgImapSession
 };
 
 G_DEFINE_FINAL_TYPE (PgImapSession, pg_imap_session, G_TYPE_OBJECT)
+
+/* What popgate itself adds to the upstream's capabilities after login. */
+#define PG_IMAP_SESSION_OWN_CAPABILITIES "COMPRESS=DEFLATE"
 
 /* Live sessions, oldest first (the links live in the sessions). */
 static GQueue pg_imap_sessions = G_QUEUE_INIT;
@@ -292,6 +297,7 @@ pg_imap_session_finalize (GObject *object)
   g_free (self->select_mailbox);
   g_free (self->mailbox);
   g_free (self->last_mailbox);
+  g_clear_pointer (&self->compress_input, g_bytes_unref);
   G_OBJECT_CLASS (pg_imap_session_parent_class)->finalize (object);
 }
 
@@ -455,6 +461,7 @@ pg_imap_session_relay_capabilities (GStrv upstream_caps)
     pg_imap_caps_filter (caps, upstream_caps[i], strlen (upstream_caps[i]), TRUE);
   if (caps->len == 0)
     g_string_append (caps, "IMAP4rev1");
+  g_string_append (caps, " " PG_IMAP_SESSION_OWN_CAPABILITIES);
   return g_string_free (caps, FALSE);
 }
 
@@ -1209,12 +1216,51 @@ pg_imap_session_filter_to_client_cb (gpointer user_data, const guint8 *data, gsi
 }
 
 /* popgate's own lines during the relay go out between the upstream's responses, never
- * inside one (a literal, a held capability line). */
+ * inside one (a literal, a held capability line). Once COMPRESS's OK is out, the client
+ * stream is compressed from the next octet on. */
 static void
 pg_imap_session_relay_flush (PgImapSession *self)
 {
-  if (self->reply->len > 0 && pg_imap_filter_at_response_boundary (self->filter))
+  g_autoptr (GError) error = NULL;
+  gsize len = 0;
+  const void *input = NULL;
+
+  if (!pg_imap_filter_at_response_boundary (self->filter))
+    return;
+  if (self->reply->len > 0)
     pg_imap_session_flush (self);
+  if (!self->compress_pending || self->reading || pg_conn_is_closed (self->conn))
+    return;
+  self->compress_pending = FALSE;
+  if (self->compress_input != NULL)
+    input = g_bytes_get_data (self->compress_input, &len);
+  if (!pg_conn_start_compress (self->conn, input, len, &error))
+    {
+      pg_imap_session_abort (self, "COMPRESS failed");
+      return;
+    }
+  g_clear_pointer (&self->compress_input, g_bytes_unref);
+  pg_session_info (self->id, "COMPRESS=DEFLATE active");
+  pg_imap_session_relay_client_read (self);
+}
+
+/* COMPRESS (RFC 4978) by popgate: the relay keeps seeing the plain streams. */
+static gboolean
+pg_imap_session_compress (PgImapSession *self, const char *tag, const PgImapRelayCommand *cmd)
+{
+  if (pg_conn_is_compressed (self->conn) || self->compress_pending)
+    {
+      pg_imap_session_reply (self, "%s NO [COMPRESSIONACTIVE] DEFLATE is active already.", tag);
+      return FALSE;
+    }
+  if (cmd->argument == NULL || g_ascii_strcasecmp (cmd->argument, "DEFLATE") != 0)
+    {
+      pg_imap_session_reply (self, "%s BAD Unsupported compression mechanism.", tag);
+      return FALSE;
+    }
+  pg_imap_session_reply (self, "%s OK DEFLATE active.", tag);
+  self->compress_pending = TRUE;
+  return TRUE;
 }
 
 /* A client command for a withheld capability: popgate answers, the upstream never sees
@@ -1238,8 +1284,13 @@ pg_imap_session_filter_withheld_cb (gpointer user_data, PgImapCapsCommand what,
       break;
     case PG_IMAP_CAPS_COMMAND_UNAUTHENTICATE:
     case PG_IMAP_CAPS_COMMAND_XCLIENT:
-    case PG_IMAP_CAPS_COMMAND_COMPRESS:
       pg_imap_session_reply (self, "%s BAD %s is not supported here.", tag, cmd->word);
+      break;
+    case PG_IMAP_CAPS_COMMAND_COMPRESS:
+      /* On OK stop here: what follows in this read is compressed already, and the
+       * compression starts once the OK is out (relay_client_data). */
+      if (pg_imap_session_compress (self, tag, cmd))
+        return TRUE;
       break;
     case PG_IMAP_CAPS_COMMAND_RELAYED:
       g_return_val_if_reached (FALSE);
@@ -1294,6 +1345,15 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
    * back for the next read. */
   n = pg_imap_filter_client (self->filter, self->client_buf, self->client_hold_len + n,
                              &self->client_hold_offset, &self->client_hold_len, &stopped);
+  if (stopped)
+    {
+      /* After COMPRESS: the rest is compressed input for the connection to inflate. */
+      self->compress_input = g_bytes_new (self->client_buf + self->client_hold_offset,
+                                          self->client_hold_len);
+      self->client_hold_len = 0;
+      self->client_hold_offset = 0;
+      pg_imap_session_relay_flush (self);
+    }
   if (pg_conn_is_closed (self->conn))
     return;
   if (n == 0)
@@ -1324,7 +1384,7 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
 static void
 pg_imap_session_relay_client_read (PgImapSession *self)
 {
-  if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
+  if (self->reading || self->up_writing || self->compress_pending || pg_conn_is_closed (self->conn))
     return;
   if (self->client_hold_len > 0 && self->client_hold_offset > 0)
     memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
@@ -1473,7 +1533,7 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
       .response = pg_imap_session_filter_response_cb,
       .to_client = pg_imap_session_filter_to_client_cb,
     };
-    self->filter = pg_imap_filter_new (&funcs, self, NULL);
+    self->filter = pg_imap_filter_new (&funcs, self, PG_IMAP_SESSION_OWN_CAPABILITIES);
   }
   pg_imap_session_flush (self);
 
