@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """COMPRESS=DEFLATE (RFC 4978) through popgate with Python's imaplib wrapped in zlib.
 
-usage: imap-compress.py HOST PORT USER PASSWORD UPSTREAM_PORT
+usage: imap-compress.py HOST PORT USER PASSWORD UPSTREAM_PORT [POPGATE_PID]
 A plain session FETCHes every message; a compressed one (raw deflate, wbits=-15) does
 SELECT, the same FETCH (bodies byte-identical), COMPRESS again (NO [COMPRESSIONACTIVE]),
 IDLE (a message APPENDed directly upstream is pushed at once) and LOGOUT. Prints the
-octets each FETCH took on the wire and "imap-compress: ok".
+octets each FETCH took on the wire and "imap-compress: ok". With POPGATE_PID it only
+compresses a session, sends popgate SIGTERM and expects popgate's own BYE, compressed.
 """
+import os
+import signal
 import imaplib
 import sys
 import zlib
@@ -71,8 +74,25 @@ def fetch_all(imap):
     return bodies, imap.wire_in - before
 
 
+def shutdown_bye(host, port, user, password, pid):
+    imap = WireIMAP(host, port)
+    typ, _ = imap.login(user, password)
+    assert typ == "OK", typ
+    typ, data = imap.compress()
+    assert typ == "OK", (typ, data)
+    typ, data = imap.noop()
+    assert typ == "OK", (typ, data)
+    os.kill(pid, signal.SIGTERM)
+    line = imap.readline()
+    assert line == b"* BYE Server shutting down.\r\n", line
+    print("imap-compress: bye")
+
+
 def main():
     host, port, user, password, upstream_port = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        shutdown_bye(host, port, user, password, int(sys.argv[6]))
+        return
 
     plain = WireIMAP(host, port)
     typ, _ = plain.login(user, password)

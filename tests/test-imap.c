@@ -561,6 +561,28 @@ test_compress (Fixture *fx, gconstpointer data)
   g_assert_true (log_has (fx, "reason=LOGOUT"));
 }
 
+/* popgate's own BYE (here: shutdown) goes into the compressed stream, compressed. */
+static void
+test_compress_bye (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "imap-compress.py", NULL);
+  g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->imap_port);
+  g_autofree gchar *up_port = g_strdup_printf ("%u", upstream->imap_port);
+  g_autofree gchar *pid = g_strdup_printf ("%d", (int) pg_test_popgate_get_pid (fx->popgate));
+  const char *argv[] = { "python3",      script,  fx->popgate->host, port, fx->user,
+                         PASSWORD_ASCII, up_port, pid,              NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_run_status (argv, NULL, 60000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("imap-compress script failed (%d): %s", status, output);
+  g_assert_nonnull (strstr (output, "imap-compress: bye"));
+  g_assert_true (log_has (fx, "reason=server shutdown"));
+}
+
 static void
 test_tls_close (Fixture *fx, gconstpointer data)
 {
@@ -1169,6 +1191,7 @@ main (int argc, char **argv)
     { "/popgate/imap/tls-close", NULL, test_tls_close },
     { "/popgate/imap/session-log", NULL, test_session_log },
     { "/popgate/imap/compress", NULL, test_compress },
+    { "/popgate/imap/compress-bye", NULL, test_compress_bye },
   };
 
   g_test_init (&argc, &argv, NULL);
@@ -1182,7 +1205,9 @@ main (int argc, char **argv)
     {
       g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
       if (!pg_test_dovecot_add_user (
-              upstream, user, tests[i].func == test_imaplib || tests[i].func == test_compress ? PASSWORD_ASCII : PASSWORD, &error))
+              upstream, user, tests[i].func == test_imaplib || tests[i].func == test_compress
+                  || tests[i].func == test_compress_bye
+              ? PASSWORD_ASCII : PASSWORD, &error))
         g_error ("%s", error->message);
       g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
                   fixture_teardown);
