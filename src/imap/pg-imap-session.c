@@ -1229,7 +1229,9 @@ pg_imap_session_relay_flush (PgImapSession *self)
     return;
   if (self->reply->len > 0)
     pg_imap_session_flush (self);
-  if (!self->compress_pending || self->reading || pg_conn_is_closed (self->conn))
+  /* Nothing may be in flight to the upstream or from the client: the first client read
+   * after the switch goes through the inflater (relay_client_read comes back here). */
+  if (!self->compress_pending || self->reading || self->up_writing || pg_conn_is_closed (self->conn))
     return;
   self->compress_pending = FALSE;
   if (self->compress_input != NULL)
@@ -1352,7 +1354,6 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
                                           self->client_hold_len);
       self->client_hold_len = 0;
       self->client_hold_offset = 0;
-      pg_imap_session_relay_flush (self);
     }
   if (pg_conn_is_closed (self->conn))
     return;
@@ -1384,8 +1385,14 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
 static void
 pg_imap_session_relay_client_read (PgImapSession *self)
 {
-  if (self->reading || self->up_writing || self->compress_pending || pg_conn_is_closed (self->conn))
+  if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
     return;
+  if (self->compress_pending)
+    {
+      /* COMPRESS's OK out first, then the switch, then this read (relay_flush). */
+      pg_imap_session_relay_flush (self);
+      return;
+    }
   if (self->client_hold_len > 0 && self->client_hold_offset > 0)
     memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
   self->client_hold_offset = 0;
