@@ -356,6 +356,20 @@ test_errors (Fixture *fx, gconstpointer data)
   long_line = g_strnfill (600, 'A');
   PG_TEST_POP3_ASSERT_REPLY (pop3, long_line, "-ERR");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
+  /* Longer than the input buffer and not yet ended: the -ERR comes at once, not when (or
+   * if) the line's end arrives. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *huge = g_strnfill (3 * 8192, 'B');
+    g_autofree gchar *reply = NULL;
+
+    g_assert_true (pg_test_pop3_send (pop3, huge, strlen (huge), &error));
+    reply = pg_test_pop3_read_line (pop3, &error);
+    g_assert_no_error (error);
+    g_assert_true (g_str_has_prefix (reply, "-ERR"));
+    g_assert_true (pg_test_pop3_send (pop3, "BB\r\n", 4, &error));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
   /* Nothing was QUIT: the drop below must leave the upstream as it was. */
 }
 
@@ -961,6 +975,16 @@ test_poplib (Fixture *fx, gconstpointer data)
   }
 }
 
+/* Every TLS session popgate ends, POP3S or after STLS, ends with a close_notify. */
+static void
+test_tls_close (Fixture *fx, gconstpointer data)
+{
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3s_port,
+                                  fx->popgate->certs->ca_file, "pop3", "implicit");
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3_port,
+                                  fx->popgate->certs->ca_file, "pop3", "starttls");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1005,6 +1029,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
     { "/popgate/pop3/poplib", NULL, test_poplib },
+    { "/popgate/pop3/tls-close", NULL, test_tls_close },
     { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
   };
 

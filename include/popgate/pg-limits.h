@@ -24,11 +24,16 @@
 #define PG_POP3_TRACE_MAX_UIDS 64
 
 /* --- IMAP front end (before login; after login we relay with bounded buffers) --- */
-/* RFC 9051 recommends accepting at least 8000 octets per command line. */
-#define PG_IMAP_MAX_PREAUTH_LINE 8192
+/* RFC 9051 recommends accepting at least 8000 octets per command line, but RFC 2971 ID
+ * allows 30 field/value pairs with values of up to 1024 octets (fields up to 30), all on
+ * one line: 30 * (30 + 1024 + 6 for quotes and spaces) = 31,800 octets plus the tag and
+ * "ID (...)". 36 KiB takes that with room for escaped quotes. Only a pre-auth session
+ * holds it (the reader grows on demand and is freed at login). */
+#define PG_IMAP_MAX_PREAUTH_LINE 36864
 /* A literal before login can only be a user name or a password. */
 #define PG_IMAP_MAX_PREAUTH_LITERAL 4096
-/* Arguments in one pre-auth command (LOGIN has two, ID has a small list). */
+/* Arguments in one pre-auth command, list items included (LOGIN has two; ID a list of at
+ * most 60 strings: RFC 2971's 30 pairs). */
 #define PG_IMAP_MAX_PREAUTH_ARGS 64
 /* Client read size, before login and for client -> upstream after it: one fixed buffer per
  * session with a read pending on it for the whole session (so it counts in an idle
@@ -109,6 +114,10 @@
 #define PG_CLIENT_CORK_MAX 65536
 
 /* --- TLS --- */
+/* How long a closing TLS connection may take to send its close_notify (RFC 8446 §6.1)
+ * before the socket is closed anyway: a write into a socket the peer does not read would
+ * otherwise hold the connection. One alert record takes a round trip at most. */
+#define PG_TLS_CLOSE_TIMEOUT_MS 2000
 /* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the
  * environment): GnuTLS's defaults without TLS 1.0 and 1.1, which RFC 8996 deprecates and
  * which Debian's NORMAL still enables. Applies to clients and to the upstream alike. */
@@ -132,10 +141,11 @@
 /* --- IMAP front end, pre-auth command parser (src/codec/pg-codec-imap-command.c) --- */
 /* Nesting of parenthesised lists before login: only ID takes a list, and it is flat. */
 #define PG_IMAP_MAX_PREAUTH_DEPTH 2
-/* A whole pre-auth command (its lines and literals together). LOGIN with a user name
- * and a password as literals of PG_IMAP_MAX_PREAUTH_LITERAL each still fits; without
- * this, ARGS literals of LITERAL size each would let one command hold 256 KiB. */
-#define PG_IMAP_MAX_PREAUTH_COMMAND 16384
+/* A whole pre-auth command (its lines and literals together): a longest line (an ID at
+ * RFC 2971's maxima) or LOGIN with a user name and a password as literals of
+ * PG_IMAP_MAX_PREAUTH_LITERAL each; without this, ARGS literals of LITERAL size each would
+ * let one command hold 256 KiB. */
+#define PG_IMAP_MAX_PREAUTH_COMMAND (PG_IMAP_MAX_PREAUTH_LINE + 2 * PG_IMAP_MAX_PREAUTH_LITERAL)
 /* Tag, command word and first argument the relay scanner keeps per command for
  * tracking (SELECT's mailbox name); longer ones are cut (and flagged), never grown. */
 #define PG_IMAP_RELAY_MAX_TAG 64

@@ -17,6 +17,7 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-imap-writer.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-net.h"
 #include "popgate/pg-trace.h"
 #include "popgate/pg-limits.h"
 
@@ -389,11 +390,9 @@ pg_upstream_drop_connection (PgUpstream *self)
 {
   pg_upstream_stop_waiting (self);
   g_cancellable_cancel (self->io_cancellable);
+  /* With TLS a close_notify first, bounded; nothing blocks (pg-net.h). */
   if (self->socket != NULL)
-    {
-      /* Close the socket itself: no TLS close_notify, nothing blocks. */
-      g_socket_close (g_socket_connection_get_socket (self->socket), NULL);
-    }
+    pg_net_close_stream (self->stream, self->socket);
   g_clear_object (&self->stream);
   g_clear_object (&self->socket);
   g_clear_pointer (&self->write_bytes, g_bytes_unref);
