@@ -1,7 +1,7 @@
 /* popgate — OAuth 2.0 access tokens for upstream logins (RFC 6749, 7628).
  *
  * The contract between the login path (src/login/pg-login*.c, which decides that an
- * account needs a token) and the token manager (src/login/pg-oauth2.c, which gets one).
+ * account needs a token) and the token manager (src/oauth2/pg-oauth2.c, which gets one).
  * The token endpoint is called with libsoup on the thread-default main context, JSON is
  * read with json-glib; nothing here blocks.
  *
@@ -42,6 +42,13 @@ void pg_oauth2_get_token_async (const PgUpstreamConfig *upstream, const char *ac
                                 gpointer user_data);
 /* The access token (wipe it: g_autoptr (PgSecret)), or NULL with `error` set. */
 PgSecret *pg_oauth2_get_token_finish (GAsyncResult *result, GError **error);
+
+/* The upstream refused `token`: drop it from the cache if it is still the cached token of
+ * (upstream, account), so that the next pg_oauth2_get_token_async() refreshes. Unlike
+ * force_refresh this is idempotent: twenty sessions refused with one stale token cause one
+ * refresh, not twenty. TRUE when it was dropped. */
+gboolean pg_oauth2_invalidate_token (const PgUpstreamConfig *upstream, const char *account,
+                                     const char *token);
 
 /* The SASL initial responses (base64, ready for AUTHENTICATE MECH RESPONSE).
  * XOAUTH2:     base64 ("user=" USER "\x01auth=Bearer " TOKEN "\x01\x01")
