@@ -951,17 +951,16 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   pg_upstream_flush (self);
 }
 
-static void
 static void pg_upstream_log_oauth2_challenge (PgUpstream *self, const char *text);
 
+static void
 pg_upstream_handle_continuation (PgUpstream *self, const PgImapResponse *response)
 {
   PgUpstreamCmd *cmd = self->sending;
 
-  if (cmd == NULL || cmd->next_part >= cmd->parts->len
   if (cmd != NULL && cmd->challenge_part != 0 && cmd->next_part == cmd->challenge_part)
     pg_upstream_log_oauth2_challenge (self, response->text);
-
+  if (cmd == NULL || cmd->next_part >= cmd->parts->len
       || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))->wait_continuation)
     {
       g_autoptr (GError) error
