@@ -175,6 +175,8 @@
 #define PG_OAUTH2_DEVICE_DEFAULT_INTERVAL_S 5
 #define PG_OAUTH2_DEVICE_MAX_INTERVAL_S 60
 #define PG_OAUTH2_DEVICE_MAX_EXPIRES_S 3600
+/* --oauth2-authorize with a browser: how long the loopback redirect is awaited. */
+#define PG_OAUTH2_AUTHORIZE_TIMEOUT_S 600
 /* Upstream names tracked as label values of popgate_oauth2_refreshes_total; more share
  * the value "other" (the label set is allocated up front, see pg-metrics.h). */
 #define PG_METRICS_MAX_UPSTREAMS 32

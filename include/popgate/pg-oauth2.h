@@ -58,6 +58,21 @@ PgSecret *pg_oauth2_sasl_xoauth2 (const char *user, const char *token);
 PgSecret *pg_oauth2_sasl_oauthbearer (const char *user, const char *host, guint16 port,
                                       const char *token);
 
+/* --oauth2-authorize: obtain the first refresh token for an account and write it to
+ * `token_file` (atomically, mode 0600). With oauth2_device_url the device grant (RFC 8628),
+ * else with oauth2_authorize_url the authorization code grant with PKCE S256 (RFC 7636)
+ * and a loopback redirect on 127.0.0.1 (RFC 8252 §7.3). `prompt` gets each line to show
+ * the user (the URL, the user code, the outcome); it is never given a token. The wait is
+ * bounded by the device code's expires_in or PG_OAUTH2_AUTHORIZE_TIMEOUT_S.
+ * Errors: PG_ERROR_AUTH_FAILED (refused: access_denied...), PG_ERROR_TIMEOUT (expired),
+ * PG_ERROR_UPSTREAM (the server failed), PG_ERROR_CONFIG. */
+typedef void (*PgOAuth2PromptFunc) (const char *line, gpointer user_data);
+void pg_oauth2_authorize_async (const PgUpstreamConfig *upstream, const char *token_file,
+                                PgOAuth2PromptFunc prompt, gpointer prompt_data,
+                                GCancellable *cancellable, GAsyncReadyCallback callback,
+                                gpointer user_data);
+gboolean pg_oauth2_authorize_finish (GAsyncResult *result, GError **error);
+
 /* Drop every cached token (SIGHUP with a new config, and tests). */
 void pg_oauth2_reset (void);
 
