@@ -210,6 +210,23 @@ pg_main_stop_cb (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
+/* [imap] account_map still works, as [accounts] file; say so once per process. */
+static void
+pg_main_warn_deprecated (const PgConfig *config)
+{
+  static gboolean warned = FALSE;
+
+  if (!config->accounts.deprecated_map || warned)
+    return;
+  warned = TRUE;
+  pg_session_warning (0,
+                      "%s: [imap] account_map is deprecated: use [accounts] file (lines "
+                      "\"local-user local-secret upstream upstream-user credential\"; an "
+                      "old line \"u s up-user FILE\" is \"u s default up-user "
+                      "password:FILE\")",
+                      config->source);
+}
+
 static gboolean
 pg_main_reload_cb (gpointer user_data)
 {
@@ -235,6 +252,7 @@ pg_main_reload_cb (gpointer user_data)
       g_clear_error (&error);
     }
   pg_trace_set_enabled (pg_main_trace || config->log.trace);
+  pg_main_warn_deprecated (config);
   pg_session_message (0, "configuration reloaded from %s", config->source);
   pg_main_log_listeners (state->server);
   pg_main_log_metrics (state->metrics);
@@ -346,6 +364,7 @@ main (int argc, char **argv)
       fprintf (stderr, "popgate: %s\n", error->message);
       return PG_EXIT_CONFIG;
     }
+  pg_main_warn_deprecated (config);
   if (check)
     {
       printf ("%s: configuration OK\n", config->source);

@@ -170,6 +170,78 @@ test_check_bad (CheckFixture *fixture, gconstpointer data)
   g_assert_cmpstr (out, ==, "");
 }
 
+/* --check reads the accounts file the way the daemon does: an unknown upstream, a missing
+ * token file and a file others can read are each reported with the file and the line;
+ * the deprecated [imap] account_map passes with a warning. */
+static void
+test_check_accounts (CheckFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *accounts = g_build_filename (fixture->dir, "accounts", NULL);
+  g_autofree gchar *path
+      = write_config (fixture, "accounts.conf",
+                      "[upstream]\nhost = imap.example.com\n"
+                      "[upstream:m365]\nprovider = outlook\nauth = oauth2\noauth2_client_id = c\n"
+                      "[pop3]\nlisten = 127.0.0.1:1110\n[accounts]\nfile = accounts\n");
+  const char *args[] = { "--config", path, "--check", NULL };
+  static const struct
+  {
+    const char *text;
+    const char *error;
+  } cases[] = {
+    { "a {PLAIN}x default a@up -\n", NULL },
+    { "a {PLAIN}x default a@up -\nb {PLAIN}y m356 b@up oauth2:b.token\n",
+      "accounts line 2: unknown upstream \"m356\"" },
+    { "b {PLAIN}y m365 b@up oauth2:b.token\n", "b.token: No such file" },
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autofree gchar *out = NULL;
+      g_autofree gchar *err = NULL;
+      g_autoptr (GError) error = NULL;
+
+      g_assert_true (g_file_set_contents_full (accounts, cases[i].text, -1,
+                                               G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error));
+      g_assert_no_error (error);
+      if (cases[i].error == NULL)
+        {
+          g_assert_cmpint (run_popgate (args, &out, &err), ==, 0);
+          ASSERT_CONTAINS (out, "configuration OK");
+          continue;
+        }
+      g_assert_cmpint (run_popgate (args, &out, &err), ==, 1);
+      ASSERT_CONTAINS (err, "[accounts] file: ");
+      ASSERT_CONTAINS (err, cases[i].error);
+    }
+  {
+    g_autofree gchar *out = NULL;
+    g_autofree gchar *err = NULL;
+
+    g_assert_cmpint (g_chmod (accounts, 0644), ==, 0);
+    g_assert_cmpint (run_popgate (args, &out, &err), ==, 1);
+    ASSERT_CONTAINS (err, "chmod 600");
+  }
+  {
+    g_autofree gchar *pw = write_config (fixture, "pw", "secret\n");
+    g_autofree gchar *old
+        = write_config (fixture, "old.conf",
+                        "[upstream]\nhost = imap.example.com\n[imap]\nlisten = 127.0.0.1:1143\n"
+                        "account_map = accounts\n");
+    const char *old_args[] = { "--config", old, "--check", NULL };
+    g_autofree gchar *out = NULL;
+    g_autofree gchar *err = NULL;
+    g_autoptr (GError) error = NULL;
+
+    g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+    g_assert_true (g_file_set_contents_full (accounts, "a {PLAIN}x a@up pw\n", -1,
+                                             G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error));
+    g_assert_no_error (error);
+    g_assert_cmpint (run_popgate (old_args, &out, &err), ==, 0);
+    ASSERT_CONTAINS (out, "configuration OK");
+    ASSERT_CONTAINS (err, "account_map is deprecated");
+  }
+}
+
 static void
 test_check_missing_file (CheckFixture *fixture, gconstpointer data)
 {
@@ -294,6 +366,8 @@ main (int argc, char **argv)
               check_teardown);
   g_test_add ("/popgate/check/missing-file", CheckFixture, NULL, check_setup,
               test_check_missing_file, check_teardown);
+  g_test_add ("/popgate/check/accounts", CheckFixture, NULL, check_setup, test_check_accounts,
+              check_teardown);
   g_test_add_func ("/popgate/check/example", test_check_example);
   g_test_add_func ("/popgate/check/flags-without-file", test_flags_without_file);
   g_test_add ("/popgate/check/flags-override-file", CheckFixture, NULL, check_setup,

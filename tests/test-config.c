@@ -975,24 +975,30 @@ test_imap_account_map (void)
                                                   "alice@up pw\n%s",
                                                   pbkdf2_line);
     g_autoptr (PgConfig) config = NULL;
-    const PgImapAccount *alice, *carol;
+    const PgAccount *alice, *carol;
 
     g_assert_true (g_file_set_contents_full (map, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600,
                                              &error));
     g_assert_no_error (error);
     config = load_ok (text);
-    alice = pg_config_find_imap_account (config, "alice");
+    /* The old map is an alias of [accounts] file: its lines are password accounts on the
+     * default upstream, and main is told to warn. */
+    g_assert_true (config->accounts.deprecated_map);
+    g_assert_cmpstr (config->accounts.file, ==, map);
+    alice = pg_config_find_account (config, "alice");
     g_assert_nonnull (alice);
     g_assert_cmpstr (alice->upstream_user, ==, "alice@up");
-    g_assert_cmpstr (alice->upstream_password, ==, "upstream-secret");
-    g_assert_true (pg_config_imap_account_check (alice, "local-secret"));
-    g_assert_false (pg_config_imap_account_check (alice, "local-secre"));
-    g_assert_false (pg_config_imap_account_check (alice, "local-secret!"));
-    carol = pg_config_find_imap_account (config, "carol");
+    g_assert_true (alice->upstream == &config->upstream);
+    g_assert_cmpint (alice->credential, ==, PG_CREDENTIAL_PASSWORD);
+    g_assert_cmpstr (alice->password, ==, "upstream-secret");
+    g_assert_true (pg_config_account_check (alice, "local-secret"));
+    g_assert_false (pg_config_account_check (alice, "local-secre"));
+    g_assert_false (pg_config_account_check (alice, "local-secret!"));
+    carol = pg_config_find_account (config, "carol");
     g_assert_nonnull (carol);
-    g_assert_true (pg_config_imap_account_check (carol, "pbkdf-secret"));
-    g_assert_false (pg_config_imap_account_check (carol, "pbkdf-secreT"));
-    g_assert_null (pg_config_find_imap_account (config, "nobody"));
+    g_assert_true (pg_config_account_check (carol, "pbkdf-secret"));
+    g_assert_false (pg_config_account_check (carol, "pbkdf-secreT"));
+    g_assert_null (pg_config_find_account (config, "nobody"));
   }
   /* Readable by others: refused, naming the key. */
   g_assert_cmpint (g_chmod (map, 0644), ==, 0);
@@ -1010,6 +1016,268 @@ test_imap_account_map (void)
   assert_load_error (text, "imap", "account_map", "missing");
   g_assert_no_error (error);
   g_assert_true (pg_test_rm_rf (dir));
+}
+
+/* An [upstream] text with the named groups and the accounts file `accounts`. */
+static gchar *
+accounts_config (const char *accounts, const char *extra)
+{
+  return g_strdup_printf ("[upstream]\nhost = h\n"
+                          "[upstream:m365]\nprovider = outlook\nauth = oauth2\n"
+                          "oauth2_client_id = app-1\noauth2_grant = client_credentials\n"
+                          "[upstream:g]\nprovider = gmail\nauth = oauth2\noauth2_client_id = c-2\n"
+                          "[upstream:second]\nhost = 127.0.0.1\nport = 1143\ntls = none\n"
+                          "auth_mechanism = login\n"
+                          "[pop3]\nlisten = 127.0.0.1:1110\n[accounts]\nfile = %s\n%s",
+                          accounts, extra != NULL ? extra : "");
+}
+
+static void
+write_secret (const char *path, const char *contents)
+{
+  g_autoptr (GError) error = NULL;
+
+  /* CONSISTENT: a rewrite replaces the file (NONE may leave the old tail behind). */
+  g_assert_true (
+      g_file_set_contents_full (path, contents, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error));
+  g_assert_no_error (error);
+}
+
+/* The accounts file: five fields, every credential kind, relative paths, and each rule
+ * that refuses a line names the file and the line. */
+static void
+test_accounts (TempDirFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *accounts = g_build_filename (fixture->dir, "accounts", NULL);
+  g_autofree gchar *pw = g_build_filename (fixture->dir, "sub", "alice.pw", NULL);
+  g_autofree gchar *token = g_build_filename (fixture->dir, "carol.token", NULL);
+  g_autofree gchar *text = accounts_config (accounts, NULL);
+  g_autofree gchar *line2 = g_strdup_printf ("%s line 2: ", accounts);
+  g_autoptr (PgConfig) config = NULL;
+  const PgAccount *account;
+
+  g_assert_cmpint (g_mkdir_with_parents (g_path_get_dirname (pw), 0700) == 0 ? 0 : 1, ==, 0);
+  write_secret (pw, "up-secret\nsecond line is not part of it\n");
+  write_secret (token, "refresh-token\n");
+  write_secret (accounts, "# local  secret  upstream  user  credential\n"
+                          "alice {PLAIN}s1 default alice@up password:sub/alice.pw\n"
+                          "bob\t{PLAIN}s2\tdefault\tbob@up\t-\n"
+                          "carol {PLAIN}s3 g carol@gmail.example oauth2:carol.token\n"
+                          "scan {PLAIN}s4 m365 scans@example.com oauth2\n"
+                          "dave {PLAIN}s5 second dave@second -\n");
+  config = load_ok (text);
+  g_assert_false (config->accounts.deprecated_map);
+
+  account = pg_config_find_account (config, "alice");
+  g_assert_nonnull (account);
+  g_assert_true (account->upstream == pg_config_find_upstream (config, "default"));
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_PASSWORD);
+  g_assert_cmpstr (account->password, ==, "up-secret");
+  g_assert_null (account->token_file);
+  g_assert_true (pg_config_account_check (account, "s1"));
+  g_assert_false (pg_config_account_check (account, "s2"));
+  g_assert_false (pg_config_account_check (account, ""));
+
+  account = pg_config_find_account (config, "bob");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_PASS_THROUGH);
+  g_assert_null (account->password);
+  g_assert_cmpstr (account->upstream_user, ==, "bob@up");
+
+  account = pg_config_find_account (config, "carol");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_OAUTH2);
+  g_assert_cmpstr (account->token_file, ==, token);
+  g_assert_true (account->upstream == pg_config_find_upstream (config, "g"));
+  g_assert_cmpstr (account->upstream->name, ==, "g");
+
+  account = pg_config_find_account (config, "scan");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_OAUTH2_CLIENT);
+  g_assert_null (account->token_file);
+  g_assert_cmpstr (account->upstream->name, ==, "m365");
+
+  account = pg_config_find_account (config, "dave");
+  g_assert_cmpstr (account->upstream->name, ==, "second");
+  g_assert_cmpint (account->upstream->auth_mechanism, ==, PG_AUTH_MECHANISM_LOGIN);
+  g_assert_null (pg_config_find_account (config, "alice#phone"));
+
+  /* Each rule, on line 2 of the file. */
+  {
+    static const struct
+    {
+      const char *line;
+      const char *fragment;
+    } bad[] = {
+      { "x {PLAIN}s nowhere u -", "unknown upstream \"nowhere\"" },
+      { "x {PLAIN} default u -", "not empty" },
+      { "x {MD5}abc default u -", "local secret" },
+      { "x {PLAIN}s default u", "expected \"local-user local-secret upstream upstream-user" },
+      { "x {PLAIN}s default u password:missing.pw", "missing.pw" },
+      { "x {PLAIN}s default u oauth2:carol.token", "auth = password" },
+      { "x {PLAIN}s g u oauth2", "client_credentials" },
+      { "x {PLAIN}s g u -", "auth = oauth2" },
+      { "x {PLAIN}s m365 u password:sub/alice.pw", "auth = oauth2" },
+      { "x {PLAIN}s g u oauth2:no.token", "no.token" },
+      { "x {PLAIN}s default u secret", "password:FILE, oauth2:FILE, oauth2 or -" },
+      { "alice {PLAIN}s default u -", "listed twice" },
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
+      {
+        g_autofree gchar *contents
+            = g_strdup_printf ("alice {PLAIN}s1 default alice@up -\n%s\n", bad[i].line);
+        g_autoptr (GError) error = NULL;
+        g_autoptr (PgConfig) refused = NULL;
+
+        write_secret (accounts, contents);
+        /* "test.conf: [accounts] file: FILE line 2: what is wrong" */
+        assert_load_error (text, "accounts", "file", line2);
+        refused = pg_config_load_data (text, strlen (text), "test.conf", &error);
+        g_assert_null (refused);
+        if (strstr (error->message, bad[i].fragment) == NULL)
+          g_error ("line \"%s\": expected \"%s\" in: %s", bad[i].line, bad[i].fragment,
+                   error->message);
+      }
+  }
+  /* Secret files must be 0600: the accounts file, a password file, a token file. */
+  write_secret (accounts, "alice {PLAIN}s1 default alice@up password:sub/alice.pw\n"
+                          "carol {PLAIN}s3 g carol@gmail.example oauth2:carol.token\n");
+  g_assert_cmpint (g_chmod (pw, 0640), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+  g_assert_cmpint (g_chmod (token, 0604), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (token, 0600), ==, 0);
+  g_assert_cmpint (g_chmod (accounts, 0644), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (accounts, 0600), ==, 0);
+  g_clear_pointer (&config, pg_config_unref);
+  config = load_ok (text);
+  /* The old key and the new one together: which one would win is not obvious. */
+  {
+    g_autofree gchar *both = accounts_config (accounts, NULL);
+    g_autofree gchar *with_map = g_strdup_printf ("%s[imap]\naccount_map = %s\n", both, accounts);
+    assert_load_error (with_map, "imap", "account_map", "set only one");
+  }
+}
+
+/* [upstream:NAME] groups, provider presets, auth and the oauth2_* rules. */
+static void
+test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *secret = g_build_filename (fixture->dir, "client.secret", NULL);
+  const PgUpstreamConfig *up;
+
+  {
+    g_autoptr (PgConfig) config
+        = load_ok ("[upstream]\nprovider = gmail\n"
+                   "[upstream:work]\nprovider = outlook\nauth = oauth2\noauth2_client_id = id-1\n"
+                   "port = 1993\noauth2_scope = custom\n"
+                   "[upstream:plain]\nhost = 127.0.0.1\ntls = none\nauth_mechanism = plain\n"
+                   "mailbox = Archive\n"
+                   "[pop3]\nlisten = 127.0.0.1:1110\n");
+
+    up = pg_config_find_upstream (config, "default");
+    g_assert_true (up == &config->upstream);
+    g_assert_cmpstr (up->provider, ==, "gmail");
+    g_assert_cmpstr (up->host, ==, "imap.gmail.com");
+    g_assert_cmpint (up->port, ==, 993);
+    g_assert_cmpint (up->tls, ==, PG_UPSTREAM_TLS_IMPLICIT);
+    g_assert_cmpint (up->auth, ==, PG_UPSTREAM_AUTH_PASSWORD);
+    g_assert_cmpstr (up->oauth2.token_url, ==, "https://oauth2.googleapis.com/token");
+    g_assert_cmpstr (up->oauth2.authorize_url, ==, "https://accounts.google.com/o/oauth2/v2/auth");
+    g_assert_cmpstr (up->oauth2.device_url, ==, "https://oauth2.googleapis.com/device/code");
+    g_assert_cmpstr (up->oauth2.scope, ==, "https://mail.google.com/");
+
+    g_assert_cmpuint (config->upstreams->len, ==, 2);
+    up = pg_config_find_upstream (config, "work");
+    g_assert_nonnull (up);
+    g_assert_cmpstr (up->name, ==, "work");
+    g_assert_cmpstr (up->host, ==, "outlook.office365.com");
+    g_assert_cmpint (up->port, ==, 1993); /* a key overrides the preset */
+    g_assert_cmpint (up->auth, ==, PG_UPSTREAM_AUTH_OAUTH2);
+    g_assert_cmpstr (up->oauth2.token_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/token");
+    g_assert_cmpstr (up->oauth2.authorize_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/authorize");
+    g_assert_cmpstr (up->oauth2.device_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode");
+    g_assert_cmpstr (up->oauth2.scope, ==, "custom");
+    g_assert_cmpstr (up->oauth2.client_id, ==, "id-1");
+    g_assert_cmpint (up->oauth2.grant, ==, PG_OAUTH2_GRANT_REFRESH_TOKEN);
+    g_assert_cmpint (up->oauth2.mechanism, ==, PG_OAUTH2_MECHANISM_AUTO);
+    g_assert_cmpstr (up->mailbox, ==, "INBOX");
+
+    up = pg_config_find_upstream (config, "plain");
+    g_assert_cmpint (up->port, ==, 143);
+    g_assert_cmpint (up->auth_mechanism, ==, PG_AUTH_MECHANISM_PLAIN);
+    g_assert_cmpstr (up->mailbox, ==, "Archive");
+    g_assert_cmpstr (up->provider, ==, "generic");
+    g_assert_null (up->oauth2.token_url);
+    g_assert_null (pg_config_find_upstream (config, "nope"));
+  }
+  {
+    g_autoptr (PgConfig) config = load_ok (
+        "[upstream]\nhost = h\nauth = oauth2\noauth2_token_url = http://127.0.0.1:8080/token\n"
+        "oauth2_client_id = c\noauth2_grant = client_credentials\n"
+        "oauth2_mechanism = oauthbearer\n"
+        "[upstream:v6]\nhost = h\nauth = oauth2\noauth2_token_url = http://[::1]/t\n"
+        "oauth2_client_id = c\noauth2_mechanism = xoauth2\n"
+        "[pop3]\nlisten = 127.0.0.1:1110\n");
+
+    g_assert_cmpint (config->upstream.auth, ==, PG_UPSTREAM_AUTH_OAUTH2);
+    g_assert_cmpint (config->upstream.oauth2.grant, ==, PG_OAUTH2_GRANT_CLIENT_CREDENTIALS);
+    g_assert_cmpint (config->upstream.oauth2.mechanism, ==, PG_OAUTH2_MECHANISM_OAUTHBEARER);
+    g_assert_cmpint (pg_config_find_upstream (config, "v6")->oauth2.mechanism, ==,
+                     PG_OAUTH2_MECHANISM_XOAUTH2);
+  }
+
+#define UP_G "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = h\n[upstream:x]\nhost = h\n"
+  assert_load_error (UP_G "auth = oauth2\noauth2_client_id = c\n", "upstream:x", "oauth2_token_url",
+                     "missing");
+  assert_load_error (UP_G "auth = oauth2\noauth2_token_url = https://t/\n", "upstream:x",
+                     "oauth2_client_id", "missing");
+  assert_load_error (UP_G "oauth2_token_url = http://auth.example.com/token\n", "upstream:x",
+                     "oauth2_token_url", "loopback");
+  assert_load_error (UP_G "oauth2_token_url = http://127.0.0.1.example.com/token\n", "upstream:x",
+                     "oauth2_token_url", "loopback");
+  assert_load_error (UP_G "oauth2_device_url = ftp://127.0.0.1/\n", "upstream:x",
+                     "oauth2_device_url", "https://");
+  assert_load_error (UP_G "oauth2_token_url = not a url\n", "upstream:x", "oauth2_token_url",
+                     "not a URL");
+  assert_load_error (UP_G "auth = kerberos\n", "upstream:x", "auth", "password, oauth2");
+  assert_load_error (UP_G "auth_mechanism = cram-md5\n", "upstream:x", "auth_mechanism",
+                     "auto, plain, login");
+  assert_load_error (UP_G "provider = yahoo\n", "upstream:x", "provider",
+                     "generic, gmail, outlook");
+  assert_load_error (UP_G "oauth2_grant = password\n", "upstream:x", "oauth2_grant",
+                     "refresh_token, client_credentials");
+  assert_load_error (UP_G "oauth2_mechanism = plain\n", "upstream:x", "oauth2_mechanism",
+                     "auto, xoauth2, oauthbearer");
+  assert_load_error (UP_G "listen = 1.2.3.4:5\n", "upstream:x", "listen", "unknown key");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:y]\nport = 1\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:y", "host", "missing");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:", NULL, "1 to");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:default]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:default", NULL, "[upstream] itself");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:a b]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:a b", NULL, "letters");
+  /* The client secret file: it must exist and be 0600. */
+  {
+    g_autofree gchar *text = g_strdup_printf (UP_G "oauth2_client_secret_file = %s\n", secret);
+    g_autoptr (PgConfig) config = NULL;
+
+    assert_load_error (text, "upstream:x", "oauth2_client_secret_file", "client.secret");
+    write_secret (secret, "shh\n");
+    config = load_ok (text);
+    g_assert_cmpstr (pg_config_find_upstream (config, "x")->oauth2.client_secret_file, ==, secret);
+    g_assert_cmpint (g_chmod (secret, 0640), ==, 0);
+    assert_load_error (text, "upstream:x", "oauth2_client_secret_file", "chmod 600");
+  }
+#undef UP_G
 }
 
 int
@@ -1042,6 +1310,10 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/config/refcount", test_refcount);
   g_test_add_func ("/popgate/config/example-as-is", test_example_as_is);
   g_test_add_func ("/popgate/config/imap-account-map", test_imap_account_map);
+  g_test_add ("/popgate/config/accounts", TempDirFixture, NULL, temp_dir_setup, test_accounts,
+              temp_dir_teardown);
+  g_test_add ("/popgate/config/upstream-groups", TempDirFixture, NULL, temp_dir_setup,
+              test_upstream_groups, temp_dir_teardown);
   g_test_add ("/popgate/config/example-every-key", TempDirFixture, NULL, temp_dir_setup,
               test_example_every_key, temp_dir_teardown);
 

@@ -145,11 +145,18 @@ typedef struct
     GPtrArray *listen;
     GPtrArray *tls_listen;
     gboolean allow_plaintext_auth; /* default false */
-    guint idle_timeout_ms; /* default and minimum 30 min */
-    gboolean proxy_protocol; /* every imap listener expects a PROXY header; default false */
-    gchar *account_map;    /* the account map file; NULL: every login goes upstream as is */
-    GHashTable *accounts;  /* owned: local user → PgImapAccount*; NULL without a map */
+    guint idle_timeout_ms;         /* default and minimum 30 min */
+    gboolean proxy_protocol;       /* every imap listener expects a PROXY header; default false */
+    gchar *account_map;            /* deprecated alias of [accounts] file (its 4-field lines) */
   } imap;
+
+  struct
+  {
+    gchar *file;             /* owned: the accounts file ([accounts] file, or the deprecated
+                              * [imap] account_map); NULL: every login goes to [upstream] */
+    gboolean deprecated_map; /* it came from [imap] account_map: main warns about it */
+    GHashTable *table;       /* owned: local user → PgAccount*; NULL without a file */
+  } accounts;
 
   struct
   {
@@ -199,20 +206,34 @@ const PgUpstreamConfig *pg_config_find_upstream (const PgConfig *config, const c
 void pg_upstream_config_clear (PgUpstreamConfig *upstream);
 void pg_upstream_config_free (PgUpstreamConfig *upstream);
 
-/* One line of the IMAP account map ([imap] account_map): a local login that popgate
- * checks itself and replaces upstream with other credentials. */
+/* How popgate proves itself upstream for an account (the accounts file's last field). */
+typedef enum
+{
+  PG_CREDENTIAL_PASSWORD,      /* password:FILE: the upstream password, read at load */
+  PG_CREDENTIAL_OAUTH2,        /* oauth2:FILE: a refresh-token file (auth = oauth2) */
+  PG_CREDENTIAL_OAUTH2_CLIENT, /* oauth2: client_credentials, no per-account file */
+  PG_CREDENTIAL_PASS_THROUGH,  /* -: the client's own password (auth = password) */
+} PgCredentialKind;
+
+/* One line of the accounts file ([accounts] file): a local login that popgate checks
+ * itself and logs in upstream with the account's credential. */
 typedef struct
 {
-  gchar *local_user;      /* owned */
-  gchar *local_secret;    /* owned, wiped: "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" */
-  gchar *upstream_user;   /* owned */
-  gchar *upstream_password; /* owned, wiped: read from the account's password file */
-} PgImapAccount;
+  gchar *local_user;   /* owned */
+  gchar *local_secret; /* owned, wiped: "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" */
+  const PgUpstreamConfig *upstream; /* unowned: the config's [upstream] or [upstream:NAME] */
+  gchar *upstream_user;             /* owned */
+  PgCredentialKind credential;
+  gchar *password;   /* owned, wiped: PG_CREDENTIAL_PASSWORD only, else NULL */
+  gchar *token_file; /* owned: absolute path, PG_CREDENTIAL_OAUTH2 only, else NULL */
+} PgAccount;
 
-/* The map's entry for a login name, or NULL (the login then goes upstream unchanged). */
-const PgImapAccount *pg_config_find_imap_account (const PgConfig *config, const char *login);
+/* The accounts file's entry for a local user (no client tag), or NULL: the login then
+ * goes to [upstream] with the client's own credentials. */
+const PgAccount *pg_config_find_account (const PgConfig *config, const char *local_user);
 /* Does `password` match the account's local secret? Constant time in the password. */
-gboolean pg_config_imap_account_check (const PgImapAccount *account, const char *password);
+gboolean pg_config_account_check (const PgAccount *account, const char *password);
+const char *pg_credential_kind_to_string (PgCredentialKind kind);
 
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */

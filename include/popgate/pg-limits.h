@@ -116,6 +116,10 @@
 #define PG_CONFIG_MAX_QUOTED 80
 /* A client tag separator is a short marker such as "#" or "+". */
 #define PG_CONFIG_MAX_TAG_SEPARATOR 8
+/* NAME of an [upstream:NAME] group: a short label that accounts file lines repeat. */
+#define PG_CONFIG_MAX_UPSTREAM_NAME 64
+/* Lines of an accounts file: one per local user; more is a mistake (a wrong file). */
+#define PG_CONFIG_MAX_ACCOUNTS 100000
 /* Upper bounds of [limits] counts and recent_days: they only catch typos (an extra zero
  * or three), they are not tuning advice. */
 #define PG_CONFIG_MAX_COUNT 1000000

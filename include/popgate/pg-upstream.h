@@ -39,9 +39,10 @@ G_BEGIN_DECLS
 #define PG_TYPE_UPSTREAM (pg_upstream_get_type ())
 G_DECLARE_FINAL_TYPE (PgUpstream, pg_upstream, PG, UPSTREAM, GObject)
 
-/* Uses config->upstream (host, port, tls, ca_file, timeout_ms, connect_timeout_ms); keeps a
- * reference. `sid` prefixes the debug log lines (0: none). */
-PgUpstream *pg_upstream_new (PgConfig *config, guint64 sid);
+/* Connects to `upstream` (host, port, tls, ca_file, timeout_ms, connect_timeout_ms): one of
+ * config's upstreams ([upstream] or an [upstream:NAME]; NULL: config->upstream). Keeps a
+ * reference on config, which owns `upstream`. `sid` prefixes the debug log lines (0: none). */
+PgUpstream *pg_upstream_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 sid);
 
 /* Connect (TCP, then TLS per config: none / starttls / implicit, with certificate and
  * host name verification), read the greeting and the capabilities (refreshed after TLS).

@@ -179,7 +179,7 @@ pg_imap_login_async (PgConfig *config, guint64 sid, const char *user, const char
   PgImapLogin *login = g_new0 (PgImapLogin, 1);
 
   g_task_set_source_tag (task, pg_imap_login_async);
-  login->upstream = pg_upstream_new (config, sid);
+  login->upstream = pg_upstream_new (config, &config->upstream, sid);
   login->user = g_strdup (user);
   login->password = g_strdup (password);
   login->client_ip = g_strdup (client_ip);

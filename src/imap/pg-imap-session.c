@@ -594,7 +594,7 @@ static void
 pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
                        const char *password)
 {
-  const PgImapAccount *account;
+  const PgAccount *account;
   const char *id_name = self->client_id_name != NULL ? self->client_id_name : "popgate";
   const char *id_version = self->client_id_name == NULL      ? PG_VERSION
                            : self->client_id_version != NULL ? self->client_id_version
@@ -607,11 +607,11 @@ pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
   g_free (self->user);
   self->user = g_strdup (login);
   self->info.user = self->user;
-  account = pg_config_find_imap_account (self->config, login);
+  account = pg_config_find_account (self->config, login);
   if (account != NULL)
     {
       /* A mapped login is checked here; the upstream sees only the mapped account. */
-      if (!pg_config_imap_account_check (account, password))
+      if (!pg_config_account_check (account, password))
         {
           g_autofree gchar *user = pg_log_escape (login, strlen (login), 64);
           pg_session_message (self->id, "login failed: user=%s client=%s (account map)", user,
@@ -620,7 +620,8 @@ pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
           return;
         }
       login = account->upstream_user;
-      password = account->upstream_password;
+      if (account->credential == PG_CREDENTIAL_PASSWORD)
+        password = account->password;
     }
   g_free (self->upstream_user);
   self->upstream_user = g_strdup (login);

@@ -366,7 +366,8 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const c
   g_array_set_size (maildrop->messages, 0);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
-  maildrop->upstream = pg_upstream_new (maildrop->config, maildrop->sid);
+  maildrop->upstream
+      = pg_upstream_new (maildrop->config, &maildrop->config->upstream, maildrop->sid);
   pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
 }
 

@@ -101,7 +101,8 @@ struct _PgUpstream
 {
   GObject parent_instance;
 
-  PgConfig *config; /* owned */
+  PgConfig *config;                        /* owned: keeps upstream_config alive */
+  const PgUpstreamConfig *upstream_config; /* unowned: in config */
   guint64 sid;
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
@@ -340,7 +341,7 @@ pg_upstream_timeout_cb (gpointer user_data)
       return G_SOURCE_REMOVE;
     }
   error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
-                       self->config->upstream.timeout_ms);
+                       self->upstream_config->timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
   return G_SOURCE_REMOVE;
@@ -361,7 +362,7 @@ static void
 pg_upstream_update_timeout (PgUpstream *self)
 {
   if (self->paused || self->state == PG_UPSTREAM_STATE_CLOSED
-      || self->config->upstream.timeout_ms == 0
+      || self->upstream_config->timeout_ms == 0
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
     {
       if (self->timeout_source != NULL)
@@ -371,9 +372,9 @@ pg_upstream_update_timeout (PgUpstream *self)
         }
       return;
     }
-  self->deadline_us = g_get_monotonic_time () + (gint64) self->config->upstream.timeout_ms * 1000;
+  self->deadline_us = g_get_monotonic_time () + (gint64) self->upstream_config->timeout_ms * 1000;
   if (self->timeout_source == NULL)
-    pg_upstream_arm_timeout (self, self->config->upstream.timeout_ms);
+    pg_upstream_arm_timeout (self, self->upstream_config->timeout_ms);
 }
 
 /* --- closing ---------------------------------------------------------------------------- */
@@ -1320,7 +1321,7 @@ pg_upstream_start_tls (PgUpstream *self)
   g_autoptr (GIOStream) tls = NULL;
   g_autoptr (GTlsDatabase) database = NULL;
 
-  identity = g_network_address_new (self->config->upstream.host, self->config->upstream.port);
+  identity = g_network_address_new (self->upstream_config->host, self->upstream_config->port);
   tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
   if (tls == NULL)
     {
@@ -1328,14 +1329,14 @@ pg_upstream_start_tls (PgUpstream *self)
           self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s", error->message));
       return;
     }
-  if (self->config->upstream.ca_file != NULL)
+  if (self->upstream_config->ca_file != NULL)
     {
-      database = g_tls_file_database_new (self->config->upstream.ca_file, &error);
+      database = g_tls_file_database_new (self->upstream_config->ca_file, &error);
       if (database == NULL)
         {
           pg_upstream_connect_done (self,
                                     g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream CA file %s: %s",
-                                                 self->config->upstream.ca_file, error->message));
+                                                 self->upstream_config->ca_file, error->message));
           return;
         }
       g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
@@ -1404,7 +1405,7 @@ pg_upstream_queue_capability (PgUpstream *self, GTask *task)
 static void
 pg_upstream_connect_after_caps (PgUpstream *self)
 {
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
     {
       PgUpstreamCmd *cmd;
 
@@ -1447,7 +1448,7 @@ pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImap
     }
   if (greeting->status == PG_IMAP_STATUS_PREAUTH)
     {
-      if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+      if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
         {
           /* RFC 9051 §11.1: PREAUTH on a connection that should get STARTTLS is an attack
            * or a misconfiguration; either way we must not go on in plaintext. */
@@ -1513,7 +1514,7 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
                               TCP_NODELAY, 1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_IMPLICIT)
     pg_upstream_start_tls (self);
   else
     pg_upstream_start_session (self);
@@ -1528,7 +1529,7 @@ pg_upstream_connect_timeout_cb (gpointer user_data)
   self->connect_timed_out = TRUE;
   pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
                                                "upstream connect timed out after %u ms",
-                                               self->config->upstream.connect_timeout_ms));
+                                               self->upstream_config->connect_timeout_ms));
   return G_SOURCE_REMOVE;
 }
 
@@ -1564,9 +1565,9 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       self->connect_cancelled_id = g_cancellable_connect (
           cancellable, G_CALLBACK (pg_upstream_connect_cancelled_cb), self, NULL);
     }
-  if (self->config->upstream.connect_timeout_ms > 0)
+  if (self->upstream_config->connect_timeout_ms > 0)
     {
-      self->connect_timer = g_timeout_source_new (self->config->upstream.connect_timeout_ms);
+      self->connect_timer = g_timeout_source_new (self->upstream_config->connect_timeout_ms);
       g_source_set_callback (self->connect_timer, pg_upstream_connect_timeout_cb, self, NULL);
       g_source_attach (self->connect_timer, self->context);
     }
@@ -1574,11 +1575,11 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
   /* A mail gateway talks to its configured upstream directly, never via desktop proxy
    * settings. */
   g_socket_client_set_enable_proxy (client, FALSE);
-  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->config->upstream.host,
-                    self->config->upstream.port,
-                    pg_upstream_tls_to_string (self->config->upstream.tls));
-  g_socket_client_connect_to_host_async (client, self->config->upstream.host,
-                                         self->config->upstream.port, self->io_cancellable,
+  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->upstream_config->host,
+                    self->upstream_config->port,
+                    pg_upstream_tls_to_string (self->upstream_config->tls));
+  g_socket_client_connect_to_host_async (client, self->upstream_config->host,
+                                         self->upstream_config->port, self->io_cancellable,
                                          pg_upstream_tcp_connect_cb, g_object_ref (self));
 }
 
@@ -2680,13 +2681,14 @@ pg_upstream_close (PgUpstream *self)
 }
 
 PgUpstream *
-pg_upstream_new (PgConfig *config, guint64 sid)
+pg_upstream_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 sid)
 {
   PgUpstream *self;
 
   g_return_val_if_fail (config != NULL, NULL);
   self = g_object_new (PG_TYPE_UPSTREAM, NULL);
   self->config = pg_config_ref (config);
+  self->upstream_config = upstream != NULL ? upstream : &config->upstream;
   self->sid = sid;
   return self;
 }
