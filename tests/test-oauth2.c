@@ -187,7 +187,7 @@ pg_test_peer_upstream (PgTestPeer *peer)
   PgTestResult result = { 0 };
 
   g_assert_no_error (error);
-  upstream = pg_upstream_new (config, 21);
+  upstream = pg_upstream_new (config, &config->upstream, 21);
   pg_upstream_connect_async (upstream, NULL, pg_test_upstream_bool_cb, &result);
   pg_test_wait_flag (&result.done);
   g_assert_no_error (result.error);

@@ -1874,8 +1874,8 @@ pg_upstream_authenticate_oauth2_async (PgUpstream *self, PgOAuth2Mechanism mecha
       }
   }
   if (strcmp (name, "OAUTHBEARER") == 0)
-    response = pg_oauth2_sasl_oauthbearer (user, self->config->upstream.host,
-                                           self->config->upstream.port, token);
+    response = pg_oauth2_sasl_oauthbearer (user, self->upstream_config->host,
+                                           self->upstream_config->port, token);
   else
     response = pg_oauth2_sasl_xoauth2 (user, token);
 
