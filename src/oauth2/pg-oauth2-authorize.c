@@ -348,7 +348,7 @@ pg_oauth2_authorize_redirect_cb (SoupServer *server, SoupServerMessage *msg, con
         "terminal.</p>\n";
   g_autoptr (GHashTable) form = NULL;
 
-  if (auth->got_redirect || strcmp (path, "/") != 0 || state == NULL || auth->state == NULL
+  if (auth->got_redirect || strcmp (path, "/callback") != 0 || state == NULL || auth->state == NULL
       || strlen (state) != strlen (auth->state)
       || !pg_secret_equal (state, auth->state, strlen (state)))
     {
@@ -421,8 +421,9 @@ pg_oauth2_authorize_code (GTask *task)
   uris = soup_server_get_uris (auth->server);
   port = uris != NULL ? (guint) g_uri_get_port (uris->data) : 0;
   g_slist_free_full (g_steal_pointer (&uris), (GDestroyNotify) g_uri_unref);
-  /* RFC 8252 §7.3: the loopback IP literal, not "localhost". */
-  auth->redirect_uri = g_strdup_printf ("http://127.0.0.1:%u/", port);
+  /* RFC 8252 §7.3: the loopback IP literal, not "localhost"; any port. Register
+   * http://127.0.0.1/callback with the provider. */
+  auth->redirect_uri = g_strdup_printf ("http://127.0.0.1:%u/callback", port);
   auth->verifier = pg_oauth2_random_string ();
   auth->state = pg_oauth2_random_string ();
   challenge = pg_oauth2_pkce_challenge (auth->verifier);
