@@ -3,6 +3,7 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
+#include "pg-test-oauth2.h"
 #include "pg-test-peer.h"
 #include "pg-test-util.h"
 
@@ -12,6 +13,8 @@
 #include "popgate/pg-oauth2.h"
 #include "popgate/pg-upstream.h"
 
+#include <glib/gstdio.h>
+#include <libsoup/soup.h>
 #include <string.h>
 
 /* Every wait in this file is bounded by this. */
@@ -364,6 +367,507 @@ pg_test_oauth2_peer_refusals (void)
   pg_test_result_clear (&result);
 }
 
+/* --- the token manager against the real authorization server ------------------------------ */
+
+#define PG_TEST_PUBLIC_CLIENT "popgate-public"
+#define PG_TEST_CLIENT "popgate-basic"
+#define PG_TEST_CLIENT_SECRET "basic-s3cret-Xy7"
+#define PG_TEST_ALICE "alice@example.com"
+#define PG_TEST_SCANNER "scanner@example.com"
+/* Seconds an access token lives where expiry is tested. */
+#define PG_TEST_SHORT_LIFETIME 2
+#define PG_TEST_CONCURRENT 20
+
+typedef struct
+{
+  PgTestOAuth2 *server;      /* owned */
+  gchar *dir;                /* owned: token and secret files */
+  gchar *token_file;         /* owned */
+  gchar *secret_file;        /* owned */
+  PgUpstreamConfig upstream; /* strings owned */
+  GPtrArray *secrets;        /* owned: every token and secret seen: none may be logged */
+} PgTestTokenFixture;
+
+static void
+pg_test_write_private (const char *path, const char *text)
+{
+  g_autoptr (GError) error = NULL;
+
+  PG_TEST_ASSERT_OK (
+      g_file_set_contents_full (path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error),
+      error);
+}
+
+static void
+pg_test_token_setup (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  const PgTestOAuth2Options *options = data;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *refresh_token = NULL;
+  g_autofree gchar *access_token = NULL;
+
+  g_string_truncate (pg_test_log, 0);
+  pg_oauth2_reset ();
+  pg_metrics_reset ();
+  fixture->secrets = g_ptr_array_new_with_free_func (g_free);
+  g_ptr_array_add (fixture->secrets, g_strdup (PG_TEST_CLIENT_SECRET));
+  fixture->server = pg_test_oauth2_new (options, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_oauth2_add_client (fixture->server, PG_TEST_CLIENT,
+                                                PG_TEST_CLIENT_SECRET, "client_secret_basic",
+                                                PG_TEST_SCANNER, &error),
+                     error);
+  PG_TEST_ASSERT_OK (
+      pg_test_oauth2_add_client (fixture->server, PG_TEST_PUBLIC_CLIENT, NULL, NULL, NULL, &error),
+      error);
+  PG_TEST_ASSERT_OK (pg_test_oauth2_start (fixture->server, &error), error);
+  /* A confidential client (HTTP Basic) with alice's consent through the code grant. */
+  refresh_token = pg_test_oauth2_code_login (fixture->server, PG_TEST_CLIENT, PG_TEST_ALICE,
+                                             &access_token, &error);
+  g_assert_no_error (error);
+  g_ptr_array_add (fixture->secrets, g_strdup (refresh_token));
+  g_ptr_array_add (fixture->secrets, g_strdup (access_token));
+
+  fixture->dir = g_dir_make_tmp ("popgate-oauth2-XXXXXX", &error);
+  g_assert_no_error (error);
+  fixture->token_file = g_build_filename (fixture->dir, "alice.token", NULL);
+  fixture->secret_file = g_build_filename (fixture->dir, "client.secret", NULL);
+  pg_test_write_private (fixture->token_file, refresh_token);
+  pg_test_write_private (fixture->secret_file, PG_TEST_CLIENT_SECRET "\n");
+
+  fixture->upstream.name = g_strdup ("m365");
+  fixture->upstream.provider = g_strdup ("generic");
+  fixture->upstream.host = g_strdup ("127.0.0.1");
+  fixture->upstream.timeout_ms = 15000;
+  fixture->upstream.auth = PG_UPSTREAM_AUTH_OAUTH2;
+  fixture->upstream.oauth2.token_url = g_strdup (fixture->server->token_url);
+  fixture->upstream.oauth2.device_url = g_strdup (fixture->server->device_url);
+  fixture->upstream.oauth2.client_id = g_strdup (PG_TEST_CLIENT);
+  fixture->upstream.oauth2.client_secret_file = g_strdup (fixture->secret_file);
+  fixture->upstream.oauth2.grant = PG_OAUTH2_GRANT_REFRESH_TOKEN;
+}
+
+/* No token or secret reached a log line. */
+static void
+pg_test_token_assert_no_secrets (PgTestTokenFixture *fixture)
+{
+  for (guint i = 0; i < fixture->secrets->len; i++)
+    {
+      const char *secret = g_ptr_array_index (fixture->secrets, i);
+      if (secret != NULL && *secret != '\0' && strstr (pg_test_log->str, secret) != NULL)
+        g_error ("a secret (#%u) reached the log", i);
+    }
+}
+
+static void
+pg_test_token_teardown (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  pg_test_token_assert_no_secrets (fixture);
+  pg_oauth2_reset ();
+  g_clear_pointer (&fixture->server, pg_test_oauth2_free);
+  pg_test_rm_rf (fixture->dir);
+  g_free (fixture->dir);
+  g_free (fixture->token_file);
+  g_free (fixture->secret_file);
+  pg_upstream_config_clear (&fixture->upstream);
+  g_ptr_array_unref (fixture->secrets);
+}
+
+static void
+pg_test_token_cb (GObject *source, GAsyncResult *res, gpointer user_data)
+{
+  PgTestResult *result = user_data;
+
+  result->token = pg_oauth2_get_token_finish (res, &result->error);
+  result->done = TRUE;
+}
+
+/* One pg_oauth2_get_token_async() to its end. */
+static void
+pg_test_token_get (PgTestTokenFixture *fixture, const char *account, const char *token_file,
+                   gboolean force, PgTestResult *result)
+{
+  pg_test_result_clear (result);
+  pg_oauth2_get_token_async (&fixture->upstream, account, token_file, force, NULL, pg_test_token_cb,
+                             result);
+  pg_test_wait_flag (&result->done);
+  if (result->token != NULL)
+    g_ptr_array_add (fixture->secrets, g_strdup (result->token));
+}
+
+static gint64
+pg_test_token_refreshes (PgTestTokenFixture *fixture)
+{
+  return pg_test_oauth2_get_stat (fixture->server, "token", "refresh_token");
+}
+
+typedef struct
+{
+  PgTestOAuth2 *server;
+  const char *token;
+} PgTestExpiry;
+
+static gboolean
+pg_test_token_expired_cb (gpointer user_data)
+{
+  PgTestExpiry *expiry = user_data;
+  g_autoptr (GError) error = NULL;
+  gboolean active = TRUE;
+
+  PG_TEST_ASSERT_OK (
+      pg_test_oauth2_introspect (expiry->server, expiry->token, &active, NULL, &error), error);
+  return !active;
+}
+
+/* Wait (bounded) until the authorization server says `token` is no longer active. */
+static void
+pg_test_token_wait_expired (PgTestTokenFixture *fixture, const char *token)
+{
+  PgTestExpiry expiry = { fixture->server, token };
+
+  g_assert_true (pg_test_wait_until (pg_test_token_expired_cb, &expiry, PG_TEST_DEADLINE_MS));
+}
+
+static const PgTestOAuth2Options pg_test_long_lived = { 0 };
+static const PgTestOAuth2Options pg_test_short_lived
+    = { .access_token_lifetime = PG_TEST_SHORT_LIFETIME };
+static const PgTestOAuth2Options pg_test_rotating = { .rotation = TRUE };
+
+/* One refresh, then the cached token for every later request; another account has its own. */
+static void
+pg_test_token_reuse (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestResult first = { 0 }, again = { 0 };
+  g_autofree gchar *log_line = NULL;
+
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &first);
+  g_assert_no_error (first.error);
+  g_assert_nonnull (first.token);
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 1);
+  for (guint i = 0; i < 3; i++)
+    {
+      pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &again);
+      g_assert_no_error (again.error);
+      g_assert_cmpstr (again.token, ==, first.token);
+    }
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 1);
+  g_assert_cmpint (pg_metrics_oauth2_refresh_count ("m365", TRUE), ==, 1);
+  g_assert_nonnull (
+      strstr (pg_test_log->str, "oauth2 refresh ok upstream=m365 account=olduser expires_in="));
+  /* The server accepts it: introspection says active, for alice. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *user = NULL;
+    gboolean active = FALSE;
+    PG_TEST_ASSERT_OK (
+        pg_test_oauth2_introspect (fixture->server, first.token, &active, &user, &error), error);
+    g_assert_true (active);
+    g_assert_cmpstr (user, ==, PG_TEST_ALICE);
+  }
+  /* force_refresh drops the cache: a second refresh. */
+  pg_test_token_get (fixture, "olduser", fixture->token_file, TRUE, &again);
+  g_assert_no_error (again.error);
+  g_assert_cmpstr (again.token, !=, first.token);
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 2);
+  /* invalidate with a stale token is a no-op; with the cached one it drops it. */
+  g_assert_false (pg_oauth2_invalidate_token (&fixture->upstream, "olduser", first.token));
+  g_assert_true (pg_oauth2_invalidate_token (&fixture->upstream, "olduser", again.token));
+  pg_test_result_clear (&first);
+  pg_test_result_clear (&again);
+}
+
+typedef struct
+{
+  PgTestResult results[PG_TEST_CONCURRENT];
+  guint done;
+} PgTestConcurrent;
+
+static void
+pg_test_concurrent_cb (GObject *source, GAsyncResult *res, gpointer user_data)
+{
+  PgTestResult *result = user_data;
+
+  result->token = pg_oauth2_get_token_finish (res, &result->error);
+  result->done = TRUE;
+}
+
+static gboolean
+pg_test_concurrent_all_done (PgTestConcurrent *c)
+{
+  for (guint i = 0; i < PG_TEST_CONCURRENT; i++)
+    if (!c->results[i].done)
+      return FALSE;
+  return TRUE;
+}
+
+/* After expiry the next request refreshes; 20 at once cause one refresh, not 20. */
+static void
+pg_test_token_expiry (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestResult first = { 0 }, second = { 0 };
+  PgTestConcurrent *c = g_new0 (PgTestConcurrent, 1);
+  gboolean all = FALSE;
+
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &first);
+  g_assert_no_error (first.error);
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 1);
+  pg_test_token_wait_expired (fixture, first.token);
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &second);
+  g_assert_no_error (second.error);
+  g_assert_cmpstr (second.token, !=, first.token);
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 2);
+
+  pg_test_token_wait_expired (fixture, second.token);
+  for (guint i = 0; i < PG_TEST_CONCURRENT; i++)
+    pg_oauth2_get_token_async (&fixture->upstream, "olduser", fixture->token_file, FALSE, NULL,
+                               pg_test_concurrent_cb, &c->results[i]);
+  while (!all)
+    {
+      g_main_context_iteration (NULL, TRUE);
+      all = pg_test_concurrent_all_done (c);
+    }
+  for (guint i = 0; i < PG_TEST_CONCURRENT; i++)
+    {
+      g_assert_no_error (c->results[i].error);
+      g_assert_cmpstr (c->results[i].token, ==, c->results[0].token);
+    }
+  g_assert_cmpstr (c->results[0].token, !=, second.token);
+  g_ptr_array_add (fixture->secrets, g_strdup (c->results[0].token));
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 3);
+  g_assert_cmpint (pg_metrics_oauth2_refresh_count ("m365", TRUE), ==, 3);
+  for (guint i = 0; i < PG_TEST_CONCURRENT; i++)
+    pg_test_result_clear (&c->results[i]);
+  g_free (c);
+  pg_test_result_clear (&first);
+  pg_test_result_clear (&second);
+}
+
+/* A waiter that gives up leaves the queue; the refresh goes on for the others. */
+static void
+pg_test_token_cancel_one (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestResult a = { 0 }, b = { 0 }, c = { 0 };
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GError) error = NULL;
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_delay (fixture->server, 300, &error), error);
+  pg_oauth2_get_token_async (&fixture->upstream, "olduser", fixture->token_file, FALSE, NULL,
+                             pg_test_token_cb, &a);
+  pg_oauth2_get_token_async (&fixture->upstream, "olduser", fixture->token_file, FALSE, cancellable,
+                             pg_test_token_cb, &b);
+  pg_oauth2_get_token_async (&fixture->upstream, "olduser", fixture->token_file, FALSE, NULL,
+                             pg_test_token_cb, &c);
+  g_cancellable_cancel (cancellable);
+  pg_test_wait_flag (&b.done);
+  g_assert_error (b.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  pg_test_wait_flag (&a.done);
+  pg_test_wait_flag (&c.done);
+  g_assert_no_error (a.error);
+  g_assert_no_error (c.error);
+  g_assert_cmpstr (a.token, ==, c.token);
+  g_ptr_array_add (fixture->secrets, g_strdup (a.token));
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 1);
+  pg_test_result_clear (&a);
+  pg_test_result_clear (&b);
+  pg_test_result_clear (&c);
+}
+
+/* A rotated refresh token replaces the file (0600) before the token is handed out, and
+ * the next refresh uses it (the old one no longer works). */
+static void
+pg_test_token_rotation (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *before = pg_test_read_file (fixture->token_file);
+  g_autofree gchar *after = NULL;
+  g_autofree gchar *third = NULL;
+  PgTestResult result = { 0 };
+  GStatBuf st;
+
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &result);
+  g_assert_no_error (result.error);
+  after = pg_test_read_file (fixture->token_file);
+  g_ptr_array_add (fixture->secrets, g_strdup (after));
+  g_assert_cmpstr (after, !=, before);
+  g_assert_true (g_str_has_suffix (after, "\n"));
+  g_assert_cmpuint (strlen (after), >, 10);
+  g_assert_cmpint (g_stat (fixture->token_file, &st), ==, 0);
+  g_assert_cmpint (st.st_mode & 0777, ==, 0600);
+  /* The new token works: a forced refresh succeeds and rotates again. */
+  pg_test_token_get (fixture, "olduser", fixture->token_file, TRUE, &result);
+  g_assert_no_error (result.error);
+  third = pg_test_read_file (fixture->token_file);
+  g_ptr_array_add (fixture->secrets, g_strdup (third));
+  g_assert_cmpstr (third, !=, after);
+  g_assert_cmpint (pg_test_token_refreshes (fixture), ==, 2);
+  /* The old one is dead at the server (rotation), so the file was the only copy. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *old = g_strstrip (g_strdup (before));
+    g_autofree gchar *token
+        = pg_test_oauth2_refresh (fixture->server, PG_TEST_CLIENT, old, NULL, &error);
+    g_assert_null (token);
+    g_assert_nonnull (error);
+  }
+  pg_test_result_clear (&result);
+}
+
+/* A revoked refresh token: AUTH_FAILED, and the log says what to run. */
+static void
+pg_test_token_invalid_grant (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *refresh_token = g_strstrip (pg_test_read_file (fixture->token_file));
+  g_autoptr (GError) error = NULL;
+  PgTestResult result = { 0 };
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_revoke (fixture->server, PG_TEST_CLIENT, refresh_token,
+                                            "refresh_token", &error),
+                     error);
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &result);
+  g_assert_error (result.error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+  g_assert_nonnull (strstr (result.error->message, "invalid_grant"));
+  g_assert_nonnull (strstr (pg_test_log->str,
+                            "oauth2 refresh failed upstream=m365 account=olduser "
+                            "error=invalid_grant: run popgate --oauth2-authorize olduser"));
+  g_assert_cmpint (pg_metrics_oauth2_refresh_count ("m365", FALSE), ==, 1);
+  /* A wrong client secret: invalid_client, also AUTH_FAILED. */
+  pg_test_write_private (fixture->secret_file, "not-the-secret\n");
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &result);
+  g_assert_error (result.error, PG_ERROR, PG_ERROR_AUTH_FAILED);
+  pg_test_result_clear (&result);
+}
+
+/* The token endpoint stopped (by PID): UPSTREAM; slow beyond timeout_ms: TIMEOUT. */
+static void
+pg_test_token_server_down (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestResult result = { 0 };
+
+  PG_TEST_ASSERT_OK (pg_test_oauth2_set_token_delay (fixture->server, 5000, &error), error);
+  fixture->upstream.timeout_ms = 300;
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &result);
+  g_assert_error (result.error, PG_ERROR, PG_ERROR_TIMEOUT);
+  fixture->upstream.timeout_ms = 15000;
+  pg_test_oauth2_stop (fixture->server);
+  pg_test_token_get (fixture, "olduser", fixture->token_file, FALSE, &result);
+  g_assert_error (result.error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_cmpint (pg_metrics_oauth2_refresh_count ("m365", FALSE), ==, 2);
+  pg_test_result_clear (&result);
+}
+
+/* client_credentials: no token file, the client's own grant. */
+static void
+pg_test_token_client_credentials (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestResult result = { 0 }, again = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *user = NULL;
+  gboolean active = FALSE;
+
+  fixture->upstream.oauth2.grant = PG_OAUTH2_GRANT_CLIENT_CREDENTIALS;
+  pg_test_token_get (fixture, "scanner", NULL, FALSE, &result);
+  g_assert_no_error (result.error);
+  pg_test_token_get (fixture, "scanner", NULL, FALSE, &again);
+  g_assert_cmpstr (again.token, ==, result.token);
+  g_assert_cmpint (pg_test_oauth2_get_stat (fixture->server, "token", "client_credentials"), ==, 1);
+  PG_TEST_ASSERT_OK (
+      pg_test_oauth2_introspect (fixture->server, result.token, &active, &user, &error), error);
+  g_assert_true (active);
+  g_assert_cmpstr (user, ==, PG_TEST_SCANNER);
+  pg_test_result_clear (&result);
+  pg_test_result_clear (&again);
+}
+
+/* --oauth2-authorize's device grant: the "user" approves the printed code. */
+typedef struct
+{
+  PgTestTokenFixture *fixture;
+  gchar *user_code; /* owned */
+  GString *said;    /* owned */
+} PgTestAuthorize;
+
+static void
+pg_test_authorize_prompt_cb (const char *line, gpointer user_data)
+{
+  PgTestAuthorize *t = user_data;
+  const char *code = strstr (line, "enter the code ");
+
+  g_string_append_printf (t->said, "%s\n", line);
+  if (code != NULL && t->user_code == NULL)
+    t->user_code = g_strdup (code + strlen ("enter the code "));
+}
+
+static void
+pg_test_authorize_cb (GObject *source, GAsyncResult *res, gpointer user_data)
+{
+  PgTestResult *result = user_data;
+
+  result->ok = pg_oauth2_authorize_finish (res, &result->error);
+  result->done = TRUE;
+}
+
+static void
+pg_test_token_authorize_device (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestAuthorize t = { fixture, NULL, g_string_new (NULL) };
+  PgTestResult result = { 0 }, token = { 0 };
+  g_autofree gchar *new_file = g_build_filename (fixture->dir, "bob.token", NULL);
+  g_autofree gchar *written = NULL;
+  g_autoptr (SoupSession) session = soup_session_new ();
+  gint64 deadline = g_get_monotonic_time () + 20 * G_USEC_PER_SEC;
+  GStatBuf st;
+
+  /* The device grant is for public clients (no secret), as Microsoft's is. */
+  g_free (fixture->upstream.oauth2.client_id);
+  fixture->upstream.oauth2.client_id = g_strdup (PG_TEST_PUBLIC_CLIENT);
+  g_clear_pointer (&fixture->upstream.oauth2.client_secret_file, g_free);
+
+  pg_oauth2_authorize_async (&fixture->upstream, new_file, pg_test_authorize_prompt_cb, &t, NULL,
+                             pg_test_authorize_cb, &result);
+  while (t.user_code == NULL && !result.done && g_get_monotonic_time () < deadline)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_nonnull (t.user_code);
+  g_assert_nonnull (strstr (t.said->str, fixture->server->verification_url));
+  /* The user's browser, at the verification URI. */
+  {
+    g_autofree gchar *escaped = g_uri_escape_string (t.user_code, NULL, FALSE);
+    g_autofree gchar *url = g_strdup_printf ("%s?user_code=%s&approve_as=bob",
+                                             fixture->server->verification_url, escaped);
+    g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GBytes) body = soup_session_send_and_read (session, msg, NULL, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (soup_message_get_status (msg), ==, 200);
+  }
+  pg_test_wait_flag (&result.done);
+  g_assert_no_error (result.error);
+  g_assert_true (result.ok);
+  written = pg_test_read_file (new_file);
+  g_ptr_array_add (fixture->secrets, g_strdup (written));
+  g_assert_cmpuint (strlen (written), >, 10);
+  g_assert_cmpint (g_stat (new_file, &st), ==, 0);
+  g_assert_cmpint (st.st_mode & 0777, ==, 0600);
+  /* Nothing secret was shown: the refresh token is not in what the user saw. */
+  g_strstrip (written);
+  g_assert_null (strstr (t.said->str, written));
+  /* The token works: popgate refreshes with it, as bob. */
+  pg_test_token_get (fixture, "bob", new_file, FALSE, &token);
+  g_assert_no_error (token.error);
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *user = NULL;
+    gboolean active = FALSE;
+    PG_TEST_ASSERT_OK (
+        pg_test_oauth2_introspect (fixture->server, token.token, &active, &user, &error), error);
+    g_assert_true (active);
+    g_assert_cmpstr (user, ==, "bob");
+  }
+  g_free (t.user_code);
+  g_string_free (t.said, TRUE);
+  pg_test_result_clear (&result);
+  pg_test_result_clear (&token);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -381,5 +885,16 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/oauth2/peer/xoauth2-no-ir", pg_test_oauth2_peer_xoauth2_no_ir);
   g_test_add_func ("/popgate/oauth2/peer/success", pg_test_oauth2_peer_success);
   g_test_add_func ("/popgate/oauth2/peer/refusals", pg_test_oauth2_peer_refusals);
+#define PG_TEST_ADD_TOKEN(path, options, func)                                                     \
+  g_test_add ("/popgate/oauth2/token/" path, PgTestTokenFixture, options, pg_test_token_setup,     \
+              func, pg_test_token_teardown)
+  PG_TEST_ADD_TOKEN ("reuse", &pg_test_long_lived, pg_test_token_reuse);
+  PG_TEST_ADD_TOKEN ("expiry-and-concurrency", &pg_test_short_lived, pg_test_token_expiry);
+  PG_TEST_ADD_TOKEN ("cancel-one-waiter", &pg_test_long_lived, pg_test_token_cancel_one);
+  PG_TEST_ADD_TOKEN ("rotation", &pg_test_rotating, pg_test_token_rotation);
+  PG_TEST_ADD_TOKEN ("invalid-grant", &pg_test_long_lived, pg_test_token_invalid_grant);
+  PG_TEST_ADD_TOKEN ("server-down", &pg_test_long_lived, pg_test_token_server_down);
+  PG_TEST_ADD_TOKEN ("client-credentials", &pg_test_long_lived, pg_test_token_client_credentials);
+  PG_TEST_ADD_TOKEN ("authorize-device", &pg_test_long_lived, pg_test_token_authorize_device);
   return g_test_run ();
 }

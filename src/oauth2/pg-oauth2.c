@@ -220,7 +220,7 @@ pg_oauth2_refresh_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   guint status = 0;
   const char *access_token, *token_type, *rotated;
   guint64 lifetime = PG_OAUTH2_DEFAULT_LIFETIME_S;
-  guint64 margin;
+  guint64 margin_us;
 
   object = pg_oauth2_http_post_finish (result, &status, &error);
   if (error != NULL)
@@ -275,10 +275,13 @@ pg_oauth2_refresh_cb (GObject *source, GAsyncResult *result, gpointer user_data)
         }
     }
 
-  margin = MIN (lifetime / 10, PG_OAUTH2_MAX_MARGIN_S);
+  /* In microseconds: a tenth of a short lifetime is not zero. */
+  margin_us
+      = MIN (lifetime * G_USEC_PER_SEC / 10, (guint64) PG_OAUTH2_MAX_MARGIN_S * G_USEC_PER_SEC);
   pg_secret_free (entry->token);
   entry->token = g_strdup (access_token);
-  entry->valid_until_us = g_get_monotonic_time () + (gint64) (lifetime - margin) * G_USEC_PER_SEC;
+  entry->valid_until_us
+      = g_get_monotonic_time () + (gint64) (lifetime * G_USEC_PER_SEC - margin_us);
   entry->refreshing = FALSE;
   g_clear_object (&entry->refresh_cancellable);
   pg_metrics_oauth2_refresh (entry->upstream, TRUE);
