@@ -65,7 +65,8 @@ void pg_upstream_login_async (PgUpstream *self, const char *user, const char *pa
                               gpointer user_data);
 gboolean pg_upstream_login_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
-/* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login. */
+/* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login, except
+ * that a BAD is PG_ERROR_UPSTREAM (the exchange failed, not the credentials). */
 void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const char *password,
                                            GCancellable *cancellable, GAsyncReadyCallback callback,
                                            gpointer user_data);

@@ -1,14 +1,13 @@
 /* popgate — the POP3 maildrop on one upstream IMAP connection.
  *
- * Login is connect → ID + LOGIN (pipelined) → SELECT + UID FETCH 1:* (UID RFC822.SIZE)
- * (pipelined): three round trips to a usable maildrop. Only UID commands touch messages;
- * plain EXPUNGE is never sent.
+ * The login path (src/login/) connects and logs in (ID + LOGIN pipelined); open is SELECT
+ * + UID FETCH 1:* (UID RFC822.SIZE) (pipelined): three round trips to a usable maildrop. Only UID
+ * commands touch messages; plain EXPUNGE is never sent.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-pop3-maildrop.h"
 
-#include "pg-build-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-upstream.h"
@@ -17,25 +16,25 @@
 
 struct _PgPop3Maildrop
 {
-  PgConfig *config;       /* owned */
+  PgConfig *config;                        /* owned */
+  const PgUpstreamConfig *upstream_config; /* unowned: config's; its mailbox is POP3's */
   guint64 sid;
-  gchar *client_ip;       /* owned */
-  PgUpstream *upstream;   /* owned */
-  GArray *messages;       /* owned, of PgPop3Message */
-  GArray *dates;          /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
-  GHashTable *big_sizes;  /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
+  PgUpstream *upstream;  /* owned */
+  GArray *messages;      /* owned, of PgPop3Message */
+  GArray *dates;         /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
+  GHashTable *big_sizes; /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
 };
 
 PgPop3Maildrop *
-pg_pop3_maildrop_new (PgConfig *config, guint64 session_id, const char *client_ip)
+pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 session_id)
 {
   PgPop3Maildrop *maildrop = g_new0 (PgPop3Maildrop, 1);
 
   maildrop->config = pg_config_ref (config);
+  maildrop->upstream_config = upstream != NULL ? upstream : &config->upstream;
   maildrop->sid = session_id;
-  maildrop->client_ip = g_strdup (client_ip);
   maildrop->messages = g_array_new (FALSE, FALSE, sizeof (PgPop3Message));
   return maildrop;
 }
@@ -50,7 +49,6 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
   pg_config_unref (maildrop->config);
-  g_free (maildrop->client_ip);
   g_free (maildrop);
 }
 
@@ -108,18 +106,13 @@ pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer
 typedef struct
 {
   PgPop3Maildrop *maildrop; /* unowned: the session keeps it alive until we complete */
-  PgSecret *user;      /* owned (a user name is not secret, but it travels with one) */
-  PgSecret *password;  /* owned, wiped on free */
-  guint pending;       /* pipelined operations still to complete */
-  GError *error;       /* owned: the first failure of a pipelined step */
-  gboolean auth_failed;
+  guint pending;            /* pipelined operations still to complete */
+  GError *error;            /* owned: the first failure of a pipelined step */
 } PgOpenData;
 
 static void
 pg_open_data_free (PgOpenData *data)
 {
-  pg_secret_free (data->user);
-  pg_secret_free (data->password);
   g_clear_error (&data->error);
   g_free (data);
 }
@@ -278,79 +271,8 @@ pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user
   pg_pop3_maildrop_open_step_done (task);
 }
 
-static void
-pg_pop3_maildrop_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  GTask *task = user_data;
-  PgOpenData *data = g_task_get_task_data (task);
-  PgPop3Maildrop *maildrop = data->maildrop;
-  GError *error = NULL;
-  gboolean ok;
-
-  if (g_task_get_source_tag (G_TASK (result)) == (gpointer) pg_upstream_login_async)
-    ok = pg_upstream_login_finish (PG_UPSTREAM (source), result, &error);
-  else
-    ok = pg_upstream_authenticate_plain_finish (PG_UPSTREAM (source), result, &error);
-  pg_secret_free (g_steal_pointer (&data->password));
-  if (!ok)
-    {
-      g_task_return_error (task, error);
-      g_object_unref (task);
-      return;
-    }
-  /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
-   * order, which is UID order; sorting keeps that true whatever the server does. */
-  data->pending = 2;
-  pg_upstream_select_async (maildrop->upstream, maildrop->config->upstream.mailbox, FALSE,
-                            g_task_get_cancellable (task), pg_pop3_maildrop_select_cb, task);
-  /* INTERNALDATE only when recent_days needs it. */
-  if (maildrop->config->pop3.recent_days > 0)
-    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
-                                         maildrop, g_task_get_cancellable (task),
-                                         pg_pop3_maildrop_sizes_cb, task);
-  else
-    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
-                                   g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb,
-                                   task);
-}
-
-static void
-pg_pop3_maildrop_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  /* ID is informational: a failure does not stop the login. */
-  (void) pg_upstream_id_finish (PG_UPSTREAM (source), result, NULL);
-}
-
-static void
-pg_pop3_maildrop_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  GTask *task = user_data;
-  PgOpenData *data = g_task_get_task_data (task);
-  PgPop3Maildrop *maildrop = data->maildrop;
-  GError *error = NULL;
-
-  if (!pg_upstream_connect_finish (PG_UPSTREAM (source), result, &error))
-    {
-      g_task_return_error (task, error);
-      g_object_unref (task);
-      return;
-    }
-  if (pg_upstream_has_capability (maildrop->upstream, "ID"))
-    pg_upstream_id_async (maildrop->upstream, "popgate", PG_VERSION, maildrop->client_ip,
-                          g_task_get_cancellable (task), pg_pop3_maildrop_id_cb, NULL);
-  /* AUTHENTICATE PLAIN where offered (it survives LOGINDISABLED-style policies and
-   * carries UTF-8 cleanly); LOGIN with literals otherwise. */
-  if (pg_upstream_has_capability (maildrop->upstream, "AUTH=PLAIN"))
-    pg_upstream_authenticate_plain_async (maildrop->upstream, data->user, data->password,
-                                          g_task_get_cancellable (task),
-                                          pg_pop3_maildrop_login_cb, task);
-  else
-    pg_upstream_login_async (maildrop->upstream, data->user, data->password,
-                             g_task_get_cancellable (task), pg_pop3_maildrop_login_cb, task);
-}
-
 void
-pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const char *password,
+pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
                              GCancellable *cancellable, GAsyncReadyCallback callback,
                              gpointer user_data)
 {
@@ -358,17 +280,25 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const c
   PgOpenData *data = g_new0 (PgOpenData, 1);
 
   g_task_set_source_tag (task, pg_pop3_maildrop_open_async);
-  data->user = g_strdup (user);
-  data->password = g_strdup (password);
   g_task_set_task_data (task, data, (GDestroyNotify) pg_open_data_free);
   data->maildrop = maildrop;
   g_clear_object (&maildrop->upstream);
   g_array_set_size (maildrop->messages, 0);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
-  maildrop->upstream
-      = pg_upstream_new (maildrop->config, &maildrop->config->upstream, maildrop->sid);
-  pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
+  maildrop->upstream = g_object_ref (upstream);
+  /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
+   * order, which is UID order; sorting keeps that true whatever the server does. */
+  data->pending = 2;
+  pg_upstream_select_async (maildrop->upstream, maildrop->upstream_config->mailbox, FALSE,
+                            cancellable, pg_pop3_maildrop_select_cb, task);
+  /* INTERNALDATE only when recent_days needs it. */
+  if (maildrop->config->pop3.recent_days > 0)
+    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
+                                         maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+  else
+    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
+                                   cancellable, pg_pop3_maildrop_sizes_cb, task);
 }
 
 gboolean

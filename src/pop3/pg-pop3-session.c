@@ -19,9 +19,9 @@
 #include "popgate/pg-codec-dotstuff.h"
 #include "popgate/pg-codec-line.h"
 #include "popgate/pg-codec-pop3.h"
-#include "popgate/pg-codec-sasl.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-login.h"
 #include "popgate/pg-state.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-trace.h"
@@ -60,14 +60,6 @@ static const char *const pg_pop3_state_names[] = {
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_pop3_state_names) == PG_POP3_STATE_COUNT);
 
-typedef enum
-{
-  PG_POP3_SASL_NONE,
-  PG_POP3_SASL_PLAIN,      /* waiting for the PLAIN response */
-  PG_POP3_SASL_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
-  PG_POP3_SASL_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
-} PgPop3Sasl;
-
 enum
 {
   PG_POP3_MSG_DELETED = 1 << 0,
@@ -99,16 +91,12 @@ struct _PgPop3Session
   GString *reply;          /* replies not yet handed to the connection */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
 
-  guint long_lines;        /* consecutive over-long lines */
-  guint bad_commands;
-  guint auth_failures;
-  GSource *delay_source;   /* owned: the failed-auth delay */
+  guint long_lines; /* consecutive over-long lines */
 
-  PgPop3Sasl sasl;
-  gchar *user;             /* owned: the login name as given (may carry a client tag) */
-  gchar *upstream_user;    /* owned */
-  gchar *client_tag;       /* owned */
-  gchar *lock_key;         /* owned when this session holds the maildrop lock */
+  /* The login name, the account, its upstream, SASL, failure counts and delay: the
+   * login path's (src/login/). */
+  PgLogin *login;  /* owned */
+  gchar *lock_key; /* owned when this session holds the maildrop lock */
 
   PgPop3Maildrop *maildrop; /* owned */
   GArray *messages;        /* unowned: the maildrop's snapshot of PgPop3Message */
@@ -199,9 +187,9 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
 
   if (!pg_trace_is_enabled ())
     return;
-  shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
+  shown = pg_log_redact_line (line, len, pg_login_sasl_in_progress (self->login));
   /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
-  if (self->state != PG_POP3_STATE_TRANSACTION || self->sasl != PG_POP3_SASL_NONE
+  if (self->state != PG_POP3_STATE_TRANSACTION || pg_login_sasl_in_progress (self->login)
       || len > PG_POP3_MAX_COMMAND_LINE
       || pg_pop3_command_parse (line, len, &cmd) != PG_POP3_PARSE_OK)
     {
@@ -264,11 +252,8 @@ pg_pop3_session_dispose (GObject *object)
   PgPop3Session *self = PG_POP3_SESSION (object);
 
   pg_pop3_session_release_lock (self);
-  if (self->delay_source != NULL)
-    {
-      g_source_destroy (self->delay_source);
-      g_clear_pointer (&self->delay_source, g_source_unref);
-    }
+  /* Stops a failed-login delay: its callback must not run on a disposed session. */
+  g_clear_pointer (&self->login, pg_login_free);
   if (self->conn != NULL)
     g_signal_handlers_disconnect_by_data (self->conn, self);
   g_clear_object (&self->conn);
@@ -297,9 +282,6 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->quit_deleted, g_array_unref);
   g_clear_pointer (&self->quit_seen, g_array_unref);
   g_free (self->quit_problem);
-  g_free (self->user);
-  g_free (self->upstream_user);
-  g_free (self->client_tag);
   g_free (self->end_reason);
   pg_pop3_n_live--;
   G_OBJECT_CLASS (pg_pop3_session_parent_class)->finalize (object);
@@ -354,8 +336,9 @@ static void
 pg_pop3_session_log_end (PgPop3Session *self)
 {
   gint64 ms = (g_get_monotonic_time () - self->started_us) / 1000;
-  g_autofree gchar *user = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64)
-                                              : g_strdup ("-");
+  const char *login = self->login != NULL ? pg_login_get_user (self->login) : NULL;
+  g_autofree gchar *user
+      = login != NULL ? pg_log_escape (login, strlen (login), 64) : g_strdup ("-");
 
   pg_session_message (self->id,
                       "pop3 session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
@@ -397,9 +380,7 @@ pg_pop3_session_end (PgPop3Session *self, const char *reason)
 static void
 pg_pop3_session_bad_command (PgPop3Session *self)
 {
-  self->bad_commands++;
-  pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
-  if (self->bad_commands >= self->config->limits.max_bad_commands)
+  if (pg_login_bad_command (self->login))
     {
       pg_pop3_reply (self, "-ERR Too many bad commands, closing");
       pg_pop3_session_end (self, "too many bad commands");
@@ -429,7 +410,7 @@ pg_pop3_session_capa (PgPop3Session *self)
       if (pg_pop3_session_plaintext_allowed (self))
         {
           pg_pop3_reply (self, "USER");
-          pg_pop3_reply (self, "SASL PLAIN LOGIN");
+          pg_pop3_reply (self, "SASL " PG_LOGIN_SASL_MECHANISMS);
         }
       if (pg_conn_can_start_tls (self->conn))
         pg_pop3_reply (self, "STLS");
@@ -445,11 +426,13 @@ pg_pop3_session_capa (PgPop3Session *self)
 }
 
 static void
-pg_pop3_session_auth_failed_delay_done (PgPop3Session *self)
+pg_pop3_session_auth_failed_cb (gpointer user_data, gboolean too_many)
 {
+  PgPop3Session *self = user_data;
+
   self->busy = FALSE;
   pg_pop3_reply (self, "-ERR [AUTH] Authentication failed.");
-  if (self->auth_failures >= self->config->limits.max_auth_failures)
+  if (too_many)
     {
       pg_pop3_reply (self, "-ERR [AUTH] Too many authentication failures, closing");
       pg_pop3_session_end (self, "too many authentication failures");
@@ -458,42 +441,22 @@ pg_pop3_session_auth_failed_delay_done (PgPop3Session *self)
   pg_pop3_session_process (self);
 }
 
-static gboolean
-pg_pop3_session_delay_cb (gpointer user_data)
-{
-  PgPop3Session *self = user_data;
-
-  g_clear_pointer (&self->delay_source, g_source_unref);
-  pg_pop3_session_auth_failed_delay_done (self);
-  return G_SOURCE_REMOVE;
-}
-
 /* One uniform answer for an unknown user and a wrong password, after a delay. */
 static void
-pg_pop3_session_auth_failed (PgPop3Session *self)
+pg_pop3_session_auth_failed (PgPop3Session *self, const GError *why)
 {
-  self->auth_failures++;
-  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_AUTH_FAILED);
   self->busy = TRUE;
-  g_clear_pointer (&self->user, g_free);
-  g_clear_pointer (&self->upstream_user, g_free);
-  g_clear_pointer (&self->client_tag, g_free);
-  if (self->config->limits.auth_failure_delay_ms == 0)
-    {
-      pg_pop3_session_auth_failed_delay_done (self);
-      return;
-    }
-  self->delay_source = g_timeout_source_new (self->config->limits.auth_failure_delay_ms);
-  g_source_set_callback (self->delay_source, pg_pop3_session_delay_cb, self, NULL);
-  g_source_attach (self->delay_source, g_main_context_get_thread_default ());
+  pg_login_auth_failed (self->login, why, pg_pop3_session_auth_failed_cb, self);
 }
 
 /* The login is complete: fix the message numbering and enter TRANSACTION. */
 static void
 pg_pop3_session_enter_transaction (PgPop3Session *self)
 {
-  g_autofree gchar *user = pg_log_escape (self->user, strlen (self->user), 64);
-  g_autofree gchar *tag = pg_log_escape (self->client_tag, strlen (self->client_tag), 64);
+  const char *login = pg_login_get_user (self->login);
+  const char *client_tag = pg_login_get_client_tag (self->login);
+  g_autofree gchar *user = pg_log_escape (login, strlen (login), 64);
+  g_autofree gchar *tag = pg_log_escape (client_tag, strlen (client_tag), 64);
   guint64 total = 0;
 
   self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
@@ -508,7 +471,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
                       user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
                       self->n_hidden);
   self->busy = FALSE;
-  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_OK);
+  pg_login_succeeded (self->login);
   pg_pop3_reply (self, "+OK Logged in.");
   pg_pop3_session_process (self);
 }
@@ -558,7 +521,7 @@ pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
     pg_pop3_maildrop_close (self->maildrop);
   g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
   pg_pop3_session_release_lock (self);
-  g_clear_pointer (&self->user, g_free);
+  pg_login_clear_user (self->login);
   g_clear_pointer (&self->state_key, pg_state_key_free);
   g_clear_pointer (&self->client_state, pg_client_state_free);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
@@ -843,8 +806,9 @@ pg_pop3_session_state_load (PgPop3Session *self)
   g_autoptr (GError) error = NULL;
 
   self->uidvalidity = pg_pop3_maildrop_get_uidvalidity (self->maildrop);
-  self->state_key = pg_state_key_new (self->upstream_user, self->config->upstream.mailbox,
-                                      self->client_tag);
+  self->state_key = pg_state_key_new (pg_login_get_upstream_user (self->login),
+                                      pg_login_get_upstream (self->login)->mailbox,
+                                      pg_login_get_client_tag (self->login));
   g_clear_object (&self->store);
   self->store = pg_pop3_state_store_get (self->config, &error);
   if (self->store == NULL)
@@ -864,29 +828,20 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
 {
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
+  const char *login = NULL;
   g_autofree gchar *user = NULL;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   /* Back to the pre-auth timer until the login is complete (then autologout). */
   pg_conn_set_idle_timeout (self->conn, self->config->limits.preauth_timeout_ms);
-  user = pg_log_escape (self->user, strlen (self->user), 64);
+  login = pg_login_get_user (self->login);
+  user = pg_log_escape (login, strlen (login), 64);
   if (!pg_pop3_maildrop_open_finish (self->maildrop, result, &error))
     {
       g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
-        {
-          pg_session_message (self->id, "login failed: user=%s client=%s", user,
-                              pg_conn_get_peer (self->conn));
-          pg_pop3_session_auth_failed (self);
-          return;
-        }
-      pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
-                          error->message);
-      pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_UPSTREAM_UNAVAILABLE);
-      pg_metrics_gerror (error);
+      pg_login_unavailable (self->login, error);
       self->busy = FALSE;
-      g_clear_pointer (&self->user, g_free);
       pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
       pg_pop3_session_process (self);
       return;
@@ -894,8 +849,9 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
 
   /* RFC 1939 §8: exclusive access to the maildrop, per (user, mailbox, client). */
   {
-    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", self->upstream_user,
-                                             self->config->upstream.mailbox, self->client_tag);
+    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", pg_login_get_upstream_user (self->login),
+                                             pg_login_get_upstream (self->login)->mailbox,
+                                             pg_login_get_client_tag (self->login));
     if (pg_pop3_locks == NULL)
       pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
     if (g_hash_table_contains (pg_pop3_locks, key))
@@ -904,7 +860,7 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
         pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
         pg_pop3_maildrop_close (self->maildrop);
         g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-        g_clear_pointer (&self->user, g_free);
+        pg_login_clear_user (self->login);
         self->busy = FALSE;
         pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
         pg_pop3_session_process (self);
@@ -917,29 +873,35 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
   pg_pop3_session_state_load (self);
 }
 
-/* Split "user#tag" into the upstream user and the client tag ("default" without one). */
+/* The login path has logged in upstream (or not): open the maildrop on it. */
 static void
-pg_pop3_session_set_user (PgPop3Session *self, const char *login)
+pg_pop3_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  const char *sep = self->config->pop3.client_tag_separator;
-  const char *at = NULL;
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
 
-  g_free (self->user);
-  g_free (self->upstream_user);
-  g_free (self->client_tag);
-  self->user = g_strdup (login);
-  if (sep != NULL && *sep != '\0')
-    at = g_strrstr (login, sep);
-  if (at != NULL && at != login && at[strlen (sep)] != '\0')
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  upstream = pg_login_authenticate_finish (self->login, result, &error);
+  if (upstream == NULL)
     {
-      self->upstream_user = g_strndup (login, (gsize) (at - login));
-      self->client_tag = g_strdup (at + strlen (sep));
+      pg_conn_set_idle_timeout (self->conn, self->config->limits.preauth_timeout_ms);
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
+        {
+          pg_pop3_session_auth_failed (self, error);
+          return;
+        }
+      pg_login_unavailable (self->login, error);
+      self->busy = FALSE;
+      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      pg_pop3_session_process (self);
+      return;
     }
-  else
-    {
-      self->upstream_user = g_strdup (login);
-      self->client_tag = g_strdup ("default");
-    }
+  self->maildrop
+      = pg_pop3_maildrop_new (self->config, pg_login_get_upstream (self->login), self->id);
+  pg_pop3_maildrop_open_async (self->maildrop, upstream, self->cancellable, pg_pop3_session_open_cb,
+                               g_object_ref (self));
 }
 
 static void
@@ -951,100 +913,78 @@ pg_pop3_session_login (PgPop3Session *self, const char *password)
    * own connect and command timeouts bound the wait; the timer is re-armed when the
    * answer comes. */
   pg_conn_set_idle_timeout (self->conn, 0);
-  self->maildrop = pg_pop3_maildrop_new (self->config, self->id, pg_conn_get_peer_ip (self->conn));
-  pg_pop3_maildrop_open_async (self->maildrop, self->upstream_user, password, self->cancellable,
-                               pg_pop3_session_open_cb, g_object_ref (self));
+  pg_login_authenticate_async (self->login, password, FALSE, self->cancellable,
+                               pg_pop3_session_login_cb, g_object_ref (self));
 }
 
-/* RFC 4616: [authzid] NUL authcid NUL passwd; an authzid must be empty or the authcid. */
+/* What the login path made of a SASL line. */
 static void
-pg_pop3_session_sasl_plain (PgPop3Session *self, const char *response, gsize len)
+pg_pop3_session_sasl_result (PgPop3Session *self, PgLoginSaslStatus status, const char *challenge,
+                             const char *password, const GError *error)
 {
-  g_autoptr (GError) error = NULL;
-  g_autofree gchar *authcid = NULL;
-  g_autoptr (PgSecret) passwd = NULL;
-
-  self->sasl = PG_POP3_SASL_NONE;
-  if (!pg_sasl_plain_decode (response, len, &authcid, &passwd, &error))
+  switch (status)
     {
-      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
-        {
-          /* Acting as another user is not something a gateway can grant. */
-          pg_pop3_session_auth_failed (self);
-          return;
-        }
-      pg_pop3_reply (self, "-ERR [AUTH] Malformed PLAIN response (%s).", error->message);
-      pg_pop3_session_bad_command (self);
+    case PG_LOGIN_SASL_CONTINUE:
+      pg_pop3_reply (self, "+ %s", challenge);
       return;
-    }
-  pg_pop3_session_set_user (self, authcid);
-  pg_pop3_session_login (self, passwd);
-}
-
-static void
-pg_pop3_session_sasl_response (PgPop3Session *self, const char *line, gsize len)
-{
-  if (len == 1 && line[0] == '*')
-    {
-      self->sasl = PG_POP3_SASL_NONE;
-      g_clear_pointer (&self->user, g_free);
+    case PG_LOGIN_SASL_DONE:
+      pg_pop3_session_login (self, password);
+      return;
+    case PG_LOGIN_SASL_CANCELLED:
       pg_pop3_reply (self, "-ERR Authentication cancelled.");
       return;
-    }
-  if (len > PG_POP3_MAX_SASL_LINE)
-    {
-      self->sasl = PG_POP3_SASL_NONE;
-      pg_pop3_reply (self, "-ERR [AUTH] SASL response too long.");
+    case PG_LOGIN_SASL_MALFORMED:
+      pg_pop3_reply (self, "-ERR [AUTH] Malformed SASL response (%s).", error->message);
       pg_pop3_session_bad_command (self);
       return;
-    }
-  switch (self->sasl)
-    {
-    case PG_POP3_SASL_PLAIN:
-      pg_pop3_session_sasl_plain (self, line, len);
+    case PG_LOGIN_SASL_REFUSED:
+      pg_pop3_session_auth_failed (self, NULL);
       return;
-    case PG_POP3_SASL_LOGIN_USER:
-    case PG_POP3_SASL_LOGIN_PASS:
-      {
-        gsize n = 0;
-        g_autoptr (PgSecret) decoded = pg_sasl_base64_decode (line, len, &n);
-
-        if (decoded == NULL || strlen (decoded) != n
-            || (self->sasl == PG_POP3_SASL_LOGIN_USER && n == 0))
-          {
-            self->sasl = PG_POP3_SASL_NONE;
-            pg_pop3_reply (self, "-ERR [AUTH] Invalid base64 data.");
-            pg_pop3_session_bad_command (self);
-            return;
-          }
-        if (self->sasl == PG_POP3_SASL_LOGIN_USER)
-          {
-            pg_pop3_session_set_user (self, decoded);
-            self->sasl = PG_POP3_SASL_LOGIN_PASS;
-            pg_pop3_reply (self, "+ UGFzc3dvcmQ6"); /* "Password:" */
-            return;
-          }
-        self->sasl = PG_POP3_SASL_NONE;
-        pg_pop3_session_login (self, decoded);
-        return;
-      }
-    case PG_POP3_SASL_NONE:
-      break;
+    case PG_LOGIN_SASL_UNSUPPORTED:
+      pg_pop3_reply (self, "-ERR [AUTH] Unsupported authentication mechanism.");
+      pg_pop3_session_bad_command (self);
+      return;
     }
   g_assert_not_reached ();
 }
 
 static void
+pg_pop3_session_sasl_response (PgPop3Session *self, const char *line, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status;
+
+  if (len > PG_POP3_MAX_SASL_LINE)
+    {
+      /* Ends the exchange: a step with "*" is a cancel. */
+      (void) pg_login_sasl_step (self->login, "*", 1, &challenge, &password, NULL);
+      pg_pop3_reply (self, "-ERR [AUTH] SASL response too long.");
+      pg_pop3_session_bad_command (self);
+      return;
+    }
+  status = pg_login_sasl_step (self->login, line, len, &challenge, &password, &error);
+  pg_pop3_session_sasl_result (self, status, challenge, password, error);
+}
+
+static void
 pg_pop3_session_auth (PgPop3Session *self, PgPop3Command *cmd)
 {
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status;
+
   if (cmd->arg1 == NULL)
     {
       /* RFC 5034 §4 allows an AUTH without arguments to list the mechanisms. */
       pg_pop3_reply (self, "+OK");
       if (pg_pop3_session_plaintext_allowed (self))
         {
-          pg_pop3_reply (self, "PLAIN");
-          pg_pop3_reply (self, "LOGIN");
+          g_auto (GStrv) mechanisms = g_strsplit (PG_LOGIN_SASL_MECHANISMS, " ", -1);
+          for (gsize i = 0; mechanisms[i] != NULL; i++)
+            pg_pop3_reply (self, "%s", mechanisms[i]);
         }
       pg_pop3_reply (self, ".");
       return;
@@ -1055,35 +995,10 @@ pg_pop3_session_auth (PgPop3Session *self, PgPop3Command *cmd)
                            "connections; use STLS first.");
       return;
     }
-  if (g_ascii_strcasecmp (cmd->arg1, "PLAIN") == 0)
-    {
-      if (cmd->arg2 == NULL)
-        {
-          self->sasl = PG_POP3_SASL_PLAIN;
-          pg_pop3_reply (self, "+ ");
-          return;
-        }
-      self->sasl = PG_POP3_SASL_PLAIN;
-      /* "=" is an empty initial response (RFC 5034 §4). */
-      if (strcmp (cmd->arg2, "=") == 0)
-        pg_pop3_session_sasl_response (self, "", 0);
-      else
-        pg_pop3_session_sasl_response (self, cmd->arg2, strlen (cmd->arg2));
-      return;
-    }
-  if (g_ascii_strcasecmp (cmd->arg1, "LOGIN") == 0)
-    {
-      self->sasl = PG_POP3_SASL_LOGIN_USER;
-      if (cmd->arg2 == NULL)
-        {
-          pg_pop3_reply (self, "+ VXNlcm5hbWU6"); /* "Username:" */
-          return;
-        }
-      pg_pop3_session_sasl_response (self, cmd->arg2, strlen (cmd->arg2));
-      return;
-    }
-  pg_pop3_reply (self, "-ERR [AUTH] Unsupported authentication mechanism.");
-  pg_pop3_session_bad_command (self);
+  status = pg_login_sasl_start (self->login, cmd->arg1, cmd->arg2,
+                                cmd->arg2 != NULL ? strlen (cmd->arg2) : 0, &challenge, &password,
+                                &error);
+  pg_pop3_session_sasl_result (self, status, challenge, password, error);
 }
 
 static void
@@ -1138,7 +1053,7 @@ pg_pop3_session_stls (PgPop3Session *self)
       pg_pop3_reply (self, "-ERR TLS is not available here.");
       return;
     }
-  if (self->user != NULL)
+  if (pg_login_get_user (self->login) != NULL)
     {
       pg_pop3_reply (self, "-ERR STLS is not allowed after USER.");
       return;
@@ -1173,11 +1088,11 @@ pg_pop3_session_authorization (PgPop3Session *self, PgPop3Command *cmd)
                                "connections; use STLS first.");
           return;
         }
-      pg_pop3_session_set_user (self, cmd->arg1);
+      pg_login_set_user (self->login, cmd->arg1);
       pg_pop3_reply (self, "+OK");
       return;
     case PG_POP3_COMMAND_PASS:
-      if (self->user == NULL)
+      if (pg_login_get_user (self->login) == NULL)
         {
           pg_pop3_reply (self, "-ERR No user name given, send USER first.");
           pg_pop3_session_bad_command (self);
@@ -1973,10 +1888,11 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
   pg_pop3_session_trace (self, line, len);
   if (pg_log_get_level () >= PG_LOG_LEVEL_DEBUG)
     {
-      g_autofree gchar *shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
+      g_autofree gchar *shown
+          = pg_log_redact_line (line, len, pg_login_sasl_in_progress (self->login));
       pg_session_debug (self->id, "C: %s", shown);
     }
-  if (self->sasl != PG_POP3_SASL_NONE)
+  if (pg_login_sasl_in_progress (self->login))
     {
       pg_pop3_session_sasl_response (self, line, len);
       return;
@@ -2171,6 +2087,8 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   self->conn = g_object_ref (conn);
   self->config = pg_conn_get_config (conn);
   self->id = pg_conn_get_id (conn);
+  self->login = pg_login_new (self->config, PG_METRICS_FRONTEND_POP3, self->id,
+                              pg_conn_get_peer (conn), pg_conn_get_peer_ip (conn));
   self->reader = pg_line_reader_new (PG_POP3_INPUT_BUFFER);
   self->read_buffer = g_malloc (PG_POP3_READ_CHUNK);
   /* The session holds itself until the connection's "closed". */

@@ -1607,8 +1607,14 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
     {
       g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
       pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword, text);
-      pg_upstream_cmd_return_error (
-          cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
+      /* BAD to AUTHENTICATE is about the exchange, not the credentials (a mechanism the
+       * server lists but will not run): the login path may still try LOGIN. */
+      if (tagged->status == PG_IMAP_STATUS_BAD && g_str_equal (cmd->name, "AUTHENTICATE"))
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream rejected AUTHENTICATE (BAD)"));
+      else
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
   pg_metrics_upstream_login (strcmp (cmd->name, "LOGIN") == 0 ? PG_METRICS_MECHANISM_LOGIN
