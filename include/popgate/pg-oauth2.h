@@ -42,6 +42,9 @@ void pg_oauth2_get_token_async (const PgUpstreamConfig *upstream, const char *ac
                                 gpointer user_data);
 /* The access token (wipe it: g_autoptr (PgSecret)), or NULL with `error` set. */
 PgSecret *pg_oauth2_get_token_finish (GAsyncResult *result, GError **error);
+/* TRUE when the result came from the cache (no refresh was waited for): a refusal
+ * upstream may then mean the token went stale early, worth one refresh and retry. */
+gboolean pg_oauth2_get_token_was_cached (GAsyncResult *result);
 
 /* The upstream refused `token`: drop it from the cache if it is still the cached token of
  * (upstream, account), so that the next pg_oauth2_get_token_async() refreshes. Unlike

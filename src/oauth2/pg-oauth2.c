@@ -411,6 +411,14 @@ pg_oauth2_get_token_async (const PgUpstreamConfig *upstream, const char *account
     pg_oauth2_refresh_start (entry, upstream, token_file);
 }
 
+gboolean
+pg_oauth2_get_token_was_cached (GAsyncResult *result)
+{
+  g_return_val_if_fail (g_task_is_valid (result, NULL), FALSE);
+  /* A waiter's task carries its cache key; a cache hit carries nothing. */
+  return g_task_get_task_data (G_TASK (result)) == NULL;
+}
+
 PgSecret *
 pg_oauth2_get_token_finish (GAsyncResult *result, GError **error)
 {
