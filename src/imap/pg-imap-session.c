@@ -537,6 +537,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   g_autofree gchar *user = NULL;
   g_autofree gchar *upstream_user = NULL;
   g_autofree gchar *relay_caps = NULL;
+  g_autofree gchar *tag = NULL;
 
   if (pg_conn_is_closed (self->conn) || self->info.state != PG_IMAP_STATE_AUTHENTICATING)
     return;
@@ -560,8 +561,11 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   g_clear_pointer (&self->pending_tag, g_free);
   user = pg_log_escape (self->user, strlen (self->user), 64);
   upstream_user = pg_log_escape (self->upstream_user, strlen (self->upstream_user), 64);
-  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s client=%s%s", user,
-                      upstream_user, pg_conn_get_peer (self->conn),
+  tag = pg_log_escape (pg_login_get_client_tag (self->login),
+                       strlen (pg_login_get_client_tag (self->login)), 64);
+  /* The client tag means nothing to the relay: it is only logged. */
+  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s tag=%s client=%s%s",
+                      user, upstream_user, tag, pg_conn_get_peer (self->conn),
                       pg_conn_is_tls (self->conn) ? " tls" : "");
   pg_imap_session_relay_start (self, buffered);
 }
