@@ -340,6 +340,9 @@ pg_oauth2_refresh_start (PgOAuth2Entry *entry, const PgUpstreamConfig *upstream,
       refresh->refresh_token = pg_oauth2_read_secret_file (token_file, "token file", &error);
       if (refresh->refresh_token == NULL)
         {
+          /* Most likely never authorized (an empty file): say what to do. */
+          g_autofree gchar *account = pg_oauth2_escape (entry->account);
+          g_prefix_error (&error, "run popgate --oauth2-authorize %s: ", account);
           pg_oauth2_refresh_fail (refresh, g_steal_pointer (&error), NULL);
           return;
         }
