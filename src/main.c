@@ -302,9 +302,9 @@ pg_main_oauth2_authorize (const PgConfig *config, const char *local_user)
 
   if (account == NULL || account->credential != PG_CREDENTIAL_OAUTH2)
     {
-      fprintf (stderr,
-               "popgate: --oauth2-authorize %s: %s has no line with an oauth2:FILE credential\n",
-               local_user, config->accounts.file != NULL ? config->accounts.file : "no accounts file");
+      fprintf (
+          stderr, "popgate: --oauth2-authorize %s: %s has no line with an oauth2:FILE credential\n",
+          local_user, config->accounts.file != NULL ? config->accounts.file : "no accounts file");
       g_main_loop_unref (authorize.loop);
       return PG_EXIT_CONFIG;
     }

@@ -623,8 +623,8 @@ demo_oauth2_authorize (PgTestOAuth2 *oauth2, PgTestPopgate *popgate)
   g_autofree gchar *output = NULL;
   g_autofree gchar *code = NULL;
   g_autoptr (PgTestProcess) process = NULL;
-  const char *argv[] = { g_getenv ("POPGATE_BIN"), "--config", popgate->config_file,
-                         "--oauth2-authorize", DEMO_OLD_USER, NULL };
+  const char *argv[] = { g_getenv ("POPGATE_BIN"), "--config",    popgate->config_file,
+                         "--oauth2-authorize",     DEMO_OLD_USER, NULL };
   gint64 deadline = g_get_monotonic_time () + DEMO_WAIT_MS * 1000;
   gsize printed = 0;
 
@@ -636,7 +636,8 @@ demo_oauth2_authorize (PgTestOAuth2 *oauth2, PgTestPopgate *popgate)
       demo_fail ("--oauth2-authorize", error);
       return FALSE;
     }
-  while (code == NULL && g_get_monotonic_time () < deadline && !pg_test_process_has_exited (process))
+  while (code == NULL && g_get_monotonic_time () < deadline
+         && !pg_test_process_has_exited (process))
     {
       g_autofree gchar *text = pg_test_read_file (out_file);
       const char *at = strstr (text, "enter the code ");
@@ -670,7 +671,8 @@ demo_oauth2_authorize (PgTestOAuth2 *oauth2, PgTestPopgate *popgate)
         return FALSE;
       }
   }
-  if (!pg_test_process_wait (process, DEMO_WAIT_MS) || pg_test_process_get_wait_status (process) != 0)
+  if (!pg_test_process_wait (process, DEMO_WAIT_MS)
+      || pg_test_process_get_wait_status (process) != 0)
     {
       demo_fail ("--oauth2-authorize did not succeed", NULL);
       return FALSE;
@@ -714,11 +716,11 @@ demo_scene_oauth2 (PgTestDovecot *dovecot, PgTestOAuth2 *oauth2)
   token_file = g_build_filename (popgate->dir, "demo.token", NULL);
   accounts = g_build_filename (popgate->dir, "accounts", NULL);
   if (!demo_write_private (token_file, "", &error)
-      || !demo_write_private (accounts,
-                              "# local-user local-secret upstream upstream-user credential\n"
-                              DEMO_OLD_USER " {PLAIN}" DEMO_OLD_PASSWORD " default " DEMO_USER
-                              " oauth2:demo.token\n",
-                              &error))
+      || !demo_write_private (
+          accounts,
+          "# local-user local-secret upstream upstream-user credential\n" DEMO_OLD_USER
+          " {PLAIN}" DEMO_OLD_PASSWORD " default " DEMO_USER " oauth2:demo.token\n",
+          &error))
     {
       demo_fail ("accounts file", error);
       return;
