@@ -458,11 +458,6 @@ pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const 
                              gchar **out_access_token, GError **error)
 {
   g_autoptr (JsonObject) device = NULL;
-  g_autoptr (SoupMessage) approve = NULL;
-  g_autoptr (GBytes) approved = NULL;
-  g_autoptr (GHashTable) query = g_hash_table_new (g_str_hash, g_str_equal);
-  g_autofree gchar *approve_url = NULL;
-  g_autofree gchar *encoded = NULL;
   const char *device_code = NULL;
   const char *user_code = NULL;
   gint64 interval = 0;
@@ -482,19 +477,8 @@ pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const 
       return NULL;
     }
   /* (C, D) The user approves it at the verification URI. */
-  g_hash_table_insert (query, (gpointer) "user_code", (gpointer) user_code);
-  g_hash_table_insert (query, (gpointer) "approve_as", (gpointer) user);
-  encoded = soup_form_encode_hash (query);
-  approve_url = g_strconcat (oauth2->verification_url, "?", encoded, NULL);
-  approve = soup_message_new ("GET", approve_url);
-  approved = pg_test_oauth2_send (oauth2, approve, &status, error);
-  if (approved == NULL)
+  if (!pg_test_oauth2_approve_device (oauth2, user_code, user, error))
     return NULL;
-  if (status != SOUP_STATUS_OK)
-    {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "device approval: HTTP %u", status);
-      return NULL;
-    }
   /* (E, F) The client polls the token endpoint. */
   for (guint poll = 0; poll < PG_TEST_OAUTH2_DEVICE_POLLS; poll++)
     {
@@ -879,4 +863,31 @@ pg_test_oauth2_imap_authenticate (PgTestImap *imap, const char *mechanism,
   g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
                "AUTHENTICATE: no tagged reply after %d lines", PG_TEST_OAUTH2_AUTH_LINES);
   return FALSE;
+}
+
+gboolean
+pg_test_oauth2_approve_device (PgTestOAuth2 *oauth2, const char *user_code, const char *user,
+                               GError **error)
+{
+  g_autoptr (GHashTable) query = g_hash_table_new (g_str_hash, g_str_equal);
+  g_autofree gchar *encoded = NULL;
+  g_autofree gchar *approve_url = NULL;
+  g_autoptr (SoupMessage) approve = NULL;
+  g_autoptr (GBytes) approved = NULL;
+  guint status = 0;
+
+  g_hash_table_insert (query, (gpointer) "user_code", (gpointer) user_code);
+  g_hash_table_insert (query, (gpointer) "approve_as", (gpointer) user);
+  encoded = soup_form_encode_hash (query);
+  approve_url = g_strconcat (oauth2->verification_url, "?", encoded, NULL);
+  approve = soup_message_new ("GET", approve_url);
+  approved = pg_test_oauth2_send (oauth2, approve, &status, error);
+  if (approved == NULL)
+    return FALSE;
+  if (status != SOUP_STATUS_OK)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "device approval: HTTP %u", status);
+      return FALSE;
+    }
+  return TRUE;
 }

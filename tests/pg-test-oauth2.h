@@ -102,6 +102,11 @@ JsonObject *pg_test_oauth2_post (PgTestOAuth2 *oauth2, const char *url, const ch
 gchar *pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const char *user,
                                     gchar **out_access_token, GError **error);
 
+/* The user's step of a device grant another client started: approve `user_code` at the
+ * verification URI as `user`. */
+gboolean pg_test_oauth2_approve_device (PgTestOAuth2 *oauth2, const char *user_code,
+                                        const char *user, GError **error);
+
 /* The authorization-code grant with PKCE S256 as a loopback client does it: the "user"
  * consents at the authorization endpoint as `user`, the code comes back in the redirect
  * (not followed), and is exchanged with the verifier. Returns the refresh token. */

@@ -657,20 +657,11 @@ demo_oauth2_authorize (PgTestOAuth2 *oauth2, PgTestPopgate *popgate)
   printed = strlen (output);
   demo_print_lines (output);
   demo_note ("the user opens that page and approves code %s (the demo does it over HTTP)", code);
-  {
-    g_autoptr (SoupSession) session = soup_session_new ();
-    g_autofree gchar *escaped = g_uri_escape_string (code, NULL, FALSE);
-    g_autofree gchar *url = g_strdup_printf ("%s?user_code=%s&approve_as=" DEMO_USER,
-                                             oauth2->verification_url, escaped);
-    g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
-    g_autoptr (GBytes) body = soup_session_send_and_read (session, msg, NULL, &error);
-
-    if (body == NULL || soup_message_get_status (msg) != 200)
-      {
-        demo_fail ("approving the user code", error);
-        return FALSE;
-      }
-  }
+  if (!pg_test_oauth2_approve_device (oauth2, code, DEMO_USER, &error))
+    {
+      demo_fail ("approving the user code", error);
+      return FALSE;
+    }
   if (!pg_test_process_wait (process, DEMO_WAIT_MS)
       || pg_test_process_get_wait_status (process) != 0)
     {

@@ -534,16 +534,7 @@ test_authorize_device (Fixture *fx, gconstpointer data)
       }
   }
   g_assert_nonnull (code);
-  {
-    g_autoptr (SoupSession) session = soup_session_new ();
-    g_autofree gchar *escaped = g_uri_escape_string (code, NULL, FALSE);
-    g_autofree gchar *url
-        = g_strdup_printf ("%s?user_code=%s&approve_as=bob", fx->oauth2->verification_url, escaped);
-    g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
-    g_autoptr (GBytes) body = soup_session_send_and_read (session, msg, NULL, &error);
-    g_assert_no_error (error);
-    g_assert_cmpuint (soup_message_get_status (msg), ==, 200);
-  }
+  PG_TEST_ASSERT_OK (pg_test_oauth2_approve_device (fx->oauth2, code, "bob", &error), error);
   g_assert_true (pg_test_process_wait (process, WAIT_MS));
   g_assert_cmpint (pg_test_process_get_wait_status (process), ==, 0);
   output = pg_test_read_file (output_file);

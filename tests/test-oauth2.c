@@ -813,7 +813,6 @@ pg_test_token_authorize_device (PgTestTokenFixture *fixture, gconstpointer data)
   PgTestResult result = { 0 }, token = { 0 };
   g_autofree gchar *new_file = g_build_filename (fixture->dir, "bob.token", NULL);
   g_autofree gchar *written = NULL;
-  g_autoptr (SoupSession) session = soup_session_new ();
   gint64 deadline = g_get_monotonic_time () + 20 * G_USEC_PER_SEC;
   GStatBuf st;
 
@@ -830,14 +829,9 @@ pg_test_token_authorize_device (PgTestTokenFixture *fixture, gconstpointer data)
   g_assert_nonnull (strstr (t.said->str, fixture->server->verification_url));
   /* The user's browser, at the verification URI. */
   {
-    g_autofree gchar *escaped = g_uri_escape_string (t.user_code, NULL, FALSE);
-    g_autofree gchar *url = g_strdup_printf ("%s?user_code=%s&approve_as=bob",
-                                             fixture->server->verification_url, escaped);
-    g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
     g_autoptr (GError) error = NULL;
-    g_autoptr (GBytes) body = soup_session_send_and_read (session, msg, NULL, &error);
-    g_assert_no_error (error);
-    g_assert_cmpuint (soup_message_get_status (msg), ==, 200);
+    PG_TEST_ASSERT_OK (pg_test_oauth2_approve_device (fixture->server, t.user_code, "bob", &error),
+                       error);
   }
   pg_test_wait_flag (&result.done);
   g_assert_no_error (result.error);
