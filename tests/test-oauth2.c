@@ -862,6 +862,105 @@ pg_test_token_authorize_device (PgTestTokenFixture *fixture, gconstpointer data)
   pg_test_result_clear (&token);
 }
 
+/* --oauth2-authorize without a device URL: the code grant with PKCE and a loopback
+ * redirect. The "browser" consents at the authorization endpoint as alice and follows the
+ * redirect to popgate's listener on 127.0.0.1. */
+typedef struct
+{
+  gchar *url; /* owned: the URL popgate asked the user to open */
+} PgTestCodeFlow;
+
+static void
+pg_test_code_prompt_cb (const char *line, gpointer user_data)
+{
+  PgTestCodeFlow *flow = user_data;
+  const char *url = strstr (line, "\nhttp");
+
+  if (url != NULL && flow->url == NULL)
+    flow->url = g_strdup (url + 1);
+}
+
+static void
+pg_test_code_redirect_cb (GObject *source, GAsyncResult *res, gpointer user_data)
+{
+  PgTestResult *result = user_data;
+  g_autoptr (GBytes) body
+      = soup_session_send_and_read_finish (SOUP_SESSION (source), res, &result->error);
+
+  result->ok = body != NULL;
+  result->done = TRUE;
+}
+
+static void
+pg_test_token_authorize_code (PgTestTokenFixture *fixture, gconstpointer data)
+{
+  PgTestCodeFlow flow = { NULL };
+  PgTestResult result = { 0 }, redirect = { 0 }, token = { 0 };
+  g_autofree gchar *new_file = g_build_filename (fixture->dir, "carol.token", NULL);
+  g_autofree gchar *written = NULL;
+  g_autofree gchar *consent = NULL;
+  g_autoptr (SoupSession) browser = soup_session_new ();
+  g_autoptr (SoupMessage) msg = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autoptr (GError) error = NULL;
+  const char *location;
+  gint64 deadline = g_get_monotonic_time () + 20 * G_USEC_PER_SEC;
+  GStatBuf st;
+
+  fixture->upstream.oauth2.authorize_url = g_strdup (fixture->server->authorize_url);
+  g_clear_pointer (&fixture->upstream.oauth2.device_url, g_free);
+  pg_oauth2_authorize_async (&fixture->upstream, new_file, pg_test_code_prompt_cb, &flow, NULL,
+                             pg_test_authorize_cb, &result);
+  while (flow.url == NULL && !result.done && g_get_monotonic_time () < deadline)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_nonnull (flow.url);
+  g_assert_nonnull (strstr (flow.url, "code_challenge_method=S256"));
+  g_assert_nonnull (strstr (flow.url, "redirect_uri=http%3A%2F%2F127.0.0.1%3A"));
+  /* Consent as carol; the server answers with a redirect, which the browser follows. */
+  consent = g_strconcat (flow.url, "&approve_as=carol", NULL);
+  msg = soup_message_new ("GET", consent);
+  g_assert_nonnull (msg);
+  soup_message_add_flags (msg, SOUP_MESSAGE_NO_REDIRECT);
+  body = soup_session_send_and_read (browser, msg, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (soup_message_get_status (msg), ==, 302);
+  location = soup_message_headers_get_one (soup_message_get_response_headers (msg), "Location");
+  g_assert_nonnull (location);
+  g_assert_true (g_str_has_prefix (location, "http://127.0.0.1:"));
+  {
+    /* popgate's listener runs on this main context: the browser's GET must be async. */
+    g_autoptr (SoupMessage) back = soup_message_new ("GET", location);
+    soup_session_send_and_read_async (browser, back, G_PRIORITY_DEFAULT, NULL,
+                                      pg_test_code_redirect_cb, &redirect);
+    pg_test_wait_flag (&redirect.done);
+    g_assert_no_error (redirect.error);
+    g_assert_cmpuint (soup_message_get_status (back), ==, 200);
+  }
+  pg_test_wait_flag (&result.done);
+  g_assert_no_error (result.error);
+  g_assert_true (result.ok);
+  written = g_strstrip (pg_test_read_file (new_file));
+  g_ptr_array_add (fixture->secrets, g_strdup (written));
+  g_assert_cmpuint (strlen (written), >, 10);
+  g_assert_cmpint (g_stat (new_file, &st), ==, 0);
+  g_assert_cmpint (st.st_mode & 0777, ==, 0600);
+  /* The token works, as carol, through the confidential client. */
+  pg_test_token_get (fixture, "carol", new_file, FALSE, &token);
+  g_assert_no_error (token.error);
+  {
+    g_autofree gchar *user = NULL;
+    gboolean active = FALSE;
+    PG_TEST_ASSERT_OK (
+        pg_test_oauth2_introspect (fixture->server, token.token, &active, &user, &error), error);
+    g_assert_true (active);
+    g_assert_cmpstr (user, ==, "carol");
+  }
+  g_free (flow.url);
+  pg_test_result_clear (&result);
+  pg_test_result_clear (&redirect);
+  pg_test_result_clear (&token);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -890,5 +989,6 @@ main (int argc, char **argv)
   PG_TEST_ADD_TOKEN ("server-down", &pg_test_long_lived, pg_test_token_server_down);
   PG_TEST_ADD_TOKEN ("client-credentials", &pg_test_long_lived, pg_test_token_client_credentials);
   PG_TEST_ADD_TOKEN ("authorize-device", &pg_test_long_lived, pg_test_token_authorize_device);
+  PG_TEST_ADD_TOKEN ("authorize-code-pkce", &pg_test_long_lived, pg_test_token_authorize_code);
   return g_test_run ();
 }
