@@ -28,13 +28,13 @@ typedef enum
 {
   PG_BENCH_STATE_CONNECT,
   PG_BENCH_STATE_GREETING,
-  PG_BENCH_STATE_CAPA,       /* POP3 */
-  PG_BENCH_STATE_USER,       /* POP3 */
-  PG_BENCH_STATE_LOGIN,      /* POP3 PASS / IMAP LOGIN */
+  PG_BENCH_STATE_CAPA,  /* POP3 */
+  PG_BENCH_STATE_USER,  /* POP3 */
+  PG_BENCH_STATE_LOGIN, /* POP3 PASS / IMAP LOGIN */
   PG_BENCH_STATE_IDLE,
-  PG_BENCH_STATE_STAT,       /* POP3 STAT / IMAP SELECT */
-  PG_BENCH_STATE_UIDL,       /* POP3 */
-  PG_BENCH_STATE_FETCH,      /* POP3 RETRs / IMAP UID FETCH */
+  PG_BENCH_STATE_STAT,  /* POP3 STAT / IMAP SELECT */
+  PG_BENCH_STATE_UIDL,  /* POP3 */
+  PG_BENCH_STATE_FETCH, /* POP3 RETRs / IMAP UID FETCH */
   PG_BENCH_STATE_QUIT,
   PG_BENCH_STATE_DONE,
   PG_BENCH_STATE_FAILED,
@@ -53,45 +53,45 @@ typedef struct
 {
   PgBenchLoad *load; /* unowned */
   guint index;
-  const char *user;  /* unowned */
-  gchar *login;      /* owned: the POP3 login name (user, maybe with a client tag) */
-  GSocketConnection *conn; /* owned */
+  const char *user;          /* unowned */
+  gchar *login;              /* owned: the POP3 login name (user, maybe with a client tag) */
+  GSocketConnection *conn;   /* owned */
   GCancellable *cancellable; /* owned */
-  guint ops;         /* async operations in flight (connect, read, write) */
+  guint ops;                 /* async operations in flight (connect, read, write) */
   PgBenchState state;
-  guint8 *buf;       /* owned: PG_BENCH_READ_BUFFER */
-  GString *line;     /* owned: the response line being assembled */
-  GString *outq;     /* owned: commands waiting for the current write */
-  GString *writing;  /* owned: the buffer of the write in flight */
-  gboolean in_data;  /* inside a multi-line response (POP3) */
+  guint8 *buf;      /* owned: PG_BENCH_READ_BUFFER */
+  GString *line;    /* owned: the response line being assembled */
+  GString *outq;    /* owned: commands waiting for the current write */
+  GString *writing; /* owned: the buffer of the write in flight */
+  gboolean in_data; /* inside a multi-line response (POP3) */
   PgBenchScan scan;
   guint64 literal_left; /* IMAP: octets of the current literal still to come */
   guint64 literal_size;
   gboolean pipelining;
-  guint64 n_messages;   /* from STAT / EXISTS */
-  guint64 n_octets;     /* from STAT (POP3) */
+  guint64 n_messages; /* from STAT / EXISTS */
+  guint64 n_octets;   /* from STAT (POP3) */
   guint64 uidl_lines;
-  guint64 next_retr;    /* POP3: next message number to send RETR for (1-based) */
+  guint64 next_retr; /* POP3: next message number to send RETR for (1-based) */
   guint64 retr_done;
-  GArray *sent_at;      /* owned: gint64 per message, when its RETR went out */
+  GArray *sent_at; /* owned: gint64 per message, when its RETR went out */
   guint64 msg_octets;
   gint64 t_start;
   gint64 t_prev_end;
-  gint64 now;           /* of the read being processed */
+  gint64 now; /* of the read being processed */
   gboolean have_ttfb;
   guint64 got_messages;
   guint64 got_octets;
-  guint tag;            /* IMAP command tag counter */
+  guint tag; /* IMAP command tag counter */
 } PgBenchSession;
 
 struct _PgBenchLoad
 {
   PgBenchLoadOptions options;
-  GSocketClient *client;     /* owned */
-  GSocketAddress *address;   /* owned */
-  PgBenchSession *sessions;  /* owned: n_sessions */
-  GMainLoop *loop;           /* owned */
-  guint n_pending;           /* sessions neither terminal nor holding idle */
+  GSocketClient *client;    /* owned */
+  GSocketAddress *address;  /* owned */
+  PgBenchSession *sessions; /* owned: n_sessions */
+  GMainLoop *loop;          /* owned */
+  guint n_pending;          /* sessions neither terminal nor holding idle */
   guint n_idle;
   guint timeout_id;
   gint64 t_start;
@@ -166,7 +166,7 @@ pg_bench_session_maybe_close (PgBenchSession *session)
 }
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
+    pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
 {
   PgBenchLoad *load = session->load;
   gboolean was_idle = session->state == PG_BENCH_STATE_IDLE;
@@ -181,9 +181,8 @@ pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
       va_start (args, format);
       what = g_strdup_vprintf (format, args);
       va_end (args);
-      load->result->first_error = g_strdup_printf ("session %u (%s, state %d): %s",
-                                                   session->index, session->user,
-                                                   (int) session->state, what);
+      load->result->first_error = g_strdup_printf ("session %u (%s, state %d): %s", session->index,
+                                                   session->user, (int) session->state, what);
     }
   session->state = PG_BENCH_STATE_FAILED;
   load->result->sessions_failed++;
@@ -201,16 +200,20 @@ pg_bench_session_done (PgBenchSession *session)
   PgBenchLoad *load = session->load;
   const PgBenchLoadOptions *options = &load->options;
 
-  if (!options->idle && options->expect_messages != 0 && session->got_messages != options->expect_messages)
+  if (!options->idle && options->expect_messages != 0
+      && session->got_messages != options->expect_messages)
     {
-      pg_bench_session_fail (session, "got %" G_GUINT64_FORMAT " messages, expected %"
-                             G_GUINT64_FORMAT, session->got_messages, options->expect_messages);
+      pg_bench_session_fail (session,
+                             "got %" G_GUINT64_FORMAT " messages, expected %" G_GUINT64_FORMAT,
+                             session->got_messages, options->expect_messages);
       return;
     }
-  if (!options->idle && options->expect_octets != 0 && session->got_octets != options->expect_octets)
+  if (!options->idle && options->expect_octets != 0
+      && session->got_octets != options->expect_octets)
     {
-      pg_bench_session_fail (session, "got %" G_GUINT64_FORMAT " octets, expected %"
-                             G_GUINT64_FORMAT, session->got_octets, options->expect_octets);
+      pg_bench_session_fail (session,
+                             "got %" G_GUINT64_FORMAT " octets, expected %" G_GUINT64_FORMAT,
+                             session->got_octets, options->expect_octets);
       return;
     }
   session->state = PG_BENCH_STATE_DONE;
@@ -255,13 +258,12 @@ pg_bench_session_flush (PgBenchSession *session)
   session->outq = swap;
   session->ops++;
   g_output_stream_write_all_async (g_io_stream_get_output_stream (G_IO_STREAM (session->conn)),
-                                   session->writing->str, session->writing->len,
-                                   G_PRIORITY_DEFAULT, session->cancellable,
-                                   pg_bench_session_write_cb, session);
+                                   session->writing->str, session->writing->len, G_PRIORITY_DEFAULT,
+                                   session->cancellable, pg_bench_session_write_cb, session);
 }
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_session_send (PgBenchSession *session, const char *format, ...)
+    pg_bench_session_send (PgBenchSession *session, const char *format, ...)
 {
   va_list args;
 
@@ -306,8 +308,7 @@ pg_bench_pop3_pump (PgBenchSession *session)
          && session->next_retr - 1 - session->retr_done < window)
     {
       g_array_index (session->sent_at, gint64, session->next_retr - 1) = g_get_monotonic_time ();
-      g_string_append_printf (session->outq, "RETR %" G_GUINT64_FORMAT "\r\n",
-                              session->next_retr);
+      g_string_append_printf (session->outq, "RETR %" G_GUINT64_FORMAT "\r\n", session->next_retr);
       session->next_retr++;
     }
   pg_bench_session_flush (session);
@@ -368,9 +369,9 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
               pg_bench_session_send (session, "USER %s", session->login);
             }
           else if (session->uidl_lines != session->n_messages)
-            pg_bench_session_fail (session, "UIDL listed %" G_GUINT64_FORMAT " of %"
-                                   G_GUINT64_FORMAT " messages", session->uidl_lines,
-                                   session->n_messages);
+            pg_bench_session_fail (
+                session, "UIDL listed %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " messages",
+                session->uidl_lines, session->n_messages);
           else
             pg_bench_pop3_start_fetch (session);
         }
@@ -428,7 +429,8 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
         if ((load->options.expect_messages != 0 && n != load->options.expect_messages)
             || (load->options.expect_octets != 0 && octets != load->options.expect_octets))
           {
-            pg_bench_session_fail (session, "STAT %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
+            pg_bench_session_fail (session,
+                                   "STAT %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
                                    ", expected %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
                                    n, octets, load->options.expect_messages,
                                    load->options.expect_octets);
@@ -452,9 +454,9 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
       break;
     case PG_BENCH_STATE_QUIT:
       if (session->got_octets != session->n_octets)
-        pg_bench_session_fail (session, "RETR bodies held %" G_GUINT64_FORMAT
-                               " octets, STAT said %" G_GUINT64_FORMAT, session->got_octets,
-                               session->n_octets);
+        pg_bench_session_fail (
+            session, "RETR bodies held %" G_GUINT64_FORMAT " octets, STAT said %" G_GUINT64_FORMAT,
+            session->got_octets, session->n_octets);
       else
         pg_bench_session_done (session);
       break;
@@ -533,7 +535,7 @@ pg_bench_pop3_scan (PgBenchSession *session, const guint8 *data, gsize len)
 /* --- IMAP ----------------------------------------------------------------------------- */
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_imap_command (PgBenchSession *session, const char *format, ...)
+    pg_bench_imap_command (PgBenchSession *session, const char *format, ...)
 {
   g_autofree gchar *command = NULL;
   va_list args;
@@ -561,8 +563,7 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
           return;
         }
       session->state = PG_BENCH_STATE_LOGIN;
-      pg_bench_imap_command (session, "LOGIN \"%s\" \"%s\"", session->user,
-                             load->options.password);
+      pg_bench_imap_command (session, "LOGIN \"%s\" \"%s\"", session->user, load->options.password);
       return;
     }
   if (line[0] == '*')
@@ -575,8 +576,7 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
         session->n_messages = n;
       /* A FETCH response line ends with the literal's announcement: {N}CRLF. */
       if (session->state == PG_BENCH_STATE_FETCH && len >= 4
-          && strcmp (line + len - 3, "}\r\n") == 0
-          && (brace = strrchr (line, '{')) != NULL)
+          && strcmp (line + len - 3, "}\r\n") == 0 && (brace = strrchr (line, '{')) != NULL)
         {
           session->literal_size = g_ascii_strtoull (brace + 1, NULL, 10);
           session->literal_left = session->literal_size;
@@ -608,11 +608,12 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
       pg_bench_imap_command (session, "SELECT INBOX");
       break;
     case PG_BENCH_STATE_STAT:
-      if (load->options.expect_messages != 0 && session->n_messages != load->options.expect_messages)
+      if (load->options.expect_messages != 0
+          && session->n_messages != load->options.expect_messages)
         {
-          pg_bench_session_fail (session, "EXISTS %" G_GUINT64_FORMAT ", expected %"
-                                 G_GUINT64_FORMAT, session->n_messages,
-                                 load->options.expect_messages);
+          pg_bench_session_fail (session,
+                                 "EXISTS %" G_GUINT64_FORMAT ", expected %" G_GUINT64_FORMAT,
+                                 session->n_messages, load->options.expect_messages);
           return;
         }
       session->state = PG_BENCH_STATE_FETCH;
@@ -732,8 +733,8 @@ pg_bench_session_connect_cb (GObject *source, GAsyncResult *result, gpointer use
 {
   PgBenchSession *session = user_data;
   g_autoptr (GError) error = NULL;
-  GSocketConnection *conn = g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result,
-                                                            &error);
+  GSocketConnection *conn
+      = g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result, &error);
 
   session->ops--;
   if (conn == NULL)
@@ -771,8 +772,8 @@ pg_bench_load_wait (PgBenchLoad *load)
 {
   if (load->n_pending == 0)
     return;
-  load->timeout_id = g_timeout_add_seconds (MAX (load->options.timeout_s, 1),
-                                            pg_bench_load_timeout_cb, load);
+  load->timeout_id
+      = g_timeout_add_seconds (MAX (load->options.timeout_s, 1), pg_bench_load_timeout_cb, load);
   g_main_loop_run (load->loop);
   if (load->timeout_id != 0)
     g_source_remove (load->timeout_id);
@@ -807,10 +808,10 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->load = load;
       session->index = i;
       session->user = options->users[i % options->n_users];
-      session->login = options->client_tag_separator != NULL
-                         ? g_strdup_printf ("%s%ss%u", session->user,
-                                            options->client_tag_separator, i)
-                         : g_strdup (session->user);
+      session->login
+          = options->client_tag_separator != NULL
+                ? g_strdup_printf ("%s%ss%u", session->user, options->client_tag_separator, i)
+                : g_strdup (session->user);
       session->cancellable = g_cancellable_new ();
       session->buf = g_malloc (PG_BENCH_READ_BUFFER);
       session->line = g_string_sized_new (256);
@@ -821,8 +822,7 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->t_start = g_get_monotonic_time ();
       session->ops++;
       g_socket_client_connect_async (load->client, G_SOCKET_CONNECTABLE (load->address),
-                                     session->cancellable, pg_bench_session_connect_cb,
-                                     session);
+                                     session->cancellable, pg_bench_session_connect_cb, session);
     }
   pg_bench_load_wait (load);
   if (load->t_end == 0)

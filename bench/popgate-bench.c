@@ -41,7 +41,10 @@ typedef enum
 } PgBenchPath;
 
 static const char *const pg_bench_path_names[] = {
-  "popgate POP3", "Dovecot POP3/imapc", "direct IMAP", "popgate IMAP relay",
+  "popgate POP3",
+  "Dovecot POP3/imapc",
+  "direct IMAP",
+  "popgate IMAP relay",
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_bench_path_names) == PG_BENCH_PATH_COUNT);
 
@@ -63,63 +66,62 @@ static gboolean pg_bench_keep = FALSE;
 
 typedef struct
 {
-  const char *kind;   /* "full", "bulk", "huge" */
-  GPtrArray *users;   /* owned: gchar* */
-  GArray *files;      /* owned: guint indices into the pool */
+  const char *kind; /* "full", "bulk", "huge" */
+  GPtrArray *users; /* owned: gchar* */
+  GArray *files;    /* owned: guint indices into the pool */
   guint64 messages;
-  guint64 octets;     /* RFC822.SIZE sum (CRLF) */
+  guint64 octets; /* RFC822.SIZE sum (CRLF) */
 } PgBenchMailbox;
 
 typedef struct
 {
-  gchar *path;        /* owned: the pool file (LF line ends, as Dovecot stores it) */
-  guint64 size;       /* file size */
-  guint64 vsize;      /* with CRLF: RFC822.SIZE */
+  gchar *path;   /* owned: the pool file (LF line ends, as Dovecot stores it) */
+  guint64 size;  /* file size */
+  guint64 vsize; /* with CRLF: RFC822.SIZE */
 } PgBenchPoolFile;
 
 typedef struct
 {
-  gchar *dir;              /* owned */
-  gchar *config_file;      /* owned */
-  PgTestCerts *certs;      /* owned */
+  gchar *dir;         /* owned */
+  gchar *config_file; /* owned */
+  PgTestCerts *certs; /* owned */
   guint16 pop3_port;
-  PgTestProcess *process;  /* owned */
+  PgTestProcess *process; /* owned */
 } PgBenchAnchor;
 
 typedef struct
 {
   gboolean ran;
   guint failed;
-  gchar *error;            /* owned: the first failure */
+  gchar *error; /* owned: the first failure */
   gdouble msgs_s;
   gdouble mb_s;
   gdouble ttfb_p50_ms;
   gdouble ttfb_p99_ms;
   gdouble retr_p50_ms;
   gdouble retr_p99_ms;
-  gdouble load_cpu;        /* load generator CPU / wall (1.0 = one core) */
-  gdouble gw_cpu;          /* gateway CPU / wall: popgate, or the anchor's processes */
-  gdouble upstream_cpu;    /* the upstream Dovecot's processes' CPU / wall */
+  gdouble load_cpu;     /* load generator CPU / wall (1.0 = one core) */
+  gdouble gw_cpu;       /* gateway CPU / wall: popgate, or the anchor's processes */
+  gdouble upstream_cpu; /* the upstream Dovecot's processes' CPU / wall */
 } PgBenchFigures;
 
 typedef struct
 {
-  PgTestDovecot *upstream;  /* owned */
-  PgTestPopgate *popgate;   /* owned */
-  PgBenchAnchor *anchor;    /* owned */
-  GArray *pool;             /* owned: PgBenchPoolFile */
+  PgTestDovecot *upstream; /* owned */
+  PgTestPopgate *popgate;  /* owned */
+  PgBenchAnchor *anchor;   /* owned */
+  GArray *pool;            /* owned: PgBenchPoolFile */
   PgBenchMailbox full;
   PgBenchMailbox bulk;
   PgBenchMailbox huge;
-  gboolean relay;           /* popgate's IMAP front end answers */
-  guint failures;           /* sessions that failed in the whole run */
-  GString *report;          /* owned */
+  gboolean relay;  /* popgate's IMAP front end answers */
+  guint failures;  /* sessions that failed in the whole run */
+  GString *report; /* owned */
 } PgBench;
 
 /* --- small helpers --------------------------------------------------------------------- */
 
-static gboolean
-pg_bench_fail (GError **error, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static gboolean pg_bench_fail (GError **error, const char *format, ...) G_GNUC_PRINTF (2, 3);
 static gboolean
 pg_bench_fail (GError **error, const char *format, ...)
 {
@@ -141,8 +143,7 @@ pg_bench_proc_status_kb (GPid pid, const char *field)
   g_autofree gchar *contents = NULL;
   const char *at = NULL;
 
-  if (!g_file_get_contents (path, &contents, NULL, NULL)
-      || (at = strstr (contents, field)) == NULL)
+  if (!g_file_get_contents (path, &contents, NULL, NULL) || (at = strstr (contents, field)) == NULL)
     return 0;
   return g_ascii_strtoull (at + strlen (field), NULL, 10);
 }
@@ -176,11 +177,13 @@ pg_bench_proc_cpu_s (GPid pid, gboolean with_children)
   if (!g_file_get_contents (path, &contents, NULL, NULL)
       || (close = strrchr (contents, ')')) == NULL
       || sscanf (close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &utime,
-                 &stime, &cutime, &cstime) != 4)
+                 &stime, &cutime, &cstime)
+             != 4)
     return 0;
   if (!with_children)
     cutime = cstime = 0;
-  return (gdouble) (utime + stime + (unsigned long) MAX (cutime, 0) + (unsigned long) MAX (cstime, 0))
+  return (gdouble) (utime + stime + (unsigned long) MAX (cutime, 0)
+                    + (unsigned long) MAX (cstime, 0))
          / (gdouble) sysconf (_SC_CLK_TCK);
 }
 
@@ -193,8 +196,7 @@ pg_bench_proc_ppid (const char *pid)
   int ppid = 0;
 
   if (!g_file_get_contents (path, &contents, NULL, NULL)
-      || (close = strrchr (contents, ')')) == NULL
-      || sscanf (close + 2, "%*c %d", &ppid) != 1)
+      || (close = strrchr (contents, ')')) == NULL || sscanf (close + 2, "%*c %d", &ppid) != 1)
     return 0;
   return (GPid) ppid;
 }
@@ -402,8 +404,7 @@ pg_bench_mkdir_nobody (const char *path, GError **error)
   struct passwd *nobody = getpwnam ("nobody");
   struct group *nogroup = getgrnam ("nogroup");
 
-  if (g_mkdir_with_parents (path, 0700) != 0
-      || chown (path, nobody->pw_uid, nogroup->gr_gid) != 0)
+  if (g_mkdir_with_parents (path, 0700) != 0 || chown (path, nobody->pw_uid, nogroup->gr_gid) != 0)
     return pg_bench_fail (error, "mkdir %s: %s", path, g_strerror (errno));
   return TRUE;
 }
@@ -434,8 +435,8 @@ pg_bench_mailbox_seed (PgBench *bench, PgBenchMailbox *mailbox, guint n_users, G
           guint index = g_array_index (mailbox->files, guint, i);
           const PgBenchPoolFile *file = &g_array_index (bench->pool, PgBenchPoolFile, index);
           g_autofree gchar *name = g_strdup_printf (
-            "%s/cur/%u.M%uP1.bench,S=%" G_GUINT64_FORMAT ",W=%" G_GUINT64_FORMAT ":2,", maildir,
-            1700000000u + i, i, file->size, file->vsize);
+              "%s/cur/%u.M%uP1.bench,S=%" G_GUINT64_FORMAT ",W=%" G_GUINT64_FORMAT ":2,", maildir,
+              1700000000u + i, i, file->size, file->vsize);
 
           if (link (file->path, name) != 0)
             return pg_bench_fail (error, "link %s: %s", name, g_strerror (errno));
@@ -480,8 +481,7 @@ pg_bench_seed (PgBench *bench, guint n_users, GError **error)
     }
   if (pg_bench_huge_mb > 0)
     {
-      if (!pg_bench_pool_add (bench, pool, index, (guint64) pg_bench_huge_mb * 1024 * 1024,
-                              error))
+      if (!pg_bench_pool_add (bench, pool, index, (guint64) pg_bench_huge_mb * 1024 * 1024, error))
         return FALSE;
       pg_bench_mailbox_add_file (bench, &bench->huge, index);
     }
@@ -523,8 +523,8 @@ pg_bench_start_popgate (PgBench *bench, guint max_k, GError **error)
   bench->popgate->process = pg_test_process_spawn (argv, bench->popgate->log_file, error);
   if (bench->popgate->process == NULL)
     return FALSE;
-  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port,
-                          bench->popgate->process, PG_BENCH_START_TIMEOUT_MS, error))
+  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port, bench->popgate->process,
+                          PG_BENCH_START_TIMEOUT_MS, error))
     {
       g_autofree gchar *log = pg_test_popgate_read_log (bench->popgate);
       g_prefix_error (error, "popgate did not start (%s): ", log);
@@ -578,7 +578,8 @@ static gboolean
 pg_bench_start_anchor (PgBench *bench, GError **error)
 {
   g_autoptr (PgBenchAnchor) anchor = g_new0 (PgBenchAnchor, 1);
-  g_autofree gchar *template_path = g_build_filename (PG_BENCH_SRCDIR, "dovecot-imapc-gateway.conf.in", NULL);
+  g_autofree gchar *template_path
+      = g_build_filename (PG_BENCH_SRCDIR, "dovecot-imapc-gateway.conf.in", NULL);
   g_autofree gchar *template = NULL;
   g_autofree gchar *home = NULL;
   g_autofree gchar *log = NULL;
@@ -663,11 +664,11 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
 {
   PgBenchLoadOptions options = { 0 };
   g_autoptr (PgBenchLoad) load = NULL;
-  guint n_users = MIN (mailbox->users->len, (k + PG_BENCH_SESSIONS_PER_USER - 1)
-                                               / PG_BENCH_SESSIONS_PER_USER);
+  guint n_users = MIN (mailbox->users->len,
+                       (k + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER);
 
-  options.proto = path == PG_BENCH_PATH_DIRECT || path == PG_BENCH_PATH_RELAY
-                    ? PG_BENCH_PROTO_IMAP : PG_BENCH_PROTO_POP3;
+  options.proto = path == PG_BENCH_PATH_DIRECT || path == PG_BENCH_PATH_RELAY ? PG_BENCH_PROTO_IMAP
+                                                                              : PG_BENCH_PROTO_POP3;
   options.host = "127.0.0.1";
   switch (path)
     {
@@ -808,8 +809,8 @@ pg_bench_warm (PgBench *bench, const PgBenchMailbox *mailbox, GError **error)
                              FALSE, NULL);
       (void) k;
       if (r->sessions_failed > 0)
-        return pg_bench_fail (error, "warming %s up (%s mailbox): %s",
-                              pg_bench_path_names[path], mailbox->kind, r->first_error);
+        return pg_bench_fail (error, "warming %s up (%s mailbox): %s", pg_bench_path_names[path],
+                              mailbox->kind, r->first_error);
     }
   return TRUE;
 }
@@ -863,8 +864,8 @@ pg_bench_huge (PgBench *bench, guint64 *out_before_kb, gdouble *out_mb_s)
       g_array_append_val (speed, mb_s);
       bench->failures += r->sessions_failed;
       *out_before_kb = before;
-      g_print ("  %d MB RETR rep %d: RSS %" G_GUINT64_FORMAT " KiB before, peak %"
-               G_GUINT64_FORMAT " KiB (VmHWM) / %" G_GUINT64_FORMAT " KiB (sampled); %.0f MB/s"
+      g_print ("  %d MB RETR rep %d: RSS %" G_GUINT64_FORMAT " KiB before, peak %" G_GUINT64_FORMAT
+               " KiB (VmHWM) / %" G_GUINT64_FORMAT " KiB (sampled); %.0f MB/s"
                "%s%s\n",
                pg_bench_huge_mb, rep + 1, before, hwm, sampler.max_rss_kb, mb_s,
                r->first_error != NULL ? "; " : "", r->first_error != NULL ? r->first_error : "");
@@ -875,11 +876,11 @@ pg_bench_huge (PgBench *bench, guint64 *out_before_kb, gdouble *out_mb_s)
 
 typedef struct
 {
-  guint held;             /* sessions logged in and idle at the measurement */
-  guint64 before_kb;      /* the gateway's RSS before (sum for Dovecot) */
-  guint64 with_kb;        /* with the idle sessions */
-  guint64 pss_kb;         /* PSS with the sessions (sum) */
-  guint processes;        /* processes summed */
+  guint held;        /* sessions logged in and idle at the measurement */
+  guint64 before_kb; /* the gateway's RSS before (sum for Dovecot) */
+  guint64 with_kb;   /* with the idle sessions */
+  guint64 pss_kb;    /* PSS with the sessions (sum) */
+  guint processes;   /* processes summed */
 } PgBenchIdle;
 
 static void
@@ -927,8 +928,7 @@ pg_bench_ratio (gdouble a, gdouble b)
   return g_strdup_printf ("%.2f×", a / b);
 }
 
-static void
-pg_bench_emit (PgBench *bench, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_bench_emit (PgBench *bench, const char *format, ...) G_GNUC_PRINTF (2, 3);
 static void
 pg_bench_emit (PgBench *bench, const char *format, ...)
 {
@@ -1107,25 +1107,26 @@ main (int argc, char **argv)
   /* The report. */
   uname (&uts);
   pg_bench_emit (&bench, "# popgate benchmark results\n\n");
-  pg_bench_emit (&bench, "- Date: %s\n- Machine: %ld cores (%s %s), %s\n- Command: `%s`\n",
-                 date, sysconf (_SC_NPROCESSORS_ONLN), uts.sysname, uts.release, uts.machine,
-                 command);
+  pg_bench_emit (&bench, "- Date: %s\n- Machine: %ld cores (%s %s), %s\n- Command: `%s`\n", date,
+                 sysconf (_SC_NPROCESSORS_ONLN), uts.sysname, uts.release, uts.machine, command);
+  pg_bench_emit (
+      &bench,
+      "- Mailbox (K < %d): %" G_GUINT64_FORMAT " messages, %.1f MB (%d × %d KB + [%s] MB)\n"
+      "- Mailbox (K ≥ %d): %" G_GUINT64_FORMAT " messages, %.1f MB (the first %d small ones)\n"
+      "- Sessions spread over users of identical mailboxes, %d per user; POP3 RETRs "
+      "pipelined %d deep where PIPELINING is offered\n"
+      "- Every figure is the median of %d runs; all paths talk plain TCP on 127.0.0.1 "
+      "to the same upstream Dovecot\n\n",
+      pg_bench_bulk_k, bench.full.messages, (gdouble) bench.full.octets / 1e6, pg_bench_messages,
+      pg_bench_message_kb, pg_bench_large_mb, pg_bench_bulk_k, bench.bulk.messages,
+      (gdouble) bench.bulk.octets / 1e6, pg_bench_bulk_messages, PG_BENCH_SESSIONS_PER_USER,
+      pg_bench_pipeline, pg_bench_reps);
   pg_bench_emit (&bench,
-                 "- Mailbox (K < %d): %" G_GUINT64_FORMAT " messages, %.1f MB (%d × %d KB + [%s] MB)\n"
-                 "- Mailbox (K ≥ %d): %" G_GUINT64_FORMAT " messages, %.1f MB (the first %d small ones)\n"
-                 "- Sessions spread over users of identical mailboxes, %d per user; POP3 RETRs "
-                 "pipelined %d deep where PIPELINING is offered\n"
-                 "- Every figure is the median of %d runs; all paths talk plain TCP on 127.0.0.1 "
-                 "to the same upstream Dovecot\n\n",
-                 pg_bench_bulk_k, bench.full.messages, (gdouble) bench.full.octets / 1e6,
-                 pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, pg_bench_bulk_k,
-                 bench.bulk.messages, (gdouble) bench.bulk.octets / 1e6, pg_bench_bulk_messages,
-                 PG_BENCH_SESSIONS_PER_USER, pg_bench_pipeline, pg_bench_reps);
-  pg_bench_emit (&bench, "## Full-mailbox download\n\n"
-                         "| K | path | msgs/s | MB/s | login→first byte p50 / p99 ms | "
-                         "per message p50 / p99 ms | failed sessions | load gen CPU | gateway CPU | "
-                         "upstream Dovecot CPU |\n"
-                         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+                 "## Full-mailbox download\n\n"
+                 "| K | path | msgs/s | MB/s | login→first byte p50 / p99 ms | "
+                 "per message p50 / p99 ms | failed sessions | load gen CPU | gateway CPU | "
+                 "upstream Dovecot CPU |\n"
+                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (gsize i = 0; ks[i] != NULL; i++)
     for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
       {
@@ -1135,17 +1136,20 @@ main (int argc, char **argv)
         if (!f->ran)
           {
             if (path == PG_BENCH_PATH_RELAY)
-              pg_bench_emit (&bench, "| %s | %s | pending: the IMAP front end is not on this "
-                                     "branch yet | | | | | | | |\n",
+              pg_bench_emit (&bench,
+                             "| %s | %s | pending: the IMAP front end is not on this "
+                             "branch yet | | | | | | | |\n",
                              ks[i], pg_bench_path_names[path]);
             continue;
           }
         gw_cpu = path != PG_BENCH_PATH_DIRECT ? g_strdup_printf ("%.0f%%", f->gw_cpu * 100)
                                               : g_strdup ("");
-        pg_bench_emit (&bench, "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | %.0f%% | %s | %.0f%% |\n",
-                       ks[i], pg_bench_path_names[path], f->msgs_s, f->mb_s, f->ttfb_p50_ms,
-                       f->ttfb_p99_ms, f->retr_p50_ms, f->retr_p99_ms, f->failed,
-                       f->load_cpu * 100, gw_cpu, f->upstream_cpu * 100);
+        pg_bench_emit (
+            &bench,
+            "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | %.0f%% | %s | %.0f%% |\n",
+            ks[i], pg_bench_path_names[path], f->msgs_s, f->mb_s, f->ttfb_p50_ms, f->ttfb_p99_ms,
+            f->retr_p50_ms, f->retr_p99_ms, f->failed, f->load_cpu * 100, gw_cpu,
+            f->upstream_cpu * 100);
       }
   pg_bench_emit (&bench, "\n## Ratios (msgs/s)\n\n"
                          "| K | popgate / direct IMAP | popgate / Dovecot-imapc | "
@@ -1153,32 +1157,39 @@ main (int argc, char **argv)
   for (gsize i = 0; ks[i] != NULL; i++)
     {
       PgBenchFigures *f = &figures[i * PG_BENCH_PATH_COUNT];
-      g_autofree gchar *a = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s);
-      g_autofree gchar *b = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_ANCHOR].msgs_s);
-      g_autofree gchar *c = f[PG_BENCH_PATH_RELAY].ran
-                              ? pg_bench_ratio (f[PG_BENCH_PATH_RELAY].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s)
-                              : g_strdup ("pending");
+      g_autofree gchar *a
+          = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s);
+      g_autofree gchar *b
+          = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_ANCHOR].msgs_s);
+      g_autofree gchar *c
+          = f[PG_BENCH_PATH_RELAY].ran
+                ? pg_bench_ratio (f[PG_BENCH_PATH_RELAY].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s)
+                : g_strdup ("pending");
 
       pg_bench_emit (&bench, "| %s | %s | %s | %s |\n", ks[i], a, b, c);
     }
-  pg_bench_emit (&bench, "\n## Memory\n\n| case | popgate | Dovecot-imapc | ratio |\n|---|---:|---:|---:|\n");
+  pg_bench_emit (
+      &bench, "\n## Memory\n\n| case | popgate | Dovecot-imapc | ratio |\n|---|---:|---:|---:|\n");
   if (pg_bench_idle_sessions > 0)
     {
-      g_autofree gchar *ratio = pg_bench_ratio ((gdouble) idle[0].with_kb, (gdouble) idle[1].with_kb);
-      g_autofree gchar *pss_ratio = pg_bench_ratio ((gdouble) idle[0].pss_kb, (gdouble) idle[1].pss_kb);
+      g_autofree gchar *ratio
+          = pg_bench_ratio ((gdouble) idle[0].with_kb, (gdouble) idle[1].with_kb);
+      g_autofree gchar *pss_ratio
+          = pg_bench_ratio ((gdouble) idle[0].pss_kb, (gdouble) idle[1].pss_kb);
 
-      pg_bench_emit (&bench,
-                     "| %d authenticated idle sessions held | %u | %u | |\n"
-                     "| RSS with them (KiB; Dovecot: sum over %u processes) | %" G_GUINT64_FORMAT
-                     " | %" G_GUINT64_FORMAT " | %s |\n"
-                     "| PSS with them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | %s |\n"
-                     "| RSS before them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | |\n"
-                     "| growth per session (KiB) | %.1f | %.1f | |\n",
-                     pg_bench_idle_sessions, idle[0].held, idle[1].held, idle[1].processes,
-                     idle[0].with_kb, idle[1].with_kb, ratio, idle[0].pss_kb, idle[1].pss_kb,
-                     pss_ratio, idle[0].before_kb, idle[1].before_kb,
-                     ((gdouble) idle[0].with_kb - (gdouble) idle[0].before_kb) / MAX (idle[0].held, 1),
-                     ((gdouble) idle[1].with_kb - (gdouble) idle[1].before_kb) / MAX (idle[1].held, 1));
+      pg_bench_emit (
+          &bench,
+          "| %d authenticated idle sessions held | %u | %u | |\n"
+          "| RSS with them (KiB; Dovecot: sum over %u processes) | %" G_GUINT64_FORMAT
+          " | %" G_GUINT64_FORMAT " | %s |\n"
+          "| PSS with them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | %s |\n"
+          "| RSS before them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | |\n"
+          "| growth per session (KiB) | %.1f | %.1f | |\n",
+          pg_bench_idle_sessions, idle[0].held, idle[1].held, idle[1].processes, idle[0].with_kb,
+          idle[1].with_kb, ratio, idle[0].pss_kb, idle[1].pss_kb, pss_ratio, idle[0].before_kb,
+          idle[1].before_kb,
+          ((gdouble) idle[0].with_kb - (gdouble) idle[0].before_kb) / MAX (idle[0].held, 1),
+          ((gdouble) idle[1].with_kb - (gdouble) idle[1].before_kb) / MAX (idle[1].held, 1));
     }
   if (pg_bench_huge_mb > 0)
     pg_bench_emit (&bench,

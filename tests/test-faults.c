@@ -62,7 +62,6 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   return popgate;
 }
 
-
 static void
 stop_popgate (PgTestPopgate *popgate)
 {
@@ -84,8 +83,6 @@ pop3_connect (PgTestPopgate *popgate)
   g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK"));
   return pop3;
 }
-
-
 
 /* USER + PASS; returns the PASS reply and how long it took. */
 static gchar *
@@ -463,8 +460,10 @@ peer_snapshot_fault (PgTestPeerAction fault)
 {
   const PgTestPeerStep script[] = {
     PEER_SNAPSHOT_ASKED,
-    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
-                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC8", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC8",
+      0 },
     { fault, NULL, 0 },
   };
   PeerRun run = { 0 };
@@ -601,10 +600,12 @@ test_peer_size_beyond_32_bits (void)
 {
   const PgTestPeerStep script[] = {
     PEER_SNAPSHOT_ASKED,
-    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
-                         "$^ OK [READ-WRITE] selected\r\n"
-                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
-                         "* 2 FETCH (UID 6 RFC822.SIZE 5000000000)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
+      "* 2 FETCH (UID 6 RFC822.SIZE 5000000000)\r\n$ OK fetched\r\n",
+      0 },
     { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
     { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
     { PG_TEST_PEER_CLOSE, NULL, 0 },
@@ -633,8 +634,10 @@ test_peer_body_before_uid (void)
   const PgTestPeerStep script[] = {
     PEER_SELECTED,
     { PG_TEST_PEER_EXPECT, "UID FETCH 5,7 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND, "* 2 EXPUNGE\r\n* 2 FETCH (BODY[] {21}\r\nSubject: 7\r\n\r\nbody7\r\n UID 7)"
-                         "\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXPUNGE\r\n* 2 FETCH (BODY[] {21}\r\nSubject: 7\r\n\r\nbody7\r\n UID 7)"
+      "\r\n$ OK fetched\r\n",
+      0 },
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   const char *pipelined = "RETR 1\r\nRETR 3\r\n";

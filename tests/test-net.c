@@ -19,9 +19,9 @@
 static guint16
 free_port (const char *host)
 {
-  g_autoptr (GSocket) sock = g_socket_new (strchr (host, ':') ? G_SOCKET_FAMILY_IPV6
-                                                              : G_SOCKET_FAMILY_IPV4,
-                                           G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GSocket) sock
+      = g_socket_new (strchr (host, ':') ? G_SOCKET_FAMILY_IPV6 : G_SOCKET_FAMILY_IPV4,
+                      G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
   g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (host);
   g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, 0);
   g_autoptr (GSocketAddress) bound = NULL;
@@ -94,7 +94,8 @@ frontend_start (PgConn *conn, gpointer user_data)
   g_signal_connect (conn, "closed", G_CALLBACK (frontend_closed_cb), fe);
   g_signal_connect (conn, "timeout", G_CALLBACK (frontend_timeout_cb), fe);
   g_signal_connect (conn, "shutdown", G_CALLBACK (frontend_shutdown_cb), fe);
-  pg_conn_write_printf (conn, "+OK hello %s%s\r\n", pg_frontend_to_string (pg_conn_get_frontend (conn)),
+  pg_conn_write_printf (conn, "+OK hello %s%s\r\n",
+                        pg_frontend_to_string (pg_conn_get_frontend (conn)),
                         pg_conn_is_tls (conn) ? " tls" : "");
 }
 
@@ -126,8 +127,8 @@ static void
 client_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   Client *client = user_data;
-  client->stream = G_IO_STREAM (g_socket_client_connect_finish (G_SOCKET_CLIENT (source),
-                                                                result, &client->error));
+  client->stream = G_IO_STREAM (
+      g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result, &client->error));
   client->done = TRUE;
 }
 
@@ -158,8 +159,7 @@ client_connect (const char *host, guint16 port, const char *bind_ip, const char 
       g_autoptr (GSocketAddress) local_addr = g_inet_socket_address_new (local, 0);
       g_socket_client_set_local_address (sc, local_addr);
     }
-  g_socket_client_connect_async (sc, G_SOCKET_CONNECTABLE (addr), NULL, client_connect_cb,
-                                 client);
+  g_socket_client_connect_async (sc, G_SOCKET_CONNECTABLE (addr), NULL, client_connect_cb, client);
   iterate_until (&client->done);
   if (client->stream == NULL || ca_file == NULL)
     return client;
@@ -232,13 +232,13 @@ static PgConfig *
 make_config (Fixture *fx, const char *extra)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *text = g_strdup_printf (
-      "[upstream]\nhost = 127.0.0.1\ntls = none\nport = 143\n"
-      "[pop3]\nlisten = 127.0.0.1:%u, [::1]:%u\ntls_listen = 127.0.0.1:%u\n"
-      "[tls]\ncert = %s\nkey = %s\n"
-      "%s",
-      fx->port4, fx->port6, fx->tls_port, fx->certs->cert_file, fx->certs->key_file,
-      extra != NULL ? extra : "");
+  g_autofree gchar *text
+      = g_strdup_printf ("[upstream]\nhost = 127.0.0.1\ntls = none\nport = 143\n"
+                         "[pop3]\nlisten = 127.0.0.1:%u, [::1]:%u\ntls_listen = 127.0.0.1:%u\n"
+                         "[tls]\ncert = %s\nkey = %s\n"
+                         "%s",
+                         fx->port4, fx->port6, fx->tls_port, fx->certs->cert_file,
+                         fx->certs->key_file, extra != NULL ? extra : "");
   PgConfig *config = pg_config_load_data (text, strlen (text), "test.conf", &error);
 
   g_assert_no_error (error);
@@ -300,12 +300,12 @@ test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
 static void
 test_tls_verified (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) good = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file,
-                                            "localhost");
-  g_autoptr (Client) untrusted = client_connect ("127.0.0.1", fx->tls_port, NULL,
-                                                 fx->certs->untrusted_ca_file, "localhost");
-  g_autoptr (Client) wrong_name = client_connect ("127.0.0.1", fx->tls_port, NULL,
-                                                  fx->certs->ca_file, "mail.example.org");
+  g_autoptr (Client) good
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file, "localhost");
+  g_autoptr (Client) untrusted
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->untrusted_ca_file, "localhost");
+  g_autoptr (Client) wrong_name
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file, "mail.example.org");
 
   g_assert_no_error (good->error);
   client_expect (good, "+OK hello pop3 tls\r\n");
@@ -390,12 +390,13 @@ test_reload (Fixture *fx, gconstpointer data)
     g_autoptr (GSocket) blocker = NULL;
     g_autoptr (PgConfig) bad = NULL;
     guint16 taken = free_port ("127.0.0.1");
-    g_autofree gchar *taken_extra = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u, 127.0.0.1:%u\n",
-                                                     added, taken);
+    g_autofree gchar *taken_extra
+        = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u, 127.0.0.1:%u\n", added, taken);
     g_autoptr (GInetAddress) ip = g_inet_address_new_from_string ("127.0.0.1");
     g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, taken);
 
-    blocker = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+    blocker
+        = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
     g_assert_true (g_socket_bind (blocker, addr, FALSE, NULL));
     g_assert_true (g_socket_listen (blocker, NULL));
     bad = make_config (fx, taken_extra);
@@ -445,13 +446,11 @@ main (int argc, char **argv)
               fixture_teardown);
   g_test_add ("/popgate/net/limit-total", Fixture, "[limits]\nmax_sessions = 2\n", fixture_setup,
               test_limit_total, fixture_teardown);
-  g_test_add ("/popgate/net/limit-per-address", Fixture,
-              "[limits]\nmax_sessions_per_address = 1\n", fixture_setup, test_limit_per_address,
-              fixture_teardown);
+  g_test_add ("/popgate/net/limit-per-address", Fixture, "[limits]\nmax_sessions_per_address = 1\n",
+              fixture_setup, test_limit_per_address, fixture_teardown);
   g_test_add ("/popgate/net/preauth-timeout", Fixture, "[limits]\npreauth_timeout = 200ms\n",
               fixture_setup, test_preauth_timeout, fixture_teardown);
-  g_test_add ("/popgate/net/reload", Fixture, NULL, fixture_setup, test_reload,
-              fixture_teardown);
+  g_test_add ("/popgate/net/reload", Fixture, NULL, fixture_setup, test_reload, fixture_teardown);
   g_test_add ("/popgate/net/shutdown", Fixture, NULL, fixture_setup, test_shutdown,
               fixture_teardown);
   return g_test_run ();

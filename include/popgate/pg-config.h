@@ -60,9 +60,9 @@ typedef enum
 /* How a password goes upstream ([upstream] auth_mechanism). */
 typedef enum
 {
-  PG_AUTH_MECHANISM_AUTO,  /* AUTHENTICATE PLAIN when advertised, else LOGIN; falls back to
-                            * LOGIN once when AUTHENTICATE fails for another reason than
-                            * bad credentials */
+  PG_AUTH_MECHANISM_AUTO, /* AUTHENTICATE PLAIN when advertised, else LOGIN; falls back to
+                           * LOGIN once when AUTHENTICATE fails for another reason than
+                           * bad credentials */
   PG_AUTH_MECHANISM_PLAIN,
   PG_AUTH_MECHANISM_LOGIN,
 } PgAuthMechanism;
@@ -83,30 +83,30 @@ typedef enum
 /* The oauth2_* keys of an upstream group (meaningful with auth = oauth2). */
 typedef struct
 {
-  gchar *token_url;          /* owned: https://, or http:// to a loopback host only */
-  gchar *client_id;          /* owned */
-  gchar *client_secret_file; /* owned; NULL for a public client */
-  gchar *scope;              /* owned; NULL: none sent */
-  PgOAuth2Grant grant;       /* default refresh_token */
+  gchar *token_url;            /* owned: https://, or http:// to a loopback host only */
+  gchar *client_id;            /* owned */
+  gchar *client_secret_file;   /* owned; NULL for a public client */
+  gchar *scope;                /* owned; NULL: none sent */
+  PgOAuth2Grant grant;         /* default refresh_token */
   PgOAuth2Mechanism mechanism; /* default auto */
-  gchar *authorize_url;      /* owned; for --oauth2-authorize (code + PKCE) */
-  gchar *device_url;         /* owned; for --oauth2-authorize (device grant, RFC 8628) */
-  gchar *ca_file;            /* owned; NULL: the system trust store. Always verified */
+  gchar *authorize_url;        /* owned; for --oauth2-authorize (code + PKCE) */
+  gchar *device_url;           /* owned; for --oauth2-authorize (device grant, RFC 8628) */
+  gchar *ca_file;              /* owned; NULL: the system trust store. Always verified */
 } PgOAuth2Config;
 
 /* One upstream: [upstream] (name "default") or an [upstream:NAME] group. */
 typedef struct
 {
-  gchar *name;           /* owned: "default" or NAME */
-  gchar *provider;       /* owned: "generic", "gmail" or "outlook" (presets applied) */
+  gchar *name;     /* owned: "default" or NAME */
+  gchar *provider; /* owned: "generic", "gmail" or "outlook" (presets applied) */
   gchar *host;
-  guint16 port;          /* default 993 for implicit, else 143 */
-  PgUpstreamTls tls;     /* default implicit */
-  gchar *ca_file;        /* NULL: the system trust store */
-  gchar *mailbox;        /* default "INBOX" */
-  guint timeout_ms;      /* per command; default 60 s */
-  guint connect_timeout_ms; /* default 30 s */
-  PgUpstreamAuth auth;   /* default password */
+  guint16 port;                   /* default 993 for implicit, else 143 */
+  PgUpstreamTls tls;              /* default implicit */
+  gchar *ca_file;                 /* NULL: the system trust store */
+  gchar *mailbox;                 /* default "INBOX" */
+  guint timeout_ms;               /* per command; default 60 s */
+  guint connect_timeout_ms;       /* default 30 s */
+  PgUpstreamAuth auth;            /* default password */
   PgAuthMechanism auth_mechanism; /* default auto */
   PgOAuth2Config oauth2;
 } PgUpstreamConfig;
@@ -115,8 +115,8 @@ typedef struct
  * durations are in milliseconds. Strings are owned by the config; NULL = not set. */
 typedef struct
 {
-  gint ref_count;      /* private */
-  gchar *source;       /* owned: the file it came from, or "(command line)" */
+  gint ref_count; /* private */
+  gchar *source;  /* owned: the file it came from, or "(command line)" */
 
   /* [upstream]: the default upstream (name "default"). */
   PgUpstreamConfig upstream;
@@ -126,18 +126,18 @@ typedef struct
 
   struct
   {
-    GPtrArray *listen;     /* owned, of PgListenAddr*; may be empty */
-    GPtrArray *tls_listen; /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *listen;             /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *tls_listen;         /* owned, of PgListenAddr*; may be empty */
     PgDeletePolicy delete_policy;  /* default expunge */
-    gchar *move_mailbox;   /* the MAILBOX of "move:MAILBOX", else NULL */
-    gboolean mark_seen;    /* default true */
+    gchar *move_mailbox;           /* the MAILBOX of "move:MAILBOX", else NULL */
+    gboolean mark_seen;            /* default true */
     gboolean allow_plaintext_auth; /* plaintext auth off-loopback without TLS; default false */
-    guint autologout_ms;   /* RFC 1939 autologout; default and minimum 10 min */
-    guint login_delay_s;   /* LOGIN-DELAY to advertise; 0 = not advertised */
-    gchar *client_tag_separator; /* default "#"; "" disables tags */
-    PgFirstLogin first_login;    /* default all */
-    guint recent_days;     /* 0 = no age window */
-    gboolean proxy_protocol; /* every pop3 listener expects a PROXY header; default false */
+    guint autologout_ms;           /* RFC 1939 autologout; default and minimum 10 min */
+    guint login_delay_s;           /* LOGIN-DELAY to advertise; 0 = not advertised */
+    gchar *client_tag_separator;   /* default "#"; "" disables tags */
+    PgFirstLogin first_login;      /* default all */
+    guint recent_days;             /* 0 = no age window */
+    gboolean proxy_protocol;       /* every pop3 listener expects a PROXY header; default false */
   } pop3;
 
   struct
@@ -160,9 +160,9 @@ typedef struct
 
   struct
   {
-    gchar *cert;           /* PEM certificate (chain) presented to clients */
-    gchar *key;            /* PEM private key */
-    gchar *priority;       /* GnuTLS priority string; NULL = the backend's default */
+    gchar *cert;     /* PEM certificate (chain) presented to clients */
+    gchar *key;      /* PEM private key */
+    gchar *priority; /* GnuTLS priority string; NULL = the backend's default */
   } tls;
 
   struct
@@ -173,7 +173,7 @@ typedef struct
 
   struct
   {
-    GPtrArray *listen;      /* empty: no metrics endpoint */
+    GPtrArray *listen; /* empty: no metrics endpoint */
   } metrics;
 
   struct
@@ -182,14 +182,14 @@ typedef struct
     guint max_sessions_per_address; /* per client IP address */
     guint preauth_timeout_ms;
     guint auth_failure_delay_ms;
-    guint max_auth_failures;        /* then disconnect */
-    guint max_bad_commands;         /* then disconnect */
-    guint shutdown_timeout_ms;      /* SIGTERM: how long sessions may still run */
+    guint max_auth_failures;   /* then disconnect */
+    guint max_bad_commands;    /* then disconnect */
+    guint shutdown_timeout_ms; /* SIGTERM: how long sessions may still run */
   } limits;
 
   struct
   {
-    gboolean trace;          /* audit trace of client ↔ upstream commands */
+    gboolean trace; /* audit trace of client ↔ upstream commands */
   } log;
 
   struct
@@ -235,6 +235,9 @@ const PgAccount *pg_config_find_account (const PgConfig *config, const char *loc
 gboolean pg_config_account_check (const PgAccount *account, const char *password);
 const char *pg_credential_kind_to_string (PgCredentialKind kind);
 
+/* Is `key` a key of `group` (tests check the docs against the code's key table)? */
+gboolean pg_config_is_known_key (const char *group, const char *key);
+
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */
 PgConfig *pg_config_load_file (const char *path, GError **error);
@@ -246,10 +249,13 @@ PgConfig *pg_config_load_data (const char *data, gsize len, const char *source, 
  * are not set. */
 typedef struct
 {
-  const char *upstream;    /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
-                            * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
-  const char *pop3_listen; /* a listen list, replaces [pop3] listen */
-  const char *imap_listen; /* a listen list, replaces [imap] listen */
+  const char *upstream;     /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
+                             * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
+  const char *upstream_tls; /* "none", "starttls" or "implicit": replaces [upstream] tls
+                             * (also the one --upstream's scheme implies) */
+  const char *upstream_ca;  /* a CA file (absolute path): replaces [upstream] ca_file */
+  const char *pop3_listen;  /* a listen list, replaces [pop3] listen */
+  const char *imap_listen;  /* a listen list, replaces [imap] listen */
   /* Listeners come from systemd (socket activation): the config may then name none. */
   gboolean inherited_listeners;
 } PgConfigOverrides;

@@ -123,7 +123,8 @@ gboolean pg_login_sasl_in_progress (PgLogin *login);
  *  3. connect to the account's upstream, ID (x-originating-ip = the client) pipelined
  *     with the login: per the upstream's auth_mechanism, auto = AUTHENTICATE PLAIN when
  *     advertised, else LOGIN with literals (and LOGIN once more, on a new connection if
- *     need be, when AUTHENTICATE failed for another reason than the credentials), plain,
+ *     need be, when AUTHENTICATE failed for another reason than the credentials or a
+ *     timeout), plain,
  *     login; OAUTHBEARER / XOAUTH2 for OAuth2 accounts.
  * `for_relay`: the connection will be handed to a relay (pg_upstream_hold_when_idle()).
  * Errors: PG_ERROR_AUTH_FAILED for any refusal of the credentials (answer [AUTH] /

@@ -79,8 +79,8 @@ gboolean pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError
 
 /* Upgrade to TLS as the server (STLS/STARTTLS). The caller must have written and flushed
  * its "+OK"/"OK" and must discard anything it had buffered from the plaintext stream. */
-void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable,
-                              GAsyncReadyCallback callback, gpointer user_data);
+void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCallback callback,
+                              gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
@@ -122,8 +122,7 @@ gboolean pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean
 /* TRUE when an inherited socket serves `frontend` (plain or TLS as `tls`). */
 gboolean pg_server_has_inherited (PgServer *server, PgFrontend frontend, gboolean tls);
 /* The addresses actually bound (useful with port 0 in tests), as "host:port" strings. */
-GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend,
-                                          gboolean tls);
+GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend, gboolean tls);
 
 /* Signals on PgServer:
  *   "idle" (void) — after shutdown, emitted when the last session has ended. */

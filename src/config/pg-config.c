@@ -53,19 +53,19 @@ static const char *const pg_config_upstream_keys[] = { "host",
                                                        "oauth2_ca_file",
                                                        NULL };
 static const char *const pg_config_pop3_keys[]
-  = { "listen",     "tls_listen",  "delete",  "mark_seen",
-      "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
-      "first_login", "recent_days", "proxy_protocol", NULL };
+    = { "listen",      "tls_listen",           "delete",
+        "mark_seen",   "allow_plaintext_auth", "autologout",
+        "login_delay", "client_tag_separator", "first_login",
+        "recent_days", "proxy_protocol",       NULL };
 static const char *const pg_config_imap_keys[]
-  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
-      "account_map", NULL };
+    = { "listen",      "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
+        "account_map", NULL };
 static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
 static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
 static const char *const pg_config_metrics_keys[] = { "listen", NULL };
 static const char *const pg_config_limits_keys[]
-  = { "max_sessions",       "max_sessions_per_address", "preauth_timeout",
-      "auth_failure_delay", "max_auth_failures",        "max_bad_commands",
-      "shutdown_timeout",   NULL };
+    = { "max_sessions",      "max_sessions_per_address", "preauth_timeout",  "auth_failure_delay",
+        "max_auth_failures", "max_bad_commands",         "shutdown_timeout", NULL };
 static const char *const pg_config_log_keys[] = { "trace", NULL };
 static const char *const pg_config_proxy_keys[] = { "trusted", NULL };
 static const char *const pg_config_accounts_keys[] = { "file", NULL };
@@ -81,6 +81,18 @@ static const PgConfigGroup pg_config_groups[] = {
 /* [upstream:NAME] groups take the keys of [upstream]. */
 #define PG_CONFIG_UPSTREAM_GROUP_PREFIX "upstream:"
 
+gboolean
+pg_config_is_known_key (const char *group, const char *key)
+{
+  /* [upstream:NAME] groups take the keys of [upstream]. */
+  if (g_str_has_prefix (group, "upstream:"))
+    group = "upstream";
+  for (gsize g = 0; g < G_N_ELEMENTS (pg_config_groups); g++)
+    if (strcmp (group, pg_config_groups[g].name) == 0)
+      return g_strv_contains (pg_config_groups[g].keys, key);
+  return FALSE;
+}
+
 /* Who may send a PROXY header unless [proxy] trusted says otherwise: a load balancer on
  * the same host. Anything wider must be written down by the admin. */
 #define PG_CONFIG_DEFAULT_PROXY_TRUSTED "127.0.0.0/8, ::1/128"
@@ -92,10 +104,10 @@ static void pg_config_upstream_defaults (PgUpstreamConfig *up, const char *name)
 
 typedef struct
 {
-  const char *source;   /* unowned: the file name as given, or "(command line)" */
-  GKeyFile *keyfile;    /* unowned */
-  gchar *base_dir;      /* owned: relative paths are resolved against it */
-  GHashTable *origins;  /* owned: "group\nkey" → the command-line flag that set it */
+  const char *source;           /* unowned: the file name as given, or "(command line)" */
+  GKeyFile *keyfile;            /* unowned */
+  gchar *base_dir;              /* owned: relative paths are resolved against it */
+  GHashTable *origins;          /* owned: "group\nkey" → the command-line flag that set it */
   gboolean inherited_listeners; /* socket activation: no listen key is needed */
 } PgConfigLoader;
 
@@ -120,8 +132,8 @@ static gboolean pg_config_fail (const PgConfigLoader *loader, const char *group,
                                 GError **error, const char *format, ...) G_GNUC_PRINTF (5, 6);
 
 static gboolean
-pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key,
-                GError **error, const char *format, ...)
+pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key, GError **error,
+                const char *format, ...)
 {
   g_autofree gchar *what = NULL;
   g_autofree gchar *where = NULL;
@@ -245,8 +257,8 @@ pg_config_parse_uint (const char *value, guint min, guint max, guint *out_value,
     }
   if (number < min || number > max)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is out of range (%u to %u)", quoted,
-                   min, max);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is out of range (%u to %u)", quoted, min,
+                   max);
       return FALSE;
     }
   *out_value = (guint) number;
@@ -449,9 +461,8 @@ pg_config_parse_duration (const char *value, guint *out_ms, GError **error)
 
           if (ms > G_MAXUINT)
             {
-              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
-                           "%s is too long (at most %u days)", quoted,
-                           G_MAXUINT / (24u * 3600000u));
+              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is too long (at most %u days)",
+                           quoted, G_MAXUINT / (24u * 3600000u));
               return FALSE;
             }
           *out_ms = (guint) ms;
@@ -535,8 +546,7 @@ pg_config_parse_listen_entry (const char *entry, GError **error)
     {
       if (!g_ascii_isdigit (*p))
         {
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port is not a number",
-                       quoted);
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port is not a number", quoted);
           return NULL;
         }
       port = port * 10 + (guint) (*p - '0');
@@ -545,8 +555,7 @@ pg_config_parse_listen_entry (const char *entry, GError **error)
     }
   if (port == 0 || port > 65535)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port must be 1 to 65535",
-                   quoted);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port must be 1 to 65535", quoted);
       return NULL;
     }
   addr->port = (guint16) port;
@@ -582,7 +591,7 @@ pg_config_parse_listen (const char *value, GError **error)
 {
   g_auto (GStrv) entries = NULL;
   g_autoptr (GPtrArray) list
-    = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
+      = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
 
   g_return_val_if_fail (value != NULL, NULL);
 
@@ -629,8 +638,8 @@ pg_config_parse_networks (const char *value, GError **error)
           return NULL;
         }
       const char *slash = strchr (entry, '/');
-      g_autofree gchar *host = g_strndup (entry, slash != NULL ? (gsize) (slash - entry)
-                                                               : strlen (entry));
+      g_autofree gchar *host
+          = g_strndup (entry, slash != NULL ? (gsize) (slash - entry) : strlen (entry));
 
       /* Parsed here rather than by g_inet_address_mask_new_from_string(): an out-of-range
        * prefix there is a GObject property warning, not an error. */
@@ -1318,8 +1327,7 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
   if (!pg_config_get_uint (loader, "pop3", "recent_days", 0, PG_CONFIG_MAX_RECENT_DAYS,
                            &config->pop3.recent_days, error))
     return FALSE;
-  if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol,
-                           error))
+  if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol, error))
     return FALSE;
   return TRUE;
 }
@@ -1359,7 +1367,8 @@ pg_config_check_secret_file (const char *path, GError **error)
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
                    "%s: holds secrets but is accessible by group or others (mode %04o; use "
-                   "chmod 600)", path, (guint) (st.st_mode & 07777));
+                   "chmod 600)",
+                   path, (guint) (st.st_mode & 07777));
       return FALSE;
     }
   return TRUE;
@@ -1694,11 +1703,10 @@ pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **er
                            &config->imap.allow_plaintext_auth, error))
     return FALSE;
   if (!pg_config_get_duration (loader, "imap", "idle_timeout",
-                               PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000,
-                               &config->imap.idle_timeout_ms, error))
+                               PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000, &config->imap.idle_timeout_ms,
+                               error))
     return FALSE;
-  if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol,
-                           error))
+  if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol, error))
     return FALSE;
   if (!pg_config_get_path (loader, "imap", "account_map", TRUE, &config->imap.account_map, error))
     return FALSE;
@@ -1738,7 +1746,7 @@ pg_config_load_tls (const PgConfigLoader *loader, PgConfig *config, GError **err
         {
           g_autofree gchar *quoted = pg_config_quote (config->tls.priority);
           g_autofree gchar *at
-            = pg_config_quote (error_pos != NULL ? error_pos : config->tls.priority);
+              = pg_config_quote (error_pos != NULL ? error_pos : config->tls.priority);
           return pg_config_fail (loader, "tls", "priority", error,
                                  "%s is not a GnuTLS priority string (%s, at %s)", quoted,
                                  gnutls_strerror (rc), at);
@@ -1856,8 +1864,10 @@ pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GErro
     const char *key;
     GPtrArray *list;
   } lists[] = {
-    { "pop3", "listen", config->pop3.listen },     { "pop3", "tls_listen", config->pop3.tls_listen },
-    { "imap", "listen", config->imap.listen },     { "imap", "tls_listen", config->imap.tls_listen },
+    { "pop3", "listen", config->pop3.listen },
+    { "pop3", "tls_listen", config->pop3.tls_listen },
+    { "imap", "listen", config->imap.listen },
+    { "imap", "tls_listen", config->imap.tls_listen },
     { "metrics", "listen", config->metrics.listen },
   };
   guint mail_listeners = 0;
@@ -1944,8 +1954,8 @@ pg_config_scan_text (const PgConfigLoader *loader, const char *data, gsize len, 
         return pg_config_fail (loader, group, line, error,
                                "set twice (again on line %" G_GSIZE_FORMAT ")%s", line_no,
                                g_str_has_suffix (line, "listen")
-                                 ? "; list several addresses in one value, comma-separated"
-                                 : "");
+                                   ? "; list several addresses in one value, comma-separated"
+                                   : "");
       g_hash_table_add (seen, g_steal_pointer (&seen_key));
     }
   return TRUE;
@@ -1976,8 +1986,7 @@ pg_config_build (const PgConfigLoader *loader, GError **error)
 }
 
 static void
-pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key,
-                       const char *flag)
+pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key, const char *flag)
 {
   g_hash_table_replace (loader->origins, g_strdup_printf ("%s\n%s", group, key),
                         g_strdup_printf (PG_CONFIG_COMMAND_LINE " %s", flag));
@@ -1995,53 +2004,44 @@ pg_config_set_override (PgConfigLoader *loader, const char *group, const char *k
 static gboolean
 pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GError **error)
 {
-  g_autofree gchar *rest = NULL;
   g_autofree gchar *host = NULL;
-  const char *port = NULL;
-  gsize len = 0;
+  g_autofree gchar *port = NULL;
+  g_autoptr (GError) local_error = NULL;
 
   /* So that a malformed flag is reported as the flag's error, not the file's. */
   pg_config_note_origin (loader, "upstream", "host", "--upstream");
-  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0)
+  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0
+      || g_ascii_strncasecmp (value, "imap://", 7) == 0)
     {
-      pg_config_set_override (loader, "upstream", "tls", "implicit", "--upstream");
-      value += 8;
-    }
-  else if (g_ascii_strncasecmp (value, "imap://", 7) == 0)
-    {
-      /* Certificates are always verified; plaintext upstream needs tls = none in a file. */
-      pg_config_set_override (loader, "upstream", "tls", "starttls", "--upstream");
-      value += 7;
-    }
-  rest = g_strdup (value);
-  len = strlen (rest);
-  if (len > 0 && rest[len - 1] == '/')
-    rest[len - 1] = '\0';
+      g_autofree gchar *scheme = NULL;
+      g_autofree gchar *uri = g_strdup (value);
+      gsize len = strlen (uri);
+      gint uri_port = -1;
 
-  if (rest[0] == '[')
-    {
-      char *close = strchr (rest, ']');
-
-      if (close == NULL || (close[1] != '\0' && close[1] != ':'))
-        return pg_config_fail (loader, "upstream", "host", error,
-                               "an IPv6 address is written [ADDR] or [ADDR]:PORT");
-      host = g_strndup (rest + 1, (gsize) (close - rest - 1));
-      if (close[1] == ':')
-        port = close + 2;
+      if (len > 0 && uri[len - 1] == '/')
+        uri[len - 1] = '\0';
+      /* Certificates are always verified; a plaintext upstream: --upstream-tls none. */
+      if (!g_uri_split_network (uri, G_URI_FLAGS_NONE, &scheme, &host, &uri_port, &local_error))
+        return pg_config_fail (loader, "upstream", "host", error, "%s", local_error->message);
+      pg_config_set_override (loader, "upstream", "tls",
+                              g_ascii_strcasecmp (scheme, "imaps") == 0 ? "implicit" : "starttls",
+                              "--upstream");
+      if (uri_port > 0)
+        port = g_strdup_printf ("%d", uri_port);
     }
   else
     {
-      char *colon = strchr (rest, ':');
+      g_autoptr (GSocketConnectable) address = g_network_address_parse (value, 0, &local_error);
 
-      /* More than one colon without brackets: a bare IPv6 address, no port. */
-      if (colon != NULL && strchr (colon + 1, ':') == NULL)
-        {
-          *colon = '\0';
-          port = colon + 1;
-        }
-      host = g_strdup (rest);
+      if (address == NULL)
+        return pg_config_fail (loader, "upstream", "host", error,
+                               "%s (write HOST, HOST:PORT, [ADDR]:PORT or imaps://HOST:PORT)",
+                               local_error->message);
+      host = g_strdup (g_network_address_get_hostname (G_NETWORK_ADDRESS (address)));
+      if (g_network_address_get_port (G_NETWORK_ADDRESS (address)) != 0)
+        port = g_strdup_printf ("%u", g_network_address_get_port (G_NETWORK_ADDRESS (address)));
     }
-  if (host[0] == '\0')
+  if (host == NULL || host[0] == '\0')
     return pg_config_fail (loader, "upstream", "host", error, "missing host name");
   pg_config_set_override (loader, "upstream", "host", host, "--upstream");
   if (port != NULL)
@@ -2051,8 +2051,7 @@ pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GE
 
 static PgConfig *
 pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const char *source,
-                        const char *base_dir, const PgConfigOverrides *overrides,
-                        GError **error)
+                        const char *base_dir, const PgConfigOverrides *overrides, GError **error)
 {
   PgConfigLoader loader = {
     .source = source,
@@ -2074,12 +2073,17 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const ch
       loader.inherited_listeners = overrides->inherited_listeners;
       if (overrides->upstream != NULL)
         ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
+      /* After --upstream, whose scheme implies a tls mode: the explicit flag wins. */
+      if (ok && overrides->upstream_tls != NULL)
+        pg_config_set_override (&loader, "upstream", "tls", overrides->upstream_tls,
+                                "--upstream-tls");
+      if (ok && overrides->upstream_ca != NULL)
+        pg_config_set_override (&loader, "upstream", "ca_file", overrides->upstream_ca,
+                                "--upstream-ca");
       if (ok && overrides->pop3_listen != NULL)
-        pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen,
-                                "--pop3-listen");
+        pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen, "--pop3-listen");
       if (ok && overrides->imap_listen != NULL)
-        pg_config_set_override (&loader, "imap", "listen", overrides->imap_listen,
-                                "--imap-listen");
+        pg_config_set_override (&loader, "imap", "listen", overrides->imap_listen, "--imap-listen");
       if (!ok)
         {
           pg_config_loader_clear (&loader);
@@ -2106,8 +2110,8 @@ pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **e
   if (path == NULL)
     {
       base_dir = g_get_current_dir ();
-      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir,
-                                     overrides, error);
+      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir, overrides,
+                                     error);
     }
 
   if (!g_file_get_contents (path, &contents, &len, &local_error))

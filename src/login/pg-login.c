@@ -402,6 +402,8 @@ pg_login_password_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   if (authenticate && !op->fell_back
       && op->upstream_config->auth_mechanism == PG_AUTH_MECHANISM_AUTO
       && !g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED)
+      /* A timeout already took the upstream's whole timeout: no second one. */
+      && !g_error_matches (error, PG_ERROR, PG_ERROR_TIMEOUT)
       && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED)
       && !g_cancellable_is_cancelled (g_task_get_cancellable (task)))
     {

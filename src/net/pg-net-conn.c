@@ -26,33 +26,33 @@ struct _PgConn
 
   guint64 id;
   PgFrontend frontend;
-  PgConfig *config;           /* owned */
-  GTlsCertificate *tls_cert;  /* owned, may be NULL: what STLS/STARTTLS would present */
-  GSocketConnection *socket;  /* owned: the TCP connection */
-  GIOStream *stream;          /* owned: socket or TLS on top of it */
-  gchar *peer;                /* owned */
-  gchar *peer_ip;             /* owned */
-  gchar *proxy;               /* owned: the proxy's address when a PROXY header named
-                               * the client, else NULL */
+  PgConfig *config;          /* owned */
+  GTlsCertificate *tls_cert; /* owned, may be NULL: what STLS/STARTTLS would present */
+  GSocketConnection *socket; /* owned: the TCP connection */
+  GIOStream *stream;         /* owned: socket or TLS on top of it */
+  gchar *peer;               /* owned */
+  gchar *peer_ip;            /* owned */
+  gchar *proxy;              /* owned: the proxy's address when a PROXY header named
+                              * the client, else NULL */
   gboolean loopback;
   gboolean tls;
 
-  GCancellable *cancellable;  /* owned: cancels our own I/O on close */
+  GCancellable *cancellable; /* owned: cancels our own I/O on close */
   gboolean read_pending;
 
-  GQueue write_queue;         /* of GBytes* (owned) */
-  gsize write_offset;         /* bytes of the head already written */
-  gsize queued;               /* bytes in the queue not yet written */
+  GQueue write_queue; /* of GBytes* (owned) */
+  gsize write_offset; /* bytes of the head already written */
+  gsize queued;       /* bytes in the queue not yet written */
   gboolean write_pending;
-  GList *drain_waiters;       /* of GTask* (owned) waiting for the queue to drain */
+  GList *drain_waiters; /* of GTask* (owned) waiting for the queue to drain */
 
   guint idle_timeout_ms;
-  GSource *idle_source;       /* owned */
-  GSource *close_source;      /* owned: deadline for a flushing close */
+  GSource *idle_source;  /* owned */
+  GSource *close_source; /* owned: deadline for a flushing close */
 
   guint64 bytes_in;
   guint64 bytes_out;
-  gboolean closing;           /* pg_conn_close called: flush then close */
+  gboolean closing; /* pg_conn_close called: flush then close */
   gboolean closed;
 };
 
@@ -109,17 +109,15 @@ pg_conn_class_init (PgConnClass *klass)
   object_class->dispose = pg_conn_dispose;
   object_class->finalize = pg_conn_finalize;
 
-  pg_conn_signals[SIGNAL_CLOSED] = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass),
-                                                 G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
-                                                 G_TYPE_NONE, 0);
+  pg_conn_signals[SIGNAL_CLOSED] = g_signal_new (
+      "closed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE, 0);
   /* Returns TRUE when a handler took care of the timeout (it closes the connection). */
-  pg_conn_signals[SIGNAL_TIMEOUT] = g_signal_new ("timeout", G_TYPE_FROM_CLASS (klass),
-                                                  G_SIGNAL_RUN_LAST, 0,
-                                                  g_signal_accumulator_true_handled, NULL,
-                                                  NULL, G_TYPE_BOOLEAN, 0);
-  pg_conn_signals[SIGNAL_SHUTDOWN] = g_signal_new ("shutdown", G_TYPE_FROM_CLASS (klass),
-                                                   G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
-                                                   G_TYPE_NONE, 0);
+  pg_conn_signals[SIGNAL_TIMEOUT]
+      = g_signal_new ("timeout", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0,
+                      g_signal_accumulator_true_handled, NULL, NULL, G_TYPE_BOOLEAN, 0);
+  pg_conn_signals[SIGNAL_SHUTDOWN]
+      = g_signal_new ("shutdown", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 0);
 }
 
 static void
@@ -130,9 +128,8 @@ pg_conn_init (PgConn *conn)
 }
 
 PgConn *
-pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
-                      GSocketConnection *socket, GIOStream *stream, gboolean tls,
-                      GTlsCertificate *tls_cert)
+pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocketConnection *socket,
+                      GIOStream *stream, gboolean tls, GTlsCertificate *tls_cert)
 {
   PgConn *conn = g_object_new (PG_TYPE_CONN, NULL);
   g_autoptr (GSocketAddress) remote = NULL;
@@ -325,8 +322,8 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
   conn->read_pending = TRUE;
   g_input_stream_read_async (g_io_stream_get_input_stream (conn->stream), buffer, len,
                              G_PRIORITY_DEFAULT,
-                             cancellable != NULL ? cancellable : conn->cancellable,
-                             pg_conn_read_cb, g_steal_pointer (&task));
+                             cancellable != NULL ? cancellable : conn->cancellable, pg_conn_read_cb,
+                             g_steal_pointer (&task));
 }
 
 gssize

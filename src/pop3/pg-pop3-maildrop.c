@@ -393,9 +393,9 @@ typedef struct
   GArray *deleted;          /* owned */
   GArray *seen;             /* owned */
   PgDeletePolicy policy;
-  gchar *move_mailbox;      /* owned: PG_DELETE_MOVE's mailbox, else NULL */
+  gchar *move_mailbox; /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
-  GString *problems;        /* owned: what was not applied */
+  GString *problems; /* owned: what was not applied */
 } PgUpdateData;
 
 static void
@@ -410,8 +410,8 @@ pg_update_data_free (PgUpdateData *data)
 
 static void pg_pop3_maildrop_update_next (GTask *task);
 
-static void
-pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
+    G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
@@ -446,8 +446,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_FLAG_DELETED:
       if (!pg_upstream_add_flags_finish (upstream, result, &error))
         {
-          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
-                                           data->deleted->len, error->message);
+          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)", data->deleted->len,
+                                           error->message);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
@@ -456,9 +456,12 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           /* Never a plain EXPUNGE: it would also remove what an IMAP user flagged
            * \Deleted and meant to keep. The messages stay flagged. */
-          pg_session_warning (maildrop->sid, "upstream lacks UIDPLUS: %u messages left "
-                              "flagged \\Deleted, not expunged", data->deleted->len);
-          pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks UIDPLUS: %u messages left "
+                              "flagged \\Deleted, not expunged",
+                              data->deleted->len);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages flagged \\Deleted but not "
                                            "expunged: the server lacks UIDPLUS",
                                            data->deleted->len);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
@@ -469,8 +472,10 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       break;
     case PG_UPDATE_EXPUNGE:
       if (!pg_upstream_expunge_finish (upstream, result, &error))
-        pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
-                                         "expunged (%s)", data->deleted->len, error->message);
+        pg_pop3_maildrop_update_problem (data,
+                                         "%u messages flagged \\Deleted but not "
+                                         "expunged (%s)",
+                                         data->deleted->len, error->message);
       pg_metrics_dele (error == NULL ? PG_METRICS_DELE_EXPUNGED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
       data->step = PG_UPDATE_DONE;
@@ -478,17 +483,17 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
-                                         data->deleted->len, data->move_mailbox,
-                                         error->message);
+                                         data->deleted->len, data->move_mailbox, error->message);
       else if (!removed)
         {
-          pg_session_warning (maildrop->sid, "upstream lacks MOVE and UIDPLUS: %u messages "
-                              "copied to %s and left flagged \\Deleted", data->deleted->len,
-                              data->move_mailbox);
-          pg_pop3_maildrop_update_problem (data, "%u messages copied to %s but left flagged "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks MOVE and UIDPLUS: %u messages "
+                              "copied to %s and left flagged \\Deleted",
+                              data->deleted->len, data->move_mailbox);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages copied to %s but left flagged "
                                            "\\Deleted: the server lacks UIDPLUS",
-                                           data->deleted->len,
-                                           data->move_mailbox);
+                                           data->deleted->len, data->move_mailbox);
         }
       pg_metrics_dele (error == NULL && removed ? PG_METRICS_DELE_MOVED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
@@ -532,8 +537,8 @@ pg_pop3_maildrop_update_next (GTask *task)
             {
               data->step = PG_UPDATE_MOVE;
               pg_upstream_move_async (upstream, (const guint32 *) data->deleted->data,
-                                      data->deleted->len, data->move_mailbox,
-                                      cancellable, pg_pop3_maildrop_update_step_cb, task);
+                                      data->deleted->len, data->move_mailbox, cancellable,
+                                      pg_pop3_maildrop_update_step_cb, task);
               return;
             }
           pg_upstream_add_flags_async (upstream, (const guint32 *) data->deleted->data,
@@ -549,8 +554,7 @@ pg_pop3_maildrop_update_next (GTask *task)
           g_assert_not_reached ();
         case PG_UPDATE_DONE:
           if (data->problems->len > 0)
-            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s",
-                                     data->problems->str);
+            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s", data->problems->str);
           else
             g_task_return_boolean (task, TRUE);
           g_object_unref (task);

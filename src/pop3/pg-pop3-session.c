@@ -73,23 +73,23 @@ struct _PgPop3Session
 {
   GObject parent_instance;
 
-  PgConn *conn;            /* owned */
-  PgConfig *config;        /* unowned: the conn's */
+  PgConn *conn;     /* owned */
+  PgConfig *config; /* unowned: the conn's */
   guint64 id;
   PgPop3State state;
   gint64 started_us;
-  gchar *end_reason;       /* owned: why the session ended, for the end line */
+  gchar *end_reason; /* owned: why the session ended, for the end line */
 
-  PgLineReader *reader;    /* owned */
-  guint8 *read_buffer;     /* owned, PG_POP3_READ_CHUNK bytes */
-  gboolean reading;        /* a socket read is pending */
-  gboolean busy;           /* a command is waiting for the upstream or a timer */
-  gboolean starting_tls;   /* STLS: no socket reads until the handshake is done */
-  gboolean tls_flushed;    /* STLS: the +OK is on the wire */
-  gboolean output_full;    /* replies wait for the client to read: no commands, no reads */
+  PgLineReader *reader;           /* owned */
+  guint8 *read_buffer;            /* owned, PG_POP3_READ_CHUNK bytes */
+  gboolean reading;               /* a socket read is pending */
+  gboolean busy;                  /* a command is waiting for the upstream or a timer */
+  gboolean starting_tls;          /* STLS: no socket reads until the handshake is done */
+  gboolean tls_flushed;           /* STLS: the +OK is on the wire */
+  gboolean output_full;           /* replies wait for the client to read: no commands, no reads */
   GCancellable *read_cancellable; /* owned: the pending socket read */
-  GString *reply;          /* replies not yet handed to the connection */
-  GCancellable *cancellable; /* owned: cancelled when the connection closes */
+  GString *reply;                 /* replies not yet handed to the connection */
+  GCancellable *cancellable;      /* owned: cancelled when the connection closes */
 
   guint long_lines; /* consecutive over-long lines */
 
@@ -99,8 +99,8 @@ struct _PgPop3Session
   gchar *lock_key; /* owned when this session holds the maildrop lock */
 
   PgPop3Maildrop *maildrop; /* owned */
-  GArray *messages;        /* unowned: the maildrop's snapshot of PgPop3Message */
-  guint8 *flags;           /* owned: PG_POP3_MSG_* per message */
+  GArray *messages;         /* unowned: the maildrop's snapshot of PgPop3Message */
+  guint8 *flags;            /* owned: PG_POP3_MSG_* per message */
   guint32 uidvalidity;
 
   /* Per-client state (DESIGN.md "Per-client state") */
@@ -111,17 +111,17 @@ struct _PgPop3Session
   guint n_hidden;              /* snapshot messages the client's state and windows hide */
 
   /* QUIT in progress */
-  GArray *quit_deleted;    /* owned, guint32 UIDs */
-  GArray *quit_seen;       /* owned, guint32 UIDs */
-  gchar *quit_problem;     /* owned: what the update could not apply */
+  GArray *quit_deleted; /* owned, guint32 UIDs */
+  GArray *quit_seen;    /* owned, guint32 UIDs */
+  gchar *quit_problem;  /* owned: what the update could not apply */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
-  GQueue prefetch;           /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
-  guint last_retr;           /* index of the last RETR + 1 (0: none yet) */
-  gboolean retr_run;         /* the current RETR is for the message after the last one */
-  gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
-  GByteArray *stuffed;     /* owned: scratch for stuffed output */
+  GQueue prefetch;          /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
+  guint last_retr;          /* index of the last RETR + 1 (0: none yet) */
+  gboolean retr_run;        /* the current RETR is for the message after the last one */
+  gboolean in_chunk_cb;     /* finishing a RETR from inside the next one's chunk callback */
+  GByteArray *stuffed;      /* owned: scratch for stuffed output */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -307,8 +307,7 @@ pg_pop3_session_init (PgPop3Session *self)
 
 /* --- output ----------------------------------------------------------------------------- */
 
-static void
-pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_reply (PgPop3Session *self, const char *format, ...)
@@ -465,11 +464,10 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
-  pg_session_message (self->id,
-                      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT
-                      " hidden=%u",
-                      user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
-                      self->n_hidden);
+  pg_session_message (
+      self->id,
+      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT " hidden=%u", user,
+      tag, pg_conn_get_peer (self->conn), self->messages->len, total, self->n_hidden);
   self->busy = FALSE;
   pg_login_succeeded (self->login);
   pg_pop3_reply (self, "+OK Logged in.");
@@ -485,10 +483,9 @@ static GHashTable *pg_pop3_stores = NULL; /* "backend\npath" → PgStateStore* (
 static PgStateStore *
 pg_pop3_state_store_get (PgConfig *config, GError **error)
 {
-  g_autofree gchar *id = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
-                                          config->state.backend == PG_STATE_BACKEND_FILE
-                                              ? config->state.path
-                                              : "");
+  g_autofree gchar *id
+      = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
+                         config->state.backend == PG_STATE_BACKEND_FILE ? config->state.path : "");
   PgStateStore *store;
 
   if (pg_pop3_stores == NULL)
@@ -569,8 +566,7 @@ pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
 }
 
 static gboolean
-pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
-                               gpointer user_data)
+pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3Session *self = user_data;
   const PgClientState *state = self->client_state;
@@ -583,7 +579,8 @@ pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
     return FALSE;
   if (self->config->pop3.recent_days > 0 && internaldate != PG_UPSTREAM_NO_DATE)
     {
-      oldest = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
+      oldest
+          = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
       if (internaldate < oldest)
         return FALSE;
     }
@@ -613,8 +610,8 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
   if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
     {
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s",
-                          who, error->message);
+      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s", who,
+                          error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
       return;
@@ -640,8 +637,7 @@ typedef struct
 } PgPop3GoneData;
 
 static gboolean
-pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate,
-                             gpointer user_data)
+pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3GoneData *data = user_data;
   return !pg_uid_set_contains (data->gone, msg->uid);
@@ -662,8 +658,10 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
     {
       /* Still pending: the next login tries again. Showing the messages now would let
        * the client fetch what it already deleted. */
-      pg_session_warning (self->id, "login refused: could not finish the interrupted QUIT of "
-                          "%s: %s", who, error->message);
+      pg_session_warning (self->id,
+                          "login refused: could not finish the interrupted QUIT of "
+                          "%s: %s",
+                          who, error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
       return;
@@ -695,9 +693,10 @@ pg_pop3_session_finish_pending (PgPop3Session *self)
       if (pg_uid_set_contains (state->pending_uids, uid))
         g_array_append_val (uids, uid);
     }
-  pg_session_message (self->id, "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
-                      "still exist)", who, policy == PG_DELETE_MOVE ? "move" : "expunge",
-                      set, uids->len);
+  pg_session_message (self->id,
+                      "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
+                      "still exist)",
+                      who, policy == PG_DELETE_MOVE ? "move" : "expunge", set, uids->len);
   pg_pop3_maildrop_update_async (self->maildrop, policy, state->pending_mailbox, uids, none,
                                  self->cancellable, pg_pop3_session_pending_done_cb,
                                  g_object_ref (self));
@@ -732,7 +731,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
         }
       /* Never "show everything again": a client that deleted under keep would download
        * its whole mailbox once more. The record is left as it is for the admin. */
-      pg_session_warning (self->id, "login refused: the client state of %s cannot be read (left "
+      pg_session_warning (self->id,
+                          "login refused: the client state of %s cannot be read (left "
                           "as it is; repair or remove it to start this client afresh): %s",
                           who, error->message);
       pg_pop3_session_refuse_login (
@@ -750,8 +750,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   switch (status)
     {
     case PG_STATE_LOAD_NEW:
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
       /* first_login = new must remember this login's UIDNEXT even if the client never
        * QUITs; otherwise nothing needs storing yet. */
@@ -763,7 +763,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
       pg_pop3_session_state_ready (self);
       return;
     case PG_STATE_LOAD_UIDVALIDITY_CHANGED:
-      pg_session_warning (self->id, "UIDVALIDITY of %s changed from %u to %u: its state is "
+      pg_session_warning (self->id,
+                          "UIDVALIDITY of %s changed from %u to %u: its state is "
                           "discarded (%" G_GUINT64_FORMAT " hidden, %" G_GUINT64_FORMAT
                           " retrieved%s) and its UIDLs change, so the client will see every "
                           "message as new",
@@ -772,8 +773,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
                           stored->pending != PG_STATE_PENDING_NONE
                               ? ", and an unfinished QUIT whose UIDs no longer apply"
                               : "");
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_pop3_session_login_save (self);
       return;
     case PG_STATE_LOAD_FOUND:
@@ -1219,36 +1220,36 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  *
  * RFC 2449 PIPELINING: when a RETR starts and the next buffered commands are RETRs too,
  * those messages are fetched at once on the same upstream connection (up to
- * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server sends the bodies in
- * order, but may send the next FETCH's body before the previous command's tagged OK
- * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
+ * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server
+ * sends the bodies in order, but may send the next FETCH's body before the previous command's
+ * tagged OK (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
  * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
  * makes the prefetched transfer current, and its chunk is sent. */
 
 struct _PgPop3Transfer
 {
-  PgPop3Session *self;  /* unowned: each fetch callback holds a session reference */
-  guint index;          /* message index (number - 1) */
+  PgPop3Session *self; /* unowned: each fetch callback holds a session reference */
+  guint index;         /* message index (number - 1) */
   gboolean is_top;
-  PgDotStuffer *stuffer; /* owned */
-  gboolean active;      /* the transfer now being sent to the client */
-  gboolean sent_ok;     /* its "+OK" line is out */
-  GBytes *held;         /* owned: a chunk that came before the transfer was active */
-  gboolean finished;    /* the upstream completed the (last) fetch */
-  GError *error;        /* owned: its failure, if any */
-  guint64 delivered;    /* octets of the section being fetched */
-  gboolean top_in_text; /* TOP: the header is out, partials of the text follow */
-  guint64 top_offset;   /* TOP: offset of the BODY[TEXT] partial being fetched */
+  PgDotStuffer *stuffer;       /* owned */
+  gboolean active;             /* the transfer now being sent to the client */
+  gboolean sent_ok;            /* its "+OK" line is out */
+  GBytes *held;                /* owned: a chunk that came before the transfer was active */
+  gboolean finished;           /* the upstream completed the (last) fetch */
+  GError *error;               /* owned: its failure, if any */
+  guint64 delivered;           /* octets of the section being fetched */
+  gboolean top_in_text;        /* TOP: the header is out, partials of the text follow */
+  guint64 top_offset;          /* TOP: offset of the BODY[TEXT] partial being fetched */
   struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
-  gboolean want_pause;  /* sending a held chunk filled the client's queue */
+  gboolean want_pause;         /* sending a held chunk filled the client's queue */
 };
 
 /* One upstream fetch in flight: survives its transfer if that finished early. */
 typedef struct _PgPop3FetchCtx
 {
-  PgPop3Session *self;       /* owned */
-  PgPop3Transfer *transfer;  /* unowned; NULL once the transfer is gone */
+  PgPop3Session *self;      /* owned */
+  PgPop3Transfer *transfer; /* unowned; NULL once the transfer is gone */
 } PgPop3FetchCtx;
 
 static void
@@ -1268,8 +1269,8 @@ static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpo
 static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
 
 static void
-pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
-                             PgPop3Section section, guint64 offset, guint64 length)
+pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
+                             guint64 offset, guint64 length)
 {
   const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
@@ -1376,8 +1377,8 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
         PgPop3Transfer *current = self->transfer;
 
         if (current->delivered == 0 && current->error == NULL)
-          current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                                        "no body came for this message");
+          current->error
+              = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
         current->finished = TRUE;
         self->in_chunk_cb = TRUE;
         pg_pop3_session_transfer_done (self, current);
@@ -1419,8 +1420,8 @@ pg_pop3_session_transfer_step (PgPop3Session *self, PgPop3Transfer *transfer)
       if (transfer->delivered == PG_POP3_TOP_PARTIAL)
         {
           transfer->top_offset += PG_POP3_TOP_PARTIAL;
-          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT,
-                                       transfer->top_offset, PG_POP3_TOP_PARTIAL);
+          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT, transfer->top_offset,
+                                       PG_POP3_TOP_PARTIAL);
           return;
         }
     }
@@ -1602,8 +1603,8 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND) && !transfer->sent_ok)
         {
           /* Someone else expunged it meanwhile: this message fails, the session goes on. */
-          pg_session_info (self->id, "message %u (UID %u) vanished upstream",
-                           transfer->index + 1, msg->uid);
+          pg_session_info (self->id, "message %u (UID %u) vanished upstream", transfer->index + 1,
+                           msg->uid);
           pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
                          transfer->index + 1);
         }
@@ -1707,8 +1708,10 @@ pg_pop3_session_quit_cleared_cb (GObject *source, GAsyncResult *result, gpointer
   /* The update is applied; a record still saying "pending" only makes the next login
    * apply it again to UIDs that no longer exist, which does nothing. */
   if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
-    pg_session_warning (self->id, "QUIT: applied, but the pending update could not be cleared "
-                        "(the next login will find nothing left to do): %s", error->message);
+    pg_session_warning (self->id,
+                        "QUIT: applied, but the pending update could not be cleared "
+                        "(the next login will find nothing left to do): %s",
+                        error->message);
   pg_pop3_session_quit_logout (self);
 }
 
@@ -1762,8 +1765,10 @@ pg_pop3_session_quit_saved_cb (GObject *source, GAsyncResult *result, gpointer u
       /* Nothing was touched upstream: under keep the DELEs would not be remembered, and
        * for expunge/move a crash could not be recovered. So nothing is applied. */
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "QUIT: nothing applied: cannot store the client state of "
-                          "%s: %s", who, error->message);
+      pg_session_warning (self->id,
+                          "QUIT: nothing applied: cannot store the client state of "
+                          "%s: %s",
+                          who, error->message);
       pg_pop3_reply (self, "-ERR [SYS/TEMP] Cannot record this client's state; nothing was "
                            "deleted, try again later.");
       pg_pop3_session_end (self, "QUIT, state not stored");
@@ -1801,10 +1806,9 @@ pg_pop3_session_quit (PgPop3Session *self)
   if (policy == PG_DELETE_KEEP)
     pg_uid_set_union (state->hidden, deleted_set);
   else if (self->quit_deleted->len > 0)
-    pg_client_state_set_pending (state,
-                                 policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE
-                                                          : PG_STATE_PENDING_EXPUNGE,
-                                 self->config->pop3.move_mailbox, deleted_set);
+    pg_client_state_set_pending (
+        state, policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE,
+        self->config->pop3.move_mailbox, deleted_set);
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
   pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
                    pg_delete_policy_to_string (policy), self->quit_seen->len);

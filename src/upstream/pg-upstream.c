@@ -107,10 +107,10 @@ struct _PgUpstream
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
 
-  GSocketConnection *socket;            /* owned: the TCP connection */
-  GIOStream *stream;                    /* owned: socket or the TLS connection on it */
-  GCancellable *io_cancellable;         /* owned: cancels our pending read and write */
-  PgImapParser *parser;                 /* owned */
+  GSocketConnection *socket;    /* owned: the TCP connection */
+  GIOStream *stream;            /* owned: socket or the TLS connection on it */
+  GCancellable *io_cancellable; /* owned: cancels our pending read and write */
+  PgImapParser *parser;         /* owned */
   /* owned: the fixed read buffer (rbuf_size bytes, never grows while in use), allocated
    * only while a reply is expected or bytes wait in it. An idle connection (nothing sent
    * and unanswered) waits for input with wait_source and holds no buffer: with a thousand
@@ -133,7 +133,7 @@ struct _PgUpstream
   GPtrArray *caps_list;    /* owned: the capabilities as the server spelt them, in order */
   gboolean caps_from_code; /* the last tagged/greeting reply carried [CAPABILITY] */
   gboolean tls;
-  gchar *bye_text; /* owned: text of a BYE received */
+  gchar *bye_text;         /* owned: text of a BYE received */
   gboolean hold_when_idle; /* relay hand-off: stop reading once logged in and idle */
 
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
@@ -633,7 +633,7 @@ pg_upstream_flush (PgUpstream *self)
         if (G_IS_POLLABLE_OUTPUT_STREAM (output)
             && g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (output)))
           done = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (output),
-                                                            data, size, NULL, NULL);
+                                                             data, size, NULL, NULL);
         if (done > 0 && (gsize) done == size)
           continue;
         done = MAX (done, 0);
@@ -759,7 +759,8 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       g_autoptr (GError) error
           = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
                          "upstream sent a body for UID %" G_GUINT64_FORMAT " where UID %u was "
-                         "expected", uid, guessed);
+                         "expected",
+                         uid, guessed);
       pg_upstream_fail (self, error);
       return;
     }
@@ -1014,10 +1015,9 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result
-          = pg_imap_parser_feed (self->parser,
-                                 self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
-                                 self->rlen - self->rpos, &consumed, &event, &error);
+      PgImapParseResult result = pg_imap_parser_feed (
+          self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
+          self->rlen - self->rpos, &consumed, &event, &error);
 
       if (result == PG_IMAP_PARSE_ERROR)
         {
@@ -1510,8 +1510,8 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
   /* Commands and their literals go out as separate small writes (AUTHENTICATE PLAIN and
    * its response, pipelined FETCHes): without TCP_NODELAY, Nagle's algorithm holds the
    * second until the first is acknowledged, ~40 ms against a peer that delays its ACKs. */
-  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP,
-                              TCP_NODELAY, 1, NULL);
+  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP, TCP_NODELAY,
+                              1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
   if (self->upstream_config->tls == PG_UPSTREAM_TLS_IMPLICIT)
@@ -2633,8 +2633,7 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
   g_return_val_if_fail (out_buffered != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED
-      && self->state != PG_UPSTREAM_STATE_SELECTED)
+  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED && self->state != PG_UPSTREAM_STATE_SELECTED)
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is not open and logged in");
@@ -2649,8 +2648,8 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
                            "upstream connection is busy; cannot hand it over");
       return NULL;
     }
-  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT
-                               " bytes buffered)", self->rlen - self->rpos);
+  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT " bytes buffered)",
+                    self->rlen - self->rpos);
   *out_buffered = self->rbuf != NULL
                       ? g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos)
                       : g_bytes_new (NULL, 0);
