@@ -12,11 +12,12 @@
 #   GET /device?user_code=CODE&approve_as=USER   (or &deny=1) approves a device code;
 #   GET /authorize?...&approve_as=USER           redirects to redirect_uri with a code.
 # Test-only: GET /stats (request counts), POST /admin (JSON: rotation, lifetimes,
-# clients, token_delay_ms).
+# clients, token_delay_ms, token_fail_status).
 #
 # Run with Debian's /usr/bin/python3:
-#   oauth2-server.py --dir DIR --config FILE.json [--port N]
-# It binds 127.0.0.1:N (0: an ephemeral port), then writes DIR/ready (the port, renamed
+#   oauth2-server.py --dir DIR --config FILE.json [--port N] [--tls-cert PEM --tls-key PEM]
+# It binds 127.0.0.1:N (0: an ephemeral port; https with the given certificate), then
+# writes DIR/ready (the port, renamed
 # into place) and logs one line per request to DIR/oauth2-server.log — never a token,
 # code or secret value. Tokens live in memory only. Stop it with SIGTERM.
 #
@@ -70,6 +71,9 @@ class Settings:
         self.device_code_lifetime = int(conf.get("device_code_lifetime", 600))
         self.slow_down_increment = int(conf.get("slow_down_increment", 5))
         self.token_delay_ms = int(conf.get("token_delay_ms", 0))
+        # Not 0: the token endpoint answers every request with this HTTP status (a broken
+        # provider) and {"error": "temporarily_unavailable"}.
+        self.token_fail_status = int(conf.get("token_fail_status", 0))
 
     def update(self, conf):
         for key, value in conf.items():
@@ -91,7 +95,8 @@ class Client:
         self.grant_types = conf.get(
             "grant_types", ["refresh_token", DEVICE_GRANT, "authorization_code"])
         self.redirect_uris = conf.get("redirect_uris", ["http://127.0.0.1/callback"])
-        self.scope = conf.get("scope", "")
+        # None: any scope asked for is granted (as a provider's mail scope would be).
+        self.scope = conf.get("scope")
         # client_credentials tokens stand for this user (the mailbox of an app-only client).
         self.username = conf.get("username")
 
@@ -104,6 +109,8 @@ class Client:
     def get_allowed_scope(self, scope):
         if not scope:
             return ""
+        if self.scope is None:
+            return scope
         allowed = set(scope_to_list(self.scope))
         return list_to_scope([s for s in scope_to_list(scope) if s in allowed])
 
@@ -401,6 +408,9 @@ def create_app(store):
             time.sleep(store.settings.token_delay_ms / 1000.0)
         with LOCK:
             store.count("token", grant_type)
+            if store.settings.token_fail_status:
+                store.count("token_error", grant_type)
+                return jsonify(error="temporarily_unavailable"), store.settings.token_fail_status
             response = server.create_token_response()
             store.count("token_ok" if response.status_code == 200 else "token_error", grant_type)
             return response
@@ -528,6 +538,8 @@ def main():
     parser.add_argument("--dir", required=True, help="writes ready and oauth2-server.log here")
     parser.add_argument("--config", required=True, help="JSON: settings and clients")
     parser.add_argument("--port", type=int, default=0, help="0: an ephemeral port")
+    parser.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="and this key (PEM)")
     args = parser.parse_args()
 
     with open(args.config, encoding="utf-8") as f:
@@ -538,7 +550,8 @@ def main():
 
     app = create_app(STORE)
     install_request_log(app, os.path.join(args.dir, "oauth2-server.log"))
-    httpd = make_server("127.0.0.1", args.port, app, threaded=True)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    httpd = make_server("127.0.0.1", args.port, app, threaded=True, ssl_context=tls)
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(0))
 
     ready = os.path.join(args.dir, "ready")

@@ -63,6 +63,19 @@ pg_test_oauth2_new (const PgTestOAuth2Options *options, GError **error)
   oauth2->dir = g_dir_make_tmp ("popgate-oauth2-XXXXXX", error);
   if (oauth2->dir == NULL)
     return NULL;
+  if (oauth2->options.tls)
+    {
+      g_autoptr (GTlsDatabase) database = NULL;
+
+      oauth2->certs = pg_test_certs_new (oauth2->dir, error);
+      if (oauth2->certs == NULL)
+        return NULL;
+      oauth2->ca_file = oauth2->certs->ca_file;
+      database = g_tls_file_database_new (oauth2->ca_file, error);
+      if (database == NULL)
+        return NULL;
+      soup_session_set_tls_database (oauth2->session, database);
+    }
   oauth2->config_file = g_build_filename (oauth2->dir, "config.json", NULL);
   oauth2->log_file = g_build_filename (oauth2->dir, "oauth2-server.log", NULL);
   oauth2->stderr_file = g_build_filename (oauth2->dir, "stderr.log", NULL);
@@ -137,12 +150,13 @@ pg_test_oauth2_send (PgTestOAuth2 *oauth2, SoupMessage *msg, guint *out_status, 
 {
   g_autoptr (GBytes) body = NULL;
 
-  if (oauth2->process == NULL)
+  if (oauth2->base_url == NULL)
     {
       g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED,
-                           "the authorization server is not running");
+                           "the authorization server was never started");
       return NULL;
     }
+  /* While it is stopped, this is a real connection refused. */
   body = soup_session_send_and_read (oauth2->session, msg, NULL, error);
   if (body == NULL)
     return NULL;
@@ -162,7 +176,7 @@ pg_test_oauth2_admin (PgTestOAuth2 *oauth2, JsonNode *settings, GError **error)
 
   if (oauth2->process == NULL)
     return pg_test_oauth2_write_config (oauth2, error);
-  url = g_strdup_printf ("http://%s:%u/admin", oauth2->host, oauth2->port);
+  url = g_strconcat (oauth2->base_url, "/admin", NULL);
   msg = soup_message_new ("POST", url);
   request = g_bytes_new (text, strlen (text));
   soup_message_set_request_body_from_bytes (msg, "application/json", request);
@@ -245,14 +259,17 @@ pg_test_oauth2_add_client (PgTestOAuth2 *oauth2, const char *client_id, const ch
 static void
 pg_test_oauth2_set_urls (PgTestOAuth2 *oauth2)
 {
-  g_autofree gchar *base = g_strdup_printf ("http://%s:%u", oauth2->host, oauth2->port);
+  g_autofree gchar *base = g_strdup_printf ("%s://%s:%u", oauth2->options.tls ? "https" : "http",
+                                            oauth2->host, oauth2->port);
 
+  g_free (oauth2->base_url);
   g_free (oauth2->token_url);
   g_free (oauth2->device_url);
   g_free (oauth2->authorize_url);
   g_free (oauth2->introspection_url);
   g_free (oauth2->revoke_url);
   g_free (oauth2->verification_url);
+  oauth2->base_url = g_strdup (base);
   oauth2->token_url = g_strconcat (base, "/token", NULL);
   oauth2->device_url = g_strconcat (base, "/device_authorization", NULL);
   oauth2->authorize_url = g_strconcat (base, "/authorize", NULL);
@@ -301,10 +318,22 @@ pg_test_oauth2_start (PgTestOAuth2 *oauth2, GError **error)
   if (!pg_test_oauth2_write_config (oauth2, error))
     return FALSE;
   {
-    const char *argv[] = { PG_TEST_OAUTH2_PYTHON, script,   "--dir",  oauth2->dir, "--config",
-                           oauth2->config_file,   "--port", port_arg, NULL };
+    g_autoptr (GPtrArray) argv = g_ptr_array_new ();
+    const char *args[] = { PG_TEST_OAUTH2_PYTHON, script,   "--dir", oauth2->dir, "--config",
+                           oauth2->config_file,   "--port", port_arg };
 
-    oauth2->process = pg_test_process_spawn (argv, oauth2->stderr_file, error);
+    for (gsize i = 0; i < G_N_ELEMENTS (args); i++)
+      g_ptr_array_add (argv, (gpointer) args[i]);
+    if (oauth2->certs != NULL)
+      {
+        g_ptr_array_add (argv, (gpointer) "--tls-cert");
+        g_ptr_array_add (argv, oauth2->certs->cert_file);
+        g_ptr_array_add (argv, (gpointer) "--tls-key");
+        g_ptr_array_add (argv, oauth2->certs->key_file);
+      }
+    g_ptr_array_add (argv, NULL);
+    oauth2->process
+        = pg_test_process_spawn ((const char *const *) argv->pdata, oauth2->stderr_file, error);
   }
   if (oauth2->process == NULL)
     return FALSE;
@@ -360,12 +389,14 @@ pg_test_oauth2_free (PgTestOAuth2 *oauth2)
   g_free (oauth2->config_file);
   g_free (oauth2->log_file);
   g_free (oauth2->stderr_file);
+  g_free (oauth2->base_url);
   g_free (oauth2->token_url);
   g_free (oauth2->device_url);
   g_free (oauth2->authorize_url);
   g_free (oauth2->introspection_url);
   g_free (oauth2->revoke_url);
   g_free (oauth2->verification_url);
+  pg_test_certs_free (oauth2->certs);
   g_clear_pointer (&oauth2->clients, json_array_unref);
   g_clear_pointer (&oauth2->secrets, g_hash_table_unref);
   g_clear_pointer (&oauth2->methods, g_hash_table_unref);
@@ -453,6 +484,58 @@ pg_test_oauth2_token_answer (JsonObject *answer, guint status, gchar **out_refre
   return g_strdup (access);
 }
 
+/* The answer that ends a user's grant: the refresh token (required) and the access token. */
+static gchar *
+pg_test_oauth2_login_answer (JsonObject *answer, guint status, const char *grant,
+                             gchar **out_access_token, GError **error)
+{
+  g_autofree gchar *refresh = NULL;
+  g_autofree gchar *access = pg_test_oauth2_token_answer (answer, status, &refresh, error);
+
+  if (access == NULL)
+    return NULL;
+  if (refresh == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "the %s grant gave no refresh token",
+                   grant);
+      return NULL;
+    }
+  if (out_access_token != NULL)
+    *out_access_token = g_steal_pointer (&access);
+  return g_steal_pointer (&refresh);
+}
+
+gboolean
+pg_test_oauth2_approve_device (PgTestOAuth2 *oauth2, const char *user_code, const char *user,
+                               GError **error)
+{
+  g_autoptr (GHashTable) query = g_hash_table_new (g_str_hash, g_str_equal);
+  g_autofree gchar *encoded = NULL;
+  g_autofree gchar *url = NULL;
+  g_autoptr (SoupMessage) msg = NULL;
+  g_autoptr (GBytes) body = NULL;
+  guint status = 0;
+
+  g_hash_table_insert (query, (gpointer) "user_code", (gpointer) user_code);
+  if (user != NULL)
+    g_hash_table_insert (query, (gpointer) "approve_as", (gpointer) user);
+  else
+    g_hash_table_insert (query, (gpointer) "deny", (gpointer) "1");
+  encoded = soup_form_encode_hash (query);
+  url = g_strconcat (oauth2->verification_url, "?", encoded, NULL);
+  msg = soup_message_new ("GET", url);
+  body = pg_test_oauth2_send (oauth2, msg, &status, error);
+  if (body == NULL)
+    return FALSE;
+  if (status != SOUP_STATUS_OK)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                   "device approval: HTTP %u (unknown or expired user code)", status);
+      return FALSE;
+    }
+  return TRUE;
+}
+
 gchar *
 pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const char *user,
                              gchar **out_access_token, GError **error)
@@ -494,22 +577,7 @@ pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const 
       if (g_strcmp0 (code, "slow_down") == 0)
         interval += 5;
       if (g_strcmp0 (code, "slow_down") != 0 && g_strcmp0 (code, "authorization_pending") != 0)
-        {
-          g_autofree gchar *refresh = NULL;
-          g_autofree gchar *access = pg_test_oauth2_token_answer (answer, status, &refresh, error);
-
-          if (access == NULL)
-            return NULL;
-          if (refresh == NULL)
-            {
-              g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED,
-                                   "the device grant gave no refresh token");
-              return NULL;
-            }
-          if (out_access_token != NULL)
-            *out_access_token = g_steal_pointer (&access);
-          return g_steal_pointer (&refresh);
-        }
+        return pg_test_oauth2_login_answer (answer, status, "device", out_access_token, error);
       g_usleep ((gulong) CLAMP (interval, 1, 60) * G_USEC_PER_SEC);
     }
   g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "device grant: no token after %d polls",
@@ -518,45 +586,95 @@ pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const 
 }
 
 gchar *
+pg_test_oauth2_consent (PgTestOAuth2 *oauth2, const char *authorize_url, const char *user,
+                        gboolean follow, GError **error)
+{
+  g_autofree gchar *escaped = g_uri_escape_string (user, NULL, FALSE);
+  g_autofree gchar *url = g_strdup_printf (
+      "%s%capprove_as=%s", authorize_url, strchr (authorize_url, '?') != NULL ? '&' : '?', escaped);
+  g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
+  g_autoptr (SoupMessage) landing = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autoptr (GBytes) landed = NULL;
+  const char *location = NULL;
+  guint status = 0;
+
+  if (msg == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "bad URL %s", authorize_url);
+      return NULL;
+    }
+  soup_message_add_flags (msg, SOUP_MESSAGE_NO_REDIRECT);
+  body = pg_test_oauth2_send (oauth2, msg, &status, error);
+  if (body == NULL)
+    return NULL;
+  location = soup_message_headers_get_one (soup_message_get_response_headers (msg), "Location");
+  if (status != SOUP_STATUS_FOUND || location == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "authorize: HTTP %u, no redirect: %.*s",
+                   status, (int) MIN (g_bytes_get_size (body), 200),
+                   (const char *) g_bytes_get_data (body, NULL));
+      return NULL;
+    }
+  if (follow)
+    {
+      landing = soup_message_new ("GET", location);
+      if (landing == NULL)
+        {
+          g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                               "authorize: the redirect is no URL");
+          return NULL;
+        }
+      landed = soup_session_send_and_read (oauth2->session, landing, NULL, error);
+      if (landed == NULL)
+        return NULL;
+    }
+  return g_strdup (location);
+}
+
+/* base64url without padding (RFC 7636 appendix A). */
+static gchar *
+pg_test_oauth2_base64url (const guint8 *data, gsize len)
+{
+  gchar *text = g_base64_encode (data, len);
+
+  g_strdelimit (text, "+", '-');
+  g_strdelimit (text, "/", '_');
+  g_strdelimit (text, "=", '\0');
+  return text;
+}
+
+gchar *
 pg_test_oauth2_code_login (PgTestOAuth2 *oauth2, const char *client_id, const char *user,
                            gchar **out_access_token, GError **error)
 {
   guint8 random[32];
+  guint8 digest[32];
+  gsize digest_len = sizeof digest;
   g_autofree gchar *verifier = NULL;
   g_autofree gchar *challenge = NULL;
   g_autofree gchar *state = NULL;
   g_autofree gchar *url = NULL;
   g_autofree gchar *encoded = NULL;
-  g_autofree gchar *refresh = NULL;
-  g_autofree gchar *access = NULL;
+  g_autofree gchar *redirect = NULL;
   g_autoptr (GChecksum) sha = g_checksum_new (G_CHECKSUM_SHA256);
   g_autoptr (GHashTable) query = g_hash_table_new (g_str_hash, g_str_equal);
-  g_autoptr (SoupMessage) msg = NULL;
-  g_autoptr (GBytes) body = NULL;
   g_autoptr (GUri) location = NULL;
   g_autoptr (GHashTable) params = NULL;
   g_autoptr (JsonObject) answer = NULL;
-  /* A loopback redirect (RFC 8252 7.3) on some port: registered without one. */
+  /* A loopback redirect (RFC 8252 7.3) on some port: registered without one. Not
+   * followed: nothing listens there. */
   const char *redirect_uri = "http://127.0.0.1:9/callback";
-  const char *redirect = NULL;
   const char *code = NULL;
-  guint8 digest[32];
-  gsize digest_len = sizeof digest;
   guint status = 0;
 
   /* RFC 7636 4.1, 4.2: verifier = base64url(32 random bytes), challenge = S256. */
   for (gsize i = 0; i < sizeof random; i++)
     random[i] = (guint8) g_random_int_range (0, 256);
-  verifier = g_base64_encode (random, sizeof random);
-  g_strdelimit (verifier, "+", '-');
-  g_strdelimit (verifier, "/", '_');
-  g_strdelimit (verifier, "=", '\0');
+  verifier = pg_test_oauth2_base64url (random, sizeof random);
   g_checksum_update (sha, (const guchar *) verifier, (gssize) strlen (verifier));
   g_checksum_get_digest (sha, digest, &digest_len);
-  challenge = g_base64_encode (digest, digest_len);
-  g_strdelimit (challenge, "+", '-');
-  g_strdelimit (challenge, "/", '_');
-  g_strdelimit (challenge, "=", '\0');
+  challenge = pg_test_oauth2_base64url (digest, digest_len);
   state = g_strdup_printf ("%08x", g_random_int ());
 
   g_hash_table_insert (query, (gpointer) "response_type", (gpointer) "code");
@@ -565,25 +683,11 @@ pg_test_oauth2_code_login (PgTestOAuth2 *oauth2, const char *client_id, const ch
   g_hash_table_insert (query, (gpointer) "code_challenge", challenge);
   g_hash_table_insert (query, (gpointer) "code_challenge_method", (gpointer) "S256");
   g_hash_table_insert (query, (gpointer) "state", state);
-  g_hash_table_insert (query, (gpointer) "approve_as", (gpointer) user);
   encoded = soup_form_encode_hash (query);
   url = g_strconcat (oauth2->authorize_url, "?", encoded, NULL);
-  msg = soup_message_new ("GET", url);
-  soup_message_add_flags (msg, SOUP_MESSAGE_NO_REDIRECT);
-  body = pg_test_oauth2_send (oauth2, msg, &status, error);
-  if (body == NULL)
-    return NULL;
-  if (status != SOUP_STATUS_FOUND)
-    {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "authorize: HTTP %u, no redirect", status);
-      return NULL;
-    }
-  redirect = soup_message_headers_get_one (soup_message_get_response_headers (msg), "Location");
+  redirect = pg_test_oauth2_consent (oauth2, url, user, FALSE, error);
   if (redirect == NULL)
-    {
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "authorize: no Location");
-      return NULL;
-    }
+    return NULL;
   location = g_uri_parse (redirect, G_URI_FLAGS_ENCODED_QUERY, error);
   if (location == NULL)
     return NULL;
@@ -606,18 +710,8 @@ pg_test_oauth2_code_login (PgTestOAuth2 *oauth2, const char *client_id, const ch
   }
   if (answer == NULL)
     return NULL;
-  access = pg_test_oauth2_token_answer (answer, status, &refresh, error);
-  if (access == NULL)
-    return NULL;
-  if (refresh == NULL)
-    {
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED,
-                           "the authorization-code grant gave no refresh token");
-      return NULL;
-    }
-  if (out_access_token != NULL)
-    *out_access_token = g_steal_pointer (&access);
-  return g_steal_pointer (&refresh);
+  return pg_test_oauth2_login_answer (answer, status, "authorization-code", out_access_token,
+                                      error);
 }
 
 gchar *
@@ -695,7 +789,7 @@ pg_test_oauth2_introspect (PgTestOAuth2 *oauth2, const char *token, gboolean *ou
 JsonObject *
 pg_test_oauth2_get_stats (PgTestOAuth2 *oauth2, GError **error)
 {
-  g_autofree gchar *url = g_strdup_printf ("http://%s:%u/stats", oauth2->host, oauth2->port);
+  g_autofree gchar *url = g_strconcat (oauth2->base_url, "/stats", NULL);
   g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
   g_autoptr (GBytes) body = NULL;
   guint status = 0;
@@ -761,19 +855,30 @@ pg_test_oauth2_set_access_token_lifetime (PgTestOAuth2 *oauth2, guint seconds, G
   return pg_test_oauth2_set_one (oauth2, "access_token_lifetime", value, error);
 }
 
+/* A setting of the running server only (a restart forgets it). */
+static gboolean
+pg_test_oauth2_set_live (PgTestOAuth2 *oauth2, const char *name, guint value, GError **error)
+{
+  if (oauth2->process == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED, "%s is set on the running server",
+                   name);
+      return FALSE;
+    }
+  return pg_test_oauth2_set_one (oauth2, name, json_node_init_int (json_node_alloc (), value),
+                                 error);
+}
+
 gboolean
 pg_test_oauth2_set_token_delay (PgTestOAuth2 *oauth2, guint delay_ms, GError **error)
 {
-  JsonNode *value = json_node_init_int (json_node_alloc (), delay_ms);
+  return pg_test_oauth2_set_live (oauth2, "token_delay_ms", delay_ms, error);
+}
 
-  if (oauth2->process == NULL)
-    {
-      json_node_unref (value);
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_CONNECTED,
-                           "the token delay is set on the running server");
-      return FALSE;
-    }
-  return pg_test_oauth2_set_one (oauth2, "token_delay_ms", value, error);
+gboolean
+pg_test_oauth2_set_token_failure (PgTestOAuth2 *oauth2, guint http_status, GError **error)
+{
+  return pg_test_oauth2_set_live (oauth2, "token_fail_status", http_status, error);
 }
 
 gchar *
@@ -797,9 +902,14 @@ gchar *
 pg_test_oauth2_sasl_oauthbearer (const char *user, const char *host, guint16 port,
                                  const char *access_token)
 {
-  g_autofree gchar *raw = g_strdup_printf ("n,a=%s,\001host=%s\001port=%u\001auth=Bearer %s"
-                                           "\001\001",
-                                           user, host, port, access_token);
+  g_autoptr (GString) saslname = g_string_new (user);
+  g_autofree gchar *raw = NULL;
+
+  /* RFC 7628 3.1 (RFC 5801 saslname): ',' and '=' are escaped. */
+  g_string_replace (saslname, "=", "=3D", 0);
+  g_string_replace (saslname, ",", "=2C", 0);
+  raw = g_strdup_printf ("n,a=%s,\001host=%s\001port=%u\001auth=Bearer %s\001\001", saslname->str,
+                         host, port, access_token);
 
   return g_base64_encode ((const guchar *) raw, strlen (raw));
 }

@@ -15,6 +15,7 @@
  */
 #pragma once
 
+#include "pg-test-certs.h"
 #include "pg-test-imap.h"
 #include "pg-test-util.h"
 
@@ -37,17 +38,23 @@ typedef struct
   /* The device grant's polling interval (seconds; 0: 1) and code lifetime (0: 600). */
   guint device_interval;
   guint device_code_lifetime;
+  /* Serve https (certificate for 127.0.0.1 from a CA made for this fixture: ca_file)
+   * instead of http. */
+  gboolean tls;
 } PgTestOAuth2Options;
 
 typedef struct
 {
-  gchar *dir;         /* owned: the temp dir; removed by pg_test_oauth2_free() */
-  gchar *config_file; /* owned: the JSON config the server starts with */
-  gchar *log_file;    /* owned: the server's request log (no token values) */
-  gchar *stderr_file; /* owned: the server's stdout/stderr (startup errors) */
-  const char *host;   /* "127.0.0.1" */
-  guint16 port;       /* valid after pg_test_oauth2_start() */
-  /* owned; valid after pg_test_oauth2_start(): http://127.0.0.1:PORT/... */
+  gchar *dir;          /* owned: the temp dir; removed by pg_test_oauth2_free() */
+  gchar *config_file;  /* owned: the JSON config the server starts with */
+  gchar *log_file;     /* owned: the server's request log (no token values) */
+  gchar *stderr_file;  /* owned: the server's stdout/stderr (startup errors) */
+  PgTestCerts *certs;  /* owned: with options.tls, else NULL */
+  const char *ca_file; /* unowned: certs->ca_file (verifies the https URLs), or NULL */
+  const char *host;    /* "127.0.0.1" */
+  guint16 port;        /* valid after pg_test_oauth2_start() */
+  /* owned; valid after pg_test_oauth2_start(): http(s)://127.0.0.1:PORT/... */
+  gchar *base_url; /* the server's root: /stats and /admin live there */
   gchar *token_url;
   gchar *device_url;    /* RFC 8628 device authorization endpoint */
   gchar *authorize_url; /* authorization endpoint (approve_as=USER to consent) */
@@ -102,10 +109,17 @@ JsonObject *pg_test_oauth2_post (PgTestOAuth2 *oauth2, const char *url, const ch
 gchar *pg_test_oauth2_device_login (PgTestOAuth2 *oauth2, const char *client_id, const char *user,
                                     gchar **out_access_token, GError **error);
 
-/* The user's step of a device grant another client started: approve `user_code` at the
- * verification URI as `user`. */
+/* The user at the verification URI: approve user_code as `user` (NULL: deny it), as a
+ * test does for popgate --oauth2-authorize after reading the code it printed.
+ * G_IO_ERROR_NOT_FOUND for an unknown or expired code. */
 gboolean pg_test_oauth2_approve_device (PgTestOAuth2 *oauth2, const char *user_code,
                                         const char *user, GError **error);
+
+/* The user's browser at an authorization URL (e.g. the one popgate --oauth2-authorize
+ * printed): consent as `user`; returns the redirect (redirect_uri?code=...&state=...). With
+ * `follow`, the "browser" also GETs it, as it would land on a loopback client's listener. */
+gchar *pg_test_oauth2_consent (PgTestOAuth2 *oauth2, const char *authorize_url, const char *user,
+                               gboolean follow, GError **error);
 
 /* The authorization-code grant with PKCE S256 as a loopback client does it: the "user"
  * consents at the authorization endpoint as `user`, the code comes back in the redirect
@@ -148,13 +162,16 @@ gboolean pg_test_oauth2_set_access_token_lifetime (PgTestOAuth2 *oauth2, guint s
                                                    GError **error);
 /* Each token request waits this long before it is answered (a slow token endpoint). */
 gboolean pg_test_oauth2_set_token_delay (PgTestOAuth2 *oauth2, guint delay_ms, GError **error);
+/* Not 0: every token request is answered with this HTTP status (e.g. 503) and
+ * {"error": "temporarily_unavailable"}; 0 serves tokens again. */
+gboolean pg_test_oauth2_set_token_failure (PgTestOAuth2 *oauth2, guint http_status, GError **error);
 
 /* The server's request log and output so far. */
 gchar *pg_test_oauth2_read_log (PgTestOAuth2 *oauth2);
 
 /* Client SASL initial responses, base64 (for AUTHENTICATE ... =IR or the continuation):
  * XOAUTH2 "user=U^Aauth=Bearer T^A^A" and OAUTHBEARER (RFC 7628)
- * "n,a=U,^Ahost=H^Aport=P^Aauth=Bearer T^A^A". */
+ * "n,a=U,^Ahost=H^Aport=P^Aauth=Bearer T^A^A" (',' and '=' in U as =2C and =3D). */
 gchar *pg_test_oauth2_sasl_xoauth2 (const char *user, const char *access_token);
 gchar *pg_test_oauth2_sasl_oauthbearer (const char *user, const char *host, guint16 port,
                                         const char *access_token);
