@@ -974,30 +974,3 @@ pg_test_oauth2_imap_authenticate (PgTestImap *imap, const char *mechanism,
                "AUTHENTICATE: no tagged reply after %d lines", PG_TEST_OAUTH2_AUTH_LINES);
   return FALSE;
 }
-
-gboolean
-pg_test_oauth2_approve_device (PgTestOAuth2 *oauth2, const char *user_code, const char *user,
-                               GError **error)
-{
-  g_autoptr (GHashTable) query = g_hash_table_new (g_str_hash, g_str_equal);
-  g_autofree gchar *encoded = NULL;
-  g_autofree gchar *approve_url = NULL;
-  g_autoptr (SoupMessage) approve = NULL;
-  g_autoptr (GBytes) approved = NULL;
-  guint status = 0;
-
-  g_hash_table_insert (query, (gpointer) "user_code", (gpointer) user_code);
-  g_hash_table_insert (query, (gpointer) "approve_as", (gpointer) user);
-  encoded = soup_form_encode_hash (query);
-  approve_url = g_strconcat (oauth2->verification_url, "?", encoded, NULL);
-  approve = soup_message_new ("GET", approve_url);
-  approved = pg_test_oauth2_send (oauth2, approve, &status, error);
-  if (approved == NULL)
-    return FALSE;
-  if (status != SOUP_STATUS_OK)
-    {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "device approval: HTTP %u", status);
-      return FALSE;
-    }
-  return TRUE;
-}
