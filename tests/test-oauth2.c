@@ -961,6 +961,136 @@ pg_test_token_authorize_code (PgTestTokenFixture *fixture, gconstpointer data)
   pg_test_result_clear (&token);
 }
 
+/* --- token endpoint faults no real server makes (an in-process SoupServer) -------------- */
+
+static void
+pg_test_bad_endpoint_cb (SoupServer *server, SoupServerMessage *msg, const char *path,
+                         GHashTable *query, gpointer user_data)
+{
+  static const char ok[]
+      = "{\"access_token\":\"at-123456789\",\"token_type\":\"bearer\",\"expires_in\":\"3599\"}";
+  static const char mac[] = "{\"access_token\":\"at-1\",\"token_type\":\"mac\"}";
+  static const char html[] = "<html><body>502 Bad Gateway</body></html>";
+  static const char broken[] = "{\"access_token\": \"at-1\", ";
+  static const char bad_request[] = "{\"error\":\"temporarily_unavailable\"}";
+
+  if (strcmp (path, "/ok") == 0)
+    {
+      soup_server_message_set_status (msg, 200, NULL);
+      soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_STATIC, ok,
+                                        strlen (ok));
+    }
+  else if (strcmp (path, "/mac") == 0)
+    {
+      soup_server_message_set_status (msg, 200, NULL);
+      soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_STATIC, mac,
+                                        strlen (mac));
+    }
+  else if (strcmp (path, "/html") == 0)
+    {
+      soup_server_message_set_status (msg, 502, NULL);
+      soup_server_message_set_response (msg, "text/html", SOUP_MEMORY_STATIC, html, strlen (html));
+    }
+  else if (strcmp (path, "/broken") == 0)
+    {
+      soup_server_message_set_status (msg, 200, NULL);
+      soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_STATIC, broken,
+                                        strlen (broken));
+    }
+  else if (strcmp (path, "/unavailable") == 0)
+    {
+      soup_server_message_set_status (msg, 503, NULL);
+      soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_STATIC, bad_request,
+                                        strlen (bad_request));
+    }
+  else if (strcmp (path, "/huge") == 0)
+    {
+      gsize len = 200 * 1024;
+      gchar *body = g_malloc (len);
+
+      memset (body, ' ', len);
+      body[0] = '{';
+      soup_server_message_set_status (msg, 200, NULL);
+      soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_TAKE, body, len);
+    }
+  else if (strcmp (path, "/redirect") == 0)
+    soup_server_message_set_redirect (msg, 302, "/ok");
+  else
+    soup_server_message_set_status (msg, 404, NULL);
+}
+
+static void
+pg_test_token_bad_replies (void)
+{
+  static const struct
+  {
+    const char *path;
+    gint code; /* -1: success */
+  } cases[] = {
+    { "/ok", -1 },                         /* expires_in as a string, "bearer" in lower case */
+    { "/mac", PG_ERROR_UPSTREAM },         /* not a Bearer token */
+    { "/html", PG_ERROR_UPSTREAM },        /* a proxy's error page */
+    { "/broken", PG_ERROR_UPSTREAM },      /* cut JSON */
+    { "/unavailable", PG_ERROR_UPSTREAM }, /* 503 with an OAuth2 error: temporary */
+    { "/huge", PG_ERROR_UPSTREAM },        /* beyond PG_OAUTH2_MAX_RESPONSE */
+    { "/redirect", PG_ERROR_UPSTREAM },    /* credentials are not sent after a redirect */
+  };
+  g_autoptr (SoupServer) server = soup_server_new (NULL, NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSList) uris = NULL;
+  PgUpstreamConfig upstream = { 0 };
+  guint port;
+
+  pg_oauth2_reset ();
+  pg_metrics_reset ();
+  soup_server_add_handler (server, NULL, pg_test_bad_endpoint_cb, NULL, NULL);
+  PG_TEST_ASSERT_OK (soup_server_listen_local (server, 0, SOUP_SERVER_LISTEN_IPV4_ONLY, &error),
+                     error);
+  uris = soup_server_get_uris (server);
+  port = (guint) g_uri_get_port (uris->data);
+  g_slist_free_full (g_steal_pointer (&uris), (GDestroyNotify) g_uri_unref);
+  upstream.name = g_strdup ("faults");
+  upstream.timeout_ms = 10000;
+  upstream.oauth2.client_id = g_strdup ("popgate");
+  upstream.oauth2.grant = PG_OAUTH2_GRANT_CLIENT_CREDENTIALS;
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      PgTestResult result = { 0 };
+
+      g_free (upstream.oauth2.token_url);
+      upstream.oauth2.token_url = g_strdup_printf ("http://127.0.0.1:%u%s", port, cases[i].path);
+      pg_oauth2_get_token_async (&upstream, cases[i].path, NULL, FALSE, NULL, pg_test_token_cb,
+                                 &result);
+      pg_test_wait_flag (&result.done);
+      if (cases[i].code < 0)
+        {
+          g_assert_no_error (result.error);
+          g_assert_cmpstr (result.token, ==, "at-123456789");
+        }
+      else
+        {
+          if (result.error == NULL)
+            g_error ("%s: no error", cases[i].path);
+          g_assert_error (result.error, PG_ERROR, cases[i].code);
+        }
+      pg_test_result_clear (&result);
+    }
+  g_assert_cmpint (pg_metrics_oauth2_refresh_count ("faults", FALSE), ==, 6);
+  /* http:// to anything but loopback is refused before any connection. */
+  {
+    PgTestResult result = { 0 };
+
+    g_free (upstream.oauth2.token_url);
+    upstream.oauth2.token_url = g_strdup ("http://192.0.2.1/token");
+    pg_oauth2_get_token_async (&upstream, "remote", NULL, FALSE, NULL, pg_test_token_cb, &result);
+    pg_test_wait_flag (&result.done);
+    g_assert_error (result.error, PG_ERROR, PG_ERROR_CONFIG);
+    pg_test_result_clear (&result);
+  }
+  pg_oauth2_reset ();
+  pg_upstream_config_clear (&upstream);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -981,6 +1111,7 @@ main (int argc, char **argv)
 #define PG_TEST_ADD_TOKEN(path, options, func)                                                     \
   g_test_add ("/popgate/oauth2/token/" path, PgTestTokenFixture, options, pg_test_token_setup,     \
               func, pg_test_token_teardown)
+  g_test_add_func ("/popgate/oauth2/token/bad-replies", pg_test_token_bad_replies);
   PG_TEST_ADD_TOKEN ("reuse", &pg_test_long_lived, pg_test_token_reuse);
   PG_TEST_ADD_TOKEN ("expiry-and-concurrency", &pg_test_short_lived, pg_test_token_expiry);
   PG_TEST_ADD_TOKEN ("cancel-one-waiter", &pg_test_long_lived, pg_test_token_cancel_one);
