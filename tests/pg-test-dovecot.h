@@ -49,8 +49,8 @@ typedef struct
   gboolean metadata;
   gchar *oauth2_introspection_url; /* owned; NULL: no OAuth2 */
   gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
-  PgTestProcess *process; /* owned: the master; NULL while stopped */
-  GHashTable *passwd;     /* owned: user → passwd-file line */
+  PgTestProcess *process;          /* owned: the master; NULL while stopped */
+  GHashTable *passwd;              /* owned: user → passwd-file line */
 } PgTestDovecot;
 
 /* NULL if this machine can run the fixture; else why not (for g_test_skip()). */

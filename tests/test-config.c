@@ -1161,6 +1161,7 @@ test_accounts (TempDirFixture *fixture, gconstpointer data)
       { "x {PLAIN} default u -", "not empty" },
       { "x {MD5}abc default u -", "local secret" },
       { "x {PLAIN}s default u", "expected \"local-user local-secret upstream upstream-user" },
+      { "x {PLAIN}s", "expected \"local-user local-secret upstream upstream-user" },
       { "x {PLAIN}s default u password:missing.pw", "missing.pw" },
       { "x {PLAIN}s default u oauth2:carol.token", "auth = password" },
       { "x {PLAIN}s g u oauth2", "client_credentials" },

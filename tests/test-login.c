@@ -449,8 +449,10 @@ test_local_secret (void)
   g_assert_true (pg_test_rm_rf (dir));
 }
 
-/* An OAuth2 account gets as far as the connection, then the OAuth2 step. Until the token
- * manager fills that step in it must fail as unavailable (never as a login). */
+/* An OAuth2 account gets as far as the connection, then the OAuth2 step. Its token
+ * endpoint (port 1) is down, and before the token manager existed there was no token at
+ * all: either way the login fails as unavailable, never as a login or as refused
+ * credentials. */
 static void
 test_oauth2_step (void)
 {

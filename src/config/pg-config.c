@@ -1493,7 +1493,7 @@ pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean lega
                          GError **error)
 {
   g_autoptr (PgAccount) account = g_new0 (PgAccount, 1);
-  const char *upstream_name = legacy ? "default" : g_ptr_array_index (words, 2);
+  const char *upstream_name = NULL;
 
   if (words->len != (legacy ? 4u : 5u))
     {
@@ -1502,6 +1502,8 @@ pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean lega
                           : "local-user local-secret upstream upstream-user credential");
       return NULL;
     }
+  /* Only now: a short line has no third field (found by fuzz-accounts). */
+  upstream_name = legacy ? "default" : g_ptr_array_index (words, 2);
   if (!pg_config_check_local_secret (g_ptr_array_index (words, 1)))
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
