@@ -201,3 +201,29 @@
  * short session did (a demo's POP3 session lasts a fraction of a second): the newest
  * ones, at most this × one ring. */
 #define PG_STATUS_RECENT_SESSIONS 16
+
+/* --- OAuth 2.0 (src/oauth2) --- */
+/* A token endpoint reply (RFC 6749 §5.1 JSON: tokens, expiry, scope). Real ones are under
+ * 4 KiB (Microsoft's JWT access tokens are the longest, about 2-3 KiB); anything larger is
+ * refused before it is parsed, so a broken endpoint cannot make us buffer without end. */
+#define PG_OAUTH2_MAX_RESPONSE 65536
+/* A refresh-token file or a client-secret file: one line. Google's refresh tokens are
+ * ~100 octets, Microsoft's ~1.5 KiB. */
+#define PG_OAUTH2_MAX_FILE 16384
+/* The cache margin: an access token is dropped min(lifetime / 10, this) before expires_in. */
+#define PG_OAUTH2_MAX_MARGIN_S 60
+/* expires_in when the endpoint sends none (RFC 6749 §5.1 makes it optional): one hour, what
+ * the big providers issue; an upstream refusal before then still forces a refresh. */
+#define PG_OAUTH2_DEFAULT_LIFETIME_S 3600
+/* expires_in beyond this is clamped (a day): a bogus huge value must not pin a token. */
+#define PG_OAUTH2_MAX_LIFETIME_S 86400
+/* Device grant (RFC 8628): the poll interval when the server names none (§3.2), and the
+ * bounds on what it may ask for. */
+#define PG_OAUTH2_DEVICE_DEFAULT_INTERVAL_S 5
+#define PG_OAUTH2_DEVICE_MAX_INTERVAL_S 60
+#define PG_OAUTH2_DEVICE_MAX_EXPIRES_S 3600
+/* --oauth2-authorize with a browser: how long the loopback redirect is awaited. */
+#define PG_OAUTH2_AUTHORIZE_TIMEOUT_S 600
+/* Upstream names tracked as label values of popgate_oauth2_refreshes_total; more share
+ * the value "other" (the label set is allocated up front, see pg-metrics.h). */
+#define PG_METRICS_MAX_UPSTREAMS 32

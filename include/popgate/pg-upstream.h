@@ -73,6 +73,20 @@ void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, c
 gboolean pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result,
                                                 GError **error);
 
+/* AUTHENTICATE OAUTHBEARER (RFC 7628) or XOAUTH2 with an OAuth 2.0 access token.
+ * PG_OAUTH2_MECHANISM_AUTO takes OAUTHBEARER when AUTH=OAUTHBEARER is advertised, else
+ * XOAUTH2; the mechanism must be advertised. The initial response goes inline with
+ * SASL-IR, else after the server's "+". A refusal's error challenge (base64 JSON) is
+ * logged (status and scope only) and answered as RFC 7628 §3.2.3 says; the tagged NO is
+ * PG_ERROR_AUTH_FAILED, except NO [UNAVAILABLE] (the server cannot check tokens now):
+ * PG_ERROR_UPSTREAM. */
+void pg_upstream_authenticate_oauth2_async (PgUpstream *self, PgOAuth2Mechanism mechanism,
+                                            const char *user, const char *token,
+                                            GCancellable *cancellable, GAsyncReadyCallback callback,
+                                            gpointer user_data);
+gboolean pg_upstream_authenticate_oauth2_finish (PgUpstream *self, GAsyncResult *result,
+                                                 GError **error);
+
 /* ID (RFC 2971) with name, version and, if not NULL, x-originating-ip. A server without
  * ID completes at once with success. */
 void pg_upstream_id_async (PgUpstream *self, const char *name, const char *version,

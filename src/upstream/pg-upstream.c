@@ -18,9 +18,11 @@
 #include "popgate/pg-imap-writer.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-net.h"
+#include "popgate/pg-oauth2.h"
 #include "popgate/pg-trace.h"
 #include "popgate/pg-limits.h"
 
+#include <json-glib/json-glib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -76,6 +78,10 @@ struct _PgUpstreamCmd
   GCancellable *cancellable; /* owned: the caller's, while we listen to it */
   gulong cancelled_id;
   gint64 sent_us; /* monotonic time it went to the server: latency metric */
+  /* AUTHENTICATE: the mechanism for popgate_upstream_logins_total (0 = PLAIN), and the
+   * index of the part that answers an OAuth2 error challenge (0: none). */
+  PgMetricsMechanism mechanism;
+  guint challenge_part;
 
   /* FETCH_SIZES */
   PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
@@ -946,11 +952,15 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   pg_upstream_flush (self);
 }
 
+static void pg_upstream_log_oauth2_challenge (PgUpstream *self, const char *text);
+
 static void
-pg_upstream_handle_continuation (PgUpstream *self)
+pg_upstream_handle_continuation (PgUpstream *self, const PgImapResponse *response)
 {
   PgUpstreamCmd *cmd = self->sending;
 
+  if (cmd != NULL && cmd->challenge_part != 0 && cmd->next_part == cmd->challenge_part)
+    pg_upstream_log_oauth2_challenge (self, response->text);
   if (cmd == NULL || cmd->next_part >= cmd->parts->len
       || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))->wait_continuation)
     {
@@ -1043,7 +1053,7 @@ pg_upstream_process (PgUpstream *self)
               pg_upstream_handle_untagged (self, response);
               break;
             case PG_IMAP_RESPONSE_CONTINUATION:
-              pg_upstream_handle_continuation (self);
+              pg_upstream_handle_continuation (self, response);
               break;
             }
         }
@@ -1606,6 +1616,8 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
             cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
+  pg_metrics_upstream_login (strcmp (cmd->name, "LOGIN") == 0 ? PG_METRICS_MECHANISM_LOGIN
+                                                              : cmd->mechanism);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
   if (self->caps_from_code)
     pg_upstream_cmd_return_boolean (cmd, TRUE);
@@ -1740,6 +1752,163 @@ pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const 
 
 gboolean
 pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- OAuth2: XOAUTH2 and OAUTHBEARER -------------------------------------------------- */
+
+/* RFC 7628 §3.2.2: a failed OAUTHBEARER (and Google's XOAUTH2) first sends a "+" with a
+ * base64 JSON object: {"status":"invalid_token","scope":"...","openid-configuration":...}.
+ * Only status and scope are logged, escaped: the rest is the server's business. */
+static void
+pg_upstream_log_oauth2_challenge (PgUpstream *self, const char *text)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autofree guchar *json = NULL;
+  gsize len = 0;
+  JsonNode *root;
+  JsonObject *object;
+  const char *status = NULL;
+  const char *scope = NULL;
+  g_autofree gchar *status_text = NULL;
+  g_autofree gchar *scope_text = NULL;
+
+  if (text != NULL && *text != '\0')
+    json = g_base64_decode (text, &len);
+  if (json == NULL || len == 0
+      || !json_parser_load_from_data (parser, (const gchar *) json, (gssize) len, NULL)
+      || (root = json_parser_get_root (parser)) == NULL || !JSON_NODE_HOLDS_OBJECT (root))
+    {
+      pg_session_info (self->sid, "upstream: OAuth2 error challenge is not base64 JSON");
+      return;
+    }
+  object = json_node_get_object (root);
+  if (json_object_has_member (object, "status")
+      && JSON_NODE_HOLDS_VALUE (json_object_get_member (object, "status")))
+    status = json_object_get_string_member (object, "status");
+  if (json_object_has_member (object, "scope")
+      && JSON_NODE_HOLDS_VALUE (json_object_get_member (object, "scope")))
+    scope = json_object_get_string_member (object, "scope");
+  status_text = pg_upstream_escape_text (status);
+  scope_text = pg_upstream_escape_text (scope);
+  pg_session_info (self->sid, "upstream: OAuth2 refused: status=%s scope=%s", status_text,
+                   scope_text);
+}
+
+/* Like a login, except that NO [UNAVAILABLE] (the server could not check the token, e.g.
+ * its introspection endpoint is down) is a temporary failure, not a refused token. */
+static void
+pg_upstream_oauth2_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  if (error == NULL && tagged->status != PG_IMAP_STATUS_OK && tagged->code != NULL
+      && strcmp (tagged->code, "UNAVAILABLE") == 0)
+    {
+      g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+
+      pg_session_info (self->sid, "upstream: AUTHENTICATE refused: %s %s", tagged->keyword, text);
+      pg_upstream_cmd_return_error (
+          cmd,
+          g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream cannot check tokens now: %s", text));
+      return;
+    }
+  pg_upstream_login_done_cb (self, cmd, tagged, error);
+}
+
+static void
+pg_upstream_cmd_add_part (PgUpstreamCmd *cmd, gchar *data, gboolean secret, gboolean wait)
+{
+  PgImapWriterPart *part = g_new0 (PgImapWriterPart, 1);
+  gsize len = strlen (data);
+
+  part->bytes = secret
+                    ? g_bytes_new_with_free_func (data, len, (GDestroyNotify) pg_secret_free, data)
+                    : g_bytes_new_take (data, len);
+  part->secret = secret;
+  part->wait_continuation = wait;
+  g_ptr_array_add (cmd->parts, part);
+}
+
+void
+pg_upstream_authenticate_oauth2_async (PgUpstream *self, PgOAuth2Mechanism mechanism,
+                                       const char *user, const char *token,
+                                       GCancellable *cancellable, GAsyncReadyCallback callback,
+                                       gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autoptr (PgSecret) response = NULL;
+  PgUpstreamCmd *cmd;
+  const char *name = NULL;
+  gboolean ir;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (user != NULL && token != NULL);
+  task = pg_upstream_task_new (self, pg_upstream_authenticate_oauth2_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  switch (mechanism)
+    {
+    case PG_OAUTH2_MECHANISM_AUTO:
+      name = pg_upstream_has_capability (self, "AUTH=OAUTHBEARER") ? "OAUTHBEARER"
+             : pg_upstream_has_capability (self, "AUTH=XOAUTH2")   ? "XOAUTH2"
+                                                                   : NULL;
+      break;
+    case PG_OAUTH2_MECHANISM_XOAUTH2:
+      name = "XOAUTH2";
+      break;
+    case PG_OAUTH2_MECHANISM_OAUTHBEARER:
+      name = "OAUTHBEARER";
+      break;
+    }
+  if (name == NULL)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2");
+      return;
+    }
+  {
+    g_autofree gchar *cap = g_strconcat ("AUTH=", name, NULL);
+    if (!pg_upstream_has_capability (self, cap))
+      {
+        g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "upstream does not offer %s",
+                                 cap);
+        return;
+      }
+  }
+  if (strcmp (name, "OAUTHBEARER") == 0)
+    response = pg_oauth2_sasl_oauthbearer (user, self->upstream_config->host,
+                                           self->upstream_config->port, token);
+  else
+    response = pg_oauth2_sasl_xoauth2 (user, token);
+
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "AUTHENTICATE", task,
+                             pg_upstream_oauth2_done_cb);
+  cmd->mechanism = strcmp (name, "OAUTHBEARER") == 0 ? PG_METRICS_MECHANISM_OAUTHBEARER
+                                                     : PG_METRICS_MECHANISM_XOAUTH2;
+  ir = pg_upstream_has_capability (self, "SASL-IR");
+  cmd->parts = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_imap_writer_part_free);
+  pg_upstream_cmd_add_part (
+      cmd, g_strdup_printf ("%s AUTHENTICATE %s%s", cmd->tag, name, ir ? " " : "\r\n"), FALSE,
+      FALSE);
+  /* The response: without SASL-IR it waits for the server's empty "+". */
+  pg_upstream_cmd_add_part (cmd, g_strconcat (response, "\r\n", NULL), TRUE, !ir);
+  /* RFC 7628 §3.2.3: a failure comes as a "+" error challenge first; the client answers
+   * with a dummy %x01 (OAUTHBEARER) or an empty line (XOAUTH2, as Google documents),
+   * then the server sends the tagged NO. A success never sends that "+", and the tagged
+   * reply drops this part unsent. */
+  cmd->challenge_part = 2;
+  pg_upstream_cmd_add_part (
+      cmd, g_strdup (cmd->mechanism == PG_METRICS_MECHANISM_OAUTHBEARER ? "AQ==\r\n" : "\r\n"),
+      FALSE, TRUE);
+  g_queue_push_tail (&self->unsent, cmd);
+  pg_upstream_flush (self);
+}
+
+gboolean
+pg_upstream_authenticate_oauth2_finish (PgUpstream *self, GAsyncResult *result, GError **error)
 {
   g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
   return g_task_propagate_boolean (G_TASK (result), error);
