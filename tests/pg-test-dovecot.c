@@ -34,8 +34,8 @@ pg_test_dovecot_skip_reason (void)
   if (!g_file_test (PG_TEST_DOVECOT_BIN, G_FILE_TEST_IS_EXECUTABLE)
       || !g_file_test (PG_TEST_DOVEADM_BIN, G_FILE_TEST_IS_EXECUTABLE))
     return "Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)";
-  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL
-      || getpwnam ("nobody") == NULL || getgrnam ("nogroup") == NULL)
+  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL || getpwnam ("nobody") == NULL
+      || getgrnam ("nogroup") == NULL)
     return "the users dovecot, dovenull, nobody or the group nogroup are missing";
   return NULL;
 }
@@ -57,6 +57,7 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
     }
   dovecot->host = "127.0.0.1";
   dovecot->metadata = options != NULL && options->metadata;
+  dovecot->capability = g_strdup (options != NULL ? options->capability : NULL);
   dovecot->passwd = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   dovecot->dir = g_dir_make_tmp ("popgate-dovecot-XXXXXX", error);
   if (dovecot->dir == NULL)
@@ -66,8 +67,8 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
    * (nobody) write the Maildirs. g_dir_make_tmp() made it 0700. */
   if (chmod (dovecot->dir, 0755) != 0)
     {
-      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s",
-                   dovecot->dir, g_strerror (errno));
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s", dovecot->dir,
+                   g_strerror (errno));
       return NULL;
     }
   dovecot->config_file = g_build_filename (dovecot->dir, "dovecot.conf", NULL);
@@ -194,6 +195,13 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
                                         "}\n"
                                         "mail_attribute_dict = file:%h/dovecot-attributes\n"
                                       : "");
+  if (dovecot->capability != NULL)
+    {
+      gchar *with = g_strdup_printf ("%sprotocol imap {\n  imap_capability = %s\n}\n", extra,
+                                     dovecot->capability);
+      g_free (extra);
+      extra = with;
+    }
   fills[0].placeholder = "@DIR@", fills[0].value = dovecot->dir;
   fills[1].placeholder = "@INSTANCE@", fills[1].value = instance;
   fills[2].placeholder = "@IMAP_PORT@", fills[2].value = ports[0];
@@ -282,8 +290,7 @@ pg_test_dovecot_try_start (PgTestDovecot *dovecot, GError **error)
 
   while (!pg_test_dovecot_pidfile_is_ours (dovecot))
     {
-      if (pg_test_process_has_exited (dovecot->process)
-          || g_get_monotonic_time () >= deadline)
+      if (pg_test_process_has_exited (dovecot->process) || g_get_monotonic_time () >= deadline)
         break;
       g_usleep (5000);
     }
@@ -490,8 +497,7 @@ pg_test_dovecot_stop (PgTestDovecot *dovecot)
   clean = pg_test_process_stop (dovecot->process, PG_TEST_DOVECOT_STOP_TIMEOUT_MS);
   g_clear_pointer (&dovecot->process, pg_test_process_free);
   /* The master has told its children to go; make sure they did, by PID. */
-  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children,
-                           PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
+  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children, PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
     {
       clean = FALSE;
       for (guint i = 0; i < children->len; i++)
@@ -515,6 +521,7 @@ pg_test_dovecot_free (PgTestDovecot *dovecot)
   g_free (dovecot->log_file);
   g_free (dovecot->stderr_file);
   g_clear_pointer (&dovecot->passwd, g_hash_table_unref);
+  g_free (dovecot->capability);
   g_free (dovecot);
 }
 

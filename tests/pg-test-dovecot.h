@@ -24,6 +24,10 @@ typedef struct
   /* IMAP METADATA (RFC 5464) with a file dict per user, for the imap-metadata state
    * backend. */
   gboolean metadata;
+  /* The whole post-login capability list (Dovecot's imap_capability), NULL: Dovecot's own.
+   * Dovecot serves the same commands either way; popgate sees (and must honour) only what
+   * is listed, e.g. a server without UIDPLUS and MOVE. */
+  const char *capability;
 } PgTestDovecotOptions;
 
 typedef struct
@@ -40,6 +44,7 @@ typedef struct
   guint16 pop3_port;
   guint16 pop3s_port;
   gboolean metadata;
+  gchar *capability;      /* owned: options->capability */
   PgTestProcess *process; /* owned: the master; NULL while stopped */
   GHashTable *passwd;     /* owned: user → passwd-file line */
 } PgTestDovecot;
@@ -54,8 +59,8 @@ PgTestDovecot *pg_test_dovecot_new (const PgTestDovecotOptions *options, GError 
  * atomically and Dovecot re-reads it on change). Dovecot lower-cases login names
  * (auth_username_format = %Lu) and so do we; the name may not contain ':' or control
  * characters. The password may hold anything but NUL. */
-gboolean pg_test_dovecot_add_user (PgTestDovecot *dovecot, const char *user,
-                                   const char *password, GError **error);
+gboolean pg_test_dovecot_add_user (PgTestDovecot *dovecot, const char *user, const char *password,
+                                   GError **error);
 
 /* Start the master and wait (bounded) until it has bound every listener and the IMAP port
  * accepts. Retries with new ports if one was taken meanwhile. */
@@ -86,8 +91,7 @@ gboolean pg_test_dovecot_create_mailbox (PgTestDovecot *dovecot, const char *use
  * Dovecot (children of our master). Returns how many were signalled. */
 guint pg_test_dovecot_signal_sessions (PgTestDovecot *dovecot, int signo);
 /* The same, only for the imap processes serving `user` (from their process titles). */
-guint pg_test_dovecot_signal_user_sessions (PgTestDovecot *dovecot, const char *user,
-                                            int signo);
+guint pg_test_dovecot_signal_user_sessions (PgTestDovecot *dovecot, const char *user, int signo);
 
 /* Dovecot's log so far (for a failing test's messages). */
 gchar *pg_test_dovecot_read_log (PgTestDovecot *dovecot);

@@ -25,17 +25,17 @@ typedef struct _PgPop3Maildrop PgPop3Maildrop;
  * is kept aside and found here. */
 guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
 
-PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, guint64 session_id,
-                                      const char *client_ip);
+PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, guint64 session_id, const char *client_ip);
 void pg_pop3_maildrop_free (PgPop3Maildrop *maildrop);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgPop3Maildrop, pg_pop3_maildrop_free)
 
 /* Connect, log in with the client's credentials, SELECT the configured mailbox and take
- * the snapshot of (UID, size), with INTERNALDATE when [pop3] recent_days is set. Errors: PG_ERROR_AUTH_FAILED for refused credentials,
- * anything else means the upstream could not be used (answer [SYS/TEMP]). */
-void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user,
-                                  const char *password, GCancellable *cancellable,
-                                  GAsyncReadyCallback callback, gpointer user_data);
+ * the snapshot of (UID, size), with INTERNALDATE when [pop3] recent_days is set. Errors:
+ * PG_ERROR_AUTH_FAILED for refused credentials, anything else means the upstream could not be used
+ * (answer [SYS/TEMP]). */
+void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const char *password,
+                                  GCancellable *cancellable, GAsyncReadyCallback callback,
+                                  gpointer user_data);
 gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
                                        GError **error);
 
@@ -93,8 +93,23 @@ void pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, PgDeletePolicy pol
                                     const char *move_mailbox, GArray *deleted, GArray *seen,
                                     GCancellable *cancellable, GAsyncReadyCallback callback,
                                     gpointer user_data);
+/* Whatever the outcome: *out_flagged (guint32 UIDs, a new reference) are the deleted
+ * messages left flagged \Deleted in the mailbox for good (no UIDPLUS, or the server
+ * refused UID EXPUNGE); *out_permanent is TRUE when the update failed and a retry would
+ * fail the same way (the server refused, or lacks UIDPLUS), FALSE when it succeeded or a
+ * retry may work (connection lost, timeout, RFC 5530 UNAVAILABLE/INUSE). */
 gboolean pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                         GArray **out_flagged, gboolean *out_permanent,
                                          GError **error);
+
+/* UID COPY of uids to mailbox (a move without MOVE, step by step). */
+void pg_pop3_maildrop_copy_async (PgPop3Maildrop *maildrop, GArray *uids, const char *mailbox,
+                                  GCancellable *cancellable, GAsyncReadyCallback callback,
+                                  gpointer user_data);
+gboolean pg_pop3_maildrop_copy_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                         GError **error);
+/* Whether the upstream offers a capability (after open). */
+gboolean pg_pop3_maildrop_has_capability (PgPop3Maildrop *maildrop, const char *capability);
 
 /* LOGOUT (a failure changes nothing for the client: it is only logged at debug level). */
 void pg_pop3_maildrop_logout_async (PgPop3Maildrop *maildrop, GCancellable *cancellable,

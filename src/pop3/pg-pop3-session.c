@@ -126,6 +126,7 @@ struct _PgPop3Session
   GArray *quit_deleted;    /* owned, guint32 UIDs */
   GArray *quit_seen;       /* owned, guint32 UIDs */
   gchar *quit_problem;     /* owned: what the update could not apply */
+  gboolean quit_permanent; /* quit_problem will not go away on a retry: [SYS/PERM] */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
@@ -325,8 +326,7 @@ pg_pop3_session_init (PgPop3Session *self)
 
 /* --- output ----------------------------------------------------------------------------- */
 
-static void
-pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_reply (PgPop3Session *self, const char *format, ...)
@@ -354,8 +354,8 @@ static void
 pg_pop3_session_log_end (PgPop3Session *self)
 {
   gint64 ms = (g_get_monotonic_time () - self->started_us) / 1000;
-  g_autofree gchar *user = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64)
-                                              : g_strdup ("-");
+  g_autofree gchar *user
+      = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64) : g_strdup ("-");
 
   pg_session_message (self->id,
                       "pop3 session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
@@ -502,11 +502,10 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
-  pg_session_message (self->id,
-                      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT
-                      " hidden=%u",
-                      user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
-                      self->n_hidden);
+  pg_session_message (
+      self->id,
+      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT " hidden=%u", user,
+      tag, pg_conn_get_peer (self->conn), self->messages->len, total, self->n_hidden);
   self->busy = FALSE;
   pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_OK);
   pg_pop3_reply (self, "+OK Logged in.");
@@ -522,10 +521,9 @@ static GHashTable *pg_pop3_stores = NULL; /* "backend\npath" → PgStateStore* (
 static PgStateStore *
 pg_pop3_state_store_get (PgConfig *config, GError **error)
 {
-  g_autofree gchar *id = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
-                                          config->state.backend == PG_STATE_BACKEND_FILE
-                                              ? config->state.path
-                                              : "");
+  g_autofree gchar *id
+      = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
+                         config->state.backend == PG_STATE_BACKEND_FILE ? config->state.path : "");
   PgStateStore *store;
 
   if (pg_pop3_stores == NULL)
@@ -606,8 +604,7 @@ pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
 }
 
 static gboolean
-pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
-                               gpointer user_data)
+pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3Session *self = user_data;
   const PgClientState *state = self->client_state;
@@ -620,7 +617,8 @@ pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
     return FALSE;
   if (self->config->pop3.recent_days > 0 && internaldate != PG_UPSTREAM_NO_DATE)
     {
-      oldest = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
+      oldest
+          = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
       if (internaldate < oldest)
         return FALSE;
     }
@@ -638,6 +636,25 @@ pg_pop3_session_state_ready (PgPop3Session *self)
   pg_pop3_session_enter_transaction (self);
 }
 
+/* Store client_state; pg_pop3_session_save_finish() makes it the saved state. */
+static void
+pg_pop3_session_save (PgPop3Session *self, GAsyncReadyCallback callback)
+{
+  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                             self->state_key, self->client_state, self->cancellable, callback,
+                             g_object_ref (self));
+}
+
+static gboolean
+pg_pop3_session_save_finish (PgPop3Session *self, GAsyncResult *result, GError **error)
+{
+  if (!pg_state_store_save_finish (self->store, result, error))
+    return FALSE;
+  g_clear_pointer (&self->saved_state, pg_client_state_free);
+  self->saved_state = pg_client_state_copy (self->client_state);
+  return TRUE;
+}
+
 static void
 pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -647,17 +664,15 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+  if (!pg_pop3_session_save_finish (self, result, &error))
     {
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s",
-                          who, error->message);
+      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s", who,
+                          error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
       return;
     }
-  g_clear_pointer (&self->saved_state, pg_client_state_free);
-  self->saved_state = pg_client_state_copy (self->client_state);
   pg_pop3_session_state_ready (self);
 }
 
@@ -666,9 +681,191 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
 static void
 pg_pop3_session_login_save (PgPop3Session *self)
 {
+  pg_pop3_session_save (self, pg_pop3_session_login_saved_cb);
+}
+
+/* --- applying a delete policy: at QUIT, and for an interrupted QUIT at the next login ---
+ *
+ * `delete = move:MAILBOX` on a server without MOVE is done step by step so that it is
+ * idempotent: UID COPY of the UIDs this client has not had copied yet, then the copied
+ * UIDs go into the client's hidden set and the state is stored, then UID STORE \Deleted
+ * (and UID EXPUNGE with UIDPLUS). The order is the crash-safe one: recording "copied"
+ * before the COPY would, after a crash in between, flag a message that was never copied
+ * (lost for the trash); recording it after means that only a crash in the instant between
+ * the COPY's OK and the record makes the next login copy once more (a duplicate in the
+ * trash, never a loss). Messages left flagged \Deleted (no UIDPLUS) go into the hidden
+ * set too: this client is never offered them again. */
+
+typedef struct
+{
+  PgDeletePolicy policy; /* what is left to do after the copy step */
+  gchar *mailbox;        /* owned */
+  GArray *deleted;       /* owned, guint32 */
+  GArray *to_copy;       /* owned, guint32: the part of deleted that still needs a COPY */
+  GArray *seen;          /* owned, guint32 */
+  gchar *problem;        /* owned: a copy step that failed */
+  gboolean permanent;    /* ... and it will fail again */
+} PgPop3Apply;
+
+static void
+pg_pop3_apply_free (PgPop3Apply *apply)
+{
+  g_free (apply->mailbox);
+  g_array_unref (apply->deleted);
+  g_array_unref (apply->to_copy);
+  g_array_unref (apply->seen);
+  g_free (apply->problem);
+  g_free (apply);
+}
+
+static void
+pg_pop3_session_hide_uids (PgPop3Session *self, GArray *uids)
+{
+  for (guint i = 0; i < uids->len; i++)
+    pg_uid_set_add (self->client_state->hidden, g_array_index (uids, guint32, i));
+}
+
+static void
+pg_pop3_session_apply_updated_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GArray) flagged = NULL;
+  gboolean permanent = FALSE;
+
+  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &flagged, &permanent, &error))
+    {
+      if (apply->problem == NULL)
+        {
+          apply->problem = g_strdup (error->message);
+          apply->permanent = permanent;
+        }
+      else
+        {
+          gchar *both = g_strdup_printf ("%s; %s", apply->problem, error->message);
+          g_free (apply->problem);
+          apply->problem = both;
+          apply->permanent = apply->permanent && permanent;
+        }
+    }
+  if (flagged->len > 0)
+    {
+      pg_pop3_session_hide_uids (self, flagged);
+      pg_session_warning (self->id,
+                          "%u messages stay flagged \\Deleted upstream (the server "
+                          "lacks UIDPLUS or refused UID EXPUNGE): this client will not be "
+                          "offered them again",
+                          flagged->len);
+    }
+  if (apply->problem != NULL)
+    g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s", apply->problem);
+  else
+    g_task_return_boolean (task, TRUE);
+}
+
+static void
+pg_pop3_session_apply_update (GTask *task)
+{
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+
+  pg_pop3_maildrop_update_async (self->maildrop, apply->policy, apply->mailbox, apply->deleted,
+                                 apply->seen, self->cancellable, pg_pop3_session_apply_updated_cb,
+                                 task);
+}
+
+static void
+pg_pop3_session_apply_copy_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_pop3_session_save_finish (self, result, &error))
+    pg_session_warning (self->id,
+                        "move: copied, but could not record it (a crash now would "
+                        "copy once more): %s",
+                        error->message);
+  pg_pop3_session_apply_update (task);
+}
+
+static void
+pg_pop3_session_apply_copied_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_pop3_maildrop_copy_finish (self->maildrop, result, &error))
+    {
+      /* Nothing is flagged: the messages stay as they were (\Seen is still applied). */
+      apply->problem = g_strdup_printf ("%u messages not moved to %s (%s)", apply->deleted->len,
+                                        apply->mailbox, error->message);
+      apply->permanent = pg_upstream_error_is_permanent (error);
+      g_array_set_size (apply->deleted, 0);
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  /* hidden is this client's "copied" record: none of these is copied again. */
+  pg_pop3_session_hide_uids (self, apply->to_copy);
   pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
                              self->state_key, self->client_state, self->cancellable,
-                             pg_pop3_session_login_saved_cb, g_object_ref (self));
+                             pg_pop3_session_apply_copy_saved_cb, task);
+}
+
+/* Apply policy to deleted (and \Seen to seen), as described above. */
+static void
+pg_pop3_session_apply_async (PgPop3Session *self, PgDeletePolicy policy, const char *mailbox,
+                             GArray *deleted, GArray *seen, GAsyncReadyCallback callback)
+{
+  GTask *task = g_task_new (self, NULL, callback, g_object_ref (self));
+  PgPop3Apply *apply = g_new0 (PgPop3Apply, 1);
+
+  g_task_set_source_tag (task, pg_pop3_session_apply_async);
+  apply->policy = policy;
+  apply->mailbox = g_strdup (mailbox);
+  apply->deleted = g_array_copy (deleted);
+  apply->to_copy = g_array_new (FALSE, FALSE, sizeof (guint32));
+  apply->seen = g_array_ref (seen);
+  g_task_set_task_data (task, apply, (GDestroyNotify) pg_pop3_apply_free);
+  if (policy != PG_DELETE_MOVE || deleted->len == 0
+      || pg_pop3_maildrop_has_capability (self->maildrop, "MOVE"))
+    {
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  apply->policy = PG_DELETE_EXPUNGE; /* what is left after the copy */
+  for (guint i = 0; i < deleted->len; i++)
+    {
+      guint32 uid = g_array_index (deleted, guint32, i);
+      if (!pg_uid_set_contains (self->client_state->hidden, uid))
+        g_array_append_val (apply->to_copy, uid);
+    }
+  pg_session_info (self->id,
+                   "upstream lacks MOVE: UID COPY of %u messages to %s (%u copied "
+                   "for this client before, not again), then flagging",
+                   apply->to_copy->len, mailbox, deleted->len - apply->to_copy->len);
+  if (apply->to_copy->len == 0)
+    {
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  pg_pop3_maildrop_copy_async (self->maildrop, apply->to_copy, mailbox, self->cancellable,
+                               pg_pop3_session_apply_copied_cb, task);
+}
+
+/* *out_permanent: on failure, whether a retry would fail the same way. */
+static gboolean
+pg_pop3_session_apply_finish (PgPop3Session *self, GAsyncResult *result, gboolean *out_permanent,
+                              GError **error)
+{
+  PgPop3Apply *apply = g_task_get_task_data (G_TASK (result));
+
+  *out_permanent = apply != NULL && apply->problem != NULL && apply->permanent;
+  return g_task_propagate_boolean (G_TASK (result), error);
 }
 
 typedef struct
@@ -677,8 +874,7 @@ typedef struct
 } PgPop3GoneData;
 
 static gboolean
-pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate,
-                             gpointer user_data)
+pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3GoneData *data = user_data;
   return !pg_uid_set_contains (data->gone, msg->uid);
@@ -690,30 +886,46 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
   g_autofree gchar *who = NULL;
+  gboolean permanent = FALSE;
   PgPop3GoneData gone;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   who = pg_state_key_to_log (self->state_key);
-  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
+  if (!pg_pop3_session_apply_finish (self, result, &permanent, &error))
     {
-      /* Still pending: the next login tries again. Showing the messages now would let
-       * the client fetch what it already deleted. */
-      pg_session_warning (self->id, "login refused: could not finish the interrupted QUIT of "
-                          "%s: %s", who, error->message);
+      if (!permanent)
+    {
+          /* Still pending: the next login tries again. Showing the messages now would
+           * let the client fetch what it already deleted. */
+          pg_session_warning (self->id,
+                              "login refused: could not finish the interrupted QUIT "
+                              "of %s: %s",
+                              who, error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
       return;
     }
+      /* The server's considered answer: trying at every login would lock the client out
+       * for good. What was left flagged is hidden; the rest stays as it is. */
+      pg_session_warning (self->id,
+                          "the interrupted QUIT of %s cannot be finished (dropped; "
+                          "the messages stay upstream): %s",
+                          who, error->message);
+    }
+  else
+    {
   pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
   gone.gone = self->client_state->pending_uids;
   pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
+    }
   pg_client_state_clear_pending (self->client_state);
   pg_pop3_session_login_save (self);
 }
 
-/* A QUIT was interrupted (popgate died between recording the update and clearing it):
- * apply exactly the recorded update to the UIDs that still exist, then clear it. */
+/* A QUIT was interrupted (popgate died, or the upstream went away, between recording the
+ * update and the server's confirmation): apply exactly the recorded update to the UIDs
+ * that still exist, then clear it. */
 static void
 pg_pop3_session_finish_pending (PgPop3Session *self)
 {
@@ -732,12 +944,12 @@ pg_pop3_session_finish_pending (PgPop3Session *self)
       if (pg_uid_set_contains (state->pending_uids, uid))
         g_array_append_val (uids, uid);
     }
-  pg_session_message (self->id, "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
-                      "still exist)", who, policy == PG_DELETE_MOVE ? "move" : "expunge",
-                      set, uids->len);
-  pg_pop3_maildrop_update_async (self->maildrop, policy, state->pending_mailbox, uids, none,
-                                 self->cancellable, pg_pop3_session_pending_done_cb,
-                                 g_object_ref (self));
+  pg_session_message (self->id,
+                      "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
+                      "still exist)",
+                      who, policy == PG_DELETE_MOVE ? "move" : "expunge", set, uids->len);
+  pg_pop3_session_apply_async (self, policy, state->pending_mailbox, uids, none,
+                               pg_pop3_session_pending_done_cb);
 }
 
 static void
@@ -769,7 +981,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
         }
       /* Never "show everything again": a client that deleted under keep would download
        * its whole mailbox once more. The record is left as it is for the admin. */
-      pg_session_warning (self->id, "login refused: the client state of %s cannot be read (left "
+      pg_session_warning (self->id,
+                          "login refused: the client state of %s cannot be read (left "
                           "as it is; repair or remove it to start this client afresh): %s",
                           who, error->message);
       pg_pop3_session_refuse_login (
@@ -787,8 +1000,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   switch (status)
     {
     case PG_STATE_LOAD_NEW:
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
       /* first_login = new must remember this login's UIDNEXT even if the client never
        * QUITs; otherwise nothing needs storing yet. */
@@ -800,7 +1013,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
       pg_pop3_session_state_ready (self);
       return;
     case PG_STATE_LOAD_UIDVALIDITY_CHANGED:
-      pg_session_warning (self->id, "UIDVALIDITY of %s changed from %u to %u: its state is "
+      pg_session_warning (self->id,
+                          "UIDVALIDITY of %s changed from %u to %u: its state is "
                           "discarded (%" G_GUINT64_FORMAT " hidden, %" G_GUINT64_FORMAT
                           " retrieved%s) and its UIDLs change, so the client will see every "
                           "message as new",
@@ -809,8 +1023,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
                           stored->pending != PG_STATE_PENDING_NONE
                               ? ", and an unfinished QUIT whose UIDs no longer apply"
                               : "");
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_pop3_session_login_save (self);
       return;
     case PG_STATE_LOAD_FOUND:
@@ -843,8 +1057,8 @@ pg_pop3_session_state_load (PgPop3Session *self)
   g_autoptr (GError) error = NULL;
 
   self->uidvalidity = pg_pop3_maildrop_get_uidvalidity (self->maildrop);
-  self->state_key = pg_state_key_new (self->upstream_user, self->config->upstream.mailbox,
-                                      self->client_tag);
+  self->state_key
+      = pg_state_key_new (self->upstream_user, self->config->upstream.mailbox, self->client_tag);
   g_clear_object (&self->store);
   self->store = pg_pop3_state_store_get (self->config, &error);
   if (self->store == NULL)
@@ -1304,9 +1518,9 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  *
  * RFC 2449 PIPELINING: when a RETR starts and the next buffered commands are RETRs too,
  * those messages are fetched at once on the same upstream connection (up to
- * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server sends the bodies in
- * order, but may send the next FETCH's body before the previous command's tagged OK
- * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
+ * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server
+ * sends the bodies in order, but may send the next FETCH's body before the previous command's
+ * tagged OK (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
  * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
  * makes the prefetched transfer current, and its chunk is sent. */
@@ -1353,8 +1567,8 @@ static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpo
 static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
 
 static void
-pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
-                             PgPop3Section section, guint64 offset, guint64 length)
+pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
+                             guint64 offset, guint64 length)
 {
   const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
@@ -1461,8 +1675,8 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
         PgPop3Transfer *current = self->transfer;
 
         if (current->delivered == 0 && current->error == NULL)
-          current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                                        "no body came for this message");
+          current->error
+              = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
         current->finished = TRUE;
         self->in_chunk_cb = TRUE;
         pg_pop3_session_transfer_done (self, current);
@@ -1504,8 +1718,8 @@ pg_pop3_session_transfer_step (PgPop3Session *self, PgPop3Transfer *transfer)
       if (transfer->delivered == PG_POP3_TOP_PARTIAL)
         {
           transfer->top_offset += PG_POP3_TOP_PARTIAL;
-          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT,
-                                       transfer->top_offset, PG_POP3_TOP_PARTIAL);
+          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT, transfer->top_offset,
+                                       PG_POP3_TOP_PARTIAL);
           return;
         }
     }
@@ -1687,8 +1901,8 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND) && !transfer->sent_ok)
         {
           /* Someone else expunged it meanwhile: this message fails, the session goes on. */
-          pg_session_info (self->id, "message %u (UID %u) vanished upstream",
-                           transfer->index + 1, msg->uid);
+          pg_session_info (self->id, "message %u (UID %u) vanished upstream", transfer->index + 1,
+                           msg->uid);
           pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
                          transfer->index + 1);
         }
@@ -1755,7 +1969,9 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   pg_pop3_maildrop_uncork (self->maildrop);
 }
 
-/* QUIT, last step: the upstream connection is logged out; answer. */
+/* QUIT, last step: the upstream connection is logged out; answer. RFC 3206: [SYS/PERM]
+ * for what the same QUIT would meet again (a client retrying it for ever gains nothing),
+ * [SYS/TEMP] for what may work later. */
 static void
 pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1766,7 +1982,8 @@ pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_
     return;
   if (self->quit_problem != NULL)
     {
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] %s", self->quit_problem);
+      pg_pop3_reply (self, "-ERR [SYS/%s] %s", self->quit_permanent ? "PERM" : "TEMP",
+                     self->quit_problem);
       pg_pop3_session_end (self, "QUIT, update failed");
       return;
     }
@@ -1791,9 +2008,11 @@ pg_pop3_session_quit_cleared_cb (GObject *source, GAsyncResult *result, gpointer
     return;
   /* The update is applied; a record still saying "pending" only makes the next login
    * apply it again to UIDs that no longer exist, which does nothing. */
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
-    pg_session_warning (self->id, "QUIT: applied, but the pending update could not be cleared "
-                        "(the next login will find nothing left to do): %s", error->message);
+  if (!pg_pop3_session_save_finish (self, result, &error))
+    pg_session_warning (self->id,
+                        "QUIT: applied, but the client state could not be stored "
+                        "(the next login will find nothing left to do): %s",
+                        error->message);
   pg_pop3_session_quit_logout (self);
 }
 
@@ -1802,23 +2021,34 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
 {
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
+  gboolean permanent = FALSE;
 
   if (pg_conn_is_closed (self->conn))
     return;
-  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
+  if (!pg_pop3_session_apply_finish (self, result, &permanent, &error))
     {
-      pg_session_warning (self->id, "QUIT: update not fully applied: %s", error->message);
+      pg_session_warning (self->id, "QUIT: update not fully applied (%s): %s",
+                          permanent ? "permanent" : "transient", error->message);
       pg_metrics_gerror (error);
       self->quit_problem = g_strdup (error->message);
+      self->quit_permanent = permanent;
+      if (!permanent && self->client_state->pending != PG_STATE_PENDING_NONE)
+        {
+          /* The server did not confirm (connection lost, timeout): the messages may be
+           * flagged \Deleted and not expunged. The pending record stays as stored, and
+           * the next login finishes exactly those UIDs. */
+          pg_session_warning (self->id, "QUIT: the pending update stays recorded; the next "
+                                        "login finishes it");
+          pg_pop3_session_quit_logout (self);
+          return;
     }
-  if (self->client_state->pending != PG_STATE_PENDING_NONE)
-    {
-      /* The server answered every command, so the update is settled either way (what
-       * failed was reported to the client and stays as it is). */
+    }
+  /* The server answered every command, so the update is settled (what failed for good
+   * was reported to the client and stays as it is). */
       pg_client_state_clear_pending (self->client_state);
-      pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                                 self->state_key, self->client_state, self->cancellable,
-                                 pg_pop3_session_quit_cleared_cb, g_object_ref (self));
+  if (self->saved_state == NULL || !pg_client_state_equal (self->client_state, self->saved_state))
+    {
+      pg_pop3_session_save (self, pg_pop3_session_quit_cleared_cb);
       return;
     }
   pg_pop3_session_quit_logout (self);
@@ -1827,10 +2057,9 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
 static void
 pg_pop3_session_quit_apply (PgPop3Session *self)
 {
-  pg_pop3_maildrop_update_async (self->maildrop, self->config->pop3.delete_policy,
-                                 self->config->pop3.move_mailbox, self->quit_deleted,
-                                 self->quit_seen, self->cancellable, pg_pop3_session_update_cb,
-                                 g_object_ref (self));
+  pg_pop3_session_apply_async (self, self->config->pop3.delete_policy,
+                               self->config->pop3.move_mailbox, self->quit_deleted, self->quit_seen,
+                               pg_pop3_session_update_cb);
 }
 
 static void
@@ -1842,13 +2071,15 @@ pg_pop3_session_quit_saved_cb (GObject *source, GAsyncResult *result, gpointer u
 
   if (pg_conn_is_closed (self->conn))
     return;
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+  if (!pg_pop3_session_save_finish (self, result, &error))
     {
       /* Nothing was touched upstream: under keep the DELEs would not be remembered, and
        * for expunge/move a crash could not be recovered. So nothing is applied. */
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "QUIT: nothing applied: cannot store the client state of "
-                          "%s: %s", who, error->message);
+      pg_session_warning (self->id,
+                          "QUIT: nothing applied: cannot store the client state of "
+                          "%s: %s",
+                          who, error->message);
       pg_pop3_reply (self, "-ERR [SYS/TEMP] Cannot record this client's state; nothing was "
                            "deleted, try again later.");
       pg_pop3_session_end (self, "QUIT, state not stored");
@@ -1886,9 +2117,8 @@ pg_pop3_session_quit (PgPop3Session *self)
   if (policy == PG_DELETE_KEEP)
     pg_uid_set_union (state->hidden, deleted_set);
   else if (self->quit_deleted->len > 0)
-    pg_client_state_set_pending (state,
-                                 policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE
-                                                          : PG_STATE_PENDING_EXPUNGE,
+    pg_client_state_set_pending (
+        state, policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE,
                                  self->config->pop3.move_mailbox, deleted_set);
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
   pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
@@ -1900,9 +2130,7 @@ pg_pop3_session_quit (PgPop3Session *self)
       pg_pop3_session_quit_apply (self);
       return;
     }
-  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                             self->state_key, state, self->cancellable,
-                             pg_pop3_session_quit_saved_cb, g_object_ref (self));
+  pg_pop3_session_save (self, pg_pop3_session_quit_saved_cb);
 }
 
 static void

@@ -200,13 +200,49 @@ pg_upstream_escape_text (const char *text)
   return pg_log_escape (text != NULL ? text : "", text != NULL ? strlen (text) : 0, 200);
 }
 
+/* The prefix of every refusal (tagged NO/BAD); pg_upstream_error_is_permanent() reads the
+ * response code that follows the keyword (an atom the parser checked, before any peer
+ * text, so the server's text cannot pose as a code). */
+#define PG_UPSTREAM_REFUSED_PREFIX "upstream refused "
+
 static GError *
 pg_upstream_refused_error (const char *what, const PgImapResponse *tagged)
 {
   g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
 
-  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream refused %s: %s %s", what,
+  if (tagged->code != NULL)
+    return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s [%s] %s",
+                        what, tagged->keyword, tagged->code, text);
+  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s %s", what,
                       tagged->keyword, text);
+}
+
+gboolean
+pg_upstream_error_is_permanent (const GError *error)
+{
+  /* RFC 5530 codes that say "later may work": the rest of a refusal is the server's
+   * considered answer, and the same command will get it again. */
+  static const char *const temporary[] = { "UNAVAILABLE", "INUSE", "EXPUNGEISSUED", NULL };
+  const char *rest;
+  const char *open;
+
+  if (error == NULL || !g_error_matches (error, PG_ERROR, PG_ERROR_UPSTREAM)
+      || !g_str_has_prefix (error->message, PG_UPSTREAM_REFUSED_PREFIX))
+    return FALSE; /* the connection failed, timed out or broke the protocol: transient */
+  rest = strstr (error->message, ": ");
+  if (rest == NULL)
+    return TRUE;
+  rest += 2;
+  open = strchr (rest, ' ');
+  if (open == NULL || open[1] != '[')
+    return TRUE;
+  for (gsize i = 0; temporary[i] != NULL; i++)
+    {
+      gsize len = strlen (temporary[i]);
+      if (strncmp (open + 2, temporary[i], len) == 0 && open[2 + len] == ']')
+        return FALSE;
+    }
+  return TRUE;
 }
 
 /* Take the command's task and return an error on it (if not already returned). */
@@ -752,7 +788,8 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       g_autoptr (GError) error
           = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
                          "upstream sent a body for UID %" G_GUINT64_FORMAT " where UID %u was "
-                         "expected", uid, guessed);
+                         "expected",
+                         uid, guessed);
       pg_upstream_fail (self, error);
       return;
     }
@@ -1003,9 +1040,8 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result
-          = pg_imap_parser_feed (self->parser,
-                                 self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
+      PgImapParseResult result = pg_imap_parser_feed (
+          self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
                                  self->rlen - self->rpos, &consumed, &event, &error);
 
       if (result == PG_IMAP_PARSE_ERROR)
@@ -1499,8 +1535,8 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
   /* Commands and their literals go out as separate small writes (AUTHENTICATE PLAIN and
    * its response, pipelined FETCHes): without TCP_NODELAY, Nagle's algorithm holds the
    * second until the first is acknowledged, ~40 ms against a peer that delays its ACKs. */
-  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP,
-                              TCP_NODELAY, 1, NULL);
+  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP, TCP_NODELAY,
+                              1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
   if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
@@ -2306,6 +2342,32 @@ pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, con
   pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
 }
 
+void
+pg_upstream_copy_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *mailbox,
+                        GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *after = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_copy_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->mailbox = g_strdup (mailbox);
+  batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_COPY;
+  after = g_strnfill (strlen (mailbox) * 2 + 2, 'x');
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
+}
+
+gboolean
+pg_upstream_copy_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
 gboolean
 pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
                          GError **error)
@@ -2457,8 +2519,7 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
   g_return_val_if_fail (out_buffered != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED
-      && self->state != PG_UPSTREAM_STATE_SELECTED)
+  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED && self->state != PG_UPSTREAM_STATE_SELECTED)
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is not open and logged in");
@@ -2473,8 +2534,8 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
                            "upstream connection is busy; cannot hand it over");
       return NULL;
     }
-  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT
-                               " bytes buffered)", self->rlen - self->rpos);
+  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT " bytes buffered)",
+                    self->rlen - self->rpos);
   *out_buffered = self->rbuf != NULL
                       ? g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos)
                       : g_bytes_new (NULL, 0);
