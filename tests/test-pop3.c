@@ -626,6 +626,32 @@ test_in_use (Fixture *fx, gconstpointer data)
   }
 }
 
+/* lock_session = false (the default, as Dovecot): a second session of the same client
+ * logs in while the first lasts; each works on its own snapshot. */
+static void
+test_concurrent (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) first = pop3_login (fx);
+  g_autoptr (PgTestPop3) second = pop3_login (fx);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (second, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (second, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (first, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (first));
+  /* The second session's snapshot still numbers message 1; it never touches it. */
+  PG_TEST_POP3_ASSERT_REPLY (second, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (second));
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 3);
+  g_assert_cmpuint (g_array_index (after, guint32, 0), ==, g_array_index (fx->uids, guint32, 2));
+}
+
 static void
 test_pipelining (Fixture *fx, gconstpointer data)
 {
@@ -967,6 +993,7 @@ main (int argc, char **argv)
   static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const lock_session[] = { "pop3", "lock_session", "true", NULL };
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
@@ -994,7 +1021,8 @@ main (int argc, char **argv)
     { "/popgate/pop3/move-trash", move_trash, test_move_trash },
     { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
     { "/popgate/pop3/vanished", NULL, test_vanished },
-    { "/popgate/pop3/in-use", NULL, test_in_use },
+    { "/popgate/pop3/in-use", lock_session, test_in_use },
+    { "/popgate/pop3/concurrent", NULL, test_concurrent },
     { "/popgate/pop3/pipelining", trace, test_pipelining },
     { "/popgate/pop3/readahead", trace_verbose, test_readahead },
     { "/popgate/pop3/pipelined-retr-batch", NULL, test_pipelined_retr_batch },

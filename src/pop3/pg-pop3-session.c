@@ -1106,7 +1106,11 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       return;
     }
 
-  /* RFC 1939 §8: exclusive access to the maildrop, per (user, mailbox, client). */
+  /* RFC 1939 §8 allows exclusive access to the maildrop, per (user, mailbox, client); off
+   * by default as in Dovecot (a client whose connection dropped would otherwise be locked
+   * out until the old session's autologout). Concurrent sessions each work on their own
+   * snapshot, by UID only, and their state saves merge (pg_state_store_save_merge). */
+  if (self->config->pop3.lock_session)
   {
     g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", self->upstream_user,
                                              self->config->upstream.mailbox, self->client_tag);
