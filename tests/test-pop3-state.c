@@ -418,8 +418,8 @@ test_metadata_two_instances (Fixture *fx, gconstpointer data)
   g_assert_null (g_dir_read_name (dir));
   {
     g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
-    g_autofree gchar *reply
-        = pg_test_imap_command (imap, "GETMETADATA INBOX /private/vendor/popgate/laptop", &error);
+    g_autofree gchar *reply = pg_test_imap_command (
+        imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
     g_assert_no_error (error);
     g_assert_nonnull (strstr (reply, "popgate-state 1"));
     g_assert_nonnull (strstr (reply, "hidden 1:3"));
@@ -839,6 +839,81 @@ test_lost_before_expunge (Fixture *fx, gconstpointer data)
   g_assert_null (strstr (contents, "pending"));
 }
 
+/* Two concurrent sessions of one client (`login`) under keep, on popgate a and b (the
+ * same instance or two): the first DELEs 1 and 2, the second 4; they QUIT in the order
+ * given. Both DELE sets are kept: the next login sees neither. */
+static void
+concurrent_keep (Fixture *fx, PgTestPopgate *a, PgTestPopgate *b, const char *login,
+                 gboolean first_quits_first)
+{
+  static const guint32 left[] = { 3, 5 };
+  g_autoptr (PgTestPop3) first = pop3_login (a, login);
+  g_autoptr (PgTestPop3) second = pop3_login (b, login);
+  PgTestPop3 *order[2] = { first, second };
+
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (second, "DELE 4", "+OK");
+  if (!first_quits_first)
+    {
+      order[0] = second;
+      order[1] = first;
+    }
+  for (guint i = 0; i < 2; i++)
+    {
+      PG_TEST_POP3_ASSERT_REPLY (order[i], "QUIT", "+OK");
+      g_assert_true (pg_test_pop3_wait_closed (order[i]));
+    }
+  assert_sees (a, login, left, G_N_ELEMENTS (left));
+  assert_sees (b, login, left, G_N_ELEMENTS (left));
+}
+
+/* The file backend: both sessions in one popgate; QUIT in both orders. */
+static void
+test_concurrent_keep_file (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+
+  concurrent_keep (fx, fx->popgate, fx->popgate, laptop, TRUE);
+  concurrent_keep (fx, fx->popgate, fx->popgate, phone, FALSE);
+}
+
+/* The imap-metadata backend: the sessions on two popgate instances; both orders. */
+static void
+test_concurrent_keep_metadata (Fixture *fx, gconstpointer data)
+{
+  const TestSpec *spec = data;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+  static const guint32 all[] = { 1, 2, 3, 4, 5 };
+
+  fx->second = popgate_new (fx, spec);
+  concurrent_keep (fx, fx->popgate, fx->second, laptop, TRUE);
+  concurrent_keep (fx, fx->popgate, fx->second, phone, FALSE);
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+  /* A later save folds the entries into one again. */
+  {
+    static const guint one[] = { 1 };
+    static const guint32 later[] = { 5 };
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestImap) imap = NULL;
+    g_autofree gchar *reply = NULL;
+    const char *p;
+    guint n = 0;
+
+    dele_quit (fx->second, laptop, one, 1);
+    assert_sees (fx->popgate, laptop, later, G_N_ELEMENTS (later));
+    imap = imap_login (fx, "INBOX", NULL);
+    reply = pg_test_imap_command (
+        imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
+    g_assert_no_error (error);
+    for (p = reply; (p = strstr (p, "popgate-state 1")) != NULL; p++)
+      n++;
+    g_assert_cmpuint (n, ==, 1);
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -865,6 +940,8 @@ main (int argc, char **argv)
   static const TestSpec move_missing_spec = { move_missing, FALSE, NULL, 3 };
   static const TestSpec move_missing_bare = { move_missing, TRUE, NULL, 3 };
   static const TestSpec lost_before_expunge = { NULL, FALSE, NULL, 4 };
+  static const TestSpec concurrent_file = { keep, FALSE, NULL, 5 };
+  static const TestSpec concurrent_metadata = { metadata_keep, FALSE, NULL, 5 };
   static const struct
   {
     const char *path;
@@ -886,6 +963,9 @@ main (int argc, char **argv)
     { "/popgate/pop3-state/move-missing", &move_missing_spec, test_move_missing },
     { "/popgate/pop3-state/move-missing-bare", &move_missing_bare, test_move_missing },
     { "/popgate/pop3-state/lost-before-expunge", &lost_before_expunge, test_lost_before_expunge },
+    { "/popgate/pop3-state/concurrent-keep-file", &concurrent_file, test_concurrent_keep_file },
+    { "/popgate/pop3-state/concurrent-keep-metadata", &concurrent_metadata,
+      test_concurrent_keep_metadata },
   };
   PgTestDovecotOptions with_metadata = { .metadata = TRUE };
   PgTestDovecotOptions bare = { .capability = BARE_CAPABILITY };

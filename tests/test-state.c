@@ -313,6 +313,59 @@ pg_test_state_sample (void)
   return state;
 }
 
+/* The three-way merge of concurrent sessions: unions, the earlier first login, and a
+ * pending update cleared only by the session that made it. */
+static void
+pg_test_state_merge (void)
+{
+  g_autoptr (PgClientState) base = pg_client_state_new (7, 10, 1000);
+  g_autoptr (PgClientState) stored = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  g_autoptr (PgClientState) other = NULL;
+  g_autoptr (PgUidSet) mine = pg_uid_set_new ();
+  g_autoptr (PgUidSet) theirs = pg_uid_set_new ();
+  g_autofree gchar *text = NULL;
+
+  pg_uid_set_add (base->hidden, 1);
+  pg_uid_set_add (mine, 5);
+  pg_uid_set_add (theirs, 6);
+  /* Both loaded `base`; we recorded pending 5, they 6 and hid 2. */
+  pg_client_state_set_pending (base, PG_STATE_PENDING_EXPUNGE, NULL, mine);
+  ours = pg_client_state_copy (base);
+  pg_uid_set_add (ours->hidden, 3);
+  pg_uid_set_add (ours->retrieved, 4);
+  stored = pg_client_state_copy (base);
+  stored->first_uidnext = 8;
+  stored->first_login = 900;
+  pg_uid_set_add (stored->hidden, 2);
+  pg_uid_set_union (theirs, mine);
+  pg_client_state_set_pending (stored, PG_STATE_PENDING_EXPUNGE, NULL, theirs);
+  /* We finished ours: pending 5 is cleared, 6 (theirs) stays. */
+  pg_client_state_clear_pending (ours);
+  merged = pg_client_state_merge (stored, base, ours);
+  text = pg_uid_set_to_string (merged->hidden);
+  g_assert_cmpstr (text, ==, "1:3");
+  g_clear_pointer (&text, g_free);
+  text = pg_uid_set_to_string (merged->retrieved);
+  g_assert_cmpstr (text, ==, "4");
+  g_clear_pointer (&text, g_free);
+  g_assert_cmpint (merged->pending, ==, PG_STATE_PENDING_EXPUNGE);
+  text = pg_uid_set_to_string (merged->pending_uids);
+  g_assert_cmpstr (text, ==, "6");
+  g_assert_cmpuint (merged->first_uidnext, ==, 8);
+  g_assert_cmpint (merged->first_login, ==, 900);
+  /* Nothing stored: ours. Another UIDVALIDITY stored: ours too. */
+  g_clear_pointer (&merged, pg_client_state_free);
+  merged = pg_client_state_merge (NULL, base, ours);
+  g_assert_true (pg_client_state_equal (merged, ours));
+  other = pg_client_state_new (8, 1, 1);
+  pg_uid_set_add (other->hidden, 9);
+  g_clear_pointer (&merged, pg_client_state_free);
+  merged = pg_client_state_merge (other, base, ours);
+  g_assert_true (pg_client_state_equal (merged, ours));
+}
+
 static PgStateKey *
 pg_test_state_sample_key (void)
 {
@@ -986,17 +1039,31 @@ pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
                          tag);
   else if (g_ascii_strcasecmp (cmd, "GETMETADATA") == 0 && g_strv_length (words) == 4)
     {
-      GBytes *value = g_hash_table_lookup (c->server->values, words[3]);
+      /* "GETMETADATA mailbox entry" or, for the store's loads and merged saves,
+       * "GETMETADATA (DEPTH 1) mailbox entry": the entry and its children. */
+      g_auto (GStrv) args = g_strsplit (words[3], " ", 4);
+      gboolean depth = g_str_equal (words[2], "(DEPTH") && g_strv_length (args) == 3;
+      const char *mailbox = depth ? args[1] : words[2];
+      const char *entry = depth ? args[2] : words[3];
+      g_autofree gchar *prefix = g_strconcat (entry, "/", NULL);
+      GHashTableIter iter;
+      gpointer name;
+      gpointer value;
+      guint sent = 0;
 
-      if (value == NULL)
-        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", words[2], words[3]);
-      else
+      g_hash_table_iter_init (&iter, c->server->values);
+      while (g_hash_table_iter_next (&iter, &name, &value))
         {
-          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", words[2], words[3],
+          if (!g_str_equal (name, entry) && !(depth && g_str_has_prefix (name, prefix)))
+            continue;
+          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", mailbox, (const char *) name,
                                g_bytes_get_size (value));
           pg_test_imap_send (c, g_bytes_get_data (value, NULL), g_bytes_get_size (value));
           pg_test_imap_printf (c, ")\r\n");
+          sent++;
         }
+      if (sent == 0)
+        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", mailbox, entry);
       pg_test_imap_printf (c, "%s OK GETMETADATA done\r\n", tag);
     }
   else if (g_ascii_strcasecmp (cmd, "SETMETADATA") == 0 && g_strv_length (words) == 4
@@ -1263,6 +1330,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/encode/million", pg_test_state_encode_million);
   g_test_add_func ("/popgate/state/encode/limit", pg_test_state_decode_limit);
   g_test_add_func ("/popgate/state/metadata/entry", pg_test_state_metadata_entry);
+  g_test_add_func ("/popgate/state/merge", pg_test_state_merge);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_roundtrip,
               pg_test_state_fixture_teardown);

@@ -108,6 +108,14 @@ gboolean pg_client_state_equal (const PgClientState *a, const PgClientState *b);
 void pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const char *mailbox,
                                   const PgUidSet *uids);
 void pg_client_state_clear_pending (PgClientState *state);
+/* Three-way merge for concurrent sessions of one client: `stored` is what the store holds
+ * now (NULL: nothing), `base` what this session loaded or last saved (NULL: nothing),
+ * `ours` what it wants to store. hidden and retrieved are unions (a DELE under keep made
+ * in any session is never lost); first login the earlier; the pending update is ours plus
+ * whatever `stored` records that this session did not itself clear. Another UIDVALIDITY
+ * in `stored` gives ours. A new state. */
+PgClientState *pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
+                                      const PgClientState *ours);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
 
 /* The text form, key included (it is checked on load):
@@ -174,6 +182,25 @@ void pg_state_store_save_async (PgStateStore *self, PgUpstream *upstream, const 
                                 const PgClientState *state, GCancellable *cancellable,
                                 GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **error);
+
+/* Store state for key merged with whatever another session (of this or another popgate
+ * instance) stored meanwhile: pg_client_state_merge (now stored, base, state). base is
+ * what the caller loaded or last saved (NULL: nothing). Durable like save. The backends:
+ *  - file: under an exclusive flock() of "<file>.lock", re-read the record, merge, write
+ *    atomically (temp file, fsync, rename, fsync of the directory), unlock.
+ *  - imap-metadata: RFC 5464 has no compare-and-swap, so no entry is ever overwritten by
+ *    two writers: every save writes a new entry "<entry>/<random 64-bit id>" holding the
+ *    merge of everything it read, and only then removes the entries it read (the merge
+ *    subsumes them). A load merges the entry and all its children (DEPTH 1). Two
+ *    concurrent saves each leave their own entry; neither can remove what it did not
+ *    read, so no confirmed change is lost, and the next save compacts them again.
+ * On success *out_merged is what is stored now. */
+void pg_state_store_save_merge_async (PgStateStore *self, PgUpstream *upstream,
+                                      const PgStateKey *key, const PgClientState *base,
+                                      const PgClientState *state, GCancellable *cancellable,
+                                      GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_state_store_save_merge_finish (PgStateStore *self, GAsyncResult *result,
+                                           PgClientState **out_merged, GError **error);
 
 /* The file a key maps to in the file backend (tests, logs); NULL for imap-metadata. */
 gchar *pg_state_store_get_file_path (PgStateStore *self, const PgStateKey *key);

@@ -175,6 +175,15 @@ void pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, cons
 gboolean pg_upstream_get_metadata_finish (PgUpstream *self, GAsyncResult *result,
                                           GBytes **out_value, GError **error);
 
+/* GETMETADATA (DEPTH 1) mailbox entry: the entry and the entries one level below it that
+ * are set, as a new table of entry name (as the server spells it) → GBytes. More than
+ * PG_STATE_MAX_ENTRIES is PG_ERROR_LIMIT. */
+void pg_upstream_get_metadata_tree_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                          GCancellable *cancellable, GAsyncReadyCallback callback,
+                                          gpointer user_data);
+GHashTable *pg_upstream_get_metadata_tree_finish (PgUpstream *self, GAsyncResult *result,
+                                                  GError **error);
+
 /* SETMETADATA mailbox (entry value); value NULL removes the entry. */
 void pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
                                      GBytes *value, GCancellable *cancellable,

@@ -35,9 +35,11 @@ typedef struct
 static const char *const pg_config_upstream_keys[]
   = { "host", "port", "tls", "ca_file", "mailbox", "timeout", "connect_timeout", NULL };
 static const char *const pg_config_pop3_keys[]
-  = { "listen",     "tls_listen",  "delete",  "mark_seen", "lock_session",
-      "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
-      "first_login", "recent_days", "proxy_protocol", NULL };
+    = { "listen",      "tls_listen",   "delete",
+        "mark_seen",   "lock_session", "allow_plaintext_auth",
+        "autologout",  "login_delay",  "client_tag_separator",
+        "first_login", "recent_days",  "proxy_protocol",
+        NULL };
 static const char *const pg_config_imap_keys[]
   = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
       "account_map", NULL };

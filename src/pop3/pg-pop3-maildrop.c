@@ -470,8 +470,8 @@ typedef struct
   gchar *move_mailbox;      /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
   GString *problems;        /* owned: what was not applied */
-  gboolean transient; /* a problem a retry may fix (connection, timeout, busy) */
-  GArray *flagged;    /* owned, guint32: flagged \Deleted, still in the mailbox */
+  gboolean transient;       /* a problem a retry may fix (connection, timeout, busy) */
+  GArray *flagged;          /* owned, guint32: flagged \Deleted, still in the mailbox */
 } PgUpdateData;
 
 static void
@@ -517,8 +517,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_SEEN:
       if (!pg_upstream_add_flags_finish (upstream, result, &error))
         {
-        pg_pop3_maildrop_update_problem (data, "%u retrieved messages not marked seen (%s)",
-                                         data->seen->len, error->message);
+          pg_pop3_maildrop_update_problem (data, "%u retrieved messages not marked seen (%s)",
+                                           data->seen->len, error->message);
           data->transient |= !pg_upstream_error_is_permanent (error);
         }
       data->step = PG_UPDATE_FLAG_DELETED;
@@ -574,7 +574,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
         {
-        pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
+          pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
                                            data->deleted->len, data->move_mailbox, error->message);
           data->transient |= !pg_upstream_error_is_permanent (error);
         }

@@ -107,7 +107,7 @@ void pg_pop3_maildrop_copy_async (PgPop3Maildrop *maildrop, GArray *uids, const 
                                   GCancellable *cancellable, GAsyncReadyCallback callback,
                                   gpointer user_data);
 gboolean pg_pop3_maildrop_copy_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
-                                         GError **error);
+                                       GError **error);
 /* Whether the upstream offers a capability (after open). */
 gboolean pg_pop3_maildrop_has_capability (PgPop3Maildrop *maildrop, const char *capability);
 

@@ -636,22 +636,34 @@ pg_pop3_session_state_ready (PgPop3Session *self)
   pg_pop3_session_enter_transaction (self);
 }
 
-/* Store client_state; pg_pop3_session_save_finish() makes it the saved state. */
+/* Store client_state, merged with what concurrent sessions of this client (here or in
+ * another popgate) stored since we loaded or last saved; pg_pop3_session_save_finish()
+ * makes the merged state both the current and the saved one. */
+static void
+pg_pop3_session_save_with (PgPop3Session *self, GAsyncReadyCallback callback, gpointer user_data)
+{
+  pg_state_store_save_merge_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                                   self->state_key, self->saved_state, self->client_state,
+                                   self->cancellable, callback, user_data);
+}
+
 static void
 pg_pop3_session_save (PgPop3Session *self, GAsyncReadyCallback callback)
 {
-  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                             self->state_key, self->client_state, self->cancellable, callback,
-                             g_object_ref (self));
+  pg_pop3_session_save_with (self, callback, g_object_ref (self));
 }
 
 static gboolean
 pg_pop3_session_save_finish (PgPop3Session *self, GAsyncResult *result, GError **error)
 {
-  if (!pg_state_store_save_finish (self->store, result, error))
+  PgClientState *merged = NULL;
+
+  if (!pg_state_store_save_merge_finish (self->store, result, &merged, error))
     return FALSE;
+  g_clear_pointer (&self->client_state, pg_client_state_free);
+  self->client_state = merged;
   g_clear_pointer (&self->saved_state, pg_client_state_free);
-  self->saved_state = pg_client_state_copy (self->client_state);
+  self->saved_state = pg_client_state_copy (merged);
   return TRUE;
 }
 
@@ -811,9 +823,7 @@ pg_pop3_session_apply_copied_cb (GObject *source, GAsyncResult *result, gpointer
     }
   /* hidden is this client's "copied" record: none of these is copied again. */
   pg_pop3_session_hide_uids (self, apply->to_copy);
-  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                             self->state_key, self->client_state, self->cancellable,
-                             pg_pop3_session_apply_copy_saved_cb, task);
+  pg_pop3_session_save_with (self, pg_pop3_session_apply_copy_saved_cb, task);
 }
 
 /* Apply policy to deleted (and \Seen to seen), as described above. */
@@ -895,17 +905,17 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
   if (!pg_pop3_session_apply_finish (self, result, &permanent, &error))
     {
       if (!permanent)
-    {
+        {
           /* Still pending: the next login tries again. Showing the messages now would
            * let the client fetch what it already deleted. */
           pg_session_warning (self->id,
                               "login refused: could not finish the interrupted QUIT "
                               "of %s: %s",
                               who, error->message);
-      pg_pop3_session_refuse_login (
-          self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
-      return;
-    }
+          pg_pop3_session_refuse_login (
+              self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
+          return;
+        }
       /* The server's considered answer: trying at every login would lock the client out
        * for good. What was left flagged is hidden; the rest stays as it is. */
       pg_session_warning (self->id,
@@ -915,9 +925,9 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
     }
   else
     {
-  pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
-  gone.gone = self->client_state->pending_uids;
-  pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
+      pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
+      gone.gone = self->client_state->pending_uids;
+      pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
     }
   pg_client_state_clear_pending (self->client_state);
   pg_pop3_session_login_save (self);
@@ -1111,26 +1121,26 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
    * out until the old session's autologout). Concurrent sessions each work on their own
    * snapshot, by UID only, and their state saves merge (pg_state_store_save_merge). */
   if (self->config->pop3.lock_session)
-  {
-    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", self->upstream_user,
-                                             self->config->upstream.mailbox, self->client_tag);
-    if (pg_pop3_locks == NULL)
-      pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-    if (g_hash_table_contains (pg_pop3_locks, key))
-      {
-        pg_session_message (self->id, "maildrop of user=%s is in use by another session", user);
-        pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
-        pg_pop3_maildrop_close (self->maildrop);
-        g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-        g_clear_pointer (&self->user, g_free);
-        self->busy = FALSE;
-        pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
-        pg_pop3_session_process (self);
-        return;
-      }
-    g_hash_table_insert (pg_pop3_locks, g_strdup (key), self);
-    self->lock_key = g_steal_pointer (&key);
-  }
+    {
+      g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", self->upstream_user,
+                                               self->config->upstream.mailbox, self->client_tag);
+      if (pg_pop3_locks == NULL)
+        pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+      if (g_hash_table_contains (pg_pop3_locks, key))
+        {
+          pg_session_message (self->id, "maildrop of user=%s is in use by another session", user);
+          pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
+          pg_pop3_maildrop_close (self->maildrop);
+          g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
+          g_clear_pointer (&self->user, g_free);
+          self->busy = FALSE;
+          pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
+          pg_pop3_session_process (self);
+          return;
+        }
+      g_hash_table_insert (pg_pop3_locks, g_strdup (key), self);
+      self->lock_key = g_steal_pointer (&key);
+    }
 
   pg_pop3_session_state_load (self);
 }
@@ -2045,11 +2055,20 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
                                         "login finishes it");
           pg_pop3_session_quit_logout (self);
           return;
-    }
+        }
     }
   /* The server answered every command, so the update is settled (what failed for good
-   * was reported to the client and stays as it is). */
-      pg_client_state_clear_pending (self->client_state);
+   * was reported to the client and stays as it is). Only our own UIDs: a concurrent
+   * session's pending update, merged in, is not ours to clear. */
+  if (self->client_state->pending != PG_STATE_PENDING_NONE)
+    {
+      g_autoptr (PgUidSet) left = pg_uid_set_copy (self->client_state->pending_uids);
+      g_autofree gchar *mailbox = g_strdup (self->client_state->pending_mailbox);
+
+      for (guint i = 0; i < self->quit_deleted->len; i++)
+        pg_uid_set_remove (left, g_array_index (self->quit_deleted, guint32, i));
+      pg_client_state_set_pending (self->client_state, self->client_state->pending, mailbox, left);
+    }
   if (self->saved_state == NULL || !pg_client_state_equal (self->client_state, self->saved_state))
     {
       pg_pop3_session_save (self, pg_pop3_session_quit_cleared_cb);
@@ -2121,9 +2140,17 @@ pg_pop3_session_quit (PgPop3Session *self)
   if (policy == PG_DELETE_KEEP)
     pg_uid_set_union (state->hidden, deleted_set);
   else if (self->quit_deleted->len > 0)
-    pg_client_state_set_pending (
-        state, policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE,
-                                 self->config->pop3.move_mailbox, deleted_set);
+    {
+      PgStatePending kind
+          = policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE;
+
+      /* Keep a concurrent session's pending update of the same kind beside ours: it is
+       * not ours to drop (replacing it would read, at the merge, as "cleared"). */
+      if (state->pending == kind
+          && g_strcmp0 (state->pending_mailbox, self->config->pop3.move_mailbox) == 0)
+        pg_uid_set_union (deleted_set, state->pending_uids);
+      pg_client_state_set_pending (state, kind, self->config->pop3.move_mailbox, deleted_set);
+    }
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
   pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
                    pg_delete_policy_to_string (policy), self->quit_seen->len);

@@ -144,6 +144,59 @@ pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const
   pg_uid_set_union (state->pending_uids, uids);
 }
 
+static gboolean
+pg_client_state_remove_cb (guint32 uid, gpointer user_data)
+{
+  pg_uid_set_remove (user_data, uid);
+  return TRUE;
+}
+
+PgClientState *
+pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
+                       const PgClientState *ours)
+{
+  PgClientState *merged;
+  g_autoptr (PgUidSet) cleared = NULL;
+
+  /* Another UIDVALIDITY: the UIDs do not compare. The newer mailbox wins; both sides
+   * know only their own, so ours (the session that saw the server last) it is. */
+  if (stored == NULL || stored->uidvalidity != ours->uidvalidity)
+    return pg_client_state_copy (ours);
+  merged = pg_client_state_copy (ours);
+  /* The first login is the earlier of the two (first_login = new hides what was there). */
+  if (stored->first_uidnext != 0
+      && (merged->first_uidnext == 0 || stored->first_uidnext < merged->first_uidnext))
+    merged->first_uidnext = stored->first_uidnext;
+  merged->first_login = MIN (merged->first_login, stored->first_login);
+  /* Hidden and retrieved only grow (compaction only drops UIDs that no longer exist). */
+  pg_uid_set_union (merged->hidden, stored->hidden);
+  pg_uid_set_union (merged->retrieved, stored->retrieved);
+  /* Pending: ours, plus what another session recorded and we did not finish ourselves.
+   * What we cleared (in base, no longer in ours) is settled; finishing an update twice
+   * is harmless anyway (the UIDs are gone, or hidden and flagged again). */
+  if (stored->pending != PG_STATE_PENDING_NONE)
+    {
+      g_autoptr (PgUidSet) theirs = pg_uid_set_copy (stored->pending_uids);
+
+      if (base != NULL && base->uidvalidity == ours->uidvalidity
+          && base->pending != PG_STATE_PENDING_NONE)
+        {
+          cleared = pg_uid_set_copy (base->pending_uids);
+          pg_uid_set_foreach (ours->pending_uids, pg_client_state_remove_cb, cleared);
+          pg_uid_set_foreach (cleared, pg_client_state_remove_cb, theirs);
+        }
+      if (merged->pending == PG_STATE_PENDING_NONE)
+        pg_client_state_set_pending (merged, stored->pending, stored->pending_mailbox, theirs);
+      else
+        /* One record holds one kind of update: ours stands, theirs joins it when it is
+         * the same kind (it is, unless [pop3] delete changed in between). */
+        if (merged->pending == stored->pending
+            && g_strcmp0 (merged->pending_mailbox, stored->pending_mailbox) == 0)
+          pg_uid_set_union (merged->pending_uids, theirs);
+    }
+  return merged;
+}
+
 /* --- encoding ---------------------------------------------------------------------- */
 
 /* CRC-32 (IEEE 802.3, as zlib): it detects truncation and bit rot, not tampering (who can

@@ -27,5 +27,11 @@ void pg_state_metadata_load (GTask *task, PgUpstream *upstream, const PgStateKey
                              guint32 uidvalidity);
 void pg_state_metadata_save (GTask *task, PgUpstream *upstream, const PgStateKey *key,
                              GBytes *bytes);
+/* Returns the merged PgClientState (pg_state_store_save_merge_async). */
+void pg_state_metadata_save_merge (GTask *task, PgUpstream *upstream, const PgStateKey *key,
+                                   const PgClientState *base, const PgClientState *state);
+
+/* Fold one more stored record into *acc for the same UIDVALIDITY (a union). */
+void pg_state_fold (PgClientState **acc, PgClientState *record);
 
 G_END_DECLS

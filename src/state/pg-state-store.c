@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -420,4 +421,172 @@ pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **e
                         FALSE);
 
   return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- merged save ---------------------------------------------------------------------- */
+
+void
+pg_state_fold (PgClientState **acc, PgClientState *record)
+{
+  PgClientState *merged;
+
+  if (*acc == NULL)
+    {
+      *acc = record;
+      return;
+    }
+  /* Neither cleared the other's pending update: both stand (base NULL). */
+  merged = pg_client_state_merge (record, NULL, *acc);
+  pg_client_state_free (*acc);
+  pg_client_state_free (record);
+  *acc = merged;
+}
+
+typedef struct
+{
+  gchar *path;         /* owned */
+  PgStateKey *key;     /* owned */
+  PgClientState *base; /* owned, may be NULL */
+  PgClientState *ours; /* owned */
+} PgStateFileMerge;
+
+static void
+pg_state_file_merge_free (PgStateFileMerge *merge)
+{
+  g_free (merge->path);
+  pg_state_key_free (merge->key);
+  pg_client_state_free (merge->base);
+  pg_client_state_free (merge->ours);
+  g_free (merge);
+}
+
+/* In GIO's worker pool, like the plain write. The flock() of "<file>.lock" serialises the
+ * read-merge-write of every session of this key, in this process (worker threads) and in
+ * any other popgate sharing the directory; the record itself is still replaced by
+ * rename(), so a reader never needs the lock. */
+static void
+pg_state_store_file_merge_thread (GTask *task, gpointer source, gpointer task_data,
+                                  GCancellable *cancellable)
+{
+  PgStateFileMerge *merge = task_data;
+  g_autofree gchar *lock_path = g_strconcat (merge->path, ".lock", NULL);
+  g_autofree gchar *where = g_strdup_printf ("state file %s", merge->path);
+  g_autoptr (GBytes) current = NULL;
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (PgClientState) stored = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  GError *error = NULL;
+  gsize len = 0;
+  const gchar *data;
+  int fd;
+  int rc;
+
+  fd = g_open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    {
+      int saved_errno = errno;
+      g_task_return_new_error (task, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                               "state lock %s: %s", lock_path, g_strerror (saved_errno));
+      return;
+    }
+  do
+    rc = flock (fd, LOCK_EX);
+  while (rc != 0 && errno == EINTR);
+  if (rc != 0)
+    {
+      int saved_errno = errno;
+      g_close (fd, NULL);
+      g_task_return_new_error (task, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                               "state lock %s: %s", lock_path, g_strerror (saved_errno));
+      return;
+    }
+  if (pg_state_store_read_file (merge->path, &current, &error))
+    {
+      data = g_bytes_get_data (current, &len);
+      stored = pg_state_decode_for_key (data, len, where, merge->key, &error);
+    }
+  /* A record that cannot be read is not overwritten: left for the admin. */
+  if (error != NULL)
+    {
+      g_close (fd, NULL);
+      g_task_return_error (task, error);
+      return;
+    }
+  merged = pg_client_state_merge (stored, merge->base, merge->ours);
+  bytes = pg_client_state_encode (merged, merge->key);
+  data = g_bytes_get_data (bytes, &len);
+  if (len > PG_STATE_MAX_ENCODED)
+    {
+      g_close (fd, NULL);
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                               "merged state: %zu bytes encoded, more than %u", len,
+                               (guint) PG_STATE_MAX_ENCODED);
+      return;
+    }
+  if (!g_file_set_contents_full (merge->path, data, (gssize) len,
+                                 G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE, 0600,
+                                 &error))
+    {
+      g_close (fd, NULL);
+      g_prefix_error (&error, "state file: ");
+      g_task_return_error (task, error);
+      return;
+    }
+  g_close (fd, NULL); /* releases the lock */
+  g_task_return_pointer (task, g_steal_pointer (&merged), (GDestroyNotify) pg_client_state_free);
+}
+
+void
+pg_state_store_save_merge_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                                 const PgClientState *base, const PgClientState *state,
+                                 GCancellable *cancellable, GAsyncReadyCallback callback,
+                                 gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgStateFileMerge *merge;
+
+  g_return_if_fail (PG_IS_STATE_STORE (self));
+  g_return_if_fail (key != NULL && state != NULL);
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, pg_state_store_save_merge_async);
+  if (g_task_return_error_if_cancelled (task))
+    return;
+  switch (self->backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      merge = g_new0 (PgStateFileMerge, 1);
+      merge->path = pg_state_store_get_file_path (self, key);
+      merge->key = pg_state_key_copy (key);
+      merge->base = base != NULL ? pg_client_state_copy (base) : NULL;
+      merge->ours = pg_client_state_copy (state);
+      g_task_set_task_data (task, merge, (GDestroyNotify) pg_state_file_merge_free);
+      /* A write that has begun is finished even if the session goes away meanwhile. */
+      g_task_set_return_on_cancel (task, FALSE);
+      g_task_run_in_thread (task, pg_state_store_file_merge_thread);
+      return;
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      pg_state_metadata_save_merge (task, upstream, key, base, state);
+      return;
+    }
+}
+
+gboolean
+pg_state_store_save_merge_finish (PgStateStore *self, GAsyncResult *result,
+                                  PgClientState **out_merged, GError **error)
+{
+  PgClientState *merged;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == pg_state_store_save_merge_async,
+                        FALSE);
+
+  merged = g_task_propagate_pointer (G_TASK (result), error);
+  if (merged == NULL)
+    return FALSE;
+  if (out_merged != NULL)
+    *out_merged = merged;
+  else
+    pg_client_state_free (merged);
+  return TRUE;
 }

@@ -89,6 +89,8 @@ struct _PgUpstreamCmd
   /* GETMETADATA */
   gchar *entry;  /* owned */
   GBytes *value; /* owned */
+  GHashTable *tree;       /* owned: DEPTH 1, entry name → GBytes; NULL for a single entry */
+  gboolean tree_overflow; /* more than PG_STATE_MAX_ENTRIES entries came */
 };
 
 struct _PgUpstream
@@ -190,6 +192,7 @@ pg_upstream_cmd_free (PgUpstreamCmd *cmd)
   g_clear_object (&cmd->task);
   g_free (cmd->entry);
   g_clear_pointer (&cmd->value, g_bytes_unref);
+  g_clear_pointer (&cmd->tree, g_hash_table_unref);
   g_free (cmd);
 }
 
@@ -845,6 +848,19 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
                    pg_upstream_clamp_u32 (response->number), response);
 }
 
+/* The entry itself or one level below it (entry names compare without case). */
+static gboolean
+pg_upstream_entry_in_tree (const char *root, const char *entry)
+{
+  gsize len = strlen (root);
+
+  if (g_ascii_strncasecmp (root, entry, len) != 0)
+    return FALSE;
+  if (entry[len] == '\0')
+    return TRUE;
+  return entry[len] == '/' && entry[len + 1] != '\0' && strchr (entry + len + 1, '/') == NULL;
+}
+
 static void
 pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
 {
@@ -918,8 +934,17 @@ pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
           {
             const char *entry = pg_imap_value_get_string (g_ptr_array_index (list->list, i));
             const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
-            if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
-                && value->type == PG_IMAP_VALUE_STRING)
+            if (entry != NULL && cmd->tree != NULL && value->type == PG_IMAP_VALUE_STRING
+                && pg_upstream_entry_in_tree (cmd->entry, entry))
+              {
+                if (g_hash_table_size (cmd->tree) >= PG_STATE_MAX_ENTRIES)
+                  cmd->tree_overflow = TRUE;
+                else
+                  g_hash_table_replace (cmd->tree, g_strdup (entry),
+                                        g_bytes_new (value->str, value->len));
+              }
+            else if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
+                     && value->type == PG_IMAP_VALUE_STRING)
               {
                 g_clear_pointer (&cmd->value, g_bytes_unref);
                 cmd->value = g_bytes_new (value->str, value->len);
@@ -1042,7 +1067,7 @@ pg_upstream_process (PgUpstream *self)
       g_autoptr (GError) error = NULL;
       PgImapParseResult result = pg_imap_parser_feed (
           self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
-                                 self->rlen - self->rpos, &consumed, &event, &error);
+          self->rlen - self->rpos, &consumed, &event, &error);
 
       if (result == PG_IMAP_PARSE_ERROR)
         {
@@ -2408,27 +2433,83 @@ pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgI
     }
 }
 
+/* GETMETADATA [(DEPTH 1)] mailbox entry: one command for both forms. */
+static void
+pg_upstream_getmetadata_submit (PgUpstream *self, GTask *task, const char *mailbox,
+                                const char *entry, gboolean tree, PgUpstreamDoneFunc done)
+{
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task, done);
+  cmd->entry = g_strdup (entry);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  if (tree)
+    {
+      cmd->tree
+          = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
+      pg_imap_writer_add_raw (writer, " (DEPTH 1)");
+    }
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_imap_writer_add_astring (writer, entry, strlen (entry));
+  pg_upstream_submit (self, cmd, writer);
+}
+
 void
 pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
                                 GCancellable *cancellable, GAsyncReadyCallback callback,
                                 gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  PgUpstreamCmd *cmd;
-  PgImapWriter *writer;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   task = pg_upstream_task_new (self, pg_upstream_get_metadata_async, cancellable, callback,
                                user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, FALSE,
+                                  pg_upstream_getmetadata_done_cb);
+}
+
+static void
+pg_upstream_getmetadata_tree_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                      const PgImapResponse *tagged, const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
     return;
-  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task,
-                             pg_upstream_getmetadata_done_cb);
-  cmd->entry = g_strdup (entry);
-  writer = pg_upstream_cmd_writer (self, cmd);
-  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
-  pg_imap_writer_add_astring (writer, entry, strlen (entry));
-  pg_upstream_submit (self, cmd, writer);
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else if (cmd->tree_overflow)
+    g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                             "GETMETADATA: more than %u entries under %s", PG_STATE_MAX_ENTRIES,
+                             cmd->entry);
+  else
+    g_task_return_pointer (task, g_hash_table_ref (cmd->tree), (GDestroyNotify) g_hash_table_unref);
+}
+
+void
+pg_upstream_get_metadata_tree_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                     GCancellable *cancellable, GAsyncReadyCallback callback,
+                                     gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_get_metadata_tree_async, cancellable, callback,
+                               user_data);
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, TRUE,
+                                  pg_upstream_getmetadata_tree_done_cb);
+}
+
+GHashTable *
+pg_upstream_get_metadata_tree_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
 }
 
 gboolean
