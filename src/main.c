@@ -11,6 +11,7 @@
 #include "popgate/pg-net.h"
 #include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
+#include "popgate/pg-state.h"
 #include "popgate/pg-trace.h"
 
 #include <glib-unix.h>
@@ -348,6 +349,13 @@ main (int argc, char **argv)
     }
   if (check)
     {
+      /* What the start would refuse about [state] path, without creating anything. */
+      if (config->state.backend == PG_STATE_BACKEND_FILE
+          && !pg_state_store_check_dir (config->state.path, &error))
+        {
+          fprintf (stderr, "popgate: %s: %s\n", config->source, error->message);
+          return PG_EXIT_CONFIG;
+        }
       printf ("%s: configuration OK\n", config->source);
       return 0;
     }

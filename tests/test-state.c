@@ -7,6 +7,8 @@
 
 #include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
+#include <utime.h>
 #include <sys/stat.h>
 
 /* --- UID sets ------------------------------------------------------------------------ */
@@ -862,7 +864,7 @@ pg_test_state_file_corrupt (PgTestStateFixture *fx, gconstpointer data)
   g_assert_true (g_file_set_contents (file, contents, (gssize) len, &error));
   g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
-  g_assert_nonnull (strstr (error->message, "checksum mismatch"));
+  g_assert_nonnull (strstr (error->message, "MAC mismatch"));
   g_clear_error (&error);
   contents[len / 2] ^= 0x01;
 
@@ -890,6 +892,136 @@ pg_test_state_file_corrupt (PgTestStateFixture *fx, gconstpointer data)
   g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
   g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+}
+
+/* Issue 19 item 9: a record forged by someone who can write the file but not read the key
+ * is refused, whatever its checksum; a legacy (unkeyed) record older than the key is read. */
+static void
+pg_test_state_file_forged (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_file (fx->path, &error);
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GBytes) forged = NULL;
+  g_autofree gchar *file = NULL;
+  g_autofree gchar *key_file = g_build_filename (fx->path, "state.key", NULL);
+  PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+  GStatBuf st;
+
+  g_assert_no_error (error);
+  /* The key: made at the first start, 32 bytes, 0600. */
+  g_assert_cmpint (g_stat (key_file, &st), ==, 0);
+  g_assert_cmpint (st.st_mode & 0777, ==, 0600);
+  g_assert_cmpint (st.st_size, ==, 32);
+  file = pg_state_store_get_file_path (store, key);
+
+  /* "pending expunge 1:100" with a valid CRC-32: the old format's "checksum". */
+  pg_client_state_set_pending (state, PG_STATE_PENDING_EXPUNGE, NULL, NULL);
+  {
+    g_autoptr (PgUidSet) all = pg_uid_set_new ();
+    pg_uid_set_add_range (all, 1, 100);
+    pg_client_state_set_pending (state, PG_STATE_PENDING_EXPUNGE, NULL, all);
+  }
+  forged = pg_client_state_encode (state, key);
+  g_assert_true (g_file_set_contents (file, g_bytes_get_data (forged, NULL),
+                                      (gssize) g_bytes_get_size (forged), &error));
+  g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_null (got);
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "without a MAC"));
+  g_clear_error (&error);
+
+  /* A keyed record from another key (another installation) does not pass either. */
+  {
+    g_autoptr (GBytes) other_key = g_bytes_new_static ("0123456789abcdef0123456789abcdef", 32);
+    g_autoptr (GBytes) other = pg_client_state_encode_keyed (state, key, other_key);
+    g_assert_true (g_file_set_contents (file, g_bytes_get_data (other, NULL),
+                                        (gssize) g_bytes_get_size (other), &error));
+    g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+    g_assert_nonnull (strstr (error->message, "MAC mismatch"));
+    g_clear_error (&error);
+  }
+
+  /* Legacy: the same unkeyed record, written before the key existed, is read. */
+  g_assert_true (g_file_set_contents (file, g_bytes_get_data (forged, NULL),
+                                      (gssize) g_bytes_get_size (forged), &error));
+  {
+    struct utimbuf old = { st.st_mtime - 3600, st.st_mtime - 3600 };
+    g_assert_cmpint (g_utime (file, &old), ==, 0);
+  }
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+}
+
+/* A state directory that others can write, or that belongs to someone else, is refused
+ * (at start and by --check); a missing one passes the check (it is created 0700). */
+static void
+pg_test_state_file_unsafe_dir (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = NULL;
+  g_autofree gchar *missing = g_build_filename (fx->tmp, "not-yet", NULL);
+
+  g_assert_true (pg_state_store_check_dir (missing, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (g_mkdir_with_parents (fx->path, 0700), ==, 0);
+  g_assert_cmpint (g_chmod (fx->path, 0777), ==, 0);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_null (store);
+  g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+  g_assert_nonnull (strstr (error->message, "writable by group or others"));
+  g_clear_error (&error);
+  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_clear_error (&error);
+  g_assert_cmpint (g_chmod (fx->path, 0720), ==, 0);
+  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_clear_error (&error);
+  g_assert_cmpint (g_chmod (fx->path, 0700), ==, 0);
+  if (geteuid () == 0)
+    {
+      /* Another owner (root can make one; as a user this part cannot be set up). */
+      g_assert_cmpint (chown (fx->path, 65534, 65534), ==, 0);
+      g_assert_false (pg_state_store_check_dir (fx->path, &error));
+      g_assert_nonnull (strstr (error->message, "not by the service user"));
+      g_clear_error (&error);
+      g_assert_cmpint (chown (fx->path, 0, 0), ==, 0);
+    }
+  g_assert_true (pg_state_store_check_dir (fx->path, &error));
+  g_assert_no_error (error);
+}
+
+/* Temp files a crash left in the middle of a save are removed at start; a fresh one (a
+ * save in progress in another process) and anything else are left alone. */
+static void
+pg_test_state_file_stale_temp (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = NULL;
+  g_autofree gchar *hash = g_strnfill (64, 'a');
+  g_autofree gchar *stale = NULL;
+  g_autofree gchar *fresh = NULL;
+  g_autofree gchar *other = g_build_filename (fx->path, "notes.txt.ABCDEF", NULL);
+  struct utimbuf old;
+
+  g_assert_cmpint (g_mkdir_with_parents (fx->path, 0700), ==, 0);
+  stale = g_strdup_printf ("%s/%s.state.Q1w2E3", fx->path, hash);
+  fresh = g_strdup_printf ("%s/%s.state.R4t5Y6", fx->path, hash);
+  g_assert_true (g_file_set_contents (stale, "half", 4, &error));
+  g_assert_true (g_file_set_contents (fresh, "half", 4, &error));
+  g_assert_true (g_file_set_contents (other, "x", 1, &error));
+  old.actime = old.modtime = (time_t) (g_get_real_time () / G_USEC_PER_SEC - 3 * 3600);
+  g_assert_cmpint (g_utime (stale, &old), ==, 0);
+  g_assert_cmpint (g_utime (other, &old), ==, 0);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_no_error (error);
+  g_assert_false (g_file_test (stale, G_FILE_TEST_EXISTS));
+  g_assert_true (g_file_test (fresh, G_FILE_TEST_EXISTS));
+  g_assert_true (g_file_test (other, G_FILE_TEST_EXISTS));
 }
 
 static void
@@ -1333,6 +1465,14 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/merge", pg_test_state_merge);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_roundtrip,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/forged", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
+              pg_test_state_file_forged, pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/unsafe-dir", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_unsafe_dir,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/stale-temp", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_stale_temp,
               pg_test_state_fixture_teardown);
   g_test_add ("/popgate/state/file/corrupt", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
               pg_test_state_file_corrupt, pg_test_state_fixture_teardown);

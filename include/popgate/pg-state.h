@@ -133,6 +133,17 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
  * LF line ends, this order, nothing after the end line. An empty SET leaves the line as
  * the bare word ("hidden"). %-escaping covers '%', controls, space and bytes >= 0x7f. */
 GBytes *pg_client_state_encode (const PgClientState *state, const PgStateKey *key);
+/* The same with the end line "end hmac-sha256:<64 hex>", an HMAC-SHA256 under mac_key
+ * over every byte before it (mac_key NULL: the CRC-32 line above). The file backend keys
+ * its records: who can write a record but not read the key cannot forge one. */
+GBytes *pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key,
+                                      GBytes *mac_key);
+/* Decode a record ended by a MAC (checked under mac_key, in constant time) or, only when
+ * accept_crc, by the CRC-32. A MAC mismatch, a MAC without mac_key or a CRC line without
+ * accept_crc is PG_ERROR_PROTOCOL. */
+PgClientState *pg_client_state_decode_keyed (const void *data, gsize len, const char *source,
+                                             GBytes *mac_key, gboolean accept_crc,
+                                             PgStateKey **out_key, GError **error);
 /* `source` names the file or entry in error messages. Errors: PG_ERROR_PROTOCOL (with
  * what is wrong and the line number), PG_ERROR_LIMIT (longer than PG_STATE_MAX_ENCODED).
  * Pure and bounded. */
@@ -150,7 +161,16 @@ G_DECLARE_FINAL_TYPE (PgStateStore, pg_state_store, PG, STATE_STORE, GObject)
 /* From config->state: backend and path. The file backend creates its directory (0700)
  * if missing. Errors: PG_ERROR_CONFIG naming the path and why. */
 PgStateStore *pg_state_store_new (PgConfig *config, GError **error);
+/* The file backend refuses a directory that is not owned by the effective user or is
+ * writable by group or others (PG_ERROR_CONFIG naming the fix); its records carry an
+ * HMAC-SHA256 under the key "state.key" in the directory (32 random bytes, 0600, made at
+ * the first start); temp files of a save that a crash interrupted (older than 10 minutes)
+ * are removed. Unkeyed records older than the key are read as legacy and keyed at their
+ * next save; a newer unkeyed or a mismatching record is PG_ERROR_PROTOCOL. */
 PgStateStore *pg_state_store_new_file (const char *path, GError **error);
+/* The ownership and mode checks alone, without creating anything (--check): a path that
+ * does not exist yet passes (it is created 0700). */
+gboolean pg_state_store_check_dir (const char *path, GError **error);
 PgStateStore *pg_state_store_new_imap_metadata (void);
 PgStateBackend pg_state_store_get_backend (PgStateStore *self);
 
