@@ -924,6 +924,20 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
+/* RFC 3206: a login that a retry cannot fix gets [SYS/PERM]: the configured mailbox does
+ * not exist (the server refuses SELECT). */
+static void
+test_upstream_mailbox_missing (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *status = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
+  g_test_message ("login, mailbox missing: %s", status);
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+}
+
 /* SIGTERM: no new connections; a logged-in POP3 client may still QUIT until the deadline,
  * after which it is closed with nothing applied; an IMAP client gets "* BYE". */
 static void
@@ -999,6 +1013,7 @@ main (int argc, char **argv)
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
   int rc;
   static const struct
   {
@@ -1031,6 +1046,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
+    { "/popgate/pop3/upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing },
     { "/popgate/pop3/poplib", NULL, test_poplib },
     { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
   };

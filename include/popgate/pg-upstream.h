@@ -201,8 +201,9 @@ gboolean pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GErr
 
 /* TRUE when error is the server's own refusal of a command (a tagged NO or BAD) that the
  * same command will meet again: not a lost connection, a timeout or a broken reply, and
- * not one of RFC 5530's temporary codes (UNAVAILABLE, INUSE, EXPUNGEISSUED). What a POP3
- * client hears as [SYS/PERM] rather than [SYS/TEMP]. */
+ * not one of RFC 5530's temporary codes (UNAVAILABLE, INUSE, EXPUNGEISSUED); and for a
+ * TLS failure (certificate, STARTTLS missing). What a POP3 client hears as [SYS/PERM]
+ * rather than [SYS/TEMP], an IMAP client as NO [SERVERBUG] rather than [UNAVAILABLE]. */
 gboolean pg_upstream_error_is_permanent (const GError *error);
 
 /* The capabilities as the server last listed them, in its order and spelling. */

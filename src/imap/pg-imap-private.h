@@ -29,4 +29,8 @@ void pg_imap_login_async (PgConfig *config, guint64 sid, const char *user, const
 GIOStream *pg_imap_login_finish (GAsyncResult *result, GBytes **out_buffered,
                                  GStrv *out_capabilities, GError **error);
 
+/* pg_upstream_error_is_permanent() for the session (which cannot include pg-upstream.h):
+ * a failed login that a retry will not fix. */
+gboolean pg_imap_login_error_is_permanent (const GError *error);
+
 G_END_DECLS

@@ -1111,7 +1111,13 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       pg_metrics_gerror (error);
       self->busy = FALSE;
       g_clear_pointer (&self->user, g_free);
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      /* RFC 3206: what a retry cannot fix (the upstream's certificate, a mailbox it
+       * refuses to select) is SYS/PERM, so that clients stop retrying. */
+      if (pg_upstream_error_is_permanent (error))
+        pg_pop3_reply (self, "-ERR [SYS/PERM] The mail server cannot be used, ask the "
+                             "administrator.");
+      else
+        pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
       pg_pop3_session_process (self);
       return;
     }

@@ -229,6 +229,9 @@ pg_upstream_error_is_permanent (const GError *error)
   const char *rest;
   const char *open;
 
+  /* The certificate, or the lack of STARTTLS, will be the same on the next try. */
+  if (g_error_matches (error, PG_ERROR, PG_ERROR_TLS))
+    return TRUE;
   if (error == NULL || !g_error_matches (error, PG_ERROR, PG_ERROR_UPSTREAM)
       || !g_str_has_prefix (error->message, PG_UPSTREAM_REFUSED_PREFIX))
     return FALSE; /* the connection failed, timed out or broke the protocol: transient */
