@@ -315,6 +315,43 @@ pg_test_state_sample (void)
   return state;
 }
 
+/* Set difference by ranges, at every overlap shape, and over the whole UID space. */
+static void
+pg_test_state_uidset_subtract (void)
+{
+  static const struct
+  {
+    const char *set, *other, *want;
+  } cases[] = {
+    { "1:10", "3:4", "1:2,5:10" },
+    { "1:10", "1:10", "" },
+    { "1:10", "0", "1:10" },
+    { "1:10,20:30", "5:25", "1:4,26:30" },
+    { "5", "1:4,6:9", "5" },
+    { "1:4294967295", "2:4294967294", "1,4294967295" },
+    { "1:3,5:7,9:11", "2,6,10", "1,3,5,7,9,11" },
+    { "", "1:5", "" },
+    { "3:8", "1:4,7:100", "5:6" },
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgUidSet) set = pg_uid_set_parse (cases[i].set, strlen (cases[i].set), &error);
+      g_autoptr (PgUidSet) other = NULL;
+      g_autofree gchar *got = NULL;
+
+      g_assert_no_error (error);
+      other = strcmp (cases[i].other, "0") == 0
+                  ? pg_uid_set_new ()
+                  : pg_uid_set_parse (cases[i].other, strlen (cases[i].other), &error);
+      g_assert_no_error (error);
+      pg_uid_set_subtract (set, other);
+      got = pg_uid_set_to_string (set);
+      g_assert_cmpstr (got, ==, cases[i].want);
+    }
+}
+
 /* The three-way merge of concurrent sessions: unions, the earlier first login, and a
  * pending update cleared only by the session that made it. */
 static void
@@ -357,6 +394,25 @@ pg_test_state_merge (void)
   g_assert_cmpstr (text, ==, "6");
   g_assert_cmpuint (merged->first_uidnext, ==, 8);
   g_assert_cmpint (merged->first_login, ==, 900);
+  /* What this session compacted away (UIDs that no longer exist) stays away; what another
+   * session hid meanwhile (20) is kept. */
+  {
+    g_autoptr (PgClientState) b = pg_client_state_new (7, 10, 1000);
+    g_autoptr (PgClientState) o = NULL;
+    g_autoptr (PgClientState) st = NULL;
+    g_autoptr (PgClientState) m = NULL;
+    g_autofree gchar *hidden = NULL;
+
+    pg_uid_set_add_range (b->hidden, 1, 10);
+    o = pg_client_state_copy (b);
+    pg_uid_set_clear (o->hidden);
+    pg_uid_set_add (o->hidden, 5);
+    st = pg_client_state_copy (b);
+    pg_uid_set_add (st->hidden, 20);
+    m = pg_client_state_merge (st, b, o);
+    hidden = pg_uid_set_to_string (m->hidden);
+    g_assert_cmpstr (hidden, ==, "5,20");
+  }
   /* Nothing stored: ours. Another UIDVALIDITY stored: ours too. */
   g_clear_pointer (&merged, pg_client_state_free);
   merged = pg_client_state_merge (NULL, base, ours);
@@ -1463,6 +1519,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/encode/limit", pg_test_state_decode_limit);
   g_test_add_func ("/popgate/state/metadata/entry", pg_test_state_metadata_entry);
   g_test_add_func ("/popgate/state/merge", pg_test_state_merge);
+  g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_roundtrip,
               pg_test_state_fixture_teardown);

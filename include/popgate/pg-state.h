@@ -45,6 +45,8 @@ guint64 pg_uid_set_count (const PgUidSet *set);
 gboolean pg_uid_set_is_empty (const PgUidSet *set);
 /* Add every UID of other to set. */
 void pg_uid_set_union (PgUidSet *set, const PgUidSet *other);
+/* Remove every UID of other from set (by ranges: linear in the number of ranges). */
+void pg_uid_set_subtract (PgUidSet *set, const PgUidSet *other);
 
 /* Iterate in ascending order by range: index 0 .. n_ranges-1. */
 guint pg_uid_set_get_n_ranges (const PgUidSet *set);

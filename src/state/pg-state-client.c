@@ -144,11 +144,23 @@ pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const
   pg_uid_set_union (state->pending_uids, uids);
 }
 
-static gboolean
-pg_client_state_remove_cb (guint32 uid, gpointer user_data)
+/* Three-way merge of one set: what `stored` holds, minus what this session took out of
+ * its base (compaction drops UIDs that no longer exist; a cleared pending update), plus
+ * what it holds now. A UID another session added (in stored, not in base) stays. */
+static void
+pg_client_state_merge_set (PgUidSet *ours_out, const PgUidSet *stored, const PgUidSet *base,
+                           const PgUidSet *ours)
 {
-  pg_uid_set_remove (user_data, uid);
-  return TRUE;
+  g_autoptr (PgUidSet) theirs = pg_uid_set_copy (stored);
+
+  if (base != NULL)
+    {
+      g_autoptr (PgUidSet) taken = pg_uid_set_copy (base);
+
+      pg_uid_set_subtract (taken, ours);
+      pg_uid_set_subtract (theirs, taken);
+    }
+  pg_uid_set_union (ours_out, theirs);
 }
 
 PgClientState *
@@ -156,7 +168,7 @@ pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
                        const PgClientState *ours)
 {
   PgClientState *merged;
-  g_autoptr (PgUidSet) cleared = NULL;
+  gboolean same_base = base != NULL && base->uidvalidity == ours->uidvalidity;
 
   /* Another UIDVALIDITY: the UIDs do not compare. The newer mailbox wins; both sides
    * know only their own, so ours (the session that saw the server last) it is. */
@@ -168,31 +180,28 @@ pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
       && (merged->first_uidnext == 0 || stored->first_uidnext < merged->first_uidnext))
     merged->first_uidnext = stored->first_uidnext;
   merged->first_login = MIN (merged->first_login, stored->first_login);
-  /* Hidden and retrieved only grow (compaction only drops UIDs that no longer exist). */
-  pg_uid_set_union (merged->hidden, stored->hidden);
-  pg_uid_set_union (merged->retrieved, stored->retrieved);
+  /* Hidden and retrieved: a UID hidden or retrieved in any session stays so. */
+  pg_client_state_merge_set (merged->hidden, stored->hidden, same_base ? base->hidden : NULL,
+                             ours->hidden);
+  pg_client_state_merge_set (merged->retrieved, stored->retrieved,
+                             same_base ? base->retrieved : NULL, ours->retrieved);
   /* Pending: ours, plus what another session recorded and we did not finish ourselves.
    * What we cleared (in base, no longer in ours) is settled; finishing an update twice
    * is harmless anyway (the UIDs are gone, or hidden and flagged again). */
   if (stored->pending != PG_STATE_PENDING_NONE)
     {
-      g_autoptr (PgUidSet) theirs = pg_uid_set_copy (stored->pending_uids);
+      g_autoptr (PgUidSet) theirs = pg_uid_set_new ();
 
-      if (base != NULL && base->uidvalidity == ours->uidvalidity
-          && base->pending != PG_STATE_PENDING_NONE)
-        {
-          cleared = pg_uid_set_copy (base->pending_uids);
-          pg_uid_set_foreach (ours->pending_uids, pg_client_state_remove_cb, cleared);
-          pg_uid_set_foreach (cleared, pg_client_state_remove_cb, theirs);
-        }
+      pg_client_state_merge_set (theirs, stored->pending_uids,
+                                 same_base ? base->pending_uids : NULL, ours->pending_uids);
+      pg_uid_set_subtract (theirs, ours->pending_uids);
       if (merged->pending == PG_STATE_PENDING_NONE)
         pg_client_state_set_pending (merged, stored->pending, stored->pending_mailbox, theirs);
-      else
+      else if (merged->pending == stored->pending
+               && g_strcmp0 (merged->pending_mailbox, stored->pending_mailbox) == 0)
         /* One record holds one kind of update: ours stands, theirs joins it when it is
          * the same kind (it is, unless [pop3] delete changed in between). */
-        if (merged->pending == stored->pending
-            && g_strcmp0 (merged->pending_mailbox, stored->pending_mailbox) == 0)
-          pg_uid_set_union (merged->pending_uids, theirs);
+        pg_uid_set_union (merged->pending_uids, theirs);
     }
   return merged;
 }
