@@ -15,6 +15,7 @@
 #include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
 #include "popgate/pg-tls.h"
+#include "popgate/pg-state.h"
 #include "popgate/pg-trace.h"
 
 #include <glib-unix.h>
@@ -352,6 +353,12 @@ pg_main_check_state_path (PgConfig *config, GError **error)
 
   if (config->state.backend != PG_STATE_BACKEND_FILE)
     return TRUE;
+  /* Owner and mode, as the store checks them at start (a forgeable record is refused). */
+  if (!pg_state_store_check_dir (config->state.path, error))
+    {
+      g_prefix_error (error, "%s: ", config->source);
+      return FALSE;
+    }
   dir = g_strdup (config->state.path);
   for (;;)
     {

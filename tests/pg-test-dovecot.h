@@ -33,6 +33,10 @@ typedef struct
   const char *oauth2_ca_file;
   /* The zlib and imap_zlib plugins: the upstream offers COMPRESS=DEFLATE after login. */
   gboolean zlib;
+  /* The whole post-login capability list (Dovecot's imap_capability), NULL: Dovecot's own.
+   * Dovecot serves the same commands either way; popgate sees (and must honour) only what
+   * is listed, e.g. a server without UIDPLUS and MOVE. */
+  const char *capability;
 } PgTestDovecotOptions;
 
 typedef struct
@@ -52,6 +56,7 @@ typedef struct
   gchar *oauth2_introspection_url; /* owned; NULL: no OAuth2 */
   gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
   gboolean zlib;
+  gchar *capability;      /* owned: options->capability */
   PgTestProcess *process; /* owned: the master; NULL while stopped */
   GHashTable *passwd;     /* owned: user → passwd-file line */
 } PgTestDovecot;

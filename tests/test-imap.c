@@ -97,6 +97,10 @@ fixture_setup (Fixture *fx, gconstpointer data)
       for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
         if (strcmp (settings[i + 2], "@MAP@") == 0)
           fixture_make_map (fx);
+        else if (strcmp (settings[i + 2], "@OWN_CA@") == 0)
+          /* A CA that did not sign the upstream's certificate: popgate's own. */
+          pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1],
+                               fx->popgate->certs->ca_file);
         else
           pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
       if (fx->account_map != NULL)
@@ -760,6 +764,18 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   g_assert_true (g_str_has_prefix (reply, "a1 NO [UNAVAILABLE]"));
 }
 
+/* RFC 5530: what a retry will not fix (here the upstream's certificate, signed by a CA
+ * popgate does not trust) is NO [SERVERBUG], not [UNAVAILABLE]: clients stop retrying. */
+static void
+test_upstream_untrusted (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *reply = raw_login (imap, "a1", fx->user, PASSWORD);
+
+  g_test_message ("login, upstream certificate untrusted: %s", reply);
+  g_assert_true (g_str_has_prefix (reply, "a1 NO [SERVERBUG]"));
+}
+
 /* An over-long pre-auth line is refused; the session goes on; a flood ends it. */
 static void
 test_long_line (Fixture *fx, gconstpointer data)
@@ -1162,6 +1178,8 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const untrusted[]
+      = { "upstream", "tls", "starttls", "upstream", "ca_file", "@OWN_CA@", NULL };
   static const char *const mapped[]
       = { "imap", "account_map", "@MAP@", "limits", "max_auth_failures", "5", NULL };
   int rc;
@@ -1180,6 +1198,7 @@ main (int argc, char **argv)
     { "/popgate/imap/wrong-password", NULL, test_wrong_password },
     { "/popgate/imap/auth-failure-limit", NULL, test_auth_failure_limit },
     { "/popgate/imap/upstream-down", down, test_upstream_down },
+    { "/popgate/imap/upstream-untrusted", untrusted, test_upstream_untrusted },
     { "/popgate/imap/long-line", NULL, test_long_line },
     { "/popgate/imap/long-literal", NULL, test_long_literal },
     { "/popgate/imap/empty-literal", NULL, test_empty_literal },

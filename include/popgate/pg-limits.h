@@ -160,6 +160,11 @@
 /* User, mailbox and tag as stored in a record: login names and mailbox names are far
  * shorter (a POP3 command line is at most PG_POP3_MAX_COMMAND_LINE). */
 #define PG_STATE_MAX_KEY_FIELD 1024
+/* METADATA entries of one client's state (imap-metadata): the record plus one per save
+ * that ran concurrently with another (each save folds all it read into one again). Two
+ * or three is the real worst case; more is a misbehaving server, and each may be up to
+ * PG_STATE_MAX_ENCODED, so this bounds what one load holds. */
+#define PG_STATE_MAX_ENTRIES 16
 
 /* --- PROXY protocol (src/codec/pg-codec-proxy.c) --- */
 /* proxy-protocol.txt §2.1: the longest v1 line, "PROXY TCP6" with two full IPv6 addresses

@@ -543,11 +543,19 @@ pg_imap_session_unavailable (PgImapSession *self, const GError *error)
   self->info.upstream_user = NULL;
   self->busy = FALSE;
   pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
-  /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right. */
-  pg_imap_session_reply (self,
-                         "%s NO [UNAVAILABLE] The mail server is not available, try "
-                         "again later.",
-                         self->pending_tag);
+  /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right; but
+   * what a retry cannot fix (the upstream's certificate, its refusal) is SERVERBUG, so
+   * that clients stop retrying and someone looks at the configuration. */
+  if (pg_imap_login_error_is_permanent (error))
+    pg_imap_session_reply (self,
+                           "%s NO [SERVERBUG] The mail server cannot be used, ask the "
+                           "administrator.",
+                           self->pending_tag);
+  else
+    pg_imap_session_reply (self,
+                           "%s NO [UNAVAILABLE] The mail server is not available, try "
+                           "again later.",
+                           self->pending_tag);
   g_clear_pointer (&self->pending_tag, g_free);
   pg_imap_session_process (self);
 }

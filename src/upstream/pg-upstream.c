@@ -94,8 +94,10 @@ struct _PgUpstreamCmd
   gboolean whole_body; /* BODY.PEEK[] of the whole message: may join a batch */
   gboolean got_body;
   /* GETMETADATA */
-  gchar *entry;  /* owned */
-  GBytes *value; /* owned */
+  gchar *entry;           /* owned */
+  GBytes *value;          /* owned */
+  GHashTable *tree;       /* owned: DEPTH 1, entry name → GBytes; NULL for a single entry */
+  gboolean tree_overflow; /* more than PG_STATE_MAX_ENTRIES entries came */
 };
 
 struct _PgUpstream
@@ -198,6 +200,7 @@ pg_upstream_cmd_free (PgUpstreamCmd *cmd)
   g_clear_object (&cmd->task);
   g_free (cmd->entry);
   g_clear_pointer (&cmd->value, g_bytes_unref);
+  g_clear_pointer (&cmd->tree, g_hash_table_unref);
   g_free (cmd);
 }
 
@@ -208,13 +211,52 @@ pg_upstream_escape_text (const char *text)
   return pg_log_escape (text != NULL ? text : "", text != NULL ? strlen (text) : 0, 200);
 }
 
+/* The prefix of every refusal (tagged NO/BAD); pg_upstream_error_is_permanent() reads the
+ * response code that follows the keyword (an atom the parser checked, before any peer
+ * text, so the server's text cannot pose as a code). */
+#define PG_UPSTREAM_REFUSED_PREFIX "upstream refused "
+
 static GError *
 pg_upstream_refused_error (const char *what, const PgImapResponse *tagged)
 {
   g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
 
-  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream refused %s: %s %s", what,
+  if (tagged->code != NULL)
+    return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s [%s] %s",
+                        what, tagged->keyword, tagged->code, text);
+  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s %s", what,
                       tagged->keyword, text);
+}
+
+gboolean
+pg_upstream_error_is_permanent (const GError *error)
+{
+  /* RFC 5530 codes that say "later may work": the rest of a refusal is the server's
+   * considered answer, and the same command will get it again. */
+  static const char *const temporary[] = { "UNAVAILABLE", "INUSE", "EXPUNGEISSUED", NULL };
+  const char *rest;
+  const char *open;
+
+  /* The certificate, or the lack of STARTTLS, will be the same on the next try. */
+  if (g_error_matches (error, PG_ERROR, PG_ERROR_TLS))
+    return TRUE;
+  if (error == NULL || !g_error_matches (error, PG_ERROR, PG_ERROR_UPSTREAM)
+      || !g_str_has_prefix (error->message, PG_UPSTREAM_REFUSED_PREFIX))
+    return FALSE; /* the connection failed, timed out or broke the protocol: transient */
+  rest = strstr (error->message, ": ");
+  if (rest == NULL)
+    return TRUE;
+  rest += 2;
+  open = strchr (rest, ' ');
+  if (open == NULL || open[1] != '[')
+    return TRUE;
+  for (gsize i = 0; temporary[i] != NULL; i++)
+    {
+      gsize len = strlen (temporary[i]);
+      if (strncmp (open + 2, temporary[i], len) == 0 && open[2 + len] == ']')
+        return FALSE;
+    }
+  return TRUE;
 }
 
 /* Take the command's task and return an error on it (if not already returned). */
@@ -815,6 +857,19 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
                    pg_upstream_clamp_u32 (response->number), response);
 }
 
+/* The entry itself or one level below it (entry names compare without case). */
+static gboolean
+pg_upstream_entry_in_tree (const char *root, const char *entry)
+{
+  gsize len = strlen (root);
+
+  if (g_ascii_strncasecmp (root, entry, len) != 0)
+    return FALSE;
+  if (entry[len] == '\0')
+    return TRUE;
+  return entry[len] == '/' && entry[len + 1] != '\0' && strchr (entry + len + 1, '/') == NULL;
+}
+
 static void
 pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
 {
@@ -888,8 +943,17 @@ pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
           {
             const char *entry = pg_imap_value_get_string (g_ptr_array_index (list->list, i));
             const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
-            if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
-                && value->type == PG_IMAP_VALUE_STRING)
+            if (entry != NULL && cmd->tree != NULL && value->type == PG_IMAP_VALUE_STRING
+                && pg_upstream_entry_in_tree (cmd->entry, entry))
+              {
+                if (g_hash_table_size (cmd->tree) >= PG_STATE_MAX_ENTRIES)
+                  cmd->tree_overflow = TRUE;
+                else
+                  g_hash_table_replace (cmd->tree, g_strdup (entry),
+                                        g_bytes_new (value->str, value->len));
+              }
+            else if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
+                     && value->type == PG_IMAP_VALUE_STRING)
               {
                 g_clear_pointer (&cmd->value, g_bytes_unref);
                 cmd->value = g_bytes_new (value->str, value->len);
@@ -2481,6 +2545,32 @@ pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, con
   pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
 }
 
+void
+pg_upstream_copy_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *mailbox,
+                        GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *after = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_copy_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->mailbox = g_strdup (mailbox);
+  batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_COPY;
+  after = g_strnfill (strlen (mailbox) * 2 + 2, 'x');
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
+}
+
+gboolean
+pg_upstream_copy_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
 gboolean
 pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
                          GError **error)
@@ -2521,27 +2611,83 @@ pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgI
     }
 }
 
+/* GETMETADATA [(DEPTH 1)] mailbox entry: one command for both forms. */
+static void
+pg_upstream_getmetadata_submit (PgUpstream *self, GTask *task, const char *mailbox,
+                                const char *entry, gboolean tree, PgUpstreamDoneFunc done)
+{
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task, done);
+  cmd->entry = g_strdup (entry);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  if (tree)
+    {
+      cmd->tree
+          = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
+      pg_imap_writer_add_raw (writer, " (DEPTH 1)");
+    }
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_imap_writer_add_astring (writer, entry, strlen (entry));
+  pg_upstream_submit (self, cmd, writer);
+}
+
 void
 pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
                                 GCancellable *cancellable, GAsyncReadyCallback callback,
                                 gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  PgUpstreamCmd *cmd;
-  PgImapWriter *writer;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   task = pg_upstream_task_new (self, pg_upstream_get_metadata_async, cancellable, callback,
                                user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, FALSE,
+                                  pg_upstream_getmetadata_done_cb);
+}
+
+static void
+pg_upstream_getmetadata_tree_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                      const PgImapResponse *tagged, const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
     return;
-  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task,
-                             pg_upstream_getmetadata_done_cb);
-  cmd->entry = g_strdup (entry);
-  writer = pg_upstream_cmd_writer (self, cmd);
-  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
-  pg_imap_writer_add_astring (writer, entry, strlen (entry));
-  pg_upstream_submit (self, cmd, writer);
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else if (cmd->tree_overflow)
+    g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                             "GETMETADATA: more than %u entries under %s", PG_STATE_MAX_ENTRIES,
+                             cmd->entry);
+  else
+    g_task_return_pointer (task, g_hash_table_ref (cmd->tree), (GDestroyNotify) g_hash_table_unref);
+}
+
+void
+pg_upstream_get_metadata_tree_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                     GCancellable *cancellable, GAsyncReadyCallback callback,
+                                     gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_get_metadata_tree_async, cancellable, callback,
+                               user_data);
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, TRUE,
+                                  pg_upstream_getmetadata_tree_done_cb);
+}
+
+GHashTable *
+pg_upstream_get_metadata_tree_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
 }
 
 gboolean
