@@ -937,6 +937,12 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
   g_assert_true (g_str_has_prefix (status, "-ERR [SYS/TEMP]"));
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  /* The log names the upstream's host and port (GIO's message names only the host). */
+  {
+    g_autofree gchar *log = pg_test_popgate_read_log (fx->popgate);
+
+    g_assert_nonnull (strstr (log, "upstream unavailable: upstream 127.0.0.1:1: "));
+  }
 }
 
 /* RFC 3206: a login that a retry cannot fix gets [SYS/PERM]: the configured mailbox does

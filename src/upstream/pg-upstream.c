@@ -1558,10 +1558,14 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
   if (connection == NULL)
     {
       if (self->connect_timed_out)
-        pg_upstream_connect_done (
-            self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream connect timed out"));
-      else
-        pg_upstream_connect_done (self, g_steal_pointer (&error));
+        {
+          g_clear_error (&error);
+          error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream connect timed out");
+        }
+      /* GIO names the host but not the port: an admin needs both to find the listener. */
+      g_prefix_error (&error, "upstream %s:%u: ", self->upstream_config->host,
+                      self->upstream_config->port);
+      pg_upstream_connect_done (self, g_steal_pointer (&error));
       return;
     }
   if (self->state == PG_UPSTREAM_STATE_CLOSED)
