@@ -927,6 +927,61 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
                    g_bytes_get_data (theirs_uidl, NULL), g_bytes_get_size (theirs_uidl));
 }
 
+/* The session end line says what an admin asks first (Dovecot logs retr=/del= by
+ * default): the tag, RETRs with their octets, TOPs, DELEs and what QUIT applied; and for a
+ * failed login, the name that was tried. */
+static void
+test_end_line (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *tagged = g_strconcat (fx->user, "#laptop", NULL);
+  g_autofree gchar *bad_user = g_strconcat (fx->user, "#phone", NULL);
+  g_autofree gchar *expected = NULL;
+  g_autofree gchar *log = NULL;
+  gsize octets = g_bytes_get_size (g_ptr_array_index (fx->bodies, 0));
+
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+    g_autoptr (GBytes) body = NULL;
+    g_autoptr (GBytes) top = NULL;
+
+    g_assert_true (pg_test_pop3_login (pop3, tagged, PASSWORD, NULL, &error));
+    g_assert_no_error (error);
+    body = multiline (pop3, "RETR 1");
+    top = multiline (pop3, "TOP 2 0");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  }
+  expected = g_strdup_printf ("pop3 session ended: user=%s tag=laptop ", tagged);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, expected, 10000));
+  log = pg_test_popgate_read_log (fx->popgate);
+  {
+    const char *line = strstr (log, expected);
+    g_autofree gchar *counts
+        = g_strdup_printf (" retr=1/%" G_GSIZE_FORMAT " top=1 del=1 applied=expunged ", octets);
+    g_autofree gchar *one = g_strndup (line, strcspn (line, "\n"));
+
+    g_test_message ("%s", one);
+    g_assert_nonnull (strstr (one, counts));
+    g_assert_nonnull (strstr (one, "reason=QUIT"));
+  }
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+    g_autofree gchar *status = NULL;
+
+    g_assert_false (pg_test_pop3_login (pop3, bad_user, "Wr0ngPassw0rd", &status, NULL));
+    g_assert_true (g_str_has_prefix (status, "-ERR [AUTH]"));
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  }
+  g_free (expected);
+  expected = g_strdup_printf ("pop3 session ended: user=%s tag=- ", bad_user);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, expected, 10000));
+  g_free (log);
+  log = pg_test_popgate_read_log (fx->popgate);
+  g_assert_nonnull (strstr (strstr (log, expected), "state=AUTHORIZATION"));
+  g_assert_null (strstr (log, "Wr0ngPassw0rd"));
+}
+
 static void
 test_upstream_down (Fixture *fx, gconstpointer data)
 {
@@ -1077,6 +1132,7 @@ main (int argc, char **argv)
     { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
+    { "/popgate/pop3/end-line", NULL, test_end_line },
     { "/popgate/pop3/upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing },
     { "/popgate/pop3/poplib", NULL, test_poplib },
     { "/popgate/pop3/tls-close", NULL, test_tls_close },

@@ -45,6 +45,9 @@ void pg_login_set_user (PgLogin *login, const char *name);
 void pg_login_clear_user (PgLogin *login);
 /* The name as the client gave it, or NULL before pg_login_set_user(). */
 const char *pg_login_get_user (PgLogin *login);
+/* The last name given, still there after a failed login cleared it (for the end line of
+ * a session whose login failed), or NULL. */
+const char *pg_login_get_tried_user (PgLogin *login);
 /* The account part (no tag), the tag ("default" without one) and the user popgate logs in
  * as upstream: the account's upstream-user once pg_login_authenticate_async() resolved an
  * accounts-file login, else the account part. NULL without a login name. */

@@ -373,8 +373,16 @@ static void
 pg_imap_session_log_end (PgImapSession *self)
 {
   gint64 ms = (g_get_monotonic_time () - self->started_mono_us) / 1000;
+  /* A failed login cleared the name; the end line still says who was tried. */
+  const char *login = self->user != NULL    ? self->user
+                      : self->login != NULL ? pg_login_get_tried_user (self->login)
+                                            : NULL;
+  const char *client_tag
+      = self->user != NULL && self->login != NULL ? pg_login_get_client_tag (self->login) : NULL;
   g_autofree gchar *user
-      = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64) : g_strdup ("-");
+      = login != NULL ? pg_log_escape (login, strlen (login), 64) : g_strdup ("-");
+  g_autofree gchar *tag
+      = client_tag != NULL ? pg_log_escape (client_tag, strlen (client_tag), 64) : g_strdup ("-");
   /* The last mailbox selected, even when the client closed it before leaving (neomutt and
    * mbsync do), and what was done in it. */
   g_autofree gchar *mailbox
@@ -382,16 +390,16 @@ pg_imap_session_log_end (PgImapSession *self)
             ? pg_log_escape (self->last_mailbox, strlen (self->last_mailbox), 64)
             : g_strdup ("-");
 
-  pg_session_message (self->id,
-                      "imap session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
-                      "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT
-                      " commands=%" G_GUINT64_FORMAT
-                      " mailbox=%s mailbox_commands=%" G_GUINT64_FORMAT
-                      " mailbox_bytes=%" G_GUINT64_FORMAT " reason=%s",
-                      user, pg_conn_get_peer (self->conn), pg_imap_state_names[self->info.state],
-                      ms, pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn),
-                      self->info.commands, mailbox, self->mailbox_commands, self->mailbox_bytes,
-                      self->end_reason != NULL ? self->end_reason : "client disconnected");
+  pg_session_message (
+      self->id,
+      "imap session ended: user=%s tag=%s client=%s state=%s duration=%" G_GINT64_FORMAT
+      "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT " commands=%" G_GUINT64_FORMAT
+      " mailbox=%s mailbox_commands=%" G_GUINT64_FORMAT " mailbox_bytes=%" G_GUINT64_FORMAT
+      " reason=%s",
+      user, tag, pg_conn_get_peer (self->conn), pg_imap_state_names[self->info.state], ms,
+      pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn), self->info.commands,
+      mailbox, self->mailbox_commands, self->mailbox_bytes,
+      self->end_reason != NULL ? self->end_reason : "client disconnected");
 }
 
 static void

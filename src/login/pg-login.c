@@ -41,6 +41,7 @@ struct _PgLogin
   gchar *account;                   /* owned: without the tag */
   gchar *client_tag;                /* owned */
   gchar *upstream_user;             /* owned */
+  gchar *tried_user;                /* owned: the last name given, kept after a failure */
   const PgUpstreamConfig *upstream; /* unowned: config's */
 
   guint bad_commands;
@@ -83,6 +84,7 @@ pg_login_free (PgLogin *login)
     return;
   pg_login_stop_delay (login);
   pg_login_clear_user (login);
+  g_free (login->tried_user);
   g_free (login->client);
   g_free (login->client_ip);
   g_free (login->id_name);
@@ -101,6 +103,8 @@ pg_login_set_user (PgLogin *login, const char *name)
 
   pg_login_clear_user (login);
   login->user = g_strdup (name);
+  g_free (login->tried_user);
+  login->tried_user = g_strdup (name);
   if (sep != NULL && *sep != '\0')
     at = g_strrstr (name, sep);
   if (at != NULL && at != name && at[strlen (sep)] != '\0')
@@ -130,6 +134,12 @@ const char *
 pg_login_get_user (PgLogin *login)
 {
   return login->user;
+}
+
+const char *
+pg_login_get_tried_user (PgLogin *login)
+{
+  return login->tried_user;
 }
 
 const char *

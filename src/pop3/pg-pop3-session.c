@@ -112,10 +112,15 @@ struct _PgPop3Session
   guint n_hidden;              /* snapshot messages the client's state and windows hide */
 
   /* QUIT in progress */
-  GArray *quit_deleted;    /* owned, guint32 UIDs */
-  GArray *quit_seen;       /* owned, guint32 UIDs */
-  gchar *quit_problem;     /* owned: what the update could not apply */
-  gboolean quit_permanent; /* quit_problem will not go away on a retry: [SYS/PERM] */
+  GArray *quit_deleted; /* owned, guint32 UIDs */
+  GArray *quit_seen;    /* owned, guint32 UIDs */
+  guint n_retr;         /* for the end line: RETRs completed, their octets, TOPs */
+  guint64 retr_octets;
+  guint n_top;
+  const char *quit_applied; /* static: what QUIT did upstream, for the end line; NULL: no
+                             * QUIT got that far */
+  gchar *quit_problem;      /* owned: what the update could not apply */
+  gboolean quit_permanent;  /* quit_problem will not go away on a retry: [SYS/PERM] */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
@@ -361,16 +366,33 @@ static void
 pg_pop3_session_log_end (PgPop3Session *self)
 {
   gint64 ms = (g_get_monotonic_time () - self->started_us) / 1000;
-  const char *login = self->login != NULL ? pg_login_get_user (self->login) : NULL;
+  /* A failed login cleared the name; the end line still says who was tried. */
+  const char *login = self->login == NULL ? NULL
+                      : pg_login_get_user (self->login) != NULL
+                          ? pg_login_get_user (self->login)
+                          : pg_login_get_tried_user (self->login);
+  const char *client_tag = self->login != NULL && pg_login_get_user (self->login) != NULL
+                               ? pg_login_get_client_tag (self->login)
+                               : NULL;
   g_autofree gchar *user
       = login != NULL ? pg_log_escape (login, strlen (login), 64) : g_strdup ("-");
+  g_autofree gchar *tag
+      = client_tag != NULL ? pg_log_escape (client_tag, strlen (client_tag), 64) : g_strdup ("-");
+  guint deleted = 0;
 
-  pg_session_message (self->id,
-                      "pop3 session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
-                      "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT " reason=%s",
-                      user, pg_conn_get_peer (self->conn), pg_pop3_state_names[self->state], ms,
-                      pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn),
-                      self->end_reason != NULL ? self->end_reason : "client disconnected");
+  for (guint i = 0; self->flags != NULL && i < self->messages->len; i++)
+    deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+  /* Dovecot's pop3 logs retr=/del= by default: what an admin asks first. */
+  pg_session_message (
+      self->id,
+      "pop3 session ended: user=%s tag=%s client=%s state=%s duration=%" G_GINT64_FORMAT
+      "ms retr=%u/%" G_GUINT64_FORMAT " top=%u del=%u applied=%s in=%" G_GUINT64_FORMAT
+      " out=%" G_GUINT64_FORMAT " reason=%s",
+      user, tag, pg_conn_get_peer (self->conn), pg_pop3_state_names[self->state], ms, self->n_retr,
+      self->retr_octets, self->n_top, deleted,
+      self->quit_applied != NULL ? self->quit_applied : "-", pg_conn_get_bytes_in (self->conn),
+      pg_conn_get_bytes_out (self->conn),
+      self->end_reason != NULL ? self->end_reason : "client disconnected");
 }
 
 /* The connection is gone (for any reason): nothing more is applied upstream. */
@@ -1916,8 +1938,14 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       g_byte_array_set_size (self->stuffed, 0);
       pg_dot_stuffer_finish (transfer->stuffer, self->stuffed);
       pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
-      if (!transfer->is_top)
-        self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+      if (transfer->is_top)
+        self->n_top++;
+      else
+        {
+          self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+          self->n_retr++;
+          self->retr_octets += pg_pop3_session_size (self, transfer->index);
+        }
     }
   g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
   self->busy = FALSE;
@@ -1963,11 +1991,29 @@ pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_
     return;
   if (self->quit_problem != NULL)
     {
+      /* Transient with the pending record kept: the next login finishes it. */
+      self->quit_applied = self->quit_permanent ? "failed" : "pending";
       pg_pop3_reply (self, "-ERR [SYS/%s] %s", self->quit_permanent ? "PERM" : "TEMP",
                      self->quit_problem);
       pg_pop3_session_end (self, "QUIT, update failed");
       return;
     }
+  /* What the delete policy did with the DELE'd messages (none: nothing to do). */
+  if (self->quit_deleted == NULL || self->quit_deleted->len == 0)
+    self->quit_applied = "none";
+  else
+    switch (self->config->pop3.delete_policy)
+      {
+      case PG_DELETE_EXPUNGE:
+        self->quit_applied = "expunged";
+        break;
+      case PG_DELETE_MOVE:
+        self->quit_applied = "moved";
+        break;
+      case PG_DELETE_KEEP:
+        self->quit_applied = "hidden";
+        break;
+      }
   pg_pop3_reply (self, "+OK popgate signing off.");
   pg_pop3_session_end (self, "QUIT");
 }
