@@ -7,6 +7,7 @@
 #include "pg-build-config.h"
 #include "popgate/pg-core.h"
 #include "pg-test-certs.h"
+#include "pg-test-util.h"
 
 #include <gio/gio.h>
 #include <glib/gstdio.h>
@@ -508,6 +509,53 @@ test_check_socket_activation (CheckFixture *fixture, gconstpointer data)
   ASSERT_CONTAINS (err, "no listener");
 }
 
+/* A privileged port refused to an unprivileged popgate: the error says how to get one
+ * (the socket units). Run as nobody with setpriv, so root's right to bind does not hide
+ * the case; the config's state directory belongs to nobody so nothing else is refused. */
+static void
+test_check_privileged_port (CheckFixture *fixture, gconstpointer data)
+{
+  const char *bin = g_getenv ("POPGATE_BIN");
+  g_autofree gchar *state = g_build_filename (fixture->dir, "nobody-state", NULL);
+  g_autofree gchar *text = NULL;
+  g_autofree gchar *path = NULL;
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+  g_autoptr (GError) error = NULL;
+  gint status = 0;
+
+  if (geteuid () != 0)
+    {
+      /* Not root: this very process cannot bind it either, which is the case itself. */
+      g_test_message ("not root: popgate runs as this user");
+    }
+  g_assert_cmpint (g_mkdir (state, 0700), ==, 0);
+  if (geteuid () == 0)
+    g_assert_cmpint (chown (state, 65534, 65534), ==, 0);
+  text = g_strdup_printf ("[upstream]\nhost = 127.0.0.1\ntls = none\n"
+                          "[pop3]\nlisten = 127.0.0.1:110\n[state]\npath = %s\n",
+                          state);
+  path = write_config (fixture, "privileged.conf", text);
+  g_assert_cmpint (g_chmod (fixture->dir, 0755), ==, 0);
+  g_assert_cmpint (g_chmod (path, 0644), ==, 0);
+  {
+    const char *argv[]
+        = { "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "--config", path,
+            NULL };
+    const char *const *run = geteuid () == 0 ? argv : argv + 4;
+
+    g_assert_true (g_spawn_sync (NULL, (gchar **) run, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out,
+                                 &err, &status, &error));
+    g_assert_no_error (error);
+  }
+  g_test_message ("status %d, stderr: %s", status, err);
+  g_assert_false (g_spawn_check_wait_status (status, NULL));
+  ASSERT_CONTAINS (err, "cannot listen on 127.0.0.1:110 for pop3");
+  ASSERT_CONTAINS (err, "socket units");
+  /* popgate made its state key there before it tried to listen. */
+  g_assert_true (pg_test_rm_rf (state));
+}
+
 static void
 test_usage (void)
 {
@@ -571,6 +619,8 @@ main (int argc, char **argv)
   g_test_add ("/popgate/check/flags-override-file", CheckFixture, NULL, check_setup,
               test_flags_override_file, check_teardown);
   g_test_add_func ("/popgate/check/usage", test_usage);
+  g_test_add ("/popgate/check/privileged-port", CheckFixture, NULL, check_setup,
+              test_check_privileged_port, check_teardown);
   g_test_add ("/popgate/check/tls-files", CheckFixture, NULL, check_setup, test_check_tls_files,
               check_teardown);
   g_test_add ("/popgate/check/state-path", CheckFixture, NULL, check_setup, test_check_state_path,

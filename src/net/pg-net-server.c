@@ -626,6 +626,21 @@ pg_listener_new_service (void)
   return service;
 }
 
+/* Name the address and front end; for a privileged port refused, say how to get it. */
+static void
+pg_listener_explain_bind_error (GError **error, const PgListenAddr *addr, const char *shown,
+                                PgFrontend frontend)
+{
+  if (addr->port < 1024 && g_error_matches (*error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED))
+    g_prefix_error (error,
+                    "cannot listen on %s for %s (ports below 1024 need privileges: use the "
+                    "socket units, e.g. systemctl enable --now popgate.socket, or a port from "
+                    "1024 up): ",
+                    shown, pg_frontend_to_string (frontend));
+  else
+    g_prefix_error (error, "cannot listen on %s for %s: ", shown, pg_frontend_to_string (frontend));
+}
+
 static PgListener *
 pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgListenAddr *addr,
                   GError **error)
@@ -643,8 +658,7 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
       service = pg_listener_new_service ();
       if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL, error))
         {
-          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
-                          pg_frontend_to_string (frontend));
+          pg_listener_explain_bind_error (error, addr, shown, frontend);
           return NULL;
         }
     }
@@ -661,8 +675,7 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
                                           G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
                                           &effective, error))
         {
-          g_prefix_error (error, "cannot listen on %s for %s: ", shown,
-                          pg_frontend_to_string (frontend));
+          pg_listener_explain_bind_error (error, addr, shown, frontend);
           return NULL;
         }
     }
