@@ -536,6 +536,7 @@ main (int argc, char **argv)
     }
   /* ExecStartPre gets no LISTEN_FDS even when sockets will come with ExecStart. */
   overrides.inherited_listeners = inherited->len > 0 || (check && socket_activation);
+  overrides.missing_token_files = oauth2_authorize != NULL;
 
   if (config_path == NULL && upstream == NULL && pop3_listen == NULL && imap_listen == NULL)
     {

@@ -718,8 +718,8 @@ demo_scene_oauth2 (PgTestDovecot *dovecot, PgTestOAuth2 *oauth2)
     }
   token_file = g_build_filename (popgate->dir, "demo.token", NULL);
   accounts = g_build_filename (popgate->dir, "accounts", NULL);
-  if (!demo_write_private (token_file, "", &error)
-      || !demo_write_private (
+  /* No token file yet: --oauth2-authorize writes it. */
+  if (!demo_write_private (
           accounts,
           "# local-user local-secret upstream upstream-user credential\n" DEMO_OLD_USER
           " {PLAIN}" DEMO_OLD_PASSWORD " default " DEMO_USER " oauth2:demo.token\n",

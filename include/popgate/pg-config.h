@@ -274,6 +274,8 @@ typedef struct
   const char *imap_listen;  /* a listen list, replaces [imap] listen */
   /* Listeners come from systemd (socket activation): the config may then name none. */
   gboolean inherited_listeners;
+  /* --oauth2-authorize: an account's oauth2:FILE need not exist yet (it writes it). */
+  gboolean missing_token_files;
 } PgConfigOverrides;
 
 /* Load `path` (NULL: start from the defaults), apply `overrides` (NULL: none), then

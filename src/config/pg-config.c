@@ -112,6 +112,7 @@ typedef struct
   gchar *base_dir;              /* owned: relative paths are resolved against it */
   GHashTable *origins;          /* owned: "group\nkey" → the command-line flag that set it */
   gboolean inherited_listeners; /* socket activation: no listen key is needed */
+  gboolean missing_token_files; /* --oauth2-authorize: an oauth2:FILE may not exist yet */
 } PgConfigLoader;
 
 static void
@@ -1426,7 +1427,8 @@ pg_config_read_password_file (const char *path, GError **error)
 
 /* The credential field of a line, for the account on `account->upstream`. */
 static gboolean
-pg_config_parse_credential (PgAccount *account, const char *field, const char *dir, GError **error)
+pg_config_parse_credential (PgAccount *account, const char *field, const char *dir,
+                            gboolean missing_token_ok, GError **error)
 {
   const PgUpstreamConfig *up = account->upstream;
   gboolean oauth2 = up->auth == PG_UPSTREAM_AUTH_OAUTH2;
@@ -1472,7 +1474,9 @@ pg_config_parse_credential (PgAccount *account, const char *field, const char *d
                        "oauth2:FILE, but upstream %s has auth = password", up->name);
           return FALSE;
         }
-      if (!pg_config_check_secret_file (path, error))
+      /* --oauth2-authorize writes the first token: before it, the file need not exist. */
+      if (!(missing_token_ok && !g_file_test (path, G_FILE_TEST_EXISTS))
+          && !pg_config_check_secret_file (path, error))
         return FALSE;
       account->credential = PG_CREDENTIAL_OAUTH2;
       account->token_file = g_steal_pointer (&path);
@@ -1500,7 +1504,7 @@ pg_config_parse_credential (PgAccount *account, const char *field, const char *d
  * "local-user local-secret upstream-user upstream-password-file". */
 static PgAccount *
 pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean legacy, const char *dir,
-                         GError **error)
+                         gboolean missing_token_ok, GError **error)
 {
   g_autoptr (PgAccount) account = g_new0 (PgAccount, 1);
   const char *upstream_name = NULL;
@@ -1542,7 +1546,8 @@ pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean lega
         return NULL;
       account->credential = PG_CREDENTIAL_PASSWORD;
     }
-  else if (!pg_config_parse_credential (account, g_ptr_array_index (words, 4), dir, error))
+  else if (!pg_config_parse_credential (account, g_ptr_array_index (words, 4), dir,
+                                        missing_token_ok, error))
     return NULL;
   return g_steal_pointer (&account);
 }
@@ -1551,7 +1556,7 @@ pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean lega
  * every copy of the file's text is wiped (it holds the local secrets). */
 static GHashTable *
 pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean legacy,
-                              GError **error)
+                              gboolean missing_token_ok, GError **error)
 {
   g_autofree gchar *text = NULL;
   g_autofree gchar *dir = g_path_get_dirname (path);
@@ -1586,7 +1591,7 @@ pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean
         if (fields[f][0] != '\0')
           g_ptr_array_add (words, fields[f]);
       account = g_hash_table_size (accounts) < PG_CONFIG_MAX_ACCOUNTS
-                    ? pg_config_parse_account (config, words, legacy, dir, &cause)
+                    ? pg_config_parse_account (config, words, legacy, dir, missing_token_ok, &cause)
                     : NULL;
       for (guint f = 0; fields[f] != NULL; f++)
         pg_secret_wipe (fields[f], strlen (fields[f]));
@@ -1767,7 +1772,8 @@ pg_config_load_accounts (const PgConfigLoader *loader, PgConfig *config, GError 
   if (config->accounts.file == NULL)
     return TRUE;
   config->accounts.table = pg_config_load_accounts_file (config, config->accounts.file,
-                                                         config->accounts.deprecated_map, &cause);
+                                                         config->accounts.deprecated_map,
+                                                         loader->missing_token_files, &cause);
   if (config->accounts.table == NULL)
     return pg_config_fail_from (loader, group, key, error, cause);
   return TRUE;
@@ -2198,6 +2204,7 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const ch
       gboolean ok = TRUE;
 
       loader.inherited_listeners = overrides->inherited_listeners;
+      loader.missing_token_files = overrides->missing_token_files;
       if (overrides->upstream != NULL)
         ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
       /* After --upstream, whose scheme implies a tls mode: the explicit flag wins. */
