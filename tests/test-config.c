@@ -1244,7 +1244,7 @@ test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
     g_assert_cmpint (up->auth, ==, PG_UPSTREAM_AUTH_PASSWORD);
     g_assert_cmpstr (up->oauth2.token_url, ==, "https://oauth2.googleapis.com/token");
     g_assert_cmpstr (up->oauth2.authorize_url, ==, "https://accounts.google.com/o/oauth2/v2/auth");
-    g_assert_cmpstr (up->oauth2.device_url, ==, "https://oauth2.googleapis.com/device/code");
+    g_assert_null (up->oauth2.device_url);
     g_assert_cmpstr (up->oauth2.scope, ==, "https://mail.google.com/");
 
     g_assert_cmpuint (config->upstreams->len, ==, 2);

@@ -1000,9 +1000,10 @@ typedef struct
 
 static const PgConfigProvider pg_config_providers[] = {
   { "generic", NULL, NULL, NULL, NULL, NULL },
+  /* No device URL: Google's device flow does not grant the Gmail scope, so
+   * --oauth2-authorize uses the authorization code with PKCE and a loopback redirect. */
   { "gmail", "imap.gmail.com", "https://oauth2.googleapis.com/token",
-    "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/device/code",
-    "https://mail.google.com/" },
+    "https://accounts.google.com/o/oauth2/v2/auth", NULL, "https://mail.google.com/" },
   { "outlook", "outlook.office365.com",
     "https://login.microsoftonline.com/common/oauth2/v2.0/token",
     "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
