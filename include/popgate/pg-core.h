@@ -86,5 +86,8 @@ guint64 pg_session_id_next (void);
 
 /* Format a socket address as "1.2.3.4:port" or "[::1]:port". */
 gchar *pg_address_to_string (gpointer gsocketaddress);
+/* "host:port", with an IPv6 literal in brackets ("[::1]:143"): the one formatter of
+ * addresses for logs and messages. */
+gchar *pg_host_port_to_string (const char *host, guint port);
 
 G_END_DECLS

@@ -492,9 +492,7 @@ pg_listen_addr_to_string (const PgListenAddr *addr)
 {
   if (addr->any)
     return g_strdup_printf ("*:%u", addr->port);
-  if (strchr (addr->host, ':') != NULL)
-    return g_strdup_printf ("[%s]:%u", addr->host, addr->port);
-  return g_strdup_printf ("%s:%u", addr->host, addr->port);
+  return pg_host_port_to_string (addr->host, addr->port);
 }
 
 static PgListenAddr *

@@ -2,6 +2,7 @@
 #include "popgate/pg-core.h"
 
 #include <gio/gio.h>
+#include <string.h>
 
 G_DEFINE_QUARK (popgate - error - quark, pg_error)
 
@@ -14,6 +15,15 @@ pg_session_id_next (void)
 }
 
 gchar *
+pg_host_port_to_string (const char *host, guint port)
+{
+  /* Only an IPv6 literal has a colon; a name or an IPv4 address goes as it is. */
+  if (strchr (host, ':') != NULL)
+    return g_strdup_printf ("[%s]:%u", host, port);
+  return g_strdup_printf ("%s:%u", host, port);
+}
+
+gchar *
 pg_address_to_string (gpointer gsocketaddress)
 {
   GSocketAddress *address = gsocketaddress;
@@ -22,12 +32,8 @@ pg_address_to_string (gpointer gsocketaddress)
     {
       GInetSocketAddress *inet = G_INET_SOCKET_ADDRESS (address);
       g_autofree gchar *ip = g_inet_address_to_string (g_inet_socket_address_get_address (inet));
-      guint16 port = g_inet_socket_address_get_port (inet);
 
-      if (g_inet_address_get_family (g_inet_socket_address_get_address (inet))
-          == G_SOCKET_FAMILY_IPV6)
-        return g_strdup_printf ("[%s]:%u", ip, port);
-      return g_strdup_printf ("%s:%u", ip, port);
+      return pg_host_port_to_string (ip, g_inet_socket_address_get_port (inet));
     }
   if (G_IS_UNIX_SOCKET_ADDRESS (address))
     return g_strdup ("unix");

@@ -1563,8 +1563,12 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
           error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream connect timed out");
         }
       /* GIO names the host but not the port: an admin needs both to find the listener. */
-      g_prefix_error (&error, "upstream %s:%u: ", self->upstream_config->host,
-                      self->upstream_config->port);
+      {
+        g_autofree gchar *where
+            = pg_host_port_to_string (self->upstream_config->host, self->upstream_config->port);
+
+        g_prefix_error (&error, "upstream %s: ", where);
+      }
       pg_upstream_connect_done (self, g_steal_pointer (&error));
       return;
     }
