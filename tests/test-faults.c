@@ -361,6 +361,63 @@ test_dovecot_quit_paused (void)
   after = check_upstream (user, 4, deleted);
 }
 
+/* Issue 19 item 1: RETR 1, then RETR 2 makes popgate read ahead (messages 3… in one batched
+ * UID FETCH). Another IMAP client expunged message 5 between RETR 1 and RETR 2, so its body
+ * never comes: RETR 5 must get a definite -ERR (not hang with the upstream paused on
+ * message 6's body), and every other message its own body. */
+static void
+test_dovecot_readahead_vanished (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) before = NULL;
+  g_autoptr (GError) error = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+
+  seed_small (user, 12);
+  before = check_upstream (user, 12, NULL);
+  popgate = start_popgate (upstream, 0);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  for (guint n = 1; n <= 12; n++)
+    {
+      g_autofree gchar *status = NULL;
+      g_autoptr (GBytes) body = NULL;
+      g_autofree gchar *want = g_strdup_printf ("Subject: m%u\r\n\r\nbody %u\r\n", n - 1, n - 1);
+
+      if (n == 2)
+        {
+          g_autoptr (PgTestImap) imap = imap_login (user);
+          PG_TEST_ASSERT_OK (
+              pg_test_imap_expunge_uid (imap, g_array_index (before, guint32, 4), &error), error);
+        }
+      if (n == 5)
+        {
+          PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 5", "-ERR Message 5 no longer exists");
+          continue;
+        }
+      body = pg_test_pop3_retr (pop3, n, &status, &error);
+      g_assert_no_error (error);
+      g_assert_true (g_str_has_prefix (status, "+OK"));
+      g_assert_nonnull (body);
+      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want,
+                       strlen (want));
+    }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    g_autoptr (GArray) after = pg_test_imap_uid_search_all (imap, &error);
+    g_assert_no_error (error);
+    g_assert_cmpuint (after->len, ==, 11);
+  }
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -654,6 +711,62 @@ test_peer_body_before_uid (void)
   peer_run_finish (&run);
 }
 
+/* Issue 19 item 1, the scripted variant: RETR 1, then RETR 2 makes popgate read ahead, so
+ * 6, 7 and 8 go upstream as one UID FETCH 6,7,8, and the server leaves 7's body out. The
+ * client asks one message at a time: RETR 3 gets -ERR (it waited for ever before, with
+ * the upstream paused on 8's body), RETR 4 its body, and the session goes on. */
+static void
+test_peer_batch_body_omitted (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 4 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 9] ok\r\n"
+                         "$^ OK [READ-WRITE] selected\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 21)\r\n"
+                         "* 2 FETCH (UID 6 RFC822.SIZE 21)\r\n"
+                         "* 3 FETCH (UID 7 RFC822.SIZE 21)\r\n"
+                         "* 4 FETCH (UID 8 RFC822.SIZE 21)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
+                         "$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 6,7,8 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n"
+                         "* 4 FETCH (UID 8 BODY[] {21}\r\nSubject: 8\r\n\r\nbody8\r\n)\r\n"
+                         "$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  for (guint n = 1; n <= 4; n++)
+    {
+      g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
+      g_autofree gchar *status = NULL;
+      g_autoptr (GBytes) body = NULL;
+
+      if (n == 3)
+        {
+          PG_TEST_POP3_ASSERT_REPLY (run.pop3, "RETR 3", "-ERR Message 3 no longer exists");
+          continue;
+        }
+      body = pg_test_pop3_retr (run.pop3, n, &status, &error);
+      g_assert_no_error (error);
+      g_assert_cmpstr (status, ==, "+OK 21 octets");
+      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want,
+                       strlen (want));
+    }
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 4 84");
+  /* The client goes away (the peer hangs, so QUIT could not apply \\Seen). */
+  g_clear_pointer (&run.pop3, pg_test_pop3_free);
+  peer_run_finish (&run);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -669,6 +782,7 @@ main (int argc, char **argv)
     { "/popgate/faults/dovecot-retr-paused", test_dovecot_retr_paused, TRUE },
     { "/popgate/faults/dovecot-retr-killed", test_dovecot_retr_killed, TRUE },
     { "/popgate/faults/dovecot-quit-paused", test_dovecot_quit_paused, TRUE },
+    { "/popgate/faults/dovecot-readahead-vanished", test_dovecot_readahead_vanished, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },
@@ -679,6 +793,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-quit-expunge-drop", test_peer_quit_expunge_drop, FALSE },
     { "/popgate/faults/peer-size-beyond-32-bits", test_peer_size_beyond_32_bits, FALSE },
     { "/popgate/faults/peer-body-before-uid", test_peer_body_before_uid, FALSE },
+    { "/popgate/faults/peer-batch-body-omitted", test_peer_batch_body_omitted, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -1432,6 +1432,26 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
 
 static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
 
+/* `transfer`, fetched ahead, got its first chunk: the bodies come in the order the
+ * fetches were sent, so a transfer queued before it that has no chunk yet never gets one
+ * (an IMAP client expunged it meanwhile, or the server left it out of a batch). Mark those
+ * finished and vanished now: when the client asks for one, it gets -ERR at once instead of
+ * waiting for a fetch that cannot end while the upstream is paused on this chunk. */
+static void
+pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  for (GList *l = self->prefetch.head; l != NULL && l->data != transfer; l = l->next)
+    {
+      PgPop3Transfer *ahead = l->data;
+
+      if (ahead->delivered > 0 || ahead->finished || ahead->error != NULL)
+        continue;
+      ahead->error
+          = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
+      ahead->finished = TRUE;
+    }
+}
+
 static gboolean
 pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
 {
@@ -1476,7 +1496,10 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
   if (ctx->transfer == NULL)
     return TRUE; /* the client asked for something else: it was dropped */
   if (!transfer->active)
-    return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+    {
+      pg_pop3_session_mark_vanished_before (self, transfer);
+      return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+    }
   if (transfer->want_pause)
     {
       transfer->want_pause = FALSE;
