@@ -418,6 +418,136 @@ test_dovecot_readahead_vanished (void)
   }
 }
 
+/* --- the client half-closes ------------------------------------------------------------- */
+
+/* Connect to port, send `script` in one write, shut down our sending side (as a client
+ * that pipelines its whole session and then calls shutdown(SHUT_WR)), and read everything
+ * until the server closes (bounded: a 30 s socket timeout). */
+static gchar *
+half_close_session (guint16 port, const char *script)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autoptr (GSocketConnection) conn = NULL;
+  g_autoptr (GString) got = g_string_new (NULL);
+  GSocket *socket;
+
+  g_socket_client_set_timeout (client, 30);
+  conn = g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, &error);
+  g_assert_no_error (error);
+  socket = g_socket_connection_get_socket (conn);
+  g_socket_set_timeout (socket, 30);
+  PG_TEST_ASSERT_OK (g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)),
+                                                script, strlen (script), NULL, NULL, &error),
+                     error);
+  PG_TEST_ASSERT_OK (g_socket_shutdown (socket, FALSE, TRUE, &error), error);
+  for (guint i = 0; i < 100000; i++)
+    {
+      char buf[4096];
+      gssize n = g_socket_receive (socket, buf, sizeof buf, NULL, &error);
+
+      g_assert_no_error (error); /* a timeout here is the bug: replies were dropped */
+      if (n == 0)
+        break;
+      g_string_append_len (got, buf, n);
+    }
+  return g_string_free (g_steal_pointer (&got), FALSE);
+}
+
+/* Issue 19 item 5: USER, PASS, STAT, RETR 2, DELE 1, QUIT in one write, then
+ * shutdown(SHUT_WR): every command is answered and the QUIT applied (message 1 expunged,
+ * message 2 \Seen), as Dovecot's POP3 does. Before, the EOF discarded all but two replies
+ * and applied nothing. */
+static void
+test_client_half_close_pop3 (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GArray) before = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = NULL;
+  g_autofree gchar *got = NULL;
+  PgTestPopgate *popgate;
+
+  seed_small (user, 3);
+  before = check_upstream (user, 3, NULL);
+  popgate = start_popgate (upstream, 0);
+  script = g_strdup_printf ("USER %s\r\nPASS " PASSWORD "\r\nSTAT\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n",
+                            user);
+  got = half_close_session (popgate->pop3_port, script);
+  g_test_message ("half-close transcript: %s", got);
+  g_assert_nonnull (strstr (got, "+OK Logged in.\r\n+OK 3 "));
+  g_assert_nonnull (strstr (got, "\r\nbody 1\r\n.\r\n+OK Message 1 marked for deletion.\r\n"));
+  g_assert_true (g_str_has_suffix (got, "+OK popgate signing off.\r\n"));
+  stop_popgate (popgate);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    g_autoptr (GArray) after = pg_test_imap_uid_search_all (imap, &error);
+    g_auto (GStrv) flags = NULL;
+
+    g_assert_no_error (error);
+    g_assert_cmpuint (after->len, ==, 2);
+    g_assert_cmpuint (g_array_index (after, guint32, 0), ==, g_array_index (before, guint32, 1));
+    flags = pg_test_imap_fetch_flags (imap, g_array_index (before, guint32, 1), &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Seen"));
+  }
+}
+
+/* The same through the IMAP front end: LOGIN and the commands behind it in one write, then
+ * shutdown(SHUT_WR). popgate answers LOGIN, relays the rest and passes the half-close on;
+ * every reply reaches the client and the expunge and the flag are applied upstream. */
+static void
+imap_half_close (gboolean logout)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GArray) before = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = NULL;
+  g_autofree gchar *got = NULL;
+  PgTestPopgate *popgate;
+
+  seed_small (user, 3);
+  before = check_upstream (user, 3, NULL);
+  popgate = start_popgate (upstream, 0);
+  script = g_strdup_printf ("a LOGIN %s " PASSWORD "\r\nb SELECT INBOX\r\n"
+                            "c UID STORE %u +FLAGS.SILENT (\\Deleted)\r\nd UID EXPUNGE %u\r\n"
+                            "e UID STORE %u +FLAGS.SILENT (\\Seen)\r\n%s",
+                            user, g_array_index (before, guint32, 0),
+                            g_array_index (before, guint32, 0), g_array_index (before, guint32, 1),
+                            logout ? "f LOGOUT\r\n" : "");
+  got = half_close_session (popgate->imap_port, script);
+  g_test_message ("half-close transcript: %s", got);
+  g_assert_nonnull (strstr (got, "\r\na OK "));
+  g_assert_nonnull (strstr (got, "\r\nd OK "));
+  g_assert_nonnull (strstr (got, "\r\ne OK "));
+  if (logout)
+    g_assert_nonnull (strstr (got, "\r\nf OK "));
+  stop_popgate (popgate);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    g_autoptr (GArray) after = pg_test_imap_uid_search_all (imap, &error);
+    g_auto (GStrv) flags = NULL;
+
+    g_assert_no_error (error);
+    g_assert_cmpuint (after->len, ==, 2);
+    flags = pg_test_imap_fetch_flags (imap, g_array_index (before, guint32, 1), &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Seen"));
+  }
+}
+
+static void
+test_client_half_close_imap (void)
+{
+  imap_half_close (FALSE);
+}
+
+static void
+test_client_half_close_imap_logout (void)
+{
+  imap_half_close (TRUE);
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -783,6 +913,9 @@ main (int argc, char **argv)
     { "/popgate/faults/dovecot-retr-killed", test_dovecot_retr_killed, TRUE },
     { "/popgate/faults/dovecot-quit-paused", test_dovecot_quit_paused, TRUE },
     { "/popgate/faults/dovecot-readahead-vanished", test_dovecot_readahead_vanished, TRUE },
+    { "/popgate/faults/client-half-close-pop3", test_client_half_close_pop3, TRUE },
+    { "/popgate/faults/client-half-close-imap", test_client_half_close_imap, TRUE },
+    { "/popgate/faults/client-half-close-imap-logout", test_client_half_close_imap_logout, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },

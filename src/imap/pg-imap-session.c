@@ -57,6 +57,8 @@ struct _PgImapSession
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
   guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
   gboolean reading;          /* a client read is pending */
+  gboolean client_eof;       /* the client shut down its side: answer what it sent, then end */
+  gboolean up_shut;          /* ...and that half-close was passed on upstream */
 
   /* pre-auth */
   PgLineReader *reader;        /* owned */
@@ -996,8 +998,38 @@ pg_imap_session_process (PgImapSession *self)
         }
       pg_imap_session_handle_line (self, line, len);
     }
+  if (self->client_eof && !self->busy && self->info.state == PG_IMAP_STATE_PREAUTH
+      && !pg_conn_is_closed (self->conn))
+    {
+      /* Every complete command sent before the half-close is answered; then we end. */
+      pg_imap_session_end (self, "client disconnected");
+      return;
+    }
   pg_imap_session_flush (self);
   pg_imap_session_read (self);
+}
+
+/* The client half-closed during the relay: what it sent is upstream already, so pass the
+ * half-close on (the server answers those commands, then closes, as it would for a direct
+ * client) and keep relaying its replies until it does. */
+static void
+pg_imap_session_relay_client_eof (PgImapSession *self)
+{
+  g_autoptr (GIOStream) base = NULL;
+  GIOStream *plain = self->up_stream;
+
+  if (plain == NULL || self->up_shut)
+    return;
+  self->up_shut = TRUE;
+  if (G_IS_TLS_CONNECTION (plain))
+    {
+      g_object_get (plain, "base-io-stream", &base, NULL);
+      plain = base;
+    }
+  if (!G_IS_SOCKET_CONNECTION (plain)
+      || !g_socket_shutdown (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), FALSE,
+                             TRUE, NULL))
+    pg_imap_session_end (self, "client disconnected");
 }
 
 static void pg_imap_session_relay_client_data (PgImapSession *self, gsize n);
@@ -1012,12 +1044,20 @@ pg_imap_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
   self->reading = FALSE;
   if (pg_conn_is_closed (self->conn))
     return;
+  if (n == 0)
+    {
+      /* EOF: closed or half-closed (shutdown(SHUT_WR)) after its last command. What it
+       * sent is still answered (before login here; upstream during the relay). */
+      self->client_eof = TRUE;
+      if (self->info.state == PG_IMAP_STATE_RELAY)
+        pg_imap_session_relay_client_eof (self);
+      else
+        pg_imap_session_process (self);
+      return;
+    }
   if (n <= 0)
     {
-      /* A client that sent LOGOUT may close without waiting for the reply. */
-      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT"
-                                   : n == 0          ? "client disconnected"
-                                                     : "client read error");
+      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT" : "client read error");
       return;
     }
   self->info.bytes_from_client += (guint64) n;
@@ -1038,7 +1078,7 @@ pg_imap_session_read (PgImapSession *self)
 {
   gsize space;
 
-  if (self->reading || self->busy || pg_conn_is_closed (self->conn)
+  if (self->reading || self->busy || self->client_eof || pg_conn_is_closed (self->conn)
       || self->info.state != PG_IMAP_STATE_PREAUTH)
     return;
   space = pg_line_reader_get_space (self->reader);
@@ -1239,6 +1279,12 @@ pg_imap_session_relay_client_read (PgImapSession *self)
 {
   if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
     return;
+  if (self->client_eof)
+    {
+      /* The half-close came before the login completed: pass it on now. */
+      pg_imap_session_relay_client_eof (self);
+      return;
+    }
   self->reading = TRUE;
   pg_conn_read_async (self->conn, self->client_buf, PG_IMAP_RELAY_CHUNK, self->cancellable,
                       pg_imap_session_read_cb, g_object_ref (self));

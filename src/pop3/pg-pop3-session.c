@@ -95,6 +95,7 @@ struct _PgPop3Session
   gboolean starting_tls;   /* STLS: no socket reads until the handshake is done */
   gboolean tls_flushed;    /* STLS: the +OK is on the wire */
   gboolean output_full;    /* replies wait for the client to read: no commands, no reads */
+  gboolean client_eof;     /* the client shut down its side: finish what it sent, then end */
   GCancellable *read_cancellable; /* owned: the pending socket read */
   GString *reply;          /* replies not yet handed to the connection */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
@@ -2107,6 +2108,14 @@ pg_pop3_session_process (PgPop3Session *self)
    * it again on demand. */
   if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
     g_clear_pointer (&self->stuffed, g_byte_array_unref);
+  if (self->client_eof && !self->busy && self->state != PG_POP3_STATE_UPDATE
+      && !pg_conn_is_closed (self->conn))
+    {
+      /* Every complete command the client sent before its half-close is answered (and a
+       * QUIT among them applied, as Dovecot does); a partial last line is not a command. */
+      pg_pop3_session_end (self, "client disconnected");
+      return;
+    }
   pg_pop3_session_flush (self);
   pg_pop3_session_read (self);
 }
@@ -2127,11 +2136,20 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
       pg_pop3_session_maybe_start_tls (self);
       return;
     }
-  if (n <= 0)
+  if (n == 0)
+    {
+      /* EOF: the client closed or half-closed (shutdown(SHUT_WR)) after its last command.
+       * What it sent is still answered; a connection that ends before QUIT applies
+       * nothing, but a QUIT sent before the EOF is a QUIT. */
+      self->client_eof = TRUE;
+      pg_pop3_session_process (self);
+      return;
+    }
+  if (n < 0)
     {
       /* The client went away before QUIT: nothing changes upstream. */
       if (self->end_reason == NULL)
-        self->end_reason = g_strdup (n == 0 ? "client disconnected" : "read error");
+        self->end_reason = g_strdup ("read error");
       pg_conn_abort (self->conn);
       return;
     }
@@ -2144,7 +2162,7 @@ pg_pop3_session_read (PgPop3Session *self)
 {
   gsize space;
 
-  if (self->reading || self->starting_tls || pg_conn_is_closed (self->conn))
+  if (self->reading || self->starting_tls || self->client_eof || pg_conn_is_closed (self->conn))
     return;
   space = pg_line_reader_get_space (self->reader);
   if (space == 0)
