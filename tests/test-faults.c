@@ -30,6 +30,8 @@ static PgTestDovecot *upstream = NULL;
 #define UPSTREAM_TIMEOUT "2s"
 #define UPSTREAM_TIMEOUT_MS 2000
 #define MAX_REACTION_MS (UPSTREAM_TIMEOUT_MS + 8000)
+/* [upstream] timeout of the next start_popgate() (a test may lengthen it). */
+static const char *upstream_timeout = UPSTREAM_TIMEOUT;
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
@@ -54,7 +56,7 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
       pg_test_popgate_set (popgate, "upstream", "port", port);
       pg_test_popgate_set (popgate, "upstream", "tls", "none");
     }
-  pg_test_popgate_set (popgate, "upstream", "timeout", UPSTREAM_TIMEOUT);
+  pg_test_popgate_set (popgate, "upstream", "timeout", upstream_timeout);
   pg_test_popgate_set (popgate, "upstream", "connect_timeout", UPSTREAM_TIMEOUT);
   pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
   pg_test_popgate_set (popgate, "limits", "shutdown_timeout", "5s");
@@ -897,6 +899,132 @@ test_peer_batch_body_omitted (void)
   peer_run_finish (&run);
 }
 
+/* Issue 19 item 6: after SELECT is asked, the server floods untagged "* OK" lines and never
+ * answers. Each read used to restart the upstream timeout, so the flood held the session
+ * as long as it lasted; the deadline is absolute now: the login fails and popgate closes
+ * the upstream while the flood still runs. */
+static void
+test_peer_untagged_flood (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_FLOOD, "* OK flood %u\r\n", 50000000 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  reply = timed_login (run.pop3, "alice", &ms);
+  g_test_message ("login, upstream floods: %s after %" G_GINT64_FORMAT " ms", reply, ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "upstream did not answer within",
+                                           MAX_REACTION_MS));
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
+/* Issue 19 item 6: a snapshot that never ends (a new UID on every line). popgate stops at
+ * PG_MAX_SNAPSHOT_MESSAGES with [SYS/PERM] and a log line, instead of growing. The upstream
+ * timeout is long here, so it is the cap that ends it, not the deadline. */
+static void
+test_peer_snapshot_endless (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n", 0 },
+    { PG_TEST_PEER_FLOOD, "* %u FETCH (UID %u RFC822.SIZE 10)\r\n", 5000000 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  g_autoptr (GError) error = NULL;
+  gint64 ms = 0;
+
+  upstream_timeout = "300s";
+  peer_run_start (&run, script);
+  upstream_timeout = UPSTREAM_TIMEOUT;
+  {
+    g_autofree gchar *user_cmd = g_strdup ("USER alice");
+    PG_TEST_POP3_ASSERT_REPLY (run.pop3, user_cmd, "+OK");
+  }
+  /* The client's read timeout (30 s) is too short for an ASan build to parse a million
+   * lines: wait for the log first. */
+  g_assert_true (pg_test_pop3_send (run.pop3, "PASS " PASSWORD "\r\n", strlen ("PASS " PASSWORD "\r\n"),
+                                    &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "more than 1000000 messages", 240000));
+  reply = pg_test_pop3_read_line (run.pop3, &error);
+  g_assert_no_error (error);
+  g_test_message ("login, endless snapshot: %s", reply);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
+  (void) ms;
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
+/* Issue 19 item 4: a snapshot FETCH without RFC822.SIZE is an error (it was dropped, and
+ * the message silently missing from the maildrop). */
+static void
+test_peer_snapshot_no_size (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6)\r\n"
+                         "$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autofree gchar *reply = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  reply = timed_login (run.pop3, "alice", &ms);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "without a valid RFC822.SIZE",
+                                           MAX_REACTION_MS));
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
+/* Issue 19 item 4: a UID twice in the snapshot is kept once (UIDL never lists a UIDL
+ * twice), with one warning. */
+static void
+test_peer_snapshot_duplicates (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 4 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+                         "$^ OK [READ-WRITE] sel\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC822.SIZE 30)\r\n"
+                         "* 3 FETCH (UID 6 RFC822.SIZE 30)\r\n* 4 FETCH (UID 7 RFC822.SIZE 40)\r\n"
+                         "$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) uidl = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 90");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "UIDL", "+OK");
+  uidl = pg_test_pop3_read_multiline (run.pop3, &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (uidl, NULL), g_bytes_get_size (uidl),
+                   "1 000000050000002a\r\n2 000000060000002a\r\n3 000000070000002a\r\n", 60);
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "listed 1 UIDs more than once",
+                                           MAX_REACTION_MS));
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+  peer_run_finish (&run);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -927,6 +1055,10 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-size-beyond-32-bits", test_peer_size_beyond_32_bits, FALSE },
     { "/popgate/faults/peer-body-before-uid", test_peer_body_before_uid, FALSE },
     { "/popgate/faults/peer-batch-body-omitted", test_peer_batch_body_omitted, FALSE },
+    { "/popgate/faults/peer-untagged-flood", test_peer_untagged_flood, FALSE },
+    { "/popgate/faults/peer-snapshot-endless", test_peer_snapshot_endless, FALSE },
+    { "/popgate/faults/peer-snapshot-no-size", test_peer_snapshot_no_size, FALSE },
+    { "/popgate/faults/peer-snapshot-duplicates", test_peer_snapshot_duplicates, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

@@ -259,6 +259,37 @@ pg_pop3_maildrop_sort (PgPop3Maildrop *maildrop)
     }
 }
 
+/* A UID twice in the snapshot (a broken server) would be two messages with one UIDL: keep
+ * the first of each (the array is sorted by UID) and say so once. */
+static void
+pg_pop3_maildrop_drop_duplicates (PgPop3Maildrop *maildrop)
+{
+  GArray *messages = maildrop->messages;
+  guint kept = 0;
+
+  for (guint i = 0; i < messages->len; i++)
+    {
+      if (kept > 0
+          && g_array_index (messages, PgPop3Message, i).uid
+                 == g_array_index (messages, PgPop3Message, kept - 1).uid)
+        continue;
+      if (kept != i)
+        {
+          g_array_index (messages, PgPop3Message, kept) = g_array_index (messages, PgPop3Message, i);
+          if (maildrop->dates != NULL)
+            g_array_index (maildrop->dates, gint64, kept) = g_array_index (maildrop->dates, gint64, i);
+        }
+      kept++;
+    }
+  if (kept == messages->len)
+    return;
+  pg_session_warning (maildrop->sid, "upstream snapshot listed %u UIDs more than once; each is "
+                      "kept once", messages->len - kept);
+  g_array_set_size (messages, kept);
+  if (maildrop->dates != NULL)
+    g_array_set_size (maildrop->dates, kept);
+}
+
 static void
 pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -376,6 +407,7 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
   if (!g_task_propagate_boolean (G_TASK (result), error))
     return FALSE;
   pg_pop3_maildrop_sort (maildrop);
+  pg_pop3_maildrop_drop_duplicates (maildrop);
   return TRUE;
 }
 

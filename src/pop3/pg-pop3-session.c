@@ -888,7 +888,12 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       pg_metrics_gerror (error);
       self->busy = FALSE;
       g_clear_pointer (&self->user, g_free);
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE))
+        /* RFC 3206: retrying will not help (the snapshot is beyond PG_MAX_SNAPSHOT_*). */
+        pg_pop3_reply (self, "-ERR [SYS/PERM] The mailbox is too large for this gateway.");
+      else
+        pg_pop3_reply (self,
+                       "-ERR [SYS/TEMP] The mail server is not available, try again later.");
       pg_pop3_session_process (self);
       return;
     }
