@@ -33,7 +33,7 @@ G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
 /* Signals:
  *   "closed"  (void)  — emitted once, when the connection is closed for any reason
  *                       (pg_conn_close, a write error, or the server forcing it).
- *   "timeout" (void)  — the idle timer ran out; the session decides what to say, then
+ *   "timeout" (void)  — the idle timer or the deadline ran out; the session decides what to say, then
  *                       closes. If nobody handles it the connection is closed.
  *   "shutdown" (void) — the server is stopping; the session should finish soon. */
 
@@ -85,6 +85,12 @@ gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **
 
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
+/* A deadline `after_accept_ms` after the connection was accepted (0 = off), that no
+ * activity moves: the pre-auth deadline (a client trickling bytes is still cut). When it
+ * passes, "timeout" is emitted as for the idle timer and pg_conn_deadline_passed() is
+ * TRUE from then on. */
+void pg_conn_set_deadline (PgConn *conn, guint after_accept_ms);
+gboolean pg_conn_deadline_passed (PgConn *conn);
 
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);

@@ -1397,6 +1397,7 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
 
   pg_imap_session_set_state (self, PG_IMAP_STATE_RELAY);
   self->busy = FALSE;
+  pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
   self->client_scan = pg_imap_relay_scanner_new ();
   self->up_scan = pg_imap_relay_scanner_new ();
@@ -1432,6 +1433,12 @@ pg_imap_session_timeout_cb (PgConn *conn, gpointer user_data)
   /* RFC 9051 §5.4 autologout (the timer is at least 30 minutes after login, which also
    * satisfies RFC 2177's 29 minutes for IDLE); before login it is the pre-auth timeout. */
   pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
+  if (pg_conn_deadline_passed (conn) && self->info.state != PG_IMAP_STATE_RELAY)
+    {
+      pg_imap_session_reply (self, "* BYE No login within the time allowed.");
+      pg_imap_session_end (self, "pre-auth deadline");
+      return TRUE;
+    }
   pg_imap_session_reply (self, "* BYE Disconnected for inactivity.");
   pg_imap_session_end (self, self->info.state == PG_IMAP_STATE_RELAY ? "inactivity timeout"
                                                                      : "pre-auth timeout");

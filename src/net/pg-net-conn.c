@@ -48,6 +48,9 @@ struct _PgConn
 
   guint idle_timeout_ms;
   GSource *idle_source;       /* owned */
+  GSource *deadline_source;   /* owned: pg_conn_set_deadline() */
+  gboolean deadline_passed;
+  gint64 accepted_us;         /* monotonic: when the server accepted the connection */
   GSource *close_source;      /* owned: deadline for a flushing close */
 
   guint64 bytes_in;
@@ -144,6 +147,7 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
   conn->stream = g_object_ref (stream);
   conn->tls = tls;
   conn->tls_cert = tls_cert != NULL ? g_object_ref (tls_cert) : NULL;
+  conn->accepted_us = g_get_monotonic_time ();
 
   remote = g_socket_connection_get_remote_address (socket, NULL);
   if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
@@ -284,6 +288,59 @@ pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms)
 {
   conn->idle_timeout_ms = timeout_ms;
   pg_conn_restart_idle (conn);
+}
+
+/* --- deadline ------------------------------------------------------------------------- */
+
+static gboolean
+pg_conn_deadline_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+  gboolean handled = FALSE;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+
+  g_clear_pointer (&conn->deadline_source, g_source_unref);
+  conn->deadline_passed = TRUE;
+  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
+  if (!handled)
+    pg_conn_abort (conn);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pg_conn_clear_deadline (PgConn *conn)
+{
+  if (conn->deadline_source == NULL)
+    return;
+  g_source_destroy (conn->deadline_source);
+  g_clear_pointer (&conn->deadline_source, g_source_unref);
+}
+
+void
+pg_conn_set_deadline (PgConn *conn, guint after_accept_ms)
+{
+  gint64 left_us;
+
+  pg_conn_clear_deadline (conn);
+  if (after_accept_ms == 0 || conn->closed)
+    return;
+  left_us = MAX (conn->accepted_us + (gint64) after_accept_ms * 1000 - g_get_monotonic_time (), 0);
+  conn->deadline_source = g_timeout_source_new ((guint) ((left_us + 999) / 1000));
+  g_source_set_callback (conn->deadline_source, pg_conn_deadline_cb, conn, NULL);
+  g_source_set_static_name (conn->deadline_source, "[popgate] connection deadline");
+  g_source_attach (conn->deadline_source, g_main_context_get_thread_default ());
+}
+
+gboolean
+pg_conn_deadline_passed (PgConn *conn)
+{
+  return conn->deadline_passed;
+}
+
+void
+pg_conn_set_accepted_internal (PgConn *conn, gint64 accepted_us)
+{
+  conn->accepted_us = accepted_us;
 }
 
 /* --- reading ---------------------------------------------------------------------------- */
@@ -604,6 +661,7 @@ pg_conn_finish_close (PgConn *conn)
       g_source_destroy (conn->idle_source);
       g_clear_pointer (&conn->idle_source, g_source_unref);
     }
+  pg_conn_clear_deadline (conn);
   if (conn->close_source != NULL)
     {
       g_source_destroy (conn->close_source);

@@ -502,6 +502,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   for (guint i = 0; i < self->messages->len; i++)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
+  pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
   pg_session_message (self->id,
                       "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT
@@ -2190,6 +2191,12 @@ pg_pop3_session_timeout_cb (PgConn *conn, gpointer user_data)
   if (self->state == PG_POP3_STATE_UPDATE)
     return TRUE; /* QUIT is being applied; its own upstream timeouts bound it */
   pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
+  if (pg_conn_deadline_passed (conn))
+    {
+      pg_pop3_reply (self, "-ERR Disconnected: no login within the time allowed.");
+      pg_pop3_session_end (self, "pre-auth deadline");
+      return TRUE;
+    }
   pg_pop3_reply (self, "-ERR Disconnected for inactivity.");
   pg_pop3_session_end (self, "inactivity timeout");
   return TRUE;
