@@ -253,17 +253,25 @@ pg_conn_get_bytes_out (PgConn *conn)
 
 /* --- idle timer ----------------------------------------------------------------------- */
 
+/* The idle timer or the deadline ran out: the session says why and closes, else we do. */
+static void
+pg_conn_emit_timeout (PgConn *conn)
+{
+  gboolean handled = FALSE;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+
+  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
+  if (!handled)
+    pg_conn_abort (conn);
+}
+
 static gboolean
 pg_conn_idle_cb (gpointer user_data)
 {
   PgConn *conn = user_data;
-  gboolean handled = FALSE;
-  g_autoptr (PgConn) keep = g_object_ref (conn);
 
   g_clear_pointer (&conn->idle_source, g_source_unref);
-  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
-  if (!handled)
-    pg_conn_abort (conn);
+  pg_conn_emit_timeout (conn);
   return G_SOURCE_REMOVE;
 }
 
@@ -296,14 +304,10 @@ static gboolean
 pg_conn_deadline_cb (gpointer user_data)
 {
   PgConn *conn = user_data;
-  gboolean handled = FALSE;
-  g_autoptr (PgConn) keep = g_object_ref (conn);
 
   g_clear_pointer (&conn->deadline_source, g_source_unref);
   conn->deadline_passed = TRUE;
-  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
-  if (!handled)
-    pg_conn_abort (conn);
+  pg_conn_emit_timeout (conn);
   return G_SOURCE_REMOVE;
 }
 
