@@ -32,6 +32,8 @@ static PgTestDovecot *upstream = NULL;
 #define MAX_REACTION_MS (UPSTREAM_TIMEOUT_MS + 8000)
 /* [upstream] timeout of the next start_popgate() (a test may lengthen it). */
 static const char *upstream_timeout = UPSTREAM_TIMEOUT;
+/* More settings for the next start_popgate(): NULL-terminated triples group, key, value. */
+static const char *const *extra_settings = NULL;
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
@@ -60,6 +62,8 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   pg_test_popgate_set (popgate, "upstream", "connect_timeout", UPSTREAM_TIMEOUT);
   pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
   pg_test_popgate_set (popgate, "limits", "shutdown_timeout", "5s");
+  for (gsize i = 0; extra_settings != NULL && extra_settings[i] != NULL; i += 3)
+    pg_test_popgate_set (popgate, extra_settings[i], extra_settings[i + 1], extra_settings[i + 2]);
   PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
   return popgate;
 }
@@ -1025,6 +1029,63 @@ test_peer_snapshot_duplicates (void)
   peer_run_finish (&run);
 }
 
+/* Issue 19 item 4: under delete = keep a client DELEs messages 1 and 3 (UIDs 5 and 7). The
+ * next session's snapshot leaves out UID 6, which still exists (a flaky server): the
+ * hidden set {5, 7} must not be compacted into 5:7 across it, or message 6 is hidden from
+ * this client for good. A third session with the whole mailbox lists message 6 again. */
+static void
+test_peer_compaction_gap (void)
+{
+  /* clang-format off */
+  const PgTestPeerStep first[] = {
+    PEER_SELECTED,
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  const PgTestPeerStep flaky[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+                         "$^ OK [READ-WRITE] selected\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
+                         "* 3 FETCH (UID 7 RFC822.SIZE 20)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  /* clang-format on */
+  g_autofree gchar *state_dir = g_dir_make_tmp ("popgate-compact-XXXXXX", NULL);
+  const char *const settings[] = { "pop3",  "delete", "keep", "state", "path", state_dir,
+                                   NULL };
+  const PgTestPeerStep *scripts[] = { first, flaky, first };
+  static const char *const stat_after[] = { NULL, "+OK 0 0", "+OK 1 300000" };
+
+  g_assert_nonnull (state_dir);
+  extra_settings = settings;
+  for (guint session = 0; session < G_N_ELEMENTS (scripts); session++)
+    {
+      PeerRun run = { 0 };
+      gint64 ms = 0;
+
+      peer_run_start (&run, scripts[session]);
+      {
+        g_autofree gchar *reply = timed_login (run.pop3, "alice#laptop", &ms);
+        g_assert_cmpstr (reply, ==, "+OK Logged in.");
+      }
+      if (session == 0)
+        {
+          PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 1", "+OK");
+          PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 3", "+OK");
+        }
+      else
+        PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", stat_after[session]);
+      PG_TEST_POP3_ASSERT_REPLY (run.pop3, "QUIT", "+OK");
+      peer_run_finish (&run);
+    }
+  extra_settings = NULL;
+  pg_test_rm_rf (state_dir);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1059,6 +1120,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-snapshot-endless", test_peer_snapshot_endless, FALSE },
     { "/popgate/faults/peer-snapshot-no-size", test_peer_snapshot_no_size, FALSE },
     { "/popgate/faults/peer-snapshot-duplicates", test_peer_snapshot_duplicates, FALSE },
+    { "/popgate/faults/peer-compaction-gap", test_peer_compaction_gap, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

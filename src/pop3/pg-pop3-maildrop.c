@@ -26,6 +26,8 @@ struct _PgPop3Maildrop
   GHashTable *big_sizes;  /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
+  guint32 exists;         /* SELECT's EXISTS */
+  gboolean complete;      /* see pg_pop3_maildrop_snapshot_is_complete() */
 };
 
 PgPop3Maildrop *
@@ -70,6 +72,12 @@ guint32
 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop)
 {
   return maildrop->uidnext;
+}
+
+gboolean
+pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop)
+{
+  return maildrop->complete;
 }
 
 PgUpstream *
@@ -260,8 +268,8 @@ pg_pop3_maildrop_sort (PgPop3Maildrop *maildrop)
 }
 
 /* A UID twice in the snapshot (a broken server) would be two messages with one UIDL: keep
- * the first of each (the array is sorted by UID) and say so once. */
-static void
+ * the first of each (the array is sorted by UID) and say so once. FALSE if there were. */
+static gboolean
 pg_pop3_maildrop_drop_duplicates (PgPop3Maildrop *maildrop)
 {
   GArray *messages = maildrop->messages;
@@ -282,12 +290,13 @@ pg_pop3_maildrop_drop_duplicates (PgPop3Maildrop *maildrop)
       kept++;
     }
   if (kept == messages->len)
-    return;
+    return TRUE;
   pg_session_warning (maildrop->sid, "upstream snapshot listed %u UIDs more than once; each is "
                       "kept once", messages->len - kept);
   g_array_set_size (messages, kept);
   if (maildrop->dates != NULL)
     g_array_set_size (maildrop->dates, kept);
+  return FALSE;
 }
 
 static void
@@ -305,6 +314,7 @@ pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user
     {
       maildrop->uidvalidity = mailbox.uidvalidity;
       maildrop->uidnext = mailbox.uidnext;
+      maildrop->exists = mailbox.exists;
     }
   pg_pop3_maildrop_open_step_done (task);
 }
@@ -407,7 +417,17 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
   if (!g_task_propagate_boolean (G_TASK (result), error))
     return FALSE;
   pg_pop3_maildrop_sort (maildrop);
-  pg_pop3_maildrop_drop_duplicates (maildrop);
+  maildrop->complete = pg_pop3_maildrop_drop_duplicates (maildrop) && maildrop->uidnext != 0
+                       && maildrop->messages->len == maildrop->exists
+                       && (maildrop->messages->len == 0
+                           || g_array_index (maildrop->messages, PgPop3Message,
+                                             maildrop->messages->len - 1)
+                                      .uid
+                                  < maildrop->uidnext);
+  if (!maildrop->complete)
+    pg_session_debug (maildrop->sid, "snapshot not known complete (%u messages, EXISTS %u, "
+                      "UIDNEXT %u): client state is not compacted", maildrop->messages->len,
+                      maildrop->exists, maildrop->uidnext);
   return TRUE;
 }
 

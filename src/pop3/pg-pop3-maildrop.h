@@ -44,6 +44,10 @@ gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *r
 GArray *pg_pop3_maildrop_get_messages (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop);
+/* After open: the snapshot is known complete — UIDNEXT was given, the snapshot holds as
+ * many messages as SELECT's EXISTS said, all below UIDNEXT, with no UID twice. Only then
+ * is a UID below UIDNEXT that is not in it known not to exist. */
+gboolean pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop);
 /* The authenticated upstream connection (the imap-metadata state store uses it). */
 PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
 

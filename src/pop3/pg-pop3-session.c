@@ -569,42 +569,21 @@ pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
   pg_pop3_session_process (self);
 }
 
-typedef struct
-{
-  GArray *messages; /* unowned: the full snapshot, in UID order */
-  guint index;
-} PgPop3CompactData;
-
-/* Rewrite a set of UIDs against the full snapshot so it stays small: UIDs that no longer
- * exist are never used again in this UIDVALIDITY, so runs of members are merged across
- * them and UIDs before the first member are dropped. Membership of every existing UID is
- * unchanged. */
+/* Rewrite a set of UIDs against the snapshot so it stays small (pg_uid_set_compact), but
+ * only when the snapshot is known complete: a flaky server that left out a UID that still
+ * exists would otherwise have it merged into a run of hidden UIDs, hidden for good. */
 static PgUidSet *
-pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
+pg_pop3_session_compact (PgPop3Session *self, const PgUidSet *set, GArray *messages)
 {
-  PgUidSet *out = pg_uid_set_new ();
-  guint32 run_first = 0, run_last = 0;
+  g_autofree guint32 *uids = NULL;
 
-  if (pg_uid_set_is_empty (set))
-    return out;
+  if (pg_uid_set_is_empty (set) || !pg_pop3_maildrop_snapshot_is_complete (self->maildrop))
+    return pg_uid_set_copy (set);
+  uids = g_new (guint32, MAX (messages->len, 1));
   for (guint i = 0; i < messages->len; i++)
-    {
-      guint32 uid = g_array_index (messages, PgPop3Message, i).uid;
-      if (pg_uid_set_contains (set, uid))
-        {
-          if (run_first == 0)
-            run_first = uid;
-          run_last = uid;
-        }
-      else if (run_first != 0)
-        {
-          pg_uid_set_add_range (out, run_first, run_last);
-          run_first = 0;
-        }
-    }
-  if (run_first != 0)
-    pg_uid_set_add_range (out, run_first, run_last);
-  return out;
+    uids[i] = g_array_index (messages, PgPop3Message, i).uid;
+  return pg_uid_set_compact (set, uids, messages->len,
+                             pg_pop3_maildrop_get_uidnext (self->maildrop));
 }
 
 static gboolean
@@ -822,8 +801,9 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   self->saved_state = pg_client_state_copy (stored);
   self->client_state = g_steal_pointer (&stored);
   {
-    PgUidSet *hidden = pg_pop3_session_compact (self->client_state->hidden, messages);
-    PgUidSet *retrieved = pg_pop3_session_compact (self->client_state->retrieved, messages);
+    PgUidSet *hidden = pg_pop3_session_compact (self, self->client_state->hidden, messages);
+    PgUidSet *retrieved
+        = pg_pop3_session_compact (self, self->client_state->retrieved, messages);
 
     pg_uid_set_free (self->client_state->hidden);
     self->client_state->hidden = hidden;
