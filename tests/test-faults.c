@@ -554,6 +554,43 @@ test_client_half_close_imap_logout (void)
   imap_half_close (TRUE);
 }
 
+/* Issue 19 item 10: a bare CR reaches the client unchanged (Dovecot's POP3 does the same),
+ * so RETR sends exactly the octets LIST announced. It was rewritten to CRLF: one more. */
+static void
+test_fidelity_bare_cr (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  static const char message[] = "Subject: cr\r\n\r\nbefore\rafter\r\nx\r.y\r\n";
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *status = NULL;
+  g_autofree gchar *list = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+
+  seed (user, message, strlen (message));
+  popgate = start_popgate (upstream, 0);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  list = pg_test_pop3_cmd (pop3, "LIST 1");
+  body = pg_test_pop3_retr (pop3, 1, &status, &error);
+  g_assert_no_error (error);
+  g_test_message ("%s; RETR: %s", list, status);
+  g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), message,
+                   strlen (message));
+  {
+    g_autofree gchar *want = g_strdup_printf ("+OK 1 %zu", strlen (message));
+    g_assert_cmpstr (list, ==, want);
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -1105,6 +1142,7 @@ main (int argc, char **argv)
     { "/popgate/faults/client-half-close-pop3", test_client_half_close_pop3, TRUE },
     { "/popgate/faults/client-half-close-imap", test_client_half_close_imap, TRUE },
     { "/popgate/faults/client-half-close-imap-logout", test_client_half_close_imap_logout, TRUE },
+    { "/popgate/faults/fidelity-bare-cr", test_fidelity_bare_cr, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },
