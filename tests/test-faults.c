@@ -591,6 +591,41 @@ test_fidelity_bare_cr (void)
   stop_popgate (popgate);
 }
 
+/* Issue 19 item 10: before login, the trace and the debug log show only known command
+ * words and USER's argument: a mistyped "PASSS Secret3Typo" (or a password sent as a
+ * line) never reaches them. */
+static void
+test_fidelity_preauth_redaction (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  static const char *const settings[] = { "log", "trace", "true", NULL };
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autofree gchar *user_cmd = g_strdup_printf ("USER %s", user);
+  g_autofree gchar *log = NULL;
+  PgTestPopgate *popgate;
+
+  extra_settings = settings;
+  popgate = start_popgate (upstream, 0);
+  extra_settings = NULL;
+  pop3 = pop3_connect (popgate);
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "PASSS Secret3Typo", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "Secret4Line", "-ERR");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, user_cmd, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "PASS Secret5Wrong", "-ERR [AUTH]");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_assert_true (pg_test_popgate_wait_log (popgate, "pop3 session ended", MAX_REACTION_MS));
+  log = pg_test_popgate_read_log (popgate);
+  g_assert_nonnull (strstr (log, "trace: C: <unknown command> <redacted>"));
+  g_assert_nonnull (strstr (log, "trace: C: PASS <redacted>"));
+  g_assert_nonnull (strstr (log, user_cmd));
+  g_assert_null (strstr (log, "Secret3Typo"));
+  g_assert_null (strstr (log, "Secret4Line"));
+  g_assert_null (strstr (log, "Secret5Wrong"));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -1143,6 +1178,7 @@ main (int argc, char **argv)
     { "/popgate/faults/client-half-close-imap", test_client_half_close_imap, TRUE },
     { "/popgate/faults/client-half-close-imap-logout", test_client_half_close_imap_logout, TRUE },
     { "/popgate/faults/fidelity-bare-cr", test_fidelity_bare_cr, TRUE },
+    { "/popgate/faults/fidelity-preauth-redaction", test_fidelity_preauth_redaction, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },

@@ -169,6 +169,11 @@ pg_imap_session_metrics_update (PgImapSession *self)
   self->metrics_state = to;
 }
 
+/* Pre-auth command words shown in logs and the trace (pg_log_redact_preauth_line): any
+ * other word, and every argument but LOGIN's user and a SASL mechanism, is redacted. */
+static const char *const pg_imap_preauth_words[]
+    = { "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ID", NULL };
+
 /* Trace a pre-auth client line. A SASL response, or a later line of LOGIN/AUTHENTICATE
  * (after a literal), can hold the password whole: only "<redacted>" is traced for it. */
 static void
@@ -178,10 +183,10 @@ pg_imap_session_trace_line (PgImapSession *self, const char *line, gsize len)
 
   if (!pg_trace_is_enabled ())
     return;
-  if (self->in_command && self->in_login_command)
+  if ((self->in_command && self->in_login_command) || self->sasl_tag != NULL)
     shown = g_strdup ("<redacted>");
   else
-    shown = pg_log_redact_line (line, len, self->sasl_tag != NULL);
+    shown = pg_log_redact_preauth_line (line, len, TRUE, pg_imap_preauth_words);
   pg_trace (self->id, "C: %s", shown);
 }
 
@@ -877,7 +882,7 @@ pg_imap_session_log_line (PgImapSession *self, const char *line, gsize len)
   if (self->sasl_tag != NULL || self->in_login_command)
     shown = g_strdup ("<redacted>");
   else
-    shown = pg_log_redact_line (line, len, FALSE);
+    shown = pg_log_redact_preauth_line (line, len, TRUE, pg_imap_preauth_words);
   pg_session_debug (self->id, "C: %s", shown);
 }
 

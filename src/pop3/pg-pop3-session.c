@@ -189,6 +189,22 @@ pg_pop3_session_metrics_state (PgPop3Session *self, PgPop3State to)
                             pg_pop3_session_metrics_state_of (to));
 }
 
+/* A client line as logs and the trace show it: SASL data never, and before login only
+ * known command words and USER's argument (pg_log_redact_preauth_line). */
+static gchar *
+pg_pop3_session_shown_line (PgPop3Session *self, const char *line, gsize len)
+{
+  static const char *const known[] = { "USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "QUIT",
+                                        "NOOP", "UTF8", "STAT", "LIST", "RETR", "DELE", "RSET",
+                                        "TOP",  "UIDL", NULL };
+
+  if (self->sasl != PG_POP3_SASL_NONE)
+    return g_strdup ("<redacted>");
+  if (self->state == PG_POP3_STATE_AUTHORIZATION)
+    return pg_log_redact_preauth_line (line, len, FALSE, known);
+  return pg_log_redact_line (line, len, FALSE);
+}
+
 /* Trace a client line: redacted, with the message number's UID and UIDL (and at QUIT the
  * UIDs the delete policy will be applied to), so the upstream commands traced next can be
  * matched to it. */
@@ -200,7 +216,7 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
 
   if (!pg_trace_is_enabled ())
     return;
-  shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
+  shown = pg_pop3_session_shown_line (self, line, len);
   /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
   if (self->state != PG_POP3_STATE_TRANSACTION || self->sasl != PG_POP3_SASL_NONE
       || len > PG_POP3_MAX_COMMAND_LINE
@@ -1983,7 +1999,7 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
   pg_pop3_session_trace (self, line, len);
   if (pg_log_get_level () >= PG_LOG_LEVEL_DEBUG)
     {
-      g_autofree gchar *shown = pg_log_redact_line (line, len, self->sasl != PG_POP3_SASL_NONE);
+      g_autofree gchar *shown = pg_pop3_session_shown_line (self, line, len);
       pg_session_debug (self->id, "C: %s", shown);
     }
   if (self->sasl != PG_POP3_SASL_NONE)
