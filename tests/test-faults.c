@@ -1158,6 +1158,47 @@ test_peer_compaction_gap (void)
   pg_test_rm_rf (state_dir);
 }
 
+/* Issue 19 item 10: a server whose RFC822.SIZE is approximate (Exchange's are) says 7045
+ * for a 21-octet body. The RETR's "+OK" is already out when the body proves it wrong;
+ * after it LIST and STAT give the real size, and the log says so once. */
+static void
+test_peer_size_mismatch (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+                         "$^ OK [READ-WRITE] selected\r\n"
+                         "* 1 FETCH (UID 5 RFC822.SIZE 7045)\r\n"
+                         "* 2 FETCH (UID 6 RFC822.SIZE 100)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
+                         "$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autofree gchar *status = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (reply, ==, "+OK Logged in.");
+  }
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 2 7145");
+  body = pg_test_pop3_retr (run.pop3, 1, &status, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (status, ==, "+OK 7045 octets");
+  g_assert_cmpuint (g_bytes_get_size (body), ==, 21);
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "LIST 1", "+OK 1 21");
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 2 121");
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "the upstream said 7045 octets",
+                                           MAX_REACTION_MS));
+  g_clear_pointer (&run.pop3, pg_test_pop3_free);
+  peer_run_finish (&run);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1195,6 +1236,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-snapshot-no-size", test_peer_snapshot_no_size, FALSE },
     { "/popgate/faults/peer-snapshot-duplicates", test_peer_snapshot_duplicates, FALSE },
     { "/popgate/faults/peer-compaction-gap", test_peer_compaction_gap, FALSE },
+    { "/popgate/faults/peer-size-mismatch", test_peer_size_mismatch, FALSE },
   };
 
   g_test_init (&argc, &argv, NULL);

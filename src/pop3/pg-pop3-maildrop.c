@@ -141,11 +141,10 @@ pg_pop3_maildrop_keep_error (PgOpenData *data, GError *error)
     g_error_free (error);
 }
 
-static void
-pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
+void
+pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg, guint64 size)
 {
-  PgPop3Message msg = { .uid = uid, .size = (guint32) MIN (size, G_MAXUINT32) };
-
+  msg->size = (guint32) MIN (size, G_MAXUINT32);
   if (size >= G_MAXUINT32)
     {
       guint64 *big = g_new (guint64, 1);
@@ -153,8 +152,18 @@ pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
       *big = size;
       if (maildrop->big_sizes == NULL)
         maildrop->big_sizes = g_hash_table_new_full (g_direct_hash, g_direct_equal, NULL, g_free);
-      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (uid), big);
+      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid), big);
     }
+  else if (maildrop->big_sizes != NULL)
+    g_hash_table_remove (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid));
+}
+
+static void
+pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
+{
+  PgPop3Message msg = { .uid = uid };
+
+  pg_pop3_maildrop_set_message_size (maildrop, &msg, size);
   g_array_append_val (maildrop->messages, msg);
 }
 

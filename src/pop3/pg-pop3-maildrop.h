@@ -24,6 +24,9 @@ typedef struct _PgPop3Maildrop PgPop3Maildrop;
 /* A message's size. IMAP4rev1's RFC822.SIZE is 32-bit; a larger one (IMAP4rev2's number64)
  * is kept aside and found here. */
 guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
+/* Correct msg's size (one of the snapshot's) to what RETR really sent. */
+void pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg,
+                                        guint64 size);
 
 PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, guint64 session_id,
                                       const char *client_ip);

@@ -134,6 +134,7 @@ struct _PgPop3Session
   guint last_retr;           /* index of the last RETR + 1 (0: none yet) */
   gboolean retr_run;         /* the current RETR is for the message after the last one */
   gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
+  gboolean size_mismatch_logged; /* a RETR sent other octets than RFC822.SIZE said (once) */
   GByteArray *stuffed;     /* owned: scratch for stuffed output */
 };
 
@@ -1701,6 +1702,31 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
     pg_pop3_session_transfer_step (self, transfer);
 }
 
+/* A whole message went out: if its octets differ from the snapshot's RFC822.SIZE (some
+ * servers' sizes are approximate), LIST and STAT say what RETR really sends from now on,
+ * and the log says so once per session. */
+static void
+pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  guint64 listed = pg_pop3_maildrop_message_size (self->maildrop, msg);
+  guint64 sent = pg_dot_stuffer_get_octets_unstuffed (transfer->stuffer);
+
+  if (sent == listed)
+    return;
+  if (!self->size_mismatch_logged)
+    {
+      self->size_mismatch_logged = TRUE;
+      pg_session_warning (self->id,
+                          "message %u (UID %u): the upstream said %" G_GUINT64_FORMAT
+                          " octets (RFC822.SIZE), the body has %" G_GUINT64_FORMAT
+                          "; LIST and STAT use the real size from now on (further mismatches "
+                          "in this session are corrected without a log line)",
+                          transfer->index + 1, msg->uid, listed, sent);
+    }
+  pg_pop3_maildrop_set_message_size (self->maildrop, msg, sent);
+}
+
 static void
 pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
 {
@@ -1748,7 +1774,10 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       pg_dot_stuffer_finish (transfer->stuffer, self->stuffed);
       pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
       if (!transfer->is_top)
-        self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+        {
+          self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+          pg_pop3_session_check_size (self, transfer);
+        }
     }
   g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
   self->busy = FALSE;
