@@ -12,6 +12,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-test-dovecot.h"
+#include "pg-test-faultproxy.h"
 #include "pg-test-imap.h"
 #include "pg-test-peer.h"
 #include "pg-test-pop3.h"
@@ -626,6 +627,114 @@ test_fidelity_preauth_redaction (void)
   stop_popgate (popgate);
 }
 
+/* --- real Dovecot behind the fault proxy -------------------------------------------------- */
+
+/* popgate in front of a fault proxy in front of the real Dovecot. */
+static PgTestFaultProxy *
+proxy_start (const PgTestFaultRule *rule, PgTestPopgate **out_popgate)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestFaultProxy *proxy
+      = pg_test_faultproxy_new (upstream->host, upstream->imap_port, rule, &error);
+
+  g_assert_no_error (error);
+  *out_popgate = start_popgate (NULL, pg_test_faultproxy_get_port (proxy));
+  return proxy;
+}
+
+/* The upstream is cut just before popgate's login command, or its snapshot FETCH, or
+ * answers SELECT only after popgate's timeout: the login gets -ERR [SYS/TEMP] (not an
+ * authentication failure), the session goes on, a second login (the proxy faults once)
+ * works, and the mailbox is untouched. */
+static void
+proxy_login_fault (const PgTestFaultRule *rule)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (PgTestFaultProxy) proxy = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) after = NULL;
+  PgTestPopgate *popgate = NULL;
+  gint64 ms = 0;
+
+  seed_small (user, 3);
+  proxy = proxy_start (rule, &popgate);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *reply = timed_login (pop3, user, &ms);
+    g_test_message ("%s fault at \"%s\": %s", rule->action == PG_TEST_FAULT_CUT ? "cut" : "delay",
+                    rule->match, reply);
+    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  }
+  g_assert_true (pg_test_faultproxy_wait_triggered (proxy, MAX_REACTION_MS));
+  {
+    g_autofree gchar *again = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (again, "+OK"));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+  after = check_upstream (user, 3, NULL);
+}
+
+static void
+test_proxy_cut_at_login (void)
+{
+  const PgTestFaultRule rule = { "AUTHENTICATE *", PG_TEST_FAULT_CUT, 0, 0 };
+  proxy_login_fault (&rule);
+}
+
+static void
+test_proxy_cut_at_snapshot (void)
+{
+  const PgTestFaultRule rule = { "UID FETCH 1:* *", PG_TEST_FAULT_CUT, 0, 0 };
+  proxy_login_fault (&rule);
+}
+
+static void
+test_proxy_delay_at_select (void)
+{
+  const PgTestFaultRule rule = { "SELECT *", PG_TEST_FAULT_DELAY, 0, UPSTREAM_TIMEOUT_MS + 1000 };
+  proxy_login_fault (&rule);
+}
+
+/* DELE 1, then RETR 3 (1 MB): the upstream is cut 100,000 octets into the body. The client
+ * never gets the terminating "." (so it keeps its own state), nothing is applied upstream
+ * (message 1 is neither expunged nor flagged, nothing is \Seen), and nothing is lost. */
+static void
+test_proxy_cut_mid_body (void)
+{
+  const PgTestFaultRule rule = { "UID FETCH * (UID BODY.PEEK[])", PG_TEST_FAULT_TRUNCATE, 100000,
+                                 0 };
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: big\r\n\r\n");
+  g_autoptr (PgTestFaultProxy) proxy = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *status = NULL;
+  PgTestPopgate *popgate = NULL;
+  gint64 ms = 0;
+
+  while (big->len < 1000 * 1000)
+    g_string_append (big, "0123456789012345678901234567890123456789012345678901234567\r\n");
+  seed_small (user, 2);
+  seed (user, big->str, big->len);
+  proxy = proxy_start (&rule, &popgate);
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  status = pg_test_pop3_cmd (pop3, "RETR 3");
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  g_assert_false (read_until_closed (pop3, &ms));
+  g_assert_true (pg_test_faultproxy_wait_triggered (proxy, MAX_REACTION_MS));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+  after = check_upstream (user, 3, NULL);
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -1220,6 +1329,10 @@ main (int argc, char **argv)
     { "/popgate/faults/client-half-close-imap-logout", test_client_half_close_imap_logout, TRUE },
     { "/popgate/faults/fidelity-bare-cr", test_fidelity_bare_cr, TRUE },
     { "/popgate/faults/fidelity-preauth-redaction", test_fidelity_preauth_redaction, TRUE },
+    { "/popgate/faults/proxy-cut-at-login", test_proxy_cut_at_login, TRUE },
+    { "/popgate/faults/proxy-cut-at-snapshot", test_proxy_cut_at_snapshot, TRUE },
+    { "/popgate/faults/proxy-delay-at-select", test_proxy_delay_at_select, TRUE },
+    { "/popgate/faults/proxy-cut-mid-body", test_proxy_cut_mid_body, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },
