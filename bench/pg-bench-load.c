@@ -21,20 +21,22 @@
 
 /* One read's worth: big enough that a 10 KB message usually arrives in one read. */
 #define PG_BENCH_READ_BUFFER 32768
-/* Status and response lines; message lines are scanned without being kept. */
-#define PG_BENCH_MAX_LINE 16384
+/* Status and response lines; message lines are scanned without being kept. The longest is
+ * IMAP's `* SEARCH` of every UID (about 6 octets a message: 40,000 messages fit). */
+#define PG_BENCH_MAX_LINE (256 * 1024)
 
 typedef enum
 {
   PG_BENCH_STATE_CONNECT,
   PG_BENCH_STATE_GREETING,
-  PG_BENCH_STATE_CAPA,       /* POP3 */
-  PG_BENCH_STATE_USER,       /* POP3 */
-  PG_BENCH_STATE_LOGIN,      /* POP3 PASS / IMAP LOGIN */
+  PG_BENCH_STATE_CAPA,  /* POP3 */
+  PG_BENCH_STATE_USER,  /* POP3 */
+  PG_BENCH_STATE_LOGIN, /* POP3 PASS / IMAP LOGIN */
   PG_BENCH_STATE_IDLE,
-  PG_BENCH_STATE_STAT,       /* POP3 STAT / IMAP SELECT */
-  PG_BENCH_STATE_UIDL,       /* POP3 */
-  PG_BENCH_STATE_FETCH,      /* POP3 RETRs / IMAP UID FETCH */
+  PG_BENCH_STATE_STAT,   /* POP3 STAT / IMAP SELECT */
+  PG_BENCH_STATE_SEARCH, /* IMAP, imap_each: UID SEARCH ALL */
+  PG_BENCH_STATE_UIDL,   /* POP3 */
+  PG_BENCH_STATE_FETCH,  /* POP3 RETRs / IMAP UID FETCH */
   PG_BENCH_STATE_QUIT,
   PG_BENCH_STATE_DONE,
   PG_BENCH_STATE_FAILED,
@@ -53,45 +55,48 @@ typedef struct
 {
   PgBenchLoad *load; /* unowned */
   guint index;
-  const char *user;  /* unowned */
-  gchar *login;      /* owned: the POP3 login name (user, maybe with a client tag) */
-  GSocketConnection *conn; /* owned */
+  const char *user;          /* unowned */
+  gchar *login;              /* owned: the POP3 login name (user, maybe with a client tag) */
+  GSocketConnection *conn;   /* owned */
   GCancellable *cancellable; /* owned */
-  guint ops;         /* async operations in flight (connect, read, write) */
+  guint ops;                 /* async operations in flight (connect, read, write) */
   PgBenchState state;
-  guint8 *buf;       /* owned: PG_BENCH_READ_BUFFER */
-  GString *line;     /* owned: the response line being assembled */
-  GString *outq;     /* owned: commands waiting for the current write */
-  GString *writing;  /* owned: the buffer of the write in flight */
-  gboolean in_data;  /* inside a multi-line response (POP3) */
+  guint8 *buf;      /* owned: PG_BENCH_READ_BUFFER */
+  GString *line;    /* owned: the response line being assembled */
+  GString *outq;    /* owned: commands waiting for the current write */
+  GString *writing; /* owned: the buffer of the write in flight */
+  gboolean in_data; /* inside a multi-line response (POP3) */
   PgBenchScan scan;
   guint64 literal_left; /* IMAP: octets of the current literal still to come */
   guint64 literal_size;
   gboolean pipelining;
-  guint64 n_messages;   /* from STAT / EXISTS */
-  guint64 n_octets;     /* from STAT (POP3) */
+  guint64 n_messages; /* from STAT / EXISTS */
+  guint64 n_octets;   /* from STAT (POP3) */
   guint64 uidl_lines;
-  guint64 next_retr;    /* POP3: next message number to send RETR for (1-based) */
+  guint64 next_retr; /* POP3: next message number to send RETR for (1-based) */
   guint64 retr_done;
-  GArray *sent_at;      /* owned: gint64 per message, when its RETR went out */
+  GArray *sent_at; /* owned: gint64 per message, when its RETR went out */
   guint64 msg_octets;
   gint64 t_start;
   gint64 t_prev_end;
-  gint64 now;           /* of the read being processed */
+  gint64 now; /* of the read being processed */
   gboolean have_ttfb;
   guint64 got_messages;
   guint64 got_octets;
   guint tag;            /* IMAP command tag counter */
+  GArray *uids;         /* owned, imap_each: guint64 UIDs from UID SEARCH ALL */
+  guint next_uid;       /* imap_each: index into uids of the next UID FETCH */
+  gint64 fetch_sent_at; /* imap_each: when the current UID FETCH went out */
 } PgBenchSession;
 
 struct _PgBenchLoad
 {
   PgBenchLoadOptions options;
-  GSocketClient *client;     /* owned */
-  GSocketAddress *address;   /* owned */
-  PgBenchSession *sessions;  /* owned: n_sessions */
-  GMainLoop *loop;           /* owned */
-  guint n_pending;           /* sessions neither terminal nor holding idle */
+  GSocketClient *client;    /* owned */
+  GSocketAddress *address;  /* owned */
+  PgBenchSession *sessions; /* owned: n_sessions */
+  GMainLoop *loop;          /* owned */
+  guint n_pending;          /* sessions neither terminal nor holding idle */
   guint n_idle;
   guint timeout_id;
   gint64 t_start;
@@ -166,7 +171,7 @@ pg_bench_session_maybe_close (PgBenchSession *session)
 }
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
+    pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
 {
   PgBenchLoad *load = session->load;
   gboolean was_idle = session->state == PG_BENCH_STATE_IDLE;
@@ -181,9 +186,8 @@ pg_bench_session_fail (PgBenchSession *session, const char *format, ...)
       va_start (args, format);
       what = g_strdup_vprintf (format, args);
       va_end (args);
-      load->result->first_error = g_strdup_printf ("session %u (%s, state %d): %s",
-                                                   session->index, session->user,
-                                                   (int) session->state, what);
+      load->result->first_error = g_strdup_printf ("session %u (%s, state %d): %s", session->index,
+                                                   session->user, (int) session->state, what);
     }
   session->state = PG_BENCH_STATE_FAILED;
   load->result->sessions_failed++;
@@ -201,16 +205,20 @@ pg_bench_session_done (PgBenchSession *session)
   PgBenchLoad *load = session->load;
   const PgBenchLoadOptions *options = &load->options;
 
-  if (!options->idle && options->expect_messages != 0 && session->got_messages != options->expect_messages)
+  if (!options->idle && options->expect_messages != 0
+      && session->got_messages != options->expect_messages)
     {
-      pg_bench_session_fail (session, "got %" G_GUINT64_FORMAT " messages, expected %"
-                             G_GUINT64_FORMAT, session->got_messages, options->expect_messages);
+      pg_bench_session_fail (session,
+                             "got %" G_GUINT64_FORMAT " messages, expected %" G_GUINT64_FORMAT,
+                             session->got_messages, options->expect_messages);
       return;
     }
-  if (!options->idle && options->expect_octets != 0 && session->got_octets != options->expect_octets)
+  if (!options->idle && options->expect_octets != 0
+      && session->got_octets != options->expect_octets)
     {
-      pg_bench_session_fail (session, "got %" G_GUINT64_FORMAT " octets, expected %"
-                             G_GUINT64_FORMAT, session->got_octets, options->expect_octets);
+      pg_bench_session_fail (session,
+                             "got %" G_GUINT64_FORMAT " octets, expected %" G_GUINT64_FORMAT,
+                             session->got_octets, options->expect_octets);
       return;
     }
   session->state = PG_BENCH_STATE_DONE;
@@ -255,13 +263,12 @@ pg_bench_session_flush (PgBenchSession *session)
   session->outq = swap;
   session->ops++;
   g_output_stream_write_all_async (g_io_stream_get_output_stream (G_IO_STREAM (session->conn)),
-                                   session->writing->str, session->writing->len,
-                                   G_PRIORITY_DEFAULT, session->cancellable,
-                                   pg_bench_session_write_cb, session);
+                                   session->writing->str, session->writing->len, G_PRIORITY_DEFAULT,
+                                   session->cancellable, pg_bench_session_write_cb, session);
 }
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_session_send (PgBenchSession *session, const char *format, ...)
+    pg_bench_session_send (PgBenchSession *session, const char *format, ...)
 {
   va_list args;
 
@@ -306,8 +313,7 @@ pg_bench_pop3_pump (PgBenchSession *session)
          && session->next_retr - 1 - session->retr_done < window)
     {
       g_array_index (session->sent_at, gint64, session->next_retr - 1) = g_get_monotonic_time ();
-      g_string_append_printf (session->outq, "RETR %" G_GUINT64_FORMAT "\r\n",
-                              session->next_retr);
+      g_string_append_printf (session->outq, "RETR %" G_GUINT64_FORMAT "\r\n", session->next_retr);
       session->next_retr++;
     }
   pg_bench_session_flush (session);
@@ -368,9 +374,9 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
               pg_bench_session_send (session, "USER %s", session->login);
             }
           else if (session->uidl_lines != session->n_messages)
-            pg_bench_session_fail (session, "UIDL listed %" G_GUINT64_FORMAT " of %"
-                                   G_GUINT64_FORMAT " messages", session->uidl_lines,
-                                   session->n_messages);
+            pg_bench_session_fail (
+                session, "UIDL listed %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " messages",
+                session->uidl_lines, session->n_messages);
           else
             pg_bench_pop3_start_fetch (session);
         }
@@ -428,7 +434,8 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
         if ((load->options.expect_messages != 0 && n != load->options.expect_messages)
             || (load->options.expect_octets != 0 && octets != load->options.expect_octets))
           {
-            pg_bench_session_fail (session, "STAT %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
+            pg_bench_session_fail (session,
+                                   "STAT %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
                                    ", expected %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
                                    n, octets, load->options.expect_messages,
                                    load->options.expect_octets);
@@ -452,15 +459,16 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
       break;
     case PG_BENCH_STATE_QUIT:
       if (session->got_octets != session->n_octets)
-        pg_bench_session_fail (session, "RETR bodies held %" G_GUINT64_FORMAT
-                               " octets, STAT said %" G_GUINT64_FORMAT, session->got_octets,
-                               session->n_octets);
+        pg_bench_session_fail (
+            session, "RETR bodies held %" G_GUINT64_FORMAT " octets, STAT said %" G_GUINT64_FORMAT,
+            session->got_octets, session->n_octets);
       else
         pg_bench_session_done (session);
       break;
     case PG_BENCH_STATE_IDLE:
       break;
     case PG_BENCH_STATE_CONNECT:
+    case PG_BENCH_STATE_SEARCH:
     case PG_BENCH_STATE_DONE:
     case PG_BENCH_STATE_FAILED:
       pg_bench_session_fail (session, "unexpected reply");
@@ -533,7 +541,7 @@ pg_bench_pop3_scan (PgBenchSession *session, const guint8 *data, gsize len)
 /* --- IMAP ----------------------------------------------------------------------------- */
 
 static void G_GNUC_PRINTF (2, 3)
-pg_bench_imap_command (PgBenchSession *session, const char *format, ...)
+    pg_bench_imap_command (PgBenchSession *session, const char *format, ...)
 {
   g_autofree gchar *command = NULL;
   va_list args;
@@ -543,6 +551,47 @@ pg_bench_imap_command (PgBenchSession *session, const char *format, ...)
   va_end (args);
   session->tag++;
   pg_bench_session_send (session, "a%u %s", session->tag, command);
+}
+
+/* imap_each: the next UID FETCH, or LOGOUT after the last one. */
+static void
+pg_bench_imap_fetch_next (PgBenchSession *session)
+{
+  if (session->next_uid >= session->uids->len)
+    {
+      session->state = PG_BENCH_STATE_QUIT;
+      pg_bench_imap_command (session, "LOGOUT");
+      return;
+    }
+  session->fetch_sent_at = g_get_monotonic_time ();
+  pg_bench_imap_command (session, "UID FETCH %" G_GUINT64_FORMAT " BODY.PEEK[]",
+                         g_array_index (session->uids, guint64, session->next_uid));
+  session->next_uid++;
+}
+
+/* `* SEARCH 1 2 3 …`: the mailbox's UIDs, in order. */
+static void
+pg_bench_imap_search_line (PgBenchSession *session, const char *line)
+{
+  const char *p = line + strlen ("* SEARCH");
+
+  while (*p == ' ')
+    {
+      gchar *end = NULL;
+      guint64 uid = g_ascii_strtoull (p + 1, &end, 10);
+
+      if (end == p + 1)
+        break;
+      g_array_append_val (session->uids, uid);
+      p = end;
+    }
+}
+
+/* When the server could start on the literal being read (see the top of the file). */
+static gint64
+pg_bench_imap_ready_at (PgBenchSession *session)
+{
+  return session->load->options.imap_each ? session->fetch_sent_at : session->t_prev_end;
 }
 
 static void
@@ -561,8 +610,7 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
           return;
         }
       session->state = PG_BENCH_STATE_LOGIN;
-      pg_bench_imap_command (session, "LOGIN \"%s\" \"%s\"", session->user,
-                             load->options.password);
+      pg_bench_imap_command (session, "LOGIN \"%s\" \"%s\"", session->user, load->options.password);
       return;
     }
   if (line[0] == '*')
@@ -573,16 +621,17 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
       if (session->state == PG_BENCH_STATE_STAT && g_str_has_suffix (line, " EXISTS\r\n")
           && sscanf (line, "* %" G_GUINT64_FORMAT " EXISTS", &n) == 1)
         session->n_messages = n;
+      if (session->state == PG_BENCH_STATE_SEARCH && g_str_has_prefix (line, "* SEARCH"))
+        pg_bench_imap_search_line (session, line);
       /* A FETCH response line ends with the literal's announcement: {N}CRLF. */
       if (session->state == PG_BENCH_STATE_FETCH && len >= 4
-          && strcmp (line + len - 3, "}\r\n") == 0
-          && (brace = strrchr (line, '{')) != NULL)
+          && strcmp (line + len - 3, "}\r\n") == 0 && (brace = strrchr (line, '{')) != NULL)
         {
           session->literal_size = g_ascii_strtoull (brace + 1, NULL, 10);
           session->literal_left = session->literal_size;
           pg_bench_session_first_byte (session);
           if (session->literal_left == 0)
-            pg_bench_session_message_done (session, 0, session->t_prev_end);
+            pg_bench_session_message_done (session, 0, pg_bench_imap_ready_at (session));
         }
       return;
     }
@@ -608,18 +657,48 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
       pg_bench_imap_command (session, "SELECT INBOX");
       break;
     case PG_BENCH_STATE_STAT:
-      if (load->options.expect_messages != 0 && session->n_messages != load->options.expect_messages)
+      if (load->options.expect_messages != 0
+          && session->n_messages != load->options.expect_messages)
         {
-          pg_bench_session_fail (session, "EXISTS %" G_GUINT64_FORMAT ", expected %"
-                                 G_GUINT64_FORMAT, session->n_messages,
-                                 load->options.expect_messages);
+          pg_bench_session_fail (session,
+                                 "EXISTS %" G_GUINT64_FORMAT ", expected %" G_GUINT64_FORMAT,
+                                 session->n_messages, load->options.expect_messages);
+          return;
+        }
+      session->t_prev_end = g_get_monotonic_time ();
+      if (load->options.imap_each)
+        {
+          session->state = PG_BENCH_STATE_SEARCH;
+          g_array_set_size (session->uids, 0);
+          pg_bench_imap_command (session, "UID SEARCH ALL");
+          break;
+        }
+      session->state = PG_BENCH_STATE_FETCH;
+      pg_bench_imap_command (session, "UID FETCH 1:* BODY.PEEK[]");
+      break;
+    case PG_BENCH_STATE_SEARCH:
+      if (session->uids->len != session->n_messages)
+        {
+          pg_bench_session_fail (session, "SEARCH found %u UIDs, EXISTS said %" G_GUINT64_FORMAT,
+                                 session->uids->len, session->n_messages);
           return;
         }
       session->state = PG_BENCH_STATE_FETCH;
-      session->t_prev_end = g_get_monotonic_time ();
-      pg_bench_imap_command (session, "UID FETCH 1:* BODY.PEEK[]");
+      session->next_uid = 0;
+      pg_bench_imap_fetch_next (session);
       break;
     case PG_BENCH_STATE_FETCH:
+      if (load->options.imap_each)
+        {
+          if (session->got_messages != session->next_uid)
+            {
+              pg_bench_session_fail (session, "UID FETCH %" G_GUINT64_FORMAT " returned no body",
+                                     g_array_index (session->uids, guint64, session->next_uid - 1));
+              return;
+            }
+          pg_bench_imap_fetch_next (session);
+          break;
+        }
       session->state = PG_BENCH_STATE_QUIT;
       pg_bench_imap_command (session, "LOGOUT");
       break;
@@ -656,7 +735,8 @@ pg_bench_session_feed (PgBenchSession *session, const guint8 *data, gsize len)
           session->literal_left -= take;
           i += take;
           if (session->literal_left == 0)
-            pg_bench_session_message_done (session, session->literal_size, session->t_prev_end);
+            pg_bench_session_message_done (session, session->literal_size,
+                                           pg_bench_imap_ready_at (session));
           continue;
         }
       if (!imap && session->in_data && session->state == PG_BENCH_STATE_FETCH)
@@ -710,6 +790,7 @@ pg_bench_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_d
       return;
     }
   session->load->result->wire_bytes += (guint64) n;
+  session->load->result->reads++;
   session->now = g_get_monotonic_time ();
   pg_bench_session_feed (session, session->buf, (gsize) n);
   if (session->state != PG_BENCH_STATE_FAILED && session->state != PG_BENCH_STATE_DONE)
@@ -732,8 +813,8 @@ pg_bench_session_connect_cb (GObject *source, GAsyncResult *result, gpointer use
 {
   PgBenchSession *session = user_data;
   g_autoptr (GError) error = NULL;
-  GSocketConnection *conn = g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result,
-                                                            &error);
+  GSocketConnection *conn
+      = g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result, &error);
 
   session->ops--;
   if (conn == NULL)
@@ -771,8 +852,8 @@ pg_bench_load_wait (PgBenchLoad *load)
 {
   if (load->n_pending == 0)
     return;
-  load->timeout_id = g_timeout_add_seconds (MAX (load->options.timeout_s, 1),
-                                            pg_bench_load_timeout_cb, load);
+  load->timeout_id
+      = g_timeout_add_seconds (MAX (load->options.timeout_s, 1), pg_bench_load_timeout_cb, load);
   g_main_loop_run (load->loop);
   if (load->timeout_id != 0)
     g_source_remove (load->timeout_id);
@@ -807,22 +888,22 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->load = load;
       session->index = i;
       session->user = options->users[i % options->n_users];
-      session->login = options->client_tag_separator != NULL
-                         ? g_strdup_printf ("%s%ss%u", session->user,
-                                            options->client_tag_separator, i)
-                         : g_strdup (session->user);
+      session->login
+          = options->client_tag_separator != NULL
+                ? g_strdup_printf ("%s%ss%u", session->user, options->client_tag_separator, i)
+                : g_strdup (session->user);
       session->cancellable = g_cancellable_new ();
       session->buf = g_malloc (PG_BENCH_READ_BUFFER);
       session->line = g_string_sized_new (256);
       session->outq = g_string_sized_new (256);
       session->writing = g_string_sized_new (256);
       session->sent_at = g_array_new (FALSE, TRUE, sizeof (gint64));
+      session->uids = g_array_new (FALSE, FALSE, sizeof (guint64));
       session->state = PG_BENCH_STATE_CONNECT;
       session->t_start = g_get_monotonic_time ();
       session->ops++;
       g_socket_client_connect_async (load->client, G_SOCKET_CONNECTABLE (load->address),
-                                     session->cancellable, pg_bench_session_connect_cb,
-                                     session);
+                                     session->cancellable, pg_bench_session_connect_cb, session);
     }
   pg_bench_load_wait (load);
   if (load->t_end == 0)
@@ -902,6 +983,7 @@ pg_bench_load_free (PgBenchLoad *load)
       g_string_free (session->outq, TRUE);
       g_string_free (session->writing, TRUE);
       g_array_unref (session->sent_at);
+      g_array_unref (session->uids);
     }
   g_free (load->sessions);
   g_clear_object (&load->client);

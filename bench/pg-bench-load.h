@@ -2,9 +2,12 @@
  *
  * Every session is a small state machine over one GSocketConnection with async reads into
  * a fixed buffer and one pending write at a time: 1,000 sessions cost 1,000 sockets and a
- * few KiB each, no threads. POP3: greeting, CAPA, USER, PASS, STAT, UIDL, RETR 1..n
- * (pipelined `pipeline` deep when the server offers PIPELINING), QUIT. IMAP: greeting,
- * LOGIN, SELECT INBOX, UID FETCH 1:* BODY.PEEK[], LOGOUT. Message bytes are counted
+ * few KiB each, no threads. POP3: greeting, CAPA, USER, PASS, STAT, UIDL, RETR 1..n (one
+ * after the other as fetchmail, getmail and poplib do, or `pipeline` deep when the server
+ * offers PIPELINING), QUIT. IMAP: greeting, LOGIN, SELECT INBOX, then UID FETCH 1:*
+ * BODY.PEEK[] (one command for all) or, with `imap_each`, UID SEARCH ALL and one
+ * UID FETCH uid BODY.PEEK[] per message, each after the last one's tagged reply; LOGOUT.
+ * Message bytes are counted
  * without dot-stuffing (POP3) or as literal octets (IMAP) and checked against what the
  * mailbox holds, so a session that lost or mangled a byte counts as failed.
  *
@@ -25,34 +28,36 @@ typedef enum
 typedef struct
 {
   PgBenchProto proto;
-  const char *host;           /* unowned */
+  const char *host; /* unowned */
   guint16 port;
-  guint n_sessions;           /* K */
-  const char *const *users;   /* unowned: session i logs in as users[i % n_users] */
+  guint n_sessions;         /* K */
+  const char *const *users; /* unowned: session i logs in as users[i % n_users] */
   guint n_users;
-  const char *password;       /* unowned: the same for every user */
+  const char *password; /* unowned: the same for every user */
   /* POP3: log in as USER<sep>s<i> (a client tag per session), for gateways that lock the
    * maildrop per (user, client) as RFC 1939 asks; NULL: plain user names. */
   const char *client_tag_separator;
-  guint pipeline;             /* POP3 RETRs in flight (1 = no pipelining) */
-  gboolean idle;              /* stop after login; pg_bench_load_release() ends them */
-  guint64 expect_messages;    /* per session; 0 = do not check */
-  guint64 expect_octets;      /* per session, RFC822.SIZE sum; 0 = do not check */
-  guint timeout_s;            /* whole run; sessions still going then fail */
+  guint pipeline;          /* POP3 RETRs in flight (1 = no pipelining) */
+  gboolean imap_each;      /* IMAP: one UID FETCH per message instead of one for all */
+  gboolean idle;           /* stop after login; pg_bench_load_release() ends them */
+  guint64 expect_messages; /* per session; 0 = do not check */
+  guint64 expect_octets;   /* per session, RFC822.SIZE sum; 0 = do not check */
+  guint timeout_s;         /* whole run; sessions still going then fail */
 } PgBenchLoadOptions;
 
 typedef struct
 {
   guint sessions_ok;
   guint sessions_failed;
-  guint64 messages;           /* message bodies received in full */
-  guint64 octets;             /* their octets (without dot-stuffing) */
-  guint64 wire_bytes;         /* everything read from the sockets */
-  gdouble wall_s;             /* first connect → last session done */
-  gdouble cpu_s;              /* this process's user+sys CPU over wall_s */
-  GArray *ttfb_us;            /* owned: gint64 per session, connect → first message byte */
-  GArray *retr_us;            /* owned: gint64 per message, service time (see .c) */
-  gchar *first_error;         /* owned: NULL if none failed */
+  guint64 messages;   /* message bodies received in full */
+  guint64 octets;     /* their octets (without dot-stuffing) */
+  guint64 wire_bytes; /* everything read from the sockets */
+  guint64 reads;      /* socket reads that returned data (all sessions) */
+  gdouble wall_s;     /* first connect → last session done */
+  gdouble cpu_s;      /* this process's user+sys CPU over wall_s */
+  GArray *ttfb_us;    /* owned: gint64 per session, connect → first message byte */
+  GArray *retr_us;    /* owned: gint64 per message, service time (see .c) */
+  gchar *first_error; /* owned: NULL if none failed */
 } PgBenchLoadResult;
 
 void pg_bench_load_result_free (PgBenchLoadResult *result);

@@ -31,19 +31,55 @@
 #define PG_BENCH_START_TIMEOUT_MS 30000
 #define PG_BENCH_STOP_TIMEOUT_MS 15000
 
+/* The rows. POP3 clients (fetchmail, getmail, poplib) send one RETR after the other: that
+ * is the main POP3 dialogue, the pipelined one is a second row. IMAP clients that download
+ * message by message send one UID FETCH each; one UID FETCH 1:* is the streaming limit. */
 typedef enum
 {
-  PG_BENCH_PATH_POPGATE,
-  PG_BENCH_PATH_ANCHOR,
-  PG_BENCH_PATH_DIRECT,
-  PG_BENCH_PATH_RELAY,
+  PG_BENCH_PATH_POPGATE,           /* popgate's POP3, sequential RETR */
+  PG_BENCH_PATH_NATIVE,            /* the upstream Dovecot's own POP3 on the same Maildir */
+  PG_BENCH_PATH_ANCHOR,            /* Dovecot's POP3 over imapc, sequential RETR */
+  PG_BENCH_PATH_POPGATE_PIPELINED, /* popgate's POP3, RETRs pipelined */
+  PG_BENCH_PATH_NATIVE_PIPELINED,
+  PG_BENCH_PATH_DIRECT_EACH, /* the upstream's IMAP, one UID FETCH per message */
+  PG_BENCH_PATH_RELAY_EACH,  /* popgate's IMAP relay, one UID FETCH per message */
+  PG_BENCH_PATH_DIRECT,      /* the upstream's IMAP, one UID FETCH 1:* */
+  PG_BENCH_PATH_RELAY,       /* popgate's IMAP relay, one UID FETCH 1:* */
   PG_BENCH_PATH_COUNT,
 } PgBenchPath;
 
 static const char *const pg_bench_path_names[] = {
-  "popgate POP3", "Dovecot POP3/imapc", "direct IMAP", "popgate IMAP relay",
+  "popgate POP3",
+  "Dovecot native POP3",
+  "Dovecot POP3/imapc",
+  "popgate POP3, pipelined",
+  "Dovecot native POP3, pipelined",
+  "direct IMAP, FETCH per message",
+  "popgate IMAP relay, FETCH per message",
+  "direct IMAP, one FETCH 1:*",
+  "popgate IMAP relay, one FETCH 1:*",
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_bench_path_names) == PG_BENCH_PATH_COUNT);
+
+/* --paths: short names of the rows, in the same order. */
+static const char *const pg_bench_path_keys[] = {
+  "pop3",        "native",     "imapc",  "pop3-pipelined", "native-pipelined",
+  "direct-each", "relay-each", "direct", "relay",
+};
+G_STATIC_ASSERT (G_N_ELEMENTS (pg_bench_path_keys) == PG_BENCH_PATH_COUNT);
+
+static gboolean
+pg_bench_path_is_imap (PgBenchPath path)
+{
+  return path == PG_BENCH_PATH_DIRECT_EACH || path == PG_BENCH_PATH_RELAY_EACH
+         || path == PG_BENCH_PATH_DIRECT || path == PG_BENCH_PATH_RELAY;
+}
+
+static gboolean
+pg_bench_path_is_relay (PgBenchPath path)
+{
+  return path == PG_BENCH_PATH_RELAY_EACH || path == PG_BENCH_PATH_RELAY;
+}
 
 /* Command line. */
 static gboolean pg_bench_smoke = FALSE;
@@ -58,68 +94,73 @@ static gint pg_bench_reps = 3;
 static gint pg_bench_pipeline = 8;
 static gint pg_bench_idle_sessions = 1000;
 static gint pg_bench_timeout_s = 600;
+static gchar *pg_bench_paths = NULL;
+static gboolean pg_bench_path_enabled[PG_BENCH_PATH_COUNT];
 static gchar *pg_bench_output = NULL;
 static gboolean pg_bench_keep = FALSE;
 
 typedef struct
 {
-  const char *kind;   /* "full", "bulk", "huge" */
-  GPtrArray *users;   /* owned: gchar* */
-  GArray *files;      /* owned: guint indices into the pool */
+  const char *kind; /* "full", "bulk", "huge" */
+  GPtrArray *users; /* owned: gchar* */
+  GArray *files;    /* owned: guint indices into the pool */
   guint64 messages;
-  guint64 octets;     /* RFC822.SIZE sum (CRLF) */
+  guint64 octets; /* RFC822.SIZE sum (CRLF) */
 } PgBenchMailbox;
 
 typedef struct
 {
-  gchar *path;        /* owned: the pool file (LF line ends, as Dovecot stores it) */
-  guint64 size;       /* file size */
-  guint64 vsize;      /* with CRLF: RFC822.SIZE */
+  gchar *path;   /* owned: the pool file (LF line ends, as Dovecot stores it) */
+  guint64 size;  /* file size */
+  guint64 vsize; /* with CRLF: RFC822.SIZE */
 } PgBenchPoolFile;
 
 typedef struct
 {
-  gchar *dir;              /* owned */
-  gchar *config_file;      /* owned */
-  PgTestCerts *certs;      /* owned */
+  gchar *dir;         /* owned */
+  gchar *config_file; /* owned */
+  PgTestCerts *certs; /* owned */
   guint16 pop3_port;
-  PgTestProcess *process;  /* owned */
+  PgTestProcess *process; /* owned */
 } PgBenchAnchor;
 
 typedef struct
 {
   gboolean ran;
   guint failed;
-  gchar *error;            /* owned: the first failure */
+  gchar *error; /* owned: the first failure */
   gdouble msgs_s;
   gdouble mb_s;
   gdouble ttfb_p50_ms;
   gdouble ttfb_p99_ms;
   gdouble retr_p50_ms;
   gdouble retr_p99_ms;
-  gdouble load_cpu;        /* load generator CPU / wall (1.0 = one core) */
-  gdouble gw_cpu;          /* gateway CPU / wall: popgate, or the anchor's processes */
-  gdouble upstream_cpu;    /* the upstream Dovecot's processes' CPU / wall */
+  gdouble load_cpu;     /* load generator CPU / wall (1.0 = one core) */
+  gdouble gw_cpu;       /* gateway CPU / wall: popgate, or the anchor's processes */
+  gdouble upstream_cpu; /* the upstream Dovecot's processes' CPU / wall */
+  gdouble load_us;      /* the same three as CPU µs per message */
+  gdouble gw_us;
+  gdouble upstream_us;
+  gdouble reads; /* the load generator's socket reads per message */
 } PgBenchFigures;
 
 typedef struct
 {
-  PgTestDovecot *upstream;  /* owned */
-  PgTestPopgate *popgate;   /* owned */
-  PgBenchAnchor *anchor;    /* owned */
-  GArray *pool;             /* owned: PgBenchPoolFile */
+  PgTestDovecot *upstream; /* owned */
+  PgTestPopgate *popgate;  /* owned */
+  PgBenchAnchor *anchor;   /* owned */
+  GArray *pool;            /* owned: PgBenchPoolFile */
   PgBenchMailbox full;
   PgBenchMailbox bulk;
   PgBenchMailbox huge;
-  gboolean relay;           /* popgate's IMAP front end answers */
-  guint failures;           /* sessions that failed in the whole run */
-  GString *report;          /* owned */
+  gboolean relay;  /* popgate's IMAP front end answers */
+  guint failures;  /* sessions that failed in the whole run */
+  GString *report; /* owned */
 } PgBench;
 
 /* --- small helpers --------------------------------------------------------------------- */
 
-static gboolean
-pg_bench_fail (GError **error, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static gboolean pg_bench_fail (GError **error, const char *format, ...) G_GNUC_PRINTF (2, 3);
 static gboolean
 pg_bench_fail (GError **error, const char *format, ...)
 {
@@ -141,8 +182,7 @@ pg_bench_proc_status_kb (GPid pid, const char *field)
   g_autofree gchar *contents = NULL;
   const char *at = NULL;
 
-  if (!g_file_get_contents (path, &contents, NULL, NULL)
-      || (at = strstr (contents, field)) == NULL)
+  if (!g_file_get_contents (path, &contents, NULL, NULL) || (at = strstr (contents, field)) == NULL)
     return 0;
   return g_ascii_strtoull (at + strlen (field), NULL, 10);
 }
@@ -176,11 +216,13 @@ pg_bench_proc_cpu_s (GPid pid, gboolean with_children)
   if (!g_file_get_contents (path, &contents, NULL, NULL)
       || (close = strrchr (contents, ')')) == NULL
       || sscanf (close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &utime,
-                 &stime, &cutime, &cstime) != 4)
+                 &stime, &cutime, &cstime)
+             != 4)
     return 0;
   if (!with_children)
     cutime = cstime = 0;
-  return (gdouble) (utime + stime + (unsigned long) MAX (cutime, 0) + (unsigned long) MAX (cstime, 0))
+  return (gdouble) (utime + stime + (unsigned long) MAX (cutime, 0)
+                    + (unsigned long) MAX (cstime, 0))
          / (gdouble) sysconf (_SC_CLK_TCK);
 }
 
@@ -193,8 +235,7 @@ pg_bench_proc_ppid (const char *pid)
   int ppid = 0;
 
   if (!g_file_get_contents (path, &contents, NULL, NULL)
-      || (close = strrchr (contents, ')')) == NULL
-      || sscanf (close + 2, "%*c %d", &ppid) != 1)
+      || (close = strrchr (contents, ')')) == NULL || sscanf (close + 2, "%*c %d", &ppid) != 1)
     return 0;
   return (GPid) ppid;
 }
@@ -402,8 +443,7 @@ pg_bench_mkdir_nobody (const char *path, GError **error)
   struct passwd *nobody = getpwnam ("nobody");
   struct group *nogroup = getgrnam ("nogroup");
 
-  if (g_mkdir_with_parents (path, 0700) != 0
-      || chown (path, nobody->pw_uid, nogroup->gr_gid) != 0)
+  if (g_mkdir_with_parents (path, 0700) != 0 || chown (path, nobody->pw_uid, nogroup->gr_gid) != 0)
     return pg_bench_fail (error, "mkdir %s: %s", path, g_strerror (errno));
   return TRUE;
 }
@@ -434,8 +474,8 @@ pg_bench_mailbox_seed (PgBench *bench, PgBenchMailbox *mailbox, guint n_users, G
           guint index = g_array_index (mailbox->files, guint, i);
           const PgBenchPoolFile *file = &g_array_index (bench->pool, PgBenchPoolFile, index);
           g_autofree gchar *name = g_strdup_printf (
-            "%s/cur/%u.M%uP1.bench,S=%" G_GUINT64_FORMAT ",W=%" G_GUINT64_FORMAT ":2,", maildir,
-            1700000000u + i, i, file->size, file->vsize);
+              "%s/cur/%u.M%uP1.bench,S=%" G_GUINT64_FORMAT ",W=%" G_GUINT64_FORMAT ":2,", maildir,
+              1700000000u + i, i, file->size, file->vsize);
 
           if (link (file->path, name) != 0)
             return pg_bench_fail (error, "link %s: %s", name, g_strerror (errno));
@@ -480,8 +520,7 @@ pg_bench_seed (PgBench *bench, guint n_users, GError **error)
     }
   if (pg_bench_huge_mb > 0)
     {
-      if (!pg_bench_pool_add (bench, pool, index, (guint64) pg_bench_huge_mb * 1024 * 1024,
-                              error))
+      if (!pg_bench_pool_add (bench, pool, index, (guint64) pg_bench_huge_mb * 1024 * 1024, error))
         return FALSE;
       pg_bench_mailbox_add_file (bench, &bench->huge, index);
     }
@@ -523,8 +562,11 @@ pg_bench_start_popgate (PgBench *bench, guint max_k, GError **error)
   bench->popgate->process = pg_test_process_spawn (argv, bench->popgate->log_file, error);
   if (bench->popgate->process == NULL)
     return FALSE;
-  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port,
-                          bench->popgate->process, PG_BENCH_START_TIMEOUT_MS, error))
+  /* Both listeners: the relay probe must not race a slow start (popgate under valgrind). */
+  if (!pg_test_wait_port (bench->popgate->host, bench->popgate->pop3_port, bench->popgate->process,
+                          PG_BENCH_START_TIMEOUT_MS, error)
+      || !pg_test_wait_port (bench->popgate->host, bench->popgate->imap_port,
+                             bench->popgate->process, PG_BENCH_START_TIMEOUT_MS, error))
     {
       g_autofree gchar *log = pg_test_popgate_read_log (bench->popgate);
       g_prefix_error (error, "popgate did not start (%s): ", log);
@@ -578,7 +620,8 @@ static gboolean
 pg_bench_start_anchor (PgBench *bench, GError **error)
 {
   g_autoptr (PgBenchAnchor) anchor = g_new0 (PgBenchAnchor, 1);
-  g_autofree gchar *template_path = g_build_filename (PG_BENCH_SRCDIR, "dovecot-imapc-gateway.conf.in", NULL);
+  g_autofree gchar *template_path
+      = g_build_filename (PG_BENCH_SRCDIR, "dovecot-imapc-gateway.conf.in", NULL);
   g_autofree gchar *template = NULL;
   g_autofree gchar *home = NULL;
   g_autofree gchar *log = NULL;
@@ -663,26 +706,41 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
 {
   PgBenchLoadOptions options = { 0 };
   g_autoptr (PgBenchLoad) load = NULL;
-  guint n_users = MIN (mailbox->users->len, (k + PG_BENCH_SESSIONS_PER_USER - 1)
-                                               / PG_BENCH_SESSIONS_PER_USER);
+  guint n_users = MIN (mailbox->users->len,
+                       (k + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER);
 
-  options.proto = path == PG_BENCH_PATH_DIRECT || path == PG_BENCH_PATH_RELAY
-                    ? PG_BENCH_PROTO_IMAP : PG_BENCH_PROTO_POP3;
+  options.proto = pg_bench_path_is_imap (path) ? PG_BENCH_PROTO_IMAP : PG_BENCH_PROTO_POP3;
   options.host = "127.0.0.1";
+  options.pipeline = 1;
   switch (path)
     {
+    case PG_BENCH_PATH_POPGATE_PIPELINED:
+      options.pipeline = (guint) pg_bench_pipeline;
+      G_GNUC_FALLTHROUGH;
     case PG_BENCH_PATH_POPGATE:
       options.port = bench->popgate->pop3_port;
       /* popgate locks a maildrop per (user, client tag), as RFC 1939 asks; Dovecot's POP3
        * does not lock (pop3_lock_session = no). Each session is its own client. */
       options.client_tag_separator = "#";
       break;
+    case PG_BENCH_PATH_NATIVE_PIPELINED:
+      options.pipeline = (guint) pg_bench_pipeline;
+      G_GNUC_FALLTHROUGH;
+    case PG_BENCH_PATH_NATIVE:
+      options.port = bench->upstream->pop3_port;
+      break;
     case PG_BENCH_PATH_ANCHOR:
       options.port = bench->anchor->pop3_port;
       break;
+    case PG_BENCH_PATH_DIRECT_EACH:
+      options.imap_each = TRUE;
+      G_GNUC_FALLTHROUGH;
     case PG_BENCH_PATH_DIRECT:
       options.port = bench->upstream->imap_port;
       break;
+    case PG_BENCH_PATH_RELAY_EACH:
+      options.imap_each = TRUE;
+      G_GNUC_FALLTHROUGH;
     case PG_BENCH_PATH_RELAY:
       options.port = bench->popgate->imap_port;
       break;
@@ -693,7 +751,6 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
   options.users = (const char *const *) mailbox->users->pdata;
   options.n_users = MAX (n_users, 1);
   options.password = PG_BENCH_PASSWORD;
-  options.pipeline = (guint) pg_bench_pipeline;
   options.idle = idle;
   options.expect_messages = mailbox->messages;
   options.expect_octets = mailbox->octets;
@@ -710,15 +767,16 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
 static GPid
 pg_bench_gateway_pid (PgBench *bench, PgBenchPath path)
 {
-  if (path == PG_BENCH_PATH_POPGATE || path == PG_BENCH_PATH_RELAY)
+  if (path == PG_BENCH_PATH_POPGATE || path == PG_BENCH_PATH_POPGATE_PIPELINED
+      || pg_bench_path_is_relay (path))
     return pg_test_popgate_get_pid (bench->popgate);
   if (path == PG_BENCH_PATH_ANCHOR)
     return pg_test_process_get_pid (bench->anchor->process);
   return 0;
 }
 
-/* CPU seconds so far of the gateway on `path` (0 for direct IMAP): popgate, or the
- * anchor's whole process tree. */
+/* CPU seconds so far of the gateway on `path` (0 for direct IMAP and native POP3):
+ * popgate, or the anchor's whole process tree. */
 static gdouble
 pg_bench_gateway_cpu_s (PgBench *bench, PgBenchPath path)
 {
@@ -742,7 +800,7 @@ static void
 pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, guint k,
                PgBenchFigures *out)
 {
-  GArray *v[9] = { NULL };
+  GArray *v[13] = { NULL };
   GPid upstream = pg_test_dovecot_get_pid (bench->upstream);
 
   for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
@@ -755,7 +813,8 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
       guint up_n0 = pg_bench_tree_size (upstream);
       gdouble up_cpu0 = pg_bench_tree_cpu_s (upstream);
       g_autoptr (PgBenchLoadResult) r = pg_bench_run_load (bench, path, mailbox, k, FALSE, NULL);
-      gdouble fig[9];
+      gdouble fig[13];
+      gdouble messages = (gdouble) MAX (r->messages, 1);
 
       fig[0] = (gdouble) r->messages / r->wall_s;
       fig[1] = (gdouble) r->octets / r->wall_s / 1e6;
@@ -767,17 +826,22 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
       fig[7] = (pg_bench_gateway_cpu_s (bench, path) - gw_cpu0) / r->wall_s;
       pg_bench_wait_tree_settled (upstream, up_n0);
       fig[8] = (pg_bench_tree_cpu_s (upstream) - up_cpu0) / r->wall_s;
+      /* The same CPU per message, in µs; and socket reads per message. */
+      fig[9] = fig[6] * r->wall_s * 1e6 / messages;
+      fig[10] = fig[7] * r->wall_s * 1e6 / messages;
+      fig[11] = fig[8] * r->wall_s * 1e6 / messages;
+      fig[12] = (gdouble) r->reads / messages;
       for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
         g_array_append_val (v[i], fig[i]);
       out->failed += r->sessions_failed;
       bench->failures += r->sessions_failed;
       if (r->first_error != NULL && out->error == NULL)
         out->error = g_strdup (r->first_error);
-      g_print ("  K=%-4u %-20s rep %d: %8.0f msgs/s %8.1f MB/s  %u ok %u failed  "
-               "(load gen %.0f%% CPU)%s%s\n",
+      g_print ("  K=%-4u %-38s rep %d: %8.0f msgs/s %8.1f MB/s  %u ok %u failed  "
+               "(CPU µs/msg: load gen %.1f, gateway %.1f, upstream %.1f; %.2f reads/msg)%s%s\n",
                k, pg_bench_path_names[path], rep + 1, fig[0], fig[1], r->sessions_ok,
-               r->sessions_failed, fig[6] * 100, r->first_error != NULL ? ": " : "",
-               r->first_error != NULL ? r->first_error : "");
+               r->sessions_failed, fig[9], fig[10], fig[11], fig[12],
+               r->first_error != NULL ? ": " : "", r->first_error != NULL ? r->first_error : "");
     }
   out->msgs_s = pg_bench_median (v[0]);
   out->mb_s = pg_bench_median (v[1]);
@@ -788,6 +852,10 @@ pg_bench_case (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, 
   out->load_cpu = pg_bench_median (v[6]);
   out->gw_cpu = pg_bench_median (v[7]);
   out->upstream_cpu = pg_bench_median (v[8]);
+  out->load_us = pg_bench_median (v[9]);
+  out->gw_us = pg_bench_median (v[10]);
+  out->upstream_us = pg_bench_median (v[11]);
+  out->reads = pg_bench_median (v[12]);
   for (gsize i = 0; i < G_N_ELEMENTS (v); i++)
     g_array_unref (v[i]);
 }
@@ -801,15 +869,16 @@ pg_bench_warm (PgBench *bench, const PgBenchMailbox *mailbox, GError **error)
       g_autoptr (PgBenchLoadResult) r = NULL;
       guint k = mailbox->users->len * PG_BENCH_SESSIONS_PER_USER;
 
-      if (path == PG_BENCH_PATH_RELAY && !bench->relay)
+      if (!pg_bench_path_enabled[path]
+          || (pg_bench_path_is_relay ((PgBenchPath) path) && !bench->relay))
         continue;
       /* One session per user: user i % n_users with n_users = K / 100. */
       r = pg_bench_run_load (bench, (PgBenchPath) path, mailbox, k > 0 ? mailbox->users->len : 1,
                              FALSE, NULL);
       (void) k;
       if (r->sessions_failed > 0)
-        return pg_bench_fail (error, "warming %s up (%s mailbox): %s",
-                              pg_bench_path_names[path], mailbox->kind, r->first_error);
+        return pg_bench_fail (error, "warming %s up (%s mailbox): %s", pg_bench_path_names[path],
+                              mailbox->kind, r->first_error);
     }
   return TRUE;
 }
@@ -863,8 +932,8 @@ pg_bench_huge (PgBench *bench, guint64 *out_before_kb, gdouble *out_mb_s)
       g_array_append_val (speed, mb_s);
       bench->failures += r->sessions_failed;
       *out_before_kb = before;
-      g_print ("  %d MB RETR rep %d: RSS %" G_GUINT64_FORMAT " KiB before, peak %"
-               G_GUINT64_FORMAT " KiB (VmHWM) / %" G_GUINT64_FORMAT " KiB (sampled); %.0f MB/s"
+      g_print ("  %d MB RETR rep %d: RSS %" G_GUINT64_FORMAT " KiB before, peak %" G_GUINT64_FORMAT
+               " KiB (VmHWM) / %" G_GUINT64_FORMAT " KiB (sampled); %.0f MB/s"
                "%s%s\n",
                pg_bench_huge_mb, rep + 1, before, hwm, sampler.max_rss_kb, mb_s,
                r->first_error != NULL ? "; " : "", r->first_error != NULL ? r->first_error : "");
@@ -875,11 +944,11 @@ pg_bench_huge (PgBench *bench, guint64 *out_before_kb, gdouble *out_mb_s)
 
 typedef struct
 {
-  guint held;             /* sessions logged in and idle at the measurement */
-  guint64 before_kb;      /* the gateway's RSS before (sum for Dovecot) */
-  guint64 with_kb;        /* with the idle sessions */
-  guint64 pss_kb;         /* PSS with the sessions (sum) */
-  guint processes;        /* processes summed */
+  guint held;        /* sessions logged in and idle at the measurement */
+  guint64 before_kb; /* the gateway's RSS before (sum for Dovecot) */
+  guint64 with_kb;   /* with the idle sessions */
+  guint64 pss_kb;    /* PSS with the sessions (sum) */
+  guint processes;   /* processes summed */
 } PgBenchIdle;
 
 static void
@@ -927,8 +996,7 @@ pg_bench_ratio (gdouble a, gdouble b)
   return g_strdup_printf ("%.2f×", a / b);
 }
 
-static void
-pg_bench_emit (PgBench *bench, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_bench_emit (PgBench *bench, const char *format, ...) G_GNUC_PRINTF (2, 3);
 static void
 pg_bench_emit (PgBench *bench, const char *format, ...)
 {
@@ -950,6 +1018,39 @@ pg_bench_command_line (int argc, char **argv)
 }
 
 /* --- main ------------------------------------------------------------------------------ */
+
+static gboolean
+pg_bench_parse_paths (const char *list, GError **error)
+{
+  g_auto (GStrv) keys = NULL;
+
+  for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
+    pg_bench_path_enabled[path] = list == NULL;
+  if (list == NULL)
+    return TRUE;
+  keys = g_strsplit (list, ",", -1);
+  for (gsize i = 0; keys[i] != NULL; i++)
+    {
+      gboolean known = FALSE;
+
+      for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
+        if (strcmp (keys[i], pg_bench_path_keys[path]) == 0)
+          known = pg_bench_path_enabled[path] = TRUE;
+      if (!known)
+        return pg_bench_fail (error, "--paths: unknown path \"%s\"", keys[i]);
+    }
+  return TRUE;
+}
+
+/* Ratio a / b of one figure between two rows of one K, or "–" if either did not run. */
+static gchar *
+pg_bench_row_ratio (const PgBenchFigures *f, PgBenchPath a, PgBenchPath b, gsize offset)
+{
+  if (!f[a].ran || !f[b].ran)
+    return g_strdup ("–");
+  return pg_bench_ratio (G_STRUCT_MEMBER (gdouble, &f[a], offset),
+                         G_STRUCT_MEMBER (gdouble, &f[b], offset));
+}
 
 static void
 pg_bench_raise_nofile (void)
@@ -994,6 +1095,10 @@ main (int argc, char **argv)
     { "idle-sessions", 0, 0, G_OPTION_ARG_INT, &pg_bench_idle_sessions,
       "Idle sessions for the memory case (1000; 0 = skip)", "N" },
     { "timeout", 0, 0, G_OPTION_ARG_INT, &pg_bench_timeout_s, "Per-load timeout (600)", "S" },
+    { "paths", 0, 0, G_OPTION_ARG_STRING, &pg_bench_paths,
+      "Rows to run, comma-separated (all): pop3, native, imapc, pop3-pipelined, "
+      "native-pipelined, direct-each, relay-each, direct, relay",
+      "PATH,..." },
     { "output", 'o', 0, G_OPTION_ARG_FILENAME, &pg_bench_output,
       "Markdown results file (bench/results/RESULTS.md)", "FILE" },
     { "keep", 0, 0, G_OPTION_ARG_NONE, &pg_bench_keep, "Keep the anchor's temp dir", NULL },
@@ -1033,6 +1138,11 @@ main (int argc, char **argv)
     pg_bench_large_mb = g_strdup ("1,5,20");
   if (pg_bench_ks == NULL)
     pg_bench_ks = g_strdup ("1,8,64,1000");
+  if (!pg_bench_parse_paths (pg_bench_paths, &error))
+    {
+      g_printerr ("popgate-bench: %s\n", error->message);
+      return 2;
+    }
   if (pg_bench_output == NULL)
     pg_bench_output = g_build_filename (PG_BENCH_SRCDIR, "results", "RESULTS.md", NULL);
   if (g_getenv ("POPGATE_BIN") == NULL)
@@ -1097,7 +1207,8 @@ main (int argc, char **argv)
 
       for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
         {
-          if (path == PG_BENCH_PATH_RELAY && !bench.relay)
+          if (!pg_bench_path_enabled[path]
+              || (pg_bench_path_is_relay ((PgBenchPath) path) && !bench.relay))
             continue;
           pg_bench_case (&bench, (PgBenchPath) path, mailbox, k,
                          &figures[i * PG_BENCH_PATH_COUNT + (gsize) path]);
@@ -1107,78 +1218,111 @@ main (int argc, char **argv)
   /* The report. */
   uname (&uts);
   pg_bench_emit (&bench, "# popgate benchmark results\n\n");
-  pg_bench_emit (&bench, "- Date: %s\n- Machine: %ld cores (%s %s), %s\n- Command: `%s`\n",
-                 date, sysconf (_SC_NPROCESSORS_ONLN), uts.sysname, uts.release, uts.machine,
-                 command);
-  pg_bench_emit (&bench,
-                 "- Mailbox (K < %d): %" G_GUINT64_FORMAT " messages, %.1f MB (%d × %d KB + [%s] MB)\n"
-                 "- Mailbox (K ≥ %d): %" G_GUINT64_FORMAT " messages, %.1f MB (the first %d small ones)\n"
-                 "- Sessions spread over users of identical mailboxes, %d per user; POP3 RETRs "
-                 "pipelined %d deep where PIPELINING is offered\n"
-                 "- Every figure is the median of %d runs; all paths talk plain TCP on 127.0.0.1 "
-                 "to the same upstream Dovecot\n\n",
-                 pg_bench_bulk_k, bench.full.messages, (gdouble) bench.full.octets / 1e6,
-                 pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, pg_bench_bulk_k,
-                 bench.bulk.messages, (gdouble) bench.bulk.octets / 1e6, pg_bench_bulk_messages,
-                 PG_BENCH_SESSIONS_PER_USER, pg_bench_pipeline, pg_bench_reps);
+  pg_bench_emit (&bench, "- Date: %s\n- Machine: %ld cores (%s %s), %s\n- Command: `%s`\n", date,
+                 sysconf (_SC_NPROCESSORS_ONLN), uts.sysname, uts.release, uts.machine, command);
+  pg_bench_emit (
+      &bench,
+      "- Mailbox (K < %d): %" G_GUINT64_FORMAT " messages, %.1f MB (%d × %d KB + [%s] MB)\n"
+      "- Mailbox (K ≥ %d): %" G_GUINT64_FORMAT " messages, %.1f MB (the first %d small ones)\n"
+      "- Sessions spread over users of identical mailboxes, %d per user; POP3 RETRs one "
+      "after the other (as fetchmail, getmail and poplib send them), %d deep in the "
+      "pipelined rows; IMAP one UID FETCH per message, or one UID FETCH 1:*\n"
+      "- Every figure is the median of %d runs; all paths talk plain TCP on 127.0.0.1 "
+      "to the same upstream Dovecot (native POP3 is its own pop3 service on the same "
+      "Maildir)\n"
+      "- CPU µs per message: utime+stime (/proc/PID/stat; getrusage for the load "
+      "generator) over the run, divided by the messages received; gateway = popgate or "
+      "the anchor's processes, upstream = the upstream Dovecot's processes\n\n",
+      pg_bench_bulk_k, bench.full.messages, (gdouble) bench.full.octets / 1e6, pg_bench_messages,
+      pg_bench_message_kb, pg_bench_large_mb, pg_bench_bulk_k, bench.bulk.messages,
+      (gdouble) bench.bulk.octets / 1e6, pg_bench_bulk_messages, PG_BENCH_SESSIONS_PER_USER,
+      pg_bench_pipeline, pg_bench_reps);
   pg_bench_emit (&bench, "## Full-mailbox download\n\n"
                          "| K | path | msgs/s | MB/s | login→first byte p50 / p99 ms | "
-                         "per message p50 / p99 ms | failed sessions | load gen CPU | gateway CPU | "
-                         "upstream Dovecot CPU |\n"
-                         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+                         "per message p50 / p99 ms | failed sessions | CPU µs per message: "
+                         "load gen · gateway · upstream | client reads per message | load gen "
+                         "CPU | gateway CPU | upstream Dovecot CPU |\n"
+                         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (gsize i = 0; ks[i] != NULL; i++)
     for (int path = 0; path < PG_BENCH_PATH_COUNT; path++)
       {
         PgBenchFigures *f = &figures[i * PG_BENCH_PATH_COUNT + (gsize) path];
+        gboolean has_gw = pg_bench_gateway_pid (&bench, (PgBenchPath) path) > 0;
         g_autofree gchar *gw_cpu = NULL;
+        g_autofree gchar *gw_us = NULL;
 
         if (!f->ran)
           {
-            if (path == PG_BENCH_PATH_RELAY)
-              pg_bench_emit (&bench, "| %s | %s | pending: the IMAP front end is not on this "
-                                     "branch yet | | | | | | | |\n",
+            if (pg_bench_path_enabled[path] && pg_bench_path_is_relay ((PgBenchPath) path))
+              pg_bench_emit (&bench,
+                             "| %s | %s | pending: the IMAP front end is not on this "
+                             "branch yet | | | | | | | | | |\n",
                              ks[i], pg_bench_path_names[path]);
             continue;
           }
-        gw_cpu = path != PG_BENCH_PATH_DIRECT ? g_strdup_printf ("%.0f%%", f->gw_cpu * 100)
-                                              : g_strdup ("");
-        pg_bench_emit (&bench, "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | %.0f%% | %s | %.0f%% |\n",
+        gw_cpu = has_gw ? g_strdup_printf ("%.0f%%", f->gw_cpu * 100) : g_strdup ("");
+        gw_us = has_gw ? g_strdup_printf ("%.1f", f->gw_us) : g_strdup ("–");
+        pg_bench_emit (&bench,
+                       "| %s | %s | %.0f | %.1f | %.1f / %.1f | %.2f / %.2f | %u | "
+                       "%.1f · %s · %.1f | %.2f | %.0f%% | %s | %.0f%% |\n",
                        ks[i], pg_bench_path_names[path], f->msgs_s, f->mb_s, f->ttfb_p50_ms,
-                       f->ttfb_p99_ms, f->retr_p50_ms, f->retr_p99_ms, f->failed,
-                       f->load_cpu * 100, gw_cpu, f->upstream_cpu * 100);
+                       f->ttfb_p99_ms, f->retr_p50_ms, f->retr_p99_ms, f->failed, f->load_us, gw_us,
+                       f->upstream_us, f->reads, f->load_cpu * 100, gw_cpu, f->upstream_cpu * 100);
       }
-  pg_bench_emit (&bench, "\n## Ratios (msgs/s)\n\n"
-                         "| K | popgate / direct IMAP | popgate / Dovecot-imapc | "
-                         "IMAP relay / direct IMAP |\n|---:|---:|---:|---:|\n");
+  pg_bench_emit (&bench,
+                 "\n## Ratios (issue 16's targets in the header)\n\n"
+                 "| K | POP3 msgs/s popgate / native (≥ 0.9×) | pipelined popgate / native | "
+                 "popgate / Dovecot-imapc | load gen CPU per message popgate / native (≤ 1.2×) | "
+                 "login→first byte p50 popgate / native (≤ 1.3×) | relay / direct msgs/s, FETCH "
+                 "per message (≥ 0.95×) | upstream CPU per message relay / direct, FETCH per "
+                 "message (≤ 1.1×) | relay / direct msgs/s, one FETCH 1:* (≥ 0.95×) |\n"
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (gsize i = 0; ks[i] != NULL; i++)
     {
-      PgBenchFigures *f = &figures[i * PG_BENCH_PATH_COUNT];
-      g_autofree gchar *a = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s);
-      g_autofree gchar *b = pg_bench_ratio (f[PG_BENCH_PATH_POPGATE].msgs_s, f[PG_BENCH_PATH_ANCHOR].msgs_s);
-      g_autofree gchar *c = f[PG_BENCH_PATH_RELAY].ran
-                              ? pg_bench_ratio (f[PG_BENCH_PATH_RELAY].msgs_s, f[PG_BENCH_PATH_DIRECT].msgs_s)
-                              : g_strdup ("pending");
+      const PgBenchFigures *f = &figures[i * PG_BENCH_PATH_COUNT];
+      gsize msgs = G_STRUCT_OFFSET (PgBenchFigures, msgs_s);
+      g_autofree gchar *a
+          = pg_bench_row_ratio (f, PG_BENCH_PATH_POPGATE, PG_BENCH_PATH_NATIVE, msgs);
+      g_autofree gchar *b = pg_bench_row_ratio (f, PG_BENCH_PATH_POPGATE_PIPELINED,
+                                                PG_BENCH_PATH_NATIVE_PIPELINED, msgs);
+      g_autofree gchar *c
+          = pg_bench_row_ratio (f, PG_BENCH_PATH_POPGATE, PG_BENCH_PATH_ANCHOR, msgs);
+      g_autofree gchar *d = pg_bench_row_ratio (f, PG_BENCH_PATH_POPGATE, PG_BENCH_PATH_NATIVE,
+                                                G_STRUCT_OFFSET (PgBenchFigures, load_us));
+      g_autofree gchar *e = pg_bench_row_ratio (f, PG_BENCH_PATH_POPGATE, PG_BENCH_PATH_NATIVE,
+                                                G_STRUCT_OFFSET (PgBenchFigures, ttfb_p50_ms));
+      g_autofree gchar *g
+          = pg_bench_row_ratio (f, PG_BENCH_PATH_RELAY_EACH, PG_BENCH_PATH_DIRECT_EACH, msgs);
+      g_autofree gchar *h
+          = pg_bench_row_ratio (f, PG_BENCH_PATH_RELAY_EACH, PG_BENCH_PATH_DIRECT_EACH,
+                                G_STRUCT_OFFSET (PgBenchFigures, upstream_us));
+      g_autofree gchar *j = pg_bench_row_ratio (f, PG_BENCH_PATH_RELAY, PG_BENCH_PATH_DIRECT, msgs);
 
-      pg_bench_emit (&bench, "| %s | %s | %s | %s |\n", ks[i], a, b, c);
+      pg_bench_emit (&bench, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", ks[i], a, b, c, d,
+                     e, g, h, j);
     }
-  pg_bench_emit (&bench, "\n## Memory\n\n| case | popgate | Dovecot-imapc | ratio |\n|---|---:|---:|---:|\n");
+  pg_bench_emit (
+      &bench, "\n## Memory\n\n| case | popgate | Dovecot-imapc | ratio |\n|---|---:|---:|---:|\n");
   if (pg_bench_idle_sessions > 0)
     {
-      g_autofree gchar *ratio = pg_bench_ratio ((gdouble) idle[0].with_kb, (gdouble) idle[1].with_kb);
-      g_autofree gchar *pss_ratio = pg_bench_ratio ((gdouble) idle[0].pss_kb, (gdouble) idle[1].pss_kb);
+      g_autofree gchar *ratio
+          = pg_bench_ratio ((gdouble) idle[0].with_kb, (gdouble) idle[1].with_kb);
+      g_autofree gchar *pss_ratio
+          = pg_bench_ratio ((gdouble) idle[0].pss_kb, (gdouble) idle[1].pss_kb);
 
-      pg_bench_emit (&bench,
-                     "| %d authenticated idle sessions held | %u | %u | |\n"
-                     "| RSS with them (KiB; Dovecot: sum over %u processes) | %" G_GUINT64_FORMAT
-                     " | %" G_GUINT64_FORMAT " | %s |\n"
-                     "| PSS with them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | %s |\n"
-                     "| RSS before them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | |\n"
-                     "| growth per session (KiB) | %.1f | %.1f | |\n",
-                     pg_bench_idle_sessions, idle[0].held, idle[1].held, idle[1].processes,
-                     idle[0].with_kb, idle[1].with_kb, ratio, idle[0].pss_kb, idle[1].pss_kb,
-                     pss_ratio, idle[0].before_kb, idle[1].before_kb,
-                     ((gdouble) idle[0].with_kb - (gdouble) idle[0].before_kb) / MAX (idle[0].held, 1),
-                     ((gdouble) idle[1].with_kb - (gdouble) idle[1].before_kb) / MAX (idle[1].held, 1));
+      pg_bench_emit (
+          &bench,
+          "| %d authenticated idle sessions held | %u | %u | |\n"
+          "| RSS with them (KiB; Dovecot: sum over %u processes) | %" G_GUINT64_FORMAT
+          " | %" G_GUINT64_FORMAT " | %s |\n"
+          "| PSS with them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | %s |\n"
+          "| RSS before them (KiB) | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | |\n"
+          "| growth per session (KiB) | %.1f | %.1f | |\n",
+          pg_bench_idle_sessions, idle[0].held, idle[1].held, idle[1].processes, idle[0].with_kb,
+          idle[1].with_kb, ratio, idle[0].pss_kb, idle[1].pss_kb, pss_ratio, idle[0].before_kb,
+          idle[1].before_kb,
+          ((gdouble) idle[0].with_kb - (gdouble) idle[0].before_kb) / MAX (idle[0].held, 1),
+          ((gdouble) idle[1].with_kb - (gdouble) idle[1].before_kb) / MAX (idle[1].held, 1));
     }
   if (pg_bench_huge_mb > 0)
     pg_bench_emit (&bench,
@@ -1223,6 +1367,7 @@ out:
   g_string_free (bench.report, TRUE);
   g_free (pg_bench_large_mb);
   g_free (pg_bench_ks);
+  g_free (pg_bench_paths);
   g_free (pg_bench_output);
   return bench.failures == 0 ? 0 : 1;
 }

@@ -2,7 +2,7 @@
 # The benchmark in one command (issue 7): install what is missing, build an optimised
 # popgate and the load generator in build-bench/, then start an upstream Dovecot, popgate
 # and Dovecot's POP3-over-imapc gateway, measure, and write bench/results/RESULTS.md.
-# Runs as root (the Dovecot instances drop privileges themselves); about 10-15 minutes on
+# Runs as root (the Dovecot instances drop privileges themselves); roughly 20 minutes on
 # 2 cores with the defaults. Arguments go to popgate-bench (try --help, or --smoke).
 #
 # SPDX-License-Identifier: GPL-3.0-or-later

@@ -9,7 +9,8 @@ set -eu
 
 PACKAGES="meson ninja-build pkg-config gcc libglib2.0-dev glib-networking libgnutls28-dev
 gnutls-bin dovecot-imapd dovecot-pop3d python3 clang libclang-rt-14-dev
-libsystemd-dev systemd scdoc libsoup-3.0-dev haproxy"
+libsystemd-dev systemd scdoc libsoup-3.0-dev haproxy libjson-glib-dev
+python3-authlib python3-flask chromium python3-prometheus-client"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -8,15 +8,20 @@
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics-server.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status-server.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-net.h"
 #include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
+#include "popgate/pg-tls.h"
 #include "popgate/pg-trace.h"
 
 #include <glib-unix.h>
 #include <signal.h>
 
+#include <errno.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 #if PG_HAVE_LIBSYSTEMD
@@ -35,8 +40,7 @@ static gboolean pg_main_trace = FALSE; /* --trace: on whatever the config says *
 
 /* Tell the service manager about a state change ("READY=1", "STOPPING=1", ...) with a
  * STATUS= line for `systemctl status`. */
-static void G_GNUC_PRINTF (2, 3)
-pg_main_notify (const char *state, const char *status_format, ...)
+static void G_GNUC_PRINTF (2, 3) pg_main_notify (const char *state, const char *status_format, ...)
 {
 #if PG_HAVE_LIBSYSTEMD
   g_autofree gchar *status = NULL;
@@ -80,8 +84,8 @@ pg_main_inherited_free (PgMainInherited *inherited)
 static GPtrArray *
 pg_main_inherited_sockets (GError **error)
 {
-  g_autoptr (GPtrArray) out = g_ptr_array_new_with_free_func (
-      (GDestroyNotify) pg_main_inherited_free);
+  g_autoptr (GPtrArray) out
+      = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_main_inherited_free);
 #if PG_HAVE_LIBSYSTEMD
   static const struct
   {
@@ -99,8 +103,7 @@ pg_main_inherited_sockets (GError **error)
 
   if (n < 0)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: %s",
-                   g_strerror (-n));
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: %s", g_strerror (-n));
       return NULL;
     }
   for (int i = 0; i < n; i++)
@@ -139,8 +142,8 @@ pg_main_inherited_sockets (GError **error)
       inherited->socket = g_socket_new_from_fd (fd, &local_error);
       if (inherited->socket == NULL)
         {
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: fd %d (%s): %s",
-                       fd, name, local_error->message);
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "socket activation: fd %d (%s): %s", fd,
+                       name, local_error->message);
           return NULL;
         }
     }
@@ -153,6 +156,7 @@ typedef struct
   GMainLoop *loop;              /* owned */
   PgServer *server;             /* owned */
   PgMetricsServer *metrics;     /* owned */
+  PgStatusServer *status;       /* owned */
   const char *config_path;      /* unowned: NULL without --config */
   PgConfigOverrides *overrides; /* unowned */
   guint signal_ids[3];
@@ -191,6 +195,16 @@ pg_main_log_metrics (PgMetricsServer *metrics)
 }
 
 static void
+pg_main_log_status (PgStatusServer *status)
+{
+  g_autoptr (GPtrArray) bound = pg_status_server_get_bound_addresses (status);
+
+  for (guint i = 0; i < bound->len; i++)
+    pg_session_message (0, "status page at http://%s/",
+                        (const char *) g_ptr_array_index (bound, i));
+}
+
+static void
 pg_main_idle_cb (PgServer *server, gpointer user_data)
 {
   PgMainState *state = user_data;
@@ -210,14 +224,31 @@ pg_main_stop_cb (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
+/* [imap] account_map still works, as [accounts] file; say so once per process. */
+static void
+pg_main_warn_deprecated (const PgConfig *config)
+{
+  static gboolean warned = FALSE;
+
+  if (!config->accounts.deprecated_map || warned)
+    return;
+  warned = TRUE;
+  pg_session_warning (0,
+                      "%s: [imap] account_map is deprecated: use [accounts] file (lines "
+                      "\"local-user local-secret upstream upstream-user credential\"; an "
+                      "old line \"u s up-user FILE\" is \"u s default up-user "
+                      "password:FILE\")",
+                      config->source);
+}
+
 static gboolean
 pg_main_reload_cb (gpointer user_data)
 {
   PgMainState *state = user_data;
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = NULL;
-  g_autofree gchar *monotonic = g_strdup_printf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT,
-                                                 g_get_monotonic_time ());
+  g_autofree gchar *monotonic
+      = g_strdup_printf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
 
   pg_main_notify (monotonic, "reloading the configuration");
   config = pg_config_load (state->config_path, state->overrides, &error);
@@ -234,10 +265,17 @@ pg_main_reload_cb (gpointer user_data)
       pg_session_warning (0, "reload: metrics listeners unchanged: %s", error->message);
       g_clear_error (&error);
     }
+  if (!pg_status_server_apply (state->status, config, &error))
+    {
+      pg_session_warning (0, "reload: status page listeners unchanged: %s", error->message);
+      g_clear_error (&error);
+    }
   pg_trace_set_enabled (pg_main_trace || config->log.trace);
+  pg_main_warn_deprecated (config);
   pg_session_message (0, "configuration reloaded from %s", config->source);
   pg_main_log_listeners (state->server);
   pg_main_log_metrics (state->metrics);
+  pg_main_log_status (state->status);
   pg_main_notify ("READY=1", "serving; configuration reloaded from %s", config->source);
   return G_SOURCE_CONTINUE;
 }
@@ -250,16 +288,97 @@ pg_main_verbose_cb (const gchar *option_name, const gchar *value, gpointer data,
   return TRUE;
 }
 
+/* [state] path for the file backend: a directory popgate can write, or one it can create
+ * (its nearest existing ancestor is a writable directory). --check must not create it. */
+static gboolean
+pg_main_check_state_path (PgConfig *config, GError **error)
+{
+  g_autofree gchar *dir = NULL;
+
+  if (config->state.backend != PG_STATE_BACKEND_FILE)
+    return TRUE;
+  dir = g_strdup (config->state.path);
+  for (;;)
+    {
+      if (g_file_test (dir, G_FILE_TEST_EXISTS))
+        break;
+      {
+        g_autofree gchar *parent = g_path_get_dirname (dir);
+
+        if (g_strcmp0 (parent, dir) == 0)
+          break;
+        g_free (dir);
+        dir = g_steal_pointer (&parent);
+      }
+    }
+  if (!g_file_test (dir, G_FILE_TEST_IS_DIR))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: [state] path %s: %s is not a directory",
+                   config->source, config->state.path, dir);
+      return FALSE;
+    }
+  if (access (dir, W_OK | X_OK) != 0)
+    {
+      int saved_errno = errno;
+
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: [state] path %s: %s %s: %s",
+                   config->source, config->state.path,
+                   g_strcmp0 (dir, config->state.path) == 0 ? "cannot write to"
+                                                            : "cannot be created in",
+                   dir, g_strerror (saved_errno));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* What the config names on disk, loaded the way startup will use it: the certificate and
+ * key must belong together, CA files must hold certificates, the state path must be
+ * usable. Both --check and startup run it, so they agree. */
+static gboolean
+pg_main_check_files (PgConfig *config, GError **error)
+{
+  if (config->tls.cert != NULL && config->tls.key != NULL
+      && !pg_tls_check_pair (config->tls.cert, config->tls.key, error))
+    {
+      g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
+      return FALSE;
+    }
+  for (guint i = 0; i <= config->upstreams->len; i++)
+    {
+      const PgUpstreamConfig *upstream
+          = i == 0 ? &config->upstream : g_ptr_array_index (config->upstreams, i - 1);
+      g_autofree gchar *group
+          = i == 0 ? g_strdup ("upstream") : g_strdup_printf ("upstream:%s", upstream->name);
+
+      if (upstream->ca_file != NULL && !pg_tls_check_ca_file (upstream->ca_file, error))
+        {
+          g_prefix_error (error, "%s: [%s] ca_file: ", config->source, group);
+          return FALSE;
+        }
+      if (upstream->oauth2.ca_file != NULL
+          && !pg_tls_check_ca_file (upstream->oauth2.ca_file, error))
+        {
+          g_prefix_error (error, "%s: [%s] oauth2_ca_file: ", config->source, group);
+          return FALSE;
+        }
+    }
+  return pg_main_check_state_path (config, error);
+}
+
 int
 main (int argc, char **argv)
 {
   g_autofree gchar *config_path = NULL;
   g_autofree gchar *upstream = NULL;
+  g_autofree gchar *upstream_tls = NULL;
+  g_autofree gchar *upstream_ca = NULL;
+  g_autofree gchar *upstream_ca_absolute = NULL;
   g_auto (GStrv) pop3_listen = NULL;
   g_auto (GStrv) imap_listen = NULL;
   g_autofree gchar *pop3_listen_joined = NULL;
   g_autofree gchar *imap_listen_joined = NULL;
   gboolean check = FALSE;
+  gboolean socket_activation = FALSE;
   gboolean version = FALSE;
   const GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
@@ -267,10 +386,20 @@ main (int argc, char **argv)
     { "check", 0, 0, G_OPTION_ARG_NONE, &check,
       "Validate the configuration and exit (0 ok, 1 with a message naming file, group and key)",
       NULL },
+    { "socket-activation", 0, 0, G_OPTION_ARG_NONE, &socket_activation,
+      "With --check: the listeners come from systemd socket units, so a config without "
+      "listen keys is fine (the unit's ExecStartPre uses it)",
+      NULL },
     { "upstream", 0, 0, G_OPTION_ARG_STRING, &upstream,
       "Upstream IMAP server; overrides [upstream] host/port (imaps:// = implicit TLS, "
       "imap:// = STARTTLS)",
       "[imaps://|imap://]HOST[:PORT]" },
+    { "upstream-tls", 0, 0, G_OPTION_ARG_STRING, &upstream_tls,
+      "How to reach the upstream; overrides [upstream] tls and the --upstream scheme",
+      "none|starttls|implicit" },
+    { "upstream-ca", 0, 0, G_OPTION_ARG_FILENAME, &upstream_ca,
+      "CA file (PEM) that verifies the upstream's certificate; overrides [upstream] ca_file",
+      "FILE" },
     { "pop3-listen", 0, 0, G_OPTION_ARG_STRING_ARRAY, &pop3_listen,
       "POP3 listener; overrides [pop3] listen (repeatable; [::1]:PORT for IPv6)", "ADDR:PORT" },
     { "imap-listen", 0, 0, G_OPTION_ARG_STRING_ARRAY, &imap_listen,
@@ -285,7 +414,7 @@ main (int argc, char **argv)
     G_OPTION_ENTRY_NULL,
   };
   g_autoptr (GOptionContext) context
-    = g_option_context_new ("- POP3/IMAP gateway to an IMAP store");
+      = g_option_context_new ("- POP3/IMAP gateway to an IMAP store");
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = NULL;
   g_autoptr (GPtrArray) inherited = NULL;
@@ -293,11 +422,13 @@ main (int argc, char **argv)
 
   g_option_context_add_main_entries (context, entries, NULL);
   g_option_context_set_description (
-    context, "Without --config, --upstream and --pop3-listen/--imap-listen build a config\n"
-             "from the defaults. Flags override the file.\n"
-             "Examples:\n"
-             "  popgate --config /etc/popgate/popgate.conf --check\n"
-             "  popgate --upstream imaps://imap.example.com --pop3-listen 127.0.0.1:1110\n");
+      context, "Without --config, --upstream and --pop3-listen/--imap-listen build a config\n"
+               "from the defaults. Flags override the file.\n"
+               "Examples:\n"
+               "  popgate --config /etc/popgate/popgate.conf --check\n"
+               "  popgate --upstream imaps://imap.example.com --pop3-listen 127.0.0.1:1110\n"
+               "  popgate --upstream 127.0.0.1:1143 --upstream-tls none --pop3-listen "
+               "127.0.0.1:1110\n");
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
       fprintf (stderr, "popgate: %s (try --help)\n", error->message);
@@ -320,6 +451,11 @@ main (int argc, char **argv)
   if (imap_listen != NULL)
     imap_listen_joined = g_strjoinv (",", imap_listen);
   overrides.upstream = upstream;
+  overrides.upstream_tls = upstream_tls;
+  /* A flag's path is relative to where popgate was started, not to the config file. */
+  if (upstream_ca != NULL)
+    upstream_ca_absolute = g_canonicalize_filename (upstream_ca, NULL);
+  overrides.upstream_ca = upstream_ca_absolute;
   overrides.pop3_listen = pop3_listen_joined;
   overrides.imap_listen = imap_listen_joined;
 
@@ -331,7 +467,8 @@ main (int argc, char **argv)
       fprintf (stderr, "popgate: %s\n", error->message);
       return PG_EXIT_CONFIG;
     }
-  overrides.inherited_listeners = inherited->len > 0;
+  /* ExecStartPre gets no LISTEN_FDS even when sockets will come with ExecStart. */
+  overrides.inherited_listeners = inherited->len > 0 || (check && socket_activation);
 
   if (config_path == NULL && upstream == NULL && pop3_listen == NULL && imap_listen == NULL)
     {
@@ -346,6 +483,12 @@ main (int argc, char **argv)
       fprintf (stderr, "popgate: %s\n", error->message);
       return PG_EXIT_CONFIG;
     }
+  if (!pg_main_check_files (config, &error))
+    {
+      fprintf (stderr, "popgate: %s\n", error->message);
+      return PG_EXIT_CONFIG;
+    }
+  pg_main_warn_deprecated (config);
   if (check)
     {
       printf ("%s: configuration OK\n", config->source);
@@ -383,6 +526,7 @@ main (int argc, char **argv)
     state.loop = g_main_loop_new (NULL, FALSE);
     state.server = pg_server_new (config);
     state.metrics = pg_metrics_server_new ();
+    state.status = pg_status_server_new ();
     state.config_path = config_path;
     state.overrides = &overrides;
     pg_main_register_frontends (state.server);
@@ -396,15 +540,14 @@ main (int argc, char **argv)
       {
         PgMainInherited *item = g_ptr_array_index (inherited, i);
 
-        if (!pg_server_adopt_socket (state.server, item->frontend, item->tls,
-                                     item->socket, &error))
+        if (!pg_server_adopt_socket (state.server, item->frontend, item->tls, item->socket, &error))
           break;
-        pg_session_message (0, "socket activation: %s socket from systemd serves %s%s; the "
-                               "config's [%s] %s is not used",
-                            item->name, pg_frontend_to_string (item->frontend),
-                            item->tls ? " (implicit TLS)" : "",
-                            pg_frontend_to_string (item->frontend),
-                            item->tls ? "tls_listen" : "listen");
+        pg_session_message (
+            0,
+            "socket activation: %s socket from systemd serves %s%s; the "
+            "config's [%s] %s is not used",
+            item->name, pg_frontend_to_string (item->frontend), item->tls ? " (implicit TLS)" : "",
+            pg_frontend_to_string (item->frontend), item->tls ? "tls_listen" : "listen");
       }
     if (error != NULL || !pg_server_start (state.server, &error))
       {
@@ -414,7 +557,8 @@ main (int argc, char **argv)
     else
       {
         pg_main_log_listeners (state.server);
-        if (!pg_metrics_server_apply (state.metrics, config, &error))
+        if (!pg_metrics_server_apply (state.metrics, config, &error)
+            || !pg_status_server_apply (state.status, config, &error))
           {
             fprintf (stderr, "popgate: %s\n", error->message);
             rc = PG_EXIT_CONFIG;
@@ -423,6 +567,7 @@ main (int argc, char **argv)
     if (rc == 0)
       {
         pg_main_log_metrics (state.metrics);
+        pg_main_log_status (state.status);
         pg_trace_set_enabled (pg_main_trace || config->log.trace);
         pg_session_message (0, "ready");
         pg_main_notify ("READY=1", "serving; configuration from %s", config->source);
@@ -432,9 +577,11 @@ main (int argc, char **argv)
     for (gsize i = 0; i < G_N_ELEMENTS (state.signal_ids); i++)
       if (state.signal_ids[i] != 0)
         g_source_remove (state.signal_ids[i]);
+    g_object_unref (state.status);
     g_object_unref (state.metrics);
     g_object_unref (state.server);
     g_main_loop_unref (state.loop);
+    pg_status_shutdown ();
     pg_metrics_shutdown ();
     if (rc != 0)
       return rc;

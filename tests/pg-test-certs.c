@@ -43,17 +43,16 @@ pg_test_certs_check (int ret, const char *what, GError **error)
 {
   if (ret >= 0)
     return TRUE;
-  g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "GnuTLS %s: %s", what,
-               gnutls_strerror (ret));
+  g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "GnuTLS %s: %s", what, gnutls_strerror (ret));
   return FALSE;
 }
 
-#define PG_CHECK(call)                                                                        \
-  do                                                                                          \
-    {                                                                                         \
-      if (!pg_test_certs_check ((call), #call, error))                                        \
-        goto out;                                                                             \
-    }                                                                                         \
+#define PG_CHECK(call)                                                                             \
+  do                                                                                               \
+    {                                                                                              \
+      if (!pg_test_certs_check ((call), #call, error))                                             \
+        goto out;                                                                                  \
+    }                                                                                              \
   while (0)
 
 /* A new key and a certificate with everything but the issuer-specific parts. */
@@ -70,8 +69,8 @@ pg_test_certs_start (const char *common_name, gnutls_x509_crt_t *out_crt,
   gboolean ok = FALSE;
 
   PG_CHECK (gnutls_x509_privkey_init (&key));
-  PG_CHECK (gnutls_x509_privkey_generate (
-    key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS (GNUTLS_ECC_CURVE_SECP256R1), 0));
+  PG_CHECK (gnutls_x509_privkey_generate (key, GNUTLS_PK_ECDSA,
+                                          GNUTLS_CURVE_TO_BITS (GNUTLS_ECC_CURVE_SECP256R1), 0));
   PG_CHECK (gnutls_x509_crt_init (&crt));
   PG_CHECK (gnutls_x509_crt_set_version (crt, 3));
   PG_CHECK (gnutls_rnd (GNUTLS_RND_NONCE, serial, sizeof serial));
@@ -137,9 +136,8 @@ pg_test_certs_make_ca (PgTestCa *ca, const char *name, const char *path, GError 
   if (!pg_test_certs_start (name, &ca->crt, &ca->key, error))
     return FALSE;
   PG_CHECK (gnutls_x509_crt_set_basic_constraints (ca->crt, 1, -1));
-  PG_CHECK (gnutls_x509_crt_set_key_usage (ca->crt, GNUTLS_KEY_KEY_CERT_SIGN
-                                                      | GNUTLS_KEY_CRL_SIGN
-                                                      | GNUTLS_KEY_DIGITAL_SIGNATURE));
+  PG_CHECK (gnutls_x509_crt_set_key_usage (ca->crt, GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN
+                                                        | GNUTLS_KEY_DIGITAL_SIGNATURE));
   PG_CHECK (gnutls_x509_crt_sign2 (ca->crt, ca->crt, ca->key, GNUTLS_DIG_SHA256, 0));
   ok = pg_test_certs_write (path, ca->crt, NULL, NULL, error);
 out:
@@ -154,11 +152,11 @@ pg_test_certs_add_san (gnutls_x509_crt_t crt, const char *name, GError **error)
 
   if (inet != NULL)
     PG_CHECK (gnutls_x509_crt_set_subject_alt_name (
-      crt, GNUTLS_SAN_IPADDRESS, g_inet_address_to_bytes (inet),
-      g_inet_address_get_native_size (inet), GNUTLS_FSAN_APPEND));
+        crt, GNUTLS_SAN_IPADDRESS, g_inet_address_to_bytes (inet),
+        g_inet_address_get_native_size (inet), GNUTLS_FSAN_APPEND));
   else
-    PG_CHECK (gnutls_x509_crt_set_subject_alt_name (crt, GNUTLS_SAN_DNSNAME, name,
-                                                    strlen (name), GNUTLS_FSAN_APPEND));
+    PG_CHECK (gnutls_x509_crt_set_subject_alt_name (crt, GNUTLS_SAN_DNSNAME, name, strlen (name),
+                                                    GNUTLS_FSAN_APPEND));
   ok = TRUE;
 out:
   return ok;
@@ -218,9 +216,8 @@ pg_test_certs_new (const char *dir, GError **error)
                                    certs->key_file, error)
       || !pg_test_certs_make_ca (&certs->priv->untrusted, "popgate untrusted CA",
                                  certs->untrusted_ca_file, error)
-      || !pg_test_certs_make_leaf (&certs->priv->untrusted, local_names,
-                                   certs->untrusted_cert_file, certs->untrusted_key_file,
-                                   error))
+      || !pg_test_certs_make_leaf (&certs->priv->untrusted, local_names, certs->untrusted_cert_file,
+                                   certs->untrusted_key_file, error))
     return NULL;
   return g_steal_pointer (&certs);
 }

@@ -32,8 +32,8 @@ PgTestCerts *pg_test_certs_new (const char *dir, GError **error);
 
 /* Another server certificate signed by the trusted CA, for `hostname` (a DNS name, or an
  * IPv4/IPv6 literal which goes into an IP SAN). For wrong-hostname tests. */
-gboolean pg_test_certs_make_server (PgTestCerts *certs, const char *hostname,
-                                    const char *cert_path, const char *key_path, GError **error);
+gboolean pg_test_certs_make_server (PgTestCerts *certs, const char *hostname, const char *cert_path,
+                                    const char *key_path, GError **error);
 
 void pg_test_certs_free (PgTestCerts *certs);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestCerts, pg_test_certs_free)

@@ -34,8 +34,8 @@ pg_test_dovecot_skip_reason (void)
   if (!g_file_test (PG_TEST_DOVECOT_BIN, G_FILE_TEST_IS_EXECUTABLE)
       || !g_file_test (PG_TEST_DOVEADM_BIN, G_FILE_TEST_IS_EXECUTABLE))
     return "Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)";
-  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL
-      || getpwnam ("nobody") == NULL || getgrnam ("nogroup") == NULL)
+  if (getpwnam ("dovecot") == NULL || getpwnam ("dovenull") == NULL || getpwnam ("nobody") == NULL
+      || getgrnam ("nogroup") == NULL)
     return "the users dovecot, dovenull, nobody or the group nogroup are missing";
   return NULL;
 }
@@ -57,6 +57,9 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
     }
   dovecot->host = "127.0.0.1";
   dovecot->metadata = options != NULL && options->metadata;
+  dovecot->oauth2_introspection_url
+      = g_strdup (options != NULL ? options->oauth2_introspection_url : NULL);
+  dovecot->oauth2_ca_file = g_strdup (options != NULL ? options->oauth2_ca_file : NULL);
   dovecot->passwd = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   dovecot->dir = g_dir_make_tmp ("popgate-dovecot-XXXXXX", error);
   if (dovecot->dir == NULL)
@@ -66,8 +69,8 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
    * (nobody) write the Maildirs. g_dir_make_tmp() made it 0700. */
   if (chmod (dovecot->dir, 0755) != 0)
     {
-      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s",
-                   dovecot->dir, g_strerror (errno));
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno), "chmod %s: %s", dovecot->dir,
+                   g_strerror (errno));
       return NULL;
     }
   dovecot->config_file = g_build_filename (dovecot->dir, "dovecot.conf", NULL);
@@ -161,6 +164,39 @@ pg_test_dovecot_add_user (PgTestDovecot *dovecot, const char *user, const char *
   return pg_test_dovecot_write_passwd (dovecot, error);
 }
 
+/* The oauth2 passdb's settings (dovecot-oauth2.conf.ext in the temp dir): RFC 7662
+ * introspection by POST (form field token=...) on every login, no caching, and the user
+ * is the answer's "username", which must equal the SASL authorization identity. */
+static gboolean
+pg_test_dovecot_write_oauth2 (PgTestDovecot *dovecot, GError **error)
+{
+  g_autofree gchar *path = g_build_filename (dovecot->dir, "dovecot-oauth2.conf.ext", NULL);
+  g_autofree gchar *ca_copy = g_build_filename (dovecot->dir, "oauth2-ca.pem", NULL);
+  g_autofree gchar *ca = NULL;
+  g_autoptr (GString) contents = g_string_new (NULL);
+
+  g_string_append_printf (contents,
+                          "introspection_mode = post\n"
+                          "introspection_url = %s\n"
+                          "username_attribute = username\n"
+                          "active_attribute = active\n"
+                          "active_value = true\n"
+                          "force_introspection = yes\n",
+                          dovecot->oauth2_introspection_url);
+  if (dovecot->oauth2_ca_file != NULL)
+    {
+      /* A copy the auth process can read (the caller's dir is 0700). */
+      if (!g_file_get_contents (dovecot->oauth2_ca_file, &ca, NULL, error)
+          || !g_file_set_contents_full (ca_copy, ca, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0644,
+                                        error))
+        return FALSE;
+      g_string_append_printf (contents, "tls_ca_cert_file = %s\n", ca_copy);
+    }
+  /* Read by the auth process (user dovecot); it holds no secret. */
+  return g_file_set_contents_full (path, contents->str, (gssize) contents->len,
+                                   G_FILE_SET_CONTENTS_CONSISTENT, 0644, error);
+}
+
 static gboolean
 pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GError **error)
 {
@@ -173,8 +209,9 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
   {
     const char *placeholder;
     const char *value;
-  } fills[8];
+  } fills[9];
   g_autoptr (GString) config = NULL;
+  g_autoptr (GString) extra_settings = g_string_new (NULL);
 
   if (srcdir == NULL)
     {
@@ -189,11 +226,25 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
   ports[1] = g_strdup_printf ("%u", dovecot->imaps_port);
   ports[2] = g_strdup_printf ("%u", dovecot->pop3_port);
   ports[3] = g_strdup_printf ("%u", dovecot->pop3s_port);
-  extra = g_strdup (dovecot->metadata ? "protocol imap {\n"
-                                        "  imap_metadata = yes\n"
-                                        "}\n"
-                                        "mail_attribute_dict = file:%h/dovecot-attributes\n"
-                                      : "");
+  if (dovecot->metadata)
+    g_string_append (extra_settings, "protocol imap {\n"
+                                     "  imap_metadata = yes\n"
+                                     "}\n"
+                                     "mail_attribute_dict = file:%h/dovecot-attributes\n");
+  if (dovecot->oauth2_introspection_url != NULL)
+    {
+      if (!pg_test_dovecot_write_oauth2 (dovecot, error))
+        return FALSE;
+      /* After the passwd-file passdb: tokens are tried only for the two mechanisms. */
+      g_string_append_printf (extra_settings,
+                              "passdb {\n"
+                              "  driver = oauth2\n"
+                              "  mechanisms = xoauth2 oauthbearer\n"
+                              "  args = %s/dovecot-oauth2.conf.ext\n"
+                              "}\n",
+                              dovecot->dir);
+    }
+  extra = g_string_free (g_steal_pointer (&extra_settings), FALSE);
   fills[0].placeholder = "@DIR@", fills[0].value = dovecot->dir;
   fills[1].placeholder = "@INSTANCE@", fills[1].value = instance;
   fills[2].placeholder = "@IMAP_PORT@", fills[2].value = ports[0];
@@ -201,7 +252,10 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
   fills[4].placeholder = "@POP3_PORT@", fills[4].value = ports[2];
   fills[5].placeholder = "@POP3S_PORT@", fills[5].value = ports[3];
   fills[6].placeholder = "@EXTRA@", fills[6].value = extra;
-  fills[7].placeholder = NULL, fills[7].value = NULL;
+  fills[7].placeholder = "@AUTH_MECHANISMS@";
+  fills[7].value = dovecot->oauth2_introspection_url != NULL ? "plain login xoauth2 oauthbearer"
+                                                             : "plain login";
+  fills[8].placeholder = NULL, fills[8].value = NULL;
 
   config = g_string_new (template);
   for (gsize i = 0; fills[i].placeholder != NULL; i++)
@@ -282,8 +336,7 @@ pg_test_dovecot_try_start (PgTestDovecot *dovecot, GError **error)
 
   while (!pg_test_dovecot_pidfile_is_ours (dovecot))
     {
-      if (pg_test_process_has_exited (dovecot->process)
-          || g_get_monotonic_time () >= deadline)
+      if (pg_test_process_has_exited (dovecot->process) || g_get_monotonic_time () >= deadline)
         break;
       g_usleep (5000);
     }
@@ -490,8 +543,7 @@ pg_test_dovecot_stop (PgTestDovecot *dovecot)
   clean = pg_test_process_stop (dovecot->process, PG_TEST_DOVECOT_STOP_TIMEOUT_MS);
   g_clear_pointer (&dovecot->process, pg_test_process_free);
   /* The master has told its children to go; make sure they did, by PID. */
-  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children,
-                           PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
+  if (!pg_test_wait_until (pg_test_dovecot_all_gone_cb, children, PG_TEST_DOVECOT_STOP_TIMEOUT_MS))
     {
       clean = FALSE;
       for (guint i = 0; i < children->len; i++)
@@ -514,6 +566,8 @@ pg_test_dovecot_free (PgTestDovecot *dovecot)
   g_free (dovecot->config_file);
   g_free (dovecot->log_file);
   g_free (dovecot->stderr_file);
+  g_free (dovecot->oauth2_introspection_url);
+  g_free (dovecot->oauth2_ca_file);
   g_clear_pointer (&dovecot->passwd, g_hash_table_unref);
   g_free (dovecot);
 }

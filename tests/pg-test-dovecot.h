@@ -24,24 +24,33 @@ typedef struct
   /* IMAP METADATA (RFC 5464) with a file dict per user, for the imap-metadata state
    * backend. */
   gboolean metadata;
+  /* NULL: passwords only. Else also accept OAuth 2.0 bearer tokens (AUTHENTICATE XOAUTH2
+   * and OAUTHBEARER): a second passdb (driver oauth2) asks this RFC 7662 introspection
+   * endpoint (POST token=...) on every login whether the token is active and whose it is
+   * (the "username" attribute); see tests/pg-test-oauth2.h. Copied. */
+  const char *oauth2_introspection_url;
+  /* For an https introspection URL: the CA that verifies it (PgTestOAuth2.ca_file). */
+  const char *oauth2_ca_file;
 } PgTestDovecotOptions;
 
 typedef struct
 {
-  gchar *dir;         /* owned: the temp dir; removed by pg_test_dovecot_free() */
-  gchar *config_file; /* owned: the filled-in dovecot.conf */
-  gchar *log_file;    /* owned: Dovecot's own log */
-  gchar *stderr_file; /* owned: the master's stdout/stderr (startup errors) */
-  PgTestCerts *certs; /* owned: certs->ca_file verifies IMAPS/POP3S (localhost, 127.0.0.1) */
+  gchar *dir;          /* owned: the temp dir; removed by pg_test_dovecot_free() */
+  gchar *config_file;  /* owned: the filled-in dovecot.conf */
+  gchar *log_file;     /* owned: Dovecot's own log */
+  gchar *stderr_file;  /* owned: the master's stdout/stderr (startup errors) */
+  PgTestCerts *certs;  /* owned: certs->ca_file verifies IMAPS/POP3S (localhost, 127.0.0.1) */
   const char *ca_file; /* unowned: = certs->ca_file */
-  const char *host;   /* "127.0.0.1" */
-  guint16 imap_port;  /* the ports are valid after pg_test_dovecot_start() */
+  const char *host;    /* "127.0.0.1" */
+  guint16 imap_port;   /* the ports are valid after pg_test_dovecot_start() */
   guint16 imaps_port;
   guint16 pop3_port;
   guint16 pop3s_port;
   gboolean metadata;
-  PgTestProcess *process; /* owned: the master; NULL while stopped */
-  GHashTable *passwd;     /* owned: user → passwd-file line */
+  gchar *oauth2_introspection_url; /* owned; NULL: no OAuth2 */
+  gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
+  PgTestProcess *process;          /* owned: the master; NULL while stopped */
+  GHashTable *passwd;              /* owned: user → passwd-file line */
 } PgTestDovecot;
 
 /* NULL if this machine can run the fixture; else why not (for g_test_skip()). */
@@ -54,8 +63,8 @@ PgTestDovecot *pg_test_dovecot_new (const PgTestDovecotOptions *options, GError 
  * atomically and Dovecot re-reads it on change). Dovecot lower-cases login names
  * (auth_username_format = %Lu) and so do we; the name may not contain ':' or control
  * characters. The password may hold anything but NUL. */
-gboolean pg_test_dovecot_add_user (PgTestDovecot *dovecot, const char *user,
-                                   const char *password, GError **error);
+gboolean pg_test_dovecot_add_user (PgTestDovecot *dovecot, const char *user, const char *password,
+                                   GError **error);
 
 /* Start the master and wait (bounded) until it has bound every listener and the IMAP port
  * accepts. Retries with new ports if one was taken meanwhile. */
@@ -86,8 +95,7 @@ gboolean pg_test_dovecot_create_mailbox (PgTestDovecot *dovecot, const char *use
  * Dovecot (children of our master). Returns how many were signalled. */
 guint pg_test_dovecot_signal_sessions (PgTestDovecot *dovecot, int signo);
 /* The same, only for the imap processes serving `user` (from their process titles). */
-guint pg_test_dovecot_signal_user_sessions (PgTestDovecot *dovecot, const char *user,
-                                            int signo);
+guint pg_test_dovecot_signal_user_sessions (PgTestDovecot *dovecot, const char *user, int signo);
 
 /* Dovecot's log so far (for a failing test's messages). */
 gchar *pg_test_dovecot_read_log (PgTestDovecot *dovecot);

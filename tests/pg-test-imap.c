@@ -12,8 +12,8 @@
 
 struct _PgTestImap
 {
-  GIOStream *stream;   /* owned: GSocketConnection or GTlsConnection */
-  GInputStream *input; /* unowned: of stream */
+  GIOStream *stream;     /* owned: GSocketConnection or GTlsConnection */
+  GInputStream *input;   /* unowned: of stream */
   GOutputStream *output; /* unowned: of stream */
   guint8 buffer[PG_TEST_IMAP_READ_CHUNK];
   gsize start; /* unread bytes are buffer[start..end) */
@@ -57,8 +57,8 @@ pg_test_imap_fill (PgTestImap *imap, GError **error)
       imap->end -= imap->start;
       imap->start = 0;
     }
-  n = g_input_stream_read (imap->input, imap->buffer + imap->end,
-                           sizeof imap->buffer - imap->end, NULL, error);
+  n = g_input_stream_read (imap->input, imap->buffer + imap->end, sizeof imap->buffer - imap->end,
+                           NULL, error);
   if (n < 0)
     return FALSE;
   if (n == 0)
@@ -161,8 +161,8 @@ pg_test_imap_read_response (PgTestImap *imap, GError **error)
         return g_steal_pointer (&response);
       if (size > PG_TEST_IMAP_MAX_LITERAL)
         {
-          g_set_error (error, PG_ERROR, PG_ERROR_LIMIT, "IMAP literal of %" G_GSIZE_FORMAT
-                       " bytes is over the limit", size);
+          g_set_error (error, PG_ERROR, PG_ERROR_LIMIT,
+                       "IMAP literal of %" G_GSIZE_FORMAT " bytes is over the limit", size);
           return NULL;
         }
       g_byte_array_append (response->text, (const guint8 *) "\r\n", 2);
@@ -283,8 +283,8 @@ static GPtrArray *
 pg_test_imap_exec_parts (PgTestImap *imap, const PgTestImapPart *parts, gsize n_parts,
                          gchar **out_status, GError **error)
 {
-  g_autoptr (GPtrArray) responses =
-    g_ptr_array_new_with_free_func ((GDestroyNotify) pg_test_imap_response_free);
+  g_autoptr (GPtrArray) responses
+      = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_test_imap_response_free);
   g_autofree gchar *tag = g_strdup_printf ("T%u", ++imap->tag);
   gsize tag_len = strlen (tag);
   PgTestImapResponse *last = NULL;
@@ -313,12 +313,11 @@ pg_test_imap_exec_parts (PgTestImap *imap, const PgTestImapPart *parts, gsize n_
                   break;
                 }
               g_ptr_array_add (responses, response);
-              if (response->text->len > tag_len
-                  && memcmp (response->text->data, tag, tag_len) == 0
+              if (response->text->len > tag_len && memcmp (response->text->data, tag, tag_len) == 0
                   && response->text->data[tag_len] == ' ')
                 {
-                  g_set_error (error, PG_ERROR, PG_ERROR_UPSTREAM,
-                               "literal refused: %.*s", (int) MIN (response->text->len, 200),
+                  g_set_error (error, PG_ERROR, PG_ERROR_UPSTREAM, "literal refused: %.*s",
+                               (int) MIN (response->text->len, 200),
                                (const char *) response->text->data);
                   return NULL;
                 }
@@ -358,12 +357,11 @@ pg_test_imap_exec_parts (PgTestImap *imap, const PgTestImapPart *parts, gsize n_
 
 /* As above, but anything but OK is an error (NO: `no_code`). */
 static GPtrArray *
-pg_test_imap_exec_ok (PgTestImap *imap, const PgTestImapPart *parts, gsize n_parts,
-                      PgError no_code, GError **error)
+pg_test_imap_exec_ok (PgTestImap *imap, const PgTestImapPart *parts, gsize n_parts, PgError no_code,
+                      GError **error)
 {
   g_autofree gchar *status = NULL;
-  g_autoptr (GPtrArray) responses = pg_test_imap_exec_parts (imap, parts, n_parts, &status,
-                                                             error);
+  g_autoptr (GPtrArray) responses = pg_test_imap_exec_parts (imap, parts, n_parts, &status, error);
   PgTestImapResponse *last = NULL;
 
   if (responses == NULL)
@@ -385,7 +383,6 @@ pg_test_imap_exec_text (PgTestImap *imap, const char *command, GError **error)
 
   return pg_test_imap_exec_ok (imap, &part, 1, PG_ERROR_UPSTREAM, error);
 }
-
 
 static gchar *
 pg_test_imap_join (GPtrArray *responses)
@@ -453,8 +450,8 @@ pg_test_imap_login (PgTestImap *imap, const char *user, const char *password, GE
     { " ", 1, FALSE },
     { password, strlen (password), TRUE },
   };
-  g_autoptr (GPtrArray) responses =
-    pg_test_imap_exec_ok (imap, parts, G_N_ELEMENTS (parts), PG_ERROR_AUTH_FAILED, error);
+  g_autoptr (GPtrArray) responses
+      = pg_test_imap_exec_ok (imap, parts, G_N_ELEMENTS (parts), PG_ERROR_AUTH_FAILED, error);
 
   return responses != NULL;
 }
@@ -585,8 +582,8 @@ pg_test_imap_find_fetch (GPtrArray *responses, guint32 uid)
       /* Look only at the text before the first literal (the UID item precedes it in
        * Dovecot's replies, and literal bytes could contain anything). */
       len = response->literals->len > 0
-              ? g_array_index (response->literals, PgTestImapSpan, 0).offset
-              : response->text->len;
+                ? g_array_index (response->literals, PgTestImapSpan, 0).offset
+                : response->text->len;
       found = g_strstr_len (paren, (gssize) (len - (gsize) (paren - text)), needle);
       if (found != NULL && !g_ascii_isdigit (found[strlen (needle)]))
         return response;
@@ -672,8 +669,8 @@ pg_test_imap_append (PgTestImap *imap, const char *mailbox, const char *flags, c
     { head, strlen (head), FALSE },
     { data, len, TRUE },
   };
-  g_autoptr (GPtrArray) responses =
-    pg_test_imap_exec_ok (imap, parts, G_N_ELEMENTS (parts), PG_ERROR_UPSTREAM, error);
+  g_autoptr (GPtrArray) responses
+      = pg_test_imap_exec_ok (imap, parts, G_N_ELEMENTS (parts), PG_ERROR_UPSTREAM, error);
   const char *tagged = NULL;
   const char *appenduid = NULL;
   guint32 uid = 0;

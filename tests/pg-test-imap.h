@@ -27,8 +27,7 @@ PgTestImap *pg_test_imap_connect (const char *host, guint16 port, const char *ca
                                   GError **error);
 /* The same with an explicit TLS identity (a host name or address literal) and timeout. */
 PgTestImap *pg_test_imap_connect_full (const char *host, guint16 port, const char *ca_file,
-                                       const char *tls_identity, guint timeout_s,
-                                       GError **error);
+                                       const char *tls_identity, guint timeout_s, GError **error);
 void pg_test_imap_free (PgTestImap *imap);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestImap, pg_test_imap_free)
 
@@ -53,8 +52,7 @@ GStrv pg_test_imap_fetch_flags (PgTestImap *imap, guint32 uid, GError **error);
 gboolean pg_test_imap_append (PgTestImap *imap, const char *mailbox, const char *flags,
                               const void *data, gsize len, guint32 *out_uid, GError **error);
 /* UID STORE uid ITEM, e.g. item "+FLAGS.SILENT (\\Deleted)". */
-gboolean pg_test_imap_uid_store (PgTestImap *imap, guint32 uid, const char *item,
-                                 GError **error);
+gboolean pg_test_imap_uid_store (PgTestImap *imap, guint32 uid, const char *item, GError **error);
 /* Flag uid \Deleted and UID EXPUNGE just it (UIDPLUS). */
 gboolean pg_test_imap_expunge_uid (PgTestImap *imap, guint32 uid, GError **error);
 gboolean pg_test_imap_logout (PgTestImap *imap, GError **error);

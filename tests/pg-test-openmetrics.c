@@ -137,6 +137,8 @@ pg_test_om_sample (PgTestChecker *checker, const char *line, GError **error)
     suffix = checker->format == PG_METRICS_FORMAT_OPENMETRICS ? "_total" : "";
   else if (strcmp (checker->type, "gauge") == 0)
     suffix = "";
+  else if (strcmp (checker->type, "info") == 0)
+    suffix = "_info";
   else if (g_str_has_prefix (name, checker->family))
     suffix = name + strlen (checker->family);
   if (suffix == NULL || !g_str_has_prefix (name, checker->family)
@@ -199,7 +201,9 @@ pg_test_om_metadata (PgTestChecker *checker, const char *line, GError **error)
     {
       if (g_strv_length (words) != 4 || g_hash_table_contains (checker->types, words[2])
           || (strcmp (words[3], "counter") != 0 && strcmp (words[3], "gauge") != 0
-              && strcmp (words[3], "histogram") != 0))
+              && strcmp (words[3], "histogram") != 0
+              && (strcmp (words[3], "info") != 0
+                  || checker->format != PG_METRICS_FORMAT_OPENMETRICS)))
         goto bad;
       g_free (checker->family);
       checker->family = g_strdup (words[2]);
@@ -212,6 +216,14 @@ pg_test_om_metadata (PgTestChecker *checker, const char *line, GError **error)
     {
       if (checker->family == NULL || strcmp (words[2], checker->family) != 0)
         goto bad;
+      /* OpenMetrics: a UNIT is the family name's suffix, and only OpenMetrics has it. */
+      if (strcmp (words[1], "UNIT") == 0)
+        {
+          g_autofree gchar *suffix = g_strconcat ("_", words[3] != NULL ? words[3] : "", NULL);
+          if (checker->format != PG_METRICS_FORMAT_OPENMETRICS || words[3] == NULL
+              || !g_str_has_suffix (words[2], suffix))
+            goto bad;
+        }
       return TRUE;
     }
 bad:

@@ -18,14 +18,14 @@ struct _PgTestPeer
   GSocket *listener; /* owned */
   guint16 port;
   const PgTestPeerStep *steps; /* unowned */
-  GThread *thread;   /* owned */
+  GThread *thread;             /* owned */
   GMutex lock;
   GCond cond;
-  gint stop;         /* atomic */
-  gboolean finished; /* under lock */
+  gint stop;              /* atomic */
+  gboolean finished;      /* under lock */
   gboolean client_closed; /* under lock */
-  gchar *mismatch;   /* owned, under lock */
-  GString *received; /* owned, under lock */
+  gchar *mismatch;        /* owned, under lock */
+  GString *received;      /* owned, under lock */
 };
 
 static void
@@ -155,10 +155,10 @@ pg_test_peer_run_script (PgTestPeer *peer, GSocket *socket)
 
             if (!pg_test_peer_read_line (peer, socket, input, &line))
               {
-                pg_test_peer_fail (peer, g_strdup_printf ("step %u: expected '%s', got EOF or "
-                                                          "nothing",
-                                                          (guint) (step - peer->steps),
-                                                          step->text));
+                pg_test_peer_fail (peer,
+                                   g_strdup_printf ("step %u: expected '%s', got EOF or "
+                                                    "nothing",
+                                                    (guint) (step - peer->steps), step->text));
                 return;
               }
             rest = line;
@@ -178,8 +178,8 @@ pg_test_peer_run_script (PgTestPeer *peer, GSocket *socket)
             if (!g_pattern_match_simple (step->text, rest))
               {
                 pg_test_peer_fail (peer, g_strdup_printf ("step %u: expected '%s', got '%s'",
-                                                          (guint) (step - peer->steps),
-                                                          step->text, rest));
+                                                          (guint) (step - peer->steps), step->text,
+                                                          rest));
                 return;
               }
             break;
@@ -285,8 +285,8 @@ pg_test_peer_new (const PgTestPeerStep *steps, GError **error)
   g_autoptr (GSocketAddress) bound = NULL;
   PgTestPeer *peer;
 
-  listener = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                           error);
+  listener
+      = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, error);
   if (listener == NULL || !g_socket_bind (listener, address, TRUE, error)
       || !g_socket_listen (listener, error))
     return NULL;

@@ -106,8 +106,8 @@ pg_test_pop3_get_greeting (PgTestPop3 *pop3)
 gboolean
 pg_test_pop3_send (PgTestPop3 *pop3, const void *data, gsize len, GError **error)
 {
-  return g_output_stream_write_all (g_io_stream_get_output_stream (pop3->stream), data, len,
-                                    NULL, NULL, error);
+  return g_output_stream_write_all (g_io_stream_get_output_stream (pop3->stream), data, len, NULL,
+                                    NULL, error);
 }
 
 /* Read more into the buffer; FALSE at EOF (error unset) or error. */
@@ -118,8 +118,8 @@ pg_test_pop3_fill (PgTestPop3 *pop3, GError **error)
   gssize n;
 
   g_socket_set_timeout (g_socket_connection_get_socket (pop3->socket), PG_TEST_POP3_TIMEOUT_S);
-  n = g_input_stream_read (g_io_stream_get_input_stream (pop3->stream), chunk, sizeof chunk,
-                           NULL, error);
+  n = g_input_stream_read (g_io_stream_get_input_stream (pop3->stream), chunk, sizeof chunk, NULL,
+                           error);
   if (n <= 0)
     return FALSE;
   g_byte_array_append (pop3->buffer, chunk, (guint) n);
@@ -134,10 +134,9 @@ pg_test_pop3_read_line (PgTestPop3 *pop3, GError **error)
   for (;;)
     {
       /* An empty GByteArray may have no data at all: memchr (NULL, ...) is undefined. */
-      const guint8 *lf = pop3->buffer->len > scanned
-                             ? memchr (pop3->buffer->data + scanned, '\n',
-                                       pop3->buffer->len - scanned)
-                             : NULL;
+      const guint8 *lf = pop3->buffer->len > scanned ? memchr (pop3->buffer->data + scanned, '\n',
+                                                               pop3->buffer->len - scanned)
+                                                     : NULL;
       if (lf != NULL)
         {
           gsize len = (gsize) (lf - pop3->buffer->data);
@@ -231,8 +230,8 @@ pg_test_pop3_retr (PgTestPop3 *pop3, guint n, gchar **out_status, GError **error
 }
 
 gboolean
-pg_test_pop3_login (PgTestPop3 *pop3, const char *user, const char *password,
-                    gchar **out_status, GError **error)
+pg_test_pop3_login (PgTestPop3 *pop3, const char *user, const char *password, gchar **out_status,
+                    GError **error)
 {
   g_autofree gchar *user_cmd = g_strdup_printf ("USER %s", user);
   g_autofree gchar *pass_cmd = g_strdup_printf ("PASS %s", password);

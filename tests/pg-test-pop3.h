@@ -40,13 +40,13 @@ gboolean pg_test_pop3_stls (PgTestPop3 *pop3, const char *ca_file, GError **erro
 /* Send "command" and return its status line; a transport error fails the test. */
 gchar *pg_test_pop3_cmd (PgTestPop3 *pop3, const char *command);
 /* Send "command" and fail the test unless the reply starts with `prefix`. */
-#define PG_TEST_POP3_ASSERT_REPLY(pop3, command, prefix)                                      \
-  G_STMT_START                                                                               \
-  {                                                                                          \
-    g_autofree gchar *reply_ = pg_test_pop3_cmd ((pop3), (command));                         \
-    if (!g_str_has_prefix (reply_, (prefix)))                                                \
-      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);             \
-  }                                                                                          \
+#define PG_TEST_POP3_ASSERT_REPLY(pop3, command, prefix)                                           \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    g_autofree gchar *reply_ = pg_test_pop3_cmd ((pop3), (command));                               \
+    if (!g_str_has_prefix (reply_, (prefix)))                                                      \
+      g_error ("%s: expected \"%s…\", got \"%s\"", (command), (prefix), reply_);                   \
+  }                                                                                                \
   G_STMT_END
 
 /* Only the TLS handshake (after the caller had STLS answered). */

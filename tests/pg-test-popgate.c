@@ -47,8 +47,8 @@ pg_test_popgate_bin (GError **error)
 static gboolean
 pg_test_popgate_pick_ports (PgTestPopgate *popgate, gboolean initial, GError **error)
 {
-  guint16 *ports[] = { &popgate->pop3_port, &popgate->pop3s_port, &popgate->imap_port,
-                       &popgate->imaps_port };
+  guint16 *ports[]
+      = { &popgate->pop3_port, &popgate->pop3s_port, &popgate->imap_port, &popgate->imaps_port };
 
   G_STATIC_ASSERT (G_N_ELEMENTS (ports) == G_N_ELEMENTS (pg_test_popgate_listen_keys));
   for (gsize i = 0; i < G_N_ELEMENTS (ports); i++)
@@ -110,8 +110,8 @@ pg_test_popgate_new (PgTestDovecot *upstream, const char *upstream_tls, GError *
   if (upstream != NULL)
     {
       gboolean implicit = g_strcmp0 (upstream_tls, "implicit") == 0;
-      g_autofree gchar *port =
-        g_strdup_printf ("%u", implicit ? upstream->imaps_port : upstream->imap_port);
+      g_autofree gchar *port
+          = g_strdup_printf ("%u", implicit ? upstream->imaps_port : upstream->imap_port);
 
       pg_test_popgate_set (popgate, "upstream", "host", upstream->host);
       pg_test_popgate_set (popgate, "upstream", "port", port);
@@ -129,8 +129,7 @@ pg_test_popgate_new (PgTestDovecot *upstream, const char *upstream_tls, GError *
 }
 
 void
-pg_test_popgate_set (PgTestPopgate *popgate, const char *group, const char *key,
-                     const char *value)
+pg_test_popgate_set (PgTestPopgate *popgate, const char *group, const char *key, const char *value)
 {
   if (value != NULL)
     g_key_file_set_string (popgate->config, group, key, value);
@@ -159,9 +158,9 @@ pg_test_popgate_first_listener (PgTestPopgate *popgate, gchar **out_host, guint1
 {
   for (gsize i = 0; i < G_N_ELEMENTS (pg_test_popgate_listen_keys); i++)
     {
-      g_autofree gchar *value = g_key_file_get_string (
-        popgate->config, pg_test_popgate_listen_keys[i].group, pg_test_popgate_listen_keys[i].key,
-        NULL);
+      g_autofree gchar *value
+          = g_key_file_get_string (popgate->config, pg_test_popgate_listen_keys[i].group,
+                                   pg_test_popgate_listen_keys[i].key, NULL);
       g_auto (GStrv) items = NULL;
       gchar *first = NULL;
       const char *colon = NULL;
@@ -253,8 +252,8 @@ pg_test_popgate_try_start (PgTestPopgate *popgate, const char *bin, GError **err
     g_string_append (popgate->earlier_log, before);
     g_unlink (popgate->log_file);
   }
-  popgate->process = pg_test_process_spawn ((const char *const *) argv->pdata,
-                                            popgate->log_file, error);
+  popgate->process
+      = pg_test_process_spawn ((const char *const *) argv->pdata, popgate->log_file, error);
   if (popgate->process == NULL)
     return PG_TEST_POPGATE_FAILED;
   /* Wait for popgate's own "ready" line (written once every listener is bound), not for
@@ -353,8 +352,7 @@ pg_test_popgate_read_log (PgTestPopgate *popgate)
 {
   g_autofree gchar *current = pg_test_read_file (popgate->log_file);
 
-  return g_strconcat (popgate->earlier_log != NULL ? popgate->earlier_log->str : "", current,
-                      NULL);
+  return g_strconcat (popgate->earlier_log != NULL ? popgate->earlier_log->str : "", current, NULL);
 }
 
 typedef struct

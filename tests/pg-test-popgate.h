@@ -21,15 +21,15 @@ G_BEGIN_DECLS
 
 typedef struct
 {
-  gchar *dir;          /* owned: the temp dir; removed by pg_test_popgate_free() */
-  gchar *config_file;  /* owned: written by pg_test_popgate_start() */
-  gchar *log_file;     /* owned: popgate's stdout + stderr */
-  gchar *state_dir;    /* owned: [state] path */
-  PgTestCerts *certs;  /* owned: [tls] cert/key; certs->ca_file verifies them */
-  GKeyFile *config;    /* owned: what will be written; change with pg_test_popgate_set() */
-  GPtrArray *args;     /* owned: extra command line arguments (strings) */
-  const char *host;    /* "127.0.0.1" */
-  guint16 pop3_port;   /* the listeners this helper picked (0 if a caller replaced them) */
+  gchar *dir;         /* owned: the temp dir; removed by pg_test_popgate_free() */
+  gchar *config_file; /* owned: written by pg_test_popgate_start() */
+  gchar *log_file;    /* owned: popgate's stdout + stderr */
+  gchar *state_dir;   /* owned: [state] path */
+  PgTestCerts *certs; /* owned: [tls] cert/key; certs->ca_file verifies them */
+  GKeyFile *config;   /* owned: what will be written; change with pg_test_popgate_set() */
+  GPtrArray *args;    /* owned: extra command line arguments (strings) */
+  const char *host;   /* "127.0.0.1" */
+  guint16 pop3_port;  /* the listeners this helper picked (0 if a caller replaced them) */
   guint16 pop3s_port;
   guint16 imap_port;
   guint16 imaps_port;
@@ -81,8 +81,8 @@ gboolean pg_test_popgate_wait_log (PgTestPopgate *popgate, const char *needle, g
 /* Run popgate to completion (e.g. { "--check", NULL } or { "--version", NULL }). With a
  * `popgate` the config is written and `--config FILE` passed first; popgate may be NULL.
  * FALSE only if it could not run or hung. */
-gboolean pg_test_popgate_run (PgTestPopgate *popgate, const char *const *args,
-                              int *out_exit_code, gchar **out_output, GError **error);
+gboolean pg_test_popgate_run (PgTestPopgate *popgate, const char *const *args, int *out_exit_code,
+                              gchar **out_output, GError **error);
 
 /* Stop if running, remove the temp dir, free. */
 void pg_test_popgate_free (PgTestPopgate *popgate);

@@ -152,7 +152,7 @@ pg_test_process_stop (PgTestProcess *process, guint timeout_ms)
   if (pg_test_process_wait (process, timeout_ms))
     return TRUE;
   g_test_message ("child %d ignored SIGTERM for %u ms; sending SIGKILL", (int) process->pid,
-             timeout_ms);
+                  timeout_ms);
   pg_test_process_kill (process, SIGKILL);
   if (!pg_test_process_wait (process, timeout_ms))
     g_test_message ("child %d survived SIGKILL for %u ms", (int) process->pid, timeout_ms);
@@ -201,8 +201,7 @@ pg_test_free_port (const char *address, GError **error)
 
   if (inet == NULL)
     {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "not an address: %s",
-                   address);
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "not an address: %s", address);
       return 0;
     }
   socket = g_socket_new (g_inet_address_get_family (inet), G_SOCKET_TYPE_STREAM,
@@ -237,8 +236,8 @@ pg_test_try_connect (const char *address, guint16 port)
 }
 
 gboolean
-pg_test_wait_port (const char *address, guint16 port, PgTestProcess *process,
-                   guint timeout_ms, GError **error)
+pg_test_wait_port (const char *address, guint16 port, PgTestProcess *process, guint timeout_ms,
+                   GError **error)
 {
   gint64 deadline = g_get_monotonic_time () + (gint64) timeout_ms * 1000;
 
@@ -255,8 +254,8 @@ pg_test_wait_port (const char *address, guint16 port, PgTestProcess *process,
         return TRUE;
       if (g_get_monotonic_time () >= deadline)
         {
-          g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
-                       "%s:%u did not accept within %u ms", address, port, timeout_ms);
+          g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "%s:%u did not accept within %u ms",
+                       address, port, timeout_ms);
           return FALSE;
         }
       g_usleep (PG_TEST_POLL_INTERVAL_US);
@@ -318,8 +317,8 @@ pg_test_run_wait_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 gboolean
-pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
-                    int *out_exit_code, gchar **out_output, GError **error)
+pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms, int *out_exit_code,
+                    gchar **out_output, GError **error)
 {
   g_autoptr (GSubprocessLauncher) launcher = NULL;
   g_autoptr (GSubprocess) subprocess = NULL;
@@ -331,8 +330,7 @@ pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
   PgTestRunState state = { FALSE, FALSE, NULL, NULL };
   gboolean timed_out = FALSE;
 
-  launcher = pg_test_launcher_new (G_SUBPROCESS_FLAGS_STDIN_PIPE
-                                   | G_SUBPROCESS_FLAGS_STDOUT_PIPE
+  launcher = pg_test_launcher_new (G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE
                                    | G_SUBPROCESS_FLAGS_STDERR_MERGE);
   subprocess = g_subprocess_launcher_spawnv (launcher, argv, error);
   if (subprocess == NULL)
@@ -340,7 +338,8 @@ pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
 
   g_main_context_push_thread_default (context);
   /* With a stdin pipe GIO wants bytes to write, even none (then it closes stdin). */
-  g_subprocess_communicate_async (subprocess, input != NULL ? input : no_input, NULL, pg_test_run_communicate_cb, &state);
+  g_subprocess_communicate_async (subprocess, input != NULL ? input : no_input, NULL,
+                                  pg_test_run_communicate_cb, &state);
   g_subprocess_wait_async (subprocess, NULL, pg_test_run_wait_cb, &state);
   g_main_context_pop_thread_default (context);
 
@@ -373,14 +372,14 @@ pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
     }
   if (timed_out)
     {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "%s: no exit within %u ms: %s",
-                   command, timeout_ms, output);
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "%s: no exit within %u ms: %s", command,
+                   timeout_ms, output);
       return FALSE;
     }
   if (out_exit_code != NULL)
     *out_exit_code = g_subprocess_get_if_signaled (subprocess)
-                       ? 128 + g_subprocess_get_term_sig (subprocess)
-                       : g_subprocess_get_exit_status (subprocess);
+                         ? 128 + g_subprocess_get_term_sig (subprocess)
+                         : g_subprocess_get_exit_status (subprocess);
   if (out_output != NULL)
     *out_output = g_steal_pointer (&output);
   return TRUE;

@@ -13,13 +13,13 @@ G_BEGIN_DECLS
 
 /* Assert that a call taking `error` succeeded, showing the error's message if not:
  * PG_TEST_ASSERT_OK (pg_test_dovecot_start (dovecot, &error), error); */
-#define PG_TEST_ASSERT_OK(expr, error)                                                        \
-  G_STMT_START                                                                                \
-  {                                                                                           \
-    gboolean pg_test_ok_ = (expr);                                                            \
-    g_assert_no_error (error);                                                                \
-    g_assert_true (pg_test_ok_);                                                              \
-  }                                                                                           \
+#define PG_TEST_ASSERT_OK(expr, error)                                                             \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    gboolean pg_test_ok_ = (expr);                                                                 \
+    g_assert_no_error (error);                                                                     \
+    g_assert_true (pg_test_ok_);                                                                   \
+  }                                                                                                \
   G_STMT_END
 
 /* A child process started by a test. Always stopped by its PID, never by name. */
@@ -73,7 +73,7 @@ gboolean pg_test_rm_rf (const char *path);
 gboolean pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
                              int *out_exit_code, gchar **out_output, GError **error);
 /* The same, but a non-zero exit is an error too (its message holds the output). */
-gboolean pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms,
-                      gchar **out_output, GError **error);
+gboolean pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **out_output,
+                      GError **error);
 
 G_END_DECLS

@@ -21,6 +21,7 @@
 #include "pg-test-popgate.h"
 
 #include <glib-unix.h>
+#include <libsoup/soup.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -412,23 +413,34 @@ demo_seed (PgTestDovecot *dovecot, const char *mail_dir, GError **error)
   return TRUE;
 }
 
-/* A popgate in front of dovecot with the given delete policy and the audit trace on. */
+/* A popgate in front of dovecot with the given delete policy, the audit trace and the
+ * status page on; `out_status_port` is the page's port. */
 static PgTestPopgate *
-demo_start_popgate (PgTestDovecot *dovecot, const char *delete_policy, GError **error)
+demo_start_popgate (PgTestDovecot *dovecot, const char *delete_policy, guint16 *out_status_port,
+                    GError **error)
 {
   g_autoptr (PgTestPopgate) popgate = pg_test_popgate_new (dovecot, "implicit", error);
+  g_autofree gchar *status_listen = NULL;
+  guint16 status_port;
 
   if (popgate == NULL)
     return NULL;
+  status_port = pg_test_free_port ("127.0.0.1", error);
+  if (status_port == 0)
+    return NULL;
+  status_listen = g_strdup_printf ("127.0.0.1:%u", status_port);
   pg_test_popgate_set (popgate, "pop3", "delete", delete_policy);
   pg_test_popgate_set (popgate, "log", "trace", "true");
+  pg_test_popgate_set (popgate, "status", "listen", status_listen);
   if (!pg_test_popgate_start (popgate, error))
     return NULL;
   printf ("   popgate (delete = %s): POP3 127.0.0.1:%u (POP3S %u), IMAP 127.0.0.1:%u "
           "(IMAPS %u)\n"
-          "     upstream imaps://127.0.0.1:%u, config %s\n",
+          "     upstream imaps://127.0.0.1:%u, config %s\n"
+          "     live status page: http://127.0.0.1:%u/\n",
           delete_policy, popgate->pop3_port, popgate->pop3s_port, popgate->imap_port,
-          popgate->imaps_port, dovecot->imaps_port, popgate->config_file);
+          popgate->imaps_port, dovecot->imaps_port, popgate->config_file, status_port);
+  *out_status_port = status_port;
   fflush (stdout);
   return g_steal_pointer (&popgate);
 }
@@ -584,6 +596,26 @@ demo_scene_keep (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   demo_show_trace (popgate, "C: DELE", TRUE);
 }
 
+static guint16 demo_status_ports[2]; /* the status pages: expunge, keep */
+
+/* The status page answers and lists sessions as JSON (what the browser page reads). */
+static void
+demo_check_status (guint16 port)
+{
+  g_autoptr (SoupSession) session
+      = soup_session_new_with_options ("proxy-resolver", NULL, "timeout", 10, NULL);
+  g_autofree gchar *url = g_strdup_printf ("http://127.0.0.1:%u/api/sessions", port);
+  g_autoptr (SoupMessage) msg = soup_message_new ("GET", url);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) body = soup_session_send_and_read (session, msg, NULL, &error);
+
+  if (body == NULL || soup_message_get_status (msg) != SOUP_STATUS_OK
+      || g_strstr_len (g_bytes_get_data (body, NULL), (gssize) g_bytes_get_size (body),
+                       "\"sessions\"")
+             == NULL)
+    demo_fail ("the status page did not answer /api/sessions", error);
+}
+
 static gboolean
 demo_quit_cb (gpointer user_data)
 {
@@ -595,6 +627,9 @@ static void
 demo_print_how_to_connect (PgTestPopgate *expunge, PgTestPopgate *keep)
 {
   demo_say ("popgate is running; point a real POP3 or IMAP client at it");
+  printf ("   watch the sessions live: http://127.0.0.1:%u/ (delete = expunge), "
+          "http://127.0.0.1:%u/ (delete = keep)\n",
+          demo_status_ports[0], demo_status_ports[1]);
   printf ("   user %s, password %s (a throwaway demo account; user#tag names a client)\n",
           DEMO_USER, DEMO_PASSWORD);
   for (guint i = 0; i < 2; i++)
@@ -666,15 +701,25 @@ main (int argc, char **argv)
     }
 
   demo_say ("Starting two popgates in front of it (audit trace on)");
-  expunge = demo_start_popgate (dovecot, "expunge", &error);
+  expunge = demo_start_popgate (dovecot, "expunge", &demo_status_ports[0], &error);
   if (expunge != NULL)
-    keep = demo_start_popgate (dovecot, "keep", &error);
+    keep = demo_start_popgate (dovecot, "keep", &demo_status_ports[1], &error);
   if (keep == NULL)
     {
       fprintf (stderr, "popgate-demo: cannot start popgate: %s\n", error->message);
       return 1;
     }
 
+  if (!non_interactive)
+    {
+      char line[16];
+
+      demo_say ("Open a status page above in a browser to watch the scenes live; "
+                "press Enter to start them");
+      fflush (stdout);
+      if (fgets (line, sizeof line, stdin) == NULL)
+        printf ("\n");
+    }
   demo_scene_expunge (dovecot, expunge);
   if (!demo_failed)
     demo_scene_keep (dovecot, keep);
@@ -689,6 +734,12 @@ main (int argc, char **argv)
         demo_fail ("the password reached popgate's log", NULL);
       else
         printf ("\n   (checked: the password appears in neither popgate's log nor trace)\n");
+    }
+
+  if (!demo_failed)
+    {
+      demo_check_status (demo_status_ports[0]);
+      demo_check_status (demo_status_ports[1]);
     }
 
   if (!demo_failed && !non_interactive)

@@ -13,8 +13,8 @@
 
 typedef struct
 {
-  gchar *dir;          /* owned */
-  PgTestCerts *certs;  /* owned */
+  gchar *dir;         /* owned */
+  PgTestCerts *certs; /* owned */
 } CertsFixture;
 
 static void
@@ -56,8 +56,7 @@ verify_gio (const char *ca_file, const char *cert_file, const char *identity)
   else
     connectable = g_network_address_new (identity, 993);
   flags = g_tls_database_verify_chain (database, cert, G_TLS_DATABASE_PURPOSE_AUTHENTICATE_SERVER,
-                                       connectable, NULL, G_TLS_DATABASE_VERIFY_NONE, NULL,
-                                       &error);
+                                       connectable, NULL, G_TLS_DATABASE_VERIFY_NONE, NULL, &error);
   g_assert_no_error (error);
   return flags;
 }
@@ -130,18 +129,20 @@ test_certs_untrusted (CertsFixture *fixture, gconstpointer data)
       return;
     }
   /* The untrusted chain against the trusted CA, and the trusted cert against the other CA. */
-  g_assert_cmpuint (verify_gio (fixture->certs->ca_file, fixture->certs->untrusted_cert_file,
-                                "localhost") & G_TLS_CERTIFICATE_UNKNOWN_CA,
-                    !=, 0);
-  g_assert_cmpuint (verify_gio (fixture->certs->untrusted_ca_file, fixture->certs->cert_file,
-                                "localhost") & G_TLS_CERTIFICATE_UNKNOWN_CA,
-                    !=, 0);
+  g_assert_cmpuint (
+      verify_gio (fixture->certs->ca_file, fixture->certs->untrusted_cert_file, "localhost")
+          & G_TLS_CERTIFICATE_UNKNOWN_CA,
+      !=, 0);
+  g_assert_cmpuint (
+      verify_gio (fixture->certs->untrusted_ca_file, fixture->certs->cert_file, "localhost")
+          & G_TLS_CERTIFICATE_UNKNOWN_CA,
+      !=, 0);
   /* Its own CA accepts it: the failure above is about trust, not a broken certificate. */
   g_assert_cmpuint (verify_gio (fixture->certs->untrusted_ca_file,
                                 fixture->certs->untrusted_cert_file, "localhost"),
                     ==, 0);
-  verify_gnutls (fixture->certs->ca_file, fixture->certs->untrusted_cert_file, "localhost",
-                 &status, &name_ok);
+  verify_gnutls (fixture->certs->ca_file, fixture->certs->untrusted_cert_file, "localhost", &status,
+                 &name_ok);
   g_assert_cmpuint (status & GNUTLS_CERT_INVALID, !=, 0);
   g_assert_cmpuint (status & GNUTLS_CERT_SIGNER_NOT_FOUND, !=, 0);
 }
@@ -160,8 +161,7 @@ test_certs_wrong_hostname (CertsFixture *fixture, gconstpointer data)
       g_test_fail_printf ("%s", "no GIO TLS backend (install glib-networking)");
       return;
     }
-  g_assert_true (pg_test_certs_make_server (fixture->certs, "imap.example.org", cert, key,
-                                            &error));
+  g_assert_true (pg_test_certs_make_server (fixture->certs, "imap.example.org", cert, key, &error));
   g_assert_no_error (error);
   /* Trusted chain, wrong name: exactly BAD_IDENTITY. */
   g_assert_cmpuint (verify_gio (fixture->certs->ca_file, cert, "localhost"), ==,
@@ -173,9 +173,9 @@ test_certs_wrong_hostname (CertsFixture *fixture, gconstpointer data)
   g_assert_cmpuint (status, ==, 0);
   g_assert_false (name_ok);
   /* And the localhost certificate is not good for another name either. */
-  g_assert_cmpuint (verify_gio (fixture->certs->ca_file, fixture->certs->cert_file,
-                                "imap.example.org"),
-                    ==, G_TLS_CERTIFICATE_BAD_IDENTITY);
+  g_assert_cmpuint (
+      verify_gio (fixture->certs->ca_file, fixture->certs->cert_file, "imap.example.org"), ==,
+      G_TLS_CERTIFICATE_BAD_IDENTITY);
 }
 
 static void
@@ -193,12 +193,13 @@ test_certs_files (CertsFixture *fixture, gconstpointer data)
     }
   /* PKCS#8: the one key format every consumer (GIO, GnuTLS, OpenSSL) reads. */
   g_assert_true (g_file_get_contents (fixture->certs->key_file, &pem, NULL, NULL));
-  g_assert_true (g_str_has_prefix (pem, "-----BEGIN " "PRIVATE KEY-----"));
+  g_assert_true (g_str_has_prefix (pem, "-----BEGIN "
+                                        "PRIVATE KEY-----"));
   /* GIO can load the pair as a server identity. */
   {
     g_autoptr (GError) error = NULL;
     g_autoptr (GTlsCertificate) cert = g_tls_certificate_new_from_files (
-      fixture->certs->cert_file, fixture->certs->key_file, &error);
+        fixture->certs->cert_file, fixture->certs->key_file, &error);
 
     if (!g_tls_backend_supports_tls (g_tls_backend_get_default ()))
       {
@@ -216,8 +217,8 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   g_test_add ("/popgate/certs/trusted", CertsFixture, NULL, certs_setup, test_certs_trusted,
               certs_teardown);
-  g_test_add ("/popgate/certs/untrusted", CertsFixture, NULL, certs_setup,
-              test_certs_untrusted, certs_teardown);
+  g_test_add ("/popgate/certs/untrusted", CertsFixture, NULL, certs_setup, test_certs_untrusted,
+              certs_teardown);
   g_test_add ("/popgate/certs/wrong-hostname", CertsFixture, NULL, certs_setup,
               test_certs_wrong_hostname, certs_teardown);
   g_test_add ("/popgate/certs/files", CertsFixture, NULL, certs_setup, test_certs_files,

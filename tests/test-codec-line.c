@@ -318,8 +318,7 @@ test_alloc_line_valid_until_next_call (void)
   g_assert_cmpuint (pg_line_reader_get_allocated (reader), >, 0);
   g_assert_cmpmem (line, len, "NOOP", 4);
   g_assert_true (pg_line_reader_peek (reader, &line, &len) == FALSE);
-  g_assert_cmpint (pg_line_reader_next (reader, &line, &len, &error), ==,
-                   PG_LINE_READER_NEED_MORE);
+  g_assert_cmpint (pg_line_reader_next (reader, &line, &len, &error), ==, PG_LINE_READER_NEED_MORE);
   g_assert_cmpuint (pg_line_reader_get_allocated (reader), ==, 0);
 }
 

@@ -64,8 +64,8 @@ pg_test_proxy_run (const guint8 *input, gsize len, gsize split, gsize step)
         src = pg_proxy_header_source_to_string (header);
         g_assert_nonnull (src);
         if (header->family == PG_PROXY_FAMILY_INET)
-          g_snprintf (dst, sizeof dst, "%u.%u.%u.%u", header->dst_addr[0],
-                      header->dst_addr[1], header->dst_addr[2], header->dst_addr[3]);
+          g_snprintf (dst, sizeof dst, "%u.%u.%u.%u", header->dst_addr[0], header->dst_addr[1],
+                      header->dst_addr[2], header->dst_addr[3]);
         else
           g_snprintf (dst, sizeof dst, "v6");
         return g_strdup_printf ("v%u %s:%u -> %s:%u used=%zu", header->version, src,
@@ -164,10 +164,11 @@ pg_test_proxy_v2 (void)
                                          "\xC0\x00\x02\x01\xC6\x33\x64\x01\xDC\x04\x03\xE3"
                                          "\x16\x03\x01";
   /* IPv6 2001:db8::1 port 1 -> ::1 port 110. */
-  static const char inet6[] = V2_SIG "\x21\x21\x00\x24"
-                                     "\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
-                                     "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
-                                     "\x00\x01\x00\x6E";
+  static const char inet6[]
+      = V2_SIG "\x21\x21\x00\x24"
+               "\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
+               "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
+               "\x00\x01\x00\x6E";
   /* IPv4 with TLVs (ALPN "pop3", a unique id, a NOOP with padding): skipped. */
   static const char tlvs[] = V2_SIG "\x21\x11\x00\x21"
                                     "\x0A\x00\x00\x07\x0A\x00\x00\x01\x30\x39\x00\x6E"

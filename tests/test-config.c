@@ -189,52 +189,51 @@ test_full (TempDirFixture *fixture, gconstpointer data)
   g_autofree gchar *cert = write_file (fixture->dir, "cert.pem", "not checked here\n");
   g_autofree gchar *key = write_file (fixture->dir, "key.pem", "not checked here\n");
   g_autofree gchar *ca = write_file (fixture->dir, "ca.pem", "not checked here\n");
-  g_autofree gchar *text = g_strdup_printf (
-    "# a full config\n"
-    "[upstream]\n"
-    "host = mail.example.org   # the store\n"
-    "port = 10993\n"
-    "tls = implicit\n"
-    "ca_file = %s\n"
-    "mailbox = Lists/popgate\n"
-    "timeout = 2m\n"
-    "connect_timeout = 1500ms\n"
-    "[pop3]\n"
-    "listen = 127.0.0.1:1110 , [::1]:1110\n"
-    "tls_listen = 127.0.0.1:1995\n"
-    "delete = move:Deleted Items\n"
-    "mark_seen = no\n"
-    "allow_plaintext_auth = YES\n"
-    "autologout = 15m\n"
-    "login_delay = 5m\n"
-    "client_tag_separator = +\n"
-    "first_login = new\n"
-    "recent_days = 30\n"
-    "[imap]\n"
-    "listen = 127.0.0.2:1143\n"
-    "tls_listen = [::1]:1993\n"
-    "allow_plaintext_auth = 1\n"
-    "idle_timeout = 1h\n"
-    "[tls]\n"
-    "cert = %s\n"
-    "key = %s\n"
-    "priority = NORMAL:-VERS-TLS1.0\n"
-    "[state]\n"
-    "backend = imap-metadata\n"
-    "path = /srv/popgate\n"
-    "[metrics]\n"
-    "listen = 127.0.0.1:9145\n"
-    "[limits]\n"
-    "max_sessions = 100\n"
-    "max_sessions_per_address = 10\n"
-    "preauth_timeout = 20\n"
-    "auth_failure_delay = 0\n"
-    "max_auth_failures = 5\n"
-    "max_bad_commands = 7\n"
-    "shutdown_timeout = 0s\n"
-    "[log]\n"
-    "trace = true\n",
-    ca, cert, key);
+  g_autofree gchar *text = g_strdup_printf ("# a full config\n"
+                                            "[upstream]\n"
+                                            "host = mail.example.org   # the store\n"
+                                            "port = 10993\n"
+                                            "tls = implicit\n"
+                                            "ca_file = %s\n"
+                                            "mailbox = Lists/popgate\n"
+                                            "timeout = 2m\n"
+                                            "connect_timeout = 1500ms\n"
+                                            "[pop3]\n"
+                                            "listen = 127.0.0.1:1110 , [::1]:1110\n"
+                                            "tls_listen = 127.0.0.1:1995\n"
+                                            "delete = move:Deleted Items\n"
+                                            "mark_seen = no\n"
+                                            "allow_plaintext_auth = YES\n"
+                                            "autologout = 15m\n"
+                                            "login_delay = 5m\n"
+                                            "client_tag_separator = +\n"
+                                            "first_login = new\n"
+                                            "recent_days = 30\n"
+                                            "[imap]\n"
+                                            "listen = 127.0.0.2:1143\n"
+                                            "tls_listen = [::1]:1993\n"
+                                            "allow_plaintext_auth = 1\n"
+                                            "idle_timeout = 1h\n"
+                                            "[tls]\n"
+                                            "cert = %s\n"
+                                            "key = %s\n"
+                                            "priority = NORMAL:-VERS-TLS1.0\n"
+                                            "[state]\n"
+                                            "backend = imap-metadata\n"
+                                            "path = /srv/popgate\n"
+                                            "[metrics]\n"
+                                            "listen = 127.0.0.1:9145\n"
+                                            "[limits]\n"
+                                            "max_sessions = 100\n"
+                                            "max_sessions_per_address = 10\n"
+                                            "preauth_timeout = 20\n"
+                                            "auth_failure_delay = 0\n"
+                                            "max_auth_failures = 5\n"
+                                            "max_bad_commands = 7\n"
+                                            "shutdown_timeout = 0s\n"
+                                            "[log]\n"
+                                            "trace = true\n",
+                                            ca, cert, key);
   g_autoptr (PgConfig) config = load_ok (text);
 
   g_assert_cmpstr (config->upstream.host, ==, "mail.example.org");
@@ -283,9 +282,9 @@ static void
 test_comments_and_escapes (void)
 {
   g_autoptr (PgConfig) config
-    = load_ok (MINIMAL "client_tag_separator = #   # the default, written out\n"
-                       "delete = move:Old \\#1 \\\\ x  # a comment\n"
-                       "[upstream]\nmailbox = A#B\n");
+      = load_ok (MINIMAL "client_tag_separator = #   # the default, written out\n"
+                         "delete = move:Old \\#1 \\\\ x  # a comment\n"
+                         "[upstream]\nmailbox = A#B\n");
 
   g_assert_cmpstr (config->pop3.client_tag_separator, ==, "#");
   g_assert_cmpstr (config->pop3.move_mailbox, ==, "Old #1 \\ x");
@@ -304,7 +303,7 @@ test_booleans (void)
   {
     const char *text;
     gboolean value;
-  } cases[] = { { "true", TRUE }, { "false", FALSE }, { "yes", TRUE }, { "no", FALSE },
+  } cases[] = { { "true", TRUE }, { "false", FALSE }, { "yes", TRUE },  { "no", FALSE },
                 { "1", TRUE },    { "0", FALSE },     { "True", TRUE }, { "NO", FALSE } };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
@@ -324,14 +323,27 @@ test_durations (void)
     gboolean ok;
     guint ms;
   } cases[] = {
-    { "90", TRUE, 90000 },   { "90s", TRUE, 90000 },  { "500ms", TRUE, 500 },
-    { "10m", TRUE, 600000 }, { "2h", TRUE, 7200000 }, { "0", TRUE, 0 },
-    { "0ms", TRUE, 0 },      { "1193h", TRUE, 1193u * 3600000u },
-    { "1194h", FALSE, 0 },   { "4294967295ms", TRUE, 4294967295u },
-    { "4294967296ms", FALSE, 0 }, { "99999999999999999999", FALSE, 0 },
-    { "", FALSE, 0 },        { "s", FALSE, 0 },       { "10 m", FALSE, 0 },
-    { "-1", FALSE, 0 },      { "+5", FALSE, 0 },      { "1.5s", FALSE, 0 },
-    { "5d", FALSE, 0 },      { "5S", FALSE, 0 },      { "10mm", FALSE, 0 },
+    { "90", TRUE, 90000 },
+    { "90s", TRUE, 90000 },
+    { "500ms", TRUE, 500 },
+    { "10m", TRUE, 600000 },
+    { "2h", TRUE, 7200000 },
+    { "0", TRUE, 0 },
+    { "0ms", TRUE, 0 },
+    { "1193h", TRUE, 1193u * 3600000u },
+    { "1194h", FALSE, 0 },
+    { "4294967295ms", TRUE, 4294967295u },
+    { "4294967296ms", FALSE, 0 },
+    { "99999999999999999999", FALSE, 0 },
+    { "", FALSE, 0 },
+    { "s", FALSE, 0 },
+    { "10 m", FALSE, 0 },
+    { "-1", FALSE, 0 },
+    { "+5", FALSE, 0 },
+    { "1.5s", FALSE, 0 },
+    { "5d", FALSE, 0 },
+    { "5S", FALSE, 0 },
+    { "10mm", FALSE, 0 },
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
@@ -443,10 +455,13 @@ test_errors (void)
     { MINIMAL "idle_timeout = 40m\n", "pop3", "idle_timeout", "did you mean [imap] idle_timeout" },
     { MINIMAL "listen[de] = 127.0.0.1:2\n", "pop3", "listen[de]", "unknown key" },
     { MINIMAL "listen = 127.0.0.1:2\n", "pop3", "listen", "set twice (again on line 5)" },
-    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\n[pop3]\nmark_seen = no\n[upstream]\nhost = y\n", "upstream", "host", "set twice" },
+    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\n[pop3]\nmark_seen = no\n[upstream]\nhost = y\n",
+      "upstream", "host", "set twice" },
     /* enums */
-    { MINIMAL "[upstream]\ntls = ssl\n", "upstream", "tls", "\"ssl\" is not one of none, starttls, implicit" },
-    { MINIMAL "delete = purge\n", "pop3", "delete", "\"purge\" is not one of expunge, move:MAILBOX, keep" },
+    { MINIMAL "[upstream]\ntls = ssl\n", "upstream", "tls",
+      "\"ssl\" is not one of none, starttls, implicit" },
+    { MINIMAL "delete = purge\n", "pop3", "delete",
+      "\"purge\" is not one of expunge, move:MAILBOX, keep" },
     { MINIMAL "delete = move\n", "pop3", "delete", "move needs a mailbox name" },
     { MINIMAL "delete = move:\n", "pop3", "delete", "move needs a mailbox name" },
     { MINIMAL "delete = moved:Trash\n", "pop3", "delete", "is not one of" },
@@ -455,54 +470,69 @@ test_errors (void)
     /* booleans */
     { MINIMAL "mark_seen = maybe\n", "pop3", "mark_seen", "\"maybe\" is not a boolean" },
     { MINIMAL "[log]\ntrace = on\n", "log", "trace", "is not a boolean" },
-    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\nallow_plaintext_auth = 2\n", "imap", "allow_plaintext_auth", "is not a boolean" },
+    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\nallow_plaintext_auth = 2\n", "imap",
+      "allow_plaintext_auth", "is not a boolean" },
     /* numbers */
     { MINIMAL "[upstream]\nport = 99999\n", "upstream", "port", "out of range (1 to 65535)" },
     { MINIMAL "[upstream]\nport = 0\n", "upstream", "port", "out of range" },
     { MINIMAL "[upstream]\nport = imaps\n", "upstream", "port", "\"imaps\" is not a whole number" },
     { MINIMAL "[limits]\nmax_sessions = 0\n", "limits", "max_sessions", "out of range" },
     { MINIMAL "[limits]\nmax_sessions = -5\n", "limits", "max_sessions", "not a whole number" },
-    { MINIMAL "[limits]\nmax_auth_failures = 3.5\n", "limits", "max_auth_failures", "not a whole number" },
-    { MINIMAL "[limits]\nmax_bad_commands = 99999999999999999999999\n", "limits", "max_bad_commands", "out of range" },
+    { MINIMAL "[limits]\nmax_auth_failures = 3.5\n", "limits", "max_auth_failures",
+      "not a whole number" },
+    { MINIMAL "[limits]\nmax_bad_commands = 99999999999999999999999\n", "limits",
+      "max_bad_commands", "out of range" },
     { MINIMAL "recent_days = lots\n", "pop3", "recent_days", "not a whole number" },
     /* durations */
     { MINIMAL "[upstream]\ntimeout = 5 minutes\n", "upstream", "timeout", "is not a duration" },
     { MINIMAL "[upstream]\ntimeout = 0\n", "upstream", "timeout", "too short" },
-    { MINIMAL "[limits]\npreauth_timeout = 1d\n", "limits", "preauth_timeout", "is not a duration" },
+    { MINIMAL "[limits]\npreauth_timeout = 1d\n", "limits", "preauth_timeout",
+      "is not a duration" },
     { MINIMAL "autologout = 9m\n", "pop3", "autologout", "too short: the minimum is 10m" },
     { MINIMAL "autologout = 599s\n", "pop3", "autologout", "minimum is 10m" },
-    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\nidle_timeout = 29m\n", "imap", "idle_timeout", "minimum is 30m" },
+    { MINIMAL "[imap]\nlisten = 127.0.0.1:2\nidle_timeout = 29m\n", "imap", "idle_timeout",
+      "minimum is 30m" },
     { MINIMAL "login_delay = 1500ms\n", "pop3", "login_delay", "whole seconds" },
     /* listen lists */
-    { "[upstream]\nhost = x\n[pop3]\nlisten = localhost:1110\n", "pop3", "listen", "host names are not allowed" },
+    { "[upstream]\nhost = x\n[pop3]\nlisten = localhost:1110\n", "pop3", "listen",
+      "host names are not allowed" },
     { "[upstream]\nhost = x\n[pop3]\nlisten = 127.0.0.1:0\n", "pop3", "listen", "1 to 65535" },
     { "[upstream]\nhost = x\n[pop3]\nlisten = 127.0.0.1:65536\n", "pop3", "listen", "1 to 65535" },
     { "[upstream]\nhost = x\n[pop3]\nlisten = ::1:1110\n", "pop3", "listen", "needs brackets" },
     { "[upstream]\nhost = x\n[pop3]\nlisten = 127.0.0.1\n", "pop3", "listen", "missing :PORT" },
     { MINIMAL "[metrics]\nlisten = 127.0.0.1:9145,\n", "metrics", "listen", "empty entry" },
     /* duplicates and overlaps across all listeners */
-    { "[upstream]\nhost = x\n[pop3]\nlisten = 127.0.0.1:1110, 127.0.0.1:1110\n", "pop3", "listen", "127.0.0.1:1110 overlaps 127.0.0.1:1110 in [pop3] listen" },
-    { MINIMAL "[imap]\nlisten = 127.0.0.1:1110\n", "imap", "listen", "overlaps 127.0.0.1:1110 in [pop3] listen" },
+    { "[upstream]\nhost = x\n[pop3]\nlisten = 127.0.0.1:1110, 127.0.0.1:1110\n", "pop3", "listen",
+      "127.0.0.1:1110 overlaps 127.0.0.1:1110 in [pop3] listen" },
+    { MINIMAL "[imap]\nlisten = 127.0.0.1:1110\n", "imap", "listen",
+      "overlaps 127.0.0.1:1110 in [pop3] listen" },
     { MINIMAL "[metrics]\nlisten = 127.0.0.1:1110\n", "metrics", "listen", "overlaps" },
     { MINIMAL "[imap]\nlisten = *:1110\n", "imap", "listen", "*:1110 overlaps" },
     { MINIMAL "[imap]\nlisten = 0.0.0.0:1110\n", "imap", "listen", "overlaps" },
     { MINIMAL "[imap]\nlisten = [::]:1110\n", "imap", "listen", "overlaps" },
-    { "[upstream]\nhost = x\n[pop3]\nlisten = [::1]:1110, [0::1]:1110\n", "pop3", "listen", "overlaps" },
+    { "[upstream]\nhost = x\n[pop3]\nlisten = [::1]:1110, [0::1]:1110\n", "pop3", "listen",
+      "overlaps" },
     /* missing required keys */
     { "[pop3]\nlisten = 127.0.0.1:1110\n", "upstream", "host", "missing" },
     { "[upstream]\nhost =\n[pop3]\nlisten = 127.0.0.1:1110\n", "upstream", "host", "missing" },
     { "[upstream]\nhost = x\n", "pop3", "listen", "no listener" },
-    { "[upstream]\nhost = x\n[pop3]\nlisten =\n[metrics]\nlisten = 127.0.0.1:9145\n", "pop3", "listen", "no listener" },
+    { "[upstream]\nhost = x\n[pop3]\nlisten =\n[metrics]\nlisten = 127.0.0.1:9145\n", "pop3",
+      "listen", "no listener" },
     { MINIMAL "tls_listen = 127.0.0.1:1995\n", "tls", "cert", "missing" },
     { "[upstream]\nhost = x\n[imap]\ntls_listen = 127.0.0.1:1993\n", "tls", "cert", "missing" },
-    { MINIMAL "[tls]\ncert = /etc/popgate-does-not-exist/cert.pem\n", "tls", "cert", "No such file" },
+    { MINIMAL "[tls]\ncert = /etc/popgate-does-not-exist/cert.pem\n", "tls", "cert",
+      "No such file" },
     { MINIMAL "[tls]\nkey = /\n", "tls", "key", "not a regular file" },
-    { MINIMAL "[upstream]\nca_file = /nonexistent-ca.pem\n", "upstream", "ca_file", "/nonexistent-ca.pem" },
+    { MINIMAL "[upstream]\nca_file = /nonexistent-ca.pem\n", "upstream", "ca_file",
+      "/nonexistent-ca.pem" },
     /* other values */
-    { "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = imap.example.com:993\n", "upstream", "host", "put the port in [upstream] port" },
-    { "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = imap example\n", "upstream", "host", "not a host name" },
+    { "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = imap.example.com:993\n", "upstream",
+      "host", "put the port in [upstream] port" },
+    { "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = imap example\n", "upstream", "host",
+      "not a host name" },
     { MINIMAL "[upstream]\nmailbox =\n", "upstream", "mailbox", "empty" },
-    { MINIMAL "client_tag_separator = ###########\n", "pop3", "client_tag_separator", "short marker" },
+    { MINIMAL "client_tag_separator = ###########\n", "pop3", "client_tag_separator",
+      "short marker" },
     { MINIMAL "delete = move:a\\qb\n", "pop3", "delete", "unknown escape" },
   };
 
@@ -517,9 +547,8 @@ test_tls_pair_and_priority (TempDirFixture *fixture, gconstpointer data)
   g_autofree gchar *key = write_file (fixture->dir, "key.pem", "x\n");
   g_autofree gchar *only_cert = g_strdup_printf (MINIMAL "[tls]\ncert = %s\n", cert);
   g_autofree gchar *only_key = g_strdup_printf (MINIMAL "[tls]\nkey = %s\n", key);
-  g_autofree gchar *bad_priority
-    = g_strdup_printf (MINIMAL "[tls]\ncert = %s\nkey = %s\npriority = NORMAL:+NONSENSE\n",
-                       cert, key);
+  g_autofree gchar *bad_priority = g_strdup_printf (
+      MINIMAL "[tls]\ncert = %s\nkey = %s\npriority = NORMAL:+NONSENSE\n", cert, key);
   g_autofree gchar *stls_only = g_strdup_printf (MINIMAL "[tls]\ncert = %s\nkey = %s\n", cert, key);
   g_autoptr (PgConfig) config = NULL;
 
@@ -560,7 +589,7 @@ test_file_errors_name_the_file (TempDirFixture *fixture, gconstpointer data)
 {
   g_autofree gchar *path = write_file (fixture->dir, "popgate.conf", MINIMAL "delete = purge\n");
   g_autofree gchar *expected = g_strdup_printf (
-    "%s: [pop3] delete: \"purge\" is not one of expunge, move:MAILBOX, keep", path);
+      "%s: [pop3] delete: \"purge\" is not one of expunge, move:MAILBOX, keep", path);
   g_autoptr (GError) error = NULL;
   g_autoptr (PgConfig) config = pg_config_load_file (path, &error);
 
@@ -607,8 +636,8 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
 
   {
     /* No file: flags alone make a config from the defaults. */
-    PgConfigOverrides overrides = { .upstream = "imap.example.net:1993",
-                                    .pop3_listen = "[::1]:2110" };
+    PgConfigOverrides overrides
+        = { .upstream = "imap.example.net:1993", .pop3_listen = "[::1]:2110" };
     g_autoptr (GError) error = NULL;
     g_autoptr (PgConfig) config = pg_config_load (NULL, &overrides, &error);
 
@@ -631,8 +660,8 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
     assert_listen (config->imap.listen, "127.0.0.1:2143");
   }
   {
-    PgConfigOverrides overrides = { .upstream = "imaps://mail.example.com/",
-                                    .pop3_listen = "127.0.0.1:1" };
+    PgConfigOverrides overrides
+        = { .upstream = "imaps://mail.example.com/", .pop3_listen = "127.0.0.1:1" };
     g_autoptr (PgConfig) config = pg_config_load (NULL, &overrides, NULL);
     g_assert_cmpstr (config->upstream.host, ==, "mail.example.com");
     g_assert_cmpint (config->upstream.port, ==, 993);
@@ -657,8 +686,8 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
 
     g_assert_null (config);
     g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
-    g_assert_true (g_str_has_prefix (error->message,
-                                     "(command line) --pop3-listen: [pop3] listen: "));
+    g_assert_true (
+        g_str_has_prefix (error->message, "(command line) --pop3-listen: [pop3] listen: "));
   }
   {
     PgConfigOverrides overrides = { .upstream = "host:port", .pop3_listen = "127.0.0.1:1" };
@@ -667,8 +696,9 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
 
     g_assert_null (config);
     g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
-    g_assert_true (g_str_has_prefix (error->message,
-                                     "(command line) --upstream: [upstream] port: "));
+    g_assert_true (
+        g_str_has_prefix (error->message, "(command line) --upstream: [upstream] host: "));
+    g_test_message ("%s", error->message);
   }
   {
     PgConfigOverrides overrides = { .upstream = "[::1", .pop3_listen = "127.0.0.1:1" };
@@ -677,8 +707,8 @@ test_overrides (TempDirFixture *fixture, gconstpointer data)
 
     g_assert_null (config);
     g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
-    g_assert_true (g_str_has_prefix (error->message,
-                                     "(command line) --upstream: [upstream] host: "));
+    g_assert_true (
+        g_str_has_prefix (error->message, "(command line) --upstream: [upstream] host: "));
   }
   {
     /* No file and no flags: nothing to run, and the message says what is missing. */
@@ -749,7 +779,7 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
 
   g_file_get_contents (path, &contents, NULL, &error);
   g_assert_no_error (error);
-  setting = g_regex_new ("^#([a-z_]+) = (.*)$", 0, 0, &error);
+  setting = g_regex_new ("^#([a-z0-9_]+) = (.*)$", 0, 0, &error);
   g_assert_no_error (error);
 
   lines = g_strsplit (contents, "\n", -1);
@@ -768,15 +798,35 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
             g_string_append_printf (text, "key = %s\n", key);
           else if (g_str_equal (name, "ca_file"))
             g_string_append_printf (text, "ca_file = %s\n", ca);
+          else if (g_str_equal (name, "oauth2_ca_file"))
+            g_string_append_printf (text, "oauth2_ca_file = %s\n", ca);
+          else if (g_str_equal (name, "oauth2_client_secret_file"))
+            {
+              g_autofree gchar *secret = write_file (fixture->dir, "client.secret", "s\n");
+              g_assert_cmpint (g_chmod (secret, 0600), ==, 0);
+              g_string_append_printf (text, "oauth2_client_secret_file = %s\n", secret);
+            }
+          else if (g_str_equal (name, "file"))
+            {
+              /* The accounts file and its password file must exist and be 0600. */
+              g_autofree gchar *pw = write_file (fixture->dir, "up-pw", "secret\n");
+              g_autofree gchar *accounts
+                  = write_file (fixture->dir, "accounts", "u {PLAIN}l default up password:up-pw\n");
+              g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+              g_assert_cmpint (g_chmod (accounts, 0600), ==, 0);
+              g_string_append_printf (text, "file = %s\n", accounts);
+            }
           else if (g_str_equal (name, "account_map"))
             {
-              /* The map and its password file must exist and be 0600. */
-              g_autofree gchar *pw = write_file (fixture->dir, "imap-pw", "secret\n");
-              g_autofree gchar *map
-                  = write_file (fixture->dir, "imap-accounts", "u {PLAIN}l up imap-pw\n");
-              g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
-              g_assert_cmpint (g_chmod (map, 0600), ==, 0);
-              g_string_append_printf (text, "account_map = %s\n", map);
+              /* Its deprecated alias cannot be set with it (test_imap_account_map and
+               * test_accounts cover both). */
+            }
+          else if (g_str_equal (name, "auth_file"))
+            {
+              g_autofree gchar *users
+                  = write_file (fixture->dir, "status-users", "admin:{PLAIN}secret\n");
+              g_assert_cmpint (g_chmod (users, 0600), ==, 0);
+              g_string_append_printf (text, "auth_file = %s\n", users);
             }
           else
             g_string_append_printf (text, "%s\n", lines[i] + 1);
@@ -784,8 +834,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 39 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 36);
+  /* 55 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 52);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);
@@ -793,6 +843,12 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
   defaults = load_ok (MINIMAL);
 
   g_assert_cmpint (all->upstream.port, ==, defaults->upstream.port);
+  g_assert_cmpstr (all->upstream.provider, ==, defaults->upstream.provider);
+  g_assert_cmpint (all->upstream.auth, ==, defaults->upstream.auth);
+  g_assert_cmpint (all->upstream.auth_mechanism, ==, defaults->upstream.auth_mechanism);
+  g_assert_cmpint (all->upstream.oauth2.grant, ==, defaults->upstream.oauth2.grant);
+  g_assert_cmpint (all->upstream.oauth2.mechanism, ==, defaults->upstream.oauth2.mechanism);
+  g_assert_nonnull (pg_config_find_account (all, "u"));
   g_assert_cmpint (all->upstream.tls, ==, defaults->upstream.tls);
   g_assert_cmpstr (all->upstream.mailbox, ==, defaults->upstream.mailbox);
   g_assert_cmpuint (all->upstream.timeout_ms, ==, defaults->upstream.timeout_ms);
@@ -854,10 +910,8 @@ test_proxy (void)
     const char *message;
   } bad[] = {
     { "10.0.0.1/8", "not a network" }, /* bits past the prefix */
-    { "10.0.0.0/33", "not a network" },
-    { "example.com", "not a network" },
-    { "10.0.0.0/8,", "empty entry" },
-    { "10.0.0.0/8, , ::1", "empty entry" },
+    { "10.0.0.0/33", "not a network" }, { "example.com", "not a network" },
+    { "10.0.0.0/8,", "empty entry" },   { "10.0.0.0/8, , ::1", "empty entry" },
     { "::1/129", "not a network" },
   };
 
@@ -959,12 +1013,13 @@ test_imap_account_map (void)
   g_autofree gchar *dir = g_dir_make_tmp ("pg-config-map-XXXXXX", &error);
   g_autofree gchar *pw = g_build_filename (dir, "pw", NULL);
   g_autofree gchar *map = g_build_filename (dir, "accounts", NULL);
-  g_autofree gchar *text = g_strdup_printf ("[upstream]\nhost = h\n[imap]\nlisten = 127.0.0.1:1143\n"
-                                            "account_map = %s\n", map);
+  g_autofree gchar *text
+      = g_strdup_printf ("[upstream]\nhost = h\n[imap]\nlisten = 127.0.0.1:1143\n"
+                         "account_map = %s\n",
+                         map);
   /* PBKDF2-HMAC-SHA256("pbkdf-secret", "salt", 1000, 32), as Python's hashlib computes it. */
-  static const char pbkdf2_line[]
-      = "carol {PBKDF2-SHA256}1000$c2FsdA==$"
-        "DgMm1xuV/trFQkBouMahWUYyPDsbay3m8hKDoNyWqz4= carol@up pw\n";
+  static const char pbkdf2_line[] = "carol {PBKDF2-SHA256}1000$c2FsdA==$"
+                                    "DgMm1xuV/trFQkBouMahWUYyPDsbay3m8hKDoNyWqz4= carol@up pw\n";
 
   g_assert_no_error (error);
   g_assert_true (g_file_set_contents_full (pw, "upstream-secret\n", -1, G_FILE_SET_CONTENTS_NONE,
@@ -975,24 +1030,30 @@ test_imap_account_map (void)
                                                   "alice@up pw\n%s",
                                                   pbkdf2_line);
     g_autoptr (PgConfig) config = NULL;
-    const PgImapAccount *alice, *carol;
+    const PgAccount *alice, *carol;
 
-    g_assert_true (g_file_set_contents_full (map, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600,
-                                             &error));
+    g_assert_true (
+        g_file_set_contents_full (map, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600, &error));
     g_assert_no_error (error);
     config = load_ok (text);
-    alice = pg_config_find_imap_account (config, "alice");
+    /* The old map is an alias of [accounts] file: its lines are password accounts on the
+     * default upstream, and main is told to warn. */
+    g_assert_true (config->accounts.deprecated_map);
+    g_assert_cmpstr (config->accounts.file, ==, map);
+    alice = pg_config_find_account (config, "alice");
     g_assert_nonnull (alice);
     g_assert_cmpstr (alice->upstream_user, ==, "alice@up");
-    g_assert_cmpstr (alice->upstream_password, ==, "upstream-secret");
-    g_assert_true (pg_config_imap_account_check (alice, "local-secret"));
-    g_assert_false (pg_config_imap_account_check (alice, "local-secre"));
-    g_assert_false (pg_config_imap_account_check (alice, "local-secret!"));
-    carol = pg_config_find_imap_account (config, "carol");
+    g_assert_true (alice->upstream == &config->upstream);
+    g_assert_cmpint (alice->credential, ==, PG_CREDENTIAL_PASSWORD);
+    g_assert_cmpstr (alice->password, ==, "upstream-secret");
+    g_assert_true (pg_config_account_check (alice, "local-secret"));
+    g_assert_false (pg_config_account_check (alice, "local-secre"));
+    g_assert_false (pg_config_account_check (alice, "local-secret!"));
+    carol = pg_config_find_account (config, "carol");
     g_assert_nonnull (carol);
-    g_assert_true (pg_config_imap_account_check (carol, "pbkdf-secret"));
-    g_assert_false (pg_config_imap_account_check (carol, "pbkdf-secreT"));
-    g_assert_null (pg_config_find_imap_account (config, "nobody"));
+    g_assert_true (pg_config_account_check (carol, "pbkdf-secret"));
+    g_assert_false (pg_config_account_check (carol, "pbkdf-secreT"));
+    g_assert_null (pg_config_find_account (config, "nobody"));
   }
   /* Readable by others: refused, naming the key. */
   g_assert_cmpint (g_chmod (map, 0644), ==, 0);
@@ -1010,6 +1071,272 @@ test_imap_account_map (void)
   assert_load_error (text, "imap", "account_map", "missing");
   g_assert_no_error (error);
   g_assert_true (pg_test_rm_rf (dir));
+}
+
+/* An [upstream] text with the named groups and the accounts file `accounts`. */
+static gchar *
+accounts_config (const char *accounts, const char *extra)
+{
+  return g_strdup_printf ("[upstream]\nhost = h\n"
+                          "[upstream:m365]\nprovider = outlook\nauth = oauth2\n"
+                          "oauth2_client_id = app-1\noauth2_grant = client_credentials\n"
+                          "[upstream:g]\nprovider = gmail\nauth = oauth2\noauth2_client_id = c-2\n"
+                          "[upstream:second]\nhost = 127.0.0.1\nport = 1143\ntls = none\n"
+                          "auth_mechanism = login\n"
+                          "[pop3]\nlisten = 127.0.0.1:1110\n[accounts]\nfile = %s\n%s",
+                          accounts, extra != NULL ? extra : "");
+}
+
+static void
+write_secret (const char *path, const char *contents)
+{
+  g_autoptr (GError) error = NULL;
+
+  /* CONSISTENT: a rewrite replaces the file (NONE may leave the old tail behind). */
+  g_assert_true (
+      g_file_set_contents_full (path, contents, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error));
+  g_assert_no_error (error);
+}
+
+/* The accounts file: five fields, every credential kind, relative paths, and each rule
+ * that refuses a line names the file and the line. */
+static void
+test_accounts (TempDirFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *accounts = g_build_filename (fixture->dir, "accounts", NULL);
+  g_autofree gchar *pw = g_build_filename (fixture->dir, "sub", "alice.pw", NULL);
+  g_autofree gchar *token = g_build_filename (fixture->dir, "carol.token", NULL);
+  g_autofree gchar *text = accounts_config (accounts, NULL);
+  g_autofree gchar *line2 = g_strdup_printf ("%s line 2: ", accounts);
+  g_autoptr (PgConfig) config = NULL;
+  const PgAccount *account;
+
+  {
+    g_autofree gchar *sub = g_path_get_dirname (pw);
+    g_assert_cmpint (g_mkdir_with_parents (sub, 0700), ==, 0);
+  }
+  write_secret (pw, "up-secret\nsecond line is not part of it\n");
+  write_secret (token, "refresh-token\n");
+  write_secret (accounts, "# local  secret  upstream  user  credential\n"
+                          "alice {PLAIN}s1 default alice@up password:sub/alice.pw\n"
+                          "bob\t{PLAIN}s2\tdefault\tbob@up\t-\n"
+                          "carol {PLAIN}s3 g carol@gmail.example oauth2:carol.token\n"
+                          "scan {PLAIN}s4 m365 scans@example.com oauth2\n"
+                          "dave {PLAIN}s5 second dave@second -\n");
+  config = load_ok (text);
+  g_assert_false (config->accounts.deprecated_map);
+
+  account = pg_config_find_account (config, "alice");
+  g_assert_nonnull (account);
+  g_assert_true (account->upstream == pg_config_find_upstream (config, "default"));
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_PASSWORD);
+  g_assert_cmpstr (account->password, ==, "up-secret");
+  g_assert_null (account->token_file);
+  g_assert_true (pg_config_account_check (account, "s1"));
+  g_assert_false (pg_config_account_check (account, "s2"));
+  g_assert_false (pg_config_account_check (account, ""));
+
+  account = pg_config_find_account (config, "bob");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_PASS_THROUGH);
+  g_assert_null (account->password);
+  g_assert_cmpstr (account->upstream_user, ==, "bob@up");
+
+  account = pg_config_find_account (config, "carol");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_OAUTH2);
+  g_assert_cmpstr (account->token_file, ==, token);
+  g_assert_true (account->upstream == pg_config_find_upstream (config, "g"));
+  g_assert_cmpstr (account->upstream->name, ==, "g");
+
+  account = pg_config_find_account (config, "scan");
+  g_assert_cmpint (account->credential, ==, PG_CREDENTIAL_OAUTH2_CLIENT);
+  g_assert_null (account->token_file);
+  g_assert_cmpstr (account->upstream->name, ==, "m365");
+
+  account = pg_config_find_account (config, "dave");
+  g_assert_cmpstr (account->upstream->name, ==, "second");
+  g_assert_cmpint (account->upstream->auth_mechanism, ==, PG_AUTH_MECHANISM_LOGIN);
+  g_assert_null (pg_config_find_account (config, "alice#phone"));
+
+  /* Each rule, on line 2 of the file. */
+  {
+    static const struct
+    {
+      const char *line;
+      const char *fragment;
+    } bad[] = {
+      { "x {PLAIN}s nowhere u -", "unknown upstream \"nowhere\"" },
+      { "x {PLAIN} default u -", "not empty" },
+      { "x {MD5}abc default u -", "local secret" },
+      { "x {PLAIN}s default u", "expected \"local-user local-secret upstream upstream-user" },
+      { "x {PLAIN}s", "expected \"local-user local-secret upstream upstream-user" },
+      { "x {PLAIN}s default u password:missing.pw", "missing.pw" },
+      { "x {PLAIN}s default u oauth2:carol.token", "auth = password" },
+      { "x {PLAIN}s g u oauth2", "client_credentials" },
+      { "x {PLAIN}s g u -", "auth = oauth2" },
+      { "x {PLAIN}s m365 u password:sub/alice.pw", "auth = oauth2" },
+      { "x {PLAIN}s g u oauth2:no.token", "no.token" },
+      { "x {PLAIN}s default u secret", "password:FILE, oauth2:FILE, oauth2 or -" },
+      { "alice {PLAIN}s default u -", "listed twice" },
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
+      {
+        g_autofree gchar *contents
+            = g_strdup_printf ("alice {PLAIN}s1 default alice@up -\n%s\n", bad[i].line);
+        g_autoptr (GError) error = NULL;
+        g_autoptr (PgConfig) refused = NULL;
+
+        write_secret (accounts, contents);
+        /* "test.conf: [accounts] file: FILE line 2: what is wrong" */
+        assert_load_error (text, "accounts", "file", line2);
+        refused = pg_config_load_data (text, strlen (text), "test.conf", &error);
+        g_assert_null (refused);
+        if (strstr (error->message, bad[i].fragment) == NULL)
+          g_error ("line \"%s\": expected \"%s\" in: %s", bad[i].line, bad[i].fragment,
+                   error->message);
+      }
+  }
+  /* Secret files must be 0600: the accounts file, a password file, a token file. */
+  write_secret (accounts, "alice {PLAIN}s1 default alice@up password:sub/alice.pw\n"
+                          "carol {PLAIN}s3 g carol@gmail.example oauth2:carol.token\n");
+  g_assert_cmpint (g_chmod (pw, 0640), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (pw, 0600), ==, 0);
+  g_assert_cmpint (g_chmod (token, 0604), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (token, 0600), ==, 0);
+  g_assert_cmpint (g_chmod (accounts, 0644), ==, 0);
+  assert_load_error (text, "accounts", "file", "chmod 600");
+  g_assert_cmpint (g_chmod (accounts, 0600), ==, 0);
+  g_clear_pointer (&config, pg_config_unref);
+  config = load_ok (text);
+  /* The old key and the new one together: which one would win is not obvious. */
+  {
+    g_autofree gchar *both = accounts_config (accounts, NULL);
+    g_autofree gchar *with_map = g_strdup_printf ("%s[imap]\naccount_map = %s\n", both, accounts);
+    assert_load_error (with_map, "imap", "account_map", "set only one");
+  }
+}
+
+/* [upstream:NAME] groups, provider presets, auth and the oauth2_* rules. */
+static void
+test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *secret = g_build_filename (fixture->dir, "client.secret", NULL);
+  const PgUpstreamConfig *up;
+
+  {
+    g_autoptr (PgConfig) config
+        = load_ok ("[upstream]\nprovider = gmail\n"
+                   "[upstream:work]\nprovider = outlook\nauth = oauth2\noauth2_client_id = id-1\n"
+                   "port = 1993\noauth2_scope = custom\n"
+                   "[upstream:plain]\nhost = 127.0.0.1\ntls = none\nauth_mechanism = plain\n"
+                   "mailbox = Archive\n"
+                   "[pop3]\nlisten = 127.0.0.1:1110\n");
+
+    up = pg_config_find_upstream (config, "default");
+    g_assert_true (up == &config->upstream);
+    g_assert_cmpstr (up->provider, ==, "gmail");
+    g_assert_cmpstr (up->host, ==, "imap.gmail.com");
+    g_assert_cmpint (up->port, ==, 993);
+    g_assert_cmpint (up->tls, ==, PG_UPSTREAM_TLS_IMPLICIT);
+    g_assert_cmpint (up->auth, ==, PG_UPSTREAM_AUTH_PASSWORD);
+    g_assert_cmpstr (up->oauth2.token_url, ==, "https://oauth2.googleapis.com/token");
+    g_assert_cmpstr (up->oauth2.authorize_url, ==, "https://accounts.google.com/o/oauth2/v2/auth");
+    g_assert_cmpstr (up->oauth2.device_url, ==, "https://oauth2.googleapis.com/device/code");
+    g_assert_cmpstr (up->oauth2.scope, ==, "https://mail.google.com/");
+
+    g_assert_cmpuint (config->upstreams->len, ==, 2);
+    up = pg_config_find_upstream (config, "work");
+    g_assert_nonnull (up);
+    g_assert_cmpstr (up->name, ==, "work");
+    g_assert_cmpstr (up->host, ==, "outlook.office365.com");
+    g_assert_cmpint (up->port, ==, 1993); /* a key overrides the preset */
+    g_assert_cmpint (up->auth, ==, PG_UPSTREAM_AUTH_OAUTH2);
+    g_assert_cmpstr (up->oauth2.token_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/token");
+    g_assert_cmpstr (up->oauth2.authorize_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/authorize");
+    g_assert_cmpstr (up->oauth2.device_url, ==,
+                     "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode");
+    g_assert_cmpstr (up->oauth2.scope, ==, "custom");
+    g_assert_cmpstr (up->oauth2.client_id, ==, "id-1");
+    g_assert_cmpint (up->oauth2.grant, ==, PG_OAUTH2_GRANT_REFRESH_TOKEN);
+    g_assert_cmpint (up->oauth2.mechanism, ==, PG_OAUTH2_MECHANISM_AUTO);
+    g_assert_cmpstr (up->mailbox, ==, "INBOX");
+
+    up = pg_config_find_upstream (config, "plain");
+    g_assert_cmpint (up->port, ==, 143);
+    g_assert_cmpint (up->auth_mechanism, ==, PG_AUTH_MECHANISM_PLAIN);
+    g_assert_cmpstr (up->mailbox, ==, "Archive");
+    g_assert_cmpstr (up->provider, ==, "generic");
+    g_assert_null (up->oauth2.token_url);
+    g_assert_null (pg_config_find_upstream (config, "nope"));
+  }
+  {
+    g_autoptr (PgConfig) config = load_ok (
+        "[upstream]\nhost = h\nauth = oauth2\noauth2_token_url = http://127.0.0.1:8080/token\n"
+        "oauth2_client_id = c\noauth2_grant = client_credentials\n"
+        "oauth2_mechanism = oauthbearer\n"
+        "[upstream:v6]\nhost = h\nauth = oauth2\noauth2_token_url = http://[::1]/t\n"
+        "oauth2_client_id = c\noauth2_mechanism = xoauth2\n"
+        "[pop3]\nlisten = 127.0.0.1:1110\n");
+
+    g_assert_cmpint (config->upstream.auth, ==, PG_UPSTREAM_AUTH_OAUTH2);
+    g_assert_cmpint (config->upstream.oauth2.grant, ==, PG_OAUTH2_GRANT_CLIENT_CREDENTIALS);
+    g_assert_cmpint (config->upstream.oauth2.mechanism, ==, PG_OAUTH2_MECHANISM_OAUTHBEARER);
+    g_assert_cmpint (pg_config_find_upstream (config, "v6")->oauth2.mechanism, ==,
+                     PG_OAUTH2_MECHANISM_XOAUTH2);
+  }
+
+#define UP_G "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = h\n[upstream:x]\nhost = h\n"
+  assert_load_error (UP_G "auth = oauth2\noauth2_client_id = c\n", "upstream:x", "oauth2_token_url",
+                     "missing");
+  assert_load_error (UP_G "auth = oauth2\noauth2_token_url = https://t/\n", "upstream:x",
+                     "oauth2_client_id", "missing");
+  assert_load_error (UP_G "oauth2_token_url = http://auth.example.com/token\n", "upstream:x",
+                     "oauth2_token_url", "loopback");
+  assert_load_error (UP_G "oauth2_token_url = http://127.0.0.1.example.com/token\n", "upstream:x",
+                     "oauth2_token_url", "loopback");
+  assert_load_error (UP_G "oauth2_device_url = ftp://127.0.0.1/\n", "upstream:x",
+                     "oauth2_device_url", "https://");
+  assert_load_error (UP_G "oauth2_token_url = not a url\n", "upstream:x", "oauth2_token_url",
+                     "not a URL");
+  assert_load_error (UP_G "auth = kerberos\n", "upstream:x", "auth", "password, oauth2");
+  assert_load_error (UP_G "auth_mechanism = cram-md5\n", "upstream:x", "auth_mechanism",
+                     "auto, plain, login");
+  assert_load_error (UP_G "provider = yahoo\n", "upstream:x", "provider",
+                     "generic, gmail, outlook");
+  assert_load_error (UP_G "oauth2_grant = password\n", "upstream:x", "oauth2_grant",
+                     "refresh_token, client_credentials");
+  assert_load_error (UP_G "oauth2_mechanism = plain\n", "upstream:x", "oauth2_mechanism",
+                     "auto, xoauth2, oauthbearer");
+  assert_load_error (UP_G "listen = 1.2.3.4:5\n", "upstream:x", "listen", "unknown key");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:y]\nport = 1\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:y", "host", "missing");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:", NULL, "1 to");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:default]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:default", NULL, "[upstream] itself");
+  assert_load_error ("[upstream]\nhost = h\n[upstream:a b]\nhost = h\n"
+                     "[pop3]\nlisten = 127.0.0.1:1110\n",
+                     "upstream:a b", NULL, "letters");
+  /* The client secret file: it must exist and be 0600. */
+  {
+    g_autofree gchar *text = g_strdup_printf (UP_G "oauth2_client_secret_file = %s\n", secret);
+    g_autoptr (PgConfig) config = NULL;
+
+    assert_load_error (text, "upstream:x", "oauth2_client_secret_file", "client.secret");
+    write_secret (secret, "shh\n");
+    config = load_ok (text);
+    g_assert_cmpstr (pg_config_find_upstream (config, "x")->oauth2.client_secret_file, ==, secret);
+    g_assert_cmpint (g_chmod (secret, 0640), ==, 0);
+    assert_load_error (text, "upstream:x", "oauth2_client_secret_file", "chmod 600");
+  }
+#undef UP_G
 }
 
 int
@@ -1042,6 +1369,10 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/config/refcount", test_refcount);
   g_test_add_func ("/popgate/config/example-as-is", test_example_as_is);
   g_test_add_func ("/popgate/config/imap-account-map", test_imap_account_map);
+  g_test_add ("/popgate/config/accounts", TempDirFixture, NULL, temp_dir_setup, test_accounts,
+              temp_dir_teardown);
+  g_test_add ("/popgate/config/upstream-groups", TempDirFixture, NULL, temp_dir_setup,
+              test_upstream_groups, temp_dir_teardown);
   g_test_add ("/popgate/config/example-every-key", TempDirFixture, NULL, temp_dir_setup,
               test_example_every_key, temp_dir_teardown);
 

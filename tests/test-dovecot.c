@@ -31,7 +31,8 @@ dovecot_setup (DovecotFixture *fixture, gconstpointer data)
 
   fixture->dovecot = pg_test_dovecot_new (options, &error);
   g_assert_no_error (error);
-  PG_TEST_ASSERT_OK (pg_test_dovecot_add_user (fixture->dovecot, ALICE, ALICE_PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_add_user (fixture->dovecot, ALICE, ALICE_PASSWORD, &error),
+                     error);
   PG_TEST_ASSERT_OK (pg_test_dovecot_add_user (fixture->dovecot, BOB, BOB_PASSWORD, &error), error);
   PG_TEST_ASSERT_OK (pg_test_dovecot_start (fixture->dovecot, &error), error);
 }
@@ -72,12 +73,12 @@ test_dovecot_login_plain (DovecotFixture *fixture, gconstpointer data)
 
   if (!dovecot_available (fixture))
     return;
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   g_assert_true (g_str_has_prefix (pg_test_imap_get_greeting (imap), "* OK"));
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, ALICE, ALICE_PASSWORD, &error), error);
-  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, &uidvalidity, &exists, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, &uidvalidity, &exists, &error),
+                     error);
   g_assert_cmpuint (uidvalidity, !=, 0);
   g_assert_cmpuint (exists, ==, 0);
   PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
@@ -94,8 +95,8 @@ test_dovecot_login_tls (DovecotFixture *fixture, gconstpointer data)
   for (gsize i = 0; i < G_N_ELEMENTS (identities); i++)
     {
       g_autoptr (PgTestImap) imap = pg_test_imap_connect_full (
-        fixture->dovecot->host, fixture->dovecot->imaps_port, fixture->dovecot->ca_file,
-        identities[i], PG_TEST_IMAP_TIMEOUT_S, &error);
+          fixture->dovecot->host, fixture->dovecot->imaps_port, fixture->dovecot->ca_file,
+          identities[i], PG_TEST_IMAP_TIMEOUT_S, &error);
 
       g_assert_no_error (error);
       PG_TEST_ASSERT_OK (pg_test_imap_login (imap, BOB, BOB_PASSWORD, &error), error);
@@ -133,8 +134,7 @@ test_dovecot_wrong_password (DovecotFixture *fixture, gconstpointer data)
 
   if (!dovecot_available (fixture))
     return;
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   g_assert_false (pg_test_imap_login (imap, ALICE, "p\"a\\ss wo:rd", &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_AUTH_FAILED);
@@ -170,11 +170,12 @@ test_dovecot_seed (DovecotFixture *fixture, gconstpointer data)
   if (!dovecot_available (fixture))
     return;
   PG_TEST_ASSERT_OK (pg_test_dovecot_append (fixture->dovecot, ALICE, "INBOX", message,
-                                         sizeof message - 1, &error), error);
-  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fixture->dovecot, ALICE, "Trash", &error), error);
+                                             sizeof message - 1, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fixture->dovecot, ALICE, "Trash", &error),
+                     error);
 
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, ALICE, ALICE_PASSWORD, &error), error);
   PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "Trash", TRUE, NULL, NULL, &error), error);
@@ -193,8 +194,9 @@ test_dovecot_seed (DovecotFixture *fixture, gconstpointer data)
   g_assert_false (g_strv_contains ((const char *const *) flags, "\\Seen"));
 
   /* The client's own append, flags and expunge work too. */
-  PG_TEST_ASSERT_OK (pg_test_imap_append (imap, "INBOX", "\\Seen", second, sizeof second - 1,
-                                      &appended, &error), error);
+  PG_TEST_ASSERT_OK (
+      pg_test_imap_append (imap, "INBOX", "\\Seen", second, sizeof second - 1, &appended, &error),
+      error);
   g_assert_cmpuint (appended, >, g_array_index (uids, guint32, 0));
   g_clear_pointer (&flags, g_strfreev);
   flags = pg_test_imap_fetch_flags (imap, appended, &error);
@@ -245,24 +247,20 @@ test_dovecot_pause (DovecotFixture *fixture, gconstpointer data)
 
   if (!dovecot_available (fixture))
     return;
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, ALICE, ALICE_PASSWORD, &error), error);
-  other = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                                &error);
+  other = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (other, BOB, BOB_PASSWORD, &error), error);
 
   /* Only alice's process: bob's is left running. */
-  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fixture->dovecot, ALICE, SIGSTOP),
-                    ==, 1);
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fixture->dovecot, ALICE, SIGSTOP), ==, 1);
   g_assert_cmpuint (pg_test_dovecot_signal_sessions (fixture->dovecot, 0), ==, 2);
   reply = pg_test_imap_command (other, "NOOP", &error);
   g_assert_no_error (error);
   g_clear_pointer (&reply, g_free);
-  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fixture->dovecot, ALICE, SIGCONT),
-                    ==, 1);
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (fixture->dovecot, ALICE, SIGCONT), ==, 1);
   reply = pg_test_imap_command (imap, "NOOP", &error);
   g_assert_no_error (error);
   /* Leave one paused: stop must still work (it resumes them first). */
@@ -278,16 +276,15 @@ test_dovecot_metadata (DovecotFixture *fixture, gconstpointer data)
 
   if (!dovecot_available (fixture))
     return;
-  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL,
-                               &error);
+  imap = pg_test_imap_connect (fixture->dovecot->host, fixture->dovecot->imap_port, NULL, &error);
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (pg_test_imap_login (imap, ALICE, ALICE_PASSWORD, &error), error);
   reply = pg_test_imap_command (imap, "CAPABILITY", &error);
   g_assert_no_error (error);
   g_assert_nonnull (strstr (reply, " METADATA"));
   g_clear_pointer (&reply, g_free);
-  reply = pg_test_imap_command (
-    imap, "SETMETADATA INBOX (/private/vendor/popgate/test \"v1\")", &error);
+  reply = pg_test_imap_command (imap, "SETMETADATA INBOX (/private/vendor/popgate/test \"v1\")",
+                                &error);
   g_assert_no_error (error);
   g_clear_pointer (&reply, g_free);
   reply = pg_test_imap_command (imap, "GETMETADATA INBOX /private/vendor/popgate/test", &error);
@@ -339,8 +336,8 @@ main (int argc, char **argv)
               dovecot_teardown);
   g_test_add ("/popgate/dovecot/pop3", DovecotFixture, NULL, dovecot_setup, test_dovecot_pop3,
               dovecot_teardown);
-  g_test_add ("/popgate/dovecot/pause", DovecotFixture, NULL, dovecot_setup,
-              test_dovecot_pause, dovecot_teardown);
+  g_test_add ("/popgate/dovecot/pause", DovecotFixture, NULL, dovecot_setup, test_dovecot_pause,
+              dovecot_teardown);
   g_test_add ("/popgate/dovecot/metadata", DovecotFixture, &with_metadata, dovecot_setup,
               test_dovecot_metadata, dovecot_teardown);
   g_test_add ("/popgate/dovecot/stop", DovecotFixture, NULL, dovecot_setup, test_dovecot_stop,

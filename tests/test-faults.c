@@ -69,7 +69,6 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   return popgate;
 }
 
-
 static void
 stop_popgate (PgTestPopgate *popgate)
 {
@@ -91,8 +90,6 @@ pop3_connect (PgTestPopgate *popgate)
   g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK"));
   return pop3;
 }
-
-
 
 /* USER + PASS; returns the PASS reply and how long it took. */
 static gchar *
@@ -643,9 +640,10 @@ proxy_start (const PgTestFaultRule *rule, PgTestPopgate **out_popgate)
 }
 
 /* The upstream is cut just before popgate's login command, or its snapshot FETCH, or
- * answers SELECT only after popgate's timeout: the login gets -ERR [SYS/TEMP] (not an
- * authentication failure), the session goes on, a second login (the proxy faults once)
- * works, and the mailbox is untouched. */
+ * answers SELECT only after popgate's timeout: the login gets -ERR [SYS/TEMP] (never an
+ * authentication failure) and a second login (the proxy faults once) works — or popgate
+ * recovered by itself (a cut AUTHENTICATE PLAIN falls back to LOGIN on a new connection)
+ * — and the mailbox is untouched. */
 static void
 proxy_login_fault (const PgTestFaultRule *rule)
 {
@@ -663,12 +661,15 @@ proxy_login_fault (const PgTestFaultRule *rule)
     g_autofree gchar *reply = timed_login (pop3, user, &ms);
     g_test_message ("%s fault at \"%s\": %s", rule->action == PG_TEST_FAULT_CUT ? "cut" : "delay",
                     rule->match, reply);
-    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
-  }
-  g_assert_true (pg_test_faultproxy_wait_triggered (proxy, MAX_REACTION_MS));
-  {
-    g_autofree gchar *again = timed_login (pop3, user, &ms);
-    g_assert_true (g_str_has_prefix (again, "+OK"));
+    g_assert_true (pg_test_faultproxy_wait_triggered (proxy, MAX_REACTION_MS));
+    if (!g_str_has_prefix (reply, "+OK"))
+      {
+        g_autofree gchar *again = NULL;
+
+        g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+        again = timed_login (pop3, user, &ms);
+        g_assert_true (g_str_has_prefix (again, "+OK"));
+      }
   }
   PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3 ");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
@@ -837,8 +838,10 @@ peer_snapshot_fault (PgTestPeerAction fault)
 {
   const PgTestPeerStep script[] = {
     PEER_SNAPSHOT_ASKED,
-    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
-                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC8", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 6 RFC8",
+      0 },
     { fault, NULL, 0 },
   };
   PeerRun run = { 0 };
@@ -975,10 +978,12 @@ test_peer_size_beyond_32_bits (void)
 {
   const PgTestPeerStep script[] = {
     PEER_SNAPSHOT_ASKED,
-    { PG_TEST_PEER_SEND, "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
-                         "$^ OK [READ-WRITE] selected\r\n"
-                         "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
-                         "* 2 FETCH (UID 6 RFC822.SIZE 5000000000)\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"
+      "* 2 FETCH (UID 6 RFC822.SIZE 5000000000)\r\n$ OK fetched\r\n",
+      0 },
     { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
     { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
     { PG_TEST_PEER_CLOSE, NULL, 0 },
@@ -1007,8 +1012,10 @@ test_peer_body_before_uid (void)
   const PgTestPeerStep script[] = {
     PEER_SELECTED,
     { PG_TEST_PEER_EXPECT, "UID FETCH 5,7 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND, "* 2 EXPUNGE\r\n* 2 FETCH (BODY[] {21}\r\nSubject: 7\r\n\r\nbody7\r\n UID 7)"
-                         "\r\n$ OK fetched\r\n", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXPUNGE\r\n* 2 FETCH (BODY[] {21}\r\nSubject: 7\r\n\r\nbody7\r\n UID 7)"
+      "\r\n$ OK fetched\r\n",
+      0 },
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   const char *pipelined = "RETR 1\r\nRETR 3\r\n";

@@ -119,8 +119,8 @@ test_fixture_wait_port (void)
   g_assert_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT);
   g_clear_error (&error);
 
-  listener = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                           &error);
+  listener
+      = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &error);
   g_assert_no_error (error);
   address = g_inet_socket_address_new (loopback, port);
   if (!g_socket_bind (listener, address, TRUE, &error))
@@ -176,9 +176,8 @@ test_fixture_popgate_config (void)
 
   g_assert_cmpint (stat (popgate->config_file, &st), ==, 0);
   g_assert_cmpint (st.st_mode & 0777, ==, 0600);
-  PG_TEST_ASSERT_OK (g_key_file_load_from_file (written, popgate->config_file, G_KEY_FILE_NONE,
-                                                &error),
-                     error);
+  PG_TEST_ASSERT_OK (
+      g_key_file_load_from_file (written, popgate->config_file, G_KEY_FILE_NONE, &error), error);
   listen = g_key_file_get_string (written, "pop3", "listen", &error);
   g_assert_no_error (error);
   expected = g_strdup_printf ("127.0.0.1:%u", popgate->pop3_port);

@@ -3,6 +3,7 @@
  * binary, the units, the example config and the man pages where a distribution would.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "pg-test-util.h"
+#include "popgate/pg-config.h"
 
 #include <string.h>
 
@@ -10,12 +11,12 @@
 static GHashTable *
 pg_test_install_example_keys (void)
 {
-  g_autofree gchar *path = g_test_build_filename (G_TEST_DIST, "..", "data",
-                                                  "popgate.conf.example", NULL);
+  g_autofree gchar *path
+      = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.example", NULL);
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^\\[([a-z0-9]+)\\]", 0, 0, NULL);
-  g_autoptr (GRegex) key_re = g_regex_new ("^#?([a-z_]+) = ", 0, 0, NULL);
+  g_autoptr (GRegex) key_re = g_regex_new ("^#?([a-z0-9_]+) = ", 0, 0, NULL);
   g_auto (GStrv) lines = NULL;
   g_autofree gchar *group = NULL;
   GHashTable *keys = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
@@ -47,12 +48,12 @@ pg_test_install_example_keys (void)
 static GHashTable *
 pg_test_install_man_keys (void)
 {
-  g_autofree gchar *path = g_test_build_filename (G_TEST_DIST, "..", "data",
-                                                  "popgate.conf.5.scd", NULL);
+  g_autofree gchar *path
+      = g_test_build_filename (G_TEST_DIST, "..", "data", "popgate.conf.5.scd", NULL);
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (GRegex) group_re = g_regex_new ("^## \\[([a-z0-9]+)\\]$", 0, 0, NULL);
-  g_autoptr (GRegex) key_re = g_regex_new ("^\\*([a-z_]+)\\* = ", 0, 0, NULL);
+  g_autoptr (GRegex) key_re = g_regex_new ("^\\*([a-z0-9_]+)\\* = ", 0, 0, NULL);
   g_auto (GStrv) lines = NULL;
   g_autofree gchar *group = NULL;
   GHashTable *keys = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
@@ -115,6 +116,69 @@ test_install_man_keys (void)
   g_assert_true (g_hash_table_contains (man, "upstream\nhost"));
   g_assert_cmpstr (undocumented, ==, "");
   g_assert_cmpstr (not_in_example, ==, "");
+
+  /* And every key the docs name is one the config loader accepts. */
+  {
+    GHashTableIter iter;
+    gpointer key;
+    g_autoptr (GString) unknown = g_string_new ("");
+
+    g_hash_table_iter_init (&iter, example);
+    while (g_hash_table_iter_next (&iter, &key, NULL))
+      {
+        g_auto (GStrv) parts = g_strsplit (key, "\n", 2);
+
+        if (!pg_config_is_known_key (parts[0], parts[1]))
+          g_string_append_printf (unknown, " [%s] %s", parts[0], parts[1]);
+      }
+    g_test_message ("documented but unknown to the loader:%s", unknown->str);
+    g_assert_cmpstr (unknown->str, ==, "");
+  }
+}
+
+/* Every file a document links to (markdown "](path)", or a path the example config
+ * names in a comment like "(README.md, ...)" or "docs/x.md") exists in the tree. */
+static void
+test_install_doc_links (void)
+{
+  static const char *const docs[] = { "README.md", "bench/README.md", "data/popgate.conf.example",
+                                      "data/popgate.8.scd", "data/popgate.conf.5.scd" };
+  g_autoptr (GRegex) link_re = NULL;
+  g_autoptr (GError) error = NULL;
+  guint checked = 0;
+
+  link_re = g_regex_new ("\\]\\(([^)#: ]+)\\)|(?<![\\w/.-])((?:docs|data|bench|tests|scripts)/"
+                         "[A-Za-z0-9_./-]*[A-Za-z0-9_])",
+                         0, 0, &error);
+  g_assert_no_error (error);
+  for (gsize d = 0; d < G_N_ELEMENTS (docs); d++)
+    {
+      g_autofree gchar *path = g_test_build_filename (G_TEST_DIST, "..", docs[d], NULL);
+      g_autofree gchar *dir = g_path_get_dirname (path);
+      g_autofree gchar *text = NULL;
+      g_autoptr (GMatchInfo) match = NULL;
+
+      g_file_get_contents (path, &text, NULL, &error);
+      g_assert_no_error (error);
+      g_regex_match (link_re, text, 0, &match);
+      while (g_match_info_matches (match))
+        {
+          g_autofree gchar *rel = g_match_info_fetch (match, 1);
+          g_autofree gchar *top = g_match_info_fetch (match, 2);
+          /* A markdown link is relative to its document; a bare tree path to the top. */
+          g_autofree gchar *target = rel != NULL && rel[0] != '\0'
+                                         ? g_build_filename (dir, rel, NULL)
+                                         : g_test_build_filename (G_TEST_DIST, "..", top, NULL);
+
+          if (!g_file_test (target, G_FILE_TEST_EXISTS))
+            g_error ("%s links to %s, which does not exist", docs[d],
+                     rel != NULL && rel[0] != '\0' ? rel : top);
+          checked++;
+          g_match_info_next (match, NULL);
+        }
+    }
+  g_test_message ("%u links checked", checked);
+  g_assert_cmpuint (checked, >, 3);
 }
 
 static void
@@ -142,8 +206,8 @@ test_install_destdir (void)
   g_assert_nonnull (build_root);
   g_assert_nonnull (installed);
   {
-    const char *argv[] = { "meson", "install", "-C", build_root, "--no-rebuild", "--quiet",
-                           "--destdir", destdir, NULL };
+    const char *argv[] = { "meson",   "install",   "-C",    build_root, "--no-rebuild",
+                           "--quiet", "--destdir", destdir, NULL };
     pg_test_run (argv, NULL, 60000, &output, &error);
     g_assert_no_error (error);
   }
@@ -172,6 +236,28 @@ test_install_destdir (void)
     g_assert_no_error (error);
     g_assert_nonnull (strstr (service, exec));
     g_assert_nonnull (strstr (service, "/popgate/popgate.conf\n"));
+
+    /* The config is checked before start and before a reload, as nginx's unit does. */
+    {
+      g_autofree gchar *pre = g_strdup_printf ("\nExecStartPre=%s --config ", expected[0]);
+      g_autofree gchar *reload = g_strdup_printf ("\nExecReload=%s --config ", expected[0]);
+      const char *line = strstr (service, pre);
+
+      g_assert_nonnull (line);
+      g_assert_nonnull (strstr (line + 1, " --check"));
+      g_assert_nonnull (strstr (service, reload));
+    }
+
+    /* ConfigurationDirectory= creates /etc/popgate: the unit names it exactly when that
+     * is where it reads the config (so --prefix=/usr/local does not create one directory
+     * and read another). */
+    {
+      gboolean in_etc = strstr (service, " --config /etc/popgate/popgate.conf") != NULL;
+      gboolean creates_etc = strstr (service, "\nConfigurationDirectory=popgate\n") != NULL;
+
+      g_test_message ("config in /etc: %d, ConfigurationDirectory: %d", in_etc, creates_etc);
+      g_assert_cmpint (in_etc, ==, creates_etc);
+    }
   }
 
   /* The man pages are roff that starts with their title. */
@@ -193,5 +279,6 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/popgate/install/man-keys", test_install_man_keys);
   g_test_add_func ("/popgate/install/destdir", test_install_destdir);
+  g_test_add_func ("/popgate/install/doc-links", test_install_doc_links);
   return g_test_run ();
 }

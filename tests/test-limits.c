@@ -62,7 +62,6 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port, const char *const *set
   return popgate;
 }
 
-
 static void
 stop_popgate (PgTestPopgate *popgate)
 {
@@ -84,8 +83,6 @@ pop3_connect (PgTestPopgate *popgate)
   return pop3;
 }
 
-
-
 static gchar *
 read_line (PgTestPop3 *pop3)
 {
@@ -101,8 +98,8 @@ read_line (PgTestPop3 *pop3)
 static guint64
 popgate_rss_kb (PgTestPopgate *popgate)
 {
-  g_autofree gchar *path = g_strdup_printf ("/proc/%d/status",
-                                            (int) pg_test_popgate_get_pid (popgate));
+  g_autofree gchar *path
+      = g_strdup_printf ("/proc/%d/status", (int) pg_test_popgate_get_pid (popgate));
   g_autofree gchar *status = NULL;
   const char *line;
 
@@ -136,8 +133,8 @@ assert_rss_bounded (PgTestPopgate *popgate, guint64 baseline_kb, guint ms, const
   RssWatch watch = { popgate, baseline_kb + RSS_GROWTH_BOUND_KB, 0 };
   gboolean exceeded = pg_test_wait_until (rss_exceeded_cb, &watch, ms);
 
-  g_test_message ("%s: RSS %" G_GUINT64_FORMAT " KiB before, peak %" G_GUINT64_FORMAT " KiB",
-                  what, baseline_kb, watch.peak_kb);
+  g_test_message ("%s: RSS %" G_GUINT64_FORMAT " KiB before, peak %" G_GUINT64_FORMAT " KiB", what,
+                  baseline_kb, watch.peak_kb);
   g_assert_false (exceeded);
 }
 
@@ -149,8 +146,8 @@ raw_connect (PgTestPopgate *popgate)
   g_autoptr (GError) error = NULL;
   g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
   g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, popgate->pop3_port);
-  GSocket *socket = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                                  G_SOCKET_PROTOCOL_TCP, &error);
+  GSocket *socket
+      = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &error);
 
   g_assert_no_error (error);
   PG_TEST_ASSERT_OK (g_socket_connect (socket, address, NULL, &error), error);
@@ -194,8 +191,8 @@ static gboolean
 accepts_again_cb (gpointer user_data)
 {
   PgTestPopgate *popgate = user_data;
-  g_autoptr (PgTestPop3) pop3 = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL,
-                                                      NULL);
+  g_autoptr (PgTestPop3) pop3
+      = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, NULL);
   return pop3 != NULL && g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK");
 }
 
@@ -210,8 +207,8 @@ test_sessions_total (void)
     sessions[i] = pop3_connect (popgate);
   {
     g_autoptr (GError) error = NULL;
-    g_autoptr (PgTestPop3) refused = pg_test_pop3_connect (popgate->host, popgate->pop3_port,
-                                                           NULL, &error);
+    g_autoptr (PgTestPop3) refused
+        = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, &error);
     /* Refused with a reason in POP3's terms, or closed before the line arrived. */
     if (refused != NULL)
       {
@@ -240,8 +237,7 @@ test_sessions_per_address (void)
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPop3) a = pop3_connect (popgate);
   g_autoptr (PgTestPop3) b = pop3_connect (popgate);
-  g_autoptr (PgTestPop3) c = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL,
-                                                   NULL);
+  g_autoptr (PgTestPop3) c = pg_test_pop3_connect (popgate->host, popgate->pop3_port, NULL, NULL);
   g_autoptr (PgTestPop3) other = NULL;
 
   if (c != NULL)
@@ -265,8 +261,8 @@ test_sessions_per_address (void)
 static void
 test_auth_failure_delay (void)
 {
-  static const char *const settings[] = { "limits", "auth_failure_delay", "700ms",
-                                          "limits", "max_auth_failures", "3", NULL };
+  static const char *const settings[]
+      = { "limits", "auth_failure_delay", "700ms", "limits", "max_auth_failures", "3", NULL };
   g_autofree gchar *user = test_user_name ();
   g_autofree gchar *user_cmd = g_strdup_printf ("USER %s", user);
   PgTestPopgate *popgate = start_popgate (upstream, 0, settings);
@@ -370,7 +366,8 @@ test_pipelined_flood (void)
   guint64 sent = flood (socket, "CAPA\r\n", 64 * 1024 * 1024);
 
   g_test_message ("flood: %" G_GUINT64_FORMAT " bytes of CAPA taken before popgate stopped "
-                  "reading", sent);
+                  "reading",
+                  sent);
   /* popgate stopped taking input long before 64 MB. */
   g_assert_cmpuint (sent, <, 32 * 1024 * 1024);
   assert_rss_bounded (popgate, baseline, 1000, "pipelined flood");
@@ -386,8 +383,7 @@ test_slow_reader (void)
   g_autofree gchar *user = test_user_name ();
   g_autoptr (GString) big = g_string_new ("Subject: fifty\r\n\r\n");
   g_autofree gchar *line = g_strnfill (998, 'z');
-  g_autofree gchar *user_cmd = g_strdup_printf ("USER %s\r\nPASS %s\r\nRETR 1\r\n", user,
-                                                PASSWORD);
+  g_autofree gchar *user_cmd = g_strdup_printf ("USER %s\r\nPASS %s\r\nRETR 1\r\n", user, PASSWORD);
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPop3) pop3 = NULL;
   PgTestPopgate *popgate;
@@ -563,8 +559,7 @@ test_idle_after_login (void)
     int exit_code = -1;
     g_autofree gchar *output = NULL;
     pg_test_popgate_set (popgate, "pop3", "autologout", "9m");
-    PG_TEST_ASSERT_OK (pg_test_popgate_run (popgate, short_autologout, &exit_code, &output,
-                                            &error),
+    PG_TEST_ASSERT_OK (pg_test_popgate_run (popgate, short_autologout, &exit_code, &output, &error),
                        error);
     g_assert_cmpint (exit_code, !=, 0);
     g_assert_nonnull (strstr (output, "autologout"));
@@ -680,8 +675,8 @@ main (int argc, char **argv)
    * for the popgate processes we start keeps RSS about live memory. */
   if (g_getenv ("ASAN_OPTIONS") != NULL)
     {
-      g_autofree gchar *options = g_strconcat (g_getenv ("ASAN_OPTIONS"),
-                                               ":quarantine_size_mb=1", NULL);
+      g_autofree gchar *options
+          = g_strconcat (g_getenv ("ASAN_OPTIONS"), ":quarantine_size_mb=1", NULL);
       g_setenv ("ASAN_OPTIONS", options, TRUE);
     }
   upstream = pg_test_dovecot_new (NULL, &error);

@@ -3,6 +3,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-test-openmetrics.h"
+#include "pg-test-util.h"
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-metrics.h"
@@ -244,13 +245,13 @@ test_default_registry (void)
   g_assert_no_error (error);
   g_assert_cmpuint (g_hash_table_size (samples), ==, g_hash_table_size (prom_samples));
 
-  /* Every metric name starts with popgate_. */
+  /* Every metric name starts with popgate_, but the standard process_* ones. */
   {
     GHashTableIter iter;
     gpointer key;
     g_hash_table_iter_init (&iter, samples);
     while (g_hash_table_iter_next (&iter, &key, NULL))
-      g_assert_true (g_str_has_prefix (key, "popgate_"));
+      g_assert_true (g_str_has_prefix (key, "popgate_") || g_str_has_prefix (key, "process_"));
   }
 #define GET(series) pg_test_openmetrics_get (samples, series)
   g_assert_cmpfloat (GET ("popgate_sessions{frontend=\"pop3\",state=\"preauth\"}"), ==, 0);
@@ -273,8 +274,57 @@ test_default_registry (void)
   g_assert_cmpfloat (
       GET ("popgate_upstream_command_duration_seconds_bucket{command=\"LOGIN\",le=\"0.001\"}"), ==,
       1);
-#undef GET
+  g_assert_nonnull (strstr (om, "# TYPE popgate_build info\n"));
   g_assert_nonnull (strstr (om, "popgate_build_info{version=\""));
+  g_assert_nonnull (strstr (prom, "# TYPE popgate_build_info gauge\n"));
+  g_assert_nonnull (strstr (om, "# UNIT popgate_client_bytes bytes\n"));
+  g_assert_null (strstr (prom, "# UNIT"));
+  /* The process_* families, read from /proc/self of this test. */
+  g_assert_cmpfloat (GET ("process_resident_memory_bytes"), >, 0);
+  g_assert_cmpfloat (GET ("process_virtual_memory_bytes"), >=,
+                     GET ("process_resident_memory_bytes"));
+  g_assert_cmpfloat (GET ("process_open_fds"), >=, 3); /* stdin, stdout, stderr */
+  g_assert_cmpfloat (GET ("process_max_fds"), >=, GET ("process_open_fds"));
+  g_assert_cmpfloat (GET ("process_cpu_seconds_total"), >=, 0);
+  g_assert_cmpfloat (GET ("process_start_time_seconds"), >, 1e9);
+  g_assert_cmpfloat (GET ("process_start_time_seconds"), <=, g_get_real_time () / 1e6 + 1);
+#undef GET
+  pg_metrics_shutdown ();
+}
+
+/* The text parses with a real OpenMetrics parser: Python prometheus_client's (Debian
+ * python3-prometheus-client), which also checks UNIT suffixes, info families and # EOF. */
+static void
+test_real_parser (void)
+{
+  static const char script[]
+      = "import sys\n"
+        "from prometheus_client.openmetrics.parser import text_string_to_metric_families\n"
+        "for f in text_string_to_metric_families(sys.stdin.read()):\n"
+        "    print(f.name, f.type, f.unit or '-', len(f.samples))\n";
+  const char *const argv[] = { "/usr/bin/python3", "-c", script, NULL };
+  g_autofree gchar *om = NULL;
+  g_autofree gchar *output = NULL;
+  g_autoptr (GBytes) input = NULL;
+  g_autoptr (GError) error = NULL;
+  int code = -1;
+
+  pg_metrics_reset ();
+  pg_metrics_client_bytes (PG_METRICS_FRONTEND_POP3, PG_METRICS_DIRECTION_IN, 42);
+  pg_metrics_upstream_command ("LOGIN", 1500);
+  om = pg_metrics_render (PG_METRICS_FORMAT_OPENMETRICS, NULL);
+  input = g_bytes_new (om, strlen (om));
+  PG_TEST_ASSERT_OK (pg_test_run_status (argv, input, 30000, &code, &output, &error), error);
+  if (code != 0)
+    g_error ("prometheus_client refused the text (%d): %s\n%s", code, output, om);
+  g_test_message ("%s", output);
+  g_assert_nonnull (strstr (output, "popgate_build info - 1\n"));
+  g_assert_nonnull (strstr (output, "popgate_client_bytes counter bytes 4\n"));
+  g_assert_nonnull (strstr (output, "popgate_upstream_command_duration_seconds histogram seconds"));
+  g_assert_nonnull (strstr (output, "process_cpu_seconds counter seconds 1\n"));
+  g_assert_nonnull (strstr (output, "process_resident_memory_bytes gauge bytes 1\n"));
+  g_assert_nonnull (strstr (output, "process_open_fds gauge - 1\n"));
+  g_assert_nonnull (strstr (output, "process_start_time_seconds gauge seconds 1\n"));
   pg_metrics_shutdown ();
 }
 
@@ -288,5 +338,6 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/metrics/label-escaping", test_label_escaping);
   g_test_add_func ("/popgate/metrics/checker-rejects", test_checker_rejects);
   g_test_add_func ("/popgate/metrics/default-registry", test_default_registry);
+  g_test_add_func ("/popgate/metrics/real-parser", test_real_parser);
   return g_test_run ();
 }

@@ -7,6 +7,7 @@
  */
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
 #include "popgate/pg-net.h"
 
 #include "pg-test-certs.h"
@@ -19,9 +20,9 @@
 static guint16
 free_port (const char *host)
 {
-  g_autoptr (GSocket) sock = g_socket_new (strchr (host, ':') ? G_SOCKET_FAMILY_IPV6
-                                                              : G_SOCKET_FAMILY_IPV4,
-                                           G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GSocket) sock
+      = g_socket_new (strchr (host, ':') ? G_SOCKET_FAMILY_IPV6 : G_SOCKET_FAMILY_IPV4,
+                      G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
   g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (host);
   g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, 0);
   g_autoptr (GSocketAddress) bound = NULL;
@@ -94,7 +95,8 @@ frontend_start (PgConn *conn, gpointer user_data)
   g_signal_connect (conn, "closed", G_CALLBACK (frontend_closed_cb), fe);
   g_signal_connect (conn, "timeout", G_CALLBACK (frontend_timeout_cb), fe);
   g_signal_connect (conn, "shutdown", G_CALLBACK (frontend_shutdown_cb), fe);
-  pg_conn_write_printf (conn, "+OK hello %s%s\r\n", pg_frontend_to_string (pg_conn_get_frontend (conn)),
+  pg_conn_write_printf (conn, "+OK hello %s%s\r\n",
+                        pg_frontend_to_string (pg_conn_get_frontend (conn)),
                         pg_conn_is_tls (conn) ? " tls" : "");
 }
 
@@ -126,8 +128,8 @@ static void
 client_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   Client *client = user_data;
-  client->stream = G_IO_STREAM (g_socket_client_connect_finish (G_SOCKET_CLIENT (source),
-                                                                result, &client->error));
+  client->stream = G_IO_STREAM (
+      g_socket_client_connect_finish (G_SOCKET_CLIENT (source), result, &client->error));
   client->done = TRUE;
 }
 
@@ -158,8 +160,7 @@ client_connect (const char *host, guint16 port, const char *bind_ip, const char 
       g_autoptr (GSocketAddress) local_addr = g_inet_socket_address_new (local, 0);
       g_socket_client_set_local_address (sc, local_addr);
     }
-  g_socket_client_connect_async (sc, G_SOCKET_CONNECTABLE (addr), NULL, client_connect_cb,
-                                 client);
+  g_socket_client_connect_async (sc, G_SOCKET_CONNECTABLE (addr), NULL, client_connect_cb, client);
   iterate_until (&client->done);
   if (client->stream == NULL || ca_file == NULL)
     return client;
@@ -232,13 +233,13 @@ static PgConfig *
 make_config (Fixture *fx, const char *extra)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *text = g_strdup_printf (
-      "[upstream]\nhost = 127.0.0.1\ntls = none\nport = 143\n"
-      "[pop3]\nlisten = 127.0.0.1:%u, [::1]:%u\ntls_listen = 127.0.0.1:%u\n"
-      "[tls]\ncert = %s\nkey = %s\n"
-      "%s",
-      fx->port4, fx->port6, fx->tls_port, fx->certs->cert_file, fx->certs->key_file,
-      extra != NULL ? extra : "");
+  g_autofree gchar *text
+      = g_strdup_printf ("[upstream]\nhost = 127.0.0.1\ntls = none\nport = 143\n"
+                         "[pop3]\nlisten = 127.0.0.1:%u, [::1]:%u\ntls_listen = 127.0.0.1:%u\n"
+                         "[tls]\ncert = %s\nkey = %s\n"
+                         "%s",
+                         fx->port4, fx->port6, fx->tls_port, fx->certs->cert_file,
+                         fx->certs->key_file, extra != NULL ? extra : "");
   PgConfig *config = pg_config_load_data (text, strlen (text), "test.conf", &error);
 
   g_assert_no_error (error);
@@ -283,6 +284,141 @@ fixture_teardown (Fixture *fx, gconstpointer data)
 
 /* --- tests -------------------------------------------------------------------------------- */
 
+/* Corked output stays off the socket until the last uncork, then arrives whole and in
+ * order, also past PG_CLIENT_CORK_MAX; a close flushes what a cork holds. */
+static void
+test_cork (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (GBytes) b = g_bytes_new_static ("b", 1);
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *big = g_malloc (PG_CLIENT_CORK_MAX + 10);
+  g_autoptr (GString) expected = g_string_new ("+OK hello pop3\r\na");
+  GInputStream *in = NULL;
+  PgConn *conn = NULL;
+  char byte = 0;
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  conn = g_ptr_array_index (fx->fe.conns, 0);
+  in = g_io_stream_get_input_stream (client->stream);
+
+  pg_conn_cork (conn);
+  pg_conn_write (conn, "a", 1);
+  pg_conn_cork (conn);
+  pg_conn_write_bytes (conn, b);
+  pg_conn_uncork (conn); /* inner: still corked */
+  pg_conn_write_printf (conn, "%s\r\n", "c");
+  g_assert_cmpuint (pg_conn_get_queued (conn), ==, 5);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+  g_assert_cmpint (g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in), &byte, 1,
+                                                             NULL, &error),
+                   ==, -1);
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK);
+  pg_conn_uncork (conn);
+  client_expect (client, "abc\r\n");
+  g_assert_cmpstr (client->received->str, ==, "+OK hello pop3\r\nabc\r\n");
+
+  /* More than a cork holds, between two small writes. */
+  memset (big, 'y', PG_CLIENT_CORK_MAX + 10);
+  pg_conn_cork (conn);
+  pg_conn_write (conn, "x", 1);
+  pg_conn_write (conn, big, PG_CLIENT_CORK_MAX + 10);
+  pg_conn_write (conn, "z\r\n", 3);
+  pg_conn_uncork (conn);
+  client_expect (client, "z\r\n");
+  g_string_assign (expected, "+OK hello pop3\r\nabc\r\nx");
+  g_string_append_len (expected, big, PG_CLIENT_CORK_MAX + 10);
+  g_string_append (expected, "z\r\n");
+  g_assert_cmpuint (client->received->len, ==, expected->len);
+  g_assert_true (memcmp (client->received->str, expected->str, expected->len) == 0);
+
+  /* Closing a corked connection sends what the cork holds, then closes. */
+  pg_conn_cork (conn);
+  pg_conn_write (conn, "-ERR bye\r\n", 10);
+  pg_conn_close (conn);
+  client_expect (client, NULL);
+  g_assert_true (g_str_has_suffix (client->received->str, "z\r\n-ERR bye\r\n"));
+  g_assert_cmpuint (fx->fe.closed, ==, 1);
+  pg_conn_uncork (conn);
+}
+
+typedef struct
+{
+  gboolean done;
+  gssize n;
+  GError *error;
+} ReadResult;
+
+static void
+read_result_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  ReadResult *r = user_data;
+
+  r->n = pg_conn_read_finish (PG_CONN (source), result, &r->error);
+  r->done = TRUE;
+}
+
+/* Reads from the connection's kept readable source: a cancelled read fails with
+ * CANCELLED and the next read (same or new cancellable) still gets the client's bytes; a
+ * read pending when the connection closes fails from the main loop, never inside the
+ * close. */
+static void
+test_read_cancel_close (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GCancellable) other = g_cancellable_new ();
+  GOutputStream *out = NULL;
+  ReadResult r = { 0 };
+  char buf[64];
+  PgConn *conn = NULL;
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  conn = g_ptr_array_index (fx->fe.conns, 0);
+  out = g_io_stream_get_output_stream (client->stream);
+
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
+  g_cancellable_cancel (cancellable);
+  iterate_until (&r.done);
+  g_assert_cmpint (r.n, ==, -1);
+  g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&r.error);
+
+  /* The same, already cancelled cancellable fails the next read at once. */
+  r.done = FALSE;
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
+  iterate_until (&r.done);
+  g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&r.error);
+
+  /* Another cancellable: input sent before and after the read is asked for arrives. */
+  g_assert_true (g_output_stream_write_all (out, "one\r\n", 5, NULL, NULL, NULL));
+  for (guint i = 0; i < 2; i++)
+    {
+      r.done = FALSE;
+      pg_conn_read_async (conn, buf, sizeof buf, other, read_result_cb, &r);
+      if (i == 1)
+        g_assert_true (g_output_stream_write_all (out, "two\r\n", 5, NULL, NULL, NULL));
+      iterate_until (&r.done);
+      g_assert_no_error (r.error);
+      g_assert_cmpint (r.n, ==, 5);
+      g_assert_true (memcmp (buf, i == 0 ? "one\r\n" : "two\r\n", 5) == 0);
+    }
+
+  r.done = FALSE;
+  pg_conn_read_async (conn, buf, sizeof buf, other, read_result_cb, &r);
+  pg_conn_abort (conn);
+  g_assert_false (r.done);
+  g_assert_cmpuint (fx->fe.closed, ==, 1);
+  iterate_until (&r.done);
+  g_assert_cmpint (r.n, ==, -1);
+  g_assert_nonnull (r.error);
+  g_clear_error (&r.error);
+}
+
 static void
 test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
 {
@@ -300,12 +436,12 @@ test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
 static void
 test_tls_verified (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) good = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file,
-                                            "localhost");
-  g_autoptr (Client) untrusted = client_connect ("127.0.0.1", fx->tls_port, NULL,
-                                                 fx->certs->untrusted_ca_file, "localhost");
-  g_autoptr (Client) wrong_name = client_connect ("127.0.0.1", fx->tls_port, NULL,
-                                                  fx->certs->ca_file, "mail.example.org");
+  g_autoptr (Client) good
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file, "localhost");
+  g_autoptr (Client) untrusted
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->untrusted_ca_file, "localhost");
+  g_autoptr (Client) wrong_name
+      = client_connect ("127.0.0.1", fx->tls_port, NULL, fx->certs->ca_file, "mail.example.org");
 
   g_assert_no_error (good->error);
   client_expect (good, "+OK hello pop3 tls\r\n");
@@ -390,12 +526,13 @@ test_reload (Fixture *fx, gconstpointer data)
     g_autoptr (GSocket) blocker = NULL;
     g_autoptr (PgConfig) bad = NULL;
     guint16 taken = free_port ("127.0.0.1");
-    g_autofree gchar *taken_extra = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u, 127.0.0.1:%u\n",
-                                                     added, taken);
+    g_autofree gchar *taken_extra
+        = g_strdup_printf ("[imap]\nlisten = 127.0.0.1:%u, 127.0.0.1:%u\n", added, taken);
     g_autoptr (GInetAddress) ip = g_inet_address_new_from_string ("127.0.0.1");
     g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (ip, taken);
 
-    blocker = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+    blocker
+        = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
     g_assert_true (g_socket_bind (blocker, addr, FALSE, NULL));
     g_assert_true (g_socket_listen (blocker, NULL));
     bad = make_config (fx, taken_extra);
@@ -441,17 +578,18 @@ main (int argc, char **argv)
 
   g_test_add ("/popgate/net/ipv4-ipv6", Fixture, NULL, fixture_setup, test_ipv4_ipv6,
               fixture_teardown);
+  g_test_add ("/popgate/net/read-cancel-close", Fixture, NULL, fixture_setup,
+              test_read_cancel_close, fixture_teardown);
+  g_test_add ("/popgate/net/cork", Fixture, NULL, fixture_setup, test_cork, fixture_teardown);
   g_test_add ("/popgate/net/tls-verified", Fixture, NULL, fixture_setup, test_tls_verified,
               fixture_teardown);
   g_test_add ("/popgate/net/limit-total", Fixture, "[limits]\nmax_sessions = 2\n", fixture_setup,
               test_limit_total, fixture_teardown);
-  g_test_add ("/popgate/net/limit-per-address", Fixture,
-              "[limits]\nmax_sessions_per_address = 1\n", fixture_setup, test_limit_per_address,
-              fixture_teardown);
+  g_test_add ("/popgate/net/limit-per-address", Fixture, "[limits]\nmax_sessions_per_address = 1\n",
+              fixture_setup, test_limit_per_address, fixture_teardown);
   g_test_add ("/popgate/net/preauth-timeout", Fixture, "[limits]\npreauth_timeout = 200ms\n",
               fixture_setup, test_preauth_timeout, fixture_teardown);
-  g_test_add ("/popgate/net/reload", Fixture, NULL, fixture_setup, test_reload,
-              fixture_teardown);
+  g_test_add ("/popgate/net/reload", Fixture, NULL, fixture_setup, test_reload, fixture_teardown);
   g_test_add ("/popgate/net/shutdown", Fixture, NULL, fixture_setup, test_shutdown,
               fixture_teardown);
   return g_test_run ();

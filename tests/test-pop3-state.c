@@ -154,8 +154,6 @@ fixture_teardown (Fixture *fx, gconstpointer data)
 
 /* --- POP3 helpers -------------------------------------------------------------------------- */
 
-
-
 /* Log in as login (e.g. "user#laptop") through `popgate`; returns the PASS reply. */
 static PgTestPop3 *
 pop3_try_login (PgTestPopgate *popgate, const char *login, gchar **out_status)

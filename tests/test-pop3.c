@@ -25,8 +25,8 @@ typedef struct
 {
   gchar *user;
   PgTestPopgate *popgate;
-  GArray *uids;       /* guint32: the seeded messages, in order */
-  GPtrArray *bodies;  /* GBytes: what Dovecot serves for each (CRLF) */
+  GArray *uids;      /* guint32: the seeded messages, in order */
+  GPtrArray *bodies; /* GBytes: what Dovecot serves for each (CRLF) */
 } Fixture;
 
 /* Messages with every awkward shape RETR must carry byte-exact. */
@@ -137,8 +137,7 @@ static PgTestPop3 *
 pop3_connect (Fixture *fx)
 {
   g_autoptr (GError) error = NULL;
-  PgTestPop3 *pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL,
-                                           &error);
+  PgTestPop3 *pop3 = pg_test_pop3_connect (fx->popgate->host, fx->popgate->pop3_port, NULL, &error);
   g_assert_no_error (error);
   g_assert_true (g_str_has_prefix (pg_test_pop3_get_greeting (pop3), "+OK"));
   return pop3;
@@ -154,8 +153,6 @@ pop3_login (Fixture *fx)
   g_assert_no_error (error);
   return pop3;
 }
-
-
 
 static GBytes *
 multiline (PgTestPop3 *pop3, const char *command)
@@ -186,8 +183,9 @@ test_capa (Fixture *fx, gconstpointer data)
 {
   g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
   g_autoptr (GBytes) capa = multiline (pop3, "CAPA");
-  const char *const expected[] = { "TOP", "UIDL", "USER", "SASL PLAIN LOGIN", "RESP-CODES",
-                                   "AUTH-RESP-CODE", "PIPELINING", "STLS", "EXPIRE NEVER" };
+  const char *const expected[]
+      = { "TOP",        "UIDL", "USER",        "SASL PLAIN LOGIN", "RESP-CODES", "AUTH-RESP-CODE",
+          "PIPELINING", "STLS", "EXPIRE NEVER" };
 
   for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
     if (!bytes_contains_line (capa, expected[i]))
@@ -239,14 +237,14 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
                    want_uidl->len);
   {
     g_autofree gchar *one = pg_test_pop3_cmd (pop3, "LIST 2");
-    g_autofree gchar *want = g_strdup_printf (
-        "+OK 2 %" G_GSIZE_FORMAT, g_bytes_get_size (g_ptr_array_index (fx->bodies, 1)));
+    g_autofree gchar *want = g_strdup_printf ("+OK 2 %" G_GSIZE_FORMAT,
+                                              g_bytes_get_size (g_ptr_array_index (fx->bodies, 1)));
     g_assert_cmpstr (one, ==, want);
   }
   {
     g_autofree gchar *one = pg_test_pop3_cmd (pop3, "UIDL 1");
-    g_autofree gchar *want = g_strdup_printf ("+OK 1 %08x%08x", g_array_index (fx->uids, guint32, 0),
-                                              uidvalidity);
+    g_autofree gchar *want
+        = g_strdup_printf ("+OK 1 %08x%08x", g_array_index (fx->uids, guint32, 0), uidvalidity);
     g_assert_cmpstr (one, ==, want);
   }
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
@@ -264,8 +262,8 @@ test_retr_exact (Fixture *fx, gconstpointer data)
       g_autofree gchar *status = NULL;
       g_autoptr (GBytes) got = pg_test_pop3_retr (pop3, i + 1, &status, &error);
       GBytes *want = g_ptr_array_index (fx->bodies, i);
-      g_autofree gchar *want_status = g_strdup_printf ("+OK %" G_GSIZE_FORMAT " octets",
-                                                       g_bytes_get_size (want));
+      g_autofree gchar *want_status
+          = g_strdup_printf ("+OK %" G_GSIZE_FORMAT " octets", g_bytes_get_size (want));
       gsize want_len = g_bytes_get_size (want);
       const guint8 *want_data = g_bytes_get_data (want, NULL);
 
@@ -478,8 +476,8 @@ test_no_quit_no_change (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (after->len, ==, 5);
   {
     /* RETR without QUIT does not mark \Seen either. */
-    g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 0),
-                                                      &error);
+    g_auto (GStrv) flags
+        = pg_test_imap_fetch_flags (imap, g_array_index (fx->uids, guint32, 0), &error);
     g_assert_no_error (error);
     g_assert_false (g_strv_contains ((const char *const *) flags, "\\Seen"));
   }
@@ -550,8 +548,8 @@ test_move_trash (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (trash->len, ==, 1);
   {
-    g_autoptr (GBytes) moved = pg_test_imap_fetch_body (imap, g_array_index (trash, guint32, 0),
-                                                        &error);
+    g_autoptr (GBytes) moved
+        = pg_test_imap_fetch_body (imap, g_array_index (trash, guint32, 0), &error);
     g_assert_no_error (error);
     g_assert_true (g_bytes_equal (moved, g_ptr_array_index (fx->bodies, 1)));
   }
@@ -591,8 +589,9 @@ test_vanished (Fixture *fx, gconstpointer data)
   {
     g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 3, NULL, &error);
     g_assert_no_error (error);
-    g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, 2)) ||
-                   g_bytes_get_size (body) == g_bytes_get_size (g_ptr_array_index (fx->bodies, 2)) + 2);
+    g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, 2))
+                   || g_bytes_get_size (body)
+                          == g_bytes_get_size (g_ptr_array_index (fx->bodies, 2)) + 2);
   }
   PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
@@ -721,11 +720,10 @@ test_readahead (Fixture *fx, gconstpointer data)
   assert_retr (fx, pop3, 1);
   assert_retr (fx, pop3, 2);
   /* RETR 2 continued a run: 3, 4 and 5 went upstream with it, as one command. */
-  batch = g_strdup_printf ("UID FETCH %u,%u,%u,%u (UID BODY.PEEK[])",
-                           g_array_index (fx->uids, guint32, 1),
-                           g_array_index (fx->uids, guint32, 2),
-                           g_array_index (fx->uids, guint32, 3),
-                           g_array_index (fx->uids, guint32, 4));
+  batch = g_strdup_printf (
+      "UID FETCH %u,%u,%u,%u (UID BODY.PEEK[])", g_array_index (fx->uids, guint32, 1),
+      g_array_index (fx->uids, guint32, 2), g_array_index (fx->uids, guint32, 3),
+      g_array_index (fx->uids, guint32, 4));
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, batch, 5000));
 
   /* Out of order: 5 is in flight (read ahead, now dropped) and is fetched again; its
@@ -812,8 +810,8 @@ test_stls (Fixture *fx, gconstpointer data)
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
   g_autofree gchar *plain_raw = g_strdup_printf ("%c%s%c%s", 0, fx->user, 0, PASSWORD);
-  g_autofree gchar *plain = g_base64_encode ((const guchar *) plain_raw,
-                                             2 + strlen (fx->user) + strlen (PASSWORD));
+  g_autofree gchar *plain
+      = g_base64_encode ((const guchar *) plain_raw, 2 + strlen (fx->user) + strlen (PASSWORD));
   g_autofree gchar *ir = g_strdup_printf ("AUTH PLAIN %s", plain);
   g_autoptr (GBytes) capa = NULL;
 
@@ -868,8 +866,8 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPop3) ours = pop3_login (fx);
-  g_autoptr (PgTestPop3) theirs = pg_test_pop3_connect (upstream->host, upstream->pop3_port, NULL,
-                                                        &error);
+  g_autoptr (PgTestPop3) theirs
+      = pg_test_pop3_connect (upstream->host, upstream->pop3_port, NULL, &error);
   g_autoptr (GBytes) ours_uidl = NULL;
   g_autoptr (GBytes) theirs_uidl = NULL;
 
@@ -881,7 +879,10 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
   theirs_uidl = multiline (theirs, "UIDL");
   PG_TEST_POP3_ASSERT_REPLY (theirs, "QUIT", "+OK");
   g_assert_cmpuint (g_bytes_get_size (ours_uidl), >, 0);
-  g_test_message ("ours:\n%.*s\ntheirs:\n%.*s", (int) g_bytes_get_size (ours_uidl), (const char *) g_bytes_get_data (ours_uidl, NULL), (int) g_bytes_get_size (theirs_uidl), (const char *) g_bytes_get_data (theirs_uidl, NULL));
+  g_test_message ("ours:\n%.*s\ntheirs:\n%.*s", (int) g_bytes_get_size (ours_uidl),
+                  (const char *) g_bytes_get_data (ours_uidl, NULL),
+                  (int) g_bytes_get_size (theirs_uidl),
+                  (const char *) g_bytes_get_data (theirs_uidl, NULL));
   g_assert_cmpmem (g_bytes_get_data (ours_uidl, NULL), g_bytes_get_size (ours_uidl),
                    g_bytes_get_data (theirs_uidl, NULL), g_bytes_get_size (theirs_uidl));
 }
@@ -941,8 +942,8 @@ test_poplib (Fixture *fx, gconstpointer data)
   g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "pop3-poplib.py", NULL);
   g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->pop3_port);
   g_autofree gchar *count = g_strdup_printf ("%u", fx->uids->len);
-  const char *argv[] = { "python3", script, fx->popgate->host, port, fx->user, PASSWORD, count,
-                         NULL };
+  const char *argv[]
+      = { "python3", script, fx->popgate->host, port, fx->user, PASSWORD, count, NULL };
   g_autofree gchar *output = NULL;
   int status = -1;
 

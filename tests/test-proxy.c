@@ -61,8 +61,7 @@ proxy_send (GIOStream *stream, const void *data, gsize len)
 {
   g_autoptr (GError) error = NULL;
 
-  g_output_stream_write_all (g_io_stream_get_output_stream (stream), data, len, NULL, NULL,
-                             &error);
+  g_output_stream_write_all (g_io_stream_get_output_stream (stream), data, len, NULL, NULL, &error);
   g_assert_no_error (error);
 }
 
@@ -246,8 +245,8 @@ test_proxy_invalid (ProxyFixture *fixture, gconstpointer data)
 
   /* The header and a command in one write: the command is the session's. */
   {
-    g_autofree gchar *both = g_strdup_printf ("PROXY TCP6 2001:db8::7 ::1 1234 %u\r\nCAPA\r\n",
-                                              port);
+    g_autofree gchar *both
+        = g_strdup_printf ("PROXY TCP6 2001:db8::7 ::1 1234 %u\r\nCAPA\r\n", port);
     conn = proxy_connect (port, &error);
     g_assert_no_error (error);
     proxy_send (conn, both, strlen (both));

@@ -21,7 +21,6 @@ static PgTestDovecot *upstream = NULL;
 #define PASSWORD "Tr0ub4dor&3-unlogged"
 #define WRONG_PASSWORD "c0rrect-horse-unlogged"
 
-
 static PgTestPopgate *
 start_popgate (const char *const *settings, gboolean debug)
 {
@@ -50,7 +49,6 @@ pop3_connect (PgTestPopgate *popgate)
   g_assert_no_error (error);
   return pop3;
 }
-
 
 static gchar *
 b64 (const char *data, gsize len)
@@ -189,8 +187,9 @@ tls_client_connects (PgTestPopgate *popgate, const char *priority)
   g_autofree gchar *port = g_strdup_printf ("%u", popgate->pop3s_port);
   g_autofree gchar *priority_arg = g_strdup_printf ("--priority=%s", priority);
   g_autofree gchar *ca_arg = g_strdup_printf ("--x509cafile=%s", popgate->certs->ca_file);
-  const char *argv[] = { "gnutls-cli", "--port", port, priority_arg, ca_arg,
-                         "--verify-hostname=localhost", "127.0.0.1", NULL };
+  const char *argv[]
+      = { "gnutls-cli", "--port", port, priority_arg, ca_arg, "--verify-hostname=localhost",
+          "127.0.0.1",  NULL };
   g_autoptr (GBytes) input = g_bytes_new_static ("QUIT\r\n", 6);
   g_autofree gchar *output = NULL;
   int exit_code = -1;
@@ -208,8 +207,8 @@ tls_client_connects (PgTestPopgate *popgate, const char *priority)
 static void
 test_tls_priority (void)
 {
-  static const char *const settings[] = { "tls", "priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3",
-                                          NULL };
+  static const char *const settings[]
+      = { "tls", "priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", NULL };
   PgTestPopgate *popgate = start_popgate (settings, FALSE);
 
   g_assert_true (tls_client_connects (popgate, "NORMAL:-VERS-ALL:+VERS-TLS1.3"));
@@ -268,9 +267,9 @@ main (int argc, char **argv)
   {
     g_autoptr (GError) seed_error = NULL;
     const char *msg = "Subject: s\r\n\r\nbody\r\n";
-    PG_TEST_ASSERT_OK (pg_test_dovecot_append (upstream, USER, "INBOX", msg, strlen (msg),
-                                               &seed_error),
-                       seed_error);
+    PG_TEST_ASSERT_OK (
+        pg_test_dovecot_append (upstream, USER, "INBOX", msg, strlen (msg), &seed_error),
+        seed_error);
   }
   rc = g_test_run ();
   pg_test_dovecot_free (upstream);

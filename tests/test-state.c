@@ -1187,7 +1187,7 @@ pg_test_state_upstream (PgTestImapServer *server)
   PgUpstreamMailbox mailbox = { 0 };
 
   g_assert_no_error (error);
-  upstream = pg_upstream_new (config, 0);
+  upstream = pg_upstream_new (config, &config->upstream, 0);
   {
     PgTestStateWait wait = { NULL };
     g_autoptr (GAsyncResult) result = NULL;

@@ -35,8 +35,8 @@ pg_test_systemd_stage_units (void)
 {
   g_autoptr (GError) error = NULL;
   g_autofree gchar *dir = g_dir_make_tmp ("popgate-units-XXXXXX", &error);
-  g_autofree gchar *service_path = g_test_build_filename (G_TEST_BUILT, "..", "data",
-                                                          "popgate.service", NULL);
+  g_autofree gchar *service_path
+      = g_test_build_filename (G_TEST_BUILT, "..", "data", "popgate.service", NULL);
   g_autofree gchar *service = NULL;
   g_autoptr (GRegex) exec = NULL;
   g_autofree gchar *patched = NULL;
@@ -61,8 +61,8 @@ pg_test_systemd_stage_units (void)
 
   for (gsize i = 0; i < G_N_ELEMENTS (pg_test_units); i++)
     {
-      g_autofree gchar *src = g_test_build_filename (G_TEST_DIST, "..", "data", pg_test_units[i],
-                                                     NULL);
+      g_autofree gchar *src
+          = g_test_build_filename (G_TEST_DIST, "..", "data", pg_test_units[i], NULL);
       g_autofree gchar *dst = g_build_filename (dir, pg_test_units[i], NULL);
       g_autofree gchar *text = NULL;
 
@@ -90,8 +90,8 @@ pg_test_systemd_verify (const char *dir, int *out_exit_code)
   for (gsize i = 0; i < G_N_ELEMENTS (pg_test_units); i++)
     g_ptr_array_add (argv, g_build_filename (dir, pg_test_units[i], NULL));
   g_ptr_array_add (argv, NULL);
-  g_assert_true (pg_test_run_status ((const char *const *) argv->pdata, NULL, 60000,
-                                     out_exit_code, &output, &error));
+  g_assert_true (pg_test_run_status ((const char *const *) argv->pdata, NULL, 60000, out_exit_code,
+                                     &output, &error));
   g_assert_no_error (error);
   return output != NULL ? output : g_strdup ("");
 }
@@ -129,8 +129,8 @@ test_systemd_verify (void)
 static void
 test_systemd_hardening (void)
 {
-  g_autofree gchar *path = g_test_build_filename (G_TEST_BUILT, "..", "data", "popgate.service",
-                                                  NULL);
+  g_autofree gchar *path
+      = g_test_build_filename (G_TEST_BUILT, "..", "data", "popgate.service", NULL);
   g_autofree gchar *text = NULL;
   g_autoptr (GError) error = NULL;
   g_auto (GStrv) lines = NULL;
@@ -162,13 +162,32 @@ test_systemd_hardening (void)
       g_assert_true (found);
     }
   g_assert_null (strstr (text, "@SBINDIR@"));
+  g_assert_null (strstr (text, "@CONFIGURATION_DIRECTORY@"));
+  /* A broken config fails the start, or the reload before the signal is sent. */
+  {
+    const char *pre = strstr (text, "\nExecStartPre=");
+    const char *reload = strstr (text, "\nExecReload=");
+    const char *hup = strstr (text, "\nExecReload=/bin/kill -HUP $MAINPID");
+
+    g_assert_nonnull (pre);
+    g_assert_nonnull (strstr (pre, " --check --socket-activation\n"));
+    g_assert_nonnull (reload);
+    g_assert_nonnull (hup);
+    g_assert_true (reload < hup);
+    {
+      g_autofree gchar *first
+          = g_strndup (reload + 1, (gsize) (strchr (reload + 1, '\n') - reload - 1));
+
+      g_assert_nonnull (strstr (first, " --check"));
+    }
+  }
 
   /* Each socket unit names its descriptor after the front end it feeds. */
   for (gsize i = 0; i < G_N_ELEMENTS (pg_test_units); i++)
     {
       static const char *const names[] = { "pop3", "pop3s", "imap", "imaps" };
-      g_autofree gchar *socket_path = g_test_build_filename (G_TEST_DIST, "..", "data",
-                                                             pg_test_units[i], NULL);
+      g_autofree gchar *socket_path
+          = g_test_build_filename (G_TEST_DIST, "..", "data", pg_test_units[i], NULL);
       g_autofree gchar *socket_text = NULL;
       g_autofree gchar *expected = g_strdup_printf ("\nFileDescriptorName=%s\n", names[i]);
 
@@ -262,8 +281,8 @@ static GSocket *
 pg_test_systemd_listen (guint16 *out_port)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (GSocket) sock = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                                           G_SOCKET_PROTOCOL_TCP, &error);
+  g_autoptr (GSocket) sock
+      = g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &error);
   g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
   g_autoptr (GSocketAddress) any_port = g_inet_socket_address_new (loopback, 0);
   g_autoptr (GSocketAddress) bound = NULL;
@@ -425,8 +444,8 @@ test_systemd_socket_activation_bad_name (void)
     envp[n] = pg_test_listen_pid;
     g_spawn_async_with_pipes_and_fds (NULL, argv, (const char *const *) envp,
                                       G_SPAWN_DO_NOT_REAP_CHILD, pg_test_systemd_child_setup_cb,
-                                      NULL, -1, -1, -1, source_fds, target_fds, 1, &child.pid,
-                                      NULL, NULL, &out_pipe, &error);
+                                      NULL, -1, -1, -1, source_fds, target_fds, 1, &child.pid, NULL,
+                                      NULL, &out_pipe, &error);
     envp[n] = NULL;
   }
   g_assert_no_error (error);
@@ -513,13 +532,13 @@ test_systemd_notify (void)
   g_assert_nonnull (strstr (seen->str, "STATUS=serving"));
   /* Every listener accepts once READY=1 was sent. */
   {
-    guint16 ports[] = { popgate->pop3_port, popgate->pop3s_port, popgate->imap_port,
-                        popgate->imaps_port };
+    guint16 ports[]
+        = { popgate->pop3_port, popgate->pop3s_port, popgate->imap_port, popgate->imaps_port };
     for (gsize i = 0; i < G_N_ELEMENTS (ports); i++)
       {
         g_autoptr (GSocketClient) client = g_socket_client_new ();
         g_autoptr (GSocketConnection) conn
-          = g_socket_client_connect_to_host (client, "127.0.0.1", ports[i], NULL, &error);
+            = g_socket_client_connect_to_host (client, "127.0.0.1", ports[i], NULL, &error);
         g_assert_no_error (error);
       }
   }

@@ -372,7 +372,7 @@ pg_test_upstream_for_peer (PgTestPeer *peer, const char *tls, const char *extra)
 {
   g_autoptr (PgConfig) config = pg_test_config ("127.0.0.1", peer->port, tls, NULL, extra);
 
-  return pg_upstream_new (config, 7);
+  return pg_upstream_new (config, &config->upstream, 7);
 }
 
 static gboolean
@@ -813,6 +813,39 @@ test_peer_authenticate_plain (void)
     }
 }
 
+/* An [upstream:NAME] group: the connection goes where that group says, not to [upstream]
+ * (port 1 there: nothing listens). */
+static void
+test_peer_named_upstream (void)
+{
+  static const PgPeerStep script[] = {
+    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1] named ready\r\n" },
+    { PG_PEER_EXPECT, "LOGIN {5}" },
+    { PG_PEER_SEND, "+ OK\r\n" },
+    { PG_PEER_EXPECT_RAW, "alice {12}" },
+    { PG_PEER_SEND, "+ OK\r\n" },
+    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 NAMED] Logged in\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autofree gchar *extra = g_strdup_printf ("[upstream:other]\nhost = 127.0.0.1\nport = %u\n"
+                                             "tls = none\n",
+                                             peer->port);
+  g_autoptr (PgConfig) config = pg_test_config ("127.0.0.1", 1, "none", NULL, extra);
+  g_autoptr (PgUpstream) upstream
+      = pg_upstream_new (config, pg_config_find_upstream (config, "other"), 3);
+  g_autoptr (GError) error = NULL;
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_upstream_has_capability (upstream, "NAMED"));
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+}
+
 static void
 test_peer_starttls_not_offered (void)
 {
@@ -881,7 +914,7 @@ test_peer_starttls_injection (void)
   peer->certificate = g_tls_certificate_new_from_files (certs->cert_file, certs->key_file, &error);
   g_assert_no_error (error);
   config = pg_test_config ("127.0.0.1", peer->port, "starttls", certs->ca_file, NULL);
-  upstream = pg_upstream_new (config, 9);
+  upstream = pg_upstream_new (config, &config->upstream, 9);
   pg_test_connect_signals (upstream, &signals);
 
   g_assert_true (pg_test_connect (upstream, &error));
@@ -1561,7 +1594,7 @@ pg_test_upstream_for_dovecot (UpstreamFixture *fixture, const char *tls, const c
       = strcmp (tls, "implicit") == 0 ? fixture->dovecot->imaps_port : fixture->dovecot->imap_port;
   g_autoptr (PgConfig) config = pg_test_config (host, port, tls, ca_file, NULL);
 
-  return pg_upstream_new (config, 11);
+  return pg_upstream_new (config, &config->upstream, 11);
 }
 
 /* A sync-client view of the mailbox, to check what our commands did. */
@@ -1841,7 +1874,7 @@ test_dovecot_wrong_hostname (UpstreamFixture *fixture, gconstpointer data)
   g_socket_service_start (service);
 
   config = pg_test_config ("127.0.0.1", port, "implicit", fixture->dovecot->ca_file, NULL);
-  upstream = pg_upstream_new (config, 12);
+  upstream = pg_upstream_new (config, &config->upstream, 12);
   g_assert_false (pg_test_connect (upstream, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
   g_assert_nonnull (strstr (error->message, "host name"));
@@ -2012,6 +2045,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/login-literals", test_peer_login_literals);
   g_test_add_func ("/popgate/upstream/peer/login-literal-plus", test_peer_login_literal_plus);
   g_test_add_func ("/popgate/upstream/peer/authenticate-plain", test_peer_authenticate_plain);
+  g_test_add_func ("/popgate/upstream/peer/named-upstream", test_peer_named_upstream);
   g_test_add_func ("/popgate/upstream/peer/steal-stream", test_peer_steal_stream);
   g_test_add_func ("/popgate/upstream/peer/starttls-not-offered", test_peer_starttls_not_offered);
   g_test_add_func ("/popgate/upstream/peer/starttls-injection", test_peer_starttls_injection);

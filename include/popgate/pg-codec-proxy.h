@@ -37,7 +37,7 @@ typedef struct
   PgProxyFamily family; /* PG_PROXY_FAMILY_NONE exactly when local */
   guint8 src_addr[16];  /* network order; the first 4 bytes for INET */
   guint8 dst_addr[16];
-  guint16 src_port;     /* host order */
+  guint16 src_port; /* host order */
   guint16 dst_port;
 } PgProxyHeader;
 

@@ -60,9 +60,9 @@ typedef enum
 /* How a password goes upstream ([upstream] auth_mechanism). */
 typedef enum
 {
-  PG_AUTH_MECHANISM_AUTO,  /* AUTHENTICATE PLAIN when advertised, else LOGIN; falls back to
-                            * LOGIN once when AUTHENTICATE fails for another reason than
-                            * bad credentials */
+  PG_AUTH_MECHANISM_AUTO, /* AUTHENTICATE PLAIN when advertised, else LOGIN; falls back to
+                           * LOGIN once when AUTHENTICATE fails for another reason than
+                           * bad credentials */
   PG_AUTH_MECHANISM_PLAIN,
   PG_AUTH_MECHANISM_LOGIN,
 } PgAuthMechanism;
@@ -83,30 +83,30 @@ typedef enum
 /* The oauth2_* keys of an upstream group (meaningful with auth = oauth2). */
 typedef struct
 {
-  gchar *token_url;          /* owned: https://, or http:// to a loopback host only */
-  gchar *client_id;          /* owned */
-  gchar *client_secret_file; /* owned; NULL for a public client */
-  gchar *scope;              /* owned; NULL: none sent */
-  PgOAuth2Grant grant;       /* default refresh_token */
+  gchar *token_url;            /* owned: https://, or http:// to a loopback host only */
+  gchar *client_id;            /* owned */
+  gchar *client_secret_file;   /* owned; NULL for a public client */
+  gchar *scope;                /* owned; NULL: none sent */
+  PgOAuth2Grant grant;         /* default refresh_token */
   PgOAuth2Mechanism mechanism; /* default auto */
-  gchar *authorize_url;      /* owned; for --oauth2-authorize (code + PKCE) */
-  gchar *device_url;         /* owned; for --oauth2-authorize (device grant, RFC 8628) */
-  gchar *ca_file;            /* owned; NULL: the system trust store. Always verified */
+  gchar *authorize_url;        /* owned; for --oauth2-authorize (code + PKCE) */
+  gchar *device_url;           /* owned; for --oauth2-authorize (device grant, RFC 8628) */
+  gchar *ca_file;              /* owned; NULL: the system trust store. Always verified */
 } PgOAuth2Config;
 
 /* One upstream: [upstream] (name "default") or an [upstream:NAME] group. */
 typedef struct
 {
-  gchar *name;           /* owned: "default" or NAME */
-  gchar *provider;       /* owned: "generic", "gmail" or "outlook" (presets applied) */
+  gchar *name;     /* owned: "default" or NAME */
+  gchar *provider; /* owned: "generic", "gmail" or "outlook" (presets applied) */
   gchar *host;
-  guint16 port;          /* default 993 for implicit, else 143 */
-  PgUpstreamTls tls;     /* default implicit */
-  gchar *ca_file;        /* NULL: the system trust store */
-  gchar *mailbox;        /* default "INBOX" */
-  guint timeout_ms;      /* per command; default 60 s */
-  guint connect_timeout_ms; /* default 30 s */
-  PgUpstreamAuth auth;   /* default password */
+  guint16 port;                   /* default 993 for implicit, else 143 */
+  PgUpstreamTls tls;              /* default implicit */
+  gchar *ca_file;                 /* NULL: the system trust store */
+  gchar *mailbox;                 /* default "INBOX" */
+  guint timeout_ms;               /* per command; default 60 s */
+  guint connect_timeout_ms;       /* default 30 s */
+  PgUpstreamAuth auth;            /* default password */
   PgAuthMechanism auth_mechanism; /* default auto */
   PgOAuth2Config oauth2;
 } PgUpstreamConfig;
@@ -115,8 +115,8 @@ typedef struct
  * durations are in milliseconds. Strings are owned by the config; NULL = not set. */
 typedef struct
 {
-  gint ref_count;      /* private */
-  gchar *source;       /* owned: the file it came from, or "(command line)" */
+  gint ref_count; /* private */
+  gchar *source;  /* owned: the file it came from, or "(command line)" */
 
   /* [upstream]: the default upstream (name "default"). */
   PgUpstreamConfig upstream;
@@ -126,18 +126,18 @@ typedef struct
 
   struct
   {
-    GPtrArray *listen;     /* owned, of PgListenAddr*; may be empty */
-    GPtrArray *tls_listen; /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *listen;             /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *tls_listen;         /* owned, of PgListenAddr*; may be empty */
     PgDeletePolicy delete_policy;  /* default expunge */
-    gchar *move_mailbox;   /* the MAILBOX of "move:MAILBOX", else NULL */
-    gboolean mark_seen;    /* default true */
+    gchar *move_mailbox;           /* the MAILBOX of "move:MAILBOX", else NULL */
+    gboolean mark_seen;            /* default true */
     gboolean allow_plaintext_auth; /* plaintext auth off-loopback without TLS; default false */
-    guint autologout_ms;   /* RFC 1939 autologout; default and minimum 10 min */
-    guint login_delay_s;   /* LOGIN-DELAY to advertise; 0 = not advertised */
-    gchar *client_tag_separator; /* default "#"; "" disables tags */
-    PgFirstLogin first_login;    /* default all */
-    guint recent_days;     /* 0 = no age window */
-    gboolean proxy_protocol; /* every pop3 listener expects a PROXY header; default false */
+    guint autologout_ms;           /* RFC 1939 autologout; default and minimum 10 min */
+    guint login_delay_s;           /* LOGIN-DELAY to advertise; 0 = not advertised */
+    gchar *client_tag_separator;   /* default "#"; "" disables tags */
+    PgFirstLogin first_login;      /* default all */
+    guint recent_days;             /* 0 = no age window */
+    gboolean proxy_protocol;       /* every pop3 listener expects a PROXY header; default false */
   } pop3;
 
   struct
@@ -145,17 +145,24 @@ typedef struct
     GPtrArray *listen;
     GPtrArray *tls_listen;
     gboolean allow_plaintext_auth; /* default false */
-    guint idle_timeout_ms; /* default and minimum 30 min */
-    gboolean proxy_protocol; /* every imap listener expects a PROXY header; default false */
-    gchar *account_map;    /* the account map file; NULL: every login goes upstream as is */
-    GHashTable *accounts;  /* owned: local user → PgImapAccount*; NULL without a map */
+    guint idle_timeout_ms;         /* default and minimum 30 min */
+    gboolean proxy_protocol;       /* every imap listener expects a PROXY header; default false */
+    gchar *account_map;            /* deprecated alias of [accounts] file (its 4-field lines) */
   } imap;
 
   struct
   {
-    gchar *cert;           /* PEM certificate (chain) presented to clients */
-    gchar *key;            /* PEM private key */
-    gchar *priority;       /* GnuTLS priority string; NULL = the backend's default */
+    gchar *file;             /* owned: the accounts file ([accounts] file, or the deprecated
+                              * [imap] account_map); NULL: every login goes to [upstream] */
+    gboolean deprecated_map; /* it came from [imap] account_map: main warns about it */
+    GHashTable *table;       /* owned: local user → PgAccount*; NULL without a file */
+  } accounts;
+
+  struct
+  {
+    gchar *cert;     /* PEM certificate (chain) presented to clients */
+    gchar *key;      /* PEM private key */
+    gchar *priority; /* GnuTLS priority string; NULL = the backend's default */
   } tls;
 
   struct
@@ -166,8 +173,16 @@ typedef struct
 
   struct
   {
-    GPtrArray *listen;      /* empty: no metrics endpoint */
+    GPtrArray *listen; /* empty: no metrics endpoint */
   } metrics;
+
+  struct
+  {
+    GPtrArray *listen;     /* empty (default): no status page */
+    gboolean allow_remote; /* FALSE: listen must be loopback, clients must be loopback */
+    gchar *auth_file;      /* HTTP basic auth users; required with allow_remote */
+    GHashTable *users;     /* owned: user → secret (wiped), from auth_file; or NULL */
+  } status;
 
   struct
   {
@@ -175,14 +190,14 @@ typedef struct
     guint max_sessions_per_address; /* per client IP address */
     guint preauth_timeout_ms;
     guint auth_failure_delay_ms;
-    guint max_auth_failures;        /* then disconnect */
-    guint max_bad_commands;         /* then disconnect */
-    guint shutdown_timeout_ms;      /* SIGTERM: how long sessions may still run */
+    guint max_auth_failures;   /* then disconnect */
+    guint max_bad_commands;    /* then disconnect */
+    guint shutdown_timeout_ms; /* SIGTERM: how long sessions may still run */
   } limits;
 
   struct
   {
-    gboolean trace;          /* audit trace of client ↔ upstream commands */
+    gboolean trace; /* audit trace of client ↔ upstream commands */
   } log;
 
   struct
@@ -199,20 +214,43 @@ const PgUpstreamConfig *pg_config_find_upstream (const PgConfig *config, const c
 void pg_upstream_config_clear (PgUpstreamConfig *upstream);
 void pg_upstream_config_free (PgUpstreamConfig *upstream);
 
-/* One line of the IMAP account map ([imap] account_map): a local login that popgate
- * checks itself and replaces upstream with other credentials. */
+/* How popgate proves itself upstream for an account (the accounts file's last field). */
+typedef enum
+{
+  PG_CREDENTIAL_PASSWORD,      /* password:FILE: the upstream password, read at load */
+  PG_CREDENTIAL_OAUTH2,        /* oauth2:FILE: a refresh-token file (auth = oauth2) */
+  PG_CREDENTIAL_OAUTH2_CLIENT, /* oauth2: client_credentials, no per-account file */
+  PG_CREDENTIAL_PASS_THROUGH,  /* -: the client's own password (auth = password) */
+} PgCredentialKind;
+
+/* One line of the accounts file ([accounts] file): a local login that popgate checks
+ * itself and logs in upstream with the account's credential. */
 typedef struct
 {
-  gchar *local_user;      /* owned */
-  gchar *local_secret;    /* owned, wiped: "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" */
-  gchar *upstream_user;   /* owned */
-  gchar *upstream_password; /* owned, wiped: read from the account's password file */
-} PgImapAccount;
+  gchar *local_user;   /* owned */
+  gchar *local_secret; /* owned, wiped: "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" */
+  const PgUpstreamConfig *upstream; /* unowned: the config's [upstream] or [upstream:NAME] */
+  gchar *upstream_user;             /* owned */
+  PgCredentialKind credential;
+  gchar *password;   /* owned, wiped: PG_CREDENTIAL_PASSWORD only, else NULL */
+  gchar *token_file; /* owned: absolute path, PG_CREDENTIAL_OAUTH2 only, else NULL */
+} PgAccount;
 
-/* The map's entry for a login name, or NULL (the login then goes upstream unchanged). */
-const PgImapAccount *pg_config_find_imap_account (const PgConfig *config, const char *login);
+/* The accounts file's entry for a local user (no client tag), or NULL: the login then
+ * goes to [upstream] with the client's own credentials. */
+const PgAccount *pg_config_find_account (const PgConfig *config, const char *local_user);
 /* Does `password` match the account's local secret? Constant time in the password. */
-gboolean pg_config_imap_account_check (const PgImapAccount *account, const char *password);
+gboolean pg_config_account_check (const PgAccount *account, const char *password);
+const char *pg_credential_kind_to_string (PgCredentialKind kind);
+
+/* Is `key` a key of `group` (tests check the docs against the code's key table)? */
+gboolean pg_config_is_known_key (const char *group, const char *key);
+/* Does `password` match a stored "{PLAIN}text" or "{PBKDF2-SHA256}n$salt$hash" secret?
+ * Constant time in the password. */
+gboolean pg_config_secret_matches (const char *secret, const char *password);
+/* HTTP basic auth for the status page: is user:password in [status] auth_file? */
+gboolean pg_config_status_check_user (const PgConfig *config, const char *user,
+                                      const char *password);
 
 /* Load and validate a config file. On error the message names the file, the group, the
  * key and what is wrong (PG_ERROR_CONFIG). */
@@ -225,10 +263,13 @@ PgConfig *pg_config_load_data (const char *data, gsize len, const char *source, 
  * are not set. */
 typedef struct
 {
-  const char *upstream;    /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
-                            * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
-  const char *pop3_listen; /* a listen list, replaces [pop3] listen */
-  const char *imap_listen; /* a listen list, replaces [imap] listen */
+  const char *upstream;     /* "HOST[:PORT]", "[V6]:PORT", "imaps://HOST[:PORT]" (implicit
+                             * TLS) or "imap://HOST[:PORT]" (STARTTLS) */
+  const char *upstream_tls; /* "none", "starttls" or "implicit": replaces [upstream] tls
+                             * (also the one --upstream's scheme implies) */
+  const char *upstream_ca;  /* a CA file (absolute path): replaces [upstream] ca_file */
+  const char *pop3_listen;  /* a listen list, replaces [pop3] listen */
+  const char *imap_listen;  /* a listen list, replaces [imap] listen */
   /* Listeners come from systemd (socket activation): the config may then name none. */
   gboolean inherited_listeners;
 } PgConfigOverrides;

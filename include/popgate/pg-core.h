@@ -43,15 +43,16 @@ PgLogLevel pg_log_get_level (void);
 
 /* Log one line for a session (sid 0 = not a session). Messages at G_LOG_LEVEL_MESSAGE
  * are always shown (session start/end, lifecycle); INFO needs -v; DEBUG needs -vv. */
-void pg_log_session (GLogLevelFlags level, guint64 sid, const char *domain, const char *format,
-                     ...) G_GNUC_PRINTF (4, 5);
+void pg_log_session (GLogLevelFlags level, guint64 sid, const char *domain, const char *format, ...)
+    G_GNUC_PRINTF (4, 5);
 
-#define pg_session_message(sid, ...)                                                          \
+#define pg_session_message(sid, ...)                                                               \
   pg_log_session (G_LOG_LEVEL_MESSAGE, (sid), G_LOG_DOMAIN, __VA_ARGS__)
-#define pg_session_info(sid, ...) pg_log_session (G_LOG_LEVEL_INFO, (sid), G_LOG_DOMAIN, __VA_ARGS__)
-#define pg_session_debug(sid, ...)                                                            \
+#define pg_session_info(sid, ...)                                                                  \
+  pg_log_session (G_LOG_LEVEL_INFO, (sid), G_LOG_DOMAIN, __VA_ARGS__)
+#define pg_session_debug(sid, ...)                                                                 \
   pg_log_session (G_LOG_LEVEL_DEBUG, (sid), G_LOG_DOMAIN, __VA_ARGS__)
-#define pg_session_warning(sid, ...)                                                          \
+#define pg_session_warning(sid, ...)                                                               \
   pg_log_session (G_LOG_LEVEL_WARNING, (sid), G_LOG_DOMAIN, __VA_ARGS__)
 
 /* Peer text made safe for a log line: at most max_len input bytes are shown, control and

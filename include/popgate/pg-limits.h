@@ -117,6 +117,10 @@
 #define PG_DEFAULT_SHUTDOWN_TIMEOUT_S 30
 /* Output queued to a client before we stop reading the upstream (back-pressure). */
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
+/* Output a corked connection holds before it goes out anyway (pg_conn_cork): a 10 KB
+ * message with its status line and terminator is one write; a bigger one leaves in pieces
+ * of this size. At most one such buffer is kept spare for the whole process. */
+#define PG_CLIENT_CORK_MAX 65536
 
 /* --- TLS --- */
 /* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the
@@ -130,6 +134,10 @@
 #define PG_CONFIG_MAX_QUOTED 80
 /* A client tag separator is a short marker such as "#" or "+". */
 #define PG_CONFIG_MAX_TAG_SEPARATOR 8
+/* NAME of an [upstream:NAME] group: a short label that accounts file lines repeat. */
+#define PG_CONFIG_MAX_UPSTREAM_NAME 64
+/* Lines of an accounts file: one per local user; more is a mistake (a wrong file). */
+#define PG_CONFIG_MAX_ACCOUNTS 100000
 /* Upper bounds of [limits] counts and recent_days: they only catch typos (an extra zero
  * or three), they are not tuning advice. */
 #define PG_CONFIG_MAX_COUNT 1000000
@@ -168,3 +176,32 @@
 /* The net layer peeks at most this much per read while looking for the header, then
  * consumes exactly what the parser used: the bytes after the header stay in the socket. */
 #define PG_PROXY_READ_CHUNK 256
+
+/* --- status page (src/status) --- */
+/* Live /api/events subscribers at once. Each costs a socket and up to
+ * PG_STATUS_SUBSCRIBER_QUEUE of memory; a status page has a few viewers, and a cap keeps a
+ * script that opens streams in a loop from holding memory or file descriptors. More get
+ * 503. */
+#define PG_STATUS_MAX_SUBSCRIBERS 16
+/* Event bytes one subscriber may have queued behind the chunk libsoup is writing to it
+ * (one chunk at a time: the snapshot first, then what gathered meanwhile). A browser that
+ * falls this far behind is dropped (it reconnects and starts from a fresh snapshot); mail
+ * sessions never wait for it. */
+#define PG_STATUS_SUBSCRIBER_QUEUE (256 * 1024)
+/* A subscriber whose chunk has not been taken by its socket for this long is dropped even
+ * when few events come: otherwise streams that never read would hold every subscriber
+ * slot for good. Generous, so a slow link still gets a large snapshot through. */
+#define PG_STATUS_SUBSCRIBER_STALL_S 60
+/* Recent trace lines kept per session for /api/sessions/ID/trace: a ring, oldest lines
+ * dropped (the log has the whole trace when [log] trace is on). */
+#define PG_STATUS_TRACE_LINES 200
+/* A trace line is cut to this many bytes in the ring and in events. */
+#define PG_STATUS_TRACE_LINE_MAX 512
+/* Sessions with a trace ring at once: at most this × PG_STATUS_TRACE_LINES ×
+ * PG_STATUS_TRACE_LINE_MAX (26 MiB) however many sessions run; later sessions are listed
+ * without a trace until older traced ones end. */
+#define PG_STATUS_MAX_TRACED_SESSIONS 256
+/* Ended sessions kept (last description and trace ring) so the page can still show what a
+ * short session did (a demo's POP3 session lasts a fraction of a second): the newest
+ * ones, at most this × one ring. */
+#define PG_STATUS_RECENT_SESSIONS 16

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <gio/gio.h>
+#include <libsoup/soup.h>
 
 #include "popgate/pg-config.h"
 
@@ -25,6 +26,13 @@ gboolean pg_metrics_server_apply (PgMetricsServer *self, PgConfig *config, GErro
 
 /* The addresses bound now (with the real port for port 0), as "host:port" strings. */
 GPtrArray *pg_metrics_server_get_bound_addresses (PgMetricsServer *self);
+
+/* Shared with the status page (src/status): bind `server` to `addr`; errors name
+ * "[group] listen ADDR". */
+gboolean pg_metrics_server_listen_on (SoupServer *server, const PgListenAddr *addr,
+                                      const char *group, GError **error);
+/* Append the addresses `server` is bound to, as "host:port" strings, to `out`. */
+void pg_metrics_server_append_addresses (SoupServer *server, GPtrArray *out);
 
 /* Choose the format for an Accept header value (NULL: none sent). Exposed for tests. */
 gboolean pg_metrics_server_wants_prometheus (const char *accept);

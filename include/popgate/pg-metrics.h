@@ -27,6 +27,9 @@ typedef enum
   PG_METRICS_COUNTER,
   PG_METRICS_GAUGE,
   PG_METRICS_HISTOGRAM, /* observations in microseconds, rendered in seconds */
+  /* OpenMetrics "info": labels describe the target, the value is 1; the sample is
+   * NAME_info (a gauge of that name in Prometheus 0.0.4 text). */
+  PG_METRICS_INFO,
 } PgMetricsType;
 
 typedef enum
@@ -61,6 +64,11 @@ PgMetricsFamily *pg_metrics_registry_add (PgMetricsRegistry *registry, PgMetrics
                                           const char *name, const char *help,
                                           const PgMetricsLabel *labels, guint n_labels,
                                           const guint64 *buckets_us, guint n_buckets);
+
+/* Declare the family's unit (OpenMetrics "# UNIT"; the family name must end in
+ * "_<unit>"). A counter or gauge in "seconds" takes its values in microseconds and
+ * renders them as seconds, like a histogram. `unit` is kept by reference. */
+void pg_metrics_family_set_unit (PgMetricsFamily *family, const char *unit);
 
 /* Series are addressed by the indexes of their label values (0 for an absent label).
  * Out-of-range indexes are a programming error (g_return_if_fail). */
@@ -151,7 +159,8 @@ PgMetricsRegistry *pg_metrics_get_default (void);
 void pg_metrics_reset (void);
 /* Free the process-wide registry (at exit, so leak checkers stay quiet). */
 void pg_metrics_shutdown (void);
-/* Render the process-wide registry into a new string. */
+/* Render the process-wide registry into a new string (the process_* families are read
+ * from /proc/self first). */
 gchar *pg_metrics_render (PgMetricsFormat format, gsize *out_len);
 
 /* A session moved from one state to another: NONE → x when it starts (also counts it in

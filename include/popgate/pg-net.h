@@ -70,7 +70,14 @@ gssize pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error);
 void pg_conn_write_bytes (PgConn *conn, GBytes *bytes);
 void pg_conn_write (PgConn *conn, const void *data, gsize len);
 void pg_conn_write_printf (PgConn *conn, const char *format, ...) G_GNUC_PRINTF (2, 3);
+/* Output queued or corked, not yet handed to the socket. */
 gsize pg_conn_get_queued (PgConn *conn);
+/* Hold what is written until the matching pg_conn_uncork(), so that replies produced in
+ * one go (a RETR's status line, body and terminator) leave in one write instead of one
+ * each: the client then reads, and wakes up, once. Corks nest; past PG_CLIENT_CORK_MAX
+ * bytes the held output goes out at once. pg_conn_close() sends what is held first. */
+void pg_conn_cork (PgConn *conn);
+void pg_conn_uncork (PgConn *conn);
 /* Completes when the write queue holds at most `low_water` bytes (0: fully flushed), or
  * with an error when the connection closes first. */
 void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,
@@ -79,8 +86,8 @@ gboolean pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError
 
 /* Upgrade to TLS as the server (STLS/STARTTLS). The caller must have written and flushed
  * its "+OK"/"OK" and must discard anything it had buffered from the plaintext stream. */
-void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable,
-                              GAsyncReadyCallback callback, gpointer user_data);
+void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCallback callback,
+                              gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
@@ -91,6 +98,12 @@ void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
  * TRUE from then on. */
 void pg_conn_set_deadline (PgConn *conn, guint after_accept_ms);
 gboolean pg_conn_deadline_passed (PgConn *conn);
+
+/* A source that calls `func (data)` while `stream` has input (or EOF, or an error), meant
+ * to stay attached from one read to the next; it may recurse. On a plain socket it is the
+ * socket's own source: GLib's pollable wrapper adds a child source that GLib 2.74 blocks
+ * and unblocks around every dispatch, writing its wake-up eventfd twice each time. */
+GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data);
 
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);
@@ -128,8 +141,7 @@ gboolean pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean
 /* TRUE when an inherited socket serves `frontend` (plain or TLS as `tls`). */
 gboolean pg_server_has_inherited (PgServer *server, PgFrontend frontend, gboolean tls);
 /* The addresses actually bound (useful with port 0 in tests), as "host:port" strings. */
-GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend,
-                                          gboolean tls);
+GPtrArray *pg_server_get_bound_addresses (PgServer *server, PgFrontend frontend, gboolean tls);
 
 /* Signals on PgServer:
  *   "idle" (void) — after shutdown, emitted when the last session has ended. */

@@ -8,6 +8,8 @@
  * Every line passes through pg_log_redact_line() or is built from numbers only: no
  * password, SASL data or literal holding a secret ever reaches it.
  *
+ * The same lines go to the status page (pg-status.h) while it runs, logged or not.
+ *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #pragma once
@@ -18,6 +20,7 @@ G_BEGIN_DECLS
 
 /* Process-wide switch, set by main from --trace or [log] trace (and on reload). */
 void pg_trace_set_enabled (gboolean enabled);
+/* TRUE when trace lines are wanted: logged, or shown on the status page. */
 gboolean pg_trace_is_enabled (void);
 
 /* One trace line for a session (nothing when the trace is off). The caller has redacted

@@ -39,9 +39,10 @@ G_BEGIN_DECLS
 #define PG_TYPE_UPSTREAM (pg_upstream_get_type ())
 G_DECLARE_FINAL_TYPE (PgUpstream, pg_upstream, PG, UPSTREAM, GObject)
 
-/* Uses config->upstream (host, port, tls, ca_file, timeout_ms, connect_timeout_ms); keeps a
- * reference. `sid` prefixes the debug log lines (0: none). */
-PgUpstream *pg_upstream_new (PgConfig *config, guint64 sid);
+/* Connects to `upstream` (host, port, tls, ca_file, timeout_ms, connect_timeout_ms): one of
+ * config's upstreams ([upstream] or an [upstream:NAME]; NULL: config->upstream). Keeps a
+ * reference on config, which owns `upstream`. `sid` prefixes the debug log lines (0: none). */
+PgUpstream *pg_upstream_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 sid);
 
 /* Connect (TCP, then TLS per config: none / starttls / implicit, with certificate and
  * host name verification), read the greeting and the capabilities (refreshed after TLS).
@@ -64,7 +65,8 @@ void pg_upstream_login_async (PgUpstream *self, const char *user, const char *pa
                               gpointer user_data);
 gboolean pg_upstream_login_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
-/* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login. */
+/* AUTHENTICATE PLAIN (initial response inline with SASL-IR). Same errors as login, except
+ * that a BAD is PG_ERROR_UPSTREAM (the exchange failed, not the credentials). */
 void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const char *password,
                                            GCancellable *cancellable, GAsyncReadyCallback callback,
                                            gpointer user_data);

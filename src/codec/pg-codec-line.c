@@ -11,9 +11,9 @@
 
 struct _PgLineReader
 {
-  guint8 *buf;    /* owned; alloc bytes, NULL (alloc 0) while nothing is buffered */
-  gsize alloc;    /* <= capacity */
-  gsize capacity; /* the bound: what is buffered never exceeds it */
+  guint8 *buf;         /* owned; alloc bytes, NULL (alloc 0) while nothing is buffered */
+  gsize alloc;         /* <= capacity */
+  gsize capacity;      /* the bound: what is buffered never exceeds it */
   gsize start;         /* first unread byte */
   gsize end;           /* one past the last buffered byte */
   gsize scanned;       /* [start, scanned) is known to hold no LF */

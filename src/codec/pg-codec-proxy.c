@@ -16,7 +16,7 @@
 
 static const char pg_proxy_v1_prefix[] = "PROXY ";
 static const guint8 pg_proxy_v2_signature[12]
-  = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
+    = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
 
 #define PG_PROXY_V2_HEADER 16
 /* Address block sizes of v2 (proxy-protocol.txt §2.2). */
@@ -38,10 +38,10 @@ struct _PgProxyParser
   PgProxyState state;
   /* The v1 line, or the v2 header followed by the address block we keep. */
   guint8 buf[MAX (PG_PROXY_V1_MAX_LINE, PG_PROXY_V2_HEADER + PG_PROXY_V2_ADDR_INET6)];
-  gsize len;          /* bytes in buf */
-  gsize v2_payload;   /* payload length announced by the v2 header */
-  gsize v2_seen;      /* payload bytes consumed so far */
-  gsize v2_keep;      /* payload bytes worth storing (the addresses we read) */
+  gsize len;        /* bytes in buf */
+  gsize v2_payload; /* payload length announced by the v2 header */
+  gsize v2_seen;    /* payload bytes consumed so far */
+  gsize v2_keep;    /* payload bytes worth storing (the addresses we read) */
   PgProxyHeader header;
 };
 
@@ -252,7 +252,7 @@ pg_proxy_parser_feed (PgProxyParser *parser, const void *data, gsize len, gsize 
   const guint8 *bytes = data;
 
   g_return_val_if_fail (parser->state != PG_PROXY_STATE_DONE
-                          && parser->state != PG_PROXY_STATE_FAILED,
+                            && parser->state != PG_PROXY_STATE_FAILED,
                         PG_PROXY_PARSER_ERROR);
 
   for (gsize i = 0; i < len; i++)
@@ -275,8 +275,7 @@ pg_proxy_parser_feed (PgProxyParser *parser, const void *data, gsize len, gsize 
 
         case PG_PROXY_STATE_V1:
           if (parser->len >= PG_PROXY_V1_MAX_LINE)
-            return pg_proxy_parser_fail (parser, error, PG_ERROR_LINE_TOO_LONG,
-                                         "v1 line too long");
+            return pg_proxy_parser_fail (parser, error, PG_ERROR_LINE_TOO_LONG, "v1 line too long");
           if (parser->len < strlen (pg_proxy_v1_prefix)
               && b != (guint8) pg_proxy_v1_prefix[parser->len])
             return pg_proxy_parser_fail (parser, error, PG_ERROR_PROTOCOL,
@@ -290,8 +289,7 @@ pg_proxy_parser_feed (PgProxyParser *parser, const void *data, gsize len, gsize 
           break;
 
         case PG_PROXY_STATE_V2_HEAD:
-          if (parser->len < sizeof pg_proxy_v2_signature
-              && b != pg_proxy_v2_signature[parser->len])
+          if (parser->len < sizeof pg_proxy_v2_signature && b != pg_proxy_v2_signature[parser->len])
             return pg_proxy_parser_fail (parser, error, PG_ERROR_PROTOCOL,
                                          "the connection does not start with one");
           parser->buf[parser->len++] = b;

@@ -61,7 +61,7 @@ struct _PgImapParser
   guint64 lit_done; /* bytes of the literal consumed so far */
   gchar *lit_buf;   /* owned: small literal being copied */
   gchar *body_item; /* owned: item name of the body being streamed */
-  guint64 body_uid;  /* UID of the FETCH whose body is being streamed, 0 if not given */
+  guint64 body_uid; /* UID of the FETCH whose body is being streamed, 0 if not given */
   GError *error;    /* owned: the error that killed the parser */
 };
 
@@ -963,7 +963,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
           n = (gsize) MIN ((guint64) (len - pos), MIN (left, (guint64) PG_UPSTREAM_BODY_CHUNK));
           pg_imap_parser_event_clear (out_event);
           out_event->seq = parser->response->number;
-              out_event->uid = parser->body_uid;
+          out_event->uid = parser->body_uid;
           out_event->item = parser->body_item;
           out_event->size = parser->lit_size;
           out_event->offset = parser->lit_done;
@@ -1069,30 +1069,14 @@ pg_imap_date_digits (const char *p, guint n, guint *out_value)
   return TRUE;
 }
 
-/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's
- * days_from_civil): exact for every year we accept, no time zone database involved. */
-static gint64
-pg_imap_date_days_from_civil (gint64 y, guint m, guint d)
-{
-  gint64 era, yoe, doy, doe;
-
-  y -= m <= 2;
-  era = (y >= 0 ? y : y - 399) / 400;
-  yoe = y - era * 400;
-  doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
 gboolean
 pg_imap_parse_date_time (const char *text, gsize len, gint64 *out_unix)
 {
   static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-  static const guint8 month_days[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
   char day_text[2];
   guint day, month = 0, year, hour, minute, second, zone_h, zone_m;
-  gboolean leap;
-  gint64 zone, result;
+  g_autoptr (GDateTime) utc = NULL;
+  gint64 zone;
 
   /* "dd-Mon-yyyy hh:mm:ss +zzzz" is exactly 26 bytes. */
   if (text == NULL || len != 26)
@@ -1110,17 +1094,19 @@ pg_imap_parse_date_time (const char *text, gsize len, gint64 *out_unix)
   for (guint i = 0; i < 12; i++)
     if (g_ascii_strncasecmp (text + 3, months + 3 * i, 3) == 0)
       month = i + 1;
-  leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
   /* RFC 5322 allows a leap second (:60); minutes of a zone stop at 59. */
-  if (month == 0 || year < 1900 || day == 0 || day > month_days[month - 1]
-      || (month == 2 && day == 29 && !leap) || hour > 23 || minute > 59 || second > 60
-      || zone_h > 99 || zone_m > 59)
+  if (month == 0 || year < 1900
+      || !g_date_valid_dmy ((GDateDay) day, (GDateMonth) month, (GDateYear) year) || hour > 23
+      || minute > 59 || second > 60 || zone_m > 59)
+    return FALSE;
+  /* GDateTime has no :60; a leap second is the second after :59. */
+  utc = g_date_time_new_utc ((gint) year, (gint) month, (gint) day, (gint) hour, (gint) minute,
+                             second == 60 ? 59 : second);
+  if (utc == NULL)
     return FALSE;
   zone = ((gint64) zone_h * 60 + zone_m) * 60;
   if (text[21] == '-')
     zone = -zone;
-  result = pg_imap_date_days_from_civil (year, month, day) * 86400 + (gint64) hour * 3600
-           + (gint64) minute * 60 + second - zone;
-  *out_unix = result;
+  *out_unix = g_date_time_to_unix (utc) + (second == 60 ? 1 : 0) - zone;
   return TRUE;
 }

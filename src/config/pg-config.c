@@ -32,45 +32,84 @@ typedef struct
   const char *const *keys;
 } PgConfigGroup;
 
-static const char *const pg_config_upstream_keys[]
-  = { "host", "port", "tls", "ca_file", "mailbox", "timeout", "connect_timeout", NULL };
+static const char *const pg_config_upstream_keys[] = { "host",
+                                                       "port",
+                                                       "tls",
+                                                       "ca_file",
+                                                       "mailbox",
+                                                       "timeout",
+                                                       "connect_timeout",
+                                                       "provider",
+                                                       "auth",
+                                                       "auth_mechanism",
+                                                       "oauth2_token_url",
+                                                       "oauth2_client_id",
+                                                       "oauth2_client_secret_file",
+                                                       "oauth2_scope",
+                                                       "oauth2_grant",
+                                                       "oauth2_mechanism",
+                                                       "oauth2_authorize_url",
+                                                       "oauth2_device_url",
+                                                       "oauth2_ca_file",
+                                                       NULL };
 static const char *const pg_config_pop3_keys[]
-  = { "listen",     "tls_listen",  "delete",  "mark_seen",
-      "allow_plaintext_auth", "autologout", "login_delay", "client_tag_separator",
-      "first_login", "recent_days", "proxy_protocol", NULL };
+    = { "listen",      "tls_listen",           "delete",
+        "mark_seen",   "allow_plaintext_auth", "autologout",
+        "login_delay", "client_tag_separator", "first_login",
+        "recent_days", "proxy_protocol",       NULL };
 static const char *const pg_config_imap_keys[]
-  = { "listen", "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
-      "account_map", NULL };
+    = { "listen",      "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
+        "account_map", NULL };
 static const char *const pg_config_tls_keys[] = { "cert", "key", "priority", NULL };
 static const char *const pg_config_state_keys[] = { "backend", "path", NULL };
 static const char *const pg_config_metrics_keys[] = { "listen", NULL };
+static const char *const pg_config_status_keys[] = { "listen", "allow_remote", "auth_file", NULL };
 static const char *const pg_config_limits_keys[]
-  = { "max_sessions",       "max_sessions_per_address", "preauth_timeout",
-      "auth_failure_delay", "max_auth_failures",        "max_bad_commands",
-      "shutdown_timeout",   NULL };
+    = { "max_sessions",      "max_sessions_per_address", "preauth_timeout",  "auth_failure_delay",
+        "max_auth_failures", "max_bad_commands",         "shutdown_timeout", NULL };
 static const char *const pg_config_log_keys[] = { "trace", NULL };
 static const char *const pg_config_proxy_keys[] = { "trusted", NULL };
+static const char *const pg_config_accounts_keys[] = { "file", NULL };
 
 static const PgConfigGroup pg_config_groups[] = {
   { "upstream", pg_config_upstream_keys }, { "pop3", pg_config_pop3_keys },
   { "imap", pg_config_imap_keys },         { "tls", pg_config_tls_keys },
   { "state", pg_config_state_keys },       { "metrics", pg_config_metrics_keys },
   { "limits", pg_config_limits_keys },     { "log", pg_config_log_keys },
-  { "proxy", pg_config_proxy_keys },
+  { "proxy", pg_config_proxy_keys },       { "accounts", pg_config_accounts_keys },
+  { "status", pg_config_status_keys },
 };
+
+/* [upstream:NAME] groups take the keys of [upstream]. */
+#define PG_CONFIG_UPSTREAM_GROUP_PREFIX "upstream:"
+
+gboolean
+pg_config_is_known_key (const char *group, const char *key)
+{
+  /* [upstream:NAME] groups take the keys of [upstream]. */
+  if (g_str_has_prefix (group, "upstream:"))
+    group = "upstream";
+  for (gsize g = 0; g < G_N_ELEMENTS (pg_config_groups); g++)
+    if (strcmp (group, pg_config_groups[g].name) == 0)
+      return g_strv_contains (pg_config_groups[g].keys, key);
+  return FALSE;
+}
 
 /* Who may send a PROXY header unless [proxy] trusted says otherwise: a load balancer on
  * the same host. Anything wider must be written down by the admin. */
 #define PG_CONFIG_DEFAULT_PROXY_TRUSTED "127.0.0.0/8, ::1/128"
 
+static gboolean pg_config_check_secret_file (const char *path, GError **error);
+static void pg_config_upstream_defaults (PgUpstreamConfig *up, const char *name);
+
 /* --- the loader: one per load, holds what error messages need ----------------------------- */
 
 typedef struct
 {
-  const char *source;   /* unowned: the file name as given, or "(command line)" */
-  GKeyFile *keyfile;    /* unowned */
-  gchar *base_dir;      /* owned: relative paths are resolved against it */
-  GHashTable *origins;  /* owned: "group\nkey" → the command-line flag that set it */
+  const char *source;           /* unowned: the file name as given, or "(command line)" */
+  GKeyFile *keyfile;            /* unowned */
+  gchar *base_dir;              /* owned: relative paths are resolved against it */
+  GHashTable *origins;          /* owned: "group\nkey" → the command-line flag that set it */
   gboolean inherited_listeners; /* socket activation: no listen key is needed */
 } PgConfigLoader;
 
@@ -95,8 +134,8 @@ static gboolean pg_config_fail (const PgConfigLoader *loader, const char *group,
                                 GError **error, const char *format, ...) G_GNUC_PRINTF (5, 6);
 
 static gboolean
-pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key,
-                GError **error, const char *format, ...)
+pg_config_fail (const PgConfigLoader *loader, const char *group, const char *key, GError **error,
+                const char *format, ...)
 {
   g_autofree gchar *what = NULL;
   g_autofree gchar *where = NULL;
@@ -220,8 +259,8 @@ pg_config_parse_uint (const char *value, guint min, guint max, guint *out_value,
     }
   if (number < min || number > max)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is out of range (%u to %u)", quoted,
-                   min, max);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is out of range (%u to %u)", quoted, min,
+                   max);
       return FALSE;
     }
   *out_value = (guint) number;
@@ -424,9 +463,8 @@ pg_config_parse_duration (const char *value, guint *out_ms, GError **error)
 
           if (ms > G_MAXUINT)
             {
-              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
-                           "%s is too long (at most %u days)", quoted,
-                           G_MAXUINT / (24u * 3600000u));
+              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s is too long (at most %u days)",
+                           quoted, G_MAXUINT / (24u * 3600000u));
               return FALSE;
             }
           *out_ms = (guint) ms;
@@ -510,8 +548,7 @@ pg_config_parse_listen_entry (const char *entry, GError **error)
     {
       if (!g_ascii_isdigit (*p))
         {
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port is not a number",
-                       quoted);
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port is not a number", quoted);
           return NULL;
         }
       port = port * 10 + (guint) (*p - '0');
@@ -520,8 +557,7 @@ pg_config_parse_listen_entry (const char *entry, GError **error)
     }
   if (port == 0 || port > 65535)
     {
-      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port must be 1 to 65535",
-                   quoted);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the port must be 1 to 65535", quoted);
       return NULL;
     }
   addr->port = (guint16) port;
@@ -557,7 +593,7 @@ pg_config_parse_listen (const char *value, GError **error)
 {
   g_auto (GStrv) entries = NULL;
   g_autoptr (GPtrArray) list
-    = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
+      = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_listen_addr_free);
 
   g_return_val_if_fail (value != NULL, NULL);
 
@@ -604,8 +640,8 @@ pg_config_parse_networks (const char *value, GError **error)
           return NULL;
         }
       const char *slash = strchr (entry, '/');
-      g_autofree gchar *host = g_strndup (entry, slash != NULL ? (gsize) (slash - entry)
-                                                               : strlen (entry));
+      g_autofree gchar *host
+          = g_strndup (entry, slash != NULL ? (gsize) (slash - entry) : strlen (entry));
 
       /* Parsed here rather than by g_inet_address_mask_new_from_string(): an out-of-range
        * prefix there is a GObject property warning, not an error. */
@@ -785,13 +821,7 @@ pg_config_new_defaults (const char *source)
   config->ref_count = 1;
   config->source = g_strdup (source);
 
-  config->upstream.name = g_strdup ("default");
-  config->upstream.provider = g_strdup ("generic");
-  config->upstream.port = 0; /* chosen from tls once that is known */
-  config->upstream.tls = PG_UPSTREAM_TLS_IMPLICIT;
-  config->upstream.mailbox = g_strdup ("INBOX");
-  config->upstream.timeout_ms = PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
-  config->upstream.connect_timeout_ms = PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S * 1000;
+  pg_config_upstream_defaults (&config->upstream, "default");
   config->upstreams = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_upstream_config_free);
 
   config->pop3.listen = pg_config_listen_list_new ();
@@ -814,6 +844,7 @@ pg_config_new_defaults (const char *source)
   config->state.path = g_strdup ("/var/lib/popgate");
 
   config->metrics.listen = pg_config_listen_list_new ();
+  config->status.listen = pg_config_listen_list_new ();
 
   config->limits.max_sessions = PG_DEFAULT_MAX_SESSIONS;
   config->limits.max_sessions_per_address = PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS;
@@ -858,17 +889,42 @@ pg_config_unref (PgConfig *config)
   g_ptr_array_unref (config->imap.listen);
   g_ptr_array_unref (config->imap.tls_listen);
   g_free (config->imap.account_map);
-  g_clear_pointer (&config->imap.accounts, g_hash_table_unref);
+  g_free (config->accounts.file);
+  g_clear_pointer (&config->accounts.table, g_hash_table_unref);
   g_free (config->tls.cert);
   g_free (config->tls.key);
   g_free (config->tls.priority);
   g_free (config->state.path);
   g_ptr_array_unref (config->metrics.listen);
+  g_ptr_array_unref (config->status.listen);
+  g_free (config->status.auth_file);
+  g_clear_pointer (&config->status.users, g_hash_table_unref);
   g_ptr_array_unref (config->proxy.trusted);
   g_free (config);
 }
 
 /* --- loading ----------------------------------------------------------------------------- */
+
+/* NAME of [upstream:NAME]: what an accounts file line can name, and not "default". */
+static gboolean
+pg_config_check_upstream_name (const PgConfigLoader *loader, const char *group, GError **error)
+{
+  const char *name = group + strlen (PG_CONFIG_UPSTREAM_GROUP_PREFIX);
+
+  if (name[0] == '\0' || strlen (name) > PG_CONFIG_MAX_UPSTREAM_NAME)
+    return pg_config_fail (loader, group, NULL, error, "an upstream name is 1 to %u characters",
+                           PG_CONFIG_MAX_UPSTREAM_NAME);
+  for (const char *p = name; *p != '\0'; p++)
+    {
+      if (!g_ascii_isalnum (*p) && *p != '-' && *p != '_' && *p != '.')
+        return pg_config_fail (loader, group, NULL, error,
+                               "an upstream name has only letters, digits, '-', '_' and '.'");
+    }
+  if (g_ascii_strcasecmp (name, "default") == 0)
+    return pg_config_fail (loader, group, NULL, error,
+                           "\"default\" is [upstream] itself; pick another name");
+  return TRUE;
+}
 
 static gboolean
 pg_config_check_keys (const PgConfigLoader *loader, GError **error)
@@ -885,10 +941,17 @@ pg_config_check_keys (const PgConfigLoader *loader, GError **error)
           if (strcmp (groups[i], pg_config_groups[g].name) == 0)
             group = &pg_config_groups[g];
         }
+      if (g_str_has_prefix (groups[i], PG_CONFIG_UPSTREAM_GROUP_PREFIX))
+        {
+          if (!pg_config_check_upstream_name (loader, groups[i], error))
+            return FALSE;
+          group = &pg_config_groups[0];
+        }
       if (group == NULL)
         return pg_config_fail (loader, groups[i], NULL, error,
-                               "unknown group (the groups are upstream, pop3, imap, tls, "
-                               "state, metrics, limits, log and proxy)");
+                               "unknown group (the groups are upstream, upstream:NAME, pop3, "
+                               "imap, tls, state, metrics, status, limits, log, proxy and "
+                               "accounts)");
 
       keys = g_key_file_get_keys (loader->keyfile, groups[i], NULL, NULL);
       for (gsize k = 0; keys != NULL && keys[k] != NULL; k++)
@@ -921,18 +984,186 @@ pg_config_check_mailbox (const PgConfigLoader *loader, const char *group, const 
   return TRUE;
 }
 
+/* Provider presets ([upstream] provider): what a generic admin would otherwise copy from
+ * the provider's documentation. Any key in the group overrides them. */
+typedef struct
+{
+  const char *name;
+  const char *host;
+  const char *token_url;
+  const char *authorize_url;
+  const char *device_url;
+  const char *scope;
+} PgConfigProvider;
+
+static const PgConfigProvider pg_config_providers[] = {
+  { "generic", NULL, NULL, NULL, NULL, NULL },
+  { "gmail", "imap.gmail.com", "https://oauth2.googleapis.com/token",
+    "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/device/code",
+    "https://mail.google.com/" },
+  { "outlook", "outlook.office365.com",
+    "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+    "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+    "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
+    "https://outlook.office.com/IMAP.AccessAsUser.All offline_access" },
+};
+
+/* An OAuth2 endpoint: https://, or http:// only to a loopback host (a test server, a local
+ * token broker): a token or client secret never crosses a network in clear. */
 static gboolean
-pg_config_load_upstream (const PgConfigLoader *loader, PgConfig *config, GError **error)
+pg_config_get_oauth2_url (const PgConfigLoader *loader, const char *group, const char *key,
+                          gchar **inout_url, GError **error)
+{
+  g_autofree gchar *value = NULL;
+  g_autofree gchar *quoted = NULL;
+  g_autoptr (GUri) uri = NULL;
+  const char *scheme;
+  const char *host;
+
+  if (!pg_config_get_string (loader, group, key, FALSE, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  quoted = pg_config_quote (value);
+  uri = g_uri_parse (value, G_URI_FLAGS_NONE, NULL);
+  if (uri == NULL || g_uri_get_host (uri) == NULL || g_uri_get_host (uri)[0] == '\0')
+    return pg_config_fail (loader, group, key, error, "%s is not a URL", quoted);
+  scheme = g_uri_get_scheme (uri);
+  host = g_uri_get_host (uri);
+  if (g_ascii_strcasecmp (scheme, "http") == 0)
+    {
+      g_autoptr (GInetAddress) address = g_inet_address_new_from_string (host);
+
+      if (g_ascii_strcasecmp (host, "localhost") != 0
+          && (address == NULL || !g_inet_address_get_is_loopback (address)))
+        return pg_config_fail (loader, group, key, error,
+                               "%s: http:// is allowed only to a loopback host (127.0.0.1, "
+                               "[::1], localhost); use https://",
+                               quoted);
+    }
+  else if (g_ascii_strcasecmp (scheme, "https") != 0)
+    return pg_config_fail (loader, group, key, error, "%s: use an https:// URL", quoted);
+  g_free (*inout_url);
+  *inout_url = g_steal_pointer (&value);
+  return TRUE;
+}
+
+/* A word from `words` into *inout_index; absent keys leave it alone. */
+static gboolean
+pg_config_get_word (const PgConfigLoader *loader, const char *group, const char *key,
+                    const char *const *words, const char *choices, gint *inout_index,
+                    GError **error)
+{
+  g_autofree gchar *value = NULL;
+  gint index;
+
+  if (!pg_config_get_raw (loader, group, key, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  index = pg_config_match_word (loader, group, key, value, words, choices, error);
+  if (index < 0)
+    return FALSE;
+  *inout_index = index;
+  return TRUE;
+}
+
+static gboolean
+pg_config_load_oauth2 (const PgConfigLoader *loader, const char *group, PgUpstreamConfig *up,
+                       GError **error)
+{
+  static const char *const grant_words[] = { "refresh_token", "client_credentials", NULL };
+  static const char *const mechanism_words[] = { "auto", "xoauth2", "oauthbearer", NULL };
+  gint grant = (gint) up->oauth2.grant;
+  gint mechanism = (gint) up->oauth2.mechanism;
+
+  if (!pg_config_get_oauth2_url (loader, group, "oauth2_token_url", &up->oauth2.token_url, error)
+      || !pg_config_get_oauth2_url (loader, group, "oauth2_authorize_url",
+                                    &up->oauth2.authorize_url, error)
+      || !pg_config_get_oauth2_url (loader, group, "oauth2_device_url", &up->oauth2.device_url,
+                                    error))
+    return FALSE;
+  if (!pg_config_get_string (loader, group, "oauth2_client_id", FALSE, &up->oauth2.client_id,
+                             error))
+    return FALSE;
+  if (!pg_config_get_string (loader, group, "oauth2_scope", FALSE, &up->oauth2.scope, error))
+    return FALSE;
+  if (!pg_config_get_path (loader, group, "oauth2_client_secret_file", TRUE,
+                           &up->oauth2.client_secret_file, error))
+    return FALSE;
+  if (up->oauth2.client_secret_file != NULL)
+    {
+      g_autoptr (GError) cause = NULL;
+
+      if (!pg_config_check_secret_file (up->oauth2.client_secret_file, &cause))
+        return pg_config_fail_from (loader, group, "oauth2_client_secret_file", error, cause);
+    }
+  if (!pg_config_get_path (loader, group, "oauth2_ca_file", TRUE, &up->oauth2.ca_file, error))
+    return FALSE;
+  if (!pg_config_get_word (loader, group, "oauth2_grant", grant_words,
+                           "refresh_token, client_credentials", &grant, error))
+    return FALSE;
+  up->oauth2.grant = (PgOAuth2Grant) grant;
+  if (!pg_config_get_word (loader, group, "oauth2_mechanism", mechanism_words,
+                           "auto, xoauth2, oauthbearer", &mechanism, error))
+    return FALSE;
+  up->oauth2.mechanism = (PgOAuth2Mechanism) mechanism;
+
+  if (up->auth == PG_UPSTREAM_AUTH_OAUTH2)
+    {
+      if (up->oauth2.token_url == NULL)
+        return pg_config_fail (loader, group, "oauth2_token_url", error,
+                               "missing: auth = oauth2 needs the token endpoint");
+      if (up->oauth2.client_id == NULL)
+        return pg_config_fail (loader, group, "oauth2_client_id", error,
+                               "missing: auth = oauth2 needs the client id");
+    }
+  return TRUE;
+}
+
+/* [upstream] or one [upstream:NAME] (same keys) into `up`, which holds the defaults. */
+static gboolean
+pg_config_load_upstream_group (const PgConfigLoader *loader, const char *group,
+                               PgUpstreamConfig *up, GError **error)
 {
   static const char *const tls_words[] = { "none", "starttls", "implicit", NULL };
-  g_autofree gchar *tls = NULL;
+  static const char *const provider_words[] = { "generic", "gmail", "outlook", NULL };
+  static const char *const auth_words[] = { "password", "oauth2", NULL };
+  static const char *const mechanism_words[] = { "auto", "plain", "login", NULL };
   g_autofree gchar *host = NULL;
+  gint provider = 0;
+  gint tls = (gint) up->tls;
+  gint auth = (gint) up->auth;
+  gint mechanism = (gint) up->auth_mechanism;
+  const PgConfigProvider *preset;
   guint port = 0;
 
-  if (!pg_config_get_string (loader, "upstream", "host", FALSE, &host, error))
+  G_STATIC_ASSERT (G_N_ELEMENTS (pg_config_providers) == G_N_ELEMENTS (provider_words) - 1);
+  if (!pg_config_get_word (loader, group, "provider", provider_words, "generic, gmail, outlook",
+                           &provider, error))
+    return FALSE;
+  preset = &pg_config_providers[provider];
+  g_free (up->provider);
+  up->provider = g_strdup (preset->name);
+  if (preset->host != NULL)
+    {
+      up->tls = PG_UPSTREAM_TLS_IMPLICIT;
+      tls = (gint) up->tls;
+      host = g_strdup (preset->host);
+      g_free (up->oauth2.token_url);
+      up->oauth2.token_url = g_strdup (preset->token_url);
+      g_free (up->oauth2.authorize_url);
+      up->oauth2.authorize_url = g_strdup (preset->authorize_url);
+      g_free (up->oauth2.device_url);
+      up->oauth2.device_url = g_strdup (preset->device_url);
+      g_free (up->oauth2.scope);
+      up->oauth2.scope = g_strdup (preset->scope);
+    }
+
+  if (!pg_config_get_string (loader, group, "host", FALSE, &host, error))
     return FALSE;
   if (host == NULL)
-    return pg_config_fail (loader, "upstream", "host", error,
+    return pg_config_fail (loader, group, "host", error,
                            "missing: the upstream IMAP server's name or address is required");
   if (host[0] == '[' && host[strlen (host) - 1] == ']')
     {
@@ -943,47 +1174,83 @@ pg_config_load_upstream (const PgConfigLoader *loader, PgConfig *config, GError 
   if (strpbrk (host, " \t/") != NULL)
     {
       g_autofree gchar *quoted = pg_config_quote (host);
-      return pg_config_fail (loader, "upstream", "host", error,
-                             "%s is not a host name or address", quoted);
+      return pg_config_fail (loader, group, "host", error, "%s is not a host name or address",
+                             quoted);
     }
   if (strchr (host, ':') != NULL && !g_hostname_is_ip_address (host))
     {
       g_autofree gchar *quoted = pg_config_quote (host);
-      return pg_config_fail (loader, "upstream", "host", error,
-                             "%s: put the port in [upstream] port, not in the host", quoted);
+      return pg_config_fail (loader, group, "host", error,
+                             "%s: put the port in [%s] port, not in the host", quoted, group);
     }
-  config->upstream.host = g_steal_pointer (&host);
+  g_free (up->host);
+  up->host = g_steal_pointer (&host);
 
-  if (!pg_config_get_raw (loader, "upstream", "tls", &tls, error))
-    return FALSE;
-  if (tls != NULL)
-    {
-      gint index = pg_config_match_word (loader, "upstream", "tls", tls, tls_words,
-                                         "none, starttls, implicit", error);
-      if (index < 0)
-        return FALSE;
-      config->upstream.tls = (PgUpstreamTls) index;
-    }
-  if (!pg_config_get_uint (loader, "upstream", "port", 1, 65535, &port, error))
-    return FALSE;
-  if (port == 0)
-    port = config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT ? 993 : 143;
-  config->upstream.port = (guint16) port;
-
-  if (!pg_config_get_path (loader, "upstream", "ca_file", TRUE, &config->upstream.ca_file,
+  if (!pg_config_get_word (loader, group, "tls", tls_words, "none, starttls, implicit", &tls,
                            error))
     return FALSE;
-  if (!pg_config_get_string (loader, "upstream", "mailbox", TRUE, &config->upstream.mailbox,
-                             error))
+  up->tls = (PgUpstreamTls) tls;
+  if (!pg_config_get_uint (loader, group, "port", 1, 65535, &port, error))
     return FALSE;
-  if (!pg_config_check_mailbox (loader, "upstream", "mailbox", config->upstream.mailbox, error))
+  if (port == 0)
+    port = up->tls == PG_UPSTREAM_TLS_IMPLICIT ? 993 : 143;
+  up->port = (guint16) port;
+
+  if (!pg_config_get_path (loader, group, "ca_file", TRUE, &up->ca_file, error))
     return FALSE;
-  if (!pg_config_get_duration (loader, "upstream", "timeout", 1, &config->upstream.timeout_ms,
-                               error))
+  if (!pg_config_get_string (loader, group, "mailbox", TRUE, &up->mailbox, error))
     return FALSE;
-  if (!pg_config_get_duration (loader, "upstream", "connect_timeout", 1,
-                               &config->upstream.connect_timeout_ms, error))
+  if (!pg_config_check_mailbox (loader, group, "mailbox", up->mailbox, error))
     return FALSE;
+  if (!pg_config_get_duration (loader, group, "timeout", 1, &up->timeout_ms, error))
+    return FALSE;
+  if (!pg_config_get_duration (loader, group, "connect_timeout", 1, &up->connect_timeout_ms, error))
+    return FALSE;
+  if (!pg_config_get_word (loader, group, "auth", auth_words, "password, oauth2", &auth, error))
+    return FALSE;
+  up->auth = (PgUpstreamAuth) auth;
+  if (!pg_config_get_word (loader, group, "auth_mechanism", mechanism_words, "auto, plain, login",
+                           &mechanism, error))
+    return FALSE;
+  up->auth_mechanism = (PgAuthMechanism) mechanism;
+  return pg_config_load_oauth2 (loader, group, up, error);
+}
+
+static void
+pg_config_upstream_defaults (PgUpstreamConfig *up, const char *name)
+{
+  up->name = g_strdup (name);
+  up->provider = g_strdup ("generic");
+  up->port = 0; /* chosen from tls once that is known */
+  up->tls = PG_UPSTREAM_TLS_IMPLICIT;
+  up->mailbox = g_strdup ("INBOX");
+  up->timeout_ms = PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
+  up->connect_timeout_ms = PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S * 1000;
+  up->auth = PG_UPSTREAM_AUTH_PASSWORD;
+  up->auth_mechanism = PG_AUTH_MECHANISM_AUTO;
+  up->oauth2.grant = PG_OAUTH2_GRANT_REFRESH_TOKEN;
+  up->oauth2.mechanism = PG_OAUTH2_MECHANISM_AUTO;
+}
+
+static gboolean
+pg_config_load_upstream (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  g_auto (GStrv) groups = g_key_file_get_groups (loader->keyfile, NULL);
+
+  if (!pg_config_load_upstream_group (loader, "upstream", &config->upstream, error))
+    return FALSE;
+  for (gsize i = 0; groups[i] != NULL; i++)
+    {
+      PgUpstreamConfig *up;
+
+      if (!g_str_has_prefix (groups[i], PG_CONFIG_UPSTREAM_GROUP_PREFIX))
+        continue;
+      up = g_new0 (PgUpstreamConfig, 1);
+      pg_config_upstream_defaults (up, groups[i] + strlen (PG_CONFIG_UPSTREAM_GROUP_PREFIX));
+      g_ptr_array_add (config->upstreams, up);
+      if (!pg_config_load_upstream_group (loader, groups[i], up, error))
+        return FALSE;
+    }
   return TRUE;
 }
 
@@ -1067,23 +1334,24 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
   if (!pg_config_get_uint (loader, "pop3", "recent_days", 0, PG_CONFIG_MAX_RECENT_DAYS,
                            &config->pop3.recent_days, error))
     return FALSE;
-  if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol,
-                           error))
+  if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol, error))
     return FALSE;
   return TRUE;
 }
 
-/* --- the IMAP account map ----------------------------------------------------------------- */
+/* --- the accounts file ------------------------------------------------------------------- */
 
 static void
-pg_config_imap_account_free (PgImapAccount *account)
+pg_account_free (PgAccount *account)
 {
   g_free (account->local_user);
   pg_secret_free (account->local_secret);
   g_free (account->upstream_user);
-  pg_secret_free (account->upstream_password);
+  pg_secret_free (account->password);
+  g_free (account->token_file);
   g_free (account);
 }
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgAccount, pg_account_free)
 
 /* A file that holds secrets: a regular file nobody but its owner may read or write. */
 static gboolean
@@ -1106,7 +1374,8 @@ pg_config_check_secret_file (const char *path, GError **error)
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
                    "%s: holds secrets but is accessible by group or others (mode %04o; use "
-                   "chmod 600)", path, (guint) (st.st_mode & 07777));
+                   "chmod 600)",
+                   path, (guint) (st.st_mode & 07777));
       return FALSE;
     }
   return TRUE;
@@ -1115,8 +1384,9 @@ pg_config_check_secret_file (const char *path, GError **error)
 static gboolean
 pg_config_check_local_secret (const char *secret)
 {
+  /* An empty {PLAIN} secret would let anybody in with an empty password. */
   if (g_str_has_prefix (secret, "{PLAIN}"))
-    return TRUE;
+    return secret[strlen ("{PLAIN}")] != '\0';
   if (g_str_has_prefix (secret, "{PBKDF2-SHA256}"))
     {
       g_auto (GStrv) parts = g_strsplit (secret + strlen ("{PBKDF2-SHA256}"), "$", -1);
@@ -1129,10 +1399,156 @@ pg_config_check_local_secret (const char *secret)
   return FALSE;
 }
 
-/* Lines "local-user  local-secret  upstream-user  upstream-password-file"; see
- * data/popgate.conf.example. Errors name the map's file and line. */
+/* The first line of a 0600 file (a final newline is not part of it), wiped copy. */
+static gchar *
+pg_config_read_password_file (const char *path, GError **error)
+{
+  g_autofree gchar *text = NULL;
+  gsize len = 0;
+  gchar *password;
+
+  if (!pg_config_check_secret_file (path, error) || !g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  text[strcspn (text, "\r\n")] = '\0';
+  password = g_strdup (text);
+  pg_secret_wipe (text, len);
+  if (password[0] == '\0')
+    {
+      pg_secret_free (password);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: the password file is empty", path);
+      return NULL;
+    }
+  return password;
+}
+
+/* The credential field of a line, for the account on `account->upstream`. */
+static gboolean
+pg_config_parse_credential (PgAccount *account, const char *field, const char *dir, GError **error)
+{
+  const PgUpstreamConfig *up = account->upstream;
+  gboolean oauth2 = up->auth == PG_UPSTREAM_AUTH_OAUTH2;
+
+  if (strcmp (field, "-") == 0)
+    {
+      if (oauth2)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "\"-\" passes the client's password through, but upstream %s has auth "
+                       "= oauth2",
+                       up->name);
+          return FALSE;
+        }
+      account->credential = PG_CREDENTIAL_PASS_THROUGH;
+      return TRUE;
+    }
+  if (g_str_has_prefix (field, "password:") && field[strlen ("password:")] != '\0')
+    {
+      g_autofree gchar *path = g_canonicalize_filename (field + strlen ("password:"), dir);
+
+      if (oauth2)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "password:FILE, but upstream %s has auth = oauth2 (use oauth2:FILE or "
+                       "oauth2)",
+                       up->name);
+          return FALSE;
+        }
+      account->password = pg_config_read_password_file (path, error);
+      if (account->password == NULL)
+        return FALSE;
+      account->credential = PG_CREDENTIAL_PASSWORD;
+      return TRUE;
+    }
+  if (g_str_has_prefix (field, "oauth2:") && field[strlen ("oauth2:")] != '\0')
+    {
+      g_autofree gchar *path = g_canonicalize_filename (field + strlen ("oauth2:"), dir);
+
+      if (!oauth2)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "oauth2:FILE, but upstream %s has auth = password", up->name);
+          return FALSE;
+        }
+      if (!pg_config_check_secret_file (path, error))
+        return FALSE;
+      account->credential = PG_CREDENTIAL_OAUTH2;
+      account->token_file = g_steal_pointer (&path);
+      return TRUE;
+    }
+  if (strcmp (field, "oauth2") == 0)
+    {
+      if (!oauth2 || up->oauth2.grant != PG_OAUTH2_GRANT_CLIENT_CREDENTIALS)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "oauth2 (no token file) needs auth = oauth2 and oauth2_grant = "
+                       "client_credentials in upstream %s",
+                       up->name);
+          return FALSE;
+        }
+      account->credential = PG_CREDENTIAL_OAUTH2_CLIENT;
+      return TRUE;
+    }
+  g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+               "the credential must be password:FILE, oauth2:FILE, oauth2 or -");
+  return FALSE;
+}
+
+/* One non-comment line, split into `words`. `legacy`: the [imap] account_map format
+ * "local-user local-secret upstream-user upstream-password-file". */
+static PgAccount *
+pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean legacy, const char *dir,
+                         GError **error)
+{
+  g_autoptr (PgAccount) account = g_new0 (PgAccount, 1);
+  const char *upstream_name = NULL;
+
+  if (words->len != (legacy ? 4u : 5u))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "expected \"%s\"",
+                   legacy ? "local-user local-secret upstream-user upstream-password-file"
+                          : "local-user local-secret upstream upstream-user credential");
+      return NULL;
+    }
+  /* Only now: a short line has no third field (found by fuzz-accounts). */
+  upstream_name = legacy ? "default" : g_ptr_array_index (words, 2);
+  if (!pg_config_check_local_secret (g_ptr_array_index (words, 1)))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "the local secret must be {PLAIN}password (not empty) or "
+                   "{PBKDF2-SHA256}iterations$salt$hash (base64)");
+      return NULL;
+    }
+  account->local_user = g_strdup (g_ptr_array_index (words, 0));
+  account->local_secret = g_strdup (g_ptr_array_index (words, 1));
+  account->upstream = pg_config_find_upstream (config, upstream_name);
+  if (account->upstream == NULL)
+    {
+      g_autofree gchar *quoted = pg_config_quote (upstream_name);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "unknown upstream %s (use default or the NAME of an [upstream:NAME] group)",
+                   quoted);
+      return NULL;
+    }
+  account->upstream_user = g_strdup (g_ptr_array_index (words, legacy ? 2 : 3));
+  if (legacy)
+    {
+      g_autofree gchar *path = g_canonicalize_filename (g_ptr_array_index (words, 3), dir);
+
+      account->password = pg_config_read_password_file (path, error);
+      if (account->password == NULL)
+        return NULL;
+      account->credential = PG_CREDENTIAL_PASSWORD;
+    }
+  else if (!pg_config_parse_credential (account, g_ptr_array_index (words, 4), dir, error))
+    return NULL;
+  return g_steal_pointer (&account);
+}
+
+/* The accounts file (see data/popgate.conf.example). Errors name the file and the line;
+ * every copy of the file's text is wiped (it holds the local secrets). */
 static GHashTable *
-pg_config_load_account_map (const char *path, GError **error)
+pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean legacy,
+                              GError **error)
 {
   g_autofree gchar *text = NULL;
   g_autofree gchar *dir = g_path_get_dirname (path);
@@ -1144,18 +1560,16 @@ pg_config_load_account_map (const char *path, GError **error)
     return NULL;
   if (!g_file_get_contents (path, &text, &len, error))
     return NULL;
-  accounts = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
-                                    (GDestroyNotify) pg_config_imap_account_free);
+  accounts
+      = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) pg_account_free);
   lines = g_strsplit (text, "\n", -1);
   pg_secret_wipe (text, len);
   for (guint i = 0; lines[i] != NULL; i++)
     {
       g_auto (GStrv) fields = NULL;
       g_autoptr (GPtrArray) words = g_ptr_array_new ();
-      g_autofree gchar *password_path = NULL;
-      g_autofree gchar *password = NULL;
-      gsize password_len = 0;
-      PgImapAccount *account;
+      g_autoptr (GError) cause = NULL;
+      PgAccount *account;
       char *line = g_strstrip (lines[i]);
 
       if (line[0] == '\0' || line[0] == '#')
@@ -1168,50 +1582,24 @@ pg_config_load_account_map (const char *path, GError **error)
       for (guint f = 0; fields[f] != NULL; f++)
         if (fields[f][0] != '\0')
           g_ptr_array_add (words, fields[f]);
-      if (words->len != 4)
-        {
-          for (guint f = 0; fields[f] != NULL; f++)
-            pg_secret_wipe (fields[f], strlen (fields[f]));
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
-                       "%s line %u: expected \"local-user local-secret upstream-user "
-                       "upstream-password-file\"", path, i + 1);
-          return NULL;
-        }
-      if (!pg_config_check_local_secret (g_ptr_array_index (words, 1)))
-        {
-          for (guint f = 0; fields[f] != NULL; f++)
-            pg_secret_wipe (fields[f], strlen (fields[f]));
-          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
-                       "%s line %u: the local secret must be {PLAIN}password or "
-                       "{PBKDF2-SHA256}iterations$salt$hash (base64)", path, i + 1);
-          return NULL;
-        }
-      password_path = g_canonicalize_filename (g_ptr_array_index (words, 3), dir);
-      if (!pg_config_check_secret_file (password_path, error)
-          || !g_file_get_contents (password_path, &password, &password_len, error))
-        {
-          for (guint f = 0; fields[f] != NULL; f++)
-            pg_secret_wipe (fields[f], strlen (fields[f]));
-          g_prefix_error (error, "%s line %u: ", path, i + 1);
-          return NULL;
-        }
-      /* The first line of the file is the password (a final newline is not part of it). */
-      password[strcspn (password, "\r\n")] = '\0';
-      account = g_new0 (PgImapAccount, 1);
-      account->local_user = g_strdup (g_ptr_array_index (words, 0));
-      account->local_secret = g_strdup (g_ptr_array_index (words, 1));
-      account->upstream_user = g_strdup (g_ptr_array_index (words, 2));
-      account->upstream_password = g_strdup (password);
-      pg_secret_wipe (password, password_len);
+      account = g_hash_table_size (accounts) < PG_CONFIG_MAX_ACCOUNTS
+                    ? pg_config_parse_account (config, words, legacy, dir, &cause)
+                    : NULL;
       for (guint f = 0; fields[f] != NULL; f++)
         pg_secret_wipe (fields[f], strlen (fields[f]));
-      if (account->upstream_password[0] == '\0'
-          || g_hash_table_contains (accounts, account->local_user))
+      if (account == NULL)
         {
           g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s line %u: %s", path, i + 1,
-                       account->upstream_password[0] == '\0' ? "the password file is empty"
-                                                              : "the local user is listed twice");
-          pg_config_imap_account_free (account);
+                       cause != NULL ? cause->message : "too many accounts");
+          return NULL;
+        }
+      if (g_hash_table_contains (accounts, account->local_user))
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s line %u: the local user is listed "
+                       "twice",
+                       path, i + 1);
+          pg_account_free (account);
           return NULL;
         }
       g_hash_table_insert (accounts, account->local_user, account);
@@ -1219,26 +1607,95 @@ pg_config_load_account_map (const char *path, GError **error)
   return g_steal_pointer (&accounts);
 }
 
-const PgImapAccount *
-pg_config_find_imap_account (const PgConfig *config, const char *login)
+/* [status] auth_file: lines "user:{PLAIN}secret" or "user:{PBKDF2-SHA256}n$salt$hash",
+ * checked like the accounts' local secrets. Errors name the file and line, never a secret. */
+static GHashTable *
+pg_config_load_status_users (const char *path, GError **error)
 {
-  g_return_val_if_fail (config != NULL && login != NULL, NULL);
-  if (config->imap.accounts == NULL)
+  g_autofree gchar *text = NULL;
+  g_autoptr (GHashTable) users = NULL;
+  g_auto (GStrv) lines = NULL;
+  gsize len = 0;
+
+  if (!pg_config_check_secret_file (path, error))
     return NULL;
-  return g_hash_table_lookup (config->imap.accounts, login);
+  if (!g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  users = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) pg_secret_free);
+  lines = g_strsplit (text, "\n", -1);
+  pg_secret_wipe (text, len);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      char *line = g_strstrip (lines[i]);
+      char *colon = strchr (line, ':');
+      gboolean ok = FALSE;
+
+      if (line[0] == '\0' || line[0] == '#')
+        {
+          pg_secret_wipe (lines[i], strlen (lines[i]));
+          continue;
+        }
+      if (colon != NULL && colon != line && pg_config_check_local_secret (colon + 1))
+        {
+          *colon = '\0';
+          ok = !g_hash_table_contains (users, line);
+        }
+      if (ok)
+        g_hash_table_insert (users, g_strdup (line), g_strdup (colon + 1));
+      pg_secret_wipe (lines[i], strlen (lines[i]));
+      if (!ok)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                       "%s line %u: expected \"user:{PLAIN}password\" or "
+                       "\"user:{PBKDF2-SHA256}iterations$salt$hash\", each user once",
+                       path, i + 1);
+          return NULL;
+        }
+    }
+  if (g_hash_table_size (users) == 0)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "%s: no user", path);
+      return NULL;
+    }
+  return g_steal_pointer (&users);
 }
 
 gboolean
-pg_config_imap_account_check (const PgImapAccount *account, const char *password)
+pg_config_status_check_user (const PgConfig *config, const char *user, const char *password)
 {
-  const char *secret = account->local_secret;
+  const char *secret;
 
+  g_return_val_if_fail (config != NULL && user != NULL && password != NULL, FALSE);
+  if (config->status.users == NULL)
+    return FALSE;
+  secret = g_hash_table_lookup (config->status.users, user);
+  return secret != NULL && pg_config_secret_matches (secret, password);
+}
+
+const PgAccount *
+pg_config_find_account (const PgConfig *config, const char *local_user)
+{
+  g_return_val_if_fail (config != NULL && local_user != NULL, NULL);
+  if (config->accounts.table == NULL)
+    return NULL;
+  return g_hash_table_lookup (config->accounts.table, local_user);
+}
+
+gboolean
+pg_config_account_check (const PgAccount *account, const char *password)
+{
+  return pg_config_secret_matches (account->local_secret, password);
+}
+
+gboolean
+pg_config_secret_matches (const char *secret, const char *password)
+{
   if (g_str_has_prefix (secret, "{PLAIN}"))
     {
       const char *expected = secret + strlen ("{PLAIN}");
       gsize len = strlen (expected);
       /* Same length first (the length of the stored secret is not the secret). */
-      return strlen (password) == len && pg_secret_equal (expected, password, len);
+      return len > 0 && strlen (password) == len && pg_secret_equal (expected, password, len);
     }
   if (g_str_has_prefix (secret, "{PBKDF2-SHA256}"))
     {
@@ -1266,6 +1723,53 @@ pg_config_imap_account_check (const PgImapAccount *account, const char *password
   return FALSE;
 }
 
+const char *
+pg_credential_kind_to_string (PgCredentialKind kind)
+{
+  switch (kind)
+    {
+    case PG_CREDENTIAL_PASSWORD:
+      return "password";
+    case PG_CREDENTIAL_OAUTH2:
+      return "oauth2-token-file";
+    case PG_CREDENTIAL_OAUTH2_CLIENT:
+      return "oauth2-client-credentials";
+    case PG_CREDENTIAL_PASS_THROUGH:
+      return "pass-through";
+    }
+  return "?";
+}
+
+/* [accounts] file, or the deprecated [imap] account_map (not both): after the upstreams,
+ * which the lines name. */
+static gboolean
+pg_config_load_accounts (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  g_autoptr (GError) cause = NULL;
+  const char *group = "accounts";
+  const char *key = "file";
+
+  if (!pg_config_get_path (loader, "accounts", "file", TRUE, &config->accounts.file, error))
+    return FALSE;
+  if (config->imap.account_map != NULL)
+    {
+      if (config->accounts.file != NULL)
+        return pg_config_fail (loader, "imap", "account_map", error,
+                               "[accounts] file replaces it: set only one of the two");
+      config->accounts.file = g_strdup (config->imap.account_map);
+      config->accounts.deprecated_map = TRUE;
+      group = "imap";
+      key = "account_map";
+    }
+  if (config->accounts.file == NULL)
+    return TRUE;
+  config->accounts.table = pg_config_load_accounts_file (config, config->accounts.file,
+                                                         config->accounts.deprecated_map, &cause);
+  if (config->accounts.table == NULL)
+    return pg_config_fail_from (loader, group, key, error, cause);
+  return TRUE;
+}
+
 static gboolean
 pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **error)
 {
@@ -1277,22 +1781,13 @@ pg_config_load_imap (const PgConfigLoader *loader, PgConfig *config, GError **er
                            &config->imap.allow_plaintext_auth, error))
     return FALSE;
   if (!pg_config_get_duration (loader, "imap", "idle_timeout",
-                               PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000,
-                               &config->imap.idle_timeout_ms, error))
+                               PG_DEFAULT_IMAP_IDLE_TIMEOUT_S * 1000, &config->imap.idle_timeout_ms,
+                               error))
     return FALSE;
-  if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol,
-                           error))
+  if (!pg_config_get_bool (loader, "imap", "proxy_protocol", &config->imap.proxy_protocol, error))
     return FALSE;
   if (!pg_config_get_path (loader, "imap", "account_map", TRUE, &config->imap.account_map, error))
     return FALSE;
-  if (config->imap.account_map != NULL)
-    {
-      g_autoptr (GError) cause = NULL;
-
-      config->imap.accounts = pg_config_load_account_map (config->imap.account_map, &cause);
-      if (config->imap.accounts == NULL)
-        return pg_config_fail_from (loader, "imap", "account_map", error, cause);
-    }
   return TRUE;
 }
 
@@ -1329,12 +1824,55 @@ pg_config_load_tls (const PgConfigLoader *loader, PgConfig *config, GError **err
         {
           g_autofree gchar *quoted = pg_config_quote (config->tls.priority);
           g_autofree gchar *at
-            = pg_config_quote (error_pos != NULL ? error_pos : config->tls.priority);
+              = pg_config_quote (error_pos != NULL ? error_pos : config->tls.priority);
           return pg_config_fail (loader, "tls", "priority", error,
                                  "%s is not a GnuTLS priority string (%s, at %s)", quoted,
                                  gnutls_strerror (rc), at);
         }
       gnutls_priority_deinit (priority);
+    }
+  return TRUE;
+}
+
+/* The status page shows who is connected from where: loopback only unless the admin
+ * says otherwise, and then never without a password. */
+static gboolean
+pg_config_load_status (const PgConfigLoader *loader, PgConfig *config, GError **error)
+{
+  g_autoptr (GError) local_error = NULL;
+
+  if (!pg_config_get_listen (loader, "status", "listen", &config->status.listen, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "status", "allow_remote", &config->status.allow_remote, error))
+    return FALSE;
+  if (!pg_config_get_path (loader, "status", "auth_file", FALSE, &config->status.auth_file, error))
+    return FALSE;
+  if (config->status.auth_file != NULL)
+    {
+      config->status.users = pg_config_load_status_users (config->status.auth_file, &local_error);
+      if (config->status.users == NULL)
+        return pg_config_fail_from (loader, "status", "auth_file", error,
+                                    g_steal_pointer (&local_error));
+    }
+  if (config->status.allow_remote && config->status.users == NULL)
+    return pg_config_fail (loader, "status", "allow_remote", error,
+                           "allow_remote = true needs [status] auth_file (HTTP basic auth)");
+  if (config->status.allow_remote)
+    return TRUE;
+  for (guint i = 0; i < config->status.listen->len; i++)
+    {
+      const PgListenAddr *addr = g_ptr_array_index (config->status.listen, i);
+      g_autoptr (GInetAddress) inet
+          = addr->any ? NULL : g_inet_address_new_from_string (addr->host);
+
+      if (inet == NULL || !g_inet_address_get_is_loopback (inet))
+        {
+          g_autofree gchar *where = pg_listen_addr_to_string (addr);
+          return pg_config_fail (loader, "status", "listen", error,
+                                 "%s is not a loopback address: set allow_remote = true and "
+                                 "auth_file to serve the status page beyond this host",
+                                 where);
+        }
     }
   return TRUE;
 }
@@ -1360,6 +1898,8 @@ pg_config_load_rest (const PgConfigLoader *loader, PgConfig *config, GError **er
     return FALSE;
 
   if (!pg_config_get_listen (loader, "metrics", "listen", &config->metrics.listen, error))
+    return FALSE;
+  if (!pg_config_load_status (loader, config, error))
     return FALSE;
 
   if (!pg_config_get_uint (loader, "limits", "max_sessions", 1, PG_CONFIG_MAX_COUNT,
@@ -1447,15 +1987,18 @@ pg_config_check_listeners (const PgConfigLoader *loader, PgConfig *config, GErro
     const char *key;
     GPtrArray *list;
   } lists[] = {
-    { "pop3", "listen", config->pop3.listen },     { "pop3", "tls_listen", config->pop3.tls_listen },
-    { "imap", "listen", config->imap.listen },     { "imap", "tls_listen", config->imap.tls_listen },
+    { "pop3", "listen", config->pop3.listen },
+    { "pop3", "tls_listen", config->pop3.tls_listen },
+    { "imap", "listen", config->imap.listen },
+    { "imap", "tls_listen", config->imap.tls_listen },
     { "metrics", "listen", config->metrics.listen },
+    { "status", "listen", config->status.listen },
   };
   guint mail_listeners = 0;
 
   for (gsize l = 0; l < G_N_ELEMENTS (lists); l++)
     {
-      if (g_strcmp0 (lists[l].group, "metrics") != 0)
+      if (g_strcmp0 (lists[l].group, "metrics") != 0 && g_strcmp0 (lists[l].group, "status") != 0)
         mail_listeners += lists[l].list->len;
     }
   if (mail_listeners == 0 && !loader->inherited_listeners)
@@ -1535,8 +2078,8 @@ pg_config_scan_text (const PgConfigLoader *loader, const char *data, gsize len, 
         return pg_config_fail (loader, group, line, error,
                                "set twice (again on line %" G_GSIZE_FORMAT ")%s", line_no,
                                g_str_has_suffix (line, "listen")
-                                 ? "; list several addresses in one value, comma-separated"
-                                 : "");
+                                   ? "; list several addresses in one value, comma-separated"
+                                   : "");
       g_hash_table_add (seen, g_steal_pointer (&seen_key));
     }
   return TRUE;
@@ -1555,6 +2098,8 @@ pg_config_build (const PgConfigLoader *loader, GError **error)
     return NULL;
   if (!pg_config_load_imap (loader, config, error))
     return NULL;
+  if (!pg_config_load_accounts (loader, config, error))
+    return NULL;
   if (!pg_config_load_tls (loader, config, error))
     return NULL;
   if (!pg_config_load_rest (loader, config, error))
@@ -1565,8 +2110,7 @@ pg_config_build (const PgConfigLoader *loader, GError **error)
 }
 
 static void
-pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key,
-                       const char *flag)
+pg_config_note_origin (PgConfigLoader *loader, const char *group, const char *key, const char *flag)
 {
   g_hash_table_replace (loader->origins, g_strdup_printf ("%s\n%s", group, key),
                         g_strdup_printf (PG_CONFIG_COMMAND_LINE " %s", flag));
@@ -1584,53 +2128,44 @@ pg_config_set_override (PgConfigLoader *loader, const char *group, const char *k
 static gboolean
 pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GError **error)
 {
-  g_autofree gchar *rest = NULL;
   g_autofree gchar *host = NULL;
-  const char *port = NULL;
-  gsize len = 0;
+  g_autofree gchar *port = NULL;
+  g_autoptr (GError) local_error = NULL;
 
   /* So that a malformed flag is reported as the flag's error, not the file's. */
   pg_config_note_origin (loader, "upstream", "host", "--upstream");
-  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0)
+  if (g_ascii_strncasecmp (value, "imaps://", 8) == 0
+      || g_ascii_strncasecmp (value, "imap://", 7) == 0)
     {
-      pg_config_set_override (loader, "upstream", "tls", "implicit", "--upstream");
-      value += 8;
-    }
-  else if (g_ascii_strncasecmp (value, "imap://", 7) == 0)
-    {
-      /* Certificates are always verified; plaintext upstream needs tls = none in a file. */
-      pg_config_set_override (loader, "upstream", "tls", "starttls", "--upstream");
-      value += 7;
-    }
-  rest = g_strdup (value);
-  len = strlen (rest);
-  if (len > 0 && rest[len - 1] == '/')
-    rest[len - 1] = '\0';
+      g_autofree gchar *scheme = NULL;
+      g_autofree gchar *uri = g_strdup (value);
+      gsize len = strlen (uri);
+      gint uri_port = -1;
 
-  if (rest[0] == '[')
-    {
-      char *close = strchr (rest, ']');
-
-      if (close == NULL || (close[1] != '\0' && close[1] != ':'))
-        return pg_config_fail (loader, "upstream", "host", error,
-                               "an IPv6 address is written [ADDR] or [ADDR]:PORT");
-      host = g_strndup (rest + 1, (gsize) (close - rest - 1));
-      if (close[1] == ':')
-        port = close + 2;
+      if (len > 0 && uri[len - 1] == '/')
+        uri[len - 1] = '\0';
+      /* Certificates are always verified; a plaintext upstream: --upstream-tls none. */
+      if (!g_uri_split_network (uri, G_URI_FLAGS_NONE, &scheme, &host, &uri_port, &local_error))
+        return pg_config_fail (loader, "upstream", "host", error, "%s", local_error->message);
+      pg_config_set_override (loader, "upstream", "tls",
+                              g_ascii_strcasecmp (scheme, "imaps") == 0 ? "implicit" : "starttls",
+                              "--upstream");
+      if (uri_port > 0)
+        port = g_strdup_printf ("%d", uri_port);
     }
   else
     {
-      char *colon = strchr (rest, ':');
+      g_autoptr (GSocketConnectable) address = g_network_address_parse (value, 0, &local_error);
 
-      /* More than one colon without brackets: a bare IPv6 address, no port. */
-      if (colon != NULL && strchr (colon + 1, ':') == NULL)
-        {
-          *colon = '\0';
-          port = colon + 1;
-        }
-      host = g_strdup (rest);
+      if (address == NULL)
+        return pg_config_fail (loader, "upstream", "host", error,
+                               "%s (write HOST, HOST:PORT, [ADDR]:PORT or imaps://HOST:PORT)",
+                               local_error->message);
+      host = g_strdup (g_network_address_get_hostname (G_NETWORK_ADDRESS (address)));
+      if (g_network_address_get_port (G_NETWORK_ADDRESS (address)) != 0)
+        port = g_strdup_printf ("%u", g_network_address_get_port (G_NETWORK_ADDRESS (address)));
     }
-  if (host[0] == '\0')
+  if (host == NULL || host[0] == '\0')
     return pg_config_fail (loader, "upstream", "host", error, "missing host name");
   pg_config_set_override (loader, "upstream", "host", host, "--upstream");
   if (port != NULL)
@@ -1640,8 +2175,7 @@ pg_config_apply_upstream_override (PgConfigLoader *loader, const char *value, GE
 
 static PgConfig *
 pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const char *source,
-                        const char *base_dir, const PgConfigOverrides *overrides,
-                        GError **error)
+                        const char *base_dir, const PgConfigOverrides *overrides, GError **error)
 {
   PgConfigLoader loader = {
     .source = source,
@@ -1663,12 +2197,17 @@ pg_config_load_keyfile (GKeyFile *keyfile, const char *data, gsize len, const ch
       loader.inherited_listeners = overrides->inherited_listeners;
       if (overrides->upstream != NULL)
         ok = pg_config_apply_upstream_override (&loader, overrides->upstream, error);
+      /* After --upstream, whose scheme implies a tls mode: the explicit flag wins. */
+      if (ok && overrides->upstream_tls != NULL)
+        pg_config_set_override (&loader, "upstream", "tls", overrides->upstream_tls,
+                                "--upstream-tls");
+      if (ok && overrides->upstream_ca != NULL)
+        pg_config_set_override (&loader, "upstream", "ca_file", overrides->upstream_ca,
+                                "--upstream-ca");
       if (ok && overrides->pop3_listen != NULL)
-        pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen,
-                                "--pop3-listen");
+        pg_config_set_override (&loader, "pop3", "listen", overrides->pop3_listen, "--pop3-listen");
       if (ok && overrides->imap_listen != NULL)
-        pg_config_set_override (&loader, "imap", "listen", overrides->imap_listen,
-                                "--imap-listen");
+        pg_config_set_override (&loader, "imap", "listen", overrides->imap_listen, "--imap-listen");
       if (!ok)
         {
           pg_config_loader_clear (&loader);
@@ -1695,8 +2234,8 @@ pg_config_load (const char *path, const PgConfigOverrides *overrides, GError **e
   if (path == NULL)
     {
       base_dir = g_get_current_dir ();
-      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir,
-                                     overrides, error);
+      return pg_config_load_keyfile (keyfile, NULL, 0, PG_CONFIG_COMMAND_LINE, base_dir, overrides,
+                                     error);
     }
 
   if (!g_file_get_contents (path, &contents, &len, &local_error))

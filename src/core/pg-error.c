@@ -3,7 +3,7 @@
 
 #include <gio/gio.h>
 
-G_DEFINE_QUARK (popgate-error-quark, pg_error)
+G_DEFINE_QUARK (popgate - error - quark, pg_error)
 
 guint64
 pg_session_id_next (void)

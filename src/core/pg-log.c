@@ -14,8 +14,8 @@ static gboolean log_to_journal = FALSE;
 static gboolean
 pg_log_level_enabled (GLogLevelFlags level)
 {
-  if (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING
-               | G_LOG_LEVEL_MESSAGE))
+  if (level
+      & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE))
     return TRUE;
   if (level & G_LOG_LEVEL_INFO)
     return log_level >= PG_LOG_LEVEL_INFO;
@@ -39,8 +39,7 @@ pg_log_level_name (GLogLevelFlags level)
 }
 
 static GLogWriterOutput
-pg_log_writer_cb (GLogLevelFlags level, const GLogField *fields, gsize n_fields,
-                  gpointer user_data)
+pg_log_writer_cb (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
 {
   const char *message = NULL;
   const char *domain = NULL;
@@ -122,9 +121,11 @@ pg_log_session (GLogLevelFlags level, guint64 sid, const char *domain, const cha
     const GLogField fields[] = {
       { "MESSAGE", message, -1 },
       { "GLIB_DOMAIN", domain != NULL ? domain : "popgate", -1 },
-      { "PRIORITY", level & G_LOG_LEVEL_WARNING ? "4" : level & G_LOG_LEVEL_MESSAGE ? "5"
-                                                  : level & G_LOG_LEVEL_INFO        ? "6"
-                                                                                    : "7",
+      { "PRIORITY",
+        level & G_LOG_LEVEL_WARNING   ? "4"
+        : level & G_LOG_LEVEL_MESSAGE ? "5"
+        : level & G_LOG_LEVEL_INFO    ? "6"
+                                      : "7",
         -1 },
       { "POPGATE_SESSION", sid_text != NULL ? sid_text : "0", -1 },
     };
@@ -142,8 +143,17 @@ pg_log_escape (const void *data, gsize len, gsize max_len)
   for (gsize i = 0; i < shown; i++)
     {
       guchar c = p[i];
+      /* A backslash is doubled only where it could read as one of our escapes (before
+       * x, r, n, a backslash, or a byte that is itself escaped), so "(\Deleted)" stays
+       * readable and "\x41" in the text cannot pass for a byte. */
       if (c == '\\')
-        g_string_append (out, "\\\\");
+        {
+          guchar next = i + 1 < shown ? p[i + 1] : 'x';
+          gboolean ambiguous = next == 'x' || next == 'r' || next == 'n' || next == '\\'
+                               || next < 0x20 || next >= 0x7f;
+
+          g_string_append (out, ambiguous ? "\\\\" : "\\");
+        }
       else if (c >= 0x20 && c < 0x7f)
         g_string_append_c (out, (gchar) c);
       else if (c == '\r')

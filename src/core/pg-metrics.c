@@ -14,6 +14,8 @@
 
 #include <gio/gio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #define PG_METRICS_MAX_LABELS 2
 
@@ -22,6 +24,7 @@ struct _PgMetricsFamily
   PgMetricsType type;
   const char *name; /* unowned: static */
   const char *help; /* unowned: static */
+  const char *unit; /* unowned: static; NULL: none */
   PgMetricsLabel labels[PG_METRICS_MAX_LABELS];
   guint n_labels;
   guint n_values[PG_METRICS_MAX_LABELS]; /* 1 for an absent label */
@@ -116,6 +119,14 @@ pg_metrics_family_index (PgMetricsFamily *family, guint i1, guint i2, guint *out
     return FALSE;
   *out_index = i1 * family->n_values[1] + i2;
   return TRUE;
+}
+
+void
+pg_metrics_family_set_unit (PgMetricsFamily *family, const char *unit)
+{
+  g_return_if_fail (family != NULL && unit != NULL);
+  g_return_if_fail (g_str_has_suffix (family->name, unit));
+  family->unit = unit;
 }
 
 void
@@ -263,16 +274,25 @@ pg_metrics_append_labels (GString *out, const PgMetricsFamily *family, guint i1,
 static void
 pg_metrics_render_header (GString *out, const PgMetricsFamily *family, PgMetricsFormat format)
 {
-  static const char *const type_names[] = { "counter", "gauge", "histogram" };
-  /* Prometheus 0.0.4 names a counter family by its sample name. */
-  const char *suffix = format == PG_METRICS_FORMAT_PROMETHEUS && family->type == PG_METRICS_COUNTER
-                           ? "_total"
-                           : "";
+  static const char *const type_names[] = { "counter", "gauge", "histogram", "info" };
+  const char *suffix = "";
+  const char *type = type_names[family->type];
+  const char *unit = family->unit;
 
-  g_string_append_printf (out, "# TYPE %s%s %s\n", family->name, suffix, type_names[family->type]);
-  if (format == PG_METRICS_FORMAT_OPENMETRICS && family->type == PG_METRICS_HISTOGRAM
+  /* Prometheus 0.0.4 names a counter family by its sample name, and has no info type. */
+  if (format == PG_METRICS_FORMAT_PROMETHEUS && family->type == PG_METRICS_COUNTER)
+    suffix = "_total";
+  if (format == PG_METRICS_FORMAT_PROMETHEUS && family->type == PG_METRICS_INFO)
+    {
+      suffix = "_info";
+      type = "gauge";
+    }
+  if (unit == NULL && family->type == PG_METRICS_HISTOGRAM
       && g_str_has_suffix (family->name, "_seconds"))
-    g_string_append_printf (out, "# UNIT %s seconds\n", family->name);
+    unit = "seconds";
+  g_string_append_printf (out, "# TYPE %s%s %s\n", family->name, suffix, type);
+  if (format == PG_METRICS_FORMAT_OPENMETRICS && unit != NULL)
+    g_string_append_printf (out, "# UNIT %s %s\n", family->name, unit);
   g_string_append_printf (out, "# HELP %s%s ", family->name, suffix);
   pg_metrics_escape_help (out, family->help, format);
   g_string_append_c (out, '\n');
@@ -328,9 +348,18 @@ pg_metrics_registry_render (PgMetricsRegistry *registry, PgMetricsFormat format,
             g_string_append (out, family->name);
             if (family->type == PG_METRICS_COUNTER)
               g_string_append (out, "_total");
+            else if (family->type == PG_METRICS_INFO)
+              g_string_append (out, "_info");
             if (pg_metrics_append_labels (out, family, i1, i2))
               g_string_append_c (out, '}');
-            g_string_append_printf (out, " %" G_GINT64_FORMAT "\n", family->values[index]);
+            if (g_strcmp0 (family->unit, "seconds") == 0 && family->values[index] >= 0)
+              {
+                g_string_append_c (out, ' ');
+                pg_metrics_append_seconds (out, (guint64) family->values[index]);
+                g_string_append_c (out, '\n');
+              }
+            else
+              g_string_append_printf (out, " %" G_GINT64_FORMAT "\n", family->values[index]);
           }
     }
   g_string_append (out, "# EOF\n");
@@ -403,6 +432,13 @@ typedef struct
   PgMetricsFamily *dele;
   PgMetricsFamily *errors;
   PgMetricsFamily *upstream_latency;
+  /* The process_* families of the Prometheus client libraries, read at each render. */
+  PgMetricsFamily *process_cpu;
+  PgMetricsFamily *process_resident;
+  PgMetricsFamily *process_virtual;
+  PgMetricsFamily *process_open_fds;
+  PgMetricsFamily *process_max_fds;
+  PgMetricsFamily *process_start_time;
 } PgMetricsDefault;
 
 static PgMetricsDefault pg_metrics_default;
@@ -424,7 +460,7 @@ pg_metrics_default_init (void)
   const PgMetricsLabel command[] = { { "command", pg_metrics_command_values } };
 
   m->registry = pg_metrics_registry_new ();
-  m->build_info = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "popgate_build_info",
+  m->build_info = pg_metrics_registry_add (m->registry, PG_METRICS_INFO, "popgate_build",
                                            "popgate's version.", version, 1, NULL, 0);
   pg_metrics_family_set (m->build_info, 0, 0, 1);
   m->sessions = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "popgate_sessions",
@@ -439,6 +475,7 @@ pg_metrics_default_init (void)
   m->client_bytes = pg_metrics_registry_add (
       m->registry, PG_METRICS_COUNTER, "popgate_client_bytes",
       "Bytes from (in) and to (out) clients, by front end.", frontend_direction, 2, NULL, 0);
+  pg_metrics_family_set_unit (m->client_bytes, "bytes");
   m->dele = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "popgate_pop3_dele_messages",
                                      "Messages POP3 clients deleted, by what QUIT did with them.",
                                      outcome, 1, NULL, 0);
@@ -448,6 +485,92 @@ pg_metrics_default_init (void)
       m->registry, PG_METRICS_HISTOGRAM, "popgate_upstream_command_duration_seconds",
       "Upstream IMAP command latency, from sending to the tagged reply, by command.", command, 1,
       pg_metrics_latency_buckets_us, G_N_ELEMENTS (pg_metrics_latency_buckets_us));
+
+  m->process_cpu
+      = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "process_cpu_seconds",
+                                 "User and system CPU time spent, in seconds.", NULL, 0, NULL, 0);
+  pg_metrics_family_set_unit (m->process_cpu, "seconds");
+  m->process_resident
+      = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "process_resident_memory_bytes",
+                                 "Resident memory size in bytes.", NULL, 0, NULL, 0);
+  pg_metrics_family_set_unit (m->process_resident, "bytes");
+  m->process_virtual
+      = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "process_virtual_memory_bytes",
+                                 "Virtual memory size in bytes.", NULL, 0, NULL, 0);
+  pg_metrics_family_set_unit (m->process_virtual, "bytes");
+  m->process_open_fds = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "process_open_fds",
+                                                 "Open file descriptors.", NULL, 0, NULL, 0);
+  m->process_max_fds
+      = pg_metrics_registry_add (m->registry, PG_METRICS_GAUGE, "process_max_fds",
+                                 "The limit of open file descriptors.", NULL, 0, NULL, 0);
+  m->process_start_time = pg_metrics_registry_add (
+      m->registry, PG_METRICS_GAUGE, "process_start_time_seconds",
+      "Start time of the process since the Unix epoch, in seconds.", NULL, 0, NULL, 0);
+  pg_metrics_family_set_unit (m->process_start_time, "seconds");
+}
+
+/* The process_* families from /proc/self (Linux), as the Prometheus client libraries
+ * compute them. /proc is in memory: reading it does not block like a disk. Values that
+ * cannot be read stay as they were. */
+static void
+pg_metrics_collect_process (PgMetricsDefault *m)
+{
+  g_autofree gchar *stat = NULL;
+  g_autofree gchar *statm = NULL;
+  g_autofree gchar *proc_stat = NULL;
+  g_autoptr (GDir) fds = NULL;
+  struct rlimit limit;
+  long ticks = sysconf (_SC_CLK_TCK);
+  long page = sysconf (_SC_PAGESIZE);
+
+  /* Fields after the command name, which is in parentheses and may hold anything. */
+  if (ticks > 0 && g_file_get_contents ("/proc/self/stat", &stat, NULL, NULL)
+      && strrchr (stat, ')') != NULL)
+    {
+      g_auto (GStrv) f = g_strsplit (strrchr (stat, ')') + 2, " ", -1);
+
+      /* f[0] is field 3 (state): utime is field 14, stime 15, starttime 22. */
+      if (g_strv_length (f) > 19)
+        {
+          guint64 cpu_ticks
+              = g_ascii_strtoull (f[11], NULL, 10) + g_ascii_strtoull (f[12], NULL, 10);
+          guint64 start_ticks = g_ascii_strtoull (f[19], NULL, 10);
+          const char *btime = NULL;
+
+          pg_metrics_family_set (m->process_cpu, 0, 0,
+                                 (gint64) (cpu_ticks * G_USEC_PER_SEC / (guint64) ticks));
+          if (g_file_get_contents ("/proc/stat", &proc_stat, NULL, NULL)
+              && (btime = strstr (proc_stat, "\nbtime ")) != NULL)
+            pg_metrics_family_set (m->process_start_time, 0, 0,
+                                   (gint64) (g_ascii_strtoull (btime + 7, NULL, 10) * G_USEC_PER_SEC
+                                             + start_ticks * G_USEC_PER_SEC / (guint64) ticks));
+        }
+    }
+  if (page > 0 && g_file_get_contents ("/proc/self/statm", &statm, NULL, NULL))
+    {
+      g_auto (GStrv) f = g_strsplit (statm, " ", -1);
+
+      if (g_strv_length (f) >= 2)
+        {
+          pg_metrics_family_set (m->process_virtual, 0, 0,
+                                 (gint64) g_ascii_strtoull (f[0], NULL, 10) * page);
+          pg_metrics_family_set (m->process_resident, 0, 0,
+                                 (gint64) g_ascii_strtoull (f[1], NULL, 10) * page);
+        }
+    }
+  fds = g_dir_open ("/proc/self/fd", 0, NULL);
+  if (fds != NULL)
+    {
+      gint64 n = 0;
+
+      while (g_dir_read_name (fds) != NULL)
+        n++;
+      /* Not counting the one GDir holds open to list them. */
+      pg_metrics_family_set (m->process_open_fds, 0, 0, MAX (n - 1, 0));
+    }
+  if (getrlimit (RLIMIT_NOFILE, &limit) == 0)
+    pg_metrics_family_set (m->process_max_fds, 0, 0,
+                           limit.rlim_cur == RLIM_INFINITY ? G_MAXINT64 : (gint64) limit.rlim_cur);
 }
 
 static inline PgMetricsDefault *
@@ -482,8 +605,10 @@ gchar *
 pg_metrics_render (PgMetricsFormat format, gsize *out_len)
 {
   GString *out = g_string_sized_new (16384);
+  PgMetricsDefault *m = pg_metrics_default_get ();
 
-  pg_metrics_registry_render (pg_metrics_default_get ()->registry, format, out);
+  pg_metrics_collect_process (m);
+  pg_metrics_registry_render (m->registry, format, out);
   if (out_len != NULL)
     *out_len = out->len;
   return g_string_free (out, FALSE);

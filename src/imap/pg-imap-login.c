@@ -1,4 +1,6 @@
-/* popgate — IMAP front end: log in upstream and hand the connection to the relay.
+/* popgate — IMAP front end: the last step of the login path, handing the logged-in
+ * upstream connection to the relay. The login itself is the shared login path's
+ * (src/login/); what is IMAP's is the hold and the hand-over.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -15,12 +17,8 @@
 
 typedef struct
 {
-  PgUpstream *upstream; /* owned */
-  gchar *user;          /* owned */
-  PgSecret *password;   /* owned */
-  gchar *client_ip;     /* owned */
-  gchar *id_name;       /* owned */
-  gchar *id_version;    /* owned */
+  PgLogin *login;       /* unowned: the session's, which outlives us */
+  PgUpstream *upstream; /* owned: once logged in */
   GStrv capabilities;   /* owned: after login, until handed over with the stream */
   guint timeout_ms;     /* the upstream command timeout: bounds the hand-off retries */
   gint64 hand_over_deadline_us;
@@ -42,11 +40,6 @@ pg_imap_login_free (PgImapLogin *login)
       pg_upstream_close (login->upstream);
       g_object_unref (login->upstream);
     }
-  g_free (login->user);
-  pg_secret_free (login->password);
-  g_free (login->client_ip);
-  g_free (login->id_name);
-  g_free (login->id_version);
   g_strfreev (login->capabilities);
   g_free (login);
 }
@@ -105,19 +98,18 @@ pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data
   PgImapLogin *login = g_task_get_task_data (task);
   g_autoptr (GError) error = NULL;
   GSource *retry;
-  gboolean ok;
 
-  if (g_async_result_is_tagged (result, pg_upstream_login_async))
-    ok = pg_upstream_login_finish (login->upstream, result, &error);
-  else
-    ok = pg_upstream_authenticate_plain_finish (login->upstream, result, &error);
-  if (!ok)
+  login->upstream = pg_login_authenticate_finish (login->login, result, &error);
+  if (login->upstream == NULL)
     {
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
   /* As they are now: the upstream is inert after the hand-off. */
   login->capabilities = pg_upstream_dup_capabilities (login->upstream);
+  login->timeout_ms = pg_login_get_upstream (login->login)->timeout_ms > 0
+                          ? pg_login_get_upstream (login->login)->timeout_ms
+                          : PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
   login->hand_over_deadline_us
       = g_get_monotonic_time () + (gint64) login->timeout_ms * G_TIME_SPAN_MILLISECOND;
   if (pg_imap_login_try_hand_over (task))
@@ -131,65 +123,19 @@ pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data
   g_source_unref (retry);
 }
 
-static void
-pg_imap_login_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GError) error = NULL;
-
-  /* ID is informative: a failure here shows up in the login that follows. */
-  if (!pg_upstream_id_finish (PG_UPSTREAM (source), result, &error))
-    pg_session_debug (0, "upstream ID: %s", error->message);
-}
-
-static void
-pg_imap_login_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GTask) task = user_data;
-  PgImapLogin *login = g_task_get_task_data (task);
-  g_autoptr (GError) error = NULL;
-  GCancellable *cancellable = g_task_get_cancellable (task);
-
-  if (!pg_upstream_connect_finish (login->upstream, result, &error))
-    {
-      g_task_return_error (task, g_steal_pointer (&error));
-      return;
-    }
-  if (g_task_return_error_if_cancelled (task))
-    return;
-  /* RFC 2971 ID with the client's address, so the upstream's logs and rate limits see the
-   * real client. */
-  pg_upstream_id_async (login->upstream, login->id_name, login->id_version, login->client_ip,
-                        cancellable, pg_imap_login_id_cb, NULL);
-  pg_upstream_hold_when_idle (login->upstream);
-  if (pg_upstream_has_capability (login->upstream, "AUTH=PLAIN"))
-    pg_upstream_authenticate_plain_async (login->upstream, login->user, login->password,
-                                          cancellable, pg_imap_login_done_cb,
-                                          g_steal_pointer (&task));
-  else
-    pg_upstream_login_async (login->upstream, login->user, login->password, cancellable,
-                             pg_imap_login_done_cb, g_steal_pointer (&task));
-}
-
 void
-pg_imap_login_async (PgConfig *config, guint64 sid, const char *user, const char *password,
-                     const char *client_ip, const char *id_name, const char *id_version,
-                     GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+pg_imap_login_async (PgLogin *shared, const char *password, GCancellable *cancellable,
+                     GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
   PgImapLogin *login = g_new0 (PgImapLogin, 1);
 
   g_task_set_source_tag (task, pg_imap_login_async);
-  login->upstream = pg_upstream_new (config, sid);
-  login->user = g_strdup (user);
-  login->password = g_strdup (password);
-  login->client_ip = g_strdup (client_ip);
-  login->id_name = g_strdup (id_name);
-  login->id_version = g_strdup (id_version);
-  login->timeout_ms = config->upstream.timeout_ms > 0 ? config->upstream.timeout_ms
-                                                      : PG_DEFAULT_UPSTREAM_TIMEOUT_S * 1000;
+  login->login = shared;
   g_task_set_task_data (task, login, (GDestroyNotify) pg_imap_login_free);
-  pg_upstream_connect_async (login->upstream, cancellable, pg_imap_login_connect_cb,
-                             g_steal_pointer (&task));
+  /* for_relay: the upstream stops reading once logged in, for the hand-over. */
+  pg_login_authenticate_async (shared, password, TRUE, cancellable, pg_imap_login_done_cb,
+                               g_steal_pointer (&task));
 }
 
 GIOStream *

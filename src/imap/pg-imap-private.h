@@ -1,6 +1,6 @@
 /* popgate — IMAP front end internals.
  *
- * The upstream login lives in its own file because pg-upstream.h (through
+ * The relay hand-off lives in its own file because pg-upstream.h (through
  * pg-imap-parser.h) and pg-codec-imap-command.h both define PG_IMAP_PARSE_ERROR: the
  * session, which parses client commands, never includes the upstream's header.
  *
@@ -9,20 +9,19 @@
 #pragma once
 
 #include "popgate/pg-config.h"
+#include "popgate/pg-login.h"
 
 #include <gio/gio.h>
 
 G_BEGIN_DECLS
 
-/* Connect to the upstream (per config), send ID (name, version, x-originating-ip =
- * client_ip) pipelined with the login, log in with AUTHENTICATE PLAIN when offered (else
- * LOGIN with literals), and take the connection over for the relay. `sid` prefixes the
- * upstream's log lines. Errors: PG_ERROR_AUTH_FAILED when the credentials were refused;
- * anything else means the upstream is unavailable. */
-void pg_imap_login_async (PgConfig *config, guint64 sid, const char *user, const char *password,
-                          const char *client_ip, const char *id_name, const char *id_version,
-                          GCancellable *cancellable, GAsyncReadyCallback callback,
-                          gpointer user_data);
+/* The IMAP-specific last step of the login path: log in through `login` (the shared
+ * login path: accounts file, local secret, credential, connect, ID, login), then take the
+ * connection over for the relay. Errors are pg_login_authenticate_async()'s:
+ * PG_ERROR_AUTH_FAILED when the credentials were refused; anything else means the
+ * upstream is unavailable. `login` must outlive the operation. */
+void pg_imap_login_async (PgLogin *login, const char *password, GCancellable *cancellable,
+                          GAsyncReadyCallback callback, gpointer user_data);
 /* The upstream connection (transfer full), the bytes it already sent after the login
  * reply (*out_buffered, maybe empty) and its capabilities after login (*out_capabilities,
  * the server's spelling and order). */

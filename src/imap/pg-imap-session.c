@@ -26,10 +26,10 @@
 #include "pg-build-config.h"
 #include "popgate/pg-codec-imap-command.h"
 #include "popgate/pg-codec-line.h"
-#include "popgate/pg-codec-sasl.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-trace.h"
 
 #include <string.h>
@@ -69,9 +69,8 @@ struct _PgImapSession
   gboolean in_command;       /* the parser holds part of a command (line or literal) */
   gboolean in_login_command; /* ... and it is LOGIN/AUTHENTICATE: never log its lines */
   gchar *sasl_tag;           /* owned: AUTHENTICATE waiting for its response */
-  guint bad_commands;
-  guint auth_failures;
-  GSource *delay_source;    /* owned: the failed-auth delay */
+  /* The login name, the account, SASL, failure counts and delay: the login path's. */
+  PgLogin *login;           /* owned */
   gchar *pending_tag;       /* owned: LOGIN/AUTHENTICATE being answered */
   gchar *client_id_name;    /* owned: ID "name" from the client, for the upstream */
   gchar *client_id_version; /* owned */
@@ -212,6 +211,26 @@ pg_imap_session_trace_command (PgImapSession *self, const PgImapRelayCommand *cm
   pg_trace (self->id, "C: %s", shown);
 }
 
+/* What the status page shows of this session (pg-status.h). */
+static void
+pg_imap_session_status_cb (gpointer owner, PgStatusInfo *info)
+{
+  PgImapSession *self = owner;
+
+  info->frontend = PG_METRICS_FRONTEND_IMAP;
+  info->client = self->info.client;
+  info->tls = pg_conn_is_tls (self->conn);
+  info->user = self->info.user;
+  /* The IMAP states of RFC 9051 §3, as a client sees them. */
+  info->state = self->info.state == PG_IMAP_STATE_RELAY
+                    ? (self->info.mailbox != NULL ? "SELECTED" : "AUTHENTICATED")
+                    : "NOT AUTHENTICATED";
+  info->mailbox = self->info.mailbox;
+  info->idle = self->info.idling;
+  info->bytes_in = self->info.bytes_from_client;
+  info->bytes_out = self->info.bytes_to_client;
+}
+
 static void
 pg_imap_session_set_state (PgImapSession *self, PgImapState state)
 {
@@ -223,6 +242,8 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
   if (state != PG_IMAP_STATE_RELAY)
     self->info.idling = FALSE;
   pg_imap_session_metrics_update (self);
+  pg_status_session_update (self->id,
+                            state != PG_IMAP_STATE_CLOSED ? pg_imap_session_status_cb : NULL, self);
 }
 
 /* --- object ------------------------------------------------------------------------------ */
@@ -257,11 +278,8 @@ pg_imap_session_dispose (GObject *object)
 {
   PgImapSession *self = PG_IMAP_SESSION (object);
 
-  if (self->delay_source != NULL)
-    {
-      g_source_destroy (self->delay_source);
-      g_clear_pointer (&self->delay_source, g_source_unref);
-    }
+  /* Stops a failed-login delay: its callback must not run on a disposed session. */
+  g_clear_pointer (&self->login, pg_login_free);
   pg_imap_session_close_upstream (self);
   if (self->conn != NULL)
     g_signal_handlers_disconnect_by_data (self->conn, self);
@@ -405,9 +423,7 @@ pg_imap_session_abort (PgImapSession *self, const char *reason)
 static void
 pg_imap_session_bad_command (PgImapSession *self)
 {
-  self->bad_commands++;
-  pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
-  if (self->bad_commands >= self->config->limits.max_bad_commands)
+  if (pg_login_bad_command (self->login))
     {
       pg_imap_session_reply (self, "* BYE Too many invalid commands.");
       pg_imap_session_end (self, "too many bad commands");
@@ -433,7 +449,11 @@ pg_imap_session_preauth_capabilities (PgImapSession *self)
   if (pg_conn_can_start_tls (self->conn))
     g_string_append (caps, " STARTTLS");
   if (pg_imap_session_plaintext_allowed (self))
-    g_string_append (caps, " AUTH=PLAIN");
+    {
+      g_auto (GStrv) mechanisms = g_strsplit (PG_LOGIN_SASL_MECHANISMS, " ", -1);
+      for (gsize i = 0; mechanisms[i] != NULL; i++)
+        g_string_append_printf (caps, " AUTH=%s", mechanisms[i]);
+    }
   else
     g_string_append (caps, " LOGINDISABLED");
   return g_string_free (caps, FALSE);
@@ -478,18 +498,17 @@ pg_imap_session_greeting (PgImapSession *self)
   pg_imap_session_reply (self, "* OK [CAPABILITY %s] popgate ready.", caps);
 }
 
-static void pg_imap_session_auth_failed (PgImapSession *self);
-
 static void
-pg_imap_session_auth_failed_delay_done (PgImapSession *self)
+pg_imap_session_auth_failed_cb (gpointer user_data, gboolean too_many)
 {
+  PgImapSession *self = user_data;
   g_autofree gchar *tag = g_steal_pointer (&self->pending_tag);
 
   self->busy = FALSE;
   pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
   pg_imap_session_reply (self, "%s NO [AUTHENTICATIONFAILED] Authentication failed.",
                          tag != NULL ? tag : "*");
-  if (self->auth_failures >= self->config->limits.max_auth_failures)
+  if (too_many)
     {
       pg_imap_session_reply (self, "* BYE Too many authentication failures.");
       pg_imap_session_end (self, "too many authentication failures");
@@ -498,35 +517,21 @@ pg_imap_session_auth_failed_delay_done (PgImapSession *self)
   pg_imap_session_process (self);
 }
 
-static gboolean
-pg_imap_session_delay_cb (gpointer user_data)
-{
-  PgImapSession *self = user_data;
-
-  g_clear_pointer (&self->delay_source, g_source_unref);
-  pg_imap_session_auth_failed_delay_done (self);
-  return G_SOURCE_REMOVE;
-}
-
 /* One answer for an unknown user and a wrong password, after a delay. */
 static void
-pg_imap_session_auth_failed (PgImapSession *self)
+pg_imap_session_auth_failed (PgImapSession *self, const char *tag, const GError *why)
 {
-  self->auth_failures++;
-  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_AUTH_FAILED);
+  if (tag != NULL)
+    {
+      g_free (self->pending_tag);
+      self->pending_tag = g_strdup (tag);
+    }
   self->busy = TRUE;
   g_clear_pointer (&self->user, g_free);
   g_clear_pointer (&self->upstream_user, g_free);
   self->info.user = NULL;
   self->info.upstream_user = NULL;
-  if (self->config->limits.auth_failure_delay_ms == 0)
-    {
-      pg_imap_session_auth_failed_delay_done (self);
-      return;
-    }
-  self->delay_source = g_timeout_source_new (self->config->limits.auth_failure_delay_ms);
-  g_source_set_callback (self->delay_source, pg_imap_session_delay_cb, self, NULL);
-  g_source_attach (self->delay_source, g_main_context_get_thread_default ());
+  pg_login_auth_failed (self->login, why, pg_imap_session_auth_failed_cb, self);
 }
 
 static void pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered);
@@ -535,12 +540,7 @@ static void pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffere
 static void
 pg_imap_session_unavailable (PgImapSession *self, const GError *error)
 {
-  g_autofree gchar *user = pg_log_escape (self->user, strlen (self->user), 64);
-
-  pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
-                      error->message);
-  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_UPSTREAM_UNAVAILABLE);
-  pg_metrics_gerror (error);
+  pg_login_unavailable (self->login, error);
   g_clear_pointer (&self->user, g_free);
   g_clear_pointer (&self->upstream_user, g_free);
   self->info.user = NULL;
@@ -567,6 +567,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   g_autofree gchar *user = NULL;
   g_autofree gchar *upstream_user = NULL;
   g_autofree gchar *relay_caps = NULL;
+  g_autofree gchar *tag = NULL;
 
   if (pg_conn_is_closed (self->conn) || self->info.state != PG_IMAP_STATE_AUTHENTICATING)
     return;
@@ -574,38 +575,36 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
     {
       if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
         {
-          user = pg_log_escape (self->user, strlen (self->user), 64);
-          pg_session_message (self->id, "login failed: user=%s client=%s", user,
-                              pg_conn_get_peer (self->conn));
-          pg_imap_session_auth_failed (self);
+          pg_imap_session_auth_failed (self, NULL, error);
           return;
         }
       pg_imap_session_unavailable (self, error);
       return;
     }
   self->up_stream = g_steal_pointer (&stream);
-  pg_metrics_login (PG_METRICS_FRONTEND_IMAP, PG_METRICS_LOGIN_OK);
+  g_free (self->upstream_user);
+  self->upstream_user = g_strdup (pg_login_get_upstream_user (self->login));
+  self->info.upstream_user = self->upstream_user;
+  pg_login_succeeded (self->login);
   relay_caps = pg_imap_session_relay_capabilities (caps);
   pg_imap_session_reply (self, "%s OK [CAPABILITY %s] Logged in.", self->pending_tag, relay_caps);
   g_clear_pointer (&self->pending_tag, g_free);
   user = pg_log_escape (self->user, strlen (self->user), 64);
   upstream_user = pg_log_escape (self->upstream_user, strlen (self->upstream_user), 64);
-  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s client=%s%s", user,
-                      upstream_user, pg_conn_get_peer (self->conn),
+  tag = pg_log_escape (pg_login_get_client_tag (self->login),
+                       strlen (pg_login_get_client_tag (self->login)), 64);
+  /* The client tag means nothing to the relay: it is only logged. */
+  pg_session_message (self->id, "imap session started: user=%s upstream_user=%s tag=%s client=%s%s",
+                      user, upstream_user, tag, pg_conn_get_peer (self->conn),
                       pg_conn_is_tls (self->conn) ? " tls" : "");
   pg_imap_session_relay_start (self, buffered);
 }
 
-/* Log in upstream as `login` (the client's name) with `password`. */
+/* Log in through the login path; the login name is set already. */
 static void
-pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
-                       const char *password)
+pg_imap_session_login (PgImapSession *self, const char *tag, const char *password)
 {
-  const PgImapAccount *account;
-  const char *id_name = self->client_id_name != NULL ? self->client_id_name : "popgate";
-  const char *id_version = self->client_id_name == NULL      ? PG_VERSION
-                           : self->client_id_version != NULL ? self->client_id_version
-                                                             : "";
+  const char *login = pg_login_get_user (self->login);
 
   g_free (self->pending_tag);
   self->pending_tag = g_strdup (tag);
@@ -614,27 +613,12 @@ pg_imap_session_login (PgImapSession *self, const char *tag, const char *login,
   g_free (self->user);
   self->user = g_strdup (login);
   self->info.user = self->user;
-  account = pg_config_find_imap_account (self->config, login);
-  if (account != NULL)
-    {
-      /* A mapped login is checked here; the upstream sees only the mapped account. */
-      if (!pg_config_imap_account_check (account, password))
-        {
-          g_autofree gchar *user = pg_log_escape (login, strlen (login), 64);
-          pg_session_message (self->id, "login failed: user=%s client=%s (account map)", user,
-                              pg_conn_get_peer (self->conn));
-          pg_imap_session_auth_failed (self);
-          return;
-        }
-      login = account->upstream_user;
-      password = account->upstream_password;
-    }
   g_free (self->upstream_user);
-  self->upstream_user = g_strdup (login);
+  self->upstream_user = g_strdup (pg_login_get_account (self->login));
   self->info.upstream_user = self->upstream_user;
-  pg_imap_login_async (self->config, self->id, self->upstream_user, password,
-                       pg_conn_get_peer_ip (self->conn), id_name, id_version, self->cancellable,
-                       pg_imap_session_login_cb, g_object_ref (self));
+  pg_login_set_client_id (self->login, self->client_id_name, self->client_id_version);
+  pg_imap_login_async (self->login, password, self->cancellable, pg_imap_session_login_cb,
+                       g_object_ref (self));
 }
 
 static gboolean
@@ -649,43 +633,51 @@ pg_imap_session_check_plaintext (PgImapSession *self, const char *tag)
   return FALSE;
 }
 
-/* The base64 response to AUTHENTICATE PLAIN (initial or after "+ "). */
+/* What the login path made of AUTHENTICATE or a line of its exchange. */
 static void
-pg_imap_session_sasl_plain (PgImapSession *self, const char *tag, const char *response, gsize len)
+pg_imap_session_sasl_result (PgImapSession *self, const char *tag, PgLoginSaslStatus status,
+                             const char *challenge, const char *password, const GError *error)
 {
-  g_autoptr (GError) error = NULL;
-  g_autofree gchar *authcid = NULL;
-  g_autoptr (PgSecret) password = NULL;
-
-  if (!pg_sasl_plain_decode (response, len, &authcid, &password, &error))
+  switch (status)
     {
-      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
-        {
-          /* Acting as another user is not something a gateway can grant. */
-          g_free (self->pending_tag);
-          self->pending_tag = g_strdup (tag);
-          pg_imap_session_auth_failed (self);
-          return;
-        }
+    case PG_LOGIN_SASL_CONTINUE:
+      g_free (self->sasl_tag);
+      self->sasl_tag = g_strdup (tag);
+      pg_imap_session_reply (self, "+ %s", challenge);
+      return;
+    case PG_LOGIN_SASL_DONE:
+      pg_imap_session_login (self, tag, password);
+      return;
+    case PG_LOGIN_SASL_CANCELLED:
+      /* RFC 9051 §6.2.2: a cancelled exchange is answered with BAD. */
+      pg_imap_session_reply (self, "%s BAD Authentication cancelled.", tag);
+      return;
+    case PG_LOGIN_SASL_MALFORMED:
       pg_imap_session_reply (self, "%s BAD Invalid SASL response (%s).", tag, error->message);
       pg_imap_session_bad_command (self);
       return;
+    case PG_LOGIN_SASL_REFUSED:
+      pg_imap_session_auth_failed (self, tag, NULL);
+      return;
+    case PG_LOGIN_SASL_UNSUPPORTED:
+      pg_imap_session_reply (self, "%s NO Unsupported authentication mechanism.", tag);
+      pg_imap_session_bad_command (self);
+      return;
     }
-  pg_imap_session_login (self, tag, authcid, password);
+  g_assert_not_reached ();
 }
 
 static void
 pg_imap_session_sasl_response (PgImapSession *self, const char *line, gsize len)
 {
   g_autofree gchar *tag = g_steal_pointer (&self->sasl_tag);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status
+      = pg_login_sasl_step (self->login, line, len, &challenge, &password, &error);
 
-  if (len == 1 && line[0] == '*')
-    {
-      /* RFC 9051 §6.2.2: a cancelled exchange is answered with BAD. */
-      pg_imap_session_reply (self, "%s BAD Authentication cancelled.", tag);
-      return;
-    }
-  pg_imap_session_sasl_plain (self, tag, line, len);
+  pg_imap_session_sasl_result (self, tag, status, challenge, password, error);
 }
 
 static void
@@ -693,29 +685,28 @@ pg_imap_session_authenticate (PgImapSession *self, PgImapCommand *cmd)
 {
   const PgImapArg *mech = g_ptr_array_index (cmd->args, 0);
   const char *mech_name = pg_imap_arg_get_string (mech, NULL);
+  const char *ir = NULL;
+  gsize len = 0;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status;
 
-  if (mech_name == NULL || g_ascii_strcasecmp (mech_name, "PLAIN") != 0)
+  if (mech_name == NULL)
     {
-      pg_imap_session_reply (self, "%s NO Unsupported authentication mechanism.", cmd->tag);
-      pg_imap_session_bad_command (self);
+      pg_imap_session_sasl_result (self, cmd->tag, PG_LOGIN_SASL_UNSUPPORTED, NULL, NULL, NULL);
       return;
     }
   if (!pg_imap_session_check_plaintext (self, cmd->tag))
     return;
   if (cmd->args->len > 1)
     {
-      gsize len = 0;
-      const char *ir = pg_imap_arg_get_string (g_ptr_array_index (cmd->args, 1), &len);
-
-      /* RFC 4959: "=" is an empty initial response. */
-      if (ir != NULL && len == 1 && ir[0] == '=')
-        len = 0;
-      pg_imap_session_sasl_plain (self, cmd->tag, ir != NULL ? ir : "", len);
-      return;
+      ir = pg_imap_arg_get_string (g_ptr_array_index (cmd->args, 1), &len);
+      if (ir == NULL)
+        ir = "";
     }
-  g_free (self->sasl_tag);
-  self->sasl_tag = g_strdup (cmd->tag);
-  pg_imap_session_reply (self, "+ ");
+  status = pg_login_sasl_start (self->login, mech_name, ir, len, &challenge, &password, &error);
+  pg_imap_session_sasl_result (self, cmd->tag, status, challenge, password, error);
 }
 
 static void
@@ -853,7 +844,8 @@ pg_imap_session_handle_command (PgImapSession *self, PgImapCommand *cmd)
             pg_imap_session_bad_command (self);
             return;
           }
-        pg_imap_session_login (self, cmd->tag, user, pass);
+        pg_login_set_user (self->login, user);
+        pg_imap_session_login (self, cmd->tag, pass);
         return;
       }
     case PG_IMAP_COMMAND_AUTHENTICATE:
@@ -1350,12 +1342,17 @@ pg_imap_session_relay_up_pump (PgImapSession *self)
           return FALSE;
         }
       pg_imap_session_relay_up_data (self, pg_imap_relay_up_buf, (gsize) n);
+      /* A short read took all there was: wait for readiness rather than try a read that
+       * would only say "would block" (one syscall per round trip). The source is
+       * level-triggered and sees data TLS holds decrypted, so nothing waits unseen. */
+      if ((gsize) n < sizeof pg_imap_relay_up_buf)
+        return TRUE;
     }
   return TRUE;
 }
 
 static gboolean
-pg_imap_session_up_ready_cb (GObject *stream, gpointer user_data)
+pg_imap_session_up_ready_cb (gpointer user_data)
 {
   /* The source does not hold the session (close_upstream destroys it); the pump may end
    * the session, so hold it while we run. */
@@ -1371,15 +1368,13 @@ pg_imap_session_up_ready_cb (GObject *stream, gpointer user_data)
 static void
 pg_imap_session_relay_up_resume (PgImapSession *self)
 {
-  GInputStream *in;
-
   if (self->up_source != NULL || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
     return;
   if (!pg_imap_session_relay_up_pump (self))
     return;
-  in = g_io_stream_get_input_stream (self->up_stream);
-  self->up_source = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (in), NULL);
-  g_source_set_callback (self->up_source, G_SOURCE_FUNC (pg_imap_session_up_ready_cb), self, NULL);
+  /* Kept while the relay runs, and never blocked around its dispatch (no wake-up eventfd
+   * writes per response; see pg_net_readable_source_new). */
+  self->up_source = pg_net_readable_source_new (self->up_stream, pg_imap_session_up_ready_cb, self);
   g_source_set_static_name (self->up_source, "[popgate] imap relay upstream");
   g_source_attach (self->up_source, g_main_context_get_thread_default ());
 }
@@ -1470,6 +1465,8 @@ pg_imap_session_start (PgConn *conn, gpointer user_data)
   self->id = pg_conn_get_id (conn);
   self->info.id = self->id;
   self->info.client = pg_conn_get_peer (conn);
+  self->login = pg_login_new (self->config, PG_METRICS_FRONTEND_IMAP, self->id,
+                              pg_conn_get_peer (conn), pg_conn_get_peer_ip (conn));
   self->info.tls = pg_conn_is_tls (conn);
   self->reader = pg_line_reader_new (PG_IMAP_MAX_PREAUTH_LINE);
   self->parser = pg_imap_command_parser_new ();
@@ -1477,6 +1474,7 @@ pg_imap_session_start (PgConn *conn, gpointer user_data)
   self->link.data = self;
   g_queue_push_tail_link (&pg_imap_sessions, &self->link);
   pg_imap_session_metrics_update (self);
+  pg_status_session_update (self->id, pg_imap_session_status_cb, self);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_imap_session_conn_closed_cb), self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_imap_session_timeout_cb), self);

@@ -107,14 +107,13 @@ pg_metrics_server_handle_cb (SoupServer *server, SoupServerMessage *msg, const c
                                     body, len);
 }
 
-static SoupServer *
-pg_metrics_server_listen (const PgListenAddr *addr, GError **error)
+gboolean
+pg_metrics_server_listen_on (SoupServer *server, const PgListenAddr *addr, const char *group,
+                             GError **error)
 {
-  g_autoptr (SoupServer) server = soup_server_new ("server-header", "popgate/" PG_VERSION, NULL);
   g_autoptr (GError) local_error = NULL;
   gboolean ok;
 
-  soup_server_add_handler (server, "/metrics", pg_metrics_server_handle_cb, NULL, NULL);
   if (addr->any)
     ok = soup_server_listen_all (server, addr->port, 0, &local_error);
   else
@@ -125,7 +124,7 @@ pg_metrics_server_listen (const PgListenAddr *addr, GError **error)
       if (inet == NULL)
         {
           g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "not an address: %s", addr->host);
-          return NULL;
+          return FALSE;
         }
       sockaddr = g_inet_socket_address_new (inet, addr->port);
       ok = soup_server_listen (server, sockaddr, 0, &local_error);
@@ -133,10 +132,21 @@ pg_metrics_server_listen (const PgListenAddr *addr, GError **error)
   if (!ok)
     {
       g_autofree gchar *where = pg_listen_addr_to_string (addr);
-      g_propagate_prefixed_error (error, g_steal_pointer (&local_error),
-                                  "[metrics] listen %s: ", where);
-      return NULL;
+      g_propagate_prefixed_error (error, g_steal_pointer (&local_error), "[%s] listen %s: ", group,
+                                  where);
+      return FALSE;
     }
+  return TRUE;
+}
+
+static SoupServer *
+pg_metrics_server_listen (const PgListenAddr *addr, GError **error)
+{
+  g_autoptr (SoupServer) server = soup_server_new ("server-header", "popgate/" PG_VERSION, NULL);
+
+  soup_server_add_handler (server, "/metrics", pg_metrics_server_handle_cb, NULL, NULL);
+  if (!pg_metrics_server_listen_on (server, addr, "metrics", error))
+    return NULL;
   return g_steal_pointer (&server);
 }
 
@@ -195,17 +205,21 @@ pg_metrics_server_get_bound_addresses (PgMetricsServer *self)
   g_return_val_if_fail (PG_IS_METRICS_SERVER (self), bound);
   g_hash_table_iter_init (&iter, self->servers);
   while (g_hash_table_iter_next (&iter, NULL, &value))
-    {
-      GSList *uris = soup_server_get_uris (value);
-
-      for (GSList *l = uris; l != NULL; l = l->next)
-        {
-          const char *host = g_uri_get_host (l->data);
-          gboolean v6 = strchr (host, ':') != NULL;
-          g_ptr_array_add (bound, g_strdup_printf ("%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
-                                                   g_uri_get_port (l->data)));
-        }
-      g_slist_free_full (uris, (GDestroyNotify) g_uri_unref);
-    }
+    pg_metrics_server_append_addresses (value, bound);
   return bound;
+}
+
+void
+pg_metrics_server_append_addresses (SoupServer *server, GPtrArray *out)
+{
+  GSList *uris = soup_server_get_uris (server);
+
+  for (GSList *l = uris; l != NULL; l = l->next)
+    {
+      const char *host = g_uri_get_host (l->data);
+      gboolean v6 = strchr (host, ':') != NULL;
+      g_ptr_array_add (out, g_strdup_printf ("%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
+                                             g_uri_get_port (l->data)));
+    }
+  g_slist_free_full (uris, (GDestroyNotify) g_uri_unref);
 }

@@ -26,36 +26,45 @@ struct _PgConn
 
   guint64 id;
   PgFrontend frontend;
-  PgConfig *config;           /* owned */
-  GTlsCertificate *tls_cert;  /* owned, may be NULL: what STLS/STARTTLS would present */
-  GSocketConnection *socket;  /* owned: the TCP connection */
-  GIOStream *stream;          /* owned: socket or TLS on top of it */
-  gchar *peer;                /* owned */
-  gchar *peer_ip;             /* owned */
-  gchar *proxy;               /* owned: the proxy's address when a PROXY header named
-                               * the client, else NULL */
+  PgConfig *config;          /* owned */
+  GTlsCertificate *tls_cert; /* owned, may be NULL: what STLS/STARTTLS would present */
+  GSocketConnection *socket; /* owned: the TCP connection */
+  GIOStream *stream;         /* owned: socket or TLS on top of it */
+  gchar *peer;               /* owned */
+  gchar *peer_ip;            /* owned */
+  gchar *proxy;              /* owned: the proxy's address when a PROXY header named
+                              * the client, else NULL */
   gboolean loopback;
   gboolean tls;
 
-  GCancellable *cancellable;  /* owned: cancels our own I/O on close */
+  GCancellable *cancellable; /* owned: cancels our own I/O on close */
   gboolean read_pending;
+  GSource *read_source; /* owned: the stream's readiness, kept from read to read */
+  GTask *read_task;     /* owned: the pending read when read_source serves it */
+  void *read_buffer;    /* unowned: its buffer */
+  gsize read_len;
+  GSource *read_cancel_source;    /* owned: watches read_cancellable, kept from read to read */
+  GCancellable *read_cancellable; /* owned: the caller's cancellable of the last read */
 
-  GQueue write_queue;         /* of GBytes* (owned) */
-  gsize write_offset;         /* bytes of the head already written */
-  gsize queued;               /* bytes in the queue not yet written */
+  GQueue write_queue; /* of GBytes* (owned) */
+  gsize write_offset; /* bytes of the head already written */
+  gsize queued;       /* bytes in the queue not yet written */
   gboolean write_pending;
-  GList *drain_waiters;       /* of GTask* (owned) waiting for the queue to drain */
+  GList *drain_waiters; /* of GTask* (owned) waiting for the queue to drain */
+  guint corked;         /* pg_conn_cork() depth */
+  GByteArray *cork_buf; /* owned while corked and holding output, else NULL */
 
   guint idle_timeout_ms;
-  GSource *idle_source;       /* owned */
-  GSource *deadline_source;   /* owned: pg_conn_set_deadline() */
+  gint64 idle_deadline_us;   /* monotonic: last activity + idle_timeout_ms */
+  GSource *idle_source;      /* owned: fires at or before idle_deadline_us */
+  GSource *deadline_source;  /* owned: pg_conn_set_deadline() */
   gboolean deadline_passed;
-  gint64 accepted_us;         /* monotonic: when the server accepted the connection */
-  GSource *close_source;      /* owned: deadline for a flushing close */
+  gint64 accepted_us;        /* monotonic: when the server accepted the connection */
+  GSource *close_source;     /* owned: deadline for a flushing close */
 
   guint64 bytes_in;
   guint64 bytes_out;
-  gboolean closing;           /* pg_conn_close called: flush then close */
+  gboolean closing; /* pg_conn_close called: flush then close */
   gboolean closed;
 };
 
@@ -77,6 +86,22 @@ typedef struct
 
 static void pg_conn_write_next (PgConn *conn);
 static void pg_conn_finish_close (PgConn *conn);
+static void pg_conn_cork_release (PgConn *conn);
+
+/* Destroy a source this connection owns, if any. */
+static void
+pg_conn_clear_source (GSource **source)
+{
+  if (*source != NULL)
+    {
+      g_source_destroy (*source);
+      g_clear_pointer (source, g_source_unref);
+    }
+}
+
+/* The one spare cork buffer (see PG_CLIENT_CORK_MAX): corks last one callback, so a
+ * process needs about one at a time, and none is allocated per message. */
+static GByteArray *pg_conn_spare_cork = NULL;
 
 static void
 pg_conn_dispose (GObject *object)
@@ -93,6 +118,8 @@ pg_conn_finalize (GObject *object)
   PgConn *conn = PG_CONN (object);
 
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
+  pg_conn_cork_release (conn);
+  g_clear_object (&conn->read_cancellable);
   g_clear_object (&conn->stream);
   g_clear_object (&conn->socket);
   g_clear_object (&conn->tls_cert);
@@ -112,17 +139,15 @@ pg_conn_class_init (PgConnClass *klass)
   object_class->dispose = pg_conn_dispose;
   object_class->finalize = pg_conn_finalize;
 
-  pg_conn_signals[SIGNAL_CLOSED] = g_signal_new ("closed", G_TYPE_FROM_CLASS (klass),
-                                                 G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
-                                                 G_TYPE_NONE, 0);
+  pg_conn_signals[SIGNAL_CLOSED] = g_signal_new (
+      "closed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE, 0);
   /* Returns TRUE when a handler took care of the timeout (it closes the connection). */
-  pg_conn_signals[SIGNAL_TIMEOUT] = g_signal_new ("timeout", G_TYPE_FROM_CLASS (klass),
-                                                  G_SIGNAL_RUN_LAST, 0,
-                                                  g_signal_accumulator_true_handled, NULL,
-                                                  NULL, G_TYPE_BOOLEAN, 0);
-  pg_conn_signals[SIGNAL_SHUTDOWN] = g_signal_new ("shutdown", G_TYPE_FROM_CLASS (klass),
-                                                   G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
-                                                   G_TYPE_NONE, 0);
+  pg_conn_signals[SIGNAL_TIMEOUT]
+      = g_signal_new ("timeout", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0,
+                      g_signal_accumulator_true_handled, NULL, NULL, G_TYPE_BOOLEAN, 0);
+  pg_conn_signals[SIGNAL_SHUTDOWN]
+      = g_signal_new ("shutdown", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                      G_TYPE_NONE, 0);
 }
 
 static void
@@ -133,9 +158,8 @@ pg_conn_init (PgConn *conn)
 }
 
 PgConn *
-pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config,
-                      GSocketConnection *socket, GIOStream *stream, gboolean tls,
-                      GTlsCertificate *tls_cert)
+pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocketConnection *socket,
+                      GIOStream *stream, gboolean tls, GTlsCertificate *tls_cert)
 {
   PgConn *conn = g_object_new (PG_TYPE_CONN, NULL);
   g_autoptr (GSocketAddress) remote = NULL;
@@ -265,36 +289,60 @@ pg_conn_emit_timeout (PgConn *conn)
     pg_conn_abort (conn);
 }
 
+/* The timer is not moved on every read (a relay round trip or a RETR would destroy and
+ * create a timeout source each): reads move idle_deadline_us, and a timer that fires
+ * before it waits for the rest. */
+static void pg_conn_arm_idle (PgConn *conn, guint ms);
+
 static gboolean
 pg_conn_idle_cb (gpointer user_data)
 {
   PgConn *conn = user_data;
+  gint64 left_us = conn->idle_deadline_us - g_get_monotonic_time ();
 
   g_clear_pointer (&conn->idle_source, g_source_unref);
+  if (left_us > 0)
+    {
+      pg_conn_arm_idle (conn, (guint) ((left_us + 999) / 1000));
+      return G_SOURCE_REMOVE;
+    }
   pg_conn_emit_timeout (conn);
   return G_SOURCE_REMOVE;
 }
 
 static void
-pg_conn_restart_idle (PgConn *conn)
+pg_conn_arm_idle (PgConn *conn, guint ms)
 {
-  if (conn->idle_source != NULL)
-    {
-      g_source_destroy (conn->idle_source);
-      g_clear_pointer (&conn->idle_source, g_source_unref);
-    }
-  if (conn->idle_timeout_ms == 0 || conn->closed)
-    return;
-  conn->idle_source = g_timeout_source_new (conn->idle_timeout_ms);
+  conn->idle_source = g_timeout_source_new (ms);
   g_source_set_callback (conn->idle_source, pg_conn_idle_cb, conn, NULL);
   g_source_set_static_name (conn->idle_source, "[popgate] idle timeout");
   g_source_attach (conn->idle_source, g_main_context_get_thread_default ());
+}
+
+static void
+pg_conn_stop_idle (PgConn *conn)
+{
+  pg_conn_clear_source (&conn->idle_source);
+}
+
+static void
+pg_conn_restart_idle (PgConn *conn)
+{
+  if (conn->idle_timeout_ms == 0 || conn->closed)
+    {
+      pg_conn_stop_idle (conn);
+      return;
+    }
+  conn->idle_deadline_us = g_get_monotonic_time () + (gint64) conn->idle_timeout_ms * 1000;
+  if (conn->idle_source == NULL)
+    pg_conn_arm_idle (conn, conn->idle_timeout_ms);
 }
 
 void
 pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms)
 {
   conn->idle_timeout_ms = timeout_ms;
+  pg_conn_stop_idle (conn); /* a new length: a timer armed for the old one would be late */
   pg_conn_restart_idle (conn);
 }
 
@@ -311,21 +359,12 @@ pg_conn_deadline_cb (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
-static void
-pg_conn_clear_deadline (PgConn *conn)
-{
-  if (conn->deadline_source == NULL)
-    return;
-  g_source_destroy (conn->deadline_source);
-  g_clear_pointer (&conn->deadline_source, g_source_unref);
-}
-
 void
 pg_conn_set_deadline (PgConn *conn, guint after_accept_ms)
 {
   gint64 left_us;
 
-  pg_conn_clear_deadline (conn);
+  pg_conn_clear_source (&conn->deadline_source);
   if (after_accept_ms == 0 || conn->closed)
     return;
   left_us = MAX (conn->accepted_us + (gint64) after_accept_ms * 1000 - g_get_monotonic_time (), 0);
@@ -348,6 +387,150 @@ pg_conn_set_accepted_internal (PgConn *conn, gint64 accepted_us)
 }
 
 /* --- reading ---------------------------------------------------------------------------- */
+
+/* Reads on a pollable stream (every socket, TLS or not) are served by one readable source
+ * per connection that stays attached from one read to the next, rather than by
+ * g_input_stream_read_async(), which creates, attaches and destroys a source per read.
+ * GLib 2.74 writes its wake-up eventfd each time a source with a file descriptor is
+ * attached, destroyed, or blocked and unblocked around its dispatch: four writes (and a
+ * read of the eventfd) per read that way, none with a kept source that may recurse
+ * (pg_net_readable_source_new). When input arrives while nobody reads, the source removes
+ * itself; the next read adds it. */
+
+typedef struct
+{
+  GSourceFunc func;
+  gpointer data;
+} PgNetReadable;
+
+static gboolean
+pg_net_socket_readable_cb (GSocket *socket, GIOCondition condition, gpointer user_data)
+{
+  PgNetReadable *readable = user_data;
+  return readable->func (readable->data);
+}
+
+static gboolean
+pg_net_pollable_readable_cb (GObject *stream, gpointer user_data)
+{
+  PgNetReadable *readable = user_data;
+  return readable->func (readable->data);
+}
+
+GSource *
+pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data)
+{
+  PgNetReadable *readable = g_new (PgNetReadable, 1);
+  GSource *source;
+
+  readable->func = func;
+  readable->data = data;
+  if (G_IS_SOCKET_CONNECTION (stream))
+    {
+      source = g_socket_create_source (
+          g_socket_connection_get_socket (G_SOCKET_CONNECTION (stream)), G_IO_IN, NULL);
+      g_source_set_callback (source, G_SOURCE_FUNC (pg_net_socket_readable_cb), readable, g_free);
+    }
+  else
+    {
+      GInputStream *in = g_io_stream_get_input_stream (stream);
+
+      g_return_val_if_fail (G_IS_POLLABLE_INPUT_STREAM (in), NULL);
+      source = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (in), NULL);
+      g_source_set_callback (source, G_SOURCE_FUNC (pg_net_pollable_readable_cb), readable, g_free);
+    }
+  g_source_set_can_recurse (source, TRUE);
+  return source;
+}
+
+static void
+pg_conn_drop_read_source (PgConn *conn)
+{
+  pg_conn_clear_source (&conn->read_source);
+}
+
+static void
+pg_conn_read_done (PgConn *conn, gssize n, GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&conn->read_task);
+
+  conn->read_pending = FALSE;
+  if (n < 0)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  conn->bytes_in += (guint64) n;
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                           (guint64) n);
+  pg_conn_restart_idle (conn);
+  g_task_return_int (task, n);
+}
+
+static gboolean
+pg_conn_readable_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+  GInputStream *in = g_io_stream_get_input_stream (conn->stream);
+  GError *error = NULL;
+  gssize n;
+
+  if (conn->read_task == NULL)
+    {
+      g_clear_pointer (&conn->read_source, g_source_unref);
+      return G_SOURCE_REMOVE;
+    }
+  n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in), conn->read_buffer,
+                                                conn->read_len, NULL, &error);
+  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    {
+      g_error_free (error);
+      return G_SOURCE_CONTINUE;
+    }
+  pg_conn_read_done (conn, n, error);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+pg_conn_read_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgConn *conn = user_data;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+
+  /* It fires once: the next read with this cancellable fails at once (see read_async). */
+  g_clear_pointer (&conn->read_cancel_source, g_source_unref);
+  if (conn->read_task != NULL)
+    pg_conn_read_done (
+        conn, -1,
+        g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, "Operation was cancelled"));
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+pg_conn_read_closed_cb (gpointer user_data)
+{
+  GTask *task = user_data;
+
+  g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+  return G_SOURCE_REMOVE;
+}
+
+/* The connection closed under a pending read: fail it from the main loop, as a cancelled
+ * g_input_stream_read_async() would, never from inside pg_conn_finish_close(). */
+static void
+pg_conn_fail_pending_read (PgConn *conn)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autoptr (GSource) idle = NULL;
+
+  if (conn->read_task == NULL)
+    return;
+  task = g_steal_pointer (&conn->read_task);
+  conn->read_pending = FALSE;
+  idle = g_idle_source_new ();
+  g_task_attach_source (task, idle, pg_conn_read_closed_cb);
+}
 
 static void
 pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
@@ -375,6 +558,7 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
                     GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
+  GInputStream *in = NULL;
 
   g_task_set_source_tag (task, pg_conn_read_async);
   g_return_if_fail (!conn->read_pending);
@@ -384,10 +568,38 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
       return;
     }
   conn->read_pending = TRUE;
-  g_input_stream_read_async (g_io_stream_get_input_stream (conn->stream), buffer, len,
-                             G_PRIORITY_DEFAULT,
-                             cancellable != NULL ? cancellable : conn->cancellable,
-                             pg_conn_read_cb, g_steal_pointer (&task));
+  in = g_io_stream_get_input_stream (conn->stream);
+  if (!G_IS_POLLABLE_INPUT_STREAM (in)
+      || !g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (in)))
+    {
+      g_input_stream_read_async (in, buffer, len, G_PRIORITY_DEFAULT,
+                                 cancellable != NULL ? cancellable : conn->cancellable,
+                                 pg_conn_read_cb, g_steal_pointer (&task));
+      return;
+    }
+  conn->read_task = g_steal_pointer (&task);
+  conn->read_buffer = buffer;
+  conn->read_len = len;
+  /* The same cancellable read after read (the usual case) keeps its source; one that
+   * was cancelled already gets a new source, which fires at once and fails the read. */
+  if (cancellable != conn->read_cancellable || conn->read_cancel_source == NULL)
+    {
+      pg_conn_clear_source (&conn->read_cancel_source);
+      g_set_object (&conn->read_cancellable, cancellable);
+      if (cancellable != NULL)
+        {
+          conn->read_cancel_source = g_cancellable_source_new (cancellable);
+          g_source_set_callback (conn->read_cancel_source,
+                                 G_SOURCE_FUNC (pg_conn_read_cancelled_cb), conn, NULL);
+          g_source_attach (conn->read_cancel_source, g_main_context_get_thread_default ());
+        }
+    }
+  if (conn->read_source == NULL)
+    {
+      conn->read_source = pg_net_readable_source_new (conn->stream, pg_conn_readable_cb, conn);
+      g_source_set_static_name (conn->read_source, "[popgate] client readable");
+      g_source_attach (conn->read_source, g_main_context_get_thread_default ());
+    }
 }
 
 gssize
@@ -416,7 +628,7 @@ pg_conn_check_drain_waiters (PgConn *conn)
           g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
           g_object_unref (task);
         }
-      else if (conn->queued <= data->low_water)
+      else if (pg_conn_get_queued (conn) <= data->low_water)
         {
           conn->drain_waiters = g_list_delete_link (conn->drain_waiters, l);
           g_task_return_boolean (task, TRUE);
@@ -510,8 +722,8 @@ pg_conn_write_now (PgConn *conn, const void *data, gsize len)
   return (gsize) n;
 }
 
-void
-pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
+static void
+pg_conn_send_bytes (PgConn *conn, GBytes *bytes)
 {
   gsize size = g_bytes_get_size (bytes);
   gsize done;
@@ -529,8 +741,8 @@ pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
   pg_conn_write_next (conn);
 }
 
-void
-pg_conn_write (PgConn *conn, const void *data, gsize len)
+static void
+pg_conn_send (PgConn *conn, const void *data, gsize len)
 {
   g_autoptr (GBytes) rest = NULL;
   gsize done;
@@ -542,7 +754,87 @@ pg_conn_write (PgConn *conn, const void *data, gsize len)
     return;
   /* Only what the socket did not take is copied. */
   rest = g_bytes_new ((const guint8 *) data + done, len - done);
-  pg_conn_write_bytes (conn, rest);
+  pg_conn_send_bytes (conn, rest);
+}
+
+/* --- corking ---------------------------------------------------------------------------- */
+
+static void
+pg_conn_cork_release (PgConn *conn)
+{
+  if (conn->cork_buf == NULL)
+    return;
+  if (pg_conn_spare_cork == NULL)
+    {
+      g_byte_array_set_size (conn->cork_buf, 0);
+      pg_conn_spare_cork = g_steal_pointer (&conn->cork_buf);
+    }
+  else
+    g_clear_pointer (&conn->cork_buf, g_byte_array_unref);
+}
+
+/* Hand what the cork holds to the socket (or the queue). */
+static void
+pg_conn_cork_flush (PgConn *conn)
+{
+  if (conn->cork_buf == NULL || conn->cork_buf->len == 0)
+    return;
+  pg_conn_send (conn, conn->cork_buf->data, conn->cork_buf->len);
+  g_byte_array_set_size (conn->cork_buf, 0);
+}
+
+static void
+pg_conn_cork_append (PgConn *conn, const void *data, gsize len)
+{
+  if (conn->cork_buf == NULL)
+    conn->cork_buf = pg_conn_spare_cork != NULL ? g_steal_pointer (&pg_conn_spare_cork)
+                                                : g_byte_array_sized_new (PG_CLIENT_CORK_MAX);
+  if (conn->cork_buf->len + len > PG_CLIENT_CORK_MAX)
+    pg_conn_cork_flush (conn);
+  if (len >= PG_CLIENT_CORK_MAX)
+    pg_conn_send (conn, data, len);
+  else
+    g_byte_array_append (conn->cork_buf, data, (guint) len);
+}
+
+void
+pg_conn_cork (PgConn *conn)
+{
+  conn->corked++;
+}
+
+void
+pg_conn_uncork (PgConn *conn)
+{
+  g_return_if_fail (conn->corked > 0);
+  if (--conn->corked > 0)
+    return;
+  pg_conn_cork_flush (conn);
+  pg_conn_cork_release (conn);
+  /* A waiter that counted the corked bytes may be satisfied now. */
+  pg_conn_check_drain_waiters (conn);
+}
+
+void
+pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
+{
+  if (conn->closed || conn->closing)
+    return;
+  if (conn->corked > 0)
+    pg_conn_cork_append (conn, g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes));
+  else
+    pg_conn_send_bytes (conn, bytes);
+}
+
+void
+pg_conn_write (PgConn *conn, const void *data, gsize len)
+{
+  if (conn->closed || conn->closing || len == 0)
+    return;
+  if (conn->corked > 0)
+    pg_conn_cork_append (conn, data, len);
+  else
+    pg_conn_send (conn, data, len);
 }
 
 void
@@ -565,7 +857,7 @@ pg_conn_write_printf (PgConn *conn, const char *format, ...)
 gsize
 pg_conn_get_queued (PgConn *conn)
 {
-  return conn->queued;
+  return conn->queued + (conn->cork_buf != NULL ? conn->cork_buf->len : 0);
 }
 
 void
@@ -603,6 +895,7 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
       g_task_return_error (task, error);
       return;
     }
+  pg_conn_drop_read_source (conn); /* it watched the plaintext stream */
   g_clear_object (&conn->stream);
   conn->stream = G_IO_STREAM (g_object_ref (source));
   conn->tls = TRUE;
@@ -618,11 +911,13 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
   GError *error = NULL;
 
   g_task_set_source_tag (task, pg_conn_start_tls_async);
-  if (!pg_conn_can_start_tls (conn) || conn->read_pending || conn->queued > 0)
+  if (!pg_conn_can_start_tls (conn) || conn->read_pending || pg_conn_get_queued (conn) > 0)
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
     }
+  /* From here the handshake reads the socket, not us. */
+  pg_conn_drop_read_source (conn);
   tls = g_tls_server_connection_new (conn->stream, conn->tls_cert, &error);
   if (tls == NULL)
     {
@@ -660,23 +955,19 @@ pg_conn_finish_close (PgConn *conn)
     return;
   conn->closed = TRUE;
   g_cancellable_cancel (conn->cancellable);
-  if (conn->idle_source != NULL)
-    {
-      g_source_destroy (conn->idle_source);
-      g_clear_pointer (&conn->idle_source, g_source_unref);
-    }
-  pg_conn_clear_deadline (conn);
-  if (conn->close_source != NULL)
-    {
-      g_source_destroy (conn->close_source);
-      g_clear_pointer (&conn->close_source, g_source_unref);
-    }
+  pg_conn_drop_read_source (conn);
+  pg_conn_clear_source (&conn->read_cancel_source);
+  pg_conn_fail_pending_read (conn);
+  pg_conn_stop_idle (conn);
+  pg_conn_clear_source (&conn->deadline_source);
+  pg_conn_clear_source (&conn->close_source);
   /* Closing the socket (not the TLS stream) is immediate and never blocks on a peer that
    * does not answer a close_notify. */
   if (conn->socket != NULL)
     g_io_stream_close (G_IO_STREAM (conn->socket), NULL, NULL);
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   conn->queued = 0;
+  pg_conn_cork_release (conn);
   pg_conn_check_drain_waiters (conn);
   g_signal_emit (conn, pg_conn_signals[SIGNAL_CLOSED], 0);
 }
@@ -685,6 +976,10 @@ void
 pg_conn_close (PgConn *conn)
 {
   if (conn->closed || conn->closing)
+    return;
+  /* What a cork holds was written before the close: it goes first. */
+  pg_conn_cork_flush (conn);
+  if (conn->closed)
     return;
   conn->closing = TRUE;
   if (conn->queued == 0 && !conn->write_pending)

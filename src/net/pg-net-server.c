@@ -8,6 +8,7 @@
  */
 #include "pg-net-private.h"
 
+#include "popgate/pg-tls.h"
 #include "popgate/pg-codec-proxy.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
@@ -19,7 +20,7 @@
 
 typedef struct
 {
-  gchar *key;              /* owned: "pop3|tls|127.0.0.1:1995" */
+  gchar *key; /* owned: "pop3|tls|127.0.0.1:1995" */
   PgFrontend frontend;
   gboolean tls;
   GSocketService *service; /* owned */
@@ -33,20 +34,20 @@ struct _PgServer
 {
   GObject parent_instance;
 
-  PgConfig *config;           /* owned: the config new connections get */
-  GTlsCertificate *tls_cert;  /* owned, NULL when [tls] is not configured */
-  GHashTable *listeners;      /* key → PgListener* (owned) */
-  GHashTable *conns;          /* PgConn* (owned ref) → NULL: live sessions */
-  GHashTable *per_address;    /* peer ip (owned) → GUINT_TO_POINTER(count) */
-  guint n_handshaking;        /* accepted, PROXY header or TLS handshake in progress */
-  GHashTable *accepts;        /* PgAccept* (unowned: each owns itself) in that phase */
+  PgConfig *config;          /* owned: the config new connections get */
+  GTlsCertificate *tls_cert; /* owned, NULL when [tls] is not configured */
+  GHashTable *listeners;     /* key → PgListener* (owned) */
+  GHashTable *conns;         /* PgConn* (owned ref) → NULL: live sessions */
+  GHashTable *per_address;   /* peer ip (owned) → GUINT_TO_POINTER(count) */
+  guint n_handshaking;       /* accepted, PROXY header or TLS handshake in progress */
+  GHashTable *accepts;       /* PgAccept* (unowned: each owns itself) in that phase */
   struct
   {
     PgSessionStartFunc func;
     gpointer user_data;
   } handlers[PG_FRONTEND_COUNT];
   gboolean shutting_down;
-  GSource *shutdown_source;   /* owned */
+  GSource *shutdown_source; /* owned */
 };
 
 G_DEFINE_TYPE (PgServer, pg_server, G_TYPE_OBJECT)
@@ -124,16 +125,15 @@ pg_server_class_init (PgServerClass *klass)
 
   object_class->dispose = pg_server_dispose;
   object_class->finalize = pg_server_finalize;
-  pg_server_signals[SIGNAL_IDLE] = g_signal_new ("idle", G_TYPE_FROM_CLASS (klass),
-                                                 G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
-                                                 G_TYPE_NONE, 0);
+  pg_server_signals[SIGNAL_IDLE] = g_signal_new (
+      "idle", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL, G_TYPE_NONE, 0);
 }
 
 static void
 pg_server_init (PgServer *server)
 {
-  server->listeners = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
-                                             (GDestroyNotify) pg_listener_free);
+  server->listeners
+      = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) pg_listener_free);
   server->conns = g_hash_table_new_full (g_direct_hash, g_direct_equal, g_object_unref, NULL);
   server->per_address = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   server->accepts = g_hash_table_new (g_direct_hash, g_direct_equal);
@@ -204,10 +204,10 @@ pg_server_conn_closed_cb (PgConn *conn, gpointer user_data)
 
   g_signal_handlers_disconnect_by_data (conn, server);
   pg_server_address_add (server, pg_conn_get_peer_ip (conn), -1);
-  pg_session_info (pg_conn_get_id (conn), "connection from %s closed (in %" G_GUINT64_FORMAT
-                   ", out %" G_GUINT64_FORMAT " bytes)",
-                   pg_conn_get_peer (conn), pg_conn_get_bytes_in (conn),
-                   pg_conn_get_bytes_out (conn));
+  pg_session_info (
+      pg_conn_get_id (conn),
+      "connection from %s closed (in %" G_GUINT64_FORMAT ", out %" G_GUINT64_FORMAT " bytes)",
+      pg_conn_get_peer (conn), pg_conn_get_bytes_in (conn), pg_conn_get_bytes_out (conn));
   g_hash_table_remove (server->conns, conn);
   pg_server_check_idle (server);
 }
@@ -254,16 +254,16 @@ pg_server_start_session (PgServer *server, PgListener *listener, PgConn *conn)
  * one pre-auth deadline, and the connection counts against max_sessions meanwhile. */
 typedef struct
 {
-  PgServer *server;          /* owned */
+  PgServer *server; /* owned */
   PgFrontend frontend;
   gboolean tls;
-  gchar *listener_key;       /* owned: the listener may be gone after a reload */
-  PgConfig *config;          /* owned */
-  GSocketConnection *socket; /* owned */
-  GIOStream *stream;         /* owned: the TLS stream once the handshake is done */
-  gchar *peer_ip;            /* owned: counted in per_address once set */
+  gchar *listener_key;              /* owned: the listener may be gone after a reload */
+  PgConfig *config;                 /* owned */
+  GSocketConnection *socket;        /* owned */
+  GIOStream *stream;                /* owned: the TLS stream once the handshake is done */
+  gchar *peer_ip;                   /* owned: counted in per_address once set */
   GInetSocketAddress *proxied_peer; /* owned: the client a PROXY header named, or NULL */
-  gchar *proxy;              /* owned: the proxy's address when proxied_peer is set */
+  gchar *proxy;                     /* owned: the proxy's address when proxied_peer is set */
   guint64 id;
   GSource *timeout;          /* owned */
   gint64 accepted_us;        /* monotonic: the pre-auth deadline counts from here */
@@ -420,8 +420,8 @@ pg_accept_continue (PgAccept *accept, const char *peer_ip, const char *peer_text
   if (accept->tls)
     {
       g_autoptr (GError) error = NULL;
-      g_autoptr (GIOStream) tls = g_tls_server_connection_new (G_IO_STREAM (accept->socket),
-                                                               server->tls_cert, &error);
+      g_autoptr (GIOStream) tls
+          = g_tls_server_connection_new (G_IO_STREAM (accept->socket), server->tls_cert, &error);
 
       if (tls == NULL)
         {
@@ -441,8 +441,7 @@ static void
 pg_accept_proxy_done (PgAccept *accept)
 {
   const PgProxyHeader *header = pg_proxy_parser_get_header (accept->parser);
-  g_autoptr (GSocketAddress) remote
-    = g_socket_connection_get_remote_address (accept->socket, NULL);
+  g_autoptr (GSocketAddress) remote = g_socket_connection_get_remote_address (accept->socket, NULL);
   g_autofree gchar *proxy_text = pg_address_to_string (remote);
   g_autofree gchar *ip_text = NULL;
   g_autofree gchar *peer_text = NULL;
@@ -457,8 +456,8 @@ pg_accept_proxy_done (PgAccept *accept)
       return;
     }
   ip = g_inet_address_new_from_bytes (header->src_addr, header->family == PG_PROXY_FAMILY_INET
-                                                          ? G_SOCKET_FAMILY_IPV4
-                                                          : G_SOCKET_FAMILY_IPV6);
+                                                            ? G_SOCKET_FAMILY_IPV4
+                                                            : G_SOCKET_FAMILY_IPV6);
   accept->proxied_peer = G_INET_SOCKET_ADDRESS (g_inet_socket_address_new (ip, header->src_port));
   accept->proxy = g_steal_pointer (&proxy_text);
   ip_text = g_inet_address_to_string (ip);
@@ -605,8 +604,9 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
 
     g_socket_set_blocking (sock, FALSE);
     accept->read_source = g_socket_create_source (sock, G_IO_IN, NULL);
-    g_source_set_callback (accept->read_source, (GSourceFunc) (void (*) (void)) pg_accept_proxy_readable_cb,
-                           accept, NULL);
+    g_source_set_callback (accept->read_source,
+                           (GSourceFunc) (void (*) (void)) pg_accept_proxy_readable_cb, accept,
+                           NULL);
     g_source_set_static_name (accept->read_source, "[popgate] PROXY header");
     g_source_attach (accept->read_source, g_main_context_get_thread_default ());
   }
@@ -648,8 +648,7 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
     {
       /* "*:PORT": every IPv4 and IPv6 address (GIO binds both families). */
       service = pg_listener_new_service ();
-      if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL,
-                                            error))
+      if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL, error))
         {
           g_prefix_error (error, "cannot listen on %s for %s: ", shown,
                           pg_frontend_to_string (frontend));
@@ -715,8 +714,8 @@ pg_server_open_listeners (PgServer *server, PgConfig *config, GHashTable *keep, 
           PgListener *listener = NULL;
           gpointer old_key = NULL;
 
-          if (keep != NULL && g_hash_table_steal_extended (keep, key, &old_key,
-                                                           (gpointer *) &listener))
+          if (keep != NULL
+              && g_hash_table_steal_extended (keep, key, &old_key, (gpointer *) &listener))
             {
               g_hash_table_insert (out, listener->key, listener);
               continue;
@@ -754,6 +753,12 @@ pg_server_load_certificate (PgConfig *config, GError **error)
 
   if (config->tls.cert == NULL || config->tls.key == NULL)
     return NULL;
+  /* GIO loads a key of another certificate without a word; every handshake would fail. */
+  if (!pg_tls_check_pair (config->tls.cert, config->tls.key, error))
+    {
+      g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
+      return NULL;
+    }
   cert = g_tls_certificate_new_from_files (config->tls.cert, config->tls.key, error);
   if (cert == NULL)
     g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
@@ -846,8 +851,8 @@ pg_server_adopt_listeners (PgServer *server, GHashTable *from)
 gboolean
 pg_server_start (PgServer *server, GError **error)
 {
-  g_autoptr (GHashTable) opened = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
-                                                         (GDestroyNotify) pg_listener_free);
+  g_autoptr (GHashTable) opened
+      = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) pg_listener_free);
   g_autoptr (GTlsCertificate) cert = NULL;
   g_autoptr (GError) cert_error = NULL;
 
@@ -882,8 +887,8 @@ pg_server_start (PgServer *server, GError **error)
 gboolean
 pg_server_reload (PgServer *server, PgConfig *config, GError **error)
 {
-  g_autoptr (GHashTable) next = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
-                                                       (GDestroyNotify) pg_listener_free);
+  g_autoptr (GHashTable) next
+      = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) pg_listener_free);
   g_autoptr (GTlsCertificate) cert = NULL;
   g_autoptr (GError) cert_error = NULL;
   GHashTableIter iter;

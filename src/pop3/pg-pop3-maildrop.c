@@ -1,14 +1,13 @@
 /* popgate — the POP3 maildrop on one upstream IMAP connection.
  *
- * Login is connect → ID + LOGIN (pipelined) → SELECT + UID FETCH 1:* (UID RFC822.SIZE)
- * (pipelined): three round trips to a usable maildrop. Only UID commands touch messages;
- * plain EXPUNGE is never sent.
+ * The login path (src/login/) connects and logs in (ID + LOGIN pipelined); open is SELECT
+ * + UID FETCH 1:* (UID RFC822.SIZE) (pipelined): three round trips to a usable maildrop. Only UID
+ * commands touch messages; plain EXPUNGE is never sent.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-pop3-maildrop.h"
 
-#include "pg-build-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-metrics.h"
 #include "popgate/pg-upstream.h"
@@ -17,13 +16,13 @@
 
 struct _PgPop3Maildrop
 {
-  PgConfig *config;       /* owned */
+  PgConfig *config;                        /* owned */
+  const PgUpstreamConfig *upstream_config; /* unowned: config's; its mailbox is POP3's */
   guint64 sid;
-  gchar *client_ip;       /* owned */
-  PgUpstream *upstream;   /* owned */
-  GArray *messages;       /* owned, of PgPop3Message */
-  GArray *dates;          /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
-  GHashTable *big_sizes;  /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
+  PgUpstream *upstream;  /* owned */
+  GArray *messages;      /* owned, of PgPop3Message */
+  GArray *dates;         /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
+  GHashTable *big_sizes; /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
   guint32 exists;         /* SELECT's EXISTS */
@@ -31,13 +30,13 @@ struct _PgPop3Maildrop
 };
 
 PgPop3Maildrop *
-pg_pop3_maildrop_new (PgConfig *config, guint64 session_id, const char *client_ip)
+pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 session_id)
 {
   PgPop3Maildrop *maildrop = g_new0 (PgPop3Maildrop, 1);
 
   maildrop->config = pg_config_ref (config);
+  maildrop->upstream_config = upstream != NULL ? upstream : &config->upstream;
   maildrop->sid = session_id;
-  maildrop->client_ip = g_strdup (client_ip);
   maildrop->messages = g_array_new (FALSE, FALSE, sizeof (PgPop3Message));
   return maildrop;
 }
@@ -52,7 +51,6 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
   pg_config_unref (maildrop->config);
-  g_free (maildrop->client_ip);
   g_free (maildrop);
 }
 
@@ -116,18 +114,13 @@ pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer
 typedef struct
 {
   PgPop3Maildrop *maildrop; /* unowned: the session keeps it alive until we complete */
-  PgSecret *user;      /* owned (a user name is not secret, but it travels with one) */
-  PgSecret *password;  /* owned, wiped on free */
-  guint pending;       /* pipelined operations still to complete */
-  GError *error;       /* owned: the first failure of a pipelined step */
-  gboolean auth_failed;
+  guint pending;            /* pipelined operations still to complete */
+  GError *error;            /* owned: the first failure of a pipelined step */
 } PgOpenData;
 
 static void
 pg_open_data_free (PgOpenData *data)
 {
-  pg_secret_free (data->user);
-  pg_secret_free (data->password);
   g_clear_error (&data->error);
   g_free (data);
 }
@@ -328,79 +321,8 @@ pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user
   pg_pop3_maildrop_open_step_done (task);
 }
 
-static void
-pg_pop3_maildrop_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  GTask *task = user_data;
-  PgOpenData *data = g_task_get_task_data (task);
-  PgPop3Maildrop *maildrop = data->maildrop;
-  GError *error = NULL;
-  gboolean ok;
-
-  if (g_task_get_source_tag (G_TASK (result)) == (gpointer) pg_upstream_login_async)
-    ok = pg_upstream_login_finish (PG_UPSTREAM (source), result, &error);
-  else
-    ok = pg_upstream_authenticate_plain_finish (PG_UPSTREAM (source), result, &error);
-  pg_secret_free (g_steal_pointer (&data->password));
-  if (!ok)
-    {
-      g_task_return_error (task, error);
-      g_object_unref (task);
-      return;
-    }
-  /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
-   * order, which is UID order; sorting keeps that true whatever the server does. */
-  data->pending = 2;
-  pg_upstream_select_async (maildrop->upstream, maildrop->config->upstream.mailbox, FALSE,
-                            g_task_get_cancellable (task), pg_pop3_maildrop_select_cb, task);
-  /* INTERNALDATE only when recent_days needs it. */
-  if (maildrop->config->pop3.recent_days > 0)
-    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
-                                         maildrop, g_task_get_cancellable (task),
-                                         pg_pop3_maildrop_sizes_cb, task);
-  else
-    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
-                                   g_task_get_cancellable (task), pg_pop3_maildrop_sizes_cb,
-                                   task);
-}
-
-static void
-pg_pop3_maildrop_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  /* ID is informational: a failure does not stop the login. */
-  (void) pg_upstream_id_finish (PG_UPSTREAM (source), result, NULL);
-}
-
-static void
-pg_pop3_maildrop_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  GTask *task = user_data;
-  PgOpenData *data = g_task_get_task_data (task);
-  PgPop3Maildrop *maildrop = data->maildrop;
-  GError *error = NULL;
-
-  if (!pg_upstream_connect_finish (PG_UPSTREAM (source), result, &error))
-    {
-      g_task_return_error (task, error);
-      g_object_unref (task);
-      return;
-    }
-  if (pg_upstream_has_capability (maildrop->upstream, "ID"))
-    pg_upstream_id_async (maildrop->upstream, "popgate", PG_VERSION, maildrop->client_ip,
-                          g_task_get_cancellable (task), pg_pop3_maildrop_id_cb, NULL);
-  /* AUTHENTICATE PLAIN where offered (it survives LOGINDISABLED-style policies and
-   * carries UTF-8 cleanly); LOGIN with literals otherwise. */
-  if (pg_upstream_has_capability (maildrop->upstream, "AUTH=PLAIN"))
-    pg_upstream_authenticate_plain_async (maildrop->upstream, data->user, data->password,
-                                          g_task_get_cancellable (task),
-                                          pg_pop3_maildrop_login_cb, task);
-  else
-    pg_upstream_login_async (maildrop->upstream, data->user, data->password,
-                             g_task_get_cancellable (task), pg_pop3_maildrop_login_cb, task);
-}
-
 void
-pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const char *password,
+pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
                              GCancellable *cancellable, GAsyncReadyCallback callback,
                              gpointer user_data)
 {
@@ -408,16 +330,25 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user, const c
   PgOpenData *data = g_new0 (PgOpenData, 1);
 
   g_task_set_source_tag (task, pg_pop3_maildrop_open_async);
-  data->user = g_strdup (user);
-  data->password = g_strdup (password);
   g_task_set_task_data (task, data, (GDestroyNotify) pg_open_data_free);
   data->maildrop = maildrop;
   g_clear_object (&maildrop->upstream);
   g_array_set_size (maildrop->messages, 0);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
-  maildrop->upstream = pg_upstream_new (maildrop->config, maildrop->sid);
-  pg_upstream_connect_async (maildrop->upstream, cancellable, pg_pop3_maildrop_connect_cb, task);
+  maildrop->upstream = g_object_ref (upstream);
+  /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
+   * order, which is UID order; sorting keeps that true whatever the server does. */
+  data->pending = 2;
+  pg_upstream_select_async (maildrop->upstream, maildrop->upstream_config->mailbox, FALSE,
+                            cancellable, pg_pop3_maildrop_select_cb, task);
+  /* INTERNALDATE only when recent_days needs it. */
+  if (maildrop->config->pop3.recent_days > 0)
+    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
+                                         maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+  else
+    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
+                                   cancellable, pg_pop3_maildrop_sizes_cb, task);
 }
 
 gboolean
@@ -523,9 +454,9 @@ typedef struct
   GArray *deleted;          /* owned */
   GArray *seen;             /* owned */
   PgDeletePolicy policy;
-  gchar *move_mailbox;      /* owned: PG_DELETE_MOVE's mailbox, else NULL */
+  gchar *move_mailbox; /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
-  GString *problems;        /* owned: what was not applied */
+  GString *problems; /* owned: what was not applied */
 } PgUpdateData;
 
 static void
@@ -540,8 +471,8 @@ pg_update_data_free (PgUpdateData *data)
 
 static void pg_pop3_maildrop_update_next (GTask *task);
 
-static void
-pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
+    G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_maildrop_update_problem (PgUpdateData *data, const char *format, ...)
@@ -576,8 +507,8 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_FLAG_DELETED:
       if (!pg_upstream_add_flags_finish (upstream, result, &error))
         {
-          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)",
-                                           data->deleted->len, error->message);
+          pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)", data->deleted->len,
+                                           error->message);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
@@ -586,9 +517,12 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           /* Never a plain EXPUNGE: it would also remove what an IMAP user flagged
            * \Deleted and meant to keep. The messages stay flagged. */
-          pg_session_warning (maildrop->sid, "upstream lacks UIDPLUS: %u messages left "
-                              "flagged \\Deleted, not expunged", data->deleted->len);
-          pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks UIDPLUS: %u messages left "
+                              "flagged \\Deleted, not expunged",
+                              data->deleted->len);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages flagged \\Deleted but not "
                                            "expunged: the server lacks UIDPLUS",
                                            data->deleted->len);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
@@ -599,8 +533,10 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       break;
     case PG_UPDATE_EXPUNGE:
       if (!pg_upstream_expunge_finish (upstream, result, &error))
-        pg_pop3_maildrop_update_problem (data, "%u messages flagged \\Deleted but not "
-                                         "expunged (%s)", data->deleted->len, error->message);
+        pg_pop3_maildrop_update_problem (data,
+                                         "%u messages flagged \\Deleted but not "
+                                         "expunged (%s)",
+                                         data->deleted->len, error->message);
       pg_metrics_dele (error == NULL ? PG_METRICS_DELE_EXPUNGED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
       data->step = PG_UPDATE_DONE;
@@ -608,17 +544,17 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
         pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
-                                         data->deleted->len, data->move_mailbox,
-                                         error->message);
+                                         data->deleted->len, data->move_mailbox, error->message);
       else if (!removed)
         {
-          pg_session_warning (maildrop->sid, "upstream lacks MOVE and UIDPLUS: %u messages "
-                              "copied to %s and left flagged \\Deleted", data->deleted->len,
-                              data->move_mailbox);
-          pg_pop3_maildrop_update_problem (data, "%u messages copied to %s but left flagged "
+          pg_session_warning (maildrop->sid,
+                              "upstream lacks MOVE and UIDPLUS: %u messages "
+                              "copied to %s and left flagged \\Deleted",
+                              data->deleted->len, data->move_mailbox);
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages copied to %s but left flagged "
                                            "\\Deleted: the server lacks UIDPLUS",
-                                           data->deleted->len,
-                                           data->move_mailbox);
+                                           data->deleted->len, data->move_mailbox);
         }
       pg_metrics_dele (error == NULL && removed ? PG_METRICS_DELE_MOVED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
@@ -662,8 +598,8 @@ pg_pop3_maildrop_update_next (GTask *task)
             {
               data->step = PG_UPDATE_MOVE;
               pg_upstream_move_async (upstream, (const guint32 *) data->deleted->data,
-                                      data->deleted->len, data->move_mailbox,
-                                      cancellable, pg_pop3_maildrop_update_step_cb, task);
+                                      data->deleted->len, data->move_mailbox, cancellable,
+                                      pg_pop3_maildrop_update_step_cb, task);
               return;
             }
           pg_upstream_add_flags_async (upstream, (const guint32 *) data->deleted->data,
@@ -679,8 +615,7 @@ pg_pop3_maildrop_update_next (GTask *task)
           g_assert_not_reached ();
         case PG_UPDATE_DONE:
           if (data->problems->len > 0)
-            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s",
-                                     data->problems->str);
+            g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s", data->problems->str);
           else
             g_task_return_boolean (task, TRUE);
           g_object_unref (task);

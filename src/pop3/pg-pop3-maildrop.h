@@ -28,17 +28,18 @@ guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Mes
 void pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg,
                                         guint64 size);
 
-PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, guint64 session_id,
-                                      const char *client_ip);
+/* The maildrop in `upstream`'s mailbox (NULL: config->upstream). */
+PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream,
+                                      guint64 session_id);
 void pg_pop3_maildrop_free (PgPop3Maildrop *maildrop);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgPop3Maildrop, pg_pop3_maildrop_free)
 
-/* Connect, log in with the client's credentials, SELECT the configured mailbox and take
- * the snapshot of (UID, size), with INTERNALDATE when [pop3] recent_days is set. Errors: PG_ERROR_AUTH_FAILED for refused credentials,
- * anything else means the upstream could not be used (answer [SYS/TEMP]). */
-void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, const char *user,
-                                  const char *password, GCancellable *cancellable,
-                                  GAsyncReadyCallback callback, gpointer user_data);
+/* On `upstream`, logged in by the login path (the maildrop keeps a reference): SELECT the
+ * upstream's mailbox and take the snapshot of (UID, size), with INTERNALDATE when [pop3]
+ * recent_days is set. An error means the upstream could not be used (answer [SYS/TEMP]). */
+void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
+                                  GCancellable *cancellable, GAsyncReadyCallback callback,
+                                  gpointer user_data);
 gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
                                        GError **error);
 

@@ -19,11 +19,12 @@
 #include "popgate/pg-codec-dotstuff.h"
 #include "popgate/pg-codec-line.h"
 #include "popgate/pg-codec-pop3.h"
-#include "popgate/pg-codec-sasl.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
+#include "popgate/pg-login.h"
 #include "popgate/pg-state.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-status.h"
 #include "popgate/pg-trace.h"
 
 #include <string.h>
@@ -60,14 +61,6 @@ static const char *const pg_pop3_state_names[] = {
 };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_pop3_state_names) == PG_POP3_STATE_COUNT);
 
-typedef enum
-{
-  PG_POP3_SASL_NONE,
-  PG_POP3_SASL_PLAIN,      /* waiting for the PLAIN response */
-  PG_POP3_SASL_LOGIN_USER, /* AUTH LOGIN: waiting for the user name */
-  PG_POP3_SASL_LOGIN_PASS, /* AUTH LOGIN: waiting for the password */
-} PgPop3Sasl;
-
 enum
 {
   PG_POP3_MSG_DELETED = 1 << 0,
@@ -81,39 +74,35 @@ struct _PgPop3Session
 {
   GObject parent_instance;
 
-  PgConn *conn;            /* owned */
-  PgConfig *config;        /* unowned: the conn's */
+  PgConn *conn;     /* owned */
+  PgConfig *config; /* unowned: the conn's */
   guint64 id;
   PgPop3State state;
   gint64 started_us;
-  gchar *end_reason;       /* owned: why the session ended, for the end line */
+  gchar *end_reason; /* owned: why the session ended, for the end line */
 
-  PgLineReader *reader;    /* owned */
-  guint8 *read_buffer;     /* owned, PG_POP3_READ_CHUNK bytes */
-  gboolean reading;        /* a socket read is pending */
-  gboolean busy;           /* a command is waiting for the upstream or a timer */
-  gboolean starting_tls;   /* STLS: no socket reads until the handshake is done */
-  gboolean tls_flushed;    /* STLS: the +OK is on the wire */
-  gboolean output_full;    /* replies wait for the client to read: no commands, no reads */
-  gboolean client_eof;     /* the client shut down its side: finish what it sent, then end */
+  PgLineReader *reader;           /* owned */
+  guint8 *read_buffer;            /* owned, PG_POP3_READ_CHUNK bytes */
+  gboolean reading;               /* a socket read is pending */
+  gboolean busy;                  /* a command is waiting for the upstream or a timer */
+  gboolean starting_tls;          /* STLS: no socket reads until the handshake is done */
+  gboolean tls_flushed;           /* STLS: the +OK is on the wire */
+  gboolean output_full;           /* replies wait for the client to read: no commands, no reads */
+  gboolean client_eof;            /* the client shut down its side: finish what it sent, then end */
   GCancellable *read_cancellable; /* owned: the pending socket read */
-  GString *reply;          /* replies not yet handed to the connection */
-  GCancellable *cancellable; /* owned: cancelled when the connection closes */
+  GString *reply;                 /* replies not yet handed to the connection */
+  GCancellable *cancellable;      /* owned: cancelled when the connection closes */
 
-  guint long_lines;        /* consecutive over-long lines */
-  guint bad_commands;
-  guint auth_failures;
-  GSource *delay_source;   /* owned: the failed-auth delay */
+  guint long_lines; /* consecutive over-long lines */
 
-  PgPop3Sasl sasl;
-  gchar *user;             /* owned: the login name as given (may carry a client tag) */
-  gchar *upstream_user;    /* owned */
-  gchar *client_tag;       /* owned */
-  gchar *lock_key;         /* owned when this session holds the maildrop lock */
+  /* The login name, the account, its upstream, SASL, failure counts and delay: the
+   * login path's (src/login/). */
+  PgLogin *login;  /* owned */
+  gchar *lock_key; /* owned when this session holds the maildrop lock */
 
   PgPop3Maildrop *maildrop; /* owned */
-  GArray *messages;        /* unowned: the maildrop's snapshot of PgPop3Message */
-  guint8 *flags;           /* owned: PG_POP3_MSG_* per message */
+  GArray *messages;         /* unowned: the maildrop's snapshot of PgPop3Message */
+  guint8 *flags;            /* owned: PG_POP3_MSG_* per message */
   guint32 uidvalidity;
 
   /* Per-client state (DESIGN.md "Per-client state") */
@@ -124,18 +113,18 @@ struct _PgPop3Session
   guint n_hidden;              /* snapshot messages the client's state and windows hide */
 
   /* QUIT in progress */
-  GArray *quit_deleted;    /* owned, guint32 UIDs */
-  GArray *quit_seen;       /* owned, guint32 UIDs */
-  gchar *quit_problem;     /* owned: what the update could not apply */
+  GArray *quit_deleted; /* owned, guint32 UIDs */
+  GArray *quit_seen;    /* owned, guint32 UIDs */
+  gchar *quit_problem;  /* owned: what the update could not apply */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
-  GQueue prefetch;           /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
-  guint last_retr;           /* index of the last RETR + 1 (0: none yet) */
-  gboolean retr_run;         /* the current RETR is for the message after the last one */
-  gboolean in_chunk_cb;      /* finishing a RETR from inside the next one's chunk callback */
+  GQueue prefetch;          /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
+  guint last_retr;          /* index of the last RETR + 1 (0: none yet) */
+  gboolean retr_run;        /* the current RETR is for the message after the last one */
+  gboolean in_chunk_cb;     /* finishing a RETR from inside the next one's chunk callback */
   gboolean size_mismatch_logged; /* a RETR sent other octets than RFC822.SIZE said (once) */
-  GByteArray *stuffed;     /* owned: scratch for stuffed output */
+  GByteArray *stuffed;      /* owned: scratch for stuffed output */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -199,7 +188,7 @@ pg_pop3_session_shown_line (PgPop3Session *self, const char *line, gsize len)
                                         "NOOP", "UTF8", "STAT", "LIST", "RETR", "DELE", "RSET",
                                         "TOP",  "UIDL", NULL };
 
-  if (self->sasl != PG_POP3_SASL_NONE)
+  if (pg_login_sasl_in_progress (self->login))
     return g_strdup ("<redacted>");
   if (self->state == PG_POP3_STATE_AUTHORIZATION)
     return pg_log_redact_preauth_line (line, len, FALSE, known);
@@ -219,7 +208,7 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
     return;
   shown = pg_pop3_session_shown_line (self, line, len);
   /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
-  if (self->state != PG_POP3_STATE_TRANSACTION || self->sasl != PG_POP3_SASL_NONE
+  if (self->state != PG_POP3_STATE_TRANSACTION || pg_login_sasl_in_progress (self->login)
       || len > PG_POP3_MAX_COMMAND_LINE
       || pg_pop3_command_parse (line, len, &cmd) != PG_POP3_PARSE_OK)
     {
@@ -255,6 +244,29 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
   pg_trace (self->id, "C: %s", shown);
 }
 
+/* What the status page shows of this session (pg-status.h). */
+static void
+pg_pop3_session_status_cb (gpointer owner, PgStatusInfo *info)
+{
+  PgPop3Session *self = owner;
+
+  info->frontend = PG_METRICS_FRONTEND_POP3;
+  info->client = pg_conn_get_peer (self->conn);
+  info->tls = pg_conn_is_tls (self->conn);
+  info->user = pg_login_get_account (self->login);
+  info->tag
+      = pg_login_get_user (self->login) != NULL ? pg_login_get_client_tag (self->login) : NULL;
+  info->state = pg_pop3_state_names[self->state];
+  info->mailbox = self->maildrop != NULL ? pg_login_get_upstream (self->login)->mailbox : NULL;
+  info->bytes_in = pg_conn_get_bytes_in (self->conn);
+  info->bytes_out = pg_conn_get_bytes_out (self->conn);
+  for (guint i = 0; self->flags != NULL && i < self->messages->len; i++)
+    {
+      info->retrieved += (self->flags[i] & PG_POP3_MSG_RETRIEVED) != 0;
+      info->deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+    }
+}
+
 static void
 pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
 {
@@ -264,6 +276,7 @@ pg_pop3_session_set_state (PgPop3Session *self, PgPop3State state)
                     pg_pop3_state_names[state]);
   pg_pop3_session_metrics_state (self, state);
   self->state = state;
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
 }
 
 static void
@@ -282,11 +295,8 @@ pg_pop3_session_dispose (GObject *object)
   PgPop3Session *self = PG_POP3_SESSION (object);
 
   pg_pop3_session_release_lock (self);
-  if (self->delay_source != NULL)
-    {
-      g_source_destroy (self->delay_source);
-      g_clear_pointer (&self->delay_source, g_source_unref);
-    }
+  /* Stops a failed-login delay: its callback must not run on a disposed session. */
+  g_clear_pointer (&self->login, pg_login_free);
   if (self->conn != NULL)
     g_signal_handlers_disconnect_by_data (self->conn, self);
   g_clear_object (&self->conn);
@@ -315,9 +325,6 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->quit_deleted, g_array_unref);
   g_clear_pointer (&self->quit_seen, g_array_unref);
   g_free (self->quit_problem);
-  g_free (self->user);
-  g_free (self->upstream_user);
-  g_free (self->client_tag);
   g_free (self->end_reason);
   pg_pop3_n_live--;
   G_OBJECT_CLASS (pg_pop3_session_parent_class)->finalize (object);
@@ -343,8 +350,7 @@ pg_pop3_session_init (PgPop3Session *self)
 
 /* --- output ----------------------------------------------------------------------------- */
 
-static void
-pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
+static void pg_pop3_reply (PgPop3Session *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
 
 static void
 pg_pop3_reply (PgPop3Session *self, const char *format, ...)
@@ -372,8 +378,9 @@ static void
 pg_pop3_session_log_end (PgPop3Session *self)
 {
   gint64 ms = (g_get_monotonic_time () - self->started_us) / 1000;
-  g_autofree gchar *user = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64)
-                                              : g_strdup ("-");
+  const char *login = self->login != NULL ? pg_login_get_user (self->login) : NULL;
+  g_autofree gchar *user
+      = login != NULL ? pg_log_escape (login, strlen (login), 64) : g_strdup ("-");
 
   pg_session_message (self->id,
                       "pop3 session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
@@ -395,6 +402,7 @@ pg_pop3_session_conn_closed_cb (PgConn *conn, gpointer user_data)
   pg_pop3_session_release_lock (self);
   pg_pop3_session_log_end (self);
   pg_pop3_session_metrics_state (self, PG_POP3_STATE_CLOSED);
+  pg_status_session_update (self->id, NULL, NULL);
   self->state = PG_POP3_STATE_CLOSED;
   g_signal_handlers_disconnect_by_data (conn, self);
   /* Drop the reference the session held on itself for the connection's life. */
@@ -415,9 +423,7 @@ pg_pop3_session_end (PgPop3Session *self, const char *reason)
 static void
 pg_pop3_session_bad_command (PgPop3Session *self)
 {
-  self->bad_commands++;
-  pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
-  if (self->bad_commands >= self->config->limits.max_bad_commands)
+  if (pg_login_bad_command (self->login))
     {
       pg_pop3_reply (self, "-ERR Too many bad commands, closing");
       pg_pop3_session_end (self, "too many bad commands");
@@ -447,7 +453,7 @@ pg_pop3_session_capa (PgPop3Session *self)
       if (pg_pop3_session_plaintext_allowed (self))
         {
           pg_pop3_reply (self, "USER");
-          pg_pop3_reply (self, "SASL PLAIN LOGIN");
+          pg_pop3_reply (self, "SASL " PG_LOGIN_SASL_MECHANISMS);
         }
       if (pg_conn_can_start_tls (self->conn))
         pg_pop3_reply (self, "STLS");
@@ -463,11 +469,13 @@ pg_pop3_session_capa (PgPop3Session *self)
 }
 
 static void
-pg_pop3_session_auth_failed_delay_done (PgPop3Session *self)
+pg_pop3_session_auth_failed_cb (gpointer user_data, gboolean too_many)
 {
+  PgPop3Session *self = user_data;
+
   self->busy = FALSE;
   pg_pop3_reply (self, "-ERR [AUTH] Authentication failed.");
-  if (self->auth_failures >= self->config->limits.max_auth_failures)
+  if (too_many)
     {
       pg_pop3_reply (self, "-ERR [AUTH] Too many authentication failures, closing");
       pg_pop3_session_end (self, "too many authentication failures");
@@ -476,42 +484,22 @@ pg_pop3_session_auth_failed_delay_done (PgPop3Session *self)
   pg_pop3_session_process (self);
 }
 
-static gboolean
-pg_pop3_session_delay_cb (gpointer user_data)
-{
-  PgPop3Session *self = user_data;
-
-  g_clear_pointer (&self->delay_source, g_source_unref);
-  pg_pop3_session_auth_failed_delay_done (self);
-  return G_SOURCE_REMOVE;
-}
-
 /* One uniform answer for an unknown user and a wrong password, after a delay. */
 static void
-pg_pop3_session_auth_failed (PgPop3Session *self)
+pg_pop3_session_auth_failed (PgPop3Session *self, const GError *why)
 {
-  self->auth_failures++;
-  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_AUTH_FAILED);
   self->busy = TRUE;
-  g_clear_pointer (&self->user, g_free);
-  g_clear_pointer (&self->upstream_user, g_free);
-  g_clear_pointer (&self->client_tag, g_free);
-  if (self->config->limits.auth_failure_delay_ms == 0)
-    {
-      pg_pop3_session_auth_failed_delay_done (self);
-      return;
-    }
-  self->delay_source = g_timeout_source_new (self->config->limits.auth_failure_delay_ms);
-  g_source_set_callback (self->delay_source, pg_pop3_session_delay_cb, self, NULL);
-  g_source_attach (self->delay_source, g_main_context_get_thread_default ());
+  pg_login_auth_failed (self->login, why, pg_pop3_session_auth_failed_cb, self);
 }
 
 /* The login is complete: fix the message numbering and enter TRANSACTION. */
 static void
 pg_pop3_session_enter_transaction (PgPop3Session *self)
 {
-  g_autofree gchar *user = pg_log_escape (self->user, strlen (self->user), 64);
-  g_autofree gchar *tag = pg_log_escape (self->client_tag, strlen (self->client_tag), 64);
+  const char *login = pg_login_get_user (self->login);
+  const char *client_tag = pg_login_get_client_tag (self->login);
+  g_autofree gchar *user = pg_log_escape (login, strlen (login), 64);
+  g_autofree gchar *tag = pg_log_escape (client_tag, strlen (client_tag), 64);
   guint64 total = 0;
 
   self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
@@ -521,13 +509,12 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
   pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
-  pg_session_message (self->id,
-                      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT
-                      " hidden=%u",
-                      user, tag, pg_conn_get_peer (self->conn), self->messages->len, total,
-                      self->n_hidden);
+  pg_session_message (
+      self->id,
+      "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT " hidden=%u", user,
+      tag, pg_conn_get_peer (self->conn), self->messages->len, total, self->n_hidden);
   self->busy = FALSE;
-  pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_OK);
+  pg_login_succeeded (self->login);
   pg_pop3_reply (self, "+OK Logged in.");
   pg_pop3_session_process (self);
 }
@@ -541,10 +528,9 @@ static GHashTable *pg_pop3_stores = NULL; /* "backend\npath" → PgStateStore* (
 static PgStateStore *
 pg_pop3_state_store_get (PgConfig *config, GError **error)
 {
-  g_autofree gchar *id = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
-                                          config->state.backend == PG_STATE_BACKEND_FILE
-                                              ? config->state.path
-                                              : "");
+  g_autofree gchar *id
+      = g_strdup_printf ("%s\n%s", pg_state_backend_to_string (config->state.backend),
+                         config->state.backend == PG_STATE_BACKEND_FILE ? config->state.path : "");
   PgStateStore *store;
 
   if (pg_pop3_stores == NULL)
@@ -577,7 +563,7 @@ pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
     pg_pop3_maildrop_close (self->maildrop);
   g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
   pg_pop3_session_release_lock (self);
-  g_clear_pointer (&self->user, g_free);
+  pg_login_clear_user (self->login);
   g_clear_pointer (&self->state_key, pg_state_key_free);
   g_clear_pointer (&self->client_state, pg_client_state_free);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
@@ -604,8 +590,7 @@ pg_pop3_session_compact (PgPop3Session *self, const PgUidSet *set, GArray *messa
 }
 
 static gboolean
-pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
-                               gpointer user_data)
+pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3Session *self = user_data;
   const PgClientState *state = self->client_state;
@@ -618,7 +603,8 @@ pg_pop3_session_is_visible_cb (const PgPop3Message *msg, gint64 internaldate,
     return FALSE;
   if (self->config->pop3.recent_days > 0 && internaldate != PG_UPSTREAM_NO_DATE)
     {
-      oldest = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
+      oldest
+          = g_get_real_time () / G_USEC_PER_SEC - (gint64) self->config->pop3.recent_days * 86400;
       if (internaldate < oldest)
         return FALSE;
     }
@@ -648,8 +634,8 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
   if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
     {
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s",
-                          who, error->message);
+      pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s", who,
+                          error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
       return;
@@ -675,8 +661,7 @@ typedef struct
 } PgPop3GoneData;
 
 static gboolean
-pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate,
-                             gpointer user_data)
+pg_pop3_session_not_gone_cb (const PgPop3Message *msg, gint64 internaldate, gpointer user_data)
 {
   PgPop3GoneData *data = user_data;
   return !pg_uid_set_contains (data->gone, msg->uid);
@@ -697,8 +682,10 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
     {
       /* Still pending: the next login tries again. Showing the messages now would let
        * the client fetch what it already deleted. */
-      pg_session_warning (self->id, "login refused: could not finish the interrupted QUIT of "
-                          "%s: %s", who, error->message);
+      pg_session_warning (self->id,
+                          "login refused: could not finish the interrupted QUIT of "
+                          "%s: %s",
+                          who, error->message);
       pg_pop3_session_refuse_login (
           self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
       return;
@@ -730,9 +717,10 @@ pg_pop3_session_finish_pending (PgPop3Session *self)
       if (pg_uid_set_contains (state->pending_uids, uid))
         g_array_append_val (uids, uid);
     }
-  pg_session_message (self->id, "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
-                      "still exist)", who, policy == PG_DELETE_MOVE ? "move" : "expunge",
-                      set, uids->len);
+  pg_session_message (self->id,
+                      "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
+                      "still exist)",
+                      who, policy == PG_DELETE_MOVE ? "move" : "expunge", set, uids->len);
   pg_pop3_maildrop_update_async (self->maildrop, policy, state->pending_mailbox, uids, none,
                                  self->cancellable, pg_pop3_session_pending_done_cb,
                                  g_object_ref (self));
@@ -767,7 +755,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
         }
       /* Never "show everything again": a client that deleted under keep would download
        * its whole mailbox once more. The record is left as it is for the admin. */
-      pg_session_warning (self->id, "login refused: the client state of %s cannot be read (left "
+      pg_session_warning (self->id,
+                          "login refused: the client state of %s cannot be read (left "
                           "as it is; repair or remove it to start this client afresh): %s",
                           who, error->message);
       pg_pop3_session_refuse_login (
@@ -785,8 +774,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   switch (status)
     {
     case PG_STATE_LOAD_NEW:
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
       /* first_login = new must remember this login's UIDNEXT even if the client never
        * QUITs; otherwise nothing needs storing yet. */
@@ -798,7 +787,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
       pg_pop3_session_state_ready (self);
       return;
     case PG_STATE_LOAD_UIDVALIDITY_CHANGED:
-      pg_session_warning (self->id, "UIDVALIDITY of %s changed from %u to %u: its state is "
+      pg_session_warning (self->id,
+                          "UIDVALIDITY of %s changed from %u to %u: its state is "
                           "discarded (%" G_GUINT64_FORMAT " hidden, %" G_GUINT64_FORMAT
                           " retrieved%s) and its UIDLs change, so the client will see every "
                           "message as new",
@@ -807,8 +797,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
                           stored->pending != PG_STATE_PENDING_NONE
                               ? ", and an unfinished QUIT whose UIDs no longer apply"
                               : "");
-      self->client_state = pg_client_state_new (self->uidvalidity, uidnext,
-                                                g_get_real_time () / G_USEC_PER_SEC);
+      self->client_state
+          = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
       pg_pop3_session_login_save (self);
       return;
     case PG_STATE_LOAD_FOUND:
@@ -842,8 +832,9 @@ pg_pop3_session_state_load (PgPop3Session *self)
   g_autoptr (GError) error = NULL;
 
   self->uidvalidity = pg_pop3_maildrop_get_uidvalidity (self->maildrop);
-  self->state_key = pg_state_key_new (self->upstream_user, self->config->upstream.mailbox,
-                                      self->client_tag);
+  self->state_key = pg_state_key_new (pg_login_get_upstream_user (self->login),
+                                      pg_login_get_upstream (self->login)->mailbox,
+                                      pg_login_get_client_tag (self->login));
   g_clear_object (&self->store);
   self->store = pg_pop3_state_store_get (self->config, &error);
   if (self->store == NULL)
@@ -863,29 +854,20 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
 {
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
+  const char *login = NULL;
   g_autofree gchar *user = NULL;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   /* Back to the pre-auth timer until the login is complete (then autologout). */
   pg_conn_set_idle_timeout (self->conn, self->config->limits.preauth_timeout_ms);
-  user = pg_log_escape (self->user, strlen (self->user), 64);
+  login = pg_login_get_user (self->login);
+  user = pg_log_escape (login, strlen (login), 64);
   if (!pg_pop3_maildrop_open_finish (self->maildrop, result, &error))
     {
       g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
-        {
-          pg_session_message (self->id, "login failed: user=%s client=%s", user,
-                              pg_conn_get_peer (self->conn));
-          pg_pop3_session_auth_failed (self);
-          return;
-        }
-      pg_session_warning (self->id, "login for user=%s: upstream unavailable: %s", user,
-                          error->message);
-      pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_UPSTREAM_UNAVAILABLE);
-      pg_metrics_gerror (error);
+      pg_login_unavailable (self->login, error);
       self->busy = FALSE;
-      g_clear_pointer (&self->user, g_free);
       if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE))
         /* RFC 3206: retrying will not help (the snapshot is beyond PG_MAX_SNAPSHOT_*). */
         pg_pop3_reply (self, "-ERR [SYS/PERM] The mailbox is too large for this gateway.");
@@ -898,8 +880,9 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
 
   /* RFC 1939 §8: exclusive access to the maildrop, per (user, mailbox, client). */
   {
-    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", self->upstream_user,
-                                             self->config->upstream.mailbox, self->client_tag);
+    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", pg_login_get_upstream_user (self->login),
+                                             pg_login_get_upstream (self->login)->mailbox,
+                                             pg_login_get_client_tag (self->login));
     if (pg_pop3_locks == NULL)
       pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
     if (g_hash_table_contains (pg_pop3_locks, key))
@@ -908,7 +891,7 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
         pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
         pg_pop3_maildrop_close (self->maildrop);
         g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-        g_clear_pointer (&self->user, g_free);
+        pg_login_clear_user (self->login);
         self->busy = FALSE;
         pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
         pg_pop3_session_process (self);
@@ -921,29 +904,35 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
   pg_pop3_session_state_load (self);
 }
 
-/* Split "user#tag" into the upstream user and the client tag ("default" without one). */
+/* The login path has logged in upstream (or not): open the maildrop on it. */
 static void
-pg_pop3_session_set_user (PgPop3Session *self, const char *login)
+pg_pop3_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  const char *sep = self->config->pop3.client_tag_separator;
-  const char *at = NULL;
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
 
-  g_free (self->user);
-  g_free (self->upstream_user);
-  g_free (self->client_tag);
-  self->user = g_strdup (login);
-  if (sep != NULL && *sep != '\0')
-    at = g_strrstr (login, sep);
-  if (at != NULL && at != login && at[strlen (sep)] != '\0')
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  upstream = pg_login_authenticate_finish (self->login, result, &error);
+  if (upstream == NULL)
     {
-      self->upstream_user = g_strndup (login, (gsize) (at - login));
-      self->client_tag = g_strdup (at + strlen (sep));
+      pg_conn_set_idle_timeout (self->conn, self->config->limits.preauth_timeout_ms);
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
+        {
+          pg_pop3_session_auth_failed (self, error);
+          return;
+        }
+      pg_login_unavailable (self->login, error);
+      self->busy = FALSE;
+      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      pg_pop3_session_process (self);
+      return;
     }
-  else
-    {
-      self->upstream_user = g_strdup (login);
-      self->client_tag = g_strdup ("default");
-    }
+  self->maildrop
+      = pg_pop3_maildrop_new (self->config, pg_login_get_upstream (self->login), self->id);
+  pg_pop3_maildrop_open_async (self->maildrop, upstream, self->cancellable, pg_pop3_session_open_cb,
+                               g_object_ref (self));
 }
 
 static void
@@ -955,100 +944,78 @@ pg_pop3_session_login (PgPop3Session *self, const char *password)
    * own connect and command timeouts bound the wait; the timer is re-armed when the
    * answer comes. */
   pg_conn_set_idle_timeout (self->conn, 0);
-  self->maildrop = pg_pop3_maildrop_new (self->config, self->id, pg_conn_get_peer_ip (self->conn));
-  pg_pop3_maildrop_open_async (self->maildrop, self->upstream_user, password, self->cancellable,
-                               pg_pop3_session_open_cb, g_object_ref (self));
+  pg_login_authenticate_async (self->login, password, FALSE, self->cancellable,
+                               pg_pop3_session_login_cb, g_object_ref (self));
 }
 
-/* RFC 4616: [authzid] NUL authcid NUL passwd; an authzid must be empty or the authcid. */
+/* What the login path made of a SASL line. */
 static void
-pg_pop3_session_sasl_plain (PgPop3Session *self, const char *response, gsize len)
+pg_pop3_session_sasl_result (PgPop3Session *self, PgLoginSaslStatus status, const char *challenge,
+                             const char *password, const GError *error)
 {
-  g_autoptr (GError) error = NULL;
-  g_autofree gchar *authcid = NULL;
-  g_autoptr (PgSecret) passwd = NULL;
-
-  self->sasl = PG_POP3_SASL_NONE;
-  if (!pg_sasl_plain_decode (response, len, &authcid, &passwd, &error))
+  switch (status)
     {
-      if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
-        {
-          /* Acting as another user is not something a gateway can grant. */
-          pg_pop3_session_auth_failed (self);
-          return;
-        }
-      pg_pop3_reply (self, "-ERR [AUTH] Malformed PLAIN response (%s).", error->message);
-      pg_pop3_session_bad_command (self);
+    case PG_LOGIN_SASL_CONTINUE:
+      pg_pop3_reply (self, "+ %s", challenge);
       return;
-    }
-  pg_pop3_session_set_user (self, authcid);
-  pg_pop3_session_login (self, passwd);
-}
-
-static void
-pg_pop3_session_sasl_response (PgPop3Session *self, const char *line, gsize len)
-{
-  if (len == 1 && line[0] == '*')
-    {
-      self->sasl = PG_POP3_SASL_NONE;
-      g_clear_pointer (&self->user, g_free);
+    case PG_LOGIN_SASL_DONE:
+      pg_pop3_session_login (self, password);
+      return;
+    case PG_LOGIN_SASL_CANCELLED:
       pg_pop3_reply (self, "-ERR Authentication cancelled.");
       return;
-    }
-  if (len > PG_POP3_MAX_SASL_LINE)
-    {
-      self->sasl = PG_POP3_SASL_NONE;
-      pg_pop3_reply (self, "-ERR [AUTH] SASL response too long.");
+    case PG_LOGIN_SASL_MALFORMED:
+      pg_pop3_reply (self, "-ERR [AUTH] Malformed SASL response (%s).", error->message);
       pg_pop3_session_bad_command (self);
       return;
-    }
-  switch (self->sasl)
-    {
-    case PG_POP3_SASL_PLAIN:
-      pg_pop3_session_sasl_plain (self, line, len);
+    case PG_LOGIN_SASL_REFUSED:
+      pg_pop3_session_auth_failed (self, NULL);
       return;
-    case PG_POP3_SASL_LOGIN_USER:
-    case PG_POP3_SASL_LOGIN_PASS:
-      {
-        gsize n = 0;
-        g_autoptr (PgSecret) decoded = pg_sasl_base64_decode (line, len, &n);
-
-        if (decoded == NULL || strlen (decoded) != n
-            || (self->sasl == PG_POP3_SASL_LOGIN_USER && n == 0))
-          {
-            self->sasl = PG_POP3_SASL_NONE;
-            pg_pop3_reply (self, "-ERR [AUTH] Invalid base64 data.");
-            pg_pop3_session_bad_command (self);
-            return;
-          }
-        if (self->sasl == PG_POP3_SASL_LOGIN_USER)
-          {
-            pg_pop3_session_set_user (self, decoded);
-            self->sasl = PG_POP3_SASL_LOGIN_PASS;
-            pg_pop3_reply (self, "+ UGFzc3dvcmQ6"); /* "Password:" */
-            return;
-          }
-        self->sasl = PG_POP3_SASL_NONE;
-        pg_pop3_session_login (self, decoded);
-        return;
-      }
-    case PG_POP3_SASL_NONE:
-      break;
+    case PG_LOGIN_SASL_UNSUPPORTED:
+      pg_pop3_reply (self, "-ERR [AUTH] Unsupported authentication mechanism.");
+      pg_pop3_session_bad_command (self);
+      return;
     }
   g_assert_not_reached ();
 }
 
 static void
+pg_pop3_session_sasl_response (PgPop3Session *self, const char *line, gsize len)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status;
+
+  if (len > PG_POP3_MAX_SASL_LINE)
+    {
+      /* Ends the exchange: a step with "*" is a cancel. */
+      (void) pg_login_sasl_step (self->login, "*", 1, &challenge, &password, NULL);
+      pg_pop3_reply (self, "-ERR [AUTH] SASL response too long.");
+      pg_pop3_session_bad_command (self);
+      return;
+    }
+  status = pg_login_sasl_step (self->login, line, len, &challenge, &password, &error);
+  pg_pop3_session_sasl_result (self, status, challenge, password, error);
+}
+
+static void
 pg_pop3_session_auth (PgPop3Session *self, PgPop3Command *cmd)
 {
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgSecret) password = NULL;
+  const char *challenge = NULL;
+  PgLoginSaslStatus status;
+
   if (cmd->arg1 == NULL)
     {
       /* RFC 5034 §4 allows an AUTH without arguments to list the mechanisms. */
       pg_pop3_reply (self, "+OK");
       if (pg_pop3_session_plaintext_allowed (self))
         {
-          pg_pop3_reply (self, "PLAIN");
-          pg_pop3_reply (self, "LOGIN");
+          g_auto (GStrv) mechanisms = g_strsplit (PG_LOGIN_SASL_MECHANISMS, " ", -1);
+          for (gsize i = 0; mechanisms[i] != NULL; i++)
+            pg_pop3_reply (self, "%s", mechanisms[i]);
         }
       pg_pop3_reply (self, ".");
       return;
@@ -1059,35 +1026,10 @@ pg_pop3_session_auth (PgPop3Session *self, PgPop3Command *cmd)
                            "connections; use STLS first.");
       return;
     }
-  if (g_ascii_strcasecmp (cmd->arg1, "PLAIN") == 0)
-    {
-      if (cmd->arg2 == NULL)
-        {
-          self->sasl = PG_POP3_SASL_PLAIN;
-          pg_pop3_reply (self, "+ ");
-          return;
-        }
-      self->sasl = PG_POP3_SASL_PLAIN;
-      /* "=" is an empty initial response (RFC 5034 §4). */
-      if (strcmp (cmd->arg2, "=") == 0)
-        pg_pop3_session_sasl_response (self, "", 0);
-      else
-        pg_pop3_session_sasl_response (self, cmd->arg2, strlen (cmd->arg2));
-      return;
-    }
-  if (g_ascii_strcasecmp (cmd->arg1, "LOGIN") == 0)
-    {
-      self->sasl = PG_POP3_SASL_LOGIN_USER;
-      if (cmd->arg2 == NULL)
-        {
-          pg_pop3_reply (self, "+ VXNlcm5hbWU6"); /* "Username:" */
-          return;
-        }
-      pg_pop3_session_sasl_response (self, cmd->arg2, strlen (cmd->arg2));
-      return;
-    }
-  pg_pop3_reply (self, "-ERR [AUTH] Unsupported authentication mechanism.");
-  pg_pop3_session_bad_command (self);
+  status = pg_login_sasl_start (self->login, cmd->arg1, cmd->arg2,
+                                cmd->arg2 != NULL ? strlen (cmd->arg2) : 0, &challenge, &password,
+                                &error);
+  pg_pop3_session_sasl_result (self, status, challenge, password, error);
 }
 
 static void
@@ -1142,7 +1084,7 @@ pg_pop3_session_stls (PgPop3Session *self)
       pg_pop3_reply (self, "-ERR TLS is not available here.");
       return;
     }
-  if (self->user != NULL)
+  if (pg_login_get_user (self->login) != NULL)
     {
       pg_pop3_reply (self, "-ERR STLS is not allowed after USER.");
       return;
@@ -1177,11 +1119,11 @@ pg_pop3_session_authorization (PgPop3Session *self, PgPop3Command *cmd)
                                "connections; use STLS first.");
           return;
         }
-      pg_pop3_session_set_user (self, cmd->arg1);
+      pg_login_set_user (self->login, cmd->arg1);
       pg_pop3_reply (self, "+OK");
       return;
     case PG_POP3_COMMAND_PASS:
-      if (self->user == NULL)
+      if (pg_login_get_user (self->login) == NULL)
         {
           pg_pop3_reply (self, "-ERR No user name given, send USER first.");
           pg_pop3_session_bad_command (self);
@@ -1308,36 +1250,36 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  *
  * RFC 2449 PIPELINING: when a RETR starts and the next buffered commands are RETRs too,
  * those messages are fetched at once on the same upstream connection (up to
- * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server sends the bodies in
- * order, but may send the next FETCH's body before the previous command's tagged OK
- * (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
+ * PG_POP3_PREFETCH_DEPTH ahead), so a batch of RETRs costs no upstream round trip each. The server
+ * sends the bodies in order, but may send the next FETCH's body before the previous command's
+ * tagged OK (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
  * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
  * makes the prefetched transfer current, and its chunk is sent. */
 
 struct _PgPop3Transfer
 {
-  PgPop3Session *self;  /* unowned: each fetch callback holds a session reference */
-  guint index;          /* message index (number - 1) */
+  PgPop3Session *self; /* unowned: each fetch callback holds a session reference */
+  guint index;         /* message index (number - 1) */
   gboolean is_top;
-  PgDotStuffer *stuffer; /* owned */
-  gboolean active;      /* the transfer now being sent to the client */
-  gboolean sent_ok;     /* its "+OK" line is out */
-  GBytes *held;         /* owned: a chunk that came before the transfer was active */
-  gboolean finished;    /* the upstream completed the (last) fetch */
-  GError *error;        /* owned: its failure, if any */
-  guint64 delivered;    /* octets of the section being fetched */
-  gboolean top_in_text; /* TOP: the header is out, partials of the text follow */
-  guint64 top_offset;   /* TOP: offset of the BODY[TEXT] partial being fetched */
+  PgDotStuffer *stuffer;       /* owned */
+  gboolean active;             /* the transfer now being sent to the client */
+  gboolean sent_ok;            /* its "+OK" line is out */
+  GBytes *held;                /* owned: a chunk that came before the transfer was active */
+  gboolean finished;           /* the upstream completed the (last) fetch */
+  GError *error;               /* owned: its failure, if any */
+  guint64 delivered;           /* octets of the section being fetched */
+  gboolean top_in_text;        /* TOP: the header is out, partials of the text follow */
+  guint64 top_offset;          /* TOP: offset of the BODY[TEXT] partial being fetched */
   struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
-  gboolean want_pause;  /* sending a held chunk filled the client's queue */
+  gboolean want_pause;         /* sending a held chunk filled the client's queue */
 };
 
 /* One upstream fetch in flight: survives its transfer if that finished early. */
 typedef struct _PgPop3FetchCtx
 {
-  PgPop3Session *self;       /* owned */
-  PgPop3Transfer *transfer;  /* unowned; NULL once the transfer is gone */
+  PgPop3Session *self;      /* owned */
+  PgPop3Transfer *transfer; /* unowned; NULL once the transfer is gone */
 } PgPop3FetchCtx;
 
 static void
@@ -1357,8 +1299,8 @@ static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpo
 static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
 
 static void
-pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer,
-                             PgPop3Section section, guint64 offset, guint64 length)
+pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
+                             guint64 offset, guint64 length)
 {
   const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
 
@@ -1398,7 +1340,14 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
   if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
     return; /* closed: the conn's "closed" handler cleans up */
   if (self->maildrop != NULL)
-    pg_pop3_maildrop_resume (self->maildrop);
+    {
+      /* The upstream reads on at once while it has data: one write for what it delivers. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_maildrop_resume (self->maildrop);
+      pg_conn_uncork (conn);
+    }
 }
 
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
@@ -1485,8 +1434,8 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
         PgPop3Transfer *current = self->transfer;
 
         if (current->delivered == 0 && current->error == NULL)
-          current->error = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                                        "no body came for this message");
+          current->error
+              = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
         current->finished = TRUE;
         self->in_chunk_cb = TRUE;
         pg_pop3_session_transfer_done (self, current);
@@ -1531,8 +1480,8 @@ pg_pop3_session_transfer_step (PgPop3Session *self, PgPop3Transfer *transfer)
       if (transfer->delivered == PG_POP3_TOP_PARTIAL)
         {
           transfer->top_offset += PG_POP3_TOP_PARTIAL;
-          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT,
-                                       transfer->top_offset, PG_POP3_TOP_PARTIAL);
+          pg_pop3_session_start_fetch (self, transfer, PG_POP3_SECTION_TEXT, transfer->top_offset,
+                                       PG_POP3_TOP_PARTIAL);
           return;
         }
     }
@@ -1560,7 +1509,14 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
     return;
   transfer->finished = TRUE;
   if (transfer->active)
-    pg_pop3_session_transfer_step (self, transfer);
+    {
+      /* The terminator, and what the next pipelined commands answer, in one write. */
+      g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+      pg_conn_cork (conn);
+      pg_pop3_session_transfer_step (self, transfer);
+      pg_conn_uncork (conn);
+    }
 }
 
 static gboolean
@@ -1739,8 +1695,8 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND) && !transfer->sent_ok)
         {
           /* Someone else expunged it meanwhile: this message fails, the session goes on. */
-          pg_session_info (self->id, "message %u (UID %u) vanished upstream",
-                           transfer->index + 1, msg->uid);
+          pg_session_info (self->id, "message %u (UID %u) vanished upstream", transfer->index + 1,
+                           msg->uid);
           pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
                          transfer->index + 1);
         }
@@ -1847,8 +1803,10 @@ pg_pop3_session_quit_cleared_cb (GObject *source, GAsyncResult *result, gpointer
   /* The update is applied; a record still saying "pending" only makes the next login
    * apply it again to UIDs that no longer exist, which does nothing. */
   if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
-    pg_session_warning (self->id, "QUIT: applied, but the pending update could not be cleared "
-                        "(the next login will find nothing left to do): %s", error->message);
+    pg_session_warning (self->id,
+                        "QUIT: applied, but the pending update could not be cleared "
+                        "(the next login will find nothing left to do): %s",
+                        error->message);
   pg_pop3_session_quit_logout (self);
 }
 
@@ -1902,8 +1860,10 @@ pg_pop3_session_quit_saved_cb (GObject *source, GAsyncResult *result, gpointer u
       /* Nothing was touched upstream: under keep the DELEs would not be remembered, and
        * for expunge/move a crash could not be recovered. So nothing is applied. */
       who = pg_state_key_to_log (self->state_key);
-      pg_session_warning (self->id, "QUIT: nothing applied: cannot store the client state of "
-                          "%s: %s", who, error->message);
+      pg_session_warning (self->id,
+                          "QUIT: nothing applied: cannot store the client state of "
+                          "%s: %s",
+                          who, error->message);
       pg_pop3_reply (self, "-ERR [SYS/TEMP] Cannot record this client's state; nothing was "
                            "deleted, try again later.");
       pg_pop3_session_end (self, "QUIT, state not stored");
@@ -1941,10 +1901,9 @@ pg_pop3_session_quit (PgPop3Session *self)
   if (policy == PG_DELETE_KEEP)
     pg_uid_set_union (state->hidden, deleted_set);
   else if (self->quit_deleted->len > 0)
-    pg_client_state_set_pending (state,
-                                 policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE
-                                                          : PG_STATE_PENDING_EXPUNGE,
-                                 self->config->pop3.move_mailbox, deleted_set);
+    pg_client_state_set_pending (
+        state, policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE,
+        self->config->pop3.move_mailbox, deleted_set);
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
   pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
                    pg_delete_policy_to_string (policy), self->quit_seen->len);
@@ -2031,7 +1990,7 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
       g_autofree gchar *shown = pg_pop3_session_shown_line (self, line, len);
       pg_session_debug (self->id, "C: %s", shown);
     }
-  if (self->sasl != PG_POP3_SASL_NONE)
+  if (pg_login_sasl_in_progress (self->login))
     {
       pg_pop3_session_sasl_response (self, line, len);
       return;
@@ -2185,7 +2144,15 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
       return;
     }
   pg_line_reader_feed (self->reader, self->read_buffer, (gsize) n);
-  pg_pop3_session_process (self);
+  {
+    /* What the commands answer now — for a RETR fetched ahead its status line, body and
+     * terminator — leaves in one write (the conn outlives an ending session's dispose). */
+    g_autoptr (PgConn) conn = g_object_ref (self->conn);
+
+    pg_conn_cork (conn);
+    pg_pop3_session_process (self);
+    pg_conn_uncork (conn);
+  }
 }
 
 static void
@@ -2199,10 +2166,15 @@ pg_pop3_session_read (PgPop3Session *self)
   if (space == 0)
     return; /* pipelined input is full: read again once commands were handled */
   self->reading = TRUE;
-  g_clear_object (&self->read_cancellable);
-  self->read_cancellable = g_cancellable_new ();
-  g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
-                         g_object_ref (self->read_cancellable), g_object_unref);
+  /* One per session until STLS cancels it: a new one per read cost an allocation and a
+   * handler on self->cancellable that stayed connected, one more with every command. */
+  if (self->read_cancellable == NULL || g_cancellable_is_cancelled (self->read_cancellable))
+    {
+      g_clear_object (&self->read_cancellable);
+      self->read_cancellable = g_cancellable_new ();
+      g_cancellable_connect (self->cancellable, G_CALLBACK (g_cancellable_cancel),
+                             g_object_ref (self->read_cancellable), g_object_unref);
+    }
   pg_conn_read_async (self->conn, self->read_buffer, MIN (space, PG_POP3_READ_CHUNK),
                       self->read_cancellable, pg_pop3_session_read_cb, g_object_ref (self));
 }
@@ -2249,12 +2221,15 @@ pg_pop3_session_start (PgConn *conn, gpointer user_data)
   self->conn = g_object_ref (conn);
   self->config = pg_conn_get_config (conn);
   self->id = pg_conn_get_id (conn);
+  self->login = pg_login_new (self->config, PG_METRICS_FRONTEND_POP3, self->id,
+                              pg_conn_get_peer (conn), pg_conn_get_peer_ip (conn));
   self->reader = pg_line_reader_new (PG_POP3_INPUT_BUFFER);
   self->read_buffer = g_malloc (PG_POP3_READ_CHUNK);
   /* The session holds itself until the connection's "closed". */
   g_signal_connect (conn, "closed", G_CALLBACK (pg_pop3_session_conn_closed_cb), self);
   pg_metrics_session_state (PG_METRICS_FRONTEND_POP3, PG_METRICS_SESSION_NONE,
                             PG_METRICS_SESSION_PREAUTH);
+  pg_status_session_update (self->id, pg_pop3_session_status_cb, self);
   g_signal_connect (conn, "timeout", G_CALLBACK (pg_pop3_session_timeout_cb), self);
   g_signal_connect (conn, "shutdown", G_CALLBACK (pg_pop3_session_shutdown_cb), self);
   pg_session_info (self->id, "pop3 session from %s%s", pg_conn_get_peer (conn),

@@ -326,7 +326,7 @@ pg_state_store_load_finish (PgStateStore *self, GAsyncResult *result, PgStateLoa
  * record, never a mixture, and a completed save survives. */
 typedef struct
 {
-  gchar *path;  /* owned */
+  gchar *path;   /* owned */
   GBytes *bytes; /* owned */
 } PgStateFileWrite;
 

@@ -74,7 +74,7 @@ struct _PgUpstreamCmd
   PgUpstream *owner;         /* unowned */
   GCancellable *cancellable; /* owned: the caller's, while we listen to it */
   gulong cancelled_id;
-  gint64 sent_us;            /* monotonic time it went to the server: latency metric */
+  gint64 sent_us; /* monotonic time it went to the server: latency metric */
 
   /* FETCH_SIZES */
   guint n_entries;              /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
@@ -96,15 +96,16 @@ struct _PgUpstream
 {
   GObject parent_instance;
 
-  PgConfig *config; /* owned */
+  PgConfig *config;                        /* owned: keeps upstream_config alive */
+  const PgUpstreamConfig *upstream_config; /* unowned: in config */
   guint64 sid;
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
 
-  GSocketConnection *socket;            /* owned: the TCP connection */
-  GIOStream *stream;                    /* owned: socket or the TLS connection on it */
-  GCancellable *io_cancellable;         /* owned: cancels our pending read and write */
-  PgImapParser *parser;                 /* owned */
+  GSocketConnection *socket;    /* owned: the TCP connection */
+  GIOStream *stream;            /* owned: socket or the TLS connection on it */
+  GCancellable *io_cancellable; /* owned: cancels our pending read and write */
+  PgImapParser *parser;         /* owned */
   /* owned: the fixed read buffer (rbuf_size bytes, never grows while in use), allocated
    * only while a reply is expected or bytes wait in it. An idle connection (nothing sent
    * and unanswered) waits for input with wait_source and holds no buffer: with a thousand
@@ -129,7 +130,7 @@ struct _PgUpstream
   GPtrArray *caps_list;    /* owned: the capabilities as the server spelt them, in order */
   gboolean caps_from_code; /* the last tagged/greeting reply carried [CAPABILITY] */
   gboolean tls;
-  gchar *bye_text; /* owned: text of a BYE received */
+  gchar *bye_text;         /* owned: text of a BYE received */
   gboolean hold_when_idle; /* relay hand-off: stop reading once logged in and idle */
 
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
@@ -338,7 +339,7 @@ static void pg_upstream_arm_timeout (PgUpstream *self, gint64 at_us);
 static gint64
 pg_upstream_timeout_us (PgUpstream *self)
 {
-  return (gint64) self->config->upstream.timeout_ms * 1000;
+  return (gint64) self->upstream_config->timeout_ms * 1000;
 }
 
 static gint64
@@ -367,7 +368,7 @@ pg_upstream_timeout_cb (gpointer user_data)
                          pg_upstream_pause_limit_us (self) / 1000);
   else
     error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
-                         self->config->upstream.timeout_ms);
+                         self->upstream_config->timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
   return G_SOURCE_REMOVE;
@@ -409,7 +410,7 @@ pg_upstream_update_timeout (PgUpstream *self)
 {
   gint64 due_us;
 
-  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->config->upstream.timeout_ms == 0
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->upstream_config->timeout_ms == 0
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
     {
       pg_upstream_disarm_timeout (self);
@@ -688,7 +689,7 @@ pg_upstream_flush (PgUpstream *self)
         if (G_IS_POLLABLE_OUTPUT_STREAM (output)
             && g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (output)))
           done = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (output),
-                                                            data, size, NULL, NULL);
+                                                             data, size, NULL, NULL);
         if (done > 0 && (gsize) done == size)
           continue;
         done = MAX (done, 0);
@@ -814,7 +815,8 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       g_autoptr (GError) error
           = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
                          "upstream sent a body for UID %" G_GUINT64_FORMAT " where UID %u was "
-                         "expected", uid, guessed);
+                         "expected",
+                         uid, guessed);
       pg_upstream_fail (self, error);
       return;
     }
@@ -1092,10 +1094,9 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result
-          = pg_imap_parser_feed (self->parser,
-                                 self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
-                                 self->rlen - self->rpos, &consumed, &event, &error);
+      PgImapParseResult result = pg_imap_parser_feed (
+          self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
+          self->rlen - self->rpos, &consumed, &event, &error);
 
       if (result == PG_IMAP_PARSE_ERROR)
         {
@@ -1414,7 +1415,7 @@ pg_upstream_start_tls (PgUpstream *self)
   g_autoptr (GIOStream) tls = NULL;
   g_autoptr (GTlsDatabase) database = NULL;
 
-  identity = g_network_address_new (self->config->upstream.host, self->config->upstream.port);
+  identity = g_network_address_new (self->upstream_config->host, self->upstream_config->port);
   tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
   if (tls == NULL)
     {
@@ -1422,14 +1423,14 @@ pg_upstream_start_tls (PgUpstream *self)
           self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s", error->message));
       return;
     }
-  if (self->config->upstream.ca_file != NULL)
+  if (self->upstream_config->ca_file != NULL)
     {
-      database = g_tls_file_database_new (self->config->upstream.ca_file, &error);
+      database = g_tls_file_database_new (self->upstream_config->ca_file, &error);
       if (database == NULL)
         {
           pg_upstream_connect_done (self,
                                     g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream CA file %s: %s",
-                                                 self->config->upstream.ca_file, error->message));
+                                                 self->upstream_config->ca_file, error->message));
           return;
         }
       g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
@@ -1498,7 +1499,7 @@ pg_upstream_queue_capability (PgUpstream *self, GTask *task)
 static void
 pg_upstream_connect_after_caps (PgUpstream *self)
 {
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
     {
       PgUpstreamCmd *cmd;
 
@@ -1541,7 +1542,7 @@ pg_upstream_greeting_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImap
     }
   if (greeting->status == PG_IMAP_STATUS_PREAUTH)
     {
-      if (self->config->upstream.tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
+      if (self->upstream_config->tls == PG_UPSTREAM_TLS_STARTTLS && !self->tls)
         {
           /* RFC 9051 §11.1: PREAUTH on a connection that should get STARTTLS is an attack
            * or a misconfiguration; either way we must not go on in plaintext. */
@@ -1603,11 +1604,11 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
   /* Commands and their literals go out as separate small writes (AUTHENTICATE PLAIN and
    * its response, pipelined FETCHes): without TCP_NODELAY, Nagle's algorithm holds the
    * second until the first is acknowledged, ~40 ms against a peer that delays its ACKs. */
-  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP,
-                              TCP_NODELAY, 1, NULL);
+  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP, TCP_NODELAY,
+                              1, NULL);
   self->stream = G_IO_STREAM (g_object_ref (connection));
   g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
-  if (self->config->upstream.tls == PG_UPSTREAM_TLS_IMPLICIT)
+  if (self->upstream_config->tls == PG_UPSTREAM_TLS_IMPLICIT)
     pg_upstream_start_tls (self);
   else
     pg_upstream_start_session (self);
@@ -1622,7 +1623,7 @@ pg_upstream_connect_timeout_cb (gpointer user_data)
   self->connect_timed_out = TRUE;
   pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
                                                "upstream connect timed out after %u ms",
-                                               self->config->upstream.connect_timeout_ms));
+                                               self->upstream_config->connect_timeout_ms));
   return G_SOURCE_REMOVE;
 }
 
@@ -1658,9 +1659,9 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       self->connect_cancelled_id = g_cancellable_connect (
           cancellable, G_CALLBACK (pg_upstream_connect_cancelled_cb), self, NULL);
     }
-  if (self->config->upstream.connect_timeout_ms > 0)
+  if (self->upstream_config->connect_timeout_ms > 0)
     {
-      self->connect_timer = g_timeout_source_new (self->config->upstream.connect_timeout_ms);
+      self->connect_timer = g_timeout_source_new (self->upstream_config->connect_timeout_ms);
       g_source_set_callback (self->connect_timer, pg_upstream_connect_timeout_cb, self, NULL);
       g_source_attach (self->connect_timer, self->context);
     }
@@ -1668,11 +1669,11 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
   /* A mail gateway talks to its configured upstream directly, never via desktop proxy
    * settings. */
   g_socket_client_set_enable_proxy (client, FALSE);
-  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->config->upstream.host,
-                    self->config->upstream.port,
-                    pg_upstream_tls_to_string (self->config->upstream.tls));
-  g_socket_client_connect_to_host_async (client, self->config->upstream.host,
-                                         self->config->upstream.port, self->io_cancellable,
+  pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->upstream_config->host,
+                    self->upstream_config->port,
+                    pg_upstream_tls_to_string (self->upstream_config->tls));
+  g_socket_client_connect_to_host_async (client, self->upstream_config->host,
+                                         self->upstream_config->port, self->io_cancellable,
                                          pg_upstream_tcp_connect_cb, g_object_ref (self));
 }
 
@@ -1700,8 +1701,14 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
     {
       g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
       pg_session_info (self->sid, "upstream: %s refused: %s %s", cmd->name, tagged->keyword, text);
-      pg_upstream_cmd_return_error (
-          cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
+      /* BAD to AUTHENTICATE is about the exchange, not the credentials (a mechanism the
+       * server lists but will not run): the login path may still try LOGIN. */
+      if (tagged->status == PG_IMAP_STATUS_BAD && g_str_equal (cmd->name, "AUTHENTICATE"))
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream rejected AUTHENTICATE (BAD)"));
+      else
+        pg_upstream_cmd_return_error (
+            cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
@@ -2576,8 +2583,7 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
   g_return_val_if_fail (out_buffered != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED
-      && self->state != PG_UPSTREAM_STATE_SELECTED)
+  if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED && self->state != PG_UPSTREAM_STATE_SELECTED)
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is not open and logged in");
@@ -2592,8 +2598,8 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
                            "upstream connection is busy; cannot hand it over");
       return NULL;
     }
-  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT
-                               " bytes buffered)", self->rlen - self->rpos);
+  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT " bytes buffered)",
+                    self->rlen - self->rpos);
   *out_buffered = self->rbuf != NULL
                       ? g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos)
                       : g_bytes_new (NULL, 0);
@@ -2626,13 +2632,14 @@ pg_upstream_close (PgUpstream *self)
 }
 
 PgUpstream *
-pg_upstream_new (PgConfig *config, guint64 sid)
+pg_upstream_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 sid)
 {
   PgUpstream *self;
 
   g_return_val_if_fail (config != NULL, NULL);
   self = g_object_new (PG_TYPE_UPSTREAM, NULL);
   self->config = pg_config_ref (config);
+  self->upstream_config = upstream != NULL ? upstream : &config->upstream;
   self->sid = sid;
   return self;
 }

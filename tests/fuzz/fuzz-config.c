@@ -65,16 +65,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   if (error != NULL)
     abort ();
-  /* A loaded config is usable: look a few names up in the account map, and take and drop
+  /* A loaded config is usable: look a few names up in the accounts file, and take and drop
    * a reference as a reload does. */
   {
     static const char *const logins[] = { "", "alice", "alice@example.com", "bob#laptop" };
 
     for (gsize i = 0; i < G_N_ELEMENTS (logins); i++)
       {
-        const PgImapAccount *account = pg_config_find_imap_account (config, logins[i]);
+        const PgAccount *account = pg_config_find_account (config, logins[i]);
         if (account != NULL)
-          (void) pg_config_imap_account_check (account, "not-the-password");
+          (void) pg_config_account_check (account, "not-the-password");
       }
     pg_config_unref (pg_config_ref (config));
   }

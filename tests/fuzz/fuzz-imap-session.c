@@ -75,9 +75,11 @@ pg_fuzz_imap_command (PgFuzzUpstream *up, const char *line)
             }
           up->logged_in = TRUE;
           /* Dovecot sends an unsolicited line with the OK at times: the relay gets it. */
-          pg_fuzz_upstream_printf (up, "%s OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS MOVE "
-                                       "COMPRESS=DEFLATE UNAUTHENTICATE STARTTLS] in\r\n"
-                                       "* 3 EXISTS\r\n", tag);
+          pg_fuzz_upstream_printf (up,
+                                   "%s OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS MOVE "
+                                   "COMPRESS=DEFLATE UNAUTHENTICATE STARTTLS] in\r\n"
+                                   "* 3 EXISTS\r\n",
+                                   tag);
           return;
         }
       pg_fuzz_upstream_printf (up, "%s OK done\r\n", tag);
@@ -94,10 +96,11 @@ pg_fuzz_imap_command (PgFuzzUpstream *up, const char *line)
       pg_fuzz_upstream_send (up, junk, strlen (junk));
     }
   if (g_ascii_strcasecmp (verb, "SELECT") == 0 || g_ascii_strcasecmp (verb, "EXAMINE") == 0)
-    pg_fuzz_upstream_printf (up, "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
-                                 "%s OK [%s] s\r\n", tag,
-                             g_ascii_strcasecmp (verb, "EXAMINE") == 0 ? "READ-ONLY"
-                                                                        : "READ-WRITE");
+    pg_fuzz_upstream_printf (
+        up,
+        "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
+        "%s OK [%s] s\r\n",
+        tag, g_ascii_strcasecmp (verb, "EXAMINE") == 0 ? "READ-ONLY" : "READ-WRITE");
   else if (g_ascii_strcasecmp (verb, "IDLE") == 0)
     {
       g_free (up->idle_tag);
@@ -105,8 +108,9 @@ pg_fuzz_imap_command (PgFuzzUpstream *up, const char *line)
       pg_fuzz_upstream_printf (up, "+ idling\r\n* 4 EXISTS\r\n");
     }
   else if (g_ascii_strcasecmp (verb, "FETCH") == 0 || g_ascii_strcasecmp (verb, "UID") == 0)
-    pg_fuzz_upstream_printf (up, "* 1 FETCH (UID 11 BODY[] {%" G_GSIZE_FORMAT "}\r\n%s)\r\n"
-                                 "%s OK f\r\n",
+    pg_fuzz_upstream_printf (up,
+                             "* 1 FETCH (UID 11 BODY[] {%" G_GSIZE_FORMAT "}\r\n%s)\r\n"
+                             "%s OK f\r\n",
                              strlen (pg_fuzz_message), pg_fuzz_message, tag);
   else if (g_ascii_strcasecmp (verb, "LOGOUT") == 0)
     {

@@ -57,8 +57,10 @@ pg_fuzz_pop3_command (PgFuzzUpstream *up, const char *line)
                                  up->mode == PG_FUZZ_UPSTREAM_NO_UIDPLUS ? "" : "UIDPLUS");
     }
   else if (strcmp (verb, "SELECT") == 0 || strcmp (verb, "EXAMINE") == 0)
-    pg_fuzz_upstream_printf (up, "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
-                                 "* OK [UIDNEXT 14] n\r\n%s OK [READ-WRITE] s\r\n", tag);
+    pg_fuzz_upstream_printf (up,
+                             "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
+                             "* OK [UIDNEXT 14] n\r\n%s OK [READ-WRITE] s\r\n",
+                             tag);
   else if (strcmp (verb, "UID") == 0 && words[2] != NULL && strcmp (words[2], "FETCH") == 0)
     {
       const char *rest = words[3] != NULL ? words[3] : "";
@@ -66,7 +68,8 @@ pg_fuzz_pop3_command (PgFuzzUpstream *up, const char *line)
         {
           g_autoptr (GString) reply = g_string_new (NULL);
           for (guint i = 0; i < G_N_ELEMENTS (pg_fuzz_messages); i++)
-            g_string_append_printf (reply, "* %u FETCH (UID %u RFC822.SIZE %" G_GSIZE_FORMAT ")\r\n",
+            g_string_append_printf (reply,
+                                    "* %u FETCH (UID %u RFC822.SIZE %" G_GSIZE_FORMAT ")\r\n",
                                     i + 1, 11 + i, strlen (pg_fuzz_messages[i]));
           g_string_append_printf (reply, "%s OK f\r\n", tag);
           pg_fuzz_upstream_send (up, reply->str, reply->len);

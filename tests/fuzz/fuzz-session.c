@@ -155,14 +155,13 @@ pg_fuzz_init (void)
   g_autofree gchar *text = NULL;
 
   g_log_set_writer_func (pg_fuzz_log_writer,
-                         g_getenv ("PG_FUZZ_SESSION_LOG") != NULL ? (gpointer) "show" : NULL,
-                         NULL);
+                         g_getenv ("PG_FUZZ_SESSION_LOG") != NULL ? (gpointer) "show" : NULL, NULL);
   pg_log_set_level (PG_LOG_LEVEL_DEBUG);
   pg_trace_set_enabled (pg_fuzz_target->trace);
   pg_fuzz_service = g_socket_service_new ();
   if (!g_socket_listener_add_address (G_SOCKET_LISTENER (pg_fuzz_service), address,
-                                      G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                      &effective, &error))
+                                      G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL, &effective,
+                                      &error))
     abort ();
   pg_fuzz_port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
   g_signal_connect (pg_fuzz_service, "incoming", G_CALLBACK (pg_fuzz_incoming_cb), NULL);

@@ -28,8 +28,8 @@ typedef struct
   GString *input;          /* owned */
   guint8 buf[4096];
   gboolean closed;
-  gboolean reading;  /* a read is pending: its callback owns the struct once orphaned */
-  gboolean orphaned; /* the run is over */
+  gboolean reading;   /* a read is pending: its callback owns the struct once orphaned */
+  gboolean orphaned;  /* the run is over */
   gboolean logged_in; /* for the script's use */
   gchar *idle_tag;    /* owned, for the script's use: the IDLE being answered */
 } PgFuzzUpstream;
