@@ -10,7 +10,7 @@ set -eu
 PACKAGES="meson ninja-build pkg-config gcc libglib2.0-dev glib-networking libgnutls28-dev
 gnutls-bin dovecot-imapd dovecot-pop3d python3 clang libclang-rt-14-dev
 libsystemd-dev systemd scdoc libsoup-3.0-dev haproxy libjson-glib-dev
-python3-authlib python3-flask chromium python3-prometheus-client"
+python3-authlib python3-flask chromium python3-prometheus-client mailutils-imap4d openssl"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -50,6 +50,12 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2
   systemctl disable dovecot >/dev/null 2>&1 || true
 elif [ -f /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
   kill -TERM "$(cat /run/dovecot/master.pid)"
+fi
+
+# The same for GNU mailutils imap4d (tests/pg-test-imap4d.c runs its own on 127.0.0.1);
+# its package enables a unit that would listen on port 143 of every interface.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet mailutils-imap4d 2>/dev/null; then
+  systemctl disable --now mailutils-imap4d >/dev/null 2>&1 || true
 fi
 
 echo "deps.sh: all build and test packages are installed"

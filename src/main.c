@@ -11,9 +11,11 @@
 #include "popgate/pg-status-server.h"
 #include "popgate/pg-status.h"
 #include "popgate/pg-net.h"
+#include "popgate/pg-oauth2.h"
 #include "popgate/pg-imap.h"
 #include "popgate/pg-pop3.h"
 #include "popgate/pg-tls.h"
+#include "popgate/pg-state.h"
 #include "popgate/pg-trace.h"
 
 #include <glib-unix.h>
@@ -288,6 +290,60 @@ pg_main_verbose_cb (const gchar *option_name, const gchar *value, gpointer data,
   return TRUE;
 }
 
+/* --- --oauth2-authorize LOCAL-USER: the account's first refresh token ------------------- */
+
+typedef struct
+{
+  GMainLoop *loop; /* owned */
+  GError *error;   /* owned */
+  gboolean ok;
+} PgMainAuthorize;
+
+static void
+pg_main_authorize_prompt_cb (const char *line, gpointer user_data)
+{
+  printf ("%s\n", line);
+  fflush (stdout);
+}
+
+static void
+pg_main_authorize_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgMainAuthorize *authorize = user_data;
+
+  authorize->ok = pg_oauth2_authorize_finish (result, &authorize->error);
+  g_main_loop_quit (authorize->loop);
+}
+
+static int
+pg_main_oauth2_authorize (const PgConfig *config, const char *local_user)
+{
+  const PgAccount *account = pg_config_find_account (config, local_user);
+  PgMainAuthorize authorize = { g_main_loop_new (NULL, FALSE), NULL, FALSE };
+
+  if (account == NULL || account->credential != PG_CREDENTIAL_OAUTH2)
+    {
+      fprintf (
+          stderr, "popgate: --oauth2-authorize %s: %s has no line with an oauth2:FILE credential\n",
+          local_user, config->accounts.file != NULL ? config->accounts.file : "no accounts file");
+      g_main_loop_unref (authorize.loop);
+      return PG_EXIT_CONFIG;
+    }
+  pg_oauth2_authorize_async (account->upstream, account->token_file, pg_main_authorize_prompt_cb,
+                             NULL, NULL, pg_main_authorize_cb, &authorize);
+  g_main_loop_run (authorize.loop);
+  g_main_loop_unref (authorize.loop);
+  pg_oauth2_reset ();
+  if (!authorize.ok)
+    {
+      fprintf (stderr, "popgate: --oauth2-authorize %s: %s\n", local_user,
+               authorize.error->message);
+      g_error_free (authorize.error);
+      return PG_EXIT_CONFIG;
+    }
+  return 0;
+}
+
 /* [state] path for the file backend: a directory popgate can write, or one it can create
  * (its nearest existing ancestor is a writable directory). --check must not create it. */
 static gboolean
@@ -297,6 +353,12 @@ pg_main_check_state_path (PgConfig *config, GError **error)
 
   if (config->state.backend != PG_STATE_BACKEND_FILE)
     return TRUE;
+  /* Owner and mode, as the store checks them at start (a forgeable record is refused). */
+  if (!pg_state_store_check_dir (config->state.path, error))
+    {
+      g_prefix_error (error, "%s: ", config->source);
+      return FALSE;
+    }
   dir = g_strdup (config->state.path);
   for (;;)
     {
@@ -380,6 +442,7 @@ main (int argc, char **argv)
   gboolean check = FALSE;
   gboolean socket_activation = FALSE;
   gboolean version = FALSE;
+  g_autofree gchar *oauth2_authorize = NULL;
   const GOptionEntry entries[] = {
     { "config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
       "Configuration file (see popgate.conf.example)", "FILE" },
@@ -410,6 +473,10 @@ main (int argc, char **argv)
       "Audit trace: log each client command with the upstream commands it caused and the "
       "message number/UID/UIDL mapping (secrets redacted); same as [log] trace = true",
       NULL },
+    { "oauth2-authorize", 0, 0, G_OPTION_ARG_STRING, &oauth2_authorize,
+      "Obtain the first OAuth2 refresh token of an accounts-file user (device grant, or a "
+      "browser with a loopback redirect), write its token file and exit",
+      "LOCAL-USER" },
     { "version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL },
     G_OPTION_ENTRY_NULL,
   };
@@ -494,6 +561,8 @@ main (int argc, char **argv)
       printf ("%s: configuration OK\n", config->source);
       return 0;
     }
+  if (oauth2_authorize != NULL)
+    return pg_main_oauth2_authorize (config, oauth2_authorize);
 
   pg_session_message (0, "popgate %s starting with %s; upstream %s:%u (tls %s)", PG_VERSION,
                       config->source, config->upstream.host, config->upstream.port,

@@ -474,6 +474,13 @@ def create_app(store):
         with LOCK:
             return jsonify(store.stats)
 
+    @app.route("/issued", methods=["GET"])
+    def issued():
+        """Every access and refresh token issued so far (for tests that grep logs for
+        them); a test server only."""
+        with LOCK:
+            return jsonify(access=list(store.access), refresh=list(store.refresh))
+
     @app.route("/admin", methods=["POST"])
     def admin():
         conf = request.get_json(force=True, silent=True)

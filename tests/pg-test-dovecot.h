@@ -31,6 +31,12 @@ typedef struct
   const char *oauth2_introspection_url;
   /* For an https introspection URL: the CA that verifies it (PgTestOAuth2.ca_file). */
   const char *oauth2_ca_file;
+  /* The zlib and imap_zlib plugins: the upstream offers COMPRESS=DEFLATE after login. */
+  gboolean zlib;
+  /* The whole post-login capability list (Dovecot's imap_capability), NULL: Dovecot's own.
+   * Dovecot serves the same commands either way; popgate sees (and must honour) only what
+   * is listed, e.g. a server without UIDPLUS and MOVE. */
+  const char *capability;
 } PgTestDovecotOptions;
 
 typedef struct
@@ -49,8 +55,10 @@ typedef struct
   gboolean metadata;
   gchar *oauth2_introspection_url; /* owned; NULL: no OAuth2 */
   gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
-  PgTestProcess *process;          /* owned: the master; NULL while stopped */
-  GHashTable *passwd;              /* owned: user → passwd-file line */
+  gboolean zlib;
+  gchar *capability;      /* owned: options->capability */
+  PgTestProcess *process; /* owned: the master; NULL while stopped */
+  GHashTable *passwd;     /* owned: user → passwd-file line */
 } PgTestDovecot;
 
 /* NULL if this machine can run the fixture; else why not (for g_test_skip()). */

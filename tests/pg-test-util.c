@@ -406,3 +406,21 @@ pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **o
     *out_output = g_steal_pointer (&output);
   return TRUE;
 }
+
+void
+pg_test_assert_tls_close_clean (const char *host, guint16 port, const char *ca_file,
+                                const char *proto, const char *mode)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "tls-close.py", NULL);
+  g_autofree gchar *port_s = g_strdup_printf ("%u", port);
+  const char *argv[] = { "python3", script, host, port_s, ca_file, proto, mode, NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_run_status (argv, NULL, 60000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("tls-close %s %s failed (%d): %s", proto, mode, status, output);
+  g_assert_nonnull (strstr (output, "tls-close: clean"));
+}

@@ -72,6 +72,10 @@ gboolean pg_test_rm_rf (const char *path);
  * (optional) its stdout+stderr. */
 gboolean pg_test_run_status (const char *const *argv, GBytes *input, guint timeout_ms,
                              int *out_exit_code, gchar **out_output, GError **error);
+/* tests/tls-close.py against host:port ("imap" or "pop3", "implicit" or "starttls"):
+ * asserts that the server ended the TLS session with a close_notify. */
+void pg_test_assert_tls_close_clean (const char *host, guint16 port, const char *ca_file,
+                                     const char *proto, const char *mode);
 /* The same, but a non-zero exit is an error too (its message holds the output). */
 gboolean pg_test_run (const char *const *argv, GBytes *input, guint timeout_ms, gchar **out_output,
                       GError **error);

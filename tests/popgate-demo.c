@@ -6,6 +6,10 @@
  * the EXPUNGE that a POP3 DELE+QUIT causes. Scene 2: under `keep`, the client tag
  * demo#laptop deletes a message only for itself; demo#phone and IMAP still see it. Each
  * scene ends with popgate's trace lines for the POP3 session (DELE -> UID -> upstream).
+ * Scene 3: an old POP3 client with a plain local password in front of an account that
+ * takes only OAuth2 tokens: `popgate --oauth2-authorize` (device grant, approved at a local
+ * Authlib authorization server), then the login, with popgate's refresh and AUTHENTICATE
+ * lines.
  *
  * Interactive by default: popgate then stays up and the demo prints how to point a real
  * POP3 or IMAP client at it, until Ctrl-C. With --non-interactive (or when stdin is not a
@@ -17,6 +21,7 @@
  */
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
+#include "pg-test-oauth2.h"
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 
@@ -29,6 +34,11 @@
 
 #define DEMO_USER "demo"
 #define DEMO_PASSWORD "demo-password"
+/* Scene 3: the old client's local login in front of the OAuth2-only account. */
+#define DEMO_OLD_USER "olduser"
+#define DEMO_OLD_PASSWORD "old-pw"
+#define DEMO_OAUTH2_CLIENT "popgate-demo"
+#define DEMO_WAIT_MS 30000
 /* Seconds any single read from the demo's IMAP client may block. It is also how long the
  * IDLEing client waits for the EXPUNGE before it ends IDLE (see demo_scene_expunge()). */
 #define DEMO_IMAP_TIMEOUT_S 5
@@ -596,6 +606,171 @@ demo_scene_keep (PgTestDovecot *dovecot, PgTestPopgate *popgate)
   demo_show_trace (popgate, "C: DELE", TRUE);
 }
 
+/* --- scene 3: an OAuth2-only upstream account -------------------------------------------- */
+
+static gboolean
+demo_write_private (const char *path, const char *text, GError **error)
+{
+  return g_file_set_contents_full (path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
+}
+
+static void
+demo_print_lines (const char *text)
+{
+  g_auto (GStrv) lines = g_strsplit (text, "\n", -1);
+
+  for (guint i = 0; lines[i] != NULL; i++)
+    if (lines[i][0] != '\0')
+      printf ("   %s\n", lines[i]);
+  fflush (stdout);
+}
+
+/* `popgate --oauth2-authorize`, shown as the user sees it; the demo approves the code at
+ * the authorization server as the user would in a browser. */
+static gboolean
+demo_oauth2_authorize (PgTestOAuth2 *oauth2, PgTestPopgate *popgate)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *out_file = g_build_filename (popgate->dir, "authorize.out", NULL);
+  g_autofree gchar *output = NULL;
+  g_autofree gchar *code = NULL;
+  g_autoptr (PgTestProcess) process = NULL;
+  const char *argv[] = { g_getenv ("POPGATE_BIN"), "--config",    popgate->config_file,
+                         "--oauth2-authorize",     DEMO_OLD_USER, NULL };
+  gint64 deadline = g_get_monotonic_time () + DEMO_WAIT_MS * 1000;
+  gsize printed = 0;
+
+  printf ("   $ popgate --config popgate.conf --oauth2-authorize " DEMO_OLD_USER "\n");
+  fflush (stdout);
+  if (!pg_test_popgate_write_config (popgate, &error)
+      || (process = pg_test_process_spawn (argv, out_file, &error)) == NULL)
+    {
+      demo_fail ("--oauth2-authorize", error);
+      return FALSE;
+    }
+  while (code == NULL && g_get_monotonic_time () < deadline
+         && !pg_test_process_has_exited (process))
+    {
+      g_autofree gchar *text = pg_test_read_file (out_file);
+      const char *at = strstr (text, "enter the code ");
+
+      if (at != NULL && strchr (at, '\n') != NULL)
+        code = g_strndup (at + strlen ("enter the code "),
+                          strcspn (at + strlen ("enter the code "), "\n"));
+      else
+        pg_test_process_wait (process, 20); /* bounded; also notices an exit */
+    }
+  if (code == NULL)
+    {
+      demo_fail ("--oauth2-authorize printed no user code", NULL);
+      return FALSE;
+    }
+  output = pg_test_read_file (out_file);
+  printed = strlen (output);
+  demo_print_lines (output);
+  demo_note ("the user opens that page and approves code %s (the demo does it over HTTP)", code);
+  if (!pg_test_oauth2_approve_device (oauth2, code, DEMO_USER, &error))
+    {
+      demo_fail ("approving the user code", error);
+      return FALSE;
+    }
+  if (!pg_test_process_wait (process, DEMO_WAIT_MS)
+      || pg_test_process_get_wait_status (process) != 0)
+    {
+      demo_fail ("--oauth2-authorize did not succeed", NULL);
+      return FALSE;
+    }
+  g_free (output);
+  output = pg_test_read_file (out_file);
+  demo_print_lines (output + MIN (printed, strlen (output)));
+  return TRUE;
+}
+
+/* An old POP3 client with a plain local password in front of an account that takes only
+ * OAuth2 tokens (as Microsoft 365 and Gmail do). */
+static void
+demo_scene_oauth2 (PgTestDovecot *dovecot, PgTestOAuth2 *oauth2)
+{
+  static const DemoStep steps[] = {
+    { "USER " DEMO_OLD_USER, FALSE, NULL },
+    { "PASS " DEMO_OLD_PASSWORD, FALSE,
+      "popgate checks the local password itself, gets an access token with the refresh "
+      "token and logs in upstream with AUTHENTICATE OAUTHBEARER" },
+    { "STAT", FALSE, NULL },
+    { "UIDL", TRUE, NULL },
+    { "QUIT", FALSE, NULL },
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPopgate) popgate = pg_test_popgate_new (dovecot, "implicit", &error);
+  g_autofree gchar *token_file = NULL;
+  g_autofree gchar *accounts = NULL;
+  g_autofree gchar *log = NULL;
+  g_autofree gchar *refresh_token = NULL;
+  guint count = 0;
+
+  demo_say ("Scene 3: an old POP3 client, a plain local password, an OAuth2-only mailbox");
+  demo_note ("a local OAuth 2.0 server (Authlib) stands in for Microsoft's or Google's; Dovecot "
+             "asks it about every token (RFC 7662)");
+  if (popgate == NULL)
+    {
+      demo_fail ("popgate", error);
+      return;
+    }
+  token_file = g_build_filename (popgate->dir, "demo.token", NULL);
+  accounts = g_build_filename (popgate->dir, "accounts", NULL);
+  if (!demo_write_private (token_file, "", &error)
+      || !demo_write_private (
+          accounts,
+          "# local-user local-secret upstream upstream-user credential\n" DEMO_OLD_USER
+          " {PLAIN}" DEMO_OLD_PASSWORD " default " DEMO_USER " oauth2:demo.token\n",
+          &error))
+    {
+      demo_fail ("accounts file", error);
+      return;
+    }
+  printf ("   accounts: " DEMO_OLD_USER "  {PLAIN}" DEMO_OLD_PASSWORD "  default  " DEMO_USER
+          "  oauth2:demo.token\n");
+  pg_test_popgate_set (popgate, "upstream", "auth", "oauth2");
+  pg_test_popgate_set (popgate, "upstream", "oauth2_token_url", oauth2->token_url);
+  pg_test_popgate_set (popgate, "upstream", "oauth2_device_url", oauth2->device_url);
+  pg_test_popgate_set (popgate, "upstream", "oauth2_client_id", DEMO_OAUTH2_CLIENT);
+  pg_test_popgate_set (popgate, "accounts", "file", accounts);
+  pg_test_popgate_set (popgate, "pop3", "delete", "keep");
+  pg_test_popgate_set (popgate, "log", "trace", "true");
+  pg_test_popgate_add_arg (popgate, "-v");
+
+  demo_note ("once: obtain the account's first refresh token (device grant, RFC 8628)");
+  if (!demo_oauth2_authorize (oauth2, popgate))
+    return;
+  if (!pg_test_popgate_start (popgate, &error))
+    {
+      demo_fail ("popgate", error);
+      return;
+    }
+  demo_pop3_session (popgate, "POP3 (old client)", steps, G_N_ELEMENTS (steps), &count);
+  if (demo_failed)
+    return;
+  if (count == 0)
+    demo_fail ("the OAuth2 account showed no messages", NULL);
+  demo_note ("popgate's log and trace of that login:");
+  log = pg_test_popgate_read_log (popgate);
+  {
+    g_auto (GStrv) lines = g_strsplit (log, "\n", -1);
+    for (guint i = 0; lines[i] != NULL; i++)
+      if (strstr (lines[i], "oauth2 refresh") != NULL || strstr (lines[i], "AUTHENTICATE") != NULL)
+        printf ("   %s\n", lines[i]);
+  }
+  refresh_token = g_strstrip (pg_test_read_file (token_file));
+  if (strlen (refresh_token) < 16 || strstr (log, refresh_token) != NULL
+      || strstr (log, DEMO_OLD_PASSWORD) != NULL)
+    demo_fail ("a token or the local password reached popgate's log", NULL);
+  else
+    printf ("   (checked: neither the refresh token nor the local password is in the log)\n");
+  fflush (stdout);
+  if (!pg_test_popgate_stop (popgate))
+    demo_failed = TRUE;
+}
+
 static guint16 demo_status_ports[2]; /* the status pages: expunge, keep */
 
 /* The status page answers and lists sessions as JSON (what the browser page reads). */
@@ -665,6 +840,8 @@ main (int argc, char **argv)
   g_autoptr (GOptionContext) context = g_option_context_new ("- popgate demo");
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestDovecot) dovecot = NULL;
+  g_autoptr (PgTestOAuth2) oauth2 = NULL;
+  PgTestDovecotOptions dovecot_options = { 0 };
   g_autoptr (PgTestPopgate) expunge = NULL;
   g_autoptr (PgTestPopgate) keep = NULL;
   const char *mail_dir;
@@ -684,8 +861,20 @@ main (int argc, char **argv)
       return 2;
     }
 
-  demo_say ("Starting a throwaway Dovecot (IMAP upstream) on 127.0.0.1");
-  dovecot = pg_test_dovecot_new (NULL, &error);
+  demo_say ("Starting a throwaway OAuth 2.0 server and Dovecot (IMAP upstream) on 127.0.0.1");
+  oauth2 = pg_test_oauth2_new (NULL, &error);
+  if (oauth2 == NULL
+      || !pg_test_oauth2_add_client (oauth2, DEMO_OAUTH2_CLIENT, NULL, NULL, NULL, &error)
+      || !pg_test_oauth2_start (oauth2, &error))
+    {
+      fprintf (stderr, "popgate-demo: cannot start the OAuth 2.0 server: %s\n", error->message);
+      return 1;
+    }
+  printf ("   OAuth 2.0 server on 127.0.0.1:%u (Authlib), its temp dir %s\n", oauth2->port,
+          oauth2->dir);
+  /* The same Dovecot takes the demo user's password (scenes 1 and 2) and tokens (3). */
+  dovecot_options.oauth2_introspection_url = oauth2->introspection_url;
+  dovecot = pg_test_dovecot_new (&dovecot_options, &error);
   if (dovecot == NULL || !pg_test_dovecot_add_user (dovecot, DEMO_USER, DEMO_PASSWORD, &error)
       || !pg_test_dovecot_start (dovecot, &error))
     {
@@ -723,6 +912,8 @@ main (int argc, char **argv)
   demo_scene_expunge (dovecot, expunge);
   if (!demo_failed)
     demo_scene_keep (dovecot, keep);
+  if (!demo_failed)
+    demo_scene_oauth2 (dovecot, oauth2);
 
   if (!demo_failed)
     {

@@ -244,6 +244,35 @@ test_check_accounts (CheckFixture *fixture, gconstpointer data)
   }
 }
 
+/* Issue 19 item 9: --check refuses a state directory others can write, as the start does. */
+static void
+test_check_unsafe_state (CheckFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *state = g_build_filename (fixture->dir, "state", NULL);
+  g_autofree gchar *text = NULL;
+  g_autofree gchar *path = NULL;
+  const char *args[] = { "--config", NULL, "--check", NULL };
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  g_assert_cmpint (g_mkdir (state, 0700), ==, 0);
+  g_assert_cmpint (g_chmod (state, 0777), ==, 0);
+  text = g_strdup_printf ("[upstream]\nhost = imap.example.com\n[pop3]\nlisten = "
+                          "127.0.0.1:1110\n[state]\npath = %s\n",
+                          state);
+  path = write_config (fixture, "unsafe.conf", text);
+  args[1] = path;
+  g_assert_cmpint (run_popgate (args, &out, &err), ==, 1);
+  ASSERT_CONTAINS (err, "writable by group or others");
+  ASSERT_CONTAINS (err, state);
+  g_assert_cmpint (g_chmod (state, 0700), ==, 0);
+  g_clear_pointer (&out, g_free);
+  g_clear_pointer (&err, g_free);
+  g_assert_cmpint (run_popgate (args, &out, &err), ==, 0);
+  ASSERT_CONTAINS (out, "configuration OK");
+  g_assert_cmpint (g_rmdir (state), ==, 0);
+}
+
 static void
 test_check_missing_file (CheckFixture *fixture, gconstpointer data)
 {
@@ -394,7 +423,7 @@ test_check_state_path (CheckFixture *fixture, gconstpointer data)
     const char *expected;
   } cases[] = {
     { creatable, NULL },
-    { under_file, "is not a directory" },
+    { under_file, "ot a directory" },
     { under_locked, "cannot be created in" },
   };
   gboolean root = geteuid () == 0;
@@ -531,6 +560,8 @@ main (int argc, char **argv)
               check_teardown);
   g_test_add ("/popgate/check/bad", CheckFixture, NULL, check_setup, test_check_bad,
               check_teardown);
+  g_test_add ("/popgate/check/unsafe-state", CheckFixture, NULL, check_setup,
+              test_check_unsafe_state, check_teardown);
   g_test_add ("/popgate/check/missing-file", CheckFixture, NULL, check_setup,
               test_check_missing_file, check_teardown);
   g_test_add ("/popgate/check/accounts", CheckFixture, NULL, check_setup, test_check_accounts,

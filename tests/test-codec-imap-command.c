@@ -254,7 +254,7 @@ pg_test_imap_limits (void)
 
   /* Literals of the largest size, but too many of them for one command. */
   g_string_assign (input, "a LOGIN");
-  for (guint i = 0; i < 4; i++)
+  for (guint i = 0; i <= PG_IMAP_MAX_PREAUTH_COMMAND / PG_IMAP_MAX_PREAUTH_LITERAL; i++)
     g_string_append_printf (input, " {%u+}\r\n%s", PG_IMAP_MAX_PREAUTH_LITERAL, literal);
   g_string_append (input, "\r\n");
   got = pg_test_imap_run (input->str, input->len, 0, 0);

@@ -139,6 +139,7 @@ test_defaults (void)
   g_assert_cmpint (config->pop3.delete_policy, ==, PG_DELETE_EXPUNGE);
   g_assert_null (config->pop3.move_mailbox);
   g_assert_true (config->pop3.mark_seen);
+  g_assert_false (config->pop3.lock_session);
   g_assert_false (config->pop3.allow_plaintext_auth);
   g_assert_cmpuint (config->pop3.autologout_ms, ==, PG_DEFAULT_POP3_AUTOLOGOUT_S * 1000);
   g_assert_cmpuint (config->pop3.login_delay_s, ==, 0);
@@ -834,8 +835,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 55 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 52);
+  /* 56 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 53);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);

@@ -428,6 +428,46 @@ test_continuation (void)
 
 /* --- malformed input and limits -------------------------------------------------------- */
 
+/* Issue 13: a bare LF ends a response line as CRLF does (GNU mailutils imap4d ends the
+ * tagged OK of AUTHENTICATE so), wherever a line may end; inside a literal it is data
+ * (counted octets); NUL, a bare CR, a line end inside a string or a list, and over-long
+ * lines stay errors. Every case at every split point. */
+static void
+test_bare_lf (void)
+{
+  pg_test_expect ("* OK IMAP4rev1 imap4d ready\n", "* OK |IMAP4rev1 imap4d ready|\n");
+  pg_test_expect ("a1 OK [CAPABILITY IMAP4rev1 IDLE] AUTHENTICATE Completed\n",
+                  "TAG:a1 OK [CAPABILITY IMAP4rev1 IDLE] |AUTHENTICATE Completed|\n");
+  pg_test_expect ("a2 OK\n", "TAG:a2 OK ||\n");
+  pg_test_expect ("* OK [READ-WRITE]\n", "* OK [READ-WRITE] ||\n");
+  pg_test_expect ("+\n", "+ ||\n");
+  pg_test_expect ("+ go on\n", "+ |go on|\n");
+  pg_test_expect ("* CAPABILITY IMAP4rev1 UIDPLUS\n", "* CAPABILITY IMAP4rev1 UIDPLUS\n");
+  pg_test_expect ("* 3 EXISTS\n* 1 FETCH (UID 5 RFC822.SIZE 10)\n",
+                  "* #3 EXISTS\n* #1 FETCH (UID #5 RFC822.SIZE #10)\n");
+  /* Mixed with CRLF lines, and inside a literal an LF is one counted octet of data. */
+  pg_test_expect ("* OK a\r\n* METADATA INBOX (/private/x {4}\r\na\nb\n)\n* OK b\n",
+                  "* OK |a|\n* METADATA INBOX (/private/x \"a\\nb\\n\")\n* OK |b|\n");
+  pg_test_expect_error ("* OK a\0b\n", 9, PG_ERROR_PROTOCOL);
+  pg_test_expect_error ("* X \"a\nb\"\r\n", strlen ("* X \"a\nb\"\r\n"), PG_ERROR_PROTOCOL);
+  pg_test_expect_error ("* FLAGS (\\Seen\n", strlen ("* FLAGS (\\Seen\n"), PG_ERROR_PROTOCOL);
+  pg_test_expect_error ("* OK [ALERT\n", strlen ("* OK [ALERT\n"), PG_ERROR_PROTOCOL);
+  pg_test_expect_error ("* OK a\r\r\n", strlen ("* OK a\r\r\n"), PG_ERROR_PROTOCOL);
+  {
+    /* A line of LF-free text beyond the limit is still too long. */
+    GString *line = g_string_new ("* OK ");
+    while (line->len <= PG_UPSTREAM_MAX_LINE)
+      g_string_append_c (line, 'x');
+    g_string_append_c (line, '\n');
+    {
+      gint code = -1;
+      g_autofree gchar *got = pg_test_parse_cuts (line->str, line->len, NULL, 0, &code);
+      g_assert_cmpint (code, ==, PG_ERROR_LINE_TOO_LONG);
+    }
+    g_string_free (line, TRUE);
+  }
+}
+
 static void
 test_malformed (void)
 {
@@ -453,7 +493,9 @@ test_malformed (void)
     "* X ~3\r\n",
     "* OK [X {3}\r\nabc] literal in code\r\n",
     "* X a\rb\r\n",
-    "* X a\n",
+    "* X {3}\nabc\r\n",
+    "\n",
+    "a1\n",
     "* OK text\nmore\r\n",
     "* 1 FETCH (BODY[HEADER\r\n",
     "* 1 FETCH (BODY[a[b]] x)\r\n",
@@ -922,6 +964,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/imap-parser/status", test_status_responses);
   g_test_add_func ("/popgate/imap-parser/continuation", test_continuation);
   g_test_add_func ("/popgate/imap-parser/malformed", test_malformed);
+  g_test_add_func ("/popgate/imap-parser/bare-lf", test_bare_lf);
   g_test_add_func ("/popgate/imap-parser/limits", test_limits);
   g_test_add_func ("/popgate/imap-parser/writer-astring", test_writer_astring);
   g_test_add_func ("/popgate/imap-parser/writer-login", test_writer_login);

@@ -97,6 +97,10 @@ fixture_setup (Fixture *fx, gconstpointer data)
       for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
         if (strcmp (settings[i + 2], "@MAP@") == 0)
           fixture_make_map (fx);
+        else if (strcmp (settings[i + 2], "@OWN_CA@") == 0)
+          /* A CA that did not sign the upstream's certificate: popgate's own. */
+          pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1],
+                               fx->popgate->certs->ca_file);
         else
           pg_test_popgate_set (fx->popgate, settings[i], settings[i + 1], settings[i + 2]);
       if (fx->account_map != NULL)
@@ -307,6 +311,77 @@ test_large_transfer (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
 }
 
+/* The one capability filter, against an upstream that offers COMPRESS=DEFLATE (Dovecot
+ * with imap_zlib): no list the client sees shows a withheld capability, and a command for
+ * one is answered by popgate (the upstream would have said OK to COMPRESS, or BAD in its
+ * own words). */
+static void
+test_capabilities (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = NULL;
+  g_autofree gchar *caps = NULL;
+  g_autofree gchar *caps_ok = NULL;
+  g_autofree gchar *enabled = NULL;
+  g_autofree gchar *reply = NULL;
+
+  g_assert_null (strstr (pg_test_imap_get_greeting (imap), "UNAUTHENTICATE"));
+  login = raw_login (imap, "a1", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a1 OK [CAPABILITY "));
+  /* popgate's own COMPRESS=DEFLATE, once; never the upstream's. */
+  g_assert_nonnull (strstr (login, " COMPRESS=DEFLATE]"));
+  g_assert_null (strstr (strstr (login, "COMPRESS=") + 1, "COMPRESS="));
+
+  send_raw (imap, "a2 CAPABILITY\r\n");
+  caps = read_until (imap, "* CAPABILITY ");
+  g_assert_nonnull (strstr (caps, "IDLE"));
+  g_assert_true (g_str_has_suffix (caps, " COMPRESS=DEFLATE"));
+  g_assert_null (strstr (caps, "COMPRESS=DEFLATE COMPRESS="));
+  g_assert_null (strstr (caps, "COMPRESS=DEFLATE "));
+  g_assert_null (strstr (caps, "STARTTLS"));
+  g_assert_null (strstr (caps, "AUTH="));
+  caps_ok = read_until (imap, "a2 ");
+  g_assert_true (g_str_has_prefix (caps_ok, "a2 OK"));
+
+  send_raw (imap, "a3 ENABLE CONDSTORE\r\n");
+  enabled = read_until (imap, "* ENABLED");
+  g_assert_cmpstr (enabled, ==, "* ENABLED CONDSTORE");
+  g_free (read_until (imap, "a3 OK"));
+
+  /* Answered by popgate, never relayed. */
+  send_raw (imap, "a4 UNAUTHENTICATE\r\n");
+  reply = read_until (imap, "a4 ");
+  g_assert_cmpstr (reply, ==, "a4 BAD UNAUTHENTICATE is not supported here.");
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "a5 STARTTLS\r\n");
+  reply = read_until (imap, "a5 ");
+  g_assert_cmpstr (reply, ==, "a5 BAD STARTTLS is only available before login.");
+  g_clear_pointer (&reply, g_free);
+  /* A synchronising literal: the tagged BAD comes instead of "+". */
+  send_raw (imap, "a6 LOGIN {3}\r\n");
+  reply = read_line (imap);
+  g_assert_cmpstr (reply, ==, "a6 BAD Already logged in.");
+  g_clear_pointer (&reply, g_free);
+  /* Split inside the command word, and pipelined behind a relayed command. */
+  send_raw (imap, "a7 NOOP\r\na8 UNAUTH");
+  send_raw (imap, "ENTICATE\r\na9 NOOP\r\n");
+  reply = read_until (imap, "a7 ");
+  g_assert_true (g_str_has_prefix (reply, "a7 OK"));
+  g_clear_pointer (&reply, g_free);
+  reply = read_until (imap, "a8 ");
+  g_assert_cmpstr (reply, ==, "a8 BAD UNAUTHENTICATE is not supported here.");
+  g_clear_pointer (&reply, g_free);
+  reply = read_until (imap, "a9 ");
+  g_assert_true (g_str_has_prefix (reply, "a9 OK"));
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "b1 COMPRESS LZ77\r\n");
+  reply = read_until (imap, "b1 ");
+  g_assert_cmpstr (reply, ==, "b1 BAD Unsupported compression mechanism.");
+  g_clear_pointer (&reply, g_free);
+  send_raw (imap, "b2 LOGOUT\r\n");
+  g_free (read_until (imap, "b2 OK"));
+}
+
 /* A whole session: SELECT, FETCH, STORE, APPEND (synchronising and LITERAL+), EXPUNGE,
  * LOGOUT, with the upstream's capabilities filtered in the login reply. */
 static void
@@ -331,7 +406,7 @@ test_session (Fixture *fx, gconstpointer data)
   g_assert_null (strstr (login, "STARTTLS"));
   g_assert_null (strstr (login, "AUTH="));
   g_assert_null (strstr (login, "LOGINDISABLED"));
-  g_assert_null (strstr (login, "COMPRESS"));
+  g_assert_nonnull (strstr (login, " COMPRESS=DEFLATE]")); /* popgate's own */
 
   g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
   g_assert_no_error (error);
@@ -455,6 +530,100 @@ test_imaplib (Fixture *fx, gconstpointer data)
     g_error ("imaplib script failed (%d): %s", status, output);
   g_assert_nonnull (strstr (output, "imaplib: ok"));
   g_assert_true (log_has (fx, "reason=LOGOUT"));
+}
+
+/* Every TLS session popgate ends, implicit (IMAPS) or after STARTTLS, ends with a
+ * close_notify: Python's ssl sees a clean shutdown, not an EOF under TLS. */
+/* COMPRESS=DEFLATE done by popgate, driven by imaplib wrapped in zlib: SELECT, a FETCH
+ * with a 20 MB message byte-identical to the plain one, COMPRESS twice, IDLE and LOGOUT
+ * inside compression; and the session's tracking kept working. */
+static void
+test_compress (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) large = make_large_message (20 * 1024 * 1024, 3);
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "imap-compress.py", NULL);
+  g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->imap_port);
+  g_autofree gchar *up_port = g_strdup_printf ("%u", upstream->imap_port);
+  const char *argv[]
+      = { "python3", script, fx->popgate->host, port, fx->user, PASSWORD_ASCII, up_port, NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_dovecot_append (upstream, fx->user, "INBOX",
+                                         g_bytes_get_data (large, NULL), g_bytes_get_size (large),
+                                         &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_run_status (argv, NULL, 120000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("imap-compress script failed (%d): %s", status, output);
+  g_assert_nonnull (strstr (output, "imap-compress: ok"));
+  g_test_message ("%s", output);
+  /* Tracking saw through the compression: the SELECT, the IDLE, the LOGOUT. */
+  g_assert_true (log_has (fx, "COMPRESS=DEFLATE active"));
+  g_assert_true (log_has (fx, "mailbox=INBOX mailbox_commands="));
+  g_assert_true (log_has (fx, "reason=LOGOUT"));
+}
+
+/* popgate's own BYE (here: shutdown) goes into the compressed stream, compressed. */
+static void
+test_compress_bye (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *script = g_test_build_filename (G_TEST_DIST, "imap-compress.py", NULL);
+  g_autofree gchar *port = g_strdup_printf ("%u", fx->popgate->imap_port);
+  g_autofree gchar *up_port = g_strdup_printf ("%u", upstream->imap_port);
+  g_autofree gchar *pid = g_strdup_printf ("%d", (int) pg_test_popgate_get_pid (fx->popgate));
+  const char *argv[] = { "python3", script,   fx->popgate->host,
+                         port,      fx->user, PASSWORD_ASCII,
+                         up_port,   pid,      NULL };
+  g_autofree gchar *output = NULL;
+  int status = -1;
+
+  g_assert_true (pg_test_run_status (argv, NULL, 60000, &status, &output, &error));
+  g_assert_no_error (error);
+  if (status != 0)
+    g_error ("imap-compress script failed (%d): %s", status, output);
+  g_assert_nonnull (strstr (output, "imap-compress: bye"));
+  g_assert_true (log_has (fx, "reason=server shutdown"));
+}
+
+static void
+test_tls_close (Fixture *fx, gconstpointer data)
+{
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->imaps_port,
+                                  fx->popgate->certs->ca_file, "imap", "implicit");
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->imap_port,
+                                  fx->popgate->certs->ca_file, "imap", "starttls");
+}
+
+/* The session log names the last mailbox selected even after CLOSE, with what was done
+ * in it. */
+static void
+test_session_log (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *login = raw_login (imap, "a1", fx->user, PASSWORD);
+
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error));
+  g_assert_no_error (error);
+  send_raw (imap, "a2 FETCH 1 (BODY.PEEK[])\r\na3 CLOSE\r\n");
+  g_free (read_until (imap, "a2 OK"));
+  g_free (read_until (imap, "a3 OK"));
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+  g_assert_true (log_has (fx, "imap session ended: user=session-log"));
+  g_assert_true (log_has (fx, "mailbox=INBOX mailbox_commands=2 mailbox_bytes="));
+  {
+    g_autofree gchar *log = pg_test_popgate_read_log (fx->popgate);
+    const char *bytes = strstr (strstr (log, "imap session ended"), "mailbox_bytes=");
+
+    /* The FETCH's body at least. */
+    g_assert_cmpuint (g_ascii_strtoull (bytes + strlen ("mailbox_bytes="), NULL, 10), >, 40);
+  }
 }
 
 /* Plaintext sent behind STARTTLS is dropped, never run inside TLS. Checked with a raw
@@ -595,6 +764,18 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   g_assert_true (g_str_has_prefix (reply, "a1 NO [UNAVAILABLE]"));
 }
 
+/* RFC 5530: what a retry will not fix (here the upstream's certificate, signed by a CA
+ * popgate does not trust) is NO [SERVERBUG], not [UNAVAILABLE]: clients stop retrying. */
+static void
+test_upstream_untrusted (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autofree gchar *reply = raw_login (imap, "a1", fx->user, PASSWORD);
+
+  g_test_message ("login, upstream certificate untrusted: %s", reply);
+  g_assert_true (g_str_has_prefix (reply, "a1 NO [SERVERBUG]"));
+}
+
 /* An over-long pre-auth line is refused; the session goes on; a flood ends it. */
 static void
 test_long_line (Fixture *fx, gconstpointer data)
@@ -604,14 +785,77 @@ test_long_line (Fixture *fx, gconstpointer data)
   g_autofree gchar *bad = NULL;
   g_autofree gchar *ok = NULL;
 
-  while (line->len < 20000)
+  g_autofree gchar *bye = NULL;
+  g_autoptr (PgTestImap) untagged = connect_popgate (fx);
+  g_autoptr (GError) error = NULL;
+
+  while (line->len < 40000)
     g_string_append (line, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
-  g_string_append (line, "\r\na2 NOOP\r\n");
+  /* The tagged BAD comes at once, before the line's end is even sent: the client is never
+   * left waiting for its reply. */
   send_raw (imap, line->str);
   bad = read_line (imap);
-  g_assert_cmpstr (bad, ==, "* BAD Command line too long.");
+  g_assert_cmpstr (bad, ==, "a1 BAD Command line too long.");
+  send_raw (imap, "xxxx\r\na2 NOOP\r\n");
   ok = read_line (imap);
   g_assert_true (g_str_has_prefix (ok, "a2 OK"));
+
+  /* No tag to answer: BYE and a close. */
+  send_raw (untagged, line->str + strlen ("a1 NOOP "));
+  bye = read_line (untagged);
+  g_assert_cmpstr (bye, ==, "* BYE Command line too long.");
+  g_assert_null (pg_test_imap_read_line (untagged, &error));
+}
+
+/* RFC 2971 ID at its maxima (30 pairs, 1024-octet values: about 32 KiB on one line) is
+ * answered by popgate, and the login after it works. */
+static void
+test_id_maxima (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GString) id = g_string_new ("a1 ID (");
+  g_autofree gchar *value = g_strnfill (1024, 'v');
+  g_autofree gchar *reply = NULL;
+  g_autofree gchar *ok = NULL;
+  g_autofree gchar *login = NULL;
+
+  for (guint i = 0; i < 30; i++)
+    g_string_append_printf (id, "%s\"field-%02u-%s\" \"%s\"", i > 0 ? " " : "", i,
+                            "xxxxxxxxxxxxxxxxxxxxx", value);
+  g_string_append (id, ")\r\n");
+  g_assert_cmpuint (id->len, >, 31000);
+  send_raw (imap, id->str);
+  reply = read_line (imap);
+  g_assert_true (g_str_has_prefix (reply, "* ID (\"name\" \"popgate\""));
+  ok = read_line (imap);
+  g_assert_cmpstr (ok, ==, "a1 OK ID completed.");
+  login = raw_login (imap, "a2", fx->user, PASSWORD);
+  g_assert_true (g_str_has_prefix (login, "a2 OK"));
+}
+
+/* More than one relay chunk pipelined behind a LOGIN (non-synchronising literals): every
+ * command reaches the upstream, in order. */
+static void
+test_pipelined_login (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GString) burst = g_string_new (NULL);
+  g_autofree gchar *login = NULL;
+
+  g_string_append_printf (burst, "a1 LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", strlen (fx->user),
+                          fx->user, strlen (PASSWORD), PASSWORD);
+  for (guint i = 0; i < 4000; i++)
+    g_string_append_printf (burst, "n%u NOOP\r\n", i);
+  g_assert_cmpuint (burst->len, >, 2 * 16384);
+  send_raw (imap, burst->str);
+  login = read_until (imap, "a1 ");
+  g_assert_true (g_str_has_prefix (login, "a1 OK"));
+  for (guint i = 0; i < 4000; i++)
+    {
+      g_autofree gchar *prefix = g_strdup_printf ("n%u ", i);
+      g_autofree gchar *reply = read_until (imap, prefix);
+      g_assert_true (g_str_has_prefix (reply + strlen (prefix), "OK"));
+    }
 }
 
 /* A literal before login beyond its limit: BAD (synchronising) or a close (LITERAL+). */
@@ -934,6 +1178,8 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const untrusted[]
+      = { "upstream", "tls", "starttls", "upstream", "ca_file", "@OWN_CA@", NULL };
   static const char *const mapped[]
       = { "imap", "account_map", "@MAP@", "limits", "max_auth_failures", "5", NULL };
   int rc;
@@ -952,6 +1198,7 @@ main (int argc, char **argv)
     { "/popgate/imap/wrong-password", NULL, test_wrong_password },
     { "/popgate/imap/auth-failure-limit", NULL, test_auth_failure_limit },
     { "/popgate/imap/upstream-down", down, test_upstream_down },
+    { "/popgate/imap/upstream-untrusted", untrusted, test_upstream_untrusted },
     { "/popgate/imap/long-line", NULL, test_long_line },
     { "/popgate/imap/long-literal", NULL, test_long_literal },
     { "/popgate/imap/empty-literal", NULL, test_empty_literal },
@@ -959,19 +1206,31 @@ main (int argc, char **argv)
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },
     { "/popgate/imap/large-transfer", NULL, test_large_transfer },
+    { "/popgate/imap/capabilities", NULL, test_capabilities },
+    { "/popgate/imap/id-maxima", NULL, test_id_maxima },
+    { "/popgate/imap/pipelined-login", NULL, test_pipelined_login },
+    { "/popgate/imap/tls-close", NULL, test_tls_close },
+    { "/popgate/imap/session-log", NULL, test_session_log },
+    { "/popgate/imap/compress", NULL, test_compress },
+    { "/popgate/imap/compress-bye", NULL, test_compress_bye },
   };
 
   g_test_init (&argc, &argv, NULL);
   pg_log_init (PG_LOG_LEVEL_WARNING);
   g_test_add_func ("/popgate/imap/off-loopback", test_off_loopback);
-  upstream = pg_test_dovecot_new (NULL, &error);
+  /* COMPRESS=DEFLATE upstream: what popgate must not pass on. */
+  upstream = pg_test_dovecot_new (&(PgTestDovecotOptions){ .zlib = TRUE }, &error);
   g_assert_no_error (error);
   /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime. */
   for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
     {
       g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
-      if (!pg_test_dovecot_add_user (
-              upstream, user, tests[i].func == test_imaplib ? PASSWORD_ASCII : PASSWORD, &error))
+      if (!pg_test_dovecot_add_user (upstream, user,
+                                     tests[i].func == test_imaplib || tests[i].func == test_compress
+                                             || tests[i].func == test_compress_bye
+                                         ? PASSWORD_ASCII
+                                         : PASSWORD,
+                                     &error))
         g_error ("%s", error->message);
       g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
                   fixture_teardown);

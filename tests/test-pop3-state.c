@@ -8,6 +8,7 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
+#include "pg-test-cutproxy.h"
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
 #include "pg-test-pop3.h"
@@ -20,7 +21,14 @@
 #include <string.h>
 
 static PgTestDovecot *upstream = NULL; /* with METADATA */
-static PgTestDovecot *plain = NULL;    /* without METADATA */
+static PgTestDovecot *plain = NULL;    /* without METADATA, UIDPLUS and MOVE */
+
+/* Dovecot 2.3's default capabilities without METADATA, UIDPLUS and MOVE: what GNU
+ * mailutils imap4d and other small servers offer. */
+#define BARE_CAPABILITY                                                                            \
+  "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT THREAD=REFERENCES MULTIAPPEND "           \
+  "UNSELECT CHILDREN NAMESPACE LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH "               \
+  "SEARCHRES WITHIN LIST-STATUS BINARY SPECIAL-USE LITERAL+"
 
 #define PASSWORD "st4te-p\"ss w0rd"
 #define WAIT_MS 20000
@@ -410,8 +418,8 @@ test_metadata_two_instances (Fixture *fx, gconstpointer data)
   g_assert_null (g_dir_read_name (dir));
   {
     g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
-    g_autofree gchar *reply
-        = pg_test_imap_command (imap, "GETMETADATA INBOX /private/vendor/popgate/laptop", &error);
+    g_autofree gchar *reply = pg_test_imap_command (
+        imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
     g_assert_no_error (error);
     g_assert_nonnull (strstr (reply, "popgate-state 1"));
     g_assert_nonnull (strstr (reply, "hidden 1:3"));
@@ -651,6 +659,261 @@ test_sigkill_quit_move (Fixture *fx, gconstpointer data)
   }
 }
 
+/* Log in, DELE numbers, QUIT; returns the QUIT reply. */
+static gchar *
+dele_quit_reply (PgTestPopgate *popgate, const char *login, const guint *numbers, guint n)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, login);
+  gchar *reply;
+
+  for (guint i = 0; i < n; i++)
+    {
+      g_autofree gchar *command = g_strdup_printf ("DELE %u", numbers[i]);
+      PG_TEST_POP3_ASSERT_REPLY (pop3, command, "+OK");
+    }
+  reply = pg_test_pop3_cmd (pop3, "QUIT");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  return reply;
+}
+
+static void
+assert_flagged_deleted (Fixture *fx, guint32 uid, gboolean want)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+  g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, uid, &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpint (g_strv_contains ((const gchar *const *) flags, "\\Deleted"), ==, want);
+  pg_test_imap_logout (imap, NULL);
+}
+
+/* A server without UIDPLUS: QUIT flags the DELE'd messages and says, permanently, that
+ * they were not expunged; this client is never offered them again, so a no-keep client
+ * polling twice downloads each message once. */
+static void
+test_no_uidplus (Fixture *fx, gconstpointer data)
+{
+  static const guint deletes[] = { 1, 2 };
+  static const guint32 after[] = { 3, 4 };
+  static const guint32 all[] = { 1, 2, 3, 4 };
+  g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, deletes, 2);
+  g_autofree gchar *phone = tagged (fx, "phone");
+
+  g_test_message ("QUIT without UIDPLUS: %s", reply);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
+  g_assert_nonnull (strstr (reply, "UIDPLUS"));
+  assert_sees (fx->popgate, fx->user, after, G_N_ELEMENTS (after));
+  /* Never a plain EXPUNGE: all four are still there, the two flagged. */
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+  assert_flagged_deleted (fx, 1, TRUE);
+  assert_flagged_deleted (fx, 3, FALSE);
+  /* The log said why (once in that session). */
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "lacks UIDPLUS", WAIT_MS));
+  /* The second poll: the other two, then nothing more. */
+  {
+    static const guint rest[] = { 1, 2 };
+    g_autofree gchar *second = dele_quit_reply (fx->popgate, fx->user, rest, 2);
+    g_assert_true (g_str_has_prefix (second, "-ERR [SYS/PERM]"));
+  }
+  assert_sees (fx->popgate, fx->user, NULL, 0);
+  /* Per client: another tag still sees every message (they were not expunged). */
+  assert_sees (fx->popgate, phone, all, G_N_ELEMENTS (all));
+}
+
+/* move:Trash without MOVE and UIDPLUS: each message is copied once, however often the
+ * client QUITs (issue 13: the trash grew from 2 to 4 copies over two sessions). */
+static void
+test_move_no_move (Fixture *fx, gconstpointer data)
+{
+  static const guint first[] = { 1, 2 };
+  static const guint everything[] = { 1 };
+  static const guint32 all[] = { 1, 2, 3 };
+  g_autoptr (GError) error = NULL;
+
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fx->dovecot, fx->user, "Trash", &error),
+                     error);
+  {
+    g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, first, 2);
+    g_test_message ("QUIT, move without MOVE/UIDPLUS: %s", reply);
+    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
+  }
+  {
+    g_autoptr (GArray) trash = upstream_uids (fx, "Trash");
+    g_assert_cmpuint (trash->len, ==, 2);
+  }
+  {
+    static const guint32 left[] = { 3 };
+    assert_sees (fx->popgate, fx->user, left, G_N_ELEMENTS (left));
+  }
+  {
+    g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, everything, 1);
+    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
+  }
+  assert_sees (fx->popgate, fx->user, NULL, 0);
+  /* One copy of each in the trash, byte for byte; the originals stay, flagged. */
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "Trash", NULL);
+    g_autoptr (GArray) trash = pg_test_imap_uid_search_all (imap, &error);
+    g_autoptr (GHashTable) seen = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+
+    g_assert_no_error (error);
+    g_assert_cmpuint (trash->len, ==, 3);
+    for (guint i = 0; i < trash->len; i++)
+      {
+        g_autoptr (GBytes) body
+            = pg_test_imap_fetch_body (imap, g_array_index (trash, guint32, i), &error);
+        g_assert_no_error (error);
+        g_assert_true (g_hash_table_add (
+            seen, g_strndup (g_bytes_get_data (body, NULL), g_bytes_get_size (body))));
+      }
+    pg_test_imap_logout (imap, NULL);
+  }
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+}
+
+/* move:MAILBOX to a mailbox that does not exist: [SYS/PERM], and nothing is removed. */
+static void
+test_move_missing (Fixture *fx, gconstpointer data)
+{
+  static const guint deletes[] = { 2 };
+  static const guint32 all[] = { 1, 2, 3 };
+  g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, deletes, 1);
+
+  g_test_message ("QUIT, move to a missing mailbox: %s", reply);
+  g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
+  g_assert_nonnull (strstr (reply, "Nosuch"));
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+  assert_flagged_deleted (fx, 2, FALSE);
+  /* Not hidden either: the client may DELE it again once the admin fixed the config. */
+  assert_sees (fx->popgate, fx->user, all, G_N_ELEMENTS (all));
+}
+
+/* Issue 19 item 3: the upstream connection is lost after QUIT's UID STORE was answered and
+ * before its UID EXPUNGE reached the server. The client hears [SYS/TEMP]; the pending
+ * record stays until the server confirmed, so the next login (through the same, now
+ * plain relay) finishes exactly those UIDs instead of listing flagged messages again. */
+static void
+test_lost_before_expunge (Fixture *fx, gconstpointer data)
+{
+  const TestSpec *spec = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestCutProxy) proxy
+      = pg_test_cut_proxy_new (fx->dovecot->imap_port, " UID EXPUNGE ", &error);
+  g_autofree gchar *port = NULL;
+  g_autofree gchar *path = NULL;
+  g_autofree gchar *contents = NULL;
+  static const guint deletes[] = { 1, 3 };
+  static const guint32 remaining[] = { 2, 4 };
+
+  g_assert_no_error (error);
+  /* This test's popgate talks to Dovecot through the relay. */
+  popgate_check_and_free (g_steal_pointer (&fx->popgate));
+  fx->popgate = pg_test_popgate_new (fx->dovecot, "none", &error);
+  g_assert_no_error (error);
+  port = g_strdup_printf ("%u", pg_test_cut_proxy_get_port (proxy));
+  pg_test_popgate_set (fx->popgate, "upstream", "port", port);
+  pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "10ms");
+  for (gsize i = 0; spec->settings != NULL && spec->settings[i] != NULL; i += 3)
+    pg_test_popgate_set (fx->popgate, spec->settings[i], spec->settings[i + 1],
+                         spec->settings[i + 2]);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fx->popgate, &error), error);
+  path = state_file (fx->popgate, fx->user, "INBOX", "default");
+
+  {
+    g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, deletes, 2);
+    g_test_message ("QUIT, upstream lost before UID EXPUNGE: %s", reply);
+    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  }
+  g_assert_true (pg_test_cut_proxy_has_cut (proxy));
+  /* Flagged upstream, not expunged, and still recorded as pending. */
+  assert_flagged_deleted (fx, 1, TRUE);
+  contents = pg_test_read_file (path);
+  g_assert_nonnull (strstr (contents, "\npending expunge 1,3\n"));
+
+  assert_sees (fx->popgate, fx->user, remaining, G_N_ELEMENTS (remaining));
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "finished the interrupted QUIT", WAIT_MS));
+  assert_upstream (fx, "INBOX", remaining, G_N_ELEMENTS (remaining));
+  g_clear_pointer (&contents, g_free);
+  contents = pg_test_read_file (path);
+  g_assert_null (strstr (contents, "pending"));
+}
+
+/* Two concurrent sessions of one client (`login`) under keep, on popgate a and b (the
+ * same instance or two): the first DELEs 1 and 2, the second 4; they QUIT in the order
+ * given. Both DELE sets are kept: the next login sees neither. */
+static void
+concurrent_keep (Fixture *fx, PgTestPopgate *a, PgTestPopgate *b, const char *login,
+                 gboolean first_quits_first)
+{
+  static const guint32 left[] = { 3, 5 };
+  g_autoptr (PgTestPop3) first = pop3_login (a, login);
+  g_autoptr (PgTestPop3) second = pop3_login (b, login);
+  PgTestPop3 *order[2] = { first, second };
+
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (second, "DELE 4", "+OK");
+  if (!first_quits_first)
+    {
+      order[0] = second;
+      order[1] = first;
+    }
+  for (guint i = 0; i < 2; i++)
+    {
+      PG_TEST_POP3_ASSERT_REPLY (order[i], "QUIT", "+OK");
+      g_assert_true (pg_test_pop3_wait_closed (order[i]));
+    }
+  assert_sees (a, login, left, G_N_ELEMENTS (left));
+  assert_sees (b, login, left, G_N_ELEMENTS (left));
+}
+
+/* The file backend: both sessions in one popgate; QUIT in both orders. */
+static void
+test_concurrent_keep_file (Fixture *fx, gconstpointer data)
+{
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+
+  concurrent_keep (fx, fx->popgate, fx->popgate, laptop, TRUE);
+  concurrent_keep (fx, fx->popgate, fx->popgate, phone, FALSE);
+}
+
+/* The imap-metadata backend: the sessions on two popgate instances; both orders. */
+static void
+test_concurrent_keep_metadata (Fixture *fx, gconstpointer data)
+{
+  const TestSpec *spec = data;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *phone = tagged (fx, "phone");
+  static const guint32 all[] = { 1, 2, 3, 4, 5 };
+
+  fx->second = popgate_new (fx, spec);
+  concurrent_keep (fx, fx->popgate, fx->second, laptop, TRUE);
+  concurrent_keep (fx, fx->popgate, fx->second, phone, FALSE);
+  assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
+  /* A later save folds the entries into one again. */
+  {
+    static const guint one[] = { 1 };
+    static const guint32 later[] = { 5 };
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestImap) imap = NULL;
+    g_autofree gchar *reply = NULL;
+    const char *p;
+    guint n = 0;
+
+    dele_quit (fx->second, laptop, one, 1);
+    assert_sees (fx->popgate, laptop, later, G_N_ELEMENTS (later));
+    imap = imap_login (fx, "INBOX", NULL);
+    reply = pg_test_imap_command (
+        imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
+    g_assert_no_error (error);
+    for (p = reply; (p = strstr (p, "popgate-state 1")) != NULL; p++)
+      n++;
+    g_assert_cmpuint (n, ==, 1);
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -671,6 +934,14 @@ main (int argc, char **argv)
   static const TestSpec reset = { keep, FALSE, "Work", 3 };
   static const TestSpec sigkill = { NULL, FALSE, NULL, 5 };
   static const TestSpec sigkill_move = { move, FALSE, NULL, 3 };
+  static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
+  static const TestSpec no_uidplus = { NULL, TRUE, NULL, 4 };
+  static const TestSpec move_no_move = { move, TRUE, NULL, 3 };
+  static const TestSpec move_missing_spec = { move_missing, FALSE, NULL, 3 };
+  static const TestSpec move_missing_bare = { move_missing, TRUE, NULL, 3 };
+  static const TestSpec lost_before_expunge = { NULL, FALSE, NULL, 4 };
+  static const TestSpec concurrent_file = { keep, FALSE, NULL, 5 };
+  static const TestSpec concurrent_metadata = { metadata_keep, FALSE, NULL, 5 };
   static const struct
   {
     const char *path;
@@ -687,14 +958,23 @@ main (int argc, char **argv)
     { "/popgate/pop3-state/uidvalidity-reset", &reset, test_uidvalidity_reset },
     { "/popgate/pop3-state/sigkill-quit", &sigkill, test_sigkill_quit },
     { "/popgate/pop3-state/sigkill-quit-move", &sigkill_move, test_sigkill_quit_move },
+    { "/popgate/pop3-state/no-uidplus", &no_uidplus, test_no_uidplus },
+    { "/popgate/pop3-state/move-no-move", &move_no_move, test_move_no_move },
+    { "/popgate/pop3-state/move-missing", &move_missing_spec, test_move_missing },
+    { "/popgate/pop3-state/move-missing-bare", &move_missing_bare, test_move_missing },
+    { "/popgate/pop3-state/lost-before-expunge", &lost_before_expunge, test_lost_before_expunge },
+    { "/popgate/pop3-state/concurrent-keep-file", &concurrent_file, test_concurrent_keep_file },
+    { "/popgate/pop3-state/concurrent-keep-metadata", &concurrent_metadata,
+      test_concurrent_keep_metadata },
   };
   PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+  PgTestDovecotOptions bare = { .capability = BARE_CAPABILITY };
   int rc;
 
   g_test_init (&argc, &argv, NULL);
   upstream = pg_test_dovecot_new (&with_metadata, &error);
   g_assert_no_error (error);
-  plain = pg_test_dovecot_new (NULL, &error);
+  plain = pg_test_dovecot_new (&bare, &error);
   g_assert_no_error (error);
 
   /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,

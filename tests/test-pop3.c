@@ -356,6 +356,20 @@ test_errors (Fixture *fx, gconstpointer data)
   long_line = g_strnfill (600, 'A');
   PG_TEST_POP3_ASSERT_REPLY (pop3, long_line, "-ERR");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
+  /* Longer than the input buffer and not yet ended: the -ERR comes at once, not when (or
+   * if) the line's end arrives. */
+  {
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *huge = g_strnfill (3 * 8192, 'B');
+    g_autofree gchar *reply = NULL;
+
+    g_assert_true (pg_test_pop3_send (pop3, huge, strlen (huge), &error));
+    reply = pg_test_pop3_read_line (pop3, &error);
+    g_assert_no_error (error);
+    g_assert_true (g_str_has_prefix (reply, "-ERR"));
+    g_assert_true (pg_test_pop3_send (pop3, "BB\r\n", 4, &error));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "NOOP", "+OK");
   /* Nothing was QUIT: the drop below must leave the upstream as it was. */
 }
 
@@ -623,6 +637,32 @@ test_in_use (Fixture *fx, gconstpointer data)
     g_assert_true (pg_test_pop3_login (again, fx->user, PASSWORD, NULL, &error));
     g_assert_no_error (error);
   }
+}
+
+/* lock_session = false (the default, as Dovecot): a second session of the same client
+ * logs in while the first lasts; each works on its own snapshot. */
+static void
+test_concurrent (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) first = pop3_login (fx);
+  g_autoptr (PgTestPop3) second = pop3_login (fx);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+
+  PG_TEST_POP3_ASSERT_REPLY (first, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (second, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (second, "DELE 2", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (first, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (first));
+  /* The second session's snapshot still numbers message 1; it never touches it. */
+  PG_TEST_POP3_ASSERT_REPLY (second, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (second));
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, 3);
+  g_assert_cmpuint (g_array_index (after, guint32, 0), ==, g_array_index (fx->uids, guint32, 2));
 }
 
 static void
@@ -899,6 +939,20 @@ test_upstream_down (Fixture *fx, gconstpointer data)
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
+/* RFC 3206: a login that a retry cannot fix gets [SYS/PERM]: the configured mailbox does
+ * not exist (the server refuses SELECT). */
+static void
+test_upstream_mailbox_missing (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autofree gchar *status = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
+  g_test_message ("login, mailbox missing: %s", status);
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+}
+
 /* SIGTERM: no new connections; a logged-in POP3 client may still QUIT until the deadline,
  * after which it is closed with nothing applied; an IMAP client gets "* BYE". */
 static void
@@ -961,6 +1015,16 @@ test_poplib (Fixture *fx, gconstpointer data)
   }
 }
 
+/* Every TLS session popgate ends, POP3S or after STLS, ends with a close_notify. */
+static void
+test_tls_close (Fixture *fx, gconstpointer data)
+{
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3s_port,
+                                  fx->popgate->certs->ca_file, "pop3", "implicit");
+  pg_test_assert_tls_close_clean (fx->popgate->host, fx->popgate->pop3_port,
+                                  fx->popgate->certs->ca_file, "pop3", "starttls");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -968,11 +1032,13 @@ main (int argc, char **argv)
   static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const lock_session[] = { "pop3", "lock_session", "true", NULL };
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
   int rc;
   static const struct
   {
@@ -995,7 +1061,8 @@ main (int argc, char **argv)
     { "/popgate/pop3/move-trash", move_trash, test_move_trash },
     { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
     { "/popgate/pop3/vanished", NULL, test_vanished },
-    { "/popgate/pop3/in-use", NULL, test_in_use },
+    { "/popgate/pop3/in-use", lock_session, test_in_use },
+    { "/popgate/pop3/concurrent", NULL, test_concurrent },
     { "/popgate/pop3/pipelining", trace, test_pipelining },
     { "/popgate/pop3/readahead", trace_verbose, test_readahead },
     { "/popgate/pop3/pipelined-retr-batch", NULL, test_pipelined_retr_batch },
@@ -1004,7 +1071,9 @@ main (int argc, char **argv)
     { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
     { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
     { "/popgate/pop3/upstream-down", down, test_upstream_down },
+    { "/popgate/pop3/upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing },
     { "/popgate/pop3/poplib", NULL, test_poplib },
+    { "/popgate/pop3/tls-close", NULL, test_tls_close },
     { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
   };
 

@@ -448,7 +448,9 @@ scale_upstream_uids (ScaleFixture *fx, gchar **out_laptop_metadata)
   uids = pg_test_imap_uid_search_all (imap, &error);
   g_assert_no_error (error);
   *out_laptop_metadata
-      = pg_test_imap_command (imap, "GETMETADATA INBOX /private/vendor/popgate/laptop", &error);
+      /* DEPTH 1: each save writes its merged state as an entry below the client's. */
+      = pg_test_imap_command (imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop",
+                              &error);
   g_assert_no_error (error);
   pg_test_imap_logout (imap, NULL);
   return uids;

@@ -7,6 +7,8 @@
 
 #include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
+#include <utime.h>
 #include <sys/stat.h>
 
 /* --- UID sets ------------------------------------------------------------------------ */
@@ -367,6 +369,115 @@ pg_test_state_sample (void)
   pg_uid_set_add (pending, 44);
   pg_client_state_set_pending (state, PG_STATE_PENDING_MOVE, "Archive/Old mail 100%", pending);
   return state;
+}
+
+/* Set difference by ranges, at every overlap shape, and over the whole UID space. */
+static void
+pg_test_state_uidset_subtract (void)
+{
+  static const struct
+  {
+    const char *set, *other, *want;
+  } cases[] = {
+    { "1:10", "3:4", "1:2,5:10" },
+    { "1:10", "1:10", "" },
+    { "1:10", "0", "1:10" },
+    { "1:10,20:30", "5:25", "1:4,26:30" },
+    { "5", "1:4,6:9", "5" },
+    { "1:4294967295", "2:4294967294", "1,4294967295" },
+    { "1:3,5:7,9:11", "2,6,10", "1,3,5,7,9,11" },
+    { "", "1:5", "" },
+    { "3:8", "1:4,7:100", "5:6" },
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgUidSet) set = pg_uid_set_parse (cases[i].set, strlen (cases[i].set), &error);
+      g_autoptr (PgUidSet) other = NULL;
+      g_autofree gchar *got = NULL;
+
+      g_assert_no_error (error);
+      other = strcmp (cases[i].other, "0") == 0
+                  ? pg_uid_set_new ()
+                  : pg_uid_set_parse (cases[i].other, strlen (cases[i].other), &error);
+      g_assert_no_error (error);
+      pg_uid_set_subtract (set, other);
+      got = pg_uid_set_to_string (set);
+      g_assert_cmpstr (got, ==, cases[i].want);
+    }
+}
+
+/* The three-way merge of concurrent sessions: unions, the earlier first login, and a
+ * pending update cleared only by the session that made it. */
+static void
+pg_test_state_merge (void)
+{
+  g_autoptr (PgClientState) base = pg_client_state_new (7, 10, 1000);
+  g_autoptr (PgClientState) stored = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  g_autoptr (PgClientState) other = NULL;
+  g_autoptr (PgUidSet) mine = pg_uid_set_new ();
+  g_autoptr (PgUidSet) theirs = pg_uid_set_new ();
+  g_autofree gchar *text = NULL;
+
+  pg_uid_set_add (base->hidden, 1);
+  pg_uid_set_add (mine, 5);
+  pg_uid_set_add (theirs, 6);
+  /* Both loaded `base`; we recorded pending 5, they 6 and hid 2. */
+  pg_client_state_set_pending (base, PG_STATE_PENDING_EXPUNGE, NULL, mine);
+  ours = pg_client_state_copy (base);
+  pg_uid_set_add (ours->hidden, 3);
+  pg_uid_set_add (ours->retrieved, 4);
+  stored = pg_client_state_copy (base);
+  stored->first_uidnext = 8;
+  stored->first_login = 900;
+  pg_uid_set_add (stored->hidden, 2);
+  pg_uid_set_union (theirs, mine);
+  pg_client_state_set_pending (stored, PG_STATE_PENDING_EXPUNGE, NULL, theirs);
+  /* We finished ours: pending 5 is cleared, 6 (theirs) stays. */
+  pg_client_state_clear_pending (ours);
+  merged = pg_client_state_merge (stored, base, ours);
+  text = pg_uid_set_to_string (merged->hidden);
+  g_assert_cmpstr (text, ==, "1:3");
+  g_clear_pointer (&text, g_free);
+  text = pg_uid_set_to_string (merged->retrieved);
+  g_assert_cmpstr (text, ==, "4");
+  g_clear_pointer (&text, g_free);
+  g_assert_cmpint (merged->pending, ==, PG_STATE_PENDING_EXPUNGE);
+  text = pg_uid_set_to_string (merged->pending_uids);
+  g_assert_cmpstr (text, ==, "6");
+  g_assert_cmpuint (merged->first_uidnext, ==, 8);
+  g_assert_cmpint (merged->first_login, ==, 900);
+  /* What this session compacted away (UIDs that no longer exist) stays away; what another
+   * session hid meanwhile (20) is kept. */
+  {
+    g_autoptr (PgClientState) b = pg_client_state_new (7, 10, 1000);
+    g_autoptr (PgClientState) o = NULL;
+    g_autoptr (PgClientState) st = NULL;
+    g_autoptr (PgClientState) m = NULL;
+    g_autofree gchar *hidden = NULL;
+
+    pg_uid_set_add_range (b->hidden, 1, 10);
+    o = pg_client_state_copy (b);
+    pg_uid_set_clear (o->hidden);
+    pg_uid_set_add (o->hidden, 5);
+    st = pg_client_state_copy (b);
+    pg_uid_set_add (st->hidden, 20);
+    m = pg_client_state_merge (st, b, o);
+    hidden = pg_uid_set_to_string (m->hidden);
+    g_assert_cmpstr (hidden, ==, "5,20");
+  }
+  /* Nothing stored: ours. Another UIDVALIDITY stored: ours too. */
+  g_clear_pointer (&merged, pg_client_state_free);
+  merged = pg_client_state_merge (NULL, base, ours);
+  g_assert_true (pg_client_state_equal (merged, ours));
+  other = pg_client_state_new (8, 1, 1);
+  pg_uid_set_add (other->hidden, 9);
+  g_clear_pointer (&merged, pg_client_state_free);
+  merged = pg_client_state_merge (other, base, ours);
+  g_assert_true (pg_client_state_equal (merged, ours));
 }
 
 static PgStateKey *
@@ -865,7 +976,7 @@ pg_test_state_file_corrupt (PgTestStateFixture *fx, gconstpointer data)
   g_assert_true (g_file_set_contents (file, contents, (gssize) len, &error));
   g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
-  g_assert_nonnull (strstr (error->message, "checksum mismatch"));
+  g_assert_nonnull (strstr (error->message, "MAC mismatch"));
   g_clear_error (&error);
   contents[len / 2] ^= 0x01;
 
@@ -893,6 +1004,136 @@ pg_test_state_file_corrupt (PgTestStateFixture *fx, gconstpointer data)
   g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
   g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+}
+
+/* Issue 19 item 9: a record forged by someone who can write the file but not read the key
+ * is refused, whatever its checksum; a legacy (unkeyed) record older than the key is read. */
+static void
+pg_test_state_file_forged (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_file (fx->path, &error);
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GBytes) forged = NULL;
+  g_autofree gchar *file = NULL;
+  g_autofree gchar *key_file = g_build_filename (fx->path, "state.key", NULL);
+  PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+  GStatBuf st;
+
+  g_assert_no_error (error);
+  /* The key: made at the first start, 32 bytes, 0600. */
+  g_assert_cmpint (g_stat (key_file, &st), ==, 0);
+  g_assert_cmpint (st.st_mode & 0777, ==, 0600);
+  g_assert_cmpint (st.st_size, ==, 32);
+  file = pg_state_store_get_file_path (store, key);
+
+  /* "pending expunge 1:100" with a valid CRC-32: the old format's "checksum". */
+  pg_client_state_set_pending (state, PG_STATE_PENDING_EXPUNGE, NULL, NULL);
+  {
+    g_autoptr (PgUidSet) all = pg_uid_set_new ();
+    pg_uid_set_add_range (all, 1, 100);
+    pg_client_state_set_pending (state, PG_STATE_PENDING_EXPUNGE, NULL, all);
+  }
+  forged = pg_client_state_encode (state, key);
+  g_assert_true (g_file_set_contents (file, g_bytes_get_data (forged, NULL),
+                                      (gssize) g_bytes_get_size (forged), &error));
+  g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_null (got);
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "without a MAC"));
+  g_clear_error (&error);
+
+  /* A keyed record from another key (another installation) does not pass either. */
+  {
+    g_autoptr (GBytes) other_key = g_bytes_new_static ("0123456789abcdef0123456789abcdef", 32);
+    g_autoptr (GBytes) other = pg_client_state_encode_keyed (state, key, other_key);
+    g_assert_true (g_file_set_contents (file, g_bytes_get_data (other, NULL),
+                                        (gssize) g_bytes_get_size (other), &error));
+    g_assert_false (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+    g_assert_nonnull (strstr (error->message, "MAC mismatch"));
+    g_clear_error (&error);
+  }
+
+  /* Legacy: the same unkeyed record, written before the key existed, is read. */
+  g_assert_true (g_file_set_contents (file, g_bytes_get_data (forged, NULL),
+                                      (gssize) g_bytes_get_size (forged), &error));
+  {
+    struct utimbuf old = { st.st_mtime - 3600, st.st_mtime - 3600 };
+    g_assert_cmpint (g_utime (file, &old), ==, 0);
+  }
+  g_assert_true (pg_test_state_load (store, key, state->uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
+  g_assert_true (pg_client_state_equal (got, state));
+}
+
+/* A state directory that others can write, or that belongs to someone else, is refused
+ * (at start and by --check); a missing one passes the check (it is created 0700). */
+static void
+pg_test_state_file_unsafe_dir (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = NULL;
+  g_autofree gchar *missing = g_build_filename (fx->tmp, "not-yet", NULL);
+
+  g_assert_true (pg_state_store_check_dir (missing, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (g_mkdir_with_parents (fx->path, 0700), ==, 0);
+  g_assert_cmpint (g_chmod (fx->path, 0777), ==, 0);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_null (store);
+  g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
+  g_assert_nonnull (strstr (error->message, "writable by group or others"));
+  g_clear_error (&error);
+  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_clear_error (&error);
+  g_assert_cmpint (g_chmod (fx->path, 0720), ==, 0);
+  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_clear_error (&error);
+  g_assert_cmpint (g_chmod (fx->path, 0700), ==, 0);
+  if (geteuid () == 0)
+    {
+      /* Another owner (root can make one; as a user this part cannot be set up). */
+      g_assert_cmpint (chown (fx->path, 65534, 65534), ==, 0);
+      g_assert_false (pg_state_store_check_dir (fx->path, &error));
+      g_assert_nonnull (strstr (error->message, "not by the service user"));
+      g_clear_error (&error);
+      g_assert_cmpint (chown (fx->path, 0, 0), ==, 0);
+    }
+  g_assert_true (pg_state_store_check_dir (fx->path, &error));
+  g_assert_no_error (error);
+}
+
+/* Temp files a crash left in the middle of a save are removed at start; a fresh one (a
+ * save in progress in another process) and anything else are left alone. */
+static void
+pg_test_state_file_stale_temp (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = NULL;
+  g_autofree gchar *hash = g_strnfill (64, 'a');
+  g_autofree gchar *stale = NULL;
+  g_autofree gchar *fresh = NULL;
+  g_autofree gchar *other = g_build_filename (fx->path, "notes.txt.ABCDEF", NULL);
+  struct utimbuf old;
+
+  g_assert_cmpint (g_mkdir_with_parents (fx->path, 0700), ==, 0);
+  stale = g_strdup_printf ("%s/%s.state.Q1w2E3", fx->path, hash);
+  fresh = g_strdup_printf ("%s/%s.state.R4t5Y6", fx->path, hash);
+  g_assert_true (g_file_set_contents (stale, "half", 4, &error));
+  g_assert_true (g_file_set_contents (fresh, "half", 4, &error));
+  g_assert_true (g_file_set_contents (other, "x", 1, &error));
+  old.actime = old.modtime = (time_t) (g_get_real_time () / G_USEC_PER_SEC - 3 * 3600);
+  g_assert_cmpint (g_utime (stale, &old), ==, 0);
+  g_assert_cmpint (g_utime (other, &old), ==, 0);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_no_error (error);
+  g_assert_false (g_file_test (stale, G_FILE_TEST_EXISTS));
+  g_assert_true (g_file_test (fresh, G_FILE_TEST_EXISTS));
+  g_assert_true (g_file_test (other, G_FILE_TEST_EXISTS));
 }
 
 static void
@@ -1042,17 +1283,31 @@ pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
                          tag);
   else if (g_ascii_strcasecmp (cmd, "GETMETADATA") == 0 && g_strv_length (words) == 4)
     {
-      GBytes *value = g_hash_table_lookup (c->server->values, words[3]);
+      /* "GETMETADATA mailbox entry" or, for the store's loads and merged saves,
+       * "GETMETADATA (DEPTH 1) mailbox entry": the entry and its children. */
+      g_auto (GStrv) args = g_strsplit (words[3], " ", 4);
+      gboolean depth = g_str_equal (words[2], "(DEPTH") && g_strv_length (args) == 3;
+      const char *mailbox = depth ? args[1] : words[2];
+      const char *entry = depth ? args[2] : words[3];
+      g_autofree gchar *prefix = g_strconcat (entry, "/", NULL);
+      GHashTableIter iter;
+      gpointer name;
+      gpointer value;
+      guint sent = 0;
 
-      if (value == NULL)
-        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", words[2], words[3]);
-      else
+      g_hash_table_iter_init (&iter, c->server->values);
+      while (g_hash_table_iter_next (&iter, &name, &value))
         {
-          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", words[2], words[3],
+          if (!g_str_equal (name, entry) && !(depth && g_str_has_prefix (name, prefix)))
+            continue;
+          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", mailbox, (const char *) name,
                                g_bytes_get_size (value));
           pg_test_imap_send (c, g_bytes_get_data (value, NULL), g_bytes_get_size (value));
           pg_test_imap_printf (c, ")\r\n");
+          sent++;
         }
+      if (sent == 0)
+        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", mailbox, entry);
       pg_test_imap_printf (c, "%s OK GETMETADATA done\r\n", tag);
     }
   else if (g_ascii_strcasecmp (cmd, "SETMETADATA") == 0 && g_strv_length (words) == 4
@@ -1320,8 +1575,18 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/encode/million", pg_test_state_encode_million);
   g_test_add_func ("/popgate/state/encode/limit", pg_test_state_decode_limit);
   g_test_add_func ("/popgate/state/metadata/entry", pg_test_state_metadata_entry);
+  g_test_add_func ("/popgate/state/merge", pg_test_state_merge);
+  g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_roundtrip,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/forged", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
+              pg_test_state_file_forged, pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/unsafe-dir", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_unsafe_dir,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/stale-temp", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_stale_temp,
               pg_test_state_fixture_teardown);
   g_test_add ("/popgate/state/file/corrupt", PgTestStateFixture, NULL, pg_test_state_fixture_setup,
               pg_test_state_file_corrupt, pg_test_state_fixture_teardown);

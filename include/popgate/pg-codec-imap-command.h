@@ -155,6 +155,14 @@ gboolean pg_imap_relay_scanner_in_literal (const PgImapRelayScanner *scanner);
 /* TRUE when the last line announced a synchronising literal: the client now waits for
  * the server's "+" (the relay must keep reading the upstream). */
 gboolean pg_imap_relay_scanner_awaits_continuation (const PgImapRelayScanner *scanner);
+/* The command word (upper-cased, "UID FETCH" etc.) of the command being scanned as soon
+ * as it is complete (the space or line end after it was scanned), else NULL: lets the
+ * relay decide on a command before its line is whole. Valid until the next scan. */
+const char *pg_imap_relay_scanner_peek_word (PgImapRelayScanner *scanner);
+/* End the command being scanned here, as if it were complete (its awaited literal will not
+ * come: the relay answered it with a tagged BAD instead of "+", RFC 9051 §7.5), and
+ * describe it (valid until the next scan). */
+const PgImapRelayCommand *pg_imap_relay_scanner_abandon (PgImapRelayScanner *scanner);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgImapRelayScanner, pg_imap_relay_scanner_free)
 

@@ -70,6 +70,10 @@ gboolean pg_line_reader_peek (PgLineReader *reader, const char **out_line, gsize
 gboolean pg_line_reader_peek_at (PgLineReader *reader, gsize *inout_offset, const char **out_line,
                                  gsize *out_len);
 gsize pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out_data);
+/* The buffered bytes as they are, without taking them (e.g. the start of a line that
+ * pg_line_reader_next() is about to report as too long, for its tag). Returns how many;
+ * *out_data stays valid until the next call on the reader. */
+gsize pg_line_reader_peek_raw (const PgLineReader *reader, const guint8 **out_data);
 
 /* Drop (and wipe) everything buffered and any discard in progress; returns how many bytes
  * were dropped. Call right after STLS/STARTTLS succeeds: anything that arrived in

@@ -126,11 +126,13 @@ typedef struct
 
   struct
   {
-    GPtrArray *listen;             /* owned, of PgListenAddr*; may be empty */
-    GPtrArray *tls_listen;         /* owned, of PgListenAddr*; may be empty */
-    PgDeletePolicy delete_policy;  /* default expunge */
-    gchar *move_mailbox;           /* the MAILBOX of "move:MAILBOX", else NULL */
-    gboolean mark_seen;            /* default true */
+    GPtrArray *listen;            /* owned, of PgListenAddr*; may be empty */
+    GPtrArray *tls_listen;        /* owned, of PgListenAddr*; may be empty */
+    PgDeletePolicy delete_policy; /* default expunge */
+    gchar *move_mailbox;          /* the MAILBOX of "move:MAILBOX", else NULL */
+    gboolean mark_seen;           /* default true */
+    gboolean lock_session;        /* a second session of one user+mailbox+tag gets [IN-USE]; default
+                                   * false (Dovecot's pop3_lock_session = no) */
     gboolean allow_plaintext_auth; /* plaintext auth off-loopback without TLS; default false */
     guint autologout_ms;           /* RFC 1939 autologout; default and minimum 10 min */
     guint login_delay_s;           /* LOGIN-DELAY to advertise; 0 = not advertised */

@@ -24,11 +24,16 @@
 #define PG_POP3_TRACE_MAX_UIDS 64
 
 /* --- IMAP front end (before login; after login we relay with bounded buffers) --- */
-/* RFC 9051 recommends accepting at least 8000 octets per command line. */
-#define PG_IMAP_MAX_PREAUTH_LINE 8192
+/* RFC 9051 recommends accepting at least 8000 octets per command line, but RFC 2971 ID
+ * allows 30 field/value pairs with values of up to 1024 octets (fields up to 30), all on
+ * one line: 30 * (30 + 1024 + 6 for quotes and spaces) = 31,800 octets plus the tag and
+ * "ID (...)". 36 KiB takes that with room for escaped quotes. Only a pre-auth session
+ * holds it (the reader grows on demand and is freed at login). */
+#define PG_IMAP_MAX_PREAUTH_LINE 36864
 /* A literal before login can only be a user name or a password. */
 #define PG_IMAP_MAX_PREAUTH_LITERAL 4096
-/* Arguments in one pre-auth command (LOGIN has two, ID has a small list). */
+/* Arguments in one pre-auth command, list items included (LOGIN has two; ID a list of at
+ * most 60 strings: RFC 2971's 30 pairs). */
 #define PG_IMAP_MAX_PREAUTH_ARGS 64
 /* Client read size, before login and for client -> upstream after it: one fixed buffer per
  * session with a read pending on it for the whole session (so it counts in an idle
@@ -123,6 +128,10 @@
 #define PG_CLIENT_CORK_MAX 65536
 
 /* --- TLS --- */
+/* How long a closing TLS connection may take to send its close_notify (RFC 8446 §6.1)
+ * before the socket is closed anyway: a write into a socket the peer does not read would
+ * otherwise hold the connection. One alert record takes a round trip at most. */
+#define PG_TLS_CLOSE_TIMEOUT_MS 2000
 /* GnuTLS priority when [tls] priority is not set (and G_TLS_GNUTLS_PRIORITY is not in the
  * environment): GnuTLS's defaults without TLS 1.0 and 1.1, which RFC 8996 deprecates and
  * which Debian's NORMAL still enables. Applies to clients and to the upstream alike. */
@@ -146,10 +155,11 @@
 /* --- IMAP front end, pre-auth command parser (src/codec/pg-codec-imap-command.c) --- */
 /* Nesting of parenthesised lists before login: only ID takes a list, and it is flat. */
 #define PG_IMAP_MAX_PREAUTH_DEPTH 2
-/* A whole pre-auth command (its lines and literals together). LOGIN with a user name
- * and a password as literals of PG_IMAP_MAX_PREAUTH_LITERAL each still fits; without
- * this, ARGS literals of LITERAL size each would let one command hold 256 KiB. */
-#define PG_IMAP_MAX_PREAUTH_COMMAND 16384
+/* A whole pre-auth command (its lines and literals together): a longest line (an ID at
+ * RFC 2971's maxima) or LOGIN with a user name and a password as literals of
+ * PG_IMAP_MAX_PREAUTH_LITERAL each; without this, ARGS literals of LITERAL size each would
+ * let one command hold 256 KiB. */
+#define PG_IMAP_MAX_PREAUTH_COMMAND (PG_IMAP_MAX_PREAUTH_LINE + 2 * PG_IMAP_MAX_PREAUTH_LITERAL)
 /* Tag, command word and first argument the relay scanner keeps per command for
  * tracking (SELECT's mailbox name); longer ones are cut (and flagged), never grown. */
 #define PG_IMAP_RELAY_MAX_TAG 64
@@ -164,6 +174,11 @@
 /* User, mailbox and tag as stored in a record: login names and mailbox names are far
  * shorter (a POP3 command line is at most PG_POP3_MAX_COMMAND_LINE). */
 #define PG_STATE_MAX_KEY_FIELD 1024
+/* METADATA entries of one client's state (imap-metadata): the record plus one per save
+ * that ran concurrently with another (each save folds all it read into one again). Two
+ * or three is the real worst case; more is a misbehaving server, and each may be up to
+ * PG_STATE_MAX_ENCODED, so this bounds what one load holds. */
+#define PG_STATE_MAX_ENTRIES 16
 
 /* --- PROXY protocol (src/codec/pg-codec-proxy.c) --- */
 /* proxy-protocol.txt §2.1: the longest v1 line, "PROXY TCP6" with two full IPv6 addresses
@@ -205,3 +220,29 @@
  * short session did (a demo's POP3 session lasts a fraction of a second): the newest
  * ones, at most this × one ring. */
 #define PG_STATUS_RECENT_SESSIONS 16
+
+/* --- OAuth 2.0 (src/oauth2) --- */
+/* A token endpoint reply (RFC 6749 §5.1 JSON: tokens, expiry, scope). Real ones are under
+ * 4 KiB (Microsoft's JWT access tokens are the longest, about 2-3 KiB); anything larger is
+ * refused before it is parsed, so a broken endpoint cannot make us buffer without end. */
+#define PG_OAUTH2_MAX_RESPONSE 65536
+/* A refresh-token file or a client-secret file: one line. Google's refresh tokens are
+ * ~100 octets, Microsoft's ~1.5 KiB. */
+#define PG_OAUTH2_MAX_FILE 16384
+/* The cache margin: an access token is dropped min(lifetime / 10, this) before expires_in. */
+#define PG_OAUTH2_MAX_MARGIN_S 60
+/* expires_in when the endpoint sends none (RFC 6749 §5.1 makes it optional): one hour, what
+ * the big providers issue; an upstream refusal before then still forces a refresh. */
+#define PG_OAUTH2_DEFAULT_LIFETIME_S 3600
+/* expires_in beyond this is clamped (a day): a bogus huge value must not pin a token. */
+#define PG_OAUTH2_MAX_LIFETIME_S 86400
+/* Device grant (RFC 8628): the poll interval when the server names none (§3.2), and the
+ * bounds on what it may ask for. */
+#define PG_OAUTH2_DEVICE_DEFAULT_INTERVAL_S 5
+#define PG_OAUTH2_DEVICE_MAX_INTERVAL_S 60
+#define PG_OAUTH2_DEVICE_MAX_EXPIRES_S 3600
+/* --oauth2-authorize with a browser: how long the loopback redirect is awaited. */
+#define PG_OAUTH2_AUTHORIZE_TIMEOUT_S 600
+/* Upstream names tracked as label values of popgate_oauth2_refreshes_total; more share
+ * the value "other" (the label set is allocated up front, see pg-metrics.h). */
+#define PG_METRICS_MAX_UPSTREAMS 32

@@ -153,6 +153,16 @@ typedef enum
   PG_METRICS_ERROR_COUNT,
 } PgMetricsError;
 
+/* How popgate logged in upstream (popgate_upstream_logins_total{mechanism}). */
+typedef enum
+{
+  PG_METRICS_MECHANISM_PLAIN,
+  PG_METRICS_MECHANISM_LOGIN,
+  PG_METRICS_MECHANISM_XOAUTH2,
+  PG_METRICS_MECHANISM_OAUTHBEARER,
+  PG_METRICS_MECHANISM_COUNT,
+} PgMetricsMechanism;
+
 /* The process-wide registry (created on first use). */
 PgMetricsRegistry *pg_metrics_get_default (void);
 /* Zero every popgate metric (tests) — or create the registry now. */
@@ -177,5 +187,13 @@ void pg_metrics_gerror (const GError *error);
  * command as sent ("UID FETCH", "LOGIN"); "UID " is dropped and unknown ones count as
  * "OTHER". */
 void pg_metrics_upstream_command (const char *command, gint64 us);
+/* A successful upstream login with `mechanism`. */
+void pg_metrics_upstream_login (PgMetricsMechanism mechanism);
+/* A token refresh for `upstream` (its name) ended (popgate_oauth2_refreshes_total{upstream,
+ * result}). Upstream names become label values as they first appear, up to
+ * PG_METRICS_MAX_UPSTREAMS; further names count as "other". */
+void pg_metrics_oauth2_refresh (const char *upstream, gboolean ok);
+/* The count so far (tests). */
+gint64 pg_metrics_oauth2_refresh_count (const char *upstream, gboolean ok);
 
 G_END_DECLS

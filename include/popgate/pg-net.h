@@ -90,6 +90,13 @@ void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncRea
                               gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
+/* COMPRESS=DEFLATE (RFC 4978): from now on everything read from the client is inflated
+ * and everything written to it deflated (raw deflate, GZlibCompressor/Decompressor),
+ * each write flushed so it reaches the client at once; output already queued goes out as
+ * it was. `input` (len octets, maybe 0) is compressed data that arrived behind the
+ * command. No read may be pending. FALSE when already compressed. */
+gboolean pg_conn_start_compress (PgConn *conn, const void *input, gsize len, GError **error);
+gboolean pg_conn_is_compressed (PgConn *conn);
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
 /* A deadline `after_accept_ms` after the connection was accepted (0 = off), that no
@@ -109,6 +116,12 @@ GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpoint
 void pg_conn_close (PgConn *conn);
 /* Close now, dropping queued output. */
 void pg_conn_abort (PgConn *conn);
+
+/* Close a connection's stream for good: a GTlsConnection sends its close_notify first
+ * (g_io_stream_close_async), bounded by PG_TLS_CLOSE_TIMEOUT_MS, then `socket` (the TCP
+ * connection under it; may be NULL) is closed whatever happened; anything else closes
+ * `socket` at once. Never blocks; holds its own references until done. */
+void pg_net_close_stream (GIOStream *stream, GSocketConnection *socket);
 
 /* --- PgServer: listeners and limits ------------------------------------------------ */
 

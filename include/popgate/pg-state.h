@@ -54,6 +54,8 @@ void pg_uid_set_union (PgUidSet *set, const PgUidSet *other);
  * merged into a run (and hidden for good). */
 PgUidSet *pg_uid_set_compact (const PgUidSet *set, const guint32 *uids, gsize n_uids,
                               guint32 uidnext);
+/* Remove every UID of other from set (by ranges: linear in the number of ranges). */
+void pg_uid_set_subtract (PgUidSet *set, const PgUidSet *other);
 
 /* Iterate in ascending order by range: index 0 .. n_ranges-1. */
 guint pg_uid_set_get_n_ranges (const PgUidSet *set);
@@ -117,6 +119,14 @@ gboolean pg_client_state_equal (const PgClientState *a, const PgClientState *b);
 void pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const char *mailbox,
                                   const PgUidSet *uids);
 void pg_client_state_clear_pending (PgClientState *state);
+/* Three-way merge for concurrent sessions of one client: `stored` is what the store holds
+ * now (NULL: nothing), `base` what this session loaded or last saved (NULL: nothing),
+ * `ours` what it wants to store. hidden and retrieved are unions (a DELE under keep made
+ * in any session is never lost); first login the earlier; the pending update is ours plus
+ * whatever `stored` records that this session did not itself clear. Another UIDVALIDITY
+ * in `stored` gives ours. A new state. */
+PgClientState *pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
+                                      const PgClientState *ours);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
 
 /* The text form, key included (it is checked on load):
@@ -134,6 +144,17 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
  * LF line ends, this order, nothing after the end line. An empty SET leaves the line as
  * the bare word ("hidden"). %-escaping covers '%', controls, space and bytes >= 0x7f. */
 GBytes *pg_client_state_encode (const PgClientState *state, const PgStateKey *key);
+/* The same with the end line "end hmac-sha256:<64 hex>", an HMAC-SHA256 under mac_key
+ * over every byte before it (mac_key NULL: the CRC-32 line above). The file backend keys
+ * its records: who can write a record but not read the key cannot forge one. */
+GBytes *pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key,
+                                      GBytes *mac_key);
+/* Decode a record ended by a MAC (checked under mac_key, in constant time) or, only when
+ * accept_crc, by the CRC-32. A MAC mismatch, a MAC without mac_key or a CRC line without
+ * accept_crc is PG_ERROR_PROTOCOL. */
+PgClientState *pg_client_state_decode_keyed (const void *data, gsize len, const char *source,
+                                             GBytes *mac_key, gboolean accept_crc,
+                                             PgStateKey **out_key, GError **error);
 /* `source` names the file or entry in error messages. Errors: PG_ERROR_PROTOCOL (with
  * what is wrong and the line number), PG_ERROR_LIMIT (longer than PG_STATE_MAX_ENCODED).
  * Pure and bounded. */
@@ -151,7 +172,16 @@ G_DECLARE_FINAL_TYPE (PgStateStore, pg_state_store, PG, STATE_STORE, GObject)
 /* From config->state: backend and path. The file backend creates its directory (0700)
  * if missing. Errors: PG_ERROR_CONFIG naming the path and why. */
 PgStateStore *pg_state_store_new (PgConfig *config, GError **error);
+/* The file backend refuses a directory that is not owned by the effective user or is
+ * writable by group or others (PG_ERROR_CONFIG naming the fix); its records carry an
+ * HMAC-SHA256 under the key "state.key" in the directory (32 random bytes, 0600, made at
+ * the first start); temp files of a save that a crash interrupted (older than 10 minutes)
+ * are removed. Unkeyed records older than the key are read as legacy and keyed at their
+ * next save; a newer unkeyed or a mismatching record is PG_ERROR_PROTOCOL. */
 PgStateStore *pg_state_store_new_file (const char *path, GError **error);
+/* The ownership and mode checks alone, without creating anything (--check): a path that
+ * does not exist yet passes (it is created 0700). */
+gboolean pg_state_store_check_dir (const char *path, GError **error);
 PgStateStore *pg_state_store_new_imap_metadata (void);
 PgStateBackend pg_state_store_get_backend (PgStateStore *self);
 
@@ -183,6 +213,25 @@ void pg_state_store_save_async (PgStateStore *self, PgUpstream *upstream, const 
                                 const PgClientState *state, GCancellable *cancellable,
                                 GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **error);
+
+/* Store state for key merged with whatever another session (of this or another popgate
+ * instance) stored meanwhile: pg_client_state_merge (now stored, base, state). base is
+ * what the caller loaded or last saved (NULL: nothing). Durable like save. The backends:
+ *  - file: under an exclusive flock() of "<file>.lock", re-read the record, merge, write
+ *    atomically (temp file, fsync, rename, fsync of the directory), unlock.
+ *  - imap-metadata: RFC 5464 has no compare-and-swap, so no entry is ever overwritten by
+ *    two writers: every save writes a new entry "<entry>/<random 64-bit id>" holding the
+ *    merge of everything it read, and only then removes the entries it read (the merge
+ *    subsumes them). A load merges the entry and all its children (DEPTH 1). Two
+ *    concurrent saves each leave their own entry; neither can remove what it did not
+ *    read, so no confirmed change is lost, and the next save compacts them again.
+ * On success *out_merged is what is stored now. */
+void pg_state_store_save_merge_async (PgStateStore *self, PgUpstream *upstream,
+                                      const PgStateKey *key, const PgClientState *base,
+                                      const PgClientState *state, GCancellable *cancellable,
+                                      GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_state_store_save_merge_finish (PgStateStore *self, GAsyncResult *result,
+                                           PgClientState **out_merged, GError **error);
 
 /* The file a key maps to in the file backend (tests, logs); NULL for imap-metadata. */
 gchar *pg_state_store_get_file_path (PgStateStore *self, const PgStateKey *key);

@@ -73,6 +73,20 @@ void pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, c
 gboolean pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result,
                                                 GError **error);
 
+/* AUTHENTICATE OAUTHBEARER (RFC 7628) or XOAUTH2 with an OAuth 2.0 access token.
+ * PG_OAUTH2_MECHANISM_AUTO takes OAUTHBEARER when AUTH=OAUTHBEARER is advertised, else
+ * XOAUTH2; the mechanism must be advertised. The initial response goes inline with
+ * SASL-IR, else after the server's "+". A refusal's error challenge (base64 JSON) is
+ * logged (status and scope only) and answered as RFC 7628 §3.2.3 says; the tagged NO is
+ * PG_ERROR_AUTH_FAILED, except NO [UNAVAILABLE] (the server cannot check tokens now):
+ * PG_ERROR_UPSTREAM. */
+void pg_upstream_authenticate_oauth2_async (PgUpstream *self, PgOAuth2Mechanism mechanism,
+                                            const char *user, const char *token,
+                                            GCancellable *cancellable, GAsyncReadyCallback callback,
+                                            gpointer user_data);
+gboolean pg_upstream_authenticate_oauth2_finish (PgUpstream *self, GAsyncResult *result,
+                                                 GError **error);
+
 /* ID (RFC 2971) with name, version and, if not NULL, x-originating-ip. A server without
  * ID completes at once with success. */
 void pg_upstream_id_async (PgUpstream *self, const char *name, const char *version,
@@ -164,6 +178,13 @@ void pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids
 gboolean pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
                                   GError **error);
 
+/* `UID COPY set mailbox` alone (split like STORE): for a caller that must record what was
+ * copied before it flags the originals (a move without MOVE, made idempotent). */
+void pg_upstream_copy_async (PgUpstream *self, const guint32 *uids, gsize n_uids,
+                             const char *mailbox, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_copy_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
 /* GETMETADATA mailbox entry (RFC 5464; mailbox "" for server annotations). *out_value is
  * NULL when the entry is not set. */
 void pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
@@ -171,6 +192,15 @@ void pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, cons
                                      gpointer user_data);
 gboolean pg_upstream_get_metadata_finish (PgUpstream *self, GAsyncResult *result,
                                           GBytes **out_value, GError **error);
+
+/* GETMETADATA (DEPTH 1) mailbox entry: the entry and the entries one level below it that
+ * are set, as a new table of entry name (as the server spells it) → GBytes. More than
+ * PG_STATE_MAX_ENTRIES is PG_ERROR_LIMIT. */
+void pg_upstream_get_metadata_tree_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                          GCancellable *cancellable, GAsyncReadyCallback callback,
+                                          gpointer user_data);
+GHashTable *pg_upstream_get_metadata_tree_finish (PgUpstream *self, GAsyncResult *result,
+                                                  GError **error);
 
 /* SETMETADATA mailbox (entry value); value NULL removes the entry. */
 void pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
@@ -186,6 +216,13 @@ gboolean pg_upstream_noop_finish (PgUpstream *self, GAsyncResult *result, GError
 void pg_upstream_logout_async (PgUpstream *self, GCancellable *cancellable,
                                GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GError **error);
+
+/* TRUE when error is the server's own refusal of a command (a tagged NO or BAD) that the
+ * same command will meet again: not a lost connection, a timeout or a broken reply, and
+ * not one of RFC 5530's temporary codes (UNAVAILABLE, INUSE, EXPUNGEISSUED); and for a
+ * TLS failure (certificate, STARTTLS missing). What a POP3 client hears as [SYS/PERM]
+ * rather than [SYS/TEMP], an IMAP client as NO [SERVERBUG] rather than [UNAVAILABLE]. */
+gboolean pg_upstream_error_is_permanent (const GError *error);
 
 /* The capabilities as the server last listed them, in its order and spelling. */
 GStrv pg_upstream_dup_capabilities (PgUpstream *self);

@@ -586,6 +586,16 @@ pg_imap_relay_scanner_awaits_continuation (const PgImapRelayScanner *scanner)
   return scanner->in_literal && scanner->literal_sync && !scanner->literal_started;
 }
 
+const char *
+pg_imap_relay_scanner_peek_word (PgImapRelayScanner *scanner)
+{
+  if (scanner->reset_pending
+      || (scanner->field != PG_IMAP_RELAY_FIELD_ARG && scanner->field != PG_IMAP_RELAY_FIELD_DONE))
+    return NULL;
+  scanner->word[scanner->word_len] = '\0';
+  return scanner->word;
+}
+
 static void
 pg_imap_relay_scanner_reset_command (PgImapRelayScanner *scanner)
 {
@@ -756,6 +766,31 @@ pg_imap_relay_scanner_tail_literal (const PgImapRelayScanner *scanner, guint64 *
   return TRUE;
 }
 
+static void
+pg_imap_relay_scanner_finish (PgImapRelayScanner *scanner)
+{
+  scanner->tag[scanner->tag_len] = '\0';
+  scanner->word[scanner->word_len] = '\0';
+  scanner->arg[scanner->arg_len] = '\0';
+  scanner->result.tag = scanner->tag;
+  scanner->result.word = scanner->word;
+  scanner->result.argument = scanner->arg_present && !scanner->arg_unusable ? scanner->arg : NULL;
+  scanner->result.octets = scanner->octets;
+  scanner->result.n_literals = scanner->n_literals;
+  scanner->reset_pending = TRUE;
+}
+
+const PgImapRelayCommand *
+pg_imap_relay_scanner_abandon (PgImapRelayScanner *scanner)
+{
+  scanner->in_literal = FALSE;
+  scanner->literal_left = 0;
+  scanner->literal_is_arg = FALSE;
+  scanner->arg_present = scanner->arg_present && !scanner->arg_literal;
+  pg_imap_relay_scanner_finish (scanner);
+  return &scanner->result;
+}
+
 gsize
 pg_imap_relay_scanner_scan (PgImapRelayScanner *scanner, const void *data, gsize len,
                             gboolean *out_complete, const PgImapRelayCommand **out_command)
@@ -829,16 +864,7 @@ pg_imap_relay_scanner_scan (PgImapRelayScanner *scanner, const void *data, gsize
         }
 
       /* The command is complete. */
-      scanner->tag[scanner->tag_len] = '\0';
-      scanner->word[scanner->word_len] = '\0';
-      scanner->arg[scanner->arg_len] = '\0';
-      scanner->result.tag = scanner->tag;
-      scanner->result.word = scanner->word;
-      scanner->result.argument
-          = scanner->arg_present && !scanner->arg_unusable ? scanner->arg : NULL;
-      scanner->result.octets = scanner->octets;
-      scanner->result.n_literals = scanner->n_literals;
-      scanner->reset_pending = TRUE;
+      pg_imap_relay_scanner_finish (scanner);
       *out_complete = TRUE;
       if (out_command != NULL)
         *out_command = &scanner->result;

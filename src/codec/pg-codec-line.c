@@ -261,6 +261,16 @@ pg_line_reader_take_raw (PgLineReader *reader, gsize max_len, const guint8 **out
 }
 
 gsize
+pg_line_reader_peek_raw (const PgLineReader *reader, const guint8 **out_data)
+{
+  g_return_val_if_fail (reader != NULL, 0);
+  g_return_val_if_fail (out_data != NULL, 0);
+
+  *out_data = reader->buf != NULL ? reader->buf + reader->start : (const guint8 *) "";
+  return reader->end - reader->start;
+}
+
+gsize
 pg_line_reader_discard_buffered (PgLineReader *reader)
 {
   gsize dropped;

@@ -702,6 +702,42 @@ pg_imap_parser_take_text (PgImapParser *parser)
 }
 
 /* One byte of a response line outside literals. */
+/* The states in which a line may end: a bare LF there stands for CRLF. */
+static gboolean
+pg_imap_parser_lf_ends_line (PgImapParserState state)
+{
+  switch (state)
+    {
+    case PG_IMAP_PARSER_STATE_PLUS:
+    case PG_IMAP_PARSER_STATE_CONT_TEXT:
+    case PG_IMAP_PARSER_STATE_KEYWORD:
+    case PG_IMAP_PARSER_STATE_RESP_TEXT:
+    case PG_IMAP_PARSER_STATE_CODE_END:
+    case PG_IMAP_PARSER_STATE_TEXT:
+    case PG_IMAP_PARSER_STATE_VALUE:
+    case PG_IMAP_PARSER_STATE_ATOM:
+      return TRUE;
+    case PG_IMAP_PARSER_STATE_START:
+    case PG_IMAP_PARSER_STATE_STAR:
+    case PG_IMAP_PARSER_STATE_TAG:
+    case PG_IMAP_PARSER_STATE_CODE_ATOM:
+    case PG_IMAP_PARSER_STATE_LF:
+    case PG_IMAP_PARSER_STATE_SECTION:
+    case PG_IMAP_PARSER_STATE_QUOTED:
+    case PG_IMAP_PARSER_STATE_QUOTED_ESC:
+    case PG_IMAP_PARSER_STATE_LIT_TILDE:
+    case PG_IMAP_PARSER_STATE_LIT_SIZE:
+    case PG_IMAP_PARSER_STATE_LIT_CR:
+    case PG_IMAP_PARSER_STATE_LIT_LF:
+    case PG_IMAP_PARSER_STATE_LIT_DATA:
+    case PG_IMAP_PARSER_STATE_BODY:
+    case PG_IMAP_PARSER_STATE_FAILED:
+    case PG_IMAP_PARSER_STATE_COUNT:
+      return FALSE;
+    }
+  return FALSE;
+}
+
 static gboolean
 pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess, GError **error)
 {
@@ -1029,6 +1065,17 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
           continue;
         }
 
+      /* A bare LF ends a response line as CRLF does (GNU mailutils imap4d ends some
+       * replies so; Dovecot's imapc accepts it too): it is handled as if a CR came first,
+       * so every rule about where a line may end still holds. Never inside a literal
+       * (counted octets, not lines) or a quoted string, and a NUL is still an error. */
+      if (c == '\n' && pg_imap_parser_lf_ends_line (parser->state))
+        do
+          {
+            if (!pg_imap_parser_line_byte (parser, '\r', &reprocess, error))
+              return PG_IMAP_PARSE_ERROR;
+          }
+        while (reprocess);
       do
         {
           if (!pg_imap_parser_line_byte (parser, c, &reprocess, error))

@@ -53,10 +53,11 @@ static const char *const pg_config_upstream_keys[] = { "host",
                                                        "oauth2_ca_file",
                                                        NULL };
 static const char *const pg_config_pop3_keys[]
-    = { "listen",      "tls_listen",           "delete",
-        "mark_seen",   "allow_plaintext_auth", "autologout",
-        "login_delay", "client_tag_separator", "first_login",
-        "recent_days", "proxy_protocol",       NULL };
+    = { "listen",      "tls_listen",   "delete",
+        "mark_seen",   "lock_session", "allow_plaintext_auth",
+        "autologout",  "login_delay",  "client_tag_separator",
+        "first_login", "recent_days",  "proxy_protocol",
+        NULL };
 static const char *const pg_config_imap_keys[]
     = { "listen",      "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
         "account_map", NULL };
@@ -1299,6 +1300,8 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
     }
 
   if (!pg_config_get_bool (loader, "pop3", "mark_seen", &config->pop3.mark_seen, error))
+    return FALSE;
+  if (!pg_config_get_bool (loader, "pop3", "lock_session", &config->pop3.lock_session, error))
     return FALSE;
   if (!pg_config_get_bool (loader, "pop3", "allow_plaintext_auth",
                            &config->pop3.allow_plaintext_auth, error))

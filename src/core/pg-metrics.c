@@ -11,6 +11,7 @@
 
 #include "pg-build-config.h"
 #include "popgate/pg-core.h"
+#include "popgate/pg-limits.h"
 
 #include <gio/gio.h>
 #include <string.h>
@@ -384,6 +385,10 @@ static const char *const pg_metrics_error_values[]
         "config",   "timeout",       "io",    "other",       NULL };
 G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_error_values) == PG_METRICS_ERROR_COUNT + 1);
 static const char *const pg_metrics_version_values[] = { PG_VERSION, NULL };
+static const char *const pg_metrics_mechanism_values[]
+    = { "plain", "login", "xoauth2", "oauthbearer", NULL };
+G_STATIC_ASSERT (G_N_ELEMENTS (pg_metrics_mechanism_values) == PG_METRICS_MECHANISM_COUNT + 1);
+static const char *const pg_metrics_result_values[] = { "ok", "failed", NULL };
 
 /* Upstream commands by the name popgate sends them under, "UID " dropped. */
 typedef enum
@@ -439,6 +444,11 @@ typedef struct
   PgMetricsFamily *process_open_fds;
   PgMetricsFamily *process_max_fds;
   PgMetricsFamily *process_start_time;
+  PgMetricsFamily *upstream_logins;
+  /* NULL until the first refresh: its upstream label takes the names as they come. */
+  PgMetricsFamily *oauth2_refreshes;
+  gchar *oauth2_upstreams[PG_METRICS_MAX_UPSTREAMS + 1]; /* owned, NULL-terminated */
+  guint n_oauth2_upstreams;
 } PgMetricsDefault;
 
 static PgMetricsDefault pg_metrics_default;
@@ -458,6 +468,7 @@ pg_metrics_default_init (void)
   const PgMetricsLabel outcome[] = { { "outcome", pg_metrics_dele_values } };
   const PgMetricsLabel kind[] = { { "kind", pg_metrics_error_values } };
   const PgMetricsLabel command[] = { { "command", pg_metrics_command_values } };
+  const PgMetricsLabel mechanism[] = { { "mechanism", pg_metrics_mechanism_values } };
 
   m->registry = pg_metrics_registry_new ();
   m->build_info = pg_metrics_registry_add (m->registry, PG_METRICS_INFO, "popgate_build",
@@ -485,6 +496,9 @@ pg_metrics_default_init (void)
       m->registry, PG_METRICS_HISTOGRAM, "popgate_upstream_command_duration_seconds",
       "Upstream IMAP command latency, from sending to the tagged reply, by command.", command, 1,
       pg_metrics_latency_buckets_us, G_N_ELEMENTS (pg_metrics_latency_buckets_us));
+  m->upstream_logins = pg_metrics_registry_add (
+      m->registry, PG_METRICS_COUNTER, "popgate_upstream_logins",
+      "Successful upstream logins, by SASL mechanism (or LOGIN).", mechanism, 1, NULL, 0);
 
   m->process_cpu
       = pg_metrics_registry_add (m->registry, PG_METRICS_COUNTER, "process_cpu_seconds",
@@ -591,6 +605,8 @@ void
 pg_metrics_shutdown (void)
 {
   g_clear_pointer (&pg_metrics_default.registry, pg_metrics_registry_free);
+  for (guint i = 0; i < pg_metrics_default.n_oauth2_upstreams; i++)
+    g_free (pg_metrics_default.oauth2_upstreams[i]);
   memset (&pg_metrics_default, 0, sizeof pg_metrics_default);
 }
 
@@ -715,4 +731,68 @@ pg_metrics_upstream_command (const char *command, gint64 us)
       }
   pg_metrics_family_observe_us (pg_metrics_default_get ()->upstream_latency, index, 0,
                                 us > 0 ? (guint64) us : 0);
+}
+
+void
+pg_metrics_upstream_login (PgMetricsMechanism mechanism)
+{
+  pg_metrics_family_add (pg_metrics_default_get ()->upstream_logins, mechanism, 0, 1);
+}
+
+/* The index of `upstream` among the refresh family's label values; a new name is added
+ * and the family registered again with it (its counts carried over, its place kept), so
+ * that series exist only for upstreams that use OAuth2. */
+static guint
+pg_metrics_oauth2_upstream_index (PgMetricsDefault *m, const char *upstream, gboolean add)
+{
+  const PgMetricsLabel labels[] = { { "upstream", (const char *const *) m->oauth2_upstreams },
+                                    { "result", pg_metrics_result_values } };
+  PgMetricsFamily *old = m->oauth2_refreshes;
+  PgMetricsFamily *family;
+  guint index = 0;
+  guint n = m->n_oauth2_upstreams;
+
+  for (guint i = 0; i < n; i++)
+    if (strcmp (m->oauth2_upstreams[i], upstream) == 0)
+      return i;
+  if (n == PG_METRICS_MAX_UPSTREAMS)
+    return n - 1; /* the last value is "other" */
+  if (!add)
+    return G_MAXUINT;
+  m->oauth2_upstreams[n] = g_strdup (n + 1 == PG_METRICS_MAX_UPSTREAMS ? "other" : upstream);
+  m->n_oauth2_upstreams = n + 1;
+  family = pg_metrics_registry_add (
+      m->registry, PG_METRICS_COUNTER, "popgate_oauth2_refreshes",
+      "OAuth 2.0 access-token requests to the token endpoint, by upstream and result.", labels, 2,
+      NULL, 0);
+  if (old != NULL && g_ptr_array_find (m->registry->families, old, &index))
+    {
+      /* Same label order: the old series are the first n of the new upstream label. */
+      memcpy (family->values, old->values, sizeof (gint64) * old->n_series);
+      g_ptr_array_steal_index (m->registry->families, m->registry->families->len - 1);
+      g_ptr_array_index (m->registry->families, index) = family;
+      pg_metrics_family_free (old);
+    }
+  m->oauth2_refreshes = family;
+  return n;
+}
+
+void
+pg_metrics_oauth2_refresh (const char *upstream, gboolean ok)
+{
+  PgMetricsDefault *m = pg_metrics_default_get ();
+  guint index = pg_metrics_oauth2_upstream_index (m, upstream, TRUE);
+
+  pg_metrics_family_add (m->oauth2_refreshes, index, ok ? 0 : 1, 1);
+}
+
+gint64
+pg_metrics_oauth2_refresh_count (const char *upstream, gboolean ok)
+{
+  PgMetricsDefault *m = pg_metrics_default_get ();
+  guint index = pg_metrics_oauth2_upstream_index (m, upstream, FALSE);
+
+  if (index == G_MAXUINT)
+    return 0;
+  return pg_metrics_family_get (m->oauth2_refreshes, index, ok ? 0 : 1);
 }

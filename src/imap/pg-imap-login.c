@@ -156,3 +156,9 @@ pg_imap_login_finish (GAsyncResult *result, GBytes **out_buffered, GStrv *out_ca
   pg_imap_login_result_free (out);
   return stream;
 }
+
+gboolean
+pg_imap_login_error_is_permanent (const GError *error)
+{
+  return pg_upstream_error_is_permanent (error);
+}

@@ -28,4 +28,8 @@ void pg_imap_login_async (PgLogin *login, const char *password, GCancellable *ca
 GIOStream *pg_imap_login_finish (GAsyncResult *result, GBytes **out_buffered,
                                  GStrv *out_capabilities, GError **error);
 
+/* pg_upstream_error_is_permanent() for the session (which cannot include pg-upstream.h):
+ * a failed login that a retry will not fix. */
+gboolean pg_imap_login_error_is_permanent (const GError *error);
+
 G_END_DECLS

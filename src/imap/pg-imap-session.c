@@ -22,6 +22,7 @@
 
 #include "popgate/pg-imap.h"
 
+#include "pg-imap-filter.h"
 #include "pg-imap-private.h"
 #include "pg-build-config.h"
 #include "popgate/pg-codec-imap-command.h"
@@ -81,22 +82,31 @@ struct _PgImapSession
   GIOStream *up_stream; /* owned: the upstream connection after login */
   GSource *up_source;   /* owned: waits for upstream bytes; NULL while the client drains */
   gboolean up_writing;
-  PgImapRelayScanner *client_scan;             /* owned: client → upstream commands */
-  PgImapRelayScanner *up_scan;                 /* owned: upstream → client responses */
-  gboolean upstream_bye;                       /* the upstream sent "* BYE" */
-  gboolean logout_sent;                        /* the client sent LOGOUT */
+  PgImapFilter *filter;     /* owned: both streams' scanners, the caps filter */
+  gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
+  gsize client_hold_len;
+  gboolean compress_pending; /* COMPRESS answered OK: start once the OK is out */
+  GBytes *compress_input;    /* owned: compressed octets that came behind COMPRESS */
+  gboolean upstream_bye;     /* the upstream sent "* BYE" */
+  gboolean logout_sent;      /* the client sent LOGOUT */
   gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
   gchar *select_mailbox;                       /* owned: its mailbox (NULL if not trackable) */
   gboolean select_read_only;
   gchar close_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* CLOSE/UNSELECT awaiting its reply */
   gchar idle_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* IDLE running or starting */
   gchar *mailbox;                             /* owned: info.mailbox */
-  gchar auth_tag[PG_IMAP_RELAY_MAX_TAG + 1];  /* AUTHENTICATE relayed: its lines are secret */
+  gchar *last_mailbox;      /* owned: the last mailbox selected, kept after CLOSE (the log) */
+  guint64 mailbox_commands; /* client commands while last_mailbox was selected */
+  guint64 mailbox_bytes;    /* octets to the client while it was selected */
+  gchar auth_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* AUTHENTICATE relayed: its lines are secret */
 
   PgMetricsSessionState metrics_state; /* where the session gauge counts it */
 };
 
 G_DEFINE_FINAL_TYPE (PgImapSession, pg_imap_session, G_TYPE_OBJECT)
+
+/* What popgate itself adds to the upstream's capabilities after login. */
+#define PG_IMAP_SESSION_OWN_CAPABILITIES "COMPRESS=DEFLATE"
 
 /* Live sessions, oldest first (the links live in the sessions). */
 static GQueue pg_imap_sessions = G_QUEUE_INIT;
@@ -261,14 +271,14 @@ pg_imap_session_close_upstream (PgImapSession *self)
       g_autoptr (GIOStream) base = NULL;
       GIOStream *plain = self->up_stream;
 
-      /* Close the socket itself: no TLS close_notify that could block, no thread. */
       if (G_IS_TLS_CONNECTION (self->up_stream))
         {
           g_object_get (self->up_stream, "base-io-stream", &base, NULL);
           plain = base;
         }
-      if (G_IS_SOCKET_CONNECTION (plain))
-        g_socket_close (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), NULL);
+      /* With TLS a close_notify first, bounded (pg-net.h). */
+      pg_net_close_stream (self->up_stream,
+                           G_IS_SOCKET_CONNECTION (plain) ? G_SOCKET_CONNECTION (plain) : NULL);
       g_clear_object (&self->up_stream);
     }
 }
@@ -296,8 +306,7 @@ pg_imap_session_finalize (GObject *object)
     g_queue_unlink (&pg_imap_sessions, &self->link);
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->parser, pg_imap_command_parser_free);
-  g_clear_pointer (&self->client_scan, pg_imap_relay_scanner_free);
-  g_clear_pointer (&self->up_scan, pg_imap_relay_scanner_free);
+  g_clear_pointer (&self->filter, pg_imap_filter_free);
   g_clear_object (&self->cancellable);
   g_string_free (self->reply, TRUE);
   if (self->client_buf != NULL)
@@ -312,6 +321,8 @@ pg_imap_session_finalize (GObject *object)
   g_free (self->upstream_user);
   g_free (self->select_mailbox);
   g_free (self->mailbox);
+  g_free (self->last_mailbox);
+  g_clear_pointer (&self->compress_input, g_bytes_unref);
   G_OBJECT_CLASS (pg_imap_session_parent_class)->finalize (object);
 }
 
@@ -371,17 +382,22 @@ pg_imap_session_log_end (PgImapSession *self)
   gint64 ms = (g_get_monotonic_time () - self->started_mono_us) / 1000;
   g_autofree gchar *user
       = self->user != NULL ? pg_log_escape (self->user, strlen (self->user), 64) : g_strdup ("-");
-  g_autofree gchar *mailbox = self->mailbox != NULL
-                                  ? pg_log_escape (self->mailbox, strlen (self->mailbox), 64)
-                                  : g_strdup ("-");
+  /* The last mailbox selected, even when the client closed it before leaving (neomutt and
+   * mbsync do), and what was done in it. */
+  g_autofree gchar *mailbox
+      = self->last_mailbox != NULL
+            ? pg_log_escape (self->last_mailbox, strlen (self->last_mailbox), 64)
+            : g_strdup ("-");
 
   pg_session_message (self->id,
                       "imap session ended: user=%s client=%s state=%s duration=%" G_GINT64_FORMAT
                       "ms in=%" G_GUINT64_FORMAT " out=%" G_GUINT64_FORMAT
-                      " commands=%" G_GUINT64_FORMAT " mailbox=%s reason=%s",
+                      " commands=%" G_GUINT64_FORMAT
+                      " mailbox=%s mailbox_commands=%" G_GUINT64_FORMAT
+                      " mailbox_bytes=%" G_GUINT64_FORMAT " reason=%s",
                       user, pg_conn_get_peer (self->conn), pg_imap_state_names[self->info.state],
                       ms, pg_conn_get_bytes_in (self->conn), pg_conn_get_bytes_out (self->conn),
-                      self->info.commands, mailbox,
+                      self->info.commands, mailbox, self->mailbox_commands, self->mailbox_bytes,
                       self->end_reason != NULL ? self->end_reason : "client disconnected");
 }
 
@@ -444,49 +460,36 @@ pg_imap_session_plaintext_allowed (PgImapSession *self)
 static gchar *
 pg_imap_session_preauth_capabilities (PgImapSession *self)
 {
-  GString *caps = g_string_new ("IMAP4rev1 SASL-IR LITERAL- ID");
+  g_autoptr (GString) own = g_string_new ("IMAP4rev1 SASL-IR LITERAL- ID");
+  GString *caps = g_string_new (NULL);
 
   if (pg_conn_can_start_tls (self->conn))
-    g_string_append (caps, " STARTTLS");
+    g_string_append (own, " STARTTLS");
   if (pg_imap_session_plaintext_allowed (self))
     {
       g_auto (GStrv) mechanisms = g_strsplit (PG_LOGIN_SASL_MECHANISMS, " ", -1);
       for (gsize i = 0; mechanisms[i] != NULL; i++)
-        g_string_append_printf (caps, " AUTH=%s", mechanisms[i]);
+        g_string_append_printf (own, " AUTH=%s", mechanisms[i]);
     }
   else
-    g_string_append (caps, " LOGINDISABLED");
+    g_string_append (own, " LOGINDISABLED");
+  /* popgate's own list, through the one filter all the same (pg-codec-imap-caps.h). */
+  pg_imap_caps_filter (caps, own->str, own->len, FALSE);
   return g_string_free (caps, FALSE);
 }
 
-/* After login: the upstream's, minus what a byte relay does not carry correctly or what
- * would let the client leave the session popgate set up: STARTTLS and AUTH= (the client
- * is already logged in), LOGINDISABLED, COMPRESS (the relay tracks the plain stream), and
- * UNAUTHENTICATE (RFC 8437: it would let a client log in upstream past the account map). */
+/* After login: the upstream's, through the one capability filter (pg-codec-imap-caps.h:
+ * what popgate withholds, and why), plus popgate's own additions. */
 static gchar *
 pg_imap_session_relay_capabilities (GStrv upstream_caps)
 {
   GString *caps = g_string_new (NULL);
 
   for (gsize i = 0; upstream_caps != NULL && upstream_caps[i] != NULL; i++)
-    {
-      const char *cap = upstream_caps[i];
-
-      if (g_ascii_strcasecmp (cap, "STARTTLS") == 0
-          || g_ascii_strcasecmp (cap, "LOGINDISABLED") == 0
-          || g_ascii_strcasecmp (cap, "UNAUTHENTICATE") == 0
-          || g_ascii_strncasecmp (cap, "AUTH=", 5) == 0
-          || g_ascii_strncasecmp (cap, "COMPRESS=", 9) == 0)
-        continue;
-      /* Capabilities are atoms; anything else from an untrusted upstream is dropped. */
-      if (strpbrk (cap, " \r\n\"(){%*\\]") != NULL)
-        continue;
-      if (caps->len > 0)
-        g_string_append_c (caps, ' ');
-      g_string_append (caps, cap);
-    }
+    pg_imap_caps_filter (caps, upstream_caps[i], strlen (upstream_caps[i]), TRUE);
   if (caps->len == 0)
     g_string_append (caps, "IMAP4rev1");
+  g_string_append (caps, " " PG_IMAP_SESSION_OWN_CAPABILITIES);
   return g_string_free (caps, FALSE);
 }
 
@@ -547,11 +550,19 @@ pg_imap_session_unavailable (PgImapSession *self, const GError *error)
   self->info.upstream_user = NULL;
   self->busy = FALSE;
   pg_imap_session_set_state (self, PG_IMAP_STATE_PREAUTH);
-  /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right. */
-  pg_imap_session_reply (self,
-                         "%s NO [UNAVAILABLE] The mail server is not available, try "
-                         "again later.",
-                         self->pending_tag);
+  /* RFC 5530: UNAVAILABLE — try again later, the credentials may well be right; but
+   * what a retry cannot fix (the upstream's certificate, its refusal) is SERVERBUG, so
+   * that clients stop retrying and someone looks at the configuration. */
+  if (pg_imap_login_error_is_permanent (error))
+    pg_imap_session_reply (self,
+                           "%s NO [SERVERBUG] The mail server cannot be used, ask the "
+                           "administrator.",
+                           self->pending_tag);
+  else
+    pg_imap_session_reply (self,
+                           "%s NO [UNAVAILABLE] The mail server is not available, try "
+                           "again later.",
+                           self->pending_tag);
   g_clear_pointer (&self->pending_tag, g_free);
   pg_imap_session_process (self);
 }
@@ -955,11 +966,35 @@ pg_imap_session_handle_line (PgImapSession *self, const char *line, gsize len)
   g_assert_not_reached ();
 }
 
+/* The tag to answer an over-long line with: the SASL exchange's or the command's when
+ * the line continues one, else the line's own first word when it is a valid tag
+ * (RFC 9051 §9: astring characters but "+"); NULL when there is none. */
+static gchar *
+pg_imap_session_long_line_tag (PgImapSession *self)
+{
+  const guint8 *data = NULL;
+  gsize n = pg_line_reader_peek_raw (self->reader, &data);
+  gsize i;
+
+  if (self->sasl_tag != NULL)
+    return g_strdup (self->sasl_tag);
+  if (self->in_command)
+    return g_strdup (pg_imap_command_parser_get_tag (self->parser));
+  for (i = 0; i < n && i <= PG_IMAP_RELAY_MAX_TAG && data[i] != ' '; i++)
+    if (data[i] <= 0x20 || data[i] >= 0x7f || strchr ("(){%*\"\\+", data[i]) != NULL)
+      return NULL;
+  if (i == 0 || i > PG_IMAP_RELAY_MAX_TAG || i == n)
+    return NULL;
+  return g_strndup ((const char *) data, i);
+}
+
 /* Handle every complete buffered line (and literal) until a command must wait, then
  * flush the replies in one write and read more. */
 static void
 pg_imap_session_process (PgImapSession *self)
 {
+  g_autofree gchar *long_tag = NULL;
+
   while (!self->busy && !pg_conn_is_closed (self->conn)
          && self->info.state == PG_IMAP_STATE_PREAUTH)
     {
@@ -979,6 +1014,13 @@ pg_imap_session_process (PgImapSession *self)
           pg_imap_command_parser_feed_literal (self->parser, data, n, NULL);
           continue;
         }
+      /* A full reader without a line end is about to be reported too long: its tag is
+       * only readable now. */
+      if (pg_line_reader_get_space (self->reader) == 0)
+        {
+          g_free (long_tag);
+          long_tag = pg_imap_session_long_line_tag (self);
+        }
       status = pg_line_reader_next (self->reader, &line, &len, &error);
       if (status == PG_LINE_READER_NEED_MORE)
         break;
@@ -989,7 +1031,15 @@ pg_imap_session_process (PgImapSession *self)
           self->in_login_command = FALSE;
           g_clear_pointer (&self->sasl_tag, g_free);
           pg_metrics_error (PG_METRICS_ERROR_LINE_TOO_LONG);
-          pg_imap_session_reply (self, "* BAD Command line too long.");
+          if (long_tag == NULL)
+            {
+              /* No tag to answer: the client would wait for a reply forever. */
+              pg_imap_session_reply (self, "* BYE Command line too long.");
+              pg_imap_session_end (self, "line too long");
+              break;
+            }
+          pg_imap_session_reply (self, "%s BAD Command line too long.", long_tag);
+          g_clear_pointer (&long_tag, g_free);
           pg_imap_session_bad_command (self);
           continue;
         }
@@ -1094,6 +1144,13 @@ pg_imap_session_set_mailbox (PgImapSession *self, gchar *mailbox, gboolean read_
   g_free (self->mailbox);
   self->mailbox = mailbox;
   self->info.mailbox = mailbox;
+  if (mailbox != NULL)
+    {
+      g_free (self->last_mailbox);
+      self->last_mailbox = g_strdup (mailbox);
+      self->mailbox_commands = 0;
+      self->mailbox_bytes = 0;
+    }
   self->info.read_only = mailbox != NULL && read_only;
 }
 
@@ -1114,6 +1171,8 @@ pg_imap_session_track_command (PgImapSession *self, const PgImapRelayCommand *cm
   if (self->auth_tag[0] != '\0')
     return; /* SASL data of a relayed AUTHENTICATE, not a command */
   self->info.commands++;
+  if (self->mailbox != NULL)
+    self->mailbox_commands++;
   if (strcmp (cmd->word, "SELECT") == 0 || strcmp (cmd->word, "EXAMINE") == 0)
     {
       pg_imap_session_copy_tag (self->select_tag, cmd->tag);
@@ -1177,36 +1236,116 @@ pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *r
     self->auth_tag[0] = '\0';
 }
 
-static void
-pg_imap_session_scan_client (PgImapSession *self, const guint8 *data, gsize len)
-{
-  while (len > 0)
-    {
-      gboolean complete = FALSE;
-      const PgImapRelayCommand *cmd = NULL;
-      gsize n = pg_imap_relay_scanner_scan (self->client_scan, data, len, &complete, &cmd);
+/* --- the relay filter's hooks (pg-imap-filter.h) ---------------------------------------- */
 
-      if (complete)
-        pg_imap_session_track_command (self, cmd);
-      data += n;
-      len -= n;
-    }
+static void
+pg_imap_session_filter_command_cb (gpointer user_data, const PgImapRelayCommand *cmd)
+{
+  pg_imap_session_track_command (user_data, cmd);
 }
 
 static void
-pg_imap_session_scan_upstream (PgImapSession *self, const guint8 *data, gsize len)
+pg_imap_session_filter_response_cb (gpointer user_data, const PgImapRelayCommand *resp)
 {
-  while (len > 0)
-    {
-      gboolean complete = FALSE;
-      const PgImapRelayCommand *resp = NULL;
-      gsize n = pg_imap_relay_scanner_scan (self->up_scan, data, len, &complete, &resp);
+  pg_imap_session_track_response (user_data, resp);
+}
 
-      if (complete)
-        pg_imap_session_track_response (self, resp);
-      data += n;
-      len -= n;
+static void
+pg_imap_session_filter_to_client_cb (gpointer user_data, const guint8 *data, gsize len)
+{
+  PgImapSession *self = user_data;
+
+  self->info.bytes_to_client += len;
+  if (self->mailbox != NULL)
+    self->mailbox_bytes += len;
+  pg_conn_write (self->conn, data, len);
+}
+
+/* popgate's own lines during the relay go out between the upstream's responses, never
+ * inside one (a literal, a held capability line). Once COMPRESS's OK is out, the client
+ * stream is compressed from the next octet on. */
+static void
+pg_imap_session_relay_flush (PgImapSession *self)
+{
+  g_autoptr (GError) error = NULL;
+  gsize len = 0;
+  const void *input = NULL;
+
+  if (!pg_imap_filter_at_response_boundary (self->filter))
+    return;
+  if (self->reply->len > 0)
+    pg_imap_session_flush (self);
+  /* Nothing may be in flight to the upstream or from the client: the first client read
+   * after the switch goes through the inflater (relay_client_read comes back here). */
+  if (!self->compress_pending || self->reading || self->up_writing
+      || pg_conn_is_closed (self->conn))
+    return;
+  self->compress_pending = FALSE;
+  if (self->compress_input != NULL)
+    input = g_bytes_get_data (self->compress_input, &len);
+  if (!pg_conn_start_compress (self->conn, input, len, &error))
+    {
+      pg_imap_session_abort (self, "COMPRESS failed");
+      return;
     }
+  g_clear_pointer (&self->compress_input, g_bytes_unref);
+  pg_session_info (self->id, "COMPRESS=DEFLATE active");
+  pg_imap_session_relay_client_read (self);
+}
+
+/* COMPRESS (RFC 4978) by popgate: the relay keeps seeing the plain streams. */
+static gboolean
+pg_imap_session_compress (PgImapSession *self, const char *tag, const PgImapRelayCommand *cmd)
+{
+  if (pg_conn_is_compressed (self->conn) || self->compress_pending)
+    {
+      pg_imap_session_reply (self, "%s NO [COMPRESSIONACTIVE] DEFLATE is active already.", tag);
+      return FALSE;
+    }
+  if (cmd->argument == NULL || g_ascii_strcasecmp (cmd->argument, "DEFLATE") != 0)
+    {
+      pg_imap_session_reply (self, "%s BAD Unsupported compression mechanism.", tag);
+      return FALSE;
+    }
+  pg_imap_session_reply (self, "%s OK DEFLATE active.", tag);
+  self->compress_pending = TRUE;
+  return TRUE;
+}
+
+/* A client command for a withheld capability: popgate answers, the upstream never sees
+ * it. */
+static gboolean
+pg_imap_session_filter_withheld_cb (gpointer user_data, PgImapCapsCommand what,
+                                    const PgImapRelayCommand *cmd)
+{
+  PgImapSession *self = user_data;
+  const char *tag = cmd->tag[0] != '\0' ? cmd->tag : "*";
+
+  pg_imap_session_trace_command (self, cmd);
+  self->info.commands++;
+  switch (what)
+    {
+    case PG_IMAP_CAPS_COMMAND_NOT_AUTH:
+      pg_imap_session_reply (self, "%s BAD Already logged in.", tag);
+      break;
+    case PG_IMAP_CAPS_COMMAND_STARTTLS:
+      pg_imap_session_reply (self, "%s BAD STARTTLS is only available before login.", tag);
+      break;
+    case PG_IMAP_CAPS_COMMAND_UNAUTHENTICATE:
+    case PG_IMAP_CAPS_COMMAND_XCLIENT:
+      pg_imap_session_reply (self, "%s BAD %s is not supported here.", tag, cmd->word);
+      break;
+    case PG_IMAP_CAPS_COMMAND_COMPRESS:
+      /* On OK stop here: what follows in this read is compressed already, and the
+       * compression starts once the OK is out (relay_client_data). */
+      if (pg_imap_session_compress (self, tag, cmd))
+        return TRUE;
+      break;
+    case PG_IMAP_CAPS_COMMAND_RELAYED:
+      g_return_val_if_reached (FALSE);
+    }
+  pg_imap_session_relay_flush (self);
+  return FALSE;
 }
 
 /* The upstream is gone: tell the client (RFC 9051 §7.1.5) unless the upstream did. */
@@ -1249,8 +1388,27 @@ pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
   g_autoptr (GError) error = NULL;
   GOutputStream *out = g_io_stream_get_output_stream (self->up_stream);
   gssize written;
+  gboolean stopped = FALSE;
 
-  pg_imap_session_scan_client (self, self->client_buf, n);
+  /* Withheld commands are cut out; a command start whose word is not known yet is kept
+   * back for the next read. */
+  n = pg_imap_filter_client (self->filter, self->client_buf, self->client_hold_len + n,
+                             &self->client_hold_offset, &self->client_hold_len, &stopped);
+  if (stopped)
+    {
+      /* After COMPRESS: the rest is compressed input for the connection to inflate. */
+      self->compress_input
+          = g_bytes_new (self->client_buf + self->client_hold_offset, self->client_hold_len);
+      self->client_hold_len = 0;
+      self->client_hold_offset = 0;
+    }
+  if (pg_conn_is_closed (self->conn))
+    return;
+  if (n == 0)
+    {
+      pg_imap_session_relay_client_read (self);
+      return;
+    }
   written = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out),
                                                         self->client_buf, n, NULL, &error);
   if (written < 0 && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
@@ -1276,6 +1434,30 @@ pg_imap_session_relay_client_read (PgImapSession *self)
 {
   if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
     return;
+  if (self->compress_pending)
+    {
+      /* COMPRESS's OK out first, then the switch, then this read (relay_flush). */
+      pg_imap_session_relay_flush (self);
+      return;
+    }
+  if (self->client_hold_len > 0 && self->client_hold_offset > 0)
+    memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
+  self->client_hold_offset = 0;
+  if (self->reader != NULL)
+    {
+      /* The rest of what was pipelined behind the login, before any new read. */
+      const guint8 *pipelined = NULL;
+      gsize n = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK - self->client_hold_len,
+                                         &pipelined);
+
+      if (n > 0)
+        {
+          memcpy (self->client_buf + self->client_hold_len, pipelined, n);
+          pg_imap_session_relay_client_data (self, n);
+          return;
+        }
+      g_clear_pointer (&self->reader, pg_line_reader_free);
+    }
   if (self->client_eof)
     {
       /* The half-close came before the login completed: pass it on now. */
@@ -1283,7 +1465,8 @@ pg_imap_session_relay_client_read (PgImapSession *self)
       return;
     }
   self->reading = TRUE;
-  pg_conn_read_async (self->conn, self->client_buf, PG_IMAP_RELAY_CHUNK, self->cancellable,
+  pg_conn_read_async (self->conn, self->client_buf + self->client_hold_len,
+                      PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
                       pg_imap_session_read_cb, g_object_ref (self));
 }
 
@@ -1295,13 +1478,21 @@ pg_imap_session_relay_client_read (PgImapSession *self)
  * queue is above PG_CLIENT_OUTPUT_HIGH_WATER. */
 static guint8 pg_imap_relay_up_buf[PG_IMAP_RELAY_UP_CHUNK];
 
-/* Upstream bytes for the client: observe and send. */
+/* Upstream bytes for the client: observe, filter capability lists, send. */
 static void
 pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
 {
-  pg_imap_session_scan_upstream (self, data, n);
-  self->info.bytes_to_client += n;
-  pg_conn_write (self->conn, data, n);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_imap_filter_upstream (self->filter, data, n, &error))
+    {
+      pg_session_warning (self->id, "upstream: %s", error->message);
+      pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
+      pg_imap_session_reply (self, "* BYE The mail server sent an invalid response.");
+      pg_imap_session_end (self, "upstream protocol error");
+      return;
+    }
+  pg_imap_session_relay_flush (self);
 }
 
 static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data);
@@ -1399,13 +1590,21 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
   self->busy = FALSE;
   pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
-  self->client_scan = pg_imap_relay_scanner_new ();
-  self->up_scan = pg_imap_relay_scanner_new ();
+  {
+    static const PgImapFilterFuncs funcs = {
+      .command = pg_imap_session_filter_command_cb,
+      .withheld = pg_imap_session_filter_withheld_cb,
+      .response = pg_imap_session_filter_response_cb,
+      .to_client = pg_imap_session_filter_to_client_cb,
+    };
+    self->filter = pg_imap_filter_new (&funcs, self, PG_IMAP_SESSION_OWN_CAPABILITIES);
+  }
   pg_imap_session_flush (self);
 
-  /* What the client pipelined behind its login goes upstream first. The reader holds at
-   * most PG_IMAP_MAX_PREAUTH_LINE octets, which fits one relay chunk. */
-  G_STATIC_ASSERT (PG_IMAP_MAX_PREAUTH_LINE <= PG_IMAP_RELAY_CHUNK);
+  /* What the client pipelined behind its login goes upstream first: up to
+   * PG_IMAP_MAX_PREAUTH_LINE octets, one relay chunk at a time (relay_client_read takes
+   * the rest from the reader before it reads the client again). */
+  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
   n_pipelined = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK, &pipelined);
   if (n_pipelined > 0)
     {
@@ -1414,8 +1613,6 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
     }
   else
     pg_imap_session_relay_client_read (self);
-  g_clear_pointer (&self->reader, pg_line_reader_free);
-  g_clear_pointer (&self->parser, pg_imap_command_parser_free);
 
   if (g_bytes_get_size (up_buffered) > 0 && !pg_conn_is_closed (self->conn))
     pg_imap_session_relay_up_data (self, g_bytes_get_data (up_buffered, NULL),

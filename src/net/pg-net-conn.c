@@ -17,6 +17,10 @@ G_STATIC_ASSERT ((int) PG_METRICS_FRONTEND_POP3 == (int) PG_FRONTEND_POP3
                  && (int) PG_METRICS_FRONTEND_IMAP == (int) PG_FRONTEND_IMAP
                  && (int) PG_METRICS_FRONTEND_COUNT == (int) PG_FRONTEND_COUNT);
 
+/* Compressed client input buffered for inflating (COMPRESS=DEFLATE): one allocation per
+ * compressed session beside zlib's own state; a few TCP segments' worth. */
+#define PG_CONN_ZLIB_INPUT 4096
+
 /* How long pg_conn_close() waits for queued output before dropping it. */
 #define PG_CONN_CLOSE_FLUSH_MS 5000
 
@@ -66,6 +70,19 @@ struct _PgConn
   guint64 bytes_out;
   gboolean closing; /* pg_conn_close called: flush then close */
   gboolean closed;
+
+  /* COMPRESS=DEFLATE (RFC 4978) toward the client, NULL while off (see
+   * pg_conn_start_compress). */
+  GConverter *deflate; /* owned */
+  GConverter *inflate; /* owned */
+  guint8 *zin;         /* owned, PG_CONN_ZLIB_INPUT: compressed input not yet inflated */
+  gsize zin_off;
+  gsize zin_len;
+  gboolean zin_more; /* the last inflate filled the caller's buffer: zlib may hold more */
+  gboolean zwriting; /* deflated output on its way to the raw write path */
+  GTask *zread;      /* owned: the read being served while compressed */
+  guint8 *zread_buf; /* unowned: its buffer */
+  gsize zread_len;
 };
 
 G_DEFINE_TYPE (PgConn, pg_conn, G_TYPE_OBJECT)
@@ -120,6 +137,9 @@ pg_conn_finalize (GObject *object)
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   pg_conn_cork_release (conn);
   g_clear_object (&conn->read_cancellable);
+  g_clear_object (&conn->deflate);
+  g_clear_object (&conn->inflate);
+  g_free (conn->zin);
   g_clear_object (&conn->stream);
   g_clear_object (&conn->socket);
   g_clear_object (&conn->tls_cert);
@@ -553,6 +573,167 @@ pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   g_task_return_int (task, n);
 }
 
+/* --- COMPRESS=DEFLATE (RFC 4978) --------------------------------------------------------- */
+
+static void pg_conn_inflate_step (PgConn *conn);
+
+static void
+pg_conn_zread_complete (PgConn *conn, gssize n, GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&conn->zread);
+
+  conn->read_pending = FALSE;
+  if (error != NULL)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  pg_conn_restart_idle (conn);
+  g_task_return_int (task, n);
+}
+
+static void
+pg_conn_zread_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgConn) conn = user_data;
+  GError *error = NULL;
+  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+
+  if (n <= 0)
+    {
+      pg_conn_zread_complete (conn, n, error);
+      return;
+    }
+  conn->bytes_in += (guint64) n;
+  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                           (guint64) n);
+  conn->zin_len += (gsize) n;
+  pg_conn_inflate_step (conn);
+}
+
+/* Inflate what is buffered into the pending read's buffer; read the socket when that
+ * gives nothing yet. */
+static void
+pg_conn_inflate_step (PgConn *conn)
+{
+  GCancellable *cancellable = g_task_get_cancellable (conn->zread);
+
+  while (conn->zin_len > 0 || conn->zin_more)
+    {
+      g_autoptr (GError) error = NULL;
+      gsize r = 0, w = 0;
+      GConverterResult res = g_converter_convert (conn->inflate, conn->zin + conn->zin_off,
+                                                  conn->zin_len, conn->zread_buf, conn->zread_len,
+                                                  G_CONVERTER_NO_FLAGS, &r, &w, &error);
+
+      conn->zin_more = FALSE;
+      if (res == G_CONVERTER_ERROR)
+        {
+          if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT))
+            break;
+          pg_conn_zread_complete (conn, -1,
+                                  g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                               "invalid compressed data from the client: %s",
+                                               error->message));
+          return;
+        }
+      conn->zin_off += r;
+      conn->zin_len -= r;
+      conn->zin_more = w == conn->zread_len;
+      if (w > 0)
+        {
+          pg_conn_zread_complete (conn, (gssize) w, NULL);
+          return;
+        }
+      if (res == G_CONVERTER_FINISHED)
+        {
+          /* The client ended its deflate stream: nothing more can come. */
+          pg_conn_zread_complete (conn, 0, NULL);
+          return;
+        }
+      if (r == 0)
+        break;
+    }
+  if (conn->zin_len == PG_CONN_ZLIB_INPUT)
+    {
+      pg_conn_zread_complete (conn, -1,
+                              g_error_new_literal (PG_ERROR, PG_ERROR_PROTOCOL,
+                                                   "compressed data from the client stalled"));
+      return;
+    }
+  memmove (conn->zin, conn->zin + conn->zin_off, conn->zin_len);
+  conn->zin_off = 0;
+  g_input_stream_read_async (g_io_stream_get_input_stream (conn->stream), conn->zin + conn->zin_len,
+                             PG_CONN_ZLIB_INPUT - conn->zin_len, G_PRIORITY_DEFAULT,
+                             cancellable != NULL ? cancellable : conn->cancellable,
+                             pg_conn_zread_cb, g_object_ref (conn));
+}
+
+static void
+pg_conn_inflate_read (PgConn *conn, GTask *task, void *buffer, gsize len)
+{
+  conn->zread = task;
+  conn->zread_buf = buffer;
+  conn->zread_len = len;
+  pg_conn_inflate_step (conn);
+}
+
+/* Deflate one write batch and flush it (Z_SYNC_FLUSH): what popgate writes reaches the
+ * client at once, an IDLE push or a BYE as much as a FETCH. */
+static void
+pg_conn_write_deflated (PgConn *conn, const void *data, gsize len)
+{
+  g_autoptr (GByteArray) out = g_byte_array_sized_new ((guint) MIN (len / 2 + 64, G_MAXUINT));
+  guint8 chunk[4096];
+  gsize off = 0;
+
+  for (;;)
+    {
+      g_autoptr (GError) error = NULL;
+      gsize r = 0, w = 0;
+      GConverterResult res
+          = g_converter_convert (conn->deflate, (const guint8 *) data + off, len - off, chunk,
+                                 sizeof chunk, G_CONVERTER_FLUSH, &r, &w, &error);
+
+      if (res == G_CONVERTER_ERROR)
+        break; /* nothing left to flush */
+      off += r;
+      g_byte_array_append (out, chunk, (guint) w);
+      if (off == len && (w < sizeof chunk || res == G_CONVERTER_FLUSHED))
+        break;
+    }
+  conn->zwriting = TRUE;
+  pg_conn_write (conn, out->data, out->len);
+  conn->zwriting = FALSE;
+}
+
+gboolean
+pg_conn_start_compress (PgConn *conn, const void *input, gsize len, GError **error)
+{
+  g_return_val_if_fail (!conn->read_pending, FALSE);
+
+  if (conn->deflate != NULL || len > PG_CONN_ZLIB_INPUT)
+    {
+      g_set_error_literal (error, PG_ERROR, PG_ERROR_PROTOCOL, "compression cannot start now");
+      return FALSE;
+    }
+  /* Reads now go through the inflater: the readable source of the plain path goes. */
+  pg_conn_drop_read_source (conn);
+  conn->deflate = G_CONVERTER (g_zlib_compressor_new (G_ZLIB_COMPRESSOR_FORMAT_RAW, -1));
+  conn->inflate = G_CONVERTER (g_zlib_decompressor_new (G_ZLIB_COMPRESSOR_FORMAT_RAW));
+  conn->zin = g_malloc (PG_CONN_ZLIB_INPUT);
+  if (len > 0)
+    memcpy (conn->zin, input, len);
+  conn->zin_len = len;
+  return TRUE;
+}
+
+gboolean
+pg_conn_is_compressed (PgConn *conn)
+{
+  return conn->deflate != NULL;
+}
+
 void
 pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancellable,
                     GAsyncReadyCallback callback, gpointer user_data)
@@ -568,6 +749,11 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
       return;
     }
   conn->read_pending = TRUE;
+  if (conn->inflate != NULL)
+    {
+      pg_conn_inflate_read (conn, g_steal_pointer (&task), buffer, len);
+      return;
+    }
   in = g_io_stream_get_input_stream (conn->stream);
   if (!G_IS_POLLABLE_INPUT_STREAM (in)
       || !g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (in)))
@@ -730,6 +916,11 @@ pg_conn_send_bytes (PgConn *conn, GBytes *bytes)
 
   if (conn->closed || conn->closing || size == 0)
     return;
+  if (conn->deflate != NULL && !conn->zwriting)
+    {
+      pg_conn_write_deflated (conn, g_bytes_get_data (bytes, NULL), size);
+      return;
+    }
   done = pg_conn_write_now (conn, g_bytes_get_data (bytes, NULL), size);
   if (done == size)
     return;
@@ -749,6 +940,11 @@ pg_conn_send (PgConn *conn, const void *data, gsize len)
 
   if (conn->closed || conn->closing || len == 0)
     return;
+  if (conn->deflate != NULL && !conn->zwriting)
+    {
+      pg_conn_write_deflated (conn, data, len);
+      return;
+    }
   done = pg_conn_write_now (conn, data, len);
   if (done == len)
     return;
@@ -961,10 +1157,9 @@ pg_conn_finish_close (PgConn *conn)
   pg_conn_stop_idle (conn);
   pg_conn_clear_source (&conn->deadline_source);
   pg_conn_clear_source (&conn->close_source);
-  /* Closing the socket (not the TLS stream) is immediate and never blocks on a peer that
-   * does not answer a close_notify. */
-  if (conn->socket != NULL)
-    g_io_stream_close (G_IO_STREAM (conn->socket), NULL, NULL);
+  /* TLS sends its close_notify first, bounded by PG_TLS_CLOSE_TIMEOUT_MS; the session is
+   * over for us at once either way. */
+  pg_net_close_stream (conn->stream, conn->socket);
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   conn->queued = 0;
   pg_conn_cork_release (conn);

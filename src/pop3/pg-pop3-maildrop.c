@@ -84,6 +84,12 @@ pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop)
   return maildrop->upstream;
 }
 
+gboolean
+pg_pop3_maildrop_has_capability (PgPop3Maildrop *maildrop, const char *capability)
+{
+  return maildrop->upstream != NULL && pg_upstream_has_capability (maildrop->upstream, capability);
+}
+
 void
 pg_pop3_maildrop_filter (PgPop3Maildrop *maildrop, PgPop3KeepFunc keep, gpointer user_data)
 {
@@ -456,7 +462,9 @@ typedef struct
   PgDeletePolicy policy;
   gchar *move_mailbox; /* owned: PG_DELETE_MOVE's mailbox, else NULL */
   PgUpdateStep step;
-  GString *problems; /* owned: what was not applied */
+  GString *problems;  /* owned: what was not applied */
+  gboolean transient; /* a problem a retry may fix (connection, timeout, busy) */
+  GArray *flagged;    /* owned, guint32: flagged \Deleted, still in the mailbox */
 } PgUpdateData;
 
 static void
@@ -466,6 +474,7 @@ pg_update_data_free (PgUpdateData *data)
   g_array_unref (data->seen);
   g_free (data->move_mailbox);
   g_string_free (data->problems, TRUE);
+  g_array_unref (data->flagged);
   g_free (data);
 }
 
@@ -500,8 +509,11 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
     {
     case PG_UPDATE_SEEN:
       if (!pg_upstream_add_flags_finish (upstream, result, &error))
-        pg_pop3_maildrop_update_problem (data, "%u retrieved messages not marked seen (%s)",
-                                         data->seen->len, error->message);
+        {
+          pg_pop3_maildrop_update_problem (data, "%u retrieved messages not marked seen (%s)",
+                                           data->seen->len, error->message);
+          data->transient |= !pg_upstream_error_is_permanent (error);
+        }
       data->step = PG_UPDATE_FLAG_DELETED;
       break;
     case PG_UPDATE_FLAG_DELETED:
@@ -509,6 +521,7 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
         {
           pg_pop3_maildrop_update_problem (data, "%u messages not deleted (%s)", data->deleted->len,
                                            error->message);
+          data->transient |= !pg_upstream_error_is_permanent (error);
           pg_metrics_dele (PG_METRICS_DELE_FAILED, data->deleted->len);
           data->step = PG_UPDATE_DONE;
           break;
@@ -516,7 +529,9 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       if (!pg_upstream_has_capability (upstream, "UIDPLUS"))
         {
           /* Never a plain EXPUNGE: it would also remove what an IMAP user flagged
-           * \Deleted and meant to keep. The messages stay flagged. */
+           * \Deleted and meant to keep. The messages stay flagged (the session hides
+           * them from this client for good): no retry changes that, so it is permanent. */
+          g_array_append_vals (data->flagged, data->deleted->data, data->deleted->len);
           pg_session_warning (maildrop->sid,
                               "upstream lacks UIDPLUS: %u messages left "
                               "flagged \\Deleted, not expunged",
@@ -533,20 +548,32 @@ pg_pop3_maildrop_update_step_cb (GObject *source, GAsyncResult *result, gpointer
       break;
     case PG_UPDATE_EXPUNGE:
       if (!pg_upstream_expunge_finish (upstream, result, &error))
-        pg_pop3_maildrop_update_problem (data,
-                                         "%u messages flagged \\Deleted but not "
-                                         "expunged (%s)",
-                                         data->deleted->len, error->message);
+        {
+          pg_pop3_maildrop_update_problem (data,
+                                           "%u messages flagged \\Deleted but not "
+                                           "expunged (%s)",
+                                           data->deleted->len, error->message);
+          /* A refusal leaves them flagged for sure; a lost connection may or may not have
+           * expunged them, and the pending record finishes them at the next login. */
+          if (pg_upstream_error_is_permanent (error))
+            g_array_append_vals (data->flagged, data->deleted->data, data->deleted->len);
+          else
+            data->transient = TRUE;
+        }
       pg_metrics_dele (error == NULL ? PG_METRICS_DELE_EXPUNGED : PG_METRICS_DELE_FAILED,
                        data->deleted->len);
       data->step = PG_UPDATE_DONE;
       break;
     case PG_UPDATE_MOVE:
       if (!pg_upstream_move_finish (upstream, result, &removed, &error))
-        pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
-                                         data->deleted->len, data->move_mailbox, error->message);
+        {
+          pg_pop3_maildrop_update_problem (data, "%u messages not moved to %s (%s)",
+                                           data->deleted->len, data->move_mailbox, error->message);
+          data->transient |= !pg_upstream_error_is_permanent (error);
+        }
       else if (!removed)
         {
+          g_array_append_vals (data->flagged, data->deleted->data, data->deleted->len);
           pg_session_warning (maildrop->sid,
                               "upstream lacks MOVE and UIDPLUS: %u messages "
                               "copied to %s and left flagged \\Deleted",
@@ -644,13 +671,51 @@ pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, PgDeletePolicy policy,
   data->policy = policy;
   data->move_mailbox = g_strdup (move_mailbox);
   data->problems = g_string_new (NULL);
+  data->flagged = g_array_new (FALSE, FALSE, sizeof (guint32));
   data->step = PG_UPDATE_SEEN;
   g_task_set_task_data (task, data, (GDestroyNotify) pg_update_data_free);
   pg_pop3_maildrop_update_next (task);
 }
 
 gboolean
-pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
+pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                GArray **out_flagged, gboolean *out_permanent, GError **error)
+{
+  PgUpdateData *data = g_task_get_task_data (G_TASK (result));
+
+  if (out_flagged != NULL)
+    *out_flagged = g_array_ref (data->flagged);
+  if (out_permanent != NULL)
+    *out_permanent = data->problems->len > 0 && !data->transient;
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_pop3_maildrop_copy_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  GError *error = NULL;
+
+  if (!pg_upstream_copy_finish (PG_UPSTREAM (source), result, &error))
+    g_task_return_error (task, error);
+  else
+    g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_pop3_maildrop_copy_async (PgPop3Maildrop *maildrop, GArray *uids, const char *mailbox,
+                             GCancellable *cancellable, GAsyncReadyCallback callback,
+                             gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_copy_async);
+  pg_upstream_copy_async (maildrop->upstream, (const guint32 *) uids->data, uids->len, mailbox,
+                          cancellable, pg_pop3_maildrop_copy_cb, task);
+}
+
+gboolean
+pg_pop3_maildrop_copy_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
 {
   return g_task_propagate_boolean (G_TASK (result), error);
 }

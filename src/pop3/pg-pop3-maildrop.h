@@ -101,8 +101,23 @@ void pg_pop3_maildrop_update_async (PgPop3Maildrop *maildrop, PgDeletePolicy pol
                                     const char *move_mailbox, GArray *deleted, GArray *seen,
                                     GCancellable *cancellable, GAsyncReadyCallback callback,
                                     gpointer user_data);
+/* Whatever the outcome: *out_flagged (guint32 UIDs, a new reference) are the deleted
+ * messages left flagged \Deleted in the mailbox for good (no UIDPLUS, or the server
+ * refused UID EXPUNGE); *out_permanent is TRUE when the update failed and a retry would
+ * fail the same way (the server refused, or lacks UIDPLUS), FALSE when it succeeded or a
+ * retry may work (connection lost, timeout, RFC 5530 UNAVAILABLE/INUSE). */
 gboolean pg_pop3_maildrop_update_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                         GArray **out_flagged, gboolean *out_permanent,
                                          GError **error);
+
+/* UID COPY of uids to mailbox (a move without MOVE, step by step). */
+void pg_pop3_maildrop_copy_async (PgPop3Maildrop *maildrop, GArray *uids, const char *mailbox,
+                                  GCancellable *cancellable, GAsyncReadyCallback callback,
+                                  gpointer user_data);
+gboolean pg_pop3_maildrop_copy_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                       GError **error);
+/* Whether the upstream offers a capability (after open). */
+gboolean pg_pop3_maildrop_has_capability (PgPop3Maildrop *maildrop, const char *capability);
 
 /* LOGOUT (a failure changes nothing for the client: it is only logged at debug level). */
 void pg_pop3_maildrop_logout_async (PgPop3Maildrop *maildrop, GCancellable *cancellable,

@@ -113,9 +113,10 @@ struct _PgPop3Session
   guint n_hidden;              /* snapshot messages the client's state and windows hide */
 
   /* QUIT in progress */
-  GArray *quit_deleted; /* owned, guint32 UIDs */
-  GArray *quit_seen;    /* owned, guint32 UIDs */
-  gchar *quit_problem;  /* owned: what the update could not apply */
+  GArray *quit_deleted;    /* owned, guint32 UIDs */
+  GArray *quit_seen;       /* owned, guint32 UIDs */
+  gchar *quit_problem;     /* owned: what the update could not apply */
+  gboolean quit_permanent; /* quit_problem will not go away on a retry: [SYS/PERM] */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
   PgPop3Transfer *transfer; /* owned: the one being sent to the client */
@@ -622,6 +623,37 @@ pg_pop3_session_state_ready (PgPop3Session *self)
   pg_pop3_session_enter_transaction (self);
 }
 
+/* Store client_state, merged with what concurrent sessions of this client (here or in
+ * another popgate) stored since we loaded or last saved; pg_pop3_session_save_finish()
+ * makes the merged state both the current and the saved one. */
+static void
+pg_pop3_session_save_with (PgPop3Session *self, GAsyncReadyCallback callback, gpointer user_data)
+{
+  pg_state_store_save_merge_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
+                                   self->state_key, self->saved_state, self->client_state,
+                                   self->cancellable, callback, user_data);
+}
+
+static void
+pg_pop3_session_save (PgPop3Session *self, GAsyncReadyCallback callback)
+{
+  pg_pop3_session_save_with (self, callback, g_object_ref (self));
+}
+
+static gboolean
+pg_pop3_session_save_finish (PgPop3Session *self, GAsyncResult *result, GError **error)
+{
+  PgClientState *merged = NULL;
+
+  if (!pg_state_store_save_merge_finish (self->store, result, &merged, error))
+    return FALSE;
+  g_clear_pointer (&self->client_state, pg_client_state_free);
+  self->client_state = merged;
+  g_clear_pointer (&self->saved_state, pg_client_state_free);
+  self->saved_state = pg_client_state_copy (merged);
+  return TRUE;
+}
+
 static void
 pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -631,7 +663,7 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+  if (!pg_pop3_session_save_finish (self, result, &error))
     {
       who = pg_state_key_to_log (self->state_key);
       pg_session_warning (self->id, "login refused: cannot store the client state of %s: %s", who,
@@ -640,8 +672,6 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
           self, "-ERR [SYS/TEMP] Cannot record this client's state, try again later.");
       return;
     }
-  g_clear_pointer (&self->saved_state, pg_client_state_free);
-  self->saved_state = pg_client_state_copy (self->client_state);
   pg_pop3_session_state_ready (self);
 }
 
@@ -650,9 +680,189 @@ pg_pop3_session_login_saved_cb (GObject *source, GAsyncResult *result, gpointer 
 static void
 pg_pop3_session_login_save (PgPop3Session *self)
 {
-  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                             self->state_key, self->client_state, self->cancellable,
-                             pg_pop3_session_login_saved_cb, g_object_ref (self));
+  pg_pop3_session_save (self, pg_pop3_session_login_saved_cb);
+}
+
+/* --- applying a delete policy: at QUIT, and for an interrupted QUIT at the next login ---
+ *
+ * `delete = move:MAILBOX` on a server without MOVE is done step by step so that it is
+ * idempotent: UID COPY of the UIDs this client has not had copied yet, then the copied
+ * UIDs go into the client's hidden set and the state is stored, then UID STORE \Deleted
+ * (and UID EXPUNGE with UIDPLUS). The order is the crash-safe one: recording "copied"
+ * before the COPY would, after a crash in between, flag a message that was never copied
+ * (lost for the trash); recording it after means that only a crash in the instant between
+ * the COPY's OK and the record makes the next login copy once more (a duplicate in the
+ * trash, never a loss). Messages left flagged \Deleted (no UIDPLUS) go into the hidden
+ * set too: this client is never offered them again. */
+
+typedef struct
+{
+  PgDeletePolicy policy; /* what is left to do after the copy step */
+  gchar *mailbox;        /* owned */
+  GArray *deleted;       /* owned, guint32 */
+  GArray *to_copy;       /* owned, guint32: the part of deleted that still needs a COPY */
+  GArray *seen;          /* owned, guint32 */
+  gchar *problem;        /* owned: a copy step that failed */
+  gboolean permanent;    /* ... and it will fail again */
+} PgPop3Apply;
+
+static void
+pg_pop3_apply_free (PgPop3Apply *apply)
+{
+  g_free (apply->mailbox);
+  g_array_unref (apply->deleted);
+  g_array_unref (apply->to_copy);
+  g_array_unref (apply->seen);
+  g_free (apply->problem);
+  g_free (apply);
+}
+
+static void
+pg_pop3_session_hide_uids (PgPop3Session *self, GArray *uids)
+{
+  for (guint i = 0; i < uids->len; i++)
+    pg_uid_set_add (self->client_state->hidden, g_array_index (uids, guint32, i));
+}
+
+static void
+pg_pop3_session_apply_updated_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GArray) flagged = NULL;
+  gboolean permanent = FALSE;
+
+  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &flagged, &permanent, &error))
+    {
+      if (apply->problem == NULL)
+        {
+          apply->problem = g_strdup (error->message);
+          apply->permanent = permanent;
+        }
+      else
+        {
+          gchar *both = g_strdup_printf ("%s; %s", apply->problem, error->message);
+          g_free (apply->problem);
+          apply->problem = both;
+          apply->permanent = apply->permanent && permanent;
+        }
+    }
+  if (flagged->len > 0)
+    {
+      pg_pop3_session_hide_uids (self, flagged);
+      pg_session_warning (self->id,
+                          "%u messages stay flagged \\Deleted upstream (the server "
+                          "lacks UIDPLUS or refused UID EXPUNGE): this client will not be "
+                          "offered them again",
+                          flagged->len);
+    }
+  if (apply->problem != NULL)
+    g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "%s", apply->problem);
+  else
+    g_task_return_boolean (task, TRUE);
+}
+
+static void
+pg_pop3_session_apply_update (GTask *task)
+{
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+
+  pg_pop3_maildrop_update_async (self->maildrop, apply->policy, apply->mailbox, apply->deleted,
+                                 apply->seen, self->cancellable, pg_pop3_session_apply_updated_cb,
+                                 task);
+}
+
+static void
+pg_pop3_session_apply_copy_saved_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_pop3_session_save_finish (self, result, &error))
+    pg_session_warning (self->id,
+                        "move: copied, but could not record it (a crash now would "
+                        "copy once more): %s",
+                        error->message);
+  pg_pop3_session_apply_update (task);
+}
+
+static void
+pg_pop3_session_apply_copied_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PgPop3Session *self = g_task_get_source_object (task);
+  PgPop3Apply *apply = g_task_get_task_data (task);
+  g_autoptr (GError) error = NULL;
+
+  if (!pg_pop3_maildrop_copy_finish (self->maildrop, result, &error))
+    {
+      /* Nothing is flagged: the messages stay as they were (\Seen is still applied). */
+      apply->problem = g_strdup_printf ("%u messages not moved to %s (%s)", apply->deleted->len,
+                                        apply->mailbox, error->message);
+      apply->permanent = pg_upstream_error_is_permanent (error);
+      g_array_set_size (apply->deleted, 0);
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  /* hidden is this client's "copied" record: none of these is copied again. */
+  pg_pop3_session_hide_uids (self, apply->to_copy);
+  pg_pop3_session_save_with (self, pg_pop3_session_apply_copy_saved_cb, task);
+}
+
+/* Apply policy to deleted (and \Seen to seen), as described above. */
+static void
+pg_pop3_session_apply_async (PgPop3Session *self, PgDeletePolicy policy, const char *mailbox,
+                             GArray *deleted, GArray *seen, GAsyncReadyCallback callback)
+{
+  GTask *task = g_task_new (self, NULL, callback, g_object_ref (self));
+  PgPop3Apply *apply = g_new0 (PgPop3Apply, 1);
+
+  g_task_set_source_tag (task, pg_pop3_session_apply_async);
+  apply->policy = policy;
+  apply->mailbox = g_strdup (mailbox);
+  apply->deleted = g_array_copy (deleted);
+  apply->to_copy = g_array_new (FALSE, FALSE, sizeof (guint32));
+  apply->seen = g_array_ref (seen);
+  g_task_set_task_data (task, apply, (GDestroyNotify) pg_pop3_apply_free);
+  if (policy != PG_DELETE_MOVE || deleted->len == 0
+      || pg_pop3_maildrop_has_capability (self->maildrop, "MOVE"))
+    {
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  apply->policy = PG_DELETE_EXPUNGE; /* what is left after the copy */
+  for (guint i = 0; i < deleted->len; i++)
+    {
+      guint32 uid = g_array_index (deleted, guint32, i);
+      if (!pg_uid_set_contains (self->client_state->hidden, uid))
+        g_array_append_val (apply->to_copy, uid);
+    }
+  pg_session_info (self->id,
+                   "upstream lacks MOVE: UID COPY of %u messages to %s (%u copied "
+                   "for this client before, not again), then flagging",
+                   apply->to_copy->len, mailbox, deleted->len - apply->to_copy->len);
+  if (apply->to_copy->len == 0)
+    {
+      pg_pop3_session_apply_update (task);
+      return;
+    }
+  pg_pop3_maildrop_copy_async (self->maildrop, apply->to_copy, mailbox, self->cancellable,
+                               pg_pop3_session_apply_copied_cb, task);
+}
+
+/* *out_permanent: on failure, whether a retry would fail the same way. */
+static gboolean
+pg_pop3_session_apply_finish (PgPop3Session *self, GAsyncResult *result, gboolean *out_permanent,
+                              GError **error)
+{
+  PgPop3Apply *apply = g_task_get_task_data (G_TASK (result));
+
+  *out_permanent = apply != NULL && apply->problem != NULL && apply->permanent;
+  return g_task_propagate_boolean (G_TASK (result), error);
 }
 
 typedef struct
@@ -673,32 +883,46 @@ pg_pop3_session_pending_done_cb (GObject *source, GAsyncResult *result, gpointer
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
   g_autofree gchar *who = NULL;
+  gboolean permanent = FALSE;
   PgPop3GoneData gone;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   who = pg_state_key_to_log (self->state_key);
-  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
+  if (!pg_pop3_session_apply_finish (self, result, &permanent, &error))
     {
-      /* Still pending: the next login tries again. Showing the messages now would let
-       * the client fetch what it already deleted. */
+      if (!permanent)
+        {
+          /* Still pending: the next login tries again. Showing the messages now would
+           * let the client fetch what it already deleted. */
+          pg_session_warning (self->id,
+                              "login refused: could not finish the interrupted QUIT "
+                              "of %s: %s",
+                              who, error->message);
+          pg_pop3_session_refuse_login (
+              self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
+          return;
+        }
+      /* The server's considered answer: trying at every login would lock the client out
+       * for good. What was left flagged is hidden; the rest stays as it is. */
       pg_session_warning (self->id,
-                          "login refused: could not finish the interrupted QUIT of "
-                          "%s: %s",
+                          "the interrupted QUIT of %s cannot be finished (dropped; "
+                          "the messages stay upstream): %s",
                           who, error->message);
-      pg_pop3_session_refuse_login (
-          self, "-ERR [SYS/TEMP] Finishing the previous session failed, try again later.");
-      return;
     }
-  pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
-  gone.gone = self->client_state->pending_uids;
-  pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
+  else
+    {
+      pg_session_message (self->id, "finished the interrupted QUIT of %s", who);
+      gone.gone = self->client_state->pending_uids;
+      pg_pop3_maildrop_filter (self->maildrop, pg_pop3_session_not_gone_cb, &gone);
+    }
   pg_client_state_clear_pending (self->client_state);
   pg_pop3_session_login_save (self);
 }
 
-/* A QUIT was interrupted (popgate died between recording the update and clearing it):
- * apply exactly the recorded update to the UIDs that still exist, then clear it. */
+/* A QUIT was interrupted (popgate died, or the upstream went away, between recording the
+ * update and the server's confirmation): apply exactly the recorded update to the UIDs
+ * that still exist, then clear it. */
 static void
 pg_pop3_session_finish_pending (PgPop3Session *self)
 {
@@ -721,9 +945,8 @@ pg_pop3_session_finish_pending (PgPop3Session *self)
                       "finishing an interrupted QUIT of %s: %s UIDs %s (%u of them "
                       "still exist)",
                       who, policy == PG_DELETE_MOVE ? "move" : "expunge", set, uids->len);
-  pg_pop3_maildrop_update_async (self->maildrop, policy, state->pending_mailbox, uids, none,
-                                 self->cancellable, pg_pop3_session_pending_done_cb,
-                                 g_object_ref (self));
+  pg_pop3_session_apply_async (self, policy, state->pending_mailbox, uids, none,
+                               pg_pop3_session_pending_done_cb);
 }
 
 static void
@@ -868,38 +1091,46 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
       pg_login_unavailable (self->login, error);
       self->busy = FALSE;
+      /* RFC 3206: what a retry cannot fix (the upstream's certificate, a mailbox it
+       * refuses to select, a snapshot beyond PG_MAX_SNAPSHOT_*) is SYS/PERM, so that
+       * clients stop retrying. */
       if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE))
-        /* RFC 3206: retrying will not help (the snapshot is beyond PG_MAX_SNAPSHOT_*). */
         pg_pop3_reply (self, "-ERR [SYS/PERM] The mailbox is too large for this gateway.");
+      else if (pg_upstream_error_is_permanent (error))
+        pg_pop3_reply (self, "-ERR [SYS/PERM] The mail server cannot be used, ask the "
+                             "administrator.");
       else
-        pg_pop3_reply (self,
-                       "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+        pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
       pg_pop3_session_process (self);
       return;
     }
 
-  /* RFC 1939 §8: exclusive access to the maildrop, per (user, mailbox, client). */
-  {
-    g_autofree gchar *key = g_strdup_printf ("%s\n%s\n%s", pg_login_get_upstream_user (self->login),
-                                             pg_login_get_upstream (self->login)->mailbox,
-                                             pg_login_get_client_tag (self->login));
-    if (pg_pop3_locks == NULL)
-      pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-    if (g_hash_table_contains (pg_pop3_locks, key))
-      {
-        pg_session_message (self->id, "maildrop of user=%s is in use by another session", user);
-        pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
-        pg_pop3_maildrop_close (self->maildrop);
-        g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
-        pg_login_clear_user (self->login);
-        self->busy = FALSE;
-        pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
-        pg_pop3_session_process (self);
-        return;
-      }
-    g_hash_table_insert (pg_pop3_locks, g_strdup (key), self);
-    self->lock_key = g_steal_pointer (&key);
-  }
+  /* RFC 1939 §8 allows exclusive access to the maildrop, per (user, mailbox, client); off
+   * by default as in Dovecot (a client whose connection dropped would otherwise be locked
+   * out until the old session's autologout). Concurrent sessions each work on their own
+   * snapshot, by UID only, and their state saves merge (pg_state_store_save_merge). */
+  if (self->config->pop3.lock_session)
+    {
+      g_autofree gchar *key = g_strdup_printf (
+          "%s\n%s\n%s", pg_login_get_upstream_user (self->login),
+          pg_login_get_upstream (self->login)->mailbox, pg_login_get_client_tag (self->login));
+      if (pg_pop3_locks == NULL)
+        pg_pop3_locks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+      if (g_hash_table_contains (pg_pop3_locks, key))
+        {
+          pg_session_message (self->id, "maildrop of user=%s is in use by another session", user);
+          pg_metrics_login (PG_METRICS_FRONTEND_POP3, PG_METRICS_LOGIN_IN_USE);
+          pg_pop3_maildrop_close (self->maildrop);
+          g_clear_pointer (&self->maildrop, pg_pop3_maildrop_free);
+          pg_login_clear_user (self->login);
+          self->busy = FALSE;
+          pg_pop3_reply (self, "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
+          pg_pop3_session_process (self);
+          return;
+        }
+      g_hash_table_insert (pg_pop3_locks, g_strdup (key), self);
+      self->lock_key = g_steal_pointer (&key);
+    }
 
   pg_pop3_session_state_load (self);
 }
@@ -925,7 +1156,13 @@ pg_pop3_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
         }
       pg_login_unavailable (self->login, error);
       self->busy = FALSE;
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      /* RFC 3206: what a retry cannot fix (the upstream's certificate, a refusal that is
+       * not about the credentials) is SYS/PERM, so that clients stop retrying. */
+      if (pg_upstream_error_is_permanent (error))
+        pg_pop3_reply (self, "-ERR [SYS/PERM] The mail server cannot be used, ask the "
+                             "administrator.");
+      else
+        pg_pop3_reply (self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
       pg_pop3_session_process (self);
       return;
     }
@@ -1766,7 +2003,9 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   pg_pop3_maildrop_uncork (self->maildrop);
 }
 
-/* QUIT, last step: the upstream connection is logged out; answer. */
+/* QUIT, last step: the upstream connection is logged out; answer. RFC 3206: [SYS/PERM]
+ * for what the same QUIT would meet again (a client retrying it for ever gains nothing),
+ * [SYS/TEMP] for what may work later. */
 static void
 pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1777,7 +2016,8 @@ pg_pop3_session_logout_cb (GObject *source, GAsyncResult *result, gpointer user_
     return;
   if (self->quit_problem != NULL)
     {
-      pg_pop3_reply (self, "-ERR [SYS/TEMP] %s", self->quit_problem);
+      pg_pop3_reply (self, "-ERR [SYS/%s] %s", self->quit_permanent ? "PERM" : "TEMP",
+                     self->quit_problem);
       pg_pop3_session_end (self, "QUIT, update failed");
       return;
     }
@@ -1802,9 +2042,9 @@ pg_pop3_session_quit_cleared_cb (GObject *source, GAsyncResult *result, gpointer
     return;
   /* The update is applied; a record still saying "pending" only makes the next login
    * apply it again to UIDs that no longer exist, which does nothing. */
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+  if (!pg_pop3_session_save_finish (self, result, &error))
     pg_session_warning (self->id,
-                        "QUIT: applied, but the pending update could not be cleared "
+                        "QUIT: applied, but the client state could not be stored "
                         "(the next login will find nothing left to do): %s",
                         error->message);
   pg_pop3_session_quit_logout (self);
@@ -1815,23 +2055,43 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
 {
   g_autoptr (PgPop3Session) self = user_data;
   g_autoptr (GError) error = NULL;
+  gboolean permanent = FALSE;
 
   if (pg_conn_is_closed (self->conn))
     return;
-  if (!pg_pop3_maildrop_update_finish (self->maildrop, result, &error))
+  if (!pg_pop3_session_apply_finish (self, result, &permanent, &error))
     {
-      pg_session_warning (self->id, "QUIT: update not fully applied: %s", error->message);
+      pg_session_warning (self->id, "QUIT: update not fully applied (%s): %s",
+                          permanent ? "permanent" : "transient", error->message);
       pg_metrics_gerror (error);
       self->quit_problem = g_strdup (error->message);
+      self->quit_permanent = permanent;
+      if (!permanent && self->client_state->pending != PG_STATE_PENDING_NONE)
+        {
+          /* The server did not confirm (connection lost, timeout): the messages may be
+           * flagged \Deleted and not expunged. The pending record stays as stored, and
+           * the next login finishes exactly those UIDs. */
+          pg_session_warning (self->id, "QUIT: the pending update stays recorded; the next "
+                                        "login finishes it");
+          pg_pop3_session_quit_logout (self);
+          return;
+        }
     }
+  /* The server answered every command, so the update is settled (what failed for good
+   * was reported to the client and stays as it is). Only our own UIDs: a concurrent
+   * session's pending update, merged in, is not ours to clear. */
   if (self->client_state->pending != PG_STATE_PENDING_NONE)
     {
-      /* The server answered every command, so the update is settled either way (what
-       * failed was reported to the client and stays as it is). */
-      pg_client_state_clear_pending (self->client_state);
-      pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                                 self->state_key, self->client_state, self->cancellable,
-                                 pg_pop3_session_quit_cleared_cb, g_object_ref (self));
+      g_autoptr (PgUidSet) left = pg_uid_set_copy (self->client_state->pending_uids);
+      g_autofree gchar *mailbox = g_strdup (self->client_state->pending_mailbox);
+
+      for (guint i = 0; i < self->quit_deleted->len; i++)
+        pg_uid_set_remove (left, g_array_index (self->quit_deleted, guint32, i));
+      pg_client_state_set_pending (self->client_state, self->client_state->pending, mailbox, left);
+    }
+  if (self->saved_state == NULL || !pg_client_state_equal (self->client_state, self->saved_state))
+    {
+      pg_pop3_session_save (self, pg_pop3_session_quit_cleared_cb);
       return;
     }
   pg_pop3_session_quit_logout (self);
@@ -1840,10 +2100,9 @@ pg_pop3_session_update_cb (GObject *source, GAsyncResult *result, gpointer user_
 static void
 pg_pop3_session_quit_apply (PgPop3Session *self)
 {
-  pg_pop3_maildrop_update_async (self->maildrop, self->config->pop3.delete_policy,
-                                 self->config->pop3.move_mailbox, self->quit_deleted,
-                                 self->quit_seen, self->cancellable, pg_pop3_session_update_cb,
-                                 g_object_ref (self));
+  pg_pop3_session_apply_async (self, self->config->pop3.delete_policy,
+                               self->config->pop3.move_mailbox, self->quit_deleted, self->quit_seen,
+                               pg_pop3_session_update_cb);
 }
 
 static void
@@ -1855,7 +2114,7 @@ pg_pop3_session_quit_saved_cb (GObject *source, GAsyncResult *result, gpointer u
 
   if (pg_conn_is_closed (self->conn))
     return;
-  if (!pg_state_store_save_finish (PG_STATE_STORE (source), result, &error))
+  if (!pg_pop3_session_save_finish (self, result, &error))
     {
       /* Nothing was touched upstream: under keep the DELEs would not be remembered, and
        * for expunge/move a crash could not be recovered. So nothing is applied. */
@@ -1901,9 +2160,17 @@ pg_pop3_session_quit (PgPop3Session *self)
   if (policy == PG_DELETE_KEEP)
     pg_uid_set_union (state->hidden, deleted_set);
   else if (self->quit_deleted->len > 0)
-    pg_client_state_set_pending (
-        state, policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE,
-        self->config->pop3.move_mailbox, deleted_set);
+    {
+      PgStatePending kind
+          = policy == PG_DELETE_MOVE ? PG_STATE_PENDING_MOVE : PG_STATE_PENDING_EXPUNGE;
+
+      /* Keep a concurrent session's pending update of the same kind beside ours: it is
+       * not ours to drop (replacing it would read, at the merge, as "cleared"). */
+      if (state->pending == kind
+          && g_strcmp0 (state->pending_mailbox, self->config->pop3.move_mailbox) == 0)
+        pg_uid_set_union (deleted_set, state->pending_uids);
+      pg_client_state_set_pending (state, kind, self->config->pop3.move_mailbox, deleted_set);
+    }
   pg_pop3_session_set_state (self, PG_POP3_STATE_UPDATE);
   pg_session_info (self->id, "QUIT: %u deleted (%s), %u to mark seen", self->quit_deleted->len,
                    pg_delete_policy_to_string (policy), self->quit_seen->len);
@@ -1914,9 +2181,7 @@ pg_pop3_session_quit (PgPop3Session *self)
       pg_pop3_session_quit_apply (self);
       return;
     }
-  pg_state_store_save_async (self->store, pg_pop3_maildrop_get_upstream (self->maildrop),
-                             self->state_key, state, self->cancellable,
-                             pg_pop3_session_quit_saved_cb, g_object_ref (self));
+  pg_pop3_session_save (self, pg_pop3_session_quit_saved_cb);
 }
 
 static void

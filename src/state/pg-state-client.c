@@ -144,6 +144,68 @@ pg_client_state_set_pending (PgClientState *state, PgStatePending pending, const
   pg_uid_set_union (state->pending_uids, uids);
 }
 
+/* Three-way merge of one set: what `stored` holds, minus what this session took out of
+ * its base (compaction drops UIDs that no longer exist; a cleared pending update), plus
+ * what it holds now. A UID another session added (in stored, not in base) stays. */
+static void
+pg_client_state_merge_set (PgUidSet *ours_out, const PgUidSet *stored, const PgUidSet *base,
+                           const PgUidSet *ours)
+{
+  g_autoptr (PgUidSet) theirs = pg_uid_set_copy (stored);
+
+  if (base != NULL)
+    {
+      g_autoptr (PgUidSet) taken = pg_uid_set_copy (base);
+
+      pg_uid_set_subtract (taken, ours);
+      pg_uid_set_subtract (theirs, taken);
+    }
+  pg_uid_set_union (ours_out, theirs);
+}
+
+PgClientState *
+pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
+                       const PgClientState *ours)
+{
+  PgClientState *merged;
+  gboolean same_base = base != NULL && base->uidvalidity == ours->uidvalidity;
+
+  /* Another UIDVALIDITY: the UIDs do not compare. The newer mailbox wins; both sides
+   * know only their own, so ours (the session that saw the server last) it is. */
+  if (stored == NULL || stored->uidvalidity != ours->uidvalidity)
+    return pg_client_state_copy (ours);
+  merged = pg_client_state_copy (ours);
+  /* The first login is the earlier of the two (first_login = new hides what was there). */
+  if (stored->first_uidnext != 0
+      && (merged->first_uidnext == 0 || stored->first_uidnext < merged->first_uidnext))
+    merged->first_uidnext = stored->first_uidnext;
+  merged->first_login = MIN (merged->first_login, stored->first_login);
+  /* Hidden and retrieved: a UID hidden or retrieved in any session stays so. */
+  pg_client_state_merge_set (merged->hidden, stored->hidden, same_base ? base->hidden : NULL,
+                             ours->hidden);
+  pg_client_state_merge_set (merged->retrieved, stored->retrieved,
+                             same_base ? base->retrieved : NULL, ours->retrieved);
+  /* Pending: ours, plus what another session recorded and we did not finish ourselves.
+   * What we cleared (in base, no longer in ours) is settled; finishing an update twice
+   * is harmless anyway (the UIDs are gone, or hidden and flagged again). */
+  if (stored->pending != PG_STATE_PENDING_NONE)
+    {
+      g_autoptr (PgUidSet) theirs = pg_uid_set_new ();
+
+      pg_client_state_merge_set (theirs, stored->pending_uids,
+                                 same_base ? base->pending_uids : NULL, ours->pending_uids);
+      pg_uid_set_subtract (theirs, ours->pending_uids);
+      if (merged->pending == PG_STATE_PENDING_NONE)
+        pg_client_state_set_pending (merged, stored->pending, stored->pending_mailbox, theirs);
+      else if (merged->pending == stored->pending
+               && g_strcmp0 (merged->pending_mailbox, stored->pending_mailbox) == 0)
+        /* One record holds one kind of update: ours stands, theirs joins it when it is
+         * the same kind (it is, unless [pop3] delete changed in between). */
+        pg_uid_set_union (merged->pending_uids, theirs);
+    }
+  return merged;
+}
+
 /* --- encoding ---------------------------------------------------------------------- */
 
 /* CRC-32 (IEEE 802.3, as zlib): it detects truncation and bit rot, not tampering (who can
@@ -207,8 +269,28 @@ pg_state_append_set (GString *out, const char *word, const PgUidSet *set)
   g_string_append_c (out, '\n');
 }
 
+/* "hmac-sha256:" and 64 lowercase hex digits: the end line of a keyed record. */
+#define PG_STATE_MAC_PREFIX "hmac-sha256:"
+
+static gchar *
+pg_state_hmac (GBytes *mac_key, const void *data, gsize len)
+{
+  gsize key_len = 0;
+  const guchar *key = g_bytes_get_data (mac_key, &key_len);
+  g_autoptr (GHmac) hmac = g_hmac_new (G_CHECKSUM_SHA256, key, key_len);
+
+  g_hmac_update (hmac, data, (gssize) len);
+  return g_strdup (g_hmac_get_string (hmac));
+}
+
 GBytes *
 pg_client_state_encode (const PgClientState *state, const PgStateKey *key)
+{
+  return pg_client_state_encode_keyed (state, key, NULL);
+}
+
+GBytes *
+pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key, GBytes *mac_key)
 {
   GString *out = g_string_new (NULL);
 
@@ -238,7 +320,14 @@ pg_client_state_encode (const PgClientState *state, const PgStateKey *key)
       }
       break;
     }
-  g_string_append_printf (out, "end %08x\n", pg_state_crc32 ((const guint8 *) out->str, out->len));
+  if (mac_key != NULL)
+    {
+      g_autofree gchar *mac = pg_state_hmac (mac_key, out->str, out->len);
+      g_string_append_printf (out, "end " PG_STATE_MAC_PREFIX "%s\n", mac);
+    }
+  else
+    g_string_append_printf (out, "end %08x\n",
+                            pg_state_crc32 ((const guint8 *) out->str, out->len));
   return g_string_free_to_bytes (out);
 }
 
@@ -463,11 +552,85 @@ PgClientState *
 pg_client_state_decode (const void *data, gsize len, const char *source, PgStateKey **out_key,
                         GError **error)
 {
+  return pg_client_state_decode_keyed (data, len, source, NULL, TRUE, out_key, error);
+}
+
+/* The end line: a MAC under mac_key, or (when accept_crc) the CRC-32 of unkeyed records. */
+static gboolean
+pg_state_check_end (const char *text, gsize end_start, gsize len, const char *source,
+                    GBytes *mac_key, gboolean accept_crc, GError **error)
+{
+  const char *line = text + end_start + 4;
+  gsize line_len = len - 1 - (end_start + 4);
+  guint32 crc = 0;
+
+  if (line_len == strlen (PG_STATE_MAC_PREFIX) + 64
+      && memcmp (line, PG_STATE_MAC_PREFIX, strlen (PG_STATE_MAC_PREFIX)) == 0)
+    {
+      g_autofree gchar *want = NULL;
+      guint diff = 0;
+
+      if (mac_key == NULL)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                       "%s: keyed state record, but no key to check it", source);
+          return FALSE;
+        }
+      want = pg_state_hmac (mac_key, text, end_start);
+      /* Constant time: a forger learns nothing from how long the comparison took. */
+      for (gsize i = 0; i < 64; i++)
+        diff |= (guchar) want[i] ^ (guchar) line[strlen (PG_STATE_MAC_PREFIX) + i];
+      if (diff != 0)
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                       "%s: forged or corrupt state record (MAC mismatch)", source);
+          return FALSE;
+        }
+      return TRUE;
+    }
+  if (line_len != 8)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                   "%s: truncated state record (no \"end\" checksum line)", source);
+      return FALSE;
+    }
+  if (!accept_crc)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                   "%s: state record without a MAC (forged, or from an older popgate and "
+                   "newer than its key)",
+                   source);
+      return FALSE;
+    }
+  for (gsize i = 0; i < line_len; i++)
+    {
+      gint d = g_ascii_xdigit_value (line[i]);
+
+      if (d < 0 || g_ascii_isupper (line[i]))
+        {
+          g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                       "%s: corrupt state record (bad \"end\" checksum line)", source);
+          return FALSE;
+        }
+      crc = crc << 4 | (guint32) d;
+    }
+  if (crc != pg_state_crc32 ((const guint8 *) text, end_start))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
+                   "%s: corrupt state record (checksum mismatch)", source);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+PgClientState *
+pg_client_state_decode_keyed (const void *data, gsize len, const char *source, GBytes *mac_key,
+                              gboolean accept_crc, PgStateKey **out_key, GError **error)
+{
   PgStateReader r = { .data = data, .source = source };
   const char *text = data;
   gsize end_start;
   guint64 n = 0;
-  guint32 crc = 0;
   g_autofree gchar *user = NULL;
   g_autofree gchar *mailbox = NULL;
   g_autofree gchar *tag = NULL;
@@ -502,30 +665,14 @@ pg_client_state_decode (const void *data, gsize len, const char *source, PgState
   end_start = len - 1;
   while (end_start > 0 && text[end_start - 1] != '\n')
     end_start--;
-  if (len - end_start != strlen ("end 01234567\n") || memcmp (text + end_start, "end ", 4) != 0)
+  if (len - end_start < strlen ("end 01234567\n") || memcmp (text + end_start, "end ", 4) != 0)
     {
       g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
                    "%s: truncated state record (no \"end\" checksum line)", source);
       return NULL;
     }
-  for (gsize i = end_start + 4; i < len - 1; i++)
-    {
-      gint d = g_ascii_xdigit_value (text[i]);
-
-      if (d < 0 || g_ascii_isupper (text[i]))
-        {
-          g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
-                       "%s: corrupt state record (bad \"end\" checksum line)", source);
-          return NULL;
-        }
-      crc = crc << 4 | (guint32) d;
-    }
-  if (crc != pg_state_crc32 (data, end_start))
-    {
-      g_set_error (error, PG_ERROR, PG_ERROR_PROTOCOL,
-                   "%s: corrupt state record (checksum mismatch)", source);
-      return NULL;
-    }
+  if (!pg_state_check_end (text, end_start, len, source, mac_key, accept_crc, error))
+    return NULL;
   r.len = end_start;
 
   if (!pg_state_expect (&r, PG_STATE_MAGIC, FALSE, &value, &value_len, error))

@@ -19,6 +19,10 @@ PgStateLoadResult *pg_state_load_result_new (const PgStateKey *key, PgClientStat
 void pg_state_load_result_free (PgStateLoadResult *result);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgStateLoadResult, pg_state_load_result_free)
 
+/* The same for a keyed record (see pg_client_state_decode_keyed). */
+PgClientState *pg_state_decode_for_key_keyed (const void *data, gsize len, const char *source,
+                                              const PgStateKey *key, GBytes *mac_key,
+                                              gboolean accept_crc, GError **error);
 PgClientState *pg_state_decode_for_key (const void *data, gsize len, const char *source,
                                         const PgStateKey *key, GError **error);
 
@@ -27,5 +31,11 @@ void pg_state_metadata_load (GTask *task, PgUpstream *upstream, const PgStateKey
                              guint32 uidvalidity);
 void pg_state_metadata_save (GTask *task, PgUpstream *upstream, const PgStateKey *key,
                              GBytes *bytes);
+/* Returns the merged PgClientState (pg_state_store_save_merge_async). */
+void pg_state_metadata_save_merge (GTask *task, PgUpstream *upstream, const PgStateKey *key,
+                                   const PgClientState *base, const PgClientState *state);
+
+/* Fold one more stored record into *acc for the same UIDVALIDITY (a union). */
+void pg_state_fold (PgClientState **acc, PgClientState *record);
 
 G_END_DECLS

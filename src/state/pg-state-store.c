@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,8 +25,18 @@ struct _PgStateStore
   GObject parent_instance;
 
   PgStateBackend backend;
-  gchar *path; /* owned: the directory of the file backend, else NULL */
+  gchar *path;      /* owned: the directory of the file backend, else NULL */
+  GBytes *mac_key;  /* owned: the file backend's record key (PG_STATE_KEY_FILE) */
+  gint64 key_mtime; /* when the key was made: older unkeyed records are legacy, accepted */
 };
+
+/* The record key in the state directory: PG_STATE_MAC_KEY_LEN random bytes, 0600. */
+#define PG_STATE_KEY_FILE "state.key"
+#define PG_STATE_MAC_KEY_LEN 32
+/* A temp file of an interrupted save ("<hash>.state.XXXXXX", GLib's pattern) older than
+ * this is left over from a crash: no save takes that long, even in another process that
+ * shares the directory. */
+#define PG_STATE_STALE_TEMP_S (10 * 60)
 
 G_DEFINE_FINAL_TYPE (PgStateStore, pg_state_store, G_TYPE_OBJECT)
 
@@ -35,6 +46,7 @@ pg_state_store_finalize (GObject *object)
   PgStateStore *self = PG_STATE_STORE (object);
 
   g_free (self->path);
+  g_clear_pointer (&self->mac_key, g_bytes_unref);
   G_OBJECT_CLASS (pg_state_store_parent_class)->finalize (object);
 }
 
@@ -49,11 +61,149 @@ pg_state_store_init (PgStateStore *self)
 {
 }
 
+gboolean
+pg_state_store_check_dir (const char *path, GError **error)
+{
+  GStatBuf st;
+
+  if (g_lstat (path, &st) != 0)
+    {
+      int saved_errno = errno;
+
+      if (saved_errno == ENOENT)
+        return TRUE; /* created at start, 0700 */
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] path %s: %s", path,
+                   g_strerror (saved_errno));
+      return FALSE;
+    }
+  if (!S_ISDIR (st.st_mode))
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] path %s: not a directory", path);
+      return FALSE;
+    }
+  /* Who can write here can forge a record ("pending expunge 1:*") or replace the key. */
+  if (st.st_uid != geteuid ())
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "[state] path %s: owned by uid %u, not by the service user (uid %u); "
+                   "chown it to the user popgate runs as",
+                   path, (guint) st.st_uid, (guint) geteuid ());
+      return FALSE;
+    }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+    {
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "[state] path %s: writable by group or others (mode %04o); chmod 0700 it", path,
+                   (guint) (st.st_mode & 07777));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* Read the record key, or make it on first start (O_EXCL: two starting processes cannot
+ * both make one). */
+static GBytes *
+pg_state_store_load_key (const char *dir, gint64 *out_mtime, GError **error)
+{
+  g_autofree gchar *path = g_build_filename (dir, PG_STATE_KEY_FILE, NULL);
+  guint8 key[PG_STATE_MAC_KEY_LEN];
+  struct stat st;
+  gsize got = 0;
+  int fd;
+
+  fd = g_open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0 && errno == ENOENT)
+    {
+      g_autoptr (GFile) random = g_file_new_for_path ("/dev/urandom");
+      g_autoptr (GFileInputStream) in = g_file_read (random, NULL, error);
+
+      if (in == NULL
+          || !g_input_stream_read_all (G_INPUT_STREAM (in), key, sizeof key, &got, NULL, error)
+          || got != sizeof key)
+        {
+          if (error != NULL && *error == NULL)
+            g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] key: short read of randomness");
+          return NULL;
+        }
+      fd = g_open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+      if (fd >= 0)
+        {
+          gboolean ok = write (fd, key, sizeof key) == (ssize_t) sizeof key && fsync (fd) == 0;
+          int saved_errno = errno;
+
+          g_close (fd, NULL);
+          memset (key, 0, sizeof key);
+          if (!ok)
+            {
+              g_unlink (path);
+              g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] key %s: %s", path,
+                           g_strerror (saved_errno));
+              return NULL;
+            }
+        }
+      memset (key, 0, sizeof key);
+      fd = g_open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    }
+  if (fd < 0)
+    {
+      int saved_errno = errno;
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] key %s: %s", path,
+                   g_strerror (saved_errno));
+      return NULL;
+    }
+  if (fstat (fd, &st) != 0 || !S_ISREG (st.st_mode) || st.st_uid != geteuid ()
+      || (st.st_mode & 077) != 0 || st.st_size != PG_STATE_MAC_KEY_LEN
+      || read (fd, key, sizeof key) != (ssize_t) sizeof key)
+    {
+      g_close (fd, NULL);
+      g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
+                   "[state] key %s: must be a %d-byte regular file of the service user, "
+                   "mode 0600",
+                   path, PG_STATE_MAC_KEY_LEN);
+      return NULL;
+    }
+  g_close (fd, NULL);
+  *out_mtime = (gint64) st.st_mtime;
+  {
+    GBytes *bytes = g_bytes_new (key, sizeof key);
+    memset (key, 0, sizeof key);
+    return bytes;
+  }
+}
+
+/* Remove temp files that a crash during a save left behind. */
+static void
+pg_state_store_clean_temps (const char *dir)
+{
+  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
+  gint64 now = g_get_real_time () / G_USEC_PER_SEC;
+  const char *name;
+
+  if (d == NULL)
+    return;
+  while ((name = g_dir_read_name (d)) != NULL)
+    {
+      const char *dot = strstr (name, ".state.");
+      g_autofree gchar *path = NULL;
+      GStatBuf st;
+
+      /* "<64 hex>.state.XXXXXX" exactly: nothing else in the directory is touched. */
+      if (dot == NULL || dot - name != 64 || strlen (dot) != strlen (".state.XXXXXX"))
+        continue;
+      path = g_build_filename (dir, name, NULL);
+      if (g_lstat (path, &st) == 0 && S_ISREG (st.st_mode)
+          && now - (gint64) st.st_mtime > PG_STATE_STALE_TEMP_S)
+        g_unlink (path);
+    }
+}
+
 PgStateStore *
 pg_state_store_new_file (const char *path, GError **error)
 {
   PgStateStore *self;
   GStatBuf st;
+  g_autoptr (GBytes) mac_key = NULL;
+  gint64 key_mtime = 0;
 
   g_return_val_if_fail (path != NULL && *path != '\0', NULL);
 
@@ -72,9 +222,17 @@ pg_state_store_new_file (const char *path, GError **error)
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] path %s: not a directory", path);
       return NULL;
     }
+  if (!pg_state_store_check_dir (path, error))
+    return NULL;
+  mac_key = pg_state_store_load_key (path, &key_mtime, error);
+  if (mac_key == NULL)
+    return NULL;
+  pg_state_store_clean_temps (path);
   self = g_object_new (PG_TYPE_STATE_STORE, NULL);
   self->backend = PG_STATE_BACKEND_FILE;
   self->path = g_strdup (path);
+  self->mac_key = g_steal_pointer (&mac_key);
+  self->key_mtime = key_mtime;
   return self;
 }
 
@@ -156,8 +314,17 @@ PgClientState *
 pg_state_decode_for_key (const void *data, gsize len, const char *source, const PgStateKey *key,
                          GError **error)
 {
+  return pg_state_decode_for_key_keyed (data, len, source, key, NULL, TRUE, error);
+}
+
+PgClientState *
+pg_state_decode_for_key_keyed (const void *data, gsize len, const char *source,
+                               const PgStateKey *key, GBytes *mac_key, gboolean accept_crc,
+                               GError **error)
+{
   g_autoptr (PgStateKey) stored = NULL;
-  g_autoptr (PgClientState) state = pg_client_state_decode (data, len, source, &stored, error);
+  g_autoptr (PgClientState) state
+      = pg_client_state_decode_keyed (data, len, source, mac_key, accept_crc, &stored, error);
 
   if (state == NULL)
     return NULL;
@@ -176,7 +343,7 @@ pg_state_decode_for_key (const void *data, gsize len, const char *source, const 
 /* Read at most PG_STATE_MAX_ENCODED bytes of a regular file. FALSE without error: the
  * file does not exist. */
 static gboolean
-pg_state_store_read_file (const char *path, GBytes **out_bytes, GError **error)
+pg_state_store_read_file (const char *path, GBytes **out_bytes, gint64 *out_mtime, GError **error)
 {
   g_autoptr (GByteArray) buf = NULL;
   struct stat st;
@@ -237,6 +404,8 @@ pg_state_store_read_file (const char *path, GBytes **out_bytes, GError **error)
     }
   g_close (fd, NULL);
   *out_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&buf));
+  if (out_mtime != NULL)
+    *out_mtime = (gint64) st.st_mtime;
   return TRUE;
 }
 
@@ -251,8 +420,9 @@ pg_state_store_file_load (PgStateStore *self, GTask *task, const PgStateKey *key
   PgClientState *state = NULL;
   gsize len = 0;
   const void *data;
+  gint64 mtime = 0;
 
-  if (!pg_state_store_read_file (path, &bytes, &error))
+  if (!pg_state_store_read_file (path, &bytes, &mtime, &error))
     {
       if (error != NULL)
         g_task_return_error (task, g_steal_pointer (&error));
@@ -262,7 +432,9 @@ pg_state_store_file_load (PgStateStore *self, GTask *task, const PgStateKey *key
       return;
     }
   data = g_bytes_get_data (bytes, &len);
-  state = pg_state_decode_for_key (data, len, source, key, &error);
+  /* An unkeyed record is legacy (accepted) only if it is older than the key. */
+  state = pg_state_decode_for_key_keyed (data, len, source, key, self->mac_key,
+                                         mtime < self->key_mtime, &error);
   if (state == NULL)
     {
       g_task_return_error (task, g_steal_pointer (&error));
@@ -391,7 +563,7 @@ pg_state_store_save_async (PgStateStore *self, PgUpstream *upstream, const PgSta
   g_task_set_source_tag (task, pg_state_store_save_async);
   if (g_task_return_error_if_cancelled (task))
     return;
-  bytes = pg_client_state_encode (state, key);
+  bytes = pg_client_state_encode_keyed (state, key, self->mac_key);
   if (g_bytes_get_size (bytes) > PG_STATE_MAX_ENCODED)
     {
       g_autofree gchar *who = pg_state_key_to_log (key);
@@ -420,4 +592,179 @@ pg_state_store_save_finish (PgStateStore *self, GAsyncResult *result, GError **e
                         FALSE);
 
   return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- merged save ---------------------------------------------------------------------- */
+
+void
+pg_state_fold (PgClientState **acc, PgClientState *record)
+{
+  PgClientState *merged;
+
+  if (*acc == NULL)
+    {
+      *acc = record;
+      return;
+    }
+  /* Neither cleared the other's pending update: both stand (base NULL). */
+  merged = pg_client_state_merge (record, NULL, *acc);
+  pg_client_state_free (*acc);
+  pg_client_state_free (record);
+  *acc = merged;
+}
+
+typedef struct
+{
+  gchar *path;     /* owned */
+  PgStateKey *key; /* owned */
+  GBytes *mac_key; /* owned */
+  gint64 key_mtime;
+  PgClientState *base; /* owned, may be NULL */
+  PgClientState *ours; /* owned */
+} PgStateFileMerge;
+
+static void
+pg_state_file_merge_free (PgStateFileMerge *merge)
+{
+  g_free (merge->path);
+  pg_state_key_free (merge->key);
+  g_bytes_unref (merge->mac_key);
+  pg_client_state_free (merge->base);
+  pg_client_state_free (merge->ours);
+  g_free (merge);
+}
+
+/* In GIO's worker pool, like the plain write. The flock() of "<file>.lock" serialises the
+ * read-merge-write of every session of this key, in this process (worker threads) and in
+ * any other popgate sharing the directory; the record itself is still replaced by
+ * rename(), so a reader never needs the lock. */
+static void
+pg_state_store_file_merge_thread (GTask *task, gpointer source, gpointer task_data,
+                                  GCancellable *cancellable)
+{
+  PgStateFileMerge *merge = task_data;
+  g_autofree gchar *lock_path = g_strconcat (merge->path, ".lock", NULL);
+  g_autofree gchar *where = g_strdup_printf ("state file %s", merge->path);
+  g_autoptr (GBytes) current = NULL;
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (PgClientState) stored = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  GError *error = NULL;
+  gsize len = 0;
+  const gchar *data;
+  gint64 mtime = 0;
+  int fd;
+  int rc;
+
+  fd = g_open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    {
+      int saved_errno = errno;
+      g_task_return_new_error (task, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                               "state lock %s: %s", lock_path, g_strerror (saved_errno));
+      return;
+    }
+  do
+    rc = flock (fd, LOCK_EX);
+  while (rc != 0 && errno == EINTR);
+  if (rc != 0)
+    {
+      int saved_errno = errno;
+      g_close (fd, NULL);
+      g_task_return_new_error (task, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
+                               "state lock %s: %s", lock_path, g_strerror (saved_errno));
+      return;
+    }
+  if (pg_state_store_read_file (merge->path, &current, &mtime, &error))
+    {
+      data = g_bytes_get_data (current, &len);
+      stored = pg_state_decode_for_key_keyed (data, len, where, merge->key, merge->mac_key,
+                                              mtime < merge->key_mtime, &error);
+    }
+  /* A record that cannot be read is not overwritten: left for the admin. */
+  if (error != NULL)
+    {
+      g_close (fd, NULL);
+      g_task_return_error (task, error);
+      return;
+    }
+  merged = pg_client_state_merge (stored, merge->base, merge->ours);
+  bytes = pg_client_state_encode_keyed (merged, merge->key, merge->mac_key);
+  data = g_bytes_get_data (bytes, &len);
+  if (len > PG_STATE_MAX_ENCODED)
+    {
+      g_close (fd, NULL);
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                               "merged state: %zu bytes encoded, more than %u", len,
+                               (guint) PG_STATE_MAX_ENCODED);
+      return;
+    }
+  if (!g_file_set_contents_full (merge->path, data, (gssize) len,
+                                 G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE, 0600,
+                                 &error))
+    {
+      g_close (fd, NULL);
+      g_prefix_error (&error, "state file: ");
+      g_task_return_error (task, error);
+      return;
+    }
+  g_close (fd, NULL); /* releases the lock */
+  g_task_return_pointer (task, g_steal_pointer (&merged), (GDestroyNotify) pg_client_state_free);
+}
+
+void
+pg_state_store_save_merge_async (PgStateStore *self, PgUpstream *upstream, const PgStateKey *key,
+                                 const PgClientState *base, const PgClientState *state,
+                                 GCancellable *cancellable, GAsyncReadyCallback callback,
+                                 gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgStateFileMerge *merge;
+
+  g_return_if_fail (PG_IS_STATE_STORE (self));
+  g_return_if_fail (key != NULL && state != NULL);
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, pg_state_store_save_merge_async);
+  if (g_task_return_error_if_cancelled (task))
+    return;
+  switch (self->backend)
+    {
+    case PG_STATE_BACKEND_FILE:
+      merge = g_new0 (PgStateFileMerge, 1);
+      merge->path = pg_state_store_get_file_path (self, key);
+      merge->key = pg_state_key_copy (key);
+      merge->mac_key = g_bytes_ref (self->mac_key);
+      merge->key_mtime = self->key_mtime;
+      merge->base = base != NULL ? pg_client_state_copy (base) : NULL;
+      merge->ours = pg_client_state_copy (state);
+      g_task_set_task_data (task, merge, (GDestroyNotify) pg_state_file_merge_free);
+      /* A write that has begun is finished even if the session goes away meanwhile. */
+      g_task_set_return_on_cancel (task, FALSE);
+      g_task_run_in_thread (task, pg_state_store_file_merge_thread);
+      return;
+    case PG_STATE_BACKEND_IMAP_METADATA:
+      pg_state_metadata_save_merge (task, upstream, key, base, state);
+      return;
+    }
+}
+
+gboolean
+pg_state_store_save_merge_finish (PgStateStore *self, GAsyncResult *result,
+                                  PgClientState **out_merged, GError **error)
+{
+  PgClientState *merged;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == pg_state_store_save_merge_async,
+                        FALSE);
+
+  merged = g_task_propagate_pointer (G_TASK (result), error);
+  if (merged == NULL)
+    return FALSE;
+  if (out_merged != NULL)
+    *out_merged = merged;
+  else
+    pg_client_state_free (merged);
+  return TRUE;
 }

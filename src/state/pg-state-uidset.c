@@ -232,6 +232,47 @@ pg_uid_set_compact (const PgUidSet *set, const guint32 *uids, gsize n_uids, guin
   return out;
 }
 
+/* A linear walk of both range lists: O(n + m) whatever the number of UIDs. */
+void
+pg_uid_set_subtract (PgUidSet *set, const PgUidSet *other)
+{
+  g_autoptr (GArray) out = NULL;
+  guint j = 0;
+
+  if (other->ranges->len == 0 || set->ranges->len == 0)
+    return;
+  out = g_array_sized_new (FALSE, FALSE, sizeof (PgUidRange), set->ranges->len + 1);
+  for (guint i = 0; i < set->ranges->len; i++)
+    {
+      PgUidRange r = *PG_UID_SET_RANGE (set, i);
+      gboolean left = TRUE; /* something of r is still to be placed */
+
+      while (j < other->ranges->len && PG_UID_SET_RANGE (other, j)->last < r.first)
+        j++;
+      while (left && j < other->ranges->len && PG_UID_SET_RANGE (other, j)->first <= r.last)
+        {
+          const PgUidRange *cut = PG_UID_SET_RANGE (other, j);
+
+          if (cut->first > r.first)
+            {
+              PgUidRange piece = { r.first, cut->first - 1 };
+              g_array_append_val (out, piece);
+            }
+          if (cut->last >= r.last)
+            left = FALSE; /* the rest of r is cut; cut may reach into the next range */
+          else
+            {
+              r.first = cut->last + 1;
+              j++;
+            }
+        }
+      if (left)
+        g_array_append_val (out, r);
+    }
+  g_array_unref (set->ranges);
+  set->ranges = g_steal_pointer (&out);
+}
+
 guint
 pg_uid_set_get_n_ranges (const PgUidSet *set)
 {

@@ -17,9 +17,12 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-imap-writer.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-net.h"
+#include "popgate/pg-oauth2.h"
 #include "popgate/pg-trace.h"
 #include "popgate/pg-limits.h"
 
+#include <json-glib/json-glib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -75,6 +78,10 @@ struct _PgUpstreamCmd
   GCancellable *cancellable; /* owned: the caller's, while we listen to it */
   gulong cancelled_id;
   gint64 sent_us; /* monotonic time it went to the server: latency metric */
+  /* AUTHENTICATE: the mechanism for popgate_upstream_logins_total (0 = PLAIN), and the
+   * index of the part that answers an OAuth2 error challenge (0: none). */
+  PgMetricsMechanism mechanism;
+  guint challenge_part;
 
   /* FETCH_SIZES */
   guint n_entries;              /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
@@ -88,8 +95,10 @@ struct _PgUpstreamCmd
   gboolean whole_body; /* BODY.PEEK[] of the whole message: may join a batch */
   gboolean got_body;
   /* GETMETADATA */
-  gchar *entry;  /* owned */
-  GBytes *value; /* owned */
+  gchar *entry;           /* owned */
+  GBytes *value;          /* owned */
+  GHashTable *tree;       /* owned: DEPTH 1, entry name → GBytes; NULL for a single entry */
+  gboolean tree_overflow; /* more than PG_STATE_MAX_ENTRIES entries came */
 };
 
 struct _PgUpstream
@@ -196,6 +205,7 @@ pg_upstream_cmd_free (PgUpstreamCmd *cmd)
   g_clear_object (&cmd->task);
   g_free (cmd->entry);
   g_clear_pointer (&cmd->value, g_bytes_unref);
+  g_clear_pointer (&cmd->tree, g_hash_table_unref);
   g_free (cmd);
 }
 
@@ -206,13 +216,52 @@ pg_upstream_escape_text (const char *text)
   return pg_log_escape (text != NULL ? text : "", text != NULL ? strlen (text) : 0, 200);
 }
 
+/* The prefix of every refusal (tagged NO/BAD); pg_upstream_error_is_permanent() reads the
+ * response code that follows the keyword (an atom the parser checked, before any peer
+ * text, so the server's text cannot pose as a code). */
+#define PG_UPSTREAM_REFUSED_PREFIX "upstream refused "
+
 static GError *
 pg_upstream_refused_error (const char *what, const PgImapResponse *tagged)
 {
   g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
 
-  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream refused %s: %s %s", what,
+  if (tagged->code != NULL)
+    return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s [%s] %s",
+                        what, tagged->keyword, tagged->code, text);
+  return g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, PG_UPSTREAM_REFUSED_PREFIX "%s: %s %s", what,
                       tagged->keyword, text);
+}
+
+gboolean
+pg_upstream_error_is_permanent (const GError *error)
+{
+  /* RFC 5530 codes that say "later may work": the rest of a refusal is the server's
+   * considered answer, and the same command will get it again. */
+  static const char *const temporary[] = { "UNAVAILABLE", "INUSE", "EXPUNGEISSUED", NULL };
+  const char *rest;
+  const char *open;
+
+  /* The certificate, or the lack of STARTTLS, will be the same on the next try. */
+  if (g_error_matches (error, PG_ERROR, PG_ERROR_TLS))
+    return TRUE;
+  if (error == NULL || !g_error_matches (error, PG_ERROR, PG_ERROR_UPSTREAM)
+      || !g_str_has_prefix (error->message, PG_UPSTREAM_REFUSED_PREFIX))
+    return FALSE; /* the connection failed, timed out or broke the protocol: transient */
+  rest = strstr (error->message, ": ");
+  if (rest == NULL)
+    return TRUE;
+  rest += 2;
+  open = strchr (rest, ' ');
+  if (open == NULL || open[1] != '[')
+    return TRUE;
+  for (gsize i = 0; temporary[i] != NULL; i++)
+    {
+      gsize len = strlen (temporary[i]);
+      if (strncmp (open + 2, temporary[i], len) == 0 && open[2 + len] == ']')
+        return FALSE;
+    }
+  return TRUE;
 }
 
 /* Take the command's task and return an error on it (if not already returned). */
@@ -455,11 +504,9 @@ pg_upstream_drop_connection (PgUpstream *self)
 {
   pg_upstream_stop_waiting (self);
   g_cancellable_cancel (self->io_cancellable);
+  /* With TLS a close_notify first, bounded; nothing blocks (pg-net.h). */
   if (self->socket != NULL)
-    {
-      /* Close the socket itself: no TLS close_notify, nothing blocks. */
-      g_socket_close (g_socket_connection_get_socket (self->socket), NULL);
-    }
+    pg_net_close_stream (self->stream, self->socket);
   g_clear_object (&self->stream);
   g_clear_object (&self->socket);
   g_clear_pointer (&self->write_bytes, g_bytes_unref);
@@ -896,6 +943,19 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
                    pg_upstream_clamp_u32 (response->number), response);
 }
 
+/* The entry itself or one level below it (entry names compare without case). */
+static gboolean
+pg_upstream_entry_in_tree (const char *root, const char *entry)
+{
+  gsize len = strlen (root);
+
+  if (g_ascii_strncasecmp (root, entry, len) != 0)
+    return FALSE;
+  if (entry[len] == '\0')
+    return TRUE;
+  return entry[len] == '/' && entry[len + 1] != '\0' && strchr (entry + len + 1, '/') == NULL;
+}
+
 static void
 pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
 {
@@ -969,8 +1029,17 @@ pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
           {
             const char *entry = pg_imap_value_get_string (g_ptr_array_index (list->list, i));
             const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
-            if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
-                && value->type == PG_IMAP_VALUE_STRING)
+            if (entry != NULL && cmd->tree != NULL && value->type == PG_IMAP_VALUE_STRING
+                && pg_upstream_entry_in_tree (cmd->entry, entry))
+              {
+                if (g_hash_table_size (cmd->tree) >= PG_STATE_MAX_ENTRIES)
+                  cmd->tree_overflow = TRUE;
+                else
+                  g_hash_table_replace (cmd->tree, g_strdup (entry),
+                                        g_bytes_new (value->str, value->len));
+              }
+            else if (entry != NULL && g_ascii_strcasecmp (entry, cmd->entry) == 0
+                     && value->type == PG_IMAP_VALUE_STRING)
               {
                 g_clear_pointer (&cmd->value, g_bytes_unref);
                 cmd->value = g_bytes_new (value->str, value->len);
@@ -1034,11 +1103,15 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
   pg_upstream_flush (self);
 }
 
+static void pg_upstream_log_oauth2_challenge (PgUpstream *self, const char *text);
+
 static void
-pg_upstream_handle_continuation (PgUpstream *self)
+pg_upstream_handle_continuation (PgUpstream *self, const PgImapResponse *response)
 {
   PgUpstreamCmd *cmd = self->sending;
 
+  if (cmd != NULL && cmd->challenge_part != 0 && cmd->next_part == cmd->challenge_part)
+    pg_upstream_log_oauth2_challenge (self, response->text);
   if (cmd == NULL || cmd->next_part >= cmd->parts->len
       || !((PgImapWriterPart *) g_ptr_array_index (cmd->parts, cmd->next_part))->wait_continuation)
     {
@@ -1147,7 +1220,7 @@ pg_upstream_process (PgUpstream *self)
               pg_upstream_handle_untagged (self, response);
               break;
             case PG_IMAP_RESPONSE_CONTINUATION:
-              pg_upstream_handle_continuation (self);
+              pg_upstream_handle_continuation (self, response);
               break;
             }
         }
@@ -1711,6 +1784,8 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
             cmd, g_error_new (PG_ERROR, PG_ERROR_AUTH_FAILED, "upstream refused the credentials"));
       return;
     }
+  pg_metrics_upstream_login (strcmp (cmd->name, "LOGIN") == 0 ? PG_METRICS_MECHANISM_LOGIN
+                                                              : cmd->mechanism);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
   if (self->caps_from_code)
     pg_upstream_cmd_return_boolean (cmd, TRUE);
@@ -1845,6 +1920,163 @@ pg_upstream_authenticate_plain_async (PgUpstream *self, const char *user, const 
 
 gboolean
 pg_upstream_authenticate_plain_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- OAuth2: XOAUTH2 and OAUTHBEARER -------------------------------------------------- */
+
+/* RFC 7628 §3.2.2: a failed OAUTHBEARER (and Google's XOAUTH2) first sends a "+" with a
+ * base64 JSON object: {"status":"invalid_token","scope":"...","openid-configuration":...}.
+ * Only status and scope are logged, escaped: the rest is the server's business. */
+static void
+pg_upstream_log_oauth2_challenge (PgUpstream *self, const char *text)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autofree guchar *json = NULL;
+  gsize len = 0;
+  JsonNode *root;
+  JsonObject *object;
+  const char *status = NULL;
+  const char *scope = NULL;
+  g_autofree gchar *status_text = NULL;
+  g_autofree gchar *scope_text = NULL;
+
+  if (text != NULL && *text != '\0')
+    json = g_base64_decode (text, &len);
+  if (json == NULL || len == 0
+      || !json_parser_load_from_data (parser, (const gchar *) json, (gssize) len, NULL)
+      || (root = json_parser_get_root (parser)) == NULL || !JSON_NODE_HOLDS_OBJECT (root))
+    {
+      pg_session_info (self->sid, "upstream: OAuth2 error challenge is not base64 JSON");
+      return;
+    }
+  object = json_node_get_object (root);
+  if (json_object_has_member (object, "status")
+      && JSON_NODE_HOLDS_VALUE (json_object_get_member (object, "status")))
+    status = json_object_get_string_member (object, "status");
+  if (json_object_has_member (object, "scope")
+      && JSON_NODE_HOLDS_VALUE (json_object_get_member (object, "scope")))
+    scope = json_object_get_string_member (object, "scope");
+  status_text = pg_upstream_escape_text (status);
+  scope_text = pg_upstream_escape_text (scope);
+  pg_session_info (self->sid, "upstream: OAuth2 refused: status=%s scope=%s", status_text,
+                   scope_text);
+}
+
+/* Like a login, except that NO [UNAVAILABLE] (the server could not check the token, e.g.
+ * its introspection endpoint is down) is a temporary failure, not a refused token. */
+static void
+pg_upstream_oauth2_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  if (error == NULL && tagged->status != PG_IMAP_STATUS_OK && tagged->code != NULL
+      && strcmp (tagged->code, "UNAVAILABLE") == 0)
+    {
+      g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+
+      pg_session_info (self->sid, "upstream: AUTHENTICATE refused: %s %s", tagged->keyword, text);
+      pg_upstream_cmd_return_error (
+          cmd,
+          g_error_new (PG_ERROR, PG_ERROR_UPSTREAM, "upstream cannot check tokens now: %s", text));
+      return;
+    }
+  pg_upstream_login_done_cb (self, cmd, tagged, error);
+}
+
+static void
+pg_upstream_cmd_add_part (PgUpstreamCmd *cmd, gchar *data, gboolean secret, gboolean wait)
+{
+  PgImapWriterPart *part = g_new0 (PgImapWriterPart, 1);
+  gsize len = strlen (data);
+
+  part->bytes = secret
+                    ? g_bytes_new_with_free_func (data, len, (GDestroyNotify) pg_secret_free, data)
+                    : g_bytes_new_take (data, len);
+  part->secret = secret;
+  part->wait_continuation = wait;
+  g_ptr_array_add (cmd->parts, part);
+}
+
+void
+pg_upstream_authenticate_oauth2_async (PgUpstream *self, PgOAuth2Mechanism mechanism,
+                                       const char *user, const char *token,
+                                       GCancellable *cancellable, GAsyncReadyCallback callback,
+                                       gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autoptr (PgSecret) response = NULL;
+  PgUpstreamCmd *cmd;
+  const char *name = NULL;
+  gboolean ir;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (user != NULL && token != NULL);
+  task = pg_upstream_task_new (self, pg_upstream_authenticate_oauth2_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, FALSE))
+    return;
+  switch (mechanism)
+    {
+    case PG_OAUTH2_MECHANISM_AUTO:
+      name = pg_upstream_has_capability (self, "AUTH=OAUTHBEARER") ? "OAUTHBEARER"
+             : pg_upstream_has_capability (self, "AUTH=XOAUTH2")   ? "XOAUTH2"
+                                                                   : NULL;
+      break;
+    case PG_OAUTH2_MECHANISM_XOAUTH2:
+      name = "XOAUTH2";
+      break;
+    case PG_OAUTH2_MECHANISM_OAUTHBEARER:
+      name = "OAUTHBEARER";
+      break;
+    }
+  if (name == NULL)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM,
+                               "upstream offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2");
+      return;
+    }
+  {
+    g_autofree gchar *cap = g_strconcat ("AUTH=", name, NULL);
+    if (!pg_upstream_has_capability (self, cap))
+      {
+        g_task_return_new_error (task, PG_ERROR, PG_ERROR_UPSTREAM, "upstream does not offer %s",
+                                 cap);
+        return;
+      }
+  }
+  if (strcmp (name, "OAUTHBEARER") == 0)
+    response = pg_oauth2_sasl_oauthbearer (user, self->upstream_config->host,
+                                           self->upstream_config->port, token);
+  else
+    response = pg_oauth2_sasl_xoauth2 (user, token);
+
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_SIMPLE, "AUTHENTICATE", task,
+                             pg_upstream_oauth2_done_cb);
+  cmd->mechanism = strcmp (name, "OAUTHBEARER") == 0 ? PG_METRICS_MECHANISM_OAUTHBEARER
+                                                     : PG_METRICS_MECHANISM_XOAUTH2;
+  ir = pg_upstream_has_capability (self, "SASL-IR");
+  cmd->parts = g_ptr_array_new_with_free_func ((GDestroyNotify) pg_imap_writer_part_free);
+  pg_upstream_cmd_add_part (
+      cmd, g_strdup_printf ("%s AUTHENTICATE %s%s", cmd->tag, name, ir ? " " : "\r\n"), FALSE,
+      FALSE);
+  /* The response: without SASL-IR it waits for the server's empty "+". */
+  pg_upstream_cmd_add_part (cmd, g_strconcat (response, "\r\n", NULL), TRUE, !ir);
+  /* RFC 7628 §3.2.3: a failure comes as a "+" error challenge first; the client answers
+   * with a dummy %x01 (OAUTHBEARER) or an empty line (XOAUTH2, as Google documents),
+   * then the server sends the tagged NO. A success never sends that "+", and the tagged
+   * reply drops this part unsent. */
+  cmd->challenge_part = 2;
+  pg_upstream_cmd_add_part (
+      cmd, g_strdup (cmd->mechanism == PG_METRICS_MECHANISM_OAUTHBEARER ? "AQ==\r\n" : "\r\n"),
+      FALSE, TRUE);
+  g_queue_push_tail (&self->unsent, cmd);
+  pg_upstream_flush (self);
+}
+
+gboolean
+pg_upstream_authenticate_oauth2_finish (PgUpstream *self, GAsyncResult *result, GError **error)
 {
   g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
   return g_task_propagate_boolean (G_TASK (result), error);
@@ -2432,6 +2664,32 @@ pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, con
   pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
 }
 
+void
+pg_upstream_copy_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *mailbox,
+                        GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *after = NULL;
+  PgUpstreamBatch *batch;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_copy_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->mailbox = g_strdup (mailbox);
+  batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_COPY;
+  after = g_strnfill (strlen (mailbox) * 2 + 2, 'x');
+  pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
+}
+
+gboolean
+pg_upstream_copy_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
 gboolean
 pg_upstream_move_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_removed,
                          GError **error)
@@ -2472,27 +2730,83 @@ pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgI
     }
 }
 
+/* GETMETADATA [(DEPTH 1)] mailbox entry: one command for both forms. */
+static void
+pg_upstream_getmetadata_submit (PgUpstream *self, GTask *task, const char *mailbox,
+                                const char *entry, gboolean tree, PgUpstreamDoneFunc done)
+{
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task, done);
+  cmd->entry = g_strdup (entry);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  if (tree)
+    {
+      cmd->tree
+          = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
+      pg_imap_writer_add_raw (writer, " (DEPTH 1)");
+    }
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_imap_writer_add_astring (writer, entry, strlen (entry));
+  pg_upstream_submit (self, cmd, writer);
+}
+
 void
 pg_upstream_get_metadata_async (PgUpstream *self, const char *mailbox, const char *entry,
                                 GCancellable *cancellable, GAsyncReadyCallback callback,
                                 gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  PgUpstreamCmd *cmd;
-  PgImapWriter *writer;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   task = pg_upstream_task_new (self, pg_upstream_get_metadata_async, cancellable, callback,
                                user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, FALSE,
+                                  pg_upstream_getmetadata_done_cb);
+}
+
+static void
+pg_upstream_getmetadata_tree_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
+                                      const PgImapResponse *tagged, const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
     return;
-  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_GETMETADATA, "GETMETADATA", task,
-                             pg_upstream_getmetadata_done_cb);
-  cmd->entry = g_strdup (entry);
-  writer = pg_upstream_cmd_writer (self, cmd);
-  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
-  pg_imap_writer_add_astring (writer, entry, strlen (entry));
-  pg_upstream_submit (self, cmd, writer);
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else if (cmd->tree_overflow)
+    g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
+                             "GETMETADATA: more than %u entries under %s", PG_STATE_MAX_ENTRIES,
+                             cmd->entry);
+  else
+    g_task_return_pointer (task, g_hash_table_ref (cmd->tree), (GDestroyNotify) g_hash_table_unref);
+}
+
+void
+pg_upstream_get_metadata_tree_async (PgUpstream *self, const char *mailbox, const char *entry,
+                                     GCancellable *cancellable, GAsyncReadyCallback callback,
+                                     gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_get_metadata_tree_async, cancellable, callback,
+                               user_data);
+  pg_upstream_getmetadata_submit (self, task, mailbox, entry, TRUE,
+                                  pg_upstream_getmetadata_tree_done_cb);
+}
+
+GHashTable *
+pg_upstream_get_metadata_tree_finish (PgUpstream *self, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
 }
 
 gboolean
