@@ -184,6 +184,34 @@ pg_test_peer_run_script (PgTestPeer *peer, GSocket *socket)
               }
             break;
           }
+        case PG_TEST_PEER_FLOOD:
+          {
+            g_autoptr (GString) batch = g_string_new (NULL);
+            gsize i = 0;
+
+            while (i < step->repeat)
+              {
+                g_autoptr (GString) text = g_string_new (step->text);
+                g_autofree gchar *count = g_strdup_printf ("%" G_GSIZE_FORMAT, ++i);
+
+                g_string_replace (text, "%u", count, 0);
+                g_string_append_len (batch, text->str, text->len);
+                if (batch->len < 32768 && i < step->repeat)
+                  continue;
+                if (!pg_test_peer_send_all (peer, socket, batch->str, batch->len))
+                  {
+                    /* popgate closed on us: the flood was stopped. */
+                    pg_test_peer_set_flag (peer, &peer->finished);
+                    pg_test_peer_set_flag (peer, &peer->client_closed);
+                    return;
+                  }
+                g_string_truncate (batch, 0);
+              }
+            pg_test_peer_fail (
+                peer, g_strdup_printf ("step %u: flood not stopped after %" G_GSIZE_FORMAT " sends",
+                                       (guint) (step - peer->steps), i));
+            return;
+          }
         case PG_TEST_PEER_CLOSE:
           /* Killed: gone at once, with no goodbye. */
           g_socket_close (socket, NULL);

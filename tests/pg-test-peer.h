@@ -30,6 +30,11 @@ typedef enum
   /* Stay connected and read (discarding) until popgate closes or the peer is freed: the
    * upstream is paused. The script is finished once this step is reached. */
   PG_TEST_PEER_HANG,
+  /* Send `text` over and over, every "%u" in it replaced by a counter from 1, at most
+   * `repeat` times, until popgate closes the connection: a server that floods or never
+   * ends a reply. The script is finished when popgate closed; reaching `repeat` first is a
+   * mismatch ("flood not stopped"). */
+  PG_TEST_PEER_FLOOD,
 } PgTestPeerAction;
 
 typedef struct

@@ -17,9 +17,9 @@ pg_test_dotstuff_model (const guint8 *data, gsize len, gboolean top, guint64 k)
     {
       guint8 c = data[i];
 
-      if (c == '\r' || c == '\n')
+      if (c == '\n' || (c == '\r' && i + 1 < len && data[i + 1] == '\n'))
         {
-          if (c == '\r' && i + 1 < len && data[i + 1] == '\n')
+          if (c == '\r')
             i++;
           g_byte_array_append (out, (const guint8 *) "\r\n", 2);
           if (top)
@@ -132,10 +132,13 @@ pg_test_dotstuff_line_ends (void)
   pg_test_dotstuff_check ("no final newline", "no final newline\r\n.\r\n");
   pg_test_dotstuff_check ("bare\nlf\n.dot\n", "bare\r\nlf\r\n..dot\r\n.\r\n");
   pg_test_dotstuff_check ("\n\n", "\r\n\r\n.\r\n");
-  /* A bare CR is a line end too, so ".\r" cannot end the listing early anywhere. */
-  pg_test_dotstuff_check ("a\r.\r\nb\r", "a\r\n..\r\nb\r\n.\r\n");
-  pg_test_dotstuff_check ("\r\r\n\r", "\r\n\r\n\r\n.\r\n");
-  pg_test_dotstuff_check ("x\r", "x\r\n.\r\n");
+  /* A bare CR is content and passes through unchanged (issue 19, item 10): the "." after
+   * it does not start a line; a final bare CR gets the missing CRLF after it. */
+  pg_test_dotstuff_check ("a\r.\r\nb\r", "a\r.\r\nb\r\r\n.\r\n");
+  pg_test_dotstuff_check ("\r\r\n\r", "\r\r\n\r\r\n.\r\n");
+  pg_test_dotstuff_check ("x\r", "x\r\r\n.\r\n");
+  pg_test_dotstuff_check ("a\rb\r\n\r.x\r\n", "a\rb\r\n\r.x\r\n.\r\n");
+  pg_test_dotstuff_check ("\r\n.\r\n", "\r\n..\r\n.\r\n");
 }
 
 static void
@@ -242,6 +245,13 @@ pg_test_dotstuff_octets (void)
                               &unstuffed);
   g_assert_cmpuint (octets_in, ==, 3);
   g_assert_cmpuint (unstuffed, ==, 6);
+
+  /* A bare CR is sent as it is: what the client gets is RFC822.SIZE (LIST's size). */
+  g_clear_pointer (&out, g_byte_array_unref);
+  out = pg_test_dotstuff_run ((const guint8 *) "a\rb\r\n", 5, sizes, 1, FALSE, 0, &octets_in,
+                              &unstuffed);
+  g_assert_cmpuint (unstuffed, ==, 5);
+  g_assert_cmpmem (out->data, out->len, "a\rb\r\n.\r\n", 8);
 }
 
 static void
@@ -258,9 +268,9 @@ pg_test_dotstuff_top (void)
                                "From: a\r\nSubject: b\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n", TRUE, 100);
   /* No blank line: the header is all there is. */
   pg_test_dotstuff_check_full ("From: a\nX: y", 12, "From: a\r\nX: y\r\n.\r\n", TRUE, 0);
-  /* Bare LF and bare CR line ends count as lines in TOP as everywhere. */
-  pg_test_dotstuff_check_full ("H: 1\n\nb1\rb2\nb3\n", 15, "H: 1\r\n\r\nb1\r\nb2\r\n.\r\n", TRUE,
-                               2);
+  /* Bare LF line ends count as lines in TOP as everywhere; a bare CR is content. */
+  pg_test_dotstuff_check_full ("H: 1\n\nb1\rb2\nb3\n", 15, "H: 1\r\n\r\nb1\rb2\r\nb3\r\n.\r\n",
+                               TRUE, 2);
   pg_test_dotstuff_check_full ("H: 1\r\n\r\n", 8, "H: 1\r\n\r\n.\r\n", TRUE, 5);
 }
 

@@ -444,6 +444,86 @@ test_preauth_timeout (void)
   stop_popgate (popgate);
 }
 
+/* Issue 19 item 7: preauth_timeout is a deadline from the connect, not an idle timer. A
+ * client that keeps talking (a CAPA round trip after another, so every read would restart
+ * an idle timer) without logging in is cut at the deadline: it must be gone long before it
+ * completes TRICKLE_ROUNDS rounds (bounded by a watchdog). */
+#define TRICKLE_ROUNDS 1000000
+#define TRICKLE_WATCHDOG_MS 60000
+
+static void
+test_preauth_deadline_pop3 (void)
+{
+  static const char *const settings[] = { "limits", "preauth_timeout", "1s", NULL };
+  PgTestPopgate *popgate = start_popgate (upstream, 0, settings);
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (popgate);
+  gint64 watchdog = g_get_monotonic_time () + TRICKLE_WATCHDOG_MS * 1000;
+  g_autofree gchar *last = NULL;
+  guint rounds = 0;
+
+  for (; rounds < TRICKLE_ROUNDS && g_get_monotonic_time () < watchdog; rounds++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autofree gchar *status = pg_test_pop3_command (pop3, "CAPA", &error);
+      g_autoptr (GBytes) lines = NULL;
+
+      if (status == NULL || !g_str_has_prefix (status, "+OK"))
+        {
+          last = g_steal_pointer (&status);
+          break;
+        }
+      lines = pg_test_pop3_read_multiline (pop3, &error);
+      if (lines == NULL)
+        break;
+    }
+  g_test_message ("pre-auth deadline: cut after %u CAPA rounds: %s", rounds,
+                  last != NULL ? last : "(closed)");
+  g_assert_cmpuint (rounds, <, TRICKLE_ROUNDS);
+  g_assert_true (g_get_monotonic_time () < watchdog);
+  g_assert_cmpstr (last, ==, "-ERR Disconnected: no login within the time allowed.");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  stop_popgate (popgate);
+}
+
+/* The same for the IMAP front end: NOOP after NOOP before login. */
+static void
+test_preauth_deadline_imap (void)
+{
+  static const char *const settings[] = { "limits", "preauth_timeout", "1s", NULL };
+  PgTestPopgate *popgate = start_popgate (upstream, 0, settings);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap
+      = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  gint64 watchdog = g_get_monotonic_time () + TRICKLE_WATCHDOG_MS * 1000;
+  g_autofree gchar *bye = NULL;
+  guint rounds = 0;
+
+  g_assert_no_error (error);
+  for (; rounds < TRICKLE_ROUNDS && g_get_monotonic_time () < watchdog; rounds++)
+    {
+      g_autoptr (GError) local = NULL;
+      g_autofree gchar *reply = pg_test_imap_command (imap, "NOOP", &local);
+
+      if (reply == NULL || strstr (reply, "* BYE") != NULL)
+        {
+          bye = g_steal_pointer (&reply);
+          if (bye == NULL && local != NULL)
+            bye = g_strdup (local->message);
+          break;
+        }
+    }
+  g_test_message ("IMAP pre-auth deadline: cut after %u NOOP rounds: %s", rounds,
+                  bye != NULL ? bye : "(closed)");
+  g_assert_cmpuint (rounds, <, TRICKLE_ROUNDS);
+  g_assert_true (g_get_monotonic_time () < watchdog);
+  /* The BYE may be lost to a reset (popgate closes with our next NOOP unread): the log
+   * says why the session ended. */
+  g_assert_nonnull (bye);
+  g_assert_true (pg_test_popgate_wait_log (popgate, "pre-auth deadline", 10000));
+  g_clear_pointer (&imap, pg_test_imap_free);
+  stop_popgate (popgate);
+}
+
 /* After login the pre-auth timer no longer applies: the RFC 1939 autologout (at least ten
  * minutes, enforced by the config loader) takes over. */
 static gboolean
@@ -582,6 +662,8 @@ main (int argc, char **argv)
     { "/popgate/limits/pipelined-flood", test_pipelined_flood },
     { "/popgate/limits/slow-reader", test_slow_reader },
     { "/popgate/limits/preauth-timeout", test_preauth_timeout },
+    { "/popgate/limits/preauth-deadline-pop3", test_preauth_deadline_pop3 },
+    { "/popgate/limits/preauth-deadline-imap", test_preauth_deadline_imap },
     { "/popgate/limits/idle-after-login", test_idle_after_login },
     { "/popgate/limits/upstream-line", test_upstream_line_limit },
     { "/popgate/limits/upstream-literal", test_upstream_literal_limit },

@@ -19,6 +19,62 @@ pg_test_state_set_string (const PgUidSet *set)
   return pg_uid_set_to_string (set);
 }
 
+/* Compaction against a complete snapshot (issue 19, item 4): runs merge only across UIDs
+ * known not to exist; a UID of the snapshot that is not a member breaks a run, and members
+ * at or above UIDNEXT are kept. */
+static void
+pg_test_state_uidset_compact (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgUidSet) set = pg_uid_set_parse ("2,5:7,9,12,20:22", 16, &error);
+  static const guint32 snapshot[] = { 5, 7, 9, 10, 12, 14 };
+  g_autoptr (PgUidSet) out = NULL;
+  g_autofree gchar *text = NULL;
+
+  g_assert_no_error (error);
+  out = pg_uid_set_compact (set, snapshot, G_N_ELEMENTS (snapshot), 21);
+  text = pg_test_state_set_string (out);
+  /* 2 and 6 do not exist (dropped); 5..9 merge across 6 and 8 (known gone); 10 exists and
+   * is not a member, so 12 starts a new run; 20 (below UIDNEXT, absent) is gone; 21:22 may
+   * still come. */
+  g_assert_cmpstr (text, ==, "5:9,12,21:22");
+  /* An empty snapshot: everything below UIDNEXT is gone. */
+  {
+    g_autoptr (PgUidSet) none = pg_uid_set_compact (set, NULL, 0, 21);
+    g_autofree gchar *none_text = pg_test_state_set_string (none);
+    g_assert_cmpstr (none_text, ==, "21:22");
+  }
+  /* Random sets and complete snapshots: every UID that may exist keeps its membership. */
+  for (guint round = 0; round < 2000; round++)
+    {
+      guint32 uidnext = (guint32) g_test_rand_int_range (1, 60);
+      g_autoptr (PgUidSet) random_set = pg_uid_set_new ();
+      g_autoptr (GArray) uids = g_array_new (FALSE, FALSE, sizeof (guint32));
+      g_autoptr (PgUidSet) compacted = NULL;
+
+      for (guint32 uid = 1; uid < 80; uid++)
+        {
+          if (g_test_rand_bit ())
+            pg_uid_set_add (random_set, uid);
+          if (uid < uidnext && g_test_rand_bit ())
+            g_array_append_val (uids, uid);
+        }
+      compacted = pg_uid_set_compact (random_set, (const guint32 *) uids->data, uids->len, uidnext);
+      /* At most one more range: one that spans UIDNEXT may split there. */
+      g_assert_cmpuint (pg_uid_set_get_n_ranges (compacted), <=,
+                        pg_uid_set_get_n_ranges (random_set) + 1);
+      for (guint32 uid = 1; uid < 80; uid++)
+        {
+          gboolean exists = uid >= uidnext;
+          for (guint i = 0; i < uids->len && !exists; i++)
+            exists = g_array_index (uids, guint32, i) == uid;
+          if (exists)
+            g_assert_cmpint (pg_uid_set_contains (compacted, uid), ==,
+                             pg_uid_set_contains (random_set, uid));
+        }
+    }
+}
+
 static void
 pg_test_state_uidset_basic (void)
 {
@@ -1506,6 +1562,7 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
 
   g_test_add_func ("/popgate/state/uidset/basic", pg_test_state_uidset_basic);
+  g_test_add_func ("/popgate/state/uidset/compact", pg_test_state_uidset_compact);
   g_test_add_func ("/popgate/state/uidset/edges", pg_test_state_uidset_edges);
   g_test_add_func ("/popgate/state/uidset/parse-bad", pg_test_state_uidset_parse_bad);
   g_test_add_func ("/popgate/state/uidset/parse-good", pg_test_state_uidset_parse_good);

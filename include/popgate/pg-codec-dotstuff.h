@@ -6,11 +6,11 @@
  * Work per chunk is a memchr scan and a few appends, never per-byte allocation.
  *
  * Output rules:
- *  - every line ends with CRLF: CRLF stays, a bare LF becomes CRLF, and a bare CR (one
- *    not followed by LF) also becomes CRLF. Treating a lone CR as a line end is the safe
- *    choice: some clients split lines on CR, and a message holding "x\r.\r\n" must not
- *    let such a client see a premature "." terminator. The line after it is dot-stuffed
- *    like any other.
+ *  - every line ends with CRLF: CRLF stays and a bare LF becomes CRLF. A bare CR (one not
+ *    followed by LF) is content and passes through unchanged, as Dovecot's POP3 sends it:
+ *    the octets RETR sends then equal the upstream's RFC822.SIZE, which LIST shows (it
+ *    counts a bare CR as one octet; rewriting it to CRLF made RETR longer than LIST
+ *    said). Only a CRLF or a bare LF starts a new line, for stuffing as for TOP.
  *  - a line starting with "." gets a second "." in front.
  *  - pg_dot_stuffer_finish() ends an unterminated last line with CRLF and adds ".\r\n".
  * State carries across chunks (a chunk may end between CR and LF, or right after a line

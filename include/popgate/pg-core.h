@@ -65,6 +65,14 @@ gchar *pg_log_escape (const void *data, gsize len, gsize max_len);
  * `is_sasl_data` says the line is a bare SASL response (no command word) and must be
  * redacted whole. */
 gchar *pg_log_redact_line (const void *line, gsize len, gboolean is_sasl_data);
+/* For a client line before login, stricter: a client that mistyped a command ("PASSS
+ * secret") or sent its password as a line can have put a secret anywhere. Only the command
+ * word is shown, and only if it is one of `known` (NULL-terminated, any case; else
+ * "<unknown command>"), with `tagged` (IMAP) the tag before it; every argument becomes
+ * "<redacted>" but those of POP3 USER (a login name, shown in logs anyway); an IMAP LOGIN
+ * goes through pg_log_redact_line(). */
+gchar *pg_log_redact_preauth_line (const void *line, gsize len, gboolean tagged,
+                                   const char *const *known);
 
 /* --- secrets ----------------------------------------------------------------------- */
 

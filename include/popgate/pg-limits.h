@@ -89,6 +89,20 @@
 /* Whole-message body FETCHes sent as one UID FETCH: the POP3 read-ahead keeps at most
  * PG_POP3_PREFETCH_DEPTH in flight, so this only bounds the command line (11 octets a UID). */
 #define PG_UPSTREAM_FETCH_BATCH 32
+/* The longest our consumer may keep the upstream paused (its client not taking a chunk)
+ * before the upstream connection gives up; the POP3 autologout when that is longer. RFC
+ * 1939's 10-minute autologout: past it the client could not even stay idle. */
+#define PG_UPSTREAM_MAX_PAUSE_MS (10 * 60 * 1000)
+/* The POP3 snapshot (UID FETCH 1:* (UID RFC822.SIZE)): at most this many messages, 9 octets
+ * each in memory (snapshot entry and session flags), so 9 MB per session at most. A POP3
+ * client cannot use a maildrop near this size (its UIDL alone would be 20 MB); a reply
+ * beyond it is a broken or hostile server, and the login fails with [SYS/PERM]. */
+#define PG_MAX_SNAPSHOT_MESSAGES 1000000
+/* ...and at most this many octets of reply lines while it is outstanding: ~64 per message
+ * from a real server, so this allows the largest snapshot with padding to spare, and bounds
+ * the work a server can make us do with lines that carry no new message (duplicates,
+ * padding, unrelated untagged data). */
+#define PG_MAX_SNAPSHOT_OCTETS (256 * 1024 * 1024)
 
 /* --- sessions and abuse (defaults of [limits] keys) --- */
 #define PG_DEFAULT_MAX_SESSIONS 4096

@@ -33,9 +33,9 @@ G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
 /* Signals:
  *   "closed"  (void)  — emitted once, when the connection is closed for any reason
  *                       (pg_conn_close, a write error, or the server forcing it).
- *   "timeout" (void)  — the idle timer ran out; the session decides what to say, then
- *                       closes. If nobody handles it the connection is closed.
- *   "shutdown" (void) — the server is stopping; the session should finish soon. */
+ *   "timeout" (void)  — the idle timer or the deadline ran out; the session decides what to say,
+ * then closes. If nobody handles it the connection is closed. "shutdown" (void) — the server is
+ * stopping; the session should finish soon. */
 
 guint64 pg_conn_get_id (PgConn *conn);
 PgFrontend pg_conn_get_frontend (PgConn *conn);
@@ -99,6 +99,12 @@ gboolean pg_conn_start_compress (PgConn *conn, const void *input, gsize len, GEr
 gboolean pg_conn_is_compressed (PgConn *conn);
 /* Idle timer in milliseconds (0 = off). Restarted by every completed read. */
 void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
+/* A deadline `after_accept_ms` after the connection was accepted (0 = off), that no
+ * activity moves: the pre-auth deadline (a client trickling bytes is still cut). When it
+ * passes, "timeout" is emitted as for the idle timer and pg_conn_deadline_passed() is
+ * TRUE from then on. */
+void pg_conn_set_deadline (PgConn *conn, guint after_accept_ms);
+gboolean pg_conn_deadline_passed (PgConn *conn);
 
 /* A source that calls `func (data)` while `stream` has input (or EOF, or an error), meant
  * to stay attached from one read to the next; it may recurse. On a plain socket it is the

@@ -45,6 +45,15 @@ guint64 pg_uid_set_count (const PgUidSet *set);
 gboolean pg_uid_set_is_empty (const PgUidSet *set);
 /* Add every UID of other to set. */
 void pg_uid_set_union (PgUidSet *set, const PgUidSet *other);
+/* A smaller set with the same membership for every UID that may exist: `uids` (ascending,
+ * n_uids) is a COMPLETE snapshot of the mailbox and uidnext its UIDNEXT, so a UID below
+ * uidnext that is not in `uids` is known not to exist (and, in this UIDVALIDITY, never
+ * will). Members known not to exist are dropped, runs of members are merged across UIDs
+ * known not to exist only, and members at or above uidnext are kept as they are. Never
+ * call it with an incomplete snapshot: a UID missing from it that still exists could be
+ * merged into a run (and hidden for good). */
+PgUidSet *pg_uid_set_compact (const PgUidSet *set, const guint32 *uids, gsize n_uids,
+                              guint32 uidnext);
 /* Remove every UID of other from set (by ranges: linear in the number of ranges). */
 void pg_uid_set_subtract (PgUidSet *set, const PgUidSet *other);
 

@@ -111,7 +111,9 @@ gboolean pg_upstream_select_finish (PgUpstream *self, GAsyncResult *result,
 
 /* `UID FETCH 1:* (UID RFC822.SIZE)`: func is called for every message as its line
  * arrives (in server order), then the operation completes. One round trip; nothing is
- * kept here. */
+ * kept here. An entry without a UID or RFC822.SIZE fails the connection with
+ * PG_ERROR_PROTOCOL; more than PG_MAX_SNAPSHOT_MESSAGES entries or PG_MAX_SNAPSHOT_OCTETS
+ * of reply with G_IO_ERROR_MESSAGE_TOO_LARGE. */
 typedef void (*PgUpstreamSizeFunc) (guint32 seq, guint32 uid, guint64 size, gpointer user_data);
 void pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpointer func_data,
                                     GCancellable *cancellable, GAsyncReadyCallback callback,

@@ -121,18 +121,22 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
   if (stuffer->pending_cr && !stuffer->done)
     {
       stuffer->pending_cr = FALSE;
-      /* The CR ends the line whether or not an LF follows (see the header). */
       if (*p == '\n')
-        p++;
-      pg_dot_stuffer_end_line (stuffer, out);
+        {
+          p++;
+          pg_dot_stuffer_end_line (stuffer, out);
+        }
+      else
+        {
+          /* A bare CR: content, passed through (see the header). */
+          pg_dot_stuffer_emit (stuffer, out, (const guint8 *) "\r", 1);
+          stuffer->at_line_start = FALSE;
+        }
     }
-
   run = p;
   while (p < end && !stuffer->done)
     {
       const guint8 *lf;
-      const guint8 *cr;
-      const guint8 *stop;
 
       if (stuffer->at_line_start)
         {
@@ -142,42 +146,34 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
               g_byte_array_append (out, (const guint8 *) ".", 1);
               run = p;
             }
-          /* An empty line is not "content": leave at_line_start for end_line(). */
-          if (*p != '\r' && *p != '\n')
+          /* An empty line is not "content": leave at_line_start for its line end (a CR
+           * last in the chunk may be one; the next chunk tells). */
+          if (*p != '\n' && !(*p == '\r' && (p + 1 == end || p[1] == '\n')))
             stuffer->at_line_start = FALSE;
         }
-
       lf = memchr (p, '\n', (gsize) (end - p));
-      stop = lf != NULL ? lf : end;
-      cr = memchr (p, '\r', (gsize) (stop - p));
-
-      if (cr != NULL && cr + 1 == lf)
+      if (lf != NULL && lf > p && lf[-1] == '\r')
         {
-          /* The usual line, ending in CRLF: nothing to repair, it stays in the run. */
+          /* The usual line, ending in CRLF (a bare CR before it is content): it stays in
+           * the run. */
           p = lf + 1;
           pg_dot_stuffer_line_ended (stuffer);
         }
-      else if (cr != NULL)
-        {
-          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (cr - run));
-          p = cr + 1;
-          run = p;
-          if (p == end)
-            {
-              stuffer->pending_cr = TRUE;
-              break;
-            }
-          if (*p == '\n')
-            p++;
-          run = p;
-          pg_dot_stuffer_end_line (stuffer, out);
-        }
       else if (lf != NULL)
         {
+          /* A bare LF: the line ends, with CRLF. */
           pg_dot_stuffer_emit (stuffer, out, run, (gsize) (lf - run));
           p = lf + 1;
           run = p;
           pg_dot_stuffer_end_line (stuffer, out);
+        }
+      else if (end[-1] == '\r')
+        {
+          /* A CR last in the chunk: a CRLF or a bare CR, the next chunk tells. */
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (end - 1 - run));
+          stuffer->pending_cr = TRUE;
+          p = end;
+          run = p;
         }
       else
         p = end;
@@ -200,7 +196,9 @@ pg_dot_stuffer_finish (PgDotStuffer *stuffer, GByteArray *out)
     {
       if (stuffer->pending_cr)
         {
+          /* A bare CR last in the message: content, then the missing line end. */
           stuffer->pending_cr = FALSE;
+          pg_dot_stuffer_emit (stuffer, out, (const guint8 *) "\r", 1);
           pg_dot_stuffer_end_line (stuffer, out);
         }
       else if (!stuffer->at_line_start)

@@ -231,3 +231,57 @@ pg_log_redact_line (const void *line, gsize len, gboolean is_sasl_data)
   g_autofree gchar *head = pg_log_escape (line, keep, PG_LOG_MAX_LINE);
   return g_strconcat (head, " <redacted>", NULL);
 }
+
+gchar *
+pg_log_redact_preauth_line (const void *line, gsize len, gboolean tagged, const char *const *known)
+{
+  const char *start = line;
+  const char *end = start + len;
+  const char *pos = start;
+  const char *tag = NULL, *word = NULL, *arg = NULL;
+  gsize tag_len = 0, word_len = 0, arg_len = 0;
+  gboolean is_known = FALSE;
+  g_autofree gchar *head = NULL;
+
+  if (tagged && !pg_log_next_word (&pos, end, &tag, &tag_len))
+    return g_strdup ("");
+  if (!pg_log_next_word (&pos, end, &word, &word_len))
+    return tagged ? pg_log_escape (tag, tag_len, PG_LOG_MAX_LINE) : g_strdup ("");
+  for (gsize i = 0; known != NULL && known[i] != NULL && !is_known; i++)
+    is_known = pg_log_word_is (word, word_len, known[i]);
+  if (is_known && !tagged && pg_log_word_is (word, word_len, "USER"))
+    return pg_log_escape (line, len, PG_LOG_MAX_LINE);
+  if (is_known && tagged && pg_log_word_is (word, word_len, "LOGIN"))
+    return pg_log_redact_line (line, len, FALSE);
+  if (is_known)
+    {
+      const char *shown_end = word + word_len;
+
+      /* AUTH/AUTHENTICATE: the mechanism is shown when it looks like one (RFC 4422
+       * §3.1: up to 20 of A-Z 0-9 - _), never what follows it. */
+      if ((pg_log_word_is (word, word_len, "AUTH")
+           || pg_log_word_is (word, word_len, "AUTHENTICATE"))
+          && pg_log_next_word (&pos, end, &arg, &arg_len))
+        {
+          gboolean mechanism = arg_len <= 20;
+          for (gsize i = 0; i < arg_len && mechanism; i++)
+            mechanism = g_ascii_isupper (arg[i]) || g_ascii_isdigit (arg[i]) || arg[i] == '-'
+                        || arg[i] == '_';
+          if (mechanism)
+            shown_end = arg + arg_len;
+          else
+            pos = arg; /* not a mechanism: redacted with the rest */
+        }
+      head = pg_log_escape (start, (gsize) (shown_end - start), PG_LOG_MAX_LINE);
+    }
+  else if (tagged)
+    {
+      g_autofree gchar *shown_tag = pg_log_escape (tag, tag_len, PG_LOG_MAX_LINE);
+      head = g_strconcat (shown_tag, " <unknown command>", NULL);
+    }
+  else
+    head = g_strdup ("<unknown command>");
+  if (!pg_log_next_word (&pos, end, &arg, &arg_len))
+    return g_steal_pointer (&head);
+  return g_strconcat (head, " <redacted>", NULL);
+}

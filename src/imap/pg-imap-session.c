@@ -58,6 +58,8 @@ struct _PgImapSession
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
   guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
   gboolean reading;          /* a client read is pending */
+  gboolean client_eof;       /* the client shut down its side: answer what it sent, then end */
+  gboolean up_shut;          /* ...and that half-close was passed on upstream */
 
   /* pre-auth */
   PgLineReader *reader;        /* owned */
@@ -176,6 +178,11 @@ pg_imap_session_metrics_update (PgImapSession *self)
   self->metrics_state = to;
 }
 
+/* Pre-auth command words shown in logs and the trace (pg_log_redact_preauth_line): any
+ * other word, and every argument but LOGIN's user and a SASL mechanism, is redacted. */
+static const char *const pg_imap_preauth_words[]
+    = { "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ID", NULL };
+
 /* Trace a pre-auth client line. A SASL response, or a later line of LOGIN/AUTHENTICATE
  * (after a literal), can hold the password whole: only "<redacted>" is traced for it. */
 static void
@@ -185,10 +192,10 @@ pg_imap_session_trace_line (PgImapSession *self, const char *line, gsize len)
 
   if (!pg_trace_is_enabled ())
     return;
-  if (self->in_command && self->in_login_command)
+  if ((self->in_command && self->in_login_command) || self->sasl_tag != NULL)
     shown = g_strdup ("<redacted>");
   else
-    shown = pg_log_redact_line (line, len, self->sasl_tag != NULL);
+    shown = pg_log_redact_preauth_line (line, len, TRUE, pg_imap_preauth_words);
   pg_trace (self->id, "C: %s", shown);
 }
 
@@ -886,7 +893,7 @@ pg_imap_session_log_line (PgImapSession *self, const char *line, gsize len)
   if (self->sasl_tag != NULL || self->in_login_command)
     shown = g_strdup ("<redacted>");
   else
-    shown = pg_log_redact_line (line, len, FALSE);
+    shown = pg_log_redact_preauth_line (line, len, TRUE, pg_imap_preauth_words);
   pg_session_debug (self->id, "C: %s", shown);
 }
 
@@ -1046,8 +1053,38 @@ pg_imap_session_process (PgImapSession *self)
         }
       pg_imap_session_handle_line (self, line, len);
     }
+  if (self->client_eof && !self->busy && self->info.state == PG_IMAP_STATE_PREAUTH
+      && !pg_conn_is_closed (self->conn))
+    {
+      /* Every complete command sent before the half-close is answered; then we end. */
+      pg_imap_session_end (self, "client disconnected");
+      return;
+    }
   pg_imap_session_flush (self);
   pg_imap_session_read (self);
+}
+
+/* The client half-closed during the relay: what it sent is upstream already, so pass the
+ * half-close on (the server answers those commands, then closes, as it would for a direct
+ * client) and keep relaying its replies until it does. */
+static void
+pg_imap_session_relay_client_eof (PgImapSession *self)
+{
+  g_autoptr (GIOStream) base = NULL;
+  GIOStream *plain = self->up_stream;
+
+  if (plain == NULL || self->up_shut)
+    return;
+  self->up_shut = TRUE;
+  if (G_IS_TLS_CONNECTION (plain))
+    {
+      g_object_get (plain, "base-io-stream", &base, NULL);
+      plain = base;
+    }
+  if (!G_IS_SOCKET_CONNECTION (plain)
+      || !g_socket_shutdown (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), FALSE,
+                             TRUE, NULL))
+    pg_imap_session_end (self, "client disconnected");
 }
 
 static void pg_imap_session_relay_client_data (PgImapSession *self, gsize n);
@@ -1062,12 +1099,20 @@ pg_imap_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
   self->reading = FALSE;
   if (pg_conn_is_closed (self->conn))
     return;
+  if (n == 0)
+    {
+      /* EOF: closed or half-closed (shutdown(SHUT_WR)) after its last command. What it
+       * sent is still answered (before login here; upstream during the relay). */
+      self->client_eof = TRUE;
+      if (self->info.state == PG_IMAP_STATE_RELAY)
+        pg_imap_session_relay_client_eof (self);
+      else
+        pg_imap_session_process (self);
+      return;
+    }
   if (n <= 0)
     {
-      /* A client that sent LOGOUT may close without waiting for the reply. */
-      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT"
-                                   : n == 0          ? "client disconnected"
-                                                     : "client read error");
+      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT" : "client read error");
       return;
     }
   self->info.bytes_from_client += (guint64) n;
@@ -1088,7 +1133,7 @@ pg_imap_session_read (PgImapSession *self)
 {
   gsize space;
 
-  if (self->reading || self->busy || pg_conn_is_closed (self->conn)
+  if (self->reading || self->busy || self->client_eof || pg_conn_is_closed (self->conn)
       || self->info.state != PG_IMAP_STATE_PREAUTH)
     return;
   space = pg_line_reader_get_space (self->reader);
@@ -1421,6 +1466,12 @@ pg_imap_session_relay_client_read (PgImapSession *self)
         }
       g_clear_pointer (&self->reader, pg_line_reader_free);
     }
+  if (self->client_eof)
+    {
+      /* The half-close came before the login completed: pass it on now. */
+      pg_imap_session_relay_client_eof (self);
+      return;
+    }
   self->reading = TRUE;
   pg_conn_read_async (self->conn, self->client_buf + self->client_hold_len,
                       PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
@@ -1545,6 +1596,7 @@ pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
 
   pg_imap_session_set_state (self, PG_IMAP_STATE_RELAY);
   self->busy = FALSE;
+  pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
   {
     static const PgImapFilterFuncs funcs = {
@@ -1586,6 +1638,12 @@ pg_imap_session_timeout_cb (PgConn *conn, gpointer user_data)
   /* RFC 9051 §5.4 autologout (the timer is at least 30 minutes after login, which also
    * satisfies RFC 2177's 29 minutes for IDLE); before login it is the pre-auth timeout. */
   pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
+  if (pg_conn_deadline_passed (conn) && self->info.state != PG_IMAP_STATE_RELAY)
+    {
+      pg_imap_session_reply (self, "* BYE No login within the time allowed.");
+      pg_imap_session_end (self, "pre-auth deadline");
+      return TRUE;
+    }
   pg_imap_session_reply (self, "* BYE Disconnected for inactivity.");
   pg_imap_session_end (self, self->info.state == PG_IMAP_STATE_RELAY ? "inactivity timeout"
                                                                      : "pre-auth timeout");

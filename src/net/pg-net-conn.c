@@ -59,9 +59,12 @@ struct _PgConn
   GByteArray *cork_buf; /* owned while corked and holding output, else NULL */
 
   guint idle_timeout_ms;
-  gint64 idle_deadline_us; /* monotonic: last activity + idle_timeout_ms */
-  GSource *idle_source;    /* owned: fires at or before idle_deadline_us */
-  GSource *close_source;   /* owned: deadline for a flushing close */
+  gint64 idle_deadline_us;  /* monotonic: last activity + idle_timeout_ms */
+  GSource *idle_source;     /* owned: fires at or before idle_deadline_us */
+  GSource *deadline_source; /* owned: pg_conn_set_deadline() */
+  gboolean deadline_passed;
+  gint64 accepted_us;    /* monotonic: when the server accepted the connection */
+  GSource *close_source; /* owned: deadline for a flushing close */
 
   guint64 bytes_in;
   guint64 bytes_out;
@@ -188,6 +191,7 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocket
   conn->stream = g_object_ref (stream);
   conn->tls = tls;
   conn->tls_cert = tls_cert != NULL ? g_object_ref (tls_cert) : NULL;
+  conn->accepted_us = g_get_monotonic_time ();
 
   remote = g_socket_connection_get_remote_address (socket, NULL);
   if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
@@ -293,6 +297,18 @@ pg_conn_get_bytes_out (PgConn *conn)
 
 /* --- idle timer ----------------------------------------------------------------------- */
 
+/* The idle timer or the deadline ran out: the session says why and closes, else we do. */
+static void
+pg_conn_emit_timeout (PgConn *conn)
+{
+  gboolean handled = FALSE;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+
+  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
+  if (!handled)
+    pg_conn_abort (conn);
+}
+
 /* The timer is not moved on every read (a relay round trip or a RETR would destroy and
  * create a timeout source each): reads move idle_deadline_us, and a timer that fires
  * before it waits for the rest. */
@@ -302,8 +318,6 @@ static gboolean
 pg_conn_idle_cb (gpointer user_data)
 {
   PgConn *conn = user_data;
-  gboolean handled = FALSE;
-  g_autoptr (PgConn) keep = g_object_ref (conn);
   gint64 left_us = conn->idle_deadline_us - g_get_monotonic_time ();
 
   g_clear_pointer (&conn->idle_source, g_source_unref);
@@ -312,9 +326,7 @@ pg_conn_idle_cb (gpointer user_data)
       pg_conn_arm_idle (conn, (guint) ((left_us + 999) / 1000));
       return G_SOURCE_REMOVE;
     }
-  g_signal_emit (conn, pg_conn_signals[SIGNAL_TIMEOUT], 0, &handled);
-  if (!handled)
-    pg_conn_abort (conn);
+  pg_conn_emit_timeout (conn);
   return G_SOURCE_REMOVE;
 }
 
@@ -352,6 +364,46 @@ pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms)
   conn->idle_timeout_ms = timeout_ms;
   pg_conn_stop_idle (conn); /* a new length: a timer armed for the old one would be late */
   pg_conn_restart_idle (conn);
+}
+
+/* --- deadline ------------------------------------------------------------------------- */
+
+static gboolean
+pg_conn_deadline_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+
+  g_clear_pointer (&conn->deadline_source, g_source_unref);
+  conn->deadline_passed = TRUE;
+  pg_conn_emit_timeout (conn);
+  return G_SOURCE_REMOVE;
+}
+
+void
+pg_conn_set_deadline (PgConn *conn, guint after_accept_ms)
+{
+  gint64 left_us;
+
+  pg_conn_clear_source (&conn->deadline_source);
+  if (after_accept_ms == 0 || conn->closed)
+    return;
+  left_us = MAX (conn->accepted_us + (gint64) after_accept_ms * 1000 - g_get_monotonic_time (), 0);
+  conn->deadline_source = g_timeout_source_new ((guint) ((left_us + 999) / 1000));
+  g_source_set_callback (conn->deadline_source, pg_conn_deadline_cb, conn, NULL);
+  g_source_set_static_name (conn->deadline_source, "[popgate] connection deadline");
+  g_source_attach (conn->deadline_source, g_main_context_get_thread_default ());
+}
+
+gboolean
+pg_conn_deadline_passed (PgConn *conn)
+{
+  return conn->deadline_passed;
+}
+
+void
+pg_conn_set_accepted_internal (PgConn *conn, gint64 accepted_us)
+{
+  conn->accepted_us = accepted_us;
 }
 
 /* --- reading ---------------------------------------------------------------------------- */
@@ -1103,6 +1155,7 @@ pg_conn_finish_close (PgConn *conn)
   pg_conn_clear_source (&conn->read_cancel_source);
   pg_conn_fail_pending_read (conn);
   pg_conn_stop_idle (conn);
+  pg_conn_clear_source (&conn->deadline_source);
   pg_conn_clear_source (&conn->close_source);
   /* TLS sends its close_notify first, bounded by PG_TLS_CLOSE_TIMEOUT_MS; the session is
    * over for us at once either way. */

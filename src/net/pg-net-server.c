@@ -242,6 +242,10 @@ pg_server_start_session (PgServer *server, PgListener *listener, PgConn *conn)
       return;
     }
   pg_conn_set_idle_timeout (conn, pg_conn_get_config (conn)->limits.preauth_timeout_ms);
+  /* preauth_timeout is a deadline from the accept, not only an idle timer: a client that
+   * sends a byte now and then would otherwise hold its slot for ever (slowloris). The
+   * session clears it once logged in. */
+  pg_conn_set_deadline (conn, pg_conn_get_config (conn)->limits.preauth_timeout_ms);
   func (conn, server->handlers[listener->frontend].user_data);
 }
 
@@ -262,6 +266,7 @@ typedef struct
   gchar *proxy;                     /* owned: the proxy's address when proxied_peer is set */
   guint64 id;
   GSource *timeout;          /* owned */
+  gint64 accepted_us;        /* monotonic: the pre-auth deadline counts from here */
   GSource *read_source;      /* owned: waiting for PROXY header bytes */
   GCancellable *cancellable; /* owned */
   PgProxyParser *parser;     /* owned */
@@ -360,6 +365,7 @@ pg_accept_start_session (PgAccept *accept)
                                accept->stream != NULL ? accept->stream
                                                       : G_IO_STREAM (accept->socket),
                                accept->tls, accept->tls ? NULL : server->tls_cert);
+  pg_conn_set_accepted_internal (conn, accept->accepted_us);
   if (accept->proxied_peer != NULL)
     pg_conn_set_peer_internal (conn, accept->proxied_peer, accept->proxy);
   /* The per-address count moves to the session: it is released when the conn closes. */
@@ -570,6 +576,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
   accept->config = pg_config_ref (config);
   accept->socket = g_object_ref (socket);
   accept->id = id;
+  accept->accepted_us = g_get_monotonic_time ();
   accept->cancellable = g_cancellable_new ();
   server->n_handshaking++;
   g_hash_table_add (server->accepts, accept);

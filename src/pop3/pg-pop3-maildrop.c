@@ -25,6 +25,8 @@ struct _PgPop3Maildrop
   GHashTable *big_sizes; /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
+  guint32 exists;    /* SELECT's EXISTS */
+  gboolean complete; /* see pg_pop3_maildrop_snapshot_is_complete() */
 };
 
 PgPop3Maildrop *
@@ -68,6 +70,12 @@ guint32
 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop)
 {
   return maildrop->uidnext;
+}
+
+gboolean
+pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop)
+{
+  return maildrop->complete;
 }
 
 PgUpstream *
@@ -132,11 +140,10 @@ pg_pop3_maildrop_keep_error (PgOpenData *data, GError *error)
     g_error_free (error);
 }
 
-static void
-pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
+void
+pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg, guint64 size)
 {
-  PgPop3Message msg = { .uid = uid, .size = (guint32) MIN (size, G_MAXUINT32) };
-
+  msg->size = (guint32) MIN (size, G_MAXUINT32);
   if (size >= G_MAXUINT32)
     {
       guint64 *big = g_new (guint64, 1);
@@ -144,8 +151,18 @@ pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
       *big = size;
       if (maildrop->big_sizes == NULL)
         maildrop->big_sizes = g_hash_table_new_full (g_direct_hash, g_direct_equal, NULL, g_free);
-      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (uid), big);
+      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid), big);
     }
+  else if (maildrop->big_sizes != NULL)
+    g_hash_table_remove (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid));
+}
+
+static void
+pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
+{
+  PgPop3Message msg = { .uid = uid };
+
+  pg_pop3_maildrop_set_message_size (maildrop, &msg, size);
   g_array_append_val (maildrop->messages, msg);
 }
 
@@ -258,6 +275,42 @@ pg_pop3_maildrop_sort (PgPop3Maildrop *maildrop)
     }
 }
 
+/* A UID twice in the snapshot (a broken server) would be two messages with one UIDL: keep
+ * the first of each (the array is sorted by UID) and say so once. FALSE if there were. */
+static gboolean
+pg_pop3_maildrop_drop_duplicates (PgPop3Maildrop *maildrop)
+{
+  GArray *messages = maildrop->messages;
+  guint kept = 0;
+
+  for (guint i = 0; i < messages->len; i++)
+    {
+      if (kept > 0
+          && g_array_index (messages, PgPop3Message, i).uid
+                 == g_array_index (messages, PgPop3Message, kept - 1).uid)
+        continue;
+      if (kept != i)
+        {
+          g_array_index (messages, PgPop3Message, kept)
+              = g_array_index (messages, PgPop3Message, i);
+          if (maildrop->dates != NULL)
+            g_array_index (maildrop->dates, gint64, kept)
+                = g_array_index (maildrop->dates, gint64, i);
+        }
+      kept++;
+    }
+  if (kept == messages->len)
+    return TRUE;
+  pg_session_warning (maildrop->sid,
+                      "upstream snapshot listed %u UIDs more than once; each is "
+                      "kept once",
+                      messages->len - kept);
+  g_array_set_size (messages, kept);
+  if (maildrop->dates != NULL)
+    g_array_set_size (maildrop->dates, kept);
+  return FALSE;
+}
+
 static void
 pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -273,6 +326,7 @@ pg_pop3_maildrop_select_cb (GObject *source, GAsyncResult *result, gpointer user
     {
       maildrop->uidvalidity = mailbox.uidvalidity;
       maildrop->uidnext = mailbox.uidnext;
+      maildrop->exists = mailbox.exists;
     }
   pg_pop3_maildrop_open_step_done (task);
 }
@@ -313,6 +367,17 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
   if (!g_task_propagate_boolean (G_TASK (result), error))
     return FALSE;
   pg_pop3_maildrop_sort (maildrop);
+  maildrop->complete
+      = pg_pop3_maildrop_drop_duplicates (maildrop) && maildrop->uidnext != 0
+        && maildrop->messages->len == maildrop->exists
+        && (maildrop->messages->len == 0
+            || g_array_index (maildrop->messages, PgPop3Message, maildrop->messages->len - 1).uid
+                   < maildrop->uidnext);
+  if (!maildrop->complete)
+    pg_session_debug (maildrop->sid,
+                      "snapshot not known complete (%u messages, EXISTS %u, "
+                      "UIDNEXT %u): client state is not compacted",
+                      maildrop->messages->len, maildrop->exists, maildrop->uidnext);
   return TRUE;
 }
 

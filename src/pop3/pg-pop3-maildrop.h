@@ -24,6 +24,8 @@ typedef struct _PgPop3Maildrop PgPop3Maildrop;
 /* A message's size. IMAP4rev1's RFC822.SIZE is 32-bit; a larger one (IMAP4rev2's number64)
  * is kept aside and found here. */
 guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
+/* Correct msg's size (one of the snapshot's) to what RETR really sent. */
+void pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg, guint64 size);
 
 /* The maildrop in `upstream`'s mailbox (NULL: config->upstream). */
 PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream,
@@ -45,6 +47,10 @@ gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *r
 GArray *pg_pop3_maildrop_get_messages (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop);
+/* After open: the snapshot is known complete — UIDNEXT was given, the snapshot holds as
+ * many messages as SELECT's EXISTS said, all below UIDNEXT, with no UID twice. Only then
+ * is a UID below UIDNEXT that is not in it known not to exist. */
+gboolean pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop);
 /* The authenticated upstream connection (the imap-metadata state store uses it). */
 PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
 

@@ -88,6 +88,7 @@ struct _PgPop3Session
   gboolean starting_tls;          /* STLS: no socket reads until the handshake is done */
   gboolean tls_flushed;           /* STLS: the +OK is on the wire */
   gboolean output_full;           /* replies wait for the client to read: no commands, no reads */
+  gboolean client_eof;            /* the client shut down its side: finish what it sent, then end */
   GCancellable *read_cancellable; /* owned: the pending socket read */
   GString *reply;                 /* replies not yet handed to the connection */
   GCancellable *cancellable;      /* owned: cancelled when the connection closes */
@@ -123,12 +124,13 @@ struct _PgPop3Session
   gboolean quit_permanent;  /* quit_problem will not go away on a retry: [SYS/PERM] */
 
   /* RETR/TOP in progress (see "RETR and TOP" below) */
-  PgPop3Transfer *transfer; /* owned: the one being sent to the client */
-  GQueue prefetch;          /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
-  guint last_retr;          /* index of the last RETR + 1 (0: none yet) */
-  gboolean retr_run;        /* the current RETR is for the message after the last one */
-  gboolean in_chunk_cb;     /* finishing a RETR from inside the next one's chunk callback */
-  GByteArray *stuffed;      /* owned: scratch for stuffed output */
+  PgPop3Transfer *transfer;      /* owned: the one being sent to the client */
+  GQueue prefetch;               /* of PgPop3Transfer* (owned): the next RETRs, fetched ahead */
+  guint last_retr;               /* index of the last RETR + 1 (0: none yet) */
+  gboolean retr_run;             /* the current RETR is for the message after the last one */
+  gboolean in_chunk_cb;          /* finishing a RETR from inside the next one's chunk callback */
+  gboolean size_mismatch_logged; /* a RETR sent other octets than RFC822.SIZE said (once) */
+  GByteArray *stuffed;           /* owned: scratch for stuffed output */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -183,6 +185,22 @@ pg_pop3_session_metrics_state (PgPop3Session *self, PgPop3State to)
                             pg_pop3_session_metrics_state_of (to));
 }
 
+/* A client line as logs and the trace show it: SASL data never, and before login only
+ * known command words and USER's argument (pg_log_redact_preauth_line). */
+static gchar *
+pg_pop3_session_shown_line (PgPop3Session *self, const char *line, gsize len)
+{
+  static const char *const known[]
+      = { "USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "QUIT", "NOOP", "UTF8",
+          "STAT", "LIST", "RETR", "DELE", "RSET", "TOP",  "UIDL", NULL };
+
+  if (pg_login_sasl_in_progress (self->login))
+    return g_strdup ("<redacted>");
+  if (self->state == PG_POP3_STATE_AUTHORIZATION)
+    return pg_log_redact_preauth_line (line, len, FALSE, known);
+  return pg_log_redact_line (line, len, FALSE);
+}
+
 /* Trace a client line: redacted, with the message number's UID and UIDL (and at QUIT the
  * UIDs the delete policy will be applied to), so the upstream commands traced next can be
  * matched to it. */
@@ -194,7 +212,7 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
 
   if (!pg_trace_is_enabled ())
     return;
-  shown = pg_log_redact_line (line, len, pg_login_sasl_in_progress (self->login));
+  shown = pg_pop3_session_shown_line (self, line, len);
   /* Only commands of TRANSACTION are parsed here: never a second copy of a password. */
   if (self->state != PG_POP3_STATE_TRANSACTION || pg_login_sasl_in_progress (self->login)
       || len > PG_POP3_MAX_COMMAND_LINE
@@ -512,6 +530,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   for (guint i = 0; i < self->messages->len; i++)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
+  pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->pop3.autologout_ms);
   pg_session_message (
       self->id,
@@ -576,42 +595,21 @@ pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
   pg_pop3_session_process (self);
 }
 
-typedef struct
-{
-  GArray *messages; /* unowned: the full snapshot, in UID order */
-  guint index;
-} PgPop3CompactData;
-
-/* Rewrite a set of UIDs against the full snapshot so it stays small: UIDs that no longer
- * exist are never used again in this UIDVALIDITY, so runs of members are merged across
- * them and UIDs before the first member are dropped. Membership of every existing UID is
- * unchanged. */
+/* Rewrite a set of UIDs against the snapshot so it stays small (pg_uid_set_compact), but
+ * only when the snapshot is known complete: a flaky server that left out a UID that still
+ * exists would otherwise have it merged into a run of hidden UIDs, hidden for good. */
 static PgUidSet *
-pg_pop3_session_compact (const PgUidSet *set, GArray *messages)
+pg_pop3_session_compact (PgPop3Session *self, const PgUidSet *set, GArray *messages)
 {
-  PgUidSet *out = pg_uid_set_new ();
-  guint32 run_first = 0, run_last = 0;
+  g_autofree guint32 *uids = NULL;
 
-  if (pg_uid_set_is_empty (set))
-    return out;
+  if (pg_uid_set_is_empty (set) || !pg_pop3_maildrop_snapshot_is_complete (self->maildrop))
+    return pg_uid_set_copy (set);
+  uids = g_new (guint32, MAX (messages->len, 1));
   for (guint i = 0; i < messages->len; i++)
-    {
-      guint32 uid = g_array_index (messages, PgPop3Message, i).uid;
-      if (pg_uid_set_contains (set, uid))
-        {
-          if (run_first == 0)
-            run_first = uid;
-          run_last = uid;
-        }
-      else if (run_first != 0)
-        {
-          pg_uid_set_add_range (out, run_first, run_last);
-          run_first = 0;
-        }
-    }
-  if (run_first != 0)
-    pg_uid_set_add_range (out, run_first, run_last);
-  return out;
+    uids[i] = g_array_index (messages, PgPop3Message, i).uid;
+  return pg_uid_set_compact (set, uids, messages->len,
+                             pg_pop3_maildrop_get_uidnext (self->maildrop));
 }
 
 static gboolean
@@ -1055,8 +1053,8 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   self->saved_state = pg_client_state_copy (stored);
   self->client_state = g_steal_pointer (&stored);
   {
-    PgUidSet *hidden = pg_pop3_session_compact (self->client_state->hidden, messages);
-    PgUidSet *retrieved = pg_pop3_session_compact (self->client_state->retrieved, messages);
+    PgUidSet *hidden = pg_pop3_session_compact (self, self->client_state->hidden, messages);
+    PgUidSet *retrieved = pg_pop3_session_compact (self, self->client_state->retrieved, messages);
 
     pg_uid_set_free (self->client_state->hidden);
     self->client_state->hidden = hidden;
@@ -1115,8 +1113,11 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       pg_login_unavailable (self->login, error);
       self->busy = FALSE;
       /* RFC 3206: what a retry cannot fix (the upstream's certificate, a mailbox it
-       * refuses to select) is SYS/PERM, so that clients stop retrying. */
-      if (pg_upstream_error_is_permanent (error))
+       * refuses to select, a snapshot beyond PG_MAX_SNAPSHOT_*) is SYS/PERM, so that
+       * clients stop retrying. */
+      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE))
+        pg_pop3_reply (self, "-ERR [SYS/PERM] The mailbox is too large for this gateway.");
+      else if (pg_upstream_error_is_permanent (error))
         pg_pop3_reply (self, "-ERR [SYS/PERM] The mail server cannot be used, ask the "
                              "administrator.");
       else
@@ -1642,6 +1643,26 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
 
 static void pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer);
 
+/* `transfer`, fetched ahead, got its first chunk: the bodies come in the order the
+ * fetches were sent, so a transfer queued before it that has no chunk yet never gets one
+ * (an IMAP client expunged it meanwhile, or the server left it out of a batch). Mark those
+ * finished and vanished now: when the client asks for one, it gets -ERR at once instead of
+ * waiting for a fetch that cannot end while the upstream is paused on this chunk. */
+static void
+pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  for (GList *l = self->prefetch.head; l != NULL && l->data != transfer; l = l->next)
+    {
+      PgPop3Transfer *ahead = l->data;
+
+      if (ahead->delivered > 0 || ahead->finished || ahead->error != NULL)
+        continue;
+      ahead->error
+          = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
+      ahead->finished = TRUE;
+    }
+}
+
 static gboolean
 pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
 {
@@ -1686,7 +1707,10 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
   if (ctx->transfer == NULL)
     return TRUE; /* the client asked for something else: it was dropped */
   if (!transfer->active)
-    return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+    {
+      pg_pop3_session_mark_vanished_before (self, transfer);
+      return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+    }
   if (transfer->want_pause)
     {
       transfer->want_pause = FALSE;
@@ -1892,6 +1916,31 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
     pg_pop3_session_transfer_step (self, transfer);
 }
 
+/* A whole message went out: if its octets differ from the snapshot's RFC822.SIZE (some
+ * servers' sizes are approximate), LIST and STAT say what RETR really sends from now on,
+ * and the log says so once per session. */
+static void
+pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
+{
+  PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  guint64 listed = pg_pop3_maildrop_message_size (self->maildrop, msg);
+  guint64 sent = pg_dot_stuffer_get_octets_unstuffed (transfer->stuffer);
+
+  if (sent == listed)
+    return;
+  if (!self->size_mismatch_logged)
+    {
+      self->size_mismatch_logged = TRUE;
+      pg_session_warning (self->id,
+                          "message %u (UID %u): the upstream said %" G_GUINT64_FORMAT
+                          " octets (RFC822.SIZE), the body has %" G_GUINT64_FORMAT
+                          "; LIST and STAT use the real size from now on (further mismatches "
+                          "in this session are corrected without a log line)",
+                          transfer->index + 1, msg->uid, listed, sent);
+    }
+  pg_pop3_maildrop_set_message_size (self->maildrop, msg, sent);
+}
+
 static void
 pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
 {
@@ -1943,6 +1992,8 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
       else
         {
           self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+          pg_pop3_session_check_size (self, transfer);
+          /* After the check: the octets really sent, when the server's size was wrong. */
           self->n_retr++;
           self->retr_octets += pg_pop3_session_size (self, transfer->index);
         }
@@ -2245,8 +2296,7 @@ pg_pop3_session_handle_line (PgPop3Session *self, const char *line, gsize len)
   pg_pop3_session_trace (self, line, len);
   if (pg_log_get_level () >= PG_LOG_LEVEL_DEBUG)
     {
-      g_autofree gchar *shown
-          = pg_log_redact_line (line, len, pg_login_sasl_in_progress (self->login));
+      g_autofree gchar *shown = pg_pop3_session_shown_line (self, line, len);
       pg_session_debug (self->id, "C: %s", shown);
     }
   if (pg_login_sasl_in_progress (self->login))
@@ -2357,6 +2407,14 @@ pg_pop3_session_process (PgPop3Session *self)
    * it again on demand. */
   if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
     g_clear_pointer (&self->stuffed, g_byte_array_unref);
+  if (self->client_eof && !self->busy && self->state != PG_POP3_STATE_UPDATE
+      && !pg_conn_is_closed (self->conn))
+    {
+      /* Every complete command the client sent before its half-close is answered (and a
+       * QUIT among them applied, as Dovecot does); a partial last line is not a command. */
+      pg_pop3_session_end (self, "client disconnected");
+      return;
+    }
   pg_pop3_session_flush (self);
   pg_pop3_session_read (self);
 }
@@ -2377,11 +2435,20 @@ pg_pop3_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
       pg_pop3_session_maybe_start_tls (self);
       return;
     }
-  if (n <= 0)
+  if (n == 0)
+    {
+      /* EOF: the client closed or half-closed (shutdown(SHUT_WR)) after its last command.
+       * What it sent is still answered; a connection that ends before QUIT applies
+       * nothing, but a QUIT sent before the EOF is a QUIT. */
+      self->client_eof = TRUE;
+      pg_pop3_session_process (self);
+      return;
+    }
+  if (n < 0)
     {
       /* The client went away before QUIT: nothing changes upstream. */
       if (self->end_reason == NULL)
-        self->end_reason = g_strdup (n == 0 ? "client disconnected" : "read error");
+        self->end_reason = g_strdup ("read error");
       pg_conn_abort (self->conn);
       return;
     }
@@ -2402,7 +2469,7 @@ pg_pop3_session_read (PgPop3Session *self)
 {
   gsize space;
 
-  if (self->reading || self->starting_tls || pg_conn_is_closed (self->conn))
+  if (self->reading || self->starting_tls || self->client_eof || pg_conn_is_closed (self->conn))
     return;
   space = pg_line_reader_get_space (self->reader);
   if (space == 0)
@@ -2430,6 +2497,12 @@ pg_pop3_session_timeout_cb (PgConn *conn, gpointer user_data)
   if (self->state == PG_POP3_STATE_UPDATE)
     return TRUE; /* QUIT is being applied; its own upstream timeouts bound it */
   pg_metrics_error (PG_METRICS_ERROR_TIMEOUT);
+  if (pg_conn_deadline_passed (conn))
+    {
+      pg_pop3_reply (self, "-ERR Disconnected: no login within the time allowed.");
+      pg_pop3_session_end (self, "pre-auth deadline");
+      return TRUE;
+    }
   pg_pop3_reply (self, "-ERR Disconnected for inactivity.");
   pg_pop3_session_end (self, "inactivity timeout");
   return TRUE;

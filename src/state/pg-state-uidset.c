@@ -199,6 +199,39 @@ pg_uid_set_union (PgUidSet *set, const PgUidSet *other)
   set->ranges = g_steal_pointer (&out);
 }
 
+PgUidSet *
+pg_uid_set_compact (const PgUidSet *set, const guint32 *uids, gsize n_uids, guint32 uidnext)
+{
+  PgUidSet *out = pg_uid_set_new ();
+  guint32 run_first = 0, run_last = 0;
+
+  for (gsize i = 0; i < n_uids && uids[i] < uidnext; i++)
+    {
+      if (pg_uid_set_contains (set, uids[i]))
+        {
+          if (run_first == 0)
+            run_first = uids[i];
+          run_last = uids[i];
+        }
+      else if (run_first != 0)
+        {
+          /* An existing non-member ends the run. */
+          pg_uid_set_add_range (out, run_first, run_last);
+          run_first = 0;
+        }
+    }
+  if (run_first != 0)
+    pg_uid_set_add_range (out, run_first, run_last);
+  /* UIDs from uidnext on may still come: their membership is kept whatever it is. */
+  for (guint i = 0; uidnext > 0 && i < set->ranges->len; i++)
+    {
+      const PgUidRange *range = PG_UID_SET_RANGE (set, i);
+      if (range->last >= uidnext)
+        pg_uid_set_add_range (out, MAX (range->first, uidnext), range->last);
+    }
+  return out;
+}
+
 /* A linear walk of both range lists: O(n + m) whatever the number of UIDs. */
 void
 pg_uid_set_subtract (PgUidSet *set, const PgUidSet *other)

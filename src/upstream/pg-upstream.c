@@ -84,6 +84,7 @@ struct _PgUpstreamCmd
   guint challenge_part;
 
   /* FETCH_SIZES */
+  guint n_entries;              /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
   PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
   PgUpstreamDatedSizeFunc dated_func;
   gpointer size_data;
@@ -123,9 +124,11 @@ struct _PgUpstream
   GSource *wait_source; /* owned: readability of an idle connection (counts as reading) */
   gsize rpos, rlen;
   gboolean reading, writing, paused, upgrading, processing;
-  GBytes *write_bytes; /* owned: the part being written */
-  guint corked;        /* pg_upstream_cork() depth: commands wait in unsent */
-  guint32 guessed_uid; /* a body literal came before its UID: the UID it was routed to */
+  GBytes *write_bytes;     /* owned: the part being written */
+  guint corked;            /* pg_upstream_cork() depth: commands wait in unsent */
+  guint32 guessed_uid;     /* a body literal came before its UID: the UID it was routed to */
+  guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
+  guint64 snapshot_octets; /* octets parsed while one was (PG_MAX_SNAPSHOT_OCTETS) */
 
   GQueue unsent;          /* of PgUpstreamCmd*, owned */
   GQueue pending;         /* of PgUpstreamCmd*, owned: sent (or being sent), in order */
@@ -141,8 +144,10 @@ struct _PgUpstream
 
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
 
-  GSource *timeout_source;           /* owned: per-command deadline */
-  gint64 deadline_us;                /* monotonic: when the armed deadline really falls */
+  GSource *timeout_source;           /* owned: the deadline timer (see "timers") */
+  gint64 timer_at_us;                /* monotonic: when timeout_source fires */
+  gint64 deadline_us;                /* monotonic: the server must progress by then; 0 idle */
+  gint64 pause_deadline_us;          /* monotonic: the consumer must resume by then; 0 */
   GTask *connect_task;               /* owned while connecting */
   GCancellable *connect_cancellable; /* owned while connecting: the caller's */
   gulong connect_cancelled_id;
@@ -365,59 +370,120 @@ pg_upstream_task_new (PgUpstream *self, gpointer source_tag, GCancellable *cance
   return task;
 }
 
-/* --- timers ---------------------------------------------------------------------------- */
+/* --- timers ----------------------------------------------------------------------------
+ *
+ * One deadline for what is outstanding, absolute: it is set when the connection starts
+ * waiting for the server, and moves only when the server makes progress on what we asked
+ * (a tagged reply completes a command, body octets arrive for a FETCH, or our consumer
+ * resumes us). Anything else the server sends — untagged lines, a snapshot FETCH line —
+ * does not move it: a server that floods us holds a session no longer than `timeout`.
+ *
+ * While our consumer pauses us (its client is behind), the server is not at fault, but we
+ * still have a deadline: PG_UPSTREAM_MAX_PAUSE_MS or the POP3 autologout, whichever is
+ * longer — past that the client has not taken a chunk for longer than it could stay idle,
+ * and the session could only hang. */
 
-static void pg_upstream_arm_timeout (PgUpstream *self, guint ms);
+static void pg_upstream_arm_timeout (PgUpstream *self, gint64 at_us);
+
+static gint64
+pg_upstream_timeout_us (PgUpstream *self)
+{
+  return (gint64) self->upstream_config->timeout_ms * 1000;
+}
+
+static gint64
+pg_upstream_pause_limit_us (PgUpstream *self)
+{
+  return MAX ((gint64) PG_UPSTREAM_MAX_PAUSE_MS, (gint64) self->config->pop3.autologout_ms) * 1000;
+}
 
 static gboolean
 pg_upstream_timeout_cb (gpointer user_data)
 {
   PgUpstream *self = user_data;
-  gint64 left_us = self->deadline_us - g_get_monotonic_time ();
+  gint64 due_us = self->paused ? self->pause_deadline_us : self->deadline_us;
   g_autoptr (GError) error = NULL;
 
   g_clear_pointer (&self->timeout_source, g_source_unref);
-  if (left_us > 0)
+  if (due_us > g_get_monotonic_time ())
     {
-      /* Activity moved the deadline since this timer was set: wait the rest. */
-      pg_upstream_arm_timeout (self, (guint) ((left_us + 999) / 1000));
+      /* Progress moved the deadline since this timer was set: wait the rest. */
+      pg_upstream_arm_timeout (self, due_us);
       return G_SOURCE_REMOVE;
     }
-  error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
-                       self->upstream_config->timeout_ms);
+  if (self->paused)
+    error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
+                         "upstream reply not taken by the client for %" G_GINT64_FORMAT " ms",
+                         pg_upstream_pause_limit_us (self) / 1000);
+  else
+    error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream did not answer within %u ms",
+                         self->upstream_config->timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
   return G_SOURCE_REMOVE;
 }
 
 static void
-pg_upstream_arm_timeout (PgUpstream *self, guint ms)
+pg_upstream_arm_timeout (PgUpstream *self, gint64 at_us)
 {
-  self->timeout_source = g_timeout_source_new (ms);
+  gint64 left_us = MAX (at_us - g_get_monotonic_time (), 0);
+
+  self->timer_at_us = at_us;
+  self->timeout_source = g_timeout_source_new ((guint) MIN ((left_us + 999) / 1000, G_MAXUINT));
   g_source_set_callback (self->timeout_source, pg_upstream_timeout_cb, self, NULL);
   g_source_attach (self->timeout_source, self->context);
 }
 
-/* Move the per-command deadline to now + timeout when something is outstanding and we are
- * not waiting for our own consumer; else disarm. Called on every send and every read, so
- * an armed timer is left alone (its callback waits out the rest): no new source per read. */
+static void
+pg_upstream_disarm_timeout (PgUpstream *self)
+{
+  if (self->timeout_source == NULL)
+    return;
+  g_source_destroy (self->timeout_source);
+  g_clear_pointer (&self->timeout_source, g_source_unref);
+}
+
+/* The server made progress on what we asked: the deadline is `timeout` from now. */
+static void
+pg_upstream_progress (PgUpstream *self)
+{
+  if (self->deadline_us != 0)
+    self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
+}
+
+/* Arm the deadline when something is outstanding (starting it if the connection was
+ * idle), or disarm it. Called on every send, read and reply; an armed timer that falls no
+ * earlier than due is left alone (its callback waits out the rest): no new source per read. */
 static void
 pg_upstream_update_timeout (PgUpstream *self)
 {
-  if (self->paused || self->state == PG_UPSTREAM_STATE_CLOSED
-      || self->upstream_config->timeout_ms == 0
+  gint64 due_us;
+
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->upstream_config->timeout_ms == 0
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
     {
-      if (self->timeout_source != NULL)
-        {
-          g_source_destroy (self->timeout_source);
-          g_clear_pointer (&self->timeout_source, g_source_unref);
-        }
+      pg_upstream_disarm_timeout (self);
+      self->deadline_us = 0;
+      self->pause_deadline_us = 0;
       return;
     }
-  self->deadline_us = g_get_monotonic_time () + (gint64) self->upstream_config->timeout_ms * 1000;
+  if (self->deadline_us == 0)
+    self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
+  if (self->paused)
+    {
+      if (self->pause_deadline_us == 0)
+        self->pause_deadline_us = g_get_monotonic_time () + pg_upstream_pause_limit_us (self);
+      due_us = self->pause_deadline_us;
+    }
+  else
+    {
+      self->pause_deadline_us = 0;
+      due_us = self->deadline_us;
+    }
+  if (self->timeout_source != NULL && self->timer_at_us > due_us)
+    pg_upstream_disarm_timeout (self); /* falls too late (the pause ended): set it again */
   if (self->timeout_source == NULL)
-    pg_upstream_arm_timeout (self, self->upstream_config->timeout_ms);
+    pg_upstream_arm_timeout (self, due_us);
 }
 
 /* --- closing ---------------------------------------------------------------------------- */
@@ -465,11 +531,7 @@ pg_upstream_fail (PgUpstream *self, const GError *error)
     pg_session_debug (self->sid, "upstream: connection failed: %s", error->message);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
   pg_upstream_drop_connection (self);
-  if (self->timeout_source != NULL)
-    {
-      g_source_destroy (self->timeout_source);
-      g_clear_pointer (&self->timeout_source, g_source_unref);
-    }
+  pg_upstream_disarm_timeout (self);
   self->sending = NULL;
   self->paused = FALSE;
 
@@ -805,10 +867,35 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       pg_upstream_fail (self, error);
       return;
     }
-  if (size_value != NULL && pg_imap_value_get_number (uid_value, &uid)
-      && pg_imap_value_get_number (size_value, &size)
-      && (cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES)) != NULL)
+  cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES);
+  if (cmd != NULL
+      && (size_value != NULL
+          || (pg_imap_response_get_fetch_item (response, "FLAGS") == NULL
+              && pg_upstream_find_body_cmd (self,
+                                            pg_imap_value_get_number (uid_value, &uid) ? uid : 0)
+                     == NULL)))
     {
+      /* A snapshot entry: anything but an unsolicited flag update (FLAGS, no size) or a
+       * body. One without a UID or a size would be a message we could neither list nor
+       * count: the snapshot is wrong, and a login on it would be too. */
+      g_autoptr (GError) error = NULL;
+
+      if (!pg_imap_value_get_number (uid_value, &uid) || uid == 0 || uid > G_MAXUINT32
+          || !pg_imap_value_get_number (size_value, &size))
+        error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                             "upstream sent a snapshot FETCH (message %" G_GUINT64_FORMAT
+                             ") without a valid %s",
+                             response->number, size_value == NULL ? "RFC822.SIZE" : "UID");
+      else if (++cmd->n_entries > PG_MAX_SNAPSHOT_MESSAGES)
+        error = g_error_new (G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
+                             "upstream snapshot has more than %u messages (the limit)",
+                             (guint) PG_MAX_SNAPSHOT_MESSAGES);
+      if (error != NULL)
+        {
+          pg_session_warning (self->sid, "upstream: %s", error->message);
+          pg_upstream_fail (self, error);
+          return;
+        }
       if (cmd->dated_func != NULL)
         {
           const char *date = pg_imap_value_get_string (
@@ -1012,6 +1099,7 @@ pg_upstream_handle_tagged (PgUpstream *self, const PgImapResponse *response)
           || self->state == PG_UPSTREAM_STATE_SELECTED)
       && g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent))
     self->paused = TRUE;
+  pg_upstream_progress (self);
   pg_upstream_update_timeout (self);
   pg_upstream_flush (self);
 }
@@ -1057,6 +1145,8 @@ pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
 
   if (cmd != NULL && event->uid == 0)
     self->guessed_uid = cmd->uid; /* checked when the FETCH response ends */
+  if (cmd != NULL)
+    pg_upstream_progress (self); /* octets of a body we asked for */
   if (cmd == NULL || cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
   if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
@@ -1090,6 +1180,20 @@ pg_upstream_process (PgUpstream *self)
           break;
         }
       self->rpos += consumed;
+      if (G_UNLIKELY (self->sizes_outstanding > 0))
+        {
+          self->snapshot_octets += consumed;
+          if (self->snapshot_octets > PG_MAX_SNAPSHOT_OCTETS)
+            {
+              g_autoptr (GError) limit
+                  = g_error_new (G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
+                                 "upstream snapshot reply exceeds %u octets (the limit)",
+                                 (guint) PG_MAX_SNAPSHOT_OCTETS);
+              pg_session_warning (self->sid, "upstream: %s", limit->message);
+              pg_upstream_fail (self, limit);
+              break;
+            }
+        }
       if (result == PG_IMAP_PARSE_NEED_MORE)
         {
           self->rpos = self->rlen = 0;
@@ -1287,6 +1391,7 @@ pg_upstream_resume (PgUpstream *self)
   if (!self->paused)
     return;
   self->paused = FALSE;
+  pg_upstream_progress (self); /* the pause was our consumer's, not the server's */
   pg_upstream_update_timeout (self);
   if (!self->processing)
     pg_upstream_process (self);
@@ -2175,6 +2280,27 @@ pg_upstream_logout_finish (PgUpstream *self, GAsyncResult *result, GError **erro
 
 /* --- FETCH -------------------------------------------------------------------------------- */
 
+static void
+pg_upstream_fetch_sizes_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                                 const GError *error)
+{
+  if (--self->sizes_outstanding == 0)
+    self->snapshot_octets = 0;
+  pg_upstream_done_simple_cb (self, cmd, tagged, error);
+}
+
+/* A snapshot FETCH of `items`, counted while outstanding (PG_MAX_SNAPSHOT_OCTETS). */
+static void
+pg_upstream_submit_fetch_sizes (PgUpstream *self, PgUpstreamCmd *cmd, const char *items)
+{
+  PgImapWriter *writer = pg_upstream_cmd_writer (self, cmd);
+
+  cmd->done = pg_upstream_fetch_sizes_done_cb;
+  self->sizes_outstanding++;
+  pg_imap_writer_add_raw (writer, items);
+  pg_upstream_submit (self, cmd, writer);
+}
+
 void
 pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpointer func_data,
                                GCancellable *cancellable, GAsyncReadyCallback callback,
@@ -2182,7 +2308,6 @@ pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpoint
 {
   g_autoptr (GTask) task = NULL;
   PgUpstreamCmd *cmd;
-  PgImapWriter *writer;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   g_return_if_fail (func != NULL);
@@ -2193,9 +2318,7 @@ pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpoint
   cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
   cmd->size_func = func;
   cmd->size_data = func_data;
-  writer = pg_upstream_cmd_writer (self, cmd);
-  pg_imap_writer_add_raw (writer, " 1:* (UID RFC822.SIZE)");
-  pg_upstream_submit (self, cmd, writer);
+  pg_upstream_submit_fetch_sizes (self, cmd, " 1:* (UID RFC822.SIZE)");
 }
 
 void
@@ -2205,7 +2328,6 @@ pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc f
 {
   g_autoptr (GTask) task = NULL;
   PgUpstreamCmd *cmd;
-  PgImapWriter *writer;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   g_return_if_fail (func != NULL);
@@ -2217,9 +2339,7 @@ pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc f
   cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
   cmd->dated_func = func;
   cmd->size_data = func_data;
-  writer = pg_upstream_cmd_writer (self, cmd);
-  pg_imap_writer_add_raw (writer, " 1:* (UID RFC822.SIZE INTERNALDATE)");
-  pg_upstream_submit (self, cmd, writer);
+  pg_upstream_submit_fetch_sizes (self, cmd, " 1:* (UID RFC822.SIZE INTERNALDATE)");
 }
 
 gboolean
@@ -2816,11 +2936,7 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
    * the caller's hands). */
   self->paused = FALSE;
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
-  if (self->timeout_source != NULL)
-    {
-      g_source_destroy (self->timeout_source);
-      g_clear_pointer (&self->timeout_source, g_source_unref);
-    }
+  pg_upstream_disarm_timeout (self);
   return stream;
 }
 
@@ -2868,11 +2984,7 @@ pg_upstream_dispose (GObject *object)
       g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
       g_clear_object (&self->connect_cancellable);
     }
-  if (self->timeout_source != NULL)
-    {
-      g_source_destroy (self->timeout_source);
-      g_clear_pointer (&self->timeout_source, g_source_unref);
-    }
+  pg_upstream_disarm_timeout (self);
   if (self->connect_timer != NULL)
     {
       g_source_destroy (self->connect_timer);
