@@ -5,6 +5,7 @@
 #include "pg-test-util.h"
 #include "popgate/pg-config.h"
 
+#include <glib/gstdio.h>
 #include <string.h>
 
 /* "group\nkey" for every key of the example, set or commented out ("#key = value"). */
@@ -258,6 +259,49 @@ test_install_destdir (void)
       g_test_message ("config in /etc: %d, ConfigurationDirectory: %d", in_etc, creates_etc);
       g_assert_cmpint (in_etc, ==, creates_etc);
     }
+  }
+
+  /* The installed units load the way the manager would load them (systemd-analyze
+   * verify). It checks that each Exec command exists, and the installed binary is in the
+   * destdir, not yet at its final path: point the commands there, change nothing else. */
+  {
+    g_autofree gchar *units = g_build_filename (destdir, "verify", NULL);
+    g_autofree gchar *bin = g_build_filename (destdir, expected[0], NULL);
+    g_autofree gchar *replacement = g_strdup_printf ("\\1%s ", bin);
+    g_autoptr (GRegex) exec
+        = g_regex_new ("^(Exec[A-Za-z]*=)\\S*/popgate ", G_REGEX_MULTILINE, 0, &error);
+    g_autoptr (GPtrArray) argv = g_ptr_array_new_with_free_func (g_free);
+    g_autofree gchar *verify_output = NULL;
+    int rc = -1;
+
+    g_assert_no_error (error);
+    g_assert_cmpint (g_mkdir (units, 0700), ==, 0);
+    g_ptr_array_add (argv, g_strdup ("systemd-analyze"));
+    g_ptr_array_add (argv, g_strdup ("verify"));
+    g_ptr_array_add (argv, g_strdup ("--man=no"));
+    for (gsize i = 1; i <= 5; i++)
+      {
+        g_autofree gchar *installed_unit = g_build_filename (destdir, expected[i], NULL);
+        g_autofree gchar *base = g_path_get_basename (expected[i]);
+        g_autofree gchar *copy = g_build_filename (units, base, NULL);
+        g_autofree gchar *text = NULL;
+        g_autofree gchar *patched = NULL;
+
+        g_file_get_contents (installed_unit, &text, NULL, &error);
+        g_assert_no_error (error);
+        patched = g_regex_replace (exec, text, -1, 0, replacement, 0, &error);
+        g_assert_no_error (error);
+        g_file_set_contents (copy, patched, -1, &error);
+        g_assert_no_error (error);
+        g_ptr_array_add (argv, g_steal_pointer (&copy));
+      }
+    g_ptr_array_add (argv, NULL);
+    g_assert_true (pg_test_run_status ((const char *const *) argv->pdata, NULL, 60000, &rc,
+                                       &verify_output, &error));
+    g_assert_no_error (error);
+    g_test_message ("systemd-analyze verify (installed units): rc %d: %s", rc, verify_output);
+    g_assert_cmpint (rc, ==, 0);
+    g_assert_cmpstr (verify_output != NULL ? verify_output : "", ==, "");
   }
 
   /* The man pages are roff that starts with their title. */
