@@ -770,6 +770,55 @@ test_bad_local_secret (Fixture *fx, gconstpointer data)
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, "wrong local secret", 10000));
 }
 
+/* Issue 19 item 8: failures from one address make the next failure's answer wait longer,
+ * across connections (auth_failure_delay × 2^(n−1)), and a successful login from it
+ * resets that. Read from popgate's own log line, not from the clock. */
+static void
+test_penalty (Fixture *fx, gconstpointer data)
+{
+  static const char *const expected[] = { "delay=20ms", "delay=40ms", "delay=80ms" };
+  g_autofree gchar *log = NULL;
+  const char *at = NULL;
+
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    {
+      g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+      g_autofree gchar *status = pop3_login_status (fx, pop3, "mapped", "not-the-password");
+
+      g_assert_cmpstr (status, ==, "-ERR [AUTH] Authentication failed.");
+    }
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+    g_autofree gchar *status = pop3_login_status (fx, pop3, "mapped", LOCAL_PASSWORD);
+
+    /* The right password is never refused because of a penalty. */
+    g_assert_true (g_str_has_prefix (status, "+OK"));
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  }
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+    g_autofree gchar *status = pop3_login_status (fx, pop3, "mapped", "not-the-password");
+
+    g_assert_cmpstr (status, ==, "-ERR [AUTH] Authentication failed.");
+  }
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "pop3 session ended", 10000));
+  log = pg_test_popgate_read_log (fx->popgate);
+  at = log;
+  for (gsize i = 0; i < G_N_ELEMENTS (expected); i++)
+    {
+      at = strstr (at, "login failed: user=mapped ");
+      g_assert_nonnull (at);
+      g_assert_nonnull (strstr (at, expected[i]));
+      g_assert_true (strstr (at, expected[i]) < strchr (at, '\n'));
+      at = strchr (at, '\n');
+    }
+  /* After the success, the count starts again. */
+  at = strstr (at, "login failed: user=mapped ");
+  g_assert_nonnull (at);
+  g_assert_true (strstr (at, "delay=20ms") != NULL
+                 && strstr (at, "delay=20ms") < strchr (at, '\n'));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -791,6 +840,8 @@ main (int argc, char **argv)
   g_test_add ("/popgate/login/pass-through", Fixture, NULL, fixture_setup, test_pass_through,
               fixture_teardown);
   g_test_add ("/popgate/login/named-upstream", Fixture, NULL, fixture_setup, test_named_upstream,
+              fixture_teardown);
+  g_test_add ("/popgate/login/penalty", Fixture, NULL, fixture_setup, test_penalty,
               fixture_teardown);
   g_test_add ("/popgate/login/bad-local-secret", Fixture, NULL, fixture_setup,
               test_bad_local_secret, fixture_teardown);

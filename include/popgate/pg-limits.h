@@ -109,6 +109,21 @@
 #define PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS 256
 #define PG_DEFAULT_PREAUTH_TIMEOUT_S 60
 #define PG_DEFAULT_AUTH_FAILURE_DELAY_MS 2000
+/* Failed logins from one client address make the next failure's delay grow, as Dovecot's
+ * auth penalty does: auth_failure_delay × 2^(failures − 1), at most this much. One
+ * connection's own retries are bounded by max_auth_failures; this bounds an address that
+ * reconnects (180 guesses in 9.6 s from one address before). */
+#define PG_LOGIN_PENALTY_MAX_MS 15000
+/* An address's failure count is forgotten this long after its last failure (and at once
+ * on a successful login from it). */
+#define PG_LOGIN_PENALTY_EXPIRE_S 3600
+/* Addresses remembered at once: bounded memory under a spray from many addresses; when
+ * full, expired entries go, then the oldest. */
+#define PG_LOGIN_PENALTY_MAX_ADDRESSES 65536
+/* Process-wide: more failed logins than this in one minute, from whatever addresses (a
+ * distributed guesser), and every failure waits PG_LOGIN_PENALTY_MAX_MS until the minute
+ * is over. */
+#define PG_LOGIN_PENALTY_GLOBAL_PER_MINUTE 600
 #define PG_DEFAULT_MAX_AUTH_FAILURES 3
 #define PG_DEFAULT_MAX_BAD_COMMANDS 10
 /* RFC 1939 §3: the autologout timer must be at least 10 minutes. */

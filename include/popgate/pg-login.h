@@ -139,4 +139,7 @@ void pg_login_authenticate_async (PgLogin *login, const char *password, gboolean
 /* The logged-in upstream connection (transfer full). */
 PgUpstream *pg_login_authenticate_finish (PgLogin *login, GAsyncResult *result, GError **error);
 
+/* Forget every address's failed-login penalty (tests). */
+void pg_login_penalty_reset (void);
+
 G_END_DECLS

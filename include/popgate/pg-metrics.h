@@ -189,6 +189,8 @@ void pg_metrics_gerror (const GError *error);
 void pg_metrics_upstream_command (const char *command, gint64 us);
 /* A successful upstream login with `mechanism`. */
 void pg_metrics_upstream_login (PgMetricsMechanism mechanism);
+/* A failed login delayed by the penalty: for its address, or process-wide (`global`). */
+void pg_metrics_login_penalty (gboolean global);
 /* A token refresh for `upstream` (its name) ended (popgate_oauth2_refreshes_total{upstream,
  * result}). Upstream names become label values as they first appear, up to
  * PG_METRICS_MAX_UPSTREAMS; further names count as "other". */

@@ -445,6 +445,7 @@ typedef struct
   PgMetricsFamily *process_max_fds;
   PgMetricsFamily *process_start_time;
   PgMetricsFamily *upstream_logins;
+  PgMetricsFamily *login_penalties;
   /* NULL until the first refresh: its upstream label takes the names as they come. */
   PgMetricsFamily *oauth2_refreshes;
   gchar *oauth2_upstreams[PG_METRICS_MAX_UPSTREAMS + 1]; /* owned, NULL-terminated */
@@ -469,6 +470,8 @@ pg_metrics_default_init (void)
   const PgMetricsLabel kind[] = { { "kind", pg_metrics_error_values } };
   const PgMetricsLabel command[] = { { "command", pg_metrics_command_values } };
   const PgMetricsLabel mechanism[] = { { "mechanism", pg_metrics_mechanism_values } };
+  static const char *const scope_values[] = { "address", "global", NULL };
+  const PgMetricsLabel penalty_scope[] = { { "scope", scope_values } };
 
   m->registry = pg_metrics_registry_new ();
   m->build_info = pg_metrics_registry_add (m->registry, PG_METRICS_INFO, "popgate_build",
@@ -496,6 +499,11 @@ pg_metrics_default_init (void)
       m->registry, PG_METRICS_HISTOGRAM, "popgate_upstream_command_duration_seconds",
       "Upstream IMAP command latency, from sending to the tagged reply, by command.", command, 1,
       pg_metrics_latency_buckets_us, G_N_ELEMENTS (pg_metrics_latency_buckets_us));
+  m->login_penalties = pg_metrics_registry_add (
+      m->registry, PG_METRICS_COUNTER, "popgate_login_penalties",
+      "Failed logins answered later than auth_failure_delay: the address had failed before "
+      "(address), or the process-wide failure rate was over its limit (global).",
+      penalty_scope, 1, NULL, 0);
   m->upstream_logins = pg_metrics_registry_add (
       m->registry, PG_METRICS_COUNTER, "popgate_upstream_logins",
       "Successful upstream logins, by SASL mechanism (or LOGIN).", mechanism, 1, NULL, 0);
@@ -731,6 +739,12 @@ pg_metrics_upstream_command (const char *command, gint64 us)
       }
   pg_metrics_family_observe_us (pg_metrics_default_get ()->upstream_latency, index, 0,
                                 us > 0 ? (guint64) us : 0);
+}
+
+void
+pg_metrics_login_penalty (gboolean global)
+{
+  pg_metrics_family_add (pg_metrics_default_get ()->login_penalties, global ? 1 : 0, 0, 1);
 }
 
 void

@@ -41,4 +41,13 @@ void pg_login_op_return (PgLoginOp *op, GError *error);
  * g_task_get_cancellable (op->task) is the caller's cancellable. */
 void pg_login_oauth2_authenticate (PgLoginOp *op);
 
+/* The failed-login penalty (pg-login-penalty.c): record a failure from `address` (NULL:
+ * unknown, only the global count) and return how long to delay its answer, from
+ * `base_ms` ([limits] auth_failure_delay) doubling per earlier failure of that address,
+ * at most PG_LOGIN_PENALTY_MAX_MS; that maximum for everyone while the process-wide
+ * failures of the last minute exceed PG_LOGIN_PENALTY_GLOBAL_PER_MINUTE. */
+guint pg_login_penalty_fail (const char *address, guint base_ms);
+/* A successful login from `address` forgets its failures. */
+void pg_login_penalty_clear (const char *address);
+
 G_END_DECLS

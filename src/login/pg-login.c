@@ -207,29 +207,34 @@ pg_login_delay_cb (gpointer user_data)
 void
 pg_login_auth_failed (PgLogin *login, const GError *why, PgLoginFailedFunc func, gpointer user_data)
 {
+  guint delay_ms;
+
   g_return_if_fail (login->delay_source == NULL);
 
+  /* The same for a wrong password and an unknown user: only the address counts. */
+  delay_ms = pg_login_penalty_fail (login->client_ip, login->config->limits.auth_failure_delay_ms);
   if (login->user != NULL)
     {
       g_autofree gchar *user = pg_log_escape (login->user, strlen (login->user), 64);
-      pg_session_message (login->sid, "login failed: user=%s client=%s%s%s", user, login->client,
-                          why != NULL ? ": " : "", why != NULL ? why->message : "");
+      pg_session_message (login->sid, "login failed: user=%s client=%s delay=%ums%s%s", user,
+                          login->client, delay_ms, why != NULL ? ": " : "",
+                          why != NULL ? why->message : "");
     }
   else
-    pg_session_message (login->sid, "login failed: client=%s%s%s", login->client,
-                        why != NULL ? ": " : "", why != NULL ? why->message : "");
+    pg_session_message (login->sid, "login failed: client=%s delay=%ums%s%s", login->client,
+                        delay_ms, why != NULL ? ": " : "", why != NULL ? why->message : "");
   login->auth_failures++;
   pg_metrics_login (login->frontend, PG_METRICS_LOGIN_AUTH_FAILED);
   pg_login_clear_user (login);
   login->sasl = PG_LOGIN_SASL_NONE;
   login->delay_func = func;
   login->delay_data = user_data;
-  if (login->config->limits.auth_failure_delay_ms == 0)
+  if (delay_ms == 0)
     {
       pg_login_delay_done (login);
       return;
     }
-  login->delay_source = g_timeout_source_new (login->config->limits.auth_failure_delay_ms);
+  login->delay_source = g_timeout_source_new (delay_ms);
   g_source_set_callback (login->delay_source, pg_login_delay_cb, login, NULL);
   g_source_set_static_name (login->delay_source, "[popgate] failed-login delay");
   g_source_attach (login->delay_source, g_main_context_get_thread_default ());
@@ -257,6 +262,7 @@ pg_login_unavailable (PgLogin *login, const GError *error)
 void
 pg_login_succeeded (PgLogin *login)
 {
+  pg_login_penalty_clear (login->client_ip);
   pg_metrics_login (login->frontend, PG_METRICS_LOGIN_OK);
 }
 
