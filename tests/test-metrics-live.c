@@ -213,6 +213,12 @@ test_scrape (Fixture *fx, gconstpointer data)
     g_assert_false (pg_test_pop3_login (bad, fx->user, "wrong", &bad_status, &error));
     g_clear_error (&error);
     g_assert_true (g_str_has_prefix (bad_status, "-ERR [AUTH]"));
+    /* A second failure from the same address is answered after a longer delay: the
+     * penalty counts it. The success below clears the address again. */
+    g_clear_pointer (&bad_status, g_free);
+    g_assert_false (pg_test_pop3_login (bad, fx->user, "wrong", &bad_status, &error));
+    g_clear_error (&error);
+    g_assert_true (g_str_has_prefix (bad_status, "-ERR [AUTH]"));
     g_assert_true (pg_test_pop3_login (pop3, fx->user, PASSWORD, NULL, &error));
     g_assert_no_error (error);
     /* The same maildrop again: refused as in use. */
@@ -240,13 +246,15 @@ test_scrape (Fixture *fx, gconstpointer data)
 
   g_assert_cmpfloat (DELTA (STARTED), ==, 3);
   g_assert_cmpfloat (DELTA (LOGIN_OK), ==, 1);
-  g_assert_cmpfloat (DELTA (LOGIN_FAILED), ==, 1);
+  g_assert_cmpfloat (DELTA (LOGIN_FAILED), ==, 2);
+  g_assert_cmpfloat (DELTA ("popgate_login_penalties_total{scope=\"address\"}"), ==, 1);
+  g_assert_cmpfloat (DELTA ("popgate_login_penalties_total{scope=\"global\"}"), ==, 0);
   g_assert_cmpfloat (DELTA (LOGIN_IN_USE), ==, 1);
   g_assert_cmpfloat (DELTA (EXPUNGED), ==, 1);
   g_assert_cmpfloat (DELTA (BYTES_IN), >, 20);
   g_assert_cmpfloat (DELTA (BYTES_OUT), >, (double) strlen (sample_messages[0]));
   /* Dovecot offers AUTH=PLAIN, so logins went up as AUTHENTICATE. */
-  g_assert_cmpfloat (DELTA (LATENCY_COUNT ("AUTHENTICATE")), ==, 3);
+  g_assert_cmpfloat (DELTA (LATENCY_COUNT ("AUTHENTICATE")), ==, 4);
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("SELECT")), ==, 2);
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("FETCH")), >=, 3); /* 2 snapshots + RETR */
   g_assert_cmpfloat (DELTA (LATENCY_COUNT ("STORE")), >=, 1);
