@@ -1551,26 +1551,37 @@ pg_config_parse_account (const PgConfig *config, GPtrArray *words, gboolean lega
   return g_steal_pointer (&account);
 }
 
+/* A 0600 file of secrets as lines: the file's text is wiped once split; the caller wipes
+ * each line when done with it. */
+static GStrv
+pg_config_read_secret_lines (const char *path, GError **error)
+{
+  g_autofree gchar *text = NULL;
+  gsize len = 0;
+  GStrv lines;
+
+  if (!pg_config_check_secret_file (path, error) || !g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  lines = g_strsplit (text, "\n", -1);
+  pg_secret_wipe (text, len);
+  return lines;
+}
+
 /* The accounts file (see data/popgate.conf.example). Errors name the file and the line;
  * every copy of the file's text is wiped (it holds the local secrets). */
 static GHashTable *
 pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean legacy,
                               gboolean missing_token_ok, GError **error)
 {
-  g_autofree gchar *text = NULL;
   g_autofree gchar *dir = g_path_get_dirname (path);
   g_autoptr (GHashTable) accounts = NULL;
   g_auto (GStrv) lines = NULL;
-  gsize len = 0;
 
-  if (!pg_config_check_secret_file (path, error))
-    return NULL;
-  if (!g_file_get_contents (path, &text, &len, error))
+  lines = pg_config_read_secret_lines (path, error);
+  if (lines == NULL)
     return NULL;
   accounts
       = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) pg_account_free);
-  lines = g_strsplit (text, "\n", -1);
-  pg_secret_wipe (text, len);
   for (guint i = 0; lines[i] != NULL; i++)
     {
       g_auto (GStrv) fields = NULL;
@@ -1619,18 +1630,13 @@ pg_config_load_accounts_file (const PgConfig *config, const char *path, gboolean
 static GHashTable *
 pg_config_load_status_users (const char *path, GError **error)
 {
-  g_autofree gchar *text = NULL;
   g_autoptr (GHashTable) users = NULL;
   g_auto (GStrv) lines = NULL;
-  gsize len = 0;
 
-  if (!pg_config_check_secret_file (path, error))
-    return NULL;
-  if (!g_file_get_contents (path, &text, &len, error))
+  lines = pg_config_read_secret_lines (path, error);
+  if (lines == NULL)
     return NULL;
   users = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) pg_secret_free);
-  lines = g_strsplit (text, "\n", -1);
-  pg_secret_wipe (text, len);
   for (guint i = 0; lines[i] != NULL; i++)
     {
       char *line = g_strstrip (lines[i]);

@@ -65,15 +65,6 @@ pg_login_oauth2_auth_cb (GObject *source, GAsyncResult *result, gpointer user_da
 }
 
 static void
-pg_login_oauth2_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GError) error = NULL;
-
-  if (!pg_upstream_id_finish (PG_UPSTREAM (source), result, &error))
-    pg_session_debug (0, "upstream ID: %s", error->message);
-}
-
-static void
 pg_login_oauth2_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   PgLoginOAuth2 *step = user_data;
@@ -86,10 +77,7 @@ pg_login_oauth2_connect_cb (GObject *source, GAsyncResult *result, gpointer user
       pg_login_oauth2_return (step, error);
       return;
     }
-  pg_upstream_id_async (op->upstream, op->id_name, op->id_version, op->client_ip,
-                        g_task_get_cancellable (op->task), pg_login_oauth2_id_cb, NULL);
-  if (op->for_relay)
-    pg_upstream_hold_when_idle (op->upstream);
+  pg_login_op_greet (op);
   pg_login_oauth2_send (step);
 }
 
@@ -102,9 +90,7 @@ pg_login_oauth2_send (PgLoginOAuth2 *step)
 
   if (pg_upstream_is_closed (op->upstream))
     {
-      pg_upstream_close (op->upstream);
-      g_clear_object (&op->upstream);
-      op->upstream = pg_upstream_new (op->config, op->upstream_config, op->sid);
+      pg_login_op_new_upstream (op);
       pg_upstream_connect_async (op->upstream, cancellable, pg_login_oauth2_connect_cb, step);
       return;
     }

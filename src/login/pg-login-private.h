@@ -32,6 +32,11 @@ typedef struct
  * (transfer full; PG_ERROR_AUTH_FAILED for refused credentials). Drops the reference on
  * op->task that the step was given; op is gone afterwards. */
 void pg_login_op_return (PgLoginOp *op, GError *error);
+/* Right after a connect: ID with the client's address, and the relay hold when the
+ * login is for the IMAP relay. Every login step calls it on every connection it makes. */
+void pg_login_op_greet (PgLoginOp *op);
+/* Drop op->upstream (if any) and make a new, unconnected one to op->upstream_config. */
+void pg_login_op_new_upstream (PgLoginOp *op);
 
 /* THE OAUTH2 STEP (src/login/pg-login-oauth2.c). Called with op->upstream connected (ID
  * sent, the relay hold set) for an account whose credential is PG_CREDENTIAL_OAUTH2

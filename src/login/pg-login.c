@@ -450,6 +450,28 @@ pg_login_id_cb (GObject *source, GAsyncResult *result, gpointer user_data)
     pg_session_debug (0, "upstream ID: %s", error->message);
 }
 
+void
+pg_login_op_greet (PgLoginOp *op)
+{
+  /* RFC 2971 ID with the client's address, so the upstream's logs and rate limits see the
+   * real client. A server without ID: completes at once. */
+  pg_upstream_id_async (op->upstream, op->id_name, op->id_version, op->client_ip,
+                        g_task_get_cancellable (op->task), pg_login_id_cb, NULL);
+  if (op->for_relay)
+    pg_upstream_hold_when_idle (op->upstream);
+}
+
+void
+pg_login_op_new_upstream (PgLoginOp *op)
+{
+  if (op->upstream != NULL)
+    {
+      pg_upstream_close (op->upstream);
+      g_clear_object (&op->upstream);
+    }
+  op->upstream = pg_upstream_new (op->config, op->upstream_config, op->sid);
+}
+
 /* Connected: ID, then the login by the upstream's auth and auth_mechanism. */
 static void
 pg_login_op_authenticate (PgLoginOp *op)
@@ -457,12 +479,7 @@ pg_login_op_authenticate (PgLoginOp *op)
   GCancellable *cancellable = g_task_get_cancellable (op->task);
   gboolean plain = FALSE;
 
-  /* RFC 2971 ID with the client's address, so the upstream's logs and rate limits see the
-   * real client. A server without ID: completes at once. */
-  pg_upstream_id_async (op->upstream, op->id_name, op->id_version, op->client_ip, cancellable,
-                        pg_login_id_cb, NULL);
-  if (op->for_relay)
-    pg_upstream_hold_when_idle (op->upstream);
+  pg_login_op_greet (op);
   if (op->account != NULL
       && (op->account->credential == PG_CREDENTIAL_OAUTH2
           || op->account->credential == PG_CREDENTIAL_OAUTH2_CLIENT))
@@ -516,12 +533,7 @@ pg_login_connect_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 pg_login_op_connect (PgLoginOp *op)
 {
-  if (op->upstream != NULL)
-    {
-      pg_upstream_close (op->upstream);
-      g_clear_object (&op->upstream);
-    }
-  op->upstream = pg_upstream_new (op->config, op->upstream_config, op->sid);
+  pg_login_op_new_upstream (op);
   pg_upstream_connect_async (op->upstream, g_task_get_cancellable (op->task), pg_login_connect_cb,
                              op->task);
 }
