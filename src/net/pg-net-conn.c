@@ -469,15 +469,16 @@ pg_conn_drop_read_source (PgConn *conn)
   pg_conn_clear_source (&conn->read_source);
 }
 
+/* A read is over, by either path (readiness or GIO's async read): count it and return it
+ * on `task` (transfer full). */
 static void
-pg_conn_read_done (PgConn *conn, gssize n, GError *error)
+pg_conn_read_return (PgConn *conn, GTask *task, gssize n, GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&conn->read_task);
-
   conn->read_pending = FALSE;
   if (n < 0)
     {
       g_task_return_error (task, error);
+      g_object_unref (task);
       return;
     }
   conn->bytes_in += (guint64) n;
@@ -485,6 +486,13 @@ pg_conn_read_done (PgConn *conn, gssize n, GError *error)
                            (guint64) n);
   pg_conn_restart_idle (conn);
   g_task_return_int (task, n);
+  g_object_unref (task);
+}
+
+static void
+pg_conn_read_done (PgConn *conn, gssize n, GError *error)
+{
+  pg_conn_read_return (conn, g_steal_pointer (&conn->read_task), n, error);
 }
 
 static gboolean
@@ -555,22 +563,12 @@ pg_conn_fail_pending_read (PgConn *conn)
 static void
 pg_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autoptr (GTask) task = user_data;
+  GTask *task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
   gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
 
-  conn->read_pending = FALSE;
-  if (n < 0)
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  conn->bytes_in += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
-                           (guint64) n);
-  pg_conn_restart_idle (conn);
-  g_task_return_int (task, n);
+  pg_conn_read_return (conn, task, n, error);
 }
 
 /* --- COMPRESS=DEFLATE (RFC 4978) --------------------------------------------------------- */
