@@ -15,7 +15,6 @@
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
 #include "popgate/pg-imap.h"
-#include "src/net/pg-net-private.h"
 
 #include <signal.h>
 #include <string.h>
@@ -987,8 +986,7 @@ in_process_thread (gpointer user_data)
   g_autoptr (PgConn) conn = NULL;
 
   g_main_context_push_thread_default (ip->context);
-  conn = pg_conn_new_internal (pg_session_id_next (), PG_FRONTEND_IMAP, ip->config, ip->server_side,
-                               G_IO_STREAM (ip->server_side), FALSE, NULL);
+  conn = pg_conn_new (PG_FRONTEND_IMAP, ip->config, G_IO_STREAM (ip->server_side));
   pg_imap_session_start (conn, NULL);
   g_main_loop_run (ip->loop);
   pg_conn_abort (conn);

@@ -37,6 +37,12 @@ G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
  * then closes. If nobody handles it the connection is closed. "shutdown" (void) — the server is
  * stopping; the session should finish soon. */
 
+/* A connection over any stream: a GSocketConnection, or a GTlsConnection (TLS from the
+ * start) whose base stream is one; anything else (a pipe pair in a fuzzer) has no socket
+ * and peer "unknown". It gets a new session id and counts its bytes for `frontend`. For
+ * the relay's upstream side, tests and fuzzers; the server makes its own. */
+PgConn *pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream);
+
 guint64 pg_conn_get_id (PgConn *conn);
 PgFrontend pg_conn_get_frontend (PgConn *conn);
 /* The config the connection was accepted under: sessions keep it for their lifetime even

@@ -59,6 +59,8 @@ pg_net_close_stream (GIOStream *stream, GSocketConnection *socket)
     {
       if (socket != NULL)
         g_socket_close (g_socket_connection_get_socket (socket), NULL);
+      else if (stream != NULL)
+        g_io_stream_close (stream, NULL, NULL); /* not a socket: a pipe pair, say */
       return;
     }
   close = g_new0 (PgNetClose, 1);

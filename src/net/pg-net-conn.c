@@ -187,13 +187,14 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocket
   conn->id = id;
   conn->frontend = frontend;
   conn->config = pg_config_ref (config);
-  conn->socket = g_object_ref (socket);
+  conn->socket = socket != NULL ? g_object_ref (socket) : NULL;
   conn->stream = g_object_ref (stream);
   conn->tls = tls;
   conn->tls_cert = tls_cert != NULL ? g_object_ref (tls_cert) : NULL;
   conn->accepted_us = g_get_monotonic_time ();
 
-  remote = g_socket_connection_get_remote_address (socket, NULL);
+  if (socket != NULL)
+    remote = g_socket_connection_get_remote_address (socket, NULL);
   if (remote != NULL && G_IS_INET_SOCKET_ADDRESS (remote))
     {
       GInetAddress *ip = g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (remote));
@@ -206,6 +207,25 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocket
       conn->peer = g_strdup ("unknown");
       conn->peer_ip = g_strdup ("unknown");
     }
+  return conn;
+}
+
+PgConn *
+pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream)
+{
+  GIOStream *base = stream;
+
+  g_return_val_if_fail (G_IS_IO_STREAM (stream), NULL);
+  if (G_IS_TLS_CONNECTION (stream))
+    g_object_get (stream, "base-io-stream", &base, NULL);
+  else
+    g_object_ref (base);
+
+  PgConn *conn
+      = pg_conn_new_internal (pg_session_id_next (), frontend, config,
+                              G_IS_SOCKET_CONNECTION (base) ? G_SOCKET_CONNECTION (base) : NULL,
+                              stream, G_IS_TLS_CONNECTION (stream), NULL);
+  g_object_unref (base);
   return conn;
 }
 

@@ -245,8 +245,7 @@ pg_fuzz_session_run (const PgFuzzSessionTarget *target, const uint8_t *data, siz
   if (server_socket == NULL)
     abort ();
   server_conn = g_socket_connection_factory_create_connection (server_socket);
-  conn = pg_conn_new_internal (1, target->frontend, pg_fuzz_config, server_conn,
-                               G_IO_STREAM (server_conn), FALSE, NULL);
+  conn = pg_conn_new (target->frontend, pg_fuzz_config, G_IO_STREAM (server_conn));
   target->start (conn, NULL);
   g_object_unref (conn); /* the session holds the connection */
 

@@ -11,7 +11,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #pragma once
 
-#include "pg-net-private.h"
+#include "popgate/pg-net.h"
 
 #include <gio/gio.h>
 #include <stdint.h>
