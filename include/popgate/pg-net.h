@@ -43,6 +43,11 @@ G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
  * the relay's upstream side, tests and fuzzers; the server makes its own. */
 PgConn *pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream);
 
+/* The same for a connection popgate made to an upstream server: its bytes are not the
+ * client bytes of the metrics, and it has no front end of its own. */
+PgConn *pg_conn_new_upstream (PgConfig *config, GIOStream *stream);
+gboolean pg_conn_is_upstream (PgConn *conn);
+
 guint64 pg_conn_get_id (PgConn *conn);
 PgFrontend pg_conn_get_frontend (PgConn *conn);
 /* The config the connection was accepted under: sessions keep it for their lifetime even

@@ -40,6 +40,7 @@ struct _PgConn
                               * the client, else NULL */
   gboolean loopback;
   gboolean tls;
+  gboolean upstream; /* popgate's connection to a server: not counted as client bytes */
 
   GCancellable *cancellable; /* owned: cancels our own I/O on close */
   gboolean read_pending;
@@ -227,6 +228,21 @@ pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream)
                               stream, G_IS_TLS_CONNECTION (stream), NULL);
   g_object_unref (base);
   return conn;
+}
+
+PgConn *
+pg_conn_new_upstream (PgConfig *config, GIOStream *stream)
+{
+  PgConn *conn = pg_conn_new (PG_FRONTEND_IMAP, config, stream);
+
+  conn->upstream = TRUE;
+  return conn;
+}
+
+gboolean
+pg_conn_is_upstream (PgConn *conn)
+{
+  return conn->upstream;
 }
 
 void
@@ -502,8 +518,9 @@ pg_conn_read_return (PgConn *conn, GTask *task, gssize n, GError *error)
       return;
     }
   conn->bytes_in += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
-                           (guint64) n);
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                             (guint64) n);
   pg_conn_restart_idle (conn);
   g_task_return_int (task, n);
   g_object_unref (task);
@@ -623,8 +640,9 @@ pg_conn_zread_cb (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   conn->bytes_in += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
-                           (guint64) n);
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                             (guint64) n);
   conn->zin_len += (gsize) n;
   pg_conn_inflate_step (conn);
 }
@@ -862,8 +880,9 @@ pg_conn_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   conn->write_offset += (gsize) n;
   conn->queued -= (gsize) n;
   conn->bytes_out += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
-                           (guint64) n);
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
+                             (guint64) n);
   if (conn->write_offset == g_bytes_get_size (head))
     {
       g_bytes_unref (g_queue_pop_head (&conn->write_queue));
@@ -921,8 +940,9 @@ pg_conn_write_now (PgConn *conn, const void *data, gsize len)
   if (n <= 0)
     return 0;
   conn->bytes_out += (guint64) n;
-  pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
-                           (guint64) n);
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_OUT,
+                             (guint64) n);
   return (gsize) n;
 }
 
