@@ -1107,6 +1107,31 @@ pg_test_state_file_unsafe_dir (PgTestStateFixture *fx, gconstpointer data)
   g_assert_no_error (error);
 }
 
+/* The layout systemd's DynamicUser=yes makes (/var/lib/popgate -> private/popgate) is a
+ * usable state path: the checks apply to the directory the symlink names. */
+static void
+pg_test_state_file_symlinked_dir (PgTestStateFixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgStateStore) store = NULL;
+  g_autofree gchar *private = g_build_filename (fx->tmp, "var", "private", NULL);
+  g_autofree gchar *target = g_build_filename (private, "popgate", NULL);
+
+  g_assert_cmpint (g_mkdir_with_parents (target, 0700), ==, 0);
+  g_assert_cmpint (g_chmod (private, 0700), ==, 0);
+  g_assert_cmpint (symlink ("private/popgate", fx->path), ==, 0);
+  g_assert_true (pg_state_store_check_dir (fx->path, &error));
+  g_assert_no_error (error);
+  store = pg_state_store_new_file (fx->path, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (store);
+  g_clear_object (&store);
+  /* The target's own mode still counts. */
+  g_assert_cmpint (g_chmod (target, 0777), ==, 0);
+  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_assert_nonnull (strstr (error->message, "writable by group or others"));
+}
+
 /* Temp files a crash left in the middle of a save are removed at start; a fresh one (a
  * save in progress in another process) and anything else are left alone. */
 static void
@@ -1584,6 +1609,9 @@ main (int argc, char **argv)
               pg_test_state_file_forged, pg_test_state_fixture_teardown);
   g_test_add ("/popgate/state/file/unsafe-dir", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_unsafe_dir,
+              pg_test_state_fixture_teardown);
+  g_test_add ("/popgate/state/file/symlinked-dir", PgTestStateFixture, NULL,
+              pg_test_state_fixture_setup, pg_test_state_file_symlinked_dir,
               pg_test_state_fixture_teardown);
   g_test_add ("/popgate/state/file/stale-temp", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_stale_temp,

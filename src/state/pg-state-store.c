@@ -66,7 +66,10 @@ pg_state_store_check_dir (const char *path, GError **error)
 {
   GStatBuf st;
 
-  if (g_lstat (path, &st) != 0)
+  /* stat, not lstat: with DynamicUser=yes systemd makes /var/lib/popgate a symlink to
+   * /var/lib/private/popgate (a root-only 0700 parent); the directory it names is what
+   * must be ours and closed to others. */
+  if (g_stat (path, &st) != 0)
     {
       int saved_errno = errno;
 
