@@ -18,6 +18,7 @@
 #include "popgate/pg-state.h"
 #include "popgate/pg-trace.h"
 
+#include <glib/gstdio.h>
 #include <glib-unix.h>
 #include <signal.h>
 
@@ -347,14 +348,25 @@ pg_main_oauth2_authorize (const PgConfig *config, const char *local_user)
 /* [state] path for the file backend: a directory popgate can write, or one it can create
  * (its nearest existing ancestor is a writable directory). --check must not create it. */
 static gboolean
-pg_main_check_state_path (PgConfig *config, GError **error)
+pg_main_check_state_path (PgConfig *config, gboolean check_only, GError **error)
 {
   g_autofree gchar *dir = NULL;
+  GStatBuf st;
+  gboolean any_owner = FALSE;
 
   if (config->state.backend != PG_STATE_BACKEND_FILE)
     return TRUE;
+  /* root's --check of a directory the service user owns (DynamicUser: a uid root cannot
+   * know; the unit's own ExecStartPre check runs as that user and checks the owner). */
+  if (check_only && geteuid () == 0 && g_stat (config->state.path, &st) == 0 && st.st_uid != 0)
+    {
+      any_owner = TRUE;
+      printf ("%s: note: [state] path %s belongs to uid %u: popgate must run as that user "
+              "(as the systemd unit's DynamicUser does)\n",
+              config->source, config->state.path, (guint) st.st_uid);
+    }
   /* Owner and mode, as the store checks them at start (a forgeable record is refused). */
-  if (!pg_state_store_check_dir (config->state.path, error))
+  if (!pg_state_store_check_dir (config->state.path, any_owner, error))
     {
       g_prefix_error (error, "%s: ", config->source);
       return FALSE;
@@ -397,7 +409,7 @@ pg_main_check_state_path (PgConfig *config, GError **error)
  * key must belong together, CA files must hold certificates, the state path must be
  * usable. Both --check and startup run it, so they agree. */
 static gboolean
-pg_main_check_files (PgConfig *config, GError **error)
+pg_main_check_files (PgConfig *config, gboolean check_only, GError **error)
 {
   if (config->tls.cert != NULL && config->tls.key != NULL
       && !pg_tls_check_pair (config->tls.cert, config->tls.key, error))
@@ -424,7 +436,7 @@ pg_main_check_files (PgConfig *config, GError **error)
           return FALSE;
         }
     }
-  return pg_main_check_state_path (config, error);
+  return pg_main_check_state_path (config, check_only, error);
 }
 
 int
@@ -551,7 +563,7 @@ main (int argc, char **argv)
       fprintf (stderr, "popgate: %s\n", error->message);
       return PG_EXIT_CONFIG;
     }
-  if (!pg_main_check_files (config, &error))
+  if (!pg_main_check_files (config, check, &error))
     {
       fprintf (stderr, "popgate: %s\n", error->message);
       return PG_EXIT_CONFIG;

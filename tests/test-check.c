@@ -556,6 +556,42 @@ test_check_privileged_port (CheckFixture *fixture, gconstpointer data)
   g_assert_true (pg_test_rm_rf (state));
 }
 
+/* An admin's --check as root of the service's state directory, owned by the unit's
+ * DynamicUser (some uid root cannot know): passes with a note, still refused when its
+ * mode lets others write; run as that user, --check checks the owner as startup does. */
+static void
+test_check_service_owned_state (CheckFixture *fixture, gconstpointer data)
+{
+  g_autofree gchar *state = g_build_filename (fixture->dir, "service-state", NULL);
+  g_autofree gchar *text = NULL;
+  g_autofree gchar *path = NULL;
+  const char *args[] = { "--config", NULL, "--check", NULL };
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  if (geteuid () != 0)
+    {
+      g_test_skip ("needs root to give the directory another owner");
+      return;
+    }
+  g_assert_cmpint (g_mkdir (state, 0700), ==, 0);
+  g_assert_cmpint (chown (state, 65534, 65534), ==, 0);
+  text = g_strdup_printf ("[upstream]\nhost = imap.example.com\n"
+                          "[pop3]\nlisten = 127.0.0.1:1110\n[state]\npath = %s\n",
+                          state);
+  path = write_config (fixture, "service-state.conf", text);
+  args[1] = path;
+  g_assert_cmpint (run_popgate (args, &out, &err), ==, 0);
+  ASSERT_CONTAINS (out, "belongs to uid 65534: popgate must run as that user");
+  ASSERT_CONTAINS (out, "configuration OK");
+  g_clear_pointer (&out, g_free);
+  g_clear_pointer (&err, g_free);
+  g_assert_cmpint (g_chmod (state, 0777), ==, 0);
+  g_assert_cmpint (run_popgate (args, &out, &err), ==, 1);
+  ASSERT_CONTAINS (err, "writable by group or others");
+  g_assert_cmpint (g_rmdir (state), ==, 0);
+}
+
 static void
 test_usage (void)
 {
@@ -623,6 +659,8 @@ main (int argc, char **argv)
               test_check_privileged_port, check_teardown);
   g_test_add ("/popgate/check/tls-files", CheckFixture, NULL, check_setup, test_check_tls_files,
               check_teardown);
+  g_test_add ("/popgate/check/service-owned-state", CheckFixture, NULL, check_setup,
+              test_check_service_owned_state, check_teardown);
   g_test_add ("/popgate/check/state-path", CheckFixture, NULL, check_setup, test_check_state_path,
               check_teardown);
   g_test_add ("/popgate/check/upstream-flags", CheckFixture, NULL, check_setup,

@@ -1079,7 +1079,7 @@ pg_test_state_file_unsafe_dir (PgTestStateFixture *fx, gconstpointer data)
   g_autoptr (PgStateStore) store = NULL;
   g_autofree gchar *missing = g_build_filename (fx->tmp, "not-yet", NULL);
 
-  g_assert_true (pg_state_store_check_dir (missing, &error));
+  g_assert_true (pg_state_store_check_dir (missing, FALSE, &error));
   g_assert_no_error (error);
   g_assert_cmpint (g_mkdir_with_parents (fx->path, 0700), ==, 0);
   g_assert_cmpint (g_chmod (fx->path, 0777), ==, 0);
@@ -1088,22 +1088,22 @@ pg_test_state_file_unsafe_dir (PgTestStateFixture *fx, gconstpointer data)
   g_assert_error (error, PG_ERROR, PG_ERROR_CONFIG);
   g_assert_nonnull (strstr (error->message, "writable by group or others"));
   g_clear_error (&error);
-  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_assert_false (pg_state_store_check_dir (fx->path, FALSE, &error));
   g_clear_error (&error);
   g_assert_cmpint (g_chmod (fx->path, 0720), ==, 0);
-  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_assert_false (pg_state_store_check_dir (fx->path, FALSE, &error));
   g_clear_error (&error);
   g_assert_cmpint (g_chmod (fx->path, 0700), ==, 0);
   if (geteuid () == 0)
     {
       /* Another owner (root can make one; as a user this part cannot be set up). */
       g_assert_cmpint (chown (fx->path, 65534, 65534), ==, 0);
-      g_assert_false (pg_state_store_check_dir (fx->path, &error));
+      g_assert_false (pg_state_store_check_dir (fx->path, FALSE, &error));
       g_assert_nonnull (strstr (error->message, "not by the service user"));
       g_clear_error (&error);
       g_assert_cmpint (chown (fx->path, 0, 0), ==, 0);
     }
-  g_assert_true (pg_state_store_check_dir (fx->path, &error));
+  g_assert_true (pg_state_store_check_dir (fx->path, FALSE, &error));
   g_assert_no_error (error);
 }
 
@@ -1120,7 +1120,7 @@ pg_test_state_file_symlinked_dir (PgTestStateFixture *fx, gconstpointer data)
   g_assert_cmpint (g_mkdir_with_parents (target, 0700), ==, 0);
   g_assert_cmpint (g_chmod (private, 0700), ==, 0);
   g_assert_cmpint (symlink ("private/popgate", fx->path), ==, 0);
-  g_assert_true (pg_state_store_check_dir (fx->path, &error));
+  g_assert_true (pg_state_store_check_dir (fx->path, FALSE, &error));
   g_assert_no_error (error);
   store = pg_state_store_new_file (fx->path, &error);
   g_assert_no_error (error);
@@ -1128,7 +1128,7 @@ pg_test_state_file_symlinked_dir (PgTestStateFixture *fx, gconstpointer data)
   g_clear_object (&store);
   /* The target's own mode still counts. */
   g_assert_cmpint (g_chmod (target, 0777), ==, 0);
-  g_assert_false (pg_state_store_check_dir (fx->path, &error));
+  g_assert_false (pg_state_store_check_dir (fx->path, FALSE, &error));
   g_assert_nonnull (strstr (error->message, "writable by group or others"));
 }
 

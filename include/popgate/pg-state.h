@@ -181,7 +181,9 @@ PgStateStore *pg_state_store_new (PgConfig *config, GError **error);
 PgStateStore *pg_state_store_new_file (const char *path, GError **error);
 /* The ownership and mode checks alone, without creating anything (--check): a path that
  * does not exist yet passes (it is created 0700). */
-gboolean pg_state_store_check_dir (const char *path, GError **error);
+/* `any_owner`: root's --check of a directory the service's own user owns (systemd's
+ * DynamicUser, whose uid root cannot know): only the mode counts. */
+gboolean pg_state_store_check_dir (const char *path, gboolean any_owner, GError **error);
 PgStateStore *pg_state_store_new_imap_metadata (void);
 PgStateBackend pg_state_store_get_backend (PgStateStore *self);
 

@@ -62,7 +62,7 @@ pg_state_store_init (PgStateStore *self)
 }
 
 gboolean
-pg_state_store_check_dir (const char *path, GError **error)
+pg_state_store_check_dir (const char *path, gboolean any_owner, GError **error)
 {
   GStatBuf st;
 
@@ -85,7 +85,7 @@ pg_state_store_check_dir (const char *path, GError **error)
       return FALSE;
     }
   /* Who can write here can forge a record ("pending expunge 1:*") or replace the key. */
-  if (st.st_uid != geteuid ())
+  if (!any_owner && st.st_uid != geteuid ())
     {
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG,
                    "[state] path %s: owned by uid %u, not by the service user (uid %u); "
@@ -225,7 +225,7 @@ pg_state_store_new_file (const char *path, GError **error)
       g_set_error (error, PG_ERROR, PG_ERROR_CONFIG, "[state] path %s: not a directory", path);
       return NULL;
     }
-  if (!pg_state_store_check_dir (path, error))
+  if (!pg_state_store_check_dir (path, FALSE, error))
     return NULL;
   mac_key = pg_state_store_load_key (path, &key_mtime, error);
   if (mac_key == NULL)
