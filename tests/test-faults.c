@@ -1313,6 +1313,67 @@ test_peer_readahead_paused_deadline (void)
   peer_run_finish (&run);
 }
 
+/* Issue 14: popgate ends its TLS connection to the upstream with a close_notify, as it
+ * does its clients' (pop3/tls-close, imap/tls-close). The upstream is the scripted peer
+ * speaking implicit TLS with a certificate from the test CA; after a POP3 session ends
+ * with QUIT, the peer must have read a close_notify, not a bare EOF under TLS. */
+static void
+test_peer_upstream_tls_close (void)
+{
+  const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_TLS, NULL, 0 },
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND,
+      "* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 6] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE logging out\r\n$ OK logged out\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
+  g_autoptr (GTlsCertificate) certificate = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autofree gchar *port = NULL;
+  g_autofree gchar *received = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+
+  g_assert_no_error (error);
+  popgate = pg_test_popgate_new (NULL, "none", &error);
+  g_assert_no_error (error);
+  certificate = g_tls_certificate_new_from_files (popgate->certs->cert_file,
+                                                  popgate->certs->key_file, &error);
+  g_assert_no_error (error);
+  pg_test_peer_set_certificate (peer, certificate);
+  port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (popgate, "upstream", "port", port);
+  pg_test_popgate_set (popgate, "upstream", "tls", "implicit");
+  pg_test_popgate_set (popgate, "upstream", "ca_file", popgate->certs->ca_file);
+  pg_test_popgate_set (popgate, "upstream", "timeout", UPSTREAM_TIMEOUT);
+  pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, "alice", &ms);
+    g_assert_cmpstr (login, ==, "+OK Logged in.");
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 1 21");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_assert_true (pg_test_peer_wait_client_closed (peer, MAX_REACTION_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+  g_assert_cmpint (pg_test_peer_get_end (peer), ==, PG_TEST_PEER_END_CLOSE_NOTIFY);
+  received = pg_test_peer_get_received (peer);
+  g_assert_null (strstr (received, PASSWORD));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+}
+
 /* Issue 19 item 6: after SELECT is asked, the server floods untagged "* OK" lines and never
  * answers. Each read used to restart the upstream timeout, so the flood held the session
  * as long as it lasted; the deadline is absolute now: the login fails and popgate closes
@@ -1584,6 +1645,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-batch-body-omitted", test_peer_batch_body_omitted, FALSE },
     { "/popgate/faults/peer-readahead-paused-deadline", test_peer_readahead_paused_deadline,
       FALSE },
+    { "/popgate/faults/peer-upstream-tls-close", test_peer_upstream_tls_close, FALSE },
     { "/popgate/faults/peer-untagged-flood", test_peer_untagged_flood, FALSE },
     { "/popgate/faults/peer-snapshot-endless", test_peer_snapshot_endless, FALSE },
     { "/popgate/faults/peer-snapshot-no-size", test_peer_snapshot_no_size, FALSE },
