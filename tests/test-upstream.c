@@ -1,9 +1,9 @@
 /* Tests for the upstream IMAP client (src/upstream).
  *
  * Faults Dovecot will not produce (a drop mid-literal, malformed replies, BYE mid-command,
- * a server without STARTTLS/UIDPLUS/MOVE, silence) come from a scripted peer: a
- * GSocketService on 127.0.0.1 in this process that follows a list of steps. Behaviour is
- * tested against a real Dovecot when the fixture is available.
+ * a server without STARTTLS/UIDPLUS/MOVE, silence) come from the tests' scripted peer
+ * (pg-test-peer.h) on 127.0.0.1, run in this thread's main context. Behaviour is tested
+ * against a real Dovecot when the fixture is available.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
