@@ -3,8 +3,8 @@
  * moment (say, after QUIT's UID STORE was answered and before its UID EXPUNGE reaches the
  * server), and plain relaying for every later connection (the next login).
  *
- * It runs in its own thread with blocking, bounded waits (like pg-test-peer.c), listens on
- * 127.0.0.1 and relays to 127.0.0.1:upstream_port.
+ * It runs in its own thread with blocking, bounded waits, listens on 127.0.0.1 and relays
+ * to 127.0.0.1:upstream_port.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */

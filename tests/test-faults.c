@@ -18,6 +18,8 @@
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 
+#include "popgate/pg-state.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -735,6 +737,134 @@ test_proxy_cut_mid_body (void)
   after = check_upstream (user, 3, NULL);
 }
 
+/* Issue 19 item 3 through the fault proxy: QUIT after DELE 1 and DELE 3, the STORE of
+ * \Deleted is confirmed and the upstream is cut at the UID EXPUNGE. The client hears
+ * -ERR [SYS/TEMP]; the pending-expunge record stays; the next login finishes exactly those
+ * UIDs — nothing lost, nothing listed again, no other message expunged, and a message
+ * another IMAP client flagged \Deleted (message 5) survives. */
+static void
+test_proxy_cut_at_uid_expunge (void)
+{
+  const PgTestFaultRule rule = { "UID EXPUNGE *", PG_TEST_FAULT_CUT, 0, 0 };
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (PgTestFaultProxy) proxy = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autoptr (GArray) before = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *state_path = NULL;
+  g_autofree gchar *pending = NULL;
+  g_autofree gchar *contents = NULL;
+  PgTestPopgate *popgate = NULL;
+  guint32 uids[5];
+  guint32 may_be_deleted[4];
+  gint64 ms = 0;
+
+  seed_small (user, 5);
+  before = check_upstream (user, 5, NULL);
+  for (guint i = 0; i < 5; i++)
+    uids[i] = g_array_index (before, guint32, i);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    PG_TEST_ASSERT_OK (pg_test_imap_uid_store (imap, uids[4], "+FLAGS.SILENT (\\Deleted)", &error),
+                       error);
+    pg_test_imap_logout (imap, NULL);
+  }
+  proxy = proxy_start (&rule, &popgate);
+  {
+    g_autoptr (PgStateStore) store = pg_state_store_new_file (popgate->state_dir, &error);
+    g_autoptr (PgStateKey) key = pg_state_key_new (user, "INBOX", "default");
+    g_assert_no_error (error);
+    state_path = pg_state_store_get_file_path (store, key);
+  }
+  pending = g_strdup_printf ("\npending expunge %u,%u\n", uids[0], uids[2]);
+
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 5 ");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 3", "+OK");
+  {
+    g_autofree gchar *reply = pg_test_pop3_cmd (pop3, "QUIT");
+    g_test_message ("QUIT, upstream cut at UID EXPUNGE: %s", reply);
+    g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
+  }
+  g_assert_true (pg_test_faultproxy_wait_triggered (proxy, MAX_REACTION_MS));
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+
+  /* The STORE was confirmed (1 and 3 carry \Deleted), nothing was expunged, and the record
+   * names exactly the DELE'd UIDs. */
+  may_be_deleted[0] = uids[0];
+  may_be_deleted[1] = uids[2];
+  may_be_deleted[2] = uids[4];
+  may_be_deleted[3] = G_MAXUINT32;
+  g_clear_pointer (&after, g_array_unref);
+  after = check_upstream (user, 5, may_be_deleted);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    for (guint i = 0; i < 5; i += 2)
+      {
+        g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, uids[i], &error);
+        g_assert_no_error (error);
+        g_assert_true (g_strv_contains ((const char *const *) flags, "\\Deleted"));
+      }
+    pg_test_imap_logout (imap, NULL);
+  }
+  contents = pg_test_read_file (state_path);
+  g_assert_nonnull (strstr (contents, pending));
+
+  /* The next login (the proxy faults once) finishes the expunge of 1 and 3 only, and lists
+   * what is left: m1, m3 and the bystander m4 — neither 1 nor 3 again. */
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, user, &ms);
+    g_assert_true (g_str_has_prefix (login, "+OK"));
+  }
+  g_assert_true (
+      pg_test_popgate_wait_log (popgate, "finished the interrupted QUIT", MAX_REACTION_MS));
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 3 ");
+  for (guint n = 1; n <= 3; n++)
+    {
+      static const guint seeded[] = { 1, 3, 4 };
+      g_autofree gchar *top = g_strdup_printf ("TOP %u 0", n);
+      g_autofree gchar *want = g_strdup_printf ("Subject: m%u\r\n", seeded[n - 1]);
+      g_autoptr (GBytes) headers = NULL;
+
+      PG_TEST_POP3_ASSERT_REPLY (pop3, top, "+OK");
+      headers = pg_test_pop3_read_multiline (pop3, &error);
+      g_assert_no_error (error);
+      g_assert_nonnull (g_strstr_len (g_bytes_get_data (headers, NULL),
+                                      (gssize) g_bytes_get_size (headers), want));
+    }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+  g_clear_pointer (&contents, g_free);
+  contents = pg_test_read_file (state_path);
+  g_assert_null (strstr (contents, "pending"));
+
+  /* Upstream: exactly 1 and 3 are gone; the bystander still carries its \Deleted. */
+  may_be_deleted[0] = uids[4];
+  may_be_deleted[1] = G_MAXUINT32;
+  g_clear_pointer (&after, g_array_unref);
+  after = check_upstream (user, 3, may_be_deleted);
+  g_assert_cmpuint (g_array_index (after, guint32, 0), ==, uids[1]);
+  g_assert_cmpuint (g_array_index (after, guint32, 1), ==, uids[3]);
+  g_assert_cmpuint (g_array_index (after, guint32, 2), ==, uids[4]);
+  {
+    g_autoptr (PgTestImap) imap = imap_login (user);
+    g_auto (GStrv) flags = pg_test_imap_fetch_flags (imap, uids[4], &error);
+    g_assert_no_error (error);
+    g_assert_true (g_strv_contains ((const char *const *) flags, "\\Deleted"));
+    pg_test_imap_logout (imap, NULL);
+  }
+}
+
 /* --- scripted upstream ------------------------------------------------------------------ */
 
 /* clang-format off */
@@ -1095,6 +1225,155 @@ test_peer_batch_body_omitted (void)
   peer_run_finish (&run);
 }
 
+/* Issue 19 item 1, "a paused upstream still has a deadline": RETR 2 makes popgate fetch
+ * 6, 7 and 8 in one UID FETCH. 7's body (100,000 octets) comes while the client has not
+ * asked for it, so popgate stops reading the upstream on it (the read-ahead holds it);
+ * RETR 3 takes it and resumes; 8's body begins, is held the same way, and in its middle
+ * the server stops and says nothing more. RETR 4 resumes the upstream: its status line
+ * and the octets that came go out, and once popgate's upstream timeout (2 s) has run out
+ * since the resume the session ends without the terminating "." — it must not wait for
+ * the pause limit or the autologout (10 minutes each; the client's 30 s read timeout is
+ * the watchdog). 8's FETCH must have begun for 7 to end: popgate ends a batched body
+ * when the next one begins or the command completes, not at its closing parenthesis. */
+static void
+test_peer_readahead_paused_deadline (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND,
+      "* 4 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 9] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 21)\r\n"
+      "* 2 FETCH (UID 6 RFC822.SIZE 21)\r\n"
+      "* 3 FETCH (UID 7 RFC822.SIZE 100000)\r\n"
+      "* 4 FETCH (UID 8 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
+      "$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 6,7,8 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n"
+      "* 3 FETCH (UID 7 BODY[] {100000}\r\n",
+      0 },
+    { PG_TEST_PEER_SEND, "012345678901234567890123456789012345678901234567\r\n", 2000 },
+    { PG_TEST_PEER_SEND, ")\r\n* 4 FETCH (UID 8 BODY[] {21}\r\nSubject: 8\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *reply = NULL;
+  g_autofree gchar *log = NULL;
+  gint64 ms = 0;
+
+  /* Long timers but the upstream's: only its deadline can end this session soon. */
+  extra_settings = (const char *const[]){ "pop3", "autologout", "10m", NULL };
+  peer_run_start (&run, script);
+  extra_settings = NULL;
+  {
+    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (login, ==, "+OK Logged in.");
+  }
+  for (guint n = 1; n <= 3; n++)
+    {
+      g_autofree gchar *status = NULL;
+      g_autoptr (GBytes) body = pg_test_pop3_retr (run.pop3, n, &status, &error);
+
+      g_assert_no_error (error);
+      g_assert_nonnull (body);
+      if (n < 3)
+        {
+          g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
+          g_assert_cmpstr (status, ==, "+OK 21 octets");
+          g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want,
+                           strlen (want));
+        }
+      else
+        {
+          g_assert_cmpstr (status, ==, "+OK 100000 octets");
+          g_assert_cmpuint (g_bytes_get_size (body), ==, 100000);
+        }
+      if (n == 2)
+        /* Everything the server will say has been sent: 7's body sits unasked. */
+        g_assert_true (pg_test_peer_wait_finished (run.peer, MAX_REACTION_MS));
+    }
+  reply = pg_test_pop3_cmd (run.pop3, "RETR 4");
+  g_assert_cmpstr (reply, ==, "+OK 21 octets");
+  g_assert_false (read_until_closed (run.pop3, &ms));
+  g_test_message (
+      "RETR 4, upstream silent mid-body after a pause: closed after %" G_GINT64_FORMAT " ms", ms);
+  g_assert_true (
+      pg_test_popgate_wait_log (run.popgate, "upstream did not answer within", MAX_REACTION_MS));
+  g_assert_true (pg_test_popgate_wait_log (run.popgate, "pop3 session ended", MAX_REACTION_MS));
+  log = pg_test_popgate_read_log (run.popgate);
+  g_assert_null (strstr (log, "not taken by the client"));
+  g_assert_nonnull (strstr (log, "reason=upstream failed during a message"));
+  peer_run_finish (&run);
+}
+
+/* Issue 14: popgate ends its TLS connection to the upstream with a close_notify, as it
+ * does its clients' (pop3/tls-close, imap/tls-close). The upstream is the scripted peer
+ * speaking implicit TLS with a certificate from the test CA; after a POP3 session ends
+ * with QUIT, the peer must have read a close_notify, not a bare EOF under TLS. */
+static void
+test_peer_upstream_tls_close (void)
+{
+  const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_TLS, NULL, 0 },
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND,
+      "* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 6] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE logging out\r\n$ OK logged out\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
+  g_autoptr (GTlsCertificate) certificate = NULL;
+  g_autoptr (PgTestPop3) pop3 = NULL;
+  g_autofree gchar *port = NULL;
+  g_autofree gchar *received = NULL;
+  PgTestPopgate *popgate;
+  gint64 ms = 0;
+
+  g_assert_no_error (error);
+  popgate = pg_test_popgate_new (NULL, "none", &error);
+  g_assert_no_error (error);
+  certificate = g_tls_certificate_new_from_files (popgate->certs->cert_file,
+                                                  popgate->certs->key_file, &error);
+  g_assert_no_error (error);
+  pg_test_peer_set_certificate (peer, certificate);
+  port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (popgate, "upstream", "port", port);
+  pg_test_popgate_set (popgate, "upstream", "tls", "implicit");
+  pg_test_popgate_set (popgate, "upstream", "ca_file", popgate->certs->ca_file);
+  pg_test_popgate_set (popgate, "upstream", "timeout", UPSTREAM_TIMEOUT);
+  pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+
+  pop3 = pop3_connect (popgate);
+  {
+    g_autofree gchar *login = timed_login (pop3, "alice", &ms);
+    g_assert_cmpstr (login, ==, "+OK Logged in.");
+  }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 1 21");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  g_assert_true (pg_test_peer_wait_client_closed (peer, MAX_REACTION_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+  g_assert_cmpint (pg_test_peer_get_end (peer), ==, PG_TEST_PEER_END_CLOSE_NOTIFY);
+  received = pg_test_peer_get_received (peer);
+  g_assert_null (strstr (received, PASSWORD));
+  g_clear_pointer (&pop3, pg_test_pop3_free);
+  stop_popgate (popgate);
+}
+
 /* Issue 19 item 6: after SELECT is asked, the server floods untagged "* OK" lines and never
  * answers. Each read used to restart the upstream timeout, so the flood held the session
  * as long as it lasted; the deadline is absolute now: the login fails and popgate closes
@@ -1352,6 +1631,7 @@ main (int argc, char **argv)
     { "/popgate/faults/proxy-cut-at-snapshot", test_proxy_cut_at_snapshot, TRUE },
     { "/popgate/faults/proxy-delay-at-select", test_proxy_delay_at_select, TRUE },
     { "/popgate/faults/proxy-cut-mid-body", test_proxy_cut_mid_body, TRUE },
+    { "/popgate/faults/proxy-cut-at-uid-expunge", test_proxy_cut_at_uid_expunge, TRUE },
     { "/popgate/faults/peer-login-hang", test_peer_login_hang, FALSE },
     { "/popgate/faults/peer-login-drop", test_peer_login_drop, FALSE },
     { "/popgate/faults/peer-snapshot-hang", test_peer_snapshot_hang, FALSE },
@@ -1363,6 +1643,9 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-size-beyond-32-bits", test_peer_size_beyond_32_bits, FALSE },
     { "/popgate/faults/peer-body-before-uid", test_peer_body_before_uid, FALSE },
     { "/popgate/faults/peer-batch-body-omitted", test_peer_batch_body_omitted, FALSE },
+    { "/popgate/faults/peer-readahead-paused-deadline", test_peer_readahead_paused_deadline,
+      FALSE },
+    { "/popgate/faults/peer-upstream-tls-close", test_peer_upstream_tls_close, FALSE },
     { "/popgate/faults/peer-untagged-flood", test_peer_untagged_flood, FALSE },
     { "/popgate/faults/peer-snapshot-endless", test_peer_snapshot_endless, FALSE },
     { "/popgate/faults/peer-snapshot-no-size", test_peer_snapshot_no_size, FALSE },

@@ -1,14 +1,15 @@
 /* Tests for the upstream IMAP client (src/upstream).
  *
  * Faults Dovecot will not produce (a drop mid-literal, malformed replies, BYE mid-command,
- * a server without STARTTLS/UIDPLUS/MOVE, silence) come from a scripted peer: a
- * GSocketService on 127.0.0.1 in this process that follows a list of steps. Behaviour is
- * tested against a real Dovecot when the fixture is available.
+ * a server without STARTTLS/UIDPLUS/MOVE, silence) come from the tests' scripted peer
+ * (pg-test-peer.h) on 127.0.0.1, run in this thread's main context. Behaviour is tested
+ * against a real Dovecot when the fixture is available.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
+#include "pg-test-peer.h"
 
 #include "popgate/pg-config.h"
 #include "popgate/pg-core.h"
@@ -96,257 +97,25 @@ pg_test_async_wait (PgTestAsync *async)
   return g_steal_pointer (&async->result);
 }
 
-/* --- scripted peer ------------------------------------------------------------------------ */
-
-typedef enum
-{
-  PG_PEER_SEND,       /* send text; "$" is replaced by the tag of the last EXPECT */
-  PG_PEER_EXPECT,     /* read a line "<tag> <text>"; text matches the glob pattern */
-  PG_PEER_EXPECT_RAW, /* read a line; the whole line matches the glob pattern */
-  PG_PEER_CLOSE,      /* close the connection */
-  PG_PEER_STARTTLS,   /* TLS server handshake with peer->certificate, then go on over TLS */
-  PG_PEER_END,        /* stay connected and silent */
-} PgPeerAction;
-
-typedef struct
-{
-  PgPeerAction action;
-  const char *text;
-} PgPeerStep;
-
-typedef struct
-{
-  GSocketService *service; /* owned */
-  guint16 port;
-  const PgPeerStep *steps; /* unowned, ends with PG_PEER_END or PG_PEER_CLOSE */
-  guint step;
-  GSocketConnection *conn;      /* owned */
-  GIOStream *stream;            /* owned: conn, or the TLS connection on it */
-  GTlsCertificate *certificate; /* owned: for PG_PEER_STARTTLS */
-  GString *input;               /* owned: bytes read, not yet matched */
-  GString *received;            /* owned: every line the client sent */
-  gchar *tag;                   /* owned: tag of the last EXPECT */
-  gchar *mismatch;              /* owned: first script failure */
-  gboolean finished;            /* reached END or CLOSE */
-  guint8 buf[4096];
-} PgTestPeer;
-
-static void pg_test_peer_advance (PgTestPeer *peer);
-
-static void
-pg_test_peer_fail (PgTestPeer *peer, gchar *message)
-{
-  if (peer->mismatch == NULL)
-    peer->mismatch = message;
-  else
-    g_free (message);
-  peer->finished = TRUE;
-  /* Make the client fail fast instead of waiting for a reply that will not come. */
-  if (peer->conn != NULL)
-    g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
-}
-
-static void
-pg_test_peer_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PgTestPeer *peer = user_data;
-  g_autoptr (GError) error = NULL;
-
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
-    {
-      pg_test_peer_fail (peer, g_strdup_printf ("peer TLS: %s", error->message));
-      return;
-    }
-  peer->step++;
-  pg_test_peer_advance (peer);
-}
-
-static void
-pg_test_peer_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PgTestPeer *peer = user_data;
-  g_autoptr (GError) error = NULL;
-
-  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
-    {
-      pg_test_peer_fail (peer, g_strdup_printf ("peer write: %s", error->message));
-      return;
-    }
-  peer->step++;
-  pg_test_peer_advance (peer);
-}
-
-static void
-pg_test_peer_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PgTestPeer *peer = user_data;
-  g_autoptr (GError) error = NULL;
-  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
-
-  if (n <= 0)
-    {
-      pg_test_peer_fail (peer, g_strdup_printf ("peer read at step %u: %s", peer->step,
-                                                error != NULL ? error->message : "EOF"));
-      return;
-    }
-  g_string_append_len (peer->input, (const char *) peer->buf, n);
-  pg_test_peer_advance (peer);
-}
-
-static void
-pg_test_peer_advance (PgTestPeer *peer)
-{
-  while (!peer->finished)
-    {
-      const PgPeerStep *step = &peer->steps[peer->step];
-
-      switch (step->action)
-        {
-        case PG_PEER_SEND:
-          {
-            g_autoptr (GString) text = g_string_new (step->text);
-            gchar *data;
-            gsize len;
-            if (peer->tag != NULL)
-              g_string_replace (text, "$", peer->tag, 0);
-            len = text->len;
-            data = g_string_free (g_steal_pointer (&text), FALSE);
-            /* The buffer must live until the write is done: keep it on the peer's list. */
-            g_object_set_data_full (G_OBJECT (peer->service), data, data, g_free);
-            g_output_stream_write_all_async (g_io_stream_get_output_stream (peer->stream), data,
-                                             len, G_PRIORITY_DEFAULT, NULL, pg_test_peer_write_cb,
-                                             peer);
-            return;
-          }
-        case PG_PEER_EXPECT:
-        case PG_PEER_EXPECT_RAW:
-          {
-            const char *crlf = strstr (peer->input->str, "\r\n");
-            g_autofree gchar *line = NULL;
-            const char *rest;
-            if (crlf == NULL)
-              {
-                g_input_stream_read_async (g_io_stream_get_input_stream (peer->stream), peer->buf,
-                                           sizeof peer->buf, G_PRIORITY_DEFAULT, NULL,
-                                           pg_test_peer_read_cb, peer);
-                return;
-              }
-            line = g_strndup (peer->input->str, (gsize) (crlf - peer->input->str));
-            g_string_erase (peer->input, 0, crlf + 2 - peer->input->str);
-            g_string_append_printf (peer->received, "%s\n", line);
-            rest = line;
-            if (step->action == PG_PEER_EXPECT)
-              {
-                const char *space = strchr (line, ' ');
-                if (space == NULL)
-                  {
-                    pg_test_peer_fail (peer, g_strdup_printf ("no tag in '%s'", line));
-                    return;
-                  }
-                g_free (peer->tag);
-                peer->tag = g_strndup (line, (gsize) (space - line));
-                rest = space + 1;
-              }
-            if (!g_pattern_match_simple (step->text, rest))
-              {
-                pg_test_peer_fail (peer, g_strdup_printf ("step %u: expected '%s', got '%s'",
-                                                          peer->step, step->text, rest));
-                return;
-              }
-            peer->step++;
-            break;
-          }
-        case PG_PEER_STARTTLS:
-          {
-            g_autoptr (GError) error = NULL;
-            GIOStream *tls
-                = g_tls_server_connection_new (G_IO_STREAM (peer->conn), peer->certificate, &error);
-            g_assert_no_error (error);
-            g_clear_object (&peer->stream);
-            peer->stream = tls;
-            g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, NULL,
-                                              pg_test_peer_handshake_cb, peer);
-            return;
-          }
-        case PG_PEER_CLOSE:
-          g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
-          peer->finished = TRUE;
-          return;
-        case PG_PEER_END:
-          peer->finished = TRUE;
-          return;
-        }
-    }
-}
-
-static gboolean
-pg_test_peer_incoming_cb (GSocketService *service, GSocketConnection *connection,
-                          GObject *source_object, gpointer user_data)
-{
-  PgTestPeer *peer = user_data;
-
-  if (peer->conn != NULL)
-    return FALSE; /* one client per script */
-  peer->conn = g_object_ref (connection);
-  peer->stream = G_IO_STREAM (g_object_ref (connection));
-  pg_test_peer_advance (peer);
-  return TRUE;
-}
+/* --- scripted peer (tests/pg-test-peer.h), in this thread's main context ------------------- */
 
 static PgTestPeer *
-pg_test_peer_new (const PgPeerStep *steps)
+pg_test_peer_start (const PgTestPeerStep *steps)
 {
-  PgTestPeer *peer = g_new0 (PgTestPeer, 1);
   g_autoptr (GError) error = NULL;
+  PgTestPeer *peer = pg_test_peer_new_in_context (steps, &error);
 
-  peer->service = g_socket_service_new ();
-  peer->steps = steps;
-  peer->input = g_string_new (NULL);
-  peer->received = g_string_new (NULL);
-  {
-    g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-    g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
-    g_autoptr (GSocketAddress) effective = NULL;
-    gboolean ok = g_socket_listener_add_address (G_SOCKET_LISTENER (peer->service), address,
-                                                 G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                                 &effective, &error);
-    g_assert_no_error (error);
-    g_assert_true (ok);
-    peer->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
-  }
-  g_signal_connect (peer->service, "incoming", G_CALLBACK (pg_test_peer_incoming_cb), peer);
-  g_socket_service_start (peer->service);
+  g_assert_no_error (error);
+  g_assert_nonnull (peer);
   return peer;
 }
-
-static void
-pg_test_peer_free (PgTestPeer *peer)
-{
-  g_socket_service_stop (peer->service);
-  g_socket_listener_close (G_SOCKET_LISTENER (peer->service));
-  if (peer->conn != NULL)
-    g_io_stream_close (G_IO_STREAM (peer->conn), NULL, NULL);
-  /* Let cancelled peer I/O finish before the peer goes away. */
-  while (g_main_context_iteration (NULL, FALSE))
-    ;
-  g_clear_object (&peer->stream);
-  g_clear_object (&peer->conn);
-  g_clear_object (&peer->certificate);
-  g_clear_object (&peer->service);
-  g_string_free (peer->input, TRUE);
-  g_string_free (peer->received, TRUE);
-  g_free (peer->tag);
-  g_free (peer->mismatch);
-  g_free (peer);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestPeer, pg_test_peer_free)
 
 /* The script ran to its end without a mismatch. */
 static void
 pg_test_peer_assert_done (PgTestPeer *peer)
 {
-  pg_test_wait_flag (&peer->finished);
-  g_assert_cmpstr (peer->mismatch, ==, NULL);
+  g_assert_true (pg_test_peer_wait_finished (peer, PG_TEST_DEADLINE_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
 }
 
 /* --- helpers around PgUpstream ------------------------------------------------------------ */
@@ -370,7 +139,8 @@ pg_test_config (const char *host, guint16 port, const char *tls, const char *ca_
 static PgUpstream *
 pg_test_upstream_for_peer (PgTestPeer *peer, const char *tls, const char *extra)
 {
-  g_autoptr (PgConfig) config = pg_test_config ("127.0.0.1", peer->port, tls, NULL, extra);
+  g_autoptr (PgConfig) config
+      = pg_test_config ("127.0.0.1", pg_test_peer_get_port (peer), tls, NULL, extra);
 
   return pg_upstream_new (config, &config->upstream, 7);
 }
@@ -567,22 +337,24 @@ pg_test_assert_no_secret_logged (const char *user, const char *password)
 static void
 test_peer_login_literals (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN ID] ready\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5}" },
-    { PG_PEER_SEND, "+ OK\r\n" },
-    { PG_PEER_EXPECT_RAW, "alice {12}" },
-    { PG_PEER_SEND, "+ OK\r\n" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
-    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 UIDPLUS ID] Logged in\r\n" },
-    { PG_PEER_EXPECT, "ID (\"name\" \"popgate\" \"version\" \"1.0\" \"x-originating-ip\" "
-                      "\"192.0.2.1\")" },
-    { PG_PEER_SEND, "* ID NIL\r\n$ OK ID done\r\n" },
-    { PG_PEER_EXPECT, "LOGOUT" },
-    { PG_PEER_SEND, "* BYE bye\r\n$ OK Logout completed.\r\n" },
-    { PG_PEER_CLOSE, NULL },
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN ID] ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5}", 0 },
+    { PG_TEST_PEER_SEND, "+ OK\r\n", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12}", 0 },
+    { PG_TEST_PEER_SEND, "+ OK\r\n", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 UIDPLUS ID] Logged in\r\n", 0 },
+    { PG_TEST_PEER_EXPECT,
+      "ID (\"name\" \"popgate\" \"version\" \"1.0\" \"x-originating-ip\" "
+      "\"192.0.2.1\")",
+      0 },
+    { PG_TEST_PEER_SEND, "* ID NIL\r\n$ OK ID done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK Logout completed.\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
   g_autoptr (GError) error = NULL;
   PgTestSignals signals = { 0 };
@@ -618,22 +390,22 @@ test_peer_login_literals (void)
 static void
 test_peer_login_literal_plus (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5+}" },
-    { PG_PEER_EXPECT_RAW, "alice {12+}" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
     /* No capabilities in the reply: the client must ask. */
-    { PG_PEER_SEND, "$ NO [AUTHENTICATIONFAILED] Authentication failed.\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5+}" },
-    { PG_PEER_EXPECT_RAW, "alice {12+}" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
-    { PG_PEER_SEND, "$ OK Logged in\r\n" },
-    { PG_PEER_EXPECT, "CAPABILITY" },
-    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_SEND, "$ NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
+    { PG_TEST_PEER_SEND, "$ OK Logged in\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "CAPABILITY", 0 },
+    { PG_TEST_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
   g_autoptr (GError) error = NULL;
 
@@ -691,9 +463,9 @@ pg_test_stream_read_until (GIOStream *stream, GString *got, const char *text)
 /* The relay hand-off: after the login reply nothing the server sends is lost or parsed;
  * it is either returned as buffered bytes or still in the stream. */
 static void
-pg_test_steal_after_login (const PgPeerStep *script, const char *expected_cap)
+pg_test_steal_after_login (const PgTestPeerStep *script, const char *expected_cap)
 {
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
   g_autoptr (GError) error = NULL;
   g_autoptr (GBytes) buffered = NULL;
@@ -742,28 +514,28 @@ pg_test_steal_after_login (const PgPeerStep *script, const char *expected_cap)
 static void
 test_peer_steal_stream (void)
 {
-  static const PgPeerStep with_caps[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5+}" },
-    { PG_PEER_EXPECT_RAW, "alice {12+}" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+  static const PgTestPeerStep with_caps[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
     /* Untagged data right behind the reply, in the same write. */
-    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in\r\n* 3 EXISTS\r\n" },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "$ OK noop\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in\r\n* 3 EXISTS\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK noop\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  static const PgPeerStep ask_caps[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5+}" },
-    { PG_PEER_EXPECT_RAW, "alice {12+}" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
-    { PG_PEER_SEND, "$ OK Logged in\r\n" },
-    { PG_PEER_EXPECT, "CAPABILITY" },
-    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n* 3 EXISTS\r\n" },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "$ OK noop\r\n" },
-    { PG_PEER_END, NULL },
+  static const PgTestPeerStep ask_caps[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
+    { PG_TEST_PEER_SEND, "$ OK Logged in\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "CAPABILITY", 0 },
+    { PG_TEST_PEER_SEND, "* CAPABILITY IMAP4rev1 MOVE\r\n$ OK done\r\n* 3 EXISTS\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK noop\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
 
   pg_test_steal_after_login (with_caps, "IDLE");
@@ -782,22 +554,22 @@ test_peer_authenticate_plain (void)
   }
   for (int ir = 0; ir < 2; ir++)
     {
-      const PgPeerStep with_ir[] = {
-        { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n" },
-        { PG_PEER_EXPECT, ir_line },
-        { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n" },
-        { PG_PEER_END, NULL },
+      const PgTestPeerStep with_ir[] = {
+        { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n", 0 },
+        { PG_TEST_PEER_EXPECT, ir_line, 0 },
+        { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n", 0 },
+        { PG_TEST_PEER_HANG, NULL, 0 },
       };
-      const PgPeerStep without_ir[] = {
-        { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n" },
-        { PG_PEER_EXPECT, "AUTHENTICATE PLAIN" },
-        { PG_PEER_SEND, "+ \r\n" },
-        { PG_PEER_EXPECT_RAW, b64 },
-        { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n" },
-        { PG_PEER_END, NULL },
+      const PgTestPeerStep without_ir[] = {
+        { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n", 0 },
+        { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN", 0 },
+        { PG_TEST_PEER_SEND, "+ \r\n", 0 },
+        { PG_TEST_PEER_EXPECT_RAW, b64, 0 },
+        { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 X] Logged in\r\n", 0 },
+        { PG_TEST_PEER_HANG, NULL, 0 },
       };
-      const PgPeerStep *script = ir ? with_ir : without_ir;
-      g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+      const PgTestPeerStep *script = ir ? with_ir : without_ir;
+      g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
       g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
       g_autoptr (GError) error = NULL;
 
@@ -818,20 +590,20 @@ test_peer_authenticate_plain (void)
 static void
 test_peer_named_upstream (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1] named ready\r\n" },
-    { PG_PEER_EXPECT, "LOGIN {5}" },
-    { PG_PEER_SEND, "+ OK\r\n" },
-    { PG_PEER_EXPECT_RAW, "alice {12}" },
-    { PG_PEER_SEND, "+ OK\r\n" },
-    { PG_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
-    { PG_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 NAMED] Logged in\r\n" },
-    { PG_PEER_END, NULL },
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1] named ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5}", 0 },
+    { PG_TEST_PEER_SEND, "+ OK\r\n", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12}", 0 },
+    { PG_TEST_PEER_SEND, "+ OK\r\n", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD, 0 },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 NAMED] Logged in\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autofree gchar *extra = g_strdup_printf ("[upstream:other]\nhost = 127.0.0.1\nport = %u\n"
                                              "tls = none\n",
-                                             peer->port);
+                                             pg_test_peer_get_port (peer));
   g_autoptr (PgConfig) config = pg_test_config ("127.0.0.1", 1, "none", NULL, extra);
   g_autoptr (PgUpstream) upstream
       = pg_upstream_new (config, pg_config_find_upstream (config, "other"), 3);
@@ -850,21 +622,21 @@ static void
 test_peer_starttls_not_offered (void)
 {
   /* Once in the greeting, once in a CAPABILITY reply. */
-  static const PgPeerStep script1[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n" },
-    { PG_PEER_END, NULL },
+  static const PgTestPeerStep script1[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  static const PgPeerStep script2[] = {
-    { PG_PEER_SEND, "* OK ready\r\n" },
-    { PG_PEER_EXPECT, "CAPABILITY" },
-    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1\r\n$ OK done\r\n" },
-    { PG_PEER_END, NULL },
+  static const PgTestPeerStep script2[] = {
+    { PG_TEST_PEER_SEND, "* OK ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "CAPABILITY", 0 },
+    { PG_TEST_PEER_SEND, "* CAPABILITY IMAP4rev1\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  const PgPeerStep *scripts[] = { script1, script2 };
+  const PgTestPeerStep *scripts[] = { script1, script2 };
 
   for (gsize i = 0; i < G_N_ELEMENTS (scripts); i++)
     {
-      g_autoptr (PgTestPeer) peer = pg_test_peer_new (scripts[i]);
+      g_autoptr (PgTestPeer) peer = pg_test_peer_start (scripts[i]);
       g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "starttls", NULL);
       g_autoptr (GError) error = NULL;
 
@@ -881,17 +653,19 @@ test_peer_starttls_not_offered (void)
 static void
 test_peer_starttls_injection (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n" },
-    { PG_PEER_EXPECT, "STARTTLS" },
-    { PG_PEER_SEND, "$ OK Begin TLS negotiation now.\r\n* BYE injected\r\n"
-                    "* CAPABILITY IMAP4rev1 INJECTED\r\n" },
-    { PG_PEER_STARTTLS, NULL },
-    { PG_PEER_EXPECT, "CAPABILITY" },
-    { PG_PEER_SEND, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "$ OK done\r\n" },
-    { PG_PEER_END, NULL },
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "STARTTLS", 0 },
+    { PG_TEST_PEER_SEND,
+      "$ OK Begin TLS negotiation now.\r\n* BYE injected\r\n"
+      "* CAPABILITY IMAP4rev1 INJECTED\r\n",
+      0 },
+    { PG_TEST_PEER_TLS, NULL, 0 },
+    { PG_TEST_PEER_EXPECT, "CAPABILITY", 0 },
+    { PG_TEST_PEER_SEND, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
   g_autoptr (GError) error = NULL;
   g_autofree gchar *dir = NULL;
@@ -910,10 +684,15 @@ test_peer_starttls_injection (void)
   g_assert_no_error (error);
   certs = pg_test_certs_new (dir, &error);
   g_assert_no_error (error);
-  peer = pg_test_peer_new (script);
-  peer->certificate = g_tls_certificate_new_from_files (certs->cert_file, certs->key_file, &error);
-  g_assert_no_error (error);
-  config = pg_test_config ("127.0.0.1", peer->port, "starttls", certs->ca_file, NULL);
+  peer = pg_test_peer_start (script);
+  {
+    g_autoptr (GTlsCertificate) certificate
+        = g_tls_certificate_new_from_files (certs->cert_file, certs->key_file, &error);
+    g_assert_no_error (error);
+    pg_test_peer_set_certificate (peer, certificate);
+  }
+  config = pg_test_config ("127.0.0.1", pg_test_peer_get_port (peer), "starttls", certs->ca_file,
+                           NULL);
   upstream = pg_upstream_new (config, &config->upstream, 9);
   pg_test_connect_signals (upstream, &signals);
 
@@ -942,11 +721,11 @@ test_peer_starttls_injection (void)
 /* PREAUTH plus a SELECT, the start of most scripts below. */
 /* clang-format off */
 #define PG_TEST_PREAUTH_SELECT(caps)                                                               \
-  { PG_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n" },                         \
-  { PG_PEER_EXPECT, "SELECT INBOX" },                                                              \
-  { PG_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                       \
+  { PG_TEST_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 " caps "] ready\r\n", 0 },                         \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                              \
+  { PG_TEST_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                       \
                   "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"                  \
-                  "$ OK [READ-WRITE] Select completed.\r\n" }
+                  "$ OK [READ-WRITE] Select completed.\r\n", 0 }
 /* clang-format on */
 
 static PgUpstream *
@@ -971,14 +750,14 @@ pg_test_start_selected (PgTestPeer *peer, const char *extra)
 static void
 test_peer_drop_mid_literal (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {100}\r\nabc" },
-    { PG_PEER_CLOSE, NULL },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {100}\r\nabc", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GError) error = NULL;
   PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE };
@@ -1024,13 +803,13 @@ test_peer_malformed (void)
 
   for (gsize i = 0; i < G_N_ELEMENTS (replies); i++)
     {
-      PgPeerStep script[] = {
+      PgTestPeerStep script[] = {
         PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-        { PG_PEER_EXPECT, "NOOP" },
-        { PG_PEER_SEND, replies[i] },
-        { PG_PEER_END, NULL },
+        { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+        { PG_TEST_PEER_SEND, replies[i], 0 },
+        { PG_TEST_PEER_HANG, NULL, 0 },
       };
-      g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+      g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
       g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
       g_autoptr (GError) error = NULL;
 
@@ -1043,13 +822,13 @@ test_peer_malformed (void)
   {
     g_autofree gchar *junk = g_strnfill (PG_UPSTREAM_MAX_LINE + 100, 'x');
     g_autofree gchar *line = g_strdup_printf ("* OK %s\r\n", junk);
-    PgPeerStep script[] = {
+    PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-      { PG_PEER_EXPECT, "NOOP" },
-      { PG_PEER_SEND, line },
-      { PG_PEER_END, NULL },
+      { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+      { PG_TEST_PEER_SEND, line, 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
     };
-    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
     g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
     g_autoptr (GError) error = NULL;
 
@@ -1062,13 +841,13 @@ test_peer_malformed (void)
 static void
 test_peer_bye (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "* BYE Server shutting down.\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "* BYE Server shutting down.\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GError) error = NULL;
   PgTestSignals signals = { 0 };
@@ -1087,12 +866,12 @@ test_peer_bye (void)
 static void
 test_peer_timeout (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_END, NULL }, /* never answers */
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 }, /* never answers */
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, "timeout = 300ms\n");
   g_autoptr (GError) error = NULL;
 
@@ -1105,20 +884,24 @@ test_peer_timeout (void)
 static void
 test_peer_untagged (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)" },
-    { PG_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100)\r\n"
-                    "* 2 FETCH (RFC822.SIZE 0 UID 7)\r\n"
-                    "* 3 FETCH (UID 8 RFC822.SIZE 4294967296 FLAGS (\\Seen))\r\n"
-                    "$ OK Fetch completed.\r\n" },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "* 4 EXISTS\r\n* 2 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Seen))\r\n"
-                    "* OK [ALERT] maintenance at noon\r\n* VANISHED (EARLIER) 1:3,5\r\n"
-                    "$ OK done\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 1 FETCH (UID 4 RFC822.SIZE 100)\r\n"
+      "* 2 FETCH (RFC822.SIZE 0 UID 7)\r\n"
+      "* 3 FETCH (UID 8 RFC822.SIZE 4294967296 FLAGS (\\Seen))\r\n"
+      "$ OK Fetch completed.\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 4 EXISTS\r\n* 2 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Seen))\r\n"
+      "* OK [ALERT] maintenance at noon\r\n* VANISHED (EARLIER) 1:3,5\r\n"
+      "$ OK done\r\n",
+      0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GError) error = NULL;
   PgTestSignals signals = { 0 };
@@ -1165,19 +948,20 @@ test_peer_back_pressure (void)
   g_string_append_printf (reply, "%" G_GSIZE_FORMAT "}\r\n%s)\r\n$ OK done\r\n", body_len,
                           expected);
   {
-    PgPeerStep script[] = {
+    PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-      { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[TEXT]<0.10>)" },
-      { PG_PEER_SEND, "* 2 FETCH (UID 5 BODY[TEXT]<0> {10}\r\n0123456789)\r\n$ OK done\r\n" },
-      { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
-      { PG_PEER_SEND, reply->str },
-      { PG_PEER_EXPECT, "UID FETCH 6 (UID BODY.PEEK[HEADER])" },
-      { PG_PEER_SEND, "$ OK Fetch completed.\r\n" },
-      { PG_PEER_EXPECT, "UID FETCH 7 (UID BODY.PEEK[])" },
-      { PG_PEER_SEND, "$ NO Some messages were also expunged.\r\n" },
-      { PG_PEER_END, NULL },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[TEXT]<0.10>)", 0 },
+      { PG_TEST_PEER_SEND, "* 2 FETCH (UID 5 BODY[TEXT]<0> {10}\r\n0123456789)\r\n$ OK done\r\n",
+        0 },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+      { PG_TEST_PEER_SEND, reply->str, 0 },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 6 (UID BODY.PEEK[HEADER])", 0 },
+      { PG_TEST_PEER_SEND, "$ OK Fetch completed.\r\n", 0 },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 7 (UID BODY.PEEK[])", 0 },
+      { PG_TEST_PEER_SEND, "$ NO Some messages were also expunged.\r\n", 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
     };
-    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
     g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
     g_autoptr (GError) error = NULL;
     gboolean vanished = TRUE;
@@ -1249,11 +1033,11 @@ test_peer_back_pressure (void)
 static void
 test_peer_bye_greeting (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_SEND, "* BYE Too many connections from your IP\r\n" },
-    { PG_PEER_CLOSE, NULL },
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* BYE Too many connections from your IP\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
   g_autoptr (GError) error = NULL;
 
@@ -1277,13 +1061,13 @@ test_peer_many_sizes (void)
     g_string_append_printf (reply, "* %u FETCH (UID %u RFC822.SIZE %u)\r\n", i, i * 2, i + 1000);
   g_string_append (reply, "$ OK Fetch completed.\r\n");
   {
-    PgPeerStep script[] = {
+    PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-      { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)" },
-      { PG_PEER_SEND, reply->str },
-      { PG_PEER_END, NULL },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)", 0 },
+      { PG_TEST_PEER_SEND, reply->str, 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
     };
-    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
     g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
     g_autoptr (GError) error = NULL;
     PgTestAsync async = { NULL, FALSE };
@@ -1307,10 +1091,10 @@ test_peer_many_sizes (void)
 static void
 test_peer_connect_timeout (void)
 {
-  static const PgPeerStep script[] = {
-    { PG_PEER_END, NULL }, /* no greeting */
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_HANG, NULL, 0 }, /* no greeting */
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream
       = pg_test_upstream_for_peer (peer, "none", "connect_timeout = 300ms\n");
   g_autoptr (GError) error = NULL;
@@ -1328,15 +1112,15 @@ test_peer_cancel_body (void)
   g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
   g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
                                              PG_UPSTREAM_BODY_CHUNK * 3, body_text);
-  PgPeerStep script[] = {
+  PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])" },
-    { PG_PEER_SEND, reply },
-    { PG_PEER_EXPECT, "NOOP" },
-    { PG_PEER_SEND, "$ OK done\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, reply, 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GCancellable) cancellable = g_cancellable_new ();
   g_autoptr (GError) error = NULL;
@@ -1369,17 +1153,17 @@ test_peer_move_fallback (void)
 
   /* Without MOVE, with UIDPLUS: COPY, STORE, UID EXPUNGE. */
   {
-    static const PgPeerStep script[] = {
+    static const PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-      { PG_PEER_EXPECT, "UID COPY 1:3,7 Trash" },
-      { PG_PEER_SEND, "$ OK [COPYUID 1 1:3,7 10:13] Copy completed.\r\n" },
-      { PG_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)" },
-      { PG_PEER_SEND, "$ OK Store completed.\r\n" },
-      { PG_PEER_EXPECT, "UID EXPUNGE 1:3,7" },
-      { PG_PEER_SEND, "* 1 EXPUNGE\r\n$ OK Expunge completed.\r\n" },
-      { PG_PEER_END, NULL },
+      { PG_TEST_PEER_EXPECT, "UID COPY 1:3,7 Trash", 0 },
+      { PG_TEST_PEER_SEND, "$ OK [COPYUID 1 1:3,7 10:13] Copy completed.\r\n", 0 },
+      { PG_TEST_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)", 0 },
+      { PG_TEST_PEER_SEND, "$ OK Store completed.\r\n", 0 },
+      { PG_TEST_PEER_EXPECT, "UID EXPUNGE 1:3,7", 0 },
+      { PG_TEST_PEER_SEND, "* 1 EXPUNGE\r\n$ OK Expunge completed.\r\n", 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
     };
-    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
     g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
     g_autoptr (GError) error = NULL;
     PgTestAsync async = { NULL, FALSE };
@@ -1397,17 +1181,17 @@ test_peer_move_fallback (void)
   }
   /* Neither MOVE nor UIDPLUS: copied and left flagged; UID EXPUNGE refused locally. */
   {
-    static const PgPeerStep script[] = {
+    static const PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("ID"),
-      { PG_PEER_EXPECT, "UID COPY 1:3,7 \"Deleted Items\"" },
-      { PG_PEER_SEND, "$ OK Copy completed.\r\n" },
-      { PG_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)" },
-      { PG_PEER_SEND, "$ OK Store completed.\r\n" },
-      { PG_PEER_EXPECT, "NOOP" },
-      { PG_PEER_SEND, "$ OK done\r\n" },
-      { PG_PEER_END, NULL },
+      { PG_TEST_PEER_EXPECT, "UID COPY 1:3,7 \"Deleted Items\"", 0 },
+      { PG_TEST_PEER_SEND, "$ OK Copy completed.\r\n", 0 },
+      { PG_TEST_PEER_EXPECT, "UID STORE 1:3,7 +FLAGS.SILENT (\\Deleted)", 0 },
+      { PG_TEST_PEER_SEND, "$ OK Store completed.\r\n", 0 },
+      { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+      { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
     };
-    g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
     g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
     g_autoptr (GError) error = NULL;
     PgTestAsync async = { NULL, FALSE };
@@ -1437,19 +1221,20 @@ test_peer_move_fallback (void)
 static void
 test_peer_metadata (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("METADATA"),
-    { PG_PEER_EXPECT, "GETMETADATA INBOX /private/vendor/popgate/x" },
-    { PG_PEER_SEND, "* METADATA INBOX (/private/vendor/popgate/x {5}\r\nhello)\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "GETMETADATA \"\" /private/comment" },
-    { PG_PEER_SEND, "* METADATA \"\" (/private/comment NIL)\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x \"v 1\")" },
-    { PG_PEER_SEND, "$ OK done\r\n" },
-    { PG_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x NIL)" },
-    { PG_PEER_SEND, "$ NO [METADATA TOOMANY] nope\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_EXPECT, "GETMETADATA INBOX /private/vendor/popgate/x", 0 },
+    { PG_TEST_PEER_SEND,
+      "* METADATA INBOX (/private/vendor/popgate/x {5}\r\nhello)\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "GETMETADATA \"\" /private/comment", 0 },
+    { PG_TEST_PEER_SEND, "* METADATA \"\" (/private/comment NIL)\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x \"v 1\")", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "SETMETADATA INBOX (/private/vendor/popgate/x NIL)", 0 },
+    { PG_TEST_PEER_SEND, "$ NO [METADATA TOOMANY] nope\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GError) error = NULL;
 

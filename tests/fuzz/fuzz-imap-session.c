@@ -33,7 +33,7 @@ static const char pg_fuzz_message[] = "Subject: one\r\n\r\nHello.\r\n";
 static void
 pg_fuzz_imap_greet (PgFuzzUpstream *up)
 {
-  pg_fuzz_upstream_printf (up, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN ID] hi\r\n");
+  pg_test_peer_printf (up->peer, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN ID] hi\r\n");
 }
 
 /* Malformed and unsolicited responses for the relay's response scanner. */
@@ -59,7 +59,7 @@ pg_fuzz_imap_command (PgFuzzUpstream *up, const char *line)
   if (up->idle_tag != NULL && g_ascii_strcasecmp (line, "DONE") == 0)
     {
       g_autofree gchar *idle_tag = g_steal_pointer (&up->idle_tag);
-      pg_fuzz_upstream_printf (up, "%s OK idle done\r\n", idle_tag);
+      pg_test_peer_printf (up->peer, "%s OK idle done\r\n", idle_tag);
       return;
     }
   if (tag == NULL || verb == NULL)
@@ -70,59 +70,59 @@ pg_fuzz_imap_command (PgFuzzUpstream *up, const char *line)
         {
           if (up->mode == PG_FUZZ_UPSTREAM_LOGIN_NO)
             {
-              pg_fuzz_upstream_printf (up, "%s NO [AUTHENTICATIONFAILED] no\r\n", tag);
+              pg_test_peer_printf (up->peer, "%s NO [AUTHENTICATIONFAILED] no\r\n", tag);
               return;
             }
           up->logged_in = TRUE;
           /* Dovecot sends an unsolicited line with the OK at times: the relay gets it. */
-          pg_fuzz_upstream_printf (up,
-                                   "%s OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS MOVE "
-                                   "COMPRESS=DEFLATE UNAUTHENTICATE STARTTLS] in\r\n"
-                                   "* 3 EXISTS\r\n",
-                                   tag);
+          pg_test_peer_printf (up->peer,
+                               "%s OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS MOVE "
+                               "COMPRESS=DEFLATE UNAUTHENTICATE STARTTLS] in\r\n"
+                               "* 3 EXISTS\r\n",
+                               tag);
           return;
         }
-      pg_fuzz_upstream_printf (up, "%s OK done\r\n", tag);
+      pg_test_peer_printf (up->peer, "%s OK done\r\n", tag);
       return;
     }
   if (up->mode == PG_FUZZ_UPSTREAM_DROP_AFTER_LOGIN)
     {
-      pg_fuzz_upstream_close (up);
+      pg_test_peer_abort (up->peer);
       return;
     }
   if (up->mode == PG_FUZZ_UPSTREAM_GARBAGE)
     {
       const char *junk = pg_fuzz_garbage[strlen (line) % G_N_ELEMENTS (pg_fuzz_garbage)];
-      pg_fuzz_upstream_send (up, junk, strlen (junk));
+      pg_test_peer_send (up->peer, junk, strlen (junk));
     }
   if (g_ascii_strcasecmp (verb, "SELECT") == 0 || g_ascii_strcasecmp (verb, "EXAMINE") == 0)
-    pg_fuzz_upstream_printf (
-        up,
-        "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
-        "%s OK [%s] s\r\n",
-        tag, g_ascii_strcasecmp (verb, "EXAMINE") == 0 ? "READ-ONLY" : "READ-WRITE");
+    pg_test_peer_printf (up->peer,
+                         "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
+                         "%s OK [%s] s\r\n",
+                         tag,
+                         g_ascii_strcasecmp (verb, "EXAMINE") == 0 ? "READ-ONLY" : "READ-WRITE");
   else if (g_ascii_strcasecmp (verb, "IDLE") == 0)
     {
       g_free (up->idle_tag);
       up->idle_tag = g_strdup (tag);
-      pg_fuzz_upstream_printf (up, "+ idling\r\n* 4 EXISTS\r\n");
+      pg_test_peer_printf (up->peer, "+ idling\r\n* 4 EXISTS\r\n");
     }
   else if (g_ascii_strcasecmp (verb, "FETCH") == 0 || g_ascii_strcasecmp (verb, "UID") == 0)
-    pg_fuzz_upstream_printf (up,
-                             "* 1 FETCH (UID 11 BODY[] {%" G_GSIZE_FORMAT "}\r\n%s)\r\n"
-                             "%s OK f\r\n",
-                             strlen (pg_fuzz_message), pg_fuzz_message, tag);
+    pg_test_peer_printf (up->peer,
+                         "* 1 FETCH (UID 11 BODY[] {%" G_GSIZE_FORMAT "}\r\n%s)\r\n"
+                         "%s OK f\r\n",
+                         strlen (pg_fuzz_message), pg_fuzz_message, tag);
   else if (g_ascii_strcasecmp (verb, "LOGOUT") == 0)
     {
-      pg_fuzz_upstream_printf (up, "* BYE b\r\n%s OK l\r\n", tag);
+      pg_test_peer_printf (up->peer, "* BYE b\r\n%s OK l\r\n", tag);
       /* A FIN after the replies (a reset could discard them unread); popgate closes its
        * side first, so the reset at the end of the run leaves no TIME_WAIT. */
-      g_socket_shutdown (g_socket_connection_get_socket (up->conn), FALSE, TRUE, NULL);
+      pg_test_peer_shutdown (up->peer);
     }
   else if (g_ascii_strcasecmp (verb, "CLOSE") == 0 && strlen (tag) % 2 == 0)
-    pg_fuzz_upstream_printf (up, "%s NO cannot\r\n", tag);
+    pg_test_peer_printf (up->peer, "%s NO cannot\r\n", tag);
   else
-    pg_fuzz_upstream_printf (up, "%s OK done\r\n", tag);
+    pg_test_peer_printf (up->peer, "%s OK done\r\n", tag);
 }
 
 static void

@@ -33,8 +33,8 @@ static const char *const pg_fuzz_messages[] = {
 static void
 pg_fuzz_pop3_greet (PgFuzzUpstream *up)
 {
-  pg_fuzz_upstream_printf (up, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN%s] hi\r\n",
-                           up->mode == PG_FUZZ_UPSTREAM_NO_UIDPLUS ? "" : " UIDPLUS");
+  pg_test_peer_printf (up->peer, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN%s] hi\r\n",
+                       up->mode == PG_FUZZ_UPSTREAM_NO_UIDPLUS ? "" : " UIDPLUS");
 }
 
 /* One command line from popgate: answer it like a tiny IMAP server with three messages
@@ -51,16 +51,16 @@ pg_fuzz_pop3_command (PgFuzzUpstream *up, const char *line)
   if (strcmp (verb, "AUTHENTICATE") == 0 || strcmp (verb, "LOGIN") == 0)
     {
       if (up->mode == PG_FUZZ_UPSTREAM_LOGIN_NO)
-        pg_fuzz_upstream_printf (up, "%s NO [AUTHENTICATIONFAILED] no\r\n", tag);
+        pg_test_peer_printf (up->peer, "%s NO [AUTHENTICATIONFAILED] no\r\n", tag);
       else
-        pg_fuzz_upstream_printf (up, "%s OK [CAPABILITY IMAP4rev1 %s] in\r\n", tag,
-                                 up->mode == PG_FUZZ_UPSTREAM_NO_UIDPLUS ? "" : "UIDPLUS");
+        pg_test_peer_printf (up->peer, "%s OK [CAPABILITY IMAP4rev1 %s] in\r\n", tag,
+                             up->mode == PG_FUZZ_UPSTREAM_NO_UIDPLUS ? "" : "UIDPLUS");
     }
   else if (strcmp (verb, "SELECT") == 0 || strcmp (verb, "EXAMINE") == 0)
-    pg_fuzz_upstream_printf (up,
-                             "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
-                             "* OK [UIDNEXT 14] n\r\n%s OK [READ-WRITE] s\r\n",
-                             tag);
+    pg_test_peer_printf (up->peer,
+                         "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"
+                         "* OK [UIDNEXT 14] n\r\n%s OK [READ-WRITE] s\r\n",
+                         tag);
   else if (strcmp (verb, "UID") == 0 && words[2] != NULL && strcmp (words[2], "FETCH") == 0)
     {
       const char *rest = words[3] != NULL ? words[3] : "";
@@ -72,12 +72,12 @@ pg_fuzz_pop3_command (PgFuzzUpstream *up, const char *line)
                                     "* %u FETCH (UID %u RFC822.SIZE %" G_GSIZE_FORMAT ")\r\n",
                                     i + 1, 11 + i, strlen (pg_fuzz_messages[i]));
           g_string_append_printf (reply, "%s OK f\r\n", tag);
-          pg_fuzz_upstream_send (up, reply->str, reply->len);
+          pg_test_peer_send (up->peer, reply->str, reply->len);
           return;
         }
       if (up->mode == PG_FUZZ_UPSTREAM_FETCH_NO)
         {
-          pg_fuzz_upstream_printf (up, "%s NO gone\r\n", tag);
+          pg_test_peer_printf (up->peer, "%s NO gone\r\n", tag);
           return;
         }
       /* "u1,u2,… (UID BODY.PEEK[…])": popgate batches body FETCHes. Unknown UIDs are
@@ -95,29 +95,29 @@ pg_fuzz_pop3_command (PgFuzzUpstream *up, const char *line)
           msg = pg_fuzz_messages[uid - 11];
           len = strlen (msg);
           /* The whole message for every section: popgate must cope with what it gets. */
-          pg_fuzz_upstream_printf (up, "* %u FETCH (UID %u BODY[] {%" G_GSIZE_FORMAT "}\r\n",
-                                   (guint) (uid - 10), (guint) uid, len);
+          pg_test_peer_printf (up->peer, "* %u FETCH (UID %u BODY[] {%" G_GSIZE_FORMAT "}\r\n",
+                               (guint) (uid - 10), (guint) uid, len);
           if (up->mode == PG_FUZZ_UPSTREAM_DROP_MID_LITERAL)
             {
-              pg_fuzz_upstream_send (up, msg, len / 2);
-              pg_fuzz_upstream_close (up);
+              pg_test_peer_send (up->peer, msg, len / 2);
+              pg_test_peer_abort (up->peer);
               return;
             }
-          pg_fuzz_upstream_send (up, msg, len);
-          pg_fuzz_upstream_send (up, ")\r\n", 3);
+          pg_test_peer_send (up->peer, msg, len);
+          pg_test_peer_send (up->peer, ")\r\n", 3);
         }
-      pg_fuzz_upstream_printf (up, "%s OK f\r\n", tag);
+      pg_test_peer_printf (up->peer, "%s OK f\r\n", tag);
     }
   else if (strcmp (verb, "UID") == 0 && words[2] != NULL && strcmp (words[2], "STORE") == 0
            && up->mode == PG_FUZZ_UPSTREAM_DROP_AT_STORE)
-    pg_fuzz_upstream_close (up);
+    pg_test_peer_abort (up->peer);
   else if (strcmp (verb, "LOGOUT") == 0)
     {
-      pg_fuzz_upstream_printf (up, "* BYE b\r\n%s OK l\r\n", tag);
-      pg_fuzz_upstream_close (up);
+      pg_test_peer_printf (up->peer, "* BYE b\r\n%s OK l\r\n", tag);
+      pg_test_peer_abort (up->peer);
     }
   else
-    pg_fuzz_upstream_printf (up, "%s OK done\r\n", tag);
+    pg_test_peer_printf (up->peer, "%s OK done\r\n", tag);
 }
 
 static const PgFuzzSessionTarget pg_fuzz_pop3_target = {
