@@ -23,6 +23,7 @@ fails=0
 
 cleanup() {
   set +e
+  [ -z "$DOVECOT_PID" ] && [ -s "$UP/run/master.pid" ] && DOVECOT_PID=$(cat "$UP/run/master.pid")
   [ -n "$NSPAWN_PID" ] && kill "$NSPAWN_PID" 2>/dev/null && wait "$NSPAWN_PID" 2>/dev/null
   [ -n "$DOVECOT_PID" ] && kill "$DOVECOT_PID" 2>/dev/null
   rm -rf "$WORK"
