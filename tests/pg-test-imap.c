@@ -719,3 +719,9 @@ pg_test_imap_logout (PgTestImap *imap, GError **error)
 
   return responses != NULL;
 }
+
+gboolean
+pg_test_imap_read_bytes (PgTestImap *imap, GByteArray *into, gsize len, GError **error)
+{
+  return pg_test_imap_read_exact (imap, into, len, error);
+}
