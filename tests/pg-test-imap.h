@@ -70,5 +70,10 @@ gchar *pg_test_imap_read_line (PgTestImap *imap, GError **error);
 /* Raw: read exactly `len` octets (a literal's data) onto `into`. On an error or EOF first,
  * FALSE with what did arrive appended. */
 gboolean pg_test_imap_read_bytes (PgTestImap *imap, GByteArray *into, gsize len, GError **error);
+/* Raw, plain TCP only: send as much of data[0..len) as the connection takes, until all is
+ * sent or it has not been writable for `stuck_ms` (the peer stopped reading); returns
+ * the octets sent, or -1 with error. */
+gssize pg_test_imap_send_until_stuck (PgTestImap *imap, const void *data, gsize len, guint stuck_ms,
+                                      GError **error);
 
 G_END_DECLS

@@ -510,6 +510,78 @@ test_relay_slow_reader (void)
   stop_popgate (popgate);
 }
 
+/* The other direction: the upstream stops reading (the user's imap process is stopped)
+ * while the client sends a 40 MB APPEND literal, more than every socket buffer on the way
+ * holds. popgate stops reading the client once its queue to the upstream is past the high
+ * water, so the client is stuck before its literal is out and popgate's RSS stays bounded;
+ * once the upstream goes on, the APPEND completes and the message reads back whole. */
+#define RELAY_APPEND_OCTETS (40 * 1000 * 1000)
+
+static void
+test_relay_upstream_stopped (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: forty\r\n\r\n");
+  g_autofree gchar *line = g_strnfill (998, 'u');
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) uids = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autofree gchar *append = NULL;
+  g_autofree gchar *cont = NULL;
+  g_autofree gchar *tagged = NULL;
+  PgTestPopgate *popgate;
+  guint64 baseline;
+  gssize sent;
+
+  while (big->len < RELAY_APPEND_OCTETS)
+    {
+      g_string_append (big, line);
+      g_string_append (big, "\r\n");
+    }
+  popgate = start_popgate (upstream, 0, NULL);
+  imap = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error), error);
+  baseline = popgate_rss_kb (popgate);
+  append = g_strdup_printf ("a1 APPEND INBOX {%" G_GSIZE_FORMAT "}\r\n", big->len);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, append, strlen (append), &error), error);
+  cont = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGSTOP), >=, 1);
+  sent = pg_test_imap_send_until_stuck (imap, big->str, big->len, 1000, &error);
+  g_assert_no_error (error);
+  g_test_message ("APPEND to a stopped upstream: %" G_GSSIZE_FORMAT " of %" G_GSIZE_FORMAT
+                  " octets sent before the client was stuck",
+                  sent, big->len);
+  g_assert_cmpint (sent, <, (gssize) big->len);
+  assert_rss_bounded_by (popgate, baseline, RELAY_RSS_GROWTH_BOUND_KB, 1000,
+                         "relay APPEND 40 MB, upstream not reading");
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGCONT), >=, 1);
+
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, big->str + sent, big->len - (gsize) sent, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "\r\n", 2, &error), error);
+  for (guint i = 0; i < 100 && (tagged == NULL || !g_str_has_prefix (tagged, "a1 ")); i++)
+    {
+      g_free (tagged);
+      tagged = pg_test_imap_read_line (imap, &error);
+      g_assert_no_error (error);
+    }
+  g_assert_true (g_str_has_prefix (tagged, "a1 OK"));
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 1);
+  body = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 0), &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), big->str, big->len);
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
+  stop_popgate (popgate);
+}
+
 /* --- timers ------------------------------------------------------------------------------- */
 
 static void
@@ -753,6 +825,7 @@ main (int argc, char **argv)
     { "/popgate/limits/pipelined-flood", test_pipelined_flood },
     { "/popgate/limits/slow-reader", test_slow_reader },
     { "/popgate/limits/relay-slow-reader", test_relay_slow_reader },
+    { "/popgate/limits/relay-upstream-stopped", test_relay_upstream_stopped },
     { "/popgate/limits/preauth-timeout", test_preauth_timeout },
     { "/popgate/limits/preauth-deadline-pop3", test_preauth_deadline_pop3 },
     { "/popgate/limits/preauth-deadline-imap", test_preauth_deadline_imap },
