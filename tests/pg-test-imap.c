@@ -719,3 +719,44 @@ pg_test_imap_logout (PgTestImap *imap, GError **error)
 
   return responses != NULL;
 }
+
+gboolean
+pg_test_imap_read_bytes (PgTestImap *imap, GByteArray *into, gsize len, GError **error)
+{
+  return pg_test_imap_read_exact (imap, into, len, error);
+}
+
+gssize
+pg_test_imap_send_until_stuck (PgTestImap *imap, const void *data, gsize len, guint stuck_ms,
+                               GError **error)
+{
+  GSocket *socket;
+  gsize sent = 0;
+
+  if (!G_IS_SOCKET_CONNECTION (imap->stream))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "plain TCP only");
+      return -1;
+    }
+  socket = g_socket_connection_get_socket (G_SOCKET_CONNECTION (imap->stream));
+  while (sent < len)
+    {
+      g_autoptr (GError) local = NULL;
+      gssize n = g_socket_send_with_blocking (socket, (const gchar *) data + sent, len - sent,
+                                              FALSE, NULL, &local);
+
+      if (n > 0)
+        {
+          sent += (gsize) n;
+          continue;
+        }
+      if (!g_error_matches (local, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        {
+          g_propagate_error (error, g_steal_pointer (&local));
+          return -1;
+        }
+      if (!g_socket_condition_timed_wait (socket, G_IO_OUT, (gint64) stuck_ms * 1000, NULL, NULL))
+        break;
+    }
+  return (gssize) sent;
+}

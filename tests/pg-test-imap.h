@@ -67,5 +67,13 @@ gchar *pg_test_imap_command_status (PgTestImap *imap, const char *command, gchar
 /* Raw: send bytes as they are (for protocol tests), then read one line (without CRLF). */
 gboolean pg_test_imap_send_raw (PgTestImap *imap, const void *data, gsize len, GError **error);
 gchar *pg_test_imap_read_line (PgTestImap *imap, GError **error);
+/* Raw: read exactly `len` octets (a literal's data) onto `into`. On an error or EOF first,
+ * FALSE with what did arrive appended. */
+gboolean pg_test_imap_read_bytes (PgTestImap *imap, GByteArray *into, gsize len, GError **error);
+/* Raw, plain TCP only: send as much of data[0..len) as the connection takes, until all is
+ * sent or it has not been writable for `stuck_ms` (the peer stopped reading); returns
+ * the octets sent, or -1 with error. */
+gssize pg_test_imap_send_until_stuck (PgTestImap *imap, const void *data, gsize len, guint stuck_ms,
+                                      GError **error);
 
 G_END_DECLS

@@ -18,6 +18,7 @@
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 
+#include "popgate/pg-core.h"
 #include "popgate/pg-state.h"
 
 #include <signal.h>
@@ -323,6 +324,79 @@ static void
 test_dovecot_retr_killed (void)
 {
   dovecot_retr_fault (SIGKILL);
+}
+
+/* The IMAP relay when the upstream ends in the middle of a response: a UID FETCH of a
+ * 20 MB message, the user's imap process killed about 1 MB into the literal. The client
+ * gets an exact prefix of the message, then popgate's BYE (in the literal, where the
+ * octets stopped: nothing can mend the literal), then the close, without waiting for a
+ * timeout; popgate logs why and serves the next session. */
+#define RELAY_FAULT_MESSAGE_OCTETS (20 * 1000 * 1000)
+#define RELAY_FAULT_BYE "* BYE The mail server closed the connection.\r\n"
+
+static void
+test_dovecot_relay_fetch_killed (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: relay\r\n\r\n");
+  g_autofree gchar *line = g_strnfill (998, 'r');
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) uids = NULL;
+  g_autoptr (GByteArray) body = g_byte_array_new ();
+  g_autofree gchar *fetch = NULL;
+  g_autofree gchar *header = NULL;
+  g_autofree gchar *log = NULL;
+  PgTestPopgate *popgate;
+  gsize prefix;
+  guint signalled;
+
+  while (big->len < RELAY_FAULT_MESSAGE_OCTETS)
+    {
+      g_string_append (big, line);
+      g_string_append (big, "\r\n");
+    }
+  seed (user, big->str, big->len);
+  popgate = start_popgate (upstream, 0);
+  imap = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 1);
+  fetch = g_strdup_printf ("f1 UID FETCH %u BODY.PEEK[]\r\n", g_array_index (uids, guint32, 0));
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, fetch, strlen (fetch), &error), error);
+  header = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (header, "* 1 FETCH ("));
+  PG_TEST_ASSERT_OK (pg_test_imap_read_bytes (imap, body, 1000 * 1000, &error), error);
+  signalled = pg_test_dovecot_signal_user_sessions (upstream, user, SIGKILL);
+  g_assert_cmpuint (signalled, >=, 1);
+  /* The rest of the literal cannot come: reading it ends in the close (a read timeout
+   * instead, 30 s, would be the hang). */
+  g_assert_false (pg_test_imap_read_bytes (imap, body, big->len - body->len, &error));
+  g_test_message ("relay FETCH, upstream killed: %u octets, then %s", body->len, error->message);
+  g_assert_true (g_error_matches (error, PG_ERROR, PG_ERROR_UPSTREAM)
+                 || g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED));
+  g_assert_cmpuint (body->len, >, strlen (RELAY_FAULT_BYE));
+  prefix = body->len - strlen (RELAY_FAULT_BYE);
+  g_assert_cmpmem (body->data + prefix, strlen (RELAY_FAULT_BYE), RELAY_FAULT_BYE,
+                   strlen (RELAY_FAULT_BYE));
+  g_assert_cmpmem (body->data, prefix, big->str, prefix);
+  g_assert_true (pg_test_popgate_wait_log (popgate, "reason=upstream", 10000));
+  log = pg_test_popgate_read_log (popgate);
+  g_assert_true (strstr (log, "reason=upstream closed the connection") != NULL
+                 || strstr (log, "reason=upstream read error") != NULL);
+  /* The next session is relayed as usual. */
+  g_clear_error (&error);
+  g_clear_pointer (&imap, pg_test_imap_free);
+  imap = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
+  stop_popgate (popgate);
 }
 
 /* The user's imap process is paused just before QUIT: the STORE of \Deleted is never
@@ -1620,6 +1694,7 @@ main (int argc, char **argv)
     { "/popgate/faults/dovecot-login-paused", test_dovecot_login_paused, TRUE },
     { "/popgate/faults/dovecot-retr-paused", test_dovecot_retr_paused, TRUE },
     { "/popgate/faults/dovecot-retr-killed", test_dovecot_retr_killed, TRUE },
+    { "/popgate/faults/dovecot-relay-fetch-killed", test_dovecot_relay_fetch_killed, TRUE },
     { "/popgate/faults/dovecot-quit-paused", test_dovecot_quit_paused, TRUE },
     { "/popgate/faults/dovecot-readahead-vanished", test_dovecot_readahead_vanished, TRUE },
     { "/popgate/faults/client-half-close-pop3", test_client_half_close_pop3, TRUE },

@@ -78,8 +78,15 @@ fixture_setup (Fixture *fx, gconstpointer data)
   g_autoptr (GError) error = NULL;
   const char *const *settings = data;
   static const char message[] = "From: a@example.org\r\nSubject: seed\r\n\r\nHello.\r\n";
+  /* A triple ("upstream", "tls", "implicit") makes popgate's upstream TLS (the fixture's
+   * IMAPS port and CA) rather than plain. */
+  const char *upstream_tls = "none";
 
   fx->user = fixture_user_name ();
+  for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+    if (strcmp (settings[i], "upstream") == 0 && strcmp (settings[i + 1], "tls") == 0
+        && strcmp (settings[i + 2], "implicit") == 0)
+      upstream_tls = "implicit";
   g_assert_true (
       pg_test_dovecot_append (upstream, fx->user, "INBOX", message, strlen (message), &error));
   g_assert_no_error (error);
@@ -90,11 +97,14 @@ fixture_setup (Fixture *fx, gconstpointer data)
   for (guint attempt = 0; attempt < 5; attempt++)
     {
       g_clear_pointer (&fx->popgate, pg_test_popgate_free);
-      fx->popgate = pg_test_popgate_new (upstream, "none", &error);
+      fx->popgate = pg_test_popgate_new (upstream, upstream_tls, &error);
       g_assert_no_error (error);
       pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
       for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
-        if (strcmp (settings[i + 2], "@MAP@") == 0)
+        if (strcmp (settings[i], "upstream") == 0 && strcmp (settings[i + 1], "tls") == 0
+            && strcmp (settings[i + 2], "implicit") == 0)
+          continue; /* pg_test_popgate_new() set it, with the port and CA to go with it */
+        else if (strcmp (settings[i + 2], "@MAP@") == 0)
           fixture_make_map (fx);
         else if (strcmp (settings[i + 2], "@OWN_CA@") == 0)
           /* A CA that did not sign the upstream's certificate: popgate's own. */
@@ -1176,6 +1186,7 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const strict[] = { "limits", "max_bad_commands", "3", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
+  static const char *const tls[] = { "upstream", "tls", "implicit", NULL };
   static const char *const untrusted[]
       = { "upstream", "tls", "starttls", "upstream", "ca_file", "@OWN_CA@", NULL };
   static const char *const mapped[]
@@ -1204,6 +1215,7 @@ main (int argc, char **argv)
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },
     { "/popgate/imap/large-transfer", NULL, test_large_transfer },
+    { "/popgate/imap/large-transfer-tls", tls, test_large_transfer },
     { "/popgate/imap/capabilities", NULL, test_capabilities },
     { "/popgate/imap/id-maxima", NULL, test_id_maxima },
     { "/popgate/imap/pipelined-login", NULL, test_pipelined_login },

@@ -28,6 +28,10 @@ static PgTestDovecot *upstream = NULL;
  * read. Without the limits the floods below would add hundreds of megabytes; with them
  * the growth is a few buffers, but allocators and ASan's quarantine add noise. */
 #define RSS_GROWTH_BOUND_KB (24 * 1024)
+/* The same for the IMAP relay's 20 MB FETCH: far below the message, which a relay without
+ * back-pressure would hold whole (the client's queue and the upstream buffer are 64 KiB
+ * each). */
+#define RELAY_RSS_GROWTH_BOUND_KB (8 * 1024)
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
@@ -126,16 +130,23 @@ rss_exceeded_cb (gpointer user_data)
   return rss > watch->limit_kb;
 }
 
-/* Watch popgate's RSS for `ms` milliseconds; it must stay within the bound. */
+/* Watch popgate's RSS for `ms` milliseconds; it must stay within baseline + bound. */
 static void
-assert_rss_bounded (PgTestPopgate *popgate, guint64 baseline_kb, guint ms, const char *what)
+assert_rss_bounded_by (PgTestPopgate *popgate, guint64 baseline_kb, guint64 bound_kb, guint ms,
+                       const char *what)
 {
-  RssWatch watch = { popgate, baseline_kb + RSS_GROWTH_BOUND_KB, 0 };
+  RssWatch watch = { popgate, baseline_kb + bound_kb, 0 };
   gboolean exceeded = pg_test_wait_until (rss_exceeded_cb, &watch, ms);
 
   g_test_message ("%s: RSS %" G_GUINT64_FORMAT " KiB before, peak %" G_GUINT64_FORMAT " KiB", what,
                   baseline_kb, watch.peak_kb);
   g_assert_false (exceeded);
+}
+
+static void
+assert_rss_bounded (PgTestPopgate *popgate, guint64 baseline_kb, guint ms, const char *what)
+{
+  assert_rss_bounded_by (popgate, baseline_kb, RSS_GROWTH_BOUND_KB, ms, what);
 }
 
 /* A raw non-blocking client for floods: the POP3 helper's blocking writes would stop the
@@ -419,6 +430,158 @@ test_slow_reader (void)
   stop_popgate (popgate);
 }
 
+/* The IMAP relay's back-pressure: a client that sends UID FETCH for a 20 MB message and
+ * then does not read makes popgate stop reading the upstream (its RSS stays far below the
+ * message); reading it in small pieces afterwards, with RSS sampled all along, gets every
+ * octet of it, and the session goes on. */
+#define RELAY_MESSAGE_OCTETS (20 * 1000 * 1000)
+#define RELAY_READ_PIECE 4096
+
+static void
+test_relay_slow_reader (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: twenty\r\n\r\n");
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) uids = NULL;
+  g_autoptr (GByteArray) body = g_byte_array_new ();
+  g_autofree gchar *fetch = NULL;
+  g_autofree gchar *header = NULL;
+  g_autofree gchar *expected_header = NULL;
+  g_autofree gchar *close_paren = NULL;
+  g_autofree gchar *tagged = NULL;
+  PgTestPopgate *popgate;
+  guint64 baseline;
+  RssWatch watch;
+  guint32 uid;
+
+  /* Lines that look like IMAP responses too: the relay must not take them for any. */
+  for (guint i = 0; big->len < RELAY_MESSAGE_OCTETS; i++)
+    if (i % 101 == 0)
+      g_string_append_printf (big, "* BYE not really %u\r\n", i);
+    else
+      g_string_append_printf (big, "%u %0990u\r\n", i, i);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_append (upstream, user, "INBOX", big->str, big->len, &error),
+                     error);
+  popgate = start_popgate (upstream, 0, NULL);
+  imap = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", TRUE, NULL, NULL, &error), error);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 1);
+  uid = g_array_index (uids, guint32, 0);
+
+  baseline = popgate_rss_kb (popgate);
+  fetch = g_strdup_printf ("f1 UID FETCH %u BODY.PEEK[]\r\n", uid);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, fetch, strlen (fetch), &error), error);
+  /* Dovecot serves 20 MB in well under a second: two seconds of watching is plenty. */
+  assert_rss_bounded_by (popgate, baseline, RELAY_RSS_GROWTH_BOUND_KB, 2000,
+                         "relay UID FETCH 20 MB, client not reading");
+
+  header = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  expected_header = g_strdup_printf (" BODY[] {%" G_GSIZE_FORMAT "}", big->len);
+  g_assert_true (g_str_has_prefix (header, "* 1 FETCH ("));
+  g_assert_true (g_str_has_suffix (header, expected_header));
+  watch = (RssWatch){ popgate, baseline + RELAY_RSS_GROWTH_BOUND_KB, 0 };
+  while (body->len < big->len)
+    {
+      PG_TEST_ASSERT_OK (pg_test_imap_read_bytes (
+                             imap, body, MIN (RELAY_READ_PIECE, big->len - body->len), &error),
+                         error);
+      /* Every 256 pieces a look at popgate: the queue refills as the client reads. */
+      if (body->len % (256 * RELAY_READ_PIECE) == 0)
+        g_assert_false (rss_exceeded_cb (&watch));
+    }
+  g_test_message ("relay FETCH read in %u-octet pieces: RSS peak %" G_GUINT64_FORMAT
+                  " KiB, %" G_GUINT64_FORMAT " KiB before",
+                  RELAY_READ_PIECE, watch.peak_kb, baseline);
+  g_assert_cmpmem (body->data, body->len, big->str, big->len);
+  close_paren = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (close_paren, ==, ")");
+  tagged = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (tagged, "f1 OK "));
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
+  stop_popgate (popgate);
+}
+
+/* The other direction: the upstream stops reading (the user's imap process is stopped)
+ * while the client sends a 40 MB APPEND literal, more than every socket buffer on the way
+ * holds. popgate stops reading the client once its queue to the upstream is past the high
+ * water, so the client is stuck before its literal is out and popgate's RSS stays bounded;
+ * once the upstream goes on, the APPEND completes and the message reads back whole. */
+#define RELAY_APPEND_OCTETS (40 * 1000 * 1000)
+
+static void
+test_relay_upstream_stopped (void)
+{
+  g_autofree gchar *user = test_user_name ();
+  g_autoptr (GString) big = g_string_new ("Subject: forty\r\n\r\n");
+  g_autofree gchar *line = g_strnfill (998, 'u');
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) uids = NULL;
+  g_autoptr (GBytes) body = NULL;
+  g_autofree gchar *append = NULL;
+  g_autofree gchar *cont = NULL;
+  g_autofree gchar *tagged = NULL;
+  PgTestPopgate *popgate;
+  guint64 baseline;
+  gssize sent;
+
+  while (big->len < RELAY_APPEND_OCTETS)
+    {
+      g_string_append (big, line);
+      g_string_append (big, "\r\n");
+    }
+  popgate = start_popgate (upstream, 0, NULL);
+  imap = pg_test_imap_connect (popgate->host, popgate->imap_port, NULL, &error);
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, user, PASSWORD, &error), error);
+  PG_TEST_ASSERT_OK (pg_test_imap_select (imap, "INBOX", FALSE, NULL, NULL, &error), error);
+  baseline = popgate_rss_kb (popgate);
+  append = g_strdup_printf ("a1 APPEND INBOX {%" G_GSIZE_FORMAT "}\r\n", big->len);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, append, strlen (append), &error), error);
+  cont = pg_test_imap_read_line (imap, &error);
+  g_assert_no_error (error);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGSTOP), >=, 1);
+  sent = pg_test_imap_send_until_stuck (imap, big->str, big->len, 1000, &error);
+  g_assert_no_error (error);
+  g_test_message ("APPEND to a stopped upstream: %" G_GSSIZE_FORMAT " of %" G_GSIZE_FORMAT
+                  " octets sent before the client was stuck",
+                  sent, big->len);
+  g_assert_cmpint (sent, <, (gssize) big->len);
+  assert_rss_bounded_by (popgate, baseline, RELAY_RSS_GROWTH_BOUND_KB, 1000,
+                         "relay APPEND 40 MB, upstream not reading");
+  g_assert_cmpuint (pg_test_dovecot_signal_user_sessions (upstream, user, SIGCONT), >=, 1);
+
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, big->str + sent, big->len - (gsize) sent, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_imap_send_raw (imap, "\r\n", 2, &error), error);
+  for (guint i = 0; i < 100 && (tagged == NULL || !g_str_has_prefix (tagged, "a1 ")); i++)
+    {
+      g_free (tagged);
+      tagged = pg_test_imap_read_line (imap, &error);
+      g_assert_no_error (error);
+    }
+  g_assert_true (g_str_has_prefix (tagged, "a1 OK"));
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 1);
+  body = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 0), &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), big->str, big->len);
+  PG_TEST_ASSERT_OK (pg_test_imap_logout (imap, &error), error);
+  stop_popgate (popgate);
+}
+
 /* --- timers ------------------------------------------------------------------------------- */
 
 static void
@@ -661,6 +824,8 @@ main (int argc, char **argv)
     { "/popgate/limits/bad-commands", test_bad_commands },
     { "/popgate/limits/pipelined-flood", test_pipelined_flood },
     { "/popgate/limits/slow-reader", test_slow_reader },
+    { "/popgate/limits/relay-slow-reader", test_relay_slow_reader },
+    { "/popgate/limits/relay-upstream-stopped", test_relay_upstream_stopped },
     { "/popgate/limits/preauth-timeout", test_preauth_timeout },
     { "/popgate/limits/preauth-deadline-pop3", test_preauth_deadline_pop3 },
     { "/popgate/limits/preauth-deadline-imap", test_preauth_deadline_imap },

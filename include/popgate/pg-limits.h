@@ -135,7 +135,9 @@
 #define PG_DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S 30
 /* How long SIGTERM waits for sessions to end before closing them. */
 #define PG_DEFAULT_SHUTDOWN_TIMEOUT_S 30
-/* Output queued to a client before we stop reading the upstream (back-pressure). */
+/* Output queued to a client before we stop reading the upstream (back-pressure); the IMAP
+ * relay uses it the other way too: output queued to the upstream before it stops reading
+ * the client (an APPEND faster than the server takes it). */
 #define PG_CLIENT_OUTPUT_HIGH_WATER 65536
 /* Output a corked connection holds before it goes out anyway (pg_conn_cork): a 10 KB
  * message with its status line and terminator is one write; a bigger one leaves in pieces

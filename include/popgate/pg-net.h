@@ -123,6 +123,23 @@ gboolean pg_conn_deadline_passed (PgConn *conn);
  * and unblocks around every dispatch, writing its wake-up eventfd twice each time. */
 GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data);
 
+/* Readiness reads, for a pump that serves many connections from one buffer (the IMAP
+ * relay's upstream side): while a func is set, `func (conn, user_data)` is called whenever
+ * the connection has input, EOF or an error, and reads it with pg_conn_read_now(); no
+ * buffer is held while it waits. Level-triggered: input left unread calls it again.
+ * NULL unsets it; closing the connection does too. Not with pg_conn_read_async() pending
+ * nor on a compressed connection. */
+typedef void (*PgConnReadableFunc) (PgConn *conn, gpointer user_data);
+void pg_conn_set_readable_func (PgConn *conn, PgConnReadableFunc func, gpointer user_data);
+/* Read what is there without blocking: the byte count, 0 at end of stream, -1 with error
+ * (G_IO_ERROR_WOULD_BLOCK: nothing yet). Counted and restarting the idle timer as a
+ * completed pg_conn_read_async() is. */
+gssize pg_conn_read_now (PgConn *conn, void *buffer, gsize len, GError **error);
+/* Half-close: tell the peer nothing more will come (shutdown(SHUT_WR) of the TCP
+ * connection, under TLS too); reads go on. Call with nothing queued
+ * (pg_conn_wait_drained_async() with 0). FALSE when there is no socket. */
+gboolean pg_conn_shutdown_write (PgConn *conn, GError **error);
+
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);
 /* Close now, dropping queued output. */

@@ -18,6 +18,7 @@
 typedef struct
 {
   PgLogin *login;       /* unowned: the session's, which outlives us */
+  PgConfig *config;     /* owned: what the upstream connection is made under */
   PgUpstream *upstream; /* owned: once logged in */
   GStrv capabilities;   /* owned: after login, until handed over with the stream */
   guint timeout_ms;     /* the upstream command timeout: bounds the hand-off retries */
@@ -26,7 +27,7 @@ typedef struct
 
 typedef struct
 {
-  GIOStream *stream;  /* owned */
+  PgConn *conn;       /* owned */
   GBytes *buffered;   /* owned */
   GStrv capabilities; /* owned */
 } PgImapLoginResult;
@@ -41,13 +42,14 @@ pg_imap_login_free (PgImapLogin *login)
       g_object_unref (login->upstream);
     }
   g_strfreev (login->capabilities);
+  g_clear_pointer (&login->config, pg_config_unref);
   g_free (login);
 }
 
 static void
 pg_imap_login_result_free (PgImapLoginResult *result)
 {
-  g_clear_object (&result->stream);
+  g_clear_object (&result->conn);
   g_clear_pointer (&result->buffered, g_bytes_unref);
   g_strfreev (result->capabilities);
   g_free (result);
@@ -63,10 +65,14 @@ pg_imap_login_try_hand_over (GTask *task)
 {
   PgImapLogin *login = g_task_get_task_data (task);
   g_autoptr (GError) error = NULL;
+  g_autoptr (GIOStream) stream = NULL;
   PgImapLoginResult *out = g_new0 (PgImapLoginResult, 1);
 
-  out->stream = pg_upstream_steal_stream (login->upstream, &out->buffered, &error);
-  if (out->stream == NULL)
+  /* The one place where the relay's upstream connection is made. */
+  stream = pg_upstream_steal_stream (login->upstream, &out->buffered, &error);
+  if (stream != NULL)
+    out->conn = pg_conn_new_upstream (login->config, stream);
+  if (out->conn == NULL)
     {
       pg_imap_login_result_free (out);
       if (!pg_upstream_is_closed (login->upstream)
@@ -124,37 +130,38 @@ pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data
 }
 
 void
-pg_imap_login_async (PgLogin *shared, const char *password, GCancellable *cancellable,
-                     GAsyncReadyCallback callback, gpointer user_data)
+pg_imap_login_async (PgLogin *shared, PgConfig *config, const char *password,
+                     GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
   PgImapLogin *login = g_new0 (PgImapLogin, 1);
 
   g_task_set_source_tag (task, pg_imap_login_async);
   login->login = shared;
+  login->config = pg_config_ref (config);
   g_task_set_task_data (task, login, (GDestroyNotify) pg_imap_login_free);
   /* for_relay: the upstream stops reading once logged in, for the hand-over. */
   pg_login_authenticate_async (shared, password, TRUE, cancellable, pg_imap_login_done_cb,
                                g_steal_pointer (&task));
 }
 
-GIOStream *
+PgConn *
 pg_imap_login_finish (GAsyncResult *result, GBytes **out_buffered, GStrv *out_capabilities,
                       GError **error)
 {
   PgImapLoginResult *out;
-  GIOStream *stream;
+  PgConn *conn;
 
   g_return_val_if_fail (g_task_is_valid (result, NULL), NULL);
   g_return_val_if_fail (g_async_result_is_tagged (result, pg_imap_login_async), NULL);
   out = g_task_propagate_pointer (G_TASK (result), error);
   if (out == NULL)
     return NULL;
-  stream = g_steal_pointer (&out->stream);
+  conn = g_steal_pointer (&out->conn);
   *out_buffered = g_steal_pointer (&out->buffered);
   *out_capabilities = g_steal_pointer (&out->capabilities);
   pg_imap_login_result_free (out);
-  return stream;
+  return conn;
 }
 
 gboolean

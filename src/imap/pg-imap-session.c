@@ -5,15 +5,11 @@
  * in one write. While a command waits (login upstream, the failed-auth delay, STARTTLS)
  * the client is not read at all, so no read is ever pending when the phase changes.
  *
- * After login the upstream's connection is taken over (pg_upstream_steal_stream) and the
- * session relays bytes. Client → upstream: a client read into the session's fixed buffer,
- * written upstream (without blocking when the socket takes it, else asynchronously), and
- * the next read only when that write is done. Upstream → client: on readiness, reads into
- * one process-wide buffer handed straight to the client's socket (PgConn queues only what
- * the socket did not take), while the client's queue is at most
- * PG_CLIENT_OUTPUT_HIGH_WATER; a waiting session holds no buffer for this direction. Two
- * PgImapRelayScanners observe the streams at command/response starts for tracking;
- * literals and IDLE pass untouched.
+ * After login the upstream's connection, as a PgConn, goes to the relay (pg-imap-relay.h):
+ * a pump between the two connections. The session keeps the bookkeeping: through the
+ * relay's hooks it sees each command and response start (mailbox, IDLE, LOGOUT, BYE),
+ * answers commands for withheld capabilities, and writes its own lines when the relay is
+ * between two responses; literals and IDLE pass untouched.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -24,6 +20,7 @@
 
 #include "pg-imap-filter.h"
 #include "pg-imap-private.h"
+#include "pg-imap-relay.h"
 #include "pg-build-config.h"
 #include "popgate/pg-codec-imap-command.h"
 #include "popgate/pg-codec-line.h"
@@ -56,10 +53,9 @@ struct _PgImapSession
   gint64 started_mono_us;
   gchar *end_reason;         /* owned */
   GCancellable *cancellable; /* owned: cancelled when the connection closes */
-  guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: socket reads, both phases */
-  gboolean reading;          /* a client read is pending */
+  guint8 *client_buf;        /* owned, PG_IMAP_RELAY_CHUNK: pre-auth reads; the relay's then */
+  gboolean reading;          /* a pre-auth client read is pending */
   gboolean client_eof;       /* the client shut down its side: answer what it sent, then end */
-  gboolean up_shut;          /* ...and that half-close was passed on upstream */
 
   /* pre-auth */
   PgLineReader *reader;        /* owned */
@@ -79,16 +75,9 @@ struct _PgImapSession
   gchar *upstream_user;     /* owned: info.upstream_user */
 
   /* relay */
-  GIOStream *up_stream; /* owned: the upstream connection after login */
-  GSource *up_source;   /* owned: waits for upstream bytes; NULL while the client drains */
-  gboolean up_writing;
-  PgImapFilter *filter;     /* owned: both streams' scanners, the caps filter */
-  gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
-  gsize client_hold_len;
-  gboolean compress_pending; /* COMPRESS answered OK: start once the OK is out */
-  GBytes *compress_input;    /* owned: compressed octets that came behind COMPRESS */
-  gboolean upstream_bye;     /* the upstream sent "* BYE" */
-  gboolean logout_sent;      /* the client sent LOGOUT */
+  PgImapRelay *relay;                          /* owned: the pump, after login */
+  gboolean upstream_bye;                       /* the upstream sent "* BYE" */
+  gboolean logout_sent;                        /* the client sent LOGOUT */
   gchar select_tag[PG_IMAP_RELAY_MAX_TAG + 1]; /* SELECT/EXAMINE awaiting its reply */
   gchar *select_mailbox;                       /* owned: its mailbox (NULL if not trackable) */
   gboolean select_read_only;
@@ -113,7 +102,6 @@ static GQueue pg_imap_sessions = G_QUEUE_INIT;
 
 static void pg_imap_session_process (PgImapSession *self);
 static void pg_imap_session_read (PgImapSession *self);
-static void pg_imap_session_relay_client_read (PgImapSession *self);
 
 const char *
 pg_imap_state_to_string (PgImapState state)
@@ -261,26 +249,10 @@ pg_imap_session_set_state (PgImapSession *self, PgImapState state)
 static void
 pg_imap_session_close_upstream (PgImapSession *self)
 {
-  if (self->up_source != NULL)
-    {
-      g_source_destroy (self->up_source);
-      g_clear_pointer (&self->up_source, g_source_unref);
-    }
-  if (self->up_stream != NULL)
-    {
-      g_autoptr (GIOStream) base = NULL;
-      GIOStream *plain = self->up_stream;
-
-      if (G_IS_TLS_CONNECTION (self->up_stream))
-        {
-          g_object_get (self->up_stream, "base-io-stream", &base, NULL);
-          plain = base;
-        }
-      /* With TLS a close_notify first, bounded (pg-net.h). */
-      pg_net_close_stream (self->up_stream,
-                           G_IS_SOCKET_CONNECTION (plain) ? G_SOCKET_CONNECTION (plain) : NULL);
-      g_clear_object (&self->up_stream);
-    }
+  if (self->relay == NULL)
+    return;
+  pg_imap_relay_stop (self->relay);
+  g_clear_object (&self->relay);
 }
 
 static void
@@ -306,7 +278,6 @@ pg_imap_session_finalize (GObject *object)
     g_queue_unlink (&pg_imap_sessions, &self->link);
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->parser, pg_imap_command_parser_free);
-  g_clear_pointer (&self->filter, pg_imap_filter_free);
   g_clear_object (&self->cancellable);
   g_string_free (self->reply, TRUE);
   if (self->client_buf != NULL)
@@ -322,7 +293,6 @@ pg_imap_session_finalize (GObject *object)
   g_free (self->select_mailbox);
   g_free (self->mailbox);
   g_free (self->last_mailbox);
-  g_clear_pointer (&self->compress_input, g_bytes_unref);
   G_OBJECT_CLASS (pg_imap_session_parent_class)->finalize (object);
 }
 
@@ -545,7 +515,8 @@ pg_imap_session_auth_failed (PgImapSession *self, const char *tag, const GError 
   pg_login_auth_failed (self->login, why, pg_imap_session_auth_failed_cb, self);
 }
 
-static void pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered);
+static void pg_imap_session_relay_start (PgImapSession *self, PgConn *upstream,
+                                         GBytes *up_buffered);
 
 /* The login upstream failed for another reason than the credentials. */
 static void
@@ -582,7 +553,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   g_autoptr (GError) error = NULL;
   g_autoptr (GBytes) buffered = NULL;
   g_auto (GStrv) caps = NULL;
-  g_autoptr (GIOStream) stream = pg_imap_login_finish (result, &buffered, &caps, &error);
+  g_autoptr (PgConn) upstream = pg_imap_login_finish (result, &buffered, &caps, &error);
   g_autofree gchar *user = NULL;
   g_autofree gchar *upstream_user = NULL;
   g_autofree gchar *relay_caps = NULL;
@@ -590,7 +561,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
 
   if (pg_conn_is_closed (self->conn) || self->info.state != PG_IMAP_STATE_AUTHENTICATING)
     return;
-  if (stream == NULL)
+  if (upstream == NULL)
     {
       if (g_error_matches (error, PG_ERROR, PG_ERROR_AUTH_FAILED))
         {
@@ -600,7 +571,6 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
       pg_imap_session_unavailable (self, error);
       return;
     }
-  self->up_stream = g_steal_pointer (&stream);
   g_free (self->upstream_user);
   self->upstream_user = g_strdup (pg_login_get_upstream_user (self->login));
   self->info.upstream_user = self->upstream_user;
@@ -616,7 +586,7 @@ pg_imap_session_login_cb (GObject *source, GAsyncResult *result, gpointer user_d
   pg_session_message (self->id, "imap session started: user=%s upstream_user=%s tag=%s client=%s%s",
                       user, upstream_user, tag, pg_conn_get_peer (self->conn),
                       pg_conn_is_tls (self->conn) ? " tls" : "");
-  pg_imap_session_relay_start (self, buffered);
+  pg_imap_session_relay_start (self, upstream, buffered);
 }
 
 /* Log in through the login path; the login name is set already. */
@@ -636,8 +606,8 @@ pg_imap_session_login (PgImapSession *self, const char *tag, const char *passwor
   self->upstream_user = g_strdup (pg_login_get_account (self->login));
   self->info.upstream_user = self->upstream_user;
   pg_login_set_client_id (self->login, self->client_id_name, self->client_id_version);
-  pg_imap_login_async (self->login, password, self->cancellable, pg_imap_session_login_cb,
-                       g_object_ref (self));
+  pg_imap_login_async (self->login, self->config, password, self->cancellable,
+                       pg_imap_session_login_cb, g_object_ref (self));
 }
 
 static gboolean
@@ -1064,31 +1034,6 @@ pg_imap_session_process (PgImapSession *self)
   pg_imap_session_read (self);
 }
 
-/* The client half-closed during the relay: what it sent is upstream already, so pass the
- * half-close on (the server answers those commands, then closes, as it would for a direct
- * client) and keep relaying its replies until it does. */
-static void
-pg_imap_session_relay_client_eof (PgImapSession *self)
-{
-  g_autoptr (GIOStream) base = NULL;
-  GIOStream *plain = self->up_stream;
-
-  if (plain == NULL || self->up_shut)
-    return;
-  self->up_shut = TRUE;
-  if (G_IS_TLS_CONNECTION (plain))
-    {
-      g_object_get (plain, "base-io-stream", &base, NULL);
-      plain = base;
-    }
-  if (!G_IS_SOCKET_CONNECTION (plain)
-      || !g_socket_shutdown (g_socket_connection_get_socket (G_SOCKET_CONNECTION (plain)), FALSE,
-                             TRUE, NULL))
-    pg_imap_session_end (self, "client disconnected");
-}
-
-static void pg_imap_session_relay_client_data (PgImapSession *self, gsize n);
-
 static void
 pg_imap_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1102,26 +1047,18 @@ pg_imap_session_read_cb (GObject *source, GAsyncResult *result, gpointer user_da
   if (n == 0)
     {
       /* EOF: closed or half-closed (shutdown(SHUT_WR)) after its last command. What it
-       * sent is still answered (before login here; upstream during the relay). */
+       * sent is still answered (before login here; upstream by the relay). */
       self->client_eof = TRUE;
-      if (self->info.state == PG_IMAP_STATE_RELAY)
-        pg_imap_session_relay_client_eof (self);
-      else
-        pg_imap_session_process (self);
+      pg_imap_session_process (self);
       return;
     }
-  if (n <= 0)
+  if (n < 0)
     {
-      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT" : "client read error");
+      pg_imap_session_abort (self, "client read error");
       return;
     }
   self->info.bytes_from_client += (guint64) n;
   self->info.last_activity_us = g_get_real_time ();
-  if (self->info.state == PG_IMAP_STATE_RELAY)
-    {
-      pg_imap_session_relay_client_data (self, (gsize) n);
-      return;
-    }
   pg_line_reader_feed (self->reader, self->client_buf, (gsize) n);
   pg_imap_session_process (self);
 }
@@ -1244,68 +1181,50 @@ pg_imap_session_track_response (PgImapSession *self, const PgImapRelayCommand *r
     self->auth_tag[0] = '\0';
 }
 
-/* --- the relay filter's hooks (pg-imap-filter.h) ---------------------------------------- */
+/* --- the relay's hooks (pg-imap-relay.h) ------------------------------------------------- */
 
 static void
-pg_imap_session_filter_command_cb (gpointer user_data, const PgImapRelayCommand *cmd)
+pg_imap_session_relay_command_cb (gpointer user_data, const PgImapRelayCommand *cmd)
 {
   pg_imap_session_track_command (user_data, cmd);
 }
 
 static void
-pg_imap_session_filter_response_cb (gpointer user_data, const PgImapRelayCommand *resp)
+pg_imap_session_relay_response_cb (gpointer user_data, const PgImapRelayCommand *resp)
 {
   pg_imap_session_track_response (user_data, resp);
 }
 
 static void
-pg_imap_session_filter_to_client_cb (gpointer user_data, const guint8 *data, gsize len)
+pg_imap_session_relay_from_client_cb (gpointer user_data, gsize len)
+{
+  PgImapSession *self = user_data;
+
+  self->info.bytes_from_client += len;
+  self->info.last_activity_us = g_get_real_time ();
+}
+
+static void
+pg_imap_session_relay_to_client_cb (gpointer user_data, gsize len)
 {
   PgImapSession *self = user_data;
 
   self->info.bytes_to_client += len;
   if (self->mailbox != NULL)
     self->mailbox_bytes += len;
-  pg_conn_write (self->conn, data, len);
 }
 
-/* popgate's own lines during the relay go out between the upstream's responses, never
- * inside one (a literal, a held capability line). Once COMPRESS's OK is out, the client
- * stream is compressed from the next octet on. */
 static void
-pg_imap_session_relay_flush (PgImapSession *self)
+pg_imap_session_relay_flush_cb (gpointer user_data)
 {
-  g_autoptr (GError) error = NULL;
-  gsize len = 0;
-  const void *input = NULL;
-
-  if (!pg_imap_filter_at_response_boundary (self->filter))
-    return;
-  if (self->reply->len > 0)
-    pg_imap_session_flush (self);
-  /* Nothing may be in flight to the upstream or from the client: the first client read
-   * after the switch goes through the inflater (relay_client_read comes back here). */
-  if (!self->compress_pending || self->reading || self->up_writing
-      || pg_conn_is_closed (self->conn))
-    return;
-  self->compress_pending = FALSE;
-  if (self->compress_input != NULL)
-    input = g_bytes_get_data (self->compress_input, &len);
-  if (!pg_conn_start_compress (self->conn, input, len, &error))
-    {
-      pg_imap_session_abort (self, "COMPRESS failed");
-      return;
-    }
-  g_clear_pointer (&self->compress_input, g_bytes_unref);
-  pg_session_info (self->id, "COMPRESS=DEFLATE active");
-  pg_imap_session_relay_client_read (self);
+  pg_imap_session_flush (user_data);
 }
 
 /* COMPRESS (RFC 4978) by popgate: the relay keeps seeing the plain streams. */
 static gboolean
 pg_imap_session_compress (PgImapSession *self, const char *tag, const PgImapRelayCommand *cmd)
 {
-  if (pg_conn_is_compressed (self->conn) || self->compress_pending)
+  if (!pg_imap_relay_can_compress (self->relay))
     {
       pg_imap_session_reply (self, "%s NO [COMPRESSIONACTIVE] DEFLATE is active already.", tag);
       return FALSE;
@@ -1316,15 +1235,15 @@ pg_imap_session_compress (PgImapSession *self, const char *tag, const PgImapRela
       return FALSE;
     }
   pg_imap_session_reply (self, "%s OK DEFLATE active.", tag);
-  self->compress_pending = TRUE;
+  pg_imap_relay_compress (self->relay);
   return TRUE;
 }
 
 /* A client command for a withheld capability: popgate answers, the upstream never sees
  * it. */
 static gboolean
-pg_imap_session_filter_withheld_cb (gpointer user_data, PgImapCapsCommand what,
-                                    const PgImapRelayCommand *cmd)
+pg_imap_session_relay_withheld_cb (gpointer user_data, PgImapCapsCommand what,
+                                   const PgImapRelayCommand *cmd)
 {
   PgImapSession *self = user_data;
   const char *tag = cmd->tag[0] != '\0' ? cmd->tag : "*";
@@ -1344,15 +1263,14 @@ pg_imap_session_filter_withheld_cb (gpointer user_data, PgImapCapsCommand what,
       pg_imap_session_reply (self, "%s BAD %s is not supported here.", tag, cmd->word);
       break;
     case PG_IMAP_CAPS_COMMAND_COMPRESS:
-      /* On OK stop here: what follows in this read is compressed already, and the
-       * compression starts once the OK is out (relay_client_data). */
+      /* On OK the relay stops filtering here: what follows in this read is compressed
+       * already, and the compression starts once the OK is out. */
       if (pg_imap_session_compress (self, tag, cmd))
         return TRUE;
       break;
     case PG_IMAP_CAPS_COMMAND_RELAYED:
       g_return_val_if_reached (FALSE);
     }
-  pg_imap_session_relay_flush (self);
   return FALSE;
 }
 
@@ -1366,266 +1284,65 @@ pg_imap_session_upstream_gone (PgImapSession *self, const char *why)
 }
 
 static void
-pg_imap_session_up_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+pg_imap_session_relay_ended_cb (gpointer user_data, PgImapRelayEnd end)
 {
-  g_autoptr (PgImapSession) self = user_data;
-  g_autoptr (GError) error = NULL;
+  PgImapSession *self = user_data;
 
-  self->up_writing = FALSE;
-  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
+  switch (end)
     {
-      if (pg_conn_is_closed (self->conn))
-        return;
-      pg_session_info (self->id, "upstream write failed: %s", error->message);
+    case PG_IMAP_RELAY_END_CLIENT_ERROR:
+      pg_imap_session_abort (self, self->logout_sent ? "LOGOUT" : "client read error");
+      return;
+    case PG_IMAP_RELAY_END_HALF_CLOSE:
+      pg_imap_session_end (self, "client disconnected");
+      return;
+    case PG_IMAP_RELAY_END_UPSTREAM_CLOSED:
+      pg_imap_session_upstream_gone (self, "upstream closed the connection");
+      return;
+    case PG_IMAP_RELAY_END_UPSTREAM_READ:
+      pg_imap_session_upstream_gone (self, "upstream read error");
+      return;
+    case PG_IMAP_RELAY_END_UPSTREAM_WRITE:
       pg_imap_session_upstream_gone (self, "upstream write failed");
       return;
-    }
-  if (pg_conn_is_closed (self->conn))
-    return;
-  /* The chunk is out: only now read the client again (back-pressure). */
-  pg_imap_session_relay_client_read (self);
-}
-
-/* client_buf[0..n) came from the client: observe it and send it on. Most commands fit
- * the upstream socket at once: a write without blocking spares the async round; only the
- * rest (a socket that is full) goes through write_all_async, and the client is read again
- * only when all of it is out (back-pressure). */
-static void
-pg_imap_session_relay_client_data (PgImapSession *self, gsize n)
-{
-  g_autoptr (GError) error = NULL;
-  GOutputStream *out = g_io_stream_get_output_stream (self->up_stream);
-  gssize written;
-  gboolean stopped = FALSE;
-
-  /* Withheld commands are cut out; a command start whose word is not known yet is kept
-   * back for the next read. */
-  n = pg_imap_filter_client (self->filter, self->client_buf, self->client_hold_len + n,
-                             &self->client_hold_offset, &self->client_hold_len, &stopped);
-  if (stopped)
-    {
-      /* After COMPRESS: the rest is compressed input for the connection to inflate. */
-      self->compress_input
-          = g_bytes_new (self->client_buf + self->client_hold_offset, self->client_hold_len);
-      self->client_hold_len = 0;
-      self->client_hold_offset = 0;
-    }
-  if (pg_conn_is_closed (self->conn))
-    return;
-  if (n == 0)
-    {
-      pg_imap_session_relay_client_read (self);
-      return;
-    }
-  written = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (out),
-                                                        self->client_buf, n, NULL, &error);
-  if (written < 0 && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-    {
-      pg_session_info (self->id, "upstream write failed: %s", error->message);
-      pg_imap_session_upstream_gone (self, "upstream write failed");
-      return;
-    }
-  if (written == (gssize) n)
-    {
-      pg_imap_session_relay_client_read (self);
-      return;
-    }
-  written = MAX (written, 0);
-  self->up_writing = TRUE;
-  g_output_stream_write_all_async (out, self->client_buf + written, n - (gsize) written,
-                                   G_PRIORITY_DEFAULT, self->cancellable,
-                                   pg_imap_session_up_write_cb, g_object_ref (self));
-}
-
-static void
-pg_imap_session_relay_client_read (PgImapSession *self)
-{
-  if (self->reading || self->up_writing || pg_conn_is_closed (self->conn))
-    return;
-  if (self->compress_pending)
-    {
-      /* COMPRESS's OK out first, then the switch, then this read (relay_flush). */
-      pg_imap_session_relay_flush (self);
-      return;
-    }
-  if (self->client_hold_len > 0 && self->client_hold_offset > 0)
-    memmove (self->client_buf, self->client_buf + self->client_hold_offset, self->client_hold_len);
-  self->client_hold_offset = 0;
-  if (self->reader != NULL)
-    {
-      /* The rest of what was pipelined behind the login, before any new read. */
-      const guint8 *pipelined = NULL;
-      gsize n = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK - self->client_hold_len,
-                                         &pipelined);
-
-      if (n > 0)
-        {
-          memcpy (self->client_buf + self->client_hold_len, pipelined, n);
-          pg_imap_session_relay_client_data (self, n);
-          return;
-        }
-      g_clear_pointer (&self->reader, pg_line_reader_free);
-    }
-  if (self->client_eof)
-    {
-      /* The half-close came before the login completed: pass it on now. */
-      pg_imap_session_relay_client_eof (self);
-      return;
-    }
-  self->reading = TRUE;
-  pg_conn_read_async (self->conn, self->client_buf + self->client_hold_len,
-                      PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
-                      pg_imap_session_read_cb, g_object_ref (self));
-}
-
-/* Upstream → client runs on readiness, not on a pending read: a relay session waiting for
- * the upstream holds no buffer for this direction, and one wakeup takes what arrived in as
- * few reads as it fits in. Every session reads into this one buffer (one thread, and the
- * buffer is never used across a return to the main loop): what the client's socket does
- * not take at once is copied into the connection's queue, and reading stops while that
- * queue is above PG_CLIENT_OUTPUT_HIGH_WATER. */
-static guint8 pg_imap_relay_up_buf[PG_IMAP_RELAY_UP_CHUNK];
-
-/* Upstream bytes for the client: observe, filter capability lists, send. */
-static void
-pg_imap_session_relay_up_data (PgImapSession *self, const guint8 *data, gsize n)
-{
-  g_autoptr (GError) error = NULL;
-
-  if (!pg_imap_filter_upstream (self->filter, data, n, &error))
-    {
-      pg_session_warning (self->id, "upstream: %s", error->message);
+    case PG_IMAP_RELAY_END_UPSTREAM_INVALID:
       pg_metrics_error (PG_METRICS_ERROR_PROTOCOL);
       pg_imap_session_reply (self, "* BYE The mail server sent an invalid response.");
       pg_imap_session_end (self, "upstream protocol error");
       return;
+    case PG_IMAP_RELAY_END_COMPRESS_FAILED:
+      pg_imap_session_abort (self, "COMPRESS failed");
+      return;
+    case PG_IMAP_RELAY_END_COUNT:
+      break;
     }
-  pg_imap_session_relay_flush (self);
-}
-
-static void pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data);
-
-/* Read what the upstream has, up to PG_IMAP_RELAY_UP_BURST chunks (then let other sessions
- * run; the poll is level-triggered, so we come back at once). Returns TRUE when the caller
- * should wait for the upstream to be readable again, FALSE when the session ended or waits
- * for the client's queue to drain. */
-static gboolean
-pg_imap_session_relay_up_pump (PgImapSession *self)
-{
-  for (guint i = 0; i < PG_IMAP_RELAY_UP_BURST; i++)
-    {
-      g_autoptr (GError) error = NULL;
-      GInputStream *in;
-      gssize n;
-
-      if (pg_conn_is_closed (self->conn) || self->up_stream == NULL)
-        return FALSE;
-      if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
-        {
-          pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER, self->cancellable,
-                                      pg_imap_session_drained_cb, g_object_ref (self));
-          return FALSE;
-        }
-      in = g_io_stream_get_input_stream (self->up_stream);
-      n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in),
-                                                    pg_imap_relay_up_buf,
-                                                    sizeof pg_imap_relay_up_buf, NULL, &error);
-      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-        return TRUE;
-      if (n <= 0)
-        {
-          if (n < 0)
-            pg_session_info (self->id, "upstream read failed: %s", error->message);
-          pg_imap_session_upstream_gone (self, n == 0 ? "upstream closed the connection"
-                                                      : "upstream read error");
-          return FALSE;
-        }
-      pg_imap_session_relay_up_data (self, pg_imap_relay_up_buf, (gsize) n);
-      /* A short read took all there was: wait for readiness rather than try a read that
-       * would only say "would block" (one syscall per round trip). The source is
-       * level-triggered and sees data TLS holds decrypted, so nothing waits unseen. */
-      if ((gsize) n < sizeof pg_imap_relay_up_buf)
-        return TRUE;
-    }
-  return TRUE;
-}
-
-static gboolean
-pg_imap_session_up_ready_cb (gpointer user_data)
-{
-  /* The source does not hold the session (close_upstream destroys it); the pump may end
-   * the session, so hold it while we run. */
-  g_autoptr (PgImapSession) self = g_object_ref (PG_IMAP_SESSION (user_data));
-
-  if (pg_imap_session_relay_up_pump (self))
-    return G_SOURCE_CONTINUE;
-  g_clear_pointer (&self->up_source, g_source_unref);
-  return G_SOURCE_REMOVE;
-}
-
-/* Read the upstream now and, when it has nothing more, wait until it is readable. */
-static void
-pg_imap_session_relay_up_resume (PgImapSession *self)
-{
-  if (self->up_source != NULL || pg_conn_is_closed (self->conn) || self->up_stream == NULL)
-    return;
-  if (!pg_imap_session_relay_up_pump (self))
-    return;
-  /* Kept while the relay runs, and never blocked around its dispatch (no wake-up eventfd
-   * writes per response; see pg_net_readable_source_new). */
-  self->up_source = pg_net_readable_source_new (self->up_stream, pg_imap_session_up_ready_cb, self);
-  g_source_set_static_name (self->up_source, "[popgate] imap relay upstream");
-  g_source_attach (self->up_source, g_main_context_get_thread_default ());
+  g_return_if_reached ();
 }
 
 static void
-pg_imap_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+pg_imap_session_relay_start (PgImapSession *self, PgConn *upstream, GBytes *up_buffered)
 {
-  g_autoptr (PgImapSession) self = user_data;
-
-  if (!pg_conn_wait_drained_finish (self->conn, result, NULL))
-    return;
-  pg_imap_session_relay_up_resume (self);
-}
-
-static void
-pg_imap_session_relay_start (PgImapSession *self, GBytes *up_buffered)
-{
-  const guint8 *pipelined = NULL;
-  gsize n_pipelined;
+  static const PgImapRelayFuncs funcs = {
+    .command = pg_imap_session_relay_command_cb,
+    .withheld = pg_imap_session_relay_withheld_cb,
+    .response = pg_imap_session_relay_response_cb,
+    .from_client = pg_imap_session_relay_from_client_cb,
+    .to_client = pg_imap_session_relay_to_client_cb,
+    .flush = pg_imap_session_relay_flush_cb,
+    .ended = pg_imap_session_relay_ended_cb,
+  };
 
   pg_imap_session_set_state (self, PG_IMAP_STATE_RELAY);
   self->busy = FALSE;
   pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
   pg_conn_set_idle_timeout (self->conn, self->config->imap.idle_timeout_ms);
-  {
-    static const PgImapFilterFuncs funcs = {
-      .command = pg_imap_session_filter_command_cb,
-      .withheld = pg_imap_session_filter_withheld_cb,
-      .response = pg_imap_session_filter_response_cb,
-      .to_client = pg_imap_session_filter_to_client_cb,
-    };
-    self->filter = pg_imap_filter_new (&funcs, self, PG_IMAP_SESSION_OWN_CAPABILITIES);
-  }
+  self->relay = pg_imap_relay_new (self->conn, upstream, self->cancellable,
+                                   PG_IMAP_SESSION_OWN_CAPABILITIES, &funcs, self);
   pg_imap_session_flush (self);
-
-  /* What the client pipelined behind its login goes upstream first: up to
-   * PG_IMAP_MAX_PREAUTH_LINE octets, one relay chunk at a time (relay_client_read takes
-   * the rest from the reader before it reads the client again). */
   g_clear_pointer (&self->parser, pg_imap_command_parser_free);
-  n_pipelined = pg_line_reader_take_raw (self->reader, PG_IMAP_RELAY_CHUNK, &pipelined);
-  if (n_pipelined > 0)
-    {
-      memcpy (self->client_buf, pipelined, n_pipelined);
-      pg_imap_session_relay_client_data (self, n_pipelined);
-    }
-  else
-    pg_imap_session_relay_client_read (self);
-
-  if (g_bytes_get_size (up_buffered) > 0 && !pg_conn_is_closed (self->conn))
-    pg_imap_session_relay_up_data (self, g_bytes_get_data (up_buffered, NULL),
-                                   g_bytes_get_size (up_buffered));
-  pg_imap_session_relay_up_resume (self);
+  /* The relay takes the read buffer, and what the client pipelined behind its login. */
+  pg_imap_relay_start (self->relay, g_steal_pointer (&self->client_buf),
+                       g_steal_pointer (&self->reader), up_buffered, self->client_eof);
 }
 
 /* --- signals and start ---------------------------------------------------------------- */

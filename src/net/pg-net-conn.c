@@ -1237,3 +1237,118 @@ pg_conn_emit_shutdown_internal (PgConn *conn)
   if (!conn->closed)
     g_signal_emit (conn, pg_conn_signals[SIGNAL_SHUTDOWN], 0);
 }
+
+/* --- readiness reads and half-close (the IMAP relay's pump) ------------------------------ */
+
+/* Kept apart from the struct, as qdata: an addition that does not touch the read path
+ * above. While a readable func is set, the connection watches its stream with one kept
+ * source (pg_net_readable_source_new) and holds no buffer: the pump reads into its own
+ * on each call. */
+typedef struct
+{
+  PgConn *conn;    /* unowned: the qdata's owner */
+  GSource *source; /* owned */
+  PgConnReadableFunc func;
+  gpointer data;
+} PgConnReadable;
+
+static GQuark
+pg_conn_readable_quark (void)
+{
+  static GQuark quark = 0;
+
+  if (quark == 0)
+    quark = g_quark_from_static_string ("pg-conn-readable");
+  return quark;
+}
+
+static void
+pg_conn_readable_free (gpointer data)
+{
+  PgConnReadable *readable = data;
+
+  pg_conn_clear_source (&readable->source);
+  g_free (readable);
+}
+
+static gboolean
+pg_conn_readable_func_cb (gpointer user_data)
+{
+  PgConnReadable *readable = user_data;
+  g_autoptr (PgConn) conn = g_object_ref (readable->conn);
+
+  if (conn->closed)
+    {
+      /* Frees `readable` and destroys this source: touch neither afterwards. */
+      g_object_set_qdata (G_OBJECT (conn), pg_conn_readable_quark (), NULL);
+      return G_SOURCE_REMOVE;
+    }
+  /* The func may unset itself (freeing `readable`); the source's return value is then
+   * ignored. */
+  readable->func (conn, readable->data);
+  return G_SOURCE_CONTINUE;
+}
+
+void
+pg_conn_set_readable_func (PgConn *conn, PgConnReadableFunc func, gpointer user_data)
+{
+  PgConnReadable *readable;
+
+  if (func == NULL || conn->closed)
+    {
+      g_object_set_qdata (G_OBJECT (conn), pg_conn_readable_quark (), NULL);
+      return;
+    }
+  g_return_if_fail (!conn->read_pending && conn->inflate == NULL);
+  readable = g_object_get_qdata (G_OBJECT (conn), pg_conn_readable_quark ());
+  if (readable == NULL)
+    {
+      readable = g_new0 (PgConnReadable, 1);
+      readable->conn = conn;
+      readable->source
+          = pg_net_readable_source_new (conn->stream, pg_conn_readable_func_cb, readable);
+      g_source_set_static_name (readable->source, "[popgate] pump readable");
+      g_source_attach (readable->source, g_main_context_get_thread_default ());
+      g_object_set_qdata_full (G_OBJECT (conn), pg_conn_readable_quark (), readable,
+                               pg_conn_readable_free);
+    }
+  readable->func = func;
+  readable->data = user_data;
+}
+
+gssize
+pg_conn_read_now (PgConn *conn, void *buffer, gsize len, GError **error)
+{
+  GInputStream *in;
+  gssize n;
+
+  if (conn->closed)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return -1;
+    }
+  g_return_val_if_fail (!conn->read_pending && conn->inflate == NULL, -1);
+  in = g_io_stream_get_input_stream (conn->stream);
+  g_return_val_if_fail (G_IS_POLLABLE_INPUT_STREAM (in), -1);
+  n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in), buffer, len, NULL,
+                                                error);
+  if (n <= 0)
+    return n;
+  conn->bytes_in += (guint64) n;
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                             (guint64) n);
+  pg_conn_restart_idle (conn);
+  return n;
+}
+
+gboolean
+pg_conn_shutdown_write (PgConn *conn, GError **error)
+{
+  if (conn->closed || conn->socket == NULL)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "no socket to half-close");
+      return FALSE;
+    }
+  return g_socket_shutdown (g_socket_connection_get_socket (conn->socket), FALSE, TRUE, error);
+}
