@@ -106,13 +106,15 @@ struct _PgPop3Session
   guint32 uidvalidity;
 
   /* Per-client state (DESIGN.md "Per-client state") */
-  PgStateStore *store;             /* owned */
-  PgStateKey *state_key;           /* owned */
-  PgClientState *client_state;     /* owned: the state as it is now */
-  PgClientState *saved_state;      /* owned: as last loaded or saved (NULL: never stored) */
-  guint n_hidden;                  /* snapshot messages the client's state and windows hide */
-  PgStateLoadStatus loaded_status; /* while the ledger's identities are fetched */
-  PgClientState *loaded_state;     /* owned: what the load returned, until it is settled */
+  PgStateStore *store;         /* owned */
+  PgStateKey *state_key;       /* owned */
+  PgClientState *client_state; /* owned: the state as it is now */
+  PgClientState *saved_state;  /* owned: as last loaded or saved (NULL: never stored) */
+  guint n_hidden;              /* snapshot messages the client's state and windows hide */
+
+  /* What the state load returned, while the UIDL ledger's identities are fetched */
+  PgStateLoadStatus loaded_status;
+  PgClientState *loaded_state; /* owned; NULL once settled */
 
   /* QUIT in progress */
   GArray *quit_deleted; /* owned, guint32 UIDs */
