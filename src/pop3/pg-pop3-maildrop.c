@@ -442,6 +442,16 @@ pg_pop3_maildrop_get_identities (PgPop3Maildrop *maildrop)
   return ids;
 }
 
+void
+pg_pop3_maildrop_clear_identities (PgPop3Maildrop *maildrop)
+{
+  g_array_set_size (maildrop->identities, 0);
+  /* A session lives on for long: its memory should not keep the login's 24 octets per
+   * message. */
+  g_clear_pointer (&maildrop->identities, g_array_unref);
+  maildrop->identities = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+}
+
 static void
 pg_pop3_maildrop_identify_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {

@@ -58,6 +58,8 @@ gboolean pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop);
  * identities; digests need identify(). */
 PgLedgerKind pg_pop3_maildrop_get_ledger_kind (PgPop3Maildrop *maildrop);
 GArray *pg_pop3_maildrop_get_identities (PgPop3Maildrop *maildrop);
+/* Drop the identities (and their memory) once the ledger has them. */
+void pg_pop3_maildrop_clear_identities (PgPop3Maildrop *maildrop);
 /* The digests of the messages in uid_set: `UID FETCH uid_set (UID RFC822.SIZE
  * BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])`, added to the identities. */
 void pg_pop3_maildrop_identify_async (PgPop3Maildrop *maildrop, const char *uid_set,

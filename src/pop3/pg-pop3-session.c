@@ -1122,6 +1122,7 @@ pg_pop3_session_ledger_update (PgPop3Session *self, PgClientState *state)
         uids[i] = g_array_index (messages, PgPop3Message, i).uid;
       pg_client_state_ledger_prune (state, uids, messages->len);
     }
+  pg_pop3_maildrop_clear_identities (self->maildrop);
 }
 
 /* A UIDVALIDITY change with a ledger: carry over the UIDLs, hidden and retrieved of the
@@ -1138,6 +1139,7 @@ pg_pop3_session_rebase (PgPop3Session *self, const PgClientState *stored, guint3
   self->client_state = pg_client_state_rebase (
       stored, self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC, kind,
       (const PgLedgerEntry *) (gpointer) fresh->data, fresh->len, &carried, &fresh_uidls);
+  pg_pop3_maildrop_clear_identities (self->maildrop);
   pg_session_warning (
       self->id,
       "UIDVALIDITY of %s changed from %u to %u: %u UIDLs carried over, %u "
