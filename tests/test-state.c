@@ -1681,6 +1681,8 @@ pg_test_state_ledger_bound (void)
   g_assert_null (pg_client_state_ledger_lookup (state, top - PG_STATE_MAX_LEDGER_ENTRIES));
   g_assert_nonnull (pg_client_state_ledger_lookup (state, top));
   bytes = pg_client_state_encode (state, key);
+  g_test_message ("a full ledger of %u entries: %zu bytes encoded",
+                  (guint) PG_STATE_MAX_LEDGER_ENTRIES, g_bytes_get_size (bytes));
   g_assert_cmpuint (g_bytes_get_size (bytes), <=, PG_STATE_MAX_ENCODED);
   got = pg_client_state_decode (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), "test",
                                 NULL, &error);
