@@ -126,7 +126,9 @@ pg_client_state_equal (const PgClientState *a, const PgClientState *b)
          && g_strcmp0 (a->pending_mailbox, b->pending_mailbox) == 0
          && pg_uid_set_equal (a->pending_uids, b->pending_uids) && a->ledger_kind == b->ledger_kind
          && a->ledger->len == b->ledger->len
-         && memcmp (a->ledger->data, b->ledger->data, a->ledger->len * sizeof (PgLedgerEntry)) == 0;
+         && (a->ledger->len == 0
+             || memcmp (a->ledger->data, b->ledger->data, a->ledger->len * sizeof (PgLedgerEntry))
+                    == 0);
 }
 
 void
