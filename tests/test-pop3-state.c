@@ -11,6 +11,7 @@
 #include "pg-test-cutproxy.h"
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
+#include "pg-test-peer.h"
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 
@@ -1168,6 +1169,109 @@ test_uidvalidity_ledger (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (ledger_poll (fx->second, desk, seen_desk, NULL, NULL), ==, 0);
 }
 
+/* The same across a UIDVALIDITY change with the server's own ids (RFC 8474 EMAILID; the
+ * fixture's Dovecot 2.3 has no OBJECTID, so a scripted server stands in): popgate asks
+ * for EMAILID in the snapshot itself and needs no header FETCH; after the change the UIDs
+ * are others and in another order, and each message keeps its UIDL by its EMAILID, the
+ * deleted one staying hidden. Two popgates share one state directory, one per server
+ * connection. */
+#define LEDGER_PEER_LOGIN                                                                          \
+  { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS OBJECTID] hi\r\n",   \
+    0 },                                                                                           \
+      { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },                                          \
+      { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS OBJECTID] in\r\n", 0 },     \
+      { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                  \
+  {                                                                                                \
+    PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)", 0                              \
+  }
+
+static void
+test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
+{
+  static const PgTestPeerStep before[] = {
+    LEDGER_PEER_LOGIN,
+    { PG_TEST_PEER_SEND,
+      "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 4] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 1 RFC822.SIZE 20 EMAILID (Maaa))\r\n"
+      "* 2 FETCH (UID 2 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
+      "* 3 FETCH (UID 3 RFC822.SIZE 20 EMAILID (Mccc))\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  static const PgTestPeerStep after[] = {
+    LEDGER_PEER_LOGIN,
+    { PG_TEST_PEER_SEND,
+      "* 4 EXISTS\r\n* OK [UIDVALIDITY 43] ok\r\n* OK [UIDNEXT 15] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 11 RFC822.SIZE 20 EMAILID (Mccc))\r\n"
+      "* 2 FETCH (UID 12 RFC822.SIZE 20 EMAILID (Maaa))\r\n"
+      "* 3 FETCH (UID 13 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
+      "* 4 FETCH (UID 14 RFC822.SIZE 20 EMAILID (Mddd))\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
+    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
+    { PG_TEST_PEER_CLOSE, NULL, 0 },
+  };
+  static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  const PgTestPeerStep *scripts[] = { before, after };
+  /* Before: all three, then DELE 1 (UID 1, Maaa). After: Maaa stays hidden, Mccc and
+   * Mbbb keep their UIDLs, Mddd is new. */
+  static const char *const want[][4] = {
+    { "1 000000010000002a", "2 000000020000002a", "3 000000030000002a", NULL },
+    { "1 000000030000002a", "2 000000020000002a", "3 0000000e0000002b", NULL },
+  };
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *state_dir = NULL;
+
+  for (guint round = 0; round < G_N_ELEMENTS (scripts); round++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgTestPeer) peer = pg_test_peer_new (scripts[round], &error);
+      g_autofree gchar *port = NULL;
+      PgTestPopgate *popgate;
+      g_auto (GStrv) lines = NULL;
+
+      g_assert_no_error (error);
+      port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+      popgate = pg_test_popgate_new (NULL, "none", &error);
+      g_assert_no_error (error);
+      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+      pg_test_popgate_set (popgate, "upstream", "port", port);
+      pg_test_popgate_set (popgate, "upstream", "tls", "none");
+      pg_test_popgate_set (popgate, keep[0], keep[1], keep[2]);
+      if (state_dir == NULL)
+        state_dir = g_strdup (popgate->state_dir);
+      else
+        pg_test_popgate_set (popgate, "state", "path", state_dir);
+      PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+      {
+        g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, laptop);
+
+        lines = pg_test_pop3_cmd_lines (pop3, "UIDL");
+        g_assert_cmpstrv (lines, want[round]);
+        if (round == 0)
+          PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+        PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+        g_assert_true (pg_test_pop3_wait_closed (pop3));
+      }
+      g_assert_true (pg_test_peer_wait_client_closed (peer, WAIT_MS));
+      g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+      if (round == 0)
+        {
+          /* It owns the state directory: kept until the end. */
+          fx->second = popgate;
+          continue;
+        }
+      g_assert_true (pg_test_popgate_wait_log (
+          popgate,
+          "changed from 42 to 43: 3 UIDLs carried over, 1 new (ledger: emailid, 3 messages; 1 "
+          "hidden",
+          WAIT_MS));
+      popgate_check_and_free (popgate);
+    }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1189,6 +1293,7 @@ main (int argc, char **argv)
   static const char *const keep_digest[]
       = { "pop3", "delete", "keep", "pop3", "uidl_ledger", "digest", NULL };
   static const TestSpec ledger = { keep_digest, FALSE, NULL, 0 };
+  static const TestSpec ledger_emailid = { NULL, FALSE, NULL, 0 };
   static const TestSpec sigkill = { NULL, FALSE, NULL, 5 };
   static const TestSpec sigkill_move = { move, FALSE, NULL, 3 };
   static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
@@ -1214,6 +1319,8 @@ main (int argc, char **argv)
     { "/popgate/pop3-state/corrupt-state", &corrupt, test_corrupt_state },
     { "/popgate/pop3-state/uidvalidity-reset", &reset, test_uidvalidity_reset },
     { "/popgate/pop3-state/uidvalidity-ledger", &ledger, test_uidvalidity_ledger },
+    { "/popgate/pop3-state/uidvalidity-ledger-emailid", &ledger_emailid,
+      test_uidvalidity_ledger_emailid },
     { "/popgate/pop3-state/sigkill-quit", &sigkill, test_sigkill_quit },
     { "/popgate/pop3-state/sigkill-quit-move", &sigkill_move, test_sigkill_quit_move },
     { "/popgate/pop3-state/no-uidplus", &no_uidplus, test_no_uidplus },
