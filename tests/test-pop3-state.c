@@ -1175,15 +1175,18 @@ test_uidvalidity_ledger (Fixture *fx, gconstpointer data)
  * are others and in another order, and each message keeps its UIDL by its EMAILID, the
  * deleted one staying hidden. Two popgates share one state directory, one per server
  * connection. */
-#define LEDGER_PEER_LOGIN                                                                          \
-  { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS OBJECTID] hi\r\n",   \
-    0 },                                                                                           \
-      { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },                                          \
-      { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS OBJECTID] in\r\n", 0 },     \
-      { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                  \
-  {                                                                                                \
-    PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)", 0                              \
-  }
+/* clang-format off */
+#define LEDGER_PEER_LOGIN                                                                    \
+  { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS OBJECTID] hi\r\n", 0 }, \
+  { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },                                        \
+  { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS OBJECTID] in\r\n", 0 },   \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                \
+  { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)", 0 }
+#define LEDGER_PEER_LOGOUT                                                                   \
+  { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },                                                      \
+  { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },                                      \
+  { PG_TEST_PEER_CLOSE, NULL, 0 }
+/* clang-format on */
 
 static void
 test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
@@ -1196,9 +1199,7 @@ test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
       "* 2 FETCH (UID 2 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
       "* 3 FETCH (UID 3 RFC822.SIZE 20 EMAILID (Mccc))\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
-    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
-    { PG_TEST_PEER_CLOSE, NULL, 0 },
+    LEDGER_PEER_LOGOUT,
   };
   static const PgTestPeerStep after[] = {
     LEDGER_PEER_LOGIN,
@@ -1209,9 +1210,7 @@ test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
       "* 3 FETCH (UID 13 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
       "* 4 FETCH (UID 14 RFC822.SIZE 20 EMAILID (Mddd))\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },
-    { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },
-    { PG_TEST_PEER_CLOSE, NULL, 0 },
+    LEDGER_PEER_LOGOUT,
   };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
   const PgTestPeerStep *scripts[] = { before, after };
