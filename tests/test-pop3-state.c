@@ -1271,6 +1271,56 @@ test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
     }
 }
 
+/* A server that refuses the ledger's header FETCH (but stays connected) costs the ledger
+ * those digests, not the login. */
+static void
+test_uidvalidity_ledger_refused (Fixture *fx, gconstpointer data)
+{
+  /* clang-format off */
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS] hi\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS] in\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 9] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 8 RFC822.SIZE 20)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5,8 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])", 0 },
+    { PG_TEST_PEER_SEND, "$ NO [SERVERBUG] cannot\r\n", 0 },
+    LEDGER_PEER_LOGOUT,
+  };
+  /* clang-format on */
+  static const char *const want[] = { "1 000000050000002a", "2 000000080000002a", NULL };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
+  g_autofree gchar *port = NULL;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_auto (GStrv) lines = NULL;
+
+  g_assert_no_error (error);
+  port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+  fx->second = pg_test_popgate_new (NULL, "none", &error);
+  g_assert_no_error (error);
+  pg_test_popgate_set (fx->second, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (fx->second, "upstream", "port", port);
+  pg_test_popgate_set (fx->second, "upstream", "tls", "none");
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (fx->second, &error), error);
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->second, laptop);
+
+    lines = pg_test_pop3_cmd_lines (pop3, "UIDL");
+    g_assert_cmpstrv (lines, want);
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+    g_assert_true (pg_test_pop3_wait_closed (pop3));
+  }
+  g_assert_true (pg_test_peer_wait_client_closed (peer, WAIT_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+  g_assert_true (
+      pg_test_popgate_wait_log (fx->second, "the UIDL ledger's FETCH was refused", WAIT_MS));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1320,6 +1370,8 @@ main (int argc, char **argv)
     { "/popgate/pop3-state/uidvalidity-ledger", &ledger, test_uidvalidity_ledger },
     { "/popgate/pop3-state/uidvalidity-ledger-emailid", &ledger_emailid,
       test_uidvalidity_ledger_emailid },
+    { "/popgate/pop3-state/uidvalidity-ledger-refused", &ledger_emailid,
+      test_uidvalidity_ledger_refused },
     { "/popgate/pop3-state/sigkill-quit", &sigkill, test_sigkill_quit },
     { "/popgate/pop3-state/sigkill-quit-move", &sigkill_move, test_sigkill_quit_move },
     { "/popgate/pop3-state/no-uidplus", &no_uidplus, test_no_uidplus },

@@ -1001,7 +1001,17 @@ pg_pop3_session_identified_cb (GObject *source, GAsyncResult *result, gpointer u
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
-  if (!pg_pop3_maildrop_identify_finish (self->maildrop, result, &error))
+  if (!pg_pop3_maildrop_identify_finish (self->maildrop, result, &error)
+      && !pg_upstream_is_closed (pg_pop3_maildrop_get_upstream (self->maildrop)))
+    {
+      /* The server refused the FETCH but is still there: the session works without the
+       * digests it did not get (those messages have no identity yet). */
+      pg_session_warning (self->id, "the UIDL ledger's FETCH was refused, going on without: %s",
+                          error->message);
+      pg_pop3_session_state_settle (self);
+      return;
+    }
+  if (error != NULL)
     {
       /* As with a failed snapshot: nothing was changed, the client may try again. */
       pg_session_warning (self->id, "login refused: the UIDL ledger's FETCH failed: %s",
