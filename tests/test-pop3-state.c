@@ -1188,6 +1188,26 @@ test_uidvalidity_ledger (Fixture *fx, gconstpointer data)
   { PG_TEST_PEER_CLOSE, NULL, 0 }
 /* clang-format on */
 
+/* A popgate in front of a scripted server; state_dir NULL: its own. */
+static PgTestPopgate *
+peer_popgate (PgTestPeer *peer, const char *const *settings, const char *state_dir)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+  PgTestPopgate *popgate = pg_test_popgate_new (NULL, "none", &error);
+
+  g_assert_no_error (error);
+  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (popgate, "upstream", "port", port);
+  pg_test_popgate_set (popgate, "upstream", "tls", "none");
+  for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+    pg_test_popgate_set (popgate, settings[i], settings[i + 1], settings[i + 2]);
+  if (state_dir != NULL)
+    pg_test_popgate_set (popgate, "state", "path", state_dir);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+  return popgate;
+}
+
 static void
 test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
 {
@@ -1227,23 +1247,13 @@ test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
     {
       g_autoptr (GError) error = NULL;
       g_autoptr (PgTestPeer) peer = pg_test_peer_new (scripts[round], &error);
-      g_autofree gchar *port = NULL;
       PgTestPopgate *popgate;
       g_auto (GStrv) lines = NULL;
 
       g_assert_no_error (error);
-      port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
-      popgate = pg_test_popgate_new (NULL, "none", &error);
-      g_assert_no_error (error);
-      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-      pg_test_popgate_set (popgate, "upstream", "port", port);
-      pg_test_popgate_set (popgate, "upstream", "tls", "none");
-      pg_test_popgate_set (popgate, keep[0], keep[1], keep[2]);
+      popgate = peer_popgate (peer, keep, state_dir);
       if (state_dir == NULL)
         state_dir = g_strdup (popgate->state_dir);
-      else
-        pg_test_popgate_set (popgate, "state", "path", state_dir);
-      PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
       {
         g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, laptop);
 
@@ -1295,18 +1305,11 @@ test_uidvalidity_ledger_refused (Fixture *fx, gconstpointer data)
   static const char *const want[] = { "1 000000050000002a", "2 000000080000002a", NULL };
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
-  g_autofree gchar *port = NULL;
   g_autofree gchar *laptop = tagged (fx, "laptop");
   g_auto (GStrv) lines = NULL;
 
   g_assert_no_error (error);
-  port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
-  fx->second = pg_test_popgate_new (NULL, "none", &error);
-  g_assert_no_error (error);
-  pg_test_popgate_set (fx->second, "upstream", "host", "127.0.0.1");
-  pg_test_popgate_set (fx->second, "upstream", "port", port);
-  pg_test_popgate_set (fx->second, "upstream", "tls", "none");
-  PG_TEST_ASSERT_OK (pg_test_popgate_start (fx->second, &error), error);
+  fx->second = peer_popgate (peer, NULL, NULL);
   {
     g_autoptr (PgTestPop3) pop3 = pop3_login (fx->second, laptop);
 
