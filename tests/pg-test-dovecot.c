@@ -629,3 +629,62 @@ pg_test_dovecot_read_log (PgTestDovecot *dovecot)
 
   return g_strconcat (output, log, NULL);
 }
+
+static gboolean
+pg_test_dovecot_no_user_sessions_cb (gpointer user_data)
+{
+  gpointer *args = user_data;
+
+  return pg_test_dovecot_signal_user_sessions (args[0], args[1], 0) == 0;
+}
+
+gboolean
+pg_test_dovecot_reset_uids (PgTestDovecot *dovecot, const char *user, const char *mailbox,
+                            GError **error)
+{
+  g_autofree gchar *name = g_ascii_strdown (user, -1);
+  g_autofree gchar *root = g_build_filename (dovecot->dir, "mail", name, "Maildir", NULL);
+  g_autofree gchar *folder = NULL;
+  g_autofree gchar *dotted = g_strconcat (".", mailbox, NULL);
+  gpointer args[] = { dovecot, name };
+  const char *dirs[2];
+
+  /* An imap process that still has the mailbox open could write the old UIDs back. */
+  if (!pg_test_wait_until (pg_test_dovecot_no_user_sessions_cb, args, 20000))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "imap processes of %s did not go away",
+                   name);
+      return FALSE;
+    }
+  folder = g_ascii_strcasecmp (mailbox, "INBOX") == 0 ? g_strdup (root)
+                                                      : g_build_filename (root, dotted, NULL);
+  dirs[0] = folder;
+  dirs[1] = root; /* the mailbox list index caches UIDVALIDITY too */
+  for (guint d = 0; d < G_N_ELEMENTS (dirs); d++)
+    {
+      g_autoptr (GDir) dir = g_dir_open (dirs[d], 0, error);
+      const char *entry;
+
+      if (dir == NULL)
+        return FALSE;
+      while ((entry = g_dir_read_name (dir)) != NULL)
+        {
+          g_autofree gchar *path = NULL;
+
+          if (!(d == 0
+                && (g_str_has_prefix (entry, "dovecot.index")
+                    || g_str_has_prefix (entry, "dovecot-uidlist")))
+              && !g_str_has_prefix (entry, "dovecot.list.index"))
+            continue;
+          path = g_build_filename (dirs[d], entry, NULL);
+          if (g_unlink (path) != 0 && errno != ENOENT)
+            {
+              int saved_errno = errno;
+              g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved_errno), "unlink %s: %s",
+                           path, g_strerror (saved_errno));
+              return FALSE;
+            }
+        }
+    }
+  return TRUE;
+}

@@ -99,6 +99,14 @@ gboolean pg_test_dovecot_append (PgTestDovecot *dovecot, const char *user, const
 gboolean pg_test_dovecot_create_mailbox (PgTestDovecot *dovecot, const char *user,
                                          const char *mailbox, GError **error);
 
+/* Make Dovecot forget user's UIDs in mailbox, as an index rebuild or a restore from backup
+ * does: the Maildir's dovecot-uidlist and index files (and the mailbox list index) go, the
+ * messages stay, so the next session sees them under a new UIDVALIDITY (Dovecot's
+ * dovecot-uidvalidity file makes it larger than the old one). Waits (bounded) until no
+ * imap process serves user, so none writes the old UIDs back. */
+gboolean pg_test_dovecot_reset_uids (PgTestDovecot *dovecot, const char *user, const char *mailbox,
+                                     GError **error);
+
 /* Send signo (SIGSTOP/SIGCONT for fault injection) to every `imap` worker process of this
  * Dovecot (children of our master). Returns how many were signalled. */
 guint pg_test_dovecot_signal_sessions (PgTestDovecot *dovecot, int signo);

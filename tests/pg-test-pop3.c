@@ -292,6 +292,27 @@ pg_test_pop3_wait_closed (PgTestPop3 *pop3)
   return FALSE;
 }
 
+GStrv
+pg_test_pop3_cmd_lines (PgTestPop3 *pop3, const char *command)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *status = pg_test_pop3_cmd (pop3, command);
+  g_autoptr (GBytes) body = NULL;
+  g_autofree gchar *text = NULL;
+  g_auto (GStrv) lines = NULL;
+  guint n;
+
+  g_assert_true (g_str_has_prefix (status, "+OK"));
+  body = pg_test_pop3_read_multiline (pop3, &error);
+  g_assert_no_error (error);
+  text = g_strndup (g_bytes_get_data (body, NULL), g_bytes_get_size (body));
+  lines = g_strsplit (text, "\r\n", -1);
+  n = g_strv_length (lines);
+  if (n > 0 && *lines[n - 1] == '\0')
+    g_clear_pointer (&lines[n - 1], g_free);
+  return g_steal_pointer (&lines);
+}
+
 gchar *
 pg_test_pop3_cmd (PgTestPop3 *pop3, const char *command)
 {

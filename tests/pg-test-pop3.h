@@ -39,6 +39,9 @@ gboolean pg_test_pop3_login (PgTestPop3 *pop3, const char *user, const char *pas
 gboolean pg_test_pop3_stls (PgTestPop3 *pop3, const char *ca_file, GError **error);
 /* Send "command" and return its status line; a transport error fails the test. */
 gchar *pg_test_pop3_cmd (PgTestPop3 *pop3, const char *command);
+/* Send a multi-line command ("UIDL", "LIST"), expect +OK, and return the body's lines
+ * (without line ends, the empty last one dropped); a failure fails the test. */
+GStrv pg_test_pop3_cmd_lines (PgTestPop3 *pop3, const char *command);
 /* Send "command" and fail the test unless the reply starts with `prefix`. */
 #define PG_TEST_POP3_ASSERT_REPLY(pop3, command, prefix)                                           \
   G_STMT_START                                                                                     \

@@ -145,6 +145,7 @@ test_defaults (void)
   g_assert_cmpuint (config->pop3.login_delay_s, ==, 0);
   g_assert_cmpstr (config->pop3.client_tag_separator, ==, "#");
   g_assert_cmpint (config->pop3.first_login, ==, PG_FIRST_LOGIN_ALL);
+  g_assert_cmpint (config->pop3.uidl_ledger, ==, PG_UIDL_LEDGER_AUTO);
   g_assert_cmpuint (config->pop3.recent_days, ==, 0);
 
   g_assert_cmpuint (config->imap.listen->len, ==, 0);
@@ -210,6 +211,7 @@ test_full (TempDirFixture *fixture, gconstpointer data)
                                             "client_tag_separator = +\n"
                                             "first_login = new\n"
                                             "recent_days = 30\n"
+                                            "uidl_ledger = digest\n"
                                             "[imap]\n"
                                             "listen = 127.0.0.2:1143\n"
                                             "tls_listen = [::1]:1993\n"
@@ -254,6 +256,8 @@ test_full (TempDirFixture *fixture, gconstpointer data)
   g_assert_cmpstr (config->pop3.client_tag_separator, ==, "+");
   g_assert_cmpint (config->pop3.first_login, ==, PG_FIRST_LOGIN_NEW);
   g_assert_cmpuint (config->pop3.recent_days, ==, 30);
+  g_assert_cmpint (config->pop3.uidl_ledger, ==, PG_UIDL_LEDGER_DIGEST);
+  g_assert_cmpstr (pg_uidl_ledger_to_string (config->pop3.uidl_ledger), ==, "digest");
   assert_listen (config->imap.listen, "127.0.0.2:1143");
   assert_listen (config->imap.tls_listen, "[::1]:1993");
   g_assert_true (config->imap.allow_plaintext_auth);
@@ -467,6 +471,7 @@ test_errors (void)
     { MINIMAL "delete = move:\n", "pop3", "delete", "move needs a mailbox name" },
     { MINIMAL "delete = moved:Trash\n", "pop3", "delete", "is not one of" },
     { MINIMAL "first_login = some\n", "pop3", "first_login", "is not one of all, new" },
+    { MINIMAL "uidl_ledger = emailid\n", "pop3", "uidl_ledger", "is not one of auto, digest, off" },
     { MINIMAL "[state]\nbackend = sql\n", "state", "backend", "is not one of file, imap-metadata" },
     /* booleans */
     { MINIMAL "mark_seen = maybe\n", "pop3", "mark_seen", "\"maybe\" is not a boolean" },
@@ -835,8 +840,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 56 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 53);
+  /* 57 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 54);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);

@@ -61,6 +61,9 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
       pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
       pg_test_popgate_set (popgate, "upstream", "port", port);
       pg_test_popgate_set (popgate, "upstream", "tls", "none");
+      /* The scripts hold the snapshot FETCH only; the ledger's digest FETCH that would
+       * follow it is tested against Dovecot (test-pop3-state) and the peer (test-upstream). */
+      pg_test_popgate_set (popgate, "pop3", "uidl_ledger", "off");
     }
   pg_test_popgate_set (popgate, "upstream", "timeout", upstream_timeout);
   pg_test_popgate_set (popgate, "upstream", "connect_timeout", UPSTREAM_TIMEOUT);

@@ -11,6 +11,7 @@
 #include "pg-test-cutproxy.h"
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
+#include "pg-test-peer.h"
 #include "pg-test-pop3.h"
 #include "pg-test-popgate.h"
 
@@ -421,7 +422,7 @@ test_metadata_two_instances (Fixture *fx, gconstpointer data)
     g_autofree gchar *reply = pg_test_imap_command (
         imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
     g_assert_no_error (error);
-    g_assert_nonnull (strstr (reply, "popgate-state 1"));
+    g_assert_nonnull (strstr (reply, "popgate-state 2\nuser "));
     g_assert_nonnull (strstr (reply, "hidden 1:3"));
   }
 }
@@ -497,8 +498,9 @@ test_corrupt_state (Fixture *fx, gconstpointer data)
   assert_sees (fx->popgate, laptop, sees, G_N_ELEMENTS (sees));
 }
 
-/* The mailbox is deleted and recreated: a new UIDVALIDITY discards the client's state
- * with a warning naming user, mailbox and tag. */
+/* The mailbox is deleted and recreated: a new UIDVALIDITY, other messages under the old
+ * UIDs. Nothing of the client's state carries over (the ledger knows none of the new
+ * messages), with a warning naming user, mailbox and tag. */
 static void
 test_uidvalidity_reset (Fixture *fx, gconstpointer data)
 {
@@ -535,8 +537,11 @@ test_uidvalidity_reset (Fixture *fx, gconstpointer data)
 
   /* UIDs 1 and 2 again, but other messages: the old "hidden 1:2" must not apply. */
   assert_sees (fx->popgate, laptop, after, G_N_ELEMENTS (after));
-  warning = g_strdup_printf ("UIDVALIDITY of user=%s mailbox=Work tag=laptop changed from %u to %u",
-                             fx->user, old_validity, new_validity);
+  /* Messages without a Message-ID have no identity in the ledger: none carries over. */
+  warning
+      = g_strdup_printf ("UIDVALIDITY of user=%s mailbox=Work tag=laptop changed from %u to %u: "
+                         "0 UIDLs carried over, 2 new",
+                         fx->user, old_validity, new_validity);
   g_assert_true (pg_test_popgate_wait_log (fx->popgate, warning, WAIT_MS));
   /* The new state sticks. */
   {
@@ -908,10 +913,415 @@ test_concurrent_keep_metadata (Fixture *fx, gconstpointer data)
     reply = pg_test_imap_command (
         imap, "GETMETADATA (DEPTH 1) INBOX /private/vendor/popgate/laptop", &error);
     g_assert_no_error (error);
-    for (p = reply; (p = strstr (p, "popgate-state 1")) != NULL; p++)
+    for (p = reply; (p = strstr (p, "popgate-state 2\nuser ")) != NULL; p++)
       n++;
     g_assert_cmpuint (n, ==, 1);
   }
+}
+
+/* --- UIDLs across a UIDVALIDITY change (the UIDL ledger) ------------------------------------- */
+
+static guint
+upstream_count (Fixture *fx)
+{
+  g_autoptr (GArray) uids = upstream_uids (fx, "INBOX");
+
+  return uids->len;
+}
+
+static gchar *
+ledger_message (const char *id, const char *subject)
+{
+  return g_strdup_printf ("Message-ID: <%s@ledger.example>\r\nDate: Tue, 1 Dec 2026 10:00:00 "
+                          "+0000\r\nFrom: a@example.org\r\nSubject: %s\r\n\r\nBody of %s.\r\n",
+                          id, subject, subject);
+}
+
+static void
+ledger_seed (Fixture *fx, const char *id, const char *subject)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *msg = ledger_message (id, subject);
+
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_append (fx->dovecot, fx->user, "INBOX", msg, strlen (msg), &error), error);
+}
+
+/* One poll of a client that downloads what it has not seen (by UIDL, as fetchmail and
+ * every leave-on-server client do): UIDL, RETR of each unseen message (its subject goes
+ * into `seen` under the UIDL), DELE of the message with subject `dele` (if any), QUIT.
+ * Returns how many messages it downloaded; *out_visible (if given) gets "UIDL subject"
+ * lines of what it saw. */
+static guint
+ledger_poll (PgTestPopgate *popgate, const char *login, GHashTable *seen, const char *dele,
+             GPtrArray **out_visible)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, login);
+  g_auto (GStrv) lines = pg_test_pop3_cmd_lines (pop3, "UIDL");
+  GPtrArray *visible = g_ptr_array_new_with_free_func (g_free);
+  guint downloads = 0;
+  guint dele_number = 0;
+
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      guint n = 0;
+      gchar uidl[71] = { 0 };
+      const char *subject;
+
+      g_assert_cmpint (sscanf (lines[i], "%u %70s", &n, uidl), ==, 2);
+      /* A UIDL is listed once: never two messages under one. */
+      for (guint k = 0; k < visible->len; k++)
+        g_assert_false (g_str_has_prefix (g_ptr_array_index (visible, k), uidl));
+      if (!g_hash_table_contains (seen, uidl))
+        {
+          g_autoptr (GBytes) message = pg_test_pop3_retr (pop3, n, NULL, &error);
+          g_autofree gchar *copy = NULL;
+          const char *at;
+
+          g_assert_no_error (error);
+          copy = g_strndup (g_bytes_get_data (message, NULL), g_bytes_get_size (message));
+          at = strstr (copy, "Subject: ");
+          g_assert_nonnull (at);
+          g_hash_table_insert (seen, g_strdup (uidl), g_strndup (at + 9, strcspn (at + 9, "\r\n")));
+          downloads++;
+        }
+      subject = g_hash_table_lookup (seen, uidl);
+      g_ptr_array_add (visible, g_strdup_printf ("%s %s", uidl, subject));
+      if (dele != NULL && strcmp (subject, dele) == 0)
+        dele_number = n;
+    }
+  if (dele != NULL)
+    {
+      g_autofree gchar *command = g_strdup_printf ("DELE %u", dele_number);
+      g_assert_cmpuint (dele_number, !=, 0);
+      PG_TEST_POP3_ASSERT_REPLY (pop3, command, "+OK");
+    }
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  if (out_visible != NULL)
+    *out_visible = visible;
+  else
+    g_ptr_array_unref (visible);
+  return downloads;
+}
+
+/* The UIDL under which `seen` holds subject, or NULL; FALSE in *out_twice if it holds it
+ * under one UIDL only. */
+static guint
+ledger_count_subject (GHashTable *seen, const char *subject)
+{
+  GHashTableIter iter;
+  gpointer value;
+  guint n = 0;
+
+  g_hash_table_iter_init (&iter, seen);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    n += strcmp (value, subject) == 0;
+  return n;
+}
+
+static void
+ledger_assert_visible (GPtrArray *visible, const char *const *subjects)
+{
+  g_autoptr (GString) got = g_string_new (NULL);
+  g_autoptr (GString) want = g_string_new (NULL);
+
+  for (guint i = 0; i < visible->len; i++)
+    g_string_append_printf (got, "%s;", strchr (g_ptr_array_index (visible, i), ' ') + 1);
+  for (guint i = 0; subjects[i] != NULL; i++)
+    g_string_append_printf (want, "%s;", subjects[i]);
+  g_assert_cmpstr (got->str, ==, want->str);
+}
+
+/* The upstream loses its UIDs (index rebuilt: dovecot-uidlist and indexes removed, the
+ * messages stay) and gets a new UIDVALIDITY. A keep-mode client (digest ledger) and an
+ * expunge-mode client (the server's EMAILID, or a digest) polled before; after the
+ * change they download only what is new, the keep client's deleted message stays hidden,
+ * and the two identical messages (same Message-ID, Date and size) get new UIDLs for the
+ * digest client — never each other's. */
+static void
+test_uidvalidity_ledger (Fixture *fx, gconstpointer data)
+{
+  static const char *const expunge_auto[] = { "pop3", "delete", "expunge", NULL };
+  static const TestSpec desk_spec = { expunge_auto, FALSE, NULL, 0 };
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *desk = tagged (fx, "desk");
+  g_autoptr (GHashTable) seen_laptop
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  g_autoptr (GHashTable) seen_desk
+      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  g_autoptr (GHashTable) before_laptop = NULL;
+  g_autoptr (GHashTable) before_desk = NULL;
+  g_autoptr (GPtrArray) visible = NULL;
+  g_autofree gchar *warning = NULL;
+  g_autofree gchar *log = NULL;
+  guint32 old_validity = 0, new_validity = 0;
+  gboolean emailid;
+
+  fx->second = popgate_new (fx, &desk_spec);
+  ledger_seed (fx, "m1", "one");
+  ledger_seed (fx, "m2", "two");
+  ledger_seed (fx, "m3", "three");
+  ledger_seed (fx, "twin", "twin");
+  ledger_seed (fx, "twin", "twin");
+
+  /* Before: each downloads all five; laptop deletes "one" (hidden), desk "two" (gone). */
+  g_assert_cmpuint (ledger_poll (fx->popgate, laptop, seen_laptop, "one", NULL), ==, 5);
+  g_assert_cmpuint (ledger_poll (fx->second, desk, seen_desk, "two", NULL), ==, 5);
+  g_assert_cmpuint (ledger_poll (fx->popgate, laptop, seen_laptop, NULL, &visible), ==, 0);
+  {
+    static const char *const want[] = { "three", "twin", "twin", NULL };
+    ledger_assert_visible (visible, want);
+  }
+  g_clear_pointer (&visible, g_ptr_array_unref);
+  g_assert_cmpuint (ledger_poll (fx->second, desk, seen_desk, NULL, NULL), ==, 0);
+  before_laptop = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  before_desk = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  {
+    GHashTableIter iter;
+    gpointer key;
+    g_hash_table_iter_init (&iter, seen_laptop);
+    while (g_hash_table_iter_next (&iter, &key, NULL))
+      g_hash_table_add (before_laptop, g_strdup (key));
+    g_hash_table_iter_init (&iter, seen_desk);
+    while (g_hash_table_iter_next (&iter, &key, NULL))
+      g_hash_table_add (before_desk, g_strdup (key));
+  }
+
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", &old_validity);
+    pg_test_imap_logout (imap, NULL);
+  }
+  PG_TEST_ASSERT_OK (pg_test_dovecot_reset_uids (fx->dovecot, fx->user, "INBOX", &error), error);
+  ledger_seed (fx, "new", "new");
+  {
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", &new_validity);
+    pg_test_imap_logout (imap, NULL);
+  }
+  g_assert_cmpuint (new_validity, !=, old_validity);
+
+  /* Keep client, digest: "three" keeps its UIDL (not downloaded again), "one" stays
+   * hidden, the twins are ambiguous (new UIDLs, downloaded again), "new" is new. */
+  g_assert_cmpuint (ledger_poll (fx->popgate, laptop, seen_laptop, NULL, &visible), ==, 3);
+  {
+    static const char *const want[] = { "one", "three", "twin", "twin", "new", NULL };
+    static const char *const shown[] = { "three", "twin", "twin", "new", NULL };
+    /* The upstream holds "one" still: only this client does not see it. */
+    g_assert_cmpuint (upstream_count (fx), ==, G_N_ELEMENTS (want) - 1);
+    ledger_assert_visible (visible, shown);
+  }
+  for (guint i = 0; i < visible->len; i++)
+    {
+      const char *line = g_ptr_array_index (visible, i);
+      g_autofree gchar *uidl = g_strndup (line, strcspn (line, " "));
+      gboolean old = g_hash_table_contains (before_laptop, uidl);
+
+      if (g_str_has_suffix (line, " three"))
+        g_assert_true (old);
+      else
+        g_assert_false (old);
+    }
+  g_assert_cmpuint (ledger_count_subject (seen_laptop, "twin"), ==, 4);
+  g_assert_cmpuint (ledger_count_subject (seen_laptop, "three"), ==, 1);
+  g_assert_cmpuint (ledger_count_subject (seen_laptop, "new"), ==, 1);
+  g_clear_pointer (&visible, g_ptr_array_unref);
+  warning = g_strdup_printf ("UIDVALIDITY of user=%s mailbox=INBOX tag=laptop changed from %u to "
+                             "%u: 2 UIDLs carried over, 3 new (ledger: digest",
+                             fx->user, old_validity, new_validity);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, warning, WAIT_MS));
+
+  /* Expunge client: with EMAILID (Dovecot keeps a Maildir message's GUID in its file
+   * name) the twins are told apart and keep their UIDLs too; with a digest they do not. */
+  g_assert_cmpuint (ledger_poll (fx->second, desk, seen_desk, "new", &visible), >=, 1);
+  log = pg_test_popgate_read_log (fx->second);
+  emailid = strstr (log, "(ledger: emailid") != NULL;
+  g_test_message ("desk's ledger: %s", emailid ? "emailid" : "digest");
+  {
+    static const char *const shown[] = { "one", "three", "twin", "twin", "new", NULL };
+    ledger_assert_visible (visible, shown);
+  }
+  for (guint i = 0; i < visible->len; i++)
+    {
+      const char *line = g_ptr_array_index (visible, i);
+      g_autofree gchar *uidl = g_strndup (line, strcspn (line, " "));
+      gboolean old = g_hash_table_contains (before_desk, uidl);
+
+      if (g_str_has_suffix (line, " new") || (!emailid && g_str_has_suffix (line, " twin")))
+        g_assert_false (old);
+      else
+        g_assert_true (old);
+    }
+  g_assert_cmpuint (ledger_count_subject (seen_desk, "one"), ==, 1);
+  g_assert_cmpuint (ledger_count_subject (seen_desk, "three"), ==, 1);
+  g_assert_cmpuint (ledger_count_subject (seen_desk, "twin"), ==, emailid ? 2 : 4);
+  g_clear_pointer (&visible, g_ptr_array_unref);
+
+  /* desk's DELE removed "new" and nothing else; laptop's state still applies. */
+  g_assert_cmpuint (upstream_count (fx), ==, 4);
+  g_assert_cmpuint (ledger_poll (fx->popgate, laptop, seen_laptop, NULL, &visible), ==, 0);
+  {
+    static const char *const shown[] = { "three", "twin", "twin", NULL };
+    ledger_assert_visible (visible, shown);
+  }
+  g_clear_pointer (&visible, g_ptr_array_unref);
+  g_assert_cmpuint (ledger_poll (fx->second, desk, seen_desk, NULL, NULL), ==, 0);
+}
+
+/* The same across a UIDVALIDITY change with the server's own ids (RFC 8474 EMAILID; the
+ * fixture's Dovecot 2.3 has no OBJECTID, so a scripted server stands in): popgate asks
+ * for EMAILID in the snapshot itself and needs no header FETCH; after the change the UIDs
+ * are others and in another order, and each message keeps its UIDL by its EMAILID, the
+ * deleted one staying hidden. Two popgates share one state directory, one per server
+ * connection. */
+/* clang-format off */
+#define LEDGER_PEER_LOGIN                                                                    \
+  { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS OBJECTID] hi\r\n", 0 }, \
+  { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },                                        \
+  { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS OBJECTID] in\r\n", 0 },   \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                \
+  { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)", 0 }
+#define LEDGER_PEER_LOGOUT                                                                   \
+  { PG_TEST_PEER_EXPECT, "LOGOUT", 0 },                                                      \
+  { PG_TEST_PEER_SEND, "* BYE bye\r\n$ OK done\r\n", 0 },                                      \
+  { PG_TEST_PEER_CLOSE, NULL, 0 }
+/* clang-format on */
+
+/* A popgate in front of a scripted server; state_dir NULL: its own. */
+static PgTestPopgate *
+peer_popgate (PgTestPeer *peer, const char *const *settings, const char *state_dir)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
+  PgTestPopgate *popgate = pg_test_popgate_new (NULL, "none", &error);
+
+  g_assert_no_error (error);
+  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (popgate, "upstream", "port", port);
+  pg_test_popgate_set (popgate, "upstream", "tls", "none");
+  for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
+    pg_test_popgate_set (popgate, settings[i], settings[i + 1], settings[i + 2]);
+  if (state_dir != NULL)
+    pg_test_popgate_set (popgate, "state", "path", state_dir);
+  PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
+  return popgate;
+}
+
+static void
+test_uidvalidity_ledger_emailid (Fixture *fx, gconstpointer data)
+{
+  static const PgTestPeerStep before[] = {
+    LEDGER_PEER_LOGIN,
+    { PG_TEST_PEER_SEND,
+      "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 4] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 1 RFC822.SIZE 20 EMAILID (Maaa))\r\n"
+      "* 2 FETCH (UID 2 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
+      "* 3 FETCH (UID 3 RFC822.SIZE 20 EMAILID (Mccc))\r\n$ OK fetched\r\n",
+      0 },
+    LEDGER_PEER_LOGOUT,
+  };
+  static const PgTestPeerStep after[] = {
+    LEDGER_PEER_LOGIN,
+    { PG_TEST_PEER_SEND,
+      "* 4 EXISTS\r\n* OK [UIDVALIDITY 43] ok\r\n* OK [UIDNEXT 15] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 11 RFC822.SIZE 20 EMAILID (Mccc))\r\n"
+      "* 2 FETCH (UID 12 RFC822.SIZE 20 EMAILID (Maaa))\r\n"
+      "* 3 FETCH (UID 13 RFC822.SIZE 20 EMAILID (Mbbb))\r\n"
+      "* 4 FETCH (UID 14 RFC822.SIZE 20 EMAILID (Mddd))\r\n$ OK fetched\r\n",
+      0 },
+    LEDGER_PEER_LOGOUT,
+  };
+  static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  const PgTestPeerStep *scripts[] = { before, after };
+  /* Before: all three, then DELE 1 (UID 1, Maaa). After: Maaa stays hidden, Mccc and
+   * Mbbb keep their UIDLs, Mddd is new. */
+  static const char *const want[][4] = {
+    { "1 000000010000002a", "2 000000020000002a", "3 000000030000002a", NULL },
+    { "1 000000030000002a", "2 000000020000002a", "3 0000000e0000002b", NULL },
+  };
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_autofree gchar *state_dir = NULL;
+
+  for (guint round = 0; round < G_N_ELEMENTS (scripts); round++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (PgTestPeer) peer = pg_test_peer_new (scripts[round], &error);
+      PgTestPopgate *popgate;
+      g_auto (GStrv) lines = NULL;
+
+      g_assert_no_error (error);
+      popgate = peer_popgate (peer, keep, state_dir);
+      if (state_dir == NULL)
+        state_dir = g_strdup (popgate->state_dir);
+      {
+        g_autoptr (PgTestPop3) pop3 = pop3_login (popgate, laptop);
+
+        lines = pg_test_pop3_cmd_lines (pop3, "UIDL");
+        g_assert_cmpstrv (lines, want[round]);
+        if (round == 0)
+          PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 1", "+OK");
+        PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+        g_assert_true (pg_test_pop3_wait_closed (pop3));
+      }
+      g_assert_true (pg_test_peer_wait_client_closed (peer, WAIT_MS));
+      g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+      if (round == 0)
+        {
+          /* It owns the state directory: kept until the end. */
+          fx->second = popgate;
+          continue;
+        }
+      g_assert_true (pg_test_popgate_wait_log (
+          popgate,
+          "changed from 42 to 43: 3 UIDLs carried over, 1 new (ledger: emailid, 3 messages; 1 "
+          "hidden",
+          WAIT_MS));
+      popgate_check_and_free (popgate);
+    }
+}
+
+/* A server that refuses the ledger's header FETCH (but stays connected) costs the ledger
+ * those digests, not the login. */
+static void
+test_uidvalidity_ledger_refused (Fixture *fx, gconstpointer data)
+{
+  /* clang-format off */
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN UIDPLUS] hi\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "AUTHENTICATE PLAIN *", 0 },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 SASL-IR UIDPLUS] in\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE)", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 9] ok\r\n$^ OK [READ-WRITE] sel\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n* 2 FETCH (UID 8 RFC822.SIZE 20)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5,8 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])", 0 },
+    { PG_TEST_PEER_SEND, "$ NO [SERVERBUG] cannot\r\n", 0 },
+    LEDGER_PEER_LOGOUT,
+  };
+  /* clang-format on */
+  static const char *const want[] = { "1 000000050000002a", "2 000000080000002a", NULL };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
+  g_autofree gchar *laptop = tagged (fx, "laptop");
+  g_auto (GStrv) lines = NULL;
+
+  g_assert_no_error (error);
+  fx->second = peer_popgate (peer, NULL, NULL);
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->second, laptop);
+
+    lines = pg_test_pop3_cmd_lines (pop3, "UIDL");
+    g_assert_cmpstrv (lines, want);
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+    g_assert_true (pg_test_pop3_wait_closed (pop3));
+  }
+  g_assert_true (pg_test_peer_wait_client_closed (peer, WAIT_MS));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+  g_assert_true (
+      pg_test_popgate_wait_log (fx->second, "the UIDL ledger's FETCH was refused", WAIT_MS));
 }
 
 int
@@ -932,6 +1342,10 @@ main (int argc, char **argv)
   static const TestSpec no_metadata = { metadata_keep, TRUE, NULL, 2 };
   static const TestSpec corrupt = { keep, FALSE, NULL, 3 };
   static const TestSpec reset = { keep, FALSE, "Work", 3 };
+  static const char *const keep_digest[]
+      = { "pop3", "delete", "keep", "pop3", "uidl_ledger", "digest", NULL };
+  static const TestSpec ledger = { keep_digest, FALSE, NULL, 0 };
+  static const TestSpec ledger_emailid = { NULL, FALSE, NULL, 0 };
   static const TestSpec sigkill = { NULL, FALSE, NULL, 5 };
   static const TestSpec sigkill_move = { move, FALSE, NULL, 3 };
   static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
@@ -956,6 +1370,11 @@ main (int argc, char **argv)
     { "/popgate/pop3-state/no-metadata", &no_metadata, test_no_metadata },
     { "/popgate/pop3-state/corrupt-state", &corrupt, test_corrupt_state },
     { "/popgate/pop3-state/uidvalidity-reset", &reset, test_uidvalidity_reset },
+    { "/popgate/pop3-state/uidvalidity-ledger", &ledger, test_uidvalidity_ledger },
+    { "/popgate/pop3-state/uidvalidity-ledger-emailid", &ledger_emailid,
+      test_uidvalidity_ledger_emailid },
+    { "/popgate/pop3-state/uidvalidity-ledger-refused", &ledger_emailid,
+      test_uidvalidity_ledger_refused },
     { "/popgate/pop3-state/sigkill-quit", &sigkill, test_sigkill_quit },
     { "/popgate/pop3-state/sigkill-quit-move", &sigkill_move, test_sigkill_quit_move },
     { "/popgate/pop3-state/no-uidplus", &no_uidplus, test_no_uidplus },

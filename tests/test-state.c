@@ -613,7 +613,35 @@ pg_test_state_encode_corrupt (void)
     const char *body;
     const char *message;
   } cases[] = {
-    { "popgate-state 2\n", "unsupported version" },
+    { "popgate-state 3\n", "unsupported version" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\n",
+      "\"ledger\" expected, the record ends" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger md5\n",
+      "ledger: unknown kind" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 5 00112233445566778899aabb\n"
+      "l 5 00112233445566778899aabb\n",
+      "UIDs not ascending" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 5 00112233445566778899AABB\n",
+      "not lowercase hex" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 5 00112233445566778899aa\n",
+      "not 24 hex digits" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 5 00112233445566778899aabb 5:1\n",
+      "the default" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 5 00112233445566778899aabb 7\n",
+      "not UID:UIDVALIDITY" },
+    { "popgate-state 2\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\nl 0 00112233445566778899aabb\n",
+      "0 is no UID" },
+    { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 1\nfirst-uidnext 1\n"
+      "first-login 0\nhidden\nretrieved\nledger digest\n",
+      "\"pending\" expected" },
     { "popgate-stat 1\n", "\"popgate-state\" expected" },
     { "popgate-state 1\nuser a\n", "\"mailbox\" expected, the record ends" },
     { "popgate-state 1\nuser a\nmailbox INBOX\ntag\nuidvalidity 0\n", "uidvalidity 0" },
@@ -1581,6 +1609,269 @@ pg_test_state_metadata_unsupported (void)
   pg_upstream_close (upstream);
 }
 
+/* --- the UIDL ledger ------------------------------------------------------------------------ */
+
+static PgLedgerEntry
+pg_test_ledger_entry (guint32 uid, guint8 id, guint32 uidl_uid, guint32 uidl_uidvalidity)
+{
+  PgLedgerEntry entry = { .uid = uid, .uidl_uid = uidl_uid, .uidl_uidvalidity = uidl_uidvalidity };
+
+  memset (entry.id, id, sizeof entry.id);
+  return entry;
+}
+
+/* A ledger survives its record byte for byte, carried UIDLs included; a record without
+ * one stays version 1 (what older popgates read). */
+static void
+pg_test_state_ledger_roundtrip (void)
+{
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (GBytes) again = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (PgStateKey) got_key = NULL;
+  PgLedgerEntry a = pg_test_ledger_entry (3, 0xab, 3, state->uidvalidity);
+  PgLedgerEntry b = pg_test_ledger_entry (9, 0x01, 4, 77);
+  gsize len = 0;
+  const char *data;
+  char uidl[17];
+
+  pg_client_state_ledger_set (state, &b);
+  pg_client_state_ledger_set (state, &a);
+  g_assert_cmpuint (state->ledger->len, ==, 0 + 2);
+  g_assert_cmpuint (g_array_index (state->ledger, PgLedgerEntry, 0).uid, ==, 3);
+  state->ledger_kind = PG_LEDGER_KIND_DIGEST;
+  bytes = pg_client_state_encode (state, key);
+  data = g_bytes_get_data (bytes, &len);
+  g_test_message ("record:\n%.*s", (int) len, data);
+  g_assert_true (g_str_has_prefix (data, "popgate-state 2\n"));
+  g_assert_nonnull (g_strstr_len (data, (gssize) len,
+                                  "\nledger digest\nl 3 abababababababababababab\n"
+                                  "l 9 010101010101010101010101 4:77\n"));
+  got = pg_client_state_decode (data, len, "test", &got_key, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_client_state_equal (got, state));
+  again = pg_client_state_encode (got, got_key);
+  g_assert_true (g_bytes_equal (again, bytes));
+
+  /* The UIDL: the ledger's pair, else UID and UIDVALIDITY. */
+  pg_client_state_format_uidl (got, 9, uidl);
+  g_assert_cmpstr (uidl, ==, "000000040000004d");
+  g_snprintf (uidl, sizeof uidl, "%08x%08x", 3u, state->uidvalidity);
+  {
+    char three[17];
+    pg_client_state_format_uidl (got, 3, three);
+    g_assert_cmpstr (three, ==, uidl);
+  }
+
+  /* Every cut is refused (the checksum covers the ledger too). */
+  for (gsize cut = 0; cut < len; cut++)
+    {
+      g_autoptr (GError) cut_error = NULL;
+      g_autoptr (PgClientState) cut_state
+          = pg_client_state_decode (data, cut, "test", NULL, &cut_error);
+      g_assert_null (cut_state);
+      g_assert_nonnull (cut_error);
+    }
+}
+
+/* The ledger holds at most PG_STATE_MAX_LEDGER_ENTRIES, the newest; a full one fits a
+ * record, and a record with one entry more is refused. */
+static void
+pg_test_state_ledger_bound (void)
+{
+  g_autoptr (PgClientState) state = pg_client_state_new (G_MAXUINT32, 1, 0);
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (GBytes) bytes = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgClientState) got = NULL;
+  g_autoptr (GString) over = NULL;
+  guint32 top = G_MAXUINT32 - 1;
+  const char *ledger_line;
+
+  state->ledger_kind = PG_LEDGER_KIND_EMAILID;
+  for (guint i = 0; i < PG_STATE_MAX_LEDGER_ENTRIES + 5; i++)
+    {
+      /* The longest lines: ten-digit UIDs, each with a carried UIDL. */
+      PgLedgerEntry entry = pg_test_ledger_entry (top - PG_STATE_MAX_LEDGER_ENTRIES - 5 + i + 1,
+                                                  (guint8) i, G_MAXUINT32 - 1, G_MAXUINT32 - 1);
+      pg_client_state_ledger_set (state, &entry);
+    }
+  g_assert_cmpuint (state->ledger->len, ==, PG_STATE_MAX_LEDGER_ENTRIES);
+  /* The lowest five went. */
+  g_assert_cmpuint (g_array_index (state->ledger, PgLedgerEntry, 0).uid, ==,
+                    top - PG_STATE_MAX_LEDGER_ENTRIES + 1);
+  g_assert_null (pg_client_state_ledger_lookup (state, top - PG_STATE_MAX_LEDGER_ENTRIES));
+  g_assert_nonnull (pg_client_state_ledger_lookup (state, top));
+  bytes = pg_client_state_encode (state, key);
+  g_test_message ("a full ledger of %u entries: %zu bytes encoded",
+                  (guint) PG_STATE_MAX_LEDGER_ENTRIES, g_bytes_get_size (bytes));
+  g_assert_cmpuint (g_bytes_get_size (bytes), <=, PG_STATE_MAX_ENCODED);
+  got = pg_client_state_decode (g_bytes_get_data (bytes, NULL), g_bytes_get_size (bytes), "test",
+                                NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_client_state_equal (got, state));
+
+  /* One more line, checksum fixed: refused as corrupt. */
+  over = g_string_new_len (g_bytes_get_data (bytes, NULL), (gssize) g_bytes_get_size (bytes));
+  g_string_truncate (over, (gsize) (strstr (over->str, "\nend ") - over->str) + 1);
+  ledger_line = strstr (over->str, "\nledger emailid\n");
+  g_assert_nonnull (ledger_line);
+  g_string_insert (over, (gssize) (ledger_line - over->str) + strlen ("\nledger emailid\n"),
+                   "l 1 000000000000000000000001\n");
+  g_string_append_printf (over, "end %08x\n", pg_test_state_crc32 (over->str, over->len));
+  g_clear_pointer (&got, pg_client_state_free);
+  got = pg_client_state_decode (over->str, over->len, "test", NULL, &error);
+  g_assert_null (got);
+  g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "more than"));
+}
+
+/* After a UIDVALIDITY change: identities once on each side carry UIDL, hidden and
+ * retrieved; ambiguous ones, ones without identity, new ones and ones of another kind
+ * do not. */
+static void
+pg_test_state_ledger_rebase (void)
+{
+  g_autoptr (PgClientState) old = pg_client_state_new (100, 1, 5);
+  g_autoptr (PgClientState) state = NULL;
+  g_autoptr (PgClientState) other = NULL;
+  PgLedgerEntry fresh[6];
+  guint carried = 0, fresh_uidls = 0;
+  const PgLedgerEntry *e;
+
+  old->ledger_kind = PG_LEDGER_KIND_DIGEST;
+  /* 1: unique; 2 and 3: the same identity; 4: no identity; 5: carried once already. */
+  for (guint i = 1; i <= 5; i++)
+    {
+      guint8 id = i == 3 ? 2 : i == 4 ? 0 : (guint8) i;
+      PgLedgerEntry entry = pg_test_ledger_entry (i, id, i == 5 ? 50 : i, i == 5 ? 90 : 100);
+      pg_client_state_ledger_set (old, &entry);
+    }
+  pg_uid_set_add_range (old->hidden, 1, 5);
+  pg_uid_set_add (old->retrieved, 5);
+  pg_client_state_set_pending (old, PG_STATE_PENDING_EXPUNGE, NULL, old->hidden);
+
+  /* New UIDs 11..16: 11 is old 1, 12 and 13 the pair, 14 no identity, 15 old 5, 16 new. */
+  fresh[0] = pg_test_ledger_entry (11, 1, 0, 0);
+  fresh[1] = pg_test_ledger_entry (12, 2, 0, 0);
+  fresh[2] = pg_test_ledger_entry (13, 2, 0, 0);
+  fresh[3] = pg_test_ledger_entry (14, 0, 0, 0);
+  fresh[4] = pg_test_ledger_entry (15, 5, 0, 0);
+  fresh[5] = pg_test_ledger_entry (16, 6, 0, 0);
+  state = pg_client_state_rebase (old, 200, 17, 9, PG_LEDGER_KIND_DIGEST, fresh,
+                                  G_N_ELEMENTS (fresh), &carried, &fresh_uidls);
+  g_assert_cmpuint (carried, ==, 2);
+  g_assert_cmpuint (fresh_uidls, ==, 4);
+  g_assert_cmpuint (state->uidvalidity, ==, 200);
+  g_assert_cmpuint (state->ledger->len, ==, 6);
+  e = pg_client_state_ledger_lookup (state, 11);
+  g_assert_cmpuint (e->uidl_uid, ==, 1);
+  g_assert_cmpuint (e->uidl_uidvalidity, ==, 100);
+  e = pg_client_state_ledger_lookup (state, 15);
+  g_assert_cmpuint (e->uidl_uid, ==, 50);
+  g_assert_cmpuint (e->uidl_uidvalidity, ==, 90);
+  for (guint32 uid = 12; uid <= 16; uid += (uid == 14 ? 2 : 1))
+    {
+      e = pg_client_state_ledger_lookup (state, uid);
+      g_assert_cmpuint (e->uidl_uid, ==, uid);
+      g_assert_cmpuint (e->uidl_uidvalidity, ==, 200);
+    }
+  {
+    g_autofree gchar *hidden = pg_uid_set_to_string (state->hidden);
+    g_autofree gchar *retrieved = pg_uid_set_to_string (state->retrieved);
+    g_assert_cmpstr (hidden, ==, "11,15");
+    g_assert_cmpstr (retrieved, ==, "15");
+  }
+  g_assert_cmpint (state->pending, ==, PG_STATE_PENDING_NONE);
+
+  /* The old ledger of another kind: nothing compares. */
+  old->ledger_kind = PG_LEDGER_KIND_EMAILID;
+  other = pg_client_state_rebase (old, 200, 17, 9, PG_LEDGER_KIND_DIGEST, fresh,
+                                  G_N_ELEMENTS (fresh), &carried, &fresh_uidls);
+  g_assert_cmpuint (carried, ==, 0);
+  g_assert_cmpuint (fresh_uidls, ==, 6);
+  g_assert_true (pg_uid_set_is_empty (other->hidden));
+}
+
+/* Concurrent sessions: entries another session added stay, what this one pruned stays
+ * pruned, and of two carry-overs of one message the stored one stands. */
+static void
+pg_test_state_ledger_merge (void)
+{
+  g_autoptr (PgClientState) base = pg_client_state_new (7, 1, 0);
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) stored = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  PgLedgerEntry e1 = pg_test_ledger_entry (1, 1, 1, 7);
+  PgLedgerEntry e2 = pg_test_ledger_entry (2, 2, 2, 7);
+  PgLedgerEntry e3 = pg_test_ledger_entry (3, 3, 3, 7);
+  PgLedgerEntry e3_carried = pg_test_ledger_entry (3, 3, 30, 5);
+  PgLedgerEntry e4 = pg_test_ledger_entry (4, 4, 4, 7);
+
+  base->ledger_kind = PG_LEDGER_KIND_DIGEST;
+  pg_client_state_ledger_set (base, &e1);
+  pg_client_state_ledger_set (base, &e2);
+  ours = pg_client_state_copy (base);
+  stored = pg_client_state_copy (base);
+  /* Ours: 1 is gone (pruned), 3 is new. Theirs: 3 carried over, 4 new. */
+  {
+    static const guint32 left[] = { 2 };
+    pg_client_state_ledger_prune (ours, left, G_N_ELEMENTS (left));
+  }
+  g_assert_null (pg_client_state_ledger_lookup (ours, 1));
+  pg_client_state_ledger_set (ours, &e3);
+  pg_client_state_ledger_set (stored, &e3_carried);
+  pg_client_state_ledger_set (stored, &e4);
+  merged = pg_client_state_merge (stored, base, ours);
+  g_assert_cmpint (merged->ledger_kind, ==, PG_LEDGER_KIND_DIGEST);
+  g_assert_null (pg_client_state_ledger_lookup (merged, 1));
+  g_assert_nonnull (pg_client_state_ledger_lookup (merged, 2));
+  g_assert_cmpuint (pg_client_state_ledger_lookup (merged, 3)->uidl_uid, ==, 30);
+  g_assert_nonnull (pg_client_state_ledger_lookup (merged, 4));
+  g_assert_cmpuint (merged->ledger->len, ==, 3);
+}
+
+/* The digest: header case and folding do not matter; Message-ID, Date and size do; no
+ * Message-ID is no identity. */
+static void
+pg_test_state_ledger_digest (void)
+{
+  static const char one[]
+      = "Message-ID: <a@example.org>\r\nDate: Mon, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
+  static const char folded[]
+      = "date: Mon, 1 Dec 2026\r\n\t10:00:00 +0000\r\nMESSAGE-ID:\r\n <a@example.org>\r\n\r\n";
+  static const char other_date[]
+      = "Message-ID: <a@example.org>\r\nDate: Mon, 1 Dec 2026 10:00:01 +0000\r\n\r\n";
+  static const char no_id[] = "Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
+  static const char x_id[] = "X-Message-ID: <a@example.org>\r\n\r\n";
+  guint8 a[PG_LEDGER_ID_LEN], b[PG_LEDGER_ID_LEN], c[PG_LEDGER_ID_LEN], d[PG_LEDGER_ID_LEN];
+  guint8 e[PG_LEDGER_ID_LEN];
+
+  g_assert_true (pg_ledger_digest ((const guint8 *) one, strlen (one), 100, a));
+  g_assert_true (pg_ledger_digest ((const guint8 *) folded, strlen (folded), 100, b));
+  g_assert_cmpmem (a, sizeof a, b, sizeof b);
+  g_assert_true (pg_ledger_digest ((const guint8 *) one, strlen (one), 101, c));
+  g_assert_true (memcmp (a, c, sizeof a) != 0);
+  g_assert_true (pg_ledger_digest ((const guint8 *) other_date, strlen (other_date), 100, d));
+  g_assert_true (memcmp (a, d, sizeof a) != 0);
+  g_assert_false (pg_ledger_digest ((const guint8 *) no_id, strlen (no_id), 100, e));
+  g_assert_false (pg_ledger_digest ((const guint8 *) x_id, strlen (x_id), 100, e));
+  g_assert_false (pg_ledger_digest ((const guint8 *) "", 0, 100, e));
+  /* Cut anywhere: never a crash, never a read past len. */
+  for (gsize cut = 0; cut <= strlen (folded); cut++)
+    {
+      g_autofree guint8 *copy = g_memdup2 (folded, cut);
+      (void) pg_ledger_digest (copy, cut, 100, e);
+    }
+  /* An EMAILID is not a digest of the same bytes. */
+  pg_ledger_identity (PG_LEDGER_KIND_EMAILID, "x", 1, d);
+  pg_ledger_identity (PG_LEDGER_KIND_X_GM_MSGID, "x", 1, e);
+  g_assert_true (memcmp (d, e, sizeof d) != 0);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1601,6 +1892,11 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/encode/limit", pg_test_state_decode_limit);
   g_test_add_func ("/popgate/state/metadata/entry", pg_test_state_metadata_entry);
   g_test_add_func ("/popgate/state/merge", pg_test_state_merge);
+  g_test_add_func ("/popgate/state/ledger/roundtrip", pg_test_state_ledger_roundtrip);
+  g_test_add_func ("/popgate/state/ledger/bound", pg_test_state_ledger_bound);
+  g_test_add_func ("/popgate/state/ledger/rebase", pg_test_state_ledger_rebase);
+  g_test_add_func ("/popgate/state/ledger/merge", pg_test_state_ledger_merge);
+  g_test_add_func ("/popgate/state/ledger/digest", pg_test_state_ledger_digest);
   g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,
               pg_test_state_fixture_setup, pg_test_state_file_roundtrip,

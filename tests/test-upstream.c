@@ -1088,6 +1088,101 @@ test_peer_many_sizes (void)
   g_array_unref (sizes.sizes);
 }
 
+/* The ledger's snapshot (pg_upstream_fetch_snapshot_async): EMAILID's "(id)" list,
+ * X-GM-MSGID's number, and the header fields as a literal (cut at
+ * PG_UPSTREAM_MAX_ID_HEADER) or as a quoted string; a message without them says so. */
+typedef struct
+{
+  GPtrArray *ids; /* owned, of gchar*: "uid=… id=… header=…" per entry */
+  gsize longest;  /* the longest header_len seen */
+} PgTestSnapshot;
+
+static void
+pg_test_snapshot_cb (const PgUpstreamSnapshotEntry *entry, gpointer user_data)
+{
+  PgTestSnapshot *snapshot = user_data;
+  g_autofree gchar *id = entry->object_id != NULL
+                             ? g_strndup (entry->object_id, entry->object_id_len)
+                             : g_strdup ("-");
+  g_autofree gchar *header = entry->header != NULL ? g_strndup ((const char *) entry->header,
+                                                                MIN (entry->header_len, 20))
+                                                   : g_strdup ("-");
+
+  g_ptr_array_add (snapshot->ids,
+                   g_strdup_printf ("uid=%u size=%" G_GUINT64_FORMAT " id=%s header=%s", entry->uid,
+                                    entry->size, id, header));
+  snapshot->longest = MAX (snapshot->longest, entry->header != NULL ? entry->header_len : 0);
+}
+
+static void
+test_peer_snapshot_ids (void)
+{
+  g_autofree gchar *long_header = g_strnfill (3000, 'x');
+  g_autofree gchar *long_reply = g_strdup_printf (
+      "* 1 FETCH (UID 4 RFC822.SIZE 100 BODY[HEADER.FIELDS (MESSAGE-ID DATE)] {21}\r\n"
+      "Message-ID: <a@b>\r\n\r\n)\r\n"
+      "* 2 FETCH (UID 5 RFC822.SIZE 10 BODY[HEADER.FIELDS (MESSAGE-ID DATE)] {%u}\r\n%s)\r\n"
+      "* 3 FETCH (BODY[HEADER.FIELDS (MESSAGE-ID DATE)] \"Date: x\" UID 7 RFC822.SIZE 5)\r\n"
+      "$ OK Fetch completed.\r\n",
+      3000u, long_header);
+  PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS OBJECTID X-GM-EXT-1"),
+    { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)" },
+    { PG_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100 EMAILID (M6d99ac3275bb4e))\r\n"
+                    "* 2 FETCH (UID 5 RFC822.SIZE 10)\r\n"
+                    "$ OK Fetch completed.\r\n" },
+    { PG_PEER_EXPECT, "UID FETCH 4:5 (UID RFC822.SIZE INTERNALDATE X-GM-MSGID)" },
+    { PG_PEER_SEND, "* 1 FETCH (X-GM-MSGID 1278455344230334865 UID 4 RFC822.SIZE 100)\r\n"
+                    "$ OK Fetch completed.\r\n" },
+    { PG_PEER_EXPECT,
+      "UID FETCH 4,5,7 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])" },
+    { PG_PEER_SEND, long_reply },
+    { PG_PEER_END, NULL },
+  };
+  static const char *const want[] = {
+    "uid=4 size=100 id=M6d99ac3275bb4e header=-",
+    "uid=5 size=10 id=- header=-",
+    "uid=4 size=100 id=1278455344230334865 header=-",
+    "uid=4 size=100 id=- header=Message-ID: <a@b>\r\n\r",
+    "uid=5 size=10 id=- header=xxxxxxxxxxxxxxxxxxxx",
+    "uid=7 size=5 id=- header=Date: x",
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  PgTestSnapshot snapshot = { g_ptr_array_new_with_free_func (g_free), 0 };
+  static const struct
+  {
+    const char *set;
+    gboolean dated;
+    PgUpstreamIds ids;
+  } calls[] = {
+    { "1:*", FALSE, PG_UPSTREAM_IDS_EMAILID },
+    { "4:5", TRUE, PG_UPSTREAM_IDS_X_GM_MSGID },
+    { "4,5,7", FALSE, PG_UPSTREAM_IDS_HEADER },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (calls); i++)
+    {
+      g_autoptr (GError) error = NULL;
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+
+      pg_upstream_fetch_snapshot_async (upstream, calls[i].set, calls[i].dated, calls[i].ids,
+                                        pg_test_snapshot_cb, &snapshot, NULL, pg_test_async_cb,
+                                        &async);
+      result = pg_test_async_wait (&async);
+      pg_upstream_fetch_sizes_finish (upstream, result, &error);
+      g_assert_no_error (error);
+    }
+  g_assert_cmpuint (snapshot.ids->len, ==, G_N_ELEMENTS (want));
+  for (guint i = 0; i < G_N_ELEMENTS (want); i++)
+    g_assert_cmpstr (g_ptr_array_index (snapshot.ids, i), ==, want[i]);
+  g_assert_cmpuint (snapshot.longest, ==, PG_UPSTREAM_MAX_ID_HEADER);
+  g_ptr_array_unref (snapshot.ids);
+  pg_test_peer_assert_done (peer);
+  pg_upstream_close (upstream);
+}
+
 static void
 test_peer_connect_timeout (void)
 {
@@ -1842,6 +1937,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/back-pressure", test_peer_back_pressure);
   g_test_add_func ("/popgate/upstream/peer/bye-greeting", test_peer_bye_greeting);
   g_test_add_func ("/popgate/upstream/peer/many-sizes", test_peer_many_sizes);
+  g_test_add_func ("/popgate/upstream/peer/snapshot-ids", test_peer_snapshot_ids);
   g_test_add_func ("/popgate/upstream/peer/connect-timeout", test_peer_connect_timeout);
   g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);

@@ -35,6 +35,14 @@ typedef enum
   PG_FIRST_LOGIN_NEW,
 } PgFirstLogin;
 
+/* [pop3] uidl_ledger: what names a message across a UIDVALIDITY change. */
+typedef enum
+{
+  PG_UIDL_LEDGER_AUTO,   /* the server's EMAILID or X-GM-MSGID, else DIGEST */
+  PG_UIDL_LEDGER_DIGEST, /* Message-ID, Date and RFC822.SIZE, whatever the server offers */
+  PG_UIDL_LEDGER_OFF,    /* no ledger: a UIDVALIDITY change gives every message a new UIDL */
+} PgUidlLedger;
+
 /* One listening address from a "ADDR:PORT, [V6]:PORT, *:PORT" list. Host names are not
  * accepted, only literal addresses. "*:PORT" means every IPv4 and IPv6 address: `any` is
  * set and `host` is "::"; bind it with g_socket_listener_add_inet_port(), which copes with
@@ -139,6 +147,7 @@ typedef struct
     gchar *client_tag_separator;   /* default "#"; "" disables tags */
     PgFirstLogin first_login;      /* default all */
     guint recent_days;             /* 0 = no age window */
+    PgUidlLedger uidl_ledger;      /* default auto */
     gboolean proxy_protocol;       /* every pop3 listener expects a PROXY header; default false */
   } pop3;
 
@@ -301,5 +310,6 @@ const char *pg_delete_policy_to_string (PgDeletePolicy policy);
 const char *pg_upstream_tls_to_string (PgUpstreamTls tls);
 const char *pg_state_backend_to_string (PgStateBackend backend);
 const char *pg_first_login_to_string (PgFirstLogin first_login);
+const char *pg_uidl_ledger_to_string (PgUidlLedger ledger);
 
 G_END_DECLS

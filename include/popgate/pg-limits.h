@@ -196,6 +196,18 @@
  * or three is the real worst case; more is a misbehaving server, and each may be up to
  * PG_STATE_MAX_ENCODED, so this bounds what one load holds. */
 #define PG_STATE_MAX_ENTRIES 16
+/* UIDL ledger entries in one client's record: a line is at most 60 bytes ("l", a UID,
+ * 24 hex digits, a UIDL pair), so a full ledger stays under 600 KB, within
+ * PG_STATE_MAX_ENCODED with room for the UID sets. A bigger mailbox keeps the ledger of
+ * its newest messages; older ones get new UIDLs after a UIDVALIDITY change. */
+#define PG_STATE_MAX_LEDGER_ENTRIES 10000
+/* Octets of BODY[HEADER.FIELDS (MESSAGE-ID DATE)] a snapshot keeps per message for the
+ * ledger's digest: real fields are well under 1 KB; a longer reply is cut here (the same
+ * message is cut the same way, so its digest stays the same). */
+#define PG_UPSTREAM_MAX_ID_HEADER 2048
+/* The UID set of one ledger FETCH as written: a scattered set longer than this is asked
+ * as the one range that holds it (servers take lines of 8 KB and more: Dovecot 64 KB). */
+#define PG_POP3_LEDGER_MAX_SET 4000
 
 /* --- PROXY protocol (src/codec/pg-codec-proxy.c) --- */
 /* proxy-protocol.txt §2.1: the longest v1 line, "PROXY TCP6" with two full IPv6 addresses

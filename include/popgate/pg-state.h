@@ -98,6 +98,50 @@ typedef enum
   PG_STATE_PENDING_MOVE,    /* QUIT was about to move pending_uids to pending_mailbox */
 } PgStatePending;
 
+/* --- the UIDL ledger ------------------------------------------------------------------ */
+
+/* What names a message across a UIDVALIDITY change (the ledger's identity): RFC 8474's
+ * EMAILID (the server offers OBJECTID), Gmail's X-GM-MSGID (X-GM-EXT-1), or a digest of
+ * Message-ID, Date and RFC822.SIZE. Each is kept as PG_LEDGER_ID_LEN bytes of the SHA-256
+ * of the kind's name and the value, so entries have one size and identities of different
+ * kinds never compare equal. */
+typedef enum
+{
+  PG_LEDGER_KIND_NONE, /* no ledger (uidl_ledger = off, or a record from before it) */
+  PG_LEDGER_KIND_EMAILID,
+  PG_LEDGER_KIND_X_GM_MSGID,
+  PG_LEDGER_KIND_DIGEST,
+  PG_LEDGER_KIND_COUNT,
+} PgLedgerKind;
+
+/* The word in records and logs: "none", "emailid", "x-gm-msgid", "digest". */
+const char *pg_ledger_kind_to_string (PgLedgerKind kind);
+
+#define PG_LEDGER_ID_LEN 12
+
+/* One message of the ledger. Its UIDL is "%08x%08x" of uidl_uid and uidl_uidvalidity:
+ * the message's own UID and UIDVALIDITY, or those it had when a client first saw it, kept
+ * across UIDVALIDITY changes. */
+typedef struct
+{
+  guint32 uid; /* in the state's UIDVALIDITY */
+  guint32 uidl_uid;
+  guint32 uidl_uidvalidity;
+  guint8 id[PG_LEDGER_ID_LEN];
+} PgLedgerEntry;
+
+/* The identity of a message from the server's own id (EMAILID, X-GM-MSGID: value, len
+ * bytes). */
+void pg_ledger_identity (PgLedgerKind kind, const void *value, gsize len,
+                         guint8 out_id[PG_LEDGER_ID_LEN]);
+/* The digest identity from a BODY[HEADER.FIELDS (MESSAGE-ID DATE)] reply and the
+ * message's RFC822.SIZE. Field names compare without case, folded values are unfolded
+ * and runs of white space count as one, so two servers' renderings of one header give
+ * one identity. FALSE when there is no Message-ID: such a message has no identity (and
+ * gets a new UIDL after a UIDVALIDITY change). Pure and bounded by len. */
+gboolean pg_ledger_digest (const guint8 *header, gsize len, guint64 size,
+                           guint8 out_id[PG_LEDGER_ID_LEN]);
+
 /* A plain value: copy it, compare it, free it. */
 typedef struct
 {
@@ -109,6 +153,12 @@ typedef struct
   PgStatePending pending;
   gchar *pending_mailbox; /* owned: the MAILBOX of PENDING_MOVE, else NULL */
   PgUidSet *pending_uids; /* owned, never NULL; empty when pending is NONE */
+  /* The UIDL ledger: what identity each message has and which UIDL this client was
+   * given for it (see pg_client_state_rebase). ledger_kind NONE: no ledger, and the
+   * array is empty. */
+  PgLedgerKind ledger_kind;
+  GArray *ledger; /* owned, never NULL: PgLedgerEntry, ascending by uid, no uid twice, at
+                   * most PG_STATE_MAX_LEDGER_ENTRIES */
 } PgClientState;
 
 PgClientState *pg_client_state_new (guint32 uidvalidity, guint32 first_uidnext, gint64 first_login);
@@ -127,6 +177,31 @@ void pg_client_state_clear_pending (PgClientState *state);
  * in `stored` gives ours. A new state. */
 PgClientState *pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
                                       const PgClientState *ours);
+
+/* The ledger entry of uid, or NULL. */
+const PgLedgerEntry *pg_client_state_ledger_lookup (const PgClientState *state, guint32 uid);
+/* Add or replace the entry of entry->uid. Beyond PG_STATE_MAX_LEDGER_ENTRIES the lowest
+ * UIDs are dropped (their messages then get new UIDLs after a UIDVALIDITY change). */
+void pg_client_state_ledger_set (PgClientState *state, const PgLedgerEntry *entry);
+/* Drop the entries of UIDs not in `uids` (ascending, n_uids): a COMPLETE snapshot. */
+void pg_client_state_ledger_prune (PgClientState *state, const guint32 *uids, gsize n_uids);
+/* Print the UIDL of uid in state into out (17 bytes): the ledger's, else uid and the
+ * state's UIDVALIDITY. */
+void pg_client_state_format_uidl (const PgClientState *state, guint32 uid, char out[17]);
+
+/* After a UIDVALIDITY change: the state for the mailbox that now has `uidvalidity`, made
+ * from `old` (a state of another UIDVALIDITY) and `fresh`, the identities of the
+ * messages now there (ascending by uid, kind `kind`; their uidl_* fields are ignored). A
+ * message whose identity occurs exactly once in old's ledger and once in fresh (of the
+ * same kind) is the same message: it keeps its UIDL, and stays hidden or retrieved if it
+ * was. Every other message (new, without identity, or ambiguous — two messages with one
+ * identity) gets its own new UIDL and no state: never another message's. Nothing
+ * pending carries over (its UIDs named the old mailbox). *out_carried and *out_new count
+ * the two kinds of message. A new state. */
+PgClientState *pg_client_state_rebase (const PgClientState *old, guint32 uidvalidity,
+                                       guint32 first_uidnext, gint64 first_login, PgLedgerKind kind,
+                                       const PgLedgerEntry *fresh, gsize n_fresh,
+                                       guint *out_carried, guint *out_new);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
 
 /* The text form, key included (it is checked on load):
@@ -139,10 +214,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgClientState, pg_client_state_free)
  *   first-login UNIXTIME
  *   hidden SET
  *   retrieved SET
+ *   [ledger KIND                               (version 2 only, and there always)
+ *    l UID ID [UIDL-UID:UIDL-UIDVALIDITY]...]  (ID: 24 lowercase hex digits; the UIDL
+ *                                               pair only when not UID:uidvalidity)
  *   [pending expunge SET | pending move:%-escaped-MAILBOX SET]
  *   end CRC32 (8 lowercase hex digits over every byte before this line)
  * LF line ends, this order, nothing after the end line. An empty SET leaves the line as
- * the bare word ("hidden"). %-escaping covers '%', controls, space and bytes >= 0x7f. */
+ * the bare word ("hidden"). %-escaping covers '%', controls, space and bytes >= 0x7f.
+ * The first line says "popgate-state 2" when the record has a ledger, else "1" (what
+ * popgate wrote before the ledger, and can still read). */
 GBytes *pg_client_state_encode (const PgClientState *state, const PgStateKey *key);
 /* The same with the end line "end hmac-sha256:<64 hex>", an HMAC-SHA256 under mac_key
  * over every byte before it (mac_key NULL: the CRC-32 line above). The file backend keys

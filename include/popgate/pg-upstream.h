@@ -131,6 +131,39 @@ void pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeF
                                           gpointer func_data, GCancellable *cancellable,
                                           GAsyncReadyCallback callback, gpointer user_data);
 
+/* The snapshot for the UIDL ledger (src/state): `UID FETCH uid_set (UID RFC822.SIZE
+ * [INTERNALDATE] [ID])` where ID is RFC 8474's EMAILID, Gmail's X-GM-MSGID or
+ * BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)] per `ids`; uid_set is a valid UID set
+ * ("1:*"). func gets each entry; the same checks and limits as fetch_sizes. Complete
+ * with pg_upstream_fetch_sizes_finish(). */
+typedef enum
+{
+  PG_UPSTREAM_IDS_NONE,
+  PG_UPSTREAM_IDS_EMAILID,
+  PG_UPSTREAM_IDS_X_GM_MSGID,
+  PG_UPSTREAM_IDS_HEADER,
+} PgUpstreamIds;
+
+typedef struct
+{
+  guint32 seq;
+  guint32 uid;
+  guint64 size;
+  gint64 internaldate;   /* PG_UPSTREAM_NO_DATE unless dated and the server sent one */
+  const char *object_id; /* EMAILID or X-GM-MSGID as sent; NULL: none */
+  gsize object_id_len;
+  const guint8 *header; /* HEADER: the fields (at most PG_UPSTREAM_MAX_ID_HEADER octets);
+                         * NULL: the server sent none */
+  gsize header_len;
+} PgUpstreamSnapshotEntry;
+
+/* entry and what it points to are valid only during the call. */
+typedef void (*PgUpstreamSnapshotFunc) (const PgUpstreamSnapshotEntry *entry, gpointer user_data);
+void pg_upstream_fetch_snapshot_async (PgUpstream *self, const char *uid_set, gboolean dated,
+                                       PgUpstreamIds ids, PgUpstreamSnapshotFunc func,
+                                       gpointer func_data, GCancellable *cancellable,
+                                       GAsyncReadyCallback callback, gpointer user_data);
+
 /* A chunk of a streamed body (1 to PG_UPSTREAM_BODY_CHUNK bytes), straight from the read
  * buffer: valid only during the call, so copy what you keep. Return TRUE to get the next
  * one as soon as it arrives, FALSE to pause: nothing more is read from the upstream until

@@ -52,12 +52,20 @@ static const char *const pg_config_upstream_keys[] = { "host",
                                                        "oauth2_device_url",
                                                        "oauth2_ca_file",
                                                        NULL };
-static const char *const pg_config_pop3_keys[]
-    = { "listen",      "tls_listen",   "delete",
-        "mark_seen",   "lock_session", "allow_plaintext_auth",
-        "autologout",  "login_delay",  "client_tag_separator",
-        "first_login", "recent_days",  "proxy_protocol",
-        NULL };
+static const char *const pg_config_pop3_keys[] = { "listen",
+                                                   "tls_listen",
+                                                   "delete",
+                                                   "mark_seen",
+                                                   "lock_session",
+                                                   "allow_plaintext_auth",
+                                                   "autologout",
+                                                   "login_delay",
+                                                   "client_tag_separator",
+                                                   "first_login",
+                                                   "recent_days",
+                                                   "proxy_protocol",
+                                                   "uidl_ledger",
+                                                   NULL };
 static const char *const pg_config_imap_keys[]
     = { "listen",      "tls_listen", "allow_plaintext_auth", "idle_timeout", "proxy_protocol",
         "account_map", NULL };
@@ -763,6 +771,21 @@ pg_first_login_to_string (PgFirstLogin first_login)
   return "?";
 }
 
+const char *
+pg_uidl_ledger_to_string (PgUidlLedger ledger)
+{
+  switch (ledger)
+    {
+    case PG_UIDL_LEDGER_AUTO:
+      return "auto";
+    case PG_UIDL_LEDGER_DIGEST:
+      return "digest";
+    case PG_UIDL_LEDGER_OFF:
+      return "off";
+    }
+  return "?";
+}
+
 /* --- the config object ------------------------------------------------------------------- */
 
 static GPtrArray *
@@ -833,6 +856,7 @@ pg_config_new_defaults (const char *source)
   config->pop3.login_delay_s = 0;
   config->pop3.client_tag_separator = g_strdup ("#");
   config->pop3.first_login = PG_FIRST_LOGIN_ALL;
+  config->pop3.uidl_ledger = PG_UIDL_LEDGER_AUTO;
   config->pop3.recent_days = 0;
 
   config->imap.listen = pg_config_listen_list_new ();
@@ -1259,8 +1283,10 @@ static gboolean
 pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **error)
 {
   static const char *const first_login_words[] = { "all", "new", NULL };
+  static const char *const uidl_ledger_words[] = { "auto", "digest", "off", NULL };
   g_autofree gchar *delete_value = NULL;
   g_autofree gchar *first_login = NULL;
+  g_autofree gchar *uidl_ledger = NULL;
   guint login_delay_ms = config->pop3.login_delay_s * 1000;
 
   if (!pg_config_get_listen (loader, "pop3", "listen", &config->pop3.listen, error))
@@ -1339,6 +1365,16 @@ pg_config_load_pop3 (const PgConfigLoader *loader, PgConfig *config, GError **er
     return FALSE;
   if (!pg_config_get_bool (loader, "pop3", "proxy_protocol", &config->pop3.proxy_protocol, error))
     return FALSE;
+  if (!pg_config_get_raw (loader, "pop3", "uidl_ledger", &uidl_ledger, error))
+    return FALSE;
+  if (uidl_ledger != NULL)
+    {
+      gint index = pg_config_match_word (loader, "pop3", "uidl_ledger", uidl_ledger,
+                                         uidl_ledger_words, "auto, digest, off", error);
+      if (index < 0)
+        return FALSE;
+      config->pop3.uidl_ledger = (PgUidlLedger) index;
+    }
   return TRUE;
 }
 

@@ -10,6 +10,7 @@
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-state.h"
 #include "popgate/pg-upstream.h"
 
 #include <string.h>
@@ -27,6 +28,9 @@ struct _PgPop3Maildrop
   guint32 uidnext;
   guint32 exists;    /* SELECT's EXISTS */
   gboolean complete; /* see pg_pop3_maildrop_snapshot_is_complete() */
+  PgLedgerKind ledger_kind;
+  GArray *identities; /* owned, of PgLedgerEntry (uid and id): what the snapshot and
+                       * identify() found; sorted by get_identities() */
 };
 
 PgPop3Maildrop *
@@ -38,6 +42,7 @@ pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream, guint6
   maildrop->upstream_config = upstream != NULL ? upstream : &config->upstream;
   maildrop->sid = session_id;
   maildrop->messages = g_array_new (FALSE, FALSE, sizeof (PgPop3Message));
+  maildrop->identities = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
   return maildrop;
 }
 
@@ -48,6 +53,7 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
     return;
   pg_pop3_maildrop_close (maildrop);
   g_array_unref (maildrop->messages);
+  g_array_unref (maildrop->identities);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
   pg_config_unref (maildrop->config);
@@ -177,22 +183,62 @@ pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *ms
   return big != NULL ? *big : msg->size;
 }
 
+/* The ledger identity of a snapshot or identify() entry (a zero id: none, e.g. no
+ * Message-ID). */
 static void
-pg_pop3_maildrop_size_cb (guint32 seq, guint32 uid, guint64 size, gpointer user_data)
+pg_pop3_maildrop_add_identity (PgPop3Maildrop *maildrop, const PgUpstreamSnapshotEntry *entry)
 {
-  PgPop3Maildrop *maildrop = user_data;
-  pg_pop3_maildrop_add (maildrop, uid, size);
+  PgLedgerEntry ledger = { .uid = entry->uid };
+
+  switch (maildrop->ledger_kind)
+    {
+    case PG_LEDGER_KIND_NONE:
+    case PG_LEDGER_KIND_COUNT:
+      return;
+    case PG_LEDGER_KIND_EMAILID:
+    case PG_LEDGER_KIND_X_GM_MSGID:
+      if (entry->object_id != NULL)
+        pg_ledger_identity (maildrop->ledger_kind, entry->object_id, entry->object_id_len,
+                            ledger.id);
+      break;
+    case PG_LEDGER_KIND_DIGEST:
+      if (entry->header == NULL)
+        return; /* not asked for (the snapshot itself) */
+      (void) pg_ledger_digest (entry->header, entry->header_len, entry->size, ledger.id);
+      break;
+    }
+  g_array_append_val (maildrop->identities, ledger);
 }
 
 static void
-pg_pop3_maildrop_dated_size_cb (guint32 seq, guint32 uid, guint64 size, gint64 internaldate,
-                                gpointer user_data)
+pg_pop3_maildrop_snapshot_cb (const PgUpstreamSnapshotEntry *entry, gpointer user_data)
 {
   PgPop3Maildrop *maildrop = user_data;
-  if (maildrop->dates == NULL)
-    maildrop->dates = g_array_new (FALSE, FALSE, sizeof (gint64));
-  pg_pop3_maildrop_add (maildrop, uid, size);
-  g_array_append_val (maildrop->dates, internaldate);
+
+  pg_pop3_maildrop_add (maildrop, entry->uid, entry->size);
+  if (maildrop->dates != NULL)
+    g_array_append_val (maildrop->dates, entry->internaldate);
+  pg_pop3_maildrop_add_identity (maildrop, entry);
+}
+
+/* [pop3] uidl_ledger against what the server offers. */
+static PgLedgerKind
+pg_pop3_maildrop_choose_ledger (PgPop3Maildrop *maildrop)
+{
+  switch (maildrop->config->pop3.uidl_ledger)
+    {
+    case PG_UIDL_LEDGER_OFF:
+      return PG_LEDGER_KIND_NONE;
+    case PG_UIDL_LEDGER_DIGEST:
+      return PG_LEDGER_KIND_DIGEST;
+    case PG_UIDL_LEDGER_AUTO:
+      break;
+    }
+  if (pg_upstream_has_capability (maildrop->upstream, "OBJECTID"))
+    return PG_LEDGER_KIND_EMAILID;
+  if (pg_upstream_has_capability (maildrop->upstream, "X-GM-EXT-1"))
+    return PG_LEDGER_KIND_X_GM_MSGID;
+  return PG_LEDGER_KIND_DIGEST;
 }
 
 static void
@@ -352,13 +398,95 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
   data->pending = 2;
   pg_upstream_select_async (maildrop->upstream, maildrop->upstream_config->mailbox, FALSE,
                             cancellable, pg_pop3_maildrop_select_cb, task);
-  /* INTERNALDATE only when recent_days needs it. */
+  /* INTERNALDATE only when recent_days needs it; the server's own message ids when the
+   * ledger uses them (they cost it nothing: they are in its index). */
   if (maildrop->config->pop3.recent_days > 0)
-    pg_upstream_fetch_sizes_dated_async (maildrop->upstream, pg_pop3_maildrop_dated_size_cb,
-                                         maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+    maildrop->dates = g_array_new (FALSE, FALSE, sizeof (gint64));
+  g_array_set_size (maildrop->identities, 0);
+  maildrop->ledger_kind = pg_pop3_maildrop_choose_ledger (maildrop);
+  pg_upstream_fetch_snapshot_async (
+      maildrop->upstream, "1:*", maildrop->config->pop3.recent_days > 0,
+      maildrop->ledger_kind == PG_LEDGER_KIND_EMAILID      ? PG_UPSTREAM_IDS_EMAILID
+      : maildrop->ledger_kind == PG_LEDGER_KIND_X_GM_MSGID ? PG_UPSTREAM_IDS_X_GM_MSGID
+                                                           : PG_UPSTREAM_IDS_NONE,
+      pg_pop3_maildrop_snapshot_cb, maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+}
+
+PgLedgerKind
+pg_pop3_maildrop_get_ledger_kind (PgPop3Maildrop *maildrop)
+{
+  return maildrop->ledger_kind;
+}
+
+static gint
+pg_pop3_identity_compare (gconstpointer a, gconstpointer b)
+{
+  guint32 x = ((const PgLedgerEntry *) a)->uid;
+  guint32 y = ((const PgLedgerEntry *) b)->uid;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+GArray *
+pg_pop3_maildrop_get_identities (PgPop3Maildrop *maildrop)
+{
+  GArray *ids = maildrop->identities;
+  guint kept = 0;
+
+  g_array_sort (ids, pg_pop3_identity_compare);
+  for (guint i = 0; i < ids->len; i++)
+    if (kept == 0
+        || g_array_index (ids, PgLedgerEntry, i).uid
+               != g_array_index (ids, PgLedgerEntry, kept - 1).uid)
+      g_array_index (ids, PgLedgerEntry, kept++) = g_array_index (ids, PgLedgerEntry, i);
+  g_array_set_size (ids, kept);
+  return ids;
+}
+
+void
+pg_pop3_maildrop_clear_identities (PgPop3Maildrop *maildrop)
+{
+  g_array_set_size (maildrop->identities, 0);
+  /* A session lives on for long: its memory should not keep the login's 24 octets per
+   * message. */
+  g_clear_pointer (&maildrop->identities, g_array_unref);
+  maildrop->identities = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+}
+
+static void
+pg_pop3_maildrop_identify_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  GError *error = NULL;
+
+  if (!pg_upstream_fetch_sizes_finish (PG_UPSTREAM (source), result, &error))
+    g_task_return_error (task, error);
   else
-    pg_upstream_fetch_sizes_async (maildrop->upstream, pg_pop3_maildrop_size_cb, maildrop,
-                                   cancellable, pg_pop3_maildrop_sizes_cb, task);
+    g_task_return_boolean (task, TRUE);
+}
+
+static void
+pg_pop3_maildrop_identify_entry_cb (const PgUpstreamSnapshotEntry *entry, gpointer user_data)
+{
+  pg_pop3_maildrop_add_identity (user_data, entry);
+}
+
+void
+pg_pop3_maildrop_identify_async (PgPop3Maildrop *maildrop, const char *uid_set,
+                                 GCancellable *cancellable, GAsyncReadyCallback callback,
+                                 gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_pop3_maildrop_identify_async);
+  pg_upstream_fetch_snapshot_async (maildrop->upstream, uid_set, FALSE, PG_UPSTREAM_IDS_HEADER,
+                                    pg_pop3_maildrop_identify_entry_cb, maildrop, cancellable,
+                                    pg_pop3_maildrop_identify_cb, task);
+}
+
+gboolean
+pg_pop3_maildrop_identify_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
+{
+  return g_task_propagate_boolean (G_TASK (result), error);
 }
 
 gboolean

@@ -8,6 +8,7 @@
 #include <gio/gio.h>
 
 #include "popgate/pg-config.h"
+#include "popgate/pg-state.h"
 #include "popgate/pg-upstream.h"
 
 G_BEGIN_DECLS
@@ -51,6 +52,21 @@ guint32 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop);
  * many messages as SELECT's EXISTS said, all below UIDNEXT, with no UID twice. Only then
  * is a UID below UIDNEXT that is not in it known not to exist. */
 gboolean pg_pop3_maildrop_snapshot_is_complete (PgPop3Maildrop *maildrop);
+/* After open: the UIDL ledger's kind ([pop3] uidl_ledger and the server's capabilities),
+ * and the identities found so far (uid and id of PgLedgerEntry; a zero id: the message
+ * has none), sorted by UID, one per UID. The snapshot brings EMAILID and X-GM-MSGID
+ * identities; digests need identify(). */
+PgLedgerKind pg_pop3_maildrop_get_ledger_kind (PgPop3Maildrop *maildrop);
+GArray *pg_pop3_maildrop_get_identities (PgPop3Maildrop *maildrop);
+/* Drop the identities (and their memory) once the ledger has them. */
+void pg_pop3_maildrop_clear_identities (PgPop3Maildrop *maildrop);
+/* The digests of the messages in uid_set: `UID FETCH uid_set (UID RFC822.SIZE
+ * BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])`, added to the identities. */
+void pg_pop3_maildrop_identify_async (PgPop3Maildrop *maildrop, const char *uid_set,
+                                      GCancellable *cancellable, GAsyncReadyCallback callback,
+                                      gpointer user_data);
+gboolean pg_pop3_maildrop_identify_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
+                                           GError **error);
 /* The authenticated upstream connection (the imap-metadata state store uses it). */
 PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
 

@@ -112,6 +112,10 @@ struct _PgPop3Session
   PgClientState *saved_state;  /* owned: as last loaded or saved (NULL: never stored) */
   guint n_hidden;              /* snapshot messages the client's state and windows hide */
 
+  /* What the state load returned, while the UIDL ledger's identities are fetched */
+  PgStateLoadStatus loaded_status;
+  PgClientState *loaded_state; /* owned; NULL once settled */
+
   /* QUIT in progress */
   GArray *quit_deleted; /* owned, guint32 UIDs */
   GArray *quit_seen;    /* owned, guint32 UIDs */
@@ -224,8 +228,10 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
   if (cmd.has_message && cmd.message >= 1 && cmd.message <= self->messages->len)
     {
       const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, cmd.message - 1);
-      pg_trace (self->id, "C: %s -> uid %u uidl %08x%08x%s", shown, msg->uid, msg->uid,
-                self->uidvalidity,
+      char uidl[17];
+
+      pg_client_state_format_uidl (self->client_state, msg->uid, uidl);
+      pg_trace (self->id, "C: %s -> uid %u uidl %s%s", shown, msg->uid, uidl,
                 self->flags[cmd.message - 1] & PG_POP3_MSG_DELETED ? " (already deleted)" : "");
       return;
     }
@@ -328,6 +334,7 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->state_key, pg_state_key_free);
   g_clear_pointer (&self->client_state, pg_client_state_free);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
+  g_clear_pointer (&self->loaded_state, pg_client_state_free);
   g_clear_pointer (&self->quit_deleted, g_array_unref);
   g_clear_pointer (&self->quit_seen, g_array_unref);
   g_free (self->quit_problem);
@@ -590,6 +597,7 @@ pg_pop3_session_refuse_login (PgPop3Session *self, const char *reply)
   g_clear_pointer (&self->state_key, pg_state_key_free);
   g_clear_pointer (&self->client_state, pg_client_state_free);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
+  g_clear_pointer (&self->loaded_state, pg_client_state_free);
   self->busy = FALSE;
   pg_pop3_reply (self, "%s", reply);
   pg_pop3_session_process (self);
@@ -971,6 +979,192 @@ pg_pop3_session_finish_pending (PgPop3Session *self)
                                pg_pop3_session_pending_done_cb);
 }
 
+/* --- the UIDL ledger (pg_client_state_rebase) --- */
+
+static void pg_pop3_session_state_settle (PgPop3Session *self);
+
+/* The first snapshot index the ledger covers: its newest PG_STATE_MAX_LEDGER_ENTRIES. */
+static guint
+pg_pop3_session_ledger_window (PgPop3Session *self)
+{
+  GArray *messages = pg_pop3_maildrop_get_messages (self->maildrop);
+
+  return messages->len > PG_STATE_MAX_LEDGER_ENTRIES ? messages->len - PG_STATE_MAX_LEDGER_ENTRIES
+                                                     : 0;
+}
+
+static void
+pg_pop3_session_identified_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  if (!pg_pop3_maildrop_identify_finish (self->maildrop, result, &error)
+      && !pg_upstream_is_closed (pg_pop3_maildrop_get_upstream (self->maildrop)))
+    {
+      /* The server refused the FETCH but is still there: the session works without the
+       * digests it did not get (those messages have no identity yet). */
+      pg_session_warning (self->id, "the UIDL ledger's FETCH was refused, going on without: %s",
+                          error->message);
+      pg_pop3_session_state_settle (self);
+      return;
+    }
+  if (error != NULL)
+    {
+      /* As with a failed snapshot: nothing was changed, the client may try again. */
+      pg_session_warning (self->id, "login refused: the UIDL ledger's FETCH failed: %s",
+                          error->message);
+      pg_pop3_session_refuse_login (
+          self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+      return;
+    }
+  pg_pop3_session_state_settle (self);
+}
+
+/* Digests are fetched only for what the ledger does not know yet: the messages that are
+ * new since the last session, or all of them after a UIDVALIDITY change. The server's own
+ * ids came with the snapshot. */
+static void
+pg_pop3_session_ledger_identify (PgPop3Session *self)
+{
+  GArray *messages = pg_pop3_maildrop_get_messages (self->maildrop);
+  const PgClientState *stored = self->loaded_state;
+  gboolean known
+      = self->loaded_status == PG_STATE_LOAD_FOUND && stored->ledger_kind == PG_LEDGER_KIND_DIGEST;
+  g_autoptr (PgUidSet) need = pg_uid_set_new ();
+  g_autofree gchar *set = NULL;
+
+  if (pg_pop3_maildrop_get_ledger_kind (self->maildrop) != PG_LEDGER_KIND_DIGEST)
+    {
+      pg_pop3_session_state_settle (self);
+      return;
+    }
+  for (guint i = pg_pop3_session_ledger_window (self); i < messages->len; i++)
+    {
+      guint32 uid = g_array_index (messages, PgPop3Message, i).uid;
+
+      if (!known || pg_client_state_ledger_lookup (stored, uid) == NULL)
+        pg_uid_set_add (need, uid);
+    }
+  if (pg_uid_set_is_empty (need))
+    {
+      pg_pop3_session_state_settle (self);
+      return;
+    }
+  set = pg_uid_set_to_string (need);
+  /* A scattered set could make a line longer than servers take: the range that holds
+   * it asks for a few known ones again, which is harmless. */
+  if (strlen (set) > PG_POP3_LEDGER_MAX_SET)
+    {
+      guint32 first = 0, last = 0, unused = 0;
+
+      pg_uid_set_get_range (need, 0, &first, &unused);
+      pg_uid_set_get_range (need, pg_uid_set_get_n_ranges (need) - 1, &unused, &last);
+      g_free (set);
+      set = g_strdup_printf ("%u:%u", first, last);
+    }
+  pg_pop3_maildrop_identify_async (self->maildrop, set, self->cancellable,
+                                   pg_pop3_session_identified_cb, g_object_ref (self));
+}
+
+/* The fresh identities of the ledger's window. */
+static GArray *
+pg_pop3_session_fresh_identities (PgPop3Session *self)
+{
+  GArray *messages = pg_pop3_maildrop_get_messages (self->maildrop);
+  GArray *ids = pg_pop3_maildrop_get_identities (self->maildrop);
+  guint32 first = 0;
+  GArray *fresh = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+  guint start = pg_pop3_session_ledger_window (self);
+
+  if (start < messages->len)
+    first = g_array_index (messages, PgPop3Message, start).uid;
+  for (guint i = 0; i < ids->len; i++)
+    if (start < messages->len && g_array_index (ids, PgLedgerEntry, i).uid >= first)
+      g_array_append_val (fresh, g_array_index (ids, PgLedgerEntry, i));
+  return fresh;
+}
+
+/* Bring state's ledger (this UIDVALIDITY) up to the snapshot: entries for new messages,
+ * none for messages known gone; a change of kind re-identifies what is there, keeping the
+ * UIDLs. */
+static void
+pg_pop3_session_ledger_update (PgPop3Session *self, PgClientState *state)
+{
+  PgLedgerKind kind = pg_pop3_maildrop_get_ledger_kind (self->maildrop);
+  g_autoptr (GArray) fresh = NULL;
+  GArray *messages = pg_pop3_maildrop_get_messages (self->maildrop);
+
+  if (kind == PG_LEDGER_KIND_NONE)
+    {
+      state->ledger_kind = PG_LEDGER_KIND_NONE;
+      g_array_set_size (state->ledger, 0);
+      return;
+    }
+  fresh = pg_pop3_session_fresh_identities (self);
+  for (guint i = 0; i < fresh->len; i++)
+    {
+      PgLedgerEntry entry = g_array_index (fresh, PgLedgerEntry, i);
+      const PgLedgerEntry *known = pg_client_state_ledger_lookup (state, entry.uid);
+
+      entry.uidl_uid = known != NULL ? known->uidl_uid : entry.uid;
+      entry.uidl_uidvalidity = known != NULL ? known->uidl_uidvalidity : state->uidvalidity;
+      if (known == NULL || state->ledger_kind != kind || memcmp (known, &entry, sizeof entry) != 0)
+        pg_client_state_ledger_set (state, &entry);
+    }
+  if (state->ledger_kind != kind)
+    {
+      /* What could not be re-identified has no identity of this kind. */
+      g_autoptr (GArray) uids = g_array_new (FALSE, FALSE, sizeof (guint32));
+
+      for (guint i = 0; i < fresh->len; i++)
+        g_array_append_val (uids, g_array_index (fresh, PgLedgerEntry, i).uid);
+      pg_client_state_ledger_prune (state, (const guint32 *) (gpointer) uids->data, uids->len);
+      state->ledger_kind = kind;
+    }
+  if (pg_pop3_maildrop_snapshot_is_complete (self->maildrop))
+    {
+      g_autofree guint32 *uids = g_new (guint32, MAX (messages->len, 1));
+
+      for (guint i = 0; i < messages->len; i++)
+        uids[i] = g_array_index (messages, PgPop3Message, i).uid;
+      pg_client_state_ledger_prune (state, uids, messages->len);
+    }
+  pg_pop3_maildrop_clear_identities (self->maildrop);
+}
+
+/* A UIDVALIDITY change with a ledger: carry over the UIDLs, hidden and retrieved of the
+ * messages that are the same (pg_client_state_rebase), and say so once. */
+static void
+pg_pop3_session_rebase (PgPop3Session *self, const PgClientState *stored, guint32 uidnext)
+{
+  g_autofree gchar *who = pg_state_key_to_log (self->state_key);
+  g_autoptr (GArray) fresh = pg_pop3_session_fresh_identities (self);
+  PgLedgerKind kind = pg_pop3_maildrop_get_ledger_kind (self->maildrop);
+  guint carried = 0, fresh_uidls = 0;
+  guint messages = pg_pop3_maildrop_get_messages (self->maildrop)->len;
+
+  self->client_state = pg_client_state_rebase (
+      stored, self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC, kind,
+      (const PgLedgerEntry *) (gpointer) fresh->data, fresh->len, &carried, &fresh_uidls);
+  pg_pop3_maildrop_clear_identities (self->maildrop);
+  pg_session_warning (
+      self->id,
+      "UIDVALIDITY of %s changed from %u to %u: %u UIDLs carried over, %u "
+      "new (ledger: %s, %u messages; %" G_GUINT64_FORMAT " hidden and %" G_GUINT64_FORMAT
+      " retrieved carried over of %" G_GUINT64_FORMAT " and %" G_GUINT64_FORMAT "%s)",
+      who, stored->uidvalidity, self->uidvalidity, carried, fresh_uidls + (messages - fresh->len),
+      pg_ledger_kind_to_string (kind), stored->ledger->len,
+      pg_uid_set_count (self->client_state->hidden),
+      pg_uid_set_count (self->client_state->retrieved), pg_uid_set_count (stored->hidden),
+      pg_uid_set_count (stored->retrieved),
+      stored->pending != PG_STATE_PENDING_NONE
+          ? "; an unfinished QUIT is dropped, its UIDs no longer apply"
+          : "");
+}
+
 static void
 pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -979,8 +1173,6 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
   g_autoptr (PgClientState) stored = NULL;
   g_autofree gchar *who = NULL;
   PgStateLoadStatus status = PG_STATE_LOAD_NEW;
-  GArray *messages;
-  guint32 uidnext;
 
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
@@ -1009,6 +1201,22 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
       return;
     }
 
+  self->loaded_status = status;
+  g_clear_pointer (&self->loaded_state, pg_client_state_free);
+  self->loaded_state = g_steal_pointer (&stored);
+  pg_pop3_session_ledger_identify (self);
+}
+
+/* The load is complete and the ledger's identities are known: start from the state. */
+static void
+pg_pop3_session_state_settle (PgPop3Session *self)
+{
+  g_autoptr (PgClientState) stored = g_steal_pointer (&self->loaded_state);
+  g_autofree gchar *who = pg_state_key_to_log (self->state_key);
+  PgStateLoadStatus status = self->loaded_status;
+  GArray *messages;
+  guint32 uidnext;
+
   messages = pg_pop3_maildrop_get_messages (self->maildrop);
   uidnext = pg_pop3_maildrop_get_uidnext (self->maildrop);
   if (uidnext == 0 && messages->len > 0)
@@ -1021,6 +1229,7 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
     case PG_STATE_LOAD_NEW:
       self->client_state
           = pg_client_state_new (self->uidvalidity, uidnext, g_get_real_time () / G_USEC_PER_SEC);
+      pg_pop3_session_ledger_update (self, self->client_state);
       pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
       /* first_login = new must remember this login's UIDNEXT even if the client never
        * QUITs; otherwise nothing needs storing yet. */
@@ -1032,6 +1241,12 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
       pg_pop3_session_state_ready (self);
       return;
     case PG_STATE_LOAD_UIDVALIDITY_CHANGED:
+      if (pg_pop3_maildrop_get_ledger_kind (self->maildrop) != PG_LEDGER_KIND_NONE)
+        {
+          pg_pop3_session_rebase (self, stored, uidnext);
+          pg_pop3_session_login_save (self);
+          return;
+        }
       pg_session_warning (self->id,
                           "UIDVALIDITY of %s changed from %u to %u: its state is "
                           "discarded (%" G_GUINT64_FORMAT " hidden, %" G_GUINT64_FORMAT
@@ -1052,6 +1267,7 @@ pg_pop3_session_state_loaded_cb (GObject *source, GAsyncResult *result, gpointer
 
   self->saved_state = pg_client_state_copy (stored);
   self->client_state = g_steal_pointer (&stored);
+  pg_pop3_session_ledger_update (self, self->client_state);
   {
     PgUidSet *hidden = pg_pop3_session_compact (self, self->client_state->hidden, messages);
     PgUidSet *retrieved = pg_pop3_session_compact (self, self->client_state->retrieved, messages);
@@ -1479,7 +1695,12 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (msg == NULL)
         return;
       if (uidl)
-        pg_pop3_reply (self, "+OK %u %08x%08x", cmd->message, msg->uid, self->uidvalidity);
+        {
+          char text[17];
+
+          pg_client_state_format_uidl (self->client_state, msg->uid, text);
+          pg_pop3_reply (self, "+OK %u %s", cmd->message, text);
+        }
       else
         pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, cmd->message,
                        pg_pop3_maildrop_message_size (self->maildrop, msg));
@@ -1492,7 +1713,12 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
       if (self->flags[i] & PG_POP3_MSG_DELETED)
         continue;
       if (uidl)
-        pg_pop3_reply (self, "%u %08x%08x", i + 1, msg->uid, self->uidvalidity);
+        {
+          char text[17];
+
+          pg_client_state_format_uidl (self->client_state, msg->uid, text);
+          pg_pop3_reply (self, "%u %s", i + 1, text);
+        }
       else
         pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1,
                        pg_pop3_maildrop_message_size (self->maildrop, msg));

@@ -6,7 +6,7 @@
  * the tests cut records at every offset instead of feeding them in pieces.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later */
-#include "popgate/pg-state.h"
+#include "pg-state-private.h"
 
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
@@ -14,7 +14,9 @@
 #include <string.h>
 
 #define PG_STATE_MAGIC "popgate-state"
-#define PG_STATE_VERSION 1
+/* 2: with a UIDL ledger; 1 (without) is still written when there is none, and read. */
+#define PG_STATE_VERSION 2
+#define PG_STATE_VERSION_NO_LEDGER 1
 /* Bytes of a key field quoted in a log line. */
 #define PG_STATE_LOG_FIELD 64
 
@@ -83,6 +85,8 @@ pg_client_state_new (guint32 uidvalidity, guint32 first_uidnext, gint64 first_lo
   state->retrieved = pg_uid_set_new ();
   state->pending = PG_STATE_PENDING_NONE;
   state->pending_uids = pg_uid_set_new ();
+  state->ledger_kind = PG_LEDGER_KIND_NONE;
+  state->ledger = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
   return state;
 }
 
@@ -95,6 +99,7 @@ pg_client_state_free (PgClientState *state)
   pg_uid_set_free (state->retrieved);
   g_free (state->pending_mailbox);
   pg_uid_set_free (state->pending_uids);
+  g_array_unref (state->ledger);
   g_free (state);
 }
 
@@ -107,6 +112,8 @@ pg_client_state_copy (const PgClientState *state)
   pg_uid_set_union (copy->hidden, state->hidden);
   pg_uid_set_union (copy->retrieved, state->retrieved);
   pg_client_state_set_pending (copy, state->pending, state->pending_mailbox, state->pending_uids);
+  copy->ledger_kind = state->ledger_kind;
+  g_array_append_vals (copy->ledger, state->ledger->data, state->ledger->len);
   return copy;
 }
 
@@ -117,7 +124,11 @@ pg_client_state_equal (const PgClientState *a, const PgClientState *b)
          && a->first_login == b->first_login && pg_uid_set_equal (a->hidden, b->hidden)
          && pg_uid_set_equal (a->retrieved, b->retrieved) && a->pending == b->pending
          && g_strcmp0 (a->pending_mailbox, b->pending_mailbox) == 0
-         && pg_uid_set_equal (a->pending_uids, b->pending_uids);
+         && pg_uid_set_equal (a->pending_uids, b->pending_uids) && a->ledger_kind == b->ledger_kind
+         && a->ledger->len == b->ledger->len
+         && (a->ledger->len == 0
+             || memcmp (a->ledger->data, b->ledger->data, a->ledger->len * sizeof (PgLedgerEntry))
+                    == 0);
 }
 
 void
@@ -203,6 +214,7 @@ pg_client_state_merge (const PgClientState *stored, const PgClientState *base,
          * the same kind (it is, unless [pop3] delete changed in between). */
         pg_uid_set_union (merged->pending_uids, theirs);
     }
+  pg_state_ledger_merge (merged, stored, same_base ? base : NULL);
   return merged;
 }
 
@@ -294,7 +306,9 @@ pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key,
 {
   GString *out = g_string_new (NULL);
 
-  g_string_append_printf (out, PG_STATE_MAGIC " %d\n", PG_STATE_VERSION);
+  g_string_append_printf (out, PG_STATE_MAGIC " %d\n",
+                          state->ledger_kind != PG_LEDGER_KIND_NONE ? PG_STATE_VERSION
+                                                                    : PG_STATE_VERSION_NO_LEDGER);
   pg_state_append_field (out, "user", key->user);
   pg_state_append_field (out, "mailbox", key->mailbox);
   pg_state_append_field (out, "tag", key->tag);
@@ -304,6 +318,22 @@ pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key,
                           state->uidvalidity, state->first_uidnext, state->first_login);
   pg_state_append_set (out, "hidden", state->hidden);
   pg_state_append_set (out, "retrieved", state->retrieved);
+  if (state->ledger_kind != PG_LEDGER_KIND_NONE)
+    {
+      g_string_append_printf (out, "ledger %s\n", pg_ledger_kind_to_string (state->ledger_kind));
+      for (guint i = 0; i < state->ledger->len; i++)
+        {
+          const PgLedgerEntry *entry = &g_array_index (state->ledger, PgLedgerEntry, i);
+
+          g_string_append_printf (out, "l %" G_GUINT32_FORMAT " ", entry->uid);
+          for (guint k = 0; k < PG_LEDGER_ID_LEN; k++)
+            g_string_append_printf (out, "%02x", entry->id[k]);
+          if (entry->uidl_uid != entry->uid || entry->uidl_uidvalidity != state->uidvalidity)
+            g_string_append_printf (out, " %" G_GUINT32_FORMAT ":%" G_GUINT32_FORMAT,
+                                    entry->uidl_uid, entry->uidl_uidvalidity);
+          g_string_append_c (out, '\n');
+        }
+    }
   switch (state->pending)
     {
     case PG_STATE_PENDING_NONE:
@@ -548,6 +578,100 @@ pg_state_pending (PgStateReader *r, PgClientState *state, GError **error)
   return TRUE;
 }
 
+/* One number of a ledger entry: canonical decimal, 1..G_MAXUINT32. */
+static gboolean
+pg_state_ledger_number (PgStateReader *r, const char *value, gsize len, guint32 *out_n,
+                        GError **error)
+{
+  guint64 n = 0;
+
+  if (!pg_state_number (r, "ledger entry", value, len, G_MAXUINT32, &n, error))
+    return FALSE;
+  if (n == 0)
+    return pg_state_fail (r, error, "ledger entry: 0 is no UID or UIDVALIDITY");
+  *out_n = (guint32) n;
+  return TRUE;
+}
+
+/* "l UID ID [UIDL-UID:UIDL-UIDVALIDITY]" */
+static gboolean
+pg_state_ledger_entry (PgStateReader *r, const PgClientState *state, const char *value, gsize len,
+                       PgLedgerEntry *out_entry, GError **error)
+{
+  const char *space = memchr (value, ' ', len);
+  const char *id;
+  gsize rest;
+
+  if (space == NULL)
+    return pg_state_fail (r, error, "ledger entry: no identity");
+  if (!pg_state_ledger_number (r, value, (gsize) (space - value), &out_entry->uid, error))
+    return FALSE;
+  id = space + 1;
+  rest = len - (gsize) (id - value);
+  if (rest < 2 * PG_LEDGER_ID_LEN
+      || (rest > 2 * PG_LEDGER_ID_LEN && id[2 * PG_LEDGER_ID_LEN] != ' '))
+    return pg_state_fail (r, error, "ledger entry: the identity is not %d hex digits",
+                          2 * PG_LEDGER_ID_LEN);
+  for (guint k = 0; k < PG_LEDGER_ID_LEN; k++)
+    {
+      gint hi = g_ascii_xdigit_value (id[2 * k]);
+      gint lo = g_ascii_xdigit_value (id[2 * k + 1]);
+
+      if (hi < 0 || lo < 0 || g_ascii_isupper (id[2 * k]) || g_ascii_isupper (id[2 * k + 1]))
+        return pg_state_fail (r, error, "ledger entry: the identity is not lowercase hex");
+      out_entry->id[k] = (guint8) (hi * 16 + lo);
+    }
+  out_entry->uidl_uid = out_entry->uid;
+  out_entry->uidl_uidvalidity = state->uidvalidity;
+  if (rest > 2 * PG_LEDGER_ID_LEN)
+    {
+      const char *pair = id + 2 * PG_LEDGER_ID_LEN + 1;
+      gsize pair_len = rest - 2 * PG_LEDGER_ID_LEN - 1;
+      const char *colon = memchr (pair, ':', pair_len);
+
+      if (colon == NULL)
+        return pg_state_fail (r, error, "ledger entry: the UIDL is not UID:UIDVALIDITY");
+      if (!pg_state_ledger_number (r, pair, (gsize) (colon - pair), &out_entry->uidl_uid, error)
+          || !pg_state_ledger_number (r, colon + 1, pair_len - (gsize) (colon - pair) - 1,
+                                      &out_entry->uidl_uidvalidity, error))
+        return FALSE;
+      /* The encoder leaves the default out: only one spelling per record. */
+      if (out_entry->uidl_uid == out_entry->uid
+          && out_entry->uidl_uidvalidity == state->uidvalidity)
+        return pg_state_fail (r, error, "ledger entry: a UIDL pair that is the default");
+    }
+  return TRUE;
+}
+
+/* "ledger KIND" and its entries, ascending by UID, at most PG_STATE_MAX_LEDGER_ENTRIES. */
+static gboolean
+pg_state_ledger (PgStateReader *r, PgClientState *state, GError **error)
+{
+  const char *value = NULL;
+  gsize len = 0;
+
+  if (!pg_state_expect (r, "ledger", FALSE, &value, &len, error))
+    return FALSE;
+  if (!pg_ledger_kind_from_string (value, len, &state->ledger_kind))
+    return pg_state_fail (r, error, "ledger: unknown kind");
+  while (r->pos + 2 <= r->len && memcmp (r->data + r->pos, "l ", 2) == 0)
+    {
+      PgLedgerEntry entry = { 0 };
+
+      if (!pg_state_expect (r, "l", FALSE, &value, &len, error)
+          || !pg_state_ledger_entry (r, state, value, len, &entry, error))
+        return FALSE;
+      if (state->ledger->len > 0
+          && g_array_index (state->ledger, PgLedgerEntry, state->ledger->len - 1).uid >= entry.uid)
+        return pg_state_fail (r, error, "ledger entry: UIDs not ascending");
+      if (state->ledger->len >= PG_STATE_MAX_LEDGER_ENTRIES)
+        return pg_state_fail (r, error, "ledger: more than %u entries",
+                              (guint) PG_STATE_MAX_LEDGER_ENTRIES);
+      g_array_append_val (state->ledger, entry);
+    }
+  return TRUE;
+}
+
 PgClientState *
 pg_client_state_decode (const void *data, gsize len, const char *source, PgStateKey **out_key,
                         GError **error)
@@ -641,6 +765,7 @@ pg_client_state_decode_keyed (const void *data, gsize len, const char *source, G
   g_autoptr (PgUidSet) retrieved = NULL;
   const char *value = NULL;
   gsize value_len = 0;
+  gint version;
 
   if (len > PG_STATE_MAX_ENCODED)
     {
@@ -677,7 +802,8 @@ pg_client_state_decode_keyed (const void *data, gsize len, const char *source, G
 
   if (!pg_state_expect (&r, PG_STATE_MAGIC, FALSE, &value, &value_len, error))
     return NULL;
-  if (value_len != 1 || value[0] != '0' + PG_STATE_VERSION)
+  if (value_len != 1
+      || (value[0] != '0' + PG_STATE_VERSION && value[0] != '0' + PG_STATE_VERSION_NO_LEDGER))
     {
       g_autofree gchar *got = pg_log_escape (value, value_len, 20);
 
@@ -685,6 +811,7 @@ pg_client_state_decode_keyed (const void *data, gsize len, const char *source, G
                      PG_STATE_VERSION);
       return NULL;
     }
+  version = value[0] - '0';
   if (!pg_state_field_text (&r, "user", FALSE, &user, error)
       || !pg_state_field_text (&r, "mailbox", FALSE, &mailbox, error)
       || !pg_state_field_text (&r, "tag", TRUE, &tag, error))
@@ -712,6 +839,8 @@ pg_client_state_decode_keyed (const void *data, gsize len, const char *source, G
   if (retrieved == NULL)
     return NULL;
   pg_uid_set_union (state->retrieved, retrieved);
+  if (version == PG_STATE_VERSION && !pg_state_ledger (&r, state, error))
+    return NULL;
 
   if (r.pos < r.len && !pg_state_pending (&r, state, error))
     return NULL;

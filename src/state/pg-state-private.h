@@ -35,6 +35,12 @@ void pg_state_metadata_save (GTask *task, PgUpstream *upstream, const PgStateKey
 void pg_state_metadata_save_merge (GTask *task, PgUpstream *upstream, const PgStateKey *key,
                                    const PgClientState *base, const PgClientState *state);
 
+/* The ledger (pg-state-ledger.c): a kind from its record word (not "none"); the merge
+ * of stored's ledger into merged (a copy of ours) for pg_client_state_merge. */
+gboolean pg_ledger_kind_from_string (const char *text, gsize len, PgLedgerKind *out_kind);
+void pg_state_ledger_merge (PgClientState *merged, const PgClientState *stored,
+                            const PgClientState *base);
+
 /* Fold one more stored record into *acc for the same UIDVALIDITY (a union). */
 void pg_state_fold (PgClientState **acc, PgClientState *record);
 

@@ -87,7 +87,9 @@ struct _PgUpstreamCmd
   guint n_entries;              /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
   PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
   PgUpstreamDatedSizeFunc dated_func;
+  PgUpstreamSnapshotFunc snapshot_func; /* the ledger's snapshot: size and dated unset */
   gpointer size_data;
+  GByteArray *id_header; /* owned: BODY[HEADER.FIELDS ...] of the entry being parsed */
   /* FETCH_BODY */
   PgUpstreamChunkFunc chunk_func;
   gpointer chunk_data;
@@ -206,6 +208,7 @@ pg_upstream_cmd_free (PgUpstreamCmd *cmd)
   g_free (cmd->entry);
   g_clear_pointer (&cmd->value, g_bytes_unref);
   g_clear_pointer (&cmd->tree, g_hash_table_unref);
+  g_clear_pointer (&cmd->id_header, g_byte_array_unref);
   g_free (cmd);
 }
 
@@ -844,6 +847,73 @@ pg_upstream_handle_code (PgUpstream *self, const PgImapResponse *response)
     self->mailbox.read_only = FALSE;
 }
 
+/* INTERNALDATE as UNIX time, or PG_UPSTREAM_NO_DATE. */
+static gint64
+pg_upstream_fetch_date (const PgImapResponse *response)
+{
+  const char *date
+      = pg_imap_value_get_string (pg_imap_response_get_fetch_item (response, "INTERNALDATE"));
+  gint64 when = PG_UPSTREAM_NO_DATE;
+
+  if (date == NULL || !pg_imap_parse_date_time (date, strlen (date), &when))
+    return PG_UPSTREAM_NO_DATE;
+  return when;
+}
+
+/* A snapshot entry of pg_upstream_fetch_snapshot_async: the server's id (EMAILID's
+ * "(id)" list, X-GM-MSGID's number) and the header fields, as a quoted string in the
+ * response or streamed before it into cmd->id_header. */
+static void
+pg_upstream_snapshot_entry (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *response,
+                            guint64 uid, guint64 size)
+{
+  PgUpstreamSnapshotEntry entry = {
+    .seq = pg_upstream_clamp_u32 (response->number),
+    .uid = pg_upstream_clamp_u32 (uid),
+    .size = size,
+    .internaldate = pg_upstream_fetch_date (response),
+  };
+  const PgImapValue *list = g_ptr_array_index (response->args, 0);
+  const PgImapValue *id = pg_imap_response_get_fetch_item (response, "EMAILID");
+
+  if (id != NULL && id->type == PG_IMAP_VALUE_LIST && id->list->len == 1)
+    id = g_ptr_array_index (id->list, 0);
+  else if (id == NULL)
+    id = pg_imap_response_get_fetch_item (response, "X-GM-MSGID");
+  if (id != NULL
+      && (id->type == PG_IMAP_VALUE_ATOM || id->type == PG_IMAP_VALUE_NUMBER
+          || id->type == PG_IMAP_VALUE_STRING)
+      && id->len > 0)
+    {
+      entry.object_id = id->str;
+      entry.object_id_len = id->len;
+    }
+  for (guint i = 0; i + 1 < list->list->len; i += 2)
+    {
+      const PgImapValue *name = g_ptr_array_index (list->list, i);
+      const PgImapValue *value = g_ptr_array_index (list->list, i + 1);
+
+      if (name->type != PG_IMAP_VALUE_ATOM
+          || g_ascii_strncasecmp (name->str, "BODY[HEADER.FIELDS", 18) != 0)
+        continue;
+      if (value->type == PG_IMAP_VALUE_STRING)
+        {
+          entry.header = (const guint8 *) value->str;
+          entry.header_len = MIN (value->len, PG_UPSTREAM_MAX_ID_HEADER);
+        }
+      else if (value->type == PG_IMAP_VALUE_STREAMED && cmd->id_header != NULL)
+        {
+          entry.header = cmd->id_header->data;
+          entry.header_len = cmd->id_header->len;
+        }
+      else if (value->type == PG_IMAP_VALUE_NIL)
+        entry.header = (const guint8 *) "";
+    }
+  cmd->snapshot_func (&entry, cmd->size_data);
+  if (cmd->id_header != NULL)
+    g_byte_array_set_size (cmd->id_header, 0);
+}
+
 static void
 pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
 {
@@ -896,16 +966,15 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           pg_upstream_fail (self, error);
           return;
         }
+      if (cmd->snapshot_func != NULL)
+        {
+          pg_upstream_snapshot_entry (self, cmd, response, uid, size);
+          return;
+        }
       if (cmd->dated_func != NULL)
         {
-          const char *date = pg_imap_value_get_string (
-              pg_imap_response_get_fetch_item (response, "INTERNALDATE"));
-          gint64 when = PG_UPSTREAM_NO_DATE;
-
-          if (date == NULL || !pg_imap_parse_date_time (date, strlen (date), &when))
-            when = PG_UPSTREAM_NO_DATE;
           cmd->dated_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid),
-                           size, when, cmd->size_data);
+                           size, pg_upstream_fetch_date (response), cmd->size_data);
           return;
         }
       cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid), size,
@@ -1147,7 +1216,19 @@ pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
     self->guessed_uid = cmd->uid; /* checked when the FETCH response ends */
   if (cmd != NULL)
     pg_upstream_progress (self); /* octets of a body we asked for */
-  if (cmd == NULL || cmd->chunk_func == NULL)
+  if (cmd == NULL)
+    {
+      /* The header fields of a ledger snapshot: kept (bounded) for its entry. */
+      PgUpstreamCmd *snapshot = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_FETCH_SIZES);
+
+      if (snapshot != NULL && snapshot->id_header != NULL
+          && snapshot->id_header->len < PG_UPSTREAM_MAX_ID_HEADER)
+        g_byte_array_append (
+            snapshot->id_header, event->data,
+            (guint) MIN (event->len, PG_UPSTREAM_MAX_ID_HEADER - snapshot->id_header->len));
+      return;
+    }
+  if (cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
   if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
     self->paused = TRUE;
@@ -2340,6 +2421,39 @@ pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc f
   cmd->dated_func = func;
   cmd->size_data = func_data;
   pg_upstream_submit_fetch_sizes (self, cmd, " 1:* (UID RFC822.SIZE INTERNALDATE)");
+}
+
+void
+pg_upstream_fetch_snapshot_async (PgUpstream *self, const char *uid_set, gboolean dated,
+                                  PgUpstreamIds ids, PgUpstreamSnapshotFunc func,
+                                  gpointer func_data, GCancellable *cancellable,
+                                  GAsyncReadyCallback callback, gpointer user_data)
+{
+  static const char *const id_items[] = {
+    [PG_UPSTREAM_IDS_NONE] = "",
+    [PG_UPSTREAM_IDS_EMAILID] = " EMAILID",
+    [PG_UPSTREAM_IDS_X_GM_MSGID] = " X-GM-MSGID",
+    [PG_UPSTREAM_IDS_HEADER] = " BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)]",
+  };
+  g_autoptr (GTask) task = NULL;
+  g_autofree gchar *items = NULL;
+  PgUpstreamCmd *cmd;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  g_return_if_fail (func != NULL && uid_set != NULL && *uid_set != '\0');
+  g_return_if_fail (ids < G_N_ELEMENTS (id_items));
+  task = pg_upstream_task_new (self, pg_upstream_fetch_sizes_async, cancellable, callback,
+                               user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
+  cmd->snapshot_func = func;
+  cmd->size_data = func_data;
+  if (ids == PG_UPSTREAM_IDS_HEADER)
+    cmd->id_header = g_byte_array_new ();
+  items = g_strdup_printf (" %s (UID RFC822.SIZE%s%s)", uid_set, dated ? " INTERNALDATE" : "",
+                           id_items[ids]);
+  pg_upstream_submit_fetch_sizes (self, cmd, items);
 }
 
 gboolean
