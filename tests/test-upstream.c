@@ -1125,19 +1125,19 @@ test_peer_snapshot_ids (void)
       "* 3 FETCH (BODY[HEADER.FIELDS (MESSAGE-ID DATE)] \"Date: x\" UID 7 RFC822.SIZE 5)\r\n"
       "$ OK Fetch completed.\r\n",
       3000u, long_header);
-  PgPeerStep script[] = {
+  PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS OBJECTID X-GM-EXT-1"),
-    { PG_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)" },
-    { PG_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100 EMAILID (M6d99ac3275bb4e))\r\n"
+    { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)" },
+    { PG_TEST_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100 EMAILID (M6d99ac3275bb4e))\r\n"
                     "* 2 FETCH (UID 5 RFC822.SIZE 10)\r\n"
                     "$ OK Fetch completed.\r\n" },
-    { PG_PEER_EXPECT, "UID FETCH 4:5 (UID RFC822.SIZE INTERNALDATE X-GM-MSGID)" },
-    { PG_PEER_SEND, "* 1 FETCH (X-GM-MSGID 1278455344230334865 UID 4 RFC822.SIZE 100)\r\n"
+    { PG_TEST_PEER_EXPECT, "UID FETCH 4:5 (UID RFC822.SIZE INTERNALDATE X-GM-MSGID)" },
+    { PG_TEST_PEER_SEND, "* 1 FETCH (X-GM-MSGID 1278455344230334865 UID 4 RFC822.SIZE 100)\r\n"
                     "$ OK Fetch completed.\r\n" },
-    { PG_PEER_EXPECT,
+    { PG_TEST_PEER_EXPECT,
       "UID FETCH 4,5,7 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])" },
-    { PG_PEER_SEND, long_reply },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_SEND, long_reply },
+    { PG_TEST_PEER_HANG, NULL },
   };
   static const char *const want[] = {
     "uid=4 size=100 id=M6d99ac3275bb4e header=-",
@@ -1147,7 +1147,7 @@ test_peer_snapshot_ids (void)
     "uid=5 size=10 id=- header=xxxxxxxxxxxxxxxxxxxx",
     "uid=7 size=5 id=- header=Date: x",
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   PgTestSnapshot snapshot = { g_ptr_array_new_with_free_func (g_free), 0 };
   static const struct
