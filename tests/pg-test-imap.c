@@ -6,6 +6,8 @@
 
 #include "popgate/pg-core.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 
 #define PG_TEST_IMAP_READ_CHUNK 16384
@@ -202,6 +204,11 @@ pg_test_imap_connect_full (const char *host, guint16 port, const char *ca_file,
   g_socket_client_set_timeout (client, timeout_s);
   connection = g_socket_client_connect_to_host (client, host, port, NULL, error);
   if (connection == NULL)
+    return NULL;
+  /* A command goes out in pieces (tag, text, each literal): with Nagle's algorithm every
+   * piece after the first waits for the server's delayed ACK, 40 ms a round on loopback. */
+  if (!g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP, TCP_NODELAY,
+                            1, error))
     return NULL;
   if (ca_file != NULL)
     {
