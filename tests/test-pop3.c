@@ -643,6 +643,28 @@ test_move_trash (Fixture *fx, gconstpointer data)
   }
 }
 
+/* delete = move: to a mailbox the server does not have (on Cyrus: "Trash", where its
+ * namespace has INBOX.Trash): the login is refused with [SYS/PERM] before anything is
+ * downloaded, and nothing changes upstream. */
+static void
+test_move_target_missing (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *status = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
+  g_test_message ("login, move target missing: %s", status);
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, fx->uids->len);
+}
+
 static void
 test_keep (Fixture *fx, gconstpointer data)
 {
@@ -1176,6 +1198,8 @@ main (int argc, char **argv)
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const move_cyrus_trash[]
       = { "pop3", "delete", "move:" PG_TEST_CYRUS_TRASH, NULL };
+  static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
+  static const char *const move_cyrus_missing[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
   static const char *const lock_session[] = { "pop3", "lock_session", "true", NULL };
   static const char *const trace[] = { "log", "trace", "true", NULL };
@@ -1208,6 +1232,7 @@ main (int argc, char **argv)
     { "mark-seen-on", NULL, test_mark_seen_on, TRUE },
     { "mark-seen-off", mark_seen_off, test_mark_seen_off, FALSE },
     { "move-trash", move_trash, test_move_trash, TRUE },
+    { "move-target-missing", move_missing, test_move_target_missing, TRUE },
     { "keep-leaves-upstream", keep, test_keep, TRUE },
     { "vanished", NULL, test_vanished, TRUE },
     { "in-use", lock_session, test_in_use, FALSE },
@@ -1252,8 +1277,11 @@ main (int argc, char **argv)
 
       if (on_cyrus && !tests[i].any)
         continue;
+      /* Cyrus's namespace: its trash is INBOX.Trash, and "Trash" does not exist. */
       if (on_cyrus && settings == move_trash)
         settings = move_cyrus_trash;
+      else if (on_cyrus && settings == move_missing)
+        settings = move_cyrus_missing;
       if (!(on_cyrus ? pg_test_cyrus_add_user (cyrus, tests[i].name, PASSWORD, &error)
                      : pg_test_dovecot_add_user (upstream, tests[i].name, PASSWORD, &error)))
         g_error ("%s", error->message);
