@@ -164,6 +164,10 @@ pg_test_cyrus_start (PgTestCyrus *cyrus, GError **error)
                                 "altnamespace: no\n"
                                 "unixhierarchysep: no\n"
                                 "munge8bit: no\n"
+                                /* popgate's [state] backend = imap-metadata stores
+                                 * /private/vendor/popgate/...: Cyrus refuses entries
+                                 * its annotation_definitions do not name otherwise. */
+                                "annotation_allow_undefined: yes\n"
                                 "autocreate_quota: 0\n"
                                 "autocreate_inbox_folders: Trash\n"
                                 "lmtpsocket: %1$s/socket/lmtp\n"

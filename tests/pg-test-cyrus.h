@@ -14,7 +14,9 @@
  * (`saslpasswd2 -f`, sasl_pwcheck_method auxprop); an INBOX and INBOX.Trash are created
  * at the first login (autocreate_quota, autocreate_inbox_folders). The namespace is
  * Debian's default (altnamespace: no, unixhierarchysep: no): personal mailboxes are
- * INBOX.NAME. `munge8bit: no` keeps 8-bit header bytes as they are. Stopped by PID
+ * INBOX.NAME. `munge8bit: no` keeps 8-bit header bytes as they are;
+ * `annotation_allow_undefined: yes` lets popgate keep client state in METADATA
+ * (/private/vendor/popgate/..., refused with "NO Permission denied" otherwise). Stopped by PID
  * (master takes its imapd children along on SIGTERM).
  *
  * SPDX-License-Identifier: GPL-3.0-or-later

@@ -684,6 +684,40 @@ test_keep (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (after->len, ==, 5);
 }
 
+/* delete = keep: a DELE'd message stays upstream and this client is not offered it again
+ * in the next session (with [state] backend = imap-metadata, the record is on the server). */
+static void
+test_keep_hides (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *uidl = NULL;
+  g_autofree gchar *want = NULL;
+
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+    g_assert_true (pg_test_pop3_wait_closed (pop3));
+  }
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+    g_autofree gchar *stat = g_strdup_printf ("+OK %u ", fx->uids->len - 1);
+
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", stat);
+    /* Message 2 is now the one that was 3. */
+    uidl = pg_test_pop3_cmd (pop3, "UIDL 2");
+    want = g_strdup_printf ("+OK 2 %08x", g_array_index (fx->uids, guint32, 2));
+    g_assert_true (g_str_has_prefix (uidl, want));
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  }
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, fx->uids->len);
+}
+
 /* Another client expunges a message during the POP3 session: RETR of it fails, the rest
  * of the session goes on. Cyrus (RFC 2180 4.1.2) still serves an expunged message to a
  * session that has not been told of the expunge: then RETR gives it whole and exact. */
@@ -1201,6 +1235,8 @@ main (int argc, char **argv)
   static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
   static const char *const move_cyrus_missing[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const keep_metadata[]
+      = { "pop3", "delete", "keep", "state", "backend", "imap-metadata", NULL };
   static const char *const lock_session[] = { "pop3", "lock_session", "true", NULL };
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
@@ -1210,46 +1246,55 @@ main (int argc, char **argv)
   static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
   const gboolean on_cyrus = g_strcmp0 (g_getenv ("PG_TEST_UPSTREAM"), "cyrus") == 0;
   int rc;
-  /* any: the case holds for any IMAP upstream and runs against Cyrus too. */
+  /* Where a case runs: ON_ANY holds for any IMAP server; this Dovecot has no METADATA
+   * (pop3-state tests that backend on Dovecot), Cyrus has. */
+  enum
+  {
+    ON_DOVECOT = 1,
+    ON_CYRUS = 2,
+    ON_ANY = ON_DOVECOT | ON_CYRUS,
+  };
   static const struct
   {
     const char *name;
     const char *const *settings;
     void (*func) (Fixture *, gconstpointer);
-    gboolean any;
+    guint on; /* ON_DOVECOT, ON_CYRUS or both */
   } tests[] = {
-    { "capa", NULL, test_capa, FALSE },
-    { "stat-list-uidl", NULL, test_stat_list_uidl, TRUE },
-    { "uidl-stable", NULL, test_uidl_stable, TRUE },
-    { "retr-exact", NULL, test_retr_exact, TRUE },
-    { "retr-large", NULL, test_retr_large, FALSE },
-    { "top", NULL, test_top, TRUE },
-    { "errors", lenient, test_errors, FALSE },
-    { "auth-failures", NULL, test_auth_failures, FALSE },
-    { "sasl", NULL, test_sasl, FALSE },
-    { "dele-quit-expunge", NULL, test_dele_quit_expunge, TRUE },
-    { "no-quit-no-change", NULL, test_no_quit_no_change, TRUE },
-    { "mark-seen-on", NULL, test_mark_seen_on, TRUE },
-    { "mark-seen-off", mark_seen_off, test_mark_seen_off, FALSE },
-    { "move-trash", move_trash, test_move_trash, TRUE },
-    { "move-target-missing", move_missing, test_move_target_missing, TRUE },
-    { "keep-leaves-upstream", keep, test_keep, TRUE },
-    { "vanished", NULL, test_vanished, TRUE },
-    { "in-use", lock_session, test_in_use, FALSE },
-    { "concurrent", NULL, test_concurrent, TRUE },
-    { "pipelining", trace, test_pipelining, FALSE },
-    { "readahead", trace_verbose, test_readahead, TRUE },
-    { "pipelined-retr-batch", NULL, test_pipelined_retr_batch, TRUE },
-    { "stls", NULL, test_stls, FALSE },
-    { "stls-injection", NULL, test_stls_injection, FALSE },
-    { "implicit-tls", NULL, test_implicit_tls, FALSE },
-    { "uidl-matches-dovecot", NULL, test_uidl_matches_dovecot, FALSE },
-    { "upstream-down", down, test_upstream_down, FALSE },
-    { "end-line", NULL, test_end_line, FALSE },
-    { "upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing, FALSE },
-    { "poplib", NULL, test_poplib, TRUE },
-    { "tls-close", NULL, test_tls_close, FALSE },
-    { "shutdown-drain", drain, test_shutdown_drain, FALSE },
+    { "capa", NULL, test_capa, ON_DOVECOT },
+    { "stat-list-uidl", NULL, test_stat_list_uidl, ON_ANY },
+    { "uidl-stable", NULL, test_uidl_stable, ON_ANY },
+    { "retr-exact", NULL, test_retr_exact, ON_ANY },
+    { "retr-large", NULL, test_retr_large, ON_DOVECOT },
+    { "top", NULL, test_top, ON_ANY },
+    { "errors", lenient, test_errors, ON_DOVECOT },
+    { "auth-failures", NULL, test_auth_failures, ON_DOVECOT },
+    { "sasl", NULL, test_sasl, ON_DOVECOT },
+    { "dele-quit-expunge", NULL, test_dele_quit_expunge, ON_ANY },
+    { "no-quit-no-change", NULL, test_no_quit_no_change, ON_ANY },
+    { "mark-seen-on", NULL, test_mark_seen_on, ON_ANY },
+    { "mark-seen-off", mark_seen_off, test_mark_seen_off, ON_DOVECOT },
+    { "move-trash", move_trash, test_move_trash, ON_ANY },
+    { "move-target-missing", move_missing, test_move_target_missing, ON_ANY },
+    { "keep-leaves-upstream", keep, test_keep, ON_ANY },
+    { "keep-hides", keep, test_keep_hides, ON_ANY },
+    { "keep-hides-metadata", keep_metadata, test_keep_hides, ON_CYRUS },
+    { "vanished", NULL, test_vanished, ON_ANY },
+    { "in-use", lock_session, test_in_use, ON_DOVECOT },
+    { "concurrent", NULL, test_concurrent, ON_ANY },
+    { "pipelining", trace, test_pipelining, ON_DOVECOT },
+    { "readahead", trace_verbose, test_readahead, ON_ANY },
+    { "pipelined-retr-batch", NULL, test_pipelined_retr_batch, ON_ANY },
+    { "stls", NULL, test_stls, ON_DOVECOT },
+    { "stls-injection", NULL, test_stls_injection, ON_DOVECOT },
+    { "implicit-tls", NULL, test_implicit_tls, ON_DOVECOT },
+    { "uidl-matches-dovecot", NULL, test_uidl_matches_dovecot, ON_DOVECOT },
+    { "upstream-down", down, test_upstream_down, ON_DOVECOT },
+    { "end-line", NULL, test_end_line, ON_DOVECOT },
+    { "upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing, ON_ANY },
+    { "poplib", NULL, test_poplib, ON_ANY },
+    { "tls-close", NULL, test_tls_close, ON_DOVECOT },
+    { "shutdown-drain", drain, test_shutdown_drain, ON_DOVECOT },
   };
 
   g_test_init (&argc, &argv, NULL);
@@ -1275,7 +1320,7 @@ main (int argc, char **argv)
       g_autofree gchar *path = NULL;
       const char *const *settings = tests[i].settings;
 
-      if (on_cyrus && !tests[i].any)
+      if ((tests[i].on & (on_cyrus ? ON_CYRUS : ON_DOVECOT)) == 0)
         continue;
       /* Cyrus's namespace: its trash is INBOX.Trash, and "Trash" does not exist. */
       if (on_cyrus && settings == move_trash)
