@@ -10,7 +10,8 @@ set -eu
 PACKAGES="meson ninja-build pkg-config gcc libglib2.0-dev glib-networking libgnutls28-dev
 gnutls-bin dovecot-imapd dovecot-pop3d python3 clang libclang-rt-14-dev
 libsystemd-dev systemd scdoc libsoup-3.0-dev haproxy libjson-glib-dev
-python3-authlib python3-flask chromium python3-prometheus-client mailutils-imap4d openssl"
+python3-authlib python3-flask chromium python3-prometheus-client mailutils-imap4d openssl
+libical3 libxapian30 sasl2-bin"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -57,5 +58,10 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet mailutils-imap4d 2>/dev/null; then
   systemctl disable --now mailutils-imap4d >/dev/null 2>&1 || true
 fi
+
+# Cyrus IMAP, the third test upstream, conflicts with dovecot-imapd as a package: its
+# two packages are unpacked into a cache dir instead (their libraries, libical3 and
+# libxapian30, and sasl2-bin's saslpasswd2 for the test's sasldb are in PACKAGES above).
+"$(dirname "$0")/cyrus-fetch.sh"
 
 echo "deps.sh: all build and test packages are installed"

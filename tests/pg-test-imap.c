@@ -289,17 +289,20 @@ pg_test_imap_exec_parts (PgTestImap *imap, const PgTestImapPart *parts, gsize n_
   gsize tag_len = strlen (tag);
   PgTestImapResponse *last = NULL;
   const char *status = NULL;
+  /* What goes out in one write: the command up to the next literal's head, then that
+   * literal and the text after it. Many small writes would each wait for the server's
+   * delayed ACK (Nagle's algorithm), 40 ms per command on loopback. */
+  g_autoptr (GString) out = g_string_new (tag);
 
-  if (!pg_test_imap_write (imap, tag, tag_len, error) || !pg_test_imap_write (imap, " ", 1, error))
-    return NULL;
+  g_string_append_c (out, ' ');
   for (gsize i = 0; i < n_parts; i++)
     {
       if (parts[i].literal)
         {
-          g_autofree gchar *head = g_strdup_printf ("{%" G_GSIZE_FORMAT "}\r\n", parts[i].len);
-
-          if (!pg_test_imap_write (imap, head, strlen (head), error))
+          g_string_append_printf (out, "{%" G_GSIZE_FORMAT "}\r\n", parts[i].len);
+          if (!pg_test_imap_write (imap, out->str, out->len, error))
             return NULL;
+          g_string_truncate (out, 0);
           /* Synchronising literal: wait for the continuation, keep untagged responses. */
           for (;;)
             {
@@ -323,10 +326,10 @@ pg_test_imap_exec_parts (PgTestImap *imap, const PgTestImapPart *parts, gsize n_
                 }
             }
         }
-      if (!pg_test_imap_write (imap, parts[i].data, parts[i].len, error))
-        return NULL;
+      g_string_append_len (out, parts[i].data, (gssize) parts[i].len);
     }
-  if (!pg_test_imap_write (imap, "\r\n", 2, error)
+  g_string_append (out, "\r\n");
+  if (!pg_test_imap_write (imap, out->str, out->len, error)
       || !g_output_stream_flush (imap->output, NULL, error))
     return NULL;
 

@@ -262,6 +262,21 @@ pg_test_wait_port (const char *address, guint16 port, PgTestProcess *process, gu
     }
 }
 
+GBytes *
+pg_test_to_crlf (const void *data, gsize len)
+{
+  const char *text = data;
+  GString *crlf = g_string_sized_new (len + len / 16);
+
+  for (gsize i = 0; i < len; i++)
+    {
+      if (text[i] == '\n' && (i == 0 || text[i - 1] != '\r'))
+        g_string_append_c (crlf, '\r');
+      g_string_append_c (crlf, text[i]);
+    }
+  return g_string_free_to_bytes (crlf);
+}
+
 gchar *
 pg_test_read_file (const char *path)
 {

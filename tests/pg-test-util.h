@@ -60,6 +60,9 @@ guint16 pg_test_free_port (const char *address, GError **error);
 gboolean pg_test_wait_port (const char *address, guint16 port, PgTestProcess *process,
                             guint timeout_ms, GError **error);
 
+/* The message with every bare LF made CRLF (CRLFs stay), as an MTA delivers it. */
+GBytes *pg_test_to_crlf (const void *data, gsize len);
+
 /* Read a whole file as a string ("" if it does not exist yet). */
 gchar *pg_test_read_file (const char *path);
 

@@ -777,20 +777,57 @@ test_move_no_move (Fixture *fx, gconstpointer data)
   assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
 }
 
-/* move:MAILBOX to a mailbox that does not exist: [SYS/PERM], and nothing is removed. */
+static void
+create_mailbox (Fixture *fx, const char *mailbox)
+{
+  g_autoptr (GError) error = NULL;
+
+  PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (fx->dovecot, fx->user, mailbox, &error),
+                     error);
+}
+
+/* move:MAILBOX to a mailbox that does not exist: the login is refused with [SYS/PERM]
+ * (popgate asks LIST "" MAILBOX), before a client downloads what it could never remove.
+ * A mailbox that goes away during the session: QUIT says [SYS/PERM]. Nothing is removed
+ * either way. */
 static void
 test_move_missing (Fixture *fx, gconstpointer data)
 {
-  static const guint deletes[] = { 2 };
   static const guint32 all[] = { 1, 2, 3 };
-  g_autofree gchar *reply = dele_quit_reply (fx->popgate, fx->user, deletes, 1);
+  g_autofree gchar *status = NULL;
+  g_autofree gchar *reply = NULL;
 
-  g_test_message ("QUIT, move to a missing mailbox: %s", reply);
+  {
+    g_autoptr (PgTestPop3) refused = pop3_try_login (fx->popgate, fx->user, &status);
+
+    g_test_message ("login, move target missing: %s", status);
+    g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+    g_assert_true (
+        pg_test_popgate_wait_log (fx->popgate, "the move target Nosuch does not exist", 10000));
+    PG_TEST_POP3_ASSERT_REPLY (refused, "QUIT", "+OK");
+  }
+
+  create_mailbox (fx, "Nosuch");
+  {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx->popgate, fx->user);
+    g_autoptr (PgTestImap) imap = imap_login (fx, "INBOX", NULL);
+    g_autofree gchar *deleted = NULL;
+
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+    deleted = pg_test_imap_command (imap, "DELETE Nosuch", &error);
+    g_assert_no_error (error);
+    pg_test_imap_logout (imap, NULL);
+    reply = pg_test_pop3_cmd (pop3, "QUIT");
+    g_assert_true (pg_test_pop3_wait_closed (pop3));
+  }
+  g_test_message ("QUIT, move target deleted during the session: %s", reply);
   g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/PERM]"));
   g_assert_nonnull (strstr (reply, "Nosuch"));
   assert_upstream (fx, "INBOX", all, G_N_ELEMENTS (all));
   assert_flagged_deleted (fx, 2, FALSE);
   /* Not hidden either: the client may DELE it again once the admin fixed the config. */
+  create_mailbox (fx, "Nosuch");
   assert_sees (fx->popgate, fx->user, all, G_N_ELEMENTS (all));
 }
 

@@ -2,11 +2,16 @@
  * Dovecot, driven by a small POP3 client (and by Python's poplib); the upstream's content is
  * checked over IMAP.
  *
- * One Dovecot serves the whole program; each test has its own user (named after the test)
- * and its own popgate.
+ * The same program is the `cyrus` test: with PG_TEST_UPSTREAM=cyrus (tests/meson.build)
+ * the upstream is a real Cyrus IMAP (tests/pg-test-cyrus.c) and the cases that hold for
+ * any IMAP server run against it, as /popgate/cyrus/...
+ *
+ * One upstream serves the whole program; each test has its own user (named after the
+ * test) and its own popgate.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
+#include "pg-test-cyrus.h"
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
 #include "pg-test-pop3.h"
@@ -17,7 +22,14 @@
 #include <signal.h>
 #include <string.h>
 
+/* Exactly one of them runs. */
 static PgTestDovecot *upstream = NULL;
+static PgTestCyrus *cyrus = NULL;
+/* The upstream's IMAP listener, whichever it is. */
+static const char *upstream_host = NULL;
+static guint16 upstream_port = 0;
+/* Its trash mailbox (for delete = move:...): Cyrus's namespace puts it under INBOX. */
+static const char *trash_mailbox = "Trash";
 
 #define PASSWORD "p\"a\\ss w0rd-é"
 
@@ -51,7 +63,7 @@ static PgTestImap *
 imap_login (const Fixture *fx)
 {
   g_autoptr (GError) error = NULL;
-  PgTestImap *imap = pg_test_imap_connect (upstream->host, upstream->imap_port, NULL, &error);
+  PgTestImap *imap = pg_test_imap_connect (upstream_host, upstream_port, NULL, &error);
 
   g_assert_no_error (error);
   g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
@@ -65,7 +77,9 @@ static void
 fixture_seed (Fixture *fx, const char *data, gsize len)
 {
   g_autoptr (GError) error = NULL;
-  gboolean ok = pg_test_dovecot_append (upstream, fx->user, "INBOX", data, len, &error);
+  gboolean ok = cyrus != NULL
+                    ? pg_test_cyrus_append (cyrus, fx->user, "INBOX", data, len, &error)
+                    : pg_test_dovecot_append (upstream, fx->user, "INBOX", data, len, &error);
   g_assert_no_error (error);
   g_assert_true (ok);
 }
@@ -103,6 +117,13 @@ fixture_setup (Fixture *fx, gconstpointer data)
 
   fx->popgate = pg_test_popgate_new (upstream, "none", &error);
   g_assert_no_error (error);
+  if (cyrus != NULL)
+    {
+      g_autofree gchar *port = g_strdup_printf ("%u", cyrus->port);
+      pg_test_popgate_set (fx->popgate, "upstream", "host", cyrus->host);
+      pg_test_popgate_set (fx->popgate, "upstream", "port", port);
+      pg_test_popgate_set (fx->popgate, "upstream", "tls", "none");
+    }
   pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "50ms");
   if (g_getenv ("PG_DEBUG_POPGATE") != NULL)
     pg_test_popgate_add_arg (fx->popgate, "-v");
@@ -250,11 +271,63 @@ test_stat_list_uidl (Fixture *fx, gconstpointer data)
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
-/* RETR gives exactly the bytes Dovecot serves over IMAP, and LIST's size is that count. */
+/* One session's UIDL listing, a UIDL per message in order (without the numbers). */
+static GPtrArray *
+uidl_session (Fixture *fx, const char *dele)
+{
+  g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+  g_autoptr (GBytes) uidl = multiline (pop3, "UIDL");
+  g_autofree gchar *text = g_strndup (g_bytes_get_data (uidl, NULL), g_bytes_get_size (uidl));
+  g_auto (GStrv) lines = g_strsplit (text, "\r\n", -1);
+  GPtrArray *uidls = g_ptr_array_new_with_free_func (g_free);
+
+  for (guint i = 0; lines[i] != NULL && lines[i][0] != '\0'; i++)
+    {
+      const char *space = strchr (lines[i], ' ');
+      g_assert_nonnull (space);
+      g_assert_cmpuint (g_ascii_strtoull (lines[i], NULL, 10), ==, i + 1);
+      g_ptr_array_add (uidls, g_strdup (space + 1));
+    }
+  if (dele != NULL)
+    PG_TEST_POP3_ASSERT_REPLY (pop3, dele, "+OK");
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (pop3));
+  return uidls;
+}
+
+/* UIDLs are stable across sessions: the next session lists the same one for each message,
+ * and after a DELE + QUIT the others keep theirs (only the message numbers move up). */
+static void
+test_uidl_stable (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GPtrArray) first = uidl_session (fx, NULL);
+  g_autoptr (GPtrArray) second = uidl_session (fx, "DELE 2");
+  g_autoptr (GPtrArray) third = uidl_session (fx, NULL);
+
+  g_assert_cmpuint (first->len, ==, fx->uids->len);
+  g_assert_cmpuint (second->len, ==, first->len);
+  for (guint i = 0; i < first->len; i++)
+    g_assert_cmpstr (g_ptr_array_index (second, i), ==, g_ptr_array_index (first, i));
+  g_assert_cmpuint (third->len, ==, first->len - 1);
+  for (guint i = 0, j = 0; i < first->len; i++)
+    if (i != 1)
+      g_assert_cmpstr (g_ptr_array_index (third, j++), ==, g_ptr_array_index (first, i));
+}
+
+/* RETR gives exactly the bytes the upstream serves over IMAP, and LIST's size is that
+ * count. The upstream serves each shape as it was delivered, but for CRLF line ends (8-bit
+ * headers too: Cyrus runs with munge8bit off). */
 static void
 test_retr_exact (Fixture *fx, gconstpointer data)
 {
   g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+
+  g_assert_cmpuint (fx->bodies->len, ==, G_N_ELEMENTS (sample_messages));
+  for (guint i = 0; i < G_N_ELEMENTS (sample_messages); i++)
+    {
+      g_autoptr (GBytes) sent = pg_test_to_crlf (sample_messages[i], strlen (sample_messages[i]));
+      g_assert_true (g_bytes_equal (g_ptr_array_index (fx->bodies, i), sent));
+    }
 
   for (guint i = 0; i < fx->uids->len; i++)
     {
@@ -546,8 +619,9 @@ test_move_trash (Fixture *fx, gconstpointer data)
   g_autoptr (GArray) inbox = NULL;
   g_autoptr (GArray) trash = NULL;
 
-  g_assert_true (pg_test_dovecot_create_mailbox (upstream, fx->user, "Trash", &error));
-  g_assert_no_error (error);
+  /* Cyrus made INBOX.Trash at the user's first login. */
+  if (cyrus == NULL)
+    PG_TEST_ASSERT_OK (pg_test_dovecot_create_mailbox (upstream, fx->user, "Trash", &error), error);
   pop3 = pop3_login (fx);
   PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
@@ -557,7 +631,7 @@ test_move_trash (Fixture *fx, gconstpointer data)
   inbox = pg_test_imap_uid_search_all (imap, &error);
   g_assert_no_error (error);
   g_assert_cmpuint (inbox->len, ==, 4);
-  g_assert_true (pg_test_imap_select (imap, "Trash", TRUE, NULL, NULL, &error));
+  g_assert_true (pg_test_imap_select (imap, trash_mailbox, TRUE, NULL, NULL, &error));
   trash = pg_test_imap_uid_search_all (imap, &error);
   g_assert_no_error (error);
   g_assert_cmpuint (trash->len, ==, 1);
@@ -567,6 +641,28 @@ test_move_trash (Fixture *fx, gconstpointer data)
     g_assert_no_error (error);
     g_assert_true (g_bytes_equal (moved, g_ptr_array_index (fx->bodies, 1)));
   }
+}
+
+/* delete = move: to a mailbox the server does not have (on Cyrus: "Trash", where its
+ * namespace has INBOX.Trash): the login is refused with [SYS/PERM] before anything is
+ * downloaded, and nothing changes upstream. */
+static void
+test_move_target_missing (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPop3) pop3 = pop3_connect (fx);
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *status = NULL;
+
+  g_assert_false (pg_test_pop3_login (pop3, fx->user, PASSWORD, &status, NULL));
+  g_test_message ("login, move target missing: %s", status);
+  g_assert_true (g_str_has_prefix (status, "-ERR [SYS/PERM]"));
+  PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, fx->uids->len);
 }
 
 static void
@@ -588,8 +684,43 @@ test_keep (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (after->len, ==, 5);
 }
 
+/* delete = keep: a DELE'd message stays upstream and this client is not offered it again
+ * in the next session (with [state] backend = imap-metadata, the record is on the server). */
+static void
+test_keep_hides (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = NULL;
+  g_autoptr (GArray) after = NULL;
+  g_autofree gchar *uidl = NULL;
+  g_autofree gchar *want = NULL;
+
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "DELE 2", "+OK");
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+    g_assert_true (pg_test_pop3_wait_closed (pop3));
+  }
+  {
+    g_autoptr (PgTestPop3) pop3 = pop3_login (fx);
+    g_autofree gchar *stat = g_strdup_printf ("+OK %u ", fx->uids->len - 1);
+
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", stat);
+    /* Message 2 is now the one that was 3. */
+    uidl = pg_test_pop3_cmd (pop3, "UIDL 2");
+    want = g_strdup_printf ("+OK 2 %08x", g_array_index (fx->uids, guint32, 2));
+    g_assert_true (g_str_has_prefix (uidl, want));
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
+  }
+  imap = imap_login (fx);
+  after = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (after->len, ==, fx->uids->len);
+}
+
 /* Another client expunges a message during the POP3 session: RETR of it fails, the rest
- * of the session goes on. */
+ * of the session goes on. Cyrus (RFC 2180 4.1.2) still serves an expunged message to a
+ * session that has not been told of the expunge: then RETR gives it whole and exact. */
 static void
 test_vanished (Fixture *fx, gconstpointer data)
 {
@@ -599,7 +730,14 @@ test_vanished (Fixture *fx, gconstpointer data)
 
   g_assert_true (pg_test_imap_expunge_uid (imap, g_array_index (fx->uids, guint32, 1), &error));
   g_assert_no_error (error);
-  PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 2", "-ERR");
+  if (cyrus != NULL)
+    {
+      g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 2, NULL, &error);
+      g_assert_no_error (error);
+      g_assert_true (g_bytes_equal (body, g_ptr_array_index (fx->bodies, 1)));
+    }
+  else
+    PG_TEST_POP3_ASSERT_REPLY (pop3, "RETR 2", "-ERR");
   {
     g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, 3, NULL, &error);
     g_assert_no_error (error);
@@ -907,7 +1045,7 @@ test_uidl_matches_dovecot (Fixture *fx, gconstpointer data)
   g_autoptr (GError) error = NULL;
   g_autoptr (PgTestPop3) ours = pop3_login (fx);
   g_autoptr (PgTestPop3) theirs
-      = pg_test_pop3_connect (upstream->host, upstream->pop3_port, NULL, &error);
+      = pg_test_pop3_connect (upstream_host, upstream->pop3_port, NULL, &error);
   g_autoptr (GBytes) ours_uidl = NULL;
   g_autoptr (GBytes) theirs_uidl = NULL;
 
@@ -1092,7 +1230,13 @@ main (int argc, char **argv)
   g_autoptr (GError) error = NULL;
   static const char *const mark_seen_off[] = { "pop3", "mark_seen", "false", NULL };
   static const char *const move_trash[] = { "pop3", "delete", "move:Trash", NULL };
+  static const char *const move_cyrus_trash[]
+      = { "pop3", "delete", "move:" PG_TEST_CYRUS_TRASH, NULL };
+  static const char *const move_missing[] = { "pop3", "delete", "move:Nosuch", NULL };
+  static const char *const move_cyrus_missing[] = { "pop3", "delete", "move:Trash", NULL };
   static const char *const keep[] = { "pop3", "delete", "keep", NULL };
+  static const char *const keep_metadata[]
+      = { "pop3", "delete", "keep", "state", "backend", "imap-metadata", NULL };
   static const char *const lock_session[] = { "pop3", "lock_session", "true", NULL };
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
@@ -1100,63 +1244,101 @@ main (int argc, char **argv)
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
   static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
+  const gboolean on_cyrus = g_strcmp0 (g_getenv ("PG_TEST_UPSTREAM"), "cyrus") == 0;
   int rc;
+  /* Where a case runs: ON_ANY holds for any IMAP server; this Dovecot has no METADATA
+   * (pop3-state tests that backend on Dovecot), Cyrus has. */
+  enum
+  {
+    ON_DOVECOT = 1,
+    ON_CYRUS = 2,
+    ON_ANY = ON_DOVECOT | ON_CYRUS,
+  };
   static const struct
   {
-    const char *path;
+    const char *name;
     const char *const *settings;
     void (*func) (Fixture *, gconstpointer);
+    guint on; /* ON_DOVECOT, ON_CYRUS or both */
   } tests[] = {
-    { "/popgate/pop3/capa", NULL, test_capa },
-    { "/popgate/pop3/stat-list-uidl", NULL, test_stat_list_uidl },
-    { "/popgate/pop3/retr-exact", NULL, test_retr_exact },
-    { "/popgate/pop3/retr-large", NULL, test_retr_large },
-    { "/popgate/pop3/top", NULL, test_top },
-    { "/popgate/pop3/errors", lenient, test_errors },
-    { "/popgate/pop3/auth-failures", NULL, test_auth_failures },
-    { "/popgate/pop3/sasl", NULL, test_sasl },
-    { "/popgate/pop3/dele-quit-expunge", NULL, test_dele_quit_expunge },
-    { "/popgate/pop3/no-quit-no-change", NULL, test_no_quit_no_change },
-    { "/popgate/pop3/mark-seen-on", NULL, test_mark_seen_on },
-    { "/popgate/pop3/mark-seen-off", mark_seen_off, test_mark_seen_off },
-    { "/popgate/pop3/move-trash", move_trash, test_move_trash },
-    { "/popgate/pop3/keep-leaves-upstream", keep, test_keep },
-    { "/popgate/pop3/vanished", NULL, test_vanished },
-    { "/popgate/pop3/in-use", lock_session, test_in_use },
-    { "/popgate/pop3/concurrent", NULL, test_concurrent },
-    { "/popgate/pop3/pipelining", trace, test_pipelining },
-    { "/popgate/pop3/readahead", trace_verbose, test_readahead },
-    { "/popgate/pop3/pipelined-retr-batch", NULL, test_pipelined_retr_batch },
-    { "/popgate/pop3/stls", NULL, test_stls },
-    { "/popgate/pop3/stls-injection", NULL, test_stls_injection },
-    { "/popgate/pop3/implicit-tls", NULL, test_implicit_tls },
-    { "/popgate/pop3/uidl-matches-dovecot", NULL, test_uidl_matches_dovecot },
-    { "/popgate/pop3/upstream-down", down, test_upstream_down },
-    { "/popgate/pop3/end-line", NULL, test_end_line },
-    { "/popgate/pop3/upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing },
-    { "/popgate/pop3/poplib", NULL, test_poplib },
-    { "/popgate/pop3/tls-close", NULL, test_tls_close },
-    { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
+    { "capa", NULL, test_capa, ON_DOVECOT },
+    { "stat-list-uidl", NULL, test_stat_list_uidl, ON_ANY },
+    { "uidl-stable", NULL, test_uidl_stable, ON_ANY },
+    { "retr-exact", NULL, test_retr_exact, ON_ANY },
+    { "retr-large", NULL, test_retr_large, ON_DOVECOT },
+    { "top", NULL, test_top, ON_ANY },
+    { "errors", lenient, test_errors, ON_DOVECOT },
+    { "auth-failures", NULL, test_auth_failures, ON_DOVECOT },
+    { "sasl", NULL, test_sasl, ON_DOVECOT },
+    { "dele-quit-expunge", NULL, test_dele_quit_expunge, ON_ANY },
+    { "no-quit-no-change", NULL, test_no_quit_no_change, ON_ANY },
+    { "mark-seen-on", NULL, test_mark_seen_on, ON_ANY },
+    { "mark-seen-off", mark_seen_off, test_mark_seen_off, ON_DOVECOT },
+    { "move-trash", move_trash, test_move_trash, ON_ANY },
+    { "move-target-missing", move_missing, test_move_target_missing, ON_ANY },
+    { "keep-leaves-upstream", keep, test_keep, ON_ANY },
+    { "keep-hides", keep, test_keep_hides, ON_ANY },
+    { "keep-hides-metadata", keep_metadata, test_keep_hides, ON_CYRUS },
+    { "vanished", NULL, test_vanished, ON_ANY },
+    { "in-use", lock_session, test_in_use, ON_DOVECOT },
+    { "concurrent", NULL, test_concurrent, ON_ANY },
+    { "pipelining", trace, test_pipelining, ON_DOVECOT },
+    { "readahead", trace_verbose, test_readahead, ON_ANY },
+    { "pipelined-retr-batch", NULL, test_pipelined_retr_batch, ON_ANY },
+    { "stls", NULL, test_stls, ON_DOVECOT },
+    { "stls-injection", NULL, test_stls_injection, ON_DOVECOT },
+    { "implicit-tls", NULL, test_implicit_tls, ON_DOVECOT },
+    { "uidl-matches-dovecot", NULL, test_uidl_matches_dovecot, ON_DOVECOT },
+    { "upstream-down", down, test_upstream_down, ON_DOVECOT },
+    { "end-line", NULL, test_end_line, ON_DOVECOT },
+    { "upstream-mailbox-missing", no_mailbox, test_upstream_mailbox_missing, ON_ANY },
+    { "poplib", NULL, test_poplib, ON_ANY },
+    { "tls-close", NULL, test_tls_close, ON_DOVECOT },
+    { "shutdown-drain", drain, test_shutdown_drain, ON_DOVECOT },
   };
 
   g_test_init (&argc, &argv, NULL);
-  upstream = pg_test_dovecot_new (NULL, &error);
-  g_assert_no_error (error);
+  if (on_cyrus)
+    {
+      cyrus = pg_test_cyrus_new (&error);
+      if (cyrus == NULL)
+        g_error ("cannot set up Cyrus: %s", error->message);
+      upstream_host = cyrus->host;
+      trash_mailbox = PG_TEST_CYRUS_TRASH;
+    }
+  else
+    {
+      upstream = pg_test_dovecot_new (NULL, &error);
+      g_assert_no_error (error);
+      upstream_host = upstream->host;
+    }
 
-  /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,
-   * which two writes within a second do not change. */
+  /* Every test's user exists before the upstream starts: Dovecot's passwd-file cache goes
+   * by mtime, which two writes within a second do not change. */
   for (gsize i = 0; i < G_N_ELEMENTS (tests); i++)
     {
-      g_autofree gchar *user = g_ascii_strdown (strrchr (tests[i].path, '/') + 1, -1);
-      if (!pg_test_dovecot_add_user (upstream, user, PASSWORD, &error))
+      g_autofree gchar *path = NULL;
+      const char *const *settings = tests[i].settings;
+
+      if ((tests[i].on & (on_cyrus ? ON_CYRUS : ON_DOVECOT)) == 0)
+        continue;
+      /* Cyrus's namespace: its trash is INBOX.Trash, and "Trash" does not exist. */
+      if (on_cyrus && settings == move_trash)
+        settings = move_cyrus_trash;
+      else if (on_cyrus && settings == move_missing)
+        settings = move_cyrus_missing;
+      if (!(on_cyrus ? pg_test_cyrus_add_user (cyrus, tests[i].name, PASSWORD, &error)
+                     : pg_test_dovecot_add_user (upstream, tests[i].name, PASSWORD, &error)))
         g_error ("%s", error->message);
-      g_test_add (tests[i].path, Fixture, tests[i].settings, fixture_setup, tests[i].func,
-                  fixture_teardown);
+      path = g_strconcat (on_cyrus ? "/popgate/cyrus/" : "/popgate/pop3/", tests[i].name, NULL);
+      g_test_add (path, Fixture, settings, fixture_setup, tests[i].func, fixture_teardown);
     }
-  if (!pg_test_dovecot_start (upstream, &error))
-    g_error ("cannot start Dovecot: %s", error->message);
+  if (on_cyrus ? !pg_test_cyrus_start (cyrus, &error) : !pg_test_dovecot_start (upstream, &error))
+    g_error ("cannot start the upstream: %s", error->message);
+  upstream_port = on_cyrus ? cyrus->port : upstream->imap_port;
 
   rc = g_test_run ();
+  pg_test_cyrus_free (cyrus);
   pg_test_dovecot_free (upstream);
   return rc;
 }

@@ -1313,6 +1313,75 @@ test_peer_move_fallback (void)
   }
 }
 
+typedef struct
+{
+  const char *mailbox;
+  gboolean exists;
+} PgTestListCase;
+
+/* pg_upstream_list_async on each mailbox: it must say cases[i].exists. */
+static void
+assert_lists (PgUpstream *upstream, const PgTestListCase *cases, gsize n)
+{
+  for (gsize i = 0; i < n; i++)
+    {
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GError) error = NULL;
+      gboolean exists = !cases[i].exists;
+
+      pg_upstream_list_async (upstream, cases[i].mailbox, NULL, pg_test_async_cb, &async);
+      result = pg_test_async_wait (&async);
+      PG_TEST_ASSERT_OK (pg_upstream_list_finish (upstream, result, &exists, &error), error);
+      if (exists != cases[i].exists)
+        g_error ("LIST \"\" %s: exists = %d", cases[i].mailbox, exists);
+    }
+}
+
+/* LIST replies a real server may send: only the exact name counts, as atom, quoted or
+ * literal, and not when flagged \NonExistent or \Noselect; a refused LIST is an error. */
+static void
+test_peer_list (void)
+{
+  static const PgPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_PEER_EXPECT, "LIST \"\" INBOX.Trash" },
+    { PG_PEER_SEND, "* LIST (\\HasNoChildren) \".\" INBOX.Trash\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "LIST \"\" Trash" },
+    { PG_PEER_SEND, "* LIST () \"/\" Trash2\r\n* LIST () \"/\" {5}\r\nTrash\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "LIST \"\" Gone" },
+    { PG_PEER_SEND, "* LIST (\\NonExistent) \"/\" \"Gone\"\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "LIST \"\" Parent" },
+    { PG_PEER_SEND, "* LIST (\\Noselect \\HasChildren) \"/\" Parent\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "LIST \"\" Other" },
+    { PG_PEER_SEND, "* LIST () \"/\" Others\r\n* LIST () NIL other\r\n$ OK done\r\n" },
+    { PG_PEER_EXPECT, "LIST \"\" Trash" },
+    { PG_PEER_SEND, "$ NO [NOPERM] not for you\r\n" },
+    { PG_PEER_END, NULL },
+  };
+  static const PgTestListCase cases[] = {
+    { "INBOX.Trash", TRUE }, { "Trash", TRUE },  { "Gone", FALSE },
+    { "Parent", FALSE },     { "Other", FALSE },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GError) error = NULL;
+
+  assert_lists (upstream, cases, G_N_ELEMENTS (cases));
+  {
+    PgTestAsync async = { NULL, FALSE };
+    g_autoptr (GAsyncResult) result = NULL;
+    gboolean exists = TRUE;
+
+    pg_upstream_list_async (upstream, "Trash", NULL, pg_test_async_cb, &async);
+    result = pg_test_async_wait (&async);
+    g_assert_false (pg_upstream_list_finish (upstream, result, &exists, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+    g_assert_true (pg_upstream_error_is_permanent (error));
+    g_assert_true (exists); /* untouched on failure */
+  }
+}
+
 static void
 test_peer_metadata (void)
 {
@@ -1850,6 +1919,22 @@ test_dovecot_move_and_long_sets (UpstreamFixture *fixture, gconstpointer data)
   }
 }
 
+/* LIST "" mailbox against Dovecot: what exists, in INBOX's any case; not a pattern. */
+static void
+test_dovecot_list (UpstreamFixture *fixture, gconstpointer data)
+{
+  static const PgTestListCase cases[] = {
+    { "INBOX", TRUE },   { "inbox", TRUE }, { "Trash", TRUE },
+    { "Nosuch", FALSE }, { "*", FALSE },    { "Tr%", FALSE },
+  };
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  upstream = pg_test_dovecot_selected (fixture);
+  assert_lists (upstream, cases, G_N_ELEMENTS (cases));
+}
+
 static void
 test_dovecot_metadata (UpstreamFixture *fixture, gconstpointer data)
 {
@@ -1942,6 +2027,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
+  g_test_add_func ("/popgate/upstream/peer/list", test_peer_list);
 
   {
     static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
@@ -1956,6 +2042,7 @@ main (int argc, char **argv)
     ADD ("wrong-password", test_dovecot_wrong_password, NULL);
     ADD ("move-and-long-sets", test_dovecot_move_and_long_sets, NULL);
     ADD ("metadata", test_dovecot_metadata, &with_metadata);
+    ADD ("list", test_dovecot_list, NULL);
     ADD ("shutdown", test_dovecot_shutdown, NULL);
 #undef ADD
   }

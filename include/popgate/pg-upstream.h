@@ -241,6 +241,13 @@ void pg_upstream_set_metadata_async (PgUpstream *self, const char *mailbox, cons
                                      GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
+/* LIST "" mailbox: *out_exists is whether the server listed exactly that mailbox, neither
+ * \NonExistent nor \Noselect (so it can take messages). A refused LIST is an error. */
+void pg_upstream_list_async (PgUpstream *self, const char *mailbox, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_upstream_list_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_exists,
+                                  GError **error);
+
 void pg_upstream_noop_async (PgUpstream *self, GCancellable *cancellable,
                              GAsyncReadyCallback callback, gpointer user_data);
 gboolean pg_upstream_noop_finish (PgUpstream *self, GAsyncResult *result, GError **error);

@@ -1310,6 +1310,62 @@ pg_pop3_session_state_load (PgPop3Session *self)
 }
 
 static void
+pg_pop3_session_move_target_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgPop3Session) self = user_data;
+  g_autoptr (GError) error = NULL;
+  const char *mailbox = self->config->pop3.move_mailbox;
+  gboolean exists = FALSE;
+
+  if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
+    return;
+  if (!pg_upstream_list_finish (PG_UPSTREAM (source), result, &exists, &error))
+    {
+      if (!pg_upstream_error_is_permanent (error))
+        {
+          pg_session_warning (self->id, "login refused: upstream lost while checking %s: %s",
+                              mailbox, error->message);
+          pg_pop3_session_refuse_login (
+              self, "-ERR [SYS/TEMP] The mail server is not available, try again later.");
+          return;
+        }
+      /* A server that refuses this LIST may still take the move: QUIT will tell. */
+      pg_session_info (self->id, "cannot check the move target %s (%s); QUIT will tell", mailbox,
+                       error->message);
+      exists = TRUE;
+    }
+  if (!exists)
+    {
+      /* Nothing a retry fixes, and better now than at QUIT: a client that downloads and
+       * DELEs would get the same messages again at every poll, removing none. */
+      pg_session_warning (self->id,
+                          "login refused: the move target %s does not exist upstream "
+                          "([pop3] delete = move:%s)",
+                          mailbox, mailbox);
+      pg_pop3_session_refuse_login (self, "-ERR [SYS/PERM] The mailbox that deleted messages "
+                                          "move to does not exist, ask the administrator.");
+      return;
+    }
+  pg_pop3_session_state_load (self);
+}
+
+/* delete = move:MAILBOX: one LIST at login says whether MAILBOX exists, so that a missing
+ * one is a clear [SYS/PERM] before the client downloads anything (QUIT still checks: it
+ * may be deleted meanwhile). */
+static void
+pg_pop3_session_check_move_target (PgPop3Session *self)
+{
+  if (self->config->pop3.delete_policy != PG_DELETE_MOVE)
+    {
+      pg_pop3_session_state_load (self);
+      return;
+    }
+  pg_upstream_list_async (pg_pop3_maildrop_get_upstream (self->maildrop),
+                          self->config->pop3.move_mailbox, self->cancellable,
+                          pg_pop3_session_move_target_cb, g_object_ref (self));
+}
+
+static void
 pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (PgPop3Session) self = user_data;
@@ -1369,7 +1425,7 @@ pg_pop3_session_open_cb (GObject *source, GAsyncResult *result, gpointer user_da
       self->lock_key = g_steal_pointer (&key);
     }
 
-  pg_pop3_session_state_load (self);
+  pg_pop3_session_check_move_target (self);
 }
 
 /* The login path has logged in upstream (or not): open the maildrop on it. */

@@ -55,6 +55,7 @@ typedef enum
   PG_UPSTREAM_CMD_FETCH_BODY,
   PG_UPSTREAM_CMD_GETMETADATA,
   PG_UPSTREAM_CMD_LOGOUT,
+  PG_UPSTREAM_CMD_LIST,
 } PgUpstreamCmdKind;
 
 typedef struct _PgUpstreamCmd PgUpstreamCmd;
@@ -101,6 +102,8 @@ struct _PgUpstreamCmd
   GBytes *value;          /* owned */
   GHashTable *tree;       /* owned: DEPTH 1, entry name → GBytes; NULL for a single entry */
   gboolean tree_overflow; /* more than PG_STATE_MAX_ENTRIES entries came */
+  /* LIST: entry holds the mailbox asked for */
+  gboolean listed; /* an untagged LIST named it, without \NonExistent or \Noselect */
 };
 
 struct _PgUpstream
@@ -1026,6 +1029,8 @@ pg_upstream_entry_in_tree (const char *root, const char *entry)
   return entry[len] == '/' && entry[len + 1] != '\0' && strchr (entry + len + 1, '/') == NULL;
 }
 
+static void pg_upstream_handle_list (PgUpstream *self, const PgImapResponse *response);
+
 static void
 pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
 {
@@ -1090,6 +1095,8 @@ pg_upstream_handle_untagged (PgUpstream *self, const PgImapResponse *response)
            && ((const PgImapValue *) g_ptr_array_index (response->args, 0))->type
                   == PG_IMAP_VALUE_LIST)
     pg_upstream_handle_fetch (self, response);
+  else if (strcmp (keyword, "LIST") == 0)
+    pg_upstream_handle_list (self, response);
   else if (strcmp (keyword, "METADATA") == 0 && response->args->len == 2)
     {
       PgUpstreamCmd *cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_GETMETADATA);
@@ -2985,6 +2992,91 @@ pg_upstream_set_metadata_finish (PgUpstream *self, GAsyncResult *result, GError 
 {
   g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
   return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/* --- LIST "" mailbox: does a mailbox exist ---------------------------------------------- */
+
+/* "* LIST (flags) delimiter name": only the exact name asked for counts (the name could
+ * hold LIST's wildcards), INBOX in any case (RFC 3501 5.1). */
+static void
+pg_upstream_handle_list (PgUpstream *self, const PgImapResponse *response)
+{
+  PgUpstreamCmd *cmd = pg_upstream_find_pending (self, PG_UPSTREAM_CMD_LIST);
+  const PgImapValue *flags;
+  const PgImapValue *name;
+  gboolean inbox;
+
+  if (cmd == NULL || response->args->len != 3)
+    return;
+  flags = g_ptr_array_index (response->args, 0);
+  name = g_ptr_array_index (response->args, 2);
+  if (flags->type != PG_IMAP_VALUE_LIST || pg_imap_value_get_string (name) == NULL
+      || name->len != strlen (cmd->entry))
+    return;
+  inbox = g_ascii_strcasecmp (cmd->entry, "INBOX") == 0;
+  if (inbox ? g_ascii_strncasecmp (name->str, cmd->entry, name->len) != 0
+            : memcmp (name->str, cmd->entry, name->len) != 0)
+    return;
+  for (guint i = 0; i < flags->list->len; i++)
+    {
+      const char *flag = pg_imap_value_get_string (g_ptr_array_index (flags->list, i));
+      if (flag != NULL
+          && (g_ascii_strcasecmp (flag, "\\NonExistent") == 0
+              || g_ascii_strcasecmp (flag, "\\Noselect") == 0))
+        return;
+    }
+  cmd->listed = TRUE;
+}
+
+static void
+pg_upstream_list_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                          const GError *error)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+  if (task == NULL)
+    return;
+  if (error != NULL)
+    g_task_return_error (task, g_error_copy (error));
+  else if (tagged->status != PG_IMAP_STATUS_OK)
+    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
+  else
+    g_task_return_int (task, cmd->listed);
+}
+
+void
+pg_upstream_list_async (PgUpstream *self, const char *mailbox, GCancellable *cancellable,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = NULL;
+  PgUpstreamCmd *cmd;
+  PgImapWriter *writer;
+
+  g_return_if_fail (PG_IS_UPSTREAM (self));
+  task = pg_upstream_task_new (self, pg_upstream_list_async, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, task, TRUE))
+    return;
+  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_LIST, "LIST", task, pg_upstream_list_done_cb);
+  cmd->entry = g_strdup (mailbox);
+  writer = pg_upstream_cmd_writer (self, cmd);
+  pg_imap_writer_add_raw (writer, " \"\"");
+  pg_imap_writer_add_astring (writer, mailbox, strlen (mailbox));
+  pg_upstream_submit (self, cmd, writer);
+}
+
+gboolean
+pg_upstream_list_finish (PgUpstream *self, GAsyncResult *result, gboolean *out_exists,
+                         GError **error)
+{
+  gssize listed;
+
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  listed = g_task_propagate_int (G_TASK (result), error);
+  if (listed < 0)
+    return FALSE;
+  if (out_exists != NULL)
+    *out_exists = listed > 0;
+  return TRUE;
 }
 
 /* --- relay hand-off ------------------------------------------------------------------------ */
