@@ -1129,11 +1129,11 @@ test_peer_snapshot_ids (void)
     PG_TEST_PREAUTH_SELECT ("UIDPLUS OBJECTID X-GM-EXT-1"),
     { PG_TEST_PEER_EXPECT, "UID FETCH 1:* (UID RFC822.SIZE EMAILID)" },
     { PG_TEST_PEER_SEND, "* 1 FETCH (UID 4 RFC822.SIZE 100 EMAILID (M6d99ac3275bb4e))\r\n"
-                    "* 2 FETCH (UID 5 RFC822.SIZE 10)\r\n"
-                    "$ OK Fetch completed.\r\n" },
+                         "* 2 FETCH (UID 5 RFC822.SIZE 10)\r\n"
+                         "$ OK Fetch completed.\r\n" },
     { PG_TEST_PEER_EXPECT, "UID FETCH 4:5 (UID RFC822.SIZE INTERNALDATE X-GM-MSGID)" },
     { PG_TEST_PEER_SEND, "* 1 FETCH (X-GM-MSGID 1278455344230334865 UID 4 RFC822.SIZE 100)\r\n"
-                    "$ OK Fetch completed.\r\n" },
+                         "$ OK Fetch completed.\r\n" },
     { PG_TEST_PEER_EXPECT,
       "UID FETCH 4,5,7 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE)])" },
     { PG_TEST_PEER_SEND, long_reply },
@@ -1343,27 +1343,28 @@ assert_lists (PgUpstream *upstream, const PgTestListCase *cases, gsize n)
 static void
 test_peer_list (void)
 {
-  static const PgPeerStep script[] = {
+  static const PgTestPeerStep script[] = {
     PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_PEER_EXPECT, "LIST \"\" INBOX.Trash" },
-    { PG_PEER_SEND, "* LIST (\\HasNoChildren) \".\" INBOX.Trash\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "LIST \"\" Trash" },
-    { PG_PEER_SEND, "* LIST () \"/\" Trash2\r\n* LIST () \"/\" {5}\r\nTrash\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "LIST \"\" Gone" },
-    { PG_PEER_SEND, "* LIST (\\NonExistent) \"/\" \"Gone\"\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "LIST \"\" Parent" },
-    { PG_PEER_SEND, "* LIST (\\Noselect \\HasChildren) \"/\" Parent\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "LIST \"\" Other" },
-    { PG_PEER_SEND, "* LIST () \"/\" Others\r\n* LIST () NIL other\r\n$ OK done\r\n" },
-    { PG_PEER_EXPECT, "LIST \"\" Trash" },
-    { PG_PEER_SEND, "$ NO [NOPERM] not for you\r\n" },
-    { PG_PEER_END, NULL },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" INBOX.Trash" },
+    { PG_TEST_PEER_SEND, "* LIST (\\HasNoChildren) \".\" INBOX.Trash\r\n$ OK done\r\n" },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" Trash" },
+    { PG_TEST_PEER_SEND,
+      "* LIST () \"/\" Trash2\r\n* LIST () \"/\" {5}\r\nTrash\r\n$ OK done\r\n" },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" Gone" },
+    { PG_TEST_PEER_SEND, "* LIST (\\NonExistent) \"/\" \"Gone\"\r\n$ OK done\r\n" },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" Parent" },
+    { PG_TEST_PEER_SEND, "* LIST (\\Noselect \\HasChildren) \"/\" Parent\r\n$ OK done\r\n" },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" Other" },
+    { PG_TEST_PEER_SEND, "* LIST () \"/\" Others\r\n* LIST () NIL other\r\n$ OK done\r\n" },
+    { PG_TEST_PEER_EXPECT, "LIST \"\" Trash" },
+    { PG_TEST_PEER_SEND, "$ NO [NOPERM] not for you\r\n" },
+    { PG_TEST_PEER_HANG, NULL },
   };
   static const PgTestListCase cases[] = {
     { "INBOX.Trash", TRUE }, { "Trash", TRUE },  { "Gone", FALSE },
     { "Parent", FALSE },     { "Other", FALSE },
   };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new (script);
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
   g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
   g_autoptr (GError) error = NULL;
 
