@@ -35,7 +35,8 @@ struct _PgImapValue
   PgImapValueType type;
   guint64 number;  /* NUMBER: the value; STREAMED: the literal's size */
   gsize len;       /* ATOM, NUMBER, STRING: bytes in str (without the NUL) */
-  gchar *str;      /* owned, NUL-terminated; NULL for NIL, LIST, STREAMED */
+  gchar *str;      /* owned, NUL-terminated; NULL for NIL, LIST, STREAMED. May share the
+                    * value's allocation: freed only by pg_imap_value_free(), never alone */
   GPtrArray *list; /* owned, of PgImapValue*; LIST only */
 };
 

@@ -58,19 +58,47 @@ struct _PgImapParser
   gboolean lit_tilde; /* the literal is a literal8 (~{n}) */
   guint lit_digits;
   guint64 lit_size;
-  guint64 lit_done; /* bytes of the literal consumed so far */
-  gchar *lit_buf;   /* owned: small literal being copied */
-  gchar *body_item; /* owned: item name of the body being streamed */
-  guint64 body_uid; /* UID of the FETCH whose body is being streamed, 0 if not given */
-  GError *error;    /* owned: the error that killed the parser */
+  guint64 lit_done;       /* bytes of the literal consumed so far */
+  gchar *lit_buf;         /* owned: small literal being copied */
+  const gchar *body_item; /* unowned: the item name's atom of the body being streamed, in
+                           * the response being built */
+  guint64 body_uid;       /* UID of the FETCH whose body is being streamed, 0 if not given */
+  GError *error;          /* owned: the error that killed the parser */
 };
+
+/* A value with a copy of len bytes of str (NULL: no string) in the same allocation. */
+static PgImapValue *
+pg_imap_parser_value_new (PgImapValueType type, const gchar *str, gsize len)
+{
+  PgImapValue *value;
+
+  if (str == NULL)
+    {
+      value = g_new0 (PgImapValue, 1);
+      value->type = type;
+      return value;
+    }
+  /* len is bounded by the line limit: no overflow. */
+  value = g_malloc (sizeof (PgImapValue) + len + 1);
+  value->type = type;
+  value->number = 0;
+  value->len = len;
+  value->str = (gchar *) (value + 1);
+  value->list = NULL;
+  memcpy (value->str, str, len);
+  value->str[len] = '\0';
+  return value;
+}
 
 void
 pg_imap_value_free (PgImapValue *value)
 {
   if (value == NULL)
     return;
-  g_free (value->str);
+  /* A string that came in a value's own allocation goes with it (small literals have their
+   * own buffer). */
+  if (value->str != (gchar *) (value + 1))
+    g_free (value->str);
   if (value->list != NULL)
     g_ptr_array_unref (value->list);
   g_free (value);
@@ -284,7 +312,7 @@ pg_imap_parser_reset (PgImapParser *parser)
   g_clear_pointer (&parser->response, pg_imap_response_free);
   g_string_truncate (parser->tok, 0);
   g_clear_pointer (&parser->lit_buf, g_free);
-  g_clear_pointer (&parser->body_item, g_free);
+  parser->body_item = NULL;
   g_clear_error (&parser->error);
   memset (parser->stack, 0, sizeof parser->stack);
   parser->depth = 0;
@@ -410,21 +438,18 @@ pg_imap_parser_add_value (PgImapParser *parser, PgImapValue *value, GError **err
 static gboolean
 pg_imap_parser_finish_atom (PgImapParser *parser, GError **error)
 {
-  PgImapValue *value = g_new0 (PgImapValue, 1);
+  PgImapValue *value;
   guint64 number;
 
   if (g_ascii_strcasecmp (parser->tok->str, "NIL") == 0)
-    value->type = PG_IMAP_VALUE_NIL;
-  else
+    value = pg_imap_parser_value_new (PG_IMAP_VALUE_NIL, NULL, 0);
+  else if (pg_imap_parser_parse_number (parser->tok->str, parser->tok->len, &number))
     {
-      value->type = pg_imap_parser_parse_number (parser->tok->str, parser->tok->len, &number)
-                        ? PG_IMAP_VALUE_NUMBER
-                        : PG_IMAP_VALUE_ATOM;
-      if (value->type == PG_IMAP_VALUE_NUMBER)
-        value->number = number;
-      value->len = parser->tok->len;
-      value->str = g_strndup (parser->tok->str, parser->tok->len);
+      value = pg_imap_parser_value_new (PG_IMAP_VALUE_NUMBER, parser->tok->str, parser->tok->len);
+      value->number = number;
     }
+  else
+    value = pg_imap_parser_value_new (PG_IMAP_VALUE_ATOM, parser->tok->str, parser->tok->len);
   g_string_truncate (parser->tok, 0);
   return pg_imap_parser_add_value (parser, value, error);
 }
@@ -482,8 +507,7 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
           if (parser->depth >= PG_UPSTREAM_MAX_DEPTH)
             return pg_imap_parser_fail (parser, error, PG_ERROR_LIMIT,
                                         "lists nested deeper than %d", PG_UPSTREAM_MAX_DEPTH);
-          value = g_new0 (PgImapValue, 1);
-          value->type = PG_IMAP_VALUE_LIST;
+          value = pg_imap_parser_value_new (PG_IMAP_VALUE_LIST, NULL, 0);
           value->list = pg_imap_parser_new_value_array ();
           if (!pg_imap_parser_add_value (parser, value, error))
             return FALSE;
@@ -570,10 +594,8 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
     case PG_IMAP_PARSER_STATE_QUOTED:
       if (c == '"')
         {
-          PgImapValue *value = g_new0 (PgImapValue, 1);
-          value->type = PG_IMAP_VALUE_STRING;
-          value->len = parser->tok->len;
-          value->str = g_strndup (parser->tok->str, parser->tok->len);
+          PgImapValue *value
+              = pg_imap_parser_value_new (PG_IMAP_VALUE_STRING, parser->tok->str, parser->tok->len);
           g_string_truncate (parser->tok, 0);
           parser->state = PG_IMAP_PARSER_STATE_VALUE;
           return pg_imap_parser_add_value (parser, value, error);
@@ -680,10 +702,7 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
     return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "numbered status response");
 
   if (response->status != PG_IMAP_STATUS_NONE)
-    {
-      response->text = g_strdup ("");
-      parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_RESP_TEXT : PG_IMAP_PARSER_STATE_LF;
-    }
+    parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_RESP_TEXT : PG_IMAP_PARSER_STATE_LF;
   else
     {
       parser->stack[0] = response->args;
@@ -693,10 +712,11 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
   return TRUE;
 }
 
+/* The text of a status or continuation, once: a response without any gets "" when it ends
+ * (pg_imap_parser_end_response). */
 static void
 pg_imap_parser_take_text (PgImapParser *parser)
 {
-  g_free (parser->response->text);
   parser->response->text = g_strndup (parser->tok->str, parser->tok->len);
   g_string_truncate (parser->tok, 0);
 }
@@ -775,7 +795,6 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
       return TRUE;
 
     case PG_IMAP_PARSER_STATE_PLUS:
-      parser->response->text = g_strdup ("");
       if (c == '\r')
         {
           parser->state = PG_IMAP_PARSER_STATE_LF;
@@ -890,6 +909,20 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
   g_assert_not_reached ();
 }
 
+/* The response is complete: hand it out, with "" as the text of a status or continuation
+ * that had none. */
+static PgImapResponse *
+pg_imap_parser_end_response (PgImapParser *parser)
+{
+  PgImapResponse *response = g_steal_pointer (&parser->response);
+
+  if (response->text == NULL
+      && (response->status != PG_IMAP_STATUS_NONE
+          || response->kind == PG_IMAP_RESPONSE_CONTINUATION))
+    response->text = g_strdup ("");
+  return response;
+}
+
 static void
 pg_imap_parser_event_clear (PgImapEvent *event)
 {
@@ -908,8 +941,7 @@ pg_imap_parser_start_literal (PgImapParser *parser, gboolean *out_begin_body, GE
       const GPtrArray *list = parser->stack[1];
       const PgImapValue *name = g_ptr_array_index (list, list->len - 1);
 
-      g_free (parser->body_item);
-      parser->body_item = g_strdup (name->str);
+      parser->body_item = name->str;
       /* The UID, when it came before the body, tells a client with several pipelined
        * FETCHes which one this body answers (servers may interleave their output). */
       parser->body_uid = 0;
@@ -1087,7 +1119,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
         {
           /* The LF of a complete response. */
           pg_imap_parser_event_clear (out_event);
-          out_event->response = g_steal_pointer (&parser->response);
+          out_event->response = pg_imap_parser_end_response (parser);
           parser->line_len = 0;
           *out_consumed = pos;
           return PG_IMAP_PARSE_RESPONSE;
