@@ -1,8 +1,10 @@
 /* popgate — codec: bounded, resumable IMAP response parser.
  *
  * A byte-driven state machine: every piece of state lives in PgImapParser, so the caller
- * may split its input anywhere. Literal data is copied in bulk; body literals inside an
- * untagged FETCH are handed out as chunks that point into the caller's buffer.
+ * may split its input anywhere. Runs of bytes that only grow a token (an atom, a tag, a
+ * quoted string, text) are appended in one go; literal data is copied in bulk; body
+ * literals inside an untagged FETCH are handed out as chunks that point into the caller's
+ * buffer.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -296,11 +298,14 @@ pg_imap_response_dump (const PgImapResponse *response)
 
 /* --- the parser ---------------------------------------------------------------------- */
 
+static void pg_imap_parser_init_run_classes (void);
+
 PgImapParser *
 pg_imap_parser_new (void)
 {
   PgImapParser *parser = g_new0 (PgImapParser, 1);
 
+  pg_imap_parser_init_run_classes ();
   parser->tok = g_string_sized_new (64);
   parser->state = PG_IMAP_PARSER_STATE_START;
   return parser;
@@ -382,6 +387,108 @@ static gboolean
 pg_imap_parser_is_tag_char (guchar c)
 {
   return pg_imap_parser_is_atom_char (c, FALSE) && c != '+' && c != '*' && c != '%' && c != '\\';
+}
+
+/* Byte classes for the runs that only grow the token: a byte of class X in a state that
+ * takes runs of X is appended to tok and leaves the state as it is, exactly as the
+ * byte-at-a-time path would (pg_imap_parser_run_class says which state takes which). */
+enum
+{
+  PG_IMAP_PARSER_RUN_ATOM = 1 << 0,      /* ATOM outside a code: an atom byte but '[' */
+  PG_IMAP_PARSER_RUN_ATOM_CODE = 1 << 1, /* ATOM in a code, KEYWORD, CODE_ATOM */
+  PG_IMAP_PARSER_RUN_TAG = 1 << 2,       /* TAG */
+  PG_IMAP_PARSER_RUN_TEXT = 1 << 3,      /* TEXT, CONT_TEXT: all but CR, LF, NUL */
+  PG_IMAP_PARSER_RUN_QUOTED = 1 << 4,    /* QUOTED: all but '"', '\\', CR, LF, NUL */
+  PG_IMAP_PARSER_RUN_SECTION = 1 << 5,   /* SECTION: all but '[', ']', CR, LF, NUL */
+};
+
+static guint8 pg_imap_parser_run_classes[256];
+
+static void
+pg_imap_parser_init_run_classes (void)
+{
+  static gsize done = 0;
+
+  if (!g_once_init_enter (&done))
+    return;
+  for (guint c = 0; c < 256; c++)
+    {
+      guint8 classes = 0;
+      gboolean line_end = c == '\r' || c == '\n' || c == '\0';
+
+      if (pg_imap_parser_is_atom_char ((guchar) c, FALSE) && c != '[')
+        classes |= PG_IMAP_PARSER_RUN_ATOM;
+      if (pg_imap_parser_is_atom_char ((guchar) c, TRUE))
+        classes |= PG_IMAP_PARSER_RUN_ATOM_CODE;
+      if (pg_imap_parser_is_tag_char ((guchar) c))
+        classes |= PG_IMAP_PARSER_RUN_TAG;
+      if (!line_end)
+        classes |= PG_IMAP_PARSER_RUN_TEXT;
+      if (!line_end && c != '"' && c != '\\')
+        classes |= PG_IMAP_PARSER_RUN_QUOTED;
+      if (!line_end && c != '[' && c != ']')
+        classes |= PG_IMAP_PARSER_RUN_SECTION;
+      pg_imap_parser_run_classes[c] = classes;
+    }
+  g_once_init_leave (&done, 1);
+}
+
+/* g_string_append_len() without its overlap and position checks when tok has room, as
+ * g_string_append_c() does inline: most tokens are a few bytes. */
+static inline void
+pg_imap_parser_tok_append (PgImapParser *parser, const guint8 *data, gsize n)
+{
+  GString *tok = parser->tok;
+
+  if (tok->len + n < tok->allocated_len)
+    {
+      memcpy (tok->str + tok->len, data, n);
+      tok->len += n;
+      tok->str[tok->len] = '\0';
+    }
+  else
+    g_string_append_len (tok, (const gchar *) data, (gssize) n);
+}
+
+/* The byte class whose runs the current state takes in bulk; 0 if it takes none. */
+static guint8
+pg_imap_parser_run_class (const PgImapParser *parser)
+{
+  switch (parser->state)
+    {
+    case PG_IMAP_PARSER_STATE_ATOM:
+      return parser->code_mode ? PG_IMAP_PARSER_RUN_ATOM_CODE : PG_IMAP_PARSER_RUN_ATOM;
+    case PG_IMAP_PARSER_STATE_KEYWORD:
+    case PG_IMAP_PARSER_STATE_CODE_ATOM:
+      return PG_IMAP_PARSER_RUN_ATOM_CODE;
+    case PG_IMAP_PARSER_STATE_TAG:
+      return PG_IMAP_PARSER_RUN_TAG;
+    case PG_IMAP_PARSER_STATE_CONT_TEXT:
+    case PG_IMAP_PARSER_STATE_TEXT:
+      return PG_IMAP_PARSER_RUN_TEXT;
+    case PG_IMAP_PARSER_STATE_QUOTED:
+      return PG_IMAP_PARSER_RUN_QUOTED;
+    case PG_IMAP_PARSER_STATE_SECTION:
+      return PG_IMAP_PARSER_RUN_SECTION;
+    case PG_IMAP_PARSER_STATE_START:
+    case PG_IMAP_PARSER_STATE_STAR:
+    case PG_IMAP_PARSER_STATE_PLUS:
+    case PG_IMAP_PARSER_STATE_RESP_TEXT:
+    case PG_IMAP_PARSER_STATE_CODE_END:
+    case PG_IMAP_PARSER_STATE_LF:
+    case PG_IMAP_PARSER_STATE_VALUE:
+    case PG_IMAP_PARSER_STATE_QUOTED_ESC:
+    case PG_IMAP_PARSER_STATE_LIT_TILDE:
+    case PG_IMAP_PARSER_STATE_LIT_SIZE:
+    case PG_IMAP_PARSER_STATE_LIT_CR:
+    case PG_IMAP_PARSER_STATE_LIT_LF:
+    case PG_IMAP_PARSER_STATE_LIT_DATA:
+    case PG_IMAP_PARSER_STATE_BODY:
+    case PG_IMAP_PARSER_STATE_FAILED:
+    case PG_IMAP_PARSER_STATE_COUNT:
+      break;
+    }
+  return 0;
 }
 
 static PgImapStatus
@@ -1001,6 +1108,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
     {
       guchar c;
       gboolean reprocess = FALSE;
+      guint8 run_class;
 
       if (parser->state == PG_IMAP_PARSER_STATE_BODY)
         {
@@ -1059,8 +1167,28 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
 
       if (pos == len)
         break;
-      c = data[pos++];
 
+      /* A run of bytes that only grows the token goes into it in one append; it stops
+       * short of the line and response limits, so the byte that would cross one takes the
+       * byte-at-a-time path below and fails there, with the same error as ever. */
+      run_class = pg_imap_parser_run_class (parser);
+      if (run_class != 0)
+        {
+          gsize max = MIN (len - pos, MIN (PG_UPSTREAM_MAX_LINE - parser->line_len,
+                                           PG_UPSTREAM_MAX_RESPONSE - parser->total));
+          gsize n = 0;
+
+          while (n < max && (pg_imap_parser_run_classes[data[pos + n]] & run_class) != 0)
+            n++;
+          pg_imap_parser_tok_append (parser, data + pos, n);
+          parser->line_len += n;
+          parser->total += n;
+          pos += n;
+          if (pos == len)
+            break;
+        }
+
+      c = data[pos++];
       parser->line_len++;
       if (parser->line_len > PG_UPSTREAM_MAX_LINE)
         {
