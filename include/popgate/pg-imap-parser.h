@@ -67,10 +67,11 @@ typedef struct
   gchar *keyword;       /* owned, upper case ("OK", "FETCH", "CAPABILITY"); NULL for "+" */
   PgImapStatus status;  /* for OK/NO/BAD/PREAUTH/BYE, else NONE */
   gchar *code;          /* owned, upper case: the atom of a "[CODE ...]"; NULL if none */
-  GPtrArray *code_args; /* owned, of PgImapValue*: the rest of the code; empty if none */
+  GPtrArray *code_args; /* owned ref, of PgImapValue*: the rest of the code; empty if none.
+                         * Read-only, as args: an empty one is shared between responses */
   gchar *text;          /* owned: the human text of a status or continuation; "" if none.
                          * For a continuation this is the raw text (e.g. base64). */
-  GPtrArray *args;      /* owned, of PgImapValue*: the values of a data response */
+  GPtrArray *args;      /* owned ref, of PgImapValue*: the values of a data response (read-only) */
 } PgImapResponse;
 
 void pg_imap_response_free (PgImapResponse *response);

@@ -126,6 +126,24 @@ pg_imap_parser_new_value_array (void)
   return g_ptr_array_new_with_free_func ((GDestroyNotify) pg_imap_value_free);
 }
 
+/* A reference to the one empty array that every response without values or without code
+ * arguments shares (most have one or the other, a tagged OK both): two GPtrArrays made and
+ * freed per response otherwise. Never written to (the header makes args and code_args
+ * read-only); the parser puts a real one in place before it adds a value. */
+static GPtrArray *
+pg_imap_parser_empty_values (void)
+{
+  static GPtrArray *empty = NULL;
+  static gsize done = 0;
+
+  if (g_once_init_enter (&done))
+    {
+      empty = pg_imap_parser_new_value_array ();
+      g_once_init_leave (&done, 1);
+    }
+  return g_ptr_array_ref (empty);
+}
+
 const char *
 pg_imap_value_get_string (const PgImapValue *value)
 {
@@ -516,8 +534,8 @@ pg_imap_parser_begin_response (PgImapParser *parser, PgImapResponseKind kind)
   PgImapResponse *response = g_new0 (PgImapResponse, 1);
 
   response->kind = kind;
-  response->args = pg_imap_parser_new_value_array ();
-  response->code_args = pg_imap_parser_new_value_array ();
+  response->args = pg_imap_parser_empty_values ();
+  response->code_args = pg_imap_parser_empty_values ();
   parser->response = response;
   parser->depth = 0;
   parser->n_values = 0;
@@ -812,6 +830,8 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
     parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_RESP_TEXT : PG_IMAP_PARSER_STATE_LF;
   else
     {
+      g_ptr_array_unref (response->args);
+      response->args = pg_imap_parser_new_value_array ();
       parser->stack[0] = response->args;
       parser->code_mode = FALSE;
       parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_VALUE : PG_IMAP_PARSER_STATE_LF;
@@ -969,6 +989,8 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
             {
               parser->code_mode = TRUE;
               parser->depth = 0;
+              g_ptr_array_unref (parser->response->code_args);
+              parser->response->code_args = pg_imap_parser_new_value_array ();
               parser->stack[0] = parser->response->code_args;
               parser->state = PG_IMAP_PARSER_STATE_VALUE;
             }
