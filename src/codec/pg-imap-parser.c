@@ -1131,6 +1131,7 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
       guchar c;
       gboolean reprocess = FALSE;
       guint8 run_class;
+      gboolean lf_as_crlf;
 
       if (parser->state == PG_IMAP_PARSER_STATE_BODY)
         {
@@ -1218,9 +1219,15 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
                                PG_UPSTREAM_MAX_LINE);
           return PG_IMAP_PARSE_ERROR;
         }
-      if (parser->state != PG_IMAP_PARSER_STATE_START
-          && !pg_imap_parser_add_to_total (parser, 1, error))
-        return PG_IMAP_PARSE_ERROR;
+      if (parser->state != PG_IMAP_PARSER_STATE_START)
+        {
+          if (G_UNLIKELY (parser->total >= PG_UPSTREAM_MAX_RESPONSE))
+            {
+              pg_imap_parser_add_to_total (parser, 1, error); /* fails, with its message */
+              return PG_IMAP_PARSE_ERROR;
+            }
+          parser->total++;
+        }
 
       if (parser->state == PG_IMAP_PARSER_STATE_LIT_LF)
         {
@@ -1251,19 +1258,18 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
        * replies so; Dovecot's imapc accepts it too): it is handled as if a CR came first,
        * so every rule about where a line may end still holds. Never inside a literal
        * (counted octets, not lines) or a quoted string, and a NUL is still an error. */
-      if (c == '\n' && pg_imap_parser_lf_ends_line (parser->state))
-        do
-          {
-            if (!pg_imap_parser_line_byte (parser, '\r', &reprocess, error))
-              return PG_IMAP_PARSE_ERROR;
-          }
-        while (reprocess);
-      do
+      lf_as_crlf = c == '\n' && pg_imap_parser_lf_ends_line (parser->state);
+      /* One call site, so that the compiler may inline the state machine. */
+      for (guchar b = lf_as_crlf ? '\r' : c;;)
         {
-          if (!pg_imap_parser_line_byte (parser, c, &reprocess, error))
+          if (!pg_imap_parser_line_byte (parser, b, &reprocess, error))
             return PG_IMAP_PARSE_ERROR;
+          if (reprocess)
+            continue;
+          if (b == c)
+            break;
+          b = c;
         }
-      while (reprocess);
 
       if (parser->state == PG_IMAP_PARSER_STATE_START)
         {
