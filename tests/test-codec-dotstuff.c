@@ -289,6 +289,68 @@ pg_test_dotstuff_top_stops_early (void)
   g_assert_cmpmem (out->data, out->len, expected, strlen (expected));
 }
 
+/* Every shape the stuffer treats specially, cut into three chunks at every pair of points
+ * (so a boundary falls between CR and LF, right before a "." that starts a line, right after
+ * a bare CR, and two boundaries fall next to each other): the bytes and both octet counters
+ * equal those of the message fed in one chunk, for RETR and for TOP. */
+static void
+pg_test_dotstuff_every_boundary (void)
+{
+  static const char *const shapes[] = {
+    "a\r\nb\r\n",         /* plain CRLF lines */
+    ".a\r\n..\r\n.\r\n",  /* dots first on lines, first in the message */
+    "a\r\n.\r\n.b",       /* a dot line, then an unterminated one */
+    "bare\nlf\n.dot\n\n", /* bare LFs, a dot after one, an empty line */
+    "a\r.b\r\n\r.\r\n",   /* a bare CR before a dot: not a line start */
+    "\r\r\n\r\n.\r",      /* CRs in a row, a final bare CR */
+    "x\r\n\r\n.y\r\nz",   /* header, blank line, body without a final CRLF */
+    "no line end at all", "\n.\r\n\r.\n",
+  };
+
+  /* RETR, TOP 0 (the header only) and TOP 1. */
+  static const struct
+  {
+    gboolean top;
+    guint64 k;
+  } modes[] = { { FALSE, 0 }, { TRUE, 0 }, { TRUE, 1 } };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (shapes); i++)
+    for (gsize m = 0; m < G_N_ELEMENTS (modes); m++)
+      {
+        const guint8 *data = (const guint8 *) shapes[i];
+        gsize len = strlen (shapes[i]);
+        gboolean top = modes[m].top;
+        guint64 k = modes[m].k;
+        gsize whole[] = { len };
+        guint64 in = 0, unstuffed = 0;
+        g_autoptr (GByteArray) model = pg_test_dotstuff_model (data, len, top, k);
+        g_autoptr (GByteArray) one
+            = pg_test_dotstuff_run (data, len, whole, 1, top, k, &in, &unstuffed);
+
+        g_assert_cmpmem (one->data, one->len, model->data, model->len);
+        for (gsize a = 1; a < len; a++)
+          for (gsize b = a; b < len; b++)
+            {
+              /* Chunks [0, a), [a, b) and [b, len); two chunks when a == b. */
+              gsize sizes[3] = { a, b - a, len - b };
+              gsize n_sizes = 3;
+              guint64 got_in = 0, got_unstuffed = 0;
+              g_autoptr (GByteArray) got = NULL;
+
+              if (a == b)
+                {
+                  sizes[1] = len - a;
+                  n_sizes = 2;
+                }
+              got = pg_test_dotstuff_run (data, len, sizes, n_sizes, top, k, &got_in,
+                                          &got_unstuffed);
+              g_assert_cmpmem (got->data, got->len, one->data, one->len);
+              g_assert_cmpuint (got_in, ==, in);
+              g_assert_cmpuint (got_unstuffed, ==, unstuffed);
+            }
+      }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -302,5 +364,6 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/codec-dotstuff/octets", pg_test_dotstuff_octets);
   g_test_add_func ("/popgate/codec-dotstuff/top", pg_test_dotstuff_top);
   g_test_add_func ("/popgate/codec-dotstuff/top-stops-early", pg_test_dotstuff_top_stops_early);
+  g_test_add_func ("/popgate/codec-dotstuff/every-boundary", pg_test_dotstuff_every_boundary);
   return g_test_run ();
 }

@@ -627,6 +627,34 @@ test_limits (void)
     g_string_append (input, ")\r\n");
     g_assert_cmpint (pg_test_parse_once (input->str, input->len), ==, PG_ERROR_LIMIT);
   }
+  /* The response budget reached inside an atom (taken as a run, not byte by byte): a
+   * response of exactly the budget passes, one byte more fails with LIMIT. It counts every
+   * byte but the first, literals included. */
+  {
+    g_autoptr (GString) input = g_string_new ("* METADATA INBOX (");
+    g_autofree gchar *value = g_strnfill (PG_UPSTREAM_MAX_SMALL_LITERAL, 'v');
+    g_autofree gchar *atom = NULL;
+    gsize atom_len;
+
+    for (guint i = 0; i < 4; i++)
+      {
+        gsize size = i < 3 ? PG_UPSTREAM_MAX_SMALL_LITERAL : PG_UPSTREAM_MAX_SMALL_LITERAL - 40000;
+
+        g_string_append_printf (input, "/private/k%u {%" G_GSIZE_FORMAT "}\r\n", i, size);
+        g_string_append_len (input, value, (gssize) size);
+        g_string_append_c (input, ' ');
+      }
+    atom_len = PG_UPSTREAM_MAX_RESPONSE + 1 - input->len - strlen (")\r\n");
+    g_assert_cmpuint (atom_len, >, 30000);
+    g_assert_cmpuint (atom_len, <, PG_UPSTREAM_MAX_LINE - 10);
+    atom = g_strnfill (atom_len, 'a');
+    g_string_append (input, atom);
+    g_string_append (input, ")\r\n");
+    g_assert_cmpuint (input->len - 1, ==, PG_UPSTREAM_MAX_RESPONSE);
+    g_assert_cmpint (pg_test_parse_once (input->str, input->len), ==, -1);
+    g_string_insert_c (input, (gssize) (input->len - 3), 'a');
+    g_assert_cmpint (pg_test_parse_once (input->str, input->len), ==, PG_ERROR_LIMIT);
+  }
 }
 
 /* --- writer ------------------------------------------------------------------------------ */

@@ -35,7 +35,8 @@ struct _PgImapValue
   PgImapValueType type;
   guint64 number;  /* NUMBER: the value; STREAMED: the literal's size */
   gsize len;       /* ATOM, NUMBER, STRING: bytes in str (without the NUL) */
-  gchar *str;      /* owned, NUL-terminated; NULL for NIL, LIST, STREAMED */
+  gchar *str;      /* owned, NUL-terminated; NULL for NIL, LIST, STREAMED. May share the
+                    * value's allocation: freed only by pg_imap_value_free(), never alone */
   GPtrArray *list; /* owned, of PgImapValue*; LIST only */
 };
 
@@ -66,10 +67,11 @@ typedef struct
   gchar *keyword;       /* owned, upper case ("OK", "FETCH", "CAPABILITY"); NULL for "+" */
   PgImapStatus status;  /* for OK/NO/BAD/PREAUTH/BYE, else NONE */
   gchar *code;          /* owned, upper case: the atom of a "[CODE ...]"; NULL if none */
-  GPtrArray *code_args; /* owned, of PgImapValue*: the rest of the code; empty if none */
+  GPtrArray *code_args; /* owned ref, of PgImapValue*: the rest of the code; empty if none.
+                         * Read-only, as args: an empty one is shared between responses */
   gchar *text;          /* owned: the human text of a status or continuation; "" if none.
                          * For a continuation this is the raw text (e.g. base64). */
-  GPtrArray *args;      /* owned, of PgImapValue*: the values of a data response */
+  GPtrArray *args;      /* owned ref, of PgImapValue*: the values of a data response (read-only) */
 } PgImapResponse;
 
 void pg_imap_response_free (PgImapResponse *response);

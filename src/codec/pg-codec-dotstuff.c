@@ -101,6 +101,55 @@ pg_dot_stuffer_end_line (PgDotStuffer *stuffer, GByteArray *out)
   pg_dot_stuffer_line_ended (stuffer);
 }
 
+/* RETR's loop, after any pending CR is settled (start < end): only a bare LF and a "." first
+ * on a line change the bytes, and no line needs counting, so a CRLF line costs a few
+ * compares, and runs of such lines go out in one append. */
+static void
+pg_dot_stuffer_feed_retr (PgDotStuffer *stuffer, const guint8 *start, const guint8 *end,
+                          GByteArray *out)
+{
+  const guint8 *run = start; /* [run, p) goes out as it is */
+  const guint8 *p = start;   /* where the search for the next LF goes on */
+  const guint8 *lf;
+
+  if (stuffer->at_line_start && *p == '.')
+    g_byte_array_append (out, (const guint8 *) ".", 1);
+  while ((lf = memchr (p, '\n', (gsize) (end - p))) != NULL)
+    {
+      /* A bare LF (first in the chunk, a CR last in the previous chunk having been settled
+       * by the caller, or after anything but a CR): the line ends, with CRLF. A bare CR
+       * before a CRLF is content and stays in the run. */
+      if (G_UNLIKELY (lf == start || lf[-1] != '\r'))
+        {
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (lf - run));
+          pg_dot_stuffer_emit (stuffer, out, pg_dot_stuffer_crlf, 2);
+          run = lf + 1;
+        }
+      p = lf + 1;
+      if (p == end)
+        {
+          stuffer->at_line_start = TRUE;
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (end - run));
+          return;
+        }
+      if (G_UNLIKELY (*p == '.'))
+        {
+          pg_dot_stuffer_emit (stuffer, out, run, (gsize) (p - run));
+          g_byte_array_append (out, (const guint8 *) ".", 1);
+          run = p;
+        }
+    }
+  stuffer->at_line_start = FALSE;
+  if (end[-1] == '\r')
+    {
+      /* A CR last in the chunk: a CRLF or a bare CR, the next chunk tells. */
+      pg_dot_stuffer_emit (stuffer, out, run, (gsize) (end - 1 - run));
+      stuffer->pending_cr = TRUE;
+      return;
+    }
+  pg_dot_stuffer_emit (stuffer, out, run, (gsize) (end - run));
+}
+
 gsize
 pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteArray *out)
 {
@@ -133,6 +182,15 @@ pg_dot_stuffer_feed (PgDotStuffer *stuffer, const void *data, gsize len, GByteAr
           stuffer->at_line_start = FALSE;
         }
     }
+  if (!stuffer->top_mode)
+    {
+      if (p < end)
+        pg_dot_stuffer_feed_retr (stuffer, p, end, out);
+      stuffer->octets_in += len;
+      return len;
+    }
+
+  /* TOP: line by line, counting lines. */
   run = p;
   while (p < end && !stuffer->done)
     {

@@ -111,7 +111,9 @@ pg_pop3_command_lookup (const char *keyword, gsize len)
     {
       const char *name = pg_pop3_command_specs[i].name;
 
-      if (strlen (name) == len && g_ascii_strncasecmp (name, keyword, len) == 0)
+      /* The first letter first: a RETR, one per message, passed ten strlen()s. */
+      if (len > 0 && g_ascii_toupper (keyword[0]) == name[0] && strlen (name) == len
+          && g_ascii_strncasecmp (name, keyword, len) == 0)
         return (PgPop3CommandKind) i;
     }
   return PG_POP3_COMMAND_UNKNOWN;

@@ -1,8 +1,10 @@
 /* popgate — codec: bounded, resumable IMAP response parser.
  *
  * A byte-driven state machine: every piece of state lives in PgImapParser, so the caller
- * may split its input anywhere. Literal data is copied in bulk; body literals inside an
- * untagged FETCH are handed out as chunks that point into the caller's buffer.
+ * may split its input anywhere. Runs of bytes that only grow a token (an atom, a tag, a
+ * quoted string, text) are appended in one go; literal data is copied in bulk; body
+ * literals inside an untagged FETCH are handed out as chunks that point into the caller's
+ * buffer.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -58,19 +60,47 @@ struct _PgImapParser
   gboolean lit_tilde; /* the literal is a literal8 (~{n}) */
   guint lit_digits;
   guint64 lit_size;
-  guint64 lit_done; /* bytes of the literal consumed so far */
-  gchar *lit_buf;   /* owned: small literal being copied */
-  gchar *body_item; /* owned: item name of the body being streamed */
-  guint64 body_uid; /* UID of the FETCH whose body is being streamed, 0 if not given */
-  GError *error;    /* owned: the error that killed the parser */
+  guint64 lit_done;       /* bytes of the literal consumed so far */
+  gchar *lit_buf;         /* owned: small literal being copied */
+  const gchar *body_item; /* unowned: the item name's atom of the body being streamed, in
+                           * the response being built */
+  guint64 body_uid;       /* UID of the FETCH whose body is being streamed, 0 if not given */
+  GError *error;          /* owned: the error that killed the parser */
 };
+
+/* A value with a copy of len bytes of str (NULL: no string) in the same allocation. */
+static PgImapValue *
+pg_imap_parser_value_new (PgImapValueType type, const gchar *str, gsize len)
+{
+  PgImapValue *value;
+
+  if (str == NULL)
+    {
+      value = g_new0 (PgImapValue, 1);
+      value->type = type;
+      return value;
+    }
+  /* len is bounded by the line limit: no overflow. */
+  value = g_malloc (sizeof (PgImapValue) + len + 1);
+  value->type = type;
+  value->number = 0;
+  value->len = len;
+  value->str = (gchar *) (value + 1);
+  value->list = NULL;
+  memcpy (value->str, str, len);
+  value->str[len] = '\0';
+  return value;
+}
 
 void
 pg_imap_value_free (PgImapValue *value)
 {
   if (value == NULL)
     return;
-  g_free (value->str);
+  /* A string that came in a value's own allocation goes with it (small literals have their
+   * own buffer). */
+  if (value->str != (gchar *) (value + 1))
+    g_free (value->str);
   if (value->list != NULL)
     g_ptr_array_unref (value->list);
   g_free (value);
@@ -94,6 +124,24 @@ static GPtrArray *
 pg_imap_parser_new_value_array (void)
 {
   return g_ptr_array_new_with_free_func ((GDestroyNotify) pg_imap_value_free);
+}
+
+/* A reference to the one empty array that every response without values or without code
+ * arguments shares (most have one or the other, a tagged OK both): two GPtrArrays made and
+ * freed per response otherwise. Never written to (the header makes args and code_args
+ * read-only); the parser puts a real one in place before it adds a value. */
+static GPtrArray *
+pg_imap_parser_empty_values (void)
+{
+  static GPtrArray *empty = NULL;
+  static gsize done = 0;
+
+  if (g_once_init_enter (&done))
+    {
+      empty = pg_imap_parser_new_value_array ();
+      g_once_init_leave (&done, 1);
+    }
+  return g_ptr_array_ref (empty);
 }
 
 const char *
@@ -268,11 +316,14 @@ pg_imap_response_dump (const PgImapResponse *response)
 
 /* --- the parser ---------------------------------------------------------------------- */
 
+static void pg_imap_parser_init_run_classes (void);
+
 PgImapParser *
 pg_imap_parser_new (void)
 {
   PgImapParser *parser = g_new0 (PgImapParser, 1);
 
+  pg_imap_parser_init_run_classes ();
   parser->tok = g_string_sized_new (64);
   parser->state = PG_IMAP_PARSER_STATE_START;
   return parser;
@@ -284,7 +335,7 @@ pg_imap_parser_reset (PgImapParser *parser)
   g_clear_pointer (&parser->response, pg_imap_response_free);
   g_string_truncate (parser->tok, 0);
   g_clear_pointer (&parser->lit_buf, g_free);
-  g_clear_pointer (&parser->body_item, g_free);
+  parser->body_item = NULL;
   g_clear_error (&parser->error);
   memset (parser->stack, 0, sizeof parser->stack);
   parser->depth = 0;
@@ -356,6 +407,108 @@ pg_imap_parser_is_tag_char (guchar c)
   return pg_imap_parser_is_atom_char (c, FALSE) && c != '+' && c != '*' && c != '%' && c != '\\';
 }
 
+/* Byte classes for the runs that only grow the token: a byte of class X in a state that
+ * takes runs of X is appended to tok and leaves the state as it is, exactly as the
+ * byte-at-a-time path would (pg_imap_parser_run_class says which state takes which). */
+enum
+{
+  PG_IMAP_PARSER_RUN_ATOM = 1 << 0,      /* ATOM outside a code: an atom byte but '[' */
+  PG_IMAP_PARSER_RUN_ATOM_CODE = 1 << 1, /* ATOM in a code, KEYWORD, CODE_ATOM */
+  PG_IMAP_PARSER_RUN_TAG = 1 << 2,       /* TAG */
+  PG_IMAP_PARSER_RUN_TEXT = 1 << 3,      /* TEXT, CONT_TEXT: all but CR, LF, NUL */
+  PG_IMAP_PARSER_RUN_QUOTED = 1 << 4,    /* QUOTED: all but '"', '\\', CR, LF, NUL */
+  PG_IMAP_PARSER_RUN_SECTION = 1 << 5,   /* SECTION: all but '[', ']', CR, LF, NUL */
+};
+
+static guint8 pg_imap_parser_run_classes[256];
+
+static void
+pg_imap_parser_init_run_classes (void)
+{
+  static gsize done = 0;
+
+  if (!g_once_init_enter (&done))
+    return;
+  for (guint c = 0; c < 256; c++)
+    {
+      guint8 classes = 0;
+      gboolean line_end = c == '\r' || c == '\n' || c == '\0';
+
+      if (pg_imap_parser_is_atom_char ((guchar) c, FALSE) && c != '[')
+        classes |= PG_IMAP_PARSER_RUN_ATOM;
+      if (pg_imap_parser_is_atom_char ((guchar) c, TRUE))
+        classes |= PG_IMAP_PARSER_RUN_ATOM_CODE;
+      if (pg_imap_parser_is_tag_char ((guchar) c))
+        classes |= PG_IMAP_PARSER_RUN_TAG;
+      if (!line_end)
+        classes |= PG_IMAP_PARSER_RUN_TEXT;
+      if (!line_end && c != '"' && c != '\\')
+        classes |= PG_IMAP_PARSER_RUN_QUOTED;
+      if (!line_end && c != '[' && c != ']')
+        classes |= PG_IMAP_PARSER_RUN_SECTION;
+      pg_imap_parser_run_classes[c] = classes;
+    }
+  g_once_init_leave (&done, 1);
+}
+
+/* g_string_append_len() without its overlap and position checks when tok has room, as
+ * g_string_append_c() does inline: most tokens are a few bytes. */
+static inline void
+pg_imap_parser_tok_append (PgImapParser *parser, const guint8 *data, gsize n)
+{
+  GString *tok = parser->tok;
+
+  if (tok->len + n < tok->allocated_len)
+    {
+      memcpy (tok->str + tok->len, data, n);
+      tok->len += n;
+      tok->str[tok->len] = '\0';
+    }
+  else
+    g_string_append_len (tok, (const gchar *) data, (gssize) n);
+}
+
+/* The byte class whose runs the current state takes in bulk; 0 if it takes none. */
+static guint8
+pg_imap_parser_run_class (const PgImapParser *parser)
+{
+  switch (parser->state)
+    {
+    case PG_IMAP_PARSER_STATE_ATOM:
+      return parser->code_mode ? PG_IMAP_PARSER_RUN_ATOM_CODE : PG_IMAP_PARSER_RUN_ATOM;
+    case PG_IMAP_PARSER_STATE_KEYWORD:
+    case PG_IMAP_PARSER_STATE_CODE_ATOM:
+      return PG_IMAP_PARSER_RUN_ATOM_CODE;
+    case PG_IMAP_PARSER_STATE_TAG:
+      return PG_IMAP_PARSER_RUN_TAG;
+    case PG_IMAP_PARSER_STATE_CONT_TEXT:
+    case PG_IMAP_PARSER_STATE_TEXT:
+      return PG_IMAP_PARSER_RUN_TEXT;
+    case PG_IMAP_PARSER_STATE_QUOTED:
+      return PG_IMAP_PARSER_RUN_QUOTED;
+    case PG_IMAP_PARSER_STATE_SECTION:
+      return PG_IMAP_PARSER_RUN_SECTION;
+    case PG_IMAP_PARSER_STATE_START:
+    case PG_IMAP_PARSER_STATE_STAR:
+    case PG_IMAP_PARSER_STATE_PLUS:
+    case PG_IMAP_PARSER_STATE_RESP_TEXT:
+    case PG_IMAP_PARSER_STATE_CODE_END:
+    case PG_IMAP_PARSER_STATE_LF:
+    case PG_IMAP_PARSER_STATE_VALUE:
+    case PG_IMAP_PARSER_STATE_QUOTED_ESC:
+    case PG_IMAP_PARSER_STATE_LIT_TILDE:
+    case PG_IMAP_PARSER_STATE_LIT_SIZE:
+    case PG_IMAP_PARSER_STATE_LIT_CR:
+    case PG_IMAP_PARSER_STATE_LIT_LF:
+    case PG_IMAP_PARSER_STATE_LIT_DATA:
+    case PG_IMAP_PARSER_STATE_BODY:
+    case PG_IMAP_PARSER_STATE_FAILED:
+    case PG_IMAP_PARSER_STATE_COUNT:
+      break;
+    }
+  return 0;
+}
+
 static PgImapStatus
 pg_imap_parser_status_from_keyword (const char *keyword)
 {
@@ -381,8 +534,8 @@ pg_imap_parser_begin_response (PgImapParser *parser, PgImapResponseKind kind)
   PgImapResponse *response = g_new0 (PgImapResponse, 1);
 
   response->kind = kind;
-  response->args = pg_imap_parser_new_value_array ();
-  response->code_args = pg_imap_parser_new_value_array ();
+  response->args = pg_imap_parser_empty_values ();
+  response->code_args = pg_imap_parser_empty_values ();
   parser->response = response;
   parser->depth = 0;
   parser->n_values = 0;
@@ -410,21 +563,18 @@ pg_imap_parser_add_value (PgImapParser *parser, PgImapValue *value, GError **err
 static gboolean
 pg_imap_parser_finish_atom (PgImapParser *parser, GError **error)
 {
-  PgImapValue *value = g_new0 (PgImapValue, 1);
+  PgImapValue *value;
   guint64 number;
 
   if (g_ascii_strcasecmp (parser->tok->str, "NIL") == 0)
-    value->type = PG_IMAP_VALUE_NIL;
-  else
+    value = pg_imap_parser_value_new (PG_IMAP_VALUE_NIL, NULL, 0);
+  else if (pg_imap_parser_parse_number (parser->tok->str, parser->tok->len, &number))
     {
-      value->type = pg_imap_parser_parse_number (parser->tok->str, parser->tok->len, &number)
-                        ? PG_IMAP_VALUE_NUMBER
-                        : PG_IMAP_VALUE_ATOM;
-      if (value->type == PG_IMAP_VALUE_NUMBER)
-        value->number = number;
-      value->len = parser->tok->len;
-      value->str = g_strndup (parser->tok->str, parser->tok->len);
+      value = pg_imap_parser_value_new (PG_IMAP_VALUE_NUMBER, parser->tok->str, parser->tok->len);
+      value->number = number;
     }
+  else
+    value = pg_imap_parser_value_new (PG_IMAP_VALUE_ATOM, parser->tok->str, parser->tok->len);
   g_string_truncate (parser->tok, 0);
   return pg_imap_parser_add_value (parser, value, error);
 }
@@ -482,8 +632,7 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
           if (parser->depth >= PG_UPSTREAM_MAX_DEPTH)
             return pg_imap_parser_fail (parser, error, PG_ERROR_LIMIT,
                                         "lists nested deeper than %d", PG_UPSTREAM_MAX_DEPTH);
-          value = g_new0 (PgImapValue, 1);
-          value->type = PG_IMAP_VALUE_LIST;
+          value = pg_imap_parser_value_new (PG_IMAP_VALUE_LIST, NULL, 0);
           value->list = pg_imap_parser_new_value_array ();
           if (!pg_imap_parser_add_value (parser, value, error))
             return FALSE;
@@ -570,10 +719,8 @@ pg_imap_parser_value_byte (PgImapParser *parser, guchar c, gboolean *out_reproce
     case PG_IMAP_PARSER_STATE_QUOTED:
       if (c == '"')
         {
-          PgImapValue *value = g_new0 (PgImapValue, 1);
-          value->type = PG_IMAP_VALUE_STRING;
-          value->len = parser->tok->len;
-          value->str = g_strndup (parser->tok->str, parser->tok->len);
+          PgImapValue *value
+              = pg_imap_parser_value_new (PG_IMAP_VALUE_STRING, parser->tok->str, parser->tok->len);
           g_string_truncate (parser->tok, 0);
           parser->state = PG_IMAP_PARSER_STATE_VALUE;
           return pg_imap_parser_add_value (parser, value, error);
@@ -680,12 +827,11 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
     return pg_imap_parser_fail (parser, error, PG_ERROR_PROTOCOL, "numbered status response");
 
   if (response->status != PG_IMAP_STATUS_NONE)
-    {
-      response->text = g_strdup ("");
-      parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_RESP_TEXT : PG_IMAP_PARSER_STATE_LF;
-    }
+    parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_RESP_TEXT : PG_IMAP_PARSER_STATE_LF;
   else
     {
+      g_ptr_array_unref (response->args);
+      response->args = pg_imap_parser_new_value_array ();
       parser->stack[0] = response->args;
       parser->code_mode = FALSE;
       parser->state = c == ' ' ? PG_IMAP_PARSER_STATE_VALUE : PG_IMAP_PARSER_STATE_LF;
@@ -693,10 +839,11 @@ pg_imap_parser_finish_keyword (PgImapParser *parser, guchar c, GError **error)
   return TRUE;
 }
 
+/* The text of a status or continuation, once: a response without any gets "" when it ends
+ * (pg_imap_parser_end_response). */
 static void
 pg_imap_parser_take_text (PgImapParser *parser)
 {
-  g_free (parser->response->text);
   parser->response->text = g_strndup (parser->tok->str, parser->tok->len);
   g_string_truncate (parser->tok, 0);
 }
@@ -775,7 +922,6 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
       return TRUE;
 
     case PG_IMAP_PARSER_STATE_PLUS:
-      parser->response->text = g_strdup ("");
       if (c == '\r')
         {
           parser->state = PG_IMAP_PARSER_STATE_LF;
@@ -843,6 +989,8 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
             {
               parser->code_mode = TRUE;
               parser->depth = 0;
+              g_ptr_array_unref (parser->response->code_args);
+              parser->response->code_args = pg_imap_parser_new_value_array ();
               parser->stack[0] = parser->response->code_args;
               parser->state = PG_IMAP_PARSER_STATE_VALUE;
             }
@@ -890,6 +1038,20 @@ pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reproces
   g_assert_not_reached ();
 }
 
+/* The response is complete: hand it out, with "" as the text of a status or continuation
+ * that had none. */
+static PgImapResponse *
+pg_imap_parser_end_response (PgImapParser *parser)
+{
+  PgImapResponse *response = g_steal_pointer (&parser->response);
+
+  if (response->text == NULL
+      && (response->status != PG_IMAP_STATUS_NONE
+          || response->kind == PG_IMAP_RESPONSE_CONTINUATION))
+    response->text = g_strdup ("");
+  return response;
+}
+
 static void
 pg_imap_parser_event_clear (PgImapEvent *event)
 {
@@ -908,8 +1070,7 @@ pg_imap_parser_start_literal (PgImapParser *parser, gboolean *out_begin_body, GE
       const GPtrArray *list = parser->stack[1];
       const PgImapValue *name = g_ptr_array_index (list, list->len - 1);
 
-      g_free (parser->body_item);
-      parser->body_item = g_strdup (name->str);
+      parser->body_item = name->str;
       /* The UID, when it came before the body, tells a client with several pipelined
        * FETCHes which one this body answers (servers may interleave their output). */
       parser->body_uid = 0;
@@ -969,6 +1130,8 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
     {
       guchar c;
       gboolean reprocess = FALSE;
+      guint8 run_class;
+      gboolean lf_as_crlf;
 
       if (parser->state == PG_IMAP_PARSER_STATE_BODY)
         {
@@ -1027,8 +1190,28 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
 
       if (pos == len)
         break;
-      c = data[pos++];
 
+      /* A run of bytes that only grows the token goes into it in one append; it stops
+       * short of the line and response limits, so the byte that would cross one takes the
+       * byte-at-a-time path below and fails there, with the same error as ever. */
+      run_class = pg_imap_parser_run_class (parser);
+      if (run_class != 0)
+        {
+          gsize max = MIN (len - pos, MIN (PG_UPSTREAM_MAX_LINE - parser->line_len,
+                                           PG_UPSTREAM_MAX_RESPONSE - parser->total));
+          gsize n = 0;
+
+          while (n < max && (pg_imap_parser_run_classes[data[pos + n]] & run_class) != 0)
+            n++;
+          pg_imap_parser_tok_append (parser, data + pos, n);
+          parser->line_len += n;
+          parser->total += n;
+          pos += n;
+          if (pos == len)
+            break;
+        }
+
+      c = data[pos++];
       parser->line_len++;
       if (parser->line_len > PG_UPSTREAM_MAX_LINE)
         {
@@ -1036,9 +1219,15 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
                                PG_UPSTREAM_MAX_LINE);
           return PG_IMAP_PARSE_ERROR;
         }
-      if (parser->state != PG_IMAP_PARSER_STATE_START
-          && !pg_imap_parser_add_to_total (parser, 1, error))
-        return PG_IMAP_PARSE_ERROR;
+      if (parser->state != PG_IMAP_PARSER_STATE_START)
+        {
+          if (G_UNLIKELY (parser->total >= PG_UPSTREAM_MAX_RESPONSE))
+            {
+              pg_imap_parser_add_to_total (parser, 1, error); /* fails, with its message */
+              return PG_IMAP_PARSE_ERROR;
+            }
+          parser->total++;
+        }
 
       if (parser->state == PG_IMAP_PARSER_STATE_LIT_LF)
         {
@@ -1069,25 +1258,24 @@ pg_imap_parser_feed (PgImapParser *parser, const guint8 *data, gsize len, gsize 
        * replies so; Dovecot's imapc accepts it too): it is handled as if a CR came first,
        * so every rule about where a line may end still holds. Never inside a literal
        * (counted octets, not lines) or a quoted string, and a NUL is still an error. */
-      if (c == '\n' && pg_imap_parser_lf_ends_line (parser->state))
-        do
-          {
-            if (!pg_imap_parser_line_byte (parser, '\r', &reprocess, error))
-              return PG_IMAP_PARSE_ERROR;
-          }
-        while (reprocess);
-      do
+      lf_as_crlf = c == '\n' && pg_imap_parser_lf_ends_line (parser->state);
+      /* One call site, so that the compiler may inline the state machine. */
+      for (guchar b = lf_as_crlf ? '\r' : c;;)
         {
-          if (!pg_imap_parser_line_byte (parser, c, &reprocess, error))
+          if (!pg_imap_parser_line_byte (parser, b, &reprocess, error))
             return PG_IMAP_PARSE_ERROR;
+          if (reprocess)
+            continue;
+          if (b == c)
+            break;
+          b = c;
         }
-      while (reprocess);
 
       if (parser->state == PG_IMAP_PARSER_STATE_START)
         {
           /* The LF of a complete response. */
           pg_imap_parser_event_clear (out_event);
-          out_event->response = g_steal_pointer (&parser->response);
+          out_event->response = pg_imap_parser_end_response (parser);
           parser->line_len = 0;
           *out_consumed = pos;
           return PG_IMAP_PARSE_RESPONSE;

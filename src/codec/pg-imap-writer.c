@@ -218,9 +218,10 @@ pg_imap_writer_finish (PgImapWriter *writer)
   GPtrArray *parts;
 
   g_string_append (writer->line, "\r\n");
-  pg_imap_writer_flush_line (writer);
+  /* The last line's buffer becomes its part (flush_line would copy it and free it). */
+  pg_imap_writer_push_part (writer, g_string_free_to_bytes (g_steal_pointer (&writer->line)),
+                            writer->next_waits, FALSE);
   parts = g_steal_pointer (&writer->parts);
-  g_string_free (writer->line, TRUE);
   g_free (writer);
   return parts;
 }
