@@ -2125,6 +2125,51 @@ test_peer_steal_conn (void)
   pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
 }
 
+/* compress = auto against Dovecot with imap_zlib: COMPRESS DEFLATE goes up right after
+ * login, and the whole session (snapshot, bodies of several chunks byte for byte,
+ * partials, flags, expunge) runs deflated; a connection held for the relay stays
+ * uncompressed and is handed over as a bare stream. */
+static void
+test_dovecot_compress (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  config = pg_test_config ("127.0.0.1", fixture->dovecot->imap_port, "none", NULL,
+                           "compress = auto\n");
+  upstream = pg_upstream_new (config, &config->upstream, 11);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_nonnull (strstr (pg_test_log->str, "upstream C: p2 COMPRESS DEFLATE"));
+  g_assert_nonnull (strstr (pg_test_log->str, "upstream: COMPRESS=DEFLATE on"));
+  g_assert_null (strstr (pg_test_log->str, "COMPRESS refused"));
+
+  {
+    g_autoptr (PgUpstream) relayed = pg_upstream_new (config, &config->upstream, 12);
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GBytes) buffered = NULL;
+    g_autoptr (GIOStream) stream = NULL;
+    g_autoptr (GString) got = g_string_new (NULL);
+    gsize written = 0;
+
+    g_string_truncate (pg_test_log, 0);
+    PG_TEST_ASSERT_OK (pg_test_connect (relayed, &error), error);
+    pg_upstream_hold_when_idle (relayed);
+    PG_TEST_ASSERT_OK (pg_test_login (relayed, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                       error);
+    g_assert_null (strstr (pg_test_log->str, "COMPRESS"));
+    stream = pg_upstream_steal_stream (relayed, &buffered, &error);
+    g_assert_no_error (error);
+    g_assert_nonnull (stream);
+    g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (stream), "x NOOP\r\n",
+                                              8, &written, NULL, &error));
+    g_assert_no_error (error);
+    g_string_append_len (got, g_bytes_get_data (buffered, NULL), g_bytes_get_size (buffered));
+    pg_test_stream_read_until (stream, got, "x OK");
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -2157,6 +2202,7 @@ main (int argc, char **argv)
 
   {
     static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+    static const PgTestDovecotOptions with_zlib = { .zlib = TRUE };
 #define ADD(path, func, options)                                                                   \
   g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func,   \
               upstream_teardown)
@@ -2169,6 +2215,7 @@ main (int argc, char **argv)
     ADD ("move-and-long-sets", test_dovecot_move_and_long_sets, NULL);
     ADD ("metadata", test_dovecot_metadata, &with_metadata);
     ADD ("shutdown", test_dovecot_shutdown, NULL);
+    ADD ("compress", test_dovecot_compress, &with_zlib);
 #undef ADD
   }
 

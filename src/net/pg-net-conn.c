@@ -735,10 +735,10 @@ pg_conn_inflate_step (PgConn *conn)
         {
           if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT))
             break;
-          pg_conn_zread_complete (conn, -1,
-                                  g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
-                                               "invalid compressed data from the client: %s",
-                                               error->message));
+          pg_conn_zread_complete (
+              conn, -1,
+              g_error_new (PG_ERROR, PG_ERROR_PROTOCOL, "invalid compressed data from the %s: %s",
+                           conn->upstream ? "server" : "client", error->message));
           return;
         }
       conn->zin_off += r;
@@ -761,8 +761,9 @@ pg_conn_inflate_step (PgConn *conn)
   if (conn->zin_len == PG_CONN_ZLIB_INPUT)
     {
       pg_conn_zread_complete (conn, -1,
-                              g_error_new_literal (PG_ERROR, PG_ERROR_PROTOCOL,
-                                                   "compressed data from the client stalled"));
+                              g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                           "compressed data from the %s stalled",
+                                           conn->upstream ? "server" : "client"));
       return;
     }
   memmove (conn->zin, conn->zin + conn->zin_off, conn->zin_len);

@@ -53,6 +53,7 @@ typedef enum
   PG_UPSTREAM_CMD_FETCH_BODY,
   PG_UPSTREAM_CMD_GETMETADATA,
   PG_UPSTREAM_CMD_LOGOUT,
+  PG_UPSTREAM_CMD_COMPRESS, /* nothing may follow it until its reply (RFC 4978 §3) */
 } PgUpstreamCmdKind;
 
 typedef struct _PgUpstreamCmd PgUpstreamCmd;
@@ -128,6 +129,7 @@ struct _PgUpstream
   gboolean reading; /* a read on conn is pending, or (waiting) a readable wait is set */
   gboolean waiting;
   gboolean paused, upgrading, processing;
+  gboolean compressing;    /* COMPRESS sent, not answered: the commands after it wait */
   guint corked;            /* pg_upstream_cork() depth: commands wait in unsent */
   guint32 guessed_uid;     /* a body literal came before its UID: the UID it was routed to */
   guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
@@ -554,6 +556,7 @@ pg_upstream_fail (PgUpstream *self, const GError *error)
   self->deadline_us = self->pause_deadline_us = self->connect_deadline_us = 0;
   self->sending = NULL;
   self->paused = FALSE;
+  self->compressing = FALSE;
 
   closed_error = error != NULL ? g_error_copy (error)
                                : g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
@@ -713,9 +716,13 @@ pg_upstream_flush (PgUpstream *self)
 
       if (cmd == NULL)
         {
+          if (self->compressing)
+            break; /* they go out deflated, after the OK */
           cmd = g_queue_pop_head (&self->unsent);
           if (cmd == NULL)
             break;
+          if (cmd->kind == PG_UPSTREAM_CMD_COMPRESS)
+            self->compressing = TRUE;
           g_queue_push_tail (&self->pending, cmd);
           self->sending = cmd;
           cmd->sent_us = g_get_monotonic_time ();
@@ -1471,6 +1478,78 @@ pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImap
   pg_upstream_start_tls (self);
 }
 
+/* --- COMPRESS=DEFLATE (RFC 4978), [upstream] compress = auto ------------------------ */
+
+static void
+pg_upstream_compress_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                              const GError *error)
+{
+  g_autoptr (GError) local = NULL;
+
+  self->compressing = FALSE;
+  if (error != NULL)
+    {
+      pg_upstream_cmd_return_error (cmd, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      /* An optimisation the server declined: the session goes on uncompressed. */
+      g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+
+      pg_session_info (self->sid, "upstream: COMPRESS refused: %s %s", tagged->keyword, text);
+      pg_upstream_cmd_return_boolean (cmd, TRUE);
+      pg_upstream_flush (self);
+      return;
+    }
+  /* Everything after the OK is deflated: what is buffered behind it goes to the inflater,
+   * before anyone (the login's caller) can send the next command. */
+  if (!pg_conn_start_compress (self->conn, self->rbuf + self->rpos, self->rlen - self->rpos,
+                               &local))
+    {
+      g_autoptr (GError) failed = g_error_new (
+          PG_ERROR, PG_ERROR_PROTOCOL, "upstream compression did not start: %s", local->message);
+
+      pg_upstream_cmd_return_error (cmd, g_error_copy (failed));
+      pg_upstream_fail (self, failed);
+      return;
+    }
+  self->rpos = self->rlen;
+  pg_session_debug (self->sid, "upstream: COMPRESS=DEFLATE on");
+  pg_upstream_cmd_return_boolean (cmd, TRUE);
+  pg_upstream_flush (self);
+}
+
+/* A login succeeded and the capabilities are current: complete cmd's task, after
+ * COMPRESS DEFLATE when configured and offered. Not for a connection the relay will take
+ * over (hold_when_idle): it forwards the upstream's bytes as they are. */
+static void
+pg_upstream_logged_in (PgUpstream *self, PgUpstreamCmd *cmd)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  PgUpstreamCmd *compress;
+
+  if (!self->upstream_config->compress || self->hold_when_idle || self->conn == NULL
+      || pg_conn_is_compressed (self->conn) || !g_queue_is_empty (&self->pending)
+      || !pg_upstream_has_capability (self, "COMPRESS=DEFLATE"))
+    {
+      if (task != NULL)
+        g_task_return_boolean (task, TRUE);
+      return;
+    }
+  compress = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_COMPRESS, "COMPRESS", task,
+                                  pg_upstream_compress_done_cb);
+  {
+    PgImapWriter *writer = pg_upstream_cmd_writer (self, compress);
+
+    pg_imap_writer_add_raw (writer, " DEFLATE");
+    /* First in line: a command the caller queued meanwhile must follow it. */
+    compress->parts = pg_imap_writer_finish (writer);
+    g_queue_push_head (&self->unsent, compress);
+    pg_upstream_flush (self);
+  }
+}
+
 static void
 pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                                 const GError *error)
@@ -1490,12 +1569,12 @@ pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgIm
       return;
     }
   if (cmd->task != NULL)
-    pg_upstream_cmd_return_boolean (cmd, TRUE);
+    pg_upstream_logged_in (self, cmd); /* the refresh after a login */
   else if (self->connect_task != NULL)
     pg_upstream_connect_after_caps (self);
 }
 
-/* CAPABILITY; completes task (if any) or goes on with connecting. */
+/* CAPABILITY; completes the login task (if any) or goes on with connecting. */
 static void
 pg_upstream_queue_capability (PgUpstream *self, GTask *task)
 {
@@ -1722,7 +1801,7 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
                                                               : cmd->mechanism);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
   if (self->caps_from_code)
-    pg_upstream_cmd_return_boolean (cmd, TRUE);
+    pg_upstream_logged_in (self, cmd);
   else
     {
       /* Capabilities change after login; the server did not tell us, so ask. */
