@@ -2168,6 +2168,31 @@ test_dovecot_compress (UpstreamFixture *fixture, gconstpointer data)
     g_string_append_len (got, g_bytes_get_data (buffered, NULL), g_bytes_get_size (buffered));
     pg_test_stream_read_until (stream, got, "x OK");
   }
+
+  /* A compressed connection is handed over only as a PgConn, zlib state and all. */
+  {
+    g_autoptr (PgUpstream) compressed = pg_upstream_new (config, &config->upstream, 13);
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GBytes) buffered = NULL;
+    g_autoptr (PgConn) conn = NULL;
+    g_autoptr (GString) got = g_string_new (NULL);
+
+    PG_TEST_ASSERT_OK (pg_test_connect (compressed, &error), error);
+    PG_TEST_ASSERT_OK (pg_test_login (compressed, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                       error);
+    g_assert_null (pg_upstream_steal_stream (compressed, &buffered, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+    g_assert_nonnull (strstr (error->message, "compressed"));
+    g_clear_error (&error);
+    g_assert_false (pg_upstream_is_closed (compressed));
+    conn = pg_upstream_steal_conn (compressed, &buffered, &error);
+    g_assert_no_error (error);
+    g_assert_true (pg_conn_is_compressed (conn));
+    g_assert_cmpuint (g_bytes_get_size (buffered), ==, 0);
+    pg_conn_write (conn, "x NOOP\r\n", 8);
+    pg_test_conn_read_until (conn, got, "x OK");
+    pg_conn_close (conn);
+  }
 }
 
 int

@@ -246,8 +246,9 @@ GStrv pg_upstream_dup_capabilities (PgUpstream *self);
  * GIOStream (transfer full) and *out_buffered, the bytes already read but not parsed
  * (possibly empty), which the caller must treat as the start of the server's stream. It
  * fails (PG_ERROR_UPSTREAM) unless logged in with no command, read or write
- * outstanding. Afterwards the PgUpstream is inert: is_closed() is TRUE, "closed" is not
- * emitted, commands fail, and dropping it does not touch the connection. */
+ * outstanding (an idle connection's wait for unsolicited data does not count). Afterwards the
+ * PgUpstream is inert: is_closed() is TRUE, "closed" is not emitted, commands fail, and dropping it
+ * does not touch the connection. */
 void pg_upstream_hold_when_idle (PgUpstream *self);
 GIOStream *pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error);
 

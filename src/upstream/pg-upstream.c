@@ -2912,9 +2912,11 @@ pg_upstream_check_hand_over (PgUpstream *self, GError **error)
       return FALSE;
     }
   /* A pending read or write, or a command in flight, would own bytes we cannot hand
-   * over: the caller must steal at a response boundary with nothing outstanding. */
-  if (self->reading || self->upgrading || self->conn == NULL || pg_conn_get_queued (self->conn) > 0
-      || !g_queue_is_empty (&self->pending) || !g_queue_is_empty (&self->unsent))
+   * over: the caller must steal at a response boundary with nothing outstanding. (The
+   * wait of an idle connection owns none: it is simply dropped.) */
+  if ((self->reading && !self->waiting) || self->upgrading || self->conn == NULL
+      || pg_conn_get_queued (self->conn) > 0 || !g_queue_is_empty (&self->pending)
+      || !g_queue_is_empty (&self->unsent))
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is busy; cannot hand it over");
