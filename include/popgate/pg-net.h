@@ -25,7 +25,7 @@ typedef enum
 
 const char *pg_frontend_to_string (PgFrontend frontend);
 
-/* --- PgConn: one client connection ------------------------------------------------- */
+/* --- PgConn: one connection, a client's or popgate's own to an upstream ------------- */
 
 #define PG_TYPE_CONN (pg_conn_get_type ())
 G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)

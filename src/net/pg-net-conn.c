@@ -1,4 +1,5 @@
-/* popgate — one client connection: reads, an ordered write queue with back-pressure,
+/* popgate — one connection (a client's, or popgate's own to an upstream server; the one
+ * engine under both): reads, an ordered write queue with back-pressure,
  * an idle timer, TLS upgrade, and a single "closed" notification.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later

@@ -2,10 +2,12 @@
  *
  * Shape (after Dovecot's lib-imap-client): a queue of tagged commands, written one part at
  * a time (a literal's data waits for "+" unless LITERAL+), replies matched by tag, untagged
- * data routed to the oldest command that asked for it or emitted as signals. Reading uses
- * a fixed buffer and the pure parser in src/codec; at most one read and one write are
- * pending. Body chunks go to the consumer, which may pause us: while paused we neither
- * parse nor read, so memory does not depend on message size.
+ * data routed to the oldest command that asked for it or emitted as signals. The I/O is
+ * the connection engine's (PgConn, src/net: connect, reads, the ordered write queue, the
+ * one deadline timer, TLS, compression); this file is the protocol. Reading uses a fixed
+ * buffer and the pure parser in src/codec; at most one read is pending. Body chunks go to
+ * the consumer, which may pause us: while paused we neither parse nor read, so memory does
+ * not depend on message size.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -384,7 +386,11 @@ pg_upstream_task_new (PgUpstream *self, gpointer source_tag, GCancellable *cance
  * While our consumer pauses us (its client is behind), the server is not at fault, but we
  * still have a deadline: PG_UPSTREAM_MAX_PAUSE_MS or the POP3 autologout, whichever is
  * longer — past that the client has not taken a chunk for longer than it could stay idle,
- * and the session could only hang. */
+ * and the session could only hang.
+ *
+ * While connecting, one more: connect_timeout from the start, over TCP, TLS, greeting,
+ * capabilities and STARTTLS. The connection's one timer (pg_conn_set_deadline_at) is set
+ * to the earliest of them. */
 
 static gint64
 pg_upstream_timeout_us (PgUpstream *self)
