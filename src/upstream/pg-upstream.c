@@ -702,19 +702,37 @@ pg_upstream_batch_fetches (PgUpstream *self, PgUpstreamCmd *leader)
   g_ptr_array_add (leader->parts, part);
 }
 
+/* Write what flush collected: the one part it holds back, and end the cork of several. */
+static void
+pg_upstream_flush_out (PgConn *conn, GBytes **held, gboolean *corked)
+{
+  if (*held != NULL)
+    {
+      pg_conn_write_bytes (conn, *held);
+      g_clear_pointer (held, g_bytes_unref);
+    }
+  if (*corked)
+    {
+      pg_conn_uncork (conn);
+      *corked = FALSE;
+    }
+}
+
 /* Hand the connection every part that may go now, in order: the queued commands and, of
- * the command being sent, its parts up to one that waits for the server's "+". Corked,
- * so that pipelined commands (and a command with its non-synchronising literals) leave in
- * one write; the connection queues what the socket does not take at once. */
+ * the command being sent, its parts up to one that waits for the server's "+". Several
+ * parts (pipelined commands, a command and its non-synchronising literals) are corked so
+ * that they leave in one write; a single one (the usual UID FETCH) goes as it is, without
+ * a copy into the cork. The connection queues what the socket does not take at once. */
 static void
 pg_upstream_flush (PgUpstream *self)
 {
   g_autoptr (PgConn) conn = NULL;
+  GBytes *held = NULL; /* owned: the first part, written alone if no other follows */
+  gboolean corked = FALSE;
 
   if (self->conn == NULL || self->upgrading || self->state == PG_UPSTREAM_STATE_CLOSED)
     return;
   conn = g_object_ref (self->conn);
-  pg_conn_cork (conn);
   while (self->corked == 0 || self->sending != NULL)
     {
       PgUpstreamCmd *cmd = self->sending;
@@ -750,14 +768,25 @@ pg_upstream_flush (PgUpstream *self)
         {
           /* Never copied into the cork's buffer, which is reused and not wiped: the
            * socket takes a secret from the part itself, or the queue keeps a reference. */
-          pg_conn_uncork (conn);
+          pg_upstream_flush_out (conn, &held, &corked);
           pg_conn_write_bytes (conn, part->bytes);
-          pg_conn_cork (conn);
         }
+      else if (held == NULL && !corked)
+        held = g_bytes_ref (part->bytes);
       else
-        pg_conn_write_bytes (conn, part->bytes);
+        {
+          if (!corked)
+            {
+              /* A second part: from here on, corked, behind the first. */
+              pg_conn_cork (conn);
+              corked = TRUE;
+              pg_conn_write_bytes (conn, held);
+              g_clear_pointer (&held, g_bytes_unref);
+            }
+          pg_conn_write_bytes (conn, part->bytes);
+        }
     }
-  pg_conn_uncork (conn);
+  pg_upstream_flush_out (conn, &held, &corked);
 }
 
 /* --- capabilities ------------------------------------------------------------------------ */
