@@ -281,6 +281,15 @@ test_retr_exact (Fixture *fx, gconstpointer data)
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
+/* [upstream] compress = auto: the upstream session runs deflated (Dovecot offers
+ * COMPRESS=DEFLATE with imap_zlib) and every RETR is still byte-exact. */
+static void
+test_compress (Fixture *fx, gconstpointer data)
+{
+  test_retr_exact (fx, data);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "upstream: COMPRESS=DEFLATE on", 10000));
+}
+
 static void
 test_retr_large (Fixture *fx, gconstpointer data)
 {
@@ -1097,6 +1106,9 @@ main (int argc, char **argv)
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
+  static const char *const compress[] = { "upstream", "compress", "auto", "-", "arg", "-v", NULL };
+  /* COMPRESS=DEFLATE offered after login (compress = auto uses it; the rest ignore it). */
+  static const PgTestDovecotOptions with_zlib = { .zlib = TRUE };
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
   static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
@@ -1137,10 +1149,11 @@ main (int argc, char **argv)
     { "/popgate/pop3/poplib", NULL, test_poplib },
     { "/popgate/pop3/tls-close", NULL, test_tls_close },
     { "/popgate/pop3/shutdown-drain", drain, test_shutdown_drain },
+    { "/popgate/pop3/compress", compress, test_compress },
   };
 
   g_test_init (&argc, &argv, NULL);
-  upstream = pg_test_dovecot_new (NULL, &error);
+  upstream = pg_test_dovecot_new (&with_zlib, &error);
   g_assert_no_error (error);
 
   /* Every test's user exists before Dovecot starts: its passwd-file cache goes by mtime,
