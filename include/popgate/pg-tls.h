@@ -1,5 +1,6 @@
-/* popgate — TLS: certificate checks that GIO's loaders do not make, and the client
- * handshake popgate makes to its upstream servers.
+/* popgate — TLS: certificate loading with the checks that GIO's loaders do not make, and
+ * the handshakes: the server's (popgate's listeners, STLS/STARTTLS) and the client's
+ * (popgate to its upstream servers).
  *
  * g_tls_certificate_new_from_files() accepts a private key that belongs to another
  * certificate; every handshake then fails with "Public key signature verification has
@@ -21,6 +22,19 @@ gboolean pg_tls_check_pair (const char *cert_file, const char *key_file, GError 
 
 /* A PEM CA file that holds at least one certificate. PG_ERROR_TLS otherwise. */
 gboolean pg_tls_check_ca_file (const char *ca_file, GError **error);
+
+/* The certificate (chain) and key popgate presents to its clients: checked as
+ * pg_tls_check_pair() does, then loaded. */
+GTlsCertificate *pg_tls_load_certificate (const char *cert_file, const char *key_file,
+                                          GError **error);
+
+/* The server side of TLS over `base` (an accepted connection, or plaintext after
+ * STLS/STARTTLS) with `certificate`. Completes with the GTlsServerConnection (transfer
+ * full); errors are GIO's, as the handshake gave them. */
+void pg_tls_server_handshake_async (GIOStream *base, GTlsCertificate *certificate,
+                                    GCancellable *cancellable, GAsyncReadyCallback callback,
+                                    gpointer user_data);
+GIOStream *pg_tls_server_handshake_finish (GAsyncResult *result, GError **error);
 
 /* The client side of TLS over `base` (a TCP connection, or plaintext after STARTTLS) to
  * the server `host`:`port`: the certificate must chain to `ca_file` (NULL: the system trust

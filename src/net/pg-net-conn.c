@@ -1284,15 +1284,16 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autoptr (GTask) task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
+  GIOStream *tls = pg_tls_server_handshake_finish (result, &error);
 
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+  if (tls == NULL)
     {
       g_task_return_error (task, error);
       return;
     }
   pg_conn_drop_read_source (conn); /* it watched the plaintext stream */
   g_clear_object (&conn->stream);
-  conn->stream = G_IO_STREAM (g_object_ref (source));
+  conn->stream = tls;
   conn->tls = TRUE;
   g_task_return_boolean (task, TRUE);
 }
@@ -1302,8 +1303,6 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
                          gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
-  g_autoptr (GIOStream) tls = NULL;
-  GError *error = NULL;
 
   g_task_set_source_tag (task, pg_conn_start_tls_async);
   if (!pg_conn_can_start_tls (conn) || conn->read_pending || pg_conn_get_queued (conn) > 0)
@@ -1313,15 +1312,9 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
     }
   /* From here the handshake reads the socket, not us. */
   pg_conn_drop_read_source (conn);
-  tls = g_tls_server_connection_new (conn->stream, conn->tls_cert, &error);
-  if (tls == NULL)
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
-                                    cancellable != NULL ? cancellable : conn->cancellable,
-                                    pg_conn_handshake_cb, g_steal_pointer (&task));
+  pg_tls_server_handshake_async (conn->stream, conn->tls_cert,
+                                 cancellable != NULL ? cancellable : conn->cancellable,
+                                 pg_conn_handshake_cb, g_steal_pointer (&task));
 }
 
 gboolean

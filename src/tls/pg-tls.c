@@ -1,5 +1,5 @@
-/* popgate — TLS: certificate checks that GIO's loaders do not make, and the client
- * handshake (see pg-tls.h).
+/* popgate — TLS: certificate loading and checks, the server and the client handshake
+ * (see pg-tls.h).
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -70,6 +70,58 @@ pg_tls_check_ca_file (const char *ca_file, GError **error)
       return FALSE;
     }
   return TRUE;
+}
+
+GTlsCertificate *
+pg_tls_load_certificate (const char *cert_file, const char *key_file, GError **error)
+{
+  /* GIO loads a key of another certificate without a word; every handshake would fail. */
+  if (!pg_tls_check_pair (cert_file, key_file, error))
+    return NULL;
+  return g_tls_certificate_new_from_files (cert_file, key_file, error);
+}
+
+/* --- server handshake ------------------------------------------------------------------- */
+
+static void
+pg_tls_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  GError *error = NULL;
+
+  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  g_task_return_pointer (task, g_object_ref (source), g_object_unref);
+}
+
+void
+pg_tls_server_handshake_async (GIOStream *base, GTlsCertificate *certificate,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
+  GError *error = NULL;
+  g_autoptr (GIOStream) tls = NULL;
+
+  g_task_set_source_tag (task, pg_tls_server_handshake_async);
+  tls = g_tls_server_connection_new (base, certificate, &error);
+  if (tls == NULL)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, cancellable,
+                                    pg_tls_server_handshake_cb, g_steal_pointer (&task));
+}
+
+GIOStream *
+pg_tls_server_handshake_finish (GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, NULL), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
 }
 
 /* --- client handshake ------------------------------------------------------------------- */
