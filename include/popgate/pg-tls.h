@@ -29,23 +29,25 @@ GTlsCertificate *pg_tls_load_certificate (const char *cert_file, const char *key
                                           GError **error);
 
 /* The server side of TLS over `base` (an accepted connection, or plaintext after
- * STLS/STARTTLS) with `certificate`. Completes with the GTlsServerConnection (transfer
- * full); errors are GIO's, as the handshake gave them. */
+ * STLS/STARTTLS) with `certificate`. Complete it with pg_tls_handshake_finish(); its
+ * errors are GIO's, as the handshake gave them. */
 void pg_tls_server_handshake_async (GIOStream *base, GTlsCertificate *certificate,
                                     GCancellable *cancellable, GAsyncReadyCallback callback,
                                     gpointer user_data);
-GIOStream *pg_tls_server_handshake_finish (GAsyncResult *result, GError **error);
 
 /* The client side of TLS over `base` (a TCP connection, or plaintext after STARTTLS) to
  * the server `host`:`port`: the certificate must chain to `ca_file` (NULL: the system trust
  * store) and name `host`; any verification error fails the handshake (there is no
- * "accept-certificate" handler). Completes with the GTlsClientConnection (transfer full),
- * which from then on is the stream to use. Errors are PG_ERROR_TLS, worded for an admin
+ * "accept-certificate" handler). Complete it with pg_tls_handshake_finish(). Errors are
+ * PG_ERROR_TLS, worded for an admin
  * ("TLS: certificate not signed by a trusted CA (…)", "CA file F: …"); a cancelled
  * handshake is G_IO_ERROR_CANCELLED. */
 void pg_tls_client_handshake_async (GIOStream *base, const char *host, guint16 port,
                                     const char *ca_file, GCancellable *cancellable,
                                     GAsyncReadyCallback callback, gpointer user_data);
-GIOStream *pg_tls_client_handshake_finish (GAsyncResult *result, GError **error);
+
+/* Either handshake's end: the TLS connection (transfer full), from then on the stream to
+ * use, or NULL with the error. */
+GIOStream *pg_tls_handshake_finish (GAsyncResult *result, GError **error);
 
 G_END_DECLS

@@ -1284,7 +1284,7 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autoptr (GTask) task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
-  GIOStream *tls = pg_tls_server_handshake_finish (result, &error);
+  GIOStream *tls = pg_tls_handshake_finish (result, &error);
 
   if (tls == NULL)
     {
@@ -1330,7 +1330,7 @@ pg_conn_client_handshake_cb (GObject *source, GAsyncResult *result, gpointer use
   g_autoptr (GTask) task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
-  g_autoptr (GIOStream) tls = pg_tls_client_handshake_finish (result, &error);
+  g_autoptr (GIOStream) tls = pg_tls_handshake_finish (result, &error);
 
   if (tls == NULL)
     {

@@ -381,7 +381,7 @@ pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_dat
   PgAccept *accept = user_data;
   g_autoptr (GError) error = NULL;
 
-  accept->stream = pg_tls_server_handshake_finish (result, &error);
+  accept->stream = pg_tls_handshake_finish (result, &error);
   if (accept->stream == NULL)
     {
       pg_session_info (accept->id, "TLS handshake with a client failed: %s", error->message);

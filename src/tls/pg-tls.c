@@ -81,50 +81,7 @@ pg_tls_load_certificate (const char *cert_file, const char *key_file, GError **e
   return g_tls_certificate_new_from_files (cert_file, key_file, error);
 }
 
-/* --- server handshake ------------------------------------------------------------------- */
-
-static void
-pg_tls_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GTask) task = user_data;
-  GError *error = NULL;
-
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  g_task_return_pointer (task, g_object_ref (source), g_object_unref);
-}
-
-void
-pg_tls_server_handshake_async (GIOStream *base, GTlsCertificate *certificate,
-                               GCancellable *cancellable, GAsyncReadyCallback callback,
-                               gpointer user_data)
-{
-  g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
-  GError *error = NULL;
-  g_autoptr (GIOStream) tls = NULL;
-
-  g_task_set_source_tag (task, pg_tls_server_handshake_async);
-  tls = g_tls_server_connection_new (base, certificate, &error);
-  if (tls == NULL)
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, cancellable,
-                                    pg_tls_server_handshake_cb, g_steal_pointer (&task));
-}
-
-GIOStream *
-pg_tls_server_handshake_finish (GAsyncResult *result, GError **error)
-{
-  g_return_val_if_fail (g_task_is_valid (result, NULL), NULL);
-  return g_task_propagate_pointer (G_TASK (result), error);
-}
-
-/* --- client handshake ------------------------------------------------------------------- */
+/* --- handshakes --------------------------------------------------------------------------- */
 
 /* What a failed handshake means to an admin: the first verification flag that explains it. */
 static GError *
@@ -144,18 +101,21 @@ pg_tls_client_error (GTlsConnection *tls, const GError *error)
   return g_error_new (PG_ERROR, PG_ERROR_TLS, "TLS: %s (%s)", why, error->message);
 }
 
+/* Either handshake is over. A client's failure is explained (pg_tls_client_error); a
+ * server's is the client's business and stays as GIO gave it. */
 static void
-pg_tls_client_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+pg_tls_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (GTask) task = user_data;
   g_autoptr (GError) error = NULL;
 
   if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
     {
-      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
-        g_task_return_error (task, g_steal_pointer (&error));
-      else
+      if (g_task_get_source_tag (task) == pg_tls_client_handshake_async
+          && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
         g_task_return_error (task, pg_tls_client_error (G_TLS_CONNECTION (source), error));
+      else
+        g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
   g_task_return_pointer (task, g_object_ref (source), g_object_unref);
@@ -193,11 +153,31 @@ pg_tls_client_handshake_async (GIOStream *base, const char *host, guint16 port, 
     }
   /* No "accept-certificate" handler: any verification error fails the handshake. */
   g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, cancellable,
-                                    pg_tls_client_handshake_cb, g_steal_pointer (&task));
+                                    pg_tls_handshake_cb, g_steal_pointer (&task));
+}
+
+void
+pg_tls_server_handshake_async (GIOStream *base, GTlsCertificate *certificate,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
+  GError *error = NULL;
+  g_autoptr (GIOStream) tls = NULL;
+
+  g_task_set_source_tag (task, pg_tls_server_handshake_async);
+  tls = g_tls_server_connection_new (base, certificate, &error);
+  if (tls == NULL)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT, cancellable,
+                                    pg_tls_handshake_cb, g_steal_pointer (&task));
 }
 
 GIOStream *
-pg_tls_client_handshake_finish (GAsyncResult *result, GError **error)
+pg_tls_handshake_finish (GAsyncResult *result, GError **error)
 {
   g_return_val_if_fail (g_task_is_valid (result, NULL), NULL);
   return g_task_propagate_pointer (G_TASK (result), error);
