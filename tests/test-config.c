@@ -840,8 +840,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
       else
         g_string_append_printf (text, "%s\n", lines[i]);
     }
-  /* 57 keys in all, 3 of them set in the example as-is. */
-  g_assert_cmpuint (uncommented, ==, 54);
+  /* 58 keys in all, 3 of them set in the example as-is. */
+  g_assert_cmpuint (uncommented, ==, 55);
 
   all = pg_config_load_data (text->str, text->len, "example-uncommented", &error);
   g_assert_no_error (error);
@@ -852,6 +852,8 @@ test_example_every_key (TempDirFixture *fixture, gconstpointer data)
   g_assert_cmpstr (all->upstream.provider, ==, defaults->upstream.provider);
   g_assert_cmpint (all->upstream.auth, ==, defaults->upstream.auth);
   g_assert_cmpint (all->upstream.auth_mechanism, ==, defaults->upstream.auth_mechanism);
+  g_assert_cmpint (all->upstream.compress, ==, defaults->upstream.compress);
+  g_assert_false (defaults->upstream.compress);
   g_assert_cmpint (all->upstream.oauth2.grant, ==, defaults->upstream.oauth2.grant);
   g_assert_cmpint (all->upstream.oauth2.mechanism, ==, defaults->upstream.oauth2.mechanism);
   g_assert_nonnull (pg_config_find_account (all, "u"));
@@ -1237,6 +1239,7 @@ test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
                    "[upstream:work]\nprovider = outlook\nauth = oauth2\noauth2_client_id = id-1\n"
                    "port = 1993\noauth2_scope = custom\n"
                    "[upstream:plain]\nhost = 127.0.0.1\ntls = none\nauth_mechanism = plain\n"
+                   "compress = auto\n"
                    "mailbox = Archive\n"
                    "[pop3]\nlisten = 127.0.0.1:1110\n");
 
@@ -1274,6 +1277,7 @@ test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
     up = pg_config_find_upstream (config, "plain");
     g_assert_cmpint (up->port, ==, 143);
     g_assert_cmpint (up->auth_mechanism, ==, PG_AUTH_MECHANISM_PLAIN);
+    g_assert_true (up->compress);
     g_assert_cmpstr (up->mailbox, ==, "Archive");
     g_assert_cmpstr (up->provider, ==, "generic");
     g_assert_null (up->oauth2.token_url);
@@ -1311,6 +1315,7 @@ test_upstream_groups (TempDirFixture *fixture, gconstpointer data)
   assert_load_error (UP_G "auth = kerberos\n", "upstream:x", "auth", "password, oauth2");
   assert_load_error (UP_G "auth_mechanism = cram-md5\n", "upstream:x", "auth_mechanism",
                      "auto, plain, login");
+  assert_load_error (UP_G "compress = yes\n", "upstream:x", "compress", "off, auto");
   assert_load_error (UP_G "provider = yahoo\n", "upstream:x", "provider",
                      "generic, gmail, outlook");
   assert_load_error (UP_G "oauth2_grant = password\n", "upstream:x", "oauth2_grant",

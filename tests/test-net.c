@@ -419,20 +419,20 @@ test_read_cancel_close (Fixture *fx, gconstpointer data)
   g_clear_error (&r.error);
 }
 
-/* Readiness reads (the relay's upstream side): the func runs when input is there, reads
- * it with pg_conn_read_now() (counted), sees "would block" once it has all; unset, input
- * waits, and setting it again finds it (level-triggered). A half-close reaches the peer
- * as EOF while reads go on; the peer's close is a read of 0. */
+/* Readiness reads (the relay's upstream side): the wait's func runs when input is there,
+ * reads it with pg_conn_read_nonblocking() (counted), sees "would block" once it has all
+ * and waits again; not re-armed, input waits, and a new wait finds it. A half-close
+ * reaches the peer as EOF while reads go on; the peer's close is a read of 0. */
 typedef struct
 {
   guint calls;
   GString *got;
   gboolean eof;
-  gboolean unset; /* the func unsets itself after its first read */
+  gboolean unset; /* the func does not wait again after its first read */
 } Readable;
 
 static void
-readable_cb (PgConn *conn, gpointer user_data)
+pump_readable_cb (PgConn *conn, gpointer user_data)
 {
   Readable *r = user_data;
   char buf[64];
@@ -441,25 +441,22 @@ readable_cb (PgConn *conn, gpointer user_data)
   for (;;)
     {
       g_autoptr (GError) error = NULL;
-      gssize n = pg_conn_read_now (conn, buf, sizeof buf, &error);
+      gssize n = pg_conn_read_nonblocking (conn, buf, sizeof buf, &error);
 
       if (n < 0)
         {
           g_assert_error (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK);
+          pg_conn_wait_readable (conn, pump_readable_cb, r);
           return;
         }
       if (n == 0)
         {
           r->eof = TRUE;
-          pg_conn_set_readable_func (conn, NULL, NULL);
           return;
         }
       g_string_append_len (r->got, buf, n);
       if (r->unset)
-        {
-          pg_conn_set_readable_func (conn, NULL, NULL);
-          return;
-        }
+        return;
     }
 }
 
@@ -499,26 +496,26 @@ test_readable_func (Fixture *fx, gconstpointer data)
   in_before = pg_conn_get_bytes_in (conn);
 
   /* Nothing there yet: "would block", no EOF. */
-  g_assert_cmpint (pg_conn_read_now (conn, buf, sizeof buf, &error), ==, -1);
+  g_assert_cmpint (pg_conn_read_nonblocking (conn, buf, sizeof buf, &error), ==, -1);
   g_assert_error (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK);
   g_clear_error (&error);
 
-  pg_conn_set_readable_func (conn, readable_cb, &r);
+  pg_conn_wait_readable (conn, pump_readable_cb, &r);
   g_assert_true (g_output_stream_write_all (out, "one\r\n", 5, NULL, NULL, NULL));
   iterate_until_text (&r, "one\r\n");
   g_assert_cmpuint (r.calls, ==, 1);
   g_assert_cmpuint (pg_conn_get_bytes_in (conn), ==, in_before + 5);
 
-  /* Unset (by the func itself): what comes now waits for the next set. */
+  /* Not re-armed (the func did not wait again): what comes now waits for the next wait. */
   g_assert_true (g_output_stream_write_all (out, "two\r\n", 5, NULL, NULL, NULL));
-  /* On loopback the octets are in popgate's socket when the write returns: a set func
+  /* On loopback the octets are in popgate's socket when the write returns: an armed wait
    * would run in these iterations. */
   while (g_main_context_iteration (NULL, FALSE))
     ;
   g_assert_cmpuint (r.calls, ==, 1);
   g_assert_false (readable_has (&r, "two"));
   r.unset = FALSE;
-  pg_conn_set_readable_func (conn, readable_cb, &r);
+  pg_conn_wait_readable (conn, pump_readable_cb, &r);
   iterate_until_text (&r, "two\r\n");
 
   /* Half-close toward the peer: it reads EOF, and can still send. */
@@ -530,7 +527,7 @@ test_readable_func (Fixture *fx, gconstpointer data)
   g_assert_cmpstr (r.got->str, ==, "one\r\ntwo\r\nthree\r\n");
   g_assert_false (r.eof);
 
-  /* The peer closes: a read of 0, the func unsets itself; the connection is still ours
+  /* The peer closes: a read of 0, the func waits no more; the connection is still ours
    * to close. */
   g_io_stream_close (client->stream, NULL, NULL);
   {
@@ -543,7 +540,7 @@ test_readable_func (Fixture *fx, gconstpointer data)
   }
   g_assert_false (pg_conn_is_closed (conn));
   pg_conn_abort (conn);
-  g_assert_cmpint (pg_conn_read_now (conn, buf, sizeof buf, &error), ==, -1);
+  g_assert_cmpint (pg_conn_read_nonblocking (conn, buf, sizeof buf, &error), ==, -1);
   g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CLOSED);
   g_clear_error (&error);
   g_assert_false (pg_conn_shutdown_write (conn, &error));
@@ -702,6 +699,237 @@ test_shutdown (Fixture *fx, gconstpointer data)
   g_assert_nonnull (late->error);
 }
 
+/* --- the engine as a client: connect, client TLS, deadline, readable wait, hand-over --- */
+
+typedef struct
+{
+  gboolean done;
+  PgConn *conn; /* owned */
+  GError *error;
+} ConnectResult;
+
+static void
+connect_result_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  ConnectResult *r = user_data;
+
+  r->conn = pg_conn_connect_finish (result, &r->error);
+  r->done = TRUE;
+}
+
+/* A connection of popgate's own to one of the fixture's listeners. */
+static PgConn *
+connect_conn (Fixture *fx, guint16 port)
+{
+  g_autoptr (PgConfig) config = make_config (fx, NULL);
+  ConnectResult r = { 0 };
+
+  pg_conn_connect_async (config, "127.0.0.1", port, g_get_monotonic_time () + WATCHDOG_MS * 1000,
+                         NULL, connect_result_cb, &r);
+  iterate_until (&r.done);
+  g_assert_no_error (r.error);
+  g_assert_nonnull (r.conn);
+  g_assert_true (pg_conn_is_upstream (r.conn));
+  g_assert_cmpuint (pg_conn_get_id (r.conn), ==, 0); /* it takes no session id */
+  return r.conn;
+}
+
+/* Read from conn until `text` has arrived. */
+static void
+conn_expect (PgConn *conn, GString *got, const char *text)
+{
+  while (strstr (got->str, text) == NULL)
+    {
+      ReadResult r = { 0 };
+      char buf[256];
+
+      pg_conn_read_async (conn, buf, sizeof buf, NULL, read_result_cb, &r);
+      iterate_until (&r.done);
+      g_assert_no_error (r.error);
+      g_assert_cmpint (r.n, >, 0);
+      g_string_append_len (got, buf, (gsize) r.n);
+    }
+}
+
+typedef struct
+{
+  gboolean done;
+  gboolean ok;
+  GError *error;
+} TlsResult;
+
+static void
+client_tls_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  TlsResult *r = user_data;
+
+  r->ok = pg_conn_start_client_tls_finish (PG_CONN (source), result, &r->error);
+  r->done = TRUE;
+}
+
+/* TLS as the client on a connection made with pg_conn_connect_async(): the server's
+ * certificate is checked against the CA and the name; a name it does not carry fails the
+ * handshake with PG_ERROR_TLS saying so. */
+static void
+test_client_tls (Fixture *fx, gconstpointer data)
+{
+  for (guint good = 0; good < 2; good++)
+    {
+      g_autoptr (PgConn) conn = connect_conn (fx, fx->tls_port);
+      g_autoptr (GString) got = g_string_new (NULL);
+      TlsResult t = { 0 };
+
+      g_assert_false (pg_conn_is_tls (conn));
+      pg_conn_start_client_tls_async (conn, good ? "localhost" : "wrong.example", fx->tls_port,
+                                      fx->certs->ca_file, NULL, client_tls_cb, &t);
+      iterate_until (&t.done);
+      if (!good)
+        {
+          g_assert_false (t.ok);
+          g_assert_error (t.error, PG_ERROR, PG_ERROR_TLS);
+          g_assert_nonnull (strstr (t.error->message, "does not match the host name"));
+          g_clear_error (&t.error);
+          g_assert_false (pg_conn_is_tls (conn));
+          pg_conn_abort (conn);
+          continue;
+        }
+      g_assert_no_error (t.error);
+      g_assert_true (t.ok);
+      g_assert_true (pg_conn_is_tls (conn));
+      conn_expect (conn, got, "+OK hello pop3 tls\r\n");
+      pg_conn_abort (conn);
+    }
+}
+
+typedef struct
+{
+  gboolean fired;
+  gint64 fired_us;
+} DeadlineProbe;
+
+static gboolean
+deadline_probe_cb (PgConn *conn, gpointer user_data)
+{
+  DeadlineProbe *p = user_data;
+
+  p->fired = TRUE;
+  p->fired_us = g_get_monotonic_time ();
+  return TRUE;
+}
+
+static gboolean
+set_flag_cb (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* pg_conn_set_deadline_at(): moved later, "timeout" does not come before the new time;
+ * moved earlier, it comes at the earlier one; 0 turns it off. */
+static void
+test_deadline_at (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgConn) conn = connect_conn (fx, fx->port4);
+  DeadlineProbe p = { 0 };
+  gboolean marker = FALSE;
+  gint64 at_us;
+
+  g_signal_connect (conn, "timeout", G_CALLBACK (deadline_probe_cb), &p);
+  at_us = g_get_monotonic_time () + 150 * 1000;
+  pg_conn_set_deadline_at (conn, at_us - 100 * 1000);
+  pg_conn_set_deadline_at (conn, at_us);
+  iterate_until (&p.fired);
+  g_assert_cmpint (p.fired_us, >=, at_us);
+  g_assert_true (pg_conn_deadline_passed (conn));
+
+  p.fired = FALSE;
+  pg_conn_set_deadline_at (conn, g_get_monotonic_time () + (gint64) 3600 * G_USEC_PER_SEC);
+  g_assert_false (pg_conn_deadline_passed (conn));
+  at_us = g_get_monotonic_time () + 50 * 1000;
+  pg_conn_set_deadline_at (conn, at_us);
+  iterate_until (&p.fired);
+  g_assert_cmpint (p.fired_us, >=, at_us);
+
+  /* Off: a deadline set and cleared never comes (a later timer of our own does). */
+  p.fired = FALSE;
+  pg_conn_set_deadline_at (conn, g_get_monotonic_time () + 20 * 1000);
+  pg_conn_set_deadline_at (conn, 0);
+  g_timeout_add (100, set_flag_cb, &marker);
+  iterate_until (&marker);
+  g_assert_false (p.fired);
+  g_assert_false (pg_conn_is_closed (conn));
+  pg_conn_abort (conn);
+}
+
+static void
+readable_cb (PgConn *conn, gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+}
+
+/* An idle connection waits for input without a buffer; what came is then read without
+ * waiting. A cancelled wait is never called. The stream handed over (not while a read is
+ * pending) stays open when the PgConn goes, and works in the new owner's hands. */
+static void
+test_wait_and_steal (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (PgConn) conn = connect_conn (fx, fx->port4);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GIOStream) stream = NULL;
+  g_autoptr (GString) got = g_string_new (NULL);
+  gboolean woke = FALSE;
+  ReadResult r = { 0 };
+  char buf[64];
+  gssize n;
+  PgConn *server_side;
+
+  pg_conn_wait_readable (conn, readable_cb, &woke);
+  g_assert_true (pg_conn_is_reading (conn));
+  iterate_until (&woke);
+  g_assert_false (pg_conn_is_reading (conn));
+  n = pg_conn_read_nonblocking (conn, buf, sizeof buf, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (n, >, 0);
+  g_string_append_len (got, buf, (gsize) n);
+  conn_expect (conn, got, "+OK hello pop3\r\n");
+  g_assert_cmpstr (got->str, ==, "+OK hello pop3\r\n");
+  g_assert_cmpuint (pg_conn_get_bytes_in (conn), ==, got->len);
+  g_assert_cmpint (pg_conn_read_nonblocking (conn, buf, sizeof buf, &error), ==, -1);
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK);
+  g_clear_error (&error);
+
+  woke = FALSE;
+  pg_conn_wait_readable (conn, readable_cb, &woke);
+  pg_conn_cancel_wait_readable (conn);
+  g_assert_false (pg_conn_is_reading (conn));
+
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
+  g_assert_null (pg_conn_steal_stream (conn, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_BUSY);
+  g_clear_error (&error);
+  g_cancellable_cancel (cancellable);
+  iterate_until (&r.done);
+  g_clear_error (&r.error);
+
+  stream = pg_conn_steal_stream (conn, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (stream);
+  g_assert_true (pg_conn_is_closed (conn));
+  g_clear_object (&conn);
+  g_assert_false (woke);
+  g_assert_false (g_io_stream_is_closed (stream));
+  g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (stream), "ping\r\n", 6,
+                                            NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (fx->fe.conns->len, ==, 1);
+  server_side = g_ptr_array_index (fx->fe.conns, 0);
+  g_string_truncate (got, 0);
+  conn_expect (server_side, got, "ping\r\n");
+  g_assert_cmpuint (fx->fe.closed, ==, 0);
+  g_io_stream_close (stream, NULL, NULL);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -712,6 +940,12 @@ main (int argc, char **argv)
               fixture_teardown);
   g_test_add ("/popgate/net/read-cancel-close", Fixture, NULL, fixture_setup,
               test_read_cancel_close, fixture_teardown);
+  g_test_add ("/popgate/net/client-tls", Fixture, NULL, fixture_setup, test_client_tls,
+              fixture_teardown);
+  g_test_add ("/popgate/net/deadline-at", Fixture, NULL, fixture_setup, test_deadline_at,
+              fixture_teardown);
+  g_test_add ("/popgate/net/wait-and-steal", Fixture, NULL, fixture_setup, test_wait_and_steal,
+              fixture_teardown);
   g_test_add ("/popgate/net/cork", Fixture, NULL, fixture_setup, test_cork, fixture_teardown);
   g_test_add ("/popgate/net/readable-func", Fixture, NULL, fixture_setup, test_readable_func,
               fixture_teardown);

@@ -354,6 +354,15 @@ test_retr_exact (Fixture *fx, gconstpointer data)
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
 }
 
+/* [upstream] compress = auto: the upstream session runs deflated (Dovecot offers
+ * COMPRESS=DEFLATE with imap_zlib) and every RETR is still byte-exact. */
+static void
+test_compress (Fixture *fx, gconstpointer data)
+{
+  test_retr_exact (fx, data);
+  g_assert_true (pg_test_popgate_wait_log (fx->popgate, "upstream: COMPRESS=DEFLATE on", 10000));
+}
+
 static void
 test_retr_large (Fixture *fx, gconstpointer data)
 {
@@ -1241,6 +1250,9 @@ main (int argc, char **argv)
   static const char *const trace[] = { "log", "trace", "true", NULL };
   static const char *const trace_verbose[] = { "log", "trace", "true", "-", "arg", "-v", NULL };
   static const char *const lenient[] = { "limits", "max_bad_commands", "100", NULL };
+  static const char *const compress[] = { "upstream", "compress", "auto", "-", "arg", "-v", NULL };
+  /* COMPRESS=DEFLATE offered after login (compress = auto uses it; the rest ignore it). */
+  static const PgTestDovecotOptions with_zlib = { .zlib = TRUE };
   static const char *const drain[] = { "limits", "shutdown_timeout", "1s", NULL };
   static const char *const down[] = { "upstream", "port", "1", NULL };
   static const char *const no_mailbox[] = { "upstream", "mailbox", "Nosuch", NULL };
@@ -1295,6 +1307,7 @@ main (int argc, char **argv)
     { "poplib", NULL, test_poplib, ON_ANY },
     { "tls-close", NULL, test_tls_close, ON_DOVECOT },
     { "shutdown-drain", drain, test_shutdown_drain, ON_DOVECOT },
+    { "compress", compress, test_compress, ON_DOVECOT },
   };
 
   g_test_init (&argc, &argv, NULL);
@@ -1308,7 +1321,7 @@ main (int argc, char **argv)
     }
   else
     {
-      upstream = pg_test_dovecot_new (NULL, &error);
+      upstream = pg_test_dovecot_new (&with_zlib, &error);
       g_assert_no_error (error);
       upstream_host = upstream->host;
     }

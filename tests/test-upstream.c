@@ -1999,6 +1999,168 @@ test_dovecot_shutdown (UpstreamFixture *fixture, gconstpointer data)
   g_free (signals.bye_text);
 }
 
+/* --- the connection engine under the upstream -------------------------------------- */
+
+typedef struct
+{
+  gboolean done;
+  gssize n;
+  GError *error;
+} PgTestConnRead;
+
+static void
+pg_test_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestConnRead *r = user_data;
+
+  r->n = pg_conn_read_finish (PG_CONN (source), result, &r->error);
+  r->done = TRUE;
+}
+
+static void
+pg_test_conn_read_until (PgConn *conn, GString *got, const char *text)
+{
+  while (strstr (got->str, text) == NULL)
+    {
+      PgTestConnRead r = { 0 };
+      char buf[256];
+
+      pg_conn_read_async (conn, buf, sizeof buf, NULL, pg_test_conn_read_cb, &r);
+      pg_test_wait_flag (&r.done);
+      g_assert_no_error (r.error);
+      g_assert_cmpint (r.n, >, 0);
+      g_string_append_len (got, buf, (gsize) r.n);
+    }
+}
+
+/* The relay's hand-over of the PgConn itself: after the login reply, the untagged data
+ * behind it is in `buffered` or still to be read through the PgConn, which goes on
+ * working after the upstream is dropped; the hand-over is no failure ("closed"). */
+static void
+test_peer_steal_conn (void)
+{
+  static const PgTestPeerStep script[] = {
+    { PG_TEST_PEER_SEND, "* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n" },
+    { PG_TEST_PEER_EXPECT, "LOGIN {5+}" },
+    { PG_TEST_PEER_EXPECT_RAW, "alice {12+}" },
+    { PG_TEST_PEER_EXPECT_RAW, PG_TEST_PASSWORD },
+    { PG_TEST_PEER_SEND, "$ OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n* 3 EXISTS\r\n" },
+    { PG_TEST_PEER_EXPECT, "NOOP" },
+    { PG_TEST_PEER_SEND, "$ OK noop\r\n" },
+    { PG_TEST_PEER_HANG, NULL },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
+  g_autoptr (PgUpstream) upstream = pg_test_upstream_for_peer (peer, "none", NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) buffered = NULL;
+  g_autoptr (PgConn) conn = NULL;
+  g_autoptr (GString) got = g_string_new (NULL);
+  PgTestSignals signals = { 0 };
+
+  g_assert_true (pg_test_connect (upstream, &error));
+  g_assert_no_error (error);
+  g_assert_null (pg_upstream_steal_conn (upstream, &buffered, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_clear_error (&error);
+  g_assert_null (buffered);
+
+  pg_test_connect_signals (upstream, &signals);
+  pg_upstream_hold_when_idle (upstream);
+  g_assert_true (pg_test_login (upstream, "alice", PG_TEST_PASSWORD, FALSE, &error));
+  g_assert_no_error (error);
+  conn = pg_upstream_steal_conn (upstream, &buffered, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (conn);
+  g_assert_true (pg_conn_is_upstream (conn));
+  g_assert_false (pg_conn_is_closed (conn));
+  g_assert_false (pg_conn_is_reading (conn));
+  g_assert_cmpuint (pg_conn_get_queued (conn), ==, 0);
+  g_assert_true (pg_upstream_is_closed (upstream));
+  g_clear_object (&upstream);
+  g_assert_false (signals.is_closed); /* a hand-over is not a failure */
+
+  g_string_append_len (got, g_bytes_get_data (buffered, NULL), g_bytes_get_size (buffered));
+  pg_test_conn_read_until (conn, got, "* 3 EXISTS\r\n");
+  g_assert_cmpstr (got->str, ==, "* 3 EXISTS\r\n");
+  pg_conn_write (conn, "x NOOP\r\n", 8);
+  g_string_truncate (got, 0);
+  pg_test_conn_read_until (conn, got, "x OK noop\r\n");
+  g_assert_false (pg_conn_is_closed (conn));
+  pg_test_peer_assert_done (peer);
+  pg_conn_close (conn);
+  pg_test_assert_no_secret_logged ("alice", PG_TEST_PASSWORD);
+}
+
+/* compress = auto against Dovecot with imap_zlib: COMPRESS DEFLATE goes up right after
+ * login, and the whole session (snapshot, bodies of several chunks byte for byte,
+ * partials, flags, expunge) runs deflated; a connection held for the relay stays
+ * uncompressed and is handed over as a bare stream. */
+static void
+test_dovecot_compress (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (PgConfig) config = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+
+  if (!upstream_available (fixture, FALSE))
+    return;
+  config = pg_test_config ("127.0.0.1", fixture->dovecot->imap_port, "none", NULL,
+                           "compress = auto\n");
+  upstream = pg_upstream_new (config, &config->upstream, 11);
+  pg_test_dovecot_session (fixture, upstream, FALSE);
+  g_assert_nonnull (strstr (pg_test_log->str, "upstream C: p2 COMPRESS DEFLATE"));
+  g_assert_nonnull (strstr (pg_test_log->str, "upstream: COMPRESS=DEFLATE on"));
+  g_assert_null (strstr (pg_test_log->str, "COMPRESS refused"));
+
+  {
+    g_autoptr (PgUpstream) relayed = pg_upstream_new (config, &config->upstream, 12);
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GBytes) buffered = NULL;
+    g_autoptr (GIOStream) stream = NULL;
+    g_autoptr (GString) got = g_string_new (NULL);
+    gsize written = 0;
+
+    g_string_truncate (pg_test_log, 0);
+    PG_TEST_ASSERT_OK (pg_test_connect (relayed, &error), error);
+    pg_upstream_hold_when_idle (relayed);
+    PG_TEST_ASSERT_OK (pg_test_login (relayed, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                       error);
+    g_assert_null (strstr (pg_test_log->str, "COMPRESS"));
+    stream = pg_upstream_steal_stream (relayed, &buffered, &error);
+    g_assert_no_error (error);
+    g_assert_nonnull (stream);
+    g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (stream), "x NOOP\r\n",
+                                              8, &written, NULL, &error));
+    g_assert_no_error (error);
+    g_string_append_len (got, g_bytes_get_data (buffered, NULL), g_bytes_get_size (buffered));
+    pg_test_stream_read_until (stream, got, "x OK");
+  }
+
+  /* A compressed connection is handed over only as a PgConn, zlib state and all. */
+  {
+    g_autoptr (PgUpstream) compressed = pg_upstream_new (config, &config->upstream, 13);
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GBytes) buffered = NULL;
+    g_autoptr (PgConn) conn = NULL;
+    g_autoptr (GString) got = g_string_new (NULL);
+
+    PG_TEST_ASSERT_OK (pg_test_connect (compressed, &error), error);
+    PG_TEST_ASSERT_OK (pg_test_login (compressed, PG_TEST_USER, PG_TEST_PASSWORD, FALSE, &error),
+                       error);
+    g_assert_null (pg_upstream_steal_stream (compressed, &buffered, &error));
+    g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+    g_assert_nonnull (strstr (error->message, "compressed"));
+    g_clear_error (&error);
+    g_assert_false (pg_upstream_is_closed (compressed));
+    conn = pg_upstream_steal_conn (compressed, &buffered, &error);
+    g_assert_no_error (error);
+    g_assert_true (pg_conn_is_compressed (conn));
+    g_assert_cmpuint (g_bytes_get_size (buffered), ==, 0);
+    pg_conn_write (conn, "x NOOP\r\n", 8);
+    pg_test_conn_read_until (conn, got, "x OK");
+    pg_conn_close (conn);
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -2029,9 +2191,11 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
   g_test_add_func ("/popgate/upstream/peer/list", test_peer_list);
+  g_test_add_func ("/popgate/upstream/peer/steal-conn", test_peer_steal_conn);
 
   {
     static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+    static const PgTestDovecotOptions with_zlib = { .zlib = TRUE };
 #define ADD(path, func, options)                                                                   \
   g_test_add ("/popgate/upstream/dovecot/" path, UpstreamFixture, options, upstream_setup, func,   \
               upstream_teardown)
@@ -2045,6 +2209,7 @@ main (int argc, char **argv)
     ADD ("metadata", test_dovecot_metadata, &with_metadata);
     ADD ("list", test_dovecot_list, NULL);
     ADD ("shutdown", test_dovecot_shutdown, NULL);
+    ADD ("compress", test_dovecot_compress, &with_zlib);
 #undef ADD
   }
 

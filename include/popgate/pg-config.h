@@ -116,6 +116,7 @@ typedef struct
   guint connect_timeout_ms;       /* default 30 s */
   PgUpstreamAuth auth;            /* default password */
   PgAuthMechanism auth_mechanism; /* default auto */
+  gboolean compress; /* compress = auto: COMPRESS=DEFLATE after login when offered; default off */
   PgOAuth2Config oauth2;
 } PgUpstreamConfig;
 

@@ -25,7 +25,7 @@ typedef enum
 
 const char *pg_frontend_to_string (PgFrontend frontend);
 
-/* --- PgConn: one client connection ------------------------------------------------- */
+/* --- PgConn: one connection, a client's or popgate's own to an upstream ------------- */
 
 #define PG_TYPE_CONN (pg_conn_get_type ())
 G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
@@ -44,9 +44,18 @@ G_DECLARE_FINAL_TYPE (PgConn, pg_conn, PG, CONN, GObject)
 PgConn *pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream);
 
 /* The same for a connection popgate made to an upstream server: its bytes are not the
- * client bytes of the metrics, and it has no front end of its own. */
+ * client bytes of the metrics, it has no front end of its own, and it takes no session id
+ * (pg_conn_get_id() is 0: its lines carry the id of the session it serves). */
 PgConn *pg_conn_new_upstream (PgConfig *config, GIOStream *stream);
 gboolean pg_conn_is_upstream (PgConn *conn);
+
+/* Connect to `host`:`port` over TCP (no proxy settings, TCP_NODELAY) and make an upstream
+ * connection of it (pg_conn_new_upstream). `deadline_us` (monotonic, 0: none) bounds the
+ * name lookup and the connect: past it, PG_ERROR_TIMEOUT. Other errors are GIO's. */
+void pg_conn_connect_async (PgConfig *config, const char *host, guint16 port, gint64 deadline_us,
+                            GCancellable *cancellable, GAsyncReadyCallback callback,
+                            gpointer user_data);
+PgConn *pg_conn_connect_finish (GAsyncResult *result, GError **error);
 
 guint64 pg_conn_get_id (PgConn *conn);
 PgFrontend pg_conn_get_frontend (PgConn *conn);
@@ -74,6 +83,20 @@ guint64 pg_conn_get_bytes_out (PgConn *conn);
 void pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancellable,
                          GAsyncReadyCallback callback, gpointer user_data);
 gssize pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error);
+/* Read what is there without waiting (no read may be pending): the byte count, 0 at end
+ * of stream, -1 with an error — G_IO_ERROR_WOULD_BLOCK when nothing is there yet or the
+ * stream cannot be read that way (then read with pg_conn_read_async()). Counts as a read. */
+gssize pg_conn_read_nonblocking (PgConn *conn, void *buffer, gsize len, GError **error);
+
+/* Call `func (conn, data)` once, from the main loop, when input (or end of stream, or an
+ * error) waits to be read — without reading it, so an idle connection that may hear
+ * something (an IMAP server's EXISTS or BYE) needs no read buffer meanwhile. At most one
+ * wait, and no read while it is set; pg_conn_cancel_wait_readable() forgets it at once,
+ * and so does closing (func is then not called). */
+typedef void (*PgConnReadableFunc) (PgConn *conn, gpointer user_data);
+void pg_conn_wait_readable (PgConn *conn, PgConnReadableFunc func, gpointer user_data);
+void pg_conn_cancel_wait_readable (PgConn *conn);
+gboolean pg_conn_is_reading (PgConn *conn);
 
 /* Queue bytes for the client. Writes happen one at a time in order; a failed write closes
  * the connection. Use pg_conn_get_queued() and pg_conn_wait_drained_async() for
@@ -101,6 +124,15 @@ void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncRea
                               gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
+/* Upgrade to TLS as the client: at the start of an implicit-TLS connection, or after the
+ * server accepted STARTTLS. The certificate is checked as pg_tls_client_handshake_async()
+ * says (`ca_file` NULL: the system trust store; the name `host`), with its errors. No read
+ * may be pending and nothing queued; the caller discards what it read in plaintext. */
+void pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port,
+                                     const char *ca_file, GCancellable *cancellable,
+                                     GAsyncReadyCallback callback, gpointer user_data);
+gboolean pg_conn_start_client_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);
+
 /* COMPRESS=DEFLATE (RFC 4978): from now on everything read from the client is inflated
  * and everything written to it deflated (raw deflate, GZlibCompressor/Decompressor),
  * each write flushed so it reaches the client at once; output already queued goes out as
@@ -115,6 +147,10 @@ void pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms);
  * passes, "timeout" is emitted as for the idle timer and pg_conn_deadline_passed() is
  * TRUE from then on. */
 void pg_conn_set_deadline (PgConn *conn, guint after_accept_ms);
+/* The same deadline at an absolute monotonic time (0 = off), which may be set again at any
+ * time, later or earlier (a per-command deadline that moves with the peer's progress):
+ * moving it later costs no new timer. It replaces what pg_conn_set_deadline() set. */
+void pg_conn_set_deadline_at (PgConn *conn, gint64 at_us);
 gboolean pg_conn_deadline_passed (PgConn *conn);
 
 /* A source that calls `func (data)` while `stream` has input (or EOF, or an error), meant
@@ -123,22 +159,18 @@ gboolean pg_conn_deadline_passed (PgConn *conn);
  * and unblocks around every dispatch, writing its wake-up eventfd twice each time. */
 GSource *pg_net_readable_source_new (GIOStream *stream, GSourceFunc func, gpointer data);
 
-/* Readiness reads, for a pump that serves many connections from one buffer (the IMAP
- * relay's upstream side): while a func is set, `func (conn, user_data)` is called whenever
- * the connection has input, EOF or an error, and reads it with pg_conn_read_now(); no
- * buffer is held while it waits. Level-triggered: input left unread calls it again.
- * NULL unsets it; closing the connection does too. Not with pg_conn_read_async() pending
- * nor on a compressed connection. */
-typedef void (*PgConnReadableFunc) (PgConn *conn, gpointer user_data);
-void pg_conn_set_readable_func (PgConn *conn, PgConnReadableFunc func, gpointer user_data);
-/* Read what is there without blocking: the byte count, 0 at end of stream, -1 with error
- * (G_IO_ERROR_WOULD_BLOCK: nothing yet). Counted and restarting the idle timer as a
- * completed pg_conn_read_async() is. */
-gssize pg_conn_read_now (PgConn *conn, void *buffer, gsize len, GError **error);
 /* Half-close: tell the peer nothing more will come (shutdown(SHUT_WR) of the TCP
  * connection, under TLS too); reads go on. Call with nothing queued
  * (pg_conn_wait_drained_async() with 0). FALSE when there is no socket. */
 gboolean pg_conn_shutdown_write (PgConn *conn, GError **error);
+/* Why the connection closed itself (a write failed), or NULL. */
+const GError *pg_conn_get_error (PgConn *conn);
+
+/* Hand the stream (transfer full; TLS included) over to the caller, who owns the
+ * connection from now on: the PgConn lets go of it without closing it and is closed
+ * ("closed" is not emitted). Fails (G_IO_ERROR_BUSY) while a read is pending or output
+ * is queued: those bytes could not be handed over. */
+GIOStream *pg_conn_steal_stream (PgConn *conn, GError **error);
 
 /* Close after the queued output has been written (bounded by a short deadline). */
 void pg_conn_close (PgConn *conn);

@@ -33,6 +33,7 @@
 
 #include "popgate/pg-config.h"
 #include "popgate/pg-imap-parser.h"
+#include "popgate/pg-net.h"
 
 G_BEGIN_DECLS
 
@@ -285,10 +286,18 @@ GStrv pg_upstream_dup_capabilities (PgUpstream *self);
  * GIOStream (transfer full) and *out_buffered, the bytes already read but not parsed
  * (possibly empty), which the caller must treat as the start of the server's stream. It
  * fails (PG_ERROR_UPSTREAM) unless logged in with no command, read or write
- * outstanding. Afterwards the PgUpstream is inert: is_closed() is TRUE, "closed" is not
- * emitted, commands fail, and dropping it does not touch the connection. */
+ * outstanding (an idle connection's wait for unsolicited data does not count). Afterwards the
+ * PgUpstream is inert: is_closed() is TRUE, "closed" is not emitted, commands fail, and dropping it
+ * does not touch the connection. */
 void pg_upstream_hold_when_idle (PgUpstream *self);
 GIOStream *pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error);
+
+/* The same hand-over of the connection engine itself: the upstream's PgConn (transfer
+ * full; pg_conn_is_upstream(), TLS and any compression included) with no read pending,
+ * nothing queued, no deadline and no handler of ours, plus *out_buffered as above. For a
+ * relay that pumps between two PgConns. pg_upstream_steal_stream() refuses a compressed
+ * connection (PG_ERROR_UPSTREAM); this one does not. */
+PgConn *pg_upstream_steal_conn (PgUpstream *self, GBytes **out_buffered, GError **error);
 
 /* Drop the connection now; pending commands fail with G_IO_ERROR_CANCELLED. */
 void pg_upstream_close (PgUpstream *self);

@@ -42,6 +42,7 @@ static const char *const pg_config_upstream_keys[] = { "host",
                                                        "provider",
                                                        "auth",
                                                        "auth_mechanism",
+                                                       "compress",
                                                        "oauth2_token_url",
                                                        "oauth2_client_id",
                                                        "oauth2_client_secret_file",
@@ -1155,11 +1156,13 @@ pg_config_load_upstream_group (const PgConfigLoader *loader, const char *group,
   static const char *const provider_words[] = { "generic", "gmail", "outlook", NULL };
   static const char *const auth_words[] = { "password", "oauth2", NULL };
   static const char *const mechanism_words[] = { "auto", "plain", "login", NULL };
+  static const char *const compress_words[] = { "off", "auto", NULL };
   g_autofree gchar *host = NULL;
   gint provider = 0;
   gint tls = (gint) up->tls;
   gint auth = (gint) up->auth;
   gint mechanism = (gint) up->auth_mechanism;
+  gint compress = up->compress ? 1 : 0;
   const PgConfigProvider *preset;
   guint port = 0;
 
@@ -1238,6 +1241,10 @@ pg_config_load_upstream_group (const PgConfigLoader *loader, const char *group,
                            &mechanism, error))
     return FALSE;
   up->auth_mechanism = (PgAuthMechanism) mechanism;
+  if (!pg_config_get_word (loader, group, "compress", compress_words, "off, auto", &compress,
+                           error))
+    return FALSE;
+  up->compress = compress == 1;
   return pg_config_load_oauth2 (loader, group, up, error);
 }
 

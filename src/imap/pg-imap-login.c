@@ -18,7 +18,6 @@
 typedef struct
 {
   PgLogin *login;       /* unowned: the session's, which outlives us */
-  PgConfig *config;     /* owned: what the upstream connection is made under */
   PgUpstream *upstream; /* owned: once logged in */
   GStrv capabilities;   /* owned: after login, until handed over with the stream */
   guint timeout_ms;     /* the upstream command timeout: bounds the hand-off retries */
@@ -42,7 +41,6 @@ pg_imap_login_free (PgImapLogin *login)
       g_object_unref (login->upstream);
     }
   g_strfreev (login->capabilities);
-  g_clear_pointer (&login->config, pg_config_unref);
   g_free (login);
 }
 
@@ -65,13 +63,10 @@ pg_imap_login_try_hand_over (GTask *task)
 {
   PgImapLogin *login = g_task_get_task_data (task);
   g_autoptr (GError) error = NULL;
-  g_autoptr (GIOStream) stream = NULL;
   PgImapLoginResult *out = g_new0 (PgImapLoginResult, 1);
 
-  /* The one place where the relay's upstream connection is made. */
-  stream = pg_upstream_steal_stream (login->upstream, &out->buffered, &error);
-  if (stream != NULL)
-    out->conn = pg_conn_new_upstream (login->config, stream);
+  /* The upstream's own connection engine becomes the relay's upstream side. */
+  out->conn = pg_upstream_steal_conn (login->upstream, &out->buffered, &error);
   if (out->conn == NULL)
     {
       pg_imap_login_result_free (out);
@@ -130,15 +125,14 @@ pg_imap_login_done_cb (GObject *source, GAsyncResult *result, gpointer user_data
 }
 
 void
-pg_imap_login_async (PgLogin *shared, PgConfig *config, const char *password,
-                     GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+pg_imap_login_async (PgLogin *shared, const char *password, GCancellable *cancellable,
+                     GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
   PgImapLogin *login = g_new0 (PgImapLogin, 1);
 
   g_task_set_source_tag (task, pg_imap_login_async);
   login->login = shared;
-  login->config = pg_config_ref (config);
   g_task_set_task_data (task, login, (GDestroyNotify) pg_imap_login_free);
   /* for_relay: the upstream stops reading once logged in, for the hand-over. */
   pg_login_authenticate_async (shared, password, TRUE, cancellable, pg_imap_login_done_cb,

@@ -18,13 +18,12 @@ G_BEGIN_DECLS
 
 /* The IMAP-specific last step of the login path: log in through `login` (the shared
  * login path: accounts file, local secret, credential, connect, ID, login), then take the
- * connection over for the relay, as a PgConn made under `config`. Errors are
+ * connection over for the relay: the upstream's own PgConn (pg_upstream_steal_conn). Errors are
  * pg_login_authenticate_async()'s: PG_ERROR_AUTH_FAILED when the credentials were refused; anything
  * else means the upstream is unavailable. `login` must outlive the operation. */
-void pg_imap_login_async (PgLogin *login, PgConfig *config, const char *password,
-                          GCancellable *cancellable, GAsyncReadyCallback callback,
-                          gpointer user_data);
-/* The upstream connection (transfer full; pg_conn_new_upstream()), the bytes it already sent after
+void pg_imap_login_async (PgLogin *login, const char *password, GCancellable *cancellable,
+                          GAsyncReadyCallback callback, gpointer user_data);
+/* The upstream connection (transfer full; pg_conn_is_upstream()), the bytes it already sent after
  * the login reply (*out_buffered, maybe empty) and its capabilities after login (*out_capabilities,
  * the server's spelling and order). */
 PgConn *pg_imap_login_finish (GAsyncResult *result, GBytes **out_buffered, GStrv *out_capabilities,

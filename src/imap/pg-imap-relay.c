@@ -35,7 +35,7 @@ struct _PgImapRelay
   gboolean up_draining;      /* the client waits for the upstream's queue to drain */
   gboolean client_eof;       /* the client half-closed */
   gboolean up_shut;          /* ...and that half-close was passed on (or is on its way) */
-  gboolean up_waiting;       /* the upstream's readable func is set */
+  gboolean up_waiting;       /* a pg_conn_wait_readable() on the upstream is armed */
   gboolean client_draining;  /* the upstream waits for the client's queue to drain */
   gboolean compress_pending; /* COMPRESS answered OK: start once the OK is out */
   GBytes *compress_input;    /* owned: compressed octets that came behind COMPRESS */
@@ -106,7 +106,7 @@ pg_imap_relay_end (PgImapRelay *self, PgImapRelayEnd end)
   if (pg_imap_relay_is_over (self))
     return;
   self->over = TRUE;
-  pg_conn_set_readable_func (self->upstream, NULL, NULL);
+  pg_conn_cancel_wait_readable (self->upstream);
   self->up_waiting = FALSE;
   self->funcs->ended (self->user_data, end);
 }
@@ -421,8 +421,8 @@ pg_imap_relay_up_pump (PgImapRelay *self)
                                       pg_imap_relay_client_drained_cb, g_object_ref (self));
           return FALSE;
         }
-      n = pg_conn_read_now (self->upstream, pg_imap_relay_up_buf, sizeof pg_imap_relay_up_buf,
-                            &error);
+      n = pg_conn_read_nonblocking (self->upstream, pg_imap_relay_up_buf,
+                                    sizeof pg_imap_relay_up_buf, &error);
       if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
         return TRUE;
       if (n == 0)
@@ -452,10 +452,13 @@ pg_imap_relay_up_readable_cb (PgConn *upstream, gpointer user_data)
   /* The pump may end the session (and with it drop the relay): hold it while it runs. */
   g_autoptr (PgImapRelay) self = g_object_ref (PG_IMAP_RELAY (user_data));
 
-  if (pg_imap_relay_up_pump (self) || !self->up_waiting)
-    return;
+  /* The wait is one-shot: armed again while the pump wants more. */
   self->up_waiting = FALSE;
-  pg_conn_set_readable_func (self->upstream, NULL, NULL);
+  if (pg_imap_relay_up_pump (self) && !pg_imap_relay_is_over (self))
+    {
+      self->up_waiting = TRUE;
+      pg_conn_wait_readable (self->upstream, pg_imap_relay_up_readable_cb, self);
+    }
 }
 
 /* Read the upstream now and, when it has nothing more, wait until it is readable. */
@@ -466,10 +469,10 @@ pg_imap_relay_up_resume (PgImapRelay *self)
     return;
   if (!pg_imap_relay_up_pump (self))
     return;
-  /* Kept while the relay runs (no source made per response; see
-   * pg_net_readable_source_new). */
+  /* PgConn keeps its readiness source from one wait to the next (no source made per
+   * response; see pg_net_readable_source_new). */
   self->up_waiting = TRUE;
-  pg_conn_set_readable_func (self->upstream, pg_imap_relay_up_readable_cb, self);
+  pg_conn_wait_readable (self->upstream, pg_imap_relay_up_readable_cb, self);
 }
 
 /* The upstream connection closes by itself only when a write to it failed (a read error
@@ -517,7 +520,7 @@ pg_imap_relay_stop (PgImapRelay *self)
   self->stopped = TRUE;
   self->user_data = NULL;
   g_signal_handlers_disconnect_by_data (self->upstream, self);
-  pg_conn_set_readable_func (self->upstream, NULL, NULL);
+  pg_conn_cancel_wait_readable (self->upstream);
   self->up_waiting = FALSE;
   /* With TLS a close_notify first, bounded (pg_net_close_stream). */
   pg_conn_abort (self->upstream);

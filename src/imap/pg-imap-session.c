@@ -606,8 +606,8 @@ pg_imap_session_login (PgImapSession *self, const char *tag, const char *passwor
   self->upstream_user = g_strdup (pg_login_get_account (self->login));
   self->info.upstream_user = self->upstream_user;
   pg_login_set_client_id (self->login, self->client_id_name, self->client_id_version);
-  pg_imap_login_async (self->login, self->config, password, self->cancellable,
-                       pg_imap_session_login_cb, g_object_ref (self));
+  pg_imap_login_async (self->login, password, self->cancellable, pg_imap_session_login_cb,
+                       g_object_ref (self));
 }
 
 static gboolean

@@ -1,4 +1,5 @@
-/* popgate — one client connection: reads, an ordered write queue with back-pressure,
+/* popgate — one connection (a client's, or popgate's own to an upstream server; the one
+ * engine under both): reads, an ordered write queue with back-pressure,
  * an idle timer, TLS upgrade, and a single "closed" notification.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
@@ -8,6 +9,7 @@
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-metrics.h"
+#include "popgate/pg-tls.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -62,7 +64,9 @@ struct _PgConn
   guint idle_timeout_ms;
   gint64 idle_deadline_us;  /* monotonic: last activity + idle_timeout_ms */
   GSource *idle_source;     /* owned: fires at or before idle_deadline_us */
-  GSource *deadline_source; /* owned: pg_conn_set_deadline() */
+  GSource *deadline_source; /* owned: fires at or before deadline_us */
+  gint64 deadline_us;       /* monotonic: pg_conn_set_deadline_at(), 0 = off */
+  gint64 deadline_timer_us; /* monotonic: when deadline_source fires */
   gboolean deadline_passed;
   gint64 accepted_us;    /* monotonic: when the server accepted the connection */
   GSource *close_source; /* owned: deadline for a flushing close */
@@ -71,6 +75,11 @@ struct _PgConn
   guint64 bytes_out;
   gboolean closing; /* pg_conn_close called: flush then close */
   gboolean closed;
+  GError *error; /* owned: why a write failed and closed us, else NULL */
+
+  PgConnReadableFunc wait_func; /* pg_conn_wait_readable(): called once, then NULL */
+  gpointer wait_data;
+  GSource *wait_idle; /* owned: serves a wait on a stream that cannot be polled */
 
   /* COMPRESS=DEFLATE (RFC 4978) toward the client, NULL while off (see
    * pg_conn_start_compress). */
@@ -138,6 +147,7 @@ pg_conn_finalize (GObject *object)
   g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
   pg_conn_cork_release (conn);
   g_clear_object (&conn->read_cancellable);
+  g_clear_error (&conn->error);
   g_clear_object (&conn->deflate);
   g_clear_object (&conn->inflate);
   g_free (conn->zin);
@@ -211,30 +221,42 @@ pg_conn_new_internal (guint64 id, PgFrontend frontend, PgConfig *config, GSocket
   return conn;
 }
 
-PgConn *
-pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream)
+/* The socket under `stream` (a GSocketConnection, or the base of TLS), or NULL: reffed. */
+static GSocketConnection *
+pg_conn_dup_socket (GIOStream *stream)
 {
-  GIOStream *base = stream;
+  g_autoptr (GIOStream) base = NULL;
 
-  g_return_val_if_fail (G_IS_IO_STREAM (stream), NULL);
   if (G_IS_TLS_CONNECTION (stream))
     g_object_get (stream, "base-io-stream", &base, NULL);
   else
-    g_object_ref (base);
+    base = g_object_ref (stream);
+  return G_IS_SOCKET_CONNECTION (base) ? G_SOCKET_CONNECTION (g_object_ref (base)) : NULL;
+}
 
-  PgConn *conn
-      = pg_conn_new_internal (pg_session_id_next (), frontend, config,
-                              G_IS_SOCKET_CONNECTION (base) ? G_SOCKET_CONNECTION (base) : NULL,
-                              stream, G_IS_TLS_CONNECTION (stream), NULL);
-  g_object_unref (base);
-  return conn;
+static PgConn *
+pg_conn_new_with_id (guint64 id, PgFrontend frontend, PgConfig *config, GIOStream *stream)
+{
+  g_autoptr (GSocketConnection) socket = pg_conn_dup_socket (stream);
+
+  return pg_conn_new_internal (id, frontend, config, socket, stream, G_IS_TLS_CONNECTION (stream),
+                               NULL);
+}
+
+PgConn *
+pg_conn_new (PgFrontend frontend, PgConfig *config, GIOStream *stream)
+{
+  g_return_val_if_fail (G_IS_IO_STREAM (stream), NULL);
+  return pg_conn_new_with_id (pg_session_id_next (), frontend, config, stream);
 }
 
 PgConn *
 pg_conn_new_upstream (PgConfig *config, GIOStream *stream)
 {
-  PgConn *conn = pg_conn_new (PG_FRONTEND_IMAP, config, stream);
+  PgConn *conn;
 
+  g_return_val_if_fail (G_IS_IO_STREAM (stream), NULL);
+  conn = pg_conn_new_with_id (0, PG_FRONTEND_IMAP, config, stream);
   conn->upstream = TRUE;
   return conn;
 }
@@ -404,30 +426,61 @@ pg_conn_set_idle_timeout (PgConn *conn, guint timeout_ms)
 
 /* --- deadline ------------------------------------------------------------------------- */
 
+/* Like the idle timer, the deadline's source is not moved when the deadline moves later
+ * (an upstream's per-command deadline moves with every reply): the source fires at the
+ * old time and waits for the rest. Only a deadline moved earlier gets a new source. */
+static void pg_conn_arm_deadline (PgConn *conn, gint64 at_us);
+
 static gboolean
 pg_conn_deadline_cb (gpointer user_data)
 {
   PgConn *conn = user_data;
 
   g_clear_pointer (&conn->deadline_source, g_source_unref);
+  if (conn->deadline_us > g_get_monotonic_time ())
+    {
+      pg_conn_arm_deadline (conn, conn->deadline_us);
+      return G_SOURCE_REMOVE;
+    }
+  conn->deadline_us = 0;
   conn->deadline_passed = TRUE;
   pg_conn_emit_timeout (conn);
   return G_SOURCE_REMOVE;
 }
 
-void
-pg_conn_set_deadline (PgConn *conn, guint after_accept_ms)
+static void
+pg_conn_arm_deadline (PgConn *conn, gint64 at_us)
 {
-  gint64 left_us;
+  gint64 left_us = MAX (at_us - g_get_monotonic_time (), 0);
 
-  pg_conn_clear_source (&conn->deadline_source);
-  if (after_accept_ms == 0 || conn->closed)
-    return;
-  left_us = MAX (conn->accepted_us + (gint64) after_accept_ms * 1000 - g_get_monotonic_time (), 0);
-  conn->deadline_source = g_timeout_source_new ((guint) ((left_us + 999) / 1000));
+  conn->deadline_timer_us = at_us;
+  conn->deadline_source = g_timeout_source_new ((guint) MIN ((left_us + 999) / 1000, G_MAXUINT));
   g_source_set_callback (conn->deadline_source, pg_conn_deadline_cb, conn, NULL);
   g_source_set_static_name (conn->deadline_source, "[popgate] connection deadline");
   g_source_attach (conn->deadline_source, g_main_context_get_thread_default ());
+}
+
+void
+pg_conn_set_deadline_at (PgConn *conn, gint64 at_us)
+{
+  conn->deadline_us = conn->closed ? 0 : at_us;
+  if (conn->deadline_us == 0)
+    {
+      pg_conn_clear_source (&conn->deadline_source);
+      return;
+    }
+  conn->deadline_passed = FALSE;
+  if (conn->deadline_source != NULL && conn->deadline_timer_us <= at_us)
+    return; /* it fires early and waits for the rest */
+  pg_conn_clear_source (&conn->deadline_source);
+  pg_conn_arm_deadline (conn, at_us);
+}
+
+void
+pg_conn_set_deadline (PgConn *conn, guint after_accept_ms)
+{
+  pg_conn_set_deadline_at (
+      conn, after_accept_ms == 0 ? 0 : conn->accepted_us + (gint64) after_accept_ms * 1000);
 }
 
 gboolean
@@ -505,6 +558,17 @@ pg_conn_drop_read_source (PgConn *conn)
   pg_conn_clear_source (&conn->read_source);
 }
 
+/* `n` bytes came in: count them, and the connection is not idle. */
+static void
+pg_conn_count_in (PgConn *conn, gsize n)
+{
+  conn->bytes_in += (guint64) n;
+  if (!conn->upstream)
+    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
+                             (guint64) n);
+  pg_conn_restart_idle (conn);
+}
+
 /* A read is over, by either path (readiness or GIO's async read): count it and return it
  * on `task` (transfer full). */
 static void
@@ -517,11 +581,7 @@ pg_conn_read_return (PgConn *conn, GTask *task, gssize n, GError *error)
       g_object_unref (task);
       return;
     }
-  conn->bytes_in += (guint64) n;
-  if (!conn->upstream)
-    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
-                             (guint64) n);
-  pg_conn_restart_idle (conn);
+  pg_conn_count_in (conn, (gsize) n);
   g_task_return_int (task, n);
   g_object_unref (task);
 }
@@ -541,6 +601,15 @@ pg_conn_readable_cb (gpointer user_data)
   GError *error = NULL;
   gssize n;
 
+  if (conn->read_task == NULL && conn->wait_func != NULL)
+    {
+      PgConnReadableFunc func = conn->wait_func;
+
+      conn->wait_func = NULL;
+      func (conn, conn->wait_data);
+      /* Kept for the read that follows (if none comes, the next dispatch removes it). */
+      return conn->read_source != NULL ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+    }
   if (conn->read_task == NULL)
     {
       g_clear_pointer (&conn->read_source, g_source_unref);
@@ -667,10 +736,10 @@ pg_conn_inflate_step (PgConn *conn)
         {
           if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT))
             break;
-          pg_conn_zread_complete (conn, -1,
-                                  g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
-                                               "invalid compressed data from the client: %s",
-                                               error->message));
+          pg_conn_zread_complete (
+              conn, -1,
+              g_error_new (PG_ERROR, PG_ERROR_PROTOCOL, "invalid compressed data from the %s: %s",
+                           conn->upstream ? "server" : "client", error->message));
           return;
         }
       conn->zin_off += r;
@@ -693,8 +762,9 @@ pg_conn_inflate_step (PgConn *conn)
   if (conn->zin_len == PG_CONN_ZLIB_INPUT)
     {
       pg_conn_zread_complete (conn, -1,
-                              g_error_new_literal (PG_ERROR, PG_ERROR_PROTOCOL,
-                                                   "compressed data from the client stalled"));
+                              g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
+                                           "compressed data from the %s stalled",
+                                           conn->upstream ? "server" : "client"));
       return;
     }
   memmove (conn->zin, conn->zin + conn->zin_off, conn->zin_len);
@@ -778,7 +848,7 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
   GInputStream *in = NULL;
 
   g_task_set_source_tag (task, pg_conn_read_async);
-  g_return_if_fail (!conn->read_pending);
+  g_return_if_fail (!conn->read_pending && conn->wait_func == NULL);
   if (conn->closed)
     {
       g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
@@ -831,6 +901,95 @@ pg_conn_read_finish (PgConn *conn, GAsyncResult *result, GError **error)
   return g_task_propagate_int (G_TASK (result), error);
 }
 
+static gboolean
+pg_conn_can_poll (GIOStream *stream)
+{
+  GInputStream *in = g_io_stream_get_input_stream (stream);
+
+  return G_IS_POLLABLE_INPUT_STREAM (in)
+         && g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (in));
+}
+
+gssize
+pg_conn_read_nonblocking (PgConn *conn, void *buffer, gsize len, GError **error)
+{
+  gssize n;
+
+  g_return_val_if_fail (!conn->read_pending && conn->wait_func == NULL, -1);
+  if (conn->closed)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return -1;
+    }
+  if (conn->inflate != NULL || !pg_conn_can_poll (conn->stream))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "read asynchronously");
+      return -1;
+    }
+  n = g_pollable_input_stream_read_nonblocking (
+      G_POLLABLE_INPUT_STREAM (g_io_stream_get_input_stream (conn->stream)), buffer, len, NULL,
+      error);
+  if (n >= 0)
+    pg_conn_count_in (conn, (gsize) n);
+  return n;
+}
+
+static gboolean
+pg_conn_wait_idle_cb (gpointer user_data)
+{
+  PgConn *conn = user_data;
+  g_autoptr (PgConn) keep = g_object_ref (conn);
+  PgConnReadableFunc func = conn->wait_func;
+
+  g_clear_pointer (&conn->wait_idle, g_source_unref);
+  conn->wait_func = NULL;
+  if (func != NULL)
+    func (conn, conn->wait_data);
+  return G_SOURCE_REMOVE;
+}
+
+void
+pg_conn_wait_readable (PgConn *conn, PgConnReadableFunc func, gpointer user_data)
+{
+  g_return_if_fail (func != NULL);
+  g_return_if_fail (!conn->read_pending && conn->wait_func == NULL);
+  if (conn->closed)
+    return;
+  conn->wait_func = func;
+  conn->wait_data = user_data;
+  /* Inflated input already waiting, or a stream that cannot say when it has input: the
+   * caller reads at once, and that read waits. */
+  if ((conn->inflate != NULL && (conn->zin_len > 0 || conn->zin_more))
+      || !pg_conn_can_poll (conn->stream))
+    {
+      conn->wait_idle = g_idle_source_new ();
+      g_source_set_callback (conn->wait_idle, pg_conn_wait_idle_cb, conn, NULL);
+      g_source_set_static_name (conn->wait_idle, "[popgate] readable wait");
+      g_source_attach (conn->wait_idle, g_main_context_get_thread_default ());
+      return;
+    }
+  if (conn->read_source == NULL)
+    {
+      conn->read_source = pg_net_readable_source_new (conn->stream, pg_conn_readable_cb, conn);
+      g_source_set_static_name (conn->read_source, "[popgate] connection readable");
+      g_source_attach (conn->read_source, g_main_context_get_thread_default ());
+    }
+}
+
+void
+pg_conn_cancel_wait_readable (PgConn *conn)
+{
+  conn->wait_func = NULL;
+  conn->wait_data = NULL;
+  pg_conn_clear_source (&conn->wait_idle);
+}
+
+gboolean
+pg_conn_is_reading (PgConn *conn)
+{
+  return conn->read_pending || conn->wait_func != NULL;
+}
+
 /* --- writing ---------------------------------------------------------------------------- */
 
 static void
@@ -871,6 +1030,8 @@ pg_conn_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   if (n < 0)
     {
       /* The client went away or the close deadline cancelled us: drop the rest. */
+      if (conn->error == NULL && !conn->closed)
+        conn->error = g_steal_pointer (&error);
       pg_conn_finish_close (conn);
       g_object_unref (conn);
       return;
@@ -1123,15 +1284,16 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autoptr (GTask) task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
+  GIOStream *tls = pg_tls_handshake_finish (result, &error);
 
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+  if (tls == NULL)
     {
       g_task_return_error (task, error);
       return;
     }
   pg_conn_drop_read_source (conn); /* it watched the plaintext stream */
   g_clear_object (&conn->stream);
-  conn->stream = G_IO_STREAM (g_object_ref (source));
+  conn->stream = tls;
   conn->tls = TRUE;
   g_task_return_boolean (task, TRUE);
 }
@@ -1141,8 +1303,6 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
                          gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
-  g_autoptr (GIOStream) tls = NULL;
-  GError *error = NULL;
 
   g_task_set_source_tag (task, pg_conn_start_tls_async);
   if (!pg_conn_can_start_tls (conn) || conn->read_pending || pg_conn_get_queued (conn) > 0)
@@ -1152,19 +1312,66 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
     }
   /* From here the handshake reads the socket, not us. */
   pg_conn_drop_read_source (conn);
-  tls = g_tls_server_connection_new (conn->stream, conn->tls_cert, &error);
+  pg_tls_server_handshake_async (conn->stream, conn->tls_cert,
+                                 cancellable != NULL ? cancellable : conn->cancellable,
+                                 pg_conn_handshake_cb, g_steal_pointer (&task));
+}
+
+gboolean
+pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, conn), FALSE);
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+static void
+pg_conn_client_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  PgConn *conn = g_task_get_source_object (task);
+  GError *error = NULL;
+  g_autoptr (GIOStream) tls = pg_tls_handshake_finish (result, &error);
+
   if (tls == NULL)
     {
       g_task_return_error (task, error);
       return;
     }
-  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
-                                    cancellable != NULL ? cancellable : conn->cancellable,
-                                    pg_conn_handshake_cb, g_steal_pointer (&task));
+  if (conn->closed)
+    {
+      /* Closed while the handshake ran (the socket under it is closed already). */
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return;
+    }
+  g_clear_object (&conn->stream);
+  conn->stream = g_steal_pointer (&tls);
+  conn->tls = TRUE;
+  g_task_return_boolean (task, TRUE);
+}
+
+void
+pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port, const char *ca_file,
+                                GCancellable *cancellable, GAsyncReadyCallback callback,
+                                gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, pg_conn_start_client_tls_async);
+  if (conn->closed || conn->tls || conn->deflate != NULL || pg_conn_is_reading (conn)
+      || conn->write_pending || pg_conn_get_queued (conn) > 0)
+    {
+      g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
+      return;
+    }
+  /* From here the handshake reads the socket, not us. */
+  pg_conn_drop_read_source (conn);
+  pg_tls_client_handshake_async (conn->stream, host, port, ca_file,
+                                 cancellable != NULL ? cancellable : conn->cancellable,
+                                 pg_conn_client_handshake_cb, g_steal_pointer (&task));
 }
 
 gboolean
-pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error)
+pg_conn_start_client_tls_finish (PgConn *conn, GAsyncResult *result, GError **error)
 {
   g_return_val_if_fail (g_task_is_valid (result, conn), FALSE);
   return g_task_propagate_boolean (G_TASK (result), error);
@@ -1192,6 +1399,7 @@ pg_conn_finish_close (PgConn *conn)
   pg_conn_drop_read_source (conn);
   pg_conn_clear_source (&conn->read_cancel_source);
   pg_conn_fail_pending_read (conn);
+  pg_conn_cancel_wait_readable (conn);
   pg_conn_stop_idle (conn);
   pg_conn_clear_source (&conn->deadline_source);
   pg_conn_clear_source (&conn->close_source);
@@ -1231,6 +1439,44 @@ pg_conn_abort (PgConn *conn)
   pg_conn_finish_close (conn);
 }
 
+const GError *
+pg_conn_get_error (PgConn *conn)
+{
+  return conn->error;
+}
+
+GIOStream *
+pg_conn_steal_stream (PgConn *conn, GError **error)
+{
+  if (conn->closed || conn->closing)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return NULL;
+    }
+  if (conn->read_pending || conn->write_pending || pg_conn_get_queued (conn) > 0)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                           "connection busy: a read or a write is pending");
+      return NULL;
+    }
+  if (conn->deflate != NULL)
+    {
+      /* The zlib state cannot go with the stream. */
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
+                           "a compressed connection cannot be handed over");
+      return NULL;
+    }
+  conn->closed = TRUE;
+  pg_conn_cancel_wait_readable (conn);
+  pg_conn_drop_read_source (conn);
+  pg_conn_clear_source (&conn->read_cancel_source);
+  pg_conn_stop_idle (conn);
+  pg_conn_clear_source (&conn->deadline_source);
+  pg_conn_check_drain_waiters (conn);
+  g_clear_object (&conn->socket);
+  return g_steal_pointer (&conn->stream);
+}
+
 void
 pg_conn_emit_shutdown_internal (PgConn *conn)
 {
@@ -1238,109 +1484,7 @@ pg_conn_emit_shutdown_internal (PgConn *conn)
     g_signal_emit (conn, pg_conn_signals[SIGNAL_SHUTDOWN], 0);
 }
 
-/* --- readiness reads and half-close (the IMAP relay's pump) ------------------------------ */
-
-/* Kept apart from the struct, as qdata: an addition that does not touch the read path
- * above. While a readable func is set, the connection watches its stream with one kept
- * source (pg_net_readable_source_new) and holds no buffer: the pump reads into its own
- * on each call. */
-typedef struct
-{
-  PgConn *conn;    /* unowned: the qdata's owner */
-  GSource *source; /* owned */
-  PgConnReadableFunc func;
-  gpointer data;
-} PgConnReadable;
-
-static GQuark
-pg_conn_readable_quark (void)
-{
-  static GQuark quark = 0;
-
-  if (quark == 0)
-    quark = g_quark_from_static_string ("pg-conn-readable");
-  return quark;
-}
-
-static void
-pg_conn_readable_free (gpointer data)
-{
-  PgConnReadable *readable = data;
-
-  pg_conn_clear_source (&readable->source);
-  g_free (readable);
-}
-
-static gboolean
-pg_conn_readable_func_cb (gpointer user_data)
-{
-  PgConnReadable *readable = user_data;
-  g_autoptr (PgConn) conn = g_object_ref (readable->conn);
-
-  if (conn->closed)
-    {
-      /* Frees `readable` and destroys this source: touch neither afterwards. */
-      g_object_set_qdata (G_OBJECT (conn), pg_conn_readable_quark (), NULL);
-      return G_SOURCE_REMOVE;
-    }
-  /* The func may unset itself (freeing `readable`); the source's return value is then
-   * ignored. */
-  readable->func (conn, readable->data);
-  return G_SOURCE_CONTINUE;
-}
-
-void
-pg_conn_set_readable_func (PgConn *conn, PgConnReadableFunc func, gpointer user_data)
-{
-  PgConnReadable *readable;
-
-  if (func == NULL || conn->closed)
-    {
-      g_object_set_qdata (G_OBJECT (conn), pg_conn_readable_quark (), NULL);
-      return;
-    }
-  g_return_if_fail (!conn->read_pending && conn->inflate == NULL);
-  readable = g_object_get_qdata (G_OBJECT (conn), pg_conn_readable_quark ());
-  if (readable == NULL)
-    {
-      readable = g_new0 (PgConnReadable, 1);
-      readable->conn = conn;
-      readable->source
-          = pg_net_readable_source_new (conn->stream, pg_conn_readable_func_cb, readable);
-      g_source_set_static_name (readable->source, "[popgate] pump readable");
-      g_source_attach (readable->source, g_main_context_get_thread_default ());
-      g_object_set_qdata_full (G_OBJECT (conn), pg_conn_readable_quark (), readable,
-                               pg_conn_readable_free);
-    }
-  readable->func = func;
-  readable->data = user_data;
-}
-
-gssize
-pg_conn_read_now (PgConn *conn, void *buffer, gsize len, GError **error)
-{
-  GInputStream *in;
-  gssize n;
-
-  if (conn->closed)
-    {
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
-      return -1;
-    }
-  g_return_val_if_fail (!conn->read_pending && conn->inflate == NULL, -1);
-  in = g_io_stream_get_input_stream (conn->stream);
-  g_return_val_if_fail (G_IS_POLLABLE_INPUT_STREAM (in), -1);
-  n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (in), buffer, len, NULL,
-                                                error);
-  if (n <= 0)
-    return n;
-  conn->bytes_in += (guint64) n;
-  if (!conn->upstream)
-    pg_metrics_client_bytes ((PgMetricsFrontend) conn->frontend, PG_METRICS_DIRECTION_IN,
-                             (guint64) n);
-  pg_conn_restart_idle (conn);
-  return n;
-}
+/* --- half-close (the IMAP relay's pump) ------------------------------------------------- */
 
 gboolean
 pg_conn_shutdown_write (PgConn *conn, GError **error)

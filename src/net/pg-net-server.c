@@ -381,14 +381,14 @@ pg_server_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_dat
   PgAccept *accept = user_data;
   g_autoptr (GError) error = NULL;
 
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+  accept->stream = pg_tls_handshake_finish (result, &error);
+  if (accept->stream == NULL)
     {
       pg_session_info (accept->id, "TLS handshake with a client failed: %s", error->message);
       pg_metrics_error (PG_METRICS_ERROR_TLS);
       pg_accept_drop (accept);
       return;
     }
-  accept->stream = G_IO_STREAM (g_object_ref (source));
   pg_accept_start_session (accept);
 }
 
@@ -419,18 +419,8 @@ pg_accept_continue (PgAccept *accept, const char *peer_ip, const char *peer_text
 
   if (accept->tls)
     {
-      g_autoptr (GError) error = NULL;
-      g_autoptr (GIOStream) tls
-          = g_tls_server_connection_new (G_IO_STREAM (accept->socket), server->tls_cert, &error);
-
-      if (tls == NULL)
-        {
-          pg_session_warning (accept->id, "cannot start TLS: %s", error->message);
-          pg_accept_drop (accept);
-          return;
-        }
-      g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
-                                        accept->cancellable, pg_server_handshake_cb, accept);
+      pg_tls_server_handshake_async (G_IO_STREAM (accept->socket), server->tls_cert,
+                                     accept->cancellable, pg_server_handshake_cb, accept);
       return;
     }
   pg_accept_start_session (accept);
@@ -766,13 +756,7 @@ pg_server_load_certificate (PgConfig *config, GError **error)
 
   if (config->tls.cert == NULL || config->tls.key == NULL)
     return NULL;
-  /* GIO loads a key of another certificate without a word; every handshake would fail. */
-  if (!pg_tls_check_pair (config->tls.cert, config->tls.key, error))
-    {
-      g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
-      return NULL;
-    }
-  cert = g_tls_certificate_new_from_files (config->tls.cert, config->tls.key, error);
+  cert = pg_tls_load_certificate (config->tls.cert, config->tls.key, error);
   if (cert == NULL)
     g_prefix_error (error, "%s: [tls] cert/key: ", config->source);
   return cert;

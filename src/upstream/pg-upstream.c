@@ -2,10 +2,12 @@
  *
  * Shape (after Dovecot's lib-imap-client): a queue of tagged commands, written one part at
  * a time (a literal's data waits for "+" unless LITERAL+), replies matched by tag, untagged
- * data routed to the oldest command that asked for it or emitted as signals. Reading uses
- * a fixed buffer and the pure parser in src/codec; at most one read and one write are
- * pending. Body chunks go to the consumer, which may pause us: while paused we neither
- * parse nor read, so memory does not depend on message size.
+ * data routed to the oldest command that asked for it or emitted as signals. The I/O is
+ * the connection engine's (PgConn, src/net: connect, reads, the ordered write queue, the
+ * one deadline timer, TLS, compression); this file is the protocol. Reading uses a fixed
+ * buffer and the pure parser in src/codec; at most one read is pending. Body chunks go to
+ * the consumer, which may pause us: while paused we neither parse nor read, so memory does
+ * not depend on message size.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -23,8 +25,6 @@
 #include "popgate/pg-limits.h"
 
 #include <json-glib/json-glib.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <string.h>
 
 typedef enum
@@ -56,6 +56,7 @@ typedef enum
   PG_UPSTREAM_CMD_GETMETADATA,
   PG_UPSTREAM_CMD_LOGOUT,
   PG_UPSTREAM_CMD_LIST,
+  PG_UPSTREAM_CMD_COMPRESS, /* nothing may follow it until its reply (RFC 4978 §3) */
 } PgUpstreamCmdKind;
 
 typedef struct _PgUpstreamCmd PgUpstreamCmd;
@@ -116,20 +117,26 @@ struct _PgUpstream
   GMainContext *context; /* owned: where our sources run */
   PgUpstreamState state;
 
-  GSocketConnection *socket;    /* owned: the TCP connection */
-  GIOStream *stream;            /* owned: socket or the TLS connection on it */
-  GCancellable *io_cancellable; /* owned: cancels our pending read and write */
+  /* owned: the connection (TCP, then TLS on it), on the one connection engine: reads,
+   * the ordered write queue, the deadline timer, the TLS upgrade. NULL before the TCP
+   * connect and after the connection was dropped or handed over. */
+  PgConn *conn;
+  gulong conn_closed_id;
+  gulong conn_timeout_id;
+  GCancellable *io_cancellable; /* owned: cancels the TCP connect */
   PgImapParser *parser;         /* owned */
   /* owned: the fixed read buffer (rbuf_size bytes, never grows while in use), allocated
    * only while a reply is expected or bytes wait in it. An idle connection (nothing sent
-   * and unanswered) waits for input with wait_source and holds no buffer: with a thousand
-   * idle POP3 sessions that is 16 MiB less (DESIGN.md: an idle session costs < 64 KiB). */
+   * and unanswered) waits for input with pg_conn_wait_readable() and holds no buffer: with
+   * a thousand idle POP3 sessions that is 16 MiB less (DESIGN.md: an idle session costs
+   * < 32 KiB). */
   guint8 *rbuf;
-  gsize rbuf_size;      /* PG_UPSTREAM_READ_BUFFER, or PG_UPSTREAM_BODY_READ_BUFFER for bodies */
-  GSource *wait_source; /* owned: readability of an idle connection (counts as reading) */
+  gsize rbuf_size; /* PG_UPSTREAM_READ_BUFFER, or PG_UPSTREAM_BODY_READ_BUFFER for bodies */
   gsize rpos, rlen;
-  gboolean reading, writing, paused, upgrading, processing;
-  GBytes *write_bytes;     /* owned: the part being written */
+  gboolean reading; /* a read on conn is pending, or (waiting) a readable wait is set */
+  gboolean waiting;
+  gboolean paused, upgrading, processing;
+  gboolean compressing;    /* COMPRESS sent, not answered: the commands after it wait */
   guint corked;            /* pg_upstream_cork() depth: commands wait in unsent */
   guint32 guessed_uid;     /* a body literal came before its UID: the UID it was routed to */
   guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
@@ -149,15 +156,13 @@ struct _PgUpstream
 
   PgUpstreamMailbox mailbox; /* filled by the untagged data of SELECT */
 
-  GSource *timeout_source;           /* owned: the deadline timer (see "timers") */
-  gint64 timer_at_us;                /* monotonic: when timeout_source fires */
-  gint64 deadline_us;                /* monotonic: the server must progress by then; 0 idle */
-  gint64 pause_deadline_us;          /* monotonic: the consumer must resume by then; 0 */
+  /* The deadlines (see "timers"), all monotonic; conn's one timer fires at the earliest. */
+  gint64 deadline_us;                /* the server must progress by then; 0 idle */
+  gint64 pause_deadline_us;          /* the consumer must resume by then; 0 */
+  gint64 connect_deadline_us;        /* connecting must be done by then; 0 */
   GTask *connect_task;               /* owned while connecting */
   GCancellable *connect_cancellable; /* owned while connecting: the caller's */
   gulong connect_cancelled_id;
-  GSource *connect_timer; /* owned while connecting */
-  gboolean connect_timed_out;
 };
 
 G_DEFINE_FINAL_TYPE (PgUpstream, pg_upstream, G_TYPE_OBJECT)
@@ -387,9 +392,11 @@ pg_upstream_task_new (PgUpstream *self, gpointer source_tag, GCancellable *cance
  * While our consumer pauses us (its client is behind), the server is not at fault, but we
  * still have a deadline: PG_UPSTREAM_MAX_PAUSE_MS or the POP3 autologout, whichever is
  * longer — past that the client has not taken a chunk for longer than it could stay idle,
- * and the session could only hang. */
-
-static void pg_upstream_arm_timeout (PgUpstream *self, gint64 at_us);
+ * and the session could only hang.
+ *
+ * While connecting, one more: connect_timeout from the start, over TCP, TLS, greeting,
+ * capabilities and STARTTLS. The connection's one timer (pg_conn_set_deadline_at) is set
+ * to the earliest of them. */
 
 static gint64
 pg_upstream_timeout_us (PgUpstream *self)
@@ -403,19 +410,72 @@ pg_upstream_pause_limit_us (PgUpstream *self)
   return MAX ((gint64) PG_UPSTREAM_MAX_PAUSE_MS, (gint64) self->config->pop3.autologout_ms) * 1000;
 }
 
+static void pg_upstream_connect_timed_out (PgUpstream *self);
+
+/* The server made progress on what we asked: the deadline is `timeout` from now. */
+static void
+pg_upstream_progress (PgUpstream *self)
+{
+  if (self->deadline_us != 0)
+    self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
+}
+
+/* Start the deadline when something is outstanding (if the connection was idle), or stop
+ * it, and set the connection's timer to the earliest of it and the connect deadline.
+ * Called on every send, read and reply: a deadline that moved later costs no new timer
+ * (pg_conn_set_deadline_at), so none is made per read. */
+static void
+pg_upstream_update_timeout (PgUpstream *self)
+{
+  gint64 due_us = 0;
+
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->upstream_config->timeout_ms == 0
+      || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
+    {
+      self->deadline_us = 0;
+      self->pause_deadline_us = 0;
+    }
+  else
+    {
+      if (self->deadline_us == 0)
+        self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
+      if (self->paused)
+        {
+          if (self->pause_deadline_us == 0)
+            self->pause_deadline_us = g_get_monotonic_time () + pg_upstream_pause_limit_us (self);
+          due_us = self->pause_deadline_us;
+        }
+      else
+        {
+          self->pause_deadline_us = 0;
+          due_us = self->deadline_us;
+        }
+    }
+  if (self->connect_deadline_us != 0 && (due_us == 0 || self->connect_deadline_us < due_us))
+    due_us = self->connect_deadline_us;
+  if (self->conn != NULL)
+    pg_conn_set_deadline_at (self->conn, due_us);
+}
+
+/* The connection's timer ran out: a deadline passed (or moved, and the timer is set anew). */
 static gboolean
-pg_upstream_timeout_cb (gpointer user_data)
+pg_upstream_conn_timeout_cb (PgConn *conn, gpointer user_data)
 {
   PgUpstream *self = user_data;
+  gint64 now_us = g_get_monotonic_time ();
   gint64 due_us = self->paused ? self->pause_deadline_us : self->deadline_us;
   g_autoptr (GError) error = NULL;
 
-  g_clear_pointer (&self->timeout_source, g_source_unref);
-  if (due_us > g_get_monotonic_time ())
+  if (self->connect_task != NULL && self->connect_deadline_us != 0
+      && self->connect_deadline_us <= now_us)
     {
-      /* Progress moved the deadline since this timer was set: wait the rest. */
-      pg_upstream_arm_timeout (self, due_us);
-      return G_SOURCE_REMOVE;
+      pg_upstream_connect_timed_out (self);
+      return TRUE;
+    }
+  if (due_us == 0 || due_us > now_us)
+    {
+      pg_upstream_update_timeout (self);
+      return TRUE;
     }
   if (self->paused)
     error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
@@ -426,99 +486,67 @@ pg_upstream_timeout_cb (gpointer user_data)
                          self->upstream_config->timeout_ms);
   pg_session_info (self->sid, "upstream: %s", error->message);
   pg_upstream_fail (self, error);
-  return G_SOURCE_REMOVE;
-}
-
-static void
-pg_upstream_arm_timeout (PgUpstream *self, gint64 at_us)
-{
-  gint64 left_us = MAX (at_us - g_get_monotonic_time (), 0);
-
-  self->timer_at_us = at_us;
-  self->timeout_source = g_timeout_source_new ((guint) MIN ((left_us + 999) / 1000, G_MAXUINT));
-  g_source_set_callback (self->timeout_source, pg_upstream_timeout_cb, self, NULL);
-  g_source_attach (self->timeout_source, self->context);
-}
-
-static void
-pg_upstream_disarm_timeout (PgUpstream *self)
-{
-  if (self->timeout_source == NULL)
-    return;
-  g_source_destroy (self->timeout_source);
-  g_clear_pointer (&self->timeout_source, g_source_unref);
-}
-
-/* The server made progress on what we asked: the deadline is `timeout` from now. */
-static void
-pg_upstream_progress (PgUpstream *self)
-{
-  if (self->deadline_us != 0)
-    self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
-}
-
-/* Arm the deadline when something is outstanding (starting it if the connection was
- * idle), or disarm it. Called on every send, read and reply; an armed timer that falls no
- * earlier than due is left alone (its callback waits out the rest): no new source per read. */
-static void
-pg_upstream_update_timeout (PgUpstream *self)
-{
-  gint64 due_us;
-
-  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->upstream_config->timeout_ms == 0
-      || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
-    {
-      pg_upstream_disarm_timeout (self);
-      self->deadline_us = 0;
-      self->pause_deadline_us = 0;
-      return;
-    }
-  if (self->deadline_us == 0)
-    self->deadline_us = g_get_monotonic_time () + pg_upstream_timeout_us (self);
-  if (self->paused)
-    {
-      if (self->pause_deadline_us == 0)
-        self->pause_deadline_us = g_get_monotonic_time () + pg_upstream_pause_limit_us (self);
-      due_us = self->pause_deadline_us;
-    }
-  else
-    {
-      self->pause_deadline_us = 0;
-      due_us = self->deadline_us;
-    }
-  if (self->timeout_source != NULL && self->timer_at_us > due_us)
-    pg_upstream_disarm_timeout (self); /* falls too late (the pause ended): set it again */
-  if (self->timeout_source == NULL)
-    pg_upstream_arm_timeout (self, due_us);
+  return TRUE;
 }
 
 /* --- closing ---------------------------------------------------------------------------- */
 
-/* Stop waiting for an idle connection to become readable (no callback comes). */
+static void pg_upstream_fail_disconnected (PgUpstream *self, const GError *io_error);
+
+/* The connection closed under us: only a failed write does that (we let go of it before
+ * we close it ourselves). */
 static void
-pg_upstream_stop_waiting (PgUpstream *self)
+pg_upstream_conn_closed_cb (PgConn *conn, gpointer user_data)
 {
-  if (self->wait_source == NULL)
-    return;
-  g_source_destroy (self->wait_source);
-  g_clear_pointer (&self->wait_source, g_source_unref);
-  self->reading = FALSE;
+  PgUpstream *self = user_data;
+
+  pg_upstream_fail_disconnected (self, pg_conn_get_error (conn));
+}
+
+static void
+pg_upstream_attach_conn (PgUpstream *self, PgConn *conn)
+{
+  self->conn = g_object_ref (conn);
+  self->conn_closed_id
+      = g_signal_connect (conn, "closed", G_CALLBACK (pg_upstream_conn_closed_cb), self);
+  self->conn_timeout_id
+      = g_signal_connect (conn, "timeout", G_CALLBACK (pg_upstream_conn_timeout_cb), self);
+  pg_upstream_update_timeout (self);
+}
+
+/* Let go of the connection (transfer full; NULL if none): no signal, wait or timer of
+ * ours stays on it. A read still pending completes later, into rbuf. */
+static PgConn *
+pg_upstream_release_conn (PgUpstream *self)
+{
+  PgConn *conn = g_steal_pointer (&self->conn);
+
+  if (self->waiting)
+    {
+      self->waiting = FALSE;
+      self->reading = FALSE;
+    }
+  if (conn == NULL)
+    return NULL;
+  g_clear_signal_handler (&self->conn_closed_id, conn);
+  g_clear_signal_handler (&self->conn_timeout_id, conn);
+  pg_conn_cancel_wait_readable (conn);
+  pg_conn_set_deadline_at (conn, 0);
+  return conn;
 }
 
 static void
 pg_upstream_drop_connection (PgUpstream *self)
 {
-  pg_upstream_stop_waiting (self);
+  g_autoptr (PgConn) conn = pg_upstream_release_conn (self);
+
   g_cancellable_cancel (self->io_cancellable);
   /* With TLS a close_notify first, bounded; nothing blocks (pg-net.h). */
-  if (self->socket != NULL)
-    pg_net_close_stream (self->stream, self->socket);
-  g_clear_object (&self->stream);
-  g_clear_object (&self->socket);
-  g_clear_pointer (&self->write_bytes, g_bytes_unref);
+  if (conn != NULL)
+    pg_conn_abort (conn);
   self->rpos = self->rlen = 0;
   self->guessed_uid = 0;
-  /* A read still pending owns the buffer until its (cancelled) callback. */
+  /* A read still pending owns the buffer until its (failed) callback. */
   if (!self->reading)
     g_clear_pointer (&self->rbuf, g_free);
 }
@@ -537,9 +565,10 @@ pg_upstream_fail (PgUpstream *self, const GError *error)
     pg_session_debug (self->sid, "upstream: connection failed: %s", error->message);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
   pg_upstream_drop_connection (self);
-  pg_upstream_disarm_timeout (self);
+  self->deadline_us = self->pause_deadline_us = self->connect_deadline_us = 0;
   self->sending = NULL;
   self->paused = FALSE;
+  self->compressing = FALSE;
 
   closed_error = error != NULL ? g_error_copy (error)
                                : g_error_new (PG_ERROR, PG_ERROR_UPSTREAM,
@@ -580,25 +609,6 @@ pg_upstream_fail_disconnected (PgUpstream *self, const GError *io_error)
 }
 
 /* --- writing ----------------------------------------------------------------------------- */
-
-static void
-pg_upstream_write_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (PgUpstream) self = user_data;
-  g_autoptr (GError) error = NULL;
-
-  if (!g_output_stream_write_all_finish (G_OUTPUT_STREAM (source), result, NULL, &error))
-    {
-      self->writing = FALSE;
-      if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
-        return;
-      pg_upstream_fail_disconnected (self, error);
-      return;
-    }
-  self->writing = FALSE;
-  g_clear_pointer (&self->write_bytes, g_bytes_unref);
-  pg_upstream_flush (self);
-}
 
 /* A part of a command going out (already redacted): the debug log and the audit trace. */
 static void
@@ -698,21 +708,51 @@ pg_upstream_batch_fetches (PgUpstream *self, PgUpstreamCmd *leader)
   g_ptr_array_add (leader->parts, part);
 }
 
-/* Write the next part if nothing is being written and the part may go now. */
+/* Write what flush collected: the one part it holds back, and end the cork of several. */
+static void
+pg_upstream_flush_out (PgConn *conn, GBytes **held, gboolean *corked)
+{
+  if (*held != NULL)
+    {
+      pg_conn_write_bytes (conn, *held);
+      g_clear_pointer (held, g_bytes_unref);
+    }
+  if (*corked)
+    {
+      pg_conn_uncork (conn);
+      *corked = FALSE;
+    }
+}
+
+/* Hand the connection every part that may go now, in order: the queued commands and, of
+ * the command being sent, its parts up to one that waits for the server's "+". Several
+ * parts (pipelined commands, a command and its non-synchronising literals) are corked so
+ * that they leave in one write; a single one (the usual UID FETCH) goes as it is, without
+ * a copy into the cork. The connection queues what the socket does not take at once. */
 static void
 pg_upstream_flush (PgUpstream *self)
 {
-  while (!self->writing && self->stream != NULL && !self->upgrading
-         && self->state != PG_UPSTREAM_STATE_CLOSED && (self->corked == 0 || self->sending != NULL))
+  g_autoptr (PgConn) conn = NULL;
+  GBytes *held = NULL; /* owned: the first part, written alone if no other follows */
+  gboolean corked = FALSE;
+
+  if (self->conn == NULL || self->upgrading || self->state == PG_UPSTREAM_STATE_CLOSED)
+    return;
+  conn = g_object_ref (self->conn);
+  while (self->corked == 0 || self->sending != NULL)
     {
       PgUpstreamCmd *cmd = self->sending;
       PgImapWriterPart *part;
 
       if (cmd == NULL)
         {
+          if (self->compressing)
+            break; /* they go out deflated, after the OK */
           cmd = g_queue_pop_head (&self->unsent);
           if (cmd == NULL)
-            return;
+            break;
+          if (cmd->kind == PG_UPSTREAM_CMD_COMPRESS)
+            self->compressing = TRUE;
           g_queue_push_tail (&self->pending, cmd);
           self->sending = cmd;
           cmd->sent_us = g_get_monotonic_time ();
@@ -726,34 +766,33 @@ pg_upstream_flush (PgUpstream *self)
         }
       part = g_ptr_array_index (cmd->parts, cmd->next_part);
       if (part->wait_continuation && !cmd->continued)
-        return;
+        break;
       cmd->continued = FALSE;
       pg_upstream_log_part (self, cmd, cmd->next_part);
       cmd->next_part++;
-      {
-        GOutputStream *output = g_io_stream_get_output_stream (self->stream);
-        gsize size = 0;
-        const guint8 *data = g_bytes_get_data (part->bytes, &size);
-        gssize done = 0;
-
-        /* Commands are small: the socket nearly always takes them at once, and the
-         * command is out before its reply can be read (no async write in flight then).
-         * What it does not take, and any error, goes the async way. */
-        if (G_IS_POLLABLE_OUTPUT_STREAM (output)
-            && g_pollable_output_stream_can_poll (G_POLLABLE_OUTPUT_STREAM (output)))
-          done = g_pollable_output_stream_write_nonblocking (G_POLLABLE_OUTPUT_STREAM (output),
-                                                             data, size, NULL, NULL);
-        if (done > 0 && (gsize) done == size)
-          continue;
-        done = MAX (done, 0);
-        self->writing = TRUE;
-        self->write_bytes = g_bytes_new_from_bytes (part->bytes, (gsize) done, size - (gsize) done);
-        data = g_bytes_get_data (self->write_bytes, &size);
-        g_output_stream_write_all_async (output, data, size, G_PRIORITY_DEFAULT,
-                                         self->io_cancellable, pg_upstream_write_cb,
-                                         g_object_ref (self));
-      }
+      if (part->secret)
+        {
+          /* Never copied into the cork's buffer, which is reused and not wiped: the
+           * socket takes a secret from the part itself, or the queue keeps a reference. */
+          pg_upstream_flush_out (conn, &held, &corked);
+          pg_conn_write_bytes (conn, part->bytes);
+        }
+      else if (held == NULL && !corked)
+        held = g_bytes_ref (part->bytes);
+      else
+        {
+          if (!corked)
+            {
+              /* A second part: from here on, corked, behind the first. */
+              pg_conn_cork (conn);
+              corked = TRUE;
+              pg_conn_write_bytes (conn, held);
+              g_clear_pointer (&held, g_bytes_unref);
+            }
+          pg_conn_write_bytes (conn, part->bytes);
+        }
     }
+  pg_upstream_flush_out (conn, &held, &corked);
 }
 
 /* --- capabilities ------------------------------------------------------------------------ */
@@ -1324,19 +1363,13 @@ pg_upstream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (PgUpstream) self = user_data;
   g_autoptr (GError) error = NULL;
-  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, &error);
+  gssize n = pg_conn_read_finish (PG_CONN (source), result, &error);
 
   self->reading = FALSE;
-  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->conn != PG_CONN (source))
     {
-      if (self->stream == NULL)
+      if (self->conn == NULL)
         g_clear_pointer (&self->rbuf, g_free); /* the connection was dropped */
-      return;
-    }
-  if (self->state == PG_UPSTREAM_STATE_CLOSED)
-    {
-      if (self->stream == NULL)
-        g_clear_pointer (&self->rbuf, g_free);
       return;
     }
   if (n <= 0)
@@ -1372,29 +1405,23 @@ pg_upstream_ensure_rbuf (PgUpstream *self)
 static gboolean
 pg_upstream_can_read (PgUpstream *self)
 {
-  return !self->reading && !self->paused && !self->upgrading && self->stream != NULL
+  return !self->reading && !self->paused && !self->upgrading && self->conn != NULL
          && self->state != PG_UPSTREAM_STATE_CLOSED && self->rpos >= self->rlen;
 }
 
 /* While replies stream in, read what is already there without the main loop (an async
- * read costs a GTask, sources and a wakeup each). TRUE when bytes came; EOF, errors and
+ * read costs a GTask and a main loop turn). TRUE when bytes came; EOF, errors and
  * "nothing yet" are left to the async read, which reports them. */
 static gboolean
 pg_upstream_read_nonblocking (PgUpstream *self)
 {
-  GInputStream *input;
   gssize n;
 
   if (!pg_upstream_can_read (self)
       || (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)))
     return FALSE;
-  input = g_io_stream_get_input_stream (self->stream);
-  if (!G_IS_POLLABLE_INPUT_STREAM (input)
-      || !g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (input)))
-    return FALSE;
   pg_upstream_ensure_rbuf (self);
-  n = g_pollable_input_stream_read_nonblocking (G_POLLABLE_INPUT_STREAM (input), self->rbuf,
-                                                self->rbuf_size, NULL, NULL);
+  n = pg_conn_read_nonblocking (self->conn, self->rbuf, self->rbuf_size, NULL);
   if (n <= 0)
     return FALSE;
   self->rpos = 0;
@@ -1409,48 +1436,37 @@ pg_upstream_read_now (PgUpstream *self)
 {
   self->reading = TRUE;
   pg_upstream_ensure_rbuf (self);
-  g_input_stream_read_async (g_io_stream_get_input_stream (self->stream), self->rbuf,
-                             self->rbuf_size, G_PRIORITY_DEFAULT, self->io_cancellable,
-                             pg_upstream_read_cb, g_object_ref (self));
+  pg_conn_read_async (self->conn, self->rbuf, self->rbuf_size, NULL, pg_upstream_read_cb,
+                      g_object_ref (self));
 }
 
-static gboolean
-pg_upstream_readable_cb (GObject *stream, gpointer user_data)
+static void
+pg_upstream_readable_cb (PgConn *conn, gpointer user_data)
 {
-  PgUpstream *self = user_data; /* unowned: drop_connection() destroys the source first */
+  PgUpstream *self = user_data; /* unowned: release_conn() cancels the wait first */
 
-  g_clear_pointer (&self->wait_source, g_source_unref);
+  self->waiting = FALSE;
   self->reading = FALSE;
   /* Input, EOF or an error is there (or a command sent meanwhile was answered): read it
-   * now, whether or not a command is outstanding, or the wait would fire again at once. */
+   * now, whether or not a command is outstanding, or the wait would end again at once. */
   if (pg_upstream_can_read (self))
     pg_upstream_read_now (self);
-  return G_SOURCE_REMOVE;
 }
 
 static void
 pg_upstream_read (PgUpstream *self)
 {
-  GInputStream *input;
-
   if (!pg_upstream_can_read (self))
     return;
-  input = g_io_stream_get_input_stream (self->stream);
-  if (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent)
-      && G_IS_POLLABLE_INPUT_STREAM (input)
-      && g_pollable_input_stream_can_poll (G_POLLABLE_INPUT_STREAM (input)))
+  if (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent))
     {
       /* Idle: all that may come is unsolicited (EXISTS, BYE) or EOF. Wait for it without
        * a buffer; a command sent meanwhile is answered through the same wait (one main
        * loop turn later than a pending read would see it). */
       g_clear_pointer (&self->rbuf, g_free);
       self->reading = TRUE;
-      self->wait_source
-          = g_pollable_input_stream_create_source (G_POLLABLE_INPUT_STREAM (input), NULL);
-      g_source_set_callback (self->wait_source, G_SOURCE_FUNC (pg_upstream_readable_cb), self,
-                             NULL);
-      g_source_set_static_name (self->wait_source, "[popgate] upstream idle read");
-      g_source_attach (self->wait_source, self->context);
+      self->waiting = TRUE;
+      pg_conn_wait_readable (self->conn, pg_upstream_readable_cb, self);
       return;
     }
   pg_upstream_read_now (self);
@@ -1498,11 +1514,8 @@ pg_upstream_connect_done (PgUpstream *self, GError *error)
       g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
       g_clear_object (&self->connect_cancellable);
     }
-  if (self->connect_timer != NULL)
-    {
-      g_source_destroy (self->connect_timer);
-      g_clear_pointer (&self->connect_timer, g_source_unref);
-    }
+  self->connect_deadline_us = 0;
+  pg_upstream_update_timeout (self);
   if (task == NULL)
     {
       g_clear_error (&error);
@@ -1518,45 +1531,33 @@ pg_upstream_connect_done (PgUpstream *self, GError *error)
   g_task_return_boolean (task, TRUE);
 }
 
-static GError *
-pg_upstream_tls_error (GTlsConnection *tls, const GError *error)
+static void
+pg_upstream_connect_timed_out (PgUpstream *self)
 {
-  GTlsCertificateFlags flags = g_tls_connection_get_peer_certificate_errors (tls);
-  const char *why = "handshake failed";
-
-  if (flags & G_TLS_CERTIFICATE_UNKNOWN_CA)
-    why = "certificate not signed by a trusted CA";
-  else if (flags & G_TLS_CERTIFICATE_BAD_IDENTITY)
-    why = "certificate does not match the host name";
-  else if (flags & G_TLS_CERTIFICATE_EXPIRED)
-    why = "certificate expired";
-  else if (flags != 0)
-    why = "certificate rejected";
-  return g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s (%s)", why, error->message);
+  pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
+                                               "upstream connect timed out after %u ms",
+                                               self->upstream_config->connect_timeout_ms));
 }
 
 static void pg_upstream_start_session (PgUpstream *self);
 
 static void
-pg_upstream_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+pg_upstream_tls_done_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (PgUpstream) self = user_data;
   g_autoptr (GError) error = NULL;
   gboolean starttls = self->state != PG_UPSTREAM_STATE_CONNECTING;
 
-  if (!g_tls_connection_handshake_finish (G_TLS_CONNECTION (source), result, &error))
+  if (!pg_conn_start_client_tls_finish (PG_CONN (source), result, &error))
     {
-      if (self->connect_timed_out)
-        pg_upstream_connect_done (
-            self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream TLS handshake timed out"));
-      else
-        pg_upstream_connect_done (self, pg_upstream_tls_error (G_TLS_CONNECTION (source), error));
+      g_prefix_error (&error, "upstream ");
+      pg_upstream_connect_done (self, g_steal_pointer (&error));
       return;
     }
+  if (self->state == PG_UPSTREAM_STATE_CLOSED || self->conn != PG_CONN (source))
+    return;
   pg_session_debug (self->sid, "upstream: TLS established");
   self->tls = TRUE;
-  g_clear_object (&self->stream);
-  self->stream = G_IO_STREAM (g_object_ref (source));
   self->upgrading = FALSE;
   if (starttls)
     {
@@ -1569,39 +1570,15 @@ pg_upstream_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_d
   pg_upstream_start_session (self);
 }
 
+/* TLS on the connection, implicit or after STARTTLS: the certificate must chain to
+ * ca_file (or the system store) and name the configured host (src/tls). */
 static void
 pg_upstream_start_tls (PgUpstream *self)
 {
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GSocketConnectable) identity = NULL;
-  g_autoptr (GIOStream) tls = NULL;
-  g_autoptr (GTlsDatabase) database = NULL;
-
-  identity = g_network_address_new (self->upstream_config->host, self->upstream_config->port);
-  tls = g_tls_client_connection_new (G_IO_STREAM (self->socket), identity, &error);
-  if (tls == NULL)
-    {
-      pg_upstream_connect_done (
-          self, g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream TLS: %s", error->message));
-      return;
-    }
-  if (self->upstream_config->ca_file != NULL)
-    {
-      database = g_tls_file_database_new (self->upstream_config->ca_file, &error);
-      if (database == NULL)
-        {
-          pg_upstream_connect_done (self,
-                                    g_error_new (PG_ERROR, PG_ERROR_TLS, "upstream CA file %s: %s",
-                                                 self->upstream_config->ca_file, error->message));
-          return;
-        }
-      g_tls_connection_set_database (G_TLS_CONNECTION (tls), database);
-    }
-  /* No "accept-certificate" handler: any verification error fails the handshake. */
   self->upgrading = TRUE;
-  g_tls_connection_handshake_async (G_TLS_CONNECTION (tls), G_PRIORITY_DEFAULT,
-                                    self->io_cancellable, pg_upstream_handshake_cb,
-                                    g_object_ref (self));
+  pg_conn_start_client_tls_async (self->conn, self->upstream_config->host,
+                                  self->upstream_config->port, self->upstream_config->ca_file, NULL,
+                                  pg_upstream_tls_done_cb, g_object_ref (self));
 }
 
 /* The connect step after CAPABILITY: check what we need and finish (or STARTTLS). */
@@ -1624,6 +1601,78 @@ pg_upstream_starttls_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImap
   pg_upstream_start_tls (self);
 }
 
+/* --- COMPRESS=DEFLATE (RFC 4978), [upstream] compress = auto ------------------------ */
+
+static void
+pg_upstream_compress_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                              const GError *error)
+{
+  g_autoptr (GError) local = NULL;
+
+  self->compressing = FALSE;
+  if (error != NULL)
+    {
+      pg_upstream_cmd_return_error (cmd, g_error_copy (error));
+      return;
+    }
+  if (tagged->status != PG_IMAP_STATUS_OK)
+    {
+      /* An optimisation the server declined: the session goes on uncompressed. */
+      g_autofree gchar *text = pg_upstream_escape_text (tagged->text);
+
+      pg_session_info (self->sid, "upstream: COMPRESS refused: %s %s", tagged->keyword, text);
+      pg_upstream_cmd_return_boolean (cmd, TRUE);
+      pg_upstream_flush (self);
+      return;
+    }
+  /* Everything after the OK is deflated: what is buffered behind it goes to the inflater,
+   * before anyone (the login's caller) can send the next command. */
+  if (!pg_conn_start_compress (self->conn, self->rbuf + self->rpos, self->rlen - self->rpos,
+                               &local))
+    {
+      g_autoptr (GError) failed = g_error_new (
+          PG_ERROR, PG_ERROR_PROTOCOL, "upstream compression did not start: %s", local->message);
+
+      pg_upstream_cmd_return_error (cmd, g_error_copy (failed));
+      pg_upstream_fail (self, failed);
+      return;
+    }
+  self->rpos = self->rlen;
+  pg_session_debug (self->sid, "upstream: COMPRESS=DEFLATE on");
+  pg_upstream_cmd_return_boolean (cmd, TRUE);
+  pg_upstream_flush (self);
+}
+
+/* A login succeeded and the capabilities are current: complete cmd's task, after
+ * COMPRESS DEFLATE when configured and offered. Not for a connection the relay will take
+ * over (hold_when_idle): it forwards the upstream's bytes as they are. */
+static void
+pg_upstream_logged_in (PgUpstream *self, PgUpstreamCmd *cmd)
+{
+  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  PgUpstreamCmd *compress;
+
+  if (!self->upstream_config->compress || self->hold_when_idle || self->conn == NULL
+      || pg_conn_is_compressed (self->conn) || !g_queue_is_empty (&self->pending)
+      || !pg_upstream_has_capability (self, "COMPRESS=DEFLATE"))
+    {
+      if (task != NULL)
+        g_task_return_boolean (task, TRUE);
+      return;
+    }
+  compress = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_COMPRESS, "COMPRESS", task,
+                                  pg_upstream_compress_done_cb);
+  {
+    PgImapWriter *writer = pg_upstream_cmd_writer (self, compress);
+
+    pg_imap_writer_add_raw (writer, " DEFLATE");
+    /* First in line: a command the caller queued meanwhile must follow it. */
+    compress->parts = pg_imap_writer_finish (writer);
+    g_queue_push_head (&self->unsent, compress);
+    pg_upstream_flush (self);
+  }
+}
+
 static void
 pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                                 const GError *error)
@@ -1643,12 +1692,12 @@ pg_upstream_capability_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgIm
       return;
     }
   if (cmd->task != NULL)
-    pg_upstream_cmd_return_boolean (cmd, TRUE);
+    pg_upstream_logged_in (self, cmd); /* the refresh after a login */
   else if (self->connect_task != NULL)
     pg_upstream_connect_after_caps (self);
 }
 
-/* CAPABILITY; completes task (if any) or goes on with connecting. */
+/* CAPABILITY; completes the login task (if any) or goes on with connecting. */
 static void
 pg_upstream_queue_capability (PgUpstream *self, GTask *task)
 {
@@ -1745,15 +1794,14 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
 {
   g_autoptr (PgUpstream) self = user_data;
   g_autoptr (GError) error = NULL;
-  GSocketConnection *connection
-      = g_socket_client_connect_to_host_finish (G_SOCKET_CLIENT (source), result, &error);
+  g_autoptr (PgConn) conn = pg_conn_connect_finish (result, &error);
 
-  if (connection == NULL)
+  if (conn == NULL)
     {
-      if (self->connect_timed_out)
+      if (g_error_matches (error, PG_ERROR, PG_ERROR_TIMEOUT))
         {
-          g_clear_error (&error);
-          error = g_error_new (PG_ERROR, PG_ERROR_TIMEOUT, "upstream connect timed out");
+          pg_upstream_connect_timed_out (self);
+          return;
         }
       /* GIO names the host but not the port: an admin needs both to find the listener. */
       {
@@ -1766,18 +1814,8 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
       return;
     }
   if (self->state == PG_UPSTREAM_STATE_CLOSED)
-    {
-      g_object_unref (connection);
-      return;
-    }
-  self->socket = connection;
-  /* Commands and their literals go out as separate small writes (AUTHENTICATE PLAIN and
-   * its response, pipelined FETCHes): without TCP_NODELAY, Nagle's algorithm holds the
-   * second until the first is acknowledged, ~40 ms against a peer that delays its ACKs. */
-  (void) g_socket_set_option (g_socket_connection_get_socket (connection), IPPROTO_TCP, TCP_NODELAY,
-                              1, NULL);
-  self->stream = G_IO_STREAM (g_object_ref (connection));
-  g_tcp_connection_set_graceful_disconnect (G_TCP_CONNECTION (connection), FALSE);
+    return; /* dropping conn closes the socket */
+  pg_upstream_attach_conn (self, conn);
   if (self->upstream_config->tls == PG_UPSTREAM_TLS_IMPLICIT)
     pg_upstream_start_tls (self);
   else
@@ -1785,15 +1823,13 @@ pg_upstream_tcp_connect_cb (GObject *source, GAsyncResult *result, gpointer user
 }
 
 static gboolean
-pg_upstream_connect_timeout_cb (gpointer user_data)
+pg_upstream_connect_cancelled_idle_cb (gpointer user_data)
 {
   PgUpstream *self = user_data;
 
-  g_clear_pointer (&self->connect_timer, g_source_unref);
-  self->connect_timed_out = TRUE;
-  pg_upstream_connect_done (self, g_error_new (PG_ERROR, PG_ERROR_TIMEOUT,
-                                               "upstream connect timed out after %u ms",
-                                               self->upstream_config->connect_timeout_ms));
+  if (self->connect_task != NULL)
+    pg_upstream_connect_done (
+        self, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, "upstream connect cancelled"));
   return G_SOURCE_REMOVE;
 }
 
@@ -1802,8 +1838,18 @@ pg_upstream_connect_cancelled_cb (GCancellable *cancellable, gpointer user_data)
 {
   PgUpstream *self = user_data;
 
-  /* Runs in the thread that cancelled: we are single-threaded, so this is ours. */
+  /* Runs in the thread that cancelled: we are single-threaded, so this is ours. The TCP
+   * connect fails with the cancellation; past it (TLS, greeting), the connect ends from
+   * the main loop, not from inside the caller's g_cancellable_cancel(). */
   g_cancellable_cancel (self->io_cancellable);
+  if (self->conn != NULL)
+    {
+      g_autoptr (GSource) idle = g_idle_source_new ();
+
+      g_source_set_callback (idle, pg_upstream_connect_cancelled_idle_cb, g_object_ref (self),
+                             g_object_unref);
+      g_source_attach (idle, self->context);
+    }
 }
 
 void
@@ -1811,7 +1857,6 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
                            GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  g_autoptr (GSocketClient) client = NULL;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
   task = pg_upstream_task_new (self, pg_upstream_connect_async, cancellable, callback, user_data);
@@ -1829,22 +1874,16 @@ pg_upstream_connect_async (PgUpstream *self, GCancellable *cancellable,
       self->connect_cancelled_id = g_cancellable_connect (
           cancellable, G_CALLBACK (pg_upstream_connect_cancelled_cb), self, NULL);
     }
+  /* One deadline for all of connecting: TCP, TLS, greeting, capabilities, STARTTLS. */
   if (self->upstream_config->connect_timeout_ms > 0)
-    {
-      self->connect_timer = g_timeout_source_new (self->upstream_config->connect_timeout_ms);
-      g_source_set_callback (self->connect_timer, pg_upstream_connect_timeout_cb, self, NULL);
-      g_source_attach (self->connect_timer, self->context);
-    }
-  client = g_socket_client_new ();
-  /* A mail gateway talks to its configured upstream directly, never via desktop proxy
-   * settings. */
-  g_socket_client_set_enable_proxy (client, FALSE);
+    self->connect_deadline_us
+        = g_get_monotonic_time () + (gint64) self->upstream_config->connect_timeout_ms * 1000;
   pg_session_debug (self->sid, "upstream: connecting to %s:%u (%s)", self->upstream_config->host,
                     self->upstream_config->port,
                     pg_upstream_tls_to_string (self->upstream_config->tls));
-  g_socket_client_connect_to_host_async (client, self->upstream_config->host,
-                                         self->upstream_config->port, self->io_cancellable,
-                                         pg_upstream_tcp_connect_cb, g_object_ref (self));
+  pg_conn_connect_async (self->config, self->upstream_config->host, self->upstream_config->port,
+                         self->connect_deadline_us, self->io_cancellable,
+                         pg_upstream_tcp_connect_cb, g_object_ref (self));
 }
 
 gboolean
@@ -1885,7 +1924,7 @@ pg_upstream_login_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapRes
                                                               : cmd->mechanism);
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
   if (self->caps_from_code)
-    pg_upstream_cmd_return_boolean (cmd, TRUE);
+    pg_upstream_logged_in (self, cmd);
   else
     {
       /* Capabilities change after login; the server did not tell us, so ask. */
@@ -3103,31 +3142,41 @@ pg_upstream_dup_capabilities (PgUpstream *self)
   return caps;
 }
 
-GIOStream *
-pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error)
+/* Whether the connection can be handed over now (see pg_upstream_steal_stream). */
+static gboolean
+pg_upstream_check_hand_over (PgUpstream *self, GError **error)
 {
-  GIOStream *stream;
-
-  g_return_val_if_fail (PG_IS_UPSTREAM (self), NULL);
-  g_return_val_if_fail (out_buffered != NULL, NULL);
-  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
-
   if (self->state != PG_UPSTREAM_STATE_AUTHENTICATED && self->state != PG_UPSTREAM_STATE_SELECTED)
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is not open and logged in");
-      return NULL;
+      return FALSE;
     }
   /* A pending read or write, or a command in flight, would own bytes we cannot hand
-   * over: the caller must steal at a response boundary with nothing outstanding. */
-  if (self->reading || self->writing || self->upgrading || self->stream == NULL
-      || !g_queue_is_empty (&self->pending) || !g_queue_is_empty (&self->unsent))
+   * over: the caller must steal at a response boundary with nothing outstanding. (The
+   * wait of an idle connection owns none: it is simply dropped.) */
+  if ((self->reading && !self->waiting) || self->upgrading || self->conn == NULL
+      || pg_conn_get_queued (self->conn) > 0 || !g_queue_is_empty (&self->pending)
+      || !g_queue_is_empty (&self->unsent))
     {
       g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
                            "upstream connection is busy; cannot hand it over");
-      return NULL;
+      return FALSE;
     }
-  pg_session_debug (self->sid, "upstream: stream handed over (%" G_GSIZE_FORMAT " bytes buffered)",
+  return TRUE;
+}
+
+PgConn *
+pg_upstream_steal_conn (PgUpstream *self, GBytes **out_buffered, GError **error)
+{
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), NULL);
+  g_return_val_if_fail (out_buffered != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  if (!pg_upstream_check_hand_over (self, error))
+    return NULL;
+  pg_session_debug (self->sid,
+                    "upstream: connection handed over (%" G_GSIZE_FORMAT " bytes buffered)",
                     self->rlen - self->rpos);
   *out_buffered = self->rbuf != NULL
                       ? g_bytes_new (self->rbuf + self->rpos, self->rlen - self->rpos)
@@ -3136,13 +3185,39 @@ pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **erro
     pg_secret_wipe (self->rbuf, self->rbuf_size);
   g_clear_pointer (&self->rbuf, g_free);
   self->rpos = self->rlen = 0;
-  stream = g_steal_pointer (&self->stream);
-  g_clear_object (&self->socket);
   /* Inert from here: CLOSED without "closed" (nothing failed; the connection lives on in
    * the caller's hands). */
   self->paused = FALSE;
   pg_upstream_set_state (self, PG_UPSTREAM_STATE_CLOSED);
-  pg_upstream_disarm_timeout (self);
+  self->deadline_us = self->pause_deadline_us = 0;
+  return pg_upstream_release_conn (self);
+}
+
+GIOStream *
+pg_upstream_steal_stream (PgUpstream *self, GBytes **out_buffered, GError **error)
+{
+  g_autoptr (PgConn) conn = NULL;
+  g_autoptr (GBytes) buffered = NULL;
+  GIOStream *stream;
+
+  g_return_val_if_fail (PG_IS_UPSTREAM (self), NULL);
+  g_return_val_if_fail (out_buffered != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  if (!pg_upstream_check_hand_over (self, error))
+    return NULL;
+  if (pg_conn_is_compressed (self->conn))
+    {
+      /* The zlib state cannot go with a bare stream: a relay takes the PgConn. */
+      g_set_error_literal (error, PG_ERROR, PG_ERROR_UPSTREAM,
+                           "upstream connection is compressed; hand over its connection");
+      return NULL;
+    }
+  conn = pg_upstream_steal_conn (self, &buffered, error);
+  stream = pg_conn_steal_stream (conn, error);
+  if (stream == NULL)
+    return NULL; /* cannot be: nothing was pending (checked above) */
+  *out_buffered = g_steal_pointer (&buffered);
   return stream;
 }
 
@@ -3189,12 +3264,6 @@ pg_upstream_dispose (GObject *object)
     {
       g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
       g_clear_object (&self->connect_cancellable);
-    }
-  pg_upstream_disarm_timeout (self);
-  if (self->connect_timer != NULL)
-    {
-      g_source_destroy (self->connect_timer);
-      g_clear_pointer (&self->connect_timer, g_source_unref);
     }
   G_OBJECT_CLASS (pg_upstream_parent_class)->dispose (object);
 }
