@@ -1302,6 +1302,56 @@ test_peer_batch_body_omitted (void)
   peer_run_finish (&run);
 }
 
+/* A batched body ends at its FETCH response's closing parenthesis: RETR 2 fetches 6 and
+ * 7 in one UID FETCH, the server sends 6's whole FETCH response and then nothing (no 7,
+ * no tagged reply). RETR 2 still gets its body and the terminator at once — not a close
+ * when the upstream timeout runs out because 7's body never began. */
+static void
+test_peer_batch_body_then_silence (void)
+{
+  const PgTestPeerStep script[] = {
+    PEER_SNAPSHOT_ASKED,
+    { PG_TEST_PEER_SEND,
+      "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 8] ok\r\n"
+      "$^ OK [READ-WRITE] selected\r\n"
+      "* 1 FETCH (UID 5 RFC822.SIZE 21)\r\n"
+      "* 2 FETCH (UID 6 RFC822.SIZE 21)\r\n"
+      "* 3 FETCH (UID 7 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND,
+      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
+      "$ OK fetched\r\n",
+      0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 6,7 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  PeerRun run = { 0 };
+  g_autoptr (GError) error = NULL;
+  gint64 ms = 0;
+
+  peer_run_start (&run, script);
+  {
+    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
+    g_assert_cmpstr (login, ==, "+OK Logged in.");
+  }
+  for (guint n = 1; n <= 2; n++)
+    {
+      g_autofree gchar *status = NULL;
+      g_autoptr (GBytes) body = pg_test_pop3_retr (run.pop3, n, &status, &error);
+      g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
+
+      g_assert_no_error (error);
+      g_assert_cmpstr (status, ==, "+OK 21 octets");
+      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want, strlen (want));
+    }
+  /* Answered while the upstream is still waiting for 7: nothing timed out. */
+  PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 63");
+  g_clear_pointer (&run.pop3, pg_test_pop3_free);
+  peer_run_finish (&run);
+}
+
 /* Issue 19 item 1, "a paused upstream still has a deadline": RETR 2 makes popgate fetch
  * 6, 7 and 8 in one UID FETCH. 7's body (100,000 octets) comes while the client has not
  * asked for it, so popgate stops reading the upstream on it (the read-ahead holds it);
@@ -1310,8 +1360,7 @@ test_peer_batch_body_omitted (void)
  * and the octets that came go out, and once popgate's upstream timeout (2 s) has run out
  * since the resume the session ends without the terminating "." — it must not wait for
  * the pause limit or the autologout (10 minutes each; the client's 30 s read timeout is
- * the watchdog). 8's FETCH must have begun for 7 to end: popgate ends a batched body
- * when the next one begins or the command completes, not at its closing parenthesis. */
+ * the watchdog). */
 static void
 test_peer_readahead_paused_deadline (void)
 {
@@ -1725,6 +1774,7 @@ main (int argc, char **argv)
     { "/popgate/faults/peer-batch-body-omitted", test_peer_batch_body_omitted, FALSE },
     { "/popgate/faults/peer-readahead-paused-deadline", test_peer_readahead_paused_deadline,
       FALSE },
+    { "/popgate/faults/peer-batch-body-then-silence", test_peer_batch_body_then_silence, FALSE },
     { "/popgate/faults/peer-upstream-tls-close", test_peer_upstream_tls_close, FALSE },
     { "/popgate/faults/peer-untagged-flood", test_peer_untagged_flood, FALSE },
     { "/popgate/faults/peer-snapshot-endless", test_peer_snapshot_endless, FALSE },

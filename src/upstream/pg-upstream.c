@@ -1048,6 +1048,16 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           if (value->type != PG_IMAP_VALUE_NIL)
             cmd->got_body = TRUE;
         }
+      if (cmd->got_body && cmd->task != NULL)
+        {
+          /* The FETCH response is complete, and the body with it: the message ends here.
+           * The tagged reply may be far behind (a batch answers once for all its UIDs), and
+           * a server that goes quiet after a whole body must not hold that body's RETR;
+           * the tagged reply then finds no task (fetch_body_done_cb). */
+          g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+          g_task_return_int (task, 1);
+        }
       return;
     }
   if (response->has_number)
