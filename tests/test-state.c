@@ -1235,10 +1235,11 @@ typedef struct
 {
   GSocketService *service; /* owned */
   guint16 port;
-  gboolean metadata;  /* advertise METADATA */
-  GHashTable *values; /* owned: entry → GBytes */
-  GPtrArray *conns;   /* owned, of PgTestImapConn* */
-  guint setmetadata;  /* SETMETADATA commands seen */
+  gboolean metadata;   /* advertise METADATA */
+  GHashTable *values;  /* owned: entry → GBytes */
+  GPtrArray *conns;    /* owned, of PgTestImapConn* */
+  guint setmetadata;   /* SETMETADATA commands seen */
+  gboolean refuse_set; /* answer SETMETADATA as Cyrus does without annotation_allow_undefined */
 } PgTestImapServer;
 
 typedef struct
@@ -1370,6 +1371,11 @@ pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
       g_autofree gchar *entry = g_strdup (words[3] + 1);
 
       *strchr (entry, ' ') = '\0';
+      if (c->server->refuse_set)
+        {
+          pg_test_imap_printf (c, "%s NO Permission denied\r\n", tag);
+          return;
+        }
       g_hash_table_replace (c->server->values, g_steal_pointer (&entry), g_bytes_ref (literal));
       c->server->setmetadata++;
       pg_test_imap_printf (c, "%s OK SETMETADATA done\r\n", tag);
@@ -1580,6 +1586,30 @@ pg_test_state_metadata_shared (void)
 
   pg_upstream_close (up_a);
   pg_upstream_close (up_b);
+}
+
+/* A server that refuses the write (Cyrus without annotation_allow_undefined): the save
+ * fails with an error that names the entry and still reads as the server's considered
+ * refusal, so QUIT answers [SYS/PERM], not [SYS/TEMP] that clients retry for ever. */
+static void
+pg_test_state_metadata_refused (void)
+{
+  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (TRUE);
+  g_autoptr (PgUpstream) upstream = pg_test_state_upstream (server);
+  g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+
+  server->refuse_set = TRUE;
+  g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "Permission denied"));
+  g_assert_nonnull (strstr (error->message, entry));
+  g_assert_true (pg_upstream_error_is_permanent (error));
+  g_assert_cmpuint (g_hash_table_size (server->values), ==, 0);
+  pg_upstream_close (upstream);
 }
 
 static void
@@ -1922,6 +1952,7 @@ main (int argc, char **argv)
 
   g_test_add_func ("/popgate/state/metadata/shared", pg_test_state_metadata_shared);
   g_test_add_func ("/popgate/state/metadata/unsupported", pg_test_state_metadata_unsupported);
+  g_test_add_func ("/popgate/state/metadata/refused", pg_test_state_metadata_refused);
 
   return g_test_run ();
 }

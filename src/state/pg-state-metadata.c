@@ -47,6 +47,18 @@ typedef struct
   guint32 uidvalidity;
 } PgStateMetadataOp;
 
+/* Name the entry after the message, not before it: an upstream refusal must keep its
+ * "upstream refused ..." start, which is how pg_upstream_error_is_permanent() tells a
+ * refusal that a retry will not fix ([SYS/PERM] at QUIT) from a transient failure. */
+static void
+pg_state_metadata_name_entry (GError *error, const char *what, const char *entry)
+{
+  gchar *old = error->message;
+
+  error->message = g_strdup_printf ("%s (%s %s)", old, what, entry);
+  g_free (old);
+}
+
 static void
 pg_state_metadata_op_free (PgStateMetadataOp *op)
 {
@@ -141,7 +153,7 @@ pg_state_metadata_get_cb (GObject *source, GAsyncResult *result, gpointer user_d
   tree = pg_upstream_get_metadata_tree_finish (PG_UPSTREAM (source), result, &error);
   if (tree == NULL)
     {
-      g_prefix_error (&error, "GETMETADATA %s: ", op->entry);
+      pg_state_metadata_name_entry (error, "GETMETADATA", op->entry);
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
@@ -180,7 +192,7 @@ pg_state_metadata_set_cb (GObject *source, GAsyncResult *result, gpointer user_d
 
   if (!pg_upstream_set_metadata_finish (PG_UPSTREAM (source), result, &error))
     {
-      g_prefix_error (&error, "SETMETADATA %s: ", op->entry);
+      pg_state_metadata_name_entry (error, "SETMETADATA", op->entry);
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
@@ -248,7 +260,7 @@ pg_state_metadata_merge_written_cb (GObject *source, GAsyncResult *result, gpoin
 
   if (!pg_upstream_set_metadata_finish (PG_UPSTREAM (source), result, &error))
     {
-      g_prefix_error (&error, "SETMETADATA %s/…: ", merge->op->entry);
+      pg_state_metadata_name_entry (error, "SETMETADATA", merge->op->entry);
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
@@ -282,7 +294,7 @@ pg_state_metadata_merge_read_cb (GObject *source, GAsyncResult *result, gpointer
   tree = pg_upstream_get_metadata_tree_finish (PG_UPSTREAM (source), result, &error);
   if (tree == NULL)
     {
-      g_prefix_error (&error, "GETMETADATA %s: ", merge->op->entry);
+      pg_state_metadata_name_entry (error, "GETMETADATA", merge->op->entry);
       g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
