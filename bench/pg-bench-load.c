@@ -114,7 +114,7 @@ static void pg_bench_session_read (PgBenchSession *session);
 static void pg_bench_load_start_more (PgBenchLoad *load);
 static void pg_bench_session_flush (PgBenchSession *session);
 
-static gdouble
+gdouble
 pg_bench_cpu_seconds (void)
 {
   struct rusage usage;
@@ -985,8 +985,11 @@ pg_bench_load_get_n_idle (PgBenchLoad *load)
   return load->n_idle;
 }
 
-void
-pg_bench_load_release (PgBenchLoad *load)
+/* Idle mode: send every holding session `imap_command` or `pop3_command`, moving it to
+ * `state`, and wait until each has its reply (or failed). */
+static void
+pg_bench_load_send_idle (PgBenchLoad *load, PgBenchState state, const char *imap_command,
+                         const char *pop3_command)
 {
   gboolean imap = load->options.proto == PG_BENCH_PROTO_IMAP;
 
@@ -998,35 +1001,25 @@ pg_bench_load_release (PgBenchLoad *load)
         continue;
       load->n_idle--;
       load->n_pending++;
-      session->state = PG_BENCH_STATE_QUIT;
+      session->state = state;
       if (imap)
-        pg_bench_imap_command (session, "LOGOUT");
+        pg_bench_imap_command (session, "%s", imap_command);
       else
-        pg_bench_session_send (session, "QUIT");
+        pg_bench_session_send (session, "%s", pop3_command);
     }
   pg_bench_load_wait (load);
+}
+
+void
+pg_bench_load_release (PgBenchLoad *load)
+{
+  pg_bench_load_send_idle (load, PG_BENCH_STATE_QUIT, "LOGOUT", "QUIT");
 }
 
 guint
 pg_bench_load_noop (PgBenchLoad *load)
 {
-  gboolean imap = load->options.proto == PG_BENCH_PROTO_IMAP;
-
-  for (guint i = 0; i < load->options.n_sessions; i++)
-    {
-      PgBenchSession *session = &load->sessions[i];
-
-      if (session->state != PG_BENCH_STATE_IDLE)
-        continue;
-      load->n_idle--;
-      load->n_pending++;
-      session->state = PG_BENCH_STATE_NOOP;
-      if (imap)
-        pg_bench_imap_command (session, "NOOP");
-      else
-        pg_bench_session_send (session, "NOOP");
-    }
-  pg_bench_load_wait (load);
+  pg_bench_load_send_idle (load, PG_BENCH_STATE_NOOP, "NOOP", "NOOP");
   return load->n_idle;
 }
 

@@ -91,6 +91,9 @@ const PgBenchLoadResult *pg_bench_load_peek_result (PgBenchLoad *load);
 void pg_bench_load_free (PgBenchLoad *load);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgBenchLoad, pg_bench_load_free)
 
+/* This process's user + system CPU time so far, in seconds. */
+gdouble pg_bench_cpu_seconds (void);
+
 /* Percentile p (0..100) of a gint64 array (sorts it); 0 if empty. */
 gint64 pg_bench_percentile (GArray *values, gdouble p);
 

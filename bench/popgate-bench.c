@@ -1086,16 +1086,6 @@ pg_bench_proc_fd_count (GPid pid)
   return n;
 }
 
-static gdouble
-pg_bench_self_cpu_s (void)
-{
-  struct rusage usage;
-
-  getrusage (RUSAGE_SELF, &usage);
-  return (gdouble) usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6
-         + (gdouble) usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6;
-}
-
 static void
 pg_bench_scale_measure (PgBench *bench, const char *what, PgBenchScalePoint *out)
 {
@@ -1111,7 +1101,7 @@ pg_bench_scale_measure (PgBench *bench, const char *what, PgBenchScalePoint *out
   pg_bench_tree_memory (upstream, &out->up_rss_kb, &out->up_pss_kb, &out->up_processes);
   out->up_cpu_s = pg_bench_tree_cpu_s (upstream);
   out->self_rss_kb = pg_bench_proc_status_kb (getpid (), "VmRSS:");
-  out->self_cpu_s = pg_bench_self_cpu_s ();
+  out->self_cpu_s = pg_bench_cpu_seconds ();
   g_print ("  %-28s popgate RSS %" G_GUINT64_FORMAT " KiB, PSS %" G_GUINT64_FORMAT
            " KiB, %u fds; Dovecot RSS %" G_GUINT64_FORMAT " KiB over %u processes; "
            "load generator RSS %" G_GUINT64_FORMAT " KiB\n",
@@ -1290,8 +1280,8 @@ pg_bench_scale_run (PgBench *bench, const char *command, const char *date)
       "connecting or logging in at once, the next starts when one holds\n"
       "- Held %d s, then one NOOP per session; a session that popgate or the upstream closed, "
       "or that did not answer, counts as failed\n"
-      "- RLIMIT_NOFILE %lu (raised by popgate-bench for itself; popgate and Dovecot inherit "
-      "it)\n"
+      "- RLIMIT_NOFILE %lu (popgate-bench raises it for itself, to 4 × N + 4096 = %d if it "
+      "may exceed the hard limit; popgate and Dovecot inherit it). popgate needs 2 × N + 10\n"
       "- Upstream Dovecot: bench/data/dovecot-upstream.conf.in plus "
       "bench/data/dovecot-scale.conf (process reuse: imap and imap-login serve up to 1,000 "
       "clients per process)\n\n",
@@ -1300,7 +1290,7 @@ pg_bench_scale_run (PgBench *bench, const char *command, const char *date)
       MIN (mailbox->users->len,
            (halves[1].asked + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER),
       PG_BENCH_SESSIONS_PER_USER, pg_bench_scale_connecting, pg_bench_scale_hold_s,
-      (unsigned long) nofile.rlim_cur);
+      (unsigned long) nofile.rlim_cur, pg_bench_scale * 4 + 4096);
   pg_bench_emit (bench,
                  "## Result\n\n"
                  "| figure | value |\n|---|---:|\n"
