@@ -33,6 +33,7 @@ typedef enum
   PG_BENCH_STATE_USER,  /* POP3 */
   PG_BENCH_STATE_LOGIN, /* POP3 PASS / IMAP LOGIN */
   PG_BENCH_STATE_IDLE,
+  PG_BENCH_STATE_NOOP,   /* idle: a NOOP (pg_bench_load_noop) waits for its reply */
   PG_BENCH_STATE_STAT,   /* POP3 STAT / IMAP SELECT */
   PG_BENCH_STATE_SEARCH, /* IMAP, imap_each: UID SEARCH ALL */
   PG_BENCH_STATE_UIDL,   /* POP3 */
@@ -61,11 +62,13 @@ typedef struct
   GCancellable *cancellable; /* owned */
   guint ops;                 /* async operations in flight (connect, read, write) */
   PgBenchState state;
-  guint8 *buf;      /* owned: PG_BENCH_READ_BUFFER */
-  GString *line;    /* owned: the response line being assembled */
-  GString *outq;    /* owned: commands waiting for the current write */
-  GString *writing; /* owned: the buffer of the write in flight */
-  gboolean in_data; /* inside a multi-line response (POP3) */
+  gboolean connecting; /* started, neither holding nor done yet (max_connecting) */
+  gboolean held;       /* has been holding once (login_us recorded) */
+  guint8 *buf;         /* owned: PG_BENCH_READ_BUFFER */
+  GString *line;       /* owned: the response line being assembled */
+  GString *outq;       /* owned: commands waiting for the current write */
+  GString *writing;    /* owned: the buffer of the write in flight */
+  gboolean in_data;    /* inside a multi-line response (POP3) */
   PgBenchScan scan;
   guint64 literal_left; /* IMAP: octets of the current literal still to come */
   guint64 literal_size;
@@ -98,6 +101,8 @@ struct _PgBenchLoad
   GMainLoop *loop;          /* owned */
   guint n_pending;          /* sessions neither terminal nor holding idle */
   guint n_idle;
+  guint next_start;   /* the next session to connect */
+  guint n_connecting; /* sessions with connecting set */
   guint timeout_id;
   gint64 t_start;
   gint64 t_end;
@@ -106,9 +111,10 @@ struct _PgBenchLoad
 };
 
 static void pg_bench_session_read (PgBenchSession *session);
+static void pg_bench_load_start_more (PgBenchLoad *load);
 static void pg_bench_session_flush (PgBenchSession *session);
 
-static gdouble
+gdouble
 pg_bench_cpu_seconds (void)
 {
   struct rusage usage;
@@ -125,6 +131,7 @@ pg_bench_load_result_free (PgBenchLoadResult *result)
     return;
   g_clear_pointer (&result->ttfb_us, g_array_unref);
   g_clear_pointer (&result->retr_us, g_array_unref);
+  g_clear_pointer (&result->login_us, g_array_unref);
   g_free (result->first_error);
   g_free (result);
 }
@@ -150,9 +157,18 @@ pg_bench_percentile (GArray *values, gdouble p)
   return g_array_index (values, gint64, MIN (index, values->len - 1));
 }
 
+/* `session` got to a point the load waits for: holding, done or failed. */
 static void
-pg_bench_load_session_ended (PgBenchLoad *load)
+pg_bench_load_session_ended (PgBenchSession *session)
 {
+  PgBenchLoad *load = session->load;
+
+  if (session->connecting)
+    {
+      session->connecting = FALSE;
+      load->n_connecting--;
+      pg_bench_load_start_more (load);
+    }
   g_assert_cmpuint (load->n_pending, >, 0);
   if (--load->n_pending == 0)
     {
@@ -195,7 +211,7 @@ static void G_GNUC_PRINTF (2, 3)
   if (was_idle)
     load->n_idle--;
   else
-    pg_bench_load_session_ended (load);
+    pg_bench_load_session_ended (session);
   pg_bench_session_maybe_close (session);
 }
 
@@ -225,7 +241,7 @@ pg_bench_session_done (PgBenchSession *session)
   load->result->sessions_ok++;
   load->result->messages += session->got_messages;
   load->result->octets += session->got_octets;
-  pg_bench_load_session_ended (load);
+  pg_bench_load_session_ended (session);
   pg_bench_session_maybe_close (session);
 }
 
@@ -300,6 +316,24 @@ pg_bench_session_message_done (PgBenchSession *session, guint64 octets, gint64 r
   session->t_prev_end = session->now;
   session->got_messages++;
   session->got_octets += octets;
+}
+
+/* Idle mode: logged in (and selected), or a NOOP answered: hold. */
+static void
+pg_bench_session_hold (PgBenchSession *session)
+{
+  PgBenchLoad *load = session->load;
+
+  if (!session->held)
+    {
+      gint64 login = g_get_monotonic_time () - session->t_start;
+
+      session->held = TRUE;
+      g_array_append_val (load->result->login_us, login);
+    }
+  session->state = PG_BENCH_STATE_IDLE;
+  load->n_idle++;
+  pg_bench_load_session_ended (session);
 }
 
 /* --- POP3 ----------------------------------------------------------------------------- */
@@ -411,11 +445,9 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
       pg_bench_session_send (session, "PASS %s", load->options.password);
       break;
     case PG_BENCH_STATE_LOGIN:
-      if (load->options.idle)
+      if (load->options.idle && !load->options.idle_selected)
         {
-          session->state = PG_BENCH_STATE_IDLE;
-          load->n_idle++;
-          pg_bench_load_session_ended (load);
+          pg_bench_session_hold (session);
           break;
         }
       session->state = PG_BENCH_STATE_STAT;
@@ -443,6 +475,11 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
           }
         session->n_messages = n;
         session->n_octets = octets;
+        if (load->options.idle)
+          {
+            pg_bench_session_hold (session);
+            break;
+          }
         session->state = PG_BENCH_STATE_UIDL;
         pg_bench_session_send (session, "UIDL");
         break;
@@ -458,12 +495,16 @@ pg_bench_pop3_line (PgBenchSession *session, const char *line, gsize len)
       session->msg_octets = 0;
       break;
     case PG_BENCH_STATE_QUIT:
-      if (session->got_octets != session->n_octets)
+      /* Idle sessions held after STAT and fetched nothing. */
+      if (!load->options.idle && session->got_octets != session->n_octets)
         pg_bench_session_fail (
             session, "RETR bodies held %" G_GUINT64_FORMAT " octets, STAT said %" G_GUINT64_FORMAT,
             session->got_octets, session->n_octets);
       else
         pg_bench_session_done (session);
+      break;
+    case PG_BENCH_STATE_NOOP:
+      pg_bench_session_hold (session);
       break;
     case PG_BENCH_STATE_IDLE:
       break;
@@ -646,11 +687,9 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
   switch (session->state)
     {
     case PG_BENCH_STATE_LOGIN:
-      if (load->options.idle)
+      if (load->options.idle && !load->options.idle_selected)
         {
-          session->state = PG_BENCH_STATE_IDLE;
-          load->n_idle++;
-          pg_bench_load_session_ended (load);
+          pg_bench_session_hold (session);
           break;
         }
       session->state = PG_BENCH_STATE_STAT;
@@ -664,6 +703,11 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
                                  "EXISTS %" G_GUINT64_FORMAT ", expected %" G_GUINT64_FORMAT,
                                  session->n_messages, load->options.expect_messages);
           return;
+        }
+      if (load->options.idle)
+        {
+          pg_bench_session_hold (session);
+          break;
         }
       session->t_prev_end = g_get_monotonic_time ();
       if (load->options.imap_each)
@@ -704,6 +748,9 @@ pg_bench_imap_line (PgBenchSession *session, const char *line, gsize len)
       break;
     case PG_BENCH_STATE_QUIT:
       pg_bench_session_done (session);
+      break;
+    case PG_BENCH_STATE_NOOP:
+      pg_bench_session_hold (session);
       break;
     case PG_BENCH_STATE_CONNECT:
     case PG_BENCH_STATE_GREETING:
@@ -833,6 +880,27 @@ pg_bench_session_connect_cb (GObject *source, GAsyncResult *result, gpointer use
   pg_bench_session_read (session);
 }
 
+/* Connect the next sessions, up to max_connecting in progress at once. */
+static void
+pg_bench_load_start_more (PgBenchLoad *load)
+{
+  guint limit = load->options.max_connecting > 0 ? load->options.max_connecting : G_MAXUINT;
+
+  while (load->next_start < load->options.n_sessions && load->n_connecting < limit)
+    {
+      PgBenchSession *session = &load->sessions[load->next_start++];
+
+      if (session->state != PG_BENCH_STATE_CONNECT)
+        continue; /* failed before it started (the load timed out) */
+      session->connecting = TRUE;
+      load->n_connecting++;
+      session->t_start = g_get_monotonic_time ();
+      session->ops++;
+      g_socket_client_connect_async (load->client, G_SOCKET_CONNECTABLE (load->address),
+                                     session->cancellable, pg_bench_session_connect_cb, session);
+    }
+}
+
 static gboolean
 pg_bench_load_timeout_cb (gpointer user_data)
 {
@@ -876,6 +944,7 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
   load->result = g_new0 (PgBenchLoadResult, 1);
   load->result->ttfb_us = g_array_sized_new (FALSE, FALSE, sizeof (gint64), options->n_sessions);
   load->result->retr_us = g_array_new (FALSE, FALSE, sizeof (gint64));
+  load->result->login_us = g_array_new (FALSE, FALSE, sizeof (gint64));
   load->sessions = g_new0 (PgBenchSession, options->n_sessions);
   load->n_pending = options->n_sessions;
   load->cpu_start = pg_bench_cpu_seconds ();
@@ -900,11 +969,8 @@ pg_bench_load_run (const PgBenchLoadOptions *options)
       session->sent_at = g_array_new (FALSE, TRUE, sizeof (gint64));
       session->uids = g_array_new (FALSE, FALSE, sizeof (guint64));
       session->state = PG_BENCH_STATE_CONNECT;
-      session->t_start = g_get_monotonic_time ();
-      session->ops++;
-      g_socket_client_connect_async (load->client, G_SOCKET_CONNECTABLE (load->address),
-                                     session->cancellable, pg_bench_session_connect_cb, session);
     }
+  pg_bench_load_start_more (load);
   pg_bench_load_wait (load);
   if (load->t_end == 0)
     load->t_end = g_get_monotonic_time ();
@@ -919,8 +985,11 @@ pg_bench_load_get_n_idle (PgBenchLoad *load)
   return load->n_idle;
 }
 
-void
-pg_bench_load_release (PgBenchLoad *load)
+/* Idle mode: send every holding session `imap_command` or `pop3_command`, moving it to
+ * `state`, and wait until each has its reply (or failed). */
+static void
+pg_bench_load_send_idle (PgBenchLoad *load, PgBenchState state, const char *imap_command,
+                         const char *pop3_command)
 {
   gboolean imap = load->options.proto == PG_BENCH_PROTO_IMAP;
 
@@ -932,19 +1001,38 @@ pg_bench_load_release (PgBenchLoad *load)
         continue;
       load->n_idle--;
       load->n_pending++;
-      session->state = PG_BENCH_STATE_QUIT;
+      session->state = state;
       if (imap)
-        pg_bench_imap_command (session, "LOGOUT");
+        pg_bench_imap_command (session, "%s", imap_command);
       else
-        pg_bench_session_send (session, "QUIT");
+        pg_bench_session_send (session, "%s", pop3_command);
     }
   pg_bench_load_wait (load);
+}
+
+void
+pg_bench_load_release (PgBenchLoad *load)
+{
+  pg_bench_load_send_idle (load, PG_BENCH_STATE_QUIT, "LOGOUT", "QUIT");
+}
+
+guint
+pg_bench_load_noop (PgBenchLoad *load)
+{
+  pg_bench_load_send_idle (load, PG_BENCH_STATE_NOOP, "NOOP", "NOOP");
+  return load->n_idle;
 }
 
 PgBenchLoadResult *
 pg_bench_load_take_result (PgBenchLoad *load)
 {
   return g_steal_pointer (&load->result);
+}
+
+const PgBenchLoadResult *
+pg_bench_load_peek_result (PgBenchLoad *load)
+{
+  return load->result;
 }
 
 static gboolean

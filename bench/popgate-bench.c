@@ -98,6 +98,10 @@ static gchar *pg_bench_paths = NULL;
 static gboolean pg_bench_path_enabled[PG_BENCH_PATH_COUNT];
 static gchar *pg_bench_output = NULL;
 static gboolean pg_bench_keep = FALSE;
+static gint pg_bench_scale = 0;
+static gchar *pg_bench_scale_mailbox = NULL;
+static gint pg_bench_scale_hold_s = 30;
+static gint pg_bench_scale_connecting = 100;
 
 typedef struct
 {
@@ -554,6 +558,13 @@ pg_bench_start_popgate (PgBench *bench, guint max_k, GError **error)
    * so a burst of 1,000 connects waits in the listen queue. A direct client waits that out;
    * popgate gave up, and those sessions were counted as failures of popgate's paths. */
   pg_test_popgate_set (bench->popgate, "upstream", "connect_timeout", connect_timeout);
+  /* The scale run holds its first POP3 sessions while the rest log in: on a busy machine
+   * that can take longer than the 10-minute autologout, which would count them as failed. */
+  if (pg_bench_scale > 0)
+    {
+      pg_test_popgate_set (bench->popgate, "pop3", "autologout", "1h");
+      pg_test_popgate_set (bench->popgate, "imap", "idle_timeout", "1h");
+    }
   if (!pg_test_popgate_write_config (bench->popgate, error))
     return FALSE;
   argv[2] = bench->popgate->config_file;
@@ -700,12 +711,13 @@ pg_bench_start_anchor (PgBench *bench, GError **error)
 
 /* --- running loads --------------------------------------------------------------------- */
 
-static PgBenchLoadResult *
-pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, guint k,
-                   gboolean idle, PgBenchLoad **out_load)
+/* The load generator's options for K sessions on `path`, spread over the mailbox's users
+ * PG_BENCH_SESSIONS_PER_USER at a time. */
+static void
+pg_bench_load_options (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, guint k,
+                       gboolean idle, PgBenchLoadOptions *options_out)
 {
   PgBenchLoadOptions options = { 0 };
-  g_autoptr (PgBenchLoad) load = NULL;
   guint n_users = MIN (mailbox->users->len,
                        (k + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER);
 
@@ -745,7 +757,7 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
       options.port = bench->popgate->imap_port;
       break;
     case PG_BENCH_PATH_COUNT:
-      g_return_val_if_reached (NULL);
+      g_return_if_reached ();
     }
   options.n_sessions = k;
   options.users = (const char *const *) mailbox->users->pdata;
@@ -755,6 +767,17 @@ pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailb
   options.expect_messages = mailbox->messages;
   options.expect_octets = mailbox->octets;
   options.timeout_s = (guint) pg_bench_timeout_s;
+  *options_out = options;
+}
+
+static PgBenchLoadResult *
+pg_bench_run_load (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox, guint k,
+                   gboolean idle, PgBenchLoad **out_load)
+{
+  PgBenchLoadOptions options = { 0 };
+  g_autoptr (PgBenchLoad) load = NULL;
+
+  pg_bench_load_options (bench, path, mailbox, k, idle, &options);
   load = pg_bench_load_run (&options);
   if (out_load != NULL)
     {
@@ -1017,6 +1040,322 @@ pg_bench_command_line (int argc, char **argv)
   return g_string_free (g_steal_pointer (&line), FALSE);
 }
 
+/* --- scale: 10,000 authenticated idle sessions (issue 16 item 4) ----------------------- */
+
+/* One measurement of the servers while the scale scenario holds its sessions. */
+typedef struct
+{
+  const char *what;    /* the moment, as the report's column names it */
+  guint64 rss_kb;      /* popgate's VmRSS */
+  guint64 pss_kb;      /* popgate's PSS */
+  guint fds;           /* popgate's open file descriptors */
+  gdouble cpu_s;       /* popgate's CPU time so far */
+  guint64 up_rss_kb;   /* the upstream Dovecot's VmRSS summed over its processes */
+  guint64 up_pss_kb;   /* ...and PSS */
+  guint up_processes;  /* how many processes that is */
+  gdouble up_cpu_s;    /* its CPU time so far (pg_bench_tree_cpu_s) */
+  guint64 self_rss_kb; /* the load generator's VmRSS */
+  gdouble self_cpu_s;
+} PgBenchScalePoint;
+
+/* One front end's half of the sessions. */
+typedef struct
+{
+  const char *name;  /* "POP3" or "IMAP" */
+  PgBenchLoad *load; /* owned: the held sessions */
+  guint asked;       /* sessions started */
+  guint held;        /* logged in (and selected) */
+  gdouble wall_s;    /* first connect → last one holding */
+  gdouble login_p50_ms;
+  gdouble login_p99_ms;
+  guint noop_ok;      /* sessions that answered the final NOOP */
+  gdouble noop_s;     /* that round of NOOPs */
+  guint failed;       /* sessions that failed at any point, release included */
+  gchar *first_error; /* owned */
+} PgBenchScaleHalf;
+
+static guint
+pg_bench_proc_fd_count (GPid pid)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%d/fd", (int) pid);
+  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
+  guint n = 0;
+
+  while (dir != NULL && g_dir_read_name (dir) != NULL)
+    n++;
+  return n;
+}
+
+static void
+pg_bench_scale_measure (PgBench *bench, const char *what, PgBenchScalePoint *out)
+{
+  GPid popgate = pg_test_popgate_get_pid (bench->popgate);
+  GPid upstream = pg_test_dovecot_get_pid (bench->upstream);
+
+  memset (out, 0, sizeof *out);
+  out->what = what;
+  out->rss_kb = pg_bench_proc_status_kb (popgate, "VmRSS:");
+  out->pss_kb = pg_bench_proc_pss_kb (popgate);
+  out->fds = pg_bench_proc_fd_count (popgate);
+  out->cpu_s = pg_bench_proc_cpu_s (popgate, FALSE);
+  pg_bench_tree_memory (upstream, &out->up_rss_kb, &out->up_pss_kb, &out->up_processes);
+  out->up_cpu_s = pg_bench_tree_cpu_s (upstream);
+  out->self_rss_kb = pg_bench_proc_status_kb (getpid (), "VmRSS:");
+  out->self_cpu_s = pg_bench_cpu_seconds ();
+  g_print ("  %-28s popgate RSS %" G_GUINT64_FORMAT " KiB, PSS %" G_GUINT64_FORMAT
+           " KiB, %u fds; Dovecot RSS %" G_GUINT64_FORMAT " KiB over %u processes; "
+           "load generator RSS %" G_GUINT64_FORMAT " KiB\n",
+           what, out->rss_kb, out->pss_kb, out->fds, out->up_rss_kb, out->up_processes,
+           out->self_rss_kb);
+}
+
+/* Open one half's sessions through popgate and leave them holding. */
+static void
+pg_bench_scale_open (PgBench *bench, PgBenchPath path, const PgBenchMailbox *mailbox,
+                     PgBenchScaleHalf *half)
+{
+  PgBenchLoadOptions options = { 0 };
+  const PgBenchLoadResult *r = NULL;
+
+  pg_bench_load_options (bench, path, mailbox, half->asked, TRUE, &options);
+  options.idle_selected = TRUE;
+  options.max_connecting = (guint) MAX (pg_bench_scale_connecting, 0);
+  half->load = pg_bench_load_run (&options);
+  /* Still the load's: its figures so far (login times, wall time) without taking it. */
+  r = pg_bench_load_peek_result (half->load);
+  half->held = pg_bench_load_get_n_idle (half->load);
+  half->wall_s = r->wall_s;
+  half->login_p50_ms = (gdouble) pg_bench_percentile (r->login_us, 50) / 1000;
+  half->login_p99_ms = (gdouble) pg_bench_percentile (r->login_us, 99) / 1000;
+  g_print ("  %s: %u/%u sessions held after %.1f s (%.0f sessions/s; login p50 %.1f ms, "
+           "p99 %.1f ms)%s%s\n",
+           half->name, half->held, half->asked, half->wall_s, half->held / MAX (half->wall_s, 1e-6),
+           half->login_p50_ms, half->login_p99_ms,
+           r->first_error != NULL ? "; first failure: " : "",
+           r->first_error != NULL ? r->first_error : "");
+}
+
+static gboolean
+pg_bench_scale_hold_cb (gpointer user_data)
+{
+  g_main_loop_quit (user_data);
+  return G_SOURCE_REMOVE;
+}
+
+/* Keep every session open for `seconds` with the main loop running, so a session that
+ * popgate or the upstream drops meanwhile is seen (and counted) as failed. */
+static void
+pg_bench_scale_hold (guint seconds)
+{
+  g_autoptr (GMainLoop) loop = g_main_loop_new (NULL, FALSE);
+
+  if (seconds == 0)
+    return;
+  g_timeout_add_seconds (seconds, pg_bench_scale_hold_cb, loop);
+  g_main_loop_run (loop);
+}
+
+/* The upstream's settings for N sessions (bench/data/dovecot-scale.conf). */
+static gchar *
+pg_bench_scale_dovecot_extra (GError **error)
+{
+  g_autofree gchar *path = g_build_filename (PG_BENCH_SRCDIR, "data", "dovecot-scale.conf", NULL);
+  gchar *contents = NULL;
+
+  if (!g_file_get_contents (path, &contents, NULL, error))
+    return NULL;
+  return contents;
+}
+
+static gchar *
+pg_bench_loadavg (void)
+{
+  g_autofree gchar *contents = NULL;
+  g_auto (GStrv) fields = NULL;
+
+  if (!g_file_get_contents ("/proc/loadavg", &contents, NULL, NULL))
+    return g_strdup ("?");
+  fields = g_strsplit (contents, " ", 4);
+  return g_strdup_printf ("%s %s %s", fields[0], fields[1] != NULL ? fields[1] : "",
+                          fields[1] != NULL && fields[2] != NULL ? fields[2] : "");
+}
+
+/* The scale scenario: N/2 POP3 sessions (USER, PASS, STAT) and N/2 IMAP sessions (LOGIN,
+ * SELECT INBOX) through one popgate, all held at once, then a NOOP on each; reports
+ * popgate's memory and fds per session, the accept rate and the upstream's memory. */
+static void
+pg_bench_scale_run (PgBench *bench, const char *command, const char *date)
+{
+  const PgBenchMailbox *mailbox
+      = g_strcmp0 (pg_bench_scale_mailbox, "bulk") == 0 ? &bench->bulk : &bench->full;
+  PgBenchScaleHalf halves[2] = { { .name = "POP3" }, { .name = "IMAP" } };
+  const PgBenchPath paths[2] = { PG_BENCH_PATH_POPGATE, PG_BENCH_PATH_RELAY };
+  PgBenchScalePoint p[6];
+  g_autofree gchar *load_before = pg_bench_loadavg ();
+  g_autofree gchar *load_after = NULL;
+  g_autofree gchar *dovecot_extra = pg_bench_scale_dovecot_extra (NULL);
+  guint held = 0;
+  guint failed = 0;
+  gdouble per_session = 0;
+  struct utsname uts;
+  struct rlimit nofile = { 0, 0 };
+
+  halves[0].asked = (guint) pg_bench_scale / 2;
+  halves[1].asked = (guint) pg_bench_scale - halves[0].asked;
+
+  /* Warm the upstream's indexes: one direct SELECT per user, not measured. */
+  {
+    PgBenchLoadOptions options = { 0 };
+    g_autoptr (PgBenchLoad) warm = NULL;
+    g_autoptr (PgBenchLoadResult) r = NULL;
+
+    pg_bench_load_options (bench, PG_BENCH_PATH_DIRECT, mailbox, mailbox->users->len, TRUE,
+                           &options);
+    options.idle_selected = TRUE;
+    options.n_users = mailbox->users->len;
+    options.max_connecting = (guint) MAX (pg_bench_scale_connecting, 0);
+    warm = pg_bench_load_run (&options);
+    pg_bench_load_release (warm);
+    r = pg_bench_load_take_result (warm);
+    g_print ("popgate-bench: scale: warmed %u users' indexes (%u failed)\n", r->sessions_ok,
+             r->sessions_failed);
+    bench->failures += r->sessions_failed;
+  }
+
+  g_print ("popgate-bench: scale: %u POP3 + %u IMAP sessions, at most %d connecting at once\n",
+           halves[0].asked, halves[1].asked, pg_bench_scale_connecting);
+  pg_bench_scale_measure (bench, "before", &p[0]);
+  pg_bench_scale_open (bench, paths[0], mailbox, &halves[0]);
+  pg_bench_scale_measure (bench, "with the POP3 sessions", &p[1]);
+  pg_bench_scale_open (bench, paths[1], mailbox, &halves[1]);
+  pg_bench_scale_measure (bench, "with all sessions", &p[2]);
+  g_print ("  holding them for %d s\n", pg_bench_scale_hold_s);
+  pg_bench_scale_hold ((guint) MAX (pg_bench_scale_hold_s, 0));
+  pg_bench_scale_measure (bench, "after holding", &p[3]);
+  for (gsize i = 0; i < G_N_ELEMENTS (halves); i++)
+    {
+      gint64 t0 = g_get_monotonic_time ();
+
+      halves[i].noop_ok = pg_bench_load_noop (halves[i].load);
+      halves[i].noop_s = (gdouble) (g_get_monotonic_time () - t0) / 1e6;
+      g_print ("  %s: %u sessions answered NOOP in %.2f s\n", halves[i].name, halves[i].noop_ok,
+               halves[i].noop_s);
+    }
+  pg_bench_scale_measure (bench, "after the NOOPs", &p[4]);
+  for (gsize i = 0; i < G_N_ELEMENTS (halves); i++)
+    {
+      g_autoptr (PgBenchLoadResult) r = NULL;
+
+      pg_bench_load_release (halves[i].load);
+      r = pg_bench_load_take_result (halves[i].load);
+      halves[i].failed = r->sessions_failed;
+      halves[i].first_error = g_strdup (r->first_error);
+      bench->failures += r->sessions_failed;
+      held += halves[i].noop_ok;
+      failed += r->sessions_failed;
+      g_clear_pointer (&halves[i].load, pg_bench_load_free);
+    }
+  pg_bench_scale_measure (bench, "after QUIT/LOGOUT", &p[5]);
+  load_after = pg_bench_loadavg ();
+  getrlimit (RLIMIT_NOFILE, &nofile);
+
+  /* The report. */
+  uname (&uts);
+  per_session
+      = ((gdouble) p[2].rss_kb - (gdouble) p[0].rss_kb) / MAX (halves[0].held + halves[1].held, 1);
+  pg_bench_emit (bench, "# popgate benchmark: %d authenticated idle sessions\n\n", pg_bench_scale);
+  pg_bench_emit (bench,
+                 "- Date: %s\n- Machine: %ld cores (%s %s), %s; load average %s before, %s "
+                 "after\n- Command: `%s`\n",
+                 date, sysconf (_SC_NPROCESSORS_ONLN), uts.sysname, uts.release, uts.machine,
+                 load_before, load_after, command);
+  pg_bench_emit (
+      bench,
+      "- Sessions: %u POP3 (CAPA, USER, PASS, STAT: the maildrop snapshot is taken) and %u "
+      "IMAP (LOGIN, SELECT INBOX) through one popgate on 127.0.0.1, plain TCP; each of them "
+      "is one upstream IMAP session of popgate's on the same Dovecot\n"
+      "- Mailbox of every session: \"%s\", %" G_GUINT64_FORMAT " messages, %.1f MB; %u users, "
+      "%d sessions per user per front end\n"
+      "- Load generator: one thread, one GMainLoop, non-blocking sockets; at most %d sessions "
+      "connecting or logging in at once, the next starts when one holds\n"
+      "- Held %d s, then one NOOP per session; a session that popgate or the upstream closed, "
+      "or that did not answer, counts as failed\n"
+      "- RLIMIT_NOFILE %lu (popgate-bench raises it for itself, to 4 × N + 4096 = %d if it "
+      "may exceed the hard limit; popgate and Dovecot inherit it). popgate needs 2 × N + 10\n"
+      "- Upstream Dovecot: bench/data/dovecot-upstream.conf.in plus "
+      "bench/data/dovecot-scale.conf (process reuse: imap and imap-login serve up to 1,000 "
+      "clients per process)\n\n",
+      halves[0].asked, halves[1].asked, mailbox->kind, mailbox->messages,
+      (gdouble) mailbox->octets / 1e6,
+      MIN (mailbox->users->len,
+           (halves[1].asked + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER),
+      PG_BENCH_SESSIONS_PER_USER, pg_bench_scale_connecting, pg_bench_scale_hold_s,
+      (unsigned long) nofile.rlim_cur, pg_bench_scale * 4 + 4096);
+  pg_bench_emit (bench,
+                 "## Result\n\n"
+                 "| figure | value |\n|---|---:|\n"
+                 "| sessions held at once | %u of %d |\n"
+                 "| sessions that answered the final NOOP | %u |\n"
+                 "| failed sessions | %u |\n"
+                 "| popgate RSS growth per session, all %u (KiB; target < 32) | %.1f |\n",
+                 halves[0].held + halves[1].held, pg_bench_scale, held, failed,
+                 halves[0].held + halves[1].held, per_session);
+  pg_bench_emit (bench,
+                 "| ... per POP3 session (KiB) | %.1f |\n| ... per IMAP session (KiB) | %.1f |\n",
+                 ((gdouble) p[1].rss_kb - (gdouble) p[0].rss_kb) / MAX (halves[0].held, 1),
+                 ((gdouble) p[2].rss_kb - (gdouble) p[1].rss_kb) / MAX (halves[1].held, 1));
+  pg_bench_emit (
+      bench,
+      "| popgate PSS growth per session (KiB) | %.1f |\n"
+      "| popgate fds with all sessions (before: %u) | %u |\n"
+      "| Dovecot RSS with all sessions (KiB, sum over %u processes; before %" G_GUINT64_FORMAT
+      " over %u) | %" G_GUINT64_FORMAT " |\n"
+      "| Dovecot PSS with all sessions (KiB) | %" G_GUINT64_FORMAT " |\n"
+      "| Dovecot RSS growth per session (KiB) | %.1f |\n"
+      "| load generator RSS with all sessions (KiB) | %" G_GUINT64_FORMAT " |\n",
+      ((gdouble) p[2].pss_kb - (gdouble) p[0].pss_kb) / MAX (halves[0].held + halves[1].held, 1),
+      p[0].fds, p[2].fds, p[2].up_processes, p[0].up_rss_kb, p[0].up_processes, p[2].up_rss_kb,
+      p[2].up_pss_kb,
+      ((gdouble) p[2].up_rss_kb - (gdouble) p[0].up_rss_kb)
+          / MAX (halves[0].held + halves[1].held, 1),
+      p[2].self_rss_kb);
+  pg_bench_emit (bench, "\n## Accept rate\n\n"
+                        "| front end | sessions held | wall s (first connect → last holding) "
+                        "| sessions/s | login p50 / p99 ms | CPU µs per session: popgate · "
+                        "Dovecot · load gen | NOOP round s |\n"
+                        "|---|---:|---:|---:|---:|---:|---:|\n");
+  for (gsize i = 0; i < G_N_ELEMENTS (halves); i++)
+    {
+      const PgBenchScaleHalf *h = &halves[i];
+      gdouble n = MAX (h->held, 1);
+
+      pg_bench_emit (bench, "| %s | %u | %.1f | %.0f | %.1f / %.1f | %.0f · %.0f · %.0f | %.2f |\n",
+                     h->name, h->held, h->wall_s, h->held / MAX (h->wall_s, 1e-6), h->login_p50_ms,
+                     h->login_p99_ms, (p[i + 1].cpu_s - p[i].cpu_s) * 1e6 / n,
+                     (p[i + 1].up_cpu_s - p[i].up_cpu_s) * 1e6 / n,
+                     (p[i + 1].self_cpu_s - p[i].self_cpu_s) * 1e6 / n, h->noop_s);
+    }
+  pg_bench_emit (bench, "\n## Measurements\n\n"
+                        "| moment | popgate RSS KiB | popgate PSS KiB | popgate fds | Dovecot "
+                        "RSS KiB | Dovecot PSS KiB | Dovecot processes | load gen RSS KiB |\n"
+                        "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (gsize i = 0; i < G_N_ELEMENTS (p); i++)
+    pg_bench_emit (bench,
+                   "| %s | %" G_GUINT64_FORMAT " | %" G_GUINT64_FORMAT " | %u | %" G_GUINT64_FORMAT
+                   " | %" G_GUINT64_FORMAT " | %u | %" G_GUINT64_FORMAT " |\n",
+                   p[i].what, p[i].rss_kb, p[i].pss_kb, p[i].fds, p[i].up_rss_kb, p[i].up_pss_kb,
+                   p[i].up_processes, p[i].self_rss_kb);
+  pg_bench_emit (bench, "\n%u sessions failed in this run.\n", bench->failures);
+  for (gsize i = 0; i < G_N_ELEMENTS (halves); i++)
+    {
+      if (halves[i].first_error != NULL)
+        pg_bench_emit (bench, "- %s: %s\n", halves[i].name, halves[i].first_error);
+      g_free (halves[i].first_error);
+    }
+  if (dovecot_extra != NULL)
+    pg_bench_emit (bench, "\n## The upstream's scale settings\n\n```\n%s```\n", dovecot_extra);
+}
+
 /* --- main ------------------------------------------------------------------------------ */
 
 static gboolean
@@ -1052,13 +1391,26 @@ pg_bench_row_ratio (const PgBenchFigures *f, PgBenchPath a, PgBenchPath b, gsize
                          G_STRUCT_MEMBER (gdouble, &f[b], offset));
 }
 
+/* To the hard limit, and at least to `want` if we may raise that (root: the bench runs as
+ * root). 1,000 sessions on each side of a gateway, plus Dovecot's processes, inherit this;
+ * the scale run's popgate holds two descriptors per session. */
 static void
-pg_bench_raise_nofile (void)
+pg_bench_raise_nofile (rlim_t want)
 {
   struct rlimit limit;
+  g_autofree gchar *nr_open = NULL;
 
-  /* 1,000 sessions on each side of a gateway, plus Dovecot's processes, inherit this. */
-  if (getrlimit (RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max)
+  if (getrlimit (RLIMIT_NOFILE, &limit) != 0)
+    return;
+  if (want > limit.rlim_max && g_file_get_contents ("/proc/sys/fs/nr_open", &nr_open, NULL, NULL))
+    {
+      struct rlimit raised = { 0, 0 };
+
+      raised.rlim_cur = raised.rlim_max = MIN (want, (rlim_t) g_ascii_strtoull (nr_open, NULL, 10));
+      if (raised.rlim_max > limit.rlim_max && setrlimit (RLIMIT_NOFILE, &raised) == 0)
+        return;
+    }
+  if (limit.rlim_cur < limit.rlim_max)
     {
       limit.rlim_cur = limit.rlim_max;
       setrlimit (RLIMIT_NOFILE, &limit);
@@ -1102,10 +1454,22 @@ main (int argc, char **argv)
     { "output", 'o', 0, G_OPTION_ARG_FILENAME, &pg_bench_output,
       "Markdown results file (bench/results/RESULTS.md)", "FILE" },
     { "keep", 0, 0, G_OPTION_ARG_NONE, &pg_bench_keep, "Keep the anchor's temp dir", NULL },
+    { "scale", 0, 0, G_OPTION_ARG_INT, &pg_bench_scale,
+      "Only the scale scenario: N idle sessions held at once, half POP3, half IMAP (0 = off; "
+      "issue 16: 10000)",
+      "N" },
+    { "scale-mailbox", 0, 0, G_OPTION_ARG_STRING, &pg_bench_scale_mailbox,
+      "The scale sessions' mailbox: full or bulk (full)", "KIND" },
+    { "scale-hold", 0, 0, G_OPTION_ARG_INT, &pg_bench_scale_hold_s,
+      "Seconds the scale sessions are held before the NOOPs (30)", "S" },
+    { "scale-connecting", 0, 0, G_OPTION_ARG_INT, &pg_bench_scale_connecting,
+      "Scale sessions connecting or logging in at once (100; 0 = all at once)", "N" },
     { NULL },
   };
   PgBenchFigures *figures = NULL;
   PgBenchIdle idle[2];
+  PgTestDovecotOptions scale_options = { 0 };
+  g_autofree gchar *scale_extra = NULL;
   gdouble huge_growth_kb = 0;
   gdouble huge_mb_s = 0;
   guint64 huge_before_kb = 0;
@@ -1134,6 +1498,22 @@ main (int argc, char **argv)
       pg_bench_idle_sessions = 2;
       pg_bench_timeout_s = MIN (pg_bench_timeout_s, 120);
     }
+  if (pg_bench_scale > 0)
+    {
+      /* Nothing else runs: no downloads, no anchor, no 100 MB message. */
+      pg_bench_huge_mb = 0;
+      pg_bench_idle_sessions = 0;
+      g_free (pg_bench_ks);
+      pg_bench_ks = g_strdup ("1");
+      if (g_strcmp0 (pg_bench_scale_mailbox, "bulk") != 0
+          && g_strcmp0 (pg_bench_scale_mailbox, "full") != 0 && pg_bench_scale_mailbox != NULL)
+        {
+          g_printerr ("popgate-bench: --scale-mailbox: full or bulk\n");
+          return 2;
+        }
+      if (pg_bench_output == NULL)
+        pg_bench_output = g_build_filename (PG_BENCH_SRCDIR, "results", "scale.md", NULL);
+    }
   if (pg_bench_large_mb == NULL)
     pg_bench_large_mb = g_strdup ("1,5,20");
   if (pg_bench_ks == NULL)
@@ -1149,7 +1529,8 @@ main (int argc, char **argv)
     g_setenv ("POPGATE_BIN", PG_BENCH_POPGATE_BIN, TRUE);
   /* The Dovecot fixture reads its template from $G_TEST_SRCDIR/data: the bench's copy. */
   g_setenv ("G_TEST_SRCDIR", PG_BENCH_SRCDIR, TRUE);
-  pg_bench_raise_nofile ();
+  /* Scale: popgate's two descriptors per session, and room. */
+  pg_bench_raise_nofile ((rlim_t) MAX (pg_bench_scale, 0) * 4 + 4096);
   signal (SIGPIPE, SIG_IGN);
 
   ks = g_strsplit (pg_bench_ks, ",", -1);
@@ -1157,15 +1538,29 @@ main (int argc, char **argv)
     max_k = MAX (max_k, (guint) atoi (ks[i]));
   max_k = MAX (max_k, (guint) pg_bench_idle_sessions);
   n_users = (max_k + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER;
+  if (pg_bench_scale > 0)
+    {
+      /* Each front end's half spread over the same users, 100 sessions each: 200 upstream
+       * sessions per user, within mail_max_userip_connections (256). */
+      max_k = (guint) pg_bench_scale;
+      n_users = ((max_k + 1) / 2 + PG_BENCH_SESSIONS_PER_USER - 1) / PG_BENCH_SESSIONS_PER_USER;
+      scale_options.extra = scale_extra = pg_bench_scale_dovecot_extra (&error);
+      if (scale_extra == NULL)
+        {
+          g_printerr ("popgate-bench: %s\n", error->message);
+          return 2;
+        }
+    }
   bench.pool = g_array_new (FALSE, FALSE, sizeof (PgBenchPoolFile));
   bench.report = g_string_new (NULL);
 
   g_print ("popgate-bench: seeding %d x %d KB + [%s] MB for %u users, starting servers\n",
            pg_bench_messages, pg_bench_message_kb, pg_bench_large_mb, n_users);
-  bench.upstream = pg_test_dovecot_new (NULL, &error);
+  bench.upstream = pg_test_dovecot_new (pg_bench_scale > 0 ? &scale_options : NULL, &error);
   if (bench.upstream == NULL || !pg_bench_seed (&bench, n_users, &error)
       || !pg_test_dovecot_start (bench.upstream, &error)
-      || !pg_bench_start_popgate (&bench, max_k, &error) || !pg_bench_start_anchor (&bench, &error))
+      || !pg_bench_start_popgate (&bench, max_k, &error)
+      || (pg_bench_scale == 0 && !pg_bench_start_anchor (&bench, &error)))
     {
       g_printerr ("popgate-bench: %s\n", error->message);
       bench.failures++;
@@ -1180,6 +1575,17 @@ main (int argc, char **argv)
     bench.relay = pg_bench_load_get_n_idle (probe) == 1;
     pg_bench_load_release (probe);
   }
+  if (pg_bench_scale > 0)
+    {
+      if (!bench.relay)
+        {
+          g_printerr ("popgate-bench: scale: popgate's IMAP front end does not answer\n");
+          bench.failures++;
+          goto out;
+        }
+      pg_bench_scale_run (&bench, command, date);
+      goto report;
+    }
   g_print ("popgate-bench: warming up (relay %s)\n", bench.relay ? "available" : "pending");
   if (!pg_bench_warm (&bench, &bench.full, &error) || !pg_bench_warm (&bench, &bench.bulk, &error))
     {
@@ -1337,6 +1743,7 @@ main (int argc, char **argv)
         pg_bench_emit (&bench, "- K=%s %s: %s\n", ks[i], pg_bench_path_names[path],
                        figures[i * PG_BENCH_PATH_COUNT + (gsize) path].error);
 
+report:
   /* Raw bytes: the report is UTF-8 whatever the locale says. */
   fputs ("\n", stdout);
   fwrite (bench.report->str, 1, bench.report->len, stdout);
@@ -1369,5 +1776,6 @@ out:
   g_free (pg_bench_ks);
   g_free (pg_bench_paths);
   g_free (pg_bench_output);
+  g_free (pg_bench_scale_mailbox);
   return bench.failures == 0 ? 0 : 1;
 }

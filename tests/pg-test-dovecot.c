@@ -62,6 +62,7 @@ pg_test_dovecot_new (const PgTestDovecotOptions *options, GError **error)
   dovecot->oauth2_ca_file = g_strdup (options != NULL ? options->oauth2_ca_file : NULL);
   dovecot->zlib = options != NULL && options->zlib;
   dovecot->capability = g_strdup (options != NULL ? options->capability : NULL);
+  dovecot->extra = g_strdup (options != NULL ? options->extra : NULL);
   dovecot->passwd = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   dovecot->dir = g_dir_make_tmp ("popgate-dovecot-XXXXXX", error);
   if (dovecot->dir == NULL)
@@ -255,6 +256,8 @@ pg_test_dovecot_write_config (PgTestDovecot *dovecot, const char *instance, GErr
   if (dovecot->capability != NULL)
     g_string_append_printf (extra_settings, "protocol imap {\n  imap_capability = %s\n}\n",
                             dovecot->capability);
+  if (dovecot->extra != NULL)
+    g_string_append_printf (extra_settings, "%s\n", dovecot->extra);
   extra = g_string_free (g_steal_pointer (&extra_settings), FALSE);
   fills[0].placeholder = "@DIR@", fills[0].value = dovecot->dir;
   fills[1].placeholder = "@INSTANCE@", fills[1].value = instance;
@@ -581,6 +584,7 @@ pg_test_dovecot_free (PgTestDovecot *dovecot)
   g_free (dovecot->oauth2_ca_file);
   g_clear_pointer (&dovecot->passwd, g_hash_table_unref);
   g_free (dovecot->capability);
+  g_free (dovecot->extra);
   g_free (dovecot);
 }
 

@@ -37,6 +37,9 @@ typedef struct
    * Dovecot serves the same commands either way; popgate sees (and must honour) only what
    * is listed, e.g. a server without UIDPLUS and MOVE. */
   const char *capability;
+  /* Settings appended verbatim at the end of the config (NULL: none), e.g. the benchmark's
+   * process and client limits for 10,000 sessions. Copied. */
+  const char *extra;
 } PgTestDovecotOptions;
 
 typedef struct
@@ -57,6 +60,7 @@ typedef struct
   gchar *oauth2_ca_file;           /* owned: the caller's CA, copied; NULL: none */
   gboolean zlib;
   gchar *capability;      /* owned: options->capability */
+  gchar *extra;           /* owned: options->extra */
   PgTestProcess *process; /* owned: the master; NULL while stopped */
   GHashTable *passwd;     /* owned: user → passwd-file line */
 } PgTestDovecot;
