@@ -1864,6 +1864,54 @@ pg_test_state_ledger_merge (void)
   g_assert_cmpuint (merged->ledger->len, ==, 3);
 }
 
+/* An idle session slims its ledger (and its saved copy) to what differs from the stored
+ * record or carries a UIDL over; UIDLs read the same, and the save's merge gives back
+ * exactly the stored entries plus ours. */
+static void
+pg_test_state_ledger_slim (void)
+{
+  g_autoptr (PgClientState) stored = pg_client_state_new (7, 1, 0);
+  g_autoptr (PgClientState) base = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) full = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  PgLedgerEntry carried = pg_test_ledger_entry (3, 3, 30, 5);
+  PgLedgerEntry fresh = pg_test_ledger_entry (900, 9, 900, 7);
+
+  stored->ledger_kind = PG_LEDGER_KIND_DIGEST;
+  for (guint32 uid = 1; uid <= 500; uid++)
+    {
+      PgLedgerEntry e = pg_test_ledger_entry (uid, (guint8) uid, uid, 7);
+      pg_client_state_ledger_set (stored, uid == 3 ? &carried : &e);
+    }
+  base = pg_client_state_copy (stored);
+  ours = pg_client_state_copy (stored);
+  pg_client_state_ledger_set (ours, &fresh); /* identified this login, not stored yet */
+  pg_uid_set_add (ours->hidden, 5);          /* a DELE at QUIT */
+  full = pg_client_state_copy (ours);
+
+  pg_client_state_ledger_slim (ours, base);
+  g_assert_cmpuint (ours->ledger->len, ==, 2); /* the carried one and the fresh one */
+  g_assert_cmpuint (base->ledger->len, ==, 1); /* the carried one */
+  for (guint32 uid = 1; uid <= 900; uid++)
+    {
+      char a[17];
+      char b[17];
+
+      pg_client_state_format_uidl (full, uid, a);
+      pg_client_state_format_uidl (ours, uid, b);
+      g_assert_cmpstr (a, ==, b);
+    }
+  merged = pg_client_state_merge (stored, base, ours);
+  g_assert_cmpuint (merged->ledger->len, ==, 501);
+  g_assert_true (pg_client_state_equal (merged, full));
+
+  /* Different UIDVALIDITY (a rebase pending): left alone. */
+  base->uidvalidity = 8;
+  pg_client_state_ledger_slim (ours, base);
+  g_assert_cmpuint (ours->ledger->len, ==, 2);
+}
+
 /* The digest: header case and folding do not matter; Message-ID, Date and size do; no
  * Message-ID is no identity. */
 static void
@@ -1926,6 +1974,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/ledger/bound", pg_test_state_ledger_bound);
   g_test_add_func ("/popgate/state/ledger/rebase", pg_test_state_ledger_rebase);
   g_test_add_func ("/popgate/state/ledger/merge", pg_test_state_ledger_merge);
+  g_test_add_func ("/popgate/state/ledger/slim", pg_test_state_ledger_slim);
   g_test_add_func ("/popgate/state/ledger/digest", pg_test_state_ledger_digest);
   g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,

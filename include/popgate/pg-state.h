@@ -185,6 +185,13 @@ const PgLedgerEntry *pg_client_state_ledger_lookup (const PgClientState *state, 
 void pg_client_state_ledger_set (PgClientState *state, const PgLedgerEntry *entry);
 /* Drop the entries of UIDs not in `uids` (ascending, n_uids): a COMPLETE snapshot. */
 void pg_client_state_ledger_prune (PgClientState *state, const guint32 *uids, gsize n_uids);
+/* Memory for an idle session: drop from `state` and from `base` (the saved copy it is
+ * later merged against) every entry they hold alike whose UIDL is the message's own UID
+ * and UIDVALIDITY — pg_client_state_format_uidl() gives the same UIDL without it, and
+ * the merge at the next save takes those entries back from the stored record (absent
+ * from base, they are not "pruned by us"). Entries new in `state` or carried across a
+ * UIDVALIDITY change stay. Nothing when the two differ in kind or UIDVALIDITY. */
+void pg_client_state_ledger_slim (PgClientState *state, PgClientState *base);
 /* Print the UIDL of uid in state into out (17 bytes): the ledger's, else uid and the
  * state's UIDVALIDITY. */
 void pg_client_state_format_uidl (const PgClientState *state, guint32 uid, char out[17]);

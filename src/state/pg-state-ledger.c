@@ -196,6 +196,62 @@ pg_client_state_ledger_prune (PgClientState *state, const guint32 *uids, gsize n
   g_array_set_size (ledger, kept);
 }
 
+/* A copy of `kept` that holds no spare room (a GArray keeps what it once grew to). */
+static void
+pg_state_ledger_replace (PgClientState *state, GArray *kept)
+{
+  GArray *exact = g_array_sized_new (FALSE, FALSE, sizeof (PgLedgerEntry), kept->len);
+
+  g_array_append_vals (exact, kept->data, kept->len);
+  g_array_unref (state->ledger);
+  state->ledger = exact;
+}
+
+void
+pg_client_state_ledger_slim (PgClientState *state, PgClientState *base)
+{
+  g_autoptr (GArray) mine = NULL;
+  g_autoptr (GArray) theirs = NULL;
+  guint i = 0;
+  guint j = 0;
+
+  if (state->ledger_kind != base->ledger_kind || state->uidvalidity != base->uidvalidity)
+    return;
+  mine = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+  theirs = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+  while (i < state->ledger->len || j < base->ledger->len)
+    {
+      const PgLedgerEntry *a
+          = i < state->ledger->len ? &g_array_index (state->ledger, PgLedgerEntry, i) : NULL;
+      const PgLedgerEntry *b
+          = j < base->ledger->len ? &g_array_index (base->ledger, PgLedgerEntry, j) : NULL;
+
+      if (b == NULL || (a != NULL && a->uid < b->uid))
+        {
+          g_array_append_vals (mine, a, 1);
+          i++;
+        }
+      else if (a == NULL || b->uid < a->uid)
+        {
+          g_array_append_vals (theirs, b, 1);
+          j++;
+        }
+      else
+        {
+          if (memcmp (a, b, sizeof *a) != 0 || a->uidl_uid != a->uid
+              || a->uidl_uidvalidity != state->uidvalidity)
+            {
+              g_array_append_vals (mine, a, 1);
+              g_array_append_vals (theirs, b, 1);
+            }
+          i++;
+          j++;
+        }
+    }
+  pg_state_ledger_replace (state, mine);
+  pg_state_ledger_replace (base, theirs);
+}
+
 void
 pg_client_state_format_uidl (const PgClientState *state, guint32 uid, char out[17])
 {
