@@ -6,7 +6,7 @@
 # running, applies a QUIT during `systemctl stop`, socket activation on 110/995 with the
 # TLS key as a LoadCredential, a ListenStream drop-in, and root's --check afterwards.
 #
-# Not part of CI (it downloads a base system once, ~150 MB, and needs root and nspawn).
+# Not part of CI (it downloads a Debian base system once, and needs root and nspawn).
 # Usage, as root:  bash scripts/verify-systemd.sh
 # SPDX-License-Identifier: GPL-3.0-or-later
 set -euo pipefail
