@@ -2807,6 +2807,23 @@ pg_upstream_expunge_finish (PgUpstream *self, GAsyncResult *result, GError **err
   return g_task_propagate_boolean (G_TASK (result), error);
 }
 
+/* What MOVE and COPY share: their task and, when the session can take the command, a
+ * batch naming `mailbox` (else NULL: the task has already returned its error). */
+static PgUpstreamBatch *
+pg_upstream_mailbox_batch_new (PgUpstream *self, gpointer source_tag, const char *mailbox,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data, GTask **out_task)
+{
+  PgUpstreamBatch *batch;
+
+  *out_task = pg_upstream_task_new (self, source_tag, cancellable, callback, user_data);
+  if (!pg_upstream_check_state (self, *out_task, TRUE))
+    return NULL;
+  batch = g_new0 (PgUpstreamBatch, 1);
+  batch->mailbox = g_strdup (mailbox);
+  return batch;
+}
+
 void
 pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, const char *mailbox,
                         GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
@@ -2816,11 +2833,10 @@ pg_upstream_move_async (PgUpstream *self, const guint32 *uids, gsize n_uids, con
   PgUpstreamBatch *batch;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
-  task = pg_upstream_task_new (self, pg_upstream_move_async, cancellable, callback, user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
+  batch = pg_upstream_mailbox_batch_new (self, pg_upstream_move_async, mailbox, cancellable,
+                                         callback, user_data, &task);
+  if (batch == NULL)
     return;
-  batch = g_new0 (PgUpstreamBatch, 1);
-  batch->mailbox = g_strdup (mailbox);
   batch->flags = g_strdup ("\\Deleted");
   batch->removed = TRUE;
   if (pg_upstream_has_capability (self, "MOVE"))
@@ -2852,11 +2868,10 @@ pg_upstream_copy_async (PgUpstream *self, const guint32 *uids, gsize n_uids, con
   PgUpstreamBatch *batch;
 
   g_return_if_fail (PG_IS_UPSTREAM (self));
-  task = pg_upstream_task_new (self, pg_upstream_copy_async, cancellable, callback, user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
+  batch = pg_upstream_mailbox_batch_new (self, pg_upstream_copy_async, mailbox, cancellable,
+                                         callback, user_data, &task);
+  if (batch == NULL)
     return;
-  batch = g_new0 (PgUpstreamBatch, 1);
-  batch->mailbox = g_strdup (mailbox);
   batch->steps[batch->n_steps++] = PG_UPSTREAM_STEP_COPY;
   after = g_strnfill (strlen (mailbox) * 2 + 2, 'x');
   pg_upstream_batch_start (self, task, batch, uids, n_uids, after);
