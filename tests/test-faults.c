@@ -112,6 +112,21 @@ timed_login (PgTestPop3 *pop3, const char *user, gint64 *out_ms)
   return reply;
 }
 
+/* RETR n of a scripted mailbox whose message n is UID n + 4, 21 octets:
+ * "Subject: <uid>\r\n\r\nbody<uid>\r\n" (the peer tests' bodies). */
+static void
+assert_peer_retr (PgTestPop3 *pop3, guint n)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *status = NULL;
+  g_autoptr (GBytes) body = pg_test_pop3_retr (pop3, n, &status, &error);
+  g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (status, ==, "+OK 21 octets");
+  g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want, strlen (want));
+}
+
 /* Read until the server closes; TRUE if a terminating "." line was seen first. */
 static gboolean
 read_until_closed (PgTestPop3 *pop3, gint64 *out_ms)
@@ -1272,7 +1287,6 @@ test_peer_batch_body_omitted (void)
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   PeerRun run = { 0 };
-  g_autoptr (GError) error = NULL;
   gint64 ms = 0;
 
   peer_run_start (&run, script);
@@ -1282,19 +1296,10 @@ test_peer_batch_body_omitted (void)
   }
   for (guint n = 1; n <= 4; n++)
     {
-      g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
-      g_autofree gchar *status = NULL;
-      g_autoptr (GBytes) body = NULL;
-
       if (n == 3)
-        {
-          PG_TEST_POP3_ASSERT_REPLY (run.pop3, "RETR 3", "-ERR Message 3 no longer exists");
-          continue;
-        }
-      body = pg_test_pop3_retr (run.pop3, n, &status, &error);
-      g_assert_no_error (error);
-      g_assert_cmpstr (status, ==, "+OK 21 octets");
-      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want, strlen (want));
+        PG_TEST_POP3_ASSERT_REPLY (run.pop3, "RETR 3", "-ERR Message 3 no longer exists");
+      else
+        assert_peer_retr (run.pop3, n);
     }
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 4 84");
   /* The client goes away (the peer hangs, so QUIT could not apply \\Seen). */
@@ -1328,7 +1333,6 @@ test_peer_batch_body_then_silence (void)
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   PeerRun run = { 0 };
-  g_autoptr (GError) error = NULL;
   gint64 ms = 0;
 
   peer_run_start (&run, script);
@@ -1337,15 +1341,7 @@ test_peer_batch_body_then_silence (void)
     g_assert_cmpstr (login, ==, "+OK Logged in.");
   }
   for (guint n = 1; n <= 2; n++)
-    {
-      g_autofree gchar *status = NULL;
-      g_autoptr (GBytes) body = pg_test_pop3_retr (run.pop3, n, &status, &error);
-      g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
-
-      g_assert_no_error (error);
-      g_assert_cmpstr (status, ==, "+OK 21 octets");
-      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want, strlen (want));
-    }
+    assert_peer_retr (run.pop3, n);
   /* Answered while the upstream is still waiting for 7: nothing timed out. */
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 63");
   g_clear_pointer (&run.pop3, pg_test_pop3_free);
@@ -1404,20 +1400,14 @@ test_peer_readahead_paused_deadline (void)
   }
   for (guint n = 1; n <= 3; n++)
     {
-      g_autofree gchar *status = NULL;
-      g_autoptr (GBytes) body = pg_test_pop3_retr (run.pop3, n, &status, &error);
-
-      g_assert_no_error (error);
-      g_assert_nonnull (body);
       if (n < 3)
-        {
-          g_autofree gchar *want = g_strdup_printf ("Subject: %u\r\n\r\nbody%u\r\n", n + 4, n + 4);
-          g_assert_cmpstr (status, ==, "+OK 21 octets");
-          g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want,
-                           strlen (want));
-        }
+        assert_peer_retr (run.pop3, n);
       else
         {
+          g_autofree gchar *status = NULL;
+          g_autoptr (GBytes) body = pg_test_pop3_retr (run.pop3, n, &status, &error);
+
+          g_assert_no_error (error);
           g_assert_cmpstr (status, ==, "+OK 100000 octets");
           g_assert_cmpuint (g_bytes_get_size (body), ==, 100000);
         }
