@@ -1236,8 +1236,11 @@ pg_pop3_session_state_settle (PgPop3Session *self)
       pg_pop3_session_ledger_update (self, self->client_state);
       pg_session_info (self->id, "first login of %s (UIDNEXT %u)", who, uidnext);
       /* first_login = new must remember this login's UIDNEXT even if the client never
-       * QUITs; otherwise nothing needs storing yet. */
-      if (self->config->pop3.first_login == PG_FIRST_LOGIN_NEW)
+       * QUITs. A new ledger is stored now too: once stored, an idle session need not keep
+       * it (pg_client_state_ledger_slim), and a later session finds it. Otherwise nothing
+       * needs storing yet. */
+      if (self->config->pop3.first_login == PG_FIRST_LOGIN_NEW
+          || self->client_state->ledger->len > 0)
         {
           pg_pop3_session_login_save (self);
           return;
