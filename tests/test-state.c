@@ -1444,6 +1444,43 @@ pg_test_state_metadata_shared (PgTestStateDovecot *fx, gconstpointer data)
   pg_upstream_close (up_b);
 }
 
+/* The peer's start: a PREAUTH server with METADATA, and INBOX selected (UIDVALIDITY 42). */
+/* clang-format off */
+#define PG_TEST_STATE_PEER_SELECTED                                                                \
+  { PG_TEST_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+ METADATA] ready\r\n", 0 },      \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                      \
+  { PG_TEST_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                \
+                       "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"           \
+                       "$ OK [READ-WRITE] Select completed.\r\n", 0 }
+/* clang-format on */
+/* The sample key's entry (pg_test_state_sample_key). */
+#define PG_TEST_STATE_SAMPLE_ENTRY "/private/vendor/popgate/=6c617020746f70250ac3a9"
+
+/* A peer serving script (which starts with PG_TEST_STATE_PEER_SELECTED) in this context,
+ * and an upstream on it with INBOX selected. */
+static PgUpstream *
+pg_test_state_peer_upstream (const PgTestPeerStep *script, PgTestPeer **out_peer)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new_in_context (script, &error);
+  guint32 uidvalidity = 0;
+  PgUpstream *upstream;
+
+  g_assert_no_error (error);
+  upstream = pg_test_state_upstream (pg_test_peer_get_port (peer), NULL, &uidvalidity);
+  g_assert_cmpuint (uidvalidity, ==, 42);
+  *out_peer = g_steal_pointer (&peer);
+  return upstream;
+}
+
+/* The script ran to its end: popgate sent exactly what it expected. */
+static void
+pg_test_state_peer_assert_done (PgTestPeer *peer)
+{
+  g_assert_true (pg_test_peer_wait_finished (peer, 10000));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+}
+
 /* A server that refuses the write (Cyrus without annotation_allow_undefined, whose exact
  * reply the peer plays): the save fails with an error that names the entry and still reads
  * as the server's considered refusal, so QUIT answers [SYS/PERM], not [SYS/TEMP] that
@@ -1452,41 +1489,100 @@ static void
 pg_test_state_metadata_refused (void)
 {
   static const PgTestPeerStep script[] = {
-    { PG_TEST_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+ METADATA] ready\r\n", 0 },
-    { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },
-    { PG_TEST_PEER_SEND,
-      "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"
-      "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"
-      "$ OK [READ-WRITE] Select completed.\r\n",
-      0 },
+    PG_TEST_STATE_PEER_SELECTED,
     /* The record as a non-synchronising literal, then ")". */
-    { PG_TEST_PEER_EXPECT,
-      "SETMETADATA INBOX (/private/vendor/popgate/=6c617020746f70250ac3a9 {*+}", 0 },
+    { PG_TEST_PEER_EXPECT, "SETMETADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {*+}", 0 },
     { PG_TEST_PEER_EXPECT_RAW, "popgate-state *)", 0 },
     { PG_TEST_PEER_SEND, "$ NO Permission denied\r\n", 0 },
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
-  g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestPeer) peer = pg_test_peer_new_in_context (script, &error);
-  guint32 uidvalidity = 0;
-  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (PgTestPeer) peer = NULL;
+  g_autoptr (PgUpstream) upstream = pg_test_state_peer_upstream (script, &peer);
   g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
   g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
   g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (GError) error = NULL;
   g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
 
-  g_assert_no_error (error);
-  upstream = pg_test_state_upstream (pg_test_peer_get_port (peer), NULL, &uidvalidity);
-  g_assert_cmpuint (uidvalidity, ==, 42);
+  g_assert_cmpstr (entry, ==, PG_TEST_STATE_SAMPLE_ENTRY);
   g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
   g_assert_nonnull (strstr (error->message, "Permission denied"));
   g_assert_nonnull (strstr (error->message, entry));
   g_assert_true (pg_upstream_error_is_permanent (error));
-  /* The script ran to its end: one SETMETADATA, as the peer expected it. */
-  g_assert_true (pg_test_peer_wait_finished (peer, 10000));
-  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+  /* One SETMETADATA, as the peer expected it. */
+  pg_test_state_peer_assert_done (peer);
   pg_upstream_close (upstream);
+}
+
+/* Loads against replies no real server sends: each fails with an error, never as "nothing
+ * stored" (which would show the client deleted mail again) and never by reading without
+ * bound or waiting for ever (the wait's watchdog). */
+/* PG_STATE_MAX_ENTRIES + 1 entries under the sample's, then the tagged OK. */
+static gchar *
+pg_test_state_too_many_entries (void)
+{
+  GString *reply = g_string_new (NULL);
+
+  for (guint i = 0; i <= PG_STATE_MAX_ENTRIES; i++)
+    g_string_append_printf (reply, "* METADATA INBOX (%s/%u {1}\r\nx)\r\n",
+                            PG_TEST_STATE_SAMPLE_ENTRY, i);
+  g_string_append (reply, "$ OK done\r\n");
+  return g_string_free (reply, FALSE);
+}
+
+static void
+pg_test_state_metadata_bad_replies (void)
+{
+  g_autofree gchar *many = pg_test_state_too_many_entries ();
+  g_autofree gchar *large
+      = g_strdup_printf ("* METADATA INBOX (%s {%u}\r\n", PG_TEST_STATE_SAMPLE_ENTRY,
+                         (guint) PG_UPSTREAM_MAX_SMALL_LITERAL + 1);
+  const struct
+  {
+    const char *name;
+    const char *reply;     /* after GETMETADATA (DEPTH 1) */
+    PgTestPeerAction then; /* CLOSE or HANG */
+    GQuark domain;         /* 0: any error */
+    gint code;
+  } cases[] = {
+    /* The connection drops in the middle of the value. */
+    { "truncated", "* METADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {100}\r\npopgate-state 1\n",
+      PG_TEST_PEER_CLOSE, 0, 0 },
+    /* The entry list never closes. */
+    { "malformed", "* METADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {5}\r\nhello\r\n$ OK done\r\n",
+      PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_PROTOCOL },
+    /* A value beyond any record popgate writes: refused at its size, before its bytes. */
+    { "too-large", large, PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_LIMIT },
+    /* More entries under ours than concurrent saves leave. */
+    { "too-many", many, PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_LIMIT },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      const PgTestPeerStep script[] = {
+        PG_TEST_STATE_PEER_SELECTED,
+        { PG_TEST_PEER_EXPECT, "GETMETADATA (DEPTH 1) INBOX " PG_TEST_STATE_SAMPLE_ENTRY, 0 },
+        { PG_TEST_PEER_SEND, cases[i].reply, 0 },
+        { cases[i].then, NULL, 0 },
+      };
+      g_autoptr (PgTestPeer) peer = NULL;
+      g_autoptr (PgUpstream) upstream = pg_test_state_peer_upstream (script, &peer);
+      g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+      g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+      g_autoptr (PgClientState) got = NULL;
+      g_autoptr (GError) error = NULL;
+      PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+
+      g_assert_false (pg_test_state_load_on (store, upstream, key, 42, &status, &got, &error));
+      g_assert_nonnull (error);
+      g_test_message ("%s: %s", cases[i].name, error->message);
+      if (cases[i].domain != 0)
+        g_assert_error (error, cases[i].domain, cases[i].code);
+      g_assert_null (got);
+      pg_test_state_peer_assert_done (peer);
+      pg_upstream_close (upstream);
+    }
 }
 
 /* A server that does not advertise METADATA: load and save fail without sending anything.
@@ -1902,6 +1998,7 @@ main (int argc, char **argv)
                 pg_test_state_dovecot_teardown);
   }
   g_test_add_func ("/popgate/state/metadata/refused", pg_test_state_metadata_refused);
+  g_test_add_func ("/popgate/state/metadata/bad-replies", pg_test_state_metadata_bad_replies);
 
   return g_test_run ();
 }
