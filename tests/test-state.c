@@ -1249,6 +1249,7 @@ typedef struct
 static void
 pg_test_state_dovecot_setup (PgTestStateDovecot *fx, gconstpointer data)
 {
+  static const char message[] = "Subject: x\r\n\r\nx\r\n";
   g_autoptr (GError) error = NULL;
 
   /* No skip: a missing Dovecot fails here, saying what is missing. */
@@ -1259,8 +1260,8 @@ pg_test_state_dovecot_setup (PgTestStateDovecot *fx, gconstpointer data)
       error);
   PG_TEST_ASSERT_OK (pg_test_dovecot_start (fx->dovecot, &error), error);
   /* The user's INBOX exists from the first delivery on. */
-  PG_TEST_ASSERT_OK (pg_test_dovecot_append (fx->dovecot, PG_TEST_STATE_USER, "INBOX",
-                                             "Subject: x\r\n\r\nx\r\n", 19, &error),
+  PG_TEST_ASSERT_OK (pg_test_dovecot_append (fx->dovecot, PG_TEST_STATE_USER, "INBOX", message,
+                                             sizeof message - 1, &error),
                      error);
 }
 
