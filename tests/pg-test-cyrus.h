@@ -16,7 +16,8 @@
  * Debian's default (altnamespace: no, unixhierarchysep: no): personal mailboxes are
  * INBOX.NAME. `munge8bit: no` keeps 8-bit header bytes as they are;
  * `annotation_allow_undefined: yes` lets popgate keep client state in METADATA
- * (/private/vendor/popgate/..., refused with "NO Permission denied" otherwise). Stopped by PID
+ * (/private/vendor/popgate/..., refused with "NO Permission denied" otherwise, as
+ * refuse_undefined_annotations shows). Stopped by PID
  * (master takes its imapd children along on SIGTERM).
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
@@ -34,13 +35,16 @@ G_BEGIN_DECLS
 
 typedef struct
 {
-  gchar *root;            /* owned: the unpacked packages ($PG_TEST_CYRUS_ROOT) */
-  gchar *libdir;          /* owned: where libcyrus*.so.0 are in root */
-  gchar *dir;             /* owned: the temp dir (imapd.conf, cyrus.conf, sasldb, spool) */
-  gchar *log_file;        /* owned: master's stdout and stderr (Cyrus itself logs to syslog) */
-  const char *host;       /* "127.0.0.1" */
-  guint16 port;           /* valid after start */
-  GHashTable *passwords;  /* owned: user → password, for the IMAP logins of append */
+  gchar *root;           /* owned: the unpacked packages ($PG_TEST_CYRUS_ROOT) */
+  gchar *libdir;         /* owned: where libcyrus*.so.0 are in root */
+  gchar *dir;            /* owned: the temp dir (imapd.conf, cyrus.conf, sasldb, spool) */
+  gchar *log_file;       /* owned: master's stdout and stderr (Cyrus itself logs to syslog) */
+  const char *host;      /* "127.0.0.1" */
+  guint16 port;          /* valid after start */
+  GHashTable *passwords; /* owned: user → password, for the IMAP logins of append */
+  /* Set before start: Cyrus's default `annotation_allow_undefined: no`, so a SETMETADATA
+   * of an entry its annotation_definitions do not name is refused. */
+  gboolean refuse_undefined_annotations;
   PgTestProcess *process; /* owned: master; NULL while stopped */
 } PgTestCyrus;
 

@@ -1,6 +1,7 @@
 /* Tests for the per-client state: UID sets, the record encoding, the file store, and the
  * imap-metadata store against a real Dovecot (so this program is an integration test).
  * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "pg-test-cyrus.h"
 #include "pg-test-dovecot.h"
 #include "pg-test-imap.h"
 #include "pg-test-peer.h"
@@ -1516,6 +1517,43 @@ pg_test_state_metadata_refused (void)
   pg_upstream_close (upstream);
 }
 
+/* The same refusal from a real Cyrus without annotation_allow_undefined (its default). */
+static void
+pg_test_state_metadata_refused_cyrus (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestCyrus) cyrus = pg_test_cyrus_new (&error);
+  guint32 uidvalidity = 0;
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_state_key_new ("alice", "INBOX", "laptop");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_no_error (error);
+  cyrus->refuse_undefined_annotations = TRUE;
+  PG_TEST_ASSERT_OK (pg_test_cyrus_add_user (cyrus, "alice", PG_TEST_STATE_PASSWORD, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_cyrus_start (cyrus, &error), error);
+  upstream = pg_test_state_upstream (cyrus->port, "alice", &uidvalidity);
+  g_assert_true (pg_upstream_has_capability (upstream, "METADATA"));
+  state->uidvalidity = uidvalidity;
+  g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
+  g_test_message ("Cyrus: %s", error->message);
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "Permission denied"));
+  g_assert_nonnull (strstr (error->message, entry));
+  g_assert_true (pg_upstream_error_is_permanent (error));
+  g_clear_error (&error);
+  /* Nothing was stored. */
+  g_assert_true (pg_test_state_load_on (store, upstream, key, uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  pg_upstream_close (upstream);
+}
+
 /* Loads against replies no real server sends: each fails with an error, never as "nothing
  * stored" (which would show the client deleted mail again) and never by reading without
  * bound or waiting for ever (the wait's watchdog). */
@@ -2000,6 +2038,7 @@ main (int argc, char **argv)
   }
   g_test_add_func ("/popgate/state/metadata/refused", pg_test_state_metadata_refused);
   g_test_add_func ("/popgate/state/metadata/bad-replies", pg_test_state_metadata_bad_replies);
+  g_test_add_func ("/popgate/state/metadata/refused-cyrus", pg_test_state_metadata_refused_cyrus);
 
   return g_test_run ();
 }
