@@ -1233,8 +1233,9 @@ pg_test_state_file_from_config (PgTestStateFixture *fx, gconstpointer data)
 
 /* --- the imap-metadata store ----------------------------------------------------------
  * Against a real Dovecot with METADATA (tests/pg-test-dovecot.h), one per test, checked
- * with the synchronous IMAP client; the scripted peer only for a refusal Dovecot does not
- * make (Cyrus's "NO Permission denied" without annotation_allow_undefined). */
+ * with the synchronous IMAP client; the refusal Dovecot does not make from a real Cyrus
+ * (tests/pg-test-cyrus.h) and, with its exact text, from the scripted peer
+ * (tests/pg-test-peer.h), which also plays the replies no server sends. */
 
 #define PG_TEST_STATE_USER "alice@example.com"
 #define PG_TEST_STATE_PASSWORD "st4te-p\"ss w0rd"
