@@ -35,17 +35,17 @@ G_BEGIN_DECLS
 
 typedef struct
 {
-  gchar *root;           /* owned: the unpacked packages ($PG_TEST_CYRUS_ROOT) */
-  gchar *libdir;         /* owned: where libcyrus*.so.0 are in root */
-  gchar *dir;            /* owned: the temp dir (imapd.conf, cyrus.conf, sasldb, spool) */
-  gchar *log_file;       /* owned: master's stdout and stderr (Cyrus itself logs to syslog) */
-  const char *host;      /* "127.0.0.1" */
-  guint16 port;          /* valid after start */
-  GHashTable *passwords; /* owned: user → password, for the IMAP logins of append */
+  gchar *root;            /* owned: the unpacked packages ($PG_TEST_CYRUS_ROOT) */
+  gchar *libdir;          /* owned: where libcyrus*.so.0 are in root */
+  gchar *dir;             /* owned: the temp dir (imapd.conf, cyrus.conf, sasldb, spool) */
+  gchar *log_file;        /* owned: master's stdout and stderr (Cyrus itself logs to syslog) */
+  const char *host;       /* "127.0.0.1" */
+  guint16 port;           /* valid after start */
+  GHashTable *passwords;  /* owned: user → password, for the IMAP logins of append */
+  PgTestProcess *process; /* owned: master; NULL while stopped */
   /* Set before start: Cyrus's default `annotation_allow_undefined: no`, so a SETMETADATA
    * of an entry its annotation_definitions do not name is refused. */
   gboolean refuse_undefined_annotations;
-  PgTestProcess *process; /* owned: master; NULL while stopped */
 } PgTestCyrus;
 
 /* The temp dir and an empty sasldb. Fails (never skips) when the unpacked tree is
