@@ -1016,10 +1016,13 @@ pg_conn_wait_readable (PgConn *conn, PgConnReadableFunc func, gpointer user_data
     return;
   conn->wait_func = func;
   conn->wait_data = user_data;
+  /* A wait needs no cancellable source: one a read left attached would be prepared and
+   * checked on every turn of the main loop for nothing (read_async makes it again). */
+  pg_conn_clear_source (&conn->read_cancel_source);
   /* Inflated input already waiting, or a stream that cannot say when it has input: the
    * caller reads at once, and that read waits. */
   if ((conn->inflate != NULL && (conn->zin_len > 0 || conn->zin_more))
-      || !pg_conn_can_poll (conn->stream))
+      || (pg_conn_plain_fd (conn) < 0 && !pg_conn_can_poll (conn->stream)))
     {
       conn->wait_idle = g_idle_source_new ();
       g_source_set_callback (conn->wait_idle, pg_conn_wait_idle_cb, conn, NULL);
