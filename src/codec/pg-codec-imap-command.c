@@ -659,7 +659,7 @@ pg_imap_relay_scanner_tokenise (PgImapRelayScanner *scanner, const char *p, cons
           else if (c != '\r' && scanner->word_len < sizeof (scanner->word) - 1
                    && (scanner->field == PG_IMAP_RELAY_FIELD_UID_WORD
                        || scanner->word_len < PG_IMAP_RELAY_MAX_WORD))
-            scanner->word[scanner->word_len++] = g_ascii_toupper (c);
+            scanner->word[scanner->word_len++] = c >= 'a' && c <= 'z' ? (char) (c - 'a' + 'A') : c;
           break;
         case PG_IMAP_RELAY_FIELD_ARG:
           if (!scanner->arg_present)
