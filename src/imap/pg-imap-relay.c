@@ -358,8 +358,11 @@ pg_imap_relay_client_readable_cb (PgConn *client, gpointer user_data)
                                 PG_IMAP_RELAY_CHUNK - self->client_hold_len, &error);
   if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
     {
-      /* Readable, but nothing whole yet (a TLS record cut short): wait again. */
-      pg_conn_wait_readable (client, pg_imap_relay_client_readable_cb, self);
+      /* Readable, but nothing whole yet (a TLS record cut short), or a stream that cannot
+       * be polled: this one read waits the asynchronous way (never a busy loop). */
+      pg_conn_read_async (client, self->client_buf + self->client_hold_len,
+                          PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
+                          pg_imap_relay_client_read_cb, g_object_ref (self));
       return;
     }
   pg_imap_relay_client_got (self, n, error);
