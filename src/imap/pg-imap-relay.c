@@ -32,6 +32,7 @@ struct _PgImapRelay
   gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
   gsize client_hold_len;
   gboolean reading;          /* a client read is pending */
+  gboolean client_waiting;   /* ...as a pg_conn_wait_readable() on the client */
   gboolean up_draining;      /* the client waits for the upstream's queue to drain */
   gboolean client_eof;       /* the client half-closed */
   gboolean up_shut;          /* ...and that half-close was passed on (or is on its way) */
@@ -100,6 +101,17 @@ pg_imap_relay_is_over (PgImapRelay *self)
   return self->stopped || self->over || pg_conn_is_closed (self->client);
 }
 
+/* The client's readiness wait holds no reference: it goes when the relay is over. */
+static void
+pg_imap_relay_cancel_client_wait (PgImapRelay *self)
+{
+  if (!self->client_waiting)
+    return;
+  pg_conn_cancel_wait_readable (self->client);
+  self->client_waiting = FALSE;
+  self->reading = FALSE;
+}
+
 static void
 pg_imap_relay_end (PgImapRelay *self, PgImapRelayEnd end)
 {
@@ -108,6 +120,7 @@ pg_imap_relay_end (PgImapRelay *self, PgImapRelayEnd end)
   self->over = TRUE;
   pg_conn_cancel_wait_readable (self->upstream);
   self->up_waiting = FALSE;
+  pg_imap_relay_cancel_client_wait (self);
   self->funcs->ended (self->user_data, end);
 }
 
@@ -349,6 +362,7 @@ pg_imap_relay_client_readable_cb (PgConn *client, gpointer user_data)
   g_autoptr (GError) error = NULL;
   gssize n;
 
+  self->client_waiting = FALSE;
   if (pg_imap_relay_is_over (self))
     {
       self->reading = FALSE;
@@ -411,6 +425,7 @@ pg_imap_relay_client_read (PgImapRelay *self)
                           pg_imap_relay_client_read_cb, g_object_ref (self));
       return;
     }
+  self->client_waiting = TRUE;
   pg_conn_wait_readable (self->client, pg_imap_relay_client_readable_cb, self);
 }
 
@@ -563,12 +578,7 @@ pg_imap_relay_stop (PgImapRelay *self)
   self->user_data = NULL;
   g_signal_handlers_disconnect_by_data (self->upstream, self);
   pg_conn_cancel_wait_readable (self->upstream);
-  if (self->reading && !pg_conn_is_compressed (self->client))
-    {
-      /* The wait holds no reference: it must not outlive the relay. */
-      pg_conn_cancel_wait_readable (self->client);
-      self->reading = FALSE;
-    }
+  pg_imap_relay_cancel_client_wait (self);
   self->up_waiting = FALSE;
   /* With TLS a close_notify first, bounded (pg_net_close_stream). */
   pg_conn_abort (self->upstream);
