@@ -1802,7 +1802,9 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  * tagged OK (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
  * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
- * makes the prefetched transfer current, and its chunk is sent. */
+ * makes the prefetched transfer current, and its chunk is sent. Until then the upstream
+ * holds that chunk in its read buffer (PG_UPSTREAM_CHUNK_HOLD), paused: no copy, and
+ * nothing more is read, so the read-ahead stays bounded. */
 
 struct _PgPop3Transfer
 {
@@ -1812,14 +1814,13 @@ struct _PgPop3Transfer
   PgDotStuffer *stuffer;       /* owned */
   gboolean active;             /* the transfer now being sent to the client */
   gboolean sent_ok;            /* its "+OK" line is out */
-  GBytes *held;                /* owned: a chunk that came before the transfer was active */
+  gboolean holding;            /* the upstream holds its first chunk, not taken yet */
   gboolean finished;           /* the upstream completed the (last) fetch */
   GError *error;               /* owned: its failure, if any */
   guint64 delivered;           /* octets of the section being fetched */
   gboolean top_in_text;        /* TOP: the header is out, partials of the text follow */
   guint64 top_offset;          /* TOP: offset of the BODY[TEXT] partial being fetched */
   struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
-  gboolean want_pause;         /* sending a held chunk filled the client's queue */
 };
 
 /* One upstream fetch in flight: survives its transfer if that finished early. */
@@ -1837,13 +1838,13 @@ pg_pop3_transfer_free (PgPop3Transfer *transfer)
   if (transfer->ctx != NULL)
     transfer->ctx->transfer = NULL;
   g_clear_pointer (&transfer->stuffer, pg_dot_stuffer_free);
-  g_clear_pointer (&transfer->held, g_bytes_unref);
   g_clear_error (&transfer->error);
   g_free (transfer);
 }
 
 static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data);
-static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
+static PgUpstreamChunkAction pg_pop3_session_chunk_cb (const guint8 *data, gsize len,
+                                                       gpointer user_data);
 
 static void
 pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
@@ -1944,7 +1945,7 @@ pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *trans
     {
       PgPop3Transfer *ahead = l->data;
 
-      if (ahead->delivered > 0 || ahead->finished || ahead->error != NULL)
+      if (ahead->delivered > 0 || ahead->holding || ahead->finished || ahead->error != NULL)
         continue;
       ahead->error
           = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
@@ -1952,7 +1953,7 @@ pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *trans
     }
 }
 
-static gboolean
+static PgUpstreamChunkAction
 pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
 {
   PgPop3FetchCtx *ctx = user_data;
@@ -1960,52 +1961,46 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
   PgPop3Session *self = ctx->self;
 
   if (transfer == NULL)
-    return TRUE; /* its transfer is gone: drop what a confused server still sends */
-  transfer->delivered += len;
+    return PG_UPSTREAM_CHUNK_NEXT; /* its transfer is gone: drop what a confused server sends */
   if (pg_conn_is_closed (self->conn))
-    return FALSE;
-  if (transfer->active)
-    return pg_pop3_session_send_chunk (self, transfer, data, len);
-
-  /* A prefetched message's body has begun, so every body before it is complete: finish
-   * those RETRs now (one that got no chunk got no body: it vanished); the client's next
-   * command, this RETR, then makes this transfer current. */
-  g_assert (transfer->held == NULL);
-  transfer->held = g_bytes_new (data, len); /* data is the upstream's read buffer */
-  {
-    g_autoptr (PgPop3Session) keep = g_object_ref (self);
-
-    while (!pg_conn_is_closed (self->conn) && ctx->transfer != NULL && !transfer->active
-           && self->transfer != NULL && !self->transfer->is_top)
-      {
-        PgPop3Transfer *current = self->transfer;
-
-        if (current->delivered == 0 && current->error == NULL)
-          current->error
-              = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
-        current->finished = TRUE;
-        self->in_chunk_cb = TRUE;
-        pg_pop3_session_transfer_done (self, current);
-        self->in_chunk_cb = FALSE;
-        if (self->transfer == current)
-          break;
-      }
-  }
-  if (pg_conn_is_closed (self->conn))
-    return FALSE;
-  if (ctx->transfer == NULL)
-    return TRUE; /* the client asked for something else: it was dropped */
+    return PG_UPSTREAM_CHUNK_PAUSE;
   if (!transfer->active)
     {
-      pg_pop3_session_mark_vanished_before (self, transfer);
-      return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+      /* A prefetched message's body has begun, so every body before it is complete: finish
+       * those RETRs now (one that got no chunk got no body: it vanished); the client's next
+       * command, this RETR, may then make this transfer current. */
+      g_autoptr (PgPop3Session) keep = g_object_ref (self);
+
+      transfer->holding = TRUE;
+      while (!pg_conn_is_closed (self->conn) && ctx->transfer != NULL && !transfer->active
+             && self->transfer != NULL && !self->transfer->is_top)
+        {
+          PgPop3Transfer *current = self->transfer;
+
+          if (current->delivered == 0 && current->error == NULL)
+            current->error
+                = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
+          current->finished = TRUE;
+          self->in_chunk_cb = TRUE;
+          pg_pop3_session_transfer_done (self, current);
+          self->in_chunk_cb = FALSE;
+          if (self->transfer == current)
+            break;
+        }
+      if (pg_conn_is_closed (self->conn))
+        return PG_UPSTREAM_CHUNK_PAUSE;
+      if (ctx->transfer == NULL)
+        return PG_UPSTREAM_CHUNK_NEXT; /* the client asked for something else: dropped */
+      if (!transfer->active)
+        {
+          pg_pop3_session_mark_vanished_before (self, transfer);
+          return PG_UPSTREAM_CHUNK_HOLD; /* not asked for yet: wait (bounded: paused) */
+        }
+      transfer->holding = FALSE;
     }
-  if (transfer->want_pause)
-    {
-      transfer->want_pause = FALSE;
-      return FALSE;
-    }
-  return TRUE;
+  transfer->delivered += len;
+  return pg_pop3_session_send_chunk (self, transfer, data, len) ? PG_UPSTREAM_CHUNK_NEXT
+                                                                : PG_UPSTREAM_CHUNK_PAUSE;
 }
 
 /* The upstream finished the active transfer's section: next partial (TOP), or the end. */
@@ -2052,6 +2047,9 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
   if (transfer == NULL)
     return; /* finished early (see "RETR and TOP") or the session is gone */
   transfer->ctx = NULL;
+  /* A body completes only once its chunks are taken: a chunk still held was lost with the
+   * upstream (transfer->error says so). */
+  transfer->holding = FALSE;
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   transfer->finished = TRUE;
@@ -2181,23 +2179,11 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
   transfer->active = TRUE;
   pg_pop3_session_flush (self);
   pg_pop3_session_maybe_prefetch (self);
-  if (transfer->held != NULL)
+  if (transfer->holding)
     {
-      g_autoptr (GBytes) held = g_steal_pointer (&transfer->held);
-      gboolean more = pg_pop3_session_send_chunk (self, transfer, g_bytes_get_data (held, NULL),
-                                                  g_bytes_get_size (held));
-      if (transfer->finished)
-        {
-          pg_pop3_session_transfer_step (self, transfer);
-          return;
-        }
-      if (self->in_chunk_cb)
-        {
-          /* Activated from inside its own chunk callback: say pause through that. */
-          transfer->want_pause = !more;
-          return;
-        }
-      if (more)
+      /* The upstream holds its first chunk: take it (from inside its chunk callback, that
+       * callback sends it on return). */
+      if (!self->in_chunk_cb)
         pg_pop3_maildrop_resume (self->maildrop);
       return;
     }

@@ -136,9 +136,17 @@ struct _PgUpstream
   gboolean reading; /* a read on conn is pending, or (waiting) a readable wait is set */
   gboolean waiting;
   gboolean paused, upgrading, processing;
-  gboolean compressing;    /* COMPRESS sent, not answered: the commands after it wait */
-  guint corked;            /* pg_upstream_cork() depth: commands wait in unsent */
-  guint32 guessed_uid;     /* a body literal came before its UID: the UID it was routed to */
+  gboolean compressing; /* COMPRESS sent, not answered: the commands after it wait */
+  guint corked;         /* pg_upstream_cork() depth: commands wait in unsent */
+  guint32 guessed_uid;  /* a body literal came before its UID: the UID it was routed to */
+  /* A chunk its consumer held (PG_UPSTREAM_CHUNK_HOLD): delivered again on resume, before
+   * anything else is parsed. held_data points into rbuf, which does not change while we
+   * are paused, or into held_copy for a body sent as a quoted string (whose response is
+   * gone by then; bounded by the line limit). */
+  PgUpstreamCmd *held_cmd; /* unowned: in pending */
+  const guint8 *held_data;
+  gsize held_len;
+  guint8 *held_copy;       /* owned */
   guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
   guint64 snapshot_octets; /* octets parsed while one was (PG_MAX_SNAPSHOT_OCTETS) */
 
@@ -200,10 +208,21 @@ pg_upstream_set_state (PgUpstream *self, PgUpstreamState state)
 }
 
 static void
+pg_upstream_forget_held (PgUpstream *self)
+{
+  self->held_cmd = NULL;
+  self->held_data = NULL;
+  self->held_len = 0;
+  g_clear_pointer (&self->held_copy, g_free);
+}
+
+static void
 pg_upstream_cmd_free (PgUpstreamCmd *cmd)
 {
   if (cmd == NULL)
     return;
+  if (cmd->owner != NULL && cmd->owner->held_cmd == cmd)
+    pg_upstream_forget_held (cmd->owner);
   if (cmd->cancellable != NULL)
     {
       g_signal_handler_disconnect (cmd->cancellable, cmd->cancelled_id);
@@ -546,6 +565,7 @@ pg_upstream_drop_connection (PgUpstream *self)
     pg_conn_abort (conn);
   self->rpos = self->rlen = 0;
   self->guessed_uid = 0;
+  pg_upstream_forget_held (self);
   /* A read still pending owns the buffer until its (failed) callback. */
   if (!self->reading)
     g_clear_pointer (&self->rbuf, g_free);
@@ -839,6 +859,69 @@ pg_upstream_find_pending (PgUpstream *self, PgUpstreamCmdKind kind)
   return NULL;
 }
 
+/* The FETCH response is complete, and the body with it: the message ends here. The tagged
+ * reply may be far behind (a batch answers once for all its UIDs), and a server that goes
+ * quiet after a whole body must not hold that body's RETR; the tagged reply then finds no
+ * task (fetch_body_done_cb). A body its consumer holds ends once it is taken. */
+static void
+pg_upstream_body_complete (PgUpstreamCmd *cmd)
+{
+  if (cmd->got_body && cmd->task != NULL)
+    {
+      g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+      g_task_return_int (task, 1);
+    }
+}
+
+/* Hand a body chunk to cmd's consumer, and do what it says. */
+static void
+pg_upstream_deliver_chunk (PgUpstream *self, PgUpstreamCmd *cmd, const guint8 *data, gsize len)
+{
+  PgUpstreamChunkAction action = cmd->chunk_func (data, len, cmd->chunk_data);
+
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    return; /* the consumer closed us: the buffer is gone */
+  switch (action)
+    {
+    case PG_UPSTREAM_CHUNK_NEXT:
+      break;
+    case PG_UPSTREAM_CHUNK_PAUSE:
+      self->paused = TRUE;
+      break;
+    case PG_UPSTREAM_CHUNK_HOLD:
+      self->paused = TRUE;
+      self->held_cmd = cmd;
+      self->held_data = data;
+      self->held_len = len;
+      break;
+    }
+}
+
+/* Resumed with a held chunk: deliver it again, unless its fetch was cancelled meanwhile. */
+static void
+pg_upstream_deliver_held (PgUpstream *self)
+{
+  PgUpstreamCmd *cmd = self->held_cmd;
+  const guint8 *data = self->held_data;
+  gsize len = self->held_len;
+  g_autofree guint8 *copy = g_steal_pointer (&self->held_copy);
+
+  self->held_cmd = NULL;
+  self->held_data = NULL;
+  self->held_len = 0;
+  if (cmd->chunk_func != NULL)
+    pg_upstream_deliver_chunk (self, cmd, data, len);
+  if (self->held_cmd == cmd)
+    {
+      if (self->held_data == copy)
+        self->held_copy = g_steal_pointer (&copy); /* held again */
+      return;
+    }
+  if (self->state != PG_UPSTREAM_STATE_CLOSED)
+    pg_upstream_body_complete (cmd); /* a quoted body, taken now */
+}
+
 /* The pending body FETCH a response or body belongs to: the first one for that UID whose
  * body has not come yet. Servers may send the data of a pipelined FETCH before the tagged
  * OK of the one before it (Dovecot does), and one batch holds several UIDs, so "the oldest"
@@ -1042,22 +1125,20 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           if (value->type == PG_IMAP_VALUE_STRING && value->len > 0 && cmd->chunk_func != NULL)
             {
               /* A body sent as a quoted string: one chunk. */
-              if (!cmd->chunk_func ((const guint8 *) value->str, value->len, cmd->chunk_data))
-                self->paused = TRUE;
+              pg_upstream_deliver_chunk (self, cmd, (const guint8 *) value->str, value->len);
+              if (self->state == PG_UPSTREAM_STATE_CLOSED)
+                return;
+              if (self->held_cmd == cmd && self->held_copy == NULL)
+                {
+                  self->held_copy = g_memdup2 (value->str, value->len);
+                  self->held_data = self->held_copy;
+                }
             }
           if (value->type != PG_IMAP_VALUE_NIL)
             cmd->got_body = TRUE;
         }
-      if (cmd->got_body && cmd->task != NULL)
-        {
-          /* The FETCH response is complete, and the body with it: the message ends here.
-           * The tagged reply may be far behind (a batch answers once for all its UIDs), and
-           * a server that goes quiet after a whole body must not hold that body's RETR;
-           * the tagged reply then finds no task (fetch_body_done_cb). */
-          g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
-
-          g_task_return_int (task, 1);
-        }
+      if (self->held_cmd != cmd)
+        pg_upstream_body_complete (cmd);
       return;
     }
   if (response->has_number)
@@ -1286,8 +1367,7 @@ pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
     }
   if (cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
-  if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
-    self->paused = TRUE;
+  pg_upstream_deliver_chunk (self, cmd, event->data, event->len);
 }
 
 /* Parse what is buffered, dispatch, and read more when it is all used. */
@@ -1305,7 +1385,14 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result = pg_imap_parser_feed (
+      PgImapParseResult result;
+
+      if (G_UNLIKELY (self->held_cmd != NULL))
+        {
+          pg_upstream_deliver_held (self);
+          continue;
+        }
+      result = pg_imap_parser_feed (
           self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
           self->rlen - self->rpos, &consumed, &event, &error);
 
