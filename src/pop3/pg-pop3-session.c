@@ -134,7 +134,6 @@ struct _PgPop3Session
   gboolean retr_run;             /* the current RETR is for the message after the last one */
   gboolean in_chunk_cb;          /* finishing a RETR from inside the next one's chunk callback */
   gboolean size_mismatch_logged; /* a RETR sent other octets than RFC822.SIZE said (once) */
-  GByteArray *stuffed;           /* owned: scratch for stuffed output */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -324,7 +323,6 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
   g_queue_clear_full (&self->prefetch, (GDestroyNotify) pg_pop3_transfer_free);
-  g_clear_pointer (&self->stuffed, g_byte_array_unref);
   g_clear_object (&self->cancellable);
   g_clear_object (&self->read_cancellable);
   g_string_free (self->reply, TRUE);
@@ -1873,8 +1871,6 @@ pg_pop3_session_new_transfer (PgPop3Session *self, guint index, gboolean is_top,
   transfer->index = index;
   transfer->is_top = is_top;
   transfer->stuffer = is_top ? pg_dot_stuffer_new_top (lines) : pg_dot_stuffer_new ();
-  if (self->stuffed == NULL)
-    self->stuffed = g_byte_array_sized_new (PG_UPSTREAM_BODY_CHUNK * 2);
   pg_pop3_session_start_fetch (self, transfer,
                                is_top ? PG_POP3_SECTION_HEADER : PG_POP3_SECTION_ALL, 0, 0);
   return transfer;
@@ -1898,6 +1894,23 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
     }
 }
 
+/* Dot-stuff data (NULL: the end of the message) straight into the client's output (no
+ * scratch copy); corked here, so a chunk fed outside a cork still leaves in one write. */
+static void
+pg_pop3_session_stuff (PgPop3Session *self, PgPop3Transfer *transfer, const guint8 *data, gsize len)
+{
+  g_autoptr (PgConn) conn = g_object_ref (self->conn);
+  GByteArray *out;
+
+  pg_conn_cork (conn);
+  out = pg_conn_cork_buffer (conn, data != NULL ? len : 5);
+  if (out != NULL && data != NULL)
+    pg_dot_stuffer_feed (transfer->stuffer, data, len, out);
+  else if (out != NULL)
+    pg_dot_stuffer_finish (transfer->stuffer, out);
+  pg_conn_uncork (conn);
+}
+
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
  * behind: the upstream stays paused until the output has drained. */
 static gboolean
@@ -1918,10 +1931,7 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
     }
   if (pg_dot_stuffer_is_done (transfer->stuffer))
     return TRUE; /* TOP has its lines: the rest of this partial is not needed */
-  g_byte_array_set_size (self->stuffed, 0);
-  pg_dot_stuffer_feed (transfer->stuffer, data, len, self->stuffed);
-  if (self->stuffed->len > 0)
-    pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
+  pg_pop3_session_stuff (self, transfer, data, len);
   if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
     {
       pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER / 2, self->cancellable,
@@ -2259,9 +2269,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
           pg_pop3_session_flush (self);
           transfer->sent_ok = TRUE;
         }
-      g_byte_array_set_size (self->stuffed, 0);
-      pg_dot_stuffer_finish (transfer->stuffer, self->stuffed);
-      pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
+      pg_pop3_session_stuff (self, transfer, NULL, 0);
       if (transfer->is_top)
         self->n_top++;
       else
@@ -2677,11 +2685,6 @@ pg_pop3_session_process (PgPop3Session *self)
       self->long_lines = 0;
       pg_pop3_session_handle_line (self, line, len);
     }
-  /* No RETR/TOP in flight: drop the stuffing scratch (up to 2 body chunks, 64 KiB) so a
-   * session idle after a download costs what an idle one does; new_transfer() allocates
-   * it again on demand. */
-  if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
-    g_clear_pointer (&self->stuffed, g_byte_array_unref);
   if (self->client_eof && !self->busy && self->state != PG_POP3_STATE_UPDATE
       && !pg_conn_is_closed (self->conn))
     {
