@@ -1303,22 +1303,8 @@ test_peer_hold_body (void)
 /* Cancelling a paused body fetch: delivery stops, the rest of the literal is skipped, the
  * fetch ends CANCELLED once the server has answered, and the connection stays usable. */
 static void
-test_peer_cancel_body (void)
+pg_test_cancel_paused_body (PgUpstream *upstream, GCancellable *cancellable)
 {
-  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
-  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
-                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
-  PgTestPeerStep script[] = {
-    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND, reply, 0 },
-    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
-    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
-    { PG_TEST_PEER_HANG, NULL, 0 },
-  };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
-  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
-  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
   g_autoptr (GError) error = NULL;
   g_autoptr (GAsyncResult) result = NULL;
   PgTestBody body = { g_string_new (NULL), 0, TRUE, FALSE };
@@ -1337,9 +1323,38 @@ test_peer_cancel_body (void)
   g_clear_error (&error);
   g_assert_true (pg_test_noop (upstream, &error));
   g_assert_no_error (error);
+  g_string_free (body.data, TRUE);
+}
+
+/* Twice: the first cancellable a body fetch names is watched once for all fetches that
+ * name it, another one by its own fetch. */
+static void
+test_peer_cancel_body (void)
+{
+  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
+  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
+                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
+  PgTestPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, reply, 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, reply, 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GCancellable) first = g_cancellable_new ();
+  g_autoptr (GCancellable) other = g_cancellable_new ();
+
+  pg_test_cancel_paused_body (upstream, first);
+  pg_test_cancel_paused_body (upstream, other);
   pg_test_peer_assert_done (peer);
   pg_upstream_close (upstream);
-  g_string_free (body.data, TRUE);
 }
 
 static void

@@ -95,6 +95,7 @@ struct _PgUpstreamCmd
   /* FETCH_BODY */
   PgUpstreamChunkFunc chunk_func;
   gpointer chunk_data;
+  gboolean body_watched; /* its cancellable is the upstream's body_cancellable */
   guint32 uid;
   gboolean whole_body; /* BODY.PEEK[] of the whole message: may join a batch */
   gboolean got_body;
@@ -144,6 +145,10 @@ struct _PgUpstream
    * are paused, or into held_copy for a body sent as a quoted string (whose response is
    * gone by then; bounded by the line limit). */
   PgUpstreamCmd *held_cmd; /* unowned: in pending */
+  /* owned: the cancellable of body fetches, watched once rather than per FETCH (a session
+   * passes the same one for all its bodies); the others are watched by their command. */
+  GCancellable *body_cancellable;
+  gulong body_cancelled_id;
   const guint8 *held_data;
   gsize held_len;
   guint8 *held_copy;       /* owned */
@@ -2652,22 +2657,44 @@ pg_upstream_resume_idle_cb (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+/* A body fetch was cancelled: its chunks stopped. A consumer that paused us will not
+ * resume, so resume ourselves (from the main loop, not from inside the caller's
+ * g_cancellable_cancel()); the rest of the body is read and dropped. */
 static void
-pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+pg_upstream_resume_cancelled (PgUpstream *self)
 {
-  PgUpstreamCmd *cmd = user_data;
-  PgUpstream *self = cmd->owner;
-
-  /* Stop delivering: the rest of the body is read and dropped, and a consumer that paused
-   * us will not resume, so resume ourselves (from the main loop, not from inside the
-   * caller's g_cancellable_cancel()). */
-  cmd->chunk_func = NULL;
   if (self->paused)
     {
       g_autoptr (GSource) idle = g_idle_source_new ();
       g_source_set_callback (idle, pg_upstream_resume_idle_cb, g_object_ref (self), g_object_unref);
       g_source_attach (idle, self->context);
     }
+}
+
+static void
+pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstreamCmd *cmd = user_data;
+
+  cmd->chunk_func = NULL;
+  pg_upstream_resume_cancelled (cmd->owner);
+}
+
+static void
+pg_upstream_bodies_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstream *self = user_data; /* unowned: dispose disconnects us */
+  GQueue *queues[] = { &self->pending, &self->unsent };
+
+  for (guint i = 0; i < G_N_ELEMENTS (queues); i++)
+    for (GList *l = queues[i]->head; l != NULL; l = l->next)
+      {
+        PgUpstreamCmd *cmd = l->data;
+
+        if (cmd->body_watched)
+          cmd->chunk_func = NULL;
+      }
+  pg_upstream_resume_cancelled (self);
 }
 
 void
@@ -2695,7 +2722,15 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
   cmd->whole_body = section[0] == '\0' && length == 0 && offset == 0;
   cmd->chunk_func = func;
   cmd->chunk_data = func_data;
-  if (cancellable != NULL)
+  if (cancellable != NULL && self->body_cancellable == NULL)
+    {
+      self->body_cancellable = g_object_ref (cancellable);
+      self->body_cancelled_id = g_signal_connect (
+          cancellable, "cancelled", G_CALLBACK (pg_upstream_bodies_cancelled_cb), self);
+    }
+  if (cancellable != NULL && cancellable == self->body_cancellable)
+    cmd->body_watched = TRUE;
+  else if (cancellable != NULL)
     {
       cmd->cancellable = g_object_ref (cancellable);
       cmd->cancelled_id = g_signal_connect (cancellable, "cancelled",
@@ -3402,6 +3437,11 @@ pg_upstream_dispose (GObject *object)
     {
       g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
       g_clear_object (&self->connect_cancellable);
+    }
+  if (self->body_cancellable != NULL)
+    {
+      g_signal_handler_disconnect (self->body_cancellable, self->body_cancelled_id);
+      g_clear_object (&self->body_cancellable);
     }
   G_OBJECT_CLASS (pg_upstream_parent_class)->dispose (object);
 }
