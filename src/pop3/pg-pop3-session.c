@@ -1894,6 +1894,22 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
     }
 }
 
+/* "+OK n octets", the status line of every RETR, without printf (~1,000 instructions). */
+static void
+pg_pop3_session_reply_octets (PgPop3Session *self, guint64 octets)
+{
+  char digits[20];
+  guint n = 0;
+
+  do
+    digits[n++] = (char) ('0' + octets % 10);
+  while ((octets /= 10) != 0);
+  g_string_append (self->reply, "+OK ");
+  while (n > 0)
+    g_string_append_c (self->reply, digits[--n]);
+  g_string_append (self->reply, " octets\r\n");
+}
+
 /* Dot-stuff data (NULL: the end of the message) straight into the client's output (no
  * scratch copy); corked here, so a chunk fed outside a cork still leaves in one write. */
 static void
@@ -1924,8 +1940,7 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
       if (transfer->is_top)
         pg_pop3_reply (self, "+OK");
       else
-        pg_pop3_reply (self, "+OK %" G_GUINT64_FORMAT " octets",
-                       pg_pop3_maildrop_message_size (self->maildrop, msg));
+        pg_pop3_session_reply_octets (self, pg_pop3_maildrop_message_size (self->maildrop, msg));
       pg_pop3_session_flush (self);
       transfer->sent_ok = TRUE;
     }
