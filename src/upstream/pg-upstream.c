@@ -2704,7 +2704,8 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
                               gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  char args[PG_UPSTREAM_U32_TEXT + 32]; /* " uid (UID BODY.PEEK[HEADER]" at most */
+  char args[PG_UPSTREAM_U32_TEXT + 48]; /* " UID FETCH uid (UID BODY.PEEK[HEADER]" at most */
+  char *end;
   PgUpstreamCmd *cmd;
   PgImapWriter *writer;
 
@@ -2736,8 +2737,12 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
       cmd->cancelled_id = g_signal_connect (cancellable, "cancelled",
                                             G_CALLBACK (pg_upstream_body_cancelled_cb), cmd);
     }
-  stpcpy (stpcpy (pg_upstream_format_u32 (args, ' ', uid), " (UID BODY.PEEK["), section);
-  writer = pg_upstream_cmd_writer (self, cmd);
+  end = stpcpy (args, " UID FETCH");
+  end = pg_upstream_format_u32 (end, ' ', uid);
+  end = stpcpy (end, " (UID BODY.PEEK[");
+  stpcpy (end, section);
+  /* The writer without pg_upstream_cmd_writer(): no literal, so LITERAL+/- do not matter. */
+  writer = pg_imap_writer_new (cmd->tag, 0);
   pg_imap_writer_add_raw (writer, args);
   if (length > 0)
     {
