@@ -1245,6 +1245,8 @@ test_peer_hold_body (void)
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
       { PG_TEST_PEER_EXPECT, "UID FETCH 5,6 (UID BODY.PEEK[])", 0 },
       { PG_TEST_PEER_SEND, reply->str, 0 },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 7 (UID BODY.PEEK[])", 0 },
+      { PG_TEST_PEER_SEND, "* 4 FETCH (UID 7 BODY[] \"held\" BODY[] \"again\")\r\n", 0 },
       { PG_TEST_PEER_HANG, NULL, 0 },
     };
     g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
@@ -1296,6 +1298,24 @@ test_peer_hold_body (void)
     g_assert_cmpuint (bodies[1].chunks, ==, 1);
     for (guint i = 0; i < 2; i++)
       g_string_free (bodies[i].data, TRUE);
+    /* Two bodies in one FETCH after one is held: a protocol error, not a second hold. */
+    {
+      PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE, TRUE, NULL, 0 };
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GError) error = NULL;
+      gboolean vanished = FALSE;
+
+      pg_upstream_fetch_body_async (upstream, 7, "", 0, 0, pg_test_body_chunk_cb, &body, NULL,
+                                    pg_test_async_cb, &async);
+      result = pg_test_async_wait (&async);
+      g_assert_false (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_cmpuint (body.holds, ==, 1);
+      g_assert_cmpuint (body.chunks, ==, 0);
+      g_clear_pointer (&body.held, g_byte_array_unref);
+      g_string_free (body.data, TRUE);
+    }
     pg_upstream_close (upstream);
   }
 }

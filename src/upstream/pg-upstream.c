@@ -1152,10 +1152,19 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           if (value->type == PG_IMAP_VALUE_STRING && value->len > 0 && cmd->chunk_func != NULL)
             {
               /* A body sent as a quoted string: one chunk. */
+              if (self->held_cmd != NULL)
+                {
+                  /* A second body item after one the consumer holds: it could only be
+                   * held too, and one chunk is held at a time. */
+                  g_autoptr (GError) error = g_error_new_literal (
+                      PG_ERROR, PG_ERROR_PROTOCOL, "upstream sent two bodies in one FETCH");
+                  pg_upstream_fail (self, error);
+                  return;
+                }
               pg_upstream_deliver_chunk (self, cmd, (const guint8 *) value->str, value->len);
               if (self->state == PG_UPSTREAM_STATE_CLOSED)
                 return;
-              if (self->held_cmd == cmd && self->held_copy == NULL)
+              if (self->held_cmd == cmd)
                 {
                   self->held_copy = g_memdup2 (value->str, value->len);
                   self->held_data = self->held_copy;
