@@ -1277,6 +1277,22 @@ pg_conn_uncork (PgConn *conn)
   pg_conn_check_drain_waiters (conn);
 }
 
+/* Output built in place (issue 16: a RETR's body is dot-stuffed straight into the cork
+ * buffer, not into scratch space first and then copied here). */
+GByteArray *
+pg_conn_cork_buffer (PgConn *conn, gsize room)
+{
+  g_return_val_if_fail (conn->corked > 0, NULL);
+  if (conn->closed || conn->closing)
+    return NULL;
+  if (conn->cork_buf == NULL)
+    conn->cork_buf = pg_conn_spare_cork != NULL ? g_steal_pointer (&pg_conn_spare_cork)
+                                                : g_byte_array_sized_new (PG_CLIENT_CORK_MAX);
+  else if (conn->cork_buf->len + room > PG_CLIENT_CORK_MAX)
+    pg_conn_cork_flush (conn);
+  return conn->cork_buf;
+}
+
 void
 pg_conn_write_bytes (PgConn *conn, GBytes *bytes)
 {
