@@ -18,6 +18,7 @@
 #include "popgate/pg-limits.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -807,6 +808,80 @@ test_upstream_literal_limit (void)
   upstream_limit (script, "upstream literal over the limit");
 }
 
+/* Open descriptors of popgate, from /proc/PID/fd. */
+static guint
+popgate_open_fds (PgTestPopgate *popgate)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%d/fd", (int) pg_test_popgate_get_pid (popgate));
+  g_autoptr (GDir) dir = g_dir_open (path, 0, NULL);
+  guint n = 0;
+
+  g_assert_nonnull (dir);
+  while (g_dir_read_name (dir) != NULL)
+    n++;
+  return n;
+}
+
+static guint
+count_occurrences (const char *haystack, const char *needle)
+{
+  guint n = 0;
+
+  for (const char *p = strstr (haystack, needle); p != NULL; p = strstr (p + 1, needle))
+    n++;
+  return n;
+}
+
+/* Out of descriptors, a listener stops accepting for a while (one log line, no spinning
+ * on the readable socket), and the connection waiting in the kernel's queue is served
+ * once a session ends. */
+static void
+test_out_of_descriptors (void)
+{
+  PgTestPopgate *popgate = start_popgate (upstream, 0, NULL);
+  PgTestPop3 *first = pop3_connect (popgate);
+  g_autoptr (PgTestPop3) second = NULL;
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autoptr (GSocketConnection) waiting = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *log = NULL;
+  struct rlimit limit;
+  char greeting[64];
+  gssize got;
+
+  /* Room for exactly one more session: the next accept finds no descriptor. */
+  g_assert_cmpint (prlimit (pg_test_popgate_get_pid (popgate), RLIMIT_NOFILE, NULL, &limit), ==, 0);
+  limit.rlim_cur = popgate_open_fds (popgate) + 1;
+  g_assert_cmpint (prlimit (pg_test_popgate_get_pid (popgate), RLIMIT_NOFILE, &limit, NULL), ==, 0);
+  second = pop3_connect (popgate);
+
+  waiting
+      = g_socket_client_connect_to_host (client, popgate->host, popgate->pop3_port, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (pg_test_popgate_wait_log (popgate, "cannot accept on", 10000));
+
+  /* A session ends: its descriptor lets the queued connection in. */
+  PG_TEST_POP3_ASSERT_REPLY (first, "QUIT", "+OK");
+  g_assert_true (pg_test_pop3_wait_closed (first));
+  pg_test_pop3_free (first);
+  g_socket_set_timeout (g_socket_connection_get_socket (waiting), 10);
+  got = g_socket_receive (g_socket_connection_get_socket (waiting), greeting, sizeof greeting - 1,
+                          NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (got, >, 3);
+  greeting[got] = '\0';
+  g_assert_true (g_str_has_prefix (greeting, "+OK"));
+  g_assert_true (pg_test_popgate_wait_log (popgate, "again", 10000));
+
+  /* One line for the episode, however often it tried meanwhile. */
+  log = pg_test_popgate_read_log (popgate);
+  g_assert_cmpuint (count_occurrences (log, "cannot accept on"), ==, 1);
+  g_assert_null (strstr (log, "fail:"));
+  g_clear_object (&waiting);
+  g_clear_pointer (&second, pg_test_pop3_free);
+  stop_popgate (popgate);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -832,6 +907,7 @@ main (int argc, char **argv)
     { "/popgate/limits/idle-after-login", test_idle_after_login },
     { "/popgate/limits/upstream-line", test_upstream_line_limit },
     { "/popgate/limits/upstream-literal", test_upstream_literal_limit },
+    { "/popgate/limits/out-of-descriptors", test_out_of_descriptors },
   };
 
   g_test_init (&argc, &argv, NULL);

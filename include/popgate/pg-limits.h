@@ -104,6 +104,13 @@
  * padding, unrelated untagged data). */
 #define PG_MAX_SNAPSHOT_OCTETS (256 * 1024 * 1024)
 
+/* Listening sockets: the kernel's accept queue (nginx's default backlog), how many
+ * connections one wake-up accepts before other sessions get a turn, and how long a
+ * listener waits when the process is out of descriptors before it tries again. */
+#define PG_LISTEN_BACKLOG 511
+#define PG_ACCEPT_BATCH 16
+#define PG_ACCEPT_PAUSE_MS 100
+
 /* --- sessions and abuse (defaults of [limits] keys) --- */
 #define PG_DEFAULT_MAX_SESSIONS 4096
 #define PG_DEFAULT_MAX_SESSIONS_PER_ADDRESS 256

@@ -1,8 +1,11 @@
 /* popgate — listeners, accept-time limits and TLS, session accounting, reload, shutdown.
  *
- * One GSocketService per listen address (not one per front end): a reload can then keep
- * the addresses that stay bound — no window in which connections are refused — while it
- * opens new ones and closes removed ones.
+ * One listener per listen address (not one per front end): a reload can then keep the
+ * addresses that stay bound — no window in which connections are refused — while it
+ * opens new ones and closes removed ones. A listener is its bound sockets and one read
+ * source on each (not a GSocketService, whose accept adds a cancellable source per socket:
+ * every attached source costs each main-loop turn of every session), accepting a bounded
+ * batch per wake-up and pausing, not spinning, when the process is out of descriptors.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
@@ -23,11 +26,14 @@ typedef struct
   gchar *key; /* owned: "pop3|tls|127.0.0.1:1995" */
   PgFrontend frontend;
   gboolean tls;
-  GSocketService *service; /* owned */
-  gchar *bound;            /* owned: the address actually bound, "host:port" */
-  PgServer *server;        /* unowned */
-  gboolean adopted;        /* in the server's table (not just opened by a reload) */
-  gboolean inherited;      /* socket activation: not from the config, kept by reloads */
+  GPtrArray *sockets;  /* owned GSocket*: listening; two for "*:PORT" without dual stack */
+  GPtrArray *sources;  /* owned GSource*: one read source per socket while accepting */
+  GSource *resume;     /* owned: the timer that ends an out-of-descriptors pause */
+  gchar *bound;        /* owned: the address actually bound, "host:port" */
+  PgServer *server;    /* unowned */
+  gboolean adopted;    /* in the server's table (not just opened by a reload) */
+  gboolean inherited;  /* socket activation: not from the config, kept by reloads */
+  gboolean out_of_fds; /* the last accept found no descriptor (logged once) */
 } PgListener;
 
 struct _PgServer
@@ -68,15 +74,18 @@ pg_frontend_to_string (PgFrontend frontend)
   return frontend < PG_FRONTEND_COUNT ? pg_frontend_names[frontend] : "?";
 }
 
+static void pg_listener_stop (PgListener *listener);
+
 static void
 pg_listener_free (PgListener *listener)
 {
-  if (listener->service != NULL)
+  pg_listener_stop (listener);
+  g_clear_pointer (&listener->sources, g_ptr_array_unref);
+  if (listener->sockets != NULL)
     {
-      g_socket_service_stop (listener->service);
-      g_socket_listener_close (G_SOCKET_LISTENER (listener->service));
-      g_signal_handlers_disconnect_by_data (listener->service, listener);
-      g_object_unref (listener->service);
+      for (guint i = 0; i < listener->sockets->len; i++)
+        g_socket_close (g_ptr_array_index (listener->sockets, i), NULL);
+      g_ptr_array_unref (listener->sockets);
     }
   g_free (listener->key);
   g_free (listener->bound);
@@ -513,11 +522,9 @@ pg_accept_proxy_readable_cb (GSocket *sock, GIOCondition condition, gpointer use
   return G_SOURCE_REMOVE;
 }
 
-static gboolean
-pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObject *source,
-                       gpointer user_data)
+static void
+pg_server_incoming (PgListener *listener, GSocketConnection *socket)
 {
-  PgListener *listener = user_data;
   PgServer *server = listener->server;
   PgConfig *config = server->config;
   g_autoptr (GSocketAddress) remote = g_socket_connection_get_remote_address (socket, NULL);
@@ -555,7 +562,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
       if (!proxied)
         pg_server_send_refusal (listener->frontend, listener->tls, socket, refusal);
       g_io_stream_close (G_IO_STREAM (socket), NULL, NULL);
-      return TRUE;
+      return;
     }
 
   accept = g_new0 (PgAccept, 1);
@@ -575,7 +582,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
     {
       /* The common case, with no deadline to arm: straight to the session. */
       pg_accept_continue (accept, peer_ip, peer_text);
-      return TRUE;
+      return;
     }
 
   accept->timeout = g_timeout_source_new (config->limits.preauth_timeout_ms);
@@ -585,7 +592,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
   if (!proxied)
     {
       pg_accept_continue (accept, peer_ip, peer_text);
-      return TRUE;
+      return;
     }
 
   accept->parser = pg_proxy_parser_new ();
@@ -600,7 +607,7 @@ pg_server_incoming_cb (GSocketService *service, GSocketConnection *socket, GObje
     g_source_set_static_name (accept->read_source, "[popgate] PROXY header");
     g_source_attach (accept->read_source, g_main_context_get_thread_default ());
   }
-  return TRUE;
+  return;
 }
 
 /* --- listeners --------------------------------------------------------------------------- */
@@ -612,15 +619,183 @@ pg_listener_key (PgFrontend frontend, gboolean tls, const PgListenAddr *addr)
                           addr->host, addr->port);
 }
 
-static GSocketService *
-pg_listener_new_service (void)
+/* Stop accepting: drop the read sources and any pause timer (the sockets stay bound). */
+static void
+pg_listener_stop (PgListener *listener)
 {
-  GSocketService *service = g_socket_service_new ();
+  if (listener->sources != NULL)
+    {
+      for (guint i = 0; i < listener->sources->len; i++)
+        g_source_destroy (g_ptr_array_index (listener->sources, i));
+      g_ptr_array_set_size (listener->sources, 0);
+    }
+  if (listener->resume != NULL)
+    {
+      g_source_destroy (listener->resume);
+      g_clear_pointer (&listener->resume, g_source_unref);
+    }
+}
 
-  /* A backlog like nginx's default, so a burst of clients is not refused. It must be set
-   * before an address is added. */
-  g_socket_listener_set_backlog (G_SOCKET_LISTENER (service), 511);
-  return service;
+static gboolean pg_listener_accept_cb (GSocket *socket, GIOCondition condition, gpointer user_data);
+
+/* Accept on every socket (again). Harmless while already accepting. */
+static void
+pg_listener_start (PgListener *listener)
+{
+  if (listener->sources->len > 0 || listener->resume != NULL)
+    return;
+  for (guint i = 0; i < listener->sockets->len; i++)
+    {
+      GSource *source
+          = g_socket_create_source (g_ptr_array_index (listener->sockets, i), G_IO_IN, NULL);
+
+      g_source_set_callback (source, (GSourceFunc) (void (*) (void)) pg_listener_accept_cb,
+                             listener, NULL);
+      g_source_set_static_name (source, "[popgate] listener");
+      g_source_attach (source, g_main_context_get_thread_default ());
+      g_ptr_array_add (listener->sources, source);
+    }
+}
+
+static gboolean
+pg_listener_resume_cb (gpointer user_data)
+{
+  PgListener *listener = user_data;
+
+  g_clear_pointer (&listener->resume, g_source_unref);
+  pg_listener_start (listener);
+  return G_SOURCE_REMOVE;
+}
+
+/* Out of descriptors (EMFILE/ENFILE): the pending connection stays in the kernel's
+ * queue, and the socket stays readable, so accepting on would spin. Stop for a while, as
+ * nginx does; one log line per episode, not one per try. */
+static void
+pg_listener_pause (PgListener *listener, const GError *error)
+{
+  if (!listener->out_of_fds)
+    pg_log_session (G_LOG_LEVEL_WARNING, 0, G_LOG_DOMAIN,
+                    "cannot accept on %s: %s; accepting again every %u ms until a descriptor "
+                    "is free",
+                    listener->bound, error->message, PG_ACCEPT_PAUSE_MS);
+  listener->out_of_fds = TRUE;
+  pg_metrics_error (PG_METRICS_ERROR_LIMIT);
+  pg_listener_stop (listener);
+  listener->resume = g_timeout_source_new (PG_ACCEPT_PAUSE_MS);
+  g_source_set_callback (listener->resume, pg_listener_resume_cb, listener, NULL);
+  g_source_set_static_name (listener->resume, "[popgate] accept pause");
+  g_source_attach (listener->resume, g_main_context_get_thread_default ());
+}
+
+static gboolean
+pg_listener_accept_cb (GSocket *socket, GIOCondition condition, gpointer user_data)
+{
+  PgListener *listener = user_data;
+
+  for (guint n = 0; n < PG_ACCEPT_BATCH; n++)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GSocket) accepted = g_socket_accept (socket, NULL, &error);
+      g_autoptr (GSocketConnection) connection = NULL;
+
+      if (accepted == NULL)
+        {
+          if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_TOO_MANY_OPEN_FILES)
+              || g_error_matches (error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
+            {
+              pg_listener_pause (listener, error);
+              return G_SOURCE_REMOVE; /* pg_listener_pause destroyed this source */
+            }
+          /* WOULD_BLOCK: the queue is empty. Anything else (a connection reset while
+           * queued) concerns that one connection: the next wake-up goes on. */
+          if (!g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+            pg_log_session (G_LOG_LEVEL_DEBUG, 0, G_LOG_DOMAIN, "accept on %s: %s", listener->bound,
+                            error->message);
+          break;
+        }
+      if (listener->out_of_fds)
+        {
+          pg_log_session (G_LOG_LEVEL_MESSAGE, 0, G_LOG_DOMAIN, "accepting on %s again",
+                          listener->bound);
+          listener->out_of_fds = FALSE;
+        }
+      connection = g_socket_connection_factory_create_connection (accepted);
+      pg_server_incoming (listener, connection);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+/* A listening TCP socket on `address`: SO_REUSEADDR, nginx's backlog, non-blocking;
+ * dual_stack: an IPv6 socket that takes IPv4 too (else the system's default). */
+static GSocket *
+pg_listener_socket_new (GSocketAddress *address, gboolean dual_stack, GError **error)
+{
+  g_autoptr (GSocket) socket = g_socket_new (g_socket_address_get_family (address),
+                                             G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, error);
+
+  if (socket == NULL)
+    return NULL;
+  if (dual_stack && !g_socket_set_option (socket, IPPROTO_IPV6, IPV6_V6ONLY, 0, error))
+    return NULL;
+  g_socket_set_blocking (socket, FALSE);
+  /* A backlog like nginx's default, so a burst of clients is not refused. */
+  g_socket_set_listen_backlog (socket, PG_LISTEN_BACKLOG);
+  if (!g_socket_bind (socket, address, TRUE, error) || !g_socket_listen (socket, error))
+    return NULL;
+  return g_steal_pointer (&socket);
+}
+
+/* "*:PORT": every IPv4 and IPv6 address. One dual-stack IPv6 socket where the system has
+ * IPv6, else (or if it will not take IPv4) an IPv4 socket too — what GIO's
+ * g_socket_listener_add_inet_port does. */
+static gboolean
+pg_listener_bind_any (GPtrArray *sockets, guint16 port, GError **error)
+{
+  g_autoptr (GInetAddress) any6 = g_inet_address_new_any (G_SOCKET_FAMILY_IPV6);
+  g_autoptr (GInetAddress) any4 = g_inet_address_new_any (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) address6 = g_inet_socket_address_new (any6, port);
+  g_autoptr (GSocketAddress) address4 = NULL;
+  g_autoptr (GError) error6 = NULL;
+  GSocket *socket6 = pg_listener_socket_new (address6, TRUE, &error6);
+  GSocket *socket4;
+
+  if (socket6 != NULL)
+    {
+      g_ptr_array_add (sockets, socket6);
+      if (g_socket_speaks_ipv4 (socket6))
+        return TRUE;
+      if (port == 0)
+        {
+          g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket6, error);
+
+          if (bound == NULL)
+            return FALSE;
+          port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+        }
+    }
+  address4 = g_inet_socket_address_new (any4, port);
+  socket4 = pg_listener_socket_new (address4, FALSE, socket6 == NULL ? error : NULL);
+  if (socket4 == NULL)
+    {
+      if (socket6 != NULL)
+        return TRUE; /* an IPv6-only system */
+      return FALSE;
+    }
+  g_ptr_array_add (sockets, socket4);
+  return TRUE;
+}
+
+static PgListener *
+pg_listener_new (PgServer *server, PgFrontend frontend, gboolean tls, GPtrArray *sockets)
+{
+  PgListener *listener = g_new0 (PgListener, 1);
+
+  listener->frontend = frontend;
+  listener->tls = tls;
+  listener->server = server;
+  listener->sockets = sockets;
+  listener->sources = g_ptr_array_new_with_free_func ((GDestroyNotify) g_source_unref);
+  return listener;
 }
 
 /* Name the address and front end; for a privileged port refused, say how to get it. */
@@ -643,17 +818,14 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
                   GError **error)
 {
   g_autoptr (GInetAddress) ip = g_inet_address_new_from_string (addr->host);
-  g_autoptr (GSocketAddress) sockaddr = NULL;
   g_autoptr (GSocketAddress) effective = NULL;
-  g_autoptr (GSocketService) service = NULL;
+  g_autoptr (GPtrArray) sockets = g_ptr_array_new_with_free_func (g_object_unref);
   g_autofree gchar *shown = pg_listen_addr_to_string (addr);
   PgListener *listener;
 
   if (addr->any)
     {
-      /* "*:PORT": every IPv4 and IPv6 address (GIO binds both families). */
-      service = pg_listener_new_service ();
-      if (!g_socket_listener_add_inet_port (G_SOCKET_LISTENER (service), addr->port, NULL, error))
+      if (!pg_listener_bind_any (sockets, addr->port, error))
         {
           pg_listener_explain_bind_error (error, addr, shown, frontend);
           return NULL;
@@ -666,25 +838,21 @@ pg_listener_open (PgServer *server, PgFrontend frontend, gboolean tls, const PgL
     }
   else
     {
-      sockaddr = g_inet_socket_address_new (ip, addr->port);
-      service = pg_listener_new_service ();
-      if (!g_socket_listener_add_address (G_SOCKET_LISTENER (service), sockaddr,
-                                          G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                          &effective, error))
+      g_autoptr (GSocketAddress) sockaddr = g_inet_socket_address_new (ip, addr->port);
+      GSocket *socket = pg_listener_socket_new (sockaddr, FALSE, error);
+
+      if (socket == NULL)
         {
           pg_listener_explain_bind_error (error, addr, shown, frontend);
           return NULL;
         }
+      g_ptr_array_add (sockets, socket);
+      effective = g_socket_get_local_address (socket, NULL);
     }
 
-  listener = g_new0 (PgListener, 1);
+  listener = pg_listener_new (server, frontend, tls, g_steal_pointer (&sockets));
   listener->key = pg_listener_key (frontend, tls, addr);
-  listener->frontend = frontend;
-  listener->tls = tls;
-  listener->server = server;
   listener->bound = effective != NULL ? pg_address_to_string (effective) : g_steal_pointer (&shown);
-  listener->service = g_steal_pointer (&service);
-  g_signal_connect (listener->service, "incoming", G_CALLBACK (pg_server_incoming_cb), listener);
   return listener;
 }
 
@@ -793,7 +961,6 @@ pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean tls, GSo
                         GError **error)
 {
   static guint serial = 0;
-  g_autoptr (GSocketService) service = NULL;
   g_autoptr (GSocketAddress) local = NULL;
   PgListener *listener;
 
@@ -806,23 +973,16 @@ pg_server_adopt_socket (PgServer *server, PgFrontend frontend, gboolean tls, GSo
       g_prefix_error (error, "inherited %s socket: ", pg_frontend_to_string (frontend));
       return FALSE;
     }
-  service = pg_listener_new_service ();
-  if (!g_socket_listener_add_socket (G_SOCKET_LISTENER (service), socket, NULL, error))
-    {
-      g_prefix_error (error, "inherited %s socket: ", pg_frontend_to_string (frontend));
-      return FALSE;
-    }
-  listener = g_new0 (PgListener, 1);
+  /* An inherited socket is listening already (systemd did bind and listen). */
+  g_socket_set_blocking (socket, FALSE);
+  listener
+      = pg_listener_new (server, frontend, tls, g_ptr_array_new_with_free_func (g_object_unref));
+  g_ptr_array_add (listener->sockets, g_object_ref (socket));
   listener->key = g_strdup_printf ("%s|%s|inherited|%u", pg_frontend_to_string (frontend),
                                    tls ? "tls" : "plain", ++serial);
-  listener->frontend = frontend;
-  listener->tls = tls;
-  listener->server = server;
   listener->bound = pg_address_to_string (local);
   listener->inherited = TRUE;
   listener->adopted = TRUE;
-  listener->service = g_steal_pointer (&service);
-  g_signal_connect (listener->service, "incoming", G_CALLBACK (pg_server_incoming_cb), listener);
   g_hash_table_insert (server->listeners, listener->key, listener);
   return TRUE;
 }
@@ -841,7 +1001,7 @@ pg_server_adopt_listeners (PgServer *server, GHashTable *from)
       g_hash_table_iter_steal (&iter);
       listener->adopted = TRUE;
       g_hash_table_insert (server->listeners, listener->key, listener);
-      g_socket_service_start (listener->service);
+      pg_listener_start (listener);
     }
 }
 
@@ -876,7 +1036,7 @@ pg_server_start (PgServer *server, GError **error)
     g_hash_table_iter_init (&iter, server->listeners);
     while (g_hash_table_iter_next (&iter, NULL, &value))
       if (((PgListener *) value)->inherited)
-        g_socket_service_start (((PgListener *) value)->service);
+        pg_listener_start (value);
   }
   return TRUE;
 }
