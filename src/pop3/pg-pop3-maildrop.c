@@ -396,6 +396,8 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
   /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
    * order, which is UID order; sorting keeps that true whatever the server does. */
   data->pending = 2;
+  /* ... in one write (pg_upstream_cork), not one each. */
+  pg_upstream_cork (upstream);
   pg_upstream_select_async (maildrop->upstream, maildrop->upstream_config->mailbox, FALSE,
                             cancellable, pg_pop3_maildrop_select_cb, task);
   /* INTERNALDATE only when recent_days needs it; the server's own message ids when the
@@ -410,6 +412,7 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
       : maildrop->ledger_kind == PG_LEDGER_KIND_X_GM_MSGID ? PG_UPSTREAM_IDS_X_GM_MSGID
                                                            : PG_UPSTREAM_IDS_NONE,
       pg_pop3_maildrop_snapshot_cb, maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+  pg_upstream_uncork (upstream);
 }
 
 PgLedgerKind
