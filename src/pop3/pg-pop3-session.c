@@ -102,7 +102,8 @@ struct _PgPop3Session
 
   PgPop3Maildrop *maildrop; /* owned */
   guint n_messages;         /* in the maildrop's snapshot (sealed at login) */
-  guint8 *flags;            /* owned: PG_POP3_MSG_* per message */
+  guint8 *flags;            /* owned: PG_POP3_MSG_* per message; NULL until the first is set
+                             * (an idle session has none), see pg_pop3_session_flag() */
   guint32 uidvalidity;
 
   /* Per-client state (DESIGN.md "Per-client state") */
@@ -150,6 +151,32 @@ static guint64
 pg_pop3_session_size (PgPop3Session *self, guint index)
 {
   return pg_pop3_maildrop_size (self->maildrop, index);
+}
+
+/* The per-message flags. They are allocated at the first DELE or RETR: a session that
+ * only looked (STAT, LIST, UIDL) or idles holds no octet per message. */
+static gboolean
+pg_pop3_session_flagged (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  return self->flags != NULL && (self->flags[index] & flag) != 0;
+}
+
+static void
+pg_pop3_session_flag (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  if (self->flags == NULL)
+    self->flags = g_malloc0 (self->n_messages);
+  self->flags[index] |= flag;
+}
+
+static void
+pg_pop3_session_unflag (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  if (self->flags != NULL)
+    self->flags[index] &= (guint8) ~flag;
 }
 
 /* Message `index` of the snapshot, by value: the sealed snapshot is packed, there is no
@@ -244,7 +271,9 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
 
       pg_client_state_format_uidl (self->client_state, msg->uid, uidl);
       pg_trace (self->id, "C: %s -> uid %u uidl %s%s", shown, msg->uid, uidl,
-                self->flags[cmd.message - 1] & PG_POP3_MSG_DELETED ? " (already deleted)" : "");
+                pg_pop3_session_flagged (self, cmd.message - 1, PG_POP3_MSG_DELETED)
+                    ? " (already deleted)"
+                    : "");
       return;
     }
   if (cmd.kind == PG_POP3_COMMAND_QUIT)
@@ -253,7 +282,7 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
       guint n = 0;
 
       for (guint i = 0; i < self->n_messages; i++)
-        if (self->flags[i] & PG_POP3_MSG_DELETED)
+        if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
           {
             if (n++ < PG_POP3_TRACE_MAX_UIDS)
               g_string_append_printf (uids, "%s%u", uids->len > 0 ? "," : "",
@@ -286,8 +315,8 @@ pg_pop3_session_status_cb (gpointer owner, PgStatusInfo *info)
   info->bytes_out = pg_conn_get_bytes_out (self->conn);
   for (guint i = 0; self->flags != NULL && i < self->n_messages; i++)
     {
-      info->retrieved += (self->flags[i] & PG_POP3_MSG_RETRIEVED) != 0;
-      info->deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+      info->retrieved += pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED);
+      info->deleted += pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED);
     }
 }
 
@@ -418,7 +447,7 @@ pg_pop3_session_log_end (PgPop3Session *self)
   guint deleted = 0;
 
   for (guint i = 0; self->flags != NULL && i < self->n_messages; i++)
-    deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+    deleted += pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED);
   /* Dovecot's pop3 logs retr=/del= by default: what an admin asks first. */
   pg_session_message (
       self->id,
@@ -547,7 +576,6 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   /* What an idle session keeps of the snapshot: the packed form (pg_pop3_maildrop_seal). */
   pg_pop3_maildrop_seal (self->maildrop);
   self->n_messages = pg_pop3_maildrop_count (self->maildrop);
-  self->flags = g_malloc0 (MAX (self->n_messages, 1));
   for (guint i = 0; i < self->n_messages; i++)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
@@ -1735,7 +1763,7 @@ pg_pop3_session_message (PgPop3Session *self, guint32 number, guint *out_index)
       pg_pop3_reply (self, "-ERR There is no message %u.", number);
       return FALSE;
     }
-  if (self->flags[number - 1] & PG_POP3_MSG_DELETED)
+  if (pg_pop3_session_flagged (self, number - 1, PG_POP3_MSG_DELETED))
     {
       pg_pop3_reply (self, "-ERR Message %u is deleted.", number);
       return FALSE;
@@ -1751,7 +1779,7 @@ pg_pop3_session_stat (PgPop3Session *self)
   guint64 octets = 0;
 
   for (guint i = 0; i < self->n_messages; i++)
-    if (!(self->flags[i] & PG_POP3_MSG_DELETED))
+    if (!pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
       {
         count++;
         octets += pg_pop3_session_size (self, i);
@@ -1787,7 +1815,7 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
   pg_pop3_reply (self, uidl ? "+OK Unique-ID listing follows" : "+OK Scan listing follows");
   for (guint i = 0; i < self->n_messages; i++)
     {
-      if (self->flags[i] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
         continue;
       if (uidl)
         {
@@ -2147,7 +2175,7 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
       if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
           || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
           || next.message > self->n_messages
-          || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED))
+          || pg_pop3_session_flagged (self, next.message - 1, PG_POP3_MSG_DELETED))
         return;
       if (seen < self->prefetch.length)
         {
@@ -2177,7 +2205,7 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
     {
       guint64 size = pg_pop3_session_size (self, next_index);
 
-      if (self->flags[next_index] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, next_index, PG_POP3_MSG_DELETED))
         continue;
       if (octets + size > PG_POP3_READAHEAD_OCTETS
           || pg_pop3_session_uid_in_flight (self, next_index))
@@ -2296,7 +2324,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
         self->n_top++;
       else
         {
-          self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+          pg_pop3_session_flag (self, transfer->index, PG_POP3_MSG_RETRIEVED);
           pg_pop3_session_check_size (self, transfer);
           /* After the check: the octets really sent, when the server's size was wrong. */
           self->n_retr++;
@@ -2496,14 +2524,15 @@ pg_pop3_session_quit (PgPop3Session *self)
   for (guint i = 0; i < self->n_messages; i++)
     {
       guint32 uid = pg_pop3_maildrop_uid (self->maildrop, i);
-      if (self->flags[i] & PG_POP3_MSG_RETRIEVED)
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED))
         pg_uid_set_add (state->retrieved, uid);
-      if (self->flags[i] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
         {
           g_array_append_val (self->quit_deleted, uid);
           pg_uid_set_add (deleted_set, uid);
         }
-      else if ((self->flags[i] & PG_POP3_MSG_RETRIEVED) && self->config->pop3.mark_seen)
+      else if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED)
+               && self->config->pop3.mark_seen)
         g_array_append_val (self->quit_seen, uid);
     }
   if (policy == PG_DELETE_KEEP)
@@ -2558,12 +2587,12 @@ pg_pop3_session_transaction (PgPop3Session *self, PgPop3Command *cmd)
     case PG_POP3_COMMAND_DELE:
       if (!pg_pop3_session_message (self, cmd->message, &index))
         return;
-      self->flags[index] |= PG_POP3_MSG_DELETED;
+      pg_pop3_session_flag (self, index, PG_POP3_MSG_DELETED);
       pg_pop3_reply (self, "+OK Message %u marked for deletion.", cmd->message);
       return;
     case PG_POP3_COMMAND_RSET:
       for (guint i = 0; i < self->n_messages; i++)
-        self->flags[i] &= (guint8) ~PG_POP3_MSG_DELETED;
+        pg_pop3_session_unflag (self, i, PG_POP3_MSG_DELETED);
       pg_pop3_session_stat (self);
       return;
     case PG_POP3_COMMAND_NOOP:
