@@ -1912,6 +1912,47 @@ pg_test_state_ledger_slim (void)
   g_assert_cmpuint (ours->ledger->len, ==, 2);
 }
 
+/* A state just saved is its own base: slim_saved() keeps what slim() against an equal copy
+ * keeps, in the state and so in the copy made afterwards, and every UIDL stays. */
+static void
+pg_test_state_ledger_slim_saved (void)
+{
+  g_autoptr (PgClientState) saved = pg_client_state_new (7, 1, 0);
+  g_autoptr (PgClientState) full = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) base = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  PgLedgerEntry carried = pg_test_ledger_entry (3, 3, 30, 5);
+
+  saved->ledger_kind = PG_LEDGER_KIND_DIGEST;
+  for (guint32 uid = 1; uid <= 500; uid++)
+    {
+      PgLedgerEntry e = pg_test_ledger_entry (uid, (guint8) uid, uid, 7);
+      pg_client_state_ledger_set (saved, uid == 3 ? &carried : &e);
+    }
+  full = pg_client_state_copy (saved);
+  ours = pg_client_state_copy (saved);
+  base = pg_client_state_copy (saved);
+  pg_client_state_ledger_slim (ours, base);
+
+  pg_client_state_ledger_slim_saved (saved);
+  g_assert_cmpuint (saved->ledger->len, ==, 1); /* the carried one */
+  g_assert_true (pg_client_state_equal (saved, ours));
+  g_assert_true (pg_client_state_equal (saved, base));
+  for (guint32 uid = 1; uid <= 600; uid++)
+    {
+      char a[17];
+      char b[17];
+
+      pg_client_state_format_uidl (full, uid, a);
+      pg_client_state_format_uidl (saved, uid, b);
+      g_assert_cmpstr (a, ==, b);
+    }
+  /* The next save merges against the stored record and gets the whole ledger back. */
+  merged = pg_client_state_merge (full, saved, saved);
+  g_assert_true (pg_client_state_equal (merged, full));
+}
+
 /* The digest: header case and folding do not matter; Message-ID, Date and size do; no
  * Message-ID is no identity. */
 static void
@@ -1975,6 +2016,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/ledger/rebase", pg_test_state_ledger_rebase);
   g_test_add_func ("/popgate/state/ledger/merge", pg_test_state_ledger_merge);
   g_test_add_func ("/popgate/state/ledger/slim", pg_test_state_ledger_slim);
+  g_test_add_func ("/popgate/state/ledger/slim-saved", pg_test_state_ledger_slim_saved);
   g_test_add_func ("/popgate/state/ledger/digest", pg_test_state_ledger_digest);
   g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,

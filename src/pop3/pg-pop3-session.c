@@ -725,6 +725,9 @@ pg_pop3_session_save_finish (PgPop3Session *self, GAsyncResult *result, GError *
     return FALSE;
   g_clear_pointer (&self->client_state, pg_client_state_free);
   self->client_state = merged;
+  /* Slim now, as pg_pop3_session_state_ready() would after the copy: a login's first save
+   * then copies a few entries, not the whole ledger (24 octets a message). */
+  pg_client_state_ledger_slim_saved (merged);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
   self->saved_state = pg_client_state_copy (merged);
   return TRUE;
