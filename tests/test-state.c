@@ -1864,19 +1864,13 @@ pg_test_state_ledger_merge (void)
   g_assert_cmpuint (merged->ledger->len, ==, 3);
 }
 
-/* An idle session slims its ledger (and its saved copy) to what differs from the stored
- * record or carries a UIDL over; UIDLs read the same, and the save's merge gives back
- * exactly the stored entries plus ours. */
-static void
-pg_test_state_ledger_slim (void)
+/* A stored state of UIDVALIDITY 7 with a digest ledger of UIDs 1..500, each UIDL its own,
+ * except UID 3's, carried over a UIDVALIDITY change (UIDL 30:5). */
+static PgClientState *
+pg_test_state_ledger_500 (void)
 {
-  g_autoptr (PgClientState) stored = pg_client_state_new (7, 1, 0);
-  g_autoptr (PgClientState) base = NULL;
-  g_autoptr (PgClientState) ours = NULL;
-  g_autoptr (PgClientState) full = NULL;
-  g_autoptr (PgClientState) merged = NULL;
+  PgClientState *stored = pg_client_state_new (7, 1, 0);
   PgLedgerEntry carried = pg_test_ledger_entry (3, 3, 30, 5);
-  PgLedgerEntry fresh = pg_test_ledger_entry (900, 9, 900, 7);
 
   stored->ledger_kind = PG_LEDGER_KIND_DIGEST;
   for (guint32 uid = 1; uid <= 500; uid++)
@@ -1884,6 +1878,22 @@ pg_test_state_ledger_slim (void)
       PgLedgerEntry e = pg_test_ledger_entry (uid, (guint8) uid, uid, 7);
       pg_client_state_ledger_set (stored, uid == 3 ? &carried : &e);
     }
+  return stored;
+}
+
+/* An idle session slims its ledger (and its saved copy) to what differs from the stored
+ * record or carries a UIDL over; UIDLs read the same, and the save's merge gives back
+ * exactly the stored entries plus ours. */
+static void
+pg_test_state_ledger_slim (void)
+{
+  g_autoptr (PgClientState) stored = pg_test_state_ledger_500 ();
+  g_autoptr (PgClientState) base = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) full = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  PgLedgerEntry fresh = pg_test_ledger_entry (900, 9, 900, 7);
+
   base = pg_client_state_copy (stored);
   ours = pg_client_state_copy (stored);
   pg_client_state_ledger_set (ours, &fresh); /* identified this login, not stored yet */
@@ -1917,20 +1927,12 @@ pg_test_state_ledger_slim (void)
 static void
 pg_test_state_ledger_slim_saved (void)
 {
-  g_autoptr (PgClientState) saved = pg_client_state_new (7, 1, 0);
-  g_autoptr (PgClientState) full = NULL;
+  g_autoptr (PgClientState) saved = pg_test_state_ledger_500 ();
+  g_autoptr (PgClientState) full = pg_client_state_copy (saved);
   g_autoptr (PgClientState) ours = NULL;
   g_autoptr (PgClientState) base = NULL;
   g_autoptr (PgClientState) merged = NULL;
-  PgLedgerEntry carried = pg_test_ledger_entry (3, 3, 30, 5);
 
-  saved->ledger_kind = PG_LEDGER_KIND_DIGEST;
-  for (guint32 uid = 1; uid <= 500; uid++)
-    {
-      PgLedgerEntry e = pg_test_ledger_entry (uid, (guint8) uid, uid, 7);
-      pg_client_state_ledger_set (saved, uid == 3 ? &carried : &e);
-    }
-  full = pg_client_state_copy (saved);
   ours = pg_client_state_copy (saved);
   base = pg_client_state_copy (saved);
   pg_client_state_ledger_slim (ours, base);
