@@ -167,14 +167,14 @@ pg_test_cyrus_start (PgTestCyrus *cyrus, GError **error)
                                 /* popgate's [state] backend = imap-metadata stores
                                  * /private/vendor/popgate/...: Cyrus refuses entries
                                  * its annotation_definitions do not name otherwise. */
-                                "annotation_allow_undefined: yes\n"
+                                "annotation_allow_undefined: %2$s\n"
                                 "autocreate_quota: 0\n"
                                 "autocreate_inbox_folders: Trash\n"
                                 "lmtpsocket: %1$s/socket/lmtp\n"
                                 "idlesocket: %1$s/socket/idle\n"
                                 "notifysocket: %1$s/socket/notify\n"
                                 "syslog_prefix: popgate-test-cyrus\n",
-                                cyrus->dir);
+                                cyrus->dir, cyrus->refuse_undefined_annotations ? "no" : "yes");
   cyrus_text = g_strdup_printf ("SERVICES {\n"
                                 "  imap cmd=\"%s -C %s\" listen=\"%s:%u\" prefork=0\n"
                                 "}\n",

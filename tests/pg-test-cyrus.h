@@ -16,7 +16,8 @@
  * Debian's default (altnamespace: no, unixhierarchysep: no): personal mailboxes are
  * INBOX.NAME. `munge8bit: no` keeps 8-bit header bytes as they are;
  * `annotation_allow_undefined: yes` lets popgate keep client state in METADATA
- * (/private/vendor/popgate/..., refused with "NO Permission denied" otherwise). Stopped by PID
+ * (/private/vendor/popgate/..., refused with "NO Permission denied" otherwise, as
+ * refuse_undefined_annotations shows). Stopped by PID
  * (master takes its imapd children along on SIGTERM).
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
@@ -42,6 +43,9 @@ typedef struct
   guint16 port;           /* valid after start */
   GHashTable *passwords;  /* owned: user → password, for the IMAP logins of append */
   PgTestProcess *process; /* owned: master; NULL while stopped */
+  /* Set before start: Cyrus's default `annotation_allow_undefined: no`, so a SETMETADATA
+   * of an entry its annotation_definitions do not name is refused. */
+  gboolean refuse_undefined_annotations;
 } PgTestCyrus;
 
 /* The temp dir and an empty sasldb. Fails (never skips) when the unpacked tree is

@@ -392,6 +392,65 @@ test_capabilities (Fixture *fx, gconstpointer data)
   g_free (read_until (imap, "b2 OK"));
 }
 
+/* Literal octets are counted past, never read as commands or responses: a MULTIAPPEND
+ * whose two literals hold lines that look like withheld commands, capability lists and
+ * tagged replies (one cut across the two literals, which popgate reads separately: the
+ * "+" before the second is the upstream's), stored and fetched back byte for byte. */
+static void
+test_literal_lookalikes (Fixture *fx, gconstpointer data)
+{
+  static const char one[] = "From: a@example.org\r\nSubject: lookalikes\r\n\r\n"
+                            "* CAPABILITY IMAP4rev1 STARTTLS UNAUTHENTICATE COMPRESS=DEFLATE\r\n"
+                            "x0 UNAUTHENTICATE\r\n"
+                            "x1 START";
+  static const char two[] = "TLS\r\n"
+                            "a1 OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] done\r\n"
+                            "* ENABLED UTF8=ACCEPT COMPRESS=DEFLATE\r\n"
+                            "x2 COMPRESS DEFLATE\r\n"
+                            "c1 OK not the reply {5}\r\n"
+                            "+ nor a continuation\r\n";
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap = connect_popgate (fx);
+  g_autoptr (GArray) uids = NULL;
+  g_autofree gchar *head = g_strdup_printf ("c1 APPEND INBOX {%zu}\r\n", strlen (one));
+  g_autofree gchar *mid = g_strdup_printf ("%s {%zu}\r\n", one, strlen (two));
+  g_autofree gchar *tail = g_strdup_printf ("%s\r\n", two);
+  g_autofree gchar *cont = NULL;
+  g_autofree gchar *reply = NULL;
+  guint32 exists = 0;
+
+  g_assert_true (pg_test_imap_login (imap, fx->user, PASSWORD, &error));
+  g_assert_no_error (error);
+  send_raw (imap, head);
+  cont = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+  g_clear_pointer (&cont, g_free);
+  send_raw (imap, mid);
+  cont = read_line (imap);
+  g_assert_true (g_str_has_prefix (cont, "+"));
+  send_raw (imap, tail);
+  reply = read_until (imap, "c1 ");
+  g_assert_true (g_str_has_prefix (reply, "c1 OK"));
+
+  g_assert_true (pg_test_imap_select (imap, "INBOX", FALSE, NULL, &exists, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (exists, ==, 3);
+  uids = pg_test_imap_uid_search_all (imap, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (uids->len, ==, 3);
+  for (guint i = 0; i < 2; i++)
+    {
+      const char *want = i == 0 ? one : two;
+      g_autoptr (GBytes) body
+          = pg_test_imap_fetch_body (imap, g_array_index (uids, guint32, 1 + i), &error);
+
+      g_assert_no_error (error);
+      g_assert_cmpmem (g_bytes_get_data (body, NULL), g_bytes_get_size (body), want, strlen (want));
+    }
+  g_assert_true (pg_test_imap_logout (imap, &error));
+  g_assert_no_error (error);
+}
+
 /* A whole session: SELECT, FETCH, STORE, APPEND (synchronising and LITERAL+), EXPUNGE,
  * LOGOUT, with the upstream's capabilities filtered in the login reply. */
 static void
@@ -1216,6 +1275,7 @@ main (int argc, char **argv)
     { "/popgate/imap/upstream-bye", NULL, test_upstream_bye },
     { "/popgate/imap/account-map", mapped, test_account_map },
     { "/popgate/imap/large-transfer", NULL, test_large_transfer },
+    { "/popgate/imap/literal-lookalikes", NULL, test_literal_lookalikes },
     { "/popgate/imap/large-transfer-tls", tls, test_large_transfer },
     { "/popgate/imap/capabilities", NULL, test_capabilities },
     { "/popgate/imap/id-maxima", NULL, test_id_maxima },

@@ -14,6 +14,7 @@
 #include "pg-test-util.h"
 
 #include <string.h>
+#include <sys/socket.h>
 
 #define WATCHDOG_MS 10000
 
@@ -548,6 +549,128 @@ test_readable_func (Fixture *fx, gconstpointer data)
   g_string_free (r.got, TRUE);
 }
 
+/* The sources named `name` attached to the default context (ids are handed out in
+ * order: a fresh source's id bounds them). */
+static guint
+count_sources_named (const char *name)
+{
+  g_autoptr (GSource) probe = g_idle_source_new ();
+  guint last = g_source_attach (probe, NULL);
+  guint n = 0;
+
+  g_source_destroy (probe);
+  for (guint id = 1; id < last; id++)
+    {
+      GSource *source = g_main_context_find_source_by_id (NULL, id);
+
+      if (source != NULL && g_strcmp0 (g_source_get_name (source), name) == 0)
+        n++;
+    }
+  return n;
+}
+
+/* A readiness wait after a read with a cancellable (the relay after the login's reads)
+ * leaves no cancellable source behind for the main loop to prepare and check every turn;
+ * a later read with that cancellable makes it again and still fails when cancelled. */
+static void
+test_wait_drops_cancel_source (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
+  Readable r = { 0, g_string_new (NULL), FALSE, TRUE };
+  ReadResult rr = { 0 };
+  GOutputStream *out = NULL;
+  guint before;
+  char buf[64];
+  PgConn *conn = NULL;
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  conn = g_ptr_array_index (fx->fe.conns, 0);
+  out = g_io_stream_get_output_stream (client->stream);
+  before = count_sources_named ("GCancellable");
+
+  g_assert_true (g_output_stream_write_all (out, "one\r\n", 5, NULL, NULL, NULL));
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &rr);
+  iterate_until (&rr.done);
+  g_assert_cmpint (rr.n, ==, 5);
+  g_assert_cmpuint (count_sources_named ("GCancellable"), ==, before + 1);
+
+  pg_conn_wait_readable (conn, pump_readable_cb, &r);
+  g_assert_cmpuint (count_sources_named ("GCancellable"), ==, before);
+  g_assert_true (g_output_stream_write_all (out, "two\r\n", 5, NULL, NULL, NULL));
+  iterate_until_text (&r, "two\r\n");
+
+  rr.done = FALSE;
+  pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &rr);
+  g_assert_cmpuint (count_sources_named ("GCancellable"), ==, before + 1);
+  g_cancellable_cancel (cancellable);
+  iterate_until (&rr.done);
+  g_assert_cmpint (rr.n, ==, -1);
+  g_assert_error (rr.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&rr.error);
+  g_string_free (r.got, TRUE);
+}
+
+/* Plain TCP reads and writes go to the descriptor (pg_conn_plain_fd): a peer that resets
+ * the connection gives a read error, not "would block" or EOF, and a write after it closes
+ * the connection through the write queue with the error kept. */
+static void
+test_plain_reset (Fixture *fx, gconstpointer data)
+{
+  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (GError) error = NULL;
+  GSocket *socket = NULL;
+  PgConn *conn = NULL;
+  char buf[64];
+  gssize n;
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  conn = g_ptr_array_index (fx->fe.conns, 0);
+  g_assert_false (pg_conn_is_tls (conn));
+
+  /* SO_LINGER 0: the close sends a reset, not a FIN. */
+  socket = g_socket_connection_get_socket (G_SOCKET_CONNECTION (client->stream));
+  {
+    struct linger lin = { 1, 0 };
+    g_assert_cmpint (setsockopt (g_socket_get_fd (socket), SOL_SOCKET, SO_LINGER, &lin, sizeof lin),
+                     ==, 0);
+  }
+  g_assert_true (g_io_stream_close (client->stream, NULL, NULL));
+  {
+    gint64 deadline = g_get_monotonic_time () + WATCHDOG_MS * 1000;
+
+    for (;;)
+      {
+        g_clear_error (&error);
+        n = pg_conn_read_nonblocking (conn, buf, sizeof buf, &error);
+        if (n != -1 || !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+          break;
+        g_assert_cmpint (g_get_monotonic_time (), <, deadline);
+        g_usleep (1000);
+      }
+  }
+  g_assert_cmpint (n, ==, -1);
+  g_assert_nonnull (error);
+  g_assert_false (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK));
+  g_assert_false (pg_conn_is_closed (conn));
+
+  /* The socket is gone: the direct write takes nothing, the queued one fails and closes. */
+  g_assert_cmpuint (fx->fe.closed, ==, 0);
+  pg_conn_write (conn, "late\r\n", 6);
+  {
+    gint64 deadline = g_get_monotonic_time () + WATCHDOG_MS * 1000;
+
+    while (!pg_conn_is_closed (conn))
+      {
+        g_assert_cmpint (g_get_monotonic_time (), <, deadline);
+        g_main_context_iteration (NULL, TRUE);
+      }
+  }
+  g_assert_cmpuint (fx->fe.closed, ==, 1);
+}
+
 static void
 test_ipv4_ipv6 (Fixture *fx, gconstpointer data)
 {
@@ -947,6 +1070,10 @@ main (int argc, char **argv)
   g_test_add ("/popgate/net/wait-and-steal", Fixture, NULL, fixture_setup, test_wait_and_steal,
               fixture_teardown);
   g_test_add ("/popgate/net/cork", Fixture, NULL, fixture_setup, test_cork, fixture_teardown);
+  g_test_add ("/popgate/net/wait-drops-cancel-source", Fixture, NULL, fixture_setup,
+              test_wait_drops_cancel_source, fixture_teardown);
+  g_test_add ("/popgate/net/plain-reset", Fixture, NULL, fixture_setup, test_plain_reset,
+              fixture_teardown);
   g_test_add ("/popgate/net/readable-func", Fixture, NULL, fixture_setup, test_readable_func,
               fixture_teardown);
   g_test_add ("/popgate/net/tls-verified", Fixture, NULL, fixture_setup, test_tls_verified,

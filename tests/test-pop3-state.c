@@ -8,8 +8,8 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  */
-#include "pg-test-cutproxy.h"
 #include "pg-test-dovecot.h"
+#include "pg-test-faultproxy.h"
 #include "pg-test-imap.h"
 #include "pg-test-peer.h"
 #include "pg-test-pop3.h"
@@ -840,8 +840,9 @@ test_lost_before_expunge (Fixture *fx, gconstpointer data)
 {
   const TestSpec *spec = data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (PgTestCutProxy) proxy
-      = pg_test_cut_proxy_new (fx->dovecot->imap_port, " UID EXPUNGE ", &error);
+  static const PgTestFaultRule cut = { .match = "UID EXPUNGE *", .action = PG_TEST_FAULT_CUT };
+  g_autoptr (PgTestFaultProxy) proxy
+      = pg_test_faultproxy_new (fx->dovecot->host, fx->dovecot->imap_port, &cut, &error);
   g_autofree gchar *port = NULL;
   g_autofree gchar *path = NULL;
   g_autofree gchar *contents = NULL;
@@ -853,7 +854,7 @@ test_lost_before_expunge (Fixture *fx, gconstpointer data)
   popgate_check_and_free (g_steal_pointer (&fx->popgate));
   fx->popgate = pg_test_popgate_new (fx->dovecot, "none", &error);
   g_assert_no_error (error);
-  port = g_strdup_printf ("%u", pg_test_cut_proxy_get_port (proxy));
+  port = g_strdup_printf ("%u", pg_test_faultproxy_get_port (proxy));
   pg_test_popgate_set (fx->popgate, "upstream", "port", port);
   pg_test_popgate_set (fx->popgate, "limits", "auth_failure_delay", "10ms");
   for (gsize i = 0; spec->settings != NULL && spec->settings[i] != NULL; i += 3)
@@ -867,7 +868,7 @@ test_lost_before_expunge (Fixture *fx, gconstpointer data)
     g_test_message ("QUIT, upstream lost before UID EXPUNGE: %s", reply);
     g_assert_true (g_str_has_prefix (reply, "-ERR [SYS/TEMP]"));
   }
-  g_assert_true (pg_test_cut_proxy_has_cut (proxy));
+  g_assert_true (pg_test_faultproxy_wait_triggered (proxy, WAIT_MS));
   /* Flagged upstream, not expunged, and still recorded as pending. */
   assert_flagged_deleted (fx, 1, TRUE);
   contents = pg_test_read_file (path);

@@ -1,5 +1,11 @@
-/* Tests for the per-client state: UID sets, the record encoding, the file store.
+/* Tests for the per-client state: UID sets, the record encoding, the file store, and the
+ * imap-metadata store against a real Dovecot (so this program is an integration test).
  * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "pg-test-cyrus.h"
+#include "pg-test-dovecot.h"
+#include "pg-test-imap.h"
+#include "pg-test-peer.h"
+
 #include "popgate/pg-core.h"
 #include "popgate/pg-limits.h"
 #include "popgate/pg-state.h"
@@ -1226,276 +1232,57 @@ pg_test_state_file_from_config (PgTestStateFixture *fx, gconstpointer data)
 }
 
 /* --- the imap-metadata store ----------------------------------------------------------
- * A small in-process IMAP server that keeps METADATA values in memory, shared by all its
- * connections, so two store instances on two upstream connections can share one state.
- * A stand-in until the Dovecot fixture (with METADATA) is on main: it speaks only the
- * commands the store sends (after PREAUTH: SELECT, GETMETADATA, SETMETADATA, LOGOUT). */
+ * Against a real Dovecot with METADATA (tests/pg-test-dovecot.h), one per test, checked
+ * with the synchronous IMAP client; the refusal Dovecot does not make from a real Cyrus
+ * (tests/pg-test-cyrus.h) and, with its exact text, from the scripted peer
+ * (tests/pg-test-peer.h), which also plays the replies no server sends. */
+
+#define PG_TEST_STATE_USER "alice@example.com"
+#define PG_TEST_STATE_PASSWORD "st4te-p\"ss w0rd"
+/* A server with METADATA that does not advertise it: any command popgate sent anyway would
+ * work, and the checker would see what it stored. */
+#define PG_TEST_STATE_NO_METADATA_CAPABILITY "IMAP4rev1 LITERAL+ UIDPLUS"
 
 typedef struct
 {
-  GSocketService *service; /* owned */
-  guint16 port;
-  gboolean metadata;   /* advertise METADATA */
-  GHashTable *values;  /* owned: entry → GBytes */
-  GPtrArray *conns;    /* owned, of PgTestImapConn* */
-  guint setmetadata;   /* SETMETADATA commands seen */
-  gboolean refuse_set; /* answer SETMETADATA as Cyrus does without annotation_allow_undefined */
-} PgTestImapServer;
-
-typedef struct
-{
-  PgTestImapServer *server; /* unowned */
-  GSocketConnection *conn;  /* owned */
-  GString *input;           /* owned: bytes not yet taken as a command */
-  gboolean continued;       /* "+" sent for the pending synchronising literal */
-  gboolean closed;
-  guint8 buf[4096];
-} PgTestImapConn;
+  PgTestDovecot *dovecot; /* owned */
+} PgTestStateDovecot;
 
 static void
-pg_test_imap_send (PgTestImapConn *c, const char *data, gsize len)
+pg_test_state_dovecot_setup (PgTestStateDovecot *fx, gconstpointer data)
 {
+  static const char message[] = "Subject: x\r\n\r\nx\r\n";
   g_autoptr (GError) error = NULL;
 
-  /* Replies are small: a blocking write into an empty socket buffer does not block. */
-  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (c->conn)), data, len, NULL,
-                             NULL, &error);
+  /* No skip: a missing Dovecot fails here, saying what is missing. */
+  fx->dovecot = pg_test_dovecot_new (data, &error);
   g_assert_no_error (error);
-}
-
-static void pg_test_imap_printf (PgTestImapConn *c, const char *format, ...) G_GNUC_PRINTF (2, 3);
-
-static void
-pg_test_imap_printf (PgTestImapConn *c, const char *format, ...)
-{
-  va_list args;
-  g_autofree gchar *text = NULL;
-
-  va_start (args, format);
-  text = g_strdup_vprintf (format, args);
-  va_end (args);
-  pg_test_imap_send (c, text, strlen (text));
-}
-
-/* One command from c->input: a line, and with a literal "{n}" / "{n+}" at its end, n
- * bytes and the rest of the command. FALSE: need more input. */
-static gboolean
-pg_test_imap_take (PgTestImapConn *c, GString *out_line, GBytes **out_literal)
-{
-  const char *crlf = strstr (c->input->str, "\r\n");
-  gsize line_len;
-  const char *brace;
-  guint64 n = 0;
-  gboolean sync;
-  const char *after;
-  const char *crlf2;
-
-  if (crlf == NULL)
-    return FALSE;
-  line_len = (gsize) (crlf - c->input->str);
-  if (line_len == 0 || c->input->str[line_len - 1] != '}')
-    {
-      g_string_append_len (out_line, c->input->str, (gssize) line_len);
-      g_string_erase (c->input, 0, (gssize) line_len + 2);
-      return TRUE;
-    }
-  brace = g_strrstr_len (c->input->str, (gssize) line_len, "{");
-  g_assert_nonnull (brace);
-  n = g_ascii_strtoull (brace + 1, NULL, 10);
-  sync = c->input->str[line_len - 2] != '+';
-  if (sync && !c->continued)
-    {
-      pg_test_imap_printf (c, "+ go ahead\r\n");
-      c->continued = TRUE;
-    }
-  after = crlf + 2;
-  if ((gsize) (c->input->str + c->input->len - after) < n)
-    return FALSE;
-  crlf2 = strstr (after + n, "\r\n");
-  if (crlf2 == NULL)
-    return FALSE;
-  g_string_append_len (out_line, c->input->str, brace - c->input->str);
-  *out_literal = g_bytes_new (after, n);
-  g_string_append_len (out_line, after + n, crlf2 - (after + n));
-  g_string_erase (c->input, 0, crlf2 + 2 - c->input->str);
-  c->continued = FALSE;
-  return TRUE;
+  PG_TEST_ASSERT_OK (
+      pg_test_dovecot_add_user (fx->dovecot, PG_TEST_STATE_USER, PG_TEST_STATE_PASSWORD, &error),
+      error);
+  PG_TEST_ASSERT_OK (pg_test_dovecot_start (fx->dovecot, &error), error);
+  /* The user's INBOX exists from the first delivery on. */
+  PG_TEST_ASSERT_OK (pg_test_dovecot_append (fx->dovecot, PG_TEST_STATE_USER, "INBOX", message,
+                                             sizeof message - 1, &error),
+                     error);
 }
 
 static void
-pg_test_imap_command (PgTestImapConn *c, const char *line, GBytes *literal)
+pg_test_state_dovecot_teardown (PgTestStateDovecot *fx, gconstpointer data)
 {
-  g_auto (GStrv) words = g_strsplit (line, " ", 4);
-  const char *tag = words[0];
-  const char *cmd = words[1] != NULL ? words[1] : "";
-
-  if (g_ascii_strcasecmp (cmd, "SELECT") == 0)
-    pg_test_imap_printf (c,
-                         "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"
-                         "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"
-                         "%s OK [READ-WRITE] Select completed.\r\n",
-                         tag);
-  else if (g_ascii_strcasecmp (cmd, "GETMETADATA") == 0 && g_strv_length (words) == 4)
-    {
-      /* "GETMETADATA mailbox entry" or, for the store's loads and merged saves,
-       * "GETMETADATA (DEPTH 1) mailbox entry": the entry and its children. */
-      g_auto (GStrv) args = g_strsplit (words[3], " ", 4);
-      gboolean depth = g_str_equal (words[2], "(DEPTH") && g_strv_length (args) == 3;
-      const char *mailbox = depth ? args[1] : words[2];
-      const char *entry = depth ? args[2] : words[3];
-      g_autofree gchar *prefix = g_strconcat (entry, "/", NULL);
-      GHashTableIter iter;
-      gpointer name;
-      gpointer value;
-      guint sent = 0;
-
-      g_hash_table_iter_init (&iter, c->server->values);
-      while (g_hash_table_iter_next (&iter, &name, &value))
-        {
-          if (!g_str_equal (name, entry) && !(depth && g_str_has_prefix (name, prefix)))
-            continue;
-          pg_test_imap_printf (c, "* METADATA %s (%s {%zu}\r\n", mailbox, (const char *) name,
-                               g_bytes_get_size (value));
-          pg_test_imap_send (c, g_bytes_get_data (value, NULL), g_bytes_get_size (value));
-          pg_test_imap_printf (c, ")\r\n");
-          sent++;
-        }
-      if (sent == 0)
-        pg_test_imap_printf (c, "* METADATA %s (%s NIL)\r\n", mailbox, entry);
-      pg_test_imap_printf (c, "%s OK GETMETADATA done\r\n", tag);
-    }
-  else if (g_ascii_strcasecmp (cmd, "SETMETADATA") == 0 && g_strv_length (words) == 4
-           && literal != NULL && words[3][0] == '(')
-    {
-      /* words[3] is "(ENTRY )" around where the literal was. */
-      g_autofree gchar *entry = g_strdup (words[3] + 1);
-
-      *strchr (entry, ' ') = '\0';
-      if (c->server->refuse_set)
-        {
-          pg_test_imap_printf (c, "%s NO Permission denied\r\n", tag);
-          return;
-        }
-      g_hash_table_replace (c->server->values, g_steal_pointer (&entry), g_bytes_ref (literal));
-      c->server->setmetadata++;
-      pg_test_imap_printf (c, "%s OK SETMETADATA done\r\n", tag);
-    }
-  else if (g_ascii_strcasecmp (cmd, "LOGOUT") == 0)
-    {
-      pg_test_imap_printf (c, "* BYE bye\r\n%s OK LOGOUT done\r\n", tag);
-      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
-      c->closed = TRUE;
-    }
-  else
-    pg_test_imap_printf (c, "%s BAD not in this test server\r\n", tag);
+  g_clear_pointer (&fx->dovecot, pg_test_dovecot_free);
 }
 
-static void
-pg_test_imap_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PgTestImapConn *c = user_data;
-  gssize n = g_input_stream_read_finish (G_INPUT_STREAM (source), result, NULL);
-
-  if (n <= 0)
-    {
-      c->closed = TRUE;
-      return;
-    }
-  g_string_append_len (c->input, (const char *) c->buf, n);
-  for (;;)
-    {
-      g_autoptr (GString) line = g_string_new (NULL);
-      g_autoptr (GBytes) literal = NULL;
-
-      if (c->closed || !pg_test_imap_take (c, line, &literal))
-        break;
-      pg_test_imap_command (c, line->str, literal);
-    }
-  if (!c->closed)
-    g_input_stream_read_async (G_INPUT_STREAM (source), c->buf, sizeof c->buf, G_PRIORITY_DEFAULT,
-                               NULL, pg_test_imap_read_cb, c);
-}
-
-static gboolean
-pg_test_imap_incoming_cb (GSocketService *service, GSocketConnection *connection,
-                          GObject *source_object, gpointer user_data)
-{
-  PgTestImapServer *server = user_data;
-  PgTestImapConn *c = g_new0 (PgTestImapConn, 1);
-
-  c->server = server;
-  c->conn = g_object_ref (connection);
-  c->input = g_string_new (NULL);
-  g_ptr_array_add (server->conns, c);
-  pg_test_imap_printf (c, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+%s] ready\r\n",
-                       server->metadata ? " METADATA" : "");
-  g_input_stream_read_async (g_io_stream_get_input_stream (G_IO_STREAM (connection)), c->buf,
-                             sizeof c->buf, G_PRIORITY_DEFAULT, NULL, pg_test_imap_read_cb, c);
-  return TRUE;
-}
-
-static PgTestImapServer *
-pg_test_imap_server_new (gboolean metadata)
-{
-  PgTestImapServer *server = g_new0 (PgTestImapServer, 1);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GInetAddress) loopback = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (loopback, 0);
-  g_autoptr (GSocketAddress) effective = NULL;
-
-  server->metadata = metadata;
-  server->values
-      = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
-  server->conns = g_ptr_array_new ();
-  server->service = g_socket_service_new ();
-  g_assert_true (g_socket_listener_add_address (G_SOCKET_LISTENER (server->service), address,
-                                                G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                                &effective, &error));
-  g_assert_no_error (error);
-  server->port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (effective));
-  g_signal_connect (server->service, "incoming", G_CALLBACK (pg_test_imap_incoming_cb), server);
-  g_socket_service_start (server->service);
-  return server;
-}
-
-static void
-pg_test_imap_server_free (PgTestImapServer *server)
-{
-  g_socket_service_stop (server->service);
-  g_socket_listener_close (G_SOCKET_LISTENER (server->service));
-  for (guint i = 0; i < server->conns->len; i++)
-    {
-      PgTestImapConn *c = server->conns->pdata[i];
-
-      g_io_stream_close (G_IO_STREAM (c->conn), NULL, NULL);
-    }
-  /* Let the pending reads finish (cancelled by the close) before the buffers go. */
-  for (guint i = 0; i < server->conns->len; i++)
-    {
-      PgTestImapConn *c = server->conns->pdata[i];
-
-      while (!c->closed)
-        g_main_context_iteration (NULL, TRUE);
-      g_object_unref (c->conn);
-      g_string_free (c->input, TRUE);
-      g_free (c);
-    }
-  g_ptr_array_unref (server->conns);
-  g_object_unref (server->service);
-  g_hash_table_unref (server->values);
-  g_free (server);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestImapServer, pg_test_imap_server_free)
-
-/* A connected upstream with INBOX selected. */
+/* A connected upstream on port, logged in (when user is not NULL) with INBOX selected;
+ * *out_uidvalidity gets INBOX's. */
 static PgUpstream *
-pg_test_state_upstream (PgTestImapServer *server)
+pg_test_state_upstream (guint16 port, const char *user, guint32 *out_uidvalidity)
 {
   g_autoptr (GError) error = NULL;
   g_autofree gchar *text = g_strdup_printf (
       "[pop3]\nlisten = 127.0.0.1:1110\n[upstream]\nhost = 127.0.0.1\nport = %u\ntls = none\n"
       "[state]\nbackend = imap-metadata\n",
-      server->port);
+      port);
   g_autoptr (PgConfig) config = pg_config_load_data (text, strlen (text), "test", &error);
   g_autoptr (PgUpstream) upstream = NULL;
   PgUpstreamMailbox mailbox = { 0 };
@@ -1508,28 +1295,77 @@ pg_test_state_upstream (PgTestImapServer *server)
 
     pg_upstream_connect_async (upstream, NULL, pg_test_state_done_cb, &wait);
     result = pg_test_state_wait (&wait);
-    g_assert_true (pg_upstream_connect_finish (upstream, result, &error));
-    g_assert_no_error (error);
+    PG_TEST_ASSERT_OK (pg_upstream_connect_finish (upstream, result, &error), error);
   }
+  if (user != NULL)
+    {
+      PgTestStateWait wait = { NULL };
+      g_autoptr (GAsyncResult) result = NULL;
+
+      pg_upstream_login_async (upstream, user, PG_TEST_STATE_PASSWORD, NULL, pg_test_state_done_cb,
+                               &wait);
+      result = pg_test_state_wait (&wait);
+      PG_TEST_ASSERT_OK (pg_upstream_login_finish (upstream, result, &error), error);
+    }
   {
     PgTestStateWait wait = { NULL };
     g_autoptr (GAsyncResult) result = NULL;
 
     pg_upstream_select_async (upstream, "INBOX", FALSE, NULL, pg_test_state_done_cb, &wait);
     result = pg_test_state_wait (&wait);
-    g_assert_true (pg_upstream_select_finish (upstream, result, &mailbox, &error));
-    g_assert_no_error (error);
-    g_assert_cmpuint (mailbox.uidvalidity, ==, 42);
+    PG_TEST_ASSERT_OK (pg_upstream_select_finish (upstream, result, &mailbox, &error), error);
   }
+  *out_uidvalidity = mailbox.uidvalidity;
   return g_steal_pointer (&upstream);
 }
 
-static void
-pg_test_state_metadata_shared (void)
+/* The synchronous IMAP client, logged in as the test's user. */
+static PgTestImap *
+pg_test_state_checker (PgTestDovecot *dovecot)
 {
-  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (TRUE);
-  g_autoptr (PgUpstream) up_a = pg_test_state_upstream (server);
-  g_autoptr (PgUpstream) up_b = pg_test_state_upstream (server);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestImap) imap
+      = pg_test_imap_connect (dovecot->host, dovecot->imap_port, NULL, &error);
+
+  g_assert_no_error (error);
+  PG_TEST_ASSERT_OK (pg_test_imap_login (imap, PG_TEST_STATE_USER, PG_TEST_STATE_PASSWORD, &error),
+                     error);
+  return g_steal_pointer (&imap);
+}
+
+/* What the server holds under entry and below it: the whole GETMETADATA (DEPTH 1) response. */
+static gchar *
+pg_test_state_stored (PgTestImap *imap, const char *entry)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *command = g_strdup_printf ("GETMETADATA (DEPTH 1) INBOX %s", entry);
+  gchar *reply = pg_test_imap_command (imap, command, &error);
+
+  g_assert_no_error (error);
+  g_test_message ("%s: %s", command, reply);
+  return reply;
+}
+
+static guint
+pg_test_state_count (const char *haystack, const char *needle)
+{
+  guint n = 0;
+
+  for (const char *p = strstr (haystack, needle); p != NULL; p = strstr (p + 1, needle))
+    n++;
+  return n;
+}
+
+static void
+pg_test_state_metadata_shared (PgTestStateDovecot *fx, gconstpointer data)
+{
+  guint32 uidvalidity = 0;
+  guint32 uidvalidity_b = 0;
+  g_autoptr (PgUpstream) up_a
+      = pg_test_state_upstream (fx->dovecot->imap_port, PG_TEST_STATE_USER, &uidvalidity);
+  g_autoptr (PgUpstream) up_b
+      = pg_test_state_upstream (fx->dovecot->imap_port, PG_TEST_STATE_USER, &uidvalidity_b);
+  g_autoptr (PgTestImap) checker = pg_test_state_checker (fx->dovecot);
   g_autoptr (PgStateStore) store_a = pg_state_store_new_imap_metadata ();
   g_autoptr (PgStateStore) store_b = pg_state_store_new_imap_metadata ();
   g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
@@ -1538,23 +1374,33 @@ pg_test_state_metadata_shared (void)
   g_autoptr (PgClientState) got = NULL;
   g_autoptr (GError) error = NULL;
   g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  g_autofree gchar *stored = NULL;
+  g_autoptr (GBytes) encoded = NULL;
+  g_autofree gchar *record = NULL;
   PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
 
+  g_assert_cmpuint (uidvalidity, !=, 0);
+  g_assert_cmpuint (uidvalidity_b, ==, uidvalidity);
   g_assert_cmpint (pg_state_store_get_backend (store_a), ==, PG_STATE_BACKEND_IMAP_METADATA);
   g_assert_null (pg_state_store_get_file_path (store_a, key));
-  state->uidvalidity = 42;
+  state->uidvalidity = uidvalidity;
 
-  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, uidvalidity, &status, &got, &error));
   g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
   g_assert_null (got);
 
-  /* Saved through one instance, read through the other. */
+  /* Saved through one instance: on the server, as one entry holding the record. */
   g_assert_true (pg_test_state_save_on (store_a, up_a, key, state, &error));
   g_assert_no_error (error);
-  g_assert_cmpuint (server->setmetadata, ==, 1);
-  g_assert_true (g_hash_table_contains (server->values, entry));
-  g_assert_true (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  encoded = pg_client_state_encode (state, key);
+  stored = pg_test_state_stored (checker, entry);
+  g_assert_cmpuint (pg_test_state_count (stored, "/private/vendor/popgate/"), ==, 1);
+  g_assert_nonnull (strstr (stored, entry));
+  record = g_strndup (g_bytes_get_data (encoded, NULL), g_bytes_get_size (encoded));
+  g_assert_nonnull (strstr (stored, record));
+  /* ... and read through the other. */
+  g_assert_true (pg_test_state_load_on (store_b, up_b, key, uidvalidity, &status, &got, &error));
   g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
   g_assert_true (pg_client_state_equal (got, state));
@@ -1565,21 +1411,34 @@ pg_test_state_metadata_shared (void)
   pg_uid_set_add (state->hidden, 99);
   g_assert_true (pg_test_state_save_on (store_b, up_b, key, state, &error));
   g_assert_no_error (error);
-  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 42, &status, &got, &error));
+  g_assert_true (pg_test_state_load_on (store_a, up_a, key, uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_FOUND);
   g_assert_true (pg_client_state_equal (got, state));
   g_clear_pointer (&got, pg_client_state_free);
 
-  g_assert_true (pg_test_state_load_on (store_a, up_a, phone, 42, &status, &got, &error));
+  g_assert_true (pg_test_state_load_on (store_a, up_a, phone, uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
-  g_assert_true (pg_test_state_load_on (store_a, up_a, key, 43, &status, &got, &error));
+  g_assert_true (
+      pg_test_state_load_on (store_a, up_a, key, uidvalidity + 1, &status, &got, &error));
+  g_assert_no_error (error);
   g_assert_cmpint (status, ==, PG_STATE_LOAD_UIDVALIDITY_CHANGED);
   g_clear_pointer (&got, pg_client_state_free);
 
-  /* A damaged value is an error naming the entry, never "nothing stored". */
-  g_hash_table_replace (server->values, g_strdup (entry),
-                        g_bytes_new_static ("popgate-state 1\n", 16));
-  g_assert_false (pg_test_state_load_on (store_b, up_b, key, 42, &status, &got, &error));
+  /* A damaged value (written by someone else) is an error naming the entry, never
+   * "nothing stored". */
+  {
+    g_autofree gchar *set
+        = g_strdup_printf ("d1 SETMETADATA INBOX (%s {16+}\r\npopgate-state 1\n)\r\n", entry);
+    g_autofree gchar *line = NULL;
+
+    PG_TEST_ASSERT_OK (pg_test_imap_send_raw (checker, set, strlen (set), &error), error);
+    line = pg_test_imap_read_line (checker, &error);
+    g_assert_no_error (error);
+    g_assert_true (g_str_has_prefix (line, "d1 OK "));
+  }
+  g_assert_false (pg_test_state_load_on (store_b, up_b, key, uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
   g_assert_nonnull (strstr (error->message, entry));
   g_assert_nonnull (strstr (error->message, "truncated"));
@@ -1588,53 +1447,218 @@ pg_test_state_metadata_shared (void)
   pg_upstream_close (up_b);
 }
 
-/* A server that refuses the write (Cyrus without annotation_allow_undefined): the save
- * fails with an error that names the entry and still reads as the server's considered
- * refusal, so QUIT answers [SYS/PERM], not [SYS/TEMP] that clients retry for ever. */
+/* The peer's start: a PREAUTH server with METADATA, and INBOX selected (UIDVALIDITY 42). */
+/* clang-format off */
+#define PG_TEST_STATE_PEER_SELECTED                                                                \
+  { PG_TEST_PEER_SEND, "* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+ METADATA] ready\r\n", 0 },      \
+  { PG_TEST_PEER_EXPECT, "SELECT INBOX", 0 },                                                      \
+  { PG_TEST_PEER_SEND, "* FLAGS (\\Seen \\Deleted)\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"                \
+                       "* OK [UIDVALIDITY 42] UIDs valid\r\n* OK [UIDNEXT 9] next\r\n"           \
+                       "$ OK [READ-WRITE] Select completed.\r\n", 0 }
+/* clang-format on */
+/* The sample key's entry (pg_test_state_sample_key). */
+#define PG_TEST_STATE_SAMPLE_ENTRY "/private/vendor/popgate/=6c617020746f70250ac3a9"
+
+/* A peer serving script (which starts with PG_TEST_STATE_PEER_SELECTED) in this context,
+ * and an upstream on it with INBOX selected. */
+static PgUpstream *
+pg_test_state_peer_upstream (const PgTestPeerStep *script, PgTestPeer **out_peer)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestPeer) peer = pg_test_peer_new_in_context (script, &error);
+  guint32 uidvalidity = 0;
+  PgUpstream *upstream;
+
+  g_assert_no_error (error);
+  upstream = pg_test_state_upstream (pg_test_peer_get_port (peer), NULL, &uidvalidity);
+  g_assert_cmpuint (uidvalidity, ==, 42);
+  *out_peer = g_steal_pointer (&peer);
+  return upstream;
+}
+
+/* The script ran to its end: popgate sent exactly what it expected. */
+static void
+pg_test_state_peer_assert_done (PgTestPeer *peer)
+{
+  g_assert_true (pg_test_peer_wait_finished (peer, 10000));
+  g_assert_cmpstr (pg_test_peer_get_mismatch (peer), ==, NULL);
+}
+
+/* A server that refuses the write (Cyrus without annotation_allow_undefined, whose exact
+ * reply the peer plays): the save fails with an error that names the entry and still reads
+ * as the server's considered refusal, so QUIT answers [SYS/PERM], not [SYS/TEMP] that
+ * clients retry for ever. */
 static void
 pg_test_state_metadata_refused (void)
 {
-  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (TRUE);
-  g_autoptr (PgUpstream) upstream = pg_test_state_upstream (server);
+  static const PgTestPeerStep script[] = {
+    PG_TEST_STATE_PEER_SELECTED,
+    /* The record as a non-synchronising literal, then ")". */
+    { PG_TEST_PEER_EXPECT, "SETMETADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {*+}", 0 },
+    { PG_TEST_PEER_EXPECT_RAW, "popgate-state *)", 0 },
+    { PG_TEST_PEER_SEND, "$ NO Permission denied\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  g_autoptr (PgTestPeer) peer = NULL;
+  g_autoptr (PgUpstream) upstream = pg_test_state_peer_upstream (script, &peer);
   g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
   g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
   g_autoptr (PgClientState) state = pg_test_state_sample ();
   g_autoptr (GError) error = NULL;
   g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
 
-  server->refuse_set = TRUE;
+  g_assert_cmpstr (entry, ==, PG_TEST_STATE_SAMPLE_ENTRY);
   g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
   g_assert_nonnull (strstr (error->message, "Permission denied"));
   g_assert_nonnull (strstr (error->message, entry));
   g_assert_true (pg_upstream_error_is_permanent (error));
-  g_assert_cmpuint (g_hash_table_size (server->values), ==, 0);
+  /* One SETMETADATA, as the peer expected it. */
+  pg_test_state_peer_assert_done (peer);
   pg_upstream_close (upstream);
 }
 
+/* The same refusal from a real Cyrus without annotation_allow_undefined (its default). */
 static void
-pg_test_state_metadata_unsupported (void)
+pg_test_state_metadata_refused_cyrus (void)
 {
-  g_autoptr (PgTestImapServer) server = pg_test_imap_server_new (FALSE);
-  g_autoptr (PgUpstream) upstream = pg_test_state_upstream (server);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (PgTestCyrus) cyrus = pg_test_cyrus_new (&error);
+  guint32 uidvalidity = 0;
+  g_autoptr (PgUpstream) upstream = NULL;
+  g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+  g_autoptr (PgStateKey) key = pg_state_key_new ("alice", "INBOX", "laptop");
+  g_autoptr (PgClientState) state = pg_test_state_sample ();
+  g_autoptr (PgClientState) got = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
+
+  g_assert_no_error (error);
+  cyrus->refuse_undefined_annotations = TRUE;
+  PG_TEST_ASSERT_OK (pg_test_cyrus_add_user (cyrus, "alice", PG_TEST_STATE_PASSWORD, &error),
+                     error);
+  PG_TEST_ASSERT_OK (pg_test_cyrus_start (cyrus, &error), error);
+  upstream = pg_test_state_upstream (cyrus->port, "alice", &uidvalidity);
+  g_assert_true (pg_upstream_has_capability (upstream, "METADATA"));
+  state->uidvalidity = uidvalidity;
+  g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
+  g_test_message ("Cyrus: %s", error->message);
+  g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "Permission denied"));
+  g_assert_nonnull (strstr (error->message, entry));
+  g_assert_true (pg_upstream_error_is_permanent (error));
+  g_clear_error (&error);
+  /* Nothing was stored. */
+  g_assert_true (pg_test_state_load_on (store, upstream, key, uidvalidity, &status, &got, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (status, ==, PG_STATE_LOAD_NEW);
+  pg_upstream_close (upstream);
+}
+
+/* Loads against replies no real server sends: each fails with an error, never as "nothing
+ * stored" (which would show the client deleted mail again) and never by reading without
+ * bound or waiting for ever (the wait's watchdog). */
+/* PG_STATE_MAX_ENTRIES + 1 entries under the sample's, then the tagged OK. */
+static gchar *
+pg_test_state_too_many_entries (void)
+{
+  GString *reply = g_string_new (NULL);
+
+  for (guint i = 0; i <= PG_STATE_MAX_ENTRIES; i++)
+    g_string_append_printf (reply, "* METADATA INBOX (%s/%u {1}\r\nx)\r\n",
+                            PG_TEST_STATE_SAMPLE_ENTRY, i);
+  g_string_append (reply, "$ OK done\r\n");
+  return g_string_free (reply, FALSE);
+}
+
+static void
+pg_test_state_metadata_bad_replies (void)
+{
+  g_autofree gchar *many = pg_test_state_too_many_entries ();
+  g_autofree gchar *large
+      = g_strdup_printf ("* METADATA INBOX (%s {%u}\r\n", PG_TEST_STATE_SAMPLE_ENTRY,
+                         (guint) PG_UPSTREAM_MAX_SMALL_LITERAL + 1);
+  const struct
+  {
+    const char *name;
+    const char *reply;     /* after GETMETADATA (DEPTH 1) */
+    PgTestPeerAction then; /* CLOSE or HANG */
+    GQuark domain;         /* 0: any error */
+    gint code;
+  } cases[] = {
+    /* The connection drops in the middle of the value. */
+    { "truncated", "* METADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {100}\r\npopgate-state 1\n",
+      PG_TEST_PEER_CLOSE, 0, 0 },
+    /* The entry list never closes. */
+    { "malformed", "* METADATA INBOX (" PG_TEST_STATE_SAMPLE_ENTRY " {5}\r\nhello\r\n$ OK done\r\n",
+      PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_PROTOCOL },
+    /* A value beyond any record popgate writes: refused at its size, before its bytes. */
+    { "too-large", large, PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_LIMIT },
+    /* More entries under ours than concurrent saves leave. */
+    { "too-many", many, PG_TEST_PEER_HANG, PG_ERROR, PG_ERROR_LIMIT },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      const PgTestPeerStep script[] = {
+        PG_TEST_STATE_PEER_SELECTED,
+        { PG_TEST_PEER_EXPECT, "GETMETADATA (DEPTH 1) INBOX " PG_TEST_STATE_SAMPLE_ENTRY, 0 },
+        { PG_TEST_PEER_SEND, cases[i].reply, 0 },
+        { cases[i].then, NULL, 0 },
+      };
+      g_autoptr (PgTestPeer) peer = NULL;
+      g_autoptr (PgUpstream) upstream = pg_test_state_peer_upstream (script, &peer);
+      g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
+      g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
+      g_autoptr (PgClientState) got = NULL;
+      g_autoptr (GError) error = NULL;
+      PgStateLoadStatus status = PG_STATE_LOAD_NEW;
+
+      g_assert_false (pg_test_state_load_on (store, upstream, key, 42, &status, &got, &error));
+      g_assert_nonnull (error);
+      g_test_message ("%s: %s", cases[i].name, error->message);
+      if (cases[i].domain != 0)
+        g_assert_error (error, cases[i].domain, cases[i].code);
+      g_assert_null (got);
+      pg_test_state_peer_assert_done (peer);
+      pg_upstream_close (upstream);
+    }
+}
+
+/* A server that does not advertise METADATA: load and save fail without sending anything.
+ * This Dovecot has METADATA but does not list it, so a command sent anyway would have
+ * stored the record where the checker sees it. */
+static void
+pg_test_state_metadata_unsupported (PgTestStateDovecot *fx, gconstpointer data)
+{
+  guint32 uidvalidity = 0;
+  g_autoptr (PgUpstream) upstream
+      = pg_test_state_upstream (fx->dovecot->imap_port, PG_TEST_STATE_USER, &uidvalidity);
+  g_autoptr (PgTestImap) checker = pg_test_state_checker (fx->dovecot);
   g_autoptr (PgStateStore) store = pg_state_store_new_imap_metadata ();
   g_autoptr (PgStateKey) key = pg_test_state_sample_key ();
   g_autoptr (PgClientState) state = pg_test_state_sample ();
   g_autoptr (PgClientState) got = NULL;
   g_autoptr (GError) error = NULL;
+  g_autofree gchar *entry = pg_state_metadata_entry (key->tag);
+  g_autofree gchar *stored = NULL;
   PgStateLoadStatus status = PG_STATE_LOAD_FOUND;
 
-  g_assert_false (pg_test_state_load_on (store, upstream, key, 42, &status, &got, &error));
+  g_assert_false (pg_upstream_has_capability (upstream, "METADATA"));
+  state->uidvalidity = uidvalidity;
+  g_assert_false (pg_test_state_load_on (store, upstream, key, uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
   g_assert_nonnull (strstr (error->message, "does not support METADATA"));
   g_clear_error (&error);
   g_assert_false (pg_test_state_save_on (store, upstream, key, state, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
+  g_assert_nonnull (strstr (error->message, "does not support METADATA"));
   g_clear_error (&error);
-  /* Nothing went to the server. */
-  g_assert_cmpuint (server->setmetadata, ==, 0);
+  /* Nothing went to the server: no entry at or below ours (Dovecot lists none). */
+  stored = pg_test_state_stored (checker, entry);
+  g_assert_cmpuint (pg_test_state_count (stored, "/private/vendor/popgate/"), ==, 0);
   /* Without an upstream at all. */
-  g_assert_false (pg_test_state_load_on (store, NULL, key, 42, &status, &got, &error));
+  g_assert_false (pg_test_state_load_on (store, NULL, key, uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
   pg_upstream_close (upstream);
 }
@@ -2043,9 +2067,23 @@ main (int argc, char **argv)
               pg_test_state_fixture_setup, pg_test_state_file_from_config,
               pg_test_state_fixture_teardown);
 
-  g_test_add_func ("/popgate/state/metadata/shared", pg_test_state_metadata_shared);
-  g_test_add_func ("/popgate/state/metadata/unsupported", pg_test_state_metadata_unsupported);
+  {
+    static const PgTestDovecotOptions with_metadata = { .metadata = TRUE };
+    static const PgTestDovecotOptions unlisted = {
+      .metadata = TRUE,
+      .capability = PG_TEST_STATE_NO_METADATA_CAPABILITY,
+    };
+
+    g_test_add ("/popgate/state/metadata/shared", PgTestStateDovecot, &with_metadata,
+                pg_test_state_dovecot_setup, pg_test_state_metadata_shared,
+                pg_test_state_dovecot_teardown);
+    g_test_add ("/popgate/state/metadata/unsupported", PgTestStateDovecot, &unlisted,
+                pg_test_state_dovecot_setup, pg_test_state_metadata_unsupported,
+                pg_test_state_dovecot_teardown);
+  }
   g_test_add_func ("/popgate/state/metadata/refused", pg_test_state_metadata_refused);
+  g_test_add_func ("/popgate/state/metadata/bad-replies", pg_test_state_metadata_bad_replies);
+  g_test_add_func ("/popgate/state/metadata/refused-cyrus", pg_test_state_metadata_refused_cyrus);
 
   return g_test_run ();
 }

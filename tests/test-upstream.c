@@ -206,16 +206,20 @@ pg_test_logout (PgUpstream *upstream, GError **error)
   return pg_upstream_logout_finish (upstream, result, error);
 }
 
-/* A body consumer that collects chunks; pauses after each chunk when asked to. */
+/* A body consumer that collects chunks; pauses after each chunk when asked to, or holds
+ * each chunk once (PG_UPSTREAM_CHUNK_HOLD) and takes it when it comes again. */
 typedef struct
 {
   GString *data; /* owned */
   guint chunks;
   gboolean pause;
   gboolean paused;
+  gboolean hold;
+  GByteArray *held; /* owned: a copy of the chunk held, to compare with its redelivery */
+  guint holds;
 } PgTestBody;
 
-static gboolean
+static PgUpstreamChunkAction
 pg_test_body_chunk_cb (const guint8 *data, gsize size, gpointer user_data)
 {
   PgTestBody *body = user_data;
@@ -223,10 +227,24 @@ pg_test_body_chunk_cb (const guint8 *data, gsize size, gpointer user_data)
   g_assert_cmpuint (size, >, 0);
   g_assert_cmpuint (size, <=, PG_UPSTREAM_BODY_CHUNK);
   g_assert_false (body->paused);
+  if (body->hold && body->held == NULL)
+    {
+      body->held = g_byte_array_new ();
+      g_byte_array_append (body->held, data, (guint) size);
+      body->holds++;
+      body->paused = TRUE;
+      return PG_UPSTREAM_CHUNK_HOLD;
+    }
+  if (body->held != NULL)
+    {
+      /* The held chunk again, exactly: nothing came in between. */
+      g_assert_cmpmem (data, size, body->held->data, body->held->len);
+      g_clear_pointer (&body->held, g_byte_array_unref);
+    }
   g_string_append_len (body->data, (const char *) data, (gssize) size);
   body->chunks++;
   body->paused = body->pause;
-  return !body->pause;
+  return body->pause ? PG_UPSTREAM_CHUNK_PAUSE : PG_UPSTREAM_CHUNK_NEXT;
 }
 
 typedef struct
@@ -935,18 +953,29 @@ test_peer_untagged (void)
 }
 
 /* The consumer pauses after every chunk: nothing more is delivered until it resumes. */
-static void
-test_peer_back_pressure (void)
+/* A body of body_len patterned octets over several chunks, and a reply that sends it as
+ * UID 5's literal: "* 2 FETCH (UID 5 BODY[] {n}...)\r\n". */
+static gchar *
+pg_test_long_body (gsize body_len, GString *reply)
 {
-  g_autoptr (GString) reply = g_string_new ("* 2 FETCH (UID 5 BODY[] {");
-  gsize body_len = PG_UPSTREAM_BODY_CHUNK * 2 + 1000;
-  g_autofree gchar *expected = g_malloc (body_len + 1);
+  gchar *expected = g_malloc (body_len + 1);
 
   for (gsize i = 0; i < body_len; i++)
     expected[i] = (gchar) ('a' + i % 23);
   expected[body_len] = '\0';
-  g_string_append_printf (reply, "%" G_GSIZE_FORMAT "}\r\n%s)\r\n$ OK done\r\n", body_len,
-                          expected);
+  g_string_append_printf (reply, "* 2 FETCH (UID 5 BODY[] {%" G_GSIZE_FORMAT "}\r\n%s)\r\n",
+                          body_len, expected);
+  return expected;
+}
+
+static void
+test_peer_back_pressure (void)
+{
+  g_autoptr (GString) reply = g_string_new (NULL);
+  gsize body_len = PG_UPSTREAM_BODY_CHUNK * 2 + 1000;
+  g_autofree gchar *expected = pg_test_long_body (body_len, reply);
+
+  g_string_append (reply, "$ OK done\r\n");
   {
     PgTestPeerStep script[] = {
       PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
@@ -1199,25 +1228,103 @@ test_peer_connect_timeout (void)
   g_assert_true (pg_upstream_is_closed (upstream));
 }
 
+/* The consumer holds each chunk (read-ahead not asked for yet): the upstream pauses on it
+ * in its read buffer, delivers nothing more and does not complete the fetch; on resume the
+ * same chunk comes again, and the body is exact — a literal over several chunks, with the
+ * next message's body already in the same read, and a body sent as a quoted string. */
+static void
+test_peer_hold_body (void)
+{
+  g_autoptr (GString) reply = g_string_new (NULL);
+  gsize body_len = PG_UPSTREAM_BODY_CHUNK * 2 + 1000;
+  g_autofree gchar *expected = pg_test_long_body (body_len, reply);
+
+  g_string_append (reply, "* 3 FETCH (UID 6 BODY[] \"quoted body\")\r\n$ OK done\r\n");
+  {
+    PgTestPeerStep script[] = {
+      PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+      { PG_TEST_PEER_EXPECT, "UID FETCH 5,6 (UID BODY.PEEK[])", 0 },
+      { PG_TEST_PEER_SEND, reply->str, 0 },
+      { PG_TEST_PEER_EXPECT, "UID FETCH 7 (UID BODY.PEEK[])", 0 },
+      { PG_TEST_PEER_SEND, "* 4 FETCH (UID 7 BODY[] \"held\" BODY[] \"again\")\r\n", 0 },
+      { PG_TEST_PEER_HANG, NULL, 0 },
+    };
+    g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
+    g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+    PgTestBody bodies[2] = {
+      { g_string_new (NULL), 0, FALSE, FALSE, TRUE, NULL, 0 },
+      { g_string_new (NULL), 0, FALSE, FALSE, TRUE, NULL, 0 },
+    };
+    PgTestAsync asyncs[2] = { { NULL, FALSE }, { NULL, FALSE } };
+
+    /* One batch: both bodies come in one reply. */
+    pg_upstream_cork (upstream);
+    for (guint i = 0; i < 2; i++)
+      pg_upstream_fetch_body_async (upstream, 5 + i, "", 0, 0, pg_test_body_chunk_cb, &bodies[i],
+                                    NULL, pg_test_async_cb, &asyncs[i]);
+    pg_upstream_uncork (upstream);
+    for (guint i = 0; i < 2; i++)
+      {
+        PgTestBody *body = &bodies[i];
+        g_autoptr (GAsyncResult) result = NULL;
+        g_autoptr (GError) error = NULL;
+        gboolean vanished = TRUE;
+
+        while (!asyncs[i].done)
+          {
+            pg_test_wait_either (&body->paused, &asyncs[i].done);
+            if (!body->paused)
+              continue;
+            /* Held: running the loop delivers nothing (the chunk function asserts that)
+             * and completes no fetch. */
+            for (int n = 0; n < 50 && g_main_context_iteration (NULL, FALSE); n++)
+              ;
+            g_assert_false (asyncs[i].done);
+            g_assert_nonnull (body->held);
+            body->paused = FALSE;
+            pg_upstream_resume (upstream);
+          }
+        result = pg_test_async_wait (&asyncs[i]);
+        g_assert_true (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+        g_assert_no_error (error);
+        g_assert_false (vanished);
+        g_assert_null (body->held);
+        g_assert_cmpuint (body->holds, ==, body->chunks);
+      }
+    g_assert_cmpuint (bodies[0].data->len, ==, body_len);
+    g_assert_cmpint (memcmp (bodies[0].data->str, expected, body_len), ==, 0);
+    g_assert_cmpuint (bodies[0].chunks, >=, 3);
+    g_assert_cmpstr (bodies[1].data->str, ==, "quoted body");
+    g_assert_cmpuint (bodies[1].chunks, ==, 1);
+    for (guint i = 0; i < 2; i++)
+      g_string_free (bodies[i].data, TRUE);
+    /* Two bodies in one FETCH after one is held: a protocol error, not a second hold. */
+    {
+      PgTestBody body = { g_string_new (NULL), 0, FALSE, FALSE, TRUE, NULL, 0 };
+      PgTestAsync async = { NULL, FALSE };
+      g_autoptr (GAsyncResult) result = NULL;
+      g_autoptr (GError) error = NULL;
+      gboolean vanished = FALSE;
+
+      pg_upstream_fetch_body_async (upstream, 7, "", 0, 0, pg_test_body_chunk_cb, &body, NULL,
+                                    pg_test_async_cb, &async);
+      result = pg_test_async_wait (&async);
+      g_assert_false (pg_upstream_fetch_body_finish (upstream, result, &vanished, &error));
+      g_assert_error (error, PG_ERROR, PG_ERROR_PROTOCOL);
+      g_assert_cmpuint (body.holds, ==, 1);
+      g_assert_cmpuint (body.chunks, ==, 0);
+      g_clear_pointer (&body.held, g_byte_array_unref);
+      g_string_free (body.data, TRUE);
+    }
+    pg_upstream_close (upstream);
+  }
+}
+
 /* Cancelling a paused body fetch: delivery stops, the rest of the literal is skipped, the
  * fetch ends CANCELLED once the server has answered, and the connection stays usable. */
 static void
-test_peer_cancel_body (void)
+pg_test_cancel_paused_body (PgUpstream *upstream, GCancellable *cancellable)
 {
-  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
-  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
-                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
-  PgTestPeerStep script[] = {
-    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND, reply, 0 },
-    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
-    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
-    { PG_TEST_PEER_HANG, NULL, 0 },
-  };
-  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
-  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
-  g_autoptr (GCancellable) cancellable = g_cancellable_new ();
   g_autoptr (GError) error = NULL;
   g_autoptr (GAsyncResult) result = NULL;
   PgTestBody body = { g_string_new (NULL), 0, TRUE, FALSE };
@@ -1236,9 +1343,38 @@ test_peer_cancel_body (void)
   g_clear_error (&error);
   g_assert_true (pg_test_noop (upstream, &error));
   g_assert_no_error (error);
+  g_string_free (body.data, TRUE);
+}
+
+/* Twice: the first cancellable a body fetch names is watched once for all fetches that
+ * name it, another one by its own fetch. */
+static void
+test_peer_cancel_body (void)
+{
+  g_autofree gchar *body_text = g_strnfill (PG_UPSTREAM_BODY_CHUNK * 3, 'b');
+  g_autofree gchar *reply = g_strdup_printf ("* 2 FETCH (UID 5 BODY[] {%d}\r\n%s)\r\n$ OK done\r\n",
+                                             PG_UPSTREAM_BODY_CHUNK * 3, body_text);
+  PgTestPeerStep script[] = {
+    PG_TEST_PREAUTH_SELECT ("UIDPLUS"),
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, reply, 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
+    { PG_TEST_PEER_SEND, reply, 0 },
+    { PG_TEST_PEER_EXPECT, "NOOP", 0 },
+    { PG_TEST_PEER_SEND, "$ OK done\r\n", 0 },
+    { PG_TEST_PEER_HANG, NULL, 0 },
+  };
+  g_autoptr (PgTestPeer) peer = pg_test_peer_start (script);
+  g_autoptr (PgUpstream) upstream = pg_test_start_selected (peer, NULL);
+  g_autoptr (GCancellable) first = g_cancellable_new ();
+  g_autoptr (GCancellable) other = g_cancellable_new ();
+
+  pg_test_cancel_paused_body (upstream, first);
+  pg_test_cancel_paused_body (upstream, other);
   pg_test_peer_assert_done (peer);
   pg_upstream_close (upstream);
-  g_string_free (body.data, TRUE);
 }
 
 static void
@@ -2188,6 +2324,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/upstream/peer/snapshot-ids", test_peer_snapshot_ids);
   g_test_add_func ("/popgate/upstream/peer/connect-timeout", test_peer_connect_timeout);
   g_test_add_func ("/popgate/upstream/peer/cancel-body", test_peer_cancel_body);
+  g_test_add_func ("/popgate/upstream/peer/hold-body", test_peer_hold_body);
   g_test_add_func ("/popgate/upstream/peer/move-fallback", test_peer_move_fallback);
   g_test_add_func ("/popgate/upstream/peer/metadata", test_peer_metadata);
   g_test_add_func ("/popgate/upstream/peer/list", test_peer_list);

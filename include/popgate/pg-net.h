@@ -112,6 +112,11 @@ gsize pg_conn_get_queued (PgConn *conn);
  * bytes the held output goes out at once. pg_conn_close() sends what is held first. */
 void pg_conn_cork (PgConn *conn);
 void pg_conn_uncork (PgConn *conn);
+/* While corked: the cork buffer itself, to append output to in place (no copy), about
+ * `room` bytes (what is held goes out first when they would pass PG_CLIENT_CORK_MAX; more
+ * still fits, the buffer grows). What is appended goes out as pg_conn_write()'s would.
+ * NULL when the connection is closing or closed: write nothing then. */
+GByteArray *pg_conn_cork_buffer (PgConn *conn, gsize room);
 /* Completes when the write queue holds at most `low_water` bytes (0: fully flushed), or
  * with an error when the connection closes first. */
 void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *cancellable,

@@ -165,11 +165,23 @@ void pg_upstream_fetch_snapshot_async (PgUpstream *self, const char *uid_set, gb
                                        gpointer func_data, GCancellable *cancellable,
                                        GAsyncReadyCallback callback, gpointer user_data);
 
+/* What a body consumer did with a chunk. */
+typedef enum
+{
+  PG_UPSTREAM_CHUNK_PAUSE, /* taken; pause: nothing more is read or delivered until
+                            * pg_upstream_resume() */
+  PG_UPSTREAM_CHUNK_NEXT,  /* taken; the next one as soon as it arrives */
+  PG_UPSTREAM_CHUNK_HOLD,  /* not taken: pause, and deliver this same chunk (the same bytes,
+                            * still in the read buffer, so nobody copies them) again first
+                            * after pg_upstream_resume(). A consumer not ready for a body
+                            * yet (read-ahead) waits on it without a copy. */
+} PgUpstreamChunkAction;
+
 /* A chunk of a streamed body (1 to PG_UPSTREAM_BODY_CHUNK bytes), straight from the read
- * buffer: valid only during the call, so copy what you keep. Return TRUE to get the next
- * one as soon as it arrives, FALSE to pause: nothing more is read from the upstream until
- * pg_upstream_resume() (which may be called from inside the function). */
-typedef gboolean (*PgUpstreamChunkFunc) (const guint8 *data, gsize len, gpointer user_data);
+ * buffer: valid only during the call, so copy what you keep (or HOLD it).
+ * pg_upstream_resume() may be called from inside the function. */
+typedef PgUpstreamChunkAction (*PgUpstreamChunkFunc) (const guint8 *data, gsize len,
+                                                      gpointer user_data);
 
 /* `UID FETCH uid BODY.PEEK[section]<offset.length>`: section "" (the whole message),
  * "HEADER" or "TEXT"; length 0 means no partial. The body goes to func in chunks, with

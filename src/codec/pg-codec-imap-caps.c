@@ -90,8 +90,11 @@ pg_imap_caps_command_withheld (const char *word)
     { "XCLIENT", PG_IMAP_CAPS_COMMAND_XCLIENT },
   };
 
+  /* Every relayed command passes here: its first letter rules out most entries. */
+  char first = g_ascii_toupper (word[0]);
+
   for (gsize i = 0; i < G_N_ELEMENTS (commands); i++)
-    if (g_ascii_strcasecmp (word, commands[i].word) == 0)
+    if (commands[i].word[0] == first && g_ascii_strcasecmp (word, commands[i].word) == 0)
       return commands[i].what;
   return PG_IMAP_CAPS_COMMAND_RELAYED;
 }

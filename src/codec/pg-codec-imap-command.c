@@ -626,6 +626,18 @@ pg_imap_relay_scanner_arg_append (PgImapRelayScanner *scanner, const char *data,
   scanner->arg_len += len;
 }
 
+/* One octet of the first argument: the tokeniser's per-octet path. */
+static inline void
+pg_imap_relay_scanner_arg_push (PgImapRelayScanner *scanner, char c)
+{
+  if (scanner->arg_len >= PG_IMAP_RELAY_MAX_ARGUMENT)
+    {
+      scanner->arg_unusable = TRUE;
+      return;
+    }
+  scanner->arg[scanner->arg_len++] = c;
+}
+
 /* Tokenise the start of a command: tag, word(s), first argument. Stops caring (returns
  * the segment's end at once) when the first argument is done. */
 static void
@@ -659,7 +671,7 @@ pg_imap_relay_scanner_tokenise (PgImapRelayScanner *scanner, const char *p, cons
           else if (c != '\r' && scanner->word_len < sizeof (scanner->word) - 1
                    && (scanner->field == PG_IMAP_RELAY_FIELD_UID_WORD
                        || scanner->word_len < PG_IMAP_RELAY_MAX_WORD))
-            scanner->word[scanner->word_len++] = g_ascii_toupper (c);
+            scanner->word[scanner->word_len++] = c >= 'a' && c <= 'z' ? (char) (c - 'a' + 'A') : c;
           break;
         case PG_IMAP_RELAY_FIELD_ARG:
           if (!scanner->arg_present)
@@ -676,7 +688,7 @@ pg_imap_relay_scanner_tokenise (PgImapRelayScanner *scanner, const char *p, cons
                   scanner->field = PG_IMAP_RELAY_FIELD_DONE;
                 }
               else
-                pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+                pg_imap_relay_scanner_arg_push (scanner, c);
               break;
             }
           if (scanner->arg_literal)
@@ -686,20 +698,20 @@ pg_imap_relay_scanner_tokenise (PgImapRelayScanner *scanner, const char *p, cons
               if (scanner->arg_escape)
                 {
                   scanner->arg_escape = FALSE;
-                  pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+                  pg_imap_relay_scanner_arg_push (scanner, c);
                 }
               else if (c == '\\')
                 scanner->arg_escape = TRUE;
               else if (c == '"')
                 scanner->field = PG_IMAP_RELAY_FIELD_DONE;
               else
-                pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+                pg_imap_relay_scanner_arg_push (scanner, c);
               break;
             }
           if (c == ' ' || c == '\r' || c == '(' || c == ')')
             scanner->field = PG_IMAP_RELAY_FIELD_DONE;
           else
-            pg_imap_relay_scanner_arg_append (scanner, &c, 1);
+            pg_imap_relay_scanner_arg_push (scanner, c);
           break;
         case PG_IMAP_RELAY_FIELD_DONE:
           break;

@@ -32,6 +32,7 @@ struct _PgImapRelay
   gsize client_hold_offset; /* client_buf[offset..+len) kept for the next read */
   gsize client_hold_len;
   gboolean reading;          /* a client read is pending */
+  gboolean client_waiting;   /* ...as a pg_conn_wait_readable() on the client */
   gboolean up_draining;      /* the client waits for the upstream's queue to drain */
   gboolean client_eof;       /* the client half-closed */
   gboolean up_shut;          /* ...and that half-close was passed on (or is on its way) */
@@ -100,6 +101,17 @@ pg_imap_relay_is_over (PgImapRelay *self)
   return self->stopped || self->over || pg_conn_is_closed (self->client);
 }
 
+/* The client's readiness wait holds no reference: it goes when the relay is over. */
+static void
+pg_imap_relay_cancel_client_wait (PgImapRelay *self)
+{
+  if (!self->client_waiting)
+    return;
+  pg_conn_cancel_wait_readable (self->client);
+  self->client_waiting = FALSE;
+  self->reading = FALSE;
+}
+
 static void
 pg_imap_relay_end (PgImapRelay *self, PgImapRelayEnd end)
 {
@@ -108,6 +120,7 @@ pg_imap_relay_end (PgImapRelay *self, PgImapRelayEnd end)
   self->over = TRUE;
   pg_conn_cancel_wait_readable (self->upstream);
   self->up_waiting = FALSE;
+  pg_imap_relay_cancel_client_wait (self);
   self->funcs->ended (self->user_data, end);
 }
 
@@ -304,13 +317,11 @@ pg_imap_relay_client_data (PgImapRelay *self, gsize n)
   pg_imap_relay_client_read (self);
 }
 
+/* A client read is over: n octets at client_buf + client_hold_len, 0 at EOF, < 0 on error
+ * (`error` set). */
 static void
-pg_imap_relay_client_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+pg_imap_relay_client_got (PgImapRelay *self, gssize n, GError *error)
 {
-  g_autoptr (PgImapRelay) self = user_data;
-  g_autoptr (GError) error = NULL;
-  gssize n = pg_conn_read_finish (self->client, result, &error);
-
   self->reading = FALSE;
   if (pg_imap_relay_is_over (self))
     return;
@@ -329,6 +340,46 @@ pg_imap_relay_client_read_cb (GObject *source, GAsyncResult *result, gpointer us
     }
   self->funcs->from_client (self->user_data, (gsize) n);
   pg_imap_relay_client_data (self, (gsize) n);
+}
+
+/* The compressed path: the inflater reads on GIO's async read. */
+static void
+pg_imap_relay_client_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (PgImapRelay) self = user_data;
+  g_autoptr (GError) error = NULL;
+  gssize n = pg_conn_read_finish (self->client, result, &error);
+
+  pg_imap_relay_client_got (self, n, error);
+}
+
+/* The plain (or TLS) path: readiness, then one non-blocking read, with no task, source or
+ * timer made per round trip (the readable source stays from one wait to the next). */
+static void
+pg_imap_relay_client_readable_cb (PgConn *client, gpointer user_data)
+{
+  g_autoptr (PgImapRelay) self = g_object_ref (PG_IMAP_RELAY (user_data));
+  g_autoptr (GError) error = NULL;
+  gssize n;
+
+  self->client_waiting = FALSE;
+  if (pg_imap_relay_is_over (self))
+    {
+      self->reading = FALSE;
+      return;
+    }
+  n = pg_conn_read_nonblocking (client, self->client_buf + self->client_hold_len,
+                                PG_IMAP_RELAY_CHUNK - self->client_hold_len, &error);
+  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    {
+      /* Readable, but nothing whole yet (a TLS record cut short), or a stream that cannot
+       * be polled: this one read waits the asynchronous way (never a busy loop). */
+      pg_conn_read_async (client, self->client_buf + self->client_hold_len,
+                          PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
+                          pg_imap_relay_client_read_cb, g_object_ref (self));
+      return;
+    }
+  pg_imap_relay_client_got (self, n, error);
 }
 
 static void
@@ -367,9 +418,15 @@ pg_imap_relay_client_read (PgImapRelay *self)
       return;
     }
   self->reading = TRUE;
-  pg_conn_read_async (self->client, self->client_buf + self->client_hold_len,
-                      PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
-                      pg_imap_relay_client_read_cb, g_object_ref (self));
+  if (pg_conn_is_compressed (self->client))
+    {
+      pg_conn_read_async (self->client, self->client_buf + self->client_hold_len,
+                          PG_IMAP_RELAY_CHUNK - self->client_hold_len, self->cancellable,
+                          pg_imap_relay_client_read_cb, g_object_ref (self));
+      return;
+    }
+  self->client_waiting = TRUE;
+  pg_conn_wait_readable (self->client, pg_imap_relay_client_readable_cb, self);
 }
 
 /* --- upstream → client --------------------------------------------------------------------- */
@@ -521,6 +578,7 @@ pg_imap_relay_stop (PgImapRelay *self)
   self->user_data = NULL;
   g_signal_handlers_disconnect_by_data (self->upstream, self);
   pg_conn_cancel_wait_readable (self->upstream);
+  pg_imap_relay_cancel_client_wait (self);
   self->up_waiting = FALSE;
   /* With TLS a close_notify first, bounded (pg_net_close_stream). */
   pg_conn_abort (self->upstream);

@@ -698,45 +698,33 @@ pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GE
 
 static const char *const pg_pop3_section_names[] = { "", "HEADER", "TEXT" };
 
-static void
-pg_pop3_maildrop_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GTask) task = user_data;
-  GError *error = NULL;
-  gboolean vanished = FALSE;
-
-  if (!pg_upstream_fetch_body_finish (PG_UPSTREAM (source), result, &vanished, &error))
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  if (vanished)
-    {
-      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                               "the message no longer exists upstream");
-      return;
-    }
-  g_task_return_boolean (task, TRUE);
-}
-
+/* The upstream's own task completes the caller's fetch (no second task per body): the
+ * result is the upstream's, and finish() turns "vanished" into G_IO_ERROR_NOT_FOUND. */
 void
 pg_pop3_maildrop_fetch_async (PgPop3Maildrop *maildrop, guint32 uid, PgPop3Section section,
                               guint64 offset, guint64 length, PgPop3ChunkFunc chunk_func,
                               gpointer chunk_data, GCancellable *cancellable,
                               GAsyncReadyCallback callback, gpointer user_data)
 {
-  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
-
-  g_task_set_source_tag (task, pg_pop3_maildrop_fetch_async);
   pg_upstream_fetch_body_async (maildrop->upstream, uid, pg_pop3_section_names[section], offset,
-                                length, chunk_func, chunk_data, cancellable,
-                                pg_pop3_maildrop_fetch_cb, task);
+                                length, chunk_func, chunk_data, cancellable, callback, user_data);
 }
 
 gboolean
 pg_pop3_maildrop_fetch_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
 {
-  return g_task_propagate_boolean (G_TASK (result), error);
+  gboolean vanished = FALSE;
+
+  if (!pg_upstream_fetch_body_finish (PG_UPSTREAM (g_task_get_source_object (G_TASK (result))),
+                                      result, &vanished, error))
+    return FALSE;
+  if (vanished)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                           "the message no longer exists upstream");
+      return FALSE;
+    }
+  return TRUE;
 }
 
 void

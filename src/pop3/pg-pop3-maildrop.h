@@ -118,9 +118,9 @@ typedef enum
 } PgPop3Section;
 
 /* Called for each chunk (at most PG_UPSTREAM_BODY_CHUNK bytes) of the fetched section as it
- * arrives. Return TRUE for the next chunk as soon as it comes, FALSE to pause the upstream
- * until pg_pop3_maildrop_resume(). */
-typedef gboolean (*PgPop3ChunkFunc) (const guint8 *data, gsize len, gpointer user_data);
+ * arrives; what it returns is PgUpstreamChunkFunc's (pause until pg_pop3_maildrop_resume(),
+ * the next chunk, or hold this one to get it again after the resume). */
+typedef PgUpstreamChunkFunc PgPop3ChunkFunc;
 
 /* Stream one section of one message. Completes with TRUE when the section was delivered
  * (possibly empty), with G_IO_ERROR_NOT_FOUND when the message no longer exists upstream

@@ -135,7 +135,6 @@ struct _PgPop3Session
   gboolean retr_run;             /* the current RETR is for the message after the last one */
   gboolean in_chunk_cb;          /* finishing a RETR from inside the next one's chunk callback */
   gboolean size_mismatch_logged; /* a RETR sent other octets than RFC822.SIZE said (once) */
-  GByteArray *stuffed;           /* owned: scratch for stuffed output */
 };
 
 G_DEFINE_TYPE (PgPop3Session, pg_pop3_session, G_TYPE_OBJECT)
@@ -365,7 +364,6 @@ pg_pop3_session_finalize (GObject *object)
   g_clear_pointer (&self->reader, pg_line_reader_free);
   g_clear_pointer (&self->transfer, pg_pop3_transfer_free);
   g_queue_clear_full (&self->prefetch, (GDestroyNotify) pg_pop3_transfer_free);
-  g_clear_pointer (&self->stuffed, g_byte_array_unref);
   g_clear_object (&self->cancellable);
   g_clear_object (&self->read_cancellable);
   g_string_free (self->reply, TRUE);
@@ -1847,7 +1845,9 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
  * tagged OK (Dovecot does). A body literal is contiguous, so the first chunk of the prefetched
  * message proves the current one's body is complete: the current RETR is finished there
  * and then (terminator, or -ERR if no body came), the client's next command (that RETR)
- * makes the prefetched transfer current, and its chunk is sent. */
+ * makes the prefetched transfer current, and its chunk is sent. Until then the upstream
+ * holds that chunk in its read buffer (PG_UPSTREAM_CHUNK_HOLD), paused: no copy, and
+ * nothing more is read, so the read-ahead stays bounded. */
 
 struct _PgPop3Transfer
 {
@@ -1857,14 +1857,13 @@ struct _PgPop3Transfer
   PgDotStuffer *stuffer;       /* owned */
   gboolean active;             /* the transfer now being sent to the client */
   gboolean sent_ok;            /* its "+OK" line is out */
-  GBytes *held;                /* owned: a chunk that came before the transfer was active */
+  gboolean holding;            /* the upstream holds its first chunk, not taken yet */
   gboolean finished;           /* the upstream completed the (last) fetch */
   GError *error;               /* owned: its failure, if any */
   guint64 delivered;           /* octets of the section being fetched */
   gboolean top_in_text;        /* TOP: the header is out, partials of the text follow */
   guint64 top_offset;          /* TOP: offset of the BODY[TEXT] partial being fetched */
   struct _PgPop3FetchCtx *ctx; /* unowned: the fetch in flight for it, or NULL */
-  gboolean want_pause;         /* sending a held chunk filled the client's queue */
 };
 
 /* One upstream fetch in flight: survives its transfer if that finished early. */
@@ -1882,13 +1881,13 @@ pg_pop3_transfer_free (PgPop3Transfer *transfer)
   if (transfer->ctx != NULL)
     transfer->ctx->transfer = NULL;
   g_clear_pointer (&transfer->stuffer, pg_dot_stuffer_free);
-  g_clear_pointer (&transfer->held, g_bytes_unref);
   g_clear_error (&transfer->error);
   g_free (transfer);
 }
 
 static void pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_data);
-static gboolean pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data);
+static PgUpstreamChunkAction pg_pop3_session_chunk_cb (const guint8 *data, gsize len,
+                                                       gpointer user_data);
 
 static void
 pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
@@ -1918,8 +1917,6 @@ pg_pop3_session_new_transfer (PgPop3Session *self, guint index, gboolean is_top,
   transfer->index = index;
   transfer->is_top = is_top;
   transfer->stuffer = is_top ? pg_dot_stuffer_new_top (lines) : pg_dot_stuffer_new ();
-  if (self->stuffed == NULL)
-    self->stuffed = g_byte_array_sized_new (PG_UPSTREAM_BODY_CHUNK * 2);
   pg_pop3_session_start_fetch (self, transfer,
                                is_top ? PG_POP3_SECTION_HEADER : PG_POP3_SECTION_ALL, 0, 0);
   return transfer;
@@ -1943,6 +1940,39 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
     }
 }
 
+/* "+OK n octets", the status line of every RETR, without printf (~1,000 instructions). */
+static void
+pg_pop3_session_reply_octets (PgPop3Session *self, guint64 octets)
+{
+  char digits[20];
+  guint n = 0;
+
+  do
+    digits[n++] = (char) ('0' + octets % 10);
+  while ((octets /= 10) != 0);
+  g_string_append (self->reply, "+OK ");
+  while (n > 0)
+    g_string_append_c (self->reply, digits[--n]);
+  g_string_append (self->reply, " octets\r\n");
+}
+
+/* Dot-stuff data (NULL: the end of the message) straight into the client's output (no
+ * scratch copy); corked here, so a chunk fed outside a cork still leaves in one write. */
+static void
+pg_pop3_session_stuff (PgPop3Session *self, PgPop3Transfer *transfer, const guint8 *data, gsize len)
+{
+  g_autoptr (PgConn) conn = g_object_ref (self->conn);
+  GByteArray *out;
+
+  pg_conn_cork (conn);
+  out = pg_conn_cork_buffer (conn, data != NULL ? len : 5);
+  if (out != NULL && data != NULL)
+    pg_dot_stuffer_feed (transfer->stuffer, data, len, out);
+  else if (out != NULL)
+    pg_dot_stuffer_finish (transfer->stuffer, out);
+  pg_conn_uncork (conn);
+}
+
 /* Stuff one chunk of the active transfer and queue it. Returns FALSE when the client is
  * behind: the upstream stays paused until the output has drained. */
 static gboolean
@@ -1957,17 +1987,13 @@ pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const
       if (transfer->is_top)
         pg_pop3_reply (self, "+OK");
       else
-        pg_pop3_reply (self, "+OK %" G_GUINT64_FORMAT " octets",
-                       pg_pop3_maildrop_message_size (self->maildrop, msg));
+        pg_pop3_session_reply_octets (self, pg_pop3_maildrop_message_size (self->maildrop, msg));
       pg_pop3_session_flush (self);
       transfer->sent_ok = TRUE;
     }
   if (pg_dot_stuffer_is_done (transfer->stuffer))
     return TRUE; /* TOP has its lines: the rest of this partial is not needed */
-  g_byte_array_set_size (self->stuffed, 0);
-  pg_dot_stuffer_feed (transfer->stuffer, data, len, self->stuffed);
-  if (self->stuffed->len > 0)
-    pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
+  pg_pop3_session_stuff (self, transfer, data, len);
   if (pg_conn_get_queued (self->conn) > PG_CLIENT_OUTPUT_HIGH_WATER)
     {
       pg_conn_wait_drained_async (self->conn, PG_CLIENT_OUTPUT_HIGH_WATER / 2, self->cancellable,
@@ -1991,7 +2017,7 @@ pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *trans
     {
       PgPop3Transfer *ahead = l->data;
 
-      if (ahead->delivered > 0 || ahead->finished || ahead->error != NULL)
+      if (ahead->delivered > 0 || ahead->holding || ahead->finished || ahead->error != NULL)
         continue;
       ahead->error
           = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
@@ -1999,7 +2025,7 @@ pg_pop3_session_mark_vanished_before (PgPop3Session *self, PgPop3Transfer *trans
     }
 }
 
-static gboolean
+static PgUpstreamChunkAction
 pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
 {
   PgPop3FetchCtx *ctx = user_data;
@@ -2007,52 +2033,46 @@ pg_pop3_session_chunk_cb (const guint8 *data, gsize len, gpointer user_data)
   PgPop3Session *self = ctx->self;
 
   if (transfer == NULL)
-    return TRUE; /* its transfer is gone: drop what a confused server still sends */
-  transfer->delivered += len;
+    return PG_UPSTREAM_CHUNK_NEXT; /* its transfer is gone: drop what a confused server sends */
   if (pg_conn_is_closed (self->conn))
-    return FALSE;
-  if (transfer->active)
-    return pg_pop3_session_send_chunk (self, transfer, data, len);
-
-  /* A prefetched message's body has begun, so every body before it is complete: finish
-   * those RETRs now (one that got no chunk got no body: it vanished); the client's next
-   * command, this RETR, then makes this transfer current. */
-  g_assert (transfer->held == NULL);
-  transfer->held = g_bytes_new (data, len); /* data is the upstream's read buffer */
-  {
-    g_autoptr (PgPop3Session) keep = g_object_ref (self);
-
-    while (!pg_conn_is_closed (self->conn) && ctx->transfer != NULL && !transfer->active
-           && self->transfer != NULL && !self->transfer->is_top)
-      {
-        PgPop3Transfer *current = self->transfer;
-
-        if (current->delivered == 0 && current->error == NULL)
-          current->error
-              = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
-        current->finished = TRUE;
-        self->in_chunk_cb = TRUE;
-        pg_pop3_session_transfer_done (self, current);
-        self->in_chunk_cb = FALSE;
-        if (self->transfer == current)
-          break;
-      }
-  }
-  if (pg_conn_is_closed (self->conn))
-    return FALSE;
-  if (ctx->transfer == NULL)
-    return TRUE; /* the client asked for something else: it was dropped */
+    return PG_UPSTREAM_CHUNK_PAUSE;
   if (!transfer->active)
     {
-      pg_pop3_session_mark_vanished_before (self, transfer);
-      return FALSE; /* not asked for yet: wait (bounded: one chunk) */
+      /* A prefetched message's body has begun, so every body before it is complete: finish
+       * those RETRs now (one that got no chunk got no body: it vanished); the client's next
+       * command, this RETR, may then make this transfer current. */
+      g_autoptr (PgPop3Session) keep = g_object_ref (self);
+
+      transfer->holding = TRUE;
+      while (!pg_conn_is_closed (self->conn) && ctx->transfer != NULL && !transfer->active
+             && self->transfer != NULL && !self->transfer->is_top)
+        {
+          PgPop3Transfer *current = self->transfer;
+
+          if (current->delivered == 0 && current->error == NULL)
+            current->error
+                = g_error_new (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no body came for this message");
+          current->finished = TRUE;
+          self->in_chunk_cb = TRUE;
+          pg_pop3_session_transfer_done (self, current);
+          self->in_chunk_cb = FALSE;
+          if (self->transfer == current)
+            break;
+        }
+      if (pg_conn_is_closed (self->conn))
+        return PG_UPSTREAM_CHUNK_PAUSE;
+      if (ctx->transfer == NULL)
+        return PG_UPSTREAM_CHUNK_NEXT; /* the client asked for something else: dropped */
+      if (!transfer->active)
+        {
+          pg_pop3_session_mark_vanished_before (self, transfer);
+          return PG_UPSTREAM_CHUNK_HOLD; /* not asked for yet: wait (bounded: paused) */
+        }
+      transfer->holding = FALSE;
     }
-  if (transfer->want_pause)
-    {
-      transfer->want_pause = FALSE;
-      return FALSE;
-    }
-  return TRUE;
+  transfer->delivered += len;
+  return pg_pop3_session_send_chunk (self, transfer, data, len) ? PG_UPSTREAM_CHUNK_NEXT
+                                                                : PG_UPSTREAM_CHUNK_PAUSE;
 }
 
 /* The upstream finished the active transfer's section: next partial (TOP), or the end. */
@@ -2099,6 +2119,9 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
   if (transfer == NULL)
     return; /* finished early (see "RETR and TOP") or the session is gone */
   transfer->ctx = NULL;
+  /* A body completes only once its chunks are taken: a chunk still held was lost with the
+   * upstream (transfer->error says so). */
+  transfer->holding = FALSE;
   if (self->state == PG_POP3_STATE_CLOSED || pg_conn_is_closed (self->conn))
     return;
   transfer->finished = TRUE;
@@ -2226,23 +2249,11 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
   transfer->active = TRUE;
   pg_pop3_session_flush (self);
   pg_pop3_session_maybe_prefetch (self);
-  if (transfer->held != NULL)
+  if (transfer->holding)
     {
-      g_autoptr (GBytes) held = g_steal_pointer (&transfer->held);
-      gboolean more = pg_pop3_session_send_chunk (self, transfer, g_bytes_get_data (held, NULL),
-                                                  g_bytes_get_size (held));
-      if (transfer->finished)
-        {
-          pg_pop3_session_transfer_step (self, transfer);
-          return;
-        }
-      if (self->in_chunk_cb)
-        {
-          /* Activated from inside its own chunk callback: say pause through that. */
-          transfer->want_pause = !more;
-          return;
-        }
-      if (more)
+      /* The upstream holds its first chunk: take it (from inside its chunk callback, that
+       * callback sends it on return). */
+      if (!self->in_chunk_cb)
         pg_pop3_maildrop_resume (self->maildrop);
       return;
     }
@@ -2320,9 +2331,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
           pg_pop3_session_flush (self);
           transfer->sent_ok = TRUE;
         }
-      g_byte_array_set_size (self->stuffed, 0);
-      pg_dot_stuffer_finish (transfer->stuffer, self->stuffed);
-      pg_conn_write (self->conn, self->stuffed->data, self->stuffed->len);
+      pg_pop3_session_stuff (self, transfer, NULL, 0);
       if (transfer->is_top)
         self->n_top++;
       else
@@ -2739,11 +2748,6 @@ pg_pop3_session_process (PgPop3Session *self)
       self->long_lines = 0;
       pg_pop3_session_handle_line (self, line, len);
     }
-  /* No RETR/TOP in flight: drop the stuffing scratch (up to 2 body chunks, 64 KiB) so a
-   * session idle after a download costs what an idle one does; new_transfer() allocates
-   * it again on demand. */
-  if (!self->busy && self->transfer == NULL && g_queue_is_empty (&self->prefetch))
-    g_clear_pointer (&self->stuffed, g_byte_array_unref);
   if (self->client_eof && !self->busy && self->state != PG_POP3_STATE_UPDATE
       && !pg_conn_is_closed (self->conn))
     {

@@ -281,6 +281,49 @@ pg_state_append_set (GString *out, const char *word, const PgUidSet *set)
   g_string_append_c (out, '\n');
 }
 
+/* n in decimal, as "%u" would print it. */
+static void
+pg_state_append_uint (GString *out, guint32 n)
+{
+  char digits[10];
+  gsize len = 0;
+
+  do
+    {
+      digits[sizeof digits - 1 - len++] = (char) ('0' + n % 10);
+      n /= 10;
+    }
+  while (n != 0);
+  g_string_append_len (out, digits + sizeof digits - len, (gssize) len);
+}
+
+/* "l UID ID[ UIDL-UID:UIDL-UIDVALIDITY]": one line per message, so a large mailbox's
+ * record is written at every store; no printf per field or per hex digit. */
+static void
+pg_state_append_ledger_line (GString *out, const PgLedgerEntry *entry, guint32 uidvalidity)
+{
+  static const char hex[] = "0123456789abcdef";
+  char id[2 * PG_LEDGER_ID_LEN];
+
+  g_string_append (out, "l ");
+  pg_state_append_uint (out, entry->uid);
+  g_string_append_c (out, ' ');
+  for (guint k = 0; k < PG_LEDGER_ID_LEN; k++)
+    {
+      id[2 * k] = hex[entry->id[k] >> 4];
+      id[2 * k + 1] = hex[entry->id[k] & 0x0f];
+    }
+  g_string_append_len (out, id, sizeof id);
+  if (entry->uidl_uid != entry->uid || entry->uidl_uidvalidity != uidvalidity)
+    {
+      g_string_append_c (out, ' ');
+      pg_state_append_uint (out, entry->uidl_uid);
+      g_string_append_c (out, ':');
+      pg_state_append_uint (out, entry->uidl_uidvalidity);
+    }
+  g_string_append_c (out, '\n');
+}
+
 /* "hmac-sha256:" and 64 lowercase hex digits: the end line of a keyed record. */
 #define PG_STATE_MAC_PREFIX "hmac-sha256:"
 
@@ -325,13 +368,7 @@ pg_client_state_encode_keyed (const PgClientState *state, const PgStateKey *key,
         {
           const PgLedgerEntry *entry = &g_array_index (state->ledger, PgLedgerEntry, i);
 
-          g_string_append_printf (out, "l %" G_GUINT32_FORMAT " ", entry->uid);
-          for (guint k = 0; k < PG_LEDGER_ID_LEN; k++)
-            g_string_append_printf (out, "%02x", entry->id[k]);
-          if (entry->uidl_uid != entry->uid || entry->uidl_uidvalidity != state->uidvalidity)
-            g_string_append_printf (out, " %" G_GUINT32_FORMAT ":%" G_GUINT32_FORMAT,
-                                    entry->uidl_uid, entry->uidl_uidvalidity);
-          g_string_append_c (out, '\n');
+          pg_state_append_ledger_line (out, entry, state->uidvalidity);
         }
     }
   switch (state->pending)

@@ -95,6 +95,7 @@ struct _PgUpstreamCmd
   /* FETCH_BODY */
   PgUpstreamChunkFunc chunk_func;
   gpointer chunk_data;
+  gboolean body_watched; /* its cancellable is the upstream's body_cancellable */
   guint32 uid;
   gboolean whole_body; /* BODY.PEEK[] of the whole message: may join a batch */
   gboolean got_body;
@@ -136,9 +137,21 @@ struct _PgUpstream
   gboolean reading; /* a read on conn is pending, or (waiting) a readable wait is set */
   gboolean waiting;
   gboolean paused, upgrading, processing;
-  gboolean compressing;    /* COMPRESS sent, not answered: the commands after it wait */
-  guint corked;            /* pg_upstream_cork() depth: commands wait in unsent */
-  guint32 guessed_uid;     /* a body literal came before its UID: the UID it was routed to */
+  gboolean compressing; /* COMPRESS sent, not answered: the commands after it wait */
+  guint corked;         /* pg_upstream_cork() depth: commands wait in unsent */
+  guint32 guessed_uid;  /* a body literal came before its UID: the UID it was routed to */
+  /* A chunk its consumer held (PG_UPSTREAM_CHUNK_HOLD): delivered again on resume, before
+   * anything else is parsed. held_data points into rbuf, which does not change while we
+   * are paused, or into held_copy for a body sent as a quoted string (whose response is
+   * gone by then; bounded by the line limit). */
+  PgUpstreamCmd *held_cmd; /* unowned: in pending */
+  /* owned: the cancellable of body fetches, watched once rather than per FETCH (a session
+   * passes the same one for all its bodies); the others are watched by their command. */
+  GCancellable *body_cancellable;
+  gulong body_cancelled_id;
+  const guint8 *held_data;
+  gsize held_len;
+  guint8 *held_copy;       /* owned */
   guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
   guint64 snapshot_octets; /* octets parsed while one was (PG_MAX_SNAPSHOT_OCTETS) */
 
@@ -200,10 +213,21 @@ pg_upstream_set_state (PgUpstream *self, PgUpstreamState state)
 }
 
 static void
+pg_upstream_forget_held (PgUpstream *self)
+{
+  self->held_cmd = NULL;
+  self->held_data = NULL;
+  self->held_len = 0;
+  g_clear_pointer (&self->held_copy, g_free);
+}
+
+static void
 pg_upstream_cmd_free (PgUpstreamCmd *cmd)
 {
   if (cmd == NULL)
     return;
+  if (cmd->owner != NULL && cmd->owner->held_cmd == cmd)
+    pg_upstream_forget_held (cmd->owner);
   if (cmd->cancellable != NULL)
     {
       g_signal_handler_disconnect (cmd->cancellable, cmd->cancelled_id);
@@ -319,6 +343,25 @@ pg_upstream_max_nonsync (PgUpstream *self)
   return 0;
 }
 
+/* `prefix` and value in decimal into buf (at least PG_UPSTREAM_U32_TEXT bytes); returns the
+ * end. A printf costs ~1,000 instructions, and every body FETCH formats two numbers. */
+#define PG_UPSTREAM_U32_TEXT 16
+static char *
+pg_upstream_format_u32 (char *buf, char prefix, guint32 value)
+{
+  char digits[10];
+  guint n = 0;
+
+  *buf++ = prefix;
+  do
+    digits[n++] = (char) ('0' + value % 10);
+  while ((value /= 10) != 0);
+  while (n > 0)
+    *buf++ = digits[--n];
+  *buf = '\0';
+  return buf;
+}
+
 /* A new command with a fresh tag; the caller adds the arguments to the returned writer. */
 static PgUpstreamCmd *
 pg_upstream_cmd_new (PgUpstream *self, PgUpstreamCmdKind kind, const char *name, GTask *task,
@@ -328,7 +371,10 @@ pg_upstream_cmd_new (PgUpstream *self, PgUpstreamCmdKind kind, const char *name,
 
   cmd->kind = kind;
   cmd->owner = self;
-  cmd->tag = g_strdup_printf ("p%u", ++self->next_tag);
+  char tag[PG_UPSTREAM_U32_TEXT];
+
+  pg_upstream_format_u32 (tag, 'p', ++self->next_tag);
+  cmd->tag = g_strdup (tag);
   cmd->name = g_strdup (name);
   cmd->task = task != NULL ? g_object_ref (task) : NULL;
   cmd->done = done != NULL ? done : pg_upstream_done_simple_cb;
@@ -546,6 +592,7 @@ pg_upstream_drop_connection (PgUpstream *self)
     pg_conn_abort (conn);
   self->rpos = self->rlen = 0;
   self->guessed_uid = 0;
+  pg_upstream_forget_held (self);
   /* A read still pending owns the buffer until its (failed) callback. */
   if (!self->reading)
     g_clear_pointer (&self->rbuf, g_free);
@@ -839,6 +886,69 @@ pg_upstream_find_pending (PgUpstream *self, PgUpstreamCmdKind kind)
   return NULL;
 }
 
+/* The FETCH response is complete, and the body with it: the message ends here. The tagged
+ * reply may be far behind (a batch answers once for all its UIDs), and a server that goes
+ * quiet after a whole body must not hold that body's RETR; the tagged reply then finds no
+ * task (fetch_body_done_cb). A body its consumer holds ends once it is taken. */
+static void
+pg_upstream_body_complete (PgUpstreamCmd *cmd)
+{
+  if (cmd->got_body && cmd->task != NULL)
+    {
+      g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+
+      g_task_return_int (task, 1);
+    }
+}
+
+/* Hand a body chunk to cmd's consumer, and do what it says. */
+static void
+pg_upstream_deliver_chunk (PgUpstream *self, PgUpstreamCmd *cmd, const guint8 *data, gsize len)
+{
+  PgUpstreamChunkAction action = cmd->chunk_func (data, len, cmd->chunk_data);
+
+  if (self->state == PG_UPSTREAM_STATE_CLOSED)
+    return; /* the consumer closed us: the buffer is gone */
+  switch (action)
+    {
+    case PG_UPSTREAM_CHUNK_NEXT:
+      break;
+    case PG_UPSTREAM_CHUNK_PAUSE:
+      self->paused = TRUE;
+      break;
+    case PG_UPSTREAM_CHUNK_HOLD:
+      self->paused = TRUE;
+      self->held_cmd = cmd;
+      self->held_data = data;
+      self->held_len = len;
+      break;
+    }
+}
+
+/* Resumed with a held chunk: deliver it again, unless its fetch was cancelled meanwhile. */
+static void
+pg_upstream_deliver_held (PgUpstream *self)
+{
+  PgUpstreamCmd *cmd = self->held_cmd;
+  const guint8 *data = self->held_data;
+  gsize len = self->held_len;
+  g_autofree guint8 *copy = g_steal_pointer (&self->held_copy);
+
+  self->held_cmd = NULL;
+  self->held_data = NULL;
+  self->held_len = 0;
+  if (cmd->chunk_func != NULL)
+    pg_upstream_deliver_chunk (self, cmd, data, len);
+  if (self->held_cmd == cmd)
+    {
+      if (self->held_data == copy)
+        self->held_copy = g_steal_pointer (&copy); /* held again */
+      return;
+    }
+  if (self->state != PG_UPSTREAM_STATE_CLOSED)
+    pg_upstream_body_complete (cmd); /* a quoted body, taken now */
+}
+
 /* The pending body FETCH a response or body belongs to: the first one for that UID whose
  * body has not come yet. Servers may send the data of a pipelined FETCH before the tagged
  * OK of the one before it (Dovecot does), and one batch holds several UIDs, so "the oldest"
@@ -1042,22 +1152,29 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
           if (value->type == PG_IMAP_VALUE_STRING && value->len > 0 && cmd->chunk_func != NULL)
             {
               /* A body sent as a quoted string: one chunk. */
-              if (!cmd->chunk_func ((const guint8 *) value->str, value->len, cmd->chunk_data))
-                self->paused = TRUE;
+              if (self->held_cmd != NULL)
+                {
+                  /* A second body item after one the consumer holds: it could only be
+                   * held too, and one chunk is held at a time. */
+                  g_autoptr (GError) error = g_error_new_literal (
+                      PG_ERROR, PG_ERROR_PROTOCOL, "upstream sent two bodies in one FETCH");
+                  pg_upstream_fail (self, error);
+                  return;
+                }
+              pg_upstream_deliver_chunk (self, cmd, (const guint8 *) value->str, value->len);
+              if (self->state == PG_UPSTREAM_STATE_CLOSED)
+                return;
+              if (self->held_cmd == cmd)
+                {
+                  self->held_copy = g_memdup2 (value->str, value->len);
+                  self->held_data = self->held_copy;
+                }
             }
           if (value->type != PG_IMAP_VALUE_NIL)
             cmd->got_body = TRUE;
         }
-      if (cmd->got_body && cmd->task != NULL)
-        {
-          /* The FETCH response is complete, and the body with it: the message ends here.
-           * The tagged reply may be far behind (a batch answers once for all its UIDs), and
-           * a server that goes quiet after a whole body must not hold that body's RETR;
-           * the tagged reply then finds no task (fetch_body_done_cb). */
-          g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
-
-          g_task_return_int (task, 1);
-        }
+      if (self->held_cmd != cmd)
+        pg_upstream_body_complete (cmd);
       return;
     }
   if (response->has_number)
@@ -1286,8 +1403,7 @@ pg_upstream_handle_body_chunk (PgUpstream *self, const PgImapEvent *event)
     }
   if (cmd->chunk_func == NULL)
     return; /* a body nobody asked for (or cancelled): skip it */
-  if (!cmd->chunk_func (event->data, event->len, cmd->chunk_data))
-    self->paused = TRUE;
+  pg_upstream_deliver_chunk (self, cmd, event->data, event->len);
 }
 
 /* Parse what is buffered, dispatch, and read more when it is all used. */
@@ -1305,7 +1421,14 @@ pg_upstream_process (PgUpstream *self)
       PgImapEvent event;
       gsize consumed = 0;
       g_autoptr (GError) error = NULL;
-      PgImapParseResult result = pg_imap_parser_feed (
+      PgImapParseResult result;
+
+      if (G_UNLIKELY (self->held_cmd != NULL))
+        {
+          pg_upstream_deliver_held (self);
+          continue;
+        }
+      result = pg_imap_parser_feed (
           self->parser, self->rpos < self->rlen ? self->rbuf + self->rpos : (const guint8 *) "",
           self->rlen - self->rpos, &consumed, &event, &error);
 
@@ -2543,22 +2666,44 @@ pg_upstream_resume_idle_cb (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+/* A body fetch was cancelled: its chunks stopped. A consumer that paused us will not
+ * resume, so resume ourselves (from the main loop, not from inside the caller's
+ * g_cancellable_cancel()); the rest of the body is read and dropped. */
 static void
-pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+pg_upstream_resume_cancelled (PgUpstream *self)
 {
-  PgUpstreamCmd *cmd = user_data;
-  PgUpstream *self = cmd->owner;
-
-  /* Stop delivering: the rest of the body is read and dropped, and a consumer that paused
-   * us will not resume, so resume ourselves (from the main loop, not from inside the
-   * caller's g_cancellable_cancel()). */
-  cmd->chunk_func = NULL;
   if (self->paused)
     {
       g_autoptr (GSource) idle = g_idle_source_new ();
       g_source_set_callback (idle, pg_upstream_resume_idle_cb, g_object_ref (self), g_object_unref);
       g_source_attach (idle, self->context);
     }
+}
+
+static void
+pg_upstream_body_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstreamCmd *cmd = user_data;
+
+  cmd->chunk_func = NULL;
+  pg_upstream_resume_cancelled (cmd->owner);
+}
+
+static void
+pg_upstream_bodies_cancelled_cb (GCancellable *cancellable, gpointer user_data)
+{
+  PgUpstream *self = user_data; /* unowned: dispose disconnects us */
+  GQueue *queues[] = { &self->pending, &self->unsent };
+
+  for (guint i = 0; i < G_N_ELEMENTS (queues); i++)
+    for (GList *l = queues[i]->head; l != NULL; l = l->next)
+      {
+        PgUpstreamCmd *cmd = l->data;
+
+        if (cmd->body_watched)
+          cmd->chunk_func = NULL;
+      }
+  pg_upstream_resume_cancelled (self);
 }
 
 void
@@ -2568,7 +2713,8 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
                               gpointer user_data)
 {
   g_autoptr (GTask) task = NULL;
-  g_autofree gchar *args = NULL;
+  char args[PG_UPSTREAM_U32_TEXT + 48]; /* " UID FETCH uid (UID BODY.PEEK[HEADER]" at most */
+  char *end;
   PgUpstreamCmd *cmd;
   PgImapWriter *writer;
 
@@ -2586,19 +2732,35 @@ pg_upstream_fetch_body_async (PgUpstream *self, guint32 uid, const char *section
   cmd->whole_body = section[0] == '\0' && length == 0 && offset == 0;
   cmd->chunk_func = func;
   cmd->chunk_data = func_data;
-  if (cancellable != NULL)
+  if (cancellable != NULL && self->body_cancellable == NULL)
+    {
+      self->body_cancellable = g_object_ref (cancellable);
+      self->body_cancelled_id = g_signal_connect (
+          cancellable, "cancelled", G_CALLBACK (pg_upstream_bodies_cancelled_cb), self);
+    }
+  if (cancellable != NULL && cancellable == self->body_cancellable)
+    cmd->body_watched = TRUE;
+  else if (cancellable != NULL)
     {
       cmd->cancellable = g_object_ref (cancellable);
       cmd->cancelled_id = g_signal_connect (cancellable, "cancelled",
                                             G_CALLBACK (pg_upstream_body_cancelled_cb), cmd);
     }
-  if (length > 0)
-    args = g_strdup_printf (" %u (UID BODY.PEEK[%s]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">)",
-                            uid, section, offset, length);
-  else
-    args = g_strdup_printf (" %u (UID BODY.PEEK[%s])", uid, section);
-  writer = pg_upstream_cmd_writer (self, cmd);
+  end = stpcpy (args, " UID FETCH");
+  end = pg_upstream_format_u32 (end, ' ', uid);
+  end = stpcpy (end, " (UID BODY.PEEK[");
+  stpcpy (end, section);
+  /* The writer without pg_upstream_cmd_writer(): no literal, so LITERAL+/- do not matter. */
+  writer = pg_imap_writer_new (cmd->tag, 0);
   pg_imap_writer_add_raw (writer, args);
+  if (length > 0)
+    {
+      g_autofree gchar *partial
+          = g_strdup_printf ("]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">)", offset, length);
+      pg_imap_writer_add_raw (writer, partial);
+    }
+  else
+    pg_imap_writer_add_raw (writer, "])");
   pg_upstream_submit (self, cmd, writer);
 }
 
@@ -3289,6 +3451,11 @@ pg_upstream_dispose (GObject *object)
     {
       g_cancellable_disconnect (self->connect_cancellable, self->connect_cancelled_id);
       g_clear_object (&self->connect_cancellable);
+    }
+  if (self->body_cancellable != NULL)
+    {
+      g_signal_handler_disconnect (self->body_cancellable, self->body_cancelled_id);
+      g_clear_object (&self->body_cancellable);
     }
   G_OBJECT_CLASS (pg_upstream_parent_class)->dispose (object);
 }
