@@ -1888,19 +1888,13 @@ pg_test_state_ledger_merge (void)
   g_assert_cmpuint (merged->ledger->len, ==, 3);
 }
 
-/* An idle session slims its ledger (and its saved copy) to what differs from the stored
- * record or carries a UIDL over; UIDLs read the same, and the save's merge gives back
- * exactly the stored entries plus ours. */
-static void
-pg_test_state_ledger_slim (void)
+/* A stored state of UIDVALIDITY 7 with a digest ledger of UIDs 1..500, each UIDL its own,
+ * except UID 3's, carried over a UIDVALIDITY change (UIDL 30:5). */
+static PgClientState *
+pg_test_state_ledger_500 (void)
 {
-  g_autoptr (PgClientState) stored = pg_client_state_new (7, 1, 0);
-  g_autoptr (PgClientState) base = NULL;
-  g_autoptr (PgClientState) ours = NULL;
-  g_autoptr (PgClientState) full = NULL;
-  g_autoptr (PgClientState) merged = NULL;
+  PgClientState *stored = pg_client_state_new (7, 1, 0);
   PgLedgerEntry carried = pg_test_ledger_entry (3, 3, 30, 5);
-  PgLedgerEntry fresh = pg_test_ledger_entry (900, 9, 900, 7);
 
   stored->ledger_kind = PG_LEDGER_KIND_DIGEST;
   for (guint32 uid = 1; uid <= 500; uid++)
@@ -1908,6 +1902,22 @@ pg_test_state_ledger_slim (void)
       PgLedgerEntry e = pg_test_ledger_entry (uid, (guint8) uid, uid, 7);
       pg_client_state_ledger_set (stored, uid == 3 ? &carried : &e);
     }
+  return stored;
+}
+
+/* An idle session slims its ledger (and its saved copy) to what differs from the stored
+ * record or carries a UIDL over; UIDLs read the same, and the save's merge gives back
+ * exactly the stored entries plus ours. */
+static void
+pg_test_state_ledger_slim (void)
+{
+  g_autoptr (PgClientState) stored = pg_test_state_ledger_500 ();
+  g_autoptr (PgClientState) base = NULL;
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) full = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+  PgLedgerEntry fresh = pg_test_ledger_entry (900, 9, 900, 7);
+
   base = pg_client_state_copy (stored);
   ours = pg_client_state_copy (stored);
   pg_client_state_ledger_set (ours, &fresh); /* identified this login, not stored yet */
@@ -1934,6 +1944,39 @@ pg_test_state_ledger_slim (void)
   base->uidvalidity = 8;
   pg_client_state_ledger_slim (ours, base);
   g_assert_cmpuint (ours->ledger->len, ==, 2);
+}
+
+/* A state just saved is its own base: slim_saved() keeps what slim() against an equal copy
+ * keeps, in the state and so in the copy made afterwards, and every UIDL stays. */
+static void
+pg_test_state_ledger_slim_saved (void)
+{
+  g_autoptr (PgClientState) saved = pg_test_state_ledger_500 ();
+  g_autoptr (PgClientState) full = pg_client_state_copy (saved);
+  g_autoptr (PgClientState) ours = NULL;
+  g_autoptr (PgClientState) base = NULL;
+  g_autoptr (PgClientState) merged = NULL;
+
+  ours = pg_client_state_copy (saved);
+  base = pg_client_state_copy (saved);
+  pg_client_state_ledger_slim (ours, base);
+
+  pg_client_state_ledger_slim_saved (saved);
+  g_assert_cmpuint (saved->ledger->len, ==, 1); /* the carried one */
+  g_assert_true (pg_client_state_equal (saved, ours));
+  g_assert_true (pg_client_state_equal (saved, base));
+  for (guint32 uid = 1; uid <= 600; uid++)
+    {
+      char a[17];
+      char b[17];
+
+      pg_client_state_format_uidl (full, uid, a);
+      pg_client_state_format_uidl (saved, uid, b);
+      g_assert_cmpstr (a, ==, b);
+    }
+  /* The next save merges against the stored record and gets the whole ledger back. */
+  merged = pg_client_state_merge (full, saved, saved);
+  g_assert_true (pg_client_state_equal (merged, full));
 }
 
 /* The digest: header case and folding do not matter; Message-ID, Date and size do; no
@@ -1999,6 +2042,7 @@ main (int argc, char **argv)
   g_test_add_func ("/popgate/state/ledger/rebase", pg_test_state_ledger_rebase);
   g_test_add_func ("/popgate/state/ledger/merge", pg_test_state_ledger_merge);
   g_test_add_func ("/popgate/state/ledger/slim", pg_test_state_ledger_slim);
+  g_test_add_func ("/popgate/state/ledger/slim-saved", pg_test_state_ledger_slim_saved);
   g_test_add_func ("/popgate/state/ledger/digest", pg_test_state_ledger_digest);
   g_test_add_func ("/popgate/state/uidset/subtract", pg_test_state_uidset_subtract);
   g_test_add ("/popgate/state/file/roundtrip", PgTestStateFixture, NULL,

@@ -192,6 +192,9 @@ void pg_client_state_ledger_prune (PgClientState *state, const guint32 *uids, gs
  * from base, they are not "pruned by us"). Entries new in `state` or carried across a
  * UIDVALIDITY change stay. Nothing when the two differ in kind or UIDVALIDITY. */
 void pg_client_state_ledger_slim (PgClientState *state, PgClientState *base);
+/* The same for a state that is its own base (just saved, before the copy that becomes the
+ * base is made): slim (state, copy of state) without the copy of a full ledger. */
+void pg_client_state_ledger_slim_saved (PgClientState *state);
 /* Print the UIDL of uid in state into out (17 bytes): the ledger's, else uid and the
  * state's UIDVALIDITY. */
 void pg_client_state_format_uidl (const PgClientState *state, guint32 uid, char out[17]);

@@ -20,10 +20,11 @@ struct _PgPop3Maildrop
   PgConfig *config;                        /* owned */
   const PgUpstreamConfig *upstream_config; /* unowned: config's; its mailbox is POP3's */
   guint64 sid;
-  PgUpstream *upstream;  /* owned */
-  GArray *messages;      /* owned, of PgPop3Message */
-  GArray *dates;         /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
-  GHashTable *big_sizes; /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
+  PgUpstream *upstream;     /* owned */
+  GArray *messages;         /* owned, of PgPop3Message; NULL once sealed */
+  PgPop3Snapshot *snapshot; /* owned: the sealed snapshot; NULL before */
+  GArray *dates;            /* owned, of gint64 INTERNALDATE per message; NULL when not fetched */
+  GHashTable *big_sizes;    /* owned, UID → guint64* for sizes of G_MAXUINT32 and more; or NULL */
   guint32 uidvalidity;
   guint32 uidnext;
   guint32 exists;    /* SELECT's EXISTS */
@@ -32,6 +33,115 @@ struct _PgPop3Maildrop
   GArray *identities; /* owned, of PgLedgerEntry (uid and id): what the snapshot and
                        * identify() found; sorted by get_identities() */
 };
+
+/* --- the sealed snapshot ------------------------------------------------------------ */
+
+struct _PgPop3Snapshot
+{
+  guint n;      /* messages */
+  guint n_runs; /* 0: uids follow the sizes as a plain array */
+  /* n sizes; then n UIDs, or n_runs pairs (first index, first UID), ascending */
+  guint32 data[];
+};
+
+PgPop3Snapshot *
+pg_pop3_snapshot_new (const PgPop3Message *messages, guint n)
+{
+  PgPop3Snapshot *snapshot;
+  guint n_runs = 0;
+  guint32 *out;
+
+  for (guint i = 0; i < n; i++)
+    if (i == 0 || messages[i].uid != messages[i - 1].uid + 1)
+      n_runs++;
+  /* A run takes two words, a plain UID one: runs only where they are fewer than n / 2. */
+  if ((gsize) n_runs * 2 >= n)
+    n_runs = 0;
+  snapshot = g_malloc (sizeof *snapshot
+                       + sizeof (guint32) * ((gsize) n + (n_runs > 0 ? (gsize) n_runs * 2 : n)));
+  snapshot->n = n;
+  snapshot->n_runs = n_runs;
+  for (guint i = 0; i < n; i++)
+    snapshot->data[i] = messages[i].size;
+  out = snapshot->data + n;
+  for (guint i = 0; i < n; i++)
+    {
+      if (n_runs == 0)
+        *out++ = messages[i].uid;
+      else if (i == 0 || messages[i].uid != messages[i - 1].uid + 1)
+        {
+          *out++ = i;
+          *out++ = messages[i].uid;
+        }
+    }
+  return snapshot;
+}
+
+void
+pg_pop3_snapshot_free (PgPop3Snapshot *snapshot)
+{
+  g_free (snapshot);
+}
+
+guint
+pg_pop3_snapshot_count (const PgPop3Snapshot *snapshot)
+{
+  return snapshot->n;
+}
+
+guint32
+pg_pop3_snapshot_uid (const PgPop3Snapshot *snapshot, guint index)
+{
+  const guint32 *runs = snapshot->data + snapshot->n;
+  guint lo = 0;
+  guint hi = snapshot->n_runs;
+
+  g_return_val_if_fail (index < snapshot->n, 0);
+  if (snapshot->n_runs == 0)
+    return runs[index];
+  /* The last run that starts at or before index (the first starts at 0). */
+  while (hi - lo > 1)
+    {
+      guint mid = lo + (hi - lo) / 2;
+
+      if (runs[2 * mid] <= index)
+        lo = mid;
+      else
+        hi = mid;
+    }
+  return runs[2 * lo + 1] + (index - runs[2 * lo]);
+}
+
+guint32
+pg_pop3_snapshot_size (const PgPop3Snapshot *snapshot, guint index)
+{
+  g_return_val_if_fail (index < snapshot->n, 0);
+  return snapshot->data[index];
+}
+
+void
+pg_pop3_snapshot_set_size (PgPop3Snapshot *snapshot, guint index, guint32 size)
+{
+  g_return_if_fail (index < snapshot->n);
+  snapshot->data[index] = size;
+}
+
+guint
+pg_pop3_snapshot_n_runs (const PgPop3Snapshot *snapshot)
+{
+  return snapshot->n_runs;
+}
+
+gsize
+pg_pop3_snapshot_bytes (const PgPop3Snapshot *snapshot)
+{
+  return sizeof *snapshot
+         + sizeof (guint32)
+               * ((gsize) snapshot->n
+                  + (snapshot->n_runs > 0 ? (gsize) snapshot->n_runs * 2 : snapshot->n));
+}
+
+/* --- the maildrop ------------------------------------------------------------------- */
 
 PgPop3Maildrop *
 pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream, guint64 session_id)
@@ -52,7 +162,8 @@ pg_pop3_maildrop_free (PgPop3Maildrop *maildrop)
   if (maildrop == NULL)
     return;
   pg_pop3_maildrop_close (maildrop);
-  g_array_unref (maildrop->messages);
+  g_clear_pointer (&maildrop->messages, g_array_unref);
+  g_clear_pointer (&maildrop->snapshot, pg_pop3_snapshot_free);
   g_array_unref (maildrop->identities);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
@@ -146,10 +257,10 @@ pg_pop3_maildrop_keep_error (PgOpenData *data, GError *error)
     g_error_free (error);
 }
 
-void
-pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg, guint64 size)
+/* The 32-bit size to store for uid; a larger one goes aside into big_sizes. */
+static guint32
+pg_pop3_maildrop_keep_size (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
 {
-  msg->size = (guint32) MIN (size, G_MAXUINT32);
   if (size >= G_MAXUINT32)
     {
       guint64 *big = g_new (guint64, 1);
@@ -157,10 +268,11 @@ pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg,
       *big = size;
       if (maildrop->big_sizes == NULL)
         maildrop->big_sizes = g_hash_table_new_full (g_direct_hash, g_direct_equal, NULL, g_free);
-      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid), big);
+      g_hash_table_replace (maildrop->big_sizes, GUINT_TO_POINTER (uid), big);
     }
   else if (maildrop->big_sizes != NULL)
-    g_hash_table_remove (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid));
+    g_hash_table_remove (maildrop->big_sizes, GUINT_TO_POINTER (uid));
+  return (guint32) MIN (size, G_MAXUINT32);
 }
 
 static void
@@ -168,8 +280,19 @@ pg_pop3_maildrop_add (PgPop3Maildrop *maildrop, guint32 uid, guint64 size)
 {
   PgPop3Message msg = { .uid = uid };
 
-  pg_pop3_maildrop_set_message_size (maildrop, &msg, size);
+  msg.size = pg_pop3_maildrop_keep_size (maildrop, uid, size);
   g_array_append_val (maildrop->messages, msg);
+}
+
+void
+pg_pop3_maildrop_seal (PgPop3Maildrop *maildrop)
+{
+  g_return_if_fail (maildrop->snapshot == NULL);
+  maildrop->snapshot = pg_pop3_snapshot_new (
+      (const PgPop3Message *) (gpointer) maildrop->messages->data, maildrop->messages->len);
+  g_clear_pointer (&maildrop->messages, g_array_unref);
+  /* Only the filter needed them. */
+  g_clear_pointer (&maildrop->dates, g_array_unref);
 }
 
 guint64
@@ -181,6 +304,62 @@ pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *ms
     return msg->size;
   big = g_hash_table_lookup (maildrop->big_sizes, GUINT_TO_POINTER (msg->uid));
   return big != NULL ? *big : msg->size;
+}
+
+guint
+pg_pop3_maildrop_count (PgPop3Maildrop *maildrop)
+{
+  return maildrop->snapshot != NULL ? pg_pop3_snapshot_count (maildrop->snapshot)
+                                    : maildrop->messages->len;
+}
+
+guint32
+pg_pop3_maildrop_uid (PgPop3Maildrop *maildrop, guint index)
+{
+  if (maildrop->snapshot != NULL)
+    return pg_pop3_snapshot_uid (maildrop->snapshot, index);
+  g_return_val_if_fail (index < maildrop->messages->len, 0);
+  return g_array_index (maildrop->messages, PgPop3Message, index).uid;
+}
+
+guint64
+pg_pop3_maildrop_size (PgPop3Maildrop *maildrop, guint index)
+{
+  guint32 size;
+  const guint64 *big;
+
+  if (maildrop->snapshot != NULL)
+    size = pg_pop3_snapshot_size (maildrop->snapshot, index);
+  else
+    {
+      g_return_val_if_fail (index < maildrop->messages->len, 0);
+      size = g_array_index (maildrop->messages, PgPop3Message, index).size;
+    }
+  if (size < G_MAXUINT32 || maildrop->big_sizes == NULL)
+    return size;
+  big = g_hash_table_lookup (maildrop->big_sizes,
+                             GUINT_TO_POINTER (pg_pop3_maildrop_uid (maildrop, index)));
+  return big != NULL ? *big : size;
+}
+
+void
+pg_pop3_maildrop_set_size (PgPop3Maildrop *maildrop, guint index, guint64 size)
+{
+  guint32 kept
+      = pg_pop3_maildrop_keep_size (maildrop, pg_pop3_maildrop_uid (maildrop, index), size);
+
+  if (maildrop->snapshot != NULL)
+    pg_pop3_snapshot_set_size (maildrop->snapshot, index, kept);
+  else
+    g_array_index (maildrop->messages, PgPop3Message, index).size = kept;
+}
+
+gsize
+pg_pop3_maildrop_snapshot_bytes (PgPop3Maildrop *maildrop)
+{
+  if (maildrop->snapshot != NULL)
+    return pg_pop3_snapshot_bytes (maildrop->snapshot);
+  return (gsize) maildrop->messages->len * sizeof (PgPop3Message);
 }
 
 /* The ledger identity of a snapshot or identify() entry (a zero id: none, e.g. no
@@ -389,6 +568,9 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
   g_task_set_task_data (task, data, (GDestroyNotify) pg_open_data_free);
   data->maildrop = maildrop;
   g_clear_object (&maildrop->upstream);
+  g_clear_pointer (&maildrop->snapshot, pg_pop3_snapshot_free);
+  if (maildrop->messages == NULL)
+    maildrop->messages = g_array_new (FALSE, FALSE, sizeof (PgPop3Message));
   g_array_set_size (maildrop->messages, 0);
   g_clear_pointer (&maildrop->dates, g_array_unref);
   g_clear_pointer (&maildrop->big_sizes, g_hash_table_unref);
@@ -396,6 +578,8 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
   /* SELECT and the snapshot FETCH go out together. The snapshot arrives in sequence
    * order, which is UID order; sorting keeps that true whatever the server does. */
   data->pending = 2;
+  /* ... in one write (pg_upstream_cork), not one each. */
+  pg_upstream_cork (upstream);
   pg_upstream_select_async (maildrop->upstream, maildrop->upstream_config->mailbox, FALSE,
                             cancellable, pg_pop3_maildrop_select_cb, task);
   /* INTERNALDATE only when recent_days needs it; the server's own message ids when the
@@ -410,6 +594,7 @@ pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream,
       : maildrop->ledger_kind == PG_LEDGER_KIND_X_GM_MSGID ? PG_UPSTREAM_IDS_X_GM_MSGID
                                                            : PG_UPSTREAM_IDS_NONE,
       pg_pop3_maildrop_snapshot_cb, maildrop, cancellable, pg_pop3_maildrop_sizes_cb, task);
+  pg_upstream_uncork (upstream);
 }
 
 PgLedgerKind

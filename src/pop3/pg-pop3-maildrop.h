@@ -20,13 +20,27 @@ typedef struct
   guint32 size; /* RFC822.SIZE, the octets BODY[] returns; G_MAXUINT32: see below */
 } PgPop3Message;
 
-typedef struct _PgPop3Maildrop PgPop3Maildrop;
+/* The snapshot as a logged-in session holds it (pg_pop3_maildrop_seal): message index (from
+ * 0) → UID and 32-bit size, in UID order, in one allocation. A mailbox's UIDs are mostly
+ * consecutive, so they are kept as runs (the first index and UID of each run of
+ * consecutive UIDs; found by binary search); when runs would take more room than the UIDs
+ * themselves, as a plain array. 4 octets per message plus 8 per run, at most 8 per
+ * message (what the array of PgPop3Message took). */
+typedef struct _PgPop3Snapshot PgPop3Snapshot;
 
-/* A message's size. IMAP4rev1's RFC822.SIZE is 32-bit; a larger one (IMAP4rev2's number64)
- * is kept aside and found here. */
-guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
-/* Correct msg's size (one of the snapshot's) to what RETR really sent. */
-void pg_pop3_maildrop_set_message_size (PgPop3Maildrop *maildrop, PgPop3Message *msg, guint64 size);
+/* From n messages in ascending UID order (no UID twice). */
+PgPop3Snapshot *pg_pop3_snapshot_new (const PgPop3Message *messages, guint n);
+void pg_pop3_snapshot_free (PgPop3Snapshot *snapshot);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgPop3Snapshot, pg_pop3_snapshot_free)
+guint pg_pop3_snapshot_count (const PgPop3Snapshot *snapshot);
+guint32 pg_pop3_snapshot_uid (const PgPop3Snapshot *snapshot, guint index);
+guint32 pg_pop3_snapshot_size (const PgPop3Snapshot *snapshot, guint index);
+void pg_pop3_snapshot_set_size (PgPop3Snapshot *snapshot, guint index, guint32 size);
+/* Its runs (0: a plain UID array), and the octets its allocation takes. */
+guint pg_pop3_snapshot_n_runs (const PgPop3Snapshot *snapshot);
+gsize pg_pop3_snapshot_bytes (const PgPop3Snapshot *snapshot);
+
+typedef struct _PgPop3Maildrop PgPop3Maildrop;
 
 /* The maildrop in `upstream`'s mailbox (NULL: config->upstream). */
 PgPop3Maildrop *pg_pop3_maildrop_new (PgConfig *config, const PgUpstreamConfig *upstream,
@@ -43,8 +57,8 @@ void pg_pop3_maildrop_open_async (PgPop3Maildrop *maildrop, PgUpstream *upstream
 gboolean pg_pop3_maildrop_open_finish (PgPop3Maildrop *maildrop, GAsyncResult *result,
                                        GError **error);
 
-/* After open: the snapshot, in UID order (owned by the maildrop), UIDVALIDITY and UIDNEXT
- * (0 if the server did not say). */
+/* After open and until seal(): the snapshot, in UID order (owned by the maildrop);
+ * UIDVALIDITY and UIDNEXT (0 if the server did not say). */
 GArray *pg_pop3_maildrop_get_messages (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidvalidity (PgPop3Maildrop *maildrop);
 guint32 pg_pop3_maildrop_get_uidnext (PgPop3Maildrop *maildrop);
@@ -70,8 +84,26 @@ gboolean pg_pop3_maildrop_identify_finish (PgPop3Maildrop *maildrop, GAsyncResul
 /* The authenticated upstream connection (the imap-metadata state store uses it). */
 PgUpstream *pg_pop3_maildrop_get_upstream (PgPop3Maildrop *maildrop);
 
+/* After the last filter: the snapshot becomes a PgPop3Snapshot (what a long idle session
+ * holds), and get_messages() returns NULL from then on. The accessors below work before
+ * and after. */
+void pg_pop3_maildrop_seal (PgPop3Maildrop *maildrop);
+/* The number of messages; UID and size (RFC822.SIZE, or what RETR really sent, see
+ * set_size) of message `index` (from 0, < count). IMAP4rev1's RFC822.SIZE is 32-bit; a
+ * larger one (IMAP4rev2's number64) is kept aside and found here. */
+guint pg_pop3_maildrop_count (PgPop3Maildrop *maildrop);
+guint32 pg_pop3_maildrop_uid (PgPop3Maildrop *maildrop, guint index);
+guint64 pg_pop3_maildrop_size (PgPop3Maildrop *maildrop, guint index);
+/* Correct message index's size to what RETR really sent. */
+void pg_pop3_maildrop_set_size (PgPop3Maildrop *maildrop, guint index, guint64 size);
+/* msg's size, with a size of G_MAXUINT32 and more found aside (msg: by value, e.g. from
+ * count/uid/size, or from get_messages() before seal()). */
+guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
+/* The octets the snapshot takes (its array, or once sealed its PgPop3Snapshot). */
+gsize pg_pop3_maildrop_snapshot_bytes (PgPop3Maildrop *maildrop);
+
 /* Drop from the snapshot every message for which keep() returns FALSE (the client's
- * hidden messages and windows), keeping UID order. */
+ * hidden messages and windows), keeping UID order. Before seal() only. */
 /* internaldate: UNIX time; PG_UPSTREAM_NO_DATE unless [pop3] recent_days is set (only then
  * is it fetched) or when the server sent none. */
 typedef gboolean (*PgPop3KeepFunc) (const PgPop3Message *msg, gint64 internaldate,

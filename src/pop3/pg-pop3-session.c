@@ -101,8 +101,9 @@ struct _PgPop3Session
   gchar *lock_key; /* owned when this session holds the maildrop lock */
 
   PgPop3Maildrop *maildrop; /* owned */
-  GArray *messages;         /* unowned: the maildrop's snapshot of PgPop3Message */
-  guint8 *flags;            /* owned: PG_POP3_MSG_* per message */
+  guint n_messages;         /* in the maildrop's snapshot (sealed at login) */
+  guint8 *flags;            /* owned: PG_POP3_MSG_* per message; NULL until the first is set
+                             * (an idle session has none), see pg_pop3_session_flag() */
   guint32 uidvalidity;
 
   /* Per-client state (DESIGN.md "Per-client state") */
@@ -148,8 +149,45 @@ static void pg_pop3_session_end (PgPop3Session *self, const char *reason);
 static guint64
 pg_pop3_session_size (PgPop3Session *self, guint index)
 {
-  return pg_pop3_maildrop_message_size (self->maildrop,
-                                        &g_array_index (self->messages, PgPop3Message, index));
+  return pg_pop3_maildrop_size (self->maildrop, index);
+}
+
+/* The per-message flags. They are allocated at the first DELE or RETR: a session that
+ * only looked (STAT, LIST, UIDL) or idles holds no octet per message. */
+static gboolean
+pg_pop3_session_flagged (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  return self->flags != NULL && (self->flags[index] & flag) != 0;
+}
+
+static void
+pg_pop3_session_flag (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  if (self->flags == NULL)
+    self->flags = g_malloc0 (self->n_messages);
+  self->flags[index] |= flag;
+}
+
+static void
+pg_pop3_session_unflag (PgPop3Session *self, guint index, guint8 flag)
+{
+  g_assert (index < self->n_messages);
+  if (self->flags != NULL)
+    self->flags[index] &= (guint8) ~flag;
+}
+
+/* Message `index` of the snapshot, by value: the sealed snapshot is packed, there is no
+ * PgPop3Message in it to point to (pg_pop3_maildrop_message_size() takes this one). */
+static PgPop3Message
+pg_pop3_session_msg (PgPop3Session *self, guint index)
+{
+  PgPop3Message msg = {
+    .uid = pg_pop3_maildrop_uid (self->maildrop, index),
+    .size = (guint32) MIN (pg_pop3_maildrop_size (self->maildrop, index), G_MAXUINT32),
+  };
+  return msg;
 }
 
 guint
@@ -224,14 +262,17 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
       pg_trace (self->id, "C: %s", shown);
       return;
     }
-  if (cmd.has_message && cmd.message >= 1 && cmd.message <= self->messages->len)
+  if (cmd.has_message && cmd.message >= 1 && cmd.message <= self->n_messages)
     {
-      const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, cmd.message - 1);
+      const PgPop3Message msg_copy = pg_pop3_session_msg (self, cmd.message - 1);
+      const PgPop3Message *msg = &msg_copy;
       char uidl[17];
 
       pg_client_state_format_uidl (self->client_state, msg->uid, uidl);
       pg_trace (self->id, "C: %s -> uid %u uidl %s%s", shown, msg->uid, uidl,
-                self->flags[cmd.message - 1] & PG_POP3_MSG_DELETED ? " (already deleted)" : "");
+                pg_pop3_session_flagged (self, cmd.message - 1, PG_POP3_MSG_DELETED)
+                    ? " (already deleted)"
+                    : "");
       return;
     }
   if (cmd.kind == PG_POP3_COMMAND_QUIT)
@@ -239,12 +280,12 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
       g_autoptr (GString) uids = g_string_new (NULL);
       guint n = 0;
 
-      for (guint i = 0; i < self->messages->len; i++)
-        if (self->flags[i] & PG_POP3_MSG_DELETED)
+      for (guint i = 0; i < self->n_messages; i++)
+        if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
           {
             if (n++ < PG_POP3_TRACE_MAX_UIDS)
               g_string_append_printf (uids, "%s%u", uids->len > 0 ? "," : "",
-                                      g_array_index (self->messages, PgPop3Message, i).uid);
+                                      pg_pop3_maildrop_uid (self->maildrop, i));
           }
       if (n > PG_POP3_TRACE_MAX_UIDS)
         g_string_append_printf (uids, ",…(+%u)", n - PG_POP3_TRACE_MAX_UIDS);
@@ -271,10 +312,10 @@ pg_pop3_session_status_cb (gpointer owner, PgStatusInfo *info)
   info->mailbox = self->maildrop != NULL ? pg_login_get_upstream (self->login)->mailbox : NULL;
   info->bytes_in = pg_conn_get_bytes_in (self->conn);
   info->bytes_out = pg_conn_get_bytes_out (self->conn);
-  for (guint i = 0; self->flags != NULL && i < self->messages->len; i++)
+  for (guint i = 0; self->flags != NULL && i < self->n_messages; i++)
     {
-      info->retrieved += (self->flags[i] & PG_POP3_MSG_RETRIEVED) != 0;
-      info->deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+      info->retrieved += pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED);
+      info->deleted += pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED);
     }
 }
 
@@ -403,8 +444,8 @@ pg_pop3_session_log_end (PgPop3Session *self)
       = client_tag != NULL ? pg_log_escape (client_tag, strlen (client_tag), 64) : g_strdup ("-");
   guint deleted = 0;
 
-  for (guint i = 0; self->flags != NULL && i < self->messages->len; i++)
-    deleted += (self->flags[i] & PG_POP3_MSG_DELETED) != 0;
+  for (guint i = 0; self->flags != NULL && i < self->n_messages; i++)
+    deleted += pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED);
   /* Dovecot's pop3 logs retr=/del= by default: what an admin asks first. */
   pg_session_message (
       self->id,
@@ -530,9 +571,10 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   g_autofree gchar *tag = pg_log_escape (client_tag, strlen (client_tag), 64);
   guint64 total = 0;
 
-  self->messages = pg_pop3_maildrop_get_messages (self->maildrop);
-  self->flags = g_malloc0 (MAX (self->messages->len, 1));
-  for (guint i = 0; i < self->messages->len; i++)
+  /* What an idle session keeps of the snapshot: the packed form (pg_pop3_maildrop_seal). */
+  pg_pop3_maildrop_seal (self->maildrop);
+  self->n_messages = pg_pop3_maildrop_count (self->maildrop);
+  for (guint i = 0; i < self->n_messages; i++)
     total += pg_pop3_session_size (self, i);
   pg_pop3_session_set_state (self, PG_POP3_STATE_TRANSACTION);
   pg_conn_set_deadline (self->conn, 0); /* logged in: the pre-auth deadline is over */
@@ -540,7 +582,7 @@ pg_pop3_session_enter_transaction (PgPop3Session *self)
   pg_session_message (
       self->id,
       "login: user=%s tag=%s client=%s messages=%u octets=%" G_GUINT64_FORMAT " hidden=%u", user,
-      tag, pg_conn_get_peer (self->conn), self->messages->len, total, self->n_hidden);
+      tag, pg_conn_get_peer (self->conn), self->n_messages, total, self->n_hidden);
   self->busy = FALSE;
   pg_login_succeeded (self->login);
   pg_pop3_reply (self, "+OK Logged in.");
@@ -681,6 +723,9 @@ pg_pop3_session_save_finish (PgPop3Session *self, GAsyncResult *result, GError *
     return FALSE;
   g_clear_pointer (&self->client_state, pg_client_state_free);
   self->client_state = merged;
+  /* Slim now, as pg_pop3_session_state_ready() would after the copy: a login's first save
+   * then copies a few entries, not the whole ledger (24 octets a message). */
+  pg_client_state_ledger_slim_saved (merged);
   g_clear_pointer (&self->saved_state, pg_client_state_free);
   self->saved_state = pg_client_state_copy (merged);
   return TRUE;
@@ -1710,22 +1755,22 @@ pg_pop3_session_authorization (PgPop3Session *self, PgPop3Command *cmd)
 
 /* --- TRANSACTION -------------------------------------------------------------------------- */
 
-/* The message for a POP3 message number, or NULL after replying -ERR. */
-static const PgPop3Message *
+/* The snapshot index of a POP3 message number, or FALSE after replying -ERR. */
+static gboolean
 pg_pop3_session_message (PgPop3Session *self, guint32 number, guint *out_index)
 {
-  if (number == 0 || number > self->messages->len)
+  if (number == 0 || number > self->n_messages)
     {
       pg_pop3_reply (self, "-ERR There is no message %u.", number);
-      return NULL;
+      return FALSE;
     }
-  if (self->flags[number - 1] & PG_POP3_MSG_DELETED)
+  if (pg_pop3_session_flagged (self, number - 1, PG_POP3_MSG_DELETED))
     {
       pg_pop3_reply (self, "-ERR Message %u is deleted.", number);
-      return NULL;
+      return FALSE;
     }
   *out_index = number - 1;
-  return &g_array_index (self->messages, PgPop3Message, number - 1);
+  return TRUE;
 }
 
 static void
@@ -1734,8 +1779,8 @@ pg_pop3_session_stat (PgPop3Session *self)
   guint count = 0;
   guint64 octets = 0;
 
-  for (guint i = 0; i < self->messages->len; i++)
-    if (!(self->flags[i] & PG_POP3_MSG_DELETED))
+  for (guint i = 0; i < self->n_messages; i++)
+    if (!pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
       {
         count++;
         octets += pg_pop3_session_size (self, i);
@@ -1752,37 +1797,37 @@ pg_pop3_session_list (PgPop3Session *self, PgPop3Command *cmd, gboolean uidl)
   if (cmd->has_message)
     {
       guint index;
-      const PgPop3Message *msg = pg_pop3_session_message (self, cmd->message, &index);
-      if (msg == NULL)
+
+      if (!pg_pop3_session_message (self, cmd->message, &index))
         return;
       if (uidl)
         {
           char text[17];
 
-          pg_client_state_format_uidl (self->client_state, msg->uid, text);
+          pg_client_state_format_uidl (self->client_state,
+                                       pg_pop3_maildrop_uid (self->maildrop, index), text);
           pg_pop3_reply (self, "+OK %u %s", cmd->message, text);
         }
       else
         pg_pop3_reply (self, "+OK %u %" G_GUINT64_FORMAT, cmd->message,
-                       pg_pop3_maildrop_message_size (self->maildrop, msg));
+                       pg_pop3_session_size (self, index));
       return;
     }
   pg_pop3_reply (self, uidl ? "+OK Unique-ID listing follows" : "+OK Scan listing follows");
-  for (guint i = 0; i < self->messages->len; i++)
+  for (guint i = 0; i < self->n_messages; i++)
     {
-      const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, i);
-      if (self->flags[i] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
         continue;
       if (uidl)
         {
           char text[17];
 
-          pg_client_state_format_uidl (self->client_state, msg->uid, text);
+          pg_client_state_format_uidl (self->client_state, pg_pop3_maildrop_uid (self->maildrop, i),
+                                       text);
           pg_pop3_reply (self, "%u %s", i + 1, text);
         }
       else
-        pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1,
-                       pg_pop3_maildrop_message_size (self->maildrop, msg));
+        pg_pop3_reply (self, "%u %" G_GUINT64_FORMAT, i + 1, pg_pop3_session_size (self, i));
     }
   pg_pop3_reply (self, ".");
 }
@@ -1848,7 +1893,8 @@ static void
 pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
                              guint64 offset, guint64 length)
 {
-  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
+  const PgPop3Message *msg = &msg_copy;
 
   PgPop3FetchCtx *ctx = g_new0 (PgPop3FetchCtx, 1);
 
@@ -1933,7 +1979,8 @@ static gboolean
 pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const guint8 *data,
                             gsize len)
 {
-  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
+  const PgPop3Message *msg = &msg_copy;
 
   if (!transfer->sent_ok)
     {
@@ -2092,14 +2139,12 @@ pg_pop3_session_fetch_cb (GObject *source, GAsyncResult *result, gpointer user_d
 static gboolean
 pg_pop3_session_uid_in_flight (PgPop3Session *self, guint index)
 {
-  guint32 uid = g_array_index (self->messages, PgPop3Message, index).uid;
+  guint32 uid = pg_pop3_maildrop_uid (self->maildrop, index);
 
-  if (self->transfer != NULL
-      && g_array_index (self->messages, PgPop3Message, self->transfer->index).uid == uid)
+  if (self->transfer != NULL && pg_pop3_maildrop_uid (self->maildrop, self->transfer->index) == uid)
     return TRUE;
   for (GList *l = self->prefetch.head; l != NULL; l = l->next)
-    if (g_array_index (self->messages, PgPop3Message, ((PgPop3Transfer *) l->data)->index).uid
-        == uid)
+    if (pg_pop3_maildrop_uid (self->maildrop, ((PgPop3Transfer *) l->data)->index) == uid)
       return TRUE;
   return FALSE;
 }
@@ -2122,7 +2167,7 @@ static void
 pg_pop3_session_push_prefetch (PgPop3Session *self, guint index)
 {
   pg_session_debug (self->id, "fetching message %u ahead (UID %u)", index + 1,
-                    g_array_index (self->messages, PgPop3Message, index).uid);
+                    pg_pop3_maildrop_uid (self->maildrop, index));
   g_queue_push_tail (&self->prefetch, pg_pop3_session_new_transfer (self, index, FALSE, 0));
 }
 
@@ -2155,8 +2200,8 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
         break;
       if (pg_pop3_command_parse (line, len, &next) != PG_POP3_PARSE_OK
           || next.kind != PG_POP3_COMMAND_RETR || next.message == 0
-          || next.message > self->messages->len
-          || (self->flags[next.message - 1] & PG_POP3_MSG_DELETED))
+          || next.message > self->n_messages
+          || pg_pop3_session_flagged (self, next.message - 1, PG_POP3_MSG_DELETED))
         return;
       if (seen < self->prefetch.length)
         {
@@ -2181,12 +2226,12 @@ pg_pop3_session_maybe_prefetch (PgPop3Session *self)
       octets += pg_pop3_session_size (self, ahead->index);
       next_index = ahead->index + 1;
     }
-  for (; next_index < self->messages->len && self->prefetch.length < PG_POP3_PREFETCH_DEPTH;
+  for (; next_index < self->n_messages && self->prefetch.length < PG_POP3_PREFETCH_DEPTH;
        next_index++)
     {
       guint64 size = pg_pop3_session_size (self, next_index);
 
-      if (self->flags[next_index] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, next_index, PG_POP3_MSG_DELETED))
         continue;
       if (octets + size > PG_POP3_READAHEAD_OCTETS
           || pg_pop3_session_uid_in_flight (self, next_index))
@@ -2222,7 +2267,8 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
 static void
 pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
 {
-  PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
+  const PgPop3Message *msg = &msg_copy;
   guint64 listed = pg_pop3_maildrop_message_size (self->maildrop, msg);
   guint64 sent = pg_dot_stuffer_get_octets_unstuffed (transfer->stuffer);
 
@@ -2238,13 +2284,14 @@ pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
                           "in this session are corrected without a log line)",
                           transfer->index + 1, msg->uid, listed, sent);
     }
-  pg_pop3_maildrop_set_message_size (self->maildrop, msg, sent);
+  pg_pop3_maildrop_set_size (self->maildrop, transfer->index, sent);
 }
 
 static void
 pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
 {
-  const PgPop3Message *msg = &g_array_index (self->messages, PgPop3Message, transfer->index);
+  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
+  const PgPop3Message *msg = &msg_copy;
   GError *error = transfer->error;
 
   g_assert (transfer == self->transfer);
@@ -2289,7 +2336,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
         self->n_top++;
       else
         {
-          self->flags[transfer->index] |= PG_POP3_MSG_RETRIEVED;
+          pg_pop3_session_flag (self, transfer->index, PG_POP3_MSG_RETRIEVED);
           pg_pop3_session_check_size (self, transfer);
           /* After the check: the octets really sent, when the server's size was wrong. */
           self->n_retr++;
@@ -2307,7 +2354,7 @@ pg_pop3_session_retr (PgPop3Session *self, PgPop3Command *cmd, gboolean top)
   guint index;
   PgPop3Transfer *transfer;
 
-  if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
+  if (!pg_pop3_session_message (self, cmd->message, &index))
     return;
   self->busy = TRUE;
   /* Its FETCH and those fetched ahead with it leave as one command (on uncork). */
@@ -2486,17 +2533,18 @@ pg_pop3_session_quit (PgPop3Session *self)
   pg_pop3_session_drop_prefetch (self); /* the update must not queue behind it */
   self->quit_deleted = g_array_new (FALSE, FALSE, sizeof (guint32));
   self->quit_seen = g_array_new (FALSE, FALSE, sizeof (guint32));
-  for (guint i = 0; i < self->messages->len; i++)
+  for (guint i = 0; i < self->n_messages; i++)
     {
-      guint32 uid = g_array_index (self->messages, PgPop3Message, i).uid;
-      if (self->flags[i] & PG_POP3_MSG_RETRIEVED)
+      guint32 uid = pg_pop3_maildrop_uid (self->maildrop, i);
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED))
         pg_uid_set_add (state->retrieved, uid);
-      if (self->flags[i] & PG_POP3_MSG_DELETED)
+      if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_DELETED))
         {
           g_array_append_val (self->quit_deleted, uid);
           pg_uid_set_add (deleted_set, uid);
         }
-      else if ((self->flags[i] & PG_POP3_MSG_RETRIEVED) && self->config->pop3.mark_seen)
+      else if (pg_pop3_session_flagged (self, i, PG_POP3_MSG_RETRIEVED)
+               && self->config->pop3.mark_seen)
         g_array_append_val (self->quit_seen, uid);
     }
   if (policy == PG_DELETE_KEEP)
@@ -2549,14 +2597,14 @@ pg_pop3_session_transaction (PgPop3Session *self, PgPop3Command *cmd)
       pg_pop3_session_retr (self, cmd, TRUE);
       return;
     case PG_POP3_COMMAND_DELE:
-      if (pg_pop3_session_message (self, cmd->message, &index) == NULL)
+      if (!pg_pop3_session_message (self, cmd->message, &index))
         return;
-      self->flags[index] |= PG_POP3_MSG_DELETED;
+      pg_pop3_session_flag (self, index, PG_POP3_MSG_DELETED);
       pg_pop3_reply (self, "+OK Message %u marked for deletion.", cmd->message);
       return;
     case PG_POP3_COMMAND_RSET:
-      for (guint i = 0; i < self->messages->len; i++)
-        self->flags[i] &= (guint8) ~PG_POP3_MSG_DELETED;
+      for (guint i = 0; i < self->n_messages; i++)
+        pg_pop3_session_unflag (self, i, PG_POP3_MSG_DELETED);
       pg_pop3_session_stat (self);
       return;
     case PG_POP3_COMMAND_NOOP:

@@ -253,6 +253,22 @@ pg_client_state_ledger_slim (PgClientState *state, PgClientState *base)
 }
 
 void
+pg_client_state_ledger_slim_saved (PgClientState *state)
+{
+  g_autoptr (GArray) kept = g_array_new (FALSE, FALSE, sizeof (PgLedgerEntry));
+
+  /* What slim() keeps of two equal ledgers: the entries whose UIDL is not the default. */
+  for (guint i = 0; i < state->ledger->len; i++)
+    {
+      const PgLedgerEntry *a = &g_array_index (state->ledger, PgLedgerEntry, i);
+
+      if (a->uidl_uid != a->uid || a->uidl_uidvalidity != state->uidvalidity)
+        g_array_append_vals (kept, a, 1);
+    }
+  pg_state_ledger_replace (state, kept);
+}
+
+void
 pg_client_state_format_uidl (const PgClientState *state, guint32 uid, char out[17])
 {
   const PgLedgerEntry *entry = pg_client_state_ledger_lookup (state, uid);

@@ -377,18 +377,24 @@ pg_state_store_read_file (const char *path, GBytes **out_bytes, gint64 *out_mtim
       g_close (fd, NULL);
       return FALSE;
     }
-  /* One byte more than allowed, so a file that grew since fstat() is caught too. */
+  /* Straight into the buffer, the whole file at once (a ledger's record is tens of KiB: it
+   * was read 4 KiB a call at every login), one byte more than fstat() said, so that a file
+   * that grew since is read on and still caught by the limit. */
   buf = g_byte_array_sized_new ((guint) st.st_size + 1);
   for (;;)
     {
-      guint8 chunk[4096];
-      ssize_t n = read (fd, chunk, sizeof chunk);
+      guint len = buf->len;
+      gsize room = len < (gsize) st.st_size + 1 ? (gsize) st.st_size + 1 - len : 4096;
+      ssize_t n;
 
-      if (n < 0 && errno == EINTR)
+      g_byte_array_set_size (buf, len + (guint) room);
+      n = read (fd, buf->data + len, room);
+      saved_errno = errno;
+      g_byte_array_set_size (buf, len + (guint) MAX (n, 0));
+      if (n < 0 && saved_errno == EINTR)
         continue;
       if (n < 0)
         {
-          saved_errno = errno;
           g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (saved_errno),
                        "state file %s: %s", path, g_strerror (saved_errno));
           g_close (fd, NULL);
@@ -396,7 +402,6 @@ pg_state_store_read_file (const char *path, GBytes **out_bytes, gint64 *out_mtim
         }
       if (n == 0)
         break;
-      g_byte_array_append (buf, chunk, (guint) n);
       if (buf->len > PG_STATE_MAX_ENCODED)
         {
           g_set_error (error, PG_ERROR, PG_ERROR_LIMIT, "state file %s: more than %u bytes", path,
