@@ -871,10 +871,17 @@ test_out_of_descriptors (void)
   g_assert_cmpint (got, >, 3);
   greeting[got] = '\0';
   g_assert_true (g_str_has_prefix (greeting, "+OK"));
-  g_assert_true (pg_test_popgate_wait_log (popgate, "again", 10000));
+  {
+    g_autofree gchar *again
+        = g_strdup_printf ("accepting on %s:%u again", popgate->host, popgate->pop3_port);
+
+    g_assert_true (pg_test_popgate_wait_log (popgate, again, 10000));
+  }
 
   /* One line for the episode, however often it tried meanwhile. */
   log = pg_test_popgate_read_log (popgate);
+  if (count_occurrences (log, "cannot accept on") != 1)
+    g_test_message ("popgate log: %s", log);
   g_assert_cmpuint (count_occurrences (log, "cannot accept on"), ==, 1);
   g_assert_null (strstr (log, "fail:"));
   g_clear_object (&waiting);

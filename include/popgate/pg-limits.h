@@ -110,6 +110,8 @@
 #define PG_LISTEN_BACKLOG 511
 #define PG_ACCEPT_BATCH 16
 #define PG_ACCEPT_PAUSE_MS 100
+/* At most one "cannot accept" warning per listener in this many seconds. */
+#define PG_ACCEPT_LOG_INTERVAL_S 60
 
 /* --- sessions and abuse (defaults of [limits] keys) --- */
 #define PG_DEFAULT_MAX_SESSIONS 4096

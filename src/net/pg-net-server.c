@@ -26,14 +26,15 @@ typedef struct
   gchar *key; /* owned: "pop3|tls|127.0.0.1:1995" */
   PgFrontend frontend;
   gboolean tls;
-  GPtrArray *sockets;  /* owned GSocket*: listening; two for "*:PORT" without dual stack */
-  GPtrArray *sources;  /* owned GSource*: one read source per socket while accepting */
-  GSource *resume;     /* owned: the timer that ends an out-of-descriptors pause */
-  gchar *bound;        /* owned: the address actually bound, "host:port" */
-  PgServer *server;    /* unowned */
-  gboolean adopted;    /* in the server's table (not just opened by a reload) */
-  gboolean inherited;  /* socket activation: not from the config, kept by reloads */
-  gboolean out_of_fds; /* the last accept found no descriptor (logged once) */
+  GPtrArray *sockets;          /* owned GSocket*: listening; two for "*:PORT" without dual stack */
+  GPtrArray *sources;          /* owned GSource*: one read source per socket while accepting */
+  GSource *resume;             /* owned: the timer that ends an out-of-descriptors pause */
+  gchar *bound;                /* owned: the address actually bound, "host:port" */
+  PgServer *server;            /* unowned */
+  gboolean adopted;            /* in the server's table (not just opened by a reload) */
+  gboolean inherited;          /* socket activation: not from the config, kept by reloads */
+  gboolean out_of_fds;         /* out of descriptors logged, and no accept since */
+  gint64 out_of_fds_logged_us; /* monotonic time of that log line; 0: never */
 } PgListener;
 
 struct _PgServer
@@ -669,16 +670,24 @@ pg_listener_resume_cb (gpointer user_data)
 
 /* Out of descriptors (EMFILE/ENFILE): the pending connection stays in the kernel's
  * queue, and the socket stays readable, so accepting on would spin. Stop for a while, as
- * nginx does; one log line per episode, not one per try. */
+ * nginx does. Linux reports EMFILE before it looks at the queue, so the accept after the
+ * one that took the last descriptor fails too: one warning per
+ * PG_ACCEPT_LOG_INTERVAL_S, not one per episode. */
 static void
 pg_listener_pause (PgListener *listener, const GError *error)
 {
-  if (!listener->out_of_fds)
-    pg_log_session (G_LOG_LEVEL_WARNING, 0, G_LOG_DOMAIN,
-                    "cannot accept on %s: %s; accepting again every %u ms until a descriptor "
-                    "is free",
-                    listener->bound, error->message, PG_ACCEPT_PAUSE_MS);
-  listener->out_of_fds = TRUE;
+  gint64 now = g_get_monotonic_time ();
+
+  if (listener->out_of_fds_logged_us == 0
+      || now - listener->out_of_fds_logged_us >= PG_ACCEPT_LOG_INTERVAL_S * G_USEC_PER_SEC)
+    {
+      pg_log_session (G_LOG_LEVEL_WARNING, 0, G_LOG_DOMAIN,
+                      "cannot accept on %s: %s; accepting again every %u ms until a descriptor "
+                      "is free",
+                      listener->bound, error->message, PG_ACCEPT_PAUSE_MS);
+      listener->out_of_fds_logged_us = now;
+      listener->out_of_fds = TRUE;
+    }
   pg_metrics_error (PG_METRICS_ERROR_LIMIT);
   pg_listener_stop (listener);
   listener->resume = g_timeout_source_new (PG_ACCEPT_PAUSE_MS);
