@@ -1,10 +1,13 @@
 /* PgStateStore: load and save PgClientState by key; the file backend lives here, the
  * imap-metadata backend in pg-state-metadata.c.
  *
- * The file backend reads and writes synchronously on the main loop. That is acceptable:
- * a record is a few KB (ranges keep it so; PG_STATE_MAX_ENCODED bounds it), read once at
- * login and written once at QUIT. The API is async-shaped all the same so the
- * imap-metadata backend, which needs network round trips, fits the same calls.
+ * The file backend reads synchronously on the main loop (one read of a record of a few KB,
+ * PG_STATE_MAX_ENCODED at most, once at login). Its writes — write, fsync, rename, fsync of
+ * the directory — run in GIO's worker pool (g_task_run_in_thread): the one exception to
+ * "one thread", so that a slow disk's fsync does not stall every session. A worker touches
+ * only its task's own data (each thread function says why two never race). The API is
+ * async-shaped so the imap-metadata backend, which needs network round trips, fits the
+ * same calls.
  *
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "pg-state-private.h"
