@@ -755,17 +755,15 @@ pg_listener_socket_new (GSocketAddress *address, gboolean dual_stack, GError **e
 }
 
 /* "*:PORT": every IPv4 and IPv6 address. One dual-stack IPv6 socket where the system has
- * IPv6, else (or if it will not take IPv4) an IPv4 socket too — what GIO's
- * g_socket_listener_add_inet_port does. */
+ * IPv6; else, or where it will not take IPv4 too, an IPv4 socket as well. */
 static gboolean
 pg_listener_bind_any (GPtrArray *sockets, guint16 port, GError **error)
 {
   g_autoptr (GInetAddress) any6 = g_inet_address_new_any (G_SOCKET_FAMILY_IPV6);
   g_autoptr (GInetAddress) any4 = g_inet_address_new_any (G_SOCKET_FAMILY_IPV4);
   g_autoptr (GSocketAddress) address6 = g_inet_socket_address_new (any6, port);
-  g_autoptr (GSocketAddress) address4 = NULL;
-  g_autoptr (GError) error6 = NULL;
-  GSocket *socket6 = pg_listener_socket_new (address6, TRUE, &error6);
+  g_autoptr (GSocketAddress) address4 = g_inet_socket_address_new (any4, port);
+  GSocket *socket6 = pg_listener_socket_new (address6, TRUE, NULL);
   GSocket *socket4;
 
   if (socket6 != NULL)
@@ -773,23 +771,10 @@ pg_listener_bind_any (GPtrArray *sockets, guint16 port, GError **error)
       g_ptr_array_add (sockets, socket6);
       if (g_socket_speaks_ipv4 (socket6))
         return TRUE;
-      if (port == 0)
-        {
-          g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket6, error);
-
-          if (bound == NULL)
-            return FALSE;
-          port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
-        }
     }
-  address4 = g_inet_socket_address_new (any4, port);
-  socket4 = pg_listener_socket_new (address4, FALSE, socket6 == NULL ? error : NULL);
+  socket4 = pg_listener_socket_new (address4, FALSE, error);
   if (socket4 == NULL)
-    {
-      if (socket6 != NULL)
-        return TRUE; /* an IPv6-only system */
-      return FALSE;
-    }
+    return FALSE;
   g_ptr_array_add (sockets, socket4);
   return TRUE;
 }
