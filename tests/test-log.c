@@ -93,11 +93,29 @@ test_redact_preauth_imap (void)
   check ("a1", TRUE, "a1");
 }
 
+/* The hot paths' decimal formatter prints what printf prints, at both ends of the range. */
+static void
+test_format_decimal (void)
+{
+  static const guint64 values[] = { 0, 7, 10, 99, 1000, 4294967295u, G_MAXUINT64 };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (values); i++)
+    {
+      char out[PG_DECIMAL_MAX_LEN + 1];
+      g_autofree gchar *expected = g_strdup_printf ("%" G_GUINT64_FORMAT, values[i]);
+      gsize len = pg_format_decimal (out, values[i]);
+
+      out[len] = '\0';
+      g_assert_cmpstr (out, ==, expected);
+    }
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/popgate/log/escape", test_log_escape);
+  g_test_add_func ("/popgate/log/format-decimal", test_format_decimal);
   g_test_add_func ("/popgate/log/redact-preauth-pop3", test_redact_preauth_pop3);
   g_test_add_func ("/popgate/log/redact-preauth-imap", test_redact_preauth_imap);
   return g_test_run ();

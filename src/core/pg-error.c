@@ -39,3 +39,17 @@ pg_address_to_string (gpointer gsocketaddress)
     return g_strdup ("unix");
   return g_strdup ("unknown");
 }
+
+gsize
+pg_format_decimal (char *out, guint64 value)
+{
+  char digits[PG_DECIMAL_MAX_LEN];
+  gsize n = 0;
+
+  do
+    digits[n++] = (char) ('0' + value % 10);
+  while ((value /= 10) != 0);
+  for (gsize i = 0; i < n; i++)
+    out[i] = digits[n - 1 - i];
+  return n;
+}

@@ -1944,15 +1944,10 @@ pg_pop3_session_drained_cb (GObject *source, GAsyncResult *result, gpointer user
 static void
 pg_pop3_session_reply_octets (PgPop3Session *self, guint64 octets)
 {
-  char digits[20];
-  guint n = 0;
+  char digits[PG_DECIMAL_MAX_LEN];
 
-  do
-    digits[n++] = (char) ('0' + octets % 10);
-  while ((octets /= 10) != 0);
   g_string_append (self->reply, "+OK ");
-  while (n > 0)
-    g_string_append_c (self->reply, digits[--n]);
+  g_string_append_len (self->reply, digits, (gssize) pg_format_decimal (digits, octets));
   g_string_append (self->reply, " octets\r\n");
 }
 

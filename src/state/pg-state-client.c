@@ -281,20 +281,12 @@ pg_state_append_set (GString *out, const char *word, const PgUidSet *set)
   g_string_append_c (out, '\n');
 }
 
-/* n in decimal, as "%u" would print it. */
 static void
 pg_state_append_uint (GString *out, guint32 n)
 {
-  char digits[10];
-  gsize len = 0;
+  char digits[PG_DECIMAL_MAX_LEN];
 
-  do
-    {
-      digits[sizeof digits - 1 - len++] = (char) ('0' + n % 10);
-      n /= 10;
-    }
-  while (n != 0);
-  g_string_append_len (out, digits + sizeof digits - len, (gssize) len);
+  g_string_append_len (out, digits, (gssize) pg_format_decimal (digits, n));
 }
 
 /* "l UID ID[ UIDL-UID:UIDL-UIDVALIDITY]": one line per message, so a large mailbox's

@@ -349,15 +349,8 @@ pg_upstream_max_nonsync (PgUpstream *self)
 static char *
 pg_upstream_format_u32 (char *buf, char prefix, guint32 value)
 {
-  char digits[10];
-  guint n = 0;
-
   *buf++ = prefix;
-  do
-    digits[n++] = (char) ('0' + value % 10);
-  while ((value /= 10) != 0);
-  while (n > 0)
-    *buf++ = digits[--n];
+  buf += pg_format_decimal (buf, value);
   *buf = '\0';
   return buf;
 }
