@@ -1361,22 +1361,30 @@ pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError **error)
 
 /* --- TLS upgrade ------------------------------------------------------------------------ */
 
+/* Either handshake (server for STARTTLS and implicit TLS, client for the upstream) is
+ * done: the TLS stream replaces the plain one. The read source was dropped before it
+ * began. */
 static void
 pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autoptr (GTask) task = user_data;
   PgConn *conn = g_task_get_source_object (task);
   GError *error = NULL;
-  GIOStream *tls = pg_tls_handshake_finish (result, &error);
+  g_autoptr (GIOStream) tls = pg_tls_handshake_finish (result, &error);
 
   if (tls == NULL)
     {
       g_task_return_error (task, error);
       return;
     }
-  pg_conn_drop_read_source (conn); /* it watched the plaintext stream */
+  if (conn->closed)
+    {
+      /* Closed while the handshake ran (the socket under it is closed already). */
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
+      return;
+    }
   g_clear_object (&conn->stream);
-  conn->stream = tls;
+  conn->stream = g_steal_pointer (&tls);
   conn->tls = TRUE;
   g_task_return_boolean (task, TRUE);
 }
@@ -1407,31 +1415,6 @@ pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error)
   return g_task_propagate_boolean (G_TASK (result), error);
 }
 
-static void
-pg_conn_client_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GTask) task = user_data;
-  PgConn *conn = g_task_get_source_object (task);
-  GError *error = NULL;
-  g_autoptr (GIOStream) tls = pg_tls_handshake_finish (result, &error);
-
-  if (tls == NULL)
-    {
-      g_task_return_error (task, error);
-      return;
-    }
-  if (conn->closed)
-    {
-      /* Closed while the handshake ran (the socket under it is closed already). */
-      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
-      return;
-    }
-  g_clear_object (&conn->stream);
-  conn->stream = g_steal_pointer (&tls);
-  conn->tls = TRUE;
-  g_task_return_boolean (task, TRUE);
-}
-
 void
 pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port, const char *ca_file,
                                 GCancellable *cancellable, GAsyncReadyCallback callback,
@@ -1450,7 +1433,7 @@ pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port, co
   pg_conn_drop_read_source (conn);
   pg_tls_client_handshake_async (conn->stream, host, port, ca_file,
                                  cancellable != NULL ? cancellable : conn->cancellable,
-                                 pg_conn_client_handshake_cb, g_steal_pointer (&task));
+                                 pg_conn_handshake_cb, g_steal_pointer (&task));
 }
 
 gboolean
