@@ -510,8 +510,8 @@ pg_conn_set_accepted_internal (PgConn *conn, gint64 accepted_us)
 static int
 pg_conn_plain_fd (PgConn *conn)
 {
-  if (conn->socket == NULL || conn->stream != (GIOStream *) conn->socket)
-    return -1;
+  if (conn->closed || conn->socket == NULL || conn->stream != (GIOStream *) conn->socket)
+    return -1; /* closed: the number may belong to another connection by now */
   if (conn->plain_fd_plus1 == 0)
     conn->plain_fd_plus1 = g_socket_get_fd (g_socket_connection_get_socket (conn->socket)) + 1;
   return conn->plain_fd_plus1 - 1;
@@ -1245,12 +1245,19 @@ pg_conn_cork_flush (PgConn *conn)
   g_byte_array_set_size (conn->cork_buf, 0);
 }
 
+/* The cork buffer, taken from the spare one the last uncork left, or new. */
 static void
-pg_conn_cork_append (PgConn *conn, const void *data, gsize len)
+pg_conn_cork_take_buf (PgConn *conn)
 {
   if (conn->cork_buf == NULL)
     conn->cork_buf = pg_conn_spare_cork != NULL ? g_steal_pointer (&pg_conn_spare_cork)
                                                 : g_byte_array_sized_new (PG_CLIENT_CORK_MAX);
+}
+
+static void
+pg_conn_cork_append (PgConn *conn, const void *data, gsize len)
+{
+  pg_conn_cork_take_buf (conn);
   if (conn->cork_buf->len + len > PG_CLIENT_CORK_MAX)
     pg_conn_cork_flush (conn);
   if (len >= PG_CLIENT_CORK_MAX)
@@ -1285,10 +1292,8 @@ pg_conn_cork_buffer (PgConn *conn, gsize room)
   g_return_val_if_fail (conn->corked > 0, NULL);
   if (conn->closed || conn->closing)
     return NULL;
-  if (conn->cork_buf == NULL)
-    conn->cork_buf = pg_conn_spare_cork != NULL ? g_steal_pointer (&pg_conn_spare_cork)
-                                                : g_byte_array_sized_new (PG_CLIENT_CORK_MAX);
-  else if (conn->cork_buf->len + room > PG_CLIENT_CORK_MAX)
+  pg_conn_cork_take_buf (conn);
+  if (conn->cork_buf->len + room > PG_CLIENT_CORK_MAX)
     pg_conn_cork_flush (conn);
   return conn->cork_buf;
 }
@@ -1361,6 +1366,15 @@ pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError **error)
 
 /* --- TLS upgrade ------------------------------------------------------------------------ */
 
+/* A handshake may begin: nothing read, waited for, written or compressed is in flight on
+ * the plain stream, which the handshake takes over. */
+static gboolean
+pg_conn_tls_startable (PgConn *conn)
+{
+  return !conn->closed && !conn->tls && conn->deflate == NULL && !pg_conn_is_reading (conn)
+         && !conn->write_pending && pg_conn_get_queued (conn) == 0;
+}
+
 /* Either handshake (server for STARTTLS and implicit TLS, client for the upstream) is
  * done: the TLS stream replaces the plain one. The read source was dropped before it
  * began. */
@@ -1396,7 +1410,7 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
   g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
 
   g_task_set_source_tag (task, pg_conn_start_tls_async);
-  if (!pg_conn_can_start_tls (conn) || conn->read_pending || pg_conn_get_queued (conn) > 0)
+  if (!pg_conn_can_start_tls (conn) || !pg_conn_tls_startable (conn))
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
@@ -1423,8 +1437,7 @@ pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port, co
   g_autoptr (GTask) task = g_task_new (conn, cancellable, callback, user_data);
 
   g_task_set_source_tag (task, pg_conn_start_client_tls_async);
-  if (conn->closed || conn->tls || conn->deflate != NULL || pg_conn_is_reading (conn)
-      || conn->write_pending || pg_conn_get_queued (conn) > 0)
+  if (!pg_conn_tls_startable (conn))
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
