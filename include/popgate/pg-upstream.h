@@ -121,16 +121,9 @@ void pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, g
                                     gpointer user_data);
 gboolean pg_upstream_fetch_sizes_finish (PgUpstream *self, GAsyncResult *result, GError **error);
 
-/* The same snapshot with INTERNALDATE: `UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE)`.
- * func gets the INTERNALDATE as UNIX time, or PG_UPSTREAM_NO_DATE when the server sent
- * none or one that does not parse. Only for callers that need the date (it costs the
- * server a little more per message). Complete with pg_upstream_fetch_sizes_finish(). */
+/* INTERNALDATE as UNIX time in a dated snapshot entry (pg_upstream_fetch_snapshot_async),
+ * or PG_UPSTREAM_NO_DATE when the server sent none or one that does not parse. */
 #define PG_UPSTREAM_NO_DATE G_MININT64
-typedef void (*PgUpstreamDatedSizeFunc) (guint32 seq, guint32 uid, guint64 size,
-                                         gint64 internaldate, gpointer user_data);
-void pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc func,
-                                          gpointer func_data, GCancellable *cancellable,
-                                          GAsyncReadyCallback callback, gpointer user_data);
 
 /* The snapshot for the UIDL ledger (src/state): `UID FETCH uid_set (UID RFC822.SIZE
  * [INTERNALDATE] [ID])` where ID is RFC 8474's EMAILID, Gmail's X-GM-MSGID or

@@ -44,6 +44,14 @@ struct _PgPop3Snapshot
   guint32 data[];
 };
 
+/* n sizes, then n UIDs or n_runs (first index, first UID) pairs. */
+static gsize
+pg_pop3_snapshot_alloc_size (guint n, guint n_runs)
+{
+  return sizeof (PgPop3Snapshot)
+         + sizeof (guint32) * ((gsize) n + (n_runs > 0 ? (gsize) n_runs * 2 : n));
+}
+
 PgPop3Snapshot *
 pg_pop3_snapshot_new (const PgPop3Message *messages, guint n)
 {
@@ -57,8 +65,7 @@ pg_pop3_snapshot_new (const PgPop3Message *messages, guint n)
   /* A run takes two words, a plain UID one: runs only where they are fewer than n / 2. */
   if ((gsize) n_runs * 2 >= n)
     n_runs = 0;
-  snapshot = g_malloc (sizeof *snapshot
-                       + sizeof (guint32) * ((gsize) n + (n_runs > 0 ? (gsize) n_runs * 2 : n)));
+  snapshot = g_malloc (pg_pop3_snapshot_alloc_size (n, n_runs));
   snapshot->n = n;
   snapshot->n_runs = n_runs;
   for (guint i = 0; i < n; i++)
@@ -135,10 +142,7 @@ pg_pop3_snapshot_n_runs (const PgPop3Snapshot *snapshot)
 gsize
 pg_pop3_snapshot_bytes (const PgPop3Snapshot *snapshot)
 {
-  return sizeof *snapshot
-         + sizeof (guint32)
-               * ((gsize) snapshot->n
-                  + (snapshot->n_runs > 0 ? (gsize) snapshot->n_runs * 2 : snapshot->n));
+  return pg_pop3_snapshot_alloc_size (snapshot->n, snapshot->n_runs);
 }
 
 /* --- the maildrop ------------------------------------------------------------------- */
@@ -325,21 +329,18 @@ pg_pop3_maildrop_uid (PgPop3Maildrop *maildrop, guint index)
 guint64
 pg_pop3_maildrop_size (PgPop3Maildrop *maildrop, guint index)
 {
-  guint32 size;
-  const guint64 *big;
+  PgPop3Message msg = { 0 };
 
   if (maildrop->snapshot != NULL)
-    size = pg_pop3_snapshot_size (maildrop->snapshot, index);
+    msg.size = pg_pop3_snapshot_size (maildrop->snapshot, index);
   else
     {
       g_return_val_if_fail (index < maildrop->messages->len, 0);
-      size = g_array_index (maildrop->messages, PgPop3Message, index).size;
+      msg.size = g_array_index (maildrop->messages, PgPop3Message, index).size;
     }
-  if (size < G_MAXUINT32 || maildrop->big_sizes == NULL)
-    return size;
-  big = g_hash_table_lookup (maildrop->big_sizes,
-                             GUINT_TO_POINTER (pg_pop3_maildrop_uid (maildrop, index)));
-  return big != NULL ? *big : size;
+  if (msg.size == G_MAXUINT32)
+    msg.uid = pg_pop3_maildrop_uid (maildrop, index); /* the big sizes go by UID */
+  return pg_pop3_maildrop_message_size (maildrop, &msg);
 }
 
 void
@@ -352,14 +353,6 @@ pg_pop3_maildrop_set_size (PgPop3Maildrop *maildrop, guint index, guint64 size)
     pg_pop3_snapshot_set_size (maildrop->snapshot, index, kept);
   else
     g_array_index (maildrop->messages, PgPop3Message, index).size = kept;
-}
-
-gsize
-pg_pop3_maildrop_snapshot_bytes (PgPop3Maildrop *maildrop)
-{
-  if (maildrop->snapshot != NULL)
-    return pg_pop3_snapshot_bytes (maildrop->snapshot);
-  return (gsize) maildrop->messages->len * sizeof (PgPop3Message);
 }
 
 /* The ledger identity of a snapshot or identify() entry (a zero id: none, e.g. no

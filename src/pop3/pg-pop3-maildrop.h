@@ -99,8 +99,6 @@ void pg_pop3_maildrop_set_size (PgPop3Maildrop *maildrop, guint index, guint64 s
 /* msg's size, with a size of G_MAXUINT32 and more found aside (msg: by value, e.g. from
  * count/uid/size, or from get_messages() before seal()). */
 guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
-/* The octets the snapshot takes (its array, or once sealed its PgPop3Snapshot). */
-gsize pg_pop3_maildrop_snapshot_bytes (PgPop3Maildrop *maildrop);
 
 /* Drop from the snapshot every message for which keep() returns FALSE (the client's
  * hidden messages and windows), keeping UID order. Before seal() only. */

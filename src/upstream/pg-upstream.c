@@ -86,10 +86,9 @@ struct _PgUpstreamCmd
   guint challenge_part;
 
   /* FETCH_SIZES */
-  guint n_entries;              /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
-  PgUpstreamSizeFunc size_func; /* NULL when dated_func is set */
-  PgUpstreamDatedSizeFunc dated_func;
-  PgUpstreamSnapshotFunc snapshot_func; /* the ledger's snapshot: size and dated unset */
+  guint n_entries;                      /* snapshot entries so far (PG_MAX_SNAPSHOT_MESSAGES) */
+  PgUpstreamSizeFunc size_func;         /* NULL when snapshot_func is set */
+  PgUpstreamSnapshotFunc snapshot_func; /* the snapshot entries; size_func unset */
   gpointer size_data;
   GByteArray *id_header; /* owned: BODY[HEADER.FIELDS ...] of the entry being parsed */
   /* FETCH_BODY */
@@ -1114,12 +1113,6 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
       if (cmd->snapshot_func != NULL)
         {
           pg_upstream_snapshot_entry (self, cmd, response, uid, size);
-          return;
-        }
-      if (cmd->dated_func != NULL)
-        {
-          cmd->dated_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid),
-                           size, pg_upstream_fetch_date (response), cmd->size_data);
           return;
         }
       cmd->size_func (pg_upstream_clamp_u32 (response->number), pg_upstream_clamp_u32 (uid), size,
@@ -2572,27 +2565,6 @@ pg_upstream_fetch_sizes_async (PgUpstream *self, PgUpstreamSizeFunc func, gpoint
   cmd->size_func = func;
   cmd->size_data = func_data;
   pg_upstream_submit_fetch_sizes (self, cmd, " 1:* (UID RFC822.SIZE)");
-}
-
-void
-pg_upstream_fetch_sizes_dated_async (PgUpstream *self, PgUpstreamDatedSizeFunc func,
-                                     gpointer func_data, GCancellable *cancellable,
-                                     GAsyncReadyCallback callback, gpointer user_data)
-{
-  g_autoptr (GTask) task = NULL;
-  PgUpstreamCmd *cmd;
-
-  g_return_if_fail (PG_IS_UPSTREAM (self));
-  g_return_if_fail (func != NULL);
-  /* The source tag is fetch_sizes': one _finish serves both. */
-  task = pg_upstream_task_new (self, pg_upstream_fetch_sizes_async, cancellable, callback,
-                               user_data);
-  if (!pg_upstream_check_state (self, task, TRUE))
-    return;
-  cmd = pg_upstream_cmd_new (self, PG_UPSTREAM_CMD_FETCH_SIZES, "UID FETCH", task, NULL);
-  cmd->dated_func = func;
-  cmd->size_data = func_data;
-  pg_upstream_submit_fetch_sizes (self, cmd, " 1:* (UID RFC822.SIZE INTERNALDATE)");
 }
 
 void
