@@ -722,9 +722,16 @@ pg_upstream_batch_fetches (PgUpstream *self, PgUpstreamCmd *leader)
   while (n < PG_UPSTREAM_FETCH_BATCH && (next = g_queue_peek_head (&self->unsent)) != NULL
          && next->kind == PG_UPSTREAM_CMD_FETCH_BODY && next->whole_body && next->uid > last)
     {
+      char digits[PG_DECIMAL_MAX_LEN];
+
       if (line == NULL)
-        line = g_string_new (NULL);
-      g_string_append_printf (line, ",%u", next->uid);
+        {
+          line = g_string_new (leader->tag);
+          g_string_append (line, " UID FETCH ");
+          g_string_append_len (line, digits, (gssize) pg_format_decimal (digits, leader->uid));
+        }
+      g_string_append_c (line, ',');
+      g_string_append_len (line, digits, (gssize) pg_format_decimal (digits, next->uid));
       g_queue_pop_head (&self->unsent);
       g_free (next->tag);
       next->tag = g_strdup (leader->tag);
@@ -736,13 +743,9 @@ pg_upstream_batch_fetches (PgUpstream *self, PgUpstreamCmd *leader)
     }
   if (line == NULL)
     return;
+  g_string_append (line, " (UID BODY.PEEK[])\r\n");
   part = g_new0 (PgImapWriterPart, 1);
-  {
-    g_autofree gchar *text = g_strdup_printf ("%s UID FETCH %u%s (UID BODY.PEEK[])\r\n",
-                                              leader->tag, leader->uid, line->str);
-    gsize len = strlen (text);
-    part->bytes = g_bytes_new_take (g_steal_pointer (&text), len);
-  }
+  part->bytes = g_string_free_to_bytes (g_steal_pointer (&line));
   g_ptr_array_set_size (leader->parts, 0);
   g_ptr_array_add (leader->parts, part);
 }
