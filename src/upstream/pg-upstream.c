@@ -319,17 +319,29 @@ pg_upstream_cmd_return_boolean (PgUpstreamCmd *cmd, gboolean value)
     g_task_return_boolean (task, value);
 }
 
-/* The usual done func: OK → TRUE, NO/BAD → PG_ERROR_UPSTREAM, failure → the error. */
-static void
-pg_upstream_done_simple_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
-                            const GError *error)
+/* The opening of a done func: cmd's task when the command succeeded; else NULL, with the
+ * failure (the error, or the NO/BAD as PG_ERROR_UPSTREAM) returned on the task. */
+static GTask *
+pg_upstream_cmd_take_ok (PgUpstreamCmd *cmd, const PgImapResponse *tagged, const GError *error)
 {
   if (error != NULL)
     pg_upstream_cmd_return_error (cmd, g_error_copy (error));
   else if (tagged->status != PG_IMAP_STATUS_OK)
     pg_upstream_cmd_return_error (cmd, pg_upstream_refused_error (cmd->name, tagged));
   else
-    pg_upstream_cmd_return_boolean (cmd, TRUE);
+    return g_steal_pointer (&cmd->task);
+  return NULL;
+}
+
+/* The usual done func: OK → TRUE, NO/BAD → PG_ERROR_UPSTREAM, failure → the error. */
+static void
+pg_upstream_done_simple_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
+                            const GError *error)
+{
+  g_autoptr (GTask) task = pg_upstream_cmd_take_ok (cmd, tagged, error);
+
+  if (task != NULL)
+    g_task_return_boolean (task, TRUE);
 }
 
 static gsize
@@ -2409,21 +2421,13 @@ static void
 pg_upstream_select_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                             const GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  g_autoptr (GTask) task = NULL;
 
+  if (error == NULL && tagged->status != PG_IMAP_STATUS_OK)
+    pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED); /* nothing selected */
+  task = pg_upstream_cmd_take_ok (cmd, tagged, error);
   if (task == NULL)
     return;
-  if (error != NULL)
-    {
-      g_task_return_error (task, g_error_copy (error));
-      return;
-    }
-  if (tagged->status != PG_IMAP_STATUS_OK)
-    {
-      pg_upstream_set_state (self, PG_UPSTREAM_STATE_AUTHENTICATED);
-      g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
-      return;
-    }
   if (self->mailbox.uidvalidity == 0)
     {
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_PROTOCOL, "upstream %s gave no UIDVALIDITY",
@@ -2789,21 +2793,11 @@ static void
 pg_upstream_batch_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                            const GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  g_autoptr (GTask) task = pg_upstream_cmd_take_ok (cmd, tagged, error);
   PgUpstreamBatch *batch;
 
   if (task == NULL)
     return;
-  if (error != NULL)
-    {
-      g_task_return_error (task, g_error_copy (error));
-      return;
-    }
-  if (tagged->status != PG_IMAP_STATUS_OK)
-    {
-      g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
-      return;
-    }
   if (g_task_return_error_if_cancelled (task))
     return;
   batch = g_task_get_task_data (task);
@@ -3035,23 +3029,16 @@ static void
 pg_upstream_getmetadata_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                                  const GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  g_autoptr (GTask) task = pg_upstream_cmd_take_ok (cmd, tagged, error);
 
   if (task == NULL)
     return;
-  if (error != NULL)
-    g_task_return_error (task, g_error_copy (error));
-  else if (tagged->status != PG_IMAP_STATUS_OK)
-    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
-  else
-    {
-      /* "Not set" is an empty GBytes plus a flag in the task data (set before returning:
-       * the callback may run at once). */
-      g_task_set_task_data (task, GINT_TO_POINTER (cmd->value == NULL), NULL);
-      g_task_return_pointer (task,
-                             cmd->value != NULL ? g_bytes_ref (cmd->value) : g_bytes_new (NULL, 0),
-                             (GDestroyNotify) g_bytes_unref);
-    }
+  /* "Not set" is an empty GBytes plus a flag in the task data (set before returning: the
+   * callback may run at once). */
+  g_task_set_task_data (task, GINT_TO_POINTER (cmd->value == NULL), NULL);
+  g_task_return_pointer (task,
+                         cmd->value != NULL ? g_bytes_ref (cmd->value) : g_bytes_new (NULL, 0),
+                         (GDestroyNotify) g_bytes_unref);
 }
 
 /* GETMETADATA [(DEPTH 1)] mailbox entry: one command for both forms. */
@@ -3096,15 +3083,11 @@ static void
 pg_upstream_getmetadata_tree_done_cb (PgUpstream *self, PgUpstreamCmd *cmd,
                                       const PgImapResponse *tagged, const GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  g_autoptr (GTask) task = pg_upstream_cmd_take_ok (cmd, tagged, error);
 
   if (task == NULL)
     return;
-  if (error != NULL)
-    g_task_return_error (task, g_error_copy (error));
-  else if (tagged->status != PG_IMAP_STATUS_OK)
-    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
-  else if (cmd->tree_overflow)
+  if (cmd->tree_overflow)
     g_task_return_new_error (task, PG_ERROR, PG_ERROR_LIMIT,
                              "GETMETADATA: more than %u entries under %s", PG_STATE_MAX_ENTRIES,
                              cmd->entry);
@@ -3226,15 +3209,9 @@ static void
 pg_upstream_list_done_cb (PgUpstream *self, PgUpstreamCmd *cmd, const PgImapResponse *tagged,
                           const GError *error)
 {
-  g_autoptr (GTask) task = g_steal_pointer (&cmd->task);
+  g_autoptr (GTask) task = pg_upstream_cmd_take_ok (cmd, tagged, error);
 
-  if (task == NULL)
-    return;
-  if (error != NULL)
-    g_task_return_error (task, g_error_copy (error));
-  else if (tagged->status != PG_IMAP_STATUS_OK)
-    g_task_return_error (task, pg_upstream_refused_error (cmd->name, tagged));
-  else
+  if (task != NULL)
     g_task_return_int (task, cmd->listed);
 }
 
