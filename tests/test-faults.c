@@ -58,10 +58,7 @@ configure_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   g_assert_no_error (error);
   if (dovecot == NULL)
     {
-      g_autofree gchar *port = g_strdup_printf ("%u", peer_port);
-      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-      pg_test_popgate_set (popgate, "upstream", "port", port);
-      pg_test_popgate_set (popgate, "upstream", "tls", "none");
+      pg_test_popgate_set_plain_upstream (popgate, peer_port);
       /* The scripts hold the snapshot FETCH only; the ledger's digest FETCH that would
        * follow it is tested against Dovecot (test-pop3-state) and the peer (test-upstream). */
       pg_test_popgate_set (popgate, "pop3", "uidl_ledger", "off");
