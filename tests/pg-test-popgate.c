@@ -138,6 +138,16 @@ pg_test_popgate_set (PgTestPopgate *popgate, const char *group, const char *key,
 }
 
 void
+pg_test_popgate_set_plain_upstream (PgTestPopgate *popgate, guint16 port)
+{
+  g_autofree gchar *text = g_strdup_printf ("%u", port);
+
+  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
+  pg_test_popgate_set (popgate, "upstream", "port", text);
+  pg_test_popgate_set (popgate, "upstream", "tls", "none");
+}
+
+void
 pg_test_popgate_add_arg (PgTestPopgate *popgate, const char *arg)
 {
   g_ptr_array_add (popgate->args, g_strdup (arg));

@@ -46,6 +46,8 @@ PgTestPopgate *pg_test_popgate_new (PgTestDovecot *upstream, const char *upstrea
 /* Set (value != NULL) or remove (value == NULL) a config key before start. */
 void pg_test_popgate_set (PgTestPopgate *popgate, const char *group, const char *key,
                           const char *value);
+/* Point the upstream at a plain-text server on 127.0.0.1:port (the scripted peer). */
+void pg_test_popgate_set_plain_upstream (PgTestPopgate *popgate, guint16 port);
 /* Append an extra command-line argument for start and run. */
 void pg_test_popgate_add_arg (PgTestPopgate *popgate, const char *arg);
 

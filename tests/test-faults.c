@@ -48,8 +48,9 @@ test_user_name (void)
   return g_ascii_strdown (strrchr (path, '/') + 1, -1);
 }
 
+/* A popgate configured for Dovecot or the scripted peer on peer_port, not started yet. */
 static PgTestPopgate *
-start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
+configure_popgate (PgTestDovecot *dovecot, guint16 peer_port)
 {
   g_autoptr (GError) error = NULL;
   PgTestPopgate *popgate = pg_test_popgate_new (dovecot, "none", &error);
@@ -57,10 +58,7 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   g_assert_no_error (error);
   if (dovecot == NULL)
     {
-      g_autofree gchar *port = g_strdup_printf ("%u", peer_port);
-      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-      pg_test_popgate_set (popgate, "upstream", "port", port);
-      pg_test_popgate_set (popgate, "upstream", "tls", "none");
+      pg_test_popgate_set_plain_upstream (popgate, peer_port);
       /* The scripts hold the snapshot FETCH only; the ledger's digest FETCH that would
        * follow it is tested against Dovecot (test-pop3-state) and the peer (test-upstream). */
       pg_test_popgate_set (popgate, "pop3", "uidl_ledger", "off");
@@ -71,6 +69,15 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
   pg_test_popgate_set (popgate, "limits", "shutdown_timeout", "5s");
   for (gsize i = 0; extra_settings != NULL && extra_settings[i] != NULL; i += 3)
     pg_test_popgate_set (popgate, extra_settings[i], extra_settings[i + 1], extra_settings[i + 2]);
+  return popgate;
+}
+
+static PgTestPopgate *
+start_popgate (PgTestDovecot *dovecot, guint16 peer_port)
+{
+  g_autoptr (GError) error = NULL;
+  PgTestPopgate *popgate = configure_popgate (dovecot, peer_port);
+
   PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
   return popgate;
 }
@@ -110,6 +117,16 @@ timed_login (PgTestPop3 *pop3, const char *user, gint64 *out_ms)
   reply = pg_test_pop3_cmd (pop3, "PASS " PASSWORD);
   *out_ms = (g_get_monotonic_time () - start) / 1000;
   return reply;
+}
+
+/* A login that must succeed (USER + PASS). */
+static void
+assert_login_ok (PgTestPop3 *pop3, const char *user)
+{
+  gint64 ms = 0;
+  g_autofree gchar *reply = timed_login (pop3, user, &ms);
+
+  g_assert_cmpstr (reply, ==, "+OK Logged in.");
 }
 
 /* RETR n of a scripted mailbox whose message n is UID n + 4, 21 octets:
@@ -977,6 +994,11 @@ test_proxy_cut_at_uid_expunge (void)
                        "* 1 FETCH (UID 5 RFC822.SIZE 20)\r\n"                                \
                        "* 2 FETCH (UID 6 RFC822.SIZE 300000)\r\n"                            \
                        "* 3 FETCH (UID 7 RFC822.SIZE 20)\r\n$ OK fetched\r\n", 0 }
+/* RETR 1 of a scripted mailbox whose message 1 is UID 5 (see assert_peer_retr). */
+#define PEER_RETR_1                                                                          \
+  { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },                               \
+  { PG_TEST_PEER_SEND, "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"      \
+                       "$ OK fetched\r\n", 0 }
 /* clang-format on */
 
 typedef struct
@@ -1109,10 +1131,7 @@ peer_retr_fault (PgTestPeerAction fault)
   gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 300040");
   status = pg_test_pop3_cmd (run.pop3, "RETR 2");
   g_assert_cmpstr (status, ==, "+OK 300000 octets");
@@ -1153,10 +1172,7 @@ peer_quit_fault (PgTestPeerAction fault)
   gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (login, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 1", "+OK");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 3", "+OK");
   {
@@ -1210,13 +1226,9 @@ test_peer_size_beyond_32_bits (void)
     { PG_TEST_PEER_CLOSE, NULL, 0 },
   };
   PeerRun run = { 0 };
-  gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 2 5000000020");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "LIST 2", "+OK 2 5000000000");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "LIST 1", "+OK 1 20");
@@ -1245,10 +1257,7 @@ test_peer_body_before_uid (void)
   gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   g_assert_true (pg_test_pop3_send (run.pop3, pipelined, strlen (pipelined), &error));
   g_assert_no_error (error);
   g_assert_false (read_until_closed (run.pop3, &ms));
@@ -1273,11 +1282,7 @@ test_peer_batch_body_omitted (void)
       "* 3 FETCH (UID 7 RFC822.SIZE 21)\r\n"
       "* 4 FETCH (UID 8 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND,
-      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
-      "$ OK fetched\r\n",
-      0 },
+    PEER_RETR_1,
     { PG_TEST_PEER_EXPECT, "UID FETCH 6,7,8 (UID BODY.PEEK[])", 0 },
     { PG_TEST_PEER_SEND,
       "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n"
@@ -1287,13 +1292,9 @@ test_peer_batch_body_omitted (void)
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   PeerRun run = { 0 };
-  gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   for (guint n = 1; n <= 4; n++)
     {
       if (n == 3)
@@ -1323,23 +1324,15 @@ test_peer_batch_body_then_silence (void)
       "* 2 FETCH (UID 6 RFC822.SIZE 21)\r\n"
       "* 3 FETCH (UID 7 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND,
-      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
-      "$ OK fetched\r\n",
-      0 },
+    PEER_RETR_1,
     { PG_TEST_PEER_EXPECT, "UID FETCH 6,7 (UID BODY.PEEK[])", 0 },
     { PG_TEST_PEER_SEND, "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n", 0 },
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   PeerRun run = { 0 };
-  gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (login, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   for (guint n = 1; n <= 2; n++)
     assert_peer_retr (run.pop3, n);
   /* Answered while the upstream is still waiting for 7: nothing timed out. */
@@ -1370,11 +1363,7 @@ test_peer_readahead_paused_deadline (void)
       "* 3 FETCH (UID 7 RFC822.SIZE 100000)\r\n"
       "* 4 FETCH (UID 8 RFC822.SIZE 21)\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND,
-      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
-      "$ OK fetched\r\n",
-      0 },
+    PEER_RETR_1,
     { PG_TEST_PEER_EXPECT, "UID FETCH 6,7,8 (UID BODY.PEEK[])", 0 },
     { PG_TEST_PEER_SEND,
       "* 2 FETCH (UID 6 BODY[] {21}\r\nSubject: 6\r\n\r\nbody6\r\n)\r\n"
@@ -1394,10 +1383,7 @@ test_peer_readahead_paused_deadline (void)
   extra_settings = (const char *const[]){ "pop3", "autologout", "10m", NULL };
   peer_run_start (&run, script);
   extra_settings = NULL;
-  {
-    g_autofree gchar *login = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (login, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   for (guint n = 1; n <= 3; n++)
     {
       if (n < 3)
@@ -1452,34 +1438,21 @@ test_peer_upstream_tls_close (void)
   g_autoptr (PgTestPeer) peer = pg_test_peer_new (script, &error);
   g_autoptr (GTlsCertificate) certificate = NULL;
   g_autoptr (PgTestPop3) pop3 = NULL;
-  g_autofree gchar *port = NULL;
   g_autofree gchar *received = NULL;
   PgTestPopgate *popgate;
-  gint64 ms = 0;
 
   g_assert_no_error (error);
-  popgate = pg_test_popgate_new (NULL, "none", &error);
-  g_assert_no_error (error);
+  popgate = configure_popgate (NULL, pg_test_peer_get_port (peer));
   certificate = g_tls_certificate_new_from_files (popgate->certs->cert_file,
                                                   popgate->certs->key_file, &error);
   g_assert_no_error (error);
   pg_test_peer_set_certificate (peer, certificate);
-  port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
-  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-  pg_test_popgate_set (popgate, "upstream", "port", port);
   pg_test_popgate_set (popgate, "upstream", "tls", "implicit");
   pg_test_popgate_set (popgate, "upstream", "ca_file", popgate->certs->ca_file);
-  pg_test_popgate_set (popgate, "upstream", "timeout", UPSTREAM_TIMEOUT);
-  pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");
-  /* The script has no header FETCH for the UIDL ledger's digest. */
-  pg_test_popgate_set (popgate, "pop3", "uidl_ledger", "off");
   PG_TEST_ASSERT_OK (pg_test_popgate_start (popgate, &error), error);
 
   pop3 = pop3_connect (popgate);
-  {
-    g_autofree gchar *login = timed_login (pop3, "alice", &ms);
-    g_assert_cmpstr (login, ==, "+OK Logged in.");
-  }
+  assert_login_ok (pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "STAT", "+OK 1 21");
   PG_TEST_POP3_ASSERT_REPLY (pop3, "QUIT", "+OK");
   g_assert_true (pg_test_pop3_wait_closed (pop3));
@@ -1607,13 +1580,9 @@ test_peer_snapshot_duplicates (void)
   PeerRun run = { 0 };
   g_autoptr (GError) error = NULL;
   g_autoptr (GBytes) uidl = NULL;
-  gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 3 90");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "UIDL", "+OK");
   uidl = pg_test_pop3_read_multiline (run.pop3, &error);
@@ -1661,13 +1630,9 @@ test_peer_compaction_gap (void)
   for (guint session = 0; session < G_N_ELEMENTS (scripts); session++)
     {
       PeerRun run = { 0 };
-      gint64 ms = 0;
 
       peer_run_start (&run, scripts[session]);
-      {
-        g_autofree gchar *reply = timed_login (run.pop3, "alice#laptop", &ms);
-        g_assert_cmpstr (reply, ==, "+OK Logged in.");
-      }
+      assert_login_ok (run.pop3, "alice#laptop");
       if (session == 0)
         {
           PG_TEST_POP3_ASSERT_REPLY (run.pop3, "DELE 1", "+OK");
@@ -1696,24 +1661,16 @@ test_peer_size_mismatch (void)
       "* 1 FETCH (UID 5 RFC822.SIZE 7045)\r\n"
       "* 2 FETCH (UID 6 RFC822.SIZE 100)\r\n$ OK fetched\r\n",
       0 },
-    { PG_TEST_PEER_EXPECT, "UID FETCH 5 (UID BODY.PEEK[])", 0 },
-    { PG_TEST_PEER_SEND,
-      "* 1 FETCH (UID 5 BODY[] {21}\r\nSubject: 5\r\n\r\nbody5\r\n)\r\n"
-      "$ OK fetched\r\n",
-      0 },
+    PEER_RETR_1,
     { PG_TEST_PEER_HANG, NULL, 0 },
   };
   PeerRun run = { 0 };
   g_autoptr (GError) error = NULL;
   g_autoptr (GBytes) body = NULL;
   g_autofree gchar *status = NULL;
-  gint64 ms = 0;
 
   peer_run_start (&run, script);
-  {
-    g_autofree gchar *reply = timed_login (run.pop3, "alice", &ms);
-    g_assert_cmpstr (reply, ==, "+OK Logged in.");
-  }
+  assert_login_ok (run.pop3, "alice");
   PG_TEST_POP3_ASSERT_REPLY (run.pop3, "STAT", "+OK 2 7145");
   body = pg_test_pop3_retr (run.pop3, 1, &status, &error);
   g_assert_no_error (error);

@@ -53,10 +53,7 @@ start_popgate (PgTestDovecot *dovecot, guint16 peer_port, const char *const *set
   g_assert_no_error (error);
   if (dovecot == NULL)
     {
-      g_autofree gchar *port = g_strdup_printf ("%u", peer_port);
-      pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-      pg_test_popgate_set (popgate, "upstream", "port", port);
-      pg_test_popgate_set (popgate, "upstream", "tls", "none");
+      pg_test_popgate_set_plain_upstream (popgate, peer_port);
       pg_test_popgate_set (popgate, "upstream", "timeout", "5s");
     }
   pg_test_popgate_set (popgate, "limits", "auth_failure_delay", "10ms");

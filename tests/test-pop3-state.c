@@ -1231,13 +1231,10 @@ static PgTestPopgate *
 peer_popgate (PgTestPeer *peer, const char *const *settings, const char *state_dir)
 {
   g_autoptr (GError) error = NULL;
-  g_autofree gchar *port = g_strdup_printf ("%u", pg_test_peer_get_port (peer));
   PgTestPopgate *popgate = pg_test_popgate_new (NULL, "none", &error);
 
   g_assert_no_error (error);
-  pg_test_popgate_set (popgate, "upstream", "host", "127.0.0.1");
-  pg_test_popgate_set (popgate, "upstream", "port", port);
-  pg_test_popgate_set (popgate, "upstream", "tls", "none");
+  pg_test_popgate_set_plain_upstream (popgate, pg_test_peer_get_port (peer));
   for (gsize i = 0; settings != NULL && settings[i] != NULL; i += 3)
     pg_test_popgate_set (popgate, settings[i], settings[i + 1], settings[i + 2]);
   if (state_dir != NULL)

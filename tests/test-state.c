@@ -1888,6 +1888,21 @@ pg_test_state_ledger_merge (void)
   g_assert_cmpuint (merged->ledger->len, ==, 3);
 }
 
+/* a and b give every UID from 1 to last the same UIDL. */
+static void
+assert_same_uidls (const PgClientState *a, const PgClientState *b, guint32 last)
+{
+  for (guint32 uid = 1; uid <= last; uid++)
+    {
+      char uidl_a[17];
+      char uidl_b[17];
+
+      pg_client_state_format_uidl (a, uid, uidl_a);
+      pg_client_state_format_uidl (b, uid, uidl_b);
+      g_assert_cmpstr (uidl_a, ==, uidl_b);
+    }
+}
+
 /* A stored state of UIDVALIDITY 7 with a digest ledger of UIDs 1..500, each UIDL its own,
  * except UID 3's, carried over a UIDVALIDITY change (UIDL 30:5). */
 static PgClientState *
@@ -1927,15 +1942,7 @@ pg_test_state_ledger_slim (void)
   pg_client_state_ledger_slim (ours, base);
   g_assert_cmpuint (ours->ledger->len, ==, 2); /* the carried one and the fresh one */
   g_assert_cmpuint (base->ledger->len, ==, 1); /* the carried one */
-  for (guint32 uid = 1; uid <= 900; uid++)
-    {
-      char a[17];
-      char b[17];
-
-      pg_client_state_format_uidl (full, uid, a);
-      pg_client_state_format_uidl (ours, uid, b);
-      g_assert_cmpstr (a, ==, b);
-    }
+  assert_same_uidls (full, ours, 900);
   merged = pg_client_state_merge (stored, base, ours);
   g_assert_cmpuint (merged->ledger->len, ==, 501);
   g_assert_true (pg_client_state_equal (merged, full));
@@ -1965,15 +1972,7 @@ pg_test_state_ledger_slim_saved (void)
   g_assert_cmpuint (saved->ledger->len, ==, 1); /* the carried one */
   g_assert_true (pg_client_state_equal (saved, ours));
   g_assert_true (pg_client_state_equal (saved, base));
-  for (guint32 uid = 1; uid <= 600; uid++)
-    {
-      char a[17];
-      char b[17];
-
-      pg_client_state_format_uidl (full, uid, a);
-      pg_client_state_format_uidl (saved, uid, b);
-      g_assert_cmpstr (a, ==, b);
-    }
+  assert_same_uidls (full, saved, 600);
   /* The next save merges against the stored record and gets the whole ledger back. */
   merged = pg_client_state_merge (full, saved, saved);
   g_assert_true (pg_client_state_equal (merged, full));
