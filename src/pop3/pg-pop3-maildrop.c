@@ -299,7 +299,8 @@ pg_pop3_maildrop_seal (PgPop3Maildrop *maildrop)
   g_clear_pointer (&maildrop->dates, g_array_unref);
 }
 
-guint64
+/* msg's size, with a size of G_MAXUINT32 and more found aside by UID. */
+static guint64
 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg)
 {
   const guint64 *big;

@@ -96,9 +96,6 @@ guint32 pg_pop3_maildrop_uid (PgPop3Maildrop *maildrop, guint index);
 guint64 pg_pop3_maildrop_size (PgPop3Maildrop *maildrop, guint index);
 /* Correct message index's size to what RETR really sent. */
 void pg_pop3_maildrop_set_size (PgPop3Maildrop *maildrop, guint index, guint64 size);
-/* msg's size, with a size of G_MAXUINT32 and more found aside (msg: by value, e.g. from
- * count/uid/size, or from get_messages() before seal()). */
-guint64 pg_pop3_maildrop_message_size (PgPop3Maildrop *maildrop, const PgPop3Message *msg);
 
 /* Drop from the snapshot every message for which keep() returns FALSE (the client's
  * hidden messages and windows), keeping UID order. Before seal() only. */

@@ -178,18 +178,6 @@ pg_pop3_session_unflag (PgPop3Session *self, guint index, guint8 flag)
     self->flags[index] &= (guint8) ~flag;
 }
 
-/* Message `index` of the snapshot, by value: the sealed snapshot is packed, there is no
- * PgPop3Message in it to point to (pg_pop3_maildrop_message_size() takes this one). */
-static PgPop3Message
-pg_pop3_session_msg (PgPop3Session *self, guint index)
-{
-  PgPop3Message msg = {
-    .uid = pg_pop3_maildrop_uid (self->maildrop, index),
-    .size = (guint32) MIN (pg_pop3_maildrop_size (self->maildrop, index), G_MAXUINT32),
-  };
-  return msg;
-}
-
 guint
 pg_pop3_session_get_n_live (void)
 {
@@ -264,12 +252,11 @@ pg_pop3_session_trace (PgPop3Session *self, const char *line, gsize len)
     }
   if (cmd.has_message && cmd.message >= 1 && cmd.message <= self->n_messages)
     {
-      const PgPop3Message msg_copy = pg_pop3_session_msg (self, cmd.message - 1);
-      const PgPop3Message *msg = &msg_copy;
+      guint32 uid = pg_pop3_maildrop_uid (self->maildrop, cmd.message - 1);
       char uidl[17];
 
-      pg_client_state_format_uidl (self->client_state, msg->uid, uidl);
-      pg_trace (self->id, "C: %s -> uid %u uidl %s%s", shown, msg->uid, uidl,
+      pg_client_state_format_uidl (self->client_state, uid, uidl);
+      pg_trace (self->id, "C: %s -> uid %u uidl %s%s", shown, uid, uidl,
                 pg_pop3_session_flagged (self, cmd.message - 1, PG_POP3_MSG_DELETED)
                     ? " (already deleted)"
                     : "");
@@ -1893,8 +1880,7 @@ static void
 pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPop3Section section,
                              guint64 offset, guint64 length)
 {
-  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
-  const PgPop3Message *msg = &msg_copy;
+  guint32 uid = pg_pop3_maildrop_uid (self->maildrop, transfer->index);
 
   PgPop3FetchCtx *ctx = g_new0 (PgPop3FetchCtx, 1);
 
@@ -1903,7 +1889,7 @@ pg_pop3_session_start_fetch (PgPop3Session *self, PgPop3Transfer *transfer, PgPo
   transfer->ctx = ctx;
   transfer->delivered = 0;
   transfer->finished = FALSE;
-  pg_pop3_maildrop_fetch_async (self->maildrop, msg->uid, section, offset, length,
+  pg_pop3_maildrop_fetch_async (self->maildrop, uid, section, offset, length,
                                 pg_pop3_session_chunk_cb, ctx, self->cancellable,
                                 pg_pop3_session_fetch_cb, ctx);
 }
@@ -1974,15 +1960,12 @@ static gboolean
 pg_pop3_session_send_chunk (PgPop3Session *self, PgPop3Transfer *transfer, const guint8 *data,
                             gsize len)
 {
-  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
-  const PgPop3Message *msg = &msg_copy;
-
   if (!transfer->sent_ok)
     {
       if (transfer->is_top)
         pg_pop3_reply (self, "+OK");
       else
-        pg_pop3_session_reply_octets (self, pg_pop3_maildrop_message_size (self->maildrop, msg));
+        pg_pop3_session_reply_octets (self, pg_pop3_session_size (self, transfer->index));
       pg_pop3_session_flush (self);
       transfer->sent_ok = TRUE;
     }
@@ -2262,9 +2245,8 @@ pg_pop3_session_activate (PgPop3Session *self, PgPop3Transfer *transfer)
 static void
 pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
 {
-  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
-  const PgPop3Message *msg = &msg_copy;
-  guint64 listed = pg_pop3_maildrop_message_size (self->maildrop, msg);
+  guint32 uid = pg_pop3_maildrop_uid (self->maildrop, transfer->index);
+  guint64 listed = pg_pop3_session_size (self, transfer->index);
   guint64 sent = pg_dot_stuffer_get_octets_unstuffed (transfer->stuffer);
 
   if (sent == listed)
@@ -2277,7 +2259,7 @@ pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
                           " octets (RFC822.SIZE), the body has %" G_GUINT64_FORMAT
                           "; LIST and STAT use the real size from now on (further mismatches "
                           "in this session are corrected without a log line)",
-                          transfer->index + 1, msg->uid, listed, sent);
+                          transfer->index + 1, uid, listed, sent);
     }
   pg_pop3_maildrop_set_size (self->maildrop, transfer->index, sent);
 }
@@ -2285,8 +2267,7 @@ pg_pop3_session_check_size (PgPop3Session *self, PgPop3Transfer *transfer)
 static void
 pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
 {
-  const PgPop3Message msg_copy = pg_pop3_session_msg (self, transfer->index);
-  const PgPop3Message *msg = &msg_copy;
+  guint32 uid = pg_pop3_maildrop_uid (self->maildrop, transfer->index);
   GError *error = transfer->error;
 
   g_assert (transfer == self->transfer);
@@ -2296,7 +2277,7 @@ pg_pop3_session_transfer_done (PgPop3Session *self, PgPop3Transfer *transfer)
         {
           /* Someone else expunged it meanwhile: this message fails, the session goes on. */
           pg_session_info (self->id, "message %u (UID %u) vanished upstream", transfer->index + 1,
-                           msg->uid);
+                           uid);
           pg_pop3_reply (self, "-ERR Message %u no longer exists on the server.",
                          transfer->index + 1);
         }
