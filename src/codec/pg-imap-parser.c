@@ -848,7 +848,6 @@ pg_imap_parser_take_text (PgImapParser *parser)
   g_string_truncate (parser->tok, 0);
 }
 
-/* One byte of a response line outside literals. */
 /* The states in which a line may end: a bare LF there stands for CRLF. */
 static gboolean
 pg_imap_parser_lf_ends_line (PgImapParserState state)
@@ -885,6 +884,7 @@ pg_imap_parser_lf_ends_line (PgImapParserState state)
   return FALSE;
 }
 
+/* One byte of a response line outside literals. */
 static gboolean
 pg_imap_parser_line_byte (PgImapParser *parser, guchar c, gboolean *out_reprocess, GError **error)
 {

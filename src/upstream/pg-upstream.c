@@ -144,13 +144,13 @@ struct _PgUpstream
    * are paused, or into held_copy for a body sent as a quoted string (whose response is
    * gone by then; bounded by the line limit). */
   PgUpstreamCmd *held_cmd; /* unowned: in pending */
+  const guint8 *held_data;
+  gsize held_len;
+  guint8 *held_copy; /* owned */
   /* owned: the cancellable of body fetches, watched once rather than per FETCH (a session
    * passes the same one for all its bodies); the others are watched by their command. */
   GCancellable *body_cancellable;
   gulong body_cancelled_id;
-  const guint8 *held_data;
-  gsize held_len;
-  guint8 *held_copy;       /* owned */
   guint sizes_outstanding; /* snapshot FETCHes submitted and not completed */
   guint64 snapshot_octets; /* octets parsed while one was (PG_MAX_SNAPSHOT_OCTETS) */
 
@@ -1109,12 +1109,13 @@ pg_upstream_handle_fetch (PgUpstream *self, const PgImapResponse *response)
        * count: the snapshot is wrong, and a login on it would be too. */
       g_autoptr (GError) error = NULL;
 
-      if (!pg_imap_value_get_number (uid_value, &uid) || uid == 0 || uid > G_MAXUINT32
-          || !pg_imap_value_get_number (size_value, &size))
+      gboolean uid_ok = pg_imap_value_get_number (uid_value, &uid) && uid > 0 && uid <= G_MAXUINT32;
+
+      if (!uid_ok || !pg_imap_value_get_number (size_value, &size))
         error = g_error_new (PG_ERROR, PG_ERROR_PROTOCOL,
                              "upstream sent a snapshot FETCH (message %" G_GUINT64_FORMAT
                              ") without a valid %s",
-                             response->number, size_value == NULL ? "RFC822.SIZE" : "UID");
+                             response->number, uid_ok ? "RFC822.SIZE" : "UID");
       else if (++cmd->n_entries > PG_MAX_SNAPSHOT_MESSAGES)
         error = g_error_new (G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
                              "upstream snapshot has more than %u messages (the limit)",
