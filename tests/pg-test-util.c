@@ -8,6 +8,7 @@
 #include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -188,6 +189,58 @@ pg_test_wait_until (gboolean (*condition) (gpointer user_data), gpointer user_da
       if (g_get_monotonic_time () >= deadline)
         return condition (user_data);
       g_usleep (PG_TEST_POLL_INTERVAL_US);
+    }
+}
+
+static gboolean
+pg_test_flag_deadline_cb (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+void
+pg_test_wait_flag (const gboolean *flag)
+{
+  gboolean expired = FALSE;
+  guint id = g_timeout_add (PG_TEST_FLAG_DEADLINE_MS, pg_test_flag_deadline_cb, &expired);
+
+  while (!*flag && !expired)
+    g_main_context_iteration (NULL, TRUE);
+  if (!expired)
+    g_source_remove (id);
+  g_assert_false (expired);
+}
+
+typedef struct
+{
+  gboolean done;
+  gssize n;
+  GError *error;
+} PgTestConnRead;
+
+static void
+pg_test_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PgTestConnRead *r = user_data;
+
+  r->n = pg_conn_read_finish (PG_CONN (source), result, &r->error);
+  r->done = TRUE;
+}
+
+void
+pg_test_conn_read_until (PgConn *conn, GString *got, const char *text)
+{
+  while (strstr (got->str, text) == NULL)
+    {
+      PgTestConnRead r = { 0 };
+      char buf[256];
+
+      pg_conn_read_async (conn, buf, sizeof buf, NULL, pg_test_conn_read_cb, &r);
+      pg_test_wait_flag (&r.done);
+      g_assert_no_error (r.error);
+      g_assert_cmpint (r.n, >, 0);
+      g_string_append_len (got, buf, (gsize) r.n);
     }
 }
 

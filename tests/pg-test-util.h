@@ -7,6 +7,8 @@
  */
 #pragma once
 
+#include "popgate/pg-net.h"
+
 #include <gio/gio.h>
 
 G_BEGIN_DECLS
@@ -50,6 +52,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (PgTestProcess, pg_test_process_free)
 /* Wait (bounded) until condition(user_data) is TRUE, polling every few milliseconds. */
 gboolean pg_test_wait_until (gboolean (*condition) (gpointer user_data), gpointer user_data,
                              guint timeout_ms);
+
+/* Iterate the thread-default main context until *flag is TRUE; fail the test after
+ * PG_TEST_FLAG_DEADLINE_MS (a watchdog, not a timing check). */
+#define PG_TEST_FLAG_DEADLINE_MS 20000
+void pg_test_wait_flag (const gboolean *flag);
+
+/* Read from conn (pg_conn_read_async) and append to got until `text` is in it. */
+void pg_test_conn_read_until (PgConn *conn, GString *got, const char *text);
 
 /* A loopback TCP port that was free a moment ago (bind port 0, read it, close). Another
  * process may take it before we use it: callers retry their whole start on a bind failure. */

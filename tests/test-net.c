@@ -857,23 +857,6 @@ connect_conn (Fixture *fx, guint16 port)
   return r.conn;
 }
 
-/* Read from conn until `text` has arrived. */
-static void
-conn_expect (PgConn *conn, GString *got, const char *text)
-{
-  while (strstr (got->str, text) == NULL)
-    {
-      ReadResult r = { 0 };
-      char buf[256];
-
-      pg_conn_read_async (conn, buf, sizeof buf, NULL, read_result_cb, &r);
-      iterate_until (&r.done);
-      g_assert_no_error (r.error);
-      g_assert_cmpint (r.n, >, 0);
-      g_string_append_len (got, buf, (gsize) r.n);
-    }
-}
-
 typedef struct
 {
   gboolean done;
@@ -919,7 +902,7 @@ test_client_tls (Fixture *fx, gconstpointer data)
       g_assert_no_error (t.error);
       g_assert_true (t.ok);
       g_assert_true (pg_conn_is_tls (conn));
-      conn_expect (conn, got, "+OK hello pop3 tls\r\n");
+      pg_test_conn_read_until (conn, got, "+OK hello pop3 tls\r\n");
       pg_conn_abort (conn);
     }
 }
@@ -1015,7 +998,7 @@ test_wait_and_steal (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpint (n, >, 0);
   g_string_append_len (got, buf, (gsize) n);
-  conn_expect (conn, got, "+OK hello pop3\r\n");
+  pg_test_conn_read_until (conn, got, "+OK hello pop3\r\n");
   g_assert_cmpstr (got->str, ==, "+OK hello pop3\r\n");
   g_assert_cmpuint (pg_conn_get_bytes_in (conn), ==, got->len);
   g_assert_cmpint (pg_conn_read_nonblocking (conn, buf, sizeof buf, &error), ==, -1);
@@ -1048,7 +1031,7 @@ test_wait_and_steal (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (fx->fe.conns->len, ==, 1);
   server_side = g_ptr_array_index (fx->fe.conns, 0);
   g_string_truncate (got, 0);
-  conn_expect (server_side, got, "ping\r\n");
+  pg_test_conn_read_until (server_side, got, "ping\r\n");
   g_assert_cmpuint (fx->fe.closed, ==, 0);
   g_io_stream_close (stream, NULL, NULL);
 }

@@ -40,31 +40,6 @@ pg_test_log_writer_cb (GLogLevelFlags level, const GLogField *fields, gsize n_fi
   return G_LOG_WRITER_HANDLED;
 }
 
-/* --- waiting ------------------------------------------------------------------------------ */
-
-static gboolean
-pg_test_deadline_cb (gpointer user_data)
-{
-  gboolean *expired = user_data;
-
-  *expired = TRUE;
-  return G_SOURCE_REMOVE;
-}
-
-/* Iterate the main context until *flag; fail the test at the deadline. */
-static void
-pg_test_wait_flag (const gboolean *flag)
-{
-  gboolean expired = FALSE;
-  guint id = g_timeout_add (PG_TEST_DEADLINE_MS, pg_test_deadline_cb, &expired);
-
-  while (!*flag && !expired)
-    g_main_context_iteration (NULL, TRUE);
-  if (!expired)
-    g_source_remove (id);
-  g_assert_false (expired);
-}
-
 typedef struct
 {
   gboolean done;

@@ -67,12 +67,6 @@ pg_test_wait_either (const gboolean *a, const gboolean *b)
   g_assert_false (expired);
 }
 
-static void
-pg_test_wait_flag (const gboolean *flag)
-{
-  pg_test_wait_either (flag, flag);
-}
-
 typedef struct
 {
   GAsyncResult *result; /* owned */
@@ -2136,38 +2130,6 @@ test_dovecot_shutdown (UpstreamFixture *fixture, gconstpointer data)
 }
 
 /* --- the connection engine under the upstream -------------------------------------- */
-
-typedef struct
-{
-  gboolean done;
-  gssize n;
-  GError *error;
-} PgTestConnRead;
-
-static void
-pg_test_conn_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PgTestConnRead *r = user_data;
-
-  r->n = pg_conn_read_finish (PG_CONN (source), result, &r->error);
-  r->done = TRUE;
-}
-
-static void
-pg_test_conn_read_until (PgConn *conn, GString *got, const char *text)
-{
-  while (strstr (got->str, text) == NULL)
-    {
-      PgTestConnRead r = { 0 };
-      char buf[256];
-
-      pg_conn_read_async (conn, buf, sizeof buf, NULL, pg_test_conn_read_cb, &r);
-      pg_test_wait_flag (&r.done);
-      g_assert_no_error (r.error);
-      g_assert_cmpint (r.n, >, 0);
-      g_string_append_len (got, buf, (gsize) r.n);
-    }
-}
 
 /* The relay's hand-over of the PgConn itself: after the login reply, the untagged data
  * behind it is in `buffered` or still to be read through the PgConn, which goes on
