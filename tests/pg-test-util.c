@@ -212,6 +212,16 @@ pg_test_wait_flag (const gboolean *flag)
   g_assert_false (expired);
 }
 
+guint
+pg_test_count (const char *haystack, const char *needle)
+{
+  guint n = 0;
+
+  for (const char *p = strstr (haystack, needle); p != NULL; p = strstr (p + 1, needle))
+    n++;
+  return n;
+}
+
 typedef struct
 {
   gboolean done;

@@ -58,6 +58,9 @@ gboolean pg_test_wait_until (gboolean (*condition) (gpointer user_data), gpointe
 #define PG_TEST_FLAG_DEADLINE_MS 20000
 void pg_test_wait_flag (const gboolean *flag);
 
+/* How often needle occurs in haystack (overlapping occurrences count). */
+guint pg_test_count (const char *haystack, const char *needle);
+
 /* Read from conn (pg_conn_read_async) and append to got until `text` is in it. */
 void pg_test_conn_read_until (PgConn *conn, GString *got, const char *text);
 

@@ -15,11 +15,8 @@ static guint
 log_count (PgTestPopgate *popgate, const char *needle)
 {
   g_autofree gchar *log = pg_test_popgate_read_log (popgate);
-  guint n = 0;
 
-  for (const char *p = strstr (log, needle); p != NULL; p = strstr (p + 1, needle))
-    n++;
-  return n;
+  return pg_test_count (log, needle);
 }
 
 static gboolean

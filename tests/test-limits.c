@@ -821,16 +821,6 @@ popgate_open_fds (PgTestPopgate *popgate)
   return n;
 }
 
-static guint
-count_occurrences (const char *haystack, const char *needle)
-{
-  guint n = 0;
-
-  for (const char *p = strstr (haystack, needle); p != NULL; p = strstr (p + 1, needle))
-    n++;
-  return n;
-}
-
 /* Out of descriptors, a listener stops accepting for a while (one log line, no spinning
  * on the readable socket), and the connection waiting in the kernel's queue is served
  * once a session ends. */
@@ -879,9 +869,9 @@ test_out_of_descriptors (void)
 
   /* One line for the episode, however often it tried meanwhile. */
   log = pg_test_popgate_read_log (popgate);
-  if (count_occurrences (log, "cannot accept on") != 1)
+  if (pg_test_count (log, "cannot accept on") != 1)
     g_test_message ("popgate log: %s", log);
-  g_assert_cmpuint (count_occurrences (log, "cannot accept on"), ==, 1);
+  g_assert_cmpuint (pg_test_count (log, "cannot accept on"), ==, 1);
   g_assert_null (strstr (log, "fail:"));
   g_clear_object (&waiting);
   g_clear_pointer (&second, pg_test_pop3_free);

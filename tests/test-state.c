@@ -1346,16 +1346,6 @@ pg_test_state_stored (PgTestImap *imap, const char *entry)
   return reply;
 }
 
-static guint
-pg_test_state_count (const char *haystack, const char *needle)
-{
-  guint n = 0;
-
-  for (const char *p = strstr (haystack, needle); p != NULL; p = strstr (p + 1, needle))
-    n++;
-  return n;
-}
-
 static void
 pg_test_state_metadata_shared (PgTestStateDovecot *fx, gconstpointer data)
 {
@@ -1395,7 +1385,7 @@ pg_test_state_metadata_shared (PgTestStateDovecot *fx, gconstpointer data)
   g_assert_no_error (error);
   encoded = pg_client_state_encode (state, key);
   stored = pg_test_state_stored (checker, entry);
-  g_assert_cmpuint (pg_test_state_count (stored, "/private/vendor/popgate/"), ==, 1);
+  g_assert_cmpuint (pg_test_count (stored, "/private/vendor/popgate/"), ==, 1);
   g_assert_nonnull (strstr (stored, entry));
   record = g_strndup (g_bytes_get_data (encoded, NULL), g_bytes_get_size (encoded));
   g_assert_nonnull (strstr (stored, record));
@@ -1656,7 +1646,7 @@ pg_test_state_metadata_unsupported (PgTestStateDovecot *fx, gconstpointer data)
   g_clear_error (&error);
   /* Nothing went to the server: no entry at or below ours (Dovecot lists none). */
   stored = pg_test_state_stored (checker, entry);
-  g_assert_cmpuint (pg_test_state_count (stored, "/private/vendor/popgate/"), ==, 0);
+  g_assert_cmpuint (pg_test_count (stored, "/private/vendor/popgate/"), ==, 0);
   /* Without an upstream at all. */
   g_assert_false (pg_test_state_load_on (store, NULL, key, uidvalidity, &status, &got, &error));
   g_assert_error (error, PG_ERROR, PG_ERROR_UPSTREAM);
