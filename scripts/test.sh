@@ -36,16 +36,34 @@ for line in open(sys.argv[1]):
 print(ok, bad)
 PY
 )
+  # CI shows only the tail of this output: name each failed test there, with the end
+  # of its log, so a failure that does not reproduce can still be read.
+  python3 - "$dir/meson-logs/testlog.json" <<'PY' >>"$failures"
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("result") in ("OK", "EXPECTEDFAIL"):
+        continue
+    print("---- %s: %s (%s)" % (sys.argv[1].split("/")[0], r.get("name"), r.get("result")))
+    out = (r.get("stdout") or "").splitlines()
+    print("\n".join(out[-40:]))
+PY
   passed=$((passed + ${counts% *}))
   failed=$((failed + ${counts#* }))
   return $rc
 }
 
 status=0
+failures=$(mktemp)
+trap 'rm -f "$failures"' EXIT
 echo "== build (werror) and tests"
 run_suite build-test --werror -Dbuildtype=debugoptimized || status=1
 echo "== ASan+UBSan build and tests"
 run_suite build-asan --werror -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false || status=1
 
+if [ -s "$failures" ]; then
+  echo "== failed tests, last lines of each log"
+  cat "$failures"
+fi
 echo "popgate: $passed passed, $failed failed"
 exit $status
