@@ -1908,6 +1908,71 @@ test_dovecot_untrusted (UpstreamFixture *fixture, gconstpointer data)
     }
 }
 
+/* The CA file is read at each upstream connect (GIO's TLS backend reads its anchors in each
+ * handshake anyway): a CA replaced or edited before a renewal takes effect without a reload,
+ * and one that is gone is a clear error. */
+static gboolean
+pg_test_connect_with_ca (UpstreamFixture *fixture, const char *ca_file, GError **error)
+{
+  g_autoptr (PgUpstream) upstream
+      = pg_test_upstream_for_dovecot (fixture, "implicit", "localhost", ca_file);
+
+  if (!pg_test_connect (upstream, error))
+    return FALSE;
+  pg_upstream_close (upstream);
+  return TRUE;
+}
+
+static void
+test_dovecot_ca_file_changed (UpstreamFixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *dir = NULL;
+  g_autofree gchar *ca_file = NULL;
+  g_autofree gchar *trusted = NULL;
+  g_autofree gchar *untrusted = NULL;
+  g_autoptr (PgUpstream) upstream = NULL;
+  FILE *f;
+
+  if (!upstream_available (fixture, TRUE))
+    return;
+  g_assert_true (g_file_get_contents (fixture->dovecot->ca_file, &trusted, NULL, &error));
+  g_assert_true (
+      g_file_get_contents (fixture->dovecot->certs->untrusted_ca_file, &untrusted, NULL, &error));
+  dir = g_dir_make_tmp ("popgate-ca-XXXXXX", &error);
+  g_assert_no_error (error);
+  ca_file = g_build_filename (dir, "ca.pem", NULL);
+
+  g_assert_true (g_file_set_contents (ca_file, trusted, -1, &error));
+  g_assert_true (pg_test_connect_with_ca (fixture, ca_file, &error));
+  g_assert_no_error (error);
+  g_assert_true (pg_test_connect_with_ca (fixture, ca_file, &error));
+
+  /* Replaced (g_file_set_contents renames a new file over it). */
+  g_assert_true (g_file_set_contents (ca_file, untrusted, -1, &error));
+  g_assert_false (pg_test_connect_with_ca (fixture, ca_file, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+  g_assert_nonnull (strstr (error->message, "trusted CA"));
+  g_clear_error (&error);
+
+  /* Rewritten in place (as cp does), same inode: trusted again. */
+  f = fopen (ca_file, "w");
+  g_assert_nonnull (f);
+  g_assert_cmpint (fputs (trusted, f), >=, 0);
+  g_assert_cmpint (fclose (f), ==, 0);
+  g_assert_true (pg_test_connect_with_ca (fixture, ca_file, &error));
+  g_assert_no_error (error);
+
+  /* Gone after the config was read: a clear error naming the file. */
+  upstream = pg_test_upstream_for_dovecot (fixture, "implicit", "localhost", ca_file);
+  g_assert_cmpint (g_unlink (ca_file), ==, 0);
+  g_assert_false (pg_test_connect (upstream, &error));
+  g_assert_error (error, PG_ERROR, PG_ERROR_TLS);
+  g_assert_nonnull (strstr (error->message, "CA file"));
+  g_clear_error (&error);
+  g_assert_true (pg_test_rm_rf (dir));
+}
+
 /* A TLS server whose certificate (from the trusted CA) names another host. */
 static gboolean
 pg_test_tls_incoming_cb (GSocketService *service, GSocketConnection *connection,
@@ -2302,6 +2367,7 @@ main (int argc, char **argv)
     ADD ("starttls", test_dovecot_starttls, NULL);
     ADD ("implicit", test_dovecot_implicit, NULL);
     ADD ("untrusted", test_dovecot_untrusted, NULL);
+    ADD ("ca-file-changed", test_dovecot_ca_file_changed, NULL);
     ADD ("wrong-hostname", test_dovecot_wrong_hostname, NULL);
     ADD ("wrong-password", test_dovecot_wrong_password, NULL);
     ADD ("move-and-long-sets", test_dovecot_move_and_long_sets, NULL);
