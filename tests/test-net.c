@@ -907,6 +907,51 @@ test_client_tls (Fixture *fx, gconstpointer data)
     }
 }
 
+/* What is written while a TLS handshake runs waits for it and goes out over TLS (written
+ * to the socket at once, it would land inside the handshake in clear and break it); a read
+ * in that window is refused; a failed handshake drops what waited. */
+static void
+test_tls_handshake_window (Fixture *fx, gconstpointer data)
+{
+  for (guint good = 0; good < 2; good++)
+    {
+      g_autoptr (PgConn) conn = connect_conn (fx, fx->tls_port);
+      g_autoptr (GString) got = g_string_new (NULL);
+      g_autoptr (GError) error = NULL;
+      TlsResult t = { 0 };
+      ReadResult r = { 0 };
+      char buf[16];
+
+      pg_conn_start_client_tls_async (conn, good ? "localhost" : "wrong.example", fx->tls_port,
+                                      fx->certs->ca_file, NULL, client_tls_cb, &t);
+      pg_conn_write (conn, "abc\r\n", 5);
+      g_assert_cmpuint (pg_conn_get_queued (conn), ==, 5);
+      g_assert_cmpint (pg_conn_read_nonblocking (conn, buf, sizeof buf, &error), ==, -1);
+      g_assert_error (error, G_IO_ERROR, G_IO_ERROR_PENDING);
+      pg_conn_read_async (conn, buf, sizeof buf, NULL, read_result_cb, &r);
+      iterate_until (&r.done);
+      g_assert_cmpint (r.n, ==, -1);
+      g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_PENDING);
+      g_clear_error (&r.error);
+      iterate_until (&t.done);
+      if (!good)
+        {
+          g_assert_false (t.ok);
+          g_assert_error (t.error, PG_ERROR, PG_ERROR_TLS);
+          g_clear_error (&t.error);
+          g_assert_cmpuint (pg_conn_get_queued (conn), ==, 0);
+          pg_conn_abort (conn);
+          continue;
+        }
+      g_assert_no_error (t.error);
+      g_assert_true (t.ok);
+      pg_test_conn_read_until (conn, got, "+OK hello pop3 tls\r\n");
+      g_assert_cmpuint (pg_conn_get_queued (conn), ==, 0);
+      g_assert_cmpuint (pg_conn_get_bytes_out (conn), ==, 5);
+      pg_conn_abort (conn);
+    }
+}
+
 typedef struct
 {
   gboolean fired;
@@ -1048,6 +1093,8 @@ main (int argc, char **argv)
               test_read_cancel_close, fixture_teardown);
   g_test_add ("/popgate/net/client-tls", Fixture, NULL, fixture_setup, test_client_tls,
               fixture_teardown);
+  g_test_add ("/popgate/net/tls-handshake-window", Fixture, NULL, fixture_setup,
+              test_tls_handshake_window, fixture_teardown);
   g_test_add ("/popgate/net/deadline-at", Fixture, NULL, fixture_setup, test_deadline_at,
               fixture_teardown);
   g_test_add ("/popgate/net/wait-and-steal", Fixture, NULL, fixture_setup, test_wait_and_steal,

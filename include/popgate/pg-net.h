@@ -124,7 +124,9 @@ void pg_conn_wait_drained_async (PgConn *conn, gsize low_water, GCancellable *ca
 gboolean pg_conn_wait_drained_finish (PgConn *conn, GAsyncResult *result, GError **error);
 
 /* Upgrade to TLS as the server (STLS/STARTTLS). The caller must have written and flushed
- * its "+OK"/"OK" and must discard anything it had buffered from the plaintext stream. */
+ * its "+OK"/"OK" and must discard anything it had buffered from the plaintext stream.
+ * While either handshake runs, what is written waits and goes out over TLS once it is up
+ * (never in clear: a failed handshake drops it); a read fails with G_IO_ERROR_PENDING. */
 void pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCallback callback,
                               gpointer user_data);
 gboolean pg_conn_start_tls_finish (PgConn *conn, GAsyncResult *result, GError **error);

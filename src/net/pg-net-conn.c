@@ -96,7 +96,9 @@ struct _PgConn
   guint8 *zread_buf; /* unowned: its buffer */
   gsize zread_len;
 
-  gint plain_fd_plus1; /* the TCP socket's descriptor + 1, 0 until looked up (pg_conn_plain_fd) */
+  gint plain_fd_plus1;  /* the TCP socket's descriptor + 1, 0 until looked up (pg_conn_plain_fd) */
+  gboolean handshaking; /* a TLS handshake owns the plain stream: writes wait in the queue,
+                         * reads are refused */
 };
 
 G_DEFINE_TYPE (PgConn, pg_conn, G_TYPE_OBJECT)
@@ -510,7 +512,8 @@ pg_conn_set_accepted_internal (PgConn *conn, gint64 accepted_us)
 static int
 pg_conn_plain_fd (PgConn *conn)
 {
-  if (conn->closed || conn->socket == NULL || conn->stream != (GIOStream *) conn->socket)
+  if (conn->closed || conn->handshaking || conn->socket == NULL
+      || conn->stream != (GIOStream *) conn->socket)
     return -1; /* closed: the number may belong to another connection by now */
   if (conn->plain_fd_plus1 == 0)
     conn->plain_fd_plus1 = g_socket_get_fd (g_socket_connection_get_socket (conn->socket)) + 1;
@@ -910,6 +913,12 @@ pg_conn_read_async (PgConn *conn, void *buffer, gsize len, GCancellable *cancell
       g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
       return;
     }
+  if (conn->handshaking)
+    {
+      g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_PENDING,
+                               "a TLS handshake is in progress");
+      return;
+    }
   conn->read_pending = TRUE;
   if (conn->inflate != NULL)
     {
@@ -977,6 +986,11 @@ pg_conn_read_nonblocking (PgConn *conn, void *buffer, gsize len, GError **error)
       g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
       return -1;
     }
+  if (conn->handshaking)
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_PENDING, "a TLS handshake is in progress");
+      return -1;
+    }
   if (conn->inflate == NULL && pg_conn_plain_fd (conn) >= 0)
     n = pg_conn_plain_recv (pg_conn_plain_fd (conn), buffer, len, error);
   else if (conn->inflate != NULL || !pg_conn_can_poll (conn->stream))
@@ -1012,6 +1026,7 @@ pg_conn_wait_readable (PgConn *conn, PgConnReadableFunc func, gpointer user_data
 {
   g_return_if_fail (func != NULL);
   g_return_if_fail (!conn->read_pending && conn->wait_func == NULL);
+  g_return_if_fail (!conn->handshaking);
   if (conn->closed)
     return;
   conn->wait_func = func;
@@ -1123,7 +1138,7 @@ pg_conn_write_next (PgConn *conn)
   gsize size;
   const guint8 *data;
 
-  if (conn->write_pending || conn->closed)
+  if (conn->write_pending || conn->closed || conn->handshaking)
     return;
   head = g_queue_peek_head (&conn->write_queue);
   if (head == NULL)
@@ -1152,7 +1167,7 @@ pg_conn_write_now (PgConn *conn, const void *data, gsize len)
   GOutputStream *out;
   gssize n;
 
-  if (conn->write_pending || conn->queued > 0)
+  if (conn->write_pending || conn->queued > 0 || conn->handshaking)
     return 0;
   if (pg_conn_plain_fd (conn) >= 0)
     n = (gssize) pg_conn_plain_send (pg_conn_plain_fd (conn), data, len);
@@ -1386,6 +1401,15 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   GError *error = NULL;
   g_autoptr (GIOStream) tls = pg_tls_handshake_finish (result, &error);
 
+  conn->handshaking = FALSE;
+  if (tls == NULL || conn->closed)
+    {
+      /* What was written while it ran was meant for TLS: it never goes out in clear. */
+      g_queue_clear_full (&conn->write_queue, (GDestroyNotify) g_bytes_unref);
+      conn->queued = 0;
+      conn->write_offset = 0;
+      pg_conn_check_drain_waiters (conn);
+    }
   if (tls == NULL)
     {
       g_task_return_error (task, error);
@@ -1400,6 +1424,8 @@ pg_conn_handshake_cb (GObject *source, GAsyncResult *result, gpointer user_data)
   g_clear_object (&conn->stream);
   conn->stream = g_steal_pointer (&tls);
   conn->tls = TRUE;
+  /* What was written while it ran goes out now, over TLS. */
+  pg_conn_write_next (conn);
   g_task_return_boolean (task, TRUE);
 }
 
@@ -1415,8 +1441,9 @@ pg_conn_start_tls_async (PgConn *conn, GCancellable *cancellable, GAsyncReadyCal
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
     }
-  /* From here the handshake reads the socket, not us. */
+  /* From here the handshake reads and writes the socket, not us. */
   pg_conn_drop_read_source (conn);
+  conn->handshaking = TRUE;
   pg_tls_server_handshake_async (conn->stream, conn->tls_cert,
                                  cancellable != NULL ? cancellable : conn->cancellable,
                                  pg_conn_handshake_cb, g_steal_pointer (&task));
@@ -1442,8 +1469,9 @@ pg_conn_start_client_tls_async (PgConn *conn, const char *host, guint16 port, co
       g_task_return_new_error (task, PG_ERROR, PG_ERROR_TLS, "TLS cannot be started now");
       return;
     }
-  /* From here the handshake reads the socket, not us. */
+  /* From here the handshake reads and writes the socket, not us. */
   pg_conn_drop_read_source (conn);
+  conn->handshaking = TRUE;
   pg_tls_client_handshake_async (conn->stream, host, port, ca_file,
                                  cancellable != NULL ? cancellable : conn->cancellable,
                                  pg_conn_handshake_cb, g_steal_pointer (&task));
@@ -1532,10 +1560,11 @@ pg_conn_steal_stream (PgConn *conn, GError **error)
       g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CLOSED, "connection closed");
       return NULL;
     }
-  if (conn->read_pending || conn->write_pending || pg_conn_get_queued (conn) > 0)
+  if (conn->read_pending || conn->write_pending || conn->handshaking
+      || pg_conn_get_queued (conn) > 0)
     {
       g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_BUSY,
-                           "connection busy: a read or a write is pending");
+                           "connection busy: a read, a write or a TLS handshake is pending");
       return NULL;
     }
   if (conn->deflate != NULL)
