@@ -632,18 +632,6 @@ pg_pop3_maildrop_clear_identities (PgPop3Maildrop *maildrop)
 }
 
 static void
-pg_pop3_maildrop_identify_cb (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autoptr (GTask) task = user_data;
-  GError *error = NULL;
-
-  if (!pg_upstream_fetch_sizes_finish (PG_UPSTREAM (source), result, &error))
-    g_task_return_error (task, error);
-  else
-    g_task_return_boolean (task, TRUE);
-}
-
-static void
 pg_pop3_maildrop_identify_entry_cb (const PgUpstreamSnapshotEntry *entry, gpointer user_data)
 {
   pg_pop3_maildrop_add_identity (user_data, entry);
@@ -654,18 +642,16 @@ pg_pop3_maildrop_identify_async (PgPop3Maildrop *maildrop, const char *uid_set,
                                  GCancellable *cancellable, GAsyncReadyCallback callback,
                                  gpointer user_data)
 {
-  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
-
-  g_task_set_source_tag (task, pg_pop3_maildrop_identify_async);
+  /* The upstream's own result goes to the caller: no task of ours in between. */
   pg_upstream_fetch_snapshot_async (maildrop->upstream, uid_set, FALSE, PG_UPSTREAM_IDS_HEADER,
                                     pg_pop3_maildrop_identify_entry_cb, maildrop, cancellable,
-                                    pg_pop3_maildrop_identify_cb, task);
+                                    callback, user_data);
 }
 
 gboolean
 pg_pop3_maildrop_identify_finish (PgPop3Maildrop *maildrop, GAsyncResult *result, GError **error)
 {
-  return g_task_propagate_boolean (G_TASK (result), error);
+  return pg_upstream_fetch_sizes_finish (maildrop->upstream, result, error);
 }
 
 gboolean
