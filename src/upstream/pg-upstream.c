@@ -1565,7 +1565,8 @@ pg_upstream_read_nonblocking (PgUpstream *self)
   return TRUE;
 }
 
-/* Read into the buffer, allocating it: a reply is expected, or input is known to wait. */
+/* The asynchronous read into the buffer (a GTask), allocating it: for compressed input,
+ * and for a readiness that had nothing whole to read yet (pg_upstream_readable_cb). */
 static void
 pg_upstream_read_now (PgUpstream *self)
 {
@@ -1575,17 +1576,42 @@ pg_upstream_read_now (PgUpstream *self)
                       g_object_ref (self));
 }
 
+/* Input (or EOF, or an error) is there: one non-blocking read, with no task or main loop
+ * turn of its own (issue 16: a GTask per read was a fifth of a body's bookkeeping). */
 static void
 pg_upstream_readable_cb (PgConn *conn, gpointer user_data)
 {
   PgUpstream *self = user_data; /* unowned: release_conn() cancels the wait first */
+  g_autoptr (PgUpstream) keep = NULL;
+  g_autoptr (GError) error = NULL;
+  gssize n;
 
   self->waiting = FALSE;
   self->reading = FALSE;
-  /* Input, EOF or an error is there (or a command sent meanwhile was answered): read it
-   * now, whether or not a command is outstanding, or the wait would end again at once. */
-  if (pg_upstream_can_read (self))
-    pg_upstream_read_now (self);
+  /* Read now, whether or not a command is outstanding (an idle wait may have seen EXISTS,
+   * BYE or EOF), or the wait would end again at once. */
+  if (!pg_upstream_can_read (self))
+    return;
+  pg_upstream_ensure_rbuf (self);
+  n = pg_conn_read_nonblocking (self->conn, self->rbuf, self->rbuf_size, &error);
+  if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+    {
+      /* Readable, but nothing whole yet (a TLS record cut short), or a stream that cannot
+       * be read without waiting (compressed, not pollable): this read waits the
+       * asynchronous way, never in a busy loop. */
+      pg_upstream_read_now (self);
+      return;
+    }
+  keep = g_object_ref (self);
+  if (n <= 0)
+    {
+      pg_upstream_fail_disconnected (self, error);
+      return;
+    }
+  self->rpos = 0;
+  self->rlen = (gsize) n;
+  pg_upstream_update_timeout (self);
+  pg_upstream_process (self);
 }
 
 static void
@@ -1596,15 +1622,18 @@ pg_upstream_read (PgUpstream *self)
   if (g_queue_is_empty (&self->pending) && g_queue_is_empty (&self->unsent))
     {
       /* Idle: all that may come is unsolicited (EXISTS, BYE) or EOF. Wait for it without
-       * a buffer; a command sent meanwhile is answered through the same wait (one main
-       * loop turn later than a pending read would see it). */
+       * a buffer; a command sent meanwhile is answered through the same wait. */
       g_clear_pointer (&self->rbuf, g_free);
-      self->reading = TRUE;
-      self->waiting = TRUE;
-      pg_conn_wait_readable (self->conn, pg_upstream_readable_cb, self);
+    }
+  else if (pg_conn_is_compressed (self->conn))
+    {
+      /* A reply is due and inflated input can only be read the asynchronous way. */
+      pg_upstream_read_now (self);
       return;
     }
-  pg_upstream_read_now (self);
+  self->reading = TRUE;
+  self->waiting = TRUE;
+  pg_conn_wait_readable (self->conn, pg_upstream_readable_cb, self);
 }
 
 void
