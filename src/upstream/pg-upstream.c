@@ -1493,6 +1493,21 @@ pg_upstream_process (PgUpstream *self)
   pg_upstream_update_timeout (self);
 }
 
+/* A read's result: bytes to process, or EOF or an error, which end the connection. */
+static void
+pg_upstream_got (PgUpstream *self, gssize n, const GError *error)
+{
+  if (n <= 0)
+    {
+      pg_upstream_fail_disconnected (self, error);
+      return;
+    }
+  self->rpos = 0;
+  self->rlen = (gsize) n;
+  pg_upstream_update_timeout (self);
+  pg_upstream_process (self);
+}
+
 static void
 pg_upstream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1507,15 +1522,7 @@ pg_upstream_read_cb (GObject *source, GAsyncResult *result, gpointer user_data)
         g_clear_pointer (&self->rbuf, g_free); /* the connection was dropped */
       return;
     }
-  if (n <= 0)
-    {
-      pg_upstream_fail_disconnected (self, error);
-      return;
-    }
-  self->rpos = 0;
-  self->rlen = (gsize) n;
-  pg_upstream_update_timeout (self);
-  pg_upstream_process (self);
+  pg_upstream_got (self, n, error);
 }
 
 /* The read buffer for what is expected next (the buffer is empty here): the large one while
@@ -1603,15 +1610,7 @@ pg_upstream_readable_cb (PgConn *conn, gpointer user_data)
       return;
     }
   keep = g_object_ref (self);
-  if (n <= 0)
-    {
-      pg_upstream_fail_disconnected (self, error);
-      return;
-    }
-  self->rpos = 0;
-  self->rlen = (gsize) n;
-  pg_upstream_update_timeout (self);
-  pg_upstream_process (self);
+  pg_upstream_got (self, n, error);
 }
 
 static void
