@@ -1583,8 +1583,8 @@ pg_upstream_read_now (PgUpstream *self)
                       g_object_ref (self));
 }
 
-/* Input (or EOF, or an error) is there: one non-blocking read, with no task or main loop
- * turn of its own (issue 16: a GTask per read was a fifth of a body's bookkeeping). */
+/* Input (or EOF, or an error) is there: one non-blocking read, with no GTask of its own
+ * (issue 16; the relay reads the same way). */
 static void
 pg_upstream_readable_cb (PgConn *conn, gpointer user_data)
 {
