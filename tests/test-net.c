@@ -230,6 +230,18 @@ typedef struct
   guint16 port4, port6, tls_port;
 } Fixture;
 
+/* A plain client on the IPv4 listener, greeted; *out_conn: popgate's side of it. */
+static Client *
+client_greeted (Fixture *fx, PgConn **out_conn)
+{
+  Client *client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+
+  g_assert_no_error (client->error);
+  client_expect (client, "+OK hello pop3\r\n");
+  *out_conn = g_ptr_array_index (fx->fe.conns, fx->fe.conns->len - 1);
+  return client;
+}
+
 static PgConfig *
 make_config (Fixture *fx, const char *extra)
 {
@@ -290,7 +302,7 @@ fixture_teardown (Fixture *fx, gconstpointer data)
 static void
 test_cork (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) client = NULL;
   g_autoptr (GBytes) b = g_bytes_new_static ("b", 1);
   g_autoptr (GError) error = NULL;
   g_autofree gchar *big = g_malloc (PG_CLIENT_CORK_MAX + 10);
@@ -299,9 +311,7 @@ test_cork (Fixture *fx, gconstpointer data)
   PgConn *conn = NULL;
   char byte = 0;
 
-  g_assert_no_error (client->error);
-  client_expect (client, "+OK hello pop3\r\n");
-  conn = g_ptr_array_index (fx->fe.conns, 0);
+  client = client_greeted (fx, &conn);
   in = g_io_stream_get_input_stream (client->stream);
 
   pg_conn_cork (conn);
@@ -368,7 +378,7 @@ read_result_cb (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 test_read_cancel_close (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) client = NULL;
   g_autoptr (GCancellable) cancellable = g_cancellable_new ();
   g_autoptr (GCancellable) other = g_cancellable_new ();
   GOutputStream *out = NULL;
@@ -376,9 +386,7 @@ test_read_cancel_close (Fixture *fx, gconstpointer data)
   char buf[64];
   PgConn *conn = NULL;
 
-  g_assert_no_error (client->error);
-  client_expect (client, "+OK hello pop3\r\n");
-  conn = g_ptr_array_index (fx->fe.conns, 0);
+  client = client_greeted (fx, &conn);
   out = g_io_stream_get_output_stream (client->stream);
 
   pg_conn_read_async (conn, buf, sizeof buf, cancellable, read_result_cb, &r);
@@ -482,7 +490,7 @@ iterate_until_text (Readable *r, const char *text)
 static void
 test_readable_func (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) client = NULL;
   g_autoptr (GError) error = NULL;
   Readable r = { 0, g_string_new (NULL), FALSE, TRUE };
   GOutputStream *out = NULL;
@@ -490,9 +498,7 @@ test_readable_func (Fixture *fx, gconstpointer data)
   guint64 in_before;
   char buf[8];
 
-  g_assert_no_error (client->error);
-  client_expect (client, "+OK hello pop3\r\n");
-  conn = g_ptr_array_index (fx->fe.conns, 0);
+  client = client_greeted (fx, &conn);
   out = g_io_stream_get_output_stream (client->stream);
   in_before = pg_conn_get_bytes_in (conn);
 
@@ -575,7 +581,7 @@ count_sources_named (const char *name)
 static void
 test_wait_drops_cancel_source (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) client = NULL;
   g_autoptr (GCancellable) cancellable = g_cancellable_new ();
   Readable r = { 0, g_string_new (NULL), FALSE, TRUE };
   ReadResult rr = { 0 };
@@ -584,9 +590,7 @@ test_wait_drops_cancel_source (Fixture *fx, gconstpointer data)
   char buf[64];
   PgConn *conn = NULL;
 
-  g_assert_no_error (client->error);
-  client_expect (client, "+OK hello pop3\r\n");
-  conn = g_ptr_array_index (fx->fe.conns, 0);
+  client = client_greeted (fx, &conn);
   out = g_io_stream_get_output_stream (client->stream);
   before = count_sources_named ("GCancellable");
 
@@ -618,16 +622,14 @@ test_wait_drops_cancel_source (Fixture *fx, gconstpointer data)
 static void
 test_plain_reset (Fixture *fx, gconstpointer data)
 {
-  g_autoptr (Client) client = client_connect ("127.0.0.1", fx->port4, NULL, NULL, NULL);
+  g_autoptr (Client) client = NULL;
   g_autoptr (GError) error = NULL;
   GSocket *socket = NULL;
   PgConn *conn = NULL;
   char buf[64];
   gssize n;
 
-  g_assert_no_error (client->error);
-  client_expect (client, "+OK hello pop3\r\n");
-  conn = g_ptr_array_index (fx->fe.conns, 0);
+  client = client_greeted (fx, &conn);
   g_assert_false (pg_conn_is_tls (conn));
 
   /* SO_LINGER 0: the close sends a reset, not a FIN. */
